@@ -1,0 +1,70 @@
+//! `framewire serve`: run a server until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use framewire::server::{self, Config};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`host:port`; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:9909")]
+    listen: String,
+
+    /// Directory to serve.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Seconds a connection may sit between requests.
+    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout: u64,
+
+    /// Seconds a started frame, any body read or any write may stall.
+    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_IO_TIMEOUT.as_secs())]
+    io_timeout: u64,
+
+    /// Seconds live requests may go on after SIGINT/SIGTERM.
+    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_DRAIN_TIMEOUT.as_secs())]
+    drain_timeout: u64,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let root = args
+        .root
+        .canonicalize()
+        .with_context(|| format!("cannot serve {}", args.root.display()))?;
+    anyhow::ensure!(
+        root.is_dir(),
+        "cannot serve {}: not a directory",
+        root.display()
+    );
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut config = Config::new(root);
+    config.max_connections = args.max_connections;
+    config.timeouts.idle = Some(Duration::from_secs(args.idle_timeout));
+    config.timeouts.io = Some(Duration::from_secs(args.io_timeout));
+    config.drain_timeout = Duration::from_secs(args.drain_timeout);
+    // Scripts read the bound address (useful with port 0) from this line.
+    println!("listening on {}", listener.local_addr()?);
+    tracing::info!(root = %config.root.display(), "serving");
+    server::run(listener, config, shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

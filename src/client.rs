@@ -1,0 +1,237 @@
+//! The client: a typed async API over one connection to a framewire server.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::proto::{with_default_port, ErrorCode, Message};
+use crate::wire::{self, FrameReader, FrameWriter, Preface, MAX_BUFFERED_BODY};
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address as given, with the default port added.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Framing or transport failed; the connection is unusable.
+    #[error(transparent)]
+    Wire(#[from] wire::Error),
+    /// The server answered with an error frame.
+    #[error("server refused: {message} ({code})")]
+    Remote {
+        /// The error frame's code.
+        code: ErrorCode,
+        /// The error frame's message.
+        message: String,
+    },
+    /// The server sent a message that makes no sense here.
+    #[error("protocol violation: server sent `{got}` where `{expected}` was due")]
+    Unexpected {
+        /// The message type that was due.
+        expected: &'static str,
+        /// The one that came.
+        got: &'static str,
+    },
+    /// The server closed the connection instead of answering.
+    #[error("server closed the connection")]
+    Closed,
+}
+
+/// One connection to a framewire server, requests answered one at a time.
+/// Open more clients for parallel work.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), framewire::ClientError> {
+/// let mut client = framewire::Client::connect("127.0.0.1:9909").await?;
+/// let reply = client.echo(b"hello").await?;
+/// assert_eq!(reply, "hello");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Client {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    peer: SocketAddr,
+}
+
+impl Client {
+    /// Connects to `addr` (`host`, `host:port`, `[v6]:port`; the port
+    /// defaults to [`DEFAULT_PORT`](crate::proto::DEFAULT_PORT)) and
+    /// exchanges prefaces.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] if no connection can be made; a wire error
+    /// if the peer is not a framewire server of this version; the server's
+    /// error frame if it refuses the connection.
+    pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        let addr = with_default_port(addr);
+        let socket = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        Self::handshake(socket).await
+    }
+
+    /// Runs the preface exchange over an open socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), without the connect step.
+    pub async fn handshake(socket: TcpStream) -> Result<Client, ClientError> {
+        socket.set_nodelay(true).map_err(wire::Error::Io)?;
+        let peer = socket.peer_addr().map_err(wire::Error::Io)?;
+        let (read, write) = socket.into_split();
+        let mut client = Client {
+            reader: FrameReader::new(read),
+            writer: FrameWriter::new(write),
+            peer,
+        };
+        client.writer.feed_preface(Preface::default());
+        client.writer.flush().await?;
+        client.reader.read_preface().await?;
+        Ok(client)
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Sends `body` to be echoed and returns the reply (at most
+    /// [`MAX_BUFFERED_BODY`] bytes; use [`echo_stream`](Self::echo_stream)
+    /// for more).
+    ///
+    /// # Errors
+    ///
+    /// Wire errors, the server's error frame, or a body over the limit.
+    pub async fn echo(&mut self, body: &[u8]) -> Result<Bytes, ClientError> {
+        self.echo_with(body, false).await
+    }
+
+    /// As [`echo`](Self::echo), with ASCII letters upper-cased by the server.
+    ///
+    /// # Errors
+    ///
+    /// As [`echo`](Self::echo).
+    pub async fn echo_upper(&mut self, body: &[u8]) -> Result<Bytes, ClientError> {
+        self.echo_with(body, true).await
+    }
+
+    async fn echo_with(&mut self, body: &[u8], upper: bool) -> Result<Bytes, ClientError> {
+        let len = body.len() as u64;
+        if len > MAX_BUFFERED_BODY {
+            return Err(wire::Error::BodyTooLarge {
+                len,
+                max: MAX_BUFFERED_BODY,
+            }
+            .into());
+        }
+        let mut out = BytesMut::with_capacity(body.len());
+        let mut src = body;
+        self.echo_stream(&mut src, len, &mut BufSink(&mut out), upper)
+            .await?;
+        Ok(out.freeze())
+    }
+
+    /// Streams `len` bytes from `src` to the server and its echo into
+    /// `dst`, both at once and in bounded memory, whatever `len` is.
+    /// Returns the bytes echoed.
+    ///
+    /// # Errors
+    ///
+    /// Wire errors (including [`wire::Error::BodySourceShort`] if `src`
+    /// ends early), the server's error frame, write errors of `dst`.
+    pub async fn echo_stream<R, W>(
+        &mut self,
+        src: &mut R,
+        len: u64,
+        dst: &mut W,
+        upper: bool,
+    ) -> Result<u64, ClientError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let writer = &mut self.writer;
+        let reader = &mut self.reader;
+        // Send and receive concurrently: the server echoes as it reads, so
+        // a client that sent everything before reading would deadlock once
+        // both sockets' buffers fill.
+        let send = async {
+            writer.feed_head(&Message::Echo { len, upper })?;
+            writer.copy_body_from(src).await?;
+            writer.flush().await?;
+            Ok::<_, ClientError>(())
+        };
+        let recv = async {
+            match reader.read_head::<Message>().await? {
+                Some((Message::EchoReply { len: got }, _)) if got == len => {
+                    Ok(reader.copy_body(dst).await?)
+                }
+                Some((Message::EchoReply { len: got }, _)) => Err(wire::Error::BodyLenMismatch {
+                    declared: len,
+                    actual: got,
+                }
+                .into()),
+                Some((reply, _)) => Err(unexpected("echo_reply", reply)),
+                None => Err(ClientError::Closed),
+            }
+        };
+        // An error frame can arrive while we are still sending (the server
+        // refused the request): report it rather than the broken pipe.
+        let (sent, received) = tokio::join!(send, recv);
+        let echoed = received?;
+        sent?;
+        Ok(echoed)
+    }
+}
+
+fn unexpected(expected: &'static str, got: Message) -> ClientError {
+    match got {
+        Message::Error { code, message } => ClientError::Remote { code, message },
+        other => ClientError::Unexpected {
+            expected,
+            got: other.kind(),
+        },
+    }
+}
+
+/// An `AsyncWrite` into a `BytesMut`.
+struct BufSink<'a>(&'a mut BytesMut);
+
+impl AsyncWrite for BufSink<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.get_mut().0.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,146 @@
+//! The server: a listener with bounded connections, time limits, backed-off
+//! accept errors and graceful shutdown; each connection in its own task.
+
+mod conn;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::wire::Timeouts;
+
+/// Connections served at once by default; more wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// How long a connection may sit between requests by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a started frame head, any body read, or any write may stall by
+/// default.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the preface exchange may take by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for live requests by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause between accept retries after an accept error.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What a server serves and its limits.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The served directory.
+    pub root: PathBuf,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Idle and I/O limits on every connection.
+    pub timeouts: Timeouts,
+    /// Limit for the preface exchange.
+    pub handshake_timeout: Duration,
+    /// After shutdown is asked for, how long live requests may go on.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for serving `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Config {
+            root: root.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            timeouts: Timeouts {
+                idle: Some(DEFAULT_IDLE_TIMEOUT),
+                io: Some(DEFAULT_IO_TIMEOUT),
+            },
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting,
+/// lets live requests finish for up to [`Config::drain_timeout`], ends the
+/// rest, and returns.
+///
+/// A connection's errors end that connection only; they are logged with
+/// the peer's address. Accept errors (out of file descriptors, …) are
+/// logged and retried with backoff, never fatal.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use framewire::server::{self, Config};
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// server::run(listener, Config::new("."), tokio::signal::ctrl_c()).await;
+/// # Ok(()) }
+/// ```
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) {
+    let config = Arc::new(config);
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    // `graceful` ends idle connections and lets busy ones finish their
+    // request; `hard` ends whatever is left once the drain time is up.
+    let graceful = CancellationToken::new();
+    let hard = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        // The permit is taken before accept: at the limit, new clients wait
+        // in the kernel's backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (socket, peer) = tokio::select! {
+            accepted = accept(&listener) => accepted,
+            _ = &mut shutdown => break,
+        };
+        let config = config.clone();
+        let graceful = graceful.clone();
+        let hard = hard.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = conn::serve(socket, peer, &config, &graceful) => {}
+                _ = hard.cancelled() => warn!(%peer, "request cut off: drain timeout reached"),
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    info!(
+        live = tracker.len(),
+        "shutting down: no new connections; draining live requests"
+    );
+    graceful.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(live = tracker.len(), drain = ?config.drain_timeout, "drain timeout: ending the remaining connections");
+        hard.cancel();
+        tracker.wait().await;
+    }
+    info!("server stopped");
+}
+
+async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Frames, sans-IO: parse a frame head from a buffer, encode one into a
+//! buffer, and the `tokio_util::codec` pair for frames held in memory.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::error::Category;
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::{Error, FramePart, LEN_PREFIX, MAX_BUFFERED_BODY, MAX_HEADER_LEN};
+
+/// A header type that can ride in a frame: any serde type whose JSON form
+/// is an object carrying the body length as `"len"` (absent means 0).
+pub trait FrameHeader: Serialize + DeserializeOwned {
+    /// The number of body bytes that follow this header.
+    fn body_len(&self) -> u64;
+}
+
+/// The two fields the wire itself reads from every header, whatever its
+/// type: used to keep frames in sync when a header is rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The message type (`"type"`), if present.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The body length (`"len"`), 0 when absent.
+    #[serde(default)]
+    pub len: u64,
+}
+
+impl FrameHeader for Envelope {
+    fn body_len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// A parsed frame head: the header and where its body starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head<H> {
+    /// The typed header.
+    pub header: H,
+    /// Body bytes that follow.
+    pub body_len: u64,
+    /// Bytes of the buffer the head took (length prefix + header).
+    pub head_len: usize,
+}
+
+/// A frame with its whole body in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame<H> {
+    /// The header.
+    pub header: H,
+    /// The body; its length is the header's [`FrameHeader::body_len`].
+    pub body: Bytes,
+}
+
+/// Parses the head (length prefix + JSON header) at the start of `buf`.
+///
+/// Returns `Ok(None)` while `buf` holds less than a whole head: incomplete
+/// input is "need more", never an error. Allocates nothing but the header
+/// value itself.
+///
+/// # Errors
+///
+/// [`Error::HeaderTooLarge`] as soon as the prefix is seen, before the
+/// header is buffered; [`Error::HeaderNotUtf8`] and [`Error::HeaderNotJson`]
+/// when the header cannot be read at all (framing is lost); and the
+/// recoverable [`Error::UnknownType`], [`Error::MissingField`] and
+/// [`Error::InvalidField`] when it is a well-formed object that `H` rejects.
+///
+/// # Examples
+///
+/// ```
+/// use framewire::wire::{decode_head, Envelope};
+///
+/// let mut buf = Vec::new();
+/// let header = br#"{"type":"echo","len":2}"#;
+/// buf.extend_from_slice(&(header.len() as u32).to_be_bytes());
+/// buf.extend_from_slice(header);
+/// buf.extend_from_slice(b"hi");
+///
+/// // A split anywhere before the end of the header is "need more".
+/// assert!(decode_head::<Envelope>(&buf[..10]).unwrap().is_none());
+///
+/// let head = decode_head::<Envelope>(&buf).unwrap().unwrap();
+/// assert_eq!(head.header.kind.as_deref(), Some("echo"));
+/// assert_eq!(head.body_len, 2);
+/// assert_eq!(&buf[head.head_len..], b"hi");
+/// ```
+pub fn decode_head<H: FrameHeader>(buf: &[u8]) -> Result<Option<Head<H>>, Error> {
+    let Some(head_len) = head_len(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < head_len {
+        return Ok(None);
+    }
+    let header: H = parse_header(&buf[LEN_PREFIX..head_len])?;
+    Ok(Some(Head {
+        body_len: header.body_len(),
+        header,
+        head_len,
+    }))
+}
+
+/// The total head length announced by the prefix at the start of `buf`,
+/// checked against [`MAX_HEADER_LEN`]; `None` until the prefix is there.
+pub(crate) fn head_len(buf: &[u8]) -> Result<Option<usize>, Error> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes"));
+    if len as usize > MAX_HEADER_LEN {
+        return Err(Error::HeaderTooLarge {
+            len: len.into(),
+            max: MAX_HEADER_LEN,
+        });
+    }
+    Ok(Some(LEN_PREFIX + len as usize))
+}
+
+fn parse_header<H: FrameHeader>(raw: &[u8]) -> Result<H, Error> {
+    let text = std::str::from_utf8(raw).map_err(|e| Error::HeaderNotUtf8 {
+        valid_up_to: e.valid_up_to(),
+        len: raw.len(),
+    })?;
+    match serde_json::from_str::<H>(text) {
+        Ok(header) => Ok(header),
+        Err(e) if e.classify() == Category::Data => Err(reject(text, e)),
+        Err(e) => Err(Error::HeaderNotJson { source: e }),
+    }
+}
+
+/// A header that is valid JSON but that `H` refused: find its body length
+/// through the [`Envelope`] so the stream can stay in sync, and say
+/// precisely what was wrong. Runs only on the error path.
+fn reject(text: &str, e: serde_json::Error) -> Error {
+    let envelope = match serde_json::from_str::<Envelope>(text) {
+        Ok(envelope) => envelope,
+        // Not an object, or `len`/`type` themselves unusable: the body
+        // length is unknown and framing is lost.
+        Err(_) => return Error::HeaderNotJson { source: e },
+    };
+    let body_len = envelope.len;
+    // serde's messages for these two cases are fixed strings
+    // ("unknown variant `x`", "missing field `x`"); anything else stays
+    // the generic, still recoverable, InvalidField.
+    let msg = e.to_string();
+    if msg.starts_with("unknown variant") {
+        if let Some(kind) = envelope.kind {
+            return Error::UnknownType { kind, body_len };
+        }
+    }
+    if let Some(field) = msg
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        return Error::MissingField {
+            field: field.to_owned(),
+            body_len,
+        };
+    }
+    Error::InvalidField {
+        source: e,
+        body_len,
+    }
+}
+
+/// Appends the head of a frame (length prefix + JSON of `header`) to `dst`.
+///
+/// # Errors
+///
+/// [`Error::HeaderTooLarge`] if the JSON would exceed [`MAX_HEADER_LEN`]:
+/// nothing is sent that the peer would refuse. `dst` is left as it was.
+pub fn encode_head<H: Serialize>(header: &H, dst: &mut BytesMut) -> Result<(), Error> {
+    let start = dst.len();
+    dst.put_u32(0);
+    let mut w = dst.writer();
+    let res = serde_json::to_writer(&mut w, header);
+    let dst = w.into_inner();
+    if let Err(source) = res {
+        dst.truncate(start);
+        return Err(Error::InvalidField {
+            source,
+            body_len: 0,
+        });
+    }
+    let len = dst.len() - start - LEN_PREFIX;
+    if len > MAX_HEADER_LEN {
+        dst.truncate(start);
+        return Err(Error::HeaderTooLarge {
+            len: len as u64,
+            max: MAX_HEADER_LEN,
+        });
+    }
+    dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Appends a whole frame (head + body) to `dst`, so that it can go out in
+/// one write.
+///
+/// # Errors
+///
+/// As [`encode_head`], plus [`Error::BodyLenMismatch`] when `body` is not
+/// the length the header declares.
+pub fn encode_frame<H: FrameHeader>(
+    header: &H,
+    body: &[u8],
+    dst: &mut BytesMut,
+) -> Result<(), Error> {
+    let declared = header.body_len();
+    if declared != body.len() as u64 {
+        return Err(Error::BodyLenMismatch {
+            declared,
+            actual: body.len() as u64,
+        });
+    }
+    dst.reserve(LEN_PREFIX + 64 + body.len());
+    encode_head(header, dst)?;
+    dst.extend_from_slice(body);
+    Ok(())
+}
+
+/// A `tokio_util::codec` Decoder/Encoder for frames whose body is held in
+/// memory, up to a limit ([`MAX_BUFFERED_BODY`] by default).
+///
+/// For bodies of any size, use [`FrameReader`](super::FrameReader) and
+/// [`FrameWriter`](super::FrameWriter), which stream them.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::BytesMut;
+/// use framewire::wire::{Envelope, Frame, FrameCodec};
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let mut codec = FrameCodec::<Envelope>::new();
+/// let mut buf = BytesMut::new();
+/// let header = Envelope { kind: Some("note".into()), len: 5 };
+/// codec.encode(Frame { header: header.clone(), body: "hello".into() }, &mut buf).unwrap();
+/// codec.encode(Frame { header: Envelope::default(), body: "".into() }, &mut buf).unwrap();
+///
+/// // Two frames in one buffer ("sticky") come out as two frames.
+/// let first = codec.decode(&mut buf).unwrap().unwrap();
+/// assert_eq!(first.header, header);
+/// assert_eq!(first.body, "hello");
+/// assert_eq!(codec.decode(&mut buf).unwrap().unwrap().body, "");
+/// assert!(codec.decode(&mut buf).unwrap().is_none());
+/// ```
+#[derive(Debug)]
+pub struct FrameCodec<H> {
+    max_body: u64,
+    /// A head already parsed whose body has not fully arrived: kept so a
+    /// header is parsed once however the body trickles in.
+    pending: Option<(H, usize)>,
+}
+
+impl<H> FrameCodec<H> {
+    /// A codec holding bodies up to [`MAX_BUFFERED_BODY`].
+    pub fn new() -> Self {
+        Self::with_max_body(MAX_BUFFERED_BODY)
+    }
+
+    /// A codec holding bodies up to `max_body` bytes.
+    pub fn with_max_body(max_body: u64) -> Self {
+        FrameCodec {
+            max_body,
+            pending: None,
+        }
+    }
+}
+
+impl<H> Default for FrameCodec<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H: FrameHeader> Decoder for FrameCodec<H> {
+    type Item = Frame<H>;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame<H>>, Error> {
+        if self.pending.is_none() {
+            let Some(head_len) = head_len(src)? else {
+                return Ok(None);
+            };
+            if src.len() < head_len {
+                src.reserve(head_len - src.len());
+                return Ok(None);
+            }
+            let head = decode_head::<H>(src)?.expect("whole head is buffered");
+            if head.body_len > self.max_body {
+                return Err(Error::BodyTooLarge {
+                    len: head.body_len,
+                    max: self.max_body,
+                });
+            }
+            src.advance(head.head_len);
+            self.pending = Some((head.header, head.body_len as usize));
+        }
+        let body_len = self.pending.as_ref().map_or(0, |p| p.1);
+        if src.len() < body_len {
+            src.reserve(body_len - src.len());
+            return Ok(None);
+        }
+        let (header, _) = self.pending.take().expect("pending head");
+        let body = src.split_to(body_len).freeze();
+        Ok(Some(Frame { header, body }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame<H>>, Error> {
+        if let Some(frame) = self.decode(src)? {
+            return Ok(Some(frame));
+        }
+        match &self.pending {
+            Some((_, body_len)) => Err(Error::UnexpectedEof {
+                part: FramePart::Body,
+                got: src.len() as u64,
+                expected: *body_len as u64,
+            }),
+            None if src.is_empty() => Ok(None),
+            None => Err(eof_in_head(src)),
+        }
+    }
+}
+
+/// The error for EOF with `buf` holding part of a head.
+pub(crate) fn eof_in_head(buf: &[u8]) -> Error {
+    match head_len(buf) {
+        Ok(Some(total)) => Error::UnexpectedEof {
+            part: FramePart::Header,
+            got: (buf.len() - LEN_PREFIX) as u64,
+            expected: (total - LEN_PREFIX) as u64,
+        },
+        Ok(None) => Error::UnexpectedEof {
+            part: FramePart::LengthPrefix,
+            got: buf.len() as u64,
+            expected: LEN_PREFIX as u64,
+        },
+        Err(e) => e,
+    }
+}
+
+impl<H: FrameHeader> Encoder<Frame<H>> for FrameCodec<H> {
+    type Error = Error;
+
+    fn encode(&mut self, frame: Frame<H>, dst: &mut BytesMut) -> Result<(), Error> {
+        encode_frame(&frame.header, &frame.body, dst)
+    }
+}
+
+impl<H: FrameHeader> Encoder<&Frame<H>> for FrameCodec<H> {
+    type Error = Error;
+
+    fn encode(&mut self, frame: &Frame<H>, dst: &mut BytesMut) -> Result<(), Error> {
+        encode_frame(&frame.header, &frame.body, dst)
+    }
+}

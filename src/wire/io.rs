@@ -1,0 +1,502 @@
+//! Frames over any `AsyncRead` / `AsyncWrite`: heads parsed from a buffer,
+//! bodies of any length streamed through in bounded memory, frames
+//! batched into few writes, and the time limits that keep a stalled peer
+//! from holding a connection forever.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::frame::{eof_in_head, head_len};
+use super::{
+    decode_head, encode_frame, encode_head, Error, FrameHeader, FramePart, Preface, Timeouts,
+    PREFACE_LEN, STREAM_CHUNK,
+};
+
+/// Initial read buffer: room for many small frames per read.
+const READ_BUF: usize = 64 * 1024;
+
+/// Frames are gathered in the write buffer up to this size before they go
+/// out; body chunks larger than this are written straight from the
+/// caller's slice instead of being copied.
+const WRITE_COALESCE: usize = 64 * 1024;
+
+async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    on_timeout: impl FnOnce() -> Error,
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, Error> {
+    match deadline {
+        None => Ok(fut.await?),
+        Some(at) => match tokio::time::timeout_at(at, fut).await {
+            Ok(res) => Ok(res?),
+            Err(_) => Err(on_timeout()),
+        },
+    }
+}
+
+fn after(d: Option<Duration>) -> Option<Instant> {
+    d.map(|d| Instant::now() + d)
+}
+
+/// Reads frames from `R`: the head of each, then its body whole (if small)
+/// or in chunks (any size).
+///
+/// A body the caller does not read is skipped by the next
+/// [`read_head`](FrameReader::read_head), so the stream never falls out of
+/// step. A header that is well framed but rejected (see
+/// [`Error::is_recoverable`]) leaves the reader ready for the next frame.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    body_len: u64,
+    body_left: u64,
+    timeouts: Timeouts,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader with no time limits.
+    pub fn new(inner: R) -> Self {
+        Self::with_timeouts(inner, Timeouts::default())
+    }
+
+    /// A reader enforcing `timeouts`.
+    pub fn with_timeouts(inner: R, timeouts: Timeouts) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(READ_BUF),
+            body_len: 0,
+            body_left: 0,
+            timeouts,
+        }
+    }
+
+    /// Changes the time limits.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The underlying reader and the bytes read from it but not consumed.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+
+    /// Reads into the buffer once; `Ok(0)` is EOF.
+    async fn fill(
+        &mut self,
+        deadline: Option<Instant>,
+        on_timeout: impl FnOnce() -> Error,
+    ) -> Result<usize, Error> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_BUF);
+        }
+        with_deadline(deadline, on_timeout, self.inner.read_buf(&mut self.buf)).await
+    }
+
+    /// Reads the peer's 8-byte preface, refusing a wrong magic as soon as
+    /// its first differing byte arrives.
+    ///
+    /// # Errors
+    ///
+    /// See [`Preface::decode`]; [`Error::UnexpectedEof`] if the peer
+    /// closes early; [`Error::Stalled`] past the I/O timeout.
+    pub async fn read_preface(&mut self) -> Result<Preface, Error> {
+        let io = self.timeouts.io;
+        let deadline = after(io);
+        while !Preface::check_partial(&self.buf)? {
+            if self
+                .fill(deadline, || Error::Stalled(io.unwrap_or_default()))
+                .await?
+                == 0
+            {
+                return Err(Error::UnexpectedEof {
+                    part: FramePart::Preface,
+                    got: self.buf.len() as u64,
+                    expected: PREFACE_LEN as u64,
+                });
+            }
+        }
+        let raw = self.buf.split_to(PREFACE_LEN);
+        Preface::decode(raw[..].try_into().expect("8 bytes"))
+    }
+
+    /// Reads the next frame's head, first skipping whatever is left of the
+    /// previous body. Returns the header and its body length, or `Ok(None)`
+    /// on a clean EOF between frames.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`decode_head`]; [`Error::UnexpectedEof`] for EOF inside
+    /// the head; [`Error::Idle`] if no frame starts within the idle
+    /// timeout; [`Error::Stalled`] if a started head does not complete
+    /// within the I/O timeout.
+    pub async fn read_head<H: FrameHeader>(&mut self) -> Result<Option<(H, u64)>, Error> {
+        self.skip_body().await?;
+        if self.buf.is_empty() {
+            let idle = self.timeouts.idle;
+            if self
+                .fill(after(idle), || Error::Idle(idle.unwrap_or_default()))
+                .await?
+                == 0
+            {
+                return Ok(None);
+            }
+        }
+        let io = self.timeouts.io;
+        let deadline = after(io);
+        loop {
+            match decode_head::<H>(&self.buf) {
+                Ok(Some(head)) => {
+                    self.buf.advance(head.head_len);
+                    self.start_body(head.body_len);
+                    return Ok(Some((head.header, head.body_len)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let Some(body_len) = e.body_len() {
+                        let head_len = head_len(&self.buf)?.expect("a rejected header was whole");
+                        self.buf.advance(head_len);
+                        self.start_body(body_len);
+                    }
+                    return Err(e);
+                }
+            }
+            if self
+                .fill(deadline, || Error::Stalled(io.unwrap_or_default()))
+                .await?
+                == 0
+            {
+                return Err(eof_in_head(&self.buf));
+            }
+        }
+    }
+
+    fn start_body(&mut self, len: u64) {
+        self.body_len = len;
+        self.body_left = len;
+    }
+
+    /// Body bytes of the current frame not yet read.
+    pub fn body_left(&self) -> u64 {
+        self.body_left
+    }
+
+    fn body_eof(&self) -> Error {
+        Error::UnexpectedEof {
+            part: FramePart::Body,
+            got: self.body_len - self.body_left + self.buf.len() as u64,
+            expected: self.body_len,
+        }
+    }
+
+    /// Reads the rest of the current body into memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BodyTooLarge`] if more than `max` bytes are left (nothing
+    /// is read; the next [`read_head`](Self::read_head) skips the body);
+    /// [`Error::UnexpectedEof`], [`Error::Stalled`].
+    pub async fn read_body(&mut self, max: u64) -> Result<Bytes, Error> {
+        let len = self.body_left;
+        if len > max {
+            return Err(Error::BodyTooLarge { len, max });
+        }
+        let len = len as usize;
+        if self.buf.len() < len {
+            self.buf.reserve(len - self.buf.len());
+        }
+        while self.buf.len() < len {
+            let io = self.timeouts.io;
+            if self
+                .fill(after(io), || Error::Stalled(io.unwrap_or_default()))
+                .await?
+                == 0
+            {
+                return Err(self.body_eof());
+            }
+        }
+        self.body_left = 0;
+        Ok(self.buf.split_to(len).freeze())
+    }
+
+    /// The next piece of the current body, `Ok(None)` once it is all read.
+    /// Pieces are at most [`STREAM_CHUNK`] bytes beyond what was already
+    /// buffered, so memory stays bounded whatever the body's length.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnexpectedEof`], [`Error::Stalled`], [`Error::Io`].
+    pub async fn read_body_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        if self.body_left == 0 {
+            return Ok(None);
+        }
+        if self.buf.is_empty() {
+            self.buf.reserve(STREAM_CHUNK.min(self.body_left as usize));
+            let io = self.timeouts.io;
+            if self
+                .fill(after(io), || Error::Stalled(io.unwrap_or_default()))
+                .await?
+                == 0
+            {
+                return Err(self.body_eof());
+            }
+        }
+        let n = (self.buf.len() as u64).min(self.body_left) as usize;
+        self.body_left -= n as u64;
+        Ok(Some(self.buf.split_to(n).freeze()))
+    }
+
+    /// Copies the rest of the current body into `dst`, through one reused
+    /// buffer of [`STREAM_CHUNK`] bytes. Returns the bytes copied.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_body_chunk`](Self::read_body_chunk); a failure of `dst`
+    /// is [`Error::Io`].
+    pub async fn copy_body<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> Result<u64, Error> {
+        let mut copied = 0;
+        // What is already buffered goes first, then the rest bypasses the
+        // frame buffer: one allocation for the whole body.
+        let n = (self.buf.len() as u64).min(self.body_left) as usize;
+        if n > 0 {
+            dst.write_all(&self.buf[..n]).await?;
+            self.buf.advance(n);
+            self.body_left -= n as u64;
+            copied += n as u64;
+        }
+        let mut chunk = vec![0u8; STREAM_CHUNK.min(self.body_left as usize)];
+        while self.body_left > 0 {
+            let want = chunk.len().min(self.body_left as usize);
+            let io = self.timeouts.io;
+            let read = self.inner.read(&mut chunk[..want]);
+            let got =
+                with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
+            if got == 0 {
+                return Err(self.body_eof());
+            }
+            dst.write_all(&chunk[..got]).await?;
+            self.body_left -= got as u64;
+            copied += got as u64;
+        }
+        Ok(copied)
+    }
+
+    /// Reads and drops the rest of the current body.
+    pub async fn skip_body(&mut self) -> Result<(), Error> {
+        while self.read_body_chunk().await?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Writes frames to `W`, gathering small frames into few writes.
+///
+/// Nothing reaches the peer until [`flush`](FrameWriter::flush) (or a
+/// buffer of [`WRITE_COALESCE`] fills up): send a request with
+/// [`send`](FrameWriter::send), which flushes, and a batch with several
+/// [`feed`](FrameWriter::feed) and one `flush`. Header and body go out in
+/// one write, so Nagle's algorithm never holds half a frame back.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    inner: W,
+    buf: BytesMut,
+    body_left: u64,
+    io: Option<Duration>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer with no time limit.
+    pub fn new(inner: W) -> Self {
+        Self::with_timeouts(inner, Timeouts::default())
+    }
+
+    /// A writer whose every write must complete within `timeouts.io`.
+    pub fn with_timeouts(inner: W, timeouts: Timeouts) -> Self {
+        FrameWriter {
+            inner,
+            buf: BytesMut::with_capacity(WRITE_COALESCE),
+            body_left: 0,
+            io: timeouts.io,
+        }
+    }
+
+    /// The underlying writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    /// The underlying writer, mutably: bytes written to it directly bypass
+    /// (and precede) anything still buffered.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// The underlying writer (unflushed frames are dropped).
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
+    fn ready_for_frame(&self) -> Result<(), Error> {
+        if self.body_left > 0 {
+            return Err(Error::BodyLenMismatch {
+                declared: self.body_left,
+                actual: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Buffers our preface.
+    pub fn feed_preface(&mut self, preface: Preface) {
+        self.buf.extend_from_slice(&preface.encode());
+    }
+
+    /// Buffers a whole frame, writing out the buffer if it is full.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`encode_frame`]; [`Error::BodyLenMismatch`] if a streamed
+    /// body is still incomplete; write errors.
+    pub async fn feed<H: FrameHeader>(&mut self, header: &H, body: &[u8]) -> Result<(), Error> {
+        self.ready_for_frame()?;
+        encode_frame(header, body, &mut self.buf)?;
+        if self.buf.len() >= WRITE_COALESCE {
+            self.write_buf().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole frame and flushes.
+    ///
+    /// # Errors
+    ///
+    /// As [`feed`](Self::feed) and [`flush`](Self::flush).
+    pub async fn send<H: FrameHeader>(&mut self, header: &H, body: &[u8]) -> Result<(), Error> {
+        self.feed(header, body).await?;
+        self.flush().await
+    }
+
+    /// Starts a frame whose body follows through
+    /// [`write_body`](Self::write_body) or [`copy_body_from`](Self::copy_body_from).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`encode_head`]; [`Error::BodyLenMismatch`] if the previous
+    /// body is incomplete.
+    pub fn feed_head<H: FrameHeader>(&mut self, header: &H) -> Result<(), Error> {
+        self.ready_for_frame()?;
+        encode_head(header, &mut self.buf)?;
+        self.body_left = header.body_len();
+        Ok(())
+    }
+
+    /// Writes the next piece of the current body. Small pieces are
+    /// gathered; large ones go straight from `chunk`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BodyLenMismatch`] if `chunk` goes past the declared length;
+    /// write errors.
+    pub async fn write_body(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        if chunk.len() as u64 > self.body_left {
+            return Err(Error::BodyLenMismatch {
+                declared: self.body_left,
+                actual: chunk.len() as u64,
+            });
+        }
+        self.body_left -= chunk.len() as u64;
+        if self.buf.len() + chunk.len() <= WRITE_COALESCE {
+            self.buf.extend_from_slice(chunk);
+            return Ok(());
+        }
+        self.write_buf().await?;
+        self.write_all(chunk).await
+    }
+
+    /// Writes the rest of the current body from `src`, which must yield at
+    /// least that many bytes; returns the bytes written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BodySourceShort`] if `src` ends early (the connection is
+    /// then out of step and must be closed); read and write errors.
+    pub async fn copy_body_from<R: AsyncRead + Unpin>(
+        &mut self,
+        src: &mut R,
+    ) -> Result<u64, Error> {
+        let expected = self.body_left;
+        let mut chunk = vec![0u8; STREAM_CHUNK.min(expected as usize)];
+        while self.body_left > 0 {
+            let want = chunk.len().min(self.body_left as usize);
+            let got = src.read(&mut chunk[..want]).await?;
+            if got == 0 {
+                return Err(Error::BodySourceShort {
+                    got: expected - self.body_left,
+                    expected,
+                });
+            }
+            self.write_body(&chunk[..got]).await?;
+        }
+        Ok(expected)
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let io = self.io;
+        with_deadline(
+            after(io),
+            || Error::Stalled(io.unwrap_or_default()),
+            self.inner.write_all(bytes),
+        )
+        .await
+    }
+
+    async fn write_buf(&mut self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let res = self.write_all(&buf).await;
+        self.buf = buf;
+        self.buf.clear();
+        res
+    }
+
+    /// Writes out everything buffered and flushes the underlying writer.
+    ///
+    /// # Errors
+    ///
+    /// Write errors; [`Error::Stalled`] past the I/O timeout.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        self.write_buf().await?;
+        let io = self.io;
+        with_deadline(
+            after(io),
+            || Error::Stalled(io.unwrap_or_default()),
+            self.inner.flush(),
+        )
+        .await
+    }
+
+    /// Flushes and shuts the write side down (TCP FIN): the peer sees EOF.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush).
+    pub async fn shutdown(&mut self) -> Result<(), Error> {
+        self.flush().await?;
+        let io = self.io;
+        with_deadline(
+            after(io),
+            || Error::Stalled(io.unwrap_or_default()),
+            self.inner.shutdown(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,79 @@
+//! The connection preface: 8 bytes each side sends first, so that a stray
+//! HTTP request, a TLS client or another version gets a clear error.
+
+use super::{Error, PREFACE_LEN};
+
+/// The first four bytes of every framewire connection, in both directions.
+/// The leading 0x89 is not ASCII, so no text protocol starts this way, and
+/// a channel that strips the 8th bit is caught at once.
+pub const MAGIC: [u8; 4] = [0x89, b'F', b'W', b'R'];
+
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+
+/// Flag bits this build understands (none yet: all must be zero).
+const KNOWN_FLAGS: u16 = 0;
+
+/// The 8-byte preface: [`MAGIC`], `u16` big-endian version, `u16`
+/// big-endian flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preface {
+    /// Protocol version.
+    pub version: u16,
+    /// Feature flags; must be 0 in version 1.
+    pub flags: u16,
+}
+
+impl Default for Preface {
+    fn default() -> Self {
+        Preface {
+            version: VERSION,
+            flags: 0,
+        }
+    }
+}
+
+impl Preface {
+    /// The preface's bytes.
+    pub fn encode(&self) -> [u8; PREFACE_LEN] {
+        let mut out = [0; PREFACE_LEN];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&self.version.to_be_bytes());
+        out[6..].copy_from_slice(&self.flags.to_be_bytes());
+        out
+    }
+
+    /// Checks what has arrived so far against the magic, so a peer that
+    /// is not framewire is refused on its first byte rather than waited
+    /// for: `Ok(false)` means "consistent so far, need more".
+    pub fn check_partial(got: &[u8]) -> Result<bool, Error> {
+        let n = got.len().min(MAGIC.len());
+        if got[..n] != MAGIC[..n] {
+            return Err(Error::BadPreface { got: got.to_vec() });
+        }
+        Ok(got.len() >= PREFACE_LEN)
+    }
+
+    /// Parses a whole preface.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadPreface`] if the magic is wrong, [`Error::UnsupportedVersion`]
+    /// if the version is not [`VERSION`], [`Error::UnsupportedFlags`] for
+    /// unknown flag bits.
+    pub fn decode(got: &[u8; PREFACE_LEN]) -> Result<Preface, Error> {
+        Self::check_partial(got)?;
+        let version = u16::from_be_bytes([got[4], got[5]]);
+        let flags = u16::from_be_bytes([got[6], got[7]]);
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion {
+                ours: VERSION,
+                theirs: version,
+            });
+        }
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::UnsupportedFlags { flags });
+        }
+        Ok(Preface { version, flags })
+    }
+}
