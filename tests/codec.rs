@@ -1,0 +1,430 @@
+//! The codec against any split and any coalescing of the byte stream, and
+//! every class of malformed input against its typed error.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use framewire::wire::{
+    BareCodec, Envelope, Error, Frame, FrameCodec, FramePart, FrameReader, FrameWriter,
+    MAX_HEADER_LEN,
+};
+use framewire::{ErrorCode, Message};
+use proptest::prelude::*;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::codec::{Decoder, Encoder};
+
+fn arb_frame() -> impl Strategy<Value = Frame<Envelope>> {
+    (
+        proptest::option::of("[a-z_]{0,12}"),
+        prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), 0..64),
+            1 => proptest::collection::vec(any::<u8>(), 0..5000),
+        ],
+    )
+        .prop_map(|(kind, body)| Frame {
+            header: Envelope {
+                kind,
+                len: body.len() as u64,
+            },
+            body: body.into(),
+        })
+}
+
+fn encode_all(frames: &[Frame<Envelope>]) -> BytesMut {
+    let mut codec = FrameCodec::<Envelope>::new();
+    let mut buf = BytesMut::new();
+    for f in frames {
+        codec.encode(f, &mut buf).unwrap();
+    }
+    buf
+}
+
+/// Cuts `bytes` into reads of the given sizes (cycled), the last one
+/// whatever is left.
+fn split(bytes: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while at < bytes.len() {
+        let n = sizes[i % sizes.len()].max(1).min(bytes.len() - at);
+        out.push(bytes[at..at + n].to_vec());
+        at += n;
+        i += 1;
+    }
+    out
+}
+
+/// An `AsyncRead` handing out exactly the given reads, one per poll, then EOF:
+/// the shape of a TCP stream that splits and coalesces at those points.
+struct Reads(std::collections::VecDeque<Vec<u8>>);
+
+impl AsyncRead for Reads {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(mut chunk) = self.0.pop_front() {
+            let n = chunk.len().min(buf.remaining());
+            buf.put_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.0.push_front(chunk.split_off(n));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any frames, cut at any points (1-byte reads included) and glued in
+    /// any way, decode to the same frames.
+    #[test]
+    fn codec_any_split_any_coalescing(
+        frames in proptest::collection::vec(arb_frame(), 0..40),
+        sizes in proptest::collection::vec(prop_oneof![Just(1usize), 1usize..16, 1usize..4096], 1..20),
+    ) {
+        let wire = encode_all(&frames);
+        let mut codec = FrameCodec::<Envelope>::new();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for read in split(&wire, &sizes) {
+            buf.extend_from_slice(&read);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+        }
+        prop_assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+        prop_assert_eq!(got, frames);
+    }
+
+    /// The same through `FrameReader`, bodies read in chunks.
+    #[test]
+    fn reader_any_split(
+        frames in proptest::collection::vec(arb_frame(), 0..20),
+        sizes in proptest::collection::vec(prop_oneof![Just(1usize), 1usize..4096], 1..10),
+        whole in any::<bool>(),
+    ) {
+        let wire = encode_all(&frames);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let got = rt.block_on(async {
+            let mut r = FrameReader::new(Reads(split(&wire, &sizes).into()));
+            let mut got = Vec::new();
+            while let Some((header, len)) = r.read_head::<Envelope>().await.unwrap() {
+                assert_eq!(len, header.len);
+                let body = if whole {
+                    r.read_body(u64::MAX).await.unwrap()
+                } else {
+                    let mut b = BytesMut::new();
+                    while let Some(c) = r.read_body_chunk().await.unwrap() { b.extend_from_slice(&c); }
+                    b.freeze()
+                };
+                got.push(Frame { header, body });
+            }
+            got
+        });
+        prop_assert_eq!(got, frames);
+    }
+
+    /// Bare messages too.
+    #[test]
+    fn bare_any_split(
+        msgs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..40),
+        sizes in proptest::collection::vec(1usize..600, 1..10),
+    ) {
+        let mut codec = BareCodec::new();
+        let mut wire = BytesMut::new();
+        for m in &msgs { codec.encode(&m[..], &mut wire).unwrap(); }
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for read in split(&wire, &sizes) {
+            buf.extend_from_slice(&read);
+            while let Some(m) = codec.decode(&mut buf).unwrap() { got.push(m.to_vec()); }
+        }
+        prop_assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+        prop_assert_eq!(got, msgs);
+    }
+
+    /// Arbitrary bytes never panic the decoder: they decode, need more, or
+    /// fail with a typed error.
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let mut codec = FrameCodec::<Message>::new();
+        let mut buf = BytesMut::from(&bytes[..]);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = codec.decode_eof(&mut buf);
+    }
+
+    /// A truncated stream is always an UnexpectedEof naming the right part.
+    #[test]
+    fn truncation_is_eof_error(frame in arb_frame(), cut in any::<prop::sample::Index>()) {
+        let wire = encode_all(std::slice::from_ref(&frame));
+        let keep = cut.index(wire.len());
+        prop_assume!(keep > 0);
+        let mut codec = FrameCodec::<Envelope>::new();
+        let mut buf = BytesMut::from(&wire[..keep]);
+        let res = codec.decode_eof(&mut buf);
+        let is_eof = matches!(res, Err(Error::UnexpectedEof { .. }));
+        prop_assert!(is_eof, "{:?}", res);
+    }
+}
+
+fn raw_frame(header: &[u8], body: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u32(header.len() as u32);
+    b.extend_from_slice(header);
+    b.extend_from_slice(body);
+    b
+}
+
+fn decode(bytes: &[u8]) -> Result<Option<Frame<Message>>, Error> {
+    FrameCodec::<Message>::new().decode(&mut BytesMut::from(bytes))
+}
+
+#[test]
+fn oversize_header_length_is_refused_before_buffering() {
+    let err = decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::HeaderTooLarge {
+                len: 0xffff_ffff,
+                max: MAX_HEADER_LEN
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("4294967295") && msg.contains("65536"), "{msg}");
+    assert!(!err.is_recoverable());
+}
+
+#[test]
+fn header_not_utf8() {
+    let err = decode(&raw_frame(b"{\"type\":\"\xff\"}", b"")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::HeaderNotUtf8 {
+                valid_up_to: 9,
+                len: 12
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn header_not_json() {
+    let err = decode(&raw_frame(b"{type: echo}", b"")).unwrap_err();
+    assert!(matches!(err, Error::HeaderNotJson { .. }), "{err:?}");
+    // Valid JSON that is not an object: the body length cannot be known.
+    let err = decode(&raw_frame(b"[1,2]", b"")).unwrap_err();
+    assert!(matches!(err, Error::HeaderNotJson { .. }), "{err:?}");
+    let err = decode(&raw_frame(br#"{"type":"echo","len":-1}"#, b"")).unwrap_err();
+    assert!(matches!(err, Error::HeaderNotJson { .. }), "{err:?}");
+    assert!(!err.is_recoverable());
+}
+
+#[test]
+fn missing_field_names_the_field() {
+    let err = decode(&raw_frame(br#"{"type":"error","message":"x"}"#, b"")).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingField { field, body_len: 0 } if field == "code"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("`code`"));
+    assert!(err.is_recoverable());
+    let err = decode(&raw_frame(br#"{"len":3}"#, b"abc")).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingField { field, body_len: 3 } if field == "type"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unknown_type_is_recoverable_with_its_body_length() {
+    let err = decode(&raw_frame(br#"{"type":"teleport","len":7}"#, b"payload")).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownType { kind, body_len: 7 } if kind == "teleport"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn invalid_field_is_recoverable() {
+    let err = decode(&raw_frame(
+        br#"{"type":"echo","len":2,"upper":"yes"}"#,
+        b"ab",
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidField { body_len: 2, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn body_over_the_in_memory_limit() {
+    let mut codec = FrameCodec::<Envelope>::with_max_body(10);
+    let err = codec
+        .decode(&mut raw_frame(br#"{"len":11}"#, b""))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BodyTooLarge { len: 11, max: 10 }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn eof_in_each_part_is_named() {
+    let wire = raw_frame(br#"{"type":"echo","len":4}"#, b"body");
+    let cases = [
+        (2, FramePart::LengthPrefix, 2, 4),
+        (10, FramePart::Header, 6, 23),
+        (29, FramePart::Body, 2, 4),
+    ];
+    for (keep, part, got, expected) in cases {
+        let err = FrameCodec::<Message>::new()
+            .decode_eof(&mut BytesMut::from(&wire[..keep]))
+            .unwrap_err();
+        match err {
+            Error::UnexpectedEof {
+                part: p,
+                got: g,
+                expected: e,
+            } => {
+                assert_eq!((p, g, e), (part, got, expected), "cut at {keep}")
+            }
+            other => panic!("cut at {keep}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn bare_oversize_and_eof() {
+    let mut codec = BareCodec::with_max_payload(100);
+    let err = codec
+        .decode(&mut BytesMut::from(&[0, 0, 1, 0][..]))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BodyTooLarge { len: 256, max: 100 }),
+        "{err:?}"
+    );
+    let err = codec
+        .decode_eof(&mut BytesMut::from(&[0, 0, 0, 9, 1, 2][..]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UnexpectedEof {
+                part: FramePart::Body,
+                got: 2,
+                expected: 9
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn encoder_refuses_a_body_that_does_not_match_the_header() {
+    let mut buf = BytesMut::new();
+    let frame = Frame {
+        header: Envelope { kind: None, len: 3 },
+        body: Bytes::from_static(b"ab"),
+    };
+    let err = FrameCodec::new().encode(frame, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BodyLenMismatch {
+                declared: 3,
+                actual: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn encoder_refuses_a_header_over_the_limit() {
+    let mut buf = BytesMut::new();
+    let header = Message::error(ErrorCode::Internal, "x".repeat(MAX_HEADER_LEN));
+    let err = framewire::wire::encode_head(&header, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::HeaderTooLarge {
+                max: MAX_HEADER_LEN,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(buf.is_empty(), "nothing half-encoded is left behind");
+}
+
+/// A rejected header leaves the reader in step: its body is skipped and
+/// the next frame reads normally.
+#[tokio::test]
+async fn reader_recovers_after_a_rejected_header() {
+    let mut wire = raw_frame(br#"{"type":"teleport","len":5}"#, b"xxxxx");
+    wire.extend_from_slice(&raw_frame(br#"{"type":"echo","len":2}"#, b"ok"));
+    let mut r = FrameReader::new(&wire[..]);
+    let err = r.read_head::<Message>().await.unwrap_err();
+    assert!(err.is_recoverable());
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert_eq!(
+        m,
+        Message::Echo {
+            len: 2,
+            upper: false
+        }
+    );
+    assert_eq!(r.read_body(10).await.unwrap(), "ok");
+    assert!(r.read_head::<Message>().await.unwrap().is_none());
+}
+
+/// A writer batches fed frames and refuses to start a frame while a
+/// streamed body is incomplete.
+#[tokio::test]
+async fn writer_streams_bodies_and_guards_their_length() {
+    let mut out = Vec::new();
+    let mut w = FrameWriter::new(&mut out);
+    w.feed_head(&Message::EchoReply { len: 4 }).unwrap();
+    w.write_body(b"ab").await.unwrap();
+    let err = w
+        .feed(&Message::EchoReply { len: 0 }, b"")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::BodyLenMismatch { declared: 2, .. }),
+        "{err:?}"
+    );
+    let err = w.write_body(b"cde").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BodyLenMismatch {
+                declared: 2,
+                actual: 3
+            }
+        ),
+        "{err:?}"
+    );
+    w.write_body(b"cd").await.unwrap();
+    w.send(&Message::EchoReply { len: 0 }, b"").await.unwrap();
+    let mut codec = FrameCodec::<Message>::new();
+    let mut buf = BytesMut::from(&out[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap().body, "abcd");
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap().body, "");
+}

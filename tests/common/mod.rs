@@ -1,0 +1,68 @@
+//! Shared helpers: a real server on 127.0.0.1:0 that a test can stop.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use framewire::server::{self, Config};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub root: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` has adjusted its configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = Config::new(root.path());
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            root,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Asks for shutdown and returns the task, to await when the test wants.
+    pub fn shutdown(&mut self) -> &mut JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        &mut self.task
+    }
+
+    /// Shuts down and waits, failing the test if that takes over `limit`.
+    pub async fn stop_within(mut self, limit: Duration) {
+        tokio::time::timeout(limit, self.shutdown())
+            .await
+            .expect("server stops in time")
+            .unwrap();
+    }
+}
+
+/// Deterministic test data: not all zeros, not periodic on a power of two.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_add(seed).wrapping_mul(31))
+        .collect()
+}

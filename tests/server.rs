@@ -1,0 +1,484 @@
+//! The server and client against each other on real loopback sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use common::{pattern, TestServer};
+use framewire::wire::{self, FrameReader, FrameWriter, Preface, MAGIC};
+use framewire::{Client, ClientError, ErrorCode, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A raw connection that has done the preface exchange.
+async fn raw(server: &TestServer) -> TcpStream {
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    sock.set_nodelay(true).unwrap();
+    sock.write_all(&Preface::default().encode()).await.unwrap();
+    let mut theirs = [0u8; 8];
+    sock.read_exact(&mut theirs).await.unwrap();
+    assert_eq!(Preface::decode(&theirs).unwrap(), Preface::default());
+    sock
+}
+
+fn frame(header: &Message, body: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    wire::encode_frame(header, body, &mut buf).unwrap();
+    buf
+}
+
+/// Reads one frame from a raw socket: header and whole body.
+async fn read_frame(sock: &mut TcpStream) -> Option<(Message, Vec<u8>)> {
+    let mut r = FrameReader::new(sock);
+    let (m, _) = r.read_head::<Message>().await.unwrap()?;
+    let body = r.read_body(u64::MAX).await.unwrap().to_vec();
+    let (_, left) = r.into_parts();
+    assert!(left.is_empty(), "test reads one frame at a time");
+    Some((m, body))
+}
+
+#[tokio::test]
+async fn echo_small_sizes() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    for size in [0, 1, 1 << 20] {
+        let body = pattern(size, 7);
+        assert_eq!(client.echo(&body).await.unwrap(), body, "size {size}");
+    }
+    assert_eq!(client.echo_upper(b"ls -l").await.unwrap(), "LS -L");
+    server.stop_within(LIMIT).await;
+}
+
+/// 100 MiB streamed both ways at once through a real server, every byte
+/// checked, neither side holding more than a chunk.
+#[tokio::test]
+async fn echo_100_mib_streams() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let body = pattern(100 << 20, 3);
+    let mut back = Vec::with_capacity(body.len());
+    let n = client
+        .echo_stream(&mut &body[..], body.len() as u64, &mut back, false)
+        .await
+        .unwrap();
+    assert_eq!(n, body.len() as u64);
+    assert!(back == body, "100 MiB echo differs");
+    server.stop_within(LIMIT).await;
+}
+
+#[tokio::test]
+async fn in_memory_echo_refuses_over_the_limit() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let body = vec![0u8; wire::MAX_BUFFERED_BODY as usize + 1];
+    let err = client.echo(&body).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Wire(wire::Error::BodyTooLarge { .. })),
+        "{err:?}"
+    );
+    // Nothing was sent: the connection is still good.
+    assert_eq!(client.echo(b"still here").await.unwrap(), "still here");
+}
+
+/// The sender dribbles preface and frame one byte per write.
+#[tokio::test]
+async fn one_byte_at_a_time() {
+    let server = TestServer::start().await;
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    sock.set_nodelay(true).unwrap();
+    let mut bytes = Preface::default().encode().to_vec();
+    bytes.extend_from_slice(&frame(
+        &Message::Echo {
+            len: 11,
+            upper: false,
+        },
+        b"hello world",
+    ));
+    for b in bytes {
+        sock.write_all(&[b]).await.unwrap();
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let mut theirs = [0u8; 8];
+    sock.read_exact(&mut theirs).await.unwrap();
+    let (m, body) = read_frame(&mut sock).await.unwrap();
+    assert_eq!(m, Message::EchoReply { len: 11 });
+    assert_eq!(body, b"hello world");
+}
+
+/// 10,000 requests in a single write: every reply comes back, in order.
+#[tokio::test]
+async fn ten_thousand_frames_in_one_write() {
+    let server = TestServer::start().await;
+    let sock = raw(&server).await;
+    let (read, mut write) = sock.into_split();
+    let mut batch = BytesMut::new();
+    for i in 0..10_000u32 {
+        let body = i.to_be_bytes();
+        wire::encode_frame(
+            &Message::Echo {
+                len: 4,
+                upper: false,
+            },
+            &body,
+            &mut batch,
+        )
+        .unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        write.write_all(&batch).await.unwrap();
+        write
+    });
+    let mut r = FrameReader::new(read);
+    for i in 0..10_000u32 {
+        let (m, _) = r
+            .read_head::<Message>()
+            .await
+            .unwrap()
+            .expect("a reply per request");
+        assert_eq!(m, Message::EchoReply { len: 4 });
+        assert_eq!(r.read_body(4).await.unwrap()[..], i.to_be_bytes());
+    }
+    drop(writer.await.unwrap());
+}
+
+/// A length of 0xFFFFFFFF is refused from the prefix alone: the server
+/// answers at once (it does not wait for 4 GiB), closes that connection,
+/// and goes on serving others.
+#[tokio::test]
+async fn oversized_length_refused_and_server_keeps_serving() {
+    let server = TestServer::start().await;
+    let mut bad = raw(&server).await;
+    bad.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut bad))
+        .await
+        .unwrap()
+        .unwrap();
+    match m {
+        Message::Error {
+            code: ErrorCode::BadFrame,
+            message,
+        } => {
+            assert!(
+                message.contains("4294967295") && message.contains("65536"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut rest = Vec::new();
+    bad.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "connection closed after the error frame");
+
+    let mut good = Client::connect(&server.addr()).await.unwrap();
+    assert_eq!(good.echo(b"fine").await.unwrap(), "fine");
+    server.stop_within(LIMIT).await;
+}
+
+/// Unknown types and bad fields get an error frame; the connection stays
+/// usable, the rejected body skipped.
+#[tokio::test]
+async fn recoverable_errors_keep_the_connection() {
+    let server = TestServer::start().await;
+    let mut sock = raw(&server).await;
+    let mut buf = BytesMut::new();
+    let header = br#"{"type":"teleport","len":5}"#;
+    buf.put_u32(header.len() as u32);
+    buf.extend_from_slice(header);
+    buf.extend_from_slice(b"xxxxx");
+    sock.write_all(&buf).await.unwrap();
+    let (m, _) = read_frame(&mut sock).await.unwrap();
+    assert!(
+        matches!(m, Message::Error { code: ErrorCode::UnknownType, ref message } if message.contains("teleport"))
+    );
+
+    let header = br#"{"type":"echo","len":1,"upper":7}"#;
+    let mut buf = BytesMut::new();
+    buf.put_u32(header.len() as u32);
+    buf.extend_from_slice(header);
+    buf.extend_from_slice(b"y");
+    sock.write_all(&buf).await.unwrap();
+    let (m, _) = read_frame(&mut sock).await.unwrap();
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+
+    // A reply type sent as a request.
+    sock.write_all(&frame(&Message::EchoReply { len: 0 }, b""))
+        .await
+        .unwrap();
+    let (m, _) = read_frame(&mut sock).await.unwrap();
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+
+    sock.write_all(&frame(
+        &Message::Echo {
+            len: 2,
+            upper: false,
+        },
+        b"ok",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        read_frame(&mut sock).await.unwrap(),
+        (Message::EchoReply { len: 2 }, b"ok".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn bad_json_closes_with_bad_frame() {
+    let server = TestServer::start().await;
+    let mut sock = raw(&server).await;
+    let mut buf = BytesMut::new();
+    buf.put_u32(5);
+    buf.extend_from_slice(b"{oops");
+    sock.write_all(&buf).await.unwrap();
+    let (m, _) = read_frame(&mut sock).await.unwrap();
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+    assert!(read_frame(&mut sock).await.is_none());
+}
+
+#[tokio::test]
+async fn http_request_gets_an_http_answer() {
+    let server = TestServer::start().await;
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    sock.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("not an HTTP server"));
+}
+
+#[tokio::test]
+async fn wrong_version_is_told_so() {
+    let server = TestServer::start().await;
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    let mut preface = MAGIC.to_vec();
+    preface.extend_from_slice(&[0, 99, 0, 0]);
+    sock.write_all(&preface).await.unwrap();
+    let mut theirs = [0u8; 8];
+    sock.read_exact(&mut theirs).await.unwrap();
+    let (m, _) = read_frame(&mut sock).await.unwrap();
+    match m {
+        Message::Error {
+            code: ErrorCode::UnsupportedVersion,
+            message,
+        } => assert!(message.contains("99"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The client refuses a peer that is not a framewire server, naming what
+/// it saw.
+#[tokio::test]
+async fn client_refuses_a_non_framewire_server() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let err = Client::connect(&addr.to_string()).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Wire(wire::Error::BadPreface { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("SSH"), "{err}");
+}
+
+#[tokio::test]
+async fn connect_error_names_the_address() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let err = Client::connect(&addr).await.unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr), "{err}");
+}
+
+/// A client that never sends a request is told and dropped at the idle
+/// timeout; one that starts a frame and stalls, at the I/O timeout.
+#[tokio::test]
+async fn idle_and_stalled_clients_are_dropped() {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.idle = Some(Duration::from_millis(300));
+        c.timeouts.io = Some(Duration::from_millis(300));
+    })
+    .await;
+    let mut idle = raw(&server).await;
+    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut idle))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(m, Message::Error { code: ErrorCode::Timeout, ref message } if message.contains("idle")),
+        "{m:?}"
+    );
+
+    let mut slow = raw(&server).await;
+    slow.write_all(&[0, 0]).await.unwrap(); // half a length prefix, then nothing
+    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut slow))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(m, Message::Error { code: ErrorCode::Timeout, ref message } if message.contains("stalled")),
+        "{m:?}"
+    );
+
+    // A slow-but-moving client within the limits is served.
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(client.echo(b"in time").await.unwrap(), "in time");
+}
+
+/// A peer that connects and says nothing is dropped at the handshake
+/// deadline.
+#[tokio::test]
+async fn silent_peer_dropped_at_handshake_deadline() {
+    let server = TestServer::start_with(|c| c.handshake_timeout = Duration::from_millis(200)).await;
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(LIMIT, sock.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "closed without a word");
+}
+
+/// With --max-connections 1, a second client waits until the first leaves.
+#[tokio::test]
+async fn connection_limit_queues_the_next_client() {
+    let server = TestServer::start_with(|c| c.max_connections = 1).await;
+    let mut first = Client::connect(&server.addr()).await.unwrap();
+    assert_eq!(first.echo(b"1").await.unwrap(), "1");
+    let addr = server.addr();
+    let second = tokio::spawn(async move { Client::connect(&addr).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "second client served while the first holds the only slot"
+    );
+    drop(first);
+    let mut second = tokio::time::timeout(LIMIT, second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.echo(b"2").await.unwrap(), "2");
+}
+
+/// Shutdown lets a request in flight finish, tells idle clients, refuses
+/// new ones, and returns once drained.
+#[tokio::test]
+async fn shutdown_drains_a_live_request() {
+    let mut server = TestServer::start().await;
+    let mut idle = Client::connect(&server.addr()).await.unwrap();
+    let sock = raw(&server).await;
+    let (read, write) = sock.into_split();
+    let mut w = FrameWriter::new(write);
+    let body = pattern(4 << 20, 9);
+    w.feed_head(&Message::Echo {
+        len: body.len() as u64,
+        upper: false,
+    })
+    .unwrap();
+    w.write_body(&body[..1 << 20]).await.unwrap();
+    w.flush().await.unwrap();
+    let mut r = FrameReader::new(read);
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert_eq!(
+        m,
+        Message::EchoReply {
+            len: body.len() as u64
+        }
+    );
+
+    // The request is live: ask for shutdown now.
+    let addr = server.addr;
+    let task = server.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "server waits for the live request");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections once shutting down"
+    );
+
+    let finish = tokio::spawn(async move {
+        w.write_body(&body[1 << 20..]).await.unwrap();
+        w.flush().await.unwrap();
+        body
+    });
+    let mut back = Vec::new();
+    r.copy_body(&mut back).await.unwrap();
+    let body = finish.await.unwrap();
+    assert!(back == body, "the live request completed intact");
+    tokio::time::timeout(LIMIT, task)
+        .await
+        .expect("server returns once drained")
+        .unwrap();
+
+    let err = idle.echo(b"late").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Remote {
+                code: ErrorCode::ShuttingDown,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// A request still running at the drain deadline is cut off, and the
+/// server returns.
+#[tokio::test]
+async fn drain_deadline_ends_stuck_requests() {
+    let mut server = TestServer::start_with(|c| c.drain_timeout = Duration::from_millis(300)).await;
+    let sock = raw(&server).await;
+    let (_read, write) = sock.into_split();
+    let mut w = FrameWriter::new(write);
+    w.feed_head(&Message::Echo {
+        len: 1000,
+        upper: false,
+    })
+    .unwrap();
+    w.write_body(&[0; 10]).await.unwrap();
+    w.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("drain deadline holds")
+        .unwrap();
+}
