@@ -121,9 +121,15 @@ mod raw {
 
         fn try_from(r: Raw) -> Result<Message, Missing> {
             Ok(match r.kind {
-                Kind::Echo => Message::Echo { len: r.len, upper: r.upper },
+                Kind::Echo => Message::Echo {
+                    len: r.len,
+                    upper: r.upper,
+                },
                 Kind::EchoReply => Message::EchoReply { len: r.len },
-                Kind::Error => Message::Error { code: need(r.code, "code")?, message: need(r.message, "message")? },
+                Kind::Error => Message::Error {
+                    code: need(r.code, "code")?,
+                    message: need(r.message, "message")?,
+                },
             })
         }
     }

@@ -428,3 +428,24 @@ async fn writer_streams_bodies_and_guards_their_length() {
     assert_eq!(codec.decode(&mut buf).unwrap().unwrap().body, "abcd");
     assert_eq!(codec.decode(&mut buf).unwrap().unwrap().body, "");
 }
+
+/// The hex dump in docs/PROTOCOL.md §3.3 is what the implementation sends.
+#[test]
+fn protocol_md_example_bytes() {
+    let preface = framewire::wire::Preface::default().encode();
+    assert_eq!(preface, [0x89, 0x46, 0x57, 0x52, 0x00, 0x01, 0x00, 0x00]);
+    let mut buf = BytesMut::new();
+    framewire::wire::encode_frame(
+        &Message::Echo {
+            len: 2,
+            upper: false,
+        },
+        b"hi",
+        &mut buf,
+    )
+    .unwrap();
+    let expected = b"\x00\x00\x00\x17{\"type\":\"echo\",\"len\":2}hi";
+    assert_eq!(&buf[..], &expected[..]);
+    let doc = include_str!("../docs/PROTOCOL.md");
+    assert!(doc.contains("00 00 00 17 7b 22 74 79 70 65 22 3a 22 65 63 68"));
+}
