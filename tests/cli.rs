@@ -19,9 +19,16 @@ struct Serve {
 
 impl Serve {
     fn start(extra: &[&str]) -> Serve {
+        Self::start_under("", extra)
+    }
+
+    /// Starts the server through `sh -c "PREFIX exec framewire serve ..."`,
+    /// e.g. to lower a resource limit first.
+    fn start_under(prefix: &str, extra: &[&str]) -> Serve {
         let root = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        let script = format!("{prefix} root=\"$1\"; shift; exec \"$0\" serve --listen 127.0.0.1:0 --root \"$root\" \"$@\"");
+        let mut child = Command::new("sh")
+            .args(["-c", &script, BIN])
             .arg(root.path())
             .args(extra)
             .stdout(Stdio::piped())
@@ -118,6 +125,33 @@ fn echo_text_stdin_and_upper_through_a_served_process() {
     );
     assert!(
         log.contains("SIGTERM received") && log.contains("server stopped"),
+        "{log}"
+    );
+}
+
+/// Out of file descriptors, accept fails: the server logs it, backs off,
+/// and serves again once descriptors are free.
+#[test]
+fn accept_errors_are_survived() {
+    let server = Serve::start_under("ulimit -n 24;", &[]);
+    let hogs: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(hogs);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = framewire(&["echo", &server.addr, "back in business"]);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(out.stdout, b"back in business\n", "{out:?}");
+    let (status, log) = server.terminate();
+    assert!(status.success());
+    assert!(
+        log.contains("accept failed") && log.contains("retry_in"),
         "{log}"
     );
 }

@@ -153,12 +153,7 @@ proptest! {
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let mut codec = FrameCodec::<Message>::new();
         let mut buf = BytesMut::from(&bytes[..]);
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = codec.decode(&mut buf) {}
         let _ = codec.decode_eof(&mut buf);
     }
 
