@@ -22,17 +22,12 @@ const PAYLOAD: usize = 64;
 const BATCH: usize = 64 * 1024;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 async fn pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tx = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
+    let tx = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
     let (rx, _) = listener.accept().await.unwrap();
     tx.set_nodelay(true).unwrap();
     rx.set_nodelay(true).unwrap();
@@ -80,9 +75,7 @@ async fn run(peer: Peer, n: usize) -> f64 {
                     w.set_backpressure_boundary(BATCH);
                 }
                 for _ in 0..n {
-                    SinkExt::<Bytes>::feed(&mut w, payload.clone())
-                        .await
-                        .unwrap();
+                    SinkExt::<Bytes>::feed(&mut w, payload.clone()).await.unwrap();
                 }
                 SinkExt::<Bytes>::flush(&mut w).await.unwrap();
             }
@@ -92,18 +85,13 @@ async fn run(peer: Peer, n: usize) -> f64 {
                     w.set_backpressure_boundary(BATCH);
                 }
                 for _ in 0..n {
-                    SinkExt::<Bytes>::feed(&mut w, payload.clone())
-                        .await
-                        .unwrap();
+                    SinkExt::<Bytes>::feed(&mut w, payload.clone()).await.unwrap();
                 }
                 SinkExt::<Bytes>::flush(&mut w).await.unwrap();
             }
             Peer::Json => {
                 let mut w = FrameWriter::new(tx);
-                let header = Message::Echo {
-                    len: PAYLOAD as u64,
-                    upper: false,
-                };
+                let header = Message::Echo { len: PAYLOAD as u64, upper: false };
                 for _ in 0..n {
                     w.feed(&header, &payload).await.unwrap();
                 }
@@ -151,28 +139,10 @@ fn main() {
     // `cargo test --benches` builds and runs this with `--bench` absent:
     // keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let rounds = if quick {
-        1
-    } else {
-        env_or("FRAMEWIRE_BENCH_ROUNDS", 7)
-    };
-    let n = if quick {
-        10_000
-    } else {
-        env_or("FRAMEWIRE_BENCH_MESSAGES", 2_000_000)
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let peers = [
-        Peer::Ldc,
-        Peer::Bare,
-        Peer::LdcBatched,
-        Peer::BareBatched,
-        Peer::Json,
-    ];
+    let rounds = if quick { 1 } else { env_or("FRAMEWIRE_BENCH_ROUNDS", 7) };
+    let n = if quick { 10_000 } else { env_or("FRAMEWIRE_BENCH_MESSAGES", 2_000_000) };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let peers = [Peer::Ldc, Peer::Bare, Peer::LdcBatched, Peer::BareBatched, Peer::Json];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
     rt.block_on(async {
         // Warm-up: page in code and let the socket buffers grow.
@@ -194,26 +164,11 @@ fn main() {
     for (p, r) in peers.iter().zip(results) {
         let (med, lo, hi) = stats(r);
         medians.push(med);
-        println!(
-            "| {} | {:.2} | {:.2}–{:.2} |",
-            p.name(),
-            med / 1e6,
-            lo / 1e6,
-            hi / 1e6
-        );
+        println!("| {} | {:.2} | {:.2}–{:.2} |", p.name(), med / 1e6, lo / 1e6, hi / 1e6);
     }
     println!();
-    println!(
-        "ratio BareCodec / LDC, same FramedWrite defaults: {:.2}x",
-        medians[1] / medians[0]
-    );
-    println!(
-        "ratio BareCodec / LDC, both 64 KiB batches:       {:.2}x",
-        medians[3] / medians[2]
-    );
-    println!(
-        "ratio BareCodec batched / LDC defaults:           {:.2}x",
-        medians[3] / medians[0]
-    );
+    println!("ratio BareCodec / LDC, same FramedWrite defaults: {:.2}x", medians[1] / medians[0]);
+    println!("ratio BareCodec / LDC, both 64 KiB batches:       {:.2}x", medians[3] / medians[2]);
+    println!("ratio BareCodec batched / LDC defaults:           {:.2}x", medians[3] / medians[0]);
     println!("JSON-header frames: {:.2} M frames/s", medians[4] / 1e6);
 }

@@ -18,6 +18,9 @@
 //!   [`wire::Error`]s.
 //! - [`proto`]: the typed messages of the native protocol
 //!   ([`proto::Message`]) and error codes.
+//! - [`services`]: what requests do, apart from the wire: files under a
+//!   sandboxed root ([`services::files`]) and processes in their own
+//!   process group ([`services::exec`]).
 //! - [`server`]: the listener, connection limits, time limits, graceful
 //!   shutdown, and request dispatch.
 //! - [`client`]: [`Client`], the typed async API a program uses to talk to
@@ -45,13 +48,14 @@
 //!
 //! drop(client);
 //! stop.send(()).unwrap();
-//! server.await?;
+//! server.await??;
 //! # Ok(()) }
 //! ```
 
 pub mod client;
 pub mod proto;
 pub mod server;
+pub mod services;
 pub mod wire;
 
 pub use client::{Client, ClientError};

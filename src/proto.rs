@@ -36,6 +36,152 @@ pub enum Message {
         #[serde(default)]
         len: u64,
     },
+
+    /// Request: run `command` through the server's shell in its root.
+    Exec {
+        /// A shell command line.
+        command: String,
+        /// Kill the process group after this many milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// During an exec, client to server: bytes for the command's stdin;
+    /// `eof` closes it.
+    Stdin {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Close the command's stdin after this body.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        eof: bool,
+    },
+    /// During an exec, client to server: kill the command's process group.
+    Cancel,
+    /// During an exec, server to client: bytes the command wrote to stdout.
+    Stdout {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    },
+    /// During an exec, server to client: bytes the command wrote to stderr.
+    Stderr {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    },
+    /// Ends an exec: how the command ended.
+    Exit {
+        /// Exit status, if it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<i32>,
+        /// The signal that ended it, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// Why it ended.
+        reason: ExitReason,
+    },
+
+    /// Request: list a directory (or describe a file).
+    List {
+        /// Path relative to the served root; empty for the root.
+        #[serde(default)]
+        path: String,
+        /// List every file below, with paths relative to `path`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recursive: bool,
+    },
+    /// Reply to [`Message::List`]: the body is a JSON array of [`Entry`].
+    ListReply {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    },
+    /// Request: describe one path.
+    Stat {
+        /// Path relative to the served root.
+        path: String,
+    },
+    /// Reply to [`Message::Stat`].
+    StatReply {
+        /// What is there.
+        entry: Entry,
+    },
+
+    /// Request: download a file, from `offset` on.
+    Get {
+        /// Path relative to the served root.
+        path: String,
+        /// Resume from this byte.
+        #[serde(default)]
+        offset: u64,
+        /// BLAKE3 (hex) of the first `offset` bytes the client holds; the
+        /// server starts from 0 if its file does not begin with them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix_blake3: Option<String>,
+    },
+    /// Reply to [`Message::Get`]: bytes `offset..size` follow as the body,
+    /// then a [`Message::Checksum`] of the whole file.
+    File {
+        /// Body length (`size - offset`).
+        #[serde(default)]
+        len: u64,
+        /// Whole file size.
+        size: u64,
+        /// Where the body starts in the file.
+        #[serde(default)]
+        offset: u64,
+        /// Modification time, seconds since the Unix epoch.
+        #[serde(default)]
+        mtime: i64,
+        /// Unix permission bits.
+        #[serde(default)]
+        mode: u32,
+    },
+    /// Trailer of a transfer: BLAKE3 (hex) of the whole file.
+    Checksum {
+        /// Lower-case hex.
+        blake3: String,
+    },
+
+    /// Request: upload `size` bytes to `path`.
+    Put {
+        /// Path relative to the served root.
+        path: String,
+        /// Whole file size.
+        size: u64,
+        /// Replace an existing file.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+        /// Unix permission bits for the new file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// Reply to [`Message::Put`]: the server holds `offset` bytes of an
+    /// earlier, interrupted upload of this path.
+    PutReady {
+        /// Bytes already held.
+        offset: u64,
+        /// BLAKE3 (hex) of those bytes, so the client can check they are
+        /// the start of its file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix_blake3: Option<String>,
+    },
+    /// Upload data: bytes `offset..size` of the file, then a
+    /// [`Message::Checksum`] of the whole file.
+    PutData {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Where the body starts: the `PutReady` offset, or 0 to start over.
+        #[serde(default)]
+        offset: u64,
+    },
+    /// Reply: the upload is verified, synced and in place.
+    PutDone {
+        /// Final size.
+        size: u64,
+    },
+
     /// Reply: the request failed. Never carries a body.
     Error {
         /// Machine-readable cause.
@@ -51,26 +197,96 @@ impl Message {
         match self {
             Message::Echo { .. } => "echo",
             Message::EchoReply { .. } => "echo_reply",
+            Message::Exec { .. } => "exec",
+            Message::Stdin { .. } => "stdin",
+            Message::Cancel => "cancel",
+            Message::Stdout { .. } => "stdout",
+            Message::Stderr { .. } => "stderr",
+            Message::Exit { .. } => "exit",
+            Message::List { .. } => "list",
+            Message::ListReply { .. } => "list_reply",
+            Message::Stat { .. } => "stat",
+            Message::StatReply { .. } => "stat_reply",
+            Message::Get { .. } => "get",
+            Message::File { .. } => "file",
+            Message::Checksum { .. } => "checksum",
+            Message::Put { .. } => "put",
+            Message::PutReady { .. } => "put_ready",
+            Message::PutData { .. } => "put_data",
+            Message::PutDone { .. } => "put_done",
             Message::Error { .. } => "error",
         }
     }
 
     /// An error frame.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Message::Error {
-            code,
-            message: message.into(),
-        }
+        Message::Error { code, message: message.into() }
     }
 }
 
 impl FrameHeader for Message {
     fn body_len(&self) -> u64 {
         match self {
-            Message::Echo { len, .. } | Message::EchoReply { len } => *len,
-            Message::Error { .. } => 0,
+            Message::Echo { len, .. }
+            | Message::EchoReply { len }
+            | Message::Stdin { len, .. }
+            | Message::Stdout { len }
+            | Message::Stderr { len }
+            | Message::ListReply { len }
+            | Message::File { len, .. }
+            | Message::PutData { len, .. } => *len,
+            _ => 0,
         }
     }
+}
+
+/// Why an exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// The command ended by itself (exit or signal).
+    Exited,
+    /// The timeout passed; the process group was killed.
+    Timeout,
+    /// The client cancelled; the process group was killed.
+    Cancelled,
+    /// The server shut down; the process group was killed.
+    Shutdown,
+    /// A reason this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// What kind of thing a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (inside the root).
+    Symlink,
+    /// Anything else (socket, device, fifo).
+    Other,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Name (or path relative to the listed directory, when recursive).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// What it is.
+    pub kind: Kind,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Unix permission bits.
+    #[serde(default)]
+    pub mode: u32,
 }
 
 mod raw {
@@ -79,24 +295,62 @@ mod raw {
 
     use serde::Deserialize;
 
-    use super::{ErrorCode, Message};
+    use super::{Entry, ErrorCode, ExitReason, Message};
 
     #[derive(Deserialize)]
     #[serde(rename_all = "snake_case")]
-    enum Kind {
+    enum Type {
         Echo,
         EchoReply,
+        Exec,
+        Stdin,
+        Cancel,
+        Stdout,
+        Stderr,
+        Exit,
+        List,
+        ListReply,
+        Stat,
+        StatReply,
+        Get,
+        File,
+        Checksum,
+        Put,
+        PutReady,
+        PutData,
+        PutDone,
         Error,
     }
 
     #[derive(Deserialize)]
     pub struct Raw {
         #[serde(rename = "type")]
-        kind: Kind,
+        kind: Type,
         #[serde(default)]
         len: u64,
         #[serde(default)]
         upper: bool,
+        command: Option<String>,
+        timeout_ms: Option<u64>,
+        #[serde(default)]
+        eof: bool,
+        status: Option<i32>,
+        signal: Option<i32>,
+        reason: Option<ExitReason>,
+        path: Option<String>,
+        #[serde(default)]
+        recursive: bool,
+        entry: Option<Entry>,
+        #[serde(default)]
+        offset: u64,
+        prefix_blake3: Option<String>,
+        size: Option<u64>,
+        #[serde(default)]
+        mtime: i64,
+        mode: Option<u32>,
+        blake3: Option<String>,
+        #[serde(default)]
+        force: bool,
         code: Option<ErrorCode>,
         message: Option<String>,
     }
@@ -121,15 +375,39 @@ mod raw {
 
         fn try_from(r: Raw) -> Result<Message, Missing> {
             Ok(match r.kind {
-                Kind::Echo => Message::Echo {
+                Type::Echo => Message::Echo { len: r.len, upper: r.upper },
+                Type::EchoReply => Message::EchoReply { len: r.len },
+                Type::Exec => Message::Exec { command: need(r.command, "command")?, timeout_ms: r.timeout_ms },
+                Type::Stdin => Message::Stdin { len: r.len, eof: r.eof },
+                Type::Cancel => Message::Cancel,
+                Type::Stdout => Message::Stdout { len: r.len },
+                Type::Stderr => Message::Stderr { len: r.len },
+                Type::Exit => Message::Exit { status: r.status, signal: r.signal, reason: need(r.reason, "reason")? },
+                Type::List => Message::List { path: r.path.unwrap_or_default(), recursive: r.recursive },
+                Type::ListReply => Message::ListReply { len: r.len },
+                Type::Stat => Message::Stat { path: need(r.path, "path")? },
+                Type::StatReply => Message::StatReply { entry: need(r.entry, "entry")? },
+                Type::Get => {
+                    Message::Get { path: need(r.path, "path")?, offset: r.offset, prefix_blake3: r.prefix_blake3 }
+                }
+                Type::File => Message::File {
                     len: r.len,
-                    upper: r.upper,
+                    size: need(r.size, "size")?,
+                    offset: r.offset,
+                    mtime: r.mtime,
+                    mode: r.mode.unwrap_or(0),
                 },
-                Kind::EchoReply => Message::EchoReply { len: r.len },
-                Kind::Error => Message::Error {
-                    code: need(r.code, "code")?,
-                    message: need(r.message, "message")?,
+                Type::Checksum => Message::Checksum { blake3: need(r.blake3, "blake3")? },
+                Type::Put => Message::Put {
+                    path: need(r.path, "path")?,
+                    size: need(r.size, "size")?,
+                    force: r.force,
+                    mode: r.mode,
                 },
+                Type::PutReady => Message::PutReady { offset: r.offset, prefix_blake3: r.prefix_blake3 },
+                Type::PutData => Message::PutData { len: r.len, offset: r.offset },
+                Type::PutDone => Message::PutDone { size: need(r.size, "size")? },
+                Type::Error => Message::Error { code: need(r.code, "code")?, message: need(r.message, "message")? },
             })
         }
     }
@@ -156,6 +434,31 @@ pub enum ErrorCode {
     TooLarge,
     /// The server is shutting down and takes no new request. Closes.
     ShuttingDown,
+    /// No such file or directory.
+    NotFound,
+    /// The operating system refused access.
+    PermissionDenied,
+    /// The target exists and `force` was not given.
+    Exists,
+    /// A directory was given where a file is needed.
+    IsADirectory,
+    /// A file was given where a directory is needed.
+    NotADirectory,
+    /// The path is absolute, contains `..` or NUL, or leads outside the
+    /// served root.
+    BadPath,
+    /// The server does not allow exec (`serve --allow-exec`).
+    ExecDisabled,
+    /// The command could not be started.
+    SpawnFailed,
+    /// Another upload to the same path is in progress.
+    Busy,
+    /// The data did not match its checksum; nothing was kept.
+    ChecksumMismatch,
+    /// The server's disk is full; nothing was kept.
+    DiskFull,
+    /// Another I/O error on the server.
+    Io,
     /// The peer was too slow or idle too long. Closes.
     Timeout,
     /// Something failed inside the server.
@@ -168,9 +471,7 @@ pub enum ErrorCode {
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The wire spelling, so logs and messages match PROTOCOL.md.
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned));
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned));
         f.write_str(s.as_deref().unwrap_or("unknown"))
     }
 }
@@ -214,20 +515,13 @@ mod tests {
 
     #[test]
     fn unknown_error_code_from_newer_peer_decodes() {
-        let m: Message =
-            serde_json::from_str(r#"{"type":"error","code":"brand_new","message":"x"}"#).unwrap();
+        let m: Message = serde_json::from_str(r#"{"type":"error","code":"brand_new","message":"x"}"#).unwrap();
         assert_eq!(m, Message::error(ErrorCode::Unknown, "x"));
     }
 
     #[test]
     fn echo_header_is_compact() {
-        let m = Message::Echo {
-            len: 5,
-            upper: false,
-        };
-        assert_eq!(
-            serde_json::to_string(&m).unwrap(),
-            r#"{"type":"echo","len":5}"#
-        );
+        let m = Message::Echo { len: 5, upper: false };
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"echo","len":5}"#);
     }
 }

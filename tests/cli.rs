@@ -26,7 +26,8 @@ impl Serve {
     /// e.g. to lower a resource limit first.
     fn start_under(prefix: &str, extra: &[&str]) -> Serve {
         let root = tempfile::tempdir().unwrap();
-        let script = format!("{prefix} root=\"$1\"; shift; exec \"$0\" serve --listen 127.0.0.1:0 --root \"$root\" \"$@\"");
+        let script =
+            format!("{prefix} root=\"$1\"; shift; exec \"$0\" serve --listen 127.0.0.1:0 --root \"$root\" \"$@\"");
         let mut child = Command::new("sh")
             .args(["-c", &script, BIN])
             .arg(root.path())
@@ -36,27 +37,14 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_owned();
-        Serve {
-            child,
-            addr,
-            _root: root,
-        }
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+        Serve { child, addr, _root: root }
     }
 
     /// Sends SIGTERM to our own child, by PID, and waits for it.
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
@@ -109,24 +97,13 @@ fn echo_text_stdin_and_upper_through_a_served_process() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"through a pipe")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"through a pipe").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.stdout, b"through a pipe");
 
     let (status, log) = server.terminate();
-    assert!(
-        status.success(),
-        "graceful exit on SIGTERM: {status:?}\n{log}"
-    );
-    assert!(
-        log.contains("SIGTERM received") && log.contains("server stopped"),
-        "{log}"
-    );
+    assert!(status.success(), "graceful exit on SIGTERM: {status:?}\n{log}");
+    assert!(log.contains("SIGTERM received") && log.contains("server stopped"), "{log}");
 }
 
 /// Out of file descriptors, accept fails: the server logs it, backs off,
@@ -134,9 +111,7 @@ fn echo_text_stdin_and_upper_through_a_served_process() {
 #[test]
 fn accept_errors_are_survived() {
     let server = Serve::start_under("ulimit -n 24;", &[]);
-    let hogs: Vec<_> = (0..40)
-        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
-        .collect();
+    let hogs: Vec<_> = (0..40).map(|_| std::net::TcpStream::connect(&server.addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(500));
     drop(hogs);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -150,10 +125,7 @@ fn accept_errors_are_survived() {
     assert_eq!(out.stdout, b"back in business\n", "{out:?}");
     let (status, log) = server.terminate();
     assert!(status.success());
-    assert!(
-        log.contains("accept failed") && log.contains("retry_in"),
-        "{log}"
-    );
+    assert!(log.contains("accept failed") && log.contains("retry_in"), "{log}");
 }
 
 #[test]
@@ -165,27 +137,15 @@ fn client_error_is_one_line_and_nonzero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("framewire: error: cannot connect to"),
-        "{err}"
-    );
+    assert!(err.starts_with("framewire: error: cannot connect to"), "{err}");
 }
 
 #[test]
 fn serve_refuses_a_missing_root() {
-    let out = framewire(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--root",
-        "/nonexistent/framewire-test",
-    ]);
+    let out = framewire(&["serve", "--listen", "127.0.0.1:0", "--root", "/nonexistent/framewire-test"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot serve /nonexistent/framewire-test"),
-        "{err}"
-    );
+    assert!(err.contains("cannot serve /nonexistent/framewire-test"), "{err}");
 }
 
 #[test]
@@ -193,46 +153,23 @@ fn demo_sticky_reproduces_all_four_cases() {
     let out = framewire(&["demo", "sticky"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for case in [
-        "(a) Sticky packets",
-        "(b) Half packets",
-        "(c) The same traffic",
-        "(d) UDP",
-    ] {
+    for case in ["(a) Sticky packets", "(b) Half packets", "(c) The same traffic", "(d) UDP"] {
         assert!(text.contains(case), "{case} missing:\n{text}");
     }
     assert_eq!(text.matches("[as expected]").count(), 4, "{text}");
-    assert!(
-        text.contains("ipconfig's output bled into the reply to `dir`"),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"decoded: ["ls", "pwd", "whoami", "date", "uptime"]"#),
-        "{text}"
-    );
+    assert!(text.contains("ipconfig's output bled into the reply to `dir`"), "{text}");
+    assert!(text.contains(r#"decoded: ["ls", "pwd", "whoami", "date", "uptime"]"#), "{text}");
 }
 
 #[test]
 fn help_and_version() {
     let out = framewire(&["--version"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("framewire {}", env!("CARGO_PKG_VERSION"))
-    );
-    for sub in [
-        &["serve"][..],
-        &["echo"],
-        &["demo"],
-        &["demo", "sticky"],
-        &["demo", "echo"],
-    ] {
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("framewire {}", env!("CARGO_PKG_VERSION")));
+    for sub in [&["serve"][..], &["echo"], &["demo"], &["demo", "sticky"], &["demo", "echo"]] {
         let mut args = sub.to_vec();
         args.push("--help");
         let out = framewire(&args);
         assert!(out.status.success(), "{sub:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("Usage: framewire"),
-            "{sub:?}"
-        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: framewire"), "{sub:?}");
     }
 }

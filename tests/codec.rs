@@ -6,8 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use framewire::wire::{
-    BareCodec, Envelope, Error, Frame, FrameCodec, FramePart, FrameReader, FrameWriter,
-    MAX_HEADER_LEN,
+    BareCodec, Envelope, Error, Frame, FrameCodec, FramePart, FrameReader, FrameWriter, MAX_HEADER_LEN,
 };
 use framewire::{ErrorCode, Message};
 use proptest::prelude::*;
@@ -22,13 +21,7 @@ fn arb_frame() -> impl Strategy<Value = Frame<Envelope>> {
             1 => proptest::collection::vec(any::<u8>(), 0..5000),
         ],
     )
-        .prop_map(|(kind, body)| Frame {
-            header: Envelope {
-                kind,
-                len: body.len() as u64,
-            },
-            body: body.into(),
-        })
+        .prop_map(|(kind, body)| Frame { header: Envelope { kind, len: body.len() as u64 }, body: body.into() })
 }
 
 fn encode_all(frames: &[Frame<Envelope>]) -> BytesMut {
@@ -60,11 +53,7 @@ fn split(bytes: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
 struct Reads(std::collections::VecDeque<Vec<u8>>);
 
 impl AsyncRead for Reads {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         if let Some(mut chunk) = self.0.pop_front() {
             let n = chunk.len().min(buf.remaining());
             buf.put_slice(&chunk[..n]);
@@ -186,16 +175,7 @@ fn decode(bytes: &[u8]) -> Result<Option<Frame<Message>>, Error> {
 #[test]
 fn oversize_header_length_is_refused_before_buffering() {
     let err = decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::HeaderTooLarge {
-                len: 0xffff_ffff,
-                max: MAX_HEADER_LEN
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::HeaderTooLarge { len: 0xffff_ffff, max: MAX_HEADER_LEN }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("4294967295") && msg.contains("65536"), "{msg}");
     assert!(!err.is_recoverable());
@@ -204,16 +184,7 @@ fn oversize_header_length_is_refused_before_buffering() {
 #[test]
 fn header_not_utf8() {
     let err = decode(&raw_frame(b"{\"type\":\"\xff\"}", b"")).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::HeaderNotUtf8 {
-                valid_up_to: 9,
-                len: 12
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::HeaderNotUtf8 { valid_up_to: 9, len: 12 }), "{err:?}");
 }
 
 #[test]
@@ -231,71 +202,40 @@ fn header_not_json() {
 #[test]
 fn missing_field_names_the_field() {
     let err = decode(&raw_frame(br#"{"type":"error","message":"x"}"#, b"")).unwrap_err();
-    assert!(
-        matches!(&err, Error::MissingField { field, body_len: 0 } if field == "code"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Error::MissingField { field, body_len: 0 } if field == "code"), "{err:?}");
     assert!(err.to_string().contains("`code`"));
     assert!(err.is_recoverable());
     let err = decode(&raw_frame(br#"{"len":3}"#, b"abc")).unwrap_err();
-    assert!(
-        matches!(&err, Error::MissingField { field, body_len: 3 } if field == "type"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Error::MissingField { field, body_len: 3 } if field == "type"), "{err:?}");
 }
 
 #[test]
 fn unknown_type_is_recoverable_with_its_body_length() {
     let err = decode(&raw_frame(br#"{"type":"teleport","len":7}"#, b"payload")).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnknownType { kind, body_len: 7 } if kind == "teleport"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Error::UnknownType { kind, body_len: 7 } if kind == "teleport"), "{err:?}");
 }
 
 #[test]
 fn invalid_field_is_recoverable() {
-    let err = decode(&raw_frame(
-        br#"{"type":"echo","len":2,"upper":"yes"}"#,
-        b"ab",
-    ))
-    .unwrap_err();
-    assert!(
-        matches!(err, Error::InvalidField { body_len: 2, .. }),
-        "{err:?}"
-    );
+    let err = decode(&raw_frame(br#"{"type":"echo","len":2,"upper":"yes"}"#, b"ab")).unwrap_err();
+    assert!(matches!(err, Error::InvalidField { body_len: 2, .. }), "{err:?}");
 }
 
 #[test]
 fn body_over_the_in_memory_limit() {
     let mut codec = FrameCodec::<Envelope>::with_max_body(10);
-    let err = codec
-        .decode(&mut raw_frame(br#"{"len":11}"#, b""))
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::BodyTooLarge { len: 11, max: 10 }),
-        "{err:?}"
-    );
+    let err = codec.decode(&mut raw_frame(br#"{"len":11}"#, b"")).unwrap_err();
+    assert!(matches!(err, Error::BodyTooLarge { len: 11, max: 10 }), "{err:?}");
 }
 
 #[test]
 fn eof_in_each_part_is_named() {
     let wire = raw_frame(br#"{"type":"echo","len":4}"#, b"body");
-    let cases = [
-        (2, FramePart::LengthPrefix, 2, 4),
-        (10, FramePart::Header, 6, 23),
-        (29, FramePart::Body, 2, 4),
-    ];
+    let cases = [(2, FramePart::LengthPrefix, 2, 4), (10, FramePart::Header, 6, 23), (29, FramePart::Body, 2, 4)];
     for (keep, part, got, expected) in cases {
-        let err = FrameCodec::<Message>::new()
-            .decode_eof(&mut BytesMut::from(&wire[..keep]))
-            .unwrap_err();
+        let err = FrameCodec::<Message>::new().decode_eof(&mut BytesMut::from(&wire[..keep])).unwrap_err();
         match err {
-            Error::UnexpectedEof {
-                part: p,
-                got: g,
-                expected: e,
-            } => {
+            Error::UnexpectedEof { part: p, got: g, expected: e } => {
                 assert_eq!((p, g, e), (part, got, expected), "cut at {keep}")
             }
             other => panic!("cut at {keep}: {other:?}"),
@@ -306,47 +246,18 @@ fn eof_in_each_part_is_named() {
 #[test]
 fn bare_oversize_and_eof() {
     let mut codec = BareCodec::with_max_payload(100);
-    let err = codec
-        .decode(&mut BytesMut::from(&[0, 0, 1, 0][..]))
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::BodyTooLarge { len: 256, max: 100 }),
-        "{err:?}"
-    );
-    let err = codec
-        .decode_eof(&mut BytesMut::from(&[0, 0, 0, 9, 1, 2][..]))
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::UnexpectedEof {
-                part: FramePart::Body,
-                got: 2,
-                expected: 9
-            }
-        ),
-        "{err:?}"
-    );
+    let err = codec.decode(&mut BytesMut::from(&[0, 0, 1, 0][..])).unwrap_err();
+    assert!(matches!(err, Error::BodyTooLarge { len: 256, max: 100 }), "{err:?}");
+    let err = codec.decode_eof(&mut BytesMut::from(&[0, 0, 0, 9, 1, 2][..])).unwrap_err();
+    assert!(matches!(err, Error::UnexpectedEof { part: FramePart::Body, got: 2, expected: 9 }), "{err:?}");
 }
 
 #[test]
 fn encoder_refuses_a_body_that_does_not_match_the_header() {
     let mut buf = BytesMut::new();
-    let frame = Frame {
-        header: Envelope { kind: None, len: 3 },
-        body: Bytes::from_static(b"ab"),
-    };
+    let frame = Frame { header: Envelope { kind: None, len: 3 }, body: Bytes::from_static(b"ab") };
     let err = FrameCodec::new().encode(frame, &mut buf).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::BodyLenMismatch {
-                declared: 3,
-                actual: 2
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::BodyLenMismatch { declared: 3, actual: 2 }), "{err:?}");
     assert!(buf.is_empty());
 }
 
@@ -355,16 +266,7 @@ fn encoder_refuses_a_header_over_the_limit() {
     let mut buf = BytesMut::new();
     let header = Message::error(ErrorCode::Internal, "x".repeat(MAX_HEADER_LEN));
     let err = framewire::wire::encode_head(&header, &mut buf).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::HeaderTooLarge {
-                max: MAX_HEADER_LEN,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::HeaderTooLarge { max: MAX_HEADER_LEN, .. }), "{err:?}");
     assert!(buf.is_empty(), "nothing half-encoded is left behind");
 }
 
@@ -378,13 +280,7 @@ async fn reader_recovers_after_a_rejected_header() {
     let err = r.read_head::<Message>().await.unwrap_err();
     assert!(err.is_recoverable());
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
-    assert_eq!(
-        m,
-        Message::Echo {
-            len: 2,
-            upper: false
-        }
-    );
+    assert_eq!(m, Message::Echo { len: 2, upper: false });
     assert_eq!(r.read_body(10).await.unwrap(), "ok");
     assert!(r.read_head::<Message>().await.unwrap().is_none());
 }
@@ -397,25 +293,10 @@ async fn writer_streams_bodies_and_guards_their_length() {
     let mut w = FrameWriter::new(&mut out);
     w.feed_head(&Message::EchoReply { len: 4 }).unwrap();
     w.write_body(b"ab").await.unwrap();
-    let err = w
-        .feed(&Message::EchoReply { len: 0 }, b"")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::BodyLenMismatch { declared: 2, .. }),
-        "{err:?}"
-    );
+    let err = w.feed(&Message::EchoReply { len: 0 }, b"").await.unwrap_err();
+    assert!(matches!(err, Error::BodyLenMismatch { declared: 2, .. }), "{err:?}");
     let err = w.write_body(b"cde").await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::BodyLenMismatch {
-                declared: 2,
-                actual: 3
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::BodyLenMismatch { declared: 2, actual: 3 }), "{err:?}");
     w.write_body(b"cd").await.unwrap();
     w.send(&Message::EchoReply { len: 0 }, b"").await.unwrap();
     let mut codec = FrameCodec::<Message>::new();
@@ -430,15 +311,7 @@ fn protocol_md_example_bytes() {
     let preface = framewire::wire::Preface::default().encode();
     assert_eq!(preface, [0x89, 0x46, 0x57, 0x52, 0x00, 0x01, 0x00, 0x00]);
     let mut buf = BytesMut::new();
-    framewire::wire::encode_frame(
-        &Message::Echo {
-            len: 2,
-            upper: false,
-        },
-        b"hi",
-        &mut buf,
-    )
-    .unwrap();
+    framewire::wire::encode_frame(&Message::Echo { len: 2, upper: false }, b"hi", &mut buf).unwrap();
     let expected = b"\x00\x00\x00\x17{\"type\":\"echo\",\"len\":2}hi";
     assert_eq!(&buf[..], &expected[..]);
     let doc = include_str!("../docs/PROTOCOL.md");

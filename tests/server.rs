@@ -60,10 +60,7 @@ async fn echo_100_mib_streams() {
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let body = pattern(100 << 20, 3);
     let mut back = Vec::with_capacity(body.len());
-    let n = client
-        .echo_stream(&mut &body[..], body.len() as u64, &mut back, false)
-        .await
-        .unwrap();
+    let n = client.echo_stream(&mut &body[..], body.len() as u64, &mut back, false).await.unwrap();
     assert_eq!(n, body.len() as u64);
     assert!(back == body, "100 MiB echo differs");
     server.stop_within(LIMIT).await;
@@ -75,10 +72,7 @@ async fn in_memory_echo_refuses_over_the_limit() {
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let body = vec![0u8; wire::MAX_BUFFERED_BODY as usize + 1];
     let err = client.echo(&body).await.unwrap_err();
-    assert!(
-        matches!(err, ClientError::Wire(wire::Error::BodyTooLarge { .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, ClientError::Wire(wire::Error::BodyTooLarge { .. })), "{err:?}");
     // Nothing was sent: the connection is still good.
     assert_eq!(client.echo(b"still here").await.unwrap(), "still here");
 }
@@ -90,13 +84,7 @@ async fn one_byte_at_a_time() {
     let mut sock = TcpStream::connect(server.addr).await.unwrap();
     sock.set_nodelay(true).unwrap();
     let mut bytes = Preface::default().encode().to_vec();
-    bytes.extend_from_slice(&frame(
-        &Message::Echo {
-            len: 11,
-            upper: false,
-        },
-        b"hello world",
-    ));
+    bytes.extend_from_slice(&frame(&Message::Echo { len: 11, upper: false }, b"hello world"));
     for b in bytes {
         sock.write_all(&[b]).await.unwrap();
         tokio::time::sleep(Duration::from_micros(200)).await;
@@ -117,15 +105,7 @@ async fn ten_thousand_frames_in_one_write() {
     let mut batch = BytesMut::new();
     for i in 0..10_000u32 {
         let body = i.to_be_bytes();
-        wire::encode_frame(
-            &Message::Echo {
-                len: 4,
-                upper: false,
-            },
-            &body,
-            &mut batch,
-        )
-        .unwrap();
+        wire::encode_frame(&Message::Echo { len: 4, upper: false }, &body, &mut batch).unwrap();
     }
     let writer = tokio::spawn(async move {
         write.write_all(&batch).await.unwrap();
@@ -133,11 +113,7 @@ async fn ten_thousand_frames_in_one_write() {
     });
     let mut r = FrameReader::new(read);
     for i in 0..10_000u32 {
-        let (m, _) = r
-            .read_head::<Message>()
-            .await
-            .unwrap()
-            .expect("a reply per request");
+        let (m, _) = r.read_head::<Message>().await.unwrap().expect("a reply per request");
         assert_eq!(m, Message::EchoReply { len: 4 });
         assert_eq!(r.read_body(4).await.unwrap()[..], i.to_be_bytes());
     }
@@ -152,19 +128,10 @@ async fn oversized_length_refused_and_server_keeps_serving() {
     let server = TestServer::start().await;
     let mut bad = raw(&server).await;
     bad.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
-    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut bad))
-        .await
-        .unwrap()
-        .unwrap();
+    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut bad)).await.unwrap().unwrap();
     match m {
-        Message::Error {
-            code: ErrorCode::BadFrame,
-            message,
-        } => {
-            assert!(
-                message.contains("4294967295") && message.contains("65536"),
-                "{message}"
-            )
+        Message::Error { code: ErrorCode::BadFrame, message } => {
+            assert!(message.contains("4294967295") && message.contains("65536"), "{message}")
         }
         other => panic!("{other:?}"),
     }
@@ -190,9 +157,7 @@ async fn recoverable_errors_keep_the_connection() {
     buf.extend_from_slice(b"xxxxx");
     sock.write_all(&buf).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(
-        matches!(m, Message::Error { code: ErrorCode::UnknownType, ref message } if message.contains("teleport"))
-    );
+    assert!(matches!(m, Message::Error { code: ErrorCode::UnknownType, ref message } if message.contains("teleport")));
 
     let header = br#"{"type":"echo","len":1,"upper":7}"#;
     let mut buf = BytesMut::new();
@@ -201,46 +166,15 @@ async fn recoverable_errors_keep_the_connection() {
     buf.extend_from_slice(b"y");
     sock.write_all(&buf).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(
-        matches!(
-            m,
-            Message::Error {
-                code: ErrorCode::BadRequest,
-                ..
-            }
-        ),
-        "{m:?}"
-    );
+    assert!(matches!(m, Message::Error { code: ErrorCode::BadRequest, .. }), "{m:?}");
 
     // A reply type sent as a request.
-    sock.write_all(&frame(&Message::EchoReply { len: 0 }, b""))
-        .await
-        .unwrap();
+    sock.write_all(&frame(&Message::EchoReply { len: 0 }, b"")).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(
-        matches!(
-            m,
-            Message::Error {
-                code: ErrorCode::BadRequest,
-                ..
-            }
-        ),
-        "{m:?}"
-    );
+    assert!(matches!(m, Message::Error { code: ErrorCode::BadRequest, .. }), "{m:?}");
 
-    sock.write_all(&frame(
-        &Message::Echo {
-            len: 2,
-            upper: false,
-        },
-        b"ok",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        read_frame(&mut sock).await.unwrap(),
-        (Message::EchoReply { len: 2 }, b"ok".to_vec())
-    );
+    sock.write_all(&frame(&Message::Echo { len: 2, upper: false }, b"ok")).await.unwrap();
+    assert_eq!(read_frame(&mut sock).await.unwrap(), (Message::EchoReply { len: 2 }, b"ok".to_vec()));
 }
 
 #[tokio::test]
@@ -252,16 +186,7 @@ async fn bad_json_closes_with_bad_frame() {
     buf.extend_from_slice(b"{oops");
     sock.write_all(&buf).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(
-        matches!(
-            m,
-            Message::Error {
-                code: ErrorCode::BadFrame,
-                ..
-            }
-        ),
-        "{m:?}"
-    );
+    assert!(matches!(m, Message::Error { code: ErrorCode::BadFrame, .. }), "{m:?}");
     assert!(read_frame(&mut sock).await.is_none());
 }
 
@@ -269,9 +194,7 @@ async fn bad_json_closes_with_bad_frame() {
 async fn http_request_gets_an_http_answer() {
     let server = TestServer::start().await;
     let mut sock = TcpStream::connect(server.addr).await.unwrap();
-    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut reply = String::new();
     sock.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
@@ -289,10 +212,7 @@ async fn wrong_version_is_told_so() {
     sock.read_exact(&mut theirs).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
     match m {
-        Message::Error {
-            code: ErrorCode::UnsupportedVersion,
-            message,
-        } => assert!(message.contains("99"), "{message}"),
+        Message::Error { code: ErrorCode::UnsupportedVersion, message } => assert!(message.contains("99"), "{message}"),
         other => panic!("{other:?}"),
     }
 }
@@ -309,10 +229,7 @@ async fn client_refuses_a_non_framewire_server() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
     let err = Client::connect(&addr.to_string()).await.unwrap_err();
-    assert!(
-        matches!(err, ClientError::Wire(wire::Error::BadPreface { .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, ClientError::Wire(wire::Error::BadPreface { .. })), "{err:?}");
     assert!(err.to_string().contains("SSH"), "{err}");
 }
 
@@ -336,21 +253,12 @@ async fn idle_and_stalled_clients_are_dropped() {
     })
     .await;
     let mut idle = raw(&server).await;
-    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut idle))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(m, Message::Error { code: ErrorCode::Timeout, ref message } if message.contains("idle")),
-        "{m:?}"
-    );
+    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut idle)).await.unwrap().unwrap();
+    assert!(matches!(m, Message::Error { code: ErrorCode::Timeout, ref message } if message.contains("idle")), "{m:?}");
 
     let mut slow = raw(&server).await;
     slow.write_all(&[0, 0]).await.unwrap(); // half a length prefix, then nothing
-    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut slow))
-        .await
-        .unwrap()
-        .unwrap();
+    let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut slow)).await.unwrap().unwrap();
     assert!(
         matches!(m, Message::Error { code: ErrorCode::Timeout, ref message } if message.contains("stalled")),
         "{m:?}"
@@ -369,10 +277,7 @@ async fn silent_peer_dropped_at_handshake_deadline() {
     let server = TestServer::start_with(|c| c.handshake_timeout = Duration::from_millis(200)).await;
     let mut sock = TcpStream::connect(server.addr).await.unwrap();
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(LIMIT, sock.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(LIMIT, sock.read_to_end(&mut buf)).await.unwrap().unwrap();
     assert_eq!(n, 0, "closed without a word");
 }
 
@@ -385,16 +290,9 @@ async fn connection_limit_queues_the_next_client() {
     let addr = server.addr();
     let second = tokio::spawn(async move { Client::connect(&addr).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "second client served while the first holds the only slot"
-    );
+    assert!(!second.is_finished(), "second client served while the first holds the only slot");
     drop(first);
-    let mut second = tokio::time::timeout(LIMIT, second)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut second = tokio::time::timeout(LIMIT, second).await.unwrap().unwrap().unwrap();
     assert_eq!(second.echo(b"2").await.unwrap(), "2");
 }
 
@@ -408,31 +306,19 @@ async fn shutdown_drains_a_live_request() {
     let (read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
     let body = pattern(4 << 20, 9);
-    w.feed_head(&Message::Echo {
-        len: body.len() as u64,
-        upper: false,
-    })
-    .unwrap();
+    w.feed_head(&Message::Echo { len: body.len() as u64, upper: false }).unwrap();
     w.write_body(&body[..1 << 20]).await.unwrap();
     w.flush().await.unwrap();
     let mut r = FrameReader::new(read);
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
-    assert_eq!(
-        m,
-        Message::EchoReply {
-            len: body.len() as u64
-        }
-    );
+    assert_eq!(m, Message::EchoReply { len: body.len() as u64 });
 
     // The request is live: ask for shutdown now.
     let addr = server.addr;
     let task = server.shutdown();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!task.is_finished(), "server waits for the live request");
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "no new connections once shutting down"
-    );
+    assert!(TcpStream::connect(addr).await.is_err(), "no new connections once shutting down");
 
     let finish = tokio::spawn(async move {
         w.write_body(&body[1 << 20..]).await.unwrap();
@@ -443,22 +329,10 @@ async fn shutdown_drains_a_live_request() {
     r.copy_body(&mut back).await.unwrap();
     let body = finish.await.unwrap();
     assert!(back == body, "the live request completed intact");
-    tokio::time::timeout(LIMIT, task)
-        .await
-        .expect("server returns once drained")
-        .unwrap();
+    tokio::time::timeout(LIMIT, task).await.expect("server returns once drained").unwrap().unwrap();
 
     let err = idle.echo(b"late").await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Remote {
-                code: ErrorCode::ShuttingDown,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, ClientError::Remote { code: ErrorCode::ShuttingDown, .. }), "{err:?}");
 }
 
 /// A request still running at the drain deadline is cut off, and the
@@ -469,16 +343,13 @@ async fn drain_deadline_ends_stuck_requests() {
     let sock = raw(&server).await;
     let (_read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
-    w.feed_head(&Message::Echo {
-        len: 1000,
-        upper: false,
-    })
-    .unwrap();
+    w.feed_head(&Message::Echo { len: 1000, upper: false }).unwrap();
     w.write_body(&[0; 10]).await.unwrap();
     w.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     tokio::time::timeout(Duration::from_secs(5), server.shutdown())
         .await
         .expect("drain deadline holds")
+        .unwrap()
         .unwrap();
 }

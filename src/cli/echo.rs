@@ -34,23 +34,16 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
             let meta = stdin.metadata().await?;
             if meta.is_file() {
                 let len = meta.len();
-                client
-                    .echo_stream(&mut stdin, len, &mut out, args.upper)
-                    .await?;
+                client.echo_stream(&mut stdin, len, &mut out, args.upper).await?;
             } else {
                 let mut body = Vec::new();
-                (&mut stdin)
-                    .take(MAX_BUFFERED_BODY + 1)
-                    .read_to_end(&mut body)
-                    .await?;
+                (&mut stdin).take(MAX_BUFFERED_BODY + 1).read_to_end(&mut body).await?;
                 anyhow::ensure!(
                     body.len() as u64 <= MAX_BUFFERED_BODY,
                     "stdin is a pipe longer than {MAX_BUFFERED_BODY} bytes; redirect a file instead (`< FILE`)"
                 );
                 let len = body.len() as u64;
-                client
-                    .echo_stream(&mut &body[..], len, &mut out, args.upper)
-                    .await?;
+                client.echo_stream(&mut &body[..], len, &mut out, args.upper).await?;
             }
         }
         text => {
@@ -59,9 +52,7 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
                 body.push(b'\n');
             }
             let len = body.len() as u64;
-            client
-                .echo_stream(&mut &body[..], len, &mut out, args.upper)
-                .await?;
+            client.echo_stream(&mut &body[..], len, &mut out, args.upper).await?;
         }
     }
     out.flush().await.context("writing stdout")?;
@@ -71,9 +62,6 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
 /// Stdin as a `File`, so its metadata says whether it is a regular file.
 fn stdin_file() -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsFd;
-    let fd = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("stdin")?;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().context("stdin")?;
     Ok(std::fs::File::from(fd))
 }

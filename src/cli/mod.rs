@@ -3,6 +3,8 @@
 
 mod demo;
 mod echo;
+mod exec;
+mod files;
 mod serve;
 mod sticky;
 
@@ -30,6 +32,17 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Send TEXT (or stdin with `-`) to a server and print what comes back.
     Echo(echo::EchoArgs),
+    /// Run a command on the server: output streamed back, stdin forwarded,
+    /// the remote exit code returned.
+    Exec(exec::ExecArgs),
+    /// An interactive prompt running each line on the server.
+    Shell(exec::ShellArgs),
+    /// List files on the server.
+    Ls(files::LsArgs),
+    /// Download files (or trees with -r) from the server.
+    Get(files::GetArgs),
+    /// Upload files (or trees with -r) to the server.
+    Put(files::PutArgs),
     /// Show what framewire does, end to end on loopback, with no setup.
     Demo(DemoArgs),
 }
@@ -61,26 +74,50 @@ pub fn init_logging(cli: &Cli) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => runtime()?.block_on(serve::run(args)),
-        Command::Echo(args) => runtime()?.block_on(echo::run(args)),
-        Command::Demo(DemoArgs {
-            which: Some(DemoWhich::Sticky),
-        }) => sticky::run(),
-        Command::Demo(DemoArgs {
-            which: Some(DemoWhich::Echo),
-        }) => runtime()?.block_on(demo::echo()),
+        Command::Serve(args) => block_on(serve::run(args)),
+        Command::Echo(args) => block_on(echo::run(args)),
+        Command::Exec(args) => match block_on(exec::run(args)) {
+            // ssh's convention: the tool's own failures exit 255, apart
+            // from any code the remote command can return.
+            Err(e) => {
+                let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+                eprintln!("framewire: error: {}", chain.join(": "));
+                Ok(ExitCode::from(exec::OWN_FAILURE))
+            }
+            ok => ok,
+        },
+        Command::Shell(args) => {
+            let rt = runtime()?;
+            let code = exec::shell(args, &rt);
+            rt.shutdown_background();
+            code
+        }
+        Command::Ls(args) => block_on(files::ls(args)),
+        Command::Get(args) => block_on(files::get(args)),
+        Command::Put(args) => block_on(files::put(args)),
+        Command::Demo(DemoArgs { which: Some(DemoWhich::Sticky) }) => sticky::run(),
+        Command::Demo(DemoArgs { which: Some(DemoWhich::Echo) }) => block_on(demo::echo()),
         Command::Demo(DemoArgs { which: None }) => demo::all(),
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Runs `fut` to completion on a fresh runtime, then leaves without waiting
+/// for blocking threads: one may sit in a read of the terminal (forwarded
+/// stdin) that nothing will ever answer.
+pub fn block_on<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let rt = runtime()?;
+    let out = rt.block_on(fut);
+    rt.shutdown_background();
+    out
 }

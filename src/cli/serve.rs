@@ -30,21 +30,27 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_IO_TIMEOUT.as_secs())]
     io_timeout: u64,
 
-    /// Seconds live requests may go on after SIGINT/SIGTERM.
+    /// Seconds live requests may go on after SIGINT/SIGTERM; running
+    /// commands are killed after that.
     #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_DRAIN_TIMEOUT.as_secs())]
     drain_timeout: u64,
+
+    /// Serve `exec` (remote commands) too. Off by default.
+    #[arg(long)]
+    allow_exec: bool,
+
+    /// The shell that runs exec commands (`SHELL -c COMMAND`).
+    #[arg(long, default_value = "/bin/sh")]
+    shell: PathBuf,
+
+    /// Stop by itself after SECS seconds without any client connected.
+    #[arg(long, value_name = "SECS")]
+    exit_when_idle: Option<u64>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let root = args
-        .root
-        .canonicalize()
-        .with_context(|| format!("cannot serve {}", args.root.display()))?;
-    anyhow::ensure!(
-        root.is_dir(),
-        "cannot serve {}: not a directory",
-        root.display()
-    );
+    let root = args.root.canonicalize().with_context(|| format!("cannot serve {}", args.root.display()))?;
+    anyhow::ensure!(root.is_dir(), "cannot serve {}: not a directory", root.display());
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -53,10 +59,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.timeouts.idle = Some(Duration::from_secs(args.idle_timeout));
     config.timeouts.io = Some(Duration::from_secs(args.io_timeout));
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
+    config.allow_exec = args.allow_exec;
+    config.shell = args.shell;
+    config.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
     // Scripts read the bound address (useful with port 0) from this line.
     println!("listening on {}", listener.local_addr()?);
     tracing::info!(root = %config.root.display(), "serving");
-    server::run(listener, config, shutdown_signal()).await;
+    server::run(listener, config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

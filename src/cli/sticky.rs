@@ -38,21 +38,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
 
 fn verdict(expected: &str, seen: String, ok: bool) -> bool {
     println!("    expected: {expected}");
-    println!(
-        "    seen:     {seen}  [{}]\n",
-        if ok { "as expected" } else { "UNEXPECTED" }
-    );
+    println!("    seen:     {seen}  [{}]\n", if ok { "as expected" } else { "UNEXPECTED" });
     ok
 }
 
 /// Up to 48 bytes of `bytes`, escaped, with the total length.
 fn preview(bytes: &[u8]) -> String {
-    let shown: String = bytes
-        .iter()
-        .take(48)
-        .flat_map(|b| std::ascii::escape_default(*b))
-        .map(char::from)
-        .collect();
+    let shown: String = bytes.iter().take(48).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
     let more = if bytes.len() > 48 { "..." } else { "" };
     format!("{:>5} bytes \"{shown}{more}\"", bytes.len())
 }
@@ -86,10 +78,7 @@ fn reads_until(sock: &mut TcpStream, total: usize) -> anyhow::Result<Vec<Vec<u8>
 /// message ended. The reader starts only once every write has returned, as
 /// a busy server would; on loopback the bytes are then all queued.
 fn coalescing() -> anyhow::Result<bool> {
-    println!(
-        "(a) Sticky packets: {} small writes, read with recv({RECV})",
-        COMMANDS.len()
-    );
+    println!("(a) Sticky packets: {} small writes, read with recv({RECV})", COMMANDS.len());
     let (mut client, mut server) = tcp_pair()?;
     let total: usize = COMMANDS.iter().map(|c| c.len()).sum();
     for cmd in COMMANDS {
@@ -103,11 +92,7 @@ fn coalescing() -> anyhow::Result<bool> {
     }
     Ok(verdict(
         "fewer reads than writes: messages run together",
-        format!(
-            "{} writes arrived in {} read(s)",
-            COMMANDS.len(),
-            reads.len()
-        ),
+        format!("{} writes arrived in {} read(s)", COMMANDS.len(), reads.len()),
         reads.len() < COMMANDS.len(),
     ))
 }
@@ -134,9 +119,7 @@ fn fake_output(cmd: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(LONG_REPLY);
         let mut i = 0;
         while out.len() < LONG_REPLY {
-            out.extend_from_slice(
-                format!("ipconfig line {i:05}: adapter eth0 10.0.0.{}\n", i % 250).as_bytes(),
-            );
+            out.extend_from_slice(format!("ipconfig line {i:05}: adapter eth0 10.0.0.{}\n", i % 250).as_bytes());
             i += 1;
         }
         out.truncate(LONG_REPLY);
@@ -149,27 +132,18 @@ fn fake_output(cmd: &str) -> Vec<u8> {
 /// (b) A long reply read with one recv(1024): the rest stays queued and
 /// is taken for the reply to the next command.
 fn short_read() -> anyhow::Result<bool> {
-    println!(
-        "(b) Half packets: a {} KiB reply read with one recv({RECV})",
-        LONG_REPLY / 1024
-    );
+    println!("(b) Half packets: a {} KiB reply read with one recv({RECV})", LONG_REPLY / 1024);
     let (mut client, server) = tcp_pair()?;
     let handle = thread::spawn(move || naive_server(server));
     let mut buf = [0u8; RECV];
 
     client.write_all(b"ipconfig")?;
     let first = client.read(&mut buf)?;
-    println!(
-        "    client sends \"ipconfig\", reads its reply:  {}",
-        preview(&buf[..first])
-    );
+    println!("    client sends \"ipconfig\", reads its reply:  {}", preview(&buf[..first]));
     client.write_all(b"dir")?;
     let n = client.read(&mut buf)?;
     let reply_to_dir = buf[..n].to_vec();
-    println!(
-        "    client sends \"dir\", reads its reply:       {}",
-        preview(&reply_to_dir)
-    );
+    println!("    client sends \"dir\", reads its reply:       {}", preview(&reply_to_dir));
 
     client.shutdown(std::net::Shutdown::Both)?;
     let _ = handle.join();
@@ -190,17 +164,8 @@ fn short_read() -> anyhow::Result<bool> {
 /// Encodes one frame with a `type` and a body.
 fn frame(kind: &str, body: &[u8]) -> anyhow::Result<BytesMut> {
     let mut buf = BytesMut::new();
-    let header = Envelope {
-        kind: Some(kind.into()),
-        len: body.len() as u64,
-    };
-    FrameCodec::<Envelope>::new().encode(
-        Frame {
-            header,
-            body: body.to_vec().into(),
-        },
-        &mut buf,
-    )?;
+    let header = Envelope { kind: Some(kind.into()), len: body.len() as u64 };
+    FrameCodec::<Envelope>::new().encode(Frame { header, body: body.to_vec().into() }, &mut buf)?;
     Ok(buf)
 }
 
@@ -247,14 +212,8 @@ fn framed() -> anyhow::Result<bool> {
     }
     thread::sleep(Duration::from_millis(50));
     let (frames, reads) = read_frames(&mut server, COMMANDS.len())?;
-    let bodies: Vec<String> = frames
-        .iter()
-        .map(|f| String::from_utf8_lossy(&f.body).into_owned())
-        .collect();
-    println!(
-        "    {} framed writes, {reads} read(s), decoded: {bodies:?}",
-        COMMANDS.len()
-    );
+    let bodies: Vec<String> = frames.iter().map(|f| String::from_utf8_lossy(&f.body).into_owned()).collect();
+    println!("    {} framed writes, {reads} read(s), decoded: {bodies:?}", COMMANDS.len());
     let sticky_ok = bodies == COMMANDS;
 
     let handle = thread::spawn(move || framed_server(server));
@@ -262,28 +221,17 @@ fn framed() -> anyhow::Result<bool> {
     let (reply1, reads1) = read_frames(&mut client, 1)?;
     client.write_all(&frame("cmd", b"dir")?)?;
     let (reply2, reads2) = read_frames(&mut client, 1)?;
-    println!(
-        "    reply to \"ipconfig\": {} bytes, 1 frame, {reads1} reads",
-        reply1[0].body.len()
-    );
-    println!(
-        "    reply to \"dir\":      {}, {reads2} read(s)",
-        preview(&reply2[0].body)
-    );
+    println!("    reply to \"ipconfig\": {} bytes, 1 frame, {reads1} reads", reply1[0].body.len());
+    println!("    reply to \"dir\":      {}, {reads2} read(s)", preview(&reply2[0].body));
     client.shutdown(std::net::Shutdown::Both)?;
     let _ = handle.join();
-    let whole = reply1[0].body[..] == fake_output("ipconfig")[..]
-        && reply2[0].body[..] == fake_output("dir")[..];
+    let whole = reply1[0].body[..] == fake_output("ipconfig")[..] && reply2[0].body[..] == fake_output("dir")[..];
     Ok(verdict(
         "5 commands decoded separately; each reply whole and its own",
         format!(
             "commands {}; ipconfig reply {}; dir reply {}",
             if sticky_ok { "separate" } else { "MIXED" },
-            if reply1[0].body.len() == LONG_REPLY {
-                "whole"
-            } else {
-                "CUT"
-            },
+            if reply1[0].body.len() == LONG_REPLY { "whole" } else { "CUT" },
             if whole { "its own" } else { "WRONG" },
         ),
         sticky_ok && whole,
@@ -311,10 +259,7 @@ fn udp() -> anyhow::Result<bool> {
         println!("    recv({RECV}): {}", preview(&buf[..n]));
         reads.push(buf[..n].to_vec());
     }
-    let boundaries = reads[..3]
-        .iter()
-        .zip(COMMANDS)
-        .all(|(r, c)| r == c.as_bytes());
+    let boundaries = reads[..3].iter().zip(COMMANDS).all(|(r, c)| r == c.as_bytes());
     let truncated = reads[3].len() == RECV && reads[4] == b"next";
     Ok(verdict(
         "3 datagrams in 3 reads; the 4000-byte one cut to 1024, its rest gone",

@@ -11,24 +11,32 @@ use tracing::{debug, info, warn};
 
 use super::Config;
 use crate::proto::{ErrorCode, Message};
+use crate::services::files::Sandbox;
 use crate::wire::{Error, FrameReader, FrameWriter, Preface, Timeouts};
 
-type Reader = FrameReader<OwnedReadHalf>;
-type Writer = FrameWriter<OwnedWriteHalf>;
+pub(super) type Reader = FrameReader<OwnedReadHalf>;
+pub(super) type Writer = FrameWriter<OwnedWriteHalf>;
 
-const HTTP_REFUSAL: &[u8] =
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n\
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(super) struct Context {
+    pub config: Config,
+    pub sandbox: Sandbox,
+}
+
+const HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n\
 this is a framewire server, not an HTTP server\n";
 
 /// Serves one connection; never panics, logs how it ended.
 pub(super) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
-    config: &Config,
+    ctx: &Context,
     shutdown: &CancellationToken,
+    hard: &CancellationToken,
 ) {
     debug!(%peer, "connection opened");
-    match serve_inner(socket, config, shutdown).await {
+    match serve_inner(socket, ctx, shutdown, hard).await {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(e @ (Error::Idle(_) | Error::Stalled(_))) => info!(%peer, "connection dropped: {e}"),
         Err(e) => warn!(%peer, "connection failed: {e}"),
@@ -37,17 +45,16 @@ pub(super) async fn serve(
 
 async fn serve_inner(
     socket: TcpStream,
-    config: &Config,
+    ctx: &Context,
     shutdown: &CancellationToken,
+    hard: &CancellationToken,
 ) -> Result<(), Error> {
+    let config = &ctx.config;
     // Replies are single frames written in one go; NODELAY keeps the last
     // segment of each from waiting on the peer's delayed ACK.
     socket.set_nodelay(true)?;
     let (read, write) = socket.into_split();
-    let handshake = Timeouts {
-        idle: None,
-        io: Some(config.handshake_timeout),
-    };
+    let handshake = Timeouts { idle: None, io: Some(config.handshake_timeout) };
     let mut reader = FrameReader::with_timeouts(read, handshake);
     let mut writer = FrameWriter::with_timeouts(write, config.timeouts);
 
@@ -73,7 +80,7 @@ async fn serve_inner(
             head = reader.read_head::<Message>() => head,
         };
         match head {
-            Ok(Some((request, _))) => handle(request, &mut reader, &mut writer).await?,
+            Ok(Some((request, _))) => handle(request, ctx, &mut reader, &mut writer, hard).await?,
             Ok(None) => return Ok(()),
             Err(e) if e.is_recoverable() => {
                 let code = match e {
@@ -81,9 +88,7 @@ async fn serve_inner(
                     _ => ErrorCode::BadRequest,
                 };
                 debug!("rejected request: {e}");
-                writer
-                    .send(&Message::error(code, e.to_string()), &[])
-                    .await?;
+                writer.send(&Message::error(code, e.to_string()), &[]).await?;
             }
             Err(e) => {
                 let code = match e {
@@ -110,9 +115,7 @@ async fn refuse_preface(writer: &mut Writer, e: Error) -> Result<(), Error> {
         Error::UnexpectedEof { .. } | Error::Io(_) | Error::Stalled(_) => {}
         _ => {
             let code = match e {
-                Error::UnsupportedVersion { .. } | Error::UnsupportedFlags { .. } => {
-                    ErrorCode::UnsupportedVersion
-                }
+                Error::UnsupportedVersion { .. } | Error::UnsupportedFlags { .. } => ErrorCode::UnsupportedVersion,
                 _ => ErrorCode::BadPreface,
             };
             writer.feed_preface(Preface::default());
@@ -123,26 +126,41 @@ async fn refuse_preface(writer: &mut Writer, e: Error) -> Result<(), Error> {
 }
 
 /// Runs one request to its end, reply included.
-async fn handle(request: Message, reader: &mut Reader, writer: &mut Writer) -> Result<(), Error> {
+async fn handle(
+    request: Message,
+    ctx: &Context,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    hard: &CancellationToken,
+) -> Result<(), Error> {
+    let sandbox = &ctx.sandbox;
     match request {
         Message::Echo { len, upper } => echo(len, upper, reader, writer).await,
+        Message::Exec { command, timeout_ms } => {
+            super::exec::exec(&ctx.config, command, timeout_ms, reader, writer, hard).await
+        }
+        Message::List { path, recursive } => super::files::list(sandbox, path, recursive, writer).await,
+        Message::Stat { path } => super::files::stat(sandbox, path, writer).await,
+        Message::Get { path, offset, prefix_blake3 } => {
+            super::files::get(sandbox, path, offset, prefix_blake3, writer).await
+        }
+        Message::Put { path, size, force, mode } => {
+            super::files::put(sandbox, path, size, force, mode, reader, writer).await
+        }
+        // Leftovers of an exec that has just ended (the client may have
+        // been sending stdin, or pressed Ctrl-C, as the exit went out):
+        // harmless, and their bodies are skipped.
+        Message::Stdin { .. } | Message::Cancel => Ok(()),
         other => {
             let msg = format!("`{}` is not a request", other.kind());
-            writer
-                .send(&Message::error(ErrorCode::BadRequest, msg), &[])
-                .await
+            writer.send(&Message::error(ErrorCode::BadRequest, msg), &[]).await
         }
     }
 }
 
 /// Streams the body back as it arrives: memory stays at one chunk whatever
 /// the length, and the reply starts before the request has fully arrived.
-async fn echo(
-    len: u64,
-    upper: bool,
-    reader: &mut Reader,
-    writer: &mut Writer,
-) -> Result<(), Error> {
+async fn echo(len: u64, upper: bool, reader: &mut Reader, writer: &mut Writer) -> Result<(), Error> {
     writer.feed_head(&Message::EchoReply { len })?;
     while let Some(chunk) = reader.read_body_chunk().await? {
         if upper {

@@ -2,6 +2,8 @@
 //! accept errors and graceful shutdown; each connection in its own task.
 
 mod conn;
+mod exec;
+mod files;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::services::files::Sandbox;
 use crate::wire::Timeouts;
 
 /// Connections served at once by default; more wait in the listen backlog.
@@ -27,6 +30,9 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for live requests by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection gets to report a killed command after the drain
+/// deadline before its task is dropped.
+const HARD_GRACE: Duration = Duration::from_secs(2);
 /// The longest pause between accept retries after an accept error.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -44,6 +50,12 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// After shutdown is asked for, how long live requests may go on.
     pub drain_timeout: Duration,
+    /// Serve `exec` requests.
+    pub allow_exec: bool,
+    /// The shell `exec` runs commands with (`SHELL -c COMMAND`).
+    pub shell: PathBuf,
+    /// Stop by itself after this long without any client connected.
+    pub exit_when_idle: Option<Duration>,
 }
 
 impl Config {
@@ -52,12 +64,12 @@ impl Config {
         Config {
             root: root.into(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            timeouts: Timeouts {
-                idle: Some(DEFAULT_IDLE_TIMEOUT),
-                io: Some(DEFAULT_IO_TIMEOUT),
-            },
+            timeouts: Timeouts { idle: Some(DEFAULT_IDLE_TIMEOUT), io: Some(DEFAULT_IO_TIMEOUT) },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            allow_exec: false,
+            shell: PathBuf::from("/bin/sh"),
+            exit_when_idle: None,
         }
     }
 }
@@ -77,11 +89,18 @@ impl Config {
 /// use framewire::server::{self, Config};
 ///
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// server::run(listener, Config::new("."), tokio::signal::ctrl_c()).await;
+/// server::run(listener, Config::new("."), tokio::signal::ctrl_c()).await?;
 /// # Ok(()) }
 /// ```
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) {
-    let config = Arc::new(config);
+///
+/// # Errors
+///
+/// If the root cannot be opened as a directory; nothing is served then.
+pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Future) -> std::io::Result<()> {
+    let sandbox = Sandbox::new(&config.root)?;
+    config.root = sandbox.root().to_owned();
+    let ctx = Arc::new(conn::Context { config, sandbox });
+    let config = &ctx.config;
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     // `graceful` ends idle connections and lets busy ones finish their
     // request; `hard` ends whatever is left once the drain time is up.
@@ -100,35 +119,55 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) {
         let (socket, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
             _ = &mut shutdown => break,
+            _ = idle_for(config.exit_when_idle, &tracker) => {
+                info!(idle = ?config.exit_when_idle, "no client for the --exit-when-idle time");
+                break;
+            }
         };
-        let config = config.clone();
+        let ctx = ctx.clone();
         let graceful = graceful.clone();
         let hard = hard.clone();
         tracker.spawn(async move {
             tokio::select! {
-                _ = conn::serve(socket, peer, &config, &graceful) => {}
-                _ = hard.cancelled() => warn!(%peer, "request cut off: drain timeout reached"),
+                _ = conn::serve(socket, peer, &ctx, &graceful, &hard) => {}
+                // A request that ignores `hard` (none should) is dropped
+                // shortly after: its process groups die with their guards.
+                _ = async { hard.cancelled().await; tokio::time::sleep(HARD_GRACE).await } => {
+                    warn!(%peer, "request cut off: drain timeout reached")
+                }
             }
             drop(permit);
         });
     }
 
     drop(listener);
-    info!(
-        live = tracker.len(),
-        "shutting down: no new connections; draining live requests"
-    );
+    info!(live = tracker.len(), "shutting down: no new connections; draining live requests");
     graceful.cancel();
     tracker.close();
-    if tokio::time::timeout(config.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
         warn!(live = tracker.len(), drain = ?config.drain_timeout, "drain timeout: ending the remaining connections");
         hard.cancel();
         tracker.wait().await;
     }
     info!("server stopped");
+    Ok(())
+}
+
+/// Completes once no connection has been live for `idle` (never if `None`).
+async fn idle_for(idle: Option<Duration>, tracker: &TaskTracker) {
+    let Some(idle) = idle else { return std::future::pending().await };
+    loop {
+        // The tracker counts live connection tasks; the accept loop
+        // restarts this future after every accept.
+        if tracker.is_empty() {
+            tokio::time::sleep(idle).await;
+            if tracker.is_empty() {
+                return;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {

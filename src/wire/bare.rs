@@ -40,9 +40,7 @@ impl BareCodec {
     /// A codec accepting payloads up to `max_payload` bytes (at most
     /// `u32::MAX`).
     pub fn with_max_payload(max_payload: usize) -> Self {
-        BareCodec {
-            max_payload: max_payload.min(u32::MAX as usize),
-        }
+        BareCodec { max_payload: max_payload.min(u32::MAX as usize) }
     }
 }
 
@@ -62,10 +60,7 @@ impl Decoder for BareCodec {
         };
         let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
         if len > self.max_payload {
-            return Err(Error::BodyTooLarge {
-                len: len as u64,
-                max: self.max_payload as u64,
-            });
+            return Err(Error::BodyTooLarge { len: len as u64, max: self.max_payload as u64 });
         }
         let total = LEN_PREFIX + len;
         if src.len() < total {
@@ -99,10 +94,7 @@ impl Encoder<&[u8]> for BareCodec {
 
     fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
         if payload.len() > self.max_payload {
-            return Err(Error::BodyTooLarge {
-                len: payload.len() as u64,
-                max: self.max_payload as u64,
-            });
+            return Err(Error::BodyTooLarge { len: payload.len() as u64, max: self.max_payload as u64 });
         }
         dst.reserve(LEN_PREFIX + payload.len());
         dst.put_u32(payload.len() as u32);

@@ -68,24 +68,14 @@ pub enum Error {
 
     /// A header field has the wrong type or value. Recoverable.
     #[error("invalid header field: {source}")]
-    InvalidField {
-        source: serde_json::Error,
-        body_len: u64,
-    },
+    InvalidField { source: serde_json::Error, body_len: u64 },
 
     /// The peer closed the connection inside a frame.
     #[error("connection closed inside a frame: {got} of {expected} bytes of the {part} arrived")]
-    UnexpectedEof {
-        part: FramePart,
-        got: u64,
-        expected: u64,
-    },
+    UnexpectedEof { part: FramePart, got: u64, expected: u64 },
 
     /// The peer did not open with the framewire preface.
-    #[error(
-        "peer is not speaking framewire: it opened with {got:02x?}{}",
-        preface_hint(got)
-    )]
+    #[error("peer is not speaking framewire: it opened with {got:02x?}{}", preface_hint(got))]
     BadPreface { got: Vec<u8> },
 
     /// The peer speaks a protocol version this side does not.
@@ -134,20 +124,14 @@ impl Error {
 }
 
 fn preface_hint(got: &[u8]) -> &'static str {
-    const HTTP: [&[u8]; 7] = [
-        b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE", b"CONN",
-    ];
+    const HTTP: [&[u8]; 7] = [b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE", b"CONN"];
     if HTTP.iter().any(|m| got.starts_with(m)) || got.starts_with(b"HTTP") {
         " (this looks like HTTP; framewire is not an HTTP server)"
     } else if got.first() == Some(&0x16) && got.get(1) == Some(&0x03) {
         " (this looks like a TLS ClientHello)"
     } else if got.starts_with(b"SSH-") {
         " (this looks like SSH)"
-    } else if !got.is_empty()
-        && got
-            .iter()
-            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
-    {
+    } else if !got.is_empty() && got.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
         " (plain text: a tutorial-style client sending raw commands?)"
     } else {
         ""

@@ -94,11 +94,7 @@ pub fn decode_head<H: FrameHeader>(buf: &[u8]) -> Result<Option<Head<H>>, Error>
         return Ok(None);
     }
     let header: H = parse_header(&buf[LEN_PREFIX..head_len])?;
-    Ok(Some(Head {
-        body_len: header.body_len(),
-        header,
-        head_len,
-    }))
+    Ok(Some(Head { body_len: header.body_len(), header, head_len }))
 }
 
 /// The total head length announced by the prefix at the start of `buf`,
@@ -109,19 +105,14 @@ pub(crate) fn head_len(buf: &[u8]) -> Result<Option<usize>, Error> {
     };
     let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes"));
     if len as usize > MAX_HEADER_LEN {
-        return Err(Error::HeaderTooLarge {
-            len: len.into(),
-            max: MAX_HEADER_LEN,
-        });
+        return Err(Error::HeaderTooLarge { len: len.into(), max: MAX_HEADER_LEN });
     }
     Ok(Some(LEN_PREFIX + len as usize))
 }
 
 fn parse_header<H: FrameHeader>(raw: &[u8]) -> Result<H, Error> {
-    let text = std::str::from_utf8(raw).map_err(|e| Error::HeaderNotUtf8 {
-        valid_up_to: e.valid_up_to(),
-        len: raw.len(),
-    })?;
+    let text =
+        std::str::from_utf8(raw).map_err(|e| Error::HeaderNotUtf8 { valid_up_to: e.valid_up_to(), len: raw.len() })?;
     match serde_json::from_str::<H>(text) {
         Ok(header) => Ok(header),
         Err(e) if e.classify() == Category::Data => Err(reject(text, e)),
@@ -149,19 +140,10 @@ fn reject(text: &str, e: serde_json::Error) -> Error {
             return Error::UnknownType { kind, body_len };
         }
     }
-    if let Some(field) = msg
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next())
-    {
-        return Error::MissingField {
-            field: field.to_owned(),
-            body_len,
-        };
+    if let Some(field) = msg.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+        return Error::MissingField { field: field.to_owned(), body_len };
     }
-    Error::InvalidField {
-        source: e,
-        body_len,
-    }
+    Error::InvalidField { source: e, body_len }
 }
 
 /// Appends the head of a frame (length prefix + JSON of `header`) to `dst`.
@@ -175,18 +157,12 @@ pub fn encode_head<H: Serialize>(header: &H, dst: &mut BytesMut) -> Result<(), E
     dst.put_u32(0);
     if let Err(source) = serde_json::to_writer(ExtendWriter(dst), header) {
         dst.truncate(start);
-        return Err(Error::InvalidField {
-            source,
-            body_len: 0,
-        });
+        return Err(Error::InvalidField { source, body_len: 0 });
     }
     let len = dst.len() - start - LEN_PREFIX;
     if len > MAX_HEADER_LEN {
         dst.truncate(start);
-        return Err(Error::HeaderTooLarge {
-            len: len as u64,
-            max: MAX_HEADER_LEN,
-        });
+        return Err(Error::HeaderTooLarge { len: len as u64, max: MAX_HEADER_LEN });
     }
     dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
@@ -222,17 +198,10 @@ impl std::io::Write for ExtendWriter<'_> {
 ///
 /// As [`encode_head`], plus [`Error::BodyLenMismatch`] when `body` is not
 /// the length the header declares.
-pub fn encode_frame<H: FrameHeader>(
-    header: &H,
-    body: &[u8],
-    dst: &mut BytesMut,
-) -> Result<(), Error> {
+pub fn encode_frame<H: FrameHeader>(header: &H, body: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
     let declared = header.body_len();
     if declared != body.len() as u64 {
-        return Err(Error::BodyLenMismatch {
-            declared,
-            actual: body.len() as u64,
-        });
+        return Err(Error::BodyLenMismatch { declared, actual: body.len() as u64 });
     }
     dst.reserve(LEN_PREFIX + 64 + body.len());
     encode_head(header, dst)?;
@@ -282,10 +251,7 @@ impl<H> FrameCodec<H> {
 
     /// A codec holding bodies up to `max_body` bytes.
     pub fn with_max_body(max_body: u64) -> Self {
-        FrameCodec {
-            max_body,
-            pending: None,
-        }
+        FrameCodec { max_body, pending: None }
     }
 }
 
@@ -310,10 +276,7 @@ impl<H: FrameHeader> Decoder for FrameCodec<H> {
             }
             let head = decode_head::<H>(src)?.expect("whole head is buffered");
             if head.body_len > self.max_body {
-                return Err(Error::BodyTooLarge {
-                    len: head.body_len,
-                    max: self.max_body,
-                });
+                return Err(Error::BodyTooLarge { len: head.body_len, max: self.max_body });
             }
             src.advance(head.head_len);
             self.pending = Some((head.header, head.body_len as usize));
@@ -333,11 +296,9 @@ impl<H: FrameHeader> Decoder for FrameCodec<H> {
             return Ok(Some(frame));
         }
         match &self.pending {
-            Some((_, body_len)) => Err(Error::UnexpectedEof {
-                part: FramePart::Body,
-                got: src.len() as u64,
-                expected: *body_len as u64,
-            }),
+            Some((_, body_len)) => {
+                Err(Error::UnexpectedEof { part: FramePart::Body, got: src.len() as u64, expected: *body_len as u64 })
+            }
             None if src.is_empty() => Ok(None),
             None => Err(eof_in_head(src)),
         }
@@ -352,11 +313,9 @@ pub(crate) fn eof_in_head(buf: &[u8]) -> Error {
             got: (buf.len() - LEN_PREFIX) as u64,
             expected: (total - LEN_PREFIX) as u64,
         },
-        Ok(None) => Error::UnexpectedEof {
-            part: FramePart::LengthPrefix,
-            got: buf.len() as u64,
-            expected: LEN_PREFIX as u64,
-        },
+        Ok(None) => {
+            Error::UnexpectedEof { part: FramePart::LengthPrefix, got: buf.len() as u64, expected: LEN_PREFIX as u64 }
+        }
         Err(e) => e,
     }
 }

@@ -11,8 +11,7 @@ use tokio::time::Instant;
 
 use super::frame::{eof_in_head, head_len};
 use super::{
-    decode_head, encode_frame, encode_head, Error, FrameHeader, FramePart, Preface, Timeouts,
-    PREFACE_LEN, STREAM_CHUNK,
+    decode_head, encode_frame, encode_head, Error, FrameHeader, FramePart, Preface, Timeouts, PREFACE_LEN, STREAM_CHUNK,
 };
 
 /// Initial read buffer: room for many small frames per read.
@@ -65,13 +64,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// A reader enforcing `timeouts`.
     pub fn with_timeouts(inner: R, timeouts: Timeouts) -> Self {
-        FrameReader {
-            inner,
-            buf: BytesMut::with_capacity(READ_BUF),
-            body_len: 0,
-            body_left: 0,
-            timeouts,
-        }
+        FrameReader { inner, buf: BytesMut::with_capacity(READ_BUF), body_len: 0, body_left: 0, timeouts }
     }
 
     /// Changes the time limits.
@@ -90,11 +83,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads into the buffer once; `Ok(0)` is EOF.
-    async fn fill(
-        &mut self,
-        deadline: Option<Instant>,
-        on_timeout: impl FnOnce() -> Error,
-    ) -> Result<usize, Error> {
+    async fn fill(&mut self, deadline: Option<Instant>, on_timeout: impl FnOnce() -> Error) -> Result<usize, Error> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_BUF);
         }
@@ -112,11 +101,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let io = self.timeouts.io;
         let deadline = after(io);
         while !Preface::check_partial(&self.buf)? {
-            if self
-                .fill(deadline, || Error::Stalled(io.unwrap_or_default()))
-                .await?
-                == 0
-            {
+            if self.fill(deadline, || Error::Stalled(io.unwrap_or_default())).await? == 0 {
                 return Err(Error::UnexpectedEof {
                     part: FramePart::Preface,
                     got: self.buf.len() as u64,
@@ -142,11 +127,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.skip_body().await?;
         if self.buf.is_empty() {
             let idle = self.timeouts.idle;
-            if self
-                .fill(after(idle), || Error::Idle(idle.unwrap_or_default()))
-                .await?
-                == 0
-            {
+            if self.fill(after(idle), || Error::Idle(idle.unwrap_or_default())).await? == 0 {
                 return Ok(None);
             }
         }
@@ -169,11 +150,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Err(e);
                 }
             }
-            if self
-                .fill(deadline, || Error::Stalled(io.unwrap_or_default()))
-                .await?
-                == 0
-            {
+            if self.fill(deadline, || Error::Stalled(io.unwrap_or_default())).await? == 0 {
                 return Err(eof_in_head(&self.buf));
             }
         }
@@ -215,11 +192,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         while self.buf.len() < len {
             let io = self.timeouts.io;
-            if self
-                .fill(after(io), || Error::Stalled(io.unwrap_or_default()))
-                .await?
-                == 0
-            {
+            if self.fill(after(io), || Error::Stalled(io.unwrap_or_default())).await? == 0 {
                 return Err(self.body_eof());
             }
         }
@@ -241,11 +214,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.is_empty() {
             self.buf.reserve(STREAM_CHUNK.min(self.body_left as usize));
             let io = self.timeouts.io;
-            if self
-                .fill(after(io), || Error::Stalled(io.unwrap_or_default()))
-                .await?
-                == 0
-            {
+            if self.fill(after(io), || Error::Stalled(io.unwrap_or_default())).await? == 0 {
                 return Err(self.body_eof());
             }
         }
@@ -261,7 +230,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ///
     /// As [`read_body_chunk`](Self::read_body_chunk); a failure of `dst`
     /// is [`Error::Io`].
-    pub async fn copy_body<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> Result<u64, Error> {
+    pub async fn copy_body<W: AsyncWrite + Unpin + ?Sized>(&mut self, dst: &mut W) -> Result<u64, Error> {
         let mut copied = 0;
         // What is already buffered goes first, then the rest bypasses the
         // frame buffer: one allocation for the whole body.
@@ -277,8 +246,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let want = chunk.len().min(self.body_left as usize);
             let io = self.timeouts.io;
             let read = self.inner.read(&mut chunk[..want]);
-            let got =
-                with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
+            let got = with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
             if got == 0 {
                 return Err(self.body_eof());
             }
@@ -319,12 +287,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// A writer whose every write must complete within `timeouts.io`.
     pub fn with_timeouts(inner: W, timeouts: Timeouts) -> Self {
-        FrameWriter {
-            inner,
-            buf: BytesMut::with_capacity(WRITE_COALESCE),
-            body_left: 0,
-            io: timeouts.io,
-        }
+        FrameWriter { inner, buf: BytesMut::with_capacity(WRITE_COALESCE), body_left: 0, io: timeouts.io }
     }
 
     /// The underlying writer.
@@ -345,10 +308,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     fn ready_for_frame(&self) -> Result<(), Error> {
         if self.body_left > 0 {
-            return Err(Error::BodyLenMismatch {
-                declared: self.body_left,
-                actual: 0,
-            });
+            return Err(Error::BodyLenMismatch { declared: self.body_left, actual: 0 });
         }
         Ok(())
     }
@@ -406,10 +366,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// write errors.
     pub async fn write_body(&mut self, chunk: &[u8]) -> Result<(), Error> {
         if chunk.len() as u64 > self.body_left {
-            return Err(Error::BodyLenMismatch {
-                declared: self.body_left,
-                actual: chunk.len() as u64,
-            });
+            return Err(Error::BodyLenMismatch { declared: self.body_left, actual: chunk.len() as u64 });
         }
         self.body_left -= chunk.len() as u64;
         if self.buf.len() + chunk.len() <= WRITE_COALESCE {
@@ -427,20 +384,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     ///
     /// [`Error::BodySourceShort`] if `src` ends early (the connection is
     /// then out of step and must be closed); read and write errors.
-    pub async fn copy_body_from<R: AsyncRead + Unpin>(
-        &mut self,
-        src: &mut R,
-    ) -> Result<u64, Error> {
+    pub async fn copy_body_from<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> Result<u64, Error> {
         let expected = self.body_left;
         let mut chunk = vec![0u8; STREAM_CHUNK.min(expected as usize)];
         while self.body_left > 0 {
             let want = chunk.len().min(self.body_left as usize);
             let got = src.read(&mut chunk[..want]).await?;
             if got == 0 {
-                return Err(Error::BodySourceShort {
-                    got: expected - self.body_left,
-                    expected,
-                });
+                return Err(Error::BodySourceShort { got: expected - self.body_left, expected });
             }
             self.write_body(&chunk[..got]).await?;
         }
@@ -449,12 +400,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let io = self.io;
-        with_deadline(
-            after(io),
-            || Error::Stalled(io.unwrap_or_default()),
-            self.inner.write_all(bytes),
-        )
-        .await
+        with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), self.inner.write_all(bytes)).await
     }
 
     async fn write_buf(&mut self) -> Result<(), Error> {
@@ -476,12 +422,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn flush(&mut self) -> Result<(), Error> {
         self.write_buf().await?;
         let io = self.io;
-        with_deadline(
-            after(io),
-            || Error::Stalled(io.unwrap_or_default()),
-            self.inner.flush(),
-        )
-        .await
+        with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), self.inner.flush()).await
     }
 
     /// Flushes and shuts the write side down (TCP FIN): the peer sees EOF.
@@ -492,11 +433,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn shutdown(&mut self) -> Result<(), Error> {
         self.flush().await?;
         let io = self.io;
-        with_deadline(
-            after(io),
-            || Error::Stalled(io.unwrap_or_default()),
-            self.inner.shutdown(),
-        )
-        .await
+        with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), self.inner.shutdown()).await
     }
 }

@@ -17,9 +17,7 @@ use std::time::Duration;
 
 pub use bare::BareCodec;
 pub use error::{Error, FramePart};
-pub use frame::{
-    decode_head, encode_frame, encode_head, Envelope, Frame, FrameCodec, FrameHeader, Head,
-};
+pub use frame::{decode_head, encode_frame, encode_head, Envelope, Frame, FrameCodec, FrameHeader, Head};
 pub use io::{FrameReader, FrameWriter};
 pub use preface::{Preface, MAGIC, VERSION};
 

@@ -26,10 +26,7 @@ pub struct Preface {
 
 impl Default for Preface {
     fn default() -> Self {
-        Preface {
-            version: VERSION,
-            flags: 0,
-        }
+        Preface { version: VERSION, flags: 0 }
     }
 }
 
@@ -66,10 +63,7 @@ impl Preface {
         let version = u16::from_be_bytes([got[4], got[5]]);
         let flags = u16::from_be_bytes([got[6], got[7]]);
         if version != VERSION {
-            return Err(Error::UnsupportedVersion {
-                ours: VERSION,
-                theirs: version,
-            });
+            return Err(Error::UnsupportedVersion { ours: VERSION, theirs: version });
         }
         if flags & !KNOWN_FLAGS != 0 {
             return Err(Error::UnsupportedFlags { flags });

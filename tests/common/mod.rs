@@ -12,7 +12,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub root: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: JoinHandle<std::io::Result<()>>,
 }
 
 impl TestServer {
@@ -31,12 +31,7 @@ impl TestServer {
         let task = tokio::spawn(server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        TestServer {
-            addr,
-            root,
-            stop: Some(stop),
-            task,
-        }
+        TestServer { addr, root, stop: Some(stop), task }
     }
 
     pub fn addr(&self) -> String {
@@ -44,7 +39,7 @@ impl TestServer {
     }
 
     /// Asks for shutdown and returns the task, to await when the test wants.
-    pub fn shutdown(&mut self) -> &mut JoinHandle<()> {
+    pub fn shutdown(&mut self) -> &mut JoinHandle<std::io::Result<()>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -53,16 +48,11 @@ impl TestServer {
 
     /// Shuts down and waits, failing the test if that takes over `limit`.
     pub async fn stop_within(mut self, limit: Duration) {
-        tokio::time::timeout(limit, self.shutdown())
-            .await
-            .expect("server stops in time")
-            .unwrap();
+        tokio::time::timeout(limit, self.shutdown()).await.expect("server stops in time").unwrap().unwrap();
     }
 }
 
 /// Deterministic test data: not all zeros, not periodic on a power of two.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i % 251) as u8).wrapping_add(seed).wrapping_mul(31))
-        .collect()
+    (0..len).map(|i| ((i % 251) as u8).wrapping_add(seed).wrapping_mul(31)).collect()
 }

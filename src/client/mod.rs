@@ -1,5 +1,11 @@
 //! The client: a typed async API over one connection to a framewire server.
 
+mod exec;
+mod files;
+
+pub use exec::{ExecIo, ExecOptions, ExitStatus, Output};
+pub use files::{Progress, Transfer, TransferOptions};
+
 use std::io;
 use std::net::SocketAddr;
 
@@ -45,6 +51,40 @@ pub enum ClientError {
     /// The server closed the connection instead of answering.
     #[error("server closed the connection")]
     Closed,
+    /// A local file operation failed.
+    #[error("{}: {source}", path.display())]
+    Local {
+        /// The local path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The local target exists and `force` was not set.
+    #[error("{}: already exists (use --force to replace it)", .0.display())]
+    LocalExists(std::path::PathBuf),
+    /// Received data did not match the sender's whole-file checksum;
+    /// nothing was kept.
+    #[error(
+        "{path}: checksum mismatch: received data hashes to {got}, the server's file to {expected}; nothing was kept"
+    )]
+    ChecksumMismatch {
+        /// The remote path.
+        path: String,
+        /// The sender's BLAKE3.
+        expected: String,
+        /// What was received.
+        got: String,
+    },
+}
+
+impl ClientError {
+    /// The error frame's code, if the server refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
 }
 
 /// One connection to a framewire server, requests answered one at a time.
@@ -78,9 +118,7 @@ impl Client {
     /// error frame if it refuses the connection.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         let addr = with_default_port(addr);
-        let socket = TcpStream::connect(&addr)
-            .await
-            .map_err(|source| ClientError::Connect { addr, source })?;
+        let socket = TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr, source })?;
         Self::handshake(socket).await
     }
 
@@ -93,11 +131,7 @@ impl Client {
         socket.set_nodelay(true).map_err(wire::Error::Io)?;
         let peer = socket.peer_addr().map_err(wire::Error::Io)?;
         let (read, write) = socket.into_split();
-        let mut client = Client {
-            reader: FrameReader::new(read),
-            writer: FrameWriter::new(write),
-            peer,
-        };
+        let mut client = Client { reader: FrameReader::new(read), writer: FrameWriter::new(write), peer };
         client.writer.feed_preface(Preface::default());
         client.writer.flush().await?;
         client.reader.read_preface().await?;
@@ -132,16 +166,11 @@ impl Client {
     async fn echo_with(&mut self, body: &[u8], upper: bool) -> Result<Bytes, ClientError> {
         let len = body.len() as u64;
         if len > MAX_BUFFERED_BODY {
-            return Err(wire::Error::BodyTooLarge {
-                len,
-                max: MAX_BUFFERED_BODY,
-            }
-            .into());
+            return Err(wire::Error::BodyTooLarge { len, max: MAX_BUFFERED_BODY }.into());
         }
         let mut out = BytesMut::with_capacity(body.len());
         let mut src = body;
-        self.echo_stream(&mut src, len, &mut BufSink(&mut out), upper)
-            .await?;
+        self.echo_stream(&mut src, len, &mut BufSink(&mut out), upper).await?;
         Ok(out.freeze())
     }
 
@@ -177,14 +206,10 @@ impl Client {
         };
         let recv = async {
             match reader.read_head::<Message>().await? {
-                Some((Message::EchoReply { len: got }, _)) if got == len => {
-                    Ok(reader.copy_body(dst).await?)
+                Some((Message::EchoReply { len: got }, _)) if got == len => Ok(reader.copy_body(dst).await?),
+                Some((Message::EchoReply { len: got }, _)) => {
+                    Err(wire::Error::BodyLenMismatch { declared: len, actual: got }.into())
                 }
-                Some((Message::EchoReply { len: got }, _)) => Err(wire::Error::BodyLenMismatch {
-                    declared: len,
-                    actual: got,
-                }
-                .into()),
                 Some((reply, _)) => Err(unexpected("echo_reply", reply)),
                 None => Err(ClientError::Closed),
             }
@@ -198,13 +223,10 @@ impl Client {
     }
 }
 
-fn unexpected(expected: &'static str, got: Message) -> ClientError {
+pub(crate) fn unexpected(expected: &'static str, got: Message) -> ClientError {
     match got {
         Message::Error { code, message } => ClientError::Remote { code, message },
-        other => ClientError::Unexpected {
-            expected,
-            got: other.kind(),
-        },
+        other => ClientError::Unexpected { expected, got: other.kind() },
     }
 }
 
@@ -221,10 +243,7 @@ impl AsyncWrite for BufSink<'_> {
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 

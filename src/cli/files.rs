@@ -1,0 +1,366 @@
+//! `framewire ls`, `get` and `put`: listings, and transfers of files and
+//! trees over several connections with progress bars.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use framewire::client::{Progress, Transfer, TransferOptions};
+use framewire::proto::{Entry, Kind};
+use framewire::{Client, ClientError};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Server address, `host[:port]` (default port 9909).
+    addr: String,
+    /// Path relative to the served root (default: the root).
+    path: Option<String>,
+    /// Every file below PATH, with paths relative to it.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// One JSON array of {name, size, kind, mtime, mode}, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&args.addr).await?;
+    let path = args.path.unwrap_or_default();
+    let entries = client.list(&path, args.recursive).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = entries.iter().map(|e| e.size.to_string().len()).max().unwrap_or(1);
+    for e in &entries {
+        let kind = match e.kind {
+            Kind::File => '-',
+            Kind::Dir => 'd',
+            Kind::Symlink => 'l',
+            _ => '?',
+        };
+        let slash = if e.kind == Kind::Dir { "/" } else { "" };
+        println!("{kind} {:>width$}  {}  {}{slash}", e.size, utc(e.mtime), e.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC for seconds since the epoch (the civil-from-days
+/// algorithm; a date crate would be all for this one line).
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem / 60 % 60)
+}
+
+/// Options shared by `get` and `put`.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Copy directory trees.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Replace existing files.
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Transfer up to N files at once, each over its own connection.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
+    jobs: usize,
+    /// No progress bars and no summary.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Server address, `host[:port]` (default port 9909).
+    addr: String,
+    /// REMOTE... [LOCAL|-]: remote paths, then where to put them (default:
+    /// the current directory; `-` writes one file to stdout). Like `cp`: with
+    /// several sources, or if LOCAL is a directory, each lands inside it.
+    #[arg(required = true, num_args = 1.., value_name = "PATHS")]
+    paths: Vec<String>,
+    #[command(flatten)]
+    opts: TransferArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Server address, `host[:port]` (default port 9909).
+    addr: String,
+    /// LOCAL... [REMOTE]: local files (or trees with -r), then where to put
+    /// them on the server (default: the root). Like `cp`: with several
+    /// sources, or if REMOTE is a directory, each lands inside it.
+    #[arg(required = true, num_args = 1.., value_name = "PATHS")]
+    paths: Vec<String>,
+    #[command(flatten)]
+    opts: TransferArgs,
+}
+
+/// One file to move: remote path, local path, size (for the total bar).
+#[derive(Debug, Clone)]
+struct Job {
+    remote: String,
+    local: PathBuf,
+    size: u64,
+}
+
+fn base_name(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)
+}
+
+fn join_remote(dir: &str, name: &str) -> String {
+    let dir = dir.trim_end_matches('/');
+    if dir.is_empty() || dir == "." {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let GetArgs { addr, mut paths, opts } = args;
+    let dest = if paths.len() > 1 { paths.pop() } else { None };
+    if dest.as_deref() == Some("-") {
+        anyhow::ensure!(paths.len() == 1 && !opts.recursive, "`-` (stdout) takes exactly one remote file");
+        let mut client = Client::connect(&addr).await?;
+        let mut out = tokio::io::stdout();
+        client.get_to_writer(&paths[0], &mut out, &mut |_| {}).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
+    let into_dir = dest.is_dir() || paths.len() > 1;
+    let mut client = Client::connect(&addr).await?;
+    let mut jobs = Vec::new();
+    for remote in &paths {
+        let entry = client.stat(remote).await.with_context(|| format!("cannot get {remote}"))?;
+        let target = if into_dir { dest.join(base_name(remote)) } else { dest.clone() };
+        if entry.kind == Kind::Dir {
+            anyhow::ensure!(opts.recursive, "{remote}: is a directory (use -r)");
+            for e in client.list(remote, true).await? {
+                jobs.push(Job { remote: join_remote(remote, &e.name), local: target.join(&e.name), size: e.size });
+            }
+        } else {
+            jobs.push(Job { remote: remote.clone(), local: target, size: entry.size });
+        }
+    }
+    for job in &jobs {
+        if let Some(parent) = job.local.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    drop(client);
+    run_jobs(&addr, jobs, &opts, Direction::Get).await
+}
+
+pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+    let PutArgs { addr, mut paths, opts } = args;
+    let dest = if paths.len() > 1 { paths.pop() } else { None };
+    let mut client = Client::connect(&addr).await?;
+    let into_dir = match &dest {
+        None => true,
+        Some(d) if paths.len() > 1 || d.ends_with('/') || d.is_empty() => true,
+        Some(d) => matches!(client.stat(d).await, Ok(Entry { kind: Kind::Dir, .. })),
+    };
+    let dest = dest.unwrap_or_default();
+    let mut jobs = Vec::new();
+    for local in &paths {
+        let path = Path::new(local);
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot put {local}"))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| local.clone());
+        let target = if into_dir { join_remote(&dest, &name) } else { dest.clone() };
+        if meta.is_dir() {
+            anyhow::ensure!(opts.recursive, "{local}: is a directory (use -r)");
+            walk(path, &target, &mut jobs).with_context(|| format!("cannot read {local}"))?;
+        } else {
+            jobs.push(Job { remote: target, local: path.to_owned(), size: meta.len() });
+        }
+    }
+    drop(client);
+    run_jobs(&addr, jobs, &opts, Direction::Put).await
+}
+
+/// Every regular file below `dir`, as jobs under `remote`. Symlinks to
+/// directories are not followed.
+fn walk(dir: &Path, remote: &str, jobs: &mut Vec<Job>) -> std::io::Result<()> {
+    let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    items.sort_by_key(|i| i.file_name());
+    for item in items {
+        let name = item.file_name().to_string_lossy().into_owned();
+        let kind = item.file_type()?;
+        let path = item.path();
+        if kind.is_dir() {
+            walk(&path, &join_remote(remote, &name), jobs)?;
+        } else if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.is_file() {
+                jobs.push(Job { remote: join_remote(remote, &name), local: path, size: meta.len() });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Direction {
+    Get,
+    Put,
+}
+
+/// Progress display: one bar per active file, a total bar when there are
+/// several; nothing when stderr is not a terminal or with --quiet.
+struct Bars {
+    multi: MultiProgress,
+    total: Option<ProgressBar>,
+    style: ProgressStyle,
+}
+
+impl Bars {
+    fn new(jobs: &[Job], quiet: bool) -> Bars {
+        let target = if quiet || !std::io::stderr().is_terminal() {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let style = ProgressStyle::with_template(
+            "{msg:30!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
+        let total = (jobs.len() > 1).then(|| {
+            let bar = multi.add(ProgressBar::new(jobs.iter().map(|j| j.size).sum()));
+            bar.set_style(style.clone());
+            bar.set_message(format!("total ({} files)", jobs.len()));
+            bar
+        });
+        Bars { multi, total, style }
+    }
+
+    fn file(&self, name: &str, size: u64) -> ProgressBar {
+        let bar = self.multi.insert_from_back(usize::from(self.total.is_some()), ProgressBar::new(size));
+        bar.set_style(self.style.clone());
+        bar.set_message(name.to_owned());
+        bar
+    }
+}
+
+async fn run_jobs(addr: &str, jobs: Vec<Job>, opts: &TransferArgs, dir: Direction) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let bars = Arc::new(Bars::new(&jobs, opts.quiet));
+    let queue = Arc::new(Mutex::new(jobs.clone()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let moved = Arc::new(Mutex::new((0u64, 0u64))); // (bytes sent, bytes resumed)
+    let workers = opts.jobs.clamp(1, 64).min(jobs.len().max(1));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (addr, queue, bars, failures, moved) =
+            (addr.to_owned(), queue.clone(), bars.clone(), failures.clone(), moved.clone());
+        let force = opts.force;
+        tasks.push(tokio::spawn(async move {
+            let mut client: Option<Client> = None;
+            loop {
+                let Some(job) = queue.lock().expect("queue").pop() else { break };
+                let outcome = transfer(&addr, &mut client, &job, force, dir, &bars).await;
+                match outcome {
+                    Ok(t) => {
+                        let mut m = moved.lock().expect("moved");
+                        m.0 += t.size - t.resumed;
+                        m.1 += t.resumed;
+                    }
+                    Err(e) => {
+                        // A connection that failed is not reused.
+                        if !matches!(e, ClientError::Remote { .. } | ClientError::LocalExists(_)) {
+                            client = None;
+                        }
+                        let path = if dir == Direction::Get { &job.remote } else { &job.local.display().to_string() };
+                        failures.lock().expect("failures").push(format!("{path}: {e}"));
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    if let Some(total) = &bars.total {
+        total.finish_and_clear();
+    }
+    let failures = std::mem::take(&mut *failures.lock().expect("failures"));
+    let (sent, resumed) = *moved.lock().expect("moved");
+    if !opts.quiet && failures.len() < jobs.len() {
+        let secs = started.elapsed().as_secs_f64();
+        let ok = jobs.len() - failures.len();
+        let resumed = if resumed > 0 { format!(", {} resumed (not sent again)", mib(resumed)) } else { String::new() };
+        eprintln!(
+            "{ok} file(s), {} transferred in {secs:.2} s ({:.0} MB/s){resumed}, checksums verified",
+            mib(sent),
+            sent as f64 / secs.max(1e-9) / 1e6
+        );
+    }
+    if failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &failures {
+        eprintln!("framewire: error: {f}");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+async fn transfer(
+    addr: &str,
+    client: &mut Option<Client>,
+    job: &Job,
+    force: bool,
+    dir: Direction,
+    bars: &Bars,
+) -> Result<Transfer, ClientError> {
+    if client.is_none() {
+        *client = Some(Client::connect(addr).await?);
+    }
+    let c = client.as_mut().expect("connected");
+    let name = if dir == Direction::Get { job.remote.clone() } else { job.local.display().to_string() };
+    let bar = bars.file(&name, job.size);
+    let total = bars.total.clone();
+    let mut last = 0;
+    let mut progress = |p: Progress| {
+        // Only the bytes still to send count: a resumed file's bar covers
+        // the rest of it.
+        if p.done == 0 || last == 0 {
+            bar.set_length(p.size - p.resumed);
+            if p.resumed > 0 {
+                bar.set_message(format!("{name} (resumed)"));
+                if let Some(t) = &total {
+                    t.dec_length(p.resumed.min(t.length().unwrap_or(0)));
+                }
+            }
+        }
+        bar.set_position(p.done);
+        if let Some(t) = &total {
+            t.inc(p.done - last);
+        }
+        last = p.done;
+    };
+    let options = TransferOptions::force(force);
+    let result = match dir {
+        Direction::Get => c.get(&job.remote, &job.local, &options, &mut progress).await,
+        Direction::Put => c.put(&job.local, &job.remote, &options, &mut progress).await,
+    };
+    bar.finish_and_clear();
+    result
+}

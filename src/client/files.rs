@@ -1,0 +1,302 @@
+//! `Client::list`, `stat`, `get` and `put`: whole-file checksums, atomic
+//! writes through a partial file, and automatic resume.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::spawn_blocking;
+
+use super::{unexpected, Client, ClientError};
+use crate::proto::{Entry, Message};
+use crate::services::files::{commit, hash_prefix, partial_path, read_and_hash, write_and_hash, PIPELINE};
+use crate::wire::{self, MAX_BUFFERED_BODY};
+
+/// Options of a transfer.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TransferOptions {
+    /// Replace an existing target.
+    pub force: bool,
+}
+
+impl TransferOptions {
+    /// Options with `force` set as given.
+    pub fn force(force: bool) -> Self {
+        TransferOptions { force }
+    }
+}
+
+/// Where a transfer stands, passed to the progress callback after every
+/// chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Whole file size.
+    pub size: u64,
+    /// Bytes the receiver already held when the transfer started (resume).
+    pub resumed: u64,
+    /// Bytes moved by this transfer so far (excluding `resumed`).
+    pub done: u64,
+}
+
+/// What a finished transfer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Whole file size.
+    pub size: u64,
+    /// Bytes that were already there and not sent again.
+    pub resumed: u64,
+    /// BLAKE3 of the whole file, verified by the receiver (hex).
+    pub blake3: String,
+}
+
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::Local { path: path.to_owned(), source }
+}
+
+fn join_err(e: tokio::task::JoinError) -> ClientError {
+    ClientError::Wire(wire::Error::Io(std::io::Error::other(e)))
+}
+
+impl Client {
+    /// Lists `path` on the server (empty for the root): a directory's
+    /// entries, a file's own entry, or with `recursive` every file below.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal (no such path, outside the root…), wire errors.
+    pub async fn list(&mut self, path: &str, recursive: bool) -> Result<Vec<Entry>, ClientError> {
+        self.writer.send(&Message::List { path: path.to_owned(), recursive }, &[]).await?;
+        match self.reader.read_head::<Message>().await? {
+            Some((Message::ListReply { .. }, _)) => {
+                let body = self.reader.read_body(MAX_BUFFERED_BODY).await?;
+                serde_json::from_slice(&body)
+                    .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 }.into())
+            }
+            Some((other, _)) => Err(unexpected("list_reply", other)),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Describes one path on the server.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
+        self.writer.send(&Message::Stat { path: path.to_owned() }, &[]).await?;
+        match self.reader.read_head::<Message>().await? {
+            Some((Message::StatReply { entry }, _)) => Ok(entry),
+            Some((other, _)) => Err(unexpected("stat_reply", other)),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Downloads `remote` to the local file `local`.
+    ///
+    /// Data goes to `.NAME.fwpart` beside `local`; the whole-file BLAKE3
+    /// sent by the server is checked, then the file is synced and renamed
+    /// into place, so `local` never holds a partial or corrupt file. If a
+    /// partial file is there from an interrupted download, only the rest is
+    /// fetched (after the server checks the partial is the start of its
+    /// file).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::LocalExists`] without `force`; the server's refusal;
+    /// [`ClientError::ChecksumMismatch`] (nothing kept); local I/O errors;
+    /// wire errors (the partial file is kept for a resume).
+    pub async fn get(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        options: &TransferOptions,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, ClientError> {
+        if !options.force && fs::symlink_metadata(local).is_ok() {
+            return Err(ClientError::LocalExists(local.to_owned()));
+        }
+        let partial = partial_path(local);
+        let p = partial.clone();
+        let (file, held, hasher) = spawn_blocking(move || {
+            let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p)?;
+            let held = file.metadata()?.len();
+            let hasher = hash_prefix(&mut file, held)?;
+            Ok::<_, std::io::Error>((file, held, hasher))
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(local_err(&partial))?;
+        let prefix = (held > 0).then(|| hasher.clone().finalize().to_hex().to_string());
+        self.writer.send(&Message::Get { path: remote.to_owned(), offset: held, prefix_blake3: prefix }, &[]).await?;
+
+        let (size, offset, mode) = match self.reader.read_head::<Message>().await? {
+            Some((Message::File { size, offset, mode, .. }, _)) => (size, offset, mode),
+            Some((other, _)) => {
+                // Nothing of this file was fetched: an empty partial file
+                // is not worth keeping.
+                if held == 0 {
+                    let _ = fs::remove_file(&partial);
+                }
+                return Err(unexpected("file", other));
+            }
+            None => return Err(ClientError::Closed),
+        };
+        let hasher = if offset == 0 { blake3::Hasher::new() } else { hasher };
+        if offset != 0 && offset != held {
+            return Err(ClientError::Unexpected { expected: "file from our offset or 0", got: "file" });
+        }
+        if offset == 0 && held > 0 {
+            file.set_len(0).map_err(local_err(&partial))?;
+        }
+
+        let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
+        let sink = spawn_blocking(move || write_and_hash(file, offset, hasher, rx));
+        let mut done = 0u64;
+        let received = async {
+            while let Some(chunk) = self.reader.read_body_chunk().await? {
+                done += chunk.len() as u64;
+                if tx.send(chunk).await.is_err() {
+                    break; // the file thread failed; its error is reported below
+                }
+                progress(Progress { size, resumed: offset, done });
+            }
+            Ok::<_, ClientError>(())
+        }
+        .await;
+        drop(tx);
+        let written = sink.await.map_err(join_err)?;
+        received?;
+        let (file, hash) = written.map_err(local_err(&partial))?;
+        let expected = match self.reader.read_head::<Message>().await? {
+            Some((Message::Checksum { blake3 }, _)) => blake3,
+            Some((other, _)) => return Err(unexpected("checksum", other)),
+            None => return Err(ClientError::Closed),
+        };
+        let got = hash.to_hex().to_string();
+        if got != expected {
+            let _ = fs::remove_file(&partial);
+            return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
+        }
+        let target = local.to_owned();
+        spawn_blocking(move || {
+            if mode != 0 {
+                file.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
+            }
+            commit(&file, &partial, &target)
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(local_err(local))?;
+        Ok(Transfer { size, resumed: offset, blake3: got })
+    }
+
+    /// Downloads `remote` into `dst` (e.g. stdout): no partial file, no
+    /// resume; the checksum is verified at the end, after the data was
+    /// written, and a mismatch is reported as an error.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get), and write errors of `dst`.
+    pub async fn get_to_writer(
+        &mut self,
+        remote: &str,
+        dst: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, ClientError> {
+        self.writer.send(&Message::Get { path: remote.to_owned(), offset: 0, prefix_blake3: None }, &[]).await?;
+        let size = match self.reader.read_head::<Message>().await? {
+            Some((Message::File { size, .. }, _)) => size,
+            Some((other, _)) => return Err(unexpected("file", other)),
+            None => return Err(ClientError::Closed),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut done = 0;
+        while let Some(chunk) = self.reader.read_body_chunk().await? {
+            hasher.update(&chunk);
+            dst.write_all(&chunk).await.map_err(wire::Error::Io)?;
+            done += chunk.len() as u64;
+            progress(Progress { size, resumed: 0, done });
+        }
+        dst.flush().await.map_err(wire::Error::Io)?;
+        let expected = match self.reader.read_head::<Message>().await? {
+            Some((Message::Checksum { blake3 }, _)) => blake3,
+            Some((other, _)) => return Err(unexpected("checksum", other)),
+            None => return Err(ClientError::Closed),
+        };
+        let got = hasher.finalize().to_hex().to_string();
+        if got != expected {
+            return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
+        }
+        Ok(Transfer { size, resumed: 0, blake3: got })
+    }
+
+    /// Uploads the local file `local` to `remote`.
+    ///
+    /// The server writes to a partial file, verifies the whole-file BLAKE3,
+    /// syncs and renames into place; a cut upload leaves nothing under the
+    /// final name, and the next upload of the same file sends only the rest
+    /// (after checking the server's partial is the start of this file).
+    ///
+    /// # Errors
+    ///
+    /// Local I/O errors; the server's refusal ([`crate::ErrorCode::Exists`]
+    /// without `force`, [`crate::ErrorCode::ChecksumMismatch`],
+    /// [`crate::ErrorCode::DiskFull`], …); wire errors.
+    pub async fn put(
+        &mut self,
+        local: &Path,
+        remote: &str,
+        options: &TransferOptions,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, ClientError> {
+        let mut file = File::open(local).map_err(local_err(local))?;
+        let meta = file.metadata().map_err(local_err(local))?;
+        if meta.is_dir() {
+            let source = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory (use -r)");
+            return Err(ClientError::Local { path: local.to_owned(), source });
+        }
+        let size = meta.len();
+        let mode = meta.permissions().mode() & 0o777;
+        let put = Message::Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode) };
+        self.writer.send(&put, &[]).await?;
+        let (held, prefix) = match self.reader.read_head::<Message>().await? {
+            Some((Message::PutReady { offset, prefix_blake3 }, _)) => (offset, prefix_blake3),
+            Some((other, _)) => return Err(unexpected("put_ready", other)),
+            None => return Err(ClientError::Closed),
+        };
+        let (file, from, hasher) = spawn_blocking(move || {
+            if held > 0 && held <= size {
+                let hasher = hash_prefix(&mut file, held)?;
+                if prefix.as_deref() == Some(hasher.clone().finalize().to_hex().as_str()) {
+                    return Ok((file, held, hasher));
+                }
+            }
+            Ok::<_, std::io::Error>((file, 0, blake3::Hasher::new()))
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(local_err(local))?;
+
+        self.writer.feed_head(&Message::PutData { len: size - from, offset: from })?;
+        let (tx, mut rx) = mpsc::channel(PIPELINE);
+        let pump = spawn_blocking(move || read_and_hash(file, from, size - from, hasher, tx));
+        let mut done = 0;
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk.map_err(local_err(local))?;
+            self.writer.write_body(&chunk).await?;
+            done += chunk.len() as u64;
+            progress(Progress { size, resumed: from, done });
+        }
+        let hash = pump.await.map_err(join_err)?.to_hex().to_string();
+        self.writer.send(&Message::Checksum { blake3: hash.clone() }, &[]).await?;
+        match self.reader.read_head::<Message>().await? {
+            Some((Message::PutDone { .. }, _)) => Ok(Transfer { size, resumed: from, blake3: hash }),
+            Some((other, _)) => Err(unexpected("put_done", other)),
+            None => Err(ClientError::Closed),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The exec request: a command's stdout and stderr streamed as they come,
+//! stdin forwarded, and the whole process group killed on timeout, cancel,
+//! a lost client, or shutdown.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{Reader, Writer};
+use super::files::refuse;
+use super::Config;
+use crate::proto::{ErrorCode, ExitReason, Message};
+use crate::services::exec::{spawn, status_parts};
+use crate::services::Refusal;
+use crate::wire::{Error, Timeouts};
+
+/// Largest stdin frame accepted (clients send up to 64 KiB).
+pub const MAX_STDIN_FRAME: u64 = 1024 * 1024;
+/// Largest output frame sent: a read of the pipe, as it comes.
+const OUTPUT_CHUNK: usize = 64 * 1024;
+/// Stdin chunks queued for a command that is slow to read them.
+const STDIN_QUEUE: usize = 4;
+
+/// Reads a pipe once, or never returns if it is gone.
+async fn read_pipe<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match pipe {
+        Some(p) => p.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn exec(
+    config: &Config,
+    command: String,
+    timeout_ms: Option<u64>,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    hard: &CancellationToken,
+) -> Result<(), Error> {
+    if !config.allow_exec {
+        let r =
+            Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server (start it with --allow-exec)");
+        return refuse(writer, r).await;
+    }
+    let mut run = match spawn(&config.shell, &command, &config.root) {
+        Ok(run) => run,
+        Err(e) => {
+            let r = Refusal::new(ErrorCode::SpawnFailed, format!("cannot start {}: {e}", config.shell.display()));
+            return refuse(writer, r).await;
+        }
+    };
+    tracing::debug!(%command, pid = run.child.id(), "exec started");
+
+    // The client may stay silent for as long as the command runs: no idle
+    // limit on its frames meanwhile (the I/O limit still bounds a started
+    // frame). Restored on every way out.
+    reader.set_timeouts(Timeouts { idle: None, ..config.timeouts });
+    let result = pump(&mut run, timeout_ms, reader, writer, hard).await;
+    reader.set_timeouts(config.timeouts);
+    let reason = match result {
+        Ok(reason) => reason,
+        Err(e) => {
+            // The client is gone or broke the protocol: nobody to report
+            // to; the group dies with the guard.
+            run.group.kill();
+            return Err(e);
+        }
+    };
+    let status = run.child.wait().await?;
+    let (status, signal) = status_parts(status);
+    if reason == ExitReason::Exited {
+        run.group.disarm();
+    }
+    tracing::debug!(%command, ?status, ?signal, ?reason, "exec ended");
+    writer.send(&Message::Exit { status, signal, reason }, &[]).await
+}
+
+/// Moves bytes until the command has exited and closed its output, or was
+/// killed. Returns why it ended.
+async fn pump(
+    run: &mut crate::services::exec::Running,
+    timeout_ms: Option<u64>,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    hard: &CancellationToken,
+) -> Result<ExitReason, Error> {
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<bytes::Bytes>(STDIN_QUEUE);
+    let mut stdin_tx = Some(stdin_tx);
+    // Stdin is written by its own task: a command that does not read its
+    // stdin must not stop its output from being forwarded.
+    if let Some(mut stdin) = run.stdin.take() {
+        tokio::spawn(async move {
+            while let Some(chunk) = stdin_rx.recv().await {
+                if stdin.write_all(&chunk).await.is_err() {
+                    break; // the command closed its stdin; drop the rest
+                }
+            }
+        });
+    }
+    let deadline = timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let mut out_buf = vec![0u8; OUTPUT_CHUNK];
+    let mut err_buf = vec![0u8; OUTPUT_CHUNK];
+    let mut reason = ExitReason::Exited;
+    let mut exited = false;
+    let mut permit = None;
+    // A stdin frame whose head is read but body not yet: read_body is
+    // cancel-safe, so the select may interrupt it and resume it.
+    let mut stdin_eof: Option<bool> = None;
+
+    while !(exited && run.stdout.is_none() && run.stderr.is_none()) {
+        tokio::select! {
+            n = read_pipe(&mut run.stdout, &mut out_buf) => match n? {
+                0 => run.stdout = None,
+                n => writer.send(&Message::Stdout { len: n as u64 }, &out_buf[..n]).await?,
+            },
+            n = read_pipe(&mut run.stderr, &mut err_buf) => match n? {
+                0 => run.stderr = None,
+                n => writer.send(&Message::Stderr { len: n as u64 }, &err_buf[..n]).await?,
+            },
+            status = run.child.wait(), if !exited => {
+                status?;
+                exited = true;
+            }
+            // Room in the stdin queue is reserved before a frame is read,
+            // so a stdin frame never waits for room with frames unread.
+            p = async { stdin_tx.as_ref().expect("guarded").clone().reserve_owned().await }, if permit.is_none() && stdin_tx.is_some() => {
+                permit = p.ok();
+                if permit.is_none() { stdin_tx = None; }
+            }
+            frame = next_frame(reader, &mut stdin_eof), if permit.is_some() || stdin_tx.is_none() => {
+                match frame? {
+                    Incoming::Stdin(body, eof) => {
+                        if let Some(p) = permit.take() {
+                            if !body.is_empty() { p.send(body); }
+                        }
+                        if eof { stdin_tx = None; permit = None; }
+                    }
+                    Incoming::Cancel => {
+                        run.group.kill();
+                        reason = ExitReason::Cancelled;
+                    }
+                    Incoming::Gone => {
+                        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client left during exec")));
+                    }
+                    Incoming::Other(kind) => {
+                        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("`{kind}` sent during exec"))));
+                    }
+                }
+            }
+            _ = sleep_until(deadline), if reason == ExitReason::Exited => {
+                run.group.kill();
+                reason = ExitReason::Timeout;
+            }
+            _ = hard.cancelled(), if reason == ExitReason::Exited => {
+                run.group.kill();
+                reason = ExitReason::Shutdown;
+            }
+        }
+    }
+    Ok(reason)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Incoming {
+    Stdin(bytes::Bytes, bool),
+    Cancel,
+    Gone,
+    Other(&'static str),
+}
+
+/// The client's next frame during an exec. Cancel-safe: an interrupted
+/// head leaves its bytes buffered; an interrupted stdin body is resumed
+/// through `pending`.
+async fn next_frame(reader: &mut Reader, pending: &mut Option<bool>) -> Result<Incoming, Error> {
+    if pending.is_none() {
+        match reader.read_head::<Message>().await? {
+            Some((Message::Stdin { eof, len }, _)) => {
+                if len > MAX_STDIN_FRAME {
+                    return Err(Error::BodyTooLarge { len, max: MAX_STDIN_FRAME });
+                }
+                *pending = Some(eof);
+            }
+            Some((Message::Cancel, _)) => return Ok(Incoming::Cancel),
+            Some((other, _)) => return Ok(Incoming::Other(other.kind())),
+            None => return Ok(Incoming::Gone),
+        }
+    }
+    let body = reader.read_body(MAX_STDIN_FRAME).await?;
+    let eof = pending.take().unwrap_or(false);
+    Ok(Incoming::Stdin(body, eof))
+}

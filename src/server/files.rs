@@ -1,0 +1,267 @@
+//! File requests: list, stat, get, put. The data path runs file I/O and
+//! hashing on a blocking thread and socket I/O on the async side, joined by
+//! a small bounded channel, so reading, hashing and sending overlap.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::spawn_blocking;
+
+use super::conn::{Reader, Writer};
+use crate::proto::{ErrorCode, Message};
+use crate::services::files::{self, commit, hash_prefix, partial_path, Sandbox};
+use crate::services::Refusal;
+use crate::wire::{Error, MAX_BUFFERED_BODY};
+
+use crate::services::files::PIPELINE;
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Refusal> + Send + 'static) -> Result<T, Refusal> {
+    spawn_blocking(f).await.unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, format!("file task failed: {e}"))))
+}
+
+pub(super) async fn refuse(writer: &mut Writer, r: Refusal) -> Result<(), Error> {
+    tracing::debug!(code = %r.code, "refused: {}", r.message);
+    writer.send(&Message::error(r.code, r.message), &[]).await
+}
+
+pub(super) async fn list(sandbox: &Sandbox, path: String, recursive: bool, writer: &mut Writer) -> Result<(), Error> {
+    let sb = sandbox.clone();
+    let listed = blocking(move || {
+        let entries = sb.list(&path, recursive)?;
+        let body = serde_json::to_vec(&entries).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        if body.len() as u64 > MAX_BUFFERED_BODY {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("{path}: listing of {} entries exceeds {MAX_BUFFERED_BODY} bytes", entries.len()),
+            ));
+        }
+        Ok(body)
+    })
+    .await;
+    match listed {
+        Ok(body) => writer.send(&Message::ListReply { len: body.len() as u64 }, &body).await,
+        Err(r) => refuse(writer, r).await,
+    }
+}
+
+pub(super) async fn stat(sandbox: &Sandbox, path: String, writer: &mut Writer) -> Result<(), Error> {
+    let sb = sandbox.clone();
+    let stat = blocking(move || {
+        let real = sb.existing(&path)?;
+        let meta = fs::metadata(&real).map_err(|e| Refusal::io(&path, &e))?;
+        let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(files::entry(name, &meta))
+    })
+    .await;
+    match stat {
+        Ok(entry) => writer.send(&Message::StatReply { entry }, &[]).await,
+        Err(r) => refuse(writer, r).await,
+    }
+}
+
+struct Download {
+    file: File,
+    size: u64,
+    start: u64,
+    hasher: blake3::Hasher,
+    mtime: i64,
+    mode: u32,
+}
+
+/// Streams a file from `offset` (if the client's prefix matches), then the
+/// checksum of the whole file.
+pub(super) async fn get(
+    sandbox: &Sandbox,
+    path: String,
+    offset: u64,
+    prefix: Option<String>,
+    writer: &mut Writer,
+) -> Result<(), Error> {
+    let sb = sandbox.clone();
+    let shown = path.clone();
+    let plan = blocking(move || {
+        let real = sb.existing(&path)?;
+        let mut file = File::open(&real).map_err(|e| Refusal::io(&path, &e))?;
+        let meta = file.metadata().map_err(|e| Refusal::io(&path, &e))?;
+        if meta.is_dir() {
+            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: is a directory (use -r)")));
+        }
+        let size = meta.len();
+        let mut start = if offset <= size { offset } else { 0 };
+        let mut hasher = blake3::Hasher::new();
+        if start > 0 {
+            hasher = hash_prefix(&mut file, start).map_err(|e| Refusal::io(&path, &e))?;
+            if prefix.is_some_and(|p| p != hasher.clone().finalize().to_hex().as_str()) {
+                // The client's partial copy is not the start of this file.
+                start = 0;
+                hasher = blake3::Hasher::new();
+            }
+        }
+        Ok(Download { file, size, start, hasher, mtime: files::mtime(&meta), mode: meta.permissions().mode() & 0o7777 })
+    })
+    .await;
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(r) => return refuse(writer, r).await,
+    };
+    let Download { file, size, start, hasher, mtime, mode } = plan;
+    writer.feed_head(&Message::File { len: size - start, size, offset: start, mtime, mode })?;
+
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(PIPELINE);
+    let pump = spawn_blocking(move || files::read_and_hash(file, start, size - start, hasher, tx));
+    while let Some(chunk) = rx.recv().await {
+        match chunk {
+            Ok(chunk) => writer.write_body(&chunk).await?,
+            // The frame promised `size - start` bytes and cannot deliver
+            // them: the connection must close.
+            Err(e) => {
+                return Err(Error::Io(std::io::Error::new(e.kind(), format!("{shown}: read failed mid-transfer: {e}"))))
+            }
+        }
+    }
+    let hash = pump.await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    writer.send(&Message::Checksum { blake3: hash.to_hex().to_string() }, &[]).await
+}
+
+struct Upload {
+    target: std::path::PathBuf,
+    partial: std::path::PathBuf,
+    file: File,
+    held: u64,
+    hasher: blake3::Hasher,
+    _claim: files::Claim,
+}
+
+/// Receives an upload into the partial file beside the target, resuming
+/// what an interrupted upload left there; verifies the whole-file checksum,
+/// syncs, and renames into place.
+pub(super) async fn put(
+    sandbox: &Sandbox,
+    path: String,
+    size: u64,
+    force: bool,
+    mode: Option<u32>,
+    reader: &mut Reader,
+    writer: &mut Writer,
+) -> Result<(), Error> {
+    let sb = sandbox.clone();
+    let shown = path.clone();
+    let plan = blocking(move || {
+        let target = sb.for_write(&path)?;
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: is a directory on the server")))
+            }
+            Ok(_) if !force => {
+                return Err(Refusal::new(
+                    ErrorCode::Exists,
+                    format!("{path}: already exists on the server (use --force to replace it)"),
+                ))
+            }
+            _ => {}
+        }
+        let claim = sb.claim(&target, &path)?;
+        let partial = partial_path(&target);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(|e| Refusal::io(&path, &e))?;
+        let mut held = file.metadata().map_err(|e| Refusal::io(&path, &e))?.len();
+        if held > size {
+            file.set_len(0).map_err(|e| Refusal::io(&path, &e))?;
+            held = 0;
+        }
+        let hasher = hash_prefix(&mut file, held).map_err(|e| Refusal::io(&path, &e))?;
+        Ok(Upload { target, partial, file, held, hasher, _claim: claim })
+    })
+    .await;
+    let mut up = match plan {
+        Ok(up) => up,
+        Err(r) => return refuse(writer, r).await,
+    };
+    let prefix = (up.held > 0).then(|| up.hasher.clone().finalize().to_hex().to_string());
+    writer.send(&Message::PutReady { offset: up.held, prefix_blake3: prefix }, &[]).await?;
+
+    let (len, from) = match reader.read_head::<Message>().await? {
+        Some((Message::PutData { len, offset }, _)) => (len, offset),
+        Some((other, _)) => {
+            let msg = format!("expected put_data after put_ready, got {}", other.kind());
+            return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+        }
+        None => return Ok(()),
+    };
+    if from == 0 && up.held > 0 {
+        // The client's file does not start with what we hold: start over.
+        up.file.set_len(0)?;
+        up.hasher = blake3::Hasher::new();
+    } else if from != up.held || from.checked_add(len) != Some(size) {
+        let msg =
+            format!("put_data covers bytes {from}..{} but {} are held of a {size}-byte file", from + len, up.held);
+        reader.skip_body().await?;
+        return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+    }
+
+    let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
+    let Upload { target, partial, file, hasher, _claim, .. } = up;
+    let sink = spawn_blocking(move || files::write_and_hash(file, from, hasher, rx));
+    let mut received = Ok(());
+    while let Some(chunk) = match reader.read_body_chunk().await {
+        Ok(chunk) => chunk,
+        Err(e) => {
+            received = Err(e);
+            None
+        }
+    } {
+        // If the file thread failed it has dropped the receiver: keep
+        // draining the body so the error can be answered in step.
+        let _ = tx.send(chunk).await;
+    }
+    drop(tx);
+    let written = sink.await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    // A cut connection leaves the partial file for a later resume.
+    received?;
+
+    let claimed = match reader.read_head::<Message>().await? {
+        Some((Message::Checksum { blake3 }, _)) => blake3,
+        Some((other, _)) => {
+            let msg = format!("expected checksum after put_data, got {}", other.kind());
+            return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+        }
+        None => return Ok(()),
+    };
+    let (file, hash) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            let refusal = Refusal::io(&shown, &e);
+            if refusal.code == ErrorCode::DiskFull {
+                let _ = fs::remove_file(&partial);
+            }
+            return refuse(writer, refusal).await;
+        }
+    };
+    if hash.to_hex().as_str() != claimed {
+        let _ = fs::remove_file(&partial);
+        let msg = format!(
+            "{shown}: checksum mismatch: the server received data hashing to {}, the client's file hashes to {claimed}; nothing was kept",
+            hash.to_hex()
+        );
+        return refuse(writer, Refusal::new(ErrorCode::ChecksumMismatch, msg)).await;
+    }
+    let done = blocking(move || {
+        if let Some(mode) = mode {
+            file.set_permissions(fs::Permissions::from_mode(mode & 0o777)).map_err(|e| Refusal::io(&shown, &e))?;
+        }
+        commit(&file, &partial, &target).map_err(|e| Refusal::io(&shown, &e))
+    })
+    .await;
+    match done {
+        Ok(()) => writer.send(&Message::PutDone { size }, &[]).await,
+        Err(r) => refuse(writer, r).await,
+    }
+}

@@ -1,0 +1,403 @@
+//! Files under a served root: path checks, listings, and the partial files
+//! that make uploads atomic and resumable.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use crate::proto::{Entry, ErrorCode, Kind};
+use crate::wire::STREAM_CHUNK;
+
+use super::Refusal;
+
+/// Suffix of the partial file an upload or download writes before it is
+/// verified and renamed into place. Names ending in it are reserved.
+pub const PARTIAL_SUFFIX: &str = ".fwpart";
+
+/// The served directory. Every path a client names is resolved through it.
+///
+/// Paths are relative to the root, `/`-separated; absolute paths, `..`
+/// components, NUL bytes, names ending in [`PARTIAL_SUFFIX`], and symlinks
+/// whose target lies outside the root are refused.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    root: PathBuf,
+    busy: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+fn bad_path(path: &str, why: &str) -> Refusal {
+    Refusal::new(ErrorCode::BadPath, format!("{path:?}: {why}"))
+}
+
+impl Sandbox {
+    /// A sandbox over `root`, which must be a directory.
+    ///
+    /// # Errors
+    ///
+    /// If `root` does not exist or is not a directory.
+    pub fn new(root: &Path) -> io::Result<Sandbox> {
+        let root = root.canonicalize()?;
+        if !root.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{} is not a directory", root.display())));
+        }
+        Ok(Sandbox { root, busy: Arc::default() })
+    }
+
+    /// The canonical root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checks a client's path without touching the file system and returns
+    /// it as a relative path (empty for the root itself).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::BadPath`] for NUL bytes, absolute paths, `..`, and
+    /// reserved names.
+    pub fn relative(path: &str) -> Result<PathBuf, Refusal> {
+        if path.contains('\0') {
+            return Err(bad_path(path, "contains a NUL byte"));
+        }
+        if path.starts_with('/') {
+            return Err(bad_path(path, "absolute paths are refused; paths are relative to the served root"));
+        }
+        let mut rel = PathBuf::new();
+        for part in Path::new(path).components() {
+            match part {
+                Component::Normal(name) => rel.push(name),
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    return Err(bad_path(path, "`..` is refused; paths stay inside the served root"))
+                }
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(bad_path(path, "absolute paths are refused; paths are relative to the served root"))
+                }
+            }
+        }
+        if rel.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+            return Err(bad_path(path, "names ending in .fwpart are reserved for partial transfers"));
+        }
+        Ok(rel)
+    }
+
+    /// Fails unless `real` (canonical) is inside the root.
+    fn inside(&self, path: &str, real: &Path) -> Result<(), Refusal> {
+        if real.starts_with(&self.root) {
+            Ok(())
+        } else {
+            Err(bad_path(path, "leads outside the served root (through a symlink)"))
+        }
+    }
+
+    /// Resolves an existing path, following symlinks that stay inside.
+    ///
+    /// # Errors
+    ///
+    /// As [`relative`](Self::relative); [`ErrorCode::NotFound`] and other
+    /// I/O refusals; [`ErrorCode::BadPath`] for a symlink leading outside.
+    pub fn existing(&self, path: &str) -> Result<PathBuf, Refusal> {
+        let full = self.root.join(Self::relative(path)?);
+        let real = full.canonicalize().map_err(|e| Refusal::io(path, &e))?;
+        self.inside(path, &real)?;
+        Ok(real)
+    }
+
+    /// Resolves a path to be written, creating its missing parent
+    /// directories one by one, each checked to stay inside the root.
+    /// Returns the final path (its last component unresolved: renaming
+    /// onto a symlink replaces the link, never its target).
+    ///
+    /// # Errors
+    ///
+    /// As [`relative`](Self::relative), plus an empty path, a parent that
+    /// is a file, or a parent leading outside the root.
+    pub fn for_write(&self, path: &str) -> Result<PathBuf, Refusal> {
+        let rel = Self::relative(path)?;
+        let Some(name) = rel.file_name().map(ToOwned::to_owned) else {
+            return Err(bad_path(path, "names the served root, not a file"));
+        };
+        let mut dir = self.root.clone();
+        for part in rel.parent().into_iter().flat_map(Path::components) {
+            dir.push(part);
+            match fs::symlink_metadata(&dir) {
+                Ok(_) => {
+                    let real = dir.canonicalize().map_err(|e| Refusal::io(path, &e))?;
+                    self.inside(path, &real)?;
+                    if !real.is_dir() {
+                        return Err(Refusal::new(
+                            ErrorCode::NotADirectory,
+                            format!(
+                                "{path}: {} is not a directory",
+                                real.strip_prefix(&self.root).unwrap_or(&real).display()
+                            ),
+                        ));
+                    }
+                    dir = real;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&dir).map_err(|e| Refusal::io(path, &e))?;
+                }
+                Err(e) => return Err(Refusal::io(path, &e)),
+            }
+        }
+        Ok(dir.join(name))
+    }
+
+    /// Marks `path` as being uploaded until the guard drops; a second
+    /// upload of the same path meanwhile is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::Busy`] if the path is already being uploaded.
+    pub fn claim(&self, path: &Path, shown: &str) -> Result<Claim, Refusal> {
+        let mut busy = self.busy.lock().expect("busy set poisoned");
+        if !busy.insert(path.to_owned()) {
+            return Err(Refusal::new(ErrorCode::Busy, format!("{shown}: another upload to this path is in progress")));
+        }
+        Ok(Claim { busy: self.busy.clone(), path: path.to_owned() })
+    }
+
+    /// Lists `path`: a directory's entries (sorted by name; partial files
+    /// hidden), every file below it if `recursive` (names relative to
+    /// `path`, symlinked directories not followed), or a file itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`existing`](Self::existing).
+    pub fn list(&self, path: &str, recursive: bool) -> Result<Vec<Entry>, Refusal> {
+        let real = self.existing(path)?;
+        let meta = fs::metadata(&real).map_err(|e| Refusal::io(path, &e))?;
+        if !meta.is_dir() {
+            let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Ok(vec![entry(name, &meta)]);
+        }
+        let mut out = Vec::new();
+        self.walk(&real, Path::new(""), recursive, &mut out).map_err(|e| Refusal::io(path, &e))?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn walk(&self, dir: &Path, prefix: &Path, recursive: bool, out: &mut Vec<Entry>) -> io::Result<()> {
+        for item in fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name();
+            if name.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+                continue;
+            }
+            let meta = item.metadata()?;
+            let rel = prefix.join(&name);
+            if recursive && meta.is_dir() {
+                self.walk(&item.path(), &rel, true, out)?;
+            } else if !recursive || meta.is_file() {
+                out.push(entry(rel.to_string_lossy().into_owned(), &meta));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An upload in progress; dropping it frees the path.
+#[derive(Debug)]
+pub struct Claim {
+    busy: Arc<Mutex<HashSet<PathBuf>>>,
+    path: PathBuf,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.busy.lock() {
+            busy.remove(&self.path);
+        }
+    }
+}
+
+/// An [`Entry`] from metadata (symlinks reported as such when not followed).
+pub fn entry(name: String, meta: &fs::Metadata) -> Entry {
+    use std::os::unix::fs::PermissionsExt;
+    let kind = if meta.is_file() {
+        Kind::File
+    } else if meta.is_dir() {
+        Kind::Dir
+    } else if meta.file_type().is_symlink() {
+        Kind::Symlink
+    } else {
+        Kind::Other
+    };
+    Entry { name, size: meta.len(), kind, mtime: mtime(meta), mode: meta.permissions().mode() & 0o7777 }
+}
+
+/// Modification time in seconds since the epoch (negative before it).
+pub fn mtime(meta: &fs::Metadata) -> i64 {
+    match meta.modified() {
+        Ok(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        },
+        Err(_) => 0,
+    }
+}
+
+/// The partial file beside `target`: `.NAME.fwpart` in the same directory,
+/// so the final rename never crosses file systems.
+pub fn partial_path(target: &Path) -> PathBuf {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    target.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
+}
+
+/// A BLAKE3 hasher fed with the first `len` bytes of `file` (read from its
+/// start), for resuming: the checksum of a resumed transfer still covers
+/// the whole file.
+///
+/// # Errors
+///
+/// Read errors, or the file holding fewer than `len` bytes.
+pub fn hash_prefix(file: &mut File, len: u64) -> io::Result<blake3::Hasher> {
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut hasher = blake3::Hasher::new();
+    let copied = io::copy(&mut file.take(len), &mut hasher)?;
+    if copied != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than the prefix to hash"));
+    }
+    Ok(hasher)
+}
+
+/// Moves a verified partial file into place: fsync the data, rename, fsync
+/// the directory, so that after a crash the file is either absent or whole.
+///
+/// # Errors
+///
+/// I/O errors of any step; the partial file is left where it was.
+pub fn commit(file: &File, partial: &Path, target: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    fs::rename(partial, target)?;
+    if let Some(dir) = target.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Chunks in flight between a file thread and a socket.
+pub const PIPELINE: usize = 4;
+
+/// Reads `len` bytes from `start`, hashing them, into `tx`. Returns the
+/// whole-file hash (the hasher arrives fed with the prefix).
+pub fn read_and_hash(
+    mut file: File,
+    start: u64,
+    len: u64,
+    mut hasher: blake3::Hasher,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+) -> blake3::Hash {
+    let mut left = len;
+    let send = |item| tx.blocking_send(item).is_ok();
+    if let Err(e) = file.seek(SeekFrom::Start(start)) {
+        send(Err(e));
+        return hasher.finalize();
+    }
+    while left > 0 {
+        let mut buf = BytesMut::zeroed(STREAM_CHUNK.min(left as usize));
+        let n = match file.read(&mut buf) {
+            Ok(0) => {
+                send(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank")));
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                send(Err(e));
+                break;
+            }
+        };
+        buf.truncate(n);
+        hasher.update(&buf);
+        left -= n as u64;
+        if !send(Ok(buf.freeze())) {
+            break; // the connection is gone
+        }
+    }
+    hasher.finalize()
+}
+
+/// Writes chunks at `from` on, hashing them. Returns the file and the
+/// whole-file hash.
+pub fn write_and_hash(
+    mut file: File,
+    from: u64,
+    mut hasher: blake3::Hasher,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> std::io::Result<(File, blake3::Hash)> {
+    file.seek(SeekFrom::Start(from))?;
+    while let Some(chunk) = rx.blocking_recv() {
+        file.write_all(&chunk)?;
+        hasher.update(&chunk);
+    }
+    Ok((file, hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_checked() {
+        assert_eq!(Sandbox::relative("a/./b/c.txt").unwrap(), PathBuf::from("a/b/c.txt"));
+        assert_eq!(Sandbox::relative("").unwrap(), PathBuf::new());
+        for (bad, why) in [
+            ("/etc/passwd", "absolute"),
+            ("../x", "`..`"),
+            ("a/../../x", "`..`"),
+            ("a\0b", "NUL"),
+            ("x.fwpart", "reserved"),
+        ] {
+            let err = Sandbox::relative(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadPath, "{bad}");
+            assert!(err.message.contains(why), "{bad}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn symlinks_may_not_lead_out() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "s").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("inner.txt", root.path().join("alias")).unwrap();
+        fs::write(root.path().join("inner.txt"), "i").unwrap();
+        let sandbox = Sandbox::new(root.path()).unwrap();
+        assert_eq!(sandbox.existing("out/secret").unwrap_err().code, ErrorCode::BadPath);
+        assert_eq!(sandbox.for_write("out/new").unwrap_err().code, ErrorCode::BadPath);
+        assert!(!outside.path().join("new").exists());
+        assert_eq!(sandbox.for_write("out/deep/new").unwrap_err().code, ErrorCode::BadPath);
+        assert!(!outside.path().join("deep").exists(), "nothing created outside");
+        assert!(sandbox.existing("alias").unwrap().ends_with("inner.txt"));
+    }
+
+    #[test]
+    fn for_write_creates_parents_inside() {
+        let root = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(root.path()).unwrap();
+        let p = sandbox.for_write("a/b/c.txt").unwrap();
+        assert!(root.path().join("a/b").is_dir());
+        assert!(p.ends_with("a/b/c.txt"));
+        fs::write(root.path().join("file"), "").unwrap();
+        assert_eq!(sandbox.for_write("file/x").unwrap_err().code, ErrorCode::NotADirectory);
+    }
+
+    #[test]
+    fn claims_are_exclusive() {
+        let root = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(root.path()).unwrap();
+        let p = root.path().join("x");
+        let claim = sandbox.claim(&p, "x").unwrap();
+        assert_eq!(sandbox.claim(&p, "x").unwrap_err().code, ErrorCode::Busy);
+        drop(claim);
+        assert!(sandbox.claim(&p, "x").is_ok());
+    }
+}
