@@ -15,7 +15,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::proto::{with_default_port, ErrorCode, Message};
-use crate::wire::{self, FrameReader, FrameWriter, Preface, MAX_BUFFERED_BODY};
+use crate::wire::{self, FrameReader, FrameWriter, Preface, Timeouts, MAX_BUFFERED_BODY};
+
+/// How long a server may take to answer the preface.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a started frame, or a write, may stall before the client gives up.
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a client call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +136,18 @@ impl Client {
         socket.set_nodelay(true).map_err(wire::Error::Io)?;
         let peer = socket.peer_addr().map_err(wire::Error::Io)?;
         let (read, write) = socket.into_split();
-        let mut client = Client { reader: FrameReader::new(read), writer: FrameWriter::new(write), peer };
+        let handshake = Timeouts { idle: None, io: Some(HANDSHAKE_TIMEOUT) };
+        let mut client = Client {
+            reader: FrameReader::with_timeouts(read, handshake),
+            writer: FrameWriter::with_timeouts(write, Timeouts { idle: None, io: Some(IO_TIMEOUT) }),
+            peer,
+        };
         client.writer.feed_preface(Preface::default());
         client.writer.flush().await?;
         client.reader.read_preface().await?;
+        // A reply may be long in coming (a command that prints nothing for
+        // an hour): no idle limit; but a frame, once started, must move.
+        client.reader.set_timeouts(Timeouts { idle: None, io: Some(IO_TIMEOUT) });
         Ok(client)
     }
 

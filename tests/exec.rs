@@ -1,0 +1,247 @@
+//! Remote command execution against a real server: streaming, stdin, exit
+//! codes, and the process group killed on timeout, cancel, disconnect and
+//! shutdown.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use common::{rss_kib, wait_gone, TestServer};
+use framewire::client::{ExecIo, ExecOptions};
+use framewire::proto::ExitReason;
+use framewire::wire::{FrameReader, FrameWriter, Preface};
+use framewire::{Client, ErrorCode, Message};
+use tokio::io::AsyncWrite;
+
+async fn exec_server() -> TestServer {
+    TestServer::start_with(|c| c.allow_exec = true).await
+}
+
+/// An output sink that notes when each piece arrived.
+#[derive(Clone, Default)]
+struct Timeline(Arc<Mutex<Vec<(Instant, Vec<u8>)>>>);
+
+impl AsyncWrite for Timeline {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.0.lock().unwrap().push((Instant::now(), buf.to_vec()));
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A sink that counts bytes and keeps none.
+#[derive(Default)]
+struct Count(u64);
+
+impl AsyncWrite for Count {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.0 += buf.len() as u64;
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn stdout_stderr_apart_and_exit_code() {
+    let server = exec_server().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let out = client.exec_output("echo out; echo err >&2; pwd; exit 3", &ExecOptions::default()).await.unwrap();
+    let root = server.root.path().canonicalize().unwrap();
+    assert_eq!(out.stdout, format!("out\n{}\n", root.display()).into_bytes(), "runs in the served root");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!((out.status.status, out.status.reason, out.status.code()), (Some(3), ExitReason::Exited, 3));
+
+    // A signal is reported as 128 + N, as shells do.
+    let out = client.exec_output("kill -TERM $$", &ExecOptions::default()).await.unwrap();
+    assert_eq!((out.status.signal, out.status.code()), (Some(15), 143));
+
+    // Non-UTF-8 output passes through as bytes.
+    let out = client.exec_output(r"printf '\377\376\000x'", &ExecOptions::default()).await.unwrap();
+    assert_eq!(out.stdout, b"\xff\xfe\x00x");
+
+    // Several commands on one connection, one after another.
+    let out = client.exec_output("true", &ExecOptions::default()).await.unwrap();
+    assert!(out.status.success());
+}
+
+/// Each line reaches the client when it is printed, not at the end.
+#[tokio::test]
+async fn output_streams_while_the_command_runs() {
+    let server = exec_server().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let out = Timeline::default();
+    let (mut o, mut e) = (out.clone(), Count::default());
+    let started = Instant::now();
+    let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: None };
+    let status = client.exec("echo one; sleep 1; echo two", &ExecOptions::default(), io).await.unwrap();
+    assert!(status.success());
+    let pieces = out.0.lock().unwrap().clone();
+    let first = pieces.iter().find(|(_, b)| b.starts_with(b"one")).expect("one").0;
+    let second = pieces.iter().find(|(_, b)| b.starts_with(b"two")).expect("two").0;
+    assert!(first - started < Duration::from_millis(700), "first line late: {:?}", first - started);
+    assert!(second - first >= Duration::from_millis(700), "lines arrived together");
+}
+
+#[tokio::test]
+async fn stdin_is_forwarded_with_eof() {
+    let server = exec_server().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let input: Vec<u8> = (0..3_000_001u32).map(|i| (i % 256) as u8).collect();
+    let mut stdin = &input[..];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None };
+    let status = client.exec("wc -c; cat >/dev/null", &ExecOptions::default(), io).await.unwrap();
+    assert!(status.success(), "{status:?} {}", String::from_utf8_lossy(&err));
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "3000001");
+
+    // A command that ignores its stdin still finishes, and the connection
+    // stays usable for the next request.
+    let mut stdin = &input[..];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None };
+    let status = client.exec("echo ignored", &ExecOptions::default(), io).await.unwrap();
+    assert!(status.success());
+    assert_eq!(client.echo(b"after").await.unwrap(), "after");
+}
+
+/// 200 MiB of output streams through with bounded memory on both sides
+/// (both run in this process: its resident memory must not grow by
+/// anything near the output's size).
+#[tokio::test]
+async fn large_output_streams_in_bounded_memory() {
+    let server = exec_server().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let before = rss_kib();
+    let (mut out, mut err) = (Count::default(), Count::default());
+    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None };
+    let status = client.exec("head -c 209715200 /dev/zero", &ExecOptions::default(), io).await.unwrap();
+    assert!(status.success());
+    assert_eq!(out.0, 200 << 20);
+    let grew = rss_kib().saturating_sub(before);
+    assert!(grew < 64 * 1024, "resident memory grew by {grew} KiB for 200 MiB of output");
+}
+
+/// Parses the pids a command printed, one per line.
+fn pids(bytes: &[u8]) -> Vec<u32> {
+    String::from_utf8_lossy(bytes).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_group() {
+    let server = exec_server().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let started = Instant::now();
+    let out = client
+        .exec_output(
+            "sleep 100 & echo $!; echo $$; sleep 100",
+            &ExecOptions::with_timeout(Some(Duration::from_millis(500))),
+        )
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.reason, ExitReason::Timeout);
+    assert_eq!(out.status.code(), 137, "killed by SIGKILL");
+    let pids = pids(&out.stdout);
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(wait_gone(pid, Duration::from_secs(5)).await, "process {pid} survived the timeout");
+    }
+}
+
+#[tokio::test]
+async fn cancel_kills_the_whole_group() {
+    let server = exec_server().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let out = Timeline::default();
+    let (mut o, mut e) = (out.clone(), Count::default());
+    let mut cancel = std::pin::pin!(tokio::time::sleep(Duration::from_millis(500)));
+    let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: Some(cancel.as_mut()) };
+    let status = client.exec("sleep 100 & echo $!; sleep 100", &ExecOptions::default(), io).await.unwrap();
+    assert_eq!(status.reason, ExitReason::Cancelled);
+    let bytes: Vec<u8> = out.0.lock().unwrap().iter().flat_map(|(_, b)| b.clone()).collect();
+    let pid = pids(&bytes)[0];
+    assert!(wait_gone(pid, Duration::from_secs(5)).await, "background process survived the cancel");
+    assert_eq!(client.echo(b"still usable").await.unwrap(), "still usable");
+}
+
+#[tokio::test]
+async fn dropped_connection_kills_the_whole_group() {
+    let server = exec_server().await;
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let mut w = FrameWriter::new(write);
+    let mut r = FrameReader::new(read);
+    w.feed_preface(Preface::default());
+    w.send(&Message::Exec { command: "sleep 100 & echo $!; echo $$; sleep 100".into(), timeout_ms: None }, &[])
+        .await
+        .unwrap();
+    r.read_preface().await.unwrap();
+    let mut seen = Vec::new();
+    while pids(&seen).len() < 2 {
+        let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+        assert!(matches!(m, Message::Stdout { .. }), "{m:?}");
+        seen.extend_from_slice(&r.read_body(1 << 20).await.unwrap());
+    }
+    drop((r, w));
+    for pid in pids(&seen) {
+        assert!(wait_gone(pid, Duration::from_secs(5)).await, "process {pid} survived the client leaving");
+    }
+}
+
+/// At the drain deadline a running command is killed and the client told.
+#[tokio::test]
+async fn shutdown_kills_running_commands_after_the_drain() {
+    let mut server = TestServer::start_with(|c| {
+        c.allow_exec = true;
+        c.drain_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let run = tokio::spawn(async move { client.exec_output("echo $$; sleep 100", &ExecOptions::default()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await.unwrap().unwrap().unwrap();
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(out.status.reason, ExitReason::Shutdown);
+    let pid = pids(&out.stdout)[0];
+    assert!(wait_gone(pid, Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn exec_is_refused_unless_allowed() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let err = client.exec_output("touch pwned", &ExecOptions::default()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ExecDisabled));
+    assert!(err.to_string().contains("--allow-exec"), "{err}");
+    assert!(!server.root.path().join("pwned").exists());
+    assert_eq!(client.echo(b"ok").await.unwrap(), "ok");
+}
+
+/// A command whose own stdin is a large file it reads slowly: the client's
+/// stdin stream is throttled by TCP, nothing is buffered without bound,
+/// and every byte arrives.
+#[tokio::test]
+async fn slow_reader_of_stdin_gets_every_byte() {
+    let server = exec_server().await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let input = vec![b'x'; 20 << 20];
+    let mut stdin = &input[..];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None };
+    let status = client.exec("sleep 0.5; wc -c", &ExecOptions::default(), io).await.unwrap();
+    assert!(status.success());
+    assert_eq!(String::from_utf8_lossy(&out).trim(), (20 << 20).to_string());
+}

@@ -1,0 +1,404 @@
+//! File listing and transfer against a real server: checksums, atomic
+//! writes, resume, overwrite rules, path sandboxing, many clients at once.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{pattern, TestServer};
+use framewire::client::{ExecOptions, Progress, TransferOptions};
+use framewire::proto::Kind;
+use framewire::wire::{FrameReader, FrameWriter, Preface};
+use framewire::{Client, ClientError, ErrorCode, Message};
+
+fn no_progress() -> impl FnMut(Progress) + Send {
+    |_| {}
+}
+
+fn blake3_hex(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
+/// Files a directory holds, partial files included, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn put_get_round_trip_with_checksums() {
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    let data = pattern(3_000_017, 1);
+    std::fs::write(local.path().join("a.bin"), &data).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut progress = |p: Progress| seen.push(p);
+    let t =
+        client.put(&local.path().join("a.bin"), "dir/a.bin", &TransferOptions::default(), &mut progress).await.unwrap();
+    assert_eq!((t.size, t.resumed, t.blake3.as_str()), (data.len() as u64, 0, blake3_hex(&data).as_str()));
+    assert_eq!(std::fs::read(server.root.path().join("dir/a.bin")).unwrap(), data);
+    assert!(seen.windows(2).all(|w| w[0].done <= w[1].done), "progress only moves forward");
+    assert_eq!(seen.last().unwrap().done, data.len() as u64);
+    assert_eq!(names(&server.root.path().join("dir")), ["a.bin"], "no partial file left");
+
+    let t = client
+        .get("dir/a.bin", &local.path().join("back.bin"), &TransferOptions::default(), &mut no_progress())
+        .await
+        .unwrap();
+    assert_eq!(t.blake3, blake3_hex(&data));
+    assert_eq!(std::fs::read(local.path().join("back.bin")).unwrap(), data);
+    assert_eq!(names(local.path()), ["a.bin", "back.bin"]);
+
+    // Empty files too.
+    std::fs::write(local.path().join("empty"), b"").unwrap();
+    client.put(&local.path().join("empty"), "empty", &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    client.get("empty", &local.path().join("empty2"), &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    assert_eq!(std::fs::read(local.path().join("empty2")).unwrap(), b"");
+
+    // To a writer (stdout-like).
+    let mut out = Vec::new();
+    client.get_to_writer("dir/a.bin", &mut out, &mut no_progress()).await.unwrap();
+    assert!(out == data);
+}
+
+#[tokio::test]
+async fn list_and_stat() {
+    let server = TestServer::start().await;
+    std::fs::create_dir_all(server.root.path().join("sub/deeper")).unwrap();
+    std::fs::write(server.root.path().join("sub/one.txt"), b"1").unwrap();
+    std::fs::write(server.root.path().join("sub/deeper/two.txt"), b"22").unwrap();
+    std::fs::write(server.root.path().join("top.txt"), b"333").unwrap();
+    std::fs::write(server.root.path().join(".top.txt.fwpart"), b"partial").unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+
+    let root = client.list("", false).await.unwrap();
+    let summary: Vec<_> = root.iter().map(|e| (e.name.as_str(), e.kind, e.size)).collect();
+    assert_eq!(summary, [("sub", Kind::Dir, summary[0].2), ("top.txt", Kind::File, 3)], "partial files hidden");
+    assert!(root[1].mtime > 1_600_000_000);
+
+    let deep = client.list("sub", true).await.unwrap();
+    let names: Vec<_> = deep.iter().map(|e| (e.name.as_str(), e.size)).collect();
+    assert_eq!(names, [("deeper/two.txt", 2), ("one.txt", 1)]);
+
+    let st = client.stat("sub/one.txt").await.unwrap();
+    assert_eq!((st.name.as_str(), st.kind, st.size), ("one.txt", Kind::File, 1));
+    let err = client.stat("nope").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    assert!(err.to_string().contains("nope: no such file or directory"), "{err}");
+}
+
+#[tokio::test]
+async fn overwriting_needs_force() {
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("f"), b"new").unwrap();
+    std::fs::write(server.root.path().join("f"), b"old").unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+
+    let err =
+        client.put(&local.path().join("f"), "f", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Exists));
+    assert!(err.to_string().contains("--force"), "{err}");
+    assert_eq!(std::fs::read(server.root.path().join("f")).unwrap(), b"old");
+    client.put(&local.path().join("f"), "f", &TransferOptions::force(true), &mut no_progress()).await.unwrap();
+    assert_eq!(std::fs::read(server.root.path().join("f")).unwrap(), b"new");
+
+    std::fs::write(server.root.path().join("g"), b"server").unwrap();
+    let err =
+        client.get("g", &local.path().join("f"), &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
+    assert!(matches!(err, ClientError::LocalExists(_)), "{err:?}");
+    assert_eq!(std::fs::read(local.path().join("f")).unwrap(), b"new");
+    client.get("g", &local.path().join("f"), &TransferOptions::force(true), &mut no_progress()).await.unwrap();
+    assert_eq!(std::fs::read(local.path().join("f")).unwrap(), b"server");
+    assert_eq!(client.echo(b"usable").await.unwrap(), "usable");
+}
+
+/// `..`, absolute paths, NUL bytes and symlinks leading outside the root
+/// are refused for every operation, with nothing created outside.
+#[tokio::test]
+async fn paths_stay_inside_the_root() {
+    let server = TestServer::start().await;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"s").unwrap();
+    std::os::unix::fs::symlink(outside.path(), server.root.path().join("escape")).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("f"), b"x").unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let opts = TransferOptions::default();
+
+    let cases = [
+        ("../etc/passwd", "`..`"),
+        ("/etc/passwd", "absolute"),
+        ("a\0b", "NUL"),
+        ("escape/secret", "outside the served root"),
+        ("sub/../../x", "`..`"),
+    ];
+    for (path, why) in cases {
+        let err = client.get(path, &local.path().join("out"), &opts, &mut no_progress()).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadPath), "get {path:?}: {err}");
+        assert!(err.to_string().contains(why), "get {path:?}: {err}");
+        let err = client.put(&local.path().join("f"), path, &opts, &mut no_progress()).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadPath), "put {path:?}: {err}");
+        let err = client.list(path, false).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadPath), "list {path:?}: {err}");
+    }
+    let err = client.put(&local.path().join("f"), "escape/planted", &opts, &mut no_progress()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadPath));
+    assert_eq!(names(outside.path()), ["secret"], "nothing written outside the root");
+    assert!(!local.path().join("out").exists());
+    assert_eq!(names(local.path()), ["f"], "no partial download left for a refused get");
+}
+
+/// Raw upload: put, put_ready, put_data with part of the body, then the
+/// connection is cut.
+async fn cut_upload(server: &TestServer, path: &str, data: &[u8], send: usize) {
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.send(&Message::Put { path: path.into(), size: data.len() as u64, force: false, mode: None }, &[]).await.unwrap();
+    r.read_preface().await.unwrap();
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert!(matches!(m, Message::PutReady { .. }), "{m:?}");
+    w.feed_head(&Message::PutData { len: data.len() as u64, offset: 0 }).unwrap();
+    w.write_body(&data[..send]).await.unwrap();
+    w.flush().await.unwrap();
+    drop((r, w));
+}
+
+/// Polls until `path` exists with at least `len` bytes.
+async fn wait_for_len(path: &Path, len: u64) {
+    for _ in 0..500 {
+        if std::fs::metadata(path).map(|m| m.len() >= len).unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} never reached {len} bytes", path.display());
+}
+
+#[tokio::test]
+async fn cut_upload_leaves_no_final_file_and_resumes() {
+    let server = TestServer::start().await;
+    let data = pattern(5 << 20, 4);
+    cut_upload(&server, "big.bin", &data, 2 << 20).await;
+    let partial = server.root.path().join(".big.bin.fwpart");
+    wait_for_len(&partial, 2 << 20).await;
+    assert!(!server.root.path().join("big.bin").exists(), "no file under the final name");
+
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("big.bin"), &data).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let mut first = None;
+    let mut progress = |p: Progress| {
+        first.get_or_insert(p);
+    };
+    let t =
+        client.put(&local.path().join("big.bin"), "big.bin", &TransferOptions::default(), &mut progress).await.unwrap();
+    assert_eq!(t.resumed, 2 << 20, "only the rest was sent");
+    assert_eq!(first.unwrap().resumed, 2 << 20);
+    assert_eq!(t.blake3, blake3_hex(&data), "the checksum covers the whole file");
+    assert!(std::fs::read(server.root.path().join("big.bin")).unwrap() == data);
+    assert!(!partial.exists());
+}
+
+/// A partial left by a different file is detected through its prefix hash
+/// and the upload starts over rather than splicing two files.
+#[tokio::test]
+async fn resume_of_a_different_file_starts_over() {
+    let server = TestServer::start().await;
+    cut_upload(&server, "f.bin", &pattern(1 << 20, 7), 300_000).await;
+    wait_for_len(&server.root.path().join(".f.bin.fwpart"), 300_000).await;
+    let local = tempfile::tempdir().unwrap();
+    let data = pattern(1 << 20, 8);
+    std::fs::write(local.path().join("f.bin"), &data).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let t = client
+        .put(&local.path().join("f.bin"), "f.bin", &TransferOptions::default(), &mut no_progress())
+        .await
+        .unwrap();
+    assert_eq!(t.resumed, 0);
+    assert!(std::fs::read(server.root.path().join("f.bin")).unwrap() == data);
+}
+
+/// The server verifies before it keeps anything: a wrong checksum leaves
+/// neither the file nor its partial.
+#[tokio::test]
+async fn upload_with_wrong_checksum_is_not_kept() {
+    let server = TestServer::start().await;
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.send(&Message::Put { path: "x".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
+    r.read_preface().await.unwrap();
+    r.read_head::<Message>().await.unwrap().unwrap();
+    w.send(&Message::PutData { len: 5, offset: 0 }, b"hello").await.unwrap();
+    w.send(&Message::Checksum { blake3: blake3_hex(b"HELLO") }, &[]).await.unwrap();
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    match m {
+        Message::Error { code: ErrorCode::ChecksumMismatch, message } => {
+            assert!(message.contains("nothing was kept"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(names(server.root.path()).is_empty(), "{:?}", names(server.root.path()));
+}
+
+/// A server whose data does not match its checksum: the client keeps
+/// nothing.
+#[tokio::test]
+async fn download_with_wrong_checksum_is_not_kept() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let (read, write) = sock.into_split();
+        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+        r.read_preface().await.unwrap();
+        w.feed_preface(Preface::default());
+        w.flush().await.unwrap();
+        r.read_head::<Message>().await.unwrap();
+        w.feed(&Message::File { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644 }, b"hello").await.unwrap();
+        w.send(&Message::Checksum { blake3: blake3_hex(b"other") }, &[]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let local = tempfile::tempdir().unwrap();
+    let mut client = Client::connect(&addr).await.unwrap();
+    let err =
+        client.get("x", &local.path().join("x"), &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
+    assert!(matches!(err, ClientError::ChecksumMismatch { .. }), "{err:?}");
+    assert!(names(local.path()).is_empty(), "{:?}", names(local.path()));
+}
+
+/// An interrupted download resumes from the partial file beside the target.
+#[tokio::test]
+async fn cut_download_resumes() {
+    let server = TestServer::start().await;
+    let data = pattern(4 << 20, 2);
+    std::fs::write(server.root.path().join("d.bin"), &data).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    // What an interrupted download leaves: the first part, in the partial.
+    std::fs::write(local.path().join(".d.bin.fwpart"), &data[..1_234_567]).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let t = client
+        .get("d.bin", &local.path().join("d.bin"), &TransferOptions::default(), &mut no_progress())
+        .await
+        .unwrap();
+    assert_eq!(t.resumed, 1_234_567);
+    assert!(std::fs::read(local.path().join("d.bin")).unwrap() == data);
+    assert_eq!(names(local.path()), ["d.bin"]);
+
+    // A stale partial that is not the start of the file is replaced.
+    std::fs::write(local.path().join(".e.bin.fwpart"), b"garbage").unwrap();
+    std::fs::write(server.root.path().join("e.bin"), &data).unwrap();
+    let t = client
+        .get("e.bin", &local.path().join("e.bin"), &TransferOptions::default(), &mut no_progress())
+        .await
+        .unwrap();
+    assert_eq!(t.resumed, 0);
+    assert!(std::fs::read(local.path().join("e.bin")).unwrap() == data);
+}
+
+#[tokio::test]
+async fn concurrent_uploads_of_one_path_are_refused() {
+    let server = TestServer::start().await;
+    let data = pattern(1 << 20, 3);
+    // An upload in progress: started, not finished.
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.send(&Message::Put { path: "same".into(), size: data.len() as u64, force: false, mode: None }, &[])
+        .await
+        .unwrap();
+    r.read_preface().await.unwrap();
+    r.read_head::<Message>().await.unwrap().unwrap();
+
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("same"), &data).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let err = client
+        .put(&local.path().join("same"), "same", &TransferOptions::default(), &mut no_progress())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
+    drop((r, w));
+}
+
+/// 50 clients at once, mixing exec, put and get, every byte verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients() {
+    let server = TestServer::start_with(|c| c.allow_exec = true).await;
+    let local = tempfile::tempdir().unwrap();
+    let shared = pattern(1 << 20, 99);
+    std::fs::write(server.root.path().join("shared.bin"), &shared).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..50u8 {
+        let addr = server.addr();
+        let dir = local.path().to_owned();
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&addr).await.unwrap();
+            match i % 3 {
+                0 => {
+                    let out = c
+                        .exec_output(
+                            &format!("head -c {} /dev/zero | tr '\\0' x; echo; exit {}", 100_000 + i as usize, i % 7),
+                            &ExecOptions::default(),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(out.stdout.len(), 100_001 + i as usize);
+                    assert!(out.stdout[..out.stdout.len() - 1].iter().all(|&b| b == b'x'));
+                    assert_eq!(out.status.code(), (i % 7) as i32);
+                }
+                1 => {
+                    let data = pattern(512 * 1024 + i as usize, i);
+                    let path = dir.join(format!("up{i}"));
+                    std::fs::write(&path, &data).unwrap();
+                    let t = c.put(&path, &format!("up/{i}"), &TransferOptions::default(), &mut |_| {}).await.unwrap();
+                    assert_eq!(t.blake3, blake3::hash(&data).to_hex().to_string());
+                }
+                _ => {
+                    let path = dir.join(format!("down{i}"));
+                    c.get("shared.bin", &path, &TransferOptions::default(), &mut |_| {}).await.unwrap();
+                    assert!(std::fs::read(&path).unwrap() == shared);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t).await.expect("client finished").unwrap();
+    }
+    for i in (1..50u8).step_by(3) {
+        let got = std::fs::read(server.root.path().join(format!("up/{i}"))).unwrap();
+        assert!(got == pattern(512 * 1024 + i as usize, i), "upload {i} differs");
+    }
+}
+
+/// A stalled client (connected, mid-request, reading nothing) does not
+/// hold up others.
+#[tokio::test]
+async fn a_stalled_client_holds_up_no_one() {
+    let server = TestServer::start().await;
+    std::fs::write(server.root.path().join("big"), pattern(32 << 20, 5)).unwrap();
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let mut w = FrameWriter::new(write);
+    w.feed_preface(Preface::default());
+    // Asks for 32 MiB and never reads a byte of it.
+    w.send(&Message::Get { path: "big".into(), offset: 0, prefix_blake3: None }, &[]).await.unwrap();
+    let _stalled = (read, w);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let mut c = Client::connect(&server.addr()).await.unwrap();
+        let listed = tokio::time::timeout(Duration::from_secs(5), c.list("", false)).await.unwrap().unwrap();
+        assert_eq!(listed.len(), 1);
+    }
+}
