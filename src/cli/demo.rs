@@ -1,37 +1,252 @@
-//! `framewire demo`: everything that exists so far, end to end on loopback
-//! with no setup: the sticky-packet demonstrator, then a real server on an
-//! ephemeral port and echo round trips through it.
+//! `framewire demo`: the main job, end to end on loopback with no setup.
+//! A server on an ephemeral port over a temporary root; as a client:
+//! commands with streamed output and a failing exit code, a generated
+//! 256 MiB file and a small tree up and back with progress bars, one
+//! transfer interrupted and resumed, checksums verified, a summary.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use framewire::client::{ExecIo, ExecOptions, Progress, TransferOptions};
 use framewire::server::{self, Config};
 use framewire::Client;
+
+use super::files::{self, GetArgs, PutArgs, TransferArgs};
+
+const BIG: u64 = 256 << 20;
+/// Where the first upload of the big file is cut.
+const CUT_AT: u64 = 96 << 20;
 
 pub fn all() -> anyhow::Result<ExitCode> {
     let sticky = super::sticky::run()?;
     println!();
-    let echo = super::block_on(echo())?;
-    Ok(if sticky == ExitCode::SUCCESS { echo } else { sticky })
+    let agent = super::block_on(agent())?;
+    Ok(if sticky == ExitCode::SUCCESS { agent } else { sticky })
 }
 
-/// Sizes echoed by the demo: empty, one byte, the tutorial's whole 1 KiB
-/// buffer plus one, 1 MiB, and 64 MiB (streamed).
-const SIZES: [usize; 5] = [0, 1, 1025, 1 << 20, 64 << 20];
+fn mb_s(bytes: u64, secs: f64) -> String {
+    format!("{:.0} MB/s", bytes as f64 / secs.max(1e-9) / 1e6)
+}
 
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Writes `len` pseudo-random bytes (BLAKE3 in XOF mode: fast, and not
+/// compressible, unlike zeros).
+fn generate(path: &Path, len: u64) -> anyhow::Result<blake3::Hash> {
+    use std::io::Write;
+    let mut xof = blake3::Hasher::new_derive_key("framewire demo").finalize_xof();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        xof.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    file.flush()?;
+    Ok(hasher.finalize())
+}
+
+fn file_hash(path: &Path) -> anyhow::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize())
+}
+
+pub async fn agent() -> anyhow::Result<ExitCode> {
+    println!("framewire demo: a server and a client on loopback, commands and files\n");
+    let remote_root = tempfile::tempdir().context("creating the server's temporary root")?;
+    let local = tempfile::tempdir().context("creating the client's temporary directory")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let mut config = Config::new(remote_root.path());
+    config.allow_exec = true;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, config, stopped));
+    println!("server: listening on {addr}, serving {}, exec allowed\n", remote_root.path().display());
+    let mut client = Client::connect(&addr).await.context("connecting to the demo server")?;
+    let mut failures = Vec::new();
+
+    // 1. Commands.
+    println!("1. exec: output streamed as it is printed, stdout and stderr apart");
+    let started = Instant::now();
+    let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None };
+    let cmd = "for i in 1 2 3; do echo \"  line $i at $(date +%T.%N | cut -c1-12)\"; sleep 0.3; done; echo '  (this line on stderr)' >&2";
+    let status = client.exec(cmd, &ExecOptions::default(), io).await?;
+    println!(
+        "   exit code {} after {:.1} s: each line arrived as it was printed",
+        status.code(),
+        started.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        failures.push("the streaming command failed".to_owned());
+    }
+    let out = client.exec_output("ls /no/such/dir", &ExecOptions::default()).await?;
+    println!(
+        "   `ls /no/such/dir`: exit code {}, stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    if out.status.code() == 0 {
+        failures.push("a failing command reported success".to_owned());
+    }
+    println!();
+
+    // 2. A big file up, cut halfway, resumed; then back down.
+    println!("2. a generated {} file: upload cut at {}, resumed, downloaded, verified", mib(BIG), mib(CUT_AT));
+    let big = local.path().join("big.bin");
+    let big_hash = generate(&big, BIG)?;
+    let bar = files::bar("big.bin (cut short)", BIG);
+    let cut = {
+        let (reached, mut reached_rx) = tokio::sync::watch::channel(0u64);
+        let mut progress = |p: Progress| {
+            bar.set_position(p.resumed + p.done);
+            let _ = reached.send(p.done);
+        };
+        let options = TransferOptions::default();
+        let upload = client.put(&big, "big.bin", &options, &mut progress);
+        tokio::select! {
+            done = upload => { done?; false }
+            _ = reached_rx.wait_for(|&done| done >= CUT_AT) => true,
+        }
+    };
+    bar.abandon();
+    // The interrupted connection is in the middle of a frame: drop it, as
+    // a killed client would.
+    drop(client);
+    let on_server = remote_root.path().join("big.bin");
+    println!(
+        "   upload interrupted: {} under the final name on the server",
+        if on_server.exists() { "a file IS (wrong!)" } else { "nothing" }
+    );
+    if !cut || on_server.exists() {
+        failures.push("the interrupted upload was not cut cleanly".to_owned());
+    }
+    let mut client = Client::connect(&addr).await?;
+    let bar = files::bar("big.bin (resumed)", BIG);
+    let started = Instant::now();
+    let up = client
+        .put(&big, "big.bin", &TransferOptions::default(), &mut |p: Progress| {
+            bar.set_length(p.size - p.resumed);
+            bar.set_position(p.done);
+        })
+        .await?;
+    bar.finish_and_clear();
+    let up_secs = started.elapsed().as_secs_f64();
+    println!(
+        "   resumed: {} were already on the server, {} sent in {up_secs:.2} s ({}), checksum verified by the server",
+        mib(up.resumed),
+        mib(up.size - up.resumed),
+        mb_s(up.size - up.resumed, up_secs)
+    );
+    if up.resumed == 0 {
+        failures.push("the upload did not resume".to_owned());
+    }
+
+    let back = local.path().join("big.back");
+    let bar = files::bar("big.bin (download)", BIG);
+    let started = Instant::now();
+    let down =
+        client.get("big.bin", &back, &TransferOptions::default(), &mut |p: Progress| bar.set_position(p.done)).await?;
+    bar.finish_and_clear();
+    let down_secs = started.elapsed().as_secs_f64();
+    let same = file_hash(&on_server)? == big_hash
+        && file_hash(&back)? == big_hash
+        && down.blake3 == big_hash.to_hex().as_str();
+    println!(
+        "   downloaded {} in {down_secs:.2} s ({}); BLAKE3 {}…: original, server copy and download {}",
+        mib(down.size),
+        mb_s(down.size, down_secs),
+        &down.blake3[..16],
+        if same { "all match" } else { "DIFFER" }
+    );
+    if !same {
+        failures.push("the big file's copies differ".to_owned());
+    }
+    println!();
+
+    // 3. A small tree, up and back, through the same code as `put -r` / `get -r`.
+    println!("3. a small tree: `put -r` then `get -r`, four connections at once");
+    let tree = local.path().join("tree");
+    for (i, name) in ["a.txt", "docs/readme.md", "docs/deep/notes.txt", "src/main.rs", "src/lib.rs", "data/blob.bin"]
+        .iter()
+        .enumerate()
+    {
+        let path = tree.join(name);
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        std::fs::write(&path, format!("file {i}: {name}\n").repeat(1 + i * 5000))?;
+    }
+    let tree_str = tree.display().to_string();
+    files::put(PutArgs::new(addr.clone(), vec![tree_str.clone(), "tree".into()], TransferArgs::tree())).await?;
+    let fetched = local.path().join("fetched");
+    let fetched_str = fetched.display().to_string();
+    files::get(GetArgs::new(addr.clone(), vec!["tree".into(), fetched_str], TransferArgs::tree())).await?;
+    let listing = client.list("tree", true).await?;
+    let mut tree_ok = listing.len() == 6;
+    for e in &listing {
+        let a = std::fs::read(tree.join(&e.name))?;
+        let b = std::fs::read(fetched.join(&e.name)).unwrap_or_default();
+        tree_ok &= a == b;
+    }
+    println!(
+        "   {} files listed on the server; every fetched file {}",
+        listing.len(),
+        if tree_ok { "matches its original" } else { "DOES NOT match" }
+    );
+    if !tree_ok {
+        failures.push("the tree did not come back intact".to_owned());
+    }
+    println!();
+
+    drop(client);
+    let _ = stop.send(());
+    server.await??;
+    println!("Summary");
+    println!("  exec        streamed output, exit codes passed through ({} and {})", status.code(), out.status.code());
+    println!(
+        "  upload      {} resumed after a cut at {}: {} sent at {}",
+        mib(BIG),
+        mib(up.resumed),
+        mib(up.size - up.resumed),
+        mb_s(up.size - up.resumed, up_secs)
+    );
+    println!("  download    {} at {}", mib(BIG), mb_s(BIG, down_secs));
+    println!("  tree        {} files up and back", listing.len());
+    println!("  checksums   BLAKE3 of whole files, verified by every receiver");
+    println!("  cleanup     server stopped, temporary directories removed");
+    drop((remote_root, local));
+    if failures.is_empty() {
+        println!("\nEverything behaved as expected.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failures {
+            println!("FAILED: {f}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `demo echo`: echo round trips of growing size through a real server.
 pub async fn echo() -> anyhow::Result<ExitCode> {
     println!("framewire demo echo: a real server on loopback, frames of any size\n");
-    let root = std::env::temp_dir();
+    let root = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     println!("    server listening on {addr}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, Config::new(root), stopped));
+    let server = tokio::spawn(server::run(listener, Config::new(root.path()), stopped));
 
     let mut client = Client::connect(&addr).await.context("connecting to the demo server")?;
     let mut all_ok = true;
-    for size in SIZES {
+    for size in [0usize, 1, 1025, 1 << 20, 64 << 20] {
         let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let mut back = Vec::with_capacity(size);
         let started = Instant::now();
@@ -39,11 +254,9 @@ pub async fn echo() -> anyhow::Result<ExitCode> {
         let secs = started.elapsed().as_secs_f64();
         let ok = back == body;
         all_ok &= ok;
-        let rate =
-            if size >= 1 << 20 { format!(", {:.0} MB/s each way", size as f64 / secs / 1e6) } else { String::new() };
+        let rate = if size >= 1 << 20 { format!(", {} each way", mb_s(size as u64, secs)) } else { String::new() };
         println!(
-            "    echo {:>9} bytes: {} in {:.1} ms{rate}",
-            size,
+            "    echo {size:>9} bytes: {} in {:.1} ms{rate}",
             if ok { "every byte back" } else { "MISMATCH" },
             secs * 1e3
         );
@@ -51,16 +264,9 @@ pub async fn echo() -> anyhow::Result<ExitCode> {
     let upper = client.echo_upper(b"hello, tutorial").await?;
     println!("    echo --upper \"hello, tutorial\": {:?}", String::from_utf8_lossy(&upper));
     all_ok &= upper == "HELLO, TUTORIAL";
-
     drop(client);
     let _ = stop.send(());
     server.await??;
     println!("    server shut down cleanly\n");
-    if all_ok {
-        println!("Echo: every frame came back whole, from 0 bytes to 64 MiB.");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("Echo: some frames did not come back intact.");
-        Ok(ExitCode::FAILURE)
-    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

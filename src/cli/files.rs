@@ -83,6 +83,13 @@ pub struct TransferArgs {
     quiet: bool,
 }
 
+impl TransferArgs {
+    /// Recursive, forced, with progress bars: what the demo uses.
+    pub fn tree() -> Self {
+        TransferArgs { recursive: true, force: true, jobs: 4, quiet: false }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// Server address, `host[:port]` (default port 9909).
@@ -127,6 +134,18 @@ fn join_remote(dir: &str, name: &str) -> String {
         name.to_owned()
     } else {
         format!("{dir}/{name}")
+    }
+}
+
+impl GetArgs {
+    pub fn new(addr: String, paths: Vec<String>, opts: TransferArgs) -> Self {
+        GetArgs { addr, paths, opts }
+    }
+}
+
+impl PutArgs {
+    pub fn new(addr: String, paths: Vec<String>, opts: TransferArgs) -> Self {
+        PutArgs { addr, paths, opts }
     }
 }
 
@@ -226,19 +245,34 @@ struct Bars {
     style: ProgressStyle,
 }
 
+fn draw_target(quiet: bool) -> ProgressDrawTarget {
+    if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    }
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg:30!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ")
+}
+
+/// One progress bar of the kind transfers show (hidden off a terminal).
+pub fn bar(name: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), draw_target(false));
+    bar.set_style(bar_style());
+    bar.set_message(name.to_owned());
+    bar
+}
+
 impl Bars {
     fn new(jobs: &[Job], quiet: bool) -> Bars {
-        let target = if quiet || !std::io::stderr().is_terminal() {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        };
-        let multi = MultiProgress::with_draw_target(target);
-        let style = ProgressStyle::with_template(
-            "{msg:30!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> ");
+        let multi = MultiProgress::with_draw_target(draw_target(quiet));
+        let style = bar_style();
         let total = (jobs.len() > 1).then(|| {
             let bar = multi.add(ProgressBar::new(jobs.iter().map(|j| j.size).sum()));
             bar.set_style(style.clone());

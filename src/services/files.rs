@@ -20,6 +20,9 @@ use super::Refusal;
 /// verified and renamed into place. Names ending in it are reserved.
 pub const PARTIAL_SUFFIX: &str = ".fwpart";
 
+/// How long an upload waits for an earlier upload of the same path to end.
+pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The served directory. Every path a client names is resolved through it.
 ///
 /// Paths are relative to the root, `/`-separated; absolute paths, `..`
@@ -151,17 +154,26 @@ impl Sandbox {
     }
 
     /// Marks `path` as being uploaded until the guard drops; a second
-    /// upload of the same path meanwhile is refused.
+    /// upload of the same path meanwhile is refused. Blocking: waits up to
+    /// [`CLAIM_WAIT`] for an earlier upload to let go, since a client that
+    /// was killed and restarted at once can arrive before the server has
+    /// seen its old connection close.
     ///
     /// # Errors
     ///
-    /// [`ErrorCode::Busy`] if the path is already being uploaded.
+    /// [`ErrorCode::Busy`] if the path is still being uploaded after that.
     pub fn claim(&self, path: &Path, shown: &str) -> Result<Claim, Refusal> {
-        let mut busy = self.busy.lock().expect("busy set poisoned");
-        if !busy.insert(path.to_owned()) {
-            return Err(Refusal::new(ErrorCode::Busy, format!("{shown}: another upload to this path is in progress")));
+        let deadline = std::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            if self.busy.lock().expect("busy set poisoned").insert(path.to_owned()) {
+                return Ok(Claim { busy: self.busy.clone(), path: path.to_owned() });
+            }
+            if std::time::Instant::now() >= deadline {
+                let msg = format!("{shown}: another upload to this path is in progress");
+                return Err(Refusal::new(ErrorCode::Busy, msg));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Ok(Claim { busy: self.busy.clone(), path: path.to_owned() })
     }
 
     /// Lists `path`: a directory's entries (sorted by name; partial files
