@@ -22,7 +22,10 @@ async fn exec_server() -> TestServer {
 
 /// An output sink that notes when each piece arrived.
 #[derive(Clone, Default)]
-struct Timeline(Arc<Mutex<Vec<(Instant, Vec<u8>)>>>);
+struct Timeline(Arc<Mutex<Vec<Piece>>>);
+
+/// When a piece of output arrived, and what it was.
+type Piece = (Instant, Vec<u8>);
 
 impl AsyncWrite for Timeline {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
