@@ -1,71 +1,12 @@
 //! The `framewire` binary as a user runs it: real processes, real sockets.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_framewire");
+mod common;
 
-fn framewire(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-/// `framewire serve` on an ephemeral port; ended by SIGTERM on drop.
-struct Serve {
-    child: Child,
-    addr: String,
-    _root: tempfile::TempDir,
-}
-
-impl Serve {
-    fn start(extra: &[&str]) -> Serve {
-        Self::start_under("", extra)
-    }
-
-    /// Starts the server through `sh -c "PREFIX exec framewire serve ..."`,
-    /// e.g. to lower a resource limit first.
-    fn start_under(prefix: &str, extra: &[&str]) -> Serve {
-        let root = tempfile::tempdir().unwrap();
-        let script =
-            format!("{prefix} root=\"$1\"; shift; exec \"$0\" serve --listen 127.0.0.1:0 --root \"$root\" \"$@\"");
-        let mut child = Command::new("sh")
-            .args(["-c", &script, BIN])
-            .arg(root.path())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-        Serve { child, addr, _root: root }
-    }
-
-    /// Sends SIGTERM to our own child, by PID, and waits for it.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut log = String::new();
-        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut log).unwrap();
-        (status, log)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{framewire, Serve, BIN};
 
 #[test]
 fn echo_text_stdin_and_upper_through_a_served_process() {

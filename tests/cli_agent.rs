@@ -1,0 +1,268 @@
+//! The agent commands as a user runs them: `serve`, `exec`, `shell`, `ls`,
+//! `get`, `put` as real processes on loopback.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{framewire, pattern, process_gone, Serve, BIN};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn exec_streams_codes_and_quoting() {
+    let server = Serve::start(&["--allow-exec"]);
+    let a = server.addr.as_str();
+
+    let out = framewire(&["exec", a, "--", "echo to-out; echo to-err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(text(&out.stdout), "to-out\n");
+    assert_eq!(text(&out.stderr), "to-err\n");
+
+    let out = framewire(&["exec", a, "--", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(143), "128 + SIGTERM");
+
+    // Several arguments: exactly that argv, whatever the quotes.
+    let out = framewire(&["exec", a, "--", "printf", "%s|", "a b", "it's", "$HOME", ";"]);
+    assert_eq!(text(&out.stdout), "a b|it's|$HOME|;|");
+
+    // One argument: a shell command line with pipes.
+    let out = framewire(&["exec", a, "--", "printf 'x\\ny\\nz\\n' | wc -l"]);
+    assert_eq!(text(&out.stdout).trim(), "3");
+
+    // stdin from a file, EOF passed on.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, pattern(2_000_003, 1)).unwrap();
+    let out = Command::new(BIN)
+        .args(["exec", a, "--", "wc", "-c"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "2000003", "{out:?}");
+
+    // -n: stdin not forwarded, the command sees EOF at once.
+    let out = Command::new(BIN).args(["exec", "-n", a, "--", "cat"]).stdin(Stdio::piped()).output().unwrap();
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+
+    let out = framewire(&["exec", a, "--timeout", "0.5", "--", "sleep 100"]);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    assert!(text(&out.stderr).contains("timed out after 500ms; its process group was killed"), "{out:?}");
+}
+
+#[test]
+fn exec_refused_and_unreachable_exit_255() {
+    let server = Serve::start(&[]);
+    let out = framewire(&["exec", &server.addr, "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("exec is not allowed on this server (start it with --allow-exec)"), "{err}");
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let out = framewire(&["exec", &addr, "--", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("cannot connect to"));
+}
+
+/// Ctrl-C (SIGINT to the client process) kills the remote process group,
+/// and the client says so and exits 130.
+#[test]
+fn ctrl_c_interrupts_the_remote_command() {
+    let server = Serve::start(&["--allow-exec"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let child = Command::new(BIN)
+        .args(["exec", "-n", &server.addr, "--", &format!("echo $$ > {}; sleep 100", pidfile.display())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let remote_pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "remote command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(text(&out.stderr).contains("interrupted; the remote process group was killed"), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !process_gone(remote_pid) {
+        assert!(Instant::now() < deadline, "remote sleep survived Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shell_runs_lines_and_shows_failures() {
+    let server = Serve::start(&["--allow-exec"]);
+    let mut child = Command::new(BIN)
+        .args(["shell", &server.addr])
+        .env("HOME", server.root.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"echo hello\n\nfalse\necho $((6*7))\nexit\necho never\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("hello\n") && stdout.contains("42\n"), "{stdout}");
+    assert!(!stdout.contains("never"), "`exit` leaves the shell: {stdout}");
+    assert!(text(&out.stderr).contains("[exit 1]"), "{out:?}");
+    assert!(out.status.success(), "the last command succeeded: {out:?}");
+
+    // Ctrl-D (EOF) leaves too.
+    let out = Command::new(BIN)
+        .args(["shell", &server.addr])
+        .env("HOME", server.root.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn ls_get_put_trees_and_several_sources() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let tree = local.path().join("tree");
+    for (i, name) in ["one.txt", "sub/two.txt", "sub/deep/three.bin"].iter().enumerate() {
+        let p = tree.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, pattern(1000 * (i + 1) * (i + 1) + 7, i as u8)).unwrap();
+    }
+    std::fs::write(local.path().join("x.txt"), b"x").unwrap();
+    std::fs::write(local.path().join("y.txt"), b"yy").unwrap();
+
+    // put -r of a tree, -j 3; not a terminal, so no progress bars.
+    let out = framewire(&["put", "-r", "-j", "3", a, tree.to_str().unwrap(), "up"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("3 file(s)") && err.contains("checksums verified"), "{err}");
+    assert!(!err.contains('\r') && !err.contains("[="), "no progress bars off a terminal: {err:?}");
+    assert_eq!(
+        std::fs::read(server.root.path().join("up/sub/deep/three.bin")).unwrap(),
+        std::fs::read(tree.join("sub/deep/three.bin")).unwrap()
+    );
+
+    // Several sources at once land in the destination directory.
+    let out = framewire(&[
+        "put",
+        "-q",
+        a,
+        local.path().join("x.txt").to_str().unwrap(),
+        local.path().join("y.txt").to_str().unwrap(),
+        "many/",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "--quiet prints nothing: {out:?}");
+    assert_eq!(std::fs::read(server.root.path().join("many/y.txt")).unwrap(), b"yy");
+
+    // ls, plain and --json.
+    let out = framewire(&["ls", a, "up"]);
+    let listing = text(&out.stdout);
+    assert!(listing.contains("one.txt") && listing.contains("sub/"), "{listing}");
+    let out = framewire(&["ls", "--json", "-r", a, "up"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["one.txt", "sub/deep/three.bin", "sub/two.txt"]);
+    assert!(entries[0]["size"].as_u64().unwrap() > 0 && entries[0]["mtime"].as_i64().unwrap() > 0);
+    assert_eq!(entries[0]["kind"], "file");
+
+    // get -r back, then again without --force: refused, nothing changed.
+    let back = local.path().join("back");
+    let out = framewire(&["get", "-r", a, "up", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for name in ["one.txt", "sub/two.txt", "sub/deep/three.bin"] {
+        assert_eq!(std::fs::read(back.join(name)).unwrap(), std::fs::read(tree.join(name)).unwrap(), "{name}");
+    }
+    let out = framewire(&["get", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already exists (use --force to replace it)"), "{out:?}");
+    let out = framewire(&["get", "--force", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+
+    // Several remote sources into a directory, and one to stdout.
+    let out = framewire(&["get", "-q", a, "many/x.txt", "many/y.txt", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(back.join("x.txt")).unwrap(), b"x");
+    let out = framewire(&["get", a, "many/y.txt", "-"]);
+    assert_eq!(out.stdout, b"yy");
+
+    // Errors: one clear line each, non-zero.
+    for (args, needle) in [
+        (vec!["get", a, "nope.txt", "-"], "nope.txt: no such file or directory"),
+        (vec!["get", a, "../etc/passwd", "-"], "`..` is refused"),
+        (vec!["get", a, "up", back.to_str().unwrap()], "is a directory (use -r)"),
+        (vec!["ls", a, "/etc"], "absolute paths are refused"),
+    ] {
+        let out = framewire(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+/// A client killed mid-upload leaves no file under the final name, and the
+/// next upload resumes from what the server holds.
+#[test]
+fn killed_upload_leaves_no_final_file_and_resumes() {
+    let server = Serve::start(&[]);
+    let local = tempfile::tempdir().unwrap();
+    let big = local.path().join("big.bin");
+    std::fs::write(&big, pattern(256 << 20, 9)).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["put", "-q", &server.addr, big.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = server.root.path().join(".big.bin.fwpart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 8 << 20 {
+        assert!(Instant::now() < deadline, "upload never started");
+        assert!(child.try_wait().unwrap().is_none(), "upload finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!server.root.path().join("big.bin").exists(), "no file under the final name");
+
+    let out = framewire(&["put", &server.addr, big.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("resumed (not sent again)"), "{out:?}");
+    assert!(std::fs::read(server.root.path().join("big.bin")).unwrap() == std::fs::read(&big).unwrap());
+    assert!(!partial.exists());
+}
+
+#[test]
+fn exit_when_idle_stops_the_server() {
+    let mut server = Serve::start(&["--exit-when-idle", "1"]);
+    // While a client is connected, the server stays.
+    let client = std::net::TcpStream::connect(&server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(server.child.try_wait().unwrap().is_none(), "stopped with a client connected");
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not stop when idle");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}
