@@ -402,3 +402,25 @@ async fn a_stalled_client_holds_up_no_one() {
         assert_eq!(listed.len(), 1);
     }
 }
+
+/// Regression: parallel uploads into the same new directory raced on
+/// creating it, and all but one failed with "File exists (os error 17)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_parallel_puts_create_the_same_directory() {
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let path = local.path().join(format!("f{i}"));
+        std::fs::write(&path, pattern(10_000, i)).unwrap();
+        let addr = server.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&addr).await.unwrap();
+            c.put(&path, &format!("fresh/a/b/f{i}"), &TransferOptions::default(), &mut |_| {}).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(names(&server.root.path().join("fresh/a/b")).len(), 8);
+}

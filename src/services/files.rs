@@ -129,6 +129,17 @@ impl Sandbox {
         let mut dir = self.root.clone();
         for part in rel.parent().into_iter().flat_map(Path::components) {
             dir.push(part);
+            // Another upload may create the same directory at the same
+            // moment: EEXIST means "exists", checked like any other.
+            let created = match fs::create_dir(&dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Refusal::io(path, &e)),
+                Err(_) => false,
+            };
+            if created {
+                continue;
+            }
             match fs::symlink_metadata(&dir) {
                 Ok(_) => {
                     let real = dir.canonicalize().map_err(|e| Refusal::io(path, &e))?;
@@ -143,9 +154,6 @@ impl Sandbox {
                         ));
                     }
                     dir = real;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&dir).map_err(|e| Refusal::io(path, &e))?;
                 }
                 Err(e) => return Err(Refusal::io(path, &e)),
             }
