@@ -61,9 +61,19 @@ async fn put_get_round_trip_with_checksums() {
     assert_eq!(std::fs::read(local.path().join("empty2")).unwrap(), b"");
 
     // To a writer (stdout-like).
-    let mut out = Vec::new();
-    client.get_to_writer("dir/a.bin", &mut out, &mut no_progress()).await.unwrap();
-    assert!(out == data);
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    client.get_to_writer("dir/a.bin", Shared(out.clone()), &mut no_progress()).await.unwrap();
+    assert!(*out.lock().unwrap() == data);
 }
 
 #[tokio::test]

@@ -155,8 +155,11 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     if dest.as_deref() == Some("-") {
         anyhow::ensure!(paths.len() == 1 && !opts.recursive, "`-` (stdout) takes exactly one remote file");
         let mut client = Client::connect(&addr).await?;
-        let mut out = tokio::io::stdout();
-        client.get_to_writer(&paths[0], &mut out, &mut |_| {}).await?;
+        // Stdout as a plain file descriptor: written on the transfer's own
+        // thread, without tokio's per-write hand-off.
+        use std::os::fd::AsFd;
+        let out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned().context("stdout")?);
+        client.get_to_writer(&paths[0], out, &mut |_| {}).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));

@@ -6,13 +6,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
 
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
-use crate::services::files::{commit, hash_prefix, partial_path, read_and_hash, write_and_hash, PIPELINE};
+use crate::services::files::{at, commit, hash_prefix, partial_path, read_and_hash, write_and_hash, PIPELINE};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
 /// Options of a transfer.
@@ -154,7 +153,7 @@ impl Client {
         }
 
         let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
-        let sink = spawn_blocking(move || write_and_hash(file, offset, hasher, rx));
+        let sink = spawn_blocking(move || write_and_hash(at(file, offset)?, hasher, rx));
         let mut done = 0u64;
         let received = async {
             while let Some(chunk) = self.reader.read_body_chunk().await? {
@@ -194,17 +193,18 @@ impl Client {
         Ok(Transfer { size, resumed: offset, blake3: got })
     }
 
-    /// Downloads `remote` into `dst` (e.g. stdout): no partial file, no
+    /// Downloads `remote` into `dst` (e.g. stdout), written and hashed on
+    /// a blocking thread while the next bytes arrive: no partial file, no
     /// resume; the checksum is verified at the end, after the data was
     /// written, and a mismatch is reported as an error.
     ///
     /// # Errors
     ///
     /// As [`get`](Self::get), and write errors of `dst`.
-    pub async fn get_to_writer(
+    pub async fn get_to_writer<W: std::io::Write + Send + 'static>(
         &mut self,
         remote: &str,
-        dst: &mut (dyn AsyncWrite + Unpin + Send),
+        dst: W,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
         self.writer.send(&Message::Get { path: remote.to_owned(), offset: 0, prefix_blake3: None }, &[]).await?;
@@ -213,21 +213,30 @@ impl Client {
             Some((other, _)) => return Err(unexpected("file", other)),
             None => return Err(ClientError::Closed),
         };
-        let mut hasher = blake3::Hasher::new();
+        let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
+        let sink = spawn_blocking(move || write_and_hash(dst, blake3::Hasher::new(), rx));
         let mut done = 0;
-        while let Some(chunk) = self.reader.read_body_chunk().await? {
-            hasher.update(&chunk);
-            dst.write_all(&chunk).await.map_err(wire::Error::Io)?;
-            done += chunk.len() as u64;
-            progress(Progress { size, resumed: 0, done });
+        let received = async {
+            while let Some(chunk) = self.reader.read_body_chunk().await? {
+                done += chunk.len() as u64;
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+                progress(Progress { size, resumed: 0, done });
+            }
+            Ok::<_, ClientError>(())
         }
-        dst.flush().await.map_err(wire::Error::Io)?;
+        .await;
+        drop(tx);
+        let written = sink.await.map_err(join_err)?;
+        received?;
+        let (_, hash) = written.map_err(wire::Error::Io)?;
         let expected = match self.reader.read_head::<Message>().await? {
             Some((Message::Checksum { blake3 }, _)) => blake3,
             Some((other, _)) => return Err(unexpected("checksum", other)),
             None => return Err(ClientError::Closed),
         };
-        let got = hasher.finalize().to_hex().to_string();
+        let got = hash.to_hex().to_string();
         if got != expected {
             return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
         }

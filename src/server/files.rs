@@ -209,7 +209,7 @@ pub(super) async fn put(
 
     let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
     let Upload { target, partial, file, hasher, _claim, .. } = up;
-    let sink = spawn_blocking(move || files::write_and_hash(file, from, hasher, rx));
+    let sink = spawn_blocking(move || files::write_and_hash(files::at(file, from)?, hasher, rx));
     let mut received = Ok(());
     while let Some(chunk) = match reader.read_body_chunk().await {
         Ok(chunk) => chunk,

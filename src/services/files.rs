@@ -345,20 +345,33 @@ pub fn read_and_hash(
     hasher.finalize()
 }
 
-/// Writes chunks at `from` on, hashing them. Returns the file and the
-/// whole-file hash.
-pub fn write_and_hash(
-    mut file: File,
-    from: u64,
+/// Writes chunks to `dst` as they come, hashing them. Returns `dst` and
+/// the hash (the hasher arrives fed with whatever came before).
+///
+/// # Errors
+///
+/// The first write error; the rest of the chunks are then not awaited.
+pub fn write_and_hash<W: Write>(
+    mut dst: W,
     mut hasher: blake3::Hasher,
     mut rx: mpsc::Receiver<Bytes>,
-) -> std::io::Result<(File, blake3::Hash)> {
-    file.seek(SeekFrom::Start(from))?;
+) -> std::io::Result<(W, blake3::Hash)> {
     while let Some(chunk) = rx.blocking_recv() {
-        file.write_all(&chunk)?;
+        dst.write_all(&chunk)?;
         hasher.update(&chunk);
     }
-    Ok((file, hasher.finalize()))
+    dst.flush()?;
+    Ok((dst, hasher.finalize()))
+}
+
+/// Opens `file` for [`write_and_hash`] at `from`.
+///
+/// # Errors
+///
+/// If the seek fails.
+pub fn at(mut file: File, from: u64) -> std::io::Result<File> {
+    file.seek(SeekFrom::Start(from))?;
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -41,10 +41,10 @@ pub const MAX_BUFFERED_BODY: u64 = 16 * 1024 * 1024;
 /// Largest payload of a [`BareCodec`] message by default.
 pub const MAX_BARE_PAYLOAD: usize = 16 * 1024 * 1024;
 
-/// How much of a streamed body is read from the socket at once: large
-/// enough for loopback to run near its limit (8 KiB reads cost ~3x on
-/// this kind of machine), small enough to keep memory per connection flat.
-pub const STREAM_CHUNK: usize = 256 * 1024;
+/// How much of a streamed body is read or written at once: loopback runs
+/// at ~1 GB/s with 8 KiB writes, ~2.9 GB/s with 128 KiB and ~4.7 GB/s with
+/// 1 MiB on this kind of machine, and a transfer holds only a few of these.
+pub const STREAM_CHUNK: usize = 1024 * 1024;
 
 /// Time limits a [`FrameReader`] or [`FrameWriter`] enforces. `None`
 /// disables a limit (library default); the server sets all of them.

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""File transfer benchmark: framewire against iperf3, the rsync daemon and
+scp, all on 127.0.0.1, all in the same run.
+
+Usage: python3 bench/transfer.py [--size-mib 1024] [--rounds 5]
+
+Installs iperf3, rsync and openssh (Debian packages) if missing, starts
+sshd and rsyncd on high loopback ports with throwaway configs, moves a
+random file between directories in /dev/shm (so the disk is not what is
+measured), and prints a Markdown table: median and min-max of the rounds,
+and each peer's ratio to framewire. Every process it starts, it ends.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "framewire")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_tools():
+    need = [t for t in ("iperf3", "rsync", "sshd", "scp") if not shutil.which(t) and not os.path.exists("/usr/sbin/" + t)]
+    if need:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "iperf3", "rsync", "openssh-server", "openssh-client"],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def timed(cmd, **kw):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=subprocess.PIPE, **kw)
+    return time.perf_counter() - t
+
+
+class Procs:
+    """Processes this script started; ended by PID on exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, **kw):
+        p = subprocess.Popen(cmd, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def wait_port(port, limit=10):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    ensure_tools()
+    subprocess.run(["cargo", "build", "--release", "-q"], check=True, cwd=ROOT)
+
+    work = tempfile.mkdtemp(prefix="fw-bench-", dir="/dev/shm")
+    procs = Procs()
+    try:
+        src = os.path.join(work, "src")
+        remote = os.path.join(work, "remote")
+        dst = os.path.join(work, "dst")
+        for d in (src, remote, dst):
+            os.mkdir(d)
+        big = os.path.join(src, "big.bin")
+        size = args.size_mib << 20
+        with open(big, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(1 << 20))
+        shutil.copy(big, os.path.join(remote, "big.bin"))
+
+        # framewire
+        fw_port = free_port()
+        procs.start([BIN, "serve", "--listen", f"127.0.0.1:{fw_port}", "--root", remote],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(fw_port)
+        fw = f"127.0.0.1:{fw_port}"
+
+        # iperf3
+        ip_port = free_port()
+        procs.start(["iperf3", "-s", "-p", str(ip_port), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+        wait_port(ip_port)
+
+        # rsync daemon
+        rs_port = free_port()
+        conf = os.path.join(work, "rsyncd.conf")
+        with open(conf, "w") as f:
+            f.write(f"use chroot = no\nuid = root\ngid = root\n[bench]\n  path = {remote}\n  read only = no\n")
+        procs.start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={rs_port}",
+                     "--address=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(rs_port)
+
+        # sshd, with a throwaway host key and client key
+        ssh_port = free_port()
+        keys = os.path.join(work, "ssh")
+        os.mkdir(keys, 0o700)
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(keys, name)], check=True)
+        shutil.copy(os.path.join(keys, "client.pub"), os.path.join(keys, "authorized_keys"))
+        os.makedirs("/run/sshd", exist_ok=True)
+        sshd_conf = os.path.join(keys, "sshd_config")
+        with open(sshd_conf, "w") as f:
+            f.write(f"Port {ssh_port}\nListenAddress 127.0.0.1\nHostKey {keys}/host\n"
+                    f"AuthorizedKeysFile {keys}/authorized_keys\nPermitRootLogin prohibit-password\n"
+                    "PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nSubsystem sftp internal-sftp\n")
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        procs.start([sshd, "-D", "-f", sshd_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(ssh_port)
+        ssh_opts = ["-P", str(ssh_port), "-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no",
+                    "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-c", "aes128-gcm@openssh.com"]
+
+        def clean(path):
+            if os.path.exists(path):
+                os.remove(path)
+
+        def fw_get():
+            out = os.path.join(dst, "big.bin")
+            clean(out)
+            return timed([BIN, "get", "-q", fw, "big.bin", out])
+
+        def fw_put():
+            clean(os.path.join(remote, "up.bin"))
+            return timed([BIN, "put", "-q", fw, big, "up.bin"])
+
+        def fw_null():
+            with open("/dev/null", "wb") as null:
+                return timed([BIN, "get", "-q", fw, "big.bin", "-"], stdout=null)
+
+        def iperf():
+            r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(ip_port), "-l", "1M", "-n", str(size), "-J"],
+                               check=True, capture_output=True, text=True)
+            import json
+            return size / json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] * 8
+
+        def rsync_get():
+            clean(os.path.join(dst, "big.bin"))
+            return timed(["rsync", "-q", "--whole-file", f"rsync://127.0.0.1:{rs_port}/bench/big.bin", dst + "/"])
+
+        def rsync_put():
+            clean(os.path.join(remote, "up.bin"))
+            return timed(["rsync", "-q", "--whole-file", big, f"rsync://127.0.0.1:{rs_port}/bench/up.bin"])
+
+        def scp_get():
+            clean(os.path.join(dst, "big.bin"))
+            return timed(["scp", "-q"] + ssh_opts + [f"root@127.0.0.1:{remote}/big.bin", dst + "/"])
+
+        def scp_put():
+            clean(os.path.join(remote, "up.bin"))
+            return timed(["scp", "-q"] + ssh_opts + [big, f"root@127.0.0.1:{remote}/up.bin"])
+
+        peers = [
+            ("framewire get, file → file", fw_get),
+            ("framewire put, file → file", fw_put),
+            ("framewire get → /dev/null", fw_null),
+            ("iperf3 -l 1M (loopback limit)", iperf),
+            ("rsync daemon get", rsync_get),
+            ("rsync daemon put", rsync_put),
+            ("scp -c aes128-gcm get", scp_get),
+            ("scp -c aes128-gcm put", scp_put),
+        ]
+        rates = {name: [] for name, _ in peers}
+        for r in range(args.rounds):
+            for k in range(len(peers)):
+                name, fn = peers[(k + r) % len(peers)]
+                secs = fn()
+                rates[name].append(size / secs / 1e9)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+        med = {n: statistics.median(v) for n, v in rates.items()}
+        print(f"\n{args.size_mib} MiB random file, /dev/shm → /dev/shm over 127.0.0.1, {args.rounds} rounds\n")
+        print("| peer | median GB/s | min–max |")
+        print("|---|---|---|")
+        for n, v in rates.items():
+            print(f"| {n} | {med[n]:.2f} | {min(v):.2f}–{max(v):.2f} |")
+        print()
+        ratios = [
+            ("framewire get → /dev/null / iperf3", "framewire get → /dev/null", "iperf3 -l 1M (loopback limit)", "≥ 0.8x"),
+            ("framewire get / rsync daemon get", "framewire get, file → file", "rsync daemon get", "≥ 1.5x"),
+            ("framewire put / rsync daemon put", "framewire put, file → file", "rsync daemon put", "≥ 1.5x"),
+            ("framewire get / scp get", "framewire get, file → file", "scp -c aes128-gcm get", ""),
+            ("framewire put / scp put", "framewire put, file → file", "scp -c aes128-gcm put", ""),
+        ]
+        print("| ratio of medians | value | target |")
+        print("|---|---|---|")
+        for label, a, b, target in ratios:
+            print(f"| {label} | {med[a] / med[b]:.2f}x | {target} |")
+    finally:
+        procs.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
