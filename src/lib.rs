@@ -16,6 +16,9 @@
 //!   [`wire::BareCodec`]), streaming over async I/O ([`wire::FrameReader`],
 //!   [`wire::FrameWriter`]), every limit a named constant, typed
 //!   [`wire::Error`]s.
+//! - [`transport`]: TCP as it is, or TLS 1.3 (rustls) with a generated
+//!   certificate and the channel binding authentication is tied to.
+//! - [`auth`]: key files and the mutual HMAC-SHA256 challenge-response.
 //! - [`proto`]: the typed messages of the native protocol
 //!   ([`proto::Message`]) and error codes.
 //! - [`services`]: what requests do, apart from the wire: files under a
@@ -52,10 +55,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod client;
 pub mod proto;
 pub mod server;
 pub mod services;
+pub mod transport;
 pub mod wire;
 
 pub use client::{Client, ClientError};

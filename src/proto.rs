@@ -182,6 +182,26 @@ pub enum Message {
         size: u64,
     },
 
+    /// Authentication, server to client, first frame over TLS: the
+    /// server's nonce (64 hex digits).
+    AuthChallenge {
+        /// 32 random bytes, hex.
+        nonce: String,
+    },
+    /// Authentication, client to server: the client's nonce and its proof.
+    AuthResponse {
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// HMAC-SHA256 proof, hex (docs/SECURITY.md).
+        proof: String,
+    },
+    /// Authentication, server to client: the client is accepted, and the
+    /// server's own proof.
+    AuthOk {
+        /// HMAC-SHA256 proof, hex.
+        proof: String,
+    },
+
     /// Reply: the request failed. Never carries a body.
     Error {
         /// Machine-readable cause.
@@ -214,6 +234,9 @@ impl Message {
             Message::PutReady { .. } => "put_ready",
             Message::PutData { .. } => "put_data",
             Message::PutDone { .. } => "put_done",
+            Message::AuthChallenge { .. } => "auth_challenge",
+            Message::AuthResponse { .. } => "auth_response",
+            Message::AuthOk { .. } => "auth_ok",
             Message::Error { .. } => "error",
         }
     }
@@ -319,6 +342,9 @@ mod raw {
         PutReady,
         PutData,
         PutDone,
+        AuthChallenge,
+        AuthResponse,
+        AuthOk,
         Error,
     }
 
@@ -351,6 +377,8 @@ mod raw {
         blake3: Option<String>,
         #[serde(default)]
         force: bool,
+        nonce: Option<String>,
+        proof: Option<String>,
         code: Option<ErrorCode>,
         message: Option<String>,
     }
@@ -407,6 +435,11 @@ mod raw {
                 Type::PutReady => Message::PutReady { offset: r.offset, prefix_blake3: r.prefix_blake3 },
                 Type::PutData => Message::PutData { len: r.len, offset: r.offset },
                 Type::PutDone => Message::PutDone { size: need(r.size, "size")? },
+                Type::AuthChallenge => Message::AuthChallenge { nonce: need(r.nonce, "nonce")? },
+                Type::AuthResponse => {
+                    Message::AuthResponse { nonce: need(r.nonce, "nonce")?, proof: need(r.proof, "proof")? }
+                }
+                Type::AuthOk => Message::AuthOk { proof: need(r.proof, "proof")? },
                 Type::Error => Message::Error { code: need(r.code, "code")?, message: need(r.message, "message")? },
             })
         }
@@ -459,6 +492,12 @@ pub enum ErrorCode {
     DiskFull,
     /// Another I/O error on the server.
     Io,
+    /// The server requires a key; the client came without one. Closes.
+    AuthRequired,
+    /// The client came with a key; the server has none. Closes.
+    AuthUnavailable,
+    /// The client's proof was wrong (wrong key, or a man in the middle). Closes.
+    AuthFailed,
     /// The peer was too slow or idle too long. Closes.
     Timeout,
     /// Something failed inside the server.

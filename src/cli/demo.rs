@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use framewire::auth::Key;
 use framewire::client::{ExecIo, ExecOptions, Progress, TransferOptions};
 use framewire::server::{self, Config};
 use framewire::Client;
@@ -66,13 +67,32 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     let local = tempfile::tempdir().context("creating the client's temporary directory")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
+    // A fresh key, as `framewire keygen` writes: the server requires it,
+    // every connection is TLS 1.3, and both sides prove they hold it.
+    let key = Key::generate();
     let mut config = Config::new(remote_root.path());
     config.allow_exec = true;
+    config.key = Some(key.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(listener, config, stopped));
-    println!("server: listening on {addr}, serving {}, exec allowed\n", remote_root.path().display());
-    let mut client = Client::connect(&addr).await.context("connecting to the demo server")?;
+    println!("server: listening on {addr}, serving {}, exec allowed, key required\n", remote_root.path().display());
     let mut failures = Vec::new();
+
+    println!("0. authentication: only a client with the key gets anything");
+    match Client::connect(&addr).await {
+        Err(e) => println!("   without a key:  refused ({e})"),
+        Ok(_) => failures.push("a client without the key was let in".to_owned()),
+    }
+    match Client::connect_with(&addr, Some(&Key::generate())).await {
+        Err(e) => println!("   a wrong key:    refused ({e})"),
+        Ok(_) => failures.push("a client with a wrong key was let in".to_owned()),
+    }
+    let started = Instant::now();
+    let mut client = Client::connect_with(&addr, Some(&key)).await.context("connecting to the demo server")?;
+    println!(
+        "   the right key:  TLS 1.3 + mutual HMAC challenge-response in {:.1} ms\n",
+        started.elapsed().as_secs_f64() * 1e3
+    );
 
     // 1. Commands.
     println!("1. exec: output streamed as it is printed, stdout and stderr apart");
@@ -130,7 +150,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     if !cut || on_server.exists() {
         failures.push("the interrupted upload was not cut cleanly".to_owned());
     }
-    let mut client = Client::connect(&addr).await?;
+    let mut client = Client::connect_with(&addr, Some(&key)).await?;
     let bar = files::bar("big.bin (resumed)", BIG);
     let started = Instant::now();
     let up = client
@@ -185,10 +205,15 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         std::fs::write(&path, format!("file {i}: {name}\n").repeat(1 + i * 5000))?;
     }
     let tree_str = tree.display().to_string();
-    files::put(PutArgs::new(addr.clone(), vec![tree_str.clone(), "tree".into()], TransferArgs::tree())).await?;
+    files::put(
+        PutArgs::new(addr.clone(), vec![tree_str.clone(), "tree".into()], TransferArgs::tree()),
+        Some(key.clone()),
+    )
+    .await?;
     let fetched = local.path().join("fetched");
     let fetched_str = fetched.display().to_string();
-    files::get(GetArgs::new(addr.clone(), vec!["tree".into(), fetched_str], TransferArgs::tree())).await?;
+    files::get(GetArgs::new(addr.clone(), vec!["tree".into(), fetched_str], TransferArgs::tree()), Some(key.clone()))
+        .await?;
     let listing = client.list("tree", true).await?;
     let mut tree_ok = listing.len() == 6;
     for e in &listing {
@@ -210,6 +235,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     let _ = stop.send(());
     server.await??;
     println!("Summary");
+    println!("  security    key required; no key and a wrong key refused; TLS 1.3 on every connection");
     println!("  exec        streamed output, exit codes passed through ({} and {})", status.code(), out.status.code());
     println!(
         "  upload      {} resumed after a cut at {}: {} sent at {}",

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use framewire::auth::Key;
 use framewire::wire::MAX_BUFFERED_BODY;
 use framewire::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +23,8 @@ pub struct EchoArgs {
     upper: bool,
 }
 
-pub async fn run(args: EchoArgs) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(&args.addr).await?;
+pub async fn run(args: EchoArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
     let mut out = tokio::io::stdout();
     match args.text.as_deref() {
         Some("-") => {

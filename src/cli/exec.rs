@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use framewire::auth::Key;
 use framewire::client::{ExecIo, ExecOptions, ExitStatus};
 use framewire::proto::ExitReason;
 use framewire::services::exec::shell_join;
@@ -72,10 +73,10 @@ fn report(status: ExitStatus, timeout: Option<Duration>) -> ExitCode {
     ExitCode::from(status.code().clamp(0, 255) as u8)
 }
 
-pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ExecArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let timeout = timeout(args.timeout)?;
     let command = if args.command.len() == 1 { args.command[0].clone() } else { shell_join(&args.command) };
-    let mut client = Client::connect(&args.addr).await?;
+    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
     let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
     let mut stdin = tokio::io::stdin();
     let mut cancel = std::pin::pin!(interrupted());
@@ -102,11 +103,11 @@ pub struct ShellArgs {
 /// The tutorial's `>>>` loop, made right: line editing and history, `exit`
 /// or Ctrl-D to leave, Ctrl-C interrupts the running command (not the
 /// shell), non-zero exit codes shown.
-pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) -> anyhow::Result<ExitCode> {
     use rustyline::error::ReadlineError;
 
     let timeout = timeout(args.timeout)?;
-    let mut client = rt.block_on(Client::connect(&args.addr))?;
+    let mut client = rt.block_on(Client::connect_with(&args.addr, key.as_ref()))?;
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".framewire_history"));
     if let Some(h) = &history {
@@ -154,7 +155,7 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<Ex
             Err(e) => {
                 eprintln!("framewire: connection lost: {e}");
                 last = OWN_FAILURE;
-                match rt.block_on(Client::connect(&args.addr)) {
+                match rt.block_on(Client::connect_with(&args.addr, key.as_ref())) {
                     Ok(c) => {
                         eprintln!("framewire: reconnected");
                         client = c;

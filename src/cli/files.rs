@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use framewire::auth::Key;
 use framewire::client::{Progress, Transfer, TransferOptions};
 use framewire::proto::{Entry, Kind};
 use framewire::{Client, ClientError};
@@ -28,8 +29,8 @@ pub struct LsArgs {
     json: bool,
 }
 
-pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(&args.addr).await?;
+pub async fn ls(args: LsArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
     let path = args.path.unwrap_or_default();
     let entries = client.list(&path, args.recursive).await?;
     if args.json {
@@ -149,12 +150,12 @@ impl PutArgs {
     }
 }
 
-pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let GetArgs { addr, mut paths, opts } = args;
     let dest = if paths.len() > 1 { paths.pop() } else { None };
     if dest.as_deref() == Some("-") {
         anyhow::ensure!(paths.len() == 1 && !opts.recursive, "`-` (stdout) takes exactly one remote file");
-        let mut client = Client::connect(&addr).await?;
+        let mut client = Client::connect_with(&addr, key.as_ref()).await?;
         // Stdout as a plain file descriptor: written on the transfer's own
         // thread, without tokio's per-write hand-off.
         use std::os::fd::AsFd;
@@ -164,7 +165,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     }
     let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
     let into_dir = dest.is_dir() || paths.len() > 1;
-    let mut client = Client::connect(&addr).await?;
+    let mut client = Client::connect_with(&addr, key.as_ref()).await?;
     let mut jobs = Vec::new();
     for remote in &paths {
         let entry = client.stat(remote).await.with_context(|| format!("cannot get {remote}"))?;
@@ -184,13 +185,13 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     drop(client);
-    run_jobs(&addr, jobs, &opts, Direction::Get).await
+    run_jobs(&addr, key, jobs, &opts, Direction::Get).await
 }
 
-pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let PutArgs { addr, mut paths, opts } = args;
     let dest = if paths.len() > 1 { paths.pop() } else { None };
-    let mut client = Client::connect(&addr).await?;
+    let mut client = Client::connect_with(&addr, key.as_ref()).await?;
     let into_dir = match &dest {
         None => true,
         Some(d) if paths.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -211,7 +212,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
         }
     }
     drop(client);
-    run_jobs(&addr, jobs, &opts, Direction::Put).await
+    run_jobs(&addr, key, jobs, &opts, Direction::Put).await
 }
 
 /// Every regular file below `dir`, as jobs under `remote`. Symlinks to
@@ -293,7 +294,13 @@ impl Bars {
     }
 }
 
-async fn run_jobs(addr: &str, jobs: Vec<Job>, opts: &TransferArgs, dir: Direction) -> anyhow::Result<ExitCode> {
+async fn run_jobs(
+    addr: &str,
+    key: Option<Key>,
+    jobs: Vec<Job>,
+    opts: &TransferArgs,
+    dir: Direction,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let bars = Arc::new(Bars::new(&jobs, opts.quiet));
     let queue = Arc::new(Mutex::new(jobs.clone()));
@@ -304,12 +311,13 @@ async fn run_jobs(addr: &str, jobs: Vec<Job>, opts: &TransferArgs, dir: Directio
     for _ in 0..workers {
         let (addr, queue, bars, failures, moved) =
             (addr.to_owned(), queue.clone(), bars.clone(), failures.clone(), moved.clone());
+        let key = key.clone();
         let force = opts.force;
         tasks.push(tokio::spawn(async move {
             let mut client: Option<Client> = None;
             loop {
                 let Some(job) = queue.lock().expect("queue").pop() else { break };
-                let outcome = transfer(&addr, &mut client, &job, force, dir, &bars).await;
+                let outcome = transfer(&addr, key.as_ref(), &mut client, &job, force, dir, &bars).await;
                 match outcome {
                     Ok(t) => {
                         let mut m = moved.lock().expect("moved");
@@ -361,6 +369,7 @@ fn mib(bytes: u64) -> String {
 
 async fn transfer(
     addr: &str,
+    key: Option<&Key>,
     client: &mut Option<Client>,
     job: &Job,
     force: bool,
@@ -368,7 +377,7 @@ async fn transfer(
     bars: &Bars,
 ) -> Result<Transfer, ClientError> {
     if client.is_none() {
-        *client = Some(Client::connect(addr).await?);
+        *client = Some(Client::connect_with(addr, key).await?);
     }
     let c = client.as_mut().expect("connected");
     let name = if dir == Direction::Get { job.remote.clone() } else { job.local.display().to_string() };

@@ -20,6 +20,11 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
 
+    /// The shared key (from `framewire keygen`): the server requires it,
+    /// clients prove they hold it; the connection is then encrypted.
+    #[arg(long, global = true, env = "FRAMEWIRE_KEY_FILE", value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG, if set,
     /// takes precedence.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -45,6 +50,14 @@ enum Command {
     Put(files::PutArgs),
     /// Show what framewire does, end to end on loopback, with no setup.
     Demo(DemoArgs),
+    /// Write a new random key to FILE (mode 0600) for --key-file.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// Where to write the key; an existing file is never replaced.
+    file: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -83,10 +96,23 @@ pub fn init_logging(cli: &Cli) {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Keygen(KeygenArgs { file }) = &cli.command {
+        framewire::auth::Key::generate().write_new(file)?;
+        eprintln!(
+            "wrote a new key to {} (mode 0600); give it to the server and clients with --key-file",
+            file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = match &cli.key_file {
+        Some(path) => Some(framewire::auth::Key::from_file(path)?),
+        None => None,
+    };
     match cli.command {
-        Command::Serve(args) => block_on(serve::run(args)),
-        Command::Echo(args) => block_on(echo::run(args)),
-        Command::Exec(args) => match block_on(exec::run(args)) {
+        Command::Keygen(_) => unreachable!("handled above"),
+        Command::Serve(args) => block_on(serve::run(args, key)),
+        Command::Echo(args) => block_on(echo::run(args, key)),
+        Command::Exec(args) => match block_on(exec::run(args, key)) {
             // ssh's convention: the tool's own failures exit 255, apart
             // from any code the remote command can return.
             Err(e) => {
@@ -98,13 +124,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Shell(args) => {
             let rt = runtime()?;
-            let code = exec::shell(args, &rt);
+            let code = exec::shell(args, &rt, key);
             rt.shutdown_background();
             code
         }
-        Command::Ls(args) => block_on(files::ls(args)),
-        Command::Get(args) => block_on(files::get(args)),
-        Command::Put(args) => block_on(files::put(args)),
+        Command::Ls(args) => block_on(files::ls(args, key)),
+        Command::Get(args) => block_on(files::get(args, key)),
+        Command::Put(args) => block_on(files::put(args, key)),
         Command::Demo(DemoArgs { which: Some(DemoWhich::Sticky) }) => sticky::run(),
         Command::Demo(DemoArgs { which: Some(DemoWhich::Echo) }) => block_on(demo::echo()),
         Command::Demo(DemoArgs { which: None }) => demo::all(),

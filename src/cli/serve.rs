@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use framewire::auth::Key;
 use framewire::server::{self, Config};
 
 #[derive(Debug, Args)]
@@ -43,12 +44,17 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/bin/sh")]
     shell: PathBuf,
 
+    /// Allow serving a non-loopback address, or --allow-exec, without a
+    /// key. Anyone who can connect can then use the server.
+    #[arg(long)]
+    insecure: bool,
+
     /// Stop by itself after SECS seconds without any client connected.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<u64>,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let root = args.root.canonicalize().with_context(|| format!("cannot serve {}", args.root.display()))?;
     anyhow::ensure!(root.is_dir(), "cannot serve {}: not a directory", root.display());
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -62,6 +68,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.allow_exec = args.allow_exec;
     config.shell = args.shell;
     config.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
+    config.insecure = args.insecure;
+    config.key = key;
     // Scripts read the bound address (useful with port 0) from this line.
     println!("listening on {}", listener.local_addr()?);
     tracing::info!(root = %config.root.display(), "serving");

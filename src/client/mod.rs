@@ -10,12 +10,15 @@ use std::io;
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::auth::{self, Key, Role, Transcript};
 use crate::proto::{with_default_port, ErrorCode, Message};
-use crate::wire::{self, FrameReader, FrameWriter, Preface, Timeouts, MAX_BUFFERED_BODY};
+use crate::transport::{self, Binding, BoxRead, BoxWrite};
+use crate::wire::{
+    self, read_preface, FrameReader, FrameWriter, Preface, Timeouts, MAX_BUFFERED_BODY, PREAUTH_MAX_HEADER,
+};
 
 /// How long a server may take to answer the preface.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -67,6 +70,18 @@ pub enum ClientError {
     /// The local target exists and `force` was not set.
     #[error("{}: already exists (use --force to replace it)", .0.display())]
     LocalExists(std::path::PathBuf),
+    /// The server did not accept our proof: the keys differ.
+    #[error("authentication failed")]
+    AuthFailed,
+    /// The server could not prove it holds the key.
+    #[error("the server could not prove it holds the key: it has a different key, or someone is in the middle")]
+    ServerAuthFailed,
+    /// The server requires a key and we have none.
+    #[error("the server requires a key: use --key-file FILE (or set FRAMEWIRE_KEY_FILE)")]
+    AuthRequired,
+    /// We have a key and the server has none: we refuse plaintext.
+    #[error("the server has no key and speaks plaintext; refusing to talk to it in the clear with a key configured")]
+    AuthUnavailable,
     /// Received data did not match the sender's whole-file checksum;
     /// nothing was kept.
     #[error(
@@ -104,51 +119,91 @@ impl ClientError {
 /// assert_eq!(reply, "hello");
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct Client {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: FrameWriter<OwnedWriteHalf>,
+    reader: FrameReader<BoxRead>,
+    writer: FrameWriter<BoxWrite>,
     peer: SocketAddr,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("peer", &self.peer).finish_non_exhaustive()
+    }
 }
 
 impl Client {
     /// Connects to `addr` (`host`, `host:port`, `[v6]:port`; the port
-    /// defaults to [`DEFAULT_PORT`](crate::proto::DEFAULT_PORT)) and
-    /// exchanges prefaces.
+    /// defaults to [`DEFAULT_PORT`](crate::proto::DEFAULT_PORT)) without a
+    /// key: plaintext, for servers that have none.
     ///
     /// # Errors
     ///
     /// [`ClientError::Connect`] if no connection can be made; a wire error
-    /// if the peer is not a framewire server of this version; the server's
-    /// error frame if it refuses the connection.
+    /// if the peer is not a framewire server of this version;
+    /// [`ClientError::AuthRequired`] if the server requires a key.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
-        let addr = with_default_port(addr);
-        let socket = TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr, source })?;
-        Self::handshake(socket).await
+        Self::connect_with(addr, None).await
     }
 
-    /// Runs the preface exchange over an open socket.
+    /// Connects to `addr` with `key` if given: TLS 1.3, then the mutual
+    /// challenge-response (docs/SECURITY.md). With a key, the client never
+    /// falls back to plaintext.
     ///
     /// # Errors
     ///
-    /// As [`connect`](Self::connect), without the connect step.
-    pub async fn handshake(socket: TcpStream) -> Result<Client, ClientError> {
+    /// As [`connect`](Self::connect), plus [`ClientError::AuthFailed`] (the
+    /// server did not accept our proof), [`ClientError::ServerAuthFailed`]
+    /// (the server could not prove it holds the key) and
+    /// [`ClientError::AuthUnavailable`] (the server has no key).
+    pub async fn connect_with(addr: &str, key: Option<&Key>) -> Result<Client, ClientError> {
+        let addr = with_default_port(addr);
+        let socket = TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr, source })?;
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::handshake(socket, key)).await {
+            Ok(result) => result,
+            Err(_) => Err(wire::Error::Stalled(HANDSHAKE_TIMEOUT).into()),
+        }
+    }
+
+    /// Runs the preface exchange, and with a key TLS and authentication,
+    /// over an open socket (no time limit: wrap it in one).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with), without the connect step.
+    pub async fn handshake(mut socket: TcpStream, key: Option<&Key>) -> Result<Client, ClientError> {
         socket.set_nodelay(true).map_err(wire::Error::Io)?;
         let peer = socket.peer_addr().map_err(wire::Error::Io)?;
-        let (read, write) = socket.into_split();
-        let handshake = Timeouts { idle: None, io: Some(HANDSHAKE_TIMEOUT) };
-        let mut client = Client {
-            reader: FrameReader::with_timeouts(read, handshake),
-            writer: FrameWriter::with_timeouts(write, Timeouts { idle: None, io: Some(IO_TIMEOUT) }),
-            peer,
+        socket.write_all(&Preface::new(key.is_some()).encode()).await.map_err(wire::Error::Io)?;
+        let theirs = read_preface(&mut socket).await?;
+        // Either side's mismatch is decided here, from the prefaces: a
+        // client holding a key never sends a byte in the clear.
+        match (key, theirs.tls()) {
+            (Some(_), false) => return Err(ClientError::AuthUnavailable),
+            (None, true) => return Err(ClientError::AuthRequired),
+            _ => {}
+        }
+        let timeouts = Timeouts { idle: None, io: Some(IO_TIMEOUT) };
+        let (read, write) = match key {
+            None => transport::plain(socket),
+            Some(key) => {
+                let (read, write, binding) =
+                    transport::connect_tls(socket, transport::client_config()).await.map_err(wire::Error::Io)?;
+                let mut reader = FrameReader::new(read);
+                reader.set_max_header(PREAUTH_MAX_HEADER);
+                let mut writer = FrameWriter::new(write);
+                authenticate(&mut reader, &mut writer, key, &binding).await?;
+                let (read, buffered) = reader.into_parts();
+                debug_assert!(buffered.is_empty(), "the server sends nothing after auth_ok unasked");
+                (read, writer.into_inner())
+            }
         };
-        client.writer.feed_preface(Preface::default());
-        client.writer.flush().await?;
-        client.reader.read_preface().await?;
         // A reply may be long in coming (a command that prints nothing for
         // an hour): no idle limit; but a frame, once started, must move.
-        client.reader.set_timeouts(Timeouts { idle: None, io: Some(IO_TIMEOUT) });
-        Ok(client)
+        Ok(Client {
+            reader: FrameReader::with_timeouts(read, timeouts),
+            writer: FrameWriter::with_timeouts(write, timeouts),
+            peer,
+        })
     }
 
     /// The server's address.
@@ -233,6 +288,42 @@ impl Client {
         let echoed = received?;
         sent?;
         Ok(echoed)
+    }
+}
+
+/// The client's side of the challenge-response: answer the server's
+/// challenge with our proof, then check the server's.
+async fn authenticate(
+    reader: &mut FrameReader<BoxRead>,
+    writer: &mut FrameWriter<BoxWrite>,
+    key: &Key,
+    binding: &Binding,
+) -> Result<(), ClientError> {
+    let server_nonce = match reader.read_head::<Message>().await? {
+        Some((Message::AuthChallenge { nonce }, 0)) => {
+            auth::from_hex::<{ auth::NONCE_LEN }>(&nonce).ok_or(ClientError::ServerAuthFailed)?
+        }
+        Some((other, _)) => return Err(unexpected("auth_challenge", other)),
+        None => return Err(ClientError::Closed),
+    };
+    let client_nonce = auth::nonce();
+    let transcript = Transcript { server_nonce: &server_nonce, client_nonce: &client_nonce, binding };
+    let proof = auth::prove(key, Role::Client, &transcript);
+    let response = Message::AuthResponse { nonce: hex::encode(client_nonce), proof: hex::encode(proof) };
+    writer.send(&response, &[]).await?;
+    match reader.read_head::<Message>().await {
+        Ok(Some((Message::AuthOk { proof }, 0))) => {
+            let proof = auth::from_hex::<32>(&proof).ok_or(ClientError::ServerAuthFailed)?;
+            if auth::verify(key, Role::Server, &transcript, &proof) {
+                Ok(())
+            } else {
+                Err(ClientError::ServerAuthFailed)
+            }
+        }
+        Ok(Some((Message::Error { code: ErrorCode::AuthFailed, .. }, _))) => Err(ClientError::AuthFailed),
+        Ok(Some((other, _))) => Err(unexpected("auth_ok", other)),
+        // A server that drops us here did not accept the proof.
+        Ok(None) | Err(_) => Err(ClientError::AuthFailed),
     }
 }
 

@@ -1,27 +1,61 @@
 //! One connection: the preface exchange, then requests one at a time until
 //! the peer leaves, a limit is hit, or the server shuts down.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Config;
+use crate::auth::{self, Key, Role, Transcript};
 use crate::proto::{ErrorCode, Message};
 use crate::services::files::Sandbox;
-use crate::wire::{Error, FrameReader, FrameWriter, Preface, Timeouts};
+use crate::transport::{self, Binding, BoxRead, BoxWrite};
+use crate::wire::{
+    self, encode_frame, read_preface, Error, FrameReader, FrameWriter, Preface, MAX_HEADER_LEN, PREAUTH_MAX_HEADER,
+};
 
-pub(super) type Reader = FrameReader<OwnedReadHalf>;
-pub(super) type Writer = FrameWriter<OwnedWriteHalf>;
+pub(super) type Reader = FrameReader<BoxRead>;
+pub(super) type Writer = FrameWriter<BoxWrite>;
 
 /// What every connection of a server shares.
-#[derive(Debug)]
 pub(super) struct Context {
     pub config: Config,
     pub sandbox: Sandbox,
+    /// TLS configuration, when the server has a key.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub throttle: Throttle,
+}
+
+/// Authentication failures per address: each failure from an address
+/// makes that address's next failure wait longer before it is answered
+/// (100 ms, doubling, up to [`MAX_PENALTY`]). The wait holds only the
+/// failing connection, so other clients, even from the same address, are
+/// served meanwhile; a client with the right key never waits.
+#[derive(Debug, Default)]
+pub(super) struct Throttle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
+
+/// The longest an authentication failure is held before it is answered.
+pub const MAX_PENALTY: Duration = Duration::from_secs(3);
+/// Failures older than this are forgotten.
+const PENALTY_MEMORY: Duration = Duration::from_secs(600);
+
+impl Throttle {
+    fn penalty(&self, ip: IpAddr) -> Duration {
+        let mut map = self.0.lock().expect("throttle poisoned");
+        let now = Instant::now();
+        map.retain(|_, (_, last)| now.duration_since(*last) < PENALTY_MEMORY);
+        let entry = map.entry(ip).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        (Duration::from_millis(100) * 2u32.saturating_pow(entry.0 - 1)).min(MAX_PENALTY)
+    }
 }
 
 const HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n\
@@ -36,15 +70,121 @@ pub(super) async fn serve(
     hard: &CancellationToken,
 ) {
     debug!(%peer, "connection opened");
-    match serve_inner(socket, ctx, shutdown, hard).await {
+    match serve_inner(socket, peer, ctx, shutdown, hard).await {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(e @ (Error::Idle(_) | Error::Stalled(_))) => info!(%peer, "connection dropped: {e}"),
         Err(e) => warn!(%peer, "connection failed: {e}"),
     }
 }
 
+/// How a handshake ended, when it did not end in a session.
+enum Refused {
+    /// Nothing more to say; the error is logged.
+    Quietly(Error),
+    /// The client failed to prove it holds the key: tell it, on the
+    /// writer, after the penalty.
+    AuthFailed(String, Box<Writer>),
+}
+
+impl From<Error> for Refused {
+    fn from(e: Error) -> Self {
+        Refused::Quietly(e)
+    }
+}
+
+impl From<std::io::Error> for Refused {
+    fn from(e: std::io::Error) -> Self {
+        Refused::Quietly(Error::Io(e))
+    }
+}
+
+/// Writes one frame straight to a socket, before any reader or writer
+/// exists (refusals during the handshake).
+async fn send_raw(tcp: &mut TcpStream, prefix: &[u8], frame: &Message) {
+    let mut buf = BytesMut::from(prefix);
+    if encode_frame(frame, &[], &mut buf).is_ok() {
+        let _ = tcp.write_all(&buf).await;
+    }
+}
+
+/// The preface exchange, then (with a key) TLS and the challenge-response.
+/// Returns the connection's halves, ready for requests. Nothing but the
+/// handshake is served before it succeeds.
+async fn handshake(mut tcp: TcpStream, ctx: &Context) -> Result<(BoxRead, BoxWrite), Refused> {
+    let theirs = match read_preface(&mut tcp).await {
+        Ok(p) => p,
+        Err(e) => return Err(refuse_preface(&mut tcp, e, ctx.tls.is_some()).await.into()),
+    };
+    let keyed = ctx.tls.is_some();
+    let ours = Preface::new(keyed).encode();
+    if theirs.tls() != keyed {
+        // Say so in plaintext: a client on the other side of this mismatch
+        // cannot read anything else.
+        let (code, msg) = if keyed {
+            (
+                ErrorCode::AuthRequired,
+                "this server requires a key: run the client with --key-file FILE (or FRAMEWIRE_KEY_FILE)",
+            )
+        } else {
+            (
+                ErrorCode::AuthUnavailable,
+                "this server has no key and speaks plaintext only; run the client without a key file",
+            )
+        };
+        send_raw(&mut tcp, &ours, &Message::error(code, msg)).await;
+        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)).into());
+    }
+    tcp.write_all(&ours).await?;
+    let (Some(tls), Some(key)) = (&ctx.tls, &ctx.config.key) else {
+        return Ok(transport::plain(tcp));
+    };
+    let (read, write, binding) = transport::accept_tls(tcp, tls.clone()).await?;
+    let mut reader = FrameReader::new(read);
+    let mut writer = FrameWriter::new(write);
+    reader.set_max_header(PREAUTH_MAX_HEADER);
+    if let Err(why) = authenticate(&mut reader, &mut writer, key, &binding).await? {
+        return Err(Refused::AuthFailed(why, Box::new(writer)));
+    }
+    reader.set_max_header(MAX_HEADER_LEN);
+    let (read, buffered) = reader.into_parts();
+    debug_assert!(buffered.is_empty(), "the client waits for auth_ok before sending requests");
+    Ok((read, writer.into_inner()))
+}
+
+/// The server's side of the challenge-response (docs/SECURITY.md): it
+/// challenges first and proves itself only after the client has. The
+/// inner error says why the client failed.
+async fn authenticate(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    key: &Key,
+    binding: &Binding,
+) -> Result<Result<(), String>, Error> {
+    let server_nonce = auth::nonce();
+    writer.send(&Message::AuthChallenge { nonce: hex::encode(server_nonce) }, &[]).await?;
+    let (nonce, proof) = match reader.read_head::<Message>().await? {
+        Some((Message::AuthResponse { nonce, proof }, 0)) => (nonce, proof),
+        Some((other, _)) => return Ok(Err(format!("sent `{}` instead of auth_response", other.kind()))),
+        None => return Err(Error::UnexpectedEof { part: wire::FramePart::Header, got: 0, expected: 1 }),
+    };
+    let Some(client_nonce) = auth::from_hex::<{ auth::NONCE_LEN }>(&nonce) else {
+        return Ok(Err("malformed nonce".into()));
+    };
+    let Some(proof) = auth::from_hex::<32>(&proof) else {
+        return Ok(Err("malformed proof".into()));
+    };
+    let transcript = Transcript { server_nonce: &server_nonce, client_nonce: &client_nonce, binding };
+    if !auth::verify(key, Role::Client, &transcript, &proof) {
+        return Ok(Err("wrong proof (wrong key, or a man in the middle)".into()));
+    }
+    let ours = auth::prove(key, Role::Server, &transcript);
+    writer.send(&Message::AuthOk { proof: hex::encode(ours) }, &[]).await?;
+    Ok(Ok(()))
+}
+
 async fn serve_inner(
     socket: TcpStream,
+    peer: SocketAddr,
     ctx: &Context,
     shutdown: &CancellationToken,
     hard: &CancellationToken,
@@ -53,19 +193,19 @@ async fn serve_inner(
     // Replies are single frames written in one go; NODELAY keeps the last
     // segment of each from waiting on the peer's delayed ACK.
     socket.set_nodelay(true)?;
-    let (read, write) = socket.into_split();
-    let handshake = Timeouts { idle: None, io: Some(config.handshake_timeout) };
-    let mut reader = FrameReader::with_timeouts(read, handshake);
-    let mut writer = FrameWriter::with_timeouts(write, config.timeouts);
-
-    match reader.read_preface().await {
-        Ok(_) => {
-            writer.feed_preface(Preface::default());
-            writer.flush().await?;
+    let (read, write) = match tokio::time::timeout(config.handshake_timeout, handshake(socket, ctx)).await {
+        Err(_) => return Err(Error::Stalled(config.handshake_timeout)),
+        Ok(Ok(halves)) => halves,
+        Ok(Err(Refused::Quietly(e))) => return Err(e),
+        Ok(Err(Refused::AuthFailed(why, mut writer))) => {
+            warn!(%peer, "authentication failed: {why}");
+            tokio::time::sleep(ctx.throttle.penalty(peer.ip())).await;
+            let _ = writer.send(&Message::error(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
+            return Ok(());
         }
-        Err(e) => return refuse_preface(&mut writer, e).await,
-    }
-    reader.set_timeouts(config.timeouts);
+    };
+    let mut reader = FrameReader::with_timeouts(read, config.timeouts);
+    let mut writer = FrameWriter::with_timeouts(write, config.timeouts);
 
     loop {
         let head = tokio::select! {
@@ -105,12 +245,12 @@ async fn serve_inner(
 
 /// Answers a peer that is not speaking framewire (or not our version) in
 /// the way it is most likely to understand, then closes.
-async fn refuse_preface(writer: &mut Writer, e: Error) -> Result<(), Error> {
+async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
     match &e {
         Error::BadPreface { got }
             if got.starts_with(b"GET ") || got.starts_with(b"POST") || got.starts_with(b"HEAD") =>
         {
-            let _ = writer.get_mut().write_all(HTTP_REFUSAL).await;
+            let _ = tcp.write_all(HTTP_REFUSAL).await;
         }
         Error::UnexpectedEof { .. } | Error::Io(_) | Error::Stalled(_) => {}
         _ => {
@@ -118,11 +258,10 @@ async fn refuse_preface(writer: &mut Writer, e: Error) -> Result<(), Error> {
                 Error::UnsupportedVersion { .. } | Error::UnsupportedFlags { .. } => ErrorCode::UnsupportedVersion,
                 _ => ErrorCode::BadPreface,
             };
-            writer.feed_preface(Preface::default());
-            let _ = writer.send(&Message::error(code, e.to_string()), &[]).await;
+            send_raw(tcp, &Preface::new(keyed).encode(), &Message::error(code, e.to_string())).await;
         }
     }
-    Err(e)
+    e
 }
 
 /// Runs one request to its end, reply included.

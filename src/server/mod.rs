@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::Key;
 use crate::services::files::Sandbox;
 use crate::wire::Timeouts;
 
@@ -56,6 +57,14 @@ pub struct Config {
     pub shell: PathBuf,
     /// Stop by itself after this long without any client connected.
     pub exit_when_idle: Option<Duration>,
+    /// The shared key: with one, every connection runs over TLS 1.3 and
+    /// must pass the mutual challenge-response first.
+    pub key: Option<Key>,
+    /// The TLS certificate and key to present, for users who have a real
+    /// one; by default a self-signed one is generated at start.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Allow serving a non-loopback address, or exec, without a key.
+    pub insecure: bool,
 }
 
 impl Config {
@@ -70,6 +79,9 @@ impl Config {
             allow_exec: false,
             shell: PathBuf::from("/bin/sh"),
             exit_when_idle: None,
+            key: None,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -95,11 +107,19 @@ impl Config {
 ///
 /// # Errors
 ///
-/// If the root cannot be opened as a directory; nothing is served then.
+/// If the root cannot be opened as a directory, or the configuration breaks
+/// the policy (a non-loopback address or exec without a key, unless
+/// `insecure`); nothing is served then.
 pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Future) -> std::io::Result<()> {
+    check_policy(&listener, &config)?;
     let sandbox = Sandbox::new(&config.root)?;
     config.root = sandbox.root().to_owned();
-    let ctx = Arc::new(conn::Context { config, sandbox });
+    let tls = match (&config.key, &config.tls) {
+        (None, _) => None,
+        (Some(_), Some(tls)) => Some(tls.clone()),
+        (Some(_), None) => Some(crate::transport::server_config()?),
+    };
+    let ctx = Arc::new(conn::Context { config, sandbox, tls, throttle: conn::Throttle::default() });
     let config = &ctx.config;
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     // `graceful` ends idle connections and lets busy ones finish their
@@ -150,6 +170,31 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
         tracker.wait().await;
     }
     info!("server stopped");
+    Ok(())
+}
+
+/// Without a key, anyone who can reach the server can use it: allowed on
+/// loopback, and for exec or other addresses only with `insecure`.
+fn check_policy(listener: &TcpListener, config: &Config) -> std::io::Result<()> {
+    if config.key.is_some() {
+        return Ok(());
+    }
+    let addr = listener.local_addr()?;
+    let refuse = |what: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing {what} without a key: anyone who can connect could use it; give a key file (framewire keygen), or --insecure if you mean it"),
+        ))
+    };
+    if !addr.ip().is_loopback() && !config.insecure {
+        return refuse(format!("to serve {addr}"));
+    }
+    if config.allow_exec && !config.insecure {
+        return refuse("to allow exec".to_owned());
+    }
+    if config.insecure && (config.allow_exec || !addr.ip().is_loopback()) {
+        warn!(%addr, exec = config.allow_exec, "INSECURE: serving without a key; anyone who can connect can use this server{}", if config.allow_exec { " and run commands on it" } else { "" });
+    }
     Ok(())
 }
 

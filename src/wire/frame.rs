@@ -87,7 +87,17 @@ pub struct Frame<H> {
 /// assert_eq!(&buf[head.head_len..], b"hi");
 /// ```
 pub fn decode_head<H: FrameHeader>(buf: &[u8]) -> Result<Option<Head<H>>, Error> {
-    let Some(head_len) = head_len(buf)? else {
+    decode_head_within(buf, MAX_HEADER_LEN)
+}
+
+/// As [`decode_head`], with a header limit of `max_header` (at most
+/// [`MAX_HEADER_LEN`]).
+///
+/// # Errors
+///
+/// As [`decode_head`].
+pub fn decode_head_within<H: FrameHeader>(buf: &[u8], max_header: usize) -> Result<Option<Head<H>>, Error> {
+    let Some(head_len) = head_len_within(buf, max_header)? else {
         return Ok(None);
     };
     if buf.len() < head_len {
@@ -100,12 +110,17 @@ pub fn decode_head<H: FrameHeader>(buf: &[u8]) -> Result<Option<Head<H>>, Error>
 /// The total head length announced by the prefix at the start of `buf`,
 /// checked against [`MAX_HEADER_LEN`]; `None` until the prefix is there.
 pub(crate) fn head_len(buf: &[u8]) -> Result<Option<usize>, Error> {
+    head_len_within(buf, MAX_HEADER_LEN)
+}
+
+pub(crate) fn head_len_within(buf: &[u8], max_header: usize) -> Result<Option<usize>, Error> {
     let Some(prefix) = buf.get(..LEN_PREFIX) else {
         return Ok(None);
     };
     let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes"));
-    if len as usize > MAX_HEADER_LEN {
-        return Err(Error::HeaderTooLarge { len: len.into(), max: MAX_HEADER_LEN });
+    let max = max_header.min(MAX_HEADER_LEN);
+    if len as usize > max {
+        return Err(Error::HeaderTooLarge { len: len.into(), max });
     }
     Ok(Some(LEN_PREFIX + len as usize))
 }

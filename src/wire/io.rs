@@ -9,9 +9,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::frame::{eof_in_head, head_len};
+use super::frame::{decode_head_within, eof_in_head, head_len_within};
 use super::{
-    decode_head, encode_frame, encode_head, Error, FrameHeader, FramePart, Preface, Timeouts, PREFACE_LEN, STREAM_CHUNK,
+    encode_frame, encode_head, Error, FrameHeader, FramePart, Preface, Timeouts, MAX_HEADER_LEN, STREAM_CHUNK,
 };
 
 /// Initial read buffer: room for many small frames per read.
@@ -54,6 +54,7 @@ pub struct FrameReader<R> {
     body_len: u64,
     body_left: u64,
     timeouts: Timeouts,
+    max_header: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -64,12 +65,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// A reader enforcing `timeouts`.
     pub fn with_timeouts(inner: R, timeouts: Timeouts) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(READ_BUF), body_len: 0, body_left: 0, timeouts }
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(READ_BUF),
+            body_len: 0,
+            body_left: 0,
+            timeouts,
+            max_header: MAX_HEADER_LEN,
+        }
     }
 
     /// Changes the time limits.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timeouts = timeouts;
+    }
+
+    /// Lowers the header limit (e.g. to [`PREAUTH_MAX_HEADER`](super::PREAUTH_MAX_HEADER)
+    /// before authentication); at most [`MAX_HEADER_LEN`].
+    pub fn set_max_header(&mut self, max_header: usize) {
+        self.max_header = max_header.min(MAX_HEADER_LEN);
     }
 
     /// The underlying reader.
@@ -88,29 +102,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.reserve(READ_BUF);
         }
         with_deadline(deadline, on_timeout, self.inner.read_buf(&mut self.buf)).await
-    }
-
-    /// Reads the peer's 8-byte preface, refusing a wrong magic as soon as
-    /// its first differing byte arrives.
-    ///
-    /// # Errors
-    ///
-    /// See [`Preface::decode`]; [`Error::UnexpectedEof`] if the peer
-    /// closes early; [`Error::Stalled`] past the I/O timeout.
-    pub async fn read_preface(&mut self) -> Result<Preface, Error> {
-        let io = self.timeouts.io;
-        let deadline = after(io);
-        while !Preface::check_partial(&self.buf)? {
-            if self.fill(deadline, || Error::Stalled(io.unwrap_or_default())).await? == 0 {
-                return Err(Error::UnexpectedEof {
-                    part: FramePart::Preface,
-                    got: self.buf.len() as u64,
-                    expected: PREFACE_LEN as u64,
-                });
-            }
-        }
-        let raw = self.buf.split_to(PREFACE_LEN);
-        Preface::decode(raw[..].try_into().expect("8 bytes"))
     }
 
     /// Reads the next frame's head, first skipping whatever is left of the
@@ -134,7 +125,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let io = self.timeouts.io;
         let deadline = after(io);
         loop {
-            match decode_head::<H>(&self.buf) {
+            match decode_head_within::<H>(&self.buf, self.max_header) {
                 Ok(Some(head)) => {
                     self.buf.advance(head.head_len);
                     self.start_body(head.body_len);
@@ -143,7 +134,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Ok(None) => {}
                 Err(e) => {
                     if let Some(body_len) = e.body_len() {
-                        let head_len = head_len(&self.buf)?.expect("a rejected header was whole");
+                        let head_len =
+                            head_len_within(&self.buf, self.max_header)?.expect("a rejected header was whole");
                         self.buf.advance(head_len);
                         self.start_body(body_len);
                     }

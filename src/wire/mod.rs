@@ -17,9 +17,11 @@ use std::time::Duration;
 
 pub use bare::BareCodec;
 pub use error::{Error, FramePart};
-pub use frame::{decode_head, encode_frame, encode_head, Envelope, Frame, FrameCodec, FrameHeader, Head};
+pub use frame::{
+    decode_head, decode_head_within, encode_frame, encode_head, Envelope, Frame, FrameCodec, FrameHeader, Head,
+};
 pub use io::{FrameReader, FrameWriter};
-pub use preface::{Preface, MAGIC, VERSION};
+pub use preface::{read_preface, Preface, FLAG_TLS, MAGIC, VERSION};
 
 /// Size of the big-endian `u32` that opens every frame (and every bare
 /// message of [`BareCodec`]).
@@ -27,6 +29,10 @@ pub const LEN_PREFIX: usize = 4;
 
 /// Size of the connection preface: [`MAGIC`], version, flags.
 pub const PREFACE_LEN: usize = 8;
+
+/// Largest header accepted before authentication: the handshake's frames
+/// are small, and an unauthenticated peer gets no more.
+pub const PREAUTH_MAX_HEADER: usize = 1024;
 
 /// Largest JSON header accepted or sent, in bytes. Checked against the
 /// length prefix before a single header byte is buffered.

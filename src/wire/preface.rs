@@ -1,7 +1,9 @@
 //! The connection preface: 8 bytes each side sends first, so that a stray
 //! HTTP request, a TLS client or another version gets a clear error.
 
-use super::{Error, PREFACE_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{Error, FramePart, PREFACE_LEN};
 
 /// The first four bytes of every framewire connection, in both directions.
 /// The leading 0x89 is not ASCII, so no text protocol starts this way, and
@@ -11,8 +13,12 @@ pub const MAGIC: [u8; 4] = [0x89, b'F', b'W', b'R'];
 /// The protocol version this build speaks.
 pub const VERSION: u16 = 1;
 
-/// Flag bits this build understands (none yet: all must be zero).
-const KNOWN_FLAGS: u16 = 0;
+/// Preface flag: this side uses a key, and everything after the prefaces
+/// runs over TLS 1.3 with mutual key authentication.
+pub const FLAG_TLS: u16 = 0x0001;
+
+/// Flag bits this build understands.
+const KNOWN_FLAGS: u16 = FLAG_TLS;
 
 /// The 8-byte preface: [`MAGIC`], `u16` big-endian version, `u16`
 /// big-endian flags.
@@ -20,7 +26,7 @@ const KNOWN_FLAGS: u16 = 0;
 pub struct Preface {
     /// Protocol version.
     pub version: u16,
-    /// Feature flags; must be 0 in version 1.
+    /// Feature flags: [`FLAG_TLS`] or 0.
     pub flags: u16,
 }
 
@@ -70,4 +76,38 @@ impl Preface {
         }
         Ok(Preface { version, flags })
     }
+}
+
+impl Preface {
+    /// This side's preface, with [`FLAG_TLS`] if `tls`.
+    pub fn new(tls: bool) -> Preface {
+        Preface { version: VERSION, flags: if tls { FLAG_TLS } else { 0 } }
+    }
+
+    /// Whether [`FLAG_TLS`] is set.
+    pub fn tls(&self) -> bool {
+        self.flags & FLAG_TLS != 0
+    }
+}
+
+/// Reads the peer's preface straight from `r`, never a byte past it (what
+/// follows may be a TLS handshake, which must reach rustls whole), and
+/// refuses a wrong magic as soon as its first differing byte arrives.
+///
+/// # Errors
+///
+/// See [`Preface::decode`]; [`Error::UnexpectedEof`] if the peer closes
+/// early; I/O errors. No time limit: wrap it in one.
+pub async fn read_preface<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Preface, Error> {
+    let mut got = [0u8; PREFACE_LEN];
+    let mut n = 0;
+    while n < PREFACE_LEN {
+        let read = r.read(&mut got[n..]).await?;
+        if read == 0 {
+            return Err(Error::UnexpectedEof { part: FramePart::Preface, got: n as u64, expected: PREFACE_LEN as u64 });
+        }
+        n += read;
+        Preface::check_partial(&got[..n])?;
+    }
+    Preface::decode(&got)
 }

@@ -1,0 +1,155 @@
+//! Transport: a TCP connection as it is, or wrapped in TLS 1.3 (rustls)
+//! with the channel binding the authentication is tied to.
+//!
+//! No PKI: the server presents a certificate it generated itself, and the
+//! client accepts any certificate whose handshake signature is valid. What
+//! authenticates the server is the key, proven over the TLS exporter value
+//! of this very connection: a man in the middle holds two TLS sessions with
+//! different exporters and can answer neither challenge.
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::auth::{BINDING_LEN, EXPORTER_LABEL};
+
+/// The read half of a connection, plaintext or TLS.
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection, plaintext or TLS.
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The TLS exporter value both sides prove over.
+pub type Binding = [u8; BINDING_LEN];
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A plaintext connection's halves.
+pub fn plain(tcp: TcpStream) -> (BoxRead, BoxWrite) {
+    let (r, w) = tcp.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+/// The server's TLS configuration: TLS 1.3 only, with a certificate
+/// generated now for the name "framewire" (it is never checked against
+/// anything; see the module docs).
+///
+/// # Errors
+///
+/// If generating the certificate fails.
+pub fn server_config() -> io::Result<Arc<rustls::ServerConfig>> {
+    let cert = rcgen::generate_simple_self_signed(vec!["framewire".to_owned()]).map_err(io::Error::other)?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    server_config_with(vec![cert.cert.der().clone()], key)
+}
+
+/// A server TLS configuration with the given certificate chain and key
+/// (for users who have a real certificate).
+///
+/// # Errors
+///
+/// If rustls refuses the certificate or key.
+pub fn server_config_with(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> io::Result<Arc<rustls::ServerConfig>> {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(io::Error::other)?;
+    Ok(Arc::new(config))
+}
+
+/// The client's TLS configuration: TLS 1.3 only, any server certificate
+/// accepted, handshake signatures verified.
+pub fn client_config() -> Arc<rustls::ClientConfig> {
+    let provider = provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported by the ring provider")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(KeyAuthenticated(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Accepts any certificate: the server is authenticated by the key proof
+/// bound to this TLS session, not by a certificate authority.
+#[derive(Debug)]
+struct KeyAuthenticated(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for KeyAuthenticated {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Runs the server side of the TLS handshake; returns the halves and the
+/// channel binding.
+///
+/// # Errors
+///
+/// If the handshake fails.
+pub async fn accept_tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<(BoxRead, BoxWrite, Binding)> {
+    let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+    let mut binding = [0u8; BINDING_LEN];
+    tls.get_ref().1.export_keying_material(&mut binding, EXPORTER_LABEL, None).map_err(io::Error::other)?;
+    let (r, w) = tokio::io::split(tls);
+    Ok((Box::new(r), Box::new(w), binding))
+}
+
+/// Runs the client side of the TLS handshake; returns the halves and the
+/// channel binding.
+///
+/// # Errors
+///
+/// If the handshake fails.
+pub async fn connect_tls(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<(BoxRead, BoxWrite, Binding)> {
+    let name = ServerName::try_from("framewire").expect("a valid DNS name");
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+    let mut binding = [0u8; BINDING_LEN];
+    tls.get_ref().1.export_keying_material(&mut binding, EXPORTER_LABEL, None).map_err(io::Error::other)?;
+    let (r, w) = tokio::io::split(tls);
+    Ok((Box::new(r), Box::new(w), binding))
+}
