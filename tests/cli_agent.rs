@@ -15,7 +15,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn exec_streams_codes_and_quoting() {
-    let server = Serve::start(&["--allow-exec"]);
+    let server = Serve::start(&["--allow-exec", "--insecure"]);
     let a = server.addr.as_str();
 
     let out = framewire(&["exec", a, "--", "echo to-out; echo to-err >&2; exit 3"]);
@@ -75,7 +75,7 @@ fn exec_refused_and_unreachable_exit_255() {
 /// and the client says so and exits 130.
 #[test]
 fn ctrl_c_interrupts_the_remote_command() {
-    let server = Serve::start(&["--allow-exec"]);
+    let server = Serve::start(&["--allow-exec", "--insecure"]);
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
     let child = Command::new(BIN)
@@ -105,7 +105,7 @@ fn ctrl_c_interrupts_the_remote_command() {
 
 #[test]
 fn shell_runs_lines_and_shows_failures() {
-    let server = Serve::start(&["--allow-exec"]);
+    let server = Serve::start(&["--allow-exec", "--insecure"]);
     let mut child = Command::new(BIN)
         .args(["shell", &server.addr])
         .env("HOME", server.root.path())

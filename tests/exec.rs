@@ -17,7 +17,11 @@ use framewire::{Client, ErrorCode, Message};
 use tokio::io::AsyncWrite;
 
 async fn exec_server() -> TestServer {
-    TestServer::start_with(|c| c.allow_exec = true).await
+    TestServer::start_with(|c| {
+        c.allow_exec = true;
+        c.insecure = true;
+    })
+    .await
 }
 
 /// An output sink that notes when each piece arrived.
@@ -209,6 +213,7 @@ async fn dropped_connection_kills_the_whole_group() {
 async fn shutdown_kills_running_commands_after_the_drain() {
     let mut server = TestServer::start_with(|c| {
         c.allow_exec = true;
+        c.insecure = true;
         c.drain_timeout = Duration::from_millis(300);
     })
     .await;

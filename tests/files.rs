@@ -344,7 +344,11 @@ async fn concurrent_uploads_of_one_path_are_refused() {
 /// 50 clients at once, mixing exec, put and get, every byte verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_clients() {
-    let server = TestServer::start_with(|c| c.allow_exec = true).await;
+    let server = TestServer::start_with(|c| {
+        c.allow_exec = true;
+        c.insecure = true;
+    })
+    .await;
     let local = tempfile::tempdir().unwrap();
     let shared = pattern(1 << 20, 99);
     std::fs::write(server.root.path().join("shared.bin"), &shared).unwrap();

@@ -104,6 +104,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         with_deadline(deadline, on_timeout, self.inner.read_buf(&mut self.buf)).await
     }
 
+    /// Reads the peer's preface (see [`read_preface`](super::read_preface)):
+    /// straight from the underlying reader, never a byte past it, so it
+    /// must come before any frame is read.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_preface`](super::read_preface).
+    pub async fn read_preface(&mut self) -> Result<Preface, Error> {
+        debug_assert!(self.buf.is_empty(), "the preface comes before any frame");
+        super::read_preface(&mut self.inner).await
+    }
+
     /// Reads the next frame's head, first skipping whatever is left of the
     /// previous body. Returns the header and its body length, or `Ok(None)`
     /// on a clean EOF between frames.
