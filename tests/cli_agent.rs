@@ -266,3 +266,85 @@ fn exit_when_idle_stops_the_server() {
     };
     assert!(status.success());
 }
+
+fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let out = framewire(&["keygen", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    path
+}
+
+#[test]
+fn keys_on_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let line = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(line.trim_end().len(), 64, "one line of hex: {line:?}");
+    let out = framewire(&["keygen", key.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out.stderr).contains("already exists"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), line, "never overwritten");
+
+    let k = key.to_str().unwrap();
+    let server = Serve::start(&["--allow-exec", "--key-file", k]);
+    let a = server.addr.as_str();
+
+    // --key-file, and FRAMEWIRE_KEY_FILE in the environment.
+    let out = framewire(&["exec", "--key-file", k, a, "--", "echo keyed"]);
+    assert_eq!(text(&out.stdout), "keyed\n", "{out:?}");
+    let out = Command::new(BIN).args(["exec", a, "--", "echo via env"]).env("FRAMEWIRE_KEY_FILE", k).output().unwrap();
+    assert_eq!(text(&out.stdout), "via env\n", "{out:?}");
+
+    // No key: one clear line.
+    let out = framewire(&["ls", a]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("the server requires a key: use --key-file"), "{err}");
+
+    // A wrong key.
+    let wrong = keygen(dir.path(), "wrong");
+    let out = framewire(&["ls", "--key-file", wrong.to_str().unwrap(), a]);
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr).trim(), "framewire: error: authentication failed");
+
+    // A truncated key file.
+    let short = dir.path().join("short");
+    std::fs::write(&short, &line[..20]).unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = framewire(&["ls", "--key-file", short.to_str().unwrap(), a]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("expected one line of 64 hex digits"), "{out:?}");
+
+    // A key file others can read.
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = framewire(&["ls", "--key-file", wrong.to_str().unwrap(), a]);
+    assert!(text(&out.stderr).contains("chmod 600"), "{out:?}");
+
+    // A keyed client meeting a plaintext server refuses to talk in the clear.
+    let plain = Serve::start(&[]);
+    let out = framewire(&["ls", "--key-file", k, &plain.addr]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("the server has no key and speaks plaintext"), "{out:?}");
+
+    let (status, log) = server.terminate();
+    assert!(status.success());
+    assert!(log.contains("authentication failed") && log.contains("127.0.0.1"), "failures logged with the peer: {log}");
+}
+
+#[test]
+fn keyless_policy() {
+    let out = framewire(&["serve", "--listen", "127.0.0.1:0", "--allow-exec"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("refusing to allow exec without a key"), "{out:?}");
+    let out = framewire(&["serve", "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("without a key"), "{out:?}");
+    // With --insecure, exec on loopback is served, with a loud warning.
+    let server = Serve::start(&["--allow-exec", "--insecure"]);
+    let out = framewire(&["exec", &server.addr, "--", "true"]);
+    assert!(out.status.success());
+    let (_, log) = server.terminate();
+    assert!(log.contains("INSECURE"), "{log}");
+}
