@@ -82,6 +82,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connects", type=int, default=30)
     args = ap.parse_args()
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "-q"], check=True, cwd=ROOT)
@@ -107,6 +108,15 @@ def main():
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(fw_port)
         fw = f"127.0.0.1:{fw_port}"
+
+        # framewire with a key: TLS 1.3 + authentication
+        key = os.path.join(work, "fw.key")
+        subprocess.run([BIN, "keygen", key], check=True, stderr=subprocess.DEVNULL)
+        fwk_port = free_port()
+        procs.start([BIN, "serve", "--listen", f"127.0.0.1:{fwk_port}", "--root", remote, "--key-file", key,
+                     "--allow-exec"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(fwk_port)
+        fwk = f"127.0.0.1:{fwk_port}"
 
         # iperf3
         ip_port = free_port()
@@ -155,6 +165,15 @@ def main():
             clean(os.path.join(remote, "up.bin"))
             return timed([BIN, "put", "-q", fw, big, "up.bin"])
 
+        def fwk_get():
+            out = os.path.join(dst, "big.bin")
+            clean(out)
+            return timed([BIN, "get", "-q", "--key-file", key, fwk, "big.bin", out])
+
+        def fwk_put():
+            clean(os.path.join(remote, "up.bin"))
+            return timed([BIN, "put", "-q", "--key-file", key, fwk, big, "up.bin"])
+
         def fw_null():
             with open("/dev/null", "wb") as null:
                 return timed([BIN, "get", "-q", fw, "big.bin", "-"], stdout=null)
@@ -185,6 +204,8 @@ def main():
             ("framewire get, file → file", fw_get),
             ("framewire put, file → file", fw_put),
             ("framewire get → /dev/null", fw_null),
+            ("framewire get, TLS + key, file → file", fwk_get),
+            ("framewire put, TLS + key, file → file", fwk_put),
             ("iperf3 -l 1M (loopback limit)", iperf),
             ("rsync daemon get", rsync_get),
             ("rsync daemon put", rsync_put),
@@ -212,11 +233,32 @@ def main():
             ("framewire put / rsync daemon put", "framewire put, file → file", "rsync daemon put", "≥ 1.5x"),
             ("framewire get / scp get", "framewire get, file → file", "scp -c aes128-gcm get", ""),
             ("framewire put / scp put", "framewire put, file → file", "scp -c aes128-gcm put", ""),
+            ("framewire TLS get / scp get", "framewire get, TLS + key, file → file", "scp -c aes128-gcm get", "≥ 2.5x"),
+            ("framewire TLS get / framewire plaintext get", "framewire get, TLS + key, file → file",
+             "framewire get, file → file", "≥ 0.7x"),
+            ("framewire TLS put / scp put", "framewire put, TLS + key, file → file", "scp -c aes128-gcm put", ""),
         ]
         print("| ratio of medians | value | target |")
         print("|---|---|---|")
         for label, a, b, target in ratios:
             print(f"| {label} | {med[a] / med[b]:.2f}x | {target} |")
+
+        # New connection + login + `true`, each a fresh process, alternating.
+        ssh_cmd = ["ssh", "-p", str(ssh_port), "-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no",
+                   "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ControlMaster=no",
+                   "root@127.0.0.1", "true"]
+        fw_cmd = [BIN, "exec", "-n", "--key-file", key, fwk, "--", "true"]
+        lat = {"ssh host true": [], "framewire exec --key-file (connect + TLS + auth + exec true)": []}
+        for _ in range(args.connects):
+            lat["ssh host true"].append(timed(ssh_cmd))
+            lat["framewire exec --key-file (connect + TLS + auth + exec true)"].append(timed(fw_cmd))
+        print(f"\nNew connection + authentication + `true`, a fresh process each, {args.connects} runs each\n")
+        print("| what | p50 ms | min–max ms |")
+        print("|---|---|---|")
+        for n, v in lat.items():
+            print(f"| {n} | {statistics.median(v) * 1e3:.1f} | {min(v) * 1e3:.1f}–{max(v) * 1e3:.1f} |")
+        vals = list(lat.values())
+        print(f"\nratio framewire / ssh (p50): {statistics.median(vals[1]) / statistics.median(vals[0]):.3f} (target ≤ 0.05)")
     finally:
         procs.stop()
         shutil.rmtree(work, ignore_errors=True)
