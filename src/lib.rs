@@ -29,6 +29,9 @@
 //! - [`client`]: [`Client`], the typed async API a program uses to talk to
 //!   a server.
 //!
+//! - [`legacy`]: the tutorial's `struct.pack('i', …)` formats on their own
+//!   listeners, so its Python clients work unmodified.
+//!
 //! The `framewire` binary (`src/main.rs`, `src/cli/`) only parses arguments
 //! and calls this library.
 //!
@@ -57,6 +60,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod legacy;
 pub mod proto;
 pub mod server;
 pub mod services;

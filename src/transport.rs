@@ -9,12 +9,13 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{BINDING_LEN, EXPORTER_LABEL};
@@ -153,3 +154,27 @@ pub async fn connect_tls(
     let (r, w) = tokio::io::split(tls);
     Ok((Box::new(r), Box::new(w), binding))
 }
+
+/// Closes after a refusal so that the refusal arrives: shut our side
+/// (FIN), then read and drop what the peer had already sent, briefly.
+/// Closing with unread bytes would make the kernel send a reset, which can
+/// destroy the reply before the peer reads it.
+pub async fn linger_close(tcp: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut total = 0;
+        while let Ok(n) = tcp.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How long, and how much, a refused peer is read from before the close.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;

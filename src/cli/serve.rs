@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use framewire::auth::Key;
+use framewire::legacy::Mode;
 use framewire::server::{self, Config};
 
 #[derive(Debug, Args)]
@@ -49,9 +50,24 @@ pub struct ServeArgs {
     #[arg(long)]
     insecure: bool,
 
+    /// Also serve a tutorial format: MODE=ADDR, MODE one of exec-simple,
+    /// exec-json, upload, download (repeatable; see docs/LEGACY.md).
+    #[arg(long, value_name = "MODE=ADDR", value_parser = parse_legacy)]
+    legacy: Vec<(Mode, String)>,
+
+    /// Challenge every legacy connection with the tutorial's HMAC-MD5
+    /// (needs --key-file; the secret is the key file's line).
+    #[arg(long)]
+    legacy_hmac: bool,
+
     /// Stop by itself after SECS seconds without any client connected.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<u64>,
+}
+
+fn parse_legacy(spec: &str) -> Result<(Mode, String), String> {
+    let (mode, addr) = spec.split_once('=').ok_or_else(|| format!("`{spec}`: expected MODE=ADDR"))?;
+    Ok((mode.parse()?, addr.to_owned()))
 }
 
 pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
@@ -70,10 +86,21 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     config.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
     config.insecure = args.insecure;
     config.key = key;
+    config.legacy_hmac = args.legacy_hmac;
+    let mut legacy = Vec::new();
+    for (mode, addr) in &args.legacy {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for legacy {mode}"))?;
+        legacy.push((*mode, l));
+    }
     // Scripts read the bound address (useful with port 0) from this line.
     println!("listening on {}", listener.local_addr()?);
+    for (mode, l) in &legacy {
+        println!("legacy {mode} listening on {}", l.local_addr()?);
+    }
     tracing::info!(root = %config.root.display(), "serving");
-    server::run(listener, config, shutdown_signal()).await?;
+    server::run_with_legacy(listener, legacy, config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -132,7 +132,7 @@ async fn handshake(mut tcp: TcpStream, ctx: &Context) -> Result<(BoxRead, BoxWri
             )
         };
         send_raw(&mut tcp, &ours, &Message::error(code, msg)).await;
-        linger_close(&mut tcp).await;
+        transport::linger_close(&mut tcp).await;
         return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)).into());
     }
     tcp.write_all(&ours).await?;
@@ -244,30 +244,6 @@ async fn serve_inner(
     }
 }
 
-/// Closes after a refusal so that the refusal arrives: shut our side
-/// (FIN), then read and drop what the peer had already sent, briefly.
-/// Closing with unread bytes would make the kernel send a reset, which can
-/// destroy the reply before the peer reads it.
-async fn linger_close(tcp: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let _ = tcp.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let drain = async {
-        let mut total = 0;
-        while let Ok(n) = tcp.read(&mut sink).await {
-            total += n;
-            if n == 0 || total > LINGER_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// How long, and how much, a refused peer is read from before the close.
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_BYTES: usize = 64 * 1024;
-
 /// Answers a peer that is not speaking framewire (or not our version) in
 /// the way it is most likely to understand, then closes.
 async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
@@ -276,7 +252,7 @@ async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
             if got.starts_with(b"GET ") || got.starts_with(b"POST") || got.starts_with(b"HEAD") =>
         {
             let _ = tcp.write_all(HTTP_REFUSAL).await;
-            linger_close(tcp).await;
+            transport::linger_close(tcp).await;
         }
         Error::UnexpectedEof { .. } | Error::Io(_) | Error::Stalled(_) => {}
         _ => {
@@ -285,7 +261,7 @@ async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
                 _ => ErrorCode::BadPreface,
             };
             send_raw(tcp, &Preface::new(keyed).encode(), &Message::error(code, e.to_string())).await;
-            linger_close(tcp).await;
+            transport::linger_close(tcp).await;
         }
     }
     e

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::auth::Key;
+use crate::legacy::{self, Mode};
 use crate::services::files::Sandbox;
 use crate::wire::Timeouts;
 
@@ -65,6 +66,8 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Allow serving a non-loopback address, or exec, without a key.
     pub insecure: bool,
+    /// Challenge every legacy connection with HMAC-MD5 over the key's line.
+    pub legacy_hmac: bool,
 }
 
 impl Config {
@@ -82,6 +85,7 @@ impl Config {
             key: None,
             tls: None,
             insecure: false,
+            legacy_hmac: false,
         }
     }
 }
@@ -110,8 +114,27 @@ impl Config {
 /// If the root cannot be opened as a directory, or the configuration breaks
 /// the policy (a non-loopback address or exec without a key, unless
 /// `insecure`); nothing is served then.
-pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Future) -> std::io::Result<()> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> std::io::Result<()> {
+    run_with_legacy(listener, Vec::new(), config, shutdown).await
+}
+
+/// As [`run`], with listeners for the tutorial's formats beside the native
+/// one (see [`crate::legacy`]), sharing the root, the connection limit,
+/// logging and shutdown.
+///
+/// # Errors
+///
+/// As [`run`]; also legacy exec without `allow_exec`, a legacy listener off
+/// loopback without `legacy_hmac` unless `insecure`, or `legacy_hmac`
+/// without a key.
+pub async fn run_with_legacy(
+    listener: TcpListener,
+    legacy: Vec<(Mode, TcpListener)>,
+    mut config: Config,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
     check_policy(&listener, &config)?;
+    check_legacy_policy(&legacy, &config)?;
     let sandbox = Sandbox::new(&config.root)?;
     config.root = sandbox.root().to_owned();
     let tls = match (&config.key, &config.tls) {
@@ -119,57 +142,137 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
         (Some(_), Some(tls)) => Some(tls.clone()),
         (Some(_), None) => Some(crate::transport::server_config()?),
     };
-    let ctx = Arc::new(conn::Context { config, sandbox, tls, throttle: conn::Throttle::default() });
-    let config = &ctx.config;
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    // `graceful` ends idle connections and lets busy ones finish their
-    // request; `hard` ends whatever is left once the drain time is up.
-    let graceful = CancellationToken::new();
-    let hard = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    tokio::pin!(shutdown);
+    let ctx = Arc::new(conn::Context { config, sandbox, tls, throttle: conn::Throttle::default() });
+    let shared = Arc::new(Shared {
+        ctx,
+        limit,
+        graceful: CancellationToken::new(),
+        hard: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        last_active: std::sync::Mutex::new(std::time::Instant::now()),
+    });
+    let config = &shared.ctx.config;
+    for (mode, l) in &legacy {
+        info!(%mode, addr = %l.local_addr()?, "legacy listener");
+    }
 
+    let stop = CancellationToken::new();
+    let loops: Vec<_> = legacy
+        .into_iter()
+        .map(|(mode, l)| tokio::spawn(accept_loop(l, Some(mode), shared.clone(), stop.clone())))
+        .collect();
+    let native = accept_loop(listener, None, shared.clone(), stop.clone());
+    tokio::select! {
+        _ = native => {}
+        _ = shutdown => {}
+        _ = idle_for(config.exit_when_idle, &shared) => {
+            info!(idle = ?config.exit_when_idle, "no client for the --exit-when-idle time");
+        }
+    }
+    stop.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+
+    let tracker = &shared.tracker;
+    info!(live = tracker.len(), "shutting down: no new connections; draining live requests");
+    shared.graceful.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
+        warn!(live = tracker.len(), drain = ?config.drain_timeout, "drain timeout: ending the remaining connections");
+        shared.hard.cancel();
+        tracker.wait().await;
+    }
+    info!("server stopped");
+    Ok(())
+}
+
+/// What every listener of a server shares.
+struct Shared {
+    ctx: Arc<conn::Context>,
+    /// Connection slots, native and legacy together.
+    limit: Arc<Semaphore>,
+    /// Ends idle connections and lets busy ones finish their request.
+    graceful: CancellationToken,
+    /// Ends whatever is left once the drain time is up.
+    hard: CancellationToken,
+    tracker: TaskTracker,
+    /// When the last connection ended (for --exit-when-idle).
+    last_active: std::sync::Mutex<std::time::Instant>,
+}
+
+/// Accepts on one listener until `stop`, each connection in its own task
+/// holding a connection slot. One loop serves the native listener and
+/// every legacy one.
+async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         // The permit is taken before accept: at the limit, new clients wait
         // in the kernel's backlog instead of being accepted and starved.
         let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = &mut shutdown => break,
+            permit = shared.limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = stop.cancelled() => return,
         };
         let (socket, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
-            _ = &mut shutdown => break,
-            _ = idle_for(config.exit_when_idle, &tracker) => {
-                info!(idle = ?config.exit_when_idle, "no client for the --exit-when-idle time");
-                break;
-            }
+            _ = stop.cancelled() => return,
         };
-        let ctx = ctx.clone();
-        let graceful = graceful.clone();
-        let hard = hard.clone();
-        tracker.spawn(async move {
+        let s = shared.clone();
+        shared.tracker.spawn(async move {
+            let ctx = &s.ctx;
             tokio::select! {
-                _ = conn::serve(socket, peer, &ctx, &graceful, &hard) => {}
+                _ = async {
+                    match mode {
+                        None => conn::serve(socket, peer, ctx, &s.graceful, &s.hard).await,
+                        Some(mode) => legacy::serve(mode, socket, peer, legacy_context(ctx)).await,
+                    }
+                } => {}
                 // A request that ignores `hard` (none should) is dropped
                 // shortly after: its process groups die with their guards.
-                _ = async { hard.cancelled().await; tokio::time::sleep(HARD_GRACE).await } => {
+                _ = async { s.hard.cancelled().await; tokio::time::sleep(HARD_GRACE).await } => {
                     warn!(%peer, "request cut off: drain timeout reached")
                 }
             }
+            *s.last_active.lock().expect("poisoned") = std::time::Instant::now();
+            // The slot goes back when the task ends, however it ends.
             drop(permit);
         });
     }
+}
 
-    drop(listener);
-    info!(live = tracker.len(), "shutting down: no new connections; draining live requests");
-    graceful.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
-        warn!(live = tracker.len(), drain = ?config.drain_timeout, "drain timeout: ending the remaining connections");
-        hard.cancel();
-        tracker.wait().await;
+fn legacy_context(ctx: &conn::Context) -> legacy::Legacy<'_> {
+    let c = &ctx.config;
+    legacy::Legacy {
+        sandbox: &ctx.sandbox,
+        shell: &c.shell,
+        allow_exec: c.allow_exec,
+        hmac: if c.legacy_hmac { c.key.as_ref() } else { None },
+        io_timeout: c.timeouts.io.unwrap_or(DEFAULT_IO_TIMEOUT),
+        idle_timeout: c.timeouts.idle.unwrap_or(DEFAULT_IDLE_TIMEOUT),
     }
-    info!("server stopped");
+}
+
+/// Legacy listeners follow the native exec policy, and without the HMAC
+/// challenge they authenticate no one.
+fn check_legacy_policy(legacy: &[(Mode, TcpListener)], config: &Config) -> std::io::Result<()> {
+    let refuse = |msg: String| Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg));
+    if config.legacy_hmac && config.key.is_none() {
+        return refuse("--legacy-hmac needs a key file (--key-file)".to_owned());
+    }
+    for (mode, l) in legacy {
+        let addr = l.local_addr()?;
+        if mode.is_exec() && !config.allow_exec {
+            return refuse(format!("legacy {mode} on {addr} runs commands: it needs --allow-exec"));
+        }
+        if !config.legacy_hmac && !config.insecure {
+            if !addr.ip().is_loopback() {
+                return refuse(format!("refusing legacy {mode} on {addr} without --legacy-hmac: anyone who can connect could use it; --insecure if you mean it"));
+            }
+            if mode.is_exec() {
+                return refuse(format!("refusing legacy {mode} without --legacy-hmac: it would run commands for anyone; --insecure if you mean it"));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -199,19 +302,14 @@ fn check_policy(listener: &TcpListener, config: &Config) -> std::io::Result<()> 
 }
 
 /// Completes once no connection has been live for `idle` (never if `None`).
-async fn idle_for(idle: Option<Duration>, tracker: &TaskTracker) {
+async fn idle_for(idle: Option<Duration>, shared: &Shared) {
     let Some(idle) = idle else { return std::future::pending().await };
     loop {
-        // The tracker counts live connection tasks; the accept loop
-        // restarts this future after every accept.
-        if tracker.is_empty() {
-            tokio::time::sleep(idle).await;
-            if tracker.is_empty() {
-                return;
-            }
-        } else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let quiet = shared.last_active.lock().expect("poisoned").elapsed();
+        if shared.tracker.is_empty() && quiet >= idle {
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(100).min(idle)).await;
     }
 }
 

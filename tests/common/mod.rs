@@ -97,6 +97,8 @@ pub fn framewire(args: &[&str]) -> std::process::Output {
 /// `framewire serve` on an ephemeral port; ended by SIGTERM on drop.
 pub struct Serve {
     pub child: Child,
+    /// The rest of the server's stdout, after the `listening on` line.
+    pub out: BufReader<std::process::ChildStdout>,
     pub addr: String,
     pub root: tempfile::TempDir,
 }
@@ -121,9 +123,10 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-        Serve { child, addr, root }
+        Serve { child, out, addr, root }
     }
 
     /// Sends SIGTERM to our own child, by PID, and waits for it.
