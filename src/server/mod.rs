@@ -264,13 +264,13 @@ fn check_legacy_policy(legacy: &[(Mode, TcpListener)], config: &Config) -> std::
         if mode.is_exec() && !config.allow_exec {
             return refuse(format!("legacy {mode} on {addr} runs commands: it needs --allow-exec"));
         }
-        if !config.legacy_hmac && !config.insecure {
-            if !addr.ip().is_loopback() {
-                return refuse(format!("refusing legacy {mode} on {addr} without --legacy-hmac: anyone who can connect could use it; --insecure if you mean it"));
-            }
-            if mode.is_exec() {
-                return refuse(format!("refusing legacy {mode} without --legacy-hmac: it would run commands for anyone; --insecure if you mean it"));
-            }
+        if !config.legacy_hmac && !addr.ip().is_loopback() && !config.insecure {
+            return refuse(format!(
+                "refusing legacy {mode} on {addr} without --legacy-hmac: anyone who can connect could use it; --insecure if you mean it"
+            ));
+        }
+        if !config.legacy_hmac && mode.is_exec() {
+            warn!(%mode, %addr, "legacy exec without --legacy-hmac: any local user can run commands through it");
         }
     }
     Ok(())
