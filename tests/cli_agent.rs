@@ -348,3 +348,42 @@ fn keyless_policy() {
     let (_, log) = server.terminate();
     assert!(log.contains("INSECURE"), "{log}");
 }
+
+/// A real certificate can replace the generated one; the key still
+/// authenticates, and a bad certificate file is a clear error.
+#[test]
+fn own_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let cert = rcgen::generate_simple_self_signed(vec!["files.example".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let server = Serve::start(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "--tls-cert",
+        c.to_str().unwrap(),
+        "--tls-key",
+        k.to_str().unwrap(),
+    ]);
+    let out = framewire(&["ls", "--key-file", key.to_str().unwrap(), &server.addr]);
+    assert!(out.status.success(), "{out:?}");
+
+    let out = framewire(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--tls-cert",
+        key.to_str().unwrap(),
+        "--tls-key",
+        k.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no certificate found") || text(&out.stderr).contains("cannot read certificates"),
+        "{out:?}"
+    );
+}

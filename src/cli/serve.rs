@@ -50,6 +50,15 @@ pub struct ServeArgs {
     #[arg(long)]
     insecure: bool,
 
+    /// A PEM certificate chain to present instead of the generated one
+    /// (needs --tls-key and --key-file; the key still authenticates).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// Also serve a tutorial format: MODE=ADDR, MODE one of exec-simple,
     /// exec-json, upload, download (repeatable; see docs/LEGACY.md).
     #[arg(long, value_name = "MODE=ADDR", value_parser = parse_legacy)]
@@ -63,6 +72,19 @@ pub struct ServeArgs {
     /// Stop by itself after SECS seconds without any client connected.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<u64>,
+}
+
+fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{}: no certificate found", cert.display());
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    framewire::transport::server_config_with(chain, key_der)
+        .context("the certificate and key do not make a TLS configuration")
 }
 
 fn parse_legacy(spec: &str) -> Result<(Mode, String), String> {
@@ -87,6 +109,10 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     config.insecure = args.insecure;
     config.key = key;
     config.legacy_hmac = args.legacy_hmac;
+    if let (Some(cert), Some(tls_key)) = (&args.tls_cert, &args.tls_key) {
+        anyhow::ensure!(config.key.is_some(), "--tls-cert needs --key-file: TLS is used only with a key");
+        config.tls = Some(load_tls(cert, tls_key)?);
+    }
     let mut legacy = Vec::new();
     for (mode, addr) in &args.legacy {
         let l = tokio::net::TcpListener::bind(addr)
