@@ -214,6 +214,12 @@ fn ls_get_put_trees_and_several_sources() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
+    // The server logs each refusal with the peer's address.
+    let (_, log) = server.terminate();
+    assert!(
+        log.lines().any(|l| l.contains("peer=127.0.0.1:") && l.contains("refused: nope.txt: no such file")),
+        "{log}"
+    );
 }
 
 /// A client killed mid-upload leaves no file under the final name, and the

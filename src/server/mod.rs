@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::auth::Key;
 use crate::legacy::{self, Mode};
@@ -220,13 +220,15 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
         let s = shared.clone();
         shared.tracker.spawn(async move {
             let ctx = &s.ctx;
+            // Every line logged for this connection carries the peer.
+            let span = tracing::info_span!("conn", %peer);
             tokio::select! {
                 _ = async {
                     match mode {
                         None => conn::serve(socket, peer, ctx, &s.graceful, &s.hard).await,
                         Some(mode) => legacy::serve(mode, socket, peer, legacy_context(ctx)).await,
                     }
-                } => {}
+                }.instrument(span) => {}
                 // A request that ignores `hard` (none should) is dropped
                 // shortly after: its process groups die with their guards.
                 _ = async { s.hard.cancelled().await; tokio::time::sleep(HARD_GRACE).await } => {
