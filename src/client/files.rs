@@ -152,29 +152,10 @@ impl Client {
             file.set_len(0).map_err(local_err(&partial))?;
         }
 
-        let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
-        let sink = spawn_blocking(move || write_and_hash(at(file, offset)?, hasher, rx));
-        let mut done = 0u64;
-        let received = async {
-            while let Some(chunk) = self.reader.read_body_chunk().await? {
-                done += chunk.len() as u64;
-                if tx.send(chunk).await.is_err() {
-                    break; // the file thread failed; its error is reported below
-                }
-                progress(Progress { size, resumed: offset, done });
-            }
-            Ok::<_, ClientError>(())
-        }
-        .await;
-        drop(tx);
-        let written = sink.await.map_err(join_err)?;
-        received?;
+        let file = at(file, offset).map_err(local_err(&partial))?;
+        let (written, expected) =
+            self.receive(file, hasher, Progress { size, resumed: offset, done: 0 }, progress).await?;
         let (file, hash) = written.map_err(local_err(&partial))?;
-        let expected = match self.reader.read_head::<Message>().await? {
-            Some((Message::Checksum { blake3 }, _)) => blake3,
-            Some((other, _)) => return Err(unexpected("checksum", other)),
-            None => return Err(ClientError::Closed),
-        };
         let got = hash.to_hex().to_string();
         if got != expected {
             let _ = fs::remove_file(&partial);
@@ -213,16 +194,35 @@ impl Client {
             Some((other, _)) => return Err(unexpected("file", other)),
             None => return Err(ClientError::Closed),
         };
+        let start = Progress { size, resumed: 0, done: 0 };
+        let (written, expected) = self.receive(dst, blake3::Hasher::new(), start, progress).await?;
+        let (_, hash) = written.map_err(wire::Error::Io)?;
+        let got = hash.to_hex().to_string();
+        if got != expected {
+            return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
+        }
+        Ok(Transfer { size, resumed: 0, blake3: got })
+    }
+
+    /// Receives the current file body into `dst` through the write-and-hash
+    /// thread, then the checksum frame. Returns what the thread reported
+    /// (the sink and the hash, or its write error) and the sender's hash.
+    async fn receive<W: std::io::Write + Send + 'static>(
+        &mut self,
+        dst: W,
+        hasher: blake3::Hasher,
+        mut at: Progress,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<(std::io::Result<(W, blake3::Hash)>, String), ClientError> {
         let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
-        let sink = spawn_blocking(move || write_and_hash(dst, blake3::Hasher::new(), rx));
-        let mut done = 0;
+        let sink = spawn_blocking(move || write_and_hash(dst, hasher, rx));
         let received = async {
             while let Some(chunk) = self.reader.read_body_chunk().await? {
-                done += chunk.len() as u64;
+                at.done += chunk.len() as u64;
                 if tx.send(chunk).await.is_err() {
-                    break;
+                    break; // the file thread failed; its error is returned
                 }
-                progress(Progress { size, resumed: 0, done });
+                progress(at);
             }
             Ok::<_, ClientError>(())
         }
@@ -230,17 +230,14 @@ impl Client {
         drop(tx);
         let written = sink.await.map_err(join_err)?;
         received?;
-        let (_, hash) = written.map_err(wire::Error::Io)?;
-        let expected = match self.reader.read_head::<Message>().await? {
-            Some((Message::Checksum { blake3 }, _)) => blake3,
-            Some((other, _)) => return Err(unexpected("checksum", other)),
-            None => return Err(ClientError::Closed),
-        };
-        let got = hash.to_hex().to_string();
-        if got != expected {
-            return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
+        if written.is_err() {
+            return Ok((written, String::new()));
         }
-        Ok(Transfer { size, resumed: 0, blake3: got })
+        match self.reader.read_head::<Message>().await? {
+            Some((Message::Checksum { blake3 }, _)) => Ok((written, blake3)),
+            Some((other, _)) => Err(unexpected("checksum", other)),
+            None => Err(ClientError::Closed),
+        }
     }
 
     /// Uploads the local file `local` to `remote`.
