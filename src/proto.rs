@@ -383,26 +383,35 @@ mod raw {
         message: Option<String>,
     }
 
-    /// Worded as serde words it, so the wire layer reports
+    /// Why a header was refused. A missing field is worded as serde words
+    /// it, so the wire layer reports
     /// [`MissingField`](crate::wire::Error::MissingField) whichever way a
     /// field went missing.
-    pub struct Missing(&'static str);
+    pub enum Missing {
+        Field(&'static str),
+        /// A type that carries no body declared one; its body is skipped.
+        Body(&'static str, u64),
+    }
 
     impl std::fmt::Display for Missing {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "missing field `{}`", self.0)
+            match self {
+                Missing::Field(name) => write!(f, "missing field `{name}`"),
+                Missing::Body(kind, len) => write!(f, "`{kind}` carries no body, but `len` is {len}"),
+            }
         }
     }
 
     fn need<T>(field: Option<T>, name: &'static str) -> Result<T, Missing> {
-        field.ok_or(Missing(name))
+        field.ok_or(Missing::Field(name))
     }
 
     impl TryFrom<Raw> for Message {
         type Error = Missing;
 
         fn try_from(r: Raw) -> Result<Message, Missing> {
-            Ok(match r.kind {
+            let len = r.len;
+            let message = match r.kind {
                 Type::Echo => Message::Echo { len: r.len, upper: r.upper },
                 Type::EchoReply => Message::EchoReply { len: r.len },
                 Type::Exec => Message::Exec { command: need(r.command, "command")?, timeout_ms: r.timeout_ms },
@@ -441,7 +450,13 @@ mod raw {
                 }
                 Type::AuthOk => Message::AuthOk { proof: need(r.proof, "proof")? },
                 Type::Error => Message::Error { code: need(r.code, "code")?, message: need(r.message, "message")? },
-            })
+            };
+            // `len` is the body length of every frame: a type without a
+            // body may not declare one.
+            if len != 0 && crate::wire::FrameHeader::body_len(&message) == 0 {
+                return Err(Missing::Body(message.kind(), len));
+            }
+            Ok(message)
         }
     }
 }

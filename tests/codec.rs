@@ -317,3 +317,12 @@ fn protocol_md_example_bytes() {
     let doc = include_str!("../docs/PROTOCOL.md");
     assert!(doc.contains("00 00 00 17 7b 22 74 79 70 65 22 3a 22 65 63 68"));
 }
+
+/// `len` is every frame's body length: a type without a body that declares
+/// one is refused, and its body skipped, rather than read as frames.
+#[test]
+fn bodiless_type_with_a_len_is_refused_in_step() {
+    let err = decode(&raw_frame(br#"{"type":"stat","path":"x","len":3}"#, b"abc")).unwrap_err();
+    assert!(matches!(err, Error::InvalidField { body_len: 3, .. }), "{err:?}");
+    assert!(err.to_string().contains("`stat` carries no body"), "{err}");
+}

@@ -287,3 +287,43 @@ fn legacy_policy() {
         Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--legacy", "ftp=127.0.0.1:0"]).output().unwrap();
     assert!(text(&out.stderr).contains("unknown legacy mode `ftp`"), "{out:?}");
 }
+
+/// The listing is cut to what one recv(1024) can take; a file too large
+/// for 'i' is refused, logged and the connection closed.
+#[test]
+fn download_limits() {
+    if !have_python() {
+        return;
+    }
+    let (server, addrs) = legacy_server(&["--insecure"]);
+    let root = server.root.path().to_owned();
+    // Sparse: 2.5 GiB of apparent size, no disk used.
+    std::fs::File::create(root.join("a-huge.bin")).unwrap().set_len(5 << 29).unwrap();
+    for i in 0..60 {
+        std::fs::write(root.join(format!("file-with-a-rather-long-name-{i:03}.txt")), b"x").unwrap();
+    }
+    let client = r#"
+s = socket.socket(); s.connect((HOST, PORT))
+raw = s.recv(1024)
+files = pickle.loads(raw)
+print(len(raw) <= 1024, len(files), files[1])
+s.send(b'1')
+s.settimeout(5)
+try:
+    print('closed' if s.recv(4) == b'' else 'open')
+except ConnectionResetError:
+    print('closed')
+"#;
+    let out = python(&addrs["download"], client, "");
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    let fields: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(fields[0], "True", "the listing fits one recv(1024)");
+    let shown: usize = fields[1].parse().unwrap();
+    assert!(shown > 5 && shown < 61, "listing cut to what fits: {shown}");
+    assert_eq!(fields[2], "a-huge.bin");
+    assert_eq!(lines[1], "closed");
+    let (_, log) = server.terminate();
+    assert!(log.contains("listing cut to fit"), "{log}");
+    assert!(log.contains("a-huge.bin is 2684354560 bytes, more than a signed 32-bit length can announce"), "{log}");
+}
