@@ -13,7 +13,7 @@ pub const DEFAULT_PORT: u16 = 9909;
 /// Every header the native protocol sends, tagged by its `"type"`.
 ///
 /// Fields a message type does not define are ignored (a newer peer may
-/// send more), so decoding goes through the flat [`raw::Raw`]: serde's own
+/// send more), so decoding goes through a flat struct (`proto::raw`): serde's own
 /// internally-tagged decoding buffers every field first and takes over
 /// twice as long per header, and a header is parsed per frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -122,7 +122,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ///
     /// # Errors
     ///
-    /// Those of [`decode_head`]; [`Error::UnexpectedEof`] for EOF inside
+    /// Those of [`decode_head`](super::decode_head); [`Error::UnexpectedEof`] for EOF inside
     /// the head; [`Error::Idle`] if no frame starts within the idle
     /// timeout; [`Error::Stalled`] if a started head does not complete
     /// within the I/O timeout.
@@ -271,7 +271,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// Writes frames to `W`, gathering small frames into few writes.
 ///
 /// Nothing reaches the peer until [`flush`](FrameWriter::flush) (or a
-/// buffer of [`WRITE_COALESCE`] fills up): send a request with
+/// 64 KiB buffer fills up): send a request with
 /// [`send`](FrameWriter::send), which flushes, and a batch with several
 /// [`feed`](FrameWriter::feed) and one `flush`. Header and body go out in
 /// one write, so Nagle's algorithm never holds half a frame back.
