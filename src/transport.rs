@@ -123,6 +123,14 @@ impl ServerCertVerifier for KeyAuthenticated {
     }
 }
 
+/// The channel binding: 32 bytes from the TLS exporter (RFC 8446 §7.5),
+/// the same on both ends of one TLS session and different on any other.
+fn export<D>(conn: &rustls::ConnectionCommon<D>) -> io::Result<Binding> {
+    let mut binding = [0u8; BINDING_LEN];
+    conn.export_keying_material(&mut binding, EXPORTER_LABEL, None).map_err(io::Error::other)?;
+    Ok(binding)
+}
+
 /// Runs the server side of the TLS handshake; returns the halves and the
 /// channel binding.
 ///
@@ -131,8 +139,7 @@ impl ServerCertVerifier for KeyAuthenticated {
 /// If the handshake fails.
 pub async fn accept_tls(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<(BoxRead, BoxWrite, Binding)> {
     let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
-    let mut binding = [0u8; BINDING_LEN];
-    tls.get_ref().1.export_keying_material(&mut binding, EXPORTER_LABEL, None).map_err(io::Error::other)?;
+    let binding = export(tls.get_ref().1)?;
     let (r, w) = tokio::io::split(tls);
     Ok((Box::new(r), Box::new(w), binding))
 }
@@ -149,8 +156,7 @@ pub async fn connect_tls(
 ) -> io::Result<(BoxRead, BoxWrite, Binding)> {
     let name = ServerName::try_from("framewire").expect("a valid DNS name");
     let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
-    let mut binding = [0u8; BINDING_LEN];
-    tls.get_ref().1.export_keying_material(&mut binding, EXPORTER_LABEL, None).map_err(io::Error::other)?;
+    let binding = export(tls.get_ref().1)?;
     let (r, w) = tokio::io::split(tls);
     Ok((Box::new(r), Box::new(w), binding))
 }
