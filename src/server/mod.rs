@@ -143,7 +143,8 @@ pub async fn run_with_legacy(
         (Some(_), None) => Some(crate::transport::server_config()?),
     };
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let ctx = Arc::new(conn::Context { config, sandbox, tls, throttle: conn::Throttle::default() });
+    let ctx =
+        Arc::new(conn::Context { config, sandbox, tls, throttle: conn::Throttle::default(), hashes: Arc::default() });
     let shared = Arc::new(Shared {
         ctx,
         limit,

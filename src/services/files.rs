@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::proto::{Entry, ErrorCode, Kind};
@@ -312,37 +312,92 @@ pub fn read_and_hash(
     mut file: File,
     start: u64,
     len: u64,
-    mut hasher: blake3::Hasher,
+    mut hasher: Option<blake3::Hasher>,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
-) -> blake3::Hash {
-    let mut left = len;
+) -> Option<blake3::Hash> {
     let send = |item| tx.blocking_send(item).is_ok();
     if let Err(e) = file.seek(SeekFrom::Start(start)) {
         send(Err(e));
-        return hasher.finalize();
+        return None;
     }
+    let mut left = len;
     while left > 0 {
-        let mut buf = BytesMut::zeroed(STREAM_CHUNK.min(left as usize));
-        let n = match file.read(&mut buf) {
+        // read_to_end fills fresh capacity without zeroing it first.
+        let want = STREAM_CHUNK.min(left as usize);
+        let mut buf = Vec::with_capacity(want);
+        match (&mut file).take(want as u64).read_to_end(&mut buf) {
             Ok(0) => {
                 send(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank")));
-                break;
+                return None;
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(_) => {}
             Err(e) => {
                 send(Err(e));
-                break;
+                return None;
             }
-        };
-        buf.truncate(n);
-        hasher.update(&buf);
-        left -= n as u64;
-        if !send(Ok(buf.freeze())) {
-            break; // the connection is gone
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf);
+        }
+        left -= buf.len() as u64;
+        if !send(Ok(Bytes::from(buf))) {
+            return None; // the connection is gone
         }
     }
-    hasher.finalize()
+    hasher.map(|h| h.finalize())
+}
+
+/// What identifies one version of a file's contents: any write changes
+/// its size, mtime or (unforgeably) ctime; a replacement changes its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Version {
+    /// The version `meta` describes.
+    pub fn of(meta: &fs::Metadata) -> Version {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Version {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// Whole-file BLAKE3 hashes the server has already computed (sending a
+/// file, or verifying an upload), by path and [`Version`]: a repeated
+/// `get` of an unchanged file reads and sends it without hashing it again.
+/// Bounded: at [`HASH_CACHE_ENTRIES`] it starts over.
+#[derive(Debug, Default)]
+pub struct HashCache(Mutex<std::collections::HashMap<PathBuf, (Version, blake3::Hash)>>);
+
+/// Most hashes the cache holds.
+pub const HASH_CACHE_ENTRIES: usize = 4096;
+
+impl HashCache {
+    /// The hash of `path` if it was computed for this very version.
+    pub fn get(&self, path: &Path, version: Version) -> Option<blake3::Hash> {
+        let map = self.0.lock().expect("hash cache poisoned");
+        map.get(path).filter(|(v, _)| *v == version).map(|(_, h)| *h)
+    }
+
+    /// Records the hash of `path` at `version`.
+    pub fn put(&self, path: &Path, version: Version, hash: blake3::Hash) {
+        let mut map = self.0.lock().expect("hash cache poisoned");
+        if map.len() >= HASH_CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(path.to_owned(), (version, hash));
+    }
 }
 
 /// Writes chunks to `dst` as they come, hashing them. Returns `dst` and
