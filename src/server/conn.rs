@@ -286,10 +286,10 @@ async fn handle(
         Message::List { path, recursive } => super::files::list(sandbox, path, recursive, writer).await,
         Message::Stat { path } => super::files::stat(sandbox, path, writer).await,
         Message::Get { path, offset, prefix_blake3 } => {
-            super::files::get(sandbox, &ctx.hashes, path, offset, prefix_blake3, writer).await
+            super::files::get(ctx, path, offset, prefix_blake3, writer).await
         }
         Message::Put { path, size, force, mode } => {
-            super::files::put(sandbox, &ctx.hashes, path, size, force, mode, reader, writer).await
+            super::files::put(ctx, path, size, force, mode, reader, writer).await
         }
         // Leftovers of an exec that has just ended (the client may have
         // been sending stdin, or pressed Ctrl-C, as the exit went out):

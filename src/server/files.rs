@@ -9,12 +9,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
 
-use super::conn::{Reader, Writer};
+use super::conn::{Context, Reader, Writer};
 use crate::proto::{ErrorCode, Message};
-use crate::services::files::{self, commit, hash_prefix, partial_path, HashCache, Sandbox};
+use crate::services::files::{self, commit, hash_prefix, partial_path, Sandbox};
 use crate::services::Refusal;
 use crate::wire::{Error, MAX_BUFFERED_BODY};
-use std::sync::Arc;
 
 use crate::services::files::PIPELINE;
 
@@ -80,14 +79,13 @@ struct Download {
 /// Streams a file from `offset` (if the client's prefix matches), then the
 /// checksum of the whole file.
 pub(super) async fn get(
-    sandbox: &Sandbox,
-    hashes: &Arc<HashCache>,
+    ctx: &Context,
     path: String,
     offset: u64,
     prefix: Option<String>,
     writer: &mut Writer,
 ) -> Result<(), Error> {
-    let sb = sandbox.clone();
+    let (sb, hashes) = (ctx.sandbox.clone(), &ctx.hashes);
     let shown = path.clone();
     let cache = hashes.clone();
     let plan = blocking(move || {
@@ -162,8 +160,7 @@ struct Upload {
 /// what an interrupted upload left there; verifies the whole-file checksum,
 /// syncs, and renames into place.
 pub(super) async fn put(
-    sandbox: &Sandbox,
-    hashes: &Arc<HashCache>,
+    ctx: &Context,
     path: String,
     size: u64,
     force: bool,
@@ -171,7 +168,7 @@ pub(super) async fn put(
     reader: &mut Reader,
     writer: &mut Writer,
 ) -> Result<(), Error> {
-    let sb = sandbox.clone();
+    let (sb, hashes) = (ctx.sandbox.clone(), &ctx.hashes);
     let shown = path.clone();
     let plan = blocking(move || {
         let target = sb.for_write(&path)?;
