@@ -283,6 +283,12 @@ fn legacy_policy() {
         .output()
         .unwrap();
     assert!(text(&out.stderr).contains("--legacy-hmac needs a key file"), "{out:?}");
+    // Off loopback without the HMAC challenge: refused (the listener is
+    // bound and closed again at once; nothing is served).
+    let out =
+        Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--legacy", "upload=0.0.0.0:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("without --legacy-hmac"), "{out:?}");
     let out =
         Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--legacy", "ftp=127.0.0.1:0"]).output().unwrap();
     assert!(text(&out.stderr).contains("unknown legacy mode `ftp`"), "{out:?}");
