@@ -13,6 +13,17 @@ use super::{Error, FramePart, LEN_PREFIX, MAX_BUFFERED_BODY, MAX_HEADER_LEN};
 pub trait FrameHeader: Serialize + DeserializeOwned {
     /// The number of body bytes that follow this header.
     fn body_len(&self) -> u64;
+
+    /// Parses a header from its JSON text. The default is
+    /// `serde_json::from_str`; a type may add a faster path for its most
+    /// frequent forms, falling back to the full parse for anything else.
+    ///
+    /// # Errors
+    ///
+    /// The `serde_json` error of the failed parse.
+    fn from_json(text: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(text)
+    }
 }
 
 /// The two fields the wire itself reads from every header, whatever its
@@ -128,7 +139,7 @@ pub(crate) fn head_len_within(buf: &[u8], max_header: usize) -> Result<Option<us
 fn parse_header<H: FrameHeader>(raw: &[u8]) -> Result<H, Error> {
     let text =
         std::str::from_utf8(raw).map_err(|e| Error::HeaderNotUtf8 { valid_up_to: e.valid_up_to(), len: raw.len() })?;
-    match serde_json::from_str::<H>(text) {
+    match H::from_json(text) {
         Ok(header) => Ok(header),
         Err(e) if e.classify() == Category::Data => Err(reject(text, e)),
         Err(e) => Err(Error::HeaderNotJson { source: e }),
