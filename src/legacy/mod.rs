@@ -244,30 +244,21 @@ async fn run_spooled(command: &str, ctx: &Legacy<'_>) -> Result<(std::fs::File, 
     out_w.flush().await?;
     err_w.flush().await?;
     run.group.disarm();
-    let (out2, err2) = (out.try_clone()?, err.try_clone()?);
-    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use std::io::{Read, Seek};
+    // Hash the spooled output, then rewind it for sending, off the async threads.
+    let spooled = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        use std::io::{Seek, SeekFrom};
         let mut md5 = Md5::new();
-        let mut buf = vec![0u8; 1 << 20];
-        for mut f in [out2, err2] {
-            f.seek(std::io::SeekFrom::Start(0))?;
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                md5.update(&buf[..n]);
-            }
+        for f in [&out, &err] {
+            let mut f = f;
+            f.seek(SeekFrom::Start(0))?;
+            std::io::copy(&mut f, &mut md5)?;
+            f.seek(SeekFrom::Start(0))?;
         }
-        Ok(hex::encode(md5.finalize()))
+        Ok((out, err, hex::encode(md5.finalize())))
     })
     .await
     .map_err(std::io::Error::other)??;
-    use std::io::Seek;
-    let (mut out, mut err) = (out, err);
-    out.seek(std::io::SeekFrom::Start(0))?;
-    err.seek(std::io::SeekFrom::Start(0))?;
-    Ok((out, err, digest))
+    Ok(spooled)
 }
 
 async fn copy_with_timeout<R: AsyncRead + Unpin>(
