@@ -64,6 +64,7 @@ pub mod legacy;
 pub mod proto;
 pub mod server;
 pub mod services;
+pub mod transfer;
 pub mod transport;
 pub mod wire;
 

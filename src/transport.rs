@@ -8,6 +8,7 @@
 //! different exporters and can answer neither challenge.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,26 @@ use crate::auth::{BINDING_LEN, EXPORTER_LABEL};
 /// The read half of a connection, plaintext or TLS.
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of a connection, plaintext or TLS.
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub type BoxWrite = Box<dyn WriteHalf>;
+
+/// A connection's write half. A plaintext one also shows its socket, so
+/// that file bodies can go out with `sendfile(2)`, straight from the page
+/// cache (see [`crate::services::files::send_file`]).
+pub trait WriteHalf: AsyncWrite + Send + Unpin {
+    /// The TCP socket, if what is written goes to it as it is.
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
+impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_ref().as_fd())
+    }
+}
+
+/// TLS: bytes are encrypted on their way, so no socket is shown.
+impl<T: AsyncRead + AsyncWrite + Send> WriteHalf for tokio::io::WriteHalf<T> {}
 
 /// The TLS exporter value both sides prove over.
 pub type Binding = [u8; BINDING_LEN];
@@ -184,3 +204,82 @@ pub async fn linger_close(tcp: &mut TcpStream) {
 /// How long, and how much, a refused peer is read from before the close.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;
+
+/// Sends `len` bytes of `file` from `offset` to the socket `sock` with
+/// `sendfile(2)`: the kernel hands page-cache pages to the socket, and no
+/// byte passes through user space. After each call, `sent` gets the bytes
+/// that went out.
+///
+/// Meant for a blocking thread: reading a file from a cold disk blocks
+/// here, not on an async worker. The socket stays non-blocking (the async
+/// side owns it); when its buffer is full this waits for room with
+/// `poll(2)`, at most `stall` in a row, and gives up once `cancel` is set.
+///
+/// Like `write(2)` to a closed socket, `sendfile(2)` raises `SIGPIPE`; Rust
+/// programs ignore it by default and get `EPIPE` instead.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::UnexpectedEof`] if the file ends early (it shrank);
+/// [`io::ErrorKind::TimedOut`] when the peer takes nothing for `stall`;
+/// [`io::ErrorKind::Interrupted`] once cancelled; socket and file errors.
+#[cfg(target_os = "linux")]
+pub fn send_file(
+    sock: BorrowedFd<'_>,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    stall: Option<Duration>,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut sent: impl FnMut(u64),
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MOST: u64 = 1 << 30;
+    const SLICE_MS: u16 = 100;
+    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    let (mut left, mut waited) = (len, Duration::ZERO);
+    while left > 0 {
+        if cancel.is_cancelled() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "transfer cancelled"));
+        }
+        let want = usize::try_from(left.min(MOST)).unwrap_or(usize::MAX);
+        // SAFETY: both descriptors are open for the whole call (`sock` is
+        // borrowed, `file` referenced) and `off` is a valid, owned off_t.
+        let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+        if n > 0 {
+            left -= n as u64;
+            waited = Duration::ZERO;
+            sent(n as u64);
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was sent"));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd, for the length given.
+                match unsafe { libc::poll(&mut pfd, 1, i32::from(SLICE_MS)) } {
+                    0 => {
+                        waited += Duration::from_millis(SLICE_MS.into());
+                        if stall.is_some_and(|s| waited >= s) {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer took nothing"));
+                        }
+                    }
+                    r if r < 0 => {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                    // Room, or an error the next sendfile reports.
+                    _ => {}
+                }
+            }
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}

@@ -89,12 +89,14 @@ proptest! {
         prop_assert_eq!(got, frames);
     }
 
-    /// The same through `FrameReader`, bodies read in chunks.
+    /// The same through `FrameReader`, bodies read whole, in chunks, or
+    /// into a reused buffer.
     #[test]
     fn reader_any_split(
         frames in proptest::collection::vec(arb_frame(), 0..20),
         sizes in proptest::collection::vec(prop_oneof![Just(1usize), 1usize..4096], 1..10),
-        whole in any::<bool>(),
+        how in 0..3u8,
+        cap in 1usize..5000,
     ) {
         let wire = encode_all(&frames);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -103,12 +105,26 @@ proptest! {
             let mut got = Vec::new();
             while let Some((header, len)) = r.read_head::<Envelope>().await.unwrap() {
                 assert_eq!(len, header.len);
-                let body = if whole {
-                    r.read_body(u64::MAX).await.unwrap()
-                } else {
-                    let mut b = BytesMut::new();
-                    while let Some(c) = r.read_body_chunk().await.unwrap() { b.extend_from_slice(&c); }
-                    b.freeze()
+                let body = match how {
+                    0 => r.read_body(u64::MAX).await.unwrap(),
+                    1 => {
+                        let mut b = BytesMut::new();
+                        while let Some(c) = r.read_body_chunk().await.unwrap() { b.extend_from_slice(&c); }
+                        b.freeze()
+                    }
+                    _ => {
+                        // One reused buffer of `cap`, never grown.
+                        let (mut b, mut buf) = (BytesMut::new(), Vec::with_capacity(cap));
+                        let cap = buf.capacity();
+                        while r.body_left() > 0 {
+                            buf.clear();
+                            r.read_body_into(&mut buf).await.unwrap();
+                            assert!(!buf.is_empty() && buf.capacity() == cap);
+                            assert!(buf.len() == cap || r.body_left() == 0, "only the last piece is short");
+                            b.extend_from_slice(&buf);
+                        }
+                        b.freeze()
+                    }
                 };
                 got.push(Frame { header, body });
             }
@@ -325,4 +341,22 @@ fn bodiless_type_with_a_len_is_refused_in_step() {
     let err = decode(&raw_frame(br#"{"type":"stat","path":"x","len":3}"#, b"abc")).unwrap_err();
     assert!(matches!(err, Error::InvalidField { body_len: 3, .. }), "{err:?}");
     assert!(err.to_string().contains("`stat` carries no body"), "{err}");
+}
+
+/// A body cut short: `read_body_into` fails with the typed EOF and keeps
+/// what did arrive (a receiver writes it out for a resume).
+#[tokio::test]
+async fn read_body_into_keeps_what_arrived_before_eof() {
+    let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = encode_all(&[Frame {
+        header: Envelope { kind: Some("blob".into()), len: body.len() as u64 },
+        body: body.clone().into(),
+    }]);
+    wire.truncate(wire.len() - 300);
+    let mut r = FrameReader::new(Reads(split(&wire, &[64]).into()));
+    r.read_head::<Envelope>().await.unwrap().unwrap();
+    let mut buf = Vec::with_capacity(4096);
+    let err = r.read_body_into(&mut buf).await.unwrap_err();
+    assert!(matches!(err, Error::UnexpectedEof { part: FramePart::Body, got: 700, expected: 1000 }), "{err:?}");
+    assert_eq!(buf, body[..700]);
 }

@@ -467,3 +467,60 @@ async fn changed_files_are_not_served_with_a_stale_hash() {
     let t = client.get("up.bin", &local.path().join("down.bin"), &opts, &mut no_progress()).await.unwrap();
     assert_eq!(t.blake3, blake3_hex(&pattern(50_000, 9)));
 }
+
+/// A download whose reader stalls is dropped at the I/O timeout, on the
+/// zero-copy (`sendfile`) path too: the server stops sending, closes, and
+/// frees the connection's slot.
+#[tokio::test]
+async fn a_stalled_download_is_dropped_at_the_io_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.io = Some(Duration::from_millis(300));
+        c.max_connections = 1;
+    })
+    .await;
+    let size = 64 << 20;
+    std::fs::write(server.root.path().join("big"), pattern(size, 7)).unwrap();
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut read, write) = sock.into_split();
+    let mut w = FrameWriter::new(write);
+    w.feed_preface(Preface::default());
+    w.send(&Message::Get { path: "big".into(), offset: 0, prefix_blake3: None }, &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // What the socket buffers held, then the server's close.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut read, &mut got))
+        .await
+        .expect("the server closes the stalled connection")
+        .unwrap();
+    assert!(got.len() < size, "the server stopped sending ({} bytes came)", got.len());
+    // The only slot is free again.
+    let mut c = Client::connect(&server.addr()).await.unwrap();
+    let listed = tokio::time::timeout(Duration::from_secs(5), c.list("", false)).await.unwrap().unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+/// A file cut short on the server while it is being sent: the download
+/// fails, nothing is kept under the final name, and the server serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_shrinks_mid_download_is_not_kept() {
+    let server = TestServer::start().await;
+    let path = server.root.path().join("shrinks");
+    std::fs::write(&path, pattern(64 << 20, 3)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let target = local.path().join("shrinks");
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let mut cut = false;
+    let mut truncate = |_: Progress| {
+        if !cut {
+            cut = true;
+            std::fs::File::options().write(true).open(&path).unwrap().set_len(1 << 20).unwrap();
+        }
+    };
+    let res = client.get("shrinks", &target, &TransferOptions::default(), &mut truncate).await;
+    assert!(res.is_err(), "{res:?}");
+    assert!(!target.exists(), "nothing under the final name");
+    let mut c = Client::connect(&server.addr()).await.unwrap();
+    let t = c.get("shrinks", &target, &TransferOptions::force(true), &mut no_progress()).await.unwrap();
+    assert_eq!(t.size, 1 << 20);
+    assert_eq!(t.blake3, blake3_hex(&pattern(64 << 20, 3)[..1 << 20]));
+}

@@ -5,13 +5,12 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
 
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
-use crate::services::files::{at, commit, hash_prefix, partial_path, read_and_hash, write_and_hash, PIPELINE};
+use crate::services::files::{at, commit, hash_prefix, partial_path};
+use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
 /// Options of a transfer.
@@ -214,25 +213,13 @@ impl Client {
         mut at: Progress,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(std::io::Result<(W, blake3::Hash)>, String), ClientError> {
-        let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
-        let sink = spawn_blocking(move || write_and_hash(dst, hasher, rx));
-        let received = async {
-            while let Some(chunk) = self.reader.read_body_chunk().await? {
-                at.done += chunk.len() as u64;
-                if tx.send(chunk).await.is_err() {
-                    break; // the file thread failed; its error is returned
-                }
-                progress(at);
-            }
-            Ok::<_, ClientError>(())
-        }
-        .await;
-        drop(tx);
-        let written = sink.await.map_err(join_err)?;
-        received?;
-        if written.is_err() {
-            return Ok((written, String::new()));
-        }
+        let written = receive_body(&mut self.reader, dst, hasher, &mut |n| {
+            at.done = n;
+            progress(at);
+        })
+        .await?;
+        // Even after a write error the body was read to its end: the
+        // checksum frame follows, and the connection stays usable.
         match self.reader.read_head::<Message>().await? {
             Some((Message::Checksum { blake3 }, _)) => Ok((written, blake3)),
             Some((other, _)) => Err(unexpected("checksum", other)),
@@ -288,21 +275,19 @@ impl Client {
         .map_err(local_err(local))?;
 
         self.writer.feed_head(&Message::PutData { len: size - from, offset: from })?;
-        let (tx, mut rx) = mpsc::channel(PIPELINE);
-        let pump = spawn_blocking(move || read_and_hash(file, from, size - from, Some(hasher), tx));
-        let mut done = 0;
-        while let Some(chunk) = rx.recv().await {
-            let chunk = chunk.map_err(local_err(local))?;
-            self.writer.write_body(&chunk).await?;
-            done += chunk.len() as u64;
+        let sent = send_body(&mut self.writer, file, from, Some(hasher), &mut |done| {
             progress(Progress { size, resumed: from, done });
-        }
-        let hash = pump.await.map_err(join_err)?;
-        // A read error was sent down the channel and returned above.
-        let hash = hash.ok_or(ClientError::Local {
-            path: local.to_owned(),
-            source: std::io::Error::other("the file could not be read to its end"),
-        })?;
+        })
+        .await;
+        let hash = match sent {
+            Ok(Some(hash)) => hash,
+            // send_body returns the hash of every hasher it is given.
+            Ok(None) => {
+                return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::other("no hash") })
+            }
+            Err(SendError::File(source)) => return Err(ClientError::Local { path: local.to_owned(), source }),
+            Err(SendError::Wire(e)) => return Err(e.into()),
+        };
         let hash = hash.to_hex().to_string();
         self.writer.send(&Message::Checksum { blake3: hash.clone() }, &[]).await?;
         match self.reader.read_head::<Message>().await? {

@@ -5,17 +5,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
 
 use super::conn::{Context, Reader, Writer};
 use crate::proto::{ErrorCode, Message};
 use crate::services::files::{self, commit, hash_prefix, partial_path, Sandbox};
 use crate::services::Refusal;
+use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
-
-use crate::services::files::PIPELINE;
 
 /// Runs blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Refusal> + Send + 'static) -> Result<T, Refusal> {
@@ -120,19 +117,15 @@ pub(super) async fn get(
     let Download { file, real, version, size, start, cached, hasher, mtime, mode } = plan;
     writer.feed_head(&Message::File { len: size - start, size, offset: start, mtime, mode })?;
 
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(PIPELINE);
-    let pump = spawn_blocking(move || files::read_and_hash(file, start, size - start, hasher, tx));
-    while let Some(chunk) = rx.recv().await {
-        match chunk {
-            Ok(chunk) => writer.write_body(&chunk).await?,
-            // The frame promised `size - start` bytes and cannot deliver
-            // them: the connection must close.
-            Err(e) => {
-                return Err(Error::Io(std::io::Error::new(e.kind(), format!("{shown}: read failed mid-transfer: {e}"))))
-            }
+    let computed = match send_body(writer, file, start, hasher, &mut |_| {}).await {
+        Ok(computed) => computed,
+        // The frame promised `size - start` bytes and cannot deliver
+        // them: the connection must close.
+        Err(SendError::File(e)) => {
+            return Err(Error::Io(std::io::Error::new(e.kind(), format!("{shown}: read failed mid-transfer: {e}"))))
         }
-    }
-    let computed = pump.await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        Err(SendError::Wire(e)) => return Err(e),
+    };
     let hash = match (cached, computed) {
         (Some(hash), _) => hash,
         (None, Some(hash)) => {
@@ -217,36 +210,25 @@ pub(super) async fn put(
         }
         None => return Ok(()),
     };
+    if (from != 0 && from != up.held) || from.checked_add(len) != Some(size) {
+        let msg = format!(
+            "put_data covers bytes {from}..{} but {} are held of a {size}-byte file",
+            from.saturating_add(len),
+            up.held
+        );
+        reader.skip_body().await?;
+        return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+    }
     if from == 0 && up.held > 0 {
         // The client's file does not start with what we hold: start over.
         up.file.set_len(0)?;
         up.hasher = blake3::Hasher::new();
-    } else if from != up.held || from.checked_add(len) != Some(size) {
-        let msg =
-            format!("put_data covers bytes {from}..{} but {} are held of a {size}-byte file", from + len, up.held);
-        reader.skip_body().await?;
-        return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
     }
 
-    let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
     let Upload { target, partial, file, hasher, _claim, .. } = up;
-    let sink = spawn_blocking(move || files::write_and_hash(files::at(file, from)?, hasher, rx));
-    let mut received = Ok(());
-    while let Some(chunk) = match reader.read_body_chunk().await {
-        Ok(chunk) => chunk,
-        Err(e) => {
-            received = Err(e);
-            None
-        }
-    } {
-        // If the file thread failed it has dropped the receiver: keep
-        // draining the body so the error can be answered in step.
-        let _ = tx.send(chunk).await;
-    }
-    drop(tx);
-    let written = sink.await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    // A cut connection leaves the partial file for a later resume.
-    received?;
+    // A cut connection returns here and leaves the partial file for a
+    // later resume.
+    let written = receive_body(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
 
     let claimed = match reader.read_head::<Message>().await? {
         Some((Message::Checksum { blake3 }, _)) => blake3,

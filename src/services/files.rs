@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
@@ -347,6 +347,48 @@ pub fn read_and_hash(
     hasher.map(|h| h.finalize())
 }
 
+/// Hashes `len` bytes of `file` from `offset` into `hasher` (fed with
+/// what comes before them) and returns the whole-file hash. Reads with
+/// `pread` through one small buffer that stays in the CPU cache, so the
+/// file's own position is not moved: another thread may send from the same
+/// file meanwhile. Stops early, with [`io::ErrorKind::Interrupted`], once
+/// `cancel` is set.
+///
+/// # Errors
+///
+/// Read errors; [`io::ErrorKind::UnexpectedEof`] if the file is shorter.
+pub fn hash_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    mut hasher: blake3::Hasher,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> io::Result<blake3::Hash> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; HASH_BUF];
+    let (mut at, end) = (offset, offset + len);
+    while at < end {
+        if cancel.is_cancelled() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "transfer cancelled"));
+        }
+        let want = buf.len().min(usize::try_from(end - at).unwrap_or(usize::MAX));
+        match file.read_at(&mut buf[..want], at) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was read")),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.finalize())
+}
+
+/// The read buffer of [`hash_range`]: small enough to stay in a core's L2
+/// cache, large enough for BLAKE3's widest SIMD path.
+const HASH_BUF: usize = 256 * 1024;
+
 /// What identifies one version of a file's contents: any write changes
 /// its size, mtime or (unforgeably) ctime; a replacement changes its inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,26 +442,7 @@ impl HashCache {
     }
 }
 
-/// Writes chunks to `dst` as they come, hashing them. Returns `dst` and
-/// the hash (the hasher arrives fed with whatever came before).
-///
-/// # Errors
-///
-/// The first write error; the rest of the chunks are then not awaited.
-pub fn write_and_hash<W: Write>(
-    mut dst: W,
-    mut hasher: blake3::Hasher,
-    mut rx: mpsc::Receiver<Bytes>,
-) -> std::io::Result<(W, blake3::Hash)> {
-    while let Some(chunk) = rx.blocking_recv() {
-        dst.write_all(&chunk)?;
-        hasher.update(&chunk);
-    }
-    dst.flush()?;
-    Ok((dst, hasher.finalize()))
-}
-
-/// Opens `file` for [`write_and_hash`] at `from`.
+/// `file`, positioned at `from` for writing.
 ///
 /// # Errors
 ///

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -227,6 +227,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(self.buf.split_to(n).freeze()))
     }
 
+    /// Appends the next piece of the current body to `buf`, until `buf`
+    /// is at its capacity or the body ends (it never grows `buf`). Bytes
+    /// already buffered come first; the rest is read from the connection
+    /// straight into `buf`, so a caller that reuses a few buffers keeps
+    /// them warm in the CPU cache.
+    ///
+    /// On an error, what was read before it is in `buf` (a receiver can
+    /// keep it, e.g. for a resume); the same holds when the future is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_body_chunk`](Self::read_body_chunk).
+    pub async fn read_body_into(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        let room =
+            |buf: &Vec<u8>, left: u64| (buf.capacity() - buf.len()).min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.buf.len().min(room(buf, self.body_left));
+        buf.extend_from_slice(&self.buf[..n]);
+        self.buf.advance(n);
+        self.body_left -= n as u64;
+        loop {
+            let want = room(buf, self.body_left);
+            if want == 0 {
+                return Ok(());
+            }
+            let io = self.timeouts.io;
+            let mut part = (&mut *buf).limit(want);
+            let read = self.inner.read_buf(&mut part);
+            let got = with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
+            if got == 0 {
+                return Err(self.body_eof());
+            }
+            self.body_left -= got as u64;
+        }
+    }
+
     /// Copies the rest of the current body into `dst`, through one reused
     /// buffer of [`STREAM_CHUNK`] bytes. Returns the bytes copied.
     ///
@@ -303,6 +339,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// (and precede) anything still buffered.
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
+    }
+
+    /// Bytes of the current body not yet written.
+    pub fn body_left(&self) -> u64 {
+        self.body_left
+    }
+
+    /// How long a write may stall, if limited.
+    pub fn io_timeout(&self) -> Option<Duration> {
+        self.io
     }
 
     /// The underlying writer (unflushed frames are dropped).
@@ -400,6 +446,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             self.write_body(&chunk[..got]).await?;
         }
         Ok(expected)
+    }
+
+    /// Hands the rest of the current body to the caller, who writes it
+    /// past this writer, straight to the transport (e.g. with
+    /// `sendfile(2)`): flushes what is buffered (the head), counts the
+    /// body as written, and returns its length.
+    ///
+    /// The caller must then write exactly that many bytes before the next
+    /// frame; if it cannot, the stream is out of step and the connection
+    /// must be closed.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush).
+    pub async fn take_body(&mut self) -> Result<u64, Error> {
+        self.flush().await?;
+        Ok(std::mem::take(&mut self.body_left))
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {

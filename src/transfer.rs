@@ -1,0 +1,222 @@
+//! File bodies on the wire, shared by the server's `get` and the client's
+//! `put`: the sender streams a file as the body of the frame it has
+//! started and hashes it on the way.
+//!
+//! On a plaintext connection the bytes go out with `sendfile(2)` (see
+//! [`transport::send_file`]), straight from the page cache, while another
+//! thread hashes the file through a small cached buffer; the sender's CPU
+//! then goes to hashing alone, not to copying each byte twice. Over TLS
+//! every byte must pass through user space to be encrypted: one thread
+//! reads and hashes 1 MiB chunks while the async side writes the previous
+//! ones.
+
+use std::fs::File;
+use std::io;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::{spawn_blocking, JoinError};
+
+use crate::services::files::{read_and_hash, PIPELINE};
+use crate::transport::BoxWrite;
+use crate::wire::{Error, FrameReader, FrameWriter};
+
+/// Why a body could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// Reading the file failed (it may have shrunk).
+    File(io::Error),
+    /// The connection failed.
+    Wire(Error),
+}
+
+fn joined(e: JoinError) -> SendError {
+    SendError::Wire(Error::Io(io::Error::other(e)))
+}
+
+/// Sends the rest of the body `writer` has started (with
+/// [`FrameWriter::feed_head`]) from `file` at `start`. Hashes what is sent
+/// into `hasher` (fed with whatever precedes `start`) and returns the
+/// whole-file hash; with no hasher (the hash is known) nothing is hashed.
+/// `progress` gets the bytes of the body sent so far, now and then.
+///
+/// On an error the body is incomplete and the connection out of step: it
+/// must be closed.
+///
+/// # Errors
+///
+/// [`SendError::File`] for read errors, [`SendError::Wire`] for the
+/// connection's.
+pub async fn send_body(
+    writer: &mut FrameWriter<BoxWrite>,
+    file: File,
+    start: u64,
+    hasher: Option<blake3::Hasher>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Option<blake3::Hash>, SendError> {
+    #[cfg(target_os = "linux")]
+    if let Some(sock) = writer.get_ref().socket() {
+        let sock = sock.try_clone_to_owned().map_err(|e| SendError::Wire(Error::Io(e)))?;
+        return zero_copy(writer, sock, file, start, hasher, progress).await;
+    }
+    buffered(writer, file, start, hasher, progress).await
+}
+
+/// How often a zero-copy send reports its progress.
+#[cfg(target_os = "linux")]
+const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[cfg(target_os = "linux")]
+async fn zero_copy(
+    writer: &mut FrameWriter<BoxWrite>,
+    sock: std::os::fd::OwnedFd,
+    file: File,
+    start: u64,
+    hasher: Option<blake3::Hasher>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Option<blake3::Hash>, SendError> {
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::services::files::hash_range;
+    use crate::transport::send_file;
+
+    let stall = writer.io_timeout();
+    let len = writer.take_body().await.map_err(SendError::Wire)?;
+    // Both threads stop if this future is dropped (the connection ends).
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let file = Arc::new(file);
+    let hashing = hasher.map(|hasher| {
+        let (file, cancel) = (file.clone(), cancel.clone());
+        spawn_blocking(move || hash_range(&file, start, len, hasher, &cancel))
+    });
+    let done = Arc::new(AtomicU64::new(0));
+    let mut sending = {
+        let (done, cancel) = (done.clone(), cancel.clone());
+        spawn_blocking(move || {
+            send_file(sock.as_fd(), &file, start, len, stall, &cancel, |n| {
+                done.fetch_add(n, Relaxed);
+            })
+        })
+    };
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    let sent = loop {
+        tokio::select! {
+            sent = &mut sending => break sent.map_err(joined)?,
+            _ = tick.tick() => progress(done.load(Relaxed)),
+        }
+    };
+    if let Err(e) = sent {
+        return Err(match e.kind() {
+            io::ErrorKind::UnexpectedEof => SendError::File(e),
+            _ if e.raw_os_error() == Some(libc::EIO) => SendError::File(e),
+            io::ErrorKind::TimedOut => SendError::Wire(Error::Stalled(stall.unwrap_or_default())),
+            _ => SendError::Wire(Error::Io(e)),
+        });
+    }
+    progress(len);
+    match hashing {
+        None => Ok(None),
+        Some(hashing) => hashing.await.map_err(joined)?.map(Some).map_err(SendError::File),
+    }
+}
+
+async fn buffered(
+    writer: &mut FrameWriter<BoxWrite>,
+    file: File,
+    start: u64,
+    hasher: Option<blake3::Hasher>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Option<blake3::Hash>, SendError> {
+    let len = writer.body_left();
+    let hashing = hasher.is_some();
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(PIPELINE);
+    let pump = spawn_blocking(move || read_and_hash(file, start, len, hasher, tx));
+    let mut done = 0;
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk.map_err(SendError::File)?;
+        writer.write_body(&chunk).await.map_err(SendError::Wire)?;
+        done += chunk.len() as u64;
+        progress(done);
+    }
+    match pump.await.map_err(joined)? {
+        None if hashing => Err(SendError::File(io::Error::other("the file could not be read to its end"))),
+        hash => Ok(hash),
+    }
+}
+
+/// How many buffers a received body moves through, and their size: few
+/// and small, so that they stay in the CPU cache between the socket read
+/// that fills them and the write and hash that empty them.
+const RECV_BUFS: usize = 4;
+const RECV_BUF: usize = 256 * 1024;
+
+/// Receives the rest of the current body into `dst`: the async side reads
+/// from the connection into a few reused buffers while a blocking thread
+/// writes each to `dst` and hashes it into `hasher` (fed with whatever
+/// came before). `progress` gets the body bytes received so far.
+///
+/// Returns what the blocking thread reports: `dst` and the whole-file hash,
+/// or its first write error. After a write error the rest of the body is
+/// read and dropped, so the connection stays in step for the reply.
+///
+/// # Errors
+///
+/// The connection's (the body is then incomplete; what was written is in
+/// `dst`, e.g. a partial file kept for a resume).
+pub async fn receive_body<R, W>(
+    reader: &mut FrameReader<R>,
+    dst: W,
+    hasher: blake3::Hasher,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<io::Result<(W, blake3::Hash)>, Error>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: io::Write + Send + 'static,
+{
+    let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(RECV_BUFS);
+    let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(RECV_BUFS);
+    for _ in 0..RECV_BUFS {
+        empty_tx.try_send(Vec::with_capacity(RECV_BUF)).expect("the channel has room for every buffer");
+    }
+    let sink = spawn_blocking(move || {
+        let (mut dst, mut hasher) = (dst, hasher);
+        while let Some(mut buf) = full_rx.blocking_recv() {
+            dst.write_all(&buf)?;
+            hasher.update(&buf);
+            buf.clear();
+            // Once the reading side is done, the buffer is just dropped.
+            let _ = empty_tx.blocking_send(buf);
+        }
+        dst.flush()?;
+        Ok((dst, hasher.finalize()))
+    });
+    let mut done = 0;
+    let received = async {
+        while reader.body_left() > 0 {
+            // None: the blocking thread failed and let go of the buffers.
+            let Some(mut buf) = empty_rx.recv().await else { break };
+            let read = reader.read_body_into(&mut buf).await;
+            done += buf.len() as u64;
+            // What arrived before an error is kept too (for a resume).
+            if full_tx.send(buf).await.is_err() {
+                break;
+            }
+            read?;
+            progress(done);
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    drop(full_tx);
+    let written = sink.await.map_err(|e| Error::Io(io::Error::other(e)))?;
+    received?;
+    if written.is_err() {
+        reader.skip_body().await?;
+    }
+    Ok(written)
+}
