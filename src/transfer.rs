@@ -62,9 +62,9 @@ pub async fn send_body(
     buffered(writer, file, start, hasher, progress).await
 }
 
-/// How often a zero-copy send reports its progress.
+/// A zero-copy send reports its progress at most once per this many bytes.
 #[cfg(target_os = "linux")]
-const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+const PROGRESS_STEP: u64 = 1 << 20;
 
 #[cfg(target_os = "linux")]
 async fn zero_copy(
@@ -76,7 +76,6 @@ async fn zero_copy(
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Option<blake3::Hash>, SendError> {
     use std::os::fd::AsFd;
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
 
     use tokio_util::sync::CancellationToken;
@@ -94,20 +93,25 @@ async fn zero_copy(
         let (file, cancel) = (file.clone(), cancel.clone());
         spawn_blocking(move || hash_range(&file, start, len, hasher, &cancel))
     });
-    let done = Arc::new(AtomicU64::new(0));
+    // The sending thread publishes how far it got; no timer is needed.
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0u64);
     let mut sending = {
-        let (done, cancel) = (done.clone(), cancel.clone());
+        let cancel = cancel.clone();
         spawn_blocking(move || {
+            let (mut done, mut told) = (0, 0);
             send_file(sock.as_fd(), &file, start, len, stall, &cancel, |n| {
-                done.fetch_add(n, Relaxed);
+                done += n;
+                if done - told >= PROGRESS_STEP {
+                    told = done;
+                    done_tx.send_replace(done);
+                }
             })
         })
     };
-    let mut tick = tokio::time::interval(PROGRESS_TICK);
     let sent = loop {
         tokio::select! {
             sent = &mut sending => break sent.map_err(joined)?,
-            _ = tick.tick() => progress(done.load(Relaxed)),
+            Ok(()) = done_rx.changed() => progress(*done_rx.borrow_and_update()),
         }
     };
     if let Err(e) = sent {
