@@ -11,13 +11,11 @@
 //! ones.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::{spawn_blocking, JoinError};
 
-use crate::services::files::{read_and_hash, PIPELINE};
 use crate::transport::BoxWrite;
 use crate::wire::{Error, FrameReader, FrameWriter};
 
@@ -137,27 +135,66 @@ async fn buffered(
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Option<blake3::Hash>, SendError> {
     let len = writer.body_left();
-    let hashing = hasher.is_some();
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(PIPELINE);
-    let pump = spawn_blocking(move || read_and_hash(file, start, len, hasher, tx));
-    let mut done = 0;
-    while let Some(chunk) = rx.recv().await {
-        let chunk = chunk.map_err(SendError::File)?;
-        writer.write_body(&chunk).await.map_err(SendError::Wire)?;
-        done += chunk.len() as u64;
-        progress(done);
+    let hashed = hasher.is_some();
+    // Buffers go round as on the receiving side: read and hashed on the
+    // blocking thread, written here, and back.
+    let (full_tx, mut full_rx) = mpsc::channel::<io::Result<Vec<u8>>>(BUFS);
+    let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(BUFS);
+    for _ in 0..BUFS {
+        empty_tx.try_send(Vec::with_capacity(BUF)).expect("the channel has room for every buffer");
     }
-    match pump.await.map_err(joined)? {
-        None if hashing => Err(SendError::File(io::Error::other("the file could not be read to its end"))),
+    let reading = spawn_blocking(move || {
+        let (mut file, mut hasher, mut left) = (file, hasher, len);
+        let send = |item| full_tx.blocking_send(item).is_ok();
+        if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
+            send(Err(e));
+            return None;
+        }
+        while left > 0 {
+            let mut buf = empty_rx.blocking_recv()?;
+            buf.clear();
+            let want = (buf.capacity() as u64).min(left);
+            // read_to_end fills spare capacity without zeroing it first.
+            match (&mut file).take(want).read_to_end(&mut buf) {
+                Ok(0) => {
+                    send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was read")));
+                    return None;
+                }
+                Ok(n) => left -= n as u64,
+                Err(e) => {
+                    send(Err(e));
+                    return None;
+                }
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf);
+            }
+            if !send(Ok(buf)) {
+                return None; // the connection is gone
+            }
+        }
+        hasher.map(|h| h.finalize())
+    });
+    let mut done = 0;
+    while let Some(buf) = full_rx.recv().await {
+        let buf = buf.map_err(SendError::File)?;
+        writer.write_body(&buf).await.map_err(SendError::Wire)?;
+        done += buf.len() as u64;
+        progress(done);
+        // The reader may be done with the buffers already.
+        let _ = empty_tx.send(buf).await;
+    }
+    match reading.await.map_err(joined)? {
+        None if hashed => Err(SendError::File(io::Error::other("the file could not be read to its end"))),
         hash => Ok(hash),
     }
 }
 
-/// How many buffers a received body moves through, and their size: few
-/// and small, so that they stay in the CPU cache between the socket read
-/// that fills them and the write and hash that empty them.
-const RECV_BUFS: usize = 4;
-const RECV_BUF: usize = 256 * 1024;
+/// How many buffers a body moves through, and their size: few and small,
+/// so that they stay in the CPU cache between the read that fills them and
+/// the write and hash that empty them.
+const BUFS: usize = 4;
+const BUF: usize = 256 * 1024;
 
 /// Receives the rest of the current body into `dst`: the async side reads
 /// from the connection into a few reused buffers while a blocking thread
@@ -182,10 +219,10 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: io::Write + Send + 'static,
 {
-    let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(RECV_BUFS);
-    let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(RECV_BUFS);
-    for _ in 0..RECV_BUFS {
-        empty_tx.try_send(Vec::with_capacity(RECV_BUF)).expect("the channel has room for every buffer");
+    let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(BUFS);
+    let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(BUFS);
+    for _ in 0..BUFS {
+        empty_tx.try_send(Vec::with_capacity(BUF)).expect("the channel has room for every buffer");
     }
     let sink = spawn_blocking(move || {
         let (mut dst, mut hasher) = (dst, hasher);

@@ -8,11 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
-
 use crate::proto::{Entry, ErrorCode, Kind};
-use crate::wire::STREAM_CHUNK;
 
 use super::Refusal;
 
@@ -301,50 +297,6 @@ pub fn commit(file: &File, partial: &Path, target: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
-}
-
-/// Chunks in flight between a file thread and a socket.
-pub const PIPELINE: usize = 4;
-
-/// Reads `len` bytes from `start`, hashing them, into `tx`. Returns the
-/// whole-file hash (the hasher arrives fed with the prefix).
-pub fn read_and_hash(
-    mut file: File,
-    start: u64,
-    len: u64,
-    mut hasher: Option<blake3::Hasher>,
-    tx: mpsc::Sender<std::io::Result<Bytes>>,
-) -> Option<blake3::Hash> {
-    let send = |item| tx.blocking_send(item).is_ok();
-    if let Err(e) = file.seek(SeekFrom::Start(start)) {
-        send(Err(e));
-        return None;
-    }
-    let mut left = len;
-    while left > 0 {
-        // read_to_end fills fresh capacity without zeroing it first.
-        let want = STREAM_CHUNK.min(left as usize);
-        let mut buf = Vec::with_capacity(want);
-        match (&mut file).take(want as u64).read_to_end(&mut buf) {
-            Ok(0) => {
-                send(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank")));
-                return None;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                send(Err(e));
-                return None;
-            }
-        }
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf);
-        }
-        left -= buf.len() as u64;
-        if !send(Ok(Bytes::from(buf))) {
-            return None; // the connection is gone
-        }
-    }
-    hasher.map(|h| h.finalize())
 }
 
 /// Hashes `len` bytes of `file` from `offset` into `hasher` (fed with
