@@ -139,10 +139,7 @@ async fn buffered(
     // Buffers go round as on the receiving side: read and hashed on the
     // blocking thread, written here, and back.
     let (full_tx, mut full_rx) = mpsc::channel::<io::Result<Vec<u8>>>(BUFS);
-    let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(BUFS);
-    for _ in 0..BUFS {
-        empty_tx.try_send(Vec::with_capacity(BUF)).expect("the channel has room for every buffer");
-    }
+    let (empty_tx, mut empty_rx) = buffer_ring();
     let reading = spawn_blocking(move || {
         let (mut file, mut hasher, mut left) = (file, hasher, len);
         let send = |item| full_tx.blocking_send(item).is_ok();
@@ -196,6 +193,16 @@ async fn buffered(
 const BUFS: usize = 4;
 const BUF: usize = 256 * 1024;
 
+/// [`BUFS`] empty buffers of [`BUF`] bytes' capacity, ready to be taken
+/// from the receiver and given back through the sender.
+fn buffer_ring() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+    let (tx, rx) = mpsc::channel(BUFS);
+    for _ in 0..BUFS {
+        tx.try_send(Vec::with_capacity(BUF)).expect("the channel has room for every buffer");
+    }
+    (tx, rx)
+}
+
 /// Receives the rest of the current body into `dst`: the async side reads
 /// from the connection into a few reused buffers while a blocking thread
 /// writes each to `dst` and hashes it into `hasher` (fed with whatever
@@ -220,10 +227,7 @@ where
     W: io::Write + Send + 'static,
 {
     let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(BUFS);
-    let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(BUFS);
-    for _ in 0..BUFS {
-        empty_tx.try_send(Vec::with_capacity(BUF)).expect("the channel has room for every buffer");
-    }
+    let (empty_tx, mut empty_rx) = buffer_ring();
     let sink = spawn_blocking(move || {
         let (mut dst, mut hasher) = (dst, hasher);
         while let Some(mut buf) = full_rx.blocking_recv() {
