@@ -1,14 +1,16 @@
-//! File bodies on the wire, shared by the server's `get` and the client's
-//! `put`: the sender streams a file as the body of the frame it has
-//! started and hashes it on the way.
+//! Files as frame bodies, hashed on the way, shared by the server and the
+//! client: [`send_body`] (server `get`, client `put`) and [`receive_body`]
+//! (client `get`, server `put`).
 //!
-//! On a plaintext connection the bytes go out with `sendfile(2)` (see
-//! [`transport::send_file`]), straight from the page cache, while another
-//! thread hashes the file through a small cached buffer; the sender's CPU
-//! then goes to hashing alone, not to copying each byte twice. Over TLS
-//! every byte must pass through user space to be encrypted: one thread
-//! reads and hashes 1 MiB chunks while the async side writes the previous
-//! ones.
+//! On a plaintext connection a sent body goes out with `sendfile(2)` (see
+//! [`crate::transport::send_file`]), straight from the page cache, while
+//! another thread hashes the file through a small cached buffer; the
+//! sender's CPU then goes to hashing alone, not to copying each byte twice.
+//! Over TLS every byte must pass through user space to be encrypted: a
+//! blocking thread reads and hashes into a ring of four 256 KiB buffers
+//! while the async side writes the previous ones. A received body moves
+//! through the same kind of ring: the socket fills a buffer, a blocking
+//! thread writes and hashes it.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -20,11 +22,13 @@ use crate::transport::BoxWrite;
 use crate::wire::{Error, FrameReader, FrameWriter};
 
 /// Why a body could not be sent.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// Reading the file failed (it may have shrunk).
-    File(io::Error),
+    #[error("reading the file failed: {0}")]
+    File(#[source] io::Error),
     /// The connection failed.
+    #[error(transparent)]
     Wire(Error),
 }
 
