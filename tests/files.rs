@@ -524,3 +524,27 @@ async fn a_file_that_shrinks_mid_download_is_not_kept() {
     assert_eq!(t.size, 1 << 20);
     assert_eq!(t.blake3, blake3_hex(&pattern(64 << 20, 3)[..1 << 20]));
 }
+
+/// A local file cut short while it is uploaded: the client reports a local
+/// read error (not a network one), and the server keeps nothing under the
+/// final name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_shrinks_mid_upload_is_a_local_error() {
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("shrinks");
+    // Sparse and large, so the cut lands long before the end however the
+    // test threads are scheduled.
+    std::fs::File::create(&path).unwrap().set_len(128 << 20).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let mut cut = false;
+    let mut truncate = |_: Progress| {
+        if !cut {
+            cut = true;
+            std::fs::File::options().write(true).open(&path).unwrap().set_len(1 << 20).unwrap();
+        }
+    };
+    let err = client.put(&path, "shrinks", &TransferOptions::default(), &mut truncate).await.unwrap_err();
+    assert!(matches!(err, ClientError::Local { .. }), "{err:?}");
+    assert!(!server.root.path().join("shrinks").exists(), "nothing under the final name");
+}
