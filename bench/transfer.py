@@ -7,12 +7,15 @@ Usage: python3 bench/transfer.py [--size-mib 1024] [--rounds 5]
 Installs iperf3, rsync and openssh (Debian packages) if missing, starts
 sshd and rsyncd on high loopback ports with throwaway configs, moves a
 random file between directories in /dev/shm (so the disk is not what is
-measured), and prints a Markdown table: median and min-max of the rounds,
-and each peer's ratio to framewire. Every process it starts, it ends.
+measured), and prints Markdown tables: each peer's median and min-max
+rate over the rounds, the CPU-seconds per GiB its client and its server
+used (median), and the ratios the issues set targets on. Every process it
+starts, it ends.
 """
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -39,6 +42,23 @@ def ensure_tools():
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", "iperf3", "rsync", "openssh-server", "openssh-client"],
                        check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """CPU-seconds of process `pid` and of its children it has reaped (a
+    daemon's per-connection processes)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
+
+
+def children_cpu():
+    """CPU-seconds of this script's children that have been waited for."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def timed(cmd, **kw):
@@ -104,7 +124,7 @@ def main():
 
         # framewire
         fw_port = free_port()
-        procs.start([BIN, "serve", "--listen", f"127.0.0.1:{fw_port}", "--root", remote],
+        fw_srv = procs.start([BIN, "serve", "--listen", f"127.0.0.1:{fw_port}", "--root", remote],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(fw_port)
         fw = f"127.0.0.1:{fw_port}"
@@ -113,14 +133,14 @@ def main():
         key = os.path.join(work, "fw.key")
         subprocess.run([BIN, "keygen", key], check=True, stderr=subprocess.DEVNULL)
         fwk_port = free_port()
-        procs.start([BIN, "serve", "--listen", f"127.0.0.1:{fwk_port}", "--root", remote, "--key-file", key,
+        fwk_srv = procs.start([BIN, "serve", "--listen", f"127.0.0.1:{fwk_port}", "--root", remote, "--key-file", key,
                      "--allow-exec"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(fwk_port)
         fwk = f"127.0.0.1:{fwk_port}"
 
         # iperf3
         ip_port = free_port()
-        procs.start(["iperf3", "-s", "-p", str(ip_port), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL,
+        ip_srv = procs.start(["iperf3", "-s", "-p", str(ip_port), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
         wait_port(ip_port)
 
@@ -129,7 +149,7 @@ def main():
         conf = os.path.join(work, "rsyncd.conf")
         with open(conf, "w") as f:
             f.write(f"use chroot = no\nuid = root\ngid = root\n[bench]\n  path = {remote}\n  read only = no\n")
-        procs.start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={rs_port}",
+        rs_srv = procs.start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={rs_port}",
                      "--address=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(rs_port)
 
@@ -147,7 +167,7 @@ def main():
                     f"AuthorizedKeysFile {keys}/authorized_keys\nPermitRootLogin prohibit-password\n"
                     "PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nSubsystem sftp internal-sftp\n")
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        procs.start([sshd, "-D", "-f", sshd_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ssh_srv = procs.start([sshd, "-D", "-f", sshd_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(ssh_port)
         ssh_opts = ["-P", str(ssh_port), "-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no",
                     "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-c", "aes128-gcm@openssh.com"]
@@ -201,22 +221,26 @@ def main():
             return timed(["scp", "-q"] + ssh_opts + [big, f"root@127.0.0.1:{remote}/up.bin"])
 
         peers = [
-            ("framewire get, file → file", fw_get),
-            ("framewire put, file → file", fw_put),
-            ("framewire get → /dev/null", fw_null),
-            ("framewire get, TLS + key, file → file", fwk_get),
-            ("framewire put, TLS + key, file → file", fwk_put),
-            ("iperf3 -l 1M (loopback limit)", iperf),
-            ("rsync daemon get", rsync_get),
-            ("rsync daemon put", rsync_put),
-            ("scp -c aes128-gcm get", scp_get),
-            ("scp -c aes128-gcm put", scp_put),
+            ("framewire get, file → file", fw_get, fw_srv),
+            ("framewire put, file → file", fw_put, fw_srv),
+            ("framewire get → /dev/null", fw_null, fw_srv),
+            ("framewire get, TLS + key, file → file", fwk_get, fwk_srv),
+            ("framewire put, TLS + key, file → file", fwk_put, fwk_srv),
+            ("iperf3 -l 1M (loopback limit)", iperf, ip_srv),
+            ("rsync daemon get", rsync_get, rs_srv),
+            ("rsync daemon put", rsync_put, rs_srv),
+            ("scp -c aes128-gcm get", scp_get, ssh_srv),
+            ("scp -c aes128-gcm put", scp_put, ssh_srv),
         ]
-        rates = {name: [] for name, _ in peers}
+        rates = {name: [] for name, _, _ in peers}
+        cpu = {name: [] for name, _, _ in peers}
         for r in range(args.rounds):
             for k in range(len(peers)):
-                name, fn = peers[(k + r) % len(peers)]
+                name, fn, server = peers[(k + r) % len(peers)]
+                c0, s0 = children_cpu(), proc_cpu(server.pid)
                 secs = fn()
+                time.sleep(0.1)  # let a daemon reap its per-connection process
+                cpu[name].append((children_cpu() - c0, proc_cpu(server.pid) - s0))
                 rates[name].append(size / secs / 1e9)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
@@ -238,6 +262,17 @@ def main():
              "framewire get, file → file", "≥ 0.7x"),
             ("framewire TLS put / scp put", "framewire put, TLS + key, file → file", "scp -c aes128-gcm put", ""),
         ]
+        gib = size / (1 << 30)
+        print("CPU-seconds per GiB moved (medians; client = the command run, server = the daemon and the")
+        print("per-connection processes it reaped; clock ticks of 10 ms, so small figures are coarse):\n")
+        print("| peer | client | server | both |")
+        print("|---|---|---|---|")
+        for n, v in cpu.items():
+            c = statistics.median(x[0] for x in v) / gib
+            sv = statistics.median(x[1] for x in v) / gib
+            b = statistics.median(x[0] + x[1] for x in v) / gib
+            print(f"| {n} | {c:.2f} | {sv:.2f} | {b:.2f} |")
+        print()
         print("| ratio of medians | value | target |")
         print("|---|---|---|")
         for label, a, b, target in ratios:
