@@ -214,7 +214,9 @@ fn buffer_ring() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
 ///
 /// Returns what the blocking thread reports: `dst` and the whole-file hash,
 /// or its first write error. After a write error the rest of the body is
-/// read and dropped, so the connection stays in step for the reply.
+/// left unread, so a disk that filled up is reported at once, not after
+/// the rest has arrived: skip it ([`FrameReader::skip_body`]) to answer in
+/// step, or close the connection.
 ///
 /// # Errors
 ///
@@ -264,8 +266,5 @@ where
     drop(full_tx);
     let written = sink.await.map_err(|e| Error::Io(io::Error::other(e)))?;
     received?;
-    if written.is_err() {
-        reader.skip_body().await?;
-    }
     Ok(written)
 }

@@ -548,3 +548,34 @@ async fn a_file_that_shrinks_mid_upload_is_a_local_error() {
     assert!(matches!(err, ClientError::Local { .. }), "{err:?}");
     assert!(!server.root.path().join("shrinks").exists(), "nothing under the final name");
 }
+
+/// Writes up to a limit, then fails as a full disk does.
+struct FillsUp(usize);
+
+impl std::io::Write for FillsUp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no room left"));
+        }
+        self.0 -= buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A local write that fails mid-download ends the download with that
+/// error, and the connection is closed rather than left out of step: the
+/// next request on it fails, and the server serves on.
+#[tokio::test]
+async fn a_failing_local_write_ends_the_download_and_its_connection() {
+    let server = TestServer::start().await;
+    std::fs::File::create(server.root.path().join("big")).unwrap().set_len(256 << 20).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let err = client.get_to_writer("big", FillsUp(1 << 20), &mut no_progress()).await.unwrap_err();
+    assert!(err.to_string().contains("no room left"), "{err}");
+    assert!(client.list("", false).await.is_err(), "the connection was closed");
+    let mut fresh = Client::connect(&server.addr()).await.unwrap();
+    assert_eq!(fresh.list("", false).await.unwrap().len(), 1);
+}

@@ -105,8 +105,10 @@ impl Client {
     /// # Errors
     ///
     /// [`ClientError::LocalExists`] without `force`; the server's refusal;
-    /// [`ClientError::ChecksumMismatch`] (nothing kept); local I/O errors;
-    /// wire errors (the partial file is kept for a resume).
+    /// [`ClientError::ChecksumMismatch`] (nothing kept); local I/O errors
+    /// (a write that fails mid-transfer, e.g. a full disk, is reported at
+    /// once and closes this connection: open a new `Client`); wire errors
+    /// (the partial file is kept for a resume).
     pub async fn get(
         &mut self,
         remote: &str,
@@ -218,8 +220,12 @@ impl Client {
             progress(at);
         })
         .await?;
-        // Even after a write error the body was read to its end: the
-        // checksum frame follows, and the connection stays usable.
+        if written.is_err() {
+            // The rest of the body is not worth fetching: this connection
+            // is out of step now, and closing it says so to both sides.
+            let _ = self.writer.shutdown().await;
+            return Ok((written, String::new()));
+        }
         match self.reader.read_head::<Message>().await? {
             Some((Message::Checksum { blake3 }, _)) => Ok((written, blake3)),
             Some((other, _)) => Err(unexpected("checksum", other)),
@@ -236,8 +242,10 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// Local I/O errors; the server's refusal ([`crate::ErrorCode::Exists`]
-    /// without `force`, [`crate::ErrorCode::ChecksumMismatch`],
+    /// Local I/O errors (a read that fails mid-transfer, e.g. the file
+    /// shrank, closes this connection: open a new `Client`); the server's
+    /// refusal ([`crate::ErrorCode::Exists`] without `force`,
+    /// [`crate::ErrorCode::ChecksumMismatch`],
     /// [`crate::ErrorCode::DiskFull`], …); wire errors.
     pub async fn put(
         &mut self,
@@ -285,7 +293,11 @@ impl Client {
             Ok(None) => {
                 return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::other("no hash") })
             }
-            Err(SendError::File(source)) => return Err(ClientError::Local { path: local.to_owned(), source }),
+            Err(SendError::File(source)) => {
+                // The body is cut short: the connection cannot go on.
+                let _ = self.writer.shutdown().await;
+                return Err(ClientError::Local { path: local.to_owned(), source });
+            }
             Err(SendError::Wire(e)) => return Err(e.into()),
         };
         let hash = hash.to_hex().to_string();

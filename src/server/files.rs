@@ -229,6 +229,10 @@ pub(super) async fn put(
     // A cut connection returns here and leaves the partial file for a
     // later resume.
     let written = receive_body(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
+    if written.is_err() {
+        // Read the rest, so that the refusal is the answer to this request.
+        reader.skip_body().await?;
+    }
 
     let claimed = match reader.read_head::<Message>().await? {
         Some((Message::Checksum { blake3 }, _)) => blake3,
