@@ -14,9 +14,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            // One line: what failed, then why, outermost first.
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("framewire: error: {}", chain.join(": "));
+            eprintln!("framewire: error: {}", cli::one_line(&e));
             ExitCode::FAILURE
         }
     }

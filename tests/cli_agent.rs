@@ -68,7 +68,37 @@ fn exec_refused_and_unreachable_exit_255() {
     drop(listener);
     let out = framewire(&["exec", &addr, "--", "true"]);
     assert_eq!(out.status.code(), Some(255));
-    assert!(text(&out.stderr).contains("cannot connect to"));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot connect to"), "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "each cause once: {err}");
+}
+
+/// `framewire get ADDR FILE - | head -c 1000`: the closed pipe ends the
+/// download at once (not after the rest of the file has come), with one
+/// line naming the cause and a non-zero exit.
+#[test]
+fn get_into_a_closed_pipe_stops_at_once() {
+    let server = Serve::start(&[]);
+    // 16 GiB, sparse: reading all of it would take far longer than the
+    // limit below.
+    std::fs::File::create(server.root.path().join("big")).unwrap().set_len(16 << 30).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["get", "-q", &server.addr, "big", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1000];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("Broken pipe").count(), 1, "{err}");
 }
 
 /// Ctrl-C (SIGINT to the client process) kills the remote process group,

@@ -116,8 +116,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // ssh's convention: the tool's own failures exit 255, apart
             // from any code the remote command can return.
             Err(e) => {
-                let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-                eprintln!("framewire: error: {}", chain.join(": "));
+                eprintln!("framewire: error: {}", one_line(&e));
                 Ok(ExitCode::from(exec::OWN_FAILURE))
             }
             ok => ok,
@@ -137,6 +136,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// An error as one line: what failed, then why, outermost first. A cause
+/// whose text the line already ends with (an error that prints its source
+/// and also returns it as its source) is not repeated.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if line.ends_with(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -149,4 +165,22 @@ pub fn block_on<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) ->
     let out = rt.block_on(fut);
     rt.shutdown_background();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("I/O error: {0}")]
+    struct Shows(#[from] std::io::Error);
+
+    #[test]
+    fn one_line_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "Broken pipe");
+        let e = anyhow::Error::new(Shows(io)).context("writing stdout");
+        assert_eq!(one_line(&e), "writing stdout: I/O error: Broken pipe");
+        let plain = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(one_line(&plain), "outer: root cause");
+    }
 }
