@@ -579,3 +579,27 @@ async fn a_failing_local_write_ends_the_download_and_its_connection() {
     let mut fresh = Client::connect(&server.addr()).await.unwrap();
     assert_eq!(fresh.list("", false).await.unwrap().len(), 1);
 }
+
+/// A FIFO (or socket, or device) is not a file's contents: `get` of one in
+/// the served root and `put` of a local one are refused at once, instead
+/// of waiting forever for a writer.
+#[tokio::test]
+async fn fifos_are_refused_not_waited_on() {
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    for fifo in [server.root.path().join("pipe"), local.path().join("pipe")] {
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    }
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let (opts, mut quiet) = (TransferOptions::default(), no_progress());
+    let (out, pipe) = (local.path().join("out"), local.path().join("pipe"));
+    let get = client.get("pipe", &out, &opts, &mut quiet);
+    let err = tokio::time::timeout(Duration::from_secs(5), get).await.expect("refused at once").unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadPath), "{err}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let put = client.put(&pipe, "up", &opts, &mut quiet);
+    let err = tokio::time::timeout(Duration::from_secs(5), put).await.expect("refused at once").unwrap_err();
+    assert!(matches!(err, ClientError::Local { .. }) && err.to_string().contains("not a regular file"), "{err}");
+    // The connection is still in step.
+    assert_eq!(client.list("", false).await.unwrap().len(), 1);
+}

@@ -1,7 +1,7 @@
 //! `Client::list`, `stat`, `get` and `put`: whole-file checksums, atomic
 //! writes through a partial file, and automatic resume.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use tokio::task::spawn_blocking;
 
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
-use crate::services::files::{at, commit, hash_prefix, partial_path};
+use crate::services::files::{at, commit, hash_prefix, not_regular, open_to_send, partial_path};
 use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
@@ -254,11 +254,10 @@ impl Client {
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        let mut file = File::open(local).map_err(local_err(local))?;
+        let mut file = open_to_send(local).map_err(local_err(local))?;
         let meta = file.metadata().map_err(local_err(local))?;
-        if meta.is_dir() {
-            let source = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory (use -r)");
-            return Err(ClientError::Local { path: local.to_owned(), source });
+        if let Some((kind, why)) = not_regular(&meta) {
+            return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::new(kind, why) });
         }
         let size = meta.len();
         let mode = meta.permissions().mode() & 0o777;

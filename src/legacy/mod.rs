@@ -394,8 +394,14 @@ async fn download(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyErr
         }
         let name = &names[index as usize - 1];
         let path = ctx.sandbox.existing(name)?;
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| Refusal::io(name, &e))?;
-        let size = file.metadata().await?.len();
+        let opened = tokio::task::spawn_blocking(move || crate::services::files::open_to_send(&path));
+        let file = opened.await.map_err(std::io::Error::other)?.map_err(|e| Refusal::io(name, &e))?;
+        let mut file = tokio::fs::File::from_std(file);
+        let meta = file.metadata().await?;
+        if let Some((kind, why)) = crate::services::files::not_regular(&meta) {
+            return Err(std::io::Error::new(kind, format!("{name}: {why}")).into());
+        }
+        let size = meta.len();
         if size > MAX_I32_SIZE {
             return Err(LegacyError::TooLarge { what: name.clone(), size });
         }

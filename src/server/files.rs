@@ -87,10 +87,14 @@ pub(super) async fn get(
     let cache = hashes.clone();
     let plan = blocking(move || {
         let real = sb.existing(&path)?;
-        let mut file = File::open(&real).map_err(|e| Refusal::io(&path, &e))?;
+        let mut file = files::open_to_send(&real).map_err(|e| Refusal::io(&path, &e))?;
         let meta = file.metadata().map_err(|e| Refusal::io(&path, &e))?;
-        if meta.is_dir() {
-            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: is a directory (use -r)")));
+        match files::not_regular(&meta) {
+            Some((std::io::ErrorKind::IsADirectory, why)) => {
+                return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: {why}")))
+            }
+            Some((_, why)) => return Err(Refusal::new(ErrorCode::BadPath, format!("{path}: {why}"))),
+            None => {}
         }
         let size = meta.len();
         let mut start = if offset <= size { offset } else { 0 };

@@ -284,6 +284,31 @@ pub fn hash_prefix(file: &mut File, len: u64) -> io::Result<blake3::Hasher> {
     Ok(hasher)
 }
 
+/// Opens a file to send it. Without blocking: a FIFO opened for reading
+/// would otherwise wait for a writer, forever. The caller checks the
+/// file type (see [`not_regular`]).
+///
+/// # Errors
+///
+/// Those of `open(2)`.
+pub fn open_to_send(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
+}
+
+/// Why `meta` cannot be sent as a file's contents, if it cannot: a
+/// directory, or anything else that is not a regular file (a FIFO, a
+/// socket, a device), whose size says nothing about what reading it gives.
+pub fn not_regular(meta: &fs::Metadata) -> Option<(io::ErrorKind, &'static str)> {
+    if meta.is_dir() {
+        Some((io::ErrorKind::IsADirectory, "is a directory (use -r)"))
+    } else if !meta.is_file() {
+        Some((io::ErrorKind::InvalidInput, "not a regular file (a FIFO, socket or device)"))
+    } else {
+        None
+    }
+}
+
 /// Moves a verified partial file into place: fsync the data, rename, fsync
 /// the directory, so that after a crash the file is either absent or whole.
 ///
