@@ -58,8 +58,11 @@ pub async fn send_body(
 ) -> Result<Option<blake3::Hash>, SendError> {
     #[cfg(target_os = "linux")]
     if let Some(sock) = writer.get_ref().socket() {
-        let sock = sock.try_clone_to_owned().map_err(|e| SendError::Wire(Error::Io(e)))?;
-        return zero_copy(writer, sock, file, start, hasher, progress).await;
+        match sock.try_clone_to_owned() {
+            Ok(sock) => return zero_copy(writer, sock, file, start, hasher, progress).await,
+            // Out of descriptors, say: the copying path needs none.
+            Err(e) => tracing::debug!("no zero-copy send ({e}); copying instead"),
+        }
     }
     buffered(writer, file, start, hasher, progress).await
 }
