@@ -346,10 +346,19 @@ async fn drain_deadline_ends_stuck_requests() {
     w.feed_head(&Message::Echo { len: 1000, upper: false }).unwrap();
     w.write_body(&[0; 10]).await.unwrap();
     w.flush().await.unwrap();
+    // A download whose reader has stalled, on the zero-copy path.
+    std::fs::File::create(server.root.path().join("big")).unwrap().set_len(1 << 30).unwrap();
+    let mut stalled = raw(&server).await;
+    let get = Message::Get { path: "big".into(), offset: 0, prefix_blake3: None };
+    stalled.write_all(&frame(&get, &[])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(5), server.shutdown())
         .await
         .expect("drain deadline holds")
         .unwrap()
         .unwrap();
+    // Cut at the deadline, not after the 2 s grace given to a request that
+    // ignored it.
+    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
 }

@@ -269,6 +269,21 @@ async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
     e
 }
 
+/// Runs `request` unless the drain deadline passes first (`hard`): then
+/// the request is dropped, with its threads (see `transfer`), and the
+/// connection ends.
+async fn cut_off_by(
+    hard: &CancellationToken,
+    request: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    tokio::select! {
+        done = request => done,
+        () = hard.cancelled() => {
+            Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, "cut off at the drain deadline")))
+        }
+    }
+}
+
 /// Runs one request to its end, reply included.
 async fn handle(
     request: Message,
@@ -279,17 +294,22 @@ async fn handle(
 ) -> Result<(), Error> {
     let sandbox = &ctx.sandbox;
     match request {
-        Message::Echo { len, upper } => echo(len, upper, reader, writer).await,
+        Message::Echo { len, upper } => cut_off_by(hard, echo(len, upper, reader, writer)).await,
+        // exec watches `hard` itself: it kills the process group and
+        // tells the client why.
         Message::Exec { command, timeout_ms } => {
             super::exec::exec(&ctx.config, command, timeout_ms, reader, writer, hard).await
         }
-        Message::List { path, recursive } => super::files::list(sandbox, path, recursive, writer).await,
-        Message::Stat { path } => super::files::stat(sandbox, path, writer).await,
+        Message::List { path, recursive } => {
+            cut_off_by(hard, super::files::list(sandbox, path, recursive, writer)).await
+        }
+        Message::Stat { path } => cut_off_by(hard, super::files::stat(sandbox, path, writer)).await,
         Message::Get { path, offset, prefix_blake3 } => {
-            super::files::get(ctx, path, offset, prefix_blake3, writer).await
+            cut_off_by(hard, super::files::get(ctx, path, offset, prefix_blake3, writer)).await
         }
         Message::Put { path, size, force, mode } => {
-            super::files::put(ctx, path, size, force, mode, reader, writer).await
+            // A cut upload leaves its partial file for a resume.
+            cut_off_by(hard, super::files::put(ctx, path, size, force, mode, reader, writer)).await
         }
         // Leftovers of an exec that has just ended (the client may have
         // been sending stdin, or pressed Ctrl-C, as the exit went out):
