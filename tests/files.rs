@@ -396,19 +396,40 @@ async fn fifty_concurrent_clients() {
     }
 }
 
+/// A raw connection that has asked for `path` and reads nothing yet: its
+/// read half (the reply, unread) and its write half.
+async fn raw_get(
+    server: &TestServer,
+    path: &str,
+) -> (tokio::net::tcp::OwnedReadHalf, FrameWriter<tokio::net::tcp::OwnedWriteHalf>) {
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let mut w = FrameWriter::new(write);
+    w.feed_preface(Preface::default());
+    w.send(&Message::Get { path: path.into(), offset: 0, prefix_blake3: None }, &[]).await.unwrap();
+    (read, w)
+}
+
+/// A progress callback that cuts `path` down to `len` bytes the first time
+/// it is called, mid-transfer.
+fn truncate_once(path: &Path, len: u64) -> impl FnMut(Progress) + Send + '_ {
+    let mut cut = false;
+    move |_| {
+        if !cut {
+            cut = true;
+            std::fs::File::options().write(true).open(path).unwrap().set_len(len).unwrap();
+        }
+    }
+}
+
 /// A stalled client (connected, mid-request, reading nothing) does not
 /// hold up others.
 #[tokio::test]
 async fn a_stalled_client_holds_up_no_one() {
     let server = TestServer::start().await;
     std::fs::write(server.root.path().join("big"), pattern(32 << 20, 5)).unwrap();
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (read, write) = sock.into_split();
-    let mut w = FrameWriter::new(write);
-    w.feed_preface(Preface::default());
     // Asks for 32 MiB and never reads a byte of it.
-    w.send(&Message::Get { path: "big".into(), offset: 0, prefix_blake3: None }, &[]).await.unwrap();
-    let _stalled = (read, w);
+    let _stalled = raw_get(&server, "big").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..5 {
         let mut c = Client::connect(&server.addr()).await.unwrap();
@@ -480,11 +501,7 @@ async fn a_stalled_download_is_dropped_at_the_io_timeout() {
     .await;
     let size = 64 << 20;
     std::fs::write(server.root.path().join("big"), pattern(size, 7)).unwrap();
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut read, write) = sock.into_split();
-    let mut w = FrameWriter::new(write);
-    w.feed_preface(Preface::default());
-    w.send(&Message::Get { path: "big".into(), offset: 0, prefix_blake3: None }, &[]).await.unwrap();
+    let (mut read, _w) = raw_get(&server, "big").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // What the socket buffers held, then the server's close.
     let mut got = Vec::new();
@@ -509,13 +526,7 @@ async fn a_file_that_shrinks_mid_download_is_not_kept() {
     let local = tempfile::tempdir().unwrap();
     let target = local.path().join("shrinks");
     let mut client = Client::connect(&server.addr()).await.unwrap();
-    let mut cut = false;
-    let mut truncate = |_: Progress| {
-        if !cut {
-            cut = true;
-            std::fs::File::options().write(true).open(&path).unwrap().set_len(1 << 20).unwrap();
-        }
-    };
+    let mut truncate = truncate_once(&path, 1 << 20);
     let res = client.get("shrinks", &target, &TransferOptions::default(), &mut truncate).await;
     assert!(res.is_err(), "{res:?}");
     assert!(!target.exists(), "nothing under the final name");
@@ -537,13 +548,7 @@ async fn a_file_that_shrinks_mid_upload_is_a_local_error() {
     // test threads are scheduled.
     std::fs::File::create(&path).unwrap().set_len(128 << 20).unwrap();
     let mut client = Client::connect(&server.addr()).await.unwrap();
-    let mut cut = false;
-    let mut truncate = |_: Progress| {
-        if !cut {
-            cut = true;
-            std::fs::File::options().write(true).open(&path).unwrap().set_len(1 << 20).unwrap();
-        }
-    };
+    let mut truncate = truncate_once(&path, 1 << 20);
     let err = client.put(&path, "shrinks", &TransferOptions::default(), &mut truncate).await.unwrap_err();
     assert!(matches!(err, ClientError::Local { .. }), "{err:?}");
     assert!(!server.root.path().join("shrinks").exists(), "nothing under the final name");
