@@ -29,6 +29,9 @@
 //! - [`client`]: [`Client`], the typed async API a program uses to talk to
 //!   a server.
 //!
+//! - [`text`]: [`text::printable`], for showing names and messages that
+//!   came from a peer without letting them drive the terminal or forge
+//!   lines.
 //! - [`legacy`]: the tutorial's `struct.pack('i', …)` formats on their own
 //!   listeners, so its Python clients work unmodified.
 //!
@@ -64,6 +67,7 @@ pub mod legacy;
 pub mod proto;
 pub mod server;
 pub mod services;
+pub mod text;
 pub mod transfer;
 pub mod transport;
 pub mod wire;

@@ -423,3 +423,52 @@ fn own_tls_certificate() {
         "{out:?}"
     );
 }
+
+/// Names and messages a peer chose are shown with their control characters
+/// escaped: a file name cannot retitle the terminal, erase a line, or forge
+/// lines of a listing, an error, or the server's log. The bytes themselves
+/// go through untouched.
+#[test]
+fn peer_chosen_names_cannot_drive_the_terminal() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let evil = "evil\x1b]0;owned\x07\nforged line\r\u{202e}txt.exe";
+    std::fs::create_dir(server.root.path().join("d")).unwrap();
+    std::fs::write(server.root.path().join("d").join(evil), b"payload").unwrap();
+    std::fs::write(server.root.path().join("d/plain.txt"), b"p").unwrap();
+    let shown = "evil\\x1b]0;owned\\x07\\nforged line\\r\\u{202e}txt.exe";
+
+    let out = framewire(&["ls", a, "d"]);
+    assert!(out.status.success(), "{out:?}");
+    let listing = text(&out.stdout);
+    assert_eq!(listing.lines().count(), 2, "one line per entry: {listing:?}");
+    assert!(listing.contains(shown) && listing.contains("plain.txt"), "{listing:?}");
+    assert!(!listing.contains(['\x1b', '\x07', '\r', '\u{202e}']), "{listing:?}");
+
+    // --json gives the name exactly, for scripts.
+    let out = framewire(&["ls", "--json", a, "d"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(entries.as_array().unwrap().iter().any(|e| e["name"] == evil), "{entries}");
+
+    // The file itself arrives under its real name, bytes intact.
+    let local = tempfile::tempdir().unwrap();
+    let out = framewire(&["get", "-r", a, "d", local.path().join("d").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(local.path().join("d").join(evil)).unwrap(), b"payload");
+
+    // An error naming it (the server's message repeats the name) is one
+    // escaped line.
+    let out = framewire(&["get", a, &format!("d/{evil}.missing"), "-"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.contains(&format!("{shown}.missing")) && err.contains("no such file"), "{err:?}");
+    assert!(!err.contains(['\x1b', '\x07', '\r', '\u{202e}']), "{err:?}");
+
+    // And so is the server's log of that refusal.
+    let (_, log) = server.terminate();
+    let refusal: Vec<&str> = log.lines().filter(|l| l.contains("refused: ")).collect();
+    assert_eq!(refusal.len(), 1, "{log}");
+    assert!(refusal[0].contains("owned") && !log.contains(['\x07', '\r', '\u{202e}']), "{log:?}");
+    assert!(!log.lines().any(|l| l.starts_with("forged")), "{log}");
+}

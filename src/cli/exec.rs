@@ -9,6 +9,7 @@ use framewire::auth::Key;
 use framewire::client::{ExecIo, ExecOptions, ExitStatus};
 use framewire::proto::ExitReason;
 use framewire::services::exec::shell_join;
+use framewire::text::printable;
 use framewire::Client;
 
 /// framewire's own failures during exec exit with this code, as ssh does,
@@ -151,9 +152,9 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) ->
                     _ => eprintln!("[{:?}, exit {}]", status.reason, status.code()),
                 }
             }
-            Err(e) if e.code().is_some() => eprintln!("framewire: {e}"),
+            Err(e) if e.code().is_some() => eprintln!("framewire: {}", printable(&e.to_string())),
             Err(e) => {
-                eprintln!("framewire: connection lost: {e}");
+                eprintln!("framewire: connection lost: {}", printable(&e.to_string()));
                 last = OWN_FAILURE;
                 match rt.block_on(Client::connect_with(&args.addr, key.as_ref())) {
                     Ok(c) => {
@@ -161,7 +162,7 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) ->
                         client = c;
                     }
                     Err(e) => {
-                        eprintln!("framewire: cannot reconnect: {e}");
+                        eprintln!("framewire: cannot reconnect: {}", printable(&e.to_string()));
                         break;
                     }
                 }

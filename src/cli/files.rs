@@ -12,6 +12,7 @@ use clap::Args;
 use framewire::auth::Key;
 use framewire::client::{Progress, Transfer, TransferOptions};
 use framewire::proto::{Entry, Kind};
+use framewire::text::printable;
 use framewire::{Client, ClientError};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -46,7 +47,7 @@ pub async fn ls(args: LsArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
             _ => '?',
         };
         let slash = if e.kind == Kind::Dir { "/" } else { "" };
-        println!("{kind} {:>width$}  {}  {}{slash}", e.size, utc(e.mtime), e.name);
+        println!("{kind} {:>width$}  {}  {}{slash}", e.size, utc(e.mtime), printable(&e.name));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -269,7 +270,7 @@ fn bar_style() -> ProgressStyle {
 pub fn bar(name: &str, len: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), draw_target(false));
     bar.set_style(bar_style());
-    bar.set_message(name.to_owned());
+    bar.set_message(printable(name).into_owned());
     bar
 }
 
@@ -289,7 +290,7 @@ impl Bars {
     fn file(&self, name: &str, size: u64) -> ProgressBar {
         let bar = self.multi.insert_from_back(usize::from(self.total.is_some()), ProgressBar::new(size));
         bar.set_style(self.style.clone());
-        bar.set_message(name.to_owned());
+        bar.set_message(printable(name).into_owned());
         bar
     }
 }
@@ -358,7 +359,7 @@ async fn run_jobs(
         return Ok(ExitCode::SUCCESS);
     }
     for f in &failures {
-        eprintln!("framewire: error: {f}");
+        eprintln!("framewire: error: {}", printable(f));
     }
     Ok(ExitCode::FAILURE)
 }
@@ -390,7 +391,7 @@ async fn transfer(
         if p.done == 0 || last == 0 {
             bar.set_length(p.size - p.resumed);
             if p.resumed > 0 {
-                bar.set_message(format!("{name} (resumed)"));
+                bar.set_message(format!("{} (resumed)", printable(&name)));
                 if let Some(t) = &total {
                     t.dec_length(p.resumed.min(t.length().unwrap_or(0)));
                 }

@@ -138,7 +138,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// An error as one line: what failed, then why, outermost first. A cause
 /// whose text the line already ends with (an error that prints its source
-/// and also returns it as its source) is not repeated.
+/// and also returns it as its source) is not repeated. Control characters
+/// (a server's message may carry names it chose) are escaped, so the line
+/// stays one line and cannot drive the terminal.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain().map(ToString::to_string) {
@@ -150,7 +152,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
         }
         line.push_str(&cause);
     }
-    line
+    framewire::text::printable(&line).into_owned()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -182,5 +184,7 @@ mod tests {
         assert_eq!(one_line(&e), "writing stdout: I/O error: Broken pipe");
         let plain = anyhow::anyhow!("root cause").context("outer");
         assert_eq!(one_line(&plain), "outer: root cause");
+        let forged = anyhow::anyhow!("no such file: x\n\x1b[2Kframewire: all good").context("get");
+        assert_eq!(one_line(&forged), "get: no such file: x\\n\\x1b[2Kframewire: all good");
     }
 }

@@ -151,7 +151,7 @@ pub(crate) async fn serve(mode: Mode, mut tcp: TcpStream, peer: SocketAddr, ctx:
     match result {
         Ok(()) => debug!(%peer, %mode, "legacy connection closed"),
         Err(e) => {
-            warn!(%peer, %mode, "legacy connection closed: {e}");
+            warn!(%peer, %mode, "legacy connection closed: {}", crate::text::printable(&e.to_string()));
             crate::transport::linger_close(&mut tcp).await;
         }
     }
@@ -197,7 +197,7 @@ async fn exec(mode: Mode, tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), L
         if command.is_empty() {
             continue;
         }
-        info!(%command, "legacy exec");
+        info!(?command, "legacy exec");
         let (out, err, digest) = run_spooled(&command, ctx).await?;
         let (out_len, err_len) = (out.metadata()?.len(), err.metadata()?.len());
         let total = out_len + err_len;
@@ -324,7 +324,7 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
     })
     .await
     .map_err(std::io::Error::other)??;
-    info!(name = %target.display(), size, "legacy upload");
+    info!(name = ?target, size, "legacy upload");
     let mut file = tokio::fs::File::create(&partial).await?;
     let mut left = size;
     let mut buf = vec![0u8; 256 * 1024];
@@ -405,7 +405,7 @@ async fn download(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyErr
         if size > MAX_I32_SIZE {
             return Err(LegacyError::TooLarge { what: name.clone(), size });
         }
-        info!(%name, size, "legacy download");
+        info!(?name, size, "legacy download");
         within(ctx.io_timeout, tcp.write_all(&(size as i32).to_le_bytes())).await?;
         let sent = copy_with_timeout(&mut (&mut file).take(size), tcp, ctx.io_timeout).await?;
         if sent < size {

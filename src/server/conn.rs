@@ -16,6 +16,7 @@ use super::Config;
 use crate::auth::{self, Key, Role, Transcript};
 use crate::proto::{ErrorCode, Message};
 use crate::services::files::{HashCache, Sandbox};
+use crate::text::printable;
 use crate::transport::{self, Binding, BoxRead, BoxWrite};
 use crate::wire::{
     self, encode_frame, read_preface, Error, FrameReader, FrameWriter, Preface, MAX_HEADER_LEN, PREAUTH_MAX_HEADER,
@@ -74,8 +75,10 @@ pub(super) async fn serve(
     debug!(%peer, "connection opened");
     match serve_inner(socket, peer, ctx, shutdown, hard).await {
         Ok(()) => debug!(%peer, "connection closed"),
-        Err(e @ (Error::Idle(_) | Error::Stalled(_))) => info!(%peer, "connection dropped: {e}"),
-        Err(e) => warn!(%peer, "connection failed: {e}"),
+        Err(e @ (Error::Idle(_) | Error::Stalled(_))) => {
+            info!(%peer, "connection dropped: {}", printable(&e.to_string()))
+        }
+        Err(e) => warn!(%peer, "connection failed: {}", printable(&e.to_string())),
     }
 }
 
@@ -230,7 +233,7 @@ async fn serve_inner(
                     Error::UnknownType { .. } => ErrorCode::UnknownType,
                     _ => ErrorCode::BadRequest,
                 };
-                debug!("rejected request: {e}");
+                debug!(%peer, "rejected request: {}", printable(&e.to_string()));
                 writer.send(&Message::error(code, e.to_string()), &[]).await?;
             }
             Err(e) => {

@@ -51,7 +51,7 @@ pub(super) async fn exec(
             return refuse(writer, r).await;
         }
     };
-    tracing::debug!(%command, pid = run.child.id(), "exec started");
+    tracing::debug!(?command, pid = run.child.id(), "exec started");
 
     // The client may stay silent for as long as the command runs: no idle
     // limit on its frames meanwhile (the I/O limit still bounds a started
@@ -73,7 +73,7 @@ pub(super) async fn exec(
     if reason == ExitReason::Exited {
         run.group.disarm();
     }
-    tracing::debug!(%command, ?status, ?signal, ?reason, "exec ended");
+    tracing::debug!(?command, ?status, ?signal, ?reason, "exec ended");
     writer.send(&Message::Exit { status, signal, reason }, &[]).await
 }
 

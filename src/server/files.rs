@@ -20,7 +20,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Refusal> + Se
 }
 
 pub(super) async fn refuse(writer: &mut Writer, r: Refusal) -> Result<(), Error> {
-    tracing::info!(code = %r.code, "refused: {}", r.message);
+    tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
     writer.send(&Message::error(r.code, r.message), &[]).await
 }
 

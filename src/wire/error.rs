@@ -59,7 +59,7 @@ pub enum Error {
     HeaderNotJson { source: serde_json::Error },
 
     /// The header names a `type` this side does not know. Recoverable.
-    #[error("unknown message type `{kind}`")]
+    #[error("unknown message type {kind:?}")]
     UnknownType { kind: String, body_len: u64 },
 
     /// The header lacks a field its `type` requires. Recoverable.
