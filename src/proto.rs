@@ -89,6 +89,10 @@ pub enum Message {
         /// List every file below, with paths relative to `path`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         recursive: bool,
+        /// With `recursive`: list the directories below too, so that a copy
+        /// of the tree can recreate empty ones.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dirs: bool,
     },
     /// Reply to [`Message::List`]: the body is a JSON array of [`Entry`].
     ListReply {
@@ -156,6 +160,17 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
     },
+    /// Request: create a directory and any missing parents (`mkdir -p`).
+    Mkdir {
+        /// Path relative to the served root.
+        path: String,
+    },
+    /// Reply to [`Message::Mkdir`]: the directory is there.
+    MkdirReply {
+        /// Whether this request created it (false: it already existed).
+        created: bool,
+    },
+
     /// Reply to [`Message::Put`]: the server holds `offset` bytes of an
     /// earlier, interrupted upload of this path.
     PutReady {
@@ -234,6 +249,8 @@ impl Message {
             Message::PutReady { .. } => "put_ready",
             Message::PutData { .. } => "put_data",
             Message::PutDone { .. } => "put_done",
+            Message::Mkdir { .. } => "mkdir",
+            Message::MkdirReply { .. } => "mkdir_reply",
             Message::AuthChallenge { .. } => "auth_challenge",
             Message::AuthResponse { .. } => "auth_response",
             Message::AuthOk { .. } => "auth_ok",
@@ -358,6 +375,8 @@ mod raw {
         PutReady,
         PutData,
         PutDone,
+        Mkdir,
+        MkdirReply,
         AuthChallenge,
         AuthResponse,
         AuthOk,
@@ -427,6 +446,9 @@ mod raw {
         path: Option<String>,
         #[serde(default)]
         recursive: bool,
+        #[serde(default)]
+        dirs: bool,
+        created: Option<bool>,
         entry: Option<Box<Entry>>,
         #[serde(default)]
         offset: u64,
@@ -481,7 +503,7 @@ mod raw {
                 Type::Stdout => Message::Stdout { len: r.len },
                 Type::Stderr => Message::Stderr { len: r.len },
                 Type::Exit => Message::Exit { status: r.status, signal: r.signal, reason: need(r.reason, "reason")? },
-                Type::List => Message::List { path: r.path.unwrap_or_default(), recursive: r.recursive },
+                Type::List => Message::List { path: r.path.unwrap_or_default(), recursive: r.recursive, dirs: r.dirs },
                 Type::ListReply => Message::ListReply { len: r.len },
                 Type::Stat => Message::Stat { path: need(r.path, "path")? },
                 Type::StatReply => Message::StatReply { entry: *need(r.entry, "entry")? },
@@ -505,6 +527,8 @@ mod raw {
                 Type::PutReady => Message::PutReady { offset: r.offset, prefix_blake3: r.prefix_blake3 },
                 Type::PutData => Message::PutData { len: r.len, offset: r.offset },
                 Type::PutDone => Message::PutDone { size: need(r.size, "size")? },
+                Type::Mkdir => Message::Mkdir { path: need(r.path, "path")? },
+                Type::MkdirReply => Message::MkdirReply { created: need(r.created, "created")? },
                 Type::AuthChallenge => Message::AuthChallenge { nonce: need(r.nonce, "nonce")? },
                 Type::AuthResponse => {
                     Message::AuthResponse { nonce: need(r.nonce, "nonce")?, proof: need(r.proof, "proof")? }
@@ -654,6 +678,44 @@ mod tests {
         }
         for bad in [r#"{"type":"echo","len":-1}"#, r#"{"type":"echo","upper":"yes"}"#, r#"{"len":1}"#] {
             assert!(<Message as FrameHeader>::from_json(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// One of each message survives encoding and decoding: the flat form
+    /// knows every type and member the enum has.
+    #[test]
+    fn every_message_round_trips() {
+        let entry = Entry { name: "a".into(), size: 1, kind: Kind::File, mtime: 2, mode: 0o644 };
+        let all = [
+            Message::Echo { len: 1, upper: true },
+            Message::EchoReply { len: 1 },
+            Message::Exec { command: "true".into(), timeout_ms: Some(5) },
+            Message::Stdin { len: 1, eof: true },
+            Message::Cancel,
+            Message::Stdout { len: 1 },
+            Message::Stderr { len: 1 },
+            Message::Exit { status: Some(3), signal: None, reason: ExitReason::Exited },
+            Message::List { path: "d".into(), recursive: true, dirs: true },
+            Message::ListReply { len: 1 },
+            Message::Stat { path: "a".into() },
+            Message::StatReply { entry },
+            Message::Get { path: "a".into(), offset: 4, prefix_blake3: Some("ab".into()) },
+            Message::File { len: 1, size: 5, offset: 4, mtime: 2, mode: 0o644 },
+            Message::Checksum { blake3: "cd".into() },
+            Message::Put { path: "a".into(), size: 5, force: true, mode: Some(0o600) },
+            Message::PutReady { offset: 4, prefix_blake3: Some("ab".into()) },
+            Message::PutData { len: 1, offset: 4 },
+            Message::PutDone { size: 5 },
+            Message::Mkdir { path: "d/e".into() },
+            Message::MkdirReply { created: true },
+            Message::AuthChallenge { nonce: "00".into() },
+            Message::AuthResponse { nonce: "01".into(), proof: "02".into() },
+            Message::AuthOk { proof: "03".into() },
+            Message::error(ErrorCode::Exists, "there"),
+        ];
+        for m in all {
+            let text = serde_json::to_string(&m).unwrap();
+            assert_eq!(<Message as FrameHeader>::from_json(&text).unwrap(), m, "{text}");
         }
     }
 

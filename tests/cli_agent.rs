@@ -472,3 +472,60 @@ fn peer_chosen_names_cannot_drive_the_terminal() {
     assert!(refusal[0].contains("owned") && !log.contains(['\x07', '\r', '\u{202e}']), "{log:?}");
     assert!(!log.lines().any(|l| l.starts_with("forged")), "{log}");
 }
+
+/// `put -r` and `get -r` recreate empty directories, say what they leave
+/// out (special files, symlinks to directories, dangling links), and fail
+/// for a name the protocol cannot carry while sending the rest.
+#[test]
+fn trees_keep_empty_directories_and_say_what_they_skip() {
+    use std::os::unix::ffi::OsStrExt;
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let t = local.path().join("t");
+    for dir in ["a/empty1", "empty2", "b"] {
+        std::fs::create_dir_all(t.join(dir)).unwrap();
+    }
+    std::fs::write(t.join("f.txt"), b"f").unwrap();
+    std::fs::write(t.join("b/g.txt"), b"gg").unwrap();
+    std::os::unix::fs::symlink(local.path(), t.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink(t.join("nowhere"), t.join("dangling")).unwrap();
+    let fifo = t.join("pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let bad = t.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+    std::fs::write(&bad, b"b").unwrap();
+
+    let out = framewire(&["put", "-r", a, t.to_str().unwrap(), "up"]);
+    assert_eq!(out.status.code(), Some(1), "the non-UTF-8 name fails the run: {out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("dirlink: a symlink to a directory (not followed)"), "{err}");
+    assert!(err.contains("pipe: not a regular file"), "{err}");
+    assert!(err.contains("dangling: No such file or directory"), "{err}");
+    assert!(err.contains("the name is not valid UTF-8"), "{err}");
+    assert!(err.contains("2 file(s)"), "the rest was sent: {err}");
+    let up = server.root.path().join("up");
+    assert!(up.join("a/empty1").is_dir() && up.join("empty2").is_dir(), "empty directories recreated");
+    assert_eq!(std::fs::read(up.join("b/g.txt")).unwrap(), b"gg");
+    assert!(!up.join("dirlink").exists() && !up.join("pipe").exists() && !up.join("dangling").exists());
+
+    // -q leaves the notes out, not the errors.
+    std::fs::remove_file(&bad).unwrap();
+    let out = framewire(&["put", "-r", "-q", "--force", a, t.to_str().unwrap(), "up"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+
+    let back = local.path().join("back");
+    let out = framewire(&["get", "-r", "-q", a, "up", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(back.join("a/empty1").is_dir() && back.join("empty2").is_dir(), "empty directories recreated");
+    assert_eq!(std::fs::read(back.join("f.txt")).unwrap(), b"f");
+
+    // An empty tree on its own.
+    let lone = local.path().join("lone");
+    std::fs::create_dir(&lone).unwrap();
+    let out = framewire(&["put", "-r", a, lone.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(server.root.path().join("lone").is_dir());
+    let out = framewire(&["get", "-r", a, "lone", local.path().join("lone2").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(local.path().join("lone2").is_dir());
+}

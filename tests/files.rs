@@ -156,12 +156,108 @@ async fn paths_stay_inside_the_root() {
         assert_eq!(err.code(), Some(ErrorCode::BadPath), "put {path:?}: {err}");
         let err = client.list(path, false).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadPath), "list {path:?}: {err}");
+        let err = client.mkdir(&format!("{path}/new")).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadPath), "mkdir {path:?}: {err}");
     }
     let err = client.put(&local.path().join("f"), "escape/planted", &opts, &mut no_progress()).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadPath));
     assert_eq!(names(outside.path()), ["secret"], "nothing written outside the root");
     assert!(!local.path().join("out").exists());
     assert_eq!(names(local.path()), ["f"], "no partial download left for a refused get");
+}
+
+/// `mkdir` makes a directory with its parents, accepts one that is there,
+/// and refuses a file in the way; `tree` lists directories too, empty ones
+/// included, so that a copy can recreate them.
+#[tokio::test]
+async fn mkdir_and_tree() {
+    let server = TestServer::start().await;
+    let root = server.root.path();
+    std::fs::write(root.join("file"), b"f").unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+
+    assert!(client.mkdir("a/b/c").await.unwrap(), "created");
+    assert!(root.join("a/b/c").is_dir());
+    assert!(!client.mkdir("a/b/c").await.unwrap(), "already there: fine, not created");
+    assert!(!client.mkdir("").await.unwrap(), "the root is there");
+    let err = client.mkdir("file").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Exists), "{err}");
+    let err = client.mkdir("file/sub").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotADirectory), "{err}");
+    assert!(root.join("file").is_file());
+
+    std::fs::write(root.join("a/b/x.txt"), b"xx").unwrap();
+    let tree = client.tree("a").await.unwrap();
+    let got: Vec<_> = tree.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+    assert_eq!(got, [("b", Kind::Dir), ("b/c", Kind::Dir), ("b/x.txt", Kind::File)]);
+    // Without directories, as before.
+    let files = client.list("a", true).await.unwrap();
+    assert_eq!(files.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b/x.txt"]);
+}
+
+/// Permission bits travel with a file and are masked by the receiver's
+/// umask, as `cp` does: a sender cannot make a setuid or world-writable
+/// file where the receiver's umask says no.
+#[tokio::test]
+async fn modes_are_masked_by_the_receivers_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let umask = u32::from_str_radix(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .unwrap()
+            .trim(),
+        8,
+    )
+    .unwrap();
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    let up = local.path().join("up");
+    std::fs::write(&up, b"u").unwrap();
+    std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o4777)).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    client.put(&up, "up", &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&server.root.path().join("up")), 0o777 & !umask, "umask {umask:o}");
+
+    let down = server.root.path().join("down");
+    std::fs::write(&down, b"d").unwrap();
+    std::fs::set_permissions(&down, std::fs::Permissions::from_mode(0o2666)).unwrap();
+    client.get("down", &local.path().join("down"), &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    assert_eq!(mode(&local.path().join("down")), 0o666 & !umask, "umask {umask:o}");
+}
+
+/// A malicious server's listing cannot name a path outside the
+/// destination: `tree` (and so `get -r`) refuses the whole listing.
+#[tokio::test]
+async fn a_listing_cannot_lead_outside() {
+    for bad in ["../escape.txt", "/etc/escape.txt", "a/../../escape.txt", "a//b", "", "./a"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let name = bad.to_owned();
+        let fake = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (read, write) = sock.into_split();
+            let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+            w.feed_preface(Preface::default());
+            w.flush().await.unwrap();
+            r.read_preface().await.unwrap();
+            let (request, _) = r.read_head::<Message>().await.unwrap().unwrap();
+            assert!(matches!(request, Message::List { recursive: true, dirs: true, .. }), "{request:?}");
+            let body = serde_json::to_vec(&serde_json::json!([
+                {"name": "fine.txt", "size": 1, "kind": "file", "mtime": 0},
+                {"name": name, "size": 1, "kind": "file", "mtime": 0},
+            ]))
+            .unwrap();
+            w.send(&Message::ListReply { len: body.len() as u64 }, &body).await.unwrap();
+        });
+        let mut client = Client::connect(&addr).await.unwrap();
+        let err = client.tree("").await.unwrap_err();
+        assert!(matches!(&err, ClientError::UnsafeName(n) if n == bad), "{bad:?}: {err:?}");
+        assert!(err.to_string().contains("not a plain relative path"), "{err}");
+        fake.await.unwrap();
+    }
 }
 
 /// Raw upload: put, put_ready, put_data with part of the body, then the

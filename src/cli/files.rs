@@ -173,8 +173,19 @@ pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
         let target = if into_dir { dest.join(base_name(remote)) } else { dest.clone() };
         if entry.kind == Kind::Dir {
             anyhow::ensure!(opts.recursive, "{remote}: is a directory (use -r)");
-            for e in client.list(remote, true).await? {
-                jobs.push(Job { remote: join_remote(remote, &e.name), local: target.join(&e.name), size: e.size });
+            // Directories first, so that empty ones are recreated too; the
+            // names were checked to be plain relative paths.
+            let tree = client.tree(remote).await.with_context(|| format!("cannot list {remote}"))?;
+            create_dir(&target)?;
+            for e in tree {
+                match e.kind {
+                    Kind::Dir => create_dir(&target.join(&e.name))?,
+                    _ => jobs.push(Job {
+                        remote: join_remote(remote, &e.name),
+                        local: target.join(&e.name),
+                        size: e.size,
+                    }),
+                }
             }
         } else {
             jobs.push(Job { remote: remote.clone(), local: target, size: entry.size });
@@ -182,11 +193,15 @@ pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     }
     for job in &jobs {
         if let Some(parent) = job.local.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            create_dir(parent)?;
         }
     }
     drop(client);
-    run_jobs(&addr, key, jobs, &opts, Direction::Get).await
+    run_jobs(&addr, key, jobs, Vec::new(), &opts, Direction::Get).await
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
 pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
@@ -199,41 +214,92 @@ pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
         Some(d) => matches!(client.stat(d).await, Ok(Entry { kind: Kind::Dir, .. })),
     };
     let dest = dest.unwrap_or_default();
-    let mut jobs = Vec::new();
+    let mut plan = Plan::default();
     for local in &paths {
         let path = Path::new(local);
         let meta = std::fs::metadata(path).with_context(|| format!("cannot put {local}"))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| local.clone());
+        let name = match path.file_name() {
+            None => local.clone(),
+            Some(name) => name.to_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!(not_utf8(path)))?,
+        };
         let target = if into_dir { join_remote(&dest, &name) } else { dest.clone() };
         if meta.is_dir() {
             anyhow::ensure!(opts.recursive, "{local}: is a directory (use -r)");
-            walk(path, &target, &mut jobs).with_context(|| format!("cannot read {local}"))?;
+            if !plan.walk(path, &target).with_context(|| format!("cannot read {local}"))? {
+                plan.mkdirs.push(target);
+            }
         } else {
-            jobs.push(Job { remote: target, local: path.to_owned(), size: meta.len() });
+            plan.jobs.push(Job { remote: target, local: path.to_owned(), size: meta.len() });
+        }
+    }
+    if !opts.quiet {
+        for note in &plan.skipped {
+            eprintln!("framewire: skipping {}", printable(note));
+        }
+    }
+    // Directories with no file below them: the files create the others.
+    for dir in &plan.mkdirs {
+        if let Err(e) = client.mkdir(dir).await {
+            plan.failures.push(format!("{dir}: {e}"));
         }
     }
     drop(client);
-    run_jobs(&addr, key, jobs, &opts, Direction::Put).await
+    run_jobs(&addr, key, plan.jobs, plan.failures, &opts, Direction::Put).await
 }
 
-/// Every regular file below `dir`, as jobs under `remote`. Symlinks to
-/// directories are not followed.
-fn walk(dir: &Path, remote: &str, jobs: &mut Vec<Job>) -> std::io::Result<()> {
-    let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    items.sort_by_key(|i| i.file_name());
-    for item in items {
-        let name = item.file_name().to_string_lossy().into_owned();
-        let kind = item.file_type()?;
-        let path = item.path();
-        if kind.is_dir() {
-            walk(&path, &join_remote(remote, &name), jobs)?;
-        } else if let Ok(meta) = std::fs::metadata(&path) {
-            if meta.is_file() {
-                jobs.push(Job { remote: join_remote(remote, &name), local: path, size: meta.len() });
+fn not_utf8(path: &Path) -> String {
+    format!("{}: the name is not valid UTF-8, which framewire's protocol cannot carry", path.display())
+}
+
+/// What `put -r` found in a local tree.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Regular files to send (symlinks to files are followed).
+    jobs: Vec<Job>,
+    /// Remote directories to create because no file below creates them.
+    mkdirs: Vec<String>,
+    /// Left out on purpose, with why: special files, symlinks to
+    /// directories, dangling symlinks.
+    skipped: Vec<String>,
+    /// Left out, and the run fails: names the protocol cannot carry.
+    failures: Vec<String>,
+}
+
+impl Plan {
+    /// Adds what is below `dir` under `remote`; returns whether anything
+    /// below will create `remote` on the server.
+    fn walk(&mut self, dir: &Path, remote: &str) -> std::io::Result<bool> {
+        let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        items.sort_by_key(|i| i.file_name());
+        let mut creates = false;
+        for item in items {
+            let path = item.path();
+            let Ok(name) = item.file_name().into_string() else {
+                self.failures.push(not_utf8(&path));
+                continue;
+            };
+            let child = join_remote(remote, &name);
+            if item.file_type()?.is_dir() {
+                if !self.walk(&path, &child)? {
+                    self.mkdirs.push(child);
+                }
+                creates = true;
+                continue;
+            }
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    self.jobs.push(Job { remote: child, local: path, size: meta.len() });
+                    creates = true;
+                }
+                Ok(meta) if meta.is_dir() => {
+                    self.skipped.push(format!("{}: a symlink to a directory (not followed)", path.display()))
+                }
+                Ok(_) => self.skipped.push(format!("{}: not a regular file", path.display())),
+                Err(e) => self.skipped.push(format!("{}: {e}", path.display())),
             }
         }
+        Ok(creates)
     }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -299,14 +365,15 @@ async fn run_jobs(
     addr: &str,
     key: Option<Key>,
     jobs: Vec<Job>,
+    earlier_failures: Vec<String>,
     opts: &TransferArgs,
     dir: Direction,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let bars = Arc::new(Bars::new(&jobs, opts.quiet));
     let queue = Arc::new(Mutex::new(jobs.clone()));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let moved = Arc::new(Mutex::new((0u64, 0u64))); // (bytes sent, bytes resumed)
+    let failures = Arc::new(Mutex::new(earlier_failures));
+    let moved = Arc::new(Mutex::new((0usize, 0u64, 0u64))); // (files done, bytes sent, bytes resumed)
     let workers = opts.jobs.clamp(1, 64).min(jobs.len().max(1));
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -322,8 +389,9 @@ async fn run_jobs(
                 match outcome {
                     Ok(t) => {
                         let mut m = moved.lock().expect("moved");
-                        m.0 += t.size - t.resumed;
-                        m.1 += t.resumed;
+                        m.0 += 1;
+                        m.1 += t.size - t.resumed;
+                        m.2 += t.resumed;
                     }
                     Err(e) => {
                         // A connection that failed is not reused.
@@ -344,10 +412,9 @@ async fn run_jobs(
         total.finish_and_clear();
     }
     let failures = std::mem::take(&mut *failures.lock().expect("failures"));
-    let (sent, resumed) = *moved.lock().expect("moved");
-    if !opts.quiet && failures.len() < jobs.len() {
+    let (ok, sent, resumed) = *moved.lock().expect("moved");
+    if !opts.quiet && ok > 0 {
         let secs = started.elapsed().as_secs_f64();
-        let ok = jobs.len() - failures.len();
         let resumed = if resumed > 0 { format!(", {} resumed (not sent again)", mib(resumed)) } else { String::new() };
         eprintln!(
             "{ok} file(s), {} transferred in {secs:.2} s ({:.0} MB/s){resumed}, checksums verified",

@@ -9,7 +9,7 @@ use tokio::task::spawn_blocking;
 
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
-use crate::services::files::{at, commit, hash_prefix, not_regular, open_to_send, partial_path};
+use crate::services::files::{at, commit, hash_prefix, not_regular, open_to_send, partial_path, received_mode};
 use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
@@ -55,6 +55,14 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     move |source| ClientError::Local { path: path.to_owned(), source }
 }
 
+/// Whether `name` is a non-empty relative path made of plain names only:
+/// no `..`, `.`, root, empty component or NUL byte.
+pub(crate) fn is_plain_relative(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('\0')
+        && name.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 fn join_err(e: tokio::task::JoinError) -> ClientError {
     ClientError::Wire(wire::Error::Io(std::io::Error::other(e)))
 }
@@ -67,14 +75,52 @@ impl Client {
     ///
     /// The server's refusal (no such path, outside the root…), wire errors.
     pub async fn list(&mut self, path: &str, recursive: bool) -> Result<Vec<Entry>, ClientError> {
-        self.writer.send(&Message::List { path: path.to_owned(), recursive }, &[]).await?;
+        self.list_request(Message::List { path: path.to_owned(), recursive, dirs: false }).await
+    }
+
+    /// Every regular file and every directory below `path`, names relative
+    /// to it: what a copy of the tree needs, empty directories included.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn tree(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
+        self.list_request(Message::List { path: path.to_owned(), recursive: true, dirs: true }).await
+    }
+
+    async fn list_request(&mut self, request: Message) -> Result<Vec<Entry>, ClientError> {
+        self.writer.send(&request, &[]).await?;
         match self.reader.read_head::<Message>().await? {
             Some((Message::ListReply { .. }, _)) => {
                 let body = self.reader.read_body(MAX_BUFFERED_BODY).await?;
-                serde_json::from_slice(&body)
-                    .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 }.into())
+                let entries: Vec<Entry> = serde_json::from_slice(&body)
+                    .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
+                // Callers join these names onto local paths: a server must
+                // not be able to name `../x` or `/etc/x` and so write
+                // outside the destination (scp's CVE-2019-6111).
+                match entries.iter().find(|e| !is_plain_relative(&e.name)) {
+                    Some(bad) => Err(ClientError::UnsafeName(bad.name.clone())),
+                    None => Ok(entries),
+                }
             }
             Some((other, _)) => Err(unexpected("list_reply", other)),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Makes sure `path` is a directory on the server, creating it and
+    /// its missing parents as `mkdir -p` does. Returns whether it was
+    /// created.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal: [`ErrorCode::Exists`](crate::ErrorCode::Exists)
+    /// if a file is there, a path outside the root…; wire errors.
+    pub async fn mkdir(&mut self, path: &str) -> Result<bool, ClientError> {
+        self.writer.send(&Message::Mkdir { path: path.to_owned() }, &[]).await?;
+        match self.reader.read_head::<Message>().await? {
+            Some((Message::MkdirReply { created }, _)) => Ok(created),
+            Some((other, _)) => Err(unexpected("mkdir_reply", other)),
             None => Err(ClientError::Closed),
         }
     }
@@ -165,7 +211,7 @@ impl Client {
         let target = local.to_owned();
         spawn_blocking(move || {
             if mode != 0 {
-                file.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
+                file.set_permissions(fs::Permissions::from_mode(received_mode(mode)))?;
             }
             commit(&file, &partial, &target)
         })

@@ -56,6 +56,11 @@ pub enum ClientError {
         /// The one that came.
         got: &'static str,
     },
+    /// A listing named a path that is not plain and relative (`..`, an
+    /// absolute path…): using it could write outside the destination, so
+    /// the whole listing is refused.
+    #[error("the server listed {0:?}, which is not a plain relative path; refusing the listing")]
+    UnsafeName(String),
     /// The server closed the connection instead of answering.
     #[error("server closed the connection")]
     Closed,

@@ -358,8 +358,9 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
 /// The listing, then files by number until `q` or EOF.
 async fn download(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError> {
     let sandbox = ctx.sandbox.clone();
-    let listing =
-        tokio::task::spawn_blocking(move || sandbox.list("", false)).await.map_err(std::io::Error::other)??;
+    let listing = tokio::task::spawn_blocking(move || sandbox.list("", crate::services::files::Listing::Entries))
+        .await
+        .map_err(std::io::Error::other)??;
     let names: Vec<String> =
         listing.into_iter().filter(|e| e.kind == crate::proto::Kind::File).map(|e| e.name).collect();
     // Only what fits the client's single recv(1024).

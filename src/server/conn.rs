@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::Config;
 use crate::auth::{self, Key, Role, Transcript};
 use crate::proto::{ErrorCode, Message};
-use crate::services::files::{HashCache, Sandbox};
+use crate::services::files::{HashCache, Listing, Sandbox};
 use crate::text::printable;
 use crate::transport::{self, Binding, BoxRead, BoxWrite};
 use crate::wire::{
@@ -303,9 +303,10 @@ async fn handle(
         Message::Exec { command, timeout_ms } => {
             super::exec::exec(&ctx.config, command, timeout_ms, reader, writer, hard).await
         }
-        Message::List { path, recursive } => {
-            cut_off_by(hard, super::files::list(sandbox, path, recursive, writer)).await
+        Message::List { path, recursive, dirs } => {
+            cut_off_by(hard, super::files::list(sandbox, path, Listing::of(recursive, dirs), writer)).await
         }
+        Message::Mkdir { path } => cut_off_by(hard, super::files::mkdir(sandbox, path, writer)).await,
         Message::Stat { path } => cut_off_by(hard, super::files::stat(sandbox, path, writer)).await,
         Message::Get { path, offset, prefix_blake3 } => {
             cut_off_by(hard, super::files::get(ctx, path, offset, prefix_blake3, writer)).await

@@ -9,7 +9,7 @@ use tokio::task::spawn_blocking;
 
 use super::conn::{Context, Reader, Writer};
 use crate::proto::{ErrorCode, Message};
-use crate::services::files::{self, commit, hash_prefix, partial_path, Sandbox};
+use crate::services::files::{self, commit, hash_prefix, partial_path, Listing, Sandbox};
 use crate::services::Refusal;
 use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
@@ -24,10 +24,10 @@ pub(super) async fn refuse(writer: &mut Writer, r: Refusal) -> Result<(), Error>
     writer.send(&Message::error(r.code, r.message), &[]).await
 }
 
-pub(super) async fn list(sandbox: &Sandbox, path: String, recursive: bool, writer: &mut Writer) -> Result<(), Error> {
+pub(super) async fn list(sandbox: &Sandbox, path: String, listing: Listing, writer: &mut Writer) -> Result<(), Error> {
     let sb = sandbox.clone();
     let listed = blocking(move || {
-        let entries = sb.list(&path, recursive)?;
+        let entries = sb.list(&path, listing)?;
         let body = serde_json::to_vec(&entries).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         if body.len() as u64 > MAX_BUFFERED_BODY {
             return Err(Refusal::new(
@@ -40,6 +40,14 @@ pub(super) async fn list(sandbox: &Sandbox, path: String, recursive: bool, write
     .await;
     match listed {
         Ok(body) => writer.send(&Message::ListReply { len: body.len() as u64 }, &body).await,
+        Err(r) => refuse(writer, r).await,
+    }
+}
+
+pub(super) async fn mkdir(sandbox: &Sandbox, path: String, writer: &mut Writer) -> Result<(), Error> {
+    let sb = sandbox.clone();
+    match blocking(move || sb.mkdir(&path)).await {
+        Ok(created) => writer.send(&Message::MkdirReply { created }, &[]).await,
         Err(r) => refuse(writer, r).await,
     }
 }
@@ -267,7 +275,8 @@ pub(super) async fn put(
     let cache = hashes.clone();
     let done = blocking(move || {
         if let Some(mode) = mode {
-            file.set_permissions(fs::Permissions::from_mode(mode & 0o777)).map_err(|e| Refusal::io(&shown, &e))?;
+            file.set_permissions(fs::Permissions::from_mode(files::received_mode(mode)))
+                .map_err(|e| Refusal::io(&shown, &e))?;
         }
         commit(&file, &partial, &target).map_err(|e| Refusal::io(&shown, &e))?;
         // The verified hash of what is now in place: a later get of it

@@ -180,14 +180,15 @@ impl Sandbox {
         }
     }
 
-    /// Lists `path`: a directory's entries (sorted by name; partial files
-    /// hidden), every file below it if `recursive` (names relative to
-    /// `path`, symlinked directories not followed), or a file itself.
+    /// Lists `path`: a directory as `listing` says (sorted by name;
+    /// partial files hidden; below the directory, names are relative to
+    /// `path` and symlinked directories are not followed), or a file
+    /// itself.
     ///
     /// # Errors
     ///
     /// As [`existing`](Self::existing).
-    pub fn list(&self, path: &str, recursive: bool) -> Result<Vec<Entry>, Refusal> {
+    pub fn list(&self, path: &str, listing: Listing) -> Result<Vec<Entry>, Refusal> {
         let real = self.existing(path)?;
         let meta = fs::metadata(&real).map_err(|e| Refusal::io(path, &e))?;
         if !meta.is_dir() {
@@ -195,12 +196,12 @@ impl Sandbox {
             return Ok(vec![entry(name, &meta)]);
         }
         let mut out = Vec::new();
-        self.walk(&real, Path::new(""), recursive, &mut out).map_err(|e| Refusal::io(path, &e))?;
+        Self::walk(&real, Path::new(""), listing, &mut out).map_err(|e| Refusal::io(path, &e))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    fn walk(&self, dir: &Path, prefix: &Path, recursive: bool, out: &mut Vec<Entry>) -> io::Result<()> {
+    fn walk(dir: &Path, prefix: &Path, listing: Listing, out: &mut Vec<Entry>) -> io::Result<()> {
         for item in fs::read_dir(dir)? {
             let item = item?;
             let name = item.file_name();
@@ -209,13 +210,91 @@ impl Sandbox {
             }
             let meta = item.metadata()?;
             let rel = prefix.join(&name);
-            if recursive && meta.is_dir() {
-                self.walk(&item.path(), &rel, true, out)?;
-            } else if !recursive || meta.is_file() {
+            let keep = match listing {
+                Listing::Entries => true,
+                Listing::Files => meta.is_file(),
+                Listing::Tree => meta.is_file() || meta.is_dir(),
+            };
+            if keep {
                 out.push(entry(rel.to_string_lossy().into_owned(), &meta));
+            }
+            if listing != Listing::Entries && meta.is_dir() {
+                Self::walk(&item.path(), &rel, listing, out)?;
             }
         }
         Ok(())
+    }
+
+    /// Makes sure `path` is a directory, creating it and any missing
+    /// parents (each checked to stay inside the root). Returns whether it
+    /// was created; an existing directory (or a symlink to one inside the
+    /// root) is fine.
+    ///
+    /// # Errors
+    ///
+    /// As [`for_write`](Self::for_write); [`ErrorCode::Exists`] when
+    /// something other than a directory is there.
+    pub fn mkdir(&self, path: &str) -> Result<bool, Refusal> {
+        if Self::relative(path)?.as_os_str().is_empty() {
+            return Ok(false);
+        }
+        let target = self.for_write(path)?;
+        match fs::create_dir(&target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let real = target.canonicalize().map_err(|e| Refusal::io(path, &e))?;
+                self.inside(path, &real)?;
+                if real.is_dir() {
+                    Ok(false)
+                } else {
+                    Err(Refusal::new(ErrorCode::Exists, format!("{path}: exists on the server and is not a directory")))
+                }
+            }
+            Err(e) => Err(Refusal::io(path, &e)),
+        }
+    }
+}
+
+/// The permission bits a received file gets from the sender's `mode`:
+/// its `rwx` bits masked by this process's umask, as `cp` does without
+/// `-p`. A sender cannot make the receiver's file setuid, or writable by
+/// others where the receiver's umask says no.
+pub fn received_mode(mode: u32) -> u32 {
+    mode & 0o777 & !umask()
+}
+
+/// This process's umask, read from `/proc/self/status` (setting it to
+/// read it back would race with other threads creating files); 0o022 if
+/// the kernel does not show it.
+fn umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(line.trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
+}
+
+/// What a listing of a directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Its own entries, of every kind.
+    Entries,
+    /// Every regular file below it.
+    Files,
+    /// Every regular file and directory below it.
+    Tree,
+}
+
+impl Listing {
+    /// The listing a `list` request asks for.
+    pub fn of(recursive: bool, dirs: bool) -> Listing {
+        match (recursive, dirs) {
+            (false, _) => Listing::Entries,
+            (true, false) => Listing::Files,
+            (true, true) => Listing::Tree,
+        }
     }
 }
 
