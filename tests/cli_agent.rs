@@ -654,3 +654,63 @@ fn progress_bars_on_a_terminal() {
         assert_eq!(std::fs::read(local.path().join(name)).unwrap(), data, "{name}");
     }
 }
+
+/// Runs `script` under `sh` in a private mount namespace (`unshare -rm`:
+/// a user namespace too, so no privilege is needed where the kernel
+/// allows it), where `$1` is a fresh 4 MiB tmpfs: a real full disk.
+fn on_small_disk(dir: &std::path::Path, script: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    let setup = format!("mount -t tmpfs -o size=4m framewire-test \"$1\" || exit 99; {script}");
+    cmd.args(["-rm", "sh", "-c", &setup, BIN]).arg(dir);
+    cmd
+}
+
+/// A full disk on either side is one clear line and a non-zero exit, with
+/// nothing under the final name, and the other side serves on.
+#[test]
+fn a_full_disk_is_reported_and_leaves_nothing() {
+    // The server's root is a full-sized-for-nothing tmpfs.
+    let root = tempfile::tempdir().unwrap();
+    let mut server = on_small_disk(root.path(), "exec \"$0\" serve --listen 127.0.0.1:0 --root \"$1\"")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no server: {line:?}")).to_owned();
+    // The server's view of its root, through its own mount namespace.
+    let served = std::path::PathBuf::from(format!("/proc/{}/root{}", server.id(), root.path().display()));
+
+    let local = tempfile::tempdir().unwrap();
+    let big = local.path().join("big");
+    std::fs::write(&big, pattern(16 << 20, 4)).unwrap();
+    let out = framewire(&["put", &addr, big.to_str().unwrap(), "big"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("big: disk full on the server (disk_full)"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&served).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "no final file and no partial taking the space: {left:?}");
+    // The space is back: a small upload fits.
+    std::fs::write(local.path().join("small"), b"fits").unwrap();
+    let out = framewire(&["put", &addr, local.path().join("small").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(served.join("small")).unwrap(), b"fits");
+
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+
+    // The client's disk is full: it says so, and keeps nothing final.
+    let server = Serve::start(&[]);
+    std::fs::write(server.root.path().join("bigger"), pattern(8 << 20, 2)).unwrap();
+    let here = tempfile::tempdir().unwrap();
+    let script = format!("\"$0\" get {} bigger \"$1/bigger\"; code=$?; ls -A \"$1\" >&2; exit $code", server.addr);
+    let out = on_small_disk(here.path(), &script).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.lines().next().unwrap().contains("No space left on device"), "{err}");
+    assert_eq!(err.lines().count(), 1, "nothing under the final name, and no partial file filling the disk: {err}");
+    // The server serves on.
+    assert_eq!(framewire(&["get", &server.addr, "bigger", "-"]).stdout.len(), 8 << 20);
+}

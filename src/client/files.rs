@@ -202,7 +202,17 @@ impl Client {
         let file = at(file, offset).map_err(local_err(&partial))?;
         let (written, expected) =
             self.receive(file, hasher, Progress { size, resumed: offset, done: 0 }, progress).await?;
-        let (file, hash) = written.map_err(local_err(&partial))?;
+        let (file, hash) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                // On a full disk the partial file would only keep it full:
+                // remove it, as the server does for uploads.
+                if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+                    let _ = fs::remove_file(&partial);
+                }
+                return Err(local_err(&partial)(e));
+            }
+        };
         let got = hash.to_hex().to_string();
         if got != expected {
             let _ = fs::remove_file(&partial);
