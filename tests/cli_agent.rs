@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{framewire, pattern, process_gone, Serve, BIN};
+use common::{framewire, on_small_disk, pattern, process_gone, Serve, SmallDiskServer, BIN};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -655,32 +655,12 @@ fn progress_bars_on_a_terminal() {
     }
 }
 
-/// Runs `script` under `sh` in a private mount namespace (`unshare -rm`:
-/// a user namespace too, so no privilege is needed where the kernel
-/// allows it), where `$1` is a fresh 4 MiB tmpfs: a real full disk.
-fn on_small_disk(dir: &std::path::Path, script: &str) -> Command {
-    let mut cmd = Command::new("unshare");
-    let setup = format!("mount -t tmpfs -o size=4m framewire-test \"$1\" || exit 99; {script}");
-    cmd.args(["-rm", "sh", "-c", &setup, BIN]).arg(dir);
-    cmd
-}
-
 /// A full disk on either side is one clear line and a non-zero exit, with
 /// nothing under the final name, and the other side serves on.
 #[test]
 fn a_full_disk_is_reported_and_leaves_nothing() {
-    // The server's root is a full-sized-for-nothing tmpfs.
-    let root = tempfile::tempdir().unwrap();
-    let mut server = on_small_disk(root.path(), "exec \"$0\" serve --listen 127.0.0.1:0 --root \"$1\"")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no server: {line:?}")).to_owned();
-    // The server's view of its root, through its own mount namespace.
-    let served = std::path::PathBuf::from(format!("/proc/{}/root{}", server.id(), root.path().display()));
+    let server = SmallDiskServer::start();
+    let (addr, served) = (server.addr.clone(), server.served());
 
     let local = tempfile::tempdir().unwrap();
     let big = local.path().join("big");
@@ -698,8 +678,7 @@ fn a_full_disk_is_reported_and_leaves_nothing() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(served.join("small")).unwrap(), b"fits");
 
-    let _ = Command::new("kill").arg(server.id().to_string()).status();
-    let _ = server.wait();
+    drop(server);
 
     // The client's disk is full: it says so, and keeps nothing final.
     let server = Serve::start(&[]);

@@ -704,3 +704,27 @@ async fn fifos_are_refused_not_waited_on() {
     // The connection is still in step.
     assert_eq!(client.list("", false).await.unwrap().len(), 1);
 }
+
+/// When the server's disk fills up, it refuses at once and the client
+/// stops sending, instead of pushing the rest of the file first; the
+/// connection is closed (it stopped half-way through a frame), a new one
+/// is served.
+#[tokio::test]
+async fn an_upload_stops_as_soon_as_the_server_refuses() {
+    let server = common::SmallDiskServer::start();
+    let local = tempfile::tempdir().unwrap();
+    let big = local.path().join("big");
+    std::fs::write(&big, pattern(256 << 20, 3)).unwrap();
+    let mut client = Client::connect(&server.addr).await.unwrap();
+    let mut sent = 0;
+    let err = client
+        .put(&big, "big", &TransferOptions::default(), &mut |p: Progress| sent = sent.max(p.done))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DiskFull), "{err}");
+    assert!(sent < 128 << 20, "stopped early: {sent} of {} bytes sent", 256 << 20);
+    assert!(client.is_closed(), "the upload stopped half-way: this connection is done");
+    assert!(std::fs::read_dir(server.served()).unwrap().next().is_none(), "nothing kept");
+    let mut fresh = Client::connect(&server.addr).await.unwrap();
+    assert!(fresh.list("", false).await.unwrap().is_empty());
+}

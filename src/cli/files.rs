@@ -394,8 +394,10 @@ async fn run_jobs(
                         m.2 += t.resumed;
                     }
                     Err(e) => {
-                        // A connection that failed is not reused.
-                        if !matches!(e, ClientError::Remote { .. } | ClientError::LocalExists(_)) {
+                        // A connection that failed, or was closed because a
+                        // transfer stopped half-way, is not reused.
+                        let in_step = matches!(e, ClientError::Remote { .. } | ClientError::LocalExists(_));
+                        if !in_step || client.as_ref().is_some_and(Client::is_closed) {
                             client = None;
                         }
                         let path = if dir == Direction::Get { &job.remote } else { &job.local.display().to_string() };

@@ -279,7 +279,7 @@ impl Client {
         if written.is_err() {
             // The rest of the body is not worth fetching: this connection
             // is out of step now, and closing it says so to both sides.
-            let _ = self.writer.shutdown().await;
+            self.abandon().await;
             return Ok((written, String::new()));
         }
         match self.reader.read_head::<Message>().await? {
@@ -338,10 +338,27 @@ impl Client {
         .map_err(local_err(local))?;
 
         self.writer.feed_head(&Message::PutData { len: size - from, offset: from })?;
-        let sent = send_body(&mut self.writer, file, from, Some(hasher), &mut |done| {
-            progress(Progress { size, resumed: from, done });
-        })
-        .await;
+        // The server may refuse before the body is through (its disk is
+        // full): listen while sending, and stop at once if it does.
+        let mut report = |done| progress(Progress { size, resumed: from, done });
+        let outcome = {
+            let sending = send_body(&mut self.writer, file, from, Some(hasher), &mut report);
+            let answer = self.reader.read_head::<Message>();
+            tokio::select! {
+                sent = sending => Ok(sent),
+                early = answer => Err(early),
+            }
+        };
+        let sent = match outcome {
+            Ok(sent) => sent,
+            Err(early) => {
+                self.abandon().await;
+                return Err(match early? {
+                    Some((other, _)) => unexpected("put_done", other),
+                    None => ClientError::Closed,
+                });
+            }
+        };
         let hash = match sent {
             Ok(Some(hash)) => hash,
             // send_body returns the hash of every hasher it is given.
@@ -350,7 +367,7 @@ impl Client {
             }
             Err(SendError::File(source)) => {
                 // The body is cut short: the connection cannot go on.
-                let _ = self.writer.shutdown().await;
+                self.abandon().await;
                 return Err(ClientError::Local { path: local.to_owned(), source });
             }
             Err(SendError::Wire(e)) => return Err(e.into()),

@@ -128,6 +128,8 @@ pub struct Client {
     reader: FrameReader<BoxRead>,
     writer: FrameWriter<BoxWrite>,
     peer: SocketAddr,
+    /// A request was abandoned mid-frame and the connection shut down.
+    closed: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -208,12 +210,29 @@ impl Client {
             reader: FrameReader::with_timeouts(read, timeouts),
             writer: FrameWriter::with_timeouts(write, timeouts),
             peer,
+            closed: false,
         })
     }
 
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Whether this connection was closed because a request had to stop
+    /// half-way through a frame (a local write or read failed, or the
+    /// server refused an upload before its end). Errors that leave the
+    /// connection in step, such as most of the server's refusals, do not
+    /// close it; after this, open a new `Client`.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Shuts the connection down: a frame was left half-way, so the
+    /// stream is out of step for both sides.
+    async fn abandon(&mut self) {
+        self.closed = true;
+        let _ = self.writer.shutdown().await;
     }
 
     /// Sends `body` to be echoed and returns the reply (at most

@@ -75,7 +75,9 @@ pub(super) async fn serve(
     debug!(%peer, "connection opened");
     match serve_inner(socket, peer, ctx, shutdown, hard).await {
         Ok(()) => debug!(%peer, "connection closed"),
-        Err(e @ (Error::Idle(_) | Error::Stalled(_))) => {
+        // A peer that went quiet, or stopped half-way (killed, or gave up
+        // on an upload the server refused), is not a server failure.
+        Err(e @ (Error::Idle(_) | Error::Stalled(_) | Error::UnexpectedEof { .. })) => {
             info!(%peer, "connection dropped: {}", printable(&e.to_string()))
         }
         Err(e) => warn!(%peer, "connection failed: {}", printable(&e.to_string())),

@@ -241,10 +241,28 @@ pub(super) async fn put(
     // A cut connection returns here and leaves the partial file for a
     // later resume.
     let written = receive_body(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
-    if written.is_err() {
-        // Read the rest, so that the refusal is the answer to this request.
-        reader.skip_body().await?;
-    }
+    let (file, hash) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            // Answer at once: a client that listens while it sends (ours
+            // does) stops here and closes the connection, instead of
+            // sending the rest of a file that has nowhere to go. One that
+            // sends on gets this as its answer after the checksum.
+            let refusal = Refusal::io(&shown, &e);
+            if refusal.code == ErrorCode::DiskFull {
+                let _ = fs::remove_file(&partial);
+            }
+            refuse(writer, refusal).await?;
+            reader.skip_body().await?;
+            if let Some((other, _)) = reader.read_head::<Message>().await? {
+                if !matches!(other, Message::Checksum { .. }) {
+                    let msg = format!("expected checksum after put_data, got {}", other.kind());
+                    return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+                }
+            }
+            return Ok(());
+        }
+    };
 
     let claimed = match reader.read_head::<Message>().await? {
         Some((Message::Checksum { blake3 }, _)) => blake3,
@@ -253,16 +271,6 @@ pub(super) async fn put(
             return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
         }
         None => return Ok(()),
-    };
-    let (file, hash) = match written {
-        Ok(done) => done,
-        Err(e) => {
-            let refusal = Refusal::io(&shown, &e);
-            if refusal.code == ErrorCode::DiskFull {
-                let _ = fs::remove_file(&partial);
-            }
-            return refuse(writer, refusal).await;
-        }
     };
     if hash.to_hex().as_str() != claimed {
         let _ = fs::remove_file(&partial);

@@ -153,3 +153,50 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `script` under `sh` in a private mount namespace (`unshare -rm`:
+/// a user namespace too, so no privilege is needed where the kernel
+/// allows it), where `$1` is a fresh 4 MiB tmpfs: a real full disk.
+pub fn on_small_disk(dir: &std::path::Path, script: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    let setup = format!("mount -t tmpfs -o size=4m framewire-test \"$1\" || exit 99; {script}");
+    cmd.args(["-rm", "sh", "-c", &setup, BIN]).arg(dir);
+    cmd
+}
+
+/// `framewire serve` whose root is a 4 MiB tmpfs ([`on_small_disk`]);
+/// killed, by PID, on drop.
+pub struct SmallDiskServer {
+    child: Child,
+    pub addr: String,
+    root: tempfile::TempDir,
+}
+
+impl SmallDiskServer {
+    pub fn start() -> SmallDiskServer {
+        let root = tempfile::tempdir().unwrap();
+        let mut child = on_small_disk(root.path(), "exec \"$0\" serve --listen 127.0.0.1:0 --root \"$1\"")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        let addr =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no server: {line:?}")).to_owned();
+        SmallDiskServer { child, addr, root }
+    }
+
+    /// The served root as the server sees it, through its own mount
+    /// namespace.
+    pub fn served(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/root{}", self.child.id(), self.root.path().display()))
+    }
+}
+
+impl Drop for SmallDiskServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
