@@ -189,19 +189,36 @@ impl Sandbox {
     ///
     /// As [`existing`](Self::existing).
     pub fn list(&self, path: &str, listing: Listing) -> Result<Vec<Entry>, Refusal> {
+        self.list_within(path, listing, crate::wire::MAX_BUFFERED_BODY as usize)
+    }
+
+    /// [`list`](Self::list), giving up with [`ErrorCode::TooLarge`] as
+    /// soon as the entries would take more than about `budget` bytes of
+    /// JSON: a listing too large to send is not built in memory first.
+    fn list_within(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Refusal> {
         let real = self.existing(path)?;
         let meta = fs::metadata(&real).map_err(|e| Refusal::io(path, &e))?;
         if !meta.is_dir() {
             let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             return Ok(vec![entry(name, &meta)]);
         }
-        let mut out = Vec::new();
-        Self::walk(&real, Path::new(""), listing, &mut out).map_err(|e| Refusal::io(path, &e))?;
+        let (mut out, mut left) = (Vec::new(), budget);
+        match Self::walk(&real, Path::new(""), listing, &mut out, &mut left) {
+            Ok(()) => {}
+            Err(_) if left == 0 => {
+                let msg = format!("{path}: the listing exceeds {budget} bytes; list a smaller part of the tree");
+                return Err(Refusal::new(ErrorCode::TooLarge, msg));
+            }
+            Err(e) => return Err(Refusal::io(path, &e)),
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    fn walk(dir: &Path, prefix: &Path, listing: Listing, out: &mut Vec<Entry>) -> io::Result<()> {
+    /// Adds the entries below `dir`; `left` is what remains of the byte
+    /// budget (each entry counts its name and ~64 bytes of JSON around
+    /// it), and is 0 when the walk stopped for it.
+    fn walk(dir: &Path, prefix: &Path, listing: Listing, out: &mut Vec<Entry>, left: &mut usize) -> io::Result<()> {
         for item in fs::read_dir(dir)? {
             let item = item?;
             let name = item.file_name();
@@ -216,10 +233,17 @@ impl Sandbox {
                 Listing::Tree => meta.is_file() || meta.is_dir(),
             };
             if keep {
-                out.push(entry(rel.to_string_lossy().into_owned(), &meta));
+                let name = rel.to_string_lossy().into_owned();
+                let cost = name.len() + 64;
+                if cost > *left {
+                    *left = 0;
+                    return Err(io::Error::other("listing budget spent"));
+                }
+                *left -= cost;
+                out.push(entry(name, &meta));
             }
             if listing != Listing::Entries && meta.is_dir() {
-                Self::walk(&item.path(), &rel, listing, out)?;
+                Self::walk(&item.path(), &rel, listing, out, left)?;
             }
         }
         Ok(())
@@ -555,6 +579,23 @@ mod tests {
         assert!(p.ends_with("a/b/c.txt"));
         fs::write(root.path().join("file"), "").unwrap();
         assert_eq!(sandbox.for_write("file/x").unwrap_err().code, ErrorCode::NotADirectory);
+    }
+
+    #[test]
+    fn a_listing_stops_at_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            fs::create_dir_all(dir.path().join(format!("d{i}"))).unwrap();
+            fs::write(dir.path().join(format!("d{i}/file-{i}")), b"x").unwrap();
+        }
+        let sb = Sandbox::new(dir.path()).unwrap();
+        let all = sb.list_within("", Listing::Tree, 1 << 20).unwrap();
+        assert_eq!(all.len(), 100);
+        let err = sb.list_within("", Listing::Tree, 40 * 70).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(err.message.contains("list a smaller part"), "{}", err.message);
+        // What fits is listed as before.
+        assert_eq!(sb.list_within("d7", Listing::Files, 100).unwrap().len(), 1);
     }
 
     #[test]
