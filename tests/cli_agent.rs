@@ -693,3 +693,41 @@ fn a_full_disk_is_reported_and_leaves_nothing() {
     // The server serves on.
     assert_eq!(framewire(&["get", &server.addr, "bigger", "-"]).stdout.len(), 8 << 20);
 }
+
+/// Permission denied on the server is one clear line for the client, and
+/// the server logs it with the peer's address. The server runs as `nobody`
+/// when the tests run as root (root reads everything), as the test's own
+/// user otherwise.
+#[test]
+fn permission_denied_is_one_clear_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let wrapper = if as_root { "setpriv --reuid=nobody --regid=nogroup --clear-groups" } else { "" };
+    let server = Serve::start_wrapped("", wrapper, &[]);
+    let root = server.root.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("secret"), b"s").unwrap();
+    std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::create_dir(root.join("locked")).unwrap();
+    std::fs::set_permissions(root.join("locked"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("x"), b"x").unwrap();
+    let a = server.addr.as_str();
+
+    let out = framewire(&["get", a, "secret", "-"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "framewire: error: server refused: secret: permission denied (permission_denied)"
+    );
+    let out = framewire(&["put", a, local.path().join("x").to_str().unwrap(), "locked/x"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.lines().count() == 1 && err.contains("locked/x: permission denied (permission_denied)"), "{err}");
+    assert!(framewire(&["ls", a, "locked"]).status.success(), "reading the directory is allowed");
+
+    let (_, log) = server.terminate();
+    let denied: Vec<&str> = log.lines().filter(|l| l.contains("permission denied")).collect();
+    assert_eq!(denied.len(), 2, "{log}");
+    assert!(denied.iter().all(|l| l.contains("peer=127.0.0.1:")), "{log}");
+}

@@ -111,9 +111,16 @@ impl Serve {
     /// Starts the server through `sh -c "PREFIX exec framewire serve ..."`,
     /// e.g. to lower a resource limit first.
     pub fn start_under(prefix: &str, extra: &[&str]) -> Serve {
+        Self::start_wrapped(prefix, "", extra)
+    }
+
+    /// Starts the server as `WRAPPER framewire serve ...` (after
+    /// `PREFIX`), e.g. `setpriv ...` to run it as another user.
+    pub fn start_wrapped(prefix: &str, wrapper: &str, extra: &[&str]) -> Serve {
         let root = tempfile::tempdir().unwrap();
-        let script =
-            format!("{prefix} root=\"$1\"; shift; exec \"$0\" serve --listen 127.0.0.1:0 --root \"$root\" \"$@\"");
+        let script = format!(
+            "{prefix} root=\"$1\"; shift; exec {wrapper} \"$0\" serve --listen 127.0.0.1:0 --root \"$root\" \"$@\""
+        );
         let mut child = Command::new("sh")
             .args(["-c", &script, BIN])
             .arg(root.path())
