@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     cli::init_logging(&args);
     match cli::run(args) {
         Ok(code) => code,
+        Err(e) if cli::stdout_gone(&e) => ExitCode::from(cli::READER_GONE),
         Err(e) => {
             eprintln!("framewire: error: {}", cli::one_line(&e));
             ExitCode::FAILURE

@@ -115,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => match block_on(exec::run(args, key)) {
             // ssh's convention: the tool's own failures exit 255, apart
             // from any code the remote command can return.
+            Err(e) if stdout_gone(&e) => Ok(ExitCode::from(READER_GONE)),
             Err(e) => {
                 eprintln!("framewire: error: {}", one_line(&e));
                 Ok(ExitCode::from(exec::OWN_FAILURE))
@@ -134,6 +135,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(DemoArgs { which: Some(DemoWhich::Echo) }) => block_on(demo::echo()),
         Command::Demo(DemoArgs { which: None }) => demo::all(),
     }
+}
+
+/// The exit code of a process ended by SIGPIPE (128 + 13), which is how
+/// framewire ends when whatever reads its stdout has gone away.
+pub const READER_GONE: u8 = 141;
+
+/// Whether `e` comes from writing to a stdout nobody reads any more
+/// (`framewire exec HOST -- cat log | head`): a broken pipe, and stdout is a
+/// pipe without a reader. The reader has had all it wanted, so framewire
+/// then ends quietly with [`READER_GONE`], as tools killed by SIGPIPE do
+/// (the remote command, if any, is killed as for a lost connection). A
+/// broken pipe toward the server is still an error.
+pub fn stdout_gone(e: &anyhow::Error) -> bool {
+    let broken = e
+        .chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+    broken && stdout_has_no_reader()
+}
+
+fn stdout_has_no_reader() -> bool {
+    let mut stdout = libc::pollfd { fd: libc::STDOUT_FILENO, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd, no wait. A pipe whose readers are all gone
+    // polls as POLLERR on its write end.
+    let ready = unsafe { libc::poll(&mut stdout, 1, 0) };
+    ready == 1 && stdout.revents & libc::POLLERR != 0
 }
 
 /// An error as one line: what failed, then why, outermost first. A cause

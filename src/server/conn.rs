@@ -75,12 +75,20 @@ pub(super) async fn serve(
     debug!(%peer, "connection opened");
     match serve_inner(socket, peer, ctx, shutdown, hard).await {
         Ok(()) => debug!(%peer, "connection closed"),
-        // A peer that went quiet, or stopped half-way (killed, or gave up
-        // on an upload the server refused), is not a server failure.
-        Err(e @ (Error::Idle(_) | Error::Stalled(_) | Error::UnexpectedEof { .. })) => {
-            info!(%peer, "connection dropped: {}", printable(&e.to_string()))
-        }
+        Err(e) if dropped_by_peer(&e) => info!(%peer, "connection dropped: {}", printable(&e.to_string())),
         Err(e) => warn!(%peer, "connection failed: {}", printable(&e.to_string())),
+    }
+}
+
+/// A peer that went quiet, stopped half-way (killed, or gave up on an
+/// upload the server refused) or closed its end while the server wrote
+/// (`framewire exec HOST -- yes | head`): not a server failure.
+fn dropped_by_peer(e: &Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    match e {
+        Error::Idle(_) | Error::Stalled(_) | Error::UnexpectedEof { .. } => true,
+        Error::Io(io) => matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted),
+        _ => false,
     }
 }
 
