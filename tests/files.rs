@@ -705,13 +705,35 @@ async fn fifos_are_refused_not_waited_on() {
     assert_eq!(client.list("", false).await.unwrap().len(), 1);
 }
 
-/// When the server's disk fills up, it refuses at once and the client
-/// stops sending, instead of pushing the rest of the file first; the
-/// connection is closed (it stopped half-way through a frame), a new one
-/// is served.
+/// A file that cannot fit on the server's disk is refused before a byte
+/// of it is sent (the server checks the free space first), and the
+/// connection stays in step.
 #[tokio::test]
-async fn an_upload_stops_as_soon_as_the_server_refuses() {
+async fn a_full_disk_is_refused_before_the_upload_starts() {
     let server = common::SmallDiskServer::start();
+    let local = tempfile::tempdir().unwrap();
+    let big = local.path().join("big");
+    std::fs::write(&big, pattern(16 << 20, 3)).unwrap();
+    let mut client = Client::connect(&server.addr).await.unwrap();
+    let mut sent = 0;
+    let err = client
+        .put(&big, "big", &TransferOptions::default(), &mut |p: Progress| sent = sent.max(p.done))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DiskFull), "{err}");
+    assert_eq!(sent, 0, "nothing was sent");
+    assert!(!client.is_closed());
+    assert!(client.list("", false).await.unwrap().is_empty(), "in step, and nothing kept");
+}
+
+/// When a write fails in the middle of an upload (here the server's file
+/// size limit, `ulimit -f`, with SIGXFSZ ignored), the server refuses at
+/// once and the client stops sending, instead of pushing the rest of the
+/// file first; the connection is closed (it stopped half-way through a
+/// frame), and a new one is served.
+#[tokio::test]
+async fn an_upload_stops_as_soon_as_a_write_fails() {
+    let server = common::Serve::start_under("trap '' XFSZ; ulimit -f 4096;", &[]);
     let local = tempfile::tempdir().unwrap();
     let big = local.path().join("big");
     std::fs::write(&big, pattern(256 << 20, 3)).unwrap();
@@ -721,10 +743,10 @@ async fn an_upload_stops_as_soon_as_the_server_refuses() {
         .put(&big, "big", &TransferOptions::default(), &mut |p: Progress| sent = sent.max(p.done))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::DiskFull), "{err}");
+    assert!(err.code().is_some() && err.to_string().contains("File too large"), "{err}");
     assert!(sent < 128 << 20, "stopped early: {sent} of {} bytes sent", 256 << 20);
     assert!(client.is_closed(), "the upload stopped half-way: this connection is done");
-    assert!(std::fs::read_dir(server.served()).unwrap().next().is_none(), "nothing kept");
+    assert!(!server.root.path().join("big").exists(), "nothing under the final name");
     let mut fresh = Client::connect(&server.addr).await.unwrap();
-    assert!(fresh.list("", false).await.unwrap().is_empty());
+    assert_eq!(fresh.echo(b"served").await.unwrap(), "served");
 }

@@ -9,7 +9,9 @@ use tokio::task::spawn_blocking;
 
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
-use crate::services::files::{at, commit, hash_prefix, not_regular, open_to_send, partial_path, received_mode};
+use crate::services::files::{
+    at, check_room, commit, hash_prefix, not_regular, open_to_send, partial_path, received_mode,
+};
 use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
@@ -199,6 +201,13 @@ impl Client {
             file.set_len(0).map_err(local_err(&partial))?;
         }
 
+        // A full disk shows now rather than in the middle: the body is
+        // coming, so the connection is given up.
+        if let Err(e) = check_room(&file, offset, size) {
+            let _ = fs::remove_file(&partial);
+            self.abandon().await;
+            return Err(local_err(&partial)(e));
+        }
         let file = at(file, offset).map_err(local_err(&partial))?;
         let (written, expected) =
             self.receive(file, hasher, Progress { size, resumed: offset, done: 0 }, progress).await?;

@@ -203,6 +203,11 @@ pub(super) async fn put(
             file.set_len(0).map_err(|e| Refusal::io(&path, &e))?;
             held = 0;
         }
+        // A full disk is refused now, before a byte of the body is sent.
+        if let Err(e) = files::check_room(&file, held, size) {
+            let _ = fs::remove_file(&partial);
+            return Err(Refusal::io(&path, &e));
+        }
         let hasher = hash_prefix(&mut file, held).map_err(|e| Refusal::io(&path, &e))?;
         Ok(Upload { target, partial, file, held, hasher, _claim: claim })
     })

@@ -532,6 +532,39 @@ pub fn at(mut file: File, from: u64) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Fails with `ENOSPC` if the file system holding `file` has clearly no
+/// room for bytes `from..to`, so that a full disk shows before a transfer
+/// rather than in its middle. It reserves nothing (`fallocate` would, but
+/// on tmpfs it costs a serial pass before the data flows, and a cut
+/// transfer would keep space it never filled): two transfers that each
+/// fit alone may still meet a full disk, which their writes then report.
+/// Root may use the blocks reserved for it, so it is checked against
+/// those too.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::StorageFull`] when `to - from` bytes are more than
+/// the file system has free.
+pub fn check_room(file: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid descriptor and a buffer of the right type; read only
+    // if the call succeeded.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Ok(());
+    }
+    let st = unsafe { st.assume_init() };
+    // SAFETY: no arguments, cannot fail.
+    let blocks = if unsafe { libc::geteuid() } == 0 { st.f_bfree } else { st.f_bavail };
+    // Narrower than u64 on some targets.
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(blocks).saturating_mul(u64::from(st.f_frsize));
+    if to.saturating_sub(from) > free {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
