@@ -733,20 +733,30 @@ async fn a_full_disk_is_refused_before_the_upload_starts() {
 /// frame), and a new one is served.
 #[tokio::test]
 async fn an_upload_stops_as_soon_as_a_write_fails() {
-    let server = common::Serve::start_under("trap '' XFSZ; ulimit -f 4096;", &[]);
     let local = tempfile::tempdir().unwrap();
     let big = local.path().join("big");
     std::fs::write(&big, pattern(256 << 20, 3)).unwrap();
-    let mut client = Client::connect(&server.addr).await.unwrap();
-    let mut sent = 0;
-    let err = client
-        .put(&big, "big", &TransferOptions::default(), &mut |p: Progress| sent = sent.max(p.done))
-        .await
-        .unwrap_err();
-    assert!(err.code().is_some() && err.to_string().contains("File too large"), "{err}");
-    assert!(sent < 128 << 20, "stopped early: {sent} of {} bytes sent", 256 << 20);
-    assert!(client.is_closed(), "the upload stopped half-way: this connection is done");
-    assert!(!server.root.path().join("big").exists(), "nothing under the final name");
-    let mut fresh = Client::connect(&server.addr).await.unwrap();
-    assert_eq!(fresh.echo(b"served").await.unwrap(), "served");
+    let key_file = local.path().join("key");
+    let key = framewire::auth::Key::generate();
+    key.write_new(&key_file).unwrap();
+    // In the clear (zero-copy send) and over TLS (buffered send, reading
+    // and writing one TLS stream at once).
+    for keyed in [false, true] {
+        let key_arg = ["--key-file", key_file.to_str().unwrap()];
+        let server =
+            common::Serve::start_under("trap '' XFSZ; ulimit -f 4096;", if keyed { &key_arg[..] } else { &[] });
+        let key = keyed.then_some(&key);
+        let mut client = Client::connect_with(&server.addr, key).await.unwrap();
+        let mut sent = 0;
+        let err = client
+            .put(&big, "big", &TransferOptions::default(), &mut |p: Progress| sent = sent.max(p.done))
+            .await
+            .unwrap_err();
+        assert!(err.code().is_some() && err.to_string().contains("File too large"), "keyed {keyed}: {err}");
+        assert!(sent < 128 << 20, "keyed {keyed}: stopped early: {sent} of {} bytes sent", 256 << 20);
+        assert!(client.is_closed(), "keyed {keyed}: the upload stopped half-way: this connection is done");
+        assert!(!server.root.path().join("big").exists(), "keyed {keyed}: nothing under the final name");
+        let mut fresh = Client::connect_with(&server.addr, key).await.unwrap();
+        assert_eq!(fresh.echo(b"served").await.unwrap(), "served");
+    }
 }
