@@ -235,7 +235,7 @@ impl Sandbox {
             if keep {
                 let name = rel.to_string_lossy().into_owned();
                 let cost = name.len() + 64;
-                if cost > *left {
+                if cost >= *left {
                     *left = 0;
                     return Err(io::Error::other("listing budget spent"));
                 }
