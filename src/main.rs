@@ -11,7 +11,11 @@ fn main() -> ExitCode {
     tune_allocator();
     let args = cli::Cli::parse();
     cli::init_logging(&args);
-    match cli::run(args) {
+    let outcome = cli::run(args);
+    if let Some(code) = cli::stdout_failure() {
+        return code;
+    }
+    match outcome {
         Ok(code) => code,
         Err(e) if cli::stdout_gone(&e) => ExitCode::from(cli::READER_GONE),
         Err(e) => {

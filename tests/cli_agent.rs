@@ -100,6 +100,31 @@ fn get_into_a_closed_pipe_stops_at_once() {
     assert!(out.stderr.is_empty(), "{out:?}");
 }
 
+/// `framewire ls HOST | head` ends quietly with 141 too (it used to panic
+/// in `println!`).
+#[test]
+fn ls_into_a_closed_pipe_ends_quietly() {
+    let server = Serve::start(&[]);
+    // Far more than a pipe holds.
+    for i in 0..4000 {
+        std::fs::write(server.root.path().join(format!("{i:05}-{}", "n".repeat(120))), b"").unwrap();
+    }
+    for json in [false, true] {
+        let mut args = vec!["ls", server.addr.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(BIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 100];
+        std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(141), "json {json}: {out:?}");
+        assert!(out.stderr.is_empty(), "json {json}: {}", text(&out.stderr));
+    }
+}
+
 /// `framewire exec HOST -- yes | head` ends as `yes | head` does: quietly,
 /// 141, and the remote command is killed.
 #[test]

@@ -22,7 +22,7 @@ const CUT_AT: u64 = 96 << 20;
 
 pub fn all() -> anyhow::Result<ExitCode> {
     let sticky = super::sticky::run()?;
-    println!();
+    say!();
     let agent = super::block_on(agent())?;
     Ok(if sticky == ExitCode::SUCCESS { agent } else { sticky })
 }
@@ -62,7 +62,7 @@ fn file_hash(path: &Path) -> anyhow::Result<blake3::Hash> {
 }
 
 pub async fn agent() -> anyhow::Result<ExitCode> {
-    println!("framewire demo: a server and a client on loopback, commands and files\n");
+    say!("framewire demo: a server and a client on loopback, commands and files\n");
     let remote_root = tempfile::tempdir().context("creating the server's temporary root")?;
     let local = tempfile::tempdir().context("creating the client's temporary directory")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -75,33 +75,33 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     config.key = Some(key.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(listener, config, stopped));
-    println!("server: listening on {addr}, serving {}, exec allowed, key required\n", remote_root.path().display());
+    say!("server: listening on {addr}, serving {}, exec allowed, key required\n", remote_root.path().display());
     let mut failures = Vec::new();
 
-    println!("0. authentication: only a client with the key gets anything");
+    say!("0. authentication: only a client with the key gets anything");
     match Client::connect(&addr).await {
-        Err(e) => println!("   without a key:  refused ({e})"),
+        Err(e) => say!("   without a key:  refused ({e})"),
         Ok(_) => failures.push("a client without the key was let in".to_owned()),
     }
     match Client::connect_with(&addr, Some(&Key::generate())).await {
-        Err(e) => println!("   a wrong key:    refused ({e})"),
+        Err(e) => say!("   a wrong key:    refused ({e})"),
         Ok(_) => failures.push("a client with a wrong key was let in".to_owned()),
     }
     let started = Instant::now();
     let mut client = Client::connect_with(&addr, Some(&key)).await.context("connecting to the demo server")?;
-    println!(
+    say!(
         "   the right key:  TLS 1.3 + mutual HMAC challenge-response in {:.1} ms\n",
         started.elapsed().as_secs_f64() * 1e3
     );
 
     // 1. Commands.
-    println!("1. exec: output streamed as it is printed, stdout and stderr apart");
+    say!("1. exec: output streamed as it is printed, stdout and stderr apart");
     let started = Instant::now();
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
     let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None };
     let cmd = "for i in 1 2 3; do echo \"  line $i at $(date +%T.%N | cut -c1-12)\"; sleep 0.3; done; echo '  (this line on stderr)' >&2";
     let status = client.exec(cmd, &ExecOptions::default(), io).await?;
-    println!(
+    say!(
         "   exit code {} after {:.1} s: each line arrived as it was printed",
         status.code(),
         started.elapsed().as_secs_f64()
@@ -110,7 +110,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         failures.push("the streaming command failed".to_owned());
     }
     let out = client.exec_output("ls /no/such/dir", &ExecOptions::default()).await?;
-    println!(
+    say!(
         "   `ls /no/such/dir`: exit code {}, stderr: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).trim()
@@ -118,10 +118,10 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     if out.status.code() == 0 {
         failures.push("a failing command reported success".to_owned());
     }
-    println!();
+    say!();
 
     // 2. A big file up, cut halfway, resumed; then back down.
-    println!("2. a generated {} file: upload cut at {}, resumed, downloaded, verified", mib(BIG), mib(CUT_AT));
+    say!("2. a generated {} file: upload cut at {}, resumed, downloaded, verified", mib(BIG), mib(CUT_AT));
     let big = local.path().join("big.bin");
     let big_hash = generate(&big, BIG)?;
     let bar = files::bar("big.bin (cut short)", BIG);
@@ -143,7 +143,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     // a killed client would.
     drop(client);
     let on_server = remote_root.path().join("big.bin");
-    println!(
+    say!(
         "   upload interrupted: {} under the final name on the server",
         if on_server.exists() { "a file IS (wrong!)" } else { "nothing" }
     );
@@ -161,7 +161,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         .await?;
     bar.finish_and_clear();
     let up_secs = started.elapsed().as_secs_f64();
-    println!(
+    say!(
         "   resumed: {} were already on the server, {} sent in {up_secs:.2} s ({}), checksum verified by the server",
         mib(up.resumed),
         mib(up.size - up.resumed),
@@ -181,7 +181,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     let same = file_hash(&on_server)? == big_hash
         && file_hash(&back)? == big_hash
         && down.blake3 == big_hash.to_hex().as_str();
-    println!(
+    say!(
         "   downloaded {} in {down_secs:.2} s ({}); BLAKE3 {}…: original, server copy and download {}",
         mib(down.size),
         mb_s(down.size, down_secs),
@@ -191,10 +191,10 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     if !same {
         failures.push("the big file's copies differ".to_owned());
     }
-    println!();
+    say!();
 
     // 3. A small tree, up and back, through the same code as `put -r` / `get -r`.
-    println!("3. a small tree: `put -r` then `get -r`, four connections at once");
+    say!("3. a small tree: `put -r` then `get -r`, four connections at once");
     let tree = local.path().join("tree");
     for (i, name) in ["a.txt", "docs/readme.md", "docs/deep/notes.txt", "src/main.rs", "src/lib.rs", "data/blob.bin"]
         .iter()
@@ -221,7 +221,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         let b = std::fs::read(fetched.join(&e.name)).unwrap_or_default();
         tree_ok &= a == b;
     }
-    println!(
+    say!(
         "   {} files listed on the server; every fetched file {}",
         listing.len(),
         if tree_ok { "matches its original" } else { "DOES NOT match" }
@@ -229,32 +229,32 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     if !tree_ok {
         failures.push("the tree did not come back intact".to_owned());
     }
-    println!();
+    say!();
 
     drop(client);
     let _ = stop.send(());
     server.await??;
-    println!("Summary");
-    println!("  security    key required; no key and a wrong key refused; TLS 1.3 on every connection");
-    println!("  exec        streamed output, exit codes passed through ({} and {})", status.code(), out.status.code());
-    println!(
+    say!("Summary");
+    say!("  security    key required; no key and a wrong key refused; TLS 1.3 on every connection");
+    say!("  exec        streamed output, exit codes passed through ({} and {})", status.code(), out.status.code());
+    say!(
         "  upload      {} resumed after a cut at {}: {} sent at {}",
         mib(BIG),
         mib(up.resumed),
         mib(up.size - up.resumed),
         mb_s(up.size - up.resumed, up_secs)
     );
-    println!("  download    {} at {}", mib(BIG), mb_s(BIG, down_secs));
-    println!("  tree        {} files up and back", listing.len());
-    println!("  checksums   BLAKE3 of whole files, verified by every receiver");
-    println!("  cleanup     server stopped, temporary directories removed");
+    say!("  download    {} at {}", mib(BIG), mb_s(BIG, down_secs));
+    say!("  tree        {} files up and back", listing.len());
+    say!("  checksums   BLAKE3 of whole files, verified by every receiver");
+    say!("  cleanup     server stopped, temporary directories removed");
     drop((remote_root, local));
     if failures.is_empty() {
-        println!("\nEverything behaved as expected.");
+        say!("\nEverything behaved as expected.");
         Ok(ExitCode::SUCCESS)
     } else {
         for f in &failures {
-            println!("FAILED: {f}");
+            say!("FAILED: {f}");
         }
         Ok(ExitCode::FAILURE)
     }
@@ -262,11 +262,11 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
 
 /// `demo echo`: echo round trips of growing size through a real server.
 pub async fn echo() -> anyhow::Result<ExitCode> {
-    println!("framewire demo echo: a real server on loopback, frames of any size\n");
+    say!("framewire demo echo: a real server on loopback, frames of any size\n");
     let root = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
-    println!("    server listening on {addr}");
+    say!("    server listening on {addr}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(listener, Config::new(root.path()), stopped));
 
@@ -281,18 +281,18 @@ pub async fn echo() -> anyhow::Result<ExitCode> {
         let ok = back == body;
         all_ok &= ok;
         let rate = if size >= 1 << 20 { format!(", {} each way", mb_s(size as u64, secs)) } else { String::new() };
-        println!(
+        say!(
             "    echo {size:>9} bytes: {} in {:.1} ms{rate}",
             if ok { "every byte back" } else { "MISMATCH" },
             secs * 1e3
         );
     }
     let upper = client.echo_upper(b"hello, tutorial").await?;
-    println!("    echo --upper \"hello, tutorial\": {:?}", String::from_utf8_lossy(&upper));
+    say!("    echo --upper \"hello, tutorial\": {:?}", String::from_utf8_lossy(&upper));
     all_ok &= upper == "HELLO, TUTORIAL";
     drop(client);
     let _ = stop.send(());
     server.await??;
-    println!("    server shut down cleanly\n");
+    say!("    server shut down cleanly\n");
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -35,7 +35,7 @@ pub async fn ls(args: LsArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let path = args.path.unwrap_or_default();
     let entries = client.list(&path, args.recursive).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&entries)?);
+        say!("{}", serde_json::to_string(&entries)?);
         return Ok(ExitCode::SUCCESS);
     }
     let width = entries.iter().map(|e| e.size.to_string().len()).max().unwrap_or(1);
@@ -47,7 +47,7 @@ pub async fn ls(args: LsArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
             _ => '?',
         };
         let slash = if e.kind == Kind::Dir { "/" } else { "" };
-        println!("{kind} {:>width$}  {}  {}{slash}", e.size, utc(e.mtime), printable(&e.name));
+        say!("{kind} {:>width$}  {}  {}{slash}", e.size, utc(e.mtime), printable(&e.name));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,14 @@
 //! Command-line interface: argument definitions (clap derive) and the
 //! dispatch to each subcommand.
 
+/// `println!` for what framewire itself prints on stdout (listings, the
+/// demo), without its panic when stdout fails: `framewire ls HOST | head`
+/// must not end in a panic. See [`say_line`].
+macro_rules! say {
+    () => { $crate::cli::say_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::say_line(format_args!($($arg)*)) };
+}
+
 mod demo;
 mod echo;
 mod exec;
@@ -135,6 +143,35 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(DemoArgs { which: Some(DemoWhich::Echo) }) => block_on(demo::echo()),
         Command::Demo(DemoArgs { which: None }) => demo::all(),
     }
+}
+
+/// The first failed write to stdout, if one failed.
+static STDOUT_FAILED: std::sync::OnceLock<std::io::ErrorKind> = std::sync::OnceLock::new();
+
+/// Writes one line to stdout. Once a write has failed, later lines are
+/// dropped and the command goes on to its end (so the demo still cleans
+/// up); [`stdout_failure`] then decides the exit.
+pub fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if STDOUT_FAILED.get().is_some() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        let _ = STDOUT_FAILED.set(e.kind());
+    }
+}
+
+/// How a failed write to stdout ends the process, if one failed: quietly
+/// with [`READER_GONE`] when the reader went away, else with one error
+/// line.
+pub fn stdout_failure() -> Option<ExitCode> {
+    let kind = *STDOUT_FAILED.get()?;
+    if kind == std::io::ErrorKind::BrokenPipe {
+        return Some(ExitCode::from(READER_GONE));
+    }
+    eprintln!("framewire: error: writing stdout: {}", std::io::Error::from(kind));
+    Some(ExitCode::FAILURE)
 }
 
 /// The exit code of a process ended by SIGPIPE (128 + 13), which is how

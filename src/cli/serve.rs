@@ -121,9 +121,9 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
         legacy.push((*mode, l));
     }
     // Scripts read the bound address (useful with port 0) from this line.
-    println!("listening on {}", listener.local_addr()?);
+    say!("listening on {}", listener.local_addr()?);
     for (mode, l) in &legacy {
-        println!("legacy {mode} listening on {}", l.local_addr()?);
+        say!("legacy {mode} listening on {}", l.local_addr()?);
     }
     tracing::info!(root = %config.root.display(), "serving");
     server::run_with_legacy(listener, legacy, config, shutdown_signal()).await?;

@@ -24,21 +24,21 @@ const COMMANDS: [&str; 5] = ["ls", "pwd", "whoami", "date", "uptime"];
 const LONG_REPLY: usize = 64 * 1024;
 
 pub fn run() -> anyhow::Result<ExitCode> {
-    println!("framewire demo sticky: TCP keeps no message boundaries; frames put them back.\n");
+    say!("framewire demo sticky: TCP keeps no message boundaries; frames put them back.\n");
     let results = [coalescing()?, short_read()?, framed()?, udp()?];
     let failed = results.iter().filter(|ok| !**ok).count();
     if failed == 0 {
-        println!("All 4 cases behaved as expected.");
+        say!("All 4 cases behaved as expected.");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{failed} of 4 cases did not reproduce as expected (see above).");
+        say!("{failed} of 4 cases did not reproduce as expected (see above).");
         Ok(ExitCode::FAILURE)
     }
 }
 
 fn verdict(expected: &str, seen: String, ok: bool) -> bool {
-    println!("    expected: {expected}");
-    println!("    seen:     {seen}  [{}]\n", if ok { "as expected" } else { "UNEXPECTED" });
+    say!("    expected: {expected}");
+    say!("    seen:     {seen}  [{}]\n", if ok { "as expected" } else { "UNEXPECTED" });
     ok
 }
 
@@ -78,17 +78,17 @@ fn reads_until(sock: &mut TcpStream, total: usize) -> anyhow::Result<Vec<Vec<u8>
 /// message ended. The reader starts only once every write has returned, as
 /// a busy server would; on loopback the bytes are then all queued.
 fn coalescing() -> anyhow::Result<bool> {
-    println!("(a) Sticky packets: {} small writes, read with recv({RECV})", COMMANDS.len());
+    say!("(a) Sticky packets: {} small writes, read with recv({RECV})", COMMANDS.len());
     let (mut client, mut server) = tcp_pair()?;
     let total: usize = COMMANDS.iter().map(|c| c.len()).sum();
     for cmd in COMMANDS {
         client.write_all(cmd.as_bytes())?;
-        println!("    client write: {}", preview(cmd.as_bytes()));
+        say!("    client write: {}", preview(cmd.as_bytes()));
     }
     thread::sleep(Duration::from_millis(50));
     let reads = reads_until(&mut server, total)?;
     for (i, r) in reads.iter().enumerate() {
-        println!("    server read #{}: {}", i + 1, preview(r));
+        say!("    server read #{}: {}", i + 1, preview(r));
     }
     Ok(verdict(
         "fewer reads than writes: messages run together",
@@ -132,18 +132,18 @@ fn fake_output(cmd: &str) -> Vec<u8> {
 /// (b) A long reply read with one recv(1024): the rest stays queued and
 /// is taken for the reply to the next command.
 fn short_read() -> anyhow::Result<bool> {
-    println!("(b) Half packets: a {} KiB reply read with one recv({RECV})", LONG_REPLY / 1024);
+    say!("(b) Half packets: a {} KiB reply read with one recv({RECV})", LONG_REPLY / 1024);
     let (mut client, server) = tcp_pair()?;
     let handle = thread::spawn(move || naive_server(server));
     let mut buf = [0u8; RECV];
 
     client.write_all(b"ipconfig")?;
     let first = client.read(&mut buf)?;
-    println!("    client sends \"ipconfig\", reads its reply:  {}", preview(&buf[..first]));
+    say!("    client sends \"ipconfig\", reads its reply:  {}", preview(&buf[..first]));
     client.write_all(b"dir")?;
     let n = client.read(&mut buf)?;
     let reply_to_dir = buf[..n].to_vec();
-    println!("    client sends \"dir\", reads its reply:       {}", preview(&reply_to_dir));
+    say!("    client sends \"dir\", reads its reply:       {}", preview(&reply_to_dir));
 
     client.shutdown(std::net::Shutdown::Both)?;
     let _ = handle.join();
@@ -205,7 +205,7 @@ fn framed_server(mut sock: TcpStream) {
 /// (c) The same traffic, framed: the reads are just as sticky and just as
 /// short, but every message comes out whole.
 fn framed() -> anyhow::Result<bool> {
-    println!("(c) The same traffic through framewire's codec (still recv({RECV}))");
+    say!("(c) The same traffic through framewire's codec (still recv({RECV}))");
     let (mut client, mut server) = tcp_pair()?;
     for cmd in COMMANDS {
         client.write_all(&frame("cmd", cmd.as_bytes())?)?;
@@ -213,7 +213,7 @@ fn framed() -> anyhow::Result<bool> {
     thread::sleep(Duration::from_millis(50));
     let (frames, reads) = read_frames(&mut server, COMMANDS.len())?;
     let bodies: Vec<String> = frames.iter().map(|f| String::from_utf8_lossy(&f.body).into_owned()).collect();
-    println!("    {} framed writes, {reads} read(s), decoded: {bodies:?}", COMMANDS.len());
+    say!("    {} framed writes, {reads} read(s), decoded: {bodies:?}", COMMANDS.len());
     let sticky_ok = bodies == COMMANDS;
 
     let handle = thread::spawn(move || framed_server(server));
@@ -221,8 +221,8 @@ fn framed() -> anyhow::Result<bool> {
     let (reply1, reads1) = read_frames(&mut client, 1)?;
     client.write_all(&frame("cmd", b"dir")?)?;
     let (reply2, reads2) = read_frames(&mut client, 1)?;
-    println!("    reply to \"ipconfig\": {} bytes, 1 frame, {reads1} reads", reply1[0].body.len());
-    println!("    reply to \"dir\":      {}, {reads2} read(s)", preview(&reply2[0].body));
+    say!("    reply to \"ipconfig\": {} bytes, 1 frame, {reads1} reads", reply1[0].body.len());
+    say!("    reply to \"dir\":      {}, {reads2} read(s)", preview(&reply2[0].body));
     client.shutdown(std::net::Shutdown::Both)?;
     let _ = handle.join();
     let whole = reply1[0].body[..] == fake_output("ipconfig")[..] && reply2[0].body[..] == fake_output("dir")[..];
@@ -241,7 +241,7 @@ fn framed() -> anyhow::Result<bool> {
 /// (d) UDP keeps datagram boundaries, and truncates a datagram larger than
 /// the buffer: the rest is lost, not kept for the next read.
 fn udp() -> anyhow::Result<bool> {
-    println!("(d) UDP for contrast: datagrams keep their boundaries");
+    say!("(d) UDP for contrast: datagrams keep their boundaries");
     let rx = UdpSocket::bind("127.0.0.1:0")?;
     rx.set_read_timeout(Some(Duration::from_secs(5)))?;
     let tx = UdpSocket::bind("127.0.0.1:0")?;
@@ -256,7 +256,7 @@ fn udp() -> anyhow::Result<bool> {
     let mut reads = Vec::new();
     for _ in 0..5 {
         let n = rx.recv(&mut buf)?;
-        println!("    recv({RECV}): {}", preview(&buf[..n]));
+        say!("    recv({RECV}): {}", preview(&buf[..n]));
         reads.push(buf[..n].to_vec());
     }
     let boundaries = reads[..3].iter().zip(COMMANDS).all(|(r, c)| r == c.as_bytes());
