@@ -76,6 +76,16 @@ fn exec_refused_and_unreachable_exit_255() {
 /// `framewire get ADDR FILE - | head -c 1000`: the closed pipe ends the
 /// download at once (not after the rest of the file has come), with one
 /// line naming the cause and a non-zero exit.
+/// Runs framewire with `args`, reads the first `n` bytes of its stdout,
+/// then closes it (the reader goes away, as `head` does) and waits.
+fn read_then_close(args: &[&str], n: usize) -> std::process::Output {
+    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    std::io::Read::read_exact(&mut stdout, &mut vec![0u8; n]).unwrap();
+    drop(stdout);
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn get_into_a_closed_pipe_stops_at_once() {
     let server = Serve::start(&[]);
@@ -83,17 +93,7 @@ fn get_into_a_closed_pipe_stops_at_once() {
     // limit below.
     std::fs::File::create(server.root.path().join("big")).unwrap().set_len(16 << 30).unwrap();
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .args(["get", "-q", &server.addr, "big", "-"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 1000];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    drop(stdout);
-    let out = child.wait_with_output().unwrap();
+    let out = read_then_close(&["get", "-q", &server.addr, "big", "-"], 1000);
     assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
     // Quietly, with the status of a process ended by SIGPIPE.
     assert_eq!(out.status.code(), Some(141), "{out:?}");
@@ -114,12 +114,7 @@ fn ls_into_a_closed_pipe_ends_quietly() {
         if json {
             args.push("--json");
         }
-        let mut child = Command::new(BIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let mut first = [0u8; 100];
-        std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-        drop(stdout);
-        let out = child.wait_with_output().unwrap();
+        let out = read_then_close(&args, 100);
         assert_eq!(out.status.code(), Some(141), "json {json}: {out:?}");
         assert!(out.stderr.is_empty(), "json {json}: {}", text(&out.stderr));
     }
@@ -130,17 +125,7 @@ fn ls_into_a_closed_pipe_ends_quietly() {
 #[test]
 fn exec_into_a_closed_pipe_ends_quietly() {
     let server = Serve::start(&["--allow-exec", "--insecure"]);
-    let mut child = Command::new(BIN)
-        .args(["exec", "-n", &server.addr, "--", "echo $$ > pid; exec yes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 1000];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    drop(stdout);
-    let out = child.wait_with_output().unwrap();
+    let out = read_then_close(&["exec", "-n", &server.addr, "--", "echo $$ > pid; exec yes"], 1000);
     assert_eq!(out.status.code(), Some(141), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
     let pid: u32 = std::fs::read_to_string(server.root.path().join("pid")).unwrap().trim().parse().unwrap();

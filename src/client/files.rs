@@ -347,8 +347,9 @@ impl Client {
         .map_err(local_err(local))?;
 
         self.writer.feed_head(&Message::PutData { len: size - from, offset: from })?;
-        // The server may refuse before the body is through (its disk is
-        // full): listen while sending, and stop at once if it does.
+        // The server may refuse before the body is through (a write
+        // failed on its side): listen while sending, and stop at once if
+        // it does.
         let mut report = |done| progress(Progress { size, resumed: from, done });
         let outcome = {
             let sending = send_body(&mut self.writer, file, from, Some(hasher), &mut report);
