@@ -18,7 +18,7 @@ use std::io::{self, Read, Seek};
 use tokio::sync::mpsc;
 use tokio::task::{spawn_blocking, JoinError};
 
-use crate::transport::BoxWrite;
+use crate::transport::{BoxRead, BoxWrite};
 use crate::wire::{Error, FrameReader, FrameWriter};
 
 /// Why a body could not be sent.
@@ -208,6 +208,174 @@ fn buffer_ring() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
         tx.try_send(Vec::with_capacity(BUF)).expect("the channel has room for every buffer");
     }
     (tx, rx)
+}
+
+/// Receives the rest of the current body into `file` from its current
+/// position, as [`receive_body`] does, and returns the same.
+///
+/// On a plaintext connection on Linux a large body goes from the socket to
+/// the file with `splice(2)` ([`crate::transport::splice_to_file`]): the
+/// kernel copies each byte once, from the socket's pages into the file's,
+/// and the hash reads the bytes just written through a read-only map of
+/// the file, without copying them into user space.
+///
+/// # Errors
+///
+/// As [`receive_body`].
+pub async fn receive_file(
+    reader: &mut FrameReader<BoxRead>,
+    file: File,
+    hasher: blake3::Hasher,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<io::Result<(File, blake3::Hash)>, Error> {
+    #[cfg(target_os = "linux")]
+    if reader.body_left() >= SPLICE_MIN {
+        if let Some(sock) = reader.get_ref().socket() {
+            match sock.try_clone_to_owned() {
+                Ok(sock) => return spliced(reader, sock, file, hasher, progress).await,
+                Err(e) => tracing::debug!("no zero-copy receive ({e}); copying instead"),
+            }
+        }
+    }
+    receive_body(reader, file, hasher, progress).await
+}
+
+/// Bodies smaller than this are copied: a pipe and a map are not worth
+/// setting up for them.
+#[cfg(target_os = "linux")]
+const SPLICE_MIN: u64 = 1 << 20;
+
+#[cfg(target_os = "linux")]
+async fn spliced(
+    reader: &mut FrameReader<BoxRead>,
+    sock: std::os::fd::OwnedFd,
+    file: File,
+    hasher: blake3::Hasher,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<io::Result<(File, blake3::Hash)>, Error> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::transport::{splice_to_file, SpliceError};
+
+    let stall = reader.io_timeout();
+    // What the frame reader holds already goes first; the rest comes
+    // straight from the socket.
+    let head = reader.take_buffered_body();
+    let head_len = head.len() as u64;
+    let len = reader.body_left();
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0u64);
+    let mut moving = {
+        let cancel = cancel.clone();
+        spawn_blocking(move || {
+            let (mut file, mut hasher) = (file, hasher);
+            let at = match file.stream_position().and_then(|at| file.write_all(&head).map(|()| at)) {
+                Ok(at) => at,
+                Err(e) => return (0, Err(SpliceError::File(e)), file, hasher),
+            };
+            hasher.update(&head);
+            let start = at + head.len() as u64;
+            let (mut map, mut told) = (MappedHash::default(), at);
+            let (taken, moved) = splice_to_file(sock.as_fd(), &file, start, len, stall, &cancel, |from, to| {
+                map.update(&file, from, to, &mut hasher)?;
+                if to - told >= PROGRESS_STEP {
+                    told = to;
+                    done_tx.send_replace(to - at);
+                }
+                Ok(())
+            });
+            if let Err(SpliceError::Unsupported) = moved {
+                // The caller goes on by copying, from where this stopped.
+                if let Err(e) = file.seek(io::SeekFrom::Start(start + taken)) {
+                    return (taken, Err(SpliceError::File(e)), file, hasher);
+                }
+            }
+            (taken, moved, file, hasher)
+        })
+    };
+    let (taken, moved, file, hasher) = loop {
+        tokio::select! {
+            moved = &mut moving => break moved.map_err(|e| Error::Io(io::Error::other(e)))?,
+            Ok(()) = done_rx.changed() => progress(*done_rx.borrow_and_update()),
+        }
+    };
+    reader.body_read_elsewhere(taken);
+    let done = head_len + taken;
+    match moved {
+        Ok(()) => {
+            progress(done);
+            Ok(Ok((file, hasher.finalize())))
+        }
+        Err(SpliceError::File(e)) => Ok(Err(e)),
+        Err(SpliceError::Unsupported) => {
+            tracing::debug!("the file system takes no splice writes; copying instead");
+            receive_body(reader, file, hasher, &mut |n| progress(done + n)).await
+        }
+        Err(SpliceError::Socket(e)) => Err(match e.kind() {
+            io::ErrorKind::UnexpectedEof => reader.body_eof(),
+            io::ErrorKind::TimedOut => Error::Stalled(stall.unwrap_or_default()),
+            _ => Error::Io(e),
+        }),
+    }
+}
+
+/// Hashes a file as it is written, reading the bytes just written in
+/// place through a read-only map of a 64 MiB window of the file (the page
+/// cache, hot from the write), with no copy into user space. Where a file
+/// cannot be mapped, it reads them back with `pread(2)` instead.
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+struct MappedHash {
+    window: Option<(u64, memmap2::Mmap)>,
+    unmappable: Option<Vec<u8>>,
+}
+
+#[cfg(target_os = "linux")]
+impl MappedHash {
+    const WINDOW: u64 = 64 << 20;
+
+    /// Hashes bytes `from..to` of `file` into `hasher`; they must have
+    /// been written.
+    fn update(&mut self, file: &File, mut from: u64, to: u64, hasher: &mut blake3::Hasher) -> io::Result<()> {
+        while from < to {
+            if let Some(buf) = self.unmappable.as_mut() {
+                use std::os::unix::fs::FileExt;
+                let n = usize::try_from(to - from).unwrap_or(usize::MAX).min(buf.len());
+                file.read_exact_at(&mut buf[..n], from)?;
+                hasher.update(&buf[..n]);
+                from += n as u64;
+                continue;
+            }
+            let base = from - from % Self::WINDOW;
+            if self.window.as_ref().map(|w| w.0) != Some(base) {
+                self.window = None;
+                // SAFETY: a map of a file is sound while nobody shrinks the
+                // file under it (reading a page past the end raises
+                // SIGBUS). This file is the receiver's own partial file:
+                // owner-only, locked against other transfers, and only the
+                // bytes just written are read. The window may reach past
+                // the end of the file; those pages are never touched.
+                match unsafe { memmap2::MmapOptions::new().offset(base).len(Self::WINDOW as usize).map(file) } {
+                    Ok(map) => self.window = Some((base, map)),
+                    Err(e) => {
+                        tracing::debug!("cannot map the file to hash it ({e}); reading it back instead");
+                        self.unmappable = Some(vec![0; BUF]);
+                        continue;
+                    }
+                }
+            }
+            let (base, map) = self.window.as_ref().expect("mapped just above");
+            let end = to.min(base + Self::WINDOW);
+            #[allow(clippy::cast_possible_truncation)] // within one window
+            hasher.update(&map[(from - base) as usize..(end - base) as usize]);
+            from = end;
+        }
+        Ok(())
+    }
 }
 
 /// Receives the rest of the current body into `dst`: the async side reads

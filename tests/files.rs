@@ -760,3 +760,105 @@ async fn an_upload_stops_as_soon_as_a_write_fails() {
         assert_eq!(fresh.echo(b"served").await.unwrap(), "served");
     }
 }
+
+/// An upload that stalls in the middle of a large body (the `splice(2)`
+/// path) is dropped at the I/O timeout. What arrived is kept, in a partial
+/// file only its owner may read, and the next upload resumes from it; the
+/// resumed part starts off any page boundary and crosses the receiver's
+/// 64 MiB hashing window.
+#[tokio::test]
+async fn a_stalled_upload_keeps_what_arrived_and_resumes() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start_with(|c| c.timeouts.io = Some(Duration::from_millis(300))).await;
+    let data = pattern(70 << 20, 6);
+    let sent = (3 << 20) + 12_345;
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.send(&Message::Put { path: "s.bin".into(), size: data.len() as u64, force: false, mode: None }, &[])
+        .await
+        .unwrap();
+    r.read_preface().await.unwrap();
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert!(matches!(m, Message::PutReady { offset: 0, .. }), "{m:?}");
+    w.feed_head(&Message::PutData { len: data.len() as u64, offset: 0 }).unwrap();
+    w.write_body(&data[..sent]).await.unwrap();
+    w.flush().await.unwrap();
+    // Then nothing more: the server gives up on us and closes.
+    let (mut read, _) = r.into_parts();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut read, &mut rest))
+        .await
+        .expect("the server closes the stalled upload")
+        .unwrap();
+
+    let partial = server.root.path().join(".s.bin.fwpart");
+    assert!(std::fs::read(&partial).unwrap() == data[..sent], "the partial file holds exactly what arrived");
+    let mode = std::fs::metadata(&partial).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "an incomplete file is its owner's alone");
+    assert!(!server.root.path().join("s.bin").exists());
+
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("s.bin"), &data).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let t = client
+        .put(&local.path().join("s.bin"), "s.bin", &TransferOptions::default(), &mut no_progress())
+        .await
+        .unwrap();
+    assert_eq!(t.resumed, sent as u64, "only the rest was sent");
+    assert_eq!(t.blake3, blake3_hex(&data));
+    assert!(std::fs::read(server.root.path().join("s.bin")).unwrap() == data);
+    drop(w);
+}
+
+/// Holds an exclusive `flock(2)` on `path`, as a transfer writing that
+/// partial file does, until dropped.
+fn lock(path: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    file
+}
+
+/// A partial file that another transfer is writing (it holds the file's
+/// lock) is left alone: the server refuses a second upload of it as busy,
+/// the client refuses a second download into it, and neither writes a byte
+/// of it. Once the lock goes, both go through.
+#[tokio::test]
+async fn a_partial_file_in_use_is_left_alone() {
+    let server = TestServer::start().await;
+    let data = pattern(2 << 20, 4);
+    std::fs::write(server.root.path().join("down.bin"), &data).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("up.bin"), &data).unwrap();
+    let theirs = b"someone else's bytes";
+    let remote_partial = server.root.path().join(".up.bin.fwpart");
+    let local_partial = local.path().join(".down.bin.fwpart");
+    std::fs::write(&remote_partial, theirs).unwrap();
+    std::fs::write(&local_partial, theirs).unwrap();
+    let locks = (lock(&remote_partial), lock(&local_partial));
+
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let opts = TransferOptions::default();
+    let err = client.put(&local.path().join("up.bin"), "up.bin", &opts, &mut no_progress()).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Remote { code: ErrorCode::Busy, .. }), "{err:?}");
+    assert!(err.to_string().contains("another transfer is writing"), "{err}");
+    let err = client.get("down.bin", &local.path().join("down.bin"), &opts, &mut no_progress()).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Local { source, .. } if source.kind() == std::io::ErrorKind::ResourceBusy),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("another transfer is writing"), "{err}");
+    assert_eq!(std::fs::read(&remote_partial).unwrap(), theirs);
+    assert_eq!(std::fs::read(&local_partial).unwrap(), theirs);
+    assert!(!server.root.path().join("up.bin").exists() && !local.path().join("down.bin").exists());
+
+    drop(locks);
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    client.put(&local.path().join("up.bin"), "up.bin", &opts, &mut no_progress()).await.unwrap();
+    client.get("down.bin", &local.path().join("down.bin"), &opts, &mut no_progress()).await.unwrap();
+    assert!(std::fs::read(server.root.path().join("up.bin")).unwrap() == data);
+    assert!(std::fs::read(local.path().join("down.bin")).unwrap() == data);
+}

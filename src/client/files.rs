@@ -1,7 +1,7 @@
 //! `Client::list`, `stat`, `get` and `put`: whole-file checksums, atomic
 //! writes through a partial file, and automatic resume.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -10,9 +10,9 @@ use tokio::task::spawn_blocking;
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
 use crate::services::files::{
-    at, check_room, commit, hash_prefix, not_regular, open_to_send, partial_path, received_mode,
+    at, check_room, commit, hash_prefix, not_regular, open_partial, open_to_send, partial_path, received_mode,
 };
-use crate::transfer::{receive_body, send_body, SendError};
+use crate::transfer::{receive_body, receive_file, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
 /// Options of a transfer.
@@ -170,7 +170,7 @@ impl Client {
         let partial = partial_path(local);
         let p = partial.clone();
         let (file, held, hasher) = spawn_blocking(move || {
-            let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p)?;
+            let mut file = open_partial(&p)?;
             let held = file.metadata()?.len();
             let hasher = hash_prefix(&mut file, held)?;
             Ok::<_, std::io::Error>((file, held, hasher))
@@ -209,8 +209,13 @@ impl Client {
             return Err(local_err(&partial)(e));
         }
         let file = at(file, offset).map_err(local_err(&partial))?;
-        let (written, expected) =
-            self.receive(file, hasher, Progress { size, resumed: offset, done: 0 }, progress).await?;
+        let mut at = Progress { size, resumed: offset, done: 0 };
+        let written = receive_file(&mut self.reader, file, hasher, &mut |n| {
+            at.done = n;
+            progress(at);
+        })
+        .await?;
+        let (written, expected) = self.checksum_after(written).await?;
         let (file, hash) = match written {
             Ok(done) => done,
             Err(e) => {
@@ -229,9 +234,10 @@ impl Client {
         }
         let target = local.to_owned();
         spawn_blocking(move || {
-            if mode != 0 {
-                file.set_permissions(fs::Permissions::from_mode(received_mode(mode)))?;
-            }
+            // The partial file is owner-only until now; a server that
+            // sends no mode gets what a new file gets here.
+            let mode = if mode == 0 { 0o666 } else { mode };
+            file.set_permissions(fs::Permissions::from_mode(received_mode(mode)))?;
             commit(&file, &partial, &target)
         })
         .await
@@ -260,8 +266,13 @@ impl Client {
             Some((other, _)) => return Err(unexpected("file", other)),
             None => return Err(ClientError::Closed),
         };
-        let start = Progress { size, resumed: 0, done: 0 };
-        let (written, expected) = self.receive(dst, blake3::Hasher::new(), start, progress).await?;
+        let mut at = Progress { size, resumed: 0, done: 0 };
+        let written = receive_body(&mut self.reader, dst, blake3::Hasher::new(), &mut |n| {
+            at.done = n;
+            progress(at);
+        })
+        .await?;
+        let (written, expected) = self.checksum_after(written).await?;
         let (_, hash) = written.map_err(wire::Error::Io)?;
         let got = hash.to_hex().to_string();
         if got != expected {
@@ -270,21 +281,13 @@ impl Client {
         Ok(Transfer { size, resumed: 0, blake3: got })
     }
 
-    /// Receives the current file body into `dst` through the write-and-hash
-    /// thread, then the checksum frame. Returns what the thread reported
-    /// (the sink and the hash, or its write error) and the sender's hash.
-    async fn receive<W: std::io::Write + Send + 'static>(
+    /// After a file body was received with `written` as the outcome (the
+    /// sink and the hash, or a write error), reads the checksum frame that
+    /// follows. Returns `written` and the sender's hash.
+    async fn checksum_after<W>(
         &mut self,
-        dst: W,
-        hasher: blake3::Hasher,
-        mut at: Progress,
-        progress: &mut (dyn FnMut(Progress) + Send),
+        written: std::io::Result<(W, blake3::Hash)>,
     ) -> Result<(std::io::Result<(W, blake3::Hash)>, String), ClientError> {
-        let written = receive_body(&mut self.reader, dst, hasher, &mut |n| {
-            at.done = n;
-            progress(at);
-        })
-        .await?;
         if written.is_err() {
             // The rest of the body is not worth fetching: this connection
             // is out of step now, and closing it says so to both sides.

@@ -2,7 +2,7 @@
 //! hashing on a blocking thread and socket I/O on the async side, joined by
 //! a small bounded channel, so reading, hashing and sending overlap.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 
 use tokio::task::spawn_blocking;
@@ -11,7 +11,7 @@ use super::conn::{Context, Reader, Writer};
 use crate::proto::{ErrorCode, Message};
 use crate::services::files::{self, commit, hash_prefix, partial_path, Listing, Sandbox};
 use crate::services::Refusal;
-use crate::transfer::{receive_body, send_body, SendError};
+use crate::transfer::{receive_file, send_body, SendError};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
 
 /// Runs blocking file work off the async threads.
@@ -191,13 +191,7 @@ pub(super) async fn put(
         }
         let claim = sb.claim(&target, &path)?;
         let partial = partial_path(&target);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&partial)
-            .map_err(|e| Refusal::io(&path, &e))?;
+        let mut file = files::open_partial(&partial).map_err(|e| Refusal::io(&path, &e))?;
         let mut held = file.metadata().map_err(|e| Refusal::io(&path, &e))?.len();
         if held > size {
             file.set_len(0).map_err(|e| Refusal::io(&path, &e))?;
@@ -245,7 +239,7 @@ pub(super) async fn put(
     let Upload { target, partial, file, hasher, _claim, .. } = up;
     // A cut connection returns here and leaves the partial file for a
     // later resume.
-    let written = receive_body(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
+    let written = receive_file(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
     let (file, hash) = match written {
         Ok(done) => done,
         Err(e) => {
@@ -287,10 +281,10 @@ pub(super) async fn put(
     }
     let cache = hashes.clone();
     let done = blocking(move || {
-        if let Some(mode) = mode {
-            file.set_permissions(fs::Permissions::from_mode(files::received_mode(mode)))
-                .map_err(|e| Refusal::io(&shown, &e))?;
-        }
+        // The partial file is owner-only until now; a client that sends
+        // no mode gets what a new file gets here.
+        let mode = files::received_mode(mode.unwrap_or(0o666));
+        file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| Refusal::io(&shown, &e))?;
         commit(&file, &partial, &target).map_err(|e| Refusal::io(&shown, &e))?;
         // The verified hash of what is now in place: a later get of it
         // need not hash it again.

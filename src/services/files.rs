@@ -370,6 +370,37 @@ pub fn partial_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
 }
 
+/// Opens (or creates) the partial file at `path` to write a transfer into
+/// it: readable and writable by its owner only until it is complete (its
+/// final permission bits are set when it is committed), and locked with
+/// `flock(2)` so that two transfers, in this process or in any other that
+/// opens partial files this way, never write one partial file at once.
+/// The lock goes with the file's last descriptor.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::ResourceBusy`] if another transfer holds the partial
+/// file; I/O errors.
+pub fn open_partial(path: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    // SAFETY: flock on a descriptor we own; the result is checked.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(io::Error::new(io::ErrorKind::ResourceBusy, "another transfer is writing this file"));
+        }
+        return Err(e);
+    }
+    // A partial file left by an older version may be open to others.
+    let meta = file.metadata()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 /// A BLAKE3 hasher fed with the first `len` bytes of `file` (read from its
 /// start), for resuming: the checksum of a resumed transfer still covers
 /// the whole file.

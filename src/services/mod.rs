@@ -34,6 +34,7 @@ impl Refusal {
             io::ErrorKind::IsADirectory => ErrorCode::IsADirectory,
             io::ErrorKind::NotADirectory => ErrorCode::NotADirectory,
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::DiskFull,
+            io::ErrorKind::ResourceBusy => ErrorCode::Busy,
             _ => ErrorCode::Io,
         };
         let why = match code {
