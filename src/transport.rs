@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::auth::{BINDING_LEN, EXPORTER_LABEL};
 
 /// The read half of a connection, plaintext or TLS.
-pub type BoxRead = Box<dyn ReadHalf>;
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of a connection, plaintext or TLS.
 pub type BoxWrite = Box<dyn WriteHalf>;
 
@@ -44,25 +44,6 @@ impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
 
 /// TLS: bytes are encrypted on their way, so no socket is shown.
 impl<T: AsyncRead + AsyncWrite + Send> WriteHalf for tokio::io::WriteHalf<T> {}
-
-/// A connection's read half. A plaintext one also shows its socket, so
-/// that file bodies can go from it to a file with `splice(2)` (see
-/// [`splice_to_file`]).
-pub trait ReadHalf: AsyncRead + Send + Unpin {
-    /// The TCP socket, if what is read from it comes as it is.
-    fn socket(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-}
-
-impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
-    fn socket(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.as_ref().as_fd())
-    }
-}
-
-/// TLS: bytes are decrypted on their way, so no socket is shown.
-impl<T: AsyncRead + AsyncWrite + Send> ReadHalf for tokio::io::ReadHalf<T> {}
 
 /// The TLS exporter value both sides prove over.
 pub type Binding = [u8; BINDING_LEN];
@@ -254,6 +235,7 @@ pub fn send_file(
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const MOST: u64 = 1 << 30;
+    const SLICE_MS: u16 = 100;
     let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
     let (mut left, mut waited) = (len, Duration::ZERO);
     while left > 0 {
@@ -276,222 +258,28 @@ pub fn send_file(
         let err = io::Error::last_os_error();
         match err.kind() {
             io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => wait_for(sock, libc::POLLOUT, stall, &mut waited, "the peer took nothing")?,
+            io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd, for the length given.
+                match unsafe { libc::poll(&mut pfd, 1, i32::from(SLICE_MS)) } {
+                    0 => {
+                        waited += Duration::from_millis(SLICE_MS.into());
+                        if stall.is_some_and(|s| waited >= s) {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer took nothing"));
+                        }
+                    }
+                    r if r < 0 => {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                    // Room, or an error the next sendfile reports.
+                    _ => {}
+                }
+            }
             _ => return Err(err),
         }
     }
     Ok(())
-}
-
-/// Waits up to 100 ms for `events` on the non-blocking socket `sock`,
-/// adding the time to `waited` when nothing came; fails with
-/// [`io::ErrorKind::TimedOut`] (`what`) once `waited` reaches `stall`.
-/// An error on the socket is left for the next call on it to report.
-#[cfg(target_os = "linux")]
-fn wait_for(
-    sock: BorrowedFd<'_>,
-    events: libc::c_short,
-    stall: Option<Duration>,
-    waited: &mut Duration,
-    what: &str,
-) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    const SLICE_MS: u16 = 100;
-    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events, revents: 0 };
-    // SAFETY: one valid pollfd, for the length given.
-    match unsafe { libc::poll(&mut pfd, 1, i32::from(SLICE_MS)) } {
-        0 => {
-            *waited += Duration::from_millis(SLICE_MS.into());
-            if stall.is_some_and(|s| *waited >= s) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, what.to_owned()));
-            }
-            Ok(())
-        }
-        r if r < 0 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Why [`splice_to_file`] stopped before the end.
-#[cfg(target_os = "linux")]
-#[derive(Debug)]
-pub enum SpliceError {
-    /// The connection: closed early ([`io::ErrorKind::UnexpectedEof`]),
-    /// stalled ([`io::ErrorKind::TimedOut`]), cancelled
-    /// ([`io::ErrorKind::Interrupted`]) or failed. Everything taken from
-    /// it was written.
-    Socket(io::Error),
-    /// Writing the file failed (a full disk, say), or what `written`
-    /// returned. The rest of the body is left in the socket.
-    File(io::Error),
-    /// The file system does not take `splice(2)` writes. Everything taken
-    /// from the socket was written (by copying); the caller goes on
-    /// another way.
-    Unsupported,
-}
-
-/// Moves `len` bytes from the socket `sock` into `file` at `offset`
-/// through a pipe with `splice(2)`: the kernel hands the socket's pages to
-/// the pipe and copies them once, into the file's page cache; no byte
-/// passes through user space. After each write, `written` gets the range
-/// of the file just written (to hash it, say); an error it returns stops
-/// the move as a [`SpliceError::File`].
-///
-/// Returns the bytes taken from the socket, whatever happened: all were
-/// written unless the file failed.
-///
-/// Meant for a blocking thread, like [`send_file`]: the socket stays
-/// non-blocking, and waits for data are `poll(2)` calls of at most
-/// `stall` in a row, given up once `cancel` is set.
-#[cfg(target_os = "linux")]
-pub fn splice_to_file(
-    sock: BorrowedFd<'_>,
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-    stall: Option<Duration>,
-    cancel: &tokio_util::sync::CancellationToken,
-    mut written: impl FnMut(u64, u64) -> io::Result<()>,
-) -> (u64, Result<(), SpliceError>) {
-    use std::os::fd::AsRawFd;
-    let pipe = match Pipe::new() {
-        Ok(pipe) => pipe,
-        Err(e) => return (0, Err(SpliceError::File(e))),
-    };
-    let Ok(mut off) = libc::loff_t::try_from(offset) else {
-        return (0, Err(SpliceError::File(io::Error::other("offset out of range"))));
-    };
-    let (mut taken, mut waited) = (0u64, Duration::ZERO);
-    while taken < len {
-        if cancel.is_cancelled() {
-            return (taken, Err(SpliceError::Socket(io::Error::new(io::ErrorKind::Interrupted, "transfer cancelled"))));
-        }
-        let want = usize::try_from(len - taken).unwrap_or(usize::MAX).min(pipe.size);
-        // SAFETY: both descriptors are open for the whole call; null
-        // offsets: the socket and the pipe have none.
-        let n = unsafe {
-            libc::splice(
-                sock.as_raw_fd(),
-                std::ptr::null_mut(),
-                pipe.write.as_raw_fd(),
-                std::ptr::null_mut(),
-                want,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        if n == 0 {
-            let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "the connection closed inside the body");
-            return (taken, Err(SpliceError::Socket(eof)));
-        }
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            let waiting = match err.kind() {
-                io::ErrorKind::Interrupted => Ok(()),
-                // The pipe is empty here: it is the socket that has nothing.
-                io::ErrorKind::WouldBlock => wait_for(sock, libc::POLLIN, stall, &mut waited, "the peer sent nothing"),
-                _ => Err(err),
-            };
-            if let Err(e) = waiting {
-                return (taken, Err(SpliceError::Socket(e)));
-            }
-            continue;
-        }
-        let n = n as usize; // positive
-        taken += n as u64;
-        waited = Duration::ZERO;
-        let start = off;
-        let drained = pipe.drain_into(file, &mut off, n);
-        #[allow(clippy::cast_sign_loss)] // offsets only grow from a u64
-        if off > start {
-            if let Err(e) = written(start as u64, off as u64) {
-                return (taken, Err(SpliceError::File(e)));
-            }
-        }
-        if let Err(e) = drained {
-            return (taken, Err(e));
-        }
-    }
-    (taken, Ok(()))
-}
-
-/// A pipe for [`splice_to_file`], as large as the system lets it be.
-#[cfg(target_os = "linux")]
-struct Pipe {
-    read: std::os::fd::OwnedFd,
-    write: std::os::fd::OwnedFd,
-    size: usize,
-}
-
-#[cfg(target_os = "linux")]
-impl Pipe {
-    /// Bytes asked for: the default `/proc/sys/fs/pipe-max-size`. Beyond
-    /// a user's pipe quota the kernel refuses and the pipe keeps its
-    /// default size, which only means more calls.
-    const WANT: libc::c_int = 1 << 20;
-
-    fn new() -> io::Result<Pipe> {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded: both are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: fcntl on a descriptor we own; the results are checked.
-        let size = unsafe {
-            libc::fcntl(fds[1], libc::F_SETPIPE_SZ, Self::WANT);
-            libc::fcntl(fds[1], libc::F_GETPIPE_SZ)
-        };
-        let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
-        Ok(Pipe { read, write, size })
-    }
-
-    /// Writes the `n` bytes in the pipe into `file` at `off` (moved on).
-    /// A file system that takes no `splice(2)` writes gets them copied.
-    fn drain_into(&self, file: &std::fs::File, off: &mut libc::loff_t, mut n: usize) -> Result<(), SpliceError> {
-        use std::os::fd::AsRawFd;
-        while n > 0 {
-            // SAFETY: both descriptors are open; `off` is a valid loff_t.
-            let m = unsafe {
-                libc::splice(self.read.as_raw_fd(), std::ptr::null_mut(), file.as_raw_fd(), off, n, libc::SPLICE_F_MOVE)
-            };
-            match m {
-                m if m > 0 => n -= m as usize,
-                0 => return Err(SpliceError::File(io::Error::new(io::ErrorKind::WriteZero, "the file took nothing"))),
-                _ => {
-                    let err = io::Error::last_os_error();
-                    match err.raw_os_error() {
-                        Some(libc::EINTR) => {}
-                        Some(libc::EINVAL) => return self.copy_into(file, off, n),
-                        _ => return Err(SpliceError::File(err)),
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The fallback of [`drain_into`](Self::drain_into): reads the `n`
-    /// bytes out of the pipe and writes them, then says the file system
-    /// wants another way.
-    fn copy_into(&self, file: &std::fs::File, off: &mut libc::loff_t, n: usize) -> Result<(), SpliceError> {
-        use std::io::Read;
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0; n];
-        std::fs::File::from(self.read.try_clone().map_err(SpliceError::File)?)
-            .read_exact(&mut buf)
-            .map_err(SpliceError::File)?;
-        #[allow(clippy::cast_sign_loss)] // offsets only grow from a u64
-        file.write_all_at(&buf, *off as u64).map_err(SpliceError::File)?;
-        *off += n as libc::loff_t;
-        Err(SpliceError::Unsupported)
-    }
 }

@@ -761,11 +761,10 @@ async fn an_upload_stops_as_soon_as_a_write_fails() {
     }
 }
 
-/// An upload that stalls in the middle of a large body (the `splice(2)`
-/// path) is dropped at the I/O timeout. What arrived is kept, in a partial
-/// file only its owner may read, and the next upload resumes from it; the
-/// resumed part starts off any page boundary and crosses the receiver's
-/// 64 MiB hashing window.
+/// An upload that stalls in the middle of a large body is dropped at the
+/// I/O timeout. What arrived is kept, in a partial file only its owner may
+/// read, and the next upload resumes from it, from an offset that is no
+/// multiple of any buffer or page size.
 #[tokio::test]
 async fn a_stalled_upload_keeps_what_arrived_and_resumes() {
     use std::os::unix::fs::PermissionsExt;

@@ -12,7 +12,7 @@ use crate::proto::{Entry, Message};
 use crate::services::files::{
     at, check_room, commit, hash_prefix, not_regular, open_partial, open_to_send, partial_path, received_mode,
 };
-use crate::transfer::{receive_body, receive_file, send_body, SendError};
+use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
 /// Options of a transfer.
@@ -209,13 +209,8 @@ impl Client {
             return Err(local_err(&partial)(e));
         }
         let file = at(file, offset).map_err(local_err(&partial))?;
-        let mut at = Progress { size, resumed: offset, done: 0 };
-        let written = receive_file(&mut self.reader, file, hasher, &mut |n| {
-            at.done = n;
-            progress(at);
-        })
-        .await?;
-        let (written, expected) = self.checksum_after(written).await?;
+        let (written, expected) =
+            self.receive(file, hasher, Progress { size, resumed: offset, done: 0 }, progress).await?;
         let (file, hash) = match written {
             Ok(done) => done,
             Err(e) => {
@@ -266,13 +261,8 @@ impl Client {
             Some((other, _)) => return Err(unexpected("file", other)),
             None => return Err(ClientError::Closed),
         };
-        let mut at = Progress { size, resumed: 0, done: 0 };
-        let written = receive_body(&mut self.reader, dst, blake3::Hasher::new(), &mut |n| {
-            at.done = n;
-            progress(at);
-        })
-        .await?;
-        let (written, expected) = self.checksum_after(written).await?;
+        let start = Progress { size, resumed: 0, done: 0 };
+        let (written, expected) = self.receive(dst, blake3::Hasher::new(), start, progress).await?;
         let (_, hash) = written.map_err(wire::Error::Io)?;
         let got = hash.to_hex().to_string();
         if got != expected {
@@ -281,13 +271,21 @@ impl Client {
         Ok(Transfer { size, resumed: 0, blake3: got })
     }
 
-    /// After a file body was received with `written` as the outcome (the
-    /// sink and the hash, or a write error), reads the checksum frame that
-    /// follows. Returns `written` and the sender's hash.
-    async fn checksum_after<W>(
+    /// Receives the current file body into `dst` through the write-and-hash
+    /// thread, then the checksum frame. Returns what the thread reported
+    /// (the sink and the hash, or its write error) and the sender's hash.
+    async fn receive<W: std::io::Write + Send + 'static>(
         &mut self,
-        written: std::io::Result<(W, blake3::Hash)>,
+        dst: W,
+        hasher: blake3::Hasher,
+        mut at: Progress,
+        progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(std::io::Result<(W, blake3::Hash)>, String), ClientError> {
+        let written = receive_body(&mut self.reader, dst, hasher, &mut |n| {
+            at.done = n;
+            progress(at);
+        })
+        .await?;
         if written.is_err() {
             // The rest of the body is not worth fetching: this connection
             // is out of step now, and closing it says so to both sides.

@@ -11,7 +11,7 @@ use super::conn::{Context, Reader, Writer};
 use crate::proto::{ErrorCode, Message};
 use crate::services::files::{self, commit, hash_prefix, partial_path, Listing, Sandbox};
 use crate::services::Refusal;
-use crate::transfer::{receive_file, send_body, SendError};
+use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
 
 /// Runs blocking file work off the async threads.
@@ -239,7 +239,7 @@ pub(super) async fn put(
     let Upload { target, partial, file, hasher, _claim, .. } = up;
     // A cut connection returns here and leaves the partial file for a
     // later resume.
-    let written = receive_file(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
+    let written = receive_body(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
     let (file, hash) = match written {
         Ok(done) => done,
         Err(e) => {

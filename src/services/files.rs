@@ -375,7 +375,8 @@ pub fn partial_path(target: &Path) -> PathBuf {
 /// final permission bits are set when it is committed), and locked with
 /// `flock(2)` so that two transfers, in this process or in any other that
 /// opens partial files this way, never write one partial file at once.
-/// The lock goes with the file's last descriptor.
+/// The lock goes with the file's last descriptor. On a file system that
+/// has no locks the file is opened unlocked.
 ///
 /// # Errors
 ///
@@ -388,10 +389,17 @@ pub fn open_partial(path: &Path) -> io::Result<File> {
     // SAFETY: flock on a descriptor we own; the result is checked.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            return Err(io::Error::new(io::ErrorKind::ResourceBusy, "another transfer is writing this file"));
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => {
+                return Err(io::Error::new(io::ErrorKind::ResourceBusy, "another transfer is writing this file"))
+            }
+            // A file system with no locks (NFS without its lock service,
+            // say) still takes the transfer, unguarded as before.
+            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL) => {
+                tracing::debug!("{}: no lock on the partial file ({e})", path.display());
+            }
+            _ => return Err(e),
         }
-        return Err(e);
     }
     // A partial file left by an older version may be open to others.
     let meta = file.metadata()?;

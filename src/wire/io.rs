@@ -170,8 +170,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.body_left
     }
 
-    /// The error for a body cut short by the end of the stream.
-    pub(crate) fn body_eof(&self) -> Error {
+    fn body_eof(&self) -> Error {
         Error::UnexpectedEof {
             part: FramePart::Body,
             got: self.body_len - self.body_left + self.buf.len() as u64,
@@ -296,29 +295,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             copied += got as u64;
         }
         Ok(copied)
-    }
-
-    /// How long a read may stall once a frame has started, if limited.
-    pub fn io_timeout(&self) -> Option<Duration> {
-        self.timeouts.io
-    }
-
-    /// Takes the bytes of the current body that are already buffered, for
-    /// a caller about to read the rest straight from the underlying
-    /// connection (e.g. with `splice(2)`): after this, the buffer is empty
-    /// whenever [`body_left`](Self::body_left) is not zero.
-    pub(crate) fn take_buffered_body(&mut self) -> Bytes {
-        let n = (self.buf.len() as u64).min(self.body_left) as usize;
-        self.body_left -= n as u64;
-        self.buf.split_to(n).freeze()
-    }
-
-    /// Counts `n` bytes of the current body as read, by a caller that
-    /// read them from the underlying connection itself (after
-    /// [`take_buffered_body`](Self::take_buffered_body)).
-    pub(crate) fn body_read_elsewhere(&mut self, n: u64) {
-        debug_assert!(self.buf.is_empty() && n <= self.body_left, "read past the body, or around the buffer");
-        self.body_left -= n.min(self.body_left);
     }
 
     /// Reads and drops the rest of the current body.
