@@ -325,7 +325,17 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
     .await
     .map_err(std::io::Error::other)??;
     info!(name = ?target, size, "legacy upload");
-    let mut file = tokio::fs::File::create(&partial).await?;
+    // Private and locked as every partial file (docs/DESIGN.md); a legacy
+    // upload always starts over, so what it held is dropped.
+    let opening = partial.clone();
+    let file = tokio::task::spawn_blocking(move || {
+        let file = files::open_partial(&opening)?;
+        file.set_len(0)?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let mut file = tokio::fs::File::from_std(file);
     let mut left = size;
     let mut buf = vec![0u8; 256 * 1024];
     while left > 0 {
@@ -349,9 +359,13 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
     }
     file.flush().await?;
     let file = file.into_std().await;
-    tokio::task::spawn_blocking(move || files::commit(&file, &partial, &target).map(|()| drop(claim)))
-        .await
-        .map_err(std::io::Error::other)??;
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(files::received_mode(0o666)))?;
+        files::commit(&file, &partial, &target).map(|()| drop(claim))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     Ok(())
 }
 
