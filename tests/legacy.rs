@@ -153,6 +153,27 @@ fn upload_and_download() {
     assert!(python(&addrs["upload"], UPLOAD, vars).status.success());
     assert!(wait_until(|| root.join("notes.txt").exists()));
 
+    // A partial file that another transfer holds locked is left alone.
+    let partial = root.join(".locked.txt.fwpart");
+    std::fs::write(&partial, b"theirs").unwrap();
+    let held = {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&partial).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        file
+    };
+    let vars = "FILEPATH = ''\nFILENAME = 'locked.txt'\nDATA = b'mine' * 1000\nSEND = len(DATA)";
+    assert!(python(&addrs["upload"], UPLOAD, vars).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(std::fs::read(&partial).unwrap(), b"theirs", "a locked partial file is not written");
+    assert!(!root.join("locked.txt").exists());
+    drop(held);
+    assert!(python(&addrs["upload"], UPLOAD, vars).status.success());
+    assert!(wait_until(|| root.join("locked.txt").exists()));
+    assert_eq!(std::fs::read(root.join("locked.txt")).unwrap(), b"mine".repeat(1000));
+    std::fs::remove_file(root.join("locked.txt")).unwrap();
+
     std::fs::write(root.join("b.bin"), vec![7u8; 5000]).unwrap();
     let out = python(&addrs["download"], DOWNLOAD, "CHOICES = ['1', '2', '3', 'q']");
     assert!(out.status.success(), "{out:?}");
