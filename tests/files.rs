@@ -390,12 +390,20 @@ async fn cut_download_resumes() {
     std::fs::write(server.root.path().join("d.bin"), &data).unwrap();
     let local = tempfile::tempdir().unwrap();
     // What an interrupted download leaves: the first part, in the partial.
-    std::fs::write(local.path().join(".d.bin.fwpart"), &data[..1_234_567]).unwrap();
+    let partial = local.path().join(".d.bin.fwpart");
+    std::fs::write(&partial, &data[..1_234_567]).unwrap();
+    std::fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let mut client = Client::connect(&server.addr()).await.unwrap();
-    let t = client
-        .get("d.bin", &local.path().join("d.bin"), &TransferOptions::default(), &mut no_progress())
-        .await
-        .unwrap();
+    // While the transfer runs, the partial file is its owner's alone (a
+    // looser one left behind is tightened).
+    let mut modes = Vec::new();
+    let mut watch = |_: Progress| {
+        if let Ok(meta) = std::fs::metadata(&partial) {
+            modes.push(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777);
+        }
+    };
+    let t = client.get("d.bin", &local.path().join("d.bin"), &TransferOptions::default(), &mut watch).await.unwrap();
+    assert!(!modes.is_empty() && modes.iter().all(|&m| m == 0o600), "modes seen: {modes:?}");
     assert_eq!(t.resumed, 1_234_567);
     assert!(std::fs::read(local.path().join("d.bin")).unwrap() == data);
     assert_eq!(names(local.path()), ["d.bin"]);
