@@ -260,16 +260,26 @@ async fn a_listing_cannot_lead_outside() {
     }
 }
 
-/// Raw upload: put, put_ready, put_data with part of the body, then the
-/// connection is cut.
-async fn cut_upload(server: &TestServer, path: &str, data: &[u8], send: usize) {
+type RawReader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type RawWriter = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+/// A raw connection that has asked to upload `size` bytes to `path`, and
+/// the server's first answer.
+async fn raw_put(server: &TestServer, path: &str, size: u64) -> (RawReader, RawWriter, Message) {
     let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::Put { path: path.into(), size: data.len() as u64, force: false, mode: None }, &[]).await.unwrap();
+    w.send(&Message::Put { path: path.into(), size, force: false, mode: None }, &[]).await.unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    (r, w, m)
+}
+
+/// Raw upload: put, put_ready, put_data with part of the body, then the
+/// connection is cut.
+async fn cut_upload(server: &TestServer, path: &str, data: &[u8], send: usize) {
+    let (r, mut w, m) = raw_put(server, path, data.len() as u64).await;
     assert!(matches!(m, Message::PutReady { .. }), "{m:?}");
     w.feed_head(&Message::PutData { len: data.len() as u64, offset: 0 }).unwrap();
     w.write_body(&data[..send]).await.unwrap();
@@ -337,13 +347,7 @@ async fn resume_of_a_different_file_starts_over() {
 #[tokio::test]
 async fn upload_with_wrong_checksum_is_not_kept() {
     let server = TestServer::start().await;
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (read, write) = sock.into_split();
-    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-    w.feed_preface(Preface::default());
-    w.send(&Message::Put { path: "x".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
-    r.read_preface().await.unwrap();
-    r.read_head::<Message>().await.unwrap().unwrap();
+    let (mut r, mut w, _) = raw_put(&server, "x", 5).await;
     w.send(&Message::PutData { len: 5, offset: 0 }, b"hello").await.unwrap();
     w.send(&Message::Checksum { blake3: blake3_hex(b"HELLO") }, &[]).await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
@@ -424,15 +428,7 @@ async fn concurrent_uploads_of_one_path_are_refused() {
     let server = TestServer::start().await;
     let data = pattern(1 << 20, 3);
     // An upload in progress: started, not finished.
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (read, write) = sock.into_split();
-    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-    w.feed_preface(Preface::default());
-    w.send(&Message::Put { path: "same".into(), size: data.len() as u64, force: false, mode: None }, &[])
-        .await
-        .unwrap();
-    r.read_preface().await.unwrap();
-    r.read_head::<Message>().await.unwrap().unwrap();
+    let (r, w, _) = raw_put(&server, "same", data.len() as u64).await;
 
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("same"), &data).unwrap();
@@ -779,15 +775,7 @@ async fn a_stalled_upload_keeps_what_arrived_and_resumes() {
     let server = TestServer::start_with(|c| c.timeouts.io = Some(Duration::from_millis(300))).await;
     let data = pattern(70 << 20, 6);
     let sent = (3 << 20) + 12_345;
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (read, write) = sock.into_split();
-    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-    w.feed_preface(Preface::default());
-    w.send(&Message::Put { path: "s.bin".into(), size: data.len() as u64, force: false, mode: None }, &[])
-        .await
-        .unwrap();
-    r.read_preface().await.unwrap();
-    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    let (r, mut w, m) = raw_put(&server, "s.bin", data.len() as u64).await;
     assert!(matches!(m, Message::PutReady { offset: 0, .. }), "{m:?}");
     w.feed_head(&Message::PutData { len: data.len() as u64, offset: 0 }).unwrap();
     w.write_body(&data[..sent]).await.unwrap();

@@ -10,7 +10,7 @@ use tokio::task::spawn_blocking;
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
 use crate::services::files::{
-    at, check_room, commit, hash_prefix, not_regular, open_partial, open_to_send, partial_path, received_mode,
+    at, check_room, commit, hash_prefix, not_regular, open_partial, open_to_send, partial_path,
 };
 use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
@@ -228,16 +228,11 @@ impl Client {
             return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
         }
         let target = local.to_owned();
-        spawn_blocking(move || {
-            // The partial file is owner-only until now; a server that
-            // sends no mode gets what a new file gets here.
-            let mode = if mode == 0 { 0o666 } else { mode };
-            file.set_permissions(fs::Permissions::from_mode(received_mode(mode)))?;
-            commit(&file, &partial, &target)
-        })
-        .await
-        .map_err(join_err)?
-        .map_err(local_err(local))?;
+        // A server that sends no mode sends 0.
+        spawn_blocking(move || commit(&file, (mode != 0).then_some(mode), &partial, &target))
+            .await
+            .map_err(join_err)?
+            .map_err(local_err(local))?;
         Ok(Transfer { size, resumed: offset, blake3: got })
     }
 

@@ -359,13 +359,9 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
     }
     file.flush().await?;
     let file = file.into_std().await;
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(files::received_mode(0o666)))?;
-        files::commit(&file, &partial, &target).map(|()| drop(claim))
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    tokio::task::spawn_blocking(move || files::commit(&file, None, &partial, &target).map(|()| drop(claim)))
+        .await
+        .map_err(std::io::Error::other)??;
     Ok(())
 }
 

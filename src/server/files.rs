@@ -281,11 +281,7 @@ pub(super) async fn put(
     }
     let cache = hashes.clone();
     let done = blocking(move || {
-        // The partial file is owner-only until now; a client that sends
-        // no mode gets what a new file gets here.
-        let mode = files::received_mode(mode.unwrap_or(0o666));
-        file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| Refusal::io(&shown, &e))?;
-        commit(&file, &partial, &target).map_err(|e| Refusal::io(&shown, &e))?;
+        commit(&file, mode, &partial, &target).map_err(|e| Refusal::io(&shown, &e))?;
         // The verified hash of what is now in place: a later get of it
         // need not hash it again.
         if let Ok(meta) = fs::metadata(&target) {

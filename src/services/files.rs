@@ -451,13 +451,18 @@ pub fn not_regular(meta: &fs::Metadata) -> Option<(io::ErrorKind, &'static str)>
     }
 }
 
-/// Moves a verified partial file into place: fsync the data, rename, fsync
-/// the directory, so that after a crash the file is either absent or whole.
+/// Moves a verified partial file into place: give it its final permission
+/// bits (it was owner-only, see [`open_partial`]): the sender's `mode`
+/// through [`received_mode`], or with no mode what a new file gets here;
+/// then fsync the data, rename, fsync the directory, so that after a crash
+/// the file is either absent or whole.
 ///
 /// # Errors
 ///
 /// I/O errors of any step; the partial file is left where it was.
-pub fn commit(file: &File, partial: &Path, target: &Path) -> io::Result<()> {
+pub fn commit(file: &File, mode: Option<u32>, partial: &Path, target: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(received_mode(mode.unwrap_or(0o666))))?;
     file.sync_all()?;
     fs::rename(partial, target)?;
     if let Some(dir) = target.parent() {
