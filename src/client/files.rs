@@ -9,9 +9,8 @@ use tokio::task::spawn_blocking;
 
 use super::{unexpected, Client, ClientError};
 use crate::proto::{Entry, Message};
-use crate::services::files::{
-    at, check_room, commit, hash_prefix, not_regular, open_partial, open_to_send, partial_path,
-};
+use crate::services::files::{at, check_room, hash_prefix, not_regular, open_to_send, received_mode};
+use crate::services::root::{local_parent, partial_name, Partial};
 use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
@@ -65,6 +64,25 @@ pub(crate) fn is_plain_relative(name: &str) -> bool {
         && name.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
+/// Parses a `list_reply` body: a JSON array of entries whose names are all
+/// plain relative paths.
+///
+/// # Errors
+///
+/// [`wire::Error::InvalidField`] if it is no such array;
+/// [`ClientError::UnsafeName`] for the first name that is not plain.
+pub fn parse_listing(body: &[u8]) -> Result<Vec<Entry>, ClientError> {
+    let entries: Vec<Entry> = serde_json::from_slice(body)
+        .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
+    // Callers join these names onto local paths: a server must not be able
+    // to name `../x` or `/etc/x` and so write outside the destination
+    // (scp's CVE-2019-6111).
+    match entries.iter().find(|e| !is_plain_relative(&e.name)) {
+        Some(bad) => Err(ClientError::UnsafeName(bad.name.clone())),
+        None => Ok(entries),
+    }
+}
+
 fn join_err(e: tokio::task::JoinError) -> ClientError {
     ClientError::Wire(wire::Error::Io(std::io::Error::other(e)))
 }
@@ -93,18 +111,7 @@ impl Client {
     async fn list_request(&mut self, request: Message) -> Result<Vec<Entry>, ClientError> {
         self.writer.send(&request, &[]).await?;
         match self.reader.read_head::<Message>().await? {
-            Some((Message::ListReply { .. }, _)) => {
-                let body = self.reader.read_body(MAX_BUFFERED_BODY).await?;
-                let entries: Vec<Entry> = serde_json::from_slice(&body)
-                    .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
-                // Callers join these names onto local paths: a server must
-                // not be able to name `../x` or `/etc/x` and so write
-                // outside the destination (scp's CVE-2019-6111).
-                match entries.iter().find(|e| !is_plain_relative(&e.name)) {
-                    Some(bad) => Err(ClientError::UnsafeName(bad.name.clone())),
-                    None => Ok(entries),
-                }
-            }
+            Some((Message::ListReply { .. }, _)) => parse_listing(&self.reader.read_body(MAX_BUFFERED_BODY).await?),
             Some((other, _)) => Err(unexpected("list_reply", other)),
             None => Err(ClientError::Closed),
         }
@@ -167,17 +174,20 @@ impl Client {
         if !options.force && fs::symlink_metadata(local).is_ok() {
             return Err(ClientError::LocalExists(local.to_owned()));
         }
-        let partial = partial_path(local);
-        let p = partial.clone();
-        let (file, held, hasher) = spawn_blocking(move || {
-            let mut file = open_partial(&p)?;
-            let held = file.metadata()?.len();
-            let hasher = hash_prefix(&mut file, held)?;
-            Ok::<_, std::io::Error>((file, held, hasher))
+        // Named in messages; the file itself is reached through its
+        // directory's descriptor, its name never followed as a link.
+        let shown = local.with_file_name(partial_name(local.file_name().unwrap_or_default()));
+        let l = local.to_owned();
+        let (mut partial, held, hasher) = spawn_blocking(move || {
+            let (dir, name) = local_parent(&l)?;
+            let mut partial = Partial::open(dir, &name)?;
+            let held = partial.held()?;
+            let hasher = hash_prefix(partial.file_mut(), held)?;
+            Ok::<_, std::io::Error>((partial, held, hasher))
         })
         .await
         .map_err(join_err)?
-        .map_err(local_err(&partial))?;
+        .map_err(local_err(&shown))?;
         let prefix = (held > 0).then(|| hasher.clone().finalize().to_hex().to_string());
         self.writer.send(&Message::Get { path: remote.to_owned(), offset: held, prefix_blake3: prefix }, &[]).await?;
 
@@ -187,7 +197,7 @@ impl Client {
                 // Nothing of this file was fetched: an empty partial file
                 // is not worth keeping.
                 if held == 0 {
-                    let _ = fs::remove_file(&partial);
+                    partial.discard();
                 }
                 return Err(unexpected("file", other));
             }
@@ -198,17 +208,18 @@ impl Client {
             return Err(ClientError::Unexpected { expected: "file from our offset or 0", got: "file" });
         }
         if offset == 0 && held > 0 {
-            file.set_len(0).map_err(local_err(&partial))?;
+            partial.file_mut().set_len(0).map_err(local_err(&shown))?;
         }
 
         // A full disk shows now rather than in the middle: the body is
         // coming, so the connection is given up.
-        if let Err(e) = check_room(&file, offset, size) {
-            let _ = fs::remove_file(&partial);
+        if let Err(e) = check_room(partial.file(), offset, size) {
+            partial.discard();
             self.abandon().await;
-            return Err(local_err(&partial)(e));
+            return Err(local_err(&shown)(e));
         }
-        let file = at(file, offset).map_err(local_err(&partial))?;
+        let (file, name) = partial.take_file();
+        let file = at(file, offset).map_err(local_err(&shown))?;
         let (written, expected) =
             self.receive(file, hasher, Progress { size, resumed: offset, done: 0 }, progress).await?;
         let (file, hash) = match written {
@@ -217,22 +228,28 @@ impl Client {
                 // On a full disk the partial file would only keep it full:
                 // remove it, as the server does for uploads.
                 if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
-                    let _ = fs::remove_file(&partial);
+                    name.discard();
                 }
-                return Err(local_err(&partial)(e));
+                return Err(local_err(&shown)(e));
             }
         };
         let got = hash.to_hex().to_string();
         if got != expected {
-            let _ = fs::remove_file(&partial);
+            name.discard();
             return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
         }
-        let target = local.to_owned();
         // A server that sends no mode sends 0.
-        spawn_blocking(move || commit(&file, (mode != 0).then_some(mode), &partial, &target))
-            .await
-            .map_err(join_err)?
-            .map_err(local_err(local))?;
+        let mode = received_mode(if mode == 0 { 0o666 } else { mode });
+        let force = options.force;
+        match spawn_blocking(move || name.commit(file, mode, force)).await.map_err(join_err)? {
+            Ok(_) => {}
+            // Something appeared under the name meanwhile: never replaced
+            // without `force`.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ClientError::LocalExists(local.to_owned()))
+            }
+            Err(e) => return Err(local_err(local)(e)),
+        }
         Ok(Transfer { size, resumed: offset, blake3: got })
     }
 

@@ -26,6 +26,7 @@ pub use pickle::pickle_dict;
 use crate::auth::Key;
 use crate::services::exec::spawn;
 use crate::services::files::{self, Sandbox};
+use crate::services::root::Partial;
 use crate::services::Refusal;
 
 /// A command is read with one read of at most this many bytes, as the
@@ -174,9 +175,19 @@ async fn challenge(tcp: &mut TcpStream, key: &Key, limit: Duration) -> Result<()
     within(limit, tcp.write_all(&challenge)).await?;
     let mut answer = [0u8; 32];
     within(limit, tcp.read_exact(&mut answer)).await.map_err(|_| LegacyError::HmacFailed)?;
+    check_hmac_answer(key, &challenge, &answer)
+}
+
+/// Checks the answer to the HMAC challenge: the HMAC-MD5 of `challenge`,
+/// keyed with the key file's line as ASCII, in hex (32 digits).
+///
+/// # Errors
+///
+/// [`LegacyError::HmacFailed`] for anything else.
+pub fn check_hmac_answer(key: &Key, challenge: &[u8], answer: &[u8]) -> Result<(), LegacyError> {
     let mut mac = <Hmac<Md5> as Mac>::new_from_slice(key.to_line().as_bytes()).expect("any key length");
-    mac.update(&challenge);
-    let Some(answer) = crate::auth::from_hex::<16>(std::str::from_utf8(&answer).unwrap_or("")) else {
+    mac.update(challenge);
+    let Some(answer) = crate::auth::from_hex::<16>(std::str::from_utf8(answer).unwrap_or("")) else {
         return Err(LegacyError::HmacFailed);
     };
     mac.verify_slice(&answer).map_err(|_| LegacyError::HmacFailed)
@@ -193,10 +204,9 @@ async fn exec(mode: Mode, tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), L
         if n == 0 {
             return Ok(());
         }
-        let command = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-        if command.is_empty() {
+        let Some(command) = parse_command(&buf[..n]) else {
             continue;
-        }
+        };
         info!(?command, "legacy exec");
         let (out, err, digest) = run_spooled(&command, ctx).await?;
         let (out_len, err_len) = (out.metadata()?.len(), err.metadata()?.len());
@@ -224,6 +234,13 @@ async fn exec(mode: Mode, tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), L
             copy_with_timeout(&mut file, tcp, ctx.io_timeout).await?;
         }
     }
+}
+
+/// The command in one read of an exec listener, trimmed (bytes that are
+/// not UTF-8 replaced); `None` if only white space came.
+pub fn parse_command(read: &[u8]) -> Option<String> {
+    let command = String::from_utf8_lossy(read).trim().to_owned();
+    (!command.is_empty()).then_some(command)
 }
 
 /// Runs `command`, its stdout and stderr spooled to temporary files (the
@@ -282,6 +299,16 @@ async fn copy_with_timeout<R: AsyncRead + Unpin>(
 async fn read_len(tcp: &mut TcpStream, limit: Duration, max: u64) -> Result<u64, LegacyError> {
     let mut raw = [0u8; 4];
     within(limit, tcp.read_exact(&mut raw)).await?;
+    check_len(raw, max)
+}
+
+/// Checks a `pack('i', n)` length (4 bytes, little-endian, signed) against
+/// `1..=max`.
+///
+/// # Errors
+///
+/// [`LegacyError::BadLength`] for 0, a negative length or one above `max`.
+pub fn check_len(raw: [u8; 4], max: u64) -> Result<u64, LegacyError> {
     let len = i32::from_le_bytes(raw);
     if len <= 0 || len as u64 > max {
         return Err(LegacyError::BadLength { len: len.into(), max });
@@ -299,14 +326,16 @@ pub fn plain_name(filename: &str) -> Result<&str, LegacyError> {
     Ok(name)
 }
 
-/// One file in: header, then exactly `filesize` bytes into a partial file,
-/// synced and renamed into place only once all of them arrived.
-async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError> {
-    let len = read_len(tcp, ctx.io_timeout, MAX_LEGACY_HEADER as u64).await?;
-    let mut raw = vec![0u8; len as usize];
-    within(ctx.io_timeout, tcp.read_exact(&mut raw)).await?;
+/// Parses an upload's JSON header, `{"filename": …, "filesize": …}`, into
+/// the name to write (see [`plain_name`]) and the size announced.
+///
+/// # Errors
+///
+/// [`LegacyError::BadHeader`] if it is not JSON or a field is missing or
+/// mistyped, [`LegacyError::BadName`] if no plain name remains.
+pub fn parse_upload_header(raw: &[u8]) -> Result<(String, u64), LegacyError> {
     let header: serde_json::Value =
-        serde_json::from_slice(&raw).map_err(|e| LegacyError::BadHeader(format!("not JSON: {e}")))?;
+        serde_json::from_slice(raw).map_err(|e| LegacyError::BadHeader(format!("not JSON: {e}")))?;
     let filename = header
         .get("filename")
         .and_then(|v| v.as_str())
@@ -315,26 +344,32 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
         .get("filesize")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| LegacyError::BadHeader("missing non-negative integer field `filesize`".into()))?;
-    let name = plain_name(filename)?.to_owned();
+    Ok((plain_name(filename)?.to_owned(), size))
+}
+
+/// One file in: header, then exactly `filesize` bytes into a partial file,
+/// synced and renamed into place only once all of them arrived.
+async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError> {
+    let len = read_len(tcp, ctx.io_timeout, MAX_LEGACY_HEADER as u64).await?;
+    let mut raw = vec![0u8; len as usize];
+    within(ctx.io_timeout, tcp.read_exact(&mut raw)).await?;
+    let (name, size) = parse_upload_header(&raw)?;
     let sandbox = ctx.sandbox.clone();
-    let (target, partial, claim) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
-        let target = sandbox.for_write(&name)?;
-        let claim = sandbox.claim(&target, &name)?;
-        Ok((target.clone(), files::partial_path(&target), claim))
+    // Private and locked as every partial file (docs/DESIGN.md), never a
+    // link followed; a legacy upload always starts over, so what it held
+    // is dropped.
+    let shown = name.clone();
+    let (partial, claim) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+        let (dir, file_name) = sandbox.for_write(&name)?;
+        let claim = sandbox.claim(&dir, &file_name, &name)?;
+        let partial = Partial::open(dir, &file_name).map_err(|e| Refusal::io(&name, &e))?;
+        partial.file().set_len(0).map_err(|e| Refusal::io(&name, &e))?;
+        Ok((partial, claim))
     })
     .await
     .map_err(std::io::Error::other)??;
-    info!(name = ?target, size, "legacy upload");
-    // Private and locked as every partial file (docs/DESIGN.md); a legacy
-    // upload always starts over, so what it held is dropped.
-    let opening = partial.clone();
-    let file = tokio::task::spawn_blocking(move || {
-        let file = files::open_partial(&opening)?;
-        file.set_len(0)?;
-        Ok::<_, std::io::Error>(file)
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    info!(name = ?shown, size, "legacy upload");
+    let (file, partial) = partial.take_file();
     let mut file = tokio::fs::File::from_std(file);
     let mut left = size;
     let mut buf = vec![0u8; 256 * 1024];
@@ -343,26 +378,50 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
         let n = match within(ctx.io_timeout, tcp.read(&mut buf[..want])).await {
             Ok(n) => n,
             Err(e) => {
-                let _ = tokio::fs::remove_file(&partial).await;
+                partial.discard();
                 return Err(e);
             }
         };
         if n == 0 {
-            let _ = tokio::fs::remove_file(&partial).await;
+            partial.discard();
             return Err(LegacyError::ShortUpload { got: size - left, expected: size });
         }
         if let Err(e) = file.write_all(&buf[..n]).await {
-            let _ = tokio::fs::remove_file(&partial).await;
+            partial.discard();
             return Err(e.into());
         }
         left -= n as u64;
     }
     file.flush().await?;
     let file = file.into_std().await;
-    tokio::task::spawn_blocking(move || files::commit(&file, None, &partial, &target).map(|()| drop(claim)))
+    // The tutorial's server overwrites: so does this one, atomically.
+    let mode = files::received_mode(0o666);
+    tokio::task::spawn_blocking(move || partial.commit(file, mode, true).map(|_| drop(claim)))
         .await
         .map_err(std::io::Error::other)??;
     Ok(())
+}
+
+/// One read of the download listener's choice: `Ok(None)` to end (EOF or
+/// `q`), else the 0-based index of the chosen file among the `count` listed
+/// (the client sends it 1-based).
+///
+/// # Errors
+///
+/// [`LegacyError::NotDigits`], [`LegacyError::OutOfRange`].
+pub fn parse_choice(read: &[u8], count: usize) -> Result<Option<usize>, LegacyError> {
+    let choice = String::from_utf8_lossy(read).trim().to_owned();
+    if read.is_empty() || choice == "q" {
+        return Ok(None);
+    }
+    if choice.is_empty() || !choice.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(LegacyError::NotDigits(choice));
+    }
+    let index: u64 = choice.parse().map_err(|_| LegacyError::NotDigits(choice.clone()))?;
+    if index == 0 || index > count as u64 {
+        return Err(LegacyError::OutOfRange { choice: index, count });
+    }
+    Ok(Some(index as usize - 1))
 }
 
 /// The listing, then files by number until `q` or EOF.
@@ -392,23 +451,14 @@ async fn download(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyErr
     let mut buf = [0u8; 1024];
     loop {
         let n = within(ctx.idle_timeout, tcp.read(&mut buf)).await?;
-        let choice = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
-        if n == 0 || choice == "q" {
+        let Some(index) = parse_choice(&buf[..n], shown)? else {
             return Ok(());
-        }
-        if choice.is_empty() || !choice.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(LegacyError::NotDigits(choice));
-        }
-        let index: u64 = choice.parse().map_err(|_| LegacyError::NotDigits(choice.clone()))?;
-        if index == 0 || index > shown as u64 {
-            return Err(LegacyError::OutOfRange { choice: index, count: shown });
-        }
-        let name = &names[index as usize - 1];
-        let path = ctx.sandbox.existing(name)?;
-        let opened = tokio::task::spawn_blocking(move || crate::services::files::open_to_send(&path));
-        let file = opened.await.map_err(std::io::Error::other)?.map_err(|e| Refusal::io(name, &e))?;
+        };
+        let name = &names[index];
+        let (sandbox, wanted) = (ctx.sandbox.clone(), name.clone());
+        let opened = tokio::task::spawn_blocking(move || sandbox.open(&wanted));
+        let (file, meta) = opened.await.map_err(std::io::Error::other)??;
         let mut file = tokio::fs::File::from_std(file);
-        let meta = file.metadata().await?;
         if let Some((kind, why)) = crate::services::files::not_regular(&meta) {
             return Err(std::io::Error::new(kind, format!("{name}: {why}")).into());
         }
@@ -438,6 +488,64 @@ mod tests {
         for bad in ["", "dir/", "..", "x/..", ".", "a\0b", "x.fwpart"] {
             assert!(plain_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn lengths() {
+        assert_eq!(check_len(5i32.to_le_bytes(), 5).unwrap(), 5);
+        for bad in [0, -1, i32::MIN, 6] {
+            let err = check_len(bad.to_le_bytes(), 5).unwrap_err();
+            assert_eq!(err.to_string(), format!("bad length {bad} (allowed 1..=5)"));
+        }
+    }
+
+    #[test]
+    fn upload_headers() {
+        let ok = parse_upload_header(br#"{"filename": "C:\\u\\a.txt", "filesize": 3}"#).unwrap();
+        assert_eq!(ok, ("a.txt".to_owned(), 3));
+        for (raw, want) in [
+            (&b"{"[..], "bad header: not JSON: EOF while parsing an object at line 1 column 1"),
+            (br#"{"filesize": 3}"#, "bad header: missing string field `filename`"),
+            (br#"{"filename": "a", "filesize": -1}"#, "bad header: missing non-negative integer field `filesize`"),
+            (
+                br#"{"filename": "x/..", "filesize": 1}"#,
+                "refused file name \"x/..\": only a plain file name is accepted",
+            ),
+        ] {
+            assert_eq!(parse_upload_header(raw).unwrap_err().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn commands_and_choices() {
+        assert_eq!(parse_command(b" ls -l\r\n").as_deref(), Some("ls -l"));
+        assert_eq!(parse_command(b" \n"), None);
+        assert_eq!(parse_choice(b"2\n", 2).unwrap(), Some(1));
+        assert_eq!(parse_choice(b"", 2).unwrap(), None);
+        assert_eq!(parse_choice(b" q\n", 2).unwrap(), None);
+        assert!(matches!(parse_choice(b"\n", 2), Err(LegacyError::NotDigits(c)) if c.is_empty()));
+        assert!(matches!(parse_choice(b"-1", 2), Err(LegacyError::NotDigits(_))));
+        assert!(matches!(parse_choice(b"99999999999999999999", 2), Err(LegacyError::NotDigits(_))));
+        assert!(matches!(parse_choice(b"0", 2), Err(LegacyError::OutOfRange { choice: 0, count: 2 })));
+        assert!(matches!(parse_choice(b"3", 2), Err(LegacyError::OutOfRange { choice: 3, count: 2 })));
+    }
+
+    #[test]
+    fn hmac_answers() {
+        let key = Key::from_bytes([7; 32]);
+        let mut mac = <Hmac<Md5> as Mac>::new_from_slice(key.to_line().as_bytes()).unwrap();
+        mac.update(b"challenge");
+        let answer = hex::encode(mac.finalize().into_bytes());
+        assert!(check_hmac_answer(&key, b"challenge", answer.as_bytes()).is_ok());
+        assert!(check_hmac_answer(&key, b"challenge", answer.to_uppercase().as_bytes()).is_ok());
+        for bad in [&b"challengf"[..], b""] {
+            assert!(matches!(check_hmac_answer(&key, bad, answer.as_bytes()), Err(LegacyError::HmacFailed)));
+        }
+        assert!(matches!(
+            check_hmac_answer(&key, b"challenge", &answer.as_bytes()[..30]),
+            Err(LegacyError::HmacFailed)
+        ));
+        assert!(matches!(check_hmac_answer(&key, b"challenge", &[0xff; 32]), Err(LegacyError::HmacFailed)));
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! hashing on a blocking thread and socket I/O on the async side, joined by
 //! a small bounded channel, so reading, hashing and sending overlap.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 
 use tokio::task::spawn_blocking;
 
 use super::conn::{Context, Reader, Writer};
 use crate::proto::{ErrorCode, Message};
-use crate::services::files::{self, commit, hash_prefix, partial_path, Listing, Sandbox};
+use crate::services::files::{self, hash_prefix, Listing, Sandbox};
+use crate::services::root::Partial;
 use crate::services::Refusal;
 use crate::transfer::{receive_body, send_body, SendError};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
@@ -54,14 +55,7 @@ pub(super) async fn mkdir(sandbox: &Sandbox, path: String, writer: &mut Writer) 
 
 pub(super) async fn stat(sandbox: &Sandbox, path: String, writer: &mut Writer) -> Result<(), Error> {
     let sb = sandbox.clone();
-    let stat = blocking(move || {
-        let real = sb.existing(&path)?;
-        let meta = fs::metadata(&real).map_err(|e| Refusal::io(&path, &e))?;
-        let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(files::entry(name, &meta))
-    })
-    .await;
-    match stat {
+    match blocking(move || sb.stat(&path)).await {
         Ok(entry) => writer.send(&Message::StatReply { entry }, &[]).await,
         Err(r) => refuse(writer, r).await,
     }
@@ -69,7 +63,9 @@ pub(super) async fn stat(sandbox: &Sandbox, path: String, writer: &mut Writer) -
 
 struct Download {
     file: File,
-    real: std::path::PathBuf,
+    /// A second descriptor of the file, to see after sending whether it
+    /// changed meanwhile.
+    check: File,
     version: files::Version,
     size: u64,
     start: u64,
@@ -91,12 +87,11 @@ pub(super) async fn get(
     writer: &mut Writer,
 ) -> Result<(), Error> {
     let (sb, hashes) = (ctx.sandbox.clone(), &ctx.hashes);
-    let shown = path.clone();
+    let shown = files::shown(&path);
     let cache = hashes.clone();
     let plan = blocking(move || {
-        let real = sb.existing(&path)?;
-        let mut file = files::open_to_send(&real).map_err(|e| Refusal::io(&path, &e))?;
-        let meta = file.metadata().map_err(|e| Refusal::io(&path, &e))?;
+        let (mut file, meta) = sb.open(&path)?;
+        let path = files::shown(&path);
         match files::not_regular(&meta) {
             Some((std::io::ErrorKind::IsADirectory, why)) => {
                 return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: {why}")))
@@ -104,6 +99,7 @@ pub(super) async fn get(
             Some((_, why)) => return Err(Refusal::new(ErrorCode::BadPath, format!("{path}: {why}"))),
             None => {}
         }
+        let check = file.try_clone().map_err(|e| Refusal::io(&path, &e))?;
         let size = meta.len();
         let mut start = if offset <= size { offset } else { 0 };
         let mut hasher = blake3::Hasher::new();
@@ -116,17 +112,17 @@ pub(super) async fn get(
             }
         }
         let version = files::Version::of(&meta);
-        let cached = cache.get(&real, version);
+        let cached = cache.get(version);
         let hasher = if cached.is_some() { None } else { Some(hasher) };
         let (mtime, mode) = (files::mtime(&meta), meta.permissions().mode() & 0o7777);
-        Ok(Download { file, real, version, size, start, cached, hasher, mtime, mode })
+        Ok(Download { file, check, version, size, start, cached, hasher, mtime, mode })
     })
     .await;
     let plan = match plan {
         Ok(plan) => plan,
         Err(r) => return refuse(writer, r).await,
     };
-    let Download { file, real, version, size, start, cached, hasher, mtime, mode } = plan;
+    let Download { file, check, version, size, start, cached, hasher, mtime, mode } = plan;
     writer.feed_head(&Message::File { len: size - start, size, offset: start, mtime, mode })?;
 
     let computed = match send_body(writer, file, start, hasher, &mut |_| {}).await {
@@ -142,8 +138,8 @@ pub(super) async fn get(
         (Some(hash), _) => hash,
         (None, Some(hash)) => {
             // Cache it only if the file did not change while it was read.
-            if std::fs::metadata(&real).is_ok_and(|m| files::Version::of(&m) == version) {
-                hashes.put(&real, version, hash);
+            if check.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
+                hashes.put(version, hash);
             }
             hash
         }
@@ -153,17 +149,57 @@ pub(super) async fn get(
 }
 
 struct Upload {
-    target: std::path::PathBuf,
-    partial: std::path::PathBuf,
-    file: File,
+    partial: Partial,
     held: u64,
     hasher: blake3::Hasher,
     _claim: files::Claim,
 }
 
+/// Claims the path, then checks what is there, then opens the partial
+/// file: in that order, so that two uploads of one new path cannot both
+/// see it free (the commit refuses to replace as well).
+fn plan_upload(sb: &Sandbox, path: &str, size: u64, force: bool) -> Result<Upload, Refusal> {
+    let (dir, name) = sb.for_write(path)?;
+    let claim = sb.claim(&dir, &name, path)?;
+    let path = files::shown(path);
+    match rustix::fs::statat(&dir, name.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
+            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: is a directory on the server")))
+        }
+        Ok(_) if !force => return Err(exists(&path)),
+        _ => {}
+    }
+    let mut partial = Partial::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
+    let mut held = partial.held().map_err(|e| Refusal::io(&path, &e))?;
+    if held > size {
+        partial.file().set_len(0).map_err(|e| Refusal::io(&path, &e))?;
+        held = 0;
+    }
+    // A full disk is refused now, before a byte of the body is sent.
+    if let Err(e) = files::check_room(partial.file(), held, size) {
+        partial.discard();
+        return Err(Refusal::io(&path, &e));
+    }
+    let hasher = hash_prefix(partial.file_mut(), held).map_err(|e| Refusal::io(&path, &e))?;
+    Ok(Upload { partial, held, hasher, _claim: claim })
+}
+
+fn exists(path: &str) -> Refusal {
+    Refusal::new(ErrorCode::Exists, format!("{path}: already exists on the server (use --force to replace it)"))
+}
+
+/// Ends a put whose client broke the protocol: says why, then closes the
+/// connection (what the client sends next cannot be framed with
+/// certainty, and a body it declared may be endless).
+async fn refuse_and_close(writer: &mut Writer, msg: String) -> Result<(), Error> {
+    refuse(writer, Refusal::new(ErrorCode::BadRequest, msg.clone())).await?;
+    Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)))
+}
+
 /// Receives an upload into the partial file beside the target, resuming
 /// what an interrupted upload left there; verifies the whole-file checksum,
-/// syncs, and renames into place.
+/// syncs, and renames into place (never over an existing file without
+/// `force`).
 pub(super) async fn put(
     ctx: &Context,
     path: String,
@@ -174,38 +210,8 @@ pub(super) async fn put(
     writer: &mut Writer,
 ) -> Result<(), Error> {
     let (sb, hashes) = (ctx.sandbox.clone(), &ctx.hashes);
-    let shown = path.clone();
-    let plan = blocking(move || {
-        let target = sb.for_write(&path)?;
-        match fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() => {
-                return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: is a directory on the server")))
-            }
-            Ok(_) if !force => {
-                return Err(Refusal::new(
-                    ErrorCode::Exists,
-                    format!("{path}: already exists on the server (use --force to replace it)"),
-                ))
-            }
-            _ => {}
-        }
-        let claim = sb.claim(&target, &path)?;
-        let partial = partial_path(&target);
-        let mut file = files::open_partial(&partial).map_err(|e| Refusal::io(&path, &e))?;
-        let mut held = file.metadata().map_err(|e| Refusal::io(&path, &e))?.len();
-        if held > size {
-            file.set_len(0).map_err(|e| Refusal::io(&path, &e))?;
-            held = 0;
-        }
-        // A full disk is refused now, before a byte of the body is sent.
-        if let Err(e) = files::check_room(&file, held, size) {
-            let _ = fs::remove_file(&partial);
-            return Err(Refusal::io(&path, &e));
-        }
-        let hasher = hash_prefix(&mut file, held).map_err(|e| Refusal::io(&path, &e))?;
-        Ok(Upload { target, partial, file, held, hasher, _claim: claim })
-    })
-    .await;
+    let shown = files::shown(&path);
+    let plan = blocking(move || plan_upload(&sb, &path, size, force)).await;
     let mut up = match plan {
         Ok(up) => up,
         Err(r) => return refuse(writer, r).await,
@@ -213,30 +219,32 @@ pub(super) async fn put(
     let prefix = (up.held > 0).then(|| up.hasher.clone().finalize().to_hex().to_string());
     writer.send(&Message::PutReady { offset: up.held, prefix_blake3: prefix }, &[]).await?;
 
-    let (len, from) = match reader.read_head::<Message>().await? {
-        Some((Message::PutData { len, offset }, _)) => (len, offset),
-        Some((other, _)) => {
-            let msg = format!("expected put_data after put_ready, got {}", other.kind());
-            return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+    let (len, from) = match reader.read_head::<Message>().await {
+        Ok(Some((Message::PutData { len, offset }, _))) => (len, offset),
+        Ok(Some((other, _))) => {
+            return refuse_and_close(writer, format!("expected put_data after put_ready, got {}", other.kind())).await
         }
-        None => return Ok(()),
+        Ok(None) => return Ok(()),
+        Err(e) if e.is_recoverable() => return refuse_and_close(writer, format!("bad put_data: {e}")).await,
+        Err(e) => return Err(e),
     };
     if (from != 0 && from != up.held) || from.checked_add(len) != Some(size) {
+        // Answered at once, the body unread: it may be 2^63 bytes long.
         let msg = format!(
             "put_data covers bytes {from}..{} but {} are held of a {size}-byte file",
             from.saturating_add(len),
             up.held
         );
-        reader.skip_body().await?;
-        return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+        return refuse_and_close(writer, msg).await;
     }
     if from == 0 && up.held > 0 {
         // The client's file does not start with what we hold: start over.
-        up.file.set_len(0)?;
+        up.partial.file().set_len(0)?;
         up.hasher = blake3::Hasher::new();
     }
 
-    let Upload { target, partial, file, hasher, _claim, .. } = up;
+    let Upload { partial, hasher, _claim, .. } = up;
+    let (file, name) = partial.take_file();
     // A cut connection returns here and leaves the partial file for a
     // later resume.
     let written = receive_body(reader, files::at(file, from)?, hasher, &mut |_| {}).await?;
@@ -249,30 +257,32 @@ pub(super) async fn put(
             // sends on gets this as its answer after the checksum.
             let refusal = Refusal::io(&shown, &e);
             if refusal.code == ErrorCode::DiskFull {
-                let _ = fs::remove_file(&partial);
+                name.discard();
             }
             refuse(writer, refusal).await?;
             reader.skip_body().await?;
             if let Some((other, _)) = reader.read_head::<Message>().await? {
                 if !matches!(other, Message::Checksum { .. }) {
                     let msg = format!("expected checksum after put_data, got {}", other.kind());
-                    return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+                    return refuse_and_close(writer, msg).await;
                 }
             }
             return Ok(());
         }
     };
+    let partial = name.rejoin(file);
 
-    let claimed = match reader.read_head::<Message>().await? {
-        Some((Message::Checksum { blake3 }, _)) => blake3,
-        Some((other, _)) => {
-            let msg = format!("expected checksum after put_data, got {}", other.kind());
-            return refuse(writer, Refusal::new(ErrorCode::BadRequest, msg)).await;
+    let claimed = match reader.read_head::<Message>().await {
+        Ok(Some((Message::Checksum { blake3 }, _))) => blake3,
+        Ok(Some((other, _))) => {
+            return refuse_and_close(writer, format!("expected checksum after put_data, got {}", other.kind())).await
         }
-        None => return Ok(()),
+        Ok(None) => return Ok(()),
+        Err(e) if e.is_recoverable() => return refuse_and_close(writer, format!("bad checksum: {e}")).await,
+        Err(e) => return Err(e),
     };
     if hash.to_hex().as_str() != claimed {
-        let _ = fs::remove_file(&partial);
+        partial.discard();
         let msg = format!(
             "{shown}: checksum mismatch: the server received data hashing to {}, the client's file hashes to {claimed}; nothing was kept",
             hash.to_hex()
@@ -281,11 +291,16 @@ pub(super) async fn put(
     }
     let cache = hashes.clone();
     let done = blocking(move || {
-        commit(&file, mode, &partial, &target).map_err(|e| Refusal::io(&shown, &e))?;
+        let mode = files::received_mode(mode.unwrap_or(0o666));
+        let file = partial.commit(mode, force).map_err(|e| match e.kind() {
+            // Another upload of this path finished first.
+            std::io::ErrorKind::AlreadyExists => exists(&shown),
+            _ => Refusal::io(&shown, &e),
+        })?;
         // The verified hash of what is now in place: a later get of it
         // need not hash it again.
-        if let Ok(meta) = fs::metadata(&target) {
-            cache.put(&target, files::Version::of(&meta), hash);
+        if let Ok(meta) = file.metadata() {
+            cache.put(files::Version::of(&meta), hash);
         }
         Ok(())
     })

@@ -1,37 +1,109 @@
-//! Files under a served root: path checks, listings, and the partial files
-//! that make uploads atomic and resumable.
+//! Files under a served root: paths a peer names, resolved beneath the root
+//! by descriptor (see [`super::root`]), listings, and what uploads claim.
 
 use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
+use rustix::fs::{AtFlags, OFlags};
+use rustix::io::Errno;
+
+use super::root::{is_escape, is_partial_name, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
+use super::Refusal;
 use crate::proto::{Entry, ErrorCode, Kind};
 
-use super::Refusal;
-
-/// Suffix of the partial file an upload or download writes before it is
-/// verified and renamed into place. Names ending in it are reserved.
-pub const PARTIAL_SUFFIX: &str = ".fwpart";
+pub use super::root::PARTIAL_SUFFIX;
 
 /// How long an upload waits for an earlier upload of the same path to end.
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The served directory. Every path a client names is resolved through it.
+/// The served directory. Every path a client names is resolved beneath it
+/// by descriptor, the kernel refusing escapes.
 ///
-/// Paths are relative to the root, `/`-separated; absolute paths, `..`
-/// components, NUL bytes, names ending in [`PARTIAL_SUFFIX`], and symlinks
-/// whose target lies outside the root are refused.
+/// Paths are relative to the root, `/`-separated, at most
+/// [`MAX_PATH_BYTES`] long and [`MAX_PATH_DEPTH`] components deep;
+/// absolute paths, `..` components, NUL bytes, and symlinks leading
+/// outside the root (absolute ones, or `..` past it) are refused. A
+/// trailing `/` means a directory, as in POSIX. Partial files
+/// (`.NAME.fwpart`, regular files only) are neither listed nor served.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    root: PathBuf,
-    busy: Arc<Mutex<HashSet<PathBuf>>>,
+    path: PathBuf,
+    root: Root,
+    busy: Arc<Mutex<HashSet<ClaimKey>>>,
+}
+
+/// A path a peer named, checked but not yet resolved: `/`-separated plain
+/// components, and whether it ended in `/` (a directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelPath {
+    parts: Vec<String>,
+    dir: bool,
+}
+
+impl RelPath {
+    /// The components joined with `/`; empty for the root.
+    pub fn joined(&self) -> String {
+        self.parts.join("/")
+    }
+
+    /// The last component, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.parts.last().map(String::as_str)
+    }
+
+    /// Whether the path ended in `/`.
+    pub fn is_dir(&self) -> bool {
+        self.dir
+    }
+
+    /// Whether this is the root itself.
+    pub fn is_root(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn parent(&self) -> &[String] {
+        &self.parts[..self.parts.len().saturating_sub(1)]
+    }
+}
+
+/// At most this much of a peer's path is quoted back in a message.
+const SHOWN_PATH: usize = 160;
+
+/// `path` as messages quote it: cut short past [`SHOWN_PATH`] bytes.
+pub fn shown(path: &str) -> String {
+    if path.len() <= SHOWN_PATH {
+        return path.to_owned();
+    }
+    let mut end = SHOWN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &path[..end], path.len())
 }
 
 fn bad_path(path: &str, why: &str) -> Refusal {
-    Refusal::new(ErrorCode::BadPath, format!("{path:?}: {why}"))
+    Refusal::new(ErrorCode::BadPath, format!("{:?}: {why}", shown(path)))
+}
+
+/// A refusal for an error resolving or opening `path`: an escape through a
+/// symlink is `bad_path`, the rest as [`Refusal::io`] classifies them.
+pub fn refusal(path: &str, e: &io::Error) -> Refusal {
+    match e.raw_os_error().map(Errno::from_raw_os_error) {
+        _ if is_escape(e) => bad_path(path, "leads outside the served root (through a symlink)"),
+        Some(Errno::LOOP) => bad_path(path, "too many levels of symlinks"),
+        Some(Errno::NAMETOOLONG) => bad_path(path, "a name in it is too long"),
+        _ => Refusal::io(&shown(path), e),
+    }
+}
+
+fn reserved(path: &str) -> Refusal {
+    bad_path(path, "names of the form .NAME.fwpart are reserved for partial transfers")
 }
 
 impl Sandbox {
@@ -41,139 +113,184 @@ impl Sandbox {
     ///
     /// If `root` does not exist or is not a directory.
     pub fn new(root: &Path) -> io::Result<Sandbox> {
-        let root = root.canonicalize()?;
-        if !root.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::NotADirectory, format!("{} is not a directory", root.display())));
-        }
-        Ok(Sandbox { root, busy: Arc::default() })
+        let path = root.canonicalize()?;
+        let root = Root::open(&path)?;
+        Ok(Sandbox { path, root, busy: Arc::default() })
     }
 
-    /// The canonical root.
+    /// The same sandbox resolving with `resolver` (tests run the fallback
+    /// walk on kernels that have `openat2`).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Sandbox {
+        self.root = self.root.with_resolver(resolver);
+        self
+    }
+
+    /// How paths are resolved here.
+    pub fn resolver(&self) -> Resolver {
+        self.root.resolver()
+    }
+
+    /// The canonical root, as it was when the sandbox was made (commands
+    /// run there; files are reached through the descriptor).
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.path
     }
 
-    /// Checks a client's path without touching the file system and returns
-    /// it as a relative path (empty for the root itself).
+    /// Checks a client's path without touching the file system.
     ///
     /// # Errors
     ///
     /// [`ErrorCode::BadPath`] for NUL bytes, absolute paths, `..`, and
-    /// reserved names.
-    pub fn relative(path: &str) -> Result<PathBuf, Refusal> {
+    /// paths over [`MAX_PATH_BYTES`] or [`MAX_PATH_DEPTH`].
+    pub fn relative(path: &str) -> Result<RelPath, Refusal> {
+        if path.len() > MAX_PATH_BYTES {
+            return Err(bad_path(path, &format!("longer than {MAX_PATH_BYTES} bytes (MAX_PATH_BYTES)")));
+        }
         if path.contains('\0') {
             return Err(bad_path(path, "contains a NUL byte"));
         }
         if path.starts_with('/') {
             return Err(bad_path(path, "absolute paths are refused; paths are relative to the served root"));
         }
-        let mut rel = PathBuf::new();
-        for part in Path::new(path).components() {
+        let mut parts = Vec::new();
+        for part in path.split('/') {
             match part {
-                Component::Normal(name) => rel.push(name),
-                Component::CurDir => {}
-                Component::ParentDir => {
-                    return Err(bad_path(path, "`..` is refused; paths stay inside the served root"))
-                }
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(bad_path(path, "absolute paths are refused; paths are relative to the served root"))
-                }
+                "" | "." => {}
+                ".." => return Err(bad_path(path, "`..` is refused; paths stay inside the served root")),
+                name => parts.push(name.to_owned()),
+            }
+            if parts.len() > MAX_PATH_DEPTH {
+                return Err(bad_path(path, &format!("deeper than {MAX_PATH_DEPTH} components (MAX_PATH_DEPTH)")));
             }
         }
-        if rel.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
-            return Err(bad_path(path, "names ending in .fwpart are reserved for partial transfers"));
-        }
-        Ok(rel)
+        let dir = !parts.is_empty() && (path.ends_with('/') || path.ends_with("/."));
+        Ok(RelPath { parts, dir })
     }
 
-    /// Fails unless `real` (canonical) is inside the root.
-    fn inside(&self, path: &str, real: &Path) -> Result<(), Refusal> {
-        if real.starts_with(&self.root) {
-            Ok(())
-        } else {
-            Err(bad_path(path, "leads outside the served root (through a symlink)"))
-        }
-    }
-
-    /// Resolves an existing path, following symlinks that stay inside.
+    /// Opens an existing path to read it (a file to send, a directory to
+    /// list), following symlinks that stay inside, and returns it with
+    /// what `fstat` says of it. A FIFO is opened without waiting for a
+    /// writer; callers check the type ([`not_regular`]).
     ///
     /// # Errors
     ///
     /// As [`relative`](Self::relative); [`ErrorCode::NotFound`] and other
-    /// I/O refusals; [`ErrorCode::BadPath`] for a symlink leading outside.
-    pub fn existing(&self, path: &str) -> Result<PathBuf, Refusal> {
-        let full = self.root.join(Self::relative(path)?);
-        let real = full.canonicalize().map_err(|e| Refusal::io(path, &e))?;
-        self.inside(path, &real)?;
-        Ok(real)
+    /// I/O refusals; [`ErrorCode::NotADirectory`] for `file/`;
+    /// [`ErrorCode::BadPath`] for a symlink leading outside, or a partial
+    /// file.
+    pub fn open(&self, path: &str) -> Result<(File, fs::Metadata), Refusal> {
+        let rel = Self::relative(path)?;
+        let mut flags = OFlags::RDONLY | OFlags::NONBLOCK;
+        if rel.dir {
+            flags |= OFlags::DIRECTORY;
+        }
+        let file = File::from(self.root.open_beneath(&rel.joined(), flags).map_err(|e| refusal(path, &e))?);
+        let meta = file.metadata().map_err(|e| refusal(path, &e))?;
+        if meta.is_file() && rel.name().is_some_and(|n| is_partial_name(n.as_bytes())) {
+            return Err(reserved(path));
+        }
+        Ok((file, meta))
     }
 
-    /// Resolves a path to be written, creating its missing parent
-    /// directories one by one, each checked to stay inside the root.
-    /// Returns the final path (its last component unresolved: renaming
-    /// onto a symlink replaces the link, never its target).
+    /// Describes `path` (symlinks inside followed). Its `name` is the last
+    /// component of `path` as given, `.` for the root: never the name of
+    /// the served directory itself.
     ///
     /// # Errors
     ///
-    /// As [`relative`](Self::relative), plus an empty path, a parent that
-    /// is a file, or a parent leading outside the root.
-    pub fn for_write(&self, path: &str) -> Result<PathBuf, Refusal> {
+    /// As [`open`](Self::open).
+    pub fn stat(&self, path: &str) -> Result<Entry, Refusal> {
         let rel = Self::relative(path)?;
-        let Some(name) = rel.file_name().map(ToOwned::to_owned) else {
-            return Err(bad_path(path, "names the served root, not a file"));
-        };
-        let mut dir = self.root.clone();
-        for part in rel.parent().into_iter().flat_map(Path::components) {
-            dir.push(part);
-            // Another upload may create the same directory at the same
-            // moment: EEXIST means "exists", checked like any other.
-            let created = match fs::create_dir(&dir) {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Refusal::io(path, &e)),
-                Err(_) => false,
-            };
-            if created {
-                continue;
-            }
-            match fs::symlink_metadata(&dir) {
-                Ok(_) => {
-                    let real = dir.canonicalize().map_err(|e| Refusal::io(path, &e))?;
-                    self.inside(path, &real)?;
-                    if !real.is_dir() {
-                        return Err(Refusal::new(
-                            ErrorCode::NotADirectory,
-                            format!(
-                                "{path}: {} is not a directory",
-                                real.strip_prefix(&self.root).unwrap_or(&real).display()
-                            ),
-                        ));
-                    }
-                    dir = real;
-                }
-                Err(e) => return Err(Refusal::io(path, &e)),
-            }
+        let mut flags = OFlags::PATH;
+        if rel.dir {
+            flags |= OFlags::DIRECTORY;
         }
-        Ok(dir.join(name))
+        let file = File::from(self.root.open_beneath(&rel.joined(), flags).map_err(|e| refusal(path, &e))?);
+        let meta = file.metadata().map_err(|e| refusal(path, &e))?;
+        let name = rel.name().unwrap_or(".");
+        if meta.is_file() && is_partial_name(name.as_bytes()) {
+            return Err(reserved(path));
+        }
+        Ok(entry(name.to_owned(), &meta))
     }
 
-    /// Marks `path` as being uploaded until the guard drops; a second
-    /// upload of the same path meanwhile is refused. Blocking: waits up to
-    /// [`CLAIM_WAIT`] for an earlier upload to let go, since a client that
-    /// was killed and restarted at once can arrive before the server has
-    /// seen its old connection close.
+    /// Resolves a path to be written: its directory, created with its
+    /// missing parents one component at a time beneath the root, and its
+    /// last component, which is not resolved (a commit renames onto it,
+    /// replacing a symlink there, never writing through it).
+    ///
+    /// # Errors
+    ///
+    /// As [`relative`](Self::relative), plus the root itself, a trailing
+    /// `/` ([`ErrorCode::IsADirectory`]), a partial file's name, a parent
+    /// that is a file, or a parent leading outside the root.
+    pub fn for_write(&self, path: &str) -> Result<(OwnedFd, OsString), Refusal> {
+        let rel = Self::relative(path)?;
+        let Some(name) = rel.name() else {
+            return Err(bad_path(path, "names the served root, not a file"));
+        };
+        if rel.dir {
+            let msg = format!("{}: a trailing / names a directory; name the file to write", shown(path));
+            return Err(Refusal::new(ErrorCode::IsADirectory, msg));
+        }
+        if is_partial_name(name.as_bytes()) {
+            return Err(reserved(path));
+        }
+        let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
+        let dir = self.root.make_dirs(&parent).map_err(|e| match e.raw_os_error().map(Errno::from_raw_os_error) {
+            Some(Errno::NOTDIR | Errno::EXIST) => {
+                Refusal::new(ErrorCode::NotADirectory, format!("{}: a parent is not a directory", shown(path)))
+            }
+            _ => refusal(path, &e),
+        })?;
+        Ok((dir, OsString::from(name)))
+    }
+
+    /// Makes sure `path` is a directory, creating it and its missing
+    /// parents. Returns whether it was created.
+    ///
+    /// # Errors
+    ///
+    /// As [`for_write`](Self::for_write); [`ErrorCode::Exists`] if a file
+    /// is there.
+    pub fn mkdir(&self, path: &str) -> Result<bool, Refusal> {
+        let rel = Self::relative(path)?;
+        let Some(name) = rel.name() else { return Ok(false) };
+        let (dir, _) = self.for_write(rel.parts.join("/").as_str())?;
+        match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => match self.root.open_dir(&rel.joined()) {
+                Ok(_) => Ok(false),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Refusal::new(
+                    ErrorCode::Exists,
+                    format!("{}: exists on the server and is not a directory", shown(path)),
+                )),
+                Err(e) => Err(refusal(path, &e)),
+            },
+            Err(e) => Err(refusal(path, &e.into())),
+        }
+    }
+
+    /// Marks `name` in `dir` as being uploaded until the guard drops; a
+    /// second upload of it meanwhile (through any path that leads to the
+    /// same directory) is refused. Blocking: waits up to [`CLAIM_WAIT`]
+    /// for an earlier upload to let go, since a client that was killed and
+    /// restarted at once can arrive before the server has seen its old
+    /// connection close.
     ///
     /// # Errors
     ///
     /// [`ErrorCode::Busy`] if the path is still being uploaded after that.
-    pub fn claim(&self, path: &Path, shown: &str) -> Result<Claim, Refusal> {
+    pub fn claim(&self, dir: &OwnedFd, name: &OsStr, shown_as: &str) -> Result<Claim, Refusal> {
+        let st = rustix::fs::fstat(dir).map_err(|e| refusal(shown_as, &e.into()))?;
+        let key = ClaimKey { dev: st.st_dev, ino: st.st_ino, name: name.to_owned() };
         let deadline = std::time::Instant::now() + CLAIM_WAIT;
         loop {
-            if self.busy.lock().expect("busy set poisoned").insert(path.to_owned()) {
-                return Ok(Claim { busy: self.busy.clone(), path: path.to_owned() });
+            if self.busy.lock().expect("busy set poisoned").insert(key.clone()) {
+                return Ok(Claim { busy: self.busy.clone(), key });
             }
             if std::time::Instant::now() >= deadline {
-                let msg = format!("{shown}: another upload to this path is in progress");
+                let msg = format!("{}: another upload to this path is in progress", shown(shown_as));
                 return Err(Refusal::new(ErrorCode::Busy, msg));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -187,7 +304,7 @@ impl Sandbox {
     ///
     /// # Errors
     ///
-    /// As [`existing`](Self::existing).
+    /// As [`open`](Self::open).
     pub fn list(&self, path: &str, listing: Listing) -> Result<Vec<Entry>, Refusal> {
         self.list_within(path, listing, crate::wire::MAX_BUFFERED_BODY as usize)
     }
@@ -196,87 +313,101 @@ impl Sandbox {
     /// soon as the entries would take more than about `budget` bytes of
     /// JSON: a listing too large to send is not built in memory first.
     fn list_within(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Refusal> {
-        let real = self.existing(path)?;
-        let meta = fs::metadata(&real).map_err(|e| Refusal::io(path, &e))?;
+        let (file, meta) = self.open(path)?;
         if !meta.is_dir() {
-            let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            return Ok(vec![entry(name, &meta)]);
+            let rel = Self::relative(path)?;
+            return Ok(vec![entry(rel.name().unwrap_or(".").to_owned(), &meta)]);
         }
         let (mut out, mut left) = (Vec::new(), budget);
-        match Self::walk(&real, Path::new(""), listing, &mut out, &mut left) {
+        match walk(OwnedFd::from(file), "", listing, &mut out, &mut left) {
             Ok(()) => {}
             Err(_) if left == 0 => {
-                let msg = format!("{path}: the listing exceeds {budget} bytes; list a smaller part of the tree");
+                let msg =
+                    format!("{}: the listing exceeds {budget} bytes; list a smaller part of the tree", shown(path));
                 return Err(Refusal::new(ErrorCode::TooLarge, msg));
             }
-            Err(e) => return Err(Refusal::io(path, &e)),
+            Err(e) => return Err(refusal(path, &e)),
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
 
-    /// Adds the entries below `dir`; `left` is what remains of the byte
-    /// budget (each entry counts its name and ~64 bytes of JSON around
-    /// it), and is 0 when the walk stopped for it.
-    fn walk(dir: &Path, prefix: &Path, listing: Listing, out: &mut Vec<Entry>, left: &mut usize) -> io::Result<()> {
-        for item in fs::read_dir(dir)? {
-            let item = item?;
-            let name = item.file_name();
-            if name.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
-                continue;
-            }
-            let meta = item.metadata()?;
-            let rel = prefix.join(&name);
-            let keep = match listing {
-                Listing::Entries => true,
-                Listing::Files => meta.is_file(),
-                Listing::Tree => meta.is_file() || meta.is_dir(),
-            };
-            if keep {
-                let name = rel.to_string_lossy().into_owned();
-                let cost = name.len() + 64;
-                if cost >= *left {
-                    *left = 0;
-                    return Err(io::Error::other("listing budget spent"));
-                }
-                *left -= cost;
-                out.push(entry(name, &meta));
-            }
-            if listing != Listing::Entries && meta.is_dir() {
-                Self::walk(&item.path(), &rel, listing, out, left)?;
-            }
+/// Adds the entries below `dir` (a descriptor: each subdirectory is
+/// opened from its parent with `O_NOFOLLOW`, so a directory swapped for a
+/// symlink mid-walk is skipped, never followed); `left` is what remains of
+/// the byte budget (each entry counts its name and ~64 bytes of JSON
+/// around it), and is 0 when the walk stopped for it.
+fn walk(dir: OwnedFd, prefix: &str, listing: Listing, out: &mut Vec<Entry>, left: &mut usize) -> io::Result<()> {
+    let entries = rustix::fs::Dir::read_from(&dir)?;
+    for item in entries {
+        let item = item?;
+        let raw = item.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
         }
-        Ok(())
-    }
-
-    /// Makes sure `path` is a directory, creating it and any missing
-    /// parents (each checked to stay inside the root). Returns whether it
-    /// was created; an existing directory (or a symlink to one inside the
-    /// root) is fine.
-    ///
-    /// # Errors
-    ///
-    /// As [`for_write`](Self::for_write); [`ErrorCode::Exists`] when
-    /// something other than a directory is there.
-    pub fn mkdir(&self, path: &str) -> Result<bool, Refusal> {
-        if Self::relative(path)?.as_os_str().is_empty() {
-            return Ok(false);
+        let st = match rustix::fs::statat(&dir, item.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Removed since the directory was read.
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let kind = kind_of(st.st_mode);
+        if kind == Kind::File && is_partial_name(raw) {
+            continue;
         }
-        let target = self.for_write(path)?;
-        match fs::create_dir(&target) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let real = target.canonicalize().map_err(|e| Refusal::io(path, &e))?;
-                self.inside(path, &real)?;
-                if real.is_dir() {
-                    Ok(false)
-                } else {
-                    Err(Refusal::new(ErrorCode::Exists, format!("{path}: exists on the server and is not a directory")))
-                }
+        let name = String::from_utf8_lossy(raw);
+        let rel = if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
+        let keep = match listing {
+            Listing::Entries => true,
+            Listing::Files => kind == Kind::File,
+            Listing::Tree => kind == Kind::File || kind == Kind::Dir,
+        };
+        if keep {
+            let cost = rel.len() + 64;
+            if cost >= *left {
+                *left = 0;
+                return Err(io::Error::other("listing budget spent"));
             }
-            Err(e) => Err(Refusal::io(path, &e)),
+            *left -= cost;
+            out.push(entry_of(rel.clone(), &st, kind));
+        }
+        if listing != Listing::Entries && kind == Kind::Dir {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(&dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
+                Ok(sub) => walk(sub, &rel, listing, out, left)?,
+                // Gone, or swapped for a symlink, since it was read.
+                Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
+    Ok(())
+}
+
+fn kind_of(mode: u32) -> Kind {
+    use rustix::fs::FileType;
+    match FileType::from_raw_mode(mode as _) {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
+    }
+}
+
+/// An [`Entry`] from what `statat` said.
+#[allow(clippy::unnecessary_cast)] // the field types differ between targets
+fn entry_of(name: String, st: &rustix::fs::Stat, kind: Kind) -> Entry {
+    Entry { name, size: st.st_size as u64, kind, mtime: st.st_mtime as i64, mode: st.st_mode as u32 & 0o7777 }
+}
+
+/// What identifies a path being uploaded: its directory (by device and
+/// inode, however it was reached) and its name there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClaimKey {
+    dev: u64,
+    ino: u64,
+    name: OsString,
 }
 
 /// The permission bits a received file gets from the sender's `mode`:
@@ -325,14 +456,14 @@ impl Listing {
 /// An upload in progress; dropping it frees the path.
 #[derive(Debug)]
 pub struct Claim {
-    busy: Arc<Mutex<HashSet<PathBuf>>>,
-    path: PathBuf,
+    busy: Arc<Mutex<HashSet<ClaimKey>>>,
+    key: ClaimKey,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Ok(mut busy) = self.busy.lock() {
-            busy.remove(&self.path);
+            busy.remove(&self.key);
         }
     }
 }
@@ -361,52 +492,6 @@ pub fn mtime(meta: &fs::Metadata) -> i64 {
         },
         Err(_) => 0,
     }
-}
-
-/// The partial file beside `target`: `.NAME.fwpart` in the same directory,
-/// so the final rename never crosses file systems.
-pub fn partial_path(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    target.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
-}
-
-/// Opens (or creates) the partial file at `path` to write a transfer into
-/// it: readable and writable by its owner only until it is complete (its
-/// final permission bits are set when it is committed), and locked with
-/// `flock(2)` so that two transfers, in this process or in any other that
-/// opens partial files this way, never write one partial file at once.
-/// The lock goes with the file's last descriptor. On a file system that
-/// has no locks the file is opened unlocked.
-///
-/// # Errors
-///
-/// [`io::ErrorKind::ResourceBusy`] if another transfer holds the partial
-/// file; I/O errors.
-pub fn open_partial(path: &Path) -> io::Result<File> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
-    // SAFETY: flock on a descriptor we own; the result is checked.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => {
-                return Err(io::Error::new(io::ErrorKind::ResourceBusy, "another transfer is writing this file"))
-            }
-            // A file system with no locks (NFS without its lock service,
-            // say) still takes the transfer, unguarded as before.
-            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL) => {
-                tracing::debug!("{}: no lock on the partial file ({e})", path.display());
-            }
-            _ => return Err(e),
-        }
-    }
-    // A partial file left by an older version may be open to others.
-    let meta = file.metadata()?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(file)
 }
 
 /// A BLAKE3 hasher fed with the first `len` bytes of `file` (read from its
@@ -449,26 +534,6 @@ pub fn not_regular(meta: &fs::Metadata) -> Option<(io::ErrorKind, &'static str)>
     } else {
         None
     }
-}
-
-/// Moves a verified partial file into place: give it its final permission
-/// bits (it was owner-only, see [`open_partial`]): the sender's `mode`
-/// through [`received_mode`], or with no mode what a new file gets here;
-/// then fsync the data, rename, fsync the directory, so that after a crash
-/// the file is either absent or whole.
-///
-/// # Errors
-///
-/// I/O errors of any step; the partial file is left where it was.
-pub fn commit(file: &File, mode: Option<u32>, partial: &Path, target: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(fs::Permissions::from_mode(received_mode(mode.unwrap_or(0o666))))?;
-    file.sync_all()?;
-    fs::rename(partial, target)?;
-    if let Some(dir) = target.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Hashes `len` bytes of `file` from `offset` into `hasher` (fed with
@@ -540,29 +605,31 @@ impl Version {
 }
 
 /// Whole-file BLAKE3 hashes the server has already computed (sending a
-/// file, or verifying an upload), by path and [`Version`]: a repeated
-/// `get` of an unchanged file reads and sends it without hashing it again.
-/// Bounded: at [`HASH_CACHE_ENTRIES`] it starts over.
+/// file, or verifying an upload), by file (device and inode, however it is
+/// reached) and [`Version`]: a repeated `get` of an unchanged file reads
+/// and sends it without hashing it again. Bounded: at
+/// [`HASH_CACHE_ENTRIES`] it starts over.
 #[derive(Debug, Default)]
-pub struct HashCache(Mutex<std::collections::HashMap<PathBuf, (Version, blake3::Hash)>>);
+pub struct HashCache(Mutex<std::collections::HashMap<(u64, u64), (Version, blake3::Hash)>>);
 
 /// Most hashes the cache holds.
 pub const HASH_CACHE_ENTRIES: usize = 4096;
 
 impl HashCache {
-    /// The hash of `path` if it was computed for this very version.
-    pub fn get(&self, path: &Path, version: Version) -> Option<blake3::Hash> {
+    /// The hash of the file at `version`, if it was computed for that very
+    /// version.
+    pub fn get(&self, version: Version) -> Option<blake3::Hash> {
         let map = self.0.lock().expect("hash cache poisoned");
-        map.get(path).filter(|(v, _)| *v == version).map(|(_, h)| *h)
+        map.get(&(version.dev, version.ino)).filter(|(v, _)| *v == version).map(|(_, h)| *h)
     }
 
-    /// Records the hash of `path` at `version`.
-    pub fn put(&self, path: &Path, version: Version, hash: blake3::Hash) {
+    /// Records the hash of the file at `version`.
+    pub fn put(&self, version: Version, hash: blake3::Hash) {
         let mut map = self.0.lock().expect("hash cache poisoned");
         if map.len() >= HASH_CACHE_ENTRIES {
             map.clear();
         }
-        map.insert(path.to_owned(), (version, hash));
+        map.insert((version.dev, version.ino), (version, hash));
     }
 }
 
@@ -613,21 +680,45 @@ pub fn check_room(file: &File, from: u64, to: u64) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn sandboxes(dir: &Path) -> [Sandbox; 2] {
+        let sb = Sandbox::new(dir).unwrap();
+        [sb.clone().with_resolver(Resolver::Openat2), sb.with_resolver(Resolver::Walk)]
+    }
+
     #[test]
     fn relative_paths_are_checked() {
-        assert_eq!(Sandbox::relative("a/./b/c.txt").unwrap(), PathBuf::from("a/b/c.txt"));
-        assert_eq!(Sandbox::relative("").unwrap(), PathBuf::new());
+        let rel = Sandbox::relative("a/./b//c.txt").unwrap();
+        assert_eq!((rel.joined().as_str(), rel.is_dir()), ("a/b/c.txt", false));
+        assert!(Sandbox::relative("").unwrap().is_root());
+        assert!(Sandbox::relative("d/").unwrap().is_dir());
+        assert!(Sandbox::relative("d/.").unwrap().is_dir());
+        assert!(!Sandbox::relative("./").unwrap().is_dir(), "the root is the root");
+        let deep = "a/".repeat(MAX_PATH_DEPTH + 1);
+        let long = "x".repeat(MAX_PATH_BYTES + 1);
         for (bad, why) in [
             ("/etc/passwd", "absolute"),
             ("../x", "`..`"),
             ("a/../../x", "`..`"),
             ("a\0b", "NUL"),
-            ("x.fwpart", "reserved"),
+            (deep.as_str(), "MAX_PATH_DEPTH"),
+            (long.as_str(), "MAX_PATH_BYTES"),
         ] {
             let err = Sandbox::relative(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadPath, "{bad}");
             assert!(err.message.contains(why), "{bad}: {}", err.message);
+            assert!(err.message.len() < 400, "messages stay short: {} bytes", err.message.len());
         }
+    }
+
+    #[test]
+    fn a_huge_mkdir_is_refused_before_touching_the_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let sb = Sandbox::new(root.path()).unwrap();
+        let err = sb.mkdir(&"a/".repeat(32_000)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadPath);
+        assert!(err.message.len() < 400, "{} bytes", err.message.len());
+        assert!(!root.path().join("a").exists(), "nothing created");
+        assert!(sb.mkdir(&"a/".repeat(MAX_PATH_DEPTH)).unwrap());
     }
 
     #[test]
@@ -636,26 +727,76 @@ mod tests {
         fs::write(outside.path().join("secret"), "s").unwrap();
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("../../", root.path().join("up")).unwrap();
         std::os::unix::fs::symlink("inner.txt", root.path().join("alias")).unwrap();
         fs::write(root.path().join("inner.txt"), "i").unwrap();
-        let sandbox = Sandbox::new(root.path()).unwrap();
-        assert_eq!(sandbox.existing("out/secret").unwrap_err().code, ErrorCode::BadPath);
-        assert_eq!(sandbox.for_write("out/new").unwrap_err().code, ErrorCode::BadPath);
-        assert!(!outside.path().join("new").exists());
-        assert_eq!(sandbox.for_write("out/deep/new").unwrap_err().code, ErrorCode::BadPath);
-        assert!(!outside.path().join("deep").exists(), "nothing created outside");
-        assert!(sandbox.existing("alias").unwrap().ends_with("inner.txt"));
+        for sb in sandboxes(root.path()) {
+            assert_eq!(sb.open("out/secret").unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.open("up/etc/passwd").unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.stat("out").unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.list("out", Listing::Entries).unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.for_write("out/new").unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.for_write("out/deep/new").unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.mkdir("out/d").unwrap_err().code, ErrorCode::BadPath);
+            let (mut f, _) = sb.open("alias").unwrap();
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+            assert_eq!(s, "i");
+            assert_eq!(sb.stat("alias").unwrap().name, "alias", "the name asked for, not the target's");
+        }
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1, "nothing created outside");
+    }
+
+    #[test]
+    fn stat_of_the_root_names_no_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let sb = Sandbox::new(root.path()).unwrap();
+        for p in ["", ".", "./"] {
+            let e = sb.stat(p).unwrap();
+            assert_eq!((e.name.as_str(), e.kind), (".", Kind::Dir), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_trailing_slash_means_a_directory() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("f.txt"), "x").unwrap();
+        fs::create_dir(root.path().join("d")).unwrap();
+        for sb in sandboxes(root.path()) {
+            assert_eq!(sb.open("f.txt/").unwrap_err().code, ErrorCode::NotADirectory);
+            assert_eq!(sb.stat("f.txt/").unwrap_err().code, ErrorCode::NotADirectory);
+            assert!(sb.open("d/").unwrap().1.is_dir());
+            assert_eq!(sb.for_write("newdir/").unwrap_err().code, ErrorCode::IsADirectory);
+        }
+        assert!(!root.path().join("newdir").exists());
     }
 
     #[test]
     fn for_write_creates_parents_inside() {
         let root = tempfile::tempdir().unwrap();
         let sandbox = Sandbox::new(root.path()).unwrap();
-        let p = sandbox.for_write("a/b/c.txt").unwrap();
+        let (_, name) = sandbox.for_write("a/b/c.txt").unwrap();
         assert!(root.path().join("a/b").is_dir());
-        assert!(p.ends_with("a/b/c.txt"));
+        assert_eq!(name, "c.txt");
         fs::write(root.path().join("file"), "").unwrap();
         assert_eq!(sandbox.for_write("file/x").unwrap_err().code, ErrorCode::NotADirectory);
+        assert_eq!(sandbox.for_write("").unwrap_err().code, ErrorCode::BadPath);
+        assert_eq!(sandbox.for_write("d/.x.fwpart").unwrap_err().code, ErrorCode::BadPath);
+        assert!(sandbox.for_write("x.fwpart").is_ok(), "only .NAME.fwpart is reserved");
+    }
+
+    #[test]
+    fn only_regular_files_are_partial_files() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join(".b.fwpart")).unwrap();
+        fs::write(root.path().join(".b.fwpart/inside"), "i").unwrap();
+        fs::write(root.path().join(".c.fwpart"), "partial").unwrap();
+        let sb = Sandbox::new(root.path()).unwrap();
+        let names: Vec<_> = sb.list("", Listing::Tree).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, [".b.fwpart", ".b.fwpart/inside"]);
+        assert!(sb.open(".b.fwpart/inside").is_ok());
+        assert_eq!(sb.open(".c.fwpart").unwrap_err().code, ErrorCode::BadPath);
+        assert_eq!(sb.stat(".c.fwpart").unwrap_err().code, ErrorCode::BadPath);
     }
 
     #[test]
@@ -676,13 +817,16 @@ mod tests {
     }
 
     #[test]
-    fn claims_are_exclusive() {
+    fn claims_are_exclusive_by_directory_not_by_spelling() {
         let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("d", root.path().join("alias")).unwrap();
         let sandbox = Sandbox::new(root.path()).unwrap();
-        let p = root.path().join("x");
-        let claim = sandbox.claim(&p, "x").unwrap();
-        assert_eq!(sandbox.claim(&p, "x").unwrap_err().code, ErrorCode::Busy);
+        let (dir, name) = sandbox.for_write("d/x").unwrap();
+        let claim = sandbox.claim(&dir, &name, "d/x").unwrap();
+        let (other, name2) = sandbox.for_write("alias/x").unwrap();
+        assert_eq!(sandbox.claim(&other, &name2, "alias/x").unwrap_err().code, ErrorCode::Busy);
         drop(claim);
-        assert!(sandbox.claim(&p, "x").is_ok());
+        assert!(sandbox.claim(&other, &name2, "alias/x").is_ok());
     }
 }

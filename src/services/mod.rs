@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod files;
+pub mod root;
 
 use std::io;
 

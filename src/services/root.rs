@@ -1,0 +1,668 @@
+//! Paths beneath a served root, resolved by file descriptor with the kernel
+//! refusing escapes, and the partial files that transfers write.
+//!
+//! Nothing here checks a path string and then opens it: a path a peer
+//! names is handed to `openat2(2)` with `RESOLVE_BENEATH` from a descriptor
+//! of the root (or, on kernels before 5.6, walked one component at a time
+//! with `O_NOFOLLOW`, symlinks expanded by hand), and what was opened is
+//! `fstat`-ed, never looked up by name again. A process that swaps a
+//! directory for a symlink mid-request gets the kernel's refusal, not a
+//! file outside.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// Suffix of the partial file a transfer writes before it is verified and
+/// renamed into place: `.NAME.fwpart` beside `NAME`.
+pub const PARTIAL_SUFFIX: &str = ".fwpart";
+
+/// The longest path a peer may name, in bytes (Linux's `PATH_MAX` less its
+/// NUL). Checked before anything touches the disk.
+pub const MAX_PATH_BYTES: usize = 4095;
+
+/// The most components a path a peer names may have. Checked before
+/// anything touches the disk, so a `mkdir` of `a/a/a/…` cannot build a
+/// tree no tool can remove.
+pub const MAX_PATH_DEPTH: usize = 255;
+
+/// How many symlinks one resolution may expand (Linux's own limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// How a [`Root`] resolves paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// One `openat2(2)` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`
+    /// (Linux 5.6 and later): the kernel refuses absolute symlinks and
+    /// `..` past the root.
+    Openat2,
+    /// One `openat(2)` with `O_NOFOLLOW` per component, symlinks read and
+    /// expanded here by the same rules, `..` tracked on a stack of
+    /// descriptors: for kernels without `openat2`.
+    Walk,
+}
+
+/// A directory that paths are resolved beneath, held open by descriptor.
+#[derive(Debug, Clone)]
+pub struct Root {
+    fd: Arc<OwnedFd>,
+    resolver: Resolver,
+}
+
+/// Whether `name` has the exact form of a partial file's name:
+/// `.NAME.fwpart` with a non-empty `NAME`. Only a regular file with such a
+/// name is a partial file; a directory so named is an ordinary directory.
+pub fn is_partial_name(name: &[u8]) -> bool {
+    name.len() > 1 + PARTIAL_SUFFIX.len() && name.starts_with(b".") && name.ends_with(PARTIAL_SUFFIX.as_bytes())
+}
+
+/// The partial file's name for the final name `name`.
+pub fn partial_name(name: &OsStr) -> OsString {
+    let mut part = OsString::from(".");
+    part.push(name);
+    part.push(PARTIAL_SUFFIX);
+    part
+}
+
+fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw_os_error)
+}
+
+/// Whether `e` is the refusal of a path leading outside the root.
+pub fn is_escape(e: &io::Error) -> bool {
+    errno(e) == Some(Errno::XDEV)
+}
+
+fn escape() -> io::Error {
+    io::Error::from(Errno::XDEV)
+}
+
+impl Root {
+    /// Opens `path` as a root, resolving with `openat2` where the kernel
+    /// has it and walking otherwise.
+    ///
+    /// # Errors
+    ///
+    /// If `path` cannot be opened as a directory.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let probe = rustix::fs::openat2(&fd, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), beneath());
+        let resolver = match probe {
+            Ok(_) => Resolver::Openat2,
+            // ENOSYS: before Linux 5.6; EPERM: a seccomp filter that does
+            // not know the call.
+            Err(Errno::NOSYS | Errno::PERM) => Resolver::Walk,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Root { fd: Arc::new(fd), resolver })
+    }
+
+    /// The same root, resolving with `resolver` (tests use it to run the
+    /// fallback on kernels that have `openat2`).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Root {
+        self.resolver = resolver;
+        self
+    }
+
+    /// How this root resolves paths.
+    pub fn resolver(&self) -> Resolver {
+        self.resolver
+    }
+
+    /// The root's own descriptor.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Opens `rel` (relative, already checked: no `..`, not absolute)
+    /// beneath the root with `flags`, following symlinks that stay inside,
+    /// the last component's too. An empty `rel` is the root itself.
+    ///
+    /// # Errors
+    ///
+    /// `EXDEV` for a path leading outside (an absolute symlink, or `..`
+    /// past the root), `ELOOP` past [`MAX_SYMLINKS`], and those of
+    /// `openat(2)`.
+    pub fn open_beneath(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        let rel = if rel.is_empty() { "." } else { rel };
+        // openat2 refuses O_PATH with flags that do not go with it.
+        let flags = if flags.contains(OFlags::PATH) {
+            flags | OFlags::CLOEXEC
+        } else {
+            flags | OFlags::CLOEXEC | OFlags::NOCTTY
+        };
+        match self.resolver {
+            Resolver::Openat2 => {
+                // The kernel may refuse a resolution it could not keep safe
+                // against a concurrent rename: try again a few times.
+                let mut tries = 0;
+                loop {
+                    match rustix::fs::openat2(&*self.fd, rel, flags, Mode::empty(), beneath()) {
+                        Err(Errno::AGAIN) if tries < 8 => tries += 1,
+                        done => return Ok(done?),
+                    }
+                }
+            }
+            Resolver::Walk => self.walk(rel, flags),
+        }
+    }
+
+    /// Opens the directory `rel` beneath the root, readable (usable as the
+    /// base of `*at` calls and for `fsync`).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_beneath`](Self::open_beneath); `ENOTDIR` for a file.
+    pub fn open_dir(&self, rel: &str) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// The directory `parts` names, creating what is missing one component
+    /// at a time (`mkdir -p`), each opened beneath the root before the next
+    /// is made in it: a component that is a symlink leading out, or that
+    /// another process swaps for one, is refused, never created through.
+    ///
+    /// # Errors
+    ///
+    /// As [`open_dir`](Self::open_dir), and those of `mkdirat(2)`.
+    pub fn make_dirs(&self, parts: &[&str]) -> io::Result<OwnedFd> {
+        let joined = parts.join("/");
+        match self.open_dir(&joined) {
+            Err(e) if errno(&e) == Some(Errno::NOENT) => {}
+            done => return done,
+        }
+        let mut dir = self.open_dir("")?;
+        let mut prefix = String::with_capacity(joined.len());
+        for part in parts {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            // EEXIST: there already, or made by another upload just now;
+            // either way it is opened and checked like any other.
+            match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o777)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            dir = self.open_dir(&prefix)?;
+        }
+        Ok(dir)
+    }
+
+    /// The component-by-component resolution (see [`Resolver::Walk`]).
+    fn walk(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // stack[0] is the root; each `..` pops one, and popping the root
+        // is an escape.
+        let mut stack: Vec<OwnedFd> = vec![rustix::fs::openat(&*self.fd, ".", dir_flags, Mode::empty())?];
+        let mut todo: std::collections::VecDeque<Vec<u8>> = components(rel.as_bytes()).collect();
+        let mut links = 0;
+        while let Some(part) = todo.pop_front() {
+            match part.as_slice() {
+                b"." => {
+                    if todo.is_empty() {
+                        let cur = stack.last().expect("the root stays");
+                        return Ok(rustix::fs::openat(cur, ".", flags, Mode::empty())?);
+                    }
+                    continue;
+                }
+                b".." => {
+                    if stack.len() == 1 {
+                        return Err(escape());
+                    }
+                    stack.pop();
+                    if todo.is_empty() {
+                        let cur = stack.last().expect("the root stays");
+                        return Ok(rustix::fs::openat(cur, ".", flags, Mode::empty())?);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let cur = stack.last().expect("the root stays");
+            let last = todo.is_empty();
+            let want = if last { flags | OFlags::NOFOLLOW } else { dir_flags };
+            let opened = rustix::fs::openat(cur, part.as_slice(), want, Mode::empty());
+            // A symlink shows as ELOOP, as ENOTDIR (with O_DIRECTORY), or,
+            // opened with O_PATH, as a descriptor of the link itself.
+            let link = match &opened {
+                Err(Errno::LOOP | Errno::NOTDIR) => true,
+                Ok(fd) if want.contains(OFlags::PATH) => {
+                    rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_symlink())
+                }
+                _ => false,
+            };
+            if !link {
+                let fd = opened?;
+                if last {
+                    return Ok(fd);
+                }
+                stack.push(fd);
+                continue;
+            }
+            let target = match rustix::fs::readlinkat(cur, part.as_slice(), Vec::new()) {
+                Ok(target) => target.into_bytes(),
+                // Not a symlink (any more): the open's own error stands.
+                Err(Errno::INVAL) => return Err(opened.err().unwrap_or(Errno::LOOP).into()),
+                Err(e) => return Err(e.into()),
+            };
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(Errno::LOOP.into());
+            }
+            if target.starts_with(b"/") {
+                return Err(escape());
+            }
+            for (i, c) in components(&target).enumerate() {
+                todo.insert(i, c);
+            }
+        }
+        // Only reached for a path of nothing but `.` / `..` handled above.
+        Ok(rustix::fs::openat(stack.last().expect("the root stays"), ".", flags, Mode::empty())?)
+    }
+}
+
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+}
+
+/// The non-empty components of a `/`-separated path.
+fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec)
+}
+
+/// The file a transfer writes before it is verified and committed.
+///
+/// Normally `.NAME.fwpart` beside the target, kept after a cut transfer so
+/// that the next one resumes from it. It is opened without following a
+/// symlink and taken as a partial file only if it is a regular file with
+/// one link, owned by this process's user: anything else standing at that
+/// name (a planted symlink or hard link, a directory, a FIFO, another
+/// user's file) is left alone, and the transfer writes an unnamed
+/// temporary file (`O_TMPFILE`) in the same directory instead, which
+/// cannot be resumed. No byte is ever written through a link the transfer
+/// did not create.
+///
+/// The file is owner-only (0600) until [`commit`](Self::commit) gives it
+/// its final bits, and held with an exclusive `flock(2)` so that two
+/// transfers never write one partial file at once.
+#[derive(Debug)]
+pub struct Partial {
+    dir: OwnedFd,
+    name: OsString,
+    /// The partial file's own name, or `None` for an unnamed one.
+    part: Option<OsString>,
+    file: File,
+}
+
+impl Partial {
+    /// Opens (or creates) the partial file for `name` in `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::ResourceBusy`] if another transfer holds it; I/O
+    /// errors (among them, where the name is taken by something that is
+    /// not a partial file and the file system has no `O_TMPFILE`, a clear
+    /// refusal naming what stands there).
+    pub fn open(dir: OwnedFd, name: &OsStr) -> io::Result<Partial> {
+        let part = partial_name(name);
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let (file, part) = match rustix::fs::openat(&dir, part.as_os_str(), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => {
+                let file = File::from(fd);
+                match foreign(&file)? {
+                    None => (file, Some(part)),
+                    Some(what) => (anonymous(&dir, &part, what)?, None),
+                }
+            }
+            Err(Errno::LOOP) => (anonymous(&dir, &part, "a symlink")?, None),
+            Err(Errno::ISDIR) => (anonymous(&dir, &part, "a directory")?, None),
+            Err(e) => return Err(e.into()),
+        };
+        lock(&file)?;
+        // A partial file left by an older version may be open to others.
+        use std::os::unix::fs::PermissionsExt;
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))?;
+        }
+        // O_NONBLOCK only kept the open itself from waiting on a FIFO.
+        rustix::fs::fcntl_setfl(&file, OFlags::empty())?;
+        Ok(Partial { dir, name: name.to_owned(), part, file })
+    }
+
+    /// The open partial file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The open partial file, to write it.
+    pub fn file_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Whether a later transfer can resume from this file (it has a name).
+    pub fn resumable(&self) -> bool {
+        self.part.is_some()
+    }
+
+    /// How many bytes the partial file holds.
+    ///
+    /// # Errors
+    ///
+    /// Those of `fstat(2)`.
+    pub fn held(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Splits off the file (to move it to a writer thread); [`rejoin`]
+    /// puts it back.
+    ///
+    /// [`rejoin`]: Self::rejoin
+    pub fn take_file(self) -> (File, PartialName) {
+        (self.file, PartialName { dir: self.dir, name: self.name, part: self.part })
+    }
+
+    /// Removes the partial file (a failed or refused transfer).
+    pub fn discard(self) {
+        self.take_file().1.discard();
+    }
+
+    /// Moves the verified file into place: gives it the permission bits
+    /// `mode` (already masked), syncs the data, renames it to its final
+    /// name, and syncs the directory, so that after a crash the file is
+    /// either absent or whole. Without `replace`, an existing file of that
+    /// name is never replaced (`renameat2(RENAME_NOREPLACE)`, or `link` and
+    /// `unlink` where the file system lacks it): the commit fails with
+    /// [`io::ErrorKind::AlreadyExists`] and the partial file is removed.
+    ///
+    /// # Errors
+    ///
+    /// Those of each step; on any but `AlreadyExists` the partial file is
+    /// left for a later try. Returns the file, now under its final name.
+    pub fn commit(self, mode: u32, replace: bool) -> io::Result<File> {
+        let (file, name) = self.take_file();
+        name.commit(file, mode, replace)
+    }
+}
+
+/// Where a [`Partial`] lives, while its file is away being written.
+#[derive(Debug)]
+pub struct PartialName {
+    dir: OwnedFd,
+    name: OsString,
+    part: Option<OsString>,
+}
+
+impl PartialName {
+    /// The partial again, with its file.
+    pub fn rejoin(self, file: File) -> Partial {
+        Partial { dir: self.dir, name: self.name, part: self.part, file }
+    }
+
+    /// Removes the partial file, if it has a name.
+    pub fn discard(self) {
+        if let Some(part) = &self.part {
+            let _ = rustix::fs::unlinkat(&self.dir, part.as_os_str(), AtFlags::empty());
+        }
+    }
+
+    /// [`Partial::commit`] for a file that was split off.
+    ///
+    /// # Errors
+    ///
+    /// As [`Partial::commit`].
+    pub fn commit(self, file: File, mode: u32, replace: bool) -> io::Result<File> {
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
+        file.sync_all()?;
+        let part = match &self.part {
+            Some(part) => part.clone(),
+            None => {
+                // An unnamed file gets a name of its own first: a hidden,
+                // random one that no later transfer will take for its own.
+                let temp = temp_name(&self.name);
+                let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    proc.as_str(),
+                    &self.dir,
+                    temp.as_os_str(),
+                    AtFlags::SYMLINK_FOLLOW,
+                )?;
+                temp
+            }
+        };
+        let unnamed = self.part.is_none();
+        // Whoever else can write this directory could have put something
+        // else at the partial file's name meanwhile: rename only our file.
+        let ours = rustix::fs::fstat(&file)?;
+        match rustix::fs::statat(&self.dir, part.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => {}
+            Ok(_) => {
+                return Err(io::Error::other("the partial file was replaced by another process; nothing was kept"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let placed = if replace {
+            rustix::fs::renameat(&self.dir, part.as_os_str(), &self.dir, self.name.as_os_str()).map_err(io::Error::from)
+        } else {
+            rename_noreplace(&self.dir, &part, &self.name)
+        };
+        if let Err(e) = placed {
+            if e.kind() == io::ErrorKind::AlreadyExists || unnamed {
+                let _ = rustix::fs::unlinkat(&self.dir, part.as_os_str(), AtFlags::empty());
+            }
+            return Err(e);
+        }
+        rustix::fs::fsync(&self.dir)?;
+        Ok(file)
+    }
+}
+
+/// Renames `from` to `to` in `dir` unless `to` exists.
+fn rename_noreplace(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    match rustix::fs::renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        // A file system without RENAME_NOREPLACE: link(2) never replaces
+        // either; then the old name goes.
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            rustix::fs::linkat(dir, from, dir, to, AtFlags::empty())?;
+            rustix::fs::unlinkat(dir, from, AtFlags::empty())?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `.NAME.RANDOM.fwpart`: a name for an unnamed partial file on its way
+/// into place.
+fn temp_name(name: &OsStr) -> OsString {
+    let mut rand = [0u8; 6];
+    let _ = getrandom::fill(&mut rand);
+    let mut temp = OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{}{PARTIAL_SUFFIX}", hex::encode(rand)));
+    temp
+}
+
+/// Why the file opened at a partial file's name is not one of ours, if it
+/// is not: only a regular file with one link, owned by this process's
+/// user, is taken for a partial file.
+fn foreign(file: &File) -> io::Result<Option<&'static str>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    Ok(if !meta.is_file() {
+        Some("a FIFO, socket or device")
+    } else if meta.nlink() != 1 {
+        Some("a file with other hard links")
+    } else if meta.uid() != rustix::process::geteuid().as_raw() {
+        Some("another user's file")
+    } else {
+        None
+    })
+}
+
+/// An unnamed temporary file in `dir`, for a transfer whose partial-file
+/// name `part` is taken by `what`.
+fn anonymous(dir: &OwnedFd, part: &OsStr, what: &str) -> io::Result<File> {
+    tracing::warn!(
+        "{}: {what} stands at the partial file's name; writing an unnamed file instead (no resume)",
+        part.to_string_lossy()
+    );
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    match rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600)) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => Err(io::Error::other(format!(
+            "{what} stands at the partial file's name {}; remove it (this file system cannot write around it)",
+            part.to_string_lossy()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Takes the exclusive `flock(2)` of a partial file; on a file system that
+/// has no locks the file is used unlocked.
+fn lock(file: &File) -> io::Result<()> {
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(Errno::WOULDBLOCK) => {
+            Err(io::Error::new(io::ErrorKind::ResourceBusy, "another transfer is writing this file"))
+        }
+        // NFS without its lock service, say: the transfer goes on,
+        // unguarded as before.
+        Err(e @ (Errno::NOLCK | Errno::OPNOTSUPP | Errno::INVAL)) => {
+            tracing::debug!("no lock on the partial file ({e})");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The final component of a local path and a descriptor of its directory
+/// (opened as the user named it: the user's own symlinks are followed),
+/// for a transfer that writes `path`.
+///
+/// # Errors
+///
+/// A path with no final name (`/`, `..`), and those of `open(2)`.
+pub fn local_parent(path: &Path) -> io::Result<(OwnedFd, OsString)> {
+    let name = match path.file_name() {
+        Some(name) if !path.as_os_str().as_bytes().ends_with(b"/") => name.to_owned(),
+        _ => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "names a directory, not a file"));
+        }
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    Ok((fd, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
+
+    fn roots(dir: &Path) -> [Root; 2] {
+        let root = Root::open(dir).unwrap();
+        [root.clone().with_resolver(Resolver::Openat2), root.with_resolver(Resolver::Walk)]
+    }
+
+    #[test]
+    fn both_resolvers_follow_inner_links_and_refuse_escapes() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::write(r.join("a/b/f"), "f").unwrap();
+        symlink("a/b", r.join("ab")).unwrap();
+        symlink("../b/f", r.join("a/b/up")).unwrap();
+        symlink("../../..", r.join("a/b/out")).unwrap();
+        symlink(outside.path(), r.join("abs")).unwrap();
+        symlink("loop", r.join("loop")).unwrap();
+        for root in roots(r) {
+            let read = |p: &str| {
+                root.open_beneath(p, OFlags::RDONLY).map(|fd| std::io::read_to_string(File::from(fd)).unwrap())
+            };
+            assert_eq!(read("a/b/f").unwrap(), "f", "{:?}", root.resolver);
+            assert_eq!(read("ab/f").unwrap(), "f");
+            assert_eq!(read("ab/up").unwrap(), "f", "a relative link with .. that stays inside");
+            assert!(is_escape(&read("a/b/out/etc").unwrap_err()), "{:?}", root.resolver);
+            assert!(is_escape(&read("abs/secret").unwrap_err()));
+            assert!(is_escape(&read("abs").unwrap_err()));
+            assert_eq!(errno(&read("loop").unwrap_err()), Some(Errno::LOOP));
+            assert_eq!(errno(&read("a/b/f/x").unwrap_err()), Some(Errno::NOTDIR));
+            assert!(root.open_dir("a/b/f").is_err());
+            assert!(root.open_dir("").is_ok());
+        }
+    }
+
+    #[test]
+    fn make_dirs_never_creates_through_a_link() {
+        let outside = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        symlink(outside.path(), tmp.path().join("out")).unwrap();
+        symlink(outside.path().join("new"), tmp.path().join("dangling")).unwrap();
+        for root in roots(tmp.path()) {
+            assert!(root.make_dirs(&["x", "y"]).is_ok());
+            assert!(tmp.path().join("x/y").is_dir());
+            assert!(is_escape(&root.make_dirs(&["out", "deep"]).unwrap_err()));
+            assert!(is_escape(&root.make_dirs(&["dangling", "deep"]).unwrap_err()));
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing created outside");
+    }
+
+    #[test]
+    fn a_planted_link_at_the_partial_name_is_never_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim.txt");
+        std::fs::write(&victim, "precious").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        symlink(&victim, tmp.path().join(".r.txt.fwpart")).unwrap();
+        let dir = Root::open(tmp.path()).unwrap().open_dir("").unwrap();
+        let mut p = Partial::open(dir, OsStr::new("r.txt")).unwrap();
+        assert!(!p.resumable());
+        p.file_mut().write_all(b"upload").unwrap();
+        p.commit(0o644, false).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(tmp.path().join("r.txt")).unwrap(), "upload");
+        assert!(!tmp.path().join("r.txt").is_symlink());
+        assert!(tmp.path().join(".r.txt.fwpart").is_symlink(), "the planted link is left alone");
+    }
+
+    #[test]
+    fn commit_without_replace_never_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let mut first = Partial::open(root.open_dir("").unwrap(), OsStr::new("f")).unwrap();
+        first.file_mut().write_all(b"first").unwrap();
+        std::fs::write(tmp.path().join("f"), "there").unwrap();
+        let err = first.commit(0o644, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "there");
+        assert!(!tmp.path().join(".f.fwpart").exists(), "the loser's partial is removed");
+        let mut second = Partial::open(root.open_dir("").unwrap(), OsStr::new("f")).unwrap();
+        second.file_mut().write_all(b"second").unwrap();
+        second.commit(0o600, true).unwrap();
+        assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "second");
+    }
+
+    #[test]
+    fn partial_names() {
+        assert!(is_partial_name(b".a.fwpart"));
+        assert!(!is_partial_name(b"a.fwpart"));
+        assert!(!is_partial_name(b"..fwpart"));
+        assert!(!is_partial_name(b".fwpart"));
+        assert_eq!(partial_name(OsStr::new("x")), OsString::from(".x.fwpart"));
+    }
+}
