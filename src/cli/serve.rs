@@ -20,9 +20,25 @@ pub struct ServeArgs {
     #[arg(long, default_value = ".")]
     root: PathBuf,
 
-    /// Connections served at once; more wait in the listen backlog.
+    /// Authenticated connections served at once; one more waits up to 5 s
+    /// for a slot, then is told "server busy".
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+
+    /// Connections still in their handshake (not yet authenticated) at
+    /// once; when full, a new one evicts the oldest.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS)]
+    max_startups: usize,
+
+    /// Connections in their handshake from one address at once; more from
+    /// it are refused with "server busy".
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS_PER_SOURCE)]
+    max_startups_per_source: usize,
+
+    /// The listen backlog: connections the kernel holds before they are
+    /// accepted (capped by net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_BACKLOG)]
+    backlog: u32,
 
     /// Seconds a connection may sit between requests.
     #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
@@ -95,11 +111,12 @@ fn parse_legacy(spec: &str) -> Result<(Mode, String), String> {
 pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let root = args.root.canonicalize().with_context(|| format!("cannot serve {}", args.root.display()))?;
     anyhow::ensure!(root.is_dir(), "cannot serve {}: not a directory", root.display());
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        server::bind(&args.listen, args.backlog).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut config = Config::new(root);
     config.max_connections = args.max_connections;
+    config.max_startups = args.max_startups;
+    config.max_startups_per_source = args.max_startups_per_source;
     config.timeouts.idle = Some(Duration::from_secs(args.idle_timeout));
     config.timeouts.io = Some(Duration::from_secs(args.io_timeout));
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
@@ -115,7 +132,7 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     }
     let mut legacy = Vec::new();
     for (mode, addr) in &args.legacy {
-        let l = tokio::net::TcpListener::bind(addr)
+        let l = server::bind(addr, args.backlog)
             .await
             .with_context(|| format!("cannot listen on {addr} for legacy {mode}"))?;
         legacy.push((*mode, l));

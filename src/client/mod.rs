@@ -214,6 +214,9 @@ impl Client {
         let peer = socket.peer_addr().map_err(wire::Error::Io)?;
         socket.write_all(&Preface::new(key.is_some()).encode()).await.map_err(wire::Error::Io)?;
         let theirs = read_preface(&mut socket).await?;
+        if theirs.refused() {
+            return Err(read_refusal(socket).await);
+        }
         // Either side's mismatch is decided here, from the prefaces: a
         // client holding a key never sends a byte in the clear.
         match (key, theirs.tls()) {
@@ -412,5 +415,18 @@ impl AsyncWrite for BufSink<'_> {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The error frame a server sends in plaintext behind a refusing preface
+/// (it is busy), as the error to report.
+async fn read_refusal(socket: TcpStream) -> ClientError {
+    let mut reader = FrameReader::new(socket);
+    reader.set_max_header(PREAUTH_MAX_HEADER);
+    match reader.read_head::<Message>().await {
+        Ok(Some((Message::Error { code, message }, _))) => ClientError::Remote { code, message },
+        Ok(Some((other, _))) => unexpected("error", other),
+        Ok(None) => ClientError::Closed,
+        Err(e) => e.into(),
     }
 }

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Config;
+use super::admission::Startup;
+use super::{Config, SESSION_WAIT};
 use crate::auth::{self, Key, Role, Transcript};
 use crate::proto::{ErrorCode, Message};
 use crate::services::files::{HashCache, Listing, Sandbox};
@@ -64,16 +66,36 @@ impl Throttle {
 const HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n\
 this is a framewire server, not an HTTP server\n";
 
+/// What a native connection is admitted with: its place in the handshake
+/// table, and the session slots it must take one of once authenticated.
+pub(super) struct Gate<'a> {
+    pub startup: Startup,
+    pub sessions: &'a Arc<Semaphore>,
+}
+
+/// Tells a connection refused at the door why, in one frame behind a
+/// refusing preface (docs/PROTOCOL.md §2.2), and closes it. Bounded: a
+/// peer that does not read gets at most a second.
+pub(super) async fn refuse_busy(mut tcp: TcpStream, msg: String) {
+    info!(peer = ?tcp.peer_addr().ok(), "refused: {msg}");
+    let refuse = async {
+        send_raw(&mut tcp, &Preface::refusal().encode(), &Message::error(ErrorCode::Busy, msg)).await;
+        transport::linger_close(&mut tcp).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+}
+
 /// Serves one connection; never panics, logs how it ended.
 pub(super) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     ctx: &Context,
+    gate: Gate<'_>,
     shutdown: &CancellationToken,
     hard: &CancellationToken,
 ) {
     debug!(%peer, "connection opened");
-    match serve_inner(socket, peer, ctx, shutdown, hard).await {
+    match serve_inner(socket, peer, ctx, gate, shutdown, hard).await {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(e) if dropped_by_peer(&e) => info!(%peer, "connection dropped: {}", printable(&e.to_string())),
         Err(e) => warn!(%peer, "connection failed: {}", printable(&e.to_string())),
@@ -96,6 +118,8 @@ fn dropped_by_peer(e: &Error) -> bool {
 enum Refused {
     /// Nothing more to say; the error is logged.
     Quietly(Error),
+    /// A newer connection took its place in the full handshake table.
+    Evicted,
     /// The client failed to prove it holds the key: tell it, on the
     /// writer, after the penalty.
     AuthFailed(String, Box<Writer>),
@@ -125,11 +149,33 @@ async fn send_raw(tcp: &mut TcpStream, prefix: &[u8], frame: &Message) {
 /// The preface exchange, then (with a key) TLS and the challenge-response.
 /// Returns the connection's halves, ready for requests. Nothing but the
 /// handshake is served before it succeeds.
-async fn handshake(mut tcp: TcpStream, ctx: &Context) -> Result<(BoxRead, BoxWrite), Refused> {
-    let theirs = match read_preface(&mut tcp).await {
+async fn handshake(mut tcp: TcpStream, ctx: &Context, startup: &Startup) -> Result<(BoxRead, BoxWrite), Refused> {
+    let theirs = tokio::select! {
+        theirs = read_preface(&mut tcp) => theirs,
+        () = startup.evicted() => {
+            // Still before our preface: the client can be told why.
+            let msg = "server busy: too many connections are in their handshake; try again";
+            send_raw(&mut tcp, &Preface::refusal().encode(), &Message::error(ErrorCode::Busy, msg)).await;
+            return Err(Refused::Evicted);
+        }
+    };
+    let theirs = match theirs {
+        Ok(p) if p.refused() => {
+            let e = Error::UnsupportedFlags { flags: p.flags };
+            return Err(refuse_preface(&mut tcp, e, ctx.tls.is_some()).await.into());
+        }
         Ok(p) => p,
         Err(e) => return Err(refuse_preface(&mut tcp, e, ctx.tls.is_some()).await.into()),
     };
+    tokio::select! {
+        done = handshake_rest(tcp, theirs, ctx) => done,
+        // TLS or authentication under way: nothing to say in the clear.
+        () = startup.evicted() => Err(Refused::Evicted),
+    }
+}
+
+/// The handshake after the client's preface was read.
+async fn handshake_rest(mut tcp: TcpStream, theirs: Preface, ctx: &Context) -> Result<(BoxRead, BoxWrite), Refused> {
     let keyed = ctx.tls.is_some();
     let ours = Preface::new(keyed).encode();
     if theirs.tls() != keyed {
@@ -202,6 +248,7 @@ async fn serve_inner(
     socket: TcpStream,
     peer: SocketAddr,
     ctx: &Context,
+    gate: Gate<'_>,
     shutdown: &CancellationToken,
     hard: &CancellationToken,
 ) -> Result<(), Error> {
@@ -209,10 +256,17 @@ async fn serve_inner(
     // Replies are single frames written in one go; NODELAY keeps the last
     // segment of each from waiting on the peer's delayed ACK.
     socket.set_nodelay(true)?;
-    let (read, write) = match tokio::time::timeout(config.handshake_timeout, handshake(socket, ctx)).await {
+    let Gate { startup, sessions } = gate;
+    let handshake = tokio::time::timeout(config.handshake_timeout, handshake(socket, ctx, &startup)).await;
+    drop(startup);
+    let (read, write) = match handshake {
         Err(_) => return Err(Error::Stalled(config.handshake_timeout)),
         Ok(Ok(halves)) => halves,
         Ok(Err(Refused::Quietly(e))) => return Err(e),
+        Ok(Err(Refused::Evicted)) => {
+            info!(%peer, "handshake ended: a newer connection took its place (the handshake table is full)");
+            return Ok(());
+        }
         Ok(Err(Refused::AuthFailed(why, mut writer))) => {
             warn!(%peer, "authentication failed: {why}");
             tokio::time::sleep(ctx.throttle.penalty(peer.ip())).await;
@@ -222,6 +276,13 @@ async fn serve_inner(
     };
     let mut reader = FrameReader::with_timeouts(read, config.timeouts);
     let mut writer = FrameWriter::with_timeouts(write, config.timeouts);
+    // Held until the connection ends, however it ends.
+    let Some(_session) = session_slot(sessions, shutdown).await else {
+        let msg = format!("server busy: {} connections", config.max_connections);
+        info!(%peer, "refused: {msg}");
+        let _ = writer.send(&Message::error(ErrorCode::Busy, msg), &[]).await;
+        return Ok(());
+    };
 
     loop {
         let head = tokio::select! {
@@ -256,6 +317,19 @@ async fn serve_inner(
                 return Err(e);
             }
         }
+    }
+}
+
+/// A session slot, waiting up to [`SESSION_WAIT`] for one (a burst of
+/// clients is absorbed rather than refused); `None` if none came free, or
+/// the server is shutting down.
+async fn session_slot(sessions: &Arc<Semaphore>, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = sessions.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    tokio::select! {
+        permit = tokio::time::timeout(SESSION_WAIT, sessions.clone().acquire_owned()) => permit.ok()?.ok(),
+        () = shutdown.cancelled() => None,
     }
 }
 

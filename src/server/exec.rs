@@ -130,7 +130,14 @@ async fn pump(
                 if permit.is_none() { stdin_tx = None; }
             }
             frame = next_frame(reader, &mut stdin_eof), if permit.is_some() || stdin_tx.is_none() => {
-                match frame? {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        refuse_mid_exec(writer, &e).await;
+                        return Err(e);
+                    }
+                };
+                match frame {
                     Incoming::Stdin(body, eof) => {
                         if let Some(p) = permit.take() {
                             if !body.is_empty() { p.send(body); }
@@ -145,7 +152,9 @@ async fn pump(
                         return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client left during exec")));
                     }
                     Incoming::Other(kind) => {
-                        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("`{kind}` sent during exec"))));
+                        let e = Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("`{kind}` sent during exec; only stdin and cancel may be")));
+                        refuse_mid_exec(writer, &e).await;
+                        return Err(e);
                     }
                 }
             }
@@ -160,6 +169,20 @@ async fn pump(
         }
     }
     Ok(reason)
+}
+
+/// Tells the client why its exec is being ended for what it sent (a
+/// `stdin` frame over [`MAX_STDIN_FRAME`], a frame that is not `stdin` or
+/// `cancel`), before the connection closes and the command is killed:
+/// after such a frame the stream of stdin is not what the client meant.
+async fn refuse_mid_exec(writer: &mut Writer, e: &Error) {
+    let code = match e {
+        Error::BodyTooLarge { .. } => ErrorCode::TooLarge,
+        Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => ErrorCode::BadRequest,
+        e if e.is_recoverable() => ErrorCode::BadRequest,
+        _ => return,
+    };
+    let _ = writer.send(&Message::error(code, e.to_string()), &[]).await;
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

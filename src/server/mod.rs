@@ -1,6 +1,7 @@
 //! The server: a listener with bounded connections, time limits, backed-off
 //! accept errors and graceful shutdown; each connection in its own task.
 
+mod admission;
 mod conn;
 mod exec;
 mod files;
@@ -21,8 +22,21 @@ use crate::legacy::{self, Mode};
 use crate::services::files::Sandbox;
 use crate::wire::Timeouts;
 
-/// Connections served at once by default; more wait in the listen backlog.
+/// Authenticated connections (sessions) served at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Connections in their handshake (not yet authenticated) at once by
+/// default; when full, a new one evicts the oldest (see
+/// `docs/SECURITY.md`).
+pub const DEFAULT_MAX_STARTUPS: usize = 64;
+/// Connections in their handshake from one address at once by default;
+/// more from it are refused with `busy`.
+pub const DEFAULT_MAX_STARTUPS_PER_SOURCE: usize = 16;
+/// The listen backlog [`bind`] asks for by default (the kernel caps it at
+/// `net.core.somaxconn`).
+pub const DEFAULT_BACKLOG: u32 = 1024;
+/// How long an authenticated connection waits for a session slot before
+/// it is told the server is busy.
+pub const SESSION_WAIT: Duration = Duration::from_secs(5);
 /// How long a connection may sit between requests by default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a started frame head, any body read, or any write may stall by
@@ -44,8 +58,17 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Config {
     /// The served directory.
     pub root: PathBuf,
-    /// Connections served at once.
+    /// Authenticated connections (sessions) served at once, native and
+    /// legacy together.
     pub max_connections: usize,
+    /// Connections in their handshake at once; when full, a new one
+    /// evicts the oldest.
+    pub max_startups: usize,
+    /// Connections in their handshake from one address at once.
+    pub max_startups_per_source: usize,
+    /// How paths are resolved beneath the root; `None` picks `openat2`
+    /// where the kernel has it.
+    pub resolver: Option<crate::services::root::Resolver>,
     /// Idle and I/O limits on every connection.
     pub timeouts: Timeouts,
     /// Limit for the preface exchange.
@@ -76,6 +99,9 @@ impl Config {
         Config {
             root: root.into(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_startups: DEFAULT_MAX_STARTUPS,
+            max_startups_per_source: DEFAULT_MAX_STARTUPS_PER_SOURCE,
+            resolver: None,
             timeouts: Timeouts { idle: Some(DEFAULT_IDLE_TIMEOUT), io: Some(DEFAULT_IO_TIMEOUT) },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -135,7 +161,11 @@ pub async fn run_with_legacy(
 ) -> std::io::Result<()> {
     check_policy(&listener, &config)?;
     check_legacy_policy(&legacy, &config)?;
-    let sandbox = Sandbox::new(&config.root)?;
+    let mut sandbox = Sandbox::new(&config.root)?;
+    if let Some(resolver) = config.resolver {
+        sandbox = sandbox.with_resolver(resolver);
+    }
+    info!(root = %sandbox.root().display(), resolver = ?sandbox.resolver(), "serving");
     config.root = sandbox.root().to_owned();
     let tls = match (&config.key, &config.tls) {
         (None, _) => None,
@@ -143,11 +173,13 @@ pub async fn run_with_legacy(
         (Some(_), None) => Some(crate::transport::server_config()?),
     };
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
     let ctx =
         Arc::new(conn::Context { config, sandbox, tls, throttle: conn::Throttle::default(), hashes: Arc::default() });
     let shared = Arc::new(Shared {
         ctx,
         limit,
+        startups,
         graceful: CancellationToken::new(),
         hard: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -192,8 +224,10 @@ pub async fn run_with_legacy(
 /// What every listener of a server shares.
 struct Shared {
     ctx: Arc<conn::Context>,
-    /// Connection slots, native and legacy together.
+    /// Session slots, native and legacy together.
     limit: Arc<Semaphore>,
+    /// Handshake slots of the native listener.
+    startups: Arc<admission::Startups>,
     /// Ends idle connections and lets busy ones finish their request.
     graceful: CancellationToken,
     /// Ends whatever is left once the drain time is up.
@@ -203,20 +237,36 @@ struct Shared {
     last_active: std::sync::Mutex<std::time::Instant>,
 }
 
-/// Accepts on one listener until `stop`, each connection in its own task
-/// holding a connection slot. One loop serves the native listener and
-/// every legacy one.
+/// Accepts on one listener until `stop`, each connection in its own task.
+/// One loop serves the native listener and every legacy one.
+///
+/// It accepts whatever arrives, so the kernel's backlog never fills with
+/// clients nobody will look at: a native connection takes a handshake slot
+/// (see [`admission`]) and, once authenticated, a session slot; a legacy
+/// connection, which has no handshake, a session slot at once.
 async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        // The permit is taken before accept: at the limit, new clients wait
-        // in the kernel's backlog instead of being accepted and starved.
-        let permit = tokio::select! {
-            permit = shared.limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = stop.cancelled() => return,
-        };
         let (socket, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
             _ = stop.cancelled() => return,
+        };
+        let admitted = match mode {
+            None => match shared.startups.admit(peer.ip()) {
+                Ok(startup) => Admitted::Native(startup),
+                Err(n) => {
+                    let msg = format!("server busy: {n} connections from {} are in their handshake", peer.ip());
+                    shared.tracker.spawn(conn::refuse_busy(socket, msg));
+                    continue;
+                }
+            },
+            Some(mode) => match shared.limit.clone().try_acquire_owned() {
+                Ok(permit) => Admitted::Legacy(mode, permit),
+                Err(_) => {
+                    // The tutorial's formats have no way to say why.
+                    warn!(%peer, %mode, max = shared.ctx.config.max_connections, "legacy connection refused: server busy");
+                    continue;
+                }
+            },
         };
         let s = shared.clone();
         shared.tracker.spawn(async move {
@@ -225,9 +275,14 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
             let span = tracing::info_span!("conn", %peer);
             tokio::select! {
                 _ = async {
-                    match mode {
-                        None => conn::serve(socket, peer, ctx, &s.graceful, &s.hard).await,
-                        Some(mode) => legacy::serve(mode, socket, peer, legacy_context(ctx)).await,
+                    match admitted {
+                        Admitted::Native(startup) => {
+                            let gate = conn::Gate { startup, sessions: &s.limit };
+                            conn::serve(socket, peer, ctx, gate, &s.graceful, &s.hard).await
+                        }
+                        // The slot goes back when the task ends, however
+                        // it ends.
+                        Admitted::Legacy(mode, _permit) => legacy::serve(mode, socket, peer, legacy_context(ctx)).await,
                     }
                 }.instrument(span) => {}
                 // A request that ignores `hard` (none should) is dropped
@@ -237,10 +292,35 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
                 }
             }
             *s.last_active.lock().expect("poisoned") = std::time::Instant::now();
-            // The slot goes back when the task ends, however it ends.
-            drop(permit);
         });
     }
+}
+
+/// What a new connection was let in with.
+enum Admitted {
+    Native(admission::Startup),
+    Legacy(Mode, tokio::sync::OwnedSemaphorePermit),
+}
+
+/// A listener on `addr` with a listen backlog of `backlog` (the standard
+/// library's, and so `TcpListener::bind`'s, is 128: a burst of clients
+/// past that waits for SYN retries, a second or more).
+///
+/// # Errors
+///
+/// If `addr` does not resolve, or binding fails.
+pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(backlog),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
 }
 
 fn legacy_context(ctx: &conn::Context) -> legacy::Legacy<'_> {

@@ -21,7 +21,7 @@ pub use frame::{
     decode_head, decode_head_within, encode_frame, encode_head, Envelope, Frame, FrameCodec, FrameHeader, Head,
 };
 pub use io::{FrameReader, FrameWriter};
-pub use preface::{read_preface, Preface, FLAG_TLS, MAGIC, VERSION};
+pub use preface::{read_preface, Preface, FLAG_REFUSED, FLAG_TLS, MAGIC, VERSION};
 
 /// Size of the big-endian `u32` that opens every frame (and every bare
 /// message of [`BareCodec`]).

@@ -17,8 +17,13 @@ pub const VERSION: u16 = 1;
 /// runs over TLS 1.3 with mutual key authentication.
 pub const FLAG_TLS: u16 = 0x0001;
 
+/// Preface flag, server to client only: the server refuses this connection
+/// (it is busy); one error frame follows in plaintext, whatever `tls`
+/// says, and then the server closes.
+pub const FLAG_REFUSED: u16 = 0x0002;
+
 /// Flag bits this build understands.
-const KNOWN_FLAGS: u16 = FLAG_TLS;
+const KNOWN_FLAGS: u16 = FLAG_TLS | FLAG_REFUSED;
 
 /// The 8-byte preface: [`MAGIC`], `u16` big-endian version, `u16`
 /// big-endian flags.
@@ -26,7 +31,7 @@ const KNOWN_FLAGS: u16 = FLAG_TLS;
 pub struct Preface {
     /// Protocol version.
     pub version: u16,
-    /// Feature flags: [`FLAG_TLS`] or 0.
+    /// Feature flags: [`FLAG_TLS`], [`FLAG_REFUSED`] or 0.
     pub flags: u16,
 }
 
@@ -82,6 +87,16 @@ impl Preface {
     /// This side's preface, with [`FLAG_TLS`] if `tls`.
     pub fn new(tls: bool) -> Preface {
         Preface { version: VERSION, flags: if tls { FLAG_TLS } else { 0 } }
+    }
+
+    /// The preface of a server refusing the connection: [`FLAG_REFUSED`].
+    pub fn refusal() -> Preface {
+        Preface { version: VERSION, flags: FLAG_REFUSED }
+    }
+
+    /// Whether [`FLAG_REFUSED`] is set.
+    pub fn refused(&self) -> bool {
+        self.flags & FLAG_REFUSED != 0
     }
 
     /// Whether [`FLAG_TLS`] is set.

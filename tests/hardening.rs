@@ -1,0 +1,384 @@
+//! The write side and the door, tried as an attacker would, against a real
+//! server: links planted at partial-file names, directories swapped for
+//! symlinks by a second process mid-request, uploads racing for one name,
+//! hostile paths and frames, and sockets that hold the handshake open.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{pattern, TestServer};
+use framewire::auth::Key;
+use framewire::client::{Progress, TransferOptions};
+use framewire::services::root::Resolver;
+use framewire::wire::{FrameReader, FrameWriter, Preface};
+use framewire::{Client, ClientError, ErrorCode, Message};
+use tokio::io::AsyncWriteExt;
+
+fn no_progress() -> impl FnMut(Progress) + Send {
+    |_| {}
+}
+
+fn opts() -> TransferOptions {
+    TransferOptions::default()
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    e.code()
+}
+
+/// A victim file outside every root, and what it holds.
+fn victim() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("victim.txt");
+    std::fs::write(&path, "precious").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (dir, path)
+}
+
+fn assert_untouched(victim: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::read_to_string(victim).unwrap(), "precious", "written through the link");
+    assert_eq!(std::fs::metadata(victim).unwrap().permissions().mode() & 0o777, 0o600, "chmod-ed through the link");
+}
+
+#[tokio::test]
+async fn put_never_writes_through_a_link_planted_at_the_partial_name() {
+    for resolver in [Resolver::Openat2, Resolver::Walk] {
+        let (_keep, victim) = victim();
+        let server = TestServer::start_with(|c| c.resolver = Some(resolver)).await;
+        let root = server.root.path();
+        symlink(&victim, root.join(".report.txt.fwpart")).unwrap();
+        symlink(&victim, root.join(".empty.txt.fwpart")).unwrap();
+        let local = tempfile::tempdir().unwrap();
+        std::fs::write(local.path().join("report.txt"), "the upload").unwrap();
+        std::fs::write(local.path().join("empty.txt"), "").unwrap();
+        let mut client = Client::connect(&server.addr()).await.unwrap();
+        for name in ["report.txt", "empty.txt"] {
+            client.put(&local.path().join(name), name, &opts(), &mut no_progress()).await.unwrap();
+            let meta = std::fs::symlink_metadata(root.join(name)).unwrap();
+            assert!(meta.is_file(), "{name} is a regular file, not a link ({resolver:?})");
+        }
+        assert_eq!(std::fs::read_to_string(root.join("report.txt")).unwrap(), "the upload");
+        assert_untouched(&victim);
+        assert!(root.join(".report.txt.fwpart").is_symlink(), "the planted link is left alone");
+    }
+}
+
+#[tokio::test]
+async fn get_never_writes_through_a_link_planted_at_the_partial_name() {
+    let (_keep, victim) = victim();
+    let server = TestServer::start().await;
+    std::fs::write(server.root.path().join("plain.txt"), "downloaded").unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    symlink(&victim, dest.path().join(".plain.txt.fwpart")).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    client.get("plain.txt", &dest.path().join("plain.txt"), &opts(), &mut no_progress()).await.unwrap();
+    assert_eq!(std::fs::read_to_string(dest.path().join("plain.txt")).unwrap(), "downloaded");
+    assert!(std::fs::symlink_metadata(dest.path().join("plain.txt")).unwrap().is_file());
+    assert_untouched(&victim);
+}
+
+#[tokio::test]
+async fn hard_links_fifos_and_directories_at_the_partial_name_are_not_partial_files() {
+    let (_keep, victim) = victim();
+    let server = TestServer::start().await;
+    let root = server.root.path();
+    // A hard link to a file of ours outside the root (same file system).
+    let outside = tempfile::tempdir_in(root.parent().unwrap()).unwrap();
+    let linked = outside.path().join("linked.txt");
+    std::fs::write(&linked, "keep me").unwrap();
+    std::fs::hard_link(&linked, root.join(".h.txt.fwpart")).unwrap();
+    assert!(Command::new("mkfifo").arg(root.join(".f.txt.fwpart")).status().unwrap().success());
+    std::fs::create_dir(root.join(".b.fwpart")).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("x"), "new data").unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    for name in ["h.txt", "f.txt", "b"] {
+        client.put(&local.path().join("x"), name, &opts(), &mut no_progress()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(root.join(name)).unwrap(), "new data", "{name}");
+    }
+    assert_eq!(std::fs::read_to_string(&linked).unwrap(), "keep me");
+    assert_untouched(&victim);
+    // The directory is an ordinary directory: listed, not hidden.
+    let names: Vec<_> = client.list("", false).await.unwrap().into_iter().map(|e| e.name).collect();
+    assert!(names.contains(&".b.fwpart".to_owned()), "{names:?}");
+}
+
+/// Swaps `dir` between a real directory and a symlink to `outside`, in a
+/// second process, until it has done so `rounds` times or `limit` passed.
+fn swapper(root: &Path, outside: &Path, rounds: u32, limit: Duration) -> std::process::Child {
+    let script = r#"
+import os, sys, time
+root, outside, rounds, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+os.chdir(root)
+end = time.time() + limit
+for _ in range(rounds):
+    if time.time() > end:
+        break
+    os.rename('race', 'race.real')
+    os.symlink(outside, 'race')
+    os.unlink('race')
+    os.rename('race.real', 'race')
+"#;
+    Command::new("python3")
+        .args(["-c", script])
+        .arg(root)
+        .arg(outside)
+        .arg(rounds.to_string())
+        .arg(limit.as_secs_f64().to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3 drives the race")
+}
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_mid_request_never_leads_out() {
+    for resolver in [Resolver::Openat2, Resolver::Walk] {
+        let server = TestServer::start_with(|c| c.resolver = Some(resolver)).await;
+        let root = server.root.path();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.txt"), "OUTSIDE").unwrap();
+        std::fs::create_dir(root.join("race")).unwrap();
+        std::fs::write(root.join("race/secret.txt"), "inside").unwrap();
+        let mut swap = swapper(root, outside.path(), 200_000, Duration::from_secs(4));
+        let local = tempfile::tempdir().unwrap();
+        std::fs::write(local.path().join("up"), "uploaded").unwrap();
+        let mut client = Client::connect(&server.addr()).await.unwrap();
+        let (mut served, mut refused) = (0, 0);
+        let start = Instant::now();
+        for i in 0..4_000 {
+            if start.elapsed() > Duration::from_secs(4) || swap.try_wait().unwrap().is_some() {
+                break;
+            }
+            let dest = local.path().join(format!("got-{i}"));
+            match client.get("race/secret.txt", &dest, &opts(), &mut no_progress()).await {
+                Ok(_) => {
+                    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "inside", "{resolver:?} leaked");
+                    std::fs::remove_file(&dest).unwrap();
+                    served += 1;
+                }
+                Err(e) => {
+                    assert!(matches!(code(&e), Some(ErrorCode::NotFound | ErrorCode::BadPath)), "{resolver:?}: {e}");
+                    refused += 1;
+                }
+            }
+            let _ = client.put(&local.path().join("up"), &format!("race/new-{i}"), &opts(), &mut no_progress()).await;
+            let _ = client.mkdir(&format!("race/d-{i}")).await;
+        }
+        let _ = swap.kill();
+        let _ = swap.wait();
+        assert!(served > 0, "the race ran with the file reachable ({refused} refused)");
+        let outside_now: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(outside_now, ["secret.txt"], "{resolver:?}: nothing created outside");
+    }
+}
+
+#[tokio::test]
+async fn a_second_put_of_a_new_path_never_replaces_the_first() {
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    let big = pattern(32 << 20, 7);
+    std::fs::write(local.path().join("big"), &big).unwrap();
+    std::fs::write(local.path().join("small"), "small").unwrap();
+    for round in 0..4 {
+        let path = format!("new-{round}");
+        let addr = server.addr();
+        let (l, p) = (local.path().to_owned(), path.clone());
+        let first = tokio::spawn(async move {
+            let mut c = Client::connect(&addr).await.unwrap();
+            c.put(&l.join("big"), &p, &opts(), &mut no_progress()).await
+        });
+        // The first upload is under way (its partial file is there).
+        let partial = server.root.path().join(format!(".{path}.fwpart"));
+        for _ in 0..500 {
+            if partial.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut c = Client::connect(&server.addr()).await.unwrap();
+        let second = c.put(&local.path().join("small"), &path, &opts(), &mut no_progress()).await;
+        let first = first.await.unwrap();
+        let err = second.expect_err("the second upload must not replace the first");
+        assert!(matches!(code(&err), Some(ErrorCode::Exists | ErrorCode::Busy)), "{err}");
+        first.unwrap();
+        assert!(
+            std::fs::read(server.root.path().join(&path)).unwrap() == big,
+            "round {round}: the first upload stands"
+        );
+    }
+}
+
+type RawReader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type RawWriter = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+async fn raw(server: &TestServer) -> (RawReader, RawWriter) {
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.flush().await.unwrap();
+    r.read_preface().await.unwrap();
+    (r, w)
+}
+
+async fn next(r: &mut RawReader) -> Option<Message> {
+    tokio::time::timeout(Duration::from_secs(5), r.read_head::<Message>())
+        .await
+        .expect("answered at once")
+        .ok()
+        .flatten()
+        .map(|(m, _)| m)
+}
+
+fn error_code(m: Option<Message>) -> ErrorCode {
+    match m {
+        Some(Message::Error { code, .. }) => code,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced() {
+    let server = TestServer::start().await;
+    let (mut r, mut w) = raw(&server).await;
+    w.send(&Message::Put { path: "late".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
+    // Another process writes the name while the upload is under way.
+    std::fs::write(server.root.path().join("late"), "theirs").unwrap();
+    w.send(&Message::PutData { len: 5, offset: 0 }, b"hello").await.unwrap();
+    w.send(&Message::Checksum { blake3: blake3::hash(b"hello").to_hex().to_string() }, &[]).await.unwrap();
+    assert_eq!(error_code(next(&mut r).await), ErrorCode::Exists);
+    assert_eq!(std::fs::read_to_string(server.root.path().join("late")).unwrap(), "theirs");
+    assert!(!server.root.path().join(".late.fwpart").exists(), "the loser's partial is gone");
+}
+
+#[tokio::test]
+async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed() {
+    let server = TestServer::start().await;
+    let (mut r, mut w) = raw(&server).await;
+    w.send(&Message::Put { path: "x".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
+    w.feed_head(&Message::PutData { len: 1 << 63, offset: 0 }).unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
+    assert!(next(&mut r).await.is_none(), "closed");
+
+    // A put_data header with a member of the wrong type.
+    let (mut r, mut w) = raw(&server).await;
+    w.send(&Message::Put { path: "y".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
+    let bad = br#"{"type":"put_data","len":5,"offset":"zero"}"#;
+    w.get_mut().write_all(&(bad.len() as u32).to_be_bytes()).await.unwrap();
+    w.get_mut().write_all(bad).await.unwrap();
+    assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
+    assert!(next(&mut r).await.is_none(), "closed");
+}
+
+#[tokio::test]
+async fn a_stdin_frame_over_the_limit_gets_too_large() {
+    let server = TestServer::start_with(|c| {
+        c.allow_exec = true;
+        c.insecure = true;
+    })
+    .await;
+    let (mut r, mut w) = raw(&server).await;
+    w.send(&Message::Exec { command: "cat".into(), timeout_ms: None }, &[]).await.unwrap();
+    w.feed_head(&Message::Stdin { len: 2 << 20, eof: false }).unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(error_code(next(&mut r).await), ErrorCode::TooLarge);
+}
+
+#[tokio::test]
+async fn hostile_paths_get_short_clear_refusals_and_touch_nothing() {
+    let server = TestServer::start().await;
+    let root = server.root.path();
+    std::fs::write(root.join("f.txt"), "f").unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let err = client.mkdir(&"a/".repeat(32_000)).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::BadPath), "{err}");
+    assert!(err.to_string().len() < 400, "{} bytes", err.to_string().len());
+    assert!(!root.join("a").exists(), "nothing created");
+
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("x"), "x").unwrap();
+    let err = client.put(&local.path().join("x"), "newdir/", &opts(), &mut no_progress()).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::IsADirectory), "{err}");
+    assert!(!root.join("newdir").exists());
+    let err = client.get("f.txt/", &local.path().join("g"), &opts(), &mut no_progress()).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::NotADirectory), "{err}");
+    assert!(!local.path().join("g").exists());
+    let stat = client.stat("").await.unwrap();
+    assert_eq!(stat.name, ".", "the served directory's own name is not told");
+}
+
+/// Opens `n` sockets to `addr` that never send a byte, from 127.0.0.`first`
+/// on, spread over `sources` addresses (any 127/8 address is this machine).
+async fn silent_sockets(addr: std::net::SocketAddr, n: usize, first: u8, sources: u8) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for i in 0..n {
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, first + (i % sources as usize) as u8);
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), sock.connect(addr)).await {
+            held.push(stream);
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_lock_out_a_keyed_client() {
+    let key = Key::generate();
+    let k = key.clone();
+    let server = TestServer::start_with(move |c| {
+        c.key = Some(k);
+        c.max_connections = 8;
+    })
+    .await;
+    // 10 x --max-connections silent sockets: first from one address (the
+    // per-source cap refuses most), then spread over many (eviction).
+    for (sources, first) in [(1u8, 2u8), (40, 10)] {
+        let held = silent_sockets(server.addr, 80, first, sources).await;
+        assert_eq!(held.len(), 80, "sockets opened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        let mut client = Client::connect_with(&server.addr(), Some(&key)).await.unwrap();
+        assert_eq!(client.echo(b"still here").await.unwrap(), "still here", "from {sources} source(s)");
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(1), "served in {took:?} with {} silent sockets", held.len());
+        drop(held);
+    }
+}
+
+#[tokio::test]
+async fn a_source_over_its_cap_is_told_the_server_is_busy() {
+    let server = TestServer::start_with(|c| c.max_startups_per_source = 2).await;
+    let _held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(server.addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = Client::connect(&server.addr()).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::Busy), "{err}");
+    assert!(err.to_string().contains("server busy: 2 connections"), "{err}");
+}
+
+#[tokio::test]
+async fn sessions_past_the_limit_are_told_the_server_is_busy() {
+    let server = TestServer::start_with(|c| c.max_connections = 1).await;
+    let mut first = Client::connect(&server.addr()).await.unwrap();
+    assert_eq!(first.echo(b"one").await.unwrap(), "one");
+    let start = Instant::now();
+    let mut second = Client::connect(&server.addr()).await.unwrap();
+    let err = second.echo(b"two").await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::Busy), "{err}");
+    assert!(err.to_string().contains("server busy: 1 connections"), "{err}");
+    assert!(start.elapsed() >= Duration::from_secs(4), "it waited for a slot first");
+    drop(first);
+    // A slot freed is served again.
+    let mut third = Client::connect(&server.addr()).await.unwrap();
+    assert_eq!(third.echo(b"three").await.unwrap(), "three");
+}
