@@ -354,3 +354,25 @@ except ConnectionResetError:
     assert!(log.contains("listing cut to fit"), "{log}");
     assert!(log.contains("a-huge.bin is 2684354560 bytes, more than a signed 32-bit length can announce"), "{log}");
 }
+
+/// A link planted at the partial file's name (by any local user who can
+/// write the root) is never written through: the upload lands under its
+/// own name and the link's target is untouched.
+#[test]
+fn legacy_upload_never_writes_through_a_planted_link() {
+    if !have_python() {
+        return;
+    }
+    let (server, addrs) = legacy_server(&["--insecure"]);
+    let root = server.root.path().to_owned();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, root.join(".report.txt.fwpart")).unwrap();
+    let vars = "FILEPATH = 'report.txt'\nFILENAME = 'report.txt'\nDATA = b'uploaded'\nSEND = len(DATA)";
+    assert!(python(&addrs["upload"], UPLOAD, vars).status.success());
+    assert!(wait_until(|| root.join("report.txt").exists()));
+    assert_eq!(std::fs::read_to_string(root.join("report.txt")).unwrap(), "uploaded");
+    assert!(std::fs::symlink_metadata(root.join("report.txt")).unwrap().is_file(), "not a link");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}

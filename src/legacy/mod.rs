@@ -26,7 +26,7 @@ pub use pickle::pickle_dict;
 use crate::auth::Key;
 use crate::services::exec::spawn;
 use crate::services::files::{self, Sandbox};
-use crate::services::root::Partial;
+use crate::services::root::{is_partial_name, Partial};
 use crate::services::Refusal;
 
 /// A command is read with one read of at most this many bytes, as the
@@ -320,7 +320,7 @@ pub fn check_len(raw: [u8; 4], max: u64) -> Result<u64, LegacyError> {
 /// a Unix or Windows directory part; refused unless a plain name remains.
 pub fn plain_name(filename: &str) -> Result<&str, LegacyError> {
     let name = filename.rsplit(['/', '\\']).next().unwrap_or("");
-    if name.is_empty() || name == "." || name == ".." || name.contains('\0') || name.ends_with(files::PARTIAL_SUFFIX) {
+    if name.is_empty() || name == "." || name == ".." || name.contains('\0') || is_partial_name(name.as_bytes()) {
         return Err(LegacyError::BadName(filename.to_owned()));
     }
     Ok(name)
@@ -485,7 +485,7 @@ mod tests {
         assert_eq!(plain_name("a.txt").unwrap(), "a.txt");
         assert_eq!(plain_name("/home/u/a.txt").unwrap(), "a.txt");
         assert_eq!(plain_name("C:\\Users\\u\\a.txt").unwrap(), "a.txt");
-        for bad in ["", "dir/", "..", "x/..", ".", "a\0b", "x.fwpart"] {
+        for bad in ["", "dir/", "..", "x/..", ".", "a\0b", ".x.fwpart"] {
             assert!(plain_name(bad).is_err(), "{bad:?}");
         }
     }
