@@ -8,6 +8,7 @@ mod files;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,6 +185,7 @@ pub async fn run_with_legacy(
         hard: CancellationToken::new(),
         tracker: TaskTracker::new(),
         last_active: std::sync::Mutex::new(std::time::Instant::now()),
+        live: Arc::default(),
     });
     let config = &shared.ctx.config;
     for (mode, l) in &legacy {
@@ -235,6 +237,64 @@ struct Shared {
     tracker: TaskTracker,
     /// When the last connection ended (for --exit-when-idle).
     last_active: std::sync::Mutex<std::time::Instant>,
+    /// Connections live now, and the most since memory was last given back.
+    live: Arc<Live>,
+}
+
+/// Counts live connections, and gives the allocator's free memory back to
+/// the system once a burst is over.
+///
+/// glibc's allocator keeps what a burst of connections freed in its
+/// per-thread arenas: without this, a server that served 5,000 clients at
+/// once stays near that peak's size for good (docs/BENCHMARKS.md, "Memory
+/// after a burst", has the figures). `malloc_trim(3)` hands the free pages
+/// back. It runs on a blocking thread, at most once a second (a trim due
+/// sooner waits for its second), whenever the live count has fallen to a
+/// quarter of a peak of at least [`TRIM_AFTER`] connections.
+#[derive(Debug, Default)]
+struct Live {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+    /// A trim is scheduled.
+    pending: std::sync::atomic::AtomicBool,
+}
+
+/// The smallest burst worth giving memory back after.
+const TRIM_AFTER: usize = 64;
+/// The least time between two trims.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+impl Live {
+    fn opened(&self) {
+        let now = self.now.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(now, Relaxed);
+    }
+
+    fn closed(self: &Arc<Self>) {
+        let now = self.now.fetch_sub(1, Relaxed) - 1;
+        let peak = self.peak.load(Relaxed);
+        if peak < TRIM_AFTER || now * 4 > peak || self.pending.swap(true, Relaxed) {
+            return;
+        }
+        let live = self.clone();
+        tokio::spawn(async move {
+            // Connections of a burst go in a rush: one trim after them.
+            tokio::time::sleep(TRIM_EVERY).await;
+            live.peak.store(live.now.load(Relaxed), Relaxed);
+            let _ = tokio::task::spawn_blocking(give_back_memory).await;
+            live.pending.store(false, Relaxed);
+        });
+    }
+}
+
+/// Returns the allocator's free memory to the system (glibc only; other
+/// allocators return it themselves or not at all).
+fn give_back_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Accepts on one listener until `stop`, each connection in its own task.
@@ -269,6 +329,7 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
             },
         };
         let s = shared.clone();
+        s.live.opened();
         shared.tracker.spawn(async move {
             let ctx = &s.ctx;
             // Every line logged for this connection carries the peer.
@@ -292,6 +353,7 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
                 }
             }
             *s.last_active.lock().expect("poisoned") = std::time::Instant::now();
+            s.live.closed();
         });
     }
 }
