@@ -3,6 +3,13 @@
 scp, all on 127.0.0.1, all in the same run.
 
 Usage: python3 bench/transfer.py [--size-mib 1024] [--rounds 5]
+                                 [--baseline OLD_BINARY] [--only-framewire]
+
+With --baseline, an older framewire binary's server and client are
+measured in the same rounds beside the current one (plaintext and TLS,
+get and put), with the ratio current / baseline: the same-run A/B that
+shows whether a change made anything slower. --only-framewire leaves
+iperf3, rsync and scp out.
 
 Installs iperf3, rsync and openssh (Debian packages) if missing, starts
 sshd and rsyncd on high loopback ports with throwaway configs, moves a
@@ -103,6 +110,8 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connects", type=int, default=30)
+    ap.add_argument("--baseline", help="an older framewire binary, measured in the same rounds")
+    ap.add_argument("--only-framewire", action="store_true", help="leave iperf3, rsync and scp out")
     args = ap.parse_args()
     ensure_tools()
     subprocess.run(["cargo", "build", "--release", "-q"], check=True, cwd=ROOT)
@@ -220,6 +229,35 @@ def main():
             clean(os.path.join(remote, "up.bin"))
             return timed(["scp", "-q"] + ssh_opts + [big, f"root@127.0.0.1:{remote}/up.bin"])
 
+        def framewire_peers(binary, tag):
+            """The four framewire rows for `binary`, each with its own pair
+            of servers."""
+            port, kport = free_port(), free_port()
+            srv = procs.start([binary, "serve", "--listen", f"127.0.0.1:{port}", "--root", remote],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ksrv = procs.start([binary, "serve", "--listen", f"127.0.0.1:{kport}", "--root", remote, "--key-file",
+                                key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(port)
+            wait_port(kport)
+            addr, kaddr = f"127.0.0.1:{port}", f"127.0.0.1:{kport}"
+
+            def get(extra, a):
+                out = os.path.join(dst, "big.bin")
+                clean(out)
+                return timed([binary, "get", "-q"] + extra + [a, "big.bin", out])
+
+            def put(extra, a):
+                clean(os.path.join(remote, "up.bin"))
+                return timed([binary, "put", "-q"] + extra + [a, big, "up.bin"])
+
+            k = ["--key-file", key]
+            return [
+                (f"{tag} get, file → file", lambda: get([], addr), srv),
+                (f"{tag} put, file → file", lambda: put([], addr), srv),
+                (f"{tag} get, TLS + key, file → file", lambda: get(k, kaddr), ksrv),
+                (f"{tag} put, TLS + key, file → file", lambda: put(k, kaddr), ksrv),
+            ]
+
         peers = [
             ("framewire get, file → file", fw_get, fw_srv),
             ("framewire put, file → file", fw_put, fw_srv),
@@ -232,6 +270,10 @@ def main():
             ("scp -c aes128-gcm get", scp_get, ssh_srv),
             ("scp -c aes128-gcm put", scp_put, ssh_srv),
         ]
+        if args.only_framewire:
+            peers = [p for p in peers if p[0].startswith("framewire")]
+        if args.baseline:
+            peers += framewire_peers(args.baseline, "baseline")
         rates = {name: [] for name, _, _ in peers}
         cpu = {name: [] for name, _, _ in peers}
         for r in range(args.rounds):
@@ -251,6 +293,14 @@ def main():
         for n, v in rates.items():
             print(f"| {n} | {med[n]:.2f} | {min(v):.2f}–{max(v):.2f} |")
         print()
+        if args.baseline:
+            print("| current / baseline (same rounds) | ratio of medians |")
+            print("|---|---|")
+            for n in list(rates):
+                if n.startswith("baseline "):
+                    cur = n.replace("baseline ", "framewire ", 1)
+                    print(f"| {cur.removeprefix('framewire ')} | {med[cur] / med[n]:.3f}x |")
+            print()
         ratios = [
             ("framewire get → /dev/null / iperf3", "framewire get → /dev/null", "iperf3 -l 1M (loopback limit)", "≥ 0.8x"),
             ("framewire get / rsync daemon get", "framewire get, file → file", "rsync daemon get", "≥ 1.5x"),
@@ -276,8 +326,11 @@ def main():
         print("| ratio of medians | value | target |")
         print("|---|---|---|")
         for label, a, b, target in ratios:
-            print(f"| {label} | {med[a] / med[b]:.2f}x | {target} |")
+            if a in med and b in med:
+                print(f"| {label} | {med[a] / med[b]:.2f}x | {target} |")
 
+        if args.only_framewire:
+            return
         # New connection + login + `true`, each a fresh process, alternating.
         ssh_cmd = ["ssh", "-p", str(ssh_port), "-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no",
                    "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ControlMaster=no",

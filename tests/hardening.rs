@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pattern, TestServer};
+use common::TestServer;
 use framewire::auth::Key;
 use framewire::client::{Progress, TransferOptions};
 use framewire::services::root::Resolver;
@@ -108,21 +108,30 @@ async fn hard_links_fifos_and_directories_at_the_partial_name_are_not_partial_fi
     assert!(names.contains(&".b.fwpart".to_owned()), "{names:?}");
 }
 
-/// Swaps `dir` between a real directory and a symlink to `outside`, in a
-/// second process, until it has done so `rounds` times or `limit` passed.
+/// Swaps `root/race` (a directory) and `root/race.link` (a symlink to
+/// `outside`) atomically with `renameat2(RENAME_EXCHANGE)`, in a second
+/// process, `rounds` times or until `limit` passed; `race` is never
+/// missing, so nothing the test does can recreate it. Prints how many
+/// swaps it made.
 fn swapper(root: &Path, outside: &Path, rounds: u32, limit: Duration) -> std::process::Child {
     let script = r#"
-import os, sys, time
+import ctypes, os, sys, time
 root, outside, rounds, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+def swap():
+    if libc.renameat2(AT_FDCWD, b'race', AT_FDCWD, b'race.link', RENAME_EXCHANGE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 os.chdir(root)
-end = time.time() + limit
-for _ in range(rounds):
-    if time.time() > end:
-        break
-    os.rename('race', 'race.real')
-    os.symlink(outside, 'race')
-    os.unlink('race')
-    os.rename('race.real', 'race')
+os.symlink(outside, 'race.link')
+n, end = 0, time.time() + limit
+while n < rounds and time.time() < end:
+    swap()
+    n += 1
+if os.path.islink('race'):
+    swap()
+print(n)
 "#;
     Command::new("python3")
         .args(["-c", script])
@@ -130,7 +139,7 @@ for _ in range(rounds):
         .arg(outside)
         .arg(rounds.to_string())
         .arg(limit.as_secs_f64().to_string())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("python3 drives the race")
 }
@@ -144,14 +153,14 @@ async fn a_directory_swapped_for_a_symlink_mid_request_never_leads_out() {
         std::fs::write(outside.path().join("secret.txt"), "OUTSIDE").unwrap();
         std::fs::create_dir(root.join("race")).unwrap();
         std::fs::write(root.join("race/secret.txt"), "inside").unwrap();
-        let mut swap = swapper(root, outside.path(), 200_000, Duration::from_secs(4));
+        let swap = swapper(root, outside.path(), 1_000_000, Duration::from_secs(3));
         let local = tempfile::tempdir().unwrap();
         std::fs::write(local.path().join("up"), "uploaded").unwrap();
         let mut client = Client::connect(&server.addr()).await.unwrap();
         let (mut served, mut refused) = (0, 0);
         let start = Instant::now();
-        for i in 0..4_000 {
-            if start.elapsed() > Duration::from_secs(4) || swap.try_wait().unwrap().is_some() {
+        for i in 0..20_000 {
+            if start.elapsed() > Duration::from_secs(3) {
                 break;
             }
             let dest = local.path().join(format!("got-{i}"));
@@ -169,48 +178,41 @@ async fn a_directory_swapped_for_a_symlink_mid_request_never_leads_out() {
             let _ = client.put(&local.path().join("up"), &format!("race/new-{i}"), &opts(), &mut no_progress()).await;
             let _ = client.mkdir(&format!("race/d-{i}")).await;
         }
-        let _ = swap.kill();
-        let _ = swap.wait();
-        assert!(served > 0, "the race ran with the file reachable ({refused} refused)");
+        let out = swap.wait_with_output().unwrap();
+        assert!(out.status.success(), "the swapper ran to its end: {out:?}");
+        let swaps: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(swaps > 1_000, "{swaps} swaps");
+        assert!(served > 0 && refused > 0, "the race was run both ways: {served} served, {refused} refused");
         let outside_now: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(outside_now, ["secret.txt"], "{resolver:?}: nothing created outside");
     }
 }
 
 #[tokio::test]
-async fn a_second_put_of_a_new_path_never_replaces_the_first() {
+async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
     let server = TestServer::start().await;
     let local = tempfile::tempdir().unwrap();
-    let big = pattern(32 << 20, 7);
-    std::fs::write(local.path().join("big"), &big).unwrap();
-    std::fs::write(local.path().join("small"), "small").unwrap();
-    for round in 0..4 {
+    std::fs::write(local.path().join("second"), "second").unwrap();
+    for round in 0..3 {
         let path = format!("new-{round}");
-        let addr = server.addr();
-        let (l, p) = (local.path().to_owned(), path.clone());
-        let first = tokio::spawn(async move {
+        // The first upload is under way, and holds the path...
+        let (mut r, mut w) = raw(&server).await;
+        w.send(&Message::Put { path: path.clone(), size: 5, force: false, mode: None }, &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
+        // ...while a second waits for it (up to 2 s)...
+        let (addr, l, p) = (server.addr(), local.path().join("second"), path.clone());
+        let second = tokio::spawn(async move {
             let mut c = Client::connect(&addr).await.unwrap();
-            c.put(&l.join("big"), &p, &opts(), &mut no_progress()).await
+            c.put(&l, &p, &opts(), &mut no_progress()).await
         });
-        // The first upload is under way (its partial file is there).
-        let partial = server.root.path().join(format!(".{path}.fwpart"));
-        for _ in 0..500 {
-            if partial.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut c = Client::connect(&server.addr()).await.unwrap();
-        let second = c.put(&local.path().join("small"), &path, &opts(), &mut no_progress()).await;
-        let first = first.await.unwrap();
-        let err = second.expect_err("the second upload must not replace the first");
-        assert!(matches!(code(&err), Some(ErrorCode::Exists | ErrorCode::Busy)), "{err}");
-        first.unwrap();
-        assert!(
-            std::fs::read(server.root.path().join(&path)).unwrap() == big,
-            "round {round}: the first upload stands"
-        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...and the first completes within that time.
+        w.send(&Message::PutData { len: 5, offset: 0 }, b"first").await.unwrap();
+        w.send(&Message::Checksum { blake3: blake3::hash(b"first").to_hex().to_string() }, &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::PutDone { size: 5 })));
+        let err = second.await.unwrap().expect_err("the second upload must not replace the first");
+        assert_eq!(code(&err), Some(ErrorCode::Exists), "{err}");
+        assert_eq!(std::fs::read_to_string(server.root.path().join(&path)).unwrap(), "first", "round {round}");
     }
 }
 

@@ -36,6 +36,10 @@ pub const MAX_PATH_DEPTH: usize = 255;
 /// How many symlinks one resolution may expand (Linux's own limit).
 const MAX_SYMLINKS: usize = 40;
 
+/// How often a resolution tries again when the file system changed under
+/// it (`EAGAIN` from `openat2`, a link gone between open and read).
+const MAX_RETRIES: usize = 8;
+
 /// How a [`Root`] resolves paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolver {
@@ -145,7 +149,7 @@ impl Root {
                 let mut tries = 0;
                 loop {
                     match rustix::fs::openat2(&*self.fd, rel, flags, Mode::empty(), beneath()) {
-                        Err(Errno::AGAIN) if tries < 8 => tries += 1,
+                        Err(Errno::AGAIN) if tries < MAX_RETRIES => tries += 1,
                         done => return Ok(done?),
                     }
                 }
@@ -203,7 +207,7 @@ impl Root {
         // is an escape.
         let mut stack: Vec<OwnedFd> = vec![rustix::fs::openat(&*self.fd, ".", dir_flags, Mode::empty())?];
         let mut todo: std::collections::VecDeque<Vec<u8>> = components(rel.as_bytes()).collect();
-        let mut links = 0;
+        let (mut links, mut retries) = (0, 0);
         while let Some(part) = todo.pop_front() {
             match part.as_slice() {
                 b"." => {
@@ -249,7 +253,13 @@ impl Root {
             }
             let target = match rustix::fs::readlinkat(cur, part.as_slice(), Vec::new()) {
                 Ok(target) => target.into_bytes(),
-                // Not a symlink (any more): the open's own error stands.
+                // Not a symlink any more: another process swapped it back
+                // since the open. Open it again, a few times at most.
+                Err(Errno::INVAL) if retries < MAX_RETRIES => {
+                    retries += 1;
+                    todo.push_front(part);
+                    continue;
+                }
                 Err(Errno::INVAL) => return Err(opened.err().unwrap_or(Errno::LOOP).into()),
                 Err(e) => return Err(e.into()),
             };
