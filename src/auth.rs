@@ -224,6 +224,31 @@ mod tests {
         assert!(!verify(&key, Role::Client, &t, &p[..31]), "a truncated proof");
     }
 
+    /// The test vectors of docs/PROTOCOL.md §2.3, computed independently
+    /// (Python's `hmac`): from the key file's bytes to both proofs.
+    #[test]
+    fn protocol_test_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = Key::from_file(&path).unwrap();
+        assert_eq!(key, Key::from_bytes(std::array::from_fn(|i| i as u8)));
+        let ns: [u8; NONCE_LEN] = from_hex("202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f").unwrap();
+        let nc: [u8; NONCE_LEN] = from_hex("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f").unwrap();
+        let b: [u8; BINDING_LEN] = from_hex("606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f").unwrap();
+        let t = Transcript { server_nonce: &ns, client_nonce: &nc, binding: &b };
+        assert_eq!(
+            hex::encode(prove(&key, Role::Client, &t)),
+            "172b6388a2b68e5ef87e46476f02ef952505bb5fc7aaa62f2b328af75c69b810"
+        );
+        assert_eq!(
+            hex::encode(prove(&key, Role::Server, &t)),
+            "a2433decfd41c4e90a27774542a23fb1d49cdd30ceaab5204b28e22de9815310"
+        );
+        assert!(from_hex::<NONCE_LEN>("2021").is_none(), "a nonce is exactly 32 bytes");
+    }
+
     #[test]
     fn key_files() {
         let dir = tempfile::tempdir().unwrap();
