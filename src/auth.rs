@@ -236,7 +236,8 @@ mod tests {
         assert_eq!(key, Key::from_bytes(std::array::from_fn(|i| i as u8)));
         let ns: [u8; NONCE_LEN] = from_hex("202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f").unwrap();
         let nc: [u8; NONCE_LEN] = from_hex("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f").unwrap();
-        let b: [u8; BINDING_LEN] = from_hex("606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f").unwrap();
+        let b: [u8; BINDING_LEN] =
+            from_hex("606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f").unwrap();
         let t = Transcript { server_nonce: &ns, client_nonce: &nc, binding: &b };
         assert_eq!(
             hex::encode(prove(&key, Role::Client, &t)),

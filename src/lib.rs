@@ -61,6 +61,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod auth;
 pub mod client;
 pub mod legacy;

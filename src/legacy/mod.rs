@@ -98,7 +98,12 @@ pub enum LegacyError {
     HmacFailed,
     /// A length prefix was negative, zero where that is meaningless, or too large.
     #[error("bad length {len} (allowed 1..={max})")]
-    BadLength { len: i64, max: u64 },
+    BadLength {
+        /// The length as sent.
+        len: i64,
+        /// The largest allowed.
+        max: u64,
+    },
     /// The header is not the JSON object the format requires.
     #[error("bad header: {0}")]
     BadHeader(String),
@@ -107,16 +112,31 @@ pub enum LegacyError {
     BadName(String),
     /// The peer closed before sending everything it announced.
     #[error("short upload: {got} of {expected} bytes arrived; nothing kept")]
-    ShortUpload { got: u64, expected: u64 },
+    ShortUpload {
+        /// Bytes that arrived.
+        got: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
     /// A download choice that is not a number.
     #[error("choice {0:?} is not a number")]
     NotDigits(String),
     /// A download choice outside the listing.
     #[error("choice {choice} is out of range (1..={count})")]
-    OutOfRange { choice: u64, count: usize },
+    OutOfRange {
+        /// The choice as sent.
+        choice: u64,
+        /// How many files were listed.
+        count: usize,
+    },
     /// A file or output too large for the format's `'i'` length.
     #[error("{what} is {size} bytes, more than a signed 32-bit length can announce")]
-    TooLarge { what: String, size: u64 },
+    TooLarge {
+        /// The file or output.
+        what: String,
+        /// Its size.
+        size: u64,
+    },
     /// The server refused (path, disk full, exec not allowed…).
     #[error("{0}")]
     Refused(#[from] Refusal),

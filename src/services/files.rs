@@ -73,7 +73,7 @@ impl RelPath {
 }
 
 /// At most this much of a peer's path is quoted back in a message.
-const SHOWN_PATH: usize = 160;
+pub const SHOWN_PATH: usize = 160;
 
 /// `path` as messages quote it: cut short past [`SHOWN_PATH`] bytes.
 pub fn shown(path: &str) -> String {

@@ -34,7 +34,7 @@ pub const MAX_PATH_BYTES: usize = 4095;
 pub const MAX_PATH_DEPTH: usize = 255;
 
 /// How many symlinks one resolution may expand (Linux's own limit).
-const MAX_SYMLINKS: usize = 40;
+pub const MAX_SYMLINKS: usize = 40;
 
 /// How often a resolution tries again when the file system changed under
 /// it (`EAGAIN` from `openat2`, a link gone between open and read).
@@ -374,7 +374,7 @@ impl Partial {
     /// Splits off the file (to move it to a writer thread); [`rejoin`]
     /// puts it back.
     ///
-    /// [`rejoin`]: Self::rejoin
+    /// [`rejoin`]: PartialName::rejoin
     pub fn take_file(self) -> (File, PartialName) {
         (self.file, PartialName { dir: self.dir, name: self.name, part: self.part })
     }

@@ -42,49 +42,100 @@ pub enum Error {
 
     /// The length prefix announced a header over [`MAX_HEADER_LEN`](super::MAX_HEADER_LEN).
     #[error("header length {len} exceeds the limit of {max} bytes (MAX_HEADER_LEN)")]
-    HeaderTooLarge { len: u64, max: usize },
+    HeaderTooLarge {
+        /// The announced header length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
 
     /// A body was declared larger than the limit of the reader that had to
     /// hold it in memory.
     #[error("body length {len} exceeds the limit of {max} bytes for a body held in memory; stream it instead")]
-    BodyTooLarge { len: u64, max: u64 },
+    BodyTooLarge {
+        /// The declared body length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
 
     /// The header bytes are not UTF-8.
     #[error("header is not valid UTF-8 (first bad byte at offset {valid_up_to} of {len})")]
-    HeaderNotUtf8 { valid_up_to: usize, len: usize },
+    HeaderNotUtf8 {
+        /// How many leading bytes were valid.
+        valid_up_to: usize,
+        /// The header length.
+        len: usize,
+    },
 
     /// The header is UTF-8 but not a JSON object, or its `len` is not a
     /// non-negative integer, so the body length is unknown.
     #[error("header is not a valid JSON object: {source}")]
-    HeaderNotJson { source: serde_json::Error },
+    HeaderNotJson {
+        /// What the JSON parser said.
+        source: serde_json::Error,
+    },
 
     /// The header names a `type` this side does not know. Recoverable.
     #[error("unknown message type {kind:?}")]
-    UnknownType { kind: String, body_len: u64 },
+    UnknownType {
+        /// The `type` as sent.
+        kind: String,
+        /// The body length to skip.
+        body_len: u64,
+    },
 
     /// The header lacks a field its `type` requires. Recoverable.
     #[error("header lacks required field `{field}`")]
-    MissingField { field: String, body_len: u64 },
+    MissingField {
+        /// The missing member.
+        field: String,
+        /// The body length to skip.
+        body_len: u64,
+    },
 
     /// A header field has the wrong type or value. Recoverable.
     #[error("invalid header field: {source}")]
-    InvalidField { source: serde_json::Error, body_len: u64 },
+    InvalidField {
+        /// What the JSON parser said.
+        source: serde_json::Error,
+        /// The body length to skip.
+        body_len: u64,
+    },
 
     /// The peer closed the connection inside a frame.
     #[error("connection closed inside a frame: {got} of {expected} bytes of the {part} arrived")]
-    UnexpectedEof { part: FramePart, got: u64, expected: u64 },
+    UnexpectedEof {
+        /// Which part of the frame was cut.
+        part: FramePart,
+        /// Bytes of it that arrived.
+        got: u64,
+        /// Bytes it should have had.
+        expected: u64,
+    },
 
     /// The peer did not open with the framewire preface.
     #[error("peer is not speaking framewire: it opened with {got:02x?}{}", preface_hint(got))]
-    BadPreface { got: Vec<u8> },
+    BadPreface {
+        /// The bytes the peer opened with.
+        got: Vec<u8>,
+    },
 
     /// The peer speaks a protocol version this side does not.
     #[error("peer speaks framewire protocol version {theirs}; this side speaks version {ours}")]
-    UnsupportedVersion { ours: u16, theirs: u16 },
+    UnsupportedVersion {
+        /// The version this side speaks.
+        ours: u16,
+        /// The version the peer speaks.
+        theirs: u16,
+    },
 
     /// The peer set preface flags this side does not understand.
     #[error("peer set unknown preface flags {flags:#06x}")]
-    UnsupportedFlags { flags: u16 },
+    UnsupportedFlags {
+        /// The flags as sent.
+        flags: u16,
+    },
 
     /// No frame started within the idle timeout.
     #[error("no request for {0:?} (idle timeout)")]
@@ -96,12 +147,22 @@ pub enum Error {
 
     /// A body source (file, pipe) ended before the declared length.
     #[error("body source ended after {got} of {expected} declared bytes")]
-    BodySourceShort { got: u64, expected: u64 },
+    BodySourceShort {
+        /// Bytes the source gave.
+        got: u64,
+        /// Bytes declared.
+        expected: u64,
+    },
 
     /// More body bytes were written than the header declared, or a frame
     /// was started before the previous body was complete.
     #[error("body length mismatch: header declared {declared} bytes, {actual} were given")]
-    BodyLenMismatch { declared: u64, actual: u64 },
+    BodyLenMismatch {
+        /// Bytes the header declared (left).
+        declared: u64,
+        /// Bytes given.
+        actual: u64,
+    },
 }
 
 impl Error {
