@@ -348,7 +348,8 @@ async fn silent_sockets_cannot_lock_out_a_keyed_client() {
     for (sources, first) in [(1u8, 2u8), (40, 10)] {
         let held = silent_sockets(server.addr, 80, first, sources).await;
         assert_eq!(held.len(), 80, "sockets opened");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Held open: older than a fresh burst is allowed to be.
+        tokio::time::sleep(Duration::from_millis(700)).await;
         let start = Instant::now();
         let mut client = Client::connect_with(&server.addr(), Some(&key)).await.unwrap();
         assert_eq!(client.echo(b"still here").await.unwrap(), "still here", "from {sources} source(s)");
@@ -359,13 +360,57 @@ async fn silent_sockets_cannot_lock_out_a_keyed_client() {
 }
 
 #[tokio::test]
-async fn a_source_over_its_cap_is_told_the_server_is_busy() {
+async fn a_source_over_its_share_evicts_its_own_oldest_which_is_told_why() {
+    use tokio::io::AsyncReadExt;
     let server = TestServer::start_with(|c| c.max_startups_per_source = 2).await;
-    let _held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(server.addr).unwrap()).collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let err = Client::connect(&server.addr()).await.unwrap_err();
-    assert_eq!(code(&err), Some(ErrorCode::Busy), "{err}");
-    assert!(err.to_string().contains("server busy: 2 connections"), "{err}");
+    let mut oldest = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _next = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Both silent longer than a fresh burst's handshakes take.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A third from the same address (a good client behind the same NAT,
+    // say) is let in, and the oldest silent one makes room...
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    assert_eq!(client.echo(b"in").await.unwrap(), "in");
+    // ...told why, in a refusing preface and one plaintext frame.
+    let mut preface = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), oldest.read_exact(&mut preface)).await.unwrap().unwrap();
+    let preface = framewire::wire::Preface::decode(&preface).unwrap();
+    assert!(preface.refused(), "{preface:?}");
+    let mut r = FrameReader::new(oldest);
+    match r.read_head::<Message>().await.unwrap() {
+        Some((Message::Error { code: ErrorCode::Busy, message }, _)) => {
+            assert_eq!(message, "server busy: 2 connections from 127.0.0.1 are in their handshake")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What a client reports when the server refuses it at the door.
+#[tokio::test]
+async fn a_refusing_preface_is_reported_as_busy() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        // Once for a client without a key, once for one with.
+        for _ in 0..2 {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (read, write) = sock.into_split();
+            let mut w = FrameWriter::new(write);
+            w.feed_preface(Preface::refusal());
+            let busy = Message::error(ErrorCode::Busy, "server busy: 64 connections are in their handshake");
+            w.send(&busy, &[]).await.unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop((read, w));
+            });
+        }
+    });
+    for key in [None, Some(Key::generate())] {
+        let err = Client::connect_with(&addr, key.as_ref()).await.unwrap_err();
+        assert_eq!(code(&err), Some(ErrorCode::Busy), "{err}");
+        assert!(err.to_string().contains("server busy: 64 connections"), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -288,12 +288,17 @@ async fn connection_limit_queues_the_next_client() {
     let mut first = Client::connect(&server.addr()).await.unwrap();
     assert_eq!(first.echo(b"1").await.unwrap(), "1");
     let addr = server.addr();
-    let second = tokio::spawn(async move { Client::connect(&addr).await });
+    // The second gets through its handshake, then waits for a session
+    // slot (up to SESSION_WAIT) before its first request is served.
+    let second = tokio::spawn(async move {
+        let mut c = Client::connect(&addr).await.unwrap();
+        c.echo(b"2").await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "second client served while the first holds the only slot");
     drop(first);
-    let mut second = tokio::time::timeout(LIMIT, second).await.unwrap().unwrap().unwrap();
-    assert_eq!(second.echo(b"2").await.unwrap(), "2");
+    let echoed = tokio::time::timeout(LIMIT, second).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed, "2");
 }
 
 /// Shutdown lets a request in flight finish, tells idle clients, refuses

@@ -26,12 +26,13 @@ pub struct ServeArgs {
     max_connections: usize,
 
     /// Connections still in their handshake (not yet authenticated) at
-    /// once; when full, a new one evicts the oldest.
+    /// once; when full, a new one evicts the oldest that has taken over
+    /// 0.5 s, or waits for a place.
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS)]
     max_startups: usize,
 
-    /// Connections in their handshake from one address at once; more from
-    /// it are refused with "server busy".
+    /// Connections in their handshake from one address (an IPv6 /64) at
+    /// once; a new one from it evicts that address's oldest.
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS_PER_SOURCE)]
     max_startups_per_source: usize,
 

@@ -178,6 +178,27 @@ pub(crate) async fn serve(mode: Mode, mut tcp: TcpStream, peer: SocketAddr, ctx:
     }
 }
 
+/// The HMAC challenge alone, for a server that runs it before giving the
+/// connection a session slot; logs a failure, as [`serve`] would, and
+/// says whether the client passed. Serve it then with `hmac: None`.
+pub(crate) async fn authenticate(
+    mode: Mode,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    key: &Key,
+    limit: Duration,
+) -> bool {
+    let _ = tcp.set_nodelay(true);
+    match challenge(tcp, key, limit).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(%peer, %mode, "legacy connection closed: {}", crate::text::printable(&e.to_string()));
+            crate::transport::linger_close(tcp).await;
+            false
+        }
+    }
+}
+
 async fn within<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = std::io::Result<T>>,

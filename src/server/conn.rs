@@ -48,6 +48,8 @@ pub(super) struct Throttle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
 
 /// The longest an authentication failure is held before it is answered.
 pub const MAX_PENALTY: Duration = Duration::from_secs(3);
+/// The most sources whose failures are remembered at once.
+const MAX_THROTTLED: usize = 16_384;
 /// Failures older than this are forgotten.
 const PENALTY_MEMORY: Duration = Duration::from_secs(600);
 
@@ -56,7 +58,13 @@ impl Throttle {
         let mut map = self.0.lock().expect("throttle poisoned");
         let now = Instant::now();
         map.retain(|_, (_, last)| now.duration_since(*last) < PENALTY_MEMORY);
-        let entry = map.entry(ip).or_insert((0, now));
+        // Bounded: failing from more sources than this at once only
+        // forgets the older penalties (guessing a 256-bit key stays
+        // hopeless without them).
+        if map.len() >= MAX_THROTTLED {
+            map.clear();
+        }
+        let entry = map.entry(super::admission::source(ip)).or_insert((0, now));
         entry.0 = entry.0.saturating_add(1);
         entry.1 = now;
         (Duration::from_millis(100) * 2u32.saturating_pow(entry.0 - 1)).min(MAX_PENALTY)
@@ -71,18 +79,6 @@ this is a framewire server, not an HTTP server\n";
 pub(super) struct Gate<'a> {
     pub startup: Startup,
     pub sessions: &'a Arc<Semaphore>,
-}
-
-/// Tells a connection refused at the door why, in one frame behind a
-/// refusing preface (docs/PROTOCOL.md §2.2), and closes it. Bounded: a
-/// peer that does not read gets at most a second.
-pub(super) async fn refuse_busy(mut tcp: TcpStream, msg: String) {
-    info!(peer = ?tcp.peer_addr().ok(), "refused: {msg}");
-    let refuse = async {
-        send_raw(&mut tcp, &Preface::refusal().encode(), &Message::error(ErrorCode::Busy, msg)).await;
-        transport::linger_close(&mut tcp).await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
 }
 
 /// Serves one connection; never panics, logs how it ended.
@@ -153,9 +149,10 @@ async fn handshake(mut tcp: TcpStream, ctx: &Context, startup: &Startup) -> Resu
     let theirs = tokio::select! {
         theirs = read_preface(&mut tcp) => theirs,
         () = startup.evicted() => {
-            // Still before our preface: the client can be told why.
-            let msg = "server busy: too many connections are in their handshake; try again";
-            send_raw(&mut tcp, &Preface::refusal().encode(), &Message::error(ErrorCode::Busy, msg)).await;
+            // Still before our preface: the client can be told why (in
+            // one write, not waited on: this peer may not be reading).
+            let (preface, busy) = (Preface::refusal().encode(), Message::error(ErrorCode::Busy, startup.reason()));
+            let _ = tokio::time::timeout(Duration::from_millis(100), send_raw(&mut tcp, &preface, &busy)).await;
             return Err(Refused::Evicted);
         }
     };
@@ -258,10 +255,12 @@ async fn serve_inner(
     socket.set_nodelay(true)?;
     let Gate { startup, sessions } = gate;
     let handshake = tokio::time::timeout(config.handshake_timeout, handshake(socket, ctx, &startup)).await;
-    drop(startup);
     let (read, write) = match handshake {
         Err(_) => return Err(Error::Stalled(config.handshake_timeout)),
-        Ok(Ok(halves)) => halves,
+        Ok(Ok(halves)) => {
+            drop(startup);
+            halves
+        }
         Ok(Err(Refused::Quietly(e))) => return Err(e),
         Ok(Err(Refused::Evicted)) => {
             info!(%peer, "handshake ended: a newer connection took its place (the handshake table is full)");
@@ -269,8 +268,14 @@ async fn serve_inner(
         }
         Ok(Err(Refused::AuthFailed(why, mut writer))) => {
             warn!(%peer, "authentication failed: {why}");
-            tokio::time::sleep(ctx.throttle.penalty(peer.ip())).await;
-            let _ = writer.send(&Message::error(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
+            // The penalty is served in the handshake table: a client that
+            // fails over and over holds a slot there, not a free task.
+            tokio::select! {
+                () = tokio::time::sleep(ctx.throttle.penalty(peer.ip())) => {
+                    let _ = writer.send(&Message::error(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
+                }
+                () = startup.evicted() => {}
+            }
             return Ok(());
         }
     };
@@ -281,6 +286,7 @@ async fn serve_inner(
         let msg = format!("server busy: {} connections", config.max_connections);
         info!(%peer, "refused: {msg}");
         let _ = writer.send(&Message::error(ErrorCode::Busy, msg), &[]).await;
+        linger(&mut reader, &mut writer).await;
         return Ok(());
     };
 
@@ -297,7 +303,15 @@ async fn serve_inner(
             head = reader.read_head::<Message>() => head,
         };
         match head {
-            Ok(Some((request, _))) => handle(request, ctx, &mut reader, &mut writer, hard).await?,
+            Ok(Some((request, _))) => {
+                if let Err(e) = handle(request, ctx, &mut reader, &mut writer, hard).await {
+                    // Cut off at the drain deadline: no time to linger.
+                    if !hard.is_cancelled() {
+                        linger(&mut reader, &mut writer).await;
+                    }
+                    return Err(e);
+                }
+            }
             Ok(None) => return Ok(()),
             Err(e) if e.is_recoverable() => {
                 let code = match e {
@@ -319,6 +333,20 @@ async fn serve_inner(
         }
     }
 }
+
+/// Before a connection closes on an error: ends our side (FIN, or TLS
+/// `close_notify`), then reads and drops what the peer still sends for a
+/// moment, so that the error frame just sent is not destroyed by the reset
+/// a close with unread input causes (a client may be streaming a body).
+async fn linger(reader: &mut Reader, writer: &mut Writer) {
+    let _ = tokio::time::timeout(LINGER, writer.shutdown()).await;
+    let _ = tokio::time::timeout(LINGER, reader.drain(LINGER_BYTES)).await;
+}
+
+/// How long [`linger`] waits, at most, for each of its steps.
+const LINGER: Duration = Duration::from_millis(500);
+/// How much [`linger`] reads, at most.
+const LINGER_BYTES: usize = 4 << 20;
 
 /// A session slot, waiting up to [`SESSION_WAIT`] for one (a burst of
 /// clients is absorbed rather than refused); `None` if none came free, or

@@ -29,8 +29,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// default; when full, a new one evicts the oldest (see
 /// `docs/SECURITY.md`).
 pub const DEFAULT_MAX_STARTUPS: usize = 64;
-/// Connections in their handshake from one address at once by default;
-/// more from it are refused with `busy`.
+/// Connections in their handshake from one address at once by default; a
+/// new one from it evicts that address's oldest.
 pub const DEFAULT_MAX_STARTUPS_PER_SOURCE: usize = 16;
 /// The listen backlog [`bind`] asks for by default (the kernel caps it at
 /// `net.core.somaxconn`).
@@ -65,7 +65,8 @@ pub struct Config {
     /// Connections in their handshake at once; when full, a new one
     /// evicts the oldest.
     pub max_startups: usize,
-    /// Connections in their handshake from one address at once.
+    /// Connections in their handshake from one address (an IPv6 /64) at
+    /// once; a new one from it evicts that address's oldest.
     pub max_startups_per_source: usize,
     /// How paths are resolved beneath the root; `None` picks `openat2`
     /// where the kernel has it.
@@ -230,6 +231,7 @@ struct Shared {
     limit: Arc<Semaphore>,
     /// Handshake slots of the native listener.
     startups: Arc<admission::Startups>,
+
     /// Ends idle connections and lets busy ones finish their request.
     graceful: CancellationToken,
     /// Ends whatever is left once the drain time is up.
@@ -311,18 +313,13 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
             _ = stop.cancelled() => return,
         };
         let admitted = match mode {
-            None => match shared.startups.admit(peer.ip()) {
-                Ok(startup) => Admitted::Native(startup),
-                Err(n) => {
-                    let msg = format!("server busy: {n} connections from {} are in their handshake", peer.ip());
-                    shared.tracker.spawn(conn::refuse_busy(socket, msg));
-                    continue;
-                }
-            },
+            None => Admitted::Native,
+            // With the HMAC challenge, a legacy connection is unproven
+            // until it answers: it waits in the handshake table too.
+            Some(mode) if shared.ctx.config.legacy_hmac => Admitted::LegacyChallenged(mode),
             Some(mode) => match shared.limit.clone().try_acquire_owned() {
                 Ok(permit) => Admitted::Legacy(mode, permit),
                 Err(_) => {
-                    // The tutorial's formats have no way to say why.
                     warn!(%peer, %mode, max = shared.ctx.config.max_connections, "legacy connection refused: server busy");
                     continue;
                 }
@@ -336,14 +333,53 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
             let span = tracing::info_span!("conn", %peer);
             tokio::select! {
                 _ = async {
+                    // A place in the handshake table, waiting for one in a
+                    // burst (within the handshake deadline).
+                    let startup = match admitted {
+                        Admitted::Legacy(..) => None,
+                        _ => {
+                            let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
+                            let admitted = tokio::select! {
+                                admitted = s.startups.admit(peer.ip(), deadline) => admitted,
+                                () = s.graceful.cancelled() => return,
+                            };
+                            match admitted {
+                                Some(startup) => Some(startup),
+                                None => {
+                                    info!(%peer, "closed: no place in the handshake table came free in time");
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     match admitted {
-                        Admitted::Native(startup) => {
+                        Admitted::Native => {
+                            let startup = startup.expect("admitted above");
                             let gate = conn::Gate { startup, sessions: &s.limit };
                             conn::serve(socket, peer, ctx, gate, &s.graceful, &s.hard).await
                         }
                         // The slot goes back when the task ends, however
                         // it ends.
                         Admitted::Legacy(mode, _permit) => legacy::serve(mode, socket, peer, legacy_context(ctx)).await,
+                        Admitted::LegacyChallenged(mode) => {
+                            let startup = startup.expect("admitted above");
+                            let mut socket = socket;
+                            let lctx = legacy_context(ctx);
+                            let key = lctx.hmac.expect("legacy_hmac has a key (checked at start)");
+                            let passed = tokio::select! {
+                                passed = legacy::authenticate(mode, &mut socket, peer, key, lctx.io_timeout) => passed,
+                                () = startup.evicted() => false,
+                            };
+                            drop(startup);
+                            if !passed {
+                                return;
+                            }
+                            let Ok(_permit) = s.limit.clone().try_acquire_owned() else {
+                                warn!(%peer, %mode, max = ctx.config.max_connections, "legacy connection refused: server busy");
+                                return;
+                            };
+                            legacy::serve(mode, socket, peer, legacy::Legacy { hmac: None, ..lctx }).await
+                        }
                     }
                 }.instrument(span) => {}
                 // A request that ignores `hard` (none should) is dropped
@@ -358,10 +394,15 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
     }
 }
 
-/// What a new connection was let in with.
+/// How a new connection is let in.
 enum Admitted {
-    Native(admission::Startup),
+    /// Through the handshake table, then a session slot.
+    Native,
+    /// With the session slot it took at once (no handshake).
     Legacy(Mode, tokio::sync::OwnedSemaphorePermit),
+    /// A legacy connection that must answer the HMAC challenge first, in
+    /// the handshake table.
+    LegacyChallenged(Mode),
 }
 
 /// A listener on `addr` with a listen backlog of `backlog` (the standard

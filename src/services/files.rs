@@ -236,14 +236,19 @@ impl Sandbox {
         if is_partial_name(name.as_bytes()) {
             return Err(reserved(path));
         }
+        let dir = self.parent_dir(path, &rel)?;
+        Ok((dir, OsString::from(name)))
+    }
+
+    /// The directory `rel` is in, created with its missing parents.
+    fn parent_dir(&self, path: &str, rel: &RelPath) -> Result<OwnedFd, Refusal> {
         let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
-        let dir = self.root.make_dirs(&parent).map_err(|e| match e.raw_os_error().map(Errno::from_raw_os_error) {
+        self.root.make_dirs(&parent).map_err(|e| match e.raw_os_error().map(Errno::from_raw_os_error) {
             Some(Errno::NOTDIR | Errno::EXIST) => {
                 Refusal::new(ErrorCode::NotADirectory, format!("{}: a parent is not a directory", shown(path)))
             }
             _ => refusal(path, &e),
-        })?;
-        Ok((dir, OsString::from(name)))
+        })
     }
 
     /// Makes sure `path` is a directory, creating it and its missing
@@ -256,7 +261,9 @@ impl Sandbox {
     pub fn mkdir(&self, path: &str) -> Result<bool, Refusal> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else { return Ok(false) };
-        let (dir, _) = self.for_write(rel.parts.join("/").as_str())?;
+        // A directory may have any name, `.b.fwpart` included: only
+        // regular files of that form are partial files.
+        let dir = self.parent_dir(path, &rel)?;
         match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => match self.root.open_dir(&rel.joined()) {
@@ -319,7 +326,7 @@ impl Sandbox {
             return Ok(vec![entry(rel.name().unwrap_or(".").to_owned(), &meta)]);
         }
         let (mut out, mut left) = (Vec::new(), budget);
-        match walk(OwnedFd::from(file), "", listing, &mut out, &mut left) {
+        match walk(OwnedFd::from(file), "", 0, listing, &mut out, &mut left) {
             Ok(()) => {}
             Err(_) if left == 0 => {
                 let msg =
@@ -338,7 +345,18 @@ impl Sandbox {
 /// symlink mid-walk is skipped, never followed); `left` is what remains of
 /// the byte budget (each entry counts its name and ~64 bytes of JSON
 /// around it), and is 0 when the walk stopped for it.
-fn walk(dir: OwnedFd, prefix: &str, listing: Listing, out: &mut Vec<Entry>, left: &mut usize) -> io::Result<()> {
+fn walk(
+    dir: OwnedFd,
+    prefix: &str,
+    depth: usize,
+    listing: Listing,
+    out: &mut Vec<Entry>,
+    left: &mut usize,
+) -> io::Result<()> {
+    // Two descriptors and a stack frame a level: bounded.
+    if depth > MAX_PATH_DEPTH {
+        return Err(io::Error::other(format!("the tree is deeper than {MAX_PATH_DEPTH} levels (MAX_PATH_DEPTH)")));
+    }
     let entries = rustix::fs::Dir::read_from(&dir)?;
     for item in entries {
         let item = item?;
@@ -375,7 +393,7 @@ fn walk(dir: OwnedFd, prefix: &str, listing: Listing, out: &mut Vec<Entry>, left
         if listing != Listing::Entries && kind == Kind::Dir {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rustix::fs::openat(&dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
-                Ok(sub) => walk(sub, &rel, listing, out, left)?,
+                Ok(sub) => walk(sub, &rel, depth + 1, listing, out, left)?,
                 // Gone, or swapped for a symlink, since it was read.
                 Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
                 Err(e) => return Err(e.into()),

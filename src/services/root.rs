@@ -36,6 +36,9 @@ pub const MAX_PATH_DEPTH: usize = 255;
 /// How many symlinks one resolution may expand (Linux's own limit).
 pub const MAX_SYMLINKS: usize = 40;
 
+/// The most components one walk resolves, symlink targets included.
+const MAX_WALK_STEPS: usize = 4096;
+
 /// How often a resolution tries again when the file system changed under
 /// it (`EAGAIN` from `openat2`, a link gone between open and read).
 const MAX_RETRIES: usize = 8;
@@ -207,8 +210,13 @@ impl Root {
         // is an escape.
         let mut stack: Vec<OwnedFd> = vec![rustix::fs::openat(&*self.fd, ".", dir_flags, Mode::empty())?];
         let mut todo: std::collections::VecDeque<Vec<u8>> = components(rel.as_bytes()).collect();
-        let (mut links, mut retries) = (0, 0);
+        let (mut links, mut retries, mut steps) = (0, 0, 0);
         while let Some(part) = todo.pop_front() {
+            // Bounded work and descriptors, whatever the links expand to.
+            steps += 1;
+            if steps > MAX_WALK_STEPS || stack.len() > MAX_PATH_DEPTH {
+                return Err(Errno::NAMETOOLONG.into());
+            }
             match part.as_slice() {
                 b"." => {
                     if todo.is_empty() {
@@ -254,8 +262,9 @@ impl Root {
             let target = match rustix::fs::readlinkat(cur, part.as_slice(), Vec::new()) {
                 Ok(target) => target.into_bytes(),
                 // Not a symlink any more: another process swapped it back
-                // since the open. Open it again, a few times at most.
-                Err(Errno::INVAL) if retries < MAX_RETRIES => {
+                // since the open. Open it again, a few times at most; a
+                // plain file mid-path is not worth another try.
+                Err(Errno::INVAL) if retries < MAX_RETRIES && !is_file_at(cur, &part) => {
                     retries += 1;
                     todo.push_front(part);
                     continue;
@@ -277,6 +286,12 @@ impl Root {
         // Only reached for a path of nothing but `.` / `..` handled above.
         Ok(rustix::fs::openat(stack.last().expect("the root stays"), ".", flags, Mode::empty())?)
     }
+}
+
+/// Whether `name` in `dir` is a regular file now (not followed).
+fn is_file_at(dir: &OwnedFd, name: &[u8]) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
 }
 
 fn beneath() -> ResolveFlags {
@@ -323,18 +338,9 @@ impl Partial {
     /// refusal naming what stands there).
     pub fn open(dir: OwnedFd, name: &OsStr) -> io::Result<Partial> {
         let part = partial_name(name);
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-        let (file, part) = match rustix::fs::openat(&dir, part.as_os_str(), flags, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => {
-                let file = File::from(fd);
-                match foreign(&file)? {
-                    None => (file, Some(part)),
-                    Some(what) => (anonymous(&dir, &part, what)?, None),
-                }
-            }
-            Err(Errno::LOOP) => (anonymous(&dir, &part, "a symlink")?, None),
-            Err(Errno::ISDIR) => (anonymous(&dir, &part, "a directory")?, None),
-            Err(e) => return Err(e.into()),
+        let (file, part) = match open_ours(&dir, &part)? {
+            Ok(file) => (file, Some(part)),
+            Err(what) => (anonymous(&dir, &part, what)?, None),
         };
         lock(&file)?;
         // A partial file left by an older version may be open to others.
@@ -342,8 +348,6 @@ impl Partial {
         if file.metadata()?.permissions().mode() & 0o077 != 0 {
             rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))?;
         }
-        // O_NONBLOCK only kept the open itself from waiting on a FIFO.
-        rustix::fs::fcntl_setfl(&file, OFlags::empty())?;
         Ok(Partial { dir, name: name.to_owned(), part, file })
     }
 
@@ -436,7 +440,7 @@ impl PartialName {
             None => {
                 // An unnamed file gets a name of its own first: a hidden,
                 // random one that no later transfer will take for its own.
-                let temp = temp_name(&self.name);
+                let temp = temp_name(&self.name)?;
                 let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
                 rustix::fs::linkat(
                     rustix::fs::CWD,
@@ -481,9 +485,13 @@ fn rename_noreplace(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> io::Result<()> {
         Ok(()) => Ok(()),
         // A file system without RENAME_NOREPLACE: link(2) never replaces
         // either; then the old name goes.
-        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+        // (EPERM too: a seccomp filter that does not know renameat2.)
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM) => {
             rustix::fs::linkat(dir, from, dir, to, AtFlags::empty())?;
-            rustix::fs::unlinkat(dir, from, AtFlags::empty())?;
+            // The file is in place now, whatever happens to the old name.
+            if let Err(e) = rustix::fs::unlinkat(dir, from, AtFlags::empty()) {
+                tracing::warn!("{}: committed, but the partial name stays: {e}", to.to_string_lossy());
+            }
             Ok(())
         }
         Err(e) => Err(e.into()),
@@ -492,30 +500,75 @@ fn rename_noreplace(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> io::Result<()> {
 
 /// `.NAME.RANDOM.fwpart`: a name for an unnamed partial file on its way
 /// into place.
-fn temp_name(name: &OsStr) -> OsString {
+fn temp_name(name: &OsStr) -> io::Result<OsString> {
     let mut rand = [0u8; 6];
-    let _ = getrandom::fill(&mut rand);
+    getrandom::fill(&mut rand).map_err(|e| io::Error::other(e.to_string()))?;
     let mut temp = OsString::from(".");
     temp.push(name);
     temp.push(format!(".{}{PARTIAL_SUFFIX}", hex::encode(rand)));
-    temp
+    Ok(temp)
 }
 
-/// Why the file opened at a partial file's name is not one of ours, if it
-/// is not: only a regular file with one link, owned by this process's
-/// user, is taken for a partial file.
-fn foreign(file: &File) -> io::Result<Option<&'static str>> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = file.metadata()?;
-    Ok(if !meta.is_file() {
-        Some("a FIFO, socket or device")
-    } else if meta.nlink() != 1 {
+/// Opens the partial file `part` in `dir`, or creates it, if it is ours;
+/// `Ok(Err(what))` says what else stands at that name. It is looked at
+/// (`O_PATH`, never followed) before anything is opened for writing, so a
+/// FIFO or a device there is never opened, and an open for writing that
+/// the kernel refuses (another user's file, a socket) means "not ours",
+/// not a failed transfer.
+fn open_ours(dir: &OwnedFd, part: &OsStr) -> io::Result<Result<File, &'static str>> {
+    let look = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for _ in 0..MAX_RETRIES {
+        let seen = match rustix::fs::openat(dir, part, look, Mode::empty()) {
+            Ok(fd) => rustix::fs::fstat(&fd)?,
+            Err(Errno::NOENT) => {
+                let create = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                match rustix::fs::openat(dir, part, create, Mode::from_raw_mode(0o600)) {
+                    Ok(fd) => return Ok(Ok(File::from(fd))),
+                    // Created by someone else meanwhile: look again.
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(what) = foreign(&seen) {
+            return Ok(Err(what));
+        }
+        let write = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        match rustix::fs::openat(dir, part, write, Mode::empty()) {
+            Ok(fd) => {
+                let now = rustix::fs::fstat(&fd)?;
+                if (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino) {
+                    rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+                    return Ok(Ok(File::from(fd)));
+                }
+                // Replaced between the look and the open: look again.
+            }
+            Err(Errno::NOENT) => {}
+            Err(_) => return Ok(Err("a file this process may not write")),
+        }
+    }
+    Ok(Err("a name that keeps changing"))
+}
+
+/// Why what `st` describes, found at a partial file's name, is not one of
+/// ours, if it is not: only a regular file with one link, owned by this
+/// process's user, is taken for a partial file.
+fn foreign(st: &rustix::fs::Stat) -> Option<&'static str> {
+    use rustix::fs::FileType;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => {}
+        FileType::Symlink => return Some("a symlink"),
+        FileType::Directory => return Some("a directory"),
+        _ => return Some("a FIFO, socket or device"),
+    }
+    if st.st_nlink != 1 {
         Some("a file with other hard links")
-    } else if meta.uid() != rustix::process::geteuid().as_raw() {
+    } else if st.st_uid != rustix::process::geteuid().as_raw() {
         Some("another user's file")
     } else {
         None
-    })
+    }
 }
 
 /// An unnamed temporary file in `dir`, for a transfer whose partial-file

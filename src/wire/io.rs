@@ -302,6 +302,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         while self.read_body_chunk().await?.is_some() {}
         Ok(())
     }
+
+    /// Reads and drops whatever the peer still sends, framed or not, up to
+    /// `max` bytes or its end of stream; returns how much. For a closing
+    /// side that has just sent its last frame: a socket closed with unread
+    /// input is reset, and the reset can destroy that frame before the
+    /// peer reads it. No time limit: wrap it in one.
+    pub async fn drain(&mut self, max: usize) -> usize {
+        let mut total = self.buf.len();
+        self.buf.clear();
+        self.body_left = 0;
+        while total < max {
+            self.buf.clear();
+            self.buf.reserve(READ_BUF);
+            match self.inner.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        self.buf.clear();
+        total
+    }
 }
 
 /// Writes frames to `W`, gathering small frames into few writes.
