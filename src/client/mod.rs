@@ -4,7 +4,7 @@ mod exec;
 mod files;
 
 pub use exec::{ExecIo, ExecOptions, ExitStatus, Output};
-pub use files::{Progress, Transfer, TransferOptions};
+pub use files::{parse_listing, Progress, Transfer, TransferOptions};
 
 use std::io;
 use std::net::SocketAddr;
