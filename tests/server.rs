@@ -487,3 +487,23 @@ fn any_request_sequence_leaves_the_server_serving() {
     // And it still shuts down cleanly.
     rt.block_on(server.stop_within(LIMIT));
 }
+
+/// An echo whose body never comes (the client shuts its side after the
+/// head): the server closes without sending half a reply, a head whose
+/// body would never follow.
+#[tokio::test]
+async fn a_cut_request_gets_no_half_reply() {
+    let server = TestServer::start().await;
+    let mut sock = TcpStream::connect(server.addr).await.unwrap();
+    sock.write_all(&Preface::default().encode()).await.unwrap();
+    let mut out = Vec::new();
+    let header = br#"{"type":"echo","len":19}"#;
+    out.put_u32(header.len() as u32);
+    out.extend_from_slice(header);
+    sock.write_all(&out).await.unwrap();
+    sock.shutdown().await.unwrap();
+    let mut reader = FrameReader::new(sock);
+    reader.read_preface().await.unwrap();
+    let next = tokio::time::timeout(LIMIT, reader.read_head::<Message>()).await.unwrap();
+    assert!(matches!(next, Ok(None) | Err(wire::Error::Io(_))), "{next:?}");
+}

@@ -339,7 +339,16 @@ async fn serve_inner(
 /// moment, so that the error frame just sent is not destroyed by the reset
 /// a close with unread input causes (a client may be streaming a body).
 async fn linger(reader: &mut Reader, writer: &mut Writer) {
-    let _ = tokio::time::timeout(LINGER, writer.shutdown()).await;
+    // A frame left half-way (its head still buffered, say) is not sent:
+    // the peer would take a head for a promise of its body.
+    let end = async {
+        if writer.body_left() > 0 {
+            let _ = writer.get_mut().shutdown().await;
+        } else {
+            let _ = writer.shutdown().await;
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, end).await;
     let _ = tokio::time::timeout(LINGER, reader.drain(LINGER_BYTES)).await;
 }
 
