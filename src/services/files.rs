@@ -179,8 +179,15 @@ impl Sandbox {
     /// [`ErrorCode::BadPath`] for a symlink leading outside, or a partial
     /// file.
     pub fn open(&self, path: &str) -> Result<(File, fs::Metadata), Refusal> {
+        let (_, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        Ok((file, meta))
+    }
+
+    /// Opens an existing `path` with `flags` (and `O_DIRECTORY` for a
+    /// trailing `/`), `fstat`s it, and refuses a partial file: what
+    /// [`open`](Self::open), [`stat`](Self::stat) and listings share.
+    fn open_with(&self, path: &str, mut flags: OFlags) -> Result<(RelPath, File, fs::Metadata), Refusal> {
         let rel = Self::relative(path)?;
-        let mut flags = OFlags::RDONLY | OFlags::NONBLOCK;
         if rel.dir {
             flags |= OFlags::DIRECTORY;
         }
@@ -189,7 +196,7 @@ impl Sandbox {
         if meta.is_file() && rel.name().is_some_and(|n| is_partial_name(n.as_bytes())) {
             return Err(reserved(path));
         }
-        Ok((file, meta))
+        Ok((rel, file, meta))
     }
 
     /// Describes `path` (symlinks inside followed). Its `name` is the last
@@ -200,18 +207,8 @@ impl Sandbox {
     ///
     /// As [`open`](Self::open).
     pub fn stat(&self, path: &str) -> Result<Entry, Refusal> {
-        let rel = Self::relative(path)?;
-        let mut flags = OFlags::PATH;
-        if rel.dir {
-            flags |= OFlags::DIRECTORY;
-        }
-        let file = File::from(self.root.open_beneath(&rel.joined(), flags).map_err(|e| refusal(path, &e))?);
-        let meta = file.metadata().map_err(|e| refusal(path, &e))?;
-        let name = rel.name().unwrap_or(".");
-        if meta.is_file() && is_partial_name(name.as_bytes()) {
-            return Err(reserved(path));
-        }
-        Ok(entry(name.to_owned(), &meta))
+        let (rel, _, meta) = self.open_with(path, OFlags::PATH)?;
+        Ok(entry(rel.name().unwrap_or(".").to_owned(), &meta))
     }
 
     /// Resolves a path to be written: its directory, created with its
@@ -320,9 +317,8 @@ impl Sandbox {
     /// soon as the entries would take more than about `budget` bytes of
     /// JSON: a listing too large to send is not built in memory first.
     fn list_within(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Refusal> {
-        let (file, meta) = self.open(path)?;
+        let (rel, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         if !meta.is_dir() {
-            let rel = Self::relative(path)?;
             return Ok(vec![entry(rel.name().unwrap_or(".").to_owned(), &meta)]);
         }
         let (mut out, mut left) = (Vec::new(), budget);

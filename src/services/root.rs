@@ -12,7 +12,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -121,11 +121,6 @@ impl Root {
     /// How this root resolves paths.
     pub fn resolver(&self) -> Resolver {
         self.resolver
-    }
-
-    /// The root's own descriptor.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 
     /// Opens `rel` (relative, already checked: no `..`, not absolute)
