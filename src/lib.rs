@@ -69,10 +69,10 @@ pub mod legacy;
 pub mod proto;
 pub mod server;
 pub mod services;
+pub mod session;
 pub mod text;
-pub mod transfer;
 pub mod transport;
 pub mod wire;
 
 pub use client::{Client, ClientError};
-pub use proto::{ErrorCode, Message};
+pub use proto::ErrorCode;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{unexpected, Client, ClientError};
-use crate::proto::{ExitReason, Message};
+use super::conn::Client;
+use super::error::ClientError;
+use crate::proto::{Cancel, Exec, ExecOutput, Exit, ExitReason, Stderr, Stdin, Stdout};
 use crate::wire;
 
 /// Stdin is sent in frames of at most this many bytes.
@@ -112,28 +113,27 @@ impl Client {
     ) -> Result<ExitStatus, ClientError> {
         let ExecIo { stdin, stdout, stderr, mut cancel } = io;
         let timeout_ms = options.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
-        self.writer.send(&Message::Exec { command: command.to_owned(), timeout_ms }, &[]).await?;
+        self.session.send(&Exec { command: command.to_owned(), timeout_ms }, &[]).await?;
 
-        let reader = &mut self.reader;
-        let writer = &mut self.writer;
+        let (reader, writer) = self.session.halves();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
 
         let output = async move {
             let result = async {
                 loop {
-                    match reader.read_head::<Message>().await? {
-                        Some((Message::Stdout { .. }, _)) => {
+                    match reader.read_head::<ExecOutput>().await? {
+                        Some((ExecOutput::Stdout(Stdout { .. }), _)) => {
                             reader.copy_body(stdout).await?;
                             stdout.flush().await.map_err(wire::Error::Io)?;
                         }
-                        Some((Message::Stderr { .. }, _)) => {
+                        Some((ExecOutput::Stderr(Stderr { .. }), _)) => {
                             reader.copy_body(stderr).await?;
                             stderr.flush().await.map_err(wire::Error::Io)?;
                         }
-                        Some((Message::Exit { status, signal, reason }, _)) => {
+                        Some((ExecOutput::Exit(Exit { status, signal, reason }), _)) => {
                             return Ok(ExitStatus { status, signal, reason })
                         }
-                        Some((other, _)) => return Err(unexpected("exit", other)),
+                        Some((ExecOutput::ErrorFrame(e), _)) => return Err(e.into()),
                         None => return Err(ClientError::Closed),
                     }
                 }
@@ -146,7 +146,7 @@ impl Client {
         let input = async move {
             let mut stdin = stdin;
             if stdin.is_none() {
-                writer.send(&Message::Stdin { len: 0, eof: true }, &[]).await?;
+                writer.send(&Stdin { len: 0, eof: true }, &[]).await?;
             }
             let mut buf = vec![0u8; STDIN_CHUNK];
             let mut cancel_sent = false;
@@ -157,13 +157,13 @@ impl Client {
                     biased;
                     _ = &mut done_rx => return Ok::<_, ClientError>(()),
                     _ = async { cancel.as_mut().expect("guarded").await }, if cancel.is_some() && !cancel_sent => {
-                        writer.send(&Message::Cancel, &[]).await?;
+                        writer.send(&Cancel {}, &[]).await?;
                         cancel_sent = true;
                     }
                     n = async { stdin.as_mut().expect("guarded").read(&mut buf).await }, if stdin.is_some() => {
                         // A local read error ends our stdin like EOF would.
                         let n = n.unwrap_or(0);
-                        writer.send(&Message::Stdin { len: n as u64, eof: n == 0 }, &buf[..n]).await?;
+                        writer.send(&Stdin { len: n as u64, eof: n == 0 }, &buf[..n]).await?;
                         if n == 0 {
                             stdin = None;
                         }

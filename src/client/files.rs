@@ -7,11 +7,15 @@ use std::path::Path;
 
 use tokio::task::spawn_blocking;
 
-use super::{unexpected, Client, ClientError};
-use crate::proto::{Entry, Message};
-use crate::services::files::{at, check_room, hash_prefix, not_regular, open_to_send, received_mode};
-use crate::services::root::{local_parent, partial_name, Partial};
-use crate::transfer::{receive_body, send_body, SendError};
+use super::conn::Client;
+use super::error::ClientError;
+use crate::proto::{
+    Answer, Checksum, Entry, FileReply, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Stat,
+    StatReply,
+};
+use crate::services::files::{not_regular, open_to_send, received_mode};
+use crate::services::root::{local_parent, partial_name};
+use crate::session::{receive_body, ReceiveError, Receiver, SendError, Sender, Unproven};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
 /// Options of a transfer.
@@ -95,7 +99,7 @@ impl Client {
     ///
     /// The server's refusal (no such path, outside the root…), wire errors.
     pub async fn list(&mut self, path: &str, recursive: bool) -> Result<Vec<Entry>, ClientError> {
-        self.list_request(Message::List { path: path.to_owned(), recursive, dirs: false }).await
+        self.list_request(List { path: path.to_owned(), recursive, dirs: false }).await
     }
 
     /// Every regular file and every directory below `path`, names relative
@@ -105,16 +109,13 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        self.list_request(Message::List { path: path.to_owned(), recursive: true, dirs: true }).await
+        self.list_request(List { path: path.to_owned(), recursive: true, dirs: true }).await
     }
 
-    async fn list_request(&mut self, request: Message) -> Result<Vec<Entry>, ClientError> {
-        self.writer.send(&request, &[]).await?;
-        match self.reader.read_head::<Message>().await? {
-            Some((Message::ListReply { .. }, _)) => parse_listing(&self.reader.read_body(MAX_BUFFERED_BODY).await?),
-            Some((other, _)) => Err(unexpected("list_reply", other)),
-            None => Err(ClientError::Closed),
-        }
+    async fn list_request(&mut self, request: List) -> Result<Vec<Entry>, ClientError> {
+        self.session.send(&request, &[]).await?;
+        let ListReply { .. } = self.answer().await?;
+        parse_listing(&self.session.reader().read_body(MAX_BUFFERED_BODY).await?)
     }
 
     /// Makes sure `path` is a directory on the server, creating it and
@@ -126,12 +127,9 @@ impl Client {
     /// The server's refusal: [`ErrorCode::Exists`](crate::ErrorCode::Exists)
     /// if a file is there, a path outside the root…; wire errors.
     pub async fn mkdir(&mut self, path: &str) -> Result<bool, ClientError> {
-        self.writer.send(&Message::Mkdir { path: path.to_owned() }, &[]).await?;
-        match self.reader.read_head::<Message>().await? {
-            Some((Message::MkdirReply { created }, _)) => Ok(created),
-            Some((other, _)) => Err(unexpected("mkdir_reply", other)),
-            None => Err(ClientError::Closed),
-        }
+        self.session.send(&Mkdir { path: path.to_owned() }, &[]).await?;
+        let MkdirReply { created } = self.answer().await?;
+        Ok(created)
     }
 
     /// Describes one path on the server.
@@ -140,12 +138,9 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn stat(&mut self, path: &str) -> Result<Entry, ClientError> {
-        self.writer.send(&Message::Stat { path: path.to_owned() }, &[]).await?;
-        match self.reader.read_head::<Message>().await? {
-            Some((Message::StatReply { entry }, _)) => Ok(entry),
-            Some((other, _)) => Err(unexpected("stat_reply", other)),
-            None => Err(ClientError::Closed),
-        }
+        self.session.send(&Stat { path: path.to_owned() }, &[]).await?;
+        let StatReply { entry } = self.answer().await?;
+        Ok(entry)
     }
 
     /// Downloads `remote` to the local file `local`.
@@ -178,79 +173,73 @@ impl Client {
         // directory's descriptor, its name never followed as a link.
         let shown = local.with_file_name(partial_name(local.file_name().unwrap_or_default()));
         let l = local.to_owned();
-        let (mut partial, held, hasher) = spawn_blocking(move || {
+        let mut receiver = spawn_blocking(move || {
             let (dir, name) = local_parent(&l)?;
-            let mut partial = Partial::open(dir, &name)?;
-            let held = partial.held()?;
-            let hasher = hash_prefix(partial.file_mut(), held)?;
-            Ok::<_, std::io::Error>((partial, held, hasher))
+            Receiver::open(dir, &name)
         })
         .await
         .map_err(join_err)?
         .map_err(local_err(&shown))?;
-        let prefix = (held > 0).then(|| hasher.clone().finalize().to_hex().to_string());
-        self.writer.send(&Message::Get { path: remote.to_owned(), offset: held, prefix_blake3: prefix }, &[]).await?;
-
-        let (size, offset, mode) = match self.reader.read_head::<Message>().await? {
-            Some((Message::File { size, offset, mode, .. }, _)) => (size, offset, mode),
-            Some((other, _)) => {
+        let (offset, prefix_blake3) = receiver.offer();
+        self.session.send(&Get { path: remote.to_owned(), offset, prefix_blake3 }, &[]).await?;
+        let head: FileReply = match self.answer().await {
+            Ok(head) => head,
+            Err(e) => {
                 // Nothing of this file was fetched: an empty partial file
                 // is not worth keeping.
-                if held == 0 {
-                    partial.discard();
+                if receiver.held() == 0 {
+                    receiver.discard();
                 }
-                return Err(unexpected("file", other));
+                return Err(e);
             }
-            None => return Err(ClientError::Closed),
         };
-        let hasher = if offset == 0 { blake3::Hasher::new() } else { hasher };
-        if offset != 0 && offset != held {
-            return Err(ClientError::Unexpected { expected: "file from our offset or 0", got: "file" });
+        let FileReply { size, offset, mode, .. } = head;
+        if !receiver.agree(offset).map_err(local_err(&shown))? {
+            self.session.abandon().await;
+            return Err(ClientError::Unexpected { expected: "a file from our offset or 0", got: "file".into() });
         }
-        if offset == 0 && held > 0 {
-            partial.file_mut().set_len(0).map_err(local_err(&shown))?;
-        }
-
         // A full disk shows now rather than in the middle: the body is
         // coming, so the connection is given up.
-        if let Err(e) = check_room(partial.file(), offset, size) {
-            partial.discard();
-            self.abandon().await;
+        if let Err(e) = receiver.check_room(offset, size) {
+            receiver.discard();
+            self.session.abandon().await;
             return Err(local_err(&shown)(e));
         }
-        let (file, name) = partial.take_file();
-        let file = at(file, offset).map_err(local_err(&shown))?;
-        let (written, expected) =
-            self.receive(file, hasher, Progress { size, resumed: offset, done: 0 }, progress).await?;
-        let (file, hash) = match written {
-            Ok(done) => done,
-            Err(e) => {
-                // On a full disk the partial file would only keep it full:
-                // remove it, as the server does for uploads.
-                if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
-                    name.discard();
-                }
+        let mut at = Progress { size, resumed: offset, done: 0 };
+        let received = receiver
+            .receive(self.session.reader(), &mut |n| {
+                at.done = n;
+                progress(at);
+            })
+            .await;
+        let received = match received {
+            Ok(received) => received,
+            Err(ReceiveError::Wire(e, _)) => return Err(e.into()),
+            Err(ReceiveError::Write(e, _)) => {
+                // The rest of the body is not worth fetching: this
+                // connection is out of step now, and closing it says so to
+                // both sides.
+                self.session.abandon().await;
                 return Err(local_err(&shown)(e));
             }
         };
-        let got = hash.to_hex().to_string();
-        if got != expected {
-            name.discard();
-            return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
-        }
+        let Checksum { blake3: expected } = self.answer().await?;
+        let received = received.verify(&expected).map_err(|got| ClientError::ChecksumMismatch {
+            path: remote.to_owned(),
+            expected: expected.clone(),
+            got,
+        })?;
+        let got = received.hash().to_hex().to_string();
         // A server that sends no mode sends 0.
         let mode = received_mode(if mode == 0 { 0o666 } else { mode });
         let force = options.force;
-        match spawn_blocking(move || name.commit(file, mode, force)).await.map_err(join_err)? {
-            Ok(_) => {}
+        match spawn_blocking(move || received.commit(mode, force)).await.map_err(join_err)? {
+            Ok(_) => Ok(Transfer { size, resumed: offset, blake3: got }),
             // Something appeared under the name meanwhile: never replaced
             // without `force`.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(ClientError::LocalExists(local.to_owned()))
-            }
-            Err(e) => return Err(local_err(local)(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::LocalExists(local.to_owned())),
+            Err(e) => Err(local_err(local)(e)),
         }
-        Ok(Transfer { size, resumed: offset, blake3: got })
     }
 
     /// Downloads `remote` into `dst` (e.g. stdout), written and hashed on
@@ -267,48 +256,27 @@ impl Client {
         dst: W,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        self.writer.send(&Message::Get { path: remote.to_owned(), offset: 0, prefix_blake3: None }, &[]).await?;
-        let size = match self.reader.read_head::<Message>().await? {
-            Some((Message::File { size, .. }, _)) => size,
-            Some((other, _)) => return Err(unexpected("file", other)),
-            None => return Err(ClientError::Closed),
+        self.session.send(&Get { path: remote.to_owned(), offset: 0, prefix_blake3: None }, &[]).await?;
+        let FileReply { size, .. } = self.answer().await?;
+        let mut at = Progress { size, resumed: 0, done: 0 };
+        let written = receive_body(self.session.reader(), dst, blake3::Hasher::new(), &mut |n| {
+            at.done = n;
+            progress(at);
+        })
+        .await?;
+        let (_, hash) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                self.session.abandon().await;
+                return Err(wire::Error::Io(e).into());
+            }
         };
-        let start = Progress { size, resumed: 0, done: 0 };
-        let (written, expected) = self.receive(dst, blake3::Hasher::new(), start, progress).await?;
-        let (_, hash) = written.map_err(wire::Error::Io)?;
+        let Checksum { blake3: expected } = self.answer().await?;
         let got = hash.to_hex().to_string();
         if got != expected {
             return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
         }
         Ok(Transfer { size, resumed: 0, blake3: got })
-    }
-
-    /// Receives the current file body into `dst` through the write-and-hash
-    /// thread, then the checksum frame. Returns what the thread reported
-    /// (the sink and the hash, or its write error) and the sender's hash.
-    async fn receive<W: std::io::Write + Send + 'static>(
-        &mut self,
-        dst: W,
-        hasher: blake3::Hasher,
-        mut at: Progress,
-        progress: &mut (dyn FnMut(Progress) + Send),
-    ) -> Result<(std::io::Result<(W, blake3::Hash)>, String), ClientError> {
-        let written = receive_body(&mut self.reader, dst, hasher, &mut |n| {
-            at.done = n;
-            progress(at);
-        })
-        .await?;
-        if written.is_err() {
-            // The rest of the body is not worth fetching: this connection
-            // is out of step now, and closing it says so to both sides.
-            self.abandon().await;
-            return Ok((written, String::new()));
-        }
-        match self.reader.read_head::<Message>().await? {
-            Some((Message::Checksum { blake3 }, _)) => Ok((written, blake3)),
-            Some((other, _)) => Err(unexpected("checksum", other)),
-            None => Err(ClientError::Closed),
-        }
     }
 
     /// Uploads the local file `local` to `remote`.
@@ -332,41 +300,32 @@ impl Client {
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        let mut file = open_to_send(local).map_err(local_err(local))?;
+        let file = open_to_send(local).map_err(local_err(local))?;
         let meta = file.metadata().map_err(local_err(local))?;
         if let Some((kind, why)) = not_regular(&meta) {
             return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::new(kind, why) });
         }
         let size = meta.len();
         let mode = meta.permissions().mode() & 0o777;
-        let put = Message::Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode) };
-        self.writer.send(&put, &[]).await?;
-        let (held, prefix) = match self.reader.read_head::<Message>().await? {
-            Some((Message::PutReady { offset, prefix_blake3 }, _)) => (offset, prefix_blake3),
-            Some((other, _)) => return Err(unexpected("put_ready", other)),
-            None => return Err(ClientError::Closed),
-        };
-        let (file, from, hasher) = spawn_blocking(move || {
-            if held > 0 && held <= size {
-                let hasher = hash_prefix(&mut file, held)?;
-                if prefix.as_deref() == Some(hasher.clone().finalize().to_hex().as_str()) {
-                    return Ok((file, held, hasher));
-                }
-            }
-            Ok::<_, std::io::Error>((file, 0, blake3::Hasher::new()))
+        let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode) };
+        self.session.send(&put, &[]).await?;
+        let PutReady { offset, prefix_blake3 } = self.answer().await?;
+        let sender = spawn_blocking(move || {
+            Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::StartOver)
         })
         .await
         .map_err(join_err)?
         .map_err(local_err(local))?;
-
-        self.writer.feed_head(&Message::PutData { len: size - from, offset: from })?;
+        let from = sender.start();
+        self.session.feed_head(&PutData { len: sender.len(), offset: from })?;
         // The server may refuse before the body is through (a write
         // failed on its side): listen while sending, and stop at once if
         // it does.
         let mut report = |done| progress(Progress { size, resumed: from, done });
         let outcome = {
-            let sending = send_body(&mut self.writer, file, from, Some(hasher), &mut report);
-            let answer = self.reader.read_head::<Message>();
+            let (reader, writer) = self.session.halves();
+            let sending = sender.send(writer, &mut report);
+            let answer = reader.read_head::<Answer<PutDone>>();
             tokio::select! {
                 sent = sending => Ok(sent),
                 early = answer => Err(early),
@@ -375,32 +334,33 @@ impl Client {
         let sent = match outcome {
             Ok(sent) => sent,
             Err(early) => {
-                self.abandon().await;
+                self.session.abandon().await;
                 return Err(match early? {
-                    Some((other, _)) => unexpected("put_done", other),
+                    Some((Answer::Refused(e), _)) => e.into(),
+                    Some((Answer::Ok(_), _)) => ClientError::Unexpected {
+                        expected: "no answer before the checksum",
+                        got: "put_done".into(),
+                    },
                     None => ClientError::Closed,
                 });
             }
         };
         let hash = match sent {
             Ok(Some(hash)) => hash,
-            // send_body returns the hash of every hasher it is given.
+            // The sender hashes unless told the hash is known.
             Ok(None) => {
                 return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::other("no hash") })
             }
             Err(SendError::File(source)) => {
                 // The body is cut short: the connection cannot go on.
-                self.abandon().await;
+                self.session.abandon().await;
                 return Err(ClientError::Local { path: local.to_owned(), source });
             }
             Err(SendError::Wire(e)) => return Err(e.into()),
         };
         let hash = hash.to_hex().to_string();
-        self.writer.send(&Message::Checksum { blake3: hash.clone() }, &[]).await?;
-        match self.reader.read_head::<Message>().await? {
-            Some((Message::PutDone { .. }, _)) => Ok(Transfer { size, resumed: from, blake3: hash }),
-            Some((other, _)) => Err(unexpected("put_done", other)),
-            None => Err(ClientError::Closed),
-        }
+        self.session.send(&Checksum { blake3: hash.clone() }, &[]).await?;
+        let PutDone { .. } = self.answer().await?;
+        Ok(Transfer { size, resumed: from, blake3: hash })
     }
 }

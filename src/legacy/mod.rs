@@ -26,7 +26,8 @@ pub use pickle::pickle_dict;
 use crate::auth::Key;
 use crate::services::exec::spawn;
 use crate::services::files::{self, Sandbox};
-use crate::services::root::{is_partial_name, Partial};
+use crate::services::root::is_partial_name;
+use crate::session::{BodySource, Receiver};
 use crate::services::Refusal;
 
 /// A command is read with one read of at most this many bytes, as the
@@ -400,47 +401,71 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
     // link followed; a legacy upload always starts over, so what it held
     // is dropped.
     let shown = name.clone();
-    let (partial, claim) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+    let (receiver, claim) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
         let (dir, file_name) = sandbox.for_write(&name)?;
         let claim = sandbox.claim(&dir, &file_name, &name)?;
-        let partial = Partial::open(dir, &file_name).map_err(|e| Refusal::io(&name, &e))?;
-        partial.file().set_len(0).map_err(|e| Refusal::io(&name, &e))?;
-        Ok((partial, claim))
+        let receiver = Receiver::fresh(dir, &file_name).map_err(|e| Refusal::io(&name, &e))?;
+        Ok((receiver, claim))
     })
     .await
     .map_err(std::io::Error::other)??;
     info!(name = ?shown, size, "legacy upload");
-    let (file, partial) = partial.take_file();
-    let mut file = tokio::fs::File::from_std(file);
-    let mut left = size;
-    let mut buf = vec![0u8; 256 * 1024];
-    while left > 0 {
-        let want = buf.len().min(left as usize);
-        let n = match within(ctx.io_timeout, tcp.read(&mut buf[..want])).await {
-            Ok(n) => n,
-            Err(e) => {
-                partial.discard();
-                return Err(e);
+    let mut body = RawBody { tcp, left: size, size, timeout: ctx.io_timeout };
+    let received = match receiver.receive(&mut body, &mut |_| {}).await {
+        Ok(received) => received,
+        Err(e) => {
+            // No resume in this format: nothing is kept.
+            let (e, kept) = e.into_parts();
+            if let Some(kept) = kept {
+                kept.discard();
             }
-        };
-        if n == 0 {
-            partial.discard();
-            return Err(LegacyError::ShortUpload { got: size - left, expected: size });
+            return Err(match e {
+                Ok(crate::wire::Error::UnexpectedEof { got, expected, .. }) => LegacyError::ShortUpload { got, expected },
+                Ok(crate::wire::Error::Stalled(limit)) => LegacyError::Stalled(limit),
+                Ok(crate::wire::Error::Io(e)) | Err(e) => e.into(),
+                Ok(e) => std::io::Error::other(e).into(),
+            });
         }
-        if let Err(e) = file.write_all(&buf[..n]).await {
-            partial.discard();
-            return Err(e.into());
-        }
-        left -= n as u64;
-    }
-    file.flush().await?;
-    let file = file.into_std().await;
+    };
     // The tutorial's server overwrites: so does this one, atomically.
     let mode = files::received_mode(0o666);
-    tokio::task::spawn_blocking(move || partial.commit(file, mode, true).map(|_| drop(claim)))
+    tokio::task::spawn_blocking(move || received.commit(mode, true).map(|_| drop(claim)))
         .await
         .map_err(std::io::Error::other)??;
     Ok(())
+}
+
+/// The `filesize` bytes of an upload, read straight from the socket.
+struct RawBody<'a> {
+    tcp: &'a mut TcpStream,
+    left: u64,
+    size: u64,
+    timeout: Duration,
+}
+
+impl BodySource for RawBody<'_> {
+    fn body_left(&self) -> u64 {
+        self.left
+    }
+
+    async fn read_body_into(&mut self, buf: &mut Vec<u8>) -> Result<(), crate::wire::Error> {
+        use bytes::BufMut;
+        let want = (buf.capacity() - buf.len()).min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(());
+        }
+        let mut room = (&mut *buf).limit(want);
+        let got = match tokio::time::timeout(self.timeout, self.tcp.read_buf(&mut room)).await {
+            Ok(got) => got?,
+            Err(_) => return Err(crate::wire::Error::Stalled(self.timeout)),
+        };
+        if got == 0 {
+            let part = crate::wire::FramePart::Body;
+            return Err(crate::wire::Error::UnexpectedEof { part, got: self.size - self.left, expected: self.size });
+        }
+        self.left -= got as u64;
+        Ok(())
+    }
 }
 
 /// One read of the download listener's choice: `Ok(None)` to end (EOF or

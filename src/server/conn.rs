@@ -1,10 +1,9 @@
 //! One connection: the preface exchange, then requests one at a time until
 //! the peer leaves, a limit is hit, or the server shuts down.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -14,62 +13,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::admission::Startup;
-use super::{Config, SESSION_WAIT};
+use super::config::SESSION_WAIT;
+use super::context::Context;
+use super::dispatch;
 use crate::auth::{self, Key, Role, Transcript};
-use crate::proto::{ErrorCode, Message};
-use crate::services::files::{HashCache, Listing, Sandbox};
+use crate::proto::{AuthChallenge, AuthOk, AuthResponse, ErrorCode, ErrorFrame, Request};
+use crate::session::{ServerSide, Session};
 use crate::text::printable;
 use crate::transport::{self, Binding, BoxRead, BoxWrite};
 use crate::wire::{
     self, encode_frame, read_preface, Error, FrameReader, FrameWriter, Preface, MAX_HEADER_LEN, PREAUTH_MAX_HEADER,
 };
 
-pub(super) type Reader = FrameReader<BoxRead>;
-pub(super) type Writer = FrameWriter<BoxWrite>;
-
-/// What every connection of a server shares.
-pub(super) struct Context {
-    pub config: Config,
-    pub sandbox: Sandbox,
-    /// TLS configuration, when the server has a key.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub throttle: Throttle,
-    /// Whole-file hashes already computed, by file version.
-    pub hashes: Arc<HashCache>,
-}
-
-/// Authentication failures per address: each failure from an address
-/// makes that address's next failure wait longer before it is answered
-/// (100 ms, doubling, up to [`MAX_PENALTY`]). The wait holds only the
-/// failing connection, so other clients, even from the same address, are
-/// served meanwhile; a client with the right key never waits.
-#[derive(Debug, Default)]
-pub(super) struct Throttle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
-
-/// The longest an authentication failure is held before it is answered.
-pub const MAX_PENALTY: Duration = Duration::from_secs(3);
-/// The most sources whose failures are remembered at once.
-const MAX_THROTTLED: usize = 16_384;
-/// Failures older than this are forgotten.
-const PENALTY_MEMORY: Duration = Duration::from_secs(600);
-
-impl Throttle {
-    fn penalty(&self, ip: IpAddr) -> Duration {
-        let mut map = self.0.lock().expect("throttle poisoned");
-        let now = Instant::now();
-        map.retain(|_, (_, last)| now.duration_since(*last) < PENALTY_MEMORY);
-        // Bounded: failing from more sources than this at once only
-        // forgets the older penalties (guessing a 256-bit key stays
-        // hopeless without them).
-        if map.len() >= MAX_THROTTLED {
-            map.clear();
-        }
-        let entry = map.entry(super::admission::source(ip)).or_insert((0, now));
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-        (Duration::from_millis(100) * 2u32.saturating_pow(entry.0 - 1)).min(MAX_PENALTY)
-    }
-}
+type Reader = FrameReader<BoxRead>;
+type Writer = FrameWriter<BoxWrite>;
 
 const HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n\
 this is a framewire server, not an HTTP server\n";
@@ -135,7 +92,7 @@ impl From<std::io::Error> for Refused {
 
 /// Writes one frame straight to a socket, before any reader or writer
 /// exists (refusals during the handshake).
-async fn send_raw(tcp: &mut TcpStream, prefix: &[u8], frame: &Message) {
+async fn send_raw(tcp: &mut TcpStream, prefix: &[u8], frame: &ErrorFrame) {
     let mut buf = BytesMut::from(prefix);
     if encode_frame(frame, &[], &mut buf).is_ok() {
         let _ = tcp.write_all(&buf).await;
@@ -151,7 +108,7 @@ async fn handshake(mut tcp: TcpStream, ctx: &Context, startup: &Startup) -> Resu
         () = startup.evicted() => {
             // Still before our preface: the client can be told why (in
             // one write, not waited on: this peer may not be reading).
-            let (preface, busy) = (Preface::refusal().encode(), Message::error(ErrorCode::Busy, startup.reason()));
+            let (preface, busy) = (Preface::refusal().encode(), ErrorFrame::new(ErrorCode::Busy, startup.reason()));
             let _ = tokio::time::timeout(Duration::from_millis(100), send_raw(&mut tcp, &preface, &busy)).await;
             return Err(Refused::Evicted);
         }
@@ -189,7 +146,7 @@ async fn handshake_rest(mut tcp: TcpStream, theirs: Preface, ctx: &Context) -> R
                 "this server has no key and speaks plaintext only; run the client without a key file",
             )
         };
-        send_raw(&mut tcp, &ours, &Message::error(code, msg)).await;
+        send_raw(&mut tcp, &ours, &ErrorFrame::new(code, msg)).await;
         transport::linger_close(&mut tcp).await;
         return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)).into());
     }
@@ -220,11 +177,13 @@ async fn authenticate(
     binding: &Binding,
 ) -> Result<Result<(), String>, Error> {
     let server_nonce = auth::nonce();
-    writer.send(&Message::AuthChallenge { nonce: hex::encode(server_nonce) }, &[]).await?;
-    let (nonce, proof) = match reader.read_head::<Message>().await? {
-        Some((Message::AuthResponse { nonce, proof }, 0)) => (nonce, proof),
-        Some((other, _)) => return Ok(Err(format!("sent `{}` instead of auth_response", other.kind()))),
-        None => return Err(Error::UnexpectedEof { part: wire::FramePart::Header, got: 0, expected: 1 }),
+    writer.send(&AuthChallenge { nonce: hex::encode(server_nonce) }, &[]).await?;
+    let (nonce, proof) = match reader.read_head::<AuthResponse>().await {
+        Ok(Some((AuthResponse { nonce, proof }, 0))) => (nonce, proof),
+        Ok(Some((_, len))) => return Ok(Err(format!("sent an auth_response with a body of {len} bytes"))),
+        Err(Error::Unexpected { kind, .. }) => return Ok(Err(format!("sent `{kind}` instead of auth_response"))),
+        Err(e) => return Err(e),
+        Ok(None) => return Err(Error::UnexpectedEof { part: wire::FramePart::Header, got: 0, expected: 1 }),
     };
     let Some(client_nonce) = auth::from_hex::<{ auth::NONCE_LEN }>(&nonce) else {
         return Ok(Err("malformed nonce".into()));
@@ -237,7 +196,7 @@ async fn authenticate(
         return Ok(Err("wrong proof (wrong key, or a man in the middle)".into()));
     }
     let ours = auth::prove(key, Role::Server, &transcript);
-    writer.send(&Message::AuthOk { proof: hex::encode(ours) }, &[]).await?;
+    writer.send(&AuthOk { proof: hex::encode(ours) }, &[]).await?;
     Ok(Ok(()))
 }
 
@@ -272,90 +231,82 @@ async fn serve_inner(
             // fails over and over holds a slot there, not a free task.
             tokio::select! {
                 () = tokio::time::sleep(ctx.throttle.penalty(peer.ip())) => {
-                    let _ = writer.send(&Message::error(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
+                    let _ = writer.send(&ErrorFrame::new(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
                 }
                 () = startup.evicted() => {}
             }
             return Ok(());
         }
     };
-    let mut reader = FrameReader::with_timeouts(read, config.timeouts);
-    let mut writer = FrameWriter::with_timeouts(write, config.timeouts);
+    let mut s = Session::<ServerSide>::new(read, write, config.timeouts, hard.clone());
     // Held until the connection ends, however it ends.
     let Some(_session) = session_slot(sessions, shutdown).await else {
         let msg = format!("server busy: {} connections", config.max_connections);
         info!(%peer, "refused: {msg}");
-        let _ = writer.send(&Message::error(ErrorCode::Busy, msg), &[]).await;
-        linger(&mut reader, &mut writer).await;
+        let _ = s.send(&ErrorFrame::new(ErrorCode::Busy, msg), &[]).await;
+        s.linger().await;
         return Ok(());
     };
+    requests(&mut s, peer, ctx, shutdown, hard).await
+}
 
+/// Requests one at a time, until the peer leaves, breaks the framing, or
+/// the server shuts down.
+async fn requests(
+    s: &mut Session<ServerSide>,
+    peer: SocketAddr,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+    hard: &CancellationToken,
+) -> Result<(), Error> {
     loop {
         let head = tokio::select! {
             // Between requests, a shutdown ends the connection at once; a
             // request already started runs to its end (up to the drain).
             biased;
             _ = shutdown.cancelled() => {
-                let bye = Message::error(ErrorCode::ShuttingDown, "server is shutting down");
-                let _ = writer.send(&bye, &[]).await;
+                let _ = s.send(&ErrorFrame::new(ErrorCode::ShuttingDown, "server is shutting down"), &[]).await;
                 return Ok(());
             }
-            head = reader.read_head::<Message>() => head,
+            head = s.read::<Request>() => head,
         };
-        match head {
-            Ok(Some((request, _))) => {
-                if let Err(e) = handle(request, ctx, &mut reader, &mut writer, hard).await {
+        let e = match head {
+            Ok(Some((request, _))) => match dispatch::handle(s, ctx, request).await {
+                Ok(()) => continue,
+                Err(e) => {
                     // Cut off at the drain deadline: no time to linger.
                     if !hard.is_cancelled() {
-                        linger(&mut reader, &mut writer).await;
+                        s.linger().await;
                     }
                     return Err(e);
                 }
-            }
+            },
             Ok(None) => return Ok(()),
-            Err(e) if e.is_recoverable() => {
-                let code = match e {
-                    Error::UnknownType { .. } => ErrorCode::UnknownType,
-                    _ => ErrorCode::BadRequest,
-                };
-                debug!(%peer, "rejected request: {}", printable(&e.to_string()));
-                writer.send(&Message::error(code, e.to_string()), &[]).await?;
-            }
-            Err(e) => {
-                let code = match e {
-                    Error::Idle(_) | Error::Stalled(_) => ErrorCode::Timeout,
-                    _ => ErrorCode::BadFrame,
-                };
-                // Best effort: the peer may be gone or not reading.
-                let _ = writer.send(&Message::error(code, e.to_string()), &[]).await;
-                return Err(e);
-            }
+            // Leftovers of an exec that has just ended (the client may
+            // have been sending stdin, or pressed Ctrl-C, as the exit went
+            // out): harmless; their bodies are skipped.
+            Err(Error::Unexpected { kind, .. }) if kind == "stdin" || kind == "cancel" => continue,
+            Err(e) => e,
+        };
+        if e.is_recoverable() {
+            let (code, msg) = match &e {
+                Error::UnknownType { .. } => (ErrorCode::UnknownType, e.to_string()),
+                Error::Unexpected { kind, .. } => (ErrorCode::BadRequest, format!("`{kind}` is not a request")),
+                _ => (ErrorCode::BadRequest, e.to_string()),
+            };
+            debug!(%peer, "rejected request: {}", printable(&msg));
+            s.send(&ErrorFrame::new(code, msg), &[]).await?;
+            continue;
         }
+        let code = match e {
+            Error::Idle(_) | Error::Stalled(_) => ErrorCode::Timeout,
+            _ => ErrorCode::BadFrame,
+        };
+        // Best effort: the peer may be gone or not reading.
+        let _ = s.send(&ErrorFrame::new(code, e.to_string()), &[]).await;
+        return Err(e);
     }
 }
-
-/// Before a connection closes on an error: ends our side (FIN, or TLS
-/// `close_notify`), then reads and drops what the peer still sends for a
-/// moment, so that the error frame just sent is not destroyed by the reset
-/// a close with unread input causes (a client may be streaming a body).
-async fn linger(reader: &mut Reader, writer: &mut Writer) {
-    // A frame left half-way (its head still buffered, say) is not sent:
-    // the peer would take a head for a promise of its body.
-    let end = async {
-        if writer.body_left() > 0 {
-            let _ = writer.get_mut().shutdown().await;
-        } else {
-            let _ = writer.shutdown().await;
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, end).await;
-    let _ = tokio::time::timeout(LINGER, reader.drain(LINGER_BYTES)).await;
-}
-
-/// How long [`linger`] waits, at most, for each of its steps.
-const LINGER: Duration = Duration::from_millis(500);
-/// How much [`linger`] reads, at most.
-const LINGER_BYTES: usize = 4 << 20;
 
 /// A session slot, waiting up to [`SESSION_WAIT`] for one (a burst of
 /// clients is absorbed rather than refused); `None` if none came free, or
@@ -386,77 +337,10 @@ async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
                 Error::UnsupportedVersion { .. } | Error::UnsupportedFlags { .. } => ErrorCode::UnsupportedVersion,
                 _ => ErrorCode::BadPreface,
             };
-            send_raw(tcp, &Preface::new(keyed).encode(), &Message::error(code, e.to_string())).await;
+            send_raw(tcp, &Preface::new(keyed).encode(), &ErrorFrame::new(code, e.to_string())).await;
             transport::linger_close(tcp).await;
         }
     }
     e
 }
 
-/// Runs `request` unless the drain deadline passes first (`hard`): then
-/// the request is dropped, with its threads (see `transfer`), and the
-/// connection ends.
-async fn cut_off_by(
-    hard: &CancellationToken,
-    request: impl std::future::Future<Output = Result<(), Error>>,
-) -> Result<(), Error> {
-    tokio::select! {
-        done = request => done,
-        () = hard.cancelled() => {
-            Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, "cut off at the drain deadline")))
-        }
-    }
-}
-
-/// Runs one request to its end, reply included.
-async fn handle(
-    request: Message,
-    ctx: &Context,
-    reader: &mut Reader,
-    writer: &mut Writer,
-    hard: &CancellationToken,
-) -> Result<(), Error> {
-    let sandbox = &ctx.sandbox;
-    match request {
-        Message::Echo { len, upper } => cut_off_by(hard, echo(len, upper, reader, writer)).await,
-        // exec watches `hard` itself: it kills the process group and
-        // tells the client why.
-        Message::Exec { command, timeout_ms } => {
-            super::exec::exec(&ctx.config, command, timeout_ms, reader, writer, hard).await
-        }
-        Message::List { path, recursive, dirs } => {
-            cut_off_by(hard, super::files::list(sandbox, path, Listing::of(recursive, dirs), writer)).await
-        }
-        Message::Mkdir { path } => cut_off_by(hard, super::files::mkdir(sandbox, path, writer)).await,
-        Message::Stat { path } => cut_off_by(hard, super::files::stat(sandbox, path, writer)).await,
-        Message::Get { path, offset, prefix_blake3 } => {
-            cut_off_by(hard, super::files::get(ctx, path, offset, prefix_blake3, writer)).await
-        }
-        Message::Put { path, size, force, mode } => {
-            // A cut upload leaves its partial file for a resume.
-            cut_off_by(hard, super::files::put(ctx, path, size, force, mode, reader, writer)).await
-        }
-        // Leftovers of an exec that has just ended (the client may have
-        // been sending stdin, or pressed Ctrl-C, as the exit went out):
-        // harmless, and their bodies are skipped.
-        Message::Stdin { .. } | Message::Cancel => Ok(()),
-        other => {
-            let msg = format!("`{}` is not a request", other.kind());
-            writer.send(&Message::error(ErrorCode::BadRequest, msg), &[]).await
-        }
-    }
-}
-
-/// Streams the body back as it arrives: memory stays at one chunk whatever
-/// the length, and the reply starts before the request has fully arrived.
-async fn echo(len: u64, upper: bool, reader: &mut Reader, writer: &mut Writer) -> Result<(), Error> {
-    writer.feed_head(&Message::EchoReply { len })?;
-    while let Some(chunk) = reader.read_body_chunk().await? {
-        if upper {
-            writer.write_body(&chunk.to_ascii_uppercase()).await?;
-        } else {
-            writer.write_body(&chunk).await?;
-        }
-    }
-    writer.flush().await
-}

@@ -2,12 +2,15 @@
 //! accept errors and graceful shutdown; each connection in its own task.
 
 mod admission;
+mod config;
 mod conn;
-mod exec;
-mod files;
+mod context;
+mod dispatch;
+mod handlers;
+
+pub use config::*;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,105 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use crate::auth::Key;
 use crate::legacy::{self, Mode};
 use crate::services::files::Sandbox;
-use crate::wire::Timeouts;
 
-/// Authenticated connections (sessions) served at once by default.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-/// Connections in their handshake (not yet authenticated) at once by
-/// default; when full, a new one evicts the oldest (see
-/// `docs/SECURITY.md`).
-pub const DEFAULT_MAX_STARTUPS: usize = 64;
-/// Connections in their handshake from one address at once by default; a
-/// new one from it evicts that address's oldest.
-pub const DEFAULT_MAX_STARTUPS_PER_SOURCE: usize = 16;
-/// The listen backlog [`bind`] asks for by default (the kernel caps it at
-/// `net.core.somaxconn`).
-pub const DEFAULT_BACKLOG: u32 = 1024;
-/// How long an authenticated connection waits for a session slot before
-/// it is told the server is busy.
-pub const SESSION_WAIT: Duration = Duration::from_secs(5);
-/// How long a connection may sit between requests by default.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a started frame head, any body read, or any write may stall by
-/// default.
-pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the preface exchange may take by default.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for live requests by default.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection gets to report a killed command after the drain
 /// deadline before its task is dropped.
 const HARD_GRACE: Duration = Duration::from_secs(2);
 /// The longest pause between accept retries after an accept error.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// What a server serves and its limits.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Config {
-    /// The served directory.
-    pub root: PathBuf,
-    /// Authenticated connections (sessions) served at once, native and
-    /// legacy together.
-    pub max_connections: usize,
-    /// Connections in their handshake at once; when full, a new one
-    /// evicts the oldest.
-    pub max_startups: usize,
-    /// Connections in their handshake from one address (an IPv6 /64) at
-    /// once; a new one from it evicts that address's oldest.
-    pub max_startups_per_source: usize,
-    /// How paths are resolved beneath the root; `None` picks `openat2`
-    /// where the kernel has it.
-    pub resolver: Option<crate::services::root::Resolver>,
-    /// Idle and I/O limits on every connection.
-    pub timeouts: Timeouts,
-    /// Limit for the preface exchange.
-    pub handshake_timeout: Duration,
-    /// After shutdown is asked for, how long live requests may go on.
-    pub drain_timeout: Duration,
-    /// Serve `exec` requests.
-    pub allow_exec: bool,
-    /// The shell `exec` runs commands with (`SHELL -c COMMAND`).
-    pub shell: PathBuf,
-    /// Stop by itself after this long without any client connected.
-    pub exit_when_idle: Option<Duration>,
-    /// The shared key: with one, every connection runs over TLS 1.3 and
-    /// must pass the mutual challenge-response first.
-    pub key: Option<Key>,
-    /// The TLS certificate and key to present, for users who have a real
-    /// one; by default a self-signed one is generated at start.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Allow serving a non-loopback address, or exec, without a key.
-    pub insecure: bool,
-    /// Challenge every legacy connection with HMAC-MD5 over the key's line.
-    pub legacy_hmac: bool,
-}
-
-impl Config {
-    /// Defaults for serving `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Config {
-            root: root.into(),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_startups: DEFAULT_MAX_STARTUPS,
-            max_startups_per_source: DEFAULT_MAX_STARTUPS_PER_SOURCE,
-            resolver: None,
-            timeouts: Timeouts { idle: Some(DEFAULT_IDLE_TIMEOUT), io: Some(DEFAULT_IO_TIMEOUT) },
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            allow_exec: false,
-            shell: PathBuf::from("/bin/sh"),
-            exit_when_idle: None,
-            key: None,
-            tls: None,
-            insecure: false,
-            legacy_hmac: false,
-        }
-    }
-}
 
 /// Serves `listener` until `shutdown` completes, then stops accepting,
 /// lets live requests finish for up to [`Config::drain_timeout`], ends the
@@ -177,7 +89,7 @@ pub async fn run_with_legacy(
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
     let ctx =
-        Arc::new(conn::Context { config, sandbox, tls, throttle: conn::Throttle::default(), hashes: Arc::default() });
+        Arc::new(context::Context { config, sandbox, tls, throttle: context::Throttle::default(), hashes: Arc::default() });
     let shared = Arc::new(Shared {
         ctx,
         limit,
@@ -226,7 +138,7 @@ pub async fn run_with_legacy(
 
 /// What every listener of a server shares.
 struct Shared {
-    ctx: Arc<conn::Context>,
+    ctx: Arc<context::Context>,
     /// Session slots, native and legacy together.
     limit: Arc<Semaphore>,
     /// Handshake slots of the native listener.
@@ -426,7 +338,7 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
         .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
 }
 
-fn legacy_context(ctx: &conn::Context) -> legacy::Legacy<'_> {
+fn legacy_context(ctx: &context::Context) -> legacy::Legacy<'_> {
     let c = &ctx.config;
     legacy::Legacy {
         sandbox: &ctx.sandbox,

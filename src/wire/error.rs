@@ -85,6 +85,19 @@ pub enum Error {
         body_len: u64,
     },
 
+    /// The header names a `type` the protocol defines, but not one that
+    /// may come at this point (a reply sent as a request, say).
+    /// Recoverable.
+    #[error("`{kind}` is not expected here (expected {expected})")]
+    Unexpected {
+        /// The `type` as sent.
+        kind: String,
+        /// What was due instead.
+        expected: &'static str,
+        /// The body length to skip.
+        body_len: u64,
+    },
+
     /// The header lacks a field its `type` requires. Recoverable.
     #[error("header lacks required field `{field}`")]
     MissingField {
@@ -177,6 +190,7 @@ impl Error {
     pub fn body_len(&self) -> Option<u64> {
         match self {
             Error::UnknownType { body_len, .. }
+            | Error::Unexpected { body_len, .. }
             | Error::MissingField { body_len, .. }
             | Error::InvalidField { body_len, .. } => Some(*body_len),
             _ => None,

@@ -10,19 +10,38 @@ use super::{Error, FramePart, LEN_PREFIX, MAX_BUFFERED_BODY, MAX_HEADER_LEN};
 
 /// A header type that can ride in a frame: any serde type whose JSON form
 /// is an object carrying the body length as `"len"` (absent means 0).
-pub trait FrameHeader: Serialize + DeserializeOwned {
+pub trait FrameHeader: Serialize + Sized {
     /// The number of body bytes that follow this header.
     fn body_len(&self) -> u64;
 
-    /// Parses a header from its JSON text. The default is
-    /// `serde_json::from_str`; a type may add a faster path for its most
-    /// frequent forms, falling back to the full parse for anything else.
+    /// Parses a header from its JSON text. [`parse_json`] does it for any
+    /// `Deserialize` type; a type may add a faster path for its most
+    /// frequent forms, or refuse types that are not due.
     ///
     /// # Errors
     ///
-    /// The `serde_json` error of the failed parse.
-    fn from_json(text: &str) -> serde_json::Result<Self> {
-        serde_json::from_str(text)
+    /// A recoverable [`Error`] (unknown type, missing or invalid field, a
+    /// type not due here) when the header is a JSON object whose `len` is
+    /// known, [`Error::HeaderNotJson`] otherwise.
+    fn from_json(text: &str) -> Result<Self, Error>;
+}
+
+/// Parses `text` as `H` with serde, errors worded as
+/// [`FrameHeader::from_json`] says.
+///
+/// # Errors
+///
+/// As [`FrameHeader::from_json`].
+pub fn parse_json<H: DeserializeOwned>(text: &str) -> Result<H, Error> {
+    serde_json::from_str(text).map_err(|e| json_error(text, e))
+}
+
+/// The error for a header `text` that serde refused with `e`.
+pub fn json_error(text: &str, e: serde_json::Error) -> Error {
+    if e.classify() == Category::Data {
+        reject(text, e)
+    } else {
+        Error::HeaderNotJson { source: e }
     }
 }
 
@@ -41,6 +60,10 @@ pub struct Envelope {
 impl FrameHeader for Envelope {
     fn body_len(&self) -> u64 {
         self.len
+    }
+
+    fn from_json(text: &str) -> Result<Self, Error> {
+        parse_json(text)
     }
 }
 
@@ -139,11 +162,7 @@ pub(crate) fn head_len_within(buf: &[u8], max_header: usize) -> Result<Option<us
 fn parse_header<H: FrameHeader>(raw: &[u8]) -> Result<H, Error> {
     let text =
         std::str::from_utf8(raw).map_err(|e| Error::HeaderNotUtf8 { valid_up_to: e.valid_up_to(), len: raw.len() })?;
-    match H::from_json(text) {
-        Ok(header) => Ok(header),
-        Err(e) if e.classify() == Category::Data => Err(reject(text, e)),
-        Err(e) => Err(Error::HeaderNotJson { source: e }),
-    }
+    H::from_json(text)
 }
 
 /// A header that is valid JSON but that `H` refused: find its body length

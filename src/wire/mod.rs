@@ -18,7 +18,8 @@ use std::time::Duration;
 pub use bare::BareCodec;
 pub use error::{Error, FramePart};
 pub use frame::{
-    decode_head, decode_head_within, encode_frame, encode_head, Envelope, Frame, FrameCodec, FrameHeader, Head,
+    decode_head, decode_head_within, encode_frame, encode_head, json_error, parse_json, Envelope, Frame, FrameCodec,
+    FrameHeader, Head,
 };
 pub use io::{FrameReader, FrameWriter};
 pub use preface::{read_preface, Preface, FLAG_REFUSED, FLAG_TLS, MAGIC, VERSION};

@@ -1,6 +1,6 @@
-//! Files as frame bodies, hashed on the way, shared by the server and the
-//! client: [`send_body`] (server `get`, client `put`) and [`receive_body`]
-//! (client `get`, server `put`).
+//! Files as frame bodies, hashed on the way: [`send_body`] (what the
+//! [`Sender`](super::Sender) runs) and [`receive_body`] (what the
+//! [`Receiver`](super::Receiver) runs).
 //!
 //! On a plaintext connection a sent body goes out with `sendfile(2)` (see
 //! [`crate::transport::send_file`]), straight from the page cache, while
@@ -20,6 +20,27 @@ use tokio::task::{spawn_blocking, JoinError};
 
 use crate::transport::BoxWrite;
 use crate::wire::{Error, FrameReader, FrameWriter};
+
+/// Where a received body comes from: the current frame's body, or the
+/// bytes a legacy upload announced.
+pub trait BodySource {
+    /// Body bytes still to come.
+    fn body_left(&self) -> u64;
+    /// Appends up to the spare capacity of `buf` of the body (at least one
+    /// byte unless it is all read). What arrived before an error is kept
+    /// in `buf`.
+    fn read_body_into(&mut self, buf: &mut Vec<u8>) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+}
+
+impl<R: tokio::io::AsyncRead + Unpin + Send> BodySource for FrameReader<R> {
+    fn body_left(&self) -> u64 {
+        FrameReader::body_left(self)
+    }
+
+    fn read_body_into(&mut self, buf: &mut Vec<u8>) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        FrameReader::read_body_into(self, buf)
+    }
+}
 
 /// Why a body could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -218,21 +239,21 @@ fn buffer_ring() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
 /// Returns what the blocking thread reports: `dst` and the whole-file hash,
 /// or its first write error. After a write error the rest of the body is
 /// left unread, so a disk that filled up is reported at once, not after
-/// the rest has arrived: skip it ([`FrameReader::skip_body`]) to answer in
+/// the rest has arrived: skip it (`FrameReader::skip_body`) to answer in
 /// step, or close the connection.
 ///
 /// # Errors
 ///
 /// The connection's (the body is then incomplete; what was written is in
 /// `dst`, e.g. a partial file kept for a resume).
-pub async fn receive_body<R, W>(
-    reader: &mut FrameReader<R>,
+pub async fn receive_body<B, W>(
+    reader: &mut B,
     dst: W,
     hasher: blake3::Hasher,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<io::Result<(W, blake3::Hash)>, Error>
 where
-    R: tokio::io::AsyncRead + Unpin,
+    B: BodySource,
     W: io::Write + Send + 'static,
 {
     let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(BUFS);

@@ -8,13 +8,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Reader, Writer};
-use super::files::refuse;
-use super::Config;
-use crate::proto::{ErrorCode, ExitReason, Message};
-use crate::services::exec::{spawn, status_parts};
+use super::super::context::Context;
+use crate::proto::{Cancel, ErrorCode, ErrorFrame, Exec, ExecInput, Exit, ExitReason, Stderr, Stdin, Stdout};
+use crate::services::exec::{spawn, status_parts, Running};
 use crate::services::Refusal;
-use crate::wire::{Error, Timeouts};
+use crate::session::{ServerSide, Session};
+use crate::transport::{BoxRead, BoxWrite};
+use crate::wire::{Error, FrameReader, FrameWriter};
+
+type Reader = FrameReader<BoxRead>;
+type Writer = FrameWriter<BoxWrite>;
 
 /// Largest stdin frame accepted (clients send up to 64 KiB).
 pub const MAX_STDIN_FRAME: u64 = 1024 * 1024;
@@ -31,24 +34,21 @@ async fn read_pipe<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -
     }
 }
 
-pub(super) async fn exec(
-    config: &Config,
-    command: String,
-    timeout_ms: Option<u64>,
-    reader: &mut Reader,
-    writer: &mut Writer,
-    hard: &CancellationToken,
-) -> Result<(), Error> {
+/// Runs the command, streams its output until it has exited and closed
+/// both pipes (or was killed), and reports how it ended. Watches the
+/// session's cut-off itself: at the drain deadline the process group is
+/// killed and the client told why.
+pub(in crate::server) async fn exec(s: &mut Session<ServerSide>, ctx: &Context, request: Exec) -> Result<(), Error> {
+    let Exec { command, timeout_ms } = request;
+    let config = &ctx.config;
     if !config.allow_exec {
-        let r =
-            Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server (start it with --allow-exec)");
-        return refuse(writer, r).await;
+        return s.refuse(Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")).await;
     }
     let mut run = match spawn(&config.shell, &command, &config.root) {
         Ok(run) => run,
         Err(e) => {
             let r = Refusal::new(ErrorCode::SpawnFailed, format!("cannot start {}: {e}", config.shell.display()));
-            return refuse(writer, r).await;
+            return s.refuse(r).await;
         }
     };
     tracing::debug!(?command, pid = run.child.id(), "exec started");
@@ -56,9 +56,11 @@ pub(super) async fn exec(
     // The client may stay silent for as long as the command runs: no idle
     // limit on its frames meanwhile (the I/O limit still bounds a started
     // frame). Restored on every way out.
-    reader.set_timeouts(Timeouts { idle: None, ..config.timeouts });
-    let result = pump(&mut run, timeout_ms, reader, writer, hard).await;
-    reader.set_timeouts(config.timeouts);
+    s.without_idle_limit();
+    let cut = s.cut_off().clone();
+    let (reader, writer) = s.halves();
+    let result = pump(&mut run, timeout_ms, reader, writer, &cut).await;
+    s.restore_timeouts();
     let reason = match result {
         Ok(reason) => reason,
         Err(e) => {
@@ -74,13 +76,13 @@ pub(super) async fn exec(
         run.group.disarm();
     }
     tracing::debug!(?command, ?status, ?signal, ?reason, "exec ended");
-    writer.send(&Message::Exit { status, signal, reason }, &[]).await
+    s.send(&Exit { status, signal, reason }, &[]).await
 }
 
 /// Moves bytes until the command has exited and closed its output, or was
 /// killed. Returns why it ended.
 async fn pump(
-    run: &mut crate::services::exec::Running,
+    run: &mut Running,
     timeout_ms: Option<u64>,
     reader: &mut Reader,
     writer: &mut Writer,
@@ -113,11 +115,11 @@ async fn pump(
         tokio::select! {
             n = read_pipe(&mut run.stdout, &mut out_buf) => match n? {
                 0 => run.stdout = None,
-                n => writer.send(&Message::Stdout { len: n as u64 }, &out_buf[..n]).await?,
+                n => writer.send(&Stdout { len: n as u64 }, &out_buf[..n]).await?,
             },
             n = read_pipe(&mut run.stderr, &mut err_buf) => match n? {
                 0 => run.stderr = None,
-                n => writer.send(&Message::Stderr { len: n as u64 }, &err_buf[..n]).await?,
+                n => writer.send(&Stderr { len: n as u64 }, &err_buf[..n]).await?,
             },
             status = run.child.wait(), if !exited => {
                 status?;
@@ -182,7 +184,7 @@ async fn refuse_mid_exec(writer: &mut Writer, e: &Error) {
         e if e.is_recoverable() => ErrorCode::BadRequest,
         _ => return,
     };
-    let _ = writer.send(&Message::error(code, e.to_string()), &[]).await;
+    let _ = writer.send(&ErrorFrame::new(code, e.to_string()), &[]).await;
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -196,7 +198,7 @@ enum Incoming {
     Stdin(bytes::Bytes, bool),
     Cancel,
     Gone,
-    Other(&'static str),
+    Other(String),
 }
 
 /// The client's next frame during an exec. Cancel-safe: an interrupted
@@ -204,16 +206,17 @@ enum Incoming {
 /// through `pending`.
 async fn next_frame(reader: &mut Reader, pending: &mut Option<bool>) -> Result<Incoming, Error> {
     if pending.is_none() {
-        match reader.read_head::<Message>().await? {
-            Some((Message::Stdin { eof, len }, _)) => {
+        match reader.read_head::<ExecInput>().await {
+            Ok(Some((ExecInput::Stdin(Stdin { eof, len }), _))) => {
                 if len > MAX_STDIN_FRAME {
                     return Err(Error::BodyTooLarge { len, max: MAX_STDIN_FRAME });
                 }
                 *pending = Some(eof);
             }
-            Some((Message::Cancel, _)) => return Ok(Incoming::Cancel),
-            Some((other, _)) => return Ok(Incoming::Other(other.kind())),
-            None => return Ok(Incoming::Gone),
+            Ok(Some((ExecInput::Cancel(Cancel {}), _))) => return Ok(Incoming::Cancel),
+            Err(Error::Unexpected { kind, .. }) => return Ok(Incoming::Other(kind)),
+            Ok(None) => return Ok(Incoming::Gone),
+            Err(e) => return Err(e),
         }
     }
     let body = reader.read_body(MAX_STDIN_FRAME).await?;

@@ -1,0 +1,109 @@
+//! What a client call can fail with.
+
+use std::io;
+
+use crate::proto::{ErrorCode, ErrorFrame};
+use crate::wire;
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address as given, with the default port added.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Framing or transport failed; the connection is unusable.
+    #[error(transparent)]
+    Wire(wire::Error),
+    /// The server answered with an error frame.
+    #[error("server refused: {message} ({code})")]
+    Remote {
+        /// The error frame's code.
+        code: ErrorCode,
+        /// The error frame's message.
+        message: String,
+    },
+    /// The server sent a message that makes no sense here.
+    #[error("protocol violation: server sent `{got}` where {expected} was due")]
+    Unexpected {
+        /// What was due.
+        expected: &'static str,
+        /// The message type that came.
+        got: String,
+    },
+    /// A listing named a path that is not plain and relative (`..`, an
+    /// absolute path…): using it could write outside the destination, so
+    /// the whole listing is refused.
+    #[error("the server listed {0:?}, which is not a plain relative path; refusing the listing")]
+    UnsafeName(String),
+    /// The server closed the connection instead of answering.
+    #[error("server closed the connection")]
+    Closed,
+    /// A local file operation failed.
+    #[error("{}: {source}", path.display())]
+    Local {
+        /// The local path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The local target exists and `force` was not set.
+    #[error("{}: already exists", .0.display())]
+    LocalExists(std::path::PathBuf),
+    /// The server did not accept our proof: the keys differ.
+    #[error("authentication failed")]
+    AuthFailed,
+    /// The server could not prove it holds the key.
+    #[error("the server could not prove it holds the key: it has a different key, or someone is in the middle")]
+    ServerAuthFailed,
+    /// The server requires a key and we have none.
+    #[error("the server requires a key")]
+    AuthRequired,
+    /// We have a key and the server has none: we refuse plaintext.
+    #[error("the server has no key and speaks plaintext; refusing to talk to it in the clear with a key configured")]
+    AuthUnavailable,
+    /// Received data did not match the sender's whole-file checksum;
+    /// nothing was kept.
+    #[error(
+        "{path}: checksum mismatch: received data hashes to {got}, the server's file to {expected}; nothing was kept"
+    )]
+    ChecksumMismatch {
+        /// The remote path.
+        path: String,
+        /// The sender's BLAKE3.
+        expected: String,
+        /// What was received.
+        got: String,
+    },
+}
+
+impl ClientError {
+    /// The error frame's code, if the server refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<wire::Error> for ClientError {
+    fn from(e: wire::Error) -> Self {
+        match e {
+            // A message of the protocol, but not one due here.
+            wire::Error::Unexpected { kind, expected, .. } => ClientError::Unexpected { expected, got: kind },
+            e => ClientError::Wire(e),
+        }
+    }
+}
+
+impl From<ErrorFrame> for ClientError {
+    fn from(e: ErrorFrame) -> Self {
+        ClientError::Remote { code: e.code, message: e.message }
+    }
+}

@@ -1,0 +1,355 @@
+//! The table of messages: one entry per message type, and from it the
+//! struct, its `"type"` tag, its direction, whether it carries a body,
+//! its fast decoding (for the data-path frames), and the example the
+//! round-trip test encodes and decodes. Adding a message is adding an
+//! entry here and naming it in the sets (`super::sets`) it may arrive in.
+
+use serde::{Deserialize, Serialize};
+
+use super::decode::Hot;
+use super::{Entry, ErrorCode, ExitReason};
+#[cfg(test)]
+use super::Kind;
+
+/// What every message struct knows about itself. Implemented by the table
+/// (`messages!`), for every message and no other type.
+pub trait Message: crate::wire::FrameHeader + serde::de::DeserializeOwned + 'static {
+    /// The `"type"` tag on the wire.
+    const KIND: &'static str;
+    /// Whether the frame carries a body (of the header's `len`).
+    const HAS_BODY: bool;
+    /// The message built from the fields of the fast parse, for the types
+    /// on the data paths; `None` for the others (they parse in full).
+    #[doc(hidden)]
+    fn from_hot(hot: &Hot) -> Option<Self>;
+}
+
+/// A message a client sends. A server's session cannot send one.
+pub trait ToServer: Message {}
+/// A message a server sends. A client cannot send one.
+pub trait ToClient: Message {}
+
+macro_rules! messages {
+    ($(
+        $(#[$meta:meta])*
+        $name:ident = $tag:literal, $dir:ident, $body:ident, $hot:ident, example: $example:expr;
+        { $( $(#[$fmeta:meta])* $field:ident : $fty:ty ),* $(,)? }
+    )*) => {
+        $(
+            $(#[$meta])*
+            #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+            #[serde(tag = "type", rename = $tag)]
+            pub struct $name {
+                $( $(#[$fmeta])* pub $field: $fty, )*
+            }
+
+            impl Message for $name {
+                const KIND: &'static str = $tag;
+                const HAS_BODY: bool = messages!(@has $body);
+                fn from_hot(_hot: &Hot) -> Option<Self> {
+                    messages!(@hot $hot _hot $($field)*)
+                }
+            }
+
+            impl $dir for $name {}
+
+            impl crate::wire::FrameHeader for $name {
+                fn body_len(&self) -> u64 {
+                    messages!(@len $body self)
+                }
+                fn from_json(text: &str) -> Result<Self, crate::wire::Error> {
+                    super::decode::only::<Self>(text)
+                }
+            }
+
+        )*
+
+        /// Every `"type"` tag the protocol defines.
+        pub const KINDS: &[&str] = &[$($tag),*];
+
+        /// One of each message, as the round-trip test encodes them.
+        #[cfg(test)]
+        pub(crate) fn examples() -> Vec<super::sets::AnyMessage> {
+            vec![$( super::sets::AnyMessage::$name($example) ),*]
+        }
+
+        super::sets::set! {
+            /// Any message at all, whichever way it goes: what tests, fuzz
+            /// targets and debugging tools read. The protocol's own readers
+            /// take the narrower sets.
+            AnyMessage: "a framewire message" { $($name),* }
+        }
+    };
+    (@has body) => { true };
+    (@has none) => { false };
+    (@len body $s:ident) => { $s.len };
+    (@len none $s:ident) => { 0 };
+    (@hot hot $h:ident $($field:ident)*) => { Some(Self { $($field: $h.$field),* }) };
+    (@hot cold $h:ident $($field:ident)*) => { None };
+}
+
+messages! {
+    /// Request: send the body back unchanged (or ASCII upper-cased, as the
+    /// tutorial's first server did, when `upper` is set).
+    Echo = "echo", ToServer, body, hot, example: Echo { len: 1, upper: true };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Upper-case ASCII letters of the reply.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        upper: bool,
+    }
+
+    /// Reply to [`Echo`]: the body follows, as it arrives.
+    EchoReply = "echo_reply", ToClient, body, hot, example: EchoReply { len: 1 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    }
+
+    /// Request: run `command` through the server's shell in its root.
+    Exec = "exec", ToServer, none, cold, example: Exec { command: "true".into(), timeout_ms: Some(5) };
+    {
+        /// A shell command line.
+        command: String,
+        /// Kill the process group after this many milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    }
+
+    /// During an exec, client to server: bytes for the command's stdin;
+    /// `eof` closes it.
+    Stdin = "stdin", ToServer, body, hot, example: Stdin { len: 1, eof: true };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Close the command's stdin after this body.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        eof: bool,
+    }
+
+    /// During an exec, client to server: kill the command's process group.
+    Cancel = "cancel", ToServer, none, cold, example: Cancel {};
+    {}
+
+    /// During an exec, server to client: bytes the command wrote to stdout.
+    Stdout = "stdout", ToClient, body, hot, example: Stdout { len: 1 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    }
+
+    /// During an exec, server to client: bytes the command wrote to stderr.
+    Stderr = "stderr", ToClient, body, hot, example: Stderr { len: 1 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    }
+
+    /// Ends an exec: how the command ended.
+    Exit = "exit", ToClient, none, cold, example: Exit { status: Some(3), signal: None, reason: ExitReason::Exited };
+    {
+        /// Exit status, if it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<i32>,
+        /// The signal that ended it, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// Why it ended.
+        reason: ExitReason,
+    }
+
+    /// Request: list a directory (or describe a file).
+    List = "list", ToServer, none, cold, example: List { path: "d".into(), recursive: true, dirs: true };
+    {
+        /// Path relative to the served root; empty for the root.
+        #[serde(default)]
+        path: String,
+        /// List every file below, with paths relative to `path`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recursive: bool,
+        /// With `recursive`: list the directories below too, so that a copy
+        /// of the tree can recreate empty ones.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dirs: bool,
+    }
+
+    /// Reply to [`List`]: the body is a JSON array of [`Entry`].
+    ListReply = "list_reply", ToClient, body, cold, example: ListReply { len: 1 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    }
+
+    /// Request: describe one path.
+    Stat = "stat", ToServer, none, cold, example: Stat { path: "a".into() };
+    {
+        /// Path relative to the served root.
+        path: String,
+    }
+
+    /// Reply to [`Stat`].
+    StatReply = "stat_reply", ToClient, none, cold,
+        example: StatReply { entry: Entry { name: "a".into(), size: 1, kind: Kind::File, mtime: 2, mode: 0o644 } };
+    {
+        /// What is there.
+        entry: Entry,
+    }
+
+    /// Request: download a file, from `offset` on.
+    Get = "get", ToServer, none, cold, example: Get { path: "a".into(), offset: 4, prefix_blake3: Some("ab".into()) };
+    {
+        /// Path relative to the served root.
+        path: String,
+        /// Resume from this byte.
+        #[serde(default)]
+        offset: u64,
+        /// BLAKE3 (hex) of the first `offset` bytes the client holds; the
+        /// server starts from 0 if its file does not begin with them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix_blake3: Option<String>,
+    }
+
+    /// Reply to [`Get`]: bytes `offset..size` follow as the body, then a
+    /// [`Checksum`] of the whole file.
+    FileReply = "file", ToClient, body, cold, example: FileReply { len: 1, size: 5, offset: 4, mtime: 2, mode: 0o644 };
+    {
+        /// Body length (`size - offset`).
+        #[serde(default)]
+        len: u64,
+        /// Whole file size.
+        size: u64,
+        /// Where the body starts in the file.
+        #[serde(default)]
+        offset: u64,
+        /// Modification time, seconds since the Unix epoch.
+        #[serde(default)]
+        mtime: i64,
+        /// Unix permission bits.
+        #[serde(default)]
+        mode: u32,
+    }
+
+    /// Trailer of a transfer, from whichever side sent the file: BLAKE3
+    /// (hex) of the whole file.
+    Checksum = "checksum", ToBoth, none, cold, example: Checksum { blake3: "cd".into() };
+    {
+        /// Lower-case hex.
+        blake3: String,
+    }
+
+    /// Request: upload `size` bytes to `path`.
+    Put = "put", ToServer, none, cold, example: Put { path: "a".into(), size: 5, force: true, mode: Some(0o600) };
+    {
+        /// Path relative to the served root.
+        path: String,
+        /// Whole file size.
+        size: u64,
+        /// Replace an existing file.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+        /// Unix permission bits for the new file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    }
+
+    /// Reply to [`Put`]: the server holds `offset` bytes of an earlier,
+    /// interrupted upload of this path.
+    PutReady = "put_ready", ToClient, none, cold, example: PutReady { offset: 4, prefix_blake3: Some("ab".into()) };
+    {
+        /// Bytes already held.
+        #[serde(default)]
+        offset: u64,
+        /// BLAKE3 (hex) of those bytes, so the client can check they are
+        /// the start of its file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix_blake3: Option<String>,
+    }
+
+    /// Upload data: bytes `offset..size` of the file, then a [`Checksum`]
+    /// of the whole file.
+    PutData = "put_data", ToServer, body, hot, example: PutData { len: 1, offset: 4 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Where the body starts: the `PutReady` offset, or 0 to start over.
+        #[serde(default)]
+        offset: u64,
+    }
+
+    /// Reply: the upload is verified, synced and in place.
+    PutDone = "put_done", ToClient, none, cold, example: PutDone { size: 5 };
+    {
+        /// Final size.
+        size: u64,
+    }
+
+    /// Request: create a directory and any missing parents (`mkdir -p`).
+    Mkdir = "mkdir", ToServer, none, cold, example: Mkdir { path: "d/e".into() };
+    {
+        /// Path relative to the served root.
+        path: String,
+    }
+
+    /// Reply to [`Mkdir`]: the directory is there.
+    MkdirReply = "mkdir_reply", ToClient, none, cold, example: MkdirReply { created: true };
+    {
+        /// Whether this request created it (false: it already existed).
+        created: bool,
+    }
+
+    /// Authentication, server to client, first frame over TLS: the
+    /// server's nonce (64 hex digits).
+    AuthChallenge = "auth_challenge", ToClient, none, cold, example: AuthChallenge { nonce: "00".into() };
+    {
+        /// 32 random bytes, hex.
+        nonce: String,
+    }
+
+    /// Authentication, client to server: the client's nonce and its proof.
+    AuthResponse = "auth_response", ToServer, none, cold,
+        example: AuthResponse { nonce: "01".into(), proof: "02".into() };
+    {
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// HMAC-SHA256 proof, hex (docs/SECURITY.md).
+        proof: String,
+    }
+
+    /// Authentication, server to client: the client is accepted, and the
+    /// server's own proof.
+    AuthOk = "auth_ok", ToClient, none, cold, example: AuthOk { proof: "03".into() };
+    {
+        /// HMAC-SHA256 proof, hex.
+        proof: String,
+    }
+
+    /// Reply: the request failed. Never carries a body.
+    ErrorFrame = "error", ToClient, none, cold,
+        example: ErrorFrame { code: ErrorCode::Exists, message: "there".into() };
+    {
+        /// Machine-readable cause.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    }
+}
+
+/// A message either side sends ([`Checksum`]).
+pub trait ToBoth: ToServer + ToClient {}
+impl ToServer for Checksum {}
+impl ToClient for Checksum {}
+
+impl ErrorFrame {
+    /// An error frame.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorFrame { code, message: message.into() }
+    }
+}

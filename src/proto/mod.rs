@@ -1,0 +1,263 @@
+//! The typed messages of the native protocol, one struct per message
+//! ([`Echo`], [`Put`], [`FileReply`]…), each marked with the direction it
+//! goes ([`ToServer`], [`ToClient`]), and the sets of them that may arrive
+//! at each point of a conversation ([`Request`], [`ExecInput`],
+//! [`ExecOutput`], [`Answer`]). Every message is one entry of one table
+//! (`messages.rs`): its tag, direction, body, decoding and round-trip test
+//! come from there.
+
+mod decode;
+mod messages;
+mod sets;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use messages::*;
+pub use sets::{Answer, ExecInput, ExecOutput, Request};
+
+/// The port a bare host name means.
+pub const DEFAULT_PORT: u16 = 9909;
+
+/// Why an exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// The command ended by itself (exit or signal).
+    Exited,
+    /// The timeout passed; the process group was killed.
+    Timeout,
+    /// The client cancelled; the process group was killed.
+    Cancelled,
+    /// The server shut down; the process group was killed.
+    Shutdown,
+    /// A reason this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// What kind of thing a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (inside the root).
+    Symlink,
+    /// Anything else (socket, device, fifo).
+    Other,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Name (or path relative to the listed directory, when recursive).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// What it is.
+    pub kind: Kind,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Unix permission bits.
+    #[serde(default)]
+    pub mode: u32,
+}
+
+/// Why a request failed, as carried by an error frame's `"code"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The connection did not open with a framewire preface. Closes.
+    BadPreface,
+    /// The peer's protocol version is not supported. Closes.
+    UnsupportedVersion,
+    /// Framing is lost (oversize header, bad UTF-8, bad JSON, EOF). Closes.
+    BadFrame,
+    /// A well-framed header with an unknown `type`. Connection stays usable.
+    UnknownType,
+    /// A well-framed header with a missing or invalid field, or a message
+    /// that is not a request. Connection stays usable.
+    BadRequest,
+    /// A declared size is over a limit. Connection stays usable if the
+    /// frame itself was intact.
+    TooLarge,
+    /// The server is shutting down and takes no new request. Closes.
+    ShuttingDown,
+    /// No such file or directory.
+    NotFound,
+    /// The operating system refused access.
+    PermissionDenied,
+    /// The target exists and `force` was not given.
+    Exists,
+    /// A directory was given where a file is needed.
+    IsADirectory,
+    /// A file was given where a directory is needed.
+    NotADirectory,
+    /// The path is absolute, contains `..` or NUL, or leads outside the
+    /// served root.
+    BadPath,
+    /// The server does not allow exec (`serve --allow-exec`).
+    ExecDisabled,
+    /// The command could not be started.
+    SpawnFailed,
+    /// Another upload to the same path is in progress.
+    Busy,
+    /// The data did not match its checksum; nothing was kept.
+    ChecksumMismatch,
+    /// The server's disk is full; nothing was kept.
+    DiskFull,
+    /// Another I/O error on the server.
+    Io,
+    /// The server requires a key; the client came without one. Closes.
+    AuthRequired,
+    /// The client came with a key; the server has none. Closes.
+    AuthUnavailable,
+    /// The client's proof was wrong (wrong key, or a man in the middle). Closes.
+    AuthFailed,
+    /// The peer was too slow or idle too long. Closes.
+    Timeout,
+    /// Something failed inside the server.
+    Internal,
+    /// A code this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The wire spelling, so logs and messages match PROTOCOL.md.
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned));
+        f.write_str(s.as_deref().unwrap_or("unknown"))
+    }
+}
+
+/// Turns `host`, `host:port`, `IP`, `IP:port`, `[IPv6]` or `[IPv6]:port`
+/// into a `host:port` string, adding [`DEFAULT_PORT`] where none is given.
+///
+/// # Examples
+///
+/// ```
+/// use framewire::proto::with_default_port;
+///
+/// assert_eq!(with_default_port("example.org"), "example.org:9909");
+/// assert_eq!(with_default_port("127.0.0.1:80"), "127.0.0.1:80");
+/// assert_eq!(with_default_port("::1"), "[::1]:9909");
+/// assert_eq!(with_default_port("[::1]"), "[::1]:9909");
+/// assert_eq!(with_default_port("[::1]:7"), "[::1]:7");
+/// ```
+pub fn with_default_port(addr: &str) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_owned();
+    }
+    if let Ok(std::net::IpAddr::V6(ip)) = addr.parse() {
+        return format!("[{ip}]:{DEFAULT_PORT}");
+    }
+    if addr.ends_with(']') || !addr.contains(':') {
+        return format!("{addr}:{DEFAULT_PORT}");
+    }
+    addr.to_owned()
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Error, FrameHeader};
+
+    #[test]
+    fn error_code_display_is_wire_spelling() {
+        assert_eq!(ErrorCode::UnknownType.to_string(), "unknown_type");
+        assert_eq!(ErrorCode::ShuttingDown.to_string(), "shutting_down");
+    }
+
+    #[test]
+    fn unknown_error_code_from_newer_peer_decodes() {
+        let m = AnyMessage::from_json(r#"{"type":"error","code":"brand_new","message":"x"}"#).unwrap();
+        assert_eq!(m, AnyMessage::ErrorFrame(ErrorFrame::new(ErrorCode::Unknown, "x")));
+    }
+
+    /// One of each message (the table's examples) survives encoding and
+    /// decoding, and its tag is the one the table gives.
+    #[test]
+    fn every_message_round_trips() {
+        let all = messages::examples();
+        assert_eq!(all.len(), KINDS.len());
+        for m in all {
+            let text = serde_json::to_string(&m).unwrap();
+            assert!(text.starts_with(&format!(r#"{{"type":"{}""#, m.kind())), "{text}");
+            assert_eq!(AnyMessage::from_json(&text).unwrap(), m, "{text}");
+        }
+    }
+
+    /// The fast parse of the data-path frames and the full parse agree,
+    /// also with members in another order and members they ignore.
+    #[test]
+    fn fast_and_full_parses_agree() {
+        let cases = [
+            r#"{"type":"echo","len":5}"#,
+            r#"{"len":5,"upper":true,"type":"echo"}"#,
+            r#"{"type":"echo_reply","len":0,"future":[1,2]}"#,
+            r#"{"type":"stdin","len":3,"eof":true}"#,
+            r#"{"type":"stdout","len":7}"#,
+            r#"{"type":"stderr","len":7}"#,
+            r#"{"type":"put_data","len":9,"offset":4}"#,
+            r#"{"type":"stat","path":"x"}"#,
+            r#"{"type":"stat","path":"x","offset":"not a number"}"#,
+        ];
+        for text in cases {
+            let fast = AnyMessage::from_json(text).unwrap();
+            let full = match &fast {
+                AnyMessage::Echo(_) => AnyMessage::Echo(serde_json::from_str(text).unwrap()),
+                AnyMessage::EchoReply(_) => AnyMessage::EchoReply(serde_json::from_str(text).unwrap()),
+                AnyMessage::Stdin(_) => AnyMessage::Stdin(serde_json::from_str(text).unwrap()),
+                AnyMessage::Stdout(_) => AnyMessage::Stdout(serde_json::from_str(text).unwrap()),
+                AnyMessage::Stderr(_) => AnyMessage::Stderr(serde_json::from_str(text).unwrap()),
+                AnyMessage::PutData(_) => AnyMessage::PutData(serde_json::from_str(text).unwrap()),
+                AnyMessage::Stat(_) => AnyMessage::Stat(serde_json::from_str(text).unwrap()),
+                other => panic!("not a case: {other:?}"),
+            };
+            assert_eq!(fast, full, "{text}");
+        }
+        for bad in [r#"{"type":"echo","len":-1}"#, r#"{"type":"echo","upper":"yes"}"#, r#"{"len":1}"#] {
+            assert!(AnyMessage::from_json(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A known message where another set is due is `Unexpected` (with its
+    /// body length, so the stream stays in step); an unknown one is
+    /// `UnknownType`; a body on a body-less type is refused.
+    #[test]
+    fn sets_refuse_what_is_not_due() {
+        match Request::from_json(r#"{"type":"stdout","len":3}"#) {
+            Err(Error::Unexpected { kind, body_len: 3, .. }) => assert_eq!(kind, "stdout"),
+            other => panic!("{other:?}"),
+        }
+        match Answer::<FileReply>::from_json(r#"{"type":"put_done","size":1}"#) {
+            Err(Error::Unexpected { kind, expected: "file", body_len: 0 }) => assert_eq!(kind, "put_done"),
+            other => panic!("{other:?}"),
+        }
+        match ExecInput::from_json(r#"{"type":"brand_new","len":2}"#) {
+            Err(Error::UnknownType { kind, body_len: 2 }) => assert_eq!(kind, "brand_new"),
+            other => panic!("{other:?}"),
+        }
+        let e = Request::from_json(r#"{"type":"stat","path":"x","len":5}"#).unwrap_err();
+        assert_eq!(e.body_len(), Some(5));
+        assert!(e.to_string().contains("`stat` carries no body"), "{e}");
+        let refused = Answer::<PutDone>::from_json(r#"{"type":"error","code":"exists","message":"m"}"#).unwrap();
+        assert_eq!(refused, Answer::Refused(ErrorFrame::new(ErrorCode::Exists, "m")));
+    }
+
+    #[test]
+    fn echo_header_is_compact() {
+        let m = Echo { len: 5, upper: false };
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"echo","len":5}"#);
+        assert_eq!(serde_json::to_string(&Cancel {}).unwrap(), r#"{"type":"cancel"}"#);
+    }
+}

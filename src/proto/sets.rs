@@ -1,0 +1,137 @@
+//! The sets of messages that may arrive at each point of a conversation,
+//! one enum each: what a server reads between requests ([`Request`]), and
+//! during an exec ([`ExecInput`]); what a client reads during an exec
+//! ([`ExecOutput`]) and as the answer to any other request
+//! ([`Answer`]). A message outside the set a reader expects is refused
+//! by the decoder ([`crate::wire::Error::Unexpected`]), so no handler
+//! needs a fallback arm.
+
+use serde::Serialize;
+
+use super::messages::*;
+use crate::wire::{Error, FrameHeader};
+
+/// Declares a set: the enum, its `kind()`, its encoding, its decoding,
+/// and `From` each member.
+macro_rules! set {
+    ($(#[$meta:meta])* $set:ident: $expected:literal { $($name:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum $set {
+            $( #[doc = concat!("A [`", stringify!($name), "`].")] $name($name), )*
+        }
+
+        impl $set {
+            /// The `"type"` tag of this message.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $( $set::$name(_) => <$name as $crate::proto::Message>::KIND, )*
+                }
+            }
+        }
+
+        impl serde::Serialize for $set {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $( $set::$name(m) => m.serialize(s), )*
+                }
+            }
+        }
+
+        impl $crate::wire::FrameHeader for $set {
+            fn body_len(&self) -> u64 {
+                match self {
+                    $( $set::$name(m) => $crate::wire::FrameHeader::body_len(m), )*
+                }
+            }
+
+            fn from_json(text: &str) -> Result<Self, $crate::wire::Error> {
+                let peek = $crate::proto::decode::peek(text)?;
+                $(
+                    if peek.kind == <$name as $crate::proto::Message>::KIND {
+                        return $crate::proto::decode::member::<$name>(text, &peek).map($set::$name);
+                    }
+                )*
+                Err($crate::proto::decode::stranger(text, &peek, $expected))
+            }
+        }
+
+        $(
+            impl From<$name> for $set {
+                fn from(m: $name) -> Self {
+                    $set::$name(m)
+                }
+            }
+        )*
+    };
+}
+pub(crate) use set;
+
+set! {
+    /// What a server reads between requests: the requests.
+    Request: "a request" { Echo, Exec, List, Stat, Mkdir, Get, Put }
+}
+
+set! {
+    /// What a server reads while a command runs.
+    ExecInput: "stdin or cancel (an exec is running)" { Stdin, Cancel }
+}
+
+set! {
+    /// What a client reads while its command runs: output, the exit, or a
+    /// refusal.
+    ExecOutput: "stdout, stderr, exit or error" { Stdout, Stderr, Exit, ErrorFrame }
+}
+
+/// What a client reads as the answer to a request: the message `T` due at
+/// this point, or the server's refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    /// The message that was due.
+    Ok(T),
+    /// An error frame.
+    Refused(ErrorFrame),
+}
+
+impl<T> Answer<T> {
+    /// The message, or the refusal as an error.
+    ///
+    /// # Errors
+    ///
+    /// The error frame, if that is what came.
+    pub fn into_result(self) -> Result<T, ErrorFrame> {
+        match self {
+            Answer::Ok(m) => Ok(m),
+            Answer::Refused(e) => Err(e),
+        }
+    }
+}
+
+impl<T: Message> Serialize for Answer<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Answer::Ok(m) => m.serialize(s),
+            Answer::Refused(e) => e.serialize(s),
+        }
+    }
+}
+
+impl<T: Message> FrameHeader for Answer<T> {
+    fn body_len(&self) -> u64 {
+        match self {
+            Answer::Ok(m) => FrameHeader::body_len(m),
+            Answer::Refused(_) => 0,
+        }
+    }
+
+    fn from_json(text: &str) -> Result<Self, Error> {
+        let peek = super::decode::peek(text)?;
+        if peek.kind == T::KIND {
+            super::decode::member::<T>(text, &peek).map(Answer::Ok)
+        } else if peek.kind == ErrorFrame::KIND {
+            super::decode::member::<ErrorFrame>(text, &peek).map(Answer::Refused)
+        } else {
+            Err(super::decode::stranger(text, &peek, T::KIND))
+        }
+    }
+}

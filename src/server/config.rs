@@ -1,0 +1,99 @@
+//! What a server serves and its limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::Key;
+use crate::wire::Timeouts;
+
+/// Authenticated connections (sessions) served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Connections in their handshake (not yet authenticated) at once by
+/// default; when full, a new one evicts the oldest (see
+/// `docs/SECURITY.md`).
+pub const DEFAULT_MAX_STARTUPS: usize = 64;
+/// Connections in their handshake from one address at once by default; a
+/// new one from it evicts that address's oldest.
+pub const DEFAULT_MAX_STARTUPS_PER_SOURCE: usize = 16;
+/// The listen backlog [`bind`] asks for by default (the kernel caps it at
+/// `net.core.somaxconn`).
+pub const DEFAULT_BACKLOG: u32 = 1024;
+/// How long an authenticated connection waits for a session slot before
+/// it is told the server is busy.
+pub const SESSION_WAIT: Duration = Duration::from_secs(5);
+/// How long a connection may sit between requests by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a started frame head, any body read, or any write may stall by
+/// default.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the preface exchange may take by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for live requests by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a server serves and its limits.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The served directory.
+    pub root: PathBuf,
+    /// Authenticated connections (sessions) served at once, native and
+    /// legacy together.
+    pub max_connections: usize,
+    /// Connections in their handshake at once; when full, a new one
+    /// evicts the oldest.
+    pub max_startups: usize,
+    /// Connections in their handshake from one address (an IPv6 /64) at
+    /// once; a new one from it evicts that address's oldest.
+    pub max_startups_per_source: usize,
+    /// How paths are resolved beneath the root; `None` picks `openat2`
+    /// where the kernel has it.
+    pub resolver: Option<crate::services::root::Resolver>,
+    /// Idle and I/O limits on every connection.
+    pub timeouts: Timeouts,
+    /// Limit for the preface exchange.
+    pub handshake_timeout: Duration,
+    /// After shutdown is asked for, how long live requests may go on.
+    pub drain_timeout: Duration,
+    /// Serve `exec` requests.
+    pub allow_exec: bool,
+    /// The shell `exec` runs commands with (`SHELL -c COMMAND`).
+    pub shell: PathBuf,
+    /// Stop by itself after this long without any client connected.
+    pub exit_when_idle: Option<Duration>,
+    /// The shared key: with one, every connection runs over TLS 1.3 and
+    /// must pass the mutual challenge-response first.
+    pub key: Option<Key>,
+    /// The TLS certificate and key to present, for users who have a real
+    /// one; by default a self-signed one is generated at start.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Allow serving a non-loopback address, or exec, without a key.
+    pub insecure: bool,
+    /// Challenge every legacy connection with HMAC-MD5 over the key's line.
+    pub legacy_hmac: bool,
+}
+
+impl Config {
+    /// Defaults for serving `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Config {
+            root: root.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_startups: DEFAULT_MAX_STARTUPS,
+            max_startups_per_source: DEFAULT_MAX_STARTUPS_PER_SOURCE,
+            resolver: None,
+            timeouts: Timeouts { idle: Some(DEFAULT_IDLE_TIMEOUT), io: Some(DEFAULT_IO_TIMEOUT) },
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            allow_exec: false,
+            shell: PathBuf::from("/bin/sh"),
+            exit_when_idle: None,
+            key: None,
+            tls: None,
+            insecure: false,
+            legacy_hmac: false,
+        }
+    }
+}
+

@@ -1,0 +1,56 @@
+//! What every connection of a server shares: the configuration, the
+//! sandboxed root, the TLS setup, the authentication throttle and the hash
+//! cache. Handlers take it beside their session.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::config::Config;
+use crate::services::files::{HashCache, Sandbox};
+
+/// What every connection of a server shares.
+pub(crate) struct Context {
+    pub config: Config,
+    pub sandbox: Sandbox,
+    /// TLS configuration, when the server has a key.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub throttle: Throttle,
+    /// Whole-file hashes already computed, by file version.
+    pub hashes: Arc<HashCache>,
+}
+
+/// Authentication failures per address: each failure from an address
+/// makes that address's next failure wait longer before it is answered
+/// (100 ms, doubling, up to [`MAX_PENALTY`]). The wait holds only the
+/// failing connection, so other clients, even from the same address, are
+/// served meanwhile; a client with the right key never waits.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
+
+/// The longest an authentication failure is held before it is answered.
+pub const MAX_PENALTY: Duration = Duration::from_secs(3);
+/// The most sources whose failures are remembered at once.
+const MAX_THROTTLED: usize = 16_384;
+/// Failures older than this are forgotten.
+const PENALTY_MEMORY: Duration = Duration::from_secs(600);
+
+impl Throttle {
+    pub(crate) fn penalty(&self, ip: IpAddr) -> Duration {
+        let mut map = self.0.lock().expect("throttle poisoned");
+        let now = Instant::now();
+        map.retain(|_, (_, last)| now.duration_since(*last) < PENALTY_MEMORY);
+        // Bounded: failing from more sources than this at once only
+        // forgets the older penalties (guessing a 256-bit key stays
+        // hopeless without them).
+        if map.len() >= MAX_THROTTLED {
+            map.clear();
+        }
+        let entry = map.entry(super::admission::source(ip)).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        (Duration::from_millis(100) * 2u32.saturating_pow(entry.0 - 1)).min(MAX_PENALTY)
+    }
+}
+

@@ -1,0 +1,24 @@
+//! Request dispatch: the one place that knows every handler.
+
+use super::context::Context;
+use super::handlers::{echo, exec, files};
+use crate::proto::Request;
+use crate::session::{cut_off_by, ServerSide, Session};
+use crate::wire::Error;
+
+/// Runs one request to its end, reply included. Every request but exec is
+/// dropped at the drain deadline (the session's cut-off); exec watches it
+/// itself, to kill the process group and tell the client why.
+pub(super) async fn handle(s: &mut Session<ServerSide>, ctx: &Context, request: Request) -> Result<(), Error> {
+    let cut = s.cut_off().clone();
+    match request {
+        Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
+        Request::Exec(r) => exec::exec(s, ctx, r).await,
+        Request::List(r) => cut_off_by(&cut, files::list(s, ctx, r)).await,
+        Request::Stat(r) => cut_off_by(&cut, files::stat(s, ctx, r)).await,
+        Request::Mkdir(r) => cut_off_by(&cut, files::mkdir(s, ctx, r)).await,
+        Request::Get(r) => cut_off_by(&cut, files::get(s, ctx, r)).await,
+        // A cut upload leaves its partial file for a resume.
+        Request::Put(r) => cut_off_by(&cut, files::put(s, ctx, r)).await,
+    }
+}

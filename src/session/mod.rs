@@ -1,0 +1,227 @@
+//! The session layer: an established connection and the transfer steps
+//! both ends of it share.
+//!
+//! - [`Session`]: the framed reader and writer of one authenticated
+//!   connection, its time limits, its cut-off at a server's drain deadline,
+//!   and what it may send: a [`Session<ServerSide>`] sends only
+//!   [`ToClient`] messages, a [`Session<ClientSide>`] only [`ToServer`]
+//!   ones, so a reply cannot go out as a request.
+//! - [`Receiver`]: the receiving end of a file (server `put`, client
+//!   `get`, legacy upload). It owns the partial file: offers what is held,
+//!   agrees the offset, receives and hashes, verifies, then commits or
+//!   discards.
+//! - [`Sender`]: the sending end (server `get`, client `put`): checks the
+//!   receiver's offer against its own file, then streams the rest and
+//!   hashes the whole.
+
+mod body;
+mod receiver;
+mod sender;
+
+pub use body::{receive_body, send_body, BodySource, SendError};
+pub use receiver::{ReceiveError, Received, Receiver};
+pub use sender::{Sender, Unproven};
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::{ErrorCode, ErrorFrame, Message, ToClient, ToServer};
+use crate::services::Refusal;
+use crate::transport::{BoxRead, BoxWrite};
+use crate::wire::{Error, FrameHeader, FrameReader, FrameWriter, Timeouts};
+
+/// The server's end of a session: it sends [`ToClient`] messages.
+#[derive(Debug)]
+pub struct ServerSide;
+/// The client's end of a session: it sends [`ToServer`] messages.
+#[derive(Debug)]
+pub struct ClientSide;
+
+/// Which messages the end `Self` of a session may send.
+pub trait Sends<M> {}
+impl<M: ToClient> Sends<M> for ServerSide {}
+impl<M: ToServer> Sends<M> for ClientSide {}
+
+/// One established connection, as one end `S` of it sees it.
+pub struct Session<S> {
+    reader: FrameReader<BoxRead>,
+    writer: FrameWriter<BoxWrite>,
+    timeouts: Timeouts,
+    cut_off: CancellationToken,
+    /// A frame was left half-way and the connection shut down.
+    closed: bool,
+    side: PhantomData<S>,
+}
+
+impl<S> std::fmt::Debug for Session<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("closed", &self.closed).finish_non_exhaustive()
+    }
+}
+
+impl<S> Session<S> {
+    /// A session over the halves of an authenticated connection, with
+    /// `timeouts` on its frames. `cut_off` ends whatever the session is
+    /// doing when it is cancelled (a server's drain deadline).
+    pub fn new(read: BoxRead, write: BoxWrite, timeouts: Timeouts, cut_off: CancellationToken) -> Self {
+        Session {
+            reader: FrameReader::with_timeouts(read, timeouts),
+            writer: FrameWriter::with_timeouts(write, timeouts),
+            timeouts,
+            cut_off,
+            closed: false,
+            side: PhantomData,
+        }
+    }
+
+    /// Sends one whole frame.
+    ///
+    /// # Errors
+    ///
+    /// The connection's.
+    pub async fn send<M: Message>(&mut self, message: &M, body: &[u8]) -> Result<(), Error>
+    where
+        S: Sends<M>,
+    {
+        self.writer.send(message, body).await
+    }
+
+    /// Starts a frame whose body follows (through a [`Sender`] or
+    /// [`Session::writer`]).
+    ///
+    /// # Errors
+    ///
+    /// The header cannot be encoded.
+    pub fn feed_head<M: Message>(&mut self, message: &M) -> Result<(), Error>
+    where
+        S: Sends<M>,
+    {
+        self.writer.feed_head(message)
+    }
+
+    /// Reads the next frame's head as one of the set `H` (its body, if
+    /// any, is then read from [`Session::reader`]); `None` at a clean end
+    /// of the stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameReader::read_head`]; a message outside `H` is the
+    /// recoverable [`Error::Unexpected`].
+    pub async fn read<H: FrameHeader>(&mut self) -> Result<Option<(H, u64)>, Error> {
+        self.reader.read_head::<H>().await
+    }
+
+    /// The reader, for bodies.
+    pub fn reader(&mut self) -> &mut FrameReader<BoxRead> {
+        &mut self.reader
+    }
+
+    /// The writer, for bodies of frames started with [`feed_head`](Self::feed_head).
+    pub fn writer(&mut self) -> &mut FrameWriter<BoxWrite> {
+        &mut self.writer
+    }
+
+    /// Both halves at once: a sender that listens for an early answer.
+    pub fn halves(&mut self) -> (&mut FrameReader<BoxRead>, &mut FrameWriter<BoxWrite>) {
+        (&mut self.reader, &mut self.writer)
+    }
+
+    /// Reads with no idle limit (a command may run silent for an hour)
+    /// until [`restore_timeouts`](Self::restore_timeouts).
+    pub fn without_idle_limit(&mut self) {
+        self.reader.set_timeouts(Timeouts { idle: None, ..self.timeouts });
+    }
+
+    /// The session's own time limits again.
+    pub fn restore_timeouts(&mut self) {
+        self.reader.set_timeouts(self.timeouts);
+    }
+
+    /// The token that cuts this session off.
+    pub fn cut_off(&self) -> &CancellationToken {
+        &self.cut_off
+    }
+
+    /// Whether a frame was left half-way and the connection shut down.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Shuts the connection down after a frame was left half-way: the
+    /// stream is out of step for both ends.
+    pub async fn abandon(&mut self) {
+        self.closed = true;
+        let _ = self.writer.get_mut().shutdown().await;
+    }
+
+    /// Ends our side cleanly (FIN, or TLS `close_notify`).
+    pub async fn shutdown(&mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+
+    /// Before a connection closes on an error: ends our side, then reads
+    /// and drops what the peer still sends for a moment, so that the error
+    /// frame just sent is not destroyed by the reset a close with unread
+    /// input causes (a client may be streaming a body). A frame left
+    /// half-way is not completed: the peer would take its head for a
+    /// promise of its body.
+    pub async fn linger(&mut self) {
+        let end = async {
+            if self.writer.body_left() > 0 {
+                let _ = self.writer.get_mut().shutdown().await;
+            } else {
+                let _ = self.writer.shutdown().await;
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, end).await;
+        let _ = tokio::time::timeout(LINGER, self.reader.drain(LINGER_BYTES)).await;
+    }
+}
+
+/// How long [`Session::linger`] waits, at most, for each of its steps.
+const LINGER: Duration = Duration::from_millis(500);
+/// How much [`Session::linger`] reads, at most.
+const LINGER_BYTES: usize = 4 << 20;
+
+impl Session<ServerSide> {
+    /// Answers the request with an error frame (and logs it).
+    ///
+    /// # Errors
+    ///
+    /// The connection's.
+    pub async fn refuse(&mut self, r: Refusal) -> Result<(), Error> {
+        tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
+        self.send(&ErrorFrame::new(r.code, r.message), &[]).await
+    }
+
+    /// Ends a request whose client broke the protocol: says why, then
+    /// fails, so the connection closes (what the client sends next cannot
+    /// be framed with certainty, and a body it declared may be endless).
+    ///
+    /// # Errors
+    ///
+    /// Always: the connection's, or `InvalidData` with `msg`.
+    pub async fn refuse_and_close(&mut self, msg: String) -> Result<(), Error> {
+        self.refuse(Refusal::new(ErrorCode::BadRequest, msg.clone())).await?;
+        Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)))
+    }
+}
+
+/// Runs `work` unless `cut_off` is cancelled first: then `work` is dropped,
+/// with its threads (see [`send_body`]), and the session ends.
+///
+/// # Errors
+///
+/// `work`'s, or `Interrupted` at the cut-off.
+pub async fn cut_off_by(cut_off: &CancellationToken, work: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+    tokio::select! {
+        done = work => done,
+        () = cut_off.cancelled() => {
+            Err(Error::Io(std::io::Error::new(std::io::ErrorKind::Interrupted, "cut off at the drain deadline")))
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The receiving end of a file transfer.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use super::body::{receive_body, BodySource};
+use crate::services::files::{at, check_room, hash_prefix};
+use crate::services::root::{Partial, PartialName};
+use crate::wire::Error;
+
+/// The receiving end of one file: its partial file, what that holds, and
+/// the hash of what it holds. The steps, in order: [`open`](Self::open)
+/// (or [`fresh`](Self::fresh)), [`offer`](Self::offer) what is held,
+/// [`agree`](Self::agree) where the sender starts, [`receive`](Self::receive)
+/// the body, then [`Received::verify`] and [`Received::commit`] (or
+/// [`Received::discard`]). The blocking steps (`open`, `fresh`, `commit`)
+/// run on a blocking thread.
+#[derive(Debug)]
+pub struct Receiver {
+    partial: Partial,
+    held: u64,
+    hasher: blake3::Hasher,
+}
+
+/// Why a body could not be received.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The connection failed: the partial file is kept for a resume.
+    #[error("{0}")]
+    Wire(Error, Kept),
+    /// Writing failed; the rest of the body is left unread. On a full
+    /// disk the partial file is removed (it would only keep the disk
+    /// full), otherwise kept.
+    #[error("{0}")]
+    Write(io::Error, Option<Kept>),
+}
+
+impl ReceiveError {
+    /// The error (the connection's, or the write's) and the partial file
+    /// if it was kept.
+    pub fn into_parts(self) -> (Result<Error, io::Error>, Option<Kept>) {
+        match self {
+            ReceiveError::Wire(e, kept) => (Ok(e), Some(kept)),
+            ReceiveError::Write(e, kept) => (Err(e), kept),
+        }
+    }
+}
+
+/// A partial file kept after a failed transfer, for a resume. Dropping it
+/// keeps the file; [`discard`](Self::discard) removes it (for formats with
+/// no resume).
+#[derive(Debug)]
+pub struct Kept(PartialName);
+
+impl Kept {
+    /// Removes the partial file.
+    pub fn discard(self) {
+        self.0.discard();
+    }
+}
+
+impl Receiver {
+    /// The partial file for `name` in `dir`, resuming what an earlier
+    /// transfer left there (see [`Partial::open`]), hashed.
+    ///
+    /// # Errors
+    ///
+    /// Opening or reading the partial file.
+    pub fn open(dir: OwnedFd, name: &OsStr) -> io::Result<Receiver> {
+        let mut partial = Partial::open(dir, name)?;
+        let held = partial.held()?;
+        let hasher = hash_prefix(partial.file_mut(), held)?;
+        Ok(Receiver { partial, held, hasher })
+    }
+
+    /// As [`open`](Self::open), but dropping what is held: for formats with
+    /// no resume (the legacy upload).
+    ///
+    /// # Errors
+    ///
+    /// Opening or truncating the partial file.
+    pub fn fresh(dir: OwnedFd, name: &OsStr) -> io::Result<Receiver> {
+        let partial = Partial::open(dir, name)?;
+        partial.file().set_len(0)?;
+        Ok(Receiver { partial, held: 0, hasher: blake3::Hasher::new() })
+    }
+
+    /// Bytes held from an earlier transfer.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// What to offer the sender: the bytes held and, if any, their BLAKE3
+    /// (hex), for it to check they are the start of its file.
+    pub fn offer(&self) -> (u64, Option<String>) {
+        let prefix = (self.held > 0).then(|| self.hasher.clone().finalize().to_hex().to_string());
+        (self.held, prefix)
+    }
+
+    /// Drops what is held if it is longer than a file of `size` bytes (it
+    /// cannot be the start of it).
+    ///
+    /// # Errors
+    ///
+    /// Truncating the partial file.
+    pub fn fit(&mut self, size: u64) -> io::Result<()> {
+        if self.held > size {
+            self.start_over()?;
+        }
+        Ok(())
+    }
+
+    /// Checks the disk has room for the bytes `from..size` (so that a full
+    /// disk is refused before the body comes).
+    ///
+    /// # Errors
+    ///
+    /// `StorageFull` if it has not; errors of `fstatvfs`.
+    pub fn check_room(&self, from: u64, size: u64) -> io::Result<()> {
+        check_room(self.partial.file(), from, size)
+    }
+
+    /// Takes the sender's answer to the offer: the body starts at `from`,
+    /// which is the offset held (resume) or 0 (start over: what is held is
+    /// dropped). Returns `false`, leaving everything as it was, for any
+    /// other offset.
+    ///
+    /// # Errors
+    ///
+    /// Truncating the partial file.
+    pub fn agree(&mut self, from: u64) -> io::Result<bool> {
+        if from == self.held {
+            Ok(true)
+        } else if from == 0 {
+            self.start_over()?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn start_over(&mut self) -> io::Result<()> {
+        self.partial.file().set_len(0)?;
+        self.held = 0;
+        self.hasher = blake3::Hasher::new();
+        Ok(())
+    }
+
+    /// Removes the partial file.
+    pub fn discard(self) {
+        self.partial.discard();
+    }
+
+    /// Receives the body from `src` after what is held, written and hashed
+    /// on a blocking thread while the next bytes arrive. `progress` gets
+    /// the body bytes received so far.
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError`]: the partial file is kept for a resume after a
+    /// connection failure, removed after a full disk.
+    pub async fn receive<B: BodySource>(
+        self,
+        src: &mut B,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Received, ReceiveError> {
+        let Receiver { partial, held, hasher } = self;
+        let (file, name) = partial.take_file();
+        let file = match at(file, held) {
+            Ok(file) => file,
+            Err(e) => return Err(ReceiveError::Write(e, Some(Kept(name)))),
+        };
+        // A cut connection returns here and leaves the partial file.
+        match receive_body(src, file, hasher, progress).await {
+            Err(e) => Err(ReceiveError::Wire(e, Kept(name))),
+            Ok(Ok((file, hash))) => Ok(Received { partial: name.rejoin(file), hash }),
+            Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
+                name.discard();
+                Err(ReceiveError::Write(e, None))
+            }
+            Ok(Err(e)) => Err(ReceiveError::Write(e, Some(Kept(name)))),
+        }
+    }
+}
+
+/// A file received whole into its partial file, not yet in place.
+#[derive(Debug)]
+pub struct Received {
+    partial: Partial,
+    hash: blake3::Hash,
+}
+
+impl Received {
+    /// The BLAKE3 of the whole file as received.
+    pub fn hash(&self) -> blake3::Hash {
+        self.hash
+    }
+
+    /// Compares the received data's hash with the sender's (hex); on a
+    /// mismatch the partial file is removed and the received hash
+    /// returned.
+    ///
+    /// # Errors
+    ///
+    /// The received hash (hex), when it differs.
+    pub fn verify(self, claimed: &str) -> Result<Received, String> {
+        if self.hash.to_hex().as_str() == claimed {
+            Ok(self)
+        } else {
+            let got = self.hash.to_hex().to_string();
+            self.partial.discard();
+            Err(got)
+        }
+    }
+
+    /// Syncs the file and moves it into place with `mode`, never over an
+    /// existing file unless `replace` (see [`Partial::commit`]). Blocking.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` if something appeared under the name meanwhile;
+    /// I/O errors.
+    pub fn commit(self, mode: u32, replace: bool) -> io::Result<File> {
+        self.partial.commit(mode, replace)
+    }
+
+    /// Removes the partial file.
+    pub fn discard(self) {
+        self.partial.discard();
+    }
+}

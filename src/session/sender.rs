@@ -1,0 +1,95 @@
+//! The sending end of a file transfer.
+
+use std::fs::File;
+use std::io;
+
+use super::body::{send_body, SendError};
+use crate::services::files::hash_prefix;
+use crate::transport::BoxWrite;
+use crate::wire::FrameWriter;
+
+/// What a [`Sender`] does with an offer of held bytes that comes without
+/// their hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unproven {
+    /// Trust the offset (a `get` with an offset and no `prefix_blake3`:
+    /// the client says it checked).
+    Trust,
+    /// Start from 0.
+    StartOver,
+}
+
+/// The sending end of one file: where the body starts, and the hash of
+/// what precedes it.
+#[derive(Debug)]
+pub struct Sender {
+    file: File,
+    size: u64,
+    start: u64,
+    hasher: Option<blake3::Hasher>,
+}
+
+impl Sender {
+    /// Decides where to start sending `file` (of `size` bytes) given the
+    /// receiver's offer: it holds `offset` bytes whose BLAKE3 is `prefix`.
+    /// The body starts there if those bytes are the start of this file,
+    /// else at 0. Blocking (it hashes the prefix).
+    ///
+    /// # Errors
+    ///
+    /// Reading the file.
+    pub fn resume(
+        mut file: File,
+        size: u64,
+        offset: u64,
+        prefix: Option<&str>,
+        unproven: Unproven,
+    ) -> io::Result<Sender> {
+        let fresh = |file| Sender { file, size, start: 0, hasher: Some(blake3::Hasher::new()) };
+        if offset == 0 || offset > size || (prefix.is_none() && unproven == Unproven::StartOver) {
+            return Ok(fresh(file));
+        }
+        let hasher = hash_prefix(&mut file, offset)?;
+        match prefix {
+            Some(p) if p != hasher.clone().finalize().to_hex().as_str() => Ok(fresh(file)),
+            _ => Ok(Sender { file, size, start: offset, hasher: Some(hasher) }),
+        }
+    }
+
+    /// Where the body starts.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The body's length.
+    pub fn len(&self) -> u64 {
+        self.size - self.start
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole-file hash is known already (a cache has it): send
+    /// without hashing.
+    pub fn hash_known(&mut self) {
+        self.hasher = None;
+    }
+
+    /// Sends the body of the frame `writer` has started, and returns the
+    /// whole-file hash (`None` after [`hash_known`](Self::hash_known)).
+    /// `progress` gets the body bytes sent so far, now and then.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_body`]: the frame is then incomplete and the connection
+    /// must close.
+    pub async fn send(
+        self,
+        writer: &mut FrameWriter<BoxWrite>,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Option<blake3::Hash>, SendError> {
+        send_body(writer, self.file, self.start, self.hasher, progress).await
+    }
+}
