@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use framewire::wire::{BareCodec, FrameReader, FrameWriter};
-use framewire::Message;
+use framewire::proto::{self, AnyMessage as Message};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -91,7 +91,7 @@ async fn run(peer: Peer, n: usize) -> f64 {
             }
             Peer::Json => {
                 let mut w = FrameWriter::new(tx);
-                let header = Message::Echo { len: PAYLOAD as u64, upper: false };
+                let header = Message::Echo(proto::Echo { len: PAYLOAD as u64, upper: false });
                 for _ in 0..n {
                     w.feed(&header, &payload).await.unwrap();
                 }

@@ -8,7 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use framewire::wire::{
     BareCodec, Envelope, Error, Frame, FrameCodec, FramePart, FrameReader, FrameWriter, MAX_HEADER_LEN,
 };
-use framewire::{ErrorCode, Message};
+use framewire::{ErrorCode};
+use framewire::proto::{self, AnyMessage as Message};
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
@@ -280,7 +281,7 @@ fn encoder_refuses_a_body_that_does_not_match_the_header() {
 #[test]
 fn encoder_refuses_a_header_over_the_limit() {
     let mut buf = BytesMut::new();
-    let header = Message::error(ErrorCode::Internal, "x".repeat(MAX_HEADER_LEN));
+    let header = Message::ErrorFrame(proto::ErrorFrame::new(ErrorCode::Internal, "x".repeat(MAX_HEADER_LEN)));
     let err = framewire::wire::encode_head(&header, &mut buf).unwrap_err();
     assert!(matches!(err, Error::HeaderTooLarge { max: MAX_HEADER_LEN, .. }), "{err:?}");
     assert!(buf.is_empty(), "nothing half-encoded is left behind");
@@ -296,7 +297,7 @@ async fn reader_recovers_after_a_rejected_header() {
     let err = r.read_head::<Message>().await.unwrap_err();
     assert!(err.is_recoverable());
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
-    assert_eq!(m, Message::Echo { len: 2, upper: false });
+    assert_eq!(m, Message::Echo(proto::Echo { len: 2, upper: false }));
     assert_eq!(r.read_body(10).await.unwrap(), "ok");
     assert!(r.read_head::<Message>().await.unwrap().is_none());
 }
@@ -307,14 +308,14 @@ async fn reader_recovers_after_a_rejected_header() {
 async fn writer_streams_bodies_and_guards_their_length() {
     let mut out = Vec::new();
     let mut w = FrameWriter::new(&mut out);
-    w.feed_head(&Message::EchoReply { len: 4 }).unwrap();
+    w.feed_head(&Message::EchoReply(proto::EchoReply { len: 4 })).unwrap();
     w.write_body(b"ab").await.unwrap();
-    let err = w.feed(&Message::EchoReply { len: 0 }, b"").await.unwrap_err();
+    let err = w.feed(&Message::EchoReply(proto::EchoReply { len: 0 }), b"").await.unwrap_err();
     assert!(matches!(err, Error::BodyLenMismatch { declared: 2, .. }), "{err:?}");
     let err = w.write_body(b"cde").await.unwrap_err();
     assert!(matches!(err, Error::BodyLenMismatch { declared: 2, actual: 3 }), "{err:?}");
     w.write_body(b"cd").await.unwrap();
-    w.send(&Message::EchoReply { len: 0 }, b"").await.unwrap();
+    w.send(&Message::EchoReply(proto::EchoReply { len: 0 }), b"").await.unwrap();
     let mut codec = FrameCodec::<Message>::new();
     let mut buf = BytesMut::from(&out[..]);
     assert_eq!(codec.decode(&mut buf).unwrap().unwrap().body, "abcd");
@@ -327,7 +328,7 @@ fn protocol_md_example_bytes() {
     let preface = framewire::wire::Preface::default().encode();
     assert_eq!(preface, [0x89, 0x46, 0x57, 0x52, 0x00, 0x01, 0x00, 0x00]);
     let mut buf = BytesMut::new();
-    framewire::wire::encode_frame(&Message::Echo { len: 2, upper: false }, b"hi", &mut buf).unwrap();
+    framewire::wire::encode_frame(&Message::Echo(proto::Echo { len: 2, upper: false }), b"hi", &mut buf).unwrap();
     let expected = b"\x00\x00\x00\x17{\"type\":\"echo\",\"len\":2}hi";
     assert_eq!(&buf[..], &expected[..]);
     let doc = include_str!("../docs/PROTOCOL.md");

@@ -13,7 +13,8 @@ use common::{rss_kib, wait_gone, TestServer};
 use framewire::client::{ExecIo, ExecOptions};
 use framewire::proto::ExitReason;
 use framewire::wire::{FrameReader, FrameWriter, Preface};
-use framewire::{Client, ErrorCode, Message};
+use framewire::{Client, ErrorCode};
+use framewire::proto::{self, AnyMessage as Message};
 use tokio::io::AsyncWrite;
 
 async fn exec_server() -> TestServer {
@@ -194,14 +195,14 @@ async fn dropped_connection_kills_the_whole_group() {
     let mut w = FrameWriter::new(write);
     let mut r = FrameReader::new(read);
     w.feed_preface(Preface::default());
-    w.send(&Message::Exec { command: "sleep 100 & echo $!; echo $$; sleep 100".into(), timeout_ms: None }, &[])
+    w.send(&Message::Exec(proto::Exec { command: "sleep 100 & echo $!; echo $$; sleep 100".into(), timeout_ms: None }), &[])
         .await
         .unwrap();
     r.read_preface().await.unwrap();
     let mut seen = Vec::new();
     while pids(&seen).len() < 2 {
         let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
-        assert!(matches!(m, Message::Stdout { .. }), "{m:?}");
+        assert!(matches!(m, Message::Stdout(proto::Stdout { .. })), "{m:?}");
         seen.extend_from_slice(&r.read_body(1 << 20).await.unwrap());
     }
     drop((r, w));
@@ -235,7 +236,9 @@ async fn exec_is_refused_unless_allowed() {
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let err = client.exec_output("touch pwned", &ExecOptions::default()).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::ExecDisabled));
-    assert!(err.to_string().contains("--allow-exec"), "{err}");
+    // The library's words name no CLI flag (the CLI adds its own hint).
+    assert!(err.to_string().contains("exec is not allowed on this server"), "{err}");
+    assert!(!err.to_string().contains("--"), "{err}");
     assert!(!server.root.path().join("pwned").exists());
     assert_eq!(client.echo(b"ok").await.unwrap(), "ok");
 }

@@ -10,7 +10,8 @@ use common::{pattern, TestServer};
 use framewire::client::{ExecOptions, Progress, TransferOptions};
 use framewire::proto::Kind;
 use framewire::wire::{FrameReader, FrameWriter, Preface};
-use framewire::{Client, ClientError, ErrorCode, Message};
+use framewire::{Client, ClientError, ErrorCode};
+use framewire::proto::{self, AnyMessage as Message};
 
 fn no_progress() -> impl FnMut(Progress) + Send {
     |_| {}
@@ -113,7 +114,8 @@ async fn overwriting_needs_force() {
     let err =
         client.put(&local.path().join("f"), "f", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Exists));
-    assert!(err.to_string().contains("--force"), "{err}");
+    assert!(err.to_string().contains("f: already exists on the server"), "{err}");
+    assert!(!err.to_string().contains("--"), "library errors name no CLI flag: {err}");
     assert_eq!(std::fs::read(server.root.path().join("f")).unwrap(), b"old");
     client.put(&local.path().join("f"), "f", &TransferOptions::force(true), &mut no_progress()).await.unwrap();
     assert_eq!(std::fs::read(server.root.path().join("f")).unwrap(), b"new");
@@ -244,13 +246,13 @@ async fn a_listing_cannot_lead_outside() {
             w.flush().await.unwrap();
             r.read_preface().await.unwrap();
             let (request, _) = r.read_head::<Message>().await.unwrap().unwrap();
-            assert!(matches!(request, Message::List { recursive: true, dirs: true, .. }), "{request:?}");
+            assert!(matches!(request, Message::List(proto::List { recursive: true, dirs: true, .. })), "{request:?}");
             let body = serde_json::to_vec(&serde_json::json!([
                 {"name": "fine.txt", "size": 1, "kind": "file", "mtime": 0},
                 {"name": name, "size": 1, "kind": "file", "mtime": 0},
             ]))
             .unwrap();
-            w.send(&Message::ListReply { len: body.len() as u64 }, &body).await.unwrap();
+            w.send(&Message::ListReply(proto::ListReply { len: body.len() as u64 }), &body).await.unwrap();
         });
         let mut client = Client::connect(&addr).await.unwrap();
         let err = client.tree("").await.unwrap_err();
@@ -270,7 +272,7 @@ async fn raw_put(server: &TestServer, path: &str, size: u64) -> (RawReader, RawW
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::Put { path: path.into(), size, force: false, mode: None }, &[]).await.unwrap();
+    w.send(&Message::Put(proto::Put { path: path.into(), size, force: false, mode: None }), &[]).await.unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     (r, w, m)
@@ -280,8 +282,8 @@ async fn raw_put(server: &TestServer, path: &str, size: u64) -> (RawReader, RawW
 /// connection is cut.
 async fn cut_upload(server: &TestServer, path: &str, data: &[u8], send: usize) {
     let (r, mut w, m) = raw_put(server, path, data.len() as u64).await;
-    assert!(matches!(m, Message::PutReady { .. }), "{m:?}");
-    w.feed_head(&Message::PutData { len: data.len() as u64, offset: 0 }).unwrap();
+    assert!(matches!(m, Message::PutReady(proto::PutReady { .. })), "{m:?}");
+    w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 })).unwrap();
     w.write_body(&data[..send]).await.unwrap();
     w.flush().await.unwrap();
     drop((r, w));
@@ -348,11 +350,11 @@ async fn resume_of_a_different_file_starts_over() {
 async fn upload_with_wrong_checksum_is_not_kept() {
     let server = TestServer::start().await;
     let (mut r, mut w, _) = raw_put(&server, "x", 5).await;
-    w.send(&Message::PutData { len: 5, offset: 0 }, b"hello").await.unwrap();
-    w.send(&Message::Checksum { blake3: blake3_hex(b"HELLO") }, &[]).await.unwrap();
+    w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
+    w.send(&Message::Checksum(proto::Checksum { blake3: blake3_hex(b"HELLO") }), &[]).await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     match m {
-        Message::Error { code: ErrorCode::ChecksumMismatch, message } => {
+        Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::ChecksumMismatch, message }) => {
             assert!(message.contains("nothing was kept"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -374,8 +376,8 @@ async fn download_with_wrong_checksum_is_not_kept() {
         w.feed_preface(Preface::default());
         w.flush().await.unwrap();
         r.read_head::<Message>().await.unwrap();
-        w.feed(&Message::File { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644 }, b"hello").await.unwrap();
-        w.send(&Message::Checksum { blake3: blake3_hex(b"other") }, &[]).await.unwrap();
+        w.feed(&Message::FileReply(proto::FileReply { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644 }), b"hello").await.unwrap();
+        w.send(&Message::Checksum(proto::Checksum { blake3: blake3_hex(b"other") }), &[]).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
     let local = tempfile::tempdir().unwrap();
@@ -506,7 +508,7 @@ async fn raw_get(
     let (read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
     w.feed_preface(Preface::default());
-    w.send(&Message::Get { path: path.into(), offset: 0, prefix_blake3: None }, &[]).await.unwrap();
+    w.send(&Message::Get(proto::Get { path: path.into(), offset: 0, prefix_blake3: None }), &[]).await.unwrap();
     (read, w)
 }
 
@@ -776,8 +778,8 @@ async fn a_stalled_upload_keeps_what_arrived_and_resumes() {
     let data = pattern(70 << 20, 6);
     let sent = (3 << 20) + 12_345;
     let (r, mut w, m) = raw_put(&server, "s.bin", data.len() as u64).await;
-    assert!(matches!(m, Message::PutReady { offset: 0, .. }), "{m:?}");
-    w.feed_head(&Message::PutData { len: data.len() as u64, offset: 0 }).unwrap();
+    assert!(matches!(m, Message::PutReady(proto::PutReady { offset: 0, .. })), "{m:?}");
+    w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 })).unwrap();
     w.write_body(&data[..sent]).await.unwrap();
     w.flush().await.unwrap();
     // Then nothing more: the server gives up on us and closes.

@@ -15,7 +15,8 @@ use framewire::auth::Key;
 use framewire::client::{Progress, TransferOptions};
 use framewire::services::root::Resolver;
 use framewire::wire::{FrameReader, FrameWriter, Preface};
-use framewire::{Client, ClientError, ErrorCode, Message};
+use framewire::{Client, ClientError, ErrorCode};
+use framewire::proto::{self, AnyMessage as Message};
 use tokio::io::AsyncWriteExt;
 
 fn no_progress() -> impl FnMut(Progress) + Send {
@@ -197,8 +198,8 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
         let path = format!("new-{round}");
         // The first upload is under way, and holds the path...
         let (mut r, mut w) = raw(&server).await;
-        w.send(&Message::Put { path: path.clone(), size: 5, force: false, mode: None }, &[]).await.unwrap();
-        assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
+        w.send(&Message::Put(proto::Put { path: path.clone(), size: 5, force: false, mode: None }), &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
         // ...while a second waits for it (up to 2 s)...
         let (addr, l, p) = (server.addr(), local.path().join("second"), path.clone());
         let second = tokio::spawn(async move {
@@ -207,9 +208,9 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         // ...and the first completes within that time.
-        w.send(&Message::PutData { len: 5, offset: 0 }, b"first").await.unwrap();
-        w.send(&Message::Checksum { blake3: blake3::hash(b"first").to_hex().to_string() }, &[]).await.unwrap();
-        assert!(matches!(next(&mut r).await, Some(Message::PutDone { size: 5 })));
+        w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"first").await.unwrap();
+        w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"first").to_hex().to_string() }), &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::PutDone(proto::PutDone { size: 5 }))));
         let err = second.await.unwrap().expect_err("the second upload must not replace the first");
         assert_eq!(code(&err), Some(ErrorCode::Exists), "{err}");
         assert_eq!(std::fs::read_to_string(server.root.path().join(&path)).unwrap(), "first", "round {round}");
@@ -240,7 +241,7 @@ async fn next(r: &mut RawReader) -> Option<Message> {
 
 fn error_code(m: Option<Message>) -> ErrorCode {
     match m {
-        Some(Message::Error { code, .. }) => code,
+        Some(Message::ErrorFrame(proto::ErrorFrame { code, .. })) => code,
         other => panic!("expected an error frame, got {other:?}"),
     }
 }
@@ -249,12 +250,12 @@ fn error_code(m: Option<Message>) -> ErrorCode {
 async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced() {
     let server = TestServer::start().await;
     let (mut r, mut w) = raw(&server).await;
-    w.send(&Message::Put { path: "late".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
-    assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
+    w.send(&Message::Put(proto::Put { path: "late".into(), size: 5, force: false, mode: None }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
     // Another process writes the name while the upload is under way.
     std::fs::write(server.root.path().join("late"), "theirs").unwrap();
-    w.send(&Message::PutData { len: 5, offset: 0 }, b"hello").await.unwrap();
-    w.send(&Message::Checksum { blake3: blake3::hash(b"hello").to_hex().to_string() }, &[]).await.unwrap();
+    w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
+    w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"hello").to_hex().to_string() }), &[]).await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::Exists);
     assert_eq!(std::fs::read_to_string(server.root.path().join("late")).unwrap(), "theirs");
     assert!(!server.root.path().join(".late.fwpart").exists(), "the loser's partial is gone");
@@ -264,17 +265,17 @@ async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced() {
 async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed() {
     let server = TestServer::start().await;
     let (mut r, mut w) = raw(&server).await;
-    w.send(&Message::Put { path: "x".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
-    assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
-    w.feed_head(&Message::PutData { len: 1 << 63, offset: 0 }).unwrap();
+    w.send(&Message::Put(proto::Put { path: "x".into(), size: 5, force: false, mode: None }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
+    w.feed_head(&Message::PutData(proto::PutData { len: 1 << 63, offset: 0 })).unwrap();
     w.flush().await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
     assert!(next(&mut r).await.is_none(), "closed");
 
     // A put_data header with a member of the wrong type.
     let (mut r, mut w) = raw(&server).await;
-    w.send(&Message::Put { path: "y".into(), size: 5, force: false, mode: None }, &[]).await.unwrap();
-    assert!(matches!(next(&mut r).await, Some(Message::PutReady { .. })));
+    w.send(&Message::Put(proto::Put { path: "y".into(), size: 5, force: false, mode: None }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
     let bad = br#"{"type":"put_data","len":5,"offset":"zero"}"#;
     w.get_mut().write_all(&(bad.len() as u32).to_be_bytes()).await.unwrap();
     w.get_mut().write_all(bad).await.unwrap();
@@ -290,8 +291,8 @@ async fn a_stdin_frame_over_the_limit_gets_too_large() {
     })
     .await;
     let (mut r, mut w) = raw(&server).await;
-    w.send(&Message::Exec { command: "cat".into(), timeout_ms: None }, &[]).await.unwrap();
-    w.feed_head(&Message::Stdin { len: 2 << 20, eof: false }).unwrap();
+    w.send(&Message::Exec(proto::Exec { command: "cat".into(), timeout_ms: None }), &[]).await.unwrap();
+    w.feed_head(&Message::Stdin(proto::Stdin { len: 2 << 20, eof: false })).unwrap();
     w.flush().await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::TooLarge);
 }
@@ -379,7 +380,7 @@ async fn a_source_over_its_share_evicts_its_own_oldest_which_is_told_why() {
     assert!(preface.refused(), "{preface:?}");
     let mut r = FrameReader::new(oldest);
     match r.read_head::<Message>().await.unwrap() {
-        Some((Message::Error { code: ErrorCode::Busy, message }, _)) => {
+        Some((Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::Busy, message }), _)) => {
             assert_eq!(message, "server busy: 2 connections from 127.0.0.1 are in their handshake")
         }
         other => panic!("{other:?}"),
@@ -398,7 +399,7 @@ async fn a_refusing_preface_is_reported_as_busy() {
             let (read, write) = sock.into_split();
             let mut w = FrameWriter::new(write);
             w.feed_preface(Preface::refusal());
-            let busy = Message::error(ErrorCode::Busy, "server busy: 64 connections are in their handshake");
+            let busy = Message::ErrorFrame(proto::ErrorFrame::new(ErrorCode::Busy, "server busy: 64 connections are in their handshake"));
             w.send(&busy, &[]).await.unwrap();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use common::{pattern, TestServer};
 use framewire::wire::{self, FrameReader, FrameWriter, Preface, MAGIC};
-use framewire::{Client, ClientError, ErrorCode, Message};
+use framewire::{Client, ClientError, ErrorCode};
+use framewire::proto::{self, AnyMessage as Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -84,7 +85,7 @@ async fn one_byte_at_a_time() {
     let mut sock = TcpStream::connect(server.addr).await.unwrap();
     sock.set_nodelay(true).unwrap();
     let mut bytes = Preface::default().encode().to_vec();
-    bytes.extend_from_slice(&frame(&Message::Echo { len: 11, upper: false }, b"hello world"));
+    bytes.extend_from_slice(&frame(&Message::Echo(proto::Echo { len: 11, upper: false }), b"hello world"));
     for b in bytes {
         sock.write_all(&[b]).await.unwrap();
         tokio::time::sleep(Duration::from_micros(200)).await;
@@ -92,7 +93,7 @@ async fn one_byte_at_a_time() {
     let mut theirs = [0u8; 8];
     sock.read_exact(&mut theirs).await.unwrap();
     let (m, body) = read_frame(&mut sock).await.unwrap();
-    assert_eq!(m, Message::EchoReply { len: 11 });
+    assert_eq!(m, Message::EchoReply(proto::EchoReply { len: 11 }));
     assert_eq!(body, b"hello world");
 }
 
@@ -105,7 +106,7 @@ async fn ten_thousand_frames_in_one_write() {
     let mut batch = BytesMut::new();
     for i in 0..10_000u32 {
         let body = i.to_be_bytes();
-        wire::encode_frame(&Message::Echo { len: 4, upper: false }, &body, &mut batch).unwrap();
+        wire::encode_frame(&Message::Echo(proto::Echo { len: 4, upper: false }), &body, &mut batch).unwrap();
     }
     let writer = tokio::spawn(async move {
         write.write_all(&batch).await.unwrap();
@@ -114,7 +115,7 @@ async fn ten_thousand_frames_in_one_write() {
     let mut r = FrameReader::new(read);
     for i in 0..10_000u32 {
         let (m, _) = r.read_head::<Message>().await.unwrap().expect("a reply per request");
-        assert_eq!(m, Message::EchoReply { len: 4 });
+        assert_eq!(m, Message::EchoReply(proto::EchoReply { len: 4 }));
         assert_eq!(r.read_body(4).await.unwrap()[..], i.to_be_bytes());
     }
     drop(writer.await.unwrap());
@@ -130,7 +131,7 @@ async fn oversized_length_refused_and_server_keeps_serving() {
     bad.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
     let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut bad)).await.unwrap().unwrap();
     match m {
-        Message::Error { code: ErrorCode::BadFrame, message } => {
+        Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::BadFrame, message }) => {
             assert!(message.contains("4294967295") && message.contains("65536"), "{message}")
         }
         other => panic!("{other:?}"),
@@ -157,7 +158,7 @@ async fn recoverable_errors_keep_the_connection() {
     buf.extend_from_slice(b"xxxxx");
     sock.write_all(&buf).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(matches!(m, Message::Error { code: ErrorCode::UnknownType, ref message } if message.contains("teleport")));
+    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::UnknownType, ref message }) if message.contains("teleport")));
 
     let header = br#"{"type":"echo","len":1,"upper":7}"#;
     let mut buf = BytesMut::new();
@@ -166,15 +167,15 @@ async fn recoverable_errors_keep_the_connection() {
     buf.extend_from_slice(b"y");
     sock.write_all(&buf).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(matches!(m, Message::Error { code: ErrorCode::BadRequest, .. }), "{m:?}");
+    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::BadRequest, .. })), "{m:?}");
 
     // A reply type sent as a request.
-    sock.write_all(&frame(&Message::EchoReply { len: 0 }, b"")).await.unwrap();
+    sock.write_all(&frame(&Message::EchoReply(proto::EchoReply { len: 0 }), b"")).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(matches!(m, Message::Error { code: ErrorCode::BadRequest, .. }), "{m:?}");
+    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::BadRequest, .. })), "{m:?}");
 
-    sock.write_all(&frame(&Message::Echo { len: 2, upper: false }, b"ok")).await.unwrap();
-    assert_eq!(read_frame(&mut sock).await.unwrap(), (Message::EchoReply { len: 2 }, b"ok".to_vec()));
+    sock.write_all(&frame(&Message::Echo(proto::Echo { len: 2, upper: false }), b"ok")).await.unwrap();
+    assert_eq!(read_frame(&mut sock).await.unwrap(), (Message::EchoReply(proto::EchoReply { len: 2 }), b"ok".to_vec()));
 }
 
 #[tokio::test]
@@ -186,7 +187,7 @@ async fn bad_json_closes_with_bad_frame() {
     buf.extend_from_slice(b"{oops");
     sock.write_all(&buf).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(matches!(m, Message::Error { code: ErrorCode::BadFrame, .. }), "{m:?}");
+    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::BadFrame, .. })), "{m:?}");
     assert!(read_frame(&mut sock).await.is_none());
 }
 
@@ -212,7 +213,7 @@ async fn wrong_version_is_told_so() {
     sock.read_exact(&mut theirs).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
     match m {
-        Message::Error { code: ErrorCode::UnsupportedVersion, message } => assert!(message.contains("99"), "{message}"),
+        Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::UnsupportedVersion, message }) => assert!(message.contains("99"), "{message}"),
         other => panic!("{other:?}"),
     }
 }
@@ -254,13 +255,13 @@ async fn idle_and_stalled_clients_are_dropped() {
     .await;
     let mut idle = raw(&server).await;
     let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut idle)).await.unwrap().unwrap();
-    assert!(matches!(m, Message::Error { code: ErrorCode::Timeout, ref message } if message.contains("idle")), "{m:?}");
+    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::Timeout, ref message }) if message.contains("idle")), "{m:?}");
 
     let mut slow = raw(&server).await;
     slow.write_all(&[0, 0]).await.unwrap(); // half a length prefix, then nothing
     let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut slow)).await.unwrap().unwrap();
     assert!(
-        matches!(m, Message::Error { code: ErrorCode::Timeout, ref message } if message.contains("stalled")),
+        matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::Timeout, ref message }) if message.contains("stalled")),
         "{m:?}"
     );
 
@@ -311,12 +312,12 @@ async fn shutdown_drains_a_live_request() {
     let (read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
     let body = pattern(4 << 20, 9);
-    w.feed_head(&Message::Echo { len: body.len() as u64, upper: false }).unwrap();
+    w.feed_head(&Message::Echo(proto::Echo { len: body.len() as u64, upper: false })).unwrap();
     w.write_body(&body[..1 << 20]).await.unwrap();
     w.flush().await.unwrap();
     let mut r = FrameReader::new(read);
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
-    assert_eq!(m, Message::EchoReply { len: body.len() as u64 });
+    assert_eq!(m, Message::EchoReply(proto::EchoReply { len: body.len() as u64 }));
 
     // The request is live: ask for shutdown now.
     let addr = server.addr;
@@ -348,13 +349,13 @@ async fn drain_deadline_ends_stuck_requests() {
     let sock = raw(&server).await;
     let (_read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
-    w.feed_head(&Message::Echo { len: 1000, upper: false }).unwrap();
+    w.feed_head(&Message::Echo(proto::Echo { len: 1000, upper: false })).unwrap();
     w.write_body(&[0; 10]).await.unwrap();
     w.flush().await.unwrap();
     // A download whose reader has stalled, on the zero-copy path.
     std::fs::File::create(server.root.path().join("big")).unwrap().set_len(1 << 30).unwrap();
     let mut stalled = raw(&server).await;
-    let get = Message::Get { path: "big".into(), offset: 0, prefix_blake3: None };
+    let get = Message::Get(proto::Get { path: "big".into(), offset: 0, prefix_blake3: None });
     stalled.write_all(&frame(&get, &[])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();

@@ -16,7 +16,7 @@ mod common;
 use common::{block_on, Chunked, Input};
 use framewire::auth::{self, Key, Role, Transcript, BINDING_LEN, NONCE_LEN};
 use framewire::wire::{FrameReader, PREAUTH_MAX_HEADER};
-use framewire::Message;
+use framewire::proto::{self, AnyMessage as Message};
 use libfuzzer_sys::fuzz_target;
 
 /// `from_hex` as the specification says: exactly `2 * N` hex digits of
@@ -92,18 +92,18 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..8 {
         match block_on(reader.read_head::<Message>()) {
             Ok(Some((message, len))) => match message {
-                Message::AuthChallenge { nonce } => {
+                Message::AuthChallenge(proto::AuthChallenge { nonce }) => {
                     assert_eq!(len, 0);
                     challenge = hex_field::<NONCE_LEN>(&nonce);
                     if let Some(n) = &challenge {
                         client_checks(n, None);
                     }
                 }
-                Message::AuthResponse { nonce, proof } => {
+                Message::AuthResponse(proto::AuthResponse { nonce, proof }) => {
                     assert_eq!(len, 0);
                     server_checks(&nonce, &proof);
                 }
-                Message::AuthOk { proof } => {
+                Message::AuthOk(proto::AuthOk { proof }) => {
                     assert_eq!(len, 0);
                     client_checks(challenge.as_ref().unwrap_or(&SERVER_NONCE), Some(&proof));
                 }

@@ -15,7 +15,8 @@ mod common;
 use common::{block_on, Chunked, Input};
 use framewire::client::parse_listing;
 use framewire::wire::{self, FrameReader, MAX_BUFFERED_BODY};
-use framewire::{ClientError, Message};
+use framewire::{ClientError};
+use framewire::proto::{self, AnyMessage as Message};
 use libfuzzer_sys::fuzz_target;
 
 /// Names the client may join onto a local directory.
@@ -50,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let mut reader = FrameReader::new(Chunked::new(input.rest(), sizes));
     for _ in 0..8 {
         match block_on(reader.read_head::<Message>()) {
-            Ok(Some((Message::ListReply { len }, n))) => {
+            Ok(Some((Message::ListReply(proto::ListReply { len }), n))) => {
                 assert_eq!(len, n);
                 match block_on(reader.read_body(MAX_BUFFERED_BODY)) {
                     Ok(body) => body_rules(&body),
@@ -59,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // `stat` hands the entry over as it came: only the header
             // decoder stands between it and the caller.
-            Ok(Some((Message::StatReply { entry }, n))) => {
+            Ok(Some((Message::StatReply(proto::StatReply { entry }), n))) => {
                 assert_eq!(n, 0);
                 let _ = serde_json::to_string(&entry).unwrap();
             }

@@ -5,16 +5,18 @@
 //! transfer interrupted and resumed, checksums verified, a summary.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
 use framewire::auth::Key;
+use framewire::client::tree::{self, CopyOptions, Endpoint, Quiet};
 use framewire::client::{ExecIo, ExecOptions, Progress, TransferOptions};
 use framewire::server::{self, Config};
 use framewire::Client;
 
-use super::files::{self, GetArgs, PutArgs, TransferArgs};
+use super::files;
 
 const BIG: u64 = 256 << 20;
 /// Where the first upload of the big file is cut.
@@ -204,16 +206,23 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         std::fs::write(&path, format!("file {i}: {name}\n").repeat(1 + i * 5000))?;
     }
-    let tree_str = tree.display().to_string();
-    files::put(
-        PutArgs::new(addr.clone(), vec![tree_str.clone(), "tree".into()], TransferArgs::tree()),
-        Some(key.clone()),
-    )
-    .await?;
+    let endpoint = Endpoint::new(addr.clone(), Some(key.clone()));
+    let options = CopyOptions::new(true, 4);
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&tree), Some("tree"), true).await?;
+    let up_tree = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
     let fetched = local.path().join("fetched");
-    let fetched_str = fetched.display().to_string();
-    files::get(GetArgs::new(addr.clone(), vec!["tree".into(), fetched_str], TransferArgs::tree()), Some(key.clone()))
-        .await?;
+    let plan = tree::plan_get(&mut client, &["tree".to_owned()], &fetched, true).await?;
+    let down_tree = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
+    say!(
+        "   put -r: {} files in {:.0} ms; get -r: {} files in {:.0} ms",
+        up_tree.files,
+        up_tree.elapsed.as_secs_f64() * 1e3,
+        down_tree.files,
+        down_tree.elapsed.as_secs_f64() * 1e3
+    );
+    for f in up_tree.failures.iter().chain(&down_tree.failures) {
+        failures.push(format!("tree copy: {}: {}", f.path, f.error));
+    }
     let listing = client.list("tree", true).await?;
     let mut tree_ok = listing.len() == 6;
     for e in &listing {

@@ -206,7 +206,7 @@ fn stdout_has_no_reader() -> bool {
 /// stays one line and cannot drive the terminal.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
-    for cause in e.chain().map(ToString::to_string) {
+    for cause in e.chain().map(explain_cause) {
         if line.ends_with(&cause) {
             continue;
         }
@@ -216,6 +216,36 @@ pub fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&cause);
     }
     framewire::text::printable(&line).into_owned()
+}
+
+/// One cause of an error, with what to do about it in the CLI's terms
+/// where the library's error names a situation a flag changes.
+fn explain_cause(cause: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(e) = cause.downcast_ref::<framewire::ClientError>() {
+        return explained(e);
+    }
+    if let Some(e) = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(policy) = e.downcast_ref::<framewire::server::PolicyError>() {
+            return serve::explained(policy);
+        }
+    }
+    cause.to_string()
+}
+
+/// A client error, with the flag that changes the situation where one does.
+pub fn explained(e: &framewire::ClientError) -> String {
+    use framewire::{ClientError, ErrorCode};
+    match e {
+        ClientError::AuthRequired => format!("{e}: use --key-file FILE (or set FRAMEWIRE_KEY_FILE)"),
+        ClientError::AuthUnavailable => format!("{e} (run the client without --key-file)"),
+        ClientError::LocalExists(_) | ClientError::Remote { code: ErrorCode::Exists, .. } => {
+            format!("{e} (use --force to replace it)")
+        }
+        ClientError::Remote { code: ErrorCode::ExecDisabled, .. } => {
+            format!("{e}: the server must be started with --allow-exec")
+        }
+        _ => e.to_string(),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -156,3 +156,21 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
+
+/// A refused server configuration, with the flags that change it.
+pub fn explained(e: &framewire::server::PolicyError) -> String {
+    use framewire::server::PolicyError;
+    match e {
+        PolicyError::OpenAddress(_) | PolicyError::OpenExec => {
+            format!("{e}; give a key file (framewire keygen, then --key-file), or --insecure if you mean it")
+        }
+        PolicyError::LegacyHmacWithoutKey => "--legacy-hmac needs a key file (--key-file)".to_owned(),
+        PolicyError::LegacyExecNotAllowed { mode, addr } => {
+            format!("legacy {mode} on {addr} runs commands: it needs --allow-exec")
+        }
+        PolicyError::OpenLegacy { mode, addr } => format!(
+            "refusing legacy {mode} on {addr} without --legacy-hmac: anyone who can connect could use it; --insecure if you mean it"
+        ),
+        _ => e.to_string(),
+    }
+}

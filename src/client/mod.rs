@@ -7,6 +7,8 @@ mod exec;
 mod files;
 
 
+pub mod tree;
+
 pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 pub use error::ClientError;
 pub use exec::{ExecIo, ExecOptions, ExitStatus, Output};

@@ -69,8 +69,8 @@ macro_rules! messages {
 
         /// One of each message, as the round-trip test encodes them.
         #[cfg(test)]
-        pub(crate) fn examples() -> Vec<super::sets::AnyMessage> {
-            vec![$( super::sets::AnyMessage::$name($example) ),*]
+        pub(crate) fn examples() -> Vec<AnyMessage> {
+            vec![$( AnyMessage::$name($example) ),*]
         }
 
         super::sets::set! {

@@ -97,3 +97,37 @@ impl Config {
     }
 }
 
+
+/// A configuration the server refuses to run with: it would let anyone who
+/// can connect use it. Returned inside the `PermissionDenied` I/O error of
+/// [`run`](super::run) (`io::Error::get_ref` gives it back).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A non-loopback address without a key ([`Config::insecure`] allows it).
+    #[error("refusing to serve {0} without a key: anyone who can connect could use it")]
+    OpenAddress(std::net::SocketAddr),
+    /// Exec without a key ([`Config::insecure`] allows it).
+    #[error("refusing to allow exec without a key: anyone who can connect could run commands")]
+    OpenExec,
+    /// [`Config::legacy_hmac`] without [`Config::key`].
+    #[error("the legacy HMAC challenge needs a key")]
+    LegacyHmacWithoutKey,
+    /// A legacy exec listener while [`Config::allow_exec`] is off.
+    #[error("legacy {mode} on {addr} runs commands, and exec is not allowed")]
+    LegacyExecNotAllowed {
+        /// The listener's format.
+        mode: String,
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
+    /// A legacy listener on a non-loopback address without the HMAC
+    /// challenge.
+    #[error("refusing legacy {mode} on {addr} without the HMAC challenge: anyone who can connect could use it")]
+    OpenLegacy {
+        /// The listener's format.
+        mode: String,
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
+}

@@ -138,7 +138,7 @@ async fn handshake_rest(mut tcp: TcpStream, theirs: Preface, ctx: &Context) -> R
         let (code, msg) = if keyed {
             (
                 ErrorCode::AuthRequired,
-                "this server requires a key: run the client with --key-file FILE (or FRAMEWIRE_KEY_FILE)",
+                "this server requires a key: connect over TLS and prove you hold it (docs/SECURITY.md)",
             )
         } else {
             (

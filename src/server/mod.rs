@@ -115,7 +115,7 @@ pub async fn run_with_legacy(
         _ = native => {}
         _ = shutdown => {}
         _ = idle_for(config.exit_when_idle, &shared) => {
-            info!(idle = ?config.exit_when_idle, "no client for the --exit-when-idle time");
+            info!(idle = ?config.exit_when_idle, "no client for the exit-when-idle time");
         }
     }
     stop.cancel();
@@ -350,25 +350,27 @@ fn legacy_context(ctx: &context::Context) -> legacy::Legacy<'_> {
     }
 }
 
+fn refuse(why: PolicyError) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))
+}
+
 /// Legacy listeners follow the native exec policy, and without the HMAC
 /// challenge they authenticate no one.
 fn check_legacy_policy(legacy: &[(Mode, TcpListener)], config: &Config) -> std::io::Result<()> {
-    let refuse = |msg: String| Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg));
     if config.legacy_hmac && config.key.is_none() {
-        return refuse("--legacy-hmac needs a key file (--key-file)".to_owned());
+        return refuse(PolicyError::LegacyHmacWithoutKey);
     }
     for (mode, l) in legacy {
         let addr = l.local_addr()?;
-        if mode.is_exec() && !config.allow_exec {
-            return refuse(format!("legacy {mode} on {addr} runs commands: it needs --allow-exec"));
+        let (exec, mode) = (mode.is_exec(), mode.to_string());
+        if exec && !config.allow_exec {
+            return refuse(PolicyError::LegacyExecNotAllowed { mode, addr });
         }
         if !config.legacy_hmac && !addr.ip().is_loopback() && !config.insecure {
-            return refuse(format!(
-                "refusing legacy {mode} on {addr} without --legacy-hmac: anyone who can connect could use it; --insecure if you mean it"
-            ));
+            return refuse(PolicyError::OpenLegacy { mode, addr });
         }
-        if !config.legacy_hmac && mode.is_exec() {
-            warn!(%mode, %addr, "legacy exec without --legacy-hmac: any local user can run commands through it");
+        if !config.legacy_hmac && exec {
+            warn!(%mode, %addr, "legacy exec without the HMAC challenge: any local user can run commands through it");
         }
     }
     Ok(())
@@ -381,17 +383,11 @@ fn check_policy(listener: &TcpListener, config: &Config) -> std::io::Result<()> 
         return Ok(());
     }
     let addr = listener.local_addr()?;
-    let refuse = |what: String| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("refusing {what} without a key: anyone who can connect could use it; give a key file (framewire keygen), or --insecure if you mean it"),
-        ))
-    };
     if !addr.ip().is_loopback() && !config.insecure {
-        return refuse(format!("to serve {addr}"));
+        return refuse(PolicyError::OpenAddress(addr));
     }
     if config.allow_exec && !config.insecure {
-        return refuse("to allow exec".to_owned());
+        return refuse(PolicyError::OpenExec);
     }
     if config.insecure && (config.allow_exec || !addr.ip().is_loopback()) {
         warn!(%addr, exec = config.allow_exec, "INSECURE: serving without a key; anyone who can connect can use this server{}", if config.allow_exec { " and run commands on it" } else { "" });

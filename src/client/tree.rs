@@ -1,0 +1,486 @@
+//! Copies of files and trees over several connections at once: what
+//! `framewire get -r` and `put -r` run.
+//!
+//! A copy is planned first ([`plan_get`], [`plan_put`]): the sources are
+//! expanded into one [`Job`] per file (a remote tree through one listing,
+//! a local tree by walking it), local directories are created, and what
+//! cannot be copied is set aside. Then [`run`] moves the jobs over up to
+//! [`CopyOptions::jobs`] connections, each opened when first needed and
+//! reused while it stays in step, and reports each file to an
+//! [`Observer`] (progress bars, logs) as it starts, moves and ends.
+//!
+//! The rules are `cp`'s: with several sources, or a destination that is a
+//! directory (or, for an upload, ends in `/`), each source lands inside
+//! it; otherwise the one source is copied to the destination itself. The
+//! names a remote listing returns are checked to be plain relative paths
+//! ([`parse_listing`](super::parse_listing)), so joining them onto a local
+//! directory stays inside it.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), framewire::ClientError> {
+//! use framewire::client::tree::{self, CopyOptions, Endpoint, Quiet};
+//!
+//! let endpoint = Endpoint::new("127.0.0.1:9909", None);
+//! let mut client = endpoint.connect().await?;
+//! let plan = tree::plan_get(&mut client, &["photos".to_owned()], "backup".as_ref(), true).await?;
+//! let summary = tree::run(&endpoint, plan, &CopyOptions::default(), std::sync::Arc::new(Quiet)).await;
+//! assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::conn::Client;
+use super::error::ClientError;
+use super::files::{Progress, Transfer, TransferOptions};
+use crate::auth::Key;
+use crate::proto::{Entry, Kind};
+
+/// Where a copy's connections go: the server's address and the key, if
+/// any. Every connection of a copy is opened from it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    addr: String,
+    key: Option<Key>,
+}
+
+impl Endpoint {
+    /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
+    pub fn new(addr: impl Into<String>, key: Option<Key>) -> Self {
+        Endpoint { addr: addr.into(), key }
+    }
+
+    /// Opens one connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect_with`].
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect_with(&self.addr, self.key.as_ref()).await
+    }
+}
+
+/// Which way a copy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the server.
+    Get,
+    /// To the server.
+    Put,
+}
+
+/// One file to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Its path on the server.
+    pub remote: String,
+    /// Its local path.
+    pub local: PathBuf,
+    /// Its size, as planned (for a total).
+    pub size: u64,
+}
+
+impl Job {
+    /// The path to name the file by: where it comes from.
+    pub fn source(&self, direction: Direction) -> String {
+        match direction {
+            Direction::Get => self.remote.clone(),
+            Direction::Put => self.local.display().to_string(),
+        }
+    }
+}
+
+/// A file or directory that could not be copied, and why.
+#[derive(Debug)]
+pub struct Failure {
+    /// Its source path.
+    pub path: String,
+    /// Why.
+    pub error: ClientError,
+}
+
+/// A planned copy.
+#[derive(Debug)]
+pub struct Plan {
+    /// Which way it goes.
+    pub direction: Direction,
+    /// The files to copy, in order.
+    pub jobs: Vec<Job>,
+    /// Remote directories to create because no file below creates them
+    /// (uploads).
+    pub mkdirs: Vec<String>,
+    /// Left out on purpose, with why: special files, symlinks to
+    /// directories, dangling symlinks.
+    pub skipped: Vec<String>,
+    /// Left out, and the copy fails: names the protocol cannot carry.
+    pub failures: Vec<Failure>,
+}
+
+impl Plan {
+    fn new(direction: Direction) -> Self {
+        Plan { direction, jobs: Vec::new(), mkdirs: Vec::new(), skipped: Vec::new(), failures: Vec::new() }
+    }
+
+    /// Bytes of all the jobs.
+    pub fn total_size(&self) -> u64 {
+        self.jobs.iter().map(|j| j.size).sum()
+    }
+}
+
+/// Why a copy could not be planned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// A source is a directory and the copy is not recursive.
+    #[error("{0}: is a directory (a recursive copy is needed)")]
+    IsADirectory(String),
+    /// A source could not be looked at.
+    #[error("cannot copy {path}: {error}")]
+    Source {
+        /// The source as given.
+        path: String,
+        /// Why.
+        error: ClientError,
+    },
+}
+
+impl From<PlanError> for ClientError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Source { error, .. } => error,
+            e => ClientError::Local {
+                path: PathBuf::new(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+            },
+        }
+    }
+}
+
+/// The last component of a remote path.
+fn base_name(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)
+}
+
+/// `dir/name`, or `name` in the root.
+fn join_remote(dir: &str, name: &str) -> String {
+    let dir = dir.trim_end_matches('/');
+    if dir.is_empty() || dir == "." {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn local_dir(dir: &Path) -> Result<(), PlanError> {
+    std::fs::create_dir_all(dir).map_err(|source| PlanError::Source {
+        path: dir.display().to_string(),
+        error: ClientError::Local { path: dir.to_owned(), source },
+    })
+}
+
+/// Plans a download of the remote `sources` to `dest`, expanding
+/// directories (with `recursive`) through one listing each, and creates
+/// the local directories the files go to (empty ones too).
+///
+/// # Errors
+///
+/// [`PlanError::IsADirectory`] for a directory without `recursive`;
+/// [`PlanError::Source`] if a source cannot be looked at or a local
+/// directory cannot be made.
+pub async fn plan_get(client: &mut Client, sources: &[String], dest: &Path, recursive: bool) -> Result<Plan, PlanError> {
+    let into_dir = dest.is_dir() || sources.len() > 1;
+    let mut plan = Plan::new(Direction::Get);
+    for remote in sources {
+        let source = |error| PlanError::Source { path: remote.clone(), error };
+        let entry = client.stat(remote).await.map_err(source)?;
+        let target = if into_dir { dest.join(base_name(remote)) } else { dest.to_owned() };
+        if entry.kind != Kind::Dir {
+            plan.jobs.push(Job { remote: remote.clone(), local: target, size: entry.size });
+            continue;
+        }
+        if !recursive {
+            return Err(PlanError::IsADirectory(remote.clone()));
+        }
+        // Directories first, so that empty ones are recreated too.
+        let tree = client.tree(remote).await.map_err(source)?;
+        local_dir(&target)?;
+        for e in tree {
+            match e.kind {
+                Kind::Dir => local_dir(&target.join(&e.name))?,
+                _ => plan.jobs.push(Job { remote: join_remote(remote, &e.name), local: target.join(&e.name), size: e.size }),
+            }
+        }
+    }
+    for job in &plan.jobs {
+        if let Some(parent) = job.local.parent() {
+            local_dir(parent)?;
+        }
+    }
+    Ok(plan)
+}
+
+/// Plans an upload of the local `sources` to `dest` on the server (the
+/// root when `None`), walking directories (with `recursive`). Symlinks to
+/// files are followed; symlinks to directories and special files are
+/// skipped, with a note in [`Plan::skipped`].
+///
+/// # Errors
+///
+/// As [`plan_get`].
+pub async fn plan_put(
+    client: &mut Client,
+    sources: &[PathBuf],
+    dest: Option<&str>,
+    recursive: bool,
+) -> Result<Plan, PlanError> {
+    let into_dir = match dest {
+        None => true,
+        Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
+        Some(d) => matches!(client.stat(d).await, Ok(Entry { kind: Kind::Dir, .. })),
+    };
+    let dest = dest.unwrap_or_default();
+    let mut plan = Plan::new(Direction::Put);
+    for path in sources {
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| PlanError::Source {
+            path: shown.clone(),
+            error: ClientError::Local { path: path.clone(), source },
+        })?;
+        let name = match path.file_name() {
+            None => shown.clone(),
+            Some(name) => match name.to_str() {
+                Some(name) => name.to_owned(),
+                None => return Err(PlanError::Source { path: shown, error: not_utf8(path) }),
+            },
+        };
+        let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
+        if !meta.is_dir() {
+            plan.jobs.push(Job { remote: target, local: path.clone(), size: meta.len() });
+            continue;
+        }
+        if !recursive {
+            return Err(PlanError::IsADirectory(shown));
+        }
+        let creates = walk(&mut plan, path, &target).map_err(|source| PlanError::Source {
+            path: shown.clone(),
+            error: ClientError::Local { path: path.clone(), source },
+        })?;
+        if !creates {
+            plan.mkdirs.push(target);
+        }
+    }
+    Ok(plan)
+}
+
+fn not_utf8(path: &Path) -> ClientError {
+    ClientError::Local {
+        path: path.to_owned(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the name is not valid UTF-8, which framewire's protocol cannot carry",
+        ),
+    }
+}
+
+/// Adds what is below `dir` under `remote`; returns whether anything
+/// below will create `remote` on the server.
+fn walk(plan: &mut Plan, dir: &Path, remote: &str) -> std::io::Result<bool> {
+    let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    items.sort_by_key(|i| i.file_name());
+    let mut creates = false;
+    for item in items {
+        let path = item.path();
+        let Ok(name) = item.file_name().into_string() else {
+            plan.failures.push(Failure { path: path.display().to_string(), error: not_utf8(&path) });
+            continue;
+        };
+        let child = join_remote(remote, &name);
+        if item.file_type()?.is_dir() {
+            if !walk(plan, &path, &child)? {
+                plan.mkdirs.push(child);
+            }
+            creates = true;
+            continue;
+        }
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                plan.jobs.push(Job { remote: child, local: path, size: meta.len() });
+                creates = true;
+            }
+            Ok(meta) if meta.is_dir() => {
+                plan.skipped.push(format!("{}: a symlink to a directory (not followed)", path.display()))
+            }
+            Ok(_) => plan.skipped.push(format!("{}: not a regular file", path.display())),
+            Err(e) => plan.skipped.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(creates)
+}
+
+/// How a copy runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CopyOptions {
+    /// Replace existing files.
+    pub force: bool,
+    /// Files moved at once, each over its own connection (1 to 64).
+    pub jobs: usize,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions { force: false, jobs: 4 }
+    }
+}
+
+impl CopyOptions {
+    /// Options with `force` and `jobs` as given.
+    pub fn new(force: bool, jobs: usize) -> Self {
+        CopyOptions { force, jobs }
+    }
+}
+
+/// What a copy tells as it goes. Called from the copy's tasks, so it must
+/// be cheap; `id` tells apart the files under way at once.
+pub trait Observer: Send + Sync {
+    /// A file starts.
+    fn started(&self, _id: usize, _job: &Job) {}
+    /// A file moved on (see [`Progress`]).
+    fn progress(&self, _id: usize, _job: &Job, _progress: Progress) {}
+    /// A file ended, copied or not.
+    fn finished(&self, _id: usize, _job: &Job, _outcome: &Result<Transfer, ClientError>) {}
+}
+
+/// An observer that observes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// What a copy did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Files copied.
+    pub files: usize,
+    /// Bytes sent over the network.
+    pub sent: u64,
+    /// Bytes that were already there (resumed) and not sent again.
+    pub resumed: u64,
+    /// How long the copy took.
+    pub elapsed: Duration,
+    /// What could not be copied: the plan's own failures, then the
+    /// directories and files that failed.
+    pub failures: Vec<Failure>,
+}
+
+/// Runs `plan` over up to `options.jobs` connections to `endpoint`, each
+/// worker a task of its own. Directories to create go first, over one
+/// connection; then each worker takes the next file as soon as it is done
+/// with one. A connection that failed, or was closed because a transfer
+/// stopped half-way, is replaced by a new one for the next file.
+pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observer: Arc<dyn Observer>) -> Summary {
+    let started = Instant::now();
+    let Plan { direction, jobs, mkdirs, skipped: _, failures } = plan;
+    let mut summary = Summary { failures, ..Summary::default() };
+    summary.failures.extend(make_dirs(endpoint, &mkdirs).await);
+    let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));
+    let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>()));
+    let totals = Arc::new(Mutex::new(Summary::default()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (endpoint, queue, totals, observer) = (endpoint.clone(), queue.clone(), totals.clone(), observer.clone());
+        let force = options.force;
+        tasks.spawn(async move { worker(&endpoint, direction, &queue, force, &*observer, &totals).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            let error = ClientError::Local { path: PathBuf::new(), source: std::io::Error::other(e) };
+            summary.failures.push(Failure { path: "(a copy worker)".into(), error });
+        }
+    }
+    let done = std::mem::take(&mut *totals.lock().expect("totals"));
+    summary.files = done.files;
+    summary.sent = done.sent;
+    summary.resumed = done.resumed;
+    summary.failures.extend(done.failures);
+    summary.elapsed = started.elapsed();
+    summary
+}
+
+/// Creates remote directories no file creates, over one connection.
+async fn make_dirs(endpoint: &Endpoint, dirs: &[String]) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    if dirs.is_empty() {
+        return failures;
+    }
+    let mut client = match endpoint.connect().await {
+        Ok(client) => client,
+        Err(error) => {
+            failures.push(Failure { path: dirs.join(", "), error });
+            return failures;
+        }
+    };
+    for dir in dirs {
+        if let Err(error) = client.mkdir(dir).await {
+            failures.push(Failure { path: dir.clone(), error });
+        }
+    }
+    failures
+}
+
+/// One connection's share of a copy: the next job until there is none.
+async fn worker(
+    endpoint: &Endpoint,
+    direction: Direction,
+    queue: &Mutex<Vec<(usize, Job)>>,
+    force: bool,
+    observer: &dyn Observer,
+    totals: &Mutex<Summary>,
+) {
+    let mut client: Option<Client> = None;
+    loop {
+        let Some((id, job)) = queue.lock().expect("queue").pop() else { break };
+        observer.started(id, &job);
+        let outcome = copy_one(endpoint, &mut client, direction, &job, force, &mut |p| observer.progress(id, &job, p)).await;
+        observer.finished(id, &job, &outcome);
+        let mut t = totals.lock().expect("totals");
+        match outcome {
+            Ok(done) => {
+                t.files += 1;
+                t.sent += done.size - done.resumed;
+                t.resumed += done.resumed;
+            }
+            Err(error) => {
+                // A connection that failed, or was closed because a
+                // transfer stopped half-way, is not reused.
+                let in_step = matches!(error, ClientError::Remote { .. } | ClientError::LocalExists(_));
+                if !in_step || client.as_ref().is_some_and(Client::is_closed) {
+                    client = None;
+                }
+                t.failures.push(Failure { path: job.source(direction), error });
+            }
+        }
+    }
+}
+
+async fn copy_one(
+    endpoint: &Endpoint,
+    client: &mut Option<Client>,
+    direction: Direction,
+    job: &Job,
+    force: bool,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Transfer, ClientError> {
+    if client.is_none() {
+        *client = Some(endpoint.connect().await?);
+    }
+    let c = client.as_mut().expect("connected");
+    let options = TransferOptions::force(force);
+    match direction {
+        Direction::Get => c.get(&job.remote, &job.local, &options, progress).await,
+        Direction::Put => c.put(&job.local, &job.remote, &options, progress).await,
+    }
+}
