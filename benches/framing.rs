@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framewire::wire::{BareCodec, FrameReader, FrameWriter};
 use framewire::proto::{self, AnyMessage as Message};
+use framewire::wire::{BareCodec, FrameReader, FrameWriter};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};

@@ -5,11 +5,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use framewire::proto::{self, AnyMessage as Message};
 use framewire::wire::{
     BareCodec, Envelope, Error, Frame, FrameCodec, FramePart, FrameReader, FrameWriter, MAX_HEADER_LEN,
 };
-use framewire::{ErrorCode};
-use framewire::proto::{self, AnyMessage as Message};
+use framewire::ErrorCode;
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};

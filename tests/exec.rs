@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use common::{rss_kib, wait_gone, TestServer};
 use framewire::client::{ExecIo, ExecOptions};
 use framewire::proto::ExitReason;
+use framewire::proto::{self, AnyMessage as Message};
 use framewire::wire::{FrameReader, FrameWriter, Preface};
 use framewire::{Client, ErrorCode};
-use framewire::proto::{self, AnyMessage as Message};
 use tokio::io::AsyncWrite;
 
 async fn exec_server() -> TestServer {
@@ -195,9 +195,12 @@ async fn dropped_connection_kills_the_whole_group() {
     let mut w = FrameWriter::new(write);
     let mut r = FrameReader::new(read);
     w.feed_preface(Preface::default());
-    w.send(&Message::Exec(proto::Exec { command: "sleep 100 & echo $!; echo $$; sleep 100".into(), timeout_ms: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::Exec(proto::Exec { command: "sleep 100 & echo $!; echo $$; sleep 100".into(), timeout_ms: None }),
+        &[],
+    )
+    .await
+    .unwrap();
     r.read_preface().await.unwrap();
     let mut seen = Vec::new();
     while pids(&seen).len() < 2 {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use common::{pattern, TestServer};
 use framewire::client::{ExecOptions, Progress, TransferOptions};
 use framewire::proto::Kind;
+use framewire::proto::{self, AnyMessage as Message};
 use framewire::wire::{FrameReader, FrameWriter, Preface};
 use framewire::{Client, ClientError, ErrorCode};
-use framewire::proto::{self, AnyMessage as Message};
 
 fn no_progress() -> impl FnMut(Progress) + Send {
     |_| {}
@@ -376,7 +376,9 @@ async fn download_with_wrong_checksum_is_not_kept() {
         w.feed_preface(Preface::default());
         w.flush().await.unwrap();
         r.read_head::<Message>().await.unwrap();
-        w.feed(&Message::FileReply(proto::FileReply { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644 }), b"hello").await.unwrap();
+        w.feed(&Message::FileReply(proto::FileReply { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644 }), b"hello")
+            .await
+            .unwrap();
         w.send(&Message::Checksum(proto::Checksum { blake3: blake3_hex(b"other") }), &[]).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
     });

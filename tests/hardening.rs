@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use common::TestServer;
 use framewire::auth::Key;
 use framewire::client::{Progress, TransferOptions};
+use framewire::proto::{self, AnyMessage as Message};
 use framewire::services::root::Resolver;
 use framewire::wire::{FrameReader, FrameWriter, Preface};
 use framewire::{Client, ClientError, ErrorCode};
-use framewire::proto::{self, AnyMessage as Message};
 use tokio::io::AsyncWriteExt;
 
 fn no_progress() -> impl FnMut(Progress) + Send {
@@ -209,7 +209,9 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         // ...and the first completes within that time.
         w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"first").await.unwrap();
-        w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"first").to_hex().to_string() }), &[]).await.unwrap();
+        w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"first").to_hex().to_string() }), &[])
+            .await
+            .unwrap();
         assert!(matches!(next(&mut r).await, Some(Message::PutDone(proto::PutDone { size: 5 }))));
         let err = second.await.unwrap().expect_err("the second upload must not replace the first");
         assert_eq!(code(&err), Some(ErrorCode::Exists), "{err}");
@@ -255,7 +257,9 @@ async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced() {
     // Another process writes the name while the upload is under way.
     std::fs::write(server.root.path().join("late"), "theirs").unwrap();
     w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
-    w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"hello").to_hex().to_string() }), &[]).await.unwrap();
+    w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"hello").to_hex().to_string() }), &[])
+        .await
+        .unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::Exists);
     assert_eq!(std::fs::read_to_string(server.root.path().join("late")).unwrap(), "theirs");
     assert!(!server.root.path().join(".late.fwpart").exists(), "the loser's partial is gone");
@@ -399,7 +403,10 @@ async fn a_refusing_preface_is_reported_as_busy() {
             let (read, write) = sock.into_split();
             let mut w = FrameWriter::new(write);
             w.feed_preface(Preface::refusal());
-            let busy = Message::ErrorFrame(proto::ErrorFrame::new(ErrorCode::Busy, "server busy: 64 connections are in their handshake"));
+            let busy = Message::ErrorFrame(proto::ErrorFrame::new(
+                ErrorCode::Busy,
+                "server busy: 64 connections are in their handshake",
+            ));
             w.send(&busy, &[]).await.unwrap();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use common::{pattern, TestServer};
+use framewire::proto::{self, AnyMessage as Message};
 use framewire::wire::{self, FrameReader, FrameWriter, Preface, MAGIC};
 use framewire::{Client, ClientError, ErrorCode};
-use framewire::proto::{self, AnyMessage as Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -158,7 +158,9 @@ async fn recoverable_errors_keep_the_connection() {
     buf.extend_from_slice(b"xxxxx");
     sock.write_all(&buf).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
-    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::UnknownType, ref message }) if message.contains("teleport")));
+    assert!(
+        matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::UnknownType, ref message }) if message.contains("teleport"))
+    );
 
     let header = br#"{"type":"echo","len":1,"upper":7}"#;
     let mut buf = BytesMut::new();
@@ -213,7 +215,9 @@ async fn wrong_version_is_told_so() {
     sock.read_exact(&mut theirs).await.unwrap();
     let (m, _) = read_frame(&mut sock).await.unwrap();
     match m {
-        Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::UnsupportedVersion, message }) => assert!(message.contains("99"), "{message}"),
+        Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::UnsupportedVersion, message }) => {
+            assert!(message.contains("99"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -255,7 +259,10 @@ async fn idle_and_stalled_clients_are_dropped() {
     .await;
     let mut idle = raw(&server).await;
     let (m, _) = tokio::time::timeout(LIMIT, read_frame(&mut idle)).await.unwrap().unwrap();
-    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::Timeout, ref message }) if message.contains("idle")), "{m:?}");
+    assert!(
+        matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::Timeout, ref message }) if message.contains("idle")),
+        "{m:?}"
+    );
 
     let mut slow = raw(&server).await;
     slow.write_all(&[0, 0]).await.unwrap(); // half a length prefix, then nothing

@@ -5,8 +5,8 @@
 //! transfer interrupted and resumed, checksums verified, a summary.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ClientError;
 use crate::auth::{self, Key, Role, Transcript};
-use crate::proto::{with_default_port, Answer, AuthChallenge, AuthOk, AuthResponse, Echo, EchoReply, ErrorCode, ErrorFrame, Message};
+use crate::proto::{
+    with_default_port, Answer, AuthChallenge, AuthOk, AuthResponse, Echo, EchoReply, ErrorCode, ErrorFrame, Message,
+};
 use crate::session::{ClientSide, Session};
 use crate::transport::{self, Binding, BoxRead, BoxWrite};
 use crate::wire::{

@@ -310,12 +310,11 @@ impl Client {
         let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode) };
         self.session.send(&put, &[]).await?;
         let PutReady { offset, prefix_blake3 } = self.answer().await?;
-        let sender = spawn_blocking(move || {
-            Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::StartOver)
-        })
-        .await
-        .map_err(join_err)?
-        .map_err(local_err(local))?;
+        let sender =
+            spawn_blocking(move || Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::StartOver))
+                .await
+                .map_err(join_err)?
+                .map_err(local_err(local))?;
         let from = sender.start();
         self.session.feed_head(&PutData { len: sender.len(), offset: from })?;
         // The server may refuse before the body is through (a write
@@ -337,10 +336,9 @@ impl Client {
                 self.session.abandon().await;
                 return Err(match early? {
                     Some((Answer::Refused(e), _)) => e.into(),
-                    Some((Answer::Ok(_), _)) => ClientError::Unexpected {
-                        expected: "no answer before the checksum",
-                        got: "put_done".into(),
-                    },
+                    Some((Answer::Ok(_), _)) => {
+                        ClientError::Unexpected { expected: "no answer before the checksum", got: "put_done".into() }
+                    }
                     None => ClientError::Closed,
                 });
             }

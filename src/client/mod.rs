@@ -6,7 +6,6 @@ mod error;
 mod exec;
 mod files;
 
-
 pub mod tree;
 
 pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};

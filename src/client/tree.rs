@@ -191,7 +191,12 @@ fn local_dir(dir: &Path) -> Result<(), PlanError> {
 /// [`PlanError::IsADirectory`] for a directory without `recursive`;
 /// [`PlanError::Source`] if a source cannot be looked at or a local
 /// directory cannot be made.
-pub async fn plan_get(client: &mut Client, sources: &[String], dest: &Path, recursive: bool) -> Result<Plan, PlanError> {
+pub async fn plan_get(
+    client: &mut Client,
+    sources: &[String],
+    dest: &Path,
+    recursive: bool,
+) -> Result<Plan, PlanError> {
     let into_dir = dest.is_dir() || sources.len() > 1;
     let mut plan = Plan::new(Direction::Get);
     for remote in sources {
@@ -211,7 +216,11 @@ pub async fn plan_get(client: &mut Client, sources: &[String], dest: &Path, recu
         for e in tree {
             match e.kind {
                 Kind::Dir => local_dir(&target.join(&e.name))?,
-                _ => plan.jobs.push(Job { remote: join_remote(remote, &e.name), local: target.join(&e.name), size: e.size }),
+                _ => plan.jobs.push(Job {
+                    remote: join_remote(remote, &e.name),
+                    local: target.join(&e.name),
+                    size: e.size,
+                }),
             }
         }
     }
@@ -444,7 +453,8 @@ async fn worker(
     loop {
         let Some((id, job)) = queue.lock().expect("queue").pop() else { break };
         observer.started(id, &job);
-        let outcome = copy_one(endpoint, &mut client, direction, &job, force, &mut |p| observer.progress(id, &job, p)).await;
+        let outcome =
+            copy_one(endpoint, &mut client, direction, &job, force, &mut |p| observer.progress(id, &job, p)).await;
         observer.finished(id, &job, &outcome);
         let mut t = totals.lock().expect("totals");
         match outcome {

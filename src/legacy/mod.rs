@@ -27,8 +27,8 @@ use crate::auth::Key;
 use crate::services::exec::spawn;
 use crate::services::files::{self, Sandbox};
 use crate::services::root::is_partial_name;
-use crate::session::{BodySource, Receiver};
 use crate::services::Refusal;
+use crate::session::{BodySource, Receiver};
 
 /// A command is read with one read of at most this many bytes, as the
 /// tutorial's `recv(8192)` did.
@@ -420,7 +420,9 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
                 kept.discard();
             }
             return Err(match e {
-                Ok(crate::wire::Error::UnexpectedEof { got, expected, .. }) => LegacyError::ShortUpload { got, expected },
+                Ok(crate::wire::Error::UnexpectedEof { got, expected, .. }) => {
+                    LegacyError::ShortUpload { got, expected }
+                }
                 Ok(crate::wire::Error::Stalled(limit)) => LegacyError::Stalled(limit),
                 Ok(crate::wire::Error::Io(e)) | Err(e) => e.into(),
                 Ok(e) => std::io::Error::other(e).into(),

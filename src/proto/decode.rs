@@ -12,18 +12,9 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::messages::{Message, KINDS};
+pub use super::message::Hot;
+use super::message::Message;
 use crate::wire::{json_error, Envelope, Error};
-
-/// The fields of the data-path frames, as the fast parse found them.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
-pub struct Hot {
-    pub len: u64,
-    pub upper: bool,
-    pub eof: bool,
-    pub offset: u64,
-}
 
 #[derive(Deserialize)]
 struct HotParse<'a> {
@@ -96,15 +87,16 @@ pub fn member<M: Message>(text: &str, peek: &Peek) -> Result<M, Error> {
     Ok(message)
 }
 
-/// The error for a header whose type is not among those `expected`.
+/// The error for a header whose type is not among those `expected`:
+/// [`Error::Unexpected`] if it is one of the `known` types.
 #[doc(hidden)]
-pub fn stranger(text: &str, peek: &Peek, expected: &'static str) -> Error {
+pub fn stranger(text: &str, peek: &Peek, expected: &'static str, known: &[&str]) -> Error {
     let body_len = match declared_len(text, peek) {
         Ok(len) => len,
         Err(e) => return e,
     };
     let kind = peek.kind.clone().into_owned();
-    if KINDS.contains(&kind.as_str()) {
+    if known.contains(&kind.as_str()) {
         Error::Unexpected { kind, expected, body_len }
     } else {
         Error::UnknownType { kind, body_len }
@@ -112,11 +104,11 @@ pub fn stranger(text: &str, peek: &Peek, expected: &'static str) -> Error {
 }
 
 /// Decodes a header that must be an `M`.
-pub(crate) fn only<M: Message>(text: &str) -> Result<M, Error> {
+pub(crate) fn only<M: Message>(text: &str, known: &[&str]) -> Result<M, Error> {
     let peek = peek(text)?;
     if peek.kind == M::KIND {
         member(text, &peek)
     } else {
-        Err(stranger(text, &peek, M::KIND))
+        Err(stranger(text, &peek, M::KIND, known))
     }
 }

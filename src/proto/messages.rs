@@ -6,28 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::decode::Hot;
-use super::{Entry, ErrorCode, ExitReason};
+use super::decode::{self, Hot};
+use super::message::{Message, ToBoth, ToClient, ToServer};
+use super::set::set;
 #[cfg(test)]
 use super::Kind;
-
-/// What every message struct knows about itself. Implemented by the table
-/// (`messages!`), for every message and no other type.
-pub trait Message: crate::wire::FrameHeader + serde::de::DeserializeOwned + 'static {
-    /// The `"type"` tag on the wire.
-    const KIND: &'static str;
-    /// Whether the frame carries a body (of the header's `len`).
-    const HAS_BODY: bool;
-    /// The message built from the fields of the fast parse, for the types
-    /// on the data paths; `None` for the others (they parse in full).
-    #[doc(hidden)]
-    fn from_hot(hot: &Hot) -> Option<Self>;
-}
-
-/// A message a client sends. A server's session cannot send one.
-pub trait ToServer: Message {}
-/// A message a server sends. A client cannot send one.
-pub trait ToClient: Message {}
+use super::{Entry, ErrorCode, ExitReason};
 
 macro_rules! messages {
     ($(
@@ -58,7 +42,7 @@ macro_rules! messages {
                     messages!(@len $body self)
                 }
                 fn from_json(text: &str) -> Result<Self, crate::wire::Error> {
-                    super::decode::only::<Self>(text)
+                    decode::only::<Self>(text, KINDS)
                 }
             }
 
@@ -73,11 +57,11 @@ macro_rules! messages {
             vec![$( AnyMessage::$name($example) ),*]
         }
 
-        super::sets::set! {
+        set! {
             /// Any message at all, whichever way it goes: what tests, fuzz
             /// targets and debugging tools read. The protocol's own readers
             /// take the narrower sets.
-            AnyMessage: "a framewire message" { $($name),* }
+            AnyMessage: "a framewire message", known KINDS, { $($name),* }
         }
     };
     (@has body) => { true };
@@ -342,8 +326,6 @@ messages! {
     }
 }
 
-/// A message either side sends ([`Checksum`]).
-pub trait ToBoth: ToServer + ToClient {}
 impl ToServer for Checksum {}
 impl ToClient for Checksum {}
 

@@ -7,13 +7,16 @@
 //! come from there.
 
 mod decode;
+mod message;
 mod messages;
+mod set;
 mod sets;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use message::{Message, ToBoth, ToClient, ToServer};
 pub use messages::*;
 pub use sets::{Answer, ExecInput, ExecOutput, Request};
 
@@ -164,7 +167,6 @@ pub fn with_default_port(addr: &str) -> String {
     }
     addr.to_owned()
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -8,79 +8,26 @@
 
 use serde::Serialize;
 
+use super::decode;
+use super::message::Message;
 use super::messages::*;
+use super::set::set;
 use crate::wire::{Error, FrameHeader};
-
-/// Declares a set: the enum, its `kind()`, its encoding, its decoding,
-/// and `From` each member.
-macro_rules! set {
-    ($(#[$meta:meta])* $set:ident: $expected:literal { $($name:ident),* $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub enum $set {
-            $( #[doc = concat!("A [`", stringify!($name), "`].")] $name($name), )*
-        }
-
-        impl $set {
-            /// The `"type"` tag of this message.
-            pub fn kind(&self) -> &'static str {
-                match self {
-                    $( $set::$name(_) => <$name as $crate::proto::Message>::KIND, )*
-                }
-            }
-        }
-
-        impl serde::Serialize for $set {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                match self {
-                    $( $set::$name(m) => m.serialize(s), )*
-                }
-            }
-        }
-
-        impl $crate::wire::FrameHeader for $set {
-            fn body_len(&self) -> u64 {
-                match self {
-                    $( $set::$name(m) => $crate::wire::FrameHeader::body_len(m), )*
-                }
-            }
-
-            fn from_json(text: &str) -> Result<Self, $crate::wire::Error> {
-                let peek = $crate::proto::decode::peek(text)?;
-                $(
-                    if peek.kind == <$name as $crate::proto::Message>::KIND {
-                        return $crate::proto::decode::member::<$name>(text, &peek).map($set::$name);
-                    }
-                )*
-                Err($crate::proto::decode::stranger(text, &peek, $expected))
-            }
-        }
-
-        $(
-            impl From<$name> for $set {
-                fn from(m: $name) -> Self {
-                    $set::$name(m)
-                }
-            }
-        )*
-    };
-}
-pub(crate) use set;
 
 set! {
     /// What a server reads between requests: the requests.
-    Request: "a request" { Echo, Exec, List, Stat, Mkdir, Get, Put }
+    Request: "a request", known KINDS, { Echo, Exec, List, Stat, Mkdir, Get, Put }
 }
 
 set! {
     /// What a server reads while a command runs.
-    ExecInput: "stdin or cancel (an exec is running)" { Stdin, Cancel }
+    ExecInput: "stdin or cancel (an exec is running)", known KINDS, { Stdin, Cancel }
 }
 
 set! {
     /// What a client reads while its command runs: output, the exit, or a
     /// refusal.
-    ExecOutput: "stdout, stderr, exit or error" { Stdout, Stderr, Exit, ErrorFrame }
+    ExecOutput: "stdout, stderr, exit or error", known KINDS, { Stdout, Stderr, Exit, ErrorFrame }
 }
 
 /// What a client reads as the answer to a request: the message `T` due at
@@ -125,13 +72,13 @@ impl<T: Message> FrameHeader for Answer<T> {
     }
 
     fn from_json(text: &str) -> Result<Self, Error> {
-        let peek = super::decode::peek(text)?;
+        let peek = decode::peek(text)?;
         if peek.kind == T::KIND {
-            super::decode::member::<T>(text, &peek).map(Answer::Ok)
+            decode::member::<T>(text, &peek).map(Answer::Ok)
         } else if peek.kind == ErrorFrame::KIND {
-            super::decode::member::<ErrorFrame>(text, &peek).map(Answer::Refused)
+            decode::member::<ErrorFrame>(text, &peek).map(Answer::Refused)
         } else {
-            Err(super::decode::stranger(text, &peek, T::KIND))
+            Err(decode::stranger(text, &peek, T::KIND, KINDS))
         }
     }
 }

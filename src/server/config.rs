@@ -97,7 +97,6 @@ impl Config {
     }
 }
 
-
 /// A configuration the server refuses to run with: it would let anyone who
 /// can connect use it. Returned inside the `PermissionDenied` I/O error of
 /// [`run`](super::run) (`io::Error::get_ref` gives it back).

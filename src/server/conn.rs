@@ -343,4 +343,3 @@ async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
     }
     e
 }
-

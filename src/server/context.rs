@@ -53,4 +53,3 @@ impl Throttle {
         (Duration::from_millis(100) * 2u32.saturating_pow(entry.0 - 1)).min(MAX_PENALTY)
     }
 }
-

@@ -88,8 +88,13 @@ pub async fn run_with_legacy(
     };
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
-    let ctx =
-        Arc::new(context::Context { config, sandbox, tls, throttle: context::Throttle::default(), hashes: Arc::default() });
+    let ctx = Arc::new(context::Context {
+        config,
+        sandbox,
+        tls,
+        throttle: context::Throttle::default(),
+        hashes: Arc::default(),
+    });
     let shared = Arc::new(Shared {
         ctx,
         limit,

@@ -217,7 +217,10 @@ impl Session<ServerSide> {
 /// # Errors
 ///
 /// `work`'s, or `Interrupted` at the cut-off.
-pub async fn cut_off_by(cut_off: &CancellationToken, work: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+pub async fn cut_off_by(
+    cut_off: &CancellationToken,
+    work: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
     tokio::select! {
         done = work => done,
         () = cut_off.cancelled() => {

@@ -231,3 +231,148 @@ impl Received {
         self.partial.discard();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The receiver's steps on real files in a temporary directory, the
+    //! body coming from memory instead of a socket.
+
+    use std::ffi::OsStr;
+    use std::fs::File;
+
+    use super::*;
+    use crate::services::root::partial_name;
+
+    /// A body held in memory, handed out in reads of at most `step` bytes.
+    struct Bytes<'a> {
+        rest: &'a [u8],
+        step: usize,
+        /// Fail with a cut connection after this many bytes.
+        cut_after: Option<usize>,
+        given: usize,
+    }
+
+    impl<'a> Bytes<'a> {
+        fn new(body: &'a [u8]) -> Self {
+            Bytes { rest: body, step: 7, cut_after: None, given: 0 }
+        }
+    }
+
+    impl BodySource for Bytes<'_> {
+        fn body_left(&self) -> u64 {
+            self.rest.len() as u64
+        }
+
+        async fn read_body_into(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+            if self.cut_after.is_some_and(|n| self.given >= n) {
+                let (got, expected) = (self.given as u64, (self.given + self.rest.len()) as u64);
+                return Err(Error::UnexpectedEof { part: crate::wire::FramePart::Body, got, expected });
+            }
+            let n = self.step.min(self.rest.len()).min(buf.capacity() - buf.len());
+            buf.extend_from_slice(&self.rest[..n]);
+            self.rest = &self.rest[n..];
+            self.given += n;
+            Ok(())
+        }
+    }
+
+    fn dir(tmp: &tempfile::TempDir) -> OwnedFd {
+        File::open(tmp.path()).unwrap().into()
+    }
+
+    fn hex(data: &[u8]) -> String {
+        blake3::hash(data).to_hex().to_string()
+    }
+
+    const NAME: &str = "f.bin";
+
+    fn partial(tmp: &tempfile::TempDir) -> std::path::PathBuf {
+        tmp.path().join(partial_name(OsStr::new(NAME)))
+    }
+
+    #[tokio::test]
+    async fn a_fresh_file_is_received_verified_and_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = b"hello, receiver".repeat(100);
+        let mut r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        assert_eq!(r.offer(), (0, None));
+        assert!(r.agree(0).unwrap());
+        let mut seen = 0;
+        let received = r.receive(&mut Bytes::new(&body), &mut |n| seen = n).await.unwrap();
+        assert_eq!(seen, body.len() as u64);
+        assert!(!tmp.path().join(NAME).exists(), "nothing under the final name before the commit");
+        let received = received.verify(&hex(&body)).unwrap();
+        received.commit(0o640, false).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join(NAME)).unwrap(), body);
+        assert!(!partial(&tmp).exists());
+    }
+
+    #[tokio::test]
+    async fn a_cut_transfer_resumes_from_what_is_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        let mut cut = Bytes::new(&body);
+        cut.cut_after = Some(2100);
+        let err = r.receive(&mut cut, &mut |_| {}).await.unwrap_err();
+        assert!(matches!(err, ReceiveError::Wire(Error::UnexpectedEof { .. }, _)), "{err:?}");
+        drop(err); // keeps the partial file
+        let held = std::fs::metadata(partial(&tmp)).unwrap().len();
+        assert!(held >= 2100, "{held}");
+
+        // The next receiver offers what is held, with its hash.
+        let mut r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        let (offset, prefix) = r.offer();
+        assert_eq!(offset, held);
+        assert_eq!(prefix.as_deref(), Some(hex(&body[..held as usize]).as_str()));
+        assert!(!r.agree(held - 1).unwrap(), "an offset that is neither 0 nor the one held is refused");
+        assert!(r.agree(held).unwrap());
+        let received = r.receive(&mut Bytes::new(&body[held as usize..]), &mut |_| {}).await.unwrap();
+        received.verify(&hex(&body)).unwrap().commit(0o600, false).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join(NAME)).unwrap(), body);
+    }
+
+    #[tokio::test]
+    async fn starting_over_drops_what_is_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(partial(&tmp), b"stale bytes of another file").unwrap();
+        let mut r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        assert_eq!(r.held(), 27);
+        r.fit(10).unwrap();
+        assert_eq!(r.offer(), (0, None), "more than the whole file cannot be its start");
+        drop(r); // its lock too: one transfer at a time writes a partial file
+        std::fs::write(partial(&tmp), b"stale").unwrap();
+        let mut r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        assert!(r.agree(0).unwrap(), "the sender's file does not start with it: start over");
+        let received = r.receive(&mut Bytes::new(b"fresh"), &mut |_| {}).await.unwrap();
+        received.verify(&hex(b"fresh")).unwrap().commit(0o600, false).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join(NAME)).unwrap(), b"fresh");
+    }
+
+    #[tokio::test]
+    async fn a_mismatch_keeps_nothing_and_a_commit_never_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        let received = r.receive(&mut Bytes::new(b"data"), &mut |_| {}).await.unwrap();
+        assert_eq!(received.verify(&hex(b"other")).unwrap_err(), hex(b"data"));
+        assert!(!partial(&tmp).exists() && !tmp.path().join(NAME).exists());
+
+        std::fs::write(tmp.path().join(NAME), b"there first").unwrap();
+        let r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        let received = r.receive(&mut Bytes::new(b"data"), &mut |_| {}).await.unwrap();
+        let err = received.commit(0o600, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(tmp.path().join(NAME)).unwrap(), b"there first");
+    }
+
+    #[tokio::test]
+    async fn fresh_always_starts_from_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(partial(&tmp), b"old").unwrap();
+        let r = Receiver::fresh(dir(&tmp), OsStr::new(NAME)).unwrap();
+        assert_eq!(r.offer(), (0, None));
+        let received = r.receive(&mut Bytes::new(b"new"), &mut |_| {}).await.unwrap();
+        received.commit(0o600, true).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join(NAME)).unwrap(), b"new");
+    }
+}

@@ -93,3 +93,51 @@ impl Sender {
         send_body(writer, self.file, self.start, self.hasher, progress).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn file(data: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        f
+    }
+
+    fn hex(data: &[u8]) -> String {
+        blake3::hash(data).to_hex().to_string()
+    }
+
+    #[test]
+    fn an_offer_whose_prefix_matches_is_resumed() {
+        let data = b"0123456789";
+        let s = Sender::resume(file(data), 10, 4, Some(&hex(b"0123")), Unproven::StartOver).unwrap();
+        assert_eq!((s.start(), s.len()), (4, 6));
+        // The hasher holds the prefix: fed the rest, it gives the whole.
+        let mut h = s.hasher.clone().unwrap();
+        h.update(b"456789");
+        assert_eq!(h.finalize(), blake3::hash(data));
+    }
+
+    #[test]
+    fn offers_that_do_not_fit_start_from_zero() {
+        let data = b"0123456789";
+        let cases = [
+            (4, Some(hex(b"abcd")), Unproven::Trust), // another file's start
+            (11, Some(hex(b"x")), Unproven::Trust),   // longer than the file
+            (4, None, Unproven::StartOver),           // unproven, not trusted
+            (0, None, Unproven::Trust),               // nothing held
+        ];
+        for (offset, prefix, unproven) in cases {
+            let s = Sender::resume(file(data), 10, offset, prefix.as_deref(), unproven).unwrap();
+            assert_eq!((s.start(), s.len()), (0, 10), "{offset} {prefix:?} {unproven:?}");
+        }
+        let trusted = Sender::resume(file(data), 10, 4, None, Unproven::Trust).unwrap();
+        assert_eq!(trusted.start(), 4);
+        let mut known = Sender::resume(file(data), 10, 0, None, Unproven::Trust).unwrap();
+        known.hash_known();
+        assert!(known.hasher.is_none());
+    }
+}

@@ -105,10 +105,11 @@ fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request: Get) -> R
 pub(in crate::server) async fn get(s: &mut S, ctx: &Context, request: Get) -> Result<(), Error> {
     let shown = files::shown(&request.path);
     let (sb, hashes) = (ctx.sandbox.clone(), ctx.hashes.clone());
-    let Download { sender, check, version, head, cached } = match blocking(move || plan_download(&sb, &hashes, request)).await {
-        Ok(plan) => plan,
-        Err(r) => return s.refuse(r).await,
-    };
+    let Download { sender, check, version, head, cached } =
+        match blocking(move || plan_download(&sb, &hashes, request)).await {
+            Ok(plan) => plan,
+            Err(r) => return s.refuse(r).await,
+        };
     s.feed_head(&head)?;
     let computed = match sender.send(s.writer(), &mut |_| {}).await {
         Ok(computed) => computed,
@@ -226,7 +227,9 @@ async fn read_step<M: crate::wire::FrameHeader>(s: &mut S, due: &str) -> Result<
     match s.read::<M>().await {
         Ok(Some((m, _))) => Ok(Some(m)),
         Ok(None) => Ok(None),
-        Err(Error::Unexpected { kind, .. }) => s.refuse_and_close(format!("expected {due}, got {kind}")).await.map(|()| None),
+        Err(Error::Unexpected { kind, .. }) => {
+            s.refuse_and_close(format!("expected {due}, got {kind}")).await.map(|()| None)
+        }
         Err(e) if e.is_recoverable() => s.refuse_and_close(format!("bad {due}: {e}")).await.map(|()| None),
         Err(e) => Err(e),
     }
