@@ -224,7 +224,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// [`io::ErrorKind::TimedOut`] when the peer takes nothing for `stall`;
 /// [`io::ErrorKind::Interrupted`] once cancelled; socket and file errors.
 #[cfg(target_os = "linux")]
-pub fn send_file(
+pub(crate) fn send_file(
     sock: BorrowedFd<'_>,
     file: &std::fs::File,
     offset: u64,

@@ -14,7 +14,7 @@ use common::TestServer;
 use framewire::auth::Key;
 use framewire::client::{Progress, TransferOptions};
 use framewire::proto::{self, AnyMessage as Message};
-use framewire::services::root::Resolver;
+use framewire::server::Resolver;
 use framewire::wire::{FrameReader, FrameWriter, Preface};
 use framewire::{Client, ClientError, ErrorCode};
 use tokio::io::AsyncWriteExt;

@@ -8,7 +8,7 @@ use clap::Args;
 use framewire::auth::Key;
 use framewire::client::{ExecIo, ExecOptions, ExitStatus};
 use framewire::proto::ExitReason;
-use framewire::services::exec::shell_join;
+use framewire::client::shell_join;
 use framewire::text::printable;
 use framewire::Client;
 

@@ -316,7 +316,7 @@ impl Client {
                 .map_err(join_err)?
                 .map_err(local_err(local))?;
         let from = sender.start();
-        self.session.feed_head(&PutData { len: sender.len(), offset: from })?;
+        self.session.feed_head(&PutData { len: sender.body_len(), offset: from })?;
         // The server may refuse before the body is through (a write
         // failed on its side): listen while sending, and stop at once if
         // it does.

@@ -12,3 +12,5 @@ pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 pub use error::ClientError;
 pub use exec::{ExecIo, ExecOptions, ExitStatus, Output};
 pub use files::{parse_listing, Progress, Transfer, TransferOptions};
+
+pub use crate::services::exec::shell_join;

@@ -8,6 +8,7 @@ mod context;
 mod dispatch;
 mod handlers;
 
+pub use crate::services::root::Resolver;
 pub use config::*;
 
 use std::future::Future;

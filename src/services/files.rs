@@ -17,7 +17,6 @@ use super::root::{is_escape, is_partial_name, Resolver, Root, MAX_PATH_BYTES, MA
 use super::Refusal;
 use crate::proto::{Entry, ErrorCode, Kind};
 
-pub use super::root::PARTIAL_SUFFIX;
 
 /// How long an upload waits for an earlier upload of the same path to end.
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -58,11 +57,13 @@ impl RelPath {
     }
 
     /// Whether the path ended in `/`.
+    #[cfg(test)]
     pub fn is_dir(&self) -> bool {
         self.dir
     }
 
     /// Whether this is the root itself.
+    #[cfg(test)]
     pub fn is_root(&self) -> bool {
         self.parts.is_empty()
     }

@@ -357,6 +357,7 @@ impl Partial {
     }
 
     /// Whether a later transfer can resume from this file (it has a name).
+    #[cfg(test)]
     pub fn resumable(&self) -> bool {
         self.part.is_some()
     }

@@ -18,7 +18,7 @@ mod body;
 mod receiver;
 mod sender;
 
-pub use body::{receive_body, send_body, BodySource, SendError};
+pub use body::{receive_body, BodySource, SendError};
 pub use receiver::{ReceiveError, Received, Receiver};
 pub use sender::{Sender, Unproven};
 
@@ -158,11 +158,6 @@ impl<S> Session<S> {
         let _ = self.writer.get_mut().shutdown().await;
     }
 
-    /// Ends our side cleanly (FIN, or TLS `close_notify`).
-    pub async fn shutdown(&mut self) {
-        let _ = self.writer.shutdown().await;
-    }
-
     /// Before a connection closes on an error: ends our side, then reads
     /// and drops what the peer still sends for a moment, so that the error
     /// frame just sent is not destroyed by the reset a close with unread
@@ -212,7 +207,7 @@ impl Session<ServerSide> {
 }
 
 /// Runs `work` unless `cut_off` is cancelled first: then `work` is dropped,
-/// with its threads (see [`send_body`]), and the session ends.
+/// with its threads (see `send_body`), and the session ends.
 ///
 /// # Errors
 ///

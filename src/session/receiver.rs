@@ -225,11 +225,6 @@ impl Received {
     pub fn commit(self, mode: u32, replace: bool) -> io::Result<File> {
         self.partial.commit(mode, replace)
     }
-
-    /// Removes the partial file.
-    pub fn discard(self) {
-        self.partial.discard();
-    }
 }
 
 #[cfg(test)]

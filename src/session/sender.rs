@@ -62,13 +62,8 @@ impl Sender {
     }
 
     /// The body's length.
-    pub fn len(&self) -> u64 {
+    pub fn body_len(&self) -> u64 {
         self.size - self.start
-    }
-
-    /// Whether the body is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The whole-file hash is known already (a cache has it): send
@@ -114,7 +109,7 @@ mod tests {
     fn an_offer_whose_prefix_matches_is_resumed() {
         let data = b"0123456789";
         let s = Sender::resume(file(data), 10, 4, Some(&hex(b"0123")), Unproven::StartOver).unwrap();
-        assert_eq!((s.start(), s.len()), (4, 6));
+        assert_eq!((s.start(), s.body_len()), (4, 6));
         // The hasher holds the prefix: fed the rest, it gives the whole.
         let mut h = s.hasher.clone().unwrap();
         h.update(b"456789");
@@ -132,7 +127,7 @@ mod tests {
         ];
         for (offset, prefix, unproven) in cases {
             let s = Sender::resume(file(data), 10, offset, prefix.as_deref(), unproven).unwrap();
-            assert_eq!((s.start(), s.len()), (0, 10), "{offset} {prefix:?} {unproven:?}");
+            assert_eq!((s.start(), s.body_len()), (0, 10), "{offset} {prefix:?} {unproven:?}");
         }
         let trusted = Sender::resume(file(data), 10, 4, None, Unproven::Trust).unwrap();
         assert_eq!(trusted.start(), 4);

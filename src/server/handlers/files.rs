@@ -91,7 +91,7 @@ fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request: Get) -> R
         sender.hash_known();
     }
     let head = FileReply {
-        len: sender.len(),
+        len: sender.body_len(),
         size,
         offset: sender.start(),
         mtime: files::mtime(&meta),
