@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use framewire::wire::{BareCodec, FrameCodec};
-use framewire::proto::{self, AnyMessage as Message};
+use framewire::proto::AnyMessage as Message;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

@@ -19,7 +19,7 @@ use framewire::wire::{
     decode_head_within, Envelope, Error, FrameHeader, FrameReader, LEN_PREFIX, MAX_BUFFERED_BODY, MAX_HEADER_LEN,
     PREAUTH_MAX_HEADER, STREAM_CHUNK,
 };
-use framewire::proto::{self, AnyMessage as Message};
+use framewire::proto::AnyMessage as Message;
 use libfuzzer_sys::fuzz_target;
 
 /// The limits `read_body` is called with: the server's and a few small ones.

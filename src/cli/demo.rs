@@ -63,6 +63,42 @@ fn file_hash(path: &Path) -> anyhow::Result<blake3::Hash> {
     Ok(hasher.finalize())
 }
 
+/// The demo's shared state: the server, the two temporary directories,
+/// the key, and what went wrong so far.
+struct Demo {
+    addr: String,
+    key: Key,
+    remote_root: tempfile::TempDir,
+    local: tempfile::TempDir,
+    failures: Vec<String>,
+}
+
+impl Demo {
+    fn check(&mut self, ok: bool, failure: &str) {
+        if !ok {
+            self.failures.push(failure.to_owned());
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect_with(&self.addr, Some(&self.key)).await.context("connecting to the demo server")
+    }
+}
+
+/// What the exec step saw, for the summary.
+struct Commands {
+    streamed: i32,
+    failing: i32,
+}
+
+/// What the big-file step measured, for the summary.
+struct BigFile {
+    resumed: u64,
+    sent: u64,
+    up_secs: f64,
+    down_secs: f64,
+}
+
 pub async fn agent() -> anyhow::Result<ExitCode> {
     say!("framewire demo: a server and a client on loopback, commands and files\n");
     let remote_root = tempfile::tempdir().context("creating the server's temporary root")?;
@@ -78,25 +114,54 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(listener, config, stopped));
     say!("server: listening on {addr}, serving {}, exec allowed, key required\n", remote_root.path().display());
-    let mut failures = Vec::new();
+    let mut demo = Demo { addr, key, remote_root, local, failures: Vec::new() };
 
-    say!("0. authentication: only a client with the key gets anything");
-    match Client::connect(&addr).await {
-        Err(e) => say!("   without a key:  refused ({e})"),
-        Ok(_) => failures.push("a client without the key was let in".to_owned()),
+    let mut client = authentication(&mut demo).await?;
+    let commands = commands(&mut demo, &mut client).await?;
+    // The cut upload leaves its connection in the middle of a frame.
+    drop(client);
+    let (big, mut client) = big_file(&mut demo).await?;
+    let tree_files = small_tree(&mut demo, &mut client).await?;
+
+    drop(client);
+    let _ = stop.send(());
+    server.await??;
+    summary(&commands, &big, tree_files);
+    let Demo { remote_root, local, failures, .. } = demo;
+    drop((remote_root, local));
+    if failures.is_empty() {
+        say!("\nEverything behaved as expected.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failures {
+            say!("FAILED: {f}");
+        }
+        Ok(ExitCode::FAILURE)
     }
-    match Client::connect_with(&addr, Some(&Key::generate())).await {
+}
+
+/// 0. Only a client with the key gets anything; returns one that has it.
+async fn authentication(demo: &mut Demo) -> anyhow::Result<Client> {
+    say!("0. authentication: only a client with the key gets anything");
+    match Client::connect(&demo.addr).await {
+        Err(e) => say!("   without a key:  refused ({e})"),
+        Ok(_) => demo.failures.push("a client without the key was let in".to_owned()),
+    }
+    match Client::connect_with(&demo.addr, Some(&Key::generate())).await {
         Err(e) => say!("   a wrong key:    refused ({e})"),
-        Ok(_) => failures.push("a client with a wrong key was let in".to_owned()),
+        Ok(_) => demo.failures.push("a client with a wrong key was let in".to_owned()),
     }
     let started = Instant::now();
-    let mut client = Client::connect_with(&addr, Some(&key)).await.context("connecting to the demo server")?;
+    let client = demo.connect().await?;
     say!(
         "   the right key:  TLS 1.3 + mutual HMAC challenge-response in {:.1} ms\n",
         started.elapsed().as_secs_f64() * 1e3
     );
+    Ok(client)
+}
 
-    // 1. Commands.
+/// 1. Commands: output streamed as printed, exit codes passed through.
+async fn commands(demo: &mut Demo, client: &mut Client) -> anyhow::Result<Commands> {
     say!("1. exec: output streamed as it is printed, stdout and stderr apart");
     let started = Instant::now();
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
@@ -108,51 +173,34 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         status.code(),
         started.elapsed().as_secs_f64()
     );
-    if !status.success() {
-        failures.push("the streaming command failed".to_owned());
-    }
+    demo.check(status.success(), "the streaming command failed");
     let out = client.exec_output("ls /no/such/dir", &ExecOptions::default()).await?;
     say!(
         "   `ls /no/such/dir`: exit code {}, stderr: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    if out.status.code() == 0 {
-        failures.push("a failing command reported success".to_owned());
-    }
+    demo.check(out.status.code() != 0, "a failing command reported success");
     say!();
+    Ok(Commands { streamed: status.code(), failing: out.status.code() })
+}
 
-    // 2. A big file up, cut halfway, resumed; then back down.
+/// 2. A big file up, cut part-way, resumed; then back down, verified.
+/// Returns a fresh connection (the cut one is dropped, as a killed client
+/// would be).
+async fn big_file(demo: &mut Demo) -> anyhow::Result<(BigFile, Client)> {
     say!("2. a generated {} file: upload cut at {}, resumed, downloaded, verified", mib(BIG), mib(CUT_AT));
-    let big = local.path().join("big.bin");
+    let big = demo.local.path().join("big.bin");
     let big_hash = generate(&big, BIG)?;
-    let bar = files::bar("big.bin (cut short)", BIG);
-    let cut = {
-        let (reached, mut reached_rx) = tokio::sync::watch::channel(0u64);
-        let mut progress = |p: Progress| {
-            bar.set_position(p.resumed + p.done);
-            let _ = reached.send(p.done);
-        };
-        let options = TransferOptions::default();
-        let upload = client.put(&big, "big.bin", &options, &mut progress);
-        tokio::select! {
-            done = upload => { done?; false }
-            _ = reached_rx.wait_for(|&done| done >= CUT_AT) => true,
-        }
-    };
-    bar.abandon();
-    // The interrupted connection is in the middle of a frame: drop it, as
-    // a killed client would.
-    drop(client);
-    let on_server = remote_root.path().join("big.bin");
+    let cut = cut_upload(demo, &big).await?;
+    let on_server = demo.remote_root.path().join("big.bin");
     say!(
         "   upload interrupted: {} under the final name on the server",
         if on_server.exists() { "a file IS (wrong!)" } else { "nothing" }
     );
-    if !cut || on_server.exists() {
-        failures.push("the interrupted upload was not cut cleanly".to_owned());
-    }
-    let mut client = Client::connect_with(&addr, Some(&key)).await?;
+    demo.check(cut && !on_server.exists(), "the interrupted upload was not cut cleanly");
+
+    let mut client = demo.connect().await?;
     let bar = files::bar("big.bin (resumed)", BIG);
     let started = Instant::now();
     let up = client
@@ -169,11 +217,9 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         mib(up.size - up.resumed),
         mb_s(up.size - up.resumed, up_secs)
     );
-    if up.resumed == 0 {
-        failures.push("the upload did not resume".to_owned());
-    }
+    demo.check(up.resumed > 0, "the upload did not resume");
 
-    let back = local.path().join("big.back");
+    let back = demo.local.path().join("big.back");
     let bar = files::bar("big.bin (download)", BIG);
     let started = Instant::now();
     let down =
@@ -190,14 +236,37 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         &down.blake3[..16],
         if same { "all match" } else { "DIFFER" }
     );
-    if !same {
-        failures.push("the big file's copies differ".to_owned());
-    }
+    demo.check(same, "the big file's copies differ");
     say!();
+    let figures = BigFile { resumed: up.resumed, sent: up.size - up.resumed, up_secs, down_secs };
+    Ok((figures, client))
+}
 
-    // 3. A small tree, up and back, through the same code as `put -r` / `get -r`.
+/// Starts uploading `big` and drops the upload once [`CUT_AT`] bytes are
+/// through; returns whether it was cut (rather than finished).
+async fn cut_upload(demo: &Demo, big: &Path) -> anyhow::Result<bool> {
+    let mut client = demo.connect().await?;
+    let bar = files::bar("big.bin (cut short)", BIG);
+    let (reached, mut reached_rx) = tokio::sync::watch::channel(0u64);
+    let mut progress = |p: Progress| {
+        bar.set_position(p.resumed + p.done);
+        let _ = reached.send(p.done);
+    };
+    let options = TransferOptions::default();
+    let upload = client.put(big, "big.bin", &options, &mut progress);
+    let cut = tokio::select! {
+        done = upload => { done?; false }
+        _ = reached_rx.wait_for(|&done| done >= CUT_AT) => true,
+    };
+    bar.abandon();
+    Ok(cut)
+}
+
+/// 3. A small tree up and back through the library's tree copy (what
+/// `put -r` and `get -r` run); returns how many files the server lists.
+async fn small_tree(demo: &mut Demo, client: &mut Client) -> anyhow::Result<usize> {
     say!("3. a small tree: `put -r` then `get -r`, four connections at once");
-    let tree = local.path().join("tree");
+    let tree = demo.local.path().join("tree");
     for (i, name) in ["a.txt", "docs/readme.md", "docs/deep/notes.txt", "src/main.rs", "src/lib.rs", "data/blob.bin"]
         .iter()
         .enumerate()
@@ -206,22 +275,22 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         std::fs::write(&path, format!("file {i}: {name}\n").repeat(1 + i * 5000))?;
     }
-    let endpoint = Endpoint::new(addr.clone(), Some(key.clone()));
+    let endpoint = Endpoint::new(demo.addr.clone(), Some(demo.key.clone()));
     let options = CopyOptions::new(true, 4);
-    let plan = tree::plan_put(&mut client, std::slice::from_ref(&tree), Some("tree"), true).await?;
-    let up_tree = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
-    let fetched = local.path().join("fetched");
-    let plan = tree::plan_get(&mut client, &["tree".to_owned()], &fetched, true).await?;
-    let down_tree = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
+    let plan = tree::plan_put(client, std::slice::from_ref(&tree), Some("tree"), true).await?;
+    let up = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
+    let fetched = demo.local.path().join("fetched");
+    let plan = tree::plan_get(client, &["tree".to_owned()], &fetched, true).await?;
+    let down = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
     say!(
         "   put -r: {} files in {:.0} ms; get -r: {} files in {:.0} ms",
-        up_tree.files,
-        up_tree.elapsed.as_secs_f64() * 1e3,
-        down_tree.files,
-        down_tree.elapsed.as_secs_f64() * 1e3
+        up.files,
+        up.elapsed.as_secs_f64() * 1e3,
+        down.files,
+        down.elapsed.as_secs_f64() * 1e3
     );
-    for f in up_tree.failures.iter().chain(&down_tree.failures) {
-        failures.push(format!("tree copy: {}: {}", f.path, f.error));
+    for f in up.failures.iter().chain(&down.failures) {
+        demo.failures.push(format!("tree copy: {}: {}", f.path, f.error));
     }
     let listing = client.list("tree", true).await?;
     let mut tree_ok = listing.len() == 6;
@@ -235,38 +304,26 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
         listing.len(),
         if tree_ok { "matches its original" } else { "DOES NOT match" }
     );
-    if !tree_ok {
-        failures.push("the tree did not come back intact".to_owned());
-    }
+    demo.check(tree_ok, "the tree did not come back intact");
     say!();
+    Ok(listing.len())
+}
 
-    drop(client);
-    let _ = stop.send(());
-    server.await??;
+fn summary(commands: &Commands, big: &BigFile, tree_files: usize) {
     say!("Summary");
     say!("  security    key required; no key and a wrong key refused; TLS 1.3 on every connection");
-    say!("  exec        streamed output, exit codes passed through ({} and {})", status.code(), out.status.code());
+    say!("  exec        streamed output, exit codes passed through ({} and {})", commands.streamed, commands.failing);
     say!(
         "  upload      {} resumed after a cut at {}: {} sent at {}",
         mib(BIG),
-        mib(up.resumed),
-        mib(up.size - up.resumed),
-        mb_s(up.size - up.resumed, up_secs)
+        mib(big.resumed),
+        mib(big.sent),
+        mb_s(big.sent, big.up_secs)
     );
-    say!("  download    {} at {}", mib(BIG), mb_s(BIG, down_secs));
-    say!("  tree        {} files up and back", listing.len());
+    say!("  download    {} at {}", mib(BIG), mb_s(BIG, big.down_secs));
+    say!("  tree        {tree_files} files up and back");
     say!("  checksums   BLAKE3 of whole files, verified by every receiver");
     say!("  cleanup     server stopped, temporary directories removed");
-    drop((remote_root, local));
-    if failures.is_empty() {
-        say!("\nEverything behaved as expected.");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for f in &failures {
-            say!("FAILED: {f}");
-        }
-        Ok(ExitCode::FAILURE)
-    }
 }
 
 /// `demo echo`: echo round trips of growing size through a real server.

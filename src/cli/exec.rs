@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use clap::Args;
 use framewire::auth::Key;
-use framewire::client::{ExecIo, ExecOptions, ExitStatus};
+use framewire::client::{shell_join, ExecIo, ExecOptions, ExitStatus};
 use framewire::proto::ExitReason;
-use framewire::client::shell_join;
 use framewire::text::printable;
-use framewire::Client;
+use framewire::{Client, ClientError};
 
 /// framewire's own failures during exec exit with this code, as ssh does,
 /// so they stand apart from the remote command's codes.
@@ -101,6 +100,32 @@ pub struct ShellArgs {
     timeout: Option<f64>,
 }
 
+/// Runs one line of the shell; Ctrl-C meanwhile cancels it (the process
+/// group is killed), not the shell.
+async fn run_line(client: &mut Client, command: &str, timeout: Option<Duration>) -> Result<ExitStatus, ClientError> {
+    let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
+    let mut cancel = std::pin::pin!(async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
+    let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, cancel: Some(cancel.as_mut()) };
+    client.exec(command, &ExecOptions::with_timeout(timeout), io).await
+}
+
+/// Says how a line's command ended, unless it ended well; returns its
+/// exit code.
+fn report_line(status: &ExitStatus) -> u8 {
+    match status.reason {
+        ExitReason::Exited if status.code() != 0 => eprintln!("[exit {}]", status.code()),
+        ExitReason::Exited => {}
+        ExitReason::Timeout => eprintln!("[timed out: process group killed, exit {}]", status.code()),
+        ExitReason::Cancelled => eprintln!("[interrupted: process group killed]"),
+        _ => eprintln!("[{:?}, exit {}]", status.reason, status.code()),
+    }
+    status.code().clamp(0, 255) as u8
+}
+
 /// The tutorial's `>>>` loop, made right: line editing and history, `exit`
 /// or Ctrl-D to leave, Ctrl-C interrupts the running command (not the
 /// shell), non-zero exit codes shown.
@@ -131,28 +156,9 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) ->
         if command == "exit" || command == "quit" {
             break;
         }
-        let outcome = rt.block_on(async {
-            let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
-            let mut cancel = std::pin::pin!(async {
-                if tokio::signal::ctrl_c().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            });
-            let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, cancel: Some(cancel.as_mut()) };
-            client.exec(command, &ExecOptions::with_timeout(timeout), io).await
-        });
-        match outcome {
-            Ok(status) => {
-                last = status.code().clamp(0, 255) as u8;
-                match status.reason {
-                    ExitReason::Exited if status.code() != 0 => eprintln!("[exit {}]", status.code()),
-                    ExitReason::Exited => {}
-                    ExitReason::Timeout => eprintln!("[timed out: process group killed, exit {}]", status.code()),
-                    ExitReason::Cancelled => eprintln!("[interrupted: process group killed]"),
-                    _ => eprintln!("[{:?}, exit {}]", status.reason, status.code()),
-                }
-            }
-            Err(e) if e.code().is_some() => eprintln!("framewire: {}", printable(&e.to_string())),
+        match rt.block_on(run_line(&mut client, command, timeout)) {
+            Ok(status) => last = report_line(&status),
+            Err(e) if e.code().is_some() => eprintln!("framewire: {}", printable(&super::explained(&e))),
             Err(e) => {
                 eprintln!("framewire: connection lost: {}", printable(&e.to_string()));
                 last = OWN_FAILURE;
@@ -162,7 +168,7 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) ->
                         client = c;
                     }
                     Err(e) => {
-                        eprintln!("framewire: cannot reconnect: {}", printable(&e.to_string()));
+                        eprintln!("framewire: cannot reconnect: {}", printable(&super::explained(&e)));
                         break;
                     }
                 }

@@ -17,7 +17,6 @@ use super::root::{is_escape, is_partial_name, Resolver, Root, MAX_PATH_BYTES, MA
 use super::Refusal;
 use crate::proto::{Entry, ErrorCode, Kind};
 
-
 /// How long an upload waits for an earlier upload of the same path to end.
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 

@@ -79,6 +79,69 @@ pub(in crate::server) async fn exec(s: &mut Session<ServerSide>, ctx: &Context, 
     s.send(&Exit { status, signal, reason }, &[]).await
 }
 
+/// The command's stdin: a small queue written by a task of its own (a
+/// command that does not read its stdin must not stop its output from
+/// being forwarded), and room in it reserved before a stdin frame is read,
+/// so that a frame never waits for room with other frames unread.
+struct StdinQueue {
+    /// `None` once stdin is closed (EOF from the client, or the command
+    /// closed it).
+    tx: Option<mpsc::Sender<bytes::Bytes>>,
+    permit: Option<mpsc::OwnedPermit<bytes::Bytes>>,
+    /// A stdin frame whose head is read but body not yet (`Some(eof)`):
+    /// reading the body is cancel-safe, so the select may interrupt it.
+    pending: Option<bool>,
+}
+
+impl StdinQueue {
+    fn start(run: &mut Running) -> Self {
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(STDIN_QUEUE);
+        if let Some(mut stdin) = run.stdin.take() {
+            tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    if stdin.write_all(&chunk).await.is_err() {
+                        break; // the command closed its stdin; drop the rest
+                    }
+                }
+            });
+        }
+        StdinQueue { tx: Some(tx), permit: None, pending: None }
+    }
+
+    /// Whether room must be reserved before the next frame is read.
+    fn needs_room(&self) -> bool {
+        self.permit.is_none() && self.tx.is_some()
+    }
+
+    /// Whether the next frame may be read.
+    fn may_read(&self) -> bool {
+        self.permit.is_some() || self.tx.is_none()
+    }
+
+    async fn reserve(tx: Option<mpsc::Sender<bytes::Bytes>>) -> Option<mpsc::OwnedPermit<bytes::Bytes>> {
+        tx?.reserve_owned().await.ok()
+    }
+
+    fn reserved(&mut self, permit: Option<mpsc::OwnedPermit<bytes::Bytes>>) {
+        if permit.is_none() {
+            self.tx = None; // the writing task ended: the command closed stdin
+        }
+        self.permit = permit;
+    }
+
+    fn deliver(&mut self, body: bytes::Bytes, eof: bool) {
+        if let Some(p) = self.permit.take() {
+            if !body.is_empty() {
+                p.send(body);
+            }
+        }
+        if eof {
+            self.tx = None;
+            self.permit = None;
+        }
+    }
+}
+
 /// Moves bytes until the command has exited and closed its output, or was
 /// killed. Returns why it ended.
 async fn pump(
@@ -88,28 +151,12 @@ async fn pump(
     writer: &mut Writer,
     hard: &CancellationToken,
 ) -> Result<ExitReason, Error> {
-    let (stdin_tx, mut stdin_rx) = mpsc::channel::<bytes::Bytes>(STDIN_QUEUE);
-    let mut stdin_tx = Some(stdin_tx);
-    // Stdin is written by its own task: a command that does not read its
-    // stdin must not stop its output from being forwarded.
-    if let Some(mut stdin) = run.stdin.take() {
-        tokio::spawn(async move {
-            while let Some(chunk) = stdin_rx.recv().await {
-                if stdin.write_all(&chunk).await.is_err() {
-                    break; // the command closed its stdin; drop the rest
-                }
-            }
-        });
-    }
+    let mut stdin = StdinQueue::start(run);
     let deadline = timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let mut out_buf = vec![0u8; OUTPUT_CHUNK];
     let mut err_buf = vec![0u8; OUTPUT_CHUNK];
     let mut reason = ExitReason::Exited;
     let mut exited = false;
-    let mut permit = None;
-    // A stdin frame whose head is read but body not yet: read_body is
-    // cancel-safe, so the select may interrupt it and resume it.
-    let mut stdin_eof: Option<bool> = None;
 
     while !(exited && run.stdout.is_none() && run.stderr.is_none()) {
         tokio::select! {
@@ -125,39 +172,10 @@ async fn pump(
                 status?;
                 exited = true;
             }
-            // Room in the stdin queue is reserved before a frame is read,
-            // so a stdin frame never waits for room with frames unread.
-            p = async { stdin_tx.as_ref().expect("guarded").clone().reserve_owned().await }, if permit.is_none() && stdin_tx.is_some() => {
-                permit = p.ok();
-                if permit.is_none() { stdin_tx = None; }
-            }
-            frame = next_frame(reader, &mut stdin_eof), if permit.is_some() || stdin_tx.is_none() => {
-                let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        refuse_mid_exec(writer, &e).await;
-                        return Err(e);
-                    }
-                };
-                match frame {
-                    Incoming::Stdin(body, eof) => {
-                        if let Some(p) = permit.take() {
-                            if !body.is_empty() { p.send(body); }
-                        }
-                        if eof { stdin_tx = None; permit = None; }
-                    }
-                    Incoming::Cancel => {
-                        run.group.kill();
-                        reason = ExitReason::Cancelled;
-                    }
-                    Incoming::Gone => {
-                        return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client left during exec")));
-                    }
-                    Incoming::Other(kind) => {
-                        let e = Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("`{kind}` sent during exec; only stdin and cancel may be")));
-                        refuse_mid_exec(writer, &e).await;
-                        return Err(e);
-                    }
+            p = StdinQueue::reserve(stdin.tx.clone()), if stdin.needs_room() => stdin.reserved(p),
+            frame = next_frame(reader, &mut stdin.pending), if stdin.may_read() => {
+                if let Some(why) = take_frame(frame, run, &mut stdin, writer).await? {
+                    reason = why;
                 }
             }
             _ = sleep_until(deadline), if reason == ExitReason::Exited => {
@@ -171,6 +189,43 @@ async fn pump(
         }
     }
     Ok(reason)
+}
+
+/// Acts on one frame from the client during an exec: stdin goes to the
+/// queue, a cancel kills the group (and says why the exec will end); a
+/// lost client, a bad frame or one that is not stdin or cancel ends the
+/// exec with an error (told to the client where it can be).
+async fn take_frame(
+    frame: Result<Incoming, Error>,
+    run: &mut Running,
+    stdin: &mut StdinQueue,
+    writer: &mut Writer,
+) -> Result<Option<ExitReason>, Error> {
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(e) => {
+            refuse_mid_exec(writer, &e).await;
+            return Err(e);
+        }
+    };
+    match frame {
+        Incoming::Stdin(body, eof) => stdin.deliver(body, eof),
+        Incoming::Cancel => {
+            run.group.kill();
+            return Ok(Some(ExitReason::Cancelled));
+        }
+        Incoming::Gone => {
+            let e = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client left during exec");
+            return Err(Error::Io(e));
+        }
+        Incoming::Other(kind) => {
+            let why = format!("`{kind}` sent during exec; only stdin and cancel may be");
+            let e = Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+            refuse_mid_exec(writer, &e).await;
+            return Err(e);
+        }
+    }
+    Ok(None)
 }
 
 /// Tells the client why its exec is being ended for what it sent (a
