@@ -9,34 +9,29 @@
 //!
 //! # Layout
 //!
-//! Data flows up and down these layers, never sideways:
+//! Layers, lowest first; each uses only those below it (checked by
+//! `tests/layout.rs`, which also finds any import cycle):
 //!
-//! - [`wire`]: frames and the connection preface, sans-IO decoding
-//!   ([`wire::decode_head`], [`wire::FrameCodec`], the bare
-//!   [`wire::BareCodec`]), streaming over async I/O ([`wire::FrameReader`],
-//!   [`wire::FrameWriter`]), every limit a named constant, typed
-//!   [`wire::Error`]s.
-//! - [`transport`]: TCP as it is, or TLS 1.3 (rustls) with a generated
-//!   certificate and the channel binding authentication is tied to.
-//! - [`auth`]: key files and the mutual HMAC-SHA256 challenge-response.
-//! - [`proto`]: the typed messages of the native protocol
-//!   ([`proto::Message`]) and error codes.
-//! - [`services`]: what requests do, apart from the wire: files under a
-//!   sandboxed root ([`services::files`]) and processes in their own
-//!   process group ([`services::exec`]).
-//! - [`server`]: the listener, connection limits, time limits, graceful
-//!   shutdown, and request dispatch.
-//! - [`client`]: [`Client`], the typed async API a program uses to talk to
-//!   a server.
+//! | layer | public | what it is |
+//! |---|---|---|
+//! | [`wire`] | yes | frames and the connection preface: sans-IO decoding ([`wire::decode_head`], [`wire::FrameCodec`], the bare [`wire::BareCodec`]), streaming over async I/O ([`wire::FrameReader`], [`wire::FrameWriter`]), every limit a named constant, typed [`wire::Error`]s |
+//! | [`transport`] | yes | TCP as it is, or TLS 1.3 (rustls) with a generated certificate and the channel binding authentication is tied to |
+//! | [`auth`] | yes | key files and the mutual HMAC-SHA256 challenge-response |
+//! | [`proto`] | yes | one struct per message ([`proto::Put`], [`proto::FileReply`]…), each marked with its direction ([`proto::ToServer`], [`proto::ToClient`]), and the sets a reader expects at each point ([`proto::Request`], [`proto::Answer`]…); every message is one entry of one table |
+//! | `services` | no | what requests do apart from the wire: files under a root held open and resolved by descriptor, partial files, processes in their own group |
+//! | `session` | no | one established connection (reader, writer, time limits, cut-off, what each end may send) and the transfer steps both ends share: one `Receiver` that owns the partial file (server `put`, client `get`, legacy upload) and one `Sender` (server `get`, client `put`) |
+//! | [`server`] | yes | listener, admission, handshake, then one dispatcher calling one handler per request, all of one shape |
+//! | [`client`] | yes | [`Client`], the typed async API over one connection, and [`client::tree`], copies of trees over several |
+//! | [`legacy`] | yes | the tutorial's `struct.pack('i', …)` formats on their own listeners, so its Python clients work unmodified |
 //!
-//! - [`text`]: [`text::printable`], for showing names and messages that
-//!   came from a peer without letting them drive the terminal or forge
-//!   lines.
-//! - [`legacy`]: the tutorial's `struct.pack('i', …)` formats on their own
-//!   listeners, so its Python clients work unmodified.
+//! [`text::printable`] shows names and messages that came from a peer
+//! without letting them drive the terminal or forge lines.
 //!
-//! The `framewire` binary (`src/main.rs`, `src/cli/`) only parses arguments
-//! and calls this library.
+//! The `framewire` binary (`src/main.rs`, `src/cli/`, behind the default
+//! `cli` feature) only parses arguments, draws progress, and words errors
+//! in terms of its flags; `cargo build --lib --no-default-features` builds
+//! the library without clap, indicatif, rustyline, anyhow or
+//! tracing-subscriber.
 //!
 //! # Examples
 //!

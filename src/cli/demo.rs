@@ -140,7 +140,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// 0. Only a client with the key gets anything; returns one that has it.
+/// Step 0: only a client with the key gets anything; returns one that has it.
 async fn authentication(demo: &mut Demo) -> anyhow::Result<Client> {
     say!("0. authentication: only a client with the key gets anything");
     match Client::connect(&demo.addr).await {
@@ -160,7 +160,7 @@ async fn authentication(demo: &mut Demo) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// 1. Commands: output streamed as printed, exit codes passed through.
+/// Step 1, commands: output streamed as printed, exit codes passed through.
 async fn commands(demo: &mut Demo, client: &mut Client) -> anyhow::Result<Commands> {
     say!("1. exec: output streamed as it is printed, stdout and stderr apart");
     let started = Instant::now();
@@ -185,7 +185,7 @@ async fn commands(demo: &mut Demo, client: &mut Client) -> anyhow::Result<Comman
     Ok(Commands { streamed: status.code(), failing: out.status.code() })
 }
 
-/// 2. A big file up, cut part-way, resumed; then back down, verified.
+/// Step 2: a big file up, cut part-way, resumed; then back down, verified.
 /// Returns a fresh connection (the cut one is dropped, as a killed client
 /// would be).
 async fn big_file(demo: &mut Demo) -> anyhow::Result<(BigFile, Client)> {
@@ -262,7 +262,7 @@ async fn cut_upload(demo: &Demo, big: &Path) -> anyhow::Result<bool> {
     Ok(cut)
 }
 
-/// 3. A small tree up and back through the library's tree copy (what
+/// Step 3: a small tree up and back through the library's tree copy (what
 /// `put -r` and `get -r` run); returns how many files the server lists.
 async fn small_tree(demo: &mut Demo, client: &mut Client) -> anyhow::Result<usize> {
     say!("3. a small tree: `put -r` then `get -r`, four connections at once");

@@ -96,7 +96,7 @@ pub fn status_parts(status: ExitStatus) -> (Option<i32>, Option<i32>) {
 /// # Examples
 ///
 /// ```
-/// use framewire::services::exec::shell_join;
+/// use framewire::client::shell_join;
 ///
 /// assert_eq!(shell_join(&["ls", "-l"]), "ls -l");
 /// assert_eq!(shell_join(&["echo", "it's", "a b", ""]), r#"echo 'it'\''s' 'a b' ''"#);
