@@ -28,7 +28,7 @@ pub type BoxWrite = Box<dyn WriteHalf>;
 
 /// A connection's write half. A plaintext one also shows its socket, so
 /// that file bodies can go out with `sendfile(2)`, straight from the page
-/// cache (see [`send_file`]).
+/// cache.
 pub trait WriteHalf: AsyncWrite + Send + Unpin {
     /// The TCP socket, if what is written goes to it as it is.
     fn socket(&self) -> Option<BorrowedFd<'_>> {

@@ -16,7 +16,7 @@ pub const DEFAULT_MAX_STARTUPS: usize = 64;
 /// Connections in their handshake from one address at once by default; a
 /// new one from it evicts that address's oldest.
 pub const DEFAULT_MAX_STARTUPS_PER_SOURCE: usize = 16;
-/// The listen backlog [`bind`] asks for by default (the kernel caps it at
+/// The listen backlog [`bind`](super::bind) asks for by default (the kernel caps it at
 /// `net.core.somaxconn`).
 pub const DEFAULT_BACKLOG: u32 = 1024;
 /// How long an authenticated connection waits for a session slot before

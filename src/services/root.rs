@@ -43,7 +43,7 @@ const MAX_WALK_STEPS: usize = 4096;
 /// it (`EAGAIN` from `openat2`, a link gone between open and read).
 const MAX_RETRIES: usize = 8;
 
-/// How a [`Root`] resolves paths.
+/// How the served root resolves paths beneath it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolver {
     /// One `openat2(2)` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`
