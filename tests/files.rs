@@ -861,3 +861,87 @@ async fn a_partial_file_in_use_is_left_alone() {
     assert!(std::fs::read(server.root.path().join("up.bin")).unwrap() == data);
     assert!(std::fs::read(local.path().join("down.bin")).unwrap() == data);
 }
+
+/// Records what a tree copy tells its observer.
+#[derive(Default)]
+struct Recorder {
+    started: std::sync::Mutex<Vec<String>>,
+    /// The last progress of each file, by its source path.
+    progress: std::sync::Mutex<std::collections::HashMap<String, Progress>>,
+    finished_ok: std::sync::atomic::AtomicUsize,
+}
+
+impl framewire::client::tree::Observer for Recorder {
+    fn started(&self, _id: usize, job: &framewire::client::tree::Job) {
+        self.started.lock().unwrap().push(job.remote.clone());
+    }
+    fn progress(&self, _id: usize, job: &framewire::client::tree::Job, p: Progress) {
+        self.progress.lock().unwrap().insert(job.remote.clone(), p);
+    }
+    fn finished(
+        &self,
+        _id: usize,
+        _job: &framewire::client::tree::Job,
+        outcome: &Result<framewire::client::Transfer, ClientError>,
+    ) {
+        if outcome.is_ok() {
+            self.finished_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The library's tree copy, as a program would use it: plan, run over
+/// several connections with an observer, both ways; empty directories
+/// recreated; a rerun without force refused per file; a directory without
+/// `recursive` refused in the plan.
+#[tokio::test]
+async fn tree_copy_api_plans_runs_and_reports() {
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanError};
+    use std::sync::Arc;
+
+    let server = TestServer::start().await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::fs::write(src.join("a/b/c.bin"), pattern(300_000, 3)).unwrap();
+    std::fs::write(src.join("top.txt"), b"top").unwrap();
+
+    let endpoint = Endpoint::new(server.addr(), None);
+    let mut client = endpoint.connect().await.unwrap();
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&src), Some("up"), true).await.unwrap();
+    assert_eq!(plan.jobs.len(), 2, "{plan:?}");
+    assert_eq!(plan.mkdirs, ["up/empty"]);
+    assert_eq!(plan.total_size(), 300_003);
+    let recorder = Arc::new(Recorder::default());
+    let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 3), recorder.clone()).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!((summary.files, summary.sent, summary.resumed), (2, 300_003, 0));
+    let mut started = recorder.started.lock().unwrap().clone();
+    started.sort();
+    assert_eq!(started, ["up/a/b/c.bin", "up/top.txt"]);
+    let big = recorder.progress.lock().unwrap()["up/a/b/c.bin"];
+    assert_eq!((big.size, big.done), (300_000, 300_000), "the last progress is the whole file");
+    assert_eq!(recorder.finished_ok.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(std::fs::read(server.root.path().join("up/a/b/c.bin")).unwrap(), pattern(300_000, 3));
+    assert!(server.root.path().join("up/empty").is_dir());
+
+    let back = local.path().join("back");
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &back, true).await.unwrap();
+    assert!(back.join("empty").is_dir(), "the plan creates local directories, empty ones too");
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(std::fs::read(back.join("a/b/c.bin")).unwrap(), pattern(300_000, 3));
+    assert_eq!(std::fs::read(back.join("top.txt")).unwrap(), b"top");
+
+    // Again, without force: each file refused, nothing replaced.
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &back, true).await.unwrap();
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert_eq!(summary.failures.len(), 2, "{:?}", summary.failures);
+    assert!(summary.failures.iter().all(|f| matches!(f.error, ClientError::LocalExists(_))));
+
+    match tree::plan_get(&mut client, &["up".to_owned()], &back, false).await {
+        Err(PlanError::IsADirectory(path)) => assert_eq!(path, "up"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -38,32 +38,9 @@ pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// # Ok(()) }
 /// ```
 ///
-/// Copying a tree down, as `framewire get -r` does (the names a listing
-/// returns are checked to be plain relative paths, so joining them onto a
-/// local directory stays inside it):
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use framewire::client::TransferOptions;
-/// use framewire::proto::Kind;
-///
-/// let mut client = framewire::Client::connect("127.0.0.1:9909").await?;
-/// let dest = std::path::Path::new("backup");
-/// std::fs::create_dir_all(dest)?;
-/// for entry in client.tree("photos").await? {
-///     let local = dest.join(&entry.name);
-///     if entry.kind == Kind::Dir {
-///         std::fs::create_dir_all(&local)?;
-///         continue;
-///     }
-///     if let Some(parent) = local.parent() {
-///         std::fs::create_dir_all(parent)?;
-///     }
-///     let remote = format!("photos/{}", entry.name);
-///     client.get(&remote, &local, &TransferOptions::default(), &mut |_| {}).await?;
-/// }
-/// # Ok(()) }
-/// ```
+/// Copies of whole trees, over several connections at once, are
+/// [`client::tree`](crate::client::tree)'s job (what `framewire get -r`
+/// and `put -r` run).
 ///
 /// After an error the connection stays usable, unless
 /// [`is_closed`](Self::is_closed) says a transfer had to stop half-way.

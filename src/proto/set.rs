@@ -6,7 +6,7 @@
 /// Declares a set: the enum, its `kind()`, its encoding, its decoding,
 /// and `From` each member.
 macro_rules! set {
-    ($(#[$meta:meta])* $set:ident: $expected:literal, known $known:path, { $($name:ident),* $(,)? }) => {
+    ($(#[$meta:meta])* $set:ident: $expected:literal, known $known:path, tags $tags:ident, { $($name:ident),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub enum $set {
@@ -38,10 +38,30 @@ macro_rules! set {
             }
 
             fn from_json(text: &str) -> Result<Self, $crate::wire::Error> {
-                let peek = $crate::proto::decode::peek(text)?;
+                // The data-path frames: built from the fields the one
+                // parse read, in a small function of their own.
+                if let Some((kind, hot)) = $crate::proto::decode::peek_hot::<$tags>(text) {
+                    $(
+                        if kind == $tags::$name {
+                            if let Some(m) = $crate::proto::decode::from_hot::<$name>(&hot) {
+                                return Ok($set::$name(m));
+                            }
+                        }
+                    )*
+                }
+                $set::decode_rest(text)
+            }
+        }
+
+        impl $set {
+            /// Every other type: parsed again into its own struct. Kept
+            /// out of line so the fast path stays small.
+            #[inline(never)]
+            fn decode_rest(text: &str) -> Result<Self, $crate::wire::Error> {
+                let peek = $crate::proto::decode::peek::<$tags>(text)?;
                 $(
-                    if peek.kind == <$name as $crate::proto::message::Message>::KIND {
-                        return $crate::proto::decode::member::<$name>(text, &peek).map($set::$name);
+                    if peek.kind == $tags::$name {
+                        return $crate::proto::decode::member::<$name, _>(text, &peek).map($set::$name);
                     }
                 )*
                 Err($crate::proto::decode::stranger(text, &peek, $expected, $known))

@@ -16,18 +16,18 @@ use crate::wire::{Error, FrameHeader};
 
 set! {
     /// What a server reads between requests: the requests.
-    Request: "a request", known KINDS, { Echo, Exec, List, Stat, Mkdir, Get, Put }
+    Request: "a request", known KINDS, tags Tag, { Echo, Exec, List, Stat, Mkdir, Get, Put }
 }
 
 set! {
     /// What a server reads while a command runs.
-    ExecInput: "stdin or cancel (an exec is running)", known KINDS, { Stdin, Cancel }
+    ExecInput: "stdin or cancel (an exec is running)", known KINDS, tags Tag, { Stdin, Cancel }
 }
 
 set! {
     /// What a client reads while its command runs: output, the exit, or a
     /// refusal.
-    ExecOutput: "stdout, stderr, exit or error", known KINDS, { Stdout, Stderr, Exit, ErrorFrame }
+    ExecOutput: "stdout, stderr, exit or error", known KINDS, tags Tag, { Stdout, Stderr, Exit, ErrorFrame }
 }
 
 /// What a client reads as the answer to a request: the message `T` due at
@@ -72,11 +72,12 @@ impl<T: Message> FrameHeader for Answer<T> {
     }
 
     fn from_json(text: &str) -> Result<Self, Error> {
-        let peek = decode::peek(text)?;
+        // One answer per request: the type read as text is fast enough.
+        let peek = decode::peek::<std::borrow::Cow<str>>(text)?;
         if peek.kind == T::KIND {
-            decode::member::<T>(text, &peek).map(Answer::Ok)
+            decode::member::<T, _>(text, &peek).map(Answer::Ok)
         } else if peek.kind == ErrorFrame::KIND {
-            decode::member::<ErrorFrame>(text, &peek).map(Answer::Refused)
+            decode::member::<ErrorFrame, _>(text, &peek).map(Answer::Refused)
         } else {
             Err(decode::stranger(text, &peek, T::KIND, KINDS))
         }
