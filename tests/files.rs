@@ -926,8 +926,11 @@ async fn tree_copy_api_plans_runs_and_reports() {
     assert_eq!(std::fs::read(server.root.path().join("up/a/b/c.bin")).unwrap(), pattern(300_000, 3));
     assert!(server.root.path().join("up/empty").is_dir());
 
-    let back = local.path().join("back");
-    let plan = tree::plan_get(&mut client, &["up".to_owned()], &back, true).await.unwrap();
+    // Into an existing directory, as `cp -r up dir/`: dir/up/...
+    let into = local.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    let back = into.join("up");
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, true).await.unwrap();
     assert!(back.join("empty").is_dir(), "the plan creates local directories, empty ones too");
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
@@ -935,12 +938,14 @@ async fn tree_copy_api_plans_runs_and_reports() {
     assert_eq!(std::fs::read(back.join("top.txt")).unwrap(), b"top");
 
     // Again, without force: each file refused, nothing replaced.
-    let plan = tree::plan_get(&mut client, &["up".to_owned()], &back, true).await.unwrap();
+    std::fs::write(back.join("top.txt"), b"mine").unwrap();
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, true).await.unwrap();
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert_eq!(summary.failures.len(), 2, "{:?}", summary.failures);
     assert!(summary.failures.iter().all(|f| matches!(f.error, ClientError::LocalExists(_))));
+    assert_eq!(std::fs::read(back.join("top.txt")).unwrap(), b"mine");
 
-    match tree::plan_get(&mut client, &["up".to_owned()], &back, false).await {
+    match tree::plan_get(&mut client, &["up".to_owned()], &into, false).await {
         Err(PlanError::IsADirectory(path)) => assert_eq!(path, "up"),
         other => panic!("{other:?}"),
     }
