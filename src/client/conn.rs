@@ -205,14 +205,14 @@ impl Client {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let (reader, writer) = self.session.halves();
+        let (reader, mut writer) = self.session.halves();
         // Send and receive concurrently: the server echoes as it reads, so
         // a client that sent everything before reading would deadlock once
         // both sockets' buffers fill.
         let send = async {
             writer.feed_head(&Echo { len, upper })?;
-            writer.copy_body_from(src).await?;
-            writer.flush().await?;
+            writer.body().copy_body_from(src).await?;
+            writer.body().flush().await?;
             Ok::<_, ClientError>(())
         };
         let recv = async {

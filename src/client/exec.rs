@@ -115,7 +115,7 @@ impl Client {
         let timeout_ms = options.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
         self.session.send(&Exec { command: command.to_owned(), timeout_ms }, &[]).await?;
 
-        let (reader, writer) = self.session.halves();
+        let (reader, mut writer) = self.session.halves();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
 
         let output = async move {

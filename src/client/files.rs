@@ -322,8 +322,8 @@ impl Client {
         // it does.
         let mut report = |done| progress(Progress { size, resumed: from, done });
         let outcome = {
-            let (reader, writer) = self.session.halves();
-            let sending = sender.send(writer, &mut report);
+            let (reader, mut writer) = self.session.halves();
+            let sending = sender.send(writer.body(), &mut report);
             let answer = reader.read_head::<Answer<PutDone>>();
             tokio::select! {
                 sent = sending => Ok(sent),

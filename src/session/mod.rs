@@ -120,14 +120,18 @@ impl<S> Session<S> {
         &mut self.reader
     }
 
-    /// The writer, for bodies of frames started with [`feed_head`](Self::feed_head).
+    /// The writer, for the body of a frame started with
+    /// [`feed_head`](Self::feed_head) (headers go through `send` and
+    /// `feed_head`, which check the direction).
     pub fn writer(&mut self) -> &mut FrameWriter<BoxWrite> {
         &mut self.writer
     }
 
-    /// Both halves at once: a sender that listens for an early answer.
-    pub fn halves(&mut self) -> (&mut FrameReader<BoxRead>, &mut FrameWriter<BoxWrite>) {
-        (&mut self.reader, &mut self.writer)
+    /// Both halves at once, for an end that reads while it writes (an
+    /// exec's streams, an upload listening for an early refusal). The
+    /// writing half still sends only what this end may send.
+    pub fn halves(&mut self) -> (&mut FrameReader<BoxRead>, Outbound<'_, S>) {
+        (&mut self.reader, Outbound { writer: &mut self.writer, side: PhantomData })
     }
 
     /// Reads with no idle limit (a command may run silent for an hour)
@@ -174,6 +178,45 @@ impl<S> Session<S> {
         };
         let _ = tokio::time::timeout(LINGER, end).await;
         let _ = tokio::time::timeout(LINGER, self.reader.drain(LINGER_BYTES)).await;
+    }
+}
+
+/// The writing half of a [`Session`] beside its reader
+/// ([`Session::halves`]): headers only of the messages end `S` may send.
+pub struct Outbound<'a, S> {
+    writer: &'a mut FrameWriter<BoxWrite>,
+    side: PhantomData<S>,
+}
+
+impl<S> Outbound<'_, S> {
+    /// As [`Session::send`].
+    ///
+    /// # Errors
+    ///
+    /// The connection's.
+    pub async fn send<M: Message>(&mut self, message: &M, body: &[u8]) -> Result<(), Error>
+    where
+        S: Sends<M>,
+    {
+        self.writer.send(message, body).await
+    }
+
+    /// As [`Session::feed_head`].
+    ///
+    /// # Errors
+    ///
+    /// The header cannot be encoded.
+    pub fn feed_head<M: Message>(&mut self, message: &M) -> Result<(), Error>
+    where
+        S: Sends<M>,
+    {
+        self.writer.feed_head(message)
+    }
+
+    /// The writer, for the body of a frame started with
+    /// [`feed_head`](Self::feed_head).
+    pub fn body(&mut self) -> &mut FrameWriter<BoxWrite> {
+        self.writer
     }
 }
 

@@ -12,12 +12,12 @@ use super::super::context::Context;
 use crate::proto::{Cancel, ErrorCode, ErrorFrame, Exec, ExecInput, Exit, ExitReason, Stderr, Stdin, Stdout};
 use crate::services::exec::{spawn, status_parts, Running};
 use crate::services::Refusal;
-use crate::session::{ServerSide, Session};
-use crate::transport::{BoxRead, BoxWrite};
-use crate::wire::{Error, FrameReader, FrameWriter};
+use crate::session::{Outbound, ServerSide, Session};
+use crate::transport::BoxRead;
+use crate::wire::{Error, FrameReader};
 
 type Reader = FrameReader<BoxRead>;
-type Writer = FrameWriter<BoxWrite>;
+type Writer<'a> = Outbound<'a, ServerSide>;
 
 /// Largest stdin frame accepted (clients send up to 64 KiB).
 pub const MAX_STDIN_FRAME: u64 = 1024 * 1024;
@@ -58,8 +58,8 @@ pub(in crate::server) async fn exec(s: &mut Session<ServerSide>, ctx: &Context, 
     // frame). Restored on every way out.
     s.without_idle_limit();
     let cut = s.cut_off().clone();
-    let (reader, writer) = s.halves();
-    let result = pump(&mut run, timeout_ms, reader, writer, &cut).await;
+    let (reader, mut writer) = s.halves();
+    let result = pump(&mut run, timeout_ms, reader, &mut writer, &cut).await;
     s.restore_timeouts();
     let reason = match result {
         Ok(reason) => reason,
@@ -148,7 +148,7 @@ async fn pump(
     run: &mut Running,
     timeout_ms: Option<u64>,
     reader: &mut Reader,
-    writer: &mut Writer,
+    writer: &mut Writer<'_>,
     hard: &CancellationToken,
 ) -> Result<ExitReason, Error> {
     let mut stdin = StdinQueue::start(run);
@@ -199,7 +199,7 @@ async fn take_frame(
     frame: Result<Incoming, Error>,
     run: &mut Running,
     stdin: &mut StdinQueue,
-    writer: &mut Writer,
+    writer: &mut Writer<'_>,
 ) -> Result<Option<ExitReason>, Error> {
     let frame = match frame {
         Ok(frame) => frame,
@@ -232,7 +232,7 @@ async fn take_frame(
 /// `stdin` frame over [`MAX_STDIN_FRAME`], a frame that is not `stdin` or
 /// `cancel`), before the connection closes and the command is killed:
 /// after such a frame the stream of stdin is not what the client meant.
-async fn refuse_mid_exec(writer: &mut Writer, e: &Error) {
+async fn refuse_mid_exec(writer: &mut Writer<'_>, e: &Error) {
     let code = match e {
         Error::BodyTooLarge { .. } => ErrorCode::TooLarge,
         Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => ErrorCode::BadRequest,
