@@ -272,7 +272,9 @@ async fn raw_put(server: &TestServer, path: &str, size: u64) -> (RawReader, RawW
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::Put(proto::Put { path: path.into(), size, force: false, mode: None }), &[]).await.unwrap();
+    w.send(&Message::Put(proto::Put { path: path.into(), size, force: false, mode: None, mtime: None }), &[])
+        .await
+        .unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     (r, w, m)
@@ -896,7 +898,7 @@ impl framewire::client::tree::Observer for Recorder {
 /// `recursive` refused in the plan.
 #[tokio::test]
 async fn tree_copy_api_plans_runs_and_reports() {
-    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanError};
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanError, PlanOptions};
     use std::sync::Arc;
 
     let server = TestServer::start().await;
@@ -909,7 +911,11 @@ async fn tree_copy_api_plans_runs_and_reports() {
 
     let endpoint = Endpoint::new(server.addr(), None);
     let mut client = endpoint.connect().await.unwrap();
-    let plan = tree::plan_put(&mut client, std::slice::from_ref(&src), Some("up"), true).await.unwrap();
+    // `src/`: what is in it, as rsync takes a trailing slash.
+    let contents = src.join("");
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&contents), Some("up"), PlanOptions::new(true, false))
+        .await
+        .unwrap();
     assert_eq!(plan.jobs.len(), 2, "{plan:?}");
     assert_eq!(plan.mkdirs, ["up/empty"]);
     assert_eq!(plan.total_size(), 300_003);
@@ -926,26 +932,68 @@ async fn tree_copy_api_plans_runs_and_reports() {
     assert_eq!(std::fs::read(server.root.path().join("up/a/b/c.bin")).unwrap(), pattern(300_000, 3));
     assert!(server.root.path().join("up/empty").is_dir());
 
-    // Into an existing directory, as `cp -r up dir/`: dir/up/...
+    // `up` (no slash): the directory itself, into the destination.
     let into = local.path().join("into");
     std::fs::create_dir(&into).unwrap();
     let back = into.join("up");
-    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, true).await.unwrap();
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::new(true, false)).await.unwrap();
     assert!(back.join("empty").is_dir(), "the plan creates local directories, empty ones too");
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!(std::fs::read(back.join("a/b/c.bin")).unwrap(), pattern(300_000, 3));
     assert_eq!(std::fs::read(back.join("top.txt")).unwrap(), b"top");
 
-    // Again, without force: each file refused, nothing replaced.
-    std::fs::write(back.join("top.txt"), b"mine").unwrap();
-    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, true).await.unwrap();
-    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
-    assert_eq!(summary.failures.len(), 2, "{:?}", summary.failures);
-    assert!(summary.failures.iter().all(|f| matches!(f.error, ClientError::LocalExists(_))));
-    assert_eq!(std::fs::read(back.join("top.txt")).unwrap(), b"mine");
+    // mtimes kept both ways.
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let secs = |p: &Path| mtime(p).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(secs(&server.root.path().join("up/a/b/c.bin")), secs(&src.join("a/b/c.bin")));
+    assert_eq!(secs(&back.join("a/b/c.bin")), secs(&src.join("a/b/c.bin")));
 
-    match tree::plan_get(&mut client, &["up".to_owned()], &into, false).await {
+    // Again: everything is there already, nothing moves, no inode changes.
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(back.join("a/b/c.bin")).unwrap().ino();
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::new(true, false)).await.unwrap();
+    assert_eq!((plan.jobs.len(), plan.unchanged.len(), plan.refused.len()), (0, 2, 0));
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!((summary.files, summary.unchanged), (0, 2));
+    assert_eq!(std::fs::metadata(back.join("a/b/c.bin")).unwrap().ino(), ino);
+
+    // A receiver file that differs and is newer is refused, listed; an
+    // older one is replaced; with force both are.
+    let ours = back.join("top.txt");
+    std::fs::write(&ours, b"mine").unwrap();
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::new(true, false)).await.unwrap();
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert_eq!(summary.refused, ["up/top.txt"]);
+    assert_eq!(std::fs::read(&ours).unwrap(), b"mine");
+    std::fs::File::options().write(true).open(&ours).unwrap().set_modified(std::time::UNIX_EPOCH).unwrap();
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::new(true, false)).await.unwrap();
+    assert_eq!(plan.jobs.len(), 1);
+    assert!(plan.jobs[0].replace);
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty() && summary.refused.is_empty(), "{summary:?}");
+    assert_eq!(std::fs::read(&ours).unwrap(), b"top");
+
+    // The same rules upward: a rerun of the upload moves nothing.
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&contents), Some("up"), PlanOptions::new(true, false))
+        .await
+        .unwrap();
+    assert_eq!((plan.jobs.len(), plan.unchanged.len()), (0, 2), "{plan:?}");
+    std::fs::write(src.join("top.txt"), b"top, changed").unwrap();
+    // Changed later than the copy the server holds (the same second would
+    // be "not older", and refused).
+    let later = mtime(&src.join("top.txt")) + Duration::from_secs(10);
+    std::fs::File::options().write(true).open(src.join("top.txt")).unwrap().set_modified(later).unwrap();
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&contents), Some("up"), PlanOptions::new(true, false))
+        .await
+        .unwrap();
+    assert_eq!(plan.jobs.iter().map(|j| j.remote.as_str()).collect::<Vec<_>>(), ["up/top.txt"], "only it moves");
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(std::fs::read(server.root.path().join("up/top.txt")).unwrap(), b"top, changed");
+
+    match tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::default()).await {
         Err(PlanError::IsADirectory(path)) => assert_eq!(path, "up"),
         other => panic!("{other:?}"),
     }

@@ -91,7 +91,13 @@ fn hex(data: &[u8]) -> String {
 /// An upload cut after [`HELD`] bytes, then the resuming upload; returns
 /// the second connection's transcript.
 async fn put_with_resume(server: &TestServer) -> String {
-    let put = Put { path: "notes.txt".into(), size: CONTENT.len() as u64, force: false, mode: Some(0o644) };
+    let put = Put {
+        path: "notes.txt".into(),
+        size: CONTENT.len() as u64,
+        force: false,
+        mode: Some(0o644),
+        mtime: Some(MTIME as i64),
+    };
     let mut first = Transcript::open(&server.addr()).await;
     first.send("put", &put, &[]).await;
     assert!(matches!(first.receive().await, AnyMessage::PutReady(r) if r.offset == 0));

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use framewire::auth::Key;
-use framewire::client::tree::{self, CopyOptions, Endpoint, Quiet};
+use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
 use framewire::client::{ExecIo, ExecOptions, Progress, TransferOptions};
 use framewire::server::{self, Config};
 use framewire::Client;
@@ -277,10 +277,11 @@ async fn small_tree(demo: &mut Demo, client: &mut Client) -> anyhow::Result<usiz
     }
     let endpoint = Endpoint::new(demo.addr.clone(), Some(demo.key.clone()));
     let options = CopyOptions::new(true, 4);
-    let plan = tree::plan_put(client, std::slice::from_ref(&tree), Some("tree"), true).await?;
+    // `tree/` and `tree/`: the contents, as rsync reads a trailing slash.
+    let plan = tree::plan_put(client, &[tree.join("")], Some("tree"), PlanOptions::new(true, true)).await?;
     let up = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
     let fetched = demo.local.path().join("fetched");
-    let plan = tree::plan_get(client, &["tree".to_owned()], &fetched, true).await?;
+    let plan = tree::plan_get(client, &["tree/".to_owned()], &fetched, PlanOptions::new(true, true)).await?;
     let down = tree::run(&endpoint, plan, &options, Arc::new(Quiet)).await;
     say!(
         "   put -r: {} files in {:.0} ms; get -r: {} files in {:.0} ms",

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Args;
 use framewire::auth::Key;
-use framewire::client::tree::{self, CopyOptions, Direction, Endpoint, Job, Observer, Plan, PlanError, Summary};
+use framewire::client::tree::{
+    self, CopyOptions, Direction, Endpoint, Job, Observer, Plan, PlanError, PlanOptions, Summary,
+};
 use framewire::client::{Progress, Transfer};
 use framewire::proto::Kind;
 use framewire::text::printable;
@@ -139,7 +141,9 @@ pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
     let endpoint = Endpoint::new(addr, key);
     let mut client = endpoint.connect().await?;
-    let plan = tree::plan_get(&mut client, &paths, &dest, opts.recursive).await.map_err(|e| plan_error(e, "get"))?;
+    let plan = tree::plan_get(&mut client, &paths, &dest, PlanOptions::new(opts.recursive, opts.force))
+        .await
+        .map_err(|e| plan_error(e, "get"))?;
     drop(client);
     copy(&endpoint, plan, &opts).await
 }
@@ -150,7 +154,7 @@ pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let endpoint = Endpoint::new(addr, key);
     let mut client = endpoint.connect().await?;
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
-    let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), opts.recursive)
+    let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), PlanOptions::new(opts.recursive, opts.force))
         .await
         .map_err(|e| plan_error(e, "put"))?;
     drop(client);
@@ -171,7 +175,7 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::R
     if let Some(total) = &bars.total {
         total.finish_and_clear();
     }
-    let Summary { files, sent, resumed, elapsed, failures } = summary;
+    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused } = summary;
     if !opts.quiet && files > 0 {
         let secs = elapsed.as_secs_f64();
         let resumed = if resumed > 0 { format!(", {} resumed (not sent again)", mib(resumed)) } else { String::new() };
@@ -181,14 +185,31 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::R
             sent as f64 / secs.max(1e-9) / 1e6
         );
     }
-    if failures.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    if !opts.quiet && unchanged > 0 {
+        eprintln!("{unchanged} file(s) unchanged (same size and modification time), not sent");
     }
     for f in &failures {
         eprintln!("framewire: error: {}", printable(&format!("{}: {}", f.path, super::explained(&f.error))));
     }
-    Ok(ExitCode::FAILURE)
+    if !refused.is_empty() {
+        eprintln!(
+            "framewire: {} file(s) not replaced: the receiver's differ and are not older (use --force to replace them):",
+            refused.len()
+        );
+        for path in &refused {
+            eprintln!("  {}", printable(path));
+        }
+    }
+    Ok(match (failures.is_empty(), refused.is_empty()) {
+        (true, true) => ExitCode::SUCCESS,
+        (true, false) => ExitCode::from(REFUSED),
+        _ => ExitCode::FAILURE,
+    })
 }
+
+/// The exit code of a copy that did everything but replace receiver files
+/// that differ and are not older (1 is for failures).
+pub const REFUSED: u8 = 3;
 
 /// Progress display: one bar per active file, a total bar when there are
 /// several; nothing when stderr is not a terminal or with --quiet.

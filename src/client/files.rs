@@ -193,7 +193,7 @@ impl Client {
                 return Err(e);
             }
         };
-        let FileReply { size, offset, mode, .. } = head;
+        let FileReply { size, offset, mode, mtime, .. } = head;
         if !receiver.agree(offset).map_err(local_err(&shown))? {
             self.session.abandon().await;
             return Err(ClientError::Unexpected { expected: "a file from our offset or 0", got: "file".into() });
@@ -233,8 +233,19 @@ impl Client {
         // A server that sends no mode sends 0.
         let mode = received_mode(if mode == 0 { 0o666 } else { mode });
         let force = options.force;
-        match spawn_blocking(move || received.commit(mode, force)).await.map_err(join_err)? {
-            Ok(_) => Ok(Transfer { size, resumed: offset, blake3: got }),
+        // The server's mtime, after the commit (as `scp -p`); a server that
+        // sends none sends 0, and the file keeps the time it was written.
+        let commit = move || {
+            let file = received.commit(mode, force)?;
+            if mtime != 0 {
+                // In place either way: a time the filesystem refuses leaves
+                // the time of the write.
+                let _ = crate::services::files::set_mtime(&file, mtime);
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        match spawn_blocking(commit).await.map_err(join_err)? {
+            Ok(()) => Ok(Transfer { size, resumed: offset, blake3: got }),
             // Something appeared under the name meanwhile: never replaced
             // without `force`.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::LocalExists(local.to_owned())),
@@ -307,7 +318,8 @@ impl Client {
         }
         let size = meta.len();
         let mode = meta.permissions().mode() & 0o777;
-        let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode) };
+        let mtime = Some(crate::services::files::mtime(&meta));
+        let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode), mtime };
         self.session.send(&put, &[]).await?;
         let PutReady { offset, prefix_blake3 } = self.answer().await?;
         let sender =

@@ -20,16 +20,18 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), framewire::ClientError> {
-//! use framewire::client::tree::{self, CopyOptions, Endpoint, Quiet};
+//! use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
 //!
 //! let endpoint = Endpoint::new("127.0.0.1:9909", None);
 //! let mut client = endpoint.connect().await?;
-//! let plan = tree::plan_get(&mut client, &["photos".to_owned()], "backup".as_ref(), true).await?;
+//! let options = PlanOptions::new(true, false);
+//! let plan = tree::plan_get(&mut client, &["photos".to_owned()], "backup".as_ref(), options).await?;
 //! let summary = tree::run(&endpoint, plan, &CopyOptions::default(), std::sync::Arc::new(Quiet)).await;
 //! assert!(summary.failures.is_empty(), "{:?}", summary.failures);
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +40,7 @@ use super::conn::Client;
 use super::error::ClientError;
 use super::files::{Progress, Transfer, TransferOptions};
 use crate::auth::Key;
-use crate::proto::{Entry, Kind};
+use crate::proto::{Entry, ErrorCode, Kind};
 
 /// Where a copy's connections go: the server's address and the key, if
 /// any. Every connection of a copy is opened from it.
@@ -82,6 +84,11 @@ pub struct Job {
     pub local: PathBuf,
     /// Its size, as planned (for a total).
     pub size: u64,
+    /// Its modification time at the source (seconds since the epoch).
+    pub mtime: i64,
+    /// The receiver has a different, older file under the name (or the
+    /// copy is forced): replace it.
+    pub replace: bool,
 }
 
 impl Job {
@@ -118,17 +125,73 @@ pub struct Plan {
     pub skipped: Vec<String>,
     /// Left out, and the copy fails: names the protocol cannot carry.
     pub failures: Vec<Failure>,
+    /// Left out because the receiver has them already: the same size and
+    /// modification time (rsync's quick check).
+    pub unchanged: Vec<Job>,
+    /// Left out because the receiver's file differs and is not older than
+    /// the source's; replaced only with `force`.
+    pub refused: Vec<Job>,
 }
 
 impl Plan {
     fn new(direction: Direction) -> Self {
-        Plan { direction, jobs: Vec::new(), mkdirs: Vec::new(), skipped: Vec::new(), failures: Vec::new() }
+        Plan {
+            direction,
+            jobs: Vec::new(),
+            mkdirs: Vec::new(),
+            skipped: Vec::new(),
+            failures: Vec::new(),
+            unchanged: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// Sorts a planned job by what the receiver holds under its name
+    /// (`None`: nothing, or not a regular file: size and mtime of one).
+    fn decide(&mut self, mut job: Job, receiver: Option<Option<(u64, i64)>>, force: bool) {
+        match receiver {
+            None => self.jobs.push(job),
+            Some(Some(held)) if held == (job.size, job.mtime) => self.unchanged.push(job),
+            Some(Some((_, mtime))) if force || mtime < job.mtime => {
+                job.replace = true;
+                self.jobs.push(job);
+            }
+            Some(None) if force => {
+                job.replace = true;
+                self.jobs.push(job);
+            }
+            Some(_) => self.refused.push(job),
+        }
     }
 
     /// Bytes of all the jobs.
     pub fn total_size(&self) -> u64 {
         self.jobs.iter().map(|j| j.size).sum()
     }
+}
+
+/// How a copy is planned.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct PlanOptions {
+    /// Copy directories, and everything below them.
+    pub recursive: bool,
+    /// Replace receiver files that differ even when they are not older.
+    pub force: bool,
+}
+
+impl PlanOptions {
+    /// Options as given.
+    pub fn new(recursive: bool, force: bool) -> Self {
+        PlanOptions { recursive, force }
+    }
+}
+
+/// What the receiver has under a name: `None` if nothing, `Some(None)` if
+/// something that is not a regular file, else its size and mtime.
+fn held_locally(path: &Path) -> Option<Option<(u64, i64)>> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some(meta.is_file().then(|| (meta.len(), crate::services::files::mtime(&meta))))
 }
 
 /// Why a copy could not be planned.
@@ -184,7 +247,10 @@ fn local_dir(dir: &Path) -> Result<(), PlanError> {
 
 /// Plans a download of the remote `sources` to `dest`, expanding
 /// directories (with `recursive`) through one listing each, and creates
-/// the local directories the files go to (empty ones too).
+/// the local directories the files go to (empty ones too). A local file
+/// with the same size and mtime is left out ([`Plan::unchanged`]); an
+/// older one is replaced; one that differs and is not older is left out
+/// ([`Plan::refused`]) unless `force`.
 ///
 /// # Errors
 ///
@@ -195,47 +261,83 @@ pub async fn plan_get(
     client: &mut Client,
     sources: &[String],
     dest: &Path,
-    recursive: bool,
+    options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let into_dir = dest.is_dir() || sources.len() > 1;
-    let mut plan = Plan::new(Direction::Get);
+    let PlanOptions { recursive, force } = options;
+    let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
+    let into_dir = dest.is_dir() || sources.len() > 1 || slash;
+    let mut found = Vec::new();
     for remote in sources {
         let source = |error| PlanError::Source { path: remote.clone(), error };
         let entry = client.stat(remote).await.map_err(source)?;
-        let target = if into_dir { dest.join(base_name(remote)) } else { dest.to_owned() };
         if entry.kind != Kind::Dir {
-            plan.jobs.push(Job { remote: remote.clone(), local: target, size: entry.size });
+            let target = if into_dir { dest.join(base_name(remote)) } else { dest.to_owned() };
+            // As `cp`: the directory a file goes into must be there.
+            let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                let why = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
+                return Err(source(ClientError::Local { path: parent.to_owned(), source: why }));
+            }
+            found.push(Job {
+                remote: remote.clone(),
+                local: target,
+                size: entry.size,
+                mtime: entry.mtime,
+                replace: false,
+            });
             continue;
         }
         if !recursive {
             return Err(PlanError::IsADirectory(remote.clone()));
         }
+        // rsync's rule: `DIR/` copies what is in DIR, `DIR` the directory
+        // itself, into the destination (created if missing).
+        let target =
+            if remote.ends_with('/') || remote.is_empty() { dest.to_owned() } else { dest.join(base_name(remote)) };
         // Directories first, so that empty ones are recreated too.
         let tree = client.tree(remote).await.map_err(source)?;
         local_dir(&target)?;
         for e in tree {
             match e.kind {
                 Kind::Dir => local_dir(&target.join(&e.name))?,
-                _ => plan.jobs.push(Job {
+                _ => found.push(Job {
                     remote: join_remote(remote, &e.name),
                     local: target.join(&e.name),
                     size: e.size,
+                    mtime: e.mtime,
+                    replace: false,
                 }),
             }
         }
     }
-    for job in &plan.jobs {
-        if let Some(parent) = job.local.parent() {
-            local_dir(parent)?;
-        }
+    let mut plan = Plan::new(Direction::Get);
+    for job in found {
+        let held = held_locally(&job.local);
+        plan.decide(job, held, force);
     }
     Ok(plan)
+}
+
+/// What the server holds below `target` (a directory being uploaded to):
+/// each file's size and mtime by its remote path; other kinds as `None`.
+async fn held_remotely(client: &mut Client, target: &str) -> Result<HashMap<String, Option<(u64, i64)>>, ClientError> {
+    let entries = match client.tree(target).await {
+        Ok(entries) => entries,
+        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => return Ok(HashMap::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(entries
+        .into_iter()
+        .map(|e| (join_remote(target, &e.name), (e.kind == Kind::File).then_some((e.size, e.mtime))))
+        .collect())
 }
 
 /// Plans an upload of the local `sources` to `dest` on the server (the
 /// root when `None`), walking directories (with `recursive`). Symlinks to
 /// files are followed; symlinks to directories and special files are
-/// skipped, with a note in [`Plan::skipped`].
+/// skipped, with a note in [`Plan::skipped`]. What the server already has
+/// is compared as [`plan_get`] compares local files (one listing per
+/// source directory, one `stat` per source file).
 ///
 /// # Errors
 ///
@@ -244,42 +346,57 @@ pub async fn plan_put(
     client: &mut Client,
     sources: &[PathBuf],
     dest: Option<&str>,
-    recursive: bool,
+    options: PlanOptions,
 ) -> Result<Plan, PlanError> {
+    let PlanOptions { recursive, force } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
         Some(d) => matches!(client.stat(d).await, Ok(Entry { kind: Kind::Dir, .. })),
     };
     let dest = dest.unwrap_or_default();
+    let dest = dest.trim_end_matches('/');
     let mut plan = Plan::new(Direction::Put);
     for path in sources {
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| PlanError::Source {
-            path: shown.clone(),
-            error: ClientError::Local { path: path.clone(), source },
-        })?;
+        let source = |error| PlanError::Source { path: shown.clone(), error };
+        let meta = std::fs::metadata(path).map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
         let name = match path.file_name() {
             None => shown.clone(),
             Some(name) => match name.to_str() {
                 Some(name) => name.to_owned(),
-                None => return Err(PlanError::Source { path: shown, error: not_utf8(path) }),
+                None => return Err(source(not_utf8(path))),
             },
         };
-        let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
         if !meta.is_dir() {
-            plan.jobs.push(Job { remote: target, local: path.clone(), size: meta.len() });
+            let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
+            let held = match client.stat(&target).await {
+                Ok(e) => Some((e.kind == Kind::File).then_some((e.size, e.mtime))),
+                Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => None,
+                Err(e) => return Err(source(e)),
+            };
+            let mtime = crate::services::files::mtime(&meta);
+            let job = Job { remote: target, local: path.clone(), size: meta.len(), mtime, replace: false };
+            plan.decide(job, held, force);
             continue;
         }
         if !recursive {
             return Err(PlanError::IsADirectory(shown));
         }
-        let creates = walk(&mut plan, path, &target).map_err(|source| PlanError::Source {
-            path: shown.clone(),
-            error: ClientError::Local { path: path.clone(), source },
-        })?;
-        if !creates {
+        // rsync's rule, as for downloads: `DIR/` copies what is in DIR,
+        // `DIR` the directory itself.
+        let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
+        let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
+        let held = held_remotely(client, &target).await.map_err(source)?;
+        let mut found = Vec::new();
+        let creates = walk(&mut plan, &mut found, path, &target)
+            .map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
+        if !creates && !target.is_empty() {
             plan.mkdirs.push(target);
+        }
+        for job in found {
+            let receiver = held.get(&job.remote).copied();
+            plan.decide(job, receiver, force);
         }
     }
     Ok(plan)
@@ -297,7 +414,7 @@ fn not_utf8(path: &Path) -> ClientError {
 
 /// Adds what is below `dir` under `remote`; returns whether anything
 /// below will create `remote` on the server.
-fn walk(plan: &mut Plan, dir: &Path, remote: &str) -> std::io::Result<bool> {
+fn walk(plan: &mut Plan, found: &mut Vec<Job>, dir: &Path, remote: &str) -> std::io::Result<bool> {
     let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     items.sort_by_key(|i| i.file_name());
     let mut creates = false;
@@ -309,7 +426,7 @@ fn walk(plan: &mut Plan, dir: &Path, remote: &str) -> std::io::Result<bool> {
         };
         let child = join_remote(remote, &name);
         if item.file_type()?.is_dir() {
-            if !walk(plan, &path, &child)? {
+            if !walk(plan, found, &path, &child)? {
                 plan.mkdirs.push(child);
             }
             creates = true;
@@ -317,7 +434,8 @@ fn walk(plan: &mut Plan, dir: &Path, remote: &str) -> std::io::Result<bool> {
         }
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => {
-                plan.jobs.push(Job { remote: child, local: path, size: meta.len() });
+                let mtime = crate::services::files::mtime(&meta);
+                found.push(Job { remote: child, local: path, size: meta.len(), mtime, replace: false });
                 creates = true;
             }
             Ok(meta) if meta.is_dir() => {
@@ -383,6 +501,11 @@ pub struct Summary {
     /// What could not be copied: the plan's own failures, then the
     /// directories and files that failed.
     pub failures: Vec<Failure>,
+    /// Files left out because the receiver had them already.
+    pub unchanged: usize,
+    /// Files left out because the receiver's differ and are not older (by
+    /// their source paths); `force` replaces them.
+    pub refused: Vec<String>,
 }
 
 /// Runs `plan` over up to `options.jobs` connections to `endpoint`, each
@@ -392,8 +515,9 @@ pub struct Summary {
 /// stopped half-way, is replaced by a new one for the next file.
 pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observer: Arc<dyn Observer>) -> Summary {
     let started = Instant::now();
-    let Plan { direction, jobs, mkdirs, skipped: _, failures } = plan;
-    let mut summary = Summary { failures, ..Summary::default() };
+    let Plan { direction, jobs, mkdirs, skipped: _, failures, unchanged, refused } = plan;
+    let refused = refused.iter().map(|j| j.source(direction)).collect();
+    let mut summary = Summary { failures, unchanged: unchanged.len(), refused, ..Summary::default() };
     summary.failures.extend(make_dirs(endpoint, &mkdirs).await);
     let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>()));
@@ -488,7 +612,7 @@ async fn copy_one(
         *client = Some(endpoint.connect().await?);
     }
     let c = client.as_mut().expect("connected");
-    let options = TransferOptions::force(force);
+    let options = TransferOptions::force(force || job.replace);
     match direction {
         Direction::Get => c.get(&job.remote, &job.local, &options, progress).await,
         Direction::Put => c.put(&job.local, &job.remote, &options, progress).await,

@@ -240,7 +240,8 @@ messages! {
     }
 
     /// Request: upload `size` bytes to `path`.
-    Put = "put", ToServer, none, cold, example: Put { path: "a".into(), size: 5, force: true, mode: Some(0o600) };
+    Put = "put", ToServer, none, cold,
+        example: Put { path: "a".into(), size: 5, force: true, mode: Some(0o600), mtime: Some(1_767_225_600) };
     {
         /// Path relative to the served root.
         path: String,
@@ -252,6 +253,10 @@ messages! {
         /// Unix permission bits for the new file.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
+        /// Modification time to give the file once it is in place,
+        /// seconds since the Unix epoch (kept as `rsync -t` keeps it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
     }
 
     /// Reply to [`Put`]: the server holds `offset` bytes of an earlier,

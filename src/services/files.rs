@@ -497,7 +497,23 @@ pub fn entry(name: String, meta: &fs::Metadata) -> Entry {
     Entry { name, size: meta.len(), kind, mtime: mtime(meta), mode: meta.permissions().mode() & 0o7777 }
 }
 
-/// Modification time in seconds since the epoch (negative before it).
+/// Gives `file` the modification time `secs` (whole seconds since the
+/// Unix epoch, negative before it), through its descriptor.
+///
+/// # Errors
+///
+/// Those of `futimens(2)`.
+pub fn set_mtime(file: &File, secs: i64) -> io::Result<()> {
+    let at = if secs >= 0 {
+        UNIX_EPOCH + std::time::Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
+    };
+    file.set_modified(at)
+}
+
+/// Modification time in whole seconds since the Unix epoch (negative
+/// before it).
 pub fn mtime(meta: &fs::Metadata) -> i64 {
     match meta.modified() {
         Ok(t) => match t.duration_since(UNIX_EPOCH) {

@@ -174,7 +174,7 @@ fn exists(path: &str) -> Refusal {
 /// syncs, and renames into place (never over an existing file without
 /// `force`).
 pub(in crate::server) async fn put(s: &mut S, ctx: &Context, request: Put) -> Result<(), Error> {
-    let Put { path, size, force, mode } = request;
+    let Put { path, size, force, mode, mtime } = request;
     let shown = files::shown(&path);
     let sb = ctx.sandbox.clone();
     let Upload { mut receiver, _claim } = match blocking(move || admit_upload(&sb, &path, size, force)).await {
@@ -214,7 +214,7 @@ pub(in crate::server) async fn put(s: &mut S, ctx: &Context, request: Put) -> Re
         }
     };
     let hashes = ctx.hashes.clone();
-    match blocking(move || commit_upload(received, &shown, mode, force, &hashes)).await {
+    match blocking(move || commit_upload(received, &shown, (mode, mtime), force, &hashes)).await {
         Ok(()) => s.send(&PutDone { size }, &[]).await,
         Err(r) => s.refuse(r).await,
     }
@@ -252,12 +252,12 @@ async fn write_failed(s: &mut S, refusal: Refusal) -> Result<(), Error> {
     }
 }
 
-/// Moves a verified upload into place, and caches its hash: a later get
-/// of it need not hash it again.
+/// Moves a verified upload into place with the client's mode and mtime,
+/// and caches its hash: a later get of it need not hash it again.
 fn commit_upload(
     received: Received,
     shown: &str,
-    mode: Option<u32>,
+    (mode, mtime): (Option<u32>, Option<i64>),
     force: bool,
     hashes: &files::HashCache,
 ) -> Result<(), Refusal> {
@@ -268,6 +268,13 @@ fn commit_upload(
         std::io::ErrorKind::AlreadyExists => exists(shown),
         _ => Refusal::io(shown, &e),
     })?;
+    // After the commit, as `rsync -t` does: the file is in place either
+    // way; a time that cannot be set is only logged.
+    if let Some(mtime) = mtime {
+        if let Err(e) = files::set_mtime(&file, mtime) {
+            tracing::warn!("{shown}: cannot set the modification time: {e}");
+        }
+    }
     if let Ok(meta) = file.metadata() {
         hashes.put(files::Version::of(&meta), hash);
     }
