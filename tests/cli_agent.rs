@@ -215,7 +215,9 @@ fn ls_get_put_trees_and_several_sources() {
     std::fs::write(local.path().join("y.txt"), b"yy").unwrap();
 
     // put -r of a tree, -j 3; not a terminal, so no progress bars.
-    let out = framewire(&["put", "-r", "-j", "3", a, tree.to_str().unwrap(), "up"]);
+    // `tree/`: what is in it (rsync's trailing-slash rule).
+    let contents = format!("{}/", tree.display());
+    let out = framewire(&["put", "-r", "-j", "3", a, &contents, "up"]);
     assert!(out.status.success(), "{out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("3 file(s)") && err.contains("checksums verified"), "{err}");
@@ -249,18 +251,27 @@ fn ls_get_put_trees_and_several_sources() {
     assert!(entries[0]["size"].as_u64().unwrap() > 0 && entries[0]["mtime"].as_i64().unwrap() > 0);
     assert_eq!(entries[0]["kind"], "file");
 
-    // get -r back, then again without --force: refused, nothing changed.
+    // get -r back, then again: unchanged, skipped; a local edit (newer)
+    // is refused without --force, and nothing changed.
     let back = local.path().join("back");
-    let out = framewire(&["get", "-r", a, "up", back.to_str().unwrap()]);
+    let out = framewire(&["get", "-r", a, "up/", back.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     for name in ["one.txt", "sub/two.txt", "sub/deep/three.bin"] {
         assert_eq!(std::fs::read(back.join(name)).unwrap(), std::fs::read(tree.join(name)).unwrap(), "{name}");
     }
     let out = framewire(&["get", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("already exists (use --force to replace it)"), "{out:?}");
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
+    std::fs::write(back.join("one.txt"), b"a local edit").unwrap();
+    let out = framewire(&["get", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("1 file(s) not replaced") && err.contains("use --force to replace them"), "{err}");
+    assert!(err.contains("up/one.txt"), "{err}");
+    assert_eq!(std::fs::read(back.join("one.txt")).unwrap(), b"a local edit");
     let out = framewire(&["get", "--force", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(back.join("one.txt")).unwrap(), std::fs::read(tree.join("one.txt")).unwrap());
 
     // Several remote sources into a directory, and one to stdout.
     let out = framewire(&["get", "-q", a, "many/x.txt", "many/y.txt", back.to_str().unwrap()]);
@@ -490,7 +501,7 @@ fn peer_chosen_names_cannot_drive_the_terminal() {
 
     // The file itself arrives under its real name, bytes intact.
     let local = tempfile::tempdir().unwrap();
-    let out = framewire(&["get", "-r", a, "d", local.path().join("d").to_str().unwrap()]);
+    let out = framewire(&["get", "-r", a, "d/", local.path().join("d").to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(local.path().join("d").join(evil)).unwrap(), b"payload");
 
@@ -533,7 +544,8 @@ fn trees_keep_empty_directories_and_say_what_they_skip() {
     let bad = t.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
     std::fs::write(&bad, b"b").unwrap();
 
-    let out = framewire(&["put", "-r", a, t.to_str().unwrap(), "up"]);
+    let contents = format!("{}/", t.display());
+    let out = framewire(&["put", "-r", a, &contents, "up"]);
     assert_eq!(out.status.code(), Some(1), "the non-UTF-8 name fails the run: {out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("dirlink: a symlink to a directory (not followed)"), "{err}");
@@ -548,11 +560,11 @@ fn trees_keep_empty_directories_and_say_what_they_skip() {
 
     // -q leaves the notes out, not the errors.
     std::fs::remove_file(&bad).unwrap();
-    let out = framewire(&["put", "-r", "-q", "--force", a, t.to_str().unwrap(), "up"]);
+    let out = framewire(&["put", "-r", "-q", "--force", a, &contents, "up"]);
     assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
 
     let back = local.path().join("back");
-    let out = framewire(&["get", "-r", "-q", a, "up", back.to_str().unwrap()]);
+    let out = framewire(&["get", "-r", "-q", a, "up/", back.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     assert!(back.join("a/empty1").is_dir() && back.join("empty2").is_dir(), "empty directories recreated");
     assert_eq!(std::fs::read(back.join("f.txt")).unwrap(), b"f");
