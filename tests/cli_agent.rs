@@ -781,3 +781,52 @@ fn permission_denied_is_one_clear_line() {
     assert_eq!(denied.len(), 2, "{log}");
     assert!(denied.iter().all(|l| l.contains("peer=127.0.0.1:")), "{log}");
 }
+
+/// rsync's trailing-slash rule, the same both ways: `DIR/` copies what is
+/// in DIR, `DIR` the directory itself; so a rerun of the same command lands
+/// in the same place and moves nothing. A single file into a directory
+/// that does not exist fails as `cp` fails, creating nothing.
+#[test]
+fn trailing_slash_rule_both_ways() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let t = local.path().join("t");
+    std::fs::create_dir_all(t.join("s")).unwrap();
+    std::fs::write(t.join("f.txt"), b"f").unwrap();
+    std::fs::write(t.join("s/g.txt"), b"g").unwrap();
+    let (with_slash, without) = (format!("{}/", t.display()), t.display().to_string());
+    let root = server.root.path();
+
+    let out = framewire(&["put", "-r", a, &with_slash, "one"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(root.join("one/f.txt").is_file() && root.join("one/s/g.txt").is_file() && !root.join("one/t").exists());
+    let mut rerun = None;
+    for _ in 0..2 {
+        let out = framewire(&["put", "-r", a, &without, "two"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(root.join("two/t/f.txt").is_file() && !root.join("two/t/t").exists(), "{out:?}");
+        rerun = Some(out);
+    }
+    let rerun = rerun.unwrap();
+    assert!(text(&rerun.stderr).contains("2 file(s) unchanged"), "the rerun moved nothing: {rerun:?}");
+
+    let g1 = local.path().join("g1");
+    let out = framewire(&["get", "-r", a, "one/", g1.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(g1.join("f.txt").is_file() && g1.join("s/g.txt").is_file());
+    let g2 = local.path().join("g2");
+    for _ in 0..2 {
+        let out = framewire(&["get", "-r", a, "one", g2.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(g2.join("one/f.txt").is_file() && !g2.join("one/one").exists(), "{out:?}");
+    }
+
+    for dest in ["missing/", "missing/f.txt"] {
+        let target = local.path().join(dest);
+        let out = framewire(&["get", a, "one/f.txt", target.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{dest}: {out:?}");
+        assert!(text(&out.stderr).contains("no such directory"), "{dest}: {out:?}");
+        assert!(!local.path().join("missing").exists(), "{dest}: nothing created");
+    }
+}
