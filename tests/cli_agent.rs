@@ -830,3 +830,70 @@ fn trailing_slash_rule_both_ways() {
         assert!(!local.path().join("missing").exists(), "{dest}: nothing created");
     }
 }
+
+/// --exclude, --include and --exclude-from (gitignore-style), both ways;
+/// --dry-run prints what would move and changes nothing on either side.
+#[test]
+fn selection_and_dry_run() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let t = local.path().join("t");
+    for (name, body) in [("a.rs", "fn main() {}"), ("notes.txt", "n"), ("target/out.o", "o"), ("docs/x.md", "x")] {
+        std::fs::create_dir_all(t.join(name).parent().unwrap()).unwrap();
+        std::fs::write(t.join(name), body).unwrap();
+    }
+    std::fs::create_dir_all(t.join("cache")).unwrap();
+    let contents = format!("{}/", t.display());
+    let root = server.root.path();
+
+    let out = framewire(&["put", "-r", "-n", a, &contents, "dry"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("send       ") && said.contains("a.rs (12 bytes)") && said.contains("mkdir      dry/cache"),
+        "{said}"
+    );
+    assert!(!root.join("dry").exists(), "a dry run changes nothing");
+
+    let out = framewire(&["put", "-r", "-q", "--exclude", "target/", "--exclude", "*.txt", a, &contents, "f1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(root.join("f1/a.rs").is_file() && root.join("f1/docs/x.md").is_file() && root.join("f1/cache").is_dir());
+    assert!(!root.join("f1/notes.txt").exists() && !root.join("f1/target").exists());
+
+    let g = local.path().join("g");
+    let out = framewire(&[
+        "get",
+        "-r",
+        "-q",
+        "--include",
+        "*/",
+        "--include",
+        "*.rs",
+        "--exclude",
+        "*",
+        a,
+        "f1/",
+        g.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(g.join("a.rs").is_file() && !g.join("docs/x.md").exists(), "only the Rust file");
+
+    let ignore = local.path().join("ignore");
+    std::fs::write(&ignore, "# docs stay home\ndocs/\n").unwrap();
+    let h = local.path().join("h");
+    let out =
+        framewire(&["get", "-r", "-q", "--exclude-from", ignore.to_str().unwrap(), a, "f1/", h.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(h.join("a.rs").is_file() && !h.join("docs").exists(), "{out:?}");
+
+    let d = local.path().join("dryget");
+    let out = framewire(&["get", "-r", "-n", a, "f1/", d.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("f1/docs/x.md"), "{out:?}");
+    assert!(!d.exists(), "a dry run creates no directory");
+
+    let out = framewire(&["put", "-r", "--exclude", "a[", a, &contents, "f2"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("bad pattern \"a[\""), "{out:?}");
+}

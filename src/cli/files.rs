@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Args;
 use framewire::auth::Key;
+use framewire::client::filter::Filter;
 use framewire::client::tree::{
     self, CopyOptions, Direction, Endpoint, Job, Observer, Plan, PlanError, PlanOptions, Summary,
 };
@@ -86,6 +87,34 @@ pub struct TransferArgs {
     /// No progress bars and no summary.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Print what would be sent, replaced, left unchanged and refused, and
+    /// change nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Leave out paths of a copied tree matching PATTERN (gitignore-style:
+    /// `*.o`, `/build`, `cache/`, `docs/**/*.tmp`). Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Take paths matching PATTERN even if an --exclude matches them.
+    /// Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    include: Vec<String>,
+    /// Exclude the patterns in FILE, one a line (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    exclude_from: Vec<PathBuf>,
+}
+
+impl TransferArgs {
+    /// How to plan the copy these options ask for.
+    fn plan_options(&self) -> anyhow::Result<PlanOptions> {
+        let mut exclude = self.exclude.clone();
+        for file in &self.exclude_from {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            exclude.extend(Filter::patterns_from(&text));
+        }
+        let filter = Filter::new(&exclude, &self.include)?;
+        Ok(PlanOptions::new(self.recursive, self.force).with_filter(filter))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -141,9 +170,8 @@ pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
     let endpoint = Endpoint::new(addr, key);
     let mut client = endpoint.connect().await?;
-    let plan = tree::plan_get(&mut client, &paths, &dest, PlanOptions::new(opts.recursive, opts.force))
-        .await
-        .map_err(|e| plan_error(e, "get"))?;
+    let plan =
+        tree::plan_get(&mut client, &paths, &dest, opts.plan_options()?).await.map_err(|e| plan_error(e, "get"))?;
     drop(client);
     copy(&endpoint, plan, &opts).await
 }
@@ -154,7 +182,7 @@ pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let endpoint = Endpoint::new(addr, key);
     let mut client = endpoint.connect().await?;
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
-    let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), PlanOptions::new(opts.recursive, opts.force))
+    let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), opts.plan_options()?)
         .await
         .map_err(|e| plan_error(e, "put"))?;
     drop(client);
@@ -166,9 +194,39 @@ pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     copy(&endpoint, plan, &opts).await
 }
 
+/// What a copy would do, one line a path on stdout, changing nothing.
+fn dry_run(plan: &Plan) -> ExitCode {
+    let direction = plan.direction;
+    for dir in &plan.mkdirs {
+        say!("mkdir      {}", printable(dir));
+    }
+    for dir in &plan.local_dirs {
+        if !dir.is_dir() {
+            say!("mkdir      {}", printable(&dir.display().to_string()));
+        }
+    }
+    for job in &plan.jobs {
+        let verb = if job.replace { "replace  " } else { "send     " };
+        say!("{verb}  {} ({} bytes)", printable(&job.source(direction)), job.size);
+    }
+    for job in &plan.unchanged {
+        say!("unchanged  {}", printable(&job.source(direction)));
+    }
+    for job in &plan.refused {
+        say!("refuse     {} (differs and is not older; --force replaces it)", printable(&job.source(direction)));
+    }
+    for f in &plan.failures {
+        say!("fail       {}: {}", printable(&f.path), printable(&super::explained(&f.error)));
+    }
+    ExitCode::SUCCESS
+}
+
 /// Runs a planned copy with progress bars, then the summary and one line
 /// per failure.
 async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::Result<ExitCode> {
+    if opts.dry_run {
+        return Ok(dry_run(&plan));
+    }
     let bars = Arc::new(Bars::new(&plan, opts.quiet));
     let options = CopyOptions::new(opts.force, opts.jobs);
     let summary = tree::run(endpoint, plan, &options, bars.clone()).await;

@@ -6,6 +6,7 @@ mod error;
 mod exec;
 mod files;
 
+pub mod filter;
 pub mod tree;
 
 pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use super::conn::Client;
 use super::error::ClientError;
 use super::files::{Progress, Transfer, TransferOptions};
+use super::filter::Filter;
 use crate::auth::Key;
 use crate::proto::{Entry, ErrorCode, Kind};
 
@@ -120,6 +121,9 @@ pub struct Plan {
     /// Remote directories to create because no file below creates them
     /// (uploads).
     pub mkdirs: Vec<String>,
+    /// Local directories to create, empty ones too (downloads); planning
+    /// itself changes nothing, [`run`] creates them first.
+    pub local_dirs: Vec<PathBuf>,
     /// Left out on purpose, with why: special files, symlinks to
     /// directories, dangling symlinks.
     pub skipped: Vec<String>,
@@ -139,6 +143,7 @@ impl Plan {
             direction,
             jobs: Vec::new(),
             mkdirs: Vec::new(),
+            local_dirs: Vec::new(),
             skipped: Vec::new(),
             failures: Vec::new(),
             unchanged: Vec::new(),
@@ -171,19 +176,27 @@ impl Plan {
 }
 
 /// How a copy is planned.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct PlanOptions {
     /// Copy directories, and everything below them.
     pub recursive: bool,
     /// Replace receiver files that differ even when they are not older.
     pub force: bool,
+    /// What to leave out of the directories copied.
+    pub filter: Filter,
 }
 
 impl PlanOptions {
-    /// Options as given.
+    /// Options as given, nothing left out.
     pub fn new(recursive: bool, force: bool) -> Self {
-        PlanOptions { recursive, force }
+        PlanOptions { recursive, force, filter: Filter::default() }
+    }
+
+    /// The same, leaving out what `filter` leaves out.
+    pub fn with_filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
     }
 }
 
@@ -263,8 +276,9 @@ pub async fn plan_get(
     dest: &Path,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force } = options;
+    let PlanOptions { recursive, force, filter } = options;
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
+    let mut local_dirs = Vec::new();
     let into_dir = dest.is_dir() || sources.len() > 1 || slash;
     let mut found = Vec::new();
     for remote in sources {
@@ -296,10 +310,13 @@ pub async fn plan_get(
             if remote.ends_with('/') || remote.is_empty() { dest.to_owned() } else { dest.join(base_name(remote)) };
         // Directories first, so that empty ones are recreated too.
         let tree = client.tree(remote).await.map_err(source)?;
-        local_dir(&target)?;
+        local_dirs.push(target.clone());
         for e in tree {
+            if !filter.allows(&e.name, e.kind == Kind::Dir) {
+                continue;
+            }
             match e.kind {
-                Kind::Dir => local_dir(&target.join(&e.name))?,
+                Kind::Dir => local_dirs.push(target.join(&e.name)),
                 _ => found.push(Job {
                     remote: join_remote(remote, &e.name),
                     local: target.join(&e.name),
@@ -311,6 +328,7 @@ pub async fn plan_get(
         }
     }
     let mut plan = Plan::new(Direction::Get);
+    plan.local_dirs = local_dirs;
     for job in found {
         let held = held_locally(&job.local);
         plan.decide(job, held, force);
@@ -348,7 +366,7 @@ pub async fn plan_put(
     dest: Option<&str>,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force } = options;
+    let PlanOptions { recursive, force, filter } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -389,7 +407,7 @@ pub async fn plan_put(
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
         let held = held_remotely(client, &target).await.map_err(source)?;
         let mut found = Vec::new();
-        let creates = walk(&mut plan, &mut found, path, &target)
+        let creates = walk(&mut plan, &mut found, (path, ""), &target, &filter)
             .map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
         if !creates && !target.is_empty() {
             plan.mkdirs.push(target);
@@ -414,7 +432,13 @@ fn not_utf8(path: &Path) -> ClientError {
 
 /// Adds what is below `dir` under `remote`; returns whether anything
 /// below will create `remote` on the server.
-fn walk(plan: &mut Plan, found: &mut Vec<Job>, dir: &Path, remote: &str) -> std::io::Result<bool> {
+fn walk(
+    plan: &mut Plan,
+    found: &mut Vec<Job>,
+    (dir, rel): (&Path, &str),
+    remote: &str,
+    filter: &Filter,
+) -> std::io::Result<bool> {
     let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     items.sort_by_key(|i| i.file_name());
     let mut creates = false;
@@ -425,8 +449,13 @@ fn walk(plan: &mut Plan, found: &mut Vec<Job>, dir: &Path, remote: &str) -> std:
             continue;
         };
         let child = join_remote(remote, &name);
-        if item.file_type()?.is_dir() {
-            if !walk(plan, found, &path, &child)? {
+        let child_rel = join_remote(rel, &name);
+        let is_dir = item.file_type()?.is_dir();
+        if !filter.allows(&child_rel, is_dir) {
+            continue;
+        }
+        if is_dir {
+            if !walk(plan, found, (&path, &child_rel), &child, filter)? {
                 plan.mkdirs.push(child);
             }
             creates = true;
@@ -515,10 +544,15 @@ pub struct Summary {
 /// stopped half-way, is replaced by a new one for the next file.
 pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observer: Arc<dyn Observer>) -> Summary {
     let started = Instant::now();
-    let Plan { direction, jobs, mkdirs, skipped: _, failures, unchanged, refused } = plan;
+    let Plan { direction, jobs, mkdirs, local_dirs, skipped: _, failures, unchanged, refused } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary = Summary { failures, unchanged: unchanged.len(), refused, ..Summary::default() };
     summary.failures.extend(make_dirs(endpoint, &mkdirs).await);
+    for dir in &local_dirs {
+        if let Err(PlanError::Source { path, error }) = local_dir(dir) {
+            summary.failures.push(Failure { path, error });
+        }
+    }
     let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>()));
     let totals = Arc::new(Mutex::new(Summary::default()));
