@@ -246,6 +246,9 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::R
     if !opts.quiet && unchanged > 0 {
         eprintln!("{unchanged} file(s) unchanged (same size and modification time), not sent");
     }
+    if !opts.quiet && files == 0 && unchanged == 0 && failures.is_empty() && refused.is_empty() {
+        eprintln!("nothing to copy");
+    }
     for f in &failures {
         eprintln!("framewire: error: {}", printable(&format!("{}: {}", f.path, super::explained(&f.error))));
     }
@@ -276,9 +279,17 @@ struct Bars {
     total: Option<ProgressBar>,
     style: ProgressStyle,
     direction: Direction,
-    /// The bar of each file under way, and the bytes it showed last.
-    active: Mutex<HashMap<usize, (ProgressBar, u64)>>,
+    /// The bar of each file under way (none for small files), and the
+    /// bytes it showed last.
+    active: Mutex<HashMap<usize, (Option<ProgressBar>, u64)>>,
+    /// Files ended, of all planned.
+    done: std::sync::atomic::AtomicUsize,
+    planned: usize,
 }
+
+/// Files smaller than this get no bar of their own (a tree of small files
+/// would only flicker): the total shows them.
+const WATCHABLE: u64 = 1 << 20;
 
 fn draw_target(quiet: bool) -> ProgressDrawTarget {
     if quiet || !std::io::stderr().is_terminal() {
@@ -314,15 +325,19 @@ impl Bars {
             bar.set_message(format!("total ({} files)", plan.jobs.len()));
             bar
         });
-        Bars { multi, total, style, direction: plan.direction, active: Mutex::default() }
+        let planned = plan.jobs.len();
+        Bars { multi, total, style, direction: plan.direction, active: Mutex::default(), done: Default::default(), planned }
     }
 }
 
 impl Observer for Bars {
     fn started(&self, id: usize, job: &Job) {
-        let bar = self.multi.insert_from_back(usize::from(self.total.is_some()), ProgressBar::new(job.size));
-        bar.set_style(self.style.clone());
-        bar.set_message(printable(&job.source(self.direction)).into_owned());
+        let bar = (job.size >= WATCHABLE || self.total.is_none()).then(|| {
+            let bar = self.multi.insert_from_back(usize::from(self.total.is_some()), ProgressBar::new(job.size));
+            bar.set_style(self.style.clone());
+            bar.set_message(printable(&job.source(self.direction)).into_owned());
+            bar
+        });
         self.active.lock().expect("bars").insert(id, (bar, 0));
     }
 
@@ -332,15 +347,21 @@ impl Observer for Bars {
         // Only the bytes still to send count: a resumed file's bar covers
         // the rest of it.
         if p.done == 0 || *last == 0 {
-            bar.set_length(p.size - p.resumed);
+            if let Some(bar) = bar {
+                bar.set_length(p.size - p.resumed);
+                if p.resumed > 0 {
+                    bar.set_message(format!("{} (resumed)", printable(&job.source(self.direction))));
+                }
+            }
             if p.resumed > 0 {
-                bar.set_message(format!("{} (resumed)", printable(&job.source(self.direction))));
                 if let Some(t) = &self.total {
                     t.dec_length(p.resumed.min(t.length().unwrap_or(0)));
                 }
             }
         }
-        bar.set_position(p.done);
+        if let Some(bar) = bar {
+            bar.set_position(p.done);
+        }
         if let Some(t) = &self.total {
             t.inc(p.done.saturating_sub(*last));
         }
@@ -348,8 +369,12 @@ impl Observer for Bars {
     }
 
     fn finished(&self, id: usize, _job: &Job, _outcome: &Result<Transfer, ClientError>) {
-        if let Some((bar, _)) = self.active.lock().expect("bars").remove(&id) {
+        if let Some((Some(bar), _)) = self.active.lock().expect("bars").remove(&id) {
             bar.finish_and_clear();
+        }
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(t) = &self.total {
+            t.set_message(format!("total ({done}/{} files)", self.planned));
         }
     }
 }
