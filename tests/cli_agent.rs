@@ -897,3 +897,73 @@ fn selection_and_dry_run() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(text(&out.stderr).contains("bad pattern \"a[\""), "{out:?}");
 }
+
+/// --delete mirrors, both ways: what the source lacks goes (a name that
+/// looks like a pattern is a name), what is excluded stays, a symlink in
+/// the destination is removed as a link and never leads the removal
+/// outside; a dry run lists the removals and removes nothing.
+#[test]
+fn delete_mirrors_and_never_leaves_the_destination() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let root = server.root.path();
+    let local = tempfile::tempdir().unwrap();
+    let t = local.path().join("t");
+    std::fs::create_dir_all(t.join("sub")).unwrap();
+    std::fs::write(t.join("keep.txt"), b"k").unwrap();
+    std::fs::write(t.join("sub/a"), b"a").unwrap();
+    let contents = format!("{}/", t.display());
+
+    // The server's copy has extras, an excluded file, and a link out.
+    std::fs::create_dir_all(root.join("mirror/sub")).unwrap();
+    std::fs::create_dir_all(root.join("mirror/olddir/deep")).unwrap();
+    std::fs::create_dir_all(root.join("outside")).unwrap();
+    for name in [
+        "mirror/stale.txt",
+        "mirror/*.txt",
+        "mirror/sub/old",
+        "mirror/olddir/deep/x",
+        "mirror/keep.log",
+        "outside/victim",
+    ] {
+        std::fs::write(root.join(name), b"x").unwrap();
+    }
+    std::os::unix::fs::symlink("../outside", root.join("mirror/link")).unwrap();
+
+    let out = framewire(&["put", "-r", "-n", "--delete", "--exclude", "*.log", a, &contents, "mirror"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    assert!(said.contains("delete     mirror/stale.txt") && said.contains("delete     mirror/olddir"), "{said}");
+    assert!(!said.contains("mirror/olddir/deep"), "what is below a removed directory goes with it: {said}");
+    assert!(root.join("mirror/stale.txt").exists(), "a dry run removes nothing");
+
+    let out = framewire(&["put", "-r", "--delete", "--exclude", "*.log", a, &contents, "mirror"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("path(s) deleted"), "{out:?}");
+    for gone in ["stale.txt", "*.txt", "sub/old", "olddir"] {
+        assert!(std::fs::symlink_metadata(root.join("mirror").join(gone)).is_err(), "{gone} is gone");
+    }
+    // A server's tree listing shows files and directories only, so its
+    // symlinks are neither copied nor removed; the link stays a link.
+    assert!(std::fs::symlink_metadata(root.join("mirror/link")).unwrap().file_type().is_symlink());
+    for kept in ["mirror/keep.txt", "mirror/sub/a", "mirror/keep.log", "outside/victim"] {
+        assert!(root.join(kept).exists(), "{kept} is kept");
+    }
+
+    // Downward: the local destination has extras and a link out.
+    let elsewhere = local.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("precious"), b"p").unwrap();
+    let dest = local.path().join("dest");
+    std::fs::create_dir_all(dest.join("gone/deeper")).unwrap();
+    std::fs::write(dest.join("gone/deeper/f"), b"f").unwrap();
+    std::fs::write(dest.join("extra"), b"e").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dest.join("link")).unwrap();
+    let out = framewire(&["get", "-r", "--delete", a, "mirror/", dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for gone in ["gone", "extra", "link"] {
+        assert!(std::fs::symlink_metadata(dest.join(gone)).is_err(), "{gone} is gone: {out:?}");
+    }
+    assert!(dest.join("keep.txt").is_file() && dest.join("sub/a").is_file());
+    assert_eq!(std::fs::read(elsewhere.join("precious")).unwrap(), b"p", "never followed out");
+}

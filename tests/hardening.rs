@@ -445,3 +445,36 @@ async fn sessions_past_the_limit_are_told_the_server_is_busy() {
     let mut third = Client::connect(&server.addr()).await.unwrap();
     assert_eq!(third.echo(b"three").await.unwrap(), "three");
 }
+
+/// `remove` (a mirror's `--delete`) never leaves the root and never goes
+/// through a symlink: not the root itself, not `..`, not a parent that is a
+/// link (even one that stays inside); a link at the path is removed as a
+/// link; a directory goes with everything below it.
+#[tokio::test]
+async fn remove_stays_inside_and_never_follows_links() {
+    let server = TestServer::start().await;
+    let root = server.root.path();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("victim"), b"v").unwrap();
+    std::fs::create_dir_all(root.join("inner/deep")).unwrap();
+    std::fs::write(root.join("inner/deep/f"), b"f").unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("out")).unwrap();
+    std::os::unix::fs::symlink("inner", root.join("inlink")).unwrap();
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+
+    for (path, code) in [("", ErrorCode::BadPath), ("../x", ErrorCode::BadPath), ("/etc/passwd", ErrorCode::BadPath)] {
+        let err = client.remove(path).await.unwrap_err();
+        assert_eq!(err.code(), Some(code), "{path:?}: {err}");
+    }
+    for path in ["out/victim", "inlink/deep"] {
+        let err = client.remove(path).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotADirectory), "{path}: {err}");
+    }
+    assert!(outside.path().join("victim").exists() && root.join("inner/deep/f").exists());
+    assert!(client.remove("out").await.unwrap(), "the link itself");
+    assert!(std::fs::symlink_metadata(root.join("out")).is_err());
+    assert!(outside.path().join("victim").exists(), "its target untouched");
+    assert!(client.remove("inner").await.unwrap());
+    assert!(!root.join("inner").exists());
+    assert!(!client.remove("inner").await.unwrap(), "nothing there any more");
+}

@@ -102,6 +102,11 @@ pub struct TransferArgs {
     /// Exclude the patterns in FILE, one a line (`#` comments).
     #[arg(long, value_name = "FILE")]
     exclude_from: Vec<PathBuf>,
+    /// Mirror: remove what the destination has below a copied directory
+    /// and the source lacks (never outside it; excluded paths are kept;
+    /// nothing is removed if a file failed).
+    #[arg(long)]
+    delete: bool,
 }
 
 impl TransferArgs {
@@ -113,7 +118,7 @@ impl TransferArgs {
             exclude.extend(Filter::patterns_from(&text));
         }
         let filter = Filter::new(&exclude, &self.include)?;
-        Ok(PlanOptions::new(self.recursive, self.force).with_filter(filter))
+        Ok(PlanOptions::new(self.recursive, self.force).with_filter(filter).with_delete(self.delete))
     }
 }
 
@@ -215,6 +220,12 @@ fn dry_run(plan: &Plan) -> ExitCode {
     for job in &plan.refused {
         say!("refuse     {} (differs and is not older; --force replaces it)", printable(&job.source(direction)));
     }
+    for path in &plan.delete_remote {
+        say!("delete     {}", printable(path));
+    }
+    for (root, rel) in &plan.delete_local {
+        say!("delete     {}", printable(&root.join(rel).display().to_string()));
+    }
     for f in &plan.failures {
         say!("fail       {}: {}", printable(&f.path), printable(&super::explained(&f.error)));
     }
@@ -233,7 +244,7 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::R
     if let Some(total) = &bars.total {
         total.finish_and_clear();
     }
-    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused } = summary;
+    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted } = summary;
     if !opts.quiet && files > 0 {
         let secs = elapsed.as_secs_f64();
         let resumed = if resumed > 0 { format!(", {} resumed (not sent again)", mib(resumed)) } else { String::new() };
@@ -246,7 +257,10 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::R
     if !opts.quiet && unchanged > 0 {
         eprintln!("{unchanged} file(s) unchanged (same size and modification time), not sent");
     }
-    if !opts.quiet && files == 0 && unchanged == 0 && failures.is_empty() && refused.is_empty() {
+    if !opts.quiet && deleted > 0 {
+        eprintln!("{deleted} path(s) deleted (not in the source)");
+    }
+    if !opts.quiet && files == 0 && unchanged == 0 && deleted == 0 && failures.is_empty() && refused.is_empty() {
         eprintln!("nothing to copy");
     }
     for f in &failures {
@@ -326,7 +340,15 @@ impl Bars {
             bar
         });
         let planned = plan.jobs.len();
-        Bars { multi, total, style, direction: plan.direction, active: Mutex::default(), done: Default::default(), planned }
+        Bars {
+            multi,
+            total,
+            style,
+            direction: plan.direction,
+            active: Mutex::default(),
+            done: Default::default(),
+            planned,
+        }
     }
 }
 

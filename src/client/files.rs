@@ -10,8 +10,8 @@ use tokio::task::spawn_blocking;
 use super::conn::Client;
 use super::error::ClientError;
 use crate::proto::{
-    Answer, Checksum, Entry, FileReply, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Stat,
-    StatReply,
+    Answer, Checksum, Entry, FileReply, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady,
+    Remove, RemoveReply, Stat, StatReply,
 };
 use crate::services::files::{not_regular, open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};
@@ -130,6 +130,21 @@ impl Client {
         self.session.send(&Mkdir { path: path.to_owned() }, &[]).await?;
         let MkdirReply { created } = self.answer().await?;
         Ok(created)
+    }
+
+    /// Removes `path` on the server: a file, a symlink (the link itself),
+    /// or a directory with everything below it, never through a symlink.
+    /// Returns whether something was there.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal (the root itself, a path outside it, a parent
+    /// that is a symlink…); [`ErrorCode::UnknownType`](crate::ErrorCode::UnknownType)
+    /// from a server older than this request; wire errors.
+    pub async fn remove(&mut self, path: &str) -> Result<bool, ClientError> {
+        self.session.send(&Remove { path: path.to_owned() }, &[]).await?;
+        let RemoveReply { removed } = self.answer().await?;
+        Ok(removed)
     }
 
     /// Describes one path on the server.

@@ -42,6 +42,7 @@ use super::files::{Progress, Transfer, TransferOptions};
 use super::filter::Filter;
 use crate::auth::Key;
 use crate::proto::{Entry, ErrorCode, Kind};
+use crate::services::root::is_partial_name;
 
 /// Where a copy's connections go: the server's address and the key, if
 /// any. Every connection of a copy is opened from it.
@@ -124,6 +125,12 @@ pub struct Plan {
     /// Local directories to create, empty ones too (downloads); planning
     /// itself changes nothing, [`run`] creates them first.
     pub local_dirs: Vec<PathBuf>,
+    /// With `delete`, uploads: server paths the source lacks, removed
+    /// (directories with what is below them) once every file is copied.
+    pub delete_remote: Vec<String>,
+    /// With `delete`, downloads: local paths the source lacks, as the
+    /// copied directory and the path below it.
+    pub delete_local: Vec<(PathBuf, String)>,
     /// Left out on purpose, with why: special files, symlinks to
     /// directories, dangling symlinks.
     pub skipped: Vec<String>,
@@ -144,6 +151,8 @@ impl Plan {
             jobs: Vec::new(),
             mkdirs: Vec::new(),
             local_dirs: Vec::new(),
+            delete_remote: Vec::new(),
+            delete_local: Vec::new(),
             skipped: Vec::new(),
             failures: Vec::new(),
             unchanged: Vec::new(),
@@ -185,12 +194,21 @@ pub struct PlanOptions {
     pub force: bool,
     /// What to leave out of the directories copied.
     pub filter: Filter,
+    /// Mirror: remove what the receiver has below a copied directory and
+    /// the source lacks (what the filter leaves out is kept).
+    pub delete: bool,
 }
 
 impl PlanOptions {
     /// Options as given, nothing left out.
     pub fn new(recursive: bool, force: bool) -> Self {
-        PlanOptions { recursive, force, filter: Filter::default() }
+        PlanOptions { recursive, force, filter: Filter::default(), delete: false }
+    }
+
+    /// The same, mirroring (see [`PlanOptions::delete`]).
+    pub fn with_delete(mut self, delete: bool) -> Self {
+        self.delete = delete;
+        self
     }
 
     /// The same, leaving out what `filter` leaves out.
@@ -276,9 +294,10 @@ pub async fn plan_get(
     dest: &Path,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force, filter } = options;
+    let PlanOptions { recursive, force, filter, delete } = options;
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let mut local_dirs = Vec::new();
+    let mut delete_local = Vec::new();
     let into_dir = dest.is_dir() || sources.len() > 1 || slash;
     let mut found = Vec::new();
     for remote in sources {
@@ -310,6 +329,12 @@ pub async fn plan_get(
             if remote.ends_with('/') || remote.is_empty() { dest.to_owned() } else { dest.join(base_name(remote)) };
         // Directories first, so that empty ones are recreated too.
         let tree = client.tree(remote).await.map_err(source)?;
+        if delete {
+            let there: std::collections::HashSet<&str> = tree.iter().map(|e| e.name.as_str()).collect();
+            let mut extra = Vec::new();
+            local_extras(&target, "", &there, &filter, &mut extra);
+            delete_local.extend(extra.into_iter().map(|rel| (target.clone(), rel)));
+        }
         local_dirs.push(target.clone());
         for e in tree {
             if !filter.allows(&e.name, e.kind == Kind::Dir) {
@@ -329,6 +354,7 @@ pub async fn plan_get(
     }
     let mut plan = Plan::new(Direction::Get);
     plan.local_dirs = local_dirs;
+    plan.delete_local = delete_local;
     for job in found {
         let held = held_locally(&job.local);
         plan.decide(job, held, force);
@@ -336,18 +362,68 @@ pub async fn plan_get(
     Ok(plan)
 }
 
+/// The paths below `root/rel` that the source (`there`, paths relative to
+/// `root`) lacks and the filter takes, into `out`, outermost first: a
+/// directory to remove is not looked into, nor is a symlink ever followed.
+/// Partial files are left alone (they are resumes).
+fn local_extras(
+    root: &Path,
+    rel: &str,
+    there: &std::collections::HashSet<&str>,
+    filter: &Filter,
+    out: &mut Vec<String>,
+) {
+    let Ok(items) = std::fs::read_dir(root.join(rel)) else { return };
+    let mut items: Vec<_> = items.filter_map(Result::ok).collect();
+    items.sort_by_key(|i| i.file_name());
+    for item in items {
+        let Ok(name) = item.file_name().into_string() else { continue };
+        if crate::services::root::is_partial_name(name.as_bytes()) {
+            continue;
+        }
+        let child = join_remote(rel, &name);
+        let is_dir = item.file_type().is_ok_and(|t| t.is_dir());
+        if !filter.allows(&child, is_dir) {
+            continue;
+        }
+        if !there.contains(child.as_str()) {
+            out.push(child);
+        } else if is_dir {
+            local_extras(root, &child, there, filter, out);
+        }
+    }
+}
+
 /// What the server holds below `target` (a directory being uploaded to):
 /// each file's size and mtime by its remote path; other kinds as `None`.
-async fn held_remotely(client: &mut Client, target: &str) -> Result<HashMap<String, Option<(u64, i64)>>, ClientError> {
-    let entries = match client.tree(target).await {
-        Ok(entries) => entries,
-        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => return Ok(HashMap::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(entries
-        .into_iter()
-        .map(|e| (join_remote(target, &e.name), (e.kind == Kind::File).then_some((e.size, e.mtime))))
-        .collect())
+async fn held_remotely(client: &mut Client, target: &str) -> Result<Vec<Entry>, ClientError> {
+    match client.tree(target).await {
+        Ok(entries) => Ok(entries),
+        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The entries of a server listing (paths relative to the copied
+/// directory) that the source lacks (`seen`) and the filter takes,
+/// outermost first; what is below a removed directory goes with it.
+/// Partial files are left alone (they are resumes).
+fn remote_extras<'a>(entries: &'a [Entry], seen: &std::collections::HashSet<String>, filter: &Filter) -> Vec<&'a str> {
+    let mut names: Vec<&Entry> = entries.iter().collect();
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut gone: Vec<&str> = Vec::new();
+    for e in names {
+        let below = |d: &&str| e.name.starts_with(*d) && e.name.as_bytes().get(d.len()) == Some(&b'/');
+        if seen.contains(e.name.as_str()) || gone.iter().any(below) {
+            continue;
+        }
+        let base = e.name.rsplit('/').next().unwrap_or("");
+        if !filter.allows(&e.name, e.kind == Kind::Dir) || is_partial_name(base.as_bytes()) {
+            continue;
+        }
+        gone.push(&e.name);
+    }
+    gone
 }
 
 /// Plans an upload of the local `sources` to `dest` on the server (the
@@ -366,7 +442,7 @@ pub async fn plan_put(
     dest: Option<&str>,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force, filter } = options;
+    let PlanOptions { recursive, force, filter, delete } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -405,10 +481,19 @@ pub async fn plan_put(
         // `DIR` the directory itself.
         let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
-        let held = held_remotely(client, &target).await.map_err(source)?;
+        let entries = held_remotely(client, &target).await.map_err(source)?;
         let mut found = Vec::new();
-        let creates = walk(&mut plan, &mut found, (path, ""), &target, &filter)
+        let mut seen = std::collections::HashSet::new();
+        let creates = walk(&mut plan, (&mut found, &mut seen), (path, ""), &target, &filter)
             .map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
+        if delete {
+            plan.delete_remote
+                .extend(remote_extras(&entries, &seen, &filter).into_iter().map(|rel| join_remote(&target, rel)));
+        }
+        let held: HashMap<String, Option<(u64, i64)>> = entries
+            .into_iter()
+            .map(|e| (join_remote(&target, &e.name), (e.kind == Kind::File).then_some((e.size, e.mtime))))
+            .collect();
         if !creates && !target.is_empty() {
             plan.mkdirs.push(target);
         }
@@ -434,7 +519,7 @@ fn not_utf8(path: &Path) -> ClientError {
 /// below will create `remote` on the server.
 fn walk(
     plan: &mut Plan,
-    found: &mut Vec<Job>,
+    (found, seen): (&mut Vec<Job>, &mut std::collections::HashSet<String>),
     (dir, rel): (&Path, &str),
     remote: &str,
     filter: &Filter,
@@ -454,8 +539,10 @@ fn walk(
         if !filter.allows(&child_rel, is_dir) {
             continue;
         }
+        // Whatever is here, copied or skipped, is not removed by a mirror.
+        seen.insert(child_rel.clone());
         if is_dir {
-            if !walk(plan, found, (&path, &child_rel), &child, filter)? {
+            if !walk(plan, (&mut *found, &mut *seen), (&path, &child_rel), &child, filter)? {
                 plan.mkdirs.push(child);
             }
             creates = true;
@@ -532,6 +619,8 @@ pub struct Summary {
     pub failures: Vec<Failure>,
     /// Files left out because the receiver had them already.
     pub unchanged: usize,
+    /// Paths a mirror removed from the receiver.
+    pub deleted: usize,
     /// Files left out because the receiver's differ and are not older (by
     /// their source paths); `force` replaces them.
     pub refused: Vec<String>,
@@ -544,7 +633,18 @@ pub struct Summary {
 /// stopped half-way, is replaced by a new one for the next file.
 pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observer: Arc<dyn Observer>) -> Summary {
     let started = Instant::now();
-    let Plan { direction, jobs, mkdirs, local_dirs, skipped: _, failures, unchanged, refused } = plan;
+    let Plan {
+        direction,
+        jobs,
+        mkdirs,
+        local_dirs,
+        skipped: _,
+        failures,
+        unchanged,
+        refused,
+        delete_remote,
+        delete_local,
+    } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary = Summary { failures, unchanged: unchanged.len(), refused, ..Summary::default() };
     summary.failures.extend(make_dirs(endpoint, &mkdirs).await);
@@ -573,8 +673,58 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     summary.sent = done.sent;
     summary.resumed = done.resumed;
     summary.failures.extend(done.failures);
+    // A mirror removes only once every file is across: after a failure
+    // the receiver keeps what it has (as rsync skips deletions after an
+    // I/O error).
+    if summary.failures.is_empty() {
+        summary.deleted += delete_remotely(endpoint, &delete_remote, &mut summary.failures).await;
+        for (root, rel) in &delete_local {
+            match delete_locally(root, rel) {
+                Ok(()) => summary.deleted += 1,
+                Err(source) => {
+                    let path = root.join(rel);
+                    summary
+                        .failures
+                        .push(Failure { path: path.display().to_string(), error: ClientError::Local { path, source } });
+                }
+            }
+        }
+    }
     summary.elapsed = started.elapsed();
     summary
+}
+
+/// Removes server paths over one connection; returns how many were there.
+async fn delete_remotely(endpoint: &Endpoint, paths: &[String], failures: &mut Vec<Failure>) -> usize {
+    if paths.is_empty() {
+        return 0;
+    }
+    let mut client = match endpoint.connect().await {
+        Ok(client) => client,
+        Err(error) => {
+            failures.push(Failure { path: paths.join(", "), error });
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for path in paths {
+        match client.remove(path).await {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(error) => failures.push(Failure { path: path.clone(), error }),
+        }
+    }
+    removed
+}
+
+/// Removes `rel` below the local directory `root`, by descriptor: no
+/// symlink on the way is followed, one at `rel` is removed as a link.
+fn delete_locally(root: &Path, rel: &str) -> std::io::Result<()> {
+    let dir: std::os::fd::OwnedFd = std::fs::File::open(root)?.into();
+    let parts: Vec<&str> = rel.split('/').collect();
+    let (name, parents) = parts.split_last().expect("split gives one part at least");
+    let parent = crate::services::root::open_no_links(&dir, parents)?;
+    crate::services::root::remove_at(&parent, std::ffi::OsStr::new(name))
 }
 
 /// Creates remote directories no file creates, over one connection.

@@ -305,6 +305,21 @@ messages! {
         created: bool,
     }
 
+    /// Request: remove a file, a symlink (the link itself) or a directory
+    /// with everything below it (a mirror's `--delete`).
+    Remove = "remove", ToServer, none, cold, example: Remove { path: "old/x".into() };
+    {
+        /// Path relative to the served root; never the root itself.
+        path: String,
+    }
+
+    /// Reply to [`Remove`].
+    RemoveReply = "remove_reply", ToClient, none, cold, example: RemoveReply { removed: true };
+    {
+        /// Whether something was there to remove.
+        removed: bool,
+    }
+
     /// Authentication, server to client, first frame over TLS: the
     /// server's nonce (64 hex digits).
     AuthChallenge = "auth_challenge", ToClient, none, cold, example: AuthChallenge { nonce: "00".into() };

@@ -248,6 +248,39 @@ impl Sandbox {
         })
     }
 
+    /// Removes `path`, and if it is a directory everything below it,
+    /// never through a symlink: each component of its parent is opened with
+    /// `O_NOFOLLOW` from the root, and a symlink at `path` is removed as a
+    /// link. Returns whether something was there.
+    ///
+    /// # Errors
+    ///
+    /// A path refused as for [`for_write`](Self::for_write) (the root itself
+    /// included), [`ErrorCode::NotADirectory`] if a parent is not a
+    /// directory or is a symlink, I/O errors.
+    pub fn remove(&self, path: &str) -> Result<bool, Refusal> {
+        let rel = Self::relative(path)?;
+        let Some(name) = rel.name() else {
+            return Err(bad_path(path, "names the served root, which is never removed"));
+        };
+        let root = self.root.open_dir("").map_err(|e| refusal(path, &e))?;
+        let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
+        let dir = match super::root::open_no_links(&root, &parent) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                let msg = format!("{}: a parent is not a directory, or is a symlink", shown(path));
+                return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+            }
+            Err(e) => return Err(refusal(path, &e)),
+        };
+        match super::root::remove_at(&dir, OsStr::new(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(refusal(path, &e)),
+        }
+    }
+
     /// Makes sure `path` is a directory, creating it and its missing
     /// parents. Returns whether it was created.
     ///

@@ -603,6 +603,60 @@ fn lock(file: &File) -> io::Result<()> {
     }
 }
 
+/// Removes `name` in `dir`, and if it is a directory everything below
+/// it, by descriptor: each directory is opened with `O_NOFOLLOW` from its
+/// parent, and a symlink is removed as a link, never followed, so nothing
+/// outside `dir` can be reached whatever is swapped in meanwhile. Depth is
+/// bounded by [`MAX_PATH_DEPTH`].
+///
+/// # Errors
+///
+/// Those of `unlinkat(2)`, `openat(2)` and reading directories; `ELOOP`
+/// past the depth limit.
+pub fn remove_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    remove_within(dir, name, 0)
+}
+
+fn remove_within(dir: &OwnedFd, name: &OsStr, depth: usize) -> io::Result<()> {
+    if depth > MAX_PATH_DEPTH {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+        return Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?);
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let sub = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+    let mut names = Vec::new();
+    for item in rustix::fs::Dir::read_from(&sub)? {
+        let item = item?;
+        let raw = item.file_name().to_bytes();
+        if raw != b"." && raw != b".." {
+            names.push(OsStr::from_bytes(raw).to_owned());
+        }
+    }
+    for child in names {
+        remove_within(&sub, &child, depth + 1)?;
+    }
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
+}
+
+/// Opens the directory `parts` names below `dir`, one component at a
+/// time with `O_NOFOLLOW`: a symlink anywhere on the way is refused
+/// (`ELOOP` or `ENOTDIR`), even one that stays inside.
+///
+/// # Errors
+///
+/// Those of `openat(2)`.
+pub fn open_no_links(dir: &OwnedFd, parts: &[&str]) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut at = rustix::fs::openat(dir, ".", flags, Mode::empty())?;
+    for part in parts {
+        at = rustix::fs::openat(&at, *part, flags, Mode::empty())?;
+    }
+    Ok(at)
+}
+
 /// The final component of a local path and a descriptor of its directory
 /// (opened as the user named it: the user's own symlinks are followed),
 /// for a transfer that writes `path`.

@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use super::super::context::Context;
 use super::blocking;
 use crate::proto::{
-    Checksum, ErrorCode, FileReply, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Stat,
-    StatReply,
+    Checksum, ErrorCode, FileReply, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove,
+    RemoveReply, Stat, StatReply,
 };
 use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Refusal;
@@ -44,6 +44,18 @@ pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -
     let sb = ctx.sandbox.clone();
     match blocking(move || sb.mkdir(&request.path)).await {
         Ok(created) => s.send(&MkdirReply { created }, &[]).await,
+        Err(r) => s.refuse(r).await,
+    }
+}
+
+pub(in crate::server) async fn remove(s: &mut S, ctx: &Context, request: Remove) -> Result<(), Error> {
+    let sb = ctx.sandbox.clone();
+    let path = request.path.clone();
+    match blocking(move || sb.remove(&request.path)).await {
+        Ok(removed) => {
+            tracing::info!(path = %files::shown(&path), removed, "remove");
+            s.send(&RemoveReply { removed }, &[]).await
+        }
         Err(r) => s.refuse(r).await,
     }
 }
