@@ -967,3 +967,37 @@ fn delete_mirrors_and_never_leaves_the_destination() {
     assert!(dest.join("keep.txt").is_file() && dest.join("sub/a").is_file());
     assert_eq!(std::fs::read(elsewhere.join("precious")).unwrap(), b"p", "never followed out");
 }
+
+/// --checksum tells files apart by BLAKE3: a same-size edit with its mtime
+/// put back escapes the quick check but not -c; identical contents with
+/// another mtime are unchanged under -c.
+#[test]
+fn checksum_compares_contents() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let f = local.path().join("f.txt");
+    std::fs::write(&f, b"aaaa").unwrap();
+    let out = framewire(&["put", "-q", a, f.to_str().unwrap(), "f.txt"]);
+    assert!(out.status.success(), "{out:?}");
+    let when = std::fs::metadata(&f).unwrap().modified().unwrap();
+
+    // Same size, same mtime, other bytes.
+    std::fs::write(&f, b"bbbb").unwrap();
+    std::fs::File::options().write(true).open(&f).unwrap().set_modified(when).unwrap();
+    let out = framewire(&["put", a, f.to_str().unwrap(), "f.txt"]);
+    assert!(out.status.success() && text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
+    let out = framewire(&["put", "-c", a, f.to_str().unwrap(), "f.txt"]);
+    assert_eq!(out.status.code(), Some(3), "differs, and not older: refused: {out:?}");
+    let out = framewire(&["put", "-c", "--force", "-q", a, f.to_str().unwrap(), "f.txt"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(server.root.path().join("f.txt")).unwrap(), b"bbbb");
+
+    // The same bytes, another mtime: unchanged for -c, both ways.
+    let later = when + std::time::Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&f).unwrap().set_modified(later).unwrap();
+    let out = framewire(&["put", "-c", a, f.to_str().unwrap(), "f.txt"]);
+    assert!(out.status.success() && text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
+    let out = framewire(&["get", "-c", a, "f.txt", f.to_str().unwrap()]);
+    assert!(out.status.success() && text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
+}

@@ -102,6 +102,10 @@ pub struct TransferArgs {
     /// Exclude the patterns in FILE, one a line (`#` comments).
     #[arg(long, value_name = "FILE")]
     exclude_from: Vec<PathBuf>,
+    /// Tell files apart by BLAKE3 instead of size and modification time
+    /// (the server reads files its hash cache lacks).
+    #[arg(short = 'c', long)]
+    checksum: bool,
     /// Mirror: remove what the destination has below a copied directory
     /// and the source lacks (never outside it; excluded paths are kept;
     /// nothing is removed if a file failed).
@@ -118,7 +122,10 @@ impl TransferArgs {
             exclude.extend(Filter::patterns_from(&text));
         }
         let filter = Filter::new(&exclude, &self.include)?;
-        Ok(PlanOptions::new(self.recursive, self.force).with_filter(filter).with_delete(self.delete))
+        Ok(PlanOptions::new(self.recursive, self.force)
+            .with_filter(filter)
+            .with_delete(self.delete)
+            .with_checksum(self.checksum))
     }
 }
 

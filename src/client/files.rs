@@ -99,7 +99,33 @@ impl Client {
     ///
     /// The server's refusal (no such path, outside the root…), wire errors.
     pub async fn list(&mut self, path: &str, recursive: bool) -> Result<Vec<Entry>, ClientError> {
-        self.list_request(List { path: path.to_owned(), recursive, dirs: false }).await
+        self.list_request(List { path: path.to_owned(), recursive, dirs: false, blake3: false }).await
+    }
+
+    /// As [`tree`](Self::tree), with each file's BLAKE3 (read by the
+    /// server if its cache lacks it: a cost of its own). A server older
+    /// than this gives none (`Entry::blake3` is `None`).
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn tree_with_hashes(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
+        self.list_request(List { path: path.to_owned(), recursive: true, dirs: true, blake3: true }).await
+    }
+
+    /// As [`stat`](Self::stat) of a file, with its BLAKE3 (see
+    /// [`tree_with_hashes`](Self::tree_with_hashes)).
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn stat_with_hash(&mut self, path: &str) -> Result<Entry, ClientError> {
+        let entries =
+            self.list_request(List { path: path.to_owned(), recursive: false, dirs: false, blake3: true }).await?;
+        match entries.into_iter().next() {
+            Some(e) => Ok(e),
+            None => self.stat(path).await,
+        }
     }
 
     /// Every regular file and every directory below `path`, names relative
@@ -109,7 +135,7 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        self.list_request(List { path: path.to_owned(), recursive: true, dirs: true }).await
+        self.list_request(List { path: path.to_owned(), recursive: true, dirs: true, blake3: false }).await
     }
 
     async fn list_request(&mut self, request: List) -> Result<Vec<Entry>, ClientError> {

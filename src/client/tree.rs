@@ -91,6 +91,8 @@ pub struct Job {
     /// The receiver has a different, older file under the name (or the
     /// copy is forced): replace it.
     pub replace: bool,
+    /// The source's BLAKE3 (hex), when `checksum` asked the server for it.
+    pub blake3: Option<String>,
 }
 
 impl Job {
@@ -162,10 +164,18 @@ impl Plan {
 
     /// Sorts a planned job by what the receiver holds under its name
     /// (`None`: nothing, or not a regular file: size and mtime of one).
-    fn decide(&mut self, mut job: Job, receiver: Option<Option<(u64, i64)>>, force: bool) {
+    /// `same`, when known, says whether the contents are the same (by
+    /// BLAKE3, for `checksum`); otherwise the same size and mtime mean
+    /// the same file.
+    fn decide(&mut self, mut job: Job, receiver: Option<Option<(u64, i64)>>, force: bool, same: Option<bool>) {
+        let unchanged = match (&receiver, same) {
+            (Some(Some(_)), Some(same)) => same,
+            (Some(Some(held)), None) => *held == (job.size, job.mtime),
+            _ => false,
+        };
         match receiver {
             None => self.jobs.push(job),
-            Some(Some(held)) if held == (job.size, job.mtime) => self.unchanged.push(job),
+            Some(Some(_)) if unchanged => self.unchanged.push(job),
             Some(Some((_, mtime))) if force || mtime < job.mtime => {
                 job.replace = true;
                 self.jobs.push(job);
@@ -197,12 +207,22 @@ pub struct PlanOptions {
     /// Mirror: remove what the receiver has below a copied directory and
     /// the source lacks (what the filter leaves out is kept).
     pub delete: bool,
+    /// Tell files apart by their BLAKE3 instead of size and mtime (the
+    /// server reads what its hash cache lacks; this side reads its own
+    /// files of the same size).
+    pub checksum: bool,
 }
 
 impl PlanOptions {
     /// Options as given, nothing left out.
     pub fn new(recursive: bool, force: bool) -> Self {
-        PlanOptions { recursive, force, filter: Filter::default(), delete: false }
+        PlanOptions { recursive, force, filter: Filter::default(), delete: false, checksum: false }
+    }
+
+    /// The same, comparing contents (see [`PlanOptions::checksum`]).
+    pub fn with_checksum(mut self, checksum: bool) -> Self {
+        self.checksum = checksum;
+        self
     }
 
     /// The same, mirroring (see [`PlanOptions::delete`]).
@@ -216,6 +236,21 @@ impl PlanOptions {
         self.filter = filter;
         self
     }
+}
+
+/// A regular file's size and mtime; `None` for anything else.
+type Held = Option<(u64, i64)>;
+
+/// The BLAKE3 (hex) of a local file, read on a blocking thread; `None` if
+/// it cannot be read.
+async fn local_hash(path: &Path) -> Option<String> {
+    let path = path.to_owned();
+    let hash = tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        Ok::<_, std::io::Error>(hasher.finalize())
+    });
+    Some(hash.await.ok()?.ok()?.to_hex().to_string())
 }
 
 /// What the receiver has under a name: `None` if nothing, `Some(None)` if
@@ -294,7 +329,7 @@ pub async fn plan_get(
     dest: &Path,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force, filter, delete } = options;
+    let PlanOptions { recursive, force, filter, delete, checksum } = options;
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let mut local_dirs = Vec::new();
     let mut delete_local = Vec::new();
@@ -302,7 +337,10 @@ pub async fn plan_get(
     let mut found = Vec::new();
     for remote in sources {
         let source = |error| PlanError::Source { path: remote.clone(), error };
-        let entry = client.stat(remote).await.map_err(source)?;
+        let mut entry = client.stat(remote).await.map_err(source)?;
+        if checksum && entry.kind == Kind::File {
+            entry = client.stat_with_hash(remote).await.map_err(source)?;
+        }
         if entry.kind != Kind::Dir {
             let target = if into_dir { dest.join(base_name(remote)) } else { dest.to_owned() };
             // As `cp`: the directory a file goes into must be there.
@@ -317,6 +355,7 @@ pub async fn plan_get(
                 size: entry.size,
                 mtime: entry.mtime,
                 replace: false,
+                blake3: entry.blake3.clone(),
             });
             continue;
         }
@@ -328,7 +367,8 @@ pub async fn plan_get(
         let target =
             if remote.ends_with('/') || remote.is_empty() { dest.to_owned() } else { dest.join(base_name(remote)) };
         // Directories first, so that empty ones are recreated too.
-        let tree = client.tree(remote).await.map_err(source)?;
+        let tree = if checksum { client.tree_with_hashes(remote).await } else { client.tree(remote).await };
+        let tree = tree.map_err(source)?;
         if delete {
             let there: std::collections::HashSet<&str> = tree.iter().map(|e| e.name.as_str()).collect();
             let mut extra = Vec::new();
@@ -348,6 +388,7 @@ pub async fn plan_get(
                     size: e.size,
                     mtime: e.mtime,
                     replace: false,
+                    blake3: e.blake3.clone(),
                 }),
             }
         }
@@ -357,7 +398,13 @@ pub async fn plan_get(
     plan.delete_local = delete_local;
     for job in found {
         let held = held_locally(&job.local);
-        plan.decide(job, held, force);
+        let same = match (&held, &job.blake3) {
+            (Some(Some((size, _))), Some(theirs)) if *size == job.size => {
+                Some(local_hash(&job.local).await.as_deref() == Some(theirs.as_str()))
+            }
+            _ => None,
+        };
+        plan.decide(job, held, force, same);
     }
     Ok(plan)
 }
@@ -396,8 +443,9 @@ fn local_extras(
 
 /// What the server holds below `target` (a directory being uploaded to):
 /// each file's size and mtime by its remote path; other kinds as `None`.
-async fn held_remotely(client: &mut Client, target: &str) -> Result<Vec<Entry>, ClientError> {
-    match client.tree(target).await {
+async fn held_remotely(client: &mut Client, target: &str, hashed: bool) -> Result<Vec<Entry>, ClientError> {
+    let listed = if hashed { client.tree_with_hashes(target).await } else { client.tree(target).await };
+    match listed {
         Ok(entries) => Ok(entries),
         Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -442,7 +490,7 @@ pub async fn plan_put(
     dest: Option<&str>,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force, filter, delete } = options;
+    let PlanOptions { recursive, force, filter, delete, checksum } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -464,14 +512,23 @@ pub async fn plan_put(
         };
         if !meta.is_dir() {
             let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
-            let held = match client.stat(&target).await {
-                Ok(e) => Some((e.kind == Kind::File).then_some((e.size, e.mtime))),
-                Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => None,
+            let (held, theirs) = match client.stat(&target).await {
+                Ok(e) if checksum && e.kind == Kind::File && e.size == meta.len() => {
+                    let hashed = client.stat_with_hash(&target).await.map_err(source)?;
+                    (Some(Some((e.size, e.mtime))), hashed.blake3)
+                }
+                Ok(e) => (Some((e.kind == Kind::File).then_some((e.size, e.mtime))), None),
+                Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => (None, None),
                 Err(e) => return Err(source(e)),
             };
+            let same = match theirs {
+                Some(theirs) => Some(local_hash(path).await.as_deref() == Some(theirs.as_str())),
+                None => None,
+            };
             let mtime = crate::services::files::mtime(&meta);
-            let job = Job { remote: target, local: path.clone(), size: meta.len(), mtime, replace: false };
-            plan.decide(job, held, force);
+            let job =
+                Job { remote: target, local: path.clone(), size: meta.len(), mtime, replace: false, blake3: None };
+            plan.decide(job, held, force, same);
             continue;
         }
         if !recursive {
@@ -481,7 +538,7 @@ pub async fn plan_put(
         // `DIR` the directory itself.
         let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
-        let entries = held_remotely(client, &target).await.map_err(source)?;
+        let entries = held_remotely(client, &target, checksum).await.map_err(source)?;
         let mut found = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let creates = walk(&mut plan, (&mut found, &mut seen), (path, ""), &target, &filter)
@@ -490,16 +547,25 @@ pub async fn plan_put(
             plan.delete_remote
                 .extend(remote_extras(&entries, &seen, &filter).into_iter().map(|rel| join_remote(&target, rel)));
         }
-        let held: HashMap<String, Option<(u64, i64)>> = entries
+        let held: HashMap<String, (Held, Option<String>)> = entries
             .into_iter()
-            .map(|e| (join_remote(&target, &e.name), (e.kind == Kind::File).then_some((e.size, e.mtime))))
+            .map(|e| (join_remote(&target, &e.name), ((e.kind == Kind::File).then_some((e.size, e.mtime)), e.blake3)))
             .collect();
         if !creates && !target.is_empty() {
             plan.mkdirs.push(target);
         }
         for job in found {
-            let receiver = held.get(&job.remote).copied();
-            plan.decide(job, receiver, force);
+            let (receiver, theirs) = match held.get(&job.remote) {
+                Some((state, hash)) => (Some(*state), hash.as_deref()),
+                None => (None, None),
+            };
+            let same = match (receiver, theirs) {
+                (Some(Some((size, _))), Some(theirs)) if size == job.size => {
+                    Some(local_hash(&job.local).await.as_deref() == Some(theirs))
+                }
+                _ => None,
+            };
+            plan.decide(job, receiver, force, same);
         }
     }
     Ok(plan)
@@ -551,7 +617,7 @@ fn walk(
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => {
                 let mtime = crate::services::files::mtime(&meta);
-                found.push(Job { remote: child, local: path, size: meta.len(), mtime, replace: false });
+                found.push(Job { remote: child, local: path, size: meta.len(), mtime, replace: false, blake3: None });
                 creates = true;
             }
             Ok(meta) if meta.is_dir() => {

@@ -160,7 +160,7 @@ messages! {
     }
 
     /// Request: list a directory (or describe a file).
-    List = "list", ToServer, none, cold, example: List { path: "d".into(), recursive: true, dirs: true };
+    List = "list", ToServer, none, cold, example: List { path: "d".into(), recursive: true, dirs: true, blake3: true };
     {
         /// Path relative to the served root; empty for the root.
         #[serde(default)]
@@ -172,6 +172,10 @@ messages! {
         /// of the tree can recreate empty ones.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dirs: bool,
+        /// Give each file's BLAKE3 (`Entry::blake3`), from the hash cache
+        /// or by reading it: what `--checksum` compares.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        blake3: bool,
     }
 
     /// Reply to [`List`]: the body is a JSON array of [`Entry`].
@@ -191,7 +195,9 @@ messages! {
 
     /// Reply to [`Stat`].
     StatReply = "stat_reply", ToClient, none, cold,
-        example: StatReply { entry: Entry { name: "a".into(), size: 1, kind: Kind::File, mtime: 2, mode: 0o644 } };
+        example: StatReply {
+            entry: Entry { name: "a".into(), size: 1, kind: Kind::File, mtime: 2, mode: 0o644, blake3: None },
+        };
     {
         /// What is there.
         entry: Entry,

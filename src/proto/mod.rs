@@ -70,6 +70,10 @@ pub struct Entry {
     /// Unix permission bits.
     #[serde(default)]
     pub mode: u32,
+    /// BLAKE3 (hex) of a file's content, when the listing asked for it
+    /// (`list` with `blake3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 /// Why a request failed, as carried by an error frame's `"code"`.

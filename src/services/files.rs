@@ -445,7 +445,14 @@ fn kind_of(mode: u32) -> Kind {
 /// An [`Entry`] from what `statat` said.
 #[allow(clippy::unnecessary_cast)] // the field types differ between targets
 fn entry_of(name: String, st: &rustix::fs::Stat, kind: Kind) -> Entry {
-    Entry { name, size: st.st_size as u64, kind, mtime: st.st_mtime as i64, mode: st.st_mode as u32 & 0o7777 }
+    Entry {
+        name,
+        size: st.st_size as u64,
+        kind,
+        mtime: st.st_mtime as i64,
+        mode: st.st_mode as u32 & 0o7777,
+        blake3: None,
+    }
 }
 
 /// What identifies a path being uploaded: its directory (by device and
@@ -527,7 +534,7 @@ pub fn entry(name: String, meta: &fs::Metadata) -> Entry {
     } else {
         Kind::Other
     };
-    Entry { name, size: meta.len(), kind, mtime: mtime(meta), mode: meta.permissions().mode() & 0o7777 }
+    Entry { name, size: meta.len(), kind, mtime: mtime(meta), mode: meta.permissions().mode() & 0o7777, blake3: None }
 }
 
 /// Gives `file` the modification time `secs` (whole seconds since the

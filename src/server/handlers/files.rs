@@ -20,10 +20,13 @@ use crate::wire::{Error, MAX_BUFFERED_BODY};
 type S = Session<ServerSide>;
 
 pub(in crate::server) async fn list(s: &mut S, ctx: &Context, request: List) -> Result<(), Error> {
-    let List { path, recursive, dirs } = request;
-    let sb = ctx.sandbox.clone();
+    let List { path, recursive, dirs, blake3 } = request;
+    let (sb, hashes) = (ctx.sandbox.clone(), ctx.hashes.clone());
     let listed = blocking(move || {
-        let entries = sb.list(&path, Listing::of(recursive, dirs))?;
+        let mut entries = sb.list(&path, Listing::of(recursive, dirs))?;
+        if blake3 {
+            add_hashes(&sb, &hashes, &path, &mut entries)?;
+        }
         let body = serde_json::to_vec(&entries).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         if body.len() as u64 > MAX_BUFFERED_BODY {
             return Err(Refusal::new(
@@ -38,6 +41,42 @@ pub(in crate::server) async fn list(s: &mut S, ctx: &Context, request: List) -> 
         Ok(body) => s.send(&ListReply { len: body.len() as u64 }, &body).await,
         Err(r) => s.refuse(r).await,
     }
+}
+
+/// Gives each file entry its BLAKE3, from the cache or by reading it (and
+/// caching what was read, if the file did not change meanwhile).
+fn add_hashes(
+    sb: &Sandbox,
+    hashes: &files::HashCache,
+    path: &str,
+    entries: &mut [crate::proto::Entry],
+) -> Result<(), Refusal> {
+    // A file's own listing names it by its last component: its path is
+    // the one listed.
+    let listed_a_file = sb.stat(path).is_ok_and(|e| e.kind == crate::proto::Kind::File);
+    for e in entries.iter_mut().filter(|e| e.kind == crate::proto::Kind::File) {
+        let full = if listed_a_file {
+            path.to_owned()
+        } else if path.trim_end_matches('/').is_empty() {
+            e.name.clone()
+        } else {
+            format!("{}/{}", path.trim_end_matches('/'), e.name)
+        };
+        let Ok((mut file, meta)) = sb.open(&full) else { continue };
+        let version = files::Version::of(&meta);
+        let hash = match hashes.get(version) {
+            Some(hash) => hash,
+            None => {
+                let hash = files::hash_prefix(&mut file, meta.len()).map_err(|e| Refusal::io(&full, &e))?.finalize();
+                if file.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
+                    hashes.put(version, hash);
+                }
+                hash
+            }
+        };
+        e.blake3 = Some(hash.to_hex().to_string());
+    }
+    Ok(())
 }
 
 pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -> Result<(), Error> {
