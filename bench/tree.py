@@ -61,17 +61,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from transfer import BIN, ROOT, Procs, free_port, wait_port  # noqa: E402
 
 
-def ensure_tools():
-    need = [t for t in ("rsync", "sshd", "ssh", "scp", "tar")
-            if not shutil.which(t) and not os.path.exists("/usr/sbin/" + t)]
-    if need:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "rsync", "openssh-server", "openssh-client", "tar"],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
-
-
 TIME = "/usr/bin/time"
+
+
+def ensure_tools(only_framewire):
+    """rsync, sshd, ssh, scp (unless only framewire is measured) and
+    /usr/bin/time (for the clients' peak RSS; without it, n/a)."""
+    pkgs = []
+    if not only_framewire and any(not shutil.which(t) and not os.path.exists("/usr/sbin/" + t)
+                                  for t in ("rsync", "sshd", "ssh", "scp", "tar")):
+        pkgs += ["rsync", "openssh-server", "openssh-client", "tar"]
+    if not os.access(TIME, os.X_OK):
+        pkgs.append("time")
+    if pkgs:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(["apt-get", "install", "-y", "-qq"] + pkgs, check=True, env=env, stdout=subprocess.DEVNULL)
+        except (OSError, subprocess.CalledProcessError):
+            if pkgs != ["time"]:
+                raise
+            print(f"could not install {TIME}: client peak RSS will be n/a", file=sys.stderr)
 
 
 def run(cmd, timeout):
@@ -226,8 +236,7 @@ def main():
         ap.error("--files, --dirs and --rounds must be at least 1")
     if args.baseline and not os.access(args.baseline, os.X_OK):
         ap.error(f"--baseline {args.baseline}: not an executable")
-    if not args.only_framewire:
-        ensure_tools()
+    ensure_tools(args.only_framewire)
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-q"], check=True, cwd=ROOT)
     n = args.files
