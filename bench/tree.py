@@ -55,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -97,13 +98,23 @@ def run(cmd, timeout):
         t = time.perf_counter()
         p = subprocess.Popen(wrap + cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                              start_new_session=True)
+        # A blocking wait: Popen.wait(timeout) polls with sleeps of up to
+        # 50 ms, which would round the times. The limit is a timer instead.
+        late = threading.Event()
+
+        def overtime():
+            late.set()
+            os.killpg(p.pid, signal.SIGKILL)  # the session this command leads, not yet reaped
+
+        timer = threading.Timer(timeout, overtime)
+        timer.start()
         try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)  # the session this command leads
             p.wait()
-            raise RuntimeError(f"{shlex.join(cmd)} took over {timeout} s")
+        finally:
+            timer.cancel()
         secs = time.perf_counter() - t
+        if late.is_set():
+            raise RuntimeError(f"{shlex.join(cmd)} took over {timeout} s")
         if p.returncode != 0:
             err.seek(0)
             msg = err.read().decode(errors="replace").strip()[-2000:]
@@ -321,8 +332,8 @@ def main():
             peers += framewire_peers(args.baseline, "baseline")
 
         if not args.only_framewire:
-            rs_port, rs_srv = start_rsyncd(procs, work, remote)
-            ssh_opts, scp_opts, ssh_srv = start_sshd(procs, work)
+            rs_port, _ = start_rsyncd(procs, work, remote)  # ended with the rest by procs.stop()
+            ssh_opts, scp_opts, _ = start_sshd(procs, work)
             rs = f"rsync://127.0.0.1:{rs_port}/bench"
             host = "root@127.0.0.1"
             ssh = shlex.join(["ssh"] + ssh_opts + [host])
