@@ -937,9 +937,10 @@ async fn tree_copy_api_plans_runs_and_reports() {
     std::fs::create_dir(&into).unwrap();
     let back = into.join("up");
     let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::new(true, false)).await.unwrap();
-    assert!(back.join("empty").is_dir(), "the plan creates local directories, empty ones too");
+    assert!(!back.exists(), "planning changes nothing");
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert!(back.join("empty").is_dir(), "the run creates local directories, empty ones too");
     assert_eq!(std::fs::read(back.join("a/b/c.bin")).unwrap(), pattern(300_000, 3));
     assert_eq!(std::fs::read(back.join("top.txt")).unwrap(), b"top");
 
