@@ -166,6 +166,9 @@ impl Receiver {
         src: &mut B,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Received, ReceiveError> {
+        if src.body_left() <= SMALL_BODY {
+            return self.receive_small(src, progress).await;
+        }
         let Receiver { partial, held, hasher } = self;
         let (file, name) = partial.take_file();
         let file = match at(file, held) {
@@ -175,7 +178,7 @@ impl Receiver {
         // A cut connection returns here and leaves the partial file.
         match receive_body(src, file, hasher, progress).await {
             Err(e) => Err(ReceiveError::Wire(e, Kept(name))),
-            Ok(Ok((file, hash))) => Ok(Received { partial: name.rejoin(file), hash }),
+            Ok(Ok((file, hash))) => Ok(Received { partial: name.rejoin(file), hash, pending: None }),
             Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
                 name.discard();
                 Err(ReceiveError::Write(e, None))
@@ -185,11 +188,50 @@ impl Receiver {
     }
 }
 
-/// A file received whole into its partial file, not yet in place.
+/// Bodies up to this size are read into memory and hashed as they come,
+/// and written by the commit: a small file then costs no hand-off to a
+/// writing thread of its own (a tree of small files is bound by such
+/// per-file costs).
+pub const SMALL_BODY: u64 = 64 * 1024;
+
+impl Receiver {
+    async fn receive_small<B: BodySource>(
+        self,
+        src: &mut B,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Received, ReceiveError> {
+        let Receiver { partial, held, mut hasher } = self;
+        let mut body = Vec::with_capacity(src.body_left() as usize);
+        while src.body_left() > 0 {
+            if let Err(e) = src.read_body_into(&mut body).await {
+                // What arrived is kept for a resume, as a large body's is.
+                let (file, name) = partial.take_file();
+                let written = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    file.write_all_at(&body, held).map(|()| file)
+                })
+                .await;
+                return match written {
+                    Ok(Ok(_)) => Err(ReceiveError::Wire(e, Kept(name))),
+                    Ok(Err(w)) => Err(ReceiveError::Write(w, Some(Kept(name)))),
+                    Err(j) => Err(ReceiveError::Write(io::Error::other(j), Some(Kept(name)))),
+                };
+            }
+            progress(body.len() as u64);
+        }
+        hasher.update(&body);
+        Ok(Received { partial, hash: hasher.finalize(), pending: Some((held, body)) })
+    }
+}
+
+/// A file received whole into its partial file (or, if small, held in
+/// memory for the commit to write), not yet in place.
 #[derive(Debug)]
 pub struct Received {
     partial: Partial,
     hash: blake3::Hash,
+    /// A small body not yet written, and where it goes.
+    pending: Option<(u64, Vec<u8>)>,
 }
 
 impl Received {
@@ -223,6 +265,16 @@ impl Received {
     /// `AlreadyExists` if something appeared under the name meanwhile;
     /// I/O errors.
     pub fn commit(self, mode: u32, replace: bool) -> io::Result<File> {
+        if let Some((at, body)) = &self.pending {
+            use std::os::unix::fs::FileExt;
+            if let Err(e) = self.partial.file().write_all_at(body, *at) {
+                // On a full disk the partial file would only keep it full.
+                if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) {
+                    self.partial.discard();
+                }
+                return Err(e);
+            }
+        }
         self.partial.commit(mode, replace)
     }
 }
@@ -358,6 +410,30 @@ mod tests {
         let err = received.commit(0o600, false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(tmp.path().join(NAME)).unwrap(), b"there first");
+    }
+
+    /// A large body goes through the writing thread, a small one is held
+    /// for the commit; both end the same, and a small one cut short keeps
+    /// what arrived.
+    #[tokio::test]
+    async fn small_and_large_bodies_end_alike() {
+        for len in [SMALL_BODY as usize, SMALL_BODY as usize + 1] {
+            let tmp = tempfile::tempdir().unwrap();
+            let body: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+            let mut src = Bytes::new(&body);
+            src.step = 8192;
+            let received = r.receive(&mut src, &mut |_| {}).await.unwrap();
+            received.verify(&hex(&body)).unwrap().commit(0o600, false).unwrap();
+            assert_eq!(std::fs::read(tmp.path().join(NAME)).unwrap(), body, "{len}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Receiver::open(dir(&tmp), OsStr::new(NAME)).unwrap();
+        let mut cut = Bytes::new(b"0123456789");
+        cut.step = 4;
+        cut.cut_after = Some(8);
+        assert!(matches!(r.receive(&mut cut, &mut |_| {}).await, Err(ReceiveError::Wire(..))));
+        assert_eq!(std::fs::read(partial(&tmp)).unwrap(), b"01234567", "what arrived is kept");
     }
 
     #[tokio::test]

@@ -27,7 +27,13 @@ pub struct Sender {
     size: u64,
     start: u64,
     hasher: Option<blake3::Hasher>,
+    /// A small body, read (and hashed) already by [`resume`](Self::resume).
+    body: Option<Vec<u8>>,
 }
+
+/// Bodies up to this size are read whole by [`Sender::resume`] on its
+/// blocking thread and written from memory: no threads of their own.
+pub const SMALL_BODY: u64 = 64 * 1024;
 
 impl Sender {
     /// Decides where to start sending `file` (of `size` bytes) given the
@@ -45,15 +51,35 @@ impl Sender {
         prefix: Option<&str>,
         unproven: Unproven,
     ) -> io::Result<Sender> {
-        let fresh = |file| Sender { file, size, start: 0, hasher: Some(blake3::Hasher::new()) };
-        if offset == 0 || offset > size || (prefix.is_none() && unproven == Unproven::StartOver) {
-            return Ok(fresh(file));
+        let fresh = |file| Sender { file, size, start: 0, hasher: Some(blake3::Hasher::new()), body: None };
+        let sender = if offset == 0 || offset > size || (prefix.is_none() && unproven == Unproven::StartOver) {
+            fresh(file)
+        } else {
+            let hasher = hash_prefix(&mut file, offset)?;
+            match prefix {
+                Some(p) if p != hasher.clone().finalize().to_hex().as_str() => fresh(file),
+                _ => Sender { file, size, start: offset, hasher: Some(hasher), body: None },
+            }
+        };
+        sender.read_small()
+    }
+
+    /// A small body read now, on this blocking thread, and hashed.
+    fn read_small(mut self) -> io::Result<Sender> {
+        let len = self.size - self.start;
+        if len > SMALL_BODY {
+            return Ok(self);
         }
-        let hasher = hash_prefix(&mut file, offset)?;
-        match prefix {
-            Some(p) if p != hasher.clone().finalize().to_hex().as_str() => Ok(fresh(file)),
-            _ => Ok(Sender { file, size, start: offset, hasher: Some(hasher) }),
+        use std::os::unix::fs::FileExt;
+        let mut body = vec![0; len as usize];
+        // A file that shrank since its size was taken: an error now,
+        // before any frame promises its length.
+        self.file.read_exact_at(&mut body, self.start)?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&body);
         }
+        self.body = Some(body);
+        Ok(self)
     }
 
     /// Where the body starts.
@@ -85,6 +111,12 @@ impl Sender {
         writer: &mut FrameWriter<BoxWrite>,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Option<blake3::Hash>, SendError> {
+        if let Some(body) = self.body {
+            writer.write_body(&body).await.map_err(SendError::Wire)?;
+            writer.flush().await.map_err(SendError::Wire)?;
+            progress(body.len() as u64);
+            return Ok(self.hasher.map(|h| h.finalize()));
+        }
         send_body(writer, self.file, self.start, self.hasher, progress).await
     }
 }
@@ -110,10 +142,21 @@ mod tests {
         let data = b"0123456789";
         let s = Sender::resume(file(data), 10, 4, Some(&hex(b"0123")), Unproven::StartOver).unwrap();
         assert_eq!((s.start(), s.body_len()), (4, 6));
-        // The hasher holds the prefix: fed the rest, it gives the whole.
-        let mut h = s.hasher.clone().unwrap();
-        h.update(b"456789");
-        assert_eq!(h.finalize(), blake3::hash(data));
+        // A small body is read and hashed at once: the hasher holds the
+        // prefix and the rest, so it gives the whole file's hash.
+        assert_eq!(s.body.as_deref(), Some(&b"456789"[..]));
+        assert_eq!(s.hasher.clone().unwrap().finalize(), blake3::hash(data));
+    }
+
+    #[test]
+    fn a_large_body_is_left_to_send_and_a_shrunk_file_refused_at_once() {
+        let data = vec![7u8; (SMALL_BODY + 1) as usize];
+        let s = Sender::resume(file(&data), data.len() as u64, 0, None, Unproven::Trust).unwrap();
+        assert!(s.body.is_none(), "streamed by send_body, not read whole");
+        // The size taken is more than the file holds: refused before any
+        // frame would promise it.
+        let err = Sender::resume(file(b"short"), 10, 0, None, Unproven::Trust).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
