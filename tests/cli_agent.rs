@@ -1001,3 +1001,131 @@ fn checksum_compares_contents() {
     let out = framewire(&["get", "-c", a, "f.txt", f.to_str().unwrap()]);
     assert!(out.status.success() && text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
 }
+
+/// `framewire serve --root ROOT` on an ephemeral port: the child and its
+/// address (for a server restarted on the same root).
+fn serve_on(root: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+    (child, addr)
+}
+
+/// Every file below `a` is in `b` with the same bytes, and `b` holds
+/// nothing else (no partial file either).
+fn same_tree(a: &std::path::Path, b: &std::path::Path) {
+    fn files(root: &std::path::Path, rel: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                files(root, &r, out);
+            } else {
+                out.push(r);
+            }
+        }
+    }
+    let (mut fa, mut fb) = (Vec::new(), Vec::new());
+    files(a, std::path::Path::new(""), &mut fa);
+    files(b, std::path::Path::new(""), &mut fb);
+    fa.sort();
+    fb.sort();
+    assert_eq!(fa, fb, "the same files");
+    for f in &fa {
+        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{}", f.display());
+    }
+}
+
+/// Waits (bounded) until `path` is in place, or `child` has ended.
+fn until_exists(path: &std::path::Path, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() && child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{} did not land in 10 s", path.display());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// SIGKILL of the client, and of the server, in the middle of a tree
+/// copy, both ways: a rerun of the same command completes with identical
+/// trees and exits 0 (the partial files resumed, the complete ones
+/// skipped), and a rerun after that moves nothing.
+#[test]
+fn sigkill_mid_tree_then_a_rerun_completes() {
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("big")).unwrap();
+    for i in 0..6 {
+        std::fs::write(src.join(format!("big/a{i}.bin")), pattern(6 << 20, i as u8)).unwrap();
+    }
+    std::fs::create_dir_all(src.join("z")).unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("z/f{i}.txt")), pattern(20_000, 7)).unwrap();
+    }
+    std::fs::write(src.join("z000.txt"), b"lands last, in the root of the copy").unwrap();
+    let contents = format!("{}/", src.display());
+    let root = tempfile::tempdir().unwrap();
+    let (mut server, addr) = serve_on(root.path());
+    let up = root.path().join("up");
+
+    // put, client killed: with -j 1 the big files go first; kill as soon
+    // as the first of them is in place.
+    let mut put = Command::new(BIN).args(["put", "-r", "-q", "-j", "1", &addr, &contents, "up"]).spawn().unwrap();
+    until_exists(&up.join("big/a0.bin"), &mut put);
+    put.kill().unwrap();
+    put.wait().unwrap();
+    assert!(!up.join("z000.txt").exists(), "the copy was cut before its end");
+    let out = framewire(&["put", "-r", &addr, &contents, "up"]);
+    assert!(out.status.success(), "{out:?}");
+    same_tree(&src, &up);
+
+    // get, server killed mid-way, then restarted on the same root.
+    let dest = local.path().join("dest");
+    let mut get =
+        Command::new(BIN).args(["get", "-r", "-q", "-j", "1", &addr, "up/", dest.to_str().unwrap()]).spawn().unwrap();
+    until_exists(&dest.join("big/a0.bin"), &mut get);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let status = get.wait().unwrap();
+    assert!(!status.success() && !dest.join("z000.txt").exists(), "a cut copy fails: {status:?}");
+    let (mut server, addr) = serve_on(root.path());
+    let out = framewire(&["get", "-r", &addr, "up/", dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    same_tree(&src, &dest);
+
+    // get, client killed; put, server killed: the same.
+    let dest2 = local.path().join("dest2");
+    let mut get =
+        Command::new(BIN).args(["get", "-r", "-q", "-j", "1", &addr, "up/", dest2.to_str().unwrap()]).spawn().unwrap();
+    until_exists(&dest2.join("big/a0.bin"), &mut get);
+    get.kill().unwrap();
+    get.wait().unwrap();
+    assert!(!dest2.join("z000.txt").exists(), "the copy was cut before its end");
+    let out = framewire(&["get", "-r", &addr, "up/", dest2.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    same_tree(&src, &dest2);
+
+    let up2 = root.path().join("up2");
+    let mut put = Command::new(BIN).args(["put", "-r", "-q", "-j", "1", &addr, &contents, "up2"]).spawn().unwrap();
+    until_exists(&up2.join("big/a0.bin"), &mut put);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(!put.wait().unwrap().success() && !up2.join("z000.txt").exists(), "cut before its end");
+    let (mut server, addr) = serve_on(root.path());
+    let out = framewire(&["put", "-r", &addr, &contents, "up2"]);
+    assert!(out.status.success(), "{out:?}");
+    same_tree(&src, &up2);
+
+    // And once more: nothing moves.
+    let out = framewire(&["put", "-r", &addr, &contents, "up2"]);
+    assert!(out.status.success() && text(&out.stderr).contains("57 file(s) unchanged"), "{out:?}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
