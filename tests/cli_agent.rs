@@ -1077,7 +1077,11 @@ fn sigkill_mid_tree_then_a_rerun_completes() {
 
     // put, client killed: with -j 1 the big files go first; kill as soon
     // as the first of them is in place.
-    let mut put = Command::new(BIN).args(["put", "-r", "-q", "-j", "1", &addr, &contents, "up"]).spawn().unwrap();
+    let mut put = Command::new(BIN)
+        .args(["put", "-r", "-q", "-j", "1", &addr, &contents, "up"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     until_exists(&up.join("big/a0.bin"), &mut put);
     put.kill().unwrap();
     put.wait().unwrap();
@@ -1088,8 +1092,11 @@ fn sigkill_mid_tree_then_a_rerun_completes() {
 
     // get, server killed mid-way, then restarted on the same root.
     let dest = local.path().join("dest");
-    let mut get =
-        Command::new(BIN).args(["get", "-r", "-q", "-j", "1", &addr, "up/", dest.to_str().unwrap()]).spawn().unwrap();
+    let mut get = Command::new(BIN)
+        .args(["get", "-r", "-q", "-j", "1", &addr, "up/", dest.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     until_exists(&dest.join("big/a0.bin"), &mut get);
     server.kill().unwrap();
     server.wait().unwrap();
@@ -1102,8 +1109,11 @@ fn sigkill_mid_tree_then_a_rerun_completes() {
 
     // get, client killed; put, server killed: the same.
     let dest2 = local.path().join("dest2");
-    let mut get =
-        Command::new(BIN).args(["get", "-r", "-q", "-j", "1", &addr, "up/", dest2.to_str().unwrap()]).spawn().unwrap();
+    let mut get = Command::new(BIN)
+        .args(["get", "-r", "-q", "-j", "1", &addr, "up/", dest2.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     until_exists(&dest2.join("big/a0.bin"), &mut get);
     get.kill().unwrap();
     get.wait().unwrap();
@@ -1113,7 +1123,11 @@ fn sigkill_mid_tree_then_a_rerun_completes() {
     same_tree(&src, &dest2);
 
     let up2 = root.path().join("up2");
-    let mut put = Command::new(BIN).args(["put", "-r", "-q", "-j", "1", &addr, &contents, "up2"]).spawn().unwrap();
+    let mut put = Command::new(BIN)
+        .args(["put", "-r", "-q", "-j", "1", &addr, &contents, "up2"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     until_exists(&up2.join("big/a0.bin"), &mut put);
     server.kill().unwrap();
     server.wait().unwrap();

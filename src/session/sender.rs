@@ -98,8 +98,9 @@ impl Sender {
         self.hasher = None;
     }
 
-    /// Sends the body of the frame `writer` has started, and returns the
-    /// whole-file hash (`None` after [`hash_known`](Self::hash_known)).
+    /// Sends the body of the frame `writer` has started (a small body may
+    /// stay in the writer's buffer until the next frame is sent or the
+    /// writer flushed), and returns the whole-file hash (`None` after [`hash_known`](Self::hash_known)).
     /// `progress` gets the body bytes sent so far, now and then.
     ///
     /// # Errors
@@ -112,8 +113,9 @@ impl Sender {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Option<blake3::Hash>, SendError> {
         if let Some(body) = self.body {
+            // Left in the writer's buffer: the checksum that follows goes
+            // out in the same write (both callers send it next).
             writer.write_body(&body).await.map_err(SendError::Wire)?;
-            writer.flush().await.map_err(SendError::Wire)?;
             progress(body.len() as u64);
             return Ok(self.hasher.map(|h| h.finalize()));
         }
