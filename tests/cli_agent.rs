@@ -1073,22 +1073,27 @@ fn sigkill_mid_tree_then_a_rerun_completes() {
     let contents = format!("{}/", src.display());
     let root = tempfile::tempdir().unwrap();
     let (mut server, addr) = serve_on(root.path());
-    let up = root.path().join("up");
 
-    // put, client killed: with -j 1 the big files go first; kill as soon
-    // as the first of them is in place.
-    let mut put = Command::new(BIN)
-        .args(["put", "-r", "-q", "-j", "1", &addr, &contents, "up"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    until_exists(&up.join("big/a0.bin"), &mut put);
-    put.kill().unwrap();
-    put.wait().unwrap();
-    assert!(!up.join("z000.txt").exists(), "the copy was cut before its end");
-    let out = framewire(&["put", "-r", &addr, &contents, "up"]);
+    // put, client killed: with -j 1 the big files go first; killed as soon
+    // as one of them is in place, at a different one each time (each
+    // leaves 6 MiB or more still to go, so the cut is before the end).
+    for point in ["big/a0.bin", "big/a2.bin", "big/a4.bin"] {
+        let dst = format!("cut-{}", point.replace('/', "-"));
+        let mut put = Command::new(BIN)
+            .args(["put", "-r", "-q", "-j", "1", &addr, &contents, &dst])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        until_exists(&root.path().join(&dst).join(point), &mut put);
+        put.kill().unwrap();
+        put.wait().unwrap();
+        assert!(!root.path().join(&dst).join("z000.txt").exists(), "{point}: cut before its end");
+        let out = framewire(&["put", "-r", &addr, &contents, &dst]);
+        assert!(out.status.success(), "{point}: {out:?}");
+        same_tree(&src, &root.path().join(&dst));
+    }
+    let out = framewire(&["put", "-r", "-q", &addr, &contents, "up"]);
     assert!(out.status.success(), "{out:?}");
-    same_tree(&src, &up);
 
     // get, server killed mid-way, then restarted on the same root.
     let dest = local.path().join("dest");

@@ -274,17 +274,11 @@ impl Client {
         // A server that sends no mode sends 0.
         let mode = received_mode(if mode == 0 { 0o666 } else { mode });
         let force = options.force;
-        // The server's mtime, after the commit (as `scp -p`); a server that
-        // sends none sends 0, and the file keeps the time it was written.
-        let commit = move || {
-            let file = received.commit(mode, force)?;
-            if mtime != 0 {
-                // In place either way: a time the filesystem refuses leaves
-                // the time of the write.
-                let _ = crate::services::files::set_mtime(&file, mtime);
-            }
-            Ok::<_, std::io::Error>(())
-        };
+        // The server's mtime, set before the rename (as `scp -p` keeps it);
+        // a server that sends none sends 0, and the file keeps the time it
+        // was written.
+        let received = if mtime != 0 { received.with_mtime(mtime) } else { received };
+        let commit = move || received.commit(mode, force).map(|_| ());
         match spawn_blocking(commit).await.map_err(join_err)? {
             Ok(()) => Ok(Transfer { size, resumed: offset, blake3: got }),
             // Something appeared under the name meanwhile: never replaced

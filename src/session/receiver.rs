@@ -178,7 +178,7 @@ impl Receiver {
         // A cut connection returns here and leaves the partial file.
         match receive_body(src, file, hasher, progress).await {
             Err(e) => Err(ReceiveError::Wire(e, Kept(name))),
-            Ok(Ok((file, hash))) => Ok(Received { partial: name.rejoin(file), hash, pending: None }),
+            Ok(Ok((file, hash))) => Ok(Received { partial: name.rejoin(file), hash, pending: None, mtime: None }),
             Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
                 name.discard();
                 Err(ReceiveError::Write(e, None))
@@ -220,7 +220,7 @@ impl Receiver {
             progress(body.len() as u64);
         }
         hasher.update(&body);
-        Ok(Received { partial, hash: hasher.finalize(), pending: Some((held, body)) })
+        Ok(Received { partial, hash: hasher.finalize(), pending: Some((held, body)), mtime: None })
     }
 }
 
@@ -232,6 +232,8 @@ pub struct Received {
     hash: blake3::Hash,
     /// A small body not yet written, and where it goes.
     pending: Option<(u64, Vec<u8>)>,
+    /// The modification time to give the file before it goes into place.
+    mtime: Option<i64>,
 }
 
 impl Received {
@@ -257,6 +259,16 @@ impl Received {
         }
     }
 
+    /// Gives the file this modification time (seconds since the epoch)
+    /// when it is committed: set on the partial file after its last write
+    /// and before the rename, so that no file is ever under its final
+    /// name with another time (a copy killed in between would otherwise
+    /// leave a whole file that looks changed).
+    pub fn with_mtime(mut self, secs: i64) -> Self {
+        self.mtime = Some(secs);
+        self
+    }
+
     /// Syncs the file and moves it into place with `mode`, never over an
     /// existing file unless `replace` (see [`Partial::commit`]). Blocking.
     ///
@@ -274,6 +286,10 @@ impl Received {
                 }
                 return Err(e);
             }
+        }
+        if let Some(secs) = self.mtime {
+            // A time the file system refuses leaves the time of the write.
+            let _ = crate::services::files::set_mtime(self.partial.file(), secs);
         }
         self.partial.commit(mode, replace)
     }

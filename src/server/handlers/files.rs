@@ -314,18 +314,17 @@ fn commit_upload(
 ) -> Result<(), Refusal> {
     let hash = received.hash();
     let mode = files::received_mode(mode.unwrap_or(0o666));
+    // Set before the rename, as `rsync -t` keeps it: never a whole file
+    // under its name with another time.
+    let received = match mtime {
+        Some(mtime) => received.with_mtime(mtime),
+        None => received,
+    };
     let file = received.commit(mode, force).map_err(|e| match e.kind() {
         // Another upload of this path finished first.
         std::io::ErrorKind::AlreadyExists => exists(shown),
         _ => Refusal::io(shown, &e),
     })?;
-    // After the commit, as `rsync -t` does: the file is in place either
-    // way; a time that cannot be set is only logged.
-    if let Some(mtime) = mtime {
-        if let Err(e) = files::set_mtime(&file, mtime) {
-            tracing::warn!("{shown}: cannot set the modification time: {e}");
-        }
-    }
     if let Ok(meta) = file.metadata() {
         hashes.put(files::Version::of(&meta), hash);
     }
