@@ -1002,9 +1002,30 @@ fn checksum_compares_contents() {
     assert!(out.status.success() && text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
 }
 
+/// A child process killed (SIGKILL, by its PID) and reaped when dropped,
+/// so a failing test leaves no server behind.
+struct Killed(std::process::Child);
+
+impl Killed {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `framewire serve --root ROOT` on an ephemeral port: the child and its
 /// address (for a server restarted on the same root).
-fn serve_on(root: &std::path::Path) -> (std::process::Child, String) {
+fn serve_on(root: &std::path::Path) -> (Killed, String) {
     use std::io::BufRead;
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--root"])
@@ -1016,7 +1037,7 @@ fn serve_on(root: &std::path::Path) -> (std::process::Child, String) {
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-    (child, addr)
+    (Killed(child), addr)
 }
 
 /// Every file below `a` is in `b` with the same bytes, and `b` holds
