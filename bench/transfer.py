@@ -105,6 +105,41 @@ def wait_port(port, limit=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def start_rsyncd(procs, work, module_root):
+    port = free_port()
+    conf = os.path.join(work, "rsyncd.conf")
+    with open(conf, "w") as f:
+        f.write(f"use chroot = no\nuid = root\ngid = root\n[bench]\n  path = {module_root}\n  read only = no\n")
+    srv = procs.start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
+                       "--address=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return port, srv
+
+
+def start_sshd(procs, work):
+    """sshd with a throwaway host key and client key; returns the options
+    for ssh and for scp."""
+    port = free_port()
+    keys = os.path.join(work, "ssh")
+    os.mkdir(keys, 0o700)
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(keys, name)], check=True)
+    shutil.copy(os.path.join(keys, "client.pub"), os.path.join(keys, "authorized_keys"))
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd_conf = os.path.join(keys, "sshd_config")
+    with open(sshd_conf, "w") as f:
+        f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys}/host\n"
+                f"AuthorizedKeysFile {keys}/authorized_keys\nPermitRootLogin prohibit-password\n"
+                "PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nSubsystem sftp internal-sftp\n")
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    srv = procs.start([sshd, "-D", "-f", sshd_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    common = ["-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+              "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
+              "-c", "aes128-gcm@openssh.com"]
+    return ["-p", str(port)] + common, ["-P", str(port)] + common, srv
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -153,33 +188,9 @@ def main():
                     stderr=subprocess.DEVNULL)
         wait_port(ip_port)
 
-        # rsync daemon
-        rs_port = free_port()
-        conf = os.path.join(work, "rsyncd.conf")
-        with open(conf, "w") as f:
-            f.write(f"use chroot = no\nuid = root\ngid = root\n[bench]\n  path = {remote}\n  read only = no\n")
-        rs_srv = procs.start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={rs_port}",
-                     "--address=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(rs_port)
-
-        # sshd, with a throwaway host key and client key
-        ssh_port = free_port()
-        keys = os.path.join(work, "ssh")
-        os.mkdir(keys, 0o700)
-        for name in ("host", "client"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(keys, name)], check=True)
-        shutil.copy(os.path.join(keys, "client.pub"), os.path.join(keys, "authorized_keys"))
-        os.makedirs("/run/sshd", exist_ok=True)
-        sshd_conf = os.path.join(keys, "sshd_config")
-        with open(sshd_conf, "w") as f:
-            f.write(f"Port {ssh_port}\nListenAddress 127.0.0.1\nHostKey {keys}/host\n"
-                    f"AuthorizedKeysFile {keys}/authorized_keys\nPermitRootLogin prohibit-password\n"
-                    "PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nSubsystem sftp internal-sftp\n")
-        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        ssh_srv = procs.start([sshd, "-D", "-f", sshd_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(ssh_port)
-        ssh_opts = ["-P", str(ssh_port), "-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no",
-                    "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-c", "aes128-gcm@openssh.com"]
+        # rsync daemon, and sshd with a throwaway host key and client key
+        rs_port, rs_srv = start_rsyncd(procs, work, remote)
+        ssh_base, ssh_opts, ssh_srv = start_sshd(procs, work)
 
         def clean(path):
             if os.path.exists(path):
@@ -332,9 +343,7 @@ def main():
         if args.only_framewire:
             return
         # New connection + login + `true`, each a fresh process, alternating.
-        ssh_cmd = ["ssh", "-p", str(ssh_port), "-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no",
-                   "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ControlMaster=no",
-                   "root@127.0.0.1", "true"]
+        ssh_cmd = ["ssh"] + ssh_base + ["root@127.0.0.1", "true"]
         fw_cmd = [BIN, "exec", "-n", "--key-file", key, fwk, "--", "true"]
         lat = {"ssh host true": [], "framewire exec --key-file (connect + TLS + auth + exec true)": []}
         for _ in range(args.connects):

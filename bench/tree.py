@@ -59,7 +59,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from transfer import BIN, ROOT, Procs, free_port, wait_port  # noqa: E402
+from transfer import BIN, ROOT, Procs, free_port, start_rsyncd, start_sshd, wait_port  # noqa: E402
 
 
 TIME = "/usr/bin/time"
@@ -194,41 +194,6 @@ def fresh(path, make=False):
         raise RuntimeError(f"could not remove {path}")
     if make:
         os.mkdir(path)
-
-
-def start_rsyncd(procs, work, module_root):
-    port = free_port()
-    conf = os.path.join(work, "rsyncd.conf")
-    with open(conf, "w") as f:
-        f.write(f"use chroot = no\nuid = root\ngid = root\n[bench]\n  path = {module_root}\n  read only = no\n")
-    srv = procs.start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
-                       "--address=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return port, srv
-
-
-def start_sshd(procs, work):
-    """sshd with a throwaway host key and client key; returns the options
-    for ssh and for scp."""
-    port = free_port()
-    keys = os.path.join(work, "ssh")
-    os.mkdir(keys, 0o700)
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(keys, name)], check=True)
-    shutil.copy(os.path.join(keys, "client.pub"), os.path.join(keys, "authorized_keys"))
-    os.makedirs("/run/sshd", exist_ok=True)
-    sshd_conf = os.path.join(keys, "sshd_config")
-    with open(sshd_conf, "w") as f:
-        f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys}/host\n"
-                f"AuthorizedKeysFile {keys}/authorized_keys\nPermitRootLogin prohibit-password\n"
-                "PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\nSubsystem sftp internal-sftp\n")
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    srv = procs.start([sshd, "-D", "-f", sshd_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    common = ["-i", f"{keys}/client", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-              "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
-              "-c", "aes128-gcm@openssh.com"]
-    return ["-p", str(port)] + common, ["-P", str(port)] + common, srv
 
 
 def main():

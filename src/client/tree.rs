@@ -19,7 +19,7 @@
 //! # Examples
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), framewire::ClientError> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
 //!
 //! let endpoint = Endpoint::new("127.0.0.1:9909", None);
@@ -277,18 +277,6 @@ pub enum PlanError {
     },
 }
 
-impl From<PlanError> for ClientError {
-    fn from(e: PlanError) -> Self {
-        match e {
-            PlanError::Source { error, .. } => error,
-            e => ClientError::Local {
-                path: PathBuf::new(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
-            },
-        }
-    }
-}
-
 /// The last component of a remote path.
 fn base_name(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)
@@ -302,13 +290,6 @@ fn join_remote(dir: &str, name: &str) -> String {
     } else {
         format!("{dir}/{name}")
     }
-}
-
-fn local_dir(dir: &Path) -> Result<(), PlanError> {
-    std::fs::create_dir_all(dir).map_err(|source| PlanError::Source {
-        path: dir.display().to_string(),
-        error: ClientError::Local { path: dir.to_owned(), source },
-    })
 }
 
 /// Plans a download of the remote `sources` to `dest`, expanding
@@ -715,8 +696,9 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     let mut summary = Summary { failures, unchanged: unchanged.len(), refused, ..Summary::default() };
     summary.failures.extend(make_dirs(endpoint, &mkdirs).await);
     for dir in &local_dirs {
-        if let Err(PlanError::Source { path, error }) = local_dir(dir) {
-            summary.failures.push(Failure { path, error });
+        if let Err(source) = std::fs::create_dir_all(dir) {
+            let error = ClientError::Local { path: dir.clone(), source };
+            summary.failures.push(Failure { path: dir.display().to_string(), error });
         }
     }
     let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));

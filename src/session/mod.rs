@@ -87,7 +87,7 @@ impl<S> Session<S> {
     where
         S: Sends<M>,
     {
-        self.writer.send(message, body).await
+        self.halves().1.send(message, body).await
     }
 
     /// Starts a frame whose body follows (through a [`Sender`] or
@@ -100,7 +100,7 @@ impl<S> Session<S> {
     where
         S: Sends<M>,
     {
-        self.writer.feed_head(message)
+        self.halves().1.feed_head(message)
     }
 
     /// Reads the next frame's head as one of the set `H` (its body, if
