@@ -326,6 +326,162 @@ messages! {
         removed: bool,
     }
 
+    /// Request: stream the tree at `path` as `listing` frames, then
+    /// `listing_end` (PROTOCOL.md §4.7.1).
+    TreeList = "tree_list", ToServer, none, cold, example: TreeList { path: "d".into(), blake3: true };
+    {
+        /// The directory, relative to the root.
+        #[serde(default)]
+        path: String,
+        /// Give each file's BLAKE3.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        blake3: bool,
+    }
+
+    /// Answer to `tree_list`: a JSON array of up to 1000 entries (paths
+    /// relative to the directory listed).
+    Listing = "listing", ToClient, body, cold, example: Listing { len: 2, count: 0 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Entries in the body.
+        #[serde(default)]
+        count: u64,
+    }
+
+    /// The end of a `tree_list` answer.
+    ListingEnd = "listing_end", ToClient, none, cold, example: ListingEnd { count: 7 };
+    {
+        /// Entries sent in all.
+        count: u64,
+    }
+
+    /// Request: receive a whole tree into the directory `path`
+    /// (PROTOCOL.md §4.7.2).
+    TreePut = "tree_put", ToServer, none, cold, example: TreePut { path: "d".into(), force: true };
+    {
+        /// The directory, relative to the root (created as needed).
+        #[serde(default)]
+        path: String,
+        /// Replace files that differ even when they are not older.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    }
+
+    /// Request: send the files the `wants` frames that follow name, below
+    /// the directory `path` (PROTOCOL.md §4.7.3).
+    TreeGet = "tree_get", ToServer, none, cold, example: TreeGet { path: "d".into() };
+    {
+        /// The directory, relative to the root.
+        #[serde(default)]
+        path: String,
+    }
+
+    /// Answer to `tree_put` and `tree_get`: the server streams trees.
+    TreeReady = "tree_ready", ToClient, none, cold, example: TreeReady {};
+    {}
+
+    /// Part of a `tree_put` manifest: a JSON array of up to 1000
+    /// [`crate::proto::ManifestEntry`].
+    Manifest = "manifest", ToServer, body, cold, example: Manifest { len: 2, count: 0 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Entries in the body.
+        #[serde(default)]
+        count: u64,
+    }
+
+    /// The end of a `tree_put` manifest.
+    ManifestEnd = "manifest_end", ToServer, none, cold, example: ManifestEnd { count: 7 };
+    {
+        /// Entries sent in all.
+        count: u64,
+    }
+
+    /// What a receiver wants: a [`crate::proto::WantList`] (the server's
+    /// answer to each manifest frame; the client's asks in a `tree_get`).
+    Wants = "wants", ToBoth, body, cold, example: Wants { len: 2, count: 0 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+        /// Entries the body covers.
+        #[serde(default)]
+        count: u64,
+    }
+
+    /// The end of the wants.
+    WantsEnd = "wants_end", ToBoth, none, cold, example: WantsEnd { count: 7 };
+    {
+        /// Entries covered in all.
+        count: u64,
+    }
+
+    /// One file of a streamed tree, its body the bytes `offset..size`; a
+    /// `checksum` of the whole file follows.
+    TreeFile = "tree_file", ToBoth, body, cold, example: TreeFile { len: 1, i: 3, offset: 4, size: 5, mtime: 2, mode: 0o644 };
+    {
+        /// Body length: `size - offset`.
+        #[serde(default)]
+        len: u64,
+        /// Its index (manifest index, or the order of the wants).
+        #[serde(default)]
+        i: u64,
+        /// Where the body starts.
+        #[serde(default)]
+        offset: u64,
+        /// The file's size.
+        #[serde(default)]
+        size: u64,
+        /// Its modification time (`tree_get`; a `tree_put` takes the manifest's).
+        #[serde(default)]
+        mtime: i64,
+        /// Its permission bits (`tree_get`).
+        #[serde(default)]
+        mode: u32,
+    }
+
+    /// A wanted file the server cannot send, and why (`tree_get`).
+    TreeSkip = "tree_skip", ToClient, none, cold,
+        example: TreeSkip { i: 3, code: ErrorCode::NotFound, message: "a: gone".into() };
+    {
+        /// Its index.
+        i: u64,
+        /// Why, as an error code.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    }
+
+    /// The end of a `tree_put`'s files.
+    TreeEnd = "tree_end", ToServer, none, cold, example: TreeEnd { files: 7 };
+    {
+        /// Files sent.
+        #[serde(default)]
+        files: u64,
+    }
+
+    /// Files of a `tree_put` now in place (or failed): a
+    /// [`crate::proto::CommitList`].
+    Committed = "committed", ToClient, body, cold, example: Committed { len: 2 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    }
+
+    /// The end of a tree transfer, with its totals.
+    TreeDone = "tree_done", ToClient, none, cold, example: TreeDone { files: 7, bytes: 9 };
+    {
+        /// Files moved.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
+    }
+
     /// Authentication, server to client, first frame over TLS: the
     /// server's nonce (64 hex digits).
     AuthChallenge = "auth_challenge", ToClient, none, cold, example: AuthChallenge { nonce: "00".into() };
@@ -365,6 +521,12 @@ messages! {
 
 impl ToServer for Checksum {}
 impl ToClient for Checksum {}
+impl ToServer for Wants {}
+impl ToClient for Wants {}
+impl ToServer for WantsEnd {}
+impl ToClient for WantsEnd {}
+impl ToServer for TreeFile {}
+impl ToClient for TreeFile {}
 
 impl ErrorFrame {
     /// An error frame.

@@ -11,6 +11,7 @@ mod message;
 mod messages;
 mod set;
 mod sets;
+mod tree;
 
 use std::fmt;
 
@@ -18,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use message::{Message, ToBoth, ToClient, ToServer};
 pub use messages::*;
-pub use sets::{Answer, ExecInput, ExecOutput, Request};
+pub use sets::{Answer, ExecInput, ExecOutput, Request, TreeGetInput, TreePutInput};
+pub use tree::{CommitList, Failed, ManifestEntry, Want, WantList, TREE_PART_ENTRIES, TREE_PART_MAX};
 
 /// The port a bare host name means.
 pub const DEFAULT_PORT: u16 = 9909;

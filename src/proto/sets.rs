@@ -16,7 +16,18 @@ use crate::wire::{Error, FrameHeader};
 
 set! {
     /// What a server reads between requests: the requests.
-    Request: "a request", known KINDS, tags Tag, { Echo, Exec, List, Stat, Mkdir, Get, Put, Remove }
+    Request: "a request", known KINDS, tags Tag, { Echo, Exec, List, Stat, Mkdir, Get, Put, Remove, TreeList, TreePut, TreeGet }
+}
+
+set! {
+    /// What a server reads during a streamed upload (`tree_put`).
+    TreePutInput: "manifest, manifest_end, tree_file, checksum or tree_end (a tree_put is running)", known KINDS, tags Tag,
+    { TreeFile, Checksum, Manifest, ManifestEnd, TreeEnd }
+}
+
+set! {
+    /// What a server reads during a streamed download (`tree_get`).
+    TreeGetInput: "wants or wants_end (a tree_get is running)", known KINDS, tags Tag, { Wants, WantsEnd }
 }
 
 set! {

@@ -1,7 +1,7 @@
 //! Request dispatch: the one place that knows every handler.
 
 use super::context::Context;
-use super::handlers::{echo, exec, files};
+use super::handlers::{echo, exec, files, tree};
 use crate::proto::Request;
 use crate::session::{cut_off_by, ServerSide, Session};
 use crate::wire::Error;
@@ -21,5 +21,10 @@ pub(super) async fn handle(s: &mut Session<ServerSide>, ctx: &Context, request: 
         Request::Get(r) => cut_off_by(&cut, files::get(s, ctx, r)).await,
         // A cut upload leaves its partial file for a resume.
         Request::Put(r) => cut_off_by(&cut, files::put(s, ctx, r)).await,
+        Request::TreeList(r) => cut_off_by(&cut, tree::tree_list(s, ctx, r)).await,
+        // A cut tree upload commits what it verified, and leaves the
+        // partial file of the one under way.
+        Request::TreePut(r) => cut_off_by(&cut, tree::tree_put(s, ctx, r)).await,
+        Request::TreeGet(r) => cut_off_by(&cut, tree::tree_get(s, ctx, r)).await,
     }
 }

@@ -237,6 +237,57 @@ impl Sandbox {
         Ok((dir, OsString::from(name)))
     }
 
+    /// What stands at `path`, a file to be written, and what a partial
+    /// file beside it holds, creating nothing: what a streamed upload's
+    /// receiver decides by (PROTOCOL.md §4.7.2). The last component is not
+    /// followed (a symlink there is reported as one).
+    ///
+    /// # Errors
+    ///
+    /// As [`for_write`](Self::for_write), except that a missing parent is
+    /// not an error (nothing stands there).
+    pub fn standing(&self, path: &str) -> Result<Standing, Refusal> {
+        let rel = Self::relative(path)?;
+        let Some(name) = rel.name() else {
+            return Err(bad_path(path, "names the served root, not a file"));
+        };
+        if is_partial_name(name.as_bytes()) {
+            return Err(reserved(path));
+        }
+        let parent = rel.parent().join("/");
+        let nothing = Standing { there: None, partial: None };
+        let dir = match self.root.open_dir(&parent) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(nothing),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                let msg = format!("{}: a parent is not a directory", shown(path));
+                return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+            }
+            Err(e) => return Err(refusal(path, &e)),
+        };
+        let there = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(entry_of(String::new(), &st, kind_of(st.st_mode as u32))),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(refusal(path, &e.into())),
+        };
+        let part = super::root::partial_name(OsStr::new(name));
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let partial = match rustix::fs::openat(&dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) {
+            Ok(fd) => {
+                let mut file = File::from(fd);
+                match file.metadata() {
+                    Ok(meta) if meta.is_file() && meta.len() > 0 => {
+                        let hash = hash_prefix(&mut file, meta.len()).map_err(|e| refusal(path, &e))?.finalize();
+                        Some((meta.len(), hash))
+                    }
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        Ok(Standing { there, partial })
+    }
+
     /// The directory `rel` is in, created with its missing parents.
     fn parent_dir(&self, path: &str, rel: &RelPath) -> Result<OwnedFd, Refusal> {
         let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
@@ -355,7 +406,19 @@ impl Sandbox {
             return Ok(vec![entry(rel.name().unwrap_or(".").to_owned(), &meta)]);
         }
         let (mut out, mut left) = (Vec::new(), budget);
-        match walk(OwnedFd::from(file), "", 0, listing, &mut out, &mut left) {
+        let mut sink = |e: Entry| {
+            // Each entry counts its name and ~64 bytes of JSON around it.
+            let cost = e.name.len() + 64;
+            if cost >= left {
+                left = 0;
+                return Err(io::Error::other("listing budget spent"));
+            }
+            left -= cost;
+            out.push(e);
+            Ok(())
+        };
+        let walked = walk(OwnedFd::from(file), "", 0, listing, &mut sink);
+        match walked {
             Ok(()) => {}
             Err(_) if left == 0 => {
                 let msg =
@@ -369,18 +432,39 @@ impl Sandbox {
     }
 }
 
-/// Adds the entries below `dir` (a descriptor: each subdirectory is
-/// opened from its parent with `O_NOFOLLOW`, so a directory swapped for a
-/// symlink mid-walk is skipped, never followed); `left` is what remains of
-/// the byte budget (each entry counts its name and ~64 bytes of JSON
-/// around it), and is 0 when the walk stopped for it.
+impl Sandbox {
+    /// Walks the tree at `path` as [`list`](Self::list) does, handing each
+    /// entry to `sink` as it is found (in directory order, a directory
+    /// before what is below it) instead of building the listing: for trees
+    /// of any size. A `sink` error stops the walk and is returned.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open); a file at `path` is refused with
+    /// [`ErrorCode::NotADirectory`].
+    pub fn walk(
+        &self,
+        path: &str,
+        listing: Listing,
+        sink: &mut dyn FnMut(Entry) -> io::Result<()>,
+    ) -> Result<(), Refusal> {
+        let (_, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        if !meta.is_dir() {
+            return Err(Refusal::new(ErrorCode::NotADirectory, format!("{}: not a directory", shown(path))));
+        }
+        walk(OwnedFd::from(file), "", 0, listing, sink).map_err(|e| refusal(path, &e))
+    }
+}
+
+/// Hands `sink` the entries below `dir` (a descriptor: each subdirectory
+/// is opened from its parent with `O_NOFOLLOW`, so a directory swapped for
+/// a symlink mid-walk is skipped, never followed).
 fn walk(
     dir: OwnedFd,
     prefix: &str,
     depth: usize,
     listing: Listing,
-    out: &mut Vec<Entry>,
-    left: &mut usize,
+    sink: &mut dyn FnMut(Entry) -> io::Result<()>,
 ) -> io::Result<()> {
     // Two descriptors and a stack frame a level: bounded.
     if depth > MAX_PATH_DEPTH {
@@ -411,18 +495,12 @@ fn walk(
             Listing::Tree => kind == Kind::File || kind == Kind::Dir,
         };
         if keep {
-            let cost = rel.len() + 64;
-            if cost >= *left {
-                *left = 0;
-                return Err(io::Error::other("listing budget spent"));
-            }
-            *left -= cost;
-            out.push(entry_of(rel.clone(), &st, kind));
+            sink(entry_of(rel.clone(), &st, kind))?;
         }
         if listing != Listing::Entries && kind == Kind::Dir {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rustix::fs::openat(&dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
-                Ok(sub) => walk(sub, &rel, depth + 1, listing, out, left)?,
+                Ok(sub) => walk(sub, &rel, depth + 1, listing, sink)?,
                 // Gone, or swapped for a symlink, since it was read.
                 Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
                 Err(e) => return Err(e.into()),
@@ -455,6 +533,15 @@ fn entry_of(name: String, st: &rustix::fs::Stat, kind: Kind) -> Entry {
     }
 }
 
+/// What [`Sandbox::standing`] found.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// What is at the path (its `name` empty), not followed.
+    pub there: Option<Entry>,
+    /// The bytes a partial file beside it holds, and their BLAKE3.
+    pub partial: Option<(u64, blake3::Hash)>,
+}
+
 /// What identifies a path being uploaded: its directory (by device and
 /// inode, however it was reached) and its name there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -476,6 +563,12 @@ pub fn received_mode(mode: u32) -> u32 {
 /// read it back would race with other threads creating files); 0o022 if
 /// the kernel does not show it.
 fn umask() -> u32 {
+    // Read once: a tree of small files would otherwise read it per file.
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(read_umask)
+}
+
+fn read_umask() -> u32 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

@@ -400,6 +400,28 @@ impl Partial {
         let (file, name) = self.take_file();
         name.commit(file, mode, replace)
     }
+
+    /// Gives the file its permission bits `mode` (already masked), the
+    /// first step of a commit; a batch does it before it syncs.
+    ///
+    /// # Errors
+    ///
+    /// Those of `fchmod(2)`.
+    pub fn set_mode(&self, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode & 0o7777))?)
+    }
+
+    /// [`PartialName::place`] for this file, whose bits are set and data
+    /// synced by the caller (a batch).
+    ///
+    /// # Errors
+    ///
+    /// As [`Partial::commit`].
+    pub fn place(self, replace: bool) -> io::Result<File> {
+        let (file, name) = self.take_file();
+        name.place(&file, replace)?;
+        Ok(file)
+    }
 }
 
 /// Where a [`Partial`] lives, while its file is away being written.
@@ -431,6 +453,20 @@ impl PartialName {
     pub fn commit(self, file: File, mode: u32, replace: bool) -> io::Result<File> {
         rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
         file.sync_all()?;
+        self.place(&file, replace)?;
+        rustix::fs::fsync(&self.dir)?;
+        Ok(file)
+    }
+
+    /// The rename step of [`commit`](Self::commit) alone, for a file whose
+    /// bits are set and whose data is synced already (a batch syncs many
+    /// at once): renames it into place, never over an existing file
+    /// without `replace`. The directory is not synced.
+    ///
+    /// # Errors
+    ///
+    /// As [`Partial::commit`].
+    pub fn place(&self, file: &File, replace: bool) -> io::Result<()> {
         let part = match &self.part {
             Some(part) => part.clone(),
             None => {
@@ -470,8 +506,7 @@ impl PartialName {
             }
             return Err(e);
         }
-        rustix::fs::fsync(&self.dir)?;
-        Ok(file)
+        Ok(())
     }
 }
 

@@ -14,12 +14,14 @@
 //!   receiver's offer against its own file, then streams the rest and
 //!   hashes the whole.
 
+mod batch;
 mod body;
 mod receiver;
 mod sender;
 
+pub use batch::{Batch, CommitError, Guard, Outcome, Place, BATCH_BYTES, BATCH_FILES};
 pub use body::{receive_body, BodySource, SendError};
-pub use receiver::{ReceiveError, Received, Receiver};
+pub use receiver::{ReceiveError, Received, Receiver, SMALL_BODY};
 pub use sender::{Sender, Unproven};
 
 use std::future::Future;
@@ -88,6 +90,29 @@ impl<S> Session<S> {
         S: Sends<M>,
     {
         self.halves().1.send(message, body).await
+    }
+
+    /// Buffers one whole frame, sent with the next `send` or
+    /// [`flush`](Self::flush) (or when the buffer fills): for runs of
+    /// frames with no answer between them.
+    ///
+    /// # Errors
+    ///
+    /// The connection's.
+    pub async fn feed<M: Message>(&mut self, message: &M, body: &[u8]) -> Result<(), Error>
+    where
+        S: Sends<M>,
+    {
+        self.halves().1.feed(message, body).await
+    }
+
+    /// Writes out what is buffered.
+    ///
+    /// # Errors
+    ///
+    /// The connection's.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        self.writer.flush().await
     }
 
     /// Starts a frame whose body follows (through a [`Sender`] or
@@ -199,6 +224,18 @@ impl<S> Outbound<'_, S> {
         S: Sends<M>,
     {
         self.writer.send(message, body).await
+    }
+
+    /// As [`Session::feed`].
+    ///
+    /// # Errors
+    ///
+    /// The connection's.
+    pub async fn feed<M: Message>(&mut self, message: &M, body: &[u8]) -> Result<(), Error>
+    where
+        S: Sends<M>,
+    {
+        self.writer.feed(message, body).await
     }
 
     /// As [`Session::feed_head`].

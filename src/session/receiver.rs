@@ -269,6 +269,24 @@ impl Received {
         self
     }
 
+    /// Writes what is held in memory and sets the time: all a commit does
+    /// before its sync. For [`Batch`](super::Batch).
+    pub(super) fn write_out(self) -> io::Result<(Partial, blake3::Hash)> {
+        if let Some((at, body)) = &self.pending {
+            use std::os::unix::fs::FileExt;
+            if let Err(e) = self.partial.file().write_all_at(body, *at) {
+                if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) {
+                    self.partial.discard();
+                }
+                return Err(e);
+            }
+        }
+        if let Some(secs) = self.mtime {
+            let _ = crate::services::files::set_mtime(self.partial.file(), secs);
+        }
+        Ok((self.partial, self.hash))
+    }
+
     /// Syncs the file and moves it into place with `mode`, never over an
     /// existing file unless `replace` (see [`Partial::commit`]). Blocking.
     ///

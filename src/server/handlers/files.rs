@@ -62,21 +62,27 @@ fn add_hashes(
         } else {
             format!("{}/{}", path.trim_end_matches('/'), e.name)
         };
-        let Ok((mut file, meta)) = sb.open(&full) else { continue };
-        let version = files::Version::of(&meta);
-        let hash = match hashes.get(version) {
-            Some(hash) => hash,
-            None => {
-                let hash = files::hash_prefix(&mut file, meta.len()).map_err(|e| Refusal::io(&full, &e))?.finalize();
-                if file.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
-                    hashes.put(version, hash);
-                }
-                hash
-            }
-        };
-        e.blake3 = Some(hash.to_hex().to_string());
+        if let Some(hash) = hash_of(sb, hashes, &full)? {
+            e.blake3 = Some(hash.to_hex().to_string());
+        }
     }
     Ok(())
+}
+
+/// The BLAKE3 of the file at `full`, from the cache or by reading it (and
+/// caching what was read, if the file did not change meanwhile); `None`
+/// if it cannot be opened (gone since it was listed).
+pub(super) fn hash_of(sb: &Sandbox, hashes: &files::HashCache, full: &str) -> Result<Option<blake3::Hash>, Refusal> {
+    let Ok((mut file, meta)) = sb.open(full) else { return Ok(None) };
+    let version = files::Version::of(&meta);
+    if let Some(hash) = hashes.get(version) {
+        return Ok(Some(hash));
+    }
+    let hash = files::hash_prefix(&mut file, meta.len()).map_err(|e| Refusal::io(full, &e))?.finalize();
+    if file.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
+        hashes.put(version, hash);
+    }
+    Ok(Some(hash))
 }
 
 pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -> Result<(), Error> {
@@ -108,20 +114,20 @@ pub(in crate::server) async fn stat(s: &mut S, ctx: &Context, request: Stat) -> 
 }
 
 /// A download, decided: where it starts and what is known of its hash.
-struct Download {
-    sender: Sender,
+pub(super) struct Download {
+    pub(super) sender: Sender,
     /// A second descriptor of the file, to see after sending whether it
     /// changed meanwhile.
-    check: File,
-    version: files::Version,
-    head: FileReply,
+    pub(super) check: File,
+    pub(super) version: files::Version,
+    pub(super) head: FileReply,
     /// The whole-file hash, if the cache has it for this version.
-    cached: Option<blake3::Hash>,
+    pub(super) cached: Option<blake3::Hash>,
 }
 
 /// Opens the file and decides where the body starts (the client's offset,
 /// if its prefix is the start of this file).
-fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request: Get) -> Result<Download, Refusal> {
+pub(super) fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request: Get) -> Result<Download, Refusal> {
     let Get { path, offset, prefix_blake3 } = request;
     let (file, meta) = sb.open(&path)?;
     let path = files::shown(&path);
@@ -171,18 +177,33 @@ pub(in crate::server) async fn get(s: &mut S, ctx: &Context, request: Get) -> Re
         }
         Err(SendError::Wire(e)) => return Err(e),
     };
-    let hash = match (cached, computed) {
-        (Some(hash), _) => hash,
+    let hash = settle_hash(ctx, &check, version, cached, computed).map_err(|e| match e {
+        Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), format!("{shown}: {e}"))),
+        e => e,
+    })?;
+    s.send(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
+}
+
+/// The whole-file hash of a file just sent: the cached one, or the one
+/// computed while sending (cached now, if the file did not change while
+/// it was read).
+pub(super) fn settle_hash(
+    ctx: &Context,
+    check: &File,
+    version: files::Version,
+    cached: Option<blake3::Hash>,
+    computed: Option<blake3::Hash>,
+) -> Result<blake3::Hash, Error> {
+    match (cached, computed) {
+        (Some(hash), _) => Ok(hash),
         (None, Some(hash)) => {
-            // Cache it only if the file did not change while it was read.
             if check.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
                 ctx.hashes.put(version, hash);
             }
-            hash
+            Ok(hash)
         }
-        (None, None) => return Err(Error::Io(std::io::Error::other(format!("{shown}: read ended early")))),
-    };
-    s.send(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
+        (None, None) => Err(Error::Io(std::io::Error::other("read ended early"))),
+    }
 }
 
 /// An upload, admitted: its receiver, and the claim on the path that

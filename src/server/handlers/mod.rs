@@ -11,6 +11,7 @@
 pub(super) mod echo;
 pub(super) mod exec;
 pub(super) mod files;
+pub(super) mod tree;
 
 use tokio::task::spawn_blocking;
 

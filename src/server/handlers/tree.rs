@@ -1,0 +1,669 @@
+//! Streamed tree transfers (PROTOCOL.md §4.7): `tree_list` streams a
+//! tree's listing; `tree_put` takes a manifest, answers what it wants,
+//! receives the files back to back and commits them in batches;
+//! `tree_get` sends the files a client wants back to back.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+
+use super::super::context::Context;
+use super::blocking;
+use super::files::{hash_of, plan_download, Download};
+use crate::proto::{
+    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ManifestEntry,
+    TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList,
+    Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+};
+use crate::services::files::{self, Sandbox};
+use crate::services::Refusal;
+use crate::session::{Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, ServerSide, Session};
+use crate::wire::Error;
+
+type S = Session<ServerSide>;
+
+/// Files a `tree_put` may have announced and not yet sent (wanted, or
+/// not yet answered) at once: what bounds the server's memory for one
+/// upload, whatever the manifest's length. Our client keeps far fewer
+/// in flight (PROTOCOL.md §4.7.2).
+pub const MAX_OUTSTANDING: usize = 65_536;
+
+/// Bytes of small files a `tree_get` reads ahead of sending them.
+const READ_AHEAD: u64 = 4 * 1024 * 1024;
+
+/// `base/rel`, or `rel` when `base` is the root.
+fn join(base: &str, rel: &str) -> String {
+    let base = base.trim_matches('/');
+    if base.is_empty() || base == "." {
+        rel.to_owned()
+    } else {
+        format!("{base}/{rel}")
+    }
+}
+
+/// A manifest path must be plain: relative, `/`-separated, no empty, `.`
+/// or `..` component, not a partial file's name. The sandbox refuses
+/// escapes again when the path is opened; this refuses what is not a
+/// tree's path at all.
+fn plain(path: &str) -> Result<(), Refusal> {
+    let ok = !path.is_empty()
+        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && !path.contains('\0')
+        && !crate::services::root::is_partial_name(path.rsplit('/').next().unwrap_or("").as_bytes());
+    if ok {
+        Sandbox::relative(path).map(|_| ())
+    } else {
+        Err(Refusal::new(ErrorCode::BadPath, format!("{:?}: not a plain relative path", files::shown(path))))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(ErrorCode::Internal, e.to_string())
+}
+
+/// Streams the tree at `path` as `listing` frames (directories first,
+/// then what is below them), then `listing_end`: a listing of any length,
+/// in frames of at most [`TREE_PART_ENTRIES`] entries.
+pub(in crate::server) async fn tree_list(s: &mut S, ctx: &Context, request: TreeList) -> Result<(), Error> {
+    let TreeList { path, blake3 } = request;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Entry>, Refusal>>(4);
+    let (sb, hashes) = (ctx.sandbox.clone(), ctx.hashes.clone());
+    let walker = tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(TREE_PART_ENTRIES);
+        let mut bytes = 0;
+        let gone = || std::io::Error::other("the client left");
+        let walked = sb.walk(&path, files::Listing::Tree, &mut |mut e| {
+            if blake3 && e.kind == Kind::File {
+                let hash = hash_of(&sb, &hashes, &join(&path, &e.name)).map_err(|r| std::io::Error::other(r.message))?;
+                e.blake3 = hash.map(|h| h.to_hex().to_string());
+            }
+            bytes += e.name.len() as u64 + 160;
+            chunk.push(e);
+            if chunk.len() >= TREE_PART_ENTRIES || bytes >= TREE_PART_MAX / 2 {
+                bytes = 0;
+                tx.blocking_send(Ok(std::mem::take(&mut chunk))).map_err(|_| gone())?;
+            }
+            Ok(())
+        });
+        let last = match walked {
+            Ok(()) => Ok(chunk),
+            Err(r) => Err(r),
+        };
+        let _ = tx.blocking_send(last);
+    });
+    let mut count = 0u64;
+    while let Some(part) = rx.recv().await {
+        match part {
+            Ok(entries) if entries.is_empty() => {}
+            Ok(entries) => {
+                let body = serde_json::to_vec(&entries).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                count += entries.len() as u64;
+                s.feed(&Listing { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
+            }
+            // Before the first frame or after some: an error frame ends
+            // the listing either way.
+            Err(r) => return s.refuse(r).await,
+        }
+    }
+    let _ = walker.await;
+    s.send(&ListingEnd { count }, &[]).await
+}
+
+/// One file a `tree_put` wants and has not received yet.
+#[derive(Debug)]
+struct Needed {
+    path: String,
+    size: u64,
+    mtime: i64,
+    mode: u32,
+    replace: bool,
+    /// The offset offered (bytes of a partial file held).
+    offset: u64,
+}
+
+/// Decides one manifest entry: wanted (from an offset), unchanged, or
+/// refused. Blocking.
+fn decide(sb: &Sandbox, hashes: &files::HashCache, full: &str, e: &ManifestEntry, force: bool) -> Result<Decision, Refusal> {
+    let standing = sb.standing(full)?;
+    let replace = match standing.there {
+        None => false,
+        Some(there) if there.kind == Kind::Dir => {
+            let msg = format!("{}: is a directory on the server", files::shown(full));
+            return Err(Refusal::new(ErrorCode::IsADirectory, msg));
+        }
+        Some(there) if there.kind == Kind::File => {
+            let same = match &e.blake3 {
+                Some(theirs) if there.size == e.size => {
+                    hash_of(sb, hashes, full)?.is_some_and(|h| h.to_hex().as_str() == theirs.as_str())
+                }
+                Some(_) => false,
+                None => there.size == e.size && there.mtime == e.mtime,
+            };
+            if same {
+                return Ok(Decision::Unchanged);
+            }
+            if !(force || e.replace || there.mtime < e.mtime) {
+                let msg = format!("{}: exists on the server, differs and is not older", files::shown(full));
+                return Err(Refusal::new(ErrorCode::Exists, msg));
+            }
+            true
+        }
+        // A symlink or special file: replaced (as a name, never written
+        // through) only when asked.
+        Some(_) if force || e.replace => true,
+        Some(_) => {
+            let msg = format!("{}: exists on the server and is not a regular file", files::shown(full));
+            return Err(Refusal::new(ErrorCode::Exists, msg));
+        }
+    };
+    let (offset, prefix) = match standing.partial {
+        Some((held, hash)) if held <= e.size => (held, Some(hash.to_hex().to_string())),
+        _ => (0, None),
+    };
+    Ok(Decision::Send { offset, prefix, replace })
+}
+
+enum Decision {
+    Send { offset: u64, prefix: Option<String>, replace: bool },
+    Unchanged,
+}
+
+/// Where a `tree_put`'s small files go: the sandbox, with the directory
+/// of the previous file kept open (a tree's files come directory by
+/// directory), and a claim on each path until it is in place.
+struct Into {
+    sb: Sandbox,
+    dirs: HashMap<String, OwnedFd>,
+}
+
+impl Place for Into {
+    type Error = Refusal;
+
+    fn resolve(&mut self, path: &str) -> Result<(OwnedFd, OsString, Option<Guard>), Refusal> {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = match self.dirs.get(parent) {
+            Some(dir) => dir.try_clone().map_err(|e| Refusal::io(path, &e))?,
+            None => {
+                let (dir, _) = self.sb.for_write(path)?;
+                if self.dirs.len() >= 64 {
+                    self.dirs.clear();
+                }
+                self.dirs.insert(parent.to_owned(), dir.try_clone().map_err(|e| Refusal::io(path, &e))?);
+                dir
+            }
+        };
+        let name = OsString::from(name);
+        let claim = self.sb.claim(&dir, &name, path)?;
+        Ok((dir, name, Some(Box::new(claim))))
+    }
+}
+
+/// The state of one `tree_put`.
+struct Upload {
+    base: String,
+    force: bool,
+    /// The next manifest index.
+    next: u64,
+    manifest_done: bool,
+    needed: HashMap<u64, Needed>,
+    /// Paths wanted or in the batch: a manifest naming one twice is
+    /// refused the second time.
+    pending: HashSet<String>,
+    batch: Batch,
+    /// Paths of the files in the batch, by index.
+    in_batch: HashMap<u64, String>,
+    into: Option<Into>,
+    /// Failures since the last `committed` frame.
+    failed: Vec<Failed>,
+    files: u64,
+    bytes: u64,
+}
+
+fn failed(i: u64, r: Refusal) -> Failed {
+    Failed { i, code: r.code, message: r.message }
+}
+
+/// Receives a whole tree (PROTOCOL.md §4.7.2).
+pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreePut) -> Result<(), Error> {
+    let TreePut { path: base, force } = request;
+    if let Err(r) = Sandbox::relative(&base) {
+        return s.refuse(r).await;
+    }
+    s.send(&TreeReady {}, &[]).await?;
+    let mut up = Upload {
+        base,
+        force,
+        next: 0,
+        manifest_done: false,
+        needed: HashMap::new(),
+        pending: HashSet::new(),
+        batch: Batch::new(),
+        in_batch: HashMap::new(),
+        into: Some(Into { sb: ctx.sandbox.clone(), dirs: HashMap::new() }),
+        failed: Vec::new(),
+        files: 0,
+        bytes: 0,
+    };
+    loop {
+        let frame = match s.read::<TreePutInput>().await {
+            Ok(Some((frame, _))) => frame,
+            // The client left: what is in the batch is verified, and is
+            // committed (a later rerun would otherwise send it again).
+            Ok(None) => {
+                up.commit(ctx).await;
+                return Ok(());
+            }
+            Err(e) if e.is_recoverable() => {
+                up.commit(ctx).await;
+                return s.refuse_and_close(format!("bad frame in a tree_put: {e}")).await;
+            }
+            Err(e) => {
+                up.commit(ctx).await;
+                return Err(e);
+            }
+        };
+        match frame {
+            TreePutInput::Manifest(m) => {
+                if up.manifest_done {
+                    return s.refuse_and_close("manifest after manifest_end".into()).await;
+                }
+                if m.len > TREE_PART_MAX {
+                    return s.refuse_and_close(format!("a manifest frame of {} bytes (most: {TREE_PART_MAX})", m.len)).await;
+                }
+                let body = s.reader().read_body(TREE_PART_MAX).await?;
+                let entries: Vec<ManifestEntry> = match serde_json::from_slice(&body) {
+                    Ok(entries) => entries,
+                    Err(e) => return s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await,
+                };
+                if up.needed.len() + entries.len() > MAX_OUTSTANDING {
+                    let msg = format!(
+                        "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"
+                    );
+                    up.commit(ctx).await;
+                    s.refuse(Refusal::new(ErrorCode::TooLarge, msg.clone())).await?;
+                    return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
+                }
+                let answer = up.decide_all(ctx, entries).await;
+                let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
+            }
+            TreePutInput::ManifestEnd(end) => {
+                if up.manifest_done || end.count != up.next {
+                    let msg = format!("manifest_end counts {} entries, {} were sent", end.count, up.next);
+                    return s.refuse_and_close(msg).await;
+                }
+                up.manifest_done = true;
+                s.send(&WantsEnd { count: up.next }, &[]).await?;
+            }
+            TreePutInput::TreeFile(head) => {
+                up.receive(s, ctx, head).await?;
+                if up.batch.is_full() {
+                    up.commit_and_report(s, ctx).await?;
+                }
+            }
+            TreePutInput::Checksum(_) => return s.refuse_and_close("checksum without a tree_file".into()).await,
+            TreePutInput::TreeEnd(_) => {
+                if !up.manifest_done {
+                    return s.refuse_and_close("tree_end before manifest_end".into()).await;
+                }
+                for (i, need) in std::mem::take(&mut up.needed) {
+                    let msg = format!("{}: wanted, but not sent", files::shown(&need.path));
+                    up.failed.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
+                }
+                up.commit_and_report(s, ctx).await?;
+                tracing::info!(files = up.files, bytes = up.bytes, path = %files::shown(&up.base), "tree_put");
+                return s.send(&TreeDone { files: up.files, bytes: up.bytes }, &[]).await;
+            }
+        }
+    }
+}
+
+impl Upload {
+    /// Answers one manifest frame.
+    async fn decide_all(&mut self, ctx: &Context, entries: Vec<ManifestEntry>) -> WantList {
+        let first = self.next;
+        self.next += entries.len() as u64;
+        let mut answer = WantList::default();
+        let mut to_decide = Vec::with_capacity(entries.len());
+        for (n, e) in entries.into_iter().enumerate() {
+            let i = first + n as u64;
+            let full = join(&self.base, &e.path);
+            if let Err(r) = plain(&e.path) {
+                answer.refused.push(failed(i, r));
+            } else if !self.pending.insert(full.clone()) {
+                let msg = format!("{}: listed twice in one manifest", files::shown(&e.path));
+                answer.refused.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
+            } else {
+                to_decide.push((i, full, e));
+            }
+        }
+        let (sb, hashes, force) = (ctx.sandbox.clone(), ctx.hashes.clone(), self.force);
+        let decided = tokio::task::spawn_blocking(move || {
+            to_decide
+                .into_iter()
+                .map(|(i, full, e)| {
+                    let d = decide(&sb, &hashes, &full, &e, force);
+                    (i, full, e, d)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (i, full, e, d) in decided {
+            match d {
+                Ok(Decision::Send { offset, prefix, replace }) => {
+                    answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
+                    let need = Needed { path: full, size: e.size, mtime: e.mtime, mode: e.mode, replace, offset };
+                    self.needed.insert(i, need);
+                }
+                Ok(Decision::Unchanged) => {
+                    self.pending.remove(&full);
+                    answer.unchanged.push(i);
+                }
+                Err(r) => {
+                    self.pending.remove(&full);
+                    answer.refused.push(failed(i, r));
+                }
+            }
+        }
+        answer
+    }
+
+    /// Receives one file into the batch (or records why not).
+    async fn receive(&mut self, s: &mut S, ctx: &Context, head: TreeFile) -> Result<(), Error> {
+        let TreeFile { len, i, offset, .. } = head;
+        let Some(need) = self.needed.remove(&i) else {
+            return s.refuse_and_close(format!("tree_file for entry {i}, which is not wanted (or was sent already)")).await;
+        };
+        if offset.checked_add(len) != Some(need.size) || (offset != 0 && offset != need.offset) {
+            let msg = format!(
+                "tree_file {i} covers bytes {offset}..{} of a {}-byte file, {} held",
+                offset.saturating_add(len),
+                need.size,
+                need.offset
+            );
+            return s.refuse_and_close(msg).await;
+        }
+        let mode = files::received_mode(need.mode);
+        if offset == 0 && need.size <= crate::session::SMALL_BODY {
+            // Small and new: held in memory and hashed, written by the
+            // batch's commit.
+            let body = s.reader().read_body(len).await?;
+            let Some(claimed) = self.checksum(s).await? else { return Ok(()) };
+            let hash = blake3::hash(&body);
+            if hash.to_hex().as_str() != claimed {
+                self.mismatch(i, &need, &hash, &claimed);
+                return Ok(());
+            }
+            self.in_batch.insert(i, need.path.clone());
+            self.batch.push_body(i, need.path, body.to_vec(), hash, (mode, Some(need.mtime)), need.replace);
+            return Ok(());
+        }
+        // Large or resumed: through a receiver and its partial file.
+        let (sb, path, size) = (ctx.sandbox.clone(), need.path.clone(), need.size);
+        let admitted = blocking(move || {
+            let (dir, name) = sb.for_write(&path)?;
+            let claim = sb.claim(&dir, &name, &path)?;
+            let mut receiver = Receiver::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
+            receiver.fit(size).map_err(|e| Refusal::io(&path, &e))?;
+            receiver.check_room(receiver.held(), size).map_err(|e| Refusal::io(&path, &e))?;
+            Ok((receiver, claim))
+        })
+        .await;
+        let (mut receiver, claim) = match admitted {
+            Ok(admitted) => admitted,
+            Err(r) => return self.skip(s, i, &need, r).await,
+        };
+        let agreed = receiver.agree(offset).map_err(Error::Io)?;
+        if !agreed {
+            let msg = format!("{}: the partial file changed since it was offered", files::shown(&need.path));
+            return self.skip(s, i, &need, Refusal::new(ErrorCode::Busy, msg)).await;
+        }
+        let received = match receiver.receive(s.reader(), &mut |_| {}).await {
+            Ok(received) => received,
+            // A cut connection leaves the partial file for a resume.
+            Err(ReceiveError::Wire(e, _)) => return Err(e),
+            Err(ReceiveError::Write(e, _)) => {
+                let r = Refusal::io(&files::shown(&need.path), &e);
+                return self.skip(s, i, &need, r).await;
+            }
+        };
+        let Some(claimed) = self.checksum(s).await? else { return Ok(()) };
+        let hash = received.hash();
+        match received.verify(&claimed) {
+            Ok(received) => {
+                self.in_batch.insert(i, need.path.clone());
+                let received = received.with_mtime(need.mtime);
+                self.batch.push_received(i, received, mode, need.replace, Some(Box::new(claim)));
+                // A large file is not kept waiting for a batch to fill.
+                if need.size > crate::session::SMALL_BODY {
+                    self.commit_and_report(s, ctx).await?;
+                }
+            }
+            Err(_) => self.mismatch(i, &need, &hash, &claimed),
+        }
+        Ok(())
+    }
+
+    /// Reads the checksum that follows a body; `None` after the
+    /// connection ended (or was refused and is closing).
+    async fn checksum(&mut self, s: &mut S) -> Result<Option<String>, Error> {
+        match s.read::<TreePutInput>().await {
+            Ok(Some((TreePutInput::Checksum(Checksum { blake3 }), _))) => Ok(Some(blake3)),
+            Ok(Some((other, _))) => {
+                s.refuse_and_close(format!("expected checksum after tree_file, got {}", other.kind())).await.map(|()| None)
+            }
+            Ok(None) => Ok(None),
+            Err(e) if e.is_recoverable() => s.refuse_and_close(format!("bad checksum: {e}")).await.map(|()| None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mismatch(&mut self, i: u64, need: &Needed, got: &blake3::Hash, claimed: &str) {
+        self.pending.remove(&need.path);
+        let msg = format!(
+            "{}: checksum mismatch: the server received data hashing to {}, the client's file hashes to {claimed}; nothing was kept",
+            files::shown(&need.path),
+            got.to_hex()
+        );
+        self.failed.push(failed(i, Refusal::new(ErrorCode::ChecksumMismatch, msg)));
+    }
+
+    /// Records a file that cannot be received, and reads past its body
+    /// and checksum to stay in step.
+    async fn skip(&mut self, s: &mut S, i: u64, need: &Needed, r: Refusal) -> Result<(), Error> {
+        self.pending.remove(&need.path);
+        self.failed.push(failed(i, r));
+        s.reader().skip_body().await?;
+        self.checksum(s).await.map(|_| ())
+    }
+
+    /// Commits the batch; returns what it did as a `committed` body.
+    async fn commit(&mut self, ctx: &Context) -> CommitList {
+        let mut list = CommitList { ok: Vec::new(), failed: std::mem::take(&mut self.failed) };
+        if self.batch.is_empty() {
+            return list;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let mut into = self.into.take().expect("put back after each commit");
+        let hashes = ctx.hashes.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcomes = batch.commit(&mut into);
+            // A later get of these need not hash them again.
+            for (_, outcome) in &outcomes {
+                if let Ok((file, hash)) = outcome {
+                    if let Ok(meta) = file.metadata() {
+                        hashes.put(files::Version::of(&meta), *hash);
+                    }
+                }
+            }
+            let outcomes: Vec<_> = outcomes
+                .into_iter()
+                .map(|(i, o)| (i, o.map(|(file, _)| file.metadata().map(|m| m.len()).unwrap_or(0))))
+                .collect();
+            (outcomes, into)
+        })
+        .await;
+        let (outcomes, into) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                for (i, _) in self.in_batch.drain() {
+                    list.failed.push(failed(i, internal(&e)));
+                }
+                self.into = Some(Into { sb: ctx.sandbox.clone(), dirs: HashMap::new() });
+                return list;
+            }
+        };
+        self.into = Some(into);
+        for (i, outcome) in outcomes {
+            let path = self.in_batch.remove(&i).unwrap_or_default();
+            self.pending.remove(&path);
+            match outcome {
+                Ok(size) => {
+                    self.files += 1;
+                    self.bytes += size;
+                    list.ok.push(i);
+                }
+                Err(CommitError::Place(r)) => list.failed.push(failed(i, r)),
+                Err(CommitError::Io(e)) => {
+                    let r = match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => Refusal::new(
+                            ErrorCode::Exists,
+                            format!("{}: already exists on the server", files::shown(&path)),
+                        ),
+                        _ => Refusal::io(&files::shown(&path), &e),
+                    };
+                    list.failed.push(failed(i, r));
+                }
+            }
+        }
+        list
+    }
+
+    /// Commits the batch and tells the client.
+    async fn commit_and_report(&mut self, s: &mut S, ctx: &Context) -> Result<(), Error> {
+        let list = self.commit(ctx).await;
+        if list.ok.is_empty() && list.failed.is_empty() {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&list).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        s.send(&Committed { len: body.len() as u64 }, &body).await
+    }
+}
+
+/// A file of a `tree_get`, opened and decided (small ones read).
+enum Ready {
+    File(u64, Box<Download>),
+    Skip(u64, Refusal),
+}
+
+/// Opens the wanted files in order until [`READ_AHEAD`] bytes of small
+/// bodies are read; returns those and the wants left. Blocking.
+fn open_some(
+    sb: &Sandbox,
+    hashes: &files::HashCache,
+    base: &str,
+    mut wants: std::collections::VecDeque<(u64, Want)>,
+) -> (Vec<Ready>, std::collections::VecDeque<(u64, Want)>) {
+    let mut ready = Vec::new();
+    let mut bytes = 0;
+    while let Some((i, w)) = wants.pop_front() {
+        if let Err(r) = plain(&w.path) {
+            ready.push(Ready::Skip(i, r));
+            continue;
+        }
+        let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3 };
+        match plan_download(sb, hashes, get) {
+            Ok(d) => {
+                bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
+                ready.push(Ready::File(i, Box::new(d)));
+            }
+            Err(r) => ready.push(Ready::Skip(i, r)),
+        }
+        if bytes >= READ_AHEAD || ready.len() >= TREE_PART_ENTRIES {
+            break;
+        }
+    }
+    (ready, wants)
+}
+
+/// Sends the files a client wants, back to back (PROTOCOL.md §4.7.3).
+pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeGet) -> Result<(), Error> {
+    let TreeGet { path: base } = request;
+    if let Err(r) = Sandbox::relative(&base) {
+        return s.refuse(r).await;
+    }
+    s.send(&TreeReady {}, &[]).await?;
+    let (mut next, mut sent_files, mut sent_bytes) = (0u64, 0u64, 0u64);
+    loop {
+        let frame = match s.read::<TreeGetInput>().await {
+            Ok(Some((frame, _))) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_recoverable() => return s.refuse_and_close(format!("bad frame in a tree_get: {e}")).await,
+            Err(e) => return Err(e),
+        };
+        let wants = match frame {
+            TreeGetInput::Wants(w) => {
+                if w.len > TREE_PART_MAX {
+                    return s.refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len)).await;
+                }
+                let body = s.reader().read_body(TREE_PART_MAX).await?;
+                match serde_json::from_slice::<WantList>(&body) {
+                    Ok(list) => list.send,
+                    Err(e) => return s.refuse_and_close(format!("a wants body that is not a want list: {e}")).await,
+                }
+            }
+            TreeGetInput::WantsEnd(end) => {
+                if end.count != next {
+                    return s.refuse_and_close(format!("wants_end counts {} files, {next} were asked", end.count)).await;
+                }
+                tracing::info!(files = sent_files, bytes = sent_bytes, path = %files::shown(&base), "tree_get");
+                return s.send(&TreeDone { files: sent_files, bytes: sent_bytes }, &[]).await;
+            }
+        };
+        let mut left: std::collections::VecDeque<(u64, Want)> = wants
+            .into_iter()
+            .map(|w| {
+                next += 1;
+                (next - 1, w)
+            })
+            .collect();
+        while !left.is_empty() {
+            let (sb, hashes, b) = (ctx.sandbox.clone(), ctx.hashes.clone(), base.clone());
+            let (ready, rest) = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, &b, left))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            left = rest;
+            for item in ready {
+                match item {
+                    Ready::File(i, d) => {
+                        let size = d.head.size;
+                        send_one(s, ctx, i, *d).await?;
+                        sent_files += 1;
+                        sent_bytes += size;
+                    }
+                    Ready::Skip(i, r) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
+                }
+            }
+            s.flush().await?;
+        }
+    }
+}
+
+/// One file of a `tree_get`: its head, body and checksum, buffered (the
+/// caller flushes).
+async fn send_one(s: &mut S, ctx: &Context, i: u64, d: Download) -> Result<(), Error> {
+    let Download { sender, check, version, head, cached } = d;
+    let tree_head =
+        TreeFile { len: head.len, i, offset: head.offset, size: head.size, mtime: head.mtime, mode: head.mode };
+    s.feed_head(&tree_head)?;
+    let computed = match sender.send(s.writer(), &mut |_| {}).await {
+        Ok(computed) => computed,
+        Err(SendError::File(e)) => {
+            return Err(Error::Io(std::io::Error::new(e.kind(), format!("entry {i}: read failed mid-transfer: {e}"))))
+        }
+        Err(SendError::Wire(e)) => return Err(e),
+    };
+    let hash = super::files::settle_hash(ctx, &check, version, cached, computed)?;
+    s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
+}

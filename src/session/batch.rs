@@ -1,0 +1,277 @@
+//! Commits in batches: what a tree transfer does instead of one `fsync`
+//! per file.
+//!
+//! A file is still never under its final name before it is whole and
+//! verified; only the syncs are shared. [`Batch::commit`] takes every
+//! verified file of the batch through the same steps, each step for all
+//! of them before the next:
+//!
+//! 1. written out (a small body held in memory goes to its partial file
+//!    now), given its mtime and permission bits;
+//! 2. synced, by one `syncfs(2)` per file system;
+//! 3. renamed into place (never over an existing file without `replace`);
+//! 4. synced again, so that the renames are on disk when the batch is
+//!    reported committed.
+//!
+//! What a crash at each point leaves is in docs/DESIGN.md ("Batched
+//! durability"): before step 3, partial files only (resumed by the next
+//! transfer); after it, whole verified files under their names.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+
+use super::receiver::Received;
+use crate::services::root::Partial;
+
+/// Something held until a file is in place (a server's claim on its path).
+pub type Guard = Box<dyn Send>;
+
+/// Files in a batch at most.
+pub const BATCH_FILES: usize = 256;
+
+/// Bytes of small bodies held in memory by a batch at most.
+pub const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Where a batch's files go: resolves a path to its directory and name,
+/// creating missing directories, the kernel keeping it inside whatever
+/// root the implementation has (see `Sandbox::for_write`).
+pub trait Place {
+    /// Why a path cannot be resolved.
+    type Error;
+
+    /// The directory `path` goes into, its last component, and a guard
+    /// to hold until the file is in place.
+    ///
+    /// # Errors
+    ///
+    /// A path that cannot be written.
+    fn resolve(&mut self, path: &str) -> Result<(OwnedFd, OsString, Option<Guard>), Self::Error>;
+}
+
+/// Why one file of a batch was not committed.
+#[derive(Debug)]
+pub enum CommitError<E> {
+    /// Its path could not be resolved ([`Place::resolve`]).
+    Place(E),
+    /// Writing, syncing or renaming it failed (`AlreadyExists`: a file
+    /// appeared under the name meanwhile, and was not replaced).
+    Io(io::Error),
+}
+
+/// A file committed: its id, and the file (under its final name) with its
+/// hash, or why not.
+pub type Outcome<E> = (u64, Result<(File, blake3::Hash), CommitError<E>>);
+
+enum What {
+    /// Received through a [`crate::session::Receiver`]: its partial file
+    /// is open (a large body, or a resumed one).
+    Received(Received, Option<Guard>),
+    /// A whole small body in memory, not yet in any file.
+    Body { path: String, body: Vec<u8>, hash: blake3::Hash, mtime: Option<i64> },
+}
+
+struct Item {
+    id: u64,
+    what: What,
+    mode: u32,
+    replace: bool,
+}
+
+/// Verified files waiting to be committed together.
+#[derive(Default)]
+pub struct Batch {
+    items: Vec<Item>,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("files", &self.items.len()).field("bytes", &self.bytes).finish()
+    }
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Adds a verified file received into its partial file, to be given
+    /// `mode` and put in place (over an existing file only if `replace`);
+    /// `guard` is dropped once it is.
+    pub fn push_received(&mut self, id: u64, received: Received, mode: u32, replace: bool, guard: Option<Guard>) {
+        self.items.push(Item { id, what: What::Received(received, guard), mode, replace });
+    }
+
+    /// Adds a whole, verified small file held in memory (`hash` is its
+    /// BLAKE3), to be written to a partial file for `path` at commit.
+    pub fn push_body(&mut self, id: u64, path: String, body: Vec<u8>, hash: blake3::Hash, meta: (u32, Option<i64>), replace: bool) {
+        self.bytes += body.len() as u64;
+        let (mode, mtime) = meta;
+        self.items.push(Item { id, what: What::Body { path, body, hash, mtime }, mode, replace });
+    }
+
+    /// Files in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether it is time to commit ([`BATCH_FILES`], [`BATCH_BYTES`]).
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
+    }
+
+    /// Commits every file (see the module's steps). Blocking. Returns one
+    /// outcome per file, in the order they were added.
+    pub fn commit<P: Place>(self, place: &mut P) -> Vec<Outcome<P::Error>> {
+        let mut outcomes = Vec::with_capacity(self.items.len());
+        let mut staged = Vec::with_capacity(self.items.len());
+        for Item { id, what, mode, replace } in self.items {
+            match stage(what, mode, place) {
+                Ok((partial, hash, guard)) => staged.push((id, partial, hash, replace, guard)),
+                Err(e) => outcomes.push((id, Err(e))),
+            }
+        }
+        // Step 2: the data of every file, at once.
+        let synced = sync_all(staged.iter().map(|(_, p, ..)| p.file()));
+        let mut placed = Vec::with_capacity(staged.len());
+        for (id, partial, hash, replace, guard) in staged {
+            if let Err(e) = &synced {
+                // Not known to be on disk: left as a partial file, which
+                // the next transfer resumes (and verifies).
+                outcomes.push((id, Err(CommitError::Io(io::Error::new(e.kind(), e.to_string())))));
+                continue;
+            }
+            match partial.place(replace) {
+                Ok(file) => placed.push((id, file, hash, guard)),
+                Err(e) => outcomes.push((id, Err(CommitError::Io(e)))),
+            }
+        }
+        // Step 4: the renames.
+        let synced = sync_all(placed.iter().map(|(_, f, ..)| f));
+        for (id, file, hash, guard) in placed {
+            drop(guard);
+            match &synced {
+                Ok(()) => outcomes.push((id, Ok((file, hash)))),
+                Err(e) => outcomes.push((id, Err(CommitError::Io(io::Error::new(e.kind(), e.to_string()))))),
+            }
+        }
+        outcomes
+    }
+}
+
+/// Step 1 for one file: its partial file written, timed and given its bits.
+fn stage<P: Place>(
+    what: What,
+    mode: u32,
+    place: &mut P,
+) -> Result<(Partial, blake3::Hash, Option<Guard>), CommitError<P::Error>> {
+    let (partial, hash, guard) = match what {
+        What::Received(received, guard) => {
+            let (partial, hash) = received.write_out().map_err(CommitError::Io)?;
+            (partial, hash, guard)
+        }
+        What::Body { path, body, hash, mtime } => {
+            let (dir, name, guard) = place.resolve(&path).map_err(CommitError::Place)?;
+            let partial = Partial::open(dir, &name).map_err(CommitError::Io)?;
+            let written = partial.file().set_len(0).and_then(|()| partial.file().write_all_at(&body, 0));
+            if let Err(e) = written {
+                // Nothing worth resuming: the body was all in memory.
+                partial.discard();
+                return Err(CommitError::Io(e));
+            }
+            if let Some(secs) = mtime {
+                let _ = crate::services::files::set_mtime(partial.file(), secs);
+            }
+            (partial, hash, guard)
+        }
+    };
+    partial.set_mode(mode).map_err(CommitError::Io)?;
+    Ok((partial, hash, guard))
+}
+
+/// Syncs the file systems the files are on, one `syncfs(2)` each.
+fn sync_all<'a>(files: impl Iterator<Item = &'a File>) -> io::Result<()> {
+    let mut done = HashSet::new();
+    for file in files {
+        let dev = rustix::fs::fstat(file)?.st_dev;
+        if done.insert(dev) {
+            rustix::fs::syncfs(file)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! A batch on real files in a temporary directory.
+
+    use super::*;
+    use crate::services::root::partial_name;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Place for Dir {
+        type Error = io::Error;
+        fn resolve(&mut self, path: &str) -> Result<(OwnedFd, OsString, Option<Guard>), io::Error> {
+            let full = self.0.join(path);
+            std::fs::create_dir_all(full.parent().unwrap())?;
+            let (dir, name) = crate::services::root::local_parent(&full)?;
+            Ok((dir, name, None))
+        }
+    }
+
+    #[test]
+    fn every_file_lands_whole_and_a_taken_name_is_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("taken"), b"first").unwrap();
+        std::fs::write(tmp.path().join("old"), b"older").unwrap();
+        let mut batch = Batch::new();
+        for (id, name) in [(0, "a/x"), (1, "a/y"), (2, "taken"), (3, "old")] {
+            let body = format!("body of {name}").into_bytes();
+            let hash = blake3::hash(&body);
+            batch.push_body(id, name.into(), body, hash, (0o640, Some(1_000_000_000)), name == "old");
+        }
+        assert_eq!(batch.len(), 4);
+        let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));
+        let by_id: std::collections::HashMap<u64, bool> = outcomes.iter().map(|(id, r)| (*id, r.is_ok())).collect();
+        assert_eq!(by_id, [(0, true), (1, true), (2, false), (3, true)].into_iter().collect());
+        assert!(matches!(&outcomes.iter().find(|o| o.0 == 2).unwrap().1, Err(CommitError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists));
+        assert_eq!(std::fs::read(tmp.path().join("a/x")).unwrap(), b"body of a/x");
+        assert_eq!(std::fs::read(tmp.path().join("taken")).unwrap(), b"first", "not replaced");
+        assert_eq!(std::fs::read(tmp.path().join("old")).unwrap(), b"body of old", "replaced, as asked");
+        let meta = std::fs::metadata(tmp.path().join("a/y")).unwrap();
+        assert_eq!(crate::services::files::mtime(&meta), 1_000_000_000);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        for name in ["a/x", "a/y", "taken", "old"] {
+            let p = tmp.path().join(name);
+            let part = p.with_file_name(partial_name(p.file_name().unwrap()));
+            assert!(!part.exists(), "no partial file left for {name}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_placed_fails_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("file"), b"").unwrap();
+        let mut batch = Batch::new();
+        let body = b"x".to_vec();
+        let hash = blake3::hash(&body);
+        batch.push_body(0, "file/under".into(), body.clone(), hash, (0o600, None), false);
+        batch.push_body(1, "fine".into(), body, hash, (0o600, None), false);
+        let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));
+        assert!(matches!(outcomes[0], (0, Err(CommitError::Place(_)))), "{:?}", outcomes[0].1.as_ref().err());
+        assert!(matches!(outcomes[1], (1, Ok(_))));
+        assert_eq!(std::fs::read(tmp.path().join("fine")).unwrap(), b"x");
+    }
+}
