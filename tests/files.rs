@@ -246,13 +246,16 @@ async fn a_listing_cannot_lead_outside() {
             w.flush().await.unwrap();
             r.read_preface().await.unwrap();
             let (request, _) = r.read_head::<Message>().await.unwrap().unwrap();
-            assert!(matches!(request, Message::List(proto::List { recursive: true, dirs: true, .. })), "{request:?}");
+            // The streamed listing (what a copy's planning asks for).
+            assert!(matches!(request, Message::TreeList(_)), "{request:?}");
             let body = serde_json::to_vec(&serde_json::json!([
                 {"name": "fine.txt", "size": 1, "kind": "file", "mtime": 0},
                 {"name": name, "size": 1, "kind": "file", "mtime": 0},
             ]))
             .unwrap();
-            w.send(&Message::ListReply(proto::ListReply { len: body.len() as u64 }), &body).await.unwrap();
+            let head = proto::Listing { len: body.len() as u64, count: 2 };
+            w.send(&Message::Listing(head), &body).await.unwrap();
+            let _ = w.send(&Message::ListingEnd(proto::ListingEnd { count: 2 }), &[]).await;
         });
         let mut client = Client::connect(&addr).await.unwrap();
         let err = client.tree("").await.unwrap_err();

@@ -10,8 +10,8 @@ use tokio::task::spawn_blocking;
 use super::conn::Client;
 use super::error::ClientError;
 use crate::proto::{
-    Answer, Checksum, Entry, FileReply, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady,
-    Remove, RemoveReply, Stat, StatReply,
+    Answer, Checksum, Entry, ErrorCode, FileReply, Get, List, ListReply, ListingOutput, Mkdir, MkdirReply, Put,
+    PutData, PutDone, PutReady, Remove, RemoveReply, Stat, StatReply, TreeList, TREE_PART_MAX,
 };
 use crate::services::files::{not_regular, open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};
@@ -56,7 +56,7 @@ pub struct Transfer {
     pub blake3: String,
 }
 
-fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+pub(super) fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     move |source| ClientError::Local { path: path.to_owned(), source }
 }
 
@@ -87,7 +87,7 @@ pub fn parse_listing(body: &[u8]) -> Result<Vec<Entry>, ClientError> {
     }
 }
 
-fn join_err(e: tokio::task::JoinError) -> ClientError {
+pub(super) fn join_err(e: tokio::task::JoinError) -> ClientError {
     ClientError::Wire(wire::Error::Io(std::io::Error::other(e)))
 }
 
@@ -110,7 +110,7 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_with_hashes(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        self.list_request(List { path: path.to_owned(), recursive: true, dirs: true, blake3: true }).await
+        self.tree_listing(path, true).await
     }
 
     /// As [`stat`](Self::stat) of a file, with its BLAKE3 (see
@@ -135,7 +135,39 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        self.list_request(List { path: path.to_owned(), recursive: true, dirs: true, blake3: false }).await
+        self.tree_listing(path, false).await
+    }
+
+    /// The tree through `tree_list`, streamed in frames (no size limit),
+    /// sorted by name; from a server without it, through `list`.
+    async fn tree_listing(&mut self, path: &str, blake3: bool) -> Result<Vec<Entry>, ClientError> {
+        self.session.send(&TreeList { path: path.to_owned(), blake3 }, &[]).await?;
+        let mut entries = Vec::new();
+        loop {
+            match self.session.read::<ListingOutput>().await? {
+                Some((ListingOutput::Listing(_), _)) => {
+                    let body = self.session.reader().read_body(TREE_PART_MAX).await?;
+                    entries.extend(parse_listing(&body)?);
+                }
+                Some((ListingOutput::ListingEnd(end), _)) => {
+                    if end.count != entries.len() as u64 {
+                        return Err(ClientError::Unexpected {
+                            expected: "as many entries as listing_end counts",
+                            got: format!("{} of {}", entries.len(), end.count),
+                        });
+                    }
+                    break;
+                }
+                Some((ListingOutput::ErrorFrame(e), _)) if e.code == ErrorCode::UnknownType => {
+                    let list = List { path: path.to_owned(), recursive: true, dirs: true, blake3 };
+                    return self.list_request(list).await;
+                }
+                Some((ListingOutput::ErrorFrame(e), _)) => return Err(e.into()),
+                None => return Err(ClientError::Closed),
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
     }
 
     async fn list_request(&mut self, request: List) -> Result<Vec<Entry>, ClientError> {

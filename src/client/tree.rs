@@ -88,6 +88,8 @@ pub struct Job {
     pub size: u64,
     /// Its modification time at the source (seconds since the epoch).
     pub mtime: i64,
+    /// Its permission bits at the source.
+    pub mode: u32,
     /// The receiver has a different, older file under the name (or the
     /// copy is forced): replace it.
     pub replace: bool,
@@ -335,6 +337,7 @@ pub async fn plan_get(
                 local: target,
                 size: entry.size,
                 mtime: entry.mtime,
+                mode: entry.mode,
                 replace: false,
                 blake3: entry.blake3.clone(),
             });
@@ -368,6 +371,7 @@ pub async fn plan_get(
                     local: target.join(&e.name),
                     size: e.size,
                     mtime: e.mtime,
+                    mode: e.mode,
                     replace: false,
                     blake3: e.blake3.clone(),
                 }),
@@ -507,8 +511,8 @@ pub async fn plan_put(
                 None => None,
             };
             let mtime = crate::services::files::mtime(&meta);
-            let job =
-                Job { remote: target, local: path.clone(), size: meta.len(), mtime, replace: false, blake3: None };
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+            let job = Job { remote: target, local: path.clone(), size: meta.len(), mtime, mode, replace: false, blake3: None };
             plan.decide(job, held, force, same);
             continue;
         }
@@ -598,7 +602,8 @@ fn walk(
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => {
                 let mtime = crate::services::files::mtime(&meta);
-                found.push(Job { remote: child, local: path, size: meta.len(), mtime, replace: false, blake3: None });
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+                found.push(Job { remote: child, local: path, size: meta.len(), mtime, mode, replace: false, blake3: None });
                 creates = true;
             }
             Ok(meta) if meta.is_dir() => {
@@ -617,20 +622,32 @@ fn walk(
 pub struct CopyOptions {
     /// Replace existing files.
     pub force: bool,
-    /// Files moved at once, each over its own connection (1 to 64).
+    /// Connections at once (1 to 64); the files are split over them by
+    /// size.
     pub jobs: usize,
+    /// Stream each connection's files with one request (PROTOCOL.md
+    /// §4.7; the default), or copy them one request each, as a server
+    /// without streamed transfers is copied to anyway.
+    pub streamed: bool,
 }
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { force: false, jobs: 4 }
+        CopyOptions { force: false, jobs: 4, streamed: true }
     }
 }
 
 impl CopyOptions {
-    /// Options with `force` and `jobs` as given.
+    /// Options with `force` and `jobs` as given, streamed.
     pub fn new(force: bool, jobs: usize) -> Self {
-        CopyOptions { force, jobs }
+        CopyOptions { force, jobs, streamed: true }
+    }
+
+    /// The same, streamed or one request per file (see
+    /// [`CopyOptions::streamed`]).
+    pub fn with_streamed(mut self, streamed: bool) -> Self {
+        self.streamed = streamed;
+        self
     }
 }
 
@@ -702,13 +719,15 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         }
     }
     let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));
-    let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>()));
     let totals = Arc::new(Mutex::new(Summary::default()));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let (endpoint, queue, totals, observer) = (endpoint.clone(), queue.clone(), totals.clone(), observer.clone());
-        let force = options.force;
-        tasks.spawn(async move { worker(&endpoint, direction, &queue, force, &*observer, &totals).await });
+    if !jobs.is_empty() {
+        for share in split(jobs, workers) {
+            let (endpoint, totals, observer) = (endpoint.clone(), totals.clone(), observer.clone());
+            let force = options.force;
+            let streamed = options.streamed;
+            tasks.spawn(async move { share_worker(&endpoint, direction, share, (force, streamed), &*observer, &totals).await });
+        }
     }
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
@@ -721,6 +740,8 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     summary.sent = done.sent;
     summary.resumed = done.resumed;
     summary.failures.extend(done.failures);
+    summary.unchanged += done.unchanged;
+    summary.refused.extend(done.refused);
     // A mirror removes only once every file is across: after a failure
     // the receiver keeps what it has (as rsync skips deletions after an
     // I/O error).
@@ -796,39 +817,108 @@ async fn make_dirs(endpoint: &Endpoint, dirs: &[String]) -> Vec<Failure> {
     failures
 }
 
-/// One connection's share of a copy: the next job until there is none.
-async fn worker(
+/// Splits the jobs over `n` connections by size, each file going to the
+/// share with the fewest bytes so far (largest first); each share keeps
+/// the plan's order, so that a directory's files go together.
+fn split(jobs: Vec<Job>, n: usize) -> Vec<Vec<(usize, Job)>> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
+    let mut load = vec![(0u64, 0usize); n];
+    let mut owner = vec![0; jobs.len()];
+    for i in order {
+        let (k, _) = load.iter().enumerate().min_by_key(|(_, l)| **l).expect("n is at least 1");
+        load[k].0 += jobs[i].size.max(1);
+        load[k].1 += 1;
+        owner[i] = k;
+    }
+    let mut shares: Vec<Vec<(usize, Job)>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, job) in jobs.into_iter().enumerate() {
+        shares[owner[i]].push((i, job));
+    }
+    shares.retain(|s| !s.is_empty());
+    shares
+}
+
+/// One connection's share of a copy: streamed with one request, or, from
+/// a server that has no streamed transfer (or when asked), one request
+/// per file.
+async fn share_worker(
     endpoint: &Endpoint,
     direction: Direction,
-    queue: &Mutex<Vec<(usize, Job)>>,
-    force: bool,
+    share: Vec<(usize, Job)>,
+    (force, streamed): (bool, bool),
     observer: &dyn Observer,
     totals: &Mutex<Summary>,
 ) {
-    let mut client: Option<Client> = None;
-    loop {
-        let Some((id, job)) = queue.lock().expect("queue").pop() else { break };
-        observer.started(id, &job);
-        let outcome =
-            copy_one(endpoint, &mut client, direction, &job, force, &mut |p| observer.progress(id, &job, p)).await;
-        observer.finished(id, &job, &outcome);
-        let mut t = totals.lock().expect("totals");
-        match outcome {
-            Ok(done) => {
-                t.files += 1;
-                t.sent += done.size - done.resumed;
-                t.resumed += done.resumed;
-            }
-            Err(error) => {
-                // A connection that failed, or was closed because a
-                // transfer stopped half-way, is not reused.
-                let in_step = matches!(error, ClientError::Remote { .. } | ClientError::LocalExists(_));
-                if !in_step || client.as_ref().is_some_and(Client::is_closed) {
-                    client = None;
-                }
+    let (ids, jobs): (Vec<usize>, Vec<Job>) = share.into_iter().unzip();
+    let mut client = match endpoint.connect().await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            let mut t = totals.lock().expect("totals");
+            let message = e.to_string();
+            t.failures.push(Failure { path: jobs[0].source(direction), error: e });
+            for job in &jobs[1..] {
+                let error = ClientError::Wire(crate::wire::Error::Io(std::io::Error::other(message.clone())));
                 t.failures.push(Failure { path: job.source(direction), error });
             }
+            return;
         }
+    };
+    if streamed {
+        let c = client.as_mut().expect("connected");
+        let outcome = match direction {
+            Direction::Get => super::stream::get(c, &jobs, force, observer, &ids).await,
+            Direction::Put => super::stream::put(c, &jobs, force, observer, &ids).await,
+        };
+        match outcome {
+            Ok(outcomes) => {
+                let mut t = totals.lock().expect("totals");
+                t.unchanged += outcomes.unchanged.len();
+                t.refused.extend(outcomes.refused.iter().map(|&i| jobs[i].source(direction)));
+                for (i, done) in outcomes.done {
+                    tally(&mut t, &jobs[i], direction, done);
+                }
+                return;
+            }
+            // An older server: file by file, below.
+            Err(ClientError::Remote { code: ErrorCode::UnknownType, .. }) => {}
+            Err(e) => {
+                let mut t = totals.lock().expect("totals");
+                let message = e.to_string();
+                for job in &jobs {
+                    let error = ClientError::Wire(crate::wire::Error::Io(std::io::Error::other(message.clone())));
+                    t.failures.push(Failure { path: job.source(direction), error });
+                }
+                return;
+            }
+        }
+    }
+    for (id, job) in ids.into_iter().zip(&jobs) {
+        observer.started(id, job);
+        let outcome =
+            copy_one(endpoint, &mut client, direction, job, force, &mut |p| observer.progress(id, job, p)).await;
+        observer.finished(id, job, &outcome);
+        if let Err(error) = &outcome {
+            // A connection that failed, or was closed because a
+            // transfer stopped half-way, is not reused.
+            let in_step = matches!(error, ClientError::Remote { .. } | ClientError::LocalExists(_));
+            if !in_step || client.as_ref().is_some_and(Client::is_closed) {
+                client = None;
+            }
+        }
+        tally(&mut totals.lock().expect("totals"), job, direction, outcome);
+    }
+}
+
+/// Adds one file's outcome to the totals.
+fn tally(t: &mut Summary, job: &Job, direction: Direction, outcome: Result<Transfer, ClientError>) {
+    match outcome {
+        Ok(done) => {
+            t.files += 1;
+            t.sent += done.size - done.resumed;
+            t.resumed += done.resumed;
+        }
+        Err(error) => t.failures.push(Failure { path: job.source(direction), error }),
     }
 }
 

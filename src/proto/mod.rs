@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 pub use message::{Message, ToBoth, ToClient, ToServer};
 pub use messages::*;
-pub use sets::{Answer, ExecInput, ExecOutput, Request, TreeGetInput, TreePutInput};
+pub use sets::{
+    Answer, ExecInput, ExecOutput, ListingOutput, Request, TreeGetInput, TreeGetOutput, TreePutInput, TreePutOutput,
+};
 pub use tree::{CommitList, Failed, ManifestEntry, Want, WantList, TREE_PART_ENTRIES, TREE_PART_MAX};
 
 /// The port a bare host name means.

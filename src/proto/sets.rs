@@ -31,6 +31,23 @@ set! {
 }
 
 set! {
+    /// What a client reads during a streamed upload.
+    TreePutOutput: "wants, wants_end, committed, tree_done or error", known KINDS, tags Tag,
+    { Wants, WantsEnd, Committed, TreeDone, ErrorFrame }
+}
+
+set! {
+    /// What a client reads during a streamed download.
+    TreeGetOutput: "tree_file, checksum, tree_skip, tree_done or error", known KINDS, tags Tag,
+    { TreeFile, Checksum, TreeSkip, TreeDone, ErrorFrame }
+}
+
+set! {
+    /// What a client reads answering `tree_list`.
+    ListingOutput: "listing, listing_end or error", known KINDS, tags Tag, { Listing, ListingEnd, ErrorFrame }
+}
+
+set! {
     /// What a server reads while a command runs.
     ExecInput: "stdin or cancel (an exec is running)", known KINDS, tags Tag, { Stdin, Cancel }
 }

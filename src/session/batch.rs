@@ -116,6 +116,7 @@ impl Batch {
     }
 
     /// Files in the batch.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.len()
     }

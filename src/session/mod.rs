@@ -19,7 +19,7 @@ mod body;
 mod receiver;
 mod sender;
 
-pub use batch::{Batch, CommitError, Guard, Outcome, Place, BATCH_BYTES, BATCH_FILES};
+pub use batch::{Batch, CommitError, Guard, Place};
 pub use body::{receive_body, BodySource, SendError};
 pub use receiver::{ReceiveError, Received, Receiver, SMALL_BODY};
 pub use sender::{Sender, Unproven};

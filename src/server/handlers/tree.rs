@@ -137,6 +137,9 @@ fn decide(sb: &Sandbox, hashes: &files::HashCache, full: &str, e: &ManifestEntry
                     hash_of(sb, hashes, full)?.is_some_and(|h| h.to_hex().as_str() == theirs.as_str())
                 }
                 Some(_) => false,
+                // The sender compared already (by checksum, perhaps) and
+                // found them different: no quick check overrides it.
+                None if e.replace => false,
                 None => there.size == e.size && there.mtime == e.mtime,
             };
             if same {
@@ -219,7 +222,9 @@ struct Upload {
     bytes: u64,
 }
 
+/// A file refused or failed, logged as a refused request is.
 fn failed(i: u64, r: Refusal) -> Failed {
+    tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
     Failed { i, code: r.code, message: r.message }
 }
 
@@ -406,7 +411,12 @@ impl Upload {
             let claim = sb.claim(&dir, &name, &path)?;
             let mut receiver = Receiver::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
             receiver.fit(size).map_err(|e| Refusal::io(&path, &e))?;
-            receiver.check_room(receiver.held(), size).map_err(|e| Refusal::io(&path, &e))?;
+            // A full disk is refused now, and the partial file is not
+            // left taking the space.
+            if let Err(e) = receiver.check_room(receiver.held(), size) {
+                receiver.discard();
+                return Err(Refusal::io(&path, &e));
+            }
             Ok((receiver, claim))
         })
         .await;

@@ -1,0 +1,546 @@
+//! The client's side of the streamed tree transfer (PROTOCOL.md §4.7):
+//! one request moves a share of a planned copy, the files back to back.
+//! [`super::tree::run`] gives each connection its share.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use tokio::task::spawn_blocking;
+
+use super::conn::Client;
+use super::error::ClientError;
+use super::files::{join_err, local_err, Progress, Transfer};
+use super::tree::{Job, Observer};
+use crate::proto::{
+    Checksum, CommitList, ErrorCode, ManifestEnd, ManifestEntry, Manifest, TreeEnd, TreeFile, TreeGet, TreeGetOutput,
+    TreePut, TreePutOutput, TreeReady, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+};
+use crate::services::files::{open_to_send, received_mode};
+use crate::services::root::{local_parent, partial_name};
+use crate::session::{Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, Sender, Unproven, SMALL_BODY};
+use crate::wire;
+
+/// Manifest frames sent and not yet answered, at most.
+const IN_FLIGHT_FRAMES: usize = 8;
+/// Wanted files queued to send before more manifest goes out: what keeps
+/// the server's list of wanted files short.
+const QUEUED_WANTS: usize = 4096;
+/// Bytes of small files read ahead of sending them.
+const READ_AHEAD: u64 = 4 * 1024 * 1024;
+
+/// What one streamed request did with each of its files.
+#[derive(Debug, Default)]
+pub(super) struct Outcomes {
+    /// By index into the share: copied (with its transfer) or failed.
+    pub done: Vec<(usize, Result<Transfer, ClientError>)>,
+    /// Indices the receiver had already.
+    pub unchanged: Vec<usize>,
+    /// Indices refused as differing and not older.
+    pub refused: Vec<usize>,
+}
+
+/// `path` with empty and `.` components dropped (`..` is left for the
+/// receiver to refuse).
+fn normal(path: &str) -> String {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+}
+
+fn remote_error(code: ErrorCode, message: String) -> ClientError {
+    ClientError::Remote { code, message }
+}
+
+/// Sends `share` with `tree_put`. `Err` with [`ErrorCode::UnknownType`]
+/// before anything moved: the server has no streamed transfer.
+pub(super) async fn put(
+    client: &mut Client,
+    share: &[Job],
+    force: bool,
+    observer: &dyn Observer,
+    ids: &[usize],
+) -> Result<Outcomes, ClientError> {
+    client.session.send(&TreePut { path: String::new(), force }, &[]).await?;
+    let TreeReady {} = client.answer().await?;
+    let outcomes = Mutex::new(Outcomes::default());
+    let hashes: Mutex<HashMap<u64, (u64, String)>> = Mutex::new(HashMap::new());
+    let (tx, rx) = mpsc::unbounded_channel::<Option<WantList>>();
+    let (reader, mut out) = client.session.halves();
+
+    let writer = async {
+        let mut rx = rx;
+        let frames: Vec<&[Job]> = share.chunks(TREE_PART_ENTRIES).collect();
+        let (mut next, mut answered, mut ended) = (0usize, 0usize, false);
+        let mut queue: VecDeque<Want> = VecDeque::new();
+        let mut sent = 0u64;
+        loop {
+            while let Ok(w) = rx.try_recv() {
+                match w {
+                    Some(w) => {
+                        answered += 1;
+                        queue.extend(w.send);
+                    }
+                    None => ended = true,
+                }
+            }
+            if next < frames.len() && next - answered < IN_FLIGHT_FRAMES && queue.len() < QUEUED_WANTS {
+                let first = next * TREE_PART_ENTRIES;
+                let entries: Vec<ManifestEntry> = frames[next]
+                    .iter()
+                    .map(|j| ManifestEntry {
+                        path: normal(&j.remote),
+                        size: j.size,
+                        mtime: j.mtime,
+                        mode: j.mode,
+                        replace: j.replace,
+                        blake3: j.blake3.clone(),
+                    })
+                    .collect();
+                debug_assert_eq!(first, next * TREE_PART_ENTRIES);
+                let body = serde_json::to_vec(&entries).map_err(|e| wire::Error::Io(std::io::Error::other(e)))?;
+                out.send(&Manifest { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
+                next += 1;
+                if next == frames.len() {
+                    out.send(&ManifestEnd { count: share.len() as u64 }, &[]).await?;
+                }
+                continue;
+            }
+            if !queue.is_empty() {
+                sent += send_some(&mut out, share, ids, &mut queue, observer, &hashes, &outcomes).await?;
+                continue;
+            }
+            if frames.is_empty() && next == 0 {
+                out.send(&ManifestEnd { count: 0 }, &[]).await?;
+                next = usize::MAX;
+            }
+            if ended {
+                break;
+            }
+            match rx.recv().await {
+                Some(Some(w)) => {
+                    answered += 1;
+                    queue.extend(w.send);
+                }
+                Some(None) => ended = true,
+                // The reader stopped: it says why.
+                None => return Ok::<(), ClientError>(()),
+            }
+        }
+        out.send(&TreeEnd { files: sent }, &[]).await?;
+        Ok(())
+    };
+
+    let reading = async {
+        let mut offsets: HashMap<u64, u64> = HashMap::new();
+        loop {
+            let Some((frame, _)) = reader.read_head::<TreePutOutput>().await? else { return Err(ClientError::Closed) };
+            match frame {
+                TreePutOutput::Wants(_) => {
+                    let body = reader.read_body(TREE_PART_MAX).await?;
+                    let list: WantList = serde_json::from_slice(&body)
+                        .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
+                    let mut o = outcomes.lock().expect("outcomes");
+                    for w in &list.send {
+                        if w.i as usize >= share.len() {
+                            return Err(unexpected("a wanted index within the manifest", w.i));
+                        }
+                        offsets.insert(w.i, w.offset);
+                    }
+                    o.unchanged.extend(list.unchanged.iter().map(|&i| i as usize).filter(|&i| i < share.len()));
+                    for f in list.refused.iter().filter(|f| (f.i as usize) < share.len()) {
+                        if f.code == ErrorCode::Exists {
+                            o.refused.push(f.i as usize);
+                        } else {
+                            o.done.push((f.i as usize, Err(remote_error(f.code, f.message.clone()))));
+                        }
+                    }
+                    drop(o);
+                    let _ = tx.send(Some(list));
+                }
+                TreePutOutput::WantsEnd(_) => {
+                    let _ = tx.send(None);
+                }
+                TreePutOutput::Committed(_) => {
+                    let body = reader.read_body(TREE_PART_MAX).await?;
+                    let list: CommitList = serde_json::from_slice(&body)
+                        .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
+                    let mut o = outcomes.lock().expect("outcomes");
+                    let h = hashes.lock().expect("hashes");
+                    for i in list.ok.into_iter().filter(|&i| (i as usize) < share.len()) {
+                        let job = &share[i as usize];
+                        let (resumed, blake3) = h.get(&i).cloned().unwrap_or((offsets.get(&i).copied().unwrap_or(0), String::new()));
+                        let done = Ok(Transfer { size: job.size, resumed, blake3 });
+                        observer.finished(ids[i as usize], job, &done);
+                        o.done.push((i as usize, done));
+                    }
+                    for f in list.failed.into_iter().filter(|f| (f.i as usize) < share.len()) {
+                        let failed = Err(remote_error(f.code, f.message));
+                        observer.finished(ids[f.i as usize], &share[f.i as usize], &failed);
+                        o.done.push((f.i as usize, failed));
+                    }
+                }
+                TreePutOutput::TreeDone(_) => return Ok(()),
+                TreePutOutput::ErrorFrame(e) => return Err(e.into()),
+            }
+        }
+    };
+    // The first error ends both: a writer that failed mid-file leaves the
+    // stream out of step, a reader that failed has lost the server.
+    let result = tokio::try_join!(writer, reading);
+    if result.is_err() {
+        client.session.abandon().await;
+    }
+    let mut outcomes = outcomes.into_inner().expect("outcomes");
+    if let Err(e) = result {
+        fail_the_rest(&mut outcomes, share.len(), &e);
+    }
+    Ok(outcomes)
+}
+
+/// Every file of the share with no outcome yet fails with (a copy of) `e`.
+fn fail_the_rest(outcomes: &mut Outcomes, len: usize, e: &ClientError) {
+    let mut known = vec![false; len];
+    for &i in outcomes.unchanged.iter().chain(&outcomes.refused).chain(outcomes.done.iter().map(|(i, _)| i)) {
+        known[i] = true;
+    }
+    for (i, k) in known.into_iter().enumerate() {
+        if !k {
+            let why = ClientError::Wire(wire::Error::Io(std::io::Error::other(format!("the tree transfer stopped: {e}"))));
+            outcomes.done.push((i, Err(why)));
+        }
+    }
+}
+
+fn unexpected(expected: &'static str, got: impl std::fmt::Display) -> ClientError {
+    ClientError::Unexpected { expected, got: got.to_string() }
+}
+
+/// A file of the share opened to send, small ones read, or why not.
+type Opened = (u64, Result<Sender, ClientError>);
+
+/// Opens the next wanted files (reading small ones) on a blocking thread,
+/// then sends them; returns how many were sent.
+async fn send_some(
+    out: &mut crate::session::Outbound<'_, crate::session::ClientSide>,
+    share: &[Job],
+    ids: &[usize],
+    queue: &mut VecDeque<Want>,
+    observer: &dyn Observer,
+    hashes: &Mutex<HashMap<u64, (u64, String)>>,
+    outcomes: &Mutex<Outcomes>,
+) -> Result<u64, ClientError> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(w) = queue.pop_front() {
+        let job = &share[w.i as usize];
+        bytes += job.size.min(SMALL_BODY + 1);
+        batch.push((w, job.local.clone(), job.size, job.mtime));
+        if bytes >= READ_AHEAD || batch.len() >= TREE_PART_ENTRIES {
+            break;
+        }
+    }
+    let opened: Vec<Opened> = spawn_blocking(move || {
+        batch
+            .into_iter()
+            .map(|(w, local, size, mtime)| {
+                let opened = open_one(&local, size, mtime, &w);
+                (w.i, opened)
+            })
+            .collect()
+    })
+    .await
+    .map_err(join_err)?;
+    let mut sent = 0;
+    for (i, opened) in opened {
+        let job = &share[i as usize];
+        let id = ids[i as usize];
+        let sender = match opened {
+            Ok(sender) => sender,
+            Err(e) => {
+                // Not sent: the server reports it wanted and not sent.
+                observer.finished(id, job, &Err(clone_error(&e)));
+                outcomes.lock().expect("outcomes").done.push((i as usize, Err(e)));
+                continue;
+            }
+        };
+        observer.started(id, job);
+        let from = sender.start();
+        out.feed_head(&TreeFile { len: sender.body_len(), i, offset: from, size: job.size, mtime: job.mtime, mode: job.mode })?;
+        let size = job.size;
+        let mut report = |done| observer.progress(id, job, Progress { size, resumed: from, done });
+        let hash = match sender.send(out.body(), &mut report).await {
+            Ok(Some(hash)) => hash,
+            Ok(None) => return Err(local_err(&job.local)(std::io::Error::other("no hash"))),
+            Err(SendError::File(source)) => return Err(ClientError::Local { path: job.local.clone(), source }),
+            Err(SendError::Wire(e)) => return Err(e.into()),
+        };
+        let hex = hash.to_hex().to_string();
+        out.feed(&Checksum { blake3: hex.clone() }, &[]).await?;
+        hashes.lock().expect("hashes").insert(i, (from, hex));
+        sent += 1;
+    }
+    out.body().flush().await?;
+    Ok(sent)
+}
+
+/// Opens a file to send from the offset the receiver offered, if it is
+/// the start of this file. Blocking.
+fn open_one(local: &Path, size: u64, mtime: i64, w: &Want) -> Result<Sender, ClientError> {
+    let file = open_to_send(local).map_err(local_err(local))?;
+    let meta = file.metadata().map_err(local_err(local))?;
+    if meta.len() != size || crate::services::files::mtime(&meta) != mtime {
+        let why = std::io::Error::other("changed since the copy was planned; run it again");
+        return Err(ClientError::Local { path: local.to_owned(), source: why });
+    }
+    Sender::resume(file, size, w.offset, w.prefix_blake3.as_deref(), Unproven::StartOver).map_err(local_err(local))
+}
+
+/// A copy of an error for an observer (errors are not `Clone`).
+fn clone_error(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Remote { code, message } => ClientError::Remote { code: *code, message: message.clone() },
+        ClientError::Local { path, source } => {
+            ClientError::Local { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+        }
+        ClientError::LocalExists(p) => ClientError::LocalExists(p.clone()),
+        other => ClientError::Wire(wire::Error::Io(std::io::Error::other(other.to_string()))),
+    }
+}
+
+/// Where a download's small files go: each job's local path, its
+/// directory kept open while files of it come.
+struct Local {
+    locals: std::sync::Arc<[PathBuf]>,
+    dirs: HashMap<PathBuf, OwnedFd>,
+}
+
+impl Place for Local {
+    type Error = std::io::Error;
+
+    fn resolve(&mut self, key: &str) -> Result<(OwnedFd, OsString, Option<Guard>), std::io::Error> {
+        let i: usize = key.parse().map_err(std::io::Error::other)?;
+        let local = &self.locals[i];
+        let parent = local.parent().unwrap_or(Path::new(".")).to_owned();
+        if let Some(dir) = self.dirs.get(&parent) {
+            let name = local.file_name().unwrap_or_default().to_owned();
+            return Ok((dir.try_clone()?, name, None));
+        }
+        let (dir, name) = local_parent(local)?;
+        if self.dirs.len() >= 64 {
+            self.dirs.clear();
+        }
+        self.dirs.insert(parent, dir.try_clone()?);
+        Ok((dir, name, None))
+    }
+}
+
+/// What a download offers for each file: the bytes of a partial file it
+/// holds, and their hash. Blocking.
+fn offers(jobs: &[Job]) -> Vec<(u64, Option<String>)> {
+    jobs.iter()
+        .map(|j| {
+            let part = j.local.with_file_name(partial_name(j.local.file_name().unwrap_or_default()));
+            match std::fs::symlink_metadata(&part) {
+                Ok(m) if m.is_file() && m.len() > 0 && m.len() <= j.size => {
+                    let hashed = std::fs::File::open(&part)
+                        .and_then(|mut f| crate::services::files::hash_prefix(&mut f, m.len()));
+                    match hashed {
+                        Ok(h) => (m.len(), Some(h.finalize().to_hex().to_string())),
+                        Err(_) => (0, None),
+                    }
+                }
+                _ => (0, None),
+            }
+        })
+        .collect()
+}
+
+/// Fetches `share` with `tree_get`. `Err` with [`ErrorCode::UnknownType`]
+/// before anything moved: the server has no streamed transfer.
+pub(super) async fn get(
+    client: &mut Client,
+    share: &[Job],
+    force: bool,
+    observer: &dyn Observer,
+    ids: &[usize],
+) -> Result<Outcomes, ClientError> {
+    client.session.send(&TreeGet { path: String::new() }, &[]).await?;
+    let TreeReady {} = client.answer().await?;
+    let mut outcomes = Outcomes::default();
+    let (reader, mut out) = client.session.halves();
+    let writer = async {
+        for (n, chunk) in share.chunks(TREE_PART_ENTRIES).enumerate() {
+            let jobs = chunk.to_vec();
+            let offered = spawn_blocking(move || offers(&jobs)).await.map_err(join_err)?;
+            let send = chunk
+                .iter()
+                .zip(offered)
+                .enumerate()
+                .map(|(k, (j, (offset, prefix_blake3)))| Want {
+                    i: (n * TREE_PART_ENTRIES + k) as u64,
+                    path: normal(&j.remote),
+                    offset,
+                    prefix_blake3,
+                })
+                .collect();
+            let list = WantList { send, ..WantList::default() };
+            let body = serde_json::to_vec(&list).map_err(|e| wire::Error::Io(std::io::Error::other(e)))?;
+            out.send(&Wants { len: body.len() as u64, count: list.send.len() as u64 }, &body).await?;
+        }
+        out.send(&WantsEnd { count: share.len() as u64 }, &[]).await?;
+        Ok::<(), ClientError>(())
+    };
+    let reading = async {
+        let mut batch = Batch::new();
+        let locals: std::sync::Arc<[PathBuf]> = share.iter().map(|j| j.local.clone()).collect();
+        let mut place = Some(Local { locals, dirs: HashMap::new() });
+        let mut held: HashMap<usize, u64> = HashMap::new();
+        loop {
+            let Some((frame, _)) = reader.read_head::<TreeGetOutput>().await? else { return Err(ClientError::Closed) };
+            let head = match frame {
+                TreeGetOutput::TreeFile(head) => head,
+                TreeGetOutput::TreeSkip(skip) => {
+                    let i = skip.i as usize;
+                    if i >= share.len() {
+                        return Err(unexpected("a skipped index within the wants", skip.i));
+                    }
+                    let failed = Err(remote_error(skip.code, skip.message));
+                    observer.finished(ids[i], &share[i], &failed);
+                    outcomes.done.push((i, failed));
+                    continue;
+                }
+                TreeGetOutput::TreeDone(_) => {
+                    commit(&mut batch, &mut place, share, ids, observer, &held, &mut outcomes).await?;
+                    return Ok(());
+                }
+                TreeGetOutput::Checksum(_) => return Err(unexpected("tree_file", "checksum")),
+                TreeGetOutput::ErrorFrame(e) => return Err(e.into()),
+            };
+            let TreeFile { len, i, offset, size, mtime, mode } = head;
+            let Some(job) = share.get(i as usize) else { return Err(unexpected("a file index within the wants", i)) };
+            let id = ids[i as usize];
+            if offset.checked_add(len) != Some(size) {
+                return Err(unexpected("a tree_file whose body is the rest of the file", format!("{offset}+{len} of {size}")));
+            }
+            observer.started(id, job);
+            let mode = received_mode(if mode == 0 { 0o666 } else { mode });
+            let mtime = (mtime != 0).then_some(mtime);
+            let replace = force || job.replace;
+            if offset == 0 && size <= SMALL_BODY {
+                let body = reader.read_body(len).await?;
+                let expected = checksum(reader).await?;
+                let hash = blake3::hash(&body);
+                if hash.to_hex().as_str() != expected {
+                    let got = hash.to_hex().to_string();
+                    let failed = Err(ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got });
+                    observer.finished(id, job, &failed);
+                    outcomes.done.push((i as usize, failed));
+                    continue;
+                }
+                held.insert(i as usize, 0);
+                batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace);
+            } else {
+                let l = job.local.clone();
+                let mut receiver = spawn_blocking(move || {
+                    let (dir, name) = local_parent(&l)?;
+                    Receiver::open(dir, &name)
+                })
+                .await
+                .map_err(join_err)?
+                .map_err(local_err(&job.local))?;
+                if !receiver.agree(offset).map_err(local_err(&job.local))? {
+                    return Err(unexpected("a file from our offset or 0", offset));
+                }
+                let mut at = Progress { size, resumed: offset, done: 0 };
+                let received = match receiver
+                    .receive(&mut *reader, &mut |n| {
+                        at.done = n;
+                        observer.progress(id, job, at);
+                    })
+                    .await
+                {
+                    Ok(received) => received,
+                    Err(ReceiveError::Wire(e, _)) => return Err(e.into()),
+                    // The rest of the body has nowhere to go: the stream
+                    // stops here.
+                    Err(ReceiveError::Write(e, _)) => return Err(local_err(&job.local)(e)),
+                };
+                let expected = checksum(reader).await?;
+                let received = match received.verify(&expected) {
+                    Ok(r) => r,
+                    Err(got) => {
+                        let failed = Err(ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got });
+                        observer.finished(id, job, &failed);
+                        outcomes.done.push((i as usize, failed));
+                        continue;
+                    }
+                };
+                let received = match mtime {
+                    Some(t) => received.with_mtime(t),
+                    None => received,
+                };
+                held.insert(i as usize, offset);
+                batch.push_received(i, received, mode, replace, None);
+            }
+            if batch.is_full() || size > SMALL_BODY {
+                commit(&mut batch, &mut place, share, ids, observer, &held, &mut outcomes).await?;
+            }
+        }
+    };
+    let result = tokio::try_join!(writer, reading);
+    if result.is_err() {
+        client.session.abandon().await;
+    }
+    if let Err(e) = result {
+        fail_the_rest(&mut outcomes, share.len(), &e);
+    }
+    Ok(outcomes)
+}
+
+async fn checksum(reader: &mut crate::wire::FrameReader<crate::transport::BoxRead>) -> Result<String, ClientError> {
+    match reader.read_head::<TreeGetOutput>().await? {
+        Some((TreeGetOutput::Checksum(Checksum { blake3 }), _)) => Ok(blake3),
+        Some((other, _)) => Err(unexpected("checksum", other.kind())),
+        None => Err(ClientError::Closed),
+    }
+}
+
+/// Commits a download's batch on this thread (the files are local and the
+/// batch bounded), reporting each file.
+async fn commit(
+    batch: &mut Batch,
+    place: &mut Option<Local>,
+    share: &[Job],
+    ids: &[usize],
+    observer: &dyn Observer,
+    held: &HashMap<usize, u64>,
+    outcomes: &mut Outcomes,
+) -> Result<(), ClientError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let b = std::mem::take(batch);
+    let mut p = place.take().expect("put back after each commit");
+    let (results, p) = spawn_blocking(move || (b.commit(&mut p), p)).await.map_err(join_err)?;
+    *place = Some(p);
+    for (i, result) in results {
+        let i = i as usize;
+        let job = &share[i];
+        let done = match result {
+            Ok((_, hash)) => Ok(Transfer {
+                size: job.size,
+                resumed: held.get(&i).copied().unwrap_or(0),
+                blake3: hash.to_hex().to_string(),
+            }),
+            Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(ClientError::LocalExists(job.local.clone()))
+            }
+            Err(CommitError::Io(e) | CommitError::Place(e)) => Err(local_err(&job.local)(e)),
+        };
+        observer.finished(ids[i], job, &done);
+        outcomes.done.push((i, done));
+    }
+    Ok(())
+}
