@@ -1169,3 +1169,99 @@ fn sigkill_mid_tree_then_a_rerun_completes() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// SIGKILL at random points of a streamed tree of many small files (and a
+/// few larger ones), of the client or of the server, both ways: every file
+/// present under its final name is whole (batched syncs never show a file
+/// before it is verified), and a rerun completes the rest and exits 0.
+/// The points come from the clock; a failure prints them.
+#[test]
+fn sigkill_at_random_points_leaves_only_whole_files() {
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    for d in 0..20 {
+        std::fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+        for f in 0..100 {
+            let len = 1024 + (d * 100 + f) * 37 % 15000;
+            std::fs::write(src.join(format!("d{d:02}/f{f:03}")), pattern(len, (d + f) as u8)).unwrap();
+        }
+    }
+    for i in 0..3 {
+        std::fs::write(src.join(format!("d10/big{i}")), pattern(3 << 20, i as u8)).unwrap();
+    }
+    let contents = format!("{}/", src.display());
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // Every file below `dir` is whole: the same bytes as its source.
+    let whole = |dir: &std::path::Path, what: &str| {
+        let mut n = 0;
+        for d in std::fs::read_dir(dir).into_iter().flatten() {
+            let d = d.unwrap();
+            for f in std::fs::read_dir(d.path()).unwrap() {
+                let f = f.unwrap();
+                let name = f.file_name().into_string().unwrap();
+                if name.ends_with(".fwpart") {
+                    continue;
+                }
+                let rel = format!("{}/{name}", d.file_name().to_str().unwrap());
+                assert_eq!(std::fs::read(f.path()).unwrap(), std::fs::read(src.join(&rel)).unwrap(), "{what}: {rel}");
+                n += 1;
+            }
+        }
+        n
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (mut server, mut addr) = serve_on(root.path());
+    for round in 0..4 {
+        let delay = Duration::from_millis(20 + next() % 150);
+        let kill_server = round % 2 == 1;
+        let (up, back) = (format!("up{round}"), local.path().join(format!("back{round}")));
+        let what = format!("seed {seed}, round {round}, {delay:?}, {}", if kill_server { "server" } else { "client" });
+        // put, cut at the random point.
+        let mut put = Command::new(BIN)
+            .args(["put", "-r", "-q", "-j", "2", &addr, &contents, &up])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if kill_server {
+            server.kill().unwrap();
+            server.wait().unwrap();
+            (server, addr) = serve_on(root.path());
+        } else {
+            put.kill().unwrap();
+        }
+        put.wait().unwrap();
+        let landed = whole(&root.path().join(&up), &what);
+        let out = framewire(&["put", "-r", &addr, &contents, &up]);
+        assert!(out.status.success(), "{what}: {landed} files had landed: {out:?}");
+        same_tree(&src, &root.path().join(&up));
+
+        // get, cut at another point.
+        let delay = Duration::from_millis(20 + next() % 150);
+        let mut get = Command::new(BIN)
+            .args(["get", "-r", "-q", "-j", "2", &addr, &format!("{up}/"), back.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if kill_server {
+            server.kill().unwrap();
+            server.wait().unwrap();
+            (server, addr) = serve_on(root.path());
+        } else {
+            get.kill().unwrap();
+        }
+        get.wait().unwrap();
+        let landed = whole(&back, &what);
+        let out = framewire(&["get", "-r", &addr, &format!("{up}/"), back.to_str().unwrap()]);
+        assert!(out.status.success(), "{what}: {landed} files had landed: {out:?}");
+        same_tree(&src, &back);
+    }
+}

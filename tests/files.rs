@@ -1002,3 +1002,177 @@ async fn tree_copy_api_plans_runs_and_reports() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A raw connection that has sent `tree_put` into `base` and read
+/// `tree_ready`.
+async fn raw_tree_put(server: &TestServer, base: &str) -> (RawReader, RawWriter) {
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.send(&Message::TreePut(proto::TreePut { path: base.into(), force: false }), &[]).await.unwrap();
+    r.read_preface().await.unwrap();
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert!(matches!(m, Message::TreeReady(_)), "{m:?}");
+    (r, w)
+}
+
+async fn send_manifest(w: &mut RawWriter, entries: &serde_json::Value) {
+    let body = serde_json::to_vec(entries).unwrap();
+    let count = entries.as_array().unwrap().len() as u64;
+    w.send(&Message::Manifest(proto::Manifest { len: body.len() as u64, count }), &body).await.unwrap();
+}
+
+async fn read_wants(r: &mut RawReader) -> proto::WantList {
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert!(matches!(m, Message::Wants(_)), "{m:?}");
+    serde_json::from_slice(&r.read_body(proto::TREE_PART_MAX).await.unwrap()).unwrap()
+}
+
+/// A hostile manifest: `..`, absolute paths, `.`, empty components, a
+/// partial file's name, a path listed twice, a file and a directory of the
+/// same name, a file below a symlink that leads out of the root. Each bad
+/// entry is refused by itself (the rest go on), nothing is written
+/// outside the destination, and the server serves on.
+#[tokio::test]
+async fn a_hostile_manifest_is_refused_entry_by_entry() {
+    let server = TestServer::start().await;
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), server.root.path().join("out")).unwrap();
+    let (mut r, mut w) = raw_tree_put(&server, "dst").await;
+    let e =
+        |path: &str, size: u64| serde_json::json!({"path": path, "size": size, "mtime": 1_000_000_000, "mode": 0o644});
+    let manifest = serde_json::json!([
+        e("../escape", 1),   // 0
+        e("/etc/escape", 1), // 1
+        e("a/./b", 1),       // 2
+        e("a//b", 1),        // 3
+        e(".x.fwpart", 1),   // 4
+        e("ok", 2),          // 5
+        e("ok", 2),          // 6: twice
+        e("d", 1),           // 7: a file named d ...
+        e("d/inner", 1),     // 8: ... and a file below a directory d
+        e("", 1),            // 9
+    ]);
+    send_manifest(&mut w, &manifest).await;
+    let wants = read_wants(&mut r).await;
+    let refused: Vec<u64> = wants.refused.iter().map(|f| f.i).collect();
+    for i in [0, 1, 2, 3, 4, 6, 9] {
+        assert!(refused.contains(&i), "entry {i} refused: {wants:?}");
+    }
+    let wanted: Vec<u64> = wants.send.iter().map(|w| w.i).collect();
+    assert_eq!(wanted, [5, 7, 8], "{wants:?}");
+    w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 10 }), &[]).await.unwrap();
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert!(matches!(m, Message::WantsEnd(proto::WantsEnd { count: 10 })), "{m:?}");
+    for (i, body) in [(5u64, &b"ok"[..]), (7, b"d"), (8, b"i")] {
+        let head = proto::TreeFile { len: body.len() as u64, i, offset: 0, size: body.len() as u64, mtime: 0, mode: 0 };
+        w.feed(&Message::TreeFile(head), body).await.unwrap();
+        let hash = blake3_hex(body);
+        w.feed(&Message::Checksum(proto::Checksum { blake3: hash }), &[]).await.unwrap();
+    }
+    w.send(&Message::TreeEnd(proto::TreeEnd { files: 3 }), &[]).await.unwrap();
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+        match m {
+            Message::Committed(_) => {
+                let list: proto::CommitList =
+                    serde_json::from_slice(&r.read_body(proto::TREE_PART_MAX).await.unwrap()).unwrap();
+                ok.extend(list.ok);
+                failed.extend(list.failed.into_iter().map(|f| f.i));
+            }
+            Message::TreeDone(done) => {
+                assert_eq!(done.files as usize, ok.len());
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // `d` and `d/inner` cannot both be: one of them lands, the other fails.
+    assert!(ok.contains(&5) && ok.len() == 2 && failed.len() == 1, "ok {ok:?} failed {failed:?}");
+    assert_eq!(std::fs::read(server.root.path().join("dst/ok")).unwrap(), b"ok");
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing outside the root");
+    assert!(!server.root.path().parent().unwrap().join("escape").exists());
+
+    // A file below a symlink leading out is refused; so is a huge count of
+    // files announced and never sent.
+    let (mut r, mut w) = raw_tree_put(&server, "out").await;
+    send_manifest(&mut w, &serde_json::json!([e("planted", 1)])).await;
+    let wants = read_wants(&mut r).await;
+    assert_eq!(wants.refused.len(), 1, "{wants:?}");
+    assert_eq!(wants.refused[0].code, ErrorCode::BadPath, "{wants:?}");
+    drop((r, w));
+    let (mut r, mut w) = raw_tree_put(&server, "many").await;
+    let mut refused = None;
+    for n in 0..70 {
+        let part: Vec<_> = (0..1000).map(|k| e(&format!("f{n}-{k}"), 1)).collect();
+        let body = serde_json::to_vec(&part).unwrap();
+        w.send(&Message::Manifest(proto::Manifest { len: body.len() as u64, count: 1000 }), &body).await.unwrap();
+        let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+        match m {
+            Message::Wants(_) => {
+                r.read_body(proto::TREE_PART_MAX).await.unwrap();
+            }
+            Message::ErrorFrame(e) => {
+                refused = Some(e);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let refused = refused.expect("a manifest of files never sent is refused before 70,000");
+    assert_eq!(refused.code, ErrorCode::TooLarge, "{refused:?}");
+    assert!(!server.root.path().join("many").exists(), "nothing was written for it");
+    // The server serves on.
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    assert_eq!(client.stat("dst/ok").await.unwrap().size, 2);
+}
+
+/// A tree copies alike streamed, file by file, and to a server without
+/// the streamed transfer (one answering `unknown_type`, as an older server
+/// does), both ways.
+#[tokio::test]
+async fn trees_copy_alike_streamed_and_file_by_file() {
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
+    let server = TestServer::start().await;
+    let older = TestServer::start_with(|c| c.tree_streaming = false).await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    for d in 0..5 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..40 {
+            std::fs::write(src.join(format!("d{d}/f{f}")), pattern(100 + f * 997, (d * 40 + f) as u8)).unwrap();
+        }
+    }
+    std::fs::write(src.join("big"), pattern(3 << 20, 9)).unwrap();
+    for (streamed, dest, old) in [(true, "s", false), (false, "f", false), (true, "o", true)] {
+        let server = if old { &older } else { &server };
+        let endpoint = Endpoint::new(server.addr(), None);
+        let mut client = endpoint.connect().await.unwrap();
+        let plan =
+            tree::plan_put(&mut client, &[src.clone()], Some(dest), PlanOptions::new(true, false)).await.unwrap();
+        assert_eq!(plan.jobs.len(), 201);
+        let options = CopyOptions::new(false, 3).with_streamed(streamed);
+        let summary = tree::run(&endpoint, plan, &options, std::sync::Arc::new(Quiet)).await;
+        assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+        assert_eq!(summary.files, 201);
+        for d in 0..5 {
+            for f in 0..40 {
+                let rel = format!("src/d{d}/f{f}");
+                let got = std::fs::read(server.root.path().join(dest).join(&rel)).unwrap();
+                assert_eq!(got, std::fs::read(local.path().join(&rel)).unwrap(), "{rel}");
+            }
+        }
+        // Back again, the same way, into a local copy.
+        let back = local.path().join(format!("back-{dest}"));
+        let mut client = endpoint.connect().await.unwrap();
+        let plan =
+            tree::plan_get(&mut client, &[format!("{dest}/src/")], &back, PlanOptions::new(true, false)).await.unwrap();
+        let summary = tree::run(&endpoint, plan, &options, std::sync::Arc::new(Quiet)).await;
+        assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+        assert_eq!(std::fs::read(back.join("big")).unwrap(), pattern(3 << 20, 9));
+        assert_eq!(std::fs::read(back.join("d4/f39")).unwrap(), pattern(100 + 39 * 997, 199));
+    }
+}

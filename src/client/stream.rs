@@ -16,12 +16,14 @@ use super::error::ClientError;
 use super::files::{join_err, local_err, Progress, Transfer};
 use super::tree::{Job, Observer};
 use crate::proto::{
-    Checksum, CommitList, ErrorCode, ManifestEnd, ManifestEntry, Manifest, TreeEnd, TreeFile, TreeGet, TreeGetOutput,
+    Checksum, CommitList, ErrorCode, Manifest, ManifestEnd, ManifestEntry, TreeEnd, TreeFile, TreeGet, TreeGetOutput,
     TreePut, TreePutOutput, TreeReady, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
 use crate::services::files::{open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};
-use crate::session::{Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, Sender, Unproven, SMALL_BODY};
+use crate::session::{
+    Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, Sender, Unproven, SMALL_BODY,
+};
 use crate::wire;
 
 /// Manifest frames sent and not yet answered, at most.
@@ -30,7 +32,7 @@ const IN_FLIGHT_FRAMES: usize = 8;
 /// the server's list of wanted files short.
 const QUEUED_WANTS: usize = 4096;
 /// Bytes of small files read ahead of sending them.
-const READ_AHEAD: u64 = 4 * 1024 * 1024;
+const READ_AHEAD: u64 = 1024 * 1024;
 
 /// What one streamed request did with each of its files.
 #[derive(Debug, Default)]
@@ -170,7 +172,8 @@ pub(super) async fn put(
                     let h = hashes.lock().expect("hashes");
                     for i in list.ok.into_iter().filter(|&i| (i as usize) < share.len()) {
                         let job = &share[i as usize];
-                        let (resumed, blake3) = h.get(&i).cloned().unwrap_or((offsets.get(&i).copied().unwrap_or(0), String::new()));
+                        let (resumed, blake3) =
+                            h.get(&i).cloned().unwrap_or((offsets.get(&i).copied().unwrap_or(0), String::new()));
                         let done = Ok(Transfer { size: job.size, resumed, blake3 });
                         observer.finished(ids[i as usize], job, &done);
                         o.done.push((i as usize, done));
@@ -207,7 +210,8 @@ fn fail_the_rest(outcomes: &mut Outcomes, len: usize, e: &ClientError) {
     }
     for (i, k) in known.into_iter().enumerate() {
         if !k {
-            let why = ClientError::Wire(wire::Error::Io(std::io::Error::other(format!("the tree transfer stopped: {e}"))));
+            let why =
+                ClientError::Wire(wire::Error::Io(std::io::Error::other(format!("the tree transfer stopped: {e}"))));
             outcomes.done.push((i, Err(why)));
         }
     }
@@ -267,7 +271,14 @@ async fn send_some(
         };
         observer.started(id, job);
         let from = sender.start();
-        out.feed_head(&TreeFile { len: sender.body_len(), i, offset: from, size: job.size, mtime: job.mtime, mode: job.mode })?;
+        out.feed_head(&TreeFile {
+            len: sender.body_len(),
+            i,
+            offset: from,
+            size: job.size,
+            mtime: job.mtime,
+            mode: job.mode,
+        })?;
         let size = job.size;
         let mut report = |done| observer.progress(id, job, Progress { size, resumed: from, done });
         let hash = match sender.send(out.body(), &mut report).await {
@@ -422,7 +433,10 @@ pub(super) async fn get(
             let Some(job) = share.get(i as usize) else { return Err(unexpected("a file index within the wants", i)) };
             let id = ids[i as usize];
             if offset.checked_add(len) != Some(size) {
-                return Err(unexpected("a tree_file whose body is the rest of the file", format!("{offset}+{len} of {size}")));
+                return Err(unexpected(
+                    "a tree_file whose body is the rest of the file",
+                    format!("{offset}+{len} of {size}"),
+                ));
             }
             observer.started(id, job);
             let mode = received_mode(if mode == 0 { 0o666 } else { mode });

@@ -512,7 +512,15 @@ pub async fn plan_put(
             };
             let mtime = crate::services::files::mtime(&meta);
             let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
-            let job = Job { remote: target, local: path.clone(), size: meta.len(), mtime, mode, replace: false, blake3: None };
+            let job = Job {
+                remote: target,
+                local: path.clone(),
+                size: meta.len(),
+                mtime,
+                mode,
+                replace: false,
+                blake3: None,
+            };
             plan.decide(job, held, force, same);
             continue;
         }
@@ -603,7 +611,15 @@ fn walk(
             Ok(meta) if meta.is_file() => {
                 let mtime = crate::services::files::mtime(&meta);
                 let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
-                found.push(Job { remote: child, local: path, size: meta.len(), mtime, mode, replace: false, blake3: None });
+                found.push(Job {
+                    remote: child,
+                    local: path,
+                    size: meta.len(),
+                    mtime,
+                    mode,
+                    replace: false,
+                    blake3: None,
+                });
                 creates = true;
             }
             Ok(meta) if meta.is_dir() => {
@@ -726,7 +742,9 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
             let (endpoint, totals, observer) = (endpoint.clone(), totals.clone(), observer.clone());
             let force = options.force;
             let streamed = options.streamed;
-            tasks.spawn(async move { share_worker(&endpoint, direction, share, (force, streamed), &*observer, &totals).await });
+            tasks.spawn(async move {
+                share_worker(&endpoint, direction, share, (force, streamed), &*observer, &totals).await
+            });
         }
     }
     while let Some(joined) = tasks.join_next().await {
@@ -850,7 +868,7 @@ async fn share_worker(
     observer: &dyn Observer,
     totals: &Mutex<Summary>,
 ) {
-    let (ids, jobs): (Vec<usize>, Vec<Job>) = share.into_iter().unzip();
+    let (mut ids, mut jobs): (Vec<usize>, Vec<Job>) = share.into_iter().unzip();
     let mut client = match endpoint.connect().await {
         Ok(client) => Some(client),
         Err(e) => {
@@ -866,10 +884,36 @@ async fn share_worker(
     };
     if streamed {
         let c = client.as_mut().expect("connected");
-        let outcome = match direction {
-            Direction::Get => super::stream::get(c, &jobs, force, observer, &ids).await,
-            Direction::Put => super::stream::put(c, &jobs, force, observer, &ids).await,
-        };
+        let mut outcome = Err(ClientError::Closed);
+        // A file found busy (another upload of it was under way, e.g. the
+        // server still committing the batch of a client just killed) is
+        // tried again, in a second request of its own.
+        for attempt in 0..3 {
+            outcome = match direction {
+                Direction::Get => super::stream::get(c, &jobs, force, observer, &ids).await,
+                Direction::Put => super::stream::put(c, &jobs, force, observer, &ids).await,
+            };
+            let Ok(outcomes) = &mut outcome else { break };
+            let busy =
+                |r: &Result<Transfer, ClientError>| matches!(r, Err(ClientError::Remote { code: ErrorCode::Busy, .. }));
+            if attempt == 2 || !outcomes.done.iter().any(|(_, r)| busy(r)) {
+                break;
+            }
+            let (again, done): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut outcomes.done).into_iter().partition(|(_, r)| busy(r));
+            {
+                let mut t = totals.lock().expect("totals");
+                t.unchanged += outcomes.unchanged.len();
+                t.refused.extend(outcomes.refused.iter().map(|&i| jobs[i].source(direction)));
+                for (i, d) in done {
+                    tally(&mut t, &jobs[i], direction, d);
+                }
+            }
+            let keep: Vec<usize> = again.into_iter().map(|(i, _)| i).collect();
+            ids = keep.iter().map(|&i| ids[i]).collect();
+            jobs = keep.into_iter().map(|i| jobs[i].clone()).collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         match outcome {
             Ok(outcomes) => {
                 let mut t = totals.lock().expect("totals");

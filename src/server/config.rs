@@ -58,6 +58,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Serve `exec` requests.
     pub allow_exec: bool,
+    /// Serve the streamed tree requests (`tree_list`, `tree_put`,
+    /// `tree_get`; on by default). Off, they are answered `unknown_type`,
+    /// as a server older than them answers: clients then copy trees one
+    /// request per file. For testing that fallback.
+    pub tree_streaming: bool,
     /// The shell `exec` runs commands with (`SHELL -c COMMAND`).
     pub shell: PathBuf,
     /// Stop by itself after this long without any client connected.
@@ -87,6 +92,7 @@ impl Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             allow_exec: false,
+            tree_streaming: true,
             shell: PathBuf::from("/bin/sh"),
             exit_when_idle: None,
             key: None,

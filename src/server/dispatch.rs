@@ -11,6 +11,12 @@ use crate::wire::Error;
 /// itself, to kill the process group and tell the client why.
 pub(super) async fn handle(s: &mut Session<ServerSide>, ctx: &Context, request: Request) -> Result<(), Error> {
     let cut = s.cut_off().clone();
+    let streamed = matches!(request, Request::TreeList(_) | Request::TreePut(_) | Request::TreeGet(_));
+    if streamed && !ctx.config.tree_streaming {
+        // What a server that predates them answers.
+        let msg = format!("unknown message type {:?}", request.kind());
+        return s.refuse(crate::services::Refusal::new(crate::proto::ErrorCode::UnknownType, msg)).await;
+    }
     match request {
         Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
         Request::Exec(r) => exec::exec(s, ctx, r).await,

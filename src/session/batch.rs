@@ -34,7 +34,7 @@ pub type Guard = Box<dyn Send>;
 pub const BATCH_FILES: usize = 256;
 
 /// Bytes of small bodies held in memory by a batch at most.
-pub const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+pub const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Where a batch's files go: resolves a path to its directory and name,
 /// creating missing directories, the kernel keeping it inside whatever
@@ -109,7 +109,15 @@ impl Batch {
 
     /// Adds a whole, verified small file held in memory (`hash` is its
     /// BLAKE3), to be written to a partial file for `path` at commit.
-    pub fn push_body(&mut self, id: u64, path: String, body: Vec<u8>, hash: blake3::Hash, meta: (u32, Option<i64>), replace: bool) {
+    pub fn push_body(
+        &mut self,
+        id: u64,
+        path: String,
+        body: Vec<u8>,
+        hash: blake3::Hash,
+        meta: (u32, Option<i64>),
+        replace: bool,
+    ) {
         self.bytes += body.len() as u64;
         let (mode, mtime) = meta;
         self.items.push(Item { id, what: What::Body { path, body, hash, mtime }, mode, replace });
@@ -246,7 +254,9 @@ mod tests {
         let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));
         let by_id: std::collections::HashMap<u64, bool> = outcomes.iter().map(|(id, r)| (*id, r.is_ok())).collect();
         assert_eq!(by_id, [(0, true), (1, true), (2, false), (3, true)].into_iter().collect());
-        assert!(matches!(&outcomes.iter().find(|o| o.0 == 2).unwrap().1, Err(CommitError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists));
+        assert!(
+            matches!(&outcomes.iter().find(|o| o.0 == 2).unwrap().1, Err(CommitError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists)
+        );
         assert_eq!(std::fs::read(tmp.path().join("a/x")).unwrap(), b"body of a/x");
         assert_eq!(std::fs::read(tmp.path().join("taken")).unwrap(), b"first", "not replaced");
         assert_eq!(std::fs::read(tmp.path().join("old")).unwrap(), b"body of old", "replaced, as asked");

@@ -11,9 +11,9 @@ use super::super::context::Context;
 use super::blocking;
 use super::files::{hash_of, plan_download, Download};
 use crate::proto::{
-    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ManifestEntry,
-    TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList,
-    Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ManifestEntry, TreeDone,
+    TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants,
+    WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
 use crate::services::files::{self, Sandbox};
 use crate::services::Refusal;
@@ -29,7 +29,7 @@ type S = Session<ServerSide>;
 pub const MAX_OUTSTANDING: usize = 65_536;
 
 /// Bytes of small files a `tree_get` reads ahead of sending them.
-const READ_AHEAD: u64 = 4 * 1024 * 1024;
+const READ_AHEAD: u64 = 1024 * 1024;
 
 /// `base/rel`, or `rel` when `base` is the root.
 fn join(base: &str, rel: &str) -> String {
@@ -74,7 +74,8 @@ pub(in crate::server) async fn tree_list(s: &mut S, ctx: &Context, request: Tree
         let gone = || std::io::Error::other("the client left");
         let walked = sb.walk(&path, files::Listing::Tree, &mut |mut e| {
             if blake3 && e.kind == Kind::File {
-                let hash = hash_of(&sb, &hashes, &join(&path, &e.name)).map_err(|r| std::io::Error::other(r.message))?;
+                let hash =
+                    hash_of(&sb, &hashes, &join(&path, &e.name)).map_err(|r| std::io::Error::other(r.message))?;
                 e.blake3 = hash.map(|h| h.to_hex().to_string());
             }
             bytes += e.name.len() as u64 + 160;
@@ -123,7 +124,13 @@ struct Needed {
 
 /// Decides one manifest entry: wanted (from an offset), unchanged, or
 /// refused. Blocking.
-fn decide(sb: &Sandbox, hashes: &files::HashCache, full: &str, e: &ManifestEntry, force: bool) -> Result<Decision, Refusal> {
+fn decide(
+    sb: &Sandbox,
+    hashes: &files::HashCache,
+    full: &str,
+    e: &ManifestEntry,
+    force: bool,
+) -> Result<Decision, Refusal> {
     let standing = sb.standing(full)?;
     let replace = match standing.there {
         None => false,
@@ -213,8 +220,9 @@ struct Upload {
     /// refused the second time.
     pending: HashSet<String>,
     batch: Batch,
-    /// Paths of the files in the batch, by index.
-    in_batch: HashMap<u64, String>,
+    /// Paths of the files in the batch, by index, with their size and
+    /// mtime.
+    in_batch: HashMap<u64, (String, u64, i64)>,
     into: Option<Into>,
     /// Failures since the last `committed` frame.
     failed: Vec<Failed>,
@@ -273,12 +281,16 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                     return s.refuse_and_close("manifest after manifest_end".into()).await;
                 }
                 if m.len > TREE_PART_MAX {
-                    return s.refuse_and_close(format!("a manifest frame of {} bytes (most: {TREE_PART_MAX})", m.len)).await;
+                    return s
+                        .refuse_and_close(format!("a manifest frame of {} bytes (most: {TREE_PART_MAX})", m.len))
+                        .await;
                 }
                 let body = s.reader().read_body(TREE_PART_MAX).await?;
                 let entries: Vec<ManifestEntry> = match serde_json::from_slice(&body) {
                     Ok(entries) => entries,
-                    Err(e) => return s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await,
+                    Err(e) => {
+                        return s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await
+                    }
                 };
                 if up.needed.len() + entries.len() > MAX_OUTSTANDING {
                     let msg = format!(
@@ -378,7 +390,9 @@ impl Upload {
     async fn receive(&mut self, s: &mut S, ctx: &Context, head: TreeFile) -> Result<(), Error> {
         let TreeFile { len, i, offset, .. } = head;
         let Some(need) = self.needed.remove(&i) else {
-            return s.refuse_and_close(format!("tree_file for entry {i}, which is not wanted (or was sent already)")).await;
+            return s
+                .refuse_and_close(format!("tree_file for entry {i}, which is not wanted (or was sent already)"))
+                .await;
         };
         if offset.checked_add(len) != Some(need.size) || (offset != 0 && offset != need.offset) {
             let msg = format!(
@@ -400,7 +414,7 @@ impl Upload {
                 self.mismatch(i, &need, &hash, &claimed);
                 return Ok(());
             }
-            self.in_batch.insert(i, need.path.clone());
+            self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
             self.batch.push_body(i, need.path, body.to_vec(), hash, (mode, Some(need.mtime)), need.replace);
             return Ok(());
         }
@@ -426,6 +440,12 @@ impl Upload {
         };
         let agreed = receiver.agree(offset).map_err(Error::Io)?;
         if !agreed {
+            // Most often, the partial file offered was committed since by
+            // the batch of a connection that just ended, and this one is
+            // new and empty: not worth keeping.
+            if receiver.held() == 0 {
+                receiver.discard();
+            }
             let msg = format!("{}: the partial file changed since it was offered", files::shown(&need.path));
             return self.skip(s, i, &need, Refusal::new(ErrorCode::Busy, msg)).await;
         }
@@ -442,7 +462,7 @@ impl Upload {
         let hash = received.hash();
         match received.verify(&claimed) {
             Ok(received) => {
-                self.in_batch.insert(i, need.path.clone());
+                self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
                 let received = received.with_mtime(need.mtime);
                 self.batch.push_received(i, received, mode, need.replace, Some(Box::new(claim)));
                 // A large file is not kept waiting for a batch to fill.
@@ -460,9 +480,10 @@ impl Upload {
     async fn checksum(&mut self, s: &mut S) -> Result<Option<String>, Error> {
         match s.read::<TreePutInput>().await {
             Ok(Some((TreePutInput::Checksum(Checksum { blake3 }), _))) => Ok(Some(blake3)),
-            Ok(Some((other, _))) => {
-                s.refuse_and_close(format!("expected checksum after tree_file, got {}", other.kind())).await.map(|()| None)
-            }
+            Ok(Some((other, _))) => s
+                .refuse_and_close(format!("expected checksum after tree_file, got {}", other.kind()))
+                .await
+                .map(|()| None),
             Ok(None) => Ok(None),
             Err(e) if e.is_recoverable() => s.refuse_and_close(format!("bad checksum: {e}")).await.map(|()| None),
             Err(e) => Err(e),
@@ -526,12 +547,19 @@ impl Upload {
         };
         self.into = Some(into);
         for (i, outcome) in outcomes {
-            let path = self.in_batch.remove(&i).unwrap_or_default();
+            let (path, size, mtime) = self.in_batch.remove(&i).unwrap_or_default();
             self.pending.remove(&path);
             match outcome {
                 Ok(size) => {
                     self.files += 1;
                     self.bytes += size;
+                    list.ok.push(i);
+                }
+                // The same file landed meanwhile (another upload of it,
+                // such as the batch of a connection that just ended).
+                Err(CommitError::Io(e))
+                    if e.kind() == std::io::ErrorKind::AlreadyExists && same_there(ctx, &path, size, mtime) =>
+                {
                     list.ok.push(i);
                 }
                 Err(CommitError::Place(r)) => list.failed.push(failed(i, r)),
@@ -559,6 +587,13 @@ impl Upload {
         let body = serde_json::to_vec(&list).map_err(|e| Error::Io(std::io::Error::other(e)))?;
         s.send(&Committed { len: body.len() as u64 }, &body).await
     }
+}
+
+/// Whether a regular file of `size` bytes and `mtime` is at `path` now.
+fn same_there(ctx: &Context, path: &str, size: u64, mtime: i64) -> bool {
+    ctx.sandbox
+        .standing(path)
+        .is_ok_and(|s| s.there.is_some_and(|e| e.kind == Kind::File && e.size == size && e.mtime == mtime))
 }
 
 /// A file of a `tree_get`, opened and decided (small ones read).
@@ -615,7 +650,9 @@ pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeG
         let wants = match frame {
             TreeGetInput::Wants(w) => {
                 if w.len > TREE_PART_MAX {
-                    return s.refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len)).await;
+                    return s
+                        .refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len))
+                        .await;
                 }
                 let body = s.reader().read_body(TREE_PART_MAX).await?;
                 match serde_json::from_slice::<WantList>(&body) {
@@ -625,7 +662,9 @@ pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeG
             }
             TreeGetInput::WantsEnd(end) => {
                 if end.count != next {
-                    return s.refuse_and_close(format!("wants_end counts {} files, {next} were asked", end.count)).await;
+                    return s
+                        .refuse_and_close(format!("wants_end counts {} files, {next} were asked", end.count))
+                        .await;
                 }
                 tracing::info!(files = sent_files, bytes = sent_bytes, path = %files::shown(&base), "tree_get");
                 return s.send(&TreeDone { files: sent_files, bytes: sent_bytes }, &[]).await;
