@@ -1151,8 +1151,9 @@ async fn trees_copy_alike_streamed_and_file_by_file() {
         let server = if old { &older } else { &server };
         let endpoint = Endpoint::new(server.addr(), None);
         let mut client = endpoint.connect().await.unwrap();
-        let plan =
-            tree::plan_put(&mut client, &[src.clone()], Some(dest), PlanOptions::new(true, false)).await.unwrap();
+        let plan = tree::plan_put(&mut client, std::slice::from_ref(&src), Some(dest), PlanOptions::new(true, false))
+            .await
+            .unwrap();
         assert_eq!(plan.jobs.len(), 201);
         let options = CopyOptions::new(false, 3).with_streamed(streamed);
         let summary = tree::run(&endpoint, plan, &options, std::sync::Arc::new(Quiet)).await;

@@ -266,7 +266,7 @@ impl Sandbox {
             Err(e) => return Err(refusal(path, &e)),
         };
         let there = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Some(entry_of(String::new(), &st, kind_of(st.st_mode as u32))),
+            Ok(st) => Some(entry_of(String::new(), &st, kind_of(st.st_mode))),
             Err(Errno::NOENT) => None,
             Err(e) => return Err(refusal(path, &e.into())),
         };

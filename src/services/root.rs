@@ -487,7 +487,7 @@ impl PartialName {
         let unnamed = self.part.is_none();
         // Whoever else can write this directory could have put something
         // else at the partial file's name meanwhile: rename only our file.
-        let ours = rustix::fs::fstat(&file)?;
+        let ours = rustix::fs::fstat(file)?;
         match rustix::fs::statat(&self.dir, part.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => {}
             Ok(_) => {
