@@ -5,6 +5,7 @@ mod conn;
 mod error;
 mod exec;
 mod files;
+mod job;
 mod stream;
 
 pub mod filter;

@@ -1,4 +1,4 @@
-//! The client's side of the streamed tree transfer (PROTOCOL.md §4.7):
+//! The client's side of the streamed tree transfer (PROTOCOL.md §4.6.3):
 //! one request moves a share of a planned copy, the files back to back.
 //! [`super::tree::run`] gives each connection its share.
 
@@ -14,7 +14,7 @@ use tokio::task::spawn_blocking;
 use super::conn::Client;
 use super::error::ClientError;
 use super::files::{join_err, local_err, Progress, Transfer};
-use super::tree::{Job, Observer};
+use super::job::{Job, Observer};
 use crate::proto::{
     Checksum, CommitList, ErrorCode, Manifest, ManifestEnd, ManifestEntry, TreeEnd, TreeFile, TreeGet, TreeGetOutput,
     TreePut, TreePutOutput, TreeReady, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,

@@ -327,7 +327,7 @@ messages! {
     }
 
     /// Request: stream the tree at `path` as `listing` frames, then
-    /// `listing_end` (PROTOCOL.md §4.7.1).
+    /// `listing_end` (PROTOCOL.md §4.6.3.1).
     TreeList = "tree_list", ToServer, none, cold, example: TreeList { path: "d".into(), blake3: true };
     {
         /// The directory, relative to the root.
@@ -358,7 +358,7 @@ messages! {
     }
 
     /// Request: receive a whole tree into the directory `path`
-    /// (PROTOCOL.md §4.7.2).
+    /// (PROTOCOL.md §4.6.3.2).
     TreePut = "tree_put", ToServer, none, cold, example: TreePut { path: "d".into(), force: true };
     {
         /// The directory, relative to the root (created as needed).
@@ -370,7 +370,7 @@ messages! {
     }
 
     /// Request: send the files the `wants` frames that follow name, below
-    /// the directory `path` (PROTOCOL.md §4.7.3).
+    /// the directory `path` (PROTOCOL.md §4.6.3.3).
     TreeGet = "tree_get", ToServer, none, cold, example: TreeGet { path: "d".into() };
     {
         /// The directory, relative to the root.

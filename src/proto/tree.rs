@@ -1,4 +1,4 @@
-//! The bodies of the streamed tree transfer's frames (PROTOCOL.md §4.7):
+//! The bodies of the streamed tree transfer's frames (PROTOCOL.md §4.6.3):
 //! JSON, at most [`TREE_PART_MAX`] bytes and [`TREE_PART_ENTRIES`]
 //! entries each, so that a tree of any size moves in bounded frames.
 

@@ -239,7 +239,7 @@ impl Sandbox {
 
     /// What stands at `path`, a file to be written, and what a partial
     /// file beside it holds, creating nothing: what a streamed upload's
-    /// receiver decides by (PROTOCOL.md §4.7.2). The last component is not
+    /// receiver decides by (PROTOCOL.md §4.6.3.2). The last component is not
     /// followed (a symlink there is reported as one).
     ///
     /// # Errors

@@ -1,4 +1,4 @@
-//! Streamed tree transfers (PROTOCOL.md §4.7): `tree_list` streams a
+//! Streamed tree transfers (PROTOCOL.md §4.6.3): `tree_list` streams a
 //! tree's listing; `tree_put` takes a manifest, answers what it wants,
 //! receives the files back to back and commits them in batches;
 //! `tree_get` sends the files a client wants back to back.
@@ -25,7 +25,7 @@ type S = Session<ServerSide>;
 /// Files a `tree_put` may have announced and not yet sent (wanted, or
 /// not yet answered) at once: what bounds the server's memory for one
 /// upload, whatever the manifest's length. Our client keeps far fewer
-/// in flight (PROTOCOL.md §4.7.2).
+/// in flight (PROTOCOL.md §4.6.3.2).
 pub const MAX_OUTSTANDING: usize = 65_536;
 
 /// Bytes of small files a `tree_get` reads ahead of sending them.
@@ -236,7 +236,7 @@ fn failed(i: u64, r: Refusal) -> Failed {
     Failed { i, code: r.code, message: r.message }
 }
 
-/// Receives a whole tree (PROTOCOL.md §4.7.2).
+/// Receives a whole tree (PROTOCOL.md §4.6.3.2).
 pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreePut) -> Result<(), Error> {
     let TreePut { path: base, force } = request;
     if let Err(r) = Sandbox::relative(&base) {
@@ -632,7 +632,7 @@ fn open_some(
     (ready, wants)
 }
 
-/// Sends the files a client wants, back to back (PROTOCOL.md §4.7.3).
+/// Sends the files a client wants, back to back (PROTOCOL.md §4.6.3.3).
 pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeGet) -> Result<(), Error> {
     let TreeGet { path: base } = request;
     if let Err(r) = Sandbox::relative(&base) {
