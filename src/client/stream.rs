@@ -34,15 +34,50 @@ const QUEUED_WANTS: usize = 4096;
 /// Bytes of small files read ahead of sending them.
 const READ_AHEAD: u64 = 1024 * 1024;
 
-/// What one streamed request did with each of its files.
+/// What one streamed request did with its files: totals for the ones
+/// copied (a tree of 100,000 files keeps no record per file), and each
+/// one that failed or was left out.
 #[derive(Debug, Default)]
 pub(super) struct Outcomes {
-    /// By index into the share: copied (with its transfer) or failed.
-    pub done: Vec<(usize, Result<Transfer, ClientError>)>,
-    /// Indices the receiver had already.
-    pub unchanged: Vec<usize>,
+    /// Which files have an outcome, by index into the share.
+    known: Vec<bool>,
+    /// Files copied.
+    pub files: usize,
+    /// Their bytes sent.
+    pub sent: u64,
+    /// Their bytes resumed (not sent again).
+    pub resumed: u64,
+    /// Files that failed, by index, and why.
+    pub failed: Vec<(usize, ClientError)>,
+    /// Files the receiver had already.
+    pub unchanged: usize,
     /// Indices refused as differing and not older.
     pub refused: Vec<usize>,
+}
+
+impl Outcomes {
+    fn new(len: usize) -> Self {
+        Outcomes { known: vec![false; len], ..Outcomes::default() }
+    }
+
+    fn ok(&mut self, i: usize, t: &Transfer) {
+        self.known[i] = true;
+        self.files += 1;
+        self.sent += t.size - t.resumed;
+        self.resumed += t.resumed;
+    }
+
+    fn fail(&mut self, i: usize, e: ClientError) {
+        self.known[i] = true;
+        self.failed.push((i, e));
+    }
+
+    fn done(&mut self, i: usize, r: Result<Transfer, ClientError>) {
+        match r {
+            Ok(t) => self.ok(i, &t),
+            Err(e) => self.fail(i, e),
+        }
+    }
 }
 
 /// `path` with empty and `.` components dropped (`..` is left for the
@@ -66,7 +101,7 @@ pub(super) async fn put(
 ) -> Result<Outcomes, ClientError> {
     client.session.send(&TreePut { path: String::new(), force }, &[]).await?;
     let TreeReady {} = client.answer().await?;
-    let outcomes = Mutex::new(Outcomes::default());
+    let outcomes = Mutex::new(Outcomes::new(share.len()));
     let hashes: Mutex<HashMap<u64, (u64, String)>> = Mutex::new(HashMap::new());
     let (tx, rx) = mpsc::unbounded_channel::<Option<WantList>>();
     let (reader, mut out) = client.session.halves();
@@ -150,12 +185,16 @@ pub(super) async fn put(
                         }
                         offsets.insert(w.i, w.offset);
                     }
-                    o.unchanged.extend(list.unchanged.iter().map(|&i| i as usize).filter(|&i| i < share.len()));
+                    for &i in list.unchanged.iter().filter(|&&i| (i as usize) < share.len()) {
+                        o.known[i as usize] = true;
+                        o.unchanged += 1;
+                    }
                     for f in list.refused.iter().filter(|f| (f.i as usize) < share.len()) {
                         if f.code == ErrorCode::Exists {
+                            o.known[f.i as usize] = true;
                             o.refused.push(f.i as usize);
                         } else {
-                            o.done.push((f.i as usize, Err(remote_error(f.code, f.message.clone()))));
+                            o.fail(f.i as usize, remote_error(f.code, f.message.clone()));
                         }
                     }
                     drop(o);
@@ -169,19 +208,21 @@ pub(super) async fn put(
                     let list: CommitList = serde_json::from_slice(&body)
                         .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
                     let mut o = outcomes.lock().expect("outcomes");
-                    let h = hashes.lock().expect("hashes");
+                    let mut h = hashes.lock().expect("hashes");
                     for i in list.ok.into_iter().filter(|&i| (i as usize) < share.len()) {
                         let job = &share[i as usize];
-                        let (resumed, blake3) =
-                            h.get(&i).cloned().unwrap_or((offsets.get(&i).copied().unwrap_or(0), String::new()));
+                        let offered = offsets.remove(&i).unwrap_or(0);
+                        let (resumed, blake3) = h.remove(&i).unwrap_or((offered, String::new()));
                         let done = Ok(Transfer { size: job.size, resumed, blake3 });
                         observer.finished(ids[i as usize], job, &done);
-                        o.done.push((i as usize, done));
+                        o.done(i as usize, done);
                     }
                     for f in list.failed.into_iter().filter(|f| (f.i as usize) < share.len()) {
+                        offsets.remove(&f.i);
+                        h.remove(&f.i);
                         let failed = Err(remote_error(f.code, f.message));
                         observer.finished(ids[f.i as usize], &share[f.i as usize], &failed);
-                        o.done.push((f.i as usize, failed));
+                        o.done(f.i as usize, failed);
                     }
                 }
                 TreePutOutput::TreeDone(_) => return Ok(()),
@@ -197,23 +238,17 @@ pub(super) async fn put(
     }
     let mut outcomes = outcomes.into_inner().expect("outcomes");
     if let Err(e) = result {
-        fail_the_rest(&mut outcomes, share.len(), &e);
+        fail_the_rest(&mut outcomes, &e);
     }
     Ok(outcomes)
 }
 
 /// Every file of the share with no outcome yet fails with (a copy of) `e`.
-fn fail_the_rest(outcomes: &mut Outcomes, len: usize, e: &ClientError) {
-    let mut known = vec![false; len];
-    for &i in outcomes.unchanged.iter().chain(&outcomes.refused).chain(outcomes.done.iter().map(|(i, _)| i)) {
-        known[i] = true;
-    }
-    for (i, k) in known.into_iter().enumerate() {
-        if !k {
-            let why =
-                ClientError::Wire(wire::Error::Io(std::io::Error::other(format!("the tree transfer stopped: {e}"))));
-            outcomes.done.push((i, Err(why)));
-        }
+fn fail_the_rest(outcomes: &mut Outcomes, e: &ClientError) {
+    let left: Vec<usize> = outcomes.known.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect();
+    for i in left {
+        let why = ClientError::Wire(wire::Error::Io(std::io::Error::other(format!("the tree transfer stopped: {e}"))));
+        outcomes.fail(i, why);
     }
 }
 
@@ -265,7 +300,7 @@ async fn send_some(
             Err(e) => {
                 // Not sent: the server reports it wanted and not sent.
                 observer.finished(id, job, &Err(clone_error(&e)));
-                outcomes.lock().expect("outcomes").done.push((i as usize, Err(e)));
+                outcomes.lock().expect("outcomes").fail(i as usize, e);
                 continue;
             }
         };
@@ -379,7 +414,7 @@ pub(super) async fn get(
 ) -> Result<Outcomes, ClientError> {
     client.session.send(&TreeGet { path: String::new() }, &[]).await?;
     let TreeReady {} = client.answer().await?;
-    let mut outcomes = Outcomes::default();
+    let mut outcomes = Outcomes::new(share.len());
     let (reader, mut out) = client.session.halves();
     let writer = async {
         for (n, chunk) in share.chunks(TREE_PART_ENTRIES).enumerate() {
@@ -419,11 +454,11 @@ pub(super) async fn get(
                     }
                     let failed = Err(remote_error(skip.code, skip.message));
                     observer.finished(ids[i], &share[i], &failed);
-                    outcomes.done.push((i, failed));
+                    outcomes.done(i, failed);
                     continue;
                 }
                 TreeGetOutput::TreeDone(_) => {
-                    commit(&mut batch, &mut place, share, ids, observer, &held, &mut outcomes).await?;
+                    commit(&mut batch, &mut place, share, ids, observer, &mut held, &mut outcomes).await?;
                     return Ok(());
                 }
                 TreeGetOutput::Checksum(_) => return Err(unexpected("tree_file", "checksum")),
@@ -450,7 +485,7 @@ pub(super) async fn get(
                     let got = hash.to_hex().to_string();
                     let failed = Err(ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got });
                     observer.finished(id, job, &failed);
-                    outcomes.done.push((i as usize, failed));
+                    outcomes.done(i as usize, failed);
                     continue;
                 }
                 held.insert(i as usize, 0);
@@ -487,7 +522,7 @@ pub(super) async fn get(
                     Err(got) => {
                         let failed = Err(ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got });
                         observer.finished(id, job, &failed);
-                        outcomes.done.push((i as usize, failed));
+                        outcomes.done(i as usize, failed);
                         continue;
                     }
                 };
@@ -499,7 +534,7 @@ pub(super) async fn get(
                 batch.push_received(i, received, mode, replace, None);
             }
             if batch.is_full() || size > SMALL_BODY {
-                commit(&mut batch, &mut place, share, ids, observer, &held, &mut outcomes).await?;
+                commit(&mut batch, &mut place, share, ids, observer, &mut held, &mut outcomes).await?;
             }
         }
     };
@@ -508,7 +543,7 @@ pub(super) async fn get(
         client.session.abandon().await;
     }
     if let Err(e) = result {
-        fail_the_rest(&mut outcomes, share.len(), &e);
+        fail_the_rest(&mut outcomes, &e);
     }
     Ok(outcomes)
 }
@@ -529,7 +564,7 @@ async fn commit(
     share: &[Job],
     ids: &[usize],
     observer: &dyn Observer,
-    held: &HashMap<usize, u64>,
+    held: &mut HashMap<usize, u64>,
     outcomes: &mut Outcomes,
 ) -> Result<(), ClientError> {
     if batch.is_empty() {
@@ -553,8 +588,9 @@ async fn commit(
             }
             Err(CommitError::Io(e) | CommitError::Place(e)) => Err(local_err(&job.local)(e)),
         };
+        held.remove(&i);
         observer.finished(ids[i], job, &done);
-        outcomes.done.push((i, done));
+        outcomes.done(i, done);
     }
     Ok(())
 }

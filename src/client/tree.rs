@@ -840,21 +840,14 @@ async fn share_worker(
                 Direction::Put => super::stream::put(c, &jobs, force, observer, &ids).await,
             };
             let Ok(outcomes) = &mut outcome else { break };
-            let busy =
-                |r: &Result<Transfer, ClientError>| matches!(r, Err(ClientError::Remote { code: ErrorCode::Busy, .. }));
-            if attempt == 2 || !outcomes.done.iter().any(|(_, r)| busy(r)) {
+            let busy = |e: &ClientError| matches!(e, ClientError::Remote { code: ErrorCode::Busy, .. });
+            if attempt == 2 || !outcomes.failed.iter().any(|(_, e)| busy(e)) {
                 break;
             }
-            let (again, done): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut outcomes.done).into_iter().partition(|(_, r)| busy(r));
-            {
-                let mut t = totals.lock().expect("totals");
-                t.unchanged += outcomes.unchanged.len();
-                t.refused.extend(outcomes.refused.iter().map(|&i| jobs[i].source(direction)));
-                for (i, d) in done {
-                    tally(&mut t, &jobs[i], direction, d);
-                }
-            }
+            let (again, failed): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut outcomes.failed).into_iter().partition(|(_, e)| busy(e));
+            outcomes.failed = failed;
+            settle(&mut totals.lock().expect("totals"), &jobs, direction, std::mem::take(outcomes));
             let keep: Vec<usize> = again.into_iter().map(|(i, _)| i).collect();
             ids = keep.iter().map(|&i| ids[i]).collect();
             jobs = keep.into_iter().map(|i| jobs[i].clone()).collect();
@@ -862,12 +855,7 @@ async fn share_worker(
         }
         match outcome {
             Ok(outcomes) => {
-                let mut t = totals.lock().expect("totals");
-                t.unchanged += outcomes.unchanged.len();
-                t.refused.extend(outcomes.refused.iter().map(|&i| jobs[i].source(direction)));
-                for (i, done) in outcomes.done {
-                    tally(&mut t, &jobs[i], direction, done);
-                }
+                settle(&mut totals.lock().expect("totals"), &jobs, direction, outcomes);
                 return;
             }
             // An older server: file by file, below.
@@ -897,6 +885,18 @@ async fn share_worker(
             }
         }
         tally(&mut totals.lock().expect("totals"), job, direction, outcome);
+    }
+}
+
+/// Adds a streamed request's outcomes to the totals.
+fn settle(t: &mut Summary, jobs: &[Job], direction: Direction, o: super::stream::Outcomes) {
+    t.files += o.files;
+    t.sent += o.sent;
+    t.resumed += o.resumed;
+    t.unchanged += o.unchanged;
+    t.refused.extend(o.refused.iter().map(|&i| jobs[i].source(direction)));
+    for (i, error) in o.failed {
+        t.failures.push(Failure { path: jobs[i].source(direction), error });
     }
 }
 
