@@ -828,7 +828,9 @@ async fn share_worker(
             return;
         }
     };
-    if streamed {
+    // One file gains nothing from a manifest: it goes as a single `get`
+    // or `put` (the same checks, resume and commit, one round trip less).
+    if streamed && jobs.len() > 1 {
         let c = client.as_mut().expect("connected");
         let mut outcome = Err(ClientError::Closed);
         // A file found busy (another upload of it was under way, e.g. the
