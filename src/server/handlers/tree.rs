@@ -565,9 +565,13 @@ impl Upload {
                 Err(CommitError::Place(r)) => list.failed.push(failed(i, r)),
                 Err(CommitError::Io(e)) => {
                     let r = match e.kind() {
+                        // Another upload of it finished first (when this
+                        // one was decided, nothing was there): `busy`, so
+                        // that the client asks again and gets a decision
+                        // against what is there now.
                         std::io::ErrorKind::AlreadyExists => Refusal::new(
-                            ErrorCode::Exists,
-                            format!("{}: already exists on the server", files::shown(&path)),
+                            ErrorCode::Busy,
+                            format!("{}: another upload of this path finished first", files::shown(&path)),
                         ),
                         _ => Refusal::io(&files::shown(&path), &e),
                     };
