@@ -495,22 +495,26 @@ pub async fn plan_put(
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
         let entries = held_remotely(client, &target, checksum).await.map_err(source)?;
         let mut found = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // Only a mirror needs to know every path the source holds.
+        let mut seen = delete.then(std::collections::HashSet::new);
         let creates = walk(&mut plan, (&mut found, &mut seen), (path, ""), &target, &filter)
             .map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
-        if delete {
+        if let Some(seen) = seen {
             plan.delete_remote
                 .extend(remote_extras(&entries, &seen, &filter).into_iter().map(|rel| join_remote(&target, rel)));
         }
+        // By the name relative to the target (the listing's own strings):
+        // one string less per file of a large tree.
         let held: HashMap<String, (Held, Option<String>)> = entries
             .into_iter()
-            .map(|e| (join_remote(&target, &e.name), ((e.kind == Kind::File).then_some((e.size, e.mtime)), e.blake3)))
+            .map(|e| (e.name, ((e.kind == Kind::File).then_some((e.size, e.mtime)), e.blake3)))
             .collect();
+
         if !creates && !target.is_empty() {
-            plan.mkdirs.push(target);
+            plan.mkdirs.push(target.clone());
         }
         for job in found {
-            let (receiver, theirs) = match held.get(&job.remote) {
+            let (receiver, theirs) = match held.get(below(&target, &job.remote)) {
                 Some((state, hash)) => (Some(*state), hash.as_deref()),
                 None => (None, None),
             };
@@ -524,6 +528,14 @@ pub async fn plan_put(
         }
     }
     Ok(plan)
+}
+
+/// `remote` relative to the directory `target` it is below.
+fn below<'a>(target: &str, remote: &'a str) -> &'a str {
+    if target.is_empty() {
+        return remote;
+    }
+    remote.strip_prefix(target).and_then(|r| r.strip_prefix('/')).unwrap_or(remote)
 }
 
 fn not_utf8(path: &Path) -> ClientError {
@@ -540,7 +552,7 @@ fn not_utf8(path: &Path) -> ClientError {
 /// below will create `remote` on the server.
 fn walk(
     plan: &mut Plan,
-    (found, seen): (&mut Vec<Job>, &mut std::collections::HashSet<String>),
+    (found, seen): (&mut Vec<Job>, &mut Option<std::collections::HashSet<String>>),
     (dir, rel): (&Path, &str),
     remote: &str,
     filter: &Filter,
@@ -561,7 +573,9 @@ fn walk(
             continue;
         }
         // Whatever is here, copied or skipped, is not removed by a mirror.
-        seen.insert(child_rel.clone());
+        if let Some(seen) = seen.as_mut() {
+            seen.insert(child_rel.clone());
+        }
         if is_dir {
             if !walk(plan, (&mut *found, &mut *seen), (&path, &child_rel), &child, filter)? {
                 plan.mkdirs.push(child);
