@@ -1265,3 +1265,63 @@ fn sigkill_at_random_points_leaves_only_whole_files() {
         same_tree(&src, &back);
     }
 }
+
+/// Peak RSS (KiB) of the child `pid`, waited for with `wait4`, which
+/// reports that one child's usage alone; and whether it exited 0.
+fn wait_with_peak(child: std::process::Child) -> (bool, i64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter; `pid` is our
+    // child, not yet waited for.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4: {}", std::io::Error::last_os_error());
+    // Reaped: dropping a `Child` neither waits nor kills.
+    drop(child);
+    (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, usage.ru_maxrss)
+}
+
+/// 100,000 tiny files up and back down in bounded memory: the manifest,
+/// the wants and the commits stream in frames, so neither side builds
+/// the tree in one message. The bound here is twice the benchmark's
+/// target (64 MiB, measured by `bench/tree.py --files 100000`, figures in
+/// BENCHMARKS.md): what it catches is memory that grows with the tree.
+#[test]
+fn a_hundred_thousand_tiny_files_in_bounded_memory() {
+    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let local = tempfile::tempdir_in(base).unwrap();
+    let src = local.path().join("src");
+    for d in 0..200 {
+        let dir = src.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..500 {
+            std::fs::write(dir.join(format!("f{f:03}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    let root = tempfile::tempdir_in(base).unwrap();
+    let (server, addr) = serve_on(root.path());
+    let contents = format!("{}/", src.display());
+    let put = Command::new(BIN).args(["put", "-r", "-q", &addr, &contents, "t"]).spawn().unwrap();
+    let (ok, put_peak) = wait_with_peak(put);
+    assert!(ok, "put -r of 100,000 files");
+    let back = local.path().join("back");
+    let get = Command::new(BIN).args(["get", "-r", "-q", &addr, "t/", back.to_str().unwrap()]).spawn().unwrap();
+    let (ok, get_peak) = wait_with_peak(get);
+    assert!(ok, "get -r of 100,000 files");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).unwrap();
+    let server_peak: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    drop(server);
+    for (what, peak) in [("put client", put_peak), ("get client", get_peak), ("server", server_peak)] {
+        assert!(peak < 128 * 1024, "{what}: peak RSS {peak} KiB");
+    }
+    for (d, f) in [(0, 0), (123, 456), (199, 499)] {
+        let rel = format!("d{d:03}/f{f:03}");
+        assert_eq!(std::fs::read_to_string(root.path().join("t").join(&rel)).unwrap(), format!("{d}/{f}"));
+        assert_eq!(std::fs::read_to_string(back.join(&rel)).unwrap(), format!("{d}/{f}"));
+    }
+    eprintln!("100,000 files: put client {put_peak} KiB, get client {get_peak} KiB, server {server_peak} KiB");
+}

@@ -358,7 +358,8 @@ fn clone_error(e: &ClientError) -> ClientError {
 /// Where a download's small files go: each job's local path, its
 /// directory kept open while files of it come.
 struct Local {
-    locals: std::sync::Arc<[PathBuf]>,
+    /// The local paths of the files in the batch being committed.
+    locals: HashMap<usize, PathBuf>,
     dirs: HashMap<PathBuf, OwnedFd>,
 }
 
@@ -367,7 +368,7 @@ impl Place for Local {
 
     fn resolve(&mut self, key: &str) -> Result<(OwnedFd, OsString, Option<Guard>), std::io::Error> {
         let i: usize = key.parse().map_err(std::io::Error::other)?;
-        let local = &self.locals[i];
+        let local = self.locals.get(&i).ok_or_else(|| std::io::Error::other("not in this batch"))?;
         let parent = local.parent().unwrap_or(Path::new(".")).to_owned();
         if let Some(dir) = self.dirs.get(&parent) {
             let name = local.file_name().unwrap_or_default().to_owned();
@@ -440,8 +441,7 @@ pub(super) async fn get(
     };
     let reading = async {
         let mut batch = Batch::new();
-        let locals: std::sync::Arc<[PathBuf]> = share.iter().map(|j| j.local.clone()).collect();
-        let mut place = Some(Local { locals, dirs: HashMap::new() });
+        let mut place = Some(Local { locals: HashMap::new(), dirs: HashMap::new() });
         let mut held: HashMap<usize, u64> = HashMap::new();
         loop {
             let Some((frame, _)) = reader.read_head::<TreeGetOutput>().await? else { return Err(ClientError::Closed) };
@@ -572,6 +572,8 @@ async fn commit(
     }
     let b = std::mem::take(batch);
     let mut p = place.take().expect("put back after each commit");
+    // Only this batch's paths go to the committing thread.
+    p.locals = held.keys().map(|&i| (i, share[i].local.clone())).collect();
     let (results, p) = spawn_blocking(move || (b.commit(&mut p), p)).await.map_err(join_err)?;
     *place = Some(p);
     for (i, result) in results {
