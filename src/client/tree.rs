@@ -697,11 +697,14 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));
     let totals = Arc::new(Mutex::new(Summary::default()));
     let mut tasks = tokio::task::JoinSet::new();
+    // A copy of one file gains nothing from a manifest: it goes as a
+    // single `get` or `put` (the same checks, resume and commit, one round
+    // trip less).
+    let streamed = options.streamed && jobs.len() > 1;
     if !jobs.is_empty() {
         for share in split(jobs, workers) {
             let (endpoint, totals, observer) = (endpoint.clone(), totals.clone(), observer.clone());
             let force = options.force;
-            let streamed = options.streamed;
             tasks.spawn(async move {
                 share_worker(&endpoint, direction, share, (force, streamed), &*observer, &totals).await
             });
@@ -842,9 +845,7 @@ async fn share_worker(
             return;
         }
     };
-    // One file gains nothing from a manifest: it goes as a single `get`
-    // or `put` (the same checks, resume and commit, one round trip less).
-    if streamed && jobs.len() > 1 {
+    if streamed {
         let c = client.as_mut().expect("connected");
         let mut outcome = Err(ClientError::Closed);
         // A file found busy (another upload of it was under way, e.g. the
