@@ -123,7 +123,6 @@ pub(super) async fn put(
                 }
             }
             if next < frames.len() && next - answered < IN_FLIGHT_FRAMES && queue.len() < QUEUED_WANTS {
-                let first = next * TREE_PART_ENTRIES;
                 let entries: Vec<ManifestEntry> = frames[next]
                     .iter()
                     .map(|j| ManifestEntry {
@@ -135,7 +134,6 @@ pub(super) async fn put(
                         blake3: j.blake3.clone(),
                     })
                     .collect();
-                debug_assert_eq!(first, next * TREE_PART_ENTRIES);
                 let body = serde_json::to_vec(&entries).map_err(|e| wire::Error::Io(std::io::Error::other(e)))?;
                 out.send(&Manifest { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
                 next += 1;

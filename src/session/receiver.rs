@@ -270,31 +270,8 @@ impl Received {
     }
 
     /// Writes what is held in memory and sets the time: all a commit does
-    /// before its sync. For [`Batch`](super::Batch).
+    /// before its sync (a [`Batch`](super::Batch) syncs many at once).
     pub(super) fn write_out(self) -> io::Result<(Partial, blake3::Hash)> {
-        if let Some((at, body)) = &self.pending {
-            use std::os::unix::fs::FileExt;
-            if let Err(e) = self.partial.file().write_all_at(body, *at) {
-                if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) {
-                    self.partial.discard();
-                }
-                return Err(e);
-            }
-        }
-        if let Some(secs) = self.mtime {
-            let _ = crate::services::files::set_mtime(self.partial.file(), secs);
-        }
-        Ok((self.partial, self.hash))
-    }
-
-    /// Syncs the file and moves it into place with `mode`, never over an
-    /// existing file unless `replace` (see [`Partial::commit`]). Blocking.
-    ///
-    /// # Errors
-    ///
-    /// `AlreadyExists` if something appeared under the name meanwhile;
-    /// I/O errors.
-    pub fn commit(self, mode: u32, replace: bool) -> io::Result<File> {
         if let Some((at, body)) = &self.pending {
             use std::os::unix::fs::FileExt;
             if let Err(e) = self.partial.file().write_all_at(body, *at) {
@@ -309,7 +286,19 @@ impl Received {
             // A time the file system refuses leaves the time of the write.
             let _ = crate::services::files::set_mtime(self.partial.file(), secs);
         }
-        self.partial.commit(mode, replace)
+        Ok((self.partial, self.hash))
+    }
+
+    /// Syncs the file and moves it into place with `mode`, never over an
+    /// existing file unless `replace` (see [`Partial::commit`]). Blocking.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` if something appeared under the name meanwhile;
+    /// I/O errors.
+    pub fn commit(self, mode: u32, replace: bool) -> io::Result<File> {
+        let (partial, _) = self.write_out()?;
+        partial.commit(mode, replace)
     }
 }
 
