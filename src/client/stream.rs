@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
@@ -358,25 +358,26 @@ fn clone_error(e: &ClientError) -> ClientError {
 struct Local {
     /// The local paths of the files in the batch being committed.
     locals: HashMap<usize, PathBuf>,
-    dirs: HashMap<PathBuf, OwnedFd>,
+    dirs: HashMap<PathBuf, Arc<OwnedFd>>,
 }
 
 impl Place for Local {
     type Error = std::io::Error;
 
-    fn resolve(&mut self, key: &str) -> Result<(OwnedFd, OsString, Option<Guard>), std::io::Error> {
+    fn resolve(&mut self, key: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), std::io::Error> {
         let i: usize = key.parse().map_err(std::io::Error::other)?;
         let local = self.locals.get(&i).ok_or_else(|| std::io::Error::other("not in this batch"))?;
         let parent = local.parent().unwrap_or(Path::new(".")).to_owned();
         if let Some(dir) = self.dirs.get(&parent) {
             let name = local.file_name().unwrap_or_default().to_owned();
-            return Ok((dir.try_clone()?, name, None));
+            return Ok((dir.clone(), name, None));
         }
         let (dir, name) = local_parent(local)?;
+        let dir = Arc::new(dir);
         if self.dirs.len() >= 64 {
             self.dirs.clear();
         }
-        self.dirs.insert(parent, dir.try_clone()?);
+        self.dirs.insert(parent, dir.clone());
         Ok((dir, name, None))
     }
 }

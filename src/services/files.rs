@@ -13,7 +13,7 @@ use std::time::UNIX_EPOCH;
 use rustix::fs::{AtFlags, OFlags};
 use rustix::io::Errno;
 
-use super::root::{is_escape, is_partial_name, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
+use super::root::{is_escape, FileId, is_partial_name, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use super::Refusal;
 use crate::proto::{Entry, ErrorCode, Kind};
 
@@ -370,8 +370,18 @@ impl Sandbox {
     ///
     /// [`ErrorCode::Busy`] if the path is still being uploaded after that.
     pub fn claim(&self, dir: &OwnedFd, name: &OsStr, shown_as: &str) -> Result<Claim, Refusal> {
-        let st = rustix::fs::fstat(dir).map_err(|e| refusal(shown_as, &e.into()))?;
-        let key = ClaimKey { dev: st.st_dev, ino: st.st_ino, name: name.to_owned() };
+        let id = FileId::of_fd(dir).map_err(|e| refusal(shown_as, &e))?;
+        self.claim_in(id, name, shown_as)
+    }
+
+    /// [`claim`](Self::claim) in the directory whose identity is `dir`
+    /// (one that the caller keeps open, and so has stat'ed once).
+    ///
+    /// # Errors
+    ///
+    /// As [`claim`](Self::claim).
+    pub fn claim_in(&self, dir: FileId, name: &OsStr, shown_as: &str) -> Result<Claim, Refusal> {
+        let key = ClaimKey { dev: dir.dev, ino: dir.ino, name: name.to_owned() };
         let deadline = std::time::Instant::now() + CLAIM_WAIT;
         loop {
             if self.busy.lock().expect("busy set poisoned").insert(key.clone()) {

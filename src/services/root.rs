@@ -12,7 +12,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -315,11 +315,43 @@ fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
 /// transfers never write one partial file at once.
 #[derive(Debug)]
 pub struct Partial {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     name: OsString,
     /// The partial file's own name, or `None` for an unnamed one.
     part: Option<OsString>,
     file: File,
+    /// The file's identity and its length when opened, from the one
+    /// `fstat(2)` at open.
+    id: FileId,
+    opened_len: u64,
+}
+
+/// A file's device and inode: what a name must still lead to before a
+/// rename takes it, and which file system a sync is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileId {
+    fn of(st: &rustix::fs::Stat) -> FileId {
+        // st_dev is u64 on every Linux target rustix supports, but not
+        // the same type everywhere.
+        #[allow(clippy::useless_conversion)]
+        FileId { dev: u64::from(st.st_dev), ino: u64::from(st.st_ino) }
+    }
+
+    /// The identity of what `fd` is open on.
+    ///
+    /// # Errors
+    ///
+    /// Those of `fstat(2)`.
+    pub fn of_fd(fd: impl AsFd) -> io::Result<FileId> {
+        Ok(FileId::of(&rustix::fs::fstat(fd)?))
+    }
 }
 
 impl Partial {
@@ -331,19 +363,32 @@ impl Partial {
     /// errors (among them, where the name is taken by something that is
     /// not a partial file and the file system has no `O_TMPFILE`, a clear
     /// refusal naming what stands there).
-    pub fn open(dir: OwnedFd, name: &OsStr) -> io::Result<Partial> {
+    pub fn open(dir: impl Into<Arc<OwnedFd>>, name: &OsStr) -> io::Result<Partial> {
+        let dir = dir.into();
         let part = partial_name(name);
         let (file, part) = match open_ours(&dir, &part)? {
             Ok(file) => (file, Some(part)),
             Err(what) => (anonymous(&dir, &part, what)?, None),
         };
         lock(&file)?;
+        let st = rustix::fs::fstat(&file)?;
         // A partial file left by an older version may be open to others.
-        use std::os::unix::fs::PermissionsExt;
-        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        if st.st_mode & 0o077 != 0 {
             rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))?;
         }
-        Ok(Partial { dir, name: name.to_owned(), part, file })
+        let opened_len = u64::try_from(st.st_size).unwrap_or(0);
+        Ok(Partial { dir, name: name.to_owned(), part, file, id: FileId::of(&st), opened_len })
+    }
+
+    /// How many bytes the partial file held when it was opened (0 for a
+    /// new one).
+    pub fn opened_len(&self) -> u64 {
+        self.opened_len
+    }
+
+    /// The file's device and inode.
+    pub fn id(&self) -> FileId {
+        self.id
     }
 
     /// The open partial file.
@@ -362,21 +407,13 @@ impl Partial {
         self.part.is_some()
     }
 
-    /// How many bytes the partial file holds.
-    ///
-    /// # Errors
-    ///
-    /// Those of `fstat(2)`.
-    pub fn held(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
-    }
-
     /// Splits off the file (to move it to a writer thread); [`rejoin`]
     /// puts it back.
     ///
     /// [`rejoin`]: PartialName::rejoin
     pub fn take_file(self) -> (File, PartialName) {
-        (self.file, PartialName { dir: self.dir, name: self.name, part: self.part })
+        let Partial { dir, name, part, file, id, opened_len } = self;
+        (file, PartialName { dir, name, part, id, opened_len })
     }
 
     /// Removes the partial file (a failed or refused transfer).
@@ -417,25 +454,28 @@ impl Partial {
     /// # Errors
     ///
     /// As [`Partial::commit`].
-    pub fn place(self, replace: bool) -> io::Result<File> {
+    pub fn place(self, replace: bool) -> io::Result<(File, FileId)> {
         let (file, name) = self.take_file();
         name.place(&file, replace)?;
-        Ok(file)
+        Ok((file, name.id))
     }
 }
 
 /// Where a [`Partial`] lives, while its file is away being written.
 #[derive(Debug)]
 pub struct PartialName {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     name: OsString,
     part: Option<OsString>,
+    id: FileId,
+    opened_len: u64,
 }
 
 impl PartialName {
     /// The partial again, with its file.
     pub fn rejoin(self, file: File) -> Partial {
-        Partial { dir: self.dir, name: self.name, part: self.part, file }
+        let PartialName { dir, name, part, id, opened_len } = self;
+        Partial { dir, name, part, file, id, opened_len }
     }
 
     /// Removes the partial file, if it has a name.
@@ -487,9 +527,9 @@ impl PartialName {
         let unnamed = self.part.is_none();
         // Whoever else can write this directory could have put something
         // else at the partial file's name meanwhile: rename only our file.
-        let ours = rustix::fs::fstat(file)?;
+        debug_assert_eq!(FileId::of_fd(file).ok(), Some(self.id), "the file opened as this partial");
         match rustix::fs::statat(&self.dir, part.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if st.st_dev == ours.st_dev && st.st_ino == ours.st_ino => {}
+            Ok(st) if FileId::of(&st) == self.id => {}
             Ok(_) => {
                 return Err(io::Error::other("the partial file was replaced by another process; nothing was kept"))
             }
@@ -548,18 +588,19 @@ fn temp_name(name: &OsStr) -> io::Result<OsString> {
 /// not a failed transfer.
 fn open_ours(dir: &OwnedFd, part: &OsStr) -> io::Result<Result<File, &'static str>> {
     let look = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let create = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     for _ in 0..MAX_RETRIES {
+        // Most often there is nothing there: create it. O_EXCL never
+        // follows a link nor opens what stands at the name.
+        match rustix::fs::openat(dir, part, create, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => return Ok(Ok(File::from(fd))),
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
         let seen = match rustix::fs::openat(dir, part, look, Mode::empty()) {
             Ok(fd) => rustix::fs::fstat(&fd)?,
-            Err(Errno::NOENT) => {
-                let create = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                match rustix::fs::openat(dir, part, create, Mode::from_raw_mode(0o600)) {
-                    Ok(fd) => return Ok(Ok(File::from(fd))),
-                    // Created by someone else meanwhile: look again.
-                    Err(Errno::EXIST) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            // Gone meanwhile: try again.
+            Err(Errno::NOENT) => continue,
             Err(e) => return Err(e.into()),
         };
         if let Some(what) = foreign(&seen) {

@@ -23,9 +23,10 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use super::receiver::Received;
-use crate::services::root::Partial;
+use crate::services::root::{FileId, Partial};
 
 /// Something held until a file is in place (a server's claim on its path).
 pub type Guard = Box<dyn Send>;
@@ -49,7 +50,7 @@ pub trait Place {
     /// # Errors
     ///
     /// A path that cannot be written.
-    fn resolve(&mut self, path: &str) -> Result<(OwnedFd, OsString, Option<Guard>), Self::Error>;
+    fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Self::Error>;
 }
 
 /// Why one file of a batch was not committed.
@@ -151,7 +152,7 @@ impl Batch {
             }
         }
         // Step 2: the data of every file, at once.
-        let synced = sync_all(staged.iter().map(|(_, p, ..)| p.file()));
+        let synced = sync_all(staged.iter().map(|(_, p, ..)| (p.id(), p.file())));
         let mut placed = Vec::with_capacity(staged.len());
         for (id, partial, hash, replace, guard) in staged {
             if let Err(e) = &synced {
@@ -161,13 +162,13 @@ impl Batch {
                 continue;
             }
             match partial.place(replace) {
-                Ok(file) => placed.push((id, file, hash, guard)),
+                Ok((file, fid)) => placed.push((id, file, fid, hash, guard)),
                 Err(e) => outcomes.push((id, Err(CommitError::Io(e)))),
             }
         }
         // Step 4: the renames.
-        let synced = sync_all(placed.iter().map(|(_, f, ..)| f));
-        for (id, file, hash, guard) in placed {
+        let synced = sync_all(placed.iter().map(|(_, f, fid, ..)| (*fid, f)));
+        for (id, file, _, hash, guard) in placed {
             drop(guard);
             match &synced {
                 Ok(()) => outcomes.push((id, Ok((file, hash)))),
@@ -192,7 +193,8 @@ fn stage<P: Place>(
         What::Body { path, body, hash, mtime } => {
             let (dir, name, guard) = place.resolve(&path).map_err(CommitError::Place)?;
             let partial = Partial::open(dir, &name).map_err(CommitError::Io)?;
-            let written = partial.file().set_len(0).and_then(|()| partial.file().write_all_at(&body, 0));
+            let emptied = if partial.opened_len() == 0 { Ok(()) } else { partial.file().set_len(0) };
+            let written = emptied.and_then(|()| partial.file().write_all_at(&body, 0));
             if let Err(e) = written {
                 // Nothing worth resuming: the body was all in memory.
                 partial.discard();
@@ -209,11 +211,10 @@ fn stage<P: Place>(
 }
 
 /// Syncs the file systems the files are on, one `syncfs(2)` each.
-fn sync_all<'a>(files: impl Iterator<Item = &'a File>) -> io::Result<()> {
+fn sync_all<'a>(files: impl Iterator<Item = (FileId, &'a File)>) -> io::Result<()> {
     let mut done = HashSet::new();
-    for file in files {
-        let dev = rustix::fs::fstat(file)?.st_dev;
-        if done.insert(dev) {
+    for (id, file) in files {
+        if done.insert(id.dev) {
             rustix::fs::syncfs(file)?;
         }
     }
@@ -231,11 +232,11 @@ mod tests {
 
     impl Place for Dir {
         type Error = io::Error;
-        fn resolve(&mut self, path: &str) -> Result<(OwnedFd, OsString, Option<Guard>), io::Error> {
+        fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), io::Error> {
             let full = self.0.join(path);
             std::fs::create_dir_all(full.parent().unwrap())?;
             let (dir, name) = crate::services::root::local_parent(&full)?;
-            Ok((dir, name, None))
+            Ok((Arc::new(dir), name, None))
         }
     }
 

@@ -70,7 +70,7 @@ impl Receiver {
     /// Opening or reading the partial file.
     pub fn open(dir: OwnedFd, name: &OsStr) -> io::Result<Receiver> {
         let mut partial = Partial::open(dir, name)?;
-        let held = partial.held()?;
+        let held = partial.opened_len();
         let hasher = hash_prefix(partial.file_mut(), held)?;
         Ok(Receiver { partial, held, hasher })
     }
@@ -83,7 +83,9 @@ impl Receiver {
     /// Opening or truncating the partial file.
     pub fn fresh(dir: OwnedFd, name: &OsStr) -> io::Result<Receiver> {
         let partial = Partial::open(dir, name)?;
-        partial.file().set_len(0)?;
+        if partial.opened_len() != 0 {
+            partial.file().set_len(0)?;
+        }
         Ok(Receiver { partial, held: 0, hasher: blake3::Hasher::new() })
     }
 

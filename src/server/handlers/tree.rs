@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use super::super::context::Context;
 use super::blocking;
@@ -16,6 +17,7 @@ use crate::proto::{
     WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
 use crate::services::files::{self, Sandbox};
+use crate::services::root::FileId;
 use crate::services::Refusal;
 use crate::session::{Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, ServerSide, Session};
 use crate::wire::Error;
@@ -183,27 +185,29 @@ enum Decision {
 /// directory), and a claim on each path until it is in place.
 struct Into {
     sb: Sandbox,
-    dirs: HashMap<String, OwnedFd>,
+    dirs: HashMap<String, (Arc<OwnedFd>, FileId)>,
 }
 
 impl Place for Into {
     type Error = Refusal;
 
-    fn resolve(&mut self, path: &str) -> Result<(OwnedFd, OsString, Option<Guard>), Refusal> {
+    fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Refusal> {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let dir = match self.dirs.get(parent) {
-            Some(dir) => dir.try_clone().map_err(|e| Refusal::io(path, &e))?,
+        let (dir, id) = match self.dirs.get(parent) {
+            Some((dir, id)) => (dir.clone(), *id),
             None => {
                 let (dir, _) = self.sb.for_write(path)?;
+                let id = FileId::of_fd(&dir).map_err(|e| Refusal::io(path, &e))?;
+                let dir = Arc::new(dir);
                 if self.dirs.len() >= 64 {
                     self.dirs.clear();
                 }
-                self.dirs.insert(parent.to_owned(), dir.try_clone().map_err(|e| Refusal::io(path, &e))?);
-                dir
+                self.dirs.insert(parent.to_owned(), (dir.clone(), id));
+                (dir, id)
             }
         };
         let name = OsString::from(name);
-        let claim = self.sb.claim(&dir, &name, path)?;
+        let claim = self.sb.claim_in(id, &name, path)?;
         Ok((dir, name, Some(Box::new(claim))))
     }
 }
@@ -519,18 +523,20 @@ impl Upload {
         let mut into = self.into.take().expect("put back after each commit");
         let hashes = ctx.hashes.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let outcomes = batch.commit(&mut into);
-            // A later get of these need not hash them again.
-            for (_, outcome) in &outcomes {
-                if let Ok((file, hash)) = outcome {
-                    if let Ok(meta) = file.metadata() {
-                        hashes.put(files::Version::of(&meta), *hash);
-                    }
-                }
-            }
-            let outcomes: Vec<_> = outcomes
+            let outcomes: Vec<_> = batch
+                .commit(&mut into)
                 .into_iter()
-                .map(|(i, o)| (i, o.map(|(file, _)| file.metadata().map(|m| m.len()).unwrap_or(0))))
+                .map(|(i, o)| {
+                    let len = o.map(|(file, hash)| match file.metadata() {
+                        Ok(meta) => {
+                            // A later get of this file need not hash it again.
+                            hashes.put(files::Version::of(&meta), hash);
+                            meta.len()
+                        }
+                        Err(_) => 0,
+                    });
+                    (i, len)
+                })
                 .collect();
             (outcomes, into)
         })
