@@ -1,7 +1,7 @@
 //! Files under a served root: paths a peer names, resolved beneath the root
 //! by descriptor (see [`super::root`]), listings, and what uploads claim.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -247,6 +247,21 @@ impl Sandbox {
     /// As [`for_write`](Self::for_write), except that a missing parent is
     /// not an error (nothing stands there).
     pub fn standing(&self, path: &str) -> Result<Standing, Refusal> {
+        self.standing_among(path, &mut Dirs::new())
+    }
+
+    /// [`standing`](Self::standing) for many paths in a row: `dirs` keeps
+    /// the directories looked up so far open (and remembers those that
+    /// are not there), so that the files of one directory cost one lookup
+    /// of it. What it remembers may be out of date by the time it is
+    /// used: a standing is a hint for what to send, and what is written
+    /// never relies on it (a commit never replaces a file it was not told
+    /// to).
+    ///
+    /// # Errors
+    ///
+    /// As [`standing`](Self::standing).
+    pub fn standing_among(&self, path: &str, dirs: &mut Dirs) -> Result<Standing, Refusal> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
             return Err(bad_path(path, "names the served root, not a file"));
@@ -256,23 +271,31 @@ impl Sandbox {
         }
         let parent = rel.parent().join("/");
         let nothing = Standing { there: None, partial: None };
-        let dir = match self.root.open_dir(&parent) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(nothing),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                let msg = format!("{}: a parent is not a directory", shown(path));
-                return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+        if !dirs.contains_key(&parent) {
+            if dirs.len() >= 64 {
+                dirs.clear();
             }
-            Err(e) => return Err(refusal(path, &e)),
+            match self.root.open_dir(&parent) {
+                Ok(dir) => dirs.insert(parent.clone(), Some(dir)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => dirs.insert(parent.clone(), None),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                    let msg = format!("{}: a parent is not a directory", shown(path));
+                    return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+                }
+                Err(e) => return Err(refusal(path, &e)),
+            };
+        }
+        let Some(Some(dir)) = dirs.get(&parent) else {
+            return Ok(nothing);
         };
-        let there = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let there = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Some(entry_of(String::new(), &st, kind_of(st.st_mode))),
             Err(Errno::NOENT) => None,
             Err(e) => return Err(refusal(path, &e.into())),
         };
         let part = super::root::partial_name(OsStr::new(name));
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let partial = match rustix::fs::openat(&dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) {
+        let partial = match rustix::fs::openat(dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) {
             Ok(fd) => {
                 let mut file = File::from(fd);
                 match file.metadata() {
@@ -542,6 +565,10 @@ fn entry_of(name: String, st: &rustix::fs::Stat, kind: Kind) -> Entry {
         blake3: None,
     }
 }
+
+/// Directories kept open by [`Sandbox::standing_among`], by path (`None`:
+/// not there); at most 64.
+pub type Dirs = HashMap<String, Option<OwnedFd>>;
 
 /// What [`Sandbox::standing`] found.
 #[derive(Debug, Clone)]

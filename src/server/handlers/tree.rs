@@ -128,12 +128,13 @@ struct Needed {
 /// refused. Blocking.
 fn decide(
     sb: &Sandbox,
+    dirs: &mut files::Dirs,
     hashes: &files::HashCache,
     full: &str,
     e: &ManifestEntry,
     force: bool,
 ) -> Result<Decision, Refusal> {
-    let standing = sb.standing(full)?;
+    let standing = sb.standing_among(full, dirs)?;
     let replace = match standing.there {
         None => false,
         Some(there) if there.kind == Kind::Dir => {
@@ -360,10 +361,12 @@ impl Upload {
         }
         let (sb, hashes, force) = (ctx.sandbox.clone(), ctx.hashes.clone(), self.force);
         let decided = tokio::task::spawn_blocking(move || {
+            // A manifest frame's files are mostly of a few directories.
+            let mut dirs = files::Dirs::new();
             to_decide
                 .into_iter()
                 .map(|(i, full, e)| {
-                    let d = decide(&sb, &hashes, &full, &e, force);
+                    let d = decide(&sb, &mut dirs, &hashes, &full, &e, force);
                     (i, full, e, d)
                 })
                 .collect::<Vec<_>>()
