@@ -92,7 +92,7 @@ async fn output_streams_while_the_command_runs() {
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let out = Timeline::default();
     let (mut o, mut e) = (out.clone(), Count::default());
-    let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: None };
+    let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: None, resize: None };
     let status = client.exec("echo one; sleep 1; echo two", &ExecOptions::default(), io).await.unwrap();
     assert!(status.success());
     let pieces = out.0.lock().unwrap().clone();
@@ -110,7 +110,7 @@ async fn stdin_is_forwarded_with_eof() {
     let input: Vec<u8> = (0..3_000_001u32).map(|i| (i % 256) as u8).collect();
     let mut stdin = &input[..];
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None };
+    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None, resize: None };
     let status = client.exec("wc -c; cat >/dev/null", &ExecOptions::default(), io).await.unwrap();
     assert!(status.success(), "{status:?} {}", String::from_utf8_lossy(&err));
     assert_eq!(String::from_utf8_lossy(&out).trim(), "3000001");
@@ -119,7 +119,7 @@ async fn stdin_is_forwarded_with_eof() {
     // stays usable for the next request.
     let mut stdin = &input[..];
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None };
+    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None, resize: None };
     let status = client.exec("echo ignored", &ExecOptions::default(), io).await.unwrap();
     assert!(status.success());
     assert_eq!(client.echo(b"after").await.unwrap(), "after");
@@ -134,7 +134,7 @@ async fn large_output_streams_in_bounded_memory() {
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let before = rss_kib();
     let (mut out, mut err) = (Count::default(), Count::default());
-    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None };
+    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None, resize: None };
     let status = client.exec("head -c 209715200 /dev/zero", &ExecOptions::default(), io).await.unwrap();
     assert!(status.success());
     assert_eq!(out.0, 200 << 20);
@@ -178,7 +178,7 @@ async fn cancel_kills_the_whole_group() {
     let out = Timeline::default();
     let (mut o, mut e) = (out.clone(), Count::default());
     let mut cancel = std::pin::pin!(tokio::time::sleep(Duration::from_millis(500)));
-    let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: Some(cancel.as_mut()) };
+    let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: Some(cancel.as_mut()), resize: None };
     let status = client.exec("sleep 100 & echo $!; sleep 100", &ExecOptions::default(), io).await.unwrap();
     assert_eq!(status.reason, ExitReason::Cancelled);
     let bytes: Vec<u8> = out.0.lock().unwrap().iter().flat_map(|(_, b)| b.clone()).collect();
@@ -196,7 +196,11 @@ async fn dropped_connection_kills_the_whole_group() {
     let mut r = FrameReader::new(read);
     w.feed_preface(Preface::default());
     w.send(
-        &Message::Exec(proto::Exec { command: "sleep 100 & echo $!; echo $$; sleep 100".into(), timeout_ms: None }),
+        &Message::Exec(proto::Exec {
+            command: "sleep 100 & echo $!; echo $$; sleep 100".into(),
+            timeout_ms: None,
+            login: false,
+        }),
         &[],
     )
     .await
@@ -256,7 +260,7 @@ async fn slow_reader_of_stdin_gets_every_byte() {
     let input = vec![b'x'; 20 << 20];
     let mut stdin = &input[..];
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None };
+    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut out, stderr: &mut err, cancel: None, resize: None };
     let status = client.exec("sleep 0.5; wc -c", &ExecOptions::default(), io).await.unwrap();
     assert!(status.success());
     assert_eq!(String::from_utf8_lossy(&out).trim(), (20 << 20).to_string());

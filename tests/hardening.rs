@@ -303,7 +303,7 @@ async fn a_stdin_frame_over_the_limit_gets_too_large() {
     })
     .await;
     let (mut r, mut w) = raw(&server).await;
-    w.send(&Message::Exec(proto::Exec { command: "cat".into(), timeout_ms: None }), &[]).await.unwrap();
+    w.send(&Message::Exec(proto::Exec { command: "cat".into(), timeout_ms: None, login: false }), &[]).await.unwrap();
     w.feed_head(&Message::Stdin(proto::Stdin { len: 2 << 20, eof: false })).unwrap();
     w.flush().await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::TooLarge);

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use framewire::auth::Key;
 use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
-use framewire::client::{ExecIo, ExecOptions, Progress, TransferOptions};
+use framewire::client::{ExecIo, ExecOptions, Progress, TransferOptions, WindowSize};
 use framewire::server::{self, Config};
 use framewire::Client;
 
@@ -165,7 +165,7 @@ async fn commands(demo: &mut Demo, client: &mut Client) -> anyhow::Result<Comman
     say!("1. exec: output streamed as it is printed, stdout and stderr apart");
     let started = Instant::now();
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
-    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None };
+    let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None, resize: None };
     let cmd = "for i in 1 2 3; do echo \"  line $i at $(date +%T.%N | cut -c1-12)\"; sleep 0.3; done; echo '  (this line on stderr)' >&2";
     let status = client.exec(cmd, &ExecOptions::default(), io).await?;
     say!(
@@ -181,8 +181,24 @@ async fn commands(demo: &mut Demo, client: &mut Client) -> anyhow::Result<Comman
         String::from_utf8_lossy(&out.stderr).trim()
     );
     demo.check(out.status.code() != 0, "a failing command reported success");
+    terminal(demo, client).await?;
     say!();
     Ok(Commands { streamed: status.code(), failing: out.status.code() })
+}
+
+/// Step 1, terminals: a command gets no terminal unless it asks, and one
+/// of the asked size when it does (`exec -t`, `shell`).
+async fn terminal(demo: &mut Demo, client: &mut Client) -> anyhow::Result<()> {
+    let plain = client.exec_output("tty", &ExecOptions::default()).await?;
+    let plain = String::from_utf8_lossy(&plain.stdout).trim().to_owned();
+    say!("   `tty` without a terminal: {plain} (a session of its own, as under ssh -T)");
+    demo.check(plain == "not a tty", "a command without -t had a terminal");
+    client.request_pty("xterm", WindowSize { rows: 24, cols: 80 }).await?;
+    let on = client.exec_output("tty; stty size", &ExecOptions::default()).await?;
+    let text = String::from_utf8_lossy(&on.stdout).replace("\r\n", " ").trim().to_owned();
+    say!("   `tty; stty size` on a 24x80 pseudo-terminal (exec -t): {text}");
+    demo.check(text.starts_with("/dev/pts/") && text.ends_with("24 80"), "the terminal was not the one asked for");
+    Ok(())
 }
 
 /// Step 2: a big file up, cut part-way, resumed; then back down, verified.

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use clap::Args;
 use framewire::auth::Key;
-use framewire::client::{shell_join, ExecIo, ExecOptions, ExitStatus};
+use framewire::client::{shell_join, ExecIo, ExecOptions, ExitStatus, WindowSize};
 use framewire::proto::ExitReason;
 use framewire::text::printable;
 use framewire::{Client, ClientError};
+
+use super::term;
 
 /// framewire's own failures during exec exit with this code, as ssh does,
 /// so they stand apart from the remote command's codes.
@@ -28,6 +30,18 @@ pub struct ExecArgs {
     /// (like `ssh -n`).
     #[arg(short = 'n', long)]
     no_stdin: bool,
+
+    /// Run the command on a pseudo-terminal on the server (when stdin is
+    /// a terminal; `-tt` forces one even when it is not), as `ssh -t`.
+    #[arg(short = 't', action = clap::ArgAction::Count, conflicts_with = "no_tty")]
+    tty: u8,
+
+    /// Never a pseudo-terminal (the default for commands), as `ssh -T`.
+    #[arg(short = 'T', long = "no-tty")]
+    no_tty: bool,
+
+    #[command(flatten)]
+    env: EnvArgs,
 
     /// The command. One argument is a shell command line as it stands
     /// (pipes, `;`, redirections work); several are quoted so that exactly
@@ -73,21 +87,106 @@ fn report(status: ExitStatus, timeout: Option<Duration>) -> ExitCode {
     ExitCode::from(status.code().clamp(0, 255) as u8)
 }
 
+/// `-e NAME=VALUE`, shared by exec and shell.
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// Set NAME to VALUE for the remote command (repeatable). The server
+    /// sets only the names its --accept-env allows (TERM, LANG and LC_*
+    /// by default) and names the others, refused, in one line.
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    vars: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?}: expected NAME=VALUE")),
+    }
+}
+
+/// Sends `vars` for the next exec and says, in one line, which the server
+/// refused.
+async fn send_env(client: &mut Client, vars: &[(String, String)]) -> Result<(), ClientError> {
+    if vars.is_empty() {
+        return Ok(());
+    }
+    let answer = client.set_env(vars).await?;
+    if !answer.refused.is_empty() {
+        let names: Vec<String> = answer.refused.iter().map(|n| printable(n).into_owned()).collect();
+        eprintln!("framewire: the server refused to set {} (see its --accept-env)", names.join(", "));
+    }
+    Ok(())
+}
+
+/// Whether a command gets a pseudo-terminal: ssh's rule. `-T` never;
+/// `-tt` always; `-t` when stdin is a terminal (else a note, and none);
+/// none by default.
+fn wants_tty(t: u8, no_tty: bool, stdin_tty: bool) -> bool {
+    match (no_tty, t) {
+        (true, _) | (false, 0) => false,
+        (false, 1) if !stdin_tty => {
+            eprintln!("framewire: not allocating a terminal: stdin is not one (use -tt to force it)");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Asks for a terminal of our window's size (24x80 if we have none).
+async fn request_pty(client: &mut Client) -> Result<(), ClientError> {
+    let size = term::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 });
+    client.request_pty(&term::term(), size).await
+}
+
 pub async fn run(args: ExecArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let timeout = timeout(args.timeout)?;
     let command = if args.command.len() == 1 { args.command[0].clone() } else { shell_join(&args.command) };
+    let stdin_tty = term::stdin_is_tty();
+    let tty = wants_tty(args.tty, args.no_tty, stdin_tty);
     let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
+    if tty {
+        request_pty(&mut client).await?;
+    }
+    send_env(&mut client, &args.env.vars).await?;
+    let options = ExecOptions::with_timeout(timeout);
+    let status = if tty && stdin_tty && !args.no_stdin {
+        on_terminal(&mut client, &command, &options).await?
+    } else {
+        let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
+        let mut stdin = tokio::io::stdin();
+        let mut cancel = std::pin::pin!(interrupted());
+        let io = ExecIo {
+            stdin: if args.no_stdin { None } else { Some(&mut stdin) },
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            cancel: Some(cancel.as_mut()),
+            resize: None,
+        };
+        client.exec(&command, &options, io).await?
+    };
+    Ok(report(status, timeout))
+}
+
+/// Runs the exec (a pty was asked for) with the local terminal in raw
+/// mode: every key goes to the remote program, window changes follow, and
+/// SIGTERM or SIGHUP end the remote command. The terminal's settings are
+/// restored however this returns.
+async fn on_terminal(client: &mut Client, command: &str, options: &ExecOptions) -> Result<ExitStatus, ClientError> {
     let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
     let mut stdin = tokio::io::stdin();
-    let mut cancel = std::pin::pin!(interrupted());
+    let mut resizes = term::resizes().ok();
+    let mut cancel = std::pin::pin!(term::terminated());
+    let raw = term::Raw::enter().map_err(|e| ClientError::Local { path: "stdin".into(), source: e })?;
     let io = ExecIo {
-        stdin: if args.no_stdin { None } else { Some(&mut stdin) },
+        stdin: Some(&mut stdin),
         stdout: &mut stdout,
         stderr: &mut stderr,
         cancel: Some(cancel.as_mut()),
+        resize: resizes.as_mut(),
     };
-    let status = client.exec(&command, &ExecOptions::with_timeout(timeout), io).await?;
-    Ok(report(status, timeout))
+    let status = client.exec(command, options, io).await;
+    drop(raw);
+    status
 }
 
 #[derive(Debug, Args)]
@@ -95,21 +194,37 @@ pub struct ShellArgs {
     /// Server address, `host[:port]` (default port 9909).
     addr: String,
 
-    /// Kill each command and everything it started after SECS seconds.
+    /// Kill the session (in line mode, each command) and everything it
+    /// started after SECS seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+
+    /// The tutorial's line mode: a local `>>>` prompt, each line run as
+    /// its own command (what `shell` does when stdin is not a terminal).
+    #[arg(long)]
+    lines: bool,
+
+    #[command(flatten)]
+    env: EnvArgs,
 }
 
 /// Runs one line of the shell; Ctrl-C meanwhile cancels it (the process
 /// group is killed), not the shell.
-async fn run_line(client: &mut Client, command: &str, timeout: Option<Duration>) -> Result<ExitStatus, ClientError> {
+async fn run_line(
+    client: &mut Client,
+    command: &str,
+    timeout: Option<Duration>,
+    env: &[(String, String)],
+) -> Result<ExitStatus, ClientError> {
+    send_env(client, env).await?;
     let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
     let mut cancel = std::pin::pin!(async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     });
-    let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, cancel: Some(cancel.as_mut()) };
+    let io =
+        ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, cancel: Some(cancel.as_mut()), resize: None };
     client.exec(command, &ExecOptions::with_timeout(timeout), io).await
 }
 
@@ -126,14 +241,42 @@ fn report_line(status: &ExitStatus) -> u8 {
     status.code().clamp(0, 255) as u8
 }
 
+/// `framewire shell`: on a terminal, the server user's login shell on a
+/// pseudo-terminal of its own (`cd` persists, job control, full-screen
+/// programs; the exit code is the shell's); otherwise, or with `--lines`,
+/// the tutorial's `>>>` loop.
+pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) -> anyhow::Result<ExitCode> {
+    let timeout = timeout(args.timeout)?;
+    let mut client = rt.block_on(Client::connect_with(&args.addr, key.as_ref()))?;
+    if !args.lines && term::stdin_is_tty() {
+        let session = rt.block_on(async {
+            request_pty(&mut client).await?;
+            send_env(&mut client, &args.env.vars).await?;
+            on_terminal(&mut client, "", &ExecOptions::with_timeout(timeout).login_shell()).await
+        });
+        match session {
+            Ok(status) => return Ok(report(status, timeout)),
+            Err(ClientError::NoTerminalSupport) => {
+                eprintln!("framewire: this server has no terminal support; one command a line instead");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    lines(args, rt, key, client, timeout)
+}
+
 /// The tutorial's `>>>` loop, made right: line editing and history, `exit`
 /// or Ctrl-D to leave, Ctrl-C interrupts the running command (not the
 /// shell), non-zero exit codes shown.
-pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) -> anyhow::Result<ExitCode> {
+fn lines(
+    args: ShellArgs,
+    rt: &tokio::runtime::Runtime,
+    key: Option<Key>,
+    mut client: Client,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     use rustyline::error::ReadlineError;
 
-    let timeout = timeout(args.timeout)?;
-    let mut client = rt.block_on(Client::connect_with(&args.addr, key.as_ref()))?;
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".framewire_history"));
     if let Some(h) = &history {
@@ -156,7 +299,7 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) ->
         if command == "exit" || command == "quit" {
             break;
         }
-        match rt.block_on(run_line(&mut client, command, timeout)) {
+        match rt.block_on(run_line(&mut client, command, timeout, &args.env.vars)) {
             Ok(status) => last = report_line(&status),
             Err(e) if e.code().is_some() => eprintln!("framewire: {}", printable(&super::explained(&e))),
             Err(e) => {

@@ -15,6 +15,7 @@ mod exec;
 mod files;
 mod serve;
 mod sticky;
+mod term;
 
 use std::process::ExitCode;
 

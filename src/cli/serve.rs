@@ -62,6 +62,18 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/bin/sh")]
     shell: PathBuf,
 
+    /// The shell of interactive sessions (`framewire shell`), run as a
+    /// login shell on a terminal. Default: the server user's login shell
+    /// from the password database (as sshd does), else --shell.
+    #[arg(long, value_name = "SHELL")]
+    login_shell: Option<PathBuf>,
+
+    /// Also let clients set environment variables matching PATTERN (`*`
+    /// and `?`, like sshd's AcceptEnv) for their commands with `-e`;
+    /// repeatable. TERM, LANG and LC_* are always accepted.
+    #[arg(long, value_name = "PATTERN")]
+    accept_env: Vec<String>,
+
     /// Allow serving a non-loopback address, or --allow-exec, without a
     /// key. Anyone who can connect can then use the server.
     #[arg(long)]
@@ -123,6 +135,8 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.allow_exec = args.allow_exec;
     config.shell = args.shell;
+    config.login_shell = args.login_shell;
+    config.accept_env.extend(args.accept_env);
     config.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
     config.insecure = args.insecure;
     config.key = key;

@@ -44,6 +44,10 @@ pub enum ClientError {
     /// The server closed the connection instead of answering.
     #[error("server closed the connection")]
     Closed,
+    /// The server does not know the terminal requests (`pty`, `env`): it
+    /// predates them. The connection is still usable.
+    #[error("this server has no terminal support (it predates `pty` and `env`)")]
+    NoTerminalSupport,
     /// A local file operation failed.
     #[error("{}: {source}", path.display())]
     Local {

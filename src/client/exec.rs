@@ -9,7 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::conn::Client;
 use super::error::ClientError;
-use crate::proto::{Cancel, Exec, ExecOutput, Exit, ExitReason, Stderr, Stdin, Stdout};
+use crate::proto::{
+    Cancel, Env, EnvSet, ErrorCode, Exec, ExecOutput, Exit, ExitReason, Pty, PtyReady, Resize, Stderr, Stdin, Stdout,
+};
 use crate::wire;
 
 /// Stdin is sent in frames of at most this many bytes.
@@ -21,13 +23,32 @@ const STDIN_CHUNK: usize = 64 * 1024;
 pub struct ExecOptions {
     /// Kill the command's process group after this long.
     pub timeout: Option<Duration>,
+    /// Run the server user's login shell, interactive, instead of the
+    /// command (which is then ignored): `framewire shell`, after
+    /// [`Client::request_pty`].
+    pub login: bool,
 }
 
 impl ExecOptions {
     /// Options with a timeout.
     pub fn with_timeout(timeout: Option<Duration>) -> Self {
-        ExecOptions { timeout }
+        ExecOptions { timeout, login: false }
     }
+
+    /// These options, for a login shell (see [`login`](Self::login)).
+    pub fn login_shell(mut self) -> Self {
+        self.login = true;
+        self
+    }
+}
+
+/// A terminal's window: rows and columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// Where a remote command's streams go, and what can cancel it.
@@ -42,6 +63,19 @@ pub struct ExecIo<'a> {
     /// When this completes, the server kills the command's process group
     /// (the exec then ends with [`ExitReason::Cancelled`]).
     pub cancel: Option<Pin<&'a mut (dyn Future<Output = ()> + Send)>>,
+    /// New window sizes, sent as they come (for a command on a terminal,
+    /// [`Client::request_pty`]; a server without one ignores them).
+    pub resize: Option<&'a mut tokio::sync::mpsc::Receiver<WindowSize>>,
+}
+
+impl<'a> ExecIo<'a> {
+    /// Output to `stdout` and `stderr`, no stdin, no cancel, no resize.
+    pub fn output(
+        stdout: &'a mut (dyn AsyncWrite + Unpin + Send),
+        stderr: &'a mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Self {
+        ExecIo { stdin: None, stdout, stderr, cancel: None, resize: None }
+    }
 }
 
 /// How a remote command ended.
@@ -83,6 +117,37 @@ pub struct Output {
 }
 
 impl Client {
+    /// Asks for a pseudo-terminal for the next [`exec`](Self::exec) on
+    /// this connection, of `size`, with `TERM` set to `term`: the command
+    /// then has it as its controlling terminal, its stdout and stderr
+    /// both come as stdout, and what is sent as stdin is typed into it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NoTerminalSupport`] from a server that predates
+    /// terminals; its refusal ([`ErrorCode::ExecDisabled`],
+    /// [`ErrorCode::BadRequest`] for a bad `term`); wire errors.
+    pub async fn request_pty(&mut self, term: &str, size: WindowSize) -> Result<(), ClientError> {
+        self.session.send(&Pty { term: term.to_owned(), rows: size.rows, cols: size.cols }, &[]).await?;
+        let PtyReady {} = self.answer().await.map_err(no_terminal)?;
+        Ok(())
+    }
+
+    /// Sends environment variables for the next [`exec`](Self::exec) on
+    /// this connection. The server sets those its `--accept-env` allows;
+    /// the answer names which were accepted and which refused.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NoTerminalSupport`] from a server that predates
+    /// them; its refusal ([`ErrorCode::ExecDisabled`],
+    /// [`ErrorCode::TooLarge`] for more than 64); wire errors.
+    pub async fn set_env(&mut self, vars: &[(String, String)]) -> Result<EnvSet, ClientError> {
+        let vars = vars.iter().cloned().collect();
+        self.session.send(&Env { vars }, &[]).await?;
+        self.answer().await.map_err(no_terminal)
+    }
+
     /// Runs `command` (a shell command line) on the server, streaming its
     /// stdout and stderr into `io` as they are produced and `io.stdin` to
     /// it, until it ends. Memory stays bounded whatever the output size.
@@ -100,7 +165,7 @@ impl Client {
     /// use framewire::client::{ExecIo, ExecOptions};
     ///
     /// let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
-    /// let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: None };
+    /// let io = ExecIo::output(&mut out, &mut err);
     /// let status = client.exec("ls -l; exit 3", &ExecOptions::default(), io).await?;
     /// assert_eq!(status.code(), 3);
     /// # Ok(()) }
@@ -111,9 +176,9 @@ impl Client {
         options: &ExecOptions,
         io: ExecIo<'_>,
     ) -> Result<ExitStatus, ClientError> {
-        let ExecIo { stdin, stdout, stderr, mut cancel } = io;
+        let ExecIo { stdin, stdout, stderr, mut cancel, mut resize } = io;
         let timeout_ms = options.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
-        self.session.send(&Exec { command: command.to_owned(), timeout_ms }, &[]).await?;
+        self.session.send(&Exec { command: command.to_owned(), timeout_ms, login: options.login }, &[]).await?;
 
         let (reader, mut writer) = self.session.halves();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -160,6 +225,12 @@ impl Client {
                         writer.send(&Cancel {}, &[]).await?;
                         cancel_sent = true;
                     }
+                    size = async { resize.as_mut().expect("guarded").recv().await }, if resize.is_some() => {
+                        match size {
+                            Some(WindowSize { rows, cols }) => writer.send(&Resize { rows, cols }, &[]).await?,
+                            None => resize = None,
+                        }
+                    }
                     n = async { stdin.as_mut().expect("guarded").read(&mut buf).await }, if stdin.is_some() => {
                         // A local read error ends our stdin like EOF would.
                         let n = n.unwrap_or(0);
@@ -188,8 +259,15 @@ impl Client {
     /// As [`exec`](Self::exec).
     pub async fn exec_output(&mut self, command: &str, options: &ExecOptions) -> Result<Output, ClientError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, cancel: None };
-        let status = self.exec(command, options, io).await?;
+        let status = self.exec(command, options, ExecIo::output(&mut stdout, &mut stderr)).await?;
         Ok(Output { status, stdout, stderr })
+    }
+}
+
+/// A server's `unknown_type` to a terminal request: it predates them.
+fn no_terminal(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Remote { code: ErrorCode::UnknownType, .. } => ClientError::NoTerminalSupport,
+        e => e,
     }
 }

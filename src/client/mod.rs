@@ -13,7 +13,7 @@ pub mod tree;
 
 pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 pub use error::ClientError;
-pub use exec::{ExecIo, ExecOptions, ExitStatus, Output};
+pub use exec::{ExecIo, ExecOptions, ExitStatus, Output, WindowSize};
 pub use files::{parse_listing, Progress, Transfer, TransferOptions};
 
 pub use crate::services::exec::shell_join;

@@ -105,13 +105,64 @@ messages! {
     }
 
     /// Request: run `command` through the server's shell in its root.
-    Exec = "exec", ToServer, none, cold, example: Exec { command: "true".into(), timeout_ms: Some(5) };
+    Exec = "exec", ToServer, none, cold, example: Exec { command: "true".into(), timeout_ms: Some(5), login: false };
     {
         /// A shell command line.
         command: String,
         /// Kill the process group after this many milliseconds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
+        /// Run the server user's login shell, interactive, instead of a
+        /// command (`command` is then empty): what `framewire shell`
+        /// asks for after a [`Pty`].
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        login: bool,
+    }
+
+    /// Request: the next exec on this connection runs on a
+    /// pseudo-terminal of this size, with `TERM` set to `term`.
+    Pty = "pty", ToServer, none, cold, example: Pty { term: "xterm-256color".into(), rows: 24, cols: 80 };
+    {
+        /// The client's terminal type (`TERM`).
+        term: String,
+        /// Rows of the window.
+        rows: u16,
+        /// Columns of the window.
+        cols: u16,
+    }
+
+    /// Reply to [`Pty`]: the next exec gets a terminal.
+    PtyReady = "pty_ready", ToClient, none, cold, example: PtyReady {};
+    {}
+
+    /// Request: environment variables for the next exec on this
+    /// connection, set where the server accepts them.
+    Env = "env", ToServer, none, cold, example: Env { vars: [("LANG".to_owned(), "C.UTF-8".to_owned())].into() };
+    {
+        /// Name to value.
+        vars: std::collections::BTreeMap<String, String>,
+    }
+
+    /// Reply to [`Env`]: which names will be set, and which the server
+    /// refused (not allowed by its `--accept-env`, or not a valid name).
+    EnvSet = "env_set", ToClient, none, cold, example: EnvSet { accepted: vec!["LANG".into()], refused: vec![] };
+    {
+        /// Names that will be set.
+        #[serde(default)]
+        accepted: Vec<String>,
+        /// Names that will not.
+        #[serde(default)]
+        refused: Vec<String>,
+    }
+
+    /// During an exec on a terminal, client to server: the window's new
+    /// size (the remote program gets `SIGWINCH`).
+    Resize = "resize", ToServer, none, cold, example: Resize { rows: 50, cols: 132 };
+    {
+        /// Rows of the window.
+        rows: u16,
+        /// Columns of the window.
+        cols: u16,
     }
 
     /// During an exec, client to server: bytes for the command's stdin;

@@ -16,7 +16,7 @@ use crate::wire::{Error, FrameHeader};
 
 set! {
     /// What a server reads between requests: the requests.
-    Request: "a request", known KINDS, tags Tag, { Echo, Exec, List, Stat, Mkdir, Get, Put, Remove, TreeList, TreePut, TreeGet }
+    Request: "a request", known KINDS, tags Tag, { Echo, Exec, Pty, Env, List, Stat, Mkdir, Get, Put, Remove, TreeList, TreePut, TreeGet }
 }
 
 set! {
@@ -49,7 +49,7 @@ set! {
 
 set! {
     /// What a server reads while a command runs.
-    ExecInput: "stdin or cancel (an exec is running)", known KINDS, tags Tag, { Stdin, Cancel }
+    ExecInput: "stdin, resize or cancel (an exec is running)", known KINDS, tags Tag, { Stdin, Resize, Cancel }
 }
 
 set! {

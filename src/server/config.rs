@@ -65,6 +65,14 @@ pub struct Config {
     pub tree_streaming: bool,
     /// The shell `exec` runs commands with (`SHELL -c COMMAND`).
     pub shell: PathBuf,
+    /// The shell of an interactive session (`exec` with `login`, what
+    /// `framewire shell` asks for); `None`: the server user's login shell
+    /// from the password database, or [`shell`](Self::shell).
+    pub login_shell: Option<PathBuf>,
+    /// Environment variables a client may set for its commands, as
+    /// patterns (`*` and `?`, like sshd's `AcceptEnv`); by default `TERM`,
+    /// `LANG` and `LC_*`.
+    pub accept_env: Vec<String>,
     /// Stop by itself after this long without any client connected.
     pub exit_when_idle: Option<Duration>,
     /// The shared key: with one, every connection runs over TLS 1.3 and
@@ -79,7 +87,23 @@ pub struct Config {
     pub legacy_hmac: bool,
 }
 
+/// The variables a client may set by default.
+pub const DEFAULT_ACCEPT_ENV: &[&str] = &["TERM", "LANG", "LC_*"];
+
 impl Config {
+    /// [`accept_env`](Self::accept_env) as a matcher; a pattern that is
+    /// not a valid glob matches only itself.
+    pub fn accept_env_set(&self) -> globset::GlobSet {
+        let mut set = globset::GlobSetBuilder::new();
+        for p in &self.accept_env {
+            let glob = globset::Glob::new(p).or_else(|_| globset::Glob::new(&globset::escape(p)));
+            if let Ok(glob) = glob {
+                set.add(glob);
+            }
+        }
+        set.build().unwrap_or_else(|_| globset::GlobSet::empty())
+    }
+
     /// Defaults for serving `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Config {
@@ -94,6 +118,8 @@ impl Config {
             allow_exec: false,
             tree_streaming: true,
             shell: PathBuf::from("/bin/sh"),
+            login_shell: None,
+            accept_env: DEFAULT_ACCEPT_ENV.iter().map(|p| (*p).to_owned()).collect(),
             exit_when_idle: None,
             key: None,
             tls: None,

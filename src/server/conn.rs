@@ -259,6 +259,8 @@ async fn requests(
     shutdown: &CancellationToken,
     hard: &CancellationToken,
 ) -> Result<(), Error> {
+    // What `pty` and `env` requests set for the next exec.
+    let mut setup = super::handlers::exec::ExecSetup::default();
     loop {
         let head = tokio::select! {
             // Between requests, a shutdown ends the connection at once; a
@@ -271,7 +273,7 @@ async fn requests(
             head = s.read::<Request>() => head,
         };
         let e = match head {
-            Ok(Some((request, _))) => match dispatch::handle(s, ctx, request).await {
+            Ok(Some((request, _))) => match dispatch::handle(s, ctx, request, &mut setup).await {
                 Ok(()) => continue,
                 Err(e) => {
                     // Cut off at the drain deadline: no time to linger.
@@ -285,7 +287,7 @@ async fn requests(
             // Leftovers of an exec that has just ended (the client may
             // have been sending stdin, or pressed Ctrl-C, as the exit went
             // out): harmless; their bodies are skipped.
-            Err(Error::Unexpected { kind, .. }) if kind == "stdin" || kind == "cancel" => continue,
+            Err(Error::Unexpected { kind, .. }) if ["stdin", "cancel", "resize"].contains(&kind.as_str()) => continue,
             Err(e) => e,
         };
         if e.is_recoverable() {

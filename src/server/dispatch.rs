@@ -9,7 +9,12 @@ use crate::wire::Error;
 /// Runs one request to its end, reply included. Every request but exec is
 /// dropped at the drain deadline (the session's cut-off); exec watches it
 /// itself, to kill the process group and tell the client why.
-pub(super) async fn handle(s: &mut Session<ServerSide>, ctx: &Context, request: Request) -> Result<(), Error> {
+pub(super) async fn handle(
+    s: &mut Session<ServerSide>,
+    ctx: &Context,
+    request: Request,
+    setup: &mut exec::ExecSetup,
+) -> Result<(), Error> {
     let cut = s.cut_off().clone();
     let streamed = matches!(request, Request::TreeList(_) | Request::TreePut(_) | Request::TreeGet(_));
     if streamed && !ctx.config.tree_streaming {
@@ -19,7 +24,9 @@ pub(super) async fn handle(s: &mut Session<ServerSide>, ctx: &Context, request: 
     }
     match request {
         Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
-        Request::Exec(r) => exec::exec(s, ctx, r).await,
+        Request::Exec(r) => exec::exec(s, ctx, r, setup).await,
+        Request::Pty(r) => cut_off_by(&cut, exec::pty(s, ctx, r, setup)).await,
+        Request::Env(r) => cut_off_by(&cut, exec::env(s, ctx, r, setup)).await,
         Request::List(r) => cut_off_by(&cut, files::list(s, ctx, r)).await,
         Request::Stat(r) => cut_off_by(&cut, files::stat(s, ctx, r)).await,
         Request::Mkdir(r) => cut_off_by(&cut, files::mkdir(s, ctx, r)).await,

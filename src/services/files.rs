@@ -13,7 +13,7 @@ use std::time::UNIX_EPOCH;
 use rustix::fs::{AtFlags, OFlags};
 use rustix::io::Errno;
 
-use super::root::{is_escape, FileId, is_partial_name, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
+use super::root::{is_escape, is_partial_name, FileId, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use super::Refusal;
 use crate::proto::{Entry, ErrorCode, Kind};
 

@@ -9,8 +9,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::super::context::Context;
-use crate::proto::{Cancel, ErrorCode, ErrorFrame, Exec, ExecInput, Exit, ExitReason, Stderr, Stdin, Stdout};
-use crate::services::exec::{spawn, status_parts, Running};
+use crate::proto::{
+    Cancel, Env, EnvSet, ErrorCode, ErrorFrame, Exec, ExecInput, Exit, ExitReason, Pty, PtyReady, Resize, Stderr,
+    Stdin, Stdout,
+};
+use crate::services::exec::{login_shell, spawn, status_parts, Master, Running, Spec};
 use crate::services::Refusal;
 use crate::session::{Outbound, ServerSide, Session};
 use crate::transport::BoxRead;
@@ -26,6 +29,19 @@ const OUTPUT_CHUNK: usize = 64 * 1024;
 /// Stdin chunks queued for a command that is slow to read them.
 const STDIN_QUEUE: usize = 4;
 
+/// How long the output of a terminal is still forwarded once its shell
+/// has exited, while something else it started holds the terminal open
+/// and silent.
+const PTY_LINGER: Duration = Duration::from_millis(100);
+
+/// Reads the terminal once, or never returns if there is none.
+async fn read_master(pty: &Option<Master>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match pty {
+        Some(m) => m.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads a pipe once, or never returns if it is gone.
 async fn read_pipe<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> std::io::Result<usize> {
     match pipe {
@@ -34,24 +50,118 @@ async fn read_pipe<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -
     }
 }
 
+/// What `pty` and `env` requests set for the next exec on a connection.
+#[derive(Debug, Default)]
+pub(in crate::server) struct ExecSetup {
+    /// `TERM`, rows and columns of the terminal asked for.
+    pty: Option<(String, u16, u16)>,
+    /// Accepted variables.
+    env: Vec<(String, String)>,
+}
+
+/// Longest `TERM` accepted.
+const MAX_TERM: usize = 64;
+/// Variables one `env` request may carry.
+pub const MAX_ENV_VARS: usize = 64;
+/// Longest variable name, and value, accepted.
+const MAX_ENV_NAME: usize = 256;
+const MAX_ENV_VALUE: usize = 32 * 1024;
+
+/// A `pty` request: the next exec runs on a terminal of that size.
+pub(in crate::server) async fn pty(
+    s: &mut Session<ServerSide>,
+    ctx: &Context,
+    request: Pty,
+    setup: &mut ExecSetup,
+) -> Result<(), Error> {
+    if !ctx.config.allow_exec {
+        return s.refuse(Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")).await;
+    }
+    let Pty { term, rows, cols } = request;
+    if term.is_empty() || term.len() > MAX_TERM || !term.bytes().all(|b| b.is_ascii_graphic()) {
+        let msg = format!("TERM must be 1 to {MAX_TERM} printable ASCII characters");
+        return s.refuse(Refusal::new(ErrorCode::BadRequest, msg)).await;
+    }
+    setup.pty = Some((term, rows, cols));
+    s.send(&PtyReady {}, &[]).await
+}
+
+/// An `env` request: the variables the server accepts are kept for the
+/// next exec, and the client told which were and which were not.
+pub(in crate::server) async fn env(
+    s: &mut Session<ServerSide>,
+    ctx: &Context,
+    request: Env,
+    setup: &mut ExecSetup,
+) -> Result<(), Error> {
+    if !ctx.config.allow_exec {
+        return s.refuse(Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")).await;
+    }
+    if request.vars.len() > MAX_ENV_VARS {
+        let msg = format!("{} variables; at most {MAX_ENV_VARS} may be sent", request.vars.len());
+        return s.refuse(Refusal::new(ErrorCode::TooLarge, msg)).await;
+    }
+    let accept = ctx.config.accept_env_set();
+    let mut answer = EnvSet { accepted: Vec::new(), refused: Vec::new() };
+    for (name, value) in request.vars {
+        let valid = valid_env_name(&name) && value.len() <= MAX_ENV_VALUE && !value.contains('\0');
+        if valid && accept.is_match(&name) {
+            setup.env.retain(|(n, _)| *n != name);
+            answer.accepted.push(name.clone());
+            setup.env.push((name, value));
+        } else {
+            answer.refused.push(name);
+        }
+    }
+    s.send(&answer, &[]).await
+}
+
+/// A portable variable name: a letter or `_`, then letters, digits, `_`.
+fn valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= MAX_ENV_NAME
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Runs the command, streams its output until it has exited and closed
-/// both pipes (or was killed), and reports how it ended. Watches the
+/// its output (or was killed), and reports how it ended. Watches the
 /// session's cut-off itself: at the drain deadline the process group is
 /// killed and the client told why.
-pub(in crate::server) async fn exec(s: &mut Session<ServerSide>, ctx: &Context, request: Exec) -> Result<(), Error> {
-    let Exec { command, timeout_ms } = request;
+pub(in crate::server) async fn exec(
+    s: &mut Session<ServerSide>,
+    ctx: &Context,
+    request: Exec,
+    setup: &mut ExecSetup,
+) -> Result<(), Error> {
+    let Exec { command, timeout_ms, login } = request;
+    let ExecSetup { pty, env } = std::mem::take(setup);
     let config = &ctx.config;
     if !config.allow_exec {
         return s.refuse(Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")).await;
     }
-    let mut run = match spawn(&config.shell, &command, &config.root) {
+    let shell = if login {
+        config.login_shell.clone().unwrap_or_else(|| login_shell(&config.shell))
+    } else {
+        config.shell.clone()
+    };
+    let spec = Spec {
+        shell: &shell,
+        command: &command,
+        login,
+        dir: &config.root,
+        env: &env,
+        pty: pty.as_ref().map(|(term, rows, cols)| (term.as_str(), *rows, *cols)),
+    };
+    let mut run = match spawn(&spec) {
         Ok(run) => run,
         Err(e) => {
-            let r = Refusal::new(ErrorCode::SpawnFailed, format!("cannot start {}: {e}", config.shell.display()));
+            let what = if pty.is_some() { "a terminal for " } else { "" };
+            let r = Refusal::new(ErrorCode::SpawnFailed, format!("cannot start {what}{}: {e}", shell.display()));
             return s.refuse(r).await;
         }
     };
-    tracing::debug!(?command, pid = run.child.id(), "exec started");
+    tracing::debug!(?command, login, pty = pty.is_some(), pid = run.child.id(), "exec started");
 
     // The client may stay silent for as long as the command runs: no idle
     // limit on its frames meanwhile (the I/O limit still bounds a started
@@ -103,6 +213,16 @@ impl StdinQueue {
                         break; // the command closed its stdin; drop the rest
                     }
                 }
+            });
+        } else if let Some(master) = run.pty.clone() {
+            tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    if master.write_all(&chunk).await.is_err() {
+                        break; // the terminal is gone
+                    }
+                }
+                // End of input on a terminal is its EOF character.
+                let _ = master.write_all(&[master.eof_char()]).await;
             });
         }
         StdinQueue { tx: Some(tx), permit: None, pending: None }
@@ -157,9 +277,19 @@ async fn pump(
     let mut err_buf = vec![0u8; OUTPUT_CHUNK];
     let mut reason = ExitReason::Exited;
     let mut exited = false;
+    let mut pty = run.pty.clone();
+    let mut pty_buf = if pty.is_some() { vec![0u8; OUTPUT_CHUNK] } else { Vec::new() };
 
-    while !(exited && run.stdout.is_none() && run.stderr.is_none()) {
+    while !(exited && run.stdout.is_none() && run.stderr.is_none() && pty.is_none()) {
         tokio::select! {
+            n = read_master(&pty, &mut pty_buf) => match n? {
+                0 => pty = None,
+                n => writer.send(&Stdout { len: n as u64 }, &pty_buf[..n]).await?,
+            },
+            // The shell is gone but something it left holds the terminal:
+            // what it has written is sent, and then the exec ends (as an
+            // ssh session ends with its shell).
+            _ = tokio::time::sleep(PTY_LINGER), if exited && pty.is_some() => pty = None,
             n = read_pipe(&mut run.stdout, &mut out_buf) => match n? {
                 0 => run.stdout = None,
                 n => writer.send(&Stdout { len: n as u64 }, &out_buf[..n]).await?,
@@ -210,6 +340,14 @@ async fn take_frame(
     };
     match frame {
         Incoming::Stdin(body, eof) => stdin.deliver(body, eof),
+        Incoming::Resize(rows, cols) => {
+            // Without a terminal there is nothing to resize.
+            if let Some(master) = &run.pty {
+                if let Err(e) = master.resize(rows, cols) {
+                    tracing::debug!("resize: {e}");
+                }
+            }
+        }
         Incoming::Cancel => {
             run.group.kill();
             return Ok(Some(ExitReason::Cancelled));
@@ -219,7 +357,7 @@ async fn take_frame(
             return Err(Error::Io(e));
         }
         Incoming::Other(kind) => {
-            let why = format!("`{kind}` sent during exec; only stdin and cancel may be");
+            let why = format!("`{kind}` sent during exec; only stdin, resize and cancel may be");
             let e = Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
             refuse_mid_exec(writer, &e).await;
             return Err(e);
@@ -251,6 +389,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 enum Incoming {
     Stdin(bytes::Bytes, bool),
+    Resize(u16, u16),
     Cancel,
     Gone,
     Other(String),
@@ -269,6 +408,7 @@ async fn next_frame(reader: &mut Reader, pending: &mut Option<bool>) -> Result<I
                 *pending = Some(eof);
             }
             Ok(Some((ExecInput::Cancel(Cancel {}), _))) => return Ok(Incoming::Cancel),
+            Ok(Some((ExecInput::Resize(Resize { rows, cols }), _))) => return Ok(Incoming::Resize(rows, cols)),
             Err(Error::Unexpected { kind, .. }) => return Ok(Incoming::Other(kind)),
             Ok(None) => return Ok(Incoming::Gone),
             Err(e) => return Err(e),
