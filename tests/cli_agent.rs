@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{framewire, on_small_disk, pattern, process_gone, Serve, SmallDiskServer, BIN};
+use common::{framewire, on_small_disk, pattern, process_gone, Pty, Serve, SmallDiskServer, BIN};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -580,78 +580,15 @@ fn trees_keep_empty_directories_and_say_what_they_skip() {
     assert!(local.path().join("lone2").is_dir());
 }
 
-/// A terminal for a child: the master side, read with a deadline.
-struct Pty {
-    master: std::fs::File,
-    seen: String,
-}
-
-impl Pty {
-    /// Opens a pseudo-terminal and starts `cmd` on it as a session leader
-    /// with the terminal as its controlling terminal, so that Ctrl-C typed
-    /// there becomes SIGINT for its foreground process group, as in a real
-    /// terminal.
-    fn spawn(cmd: &mut Command) -> (Pty, std::process::Child) {
-        use std::os::fd::{FromRawFd, OwnedFd};
-        use std::os::unix::process::CommandExt;
-        let (mut master, mut slave) = (0, 0);
-        let rc =
-            unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
-        assert_eq!(rc, 0, "openpty");
-        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
-        let master = unsafe { std::fs::File::from_raw_fd(master) };
-        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::F_SETFL, libc::O_NONBLOCK) };
-        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        (Pty { master, seen: String::new() }, child)
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.master.write_all(bytes).unwrap();
-    }
-
-    /// Reads until `needle` has appeared after what earlier calls consumed.
-    fn expect(&mut self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(at) = self.seen.find(needle) {
-                self.seen.drain(..at + needle.len());
-                return;
-            }
-            let tail = || self.seen.chars().rev().take(1500).collect::<Vec<_>>().into_iter().rev().collect::<String>();
-            assert!(Instant::now() < deadline, "{needle:?} did not appear; the terminal ends with {:?}", tail());
-            match std::io::Read::read(&mut self.master, &mut buf) {
-                Ok(0) => panic!("{needle:?} did not appear before the end; the terminal ends with {:?}", tail()),
-                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-                // EIO: the child closed its side of the terminal.
-                Err(e) => panic!("{needle:?} did not appear ({e}); the terminal ends with {:?}", tail()),
-            }
-        }
-    }
-}
-
-/// In `shell` on a real terminal, Ctrl-C interrupts the running command,
-/// not the shell: the remote command is killed, the prompt comes back,
-/// and the next line runs.
+/// In `shell --lines` on a real terminal, Ctrl-C interrupts the running
+/// command, not the shell: the remote command is killed, the prompt comes
+/// back, and the next line runs.
 #[test]
 fn ctrl_c_in_the_shell_interrupts_only_the_command() {
     let server = Serve::start(&["--allow-exec", "--insecure"]);
     let marker = server.root.path().join("ran-after");
     let (mut tty, mut child) = Pty::spawn(
-        Command::new(BIN).args(["shell", &server.addr]).env("HOME", server.root.path()).env("TERM", "xterm"),
+        Command::new(BIN).args(["shell", "--lines", &server.addr]).env("HOME", server.root.path()).env("TERM", "xterm"),
     );
     tty.expect(">>> ");
     let started = Instant::now();

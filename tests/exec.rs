@@ -265,3 +265,50 @@ async fn slow_reader_of_stdin_gets_every_byte() {
     assert!(status.success());
     assert_eq!(String::from_utf8_lossy(&out).trim(), (20 << 20).to_string());
 }
+
+/// A server that predates terminals answers their requests `unknown_type`:
+/// the library says so in a typed error and the connection goes on; the
+/// CLI says "this server has no terminal support" (exec -t fails with
+/// 255; shell falls back to one command a line).
+#[tokio::test]
+async fn a_server_without_terminals_is_told_apart() {
+    let server = TestServer::start_with(|c| {
+        c.allow_exec = true;
+        c.insecure = true;
+        c.terminal_requests = false;
+    })
+    .await;
+    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let size = framewire::client::WindowSize { rows: 24, cols: 80 };
+    let e = client.request_pty("xterm", size).await.unwrap_err();
+    assert!(matches!(e, framewire::ClientError::NoTerminalSupport), "{e:?}");
+    let e = client.set_env(&[("LANG".into(), "C".into())]).await.unwrap_err();
+    assert!(matches!(e, framewire::ClientError::NoTerminalSupport), "{e:?}");
+    let out = client.exec_output("tty", &ExecOptions::default()).await.unwrap();
+    assert_eq!(out.stdout, b"not a tty\n", "the connection is still usable");
+
+    let addr = server.addr();
+    let out = tokio::task::spawn_blocking(move || common::framewire(&["exec", "-tt", "-n", &addr, "--", "tty"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("this server has no terminal support"), "{out:?}");
+
+    // `shell` on a terminal: the notice, then the line mode.
+    let addr = server.addr();
+    let seen = tokio::task::spawn_blocking(move || {
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["shell", &addr]).env("HOME", home.path()).env("TERM", "xterm");
+        let (mut tty, mut child) = common::Pty::spawn(&mut cmd);
+        tty.expect("this server has no terminal support");
+        tty.expect(">>> ");
+        tty.send(b"echo $((6*7))\r");
+        tty.expect("42");
+        tty.send(b"exit\r");
+        tty.wait(&mut child)
+    })
+    .await
+    .unwrap();
+    assert!(seen.success(), "{seen:?}");
+}

@@ -135,7 +135,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             let code = exec::shell(args, &rt, key);
             rt.shutdown_background();
-            code
+            // As exec (and ssh): the tool's own failures exit 255.
+            code.or_else(|e| {
+                eprintln!("framewire: error: {}", one_line(&e));
+                Ok(ExitCode::from(exec::OWN_FAILURE))
+            })
         }
         Command::Ls(args) => block_on(files::ls(args, key)),
         Command::Get(args) => block_on(files::get(args, key)),

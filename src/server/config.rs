@@ -63,6 +63,10 @@ pub struct Config {
     /// as a server older than them answers: clients then copy trees one
     /// request per file. For testing that fallback.
     pub tree_streaming: bool,
+    /// Serve the terminal requests (`pty`, `env`; on by default). Off,
+    /// they are answered `unknown_type`, as a server older than them
+    /// answers. For testing what clients do then.
+    pub terminal_requests: bool,
     /// The shell `exec` runs commands with (`SHELL -c COMMAND`).
     pub shell: PathBuf,
     /// The shell of an interactive session (`exec` with `login`, what
@@ -117,6 +121,7 @@ impl Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             allow_exec: false,
             tree_streaming: true,
+            terminal_requests: true,
             shell: PathBuf::from("/bin/sh"),
             login_shell: None,
             accept_env: DEFAULT_ACCEPT_ENV.iter().map(|p| (*p).to_owned()).collect(),

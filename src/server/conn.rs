@@ -260,7 +260,7 @@ async fn requests(
     hard: &CancellationToken,
 ) -> Result<(), Error> {
     // What `pty` and `env` requests set for the next exec.
-    let mut setup = super::handlers::exec::ExecSetup::default();
+    let mut setup = dispatch::ExecSetup::default();
     loop {
         let head = tokio::select! {
             // Between requests, a shutdown ends the connection at once; a

@@ -6,6 +6,9 @@ use crate::proto::Request;
 use crate::session::{cut_off_by, ServerSide, Session};
 use crate::wire::Error;
 
+/// What a connection keeps between requests for its next exec.
+pub(super) use super::handlers::exec::ExecSetup;
+
 /// Runs one request to its end, reply included. Every request but exec is
 /// dropped at the drain deadline (the session's cut-off); exec watches it
 /// itself, to kill the process group and tell the client why.
@@ -13,11 +16,12 @@ pub(super) async fn handle(
     s: &mut Session<ServerSide>,
     ctx: &Context,
     request: Request,
-    setup: &mut exec::ExecSetup,
+    setup: &mut ExecSetup,
 ) -> Result<(), Error> {
     let cut = s.cut_off().clone();
     let streamed = matches!(request, Request::TreeList(_) | Request::TreePut(_) | Request::TreeGet(_));
-    if streamed && !ctx.config.tree_streaming {
+    let terminal = matches!(request, Request::Pty(_) | Request::Env(_));
+    if (streamed && !ctx.config.tree_streaming) || (terminal && !ctx.config.terminal_requests) {
         // What a server that predates them answers.
         let msg = format!("unknown message type {:?}", request.kind());
         return s.refuse(crate::services::Refusal::new(crate::proto::ErrorCode::UnknownType, msg)).await;

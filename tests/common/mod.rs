@@ -207,3 +207,141 @@ impl Drop for SmallDiskServer {
         let _ = self.child.wait();
     }
 }
+
+/// A terminal for a child: the master side, read with a deadline, and a
+/// copy of the slave side (to read its settings with `stty -g`).
+pub struct Pty {
+    pub master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+    pub seen: String,
+}
+
+impl Pty {
+    /// Opens a pseudo-terminal of 24x80 and starts `cmd` on it as a
+    /// session leader with the terminal as its controlling terminal, so
+    /// that Ctrl-C typed there becomes SIGINT for its foreground process
+    /// group, and a resize SIGWINCH, as in a real terminal.
+    pub fn spawn(cmd: &mut Command) -> (Pty, Child) {
+        let pty = Pty::open(24, 80);
+        let child = pty.start(cmd);
+        (pty, child)
+    }
+
+    /// A new pseudo-terminal of `rows` x `cols`, nothing on it yet.
+    pub fn open(rows: u16, cols: u16) -> Pty {
+        use rustix::pty::OpenptFlags;
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = rustix::pty::openpt(flags).unwrap();
+        rustix::pty::grantpt(&master).unwrap();
+        rustix::pty::unlockpt(&master).unwrap();
+        let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags).unwrap();
+        let fl = rustix::fs::fcntl_getfl(&master).unwrap();
+        rustix::fs::fcntl_setfl(&master, fl | rustix::fs::OFlags::NONBLOCK).unwrap();
+        let pty = Pty { master: std::fs::File::from(master), slave, seen: String::new() };
+        pty.resize(rows, cols);
+        pty
+    }
+
+    /// Starts `cmd` on this terminal (see [`spawn`](Self::spawn)).
+    pub fn start(&self, cmd: &mut Command) -> Child {
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(Stdio::from(self.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(self.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(self.slave.try_clone().unwrap()));
+        // SAFETY: only raw system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid()?;
+                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// Gives the terminal a new size (its foreground group gets SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let size = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        rustix::termios::tcsetwinsize(&self.master, size).unwrap();
+    }
+
+    /// The terminal's settings, as `stty -g` prints them.
+    pub fn stty_g(&self) -> String {
+        let out = Command::new("stty").arg("-g").stdin(Stdio::from(self.slave.try_clone().unwrap())).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut self.master, bytes).unwrap();
+    }
+
+    /// Reads until `needle` has appeared after what earlier calls consumed.
+    pub fn expect(&mut self, needle: &str) {
+        self.expect_within(needle, Duration::from_secs(10));
+    }
+
+    /// The rest of the line after `needle`.
+    pub fn line_after(&mut self, needle: &str) -> String {
+        self.expect(needle);
+        let before = self.seen.clone();
+        self.expect("\r\n");
+        before[..before.find("\r\n").unwrap()].to_owned()
+    }
+
+    /// [`expect`](Self::expect) with a deadline of its own.
+    pub fn expect_within(&mut self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(at) = self.seen.find(needle) {
+                self.seen.drain(..at + needle.len());
+                return;
+            }
+            let tail = self.seen.chars().rev().take(1500).collect::<Vec<_>>().into_iter().rev().collect::<String>();
+            assert!(Instant::now() < deadline, "{needle:?} did not appear; the terminal ends with {tail:?}");
+            if !self.pump() {
+                panic!("{needle:?} did not appear before the end; the terminal ends with {tail:?}");
+            }
+        }
+    }
+
+    /// Reads what is there (or waits a little); false once nothing more
+    /// can come.
+    fn pump(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        match std::io::Read::read(&mut self.master, &mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                true
+            }
+            // EIO: every process closed its side of the terminal.
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for `child` to end (within 10 s), reading the terminal
+    /// meanwhile so that it never blocks on a full one.
+    pub fn wait(&mut self, child: &mut Child) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // What it wrote last may still be in the terminal.
+                for _ in 0..20 {
+                    let before = self.seen.len();
+                    self.pump();
+                    if self.seen.len() == before {
+                        break;
+                    }
+                }
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the client did not end; the terminal shows {:?}", self.seen);
+            self.pump();
+        }
+    }
+}
