@@ -172,11 +172,21 @@ pub async fn run(args: ExecArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
 /// SIGTERM or SIGHUP end the remote command. The terminal's settings are
 /// restored however this returns.
 async fn on_terminal(client: &mut Client, command: &str, options: &ExecOptions) -> Result<ExitStatus, ClientError> {
-    let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
-    let mut stdin = tokio::io::stdin();
+    let mut stderr = tokio::io::stderr();
     let mut resizes = term::resizes().ok();
     let mut cancel = std::pin::pin!(term::terminated());
     let raw = term::Raw::enter().map_err(|e| ClientError::Local { path: "stdin".into(), source: e })?;
+    // Keys and output straight through the reactor, no thread hand-off
+    // per read and write (where the descriptors allow it).
+    let mut stdin: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match term::Nonblocking::new(rustix::stdio::stdin()) {
+        Ok(fd) => Box::new(fd),
+        Err(_) => Box::new(tokio::io::stdin()),
+    };
+    let mut stdout: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match term::Nonblocking::new(rustix::stdio::stdout())
+    {
+        Ok(fd) => Box::new(fd),
+        Err(_) => Box::new(tokio::io::stdout()),
+    };
     let io = ExecIo {
         stdin: Some(&mut stdin),
         stdout: &mut stdout,
@@ -185,6 +195,11 @@ async fn on_terminal(client: &mut Client, command: &str, options: &ExecOptions) 
         resize: resizes.as_mut(),
     };
     let status = client.exec(command, options, io).await;
+    // Blocking again before the settings go back and anything is printed;
+    // in the reverse order of their making, since both may share one
+    // description (the second saw the first's O_NONBLOCK).
+    drop(stdout);
+    drop(stdin);
     drop(raw);
     status
 }

@@ -132,7 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ok => ok,
         },
         Command::Shell(args) => {
-            let rt = runtime()?;
+            let rt = interactive_runtime()?;
             let code = exec::shell(args, &rt, key);
             rt.shutdown_background();
             // As exec (and ssh): the tool's own failures exit 255.
@@ -255,6 +255,12 @@ pub fn explained(e: &framewire::ClientError) -> String {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// One thread for an interactive session: a keystroke and its echo each
+/// wake the one task that forwards them, and no wake-up crosses threads.
+fn interactive_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Runs `fut` to completion on a fresh runtime, then leaves without waiting

@@ -110,3 +110,96 @@ pub async fn terminated() {
         _ = hup.recv() => {}
     }
 }
+
+/// A terminal's descriptor read and written without a blocking thread in
+/// between (what `tokio::io::stdin` and `stdout` hand each read and write
+/// to): non-blocking, woken by the reactor. `O_NONBLOCK` belongs to the
+/// open file description, which the terminal's other users (the shell
+/// that started us) share, so it is put back when this is dropped, as ssh
+/// does.
+pub struct Nonblocking {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    flags: rustix::fs::OFlags,
+}
+
+impl Nonblocking {
+    /// A non-blocking handle on `fd`, if the reactor can watch it (a
+    /// terminal or a pipe; not a regular file).
+    ///
+    /// # Errors
+    ///
+    /// If it cannot be duplicated, set non-blocking or watched.
+    pub fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Nonblocking> {
+        let fd = fd.try_clone_to_owned()?;
+        let flags = rustix::fs::fcntl_getfl(&fd)?;
+        rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+        // SAFETY: the AsyncFd owns the duplicate, open until it drops.
+        match unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+            Ok(fd) => Ok(Nonblocking { fd, flags }),
+            Err(e) => {
+                let (fd, e) = e.into_parts();
+                let _ = rustix::fs::fcntl_setfl(&fd, flags);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Nonblocking {
+    fn drop(&mut self) {
+        let _ = rustix::fs::fcntl_setfl(self.fd.get_ref(), self.flags);
+    }
+}
+
+impl tokio::io::AsyncRead for Nonblocking {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            let mut ready = std::task::ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match ready.try_io(|fd| rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                // A terminal hung up: the end of input.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return std::task::Poll::Ready(Ok(())),
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Nonblocking {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            let mut ready = std::task::ready!(self.fd.poll_write_ready(cx))?;
+            match ready.try_io(|fd| rustix::io::write(fd.get_ref(), buf).map_err(std::io::Error::from)) {
+                Ok(result) => return std::task::Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

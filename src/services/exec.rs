@@ -192,6 +192,15 @@ impl Master {
         Ok(())
     }
 
+    /// Writes what the terminal takes of `bytes` now, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// Those of `write(2)`; `WouldBlock` when it takes nothing now.
+    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        Ok(rustix::io::write(self.0.get_ref(), bytes)?)
+    }
+
     /// The terminal's end-of-file character (`VEOF`, normally Ctrl-D):
     /// what typing "end of input" means on a terminal.
     pub fn eof_char(&self) -> u8 {

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -201,6 +204,11 @@ struct StdinQueue {
     /// A stdin frame whose head is read but body not yet (`Some(eof)`):
     /// reading the body is cancel-safe, so the select may interrupt it.
     pending: Option<bool>,
+    /// On a terminal: the master, written at once while the writing task
+    /// has nothing left (`backlog`, bytes handed to it and not yet
+    /// written, is 0), so that a keystroke costs no hand-off; what does
+    /// not fit goes through the queue, after which bytes keep their order.
+    direct: Option<(Master, Arc<AtomicUsize>)>,
 }
 
 impl StdinQueue {
@@ -215,17 +223,22 @@ impl StdinQueue {
                 }
             });
         } else if let Some(master) = run.pty.clone() {
+            let backlog = Arc::new(AtomicUsize::new(0));
+            let (m, left) = (master.clone(), backlog.clone());
             tokio::spawn(async move {
                 while let Some(chunk) = rx.recv().await {
-                    if master.write_all(&chunk).await.is_err() {
+                    let written = m.write_all(&chunk).await;
+                    left.fetch_sub(chunk.len(), Ordering::AcqRel);
+                    if written.is_err() {
                         break; // the terminal is gone
                     }
                 }
                 // End of input on a terminal is its EOF character.
-                let _ = master.write_all(&[master.eof_char()]).await;
+                let _ = m.write_all(&[m.eof_char()]).await;
             });
+            return StdinQueue { tx: Some(tx), permit: None, pending: None, direct: Some((master, backlog)) };
         }
-        StdinQueue { tx: Some(tx), permit: None, pending: None }
+        StdinQueue { tx: Some(tx), permit: None, pending: None, direct: None }
     }
 
     /// Whether room must be reserved before the next frame is read.
@@ -249,7 +262,18 @@ impl StdinQueue {
         self.permit = permit;
     }
 
-    fn deliver(&mut self, body: bytes::Bytes, eof: bool) {
+    fn deliver(&mut self, mut body: bytes::Bytes, eof: bool) {
+        if let Some((master, backlog)) = &self.direct {
+            if backlog.load(Ordering::Acquire) == 0 {
+                // Full, or gone: the rest goes to the task, which finds out.
+                if let Ok(n) = master.try_write(&body) {
+                    let _ = body.split_to(n);
+                }
+            }
+            if !body.is_empty() {
+                backlog.fetch_add(body.len(), Ordering::AcqRel);
+            }
+        }
         if let Some(p) = self.permit.take() {
             if !body.is_empty() {
                 p.send(body);
