@@ -1262,3 +1262,28 @@ fn a_hundred_thousand_tiny_files_in_bounded_memory() {
     }
     eprintln!("100,000 files: put client {put_peak} KiB, get client {get_peak} KiB, server {server_peak} KiB");
 }
+
+/// A keyed session that ends normally (the client leaves between
+/// requests, over TLS, without waiting to send `close_notify`) is a
+/// normal close in the server's log, as it is in the clear: no warning.
+#[test]
+fn a_clean_keyed_session_logs_no_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let k = key.to_str().unwrap();
+    let server = Serve::start(&["--allow-exec", "--key-file", k, "-v"]);
+    let a = server.addr.as_str();
+    std::fs::write(server.root.path().join("f.txt"), b"data").unwrap();
+    let local = dir.path().join("back.txt");
+    for args in [
+        vec!["ls", a],
+        vec!["exec", a, "--", "true"],
+        vec!["get", "-q", a, "f.txt", local.to_str().unwrap()],
+        vec!["put", "-q", a, local.to_str().unwrap(), "again.txt"],
+    ] {
+        let out = Command::new(BIN).args(&args).env("FRAMEWIRE_KEY_FILE", k).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let (_, log) = server.terminate();
+    assert!(!log.contains("WARN"), "a clean session warned: {log}");
+}

@@ -130,8 +130,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.skip_body().await?;
         if self.buf.is_empty() {
             let idle = self.timeouts.idle;
-            if self.fill(after(idle), || Error::Idle(idle.unwrap_or_default())).await? == 0 {
-                return Ok(None);
+            match self.fill(after(idle), || Error::Idle(idle.unwrap_or_default())).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                // A TLS peer that closed the connection without
+                // `close_notify` (rustls reports it so), between frames: a
+                // normal close. A frame's own length tells a cut inside
+                // one, so nothing can be truncated unnoticed.
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
         let io = self.timeouts.io;
