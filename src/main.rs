@@ -5,11 +5,9 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     tune_allocator();
-    let args = cli::Cli::parse();
+    let args = cli::parse();
     cli::init_logging(&args);
     let outcome = cli::run(args);
     if let Some(code) = cli::stdout_failure() {

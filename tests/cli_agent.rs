@@ -1287,3 +1287,23 @@ fn a_clean_keyed_session_logs_no_warning() {
     let (_, log) = server.terminate();
     assert!(!log.contains("WARN"), "a clean session warned: {log}");
 }
+
+/// `keygen` and `demo` use no key: `--key-file` on their command line is a
+/// usage error (exit 2) naming why, while `FRAMEWIRE_KEY_FILE` in the
+/// environment, meant for every command, is no obstacle.
+#[test]
+fn a_key_file_where_it_means_nothing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let k = key.to_str().unwrap();
+    let fresh = dir.path().join("fresh");
+    let out = framewire(&["keygen", "--key-file", k, fresh.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--key-file means nothing here"), "{out:?}");
+    assert!(!fresh.exists(), "no key written");
+    let out = framewire(&["--key-file", k, "demo", "sticky"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out =
+        Command::new(BIN).args(["keygen", fresh.to_str().unwrap()]).env("FRAMEWIRE_KEY_FILE", k).output().unwrap();
+    assert!(out.status.success() && fresh.exists(), "{out:?}");
+}

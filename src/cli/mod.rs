@@ -103,6 +103,30 @@ pub fn init_logging(cli: &Cli) {
         .init();
 }
 
+/// Parses the command line. A `--key-file` given on the command line to
+/// a subcommand that uses no key (`keygen`, `demo`) is a usage error
+/// rather than silently ignored; one from `FRAMEWIRE_KEY_FILE` is left
+/// alone there, as the environment is meant for every command.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |m: &clap::ArgMatches| m.value_source("key_file") == Some(clap::parser::ValueSource::CommandLine);
+    let sub = matches.subcommand();
+    let keyless = match &cli.command {
+        Command::Keygen(_) => Some("keygen writes a new key to FILE; it reads none"),
+        Command::Demo(_) => Some("the demo makes its own key"),
+        _ => None,
+    };
+    if let Some(why) = keyless {
+        if given(&matches) || sub.is_some_and(|(_, m)| given(m)) {
+            let msg = format!("--key-file means nothing here: {why}");
+            Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+        }
+    }
+    cli
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Keygen(KeygenArgs { file }) = &cli.command {
