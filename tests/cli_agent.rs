@@ -1307,3 +1307,44 @@ fn a_key_file_where_it_means_nothing_is_refused() {
         Command::new(BIN).args(["keygen", fresh.to_str().unwrap()]).env("FRAMEWIRE_KEY_FILE", k).output().unwrap();
     assert!(out.status.success() && fresh.exists(), "{out:?}");
 }
+
+/// scp's way of naming the remote side, `HOST:PATH`, both ways, beside
+/// the `HOST PATH...` form; a colon before any slash makes an argument
+/// remote, so `./a:b` is a local file.
+#[test]
+fn host_colon_path_arguments_both_ways() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"notes").unwrap();
+    let n = notes.to_str().unwrap();
+
+    let out = framewire(&["put", "-q", n, &format!("{a}:")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(server.root.path().join("notes.txt")).unwrap(), b"notes");
+    let out = framewire(&["put", "-q", n, &format!("{a}:copy.txt")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(server.root.path().join("copy.txt")).unwrap(), b"notes");
+
+    // A local file whose name has a colon, written the scp way.
+    std::fs::write(dir.path().join("a:b"), b"colon").unwrap();
+    let out =
+        Command::new(BIN).current_dir(dir.path()).args(["put", "-q", "./a:b", &format!("{a}:")]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(server.root.path().join("a:b")).unwrap(), b"colon");
+
+    // And back, into a directory and under a new name.
+    let back = dir.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = framewire(&["get", "-q", &format!("{a}:copy.txt"), back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(back.join("copy.txt")).unwrap(), b"notes");
+    let out = framewire(&["get", "-q", &format!("{a}:notes.txt"), &format!("{a}:a:b"), back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(back.join("a:b")).unwrap(), b"colon");
+
+    // Sources on two hosts are refused in one line.
+    let out = framewire(&["get", &format!("{a}:x"), "other:y", back.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out.stderr).contains("two hosts"), "{out:?}");
+}

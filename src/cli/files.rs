@@ -131,12 +131,14 @@ impl TransferArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// Server address, `host[:port]` (default port 9909); or, scp's way, the
+    /// first remote source as `HOST:PATH` (`get web:logs/app.log .`).
     addr: String,
-    /// REMOTE... [LOCAL|-]: remote paths, then where to put them (default:
-    /// the current directory; `-` writes one file to stdout). Like `cp`: with
-    /// several sources, or if LOCAL is a directory, each lands inside it.
-    #[arg(required = true, num_args = 1.., value_name = "PATHS")]
+    /// REMOTE... [LOCAL|-]: remote paths (each `HOST:PATH` in scp's form),
+    /// then where to put them (default: the current directory; `-` writes
+    /// one file to stdout). Like `cp`: with several sources, or if LOCAL is
+    /// a directory, each lands inside it.
+    #[arg(num_args = 0.., value_name = "PATHS")]
     paths: Vec<String>,
     #[command(flatten)]
     opts: TransferArgs,
@@ -144,12 +146,14 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// Server address, `host[:port]` (default port 9909); or, scp's way,
+    /// the first local source, with the destination last as `HOST:PATH`
+    /// (`put notes.txt web:docs/`; `web:` is the served root).
     addr: String,
     /// LOCAL... [REMOTE]: local files (or trees with -r), then where to put
     /// them on the server (default: the root). Like `cp`: with several
     /// sources, or if REMOTE is a directory, each lands inside it.
-    #[arg(required = true, num_args = 1.., value_name = "PATHS")]
+    #[arg(num_args = 0.., value_name = "PATHS")]
     paths: Vec<String>,
     #[command(flatten)]
     opts: TransferArgs,
@@ -166,9 +170,83 @@ fn plan_error(e: PlanError, verb: &str) -> anyhow::Error {
     }
 }
 
+/// `HOST:PATH` as scp and rsync write it, if `arg` is one: a colon before
+/// any slash (so `./a:b` and `/x:y` are local files), the host possibly
+/// `[IPv6]`, possibly with `:PORT` before the path (`host:9909:docs/`).
+/// `host:9909` alone is an address with a port, as in the `HOST PATH...`
+/// form, not a file named `9909` (write `host:./9909` for that). Returns
+/// the address and the path (empty: the served root).
+pub fn remote_arg(arg: &str) -> Option<(String, String)> {
+    let (host, rest) = if let Some(inner) = arg.strip_prefix('[') {
+        let end = inner.find(']')?;
+        (&arg[..end + 2], inner[end + 1..].strip_prefix(':')?)
+    } else {
+        let colon = arg.find(':')?;
+        if arg.find('/').is_some_and(|slash| slash < colon) {
+            return None;
+        }
+        (&arg[..colon], &arg[colon + 1..])
+    };
+    if host.is_empty() || host.starts_with('-') {
+        return None;
+    }
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    match rest.split_once(':') {
+        Some((port, path)) if is_port(port) => Some((format!("{host}:{port}"), path.to_owned())),
+        _ if is_port(rest) => None,
+        _ => Some((host.to_owned(), rest.to_owned())),
+    }
+}
+
+/// The two ways of naming a copy: `HOST REMOTE... [LOCAL]` (and for put
+/// `HOST LOCAL... [REMOTE]`), or scp's, with the remote side written
+/// `HOST:PATH` (`get web:logs/app.log .`, `put notes.txt web:docs/`).
+/// Returns the address, the sources, and the destination if one was
+/// given.
+fn copy_form(addr: String, mut paths: Vec<String>, put: bool) -> anyhow::Result<(String, Vec<String>, Option<String>)> {
+    let mut all = vec![addr];
+    all.append(&mut paths);
+    let scp_form = if put {
+        all.len() >= 2 && remote_arg(all.last().expect("two")).is_some()
+    } else {
+        remote_arg(&all[0]).is_some()
+    };
+    if !scp_form {
+        let mut paths = all.split_off(1);
+        anyhow::ensure!(
+            !paths.is_empty(),
+            "nothing to copy: give HOST then paths, or write the remote side as HOST:PATH"
+        );
+        let dest = if paths.len() > 1 { paths.pop() } else { None };
+        return Ok((all.pop().expect("the address"), paths, dest));
+    }
+    if put {
+        let (addr, dest) = remote_arg(&all.pop().expect("two")).expect("checked");
+        if let Some(other) = all.iter().find(|a| remote_arg(a).is_some()) {
+            anyhow::bail!("{other}: a remote source; put copies local files (write ./{other} for a local one)");
+        }
+        return Ok((addr, all, Some(dest).filter(|d| !d.is_empty())));
+    }
+    let dest = if all.len() > 1 && remote_arg(all.last().expect("two")).is_none() { all.pop() } else { None };
+    let mut addr = None;
+    let mut sources = Vec::with_capacity(all.len());
+    for arg in all {
+        let Some((host, path)) = remote_arg(&arg) else {
+            anyhow::bail!("{arg}: a local path among the remote sources (the destination comes last)");
+        };
+        match &addr {
+            Some(first) if *first != host => anyhow::bail!("sources on two hosts ({first}, {host}): one at a time"),
+            Some(_) => {}
+            None => addr = Some(host),
+        }
+        sources.push(path);
+    }
+    Ok((addr.expect("one source at least"), sources, dest))
+}
+
 pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let GetArgs { addr, mut paths, opts } = args;
-    let dest = if paths.len() > 1 { paths.pop() } else { None };
+    let GetArgs { addr, paths, opts } = args;
+    let (addr, paths, dest) = copy_form(addr, paths, false)?;
     if dest.as_deref() == Some("-") {
         anyhow::ensure!(paths.len() == 1 && !opts.recursive, "`-` (stdout) takes exactly one remote file");
         let mut client = Client::connect_with(&addr, key.as_ref()).await?;
@@ -189,8 +267,8 @@ pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let PutArgs { addr, mut paths, opts } = args;
-    let dest = if paths.len() > 1 { paths.pop() } else { None };
+    let PutArgs { addr, paths, opts } = args;
+    let (addr, paths, dest) = copy_form(addr, paths, true)?;
     let endpoint = Endpoint::new(addr, key);
     let mut client = endpoint.connect().await?;
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
@@ -410,4 +488,47 @@ impl Observer for Bars {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{copy_form, remote_arg};
+
+    fn r(host: &str, path: &str) -> Option<(String, String)> {
+        Some((host.to_owned(), path.to_owned()))
+    }
+
+    #[test]
+    fn a_colon_before_any_slash_is_a_remote_argument() {
+        assert_eq!(remote_arg("web:docs/"), r("web", "docs/"));
+        assert_eq!(remote_arg("127.0.0.1:"), r("127.0.0.1", ""));
+        assert_eq!(remote_arg("web:9909:a.txt"), r("web:9909", "a.txt"));
+        assert_eq!(remote_arg("[::1]:logs/x"), r("[::1]", "logs/x"));
+        assert_eq!(remote_arg("[::1]:9909:"), r("[::1]:9909", ""));
+        assert_eq!(remote_arg("web:./9909"), r("web", "./9909"));
+        // Local files, and addresses of the HOST PATH... form.
+        for local in ["./a:b", "/x:y", "dir/a:b", "notes.txt", "web:9909", "[::1]", "[::1]:9909", ":x", "-v:x"] {
+            assert_eq!(remote_arg(local), None, "{local}");
+        }
+    }
+
+    #[test]
+    fn both_forms_give_the_same_copy() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let form = |all: &[&str], put| copy_form(all[0].to_owned(), s(&all[1..]), put).unwrap();
+        let want = |addr: &str, src: &[&str], dest: Option<&str>| (addr.to_owned(), s(src), dest.map(str::to_owned));
+        assert_eq!(form(&["web", "notes.txt", "docs/"], true), want("web", &["notes.txt"], Some("docs/")));
+        assert_eq!(form(&["notes.txt", "web:docs/"], true), want("web", &["notes.txt"], Some("docs/")));
+        assert_eq!(form(&["a", "b", "127.0.0.1:"], true), want("127.0.0.1", &["a", "b"], None));
+        assert_eq!(form(&["web:9909", "a"], true), want("web:9909", &["a"], None));
+        assert_eq!(form(&["web", "logs/app.log", "."], false), want("web", &["logs/app.log"], Some(".")));
+        assert_eq!(form(&["web:logs/app.log", "."], false), want("web", &["logs/app.log"], Some(".")));
+        assert_eq!(form(&["web:logs/app.log"], false), want("web", &["logs/app.log"], None));
+        assert_eq!(form(&["web:a", "web:b", "out"], false), want("web", &["a", "b"], Some("out")));
+        let err = |all: &[&str], put| copy_form(all[0].to_owned(), s(&all[1..]), put).unwrap_err().to_string();
+        assert!(err(&["web:a", "db:b", "out"], false).contains("two hosts"));
+        assert!(err(&["web:a", "local", "out"], false).contains("a local path among"));
+        assert!(err(&["db:x", "web:docs/"], true).contains("a remote source"));
+        assert!(err(&["web"], false).contains("nothing to copy"));
+    }
 }
