@@ -1348,3 +1348,44 @@ fn host_colon_path_arguments_both_ways() {
     let out = framewire(&["get", &format!("{a}:x"), "other:y", back.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out.stderr).contains("two hosts"), "{out:?}");
 }
+
+/// The first SIGINT starts the drain and says how long it may take; a
+/// second stops the server at once, the running command killed with it.
+#[test]
+fn a_second_signal_stops_the_server_at_once() {
+    let mut server = Serve::start(&["--allow-exec", "--insecure", "--drain-timeout", "60"]);
+    let mut exec = Command::new(BIN)
+        .args(["exec", &server.addr, "--", "echo $$; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(exec.stdout.take().unwrap()), &mut line).unwrap();
+    let remote: u32 = line.trim().parse().unwrap();
+    let pid = server.child.id().to_string();
+    let int = || assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    int();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.child.try_wait().unwrap().is_none(), "the first signal drains; the exec is still running");
+    let started = Instant::now();
+    int();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the second signal did not stop the server");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("up to 60 s") && log.contains("again stops at once"), "{log}");
+    assert!(log.contains("received again: stopping now"), "{log}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process_gone(remote) {
+        assert!(Instant::now() < deadline, "the remote command outlived the server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = exec.wait();
+}

@@ -158,16 +158,37 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
         say!("legacy {mode} listening on {}", l.local_addr()?);
     }
     tracing::info!(root = %config.root.display(), "serving");
-    server::run_with_legacy(listener, legacy, config, shutdown_signal()).await?;
+    // The first SIGINT or SIGTERM starts the drain, and says how long it
+    // may take; a second one ends it at once.
+    let drain = config.drain_timeout;
+    let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second) = tokio::sync::oneshot::channel::<()>();
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+    let (Ok(mut int), Ok(mut term)) = signals else {
+        anyhow::bail!("cannot watch SIGINT and SIGTERM");
+    };
+    tokio::spawn(async move {
+        let name = stop_signal(&mut int, &mut term).await;
+        tracing::info!(
+            "{name} received: no new connections; live requests may go on for up to {} s (--drain-timeout); \
+             SIGINT or SIGTERM again stops at once",
+            drain.as_secs()
+        );
+        let _ = first_tx.send(());
+        let name = stop_signal(&mut int, &mut term).await;
+        tracing::info!("{name} received again: stopping now");
+        let _ = second_tx.send(());
+    });
+    server::run_until(listener, legacy, config, first, second).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+/// Waits for SIGINT or SIGTERM; returns which came.
+async fn stop_signal(int: &mut tokio::signal::unix::Signal, term: &mut tokio::signal::unix::Signal) -> &'static str {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 

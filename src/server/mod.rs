@@ -71,8 +71,26 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
 pub async fn run_with_legacy(
     listener: TcpListener,
     legacy: Vec<(Mode, TcpListener)>,
+    config: Config,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    run_until(listener, legacy, config, shutdown, std::future::pending::<()>()).await
+}
+
+/// As [`run_with_legacy`], and when `now` completes during the drain
+/// (a second Ctrl-C, say), the drain ends at once: running commands are
+/// killed and the remaining connections ended, as when
+/// [`Config::drain_timeout`] passes.
+///
+/// # Errors
+///
+/// As [`run_with_legacy`].
+pub async fn run_until(
+    listener: TcpListener,
+    legacy: Vec<(Mode, TcpListener)>,
     mut config: Config,
     shutdown: impl Future,
+    now: impl Future,
 ) -> std::io::Result<()> {
     check_policy(&listener, &config)?;
     check_legacy_policy(&legacy, &config)?;
@@ -133,8 +151,19 @@ pub async fn run_with_legacy(
     info!(live = tracker.len(), "shutting down: no new connections; draining live requests");
     shared.graceful.cancel();
     tracker.close();
-    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
-        warn!(live = tracker.len(), drain = ?config.drain_timeout, "drain timeout: ending the remaining connections");
+    let drained = tokio::select! {
+        done = tokio::time::timeout(config.drain_timeout, tracker.wait()) => {
+            if done.is_err() {
+                warn!(live = tracker.len(), drain = ?config.drain_timeout, "drain timeout: ending the remaining connections");
+            }
+            done.is_ok()
+        }
+        _ = now => {
+            warn!(live = tracker.len(), "stopping at once: ending the remaining connections");
+            false
+        }
+    };
+    if !drained {
         shared.hard.cancel();
         tracker.wait().await;
     }
