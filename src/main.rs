@@ -16,9 +16,12 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) if cli::stdout_gone(&e) => ExitCode::from(cli::READER_GONE),
+        // framewire's own failures (cannot connect, authentication, a
+        // request the server refused, a source that is not there): 255 for
+        // every subcommand, as ssh's (README, "Exit codes").
         Err(e) => {
             eprintln!("framewire: error: {}", cli::one_line(&e));
-            ExitCode::FAILURE
+            ExitCode::from(cli::OWN_FAILURE)
         }
     }
 }

@@ -508,7 +508,7 @@ fn peer_chosen_names_cannot_drive_the_terminal() {
     // An error naming it (the server's message repeats the name) is one
     // escaped line.
     let out = framewire(&["get", a, &format!("d/{evil}.missing"), "-"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(255), "framewire's own failure: {out:?}");
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err:?}");
     assert!(err.contains(&format!("{shown}.missing")) && err.contains("no such file"), "{err:?}");
@@ -702,7 +702,7 @@ fn permission_denied_is_one_clear_line() {
     let a = server.addr.as_str();
 
     let out = framewire(&["get", a, "secret", "-"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(255), "framewire's own failure: {out:?}");
     assert_eq!(
         text(&out.stderr).trim(),
         "framewire: error: server refused: secret: permission denied (permission_denied)"
@@ -762,7 +762,7 @@ fn trailing_slash_rule_both_ways() {
     for dest in ["missing/", "missing/f.txt"] {
         let target = local.path().join(dest);
         let out = framewire(&["get", a, "one/f.txt", target.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(1), "{dest}: {out:?}");
+        assert_eq!(out.status.code(), Some(255), "framewire's own failure: {dest}: {out:?}");
         assert!(text(&out.stderr).contains("no such directory"), "{dest}: {out:?}");
         assert!(!local.path().join("missing").exists(), "{dest}: nothing created");
     }
@@ -831,7 +831,7 @@ fn selection_and_dry_run() {
     assert!(!d.exists(), "a dry run creates no directory");
 
     let out = framewire(&["put", "-r", "--exclude", "a[", a, &contents, "f2"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(255), "framewire's own failure: {out:?}");
     assert!(text(&out.stderr).contains("bad pattern \"a[\""), "{out:?}");
 }
 

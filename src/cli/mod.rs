@@ -17,6 +17,8 @@ mod serve;
 mod sticky;
 mod term;
 
+pub use exec::OWN_FAILURE;
+
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
