@@ -1389,3 +1389,68 @@ fn a_second_signal_stops_the_server_at_once() {
     }
     let _ = exec.wait();
 }
+
+/// `rm`, `mv` and `mkdir` on a real server, under the sandbox's rules.
+#[test]
+fn remote_rm_mv_and_mkdir() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let root = server.root.path();
+    std::fs::write(root.join("f.txt"), b"f").unwrap();
+    std::fs::create_dir_all(root.join("d/sub")).unwrap();
+    std::fs::write(root.join("d/sub/x"), b"x").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+
+    // mkdir: a parent must exist and the directory must not, unless -p.
+    let out = framewire(&["mkdir", a, "new/deep"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("no such file or directory"), "{out:?}");
+    let out = framewire(&["mkdir", "-p", a, "new/deep"]);
+    assert!(out.status.success() && root.join("new/deep").is_dir(), "{out:?}");
+    let out = framewire(&["mkdir", a, "new"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("exists"), "{out:?}");
+    assert!(framewire(&["mkdir", "-p", a, "new"]).status.success());
+    let out = framewire(&["mkdir", "-p", a, "link/escaped"]);
+    assert!(!out.status.success() && !outside.path().join("escaped").exists(), "{out:?}");
+
+    // mv: atomic, never over a name without --force.
+    let out = framewire(&["mv", a, "f.txt", "new/g.txt"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!root.join("f.txt").exists() && root.join("new/g.txt").is_file());
+    std::fs::write(root.join("other"), b"o").unwrap();
+    let out = framewire(&["mv", a, "other", "new/g.txt"]);
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert!(text(&out.stderr).contains("exists"), "{out:?}");
+    assert_eq!(std::fs::read(root.join("new/g.txt")).unwrap(), b"f", "not replaced");
+    let out = framewire(&["mv", "--force", a, "other", "new/g.txt"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(root.join("new/g.txt")).unwrap(), b"o");
+    for (from, to) in [
+        ("new/g.txt", "../out"),
+        ("new/g.txt", "link/out"),
+        ("new/g.txt", "new/.g.fwpart"),
+        ("", "x"),
+        ("d", "d/sub/d"),
+    ] {
+        let out = framewire(&["mv", a, from, to]);
+        assert_eq!(out.status.code(), Some(255), "{from} -> {to}: {out:?}");
+    }
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing written outside the root");
+
+    // rm: files; directories only with -r; a missing path is an error but with -f.
+    let out = framewire(&["rm", a, "d"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("is a directory (use -r)") && root.join("d/sub/x").exists(), "{out:?}");
+    let out = framewire(&["rm", a, "new/g.txt", "missing"]);
+    assert_eq!(out.status.code(), Some(1), "one of two failed: {out:?}");
+    assert!(!root.join("new/g.txt").exists());
+    assert!(framewire(&["rm", "-f", a, "missing"]).status.success());
+    let out = framewire(&["rm", "-r", a, "d", "link"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!root.join("d").exists() && !root.join("link").exists(), "the link itself goes");
+    assert!(outside.path().exists(), "never through it");
+
+    let (_, log) = server.terminate();
+    assert!(log.contains("rename") && log.contains("remove"), "one log line per operation: {log}");
+}

@@ -13,6 +13,7 @@ mod demo;
 mod echo;
 mod exec;
 mod files;
+mod ops;
 mod serve;
 mod sticky;
 mod term;
@@ -59,6 +60,12 @@ enum Command {
     Get(files::GetArgs),
     /// Upload files (or trees with -r) to the server.
     Put(files::PutArgs),
+    /// Remove files (directories with -r) on the server.
+    Rm(ops::RmArgs),
+    /// Rename a path on the server, atomically (--force to replace).
+    Mv(ops::MvArgs),
+    /// Create directories on the server (-p: with their parents).
+    Mkdir(ops::MkdirArgs),
     /// Show what framewire does, end to end on loopback, with no setup.
     Demo(DemoArgs),
     /// Write a new random key to FILE (mode 0600) for --key-file.
@@ -170,6 +177,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(args) => block_on(files::ls(args, key)),
         Command::Get(args) => block_on(files::get(args, key)),
         Command::Put(args) => block_on(files::put(args, key)),
+        Command::Rm(args) => block_on(ops::rm(args, key)),
+        Command::Mv(args) => block_on(ops::mv(args, key)),
+        Command::Mkdir(args) => block_on(ops::mkdir(args, key)),
         Command::Demo(DemoArgs { which: Some(DemoWhich::Sticky) }) => sticky::run(),
         Command::Demo(DemoArgs { which: Some(DemoWhich::Echo) }) => block_on(demo::echo()),
         Command::Demo(DemoArgs { which: None }) => demo::all(),

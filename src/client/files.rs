@@ -11,7 +11,7 @@ use super::conn::Client;
 use super::error::ClientError;
 use crate::proto::{
     Answer, Checksum, Entry, ErrorCode, FileReply, Get, List, ListReply, ListingOutput, Mkdir, MkdirReply, Put,
-    PutData, PutDone, PutReady, Remove, RemoveReply, Stat, StatReply, TreeList, TREE_PART_MAX,
+    PutData, PutDone, PutReady, Remove, RemoveReply, Rename, RenameReply, Stat, StatReply, TreeList, TREE_PART_MAX,
 };
 use crate::services::files::{not_regular, open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};
@@ -185,9 +185,53 @@ impl Client {
     /// The server's refusal: [`ErrorCode::Exists`](crate::ErrorCode::Exists)
     /// if a file is there, a path outside the root…; wire errors.
     pub async fn mkdir(&mut self, path: &str) -> Result<bool, ClientError> {
-        self.session.send(&Mkdir { path: path.to_owned() }, &[]).await?;
+        self.session.send(&Mkdir { path: path.to_owned(), parents: None }, &[]).await?;
         let MkdirReply { created } = self.answer().await?;
         Ok(created)
+    }
+
+    /// Creates the directory `path` on the server, as `mkdir` does: its
+    /// parent must exist and it must not (a server that predates this
+    /// creates parents and accepts an existing directory, as
+    /// [`mkdir`](Self::mkdir)). Returns whether it was created.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal: [`crate::ErrorCode::Exists`],
+    /// [`crate::ErrorCode::NotFound`] (no parent), escapes.
+    pub async fn mkdir_one(&mut self, path: &str) -> Result<bool, ClientError> {
+        self.session.send(&Mkdir { path: path.to_owned(), parents: Some(false) }, &[]).await?;
+        let MkdirReply { created } = self.answer().await?;
+        Ok(created)
+    }
+
+    /// Removes `path` on the server unless it is a directory (`rm`
+    /// without `-r`): the kernel refuses a directory at the moment of
+    /// removal, answered [`crate::ErrorCode::IsADirectory`]. Returns
+    /// whether something was there.
+    ///
+    /// # Errors
+    ///
+    /// As [`remove`](Self::remove).
+    pub async fn remove_file(&mut self, path: &str) -> Result<bool, ClientError> {
+        self.session.send(&Remove { path: path.to_owned(), recursive: Some(false) }, &[]).await?;
+        let RemoveReply { removed } = self.answer().await?;
+        Ok(removed)
+    }
+
+    /// Renames `from` to `to` on the server, atomically, inside the root;
+    /// never over an existing name unless `force`.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal ([`crate::ErrorCode::Exists`],
+    /// [`crate::ErrorCode::NotFound`], escapes and partial names as
+    /// [`crate::ErrorCode::BadPath`]); [`crate::ErrorCode::UnknownType`]
+    /// from a server that predates `rename`.
+    pub async fn rename(&mut self, from: &str, to: &str, force: bool) -> Result<(), ClientError> {
+        self.session.send(&Rename { from: from.to_owned(), to: to.to_owned(), force }, &[]).await?;
+        let RenameReply {} = self.answer().await?;
+        Ok(())
     }
 
     /// Removes `path` on the server: a file, a symlink (the link itself),
@@ -200,7 +244,7 @@ impl Client {
     /// that is a symlink…); [`ErrorCode::UnknownType`](crate::ErrorCode::UnknownType)
     /// from a server older than this request; wire errors.
     pub async fn remove(&mut self, path: &str) -> Result<bool, ClientError> {
-        self.session.send(&Remove { path: path.to_owned() }, &[]).await?;
+        self.session.send(&Remove { path: path.to_owned(), recursive: None }, &[]).await?;
         let RemoveReply { removed } = self.answer().await?;
         Ok(removed)
     }

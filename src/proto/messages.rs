@@ -349,10 +349,15 @@ messages! {
     }
 
     /// Request: create a directory and any missing parents (`mkdir -p`).
-    Mkdir = "mkdir", ToServer, none, cold, example: Mkdir { path: "d/e".into() };
+    Mkdir = "mkdir", ToServer, none, cold, example: Mkdir { path: "d/e".into(), parents: Some(false) };
     {
         /// Path relative to the served root.
         path: String,
+        /// Create missing parents too (`mkdir -p`); absent means yes, as
+        /// before the member existed. With `false`, an existing directory
+        /// is `exists` and a missing parent `not_found`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parents: Option<bool>,
     }
 
     /// Reply to [`Mkdir`]: the directory is there.
@@ -364,11 +369,34 @@ messages! {
 
     /// Request: remove a file, a symlink (the link itself) or a directory
     /// with everything below it (a mirror's `--delete`).
-    Remove = "remove", ToServer, none, cold, example: Remove { path: "old/x".into() };
+    Remove = "remove", ToServer, none, cold, example: Remove { path: "old/x".into(), recursive: Some(false) };
     {
         /// Path relative to the served root; never the root itself.
         path: String,
+        /// Remove a directory with everything below it; absent means yes,
+        /// as before the member existed. With `false`, a directory is
+        /// refused with `is_a_directory` (`rm` without `-r`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recursive: Option<bool>,
     }
+
+    /// Request: rename `from` to `to` inside the root (atomic,
+    /// `renameat2`), never over an existing name unless `force`.
+    Rename = "rename", ToServer, none, cold, example: Rename { from: "a".into(), to: "d/b".into(), force: false };
+    {
+        /// The path to move.
+        from: String,
+        /// Its new path; its parent must exist.
+        to: String,
+        /// Replace what is at `to` (a file, or an empty directory for a
+        /// directory).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    }
+
+    /// Reply to [`Rename`]: done.
+    RenameReply = "rename_reply", ToClient, none, cold, example: RenameReply {};
+    {}
 
     /// Reply to [`Remove`].
     RemoveReply = "remove_reply", ToClient, none, cold, example: RemoveReply { removed: true };

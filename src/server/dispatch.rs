@@ -35,6 +35,7 @@ pub(super) async fn handle(
         Request::Stat(r) => cut_off_by(&cut, files::stat(s, ctx, r)).await,
         Request::Mkdir(r) => cut_off_by(&cut, files::mkdir(s, ctx, r)).await,
         Request::Remove(r) => cut_off_by(&cut, files::remove(s, ctx, r)).await,
+        Request::Rename(r) => cut_off_by(&cut, files::rename(s, ctx, r)).await,
         Request::Get(r) => cut_off_by(&cut, files::get(s, ctx, r)).await,
         // A cut upload leaves its partial file for a resume.
         Request::Put(r) => cut_off_by(&cut, files::put(s, ctx, r)).await,

@@ -332,7 +332,10 @@ impl Sandbox {
     /// A path refused as for [`for_write`](Self::for_write) (the root itself
     /// included), [`ErrorCode::NotADirectory`] if a parent is not a
     /// directory or is a symlink, I/O errors.
-    pub fn remove(&self, path: &str) -> Result<bool, Refusal> {
+    /// Unless `recursive`, a directory is refused with
+    /// [`ErrorCode::IsADirectory`] (`unlinkat` without `AT_REMOVEDIR`, so
+    /// the kernel tells a directory from a file at the moment of removal).
+    pub fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
             return Err(bad_path(path, "names the served root, which is never removed"));
@@ -348,10 +351,69 @@ impl Sandbox {
             }
             Err(e) => return Err(refusal(path, &e)),
         };
-        match super::root::remove_at(&dir, OsStr::new(name)) {
+        let removed = if recursive {
+            super::root::remove_at(&dir, OsStr::new(name))
+        } else {
+            match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+                Err(Errno::ISDIR | Errno::PERM)
+                    if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()) =>
+                {
+                    let msg = format!("{}: is a directory (use -r)", shown(path));
+                    return Err(Refusal::new(ErrorCode::IsADirectory, msg));
+                }
+                done => done.map_err(io::Error::from),
+            }
+        };
+        match removed {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(refusal(path, &e)),
+        }
+    }
+
+    /// Renames `from` to `to` (both relative to the root, never the root
+    /// itself nor a partial file's name), atomically; without `force`
+    /// never over an existing name (`RENAME_NOREPLACE`). Both parents are
+    /// opened by descriptor without following symlinks; `to`'s parent
+    /// must exist.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorCode::NotFound`] (no `from`, or no parent for `to`),
+    /// [`ErrorCode::Exists`], [`ErrorCode::BadPath`] (escapes, the root,
+    /// partial names, a directory into itself), I/O errors.
+    pub fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
+        let root = self.root.open_dir("").map_err(|e| refusal(from, &e))?;
+        let open_parent = |path: &str| -> Result<(OwnedFd, String), Refusal> {
+            let rel = Self::relative(path)?;
+            let Some(name) = rel.name() else {
+                return Err(bad_path(path, "names the served root, which is never moved"));
+            };
+            if is_partial_name(name.as_bytes()) {
+                return Err(reserved(path));
+            }
+            let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
+            match super::root::open_no_links(&root, &parent) {
+                Ok(dir) => Ok((dir, name.to_owned())),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    let msg = format!("{}: a parent is not a directory, or is a symlink", shown(path));
+                    Err(Refusal::new(ErrorCode::NotADirectory, msg))
+                }
+                Err(e) => Err(refusal(path, &e)),
+            }
+        };
+        let (from_dir, from_name) = open_parent(from)?;
+        let (to_dir, to_name) = open_parent(to)?;
+        let flags = if force { rustix::fs::RenameFlags::empty() } else { rustix::fs::RenameFlags::NOREPLACE };
+        match rustix::fs::renameat_with(&from_dir, from_name.as_str(), &to_dir, to_name.as_str(), flags) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => {
+                let msg = format!("{}: exists on the server (--force replaces it)", shown(to));
+                Err(Refusal::new(ErrorCode::Exists, msg))
+            }
+            Err(Errno::INVAL) => Err(bad_path(to, "a directory cannot move below itself")),
+            Err(e) => Err(refusal(from, &e.into())),
         }
     }
 
@@ -362,12 +424,37 @@ impl Sandbox {
     ///
     /// As [`for_write`](Self::for_write); [`ErrorCode::Exists`] if a file
     /// is there.
-    pub fn mkdir(&self, path: &str) -> Result<bool, Refusal> {
+    /// Without `parents`, a missing parent is [`ErrorCode::NotFound`] and
+    /// an existing directory [`ErrorCode::Exists`] (`mkdir` without `-p`).
+    pub fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
         let rel = Self::relative(path)?;
-        let Some(name) = rel.name() else { return Ok(false) };
+        let Some(name) = rel.name() else {
+            return if parents { Ok(false) } else { Err(Refusal::new(ErrorCode::Exists, "the served root exists")) };
+        };
         // A directory may have any name, `.b.fwpart` included: only
         // regular files of that form are partial files.
-        let dir = self.parent_dir(path, &rel)?;
+        let dir = if parents {
+            self.parent_dir(path, &rel)?
+        } else {
+            let root = self.root.open_dir("").map_err(|e| refusal(path, &e))?;
+            let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
+            super::root::open_no_links(&root, &parent).map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => Refusal::new(
+                    ErrorCode::NotADirectory,
+                    format!("{}: a parent is not a directory, or is a symlink", shown(path)),
+                ),
+                _ => refusal(path, &e),
+            })?
+        };
+        if !parents {
+            return match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
+                Ok(()) => Ok(true),
+                Err(Errno::EXIST) => {
+                    Err(Refusal::new(ErrorCode::Exists, format!("{}: exists (-p accepts that)", shown(path))))
+                }
+                Err(e) => Err(refusal(path, &e.into())),
+            };
+        }
         match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => match self.root.open_dir(&rel.joined()) {
@@ -914,11 +1001,11 @@ mod tests {
     fn a_huge_mkdir_is_refused_before_touching_the_disk() {
         let root = tempfile::tempdir().unwrap();
         let sb = Sandbox::new(root.path()).unwrap();
-        let err = sb.mkdir(&"a/".repeat(32_000)).unwrap_err();
+        let err = sb.mkdir(&"a/".repeat(32_000), true).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadPath);
         assert!(err.message.len() < 400, "{} bytes", err.message.len());
         assert!(!root.path().join("a").exists(), "nothing created");
-        assert!(sb.mkdir(&"a/".repeat(MAX_PATH_DEPTH)).unwrap());
+        assert!(sb.mkdir(&"a/".repeat(MAX_PATH_DEPTH), true).unwrap());
     }
 
     #[test]
@@ -937,7 +1024,7 @@ mod tests {
             assert_eq!(sb.list("out", Listing::Entries).unwrap_err().code, ErrorCode::BadPath);
             assert_eq!(sb.for_write("out/new").unwrap_err().code, ErrorCode::BadPath);
             assert_eq!(sb.for_write("out/deep/new").unwrap_err().code, ErrorCode::BadPath);
-            assert_eq!(sb.mkdir("out/d").unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.mkdir("out/d", true).unwrap_err().code, ErrorCode::BadPath);
             let (mut f, _) = sb.open("alias").unwrap();
             let mut s = String::new();
             f.read_to_string(&mut s).unwrap();

@@ -10,7 +10,7 @@ use super::super::context::Context;
 use super::blocking;
 use crate::proto::{
     Checksum, ErrorCode, FileReply, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove,
-    RemoveReply, Stat, StatReply,
+    RemoveReply, Rename, RenameReply, Stat, StatReply,
 };
 use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Refusal;
@@ -87,7 +87,8 @@ pub(super) fn hash_of(sb: &Sandbox, hashes: &files::HashCache, full: &str) -> Re
 
 pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -> Result<(), Error> {
     let sb = ctx.sandbox.clone();
-    match blocking(move || sb.mkdir(&request.path)).await {
+    let parents = request.parents.unwrap_or(true);
+    match blocking(move || sb.mkdir(&request.path, parents)).await {
         Ok(created) => s.send(&MkdirReply { created }, &[]).await,
         Err(r) => s.refuse(r).await,
     }
@@ -96,10 +97,24 @@ pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -
 pub(in crate::server) async fn remove(s: &mut S, ctx: &Context, request: Remove) -> Result<(), Error> {
     let sb = ctx.sandbox.clone();
     let path = request.path.clone();
-    match blocking(move || sb.remove(&request.path)).await {
+    let recursive = request.recursive.unwrap_or(true);
+    match blocking(move || sb.remove(&request.path, recursive)).await {
         Ok(removed) => {
             tracing::info!(path = %files::shown(&path), removed, "remove");
             s.send(&RemoveReply { removed }, &[]).await
+        }
+        Err(r) => s.refuse(r).await,
+    }
+}
+
+pub(in crate::server) async fn rename(s: &mut S, ctx: &Context, request: Rename) -> Result<(), Error> {
+    let sb = ctx.sandbox.clone();
+    let Rename { from, to, force } = request;
+    let (f, t) = (files::shown(&from).to_string(), files::shown(&to).to_string());
+    match blocking(move || sb.rename(&from, &to, force)).await {
+        Ok(()) => {
+            tracing::info!(from = %f, to = %t, force, "rename");
+            s.send(&RenameReply {}, &[]).await
         }
         Err(r) => s.refuse(r).await,
     }
