@@ -1454,3 +1454,54 @@ fn remote_rm_mv_and_mkdir() {
     let (_, log) = server.terminate();
     assert!(log.contains("rename") && log.contains("remove"), "one log line per operation: {log}");
 }
+
+/// Abandoned partial files: `ls --partial` shows them with size and age,
+/// and the server removes those older than `--partial-max-age` at start
+/// (logging each), leaving fresh ones, directories so named, and
+/// anything that is not a regular file of its own.
+#[test]
+fn abandoned_partial_files_are_shown_and_pruned() {
+    let old = std::time::SystemTime::now() - Duration::from_secs(8 * 86_400);
+    let make = |root: &std::path::Path| {
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join(".old.bin.fwpart"), vec![7u8; 1000]).unwrap();
+        std::fs::File::options().write(true).open(root.join(".old.bin.fwpart")).unwrap().set_modified(old).unwrap();
+        std::fs::write(root.join("d/.fresh.bin.fwpart"), vec![1u8; 123]).unwrap();
+        std::fs::create_dir(root.join(".dir.fwpart")).unwrap();
+        std::fs::write(root.join("plain.txt"), b"p").unwrap();
+        std::fs::File::options().write(true).open(root.join("plain.txt")).unwrap().set_modified(old).unwrap();
+    };
+    // `off` keeps every one.
+    let keep = Serve::start(&["--partial-max-age", "off"]);
+    make(keep.root.path());
+    let out = framewire(&["ls", "--partial", &keep.addr]);
+    assert!(out.status.success(), "{out:?}");
+    let shown = text(&out.stdout);
+    assert!(shown.contains(".old.bin.fwpart") && shown.contains("d/.fresh.bin.fwpart"), "{shown}");
+    assert!(shown.contains("123") && shown.contains("8d ago"), "size and age: {shown}");
+    assert!(!shown.contains("plain.txt") && !shown.contains(".dir.fwpart"), "only partial files: {shown}");
+    let plain = framewire(&["ls", "-r", &keep.addr]);
+    assert!(!text(&plain.stdout).contains("fwpart"), "other listings still hide them: {plain:?}");
+    drop(keep);
+
+    // The default, 7 days: the old one goes at start, nothing else does.
+    let dir = tempfile::tempdir().unwrap();
+    make(dir.path());
+    let server = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--root", dir.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.path().join(".old.bin.fwpart").exists() {
+        assert!(Instant::now() < deadline, "the old partial file was not removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    let out = server.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert!(log.contains("removed an abandoned partial file") && log.contains(".old.bin.fwpart"), "{log}");
+    assert!(dir.path().join("d/.fresh.bin.fwpart").exists(), "a fresh one stays");
+    assert!(dir.path().join(".dir.fwpart").is_dir() && dir.path().join("plain.txt").exists());
+}

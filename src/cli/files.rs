@@ -32,11 +32,30 @@ pub struct LsArgs {
     /// One JSON array of {name, size, kind, mtime, mode}, for scripts.
     #[arg(long)]
     json: bool,
+    /// The partial files below PATH (left by cut transfers; the next
+    /// transfer of that file resumes from one), with size and age.
+    #[arg(long, conflicts_with = "recursive")]
+    partial: bool,
 }
 
 pub async fn ls(args: LsArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
     let path = args.path.unwrap_or_default();
+    if args.partial {
+        let entries = client.list_partials(&path).await?;
+        let entries: Vec<_> =
+            entries.into_iter().filter(|e| framewire::client::is_partial_name(base(&e.name))).collect();
+        if args.json {
+            say!("{}", serde_json::to_string(&entries)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        for e in &entries {
+            let age = (now - e.mtime).max(0);
+            say!("{:>12}  {:>9}  {}", e.size, ago(age), printable(&e.name));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let entries = client.list(&path, args.recursive).await?;
     if args.json {
         say!("{}", serde_json::to_string(&entries)?);
@@ -167,6 +186,21 @@ fn plan_error(e: PlanError, verb: &str) -> anyhow::Error {
             anyhow::anyhow!("{}", super::explained(&error)).context(format!("cannot {verb} {path}"))
         }
         e => e.into(),
+    }
+}
+
+/// The last component of a listed path, as bytes.
+fn base(name: &str) -> &[u8] {
+    name.rsplit('/').next().unwrap_or(name).as_bytes()
+}
+
+/// An age, as `ls --partial` shows it: `42s`, `5m`, `3h`, `2d`.
+fn ago(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
     }
 }
 

@@ -68,6 +68,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SHELL")]
     login_shell: Option<PathBuf>,
 
+    /// Remove partial files (`.NAME.fwpart`, left by cut transfers) last
+    /// written longer ago than DUR, at start and every hour, logging each:
+    /// `90s`, `30m`, `12h`, `7d`, or `off` to keep them.
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = parse_age)]
+    partial_max_age: Age,
+
     /// Also let clients set environment variables matching PATTERN (`*`
     /// and `?`, like sshd's AcceptEnv) for their commands with `-e`;
     /// repeatable. TERM, LANG and LC_* are always accepted.
@@ -136,6 +142,7 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     config.allow_exec = args.allow_exec;
     config.shell = args.shell;
     config.login_shell = args.login_shell;
+    config.partial_max_age = args.partial_max_age.0;
     config.accept_env.extend(args.accept_env);
     config.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
     config.insecure = args.insecure;
@@ -208,4 +215,24 @@ pub fn explained(e: &framewire::server::PolicyError) -> String {
         ),
         _ => e.to_string(),
     }
+}
+
+/// `--partial-max-age`: a duration, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct Age(Option<Duration>);
+
+fn parse_age(s: &str) -> Result<Age, String> {
+    if s == "off" {
+        return Ok(Age(None));
+    }
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?}: expected a number and s, m, h or d (or `off`)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    Ok(Age(Some(Duration::from_secs(n.saturating_mul(secs)))))
 }

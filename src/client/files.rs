@@ -99,7 +99,21 @@ impl Client {
     ///
     /// The server's refusal (no such path, outside the root…), wire errors.
     pub async fn list(&mut self, path: &str, recursive: bool) -> Result<Vec<Entry>, ClientError> {
-        self.list_request(List { path: path.to_owned(), recursive, dirs: false, blake3: false }).await
+        self.list_request(List { path: path.to_owned(), recursive, dirs: false, blake3: false, partial: false }).await
+    }
+
+    /// The partial files below `path` (left by cut transfers, resumed by
+    /// the next one), under their own names (`d/.x.iso.fwpart`), with
+    /// size and mtime. A server older than this lists the ordinary
+    /// entries instead (its answer has no partial names: check them with
+    /// [`is_partial_name`](crate::client::is_partial_name)).
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn list_partials(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
+        self.list_request(List { path: path.to_owned(), recursive: true, dirs: false, blake3: false, partial: true })
+            .await
     }
 
     /// As [`tree`](Self::tree), with each file's BLAKE3 (read by the
@@ -120,8 +134,9 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn stat_with_hash(&mut self, path: &str) -> Result<Entry, ClientError> {
-        let entries =
-            self.list_request(List { path: path.to_owned(), recursive: false, dirs: false, blake3: true }).await?;
+        let entries = self
+            .list_request(List { path: path.to_owned(), recursive: false, dirs: false, blake3: true, partial: false })
+            .await?;
         match entries.into_iter().next() {
             Some(e) => Ok(e),
             None => self.stat(path).await,
@@ -159,7 +174,7 @@ impl Client {
                     break;
                 }
                 Some((ListingOutput::ErrorFrame(e), _)) if e.code == ErrorCode::UnknownType => {
-                    let list = List { path: path.to_owned(), recursive: true, dirs: true, blake3 };
+                    let list = List { path: path.to_owned(), recursive: true, dirs: true, blake3, partial: false };
                     return self.list_request(list).await;
                 }
                 Some((ListingOutput::ErrorFrame(e), _)) => return Err(e.into()),

@@ -17,3 +17,4 @@ pub use exec::{ExecIo, ExecOptions, ExitStatus, Output, WindowSize};
 pub use files::{parse_listing, Progress, Transfer, TransferOptions};
 
 pub use crate::services::exec::shell_join;
+pub use crate::services::root::is_partial_name;

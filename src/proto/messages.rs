@@ -211,7 +211,7 @@ messages! {
     }
 
     /// Request: list a directory (or describe a file).
-    List = "list", ToServer, none, cold, example: List { path: "d".into(), recursive: true, dirs: true, blake3: true };
+    List = "list", ToServer, none, cold, example: List { path: "d".into(), recursive: true, dirs: true, blake3: true, partial: false };
     {
         /// Path relative to the served root; empty for the root.
         #[serde(default)]
@@ -227,6 +227,11 @@ messages! {
         /// or by reading it: what `--checksum` compares.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         blake3: bool,
+        /// List only the partial files (`.NAME.fwpart`) below `path`,
+        /// under their own names, which other listings hide (`ls
+        /// --partial`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
     }
 
     /// Reply to [`List`]: the body is a JSON array of [`Entry`].

@@ -63,6 +63,9 @@ pub struct Config {
     /// as a server older than them answers: clients then copy trees one
     /// request per file. For testing that fallback.
     pub tree_streaming: bool,
+    /// Remove partial files older than this at start and every hour
+    /// (`None`: keep them); 7 days by default.
+    pub partial_max_age: Option<Duration>,
     /// Serve the terminal requests (`pty`, `env`; on by default). Off,
     /// they are answered `unknown_type`, as a server older than them
     /// answers. For testing what clients do then.
@@ -122,6 +125,7 @@ impl Config {
             allow_exec: false,
             tree_streaming: true,
             terminal_requests: true,
+            partial_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             shell: PathBuf::from("/bin/sh"),
             login_shell: None,
             accept_env: DEFAULT_ACCEPT_ENV.iter().map(|p| (*p).to_owned()).collect(),

@@ -130,6 +130,9 @@ pub async fn run_until(
     }
 
     let stop = CancellationToken::new();
+    if let Some(age) = config.partial_max_age {
+        tokio::spawn(prune_partials(shared.ctx.clone(), age, stop.clone()));
+    }
     let loops: Vec<_> = legacy
         .into_iter()
         .map(|(mode, l)| tokio::spawn(accept_loop(l, Some(mode), shared.clone(), stop.clone())))
@@ -169,6 +172,30 @@ pub async fn run_until(
     }
     info!("server stopped");
     Ok(())
+}
+
+/// How often abandoned partial files are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes partial files older than `age` at start and every
+/// [`PRUNE_EVERY`], logging each, until `stop`.
+async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: CancellationToken) {
+    loop {
+        let sb = ctx.sandbox.clone();
+        match tokio::task::spawn_blocking(move || sb.prune_partials(age)).await {
+            Ok(Ok(removed)) => {
+                for (path, size) in removed {
+                    info!(path = %crate::text::printable(&path), size, max_age = ?age, "removed an abandoned partial file");
+                }
+            }
+            Ok(Err(e)) => warn!("looking for abandoned partial files: {e}"),
+            Err(e) => warn!("looking for abandoned partial files: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
 }
 
 /// What every listener of a server shares.

@@ -372,6 +372,37 @@ impl Sandbox {
         }
     }
 
+    /// Removes the partial files below the root last written more than
+    /// `max_age` ago, and not held by a transfer (its `flock`): what cut
+    /// transfers left and nobody resumed. Each is opened by descriptor,
+    /// taken only if it is a regular single-linked file of ours, and
+    /// removed only while its name still leads to the file checked.
+    /// Returns the paths removed, with their sizes. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// A walk that cannot start; files that cannot be checked are left.
+    pub fn prune_partials(&self, max_age: std::time::Duration) -> io::Result<Vec<(String, u64)>> {
+        let mut found = Vec::new();
+        let root = self.root.open_dir("")?;
+        walk(root, "", 0, Listing::Partials, &mut |e: Entry| {
+            found.push(e);
+            Ok(())
+        })?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let cutoff = i64::try_from(now.saturating_sub(max_age.as_secs())).unwrap_or(i64::MAX);
+        let mut removed = Vec::new();
+        for e in found.into_iter().filter(|e| e.mtime < cutoff) {
+            let Ok(rel) = Self::relative(&e.name) else { continue };
+            let Some(name) = rel.name() else { continue };
+            let Ok(dir) = self.root.open_dir(&rel.parent().join("/")) else { continue };
+            if let Ok(size) = super::root::remove_stale_partial(&dir, OsStr::new(name), cutoff) {
+                removed.push((e.name, size));
+            }
+        }
+        Ok(removed)
+    }
+
     /// Renames `from` to `to` (both relative to the root, never the root
     /// itself nor a partial file's name), atomically; without `force`
     /// never over an existing name (`RENAME_NOREPLACE`). Both parents are
@@ -604,7 +635,8 @@ fn walk(
             Err(e) => return Err(e.into()),
         };
         let kind = kind_of(st.st_mode);
-        if kind == Kind::File && is_partial_name(raw) {
+        let partial = kind == Kind::File && is_partial_name(raw);
+        if partial != (listing == Listing::Partials) && kind != Kind::Dir {
             continue;
         }
         let name = String::from_utf8_lossy(raw);
@@ -613,6 +645,7 @@ fn walk(
             Listing::Entries => true,
             Listing::Files => kind == Kind::File,
             Listing::Tree => kind == Kind::File || kind == Kind::Dir,
+            Listing::Partials => partial,
         };
         if keep {
             sink(entry_of(rel.clone(), &st, kind))?;
@@ -711,6 +744,8 @@ pub enum Listing {
     Files,
     /// Every regular file and directory below it.
     Tree,
+    /// Only the partial files below it, which the others hide.
+    Partials,
 }
 
 impl Listing {

@@ -623,6 +623,34 @@ fn open_ours(dir: &OwnedFd, part: &OsStr) -> io::Result<Result<File, &'static st
     Ok(Err("a name that keeps changing"))
 }
 
+/// Removes the partial file `name` in `dir` if it is one of ours, last
+/// written before `cutoff` (seconds since the epoch), and no transfer
+/// holds its lock; returns its size. It is opened without following a
+/// link, checked through the descriptor, locked, and unlinked only while
+/// the name still leads to it.
+///
+/// # Errors
+///
+/// Why it was left: not ours, too recent, in use, replaced meanwhile.
+pub fn remove_stale_partial(dir: &OwnedFd, name: &OsStr, cutoff: i64) -> io::Result<u64> {
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = File::from(rustix::fs::openat(dir, name, flags, Mode::empty())?);
+    let st = rustix::fs::fstat(&file)?;
+    if let Some(what) = foreign(&st) {
+        return Err(io::Error::other(what));
+    }
+    if st.st_mtime >= cutoff {
+        return Err(io::Error::other("written recently"));
+    }
+    lock(&file)?;
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(now) if FileId::of(&now) == FileId::of(&st) => {}
+        _ => return Err(io::Error::other("replaced meanwhile")),
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
 /// Why what `st` describes, found at a partial file's name, is not one of
 /// ours, if it is not: only a regular file with one link, owned by this
 /// process's user, is taken for a partial file.

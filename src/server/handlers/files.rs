@@ -20,10 +20,11 @@ use crate::wire::{Error, MAX_BUFFERED_BODY};
 type S = Session<ServerSide>;
 
 pub(in crate::server) async fn list(s: &mut S, ctx: &Context, request: List) -> Result<(), Error> {
-    let List { path, recursive, dirs, blake3 } = request;
+    let List { path, recursive, dirs, blake3, partial } = request;
     let (sb, hashes) = (ctx.sandbox.clone(), ctx.hashes.clone());
     let listed = blocking(move || {
-        let mut entries = sb.list(&path, Listing::of(recursive, dirs))?;
+        let listing = if partial { Listing::Partials } else { Listing::of(recursive, dirs) };
+        let mut entries = sb.list(&path, listing)?;
         if blake3 {
             add_hashes(&sb, &hashes, &path, &mut entries)?;
         }
