@@ -114,3 +114,36 @@ fn help_and_version() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: framewire"), "{sub:?}");
     }
 }
+
+/// Completion scripts for every shell clap_complete knows, the bash one
+/// accepted by `bash -n` and naming the subcommands; a man page that
+/// `man -l` renders without warnings (where man is installed).
+#[test]
+fn completions_and_the_man_page() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = framewire(&["completions", shell]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}: {out:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("framewire.bash");
+    std::fs::write(&script, framewire(&["completions", "bash"]).stdout).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let text = std::fs::read_to_string(&script).unwrap();
+    for sub in ["exec", "shell", "put", "get", "rm", "mv", "mkdir", "serve"] {
+        assert!(text.contains(sub), "{sub} completed");
+    }
+
+    let out = framewire(&["man"]);
+    assert!(out.status.success(), "{out:?}");
+    let page = dir.path().join("framewire.1");
+    std::fs::write(&page, &out.stdout).unwrap();
+    if Command::new("man").arg("--version").output().is_err() {
+        eprintln!("man is not installed: the page is not rendered");
+        return;
+    }
+    let shown = Command::new("man").args(["--warnings", "-l"]).arg(&page).env("MANWIDTH", "80").output().unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("framewire"), "{shown:?}");
+    assert!(shown.stderr.is_empty(), "man warned: {}", String::from_utf8_lossy(&shown.stderr));
+}

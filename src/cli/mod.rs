@@ -70,6 +70,14 @@ enum Command {
     Demo(DemoArgs),
     /// Write a new random key to FILE (mode 0600) for --key-file.
     Keygen(KeygenArgs),
+    /// Print a completion script for SHELL (e.g. `framewire completions
+    /// bash > /etc/bash_completion.d/framewire`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print framewire's man page (roff; `framewire man | man -l -`).
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +133,7 @@ pub fn parse() -> Cli {
     let keyless = match &cli.command {
         Command::Keygen(_) => Some("keygen writes a new key to FILE; it reads none"),
         Command::Demo(_) => Some("the demo makes its own key"),
+        Command::Completions { .. } | Command::Man => Some("it only prints text"),
         _ => None,
     };
     if let Some(why) = keyless {
@@ -152,6 +161,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Keygen(_) => unreachable!("handled above"),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "framewire", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => block_on(serve::run(args, key)),
         Command::Echo(args) => block_on(echo::run(args, key)),
         Command::Exec(args) => match block_on(exec::run(args, key)) {
