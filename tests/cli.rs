@@ -147,3 +147,20 @@ fn completions_and_the_man_page() {
     assert!(String::from_utf8_lossy(&shown.stdout).contains("framewire"), "{shown:?}");
     assert!(shown.stderr.is_empty(), "man warned: {}", String::from_utf8_lossy(&shown.stderr));
 }
+
+/// The systemd unit in contrib/ passes `systemd-analyze verify` (with its
+/// ExecStart pointed at this build), where systemd is installed.
+#[test]
+fn the_systemd_unit_verifies() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("systemd-analyze is not installed: contrib/framewire.service is not verified");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/framewire.service")).unwrap();
+    assert!(unit.contains("NoNewPrivileges=yes") && unit.contains("ProtectSystem=strict"), "hardened");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("framewire.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/framewire", BIN)).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
