@@ -615,9 +615,9 @@ fn ctrl_c_in_the_shell_interrupts_only_the_command() {
     assert!(!marker.exists(), "the rest of the interrupted command line never ran");
 }
 
-/// On a terminal, transfers draw progress bars: per file with bytes and
-/// rate, and a total for several files; the summary counts resumed bytes
-/// apart. (The bar's own "(resumed)" label is drawn only if a refresh
+/// On a terminal (80 columns), transfers draw progress bars that fit it:
+/// per file with bytes and rate, and a total for several files; the
+/// summary counts resumed bytes apart. (The bar's own "(resumed)" label is drawn only if a refresh
 /// falls within that file's short transfer, so it is not asserted.)
 #[test]
 fn progress_bars_on_a_terminal() {
@@ -634,9 +634,16 @@ fn progress_bars_on_a_terminal() {
     tty.expect("total (2 files)");
     tty.expect("/24.00 MiB");
     tty.expect("/s ETA");
-    tty.expect("2 file(s), 36.0 MiB transferred");
-    tty.expect("12.0 MiB resumed (not sent again), checksums verified");
-    assert!(child.wait().unwrap().success());
+    tty.expect("2 file(s), 36.00 MiB transferred");
+    tty.expect("MiB/s), 12.00 MiB resumed (not sent again), checksums verified");
+    assert!(tty.wait(&mut child).success());
+    // On an 80-column terminal, no bar is wider than the terminal (the
+    // label is the file's name, not its path), and one unit family.
+    let (width, line) = common::widest_bar(&tty.all);
+    assert!(width > 40, "bars were drawn: {:?}", tty.all);
+    assert!(width <= 80, "a line {width} columns wide on an 80-column terminal: {line:?}");
+    assert!(!tty.all.contains(local.path().to_str().unwrap()), "labels are names, not paths");
+    assert!(!tty.all.contains("MB/s"), "binary units everywhere: {:?}", tty.all);
     for name in ["one", "two"] {
         assert_eq!(std::fs::read(local.path().join(name)).unwrap(), data, "{name}");
     }

@@ -18,7 +18,7 @@ use framewire::client::{Progress, Transfer};
 use framewire::proto::Kind;
 use framewire::text::printable;
 use framewire::{Client, ClientError};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
@@ -366,11 +366,12 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::R
     let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted } = summary;
     if !opts.quiet && files > 0 {
         let secs = elapsed.as_secs_f64();
-        let resumed = if resumed > 0 { format!(", {} resumed (not sent again)", mib(resumed)) } else { String::new() };
+        let resumed =
+            if resumed > 0 { format!(", {} resumed (not sent again)", HumanBytes(resumed)) } else { String::new() };
+        let rate = HumanBytes((sent as f64 / secs.max(1e-3)) as u64);
         eprintln!(
-            "{files} file(s), {} transferred in {secs:.2} s ({:.0} MB/s){resumed}, checksums verified",
-            mib(sent),
-            sent as f64 / secs.max(1e-9) / 1e6
+            "{files} file(s), {} transferred in {secs:.2} s ({rate}/s){resumed}, checksums verified",
+            HumanBytes(sent)
         );
     }
     if !opts.quiet && unchanged > 0 {
@@ -432,19 +433,27 @@ fn draw_target(quiet: bool) -> ProgressDrawTarget {
     }
 }
 
+/// A bar that fits the terminal: a short label (the file's name, not its
+/// path), a bar taking what the figures leave, binary units throughout.
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{msg:30!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}",
+        "{msg:24!} [{wide_bar}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta:>3}",
     )
     .expect("valid template")
     .progress_chars("=> ")
+}
+
+/// The label of a file's bar: its name.
+fn label(path: &str) -> String {
+    let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path);
+    printable(name).into_owned()
 }
 
 /// One progress bar of the kind transfers show (hidden off a terminal).
 pub fn bar(name: &str, len: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), draw_target(false));
     bar.set_style(bar_style());
-    bar.set_message(printable(name).into_owned());
+    bar.set_message(label(name));
     bar
 }
 
@@ -476,32 +485,36 @@ impl Observer for Bars {
         let bar = (job.size >= WATCHABLE || self.total.is_none()).then(|| {
             let bar = self.multi.insert_from_back(usize::from(self.total.is_some()), ProgressBar::new(job.size));
             bar.set_style(self.style.clone());
-            bar.set_message(printable(&job.source(self.direction)).into_owned());
+            // Until the first bytes move, a partial file may be being
+            // checked (hashed, here or on the server).
+            bar.set_message(format!("{} (checking)", label(&job.source(self.direction))));
             bar
         });
-        self.active.lock().expect("bars").insert(id, (bar, 0));
+        // `u64::MAX`: no progress yet.
+        self.active.lock().expect("bars").insert(id, (bar, u64::MAX));
     }
 
     fn progress(&self, id: usize, job: &Job, p: Progress) {
         let mut active = self.active.lock().expect("bars");
         let Some((bar, last)) = active.get_mut(&id) else { return };
-        // Only the bytes still to send count: a resumed file's bar covers
-        // the rest of it.
-        if p.done == 0 || *last == 0 {
+        // A resumed file's bar shows its whole size, the part already held
+        // counted as done (and left out of the rate).
+        let first = *last == u64::MAX;
+        if first {
+            let name = label(&job.source(self.direction));
             if let Some(bar) = bar {
-                bar.set_length(p.size - p.resumed);
-                if p.resumed > 0 {
-                    bar.set_message(format!("{} (resumed)", printable(&job.source(self.direction))));
-                }
+                bar.set_length(p.size);
+                bar.set_position(p.resumed);
+                bar.reset_eta();
+                bar.set_message(if p.resumed > 0 { format!("{name} (resumed)") } else { name });
             }
-            if p.resumed > 0 {
-                if let Some(t) = &self.total {
-                    t.dec_length(p.resumed.min(t.length().unwrap_or(0)));
-                }
+            if let Some(t) = &self.total {
+                t.inc(p.resumed);
             }
+            *last = 0;
         }
         if let Some(bar) = bar {
-            bar.set_position(p.done);
+            bar.set_position(p.resumed + p.done);
         }
         if let Some(t) = &self.total {
             t.inc(p.done.saturating_sub(*last));
@@ -518,10 +531,6 @@ impl Observer for Bars {
             t.set_message(format!("total ({done}/{} files)", self.planned));
         }
     }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]

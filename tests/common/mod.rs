@@ -214,6 +214,8 @@ pub struct Pty {
     pub master: std::fs::File,
     slave: std::os::fd::OwnedFd,
     pub seen: String,
+    /// Everything the terminal showed, never drained.
+    pub all: String,
 }
 
 impl Pty {
@@ -237,7 +239,7 @@ impl Pty {
         let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags).unwrap();
         let fl = rustix::fs::fcntl_getfl(&master).unwrap();
         rustix::fs::fcntl_setfl(&master, fl | rustix::fs::OFlags::NONBLOCK).unwrap();
-        let pty = Pty { master: std::fs::File::from(master), slave, seen: String::new() };
+        let pty = Pty { master: std::fs::File::from(master), slave, seen: String::new(), all: String::new() };
         pty.resize(rows, cols);
         pty
     }
@@ -312,7 +314,9 @@ impl Pty {
         match std::io::Read::read(&mut self.master, &mut buf) {
             Ok(0) => false,
             Ok(n) => {
-                self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                let text = String::from_utf8_lossy(&buf[..n]);
+                self.seen.push_str(&text);
+                self.all.push_str(&text);
                 true
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -344,4 +348,50 @@ impl Pty {
             self.pump();
         }
     }
+}
+
+/// The widest progress bar (a line ending in its `ETA` field) a terminal
+/// transcript drew, in characters: escape
+/// sequences left out, lines split at `\r` and `\n` (a redraw starts at
+/// the line's start).
+pub fn widest_bar(transcript: &str) -> (usize, String) {
+    let mut plain = String::new();
+    let mut chars = transcript.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte; other escapes: one more char.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    // A bar exactly as wide as the terminal is followed by the next with
+    // no newline (the terminal wraps there by itself): a bar ends with its
+    // `ETA 12s` field.
+    let mut lines = String::new();
+    let mut rest = plain.as_str();
+    while let Some(at) = rest.find("ETA") {
+        let after = &rest[at + 3..];
+        let field = after.len() - after.trim_start_matches(' ').trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let end = at + 3 + field + usize::from(after[field..].starts_with(['s', 'm', 'h', 'd']));
+        lines.push_str(&rest[..end]);
+        lines.push('\n');
+        rest = &rest[end..];
+    }
+    lines.push_str(rest);
+    lines
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("ETA"))
+        .map(|l| (l.chars().count(), l.to_owned()))
+        .max()
+        .unwrap_or_default()
 }
