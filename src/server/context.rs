@@ -19,6 +19,8 @@ pub(crate) struct Context {
     pub throttle: Throttle,
     /// Whole-file hashes already computed, by file version.
     pub hashes: Arc<HashCache>,
+    /// [`Config::accept_env`] as a matcher, built once.
+    pub accept_env: globset::GlobSet,
 }
 
 /// Authentication failures per address: each failure from an address

@@ -108,6 +108,7 @@ pub async fn run_until(
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
     let ctx = Arc::new(context::Context {
+        accept_env: config.accept_env_set(),
         config,
         sandbox,
         tls,

@@ -102,6 +102,17 @@ pub fn refusal(path: &str, e: &io::Error) -> Refusal {
     }
 }
 
+/// Why the parent of `path` could not be opened ([`Sandbox::existing_parent`]).
+fn parent_refusal(path: &str, e: &io::Error) -> Refusal {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => Refusal::new(
+            ErrorCode::NotADirectory,
+            format!("{}: a parent is not a directory, or is a symlink", shown(path)),
+        ),
+        _ => refusal(path, e),
+    }
+}
+
 fn reserved(path: &str) -> Refusal {
     bad_path(path, "names of the form .NAME.fwpart are reserved for partial transfers")
 }
@@ -340,16 +351,10 @@ impl Sandbox {
         let Some(name) = rel.name() else {
             return Err(bad_path(path, "names the served root, which is never removed"));
         };
-        let root = self.root.open_dir("").map_err(|e| refusal(path, &e))?;
-        let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
-        let dir = match super::root::open_no_links(&root, &parent) {
+        let dir = match self.existing_parent(&rel) {
             Ok(dir) => dir,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                let msg = format!("{}: a parent is not a directory, or is a symlink", shown(path));
-                return Err(Refusal::new(ErrorCode::NotADirectory, msg));
-            }
-            Err(e) => return Err(refusal(path, &e)),
+            Err(e) => return Err(parent_refusal(path, &e)),
         };
         let removed = if recursive {
             super::root::remove_at(&dir, OsStr::new(name))
@@ -403,6 +408,14 @@ impl Sandbox {
         Ok(removed)
     }
 
+    /// The directory `rel` is in, every component opened from the root
+    /// without following a symlink (none is created).
+    fn existing_parent(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        let root = self.root.open_dir("")?;
+        let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
+        super::root::open_no_links(&root, &parent)
+    }
+
     /// Renames `from` to `to` (both relative to the root, never the root
     /// itself nor a partial file's name), atomically; without `force`
     /// never over an existing name (`RENAME_NOREPLACE`). Both parents are
@@ -415,7 +428,6 @@ impl Sandbox {
     /// [`ErrorCode::Exists`], [`ErrorCode::BadPath`] (escapes, the root,
     /// partial names, a directory into itself), I/O errors.
     pub fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
-        let root = self.root.open_dir("").map_err(|e| refusal(from, &e))?;
         let open_parent = |path: &str| -> Result<(OwnedFd, String), Refusal> {
             let rel = Self::relative(path)?;
             let Some(name) = rel.name() else {
@@ -424,15 +436,8 @@ impl Sandbox {
             if is_partial_name(name.as_bytes()) {
                 return Err(reserved(path));
             }
-            let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
-            match super::root::open_no_links(&root, &parent) {
-                Ok(dir) => Ok((dir, name.to_owned())),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                    let msg = format!("{}: a parent is not a directory, or is a symlink", shown(path));
-                    Err(Refusal::new(ErrorCode::NotADirectory, msg))
-                }
-                Err(e) => Err(refusal(path, &e)),
-            }
+            let dir = self.existing_parent(&rel).map_err(|e| parent_refusal(path, &e))?;
+            Ok((dir, name.to_owned()))
         };
         let (from_dir, from_name) = open_parent(from)?;
         let (to_dir, to_name) = open_parent(to)?;
@@ -448,15 +453,16 @@ impl Sandbox {
         }
     }
 
-    /// Makes sure `path` is a directory, creating it and its missing
-    /// parents. Returns whether it was created.
+    /// Makes sure `path` is a directory, with `parents` creating it and
+    /// its missing parents (an existing directory is fine); without, as
+    /// `mkdir` without `-p`: the parent must exist ([`ErrorCode::NotFound`])
+    /// and the path must not ([`ErrorCode::Exists`]). Returns whether it
+    /// was created.
     ///
     /// # Errors
     ///
     /// As [`for_write`](Self::for_write); [`ErrorCode::Exists`] if a file
     /// is there.
-    /// Without `parents`, a missing parent is [`ErrorCode::NotFound`] and
-    /// an existing directory [`ErrorCode::Exists`] (`mkdir` without `-p`).
     pub fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
@@ -467,15 +473,7 @@ impl Sandbox {
         let dir = if parents {
             self.parent_dir(path, &rel)?
         } else {
-            let root = self.root.open_dir("").map_err(|e| refusal(path, &e))?;
-            let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
-            super::root::open_no_links(&root, &parent).map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP | libc::ENOTDIR) => Refusal::new(
-                    ErrorCode::NotADirectory,
-                    format!("{}: a parent is not a directory, or is a symlink", shown(path)),
-                ),
-                _ => refusal(path, &e),
-            })?
+            self.existing_parent(&rel).map_err(|e| parent_refusal(path, &e))?
         };
         if !parents {
             return match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {

@@ -70,6 +70,11 @@ pub const MAX_ENV_VARS: usize = 64;
 const MAX_ENV_NAME: usize = 256;
 const MAX_ENV_VALUE: usize = 32 * 1024;
 
+/// The answer to exec, `pty` and `env` on a server without `--allow-exec`.
+fn exec_disabled() -> Refusal {
+    Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")
+}
+
 /// A `pty` request: the next exec runs on a terminal of that size.
 pub(in crate::server) async fn pty(
     s: &mut Session<ServerSide>,
@@ -78,7 +83,7 @@ pub(in crate::server) async fn pty(
     setup: &mut ExecSetup,
 ) -> Result<(), Error> {
     if !ctx.config.allow_exec {
-        return s.refuse(Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")).await;
+        return s.refuse(exec_disabled()).await;
     }
     let Pty { term, rows, cols } = request;
     if term.is_empty() || term.len() > MAX_TERM || !term.bytes().all(|b| b.is_ascii_graphic()) {
@@ -98,17 +103,16 @@ pub(in crate::server) async fn env(
     setup: &mut ExecSetup,
 ) -> Result<(), Error> {
     if !ctx.config.allow_exec {
-        return s.refuse(Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")).await;
+        return s.refuse(exec_disabled()).await;
     }
     if request.vars.len() > MAX_ENV_VARS {
         let msg = format!("{} variables; at most {MAX_ENV_VARS} may be sent", request.vars.len());
         return s.refuse(Refusal::new(ErrorCode::TooLarge, msg)).await;
     }
-    let accept = ctx.config.accept_env_set();
     let mut answer = EnvSet { accepted: Vec::new(), refused: Vec::new() };
     for (name, value) in request.vars {
         let valid = valid_env_name(&name) && value.len() <= MAX_ENV_VALUE && !value.contains('\0');
-        if valid && accept.is_match(&name) {
+        if valid && ctx.accept_env.is_match(&name) {
             setup.env.retain(|(n, _)| *n != name);
             answer.accepted.push(name.clone());
             setup.env.push((name, value));
@@ -141,7 +145,7 @@ pub(in crate::server) async fn exec(
     let ExecSetup { pty, env } = std::mem::take(setup);
     let config = &ctx.config;
     if !config.allow_exec {
-        return s.refuse(Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")).await;
+        return s.refuse(exec_disabled()).await;
     }
     let shell = if login {
         config.login_shell.clone().unwrap_or_else(|| login_shell(&config.shell))
