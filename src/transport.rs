@@ -34,6 +34,10 @@ pub trait WriteHalf: AsyncWrite + Send + Unpin {
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+
+    /// `bytes` went out on [`socket`](Self::socket) directly, past this
+    /// writer (`sendfile(2)`): for a writer that counts what it carries.
+    fn sent_aside(&self, _bytes: u64) {}
 }
 
 impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
@@ -44,6 +48,232 @@ impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
 
 /// TLS: bytes are encrypted on their way, so no socket is shown.
 impl<T: AsyncRead + AsyncWrite + Send> WriteHalf for tokio::io::WriteHalf<T> {}
+
+/// A bandwidth limit shared by every connection it is given to (all the
+/// connections of one copy): a token bucket refilled at `rate` bytes a
+/// second, holding at most a quarter second's worth (at least 64 KiB).
+/// Bytes read and written both count. A read or write that would run
+/// past the budget goes through, and the next one waits until the debt is
+/// paid, so the rate holds over time without splitting writes; a burst is
+/// at most one read or write (a chunk, 1 MiB at most).
+#[derive(Clone, Debug)]
+pub struct Throttle(Arc<std::sync::Mutex<Bucket>>);
+
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Throttle {
+    /// A limit of `bytes_per_second` (at least 1).
+    pub fn new(bytes_per_second: u64) -> Self {
+        let rate = bytes_per_second.max(1) as f64;
+        let burst = (rate / 4.0).max(64.0 * 1024.0);
+        let bucket = Bucket { rate, burst, tokens: burst, last: tokio::time::Instant::now() };
+        Throttle(Arc::new(std::sync::Mutex::new(bucket)))
+    }
+
+    /// The limit, in bytes a second.
+    pub fn rate(&self) -> u64 {
+        self.lock().rate as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        // The bucket holds plain numbers: one a panic left half-updated is
+        // still a bucket.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long until the budget is no longer overdrawn, if it is.
+    fn debt(&self) -> Option<Duration> {
+        let mut b = self.lock();
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * b.rate;
+        b.tokens = (b.tokens + refill).min(b.burst);
+        b.last = now;
+        (b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / b.rate))
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.lock().tokens -= bytes as f64;
+    }
+
+    /// `read` and `write`, each paying for what passes through them out
+    /// of this budget. The write half shows no socket: a limited body is
+    /// never sent with `sendfile(2)`, which the limit could not see.
+    pub fn limit(&self, read: BoxRead, write: BoxWrite) -> (BoxRead, BoxWrite) {
+        let read = Throttled { inner: read, throttle: self.clone(), wait: None };
+        let write = Throttled { inner: write, throttle: self.clone(), wait: None };
+        (Box::new(read), Box::new(write))
+    }
+}
+
+/// One half of a connection under a [`Throttle`].
+struct Throttled<T> {
+    inner: T,
+    throttle: Throttle,
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Throttled<T> {
+    /// Ready once the budget is not overdrawn.
+    fn poll_budget(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        loop {
+            if let Some(wait) = self.wait.as_mut() {
+                std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+            }
+            match self.throttle.debt() {
+                None => return std::task::Poll::Ready(()),
+                Some(wait) => self.wait = Some(Box::pin(tokio::time::sleep(wait))),
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Throttled<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::ready!(self.poll_budget(cx));
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.throttle.charge(buf.filled().len() - before);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Throttled<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_budget(cx));
+        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, data))?;
+        self.throttle.charge(n);
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl WriteHalf for Throttled<BoxWrite> {}
+
+/// What one connection has carried, in body and head bytes after the
+/// handshake (TLS records' own overhead not included): for the server's
+/// one log line per request.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    read: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    /// Bytes read and written so far.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.read.load(Relaxed), self.written.load(Relaxed))
+    }
+
+    /// `read` and `write`, counting what passes through them into a new
+    /// [`Traffic`]. The write half still shows its socket for
+    /// `sendfile(2)`, and counts what is sent that way too.
+    pub fn count(read: BoxRead, write: BoxWrite) -> (BoxRead, BoxWrite, Arc<Traffic>) {
+        let traffic = Arc::new(Traffic::default());
+        let read = Counted { inner: read, traffic: traffic.clone() };
+        let write = Counted { inner: write, traffic: traffic.clone() };
+        (Box::new(read), Box::new(write), traffic)
+    }
+}
+
+/// One half of a connection whose bytes a [`Traffic`] counts.
+struct Counted<T> {
+    inner: T,
+    traffic: Arc<Traffic>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        self.traffic.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, data))?;
+        self.traffic.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.traffic.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl WriteHalf for Counted<BoxWrite> {
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.socket()
+    }
+
+    fn sent_aside(&self, bytes: u64) {
+        self.traffic.written.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// The TLS exporter value both sides prove over.
 pub type Binding = [u8; BINDING_LEN];

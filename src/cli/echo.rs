@@ -2,16 +2,16 @@
 
 use std::process::ExitCode;
 
+use super::config::Settings;
 use anyhow::Context;
 use clap::Args;
-use framewire::auth::Key;
 use framewire::wire::MAX_BUFFERED_BODY;
-use framewire::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Args)]
 pub struct EchoArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// The server: an alias from the config file, or `host[:port]`
+    /// (default port 9909).
     addr: String,
 
     /// Text to send; `-` reads stdin (a file of any size streams; a pipe is
@@ -23,8 +23,8 @@ pub struct EchoArgs {
     upper: bool,
 }
 
-pub async fn run(args: EchoArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
+pub async fn run(args: EchoArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let mut client = settings.resolve(&args.addr).connect().await?;
     let mut out = tokio::io::stdout();
     match args.text.as_deref() {
         Some("-") => {

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::config::{Settings, Target};
 use clap::Args;
-use framewire::auth::Key;
 use framewire::client::{shell_join, ExecIo, ExecOptions, ExitStatus, WindowSize};
 use framewire::proto::ExitReason;
 use framewire::text::printable;
@@ -19,7 +19,8 @@ pub const OWN_FAILURE: u8 = 255;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// The server: an alias from the config file, or `host[:port]`
+    /// (default port 9909).
     addr: String,
 
     /// Kill the remote command and everything it started after SECS seconds.
@@ -138,12 +139,13 @@ async fn request_pty(client: &mut Client) -> Result<(), ClientError> {
     client.request_pty(&term::term(), size).await
 }
 
-pub async fn run(args: ExecArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let timeout = timeout(args.timeout)?;
+pub async fn run(args: ExecArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let target = settings.resolve(&args.addr);
+    let timeout = timeout(args.timeout.or(target.timeout))?;
     let command = if args.command.len() == 1 { args.command[0].clone() } else { shell_join(&args.command) };
     let stdin_tty = term::stdin_is_tty();
     let tty = wants_tty(args.tty, args.no_tty, stdin_tty);
-    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
+    let mut client = target.connect().await?;
     if tty {
         request_pty(&mut client).await?;
     }
@@ -206,7 +208,8 @@ async fn on_terminal(client: &mut Client, command: &str, options: &ExecOptions) 
 
 #[derive(Debug, Args)]
 pub struct ShellArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// The server: an alias from the config file, or `host[:port]`
+    /// (default port 9909).
     addr: String,
 
     /// Kill the session (in line mode, each command) and everything it
@@ -260,9 +263,10 @@ fn report_line(status: &ExitStatus) -> u8 {
 /// pseudo-terminal of its own (`cd` persists, job control, full-screen
 /// programs; the exit code is the shell's); otherwise, or with `--lines`,
 /// the tutorial's `>>>` loop.
-pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let timeout = timeout(args.timeout)?;
-    let mut client = rt.block_on(Client::connect_with(&args.addr, key.as_ref()))?;
+pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let target = settings.resolve(&args.addr);
+    let timeout = timeout(args.timeout.or(target.timeout))?;
+    let mut client = rt.block_on(target.connect())?;
     if !args.lines && term::stdin_is_tty() {
         let session = rt.block_on(async {
             request_pty(&mut client).await?;
@@ -277,7 +281,7 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) ->
             Err(e) => return Err(e.into()),
         }
     }
-    lines(args, rt, key, client, timeout)
+    lines(args, rt, &target, client, timeout)
 }
 
 /// The tutorial's `>>>` loop, made right: line editing and history, `exit`
@@ -286,7 +290,7 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, key: Option<Key>) ->
 fn lines(
     args: ShellArgs,
     rt: &tokio::runtime::Runtime,
-    key: Option<Key>,
+    target: &Target,
     mut client: Client,
     timeout: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
@@ -320,13 +324,13 @@ fn lines(
             Err(e) => {
                 eprintln!("framewire: connection lost: {}", printable(&e.to_string()));
                 last = OWN_FAILURE;
-                match rt.block_on(Client::connect_with(&args.addr, key.as_ref())) {
+                match rt.block_on(target.connect()) {
                     Ok(c) => {
                         eprintln!("framewire: reconnected");
                         client = c;
                     }
                     Err(e) => {
-                        eprintln!("framewire: cannot reconnect: {}", printable(&super::explained(&e)));
+                        eprintln!("framewire: cannot reconnect: {}", super::one_line(&e));
                         break;
                     }
                 }

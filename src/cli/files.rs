@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use super::config::Settings;
 use anyhow::Context;
 use clap::Args;
-use framewire::auth::Key;
 use framewire::client::filter::Filter;
 use framewire::client::tree::{
     self, CopyOptions, Direction, Endpoint, Job, Observer, Plan, PlanError, PlanOptions, Summary,
@@ -17,14 +17,16 @@ use framewire::client::tree::{
 use framewire::client::{Progress, Transfer};
 use framewire::proto::Kind;
 use framewire::text::printable;
-use framewire::{Client, ClientError};
+use framewire::ClientError;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// The server: an alias from the config file, or `host[:port]`
+    /// (default port 9909).
     addr: String,
-    /// Path relative to the served root (default: the root).
+    /// Path relative to the served root, or to the alias's `dir` (default:
+    /// there).
     path: Option<String>,
     /// Every file below PATH, with paths relative to it.
     #[arg(short = 'r', long)]
@@ -38,9 +40,10 @@ pub struct LsArgs {
     partial: bool,
 }
 
-pub async fn ls(args: LsArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
-    let path = args.path.unwrap_or_default();
+pub async fn ls(args: LsArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let target = settings.resolve(&args.addr);
+    let mut client = target.connect().await?;
+    let path = target.path(&args.path.unwrap_or_default());
     if args.partial {
         let entries = client.list_partials(&path).await?;
         let entries: Vec<_> =
@@ -100,9 +103,15 @@ pub struct TransferArgs {
     /// Replace existing files.
     #[arg(short = 'f', long)]
     force: bool,
-    /// Transfer up to N files at once, each over its own connection.
-    #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
-    jobs: usize,
+    /// Transfer up to N files at once, each over its own connection
+    /// (default 4, or the config file's `jobs`).
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    jobs: Option<u16>,
+    /// Keep the copy's traffic (all its connections together) under RATE
+    /// bytes a second: `10M` is 10 MiB/s (K, M, G are powers of 1024; KB,
+    /// MB, GB of 1000).
+    #[arg(long, value_name = "RATE", value_parser = super::config::parse_rate)]
+    bwlimit: Option<u64>,
     /// No progress bars and no summary.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -278,12 +287,15 @@ fn copy_form(addr: String, mut paths: Vec<String>, put: bool) -> anyhow::Result<
     Ok((addr.expect("one source at least"), sources, dest))
 }
 
-pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
+pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let GetArgs { addr, paths, opts } = args;
     let (addr, paths, dest) = copy_form(addr, paths, false)?;
+    let target = settings.resolve(&addr);
+    let paths: Vec<String> = paths.iter().map(|p| target.path(p)).collect();
+    let endpoint = target.endpoint(opts.bwlimit)?;
     if dest.as_deref() == Some("-") {
         anyhow::ensure!(paths.len() == 1 && !opts.recursive, "`-` (stdout) takes exactly one remote file");
-        let mut client = Client::connect_with(&addr, key.as_ref()).await?;
+        let mut client = endpoint.connect().await?;
         // Stdout as a plain file descriptor: written on the transfer's own
         // thread, without tokio's per-write hand-off.
         use std::os::fd::AsFd;
@@ -292,18 +304,20 @@ pub async fn get(args: GetArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
-    let endpoint = Endpoint::new(addr, key);
     let mut client = endpoint.connect().await?;
     let plan =
         tree::plan_get(&mut client, &paths, &dest, opts.plan_options()?).await.map_err(|e| plan_error(e, "get"))?;
     drop(client);
-    copy(&endpoint, plan, &opts).await
+    copy(&endpoint, plan, &opts, target.jobs).await
 }
 
-pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
+pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let PutArgs { addr, paths, opts } = args;
     let (addr, paths, dest) = copy_form(addr, paths, true)?;
-    let endpoint = Endpoint::new(addr, key);
+    let target = settings.resolve(&addr);
+    // No destination: the alias's directory (or the root).
+    let dest = Some(target.path(dest.as_deref().unwrap_or(""))).filter(|d| !d.is_empty());
+    let endpoint = target.endpoint(opts.bwlimit)?;
     let mut client = endpoint.connect().await?;
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
     let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), opts.plan_options()?)
@@ -315,7 +329,7 @@ pub async fn put(args: PutArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
             eprintln!("framewire: skipping {}", printable(note));
         }
     }
-    copy(&endpoint, plan, &opts).await
+    copy(&endpoint, plan, &opts, target.jobs).await
 }
 
 /// What a copy would do, one line a path on stdout, changing nothing.
@@ -351,14 +365,39 @@ fn dry_run(plan: &Plan) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What `-v` says of a plan before the copy starts: what goes, what is
+/// left alone and why.
+fn log_decisions(plan: &Plan, checksum: bool) {
+    let direction = plan.direction;
+    let why_same = if checksum { "same BLAKE3" } else { "same size and modification time" };
+    for job in &plan.unchanged {
+        tracing::debug!("skipping {}: unchanged ({why_same})", printable(&job.source(direction)));
+    }
+    for job in &plan.refused {
+        tracing::debug!("not replacing {}: differs and is not older", printable(&job.source(direction)));
+    }
+    for job in &plan.jobs {
+        let verb = if job.replace { "replacing" } else { "sending" };
+        tracing::debug!("{verb} {} ({})", printable(&job.source(direction)), HumanBytes(job.size));
+    }
+    tracing::trace!(
+        "plan: {} to copy, {} unchanged, {} refused",
+        plan.jobs.len(),
+        plan.unchanged.len(),
+        plan.refused.len()
+    );
+}
+
 /// Runs a planned copy with progress bars, then the summary and one line
 /// per failure.
-async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::Result<ExitCode> {
+async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option<usize>) -> anyhow::Result<ExitCode> {
     if opts.dry_run {
         return Ok(dry_run(&plan));
     }
+    log_decisions(&plan, opts.checksum);
     let bars = Arc::new(Bars::new(&plan, opts.quiet));
-    let options = CopyOptions::new(opts.force, opts.jobs);
+    let jobs = opts.jobs.map(usize::from).or(jobs).unwrap_or(DEFAULT_JOBS);
+    let options = CopyOptions::new(opts.force, jobs);
     let summary = tree::run(endpoint, plan, &options, bars.clone()).await;
     if let Some(total) = &bars.total {
         total.finish_and_clear();
@@ -402,6 +441,9 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs) -> anyhow::R
     })
 }
 
+/// How many files a copy moves at once unless `-j` or the config file says.
+pub const DEFAULT_JOBS: usize = 4;
+
 /// The exit code of a copy that did everything but replace receiver files
 /// that differ and are not older (1 is for failures).
 pub const REFUSED: u8 = 3;
@@ -426,7 +468,7 @@ struct Bars {
 const WATCHABLE: u64 = 1 << 20;
 
 fn draw_target(quiet: bool) -> ProgressDrawTarget {
-    if quiet || !std::io::stderr().is_terminal() {
+    if quiet || super::verbose() || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
     } else {
         ProgressDrawTarget::stderr()
@@ -522,7 +564,18 @@ impl Observer for Bars {
         *last = p.done;
     }
 
-    fn finished(&self, id: usize, _job: &Job, _outcome: &Result<Transfer, ClientError>) {
+    fn finished(&self, id: usize, job: &Job, outcome: &Result<Transfer, ClientError>) {
+        let name = printable(&job.source(self.direction)).into_owned();
+        match outcome {
+            Ok(t) if t.resumed > 0 => tracing::debug!(
+                "resumed {name}: {} held, {} sent, BLAKE3 {} verified",
+                HumanBytes(t.resumed),
+                HumanBytes(t.size - t.resumed),
+                &t.blake3[..16]
+            ),
+            Ok(t) => tracing::debug!("sent {name}: {}, BLAKE3 {} verified", HumanBytes(t.size), &t.blake3[..16]),
+            Err(e) => tracing::debug!("failed {name}: {}", printable(&super::explained(e))),
+        }
         if let Some((Some(bar), _)) = self.active.lock().expect("bars").remove(&id) {
             bar.finish_and_clear();
         }

@@ -9,6 +9,7 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::cli::say_line(format_args!($($arg)*)) };
 }
 
+mod config;
 mod demo;
 mod echo;
 mod exec;
@@ -36,6 +37,16 @@ pub struct Cli {
     /// clients prove they hold it; the connection is then encrypted.
     #[arg(long, global = true, env = "FRAMEWIRE_KEY_FILE", value_name = "FILE")]
     key_file: Option<std::path::PathBuf>,
+
+    /// Whether the key file came from FRAMEWIRE_KEY_FILE rather than the
+    /// command line (a host's entry in the config file sits between).
+    #[arg(skip)]
+    key_file_from_env: bool,
+
+    /// The config file (host aliases, groups, defaults for flags); default
+    /// ~/.config/framewire/config.toml.
+    #[arg(long, global = true, env = "FRAMEWIRE_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG, if set,
     /// takes precedence.
@@ -78,6 +89,20 @@ enum Command {
     },
     /// Print framewire's man page (roff; `framewire man | man -l -`).
     Man,
+    /// The config file: `config show HOST` prints what applies to HOST.
+    #[command(subcommand)]
+    Config(ConfigWhich),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigWhich {
+    /// Print the address, port, key file, remote directory and defaults
+    /// that apply to HOST, and where each comes from (without HOST: the
+    /// file's hosts and groups).
+    Show {
+        /// An alias from the config file, or any host argument.
+        host: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -100,8 +125,21 @@ enum DemoWhich {
     Echo,
 }
 
+/// `-v` given this many times.
+static VERBOSE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether `-v` was given: log lines then take the place of progress
+/// bars, which they would tear.
+pub fn verbose() -> bool {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed) > 0
+}
+
 /// Logs go to stderr, so stdout stays for the command's own output.
+/// The server's lines carry a time stamp and where they come from; a
+/// client's `-v` lines are only the level and what happened, as a tool's
+/// own report.
 pub fn init_logging(cli: &Cli) {
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     let default = match (cli.verbose, &cli.command) {
         (0, Command::Serve(_)) => "info",
         // The demo reports what happens itself; the server inside it cuts
@@ -113,32 +151,45 @@ pub fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Serve(args) if args.log_format == serve::LogFormat::Json => {
+            // One JSON object a line: timestamp, level, fields, message.
+            builder.json().flatten_event(true).with_current_span(false).init();
+        }
+        Command::Serve(_) => builder.with_ansi(ansi).init(),
+        _ => builder.with_ansi(ansi).without_time().with_target(false).init(),
+    }
 }
 
-/// Parses the command line. A `--key-file` given on the command line to
-/// a subcommand that uses no key (`keygen`, `demo`) is a usage error
-/// rather than silently ignored; one from `FRAMEWIRE_KEY_FILE` is left
+/// Parses the command line. A `--key-file` or `--config` given on the
+/// command line to a subcommand that uses neither (`keygen`, `demo`,
+/// `serve` for `--config`) is a usage error rather than silently ignored;
+/// the environment's (`FRAMEWIRE_KEY_FILE`, `FRAMEWIRE_CONFIG`) are left
 /// alone there, as the environment is meant for every command.
 pub fn parse() -> Cli {
+    use clap::parser::ValueSource;
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let given = |m: &clap::ArgMatches| m.value_source("key_file") == Some(clap::parser::ValueSource::CommandLine);
-    let sub = matches.subcommand();
-    let keyless = match &cli.command {
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let source = |id: &str| sub.and_then(|m| m.value_source(id)).or_else(|| matches.value_source(id));
+    cli.key_file_from_env = source("key_file") == Some(ValueSource::EnvVariable);
+    let given = |id: &str| source(id) == Some(ValueSource::CommandLine);
+    let no_key = match &cli.command {
         Command::Keygen(_) => Some("keygen writes a new key to FILE; it reads none"),
         Command::Demo(_) => Some("the demo makes its own key"),
         Command::Completions { .. } | Command::Man => Some("it only prints text"),
         _ => None,
     };
-    if let Some(why) = keyless {
-        if given(&matches) || sub.is_some_and(|(_, m)| given(m)) {
-            let msg = format!("--key-file means nothing here: {why}");
+    let no_config = match &cli.command {
+        Command::Serve(_) => Some("the config file is the client's; the server takes flags"),
+        _ => no_key,
+    };
+    for (id, flag, why) in [("key_file", "--key-file", no_key), ("config", "--config", no_config)] {
+        if let Some(why) = why.filter(|_| given(id)) {
+            let msg = format!("{flag} means nothing here: {why}");
             Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
         }
     }
@@ -147,20 +198,15 @@ pub fn parse() -> Cli {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Keygen(KeygenArgs { file }) = &cli.command {
-        framewire::auth::Key::generate().write_new(file)?;
-        eprintln!(
-            "wrote a new key to {} (mode 0600); give it to the server and clients with --key-file",
-            file.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let key = match &cli.key_file {
-        Some(path) => Some(framewire::auth::Key::from_file(path)?),
-        None => None,
-    };
     match cli.command {
-        Command::Keygen(_) => unreachable!("handled above"),
+        Command::Keygen(KeygenArgs { file }) => {
+            framewire::auth::Key::generate().write_new(&file)?;
+            eprintln!(
+                "wrote a new key to {} (mode 0600); give it to the server and clients with --key-file",
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "framewire", &mut std::io::stdout());
@@ -171,37 +217,50 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => block_on(serve::run(args, key)),
-        Command::Echo(args) => block_on(echo::run(args, key)),
-        Command::Exec(args) => match block_on(exec::run(args, key)) {
-            // ssh's convention: the tool's own failures exit 255, apart
-            // from any code the remote command can return.
-            Err(e) if stdout_gone(&e) => Ok(ExitCode::from(READER_GONE)),
-            Err(e) => {
-                eprintln!("framewire: error: {}", one_line(&e));
-                Ok(ExitCode::from(exec::OWN_FAILURE))
-            }
-            ok => ok,
-        },
-        Command::Shell(args) => {
-            let rt = interactive_runtime()?;
-            let code = exec::shell(args, &rt, key);
-            rt.shutdown_background();
-            // As exec (and ssh): the tool's own failures exit 255.
-            code.or_else(|e| {
-                eprintln!("framewire: error: {}", one_line(&e));
-                Ok(ExitCode::from(exec::OWN_FAILURE))
-            })
+        Command::Serve(args) => {
+            let key = cli.key_file.as_deref().map(framewire::auth::Key::from_file).transpose()?;
+            block_on(serve::run(args, key))
         }
-        Command::Ls(args) => block_on(files::ls(args, key)),
-        Command::Get(args) => block_on(files::get(args, key)),
-        Command::Put(args) => block_on(files::put(args, key)),
-        Command::Rm(args) => block_on(ops::rm(args, key)),
-        Command::Mv(args) => block_on(ops::mv(args, key)),
-        Command::Mkdir(args) => block_on(ops::mkdir(args, key)),
         Command::Demo(DemoArgs { which: Some(DemoWhich::Sticky) }) => sticky::run(),
         Command::Demo(DemoArgs { which: Some(DemoWhich::Echo) }) => block_on(demo::echo()),
         Command::Demo(DemoArgs { which: None }) => demo::all(),
+        command => {
+            let (cli_key, env_key) = match cli.key_file {
+                Some(k) if cli.key_file_from_env => (None, Some(k)),
+                k => (k, None),
+            };
+            let settings = config::Settings::load(cli.config.as_deref(), cli_key, env_key);
+            client_command(command, settings)
+        }
+    }
+}
+
+/// Runs a subcommand that talks to servers, with the config file's
+/// settings (a config file that does not parse is framewire's own
+/// failure, as a server that cannot be reached is).
+fn client_command(command: Command, settings: anyhow::Result<config::Settings>) -> anyhow::Result<ExitCode> {
+    let settings = settings?;
+    let s = &settings;
+    match command {
+        Command::Config(ConfigWhich::Show { host }) => {
+            print!("{}", s.show(host.as_deref()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo(args) => block_on(echo::run(args, s)),
+        Command::Exec(args) => block_on(exec::run(args, s)),
+        Command::Shell(args) => {
+            let rt = interactive_runtime()?;
+            let code = exec::shell(args, &rt, s);
+            rt.shutdown_background();
+            code
+        }
+        Command::Ls(args) => block_on(files::ls(args, s)),
+        Command::Get(args) => block_on(files::get(args, s)),
+        Command::Put(args) => block_on(files::put(args, s)),
+        Command::Rm(args) => block_on(ops::rm(args, s)),
+        Command::Mv(args) => block_on(ops::mv(args, s)),
+        Command::Mkdir(args) => block_on(ops::mkdir(args, s)),
+        _ => unreachable!("run() takes the others"),
     }
 }
 

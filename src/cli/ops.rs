@@ -4,14 +4,15 @@
 
 use std::process::ExitCode;
 
+use super::config::Settings;
 use clap::Args;
-use framewire::auth::Key;
 use framewire::text::printable;
 use framewire::{Client, ClientError, ErrorCode};
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// The server: an alias from the config file, or `host[:port]`
+    /// (default port 9909).
     addr: String,
     /// Paths relative to the served root.
     #[arg(required = true, value_name = "PATH")]
@@ -26,7 +27,8 @@ pub struct RmArgs {
 
 #[derive(Debug, Args)]
 pub struct MvArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// The server: an alias from the config file, or `host[:port]`
+    /// (default port 9909).
     addr: String,
     /// The path to move, relative to the served root.
     from: String,
@@ -39,7 +41,8 @@ pub struct MvArgs {
 
 #[derive(Debug, Args)]
 pub struct MkdirArgs {
-    /// Server address, `host[:port]` (default port 9909).
+    /// The server: an alias from the config file, or `host[:port]`
+    /// (default port 9909).
     addr: String,
     /// Directories to create, relative to the served root.
     #[arg(required = true, value_name = "PATH")]
@@ -72,10 +75,12 @@ where
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-pub async fn rm(args: RmArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
+pub async fn rm(args: RmArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let target = settings.resolve(&args.addr);
+    let mut client = target.connect().await?;
+    let paths: Vec<String> = args.paths.iter().map(|p| target.path(p)).collect();
     let (recursive, force) = (args.recursive, args.force);
-    each_path(&mut client, &args.paths, "remove", |c, p| {
+    each_path(&mut client, &paths, "remove", |c, p| {
         Box::pin(async move {
             let removed = if recursive { c.remove(p).await? } else { c.remove_file(p).await? };
             if !removed && !force {
@@ -88,10 +93,12 @@ pub async fn rm(args: RmArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
     .await
 }
 
-pub async fn mkdir(args: MkdirArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
+pub async fn mkdir(args: MkdirArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let target = settings.resolve(&args.addr);
+    let mut client = target.connect().await?;
+    let paths: Vec<String> = args.paths.iter().map(|p| target.path(p)).collect();
     let parents = args.parents;
-    each_path(&mut client, &args.paths, "create", |c, p| {
+    each_path(&mut client, &paths, "create", |c, p| {
         Box::pin(async move {
             if parents {
                 c.mkdir(p).await?;
@@ -104,9 +111,10 @@ pub async fn mkdir(args: MkdirArgs, key: Option<Key>) -> anyhow::Result<ExitCode
     .await
 }
 
-pub async fn mv(args: MvArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect_with(&args.addr, key.as_ref()).await?;
-    match client.rename(&args.from, &args.to, args.force).await {
+pub async fn mv(args: MvArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let target = settings.resolve(&args.addr);
+    let mut client = target.connect().await?;
+    match client.rename(&target.path(&args.from), &target.path(&args.to), args.force).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(ClientError::Remote { code: ErrorCode::UnknownType, .. }) => {
             anyhow::bail!("this server predates `mv` (no rename request); nothing was moved")

@@ -10,103 +10,118 @@ use framewire::auth::Key;
 use framewire::legacy::Mode;
 use framewire::server::{self, Config};
 
+/// `serve --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (`host:port`; port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:9909")]
+    #[arg(help_heading = "Where", long, default_value = "127.0.0.1:9909")]
     listen: String,
 
     /// Directory to serve.
-    #[arg(long, default_value = ".")]
+    #[arg(help_heading = "Where", long, default_value = ".")]
     root: PathBuf,
 
     /// Authenticated connections served at once; one more waits up to 5 s
     /// for a slot, then is told "server busy".
-    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(help_heading = "Limits", long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
 
     /// Connections still in their handshake (not yet authenticated) at
     /// once; when full, a new one evicts the oldest that has taken over
     /// 0.5 s, or waits for a place.
-    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS)]
+    #[arg(help_heading = "Limits", long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS)]
     max_startups: usize,
 
     /// Connections in their handshake from one address (an IPv6 /64) at
     /// once; a new one from it evicts that address's oldest.
-    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS_PER_SOURCE)]
+    #[arg(help_heading = "Limits", long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS_PER_SOURCE)]
     max_startups_per_source: usize,
 
     /// The listen backlog: connections the kernel holds before they are
     /// accepted (capped by net.core.somaxconn).
-    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_BACKLOG)]
+    #[arg(help_heading = "Where", long, value_name = "N", default_value_t = server::DEFAULT_BACKLOG)]
     backlog: u32,
 
     /// Seconds a connection may sit between requests.
-    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    #[arg(help_heading = "Limits", long, value_name = "SECS", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
 
     /// Seconds a started frame, any body read or any write may stall.
-    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_IO_TIMEOUT.as_secs())]
+    #[arg(help_heading = "Limits", long, value_name = "SECS", default_value_t = server::DEFAULT_IO_TIMEOUT.as_secs())]
     io_timeout: u64,
 
     /// Seconds live requests may go on after SIGINT/SIGTERM; running
     /// commands are killed after that.
-    #[arg(long, value_name = "SECS", default_value_t = server::DEFAULT_DRAIN_TIMEOUT.as_secs())]
+    #[arg(help_heading = "Limits", long, value_name = "SECS", default_value_t = server::DEFAULT_DRAIN_TIMEOUT.as_secs())]
     drain_timeout: u64,
 
     /// Serve `exec` (remote commands) too. Off by default.
-    #[arg(long)]
+    #[arg(help_heading = "Commands", long)]
     allow_exec: bool,
 
     /// The shell that runs exec commands (`SHELL -c COMMAND`).
-    #[arg(long, default_value = "/bin/sh")]
+    #[arg(help_heading = "Commands", long, default_value = "/bin/sh")]
     shell: PathBuf,
 
     /// The shell of interactive sessions (`framewire shell`), run as a
     /// login shell on a terminal. Default: the server user's login shell
     /// from the password database (as sshd does), else --shell.
-    #[arg(long, value_name = "SHELL")]
+    #[arg(help_heading = "Commands", long, value_name = "SHELL")]
     login_shell: Option<PathBuf>,
 
     /// Remove partial files (`.NAME.fwpart`, left by cut transfers) last
     /// written longer ago than DUR, at start and every hour, logging each:
     /// `90s`, `30m`, `12h`, `7d`, or `off` to keep them.
-    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = parse_age)]
+    #[arg(help_heading = "Files", long, value_name = "DUR", default_value = "7d", value_parser = parse_age)]
     partial_max_age: Age,
 
     /// Also let clients set environment variables matching PATTERN (`*`
     /// and `?`, like sshd's AcceptEnv) for their commands with `-e`;
     /// repeatable. TERM, LANG and LC_* are always accepted.
-    #[arg(long, value_name = "PATTERN")]
+    #[arg(help_heading = "Commands", long, value_name = "PATTERN")]
     accept_env: Vec<String>,
 
     /// Allow serving a non-loopback address, or --allow-exec, without a
     /// key. Anyone who can connect can then use the server.
-    #[arg(long)]
+    #[arg(help_heading = "Keys and TLS", long)]
     insecure: bool,
 
     /// A PEM certificate chain to present instead of the generated one
     /// (needs --tls-key and --key-file; the key still authenticates).
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    #[arg(help_heading = "Keys and TLS", long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
 
     /// The PEM private key of --tls-cert.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    #[arg(help_heading = "Keys and TLS", long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
     /// Also serve a tutorial format: MODE=ADDR, MODE one of exec-simple,
     /// exec-json, upload, download (repeatable; see docs/LEGACY.md).
-    #[arg(long, value_name = "MODE=ADDR", value_parser = parse_legacy)]
+    #[arg(help_heading = "Tutorial formats", long, value_name = "MODE=ADDR", value_parser = parse_legacy)]
     legacy: Vec<(Mode, String)>,
 
     /// Challenge every legacy connection with the tutorial's HMAC-MD5
     /// (needs --key-file; the secret is the key file's line).
-    #[arg(long)]
+    #[arg(help_heading = "Tutorial formats", long)]
     legacy_hmac: bool,
 
     /// Stop by itself after SECS seconds without any client connected.
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Limits", long, value_name = "SECS")]
     exit_when_idle: Option<u64>,
+
+    /// How log lines are written on stderr: `text` for people, `json`
+    /// (one object a line: timestamp, level, fields, message) for log
+    /// pipelines.
+    #[arg(help_heading = "Logging", long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {

@@ -82,9 +82,29 @@ impl Client {
     /// (the server could not prove it holds the key) and
     /// [`ClientError::AuthUnavailable`] (the server has no key).
     pub async fn connect_with(addr: &str, key: Option<&Key>) -> Result<Client, ClientError> {
+        Self::connect_limited(addr, key, None).await
+    }
+
+    /// As [`connect_with`](Self::connect_with), with the connection's
+    /// traffic after the handshake paid out of `throttle`'s budget (shared
+    /// by every connection given the same one).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect_limited(
+        addr: &str,
+        key: Option<&Key>,
+        throttle: Option<&transport::Throttle>,
+    ) -> Result<Client, ClientError> {
         let addr = with_default_port(addr);
+        tracing::debug!("connecting to {addr}");
+        let started = std::time::Instant::now();
         let socket = TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr, source })?;
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::handshake(socket, key)).await {
+        if let Ok(peer) = socket.peer_addr() {
+            tracing::debug!("connected to {peer} in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+        }
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::handshake_limited(socket, key, throttle)).await {
             Ok(result) => result,
             Err(_) => Err(wire::Error::Stalled(HANDSHAKE_TIMEOUT).into()),
         }
@@ -96,11 +116,30 @@ impl Client {
     /// # Errors
     ///
     /// As [`connect_with`](Self::connect_with), without the connect step.
-    pub async fn handshake(mut socket: TcpStream, key: Option<&Key>) -> Result<Client, ClientError> {
+    pub async fn handshake(socket: TcpStream, key: Option<&Key>) -> Result<Client, ClientError> {
+        Self::handshake_limited(socket, key, None).await
+    }
+
+    /// As [`handshake`](Self::handshake), with what the connection carries
+    /// afterwards paid out of `throttle`'s budget.
+    ///
+    /// # Errors
+    ///
+    /// As [`handshake`](Self::handshake).
+    pub async fn handshake_limited(
+        mut socket: TcpStream,
+        key: Option<&Key>,
+        throttle: Option<&transport::Throttle>,
+    ) -> Result<Client, ClientError> {
         socket.set_nodelay(true).map_err(wire::Error::Io)?;
         let peer = socket.peer_addr().map_err(wire::Error::Io)?;
         socket.write_all(&Preface::new(key.is_some()).encode()).await.map_err(wire::Error::Io)?;
         let theirs = read_preface(&mut socket).await?;
+        tracing::debug!(
+            "the server speaks framewire {}, {}",
+            theirs.version,
+            if theirs.tls() { "with a key (TLS)" } else { "without a key (plaintext)" }
+        );
         if theirs.refused() {
             return Err(read_refusal(socket).await);
         }
@@ -117,14 +156,20 @@ impl Client {
             Some(key) => {
                 let (read, write, binding) =
                     transport::connect_tls(socket, transport::client_config()).await.map_err(wire::Error::Io)?;
+                tracing::debug!("TLS 1.3 established; proving the key (challenge-response over the channel binding)");
                 let mut reader = FrameReader::new(read);
                 reader.set_max_header(PREAUTH_MAX_HEADER);
                 let mut writer = FrameWriter::new(write);
                 authenticate(&mut reader, &mut writer, key, &binding).await?;
+                tracing::debug!("authenticated: both sides proved they hold the key");
                 let (read, buffered) = reader.into_parts();
                 debug_assert!(buffered.is_empty(), "the server sends nothing after auth_ok unasked");
                 (read, writer.into_inner())
             }
+        };
+        let (read, write) = match throttle {
+            Some(throttle) => throttle.limit(read, write),
+            None => (read, write),
         };
         // A reply may be long in coming (a command that prints nothing for
         // an hour): no idle limit; but a frame, once started, must move.
@@ -250,6 +295,7 @@ async fn authenticate(
         Some((Answer::Refused(e), _)) => return Err(e.into()),
         None => return Err(ClientError::Closed),
     };
+    tracing::debug!("got the server's challenge; sending our proof");
     let client_nonce = auth::nonce();
     let transcript = Transcript { server_nonce: &server_nonce, client_nonce: &client_nonce, binding };
     let proof = auth::prove(key, Role::Client, &transcript);
@@ -261,10 +307,14 @@ async fn authenticate(
             if auth::verify(key, Role::Server, &transcript, &proof) {
                 Ok(())
             } else {
+                tracing::debug!("the server accepted our proof, but its own proof is wrong: it does not hold our key");
                 Err(ClientError::ServerAuthFailed)
             }
         }
-        Ok(Some((Answer::Refused(ErrorFrame { code: ErrorCode::AuthFailed, .. }), _))) => Err(ClientError::AuthFailed),
+        Ok(Some((Answer::Refused(ErrorFrame { code: ErrorCode::AuthFailed, .. }), _))) => {
+            tracing::debug!("the server refused our proof: its key is not ours");
+            Err(ClientError::AuthFailed)
+        }
         Ok(Some((Answer::Refused(e), _))) => Err(e.into()),
         Ok(Some((Answer::Ok(_), _))) => Err(ClientError::ServerAuthFailed),
         // A server that drops us here did not accept the proof.

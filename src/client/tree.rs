@@ -51,12 +51,25 @@ use crate::services::root::is_partial_name;
 pub struct Endpoint {
     addr: String,
     key: Option<Key>,
+    throttle: Option<crate::transport::Throttle>,
 }
 
 impl Endpoint {
     /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
     pub fn new(addr: impl Into<String>, key: Option<Key>) -> Self {
-        Endpoint { addr: addr.into(), key }
+        Endpoint { addr: addr.into(), key, throttle: None }
+    }
+
+    /// Every connection opened from here shares `throttle`'s bandwidth
+    /// budget (`--bwlimit`).
+    pub fn with_bwlimit(mut self, throttle: crate::transport::Throttle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// The server's address, as given.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// Opens one connection.
@@ -65,7 +78,7 @@ impl Endpoint {
     ///
     /// As [`Client::connect_with`].
     pub async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect_with(&self.addr, self.key.as_ref()).await
+        Client::connect_limited(&self.addr, self.key.as_ref(), self.throttle.as_ref()).await
     }
 }
 

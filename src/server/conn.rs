@@ -238,6 +238,7 @@ async fn serve_inner(
             return Ok(());
         }
     };
+    let (read, write, traffic) = transport::Traffic::count(read, write);
     let mut s = Session::<ServerSide>::new(read, write, config.timeouts, hard.clone());
     // Held until the connection ends, however it ends.
     let Some(_session) = session_slot(sessions, shutdown).await else {
@@ -247,14 +248,14 @@ async fn serve_inner(
         s.linger().await;
         return Ok(());
     };
-    requests(&mut s, peer, ctx, shutdown, hard).await
+    requests(&mut s, &dispatch::Peer { addr: peer, traffic: &traffic }, ctx, shutdown, hard).await
 }
 
 /// Requests one at a time, until the peer leaves, breaks the framing, or
 /// the server shuts down.
 async fn requests(
     s: &mut Session<ServerSide>,
-    peer: SocketAddr,
+    peer: &dispatch::Peer<'_>,
     ctx: &Context,
     shutdown: &CancellationToken,
     hard: &CancellationToken,
@@ -273,7 +274,7 @@ async fn requests(
             head = s.read::<Request>() => head,
         };
         let e = match head {
-            Ok(Some((request, _))) => match dispatch::handle(s, ctx, request, &mut setup).await {
+            Ok(Some((request, _))) => match dispatch::handle(s, ctx, request, &mut setup, peer).await {
                 Ok(()) => continue,
                 Err(e) => {
                     // Cut off at the drain deadline: no time to linger.
@@ -296,7 +297,7 @@ async fn requests(
                 Error::Unexpected { kind, .. } => (ErrorCode::BadRequest, format!("`{kind}` is not a request")),
                 _ => (ErrorCode::BadRequest, e.to_string()),
             };
-            debug!(%peer, "rejected request: {}", printable(&msg));
+            debug!(peer = %peer.addr, "rejected request: {}", printable(&msg));
             s.send(&ErrorFrame::new(code, msg), &[]).await?;
             continue;
         }

@@ -9,15 +9,88 @@ use crate::wire::Error;
 /// What a connection keeps between requests for its next exec.
 pub(super) use super::handlers::exec::ExecSetup;
 
-/// Runs one request to its end, reply included. Every request but exec is
-/// dropped at the drain deadline (the session's cut-off); exec watches it
-/// itself, to kill the process group and tell the client why.
+/// Who a request comes from and what its connection has carried, for
+/// the request's log line.
+pub(super) struct Peer<'a> {
+    pub addr: std::net::SocketAddr,
+    pub traffic: &'a crate::transport::Traffic,
+}
+
+/// Runs one request to its end, reply included, then logs one INFO line
+/// for it: the peer, what was asked (the command, or the path and the
+/// direction), how it ended, the bytes the connection carried meanwhile
+/// each way, and how long it took.
 pub(super) async fn handle(
     s: &mut Session<ServerSide>,
     ctx: &Context,
     request: Request,
     setup: &mut ExecSetup,
+    peer: &Peer<'_>,
 ) -> Result<(), Error> {
+    let kind = request.kind();
+    let what = What::of(&request);
+    let (started, (read, written)) = (std::time::Instant::now(), peer.traffic.totals());
+    let result = run(s, ctx, request, setup).await;
+    let (now_read, now_written) = peer.traffic.totals();
+    let outcome = match (&result, s.take_outcome()) {
+        (Ok(()), Some(outcome)) => outcome,
+        (Ok(()), None) => "ok".to_owned(),
+        (Err(e), _) => format!("failed: {}", crate::text::printable(&e.to_string())),
+    };
+    let ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+    tracing::info!(
+        peer = %peer.addr,
+        request = kind,
+        command = what.command.as_deref(),
+        path = what.path.as_deref(),
+        to = what.to.as_deref(),
+        direction = what.direction,
+        result = %outcome,
+        bytes_in = now_read - read,
+        bytes_out = now_written - written,
+        ms,
+        "request"
+    );
+    result
+}
+
+/// What a request's log line names.
+#[derive(Default)]
+struct What {
+    command: Option<String>,
+    path: Option<String>,
+    to: Option<String>,
+    direction: Option<&'static str>,
+}
+
+impl What {
+    fn of(request: &Request) -> What {
+        use crate::services::files::shown;
+        let path = |p: &str| Some(crate::text::printable(&shown(p)).into_owned());
+        let (up, down) = (Some("upload"), Some("download"));
+        match request {
+            Request::Exec(r) => {
+                What { command: Some(crate::text::printable(&shown(&r.command)).into_owned()), ..What::default() }
+            }
+            Request::List(r) => What { path: path(&r.path), ..What::default() },
+            Request::Stat(r) => What { path: path(&r.path), ..What::default() },
+            Request::Mkdir(r) => What { path: path(&r.path), ..What::default() },
+            Request::Remove(r) => What { path: path(&r.path), ..What::default() },
+            Request::Rename(r) => What { path: path(&r.from), to: path(&r.to), ..What::default() },
+            Request::Get(r) => What { path: path(&r.path), direction: down, ..What::default() },
+            Request::Put(r) => What { path: path(&r.path), direction: up, ..What::default() },
+            Request::TreeList(r) => What { path: path(&r.path), ..What::default() },
+            Request::TreePut(r) => What { path: path(&r.path), direction: up, ..What::default() },
+            Request::TreeGet(r) => What { path: path(&r.path), direction: down, ..What::default() },
+            Request::Echo(_) | Request::Pty(_) | Request::Env(_) => What::default(),
+        }
+    }
+}
+
+/// Runs one request to its end, reply included. Every request but exec is
+/// dropped at the drain deadline (the session's cut-off); exec watches it
+/// itself, to kill the process group and tell the client why.
+async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup: &mut ExecSetup) -> Result<(), Error> {
     let cut = s.cut_off().clone();
     let streamed = matches!(request, Request::TreeList(_) | Request::TreePut(_) | Request::TreeGet(_));
     let terminal = matches!(request, Request::Pty(_) | Request::Env(_));

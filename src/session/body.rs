@@ -148,6 +148,7 @@ async fn zero_copy(
             _ => SendError::Wire(Error::Io(e)),
         });
     }
+    writer.get_ref().sent_aside(len);
     progress(len);
     match hashing {
         None => Ok(None),

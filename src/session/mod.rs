@@ -56,6 +56,9 @@ pub struct Session<S> {
     cut_off: CancellationToken,
     /// A frame was left half-way and the connection shut down.
     closed: bool,
+    /// How the request under way ended, when not simply well: set by a
+    /// refusal or by the handler, for the server's log line.
+    outcome: Option<String>,
     side: PhantomData<S>,
 }
 
@@ -76,6 +79,7 @@ impl<S> Session<S> {
             timeouts,
             cut_off,
             closed: false,
+            outcome: None,
             side: PhantomData,
         }
     }
@@ -269,8 +273,20 @@ impl Session<ServerSide> {
     ///
     /// The connection's.
     pub async fn refuse(&mut self, r: Refusal) -> Result<(), Error> {
-        tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
+        self.outcome = Some(format!("refused ({}): {}", r.code, crate::text::printable(&r.message)));
         self.send(&ErrorFrame::new(r.code, r.message), &[]).await
+    }
+
+    /// Says how the request under way ended (`exit 3`, `timeout`), for
+    /// the server's log line.
+    pub fn set_outcome(&mut self, outcome: String) {
+        self.outcome = Some(outcome);
+    }
+
+    /// How the request under way ended, if a refusal or the handler said;
+    /// cleared for the next one.
+    pub fn take_outcome(&mut self) -> Option<String> {
+        self.outcome.take()
     }
 
     /// Ends a request whose client broke the protocol: says why, then

@@ -162,6 +162,7 @@ pub(crate) fn head_len_within(buf: &[u8], max_header: usize) -> Result<Option<us
 fn parse_header<H: FrameHeader>(raw: &[u8]) -> Result<H, Error> {
     let text =
         std::str::from_utf8(raw).map_err(|e| Error::HeaderNotUtf8 { valid_up_to: e.valid_up_to(), len: raw.len() })?;
+    tracing::trace!("frame in: {}", crate::text::printable(text));
     H::from_json(text)
 }
 
@@ -209,6 +210,7 @@ pub fn encode_head<H: Serialize>(header: &H, dst: &mut BytesMut) -> Result<(), E
         dst.truncate(start);
         return Err(Error::HeaderTooLarge { len: len as u64, max: MAX_HEADER_LEN });
     }
+    tracing::trace!("frame out: {}", crate::text::printable(&String::from_utf8_lossy(&dst[start + LEN_PREFIX..])));
     dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
 }

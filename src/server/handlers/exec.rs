@@ -193,6 +193,14 @@ pub(in crate::server) async fn exec(
         run.group.disarm();
     }
     tracing::debug!(?command, ?status, ?signal, ?reason, "exec ended");
+    s.set_outcome(match (reason, status, signal) {
+        (ExitReason::Exited, Some(code), _) => format!("exit {code}"),
+        (ExitReason::Exited, None, Some(sig)) => format!("killed by signal {sig}"),
+        (ExitReason::Timeout, ..) => "timed out: process group killed".to_owned(),
+        (ExitReason::Cancelled, ..) => "cancelled by the client: process group killed".to_owned(),
+        (ExitReason::Shutdown, ..) => "server shut down: process group killed".to_owned(),
+        (reason, ..) => format!("{reason:?}"),
+    });
     s.send(&Exit { status, signal, reason }, &[]).await
 }
 

@@ -97,11 +97,12 @@ pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -
 
 pub(in crate::server) async fn remove(s: &mut S, ctx: &Context, request: Remove) -> Result<(), Error> {
     let sb = ctx.sandbox.clone();
-    let path = request.path.clone();
     let recursive = request.recursive.unwrap_or(true);
     match blocking(move || sb.remove(&request.path, recursive)).await {
         Ok(removed) => {
-            tracing::info!(path = %files::shown(&path), removed, "remove");
+            if !removed {
+                s.set_outcome("ok: nothing was there".to_owned());
+            }
             s.send(&RemoveReply { removed }, &[]).await
         }
         Err(r) => s.refuse(r).await,
@@ -111,12 +112,8 @@ pub(in crate::server) async fn remove(s: &mut S, ctx: &Context, request: Remove)
 pub(in crate::server) async fn rename(s: &mut S, ctx: &Context, request: Rename) -> Result<(), Error> {
     let sb = ctx.sandbox.clone();
     let Rename { from, to, force } = request;
-    let (f, t) = (files::shown(&from).to_string(), files::shown(&to).to_string());
     match blocking(move || sb.rename(&from, &to, force)).await {
-        Ok(()) => {
-            tracing::info!(from = %f, to = %t, force, "rename");
-            s.send(&RenameReply {}, &[]).await
-        }
+        Ok(()) => s.send(&RenameReply {}, &[]).await,
         Err(r) => s.refuse(r).await,
     }
 }

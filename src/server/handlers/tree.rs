@@ -333,7 +333,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                     up.failed.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
                 }
                 up.commit_and_report(s, ctx).await?;
-                tracing::info!(files = up.files, bytes = up.bytes, path = %files::shown(&up.base), "tree_put");
+                s.set_outcome(format!("ok: {} files, {} bytes of them", up.files, up.bytes));
                 return s.send(&TreeDone { files: up.files, bytes: up.bytes }, &[]).await;
             }
         }
@@ -679,7 +679,7 @@ pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeG
                         .refuse_and_close(format!("wants_end counts {} files, {next} were asked", end.count))
                         .await;
                 }
-                tracing::info!(files = sent_files, bytes = sent_bytes, path = %files::shown(&base), "tree_get");
+                s.set_outcome(format!("ok: {sent_files} files, {sent_bytes} bytes of them"));
                 return s.send(&TreeDone { files: sent_files, bytes: sent_bytes }, &[]).await;
             }
         };
