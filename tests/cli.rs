@@ -118,6 +118,32 @@ fn help_and_version() {
 /// Completion scripts for every shell clap_complete knows, the bash one
 /// accepted by `bash -n` and naming the subcommands; a man page that
 /// `man -l` renders without warnings (where man is installed).
+/// Every subcommand's --help ends with examples; serve's options come
+/// in groups; --bwlimit and -j only where a copy is made.
+#[test]
+fn help_has_examples_and_groups() {
+    for sub in ["serve", "echo", "exec", "shell", "ls", "get", "put", "rm", "mv", "mkdir", "keygen", "config"] {
+        let out = framewire(&[sub, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub}: {out:?}");
+        let examples = help.split_once("Examples:\n").map(|(_, e)| e).unwrap_or_else(|| panic!("{sub}: {help}"));
+        let first = examples.lines().next().unwrap();
+        assert!(first.starts_with("  framewire "), "{sub}: {first}");
+    }
+    let serve = String::from_utf8_lossy(&framewire(&["serve", "--help"]).stdout).into_owned();
+    for heading in ["Where:", "Limits:", "Commands:", "Files:", "Keys and TLS:", "Tutorial formats:", "Logging:"] {
+        assert!(serve.contains(&format!("\n{heading}\n")), "no {heading} in {serve}");
+    }
+    for sub in ["get", "put"] {
+        let help = String::from_utf8_lossy(&framewire(&[sub, "--help"]).stdout).into_owned();
+        assert!(help.contains("--bwlimit <RATE>") && help.contains("--jobs <N>"), "{help}");
+    }
+    for sub in ["ls", "exec", "rm"] {
+        let help = String::from_utf8_lossy(&framewire(&[sub, "--help"]).stdout).into_owned();
+        assert!(!help.contains("--bwlimit"), "{sub}: {help}");
+    }
+}
+
 #[test]
 fn completions_and_the_man_page() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {

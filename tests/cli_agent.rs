@@ -1295,6 +1295,107 @@ fn a_clean_keyed_session_logs_no_warning() {
     assert!(!log.contains("WARN"), "a clean session warned: {log}");
 }
 
+/// The server's one INFO line per request, as JSON: peer, request, the
+/// command or the path and direction, result, bytes, duration; for exec,
+/// put, get, rm and mv, refusals included.
+#[test]
+fn every_request_is_one_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let k = key.to_str().unwrap();
+    let server = Serve::start(&["--allow-exec", "--key-file", k, "--log-format", "json"]);
+    let a = server.addr.as_str();
+    let body = pattern(100_000, 3);
+    let local = dir.path().join("up.bin");
+    std::fs::write(&local, &body).unwrap();
+    let back = dir.path().join("back.bin");
+    for (args, ok) in [
+        (vec!["exec", a, "--", "echo hi; exit 4"], false),
+        (vec!["put", "-q", local.to_str().unwrap(), &format!("{a}:up.bin")], true),
+        (vec!["get", "-q", &format!("{a}:up.bin"), back.to_str().unwrap()], true),
+        (vec!["mv", a, "up.bin", "moved.bin"], true),
+        (vec!["rm", a, "moved.bin"], true),
+        (vec!["rm", a, "../escape"], false),
+    ] {
+        let out = Command::new(BIN).args(&args).env("FRAMEWIRE_KEY_FILE", k).output().unwrap();
+        assert_eq!(out.status.success(), ok, "{args:?}: {out:?}");
+    }
+    let (_, log) = server.terminate();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object a line ({e}): {l}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "request").collect();
+    let find = |kind: &str, key: &str, value: &str| {
+        *requests
+            .iter()
+            .find(|l| l["request"] == kind && l[key] == value)
+            .unwrap_or_else(|| panic!("no {kind} {key}={value} line in {log}"))
+    };
+    for l in &requests {
+        assert_eq!(l["level"], "INFO", "{l}");
+        assert!(l["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{l}");
+        assert!(l["ms"].as_f64().is_some() && l["timestamp"].is_string(), "{l}");
+    }
+    let exec = find("exec", "command", "echo hi; exit 4");
+    assert_eq!(exec["result"], "exit 4");
+    assert!(exec["bytes_out"].as_u64().unwrap() >= 3, "{exec}");
+    let put = find("put", "path", "up.bin");
+    assert_eq!((put["direction"].as_str(), put["result"].as_str()), (Some("upload"), Some("ok")));
+    assert!(put["bytes_in"].as_u64().unwrap() >= 100_000, "{put}");
+    let get = find("get", "path", "up.bin");
+    assert_eq!((get["direction"].as_str(), get["result"].as_str()), (Some("download"), Some("ok")));
+    assert!(get["bytes_out"].as_u64().unwrap() >= 100_000, "{get}");
+    let mv = find("rename", "path", "up.bin");
+    assert_eq!((mv["to"].as_str(), mv["result"].as_str()), (Some("moved.bin"), Some("ok")));
+    assert_eq!(find("remove", "path", "moved.bin")["result"], "ok");
+    let refused = find("remove", "path", "../escape");
+    assert!(refused["result"].as_str().unwrap().starts_with("refused (bad_path)"), "{refused}");
+    assert!(!log.contains("WARN"), "{log}");
+}
+
+/// The client's `-v`: connect, TLS, authentication, and what it decided
+/// for each file; a wrong key says which side refused.
+#[test]
+fn client_verbose_says_what_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let k = key.to_str().unwrap();
+    let server = Serve::start(&["--key-file", k]);
+    let a = server.addr.as_str();
+    let local = dir.path().join("tree");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("a.txt"), b"a").unwrap();
+    let run = |args: &[&str]| Command::new(BIN).args(args).env("FRAMEWIRE_KEY_FILE", k).output().unwrap();
+    let out = run(&["put", "-v", "-r", local.to_str().unwrap(), &format!("{a}:")]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    for line in [
+        &format!("DEBUG connecting to {a}"),
+        "DEBUG TLS 1.3 established",
+        "DEBUG authenticated: both sides proved they hold the key",
+        "DEBUG sending ",
+        "DEBUG sent ",
+    ] {
+        assert!(err.contains(line), "no {line:?} in {err}");
+    }
+    std::fs::write(local.join("b.txt"), b"b").unwrap();
+    let out = run(&["put", "-v", "-r", local.to_str().unwrap(), &format!("{a}:")]);
+    let err = text(&out.stderr);
+    assert!(err.contains("skipping") && err.contains("a.txt: unchanged"), "{err}");
+    assert!(err.contains("b.txt"), "{err}");
+
+    // -vv shows the frames.
+    let out = run(&["ls", "-vv", a]);
+    assert!(text(&out.stderr).contains("TRACE frame out: {\"type\":\"list\""), "{out:?}");
+
+    let wrong = keygen(dir.path(), "wrong");
+    let out = framewire(&["ls", "-v", "--key-file", wrong.to_str().unwrap(), a]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert!(err.contains("DEBUG the server refused our proof: its key is not ours"), "{err}");
+}
+
 /// `keygen` and `demo` use no key: `--key-file` on their command line is a
 /// usage error (exit 2) naming why, while `FRAMEWIRE_KEY_FILE` in the
 /// environment, meant for every command, is no obstacle.

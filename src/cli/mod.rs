@@ -57,29 +57,52 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the native protocol on a TCP address.
+    #[command(
+        after_help = "Examples:\n  framewire keygen /etc/framewire/key\n  framewire serve --listen 0.0.0.0:9909 --root /srv/files --key-file /etc/framewire/key\n  framewire serve --root . --allow-exec --key-file key --log-format json"
+    )]
     Serve(serve::ServeArgs),
     /// Send TEXT (or stdin with `-`) to a server and print what comes back.
+    #[command(after_help = "Examples:\n  framewire echo 127.0.0.1 hello\n  framewire echo web - < big.bin")]
     Echo(echo::EchoArgs),
     /// Run a command on the server: output streamed back, stdin forwarded,
     /// the remote exit code returned.
+    #[command(
+        after_help = "Examples:\n  framewire exec web -- uptime\n  framewire exec web --timeout 30 -- 'make -j4 && make test'\n  framewire exec -t web -- top\n  framewire exec -e LANG=C.UTF-8 web -- locale"
+    )]
     Exec(exec::ExecArgs),
     /// An interactive prompt running each line on the server.
+    #[command(after_help = "Examples:\n  framewire shell web\n  framewire shell --lines 127.0.0.1:9909")]
     Shell(exec::ShellArgs),
     /// List files on the server.
+    #[command(
+        after_help = "Examples:\n  framewire ls web\n  framewire ls -r web logs --json\n  framewire ls --partial web"
+    )]
     Ls(files::LsArgs),
     /// Download files (or trees with -r) from the server.
+    #[command(
+        after_help = "Examples:\n  framewire get web:logs/app.log .\n  framewire get web logs/app.log logs/old.log backup/\n  framewire get -r --bwlimit 10M web:photos ./photos\n  framewire get web:report.csv - | head"
+    )]
     Get(files::GetArgs),
     /// Upload files (or trees with -r) to the server.
+    #[command(
+        after_help = "Examples:\n  framewire put notes.txt web:docs/\n  framewire put web notes.txt docs/\n  framewire put -r --delete --exclude target/ ./site web:www"
+    )]
     Put(files::PutArgs),
     /// Remove files (directories with -r) on the server.
+    #[command(after_help = "Examples:\n  framewire rm web old.log\n  framewire rm -r web build/")]
     Rm(ops::RmArgs),
     /// Rename a path on the server, atomically (--force to replace).
+    #[command(
+        after_help = "Examples:\n  framewire mv web upload.tmp release.tar\n  framewire mv --force web next current"
+    )]
     Mv(ops::MvArgs),
     /// Create directories on the server (-p: with their parents).
+    #[command(after_help = "Examples:\n  framewire mkdir web incoming\n  framewire mkdir -p web a/b/c")]
     Mkdir(ops::MkdirArgs),
     /// Show what framewire does, end to end on loopback, with no setup.
     Demo(DemoArgs),
     /// Write a new random key to FILE (mode 0600) for --key-file.
+    #[command(after_help = "Examples:\n  framewire keygen ~/.config/framewire/key")]
     Keygen(KeygenArgs),
     /// Print a completion script for SHELL (e.g. `framewire completions
     /// bash > /etc/bash_completion.d/framewire`).
@@ -90,7 +113,10 @@ enum Command {
     /// Print framewire's man page (roff; `framewire man | man -l -`).
     Man,
     /// The config file: `config show HOST` prints what applies to HOST.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  framewire config show web\n  framewire --config ./lab.toml config show"
+    )]
     Config(ConfigWhich),
 }
 
