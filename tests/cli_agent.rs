@@ -296,7 +296,7 @@ fn ls_get_put_trees_and_several_sources() {
     // The server logs each refusal with the peer's address.
     let (_, log) = server.terminate();
     assert!(
-        log.lines().any(|l| l.contains("peer=127.0.0.1:") && l.contains("refused: nope.txt: no such file")),
+        log.lines().any(|l| l.contains("peer=127.0.0.1:") && l.contains("refused (not_found): nope.txt: no such file")),
         "{log}"
     );
 }
@@ -516,7 +516,7 @@ fn peer_chosen_names_cannot_drive_the_terminal() {
 
     // And so is the server's log of that refusal.
     let (_, log) = server.terminate();
-    let refusal: Vec<&str> = log.lines().filter(|l| l.contains("refused: ")).collect();
+    let refusal: Vec<&str> = log.lines().filter(|l| l.contains("result=refused (")).collect();
     assert_eq!(refusal.len(), 1, "{log}");
     assert!(refusal[0].contains("owned") && !log.contains(['\x07', '\r', '\u{202e}']), "{log:?}");
     assert!(!log.lines().any(|l| l.starts_with("forged")), "{log}");

@@ -473,16 +473,18 @@ impl Target {
         Ok(Endpoint::new(self.addr.clone(), self.key()?).connect().await?)
     }
 
-    /// A remote path as the server takes it: relative ones start at the
-    /// alias's `dir`; a leading `/` means from the served root.
+    /// A remote path as the server takes it: with an alias's `dir`,
+    /// relative ones start there and a leading `/` means from the served
+    /// root; without one, the path as given (the server refuses absolute
+    /// ones).
     pub fn path(&self, path: &str) -> String {
+        let Some(dir) = &self.dir else { return path.to_owned() };
         if let Some(from_root) = path.strip_prefix('/') {
             return from_root.trim_start_matches('/').to_owned();
         }
-        match &self.dir {
-            Some(dir) if path.is_empty() || path == "." => dir.clone(),
-            Some(dir) => format!("{dir}/{path}"),
-            None => path.to_owned(),
+        match path {
+            "" | "." => dir.clone(),
+            _ => format!("{dir}/{path}"),
         }
     }
 }
