@@ -231,3 +231,25 @@ fn bwlimit_holds_the_rate_of_a_copy() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(text(&out.stderr).contains("at least 1K"), "{out:?}");
 }
+
+/// `framewire hosts`: ranges with padding, the config file's groups,
+/// excludes, folding, and one clear error for a malformed set.
+#[test]
+fn hosts_expands_and_folds_host_sets() {
+    let home = home_with("[groups]\nweb = [\"web[01-04]\", \"@edge\"]\nedge = [\"edge1\", \"edge2\"]\n");
+    let h = home.path();
+    let out = with_home(h, &["hosts", "@web,db[1-3,7]", "-x", "web02,@edge"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "web01\nweb03\nweb04\ndb1\ndb2\ndb3\ndb7\n");
+    let out = with_home(h, &["hosts", "--fold", "web01,web02,web03,web05,web07,web06,127.0.0.2,127.0.0.1"]);
+    assert_eq!(text(&out.stdout), "127.0.0.[1-2],web[01-03,05-07]\n", "{out:?}");
+    for (bad, says) in [("web[1-3", "without its ']'"), ("@nope", "@nope: no such group"), ("h[5-1]", "backwards")] {
+        let out = with_home(h, &["hosts", bad]);
+        assert_eq!(out.status.code(), Some(255), "{out:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+    let out = with_home(h, &["hosts", "--key-file", "k", "a"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

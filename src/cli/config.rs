@@ -26,6 +26,9 @@ use framewire::Client;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+/// How many files a copy moves at once unless `-j` or the config file says.
+pub const DEFAULT_JOBS: usize = 4;
+
 /// A config file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -331,7 +334,6 @@ impl Settings {
     }
 
     /// The group NAME's members as written, if the file has that group.
-    #[allow(dead_code, reason = "the fan-out (issue 16) expands groups")]
     pub fn group(&self, name: &str) -> Option<Vec<&str>> {
         self.file.groups.get(&Name(name.to_owned())).map(|m| m.iter().map(|m| m.0.as_str()).collect())
     }
@@ -420,7 +422,7 @@ impl Settings {
         }
         let _ = writeln!(out, "dir          {}", t.dir.as_deref().unwrap_or("the served root"));
         let from = origin(own.jobs.is_some(), defaults.jobs.is_some());
-        let _ = writeln!(out, "jobs         {} ({from})", t.jobs.unwrap_or(super::files::DEFAULT_JOBS));
+        let _ = writeln!(out, "jobs         {} ({from})", t.jobs.unwrap_or(DEFAULT_JOBS));
         let from = origin(own.bwlimit.is_some(), defaults.bwlimit.is_some());
         match t.bwlimit {
             Some(rate) => _ = writeln!(out, "bwlimit      {}/s ({from})", indicatif::HumanBytes(rate)),

@@ -396,7 +396,7 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
     }
     log_decisions(&plan, opts.checksum);
     let bars = Arc::new(Bars::new(&plan, opts.quiet));
-    let jobs = opts.jobs.map(usize::from).or(jobs).unwrap_or(DEFAULT_JOBS);
+    let jobs = opts.jobs.map(usize::from).or(jobs).unwrap_or(super::config::DEFAULT_JOBS);
     let options = CopyOptions::new(opts.force, jobs);
     let summary = tree::run(endpoint, plan, &options, bars.clone()).await;
     if let Some(total) = &bars.total {
@@ -440,9 +440,6 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
         _ => ExitCode::FAILURE,
     })
 }
-
-/// How many files a copy moves at once unless `-j` or the config file says.
-pub const DEFAULT_JOBS: usize = 4;
 
 /// The exit code of a copy that did everything but replace receiver files
 /// that differ and are not older (1 is for failures).

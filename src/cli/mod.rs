@@ -112,12 +112,31 @@ enum Command {
     },
     /// Print framewire's man page (roff; `framewire man | man -l -`).
     Man,
+    /// Print the hosts a host set names, one a line (`web[01-20]`,
+    /// `db[1-3,7]`, `@group`, comma lists), or with --fold the set folded.
+    #[command(
+        after_help = "Examples:\n  framewire hosts 'web[01-04],db[1-2]'\n  framewire hosts @web -x 'web[03-04]'\n  framewire hosts --fold web01,web02,web03,web07"
+    )]
+    Hosts(HostsArgs),
     /// The config file: `config show HOST` prints what applies to HOST.
     #[command(
         subcommand,
         after_help = "Examples:\n  framewire config show web\n  framewire --config ./lab.toml config show"
     )]
     Config(ConfigWhich),
+}
+
+#[derive(Debug, Args)]
+struct HostsArgs {
+    /// The host set: names with `[N-M,K]` ranges (zero padding kept),
+    /// `@group` from the config file, separated by commas.
+    hosts: String,
+    /// Leave out these hosts (a host set too).
+    #[arg(short = 'x', long, value_name = "HOSTS")]
+    exclude: Option<String>,
+    /// Print the set folded (`web[01-03,07]`) instead of one host a line.
+    #[arg(long)]
+    fold: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,10 +226,13 @@ pub fn parse() -> Cli {
         Command::Keygen(_) => Some("keygen writes a new key to FILE; it reads none"),
         Command::Demo(_) => Some("the demo makes its own key"),
         Command::Completions { .. } | Command::Man => Some("it only prints text"),
+        Command::Hosts(_) => Some("it only expands host sets"),
         _ => None,
     };
     let no_config = match &cli.command {
         Command::Serve(_) => Some("the config file is the client's; the server takes flags"),
+        // Its groups come from the config file.
+        Command::Hosts(_) => None,
         _ => no_key,
     };
     for (id, flag, why) in [("key_file", "--key-file", no_key), ("config", "--config", no_config)] {
@@ -270,6 +292,18 @@ fn client_command(command: Command, settings: anyhow::Result<config::Settings>) 
     match command {
         Command::Config(ConfigWhich::Show { host }) => {
             print!("{}", s.show(host.as_deref()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hosts(HostsArgs { hosts, exclude, fold }) => {
+            let groups = |name: &str| s.group(name).map(|m| m.into_iter().map(str::to_owned).collect());
+            let hosts = framewire::client::hosts::expand_excluding(&hosts, exclude.as_deref(), &groups)?;
+            if fold {
+                say!("{}", framewire::client::hosts::fold(&hosts));
+            } else {
+                for host in &hosts {
+                    say!("{}", framewire::text::printable(host));
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo(args) => block_on(echo::run(args, s)),

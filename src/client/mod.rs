@@ -9,6 +9,7 @@ mod job;
 mod stream;
 
 pub mod filter;
+pub mod hosts;
 pub mod tree;
 
 pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
