@@ -286,7 +286,8 @@ pub struct Target {
     pub jobs: Option<usize>,
     /// `--bwlimit` in bytes per second, if set in the config file.
     pub bwlimit: Option<u64>,
-    /// `--timeout` for exec, if set in the config file.
+    /// `--timeout` for exec (never for `shell`), if set in the config
+    /// file.
     pub timeout: Option<f64>,
     port_origin: Origin,
 }
@@ -566,6 +567,16 @@ mod tests {
         let e = parse("[hosts.web]\ndir = \"../up\"\n").unwrap_err();
         assert!(e.starts_with("2:7:"), "{e}");
         assert!(parse("port = 1\n").unwrap_err().contains("unknown field `port`"));
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
+        let example = &readme[start..start + readme[start..].find("```").expect("its end")];
+        let s = Settings { file: parse(example).unwrap(), ..Settings::default() };
+        assert_eq!(s.resolve("web").addr, "web1.example.internal:9910");
+        assert_eq!(s.group("web").unwrap(), ["web", "web2", "web3"]);
     }
 
     #[test]

@@ -265,7 +265,9 @@ fn report_line(status: &ExitStatus) -> u8 {
 /// the tutorial's `>>>` loop.
 pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, settings: &Settings) -> anyhow::Result<ExitCode> {
     let target = settings.resolve(&args.addr);
-    let timeout = timeout(args.timeout.or(target.timeout))?;
+    // Only the flag: the config file's `timeout` is for commands, and an
+    // interactive session ended by it would surprise.
+    let timeout = timeout(args.timeout)?;
     let mut client = rt.block_on(target.connect())?;
     if !args.lines && term::stdin_is_tty() {
         let session = rt.block_on(async {
