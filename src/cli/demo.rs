@@ -29,8 +29,9 @@ pub fn all() -> anyhow::Result<ExitCode> {
     Ok(if sticky == ExitCode::SUCCESS { agent } else { sticky })
 }
 
+/// A rate in the binary units the progress bars and summaries use.
 fn mb_s(bytes: u64, secs: f64) -> String {
-    format!("{:.0} MB/s", bytes as f64 / secs.max(1e-9) / 1e6)
+    format!("{:.0} MiB/s", bytes as f64 / secs.max(1e-9) / f64::from(1 << 20))
 }
 
 fn mib(bytes: u64) -> String {
