@@ -9,7 +9,10 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -97,7 +100,7 @@ impl Throttle {
         (b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / b.rate))
     }
 
-    fn charge(&self, bytes: usize) {
+    fn charge(&self, bytes: u64) {
         self.lock().tokens -= bytes as f64;
     }
 
@@ -105,92 +108,23 @@ impl Throttle {
     /// of this budget. The write half shows no socket: a limited body is
     /// never sent with `sendfile(2)`, which the limit could not see.
     pub fn limit(&self, read: BoxRead, write: BoxWrite) -> (BoxRead, BoxWrite) {
-        let read = Throttled { inner: read, throttle: self.clone(), wait: None };
-        let write = Throttled { inner: write, throttle: self.clone(), wait: None };
-        (Box::new(read), Box::new(write))
+        let meter = || Budget { throttle: self.clone(), wait: None };
+        (Box::new(Metered { inner: read, meter: meter() }), Box::new(Metered { inner: write, meter: meter() }))
     }
 }
-
-/// One half of a connection under a [`Throttle`].
-struct Throttled<T> {
-    inner: T,
-    throttle: Throttle,
-    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<T> Throttled<T> {
-    /// Ready once the budget is not overdrawn.
-    fn poll_budget(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        use std::future::Future;
-        loop {
-            if let Some(wait) = self.wait.as_mut() {
-                std::task::ready!(wait.as_mut().poll(cx));
-                self.wait = None;
-            }
-            match self.throttle.debt() {
-                None => return std::task::Poll::Ready(()),
-                Some(wait) => self.wait = Some(Box::pin(tokio::time::sleep(wait))),
-            }
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Throttled<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::ready!(self.poll_budget(cx));
-        let before = buf.filled().len();
-        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        self.throttle.charge(buf.filled().len() - before);
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Throttled<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::task::ready!(self.poll_budget(cx));
-        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, data))?;
-        self.throttle.charge(n);
-        std::task::Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl WriteHalf for Throttled<BoxWrite> {}
 
 /// What one connection has carried, in body and head bytes after the
 /// handshake (TLS records' own overhead not included): for the server's
 /// one log line per request.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    read: std::sync::atomic::AtomicU64,
-    written: std::sync::atomic::AtomicU64,
+    read: AtomicU64,
+    written: AtomicU64,
 }
 
 impl Traffic {
     /// Bytes read and written so far.
     pub fn totals(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
         (self.read.load(Relaxed), self.written.load(Relaxed))
     }
 
@@ -199,79 +133,131 @@ impl Traffic {
     /// `sendfile(2)`, and counts what is sent that way too.
     pub fn count(read: BoxRead, write: BoxWrite) -> (BoxRead, BoxWrite, Arc<Traffic>) {
         let traffic = Arc::new(Traffic::default());
-        let read = Counted { inner: read, traffic: traffic.clone() };
-        let write = Counted { inner: write, traffic: traffic.clone() };
+        let read = Metered { inner: read, meter: Tally { traffic: traffic.clone(), written: false } };
+        let write = Metered { inner: write, meter: Tally { traffic: traffic.clone(), written: true } };
         (Box::new(read), Box::new(write), traffic)
     }
 }
 
-/// One half of a connection whose bytes a [`Traffic`] counts.
-struct Counted<T> {
-    inner: T,
-    traffic: Arc<Traffic>,
+/// What a [`Metered`] half does around each read or write.
+trait Meter: Send + Unpin {
+    /// Whether the half still shows its socket for `sendfile(2)` (a
+    /// meter that only counts can count what goes that way too).
+    const SHOWS_SOCKET: bool;
+    /// Ready when the next read or write may go.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+    /// `bytes` went through.
+    fn passed(&self, bytes: u64);
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let n = (buf.filled().len() - before) as u64;
-        self.traffic.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        std::task::Poll::Ready(Ok(()))
+/// A [`Throttle`]'s side of one half: it waits out the budget's debt.
+struct Budget {
+    throttle: Throttle,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Meter for Budget {
+    const SHOWS_SOCKET: bool = false;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        use std::future::Future;
+        loop {
+            if let Some(wait) = self.wait.as_mut() {
+                std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+            }
+            match self.throttle.debt() {
+                None => return Poll::Ready(()),
+                Some(wait) => self.wait = Some(Box::pin(tokio::time::sleep(wait))),
+            }
+        }
+    }
+
+    fn passed(&self, bytes: u64) {
+        self.throttle.charge(bytes);
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, data))?;
-        self.traffic.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        std::task::Poll::Ready(Ok(n))
+/// A [`Traffic`]'s side of one half: it counts.
+struct Tally {
+    traffic: Arc<Traffic>,
+    written: bool,
+}
+
+impl Meter for Tally {
+    const SHOWS_SOCKET: bool = true;
+
+    fn passed(&self, bytes: u64) {
+        let counter = if self.written { &self.traffic.written } else { &self.traffic.read };
+        counter.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// One half of a connection with a [`Meter`] around its reads and writes.
+struct Metered<T, M> {
+    inner: T,
+    meter: M,
+}
+
+impl<T: AsyncRead + Unpin, M: Meter> AsyncRead for Metered<T, M> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::task::ready!(self.meter.poll_ready(cx));
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.meter.passed((buf.filled().len() - before) as u64);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin, M: Meter> AsyncWrite for Metered<T, M> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.meter.poll_ready(cx));
+        let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+        self.meter.passed(n as u64);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        let n = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
-        self.traffic.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        std::task::Poll::Ready(Ok(n))
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.meter.poll_ready(cx));
+        let n = std::task::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.meter.passed(n as u64);
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
-impl WriteHalf for Counted<BoxWrite> {
+impl<M: Meter> WriteHalf for Metered<BoxWrite, M> {
     fn socket(&self) -> Option<BorrowedFd<'_>> {
-        self.inner.socket()
+        if M::SHOWS_SOCKET {
+            self.inner.socket()
+        } else {
+            None
+        }
     }
 
     fn sent_aside(&self, bytes: u64) {
-        self.traffic.written.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.meter.passed(bytes);
     }
 }
 

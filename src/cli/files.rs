@@ -365,9 +365,31 @@ fn dry_run(plan: &Plan) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A BLAKE3 as `-v` shows it: its first 16 hex digits.
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}
+
+/// What `-v` says of a file once its copy ended.
+fn log_outcome(name: &str, outcome: &Result<Transfer, ClientError>) {
+    match outcome {
+        Ok(t) if t.resumed > 0 => tracing::debug!(
+            "resumed {name}: {} held, {} sent, BLAKE3 {} verified",
+            HumanBytes(t.resumed),
+            HumanBytes(t.size - t.resumed),
+            short(&t.blake3)
+        ),
+        Ok(t) => tracing::debug!("sent {name}: {}, BLAKE3 {} verified", HumanBytes(t.size), short(&t.blake3)),
+        Err(e) => tracing::debug!("failed {name}: {}", printable(&super::explained(e))),
+    }
+}
+
 /// What `-v` says of a plan before the copy starts: what goes, what is
 /// left alone and why.
 fn log_decisions(plan: &Plan, checksum: bool) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let direction = plan.direction;
     let why_same = if checksum { "same BLAKE3" } else { "same size and modification time" };
     for job in &plan.unchanged {
@@ -562,16 +584,8 @@ impl Observer for Bars {
     }
 
     fn finished(&self, id: usize, job: &Job, outcome: &Result<Transfer, ClientError>) {
-        let name = printable(&job.source(self.direction)).into_owned();
-        match outcome {
-            Ok(t) if t.resumed > 0 => tracing::debug!(
-                "resumed {name}: {} held, {} sent, BLAKE3 {} verified",
-                HumanBytes(t.resumed),
-                HumanBytes(t.size - t.resumed),
-                &t.blake3[..16]
-            ),
-            Ok(t) => tracing::debug!("sent {name}: {}, BLAKE3 {} verified", HumanBytes(t.size), &t.blake3[..16]),
-            Err(e) => tracing::debug!("failed {name}: {}", printable(&super::explained(e))),
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            log_outcome(&printable(&job.source(self.direction)), outcome);
         }
         if let Some((Some(bar), _)) = self.active.lock().expect("bars").remove(&id) {
             bar.finish_and_clear();

@@ -277,18 +277,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(k) if cli.key_file_from_env => (None, Some(k)),
                 k => (k, None),
             };
-            let settings = config::Settings::load(cli.config.as_deref(), cli_key, env_key);
-            client_command(command, settings)
+            let settings = config::Settings::load(cli.config.as_deref(), cli_key, env_key)?;
+            client_command(command, &settings)
         }
     }
 }
 
-/// Runs a subcommand that talks to servers, with the config file's
-/// settings (a config file that does not parse is framewire's own
-/// failure, as a server that cannot be reached is).
-fn client_command(command: Command, settings: anyhow::Result<config::Settings>) -> anyhow::Result<ExitCode> {
-    let settings = settings?;
-    let s = &settings;
+/// Runs a subcommand that talks to servers (or reads the config file's
+/// groups), with the config file's settings.
+fn client_command(command: Command, s: &config::Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Config(ConfigWhich::Show { host }) => {
             print!("{}", s.show(host.as_deref()));
