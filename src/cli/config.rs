@@ -268,6 +268,8 @@ pub struct Settings {
     cli_key: Option<PathBuf>,
     /// `FRAMEWIRE_KEY_FILE`.
     env_key: Option<PathBuf>,
+    /// `--connect-timeout`.
+    connect_timeout: Option<std::time::Duration>,
 }
 
 /// What a `HOST` argument resolves to: where to connect, with which key,
@@ -289,6 +291,8 @@ pub struct Target {
     /// `--timeout` for exec (never for `shell`), if set in the config
     /// file.
     pub timeout: Option<f64>,
+    /// `--connect-timeout`.
+    pub connect_timeout: Option<std::time::Duration>,
     port_origin: Origin,
 }
 
@@ -318,6 +322,13 @@ impl Settings {
         settings.absolutize(&base);
         settings.path = Some(path);
         Ok(settings)
+    }
+
+    /// These settings, with every connection's connect and handshake
+    /// limited to `limit`.
+    pub fn with_connect_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.connect_timeout = Some(limit);
+        self
     }
 
     /// Key files as the file writes them: `~/` is the home directory, and
@@ -386,6 +397,7 @@ impl Settings {
             jobs: own.jobs.or(defaults.jobs).map(|j| j.0),
             bwlimit: own.bwlimit.or(defaults.bwlimit).map(|r| r.0),
             timeout: own.timeout.or(defaults.timeout).map(|s| s.0),
+            connect_timeout: self.connect_timeout,
             port_origin,
         }
     }
@@ -458,11 +470,19 @@ impl Target {
     /// The endpoint of a copy to or from this host: its address, key and
     /// bandwidth limit (`bwlimit` overrides the config file's).
     pub fn endpoint(&self, bwlimit: Option<u64>) -> anyhow::Result<Endpoint> {
-        let endpoint = Endpoint::new(self.addr.clone(), self.key()?);
-        Ok(match bwlimit.or(self.bwlimit) {
+        Ok(self.endpoint_with_key(self.key()?, bwlimit))
+    }
+
+    /// As [`endpoint`](Self::endpoint), with this host's key already read.
+    pub fn endpoint_with_key(&self, key: Option<Key>, bwlimit: Option<u64>) -> Endpoint {
+        let mut endpoint = Endpoint::new(self.addr.clone(), key);
+        if let Some(limit) = self.connect_timeout {
+            endpoint = endpoint.with_connect_timeout(limit);
+        }
+        match bwlimit.or(self.bwlimit) {
             Some(rate) => endpoint.with_bwlimit(Throttle::new(rate)),
             None => endpoint,
-        })
+        }
     }
 
     /// Opens one connection to this host (with no bandwidth limit: that
@@ -473,7 +493,11 @@ impl Target {
     /// The key cannot be read, or the connection or its authentication
     /// fails.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Endpoint::new(self.addr.clone(), self.key()?).connect().await?)
+        let mut endpoint = Endpoint::new(self.addr.clone(), self.key()?);
+        if let Some(limit) = self.connect_timeout {
+            endpoint = endpoint.with_connect_timeout(limit);
+        }
+        Ok(endpoint.connect().await?)
     }
 
     /// A remote path as the server takes it: with an alias's `dir`,

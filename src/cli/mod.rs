@@ -48,6 +48,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "FRAMEWIRE_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 
+    /// Give up on a server that has not connected and finished the
+    /// handshake (TLS, key proof) within SECS seconds: a host down, or one
+    /// that accepts and never answers (each host of a fan-out apart).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    connect_timeout: f64,
+
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG, if set,
     /// takes precedence.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -277,7 +283,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(k) if cli.key_file_from_env => (None, Some(k)),
                 k => (k, None),
             };
-            let settings = config::Settings::load(cli.config.as_deref(), cli_key, env_key)?;
+            let settings = config::Settings::load(cli.config.as_deref(), cli_key, env_key)?
+                .with_connect_timeout(std::time::Duration::from_secs_f64(cli.connect_timeout));
             client_command(command, &settings)
         }
     }
@@ -318,6 +325,14 @@ fn client_command(command: Command, s: &config::Settings) -> anyhow::Result<Exit
         Command::Mv(args) => block_on(ops::mv(args, s)),
         Command::Mkdir(args) => block_on(ops::mkdir(args, s)),
         _ => unreachable!("run() takes the others"),
+    }
+}
+
+/// A positive, finite number of seconds.
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?}: a positive number of seconds")),
     }
 }
 

@@ -17,6 +17,16 @@ pub enum ClientError {
         /// Why.
         source: io::Error,
     },
+    /// No connection, or no framewire handshake over it, within the
+    /// connect timeout (a host that is down, filtered, or accepts TCP and
+    /// never answers).
+    #[error("cannot connect to {addr}: no answer within {after:?}")]
+    ConnectTimeout {
+        /// The address, with the default port added.
+        addr: String,
+        /// The limit that ran out.
+        after: std::time::Duration,
+    },
     /// Framing or transport failed; the connection is unusable.
     #[error(transparent)]
     Wire(wire::Error),

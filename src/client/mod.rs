@@ -9,6 +9,7 @@ mod job;
 mod stream;
 
 pub mod filter;
+pub mod fleet;
 pub mod hosts;
 pub mod tree;
 

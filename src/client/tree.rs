@@ -52,12 +52,23 @@ pub struct Endpoint {
     addr: String,
     key: Option<Key>,
     throttle: Option<crate::transport::Throttle>,
+    connect_timeout: Option<Duration>,
 }
 
 impl Endpoint {
     /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
     pub fn new(addr: impl Into<String>, key: Option<Key>) -> Self {
-        Endpoint { addr: addr.into(), key, throttle: None }
+        Endpoint { addr: addr.into(), key, throttle: None, connect_timeout: None }
+    }
+
+    /// Every connection opened from here must be connected, and its
+    /// handshake (TLS and the key proof) done, within `limit`, or fails
+    /// with [`ClientError::ConnectTimeout`] (`--connect-timeout`). Without
+    /// one, the TCP connect waits as long as the system does and the
+    /// handshake [`HANDSHAKE_TIMEOUT`](super::HANDSHAKE_TIMEOUT).
+    pub fn with_connect_timeout(mut self, limit: Duration) -> Self {
+        self.connect_timeout = Some(limit);
+        self
     }
 
     /// Every connection opened from here shares `throttle`'s bandwidth
@@ -76,9 +87,15 @@ impl Endpoint {
     ///
     /// # Errors
     ///
-    /// As [`Client::connect_with`].
+    /// As [`Client::connect_with`], and [`ClientError::ConnectTimeout`]
+    /// past the connect timeout.
     pub async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect_limited(&self.addr, self.key.as_ref(), self.throttle.as_ref()).await
+        let connecting = Client::connect_limited(&self.addr, self.key.as_ref(), self.throttle.as_ref());
+        let Some(limit) = self.connect_timeout else { return connecting.await };
+        match tokio::time::timeout(limit, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::ConnectTimeout { addr: crate::proto::with_default_port(&self.addr), after: limit }),
+        }
     }
 }
 
