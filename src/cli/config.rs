@@ -505,14 +505,7 @@ impl Target {
     /// root; without one, the path as given (the server refuses absolute
     /// ones).
     pub fn path(&self, path: &str) -> String {
-        let Some(dir) = &self.dir else { return path.to_owned() };
-        if let Some(from_root) = path.strip_prefix('/') {
-            return from_root.trim_start_matches('/').to_owned();
-        }
-        match path {
-            "" | "." => dir.clone(),
-            _ => format!("{dir}/{path}"),
-        }
+        framewire::client::fleet::remote_path(self.dir.as_deref(), path)
     }
 }
 

@@ -20,8 +20,29 @@ pub const OWN_FAILURE: u8 = 255;
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// The server: an alias from the config file, or `host[:port]`
-    /// (default port 9909).
-    addr: String,
+    /// (default port 9909). Not with -w or --hostfile.
+    #[arg(required_unless_present_any = ["hosts", "hostfile"])]
+    addr: Option<String>,
+
+    #[command(flatten)]
+    fleet: super::fleet::HostArgs,
+
+    /// With -w: hosts at once (default 64); the next starts as soon as
+    /// any running one ends.
+    #[arg(short = 'f', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    fanout: Option<u16>,
+
+    /// With -w: gather each host's output and print identical outputs
+    /// (same stdout, stderr and exit) once, under the folded set of hosts
+    /// that gave them, as `clush -b` and `dshbak -c` do.
+    #[arg(short = 'b', long = "gather", conflicts_with = "json")]
+    gather: bool,
+
+    /// With -w: one JSON object a line on stdout for each host as it ends
+    /// (host, status, exit_code, signal, error, stdout, stderr, truncated,
+    /// duration).
+    #[arg(long)]
+    json: bool,
 
     /// Kill the remote command and everything it started after SECS seconds.
     #[arg(long, value_name = "SECS")]
@@ -47,11 +68,11 @@ pub struct ExecArgs {
     /// The command. One argument is a shell command line as it stands
     /// (pipes, `;`, redirections work); several are quoted so that exactly
     /// that argv runs. Put `--` before it.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
-fn timeout(secs: Option<f64>) -> anyhow::Result<Option<Duration>> {
+pub fn timeout(secs: Option<f64>) -> anyhow::Result<Option<Duration>> {
     secs.map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--timeout {s}: not a number of seconds")))
         .transpose()
 }
@@ -139,10 +160,44 @@ async fn request_pty(client: &mut Client) -> Result<(), ClientError> {
     client.request_pty(&term::term(), size).await
 }
 
+/// One command line: one argument as it stands, several quoted.
+fn command_line(words: &[String]) -> String {
+    if words.len() == 1 {
+        words[0].clone()
+    } else {
+        shell_join(words)
+    }
+}
+
+/// `exec -w`: the command on every host of the set.
+async fn on_hosts(args: ExecArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.tty == 0, "-t: a terminal is for one host; run without -t on a host set");
+    let words: Vec<String> = args.addr.into_iter().chain(args.command).collect();
+    anyhow::ensure!(!words.is_empty(), "no command: give it after the hosts (framewire exec -w HOSTS -- CMD)");
+    let names = args.fleet.names(settings)?;
+    let hosts = super::fleet::resolve(names, settings, None, args.timeout)?;
+    let shown = match (args.gather, args.json) {
+        (true, _) => super::fleet::Shown::Gathered,
+        (false, true) => super::fleet::Shown::Json,
+        (false, false) => super::fleet::Shown::Lines,
+    };
+    let fanout = args.fanout.map_or(framewire::client::fleet::DEFAULT_FANOUT, usize::from);
+    super::fleet::exec(hosts, command_line(&words), args.env.vars, fanout, shown).await
+}
+
 pub async fn run(args: ExecArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let target = settings.resolve(&args.addr);
+    if args.fleet.given() {
+        return on_hosts(args, settings).await;
+    }
+    args.fleet.check_single()?;
+    for (given, flag) in [(args.fanout.is_some(), "-f"), (args.gather, "-b"), (args.json, "--json")] {
+        anyhow::ensure!(!given, "{flag} is for a host set: give one with -w or --hostfile");
+    }
+    let addr = args.addr.as_deref().expect("clap requires the address without -w");
+    anyhow::ensure!(!args.command.is_empty(), "no command: give it after the host (framewire exec HOST -- CMD)");
+    let target = settings.resolve(addr);
     let timeout = timeout(args.timeout.or(target.timeout))?;
-    let command = if args.command.len() == 1 { args.command[0].clone() } else { shell_join(&args.command) };
+    let command = command_line(&args.command);
     let stdin_tty = term::stdin_is_tty();
     let tty = wants_tty(args.tty, args.no_tty, stdin_tty);
     let mut client = target.connect().await?;

@@ -160,31 +160,90 @@ impl TransferArgs {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// Server address, `host[:port]` (default port 9909); or, scp's way, the
-    /// first remote source as `HOST:PATH` (`get web:logs/app.log .`).
+    /// first remote source as `HOST:PATH` (`get web:logs/app.log .`). With
+    /// -w: the first remote path.
     addr: String,
     /// REMOTE... [LOCAL|-]: remote paths (each `HOST:PATH` in scp's form),
     /// then where to put them (default: the current directory; `-` writes
     /// one file to stdout). Like `cp`: with several sources, or if LOCAL is
     /// a directory, each lands inside it.
+    /// With -w: REMOTE... [DIR], each host's files landing in DIR/HOST/.
     #[arg(num_args = 0.., value_name = "PATHS")]
     paths: Vec<String>,
     #[command(flatten)]
     opts: TransferArgs,
+    #[command(flatten)]
+    fleet: FleetCopyArgs,
+}
+
+/// `-w` and its company on `get` and `put`.
+#[derive(Debug, Args)]
+pub struct FleetCopyArgs {
+    #[command(flatten)]
+    hosts: super::fleet::HostArgs,
+    /// With -w: hosts at once (default 64). (`-f` is --force here.)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    fanout: Option<u16>,
+    /// With -w: one JSON object a line on stdout for each host as it ends
+    /// (host, status, error, files, bytes_sent, bytes_resumed, unchanged,
+    /// deleted, refused, failures, duration).
+    #[arg(long)]
+    json: bool,
+}
+
+impl FleetCopyArgs {
+    /// Refuses the fan-out's flags on a one-host copy.
+    fn check_single(&self) -> anyhow::Result<()> {
+        self.hosts.check_single()?;
+        for (given, flag) in [(self.fanout.is_some(), "--fanout"), (self.json, "--json")] {
+            anyhow::ensure!(!given, "{flag} is for a host set: give one with -w or --hostfile");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
     /// Server address, `host[:port]` (default port 9909); or, scp's way,
     /// the first local source, with the destination last as `HOST:PATH`
-    /// (`put notes.txt web:docs/`; `web:` is the served root).
+    /// (`put notes.txt web:docs/`; `web:` is the served root). With -w:
+    /// the first local source.
     addr: String,
     /// LOCAL... [REMOTE]: local files (or trees with -r), then where to put
     /// them on the server (default: the root). Like `cp`: with several
-    /// sources, or if REMOTE is a directory, each lands inside it.
+    /// sources, or if REMOTE is a directory, each lands inside it. With
+    /// -w: LOCAL... [REMOTE], the same on every host.
     #[arg(num_args = 0.., value_name = "PATHS")]
     paths: Vec<String>,
     #[command(flatten)]
     opts: TransferArgs,
+    #[command(flatten)]
+    fleet: FleetCopyArgs,
+}
+
+/// `put -w` and `get -w`: the copy on every host of the set.
+async fn on_hosts(
+    all: Vec<String>,
+    put: bool,
+    opts: &TransferArgs,
+    fleet: FleetCopyArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!opts.dry_run, "--dry-run is for one host (run it on one host of the set)");
+    let (paths, last) = super::fleet::split_last(all);
+    anyhow::ensure!(last.as_deref() != Some("-") && !paths.iter().any(|p| p == "-"), "`-` (stdin or stdout) is for one host");
+    let names = fleet.hosts.names(settings)?;
+    let hosts = super::fleet::resolve(names, settings, opts.bwlimit, None)?;
+    let what = if put {
+        super::fleet::Copy::Put { sources: paths.iter().map(PathBuf::from).collect(), dest: last }
+    } else {
+        super::fleet::Copy::Get { paths, dir: PathBuf::from(last.unwrap_or_else(|| ".".into())) }
+    };
+    let jobs = opts.jobs.map_or(super::config::DEFAULT_JOBS, usize::from);
+    let copy = CopyOptions::new(opts.force, jobs);
+    let fanout = fleet.fanout.map_or(framewire::client::fleet::DEFAULT_FANOUT, usize::from);
+    let shown = super::fleet::CopyShown { json: fleet.json, quiet: opts.quiet };
+    super::fleet::copy(hosts, what, opts.plan_options()?, copy, fanout, shown).await
 }
 
 /// A plan that could not be made, in the CLI's words.
@@ -288,7 +347,11 @@ fn copy_form(addr: String, mut paths: Vec<String>, put: bool) -> anyhow::Result<
 }
 
 pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let GetArgs { addr, paths, opts } = args;
+    let GetArgs { addr, paths, opts, fleet } = args;
+    if fleet.hosts.given() {
+        return on_hosts(std::iter::once(addr).chain(paths).collect(), false, &opts, fleet, settings).await;
+    }
+    fleet.check_single()?;
     let (addr, paths, dest) = copy_form(addr, paths, false)?;
     let target = settings.resolve(&addr);
     let paths: Vec<String> = paths.iter().map(|p| target.path(p)).collect();
@@ -312,7 +375,11 @@ pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode>
 }
 
 pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let PutArgs { addr, paths, opts } = args;
+    let PutArgs { addr, paths, opts, fleet } = args;
+    if fleet.hosts.given() {
+        return on_hosts(std::iter::once(addr).chain(paths).collect(), true, &opts, fleet, settings).await;
+    }
+    fleet.check_single()?;
     let (addr, paths, dest) = copy_form(addr, paths, true)?;
     let target = settings.resolve(&addr);
     // No destination: the alias's directory (or the root).

@@ -14,6 +14,7 @@ mod demo;
 mod echo;
 mod exec;
 mod files;
+mod fleet;
 mod ops;
 mod serve;
 mod sticky;
@@ -73,7 +74,7 @@ enum Command {
     /// Run a command on the server: output streamed back, stdin forwarded,
     /// the remote exit code returned.
     #[command(
-        after_help = "Examples:\n  framewire exec web -- uptime\n  framewire exec web --timeout 30 -- 'make -j4 && make test'\n  framewire exec -t web -- top\n  framewire exec -e LANG=C.UTF-8 web -- locale"
+        after_help = "Examples:\n  framewire exec web -- uptime\n  framewire exec web --timeout 30 -- 'make -j4 && make test'\n  framewire exec -t web -- top\n  framewire exec -e LANG=C.UTF-8 web -- locale\n  framewire exec -w 'web[01-20]' -x web07 -- uptime\n  framewire exec -w @db -b --timeout 60 -- 'df -h /'\n  framewire exec --hostfile hosts.txt -f 200 --json -- 'uname -r'"
     )]
     Exec(exec::ExecArgs),
     /// An interactive prompt running each line on the server.
@@ -86,12 +87,12 @@ enum Command {
     Ls(files::LsArgs),
     /// Download files (or trees with -r) from the server.
     #[command(
-        after_help = "Examples:\n  framewire get web:logs/app.log .\n  framewire get web logs/app.log logs/old.log backup/\n  framewire get -r --bwlimit 10M web:photos ./photos\n  framewire get web:report.csv - | head"
+        after_help = "Examples:\n  framewire get web:logs/app.log .\n  framewire get web logs/app.log logs/old.log backup/\n  framewire get -r --bwlimit 10M web:photos ./photos\n  framewire get web:report.csv - | head\n  framewire get -w 'web[01-20]' logs/app.log ./logs    (./logs/web01/app.log, ...)"
     )]
     Get(files::GetArgs),
     /// Upload files (or trees with -r) to the server.
     #[command(
-        after_help = "Examples:\n  framewire put notes.txt web:docs/\n  framewire put web notes.txt docs/\n  framewire put -r --delete --exclude target/ ./site web:www"
+        after_help = "Examples:\n  framewire put notes.txt web:docs/\n  framewire put web notes.txt docs/\n  framewire put -r --delete --exclude target/ ./site web:www\n  framewire put -w 'web[01-20]' -r ./site www"
     )]
     Put(files::PutArgs),
     /// Remove files (directories with -r) on the server.

@@ -61,12 +61,29 @@ const QUEUE: usize = 1024;
 pub struct Host {
     name: Arc<str>,
     endpoint: Endpoint,
+    dir: Option<Arc<str>>,
+    timeout: Option<Duration>,
 }
 
 impl Host {
     /// The host `name` (as events name it), reached at `endpoint`.
     pub fn new(name: impl Into<Arc<str>>, endpoint: Endpoint) -> Self {
-        Host { name: name.into(), endpoint }
+        Host { name: name.into(), endpoint, dir: None, timeout: None }
+    }
+
+    /// The same, with relative remote paths of [`put`] and [`get`] taken
+    /// from `dir` on this host (see [`remote_path`]), as a config file
+    /// alias's `dir` does.
+    pub fn with_dir(mut self, dir: Option<String>) -> Self {
+        self.dir = dir.filter(|d| !d.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// The same, with this host's commands killed after `timeout`, over
+    /// the fan-out's [`ExecOptions::timeout`] (`None`: that one).
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Its name.
@@ -168,6 +185,10 @@ pub enum HostError {
     /// The fan-out was cancelled before this host's turn.
     #[error("not started: cancelled")]
     NotStarted,
+    /// The fan-out was cancelled while this host's job ran (a copy's
+    /// partial files are kept for a resume).
+    #[error("cancelled")]
+    Cancelled,
     /// The host's task panicked (a bug).
     #[error("internal error: {0}")]
     Crashed(String),
@@ -200,6 +221,8 @@ impl HostError {
 pub struct HostRun<T> {
     host: Arc<str>,
     endpoint: Endpoint,
+    dir: Option<Arc<str>>,
+    timeout: Option<Duration>,
     events: mpsc::Sender<Event<T>>,
     cancel: CancellationToken,
 }
@@ -213,6 +236,12 @@ impl<T: Send + 'static> HostRun<T> {
     /// Where its connections go.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// A remote path as this host's server takes it: relative to the
+    /// host's directory if it has one ([`remote_path`]).
+    pub fn remote_path(&self, path: &str) -> String {
+        remote_path(self.dir.as_deref(), path)
     }
 
     /// Opens a connection to the host, its failure sorted
@@ -252,6 +281,12 @@ impl<T> Events<T> {
     /// The next event; `None` once every host has finished.
     pub async fn next(&mut self) -> Option<Event<T>> {
         self.rx.recv().await
+    }
+
+    /// The next event if one is ready, as a `Stream`'s `poll_next`:
+    /// `Ready(None)` once every host has finished.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event<T>>> {
+        self.rx.poll_recv(cx)
     }
 
     /// Stops the fan-out (see [`FleetOptions::cancel`]); the events of
@@ -307,8 +342,8 @@ where
         // Ended hosts' tasks, out of the set: it holds the window, not
         // every host seen.
         while running.try_join_next().is_some() {}
-        let Host { name, endpoint } = host;
-        let run = HostRun { host: name.clone(), endpoint, events: tx.clone(), cancel: cancel.clone() };
+        let Host { name, endpoint, dir, timeout } = host;
+        let run = HostRun { host: name.clone(), endpoint, dir, timeout, events: tx.clone(), cancel: cancel.clone() };
         let (tx, job) = (tx.clone(), job.clone());
         running.spawn(async move {
             let started = Instant::now();
@@ -335,8 +370,9 @@ fn not_started<T>(host: Host) -> Event<T> {
 
 /// Runs `command` (a shell command line) on every host, with `env` sent
 /// first if any, stdin closed; its output comes as line events, its end
-/// as the host's [`ExitStatus`]. `exec.timeout` kills each host's process
-/// group once past it; cancelling kills those running.
+/// as the host's [`ExitStatus`]. The host's timeout ([`Host::with_timeout`])
+/// or else `exec.timeout` kills each host's process group once past it;
+/// cancelling kills those running.
 pub fn exec(
     hosts: Vec<Host>,
     command: impl Into<String>,
@@ -356,6 +392,10 @@ pub fn exec(
             let (mut out, mut err) = (run.stdout(), run.stderr());
             let mut cancel = std::pin::pin!(run.cancel().clone().cancelled_owned());
             let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: Some(cancel.as_mut()), resize: None };
+            let exec = match run.timeout {
+                Some(own) => ExecOptions::with_timeout(Some(own)),
+                None => exec,
+            };
             let status = client.exec(&command, &exec, io).await.map_err(HostError::Failed)?;
             out.finish().await;
             err.finish().await;
@@ -367,6 +407,8 @@ pub fn exec(
 /// Copies local `sources` to `dest` on every host (as [`tree::plan_put`]
 /// and [`tree::run`] do for one: skip-unchanged, resumed, each file
 /// verified by BLAKE3); each host's result is its copy's [`Summary`].
+/// `dest` is taken from each host's directory ([`Host::with_dir`]); none
+/// is that directory, or the served root.
 pub fn put(
     hosts: Vec<Host>,
     sources: Vec<PathBuf>,
@@ -380,18 +422,28 @@ pub fn put(
         let shared = shared.clone();
         async move {
             let (sources, dest, plan, copy) = &*shared;
+            let dest = Some(run.remote_path(dest.as_deref().unwrap_or(""))).filter(|d| !d.is_empty());
             let mut client = run.connect().await?;
             let plan =
                 tree::plan_put(&mut client, sources, dest.as_deref(), plan.clone()).await.map_err(HostError::Plan)?;
             drop(client);
-            Ok(tree::run(run.endpoint(), plan, copy, Arc::new(Quiet)).await)
+            cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await
         }
     })
 }
 
+/// `copy`, unless `cancel` comes first: then the copy is dropped where it
+/// is (its partial files kept for a resume).
+async fn cancellable(cancel: &CancellationToken, copy: impl Future<Output = Summary>) -> Result<Summary, HostError> {
+    tokio::select! {
+        summary = copy => Ok(summary),
+        () = cancel.cancelled() => Err(HostError::Cancelled),
+    }
+}
+
 /// Copies remote `paths` from every host into `dir/HOST/` (the host's
 /// name as the directory's; see [`host_dir`]), as [`put`] does the other
-/// way.
+/// way; relative `paths` start in each host's directory.
 pub fn get(
     hosts: Vec<Host>,
     paths: Vec<String>,
@@ -408,12 +460,28 @@ pub fn get(
             let dest = dir.join(host_dir(run.name()));
             std::fs::create_dir_all(&dest)
                 .map_err(|source| HostError::Failed(ClientError::Local { path: dest.clone(), source }))?;
+            let paths: Vec<String> = paths.iter().map(|p| run.remote_path(p)).collect();
             let mut client = run.connect().await?;
-            let plan = tree::plan_get(&mut client, paths, &dest, plan.clone()).await.map_err(HostError::Plan)?;
+            let plan = tree::plan_get(&mut client, &paths, &dest, plan.clone()).await.map_err(HostError::Plan)?;
             drop(client);
-            Ok(tree::run(run.endpoint(), plan, copy, Arc::new(Quiet)).await)
+            cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await
         }
     })
+}
+
+/// A remote path as a server takes it, for a host whose relative paths
+/// start in `dir`: relative ones are joined to it, a leading `/` means
+/// from the served root; without a directory, the path as given (the
+/// server refuses absolute ones).
+pub fn remote_path(dir: Option<&str>, path: &str) -> String {
+    let Some(dir) = dir.filter(|d| !d.is_empty()) else { return path.to_owned() };
+    if let Some(from_root) = path.strip_prefix('/') {
+        return from_root.trim_start_matches('/').to_owned();
+    }
+    match path {
+        "" | "." => dir.to_owned(),
+        _ => format!("{dir}/{path}"),
+    }
 }
 
 /// The directory `get` gives a host's files: its name, with any `/`
