@@ -231,7 +231,10 @@ async fn on_hosts(
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!opts.dry_run, "--dry-run is for one host (run it on one host of the set)");
     let (paths, last) = super::fleet::split_last(all);
-    anyhow::ensure!(last.as_deref() != Some("-") && !paths.iter().any(|p| p == "-"), "`-` (stdin or stdout) is for one host");
+    anyhow::ensure!(
+        last.as_deref() != Some("-") && !paths.iter().any(|p| p == "-"),
+        "`-` (stdin or stdout) is for one host"
+    );
     let names = fleet.hosts.names(settings)?;
     let hosts = super::fleet::resolve(names, settings, opts.bwlimit, None)?;
     let what = if put {

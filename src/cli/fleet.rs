@@ -42,7 +42,7 @@ pub struct HostArgs {
     hostfile: Vec<PathBuf>,
     /// Leave out these hosts (a host set). Repeatable.
     #[arg(short = 'x', long = "exclude-hosts", value_name = "HOSTS")]
-    exclude: Vec<String>,
+    exclude_hosts: Vec<String>,
 }
 
 impl HostArgs {
@@ -53,7 +53,7 @@ impl HostArgs {
 
     /// Refuses `-x` without a host set (it would be silently ignored).
     pub fn check_single(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.exclude.is_empty(), "-x leaves hosts out of a host set: give one with -w or --hostfile");
+        anyhow::ensure!(self.exclude_hosts.is_empty(), "-x leaves hosts out of a host set: give one with -w or --hostfile");
         Ok(())
     }
 
@@ -80,21 +80,25 @@ impl HostArgs {
             }
         }
         for file in &self.hostfile {
-            let text =
-                std::fs::read_to_string(file).with_context(|| format!("cannot read the host file {}", file.display()))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the host file {}", file.display()))?;
             for (n, line) in listed(&text) {
                 set.extend(hosts::expand(line, &groups).with_context(|| format!("{}:{n}", file.display()))?);
             }
         }
         let mut gone = HashSet::new();
-        for expr in &self.exclude {
+        for expr in &self.exclude_hosts {
             gone.extend(hosts::expand(expr, &groups)?);
         }
         let all = set.hosts.len();
         let mut names = set.hosts;
         names.retain(|h| !gone.contains(h));
         anyhow::ensure!(names.len() <= hosts::MAX_HOSTS, "more than {} hosts", hosts::MAX_HOSTS);
-        anyhow::ensure!(!names.is_empty(), "no hosts: {}", if all > 0 { "-x left out all of them" } else { "the set is empty" });
+        anyhow::ensure!(
+            !names.is_empty(),
+            "no hosts: {}",
+            if all > 0 { "-x left out all of them" } else { "the set is empty" }
+        );
         Ok(names)
     }
 }
@@ -546,10 +550,8 @@ pub async fn exec(
                     continue;
                 }
                 match &outcome {
-                    Ok(_) if class == Class::TimedOut => out.note(format_args!(
-                        "{name}: timed out after {}; its process group was killed",
-                        secs(elapsed)
-                    )),
+                    Ok(_) if class == Class::TimedOut => out
+                        .note(format_args!("{name}: timed out after {}; its process group was killed", secs(elapsed))),
                     Ok(status) if class == Class::Failed => out.note(format_args!("{name}: {}", status_words(status))),
                     Ok(_) => {}
                     Err(HostError::NotStarted) => {}
@@ -816,7 +818,10 @@ fn copy_lines(name: &str, s: &Summary, quiet: bool) -> Vec<String> {
         lines.push(format!("{name}: {} in {}{verified}", parts.join(", "), secs(s.elapsed)));
     }
     for f in &s.failures {
-        lines.push(format!("framewire: {name}: error: {}", printable(&format!("{}: {}", f.path, super::explained(&f.error)))));
+        lines.push(format!(
+            "framewire: {name}: error: {}",
+            printable(&format!("{}: {}", f.path, super::explained(&f.error)))
+        ));
     }
     if !s.refused.is_empty() {
         lines.push(format!(
@@ -836,7 +841,9 @@ fn hosts_bar(hosts: usize, quiet: bool) -> ProgressBar {
     };
     let bar = ProgressBar::with_draw_target(Some(hosts as u64), target);
     bar.set_style(
-        ProgressStyle::with_template("hosts [{wide_bar}] {pos}/{len} {elapsed}").expect("valid template").progress_chars("=> "),
+        ProgressStyle::with_template("hosts [{wide_bar}] {pos}/{len} {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar
 }
@@ -868,7 +875,10 @@ mod tests {
 
     #[test]
     fn headers_frame_the_label() {
-        assert_eq!(header("web[01-05,07] (6 hosts)"), "-----------------------\nweb[01-05,07] (6 hosts)\n-----------------------\n");
+        assert_eq!(
+            header("web[01-05,07] (6 hosts)"),
+            "-----------------------\nweb[01-05,07] (6 hosts)\n-----------------------\n"
+        );
         assert_eq!(header("a (1 host)"), "---------------\na (1 host)\n---------------\n");
     }
 

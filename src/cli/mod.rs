@@ -464,6 +464,15 @@ pub fn block_on<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) ->
 mod tests {
     use super::one_line;
 
+    /// clap's own checks of the definitions (unique names, valid
+    /// requirements), which it otherwise makes only when a debug build
+    /// parses that subcommand.
+    #[test]
+    fn the_command_line_is_well_defined() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+
     #[derive(Debug, thiserror::Error)]
     #[error("I/O error: {0}")]
     struct Shows(#[from] std::io::Error);

@@ -391,7 +391,8 @@ pub fn exec(
             }
             let (mut out, mut err) = (run.stdout(), run.stderr());
             let mut cancel = std::pin::pin!(run.cancel().clone().cancelled_owned());
-            let io = ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: Some(cancel.as_mut()), resize: None };
+            let io =
+                ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: Some(cancel.as_mut()), resize: None };
             let exec = match run.timeout {
                 Some(own) => ExecOptions::with_timeout(Some(own)),
                 None => exec,

@@ -94,7 +94,9 @@ impl Endpoint {
         let Some(limit) = self.connect_timeout else { return connecting.await };
         match tokio::time::timeout(limit, connecting).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::ConnectTimeout { addr: crate::proto::with_default_port(&self.addr), after: limit }),
+            Err(_) => {
+                Err(ClientError::ConnectTimeout { addr: crate::proto::with_default_port(&self.addr), after: limit })
+            }
         }
     }
 }
