@@ -292,7 +292,12 @@ async fn host_sets_from_files_stdin_groups_and_excludes() {
     assert_eq!(hosts_of(&out), ["h01", "h02", "h03", "h04", "h05"]);
 
     // Each malformed set is one clear line, before anything connects.
-    for (set, why) in [("h[01-", "without its ']'"), ("h[05-01]", "runs backwards"), ("@nope", "no such group"), ("h,,x", "empty item")] {
+    for (set, why) in [
+        ("h[01-", "without its ']'"),
+        ("h[05-01]", "runs backwards"),
+        ("@nope", "no such group"),
+        ("h,,x", "empty item"),
+    ] {
         let out = f.run(&["exec", "-w", set, "--", "true"]);
         let err = text(&out.stderr);
         assert!(!out.status.success() && err.lines().count() == 1 && err.contains(why), "{set}: {err}");

@@ -53,7 +53,10 @@ impl HostArgs {
 
     /// Refuses `-x` without a host set (it would be silently ignored).
     pub fn check_single(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.exclude_hosts.is_empty(), "-x leaves hosts out of a host set: give one with -w or --hostfile");
+        anyhow::ensure!(
+            self.exclude_hosts.is_empty(),
+            "-x leaves hosts out of a host set: give one with -w or --hostfile"
+        );
         Ok(())
     }
 
