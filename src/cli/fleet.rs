@@ -550,6 +550,9 @@ pub async fn exec(
                     let mut line = serde_json::to_vec(&record)?;
                     line.push(b'\n');
                     out.out(&line);
+                    if out.failed.is_some() {
+                        events.cancel();
+                    }
                     continue;
                 }
                 match &outcome {
@@ -584,7 +587,9 @@ pub async fn exec(
             let set = printable(&hosts::fold(&group.hosts)).into_owned();
             let n = group.hosts.len();
             let label = format!("{set} ({n} host{}{ending})", if n == 1 { "" } else { "s" });
-            if !stdout.is_empty() || stderr.is_empty() && !ending.is_empty() {
+            // A group without output is not shown: its hosts were named as
+            // they ended if they failed, and are in the summary.
+            if !stdout.is_empty() {
                 out.out(header(&label).as_bytes());
                 out.out(&ended(&stdout, cut));
             }

@@ -42,6 +42,7 @@ use super::error::ClientError;
 use super::exec::{ExecIo, ExecOptions, ExitStatus};
 use super::tree::{self, CopyOptions, Endpoint, PlanError, PlanOptions, Quiet, Summary};
 use super::Client;
+use crate::text::printable;
 
 /// Hosts at once unless told otherwise: enough that 1,000 hosts take
 /// seconds, few enough for the open-file limit of most systems.
@@ -369,7 +370,9 @@ fn not_started<T>(host: Host) -> Event<T> {
 }
 
 /// Runs `command` (a shell command line) on every host, with `env` sent
-/// first if any, stdin closed; its output comes as line events, its end
+/// first if any (names a server refuses are said in a line on that
+/// host's stderr, `framewire: the server refused to set NAME`), stdin
+/// closed; its output comes as line events, its end
 /// as the host's [`ExitStatus`]. The host's timeout ([`Host::with_timeout`])
 /// or else `exec.timeout` kills each host's process group once past it;
 /// cancelling kills those running.
@@ -386,10 +389,17 @@ pub fn exec(
         let (command, exec, env) = (command.clone(), exec.clone(), env.clone());
         async move {
             let mut client = run.connect().await?;
-            if !env.is_empty() {
-                client.set_env(&env).await.map_err(HostError::Failed)?;
-            }
             let (mut out, mut err) = (run.stdout(), run.stderr());
+            if !env.is_empty() {
+                let answer = client.set_env(&env).await.map_err(HostError::Failed)?;
+                if !answer.refused.is_empty() {
+                    // Said on the host's stderr, where its user looks.
+                    let names: Vec<String> = answer.refused.iter().map(|n| printable(n).into_owned()).collect();
+                    let note =
+                        format!("framewire: the server refused to set {} (see its --accept-env)\n", names.join(", "));
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut err, note.as_bytes()).await;
+                }
+            }
             let mut cancel = std::pin::pin!(run.cancel().clone().cancelled_owned());
             let io =
                 ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: Some(cancel.as_mut()), resize: None };
