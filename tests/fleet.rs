@@ -671,3 +671,55 @@ impl Drop for Namespaces {
         }
     }
 }
+
+/// Copies of one local file to eight hosts at once read it about once
+/// between them, not once each, and every host gets it whole: one big
+/// file (a request of its own) and a tree of two (streamed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_reads_each_local_file_once() {
+    use framewire::client::tree::{self, CopyOptions, PlanOptions, Quiet, SharedReads};
+    let mut f = Fleet::new();
+    for i in 1..=8 {
+        f.serve(&format!("r{i}"), &format!("127.0.3.{i}"), None, None).await;
+    }
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(src.join("tree")).unwrap();
+    let (one, a, b) = (pattern(24 << 20, 1), pattern(9 << 20, 2), pattern((7 << 20) + 5, 3));
+    std::fs::write(src.join("one.bin"), &one).unwrap();
+    std::fs::write(src.join("tree/a.bin"), &a).unwrap();
+    std::fs::write(src.join("tree/b.bin"), &b).unwrap();
+    let ports: Vec<u16> =
+        f.toml.lines().filter_map(|l| l.strip_prefix("port = ")).map(|p| p.parse().unwrap()).collect();
+    for (sources, recursive, chunks) in [(vec![src.join("one.bin")], false, 24), (vec![src.join("tree")], true, 9 + 8)]
+    {
+        let reads = SharedReads::new(256 << 20);
+        let copies: Vec<_> = (1..=8)
+            .map(|i| {
+                let endpoint = Endpoint::new(format!("127.0.3.{i}:{}", ports[i - 1]), Some(f.key()))
+                    .with_shared_reads(reads.clone());
+                let sources = sources.clone();
+                tokio::spawn(async move {
+                    let mut client = endpoint.connect().await.unwrap();
+                    let plan =
+                        tree::plan_put(&mut client, &sources, None, PlanOptions::new(recursive, false)).await.unwrap();
+                    drop(client);
+                    tree::run(&endpoint, plan, &CopyOptions::new(false, 2), Arc::new(Quiet)).await
+                })
+            })
+            .collect();
+        for copy in copies {
+            let summary = copy.await.unwrap();
+            assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+        }
+        let read = reads.chunks_read();
+        eprintln!("{chunks} chunks to eight hosts: {read} chunk reads");
+        assert!(read >= chunks && read < 2 * chunks, "{read} chunk reads for {chunks} chunks to 8 hosts");
+        assert_eq!(reads.held(), 0);
+    }
+    for i in 1..=8 {
+        let root = f.root(&format!("r{i}")).to_owned();
+        assert!(std::fs::read(root.join("one.bin")).unwrap() == one, "r{i}");
+        assert!(std::fs::read(root.join("tree/a.bin")).unwrap() == a, "r{i}");
+        assert!(std::fs::read(root.join("tree/b.bin")).unwrap() == b, "r{i}");
+    }
+}

@@ -49,6 +49,8 @@ pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 pub struct Client {
     pub(super) session: Session<ClientSide>,
     peer: SocketAddr,
+    /// Reads of local files shared with other copies (a fan-out's).
+    pub(super) shared_reads: Option<std::sync::Arc<crate::session::SharedReads>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -173,7 +175,7 @@ impl Client {
         };
         // A reply may be long in coming (a command that prints nothing for
         // an hour): no idle limit; but a frame, once started, must move.
-        Ok(Client { session: Session::new(read, write, timeouts, CancellationToken::new()), peer })
+        Ok(Client { session: Session::new(read, write, timeouts, CancellationToken::new()), peer, shared_reads: None })
     }
 
     /// The server's address.

@@ -448,11 +448,17 @@ impl Client {
         let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode), mtime };
         self.session.send(&put, &[]).await?;
         let PutReady { offset, prefix_blake3 } = self.answer().await?;
-        let sender =
-            spawn_blocking(move || Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::StartOver))
-                .await
-                .map_err(join_err)?
-                .map_err(local_err(local))?;
+        let shared = self.shared_reads.clone();
+        let sender = spawn_blocking(move || {
+            let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::StartOver)?;
+            if let Some(reads) = shared {
+                sender.share(&reads)?;
+            }
+            Ok::<_, std::io::Error>(sender)
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(local_err(local))?;
         let from = sender.start();
         self.session.feed_head(&PutData { len: sender.body_len(), offset: from })?;
         // The server may refuse before the body is through (a write

@@ -40,7 +40,7 @@ use tokio_util::sync::{CancellationToken, PollSender};
 
 use super::error::ClientError;
 use super::exec::{ExecIo, ExecOptions, ExitStatus};
-use super::tree::{self, CopyOptions, Endpoint, PlanError, PlanOptions, Quiet, Summary};
+use super::tree::{self, CopyOptions, Endpoint, PlanError, PlanOptions, Quiet, SharedReads, Summary};
 use super::Client;
 use crate::text::printable;
 
@@ -415,9 +415,17 @@ pub fn exec(
     })
 }
 
+/// The most memory [`put`] holds of local files for the hosts of its
+/// window to share (a ring of up to 64 MiB per file being sent).
+pub const SHARED_READS: usize = 256 << 20;
+
 /// Copies local `sources` to `dest` on every host (as [`tree::plan_put`]
 /// and [`tree::run`] do for one: skip-unchanged, resumed, each file
 /// verified by BLAKE3); each host's result is its copy's [`Summary`].
+/// The hosts sending a file at once share its reads
+/// ([`Endpoint::with_shared_reads`]): each chunk of it is read once for
+/// the window, while hosts keep within 64 MiB of each other (one much
+/// slower, or stuck, is let go after two seconds and reads alone).
 /// `dest` is taken from each host's directory ([`Host::with_dir`]); none
 /// is that directory, or the served root.
 pub fn put(
@@ -429,6 +437,12 @@ pub fn put(
     options: FleetOptions,
 ) -> Events<Summary> {
     let shared = Arc::new((sources, dest, plan, copy));
+    // The copies of the window read each local file once between them.
+    let reads = SharedReads::new(SHARED_READS);
+    let hosts = hosts
+        .into_iter()
+        .map(|host| Host { endpoint: host.endpoint.with_shared_reads(reads.clone()), ..host })
+        .collect();
     each(hosts, options, move |run| {
         let shared = shared.clone();
         async move {

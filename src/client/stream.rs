@@ -104,6 +104,8 @@ pub(super) async fn put(
     let outcomes = Mutex::new(Outcomes::new(share.len()));
     let hashes: Mutex<HashMap<u64, (u64, String)>> = Mutex::new(HashMap::new());
     let (tx, rx) = mpsc::unbounded_channel::<Option<WantList>>();
+    let sending =
+        Sending { share, ids, observer, hashes: &hashes, outcomes: &outcomes, shared: client.shared_reads.clone() };
     let (reader, mut out) = client.session.halves();
 
     let writer = async {
@@ -143,7 +145,7 @@ pub(super) async fn put(
                 continue;
             }
             if !queue.is_empty() {
-                sent += send_some(&mut out, share, ids, &mut queue, observer, &hashes, &outcomes).await?;
+                sent += send_some(&mut out, &mut queue, &sending).await?;
                 continue;
             }
             if frames.is_empty() && next == 0 {
@@ -259,15 +261,23 @@ type Opened = (u64, Result<Sender, ClientError>);
 
 /// Opens the next wanted files (reading small ones) on a blocking thread,
 /// then sends them; returns how many were sent.
+/// What [`send_some`] sends from and reports to.
+struct Sending<'a> {
+    share: &'a [Job],
+    ids: &'a [usize],
+    observer: &'a dyn Observer,
+    hashes: &'a Mutex<HashMap<u64, (u64, String)>>,
+    outcomes: &'a Mutex<Outcomes>,
+    shared: Option<Arc<crate::session::SharedReads>>,
+}
+
 async fn send_some(
     out: &mut crate::session::Outbound<'_, crate::session::ClientSide>,
-    share: &[Job],
-    ids: &[usize],
     queue: &mut VecDeque<Want>,
-    observer: &dyn Observer,
-    hashes: &Mutex<HashMap<u64, (u64, String)>>,
-    outcomes: &Mutex<Outcomes>,
+    cx: &Sending<'_>,
 ) -> Result<u64, ClientError> {
+    let Sending { share, ids, observer, hashes, outcomes, shared } = cx;
+    let (share, ids, observer): (&[Job], &[usize], &dyn Observer) = (share, ids, *observer);
     let mut batch = Vec::new();
     let mut bytes = 0;
     while let Some(w) = queue.pop_front() {
@@ -278,11 +288,12 @@ async fn send_some(
             break;
         }
     }
+    let shared = (*shared).clone();
     let opened: Vec<Opened> = spawn_blocking(move || {
         batch
             .into_iter()
             .map(|(w, local, size, mtime)| {
-                let opened = open_one(&local, size, mtime, &w);
+                let opened = open_one(&local, size, mtime, &w, shared.as_deref());
                 (w.i, opened)
             })
             .collect()
@@ -331,14 +342,25 @@ async fn send_some(
 
 /// Opens a file to send from the offset the receiver offered, if it is
 /// the start of this file. Blocking.
-fn open_one(local: &Path, size: u64, mtime: i64, w: &Want) -> Result<Sender, ClientError> {
+fn open_one(
+    local: &Path,
+    size: u64,
+    mtime: i64,
+    w: &Want,
+    shared: Option<&crate::session::SharedReads>,
+) -> Result<Sender, ClientError> {
     let file = open_to_send(local).map_err(local_err(local))?;
     let meta = file.metadata().map_err(local_err(local))?;
     if meta.len() != size || crate::services::files::mtime(&meta) != mtime {
         let why = std::io::Error::other("changed since the copy was planned; run it again");
         return Err(ClientError::Local { path: local.to_owned(), source: why });
     }
-    Sender::resume(file, size, w.offset, w.prefix_blake3.as_deref(), Unproven::StartOver).map_err(local_err(local))
+    let mut sender = Sender::resume(file, size, w.offset, w.prefix_blake3.as_deref(), Unproven::StartOver)
+        .map_err(local_err(local))?;
+    if let Some(reads) = shared {
+        sender.share(reads).map_err(local_err(local))?;
+    }
+    Ok(sender)
 }
 
 /// A copy of an error for an observer (errors are not `Clone`).

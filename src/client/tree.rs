@@ -44,6 +44,7 @@ pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
 use crate::proto::{Entry, ErrorCode, Kind};
 use crate::services::root::is_partial_name;
+pub use crate::session::SharedReads;
 
 /// Where a copy's connections go: the server's address and the key, if
 /// any. Every connection of a copy is opened from it.
@@ -53,12 +54,13 @@ pub struct Endpoint {
     key: Option<Key>,
     throttle: Option<crate::transport::Throttle>,
     connect_timeout: Option<Duration>,
+    shared_reads: Option<Arc<SharedReads>>,
 }
 
 impl Endpoint {
     /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
     pub fn new(addr: impl Into<String>, key: Option<Key>) -> Self {
-        Endpoint { addr: addr.into(), key, throttle: None, connect_timeout: None }
+        Endpoint { addr: addr.into(), key, throttle: None, connect_timeout: None, shared_reads: None }
     }
 
     /// Every connection opened from here must be connected, and its
@@ -78,6 +80,16 @@ impl Endpoint {
         self
     }
 
+    /// Uploads over connections opened from here share their reads of
+    /// each local file with every other copy given the same `reads` (a
+    /// fan-out `put`): the copies sending a file at once read each chunk
+    /// of it once between them. Bodies of 4 MiB or more only; such a body
+    /// then goes from memory rather than with `sendfile(2)`.
+    pub fn with_shared_reads(mut self, reads: Arc<SharedReads>) -> Self {
+        self.shared_reads = Some(reads);
+        self
+    }
+
     /// The server's address, as given.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -91,13 +103,18 @@ impl Endpoint {
     /// past the connect timeout.
     pub async fn connect(&self) -> Result<Client, ClientError> {
         let connecting = Client::connect_limited(&self.addr, self.key.as_ref(), self.throttle.as_ref());
-        let Some(limit) = self.connect_timeout else { return connecting.await };
-        match tokio::time::timeout(limit, connecting).await {
-            Ok(result) => result,
-            Err(_) => {
-                Err(ClientError::ConnectTimeout { addr: crate::proto::with_default_port(&self.addr), after: limit })
-            }
-        }
+        let mut client = match self.connect_timeout {
+            None => connecting.await?,
+            Some(limit) => match tokio::time::timeout(limit, connecting).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    let addr = crate::proto::with_default_port(&self.addr);
+                    return Err(ClientError::ConnectTimeout { addr, after: limit });
+                }
+            },
+        };
+        client.shared_reads = self.shared_reads.clone();
+        Ok(client)
     }
 }
 

@@ -88,6 +88,43 @@ pub async fn send_body(
     buffered(writer, file, start, hasher, progress).await
 }
 
+/// Sends the rest of the body as [`send_body`] does, its chunks taken
+/// from (or read into) the ring `shared` keeps for every copy sending
+/// this file, hashing each as it goes.
+///
+/// # Errors
+///
+/// As [`send_body`]; a file shorter than promised is
+/// [`SendError::File`].
+pub(crate) async fn send_shared(
+    writer: &mut FrameWriter<BoxWrite>,
+    file: File,
+    start: u64,
+    mut hasher: Option<blake3::Hasher>,
+    shared: super::shared::SharedReader,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Option<blake3::Hash>, SendError> {
+    let file = std::sync::Arc::new(file);
+    let end = start + writer.body_left();
+    let (mut at, mut done) = (start, 0);
+    while at < end {
+        let (from, chunk) = shared.chunk(&file, at).await.map_err(SendError::File)?;
+        let (lo, hi) = ((at - from) as usize, chunk.len().min((end - from) as usize));
+        if hi <= lo {
+            return Err(SendError::File(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was read")));
+        }
+        let piece = chunk.slice(lo..hi);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&piece);
+        }
+        writer.write_body(&piece).await.map_err(SendError::Wire)?;
+        at += piece.len() as u64;
+        done += piece.len() as u64;
+        progress(done);
+    }
+    Ok(hasher.map(|h| h.finalize()))
+}
+
 /// A zero-copy send reports its progress at most once per this many bytes.
 #[cfg(target_os = "linux")]
 const PROGRESS_STEP: u64 = 1 << 20;

@@ -13,16 +13,20 @@
 //! - [`Sender`]: the sending end (server `get`, client `put`): checks the
 //!   receiver's offer against its own file, then streams the rest and
 //!   hashes the whole.
+//! - [`SharedReads`]: the reads of a local file shared by the copies
+//!   that send it at once (a fan-out `put`), so it is read once for all.
 
 mod batch;
 mod body;
 mod receiver;
 mod sender;
+mod shared;
 
 pub use batch::{Batch, CommitError, Guard, Place};
 pub use body::{receive_body, BodySource, SendError};
 pub use receiver::{ReceiveError, Received, Receiver, SMALL_BODY};
 pub use sender::{Sender, Unproven};
+pub use shared::SharedReads;
 
 use std::future::Future;
 use std::marker::PhantomData;

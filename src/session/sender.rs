@@ -3,7 +3,8 @@
 use std::fs::File;
 use std::io;
 
-use super::body::{send_body, SendError};
+use super::body::{send_body, send_shared, SendError};
+use super::shared::{SharedReader, SharedReads, SHARE_MIN};
 use crate::services::files::hash_prefix;
 use crate::transport::BoxWrite;
 use crate::wire::FrameWriter;
@@ -29,6 +30,8 @@ pub struct Sender {
     hasher: Option<blake3::Hasher>,
     /// A small body, read (and hashed) already by [`resume`](Self::resume).
     body: Option<Vec<u8>>,
+    /// Its chunks shared with other copies sending the same file.
+    shared: Option<SharedReader>,
 }
 
 /// Bodies up to this size are read whole by [`Sender::resume`] on its
@@ -51,14 +54,15 @@ impl Sender {
         prefix: Option<&str>,
         unproven: Unproven,
     ) -> io::Result<Sender> {
-        let fresh = |file| Sender { file, size, start: 0, hasher: Some(blake3::Hasher::new()), body: None };
+        let fresh =
+            |file| Sender { file, size, start: 0, hasher: Some(blake3::Hasher::new()), body: None, shared: None };
         let sender = if offset == 0 || offset > size || (prefix.is_none() && unproven == Unproven::StartOver) {
             fresh(file)
         } else {
             let hasher = hash_prefix(&mut file, offset)?;
             match prefix {
                 Some(p) if p != hasher.clone().finalize().to_hex().as_str() => fresh(file),
-                _ => Sender { file, size, start: offset, hasher: Some(hasher), body: None },
+                _ => Sender { file, size, start: offset, hasher: Some(hasher), body: None, shared: None },
             }
         };
         sender.read_small()
@@ -92,6 +96,21 @@ impl Sender {
         self.size - self.start
     }
 
+    /// Shares the reads of this file with the other copies sending it
+    /// through `reads` (a body under [`SHARE_MIN`] is not shared). The
+    /// body then goes from memory rather than with `sendfile(2)`.
+    ///
+    /// # Errors
+    ///
+    /// The file's metadata cannot be read.
+    pub(crate) fn share(&mut self, reads: &SharedReads) -> io::Result<()> {
+        if self.body.is_none() && self.body_len() >= SHARE_MIN {
+            let meta = self.file.metadata()?;
+            self.shared = Some(reads.join(&meta, self.start));
+        }
+        Ok(())
+    }
+
     /// The whole-file hash is known already (a cache has it): send
     /// without hashing.
     pub fn hash_known(&mut self) {
@@ -118,6 +137,9 @@ impl Sender {
             writer.write_body(&body).await.map_err(SendError::Wire)?;
             progress(body.len() as u64);
             return Ok(self.hasher.map(|h| h.finalize()));
+        }
+        if let Some(shared) = self.shared {
+            return send_shared(writer, self.file, self.start, self.hasher, shared, progress).await;
         }
         send_body(writer, self.file, self.start, self.hasher, progress).await
     }

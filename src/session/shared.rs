@@ -1,0 +1,419 @@
+//! Reads of one local file shared by the copies that send it at the same
+//! time: a fan-out `put` to many hosts reads each chunk of a file once
+//! for the whole window, not once per host.
+//!
+//! Each file being sent by several copies at once has a ring of recent
+//! chunks ([`CHUNK`] bytes each, at most [`RING`] bytes per file, at most
+//! [`SharedReads::new`]'s budget in all). The copy that needs a chunk
+//! first reads it (`pread` on its own descriptor of the same file) and
+//! puts it in the ring; the others take it from there. Before the oldest
+//! chunk leaves a full ring, the leader waits for the copies still
+//! reading it, up to [`PATIENCE`]: so copies that move at about the same
+//! speed stay within one ring of each other and the file is read once,
+//! whatever the page cache holds, while a copy that is much slower (or
+//! stuck) is let go after that wait and reads on its own, never holding
+//! the others back for long. A copy that starts far from the ring (a
+//! resume) reads on its own too.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+
+/// The size of a chunk.
+pub const CHUNK: usize = 1 << 20;
+
+/// The most one file's ring holds.
+pub const RING: usize = 64 * CHUNK;
+
+/// How long the leader waits for a copy still reading the oldest chunk
+/// before it lets that copy go on alone.
+pub const PATIENCE: Duration = Duration::from_secs(2);
+
+/// Bodies smaller than this are not shared (each copy reads them; they
+/// are gone in one or two reads).
+pub const SHARE_MIN: u64 = 4 * CHUNK as u64;
+
+/// The files being read, shared by every copy that holds this registry.
+#[derive(Debug)]
+pub struct SharedReads {
+    files: Mutex<HashMap<FileId, Weak<SharedFile>>>,
+    /// Bytes held in all rings, and the most they may hold.
+    held: Arc<AtomicUsize>,
+    budget: usize,
+    /// Chunks read from files, by all readers.
+    reads: Arc<AtomicU64>,
+}
+
+/// A file as the kernel knows it, and the version of it (a file changed
+/// in between is another file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl SharedReads {
+    /// A registry holding at most `budget` bytes of chunks in all.
+    pub fn new(budget: usize) -> Arc<SharedReads> {
+        Arc::new(SharedReads { files: Mutex::default(), held: Arc::default(), budget, reads: Arc::default() })
+    }
+
+    /// Joins the readers of the file `meta` describes, from `start`.
+    pub(crate) fn join(&self, meta: &std::fs::Metadata, start: u64) -> SharedReader {
+        use std::os::unix::fs::MetadataExt;
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        let mut files = self.files.lock().expect("shared reads");
+        files.retain(|_, f| f.strong_count() > 0);
+        let file = match files.get(&id).and_then(Weak::upgrade) {
+            Some(file) => file,
+            None => {
+                let file = Arc::new(SharedFile {
+                    ring: Mutex::default(),
+                    changed: Notify::new(),
+                    held: self.held.clone(),
+                    budget: self.budget,
+                    reads: self.reads.clone(),
+                });
+                files.insert(id, Arc::downgrade(&file));
+                file
+            }
+        };
+        drop(files);
+        let id = {
+            let mut ring = file.ring.lock().expect("ring");
+            ring.next_id += 1;
+            let id = ring.next_id;
+            ring.readers.insert(id, Place { at: start, alone: false });
+            id
+        };
+        SharedReader { file, id }
+    }
+
+    /// Bytes in all rings now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Chunks (of up to 1 MiB) read from files so far, by every copy:
+    /// with copies in step, each chunk of each file once.
+    pub fn chunks_read(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+/// One file's ring and its readers.
+#[derive(Debug)]
+struct SharedFile {
+    ring: Mutex<Ring>,
+    /// A chunk came or went, or a reader moved or left.
+    changed: Notify,
+    held: Arc<AtomicUsize>,
+    budget: usize,
+    reads: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    /// The index of `chunks[0]`.
+    first: u64,
+    chunks: VecDeque<Bytes>,
+    /// A reader is reading the chunk after the last.
+    reading: bool,
+    readers: HashMap<u64, Place>,
+    next_id: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    /// The next byte it wants.
+    at: u64,
+    /// Let go: the ring no longer waits for it.
+    alone: bool,
+}
+
+impl Ring {
+    fn end(&self) -> u64 {
+        self.first + self.chunks.len() as u64
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether a reader the ring waits for still wants the oldest chunk.
+    fn oldest_wanted(&self) -> bool {
+        let end_of_oldest = (self.first + 1) * CHUNK as u64;
+        self.readers.values().any(|p| !p.alone && p.at < end_of_oldest && p.at >= self.first * CHUNK as u64)
+    }
+
+    /// Lets go of the readers still on the oldest chunk.
+    fn let_go(&mut self) {
+        let end_of_oldest = (self.first + 1) * CHUNK as u64;
+        for p in self.readers.values_mut() {
+            if p.at < end_of_oldest {
+                p.alone = true;
+            }
+        }
+    }
+}
+
+/// One copy's place among a file's readers; leaves them when dropped.
+#[derive(Debug)]
+pub(crate) struct SharedReader {
+    file: Arc<SharedFile>,
+    id: u64,
+}
+
+/// What the ring says a reader should do for a chunk.
+enum Step {
+    Take(Bytes),
+    /// Read it and put it in the ring.
+    Lead,
+    /// Read it alone, keeping it out of the ring.
+    Alone,
+    Wait,
+}
+
+impl SharedReader {
+    /// The chunk holding byte `at` of the file, and the offset of its
+    /// first byte, from the ring or read from `file` (the same file, the
+    /// caller's own descriptor). Shorter than [`CHUNK`] only at the end
+    /// of the file.
+    ///
+    /// # Errors
+    ///
+    /// Reading the file.
+    pub(crate) async fn chunk(&self, file: &Arc<File>, at: u64) -> io::Result<(u64, Bytes)> {
+        let index = at / CHUNK as u64;
+        let from = index * CHUNK as u64;
+        let mut waited = Duration::ZERO;
+        loop {
+            let notified = self.file.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let step = self.step(index, at, waited >= PATIENCE);
+            match step {
+                Step::Take(bytes) => return Ok((from, bytes)),
+                Step::Alone => {
+                    self.file.reads.fetch_add(1, Ordering::Relaxed);
+                    return Ok((from, read_chunk(file, from).await?));
+                }
+                Step::Lead => {
+                    // Whatever becomes of this future, the ring is not
+                    // left waiting for a read that no one makes.
+                    let mut reading = Reading(Some(&self.file));
+                    self.file.reads.fetch_add(1, Ordering::Relaxed);
+                    let read = read_chunk(file, from).await;
+                    reading.0 = None;
+                    let mut ring = self.file.ring.lock().expect("ring");
+                    ring.reading = false;
+                    if let Ok(bytes) = &read {
+                        if ring.chunks.is_empty() {
+                            ring.first = index;
+                        }
+                        if ring.end() == index && !bytes.is_empty() {
+                            self.file.held.fetch_add(bytes.len(), Ordering::Relaxed);
+                            ring.chunks.push_back(bytes.clone());
+                        }
+                    }
+                    drop(ring);
+                    self.file.changed.notify_waiters();
+                    return Ok((from, read?));
+                }
+                Step::Wait => {
+                    let started = tokio::time::Instant::now();
+                    let left = PATIENCE.saturating_sub(waited).max(Duration::from_millis(1));
+                    let _ = tokio::time::timeout(left, notified).await;
+                    waited += started.elapsed();
+                }
+            }
+        }
+    }
+
+    /// Decides, under the lock, how to get chunk `index`.
+    fn step(&self, index: u64, at: u64, impatient: bool) -> Step {
+        let mut ring = self.file.ring.lock().expect("ring");
+        if let Some(me) = ring.readers.get_mut(&self.id) {
+            me.at = at;
+        }
+        if index >= ring.first && index < ring.end() {
+            return Step::Take(ring.chunks[(index - ring.first) as usize].clone());
+        }
+        let over_budget = self.file.held.load(Ordering::Relaxed) + CHUNK > self.file.budget;
+        if ring.chunks.is_empty() && !ring.reading {
+            if over_budget {
+                return Step::Alone;
+            }
+            ring.reading = true;
+            return Step::Lead;
+        }
+        if index != ring.end() {
+            // Behind the ring (let go, or late), or far ahead of it.
+            return Step::Alone;
+        }
+        if ring.reading {
+            // Another reader is reading it; not for ever.
+            return if impatient { Step::Alone } else { Step::Wait };
+        }
+        // Room for the next chunk: make it, waiting a while for readers
+        // still on the oldest; over the budget, read alone.
+        let full = ring.bytes() + CHUNK > RING;
+        if full || over_budget {
+            if ring.oldest_wanted() && !impatient {
+                return Step::Wait;
+            }
+            if impatient {
+                ring.let_go();
+            }
+            if ring.chunks.is_empty() {
+                return Step::Alone;
+            }
+            let oldest = ring.chunks.pop_front().expect("not empty");
+            self.file.held.fetch_sub(oldest.len(), Ordering::Relaxed);
+            ring.first += 1;
+            if self.file.held.load(Ordering::Relaxed) + CHUNK > self.file.budget {
+                return Step::Alone;
+            }
+        }
+        ring.reading = true;
+        Step::Lead
+    }
+}
+
+/// Clears a file's `reading` mark if its leader's read was dropped.
+struct Reading<'a>(Option<&'a SharedFile>);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.0 {
+            file.ring.lock().expect("ring").reading = false;
+            file.changed.notify_waiters();
+        }
+    }
+}
+
+impl Drop for SharedReader {
+    fn drop(&mut self) {
+        let mut ring = self.file.ring.lock().expect("ring");
+        ring.readers.remove(&self.id);
+        if ring.readers.is_empty() {
+            let bytes = ring.bytes();
+            ring.chunks.clear();
+            self.file.held.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        drop(ring);
+        self.file.changed.notify_waiters();
+    }
+}
+
+/// Reads the chunk at `from` (shorter at the end of the file), on a
+/// blocking thread.
+async fn read_chunk(file: &Arc<File>, from: u64) -> io::Result<Bytes> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = BytesMut::zeroed(CHUNK);
+        let mut got = 0;
+        while got < CHUNK {
+            match file.read_at(&mut buf[got..], from + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn file(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        (f, data)
+    }
+
+    async fn read_all(reads: &SharedReads, path: &std::path::Path, delay: Duration) -> Vec<u8> {
+        let file = Arc::new(File::open(path).unwrap());
+        let meta = file.metadata().unwrap();
+        let reader = reads.join(&meta, 0);
+        let mut out = Vec::new();
+        while (out.len() as u64) < meta.len() {
+            let (from, bytes) = reader.chunk(&file, out.len() as u64).await.unwrap();
+            out.extend_from_slice(&bytes[(out.len() as u64 - from) as usize..]);
+            tokio::time::sleep(delay).await;
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_in_step_read_each_chunk_once() {
+        // Larger than a ring, so the ring must wait for the slower ones.
+        let (f, data) = file(3 * RING / 2 + 12_345);
+        let reads = SharedReads::new(1 << 30);
+        // Seven at about a millisecond a chunk (the timer's grain), one
+        // as fast as it can: the ring holds the fast one back.
+        let all: Vec<_> = (0..8)
+            .map(|i| {
+                let (reads, path) = (reads.clone(), f.path().to_owned());
+                tokio::spawn(async move { read_all(&reads, &path, Duration::from_micros(50 * i)).await })
+            })
+            .collect();
+        for r in all {
+            assert!(r.await.unwrap() == data, "every reader gets the file");
+        }
+        let chunks = data.len().div_ceil(CHUNK) as u64;
+        assert_eq!(reads.chunks_read(), chunks, "each chunk read once for all eight");
+        assert_eq!(reads.held(), 0, "nothing held once they are done");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_reader_is_let_go_and_the_others_go_on() {
+        let (f, data) = file(RING + 3 * CHUNK);
+        let reads = SharedReads::new(1 << 30);
+        let file = Arc::new(File::open(f.path()).unwrap());
+        // Joined at 0 and never reading.
+        let _stuck = reads.join(&file.metadata().unwrap(), 0);
+        let started = tokio::time::Instant::now();
+        let got = read_all(&reads, f.path(), Duration::ZERO).await;
+        assert!(got == data);
+        let waited = started.elapsed();
+        assert!(waited >= PATIENCE && waited < PATIENCE * 4, "{waited:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_budget_bounds_what_is_held() {
+        let (f, data) = file(8 * CHUNK);
+        let reads = SharedReads::new(2 * CHUNK);
+        let (a, b) = (reads.clone(), reads.clone());
+        let (pa, pb) = (f.path().to_owned(), f.path().to_owned());
+        let one = tokio::spawn(async move { read_all(&a, &pa, Duration::ZERO).await });
+        let two = tokio::spawn(async move { read_all(&b, &pb, Duration::ZERO).await });
+        assert!(one.await.unwrap() == data && two.await.unwrap() == data);
+        assert_eq!(reads.held(), 0);
+    }
+}
