@@ -72,11 +72,6 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
-pub fn timeout(secs: Option<f64>) -> anyhow::Result<Option<Duration>> {
-    secs.map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--timeout {s}: not a number of seconds")))
-        .transpose()
-}
-
 /// Waits for Ctrl-C; a second one ends this process at once.
 async fn interrupted() {
     if tokio::signal::ctrl_c().await.is_err() {
@@ -196,7 +191,7 @@ pub async fn run(args: ExecArgs, settings: &Settings) -> anyhow::Result<ExitCode
     let addr = args.addr.as_deref().expect("clap requires the address without -w");
     anyhow::ensure!(!args.command.is_empty(), "no command: give it after the host (framewire exec HOST -- CMD)");
     let target = settings.resolve(addr);
-    let timeout = timeout(args.timeout.or(target.timeout))?;
+    let timeout = super::timeout(args.timeout.or(target.timeout))?;
     let command = command_line(&args.command);
     let stdin_tty = term::stdin_is_tty();
     let tty = wants_tty(args.tty, args.no_tty, stdin_tty);
@@ -322,7 +317,7 @@ pub fn shell(args: ShellArgs, rt: &tokio::runtime::Runtime, settings: &Settings)
     let target = settings.resolve(&args.addr);
     // Only the flag: the config file's `timeout` is for commands, and an
     // interactive session ended by it would surprise.
-    let timeout = timeout(args.timeout)?;
+    let timeout = super::timeout(args.timeout)?;
     let mut client = rt.block_on(target.connect())?;
     if !args.lines && term::stdin_is_tty() {
         let session = rt.block_on(async {

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::config::Settings;
-use super::exec::OWN_FAILURE;
+use super::OWN_FAILURE;
 
 /// Which hosts a fan-out runs on: `-w`, `--hostfile`, `-x`.
 #[derive(Debug, Args)]
@@ -161,7 +161,7 @@ pub fn resolve(
                     }
                 },
             };
-            let timeout = super::exec::timeout(timeout.or(target.timeout))?;
+            let timeout = super::timeout(timeout.or(target.timeout))?;
             let endpoint = target.endpoint_with_key(key, bwlimit);
             Ok(Host::new(name, endpoint).with_dir(target.dir.clone()).with_timeout(timeout))
         })
@@ -691,7 +691,7 @@ pub struct CopyShown {
 /// `put -w` and `get -w`: the copy on every host, `fanout` at once, each
 /// verified as a single-host copy is. Exit: [`OWN_FAILURE`] if any host
 /// could not be reached, authenticated or copied to; 130 if interrupted;
-/// 1 if files failed; [`super::files::REFUSED`] if files were only not
+/// 1 if files failed; [`super::REFUSED`] if files were only not
 /// replaced; else 0.
 pub async fn copy(
     hosts: Vec<Host>,
@@ -763,7 +763,7 @@ pub async fn copy(
     } else if tally.any(Class::Failed) {
         ExitCode::FAILURE
     } else if tally.any(Class::Refused) {
-        ExitCode::from(super::files::REFUSED)
+        ExitCode::from(super::REFUSED)
     } else {
         ExitCode::SUCCESS
     })

@@ -21,8 +21,10 @@ mod sticky;
 mod term;
 
 pub use exec::OWN_FAILURE;
+pub use files::REFUSED;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -327,6 +329,12 @@ fn client_command(command: Command, s: &config::Settings) -> anyhow::Result<Exit
         Command::Mkdir(args) => block_on(ops::mkdir(args, s)),
         _ => unreachable!("run() takes the others"),
     }
+}
+
+/// `--timeout SECS` as a duration.
+pub fn timeout(secs: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    secs.map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--timeout {s}: not a number of seconds")))
+        .transpose()
 }
 
 /// A positive, finite number of seconds.
