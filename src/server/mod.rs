@@ -8,6 +8,8 @@ mod context;
 mod dispatch;
 mod handlers;
 
+#[cfg(feature = "s3")]
+pub use crate::services::bucket::{Bucket, BucketError, BucketSpec};
 pub use crate::services::root::Resolver;
 pub use config::*;
 

@@ -1,6 +1,8 @@
 //! What the server does for a request, apart from the wire: files in a
 //! sandboxed root and processes. Nothing here knows about sockets or frames.
 
+#[cfg(feature = "s3")]
+pub mod bucket;
 pub mod exec;
 pub mod files;
 pub mod root;

@@ -1,0 +1,340 @@
+//! A bucket of an S3-compatible object store as a served root
+//! (`serve --root s3://BUCKET[/PREFIX]`), through the `object_store`
+//! crate: where it is, the credentials, and the check at start that it
+//! is there and the credentials open it.
+//!
+//! Work in progress (issue 17): this is the connection and the start
+//! check; the files service does not serve from a bucket yet.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::{ObjectStore, RetryConfig};
+
+/// Where a bucket root is: `s3://BUCKET[/PREFIX]` and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BucketSpec {
+    /// The bucket's name.
+    pub bucket: String,
+    /// The key prefix the root is below (no leading or trailing `/`;
+    /// empty: the whole bucket).
+    pub prefix: String,
+    /// The S3 endpoint (`--s3-endpoint`; else `AWS_ENDPOINT_URL` or
+    /// `AWS_ENDPOINT`, else AWS's own for the region). Path-style
+    /// requests when one is given, as local servers want.
+    pub endpoint: Option<String>,
+    /// Plain `http://` endpoints allowed (`--s3-allow-http`, for loopback
+    /// test servers).
+    pub allow_http: bool,
+}
+
+/// Why a bucket root cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BucketError {
+    /// The root is not `s3://BUCKET[/PREFIX]`.
+    #[error("{url:?}: {why} (a bucket root is s3://BUCKET or s3://BUCKET/PREFIX)")]
+    Url {
+        /// The root as given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No credentials were found, or a profile named is not there.
+    #[error("no credentials for s3://{bucket}: {why}")]
+    NoCredentials {
+        /// The bucket.
+        bucket: String,
+        /// Where they were looked for.
+        why: String,
+    },
+    /// The store refused the credentials.
+    #[error("the object store refused the credentials for s3://{bucket}: {why}")]
+    Credentials {
+        /// The bucket.
+        bucket: String,
+        /// The store's words.
+        why: String,
+    },
+    /// The bucket does not exist.
+    #[error("no such bucket: {bucket} (at {endpoint})")]
+    NoSuchBucket {
+        /// The bucket.
+        bucket: String,
+        /// The endpoint asked.
+        endpoint: String,
+    },
+    /// The store could not be reached, or answered what S3 does not.
+    #[error("cannot reach the object store at {endpoint}: {why}")]
+    Unreachable {
+        /// The endpoint asked.
+        endpoint: String,
+        /// What failed.
+        why: String,
+    },
+    /// The store's client could not be made from this configuration.
+    #[error("object store configuration: {0}")]
+    Config(String),
+}
+
+impl BucketSpec {
+    /// Parses `s3://BUCKET[/PREFIX]`.
+    ///
+    /// # Errors
+    ///
+    /// [`BucketError::Url`] for anything else, or a bucket name S3 would
+    /// not take (3 to 63 of lowercase letters, digits, `.` and `-`).
+    pub fn parse(url: &str) -> Result<BucketSpec, BucketError> {
+        let bad = |why| BucketError::Url { url: url.to_owned(), why };
+        let rest = url.strip_prefix("s3://").ok_or_else(|| bad("not an s3:// URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let fine = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+        if bucket.is_empty() {
+            return Err(bad("no bucket name"));
+        }
+        if !(3..=63).contains(&bucket.len()) || !bucket.bytes().all(fine) {
+            return Err(bad("a bucket name is 3 to 63 lowercase letters, digits, '.' and '-'"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|c| c.is_empty() || c == "." || c == "..") && !prefix.is_empty() {
+            return Err(bad("the prefix has an empty, '.' or '..' component"));
+        }
+        Ok(BucketSpec { bucket: bucket.to_owned(), prefix: prefix.to_owned(), endpoint: None, allow_http: false })
+    }
+
+    /// The same, at `endpoint` (path-style).
+    pub fn with_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// The same, `http://` allowed or not.
+    pub fn with_allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
+    }
+}
+
+/// An opened bucket root: the store, and the prefix below which the
+/// served tree is.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    store: Arc<AmazonS3>,
+    prefix: Path,
+    spec: BucketSpec,
+    endpoint: String,
+}
+
+impl Bucket {
+    /// Makes the store's client from `spec` and the usual AWS settings
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// `AWS_REGION`, `AWS_ENDPOINT_URL`; else the profile `AWS_PROFILE`
+    /// or `default` of `~/.aws/credentials` and `~/.aws/config`), then
+    /// checks that the bucket is there and the credentials open it: a
+    /// listing of the prefix, retried briefly.
+    ///
+    /// # Errors
+    ///
+    /// One [`BucketError`] saying which of those failed.
+    pub async fn open(spec: BucketSpec) -> Result<Bucket, BucketError> {
+        // The TLS stack's provider, ring, for the store's HTTPS (a no-op
+        // if the process has one already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&spec.bucket);
+        if env("AWS_ACCESS_KEY_ID").is_none() {
+            let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
+            let found = Profile::read(&profile).map_err(|why| BucketError::NoCredentials {
+                bucket: spec.bucket.clone(),
+                why: format!("AWS_ACCESS_KEY_ID is not set, and {why}"),
+            })?;
+            builder = builder.with_access_key_id(found.key_id).with_secret_access_key(found.secret);
+            if let Some(token) = found.token {
+                builder = builder.with_token(token);
+            }
+            if let (Some(region), None, None) = (found.region, env("AWS_REGION"), env("AWS_DEFAULT_REGION")) {
+                builder = builder.with_region(region);
+            }
+        }
+        let endpoint = spec.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL")).or_else(|| env("AWS_ENDPOINT"));
+        if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) && !spec.allow_http {
+            return Err(BucketError::Config(format!(
+                "{}: plain http needs --s3-allow-http (meant for loopback test servers)",
+                endpoint.unwrap_or_default()
+            )));
+        }
+        if let Some(endpoint) = &endpoint {
+            builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+        }
+        if spec.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        // A start check that fails should say so in seconds, not after
+        // the default three minutes of retries.
+        let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
+        let store = builder.with_retry(retry).build().map_err(|e| BucketError::Config(e.to_string()))?;
+        let endpoint = endpoint.unwrap_or_else(|| "AWS S3".to_owned());
+        let prefix = Path::from(spec.prefix.as_str());
+        let bucket = Bucket { store: Arc::new(store), prefix, spec, endpoint };
+        bucket.check().await?;
+        Ok(bucket)
+    }
+
+    /// Lists the prefix: the bucket is there and the credentials open it.
+    async fn check(&self) -> Result<(), BucketError> {
+        let prefix = (!self.spec.prefix.is_empty()).then_some(&self.prefix);
+        match self.store.list_with_delimiter(prefix).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.explain(e)),
+        }
+    }
+
+    /// An error of the store's at the start check, as what it means.
+    fn explain(&self, e: object_store::Error) -> BucketError {
+        let (bucket, endpoint) = (self.spec.bucket.clone(), self.endpoint.clone());
+        let why = one_line(&e);
+        // A listing's errors come as `Generic` with the S3 error code in
+        // the text, for the bucket as for the credentials.
+        let code = |c: &str| why.contains(&format!("<Code>{c}</Code>"));
+        match e {
+            object_store::Error::NotFound { .. } => BucketError::NoSuchBucket { bucket, endpoint },
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                BucketError::Credentials { bucket, why }
+            }
+            _ if code("NoSuchBucket") => BucketError::NoSuchBucket { bucket, endpoint },
+            _ if ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken", "InvalidToken"]
+                .iter()
+                .any(|c| code(c)) =>
+            {
+                BucketError::Credentials { bucket, why: s3_message(&why) }
+            }
+            _ => BucketError::Unreachable { endpoint, why },
+        }
+    }
+
+    /// Where it is.
+    pub fn spec(&self) -> &BucketSpec {
+        &self.spec
+    }
+}
+
+/// The code and message of an S3 error answer in `text`, else `text`.
+fn s3_message(text: &str) -> String {
+    let tag = |t: &str| {
+        let (open, close) = (format!("<{t}>"), format!("</{t}>"));
+        let from = text.find(&open)? + open.len();
+        Some(text[from..].split(&close).next()?.to_owned())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => text.to_owned(),
+    }
+}
+
+/// An error and its causes as one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+/// A profile's credentials and region from the AWS shared files.
+struct Profile {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+    region: Option<String>,
+}
+
+impl Profile {
+    /// The profile `name` of `AWS_SHARED_CREDENTIALS_FILE` (default
+    /// `~/.aws/credentials`), with its region from `AWS_CONFIG_FILE`
+    /// (default `~/.aws/config`, section `[profile NAME]`, or `[default]`).
+    fn read(name: &str) -> Result<Profile, String> {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let path = |var: &str, default: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or(home.join(default));
+        let credentials = path("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
+        let text = std::fs::read_to_string(&credentials)
+            .map_err(|e| format!("{} cannot be read ({e})", credentials.display()))?;
+        let section =
+            ini_section(&text, name).ok_or_else(|| format!("{} has no profile [{name}]", credentials.display()))?;
+        let get = |k: &str| section.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let (Some(key_id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key")) else {
+            return Err(format!(
+                "profile [{name}] of {} lacks aws_access_key_id or aws_secret_access_key",
+                credentials.display()
+            ));
+        };
+        let config = std::fs::read_to_string(path("AWS_CONFIG_FILE", ".aws/config")).unwrap_or_default();
+        let config_name = if name == "default" { "default".to_owned() } else { format!("profile {name}") };
+        let region = ini_section(&config, &config_name)
+            .and_then(|s| s.into_iter().find(|(k, _)| k == "region").map(|(_, v)| v))
+            .or_else(|| get("region"));
+        Ok(Profile { key_id, secret, token: get("aws_session_token"), region })
+    }
+}
+
+/// The `key = value` lines of section `[name]` of an INI text (`#` and
+/// `;` comments), if it has that section.
+fn ini_section(text: &str, name: &str) -> Option<Vec<(String, String)>> {
+    let mut inside = false;
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = header.trim() == name;
+            if inside {
+                found.get_or_insert_with(Vec::new);
+            }
+            continue;
+        }
+        if let (true, Some((k, v))) = (inside, line.split_once('=')) {
+            found.get_or_insert_with(Vec::new).push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_urls() {
+        let s = BucketSpec::parse("s3://my-bucket").unwrap();
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("my-bucket", ""));
+        let s = BucketSpec::parse("s3://my.bucket/a/b/").unwrap();
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("my.bucket", "a/b"));
+        for bad in
+            ["/srv", "s3://", "s3://ab", "s3://Upper", "s3://b_c_d", "s3://bkt/a/../b", "s3://bkt/a//b", "http://bkt"]
+        {
+            assert!(matches!(BucketSpec::parse(bad), Err(BucketError::Url { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ini_sections_and_comments() {
+        let text = "[default]\naws_access_key_id = A\n# note\n[work]\naws_access_key_id=B\naws_secret_access_key = s=x\n; c\n[empty]\n";
+        assert_eq!(ini_section(text, "default").unwrap(), vec![("aws_access_key_id".into(), "A".into())]);
+        let work = ini_section(text, "work").unwrap();
+        assert_eq!(work[1], ("aws_secret_access_key".into(), "s=x".into()));
+        assert_eq!(ini_section(text, "empty").unwrap(), vec![]);
+        assert!(ini_section(text, "nope").is_none());
+    }
+}
