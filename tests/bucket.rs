@@ -122,8 +122,10 @@ impl Drop for Seaweed {
     }
 }
 
-/// Sets the AWS variables of this process (this file's tests run one at a
-/// time: they share the environment).
+/// This file's tests share the process's environment: one at a time.
+static ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Sets the AWS variables of this process (hold [`ENV`]).
 fn credentials(key: Option<(&str, &str)>) {
     for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"] {
         std::env::remove_var(var);
@@ -140,6 +142,7 @@ fn credentials(key: Option<(&str, &str)>) {
 /// typed error naming what is wrong, in seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_a_bucket_checks_it_and_the_credentials() {
+    let _env = ENV.lock().await;
     let Some(weed) = weed() else { return };
     let server = Seaweed::start(&weed);
     let spec = |url: &str| BucketSpec::parse(url).unwrap().with_endpoint(Some(server.endpoint())).with_allow_http(true);
@@ -208,4 +211,122 @@ async fn opening_a_bucket_checks_it_and_the_credentials() {
         .await
         .unwrap_err();
     assert!(matches!(e, BucketError::Config(_)) && e.to_string().contains("plain http needs --s3-allow-http"), "{e}");
+}
+
+/// Opens `s3://fwtest/PREFIX` on `server`, waiting for the bucket that
+/// `-bucket` makes a moment after S3 answers.
+async fn open(server: &Seaweed, prefix: &str) -> Bucket {
+    credentials(Some((KEY_ID, SECRET)));
+    let spec = BucketSpec::parse(&format!("s3://{BUCKET}/{prefix}"))
+        .unwrap()
+        .with_endpoint(Some(server.endpoint()))
+        .with_allow_http(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Bucket::open(spec.clone()).await {
+            Err(BucketError::NoSuchBucket { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
+/// The same bucket, straight through an S3 client, as another tool sees
+/// it.
+fn direct(server: &Seaweed) -> object_store::aws::AmazonS3 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_endpoint(server.endpoint())
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(KEY_ID)
+        .with_secret_access_key(SECRET)
+        .build()
+        .unwrap()
+}
+
+fn names(entries: &[framewire::proto::Entry]) -> Vec<(String, framewire::proto::Kind)> {
+    entries.iter().map(|e| (e.name.clone(), e.kind)).collect()
+}
+
+/// Listings: `/`-delimited prefixes as directories, markers and partial
+/// files hidden, a prefix as the root with nothing above it visible;
+/// `mkdir` leaves a marker so an empty directory survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_lists_as_a_tree() {
+    use framewire::proto::{ErrorCode, Kind};
+    use object_store::{ObjectStoreExt, PutPayload};
+    let _env = ENV.lock().await;
+    let Some(weed) = weed() else { return };
+    let server = Seaweed::start(&weed);
+    let bucket = open(&server, "root").await;
+    let s3 = direct(&server);
+    for (key, body) in [
+        ("root/a.txt", &b"alpha"[..]),
+        ("root/d/b.txt", b"bee"),
+        ("root/d/e/c.txt", b"sea"),
+        ("root/d/.c.txt.fwpart", b"half"),
+        ("outside.txt", b"not served"),
+        ("rootless/x", b"a sibling prefix"),
+    ] {
+        s3.put(&object_store::path::Path::from(key), PutPayload::from_static(body)).await.unwrap();
+    }
+    assert!(bucket.mkdir("empty", false).await.unwrap());
+    assert!(!bucket.mkdir("empty", false).await.unwrap(), "there already");
+    let e = bucket.mkdir("p/q/r", false).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    assert!(bucket.mkdir("p/q/r", true).await.unwrap());
+    assert_eq!(bucket.mkdir("a.txt", true).await.unwrap_err().code, ErrorCode::NotADirectory);
+    assert_eq!(bucket.mkdir("a.txt/x", true).await.unwrap_err().code, ErrorCode::NotADirectory);
+
+    let entries = |l: Vec<framewire::proto::Entry>| names(&l);
+    let root = bucket.list("", framewire::server::Listing::Entries, 1 << 20).await.unwrap();
+    assert_eq!(
+        entries(root),
+        [("a.txt".into(), Kind::File), ("d".into(), Kind::Dir), ("empty".into(), Kind::Dir), ("p".into(), Kind::Dir)]
+    );
+    let d = bucket.list("d", framewire::server::Listing::Entries, 1 << 20).await.unwrap();
+    assert_eq!(entries(d), [("b.txt".into(), Kind::File), ("e".into(), Kind::Dir)]);
+    let files = bucket.list("d/", framewire::server::Listing::Files, 1 << 20).await.unwrap();
+    assert_eq!(entries(files), [("b.txt".into(), Kind::File), ("e/c.txt".into(), Kind::File)]);
+    let tree = bucket.list("", framewire::server::Listing::Tree, 1 << 20).await.unwrap();
+    let want: Vec<(String, Kind)> = [
+        ("a.txt", Kind::File),
+        ("d", Kind::Dir),
+        ("d/b.txt", Kind::File),
+        ("d/e", Kind::Dir),
+        ("d/e/c.txt", Kind::File),
+        ("empty", Kind::Dir),
+        ("p", Kind::Dir),
+        ("p/q", Kind::Dir),
+        ("p/q/r", Kind::Dir),
+    ]
+    .into_iter()
+    .map(|(n, k)| (n.to_owned(), k))
+    .collect();
+    assert_eq!(entries(tree), want);
+    let partials = bucket.list("d", framewire::server::Listing::Partials, 1 << 20).await.unwrap();
+    assert_eq!(entries(partials), [(".c.txt.fwpart".into(), Kind::File)]);
+    assert!(bucket.list("empty", framewire::server::Listing::Entries, 1 << 20).await.unwrap().is_empty());
+    let one = bucket.list("d/b.txt", framewire::server::Listing::Entries, 1 << 20).await.unwrap();
+    assert_eq!((one[0].name.as_str(), one[0].size, one[0].mode), ("b.txt", 3, 0o644));
+    assert_eq!(
+        bucket.list("nope", framewire::server::Listing::Entries, 1 << 20).await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    let e = bucket.list("", framewire::server::Listing::Tree, 300).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
+
+    let a = bucket.stat("a.txt").await.unwrap();
+    assert_eq!((a.kind, a.size), (Kind::File, 5));
+    assert!(a.mtime > 1_700_000_000, "{}", a.mtime);
+    assert_eq!(bucket.stat("d/e").await.unwrap().kind, Kind::Dir);
+    assert_eq!(bucket.stat("").await.unwrap().kind, Kind::Dir);
+    assert_eq!(bucket.stat("nope").await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(bucket.stat("d/.c.txt.fwpart").await.unwrap_err().code, ErrorCode::NotFound, "partial files are hidden");
+    for bad in ["../outside.txt", "/a.txt", "a\0b"] {
+        assert_eq!(bucket.stat(bad).await.unwrap_err().code, ErrorCode::BadPath, "{bad}");
+    }
 }

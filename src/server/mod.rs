@@ -10,6 +10,8 @@ mod handlers;
 
 #[cfg(feature = "s3")]
 pub use crate::services::bucket::{Bucket, BucketError, BucketSpec};
+#[cfg(feature = "s3")]
+pub use crate::services::files::Listing;
 pub use crate::services::root::Resolver;
 pub use config::*;
 

@@ -3,16 +3,34 @@
 //! crate: where it is, the credentials, and the check at start that it
 //! is there and the credentials open it.
 //!
-//! Work in progress (issue 17): this is the connection and the start
-//! check; the files service does not serve from a bucket yet.
+//! Work in progress (issue 17): the connection, the start check, and the
+//! listing side (`stat`, `list`, `mkdir` with directory markers); the
+//! files service does not serve from a bucket yet.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::{ObjectStore, RetryConfig};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+
+use super::files::{Listing, Sandbox};
+use super::root::is_partial_name;
+use super::Refusal;
+use crate::proto::{Entry, ErrorCode, Kind};
+
+/// The zero-byte object that keeps a directory with nothing in it:
+/// `DIR/.fwdir` (object_store's paths cannot end in `/`, so the `DIR/`
+/// markers other tools write are read, as directories, but not written).
+pub const DIR_MARKER: &str = ".fwdir";
+
+/// What a bucket's entries report for permission bits, which objects do
+/// not have.
+pub const FILE_MODE: u32 = 0o644;
+/// See [`FILE_MODE`].
+pub const DIR_MODE: u32 = 0o755;
 
 /// Where a bucket root is: `s3://BUCKET[/PREFIX]` and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +237,226 @@ impl Bucket {
     /// Where it is.
     pub fn spec(&self) -> &BucketSpec {
         &self.spec
+    }
+
+    /// The object path of a peer's `path`, checked as for a local root,
+    /// and its last component (`None`: the root).
+    fn key(&self, path: &str) -> Result<(Path, Option<String>), Refusal> {
+        let rel = Sandbox::relative(path)?;
+        let name = rel.name().map(str::to_owned);
+        if name.as_deref().is_some_and(|n| is_partial_name(n.as_bytes()) || n == DIR_MARKER) {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!("{}: no such file or directory", super::files::shown(path)),
+            ));
+        }
+        let joined = rel.joined();
+        let key = match (self.spec.prefix.as_str(), joined.as_str()) {
+            ("", j) => Path::from(j),
+            (p, "") => Path::from(p),
+            (p, j) => Path::from(format!("{p}/{j}")),
+        };
+        Ok((key, name))
+    }
+
+    /// The root's own path (the prefix), as a listing's base.
+    fn base(&self, key: &Path) -> Option<Path> {
+        (!key.as_ref().is_empty()).then(|| key.clone())
+    }
+
+    /// What `stat` says of `path`: a file (an object), a directory (a
+    /// prefix something is below, or the root), or `not_found`.
+    ///
+    /// # Errors
+    ///
+    /// A refusal for a bad path, a missing one, or the store's error.
+    pub async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
+        let (key, name) = self.key(path)?;
+        let Some(name) = name else {
+            return Ok(dir_entry(".".to_owned(), 0));
+        };
+        match self.store.head(&key).await {
+            Ok(meta) => return Ok(file_entry(name, &meta)),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_refusal(path, e)),
+        }
+        let below = self.store.list_with_delimiter(Some(&key)).await.map_err(|e| store_refusal(path, e))?;
+        if below.objects.is_empty() && below.common_prefixes.is_empty() {
+            return Err(not_found(path));
+        }
+        let newest = below.objects.iter().map(|o| o.last_modified.timestamp()).max().unwrap_or(0);
+        Ok(dir_entry(name, newest))
+    }
+
+    /// The entries of the directory `path` as `listing` asks (its own;
+    /// every file below; every file and directory below), sorted by name,
+    /// names relative to `path`; a file's listing is that file.
+    ///
+    /// # Errors
+    ///
+    /// A refusal for a bad or missing path, a listing over `budget`
+    /// bytes of JSON, or the store's error.
+    pub async fn list(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Refusal> {
+        let (key, name) = self.key(path)?;
+        if let Some(name) = &name {
+            match self.store.head(&key).await {
+                Ok(meta) => return Ok(vec![file_entry(name.clone(), &meta)]),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_refusal(path, e)),
+            }
+        }
+        let base = self.base(&key);
+        let depth = base.as_ref().map_or(0, |b| b.parts().count());
+        let mut out = Vec::new();
+        let mut left = budget;
+        let mut push = |e: Entry, out: &mut Vec<Entry>| {
+            let cost = e.name.len() + 64;
+            if cost >= left {
+                return Err(Refusal::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "{}: the listing exceeds {budget} bytes; list a smaller part of the tree",
+                        super::files::shown(path)
+                    ),
+                ));
+            }
+            left -= cost;
+            out.push(e);
+            Ok(())
+        };
+        let mut anything = false;
+        match listing {
+            Listing::Entries => {
+                let level = self.store.list_with_delimiter(base.as_ref()).await.map_err(|e| store_refusal(path, e))?;
+                for dir in &level.common_prefixes {
+                    anything = true;
+                    if let Some(n) = dir.filename().filter(|n| !is_partial_name(n.as_bytes())) {
+                        push(dir_entry(n.to_owned(), 0), &mut out)?;
+                    }
+                }
+                for object in &level.objects {
+                    anything = true;
+                    match object.location.filename() {
+                        Some(n) if n == DIR_MARKER || is_partial_name(n.as_bytes()) => {}
+                        // Another tool's `DIR/` marker, listed as DIR itself.
+                        _ if Some(&object.location) == base.as_ref() => {}
+                        Some(n) => push(file_entry(n.to_owned(), object), &mut out)?,
+                        None => {}
+                    }
+                }
+            }
+            Listing::Files | Listing::Tree | Listing::Partials => {
+                let mut dirs = std::collections::BTreeSet::new();
+                let mut objects = self.store.list(base.as_ref());
+                while let Some(object) = objects.try_next().await.map_err(|e| store_refusal(path, e))? {
+                    anything = true;
+                    let parts: Vec<String> =
+                        object.location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
+                    let Some((last, parents)) = parts.split_last() else { continue };
+                    if listing == Listing::Tree {
+                        for i in 1..=parents.len() {
+                            dirs.insert(parents[..i].join("/"));
+                        }
+                    }
+                    let partial = is_partial_name(last.as_bytes());
+                    if last == DIR_MARKER || partial != (listing == Listing::Partials) {
+                        continue;
+                    }
+                    push(file_entry(parts.join("/"), &object), &mut out)?;
+                }
+                for dir in dirs {
+                    push(dir_entry(dir, 0), &mut out)?;
+                }
+            }
+        }
+        if !anything && name.is_some() {
+            return Err(not_found(path));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Makes the directory `path` (a marker object, so it survives empty),
+    /// with its parents if `parents`; whether it was made (`false`: it
+    /// was there).
+    ///
+    /// # Errors
+    ///
+    /// A bad path, the root, a file in the way (`not_a_directory`), a
+    /// missing parent without `parents` (`not_found`), the store's error.
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
+        let (key, name) = self.key(path)?;
+        if name.is_none() {
+            return Ok(false);
+        }
+        if self.store.head(&key).await.is_ok() {
+            return Err(Refusal::new(
+                ErrorCode::NotADirectory,
+                format!("{}: a file is there", super::files::shown(path)),
+            ));
+        }
+        if let Ok(e) = self.stat(path).await {
+            debug_assert_eq!(e.kind, Kind::Dir);
+            return Ok(false);
+        }
+        // Each parent is a directory or nothing (then made too, or refused).
+        let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_owned()).collect();
+        let prefix_depth = self.spec.prefix.split('/').filter(|p| !p.is_empty()).count();
+        for i in prefix_depth + 1..parts.len() {
+            let parent = Path::from_iter(parts[..i].iter().map(String::as_str));
+            if self.store.head(&parent).await.is_ok() {
+                let msg = format!("{}: a parent is a file", super::files::shown(path));
+                return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+            }
+            let rel = parts[prefix_depth..i].join("/");
+            if !parents && self.stat(&rel).await.is_err() {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("{}: its parent does not exist", super::files::shown(path)),
+                ));
+            }
+        }
+        let marker = key.clone().join(DIR_MARKER);
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&marker, PutPayload::new(), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(store_refusal(path, e)),
+        }
+    }
+}
+
+fn file_entry(name: String, meta: &ObjectMeta) -> Entry {
+    Entry {
+        name,
+        size: meta.size,
+        kind: Kind::File,
+        mtime: meta.last_modified.timestamp(),
+        mode: FILE_MODE,
+        blake3: None,
+    }
+}
+
+fn dir_entry(name: String, mtime: i64) -> Entry {
+    Entry { name, size: 0, kind: Kind::Dir, mtime, mode: DIR_MODE, blake3: None }
+}
+
+fn not_found(path: &str) -> Refusal {
+    Refusal::new(ErrorCode::NotFound, format!("{}: no such file or directory", super::files::shown(path)))
+}
+
+/// The store's error on `path`, as the client is told it.
+fn store_refusal(path: &str, e: object_store::Error) -> Refusal {
+    let shown = super::files::shown(path);
+    match e {
+        object_store::Error::NotFound { .. } => not_found(path),
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            Refusal::new(ErrorCode::PermissionDenied, format!("{shown}: the object store refused: {}", one_line(&e)))
+        }
+        e => Refusal::new(
+            ErrorCode::Internal,
+            format!("{shown}: the object store failed: {}", s3_message(&one_line(&e))),
+        ),
     }
 }
 
