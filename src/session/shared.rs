@@ -245,16 +245,33 @@ impl SharedReader {
         }
     }
 
-    /// Decides, under the lock, how to get chunk `index`.
+    /// Decides how to get chunk `index`; a reader that moved on to
+    /// another chunk wakes a leader that may be waiting for it.
     fn step(&self, index: u64, at: u64, impatient: bool) -> Step {
+        let (step, moved) = self.decide(index, at, impatient);
+        if moved {
+            self.file.changed.notify_waiters();
+        }
+        step
+    }
+
+    /// [`step`](Self::step) under the lock, and whether this reader moved
+    /// to another chunk.
+    fn decide(&self, index: u64, at: u64, impatient: bool) -> (Step, bool) {
         let mut ring = self.file.ring.lock().expect("ring");
+        let mut moved = false;
         if let Some(me) = ring.readers.get_mut(&self.id) {
+            moved = me.at / CHUNK as u64 != index;
             me.at = at;
         }
+        (Self::choose(&mut ring, &self.file, index, impatient), moved)
+    }
+
+    fn choose(ring: &mut Ring, file: &SharedFile, index: u64, impatient: bool) -> Step {
         if index >= ring.first && index < ring.end() {
             return Step::Take(ring.chunks[(index - ring.first) as usize].clone());
         }
-        let over_budget = self.file.held.load(Ordering::Relaxed) + CHUNK > self.file.budget;
+        let over_budget = file.held.load(Ordering::Relaxed) + CHUNK > file.budget;
         if ring.chunks.is_empty() && !ring.reading {
             if over_budget {
                 return Step::Alone;
@@ -284,9 +301,9 @@ impl SharedReader {
                 return Step::Alone;
             }
             let oldest = ring.chunks.pop_front().expect("not empty");
-            self.file.held.fetch_sub(oldest.len(), Ordering::Relaxed);
+            file.held.fetch_sub(oldest.len(), Ordering::Relaxed);
             ring.first += 1;
-            if self.file.held.load(Ordering::Relaxed) + CHUNK > self.file.budget {
+            if file.held.load(Ordering::Relaxed) + CHUNK > file.budget {
                 return Step::Alone;
             }
         }
@@ -389,6 +406,39 @@ mod tests {
         let chunks = data.len().div_ceil(CHUNK) as u64;
         assert_eq!(reads.chunks_read(), chunks, "each chunk read once for all eight");
         assert_eq!(reads.held(), 0, "nothing held once they are done");
+    }
+
+    /// A full ring waits for a reader still on its oldest chunk only while
+    /// that reader is there (a move on wakes the waiting leader), never for
+    /// the whole patience, and nothing is read twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_waits_only_as_long_as_the_slower_reader_takes() {
+        let (f, data) = file(RING + 8 * CHUNK);
+        let reads = SharedReads::new(1 << 30);
+        let file = Arc::new(File::open(f.path()).unwrap());
+        let slow = {
+            let (reads, file) = (reads.clone(), file.clone());
+            tokio::spawn(async move {
+                let reader = reads.join(&file.metadata().unwrap(), 0);
+                let mut out = Vec::new();
+                while out.len() < RING + 8 * CHUNK {
+                    let (from, bytes) = reader.chunk(&file, out.len() as u64).await.unwrap();
+                    out.extend_from_slice(&bytes[(out.len() as u64 - from) as usize..]);
+                    if out.len() == CHUNK {
+                        // On the oldest chunk while the other fills the ring.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+                out
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = tokio::time::Instant::now();
+        assert!(read_all(&reads, f.path(), Duration::ZERO).await == data);
+        let took = started.elapsed();
+        assert!(slow.await.unwrap() == data);
+        assert!(took < PATIENCE / 2, "the fast reader took {took:?}");
+        assert_eq!(reads.chunks_read(), (RING / CHUNK + 8) as u64, "each chunk once");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
