@@ -183,6 +183,12 @@ async fn a_timeout_kills_each_remote_process_group() {
         let pid: u32 = std::fs::read_to_string(f.root(host).join("pid")).unwrap().trim().parse().unwrap();
         assert!(common::wait_gone(pid, Duration::from_secs(5)).await, "{host}'s sleep {pid} still runs");
     }
+
+    // The shell exits 0 at once, its background sleep holds the output
+    // open past the timeout: timed out, so not 0.
+    let out = f.run(&["exec", "-w", "h01", "--timeout", "1", "--", "sleep 60 & echo started"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("framewire: timed out (process group killed): h01\n"), "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -285,6 +285,12 @@ pub enum Shown {
 /// past it is cut (and said to be).
 pub const GATHER_MAX: usize = 4 << 20;
 
+/// What all hosts' gathered output (running hosts', and each distinct
+/// result `-b` keeps to the end) may take: past it, output is cut (and
+/// said to be), so 1,000 hosts printing megabytes each cannot take the
+/// client's memory.
+pub const GATHER_TOTAL: usize = 512 << 20;
+
 /// One host's output, gathered.
 #[derive(Default)]
 struct Gathered {
@@ -294,13 +300,21 @@ struct Gathered {
 }
 
 impl Gathered {
-    fn push(&mut self, stderr: bool, line: &[u8]) {
+    /// Keeps `line` as far as this stream's cap and `left` (what all
+    /// hosts' gathered output may still take) allow.
+    fn push(&mut self, stderr: bool, line: &[u8], left: &mut usize) {
         let buf = if stderr { &mut self.stderr } else { &mut self.stdout };
-        let room = GATHER_MAX.saturating_sub(buf.len());
+        let room = GATHER_MAX.saturating_sub(buf.len()).min(*left);
         if line.len() > room {
             self.cut = true;
         }
-        buf.extend_from_slice(&line[..line.len().min(room)]);
+        let kept = line.len().min(room);
+        buf.extend_from_slice(&line[..kept]);
+        *left -= kept;
+    }
+
+    fn len(&self) -> usize {
+        self.stdout.len() + self.stderr.len()
     }
 }
 
@@ -500,6 +514,7 @@ pub async fn exec(
     let mut events = fleet::exec(hosts, command, ExecOptions::default(), env, options);
     let mut out = Out::new();
     let mut gathering: HashMap<Arc<str>, Gathered> = HashMap::new();
+    let mut left = GATHER_TOTAL;
     let mut groups: HashMap<(Vec<u8>, Vec<u8>, bool, String), Group> = HashMap::new();
     let mut highest = 0;
     while let Some(event) = next_event(&mut events, &mut out).await {
@@ -508,10 +523,10 @@ pub async fn exec(
                 gathering.insert(host, Gathered::default());
             }
             Event::Stdout { host, line } if shown != Shown::Lines => {
-                gathering.entry(host).or_default().push(false, &line);
+                gathering.entry(host).or_default().push(false, &line, &mut left);
             }
             Event::Stderr { host, line } if shown != Shown::Lines => {
-                gathering.entry(host).or_default().push(true, &line);
+                gathering.entry(host).or_default().push(true, &line, &mut left);
             }
             Event::Stdout { host, line } => {
                 out.out(&prefixed(&host, &line));
@@ -522,6 +537,8 @@ pub async fn exec(
             Event::Stderr { host, line } => out.err(&prefixed(&host, &line)),
             Event::Finished { host, outcome, elapsed } => {
                 let gathered = gathering.remove(&host).unwrap_or_default();
+                // Given back; a new group below takes it again.
+                left += gathered.len();
                 let name = printable(&host).into_owned();
                 let class = match &outcome {
                     Ok(status) => Class::of_status(status),
@@ -529,7 +546,10 @@ pub async fn exec(
                 };
                 tally.add(class, &host);
                 if let Ok(status) = &outcome {
-                    highest = highest.max(status.code().clamp(0, 255));
+                    // A host that did not end well never counts as 0 (a
+                    // timed-out command whose shell had exited 0, say).
+                    let code = status.code().clamp(0, 255);
+                    highest = highest.max(if class == Class::Ok { code } else { code.max(1) });
                 }
                 if shown == Shown::Json {
                     let (status, error) = match &outcome {
@@ -571,8 +591,12 @@ pub async fn exec(
                         _ => format!(", {}", status_words(status)),
                     };
                     let first = order.get(&*host).copied().unwrap_or(usize::MAX);
+                    let size = gathered.len();
                     let key = (gathered.stdout, gathered.stderr, gathered.cut, ending);
-                    let group = groups.entry(key).or_insert_with(|| Group { first, hosts: Vec::new() });
+                    let group = groups.entry(key).or_insert_with(|| {
+                        left = left.saturating_sub(size);
+                        Group { first, hosts: Vec::new() }
+                    });
                     group.first = group.first.min(first);
                     group.hosts.push(host.to_string());
                 }

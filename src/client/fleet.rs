@@ -388,10 +388,12 @@ pub fn exec(
     each(hosts, options, move |run| {
         let (command, exec, env) = (command.clone(), exec.clone(), env.clone());
         async move {
-            let mut client = run.connect().await?;
+            let mut client = unless_cancelled(run.cancel(), run.connect()).await?;
             let (mut out, mut err) = (run.stdout(), run.stderr());
             if !env.is_empty() {
-                let answer = client.set_env(&env).await.map_err(HostError::Failed)?;
+                let answer =
+                    unless_cancelled(run.cancel(), async { client.set_env(&env).await.map_err(HostError::Failed) })
+                        .await?;
                 if !answer.refused.is_empty() {
                     // Said on the host's stderr, where its user looks.
                     let names: Vec<String> = answer.refused.iter().map(|n| printable(n).into_owned()).collect();
@@ -448,13 +450,25 @@ pub fn put(
         async move {
             let (sources, dest, plan, copy) = &*shared;
             let dest = Some(run.remote_path(dest.as_deref().unwrap_or(""))).filter(|d| !d.is_empty());
-            let mut client = run.connect().await?;
-            let plan =
-                tree::plan_put(&mut client, sources, dest.as_deref(), plan.clone()).await.map_err(HostError::Plan)?;
-            drop(client);
+            let plan = unless_cancelled(run.cancel(), async {
+                let mut client = run.connect().await?;
+                tree::plan_put(&mut client, sources, dest.as_deref(), plan.clone()).await.map_err(HostError::Plan)
+            })
+            .await?;
             cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await
         }
     })
+}
+
+/// `step` (a connection, a plan), unless `cancel` comes first.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    step: impl Future<Output = Result<T, HostError>>,
+) -> Result<T, HostError> {
+    tokio::select! {
+        done = step => done,
+        () = cancel.cancelled() => Err(HostError::Cancelled),
+    }
 }
 
 /// `copy`, unless `cancel` comes first: then the copy is dropped where it
@@ -486,9 +500,11 @@ pub fn get(
             std::fs::create_dir_all(&dest)
                 .map_err(|source| HostError::Failed(ClientError::Local { path: dest.clone(), source }))?;
             let paths: Vec<String> = paths.iter().map(|p| run.remote_path(p)).collect();
-            let mut client = run.connect().await?;
-            let plan = tree::plan_get(&mut client, &paths, &dest, plan.clone()).await.map_err(HostError::Plan)?;
-            drop(client);
+            let plan = unless_cancelled(run.cancel(), async {
+                let mut client = run.connect().await?;
+                tree::plan_get(&mut client, &paths, &dest, plan.clone()).await.map_err(HostError::Plan)
+            })
+            .await?;
             cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await
         }
     })

@@ -259,8 +259,6 @@ fn unexpected(expected: &'static str, got: impl std::fmt::Display) -> ClientErro
 /// A file of the share opened to send, small ones read, or why not.
 type Opened = (u64, Result<Sender, ClientError>);
 
-/// Opens the next wanted files (reading small ones) on a blocking thread,
-/// then sends them; returns how many were sent.
 /// What [`send_some`] sends from and reports to.
 struct Sending<'a> {
     share: &'a [Job],
@@ -271,6 +269,8 @@ struct Sending<'a> {
     shared: Option<Arc<crate::session::SharedReads>>,
 }
 
+/// Opens the next wanted files (reading small ones) on a blocking thread,
+/// then sends them; returns how many were sent.
 async fn send_some(
     out: &mut crate::session::Outbound<'_, crate::session::ClientSide>,
     queue: &mut VecDeque<Want>,

@@ -252,10 +252,14 @@ impl Bucket {
         }
         let joined = rel.joined();
         let key = match (self.spec.prefix.as_str(), joined.as_str()) {
-            ("", j) => Path::from(j),
-            (p, "") => Path::from(p),
-            (p, j) => Path::from(format!("{p}/{j}")),
+            ("", j) => j.to_owned(),
+            (p, "") => p.to_owned(),
+            (p, j) => format!("{p}/{j}"),
         };
+        // The key as the name is, not percent-encoded (listings give raw
+        // keys, and another tool's `report[1].txt` must stat as listed).
+        let key = Path::parse(&key)
+            .map_err(|e| Refusal::new(ErrorCode::BadPath, format!("{}: not a key: {e}", super::files::shown(path))))?;
         Ok((key, name))
     }
 
@@ -389,31 +393,33 @@ impl Bucket {
         if name.is_none() {
             return Ok(false);
         }
-        if self.store.head(&key).await.is_ok() {
-            return Err(Refusal::new(
-                ErrorCode::NotADirectory,
-                format!("{}: a file is there", super::files::shown(path)),
-            ));
+        if self.is_object(&key, path).await? {
+            let msg = format!("{}: a file is there", super::files::shown(path));
+            return Err(Refusal::new(ErrorCode::NotADirectory, msg));
         }
-        if let Ok(e) = self.stat(path).await {
-            debug_assert_eq!(e.kind, Kind::Dir);
-            return Ok(false);
+        match self.stat(path).await {
+            Ok(_) => return Ok(false),
+            Err(r) if r.code == ErrorCode::NotFound => {}
+            Err(r) => return Err(r),
         }
         // Each parent is a directory or nothing (then made too, or refused).
         let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_owned()).collect();
         let prefix_depth = self.spec.prefix.split('/').filter(|p| !p.is_empty()).count();
         for i in prefix_depth + 1..parts.len() {
-            let parent = Path::from_iter(parts[..i].iter().map(String::as_str));
-            if self.store.head(&parent).await.is_ok() {
+            let parent = Path::parse(parts[..i].join("/")).map_err(|e| store_refusal(path, e.into()))?;
+            if self.is_object(&parent, path).await? {
                 let msg = format!("{}: a parent is a file", super::files::shown(path));
                 return Err(Refusal::new(ErrorCode::NotADirectory, msg));
             }
-            let rel = parts[prefix_depth..i].join("/");
-            if !parents && self.stat(&rel).await.is_err() {
-                return Err(Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("{}: its parent does not exist", super::files::shown(path)),
-                ));
+            if !parents {
+                match self.stat(&parts[prefix_depth..i].join("/")).await {
+                    Ok(_) => {}
+                    Err(r) if r.code == ErrorCode::NotFound => {
+                        let msg = format!("{}: its parent does not exist", super::files::shown(path));
+                        return Err(Refusal::new(ErrorCode::NotFound, msg));
+                    }
+                    Err(r) => return Err(r),
+                }
             }
         }
         let marker = key.clone().join(DIR_MARKER);
@@ -421,6 +427,18 @@ impl Bucket {
         match self.store.put_opts(&marker, PutPayload::new(), options).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(store_refusal(path, e)),
+        }
+    }
+}
+
+impl Bucket {
+    /// Whether an object is at `key` (`path` as the peer named it, for
+    /// errors); the store's failures are refusals, not "no".
+    async fn is_object(&self, key: &Path, path: &str) -> Result<bool, Refusal> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(store_refusal(path, e)),
         }
     }

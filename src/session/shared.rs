@@ -8,11 +8,10 @@
 //! first reads it (`pread` on its own descriptor of the same file) and
 //! puts it in the ring; the others take it from there. Before the oldest
 //! chunk leaves a full ring, the leader waits for the copies still
-//! reading it, up to [`PATIENCE`]: so copies that move at about the same
-//! speed stay within one ring of each other and the file is read once,
-//! whatever the page cache holds, while a copy that is much slower (or
-//! stuck) is let go after that wait and reads on its own, never holding
-//! the others back for long. A copy that starts far from the ring (a
+//! reading it: so copies that move at about the same speed stay within
+//! one ring of each other and the file is read once, whatever the page
+//! cache holds, while a copy that is slower (or stuck) is let go once the
+//! waits for it add up to [`PATIENCE`], and reads on its own. A copy that starts far from the ring (a
 //! resume) reads on its own too.
 
 use std::collections::{HashMap, VecDeque};
@@ -98,7 +97,7 @@ impl SharedReads {
             let mut ring = file.ring.lock().expect("ring");
             ring.next_id += 1;
             let id = ring.next_id;
-            ring.readers.insert(id, Place { at: start, alone: false });
+            ring.readers.insert(id, Place { at: start, alone: false, started: false, held_back: Duration::ZERO });
             id
         };
         SharedReader { file, id }
@@ -144,6 +143,11 @@ struct Place {
     at: u64,
     /// Let go: the ring no longer waits for it.
     alone: bool,
+    /// It has asked for a chunk (a copy that opened the file and has not
+    /// started sending it yet holds nothing back).
+    started: bool,
+    /// How long leaders have waited for it, in all.
+    held_back: Duration,
 }
 
 impl Ring {
@@ -158,7 +162,28 @@ impl Ring {
     /// Whether a reader the ring waits for still wants the oldest chunk.
     fn oldest_wanted(&self) -> bool {
         let end_of_oldest = (self.first + 1) * CHUNK as u64;
-        self.readers.values().any(|p| !p.alone && p.at < end_of_oldest && p.at >= self.first * CHUNK as u64)
+        self.readers.values().any(|p| p.holds(self.first, end_of_oldest))
+    }
+
+    /// The readers the ring waits for before dropping its oldest chunk.
+    fn holders(&self) -> Vec<u64> {
+        let end_of_oldest = (self.first + 1) * CHUNK as u64;
+        self.readers.iter().filter(|(_, p)| p.holds(self.first, end_of_oldest)).map(|(id, _)| *id).collect()
+    }
+
+    /// Counts `waited` against the readers `ids` the ring waited for,
+    /// letting go of those that have held it back for [`PATIENCE`] in
+    /// all: a copy that is slow but keeps moving does not pace the
+    /// others for ever.
+    fn held_back(&mut self, ids: &[u64], waited: Duration) {
+        for id in ids {
+            if let Some(p) = self.readers.get_mut(id) {
+                p.held_back += waited;
+                if p.held_back >= PATIENCE {
+                    p.alone = true;
+                }
+            }
+        }
     }
 
     /// Lets go of the readers still on the oldest chunk.
@@ -169,6 +194,14 @@ impl Ring {
                 p.alone = true;
             }
         }
+    }
+}
+
+impl Place {
+    /// Whether the ring waits for this reader before dropping the chunk
+    /// `first` (whose bytes end at `end`).
+    fn holds(&self, first: u64, end: u64) -> bool {
+        self.started && !self.alone && self.at < end && self.at >= first * CHUNK as u64
     }
 }
 
@@ -186,7 +219,10 @@ enum Step {
     Lead,
     /// Read it alone, keeping it out of the ring.
     Alone,
+    /// Another reader is reading it.
     Wait,
+    /// The ring is full and a reader is still on its oldest chunk.
+    WaitForOldest,
 }
 
 impl SharedReader {
@@ -235,11 +271,19 @@ impl SharedReader {
                     self.file.changed.notify_waiters();
                     return Ok((from, read?));
                 }
-                Step::Wait => {
+                Step::Wait | Step::WaitForOldest => {
+                    let holders = match step {
+                        Step::WaitForOldest => self.file.ring.lock().expect("ring").holders(),
+                        _ => Vec::new(),
+                    };
                     let started = tokio::time::Instant::now();
                     let left = PATIENCE.saturating_sub(waited).max(Duration::from_millis(1));
                     let _ = tokio::time::timeout(left, notified).await;
-                    waited += started.elapsed();
+                    let this_time = started.elapsed();
+                    waited += this_time;
+                    if !holders.is_empty() {
+                        self.file.ring.lock().expect("ring").held_back(&holders, this_time);
+                    }
                 }
             }
         }
@@ -261,8 +305,9 @@ impl SharedReader {
         let mut ring = self.file.ring.lock().expect("ring");
         let mut moved = false;
         if let Some(me) = ring.readers.get_mut(&self.id) {
-            moved = me.at / CHUNK as u64 != index;
+            moved = me.at / CHUNK as u64 != index || !me.started;
             me.at = at;
+            me.started = true;
         }
         (Self::choose(&mut ring, &self.file, index, impatient), moved)
     }
@@ -292,7 +337,7 @@ impl SharedReader {
         let full = ring.bytes() + CHUNK > RING;
         if full || over_budget {
             if ring.oldest_wanted() && !impatient {
-                return Step::Wait;
+                return Step::WaitForOldest;
             }
             if impatient {
                 ring.let_go();
@@ -446,13 +491,53 @@ mod tests {
         let (f, data) = file(RING + 3 * CHUNK);
         let reads = SharedReads::new(1 << 30);
         let file = Arc::new(File::open(f.path()).unwrap());
-        // Joined at 0 and never reading.
-        let _stuck = reads.join(&file.metadata().unwrap(), 0);
+        // Reads its first chunk, then never another.
+        let stuck = reads.join(&file.metadata().unwrap(), 0);
+        stuck.chunk(&file, 0).await.unwrap();
         let started = tokio::time::Instant::now();
         let got = read_all(&reads, f.path(), Duration::ZERO).await;
         assert!(got == data);
         let waited = started.elapsed();
         assert!(waited >= PATIENCE && waited < PATIENCE * 4, "{waited:?}");
+    }
+
+    /// A copy that opened the file and has not started sending it holds
+    /// nothing back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_not_started_holds_nothing_back() {
+        let (f, data) = file(RING + 3 * CHUNK);
+        let reads = SharedReads::new(1 << 30);
+        let file = Arc::new(File::open(f.path()).unwrap());
+        let _waiting = reads.join(&file.metadata().unwrap(), 0);
+        let started = tokio::time::Instant::now();
+        assert!(read_all(&reads, f.path(), Duration::ZERO).await == data);
+        assert!(started.elapsed() < PATIENCE / 2, "{:?}", started.elapsed());
+    }
+
+    /// A reader that keeps moving but holds the others back is let go once
+    /// it has held them back for the patience in all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_moving_reader_is_let_go_after_the_patience_in_all() {
+        let (f, data) = file(RING + 40 * CHUNK);
+        let reads = SharedReads::new(1 << 30);
+        let file = Arc::new(File::open(f.path()).unwrap());
+        let slow = {
+            let (reads, file) = (reads.clone(), file.clone());
+            tokio::spawn(async move {
+                let reader = reads.join(&file.metadata().unwrap(), 0);
+                // 100 ms a chunk: the other would wait 4 s in all.
+                for i in 0..40u64 {
+                    reader.chunk(&file, i * CHUNK as u64).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = tokio::time::Instant::now();
+        assert!(read_all(&reads, f.path(), Duration::ZERO).await == data);
+        let took = started.elapsed();
+        assert!(took < PATIENCE + Duration::from_millis(1500), "held back for {took:?}");
+        slow.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
