@@ -21,6 +21,7 @@ use framewire::client::tree::{CopyOptions, PlanError, PlanOptions, Summary};
 use framewire::client::{ExecOptions, ExitStatus};
 use framewire::proto::ExitReason;
 use framewire::text::printable;
+use framewire::ClientError;
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -380,6 +381,12 @@ impl Class {
             HostError::KeyRefused(_) => Class::KeyRefused,
             HostError::NotStarted => Class::NotStarted,
             HostError::Cancelled => Class::Interrupted,
+            // The connection lost while planning is framewire's failure,
+            // not a file's.
+            HostError::Plan(PlanError::Source {
+                error: ClientError::Wire(_) | ClientError::Closed | ClientError::Unexpected { .. },
+                ..
+            }) => Class::Error,
             HostError::Plan(_) => Class::Failed,
             _ => Class::Error,
         }
@@ -889,7 +896,20 @@ pub fn split_last(mut all: Vec<String>) -> (Vec<String>, Option<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{header, listed, prefixed, split_last};
+    use super::{header, listed, prefixed, split_last, Class};
+    use framewire::client::fleet::HostError;
+    use framewire::client::tree::PlanError;
+    use framewire::ClientError;
+
+    #[test]
+    fn a_connection_lost_while_planning_is_framewires_failure() {
+        let plan = |error| HostError::Plan(PlanError::Source { path: "x".into(), error });
+        assert_eq!(Class::of_error(&plan(ClientError::Closed)), Class::Error);
+        assert!(Class::of_error(&plan(ClientError::Closed)).own_failure(), "exits 255");
+        assert_eq!(Class::of_error(&plan(ClientError::LocalExists("x".into()))), Class::Failed);
+        assert_eq!(Class::of_error(&HostError::Plan(PlanError::IsADirectory("d".into()))), Class::Failed);
+        assert_eq!(Class::of_error(&HostError::NotStarted), Class::NotStarted);
+    }
 
     #[test]
     fn host_lists_skip_comments_and_blank_lines() {
