@@ -2,7 +2,6 @@
 //! trees over several connections with progress bars.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -18,7 +17,7 @@ use framewire::client::{Progress, Transfer};
 use framewire::proto::Kind;
 use framewire::text::printable;
 use framewire::ClientError;
-use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
@@ -238,9 +237,9 @@ async fn on_hosts(
     let names = fleet.hosts.names(settings)?;
     let hosts = super::fleet::resolve(names, settings, opts.bwlimit, None)?;
     let what = if put {
-        super::fleet::Copy::Put { sources: paths.iter().map(PathBuf::from).collect(), dest: last }
+        super::fleet::Copying::Put { sources: paths.iter().map(PathBuf::from).collect(), dest: last }
     } else {
-        super::fleet::Copy::Get { paths, dir: PathBuf::from(last.unwrap_or_else(|| ".".into())) }
+        super::fleet::Copying::Get { paths, dir: PathBuf::from(last.unwrap_or_else(|| ".".into())) }
     };
     let jobs = opts.jobs.map_or(super::config::DEFAULT_JOBS, usize::from);
     let copy = CopyOptions::new(opts.force, jobs);
@@ -251,13 +250,7 @@ async fn on_hosts(
 
 /// A plan that could not be made, in the CLI's words.
 fn plan_error(e: PlanError, verb: &str) -> anyhow::Error {
-    match e {
-        PlanError::IsADirectory(path) => anyhow::anyhow!("{path}: is a directory (use -r)"),
-        PlanError::Source { path, error } => {
-            anyhow::anyhow!("{}", super::explained(&error)).context(format!("cannot {verb} {path}"))
-        }
-        e => e.into(),
-    }
+    anyhow::anyhow!("{}", super::plan_words(&e, verb))
 }
 
 /// The last component of a listed path, as bytes.
@@ -556,14 +549,6 @@ struct Bars {
 /// would only flicker): the total shows them.
 const WATCHABLE: u64 = 1 << 20;
 
-fn draw_target(quiet: bool) -> ProgressDrawTarget {
-    if quiet || super::verbose() || !std::io::stderr().is_terminal() {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    }
-}
-
 /// A bar that fits the terminal: a short label (the file's name, not its
 /// path), a bar taking what the figures leave, binary units throughout.
 fn bar_style() -> ProgressStyle {
@@ -582,7 +567,7 @@ fn label(path: &str) -> String {
 
 /// One progress bar of the kind transfers show (hidden off a terminal).
 pub fn bar(name: &str, len: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), draw_target(false));
+    let bar = ProgressBar::with_draw_target(Some(len), super::draw_target(false));
     bar.set_style(bar_style());
     bar.set_message(label(name));
     bar
@@ -590,7 +575,7 @@ pub fn bar(name: &str, len: u64) -> ProgressBar {
 
 impl Bars {
     fn new(plan: &Plan, quiet: bool) -> Bars {
-        let multi = MultiProgress::with_draw_target(draw_target(quiet));
+        let multi = MultiProgress::with_draw_target(super::draw_target(quiet));
         let style = bar_style();
         let total = (plan.jobs.len() > 1).then(|| {
             let bar = multi.add(ProgressBar::new(plan.total_size()));

@@ -4,7 +4,7 @@
 //! exit codes that hide no failure.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +22,7 @@ use framewire::client::{ExecOptions, ExitStatus};
 use framewire::proto::ExitReason;
 use framewire::text::printable;
 use framewire::ClientError;
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -245,6 +245,14 @@ impl Out {
         let _ = self.stderr.write_all(bytes);
     }
 
+    /// `record` as one JSON line on stdout; whether stdout still works.
+    fn json(&mut self, record: &impl Serialize) -> anyhow::Result<bool> {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        self.out(&line);
+        Ok(self.failed.is_none())
+    }
+
     /// One line of framewire's own on stderr.
     fn note(&mut self, line: std::fmt::Arguments<'_>) {
         let _ = writeln!(self.stderr, "framewire: {line}");
@@ -415,19 +423,10 @@ fn error_line(e: &HostError) -> String {
         HostError::Unreachable(c) => format!("unreachable: {}", super::explained(c)),
         HostError::KeyRefused(c) => format!("key refused: {}", super::explained(c)),
         HostError::Failed(c) => super::explained(c),
-        HostError::Plan(p) => plan_line(p),
+        HostError::Plan(p) => super::plan_words(p, "copy"),
         e => e.to_string(),
     };
     printable(&text).into_owned()
-}
-
-/// A copy that could not be planned, in the CLI's words.
-fn plan_line(e: &PlanError) -> String {
-    match e {
-        PlanError::IsADirectory(path) => format!("{path}: is a directory (use -r)"),
-        PlanError::Source { path, error } => format!("cannot copy {path}: {}", super::explained(error)),
-        e => e.to_string(),
-    }
 }
 
 /// How a command ended, in words (`exit code 3`, `killed by signal 9`).
@@ -574,10 +573,7 @@ pub async fn exec(
                         truncated: gathered.cut,
                         duration: elapsed.as_secs_f64(),
                     };
-                    let mut line = serde_json::to_vec(&record)?;
-                    line.push(b'\n');
-                    out.out(&line);
-                    if out.failed.is_some() {
+                    if !out.json(&record)? {
                         events.cancel();
                     }
                     continue;
@@ -682,7 +678,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// What `put -w` or `get -w` copies.
-pub enum Copy {
+pub enum Copying {
     /// Local sources to a destination on every host.
     Put { sources: Vec<PathBuf>, dest: Option<String> },
     /// Remote paths from every host into `dir/HOST/`.
@@ -726,7 +722,7 @@ pub struct CopyShown {
 /// replaced; else 0.
 pub async fn copy(
     hosts: Vec<Host>,
-    what: Copy,
+    what: Copying,
     plan: PlanOptions,
     copy: CopyOptions,
     fanout: usize,
@@ -741,8 +737,8 @@ pub async fn copy(
     let mut tally = Tally::new(hosts.len());
     let bar = hosts_bar(hosts.len(), shown.quiet || shown.json);
     let mut events = match what {
-        Copy::Put { sources, dest } => fleet::put(hosts, sources, dest, plan, copy, options),
-        Copy::Get { paths, dir } => fleet::get(hosts, paths, dir, plan, copy, options),
+        Copying::Put { sources, dest } => fleet::put(hosts, sources, dest, plan, copy, options),
+        Copying::Get { paths, dir } => fleet::get(hosts, paths, dir, plan, copy, options),
     };
     let mut out = Out::new();
     while let Some(event) = next_event(&mut events, &mut out).await {
@@ -757,11 +753,7 @@ pub async fn copy(
         };
         tally.add(class, &host);
         if shown.json {
-            let record = copy_record(&host, class, &outcome, elapsed);
-            let mut line = serde_json::to_vec(&record)?;
-            line.push(b'\n');
-            out.out(&line);
-            if out.failed.is_some() {
+            if !out.json(&copy_record(&host, class, &outcome, elapsed))? {
                 events.cancel();
             }
             continue;
@@ -873,12 +865,7 @@ fn copy_lines(name: &str, s: &Summary, quiet: bool) -> Vec<String> {
 
 /// A bar of hosts done, on a terminal's stderr only.
 fn hosts_bar(hosts: usize, quiet: bool) -> ProgressBar {
-    let target = if quiet || super::verbose() || !std::io::stderr().is_terminal() {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    };
-    let bar = ProgressBar::with_draw_target(Some(hosts as u64), target);
+    let bar = ProgressBar::with_draw_target(Some(hosts as u64), super::draw_target(quiet));
     bar.set_style(
         ProgressStyle::with_template("hosts [{wide_bar}] {pos}/{len} {elapsed}")
             .expect("valid template")

@@ -432,6 +432,27 @@ fn explain_cause(cause: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// A copy that could not be planned, in the CLI's words: `cannot VERB
+/// PATH: why`, or what to do about a directory.
+pub fn plan_words(e: &framewire::client::tree::PlanError, verb: &str) -> String {
+    use framewire::client::tree::PlanError;
+    match e {
+        PlanError::IsADirectory(path) => format!("{path}: is a directory (use -r)"),
+        PlanError::Source { path, error } => format!("cannot {verb} {path}: {}", explained(error)),
+        e => e.to_string(),
+    }
+}
+
+/// Where progress bars go: stderr when it is a terminal, nowhere with
+/// `quiet` or `-v` (log lines would tear them).
+pub fn draw_target(quiet: bool) -> indicatif::ProgressDrawTarget {
+    if quiet || verbose() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    }
+}
+
 /// A client error, with the flag that changes the situation where one does.
 pub fn explained(e: &framewire::ClientError) -> String {
     use framewire::{ClientError, ErrorCode};

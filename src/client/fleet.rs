@@ -405,10 +405,8 @@ pub fn exec(
             let mut cancel = std::pin::pin!(run.cancel().clone().cancelled_owned());
             let io =
                 ExecIo { stdin: None, stdout: &mut out, stderr: &mut err, cancel: Some(cancel.as_mut()), resize: None };
-            let exec = match run.timeout {
-                Some(own) => ExecOptions::with_timeout(Some(own)),
-                None => exec,
-            };
+            let mut exec = exec;
+            exec.timeout = run.timeout.or(exec.timeout);
             let status = client.exec(&command, &exec, io).await.map_err(HostError::Failed)?;
             out.finish().await;
             err.finish().await;
