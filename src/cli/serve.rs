@@ -25,9 +25,28 @@ pub struct ServeArgs {
     #[arg(help_heading = "Where", long, default_value = "127.0.0.1:9909")]
     listen: String,
 
-    /// Directory to serve.
+    /// Directory to serve, or a bucket of an S3-compatible object store:
+    /// `s3://BUCKET[/PREFIX]` (credentials and region from the usual AWS
+    /// environment variables or profile; see docs/DESIGN.md for what
+    /// each request means on objects).
     #[arg(help_heading = "Where", long, default_value = ".")]
     root: PathBuf,
+
+    /// The S3 endpoint of an `s3://` root, for stores other than AWS
+    /// (SeaweedFS, MinIO, Garage, Ceph RGW; path-style requests). Default:
+    /// AWS_ENDPOINT_URL, else AWS's own.
+    #[arg(help_heading = "Where", long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+
+    /// Allow a plain `http://` S3 endpoint (for a test server on
+    /// loopback; credentials and data then cross unencrypted).
+    #[arg(help_heading = "Where", long)]
+    s3_allow_http: bool,
+
+    /// Where exec commands run, instead of the root. Needed for exec on
+    /// an `s3://` root, which has no directory to run them in.
+    #[arg(help_heading = "Commands", long, value_name = "DIR")]
+    exec_dir: Option<PathBuf>,
 
     /// Authenticated connections served at once; one more waits up to 5 s
     /// for a slot, then is told "server busy".
@@ -143,11 +162,32 @@ fn parse_legacy(spec: &str) -> Result<(Mode, String), String> {
 }
 
 pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> {
-    let root = args.root.canonicalize().with_context(|| format!("cannot serve {}", args.root.display()))?;
-    anyhow::ensure!(root.is_dir(), "cannot serve {}: not a directory", root.display());
+    let exec_dir = match &args.exec_dir {
+        Some(dir) => {
+            let dir = dir.canonicalize().with_context(|| format!("--exec-dir {}", dir.display()))?;
+            anyhow::ensure!(dir.is_dir(), "--exec-dir {}: not a directory", dir.display());
+            Some(dir)
+        }
+        None => None,
+    };
+    let bucket = open_bucket(&args).await?;
+    let root = match (&bucket, &exec_dir) {
+        (Some(_), Some(dir)) => dir.clone(),
+        (Some(_), None) => PathBuf::new(),
+        (None, _) => {
+            let root = args.root.canonicalize().with_context(|| format!("cannot serve {}", args.root.display()))?;
+            anyhow::ensure!(root.is_dir(), "cannot serve {}: not a directory", root.display());
+            root
+        }
+    };
     let listener =
         server::bind(&args.listen, args.backlog).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut config = Config::new(root);
+    config.exec_dir = exec_dir;
+    #[cfg(feature = "s3")]
+    {
+        config.bucket = bucket;
+    }
     config.max_connections = args.max_connections;
     config.max_startups = args.max_startups;
     config.max_startups_per_source = args.max_startups_per_source;
@@ -179,6 +219,13 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     for (mode, l) in &legacy {
         say!("legacy {mode} listening on {}", l.local_addr()?);
     }
+    #[cfg(feature = "s3")]
+    if let Some(b) = &config.bucket {
+        tracing::info!(root = %b.spec().url(), "serving a bucket");
+    } else {
+        tracing::info!(root = %config.root.display(), "serving");
+    }
+    #[cfg(not(feature = "s3"))]
     tracing::info!(root = %config.root.display(), "serving");
     // The first SIGINT or SIGTERM starts the drain, and says how long it
     // may take; a second one ends it at once.
@@ -204,6 +251,35 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     });
     server::run_until(listener, legacy, config, first, second).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bucket an `s3://` root names, opened and checked (it is there and
+/// the credentials open it), or `None` for a directory root; one clear
+/// error otherwise, before anything listens.
+#[cfg(feature = "s3")]
+async fn open_bucket(args: &ServeArgs) -> anyhow::Result<Option<framewire::server::Bucket>> {
+    use framewire::server::{Bucket, BucketSpec};
+    let Some(url) = args.root.to_str().filter(|r| r.starts_with("s3://")) else {
+        anyhow::ensure!(
+            args.s3_endpoint.is_none() && !args.s3_allow_http,
+            "--s3-endpoint and --s3-allow-http are for an s3:// root"
+        );
+        return Ok(None);
+    };
+    let spec = BucketSpec::parse(url)?.with_endpoint(args.s3_endpoint.clone()).with_allow_http(args.s3_allow_http);
+    let bucket = Bucket::open(spec).await.map_err(|e| anyhow::anyhow!("cannot serve {url}: {e}"))?;
+    Ok(Some(bucket))
+}
+
+/// Without the `s3` feature an `s3://` root is refused.
+#[cfg(not(feature = "s3"))]
+async fn open_bucket(args: &ServeArgs) -> anyhow::Result<Option<()>> {
+    anyhow::ensure!(
+        !args.root.to_str().is_some_and(|r| r.starts_with("s3://")),
+        "cannot serve {}: this framewire was built without the `s3` feature",
+        args.root.display()
+    );
+    Ok(None)
 }
 
 /// Waits for SIGINT or SIGTERM; returns which came.

@@ -36,8 +36,16 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// The served directory.
+    /// The served directory (unless [`bucket`](Self::bucket) is set).
     pub root: PathBuf,
+    /// A bucket of an object store served as the root instead of
+    /// [`root`](Self::root) (`serve --root s3://BUCKET[/PREFIX]`).
+    #[cfg(feature = "s3")]
+    pub bucket: Option<crate::services::bucket::Bucket>,
+    /// Where commands run: by default the served directory; with a bucket
+    /// root there is none, and exec is refused unless this names a local
+    /// directory (`--exec-dir`).
+    pub exec_dir: Option<PathBuf>,
     /// Authenticated connections (sessions) served at once, native and
     /// legacy together.
     pub max_connections: usize,
@@ -115,6 +123,9 @@ impl Config {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Config {
             root: root.into(),
+            #[cfg(feature = "s3")]
+            bucket: None,
+            exec_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_startups: DEFAULT_MAX_STARTUPS,
             max_startups_per_source: DEFAULT_MAX_STARTUPS_PER_SOURCE,
@@ -160,6 +171,13 @@ pub enum PolicyError {
         mode: String,
         /// Its address.
         addr: std::net::SocketAddr,
+    },
+    /// A legacy listener with a bucket root (the tutorial formats serve
+    /// a local directory only).
+    #[error("legacy {mode} serves a local directory only, and the root is a bucket")]
+    LegacyOnBucket {
+        /// The listener's format.
+        mode: String,
     },
     /// A legacy listener on a non-loopback address without the HMAC
     /// challenge.

@@ -10,10 +10,20 @@ use std::time::{Duration, Instant};
 use super::config::Config;
 use crate::services::files::{HashCache, Sandbox};
 
+/// What the files service works on: the one seam between requests and
+/// where files are (DESIGN.md, "A bucket as the served root").
+pub(crate) enum Storage {
+    /// A local directory, resolved by descriptor.
+    Local(Sandbox),
+    /// A bucket of an object store.
+    #[cfg(feature = "s3")]
+    Bucket(crate::services::bucket::Bucket),
+}
+
 /// What every connection of a server shares.
 pub(crate) struct Context {
     pub config: Config,
-    pub sandbox: Sandbox,
+    pub storage: Storage,
     /// TLS configuration, when the server has a key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub throttle: Throttle,
@@ -37,6 +47,19 @@ pub const MAX_PENALTY: Duration = Duration::from_secs(3);
 const MAX_THROTTLED: usize = 16_384;
 /// Failures older than this are forgotten.
 const PENALTY_MEMORY: Duration = Duration::from_secs(600);
+
+impl Context {
+    /// The local root. Only the handlers of a local root call this: the
+    /// dispatcher routes file requests by [`Storage`], and a bucket root
+    /// has no legacy listeners.
+    pub(crate) fn sandbox(&self) -> &Sandbox {
+        match &self.storage {
+            Storage::Local(sb) => sb,
+            #[cfg(feature = "s3")]
+            Storage::Bucket(_) => unreachable!("a local handler was routed a bucket root"),
+        }
+    }
+}
 
 impl Throttle {
     pub(crate) fn penalty(&self, ip: IpAddr) -> Duration {

@@ -1,6 +1,8 @@
 //! Request dispatch: the one place that knows every handler.
 
 use super::context::Context;
+#[cfg(feature = "s3")]
+use super::handlers::bucket;
 use super::handlers::{echo, exec, files, tree};
 use crate::proto::Request;
 use crate::session::{cut_off_by, ServerSide, Session};
@@ -99,6 +101,24 @@ async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup
         let msg = format!("unknown message type {:?}", request.kind());
         return s.refuse(crate::services::Refusal::new(crate::proto::ErrorCode::UnknownType, msg)).await;
     }
+    #[cfg(feature = "s3")]
+    let request = match (&ctx.storage, request) {
+        (super::context::Storage::Bucket(b), request) => match request {
+            Request::List(r) => return cut_off_by(&cut, bucket::list(s, b, r)).await,
+            Request::Stat(r) => return cut_off_by(&cut, bucket::stat(s, b, r)).await,
+            Request::Mkdir(r) => return cut_off_by(&cut, bucket::mkdir(s, b, r)).await,
+            Request::Remove(r) => return cut_off_by(&cut, bucket::remove(s, b, r)).await,
+            Request::Rename(r) => return cut_off_by(&cut, bucket::rename(s, b, r)).await,
+            Request::Get(r) => return cut_off_by(&cut, bucket::get(s, b, r)).await,
+            // A cut upload keeps its stored parts for a resume.
+            Request::Put(r) => return cut_off_by(&cut, bucket::put(s, b, r)).await,
+            Request::TreeList(r) => return cut_off_by(&cut, bucket::tree_list(s, b, r)).await,
+            Request::TreePut(r) => return cut_off_by(&cut, bucket::tree_put(s, b, r)).await,
+            Request::TreeGet(r) => return cut_off_by(&cut, bucket::tree_get(s, b, r)).await,
+            other => other,
+        },
+        (_, request) => request,
+    };
     match request {
         Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
         Request::Exec(r) => exec::exec(s, ctx, r, setup).await,

@@ -9,7 +9,7 @@ mod dispatch;
 mod handlers;
 
 #[cfg(feature = "s3")]
-pub use crate::services::bucket::{Bucket, BucketError, BucketSpec};
+pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, PART, WHOLE_MAX};
 #[cfg(feature = "s3")]
 pub use crate::services::files::Listing;
 pub use crate::services::root::Resolver;
@@ -98,12 +98,12 @@ pub async fn run_until(
 ) -> std::io::Result<()> {
     check_policy(&listener, &config)?;
     check_legacy_policy(&legacy, &config)?;
-    let mut sandbox = Sandbox::new(&config.root)?;
-    if let Some(resolver) = config.resolver {
-        sandbox = sandbox.with_resolver(resolver);
+    let storage = storage(&mut config)?;
+    if !matches!(storage, context::Storage::Local(_)) {
+        if let Some((mode, _)) = legacy.first() {
+            return refuse(PolicyError::LegacyOnBucket { mode: mode.to_string() });
+        }
     }
-    info!(root = %sandbox.root().display(), resolver = ?sandbox.resolver(), "serving");
-    config.root = sandbox.root().to_owned();
     let tls = match (&config.key, &config.tls) {
         (None, _) => None,
         (Some(_), Some(tls)) => Some(tls.clone()),
@@ -114,7 +114,7 @@ pub async fn run_until(
     let ctx = Arc::new(context::Context {
         accept_env: config.accept_env_set(),
         config,
-        sandbox,
+        storage,
         tls,
         throttle: context::Throttle::default(),
         hashes: Arc::default(),
@@ -183,17 +183,28 @@ pub async fn run_until(
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Removes partial files older than `age` at start and every
-/// [`PRUNE_EVERY`], logging each, until `stop`.
+/// [`PRUNE_EVERY`] (on a bucket: aborts the uploads whose records are
+/// that old), logging each, until `stop`.
 async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: CancellationToken) {
     loop {
-        let sb = ctx.sandbox.clone();
-        match tokio::task::spawn_blocking(move || sb.prune_partials(age)).await {
-            Ok(Ok(removed)) => {
+        let removed = match &ctx.storage {
+            context::Storage::Local(sb) => {
+                let sb = sb.clone();
+                match tokio::task::spawn_blocking(move || sb.prune_partials(age)).await {
+                    Ok(Ok(removed)) => Ok(removed),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            #[cfg(feature = "s3")]
+            context::Storage::Bucket(b) => b.prune_uploads(age).await.map_err(|r| r.message),
+        };
+        match removed {
+            Ok(removed) => {
                 for (path, size) in removed {
                     info!(path = %crate::text::printable(&path), size, max_age = ?age, "removed an abandoned partial file");
                 }
             }
-            Ok(Err(e)) => warn!("looking for abandoned partial files: {e}"),
             Err(e) => warn!("looking for abandoned partial files: {e}"),
         }
         tokio::select! {
@@ -408,7 +419,7 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
 fn legacy_context(ctx: &context::Context) -> legacy::Legacy<'_> {
     let c = &ctx.config;
     legacy::Legacy {
-        sandbox: &ctx.sandbox,
+        sandbox: ctx.sandbox(),
         shell: &c.shell,
         allow_exec: c.allow_exec,
         hmac: if c.legacy_hmac { c.key.as_ref() } else { None },
@@ -417,7 +428,24 @@ fn legacy_context(ctx: &context::Context) -> legacy::Legacy<'_> {
     }
 }
 
-fn refuse(why: PolicyError) -> std::io::Result<()> {
+/// What the files service works on: the bucket, if the config names one,
+/// else the directory (made canonical in `config.root`).
+fn storage(config: &mut Config) -> std::io::Result<context::Storage> {
+    #[cfg(feature = "s3")]
+    if let Some(bucket) = &config.bucket {
+        info!(root = %bucket.spec().url(), exec_dir = ?config.exec_dir, "serving a bucket");
+        return Ok(context::Storage::Bucket(bucket.clone()));
+    }
+    let mut sandbox = Sandbox::new(&config.root)?;
+    if let Some(resolver) = config.resolver {
+        sandbox = sandbox.with_resolver(resolver);
+    }
+    info!(root = %sandbox.root().display(), resolver = ?sandbox.resolver(), "serving");
+    config.root = sandbox.root().to_owned();
+    Ok(context::Storage::Local(sandbox))
+}
+
+fn refuse<T>(why: PolicyError) -> std::io::Result<T> {
     Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))
 }
 

@@ -71,6 +71,31 @@ const MAX_ENV_NAME: usize = 256;
 const MAX_ENV_VALUE: usize = 32 * 1024;
 
 /// The answer to exec, `pty` and `env` on a server without `--allow-exec`.
+/// Where commands run: `--exec-dir`, else a local root; `None` on a
+/// bucket root without one.
+fn exec_dir(ctx: &Context) -> Option<&std::path::Path> {
+    if let Some(dir) = &ctx.config.exec_dir {
+        return Some(dir);
+    }
+    match &ctx.storage {
+        crate::server::context::Storage::Local(sb) => Some(sb.root()),
+        #[cfg(feature = "s3")]
+        crate::server::context::Storage::Bucket(_) => None,
+    }
+}
+
+fn no_exec_dir(ctx: &Context) -> Refusal {
+    let root = match &ctx.storage {
+        #[cfg(feature = "s3")]
+        crate::server::context::Storage::Bucket(b) => b.spec().url(),
+        _ => ctx.config.root.display().to_string(),
+    };
+    Refusal::new(
+        ErrorCode::ExecDisabled,
+        format!("exec is refused: the served root is an object store ({root}), where commands cannot run; the server needs --exec-dir DIR, a local directory for them"),
+    )
+}
+
 fn exec_disabled() -> Refusal {
     Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")
 }
@@ -152,11 +177,14 @@ pub(in crate::server) async fn exec(
     } else {
         config.shell.clone()
     };
+    let Some(dir) = exec_dir(ctx) else {
+        return s.refuse(no_exec_dir(ctx)).await;
+    };
     let spec = Spec {
         shell: &shell,
         command: &command,
         login,
-        dir: &config.root,
+        dir,
         env: &env,
         pty: pty.as_ref().map(|(term, rows, cols)| (term.as_str(), *rows, *cols)),
     };

@@ -21,7 +21,7 @@ type S = Session<ServerSide>;
 
 pub(in crate::server) async fn list(s: &mut S, ctx: &Context, request: List) -> Result<(), Error> {
     let List { path, recursive, dirs, blake3, partial } = request;
-    let (sb, hashes) = (ctx.sandbox.clone(), ctx.hashes.clone());
+    let (sb, hashes) = (ctx.sandbox().clone(), ctx.hashes.clone());
     let listed = blocking(move || {
         let listing = if partial { Listing::Partials } else { Listing::of(recursive, dirs) };
         let mut entries = sb.list(&path, listing)?;
@@ -87,7 +87,7 @@ pub(super) fn hash_of(sb: &Sandbox, hashes: &files::HashCache, full: &str) -> Re
 }
 
 pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -> Result<(), Error> {
-    let sb = ctx.sandbox.clone();
+    let sb = ctx.sandbox().clone();
     let parents = request.parents.unwrap_or(true);
     match blocking(move || sb.mkdir(&request.path, parents)).await {
         Ok(created) => s.send(&MkdirReply { created }, &[]).await,
@@ -96,7 +96,7 @@ pub(in crate::server) async fn mkdir(s: &mut S, ctx: &Context, request: Mkdir) -
 }
 
 pub(in crate::server) async fn remove(s: &mut S, ctx: &Context, request: Remove) -> Result<(), Error> {
-    let sb = ctx.sandbox.clone();
+    let sb = ctx.sandbox().clone();
     let recursive = request.recursive.unwrap_or(true);
     match blocking(move || sb.remove(&request.path, recursive)).await {
         Ok(removed) => {
@@ -110,7 +110,7 @@ pub(in crate::server) async fn remove(s: &mut S, ctx: &Context, request: Remove)
 }
 
 pub(in crate::server) async fn rename(s: &mut S, ctx: &Context, request: Rename) -> Result<(), Error> {
-    let sb = ctx.sandbox.clone();
+    let sb = ctx.sandbox().clone();
     let Rename { from, to, force } = request;
     match blocking(move || sb.rename(&from, &to, force)).await {
         Ok(()) => s.send(&RenameReply {}, &[]).await,
@@ -119,7 +119,7 @@ pub(in crate::server) async fn rename(s: &mut S, ctx: &Context, request: Rename)
 }
 
 pub(in crate::server) async fn stat(s: &mut S, ctx: &Context, request: Stat) -> Result<(), Error> {
-    let sb = ctx.sandbox.clone();
+    let sb = ctx.sandbox().clone();
     match blocking(move || sb.stat(&request.path)).await {
         Ok(entry) => s.send(&StatReply { entry }, &[]).await,
         Err(r) => s.refuse(r).await,
@@ -174,7 +174,7 @@ pub(super) fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request
 /// file.
 pub(in crate::server) async fn get(s: &mut S, ctx: &Context, request: Get) -> Result<(), Error> {
     let shown = files::shown(&request.path);
-    let (sb, hashes) = (ctx.sandbox.clone(), ctx.hashes.clone());
+    let (sb, hashes) = (ctx.sandbox().clone(), ctx.hashes.clone());
     let Download { sender, check, version, head, cached } =
         match blocking(move || plan_download(&sb, &hashes, request)).await {
             Ok(plan) => plan,
@@ -261,7 +261,7 @@ fn exists(path: &str) -> Refusal {
 pub(in crate::server) async fn put(s: &mut S, ctx: &Context, request: Put) -> Result<(), Error> {
     let Put { path, size, force, mode, mtime } = request;
     let shown = files::shown(&path);
-    let sb = ctx.sandbox.clone();
+    let sb = ctx.sandbox().clone();
     let Upload { mut receiver, _claim } = match blocking(move || admit_upload(&sb, &path, size, force)).await {
         Ok(up) => up,
         Err(r) => return s.refuse(r).await,
@@ -308,7 +308,7 @@ pub(in crate::server) async fn put(s: &mut S, ctx: &Context, request: Put) -> Re
 /// Reads the next step of a put, which must be an `M`. `None`: the client
 /// left. A frame that is not the step due ends the connection (what
 /// follows it cannot be framed with certainty).
-async fn read_step<M: crate::wire::FrameHeader>(s: &mut S, due: &str) -> Result<Option<M>, Error> {
+pub(super) async fn read_step<M: crate::wire::FrameHeader>(s: &mut S, due: &str) -> Result<Option<M>, Error> {
     match s.read::<M>().await {
         Ok(Some((m, _))) => Ok(Some(m)),
         Ok(None) => Ok(None),
@@ -325,7 +325,7 @@ async fn read_step<M: crate::wire::FrameHeader>(s: &mut S, due: &str) -> Result<
 /// instead of sending the rest of a file that has nowhere to go. One that
 /// sends on gets this as its answer, and the rest of its body and its
 /// checksum are read and dropped.
-async fn write_failed(s: &mut S, refusal: Refusal) -> Result<(), Error> {
+pub(super) async fn write_failed(s: &mut S, refusal: Refusal) -> Result<(), Error> {
     s.refuse(refusal).await?;
     s.reader().skip_body().await?;
     match s.read::<Checksum>().await {

@@ -8,6 +8,8 @@
 //! returns `Ok`; an `Err` means the connection must close. Only the
 //! dispatcher (`super::dispatch`) calls them.
 
+#[cfg(feature = "s3")]
+pub(super) mod bucket;
 pub(super) mod echo;
 pub(super) mod exec;
 pub(super) mod files;

@@ -34,7 +34,7 @@ pub const MAX_OUTSTANDING: usize = 65_536;
 const READ_AHEAD: u64 = 1024 * 1024;
 
 /// `base/rel`, or `rel` when `base` is the root.
-fn join(base: &str, rel: &str) -> String {
+pub(super) fn join(base: &str, rel: &str) -> String {
     let base = base.trim_matches('/');
     if base.is_empty() || base == "." {
         rel.to_owned()
@@ -47,7 +47,7 @@ fn join(base: &str, rel: &str) -> String {
 /// or `..` component, not a partial file's name. The sandbox refuses
 /// escapes again when the path is opened; this refuses what is not a
 /// tree's path at all.
-fn plain(path: &str) -> Result<(), Refusal> {
+pub(super) fn plain(path: &str) -> Result<(), Refusal> {
     let ok = !path.is_empty()
         && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
         && !path.contains('\0')
@@ -69,7 +69,7 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 pub(in crate::server) async fn tree_list(s: &mut S, ctx: &Context, request: TreeList) -> Result<(), Error> {
     let TreeList { path, blake3 } = request;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Entry>, Refusal>>(4);
-    let (sb, hashes) = (ctx.sandbox.clone(), ctx.hashes.clone());
+    let (sb, hashes) = (ctx.sandbox().clone(), ctx.hashes.clone());
     let walker = tokio::task::spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(TREE_PART_ENTRIES);
         let mut bytes = 0;
@@ -135,17 +135,38 @@ fn decide(
     force: bool,
 ) -> Result<Decision, Refusal> {
     let standing = sb.standing_among(full, dirs)?;
-    let replace = match standing.there {
-        None => false,
+    let same_content =
+        || Ok(hash_of(sb, hashes, full)?.is_some_and(|h| e.blake3.as_deref() == Some(h.to_hex().as_str())));
+    let Some(replace) = judge(full, standing.there.as_ref(), same_content, e, force)? else {
+        return Ok(Decision::Unchanged);
+    };
+    let (offset, prefix) = match standing.partial {
+        Some((held, hash)) if held <= e.size => (held, Some(hash.to_hex().to_string())),
+        _ => (0, None),
+    };
+    Ok(Decision::Send { offset, prefix, replace })
+}
+
+/// What is `there` (a local root's or a bucket's entry) means for a
+/// manifest entry: `None`, unchanged; `Some(replace)`, wanted, replacing
+/// what is there or not. `same_content` is asked only when the entry has
+/// a BLAKE3 and the sizes agree.
+pub(super) fn judge(
+    full: &str,
+    there: Option<&Entry>,
+    same_content: impl FnOnce() -> Result<bool, Refusal>,
+    e: &ManifestEntry,
+    force: bool,
+) -> Result<Option<bool>, Refusal> {
+    match there {
+        None => Ok(Some(false)),
         Some(there) if there.kind == Kind::Dir => {
             let msg = format!("{}: is a directory on the server", files::shown(full));
-            return Err(Refusal::new(ErrorCode::IsADirectory, msg));
+            Err(Refusal::new(ErrorCode::IsADirectory, msg))
         }
         Some(there) if there.kind == Kind::File => {
             let same = match &e.blake3 {
-                Some(theirs) if there.size == e.size => {
-                    hash_of(sb, hashes, full)?.is_some_and(|h| h.to_hex().as_str() == theirs.as_str())
-                }
+                Some(_) if there.size == e.size => same_content()?,
                 Some(_) => false,
                 // The sender compared already (by checksum, perhaps) and
                 // found them different: no quick check overrides it.
@@ -153,27 +174,22 @@ fn decide(
                 None => there.size == e.size && there.mtime == e.mtime,
             };
             if same {
-                return Ok(Decision::Unchanged);
+                return Ok(None);
             }
             if !(force || e.replace || there.mtime < e.mtime) {
                 let msg = format!("{}: exists on the server, differs and is not older", files::shown(full));
                 return Err(Refusal::new(ErrorCode::Exists, msg));
             }
-            true
+            Ok(Some(true))
         }
         // A symlink or special file: replaced (as a name, never written
         // through) only when asked.
-        Some(_) if force || e.replace => true,
+        Some(_) if force || e.replace => Ok(Some(true)),
         Some(_) => {
             let msg = format!("{}: exists on the server and is not a regular file", files::shown(full));
-            return Err(Refusal::new(ErrorCode::Exists, msg));
+            Err(Refusal::new(ErrorCode::Exists, msg))
         }
-    };
-    let (offset, prefix) = match standing.partial {
-        Some((held, hash)) if held <= e.size => (held, Some(hash.to_hex().to_string())),
-        _ => (0, None),
-    };
-    Ok(Decision::Send { offset, prefix, replace })
+    }
 }
 
 enum Decision {
@@ -236,7 +252,7 @@ struct Upload {
 }
 
 /// A file refused or failed, logged as a refused request is.
-fn failed(i: u64, r: Refusal) -> Failed {
+pub(super) fn failed(i: u64, r: Refusal) -> Failed {
     tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
     Failed { i, code: r.code, message: r.message }
 }
@@ -257,7 +273,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
         pending: HashSet::new(),
         batch: Batch::new(),
         in_batch: HashMap::new(),
-        into: Some(Into { sb: ctx.sandbox.clone(), dirs: HashMap::new() }),
+        into: Some(Into { sb: ctx.sandbox().clone(), dirs: HashMap::new() }),
         failed: Vec::new(),
         files: 0,
         bytes: 0,
@@ -359,7 +375,7 @@ impl Upload {
                 to_decide.push((i, full, e));
             }
         }
-        let (sb, hashes, force) = (ctx.sandbox.clone(), ctx.hashes.clone(), self.force);
+        let (sb, hashes, force) = (ctx.sandbox().clone(), ctx.hashes.clone(), self.force);
         let decided = tokio::task::spawn_blocking(move || {
             // A manifest frame's files are mostly of a few directories.
             let mut dirs = files::Dirs::new();
@@ -426,7 +442,7 @@ impl Upload {
             return Ok(());
         }
         // Large or resumed: through a receiver and its partial file.
-        let (sb, path, size) = (ctx.sandbox.clone(), need.path.clone(), need.size);
+        let (sb, path, size) = (ctx.sandbox().clone(), need.path.clone(), need.size);
         let admitted = blocking(move || {
             let (dir, name) = sb.for_write(&path)?;
             let claim = sb.claim(&dir, &name, &path)?;
@@ -550,7 +566,7 @@ impl Upload {
                 for (i, _) in self.in_batch.drain() {
                     list.failed.push(failed(i, internal(&e)));
                 }
-                self.into = Some(Into { sb: ctx.sandbox.clone(), dirs: HashMap::new() });
+                self.into = Some(Into { sb: ctx.sandbox().clone(), dirs: HashMap::new() });
                 return list;
             }
         };
@@ -604,7 +620,7 @@ impl Upload {
 
 /// Whether a regular file of `size` bytes and `mtime` is at `path` now.
 fn same_there(ctx: &Context, path: &str, size: u64, mtime: i64) -> bool {
-    ctx.sandbox
+    ctx.sandbox()
         .standing(path)
         .is_ok_and(|s| s.there.is_some_and(|e| e.kind == Kind::File && e.size == size && e.mtime == mtime))
 }
@@ -691,7 +707,7 @@ pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeG
             })
             .collect();
         while !left.is_empty() {
-            let (sb, hashes, b) = (ctx.sandbox.clone(), ctx.hashes.clone(), base.clone());
+            let (sb, hashes, b) = (ctx.sandbox().clone(), ctx.hashes.clone(), base.clone());
             let (ready, rest) = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, &b, left))
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?;

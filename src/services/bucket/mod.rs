@@ -1,20 +1,29 @@
 //! A bucket of an S3-compatible object store as a served root
 //! (`serve --root s3://BUCKET[/PREFIX]`), through the `object_store`
-//! crate: where it is, the credentials, and the check at start that it
-//! is there and the credentials open it.
-//!
-//! Work in progress (issue 17): the connection, the start check, and the
-//! listing side (`stat`, `list`, `mkdir` with directory markers); the
-//! files service does not serve from a bucket yet.
+//! crate: where it is, the credentials, the check at start that it is
+//! there and the credentials open it, and what the files service does
+//! over it (DESIGN.md, "A bucket as the served root", says what each
+//! request means on objects).
 
+mod hash;
+mod ops;
+mod upload;
+
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    Attribute, Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
+
+pub use hash::PART;
+pub use ops::{Reading, TreeIndex};
+pub use upload::{Finish, Multipart};
 
 use super::files::{Listing, Sandbox};
 use super::root::is_partial_name;
@@ -31,6 +40,40 @@ pub const DIR_MARKER: &str = ".fwdir";
 pub const FILE_MODE: u32 = 0o644;
 /// See [`FILE_MODE`].
 pub const DIR_MODE: u32 = 0o755;
+
+/// The metadata (`x-amz-meta-blake3`) holding an object's whole-file
+/// BLAKE3, in hex.
+pub const META_BLAKE3: &str = "blake3";
+/// The metadata (`x-amz-meta-mtime`) holding the uploaded file's mtime,
+/// seconds since the epoch (an object's own time is when it was stored).
+pub const META_MTIME: &str = "mtime";
+
+/// Files up to this size are stored with one PUT (their hash known
+/// before, so carried as metadata); larger ones in parts of [`PART`].
+pub const WHOLE_MAX: u64 = PART;
+
+/// Objects whose facts are remembered at once (then forgotten and read
+/// again).
+const KNOWN_MAX: usize = 1 << 20;
+
+/// HEAD requests a listing makes at once for objects it knows nothing of.
+const HEADS_AT_ONCE: usize = 32;
+
+/// What the server knows of one object: from its metadata (`HEAD`), or
+/// from having stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// Bytes.
+    pub size: u64,
+    /// The uploaded file's mtime (metadata), else when it was stored.
+    pub mtime: i64,
+    /// The store's ETag: what says the object is the same one (never
+    /// taken for a checksum).
+    pub etag: Option<String>,
+    /// The whole-file BLAKE3, from metadata, from storing it, or from
+    /// having read it.
+    pub blake3: Option<blake3::Hash>,
+}
 
 /// Where a bucket root is: `s3://BUCKET[/PREFIX]` and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +167,14 @@ impl BucketSpec {
         Ok(BucketSpec { bucket: bucket.to_owned(), prefix: prefix.to_owned(), endpoint: None, allow_http: false })
     }
 
+    /// `s3://BUCKET[/PREFIX]` again.
+    pub fn url(&self) -> String {
+        match self.prefix.as_str() {
+            "" => format!("s3://{}", self.bucket),
+            p => format!("s3://{}/{p}", self.bucket),
+        }
+    }
+
     /// The same, at `endpoint` (path-style).
     pub fn with_endpoint(mut self, endpoint: Option<String>) -> Self {
         self.endpoint = endpoint;
@@ -145,6 +196,13 @@ pub struct Bucket {
     prefix: Path,
     spec: BucketSpec,
     endpoint: String,
+    /// What is known of objects, by key (valid while the ETag and size
+    /// are those listed).
+    known: Arc<Mutex<HashMap<String, Object>>>,
+    /// Upload ids whose completion may replace (see [`upload::NoClobber`]).
+    replacing: Arc<Mutex<HashSet<String>>>,
+    /// Keys being uploaded by this server: a second upload of one waits.
+    busy: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Bucket {
@@ -191,13 +249,23 @@ impl Bucket {
         if spec.allow_http {
             builder = builder.with_allow_http(true);
         }
+        let no_clobber = upload::NoClobber::default();
+        builder = builder.with_http_connector(no_clobber.clone());
         // A start check that fails should say so in seconds, not after
         // the default three minutes of retries.
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
         let store = builder.with_retry(retry).build().map_err(|e| BucketError::Config(e.to_string()))?;
         let endpoint = endpoint.unwrap_or_else(|| "AWS S3".to_owned());
         let prefix = Path::from(spec.prefix.as_str());
-        let bucket = Bucket { store: Arc::new(store), prefix, spec, endpoint };
+        let bucket = Bucket {
+            store: Arc::new(store),
+            prefix,
+            spec,
+            endpoint,
+            known: Arc::default(),
+            replacing: no_clobber.replacing,
+            busy: Arc::default(),
+        };
         bucket.check().await?;
         Ok(bucket)
     }
@@ -279,10 +347,8 @@ impl Bucket {
         let Some(name) = name else {
             return Ok(dir_entry(".".to_owned(), 0));
         };
-        match self.store.head(&key).await {
-            Ok(meta) => return Ok(file_entry(name, &meta)),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_refusal(path, e)),
+        if let Some(object) = self.head(&key).await.map_err(|e| store_refusal(path, e))? {
+            return Ok(object_entry(name, &object));
         }
         let below = self.store.list_with_delimiter(Some(&key)).await.map_err(|e| store_refusal(path, e))?;
         if below.objects.is_empty() && below.common_prefixes.is_empty() {
@@ -303,19 +369,19 @@ impl Bucket {
     pub async fn list(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Refusal> {
         let (key, name) = self.key(path)?;
         if let Some(name) = &name {
-            match self.store.head(&key).await {
-                Ok(meta) => return Ok(vec![file_entry(name.clone(), &meta)]),
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_refusal(path, e)),
+            if let Some(object) = self.head(&key).await.map_err(|e| store_refusal(path, e))? {
+                return Ok(vec![object_entry(name.clone(), &object)]);
             }
         }
         let base = self.base(&key);
         let depth = base.as_ref().map_or(0, |b| b.parts().count());
         let mut out = Vec::new();
         let mut left = budget;
-        let mut push = |e: Entry, out: &mut Vec<Entry>| {
+        // A plain fn, not a closure: a closure taking a reference, live
+        // across an await, makes the future not `Send` for every lifetime.
+        fn push(e: Entry, out: &mut Vec<Entry>, left: &mut usize, budget: usize, path: &str) -> Result<(), Refusal> {
             let cost = e.name.len() + 64;
-            if cost >= left {
+            if cost >= *left {
                 return Err(Refusal::new(
                     ErrorCode::TooLarge,
                     format!(
@@ -324,18 +390,20 @@ impl Bucket {
                     ),
                 ));
             }
-            left -= cost;
+            *left -= cost;
             out.push(e);
             Ok(())
-        };
+        }
         let mut anything = false;
+        // Each file's entry as listed, and its listing, for its mtime.
+        let mut files: Vec<(usize, ObjectMeta)> = Vec::new();
         match listing {
             Listing::Entries => {
                 let level = self.store.list_with_delimiter(base.as_ref()).await.map_err(|e| store_refusal(path, e))?;
                 for dir in &level.common_prefixes {
                     anything = true;
                     if let Some(n) = dir.filename().filter(|n| !is_partial_name(n.as_bytes())) {
-                        push(dir_entry(n.to_owned(), 0), &mut out)?;
+                        push(dir_entry(n.to_owned(), 0), &mut out, &mut left, budget, path)?;
                     }
                 }
                 for object in &level.objects {
@@ -344,7 +412,10 @@ impl Bucket {
                         Some(n) if n == DIR_MARKER || is_partial_name(n.as_bytes()) => {}
                         // Another tool's `DIR/` marker, listed as DIR itself.
                         _ if Some(&object.location) == base.as_ref() => {}
-                        Some(n) => push(file_entry(n.to_owned(), object), &mut out)?,
+                        Some(n) => {
+                            files.push((out.len(), object.clone()));
+                            push(file_entry(n.to_owned(), object), &mut out, &mut left, budget, path)?;
+                        }
                         None => {}
                     }
                 }
@@ -366,15 +437,22 @@ impl Bucket {
                     if last == DIR_MARKER || partial != (listing == Listing::Partials) {
                         continue;
                     }
-                    push(file_entry(parts.join("/"), &object), &mut out)?;
+                    if !partial {
+                        files.push((out.len(), object.clone()));
+                    }
+                    push(file_entry(parts.join("/"), &object), &mut out, &mut left, budget, path)?;
                 }
                 for dir in dirs {
-                    push(dir_entry(dir, 0), &mut out)?;
+                    push(dir_entry(dir, 0), &mut out, &mut left, budget, path)?;
                 }
             }
         }
         if !anything && name.is_some() {
             return Err(not_found(path));
+        }
+        let objects = self.objects(files.iter().map(|(_, m)| m.clone()).collect(), path).await?;
+        for ((i, _), object) in files.iter().zip(objects) {
+            out[*i].mtime = object.mtime;
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -455,8 +533,24 @@ fn file_entry(name: String, meta: &ObjectMeta) -> Entry {
     }
 }
 
+fn object_entry(name: String, object: &Object) -> Entry {
+    Entry { name, size: object.size, kind: Kind::File, mtime: object.mtime, mode: FILE_MODE, blake3: None }
+}
+
 fn dir_entry(name: String, mtime: i64) -> Entry {
     Entry { name, size: 0, kind: Kind::Dir, mtime, mode: DIR_MODE, blake3: None }
+}
+
+/// `x-amz-meta-blake3` and `x-amz-meta-mtime` for a PUT.
+fn attributes(hash: &blake3::Hash, mtime: i64) -> Attributes {
+    let mut a = Attributes::new();
+    a.insert(Attribute::Metadata(META_BLAKE3.into()), hash.to_hex().to_string().into());
+    a.insert(Attribute::Metadata(META_MTIME.into()), mtime.to_string().into());
+    a
+}
+
+fn exists(shown: &str) -> Refusal {
+    Refusal::new(ErrorCode::Exists, format!("{shown}: already exists on the server"))
 }
 
 fn not_found(path: &str) -> Refusal {

@@ -1,0 +1,811 @@
+//! File requests on a bucket root: the same requests, frames and answers
+//! as on a local root (`files`, `tree`), over the object store
+//! (DESIGN.md, "A bucket as the served root", says what each means on
+//! objects). The dispatcher routes here when the root is a bucket.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::task::JoinSet;
+
+use super::files::{read_step, write_failed};
+use super::tree::{failed, join, judge, plain, MAX_OUTSTANDING};
+use crate::proto::{
+    Checksum, CommitList, Committed, Entry, ErrorCode, FileReply, Get, Kind, List, ListReply, Listing as ListingFrame,
+    ListingEnd, ManifestEntry, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
+    RenameReply, Stat, StatReply, TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput,
+    TreeReady, TreeSkip, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+};
+use crate::services::bucket::{Bucket, Finish, Multipart, Reading, TreeIndex, FILE_MODE, WHOLE_MAX};
+use crate::services::files::{shown, Listing, Sandbox};
+use crate::services::Refusal;
+use crate::session::{ServerSide, Session};
+use crate::wire::{Error, MAX_BUFFERED_BODY};
+
+type S = Session<ServerSide>;
+
+/// Small files of one `tree_put` being stored at once.
+const STORES_AT_ONCE: usize = 32;
+/// Objects of one `tree_get` being fetched ahead of sending.
+const FETCHES_AT_ONCE: usize = 16;
+/// A `tree_get`'s objects up to this size are fetched whole ahead of
+/// their turn; larger ones are streamed when it comes.
+const FETCH_WHOLE: u64 = 1024 * 1024;
+/// Files stored in a `tree_put` before a `committed` frame says so.
+const REPORT_EVERY: usize = 256;
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(ErrorCode::Internal, e.to_string())
+}
+
+fn io_error(what: String) -> Error {
+    Error::Io(std::io::Error::other(what))
+}
+
+pub(in crate::server) async fn list(s: &mut S, b: &Bucket, request: List) -> Result<(), Error> {
+    let List { path, recursive, dirs, blake3, partial } = request;
+    let listed = async {
+        let listing = if partial { Listing::Partials } else { Listing::of(recursive, dirs) };
+        let mut entries = b.list(&path, listing, MAX_BUFFERED_BODY as usize).await?;
+        if blake3 {
+            let listed_a_file = b.object(&path).await?.is_some();
+            add_hashes(b, &path, listed_a_file, &mut entries).await?;
+        }
+        let body = serde_json::to_vec(&entries).map_err(internal)?;
+        if body.len() as u64 > MAX_BUFFERED_BODY {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("{path}: listing of {} entries exceeds {MAX_BUFFERED_BODY} bytes", entries.len()),
+            ));
+        }
+        Ok(body)
+    }
+    .await;
+    match listed {
+        Ok(body) => s.send(&ListReply { len: body.len() as u64 }, &body).await,
+        Err(r) => s.refuse(r).await,
+    }
+}
+
+/// Gives each file entry its BLAKE3: from metadata or memory, else read.
+async fn add_hashes(b: &Bucket, path: &str, listed_a_file: bool, entries: &mut [Entry]) -> Result<(), Refusal> {
+    let wanted: Vec<(usize, String)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == Kind::File)
+        .map(|(i, e)| (i, if listed_a_file { path.to_owned() } else { join(path, &e.name) }))
+        .collect();
+    let asks = wanted.into_iter().map(|(i, full)| {
+        let b = b.clone();
+        async move {
+            match b.object(&full).await? {
+                Some((key, object)) => Ok((i, Some(b.hash_of(&key, &object, &full).await?))),
+                None => Ok((i, None)),
+            }
+        }
+    });
+    let hashes: Vec<(usize, Option<blake3::Hash>)> =
+        futures_util::stream::iter(asks).buffered(FETCHES_AT_ONCE).try_collect().await?;
+    for (i, hash) in hashes {
+        entries[i].blake3 = hash.map(|h| h.to_hex().to_string());
+    }
+    Ok(())
+}
+
+pub(in crate::server) async fn stat(s: &mut S, b: &Bucket, request: Stat) -> Result<(), Error> {
+    match b.stat(&request.path).await {
+        Ok(entry) => s.send(&StatReply { entry }, &[]).await,
+        Err(r) => s.refuse(r).await,
+    }
+}
+
+pub(in crate::server) async fn mkdir(s: &mut S, b: &Bucket, request: Mkdir) -> Result<(), Error> {
+    match b.mkdir(&request.path, request.parents.unwrap_or(true)).await {
+        Ok(created) => s.send(&MkdirReply { created }, &[]).await,
+        Err(r) => s.refuse(r).await,
+    }
+}
+
+pub(in crate::server) async fn remove(s: &mut S, b: &Bucket, request: Remove) -> Result<(), Error> {
+    match b.remove(&request.path, request.recursive.unwrap_or(true)).await {
+        Ok(removed) => {
+            if !removed {
+                s.set_outcome("ok: nothing was there".to_owned());
+            }
+            s.send(&RemoveReply { removed }, &[]).await
+        }
+        Err(r) => s.refuse(r).await,
+    }
+}
+
+pub(in crate::server) async fn rename(s: &mut S, b: &Bucket, request: Rename) -> Result<(), Error> {
+    let Rename { from, to, force } = request;
+    match b.rename(&from, &to, force).await {
+        Ok(()) => s.send(&RenameReply {}, &[]).await,
+        Err(r) => s.refuse(r).await,
+    }
+}
+
+/// Streams an object from the agreed offset (ranged reads of the one
+/// version first looked at), then the whole-file checksum.
+pub(in crate::server) async fn get(s: &mut S, b: &Bucket, request: Get) -> Result<(), Error> {
+    let Get { path, offset, prefix_blake3 } = request;
+    let reading = match b.read(&path, offset, prefix_blake3.as_deref()).await {
+        Ok(reading) => reading,
+        Err(r) => return s.refuse(r).await,
+    };
+    let head = FileReply {
+        len: reading.size - reading.start,
+        size: reading.size,
+        offset: reading.start,
+        mtime: reading.mtime,
+        mode: FILE_MODE,
+    };
+    s.feed_head(&head)?;
+    let hash = send_reading(s, b, reading, &shown(&path)).await?;
+    s.send(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
+}
+
+/// Sends a reading's body (its frame head sent) and returns the
+/// whole-file hash: known, or computed on the way and remembered. A read
+/// that fails or ends early ends the connection (the frame promised its
+/// length).
+async fn send_reading(s: &mut S, b: &Bucket, mut reading: Reading, shown: &str) -> Result<blake3::Hash, Error> {
+    let want = reading.size - reading.start;
+    let mut sent = 0u64;
+    while let Some(chunk) =
+        reading.body.try_next().await.map_err(|e| io_error(format!("{shown}: read failed mid-transfer: {e}")))?
+    {
+        sent += chunk.len() as u64;
+        if sent > want {
+            return Err(io_error(format!("{shown}: the object grew while it was read")));
+        }
+        if let Some(h) = reading.hasher.as_mut() {
+            h.update(&chunk);
+        }
+        s.writer().write_body(&chunk).await?;
+    }
+    if sent != want {
+        return Err(io_error(format!(
+            "{shown}: the object ended at {} of {} bytes",
+            reading.start + sent,
+            reading.size
+        )));
+    }
+    match (reading.known, reading.hasher.take()) {
+        (Some(hash), _) => Ok(hash),
+        (None, Some(h)) => {
+            let hash = h.finalize();
+            b.read_hashed(&reading, hash);
+            Ok(hash)
+        }
+        (None, None) => Err(io_error(format!("{shown}: no hash"))),
+    }
+}
+
+/// Receives an upload: a small file held, verified and stored with one
+/// conditional PUT; a large one stored part by part in a multipart upload
+/// (resuming the parts its record names), completed once verified.
+pub(in crate::server) async fn put(s: &mut S, b: &Bucket, request: Put) -> Result<(), Error> {
+    let Put { path, size, force, mode: _, mtime } = request;
+    let target = match b.admit(&path, force).await {
+        Ok(target) => target,
+        Err(r) => return s.refuse(r).await,
+    };
+    if size <= WHOLE_MAX {
+        s.send(&PutReady { offset: 0, prefix_blake3: None }, &[]).await?;
+        let Some(data) = read_step::<PutData>(s, "put_data after put_ready").await? else { return Ok(()) };
+        if data.offset != 0 || data.len != size {
+            let msg = format!(
+                "put_data covers bytes {}..{} of a {size}-byte file, none held",
+                data.offset,
+                data.offset.saturating_add(data.len)
+            );
+            return s.refuse_and_close(msg).await;
+        }
+        let body = s.reader().read_body(size).await?;
+        let Some(Checksum { blake3: claimed }) = read_step::<Checksum>(s, "checksum after put_data").await? else {
+            return Ok(());
+        };
+        let hash = blake3::hash(&body);
+        if hash.to_hex().as_str() != claimed {
+            return s.refuse(mismatch(&target.shown, &hash, &claimed)).await;
+        }
+        return match target.put_whole(b, body, hash, mtime, force).await {
+            Ok(()) => s.send(&PutDone { size }, &[]).await,
+            Err(r) => s.refuse(r).await,
+        };
+    }
+    let mut upload = match target.multipart(b, size, mtime).await {
+        Ok(upload) => upload,
+        Err(r) => return s.refuse(r).await,
+    };
+    let (offset, prefix_blake3) = upload.offer();
+    s.send(&PutReady { offset, prefix_blake3 }, &[]).await?;
+    let Some(data) = read_step::<PutData>(s, "put_data after put_ready").await? else {
+        return Ok(());
+    };
+    let agreed = data.offset.checked_add(data.len) == Some(size) && matches!(upload.agree(data.offset).await, Ok(true));
+    if !agreed {
+        let msg = format!(
+            "put_data covers bytes {}..{} but {} are held of a {size}-byte file",
+            data.offset,
+            data.offset.saturating_add(data.len),
+            upload.held()
+        );
+        return s.refuse_and_close(msg).await;
+    }
+    match receive_parts(s, &mut upload).await {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => {
+            upload.keep_for_resume().await;
+            return write_failed(s, r).await;
+        }
+        Err(e) => {
+            // A cut connection: the parts stored stay, for a resume.
+            upload.keep_for_resume().await;
+            return Err(e);
+        }
+    }
+    let Some(Checksum { blake3: claimed }) = read_step::<Checksum>(s, "checksum after put_data").await? else {
+        upload.keep_for_resume().await;
+        return Ok(());
+    };
+    match upload.finish(&claimed, force).await {
+        Ok(_) => s.send(&PutDone { size }, &[]).await,
+        Err(Finish::Mismatch(got)) => s.refuse(mismatch(&target.shown, &got, &claimed)).await,
+        Err(Finish::Refused(r)) => s.refuse(r).await,
+    }
+}
+
+/// Feeds the frame's body into the upload. Outer error: the connection's;
+/// inner: the store's (the rest of the body unread).
+async fn receive_parts(s: &mut S, upload: &mut Multipart) -> Result<Result<(), Refusal>, Error> {
+    while let Some(chunk) = s.reader().read_body_chunk().await? {
+        if let Err(r) = upload.feed(&chunk).await {
+            return Ok(Err(r));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn mismatch(shown: &str, got: &blake3::Hash, claimed: &str) -> Refusal {
+    let msg = format!(
+        "{shown}: checksum mismatch: the server received data hashing to {}, the client's file hashes to {claimed}; nothing was kept",
+        got.to_hex()
+    );
+    Refusal::new(ErrorCode::ChecksumMismatch, msg)
+}
+
+/// Streams the tree at `path` as `listing` frames, then `listing_end`.
+pub(in crate::server) async fn tree_list(s: &mut S, b: &Bucket, request: TreeList) -> Result<(), Error> {
+    let TreeList { path, blake3 } = request;
+    let listed = async {
+        let mut entries = b.list(&path, Listing::Tree, usize::MAX).await?;
+        if blake3 {
+            let listed_a_file = b.object(&path).await?.is_some();
+            add_hashes(b, &path, listed_a_file, &mut entries).await?;
+        }
+        Ok::<_, Refusal>(entries)
+    }
+    .await;
+    let entries = match listed {
+        Ok(entries) => entries,
+        Err(r) => return s.refuse(r).await,
+    };
+    let count = entries.len() as u64;
+    let mut chunk = Vec::with_capacity(TREE_PART_ENTRIES);
+    let mut bytes = 0;
+    let total = entries.len();
+    for (n, e) in entries.into_iter().enumerate() {
+        bytes += e.name.len() as u64 + 160;
+        chunk.push(e);
+        if chunk.len() >= TREE_PART_ENTRIES || bytes >= TREE_PART_MAX / 2 || n + 1 == total {
+            let body = serde_json::to_vec(&chunk).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            s.feed(&ListingFrame { len: body.len() as u64, count: chunk.len() as u64 }, &body).await?;
+            chunk.clear();
+            bytes = 0;
+        }
+    }
+    s.send(&ListingEnd { count }, &[]).await
+}
+
+/// One file a bucket `tree_put` wants and has not received yet.
+#[derive(Debug)]
+struct Needed {
+    path: String,
+    size: u64,
+    mtime: i64,
+    replace: bool,
+    offset: u64,
+}
+
+/// The state of one `tree_put` into a bucket.
+struct TreeUpload {
+    base: String,
+    force: bool,
+    next: u64,
+    manifest_done: bool,
+    needed: HashMap<u64, Needed>,
+    pending: HashSet<String>,
+    /// The tree as it was when the first manifest frame came: what is
+    /// decided against (a conditional write guards what changes since).
+    index: Option<std::sync::Arc<TreeIndex>>,
+    storing: JoinSet<(u64, String, Result<u64, Refusal>)>,
+    report: CommitList,
+    files: u64,
+    bytes: u64,
+}
+
+/// Receives a whole tree into the bucket (PROTOCOL.md §4.6.3.2): the
+/// manifest decided against one listing of the tree, small files stored
+/// [`STORES_AT_ONCE`] at a time, each reported once it is an object.
+pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut) -> Result<(), Error> {
+    let TreePut { path: base, force } = request;
+    if let Err(r) = Sandbox::relative(&base) {
+        return s.refuse(r).await;
+    }
+    s.send(&TreeReady {}, &[]).await?;
+    let mut up = TreeUpload {
+        base,
+        force,
+        next: 0,
+        manifest_done: false,
+        needed: HashMap::new(),
+        pending: HashSet::new(),
+        index: None,
+        storing: JoinSet::new(),
+        report: CommitList::default(),
+        files: 0,
+        bytes: 0,
+    };
+    loop {
+        let frame = match s.read::<TreePutInput>().await {
+            Ok(Some((frame, _))) => frame,
+            // The client left: what is being stored is let finish.
+            Ok(None) => {
+                up.settle(true).await;
+                return Ok(());
+            }
+            Err(e) if e.is_recoverable() => {
+                up.settle(true).await;
+                return s.refuse_and_close(format!("bad frame in a tree_put: {e}")).await;
+            }
+            Err(e) => {
+                up.settle(true).await;
+                return Err(e);
+            }
+        };
+        match frame {
+            TreePutInput::Manifest(m) => {
+                if up.manifest_done {
+                    return s.refuse_and_close("manifest after manifest_end".into()).await;
+                }
+                if m.len > TREE_PART_MAX {
+                    return s
+                        .refuse_and_close(format!("a manifest frame of {} bytes (most: {TREE_PART_MAX})", m.len))
+                        .await;
+                }
+                let body = s.reader().read_body(TREE_PART_MAX).await?;
+                let entries: Vec<ManifestEntry> = match serde_json::from_slice(&body) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        return s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await
+                    }
+                };
+                if up.needed.len() + entries.len() > MAX_OUTSTANDING {
+                    let msg = format!(
+                        "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"
+                    );
+                    up.settle(true).await;
+                    s.refuse(Refusal::new(ErrorCode::TooLarge, msg.clone())).await?;
+                    return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
+                }
+                let answer = match up.decide_all(b, entries).await {
+                    Ok(answer) => answer,
+                    Err(r) => return s.refuse(r).await,
+                };
+                let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
+            }
+            TreePutInput::ManifestEnd(end) => {
+                if up.manifest_done || end.count != up.next {
+                    let msg = format!("manifest_end counts {} entries, {} were sent", end.count, up.next);
+                    return s.refuse_and_close(msg).await;
+                }
+                up.manifest_done = true;
+                s.send(&WantsEnd { count: up.next }, &[]).await?;
+            }
+            TreePutInput::TreeFile(head) => {
+                up.receive(s, b, head).await?;
+                up.settle(false).await;
+                up.report(s, false).await?;
+            }
+            TreePutInput::Checksum(_) => return s.refuse_and_close("checksum without a tree_file".into()).await,
+            TreePutInput::TreeEnd(_) => {
+                if !up.manifest_done {
+                    return s.refuse_and_close("tree_end before manifest_end".into()).await;
+                }
+                for (i, need) in std::mem::take(&mut up.needed) {
+                    let msg = format!("{}: wanted, but not sent", shown(&need.path));
+                    up.report.failed.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
+                }
+                up.settle(true).await;
+                up.report(s, true).await?;
+                s.set_outcome(format!("ok: {} files, {} bytes of them", up.files, up.bytes));
+                return s.send(&TreeDone { files: up.files, bytes: up.bytes }, &[]).await;
+            }
+        }
+    }
+}
+
+impl TreeUpload {
+    /// Answers one manifest frame.
+    async fn decide_all(&mut self, b: &Bucket, entries: Vec<ManifestEntry>) -> Result<WantList, Refusal> {
+        if self.index.is_none() {
+            self.index = Some(std::sync::Arc::new(match b.tree_index(&self.base).await {
+                Ok(index) => index,
+                Err(r) if r.code == ErrorCode::NotFound => TreeIndex::default(),
+                Err(r) => return Err(r),
+            }));
+        }
+        let index = self.index.clone().expect("just read");
+        let first = self.next;
+        self.next += entries.len() as u64;
+        let mut answer = WantList::default();
+        let mut to_decide = Vec::new();
+        for (n, e) in entries.into_iter().enumerate() {
+            let i = first + n as u64;
+            let full = join(&self.base, &e.path);
+            if let Err(r) = plain(&e.path) {
+                answer.refused.push(failed(i, r));
+            } else if !self.pending.insert(full.clone()) {
+                let msg = format!("{}: listed twice in one manifest", shown(&e.path));
+                answer.refused.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
+            } else {
+                to_decide.push((i, full, e));
+            }
+        }
+        let force = self.force;
+        let decided: Vec<_> = futures_util::stream::iter(to_decide.into_iter().map(|(i, full, e)| {
+            let (b, index) = (b.clone(), index.clone());
+            async move {
+                let d = decide(&b, &index, &full, &e, force).await;
+                (i, full, e, d)
+            }
+        }))
+        .buffered(STORES_AT_ONCE)
+        .collect()
+        .await;
+        for (i, full, e, d) in decided {
+            match d {
+                Ok(Some((replace, offset, prefix))) => {
+                    answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
+                    self.needed.insert(i, Needed { path: full, size: e.size, mtime: e.mtime, replace, offset });
+                }
+                Ok(None) => {
+                    self.pending.remove(&full);
+                    answer.unchanged.push(i);
+                }
+                Err(r) => {
+                    self.pending.remove(&full);
+                    answer.refused.push(failed(i, r));
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Receives one file: a small one is stored in the background, a
+    /// large one through a multipart upload before the next frame.
+    async fn receive(&mut self, s: &mut S, b: &Bucket, head: TreeFile) -> Result<(), Error> {
+        let TreeFile { len, i, offset, .. } = head;
+        let Some(need) = self.needed.remove(&i) else {
+            return s
+                .refuse_and_close(format!("tree_file for entry {i}, which is not wanted (or was sent already)"))
+                .await;
+        };
+        if offset.checked_add(len) != Some(need.size) || (offset != 0 && offset != need.offset) {
+            let msg = format!(
+                "tree_file {i} covers bytes {offset}..{} of a {}-byte file, {} held",
+                offset.saturating_add(len),
+                need.size,
+                need.offset
+            );
+            return s.refuse_and_close(msg).await;
+        }
+        let replace = self.force || need.replace;
+        if need.size <= WHOLE_MAX {
+            let body = s.reader().read_body(len).await?;
+            let Some(claimed) = self.checksum(s).await? else { return Ok(()) };
+            let hash = blake3::hash(&body);
+            if hash.to_hex().as_str() != claimed {
+                self.fail(i, &need.path, mismatch(&shown(&need.path), &hash, &claimed));
+                return Ok(());
+            }
+            let target = match b.claim(&need.path).await {
+                Ok(target) => target,
+                Err(r) => {
+                    self.fail(i, &need.path, r);
+                    return Ok(());
+                }
+            };
+            while self.storing.len() >= STORES_AT_ONCE {
+                self.settle_one().await;
+            }
+            let (b, path, size, mtime) = (b.clone(), need.path, need.size, need.mtime);
+            self.storing.spawn(async move {
+                let stored = target.put_whole(&b, body, hash, Some(mtime), replace).await.map(|()| size);
+                (i, path, stored)
+            });
+            return Ok(());
+        }
+        let started = async {
+            let target = b.claim(&need.path).await?;
+            let upload = target.multipart(b, need.size, Some(need.mtime)).await?;
+            Ok::<_, Refusal>((target, upload))
+        }
+        .await;
+        let (_target, mut upload) = match started {
+            Ok(started) => started,
+            Err(r) => return self.skip(s, i, &need, r).await,
+        };
+        if !matches!(upload.agree(offset).await, Ok(true)) {
+            let msg = format!("{}: the upload's parts changed since they were offered", shown(&need.path));
+            return self.skip(s, i, &need, Refusal::new(ErrorCode::Busy, msg)).await;
+        }
+        match receive_parts(s, &mut upload).await {
+            Ok(Ok(())) => {}
+            Ok(Err(r)) => {
+                upload.keep_for_resume().await;
+                return self.skip(s, i, &need, r).await;
+            }
+            Err(e) => {
+                upload.keep_for_resume().await;
+                return Err(e);
+            }
+        }
+        let Some(claimed) = self.checksum(s).await? else {
+            upload.keep_for_resume().await;
+            return Ok(());
+        };
+        match upload.finish(&claimed, replace).await {
+            Ok(_) => self.stored(i, &need.path, Ok(need.size)),
+            Err(Finish::Mismatch(got)) => self.fail(i, &need.path, mismatch(&shown(&need.path), &got, &claimed)),
+            Err(Finish::Refused(r)) => self.fail(i, &need.path, r),
+        }
+        self.report(s, true).await
+    }
+
+    /// Reads the checksum that follows a body; `None` after the
+    /// connection ended (or was refused and is closing).
+    async fn checksum(&mut self, s: &mut S) -> Result<Option<String>, Error> {
+        match s.read::<TreePutInput>().await {
+            Ok(Some((TreePutInput::Checksum(Checksum { blake3 }), _))) => Ok(Some(blake3)),
+            Ok(Some((other, _))) => s
+                .refuse_and_close(format!("expected checksum after tree_file, got {}", other.kind()))
+                .await
+                .map(|()| None),
+            Ok(None) => Ok(None),
+            Err(e) if e.is_recoverable() => s.refuse_and_close(format!("bad checksum: {e}")).await.map(|()| None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a file that cannot be received, and reads past its body
+    /// and checksum to stay in step.
+    async fn skip(&mut self, s: &mut S, i: u64, need: &Needed, r: Refusal) -> Result<(), Error> {
+        self.fail(i, &need.path, r);
+        s.reader().skip_body().await?;
+        self.checksum(s).await.map(|_| ())
+    }
+
+    fn fail(&mut self, i: u64, path: &str, r: Refusal) {
+        self.pending.remove(path);
+        self.report.failed.push(failed(i, r));
+    }
+
+    fn stored(&mut self, i: u64, path: &str, outcome: Result<u64, Refusal>) {
+        self.pending.remove(path);
+        match outcome {
+            Ok(size) => {
+                self.files += 1;
+                self.bytes += size;
+                self.report.ok.push(i);
+            }
+            Err(r) => self.report.failed.push(failed(i, r)),
+        }
+    }
+
+    async fn settle_one(&mut self) {
+        if let Some(joined) = self.storing.join_next().await {
+            match joined {
+                Ok((i, path, outcome)) => self.stored(i, &path, outcome),
+                Err(e) => tracing::warn!("a store task failed: {e}"),
+            }
+        }
+    }
+
+    /// Takes in the stores that are done (`all`: waits for every one).
+    async fn settle(&mut self, all: bool) {
+        if all {
+            while !self.storing.is_empty() {
+                self.settle_one().await;
+            }
+            return;
+        }
+        while let Some(joined) = self.storing.try_join_next() {
+            match joined {
+                Ok((i, path, outcome)) => self.stored(i, &path, outcome),
+                Err(e) => tracing::warn!("a store task failed: {e}"),
+            }
+        }
+    }
+
+    /// Tells the client what was stored or failed: every
+    /// [`REPORT_EVERY`] files, or now if `now` and there is any.
+    async fn report(&mut self, s: &mut S, now: bool) -> Result<(), Error> {
+        let n = self.report.ok.len() + self.report.failed.len();
+        if n == 0 || (!now && n < REPORT_EVERY) {
+            return Ok(());
+        }
+        let list = std::mem::take(&mut self.report);
+        let body = serde_json::to_vec(&list).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        s.send(&Committed { len: body.len() as u64 }, &body).await
+    }
+}
+
+/// Decides one manifest entry against the tree's index: `None`,
+/// unchanged; else wanted (replacing or not) from an offset.
+async fn decide(
+    b: &Bucket,
+    index: &TreeIndex,
+    full: &str,
+    e: &ManifestEntry,
+    force: bool,
+) -> Result<Option<(bool, u64, Option<String>)>, Refusal> {
+    let rel = e.path.as_str();
+    // A parent that is a file makes this no path at all.
+    let mut parent = rel;
+    while let Some((p, _)) = parent.rsplit_once('/') {
+        if index.files.contains_key(p) {
+            let msg = format!("{}: a parent is a file", shown(full));
+            return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+        }
+        parent = p;
+    }
+    let mut content = None;
+    let there = if index.dirs.contains(rel) {
+        Some(Bucket::dir_entry(rel.to_owned()))
+    } else if let Some(meta) = index.files.get(rel) {
+        let (entry, key, object) = b
+            .entries_of(vec![(rel.to_owned(), meta.clone())], full)
+            .await?
+            .pop()
+            .ok_or_else(|| internal("no entry"))?;
+        if e.blake3.is_some() && entry.size == e.size {
+            content = Some(b.hash_of(&key, &object, full).await?);
+        }
+        Some(entry)
+    } else {
+        None
+    };
+    let same = || Ok(content.is_some_and(|h| e.blake3.as_deref() == Some(h.to_hex().as_str())));
+    let Some(replace) = judge(full, there.as_ref(), same, e, force)? else {
+        return Ok(None);
+    };
+    let (offset, prefix) = if e.size > WHOLE_MAX { b.offered(full, e.size, e.mtime).await? } else { (0, None) };
+    Ok(Some((replace, offset, prefix)))
+}
+
+/// An object of a `tree_get`, fetched (small ones whole) or refused.
+enum Fetched {
+    Whole(u64, Reading, Vec<bytes::Bytes>),
+    Stream(u64, Reading),
+    Skip(u64, Refusal),
+}
+
+async fn fetch(b: Bucket, base: String, i: u64, w: Want) -> Fetched {
+    if let Err(r) = plain(&w.path) {
+        return Fetched::Skip(i, r);
+    }
+    let path = join(&base, &w.path);
+    let mut reading = match b.read(&path, w.offset, w.prefix_blake3.as_deref()).await {
+        Ok(reading) => reading,
+        Err(r) => return Fetched::Skip(i, r),
+    };
+    if reading.size - reading.start > FETCH_WHOLE {
+        return Fetched::Stream(i, reading);
+    }
+    let mut chunks = Vec::new();
+    loop {
+        match reading.body.try_next().await {
+            Ok(Some(chunk)) => chunks.push(chunk),
+            Ok(None) => break,
+            Err(e) => return Fetched::Skip(i, Refusal::new(ErrorCode::Io, format!("{}: {e}", shown(&path)))),
+        }
+    }
+    Fetched::Whole(i, reading, chunks)
+}
+
+/// Sends the objects a client wants, back to back (PROTOCOL.md
+/// §4.6.3.3), fetching [`FETCHES_AT_ONCE`] ahead.
+pub(in crate::server) async fn tree_get(s: &mut S, b: &Bucket, request: TreeGet) -> Result<(), Error> {
+    let TreeGet { path: base } = request;
+    if let Err(r) = Sandbox::relative(&base) {
+        return s.refuse(r).await;
+    }
+    s.send(&TreeReady {}, &[]).await?;
+    let (mut next, mut sent_files, mut sent_bytes) = (0u64, 0u64, 0u64);
+    loop {
+        let frame = match s.read::<TreeGetInput>().await {
+            Ok(Some((frame, _))) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_recoverable() => return s.refuse_and_close(format!("bad frame in a tree_get: {e}")).await,
+            Err(e) => return Err(e),
+        };
+        let wants = match frame {
+            TreeGetInput::Wants(w) => {
+                if w.len > TREE_PART_MAX {
+                    return s
+                        .refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len))
+                        .await;
+                }
+                let body = s.reader().read_body(TREE_PART_MAX).await?;
+                match serde_json::from_slice::<WantList>(&body) {
+                    Ok(list) => list.send,
+                    Err(e) => return s.refuse_and_close(format!("a wants body that is not a want list: {e}")).await,
+                }
+            }
+            TreeGetInput::WantsEnd(end) => {
+                if end.count != next {
+                    return s
+                        .refuse_and_close(format!("wants_end counts {} files, {next} were asked", end.count))
+                        .await;
+                }
+                s.set_outcome(format!("ok: {sent_files} files, {sent_bytes} bytes of them"));
+                return s.send(&TreeDone { files: sent_files, bytes: sent_bytes }, &[]).await;
+            }
+        };
+        let first = next;
+        next += wants.len() as u64;
+        let mut fetched = futures_util::stream::iter(
+            wants.into_iter().enumerate().map(|(n, w)| fetch(b.clone(), base.clone(), first + n as u64, w)),
+        )
+        .buffered(FETCHES_AT_ONCE);
+        while let Some(item) = fetched.next().await {
+            match item {
+                Fetched::Skip(i, r) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
+                Fetched::Whole(i, mut reading, chunks) => {
+                    let size = reading.size;
+                    reading.body = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
+                    send_tree_file(s, b, i, reading).await?;
+                    sent_files += 1;
+                    sent_bytes += size;
+                }
+                Fetched::Stream(i, reading) => {
+                    let size = reading.size;
+                    send_tree_file(s, b, i, reading).await?;
+                    sent_files += 1;
+                    sent_bytes += size;
+                }
+            }
+        }
+        s.flush().await?;
+    }
+}
+
+/// One object of a `tree_get`: its head, body and checksum, buffered.
+async fn send_tree_file(s: &mut S, b: &Bucket, i: u64, reading: Reading) -> Result<(), Error> {
+    let head = TreeFile {
+        len: reading.size - reading.start,
+        i,
+        offset: reading.start,
+        size: reading.size,
+        mtime: reading.mtime,
+        mode: FILE_MODE,
+    };
+    s.feed_head(&head)?;
+    let hash = send_reading(s, b, reading, &format!("entry {i}")).await?;
+    s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
+}
