@@ -476,3 +476,224 @@ async fn files_round_trip_through_a_bucket_root() {
     assert_eq!(e.code(), Some(ErrorCode::ExecDisabled));
     assert!(e.to_string().contains("--exec-dir"), "{e}");
 }
+
+/// Starts a put of `file` to `remote` and cuts its connection once
+/// `after` bytes are sent; returns once the bucket's resume record names
+/// at least one stored part.
+async fn cut_put(addr: &str, s3: &object_store::aws::AmazonS3, file: &std::path::Path, remote: &str, after: u64) {
+    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+    let (addr, file, remote_owned) = (addr.to_owned(), file.to_owned(), remote.to_owned());
+    let task = tokio::spawn(async move {
+        let mut client = Client::connect(&addr).await.unwrap();
+        let mut progress = move |p: Progress| {
+            let _ = tx.send(p.done);
+        };
+        let _ = client.put(&file, &remote_owned, &TransferOptions::default(), &mut progress).await;
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|done| *done >= after)).await;
+    task.abort();
+    let _ = task.await;
+    let (dir, name) = remote.rsplit_once('/').map_or(("", remote), |(d, n)| (d, n));
+    let record = key(&format!("srv/{dir}{}.{name}.fwpart", if dir.is_empty() { "" } else { "/" }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(got) = s3.get(&record).await {
+            let r: serde_json::Value = serde_json::from_slice(&got.bytes().await.unwrap()).unwrap();
+            if r["parts"].as_array().is_some_and(|p| !p.is_empty()) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no part of {remote} was recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cut multipart upload: nothing under the final name meanwhile (as
+/// another S3 client lists it), resumed with the stored parts by a
+/// restarted server; an object that appears meanwhile is never replaced
+/// without --force; a record older than --partial-max-age is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_upload_resumes_after_a_server_restart() {
+    use framewire::proto::ErrorCode;
+    let _env = ENV.lock().await;
+    let Some(weed) = weed() else { return };
+    let server = Seaweed::start(&weed);
+    let s3 = direct(&server);
+    let local = tempfile::tempdir().unwrap();
+    let data = common::pattern(26 * 1024 * 1024 + 5, 3);
+    let file = local.path().join("big.bin");
+    std::fs::write(&file, &data).unwrap();
+
+    let (addr, stop, task) = serve(open(&server, "srv").await, |_| {}).await;
+    cut_put(&addr, &s3, &file, "up/big.bin", 18 * 1024 * 1024).await;
+    cut_put(&addr, &s3, &file, "race.bin", 18 * 1024 * 1024).await;
+    cut_put(&addr, &s3, &file, "stale.bin", 10 * 1024 * 1024).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    assert_eq!(keys(&s3, "srv").await, ["srv/.race.bin.fwpart", "srv/.stale.bin.fwpart", "srv/up/.big.bin.fwpart"]);
+
+    // A new server process, nothing in memory: the record says it all.
+    let (addr, stop, task) = serve(open(&server, "srv").await, |c| c.partial_max_age = None).await;
+    let mut client = Client::connect(&addr).await.unwrap();
+    let done = client.put(&file, "up/big.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    assert!(done.resumed >= 8 * 1024 * 1024 && done.resumed % (8 * 1024 * 1024) == 0, "{}", done.resumed);
+    assert_eq!(s3.get(&key("srv/up/big.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
+    assert_eq!(keys(&s3, "srv/up").await, ["srv/up/big.bin"], "the record goes with the completion");
+
+    // Another client writes the name meanwhile: the completion does not
+    // replace it, and says so.
+    s3.put(&key("srv/race.bin"), PutPayload::from_static(b"theirs")).await.unwrap();
+    let e = client.put(&file, "race.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Exists), "{e}");
+    assert_eq!(s3.get(&key("srv/race.bin")).await.unwrap().bytes().await.unwrap().as_ref(), b"theirs");
+    client.put(&file, "race.bin", &TransferOptions::force(true), &mut no_progress()).await.unwrap();
+    assert_eq!(s3.get(&key("srv/race.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
+    // Abandoned: a server with --partial-max-age 0 aborts it at start.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (addr, stop, task) = serve(open(&server, "srv").await, |c| c.partial_max_age = Some(Duration::ZERO)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while keys(&s3, "srv").await.contains(&"srv/.stale.bin.fwpart".to_owned()) {
+        assert!(Instant::now() < deadline, "the stale upload was not aborted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = Client::connect(&addr).await.unwrap();
+    let done = client.put(&file, "stale.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    assert_eq!(done.resumed, 0);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// Two servers on one bucket, two uploads of one new name at once, no
+/// --force: one lands, the other is told it exists; nothing is mixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_uploads_do_not_replace_each_other() {
+    use framewire::proto::ErrorCode;
+    let _env = ENV.lock().await;
+    let Some(weed) = weed() else { return };
+    let server = Seaweed::start(&weed);
+    let s3 = direct(&server);
+    let (a, _stop_a, _task_a) = serve(open(&server, "srv").await, |_| {}).await;
+    let (b, _stop_b, _task_b) = serve(open(&server, "srv").await, |_| {}).await;
+    let local = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let name = format!("same{round}.bin");
+        let (fa, fb) = (local.path().join(format!("a{round}")), local.path().join(format!("b{round}")));
+        std::fs::write(&fa, common::pattern(1 << 20, 1)).unwrap();
+        std::fs::write(&fb, common::pattern(1 << 20, 2)).unwrap();
+        let put = |addr: String, file: std::path::PathBuf, name: String| async move {
+            let mut client = Client::connect(&addr).await.unwrap();
+            client.put(&file, &name, &TransferOptions::default(), &mut no_progress()).await
+        };
+        let (ra, rb) = tokio::join!(put(a.clone(), fa.clone(), name.clone()), put(b.clone(), fb.clone(), name.clone()));
+        let (winner, loser) = match (&ra, &rb) {
+            (Ok(_), Err(e)) => (&fa, e),
+            (Err(e), Ok(_)) => (&fb, e),
+            other => panic!("exactly one upload lands: {other:?}"),
+        };
+        assert_eq!(loser.code(), Some(ErrorCode::Exists), "{loser}");
+        let stored = s3.get(&key(&format!("srv/{name}"))).await.unwrap().bytes().await.unwrap();
+        assert_eq!(stored.as_ref(), &std::fs::read(winner).unwrap()[..], "the winner's bytes, whole");
+    }
+}
+
+/// A listing of 10,000 objects another tool wrote: every one, streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_objects_list() {
+    use futures_util::StreamExt;
+    let _env = ENV.lock().await;
+    let Some(weed) = weed() else { return };
+    let server = Seaweed::start(&weed);
+    let bucket = open(&server, "srv").await;
+    let s3 = std::sync::Arc::new(direct(&server));
+    let puts = (0..10_000).map(|i| {
+        let s3 = s3.clone();
+        async move {
+            let k = key(&format!("srv/many/d{}/f{i:05}.txt", i % 10));
+            s3.put(&k, PutPayload::from(format!("file {i}").into_bytes())).await.unwrap();
+        }
+    });
+    futures_util::stream::iter(puts).buffer_unordered(64).collect::<Vec<()>>().await;
+    let (addr, _stop, _task) = serve(bucket, |_| {}).await;
+    let mut client = Client::connect(&addr).await.unwrap();
+    let tree = client.tree("many").await.unwrap();
+    let files: Vec<_> = tree.iter().filter(|e| e.kind == framewire::proto::Kind::File).collect();
+    assert_eq!(files.len(), 10_000);
+    assert_eq!(tree.len(), 10_010, "and the ten directories");
+    assert!(files.iter().any(|e| e.name == "d7/f09997.txt" && e.size == 9));
+    let one_level = client.list("many/d3", false).await.unwrap();
+    assert_eq!(one_level.len(), 1_000);
+}
+
+/// `framewire serve --root s3://…` as a process: put -r and get -r of a
+/// tree, a second put moving only what changed; and the start check's
+/// one clear error for a missing bucket and for bad credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trees_sync_both_ways_through_serve() {
+    let _env = ENV.lock().await;
+    let Some(weed) = weed() else { return };
+    let server = Seaweed::start(&weed);
+    let _ = open(&server, "").await;
+    let endpoint = server.endpoint();
+    let serve_cmd = |root: &str, secret: &str| {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--root", root, "--s3-endpoint", &endpoint, "--s3-allow-http"])
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1")
+            .env("NO_PROXY", "127.0.0.1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    for (root, secret, says) in [
+        ("s3://no-such-bucket", SECRET, "cannot serve s3://no-such-bucket: no such bucket: no-such-bucket"),
+        ("s3://fwtest", "wrong", "cannot serve s3://fwtest: the object store refused the credentials"),
+    ] {
+        let out = serve_cmd(root, secret).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{root}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(out.stdout.is_empty(), "nothing listened: {out:?}");
+    }
+
+    let mut child = serve_cmd("s3://fwtest/trees", SECRET).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+    let local = tempfile::tempdir().unwrap();
+    let tree = local.path().join("tree");
+    for (i, name) in ["a.txt", "sub/b.txt", "sub/deep/c.bin", "big.bin"].iter().enumerate() {
+        let p = tree.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let len = if *name == "big.bin" { 9 * 1024 * 1024 + 3 } else { 1000 * (i + 1) };
+        std::fs::write(&p, common::pattern(len, i as u8)).unwrap();
+    }
+    let contents = format!("{}/", tree.display());
+    let out = common::framewire(&["put", "-r", &addr, &contents, "t"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("4 file(s)"), "{err}");
+
+    // One file changed (and newer), one new: only those two move.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(tree.join("sub/b.txt"), b"changed").unwrap();
+    std::fs::write(tree.join("new.txt"), b"new").unwrap();
+    let out = common::framewire(&["put", "-r", &addr, &contents, "t"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("2 file(s)") && err.contains("3 file(s) unchanged"), "{err}");
+
+    let back = local.path().join("back");
+    let out = common::framewire(&["get", "-r", &addr, "t/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for name in ["a.txt", "sub/b.txt", "sub/deep/c.bin", "big.bin", "new.txt"] {
+        assert_eq!(std::fs::read(back.join(name)).unwrap(), std::fs::read(tree.join(name)).unwrap(), "{name}");
+    }
+    // mtimes came back as they went: a second get moves nothing.
+    let out = common::framewire(&["get", "-r", &addr, "t/", back.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("5 file(s) unchanged"), "{err}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
