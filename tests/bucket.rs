@@ -343,6 +343,8 @@ async fn a_bucket_lists_as_a_tree() {
     for bad in ["../outside.txt", "/a.txt", "a\0b"] {
         assert_eq!(bucket.stat(bad).await.unwrap_err().code, ErrorCode::BadPath, "{bad}");
     }
+
+    ten_thousand_objects_list(&server).await;
 }
 
 mod common;
@@ -395,7 +397,7 @@ async fn files_round_trip_through_a_bucket_root() {
     let _env = ENV.lock().await;
     let Some(weed) = weed() else { return };
     let server = Seaweed::start(&weed);
-    let bucket = open(&server, "srv").await;
+    let bucket = open(&server, "rt").await;
     let s3 = direct(&server);
     let (addr, _stop, _task) = serve(bucket, |c| {
         c.allow_exec = true;
@@ -414,7 +416,7 @@ async fn files_round_trip_through_a_bucket_root() {
         assert_eq!((sent.size, sent.blake3.as_str()), (len as u64, blake3::hash(&data).to_hex().as_str()));
         // The object as another client sees it, with the hash as metadata
         // when it was stored whole.
-        let got = s3.get(&key(&format!("srv/{remote}"))).await.unwrap();
+        let got = s3.get(&key(&format!("rt/{remote}"))).await.unwrap();
         let meta = got.attributes.get(&object_store::Attribute::Metadata("blake3".into())).map(|v| v.to_string());
         assert_eq!(got.bytes().await.unwrap().as_ref(), &data[..], "{len} bytes stored");
         if len as u64 <= framewire::server::WHOLE_MAX {
@@ -431,7 +433,7 @@ async fn files_round_trip_through_a_bucket_root() {
     let e = client.put(&other, "d/f1.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Exists), "{e}");
     client.put(&other, "d/f1.bin", &TransferOptions::force(true), &mut no_progress()).await.unwrap();
-    assert_eq!(s3.get(&key("srv/d/f1.bin")).await.unwrap().bytes().await.unwrap().as_ref(), b"other content");
+    assert_eq!(s3.get(&key("rt/d/f1.bin")).await.unwrap().bytes().await.unwrap().as_ref(), b"other content");
     let big = client.put(&other, "d/f5.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
     assert_eq!(big.code(), Some(ErrorCode::Exists));
 
@@ -446,7 +448,7 @@ async fn files_round_trip_through_a_bucket_root() {
     // Objects another tool wrote: listed with their hash computed on
     // first read, and served verified.
     let foreign = common::pattern(3 * MIB + 7, 9);
-    s3.put(&key("srv/theirs/a.bin"), PutPayload::from(foreign.clone())).await.unwrap();
+    s3.put(&key("rt/theirs/a.bin"), PutPayload::from(foreign.clone())).await.unwrap();
     let listed = client.tree_with_hashes("theirs").await.unwrap();
     let a = listed.iter().find(|e| e.name == "a.bin").unwrap();
     assert_eq!(a.blake3.as_deref(), Some(blake3::hash(&foreign).to_hex().as_str()));
@@ -462,19 +464,21 @@ async fn files_round_trip_through_a_bucket_root() {
     let e = client.rename("d/f3.bin", "moved.bin", false).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Exists));
     client.rename("d", "e", false).await.unwrap();
-    let under_e = keys(&s3, "srv/e").await;
-    assert_eq!(under_e, ["srv/e/f0.bin", "srv/e/f1.bin", "srv/e/f3.bin", "srv/e/f4.bin", "srv/e/f5.bin"]);
-    assert!(keys(&s3, "srv/d").await.is_empty());
-    let moved = s3.get(&key("srv/moved.bin")).await.unwrap();
+    let under_e = keys(&s3, "rt/e").await;
+    assert_eq!(under_e, ["rt/e/f0.bin", "rt/e/f1.bin", "rt/e/f3.bin", "rt/e/f4.bin", "rt/e/f5.bin"]);
+    assert!(keys(&s3, "rt/d").await.is_empty());
+    let moved = s3.get(&key("rt/moved.bin")).await.unwrap();
     assert!(moved.attributes.get(&object_store::Attribute::Metadata("blake3".into())).is_some());
     assert!(client.remove("e").await.unwrap());
-    assert!(keys(&s3, "srv/e").await.is_empty());
+    assert!(keys(&s3, "rt/e").await.is_empty());
     assert!(!client.remove("e").await.unwrap());
 
     // Commands have nowhere to run.
     let e = client.exec_output("true", &framewire::client::ExecOptions::default()).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ExecDisabled));
     assert!(e.to_string().contains("--exec-dir"), "{e}");
+
+    racing_uploads_do_not_replace_each_other(&server).await;
 }
 
 /// Starts a put of `file` to `remote` and cuts its connection once
@@ -494,7 +498,7 @@ async fn cut_put(addr: &str, s3: &object_store::aws::AmazonS3, file: &std::path:
     task.abort();
     let _ = task.await;
     let (dir, name) = remote.rsplit_once('/').map_or(("", remote), |(d, n)| (d, n));
-    let record = key(&format!("srv/{dir}{}.{name}.fwpart", if dir.is_empty() { "" } else { "/" }));
+    let record = key(&format!("cut/{dir}{}.{name}.fwpart", if dir.is_empty() { "" } else { "/" }));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(got) = s3.get(&record).await {
@@ -524,38 +528,38 @@ async fn a_cut_upload_resumes_after_a_server_restart() {
     let file = local.path().join("big.bin");
     std::fs::write(&file, &data).unwrap();
 
-    let (addr, stop, task) = serve(open(&server, "srv").await, |_| {}).await;
+    let (addr, stop, task) = serve(open(&server, "cut").await, |_| {}).await;
     cut_put(&addr, &s3, &file, "up/big.bin", 18 * 1024 * 1024).await;
     cut_put(&addr, &s3, &file, "race.bin", 18 * 1024 * 1024).await;
     cut_put(&addr, &s3, &file, "stale.bin", 10 * 1024 * 1024).await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-    assert_eq!(keys(&s3, "srv").await, ["srv/.race.bin.fwpart", "srv/.stale.bin.fwpart", "srv/up/.big.bin.fwpart"]);
+    assert_eq!(keys(&s3, "cut").await, ["cut/.race.bin.fwpart", "cut/.stale.bin.fwpart", "cut/up/.big.bin.fwpart"]);
 
     // A new server process, nothing in memory: the record says it all.
-    let (addr, stop, task) = serve(open(&server, "srv").await, |c| c.partial_max_age = None).await;
+    let (addr, stop, task) = serve(open(&server, "cut").await, |c| c.partial_max_age = None).await;
     let mut client = Client::connect(&addr).await.unwrap();
     let done = client.put(&file, "up/big.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap();
     assert!(done.resumed >= 8 * 1024 * 1024 && done.resumed % (8 * 1024 * 1024) == 0, "{}", done.resumed);
-    assert_eq!(s3.get(&key("srv/up/big.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
-    assert_eq!(keys(&s3, "srv/up").await, ["srv/up/big.bin"], "the record goes with the completion");
+    assert_eq!(s3.get(&key("cut/up/big.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
+    assert_eq!(keys(&s3, "cut/up").await, ["cut/up/big.bin"], "the record goes with the completion");
 
     // Another client writes the name meanwhile: the completion does not
     // replace it, and says so.
-    s3.put(&key("srv/race.bin"), PutPayload::from_static(b"theirs")).await.unwrap();
+    s3.put(&key("cut/race.bin"), PutPayload::from_static(b"theirs")).await.unwrap();
     let e = client.put(&file, "race.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Exists), "{e}");
-    assert_eq!(s3.get(&key("srv/race.bin")).await.unwrap().bytes().await.unwrap().as_ref(), b"theirs");
+    assert_eq!(s3.get(&key("cut/race.bin")).await.unwrap().bytes().await.unwrap().as_ref(), b"theirs");
     client.put(&file, "race.bin", &TransferOptions::force(true), &mut no_progress()).await.unwrap();
-    assert_eq!(s3.get(&key("srv/race.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
+    assert_eq!(s3.get(&key("cut/race.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 
     // Abandoned: a server with --partial-max-age 0 aborts it at start.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (addr, stop, task) = serve(open(&server, "srv").await, |c| c.partial_max_age = Some(Duration::ZERO)).await;
+    let (addr, stop, task) = serve(open(&server, "cut").await, |c| c.partial_max_age = Some(Duration::ZERO)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while keys(&s3, "srv").await.contains(&"srv/.stale.bin.fwpart".to_owned()) {
+    while keys(&s3, "cut").await.contains(&"cut/.stale.bin.fwpart".to_owned()) {
         assert!(Instant::now() < deadline, "the stale upload was not aborted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -568,15 +572,12 @@ async fn a_cut_upload_resumes_after_a_server_restart() {
 
 /// Two servers on one bucket, two uploads of one new name at once, no
 /// --force: one lands, the other is told it exists; nothing is mixed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_uploads_do_not_replace_each_other() {
+/// (Part of the round-trip test, to start one SeaweedFS fewer.)
+async fn racing_uploads_do_not_replace_each_other(server: &Seaweed) {
     use framewire::proto::ErrorCode;
-    let _env = ENV.lock().await;
-    let Some(weed) = weed() else { return };
-    let server = Seaweed::start(&weed);
-    let s3 = direct(&server);
-    let (a, _stop_a, _task_a) = serve(open(&server, "srv").await, |_| {}).await;
-    let (b, _stop_b, _task_b) = serve(open(&server, "srv").await, |_| {}).await;
+    let s3 = direct(server);
+    let (a, _stop_a, _task_a) = serve(open(server, "race").await, |_| {}).await;
+    let (b, _stop_b, _task_b) = serve(open(server, "race").await, |_| {}).await;
     let local = tempfile::tempdir().unwrap();
     for round in 0..3 {
         let name = format!("same{round}.bin");
@@ -594,24 +595,21 @@ async fn racing_uploads_do_not_replace_each_other() {
             other => panic!("exactly one upload lands: {other:?}"),
         };
         assert_eq!(loser.code(), Some(ErrorCode::Exists), "{loser}");
-        let stored = s3.get(&key(&format!("srv/{name}"))).await.unwrap().bytes().await.unwrap();
+        let stored = s3.get(&key(&format!("race/{name}"))).await.unwrap().bytes().await.unwrap();
         assert_eq!(stored.as_ref(), &std::fs::read(winner).unwrap()[..], "the winner's bytes, whole");
     }
 }
 
 /// A listing of 10,000 objects another tool wrote: every one, streamed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_objects_list() {
+/// (Part of the listing test, to start one SeaweedFS fewer.)
+async fn ten_thousand_objects_list(server: &Seaweed) {
     use futures_util::StreamExt;
-    let _env = ENV.lock().await;
-    let Some(weed) = weed() else { return };
-    let server = Seaweed::start(&weed);
-    let bucket = open(&server, "srv").await;
-    let s3 = std::sync::Arc::new(direct(&server));
+    let bucket = open(server, "ten").await;
+    let s3 = std::sync::Arc::new(direct(server));
     let puts = (0..10_000).map(|i| {
         let s3 = s3.clone();
         async move {
-            let k = key(&format!("srv/many/d{}/f{i:05}.txt", i % 10));
+            let k = key(&format!("ten/many/d{}/f{i:05}.txt", i % 10));
             s3.put(&k, PutPayload::from(format!("file {i}").into_bytes())).await.unwrap();
         }
     });
