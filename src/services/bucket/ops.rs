@@ -23,10 +23,18 @@ use crate::services::Refusal;
 /// The largest object the store copies in one request (S3's limit for
 /// `CopyObject`); `mv` of a larger one is refused (object_store has no
 /// ranged part copy).
-pub const COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
+pub(crate) const COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The ranges a large object is read in, and how many are read at once.
+const READ_RANGE: u64 = 8 * 1024 * 1024;
+const READS_AT_ONCE: usize = 4;
+
+/// The most objects a tree upload decides against (its index is held in
+/// memory, about 300 bytes an object).
+pub(crate) const TREE_INDEX_MAX: usize = 2_000_000;
 
 /// An object being read from an offset.
-pub struct Reading {
+pub(crate) struct Reading {
     /// Its size.
     pub size: u64,
     /// The uploaded file's mtime.
@@ -44,17 +52,10 @@ pub struct Reading {
     etag: Option<String>,
 }
 
-impl Reading {
-    /// The object's key, as the store names it.
-    pub fn key(&self) -> &Path {
-        &self.key
-    }
-}
-
 /// The claim on a key being uploaded through this server; dropped, the
 /// key is free.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     busy: Arc<Mutex<HashSet<String>>>,
     key: String,
 }
@@ -67,7 +68,7 @@ impl Drop for Claim {
 
 /// Where an admitted upload goes.
 #[derive(Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// The object's key.
     pub key: Path,
     /// Its resume record's key.
@@ -84,7 +85,7 @@ impl Target {
     ///
     /// [`ErrorCode::Exists`] if an object appeared there (without
     /// `force`), the store's error.
-    pub async fn put_whole(
+    pub(crate) async fn put_whole(
         &self,
         bucket: &Bucket,
         body: Bytes,
@@ -100,7 +101,12 @@ impl Target {
     /// # Errors
     ///
     /// The store's.
-    pub async fn multipart(&self, bucket: &Bucket, size: u64, mtime: Option<i64>) -> Result<super::Multipart, Refusal> {
+    pub(crate) async fn multipart(
+        &self,
+        bucket: &Bucket,
+        size: u64,
+        mtime: Option<i64>,
+    ) -> Result<super::Multipart, Refusal> {
         let mtime = mtime.unwrap_or_else(super::upload::now);
         super::Multipart::start(bucket, self.key.clone(), self.record.clone(), (size, mtime), self.shown.clone()).await
     }
@@ -182,7 +188,7 @@ impl Bucket {
     /// # Errors
     ///
     /// A bad path, the store's error.
-    pub async fn object(&self, path: &str) -> Result<Option<(Path, Object)>, Refusal> {
+    pub(crate) async fn object(&self, path: &str) -> Result<Option<(Path, Object)>, Refusal> {
         let (key, name) = self.key(path)?;
         if name.is_none() {
             return Ok(None);
@@ -196,7 +202,7 @@ impl Bucket {
     /// # Errors
     ///
     /// The store's; [`ErrorCode::Busy`] if it changed while read.
-    pub async fn hash_of(&self, key: &Path, object: &Object, path: &str) -> Result<blake3::Hash, Refusal> {
+    pub(crate) async fn hash_of(&self, key: &Path, object: &Object, path: &str) -> Result<blake3::Hash, Refusal> {
         if let Some(hash) = object.blake3 {
             return Ok(hash);
         }
@@ -222,7 +228,7 @@ impl Bucket {
     }
 
     /// Remembers the hash a read computed, for the version it read.
-    pub fn read_hashed(&self, reading: &Reading, hash: blake3::Hash) {
+    pub(crate) fn read_hashed(&self, reading: &Reading, hash: blake3::Hash) {
         let object = Object { size: reading.size, mtime: reading.mtime, etag: reading.etag.clone(), blake3: None };
         self.learned(&reading.key, &object, hash);
     }
@@ -235,7 +241,7 @@ impl Bucket {
     ///
     /// A bad or missing path, a directory ([`ErrorCode::IsADirectory`]),
     /// the store's error.
-    pub async fn read(&self, path: &str, offset: u64, prefix: Option<&str>) -> Result<Reading, Refusal> {
+    pub(crate) async fn read(&self, path: &str, offset: u64, prefix: Option<&str>) -> Result<Reading, Refusal> {
         let (key, name) = self.key(path)?;
         let Some(object) = (match name {
             Some(_) => self.head(&key).await.map_err(|e| store_refusal(path, e))?,
@@ -273,7 +279,22 @@ impl Bucket {
         } else if hasher.is_none() {
             hasher = Some(blake3::Hasher::new());
         }
-        let body = if start < object.size {
+        let body = if object.size - start > READ_RANGE {
+            // Large: ranges read [`READS_AT_ONCE`] at a time, sent in
+            // order (one stream from an object store is slower than the
+            // connection; rclone reads large objects the same way).
+            let (store, key, etag) = (self.store.clone(), key.clone(), object.etag.clone());
+            let ranges = (start..object.size).step_by(READ_RANGE as usize).map(move |at| {
+                let (store, key) = (store.clone(), key.clone());
+                let options = GetOptions {
+                    if_match: etag.clone(),
+                    range: Some(GetRange::Bounded(at..(at + READ_RANGE).min(object.size))),
+                    ..GetOptions::default()
+                };
+                async move { store.get_opts(&key, options).await?.bytes().await }
+            });
+            futures_util::stream::iter(ranges).buffered(READS_AT_ONCE).boxed()
+        } else if start < object.size {
             let range = (start > 0).then_some(GetRange::Offset(start));
             self.store.get_opts(&key, same(range)).await.map_err(|e| read_refusal(path, e))?.into_stream()
         } else {
@@ -301,7 +322,7 @@ impl Bucket {
     /// [`ErrorCode::Busy`], [`ErrorCode::IsADirectory`],
     /// [`ErrorCode::NotADirectory`], [`ErrorCode::Exists`], a bad path,
     /// the store's error.
-    pub async fn admit(&self, path: &str, force: bool) -> Result<Target, Refusal> {
+    pub(crate) async fn admit(&self, path: &str, force: bool) -> Result<Target, Refusal> {
         let target = self.claim(path).await?;
         let is_dir = {
             let below = self.store.list_with_delimiter(Some(&target.key)).await.map_err(|e| store_refusal(path, e))?;
@@ -333,7 +354,7 @@ impl Bucket {
     /// # Errors
     ///
     /// [`ErrorCode::Busy`], a bad path.
-    pub async fn claim(&self, path: &str) -> Result<Target, Refusal> {
+    pub(crate) async fn claim(&self, path: &str) -> Result<Target, Refusal> {
         let (key, record, shown) = self.record_of(path)?;
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
@@ -385,7 +406,7 @@ impl Bucket {
     ///
     /// The root ([`ErrorCode::BadPath`]), a directory without
     /// `recursive` ([`ErrorCode::IsADirectory`]), the store's error.
-    pub async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
+    pub(crate) async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
         let (key, name) = self.key(path)?;
         if name.is_none() {
             return Err(Refusal::new(ErrorCode::BadPath, "the served root is never removed"));
@@ -453,7 +474,7 @@ impl Bucket {
     /// [`ErrorCode::Exists`], [`ErrorCode::BadPath`] (the root, a
     /// directory into itself), [`ErrorCode::TooLarge`] (an object over
     /// [`COPY_MAX`]), the store's error.
-    pub async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
+    pub(crate) async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
         let (from_key, from_name) = self.key(from)?;
         let (to_key, to_name) = self.key(to)?;
         if from_name.is_none() || to_name.is_none() {
@@ -564,7 +585,7 @@ impl Bucket {
     /// # Errors
     ///
     /// A listing that fails.
-    pub async fn prune_uploads(&self, max_age: std::time::Duration) -> Result<Vec<(String, u64)>, Refusal> {
+    pub(crate) async fn prune_uploads(&self, max_age: std::time::Duration) -> Result<Vec<(String, u64)>, Refusal> {
         let records = self.list("", Listing::Partials, usize::MAX).await?;
         let cutoff = chrono_cutoff(max_age);
         let mut removed = Vec::new();
@@ -611,13 +632,20 @@ impl Bucket {
     /// # Errors
     ///
     /// A bad path, the store's error.
-    pub async fn tree_index(&self, path: &str) -> Result<TreeIndex, Refusal> {
+    pub(crate) async fn tree_index(&self, path: &str) -> Result<TreeIndex, Refusal> {
         let (key, name) = self.key(path)?;
         let base = name.map(|_| key.clone());
         let depth = base.as_ref().map_or(self.prefix_depth(), |b| b.parts().count());
         let mut index = TreeIndex::default();
         let mut objects = self.store.list(base.as_ref().or((!key.as_ref().is_empty()).then_some(&key)));
         while let Some(object) = objects.try_next().await.map_err(|e| store_refusal(path, e))? {
+            if index.files.len() >= TREE_INDEX_MAX {
+                let msg = format!(
+                    "{}: more than {TREE_INDEX_MAX} objects below it; copy a smaller part of the tree",
+                    shown(path)
+                );
+                return Err(Refusal::new(ErrorCode::TooLarge, msg));
+            }
             let parts: Vec<String> = object.location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
             let Some((last, parents)) = parts.split_last() else { continue };
             for i in 1..=parents.len() {
@@ -636,7 +664,7 @@ impl Bucket {
     /// # Errors
     ///
     /// The store's.
-    pub async fn entries_of(
+    pub(crate) async fn entries_of(
         &self,
         listed: Vec<(String, ObjectMeta)>,
         path: &str,
@@ -646,14 +674,14 @@ impl Bucket {
     }
 
     /// A directory's entry, as listings give it.
-    pub fn dir_entry(name: String) -> Entry {
+    pub(crate) fn dir_entry(name: String) -> Entry {
         dir_entry(name, 0)
     }
 }
 
 /// What is below a directory of a bucket, read with one listing.
 #[derive(Debug, Default)]
-pub struct TreeIndex {
+pub(crate) struct TreeIndex {
     /// Files by path relative to the directory.
     pub files: BTreeMap<String, ObjectMeta>,
     /// Directories by path relative to it.

@@ -152,9 +152,13 @@ pub(super) struct Stored {
     pub cv: String,
 }
 
+/// A part just stored: its index, what the record keeps of it, and (the
+/// first part's) its own hash.
+type PartDone = (usize, Stored, Option<String>);
+
 /// A multipart upload under way: what is stored, and the parts being
 /// stored.
-pub struct Multipart {
+pub(crate) struct Multipart {
     bucket: Bucket,
     key: Path,
     record_key: Path,
@@ -162,7 +166,7 @@ pub struct Multipart {
     /// Parts stored past the record's contiguous run.
     ahead: BTreeMap<usize, Stored>,
     first: Option<String>,
-    in_flight: JoinSet<Result<(usize, Stored, Option<String>), Refusal>>,
+    in_flight: JoinSet<Result<PartDone, Refusal>>,
     /// Body bytes of the part being filled.
     buf: Vec<u8>,
     /// The index of the part being filled.
@@ -208,18 +212,18 @@ impl Multipart {
 
     /// What is held: bytes of whole parts stored, and their hash as a
     /// file of its own.
-    pub fn offer(&self) -> (u64, Option<String>) {
+    pub(crate) fn offer(&self) -> (u64, Option<String>) {
         self.record.offer(self.first.as_deref())
     }
 
     /// Bytes held.
-    pub fn held(&self) -> u64 {
+    pub(crate) fn held(&self) -> u64 {
         self.offer().0
     }
 
     /// Whether the body may start at `from`: what is held, or 0 (the
     /// client's file differs: a new upload).
-    pub async fn agree(&mut self, from: u64) -> Result<bool, Refusal> {
+    pub(crate) async fn agree(&mut self, from: u64) -> Result<bool, Refusal> {
         if from == self.held() {
             return Ok(true);
         }
@@ -235,7 +239,7 @@ impl Multipart {
     }
 
     /// Takes body bytes; stores each part as it fills.
-    pub async fn feed(&mut self, mut chunk: &[u8]) -> Result<(), Refusal> {
+    pub(crate) async fn feed(&mut self, mut chunk: &[u8]) -> Result<(), Refusal> {
         while !chunk.is_empty() {
             let room = PART as usize - self.buf.len();
             let take = room.min(chunk.len());
@@ -296,7 +300,7 @@ impl Multipart {
 
     /// The body ended early (the connection was cut): the parts under way
     /// are let finish and recorded, for a resume.
-    pub async fn keep_for_resume(mut self) {
+    pub(crate) async fn keep_for_resume(mut self) {
         while !self.in_flight.is_empty() {
             if self.settle_one().await.is_err() {
                 break;
@@ -305,7 +309,7 @@ impl Multipart {
     }
 
     /// The upload is dropped: aborted in the store, its record removed.
-    pub async fn discard(mut self) {
+    pub(crate) async fn discard(mut self) {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         self.bucket.abort(&self.key, &self.record.upload_id).await;
@@ -315,7 +319,7 @@ impl Multipart {
     /// Stores the last part, merges the whole-file hash and, if it is
     /// `claimed`, completes the upload (replacing an object there only if
     /// `force`), carrying the hash in the cache; else discards it.
-    pub async fn finish(mut self, claimed: &str, force: bool) -> Result<blake3::Hash, Finish> {
+    pub(crate) async fn finish(mut self, claimed: &str, force: bool) -> Result<blake3::Hash, Finish> {
         if !self.buf.is_empty() {
             if let Err(r) = self.store_part().await {
                 return Err(Finish::Refused(r));
@@ -371,7 +375,7 @@ impl Multipart {
 
 /// Why an upload was not completed.
 #[derive(Debug)]
-pub enum Finish {
+pub(crate) enum Finish {
     /// The parts merge to this hash, not the client's: nothing kept.
     Mismatch(blake3::Hash),
     /// Refused or failed.
@@ -401,7 +405,7 @@ impl Bucket {
     /// # Errors
     ///
     /// A bad path, the store's error.
-    pub async fn offered(&self, path: &str, size: u64, mtime: i64) -> Result<(u64, Option<String>), Refusal> {
+    pub(crate) async fn offered(&self, path: &str, size: u64, mtime: i64) -> Result<(u64, Option<String>), Refusal> {
         let (_, record_key, shown) = self.record_of(path)?;
         match self.read_record(&record_key, &shown).await? {
             Some(r) if r.v == 1 && r.size == size && r.mtime == mtime => Ok(r.offer(r.first.as_deref())),
