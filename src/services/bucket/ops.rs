@@ -135,7 +135,7 @@ impl Bucket {
             let known = self.known.lock().expect("known poisoned");
             blake3 = known
                 .get(key.as_ref())
-                .filter(|k| k.size == object.size && k.etag == object.etag)
+                .filter(|k| k.size == object.size && same_etag(&k.etag, &object.etag))
                 .and_then(|k| k.blake3);
         }
         object.blake3 = blake3;
@@ -155,7 +155,11 @@ impl Bucket {
     /// What is remembered of a listed object, if it is still that one.
     fn known_as_listed(&self, meta: &ObjectMeta) -> Option<Object> {
         let known = self.known.lock().expect("known poisoned");
-        known.get(meta.location.as_ref()).filter(|k| k.size == meta.size && k.etag == meta.e_tag).cloned()
+        let mut object =
+            known.get(meta.location.as_ref()).filter(|k| k.size == meta.size && same_etag(&k.etag, &meta.e_tag)).cloned()?;
+        // As the store spells it now (conditional reads send it back).
+        object.etag.clone_from(&meta.e_tag);
+        Some(object)
     }
 
     /// The facts of listed objects: remembered, else read ([`HEADS_AT_ONCE`]
@@ -252,6 +256,7 @@ impl Bucket {
                 Err(r) => Err(r),
             };
         };
+        tracing::debug!(path = %shown(path), size = object.size, hash_known = object.blake3.is_some(), "reading an object");
         let same =
             |range: Option<GetRange>| GetOptions { if_match: object.etag.clone(), range, ..GetOptions::default() };
         let mut start = 0;
@@ -698,6 +703,13 @@ fn chrono_cutoff(age: std::time::Duration) -> i64 {
     super::upload::now().saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Whether two ETags are the same, however quoted (a completion's answer
+/// and a listing may spell one differently).
+fn same_etag(a: &Option<String>, b: &Option<String>) -> bool {
+    let bare = |e: &Option<String>| e.as_deref().map(|e| e.trim_start_matches("W/").trim_matches('"').to_owned());
+    matches!((bare(a), bare(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// A read's error: an object that changed meanwhile is `busy`.
 fn read_refusal(path: &str, e: object_store::Error) -> Refusal {
     if super::upload::is_exists(&e) {
@@ -705,4 +717,18 @@ fn read_refusal(path: &str, e: object_store::Error) -> Refusal {
         return Refusal::new(ErrorCode::Busy, msg);
     }
     store_refusal(path, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_compare_however_quoted() {
+        let e = |s: &str| Some(s.to_owned());
+        assert!(same_etag(&e("\"abc-3\""), &e("abc-3")));
+        assert!(same_etag(&e("W/\"abc\""), &e("\"abc\"")));
+        assert!(!same_etag(&e("\"abc\""), &e("\"abd\"")));
+        assert!(!same_etag(&None, &None), "no ETag says nothing");
+    }
 }
