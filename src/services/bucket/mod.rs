@@ -91,6 +91,11 @@ pub struct BucketSpec {
     /// Plain `http://` endpoints allowed (`--s3-allow-http`, for loopback
     /// test servers).
     pub allow_http: bool,
+    /// The largest object `mv` copies with one `CopyObject` (S3's limit,
+    /// 5 GiB, by default); larger ones are copied through the server in
+    /// parts (`UploadPart` of ranged reads: object_store has no ranged
+    /// `UploadPartCopy`).
+    pub copy_max: u64,
 }
 
 /// Why a bucket root cannot be opened.
@@ -164,7 +169,13 @@ impl BucketSpec {
         if prefix.split('/').any(|c| c.is_empty() || c == "." || c == "..") && !prefix.is_empty() {
             return Err(bad("the prefix has an empty, '.' or '..' component"));
         }
-        Ok(BucketSpec { bucket: bucket.to_owned(), prefix: prefix.to_owned(), endpoint: None, allow_http: false })
+        Ok(BucketSpec {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            endpoint: None,
+            allow_http: false,
+            copy_max: ops::COPY_MAX,
+        })
     }
 
     /// `s3://BUCKET[/PREFIX]` again.
@@ -178,6 +189,13 @@ impl BucketSpec {
     /// The same, at `endpoint` (path-style).
     pub fn with_endpoint(mut self, endpoint: Option<String>) -> Self {
         self.endpoint = endpoint;
+        self
+    }
+
+    /// The same, moving objects over `bytes` through the server instead of
+    /// with one `CopyObject` (for stores with a lower copy limit than S3's).
+    pub fn with_copy_max(mut self, bytes: u64) -> Self {
+        self.copy_max = bytes;
         self
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 
@@ -21,8 +22,8 @@ use crate::services::root::is_partial_name;
 use crate::services::Refusal;
 
 /// The largest object the store copies in one request (S3's limit for
-/// `CopyObject`); `mv` of a larger one is refused (object_store has no
-/// ranged part copy).
+/// `CopyObject`); `mv` copies a larger one through the server, in parts
+/// (object_store has no ranged part copy).
 pub(crate) const COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
 
 /// The ranges a large object is read in, and how many are read at once.
@@ -155,8 +156,10 @@ impl Bucket {
     /// What is remembered of a listed object, if it is still that one.
     fn known_as_listed(&self, meta: &ObjectMeta) -> Option<Object> {
         let known = self.known.lock().expect("known poisoned");
-        let mut object =
-            known.get(meta.location.as_ref()).filter(|k| k.size == meta.size && same_etag(&k.etag, &meta.e_tag)).cloned()?;
+        let mut object = known
+            .get(meta.location.as_ref())
+            .filter(|k| k.size == meta.size && same_etag(&k.etag, &meta.e_tag))
+            .cloned()?;
         // As the store spells it now (conditional reads send it back).
         object.etag.clone_from(&meta.e_tag);
         Some(object)
@@ -477,8 +480,9 @@ impl Bucket {
     ///
     /// [`ErrorCode::NotFound`] (no `from`, or no parent of `to`),
     /// [`ErrorCode::Exists`], [`ErrorCode::BadPath`] (the root, a
-    /// directory into itself), [`ErrorCode::TooLarge`] (an object over
-    /// [`COPY_MAX`]), the store's error.
+    /// directory into itself), the store's error. Objects over the spec's
+    /// `copy_max` are copied in parts through the server
+    /// ([`copy_in_parts`](Self::copy_in_parts)).
     pub(crate) async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
         let (from_key, from_name) = self.key(from)?;
         let (to_key, to_name) = self.key(to)?;
@@ -519,7 +523,7 @@ impl Bucket {
                     format!("{}: is a directory on the server", shown(to)),
                 ));
             }
-            return self.move_objects(vec![(from_key, to_key, object.size)], from).await;
+            return self.move_objects(vec![(from_key, to_key, object.size)], from, force).await;
         }
         let below = self.below(&from_key, from).await?;
         if below.is_empty() {
@@ -543,21 +547,75 @@ impl Bucket {
                 (m.location, dest, m.size)
             })
             .collect();
-        self.move_objects(moves, from).await
+        self.move_objects(moves, from, force).await
+    }
+
+    /// Copies an object too large for one `CopyObject` through the server:
+    /// ranged reads of its one version (`If-Match`), each stored as a part
+    /// of a multipart upload at `to` (four at once), created with the
+    /// object's mtime and BLAKE3 (when known) as metadata, completed with
+    /// `If-None-Match: *` unless `force`; aborted on any failure.
+    async fn copy_in_parts(&self, from: &Path, to: &Path, force: bool, path: &str) -> Result<(), Refusal> {
+        let Some(object) = self.head(from).await.map_err(|e| store_refusal(path, e))? else {
+            return Err(not_found(path));
+        };
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::Metadata(META_MTIME.into()), object.mtime.to_string().into());
+        if let Some(hash) = object.blake3 {
+            attributes.insert(Attribute::Metadata(META_BLAKE3.into()), hash.to_hex().to_string().into());
+        }
+        let options = object_store::PutMultipartOptions { attributes, ..Default::default() };
+        let id = self.store.create_multipart_opts(to, options).await.map_err(|e| store_refusal(path, e))?;
+        let parts = (0..object.size).step_by(super::PART as usize).enumerate().map(|(i, at)| {
+            let (store, from, to, id) = (self.store.clone(), from.clone(), to.clone(), id.clone());
+            let options = GetOptions {
+                if_match: object.etag.clone(),
+                range: Some(GetRange::Bounded(at..(at + super::PART).min(object.size))),
+                ..GetOptions::default()
+            };
+            async move {
+                let data = store.get_opts(&from, options).await?.bytes().await?;
+                store.put_part(&to, &id, i, object_store::PutPayload::from_bytes(data)).await
+            }
+        });
+        let stored: Result<Vec<_>, _> =
+            futures_util::stream::iter(parts).buffered(super::upload::PARTS_IN_FLIGHT).try_collect().await;
+        let parts = match stored {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.abort(to, &id.to_string()).await;
+                return Err(read_refusal(path, e));
+            }
+        };
+        if force {
+            self.replacing.lock().expect("replacing poisoned").insert(id.to_string());
+        }
+        let done = self.store.complete_multipart(to, &id, parts).await;
+        self.replacing.lock().expect("replacing poisoned").remove(&id.to_string());
+        match done {
+            Ok(done) => {
+                self.remember(to, Object { etag: done.e_tag, ..object });
+                Ok(())
+            }
+            Err(e) => {
+                self.abort(to, &id.to_string()).await;
+                if super::upload::is_exists(&e) {
+                    return Err(exists(&shown(to.as_ref())));
+                }
+                Err(store_refusal(path, e))
+            }
+        }
     }
 
     /// Copies each `(from, to)`, then deletes each `from`.
-    async fn move_objects(&self, moves: Vec<(Path, Path, u64)>, path: &str) -> Result<(), Refusal> {
-        if let Some((from, _, size)) = moves.iter().find(|(_, _, size)| *size > COPY_MAX) {
-            let msg = format!(
-                "{}: {size} bytes, more than the {COPY_MAX} the store copies in one request; get and put it instead",
-                shown(from.as_ref())
-            );
-            return Err(Refusal::new(ErrorCode::TooLarge, msg));
-        }
-        let copies = moves.clone().into_iter().map(|(from, to, _)| {
+    async fn move_objects(&self, moves: Vec<(Path, Path, u64)>, path: &str, force: bool) -> Result<(), Refusal> {
+        let copy_max = self.spec.copy_max;
+        let copies = moves.clone().into_iter().map(|(from, to, size)| {
             let (b, path) = (self.clone(), path.to_owned());
             async move {
+                if size > copy_max {
+                    return b.copy_in_parts(&from, &to, force, &path).await;
+                }
                 // `CopyObject` keeps the metadata: the hash and mtime move too.
                 b.store.copy(&from, &to).await.map_err(|e| store_refusal(&path, e))?;
                 let known = b.known.lock().expect("known poisoned").remove(from.as_ref());

@@ -35,7 +35,7 @@ use crate::proto::ErrorCode;
 use crate::services::Refusal;
 
 /// Parts of one upload stored at once.
-const PARTS_IN_FLIGHT: usize = 4;
+pub(super) const PARTS_IN_FLIGHT: usize = 4;
 
 /// The store's HTTP client, adding `If-None-Match: *` to each
 /// `CompleteMultipartUpload` unless its upload was registered as one that
