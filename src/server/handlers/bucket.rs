@@ -191,7 +191,12 @@ async fn send_reading(s: &mut S, b: &Bucket, mut reading: Reading, shown: &str) 
 /// conditional PUT; a large one stored part by part in a multipart upload
 /// (resuming the parts its record names), completed once verified.
 pub(in crate::server) async fn put(s: &mut S, b: &Bucket, request: Put) -> Result<(), Error> {
-    let Put { path, size, force, mode: _, mtime } = request;
+    let Put { path, size, force, mode, mtime } = request;
+    if mode.is_some() {
+        // Said where the server says what each request did; the entries
+        // of a bucket report 0644, the mode a get gives the file.
+        s.set_outcome("ok: stored; the mode is not kept (an object store has no permission bits)".to_owned());
+    }
     let target = match b.admit(&path, force).await {
         Ok(target) => target,
         Err(r) => return s.refuse(r).await,

@@ -4,9 +4,11 @@
 //! async fn NAME(s: &mut Session<ServerSide>, ctx: &Context, request: REQUEST) -> Result<(), wire::Error>
 //! ```
 //!
-//! A handler answers its request in full (a refusal is an answer) and
-//! returns `Ok`; an `Err` means the connection must close. Only the
-//! dispatcher (`super::dispatch`) calls them.
+//! (the file handlers of a bucket root, in `bucket`, take the bucket in
+//! place of the context). A handler answers its request in full (a
+//! refusal is an answer) and returns `Ok`; an `Err` means the connection
+//! must close. Only the dispatcher (`super::dispatch`) calls them, and it
+//! routes file requests by the root's storage.
 
 #[cfg(feature = "s3")]
 pub(super) mod bucket;
