@@ -550,12 +550,20 @@ async fn a_cut_upload_resumes_after_a_server_restart() {
     std::fs::write(&file, &data).unwrap();
 
     let (addr, stop, task) = serve(open(&server, "cut").await, |_| {}).await;
-    for name in ["up/big.bin", "race.bin", "stale.bin"] {
+    for name in ["up/big.bin", "race.bin", "stale.bin", "lost.bin"] {
         cut_put(&addr, &s3, &file, name, 20 * 1024 * 1024).await;
     }
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-    assert_eq!(keys(&s3, "cut").await, ["cut/.race.bin.fwpart", "cut/.stale.bin.fwpart", "cut/up/.big.bin.fwpart"]);
+    assert_eq!(
+        keys(&s3, "cut").await,
+        ["cut/.lost.bin.fwpart", "cut/.race.bin.fwpart", "cut/.stale.bin.fwpart", "cut/up/.big.bin.fwpart"]
+    );
+    // The store loses one upload (a lifecycle rule, say), its record left.
+    let record: serde_json::Value =
+        serde_json::from_slice(&s3.get(&key("cut/.lost.bin.fwpart")).await.unwrap().bytes().await.unwrap()).unwrap();
+    let id = record["upload_id"].as_str().unwrap().to_owned();
+    object_store::multipart::MultipartStore::abort_multipart(&s3, &key("cut/lost.bin"), &id).await.unwrap();
 
     // A new server process, nothing in memory: the record says it all.
     let (addr, stop, task) = serve(open(&server, "cut").await, |c| c.partial_max_age = None).await;
@@ -564,6 +572,16 @@ async fn a_cut_upload_resumes_after_a_server_restart() {
     assert!(done.resumed >= 8 * 1024 * 1024 && done.resumed % (8 * 1024 * 1024) == 0, "{}", done.resumed);
     assert_eq!(s3.get(&key("cut/up/big.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
     assert_eq!(keys(&s3, "cut/up").await, ["cut/up/big.bin"], "the record goes with the completion");
+
+    // The lost upload: said, its record dropped, and the next try starts
+    // over and lands.
+    let e = client.put(&file, "lost.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Busy), "{e}");
+    assert!(!keys(&s3, "cut").await.contains(&"cut/.lost.bin.fwpart".to_owned()));
+    let mut client = Client::connect(&addr).await.unwrap();
+    let done = client.put(&file, "lost.bin", &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    assert_eq!(done.resumed, 0);
+    assert_eq!(s3.get(&key("cut/lost.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
 
     // Another client writes the name meanwhile: the completion does not
     // replace it, and says so.

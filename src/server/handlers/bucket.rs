@@ -192,11 +192,6 @@ async fn send_reading(s: &mut S, b: &Bucket, mut reading: Reading, shown: &str) 
 /// (resuming the parts its record names), completed once verified.
 pub(in crate::server) async fn put(s: &mut S, b: &Bucket, request: Put) -> Result<(), Error> {
     let Put { path, size, force, mode, mtime } = request;
-    if mode.is_some() {
-        // Said where the server says what each request did; the entries
-        // of a bucket report 0644, the mode a get gives the file.
-        s.set_outcome("ok: stored; the mode is not kept (an object store has no permission bits)".to_owned());
-    }
     let target = match b.admit(&path, force).await {
         Ok(target) => target,
         Err(r) => return s.refuse(r).await,
@@ -221,7 +216,7 @@ pub(in crate::server) async fn put(s: &mut S, b: &Bucket, request: Put) -> Resul
             return s.refuse(mismatch(&target.shown, &hash, &claimed)).await;
         }
         return match target.put_whole(b, body, hash, mtime, force).await {
-            Ok(()) => s.send(&PutDone { size }, &[]).await,
+            Ok(()) => put_done(s, size, mode).await,
             Err(r) => s.refuse(r).await,
         };
     }
@@ -261,10 +256,20 @@ pub(in crate::server) async fn put(s: &mut S, b: &Bucket, request: Put) -> Resul
         return Ok(());
     };
     match upload.finish(&claimed, force).await {
-        Ok(_) => s.send(&PutDone { size }, &[]).await,
+        Ok(_) => put_done(s, size, mode).await,
         Err(Finish::Mismatch(got)) => s.refuse(mismatch(&target.shown, &got, &claimed)).await,
         Err(Finish::Refused(r)) => s.refuse(r).await,
     }
+}
+
+/// Answers a stored upload; a mode it carried is not kept, and the
+/// request's log line says so (a bucket's entries report 0644, the mode
+/// a get gives the file).
+async fn put_done(s: &mut S, size: u64, mode: Option<u32>) -> Result<(), Error> {
+    if mode.is_some() {
+        s.set_outcome("ok: stored; the mode is not kept (an object store has no permission bits)".to_owned());
+    }
+    s.send(&PutDone { size }, &[]).await
 }
 
 /// Feeds the frame's body into the upload. Outer error: the connection's;

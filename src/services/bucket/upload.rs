@@ -272,7 +272,7 @@ impl Multipart {
             });
             let part = store.put_part(&key, &id, index, PutPayload::from_bytes(data)).await;
             let (cv, first) = hashing.await.map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-            let part = part.map_err(|e| store_refusal(&shown, e))?;
+            let part = part.map_err(|e| part_refusal(&shown, e))?;
             Ok((index, Stored { etag: part.content_id, cv: hash::cv_hex(&cv) }, first))
         });
         Ok(())
@@ -282,7 +282,17 @@ impl Multipart {
     /// stored from the first.
     async fn settle_one(&mut self) -> Result<(), Refusal> {
         let Some(joined) = self.in_flight.join_next().await else { return Ok(()) };
-        let (index, stored, first) = joined.map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))??;
+        let (index, stored, first) = match joined.map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))? {
+            Ok(done) => done,
+            Err(r) => {
+                if r.code == ErrorCode::Busy {
+                    // The store lost the upload: its record would keep
+                    // offering parts that are not there.
+                    let _ = self.bucket.store.delete(&self.record_key).await;
+                }
+                return Err(r);
+            }
+        };
         if first.is_some() {
             self.first = first;
         }
@@ -368,9 +378,27 @@ impl Multipart {
                 let _ = self.bucket.store.delete(&self.record_key).await;
                 Err(Finish::Refused(super::exists(&self.shown)))
             }
-            Err(e) => Err(Finish::Refused(store_refusal(&self.shown, e))),
+            Err(e) => {
+                let r = part_refusal(&self.shown, e);
+                if r.code == ErrorCode::Busy {
+                    let _ = self.bucket.store.delete(&self.record_key).await;
+                }
+                Err(Finish::Refused(r))
+            }
         }
     }
+}
+
+/// A part's or a completion's error: an upload the store no longer has
+/// (aborted by a lifecycle rule or by hand, its record left behind) is
+/// `busy`, and the record is dropped so that the next try starts over.
+fn part_refusal(shown: &str, e: object_store::Error) -> Refusal {
+    let text = super::one_line(&e);
+    if matches!(e, object_store::Error::NotFound { .. }) || text.contains("NoSuchUpload") {
+        let msg = format!("{shown}: the store no longer has the upload this resumed; try again, it starts over");
+        return Refusal::new(ErrorCode::Busy, msg);
+    }
+    store_refusal(shown, e)
 }
 
 /// Why an upload was not completed.
