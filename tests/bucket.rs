@@ -472,6 +472,10 @@ async fn files_round_trip_through_a_bucket_root() {
     client.rename("d/f2.bin", "moved.bin", false).await.unwrap();
     let e = client.rename("d/f3.bin", "moved.bin", false).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Exists));
+    // A name object_store would percent-encode moves as it is named.
+    let odd = local.path().join("odd");
+    std::fs::write(&odd, b"odd").unwrap();
+    client.put(&odd, "d/x[1] %20.txt", &TransferOptions::default(), &mut no_progress()).await.unwrap();
     client.rename("d", "e", false).await.unwrap();
     // The 100 MiB one again, alone: in parts, its mtime and hash kept.
     let before = client.stat("e/f5.bin").await.unwrap();
@@ -484,7 +488,10 @@ async fn files_round_trip_through_a_bucket_root() {
     assert!(moved_big.bytes().await.unwrap() == data);
     client.rename("big-moved.bin", "e/f5.bin", false).await.unwrap();
     let under_e = keys(&s3, "rt/e").await;
-    assert_eq!(under_e, ["rt/e/f0.bin", "rt/e/f1.bin", "rt/e/f3.bin", "rt/e/f4.bin", "rt/e/f5.bin"]);
+    assert_eq!(
+        under_e,
+        ["rt/e/f0.bin", "rt/e/f1.bin", "rt/e/f3.bin", "rt/e/f4.bin", "rt/e/f5.bin", "rt/e/x[1] %20.txt"]
+    );
     assert!(keys(&s3, "rt/d").await.is_empty());
     let moved = s3.get(&key("rt/moved.bin")).await.unwrap();
     assert!(moved.attributes.get(&object_store::Attribute::Metadata("blake3".into())).is_some());

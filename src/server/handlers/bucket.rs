@@ -24,8 +24,12 @@ use crate::wire::{Error, MAX_BUFFERED_BODY};
 
 type S = Session<ServerSide>;
 
-/// Small files of one `tree_put` being stored at once.
+/// Small files of one `tree_put` being stored at once, in the background.
 const STORES_AT_ONCE: usize = 32;
+/// Files up to this size are stored in the background: what one
+/// `tree_put` holds is at most [`STORES_AT_ONCE`] of them, plus one file
+/// of up to `WHOLE_MAX` stored before the next frame is read.
+const STORED_AHEAD: u64 = 1024 * 1024;
 /// Objects of one `tree_get` being fetched ahead of sending.
 const FETCHES_AT_ONCE: usize = 16;
 /// A `tree_get`'s objects up to this size are fetched whole ahead of
@@ -417,7 +421,12 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
                 }
                 let answer = match up.decide_all(b, entries).await {
                     Ok(answer) => answer,
-                    Err(r) => return s.refuse(r).await,
+                    // Frames the client pipelined after this one follow:
+                    // the connection cannot stay in step.
+                    Err(r) => {
+                        up.settle(true).await;
+                        return s.refuse_and_close(r.message).await;
+                    }
                 };
                 let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
                 s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
@@ -530,6 +539,9 @@ impl TreeUpload {
         }
         let replace = self.force || need.replace;
         if need.size <= WHOLE_MAX {
+            // Up to STORED_AHEAD, stored in the background; a larger
+            // one before the next frame (bounding what one upload holds).
+            let background = need.size <= STORED_AHEAD;
             let body = s.reader().read_body(len).await?;
             let Some(claimed) = self.checksum(s).await? else { return Ok(()) };
             let hash = blake3::hash(&body);
@@ -544,6 +556,11 @@ impl TreeUpload {
                     return Ok(());
                 }
             };
+            if !background {
+                let stored = target.put_whole(b, body, hash, Some(need.mtime), replace).await.map(|()| need.size);
+                self.stored(i, &need.path, stored);
+                return Ok(());
+            }
             while self.storing.len() >= STORES_AT_ONCE {
                 self.settle_one().await;
             }

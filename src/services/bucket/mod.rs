@@ -241,17 +241,26 @@ impl Bucket {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&spec.bucket);
         if env("AWS_ACCESS_KEY_ID").is_none() {
-            let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
-            let found = Profile::read(&profile).map_err(|why| BucketError::NoCredentials {
-                bucket: spec.bucket.clone(),
-                why: format!("AWS_ACCESS_KEY_ID is not set, and {why}"),
-            })?;
-            builder = builder.with_access_key_id(found.key_id).with_secret_access_key(found.secret);
-            if let Some(token) = found.token {
-                builder = builder.with_token(token);
-            }
-            if let (Some(region), None, None) = (found.region, env("AWS_REGION"), env("AWS_DEFAULT_REGION")) {
-                builder = builder.with_region(region);
+            let named = env("AWS_PROFILE");
+            match Profile::read(named.as_deref().unwrap_or("default")) {
+                Ok(found) => {
+                    builder = builder.with_access_key_id(found.key_id).with_secret_access_key(found.secret);
+                    if let Some(token) = found.token {
+                        builder = builder.with_token(token);
+                    }
+                    if let (Some(region), None, None) = (found.region, env("AWS_REGION"), env("AWS_DEFAULT_REGION")) {
+                        builder = builder.with_region(region);
+                    }
+                }
+                // No credentials file and no profile named: object_store's
+                // own chain (web identity, ECS task role, instance role).
+                Err((true, _)) if named.is_none() => {}
+                Err((_, why)) => {
+                    return Err(BucketError::NoCredentials {
+                        bucket: spec.bucket.clone(),
+                        why: format!("AWS_ACCESS_KEY_ID is not set, and {why}"),
+                    })
+                }
             }
         }
         let endpoint = spec.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL")).or_else(|| env("AWS_ENDPOINT"));
@@ -271,8 +280,11 @@ impl Bucket {
         builder = builder.with_http_connector(no_clobber.clone());
         // A start check that fails should say so in seconds, not after
         // the default three minutes of retries.
+        // The store that serves keeps object_store's retries (S3 answers
+        // SlowDown under load); only the check is cut short.
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
-        let store = builder.with_retry(retry).build().map_err(|e| BucketError::Config(e.to_string()))?;
+        let checking = builder.clone().with_retry(retry).build().map_err(|e| BucketError::Config(e.to_string()))?;
+        let store = builder.build().map_err(|e| BucketError::Config(e.to_string()))?;
         let endpoint = endpoint.unwrap_or_else(|| "AWS S3".to_owned());
         let prefix = Path::from(spec.prefix.as_str());
         let bucket = Bucket {
@@ -284,14 +296,14 @@ impl Bucket {
             replacing: no_clobber.replacing,
             busy: Arc::default(),
         };
-        bucket.check().await?;
+        bucket.check(&checking).await?;
         Ok(bucket)
     }
 
     /// Lists the prefix: the bucket is there and the credentials open it.
-    async fn check(&self) -> Result<(), BucketError> {
+    async fn check(&self, store: &AmazonS3) -> Result<(), BucketError> {
         let prefix = (!self.spec.prefix.is_empty()).then_some(&self.prefix);
-        match self.store.list_with_delimiter(prefix).await {
+        match store.list_with_delimiter(prefix).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.explain(e)),
         }
@@ -368,12 +380,13 @@ impl Bucket {
         if let Some(object) = self.head(&key).await.map_err(|e| store_refusal(path, e))? {
             return Ok(object_entry(name, &object));
         }
-        let below = self.store.list_with_delimiter(Some(&key)).await.map_err(|e| store_refusal(path, e))?;
-        if below.objects.is_empty() && below.common_prefixes.is_empty() {
-            return Err(not_found(path));
+        // A directory is there when any key is below it: the first one
+        // says so (a level of a million is not paged through for it).
+        let first = self.store.list(Some(&key)).try_next().await.map_err(|e| store_refusal(path, e))?;
+        match first {
+            Some(o) => Ok(dir_entry(name, o.last_modified.timestamp())),
+            None => Err(not_found(path)),
         }
-        let newest = below.objects.iter().map(|o| o.last_modified.timestamp()).max().unwrap_or(0);
-        Ok(dir_entry(name, newest))
     }
 
     /// The entries of the directory `path` as `listing` asks (its own;
@@ -631,19 +644,23 @@ impl Profile {
     /// The profile `name` of `AWS_SHARED_CREDENTIALS_FILE` (default
     /// `~/.aws/credentials`), with its region from `AWS_CONFIG_FILE`
     /// (default `~/.aws/config`, section `[profile NAME]`, or `[default]`).
-    fn read(name: &str) -> Result<Profile, String> {
+    /// `Err((true, why))`: the credentials file cannot be read at all.
+    fn read(name: &str) -> Result<Profile, (bool, String)> {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
         let path = |var: &str, default: &str| std::env::var_os(var).map(PathBuf::from).unwrap_or(home.join(default));
         let credentials = path("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
         let text = std::fs::read_to_string(&credentials)
-            .map_err(|e| format!("{} cannot be read ({e})", credentials.display()))?;
-        let section =
-            ini_section(&text, name).ok_or_else(|| format!("{} has no profile [{name}]", credentials.display()))?;
+            .map_err(|e| (true, format!("{} cannot be read ({e})", credentials.display())))?;
+        let section = ini_section(&text, name)
+            .ok_or_else(|| (false, format!("{} has no profile [{name}]", credentials.display())))?;
         let get = |k: &str| section.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         let (Some(key_id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key")) else {
-            return Err(format!(
-                "profile [{name}] of {} lacks aws_access_key_id or aws_secret_access_key",
-                credentials.display()
+            return Err((
+                false,
+                format!(
+                    "profile [{name}] of {} lacks aws_access_key_id or aws_secret_access_key",
+                    credentials.display()
+                ),
             ));
         };
         let config = std::fs::read_to_string(path("AWS_CONFIG_FILE", ".aws/config")).unwrap_or_default();

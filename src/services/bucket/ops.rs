@@ -332,10 +332,7 @@ impl Bucket {
     /// the store's error.
     pub(crate) async fn admit(&self, path: &str, force: bool) -> Result<Target, Refusal> {
         let target = self.claim(path).await?;
-        let is_dir = {
-            let below = self.store.list_with_delimiter(Some(&target.key)).await.map_err(|e| store_refusal(path, e))?;
-            !below.objects.is_empty() || !below.common_prefixes.is_empty()
-        };
+        let is_dir = self.store.list(Some(&target.key)).try_next().await.map_err(|e| store_refusal(path, e))?.is_some();
         if is_dir {
             return Err(Refusal::new(
                 ErrorCode::IsADirectory,
@@ -347,7 +344,7 @@ impl Bucket {
         }
         let parts: Vec<String> = target.key.parts().map(|p| p.as_ref().to_owned()).collect();
         for i in self.prefix_depth() + 1..parts.len() {
-            let parent = Path::from_iter(parts[..i].iter().map(String::as_str));
+            let parent = raw_path(parts[..i].iter().map(String::as_str));
             if self.head(&parent).await.map_err(|e| store_refusal(path, e))?.is_some() {
                 let msg = format!("{}: a parent is a file", target.shown);
                 return Err(Refusal::new(ErrorCode::NotADirectory, msg));
@@ -389,8 +386,8 @@ impl Bucket {
         let record_name = crate::services::root::partial_name(std::ffi::OsStr::new(&name));
         let record_name = record_name.to_str().unwrap_or_default();
         let record = match key.as_ref().rsplit_once('/') {
-            Some((parent, _)) => Path::from_iter(parent.split('/').chain([record_name])),
-            None => Path::from(record_name),
+            Some((parent, _)) => raw_path(parent.split('/').chain([record_name])),
+            None => raw_path([record_name]),
         };
         Ok((key, record, shown(path)))
     }
@@ -465,8 +462,8 @@ impl Bucket {
             return;
         };
         let object = match record.as_ref().rsplit_once('/') {
-            Some((parent, _)) => Path::from_iter(parent.split('/').chain([name])),
-            None => Path::from(name),
+            Some((parent, _)) => raw_path(parent.split('/').chain([name])),
+            None => raw_path([name]),
         };
         self.abort(&object, &r.upload_id).await;
     }
@@ -543,7 +540,7 @@ impl Bucket {
             .into_iter()
             .map(|m| {
                 let rest: Vec<String> = m.location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
-                let dest = Path::from_iter(to_key.parts().map(|p| p.as_ref().to_owned()).chain(rest));
+                let dest = raw_path(to_key.parts().map(|p| p.as_ref().to_owned()).chain(rest));
                 (m.location, dest, m.size)
             })
             .collect();
@@ -587,11 +584,9 @@ impl Bucket {
                 return Err(read_refusal(path, e));
             }
         };
-        if force {
-            self.replacing.lock().expect("replacing poisoned").insert(id.to_string());
-        }
+        let replacing = super::upload::Replacing::new(self, id.as_ref(), force);
         let done = self.store.complete_multipart(to, &id, parts).await;
-        self.replacing.lock().expect("replacing poisoned").remove(&id.to_string());
+        drop(replacing);
         match done {
             Ok(done) => {
                 self.remember(to, Object { etag: done.e_tag, ..object });
@@ -629,7 +624,9 @@ impl Bucket {
                 Ok::<_, Refusal>(())
             }
         });
-        futures_util::stream::iter(copies).buffer_unordered(HEADS_AT_ONCE).try_collect::<Vec<()>>().await?;
+        // Copies in parts hold four parts each: fewer of them at once.
+        let at_once = if moves.iter().any(|(_, _, size)| *size > copy_max) { 2 } else { HEADS_AT_ONCE };
+        futures_util::stream::iter(copies).buffer_unordered(at_once).try_collect::<Vec<()>>().await?;
         let keys = futures_util::stream::iter(moves.into_iter().map(|(from, _, _)| Ok(from))).boxed();
         let mut deleted = self.store.delete_stream(keys);
         while let Some(done) = deleted.next().await {
@@ -759,6 +756,13 @@ fn original_name(record: &str) -> String {
 /// Seconds since the epoch, `age` ago.
 fn chrono_cutoff(age: std::time::Duration) -> i64 {
     super::upload::now().saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A key from segments as the store names them (raw: `Path::from_iter`
+/// would percent-encode `[`, `%` and the like a second time).
+fn raw_path<S: AsRef<str>>(parts: impl IntoIterator<Item = S>) -> Path {
+    let joined = parts.into_iter().map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/");
+    Path::parse(&joined).unwrap_or_else(|_| Path::from(joined.as_str()))
 }
 
 /// Whether two ETags are the same, however quoted (a completion's answer

@@ -107,6 +107,29 @@ fn percent_decoded(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An upload registered as one whose completion may replace (`--force`)
+/// for as long as this lives: a completion dropped half way (the drain's
+/// cut-off) leaves nothing registered.
+pub(super) struct Replacing {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Replacing {
+    pub(super) fn new(bucket: &Bucket, id: &str, force: bool) -> Option<Replacing> {
+        force.then(|| {
+            bucket.replacing.lock().expect("replacing poisoned").insert(id.to_owned());
+            Replacing { set: bucket.replacing.clone(), id: id.to_owned() }
+        })
+    }
+}
+
+impl Drop for Replacing {
+    fn drop(&mut self) {
+        self.set.lock().expect("replacing poisoned").remove(&self.id);
+    }
+}
+
 /// What a resume record holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Record {
@@ -186,8 +209,14 @@ impl Multipart {
         shown: String,
     ) -> Result<Self, Refusal> {
         let existing = bucket.read_record(&record_key, &shown).await?;
+        // A record is taken up only if what it offers is its whole parts,
+        // short of the file's end (else it could not be resumed right).
+        let sound = |r: &Record| {
+            let n = r.parts.len() as u64;
+            n * PART < size && (n == 0 || r.offer(r.first.as_deref()).0 == n * PART)
+        };
         let record = match existing {
-            Some(r) if r.v == 1 && r.size == size && r.mtime == mtime => r,
+            Some(r) if r.v == 1 && r.size == size && r.mtime == mtime && sound(&r) => r,
             Some(old) => {
                 bucket.abort(&key, &old.upload_id).await;
                 bucket.create_upload(&key, &record_key, (size, mtime), &shown).await?
@@ -359,11 +388,9 @@ impl Multipart {
         }
         let id = MultipartId::from(self.record.upload_id.clone());
         let ids: Vec<PartId> = self.record.parts.iter().map(|p| PartId { content_id: p.etag.clone() }).collect();
-        if force {
-            self.bucket.replacing.lock().expect("replacing poisoned").insert(self.record.upload_id.clone());
-        }
+        let replacing = Replacing::new(&self.bucket, &self.record.upload_id, force);
         let completed = self.bucket.store.complete_multipart(&self.key, &id, ids).await;
-        self.bucket.replacing.lock().expect("replacing poisoned").remove(&self.record.upload_id);
+        drop(replacing);
         match completed {
             Ok(done) => {
                 let _ = self.bucket.store.delete(&self.record_key).await;
@@ -415,10 +442,9 @@ pub(crate) enum Finish {
 pub(super) fn is_exists(e: &object_store::Error) -> bool {
     match e {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => true,
-        e => {
-            let text = super::one_line(e);
-            text.contains("PreconditionFailed") || text.contains("412")
-        }
+        // Some stores' 412 reaches object_store as a generic error with
+        // the S3 code in the body (never matched on the key's text).
+        e => super::one_line(e).contains("<Code>PreconditionFailed</Code>"),
     }
 }
 
