@@ -9,7 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
 use super::files::{read_step, write_failed};
-use super::tree::{failed, join, judge, plain, MAX_OUTSTANDING};
+use super::tree::{failed, join, judge, manifest_entries, plain, MAX_OUTSTANDING};
 use crate::proto::{
     Checksum, CommitList, Committed, Entry, ErrorCode, FileReply, Get, Kind, List, ListReply, Listing as ListingFrame,
     ListingEnd, ManifestEntry, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
@@ -399,18 +399,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
                 if up.manifest_done {
                     return s.refuse_and_close("manifest after manifest_end".into()).await;
                 }
-                if m.len > TREE_PART_MAX {
-                    return s
-                        .refuse_and_close(format!("a manifest frame of {} bytes (most: {TREE_PART_MAX})", m.len))
-                        .await;
-                }
-                let body = s.reader().read_body(TREE_PART_MAX).await?;
-                let entries: Vec<ManifestEntry> = match serde_json::from_slice(&body) {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        return s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await
-                    }
-                };
+                let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
                 if up.needed.len() + entries.len() > MAX_OUTSTANDING {
                     let msg = format!(
                         "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"

@@ -257,6 +257,25 @@ pub(super) fn failed(i: u64, r: Refusal) -> Failed {
     Failed { i, code: r.code, message: r.message }
 }
 
+/// The entries of a `manifest` frame of `len` bytes; `None` once a frame
+/// too large or a body that is not a list of entries has been refused
+/// and the connection is closing.
+pub(super) async fn manifest_entries(s: &mut S, len: u64) -> Result<Option<Vec<ManifestEntry>>, Error> {
+    if len > TREE_PART_MAX {
+        return s
+            .refuse_and_close(format!("a manifest frame of {len} bytes (most: {TREE_PART_MAX})"))
+            .await
+            .map(|()| None);
+    }
+    let body = s.reader().read_body(TREE_PART_MAX).await?;
+    match serde_json::from_slice(&body) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) => {
+            s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await.map(|()| None)
+        }
+    }
+}
+
 /// Receives a whole tree (PROTOCOL.md §4.6.3.2).
 pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreePut) -> Result<(), Error> {
     let TreePut { path: base, force } = request;
@@ -301,18 +320,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                 if up.manifest_done {
                     return s.refuse_and_close("manifest after manifest_end".into()).await;
                 }
-                if m.len > TREE_PART_MAX {
-                    return s
-                        .refuse_and_close(format!("a manifest frame of {} bytes (most: {TREE_PART_MAX})", m.len))
-                        .await;
-                }
-                let body = s.reader().read_body(TREE_PART_MAX).await?;
-                let entries: Vec<ManifestEntry> = match serde_json::from_slice(&body) {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        return s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await
-                    }
-                };
+                let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
                 if up.needed.len() + entries.len() > MAX_OUTSTANDING {
                     let msg = format!(
                         "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"
