@@ -180,6 +180,12 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
             root
         }
     };
+    // Every connection holds a descriptor, silent ones included: take all
+    // the hard limit allows (the silent set is sized from it).
+    match server::raise_open_files() {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let listener =
         server::bind(&args.listen, args.backlog).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut config = Config::new(root);

@@ -1,30 +1,63 @@
-//! Admission before authentication: how many connections may be in their
-//! handshake at once, in all and from one address, and who makes room.
+//! Admission before authentication: which connections the server holds
+//! before they have proved anything, how many, and who makes room.
 //!
-//! A connection that has not authenticated costs the server a socket and a
-//! task but proves nothing, so it gets its own, smaller table than the
-//! sessions do. When the table (or an address's share of it) is full, a
-//! new connection evicts the *oldest* handshake (of that address, or of
-//! all) that has been at it for [`EVICT_AFTER`]: a real client finishes in
-//! milliseconds, so those are the ones that sit silent (slowloris). If no
-//! handshake is that old, the burst is real, and the new connection waits
-//! for a place (up to its handshake deadline; at most [`MAX_WAITING`]
-//! wait at once, more are closed).
+//! What a real client does that a flood of idle sockets does not is speak
+//! at once: it sends its preface the moment it connects (and, with a
+//! key, its TLS hello the moment it has the server's preface). So a
+//! connection passes two sets on its way in, and readiness, not arrival
+//! order, moves it from one to the next:
+//!
+//! 1. **The silent set** ([`Silent`]): every accepted native connection,
+//!    from the moment it is accepted until it has sent its whole preface,
+//!    been answered with the server's, and (with a key) sent the first
+//!    bytes of its TLS hello. The server holds nothing for it but a socket
+//!    and a small task, so the set is large ([`DEFAULT_MAX_SILENT`](super::DEFAULT_MAX_SILENT),
+//!    sized down to half the open-file limit), with a share per source
+//!    address. When it is full (or a source's share is), a newcomer is
+//!    always let in and the *oldest* silent connection (of that source,
+//!    or of all) is evicted: asked to leave the set now. If its bytes have
+//!    arrived meanwhile (its task had not run yet), leaving means going
+//!    on, as if it had not been asked; otherwise it is closed, told
+//!    "server busy" while it has not had the server's preface yet. No
+//!    minimum age: a silent connection blocks nobody by being evicted
+//!    young, since one that speaks goes on, and a newcomer is never turned
+//!    away, so nothing an attacker holds open without speaking can keep a
+//!    client that speaks out. When the process runs out of file
+//!    descriptors, the oldest silent connection is evicted too (see
+//!    `accept` in `server/mod.rs`).
+//! 2. **The handshake table** ([`Startups`]): connections that have
+//!    spoken, for TLS and the key proof, which cost the server memory and
+//!    CPU: small ([`DEFAULT_MAX_STARTUPS`](super::DEFAULT_MAX_STARTUPS) in
+//!    all, a share per address). When it is full, a newcomer evicts the
+//!    *oldest* handshake (of its address, or of all) that has been at it
+//!    for [`EVICT_AFTER`]: a real client finishes in milliseconds, so
+//!    those are the ones that stall mid-handshake (slowloris). If no
+//!    handshake is that old, the burst is real, and the newcomer waits for
+//!    a place (up to its handshake deadline; at most [`MAX_WAITING`] wait
+//!    at once, more are closed). A key-less server has no table: its
+//!    handshake ends with the prefaces.
 //!
 //! OpenSSH's `MaxStartups` drops *new* connections at random instead,
 //! because it cannot tell its pre-auth children apart: that gives a good
-//! client a chance that shrinks with the attacker's share of the table,
-//! and drops good clients of a legitimate burst too. Oldest-first serves
-//! any client that completes its handshake in time, and a burst of honest
-//! clients only waits. The per-address share keeps one address from
-//! holding the whole table while others want in, and a flood from it
-//! churns only its own entries; nobody is turned away at the door, so a
-//! good client behind the same address (a NAT) still gets in.
+//! client a chance that shrinks with the attacker's share, and drops good
+//! clients of a legitimate burst too. An earlier framewire put every
+//! connection in the table at once, silent or not, and let the rest wait
+//! in arrival order: about 1,100 silent sockets, reopened whenever they
+//! were closed, kept the waiting queue full and every new connection,
+//! good clients included, was closed at once; 400 delayed a good client
+//! by 8.6 s. The per-source shares keep one address from churning the
+//! other addresses' entries; nobody is turned away at the door, so a good
+//! client behind the same address (a NAT) still gets in.
+//!
+//! What is left: a connection that speaks and then stalls *inside* TLS or
+//! the key proof holds a table place until it is evicted; a flood of
+//! those, faster than the table's turnover (its size per [`EVICT_AFTER`]),
+//! can still make good clients wait, up to their deadline (docs/SECURITY.md).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -36,6 +69,31 @@ pub const EVICT_AFTER: Duration = Duration::from_millis(500);
 
 /// The most connections that wait for a place in the table at once.
 pub const MAX_WAITING: usize = 1024;
+
+/// Why and when a connection is asked to leave its set: cancelled to
+/// evict it, with the reason set first.
+#[derive(Debug, Clone, Default)]
+struct Eviction(Arc<(CancellationToken, OnceLock<String>)>);
+
+impl Eviction {
+    fn evict(&self, why: String) {
+        let _ = self.0 .1.set(why);
+        self.0 .0.cancel();
+    }
+
+    async fn wait(&self) {
+        self.0 .0.cancelled().await
+    }
+
+    fn reason(&self) -> &str {
+        self.0 .1.get().map_or("server busy", String::as_str)
+    }
+
+    #[cfg(test)]
+    fn is_evicted(&self) -> bool {
+        self.0 .0.is_cancelled()
+    }
+}
 
 /// The handshake table.
 #[derive(Debug)]
@@ -61,17 +119,14 @@ struct Entry {
     id: u64,
     ip: IpAddr,
     since: Instant,
-    /// Cancelled to evict it, with the reason set first.
-    evicted: CancellationToken,
-    reason: Arc<std::sync::OnceLock<String>>,
+    eviction: Eviction,
 }
 
 impl Table {
     /// Evicts the entry at `at`, telling it why.
     fn evict(&mut self, at: usize, why: String) {
         if let Some(old) = self.live.remove(at) {
-            let _ = old.reason.set(why);
-            old.evicted.cancel();
+            old.eviction.evict(why);
             self.forget(old.ip);
         }
     }
@@ -92,19 +147,13 @@ pub(super) struct Startup {
     startups: Arc<Startups>,
     id: u64,
     ip: IpAddr,
-    evicted: CancellationToken,
-    reason: Arc<std::sync::OnceLock<String>>,
+    eviction: Eviction,
 }
 
 impl Startup {
     /// Completes when a newer connection took this one's place.
     pub async fn evicted(&self) {
-        self.evicted.cancelled().await
-    }
-
-    /// Why it was evicted, for the client: "server busy: …".
-    pub fn reason(&self) -> &str {
-        self.reason.get().map_or("server busy", String::as_str)
+        self.eviction.wait().await
     }
 }
 
@@ -135,6 +184,16 @@ pub(super) fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// One of the [`MAX_WAITING`], given back when dropped (also when the
+/// waiting future is dropped: a handshake deadline, a shutdown).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Startups {
     /// A table for `max` handshakes at once, `per_source` from one address.
     pub fn new(max: usize, per_source: usize) -> Startups {
@@ -153,8 +212,8 @@ impl Startups {
         if let Some(startup) = self.try_admit(ip, Instant::now()) {
             return Some(startup);
         }
+        let _waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Relaxed) >= MAX_WAITING {
-            self.waiting.fetch_sub(1, Relaxed);
             return None;
         }
         let admitted = async {
@@ -169,9 +228,7 @@ impl Startups {
                 let _ = tokio::time::timeout(EVICT_AFTER / 4, freed).await;
             }
         };
-        let admitted = tokio::time::timeout_at(deadline, admitted).await.ok();
-        self.waiting.fetch_sub(1, Relaxed);
-        admitted
+        tokio::time::timeout_at(deadline, admitted).await.ok()
     }
 
     /// Admits a connection from `ip` now, if there is a place for it: a
@@ -192,10 +249,10 @@ impl Startups {
         }
         let id = table.next;
         table.next += 1;
-        let (evicted, reason) = (CancellationToken::new(), Arc::new(std::sync::OnceLock::new()));
-        table.live.push_back(Entry { id, ip, since: now, evicted: evicted.clone(), reason: reason.clone() });
+        let eviction = Eviction::default();
+        table.live.push_back(Entry { id, ip, since: now, eviction: eviction.clone() });
         *table.by_source.entry(ip).or_default() += 1;
-        Some(Startup { startups: self.clone(), id, ip, evicted, reason })
+        Some(Startup { startups: self.clone(), id, ip, eviction })
     }
 
     /// Handshakes in progress.
@@ -205,8 +262,164 @@ impl Startups {
     }
 }
 
+/// The two sets a native connection passes before it has spoken (see the
+/// module's documentation): one until its preface is in, one (with a
+/// key) from the server's preface until its TLS hello is in. Kept apart,
+/// so that a flood of either churns only its own: a client that has sent
+/// its preface waits one round trip for its hello, and silent sockets
+/// reopened in a tight loop could otherwise evict it within that time.
+#[derive(Debug)]
+pub(super) struct Door {
+    /// Until the preface is in.
+    pub silent: Arc<Silent>,
+    /// From the server's preface until the TLS hello is in.
+    pub answered: Arc<Silent>,
+}
+
+impl Door {
+    /// Evicts the oldest connection that has sent nothing (or nothing
+    /// after its preface), saying `why`; false if there is none.
+    pub fn evict_oldest(&self, why: &str) -> bool {
+        self.silent.evict_oldest(why) || self.answered.evict_oldest(why)
+    }
+}
+
+/// The silent set (see the module's documentation): connections that have
+/// not spoken yet, oldest first, in all and by source.
+#[derive(Debug)]
+pub(super) struct Silent {
+    set: Mutex<SilentSet>,
+    max: usize,
+    per_source: usize,
+    /// What its connections are, for the eviction's reason: "silent
+    /// connections".
+    kind: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct SilentSet {
+    next: u64,
+    /// By id, which is arrival order: the first is the oldest.
+    live: BTreeMap<u64, (IpAddr, Eviction)>,
+    by_source: HashMap<IpAddr, BTreeSet<u64>>,
+}
+
+impl SilentSet {
+    /// Evicts `id`, telling it why.
+    fn evict(&mut self, id: u64, why: String) {
+        if let Some((_, eviction)) = self.remove(id) {
+            eviction.evict(why);
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<(IpAddr, Eviction)> {
+        let (ip, eviction) = self.live.remove(&id)?;
+        if let Some(ids) = self.by_source.get_mut(&ip) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_source.remove(&ip);
+            }
+        }
+        Some((ip, eviction))
+    }
+}
+
+/// A connection's place in the silent set, given up when dropped (when it
+/// has spoken, or is closed).
+#[derive(Debug)]
+pub(super) struct SilentPlace {
+    silent: Arc<Silent>,
+    id: u64,
+    eviction: Eviction,
+}
+
+impl SilentPlace {
+    /// Completes when the connection is asked to leave the set: it is the
+    /// oldest of a full set (or of its source's full share), or the
+    /// process is out of descriptors.
+    pub async fn evicted(&self) {
+        self.eviction.wait().await
+    }
+
+    /// Why it was evicted, for the client: "server busy: …".
+    pub fn reason(&self) -> &str {
+        self.eviction.reason()
+    }
+}
+
+impl Drop for SilentPlace {
+    fn drop(&mut self) {
+        // An evicted entry was removed already; ids are never reused.
+        self.silent.set.lock().expect("silent set poisoned").remove(self.id);
+    }
+}
+
+impl Silent {
+    /// A set of `max` connections at once, `per_source` from one source,
+    /// called `kind` in eviction reasons ("silent connections").
+    pub fn new(max: usize, per_source: usize, kind: &'static str) -> Silent {
+        let max = max.max(1);
+        Silent { set: Mutex::default(), max, per_source: per_source.clamp(1, max), kind }
+    }
+
+    /// As [`new`](Self::new), cut to fit in `budget` descriptors (every
+    /// connection in the set is one), the share keeping its fraction.
+    pub fn sized(max: usize, per_source: usize, budget: u64, kind: &'static str) -> Silent {
+        let fit = usize::try_from(budget).unwrap_or(usize::MAX).max(1);
+        if max <= fit {
+            return Silent::new(max, per_source, kind);
+        }
+        let share = (per_source as u128 * fit as u128 / max.max(1) as u128) as usize;
+        Silent::new(fit, share, kind)
+    }
+
+    /// The set's bounds: in all, and from one source.
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.max, self.per_source)
+    }
+
+    /// Lets a new connection from `ip` in, always: if its source has its
+    /// share already, that source's oldest silent connection is evicted;
+    /// else if the set is full, the oldest of all.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> SilentPlace {
+        let ip = source(ip);
+        let mut set = self.set.lock().expect("silent set poisoned");
+        let from_ip = set.by_source.get(&ip).map_or(0, BTreeSet::len);
+        if from_ip >= self.per_source {
+            let oldest = *set.by_source[&ip].first().expect("a full share is not empty");
+            set.evict(oldest, format!("server busy: {from_ip} {} from {ip}", self.kind));
+        } else if set.live.len() >= self.max {
+            let oldest = *set.live.keys().next().expect("a full set is not empty");
+            let why = format!("server busy: {} {}", set.live.len(), self.kind);
+            set.evict(oldest, why);
+        }
+        let id = set.next;
+        set.next += 1;
+        let eviction = Eviction::default();
+        set.live.insert(id, (ip, eviction.clone()));
+        set.by_source.entry(ip).or_default().insert(id);
+        SilentPlace { silent: self.clone(), id, eviction }
+    }
+
+    /// Evicts the oldest silent connection, saying `why`; false if there
+    /// is none.
+    pub fn evict_oldest(&self, why: &str) -> bool {
+        let mut set = self.set.lock().expect("silent set poisoned");
+        let Some(&oldest) = set.live.keys().next() else { return false };
+        set.evict(oldest, why.to_owned());
+        true
+    }
+
+    /// Silent connections now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.set.lock().expect("silent set poisoned").live.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::{DEFAULT_MAX_SILENT, DEFAULT_MAX_SILENT_PER_SOURCE};
     use super::*;
 
     fn ip(last: u8) -> IpAddr {
@@ -226,11 +439,11 @@ mod tests {
         let b = at(&s, ip(2), t0, 100).unwrap();
         let c = at(&s, ip(3), t0, 200).unwrap();
         assert!(at(&s, ip(4), t0, 300).is_none(), "a young burst waits, nobody evicted");
-        assert!(!a.evicted.is_cancelled());
+        assert!(!a.eviction.is_evicted());
         let d = at(&s, ip(4), t0, 600).unwrap();
-        assert!(a.evicted.is_cancelled(), "the oldest made room");
-        assert_eq!(a.reason(), "server busy: 3 connections are in their handshake");
-        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled() && !d.evicted.is_cancelled());
+        assert!(a.eviction.is_evicted(), "the oldest made room");
+        assert_eq!(a.eviction.reason(), "server busy: 3 connections are in their handshake");
+        assert!(!b.eviction.is_evicted() && !c.eviction.is_evicted() && !d.eviction.is_evicted());
         assert_eq!(s.len(), 3);
         drop(a);
         assert_eq!(s.len(), 3, "an evicted entry is not removed twice");
@@ -250,7 +463,7 @@ mod tests {
         let s = Arc::new(Startups::new(10, 1));
         let held = at(&s, a, t0, 0).unwrap();
         let _new = at(&s, b, t0, 600).unwrap();
-        assert!(held.evicted.is_cancelled(), "the same host's oldest made room");
+        assert!(held.eviction.is_evicted(), "the same host's oldest made room");
     }
 
     #[test]
@@ -261,9 +474,9 @@ mod tests {
         let a = at(&s, ip(1), t0, 0).unwrap();
         let b = at(&s, ip(1), t0, 400).unwrap();
         let c = at(&s, ip(1), t0, 600).unwrap();
-        assert!(a.evicted.is_cancelled(), "its own oldest");
-        assert_eq!(a.reason(), "server busy: 2 connections from 127.0.0.1 are in their handshake");
-        assert!(!other.evicted.is_cancelled() && !b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        assert!(a.eviction.is_evicted(), "its own oldest");
+        assert_eq!(a.eviction.reason(), "server busy: 2 connections from 127.0.0.1 are in their handshake");
+        assert!(!other.eviction.is_evicted() && !b.eviction.is_evicted() && !c.eviction.is_evicted());
         assert!(at(&s, ip(1), t0, 700).is_none(), "b is too young to evict: wait");
         assert!(at(&s, ip(3), t0, 700).is_some(), "other addresses are not held up");
     }
@@ -279,5 +492,82 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(held);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_given_up_is_not_counted_as_waiting() {
+        let s = Arc::new(Startups::new(1, 1));
+        let _held = s.admit(ip(1), tokio::time::Instant::now()).await.unwrap();
+        // Dropped mid-wait, as a handshake deadline or a shutdown drops it.
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        let _ = tokio::time::timeout(Duration::from_millis(20), s.admit(ip(2), far)).await;
+        assert_eq!(s.waiting.load(Relaxed), 0, "a leaked count would fill MAX_WAITING for good");
+    }
+
+    #[test]
+    fn a_full_silent_set_lets_the_newcomer_in_and_evicts_its_oldest_at_once() {
+        let s = Arc::new(Silent::new(3, 3, "silent connections"));
+        let a = s.enter(ip(1));
+        let b = s.enter(ip(2));
+        let c = s.enter(ip(3));
+        let d = s.enter(ip(4));
+        assert!(a.eviction.is_evicted(), "the oldest, however young");
+        assert_eq!(a.reason(), "server busy: 3 silent connections");
+        assert!(!b.eviction.is_evicted() && !c.eviction.is_evicted() && !d.eviction.is_evicted());
+        assert_eq!(s.len(), 3);
+        // b speaks and leaves: a place is free, nobody is evicted.
+        drop(b);
+        let e = s.enter(ip(5));
+        assert!(!c.eviction.is_evicted() && !e.eviction.is_evicted());
+        // Then c is the oldest.
+        let _f = s.enter(ip(6));
+        assert!(c.eviction.is_evicted() && !d.eviction.is_evicted());
+        drop(a);
+        assert_eq!(s.len(), 3, "an evicted place is not given up twice");
+        drop((c, d, e, _f));
+        assert_eq!(s.len(), 0);
+        assert!(s.set.lock().unwrap().by_source.is_empty());
+    }
+
+    #[test]
+    fn a_silent_source_at_its_share_evicts_its_own_oldest() {
+        let s = Arc::new(Silent::new(10, 2, "silent connections"));
+        let other = s.enter(ip(2));
+        let a = s.enter(ip(1));
+        let b = s.enter(ip(1));
+        let c = s.enter(ip(1));
+        assert!(a.eviction.is_evicted(), "its own oldest");
+        assert_eq!(a.reason(), "server busy: 2 silent connections from 127.0.0.1");
+        assert!(!other.eviction.is_evicted(), "older, but another source's");
+        assert!(!b.eviction.is_evicted() && !c.eviction.is_evicted());
+        // The set as a whole fills from other sources: the oldest of all
+        // goes, whoever's it is.
+        let rest: Vec<_> = (3..10).map(|i| s.enter(ip(i))).collect();
+        assert_eq!(s.len(), 10);
+        let _new = s.enter(ip(20));
+        assert!(other.eviction.is_evicted(), "the oldest of a full set");
+        assert!(!b.eviction.is_evicted() && rest.iter().all(|r| !r.eviction.is_evicted()));
+    }
+
+    #[test]
+    fn a_silent_set_fits_in_its_descriptors() {
+        let s = Silent::sized(DEFAULT_MAX_SILENT, DEFAULT_MAX_SILENT_PER_SOURCE, 256, "");
+        assert_eq!(s.bounds(), (256, 64), "the share keeps its quarter");
+        let s = Silent::sized(DEFAULT_MAX_SILENT, DEFAULT_MAX_SILENT_PER_SOURCE, 1 << 18, "");
+        assert_eq!(s.bounds(), (DEFAULT_MAX_SILENT, DEFAULT_MAX_SILENT_PER_SOURCE));
+        assert_eq!(Silent::sized(100, 500, 1 << 18, "").bounds(), (100, 100), "a share is at most the set");
+        assert_eq!(Silent::sized(100, 25, 0, "").bounds(), (1, 1));
+    }
+
+    #[test]
+    fn out_of_descriptors_the_oldest_silent_connection_goes() {
+        let s = Arc::new(Silent::new(10, 10, "silent connections"));
+        assert!(!s.evict_oldest("no descriptors"), "nothing to evict");
+        let a = s.enter(ip(1));
+        let b = s.enter(ip(2));
+        assert!(s.evict_oldest("server busy: out of file descriptors"));
+        assert!(a.eviction.is_evicted() && !b.eviction.is_evicted());
+        assert_eq!(a.reason(), "server busy: out of file descriptors");
+        assert_eq!(s.len(), 1);
     }
 }

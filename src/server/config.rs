@@ -16,6 +16,17 @@ pub const DEFAULT_MAX_STARTUPS: usize = 64;
 /// Connections in their handshake from one address at once by default; a
 /// new one from it evicts that address's oldest.
 pub const DEFAULT_MAX_STARTUPS_PER_SOURCE: usize = 16;
+/// Connections held before they have spoken (sent their preface and,
+/// with a key, their first TLS bytes) at once by default: a socket and a
+/// small task each, so many can be, and a flood of a few thousand idle
+/// sockets churns nothing. When full, a newcomer evicts the oldest (see
+/// `docs/SECURITY.md`). Cut to half the open-file limit at start.
+pub const DEFAULT_MAX_SILENT: usize = 4096;
+/// Connections held before they have spoken from one address at once by
+/// default: a quarter of [`DEFAULT_MAX_SILENT`], as a source's handshake
+/// share is a quarter of [`DEFAULT_MAX_STARTUPS`]; a new one from an
+/// address at its share evicts that address's oldest.
+pub const DEFAULT_MAX_SILENT_PER_SOURCE: usize = 1024;
 /// The listen backlog [`bind`](super::bind) asks for by default (the kernel caps it at
 /// `net.core.somaxconn`).
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -55,6 +66,13 @@ pub struct Config {
     /// Connections in their handshake from one address (an IPv6 /64) at
     /// once; a new one from it evicts that address's oldest.
     pub max_startups_per_source: usize,
+    /// Connections that have not spoken yet, held at once (at most half
+    /// the open-file limit); a new one always gets in, and the oldest
+    /// silent one is evicted.
+    pub max_silent: usize,
+    /// Connections that have not spoken yet from one address (an IPv6
+    /// /64) at once; a new one from it evicts that address's oldest.
+    pub max_silent_per_source: usize,
     /// How paths are resolved beneath the root; `None` picks `openat2`
     /// where the kernel has it.
     pub resolver: Option<crate::services::root::Resolver>,
@@ -129,6 +147,8 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_startups: DEFAULT_MAX_STARTUPS,
             max_startups_per_source: DEFAULT_MAX_STARTUPS_PER_SOURCE,
+            max_silent: DEFAULT_MAX_SILENT,
+            max_silent_per_source: DEFAULT_MAX_SILENT_PER_SOURCE,
             resolver: None,
             timeouts: Timeouts { idle: Some(DEFAULT_IDLE_TIMEOUT), io: Some(DEFAULT_IO_TIMEOUT) },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::admission::Startup;
+use super::admission::{Door, SilentPlace, Startup, Startups};
 use super::config::SESSION_WAIT;
 use super::context::Context;
 use super::dispatch;
@@ -22,7 +22,7 @@ use crate::session::{ServerSide, Session};
 use crate::text::printable;
 use crate::transport::{self, Binding, BoxRead, BoxWrite};
 use crate::wire::{
-    self, encode_frame, read_preface, Error, FrameReader, FrameWriter, Preface, MAX_HEADER_LEN, PREAUTH_MAX_HEADER,
+    self, encode_frame, Error, FrameReader, FrameWriter, PartialPreface, Preface, MAX_HEADER_LEN, PREAUTH_MAX_HEADER,
 };
 
 type Reader = FrameReader<BoxRead>;
@@ -31,10 +31,13 @@ type Writer = FrameWriter<BoxWrite>;
 const HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n\
 this is a framewire server, not an HTTP server\n";
 
-/// What a native connection is admitted with: its place in the handshake
-/// table, and the session slots it must take one of once authenticated.
+/// What a native connection is admitted with: its place in the silent
+/// set, the handshake table it takes a place in once it has spoken (with
+/// a key), and the session slots it must take one of once authenticated.
 pub(super) struct Gate<'a> {
-    pub startup: Startup,
+    pub silent: SilentPlace,
+    pub door: &'a Door,
+    pub startups: &'a Arc<Startups>,
     pub sessions: &'a Arc<Semaphore>,
 }
 
@@ -71,11 +74,18 @@ fn dropped_by_peer(e: &Error) -> bool {
 enum Refused {
     /// Nothing more to say; the error is logged.
     Quietly(Error),
+    /// Evicted from the door's sets before it had spoken (told "server
+    /// busy" if it had not had the server's preface yet).
+    Silenced,
     /// A newer connection took its place in the full handshake table.
     Evicted,
+    /// No place in the handshake table came free in time.
+    NoPlace,
+    /// The peer closed after its preface, before its TLS hello.
+    Left,
     /// The client failed to prove it holds the key: tell it, on the
-    /// writer, after the penalty.
-    AuthFailed(String, Box<Writer>),
+    /// writer, after the penalty, served in its place in the table.
+    AuthFailed(String, Box<Writer>, Startup),
 }
 
 impl From<Error> for Refused {
@@ -102,35 +112,46 @@ async fn send_raw(tcp: &mut TcpStream, prefix: &[u8], frame: &ErrorFrame) {
 /// The preface exchange, then (with a key) TLS and the challenge-response.
 /// Returns the connection's halves, ready for requests. Nothing but the
 /// handshake is served before it succeeds.
-async fn handshake(mut tcp: TcpStream, ctx: &Context, startup: &Startup) -> Result<(BoxRead, BoxWrite), Refused> {
-    let theirs = tokio::select! {
-        theirs = read_preface(&mut tcp) => theirs,
-        () = startup.evicted() => {
-            // Still before our preface: the client can be told why (in
-            // one write, not waited on: this peer may not be reading).
-            let (preface, busy) = (Preface::refusal().encode(), ErrorFrame::new(ErrorCode::Busy, startup.reason()));
-            let _ = tokio::time::timeout(Duration::from_millis(100), send_raw(&mut tcp, &preface, &busy)).await;
-            return Err(Refused::Evicted);
-        }
+///
+/// Until the client has spoken, the connection is in one of the door's
+/// two sets and may be evicted (`server::admission`): the silent set
+/// until its preface is in, then (with a key) the answered set from our
+/// preface until its TLS hello is in. Both cost the server nothing but
+/// the socket; only TLS and the key proof take a place in the handshake
+/// table.
+async fn handshake(
+    mut tcp: TcpStream,
+    ip: std::net::IpAddr,
+    ctx: &Context,
+    gate: (SilentPlace, &Door, &Arc<Startups>),
+    deadline: tokio::time::Instant,
+) -> Result<(BoxRead, BoxWrite), Refused> {
+    let (silent, door, startups) = gate;
+    let keyed = ctx.tls.is_some();
+    let Some(theirs) = client_preface(&mut tcp, &silent).await else {
+        // Still before our preface: the client can be told why (in one
+        // write, not waited on: this peer may not be reading).
+        let (preface, busy) = (Preface::refusal().encode(), ErrorFrame::new(ErrorCode::Busy, silent.reason()));
+        let _ = tokio::time::timeout(Duration::from_millis(100), send_raw(&mut tcp, &preface, &busy)).await;
+        return Err(Refused::Silenced);
     };
     let theirs = match theirs {
-        Ok(p) if p.refused() => {
-            let e = Error::UnsupportedFlags { flags: p.flags };
-            return Err(refuse_preface(&mut tcp, e, ctx.tls.is_some()).await.into());
-        }
-        Ok(p) => p,
-        Err(e) => return Err(refuse_preface(&mut tcp, e, ctx.tls.is_some()).await.into()),
+        Ok(p) if p.refused() => Err(Error::UnsupportedFlags { flags: p.flags }),
+        theirs => theirs,
     };
-    tokio::select! {
-        done = handshake_rest(tcp, theirs, ctx) => done,
-        // TLS or authentication under way: nothing to say in the clear.
-        () = startup.evicted() => Err(Refused::Evicted),
-    }
-}
-
-/// The handshake after the client's preface was read.
-async fn handshake_rest(mut tcp: TcpStream, theirs: Preface, ctx: &Context) -> Result<(BoxRead, BoxWrite), Refused> {
-    let keyed = ctx.tls.is_some();
+    // A peer that does not speak our framewire is answered while still in
+    // the silent set: a flood of them is evicted as silent ones are, which
+    // cuts the answer's linger short.
+    let theirs = match theirs {
+        Ok(p) => p,
+        Err(e) => {
+            tokio::select! {
+                () = refuse_preface(&mut tcp, &e, keyed) => {}
+                () = silent.evicted() => {}
+            }
+            return Err(e.into());
+        }
+    };
     let ours = Preface::new(keyed).encode();
     if theirs.tls() != keyed {
         // Say so in plaintext: a client on the other side of this mismatch
@@ -146,25 +167,109 @@ async fn handshake_rest(mut tcp: TcpStream, theirs: Preface, ctx: &Context) -> R
                 "this server has no key and speaks plaintext only; run the client without a key file",
             )
         };
-        send_raw(&mut tcp, &ours, &ErrorFrame::new(code, msg)).await;
-        transport::linger_close(&mut tcp).await;
+        tokio::select! {
+            () = async {
+                send_raw(&mut tcp, &ours, &ErrorFrame::new(code, msg)).await;
+                transport::linger_close(&mut tcp).await;
+            } => {}
+            () = silent.evicted() => {}
+        }
         return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)).into());
     }
+    // It has spoken: out of the silent set. 8 bytes into an empty socket
+    // buffer: this write does not wait.
+    drop(silent);
     tcp.write_all(&ours).await?;
     let (Some(tls), Some(key)) = (&ctx.tls, &ctx.config.key) else {
         return Ok(transport::plain(tcp));
     };
-    let (read, write, binding) = transport::accept_tls(tcp, tls.clone()).await?;
-    let mut reader = FrameReader::new(read);
-    let mut writer = FrameWriter::new(write);
-    reader.set_max_header(PREAUTH_MAX_HEADER);
-    if let Err(why) = authenticate(&mut reader, &mut writer, key, &binding).await? {
-        return Err(Refused::AuthFailed(why, Box::new(writer)));
+    let answered = door.answered.enter(ip);
+    // A real client sends its TLS hello as soon as it has our preface.
+    // (Asked with a peek: the runtime's readiness may still be set from
+    // the preface, which filled the read exactly.)
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tcp.peek(&mut first) => if peeked? == 0 {
+            return Err(Refused::Left);
+        },
+        // Its hello may have come before its task ran: then it goes on.
+        () = answered.evicted() => if !has_bytes(&tcp) {
+            return Err(Refused::Silenced);
+        },
     }
-    reader.set_max_header(MAX_HEADER_LEN);
-    let (read, buffered) = reader.into_parts();
-    debug_assert!(buffered.is_empty(), "the client waits for auth_ok before sending requests");
-    Ok((read, writer.into_inner()))
+    drop(answered);
+    let Some(startup) = startups.admit(ip, deadline).await else {
+        return Err(Refused::NoPlace);
+    };
+    let rest = async {
+        let (read, write, binding) = transport::accept_tls(tcp, tls.clone()).await?;
+        let mut reader = FrameReader::new(read);
+        let mut writer = FrameWriter::new(write);
+        reader.set_max_header(PREAUTH_MAX_HEADER);
+        if let Err(why) = authenticate(&mut reader, &mut writer, key, &binding).await? {
+            return Ok(Err((why, writer)));
+        }
+        reader.set_max_header(MAX_HEADER_LEN);
+        let (read, buffered) = reader.into_parts();
+        debug_assert!(buffered.is_empty(), "the client waits for auth_ok before sending requests");
+        Ok::<_, Error>(Ok((read, writer.into_inner())))
+    };
+    tokio::select! {
+        done = rest => match done? {
+            Ok(halves) => Ok(halves),
+            Err((why, writer)) => Err(Refused::AuthFailed(why, Box::new(writer), startup)),
+        },
+        // TLS or authentication under way: nothing to say in the clear.
+        () = startup.evicted() => Err(Refused::Evicted),
+    }
+}
+
+/// Reads the client's preface while the connection is in the silent set:
+/// `None` if it was evicted before the preface was whole. An eviction
+/// first takes whatever has arrived meanwhile (the task may not have run
+/// since): a client whose preface is in goes on.
+async fn client_preface(tcp: &mut TcpStream, silent: &SilentPlace) -> Option<Result<Preface, Error>> {
+    use tokio::io::AsyncReadExt;
+    let mut partial = PartialPreface::default();
+    loop {
+        // A TcpStream read given up in a select! has read nothing.
+        let read = tokio::select! {
+            read = tcp.read(partial.unfilled()) => read,
+            () = silent.evicted() => return read_now(tcp, &mut partial),
+        };
+        match read.map_err(Error::Io).and_then(|n| partial.advance(n)) {
+            Ok(None) => continue,
+            Ok(Some(preface)) => return Some(Ok(preface)),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+/// The rest of `partial` from what the socket holds now, without waiting:
+/// `None` if it is not all there.
+fn read_now(tcp: &TcpStream, partial: &mut PartialPreface) -> Option<Result<Preface, Error>> {
+    use rustix::net::{recv, RecvFlags};
+    loop {
+        let read = match recv(tcp, partial.unfilled(), RecvFlags::DONTWAIT) {
+            Ok((n, _)) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return None,
+            Err(e) => return Some(Err(Error::Io(e.into()))),
+        };
+        match partial.advance(read) {
+            Ok(None) => continue,
+            done => return done.transpose(),
+        }
+    }
+}
+
+/// Whether the peer has sent bytes not read yet (or closed), asked of the
+/// socket itself rather than of the runtime's readiness, which lags behind
+/// a task that has not run.
+fn has_bytes(tcp: &TcpStream) -> bool {
+    use rustix::net::{recv, RecvFlags};
+    let mut byte = [0u8; 1];
+    !matches!(recv(tcp, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT), Err(rustix::io::Errno::AGAIN))
 }
 
 /// The server's side of the challenge-response (docs/SECURITY.md): it
@@ -212,20 +317,31 @@ async fn serve_inner(
     // Replies are single frames written in one go; NODELAY keeps the last
     // segment of each from waiting on the peer's delayed ACK.
     socket.set_nodelay(true)?;
-    let Gate { startup, sessions } = gate;
-    let handshake = tokio::time::timeout(config.handshake_timeout, handshake(socket, ctx, &startup)).await;
-    let (read, write) = match handshake {
+    let Gate { silent, door, startups, sessions } = gate;
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let handshake = handshake(socket, peer.ip(), ctx, (silent, door, startups), deadline);
+    let (read, write) = match tokio::time::timeout_at(deadline, handshake).await {
         Err(_) => return Err(Error::Stalled(config.handshake_timeout)),
-        Ok(Ok(halves)) => {
-            drop(startup);
-            halves
-        }
+        Ok(Ok(halves)) => halves,
         Ok(Err(Refused::Quietly(e))) => return Err(e),
+        Ok(Err(Refused::Silenced)) => {
+            // Under a flood, one line per socket would drown the log.
+            debug!(%peer, "closed before it spoke: a newer connection took its place (the silent set is full)");
+            return Ok(());
+        }
         Ok(Err(Refused::Evicted)) => {
             info!(%peer, "handshake ended: a newer connection took its place (the handshake table is full)");
             return Ok(());
         }
-        Ok(Err(Refused::AuthFailed(why, mut writer))) => {
+        Ok(Err(Refused::Left)) => {
+            debug!(%peer, "closed by the peer after its preface");
+            return Ok(());
+        }
+        Ok(Err(Refused::NoPlace)) => {
+            info!(%peer, "closed: no place in the handshake table came free in time");
+            return Ok(());
+        }
+        Ok(Err(Refused::AuthFailed(why, mut writer, startup))) => {
             warn!(%peer, "authentication failed: {why}");
             // The penalty is served in the handshake table: a client that
             // fails over and over holds a slot there, not a free task.
@@ -326,8 +442,8 @@ async fn session_slot(sessions: &Arc<Semaphore>, shutdown: &CancellationToken) -
 
 /// Answers a peer that is not speaking framewire (or not our version) in
 /// the way it is most likely to understand, then closes.
-async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
-    match &e {
+async fn refuse_preface(tcp: &mut TcpStream, e: &Error, keyed: bool) {
+    match e {
         Error::BadPreface { got }
             if got.starts_with(b"GET ") || got.starts_with(b"POST") || got.starts_with(b"HEAD") =>
         {
@@ -344,5 +460,4 @@ async fn refuse_preface(tcp: &mut TcpStream, e: Error, keyed: bool) -> Error {
             transport::linger_close(tcp).await;
         }
     }
-    e
 }

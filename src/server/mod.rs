@@ -111,6 +111,27 @@ pub async fn run_until(
     };
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
+    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    // Each of the two sets of connections that have not spoken fits in a
+    // quarter of the descriptors; the other half is for the handshake
+    // table, its queue and the sessions.
+    let (max, per_source) = (config.max_silent, config.max_silent_per_source);
+    let door = Arc::new(admission::Door {
+        silent: Arc::new(admission::Silent::sized(max, per_source, open_files / 4, "silent connections")),
+        answered: Arc::new(admission::Silent::sized(
+            max,
+            per_source,
+            open_files / 4,
+            "connections silent after their preface",
+        )),
+    });
+    let (max_silent, per_source) = door.silent.bounds();
+    if max_silent < config.max_silent {
+        warn!(
+            open_files,
+            max_silent, per_source, "few file descriptors: fewer silent connections are held (raise `ulimit -n`)"
+        );
+    }
     let ctx = Arc::new(context::Context {
         accept_env: config.accept_env_set(),
         config,
@@ -123,6 +144,7 @@ pub async fn run_until(
         ctx,
         limit,
         startups,
+        door,
         graceful: CancellationToken::new(),
         hard: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -214,13 +236,46 @@ async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: Cancell
     }
 }
 
+/// The most open files [`raise_open_files`] asks for: Linux's default
+/// `fs.nr_open`, the ceiling when the hard limit says "unlimited".
+const MAX_OPEN_FILES: u64 = 1 << 20;
+
+/// The open-file limit the process had before [`raise_open_files`]:
+/// commands started by exec get it back.
+static OPEN_FILES_AT_START: std::sync::OnceLock<rustix::process::Rlimit> = std::sync::OnceLock::new();
+
+/// Raises this process's soft open-file limit to its hard limit, as a
+/// server needs (Go's runtime and nginx do the same): each silent
+/// connection, handshake and session holds descriptors, and the silent
+/// set is sized to half the limit in force when [`run`] starts (1,024 by
+/// default on many systems would hold 512). Commands run by exec get the
+/// limit the process started with back. Returns the limit now in force.
+///
+/// # Errors
+///
+/// If the limit cannot be set.
+pub fn raise_open_files() -> std::io::Result<u64> {
+    let at_start = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let hard = at_start.maximum.unwrap_or(MAX_OPEN_FILES).min(MAX_OPEN_FILES);
+    let _ = OPEN_FILES_AT_START.set(at_start);
+    crate::client::fleet::raise_open_files(hard)
+}
+
+/// The open-file limit before [`raise_open_files`], if it was called.
+pub(crate) fn open_files_at_start() -> Option<&'static rustix::process::Rlimit> {
+    OPEN_FILES_AT_START.get()
+}
+
 /// What every listener of a server shares.
 struct Shared {
     ctx: Arc<context::Context>,
     /// Session slots, native and legacy together.
     limit: Arc<Semaphore>,
-    /// Handshake slots of the native listener.
+    /// Handshake slots of the native listener (and of legacy ones with
+    /// the HMAC challenge).
     startups: Arc<admission::Startups>,
+    /// Native connections that have not spoken yet.
+    door: Arc<admission::Door>,
 
     /// Ends idle connections and lets busy ones finish their request.
     graceful: CancellationToken,
@@ -293,17 +348,20 @@ fn give_back_memory() {
 /// One loop serves the native listener and every legacy one.
 ///
 /// It accepts whatever arrives, so the kernel's backlog never fills with
-/// clients nobody will look at: a native connection takes a handshake slot
-/// (see [`admission`]) and, once authenticated, a session slot; a legacy
-/// connection, which has no handshake, a session slot at once.
+/// clients nobody will look at: a native connection joins the silent set
+/// at once (evicting its oldest if full), a handshake slot once it has
+/// spoken (see [`admission`]) and, once authenticated, a session slot; a
+/// legacy connection, which has no handshake, a session slot at once.
 async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let (socket, peer) = tokio::select! {
-            accepted = accept(&listener) => accepted,
+            accepted = accept(&listener, &shared.door) => accepted,
             _ = stop.cancelled() => return,
         };
         let admitted = match mode {
-            None => Admitted::Native,
+            // In the silent set before its task exists: the set's bound
+            // holds however far behind the tasks are.
+            None => Admitted::Native(shared.door.silent.enter(peer.ip())),
             // With the HMAC challenge, a legacy connection is unproven
             // until it answers: it waits in the handshake table too.
             Some(mode) if shared.ctx.config.legacy_hmac => Admitted::LegacyChallenged(mode),
@@ -323,36 +381,27 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
             let span = tracing::info_span!("conn", %peer);
             tokio::select! {
                 _ = async {
-                    // A place in the handshake table, waiting for one in a
-                    // burst (within the handshake deadline).
-                    let startup = match admitted {
-                        Admitted::Legacy(..) => None,
-                        _ => {
-                            let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
-                            let admitted = tokio::select! {
-                                admitted = s.startups.admit(peer.ip(), deadline) => admitted,
-                                () = s.graceful.cancelled() => return,
-                            };
-                            match admitted {
-                                Some(startup) => Some(startup),
-                                None => {
-                                    info!(%peer, "closed: no place in the handshake table came free in time");
-                                    return;
-                                }
-                            }
-                        }
-                    };
                     match admitted {
-                        Admitted::Native => {
-                            let startup = startup.expect("admitted above");
-                            let gate = conn::Gate { startup, sessions: &s.limit };
+                        Admitted::Native(silent) => {
+                            let gate = conn::Gate { silent, door: &s.door, startups: &s.startups, sessions: &s.limit };
                             conn::serve(socket, peer, ctx, gate, &s.graceful, &s.hard).await
                         }
                         // The slot goes back when the task ends, however
                         // it ends.
                         Admitted::Legacy(mode, _permit) => legacy::serve(mode, socket, peer, legacy_context(ctx)).await,
                         Admitted::LegacyChallenged(mode) => {
-                            let startup = startup.expect("admitted above");
+                            // The server speaks first here (the challenge):
+                            // a place in the handshake table, waiting for
+                            // one in a burst (within the handshake deadline).
+                            let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
+                            let startup = tokio::select! {
+                                admitted = s.startups.admit(peer.ip(), deadline) => admitted,
+                                () = s.graceful.cancelled() => return,
+                            };
+                            let Some(startup) = startup else {
+                                info!(%peer, "closed: no place in the handshake table came free in time");
+                                return;
+                            };
                             let mut socket = socket;
                             let lctx = legacy_context(ctx);
                             let key = lctx.hmac.expect("legacy_hmac has a key (checked at start)");
@@ -386,8 +435,9 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
 
 /// How a new connection is let in.
 enum Admitted {
-    /// Through the handshake table, then a session slot.
-    Native,
+    /// Through the silent set, the handshake table (with a key), then a
+    /// session slot.
+    Native(admission::SilentPlace),
     /// With the session slot it took at once (no handshake).
     Legacy(Mode, tokio::sync::OwnedSemaphorePermit),
     /// A legacy connection that must answer the HMAC challenge first, in
@@ -502,12 +552,22 @@ async fn idle_for(idle: Option<Duration>, shared: &Shared) {
     }
 }
 
-async fn accept(listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+/// The next connection on `listener`. Out of file descriptors (`EMFILE`,
+/// `ENFILE`), the oldest silent connection is evicted to make room and
+/// the accept retried: the kernel's backlog, where a good client would
+/// otherwise wait behind sockets that never speak, keeps moving.
+async fn accept(listener: &TcpListener, door: &admission::Door) -> (TcpStream, std::net::SocketAddr) {
     let mut backoff = Duration::from_millis(1);
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(e) => {
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds && door.evict_oldest("server busy: out of file descriptors") {
+                    // Its task closes it when it next runs.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
                 warn!(error = %e, retry_in = ?backoff, "accept failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);

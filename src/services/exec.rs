@@ -69,6 +69,18 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Running> {
         cmd.arg("-c").arg(spec.command);
     }
     cmd.current_dir(spec.dir).kill_on_drop(true);
+    if let Some(limit) = crate::server::open_files_at_start() {
+        // The server raised its own open-file limit for its clients; a
+        // command gets the one the server was started with.
+        // SAFETY: between fork and exec only setrlimit(2) runs, a raw
+        // system call (async-signal-safe; nothing is allocated).
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone())?;
+                Ok(())
+            });
+        }
+    }
     for (k, v) in spec.env {
         cmd.env(k, v);
     }

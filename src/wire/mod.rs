@@ -22,7 +22,7 @@ pub use frame::{
     FrameHeader, Head,
 };
 pub use io::{FrameReader, FrameWriter};
-pub use preface::{read_preface, Preface, FLAG_REFUSED, FLAG_TLS, MAGIC, VERSION};
+pub use preface::{read_preface, PartialPreface, Preface, FLAG_REFUSED, FLAG_TLS, MAGIC, VERSION};
 
 /// Size of the big-endian `u32` that opens every frame (and every bare
 /// message of [`BareCodec`]).

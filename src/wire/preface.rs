@@ -105,6 +105,46 @@ impl Preface {
     }
 }
 
+/// A preface as it arrives: the bytes so far, kept between reads, so that
+/// a read given up in a `select!` loses nothing (the server reads a
+/// connection's preface while ready to evict it; see `server::admission`).
+#[derive(Debug, Default)]
+pub struct PartialPreface {
+    got: [u8; PREFACE_LEN],
+    n: usize,
+}
+
+impl PartialPreface {
+    /// Where the next bytes read go (never empty before the preface is
+    /// whole).
+    pub fn unfilled(&mut self) -> &mut [u8] {
+        &mut self.got[self.n..]
+    }
+
+    /// Takes the `read` bytes just written into [`unfilled`](Self::unfilled)
+    /// (0: the peer closed): `Ok(None)` if more are due, the preface once
+    /// it is whole.
+    ///
+    /// # Errors
+    ///
+    /// A wrong magic as soon as its first differing byte is in, then see
+    /// [`Preface::decode`]; [`Error::UnexpectedEof`] if `read` is 0.
+    pub fn advance(&mut self, read: usize) -> Result<Option<Preface>, Error> {
+        if read == 0 {
+            return Err(Error::UnexpectedEof {
+                part: FramePart::Preface,
+                got: self.n as u64,
+                expected: PREFACE_LEN as u64,
+            });
+        }
+        self.n += read;
+        if !Preface::check_partial(&self.got[..self.n])? {
+            return Ok(None);
+        }
+        Preface::decode(&self.got).map(Some)
+    }
+}
+
 /// Reads the peer's preface straight from `r`, never a byte past it (what
 /// follows may be a TLS handshake, which must reach rustls whole), and
 /// refuses a wrong magic as soon as its first differing byte arrives.
@@ -114,15 +154,11 @@ impl Preface {
 /// See [`Preface::decode`]; [`Error::UnexpectedEof`] if the peer closes
 /// early; I/O errors. No time limit: wrap it in one.
 pub async fn read_preface<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Preface, Error> {
-    let mut got = [0u8; PREFACE_LEN];
-    let mut n = 0;
-    while n < PREFACE_LEN {
-        let read = r.read(&mut got[n..]).await?;
-        if read == 0 {
-            return Err(Error::UnexpectedEof { part: FramePart::Preface, got: n as u64, expected: PREFACE_LEN as u64 });
+    let mut partial = PartialPreface::default();
+    loop {
+        let read = r.read(partial.unfilled()).await?;
+        if let Some(preface) = partial.advance(read)? {
+            return Ok(preface);
         }
-        n += read;
-        Preface::check_partial(&got[..n])?;
     }
-    Preface::decode(&got)
 }
