@@ -470,10 +470,6 @@ impl Drop for Flood {
 /// 2 s (the time target is in bench/door.py).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_speak_cannot_keep_a_keyed_client_out() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("framewire::client=debug,framewire::server=info")
-        .with_test_writer()
-        .try_init();
     framewire::client::fleet::raise_open_files(8192).expect("the flood needs 2 descriptors a socket");
     let key = Key::generate();
     let k = key.clone();
