@@ -32,7 +32,9 @@ once, as an attacker would. The floods:
 Reported per flood and binary: clients served (exit 0 within the client's
 own 10 s handshake limit), the median, min-max and p99 (nearest rank)
 seconds over all rounds' clients, and how often the flood reopened a
-socket per second (how hard the server churned). Then the burst: BURST
+socket per second (how hard the server churned), and the server's
+largest RSS, read after each round's clients with the flood still on.
+Then the burst: BURST
 keyed clients at once, `framewire exec -f BURST -w 'h[001-BURST]' --
 true` with every alias naming the same server (a config file), no flood:
 the wall time, and how many the server's request log shows served (the
@@ -163,6 +165,14 @@ def one_client(key, port):
     return time.perf_counter() - t, ok
 
 
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def p99(xs):
     s = sorted(xs)
     return s[max(0, math.ceil(0.99 * len(s)) - 1)]
@@ -170,7 +180,7 @@ def p99(xs):
 
 def scenario(procs, binary, work, key, fl, args, rounds):
     name, nsources, source, nofile = fl
-    times, served, total, rates = [], 0, 0, []
+    times, served, total, rates, rss = [], 0, 0, [], []
     for _ in range(rounds):
         port = free_port()
         log = os.path.join(work, f"serve-{os.path.basename(binary)}-{port}.log")
@@ -195,6 +205,7 @@ def scenario(procs, binary, work, key, fl, args, rounds):
                     if ok:
                         served += 1
                         times.append(secs)
+                rss.append(rss_mib(srv.pid))
             finally:
                 if fproc:
                     rates.append((reopened.value - r0) / (time.perf_counter() - t0))
@@ -205,7 +216,7 @@ def scenario(procs, binary, work, key, fl, args, rounds):
                         fproc.join()
         finally:
             stop(srv)
-    return times, served, total, rates
+    return times, served, total, rates, rss
 
 
 def burst(procs, binary, work, key, n):
@@ -269,7 +280,7 @@ def main():
             for label, binary, rounds in binaries:
                 t = time.time()
                 results[(fl[0], label)] = scenario(procs, binary, work, key, fl, args, rounds)
-                times, served, total, _ = results[(fl[0], label)]
+                times, served, total, _, _ = results[(fl[0], label)]
                 print(f"# {fl[0]}, {label}: {served}/{total} served, median {fmt(times)[0]} s "
                       f"({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
         bursts = {}
@@ -282,14 +293,14 @@ def main():
 
     print(f"\n{args.silent} silent sockets, reopened as closed; {args.clients} keyed clients in a row "
           f"(`exec -- true`), {args.rounds} rounds (baseline {args.baseline_rounds}):\n")
-    print("| flood | binary | served | median s | min–max s | p99 s | reopened /s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| flood | binary | served | median s | min–max s | p99 s | reopened /s | server RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for fl in FLOODS:
         for label, _, _ in binaries:
-            times, served, total, rates = results[(fl[0], label)]
+            times, served, total, rates, rss = results[(fl[0], label)]
             med, rng, q = fmt(times)
             rate = f"{statistics.median(rates):,.0f}" if rates else "–"
-            print(f"| {fl[0]} | {label} | {served}/{total} | {med} | {rng} | {q} | {rate} |")
+            print(f"| {fl[0]} | {label} | {served}/{total} | {med} | {rng} | {q} | {rate} | {max(rss):.0f} |")
     if bursts:
         print(f"\nA burst of {args.burst} keyed clients at once (`exec -f {args.burst} -- true`), no flood:\n")
         print("| binary | exit | served (server log) | wall s |")

@@ -48,11 +48,19 @@ fn echo_text_stdin_and_upper_through_a_served_process() {
 }
 
 /// Out of file descriptors, accept fails: the server logs it, backs off,
-/// and serves again once descriptors are free.
+/// and serves again once descriptors are free. (The hogs send their
+/// preface and hold sessions: silent ones would be evicted to make room.)
 #[test]
 fn accept_errors_are_survived() {
     let server = Serve::start_under("ulimit -n 24;", &[]);
-    let hogs: Vec<_> = (0..40).map(|_| std::net::TcpStream::connect(&server.addr).unwrap()).collect();
+    let preface = framewire::wire::Preface::default().encode();
+    let hogs: Vec<_> = (0..40)
+        .map(|_| {
+            let mut hog = std::net::TcpStream::connect(&server.addr).unwrap();
+            let _ = hog.write_all(&preface);
+            hog
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     drop(hogs);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -67,6 +75,22 @@ fn accept_errors_are_survived() {
     let (status, log) = server.terminate();
     assert!(status.success());
     assert!(log.contains("accept failed") && log.contains("retry_in"), "{log}");
+}
+
+/// `serve` takes every descriptor its hard limit allows (every silent
+/// connection at the door is one, and the silent sets are sized from the
+/// limit), and a command it runs gets the limit it was started with.
+#[test]
+fn serve_raises_its_open_file_limit_and_commands_get_the_original_back() {
+    let server = Serve::start_under("ulimit -Sn 256;", &["--allow-exec", "--insecure"]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "raised to the hard limit: {line}");
+    assert_ne!(soft, "256", "{line}");
+    let out = framewire(&["exec", &server.addr, "--", "ulimit -Sn"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "256\n", "{out:?}");
 }
 
 #[test]

@@ -53,9 +53,9 @@ pub struct ServeArgs {
     #[arg(help_heading = "Limits", long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
 
-    /// Connections still in their handshake (not yet authenticated) at
-    /// once; when full, a new one evicts the oldest that has taken over
-    /// 0.5 s, or waits for a place.
+    /// Connections in TLS and the key proof (they have spoken, not yet
+    /// authenticated) at once; when full, a new one evicts the oldest
+    /// that has taken over 0.5 s, or waits for a place.
     #[arg(help_heading = "Limits", long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS)]
     max_startups: usize,
 
@@ -63,6 +63,18 @@ pub struct ServeArgs {
     /// once; a new one from it evicts that address's oldest.
     #[arg(help_heading = "Limits", long, value_name = "N", default_value_t = server::DEFAULT_MAX_STARTUPS_PER_SOURCE)]
     max_startups_per_source: usize,
+
+    /// Connections that have not spoken yet (no whole preface, or with a
+    /// key no TLS hello after it) held at once, in each of the two
+    /// stages; when full, a new one is let in and the oldest silent one
+    /// closed. At most a quarter of the open-file limit.
+    #[arg(help_heading = "Limits", long, value_name = "N", default_value_t = server::DEFAULT_MAX_SILENT)]
+    max_silent: usize,
+
+    /// Connections that have not spoken yet from one address (an IPv6
+    /// /64) at once; a new one from it closes that address's oldest.
+    #[arg(help_heading = "Limits", long, value_name = "N", default_value_t = server::DEFAULT_MAX_SILENT_PER_SOURCE)]
+    max_silent_per_source: usize,
 
     /// The listen backlog: connections the kernel holds before they are
     /// accepted (capped by net.core.somaxconn).
@@ -197,6 +209,8 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     config.max_connections = args.max_connections;
     config.max_startups = args.max_startups;
     config.max_startups_per_source = args.max_startups_per_source;
+    config.max_silent = args.max_silent;
+    config.max_silent_per_source = args.max_silent_per_source;
     config.timeouts.idle = Some(Duration::from_secs(args.idle_timeout));
     config.timeouts.io = Some(Duration::from_secs(args.io_timeout));
     config.drain_timeout = Duration::from_secs(args.drain_timeout);

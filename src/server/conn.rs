@@ -146,7 +146,7 @@ async fn handshake(
         Ok(p) => p,
         Err(e) => {
             tokio::select! {
-                () = refuse_preface(&mut tcp, &e, keyed) => {}
+                () = Box::pin(refuse_preface(&mut tcp, &e, keyed)) => {}
                 () = silent.evicted() => {}
             }
             return Err(e.into());
@@ -167,11 +167,12 @@ async fn handshake(
                 "this server has no key and speaks plaintext only; run the client without a key file",
             )
         };
+        let refuse = async {
+            send_raw(&mut tcp, &ours, &ErrorFrame::new(code, msg)).await;
+            transport::linger_close(&mut tcp).await;
+        };
         tokio::select! {
-            () = async {
-                send_raw(&mut tcp, &ours, &ErrorFrame::new(code, msg)).await;
-                transport::linger_close(&mut tcp).await;
-            } => {}
+            () = Box::pin(refuse) => {}
             () = silent.evicted() => {}
         }
         return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)).into());
@@ -198,6 +199,19 @@ async fn handshake(
         },
     }
     drop(answered);
+    // Boxed: what TLS and the proof need is allocated only for
+    // connections that get this far, not for every silent one.
+    Box::pin(tls_and_proof(tcp, ip, (tls, key), startups, deadline)).await
+}
+
+/// TLS and the key proof, in a place in the handshake table.
+async fn tls_and_proof(
+    tcp: TcpStream,
+    ip: std::net::IpAddr,
+    (tls, key): (&Arc<rustls::ServerConfig>, &Key),
+    startups: &Arc<Startups>,
+    deadline: tokio::time::Instant,
+) -> Result<(BoxRead, BoxWrite), Refused> {
     let Some(startup) = startups.admit(ip, deadline).await else {
         return Err(Refused::NoPlace);
     };
@@ -320,7 +334,16 @@ async fn serve_inner(
     let Gate { silent, door, startups, sessions } = gate;
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let handshake = handshake(socket, peer.ip(), ctx, (silent, door, startups), deadline);
-    let (read, write) = match tokio::time::timeout_at(deadline, handshake).await {
+    let handshake = tokio::select! {
+        done = tokio::time::timeout_at(deadline, handshake) => done,
+        // Nothing is served yet: a shutdown ends a handshake at once (a
+        // flood's silent connections would otherwise hold the drain).
+        () = shutdown.cancelled() => {
+            debug!(%peer, "handshake ended: the server is shutting down");
+            return Ok(());
+        }
+    };
+    let (read, write) = match handshake {
         Err(_) => return Err(Error::Stalled(config.handshake_timeout)),
         Ok(Ok(halves)) => halves,
         Ok(Err(Refused::Quietly(e))) => return Err(e),
@@ -345,15 +368,33 @@ async fn serve_inner(
             warn!(%peer, "authentication failed: {why}");
             // The penalty is served in the handshake table: a client that
             // fails over and over holds a slot there, not a free task.
+            let tell = async {
+                tokio::time::sleep(ctx.throttle.penalty(peer.ip())).await;
+                let _ = writer.send(&ErrorFrame::new(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
+            };
             tokio::select! {
-                () = tokio::time::sleep(ctx.throttle.penalty(peer.ip())) => {
-                    let _ = writer.send(&ErrorFrame::new(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
-                }
+                () = Box::pin(tell) => {}
                 () = startup.evicted() => {}
             }
             return Ok(());
         }
     };
+    // Boxed, as the handshake's TLS part is: a silent connection's task
+    // holds only the little it needs.
+    Box::pin(session(read, write, peer, ctx, sessions, shutdown, hard)).await
+}
+
+/// An authenticated connection: a session slot, then its requests.
+async fn session(
+    read: BoxRead,
+    write: BoxWrite,
+    peer: SocketAddr,
+    ctx: &Context,
+    sessions: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    hard: &CancellationToken,
+) -> Result<(), Error> {
+    let config = &ctx.config;
     let (read, write, traffic) = transport::Traffic::count(read, write);
     let mut s = Session::<ServerSide>::new(read, write, config.timeouts, hard.clone());
     // Held until the connection ends, however it ends.

@@ -246,10 +246,11 @@ static OPEN_FILES_AT_START: std::sync::OnceLock<rustix::process::Rlimit> = std::
 
 /// Raises this process's soft open-file limit to its hard limit, as a
 /// server needs (Go's runtime and nginx do the same): each silent
-/// connection, handshake and session holds descriptors, and the silent
-/// set is sized to half the limit in force when [`run`] starts (1,024 by
-/// default on many systems would hold 512). Commands run by exec get the
-/// limit the process started with back. Returns the limit now in force.
+/// connection, handshake and session holds descriptors, and each of the
+/// two silent sets is cut to a quarter of the limit in force when [`run`]
+/// starts (the 1,024 many systems give by default would hold 256).
+/// Commands run by exec get the limit the process started with back.
+/// Returns the limit now in force.
 ///
 /// # Errors
 ///
@@ -387,9 +388,13 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
                             conn::serve(socket, peer, ctx, gate, &s.graceful, &s.hard).await
                         }
                         // The slot goes back when the task ends, however
-                        // it ends.
-                        Admitted::Legacy(mode, _permit) => legacy::serve(mode, socket, peer, legacy_context(ctx)).await,
-                        Admitted::LegacyChallenged(mode) => {
+                        // it ends. Boxed, as the native connection's later
+                        // stages are: a task is as small as a silent one.
+                        Admitted::Legacy(mode, _permit) => {
+                            Box::pin(legacy::serve(mode, socket, peer, legacy_context(ctx))).await
+                        }
+                        // Boxed too.
+                        Admitted::LegacyChallenged(mode) => Box::pin(async {
                             // The server speaks first here (the challenge):
                             // a place in the handshake table, waiting for
                             // one in a burst (within the handshake deadline).
@@ -418,7 +423,7 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
                                 return;
                             };
                             legacy::serve(mode, socket, peer, legacy::Legacy { hmac: None, ..lctx }).await
-                        }
+                        }).await,
                     }
                 }.instrument(span) => {}
                 // A request that ignores `hard` (none should) is dropped

@@ -76,7 +76,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Running> {
         // system call (async-signal-safe; nothing is allocated).
         unsafe {
             cmd.pre_exec(move || {
-                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone())?;
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, *limit)?;
                 Ok(())
             });
         }
