@@ -194,8 +194,10 @@ async fn handshake(
             return Err(Refused::Left);
         },
         // Its hello may have come before its task ran: then it goes on.
-        () = answered.evicted() => if !has_bytes(&tcp) {
-            return Err(Refused::Silenced);
+        () = answered.evicted() => match arrived(&tcp) {
+            Arrived::Bytes => {}
+            Arrived::Nothing => return Err(Refused::Silenced),
+            Arrived::Closed => return Err(Refused::Left),
         },
     }
     drop(answered);
@@ -277,13 +279,25 @@ fn read_now(tcp: &TcpStream, partial: &mut PartialPreface) -> Option<Result<Pref
     }
 }
 
-/// Whether the peer has sent bytes not read yet (or closed), asked of the
-/// socket itself rather than of the runtime's readiness, which lags behind
-/// a task that has not run.
-fn has_bytes(tcp: &TcpStream) -> bool {
+/// What the peer has sent that is not read yet, asked of the socket
+/// itself rather than of the runtime's readiness, which lags behind a
+/// task that has not run.
+enum Arrived {
+    Bytes,
+    Nothing,
+    /// Closed (or reset).
+    Closed,
+}
+
+fn arrived(tcp: &TcpStream) -> Arrived {
     use rustix::net::{recv, RecvFlags};
     let mut byte = [0u8; 1];
-    !matches!(recv(tcp, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT), Err(rustix::io::Errno::AGAIN))
+    match recv(tcp, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => Arrived::Closed,
+        Ok(_) => Arrived::Bytes,
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Arrived::Nothing,
+        Err(_) => Arrived::Closed,
+    }
 }
 
 /// The server's side of the challenge-response (docs/SECURITY.md): it
