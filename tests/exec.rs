@@ -312,3 +312,67 @@ async fn a_server_without_terminals_is_told_apart() {
     .unwrap();
     assert!(seen.success(), "{seen:?}");
 }
+
+/// The variables of `env`'s output, by name.
+fn env_of(out: &[u8]) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A command gets a clean login environment as sshd gives (PATH, HOME,
+/// USER, LOGNAME, SHELL, the accepted `env` names, TERM only on a
+/// terminal), never the server's own variables: a server holding an
+/// object store's secret in its environment (issue 28, point 4) does not
+/// hand it to `exec -- env`.
+#[tokio::test]
+async fn commands_get_a_login_environment_not_the_servers() {
+    let server = tokio::task::spawn_blocking(|| {
+        common::Serve::start_under(
+            "export AWS_SECRET_ACCESS_KEY=s3cr3t FW_SERVER_ONLY=mine TERM=server-term LANG=C.UTF-8;",
+            &["--allow-exec", "--insecure", "--accept-env", "FOO"],
+        )
+    })
+    .await
+    .unwrap();
+    let mut client = Client::connect(&server.addr).await.unwrap();
+    let out = client.exec_output("env", &ExecOptions::default()).await.unwrap();
+    let env = env_of(&out.stdout);
+    for secret in ["AWS_SECRET_ACCESS_KEY", "FW_SERVER_ONLY", "TERM", "LANG"] {
+        assert!(!env.contains_key(secret), "{secret} leaked from the server: {env:?}");
+    }
+    let names: Vec<_> = env.keys().filter(|k| !matches!(k.as_str(), "PWD" | "SHLVL" | "_" | "OLDPWD")).collect();
+    assert_eq!(names, ["HOME", "LOGNAME", "PATH", "SHELL", "USER"], "{env:?}");
+    let me = framewire_user();
+    assert_eq!((env["USER"].as_str(), env["LOGNAME"].as_str()), (me.0.as_str(), me.0.as_str()));
+    assert_eq!(env["HOME"], me.1);
+    assert!(env["PATH"].split(':').any(|d| d == "/usr/bin"), "{env:?}");
+
+    // Names the client sends and the server accepts are added; on a
+    // terminal, TERM is the terminal's.
+    let set = client.set_env(&[("FOO".into(), "bar".into()), ("LANG".into(), "C".into())]).await.unwrap();
+    assert_eq!(set.accepted, ["FOO", "LANG"]);
+    let size = framewire::client::WindowSize { rows: 24, cols: 80 };
+    client.request_pty("xterm-test", size).await.unwrap();
+    let out = client.exec_output("env", &ExecOptions::default()).await.unwrap();
+    let env = env_of(&out.stdout);
+    assert_eq!(env.get("TERM").map(String::as_str), Some("xterm-test"), "{env:?}");
+    assert_eq!(env.get("FOO").map(String::as_str), Some("bar"), "{env:?}");
+    assert_eq!(env.get("LANG").map(String::as_str), Some("C"), "{env:?}");
+    assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"), "{env:?}");
+    // What the env request set was for that exec only.
+    let out = client.exec_output("env", &ExecOptions::default()).await.unwrap();
+    assert!(!env_of(&out.stdout).contains_key("FOO"), "{out:?}");
+}
+
+/// The name and home directory of the user this test runs as, from the
+/// password database (`getent passwd UID`).
+fn framewire_user() -> (String, String) {
+    let uid = rustix::process::geteuid().as_raw().to_string();
+    let out = std::process::Command::new("getent").args(["passwd", &uid]).output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<_> = line.trim().split(':').collect();
+    (fields[0].to_owned(), fields[5].to_owned())
+}

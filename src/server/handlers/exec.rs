@@ -172,11 +172,10 @@ pub(in crate::server) async fn exec(
     if !config.allow_exec {
         return s.refuse(exec_disabled()).await;
     }
-    let shell = if login {
-        config.login_shell.clone().unwrap_or_else(|| login_shell(&config.shell))
-    } else {
-        config.shell.clone()
-    };
+    // What a login runs is the user's shell, and so `SHELL` for any
+    // command, as under sshd.
+    let user_shell = config.login_shell.clone().unwrap_or_else(|| login_shell(&config.shell));
+    let shell = if login { user_shell.clone() } else { config.shell.clone() };
     let Some(dir) = exec_dir(ctx) else {
         return s.refuse(no_exec_dir(ctx)).await;
     };
@@ -185,6 +184,7 @@ pub(in crate::server) async fn exec(
         command: &command,
         login,
         dir,
+        user_shell: &user_shell,
         env: &env,
         pty: pty.as_ref().map(|(term, rows, cols)| (term.as_str(), *rows, *cols)),
     };
