@@ -298,8 +298,14 @@ impl Client {
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        if !options.force && fs::symlink_metadata(local).is_ok() {
-            return Err(ClientError::LocalExists(local.to_owned()));
+        match fs::symlink_metadata(local) {
+            // Never replaced by a file, `force` or not (as cp refuses): a
+            // download into it could never be committed.
+            Ok(meta) if meta.is_dir() => {
+                return Err(ClientError::Local { path: local.to_owned(), source: super::tree::local_directory() });
+            }
+            Ok(_) if !options.force => return Err(ClientError::LocalExists(local.to_owned())),
+            _ => {}
         }
         // Named in messages; the file itself is reached through its
         // directory's descriptor, its name never followed as a link.

@@ -273,6 +273,11 @@ fn held_locally(path: &Path) -> Option<Option<(u64, i64)>> {
     Some(meta.is_file().then(|| (meta.len(), crate::services::files::mtime(&meta))))
 }
 
+/// Why a download is refused where a directory has the file's name.
+pub(super) fn local_directory() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; a file cannot replace it")
+}
+
 /// Why a copy could not be planned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -393,6 +398,13 @@ pub async fn plan_get(
     plan.local_dirs = local_dirs;
     plan.delete_local = delete_local;
     for job in found {
+        if std::fs::symlink_metadata(&job.local).is_ok_and(|m| m.is_dir()) {
+            // Never replaced by a file, `force` or not (as cp refuses): the
+            // download could never be put in place.
+            let error = ClientError::Local { path: job.local.clone(), source: local_directory() };
+            plan.failures.push(Failure { path: job.remote, error });
+            continue;
+        }
         let held = held_locally(&job.local);
         let same = match (&held, &job.blake3) {
             (Some(Some((size, _))), Some(theirs)) if *size == job.size => {

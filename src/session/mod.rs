@@ -23,7 +23,7 @@ mod sender;
 mod shared;
 
 pub use batch::{Batch, CommitError, Guard, Place};
-pub use body::{receive_body, BodySource, SendError};
+pub use body::{receive_body, BodySource, SendError, UntilCut};
 pub use receiver::{ReceiveError, Received, Receiver, SMALL_BODY};
 pub use sender::{Sender, Unproven};
 pub use shared::SharedReads;
@@ -312,10 +312,10 @@ impl Session<ServerSide> {
 /// # Errors
 ///
 /// `work`'s, or `Interrupted` at the cut-off.
-pub async fn cut_off_by(
+pub async fn cut_off_by<T>(
     cut_off: &CancellationToken,
-    work: impl Future<Output = Result<(), Error>>,
-) -> Result<(), Error> {
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     tokio::select! {
         done = work => done,
         () = cut_off.cancelled() => {

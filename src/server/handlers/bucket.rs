@@ -3,13 +3,13 @@
 //! (DESIGN.md, "A bucket as the served root", says what each means on
 //! objects). The dispatcher routes here when the root is a bucket.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
 use super::files::{read_step, write_failed};
-use super::tree::{failed, join, judge, manifest_entries, plain, MAX_OUTSTANDING};
+use super::tree::{failed, join, judge, manifest_entries, plain, Held};
 use crate::proto::{
     Checksum, CommitList, Committed, Entry, ErrorCode, FileReply, Get, Kind, List, ListReply, Listing as ListingFrame,
     ListingEnd, ManifestEntry, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
@@ -345,7 +345,7 @@ struct TreeUpload {
     next: u64,
     manifest_done: bool,
     needed: HashMap<u64, Needed>,
-    pending: HashSet<String>,
+    pending: Held,
     /// The tree as it was when the first manifest frame came: what is
     /// decided against (a conditional write guards what changes since).
     index: Option<std::sync::Arc<TreeIndex>>,
@@ -370,7 +370,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
         next: 0,
         manifest_done: false,
         needed: HashMap::new(),
-        pending: HashSet::new(),
+        pending: Held::default(),
         index: None,
         storing: JoinSet::new(),
         report: CommitList::default(),
@@ -400,12 +400,10 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
                     return s.refuse_and_close("manifest after manifest_end".into()).await;
                 }
                 let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
-                if up.needed.len() + entries.len() > MAX_OUTSTANDING {
-                    let msg = format!(
-                        "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"
-                    );
+                if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
                     up.settle(true).await;
-                    s.refuse(Refusal::new(ErrorCode::TooLarge, msg.clone())).await?;
+                    let msg = r.message.clone();
+                    s.refuse(r).await?;
                     return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
                 }
                 let answer = match up.decide_all(b, entries).await {

@@ -14,7 +14,9 @@ use crate::proto::{
 };
 use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Refusal;
-use crate::session::{ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session, Unproven};
+use crate::session::{
+    cut_off_by, ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session, Unproven, UntilCut,
+};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
 
 type S = Session<ServerSide>;
@@ -258,35 +260,60 @@ fn exists(path: &str) -> Refusal {
 /// what an interrupted upload left there; verifies the whole-file checksum,
 /// syncs, and renames into place (never over an existing file without
 /// `force`).
+///
+/// The drain deadline is watched here (not by dropping the request): a
+/// body cut by it keeps every byte that arrived, as a cut connection's.
 pub(in crate::server) async fn put(s: &mut S, ctx: &Context, request: Put) -> Result<(), Error> {
     let Put { path, size, force, mode, mtime } = request;
     let shown = files::shown(&path);
     let sb = ctx.sandbox().clone();
-    let Upload { mut receiver, _claim } = match blocking(move || admit_upload(&sb, &path, size, force)).await {
+    let cut = s.cut_off().clone();
+    let admitted = cut_off_by(&cut, async { Ok(blocking(move || admit_upload(&sb, &path, size, force)).await) });
+    let Upload { mut receiver, _claim } = match admitted.await? {
         Ok(up) => up,
         Err(r) => return s.refuse(r).await,
     };
     let (offset, prefix_blake3) = receiver.offer();
-    s.send(&PutReady { offset, prefix_blake3 }, &[]).await?;
-
-    let Some(data) = read_step::<PutData>(s, "put_data after put_ready").await? else { return Ok(()) };
-    if data.offset.checked_add(data.len) != Some(size) || !receiver.agree(data.offset)? {
-        // Answered at once, the body unread: it may be 2^63 bytes long.
-        let msg = format!(
-            "put_data covers bytes {}..{} but {} are held of a {size}-byte file",
-            data.offset,
-            data.offset.saturating_add(data.len),
-            receiver.held()
-        );
-        return s.refuse_and_close(msg).await;
+    let data = cut_off_by(&cut, async {
+        s.send(&PutReady { offset, prefix_blake3 }, &[]).await?;
+        read_step::<PutData>(s, "put_data after put_ready").await
+    })
+    .await;
+    let fits = |d: &PutData| d.offset.checked_add(d.len) == Some(size);
+    match data {
+        Ok(Some(data)) if fits(&data) && receiver.agree(data.offset)? => {}
+        other => {
+            // No body came into it: a new partial file is not left empty.
+            if receiver.held() == 0 {
+                receiver.discard();
+            }
+            return match other {
+                Ok(Some(data)) => {
+                    // Answered at once, the body unread: it may be 2^63
+                    // bytes long.
+                    let msg = format!(
+                        "put_data covers bytes {}..{} but {offset} are held of a {size}-byte file",
+                        data.offset,
+                        data.offset.saturating_add(data.len)
+                    );
+                    s.refuse_and_close(msg).await
+                }
+                other => other.map(|_| ()),
+            };
+        }
     }
-    let received = match receiver.receive(s.reader(), &mut |_| {}).await {
+    let received = match receiver.receive(&mut UntilCut { src: s.reader(), cut: &cut }, &mut |_| {}).await {
         Ok(received) => received,
         // A cut connection leaves the partial file for a later resume.
-        Err(ReceiveError::Wire(e, _)) => return Err(e),
+        Err(ReceiveError::Wire(e, _)) => {
+            let why = crate::text::printable(&e.to_string()).into_owned();
+            s.set_outcome(format!("cut: {why}; the partial file is kept for a resume"));
+            return Err(e);
+        }
         Err(ReceiveError::Write(e, _)) => return write_failed(s, Refusal::io(&shown, &e)).await,
     };
-    let Some(Checksum { blake3: claimed }) = read_step::<Checksum>(s, "checksum after put_data").await? else {
+    let checksum = cut_off_by(&cut, read_step::<Checksum>(s, "checksum after put_data")).await?;
+    let Some(Checksum { blake3: claimed }) = checksum else {
         return Ok(());
     };
     let received = match received.verify(&claimed) {

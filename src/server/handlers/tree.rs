@@ -25,13 +25,95 @@ use crate::wire::Error;
 type S = Session<ServerSide>;
 
 /// Files a `tree_put` may have announced and not yet sent (wanted, or
-/// not yet answered) at once: what bounds the server's memory for one
-/// upload, whatever the manifest's length. Our client keeps far fewer
-/// in flight (PROTOCOL.md §4.6.3.2).
+/// not yet answered) at once: with [`MAX_OUTSTANDING_BYTES`], what
+/// bounds the server's memory for one upload, whatever the manifest's
+/// length. Our client keeps far fewer in flight (PROTOCOL.md §4.6.3.2).
 pub const MAX_OUTSTANDING: usize = 65_536;
+
+/// Bytes the files a `tree_put` announced and has not yet received may
+/// hold at once, counted as [`Held`] does: long paths reach it before
+/// [`MAX_OUTSTANDING`] (65,536 paths of 4,095 bytes would be 512 MiB).
+pub const MAX_OUTSTANDING_BYTES: usize = 32 << 20;
+
+/// What one held entry costs beside its path: its slots in the maps, its
+/// record, the allocator's rounding.
+const ENTRY_COST: usize = 256;
+
+/// A `tree_put` that held more than this gives the allocator's free
+/// memory back to the system when it ends (glibc keeps it otherwise).
+const GIVE_BACK_AFTER: usize = 4 << 20;
+
+/// The paths a `tree_put` holds: wanted, or received and not yet
+/// committed. A manifest naming one twice is refused the second time, and
+/// the bytes they take are counted, so that a client announcing files it
+/// never sends pins at most [`MAX_OUTSTANDING_BYTES`]; that memory is
+/// given back to the system when the upload ends.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    paths: HashSet<String>,
+    bytes: usize,
+    most: usize,
+}
+
+impl Held {
+    /// What holding `path` costs: it is kept twice (here, and in the
+    /// record of the file wanted).
+    fn cost(path: &str) -> usize {
+        2 * path.len() + ENTRY_COST
+    }
+
+    /// Holds `path`; false if it is held already.
+    pub(super) fn insert(&mut self, path: String) -> bool {
+        let cost = Self::cost(&path);
+        if !self.paths.insert(path) {
+            return false;
+        }
+        self.bytes += cost;
+        self.most = self.most.max(self.bytes);
+        true
+    }
+
+    /// Lets `path` go.
+    pub(super) fn remove(&mut self, path: &str) {
+        if self.paths.remove(path) {
+            self.bytes -= Self::cost(path);
+        }
+    }
+
+    /// Whether `entries` (under `base`) may be taken on top of `wanted`
+    /// files announced and not yet sent; the refusal says which limit.
+    pub(super) fn admit(&self, wanted: usize, base: &str, entries: &[ManifestEntry]) -> Result<(), Refusal> {
+        let more: usize = entries.iter().map(|e| Self::cost(&e.path) + 2 * (base.len() + 1)).sum();
+        if wanted + entries.len() <= MAX_OUTSTANDING && self.bytes + more <= MAX_OUTSTANDING_BYTES {
+            return Ok(());
+        }
+        let msg = format!(
+            "more than {MAX_OUTSTANDING} files or {} MiB of their paths announced and not yet sent ({} files, {} KiB held, {} entries more); send the wanted files before more manifest",
+            MAX_OUTSTANDING_BYTES >> 20,
+            wanted,
+            self.bytes >> 10,
+            entries.len()
+        );
+        Err(Refusal::new(ErrorCode::TooLarge, msg))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.most >= GIVE_BACK_AFTER {
+            // The maps are freed with the upload, just after this.
+            crate::server::give_back_memory_soon(|| {});
+        }
+    }
+}
 
 /// Bytes of small files a `tree_get` reads ahead of sending them.
 const READ_AHEAD: u64 = 1024 * 1024;
+/// Files a `tree_get` holds open ahead of sending them (two descriptors
+/// each: the one sent from, and one to see whether it changed): what
+/// bounds a connection's descriptors while its client reads slowly,
+/// however many files it asked for.
+pub const OPEN_AHEAD: usize = 32;
 
 /// `base/rel`, or `rel` when `base` is the root.
 pub(super) fn join(base: &str, rel: &str) -> String {
@@ -237,9 +319,8 @@ struct Upload {
     next: u64,
     manifest_done: bool,
     needed: HashMap<u64, Needed>,
-    /// Paths wanted or in the batch: a manifest naming one twice is
-    /// refused the second time.
-    pending: HashSet<String>,
+    /// Paths wanted or in the batch.
+    pending: Held,
     batch: Batch,
     /// Paths of the files in the batch, by index, with their size and
     /// mtime.
@@ -289,7 +370,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
         next: 0,
         manifest_done: false,
         needed: HashMap::new(),
-        pending: HashSet::new(),
+        pending: Held::default(),
         batch: Batch::new(),
         in_batch: HashMap::new(),
         into: Some(Into { sb: ctx.sandbox().clone(), dirs: HashMap::new() }),
@@ -321,12 +402,10 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                     return s.refuse_and_close("manifest after manifest_end".into()).await;
                 }
                 let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
-                if up.needed.len() + entries.len() > MAX_OUTSTANDING {
-                    let msg = format!(
-                        "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"
-                    );
+                if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
                     up.commit(ctx).await;
-                    s.refuse(Refusal::new(ErrorCode::TooLarge, msg.clone())).await?;
+                    let msg = r.message.clone();
+                    s.refuse(r).await?;
                     return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
                 }
                 let answer = up.decide_all(ctx, entries).await;
@@ -640,7 +719,8 @@ enum Ready {
 }
 
 /// Opens the wanted files in order until [`READ_AHEAD`] bytes of small
-/// bodies are read; returns those and the wants left. Blocking.
+/// bodies are read or [`OPEN_AHEAD`] files are open; returns those and
+/// the wants left. Blocking.
 fn open_some(
     sb: &Sandbox,
     hashes: &files::HashCache,
@@ -648,7 +728,7 @@ fn open_some(
     mut wants: std::collections::VecDeque<(u64, Want)>,
 ) -> (Vec<Ready>, std::collections::VecDeque<(u64, Want)>) {
     let mut ready = Vec::new();
-    let mut bytes = 0;
+    let (mut bytes, mut open) = (0, 0);
     while let Some((i, w)) = wants.pop_front() {
         if let Err(r) = plain(&w.path) {
             ready.push(Ready::Skip(i, r));
@@ -658,11 +738,12 @@ fn open_some(
         match plan_download(sb, hashes, get) {
             Ok(d) => {
                 bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
+                open += 1;
                 ready.push(Ready::File(i, Box::new(d)));
             }
             Err(r) => ready.push(Ready::Skip(i, r)),
         }
-        if bytes >= READ_AHEAD || ready.len() >= TREE_PART_ENTRIES {
+        if bytes >= READ_AHEAD || open >= OPEN_AHEAD || ready.len() >= TREE_PART_ENTRIES {
             break;
         }
     }
