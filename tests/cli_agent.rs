@@ -704,7 +704,9 @@ fn permission_denied_is_one_clear_line() {
     use std::os::unix::fs::PermissionsExt;
     let as_root = unsafe { libc::geteuid() } == 0;
     let wrapper = if as_root { "setpriv --reuid=nobody --regid=nogroup --clear-groups" } else { "" };
-    let server = Serve::start_wrapped("", wrapper, &[]);
+    // A directory the server cannot read, for the prune at its start.
+    let unreadable = r#"chmod 755 "$1"; mkdir -p "$1/sub/locked"; chmod 000 "$1/sub/locked";"#;
+    let server = Serve::start_wrapped(unreadable, wrapper, &[]);
     let root = server.root.path();
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(root.join("secret"), b"s").unwrap();
@@ -731,6 +733,10 @@ fn permission_denied_is_one_clear_line() {
     let denied: Vec<&str> = log.lines().filter(|l| l.contains("permission denied")).collect();
     assert_eq!(denied.len(), 2, "{log}");
     assert!(denied.iter().all(|l| l.contains("peer=127.0.0.1:")), "{log}");
+    // The prune names the directory it could not read (issue 28: a bare
+    // "Permission denied").
+    let prune = log.lines().find(|l| l.contains("abandoned partial files")).unwrap_or_else(|| panic!("{log}"));
+    assert!(prune.contains("sub/locked: Permission denied"), "{prune}");
 }
 
 /// rsync's trailing-slash rule, the same both ways: `DIR/` copies what is

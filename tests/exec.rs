@@ -376,3 +376,40 @@ fn framewire_user() -> (String, String) {
     let fields: Vec<_> = line.trim().split(':').collect();
     (fields[0].to_owned(), fields[5].to_owned())
 }
+
+/// `env_set` lists names in byte order (a JSON object's member order
+/// means nothing), and a name given twice in one `env` is set once, to the
+/// last value (PROTOCOL.md §4.4.1, issue 28: the spec said "in the order
+/// sent" and did not say which duplicate wins).
+#[tokio::test]
+async fn env_set_lists_names_sorted_and_the_last_duplicate_wins() {
+    let server = exec_server().await;
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    use tokio::io::AsyncWriteExt;
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    let header = br#"{"type":"env","vars":{"LC_B":"1","LANG":"C","LC_B":"2","NOPE":"x"}}"#;
+    w.get_mut().write_all(&Preface::default().encode()).await.unwrap();
+    let mut raw = (header.len() as u32).to_be_bytes().to_vec();
+    raw.extend_from_slice(header);
+    w.get_mut().write_all(&raw).await.unwrap();
+    r.read_preface().await.unwrap();
+    match r.read_head::<Message>().await.unwrap().unwrap().0 {
+        Message::EnvSet(proto::EnvSet { accepted, refused }) => {
+            assert_eq!((accepted, refused), (vec!["LANG".to_owned(), "LC_B".to_owned()], vec!["NOPE".to_owned()]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let exec = proto::Exec { command: "echo \"$LC_B\"".into(), timeout_ms: None, login: false };
+    w.send(&Message::Exec(exec), &[]).await.unwrap();
+    w.send(&Message::Stdin(proto::Stdin { len: 0, eof: true }), &[]).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        match r.read_head::<Message>().await.unwrap().unwrap().0 {
+            Message::Stdout(_) => out.extend_from_slice(&r.read_body(1 << 20).await.unwrap()),
+            Message::Exit(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(out, b"2\n");
+}

@@ -57,15 +57,13 @@ impl<B: BodySource + Send> BodySource for UntilCut<'_, B> {
         self.src.body_left()
     }
 
-    fn read_body_into(&mut self, buf: &mut Vec<u8>) -> impl std::future::Future<Output = Result<(), Error>> + Send {
-        async move {
-            tokio::select! {
-                biased;
-                read = self.src.read_body_into(buf) => read,
-                // The read is cancel-safe: what it appended stays in `buf`.
-                () = self.cut.cancelled() => {
-                    Err(Error::Io(io::Error::new(io::ErrorKind::Interrupted, "cut off at the drain deadline")))
-                }
+    async fn read_body_into(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        tokio::select! {
+            biased;
+            read = self.src.read_body_into(buf) => read,
+            // The read is cancel-safe: what it appended stays in `buf`.
+            () = self.cut.cancelled() => {
+                Err(Error::Io(io::Error::new(io::ErrorKind::Interrupted, "cut off at the drain deadline")))
             }
         }
     }

@@ -301,7 +301,19 @@ impl Session<ServerSide> {
     ///
     /// Always: the connection's, or `InvalidData` with `msg`.
     pub async fn refuse_and_close(&mut self, msg: String) -> Result<(), Error> {
-        self.refuse(Refusal::new(ErrorCode::BadRequest, msg.clone())).await?;
+        self.close_with(Refusal::new(ErrorCode::BadRequest, msg)).await
+    }
+
+    /// As [`refuse_and_close`](Self::refuse_and_close), with the refusal's
+    /// own code (`too_large` for a frame over a limit, whose body is left
+    /// unread).
+    ///
+    /// # Errors
+    ///
+    /// Always: the connection's, or `InvalidData` with the message.
+    pub async fn close_with(&mut self, r: Refusal) -> Result<(), Error> {
+        let msg = r.message.clone();
+        self.refuse(r).await?;
         Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)))
     }
 }

@@ -9,7 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
 use super::files::{read_step, write_failed};
-use super::tree::{failed, join, judge, manifest_entries, plain, Held};
+use super::tree::{failed, join, judge, manifest_entries, plain, wanted, Held};
 use crate::proto::{
     Checksum, CommitList, Committed, Entry, ErrorCode, FileReply, Get, Kind, List, ListReply, Listing as ListingFrame,
     ListingEnd, ManifestEntry, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
@@ -402,9 +402,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
                 let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
                 if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
                     up.settle(true).await;
-                    let msg = r.message.clone();
-                    s.refuse(r).await?;
-                    return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
+                    return s.close_with(r).await;
                 }
                 let answer = match up.decide_all(b, entries).await {
                     Ok(answer) => answer,
@@ -763,18 +761,10 @@ pub(in crate::server) async fn tree_get(s: &mut S, b: &Bucket, request: TreeGet)
             Err(e) => return Err(e),
         };
         let wants = match frame {
-            TreeGetInput::Wants(w) => {
-                if w.len > TREE_PART_MAX {
-                    return s
-                        .refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len))
-                        .await;
-                }
-                let body = s.reader().read_body(TREE_PART_MAX).await?;
-                match serde_json::from_slice::<WantList>(&body) {
-                    Ok(list) => list.send,
-                    Err(e) => return s.refuse_and_close(format!("a wants body that is not a want list: {e}")).await,
-                }
-            }
+            TreeGetInput::Wants(w) => match wanted(s, w.len).await? {
+                Some(wants) => wants,
+                None => return Ok(()),
+            },
             TreeGetInput::WantsEnd(end) => {
                 if end.count != next {
                     return s

@@ -342,18 +342,32 @@ pub(super) fn failed(i: u64, r: Refusal) -> Failed {
 /// too large or a body that is not a list of entries has been refused
 /// and the connection is closing.
 pub(super) async fn manifest_entries(s: &mut S, len: u64) -> Result<Option<Vec<ManifestEntry>>, Error> {
+    tree_part(s, len, "manifest", "a list of entries").await
+}
+
+/// The files a `tree_get`'s `wants` frame of `len` bytes asks for, as
+/// [`manifest_entries`] reads a manifest.
+pub(super) async fn wanted(s: &mut S, len: u64) -> Result<Option<Vec<Want>>, Error> {
+    Ok(tree_part::<WantList>(s, len, "wants", "a want list").await?.map(|list| list.send))
+}
+
+/// The JSON body of a tree frame (`what`): over [`TREE_PART_MAX`] it is
+/// `too_large`, left unread, and not JSON of `T` `bad_request`; both close
+/// the connection (`None`).
+async fn tree_part<T: serde::de::DeserializeOwned>(
+    s: &mut S,
+    len: u64,
+    what: &str,
+    should_be: &str,
+) -> Result<Option<T>, Error> {
     if len > TREE_PART_MAX {
-        return s
-            .refuse_and_close(format!("a manifest frame of {len} bytes (most: {TREE_PART_MAX})"))
-            .await
-            .map(|()| None);
+        let msg = format!("a {what} frame of {len} bytes (most: {TREE_PART_MAX})");
+        return s.close_with(Refusal::new(ErrorCode::TooLarge, msg)).await.map(|()| None);
     }
     let body = s.reader().read_body(TREE_PART_MAX).await?;
     match serde_json::from_slice(&body) {
-        Ok(entries) => Ok(Some(entries)),
-        Err(e) => {
-            s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await.map(|()| None)
-        }
+        Ok(part) => Ok(Some(part)),
+        Err(e) => s.refuse_and_close(format!("a {what} body that is not {should_be}: {e}")).await.map(|()| None),
     }
 }
 
@@ -404,9 +418,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                 let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
                 if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
                     up.commit(ctx).await;
-                    let msg = r.message.clone();
-                    s.refuse(r).await?;
-                    return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
+                    return s.close_with(r).await;
                 }
                 let answer = up.decide_all(ctx, entries).await;
                 let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -766,18 +778,10 @@ pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeG
             Err(e) => return Err(e),
         };
         let wants = match frame {
-            TreeGetInput::Wants(w) => {
-                if w.len > TREE_PART_MAX {
-                    return s
-                        .refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len))
-                        .await;
-                }
-                let body = s.reader().read_body(TREE_PART_MAX).await?;
-                match serde_json::from_slice::<WantList>(&body) {
-                    Ok(list) => list.send,
-                    Err(e) => return s.refuse_and_close(format!("a wants body that is not a want list: {e}")).await,
-                }
-            }
+            TreeGetInput::Wants(w) => match wanted(s, w.len).await? {
+                Some(wants) => wants,
+                None => return Ok(()),
+            },
             TreeGetInput::WantsEnd(end) => {
                 if end.count != next {
                     return s
