@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::Client;
 use super::error::ClientError;
-use super::files::{Progress, Transfer, TransferOptions};
+use super::files::{local_directory, Progress, Transfer, TransferOptions};
 use super::filter::Filter;
 pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
@@ -271,11 +271,6 @@ async fn local_hash(path: &Path) -> Option<String> {
 fn held_locally(path: &Path) -> Option<Option<(u64, i64)>> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     Some(meta.is_file().then(|| (meta.len(), crate::services::files::mtime(&meta))))
-}
-
-/// Why a download is refused where a directory has the file's name.
-pub(super) fn local_directory() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; a file cannot replace it")
 }
 
 /// Why a copy could not be planned.
