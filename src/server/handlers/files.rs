@@ -131,9 +131,8 @@ pub(in crate::server) async fn stat(s: &mut S, ctx: &Context, request: Stat) -> 
 /// A download, decided: where it starts and what is known of its hash.
 pub(super) struct Download {
     pub(super) sender: Sender,
-    /// A second descriptor of the file, to see after sending whether it
-    /// changed meanwhile.
-    pub(super) check: File,
+    /// Whether the file changed while it was read.
+    pub(super) check: Check,
     pub(super) version: files::Version,
     pub(super) head: FileReply,
     /// The whole-file hash, if the cache has it for this version.
@@ -153,7 +152,7 @@ pub(super) fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request
         Some((_, why)) => return Err(Refusal::new(ErrorCode::BadPath, format!("{path}: {why}"))),
         None => {}
     }
-    let check = file.try_clone().map_err(|e| Refusal::io(&path, &e))?;
+    let check = Check::Open(file.try_clone().map_err(|e| Refusal::io(&path, &e))?);
     let size = meta.len();
     let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::Trust)
         .map_err(|e| Refusal::io(&path, &e))?;
@@ -170,6 +169,31 @@ pub(super) fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request
         mode: meta.permissions().mode() & 0o7777,
     };
     Ok(Download { sender, check, version, head, cached })
+}
+
+/// How to tell whether a file sent changed while it was read: its hash is
+/// cached only if not.
+pub(super) enum Check {
+    /// A second descriptor of the file, to look at after sending.
+    Open(File),
+    /// A small body read whole when it was planned, and its file closed:
+    /// whether the file was the version planned right after the read.
+    Read(bool),
+}
+
+impl Download {
+    /// Lets the file go if its body was read whole already (a small one):
+    /// what a `tree_get` holds ahead is bodies, never descriptors. Returns
+    /// whether it did.
+    pub(super) fn close_if_read(&mut self) -> bool {
+        if !self.sender.release_file() {
+            return false;
+        }
+        if let Check::Open(file) = &self.check {
+            self.check = Check::Read(file.metadata().is_ok_and(|m| files::Version::of(&m) == self.version));
+        }
+        true
+    }
 }
 
 /// Streams a file from the agreed offset, then the checksum of the whole
@@ -204,7 +228,7 @@ pub(in crate::server) async fn get(s: &mut S, ctx: &Context, request: Get) -> Re
 /// it was read).
 pub(super) fn settle_hash(
     ctx: &Context,
-    check: &File,
+    check: &Check,
     version: files::Version,
     cached: Option<blake3::Hash>,
     computed: Option<blake3::Hash>,
@@ -212,7 +236,11 @@ pub(super) fn settle_hash(
     match (cached, computed) {
         (Some(hash), _) => Ok(hash),
         (None, Some(hash)) => {
-            if check.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
+            let unchanged = match check {
+                Check::Open(file) => file.metadata().is_ok_and(|m| files::Version::of(&m) == version),
+                Check::Read(unchanged) => *unchanged,
+            };
+            if unchanged {
                 ctx.hashes.put(version, hash);
             }
             Ok(hash)

@@ -112,7 +112,8 @@ const READ_AHEAD: u64 = 1024 * 1024;
 /// Files a `tree_get` holds open ahead of sending them (two descriptors
 /// each: the one sent from, and one to see whether it changed): what
 /// bounds a connection's descriptors while its client reads slowly,
-/// however many files it asked for.
+/// however many files it asked for. Small files, read whole ahead, hold
+/// none.
 pub const OPEN_AHEAD: usize = 32;
 
 /// `base/rel`, or `rel` when `base` is the root.
@@ -748,9 +749,11 @@ fn open_some(
         }
         let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3 };
         match plan_download(sb, hashes, get) {
-            Ok(d) => {
+            Ok(mut d) => {
                 bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
-                open += 1;
+                if !d.close_if_read() {
+                    open += 1;
+                }
                 ready.push(Ready::File(i, Box::new(d)));
             }
             Err(r) => ready.push(Ready::Skip(i, r)),
