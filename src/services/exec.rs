@@ -27,6 +27,8 @@ pub struct Spec<'a> {
     pub login: bool,
     /// The working directory.
     pub dir: &'a Path,
+    /// The server's user ([`account`]): `HOME`, `USER`, `LOGNAME`.
+    pub account: &'a Account,
     /// The user's shell: `SHELL` in the command's environment.
     pub user_shell: &'a Path,
     /// Variables the client sent and the server accepted, set on top of
@@ -75,7 +77,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Running> {
     // A clean login environment, as sshd gives: never the server's own
     // variables (an object store's credentials, say).
     cmd.env_clear();
-    for (k, v) in login_env(&account(), spec.user_shell) {
+    for (k, v) in login_env(spec.account, spec.user_shell) {
         cmd.env(k, v);
     }
     for (k, v) in spec.env {
@@ -339,10 +341,12 @@ pub fn account() -> Account {
     }
 }
 
-/// The server user's login shell (from the password database), or
-/// `fallback` when it has none.
-pub fn login_shell(fallback: &Path) -> PathBuf {
-    account().shell.unwrap_or_else(|| fallback.to_owned())
+impl Account {
+    /// The user's login shell (from the password database), or
+    /// `fallback` when it has none.
+    pub fn login_shell(&self, fallback: &Path) -> PathBuf {
+        self.shell.clone().unwrap_or_else(|| fallback.to_owned())
+    }
 }
 
 /// The environment every command starts from, as sshd gives a session:
