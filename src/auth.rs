@@ -54,6 +54,9 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// It is a directory (a key file is one file).
+    #[error("key file {} is a directory; name the file `framewire keygen` wrote (e.g. {}/key)", .0.display(), .0.display())]
+    Directory(PathBuf),
     /// It does not hold a key.
     #[error("key file {}: expected one line of {} hex digits (as written by `framewire keygen`), {detail}", path.display(), KEY_LEN * 2)]
     Format {
@@ -111,11 +114,15 @@ impl Key {
     ///
     /// # Errors
     ///
-    /// [`KeyError::Permissions`], [`KeyError::Format`] (including a
-    /// truncated key), or the read failing.
+    /// [`KeyError::Directory`], [`KeyError::Permissions`],
+    /// [`KeyError::Format`] (including a truncated key), or the read
+    /// failing.
     pub fn from_file(path: &Path) -> Result<Key, KeyError> {
         let io = |e| KeyError::Io { path: path.to_owned(), source: e };
         let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.is_dir() {
+            return Err(KeyError::Directory(path.to_owned()));
+        }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyError::Permissions { path: path.to_owned(), mode });
@@ -271,5 +278,12 @@ mod tests {
         assert!(matches!(err, KeyError::Format { .. }), "{err:?}");
         assert!(err.to_string().contains("found 40 characters"), "{err}");
         assert_eq!(format!("{key:?}"), "Key(..)");
+
+        // A directory (mode 1777, as /tmp is) is named as one, never
+        // told to chmod 600.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = Key::from_file(dir.path()).unwrap_err();
+        assert!(matches!(err, KeyError::Directory(_)), "{err:?}");
+        assert!(err.to_string().contains("is a directory") && !err.to_string().contains("chmod"), "{err}");
     }
 }

@@ -407,6 +407,13 @@ fn keys_on_the_command_line() {
     let out = framewire(&["ls", "--key-file", wrong.to_str().unwrap(), a]);
     assert!(text(&out.stderr).contains("chmod 600"), "{out:?}");
 
+    // A directory given as the key file is named as one (it was told to
+    // `chmod 600 /tmp`).
+    let out = framewire(&["ls", "--key-file", "/tmp", a]);
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("key file /tmp is a directory") && !err.contains("chmod"), "{err}");
+
     // A keyed client meeting a plaintext server refuses to talk in the clear.
     let plain = Serve::start(&[]);
     let out = framewire(&["ls", "--key-file", k, &plain.addr]);
@@ -697,7 +704,9 @@ fn permission_denied_is_one_clear_line() {
     use std::os::unix::fs::PermissionsExt;
     let as_root = unsafe { libc::geteuid() } == 0;
     let wrapper = if as_root { "setpriv --reuid=nobody --regid=nogroup --clear-groups" } else { "" };
-    let server = Serve::start_wrapped("", wrapper, &[]);
+    // A directory the server cannot read, for the prune at its start.
+    let unreadable = r#"chmod 755 "$1"; mkdir -p "$1/sub/locked"; chmod 000 "$1/sub/locked";"#;
+    let server = Serve::start_wrapped(unreadable, wrapper, &[]);
     let root = server.root.path();
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(root.join("secret"), b"s").unwrap();
@@ -724,6 +733,10 @@ fn permission_denied_is_one_clear_line() {
     let denied: Vec<&str> = log.lines().filter(|l| l.contains("permission denied")).collect();
     assert_eq!(denied.len(), 2, "{log}");
     assert!(denied.iter().all(|l| l.contains("peer=127.0.0.1:")), "{log}");
+    // The prune names the directory it could not read (issue 28: a bare
+    // "Permission denied").
+    let prune = log.lines().find(|l| l.contains("abandoned partial files")).unwrap_or_else(|| panic!("{log}"));
+    assert!(prune.contains("sub/locked: Permission denied"), "{prune}");
 }
 
 /// rsync's trailing-slash rule, the same both ways: `DIR/` copies what is
@@ -1612,4 +1625,121 @@ fn abandoned_partial_files_are_shown_and_pruned() {
     assert!(log.contains("removed an abandoned partial file") && log.contains(".old.bin.fwpart"), "{log}");
     assert!(dir.path().join("d/.fresh.bin.fwpart").exists(), "a fresh one stays");
     assert!(dir.path().join(".dir.fwpart").is_dir() && dir.path().join("plain.txt").exists());
+}
+
+/// A host set given where one host goes (`exec @nodes` without `-w`) is
+/// named as a set, with the flag that takes it, before any lookup (it was
+/// looked up in DNS as the name `@nodes`).
+#[test]
+fn a_host_set_without_w_is_refused_before_any_lookup() {
+    for args in [&["exec", "@nodes", "--", "true"][..], &["ls", "web[1-3]"], &["exec", "a,b", "--", "true"]] {
+        let out = framewire(args);
+        assert_eq!(out.status.code(), Some(255), "{args:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("is a host set, not one host: give it with -w"), "{args:?}: {err}");
+    }
+}
+
+/// A port whose server waits for its client to speak first (HTTP does)
+/// is named as not speaking framewire after a short preface deadline
+/// (3 s), not after the 10 s handshake limit as "peer stalled".
+#[test]
+fn a_server_waiting_for_its_client_to_speak_is_told_apart_soon() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let http = std::thread::spawn(move || {
+        // Like an HTTP server: reads the request, waiting for its end.
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        while std::io::Read::read(&mut sock, &mut buf).is_ok_and(|n| n > 0) {}
+    });
+    let started = std::time::Instant::now();
+    let out = framewire(&["ls", &addr]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("the peer does not speak framewire") && !err.contains("stalled"), "{err}");
+    assert!(took < Duration::from_secs(8), "told after {took:?}");
+    http.join().unwrap();
+}
+
+/// The server's log after a client's Ctrl-C mid-upload over TLS says the
+/// client left and the partial file is kept (no WARN about TLS
+/// `close_notify` with a URL); a put's planning `stat` of a new name is
+/// "not found", not a refusal; the root is logged once (issue 28).
+#[test]
+fn a_killed_keyed_upload_is_logged_as_the_client_leaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let k = key.to_str().unwrap();
+    let server = Serve::start(&["--key-file", k]);
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, pattern(64 << 20, 4)).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["put", "-q", "--bwlimit", "8M", &server.addr, big.to_str().unwrap()])
+        .env("FRAMEWIRE_KEY_FILE", k)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = server.root.path().join(".big.bin.fwpart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+        assert!(Instant::now() < deadline, "upload never started");
+        assert!(child.try_wait().unwrap().is_none(), "upload finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SIGINT, as Ctrl-C sends, to our own child by its PID.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(partial.exists(), "kept");
+    let (_, log) = server.terminate();
+    assert!(!log.contains("WARN") && !log.contains("https://"), "{log}");
+    let put = log.lines().find(|l| l.contains("request=\"put\"")).unwrap_or_else(|| panic!("{log}"));
+    assert!(put.contains("the partial file is kept for a resume"), "{put}");
+    let stat = log.lines().find(|l| l.contains("request=\"stat\"")).unwrap_or_else(|| panic!("{log}"));
+    assert!(stat.contains("not found") && !stat.contains("refused"), "{stat}");
+    assert_eq!(log.lines().filter(|l| l.contains("serving")).count(), 1, "{log}");
+}
+
+/// `--force` is suggested only where it applies: not by `mkdir` (which
+/// has none), not for a `get` whose destination is a local directory
+/// (which `--force` cannot replace: it then left a partial file that could
+/// never resume), and still for a file that exists (issue 28).
+#[test]
+fn force_is_suggested_only_where_it_applies() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    std::fs::write(server.root.path().join("f.txt"), b"server").unwrap();
+    let out = framewire(&["mkdir", a, "f.txt"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot create f.txt") && !err.contains("--force"), "{err}");
+
+    let here = tempfile::tempdir().unwrap();
+    std::fs::create_dir(here.path().join("f.txt")).unwrap();
+    for force in [&[][..], &["--force"]] {
+        let out =
+            Command::new(BIN).arg("get").args(force).args([a, "f.txt"]).current_dir(here.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{force:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("f.txt: is a directory; a file cannot replace it") && !err.contains("--force"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(here.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["f.txt"], "no partial file left: {left:?}");
+        assert!(here.path().join("f.txt").is_dir());
+    }
+
+    // A file in the way still suggests it, and --force replaces it.
+    std::fs::write(here.path().join("g.txt"), b"local, newer").unwrap();
+    std::fs::write(server.root.path().join("g.txt"), b"server").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(server.root.path().join("g.txt")).unwrap().set_modified(old).unwrap();
+    let out = Command::new(BIN).args(["get", a, "g.txt"]).current_dir(here.path()).output().unwrap();
+    assert!(text(&out.stderr).contains("--force"), "{out:?}");
+    let out = Command::new(BIN).args(["get", "--force", a, "g.txt"]).current_dir(here.path()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(here.path().join("g.txt")).unwrap(), b"server");
 }

@@ -194,8 +194,16 @@ fn oversize_header_length_is_refused_before_buffering() {
     let err = decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
     assert!(matches!(err, Error::HeaderTooLarge { len: 0xffff_ffff, max: MAX_HEADER_LEN }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("4294967295") && msg.contains("65536"), "{msg}");
+    assert!(msg.contains("4294967295") && msg.contains("65536") && msg.contains("(MAX_HEADER_LEN)"), "{msg}");
     assert!(!err.is_recoverable());
+
+    // Before authentication the limit is 1 KiB, and named as that one
+    // (issue 28: it was logged as MAX_HEADER_LEN).
+    let mut head = 2000u32.to_be_bytes().to_vec();
+    head.extend([b' '; 8]);
+    let err = framewire::wire::decode_head_within::<Message>(&head, framewire::wire::PREAUTH_MAX_HEADER).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("limit of 1024 bytes (PREAUTH_MAX_HEADER, before authentication)"), "{msg}");
 }
 
 #[test]

@@ -55,7 +55,9 @@ fn an_alias_brings_address_port_key_and_directory() {
     std::fs::create_dir(server.root.path().join("docs")).unwrap();
     let config = format!(
         "# the test's one server\n[hosts.box]\naddress = \"127.0.0.1\"\nport = {}\nkey-file = \"box.key\"\ndir = \"docs\"\n\n\
+         [hosts.fresh]\naddress = \"127.0.0.1\"\nport = {}\nkey-file = \"box.key\"\ndir = \"home\"\n\n\
          [groups]\nlab = [\"box\", \"other\"]\n",
+        port(&server.addr),
         port(&server.addr)
     );
     std::fs::write(home.path().join(".config/framewire/config.toml"), config).unwrap();
@@ -71,6 +73,14 @@ fn an_alias_brings_address_port_key_and_directory() {
     let out = with_home(h, &["put", "-q", "box", notes.to_str().unwrap(), "copy.txt"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(server.root.path().join("docs/copy.txt")).unwrap(), b"notes");
+    // An alias's dir is a directory: with no `home` on the server, a put
+    // to the alias goes into it (issue 28: it made a file named `home`).
+    let out = with_home(h, &["put", "-q", notes.to_str().unwrap(), "fresh:"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(server.root.path().join("home/notes.txt")).unwrap(), b"notes");
+    let out = with_home(h, &["put", "-q", "fresh", notes.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(server.root.path().join("home").is_dir());
     // A leading slash starts from the served root.
     let out = with_home(h, &["put", "-q", notes.to_str().unwrap(), "box:/top.txt"]);
     assert!(out.status.success(), "{out:?}");

@@ -312,3 +312,104 @@ async fn a_server_without_terminals_is_told_apart() {
     .unwrap();
     assert!(seen.success(), "{seen:?}");
 }
+
+/// The variables of `env`'s output, by name.
+fn env_of(out: &[u8]) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A command gets a clean login environment as sshd gives (PATH, HOME,
+/// USER, LOGNAME, SHELL, the accepted `env` names, TERM only on a
+/// terminal), never the server's own variables: a server holding an
+/// object store's secret in its environment (issue 28, point 4) does not
+/// hand it to `exec -- env`.
+#[tokio::test]
+async fn commands_get_a_login_environment_not_the_servers() {
+    let server = tokio::task::spawn_blocking(|| {
+        common::Serve::start_under(
+            "export AWS_SECRET_ACCESS_KEY=s3cr3t FW_SERVER_ONLY=mine TERM=server-term LANG=C.UTF-8;",
+            &["--allow-exec", "--insecure", "--accept-env", "FOO"],
+        )
+    })
+    .await
+    .unwrap();
+    let mut client = Client::connect(&server.addr).await.unwrap();
+    let out = client.exec_output("env", &ExecOptions::default()).await.unwrap();
+    let env = env_of(&out.stdout);
+    for secret in ["AWS_SECRET_ACCESS_KEY", "FW_SERVER_ONLY", "TERM", "LANG"] {
+        assert!(!env.contains_key(secret), "{secret} leaked from the server: {env:?}");
+    }
+    let names: Vec<_> = env.keys().filter(|k| !matches!(k.as_str(), "PWD" | "SHLVL" | "_" | "OLDPWD")).collect();
+    assert_eq!(names, ["HOME", "LOGNAME", "PATH", "SHELL", "USER"], "{env:?}");
+    let me = framewire_user();
+    assert_eq!((env["USER"].as_str(), env["LOGNAME"].as_str()), (me.0.as_str(), me.0.as_str()));
+    assert_eq!(env["HOME"], me.1);
+    assert!(env["PATH"].split(':').any(|d| d == "/usr/bin"), "{env:?}");
+
+    // Names the client sends and the server accepts are added; on a
+    // terminal, TERM is the terminal's.
+    let set = client.set_env(&[("FOO".into(), "bar".into()), ("LANG".into(), "C".into())]).await.unwrap();
+    assert_eq!(set.accepted, ["FOO", "LANG"]);
+    let size = framewire::client::WindowSize { rows: 24, cols: 80 };
+    client.request_pty("xterm-test", size).await.unwrap();
+    let out = client.exec_output("env", &ExecOptions::default()).await.unwrap();
+    let env = env_of(&out.stdout);
+    assert_eq!(env.get("TERM").map(String::as_str), Some("xterm-test"), "{env:?}");
+    assert_eq!(env.get("FOO").map(String::as_str), Some("bar"), "{env:?}");
+    assert_eq!(env.get("LANG").map(String::as_str), Some("C"), "{env:?}");
+    assert!(!env.contains_key("AWS_SECRET_ACCESS_KEY"), "{env:?}");
+    // What the env request set was for that exec only.
+    let out = client.exec_output("env", &ExecOptions::default()).await.unwrap();
+    assert!(!env_of(&out.stdout).contains_key("FOO"), "{out:?}");
+}
+
+/// The name and home directory of the user this test runs as, from the
+/// password database (`getent passwd UID`).
+fn framewire_user() -> (String, String) {
+    let uid = rustix::process::geteuid().as_raw().to_string();
+    let out = std::process::Command::new("getent").args(["passwd", &uid]).output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<_> = line.trim().split(':').collect();
+    (fields[0].to_owned(), fields[5].to_owned())
+}
+
+/// `env_set` lists names in byte order (a JSON object's member order
+/// means nothing), and a name given twice in one `env` is set once, to the
+/// last value (PROTOCOL.md §4.4.1, issue 28: the spec said "in the order
+/// sent" and did not say which duplicate wins).
+#[tokio::test]
+async fn env_set_lists_names_sorted_and_the_last_duplicate_wins() {
+    let server = exec_server().await;
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    use tokio::io::AsyncWriteExt;
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    let header = br#"{"type":"env","vars":{"LC_B":"1","LANG":"C","LC_B":"2","NOPE":"x"}}"#;
+    w.get_mut().write_all(&Preface::default().encode()).await.unwrap();
+    let mut raw = (header.len() as u32).to_be_bytes().to_vec();
+    raw.extend_from_slice(header);
+    w.get_mut().write_all(&raw).await.unwrap();
+    r.read_preface().await.unwrap();
+    match r.read_head::<Message>().await.unwrap().unwrap().0 {
+        Message::EnvSet(proto::EnvSet { accepted, refused }) => {
+            assert_eq!((accepted, refused), (vec!["LANG".to_owned(), "LC_B".to_owned()], vec!["NOPE".to_owned()]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let exec = proto::Exec { command: "echo \"$LC_B\"".into(), timeout_ms: None, login: false };
+    w.send(&Message::Exec(exec), &[]).await.unwrap();
+    w.send(&Message::Stdin(proto::Stdin { len: 0, eof: true }), &[]).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        match r.read_head::<Message>().await.unwrap().unwrap().0 {
+            Message::Stdout(_) => out.extend_from_slice(&r.read_body(1 << 20).await.unwrap()),
+            Message::Exit(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(out, b"2\n");
+}

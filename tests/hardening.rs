@@ -281,6 +281,8 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed() {
     w.flush().await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
     assert!(next(&mut r).await.is_none(), "closed");
+    // Nothing was written: no empty partial file is left (issue 28).
+    assert!(!server.root.path().join(".x.fwpart").exists(), "an empty partial file was left");
 
     // A put_data header with a member of the wrong type.
     let (mut r, mut w) = raw(&server).await;
@@ -293,6 +295,7 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed() {
     w.get_mut().write_all(bad).await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
     assert!(next(&mut r).await.is_none(), "closed");
+    assert!(!server.root.path().join(".y.fwpart").exists(), "an empty partial file was left");
 }
 
 #[tokio::test]
@@ -663,4 +666,77 @@ async fn remove_stays_inside_and_never_follows_links() {
     assert!(client.remove("inner").await.unwrap());
     assert!(!root.join("inner").exists());
     assert!(!client.remove("inner").await.unwrap(), "nothing there any more");
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A key-holder announcing files it never sends, with the longest paths
+/// there are, pins a bounded amount of the server's memory, which the
+/// server gives back when the connection ends (issue 28, point 10:
+/// 10,320 such entries held 82 MB that stayed after the close). Measured
+/// on a `framewire serve` process of its own.
+#[tokio::test]
+async fn announced_files_never_sent_pin_bounded_memory_given_back_after() {
+    let server = tokio::task::spawn_blocking(|| common::Serve::start(&[])).await.unwrap();
+    let pid = server.child.id();
+    let sock = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.send(&Message::TreePut(proto::TreePut { path: "up".into(), force: false }), &[]).await.unwrap();
+    r.read_preface().await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
+    let before = rss_of(pid);
+
+    // Paths of about 4,000 bytes (16 components of 250), 240 a frame
+    // (just under the 1 MiB a manifest frame may hold), up to 11,520.
+    let seg = "a".repeat(250);
+    let long = |k: usize| format!("{}/f{k}", vec![seg.as_str(); 15].join("/"));
+    let (mut sent, mut most, mut refused) = (0usize, 0u64, None);
+    for frame in 0..48 {
+        let part: Vec<_> = (0..240)
+            .map(|k| serde_json::json!({"path": long(frame * 240 + k), "size": 1, "mtime": 1_000_000_000, "mode": 0o644}))
+            .collect();
+        let body = serde_json::to_vec(&part).unwrap();
+        w.send(&Message::Manifest(proto::Manifest { len: body.len() as u64, count: 240 }), &body).await.unwrap();
+        match next(&mut r).await {
+            Some(Message::Wants(_)) => {
+                let list: proto::WantList =
+                    serde_json::from_slice(&r.read_body(proto::TREE_PART_MAX).await.unwrap()).unwrap();
+                assert_eq!(list.send.len(), 240, "all wanted: {:?}", list.refused.first());
+                sent += 240;
+            }
+            Some(Message::ErrorFrame(e)) => {
+                refused = Some(e);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+        most = most.max(rss_of(pid));
+    }
+    let refused = refused.unwrap_or_else(|| panic!("{sent} files announced and never sent, all held"));
+    assert_eq!(refused.code, framewire::ErrorCode::TooLarge, "{refused:?}");
+    assert!(refused.message.contains("MiB of their paths"), "{refused:?}");
+    assert!(sent < 5_000, "{sent} entries of ~4 KB held before the refusal");
+    let grew = most.saturating_sub(before);
+    assert!(grew < 64 << 10, "the server grew by {grew} KiB for one connection's manifest");
+    assert!(next(&mut r).await.is_none(), "closed after the refusal");
+    drop((r, w));
+
+    // Given back once the connection is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rss_of(pid) > before + (16 << 10) {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds {} KiB more than before ({} KiB at most), 10 s after the close",
+            rss_of(pid).saturating_sub(before),
+            grew
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -31,6 +31,13 @@ fn frame(header: &Message, body: &[u8]) -> BytesMut {
     buf
 }
 
+/// A frame's head alone (its body to be written after).
+fn head(header: &Message) -> BytesMut {
+    let mut buf = BytesMut::new();
+    wire::encode_head(header, &mut buf).unwrap();
+    buf
+}
+
 /// Reads one frame from a raw socket: header and whole body.
 async fn read_frame(sock: &mut TcpStream) -> Option<(Message, Vec<u8>)> {
     let mut r = FrameReader::new(sock);
@@ -180,6 +187,50 @@ async fn recoverable_errors_keep_the_connection() {
     assert_eq!(read_frame(&mut sock).await.unwrap(), (Message::EchoReply(proto::EchoReply { len: 2 }), b"ok".to_vec()));
 }
 
+/// Writes one frame from a raw header text and body.
+async fn send_raw_header(sock: &mut TcpStream, header: &[u8], body: &[u8]) {
+    let mut buf = BytesMut::new();
+    buf.put_u32(header.len() as u32);
+    buf.extend_from_slice(header);
+    buf.extend_from_slice(body);
+    sock.write_all(&buf).await.unwrap();
+}
+
+/// §5's rule: a header that is a JSON object with a usable `len` is
+/// answered and the connection goes on, whatever is wrong with its
+/// `type` (a number, `null`, given twice: issue 28, each was `bad_frame`
+/// and a close); only an unusable `len` loses framing.
+#[tokio::test]
+async fn a_type_that_is_not_one_string_is_answered_and_skipped() {
+    let server = TestServer::start().await;
+    let mut sock = raw(&server).await;
+    for header in [
+        &br#"{"type":5,"len":3}"#[..],
+        br#"{"type":null,"len":3}"#,
+        br#"{"type":"echo","type":"echo","len":3}"#,
+        br#"{"type":["echo"],"len":3}"#,
+    ] {
+        send_raw_header(&mut sock, header, b"xyz").await;
+        let (m, _) = read_frame(&mut sock).await.unwrap();
+        let shown = String::from_utf8_lossy(header);
+        match m {
+            Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::BadRequest, message }) => {
+                assert!(message.contains("`type` must be one JSON string"), "{shown}: {message}")
+            }
+            other => panic!("{shown}: {other:?}"),
+        }
+        // The body was skipped: the next request is read from the right place.
+        sock.write_all(&frame(&Message::Echo(proto::Echo { len: 2, upper: false }), b"ok")).await.unwrap();
+        let back = read_frame(&mut sock).await.unwrap();
+        assert_eq!(back, (Message::EchoReply(proto::EchoReply { len: 2 }), b"ok".to_vec()), "{shown}");
+    }
+    // A `len` given twice is not usable: framing is lost.
+    send_raw_header(&mut sock, br#"{"type":"echo","len":1,"len":2}"#, b"ab").await;
+    let (m, _) = read_frame(&mut sock).await.unwrap();
+    assert!(matches!(m, Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::BadFrame, .. })), "{m:?}");
+    assert!(read_frame(&mut sock).await.is_none(), "closed");
+}
+
 #[tokio::test]
 async fn bad_json_closes_with_bad_frame() {
     let server = TestServer::start().await;
@@ -276,6 +327,78 @@ async fn idle_and_stalled_clients_are_dropped() {
     let mut client = Client::connect(&server.addr()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(client.echo(b"in time").await.unwrap(), "in time");
+}
+
+/// A stall inside a request's frame (an `echo` body, a `put_data` head or
+/// body) is answered with `timeout` before the close, as a stall inside a
+/// header is (§3.2; issue 28: these closed without a word); what arrived
+/// of the upload is kept.
+#[tokio::test]
+async fn a_stall_inside_a_request_is_answered_with_timeout() {
+    let server = TestServer::start_with(|c| c.timeouts.io = Some(Duration::from_millis(300))).await;
+    let timeout = |m: Option<(Message, Vec<u8>)>| match m {
+        Some((Message::ErrorFrame(proto::ErrorFrame { code: ErrorCode::Timeout, message }), _)) => {
+            assert!(message.contains("stalled"), "{message}")
+        }
+        other => panic!("expected a timeout frame, got {other:?}"),
+    };
+    // An echo body.
+    let mut sock = raw(&server).await;
+    sock.write_all(&head(&Message::Echo(proto::Echo { len: 10, upper: false }))).await.unwrap();
+    sock.write_all(b"abc").await.unwrap();
+    timeout(tokio::time::timeout(LIMIT, read_frame(&mut sock)).await.unwrap());
+    assert!(read_frame(&mut sock).await.is_none(), "closed");
+
+    let put = |path: &str, size: u64| {
+        frame(&Message::Put(proto::Put { path: path.into(), size, force: false, mode: None, mtime: None }), b"")
+    };
+    // A put_data head: half its length prefix, then nothing.
+    let mut sock = raw(&server).await;
+    sock.write_all(&put("head", 10)).await.unwrap();
+    assert!(matches!(read_frame(&mut sock).await, Some((Message::PutReady(_), _))));
+    sock.write_all(&[0, 0]).await.unwrap();
+    timeout(tokio::time::timeout(LIMIT, read_frame(&mut sock)).await.unwrap());
+    assert!(read_frame(&mut sock).await.is_none(), "closed");
+
+    // A put_data body: 3 of its 10 bytes.
+    let mut sock = raw(&server).await;
+    sock.write_all(&put("body", 10)).await.unwrap();
+    assert!(matches!(read_frame(&mut sock).await, Some((Message::PutReady(_), _))));
+    sock.write_all(&head(&Message::PutData(proto::PutData { len: 10, offset: 0 }))).await.unwrap();
+    sock.write_all(b"012").await.unwrap();
+    timeout(tokio::time::timeout(LIMIT, read_frame(&mut sock)).await.unwrap());
+    assert!(read_frame(&mut sock).await.is_none(), "closed");
+    assert_eq!(std::fs::read(server.root.path().join(".body.fwpart")).unwrap(), b"012", "what arrived is kept");
+}
+
+/// An upload cut by the drain deadline keeps every byte that arrived, as
+/// one cut by the client or the I/O timeout does (issue 28: up to 128 KiB
+/// were lost, the chunk being filled).
+#[tokio::test]
+async fn an_upload_cut_by_the_drain_keeps_every_byte_that_arrived() {
+    let mut server = TestServer::start_with(|c| c.drain_timeout = Duration::from_millis(300)).await;
+    let data = pattern(1 << 20, 9);
+    let sent = 200_000;
+    let mut sock = raw(&server).await;
+    let put = Message::Put(proto::Put {
+        path: "d.bin".into(),
+        size: data.len() as u64,
+        force: false,
+        mode: None,
+        mtime: None,
+    });
+    sock.write_all(&frame(&put, b"")).await.unwrap();
+    assert!(matches!(read_frame(&mut sock).await, Some((Message::PutReady(_), _))));
+    sock.write_all(&head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 }))).await.unwrap();
+    sock.write_all(&data[..sent]).await.unwrap();
+    // Let it arrive, then shut the server down: the drain cuts the upload.
+    let partial = server.root.path().join(".d.bin.fwpart");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(LIMIT, server.shutdown()).await.expect("the drain ends").unwrap().unwrap();
+    let kept = std::fs::read(&partial).unwrap();
+    assert_eq!(kept.len(), sent, "bytes kept of the {sent} that arrived");
+    assert!(kept == data[..sent]);
+    drop(sock);
 }
 
 /// A peer that connects and says nothing is dropped at the handshake

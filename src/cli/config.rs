@@ -294,6 +294,15 @@ pub struct Target {
     /// `--connect-timeout`.
     pub connect_timeout: Option<std::time::Duration>,
     port_origin: Origin,
+    /// The argument, when it names a host set (`@group`, a list, a
+    /// range) rather than one host: refused before any lookup.
+    host_set: Option<String>,
+}
+
+/// Whether `host` (no alias) is written as a host set: a group, a comma
+/// list or a `[N-M]` range (an IPv6 address in brackets is one host).
+fn is_host_set(host: &str) -> bool {
+    host.starts_with('@') || host.contains(',') || (!host.starts_with('[') && host.contains('['))
 }
 
 impl Settings {
@@ -399,6 +408,7 @@ impl Settings {
             timeout: own.timeout.or(defaults.timeout).map(|s| s.0),
             connect_timeout: self.connect_timeout,
             port_origin,
+            host_set: (entry.is_none() && is_host_set(host)).then(|| arg.to_owned()),
         }
     }
 
@@ -470,7 +480,19 @@ impl Target {
     /// The endpoint of a copy to or from this host: its address, key and
     /// bandwidth limit (`bwlimit` overrides the config file's).
     pub fn endpoint(&self, bwlimit: Option<u64>) -> anyhow::Result<Endpoint> {
+        self.one_host()?;
         Ok(self.endpoint_with_key(self.key()?, bwlimit))
+    }
+
+    /// Refuses a host set given where one host goes, before it is looked
+    /// up as a name (`exec @nodes` asked DNS for `@nodes`).
+    fn one_host(&self) -> anyhow::Result<()> {
+        match &self.host_set {
+            Some(set) => anyhow::bail!(
+                "{set} is a host set, not one host: give it with -w (exec, put and get run on every host of -w '{set}')"
+            ),
+            None => Ok(()),
+        }
     }
 
     /// As [`endpoint`](Self::endpoint), with this host's key already read.
@@ -493,6 +515,7 @@ impl Target {
     /// The key cannot be read, or the connection or its authentication
     /// fails.
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        self.one_host()?;
         let mut endpoint = Endpoint::new(self.addr.clone(), self.key()?);
         if let Some(limit) = self.connect_timeout {
             endpoint = endpoint.with_connect_timeout(limit);
@@ -624,6 +647,14 @@ mod tests {
         assert_eq!(s.resolve("[::1]:9").addr, "[::1]:9");
         assert_eq!(s.resolve("::1").addr, "[::1]:7000");
         assert_eq!(s.resolve("127.0.0.9:5").alias, None);
+        // Host sets are not one host; an IPv6 address in brackets is.
+        for set in ["@web", "@nodes:7", "a,b", "web[1-3]"] {
+            let e = s.resolve(set).one_host().unwrap_err().to_string();
+            assert!(e.contains("is a host set, not one host: give it with -w"), "{set}: {e}");
+        }
+        for one in ["[::1]:9", "web", "127.0.0.1"] {
+            assert!(s.resolve(one).one_host().is_ok(), "{one}");
+        }
         assert_eq!(s.groups_of("web"), ["all"]);
     }
 }

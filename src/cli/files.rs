@@ -378,8 +378,8 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     fleet.check_single()?;
     let (addr, paths, dest) = copy_form(addr, paths, true)?;
     let target = settings.resolve(&addr);
-    // No destination: the alias's directory (or the root).
-    let dest = Some(target.path(dest.as_deref().unwrap_or(""))).filter(|d| !d.is_empty());
+    // No destination: into the alias's directory (or the root).
+    let dest = framewire::client::fleet::put_destination(target.dir.as_deref(), dest.as_deref());
     let endpoint = target.endpoint(opts.bwlimit)?;
     let mut client = endpoint.connect().await?;
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();

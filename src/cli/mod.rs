@@ -455,11 +455,18 @@ pub fn draw_target(quiet: bool) -> indicatif::ProgressDrawTarget {
 
 /// A client error, with the flag that changes the situation where one does.
 pub fn explained(e: &framewire::ClientError) -> String {
+    explained_for(e, true)
+}
+
+/// [`explained`] for a command that has `--force` to replace (`has_force`:
+/// a copy, `mv`) or not (`mkdir`, `rm`, whose `-f` means something else):
+/// `--force` is suggested only where it applies.
+pub fn explained_for(e: &framewire::ClientError, has_force: bool) -> String {
     use framewire::{ClientError, ErrorCode};
     match e {
         ClientError::AuthRequired => format!("{e}: use --key-file FILE (or set FRAMEWIRE_KEY_FILE)"),
         ClientError::AuthUnavailable => format!("{e} (run the client without --key-file)"),
-        ClientError::LocalExists(_) | ClientError::Remote { code: ErrorCode::Exists, .. } => {
+        ClientError::LocalExists(_) | ClientError::Remote { code: ErrorCode::Exists, .. } if has_force => {
             format!("{e} (use --force to replace it)")
         }
         ClientError::Remote { code: ErrorCode::ExecDisabled, .. } => {

@@ -53,7 +53,8 @@ pub struct MkdirArgs {
 }
 
 /// Runs `each` on every path, saying in one line why one failed; exit 1
-/// when some did (as for a copy), 0 otherwise.
+/// when some did (as for a copy), 0 otherwise. Neither `rm` nor `mkdir`
+/// has a `--force` that replaces: none is suggested.
 async fn each_path<F>(client: &mut Client, paths: &[String], verb: &str, mut each: F) -> anyhow::Result<ExitCode>
 where
     F: for<'c> FnMut(
@@ -68,7 +69,8 @@ where
                 // The connection is gone: the rest cannot be done either.
                 return Err(e.into());
             }
-            eprintln!("framewire: error: cannot {verb} {}", printable(&format!("{path}: {}", super::explained(&e))));
+            let why = super::explained_for(&e, false);
+            eprintln!("framewire: error: cannot {verb} {}", printable(&format!("{path}: {why}")));
             failed += 1;
         }
     }

@@ -239,14 +239,7 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     for (mode, l) in &legacy {
         say!("legacy {mode} listening on {}", l.local_addr()?);
     }
-    #[cfg(feature = "s3")]
-    if let Some(b) = &config.bucket {
-        tracing::info!(root = %b.spec().url(), "serving a bucket");
-    } else {
-        tracing::info!(root = %config.root.display(), "serving");
-    }
-    #[cfg(not(feature = "s3"))]
-    tracing::info!(root = %config.root.display(), "serving");
+    // The server logs what it serves once it has opened it (`serving`).
     // The first SIGINT or SIGTERM starts the drain, and says how long it
     // may take; a second one ends it at once.
     let drain = config.drain_timeout;

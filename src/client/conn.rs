@@ -20,8 +20,15 @@ use crate::wire::{
     self, read_preface, FrameReader, FrameWriter, Preface, Timeouts, MAX_BUFFERED_BODY, PREAUTH_MAX_HEADER,
 };
 
-/// How long a server may take to answer the preface.
+/// How long a server may take to answer the preface, TLS and
+/// authentication included.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a server may take to send its preface back: a framewire
+/// server answers a client that speaks within a second even under a
+/// flood (docs/SECURITY.md, "The door"), while a server of another
+/// protocol that waits for its client to speak first (HTTP) never does;
+/// a wrong first byte is refused at once.
+pub const PREFACE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long a started frame, or a write, may stall before the client gives up.
 pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -136,7 +143,10 @@ impl Client {
         socket.set_nodelay(true).map_err(wire::Error::Io)?;
         let peer = socket.peer_addr().map_err(wire::Error::Io)?;
         socket.write_all(&Preface::new(key.is_some()).encode()).await.map_err(wire::Error::Io)?;
-        let theirs = read_preface(&mut socket).await?;
+        let theirs = match tokio::time::timeout(PREFACE_TIMEOUT, read_preface(&mut socket)).await {
+            Ok(theirs) => theirs?,
+            Err(_) => return Err(wire::Error::SilentPeer(PREFACE_TIMEOUT).into()),
+        };
         tracing::debug!(
             "the server speaks framewire {}, {}",
             theirs.version,

@@ -91,6 +91,11 @@ pub(super) fn join_err(e: tokio::task::JoinError) -> ClientError {
     ClientError::Wire(wire::Error::Io(std::io::Error::other(e)))
 }
 
+/// Why a download is refused where a directory has the file's name.
+pub(super) fn local_directory() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; a file cannot replace it")
+}
+
 impl Client {
     /// Lists `path` on the server (empty for the root): a directory's
     /// entries, a file's own entry, or with `recursive` every file below.
@@ -298,8 +303,14 @@ impl Client {
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        if !options.force && fs::symlink_metadata(local).is_ok() {
-            return Err(ClientError::LocalExists(local.to_owned()));
+        match fs::symlink_metadata(local) {
+            // Never replaced by a file, `force` or not (as cp refuses): a
+            // download into it could never be committed.
+            Ok(meta) if meta.is_dir() => {
+                return Err(ClientError::Local { path: local.to_owned(), source: local_directory() });
+            }
+            Ok(_) if !options.force => return Err(ClientError::LocalExists(local.to_owned())),
+            _ => {}
         }
         // Named in messages; the file itself is reached through its
         // directory's descriptor, its name never followed as a link.

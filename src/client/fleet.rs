@@ -447,7 +447,7 @@ pub fn put(
         let shared = shared.clone();
         async move {
             let (sources, dest, plan, copy) = &*shared;
-            let dest = Some(run.remote_path(dest.as_deref().unwrap_or(""))).filter(|d| !d.is_empty());
+            let dest = put_destination(run.dir.as_deref(), dest.as_deref());
             let plan = unless_cancelled(run.cancel(), async {
                 let mut client = run.connect().await?;
                 tree::plan_put(&mut client, sources, dest.as_deref(), plan.clone()).await.map_err(HostError::Plan)
@@ -520,6 +520,20 @@ pub fn remote_path(dir: Option<&str>, path: &str) -> String {
     match path {
         "" | "." => dir.to_owned(),
         _ => format!("{dir}/{path}"),
+    }
+}
+
+/// Where a `put` to a host goes: `dest` as [`remote_path`] gives it;
+/// with no destination (or `.`), the alias's `dir` *as a directory*
+/// (`dir/`: the files go into it, created if missing), never a file of
+/// that name; `None` for the served root.
+pub fn put_destination(dir: Option<&str>, dest: Option<&str>) -> Option<String> {
+    let dest = dest.unwrap_or("");
+    let path = remote_path(dir, dest);
+    match (dest, path.is_empty()) {
+        (_, true) => None,
+        ("" | ".", false) => Some(format!("{}/", path.trim_end_matches('/'))),
+        _ => Some(path),
     }
 }
 

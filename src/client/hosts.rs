@@ -10,11 +10,17 @@
 //! assert_eq!(fold(&hosts), "db[1,3],web[01-03]");
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// At most this many hosts in one set: a typo like `h[1-999999999]`
 /// is refused rather than filling memory.
 pub const MAX_HOSTS: usize = 100_000;
+
+/// At most this many steps (a host made from a pattern, a group's member
+/// read) to expand one set, repeats included: each group is expanded
+/// once however often it is named, but groups that name the same large
+/// ranges over and over could still take long for few hosts.
+pub const MAX_EXPANSION_STEPS: usize = 10 * MAX_HOSTS;
 
 /// A host set that cannot be expanded, with the pattern at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,6 +45,12 @@ pub enum HostSetError {
         /// The item that went over.
         pattern: String,
     },
+    /// More than [`MAX_EXPANSION_STEPS`] to expand the set.
+    #[error("{pattern:?}: expanding the set takes more than {MAX_EXPANSION_STEPS} steps (groups naming the same hosts over and over)")]
+    TooMuchWork {
+        /// The item that went over.
+        pattern: String,
+    },
 }
 
 fn malformed(pattern: &str, why: impl Into<String>) -> HostSetError {
@@ -53,10 +65,10 @@ fn malformed(pattern: &str, why: impl Into<String>) -> HostSetError {
 /// [`HostSetError`] for a malformed item, an unknown group, a group that
 /// contains itself, or more than [`MAX_HOSTS`] hosts.
 pub fn expand(expr: &str, groups: &dyn Fn(&str) -> Option<Vec<String>>) -> Result<Vec<String>, HostSetError> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    expand_into(expr, groups, &mut Vec::new(), &mut out, &mut seen)?;
-    Ok(out)
+    let mut x =
+        Expansion { groups, stack: Vec::new(), done: HashSet::new(), out: Vec::new(), seen: HashSet::new(), steps: 0 };
+    x.expand(expr)?;
+    Ok(x.out)
 }
 
 /// `expr` without the hosts of `exclude` (`-x`).
@@ -71,46 +83,74 @@ pub fn expand_excluding(
 ) -> Result<Vec<String>, HostSetError> {
     let mut hosts = expand(expr, groups)?;
     if let Some(exclude) = exclude {
-        let gone: std::collections::HashSet<String> = expand(exclude, groups)?.into_iter().collect();
+        let gone: HashSet<String> = expand(exclude, groups)?.into_iter().collect();
         hosts.retain(|h| !gone.contains(h));
     }
     Ok(hosts)
 }
 
-fn expand_into(
-    expr: &str,
-    groups: &dyn Fn(&str) -> Option<Vec<String>>,
-    stack: &mut Vec<String>,
-    out: &mut Vec<String>,
-    seen: &mut std::collections::HashSet<String>,
-) -> Result<(), HostSetError> {
-    for item in split_top(expr)? {
-        let item = item.trim();
-        if item.is_empty() {
-            return Err(malformed(expr, "an empty item (two commas, or one at an end)"));
+/// One expansion under way.
+struct Expansion<'a> {
+    groups: &'a dyn Fn(&str) -> Option<Vec<String>>,
+    /// The groups being expanded, outermost first: one named again
+    /// inside itself is a cycle.
+    stack: Vec<String>,
+    /// The groups expanded already: their hosts are all in `out`, so a
+    /// group named again adds nothing and is not expanded again (40
+    /// levels that each name the next group twice would otherwise take
+    /// 2^40 expansions).
+    done: HashSet<String>,
+    out: Vec<String>,
+    seen: HashSet<String>,
+    /// Steps taken, against [`MAX_EXPANSION_STEPS`].
+    steps: usize,
+}
+
+impl Expansion<'_> {
+    fn step(&mut self, n: usize, pattern: &str) -> Result<(), HostSetError> {
+        self.steps = self.steps.saturating_add(n);
+        if self.steps > MAX_EXPANSION_STEPS {
+            return Err(HostSetError::TooMuchWork { pattern: pattern.to_owned() });
         }
-        if let Some(name) = item.strip_prefix('@') {
-            if stack.iter().any(|g| g == name) {
-                return Err(HostSetError::GroupCycle(name.to_owned()));
-            }
-            let members = groups(name).ok_or_else(|| HostSetError::UnknownGroup(name.to_owned()))?;
-            stack.push(name.to_owned());
-            for member in &members {
-                expand_into(member, groups, stack, out, seen)?;
-            }
-            stack.pop();
-            continue;
-        }
-        for host in expand_item(item)? {
-            if seen.insert(host.clone()) {
-                if out.len() == MAX_HOSTS {
-                    return Err(HostSetError::TooMany { pattern: item.to_owned() });
-                }
-                out.push(host);
-            }
-        }
+        Ok(())
     }
-    Ok(())
+
+    fn expand(&mut self, expr: &str) -> Result<(), HostSetError> {
+        for item in split_top(expr)? {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(malformed(expr, "an empty item (two commas, or one at an end)"));
+            }
+            if let Some(name) = item.strip_prefix('@') {
+                if self.stack.iter().any(|g| g == name) {
+                    return Err(HostSetError::GroupCycle(name.to_owned()));
+                }
+                if self.done.contains(name) {
+                    continue;
+                }
+                let members = (self.groups)(name).ok_or_else(|| HostSetError::UnknownGroup(name.to_owned()))?;
+                self.step(members.len(), item)?;
+                self.stack.push(name.to_owned());
+                for member in &members {
+                    self.expand(member)?;
+                }
+                self.stack.pop();
+                self.done.insert(name.to_owned());
+                continue;
+            }
+            let hosts = expand_item(item)?;
+            self.step(hosts.len(), item)?;
+            for host in hosts {
+                if self.seen.insert(host.clone()) {
+                    if self.out.len() == MAX_HOSTS {
+                        return Err(HostSetError::TooMany { pattern: item.to_owned() });
+                    }
+                    self.out.push(host);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Splits at the commas outside brackets.
@@ -301,6 +341,39 @@ mod tests {
         assert_eq!(expand_excluding("@web", Some("web2,@db"), &groups).unwrap(), ["web1", "web3"]);
         assert_eq!(expand("@nope", &groups), Err(HostSetError::UnknownGroup("nope".into())));
         assert!(matches!(expand("@loop", &groups), Err(HostSetError::GroupCycle(_))));
+    }
+
+    /// 40 levels of groups that each name the next twice (issue 28, point
+    /// 11): 41 hosts, found at once, each group expanded once; never
+    /// 2^40 expansions.
+    #[test]
+    fn nested_groups_naming_the_next_twice_expand_once_each() {
+        let asked = std::cell::Cell::new(0usize);
+        let groups = |name: &str| {
+            asked.set(asked.get() + 1);
+            let level: usize = name.strip_prefix('g')?.parse().ok()?;
+            if level == 40 {
+                return Some(vec!["leaf".to_owned()]);
+            }
+            let next = format!("@g{}", level + 1);
+            Some(vec![format!("h{level}"), next.clone(), next])
+        };
+        let started = std::time::Instant::now();
+        let hosts = expand("@g0,@g0", &groups).unwrap();
+        assert_eq!(hosts.len(), 41, "{hosts:?}");
+        assert_eq!((hosts[0].as_str(), hosts[40].as_str()), ("h0", "leaf"));
+        assert_eq!(asked.get(), 41, "each group looked up once");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+
+        // Different groups naming the same big range over and over: the
+        // work is bounded too, with its own error.
+        let wide = |name: &str| {
+            let n: usize = name.strip_prefix('w')?.parse().ok()?;
+            Some(if n == 0 { (1..=20).map(|k| format!("@w{k}")).collect() } else { vec!["h[1-99999]".to_owned()] })
+        };
+        let e = expand("@w0", &wide).unwrap_err();
+        assert!(matches!(e, HostSetError::TooMuchWork { .. }), "{e:?}");
+        assert!(e.to_string().contains("more than 1000000 steps"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::Client;
 use super::error::ClientError;
-use super::files::{Progress, Transfer, TransferOptions};
+use super::files::{local_directory, Progress, Transfer, TransferOptions};
 use super::filter::Filter;
 pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
@@ -393,6 +393,13 @@ pub async fn plan_get(
     plan.local_dirs = local_dirs;
     plan.delete_local = delete_local;
     for job in found {
+        if std::fs::symlink_metadata(&job.local).is_ok_and(|m| m.is_dir()) {
+            // Never replaced by a file, `force` or not (as cp refuses): the
+            // download could never be put in place.
+            let error = ClientError::Local { path: job.local.clone(), source: local_directory() };
+            plan.failures.push(Failure { path: job.remote, error });
+            continue;
+        }
         let held = held_locally(&job.local);
         let same = match (&held, &job.blake3) {
             (Some(Some((size, _))), Some(theirs)) if *size == job.size => {

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 pub use pickle::pickle_dict;
 
 use crate::auth::Key;
-use crate::services::exec::{spawn, Spec};
+use crate::services::exec::{account, spawn, Spec};
 use crate::services::files::{self, Sandbox};
 use crate::services::root::is_partial_name;
 use crate::services::Refusal;
@@ -289,7 +289,18 @@ pub fn parse_command(read: &[u8]) -> Option<String> {
 /// format needs the total size before the first byte), and the MD5 of
 /// stdout followed by stderr.
 async fn run_spooled(command: &str, ctx: &Legacy<'_>) -> Result<(std::fs::File, std::fs::File, String), LegacyError> {
-    let spec = Spec { shell: ctx.shell, command, login: false, dir: ctx.sandbox.root(), env: &[], pty: None };
+    let account = account();
+    let user_shell = account.login_shell(ctx.shell);
+    let spec = Spec {
+        shell: ctx.shell,
+        command,
+        login: false,
+        dir: ctx.sandbox.root(),
+        account: &account,
+        user_shell: &user_shell,
+        env: &[],
+        pty: None,
+    };
     let mut run = spawn(&spec)?;
     drop(run.stdin.take()); // the format has no stdin: EOF at once
     let (out, err) = (tempfile::tempfile()?, tempfile::tempfile()?);

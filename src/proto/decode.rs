@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use super::message::Hot;
 use super::message::Message;
-use crate::wire::{json_error, Envelope, Error};
+use crate::wire::{json_error, Error};
 
 #[derive(Deserialize)]
 struct HotParse<T> {
@@ -92,8 +92,8 @@ pub fn from_hot<M: Message>(hot: &Hot) -> Option<M> {
 fn declared_len(text: &str, hot: Option<Hot>) -> Result<u64, Error> {
     match hot {
         Some(hot) => Ok(hot.len),
-        None => match serde_json::from_str::<Envelope>(text) {
-            Ok(envelope) => Ok(envelope.len),
+        None => match crate::wire::declared_body_len(text) {
+            Ok(len) => Ok(len),
             // `len` itself is unusable: the body length is unknown.
             Err(source) => Err(Error::HeaderNotJson { source }),
         },

@@ -450,6 +450,7 @@ async fn requests(
                 Err(e) => {
                     // Cut off at the drain deadline: no time to linger.
                     if !hard.is_cancelled() {
+                        stalled_in_request(s, &e).await;
                         s.linger().await;
                     }
                     return Err(e);
@@ -479,6 +480,22 @@ async fn requests(
         // Best effort: the peer may be gone or not reading.
         let _ = s.send(&ErrorFrame::new(code, e.to_string()), &[]).await;
         return Err(e);
+    }
+}
+
+/// How long the `timeout` frame after a stall inside a request may take
+/// to go out: the peer may be the one not reading.
+const STALL_NOTICE: Duration = Duration::from_millis(500);
+
+/// A request's frame stalled (a `put_data` head or body, an `echo` body):
+/// says so with a `timeout` frame, as a stall between frames is, unless a
+/// frame of ours is partly written out (the client would read the error
+/// frame as the rest of its body); one only buffered is dropped for it
+/// (PROTOCOL.md §3.2).
+async fn stalled_in_request(s: &mut Session<ServerSide>, e: &Error) {
+    if matches!(e, Error::Idle(_) | Error::Stalled(_)) && s.writer().unsend_frame() {
+        let frame = ErrorFrame::new(ErrorCode::Timeout, e.to_string());
+        let _ = tokio::time::timeout(STALL_NOTICE, s.send(&frame, &[])).await;
     }
 }
 

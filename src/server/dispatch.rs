@@ -31,12 +31,18 @@ pub(super) async fn handle(
 ) -> Result<(), Error> {
     let kind = request.kind();
     let what = What::of(&request);
+    // A `stat` that finds nothing answers the question asked (every put
+    // asks, to plan): not a refusal.
+    let lookup = matches!(request, Request::Stat(_));
     let (started, (read, written)) = (std::time::Instant::now(), peer.traffic.totals());
     let result = run(s, ctx, request, setup).await;
     let (now_read, now_written) = peer.traffic.totals();
     let outcome = match (&result, s.take_outcome()) {
+        (Ok(()), Some(outcome)) if lookup && outcome.starts_with("refused (not_found)") => "not found".to_owned(),
         (Ok(()), Some(outcome)) => outcome,
         (Ok(()), None) => "ok".to_owned(),
+        // Said by the handler: a cut upload keeps its partial file.
+        (Err(_), Some(outcome)) => outcome,
         (Err(e), _) => format!("failed: {}", crate::text::printable(&e.to_string())),
     };
     let ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
@@ -130,8 +136,9 @@ async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup
         Request::Remove(r) => cut_off_by(&cut, files::remove(s, ctx, r)).await,
         Request::Rename(r) => cut_off_by(&cut, files::rename(s, ctx, r)).await,
         Request::Get(r) => cut_off_by(&cut, files::get(s, ctx, r)).await,
-        // A cut upload leaves its partial file for a resume.
-        Request::Put(r) => cut_off_by(&cut, files::put(s, ctx, r)).await,
+        // A cut upload leaves its partial file for a resume, with every
+        // byte that arrived: put watches the cut-off itself.
+        Request::Put(r) => files::put(s, ctx, r).await,
         Request::TreeList(r) => cut_off_by(&cut, tree::tree_list(s, ctx, r)).await,
         // A cut tree upload commits what it verified, and leaves the
         // partial file of the one under way.

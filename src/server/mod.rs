@@ -303,8 +303,6 @@ struct Shared {
 struct Live {
     now: AtomicUsize,
     peak: AtomicUsize,
-    /// A trim is scheduled.
-    pending: std::sync::atomic::AtomicBool,
 }
 
 /// The smallest burst worth giving memory back after.
@@ -321,18 +319,32 @@ impl Live {
     fn closed(self: &Arc<Self>) {
         let now = self.now.fetch_sub(1, Relaxed) - 1;
         let peak = self.peak.load(Relaxed);
-        if peak < TRIM_AFTER || now * 4 > peak || self.pending.swap(true, Relaxed) {
+        if peak < TRIM_AFTER || now * 4 > peak {
             return;
         }
         let live = self.clone();
-        tokio::spawn(async move {
-            // Connections of a burst go in a rush: one trim after them.
-            tokio::time::sleep(TRIM_EVERY).await;
-            live.peak.store(live.now.load(Relaxed), Relaxed);
-            let _ = tokio::task::spawn_blocking(give_back_memory).await;
-            live.pending.store(false, Relaxed);
-        });
+        give_back_memory_soon(move || live.peak.store(live.now.load(Relaxed), Relaxed));
     }
+}
+
+/// A trim is scheduled (one allocator per process, so one flag).
+static TRIM_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Gives the allocator's free memory back to the system in a moment (at
+/// most once every [`TRIM_EVERY`]: what goes in a rush, a burst's
+/// connections or a large upload's state, is given back in one trim
+/// after it), calling `before` just before. A trim already scheduled
+/// covers this one: `before` is then dropped.
+pub(crate) fn give_back_memory_soon(before: impl FnOnce() + Send + 'static) {
+    if TRIM_PENDING.swap(true, Relaxed) {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(TRIM_EVERY).await;
+        before();
+        let _ = tokio::task::spawn_blocking(give_back_memory).await;
+        TRIM_PENDING.store(false, Relaxed);
+    });
 }
 
 /// Returns the allocator's free memory to the system (glibc only; other

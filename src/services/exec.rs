@@ -27,7 +27,12 @@ pub struct Spec<'a> {
     pub login: bool,
     /// The working directory.
     pub dir: &'a Path,
-    /// Variables set on top of the server's own environment.
+    /// The server's user ([`account`]): `HOME`, `USER`, `LOGNAME`.
+    pub account: &'a Account,
+    /// The user's shell: `SHELL` in the command's environment.
+    pub user_shell: &'a Path,
+    /// Variables the client sent and the server accepted, set on top of
+    /// the login environment ([`login_env`]).
     pub env: &'a [(String, String)],
     /// A pseudo-terminal of this size, and its `TERM`; pipes if `None`.
     pub pty: Option<(&'a str, u16, u16)>,
@@ -80,6 +85,12 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Running> {
                 Ok(())
             });
         }
+    }
+    // A clean login environment, as sshd gives: never the server's own
+    // variables (an object store's credentials, say).
+    cmd.env_clear();
+    for (k, v) in login_env(spec.account, spec.user_shell) {
+        cmd.env(k, v);
     }
     for (k, v) in spec.env {
         cmd.env(k, v);
@@ -291,11 +302,31 @@ fn session_of(stat: &str) -> Option<i32> {
     rest.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// The server user's login shell (from the password database), or
-/// `fallback` when it has none.
-pub fn login_shell(fallback: &Path) -> PathBuf {
+/// `PATH` of a command run by an ordinary user: sshd's default
+/// (`_PATH_STDPATH`, as Debian builds it), never the server's own.
+pub const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// `PATH` of a command run by root (sshd's `SUPERUSER_PATH`).
+pub const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The user the server runs as, from the password database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The user id (the effective one).
+    pub uid: u32,
+    /// The user name; the uid in decimal when the database has no entry.
+    pub name: OsString,
+    /// The home directory; `/` when the database has none.
+    pub home: PathBuf,
+    /// The login shell, if the database names one that exists.
+    pub shell: Option<PathBuf>,
+}
+
+/// The server user's entry in the password database (`getpwuid_r`).
+pub fn account() -> Account {
+    use std::os::unix::ffi::OsStrExt;
     let uid = rustix::process::geteuid().as_raw();
-    let mut buf = vec![0u8; 4096];
+    let missing = || Account { uid, name: OsString::from(uid.to_string()), home: PathBuf::from("/"), shell: None };
+    let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: an all-zero passwd is a valid value for an out-parameter.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -303,19 +334,45 @@ pub fn login_shell(fallback: &Path) -> PathBuf {
     // out-parameters, `buf` is writable for its length; the strings that
     // `pw` points to live in `buf`, read before it is dropped.
     let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || pw.pw_shell.is_null() {
-        return fallback.to_owned();
+    if rc != 0 || found.is_null() {
+        return missing();
     }
-    // SAFETY: getpwuid_r succeeded: pw_shell is a NUL-terminated string
-    // inside `buf`.
-    let shell = unsafe { std::ffi::CStr::from_ptr(pw.pw_shell) };
-    use std::os::unix::ffi::OsStrExt;
-    let shell = Path::new(std::ffi::OsStr::from_bytes(shell.to_bytes()));
-    if shell.is_absolute() && shell.exists() {
-        shell.to_owned()
-    } else {
-        fallback.to_owned()
+    // SAFETY: getpwuid_r succeeded: each non-null string member is a
+    // NUL-terminated string inside `buf`.
+    let text = |p: *const libc::c_char| {
+        (!p.is_null())
+            .then(|| std::ffi::OsStr::from_bytes(unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes()).to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let shell = text(pw.pw_shell).map(PathBuf::from).filter(|s| s.is_absolute() && s.exists());
+    Account {
+        uid,
+        name: text(pw.pw_name).unwrap_or_else(|| missing().name),
+        home: text(pw.pw_dir).map(PathBuf::from).unwrap_or_else(|| missing().home),
+        shell,
     }
+}
+
+impl Account {
+    /// The user's login shell (from the password database), or
+    /// `fallback` when it has none.
+    pub fn login_shell(&self, fallback: &Path) -> PathBuf {
+        self.shell.clone().unwrap_or_else(|| fallback.to_owned())
+    }
+}
+
+/// The environment every command starts from, as sshd gives a session:
+/// `PATH` ([`USER_PATH`], [`ROOT_PATH`] for root), `HOME`, `USER`,
+/// `LOGNAME` and `SHELL` (`shell`); nothing of the server's own.
+pub fn login_env(account: &Account, shell: &Path) -> Vec<(&'static str, OsString)> {
+    let path = if account.uid == 0 { ROOT_PATH } else { USER_PATH };
+    vec![
+        ("PATH", OsString::from(path)),
+        ("HOME", account.home.clone().into_os_string()),
+        ("USER", account.name.clone()),
+        ("LOGNAME", account.name.clone()),
+        ("SHELL", shell.as_os_str().to_owned()),
+    ]
 }
 
 /// `(status, signal)` of an exit status: one of the two is set.
@@ -354,6 +411,20 @@ pub fn shell_join<S: AsRef<str>>(args: &[S]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_environment_names_the_user_and_nothing_else() {
+        let me = account();
+        let env = login_env(&me, Path::new("/bin/zsh"));
+        let names: Vec<_> = env.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, ["PATH", "HOME", "USER", "LOGNAME", "SHELL"]);
+        assert_eq!(env[4].1, "/bin/zsh");
+        assert_eq!(env[2].1, env[3].1);
+        let root = Account { uid: 0, ..me.clone() };
+        assert_eq!(login_env(&root, Path::new("/bin/sh"))[0].1, ROOT_PATH);
+        let user = Account { uid: 1000, ..me };
+        assert_eq!(login_env(&user, Path::new("/bin/sh"))[0].1, USER_PATH);
+    }
 
     #[test]
     fn the_session_is_read_past_a_command_name_with_spaces_and_parentheses() {

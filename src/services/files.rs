@@ -619,7 +619,7 @@ fn walk(
     if depth > MAX_PATH_DEPTH {
         return Err(io::Error::other(format!("the tree is deeper than {MAX_PATH_DEPTH} levels (MAX_PATH_DEPTH)")));
     }
-    let entries = rustix::fs::Dir::read_from(&dir)?;
+    let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| at_path(prefix, e.into()))?;
     for item in entries {
         let item = item?;
         let raw = item.file_name().to_bytes();
@@ -654,11 +654,19 @@ fn walk(
                 Ok(sub) => walk(sub, &rel, depth + 1, listing, sink)?,
                 // Gone, or swapped for a symlink, since it was read.
                 Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(at_path(&rel, e.into())),
             }
         }
     }
     Ok(())
+}
+
+/// `e`, naming the directory (relative to the walk's start) it came from:
+/// an unreadable directory deep in a tree is named, not just "Permission
+/// denied".
+fn at_path(rel: &str, e: io::Error) -> io::Error {
+    let rel = if rel.is_empty() { "." } else { rel };
+    io::Error::new(e.kind(), format!("{}: {e}", crate::text::printable(rel)))
 }
 
 fn kind_of(mode: u32) -> Kind {

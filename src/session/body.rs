@@ -42,6 +42,33 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> BodySource for FrameReader<R> {
     }
 }
 
+/// A body source that ends with `Interrupted` once `cut` is cancelled
+/// (the server's drain deadline): the chunk being filled is kept, as a
+/// cut connection's is, where dropping the read would lose it.
+pub struct UntilCut<'a, B> {
+    /// Where the body comes from.
+    pub src: &'a mut B,
+    /// What ends it early.
+    pub cut: &'a tokio_util::sync::CancellationToken,
+}
+
+impl<B: BodySource + Send> BodySource for UntilCut<'_, B> {
+    fn body_left(&self) -> u64 {
+        self.src.body_left()
+    }
+
+    async fn read_body_into(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        tokio::select! {
+            biased;
+            read = self.src.read_body_into(buf) => read,
+            // The read is cancel-safe: what it appended stays in `buf`.
+            () = self.cut.cancelled() => {
+                Err(Error::Io(io::Error::new(io::ErrorKind::Interrupted, "cut off at the drain deadline")))
+            }
+        }
+    }
+}
+
 /// Why a body could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

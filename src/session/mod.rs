@@ -23,7 +23,7 @@ mod sender;
 mod shared;
 
 pub use batch::{Batch, CommitError, Guard, Place};
-pub use body::{receive_body, BodySource, SendError};
+pub use body::{receive_body, BodySource, SendError, UntilCut};
 pub use receiver::{ReceiveError, Received, Receiver, SMALL_BODY};
 pub use sender::{Sender, Unproven};
 pub use shared::SharedReads;
@@ -301,7 +301,19 @@ impl Session<ServerSide> {
     ///
     /// Always: the connection's, or `InvalidData` with `msg`.
     pub async fn refuse_and_close(&mut self, msg: String) -> Result<(), Error> {
-        self.refuse(Refusal::new(ErrorCode::BadRequest, msg.clone())).await?;
+        self.close_with(Refusal::new(ErrorCode::BadRequest, msg)).await
+    }
+
+    /// As [`refuse_and_close`](Self::refuse_and_close), with the refusal's
+    /// own code (`too_large` for a frame over a limit, whose body is left
+    /// unread).
+    ///
+    /// # Errors
+    ///
+    /// Always: the connection's, or `InvalidData` with the message.
+    pub async fn close_with(&mut self, r: Refusal) -> Result<(), Error> {
+        let msg = r.message.clone();
+        self.refuse(r).await?;
         Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)))
     }
 }
@@ -312,10 +324,10 @@ impl Session<ServerSide> {
 /// # Errors
 ///
 /// `work`'s, or `Interrupted` at the cut-off.
-pub async fn cut_off_by(
+pub async fn cut_off_by<T>(
     cut_off: &CancellationToken,
-    work: impl Future<Output = Result<(), Error>>,
-) -> Result<(), Error> {
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     tokio::select! {
         done = work => done,
         () = cut_off.cancelled() => {

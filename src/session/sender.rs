@@ -24,7 +24,9 @@ pub enum Unproven {
 /// what precedes it.
 #[derive(Debug)]
 pub struct Sender {
-    file: File,
+    /// `None` once a small body read whole let it go
+    /// ([`release_file`](Self::release_file)).
+    file: Option<File>,
     size: u64,
     start: u64,
     hasher: Option<blake3::Hasher>,
@@ -54,15 +56,21 @@ impl Sender {
         prefix: Option<&str>,
         unproven: Unproven,
     ) -> io::Result<Sender> {
-        let fresh =
-            |file| Sender { file, size, start: 0, hasher: Some(blake3::Hasher::new()), body: None, shared: None };
+        let fresh = |file| Sender {
+            file: Some(file),
+            size,
+            start: 0,
+            hasher: Some(blake3::Hasher::new()),
+            body: None,
+            shared: None,
+        };
         let sender = if offset == 0 || offset > size || (prefix.is_none() && unproven == Unproven::StartOver) {
             fresh(file)
         } else {
             let hasher = hash_prefix(&mut file, offset)?;
             match prefix {
                 Some(p) if p != hasher.clone().finalize().to_hex().as_str() => fresh(file),
-                _ => Sender { file, size, start: offset, hasher: Some(hasher), body: None, shared: None },
+                _ => Sender { file: Some(file), size, start: offset, hasher: Some(hasher), body: None, shared: None },
             }
         };
         sender.read_small()
@@ -78,12 +86,22 @@ impl Sender {
         let mut body = vec![0; len as usize];
         // A file that shrank since its size was taken: an error now,
         // before any frame promises its length.
-        self.file.read_exact_at(&mut body, self.start)?;
+        self.file.as_ref().expect("held until released").read_exact_at(&mut body, self.start)?;
         if let Some(h) = self.hasher.as_mut() {
             h.update(&body);
         }
         self.body = Some(body);
         Ok(self)
+    }
+
+    /// Closes the file if its body was read whole already (a small one):
+    /// what sends it is in memory. Returns whether it did. A sender of
+    /// many files holds their bodies ahead, never their descriptors.
+    pub fn release_file(&mut self) -> bool {
+        if self.body.is_some() {
+            self.file = None;
+        }
+        self.file.is_none()
     }
 
     /// Where the body starts.
@@ -104,8 +122,11 @@ impl Sender {
     ///
     /// The file's metadata cannot be read.
     pub(crate) fn share(&mut self, reads: &SharedReads) -> io::Result<()> {
-        if self.body.is_none() && self.body_len() >= SHARE_MIN {
-            let meta = self.file.metadata()?;
+        if let (None, Some(file)) = (&self.body, &self.file) {
+            if self.body_len() < SHARE_MIN {
+                return Ok(());
+            }
+            let meta = file.metadata()?;
             self.shared = Some(reads.join(&meta, self.start));
         }
         Ok(())
@@ -139,9 +160,11 @@ impl Sender {
             return Ok(self.hasher.map(|h| h.finalize()));
         }
         if let Some(shared) = self.shared {
-            return send_shared(writer, self.file, self.start, self.hasher, shared, progress).await;
+            let file = self.file.expect("a body not in memory keeps its file");
+            return send_shared(writer, file, self.start, self.hasher, shared, progress).await;
         }
-        send_body(writer, self.file, self.start, self.hasher, progress).await
+        let file = self.file.expect("a body not in memory keeps its file");
+        send_body(writer, file, self.start, self.hasher, progress).await
     }
 }
 

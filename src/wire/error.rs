@@ -40,8 +40,11 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
 
-    /// The length prefix announced a header over [`MAX_HEADER_LEN`](super::MAX_HEADER_LEN).
-    #[error("header length {len} exceeds the limit of {max} bytes (MAX_HEADER_LEN)")]
+    /// The length prefix announced a header over the reader's limit:
+    /// [`MAX_HEADER_LEN`](super::MAX_HEADER_LEN), or
+    /// [`PREAUTH_MAX_HEADER`](super::PREAUTH_MAX_HEADER) before
+    /// authentication.
+    #[error("header length {len} exceeds the limit of {max} bytes ({})", limit_name(*max))]
     HeaderTooLarge {
         /// The announced header length.
         len: u64,
@@ -150,6 +153,11 @@ pub enum Error {
         flags: u16,
     },
 
+    /// The peer sent nothing back to our preface in time: a server that
+    /// waits for its client to speak first (HTTP) is silent.
+    #[error("no framewire preface came back within {0:?}: the peer does not speak framewire (a server that waits for its client to speak first, as HTTP does, stays silent), or it is too busy to answer")]
+    SilentPeer(Duration),
+
     /// No frame started within the idle timeout.
     #[error("no request for {0:?} (idle timeout)")]
     Idle(Duration),
@@ -195,6 +203,15 @@ impl Error {
             | Error::InvalidField { body_len, .. } => Some(*body_len),
             _ => None,
         }
+    }
+}
+
+/// The name of a header limit, as the documents give it.
+fn limit_name(max: usize) -> &'static str {
+    match max {
+        super::PREAUTH_MAX_HEADER => "PREAUTH_MAX_HEADER, before authentication",
+        super::MAX_HEADER_LEN => "MAX_HEADER_LEN",
+        _ => "this reader's limit",
     }
 }
 

@@ -38,7 +38,9 @@ pub fn parse_json<H: DeserializeOwned>(text: &str) -> Result<H, Error> {
 
 /// The error for a header `text` that serde refused with `e`.
 pub fn json_error(text: &str, e: serde_json::Error) -> Error {
-    if e.classify() == Category::Data {
+    // A `type` of the wrong JSON type is a syntax error to serde (an enum
+    // expects a string): what decides is whether `len` can be read.
+    if e.classify() == Category::Data || declared_body_len(text).is_ok() {
         reject(text, e)
     } else {
         Error::HeaderNotJson { source: e }
@@ -170,26 +172,50 @@ fn parse_header<H: FrameHeader>(raw: &[u8]) -> Result<H, Error> {
 /// through the [`Envelope`] so the stream can stay in sync, and say
 /// precisely what was wrong. Runs only on the error path.
 fn reject(text: &str, e: serde_json::Error) -> Error {
-    let envelope = match serde_json::from_str::<Envelope>(text) {
-        Ok(envelope) => envelope,
-        // Not an object, or `len`/`type` themselves unusable: the body
-        // length is unknown and framing is lost.
+    let body_len = match declared_body_len(text) {
+        Ok(len) => len,
+        // Not an object, or `len` itself unusable: the body length is
+        // unknown and framing is lost.
         Err(_) => return Error::HeaderNotJson { source: e },
     };
-    let body_len = envelope.len;
     // serde's messages for these two cases are fixed strings
     // ("unknown variant `x`", "missing field `x`"); anything else stays
     // the generic, still recoverable, InvalidField.
     let msg = e.to_string();
-    if msg.starts_with("unknown variant") {
-        if let Some(kind) = envelope.kind {
-            return Error::UnknownType { kind, body_len };
-        }
-    }
     if let Some(field) = msg.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
         return Error::MissingField { field: field.to_owned(), body_len };
     }
-    Error::InvalidField { source: e, body_len }
+    match serde_json::from_str::<Envelope>(text) {
+        Ok(Envelope { kind: Some(kind), .. }) if msg.starts_with("unknown variant") => {
+            Error::UnknownType { kind, body_len }
+        }
+        Ok(Envelope { kind: Some(_), .. }) => Error::InvalidField { source: e, body_len },
+        // `type` is there but not one string (`5`, `null`, given twice):
+        // the frame's length is known, so the frame is answered and
+        // skipped like any other member of the wrong type.
+        _ => {
+            let why = "`type` must be one JSON string, the message type, given once";
+            Error::InvalidField { source: serde::de::Error::custom(why), body_len }
+        }
+    }
+}
+
+/// `len` alone: what framing needs of every header, whatever else it
+/// holds (members of any type, a `type` given twice).
+#[derive(Deserialize)]
+struct BodyLen {
+    #[serde(default)]
+    len: u64,
+}
+
+/// The body length a JSON object header declares, whatever else it says.
+///
+/// # Errors
+///
+/// It is not a JSON object, or its `len` is not one non-negative integer
+/// (absent is 0): framing is lost then.
+pub(crate) fn declared_body_len(text: &str) -> Result<u64, serde_json::Error> {
+    serde_json::from_str::<BodyLen>(text).map(|b| b.len)
 }
 
 /// Appends the head of a frame (length prefix + JSON of `header`) to `dst`.

@@ -36,6 +36,23 @@ async fn with_deadline<T>(
     }
 }
 
+/// A read of the connection, with a deadline; `Ok(0)` is its end. A TLS
+/// peer that closed without `close_notify` (rustls reports it as
+/// `UnexpectedEof`, with a URL) has ended it as surely as a plain one:
+/// the same end, so that a cut inside a frame reads "connection closed
+/// inside a frame" over TLS too. Nothing can be truncated unnoticed: a
+/// frame's own length tells a cut inside one.
+async fn read_socket(
+    deadline: Option<Instant>,
+    on_timeout: impl FnOnce() -> Error,
+    read: impl std::future::Future<Output = std::io::Result<usize>>,
+) -> Result<usize, Error> {
+    match with_deadline(deadline, on_timeout, read).await {
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        read => read,
+    }
+}
+
 fn after(d: Option<Duration>) -> Option<Instant> {
     d.map(|d| Instant::now() + d)
 }
@@ -101,7 +118,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_BUF);
         }
-        with_deadline(deadline, on_timeout, self.inner.read_buf(&mut self.buf)).await
+        read_socket(deadline, on_timeout, self.inner.read_buf(&mut self.buf)).await
     }
 
     /// Reads the peer's preface (see [`read_preface`](super::read_preface)):
@@ -130,15 +147,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.skip_body().await?;
         if self.buf.is_empty() {
             let idle = self.timeouts.idle;
-            match self.fill(after(idle), || Error::Idle(idle.unwrap_or_default())).await {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                // A TLS peer that closed the connection without
-                // `close_notify` (rustls reports it so), between frames: a
-                // normal close. A frame's own length tells a cut inside
-                // one, so nothing can be truncated unnoticed.
-                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-                Err(e) => return Err(e),
+            // The end between frames is a normal close (a TLS peer's
+            // without `close_notify` too: see `read_socket`).
+            if self.fill(after(idle), || Error::Idle(idle.unwrap_or_default())).await? == 0 {
+                return Ok(None);
             }
         }
         let io = self.timeouts.io;
@@ -262,7 +274,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let io = self.timeouts.io;
             let mut part = (&mut *buf).limit(want);
             let read = self.inner.read_buf(&mut part);
-            let got = with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
+            let got = read_socket(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
             if got == 0 {
                 return Err(self.body_eof());
             }
@@ -293,7 +305,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let want = chunk.len().min(self.body_left as usize);
             let io = self.timeouts.io;
             let read = self.inner.read(&mut chunk[..want]);
-            let got = with_deadline(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
+            let got = read_socket(after(io), || Error::Stalled(io.unwrap_or_default()), read).await?;
             if got == 0 {
                 return Err(self.body_eof());
             }
@@ -344,6 +356,9 @@ pub struct FrameWriter<W> {
     inner: W,
     buf: BytesMut,
     body_left: u64,
+    /// Where the frame under way starts in `buf`, while none of it has
+    /// been written out.
+    frame_at: Option<usize>,
     io: Option<Duration>,
 }
 
@@ -355,7 +370,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// A writer whose every write must complete within `timeouts.io`.
     pub fn with_timeouts(inner: W, timeouts: Timeouts) -> Self {
-        FrameWriter { inner, buf: BytesMut::with_capacity(WRITE_COALESCE), body_left: 0, io: timeouts.io }
+        FrameWriter {
+            inner,
+            buf: BytesMut::with_capacity(WRITE_COALESCE),
+            body_left: 0,
+            frame_at: None,
+            io: timeouts.io,
+        }
     }
 
     /// The underlying writer.
@@ -430,9 +451,29 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// body is incomplete.
     pub fn feed_head<H: FrameHeader>(&mut self, header: &H) -> Result<(), Error> {
         self.ready_for_frame()?;
+        let at = self.buf.len();
         encode_head(header, &mut self.buf)?;
         self.body_left = header.body_len();
+        self.frame_at = Some(at);
         Ok(())
+    }
+
+    /// Whether another frame may be sent now: none is half-way, or the
+    /// one under way has not had a byte written out, and is dropped (the
+    /// peer never sees it). A frame partly written cannot be taken back:
+    /// false then, and the connection must close without another frame.
+    pub fn unsend_frame(&mut self) -> bool {
+        if self.body_left == 0 {
+            return true;
+        }
+        match self.frame_at.take() {
+            Some(at) => {
+                self.buf.truncate(at);
+                self.body_left = 0;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Writes the next piece of the current body. Small pieces are
@@ -503,6 +544,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.buf);
+        self.frame_at = None;
         let res = self.write_all(&buf).await;
         self.buf = buf;
         self.buf.clear();

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use bare::BareCodec;
 pub use error::{Error, FramePart};
+pub(crate) use frame::declared_body_len;
 pub use frame::{
     decode_head, decode_head_within, encode_frame, encode_head, json_error, parse_json, Envelope, Frame, FrameCodec,
     FrameHeader, Head,

@@ -3,13 +3,13 @@
 //! (DESIGN.md, "A bucket as the served root", says what each means on
 //! objects). The dispatcher routes here when the root is a bucket.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
 use super::files::{read_step, write_failed};
-use super::tree::{failed, join, judge, manifest_entries, plain, MAX_OUTSTANDING};
+use super::tree::{failed, join, judge, manifest_entries, plain, wanted, Held};
 use crate::proto::{
     Checksum, CommitList, Committed, Entry, ErrorCode, FileReply, Get, Kind, List, ListReply, Listing as ListingFrame,
     ListingEnd, ManifestEntry, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
@@ -345,7 +345,7 @@ struct TreeUpload {
     next: u64,
     manifest_done: bool,
     needed: HashMap<u64, Needed>,
-    pending: HashSet<String>,
+    pending: Held,
     /// The tree as it was when the first manifest frame came: what is
     /// decided against (a conditional write guards what changes since).
     index: Option<std::sync::Arc<TreeIndex>>,
@@ -370,7 +370,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
         next: 0,
         manifest_done: false,
         needed: HashMap::new(),
-        pending: HashSet::new(),
+        pending: Held::default(),
         index: None,
         storing: JoinSet::new(),
         report: CommitList::default(),
@@ -400,13 +400,9 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
                     return s.refuse_and_close("manifest after manifest_end".into()).await;
                 }
                 let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
-                if up.needed.len() + entries.len() > MAX_OUTSTANDING {
-                    let msg = format!(
-                        "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"
-                    );
+                if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
                     up.settle(true).await;
-                    s.refuse(Refusal::new(ErrorCode::TooLarge, msg.clone())).await?;
-                    return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
+                    return s.close_with(r).await;
                 }
                 let answer = match up.decide_all(b, entries).await {
                     Ok(answer) => answer,
@@ -765,18 +761,10 @@ pub(in crate::server) async fn tree_get(s: &mut S, b: &Bucket, request: TreeGet)
             Err(e) => return Err(e),
         };
         let wants = match frame {
-            TreeGetInput::Wants(w) => {
-                if w.len > TREE_PART_MAX {
-                    return s
-                        .refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len))
-                        .await;
-                }
-                let body = s.reader().read_body(TREE_PART_MAX).await?;
-                match serde_json::from_slice::<WantList>(&body) {
-                    Ok(list) => list.send,
-                    Err(e) => return s.refuse_and_close(format!("a wants body that is not a want list: {e}")).await,
-                }
-            }
+            TreeGetInput::Wants(w) => match wanted(s, w.len).await? {
+                Some(wants) => wants,
+                None => return Ok(()),
+            },
             TreeGetInput::WantsEnd(end) => {
                 if end.count != next {
                     return s

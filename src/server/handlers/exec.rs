@@ -16,7 +16,7 @@ use crate::proto::{
     Cancel, Env, EnvSet, ErrorCode, ErrorFrame, Exec, ExecInput, Exit, ExitReason, Pty, PtyReady, Resize, Stderr,
     Stdin, Stdout,
 };
-use crate::services::exec::{login_shell, spawn, status_parts, Master, Running, Spec};
+use crate::services::exec::{account, spawn, status_parts, Master, Running, Spec};
 use crate::services::Refusal;
 use crate::session::{Outbound, ServerSide, Session};
 use crate::transport::BoxRead;
@@ -172,11 +172,11 @@ pub(in crate::server) async fn exec(
     if !config.allow_exec {
         return s.refuse(exec_disabled()).await;
     }
-    let shell = if login {
-        config.login_shell.clone().unwrap_or_else(|| login_shell(&config.shell))
-    } else {
-        config.shell.clone()
-    };
+    // What a login runs is the user's shell, and so `SHELL` for any
+    // command, as under sshd.
+    let account = account();
+    let user_shell = config.login_shell.clone().unwrap_or_else(|| account.login_shell(&config.shell));
+    let shell = if login { user_shell.clone() } else { config.shell.clone() };
     let Some(dir) = exec_dir(ctx) else {
         return s.refuse(no_exec_dir(ctx)).await;
     };
@@ -185,6 +185,8 @@ pub(in crate::server) async fn exec(
         command: &command,
         login,
         dir,
+        account: &account,
+        user_shell: &user_shell,
         env: &env,
         pty: pty.as_ref().map(|(term, rows, cols)| (term.as_str(), *rows, *cols)),
     };

@@ -14,7 +14,9 @@ use crate::proto::{
 };
 use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Refusal;
-use crate::session::{ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session, Unproven};
+use crate::session::{
+    cut_off_by, ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session, Unproven, UntilCut,
+};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
 
 type S = Session<ServerSide>;
@@ -129,9 +131,8 @@ pub(in crate::server) async fn stat(s: &mut S, ctx: &Context, request: Stat) -> 
 /// A download, decided: where it starts and what is known of its hash.
 pub(super) struct Download {
     pub(super) sender: Sender,
-    /// A second descriptor of the file, to see after sending whether it
-    /// changed meanwhile.
-    pub(super) check: File,
+    /// Whether the file changed while it was read.
+    pub(super) check: Check,
     pub(super) version: files::Version,
     pub(super) head: FileReply,
     /// The whole-file hash, if the cache has it for this version.
@@ -151,7 +152,7 @@ pub(super) fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request
         Some((_, why)) => return Err(Refusal::new(ErrorCode::BadPath, format!("{path}: {why}"))),
         None => {}
     }
-    let check = file.try_clone().map_err(|e| Refusal::io(&path, &e))?;
+    let check = Check::Open(file.try_clone().map_err(|e| Refusal::io(&path, &e))?);
     let size = meta.len();
     let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::Trust)
         .map_err(|e| Refusal::io(&path, &e))?;
@@ -168,6 +169,31 @@ pub(super) fn plan_download(sb: &Sandbox, ctx_hashes: &files::HashCache, request
         mode: meta.permissions().mode() & 0o7777,
     };
     Ok(Download { sender, check, version, head, cached })
+}
+
+/// How to tell whether a file sent changed while it was read: its hash is
+/// cached only if not.
+pub(super) enum Check {
+    /// A second descriptor of the file, to look at after sending.
+    Open(File),
+    /// A small body read whole when it was planned, and its file closed:
+    /// whether the file was the version planned right after the read.
+    Read(bool),
+}
+
+impl Download {
+    /// Lets the file go if its body was read whole already (a small one):
+    /// what a `tree_get` holds ahead is bodies, never descriptors. Returns
+    /// whether it did.
+    pub(super) fn close_if_read(&mut self) -> bool {
+        if !self.sender.release_file() {
+            return false;
+        }
+        if let Check::Open(file) = &self.check {
+            self.check = Check::Read(file.metadata().is_ok_and(|m| files::Version::of(&m) == self.version));
+        }
+        true
+    }
 }
 
 /// Streams a file from the agreed offset, then the checksum of the whole
@@ -202,7 +228,7 @@ pub(in crate::server) async fn get(s: &mut S, ctx: &Context, request: Get) -> Re
 /// it was read).
 pub(super) fn settle_hash(
     ctx: &Context,
-    check: &File,
+    check: &Check,
     version: files::Version,
     cached: Option<blake3::Hash>,
     computed: Option<blake3::Hash>,
@@ -210,7 +236,11 @@ pub(super) fn settle_hash(
     match (cached, computed) {
         (Some(hash), _) => Ok(hash),
         (None, Some(hash)) => {
-            if check.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
+            let unchanged = match check {
+                Check::Open(file) => file.metadata().is_ok_and(|m| files::Version::of(&m) == version),
+                Check::Read(unchanged) => *unchanged,
+            };
+            if unchanged {
                 ctx.hashes.put(version, hash);
             }
             Ok(hash)
@@ -258,35 +288,60 @@ fn exists(path: &str) -> Refusal {
 /// what an interrupted upload left there; verifies the whole-file checksum,
 /// syncs, and renames into place (never over an existing file without
 /// `force`).
+///
+/// The drain deadline is watched here (not by dropping the request): a
+/// body cut by it keeps every byte that arrived, as a cut connection's.
 pub(in crate::server) async fn put(s: &mut S, ctx: &Context, request: Put) -> Result<(), Error> {
     let Put { path, size, force, mode, mtime } = request;
     let shown = files::shown(&path);
     let sb = ctx.sandbox().clone();
-    let Upload { mut receiver, _claim } = match blocking(move || admit_upload(&sb, &path, size, force)).await {
+    let cut = s.cut_off().clone();
+    let admitted = cut_off_by(&cut, async { Ok(blocking(move || admit_upload(&sb, &path, size, force)).await) });
+    let Upload { mut receiver, _claim } = match admitted.await? {
         Ok(up) => up,
         Err(r) => return s.refuse(r).await,
     };
     let (offset, prefix_blake3) = receiver.offer();
-    s.send(&PutReady { offset, prefix_blake3 }, &[]).await?;
-
-    let Some(data) = read_step::<PutData>(s, "put_data after put_ready").await? else { return Ok(()) };
-    if data.offset.checked_add(data.len) != Some(size) || !receiver.agree(data.offset)? {
-        // Answered at once, the body unread: it may be 2^63 bytes long.
-        let msg = format!(
-            "put_data covers bytes {}..{} but {} are held of a {size}-byte file",
-            data.offset,
-            data.offset.saturating_add(data.len),
-            receiver.held()
-        );
-        return s.refuse_and_close(msg).await;
+    let data = cut_off_by(&cut, async {
+        s.send(&PutReady { offset, prefix_blake3 }, &[]).await?;
+        read_step::<PutData>(s, "put_data after put_ready").await
+    })
+    .await;
+    let fits = |d: &PutData| d.offset.checked_add(d.len) == Some(size);
+    match data {
+        Ok(Some(data)) if fits(&data) && receiver.agree(data.offset)? => {}
+        other => {
+            // No body came into it: a new partial file is not left empty.
+            if receiver.held() == 0 {
+                receiver.discard();
+            }
+            return match other {
+                Ok(Some(data)) => {
+                    // Answered at once, the body unread: it may be 2^63
+                    // bytes long.
+                    let msg = format!(
+                        "put_data covers bytes {}..{} but {offset} are held of a {size}-byte file",
+                        data.offset,
+                        data.offset.saturating_add(data.len)
+                    );
+                    s.refuse_and_close(msg).await
+                }
+                other => other.map(|_| ()),
+            };
+        }
     }
-    let received = match receiver.receive(s.reader(), &mut |_| {}).await {
+    let received = match receiver.receive(&mut UntilCut { src: s.reader(), cut: &cut }, &mut |_| {}).await {
         Ok(received) => received,
         // A cut connection leaves the partial file for a later resume.
-        Err(ReceiveError::Wire(e, _)) => return Err(e),
+        Err(ReceiveError::Wire(e, _)) => {
+            let why = crate::text::printable(&e.to_string()).into_owned();
+            s.set_outcome(format!("cut: {why}; the partial file is kept for a resume"));
+            return Err(e);
+        }
         Err(ReceiveError::Write(e, _)) => return write_failed(s, Refusal::io(&shown, &e)).await,
     };
-    let Some(Checksum { blake3: claimed }) = read_step::<Checksum>(s, "checksum after put_data").await? else {
+    let checksum = cut_off_by(&cut, read_step::<Checksum>(s, "checksum after put_data")).await?;
+    let Some(Checksum { blake3: claimed }) = checksum else {
         return Ok(());
     };
     let received = match received.verify(&claimed) {

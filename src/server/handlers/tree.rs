@@ -25,13 +25,96 @@ use crate::wire::Error;
 type S = Session<ServerSide>;
 
 /// Files a `tree_put` may have announced and not yet sent (wanted, or
-/// not yet answered) at once: what bounds the server's memory for one
-/// upload, whatever the manifest's length. Our client keeps far fewer
-/// in flight (PROTOCOL.md §4.6.3.2).
+/// not yet answered) at once: with [`MAX_OUTSTANDING_BYTES`], what
+/// bounds the server's memory for one upload, whatever the manifest's
+/// length. Our client keeps far fewer in flight (PROTOCOL.md §4.6.3.2).
 pub const MAX_OUTSTANDING: usize = 65_536;
+
+/// Bytes the files a `tree_put` announced and has not yet received may
+/// hold at once, counted as [`Held`] does: long paths reach it before
+/// [`MAX_OUTSTANDING`] (65,536 paths of 4,095 bytes would be 512 MiB).
+pub const MAX_OUTSTANDING_BYTES: usize = 32 << 20;
+
+/// What one held entry costs beside its path: its slots in the maps, its
+/// record, the allocator's rounding.
+const ENTRY_COST: usize = 256;
+
+/// A `tree_put` that held more than this gives the allocator's free
+/// memory back to the system when it ends (glibc keeps it otherwise).
+const GIVE_BACK_AFTER: usize = 4 << 20;
+
+/// The paths a `tree_put` holds: wanted, or received and not yet
+/// committed. A manifest naming one twice is refused the second time, and
+/// the bytes they take are counted, so that a client announcing files it
+/// never sends pins at most [`MAX_OUTSTANDING_BYTES`]; that memory is
+/// given back to the system when the upload ends.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    paths: HashSet<String>,
+    bytes: usize,
+    most: usize,
+}
+
+impl Held {
+    /// What holding `path` costs: it is kept twice (here, and in the
+    /// record of the file wanted).
+    fn cost(path: &str) -> usize {
+        2 * path.len() + ENTRY_COST
+    }
+
+    /// Holds `path`; false if it is held already.
+    pub(super) fn insert(&mut self, path: String) -> bool {
+        let cost = Self::cost(&path);
+        if !self.paths.insert(path) {
+            return false;
+        }
+        self.bytes += cost;
+        self.most = self.most.max(self.bytes);
+        true
+    }
+
+    /// Lets `path` go.
+    pub(super) fn remove(&mut self, path: &str) {
+        if self.paths.remove(path) {
+            self.bytes -= Self::cost(path);
+        }
+    }
+
+    /// Whether `entries` (under `base`) may be taken on top of `wanted`
+    /// files announced and not yet sent; the refusal says which limit.
+    pub(super) fn admit(&self, wanted: usize, base: &str, entries: &[ManifestEntry]) -> Result<(), Refusal> {
+        let more: usize = entries.iter().map(|e| Self::cost(&e.path) + 2 * (base.len() + 1)).sum();
+        if wanted + entries.len() <= MAX_OUTSTANDING && self.bytes + more <= MAX_OUTSTANDING_BYTES {
+            return Ok(());
+        }
+        let msg = format!(
+            "more than {MAX_OUTSTANDING} files or {} MiB of their paths announced and not yet sent ({} files, {} KiB held, {} entries more); send the wanted files before more manifest",
+            MAX_OUTSTANDING_BYTES >> 20,
+            wanted,
+            self.bytes >> 10,
+            entries.len()
+        );
+        Err(Refusal::new(ErrorCode::TooLarge, msg))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.most >= GIVE_BACK_AFTER {
+            // The maps are freed with the upload, just after this.
+            crate::server::give_back_memory_soon(|| {});
+        }
+    }
+}
 
 /// Bytes of small files a `tree_get` reads ahead of sending them.
 const READ_AHEAD: u64 = 1024 * 1024;
+/// Files a `tree_get` holds open ahead of sending them (two descriptors
+/// each: the one sent from, and one to see whether it changed): what
+/// bounds a connection's descriptors while its client reads slowly,
+/// however many files it asked for. Small files, read whole ahead, hold
+/// none.
+pub const OPEN_AHEAD: usize = 32;
 
 /// `base/rel`, or `rel` when `base` is the root.
 pub(super) fn join(base: &str, rel: &str) -> String {
@@ -237,9 +320,8 @@ struct Upload {
     next: u64,
     manifest_done: bool,
     needed: HashMap<u64, Needed>,
-    /// Paths wanted or in the batch: a manifest naming one twice is
-    /// refused the second time.
-    pending: HashSet<String>,
+    /// Paths wanted or in the batch.
+    pending: Held,
     batch: Batch,
     /// Paths of the files in the batch, by index, with their size and
     /// mtime.
@@ -261,18 +343,32 @@ pub(super) fn failed(i: u64, r: Refusal) -> Failed {
 /// too large or a body that is not a list of entries has been refused
 /// and the connection is closing.
 pub(super) async fn manifest_entries(s: &mut S, len: u64) -> Result<Option<Vec<ManifestEntry>>, Error> {
+    tree_part(s, len, "manifest", "a list of entries").await
+}
+
+/// The files a `tree_get`'s `wants` frame of `len` bytes asks for, as
+/// [`manifest_entries`] reads a manifest.
+pub(super) async fn wanted(s: &mut S, len: u64) -> Result<Option<Vec<Want>>, Error> {
+    Ok(tree_part::<WantList>(s, len, "wants", "a want list").await?.map(|list| list.send))
+}
+
+/// The JSON body of a tree frame (`what`): over [`TREE_PART_MAX`] it is
+/// `too_large`, left unread, and not JSON of `T` `bad_request`; both close
+/// the connection (`None`).
+async fn tree_part<T: serde::de::DeserializeOwned>(
+    s: &mut S,
+    len: u64,
+    what: &str,
+    should_be: &str,
+) -> Result<Option<T>, Error> {
     if len > TREE_PART_MAX {
-        return s
-            .refuse_and_close(format!("a manifest frame of {len} bytes (most: {TREE_PART_MAX})"))
-            .await
-            .map(|()| None);
+        let msg = format!("a {what} frame of {len} bytes (most: {TREE_PART_MAX})");
+        return s.close_with(Refusal::new(ErrorCode::TooLarge, msg)).await.map(|()| None);
     }
     let body = s.reader().read_body(TREE_PART_MAX).await?;
     match serde_json::from_slice(&body) {
-        Ok(entries) => Ok(Some(entries)),
-        Err(e) => {
-            s.refuse_and_close(format!("a manifest body that is not a list of entries: {e}")).await.map(|()| None)
-        }
+        Ok(part) => Ok(Some(part)),
+        Err(e) => s.refuse_and_close(format!("a {what} body that is not {should_be}: {e}")).await.map(|()| None),
     }
 }
 
@@ -289,7 +385,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
         next: 0,
         manifest_done: false,
         needed: HashMap::new(),
-        pending: HashSet::new(),
+        pending: Held::default(),
         batch: Batch::new(),
         in_batch: HashMap::new(),
         into: Some(Into { sb: ctx.sandbox().clone(), dirs: HashMap::new() }),
@@ -321,13 +417,9 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                     return s.refuse_and_close("manifest after manifest_end".into()).await;
                 }
                 let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
-                if up.needed.len() + entries.len() > MAX_OUTSTANDING {
-                    let msg = format!(
-                        "more than {MAX_OUTSTANDING} files announced and not yet sent; send the wanted files before more manifest"
-                    );
+                if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
                     up.commit(ctx).await;
-                    s.refuse(Refusal::new(ErrorCode::TooLarge, msg.clone())).await?;
-                    return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)));
+                    return s.close_with(r).await;
                 }
                 let answer = up.decide_all(ctx, entries).await;
                 let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -640,7 +732,8 @@ enum Ready {
 }
 
 /// Opens the wanted files in order until [`READ_AHEAD`] bytes of small
-/// bodies are read; returns those and the wants left. Blocking.
+/// bodies are read or [`OPEN_AHEAD`] files are open; returns those and
+/// the wants left. Blocking.
 fn open_some(
     sb: &Sandbox,
     hashes: &files::HashCache,
@@ -648,7 +741,7 @@ fn open_some(
     mut wants: std::collections::VecDeque<(u64, Want)>,
 ) -> (Vec<Ready>, std::collections::VecDeque<(u64, Want)>) {
     let mut ready = Vec::new();
-    let mut bytes = 0;
+    let (mut bytes, mut open) = (0, 0);
     while let Some((i, w)) = wants.pop_front() {
         if let Err(r) = plain(&w.path) {
             ready.push(Ready::Skip(i, r));
@@ -656,13 +749,16 @@ fn open_some(
         }
         let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3 };
         match plan_download(sb, hashes, get) {
-            Ok(d) => {
+            Ok(mut d) => {
                 bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
+                if !d.close_if_read() {
+                    open += 1;
+                }
                 ready.push(Ready::File(i, Box::new(d)));
             }
             Err(r) => ready.push(Ready::Skip(i, r)),
         }
-        if bytes >= READ_AHEAD || ready.len() >= TREE_PART_ENTRIES {
+        if bytes >= READ_AHEAD || open >= OPEN_AHEAD || ready.len() >= TREE_PART_ENTRIES {
             break;
         }
     }
@@ -685,18 +781,10 @@ pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeG
             Err(e) => return Err(e),
         };
         let wants = match frame {
-            TreeGetInput::Wants(w) => {
-                if w.len > TREE_PART_MAX {
-                    return s
-                        .refuse_and_close(format!("a wants frame of {} bytes (most: {TREE_PART_MAX})", w.len))
-                        .await;
-                }
-                let body = s.reader().read_body(TREE_PART_MAX).await?;
-                match serde_json::from_slice::<WantList>(&body) {
-                    Ok(list) => list.send,
-                    Err(e) => return s.refuse_and_close(format!("a wants body that is not a want list: {e}")).await,
-                }
-            }
+            TreeGetInput::Wants(w) => match wanted(s, w.len).await? {
+                Some(wants) => wants,
+                None => return Ok(()),
+            },
             TreeGetInput::WantsEnd(end) => {
                 if end.count != next {
                     return s
