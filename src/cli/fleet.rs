@@ -856,8 +856,11 @@ fn copy_lines(name: &str, s: &Summary, quiet: bool) -> Vec<String> {
         lines.push(format!("{name}: {} in {}{verified}", parts.join(", "), secs(s.elapsed)));
     }
     for path in &s.replaced {
-        let path = printable(&path.display().to_string());
-        lines.push(format!("framewire: {name}: replaced {path} with a directory (links below a destination are never followed)"));
+        let path = path.display().to_string();
+        lines.push(format!(
+            "framewire: {name}: replaced {} with a directory (links below a destination are never followed)",
+            printable(&path)
+        ));
     }
     for f in &s.failures {
         lines.push(format!(
