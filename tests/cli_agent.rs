@@ -607,7 +607,8 @@ fn put_never_follows_a_link_out_of_the_tree() {
     let out = framewire(&["put", "-r", a, &contents, "up"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let err = text(&out.stderr);
-    let skips: Vec<&str> = err.lines().filter(|l| l.contains("a symlink leading out of the tree (not followed)")).collect();
+    let skips: Vec<&str> =
+        err.lines().filter(|l| l.contains("a symlink leading out of the tree (not followed)")).collect();
     assert_eq!(skips.len(), 3, "{err}");
     for name in ["sub/up:", "/abs:", "out\\x1b[31m:"] {
         assert!(skips.iter().any(|l| l.starts_with("framewire: skipping ") && l.contains(name)), "{name}: {err}");

@@ -553,7 +553,7 @@ async fn links_planted_in_a_download_destination_are_replaced_never_followed() {
                 let copy = CopyOptions::new(false, 2).with_streamed(streamed);
                 let summary = tree::run(&endpoint, plan, &copy, Arc::new(Quiet)).await;
                 assert!(summary.failures.is_empty(), "{what}: {:?}", summary.failures);
-                assert_eq!(summary.replaced, [link.clone()], "{what}");
+                assert_eq!(summary.replaced, std::slice::from_ref(&link), "{what}");
                 assert_eq!(snapshot(victim.path()), before, "{what}: the victim's directory is untouched");
                 assert!(std::fs::symlink_metadata(&link).unwrap().is_dir(), "{what}: a directory now");
                 for file in holds {
@@ -567,18 +567,16 @@ async fn links_planted_in_a_download_destination_are_replaced_never_followed() {
     let shared = tempfile::tempdir().unwrap();
     std::fs::create_dir(shared.path().join("tree")).unwrap();
     std::fs::write(shared.path().join("tree/sub"), b"mine").unwrap();
-    let plan = tree::plan_get(&mut client, &["tree".to_owned()], shared.path(), PlanOptions::new(true, false))
-        .await
-        .unwrap();
+    let plan =
+        tree::plan_get(&mut client, &["tree".to_owned()], shared.path(), PlanOptions::new(true, false)).await.unwrap();
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(Quiet)).await;
     let failed: Vec<&str> = summary.failures.iter().map(|f| f.path.as_str()).collect();
     assert!(failed.iter().any(|p| p.ends_with("tree/sub")), "{failed:?}");
     assert!(summary.failures.iter().any(|f| f.error.to_string().contains("--force")), "{:?}", summary.failures);
     assert_eq!(std::fs::read(shared.path().join("tree/sub")).unwrap(), b"mine");
     assert!(shared.path().join("tree/r.txt").is_file(), "the rest is copied");
-    let plan = tree::plan_get(&mut client, &["tree".to_owned()], shared.path(), PlanOptions::new(true, true))
-        .await
-        .unwrap();
+    let plan =
+        tree::plan_get(&mut client, &["tree".to_owned()], shared.path(), PlanOptions::new(true, true)).await.unwrap();
     let summary = tree::run(&endpoint, plan, &CopyOptions::new(true, 4), Arc::new(Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert!(shared.path().join("tree/sub/deeper/d.txt").is_file());
@@ -587,9 +585,7 @@ async fn links_planted_in_a_download_destination_are_replaced_never_followed() {
     let elsewhere = tempfile::tempdir().unwrap();
     let named = shared.path().join("named");
     symlink(elsewhere.path(), &named).unwrap();
-    let plan = tree::plan_get(&mut client, &["tree/".to_owned()], &named, PlanOptions::new(true, false))
-        .await
-        .unwrap();
+    let plan = tree::plan_get(&mut client, &["tree/".to_owned()], &named, PlanOptions::new(true, false)).await.unwrap();
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(Quiet)).await;
     assert!(summary.failures.is_empty() && summary.replaced.is_empty(), "{summary:?}");
     assert!(elsewhere.path().join("sub/deeper/d.txt").is_file());

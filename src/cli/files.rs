@@ -58,7 +58,9 @@ pub async fn ls(args: LsArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (entries, skipped) = if args.recursive { listed_below(&mut client, &path).await? } else {
+    let (entries, skipped) = if args.recursive {
+        listed_below(&mut client, &path).await?
+    } else {
         (client.list(&path, false).await?, Vec::new())
     };
     // What could not be read is named on stderr (the rest is listed), and

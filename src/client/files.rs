@@ -10,8 +10,8 @@ use super::conn::Client;
 use super::error::ClientError;
 use crate::proto::{
     Answer, Checksum, Entry, ErrorCode, FileReply, Get, List, ListReply, ListingOutput, ListingSkip, Mkdir, MkdirReply,
-    Put,
-    PutData, PutDone, PutReady, Remove, RemoveReply, Rename, RenameReply, Stat, StatReply, TreeList, TREE_PART_MAX,
+    Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename, RenameReply, Stat, StatReply, TreeList,
+    TREE_PART_MAX,
 };
 use crate::services::files::{not_regular, open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};

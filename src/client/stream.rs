@@ -21,11 +21,11 @@ use crate::proto::{
 };
 use crate::services::files::received_mode;
 use crate::services::root::partial_name;
-use rustix::fs::OFlags;
 use crate::session::{
     Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, Sender, Unproven, SMALL_BODY,
 };
 use crate::wire;
+use rustix::fs::OFlags;
 
 /// Manifest frames sent and not yet answered, at most.
 const IN_FLIGHT_FRAMES: usize = 8;

@@ -669,8 +669,7 @@ pub async fn plan_put(
         // `DIR` the directory itself.
         let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
-        let entries =
-            held_remotely(client, &target, checksum, (delete, &mut plan.failures)).await.map_err(source)?;
+        let entries = held_remotely(client, &target, checksum, (delete, &mut plan.failures)).await.map_err(source)?;
         // The tree as the user named it (followed, as cp and rsync do);
         // everything below is opened beneath it.
         let root = Root::open(path).map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;

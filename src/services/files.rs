@@ -610,7 +610,7 @@ impl Sandbox {
         path: &str,
         listing: Listing,
         sink: &mut dyn FnMut(Entry) -> io::Result<()>,
-        mut skip: Option<&mut dyn FnMut(&str, Refusal) -> io::Result<()>>,
+        mut skip: Option<&mut Skip<'_>>,
     ) -> Result<(), Refusal> {
         let (_, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         if !meta.is_dir() {
@@ -636,6 +636,11 @@ impl Sandbox {
     }
 }
 
+/// What [`Sandbox::walk`] hands a path below that cannot be read: its path
+/// relative to the walked one, and the refusal naming it. An error stops
+/// the walk.
+pub type Skip<'a> = dyn FnMut(&str, Refusal) -> io::Result<()> + 'a;
+
 /// `base/rel`, or `base` alone for an empty `rel` (the path a message
 /// names for something `rel` below `base`).
 fn join_below(base: &str, rel: &str) -> String {
@@ -649,10 +654,7 @@ fn join_below(base: &str, rel: &str) -> String {
 
 /// What a walk reports to: each entry, and each path below that cannot be
 /// read (relative, with why). An error from either stops the walk.
-type Sinks<'a> = (
-    &'a mut dyn FnMut(Entry) -> io::Result<()>,
-    &'a mut dyn FnMut(&str, io::Error) -> io::Result<()>,
-);
+type Sinks<'a> = (&'a mut dyn FnMut(Entry) -> io::Result<()>, &'a mut dyn FnMut(&str, io::Error) -> io::Result<()>);
 
 /// Hands the sink the entries below `dir` (a descriptor: each subdirectory
 /// is opened from its parent with `O_NOFOLLOW`, so a directory swapped for

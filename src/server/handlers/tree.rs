@@ -12,10 +12,9 @@ use super::super::context::Context;
 use super::blocking;
 use super::files::{hash_of, plan_download, Download};
 use crate::proto::{
-    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ListingSkip, ManifestEntry,
-    TreeDone,
-    TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants,
-    WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ListingSkip,
+    ManifestEntry, TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip,
+    Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
 use crate::services::files::{self, Sandbox};
 use crate::services::root::FileId;
@@ -97,8 +96,7 @@ pub(in crate::server) async fn tree_list(s: &mut S, ctx: &Context, request: Tree
             let skip = ListingSkip { path: rel.to_owned(), code: r.code, message: r.message };
             tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
         };
-        let skip: Option<&mut dyn FnMut(&str, Refusal) -> std::io::Result<()>> =
-            if skips { Some(&mut skip) } else { None };
+        let skip: Option<&mut files::Skip<'_>> = if skips { Some(&mut skip) } else { None };
         let last = match sb.walk(&path, files::Listing::Tree, &mut sink, skip) {
             Ok(()) => Part::Entries(chunk),
             Err(r) => Part::Refused(r),
