@@ -164,8 +164,9 @@ pub struct TransferArgs {
     #[arg(short = 'c', long)]
     checksum: bool,
     /// Mirror: remove what the destination has below a copied directory
-    /// and the source lacks (never outside it; excluded paths are kept;
-    /// nothing is removed if a file failed).
+    /// and the source lacks (never outside it, never through a link;
+    /// excluded paths and the directories holding them are kept; nothing
+    /// is removed if a file failed).
     #[arg(long)]
     delete: bool,
 }
@@ -215,7 +216,7 @@ pub struct FleetCopyArgs {
     fanout: Option<u16>,
     /// With -w: one JSON object a line on stdout for each host as it ends
     /// (host, status, error, files, bytes_sent, bytes_resumed, unchanged,
-    /// deleted, refused, failures, duration).
+    /// deleted, skipped, refused, failures, duration).
     #[arg(long)]
     json: bool,
 }
