@@ -503,8 +503,9 @@ pub fn get(
             let failed = |source| HostError::Failed(ClientError::Local { path: dest.clone(), source });
             std::fs::create_dir_all(dir).map_err(failed)?;
             let name = host.to_str().unwrap_or_default();
+            let mut replaced = Vec::new();
             Root::open(dir)
-                .and_then(|root| root.without_links().make_dirs_replacing(&[name], false, &mut Vec::new()))
+                .and_then(|root| root.without_links().make_dirs_replacing(&[name], false, &mut replaced))
                 .map_err(failed)?;
             let paths: Vec<String> = paths.iter().map(|p| run.remote_path(p)).collect();
             let mut plan = unless_cancelled(run.cancel(), async {
@@ -515,7 +516,9 @@ pub fn get(
             // Everything the copy writes, the host's directory included,
             // is reached from DIR's descriptor.
             plan.dest_dir = Some(dir.clone());
-            cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await
+            let mut summary = cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await?;
+            summary.replaced.splice(0..0, replaced.iter().map(|r| dir.join(r)));
+            Ok(summary)
         }
     })
 }
