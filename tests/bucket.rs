@@ -738,6 +738,21 @@ async fn trees_sync_both_ways_through_serve() {
     let out = common::framewire(&["get", "-r", &addr, "t/", back.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("5 file(s) unchanged"), "{err}");
+
+    // --delete --exclude (issue 28, point 5): an excluded file in a
+    // directory the source lacks stays, with its directory; the rest goes.
+    let extra = local.path().join("extra");
+    std::fs::create_dir_all(extra.join("old")).unwrap();
+    std::fs::write(extra.join("old/keep.log"), b"k").unwrap();
+    std::fs::write(extra.join("old/stale.txt"), b"s").unwrap();
+    let out = common::framewire(&["put", "-r", &addr, &format!("{}/", extra.display()), "t"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = common::framewire(&["put", "-r", "--delete", "--exclude", "keep.log", &addr, &contents, "t"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = common::framewire(&["ls", "-r", &addr, "t"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("old/keep.log") && !listed.contains("old/stale.txt"), "{listed}");
+    assert!(listed.contains("sub/deep/c.bin"), "{listed}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
 }

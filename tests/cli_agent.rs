@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -544,8 +545,8 @@ fn trees_keep_empty_directories_and_say_what_they_skip() {
     }
     std::fs::write(t.join("f.txt"), b"f").unwrap();
     std::fs::write(t.join("b/g.txt"), b"gg").unwrap();
-    std::os::unix::fs::symlink(local.path(), t.join("dirlink")).unwrap();
-    std::os::unix::fs::symlink(t.join("nowhere"), t.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("b", t.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink("nowhere", t.join("dangling")).unwrap();
     let fifo = t.join("pipe");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let bad = t.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
@@ -560,6 +561,7 @@ fn trees_keep_empty_directories_and_say_what_they_skip() {
     assert!(err.contains("dangling: No such file or directory"), "{err}");
     assert!(err.contains("the name is not valid UTF-8"), "{err}");
     assert!(err.contains("2 file(s)"), "the rest was sent: {err}");
+    assert!(err.contains("3 path(s) skipped"), "{err}");
     let up = server.root.path().join("up");
     assert!(up.join("a/empty1").is_dir() && up.join("empty2").is_dir(), "empty directories recreated");
     assert_eq!(std::fs::read(up.join("b/g.txt")).unwrap(), b"gg");
@@ -585,6 +587,179 @@ fn trees_keep_empty_directories_and_say_what_they_skip() {
     let out = framewire(&["get", "-r", a, "lone", local.path().join("lone2").to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     assert!(local.path().join("lone2").is_dir());
+}
+
+/// Issue 28, point 6: `put -r` never follows a symlink out of the tree
+/// (here to a file standing for `/etc/hostname`, relative and absolute):
+/// each is skipped with one line naming it, escaped, and counted, and the
+/// copy exits 0 (a skip is not a failure, as for special files). A link to
+/// a file inside the tree is still sent as that file.
+#[test]
+fn put_never_follows_a_link_out_of_the_tree() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let secret = local.path().join("hostname");
+    std::fs::write(&secret, b"secret-host").unwrap();
+    let t = local.path().join("t");
+    std::fs::create_dir_all(t.join("sub")).unwrap();
+    std::fs::write(t.join("sub/real.txt"), b"real").unwrap();
+    std::os::unix::fs::symlink("../../hostname", t.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink(&secret, t.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../sub/./real.txt", t.join("sub/inner")).unwrap();
+    std::os::unix::fs::symlink("sub/real.txt", t.join("odd\x1b]0;name")).unwrap();
+    std::os::unix::fs::symlink("../hostname", t.join("out\x1b[31m")).unwrap();
+
+    let contents = format!("{}/", t.display());
+    let out = framewire(&["put", "-r", a, &contents, "up"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = text(&out.stderr);
+    let skips: Vec<&str> =
+        err.lines().filter(|l| l.contains("a symlink leading out of the tree (not followed)")).collect();
+    assert_eq!(skips.len(), 3, "{err}");
+    for name in ["sub/up:", "/abs:", "out\\x1b[31m:"] {
+        assert!(skips.iter().any(|l| l.starts_with("framewire: skipping ") && l.contains(name)), "{name}: {err}");
+    }
+    assert!(!err.contains('\x1b'), "names are escaped: {err:?}");
+    assert!(err.contains("3 path(s) skipped"), "{err}");
+    let up = server.root.path().join("up");
+    for name in ["sub/up", "abs", "out\x1b[31m"] {
+        assert!(std::fs::symlink_metadata(up.join(name)).is_err(), "{name} is not on the server");
+    }
+    let all = std::process::Command::new("grep").args(["-r", "secret-host"]).arg(server.root.path()).output().unwrap();
+    assert!(all.stdout.is_empty(), "the outside file's bytes never reached the server");
+    assert_eq!(std::fs::read(up.join("sub/inner")).unwrap(), b"real", "an inner link is sent as its file");
+    assert_eq!(std::fs::read(up.join("odd\x1b]0;name")).unwrap(), b"real");
+    assert_eq!(std::fs::read(up.join("sub/real.txt")).unwrap(), b"real");
+}
+
+/// Issue 28, point 5: `--delete` with `--exclude`, both ways, keeps an
+/// excluded file inside a directory the source lacks, and that directory
+/// (rsync: "cannot delete non-empty directory"); what else is in it goes.
+#[test]
+fn delete_keeps_excluded_files_and_their_directories() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let root = server.root.path();
+    let local = tempfile::tempdir().unwrap();
+    let t = local.path().join("t");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join("keep.txt"), b"k").unwrap();
+    let contents = format!("{}/", t.display());
+    let extras = |base: &Path| {
+        std::fs::create_dir_all(base.join("old/deep")).unwrap();
+        std::fs::create_dir_all(base.join("gone")).unwrap();
+        for name in ["old/keep.log", "old/stale.txt", "old/deep/x", "gone/y", "stale.txt"] {
+            std::fs::write(base.join(name), b"x").unwrap();
+        }
+    };
+    let check = |base: &Path, out: &std::process::Output| {
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(base.join("old/keep.log")).unwrap(), b"x", "the excluded file is kept: {out:?}");
+        for gone in ["old/stale.txt", "old/deep", "gone", "stale.txt"] {
+            assert!(std::fs::symlink_metadata(base.join(gone)).is_err(), "{gone} is gone: {out:?}");
+        }
+        assert!(base.join("keep.txt").is_file());
+    };
+
+    // Upward: the server's copy has the extras.
+    extras(&root.join("m"));
+    let out = framewire(&["put", "-r", "-n", "--delete", "--exclude", "keep.log", a, &contents, "m"]);
+    let said = text(&out.stdout);
+    assert!(said.contains("delete     m/old/stale.txt") && !said.contains("delete     m/old\n"), "{said}");
+    let out = framewire(&["put", "-r", "--delete", "--exclude", "keep.log", a, &contents, "m"]);
+    check(&root.join("m"), &out);
+
+    // Downward: the local copy has them.
+    let dest = local.path().join("dest");
+    extras(&dest);
+    let out = framewire(&["get", "-r", "--delete", "--exclude", "keep.log", a, "m/", dest.to_str().unwrap()]);
+    check(&dest, &out);
+}
+
+/// Also found in issue 28: one directory that cannot be read fails
+/// neither a whole `get -r` nor `ls -r` on the server's side, nor a
+/// `put -r` on the client's: everything else is copied or listed, each
+/// unreadable path is named (not the root), the exit code is 1 ("some
+/// files failed", rsync's 23), and a mirror then removes nothing. The
+/// server (or the client) runs as `nobody` when the tests run as root.
+#[test]
+fn an_unreadable_directory_is_named_and_the_rest_is_copied() {
+    use std::os::unix::fs::PermissionsExt;
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let wrapper = if as_root { "setpriv --reuid=nobody --regid=nogroup --clear-groups" } else { "" };
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let server = Serve::start_wrapped("", wrapper, &[]);
+    let a = server.addr.as_str();
+    let root = server.root.path();
+    mode(root, 0o777);
+    for dir in ["tree/locked", "tree/z", "tree/noexec"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    for file in ["tree/a.txt", "tree/locked/hidden.txt", "tree/z/b.txt", "tree/noexec/c.txt"] {
+        std::fs::write(root.join(file), b"x").unwrap();
+    }
+    for dir in ["tree", "tree/z"] {
+        mode(&root.join(dir), 0o777);
+    }
+    mode(&root.join("tree/locked"), 0o000);
+    mode(&root.join("tree/noexec"), 0o666);
+
+    let out = framewire(&["ls", "-r", a, "tree"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let listed = text(&out.stdout);
+    assert!(listed.contains("a.txt") && listed.contains("z/b.txt") && !listed.contains("hidden"), "{listed}");
+    let err = text(&out.stderr);
+    assert!(err.contains("tree/locked: permission denied") && err.contains("tree/noexec: permission denied"), "{err}");
+    assert_eq!(err.lines().count(), 2, "one line each: {err}");
+
+    let local = tempfile::tempdir().unwrap();
+    let dest = local.path().join("dest");
+    let out = framewire(&["get", "-r", a, "tree", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("tree/locked") && err.contains("permission denied"), "the unreadable path is named: {err}");
+    assert!(!err.contains("cannot get : "), "not the root: {err}");
+    assert!(dest.join("tree/a.txt").is_file() && dest.join("tree/z/b.txt").is_file(), "the rest is copied: {err}");
+    assert!(dest.join("tree/locked").is_dir() && !dest.join("tree/locked/hidden.txt").exists());
+    // A mirror removes nothing after such a failure.
+    std::fs::write(dest.join("tree/extra"), b"e").unwrap();
+    let out = framewire(&["get", "-r", "--delete", a, "tree", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(dest.join("tree/extra").exists(), "{out:?}");
+
+    // The client's own walk, as `nobody` when root.
+    let src = local.path().join("src");
+    for dir in ["locked", "ok"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    std::fs::write(src.join("locked/hidden.txt"), b"h").unwrap();
+    std::fs::write(src.join("ok/f.txt"), b"f").unwrap();
+    for p in [local.path(), &src, &src.join("ok")] {
+        mode(p, 0o755);
+    }
+    mode(&src.join("ok/f.txt"), 0o644);
+    mode(&src.join("locked"), 0o000);
+    std::fs::create_dir_all(root.join("up/locked")).unwrap();
+    std::fs::write(root.join("up/locked/theirs"), b"t").unwrap();
+    mode(&root.join("up"), 0o777);
+    mode(&root.join("up/locked"), 0o777);
+    let contents = format!("{}/", src.display());
+    let script = format!("exec {wrapper} \"$0\" put -r --delete \"$1\" \"$2\" up");
+    // The client's own config directory is root's: point it elsewhere.
+    let out = Command::new("sh")
+        .args(["-c", &script, BIN, a, &contents])
+        .env("XDG_CONFIG_HOME", local.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("src/locked") && err.contains("Permission denied"), "{err}");
+    assert_eq!(std::fs::read(root.join("up/ok/f.txt")).unwrap(), b"f", "the rest is sent: {err}");
+    assert!(root.join("up/locked/theirs").exists(), "a mirror removes nothing after a failure: {err}");
+    mode(&src.join("locked"), 0o755);
+    mode(&root.join("tree/locked"), 0o755);
+    mode(&root.join("tree/noexec"), 0o755);
 }
 
 /// In `shell --lines` on a real terminal, Ctrl-C interrupts the running

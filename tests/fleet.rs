@@ -392,10 +392,19 @@ async fn put_and_get_on_twenty_hosts_verified_on_each() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&n05).unwrap(), b"<h1>hi</h1>");
 
-    // get -w: each host's file into DIR/HOST/.
+    // get -w: each host's file into DIR/HOST/; a link planted at one
+    // host's directory (issue 28) is replaced, never followed.
     let back = f.dir.path().join("back");
+    let victim = f.dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("big.bin"), b"the victim's own").unwrap();
+    std::fs::create_dir_all(&back).unwrap();
+    std::os::unix::fs::symlink(&victim, back.join("n03")).unwrap();
     let out = f.run(&["get", "-w", "n[01-20]", "inbox/big.bin", "www/css/a.css", back.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(victim.join("big.bin")).unwrap(), b"the victim's own");
+    assert!(!victim.join("a.css").exists() && !back.join("n03").is_symlink(), "{out:?}");
+    assert!(text(&out.stderr).contains("framewire: n03: replaced "), "{out:?}");
     for i in 1..=20 {
         let mine = back.join(format!("n{i:02}"));
         assert!(std::fs::read(mine.join("big.bin")).unwrap() == big, "n{i:02}");

@@ -739,4 +739,115 @@ async fn announced_files_never_sent_pin_bounded_memory_given_back_after() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+/// The names and contents of everything below `dir`, links as links.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let name = path.strip_prefix(dir).unwrap().display().to_string();
+            if meta.is_dir() {
+                todo.push(path);
+                out.push((format!("{name}/"), Vec::new()));
+            } else if meta.is_file() {
+                out.push((name, std::fs::read(&path).unwrap()));
+            } else {
+                out.push((name, std::fs::read_link(&path).unwrap().display().to_string().into_bytes()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 28, point 2: a local user who can write the download directory
+/// plants a symlink to the victim's directory where a directory of the
+/// tree belongs (the copied directory itself, or one below it); the
+/// victim's `get -r` (`tree` and `tree/`, with and without `--delete`,
+/// streamed and file by file) neither writes nor deletes anything there:
+/// the link is replaced by a directory, which receives the files. A file
+/// where a directory belongs is refused without `force` and replaced with
+/// it. Only the destination the user named is followed.
+#[tokio::test]
+async fn links_planted_in_a_download_destination_are_replaced_never_followed() {
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
+    use std::sync::Arc;
+
+    let server = TestServer::start().await;
+    let root = server.root.path();
+    std::fs::create_dir_all(root.join("tree/sub/deeper")).unwrap();
+    std::fs::write(root.join("tree/r.txt"), b"r").unwrap();
+    std::fs::write(root.join("tree/sub/s.txt"), b"s").unwrap();
+    std::fs::write(root.join("tree/sub/deeper/d.txt"), b"d").unwrap();
+    let endpoint = Endpoint::new(server.addr(), None);
+    let mut client = endpoint.connect().await.unwrap();
+
+    // (source, where the link is planted below the destination, what the
+    // link's directory must hold afterwards)
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("tree", "tree", &["r.txt", "sub/s.txt", "sub/deeper/d.txt"]),
+        ("tree", "tree/sub", &["s.txt", "deeper/d.txt"]),
+        ("tree/", "sub", &["s.txt", "deeper/d.txt"]),
+        ("tree/", "sub/deeper", &["d.txt"]),
+    ];
+    for streamed in [true, false] {
+        for delete in [false, true] {
+            for (source, planted, holds) in cases {
+                let what = format!("{source} with {planted} planted, delete {delete}, streamed {streamed}");
+                let victim = tempfile::tempdir().unwrap();
+                std::fs::write(victim.path().join("r.txt"), b"the victim's own").unwrap();
+                std::fs::write(victim.path().join("precious"), b"p").unwrap();
+                std::fs::create_dir(victim.path().join("deeper")).unwrap();
+                std::fs::write(victim.path().join("deeper/keep"), b"k").unwrap();
+                let before = snapshot(victim.path());
+                let shared = tempfile::tempdir().unwrap();
+                let link = shared.path().join(planted);
+                std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+                symlink(victim.path(), &link).unwrap();
+
+                let options = PlanOptions::new(true, false).with_delete(delete);
+                let plan = tree::plan_get(&mut client, &[source.to_owned()], shared.path(), options).await.unwrap();
+                assert!(plan.delete_local.is_empty(), "{what}: nothing to delete through the link: {plan:?}");
+                let copy = CopyOptions::new(false, 2).with_streamed(streamed);
+                let summary = tree::run(&endpoint, plan, &copy, Arc::new(Quiet)).await;
+                assert!(summary.failures.is_empty(), "{what}: {:?}", summary.failures);
+                assert_eq!(summary.replaced, std::slice::from_ref(&link), "{what}");
+                assert_eq!(snapshot(victim.path()), before, "{what}: the victim's directory is untouched");
+                assert!(std::fs::symlink_metadata(&link).unwrap().is_dir(), "{what}: a directory now");
+                for file in holds {
+                    assert!(link.join(file).is_file(), "{what}: {file}");
+                }
+            }
+        }
+    }
+
+    // A file where a directory belongs: refused, then replaced with force.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::create_dir(shared.path().join("tree")).unwrap();
+    std::fs::write(shared.path().join("tree/sub"), b"mine").unwrap();
+    let plan =
+        tree::plan_get(&mut client, &["tree".to_owned()], shared.path(), PlanOptions::new(true, false)).await.unwrap();
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(Quiet)).await;
+    let failed: Vec<&str> = summary.failures.iter().map(|f| f.path.as_str()).collect();
+    assert!(failed.iter().any(|p| p.ends_with("tree/sub")), "{failed:?}");
+    assert!(summary.failures.iter().any(|f| f.error.to_string().contains("--force")), "{:?}", summary.failures);
+    assert_eq!(std::fs::read(shared.path().join("tree/sub")).unwrap(), b"mine");
+    assert!(shared.path().join("tree/r.txt").is_file(), "the rest is copied");
+    let plan =
+        tree::plan_get(&mut client, &["tree".to_owned()], shared.path(), PlanOptions::new(true, true)).await.unwrap();
+    let summary = tree::run(&endpoint, plan, &CopyOptions::new(true, 4), Arc::new(Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert!(shared.path().join("tree/sub/deeper/d.txt").is_file());
+
+    // The destination the user named is followed, as cp and rsync do.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let named = shared.path().join("named");
+    symlink(elsewhere.path(), &named).unwrap();
+    let plan = tree::plan_get(&mut client, &["tree/".to_owned()], &named, PlanOptions::new(true, false)).await.unwrap();
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(Quiet)).await;
+    assert!(summary.failures.is_empty() && summary.replaced.is_empty(), "{summary:?}");
+    assert!(elsewhere.path().join("sub/deeper/d.txt").is_file());
 }

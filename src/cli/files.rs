@@ -58,10 +58,21 @@ pub async fn ls(args: LsArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let entries = client.list(&path, args.recursive).await?;
+    let (entries, skipped) = if args.recursive {
+        listed_below(&mut client, &path).await?
+    } else {
+        (client.list(&path, false).await?, Vec::new())
+    };
+    // What could not be read is named on stderr (the rest is listed), and
+    // the exit code says it, as a copy's does for its failures.
+    for skip in skipped.iter().cloned() {
+        let error = ClientError::Remote { code: skip.code, message: skip.message };
+        eprintln!("framewire: error: {}", printable(&error.to_string()));
+    }
+    let code = if skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     if args.json {
         say!("{}", serde_json::to_string(&entries)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let width = entries.iter().map(|e| e.size.to_string().len()).max().unwrap_or(1);
     for e in &entries {
@@ -74,7 +85,26 @@ pub async fn ls(args: LsArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
         let slash = if e.kind == Kind::Dir { "/" } else { "" };
         say!("{kind} {:>width$}  {}  {}{slash}", e.size, utc(e.mtime), printable(&e.name));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// Every file below `path` (`ls -r`), through the streamed tree listing,
+/// which goes on past a directory the server cannot read and names it;
+/// a file at `path` lists itself.
+async fn listed_below(
+    client: &mut framewire::Client,
+    path: &str,
+) -> anyhow::Result<(Vec<framewire::proto::Entry>, Vec<framewire::proto::ListingSkip>)> {
+    match client.tree_with_skips(path, false).await {
+        Ok(listed) => {
+            let files = listed.entries.into_iter().filter(|e| e.kind == Kind::File).collect();
+            Ok((files, listed.skipped))
+        }
+        Err(ClientError::Remote { code: framewire::ErrorCode::NotADirectory, .. }) => {
+            Ok((client.list(path, true).await?, Vec::new()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC for seconds since the epoch (the civil-from-days
@@ -134,8 +164,9 @@ pub struct TransferArgs {
     #[arg(short = 'c', long)]
     checksum: bool,
     /// Mirror: remove what the destination has below a copied directory
-    /// and the source lacks (never outside it; excluded paths are kept;
-    /// nothing is removed if a file failed).
+    /// and the source lacks (never outside it, never through a link;
+    /// excluded paths and the directories holding them are kept; nothing
+    /// is removed if a file failed).
     #[arg(long)]
     delete: bool,
 }
@@ -185,7 +216,7 @@ pub struct FleetCopyArgs {
     fanout: Option<u16>,
     /// With -w: one JSON object a line on stdout for each host as it ends
     /// (host, status, error, files, bytes_sent, bytes_resumed, unchanged,
-    /// deleted, refused, failures, duration).
+    /// deleted, skipped, refused, failures, duration).
     #[arg(long)]
     json: bool,
 }
@@ -487,7 +518,13 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
     if let Some(total) = &bars.total {
         total.finish_and_clear();
     }
-    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted } = summary;
+    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted, skipped, replaced } = summary;
+    for path in &replaced {
+        eprintln!(
+            "framewire: replaced {} with a directory (a copy never follows a link below its destination)",
+            printable(&path.display().to_string())
+        );
+    }
     if !opts.quiet && files > 0 {
         let secs = elapsed.as_secs_f64();
         let resumed =
@@ -504,7 +541,17 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
     if !opts.quiet && deleted > 0 {
         eprintln!("{deleted} path(s) deleted (not in the source)");
     }
-    if !opts.quiet && files == 0 && unchanged == 0 && deleted == 0 && failures.is_empty() && refused.is_empty() {
+    if !opts.quiet && skipped > 0 {
+        eprintln!("{skipped} path(s) skipped (each named above)");
+    }
+    if !opts.quiet
+        && files == 0
+        && unchanged == 0
+        && deleted == 0
+        && skipped == 0
+        && failures.is_empty()
+        && refused.is_empty()
+    {
         eprintln!("nothing to copy");
     }
     for f in &failures {

@@ -697,6 +697,8 @@ struct CopyRecord<'a> {
     bytes_resumed: u64,
     unchanged: usize,
     deleted: usize,
+    /// Paths left out on purpose (special files, symlinks not followed).
+    skipped: usize,
     /// Files not replaced: the receiver's differ and are not older.
     refused: Vec<String>,
     failures: Vec<FailureRecord>,
@@ -807,6 +809,7 @@ fn copy_record<'a>(
         bytes_resumed: 0,
         unchanged: 0,
         deleted: 0,
+        skipped: 0,
         refused: Vec::new(),
         failures: Vec::new(),
         duration: elapsed.as_secs_f64(),
@@ -818,6 +821,7 @@ fn copy_record<'a>(
             record.bytes_resumed = s.resumed;
             record.unchanged = s.unchanged;
             record.deleted = s.deleted;
+            record.skipped = s.skipped;
             record.refused = s.refused.clone();
             record.failures = s
                 .failures
@@ -845,8 +849,18 @@ fn copy_lines(name: &str, s: &Summary, quiet: bool) -> Vec<String> {
         if s.deleted > 0 {
             parts.push(format!("{} deleted", s.deleted));
         }
+        if s.skipped > 0 {
+            parts.push(format!("{} skipped", s.skipped));
+        }
         let verified = if s.files > 0 { ", checksums verified" } else { "" };
         lines.push(format!("{name}: {} in {}{verified}", parts.join(", "), secs(s.elapsed)));
+    }
+    for path in &s.replaced {
+        let path = path.display().to_string();
+        lines.push(format!(
+            "framewire: {name}: replaced {} with a directory (links below a destination are never followed)",
+            printable(&path)
+        ));
     }
     for f in &s.failures {
         lines.push(format!(

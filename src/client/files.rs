@@ -1,7 +1,6 @@
 //! `Client::list`, `stat`, `get` and `put`: whole-file checksums, atomic
 //! writes through a partial file, and automatic resume.
 
-use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -10,8 +9,9 @@ use tokio::task::spawn_blocking;
 use super::conn::Client;
 use super::error::ClientError;
 use crate::proto::{
-    Answer, Checksum, Entry, ErrorCode, FileReply, Get, List, ListReply, ListingOutput, Mkdir, MkdirReply, Put,
-    PutData, PutDone, PutReady, Remove, RemoveReply, Rename, RenameReply, Stat, StatReply, TreeList, TREE_PART_MAX,
+    Answer, Checksum, Entry, ErrorCode, FileReply, Get, List, ListReply, ListingOutput, ListingSkip, Mkdir, MkdirReply,
+    Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename, RenameReply, Stat, StatReply, TreeList,
+    TREE_PART_MAX,
 };
 use crate::services::files::{not_regular, open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};
@@ -87,6 +87,22 @@ pub fn parse_listing(body: &[u8]) -> Result<Vec<Entry>, ClientError> {
     }
 }
 
+/// The most paths one listing may report it could not read
+/// ([`Client::tree_with_skips`]): a server that reports more is taken to be
+/// lying, as one whose count is wrong.
+pub const MAX_SKIPS: usize = 65_536;
+
+/// A tree as [`Client::tree_with_skips`] lists it.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TreeListing {
+    /// Every regular file and directory listed, sorted by name.
+    pub entries: Vec<Entry>,
+    /// Each path below the listed one that the server could not read
+    /// (relative to it), and why; what is below it is not listed.
+    pub skipped: Vec<ListingSkip>,
+}
+
 pub(super) fn join_err(e: tokio::task::JoinError) -> ClientError {
     ClientError::Wire(wire::Error::Io(std::io::Error::other(e)))
 }
@@ -129,7 +145,7 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_with_hashes(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        self.tree_listing(path, true).await
+        Ok(self.tree_listing(path, true, false).await?.entries)
     }
 
     /// As [`stat`](Self::stat) of a file, with its BLAKE3 (see
@@ -153,21 +169,52 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// As [`list`](Self::list).
+    /// As [`list`](Self::list); one directory below that the server cannot
+    /// read fails the whole listing, named ([`tree_with_skips`](Self::tree_with_skips)
+    /// goes on past it).
     pub async fn tree(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        self.tree_listing(path, false).await
+        Ok(self.tree_listing(path, false, false).await?.entries)
+    }
+
+    /// As [`tree`](Self::tree) (with each file's BLAKE3 if `blake3`), going
+    /// on past what the server cannot read below `path`: each such path is
+    /// in [`TreeListing::skipped`] (PROTOCOL.md §4.6.3.1), and the rest is
+    /// listed. A directory that cannot be read is itself listed, with
+    /// nothing below it. From a server older than this, the first one
+    /// fails the whole listing, as [`tree`](Self::tree) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn tree_with_skips(&mut self, path: &str, blake3: bool) -> Result<TreeListing, ClientError> {
+        self.tree_listing(path, blake3, true).await
     }
 
     /// The tree through `tree_list`, streamed in frames (no size limit),
     /// sorted by name; from a server without it, through `list`.
-    async fn tree_listing(&mut self, path: &str, blake3: bool) -> Result<Vec<Entry>, ClientError> {
-        self.session.send(&TreeList { path: path.to_owned(), blake3 }, &[]).await?;
+    async fn tree_listing(&mut self, path: &str, blake3: bool, skips: bool) -> Result<TreeListing, ClientError> {
+        self.session.send(&TreeList { path: path.to_owned(), blake3, skips }, &[]).await?;
         let mut entries = Vec::new();
+        let mut skipped = Vec::new();
         loop {
             match self.session.read::<ListingOutput>().await? {
                 Some((ListingOutput::Listing(_), _)) => {
                     let body = self.session.reader().read_body(TREE_PART_MAX).await?;
                     entries.extend(parse_listing(&body)?);
+                }
+                Some((ListingOutput::ListingSkip(skip), _)) => {
+                    // Joined onto local paths in messages only, but checked
+                    // as the listing's names are.
+                    if !is_plain_relative(&skip.path) && !skip.path.is_empty() {
+                        return Err(ClientError::UnsafeName(skip.path));
+                    }
+                    if skipped.len() >= MAX_SKIPS {
+                        return Err(ClientError::Unexpected {
+                            expected: "at most MAX_SKIPS listing_skip frames",
+                            got: format!("more than {MAX_SKIPS}"),
+                        });
+                    }
+                    skipped.push(skip);
                 }
                 Some((ListingOutput::ListingEnd(end), _)) => {
                     if end.count != entries.len() as u64 {
@@ -180,14 +227,15 @@ impl Client {
                 }
                 Some((ListingOutput::ErrorFrame(e), _)) if e.code == ErrorCode::UnknownType => {
                     let list = List { path: path.to_owned(), recursive: true, dirs: true, blake3, partial: false };
-                    return self.list_request(list).await;
+                    let entries = self.list_request(list).await?;
+                    return Ok(TreeListing { entries, skipped });
                 }
                 Some((ListingOutput::ErrorFrame(e), _)) => return Err(e.into()),
                 None => return Err(ClientError::Closed),
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        Ok(TreeListing { entries, skipped })
     }
 
     async fn list_request(&mut self, request: List) -> Result<Vec<Entry>, ClientError> {
@@ -303,26 +351,44 @@ impl Client {
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        match fs::symlink_metadata(local) {
-            // Never replaced by a file, `force` or not (as cp refuses): a
-            // download into it could never be committed.
-            Ok(meta) if meta.is_dir() => {
-                return Err(ClientError::Local { path: local.to_owned(), source: local_directory() });
-            }
-            Ok(_) if !options.force => return Err(ClientError::LocalExists(local.to_owned())),
-            _ => {}
-        }
+        let l = local.to_owned();
+        self.get_into(remote, local, move || local_parent(&l), options, progress).await
+    }
+
+    /// [`get`](Self::get) of `remote` to the local file `local` (as shown),
+    /// whose directory and name `place` opens (on a blocking thread): the
+    /// name is never followed as a link, and a tree copy resolves the
+    /// directory beneath its destination.
+    pub(super) async fn get_into(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        place: impl FnOnce() -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> + Send + 'static,
+        options: &TransferOptions,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, ClientError> {
         // Named in messages; the file itself is reached through its
         // directory's descriptor, its name never followed as a link.
         let shown = local.with_file_name(partial_name(local.file_name().unwrap_or_default()));
-        let l = local.to_owned();
-        let mut receiver = spawn_blocking(move || {
-            let (dir, name) = local_parent(&l)?;
-            Receiver::open(dir, &name)
+        let force = options.force;
+        let target = local.to_owned();
+        let opened = spawn_blocking(move || {
+            let (dir, name) = place()?;
+            match rustix::fs::statat(&dir, &name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                // Never replaced by a file, `force` or not (as cp refuses):
+                // a download into it could never be committed.
+                Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
+                    return Ok(Err(ClientError::Local { path: target, source: local_directory() }));
+                }
+                Ok(_) if !force => return Ok(Err(ClientError::LocalExists(target))),
+                _ => {}
+            }
+            Receiver::open(dir, &name).map(Ok)
         })
         .await
         .map_err(join_err)?
         .map_err(local_err(&shown))?;
+        let mut receiver = opened?;
         let (offset, prefix_blake3) = receiver.offer();
         self.session.send(&Get { path: remote.to_owned(), offset, prefix_blake3 }, &[]).await?;
         let head: FileReply = match self.answer().await {
@@ -449,6 +515,19 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
         let file = open_to_send(local).map_err(local_err(local))?;
+        self.put_file(file, local, remote, options, progress).await
+    }
+
+    /// [`put`](Self::put) of `file`, opened already (a tree copy opens it
+    /// beneath its source tree), shown as `local`.
+    pub(super) async fn put_file(
+        &mut self,
+        file: std::fs::File,
+        local: &Path,
+        remote: &str,
+        options: &TransferOptions,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, ClientError> {
         let meta = file.metadata().map_err(local_err(local))?;
         if let Some((kind, why)) = not_regular(&meta) {
             return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::new(kind, why) });

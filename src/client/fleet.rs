@@ -42,6 +42,7 @@ use super::error::ClientError;
 use super::exec::{ExecIo, ExecOptions, ExitStatus};
 use super::tree::{self, CopyOptions, Endpoint, PlanError, PlanOptions, Quiet, SharedReads, Summary};
 use super::Client;
+use crate::services::root::Root;
 use crate::text::printable;
 
 /// Hosts at once unless told otherwise: enough that 1,000 hosts take
@@ -494,16 +495,30 @@ pub fn get(
         let shared = shared.clone();
         async move {
             let (paths, dir, plan, copy) = &*shared;
-            let dest = dir.join(host_dir(run.name()));
-            std::fs::create_dir_all(&dest)
-                .map_err(|source| HostError::Failed(ClientError::Local { path: dest.clone(), source }))?;
+            let host = host_dir(run.name());
+            let dest = dir.join(&host);
+            // DIR is the destination the user named (followed, as cp
+            // follows it); the host's directory is made beneath it by
+            // descriptor, a symlink planted there replaced, never followed.
+            let failed = |source| HostError::Failed(ClientError::Local { path: dest.clone(), source });
+            std::fs::create_dir_all(dir).map_err(failed)?;
+            let name = host.to_str().unwrap_or_default();
+            let mut replaced = Vec::new();
+            Root::open(dir)
+                .and_then(|root| root.without_links().make_dirs_replacing(&[name], false, &mut replaced))
+                .map_err(failed)?;
             let paths: Vec<String> = paths.iter().map(|p| run.remote_path(p)).collect();
-            let plan = unless_cancelled(run.cancel(), async {
+            let mut plan = unless_cancelled(run.cancel(), async {
                 let mut client = run.connect().await?;
                 tree::plan_get(&mut client, &paths, &dest, plan.clone()).await.map_err(HostError::Plan)
             })
             .await?;
-            cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await
+            // Everything the copy writes, the host's directory included,
+            // is reached from DIR's descriptor.
+            plan.dest_dir = Some(dir.clone());
+            let mut summary = cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await?;
+            summary.replaced.splice(0..0, replaced.iter().map(|r| dir.join(r)));
+            Ok(summary)
         }
     })
 }

@@ -3,10 +3,18 @@
 //! Shared by [`super::tree`], which plans and runs copies, and the
 //! streamed transfer that moves them.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::OFlags;
 
 use super::error::ClientError;
 use super::files::{Progress, Transfer};
+use crate::services::root::Root;
 
 /// Which way a copy goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,75 @@ pub struct Job {
     pub replace: bool,
     /// The source's BLAKE3 (hex), when `checksum` asked the server for it.
     pub blake3: Option<String>,
+    /// The directory `local` is reached beneath by descriptor: the source
+    /// tree of an upload, the destination of a download. `None`: `local`
+    /// is opened as the user named it (a single file).
+    pub(crate) base: Option<Base>,
+}
+
+/// A local directory a copy reads or writes beneath, named by the user and
+/// opened once (following that name, as `cp` and `rsync` do); each job's
+/// path below it is resolved from its descriptor. For an upload, symlinks
+/// that stay inside the tree are followed and none leading out
+/// ([`crate::services::root::Links::Inside`]); for a download, none at all
+/// ([`crate::services::root::Links::Never`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Base(Arc<(PathBuf, Root)>);
+
+impl PartialEq for Base {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 .0 == other.0 .0
+    }
+}
+
+impl Eq for Base {}
+
+impl Base {
+    /// `root`, opened from `path`.
+    pub(crate) fn new(path: PathBuf, root: Root) -> Base {
+        Base(Arc::new((path, root)))
+    }
+
+    /// The directory as the user named it.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0 .0
+    }
+
+    /// The root it is open as.
+    pub(crate) fn root(&self) -> &Root {
+        &self.0 .1
+    }
+
+    /// `local` relative to the directory, `/`-separated.
+    ///
+    /// # Errors
+    ///
+    /// A path not below it, or not UTF-8 (neither is ever planned).
+    pub(crate) fn rel(&self, local: &Path) -> io::Result<String> {
+        rel_below(self.path(), local)
+    }
+}
+
+/// `path` relative to the directory `dir` it is below, `/`-separated
+/// (empty for `dir` itself; `.` components dropped).
+///
+/// # Errors
+///
+/// A path not below `dir`, or not UTF-8 (neither is ever planned).
+pub(crate) fn rel_below(dir: &Path, path: &Path) -> io::Result<String> {
+    use std::path::Component;
+    let below = path.strip_prefix(dir).map_err(|_| io::Error::other("not below the copy's directory"))?;
+    let mut parts = Vec::new();
+    for c in below.components() {
+        match c {
+            Component::Normal(name) => {
+                parts.push(name.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))?)
+            }
+            Component::CurDir => {}
+            _ => return Err(io::Error::other("not a plain path below the copy's directory")),
+        }
+    }
+    Ok(parts.join("/"))
 }
 
 impl Job {
@@ -44,6 +121,33 @@ impl Job {
             Direction::Get => self.remote.clone(),
             Direction::Put => self.local.display().to_string(),
         }
+    }
+
+    /// The directory the local file is in, and its name: by descriptor
+    /// beneath [`Job::base`] when there is one (a symlink on the way is
+    /// refused, never followed, for a download), else as the user named it.
+    /// Blocking.
+    pub(crate) fn local_parent(&self) -> io::Result<(OwnedFd, OsString)> {
+        let Some(base) = &self.base else { return crate::services::root::local_parent(&self.local) };
+        let rel = base.rel(&self.local)?;
+        let (parent, name) = match rel.rsplit_once('/') {
+            Some((parent, name)) => (parent, name),
+            None => ("", rel.as_str()),
+        };
+        if name.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "names a directory, not a file"));
+        }
+        Ok((base.root().open_dir(parent)?, OsString::from(name)))
+    }
+
+    /// The local file opened to send it, without waiting on a FIFO: beneath
+    /// [`Job::base`] when there is one (a symlink leading out of the tree
+    /// refused, `EXDEV`), else as the user named it. The caller checks the
+    /// type. Blocking.
+    pub(crate) fn open_local(&self) -> io::Result<File> {
+        let Some(base) = &self.base else { return crate::services::files::open_to_send(&self.local) };
+        let rel = base.rel(&self.local)?;
+        Ok(File::from(base.root().open_beneath(&rel, OFlags::RDONLY | OFlags::NONBLOCK)?))
     }
 }
 

@@ -16,7 +16,7 @@ pub mod tree;
 pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 pub use error::ClientError;
 pub use exec::{ExecIo, ExecOptions, ExitStatus, Output, WindowSize};
-pub use files::{parse_listing, Progress, Transfer, TransferOptions};
+pub use files::{parse_listing, Progress, Transfer, TransferOptions, TreeListing, MAX_SKIPS};
 
 pub use crate::services::exec::shell_join;
 pub use crate::services::root::is_partial_name;

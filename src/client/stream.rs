@@ -19,12 +19,13 @@ use crate::proto::{
     Checksum, CommitList, ErrorCode, Manifest, ManifestEnd, ManifestEntry, TreeEnd, TreeFile, TreeGet, TreeGetOutput,
     TreePut, TreePutOutput, TreeReady, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
-use crate::services::files::{open_to_send, received_mode};
-use crate::services::root::{local_parent, partial_name};
+use crate::services::files::received_mode;
+use crate::services::root::partial_name;
 use crate::session::{
     Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, Sender, Unproven, SMALL_BODY,
 };
 use crate::wire;
+use rustix::fs::OFlags;
 
 /// Manifest frames sent and not yet answered, at most.
 const IN_FLIGHT_FRAMES: usize = 8;
@@ -283,7 +284,7 @@ async fn send_some(
     while let Some(w) = queue.pop_front() {
         let job = &share[w.i as usize];
         bytes += job.size.min(SMALL_BODY + 1);
-        batch.push((w, job.local.clone(), job.size, job.mtime));
+        batch.push((w, job.clone()));
         if bytes >= READ_AHEAD || batch.len() >= TREE_PART_ENTRIES {
             break;
         }
@@ -292,8 +293,8 @@ async fn send_some(
     let opened: Vec<Opened> = spawn_blocking(move || {
         batch
             .into_iter()
-            .map(|(w, local, size, mtime)| {
-                let opened = open_one(&local, size, mtime, &w, shared.as_deref());
+            .map(|(w, job)| {
+                let opened = open_one(&job, &w, shared.as_deref());
                 (w.i, opened)
             })
             .collect()
@@ -340,20 +341,18 @@ async fn send_some(
     Ok(sent)
 }
 
-/// Opens a file to send from the offset the receiver offered, if it is
-/// the start of this file. Blocking.
-fn open_one(
-    local: &Path,
-    size: u64,
-    mtime: i64,
-    w: &Want,
-    shared: Option<&crate::session::SharedReads>,
-) -> Result<Sender, ClientError> {
-    let file = open_to_send(local).map_err(local_err(local))?;
+/// Opens a job's file to send from the offset the receiver offered, if it
+/// is the start of this file. Blocking.
+fn open_one(job: &Job, w: &Want, shared: Option<&crate::session::SharedReads>) -> Result<Sender, ClientError> {
+    let (local, size) = (&job.local, job.size);
+    let file = job.open_local().map_err(local_err(local))?;
     let meta = file.metadata().map_err(local_err(local))?;
-    if meta.len() != size || crate::services::files::mtime(&meta) != mtime {
+    if let Some((kind, why)) = crate::services::files::not_regular(&meta) {
+        return Err(ClientError::Local { path: local.clone(), source: std::io::Error::new(kind, why) });
+    }
+    if meta.len() != size || crate::services::files::mtime(&meta) != job.mtime {
         let why = std::io::Error::other("changed since the copy was planned; run it again");
-        return Err(ClientError::Local { path: local.to_owned(), source: why });
+        return Err(ClientError::Local { path: local.clone(), source: why });
     }
     let mut sender = Sender::resume(file, size, w.offset, w.prefix_blake3.as_deref(), Unproven::StartOver)
         .map_err(local_err(local))?;
@@ -375,11 +374,11 @@ fn clone_error(e: &ClientError) -> ClientError {
     }
 }
 
-/// Where a download's small files go: each job's local path, its
-/// directory kept open while files of it come.
+/// Where a download's small files go: each job's directory (beneath the
+/// destination, by descriptor), kept open while files of it come.
 struct Local {
-    /// The local paths of the files in the batch being committed.
-    locals: HashMap<usize, PathBuf>,
+    /// The jobs of the files in the batch being committed.
+    jobs: HashMap<usize, Job>,
     dirs: HashMap<PathBuf, Arc<OwnedFd>>,
 }
 
@@ -388,13 +387,13 @@ impl Place for Local {
 
     fn resolve(&mut self, key: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), std::io::Error> {
         let i: usize = key.parse().map_err(std::io::Error::other)?;
-        let local = self.locals.get(&i).ok_or_else(|| std::io::Error::other("not in this batch"))?;
-        let parent = local.parent().unwrap_or(Path::new(".")).to_owned();
+        let job = self.jobs.get(&i).ok_or_else(|| std::io::Error::other("not in this batch"))?;
+        let parent = job.local.parent().unwrap_or(Path::new(".")).to_owned();
         if let Some(dir) = self.dirs.get(&parent) {
-            let name = local.file_name().unwrap_or_default().to_owned();
+            let name = job.local.file_name().unwrap_or_default().to_owned();
             return Ok((dir.clone(), name, None));
         }
-        let (dir, name) = local_parent(local)?;
+        let (dir, name) = job.local_parent()?;
         let dir = Arc::new(dir);
         if self.dirs.len() >= 64 {
             self.dirs.clear();
@@ -405,16 +404,26 @@ impl Place for Local {
 }
 
 /// What a download offers for each file: the bytes of a partial file it
-/// holds, and their hash. Blocking.
+/// holds, and their hash. The partial file is opened from its directory's
+/// descriptor without following a link. Blocking.
 fn offers(jobs: &[Job]) -> Vec<(u64, Option<String>)> {
+    let mut last: Option<(PathBuf, Option<OwnedFd>)> = None;
     jobs.iter()
         .map(|j| {
-            let part = j.local.with_file_name(partial_name(j.local.file_name().unwrap_or_default()));
-            match std::fs::symlink_metadata(&part) {
+            let parent = j.local.parent().unwrap_or(Path::new("."));
+            if last.as_ref().is_none_or(|(p, _)| p != parent) {
+                last = Some((parent.to_owned(), j.local_parent().ok().map(|(dir, _)| dir)));
+            }
+            let Some((_, Some(dir))) = &last else { return (0, None) };
+            let part = partial_name(j.local.file_name().unwrap_or_default());
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let Ok(fd) = rustix::fs::openat(dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) else {
+                return (0, None);
+            };
+            let mut file = std::fs::File::from(fd);
+            match file.metadata() {
                 Ok(m) if m.is_file() && m.len() > 0 && m.len() <= j.size => {
-                    let hashed = std::fs::File::open(&part)
-                        .and_then(|mut f| crate::services::files::hash_prefix(&mut f, m.len()));
-                    match hashed {
+                    match crate::services::files::hash_prefix(&mut file, m.len()) {
                         Ok(h) => (m.len(), Some(h.finalize().to_hex().to_string())),
                         Err(_) => (0, None),
                     }
@@ -462,7 +471,7 @@ pub(super) async fn get(
     };
     let reading = async {
         let mut batch = Batch::new();
-        let mut place = Some(Local { locals: HashMap::new(), dirs: HashMap::new() });
+        let mut place = Some(Local { jobs: HashMap::new(), dirs: HashMap::new() });
         let mut held: HashMap<usize, u64> = HashMap::new();
         loop {
             let Some((frame, _)) = reader.read_head::<TreeGetOutput>().await? else { return Err(ClientError::Closed) };
@@ -512,9 +521,9 @@ pub(super) async fn get(
                 held.insert(i as usize, 0);
                 batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace);
             } else {
-                let l = job.local.clone();
+                let j = job.clone();
                 let mut receiver = spawn_blocking(move || {
-                    let (dir, name) = local_parent(&l)?;
+                    let (dir, name) = j.local_parent()?;
                     Receiver::open(dir, &name)
                 })
                 .await
@@ -594,7 +603,7 @@ async fn commit(
     let b = std::mem::take(batch);
     let mut p = place.take().expect("put back after each commit");
     // Only this batch's paths go to the committing thread.
-    p.locals = held.keys().map(|&i| (i, share[i].local.clone())).collect();
+    p.jobs = held.keys().map(|&i| (i, share[i].clone())).collect();
     let (results, p) = spawn_blocking(move || (b.commit(&mut p), p)).await.map_err(join_err)?;
     *place = Some(p);
     for (i, result) in results {

@@ -36,14 +36,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::OFlags;
+
 use super::conn::Client;
 use super::error::ClientError;
 use super::files::{local_directory, Progress, Transfer, TransferOptions};
 use super::filter::Filter;
+use super::job::Base;
 pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
 use crate::proto::{Entry, ErrorCode, Kind};
-use crate::services::root::is_partial_name;
+use crate::services::root::{is_partial_name, Root};
 pub use crate::session::SharedReads;
 
 /// Where a copy's connections go: the server's address and the key, if
@@ -146,8 +152,13 @@ pub struct Plan {
     /// With `delete`, downloads: local paths the source lacks, as the
     /// copied directory and the path below it.
     pub delete_local: Vec<(PathBuf, String)>,
+    /// Downloads: the local directory everything lands beneath, as the
+    /// user named it (followed, as `cp` and `rsync` follow it); [`run`]
+    /// opens it once and reaches everything below by descriptor, never
+    /// through a symlink.
+    pub dest_dir: Option<PathBuf>,
     /// Left out on purpose, with why: special files, symlinks to
-    /// directories, dangling symlinks.
+    /// directories, dangling symlinks, symlinks leading out of the tree.
     pub skipped: Vec<String>,
     /// Left out, and the copy fails: names the protocol cannot carry.
     pub failures: Vec<Failure>,
@@ -168,6 +179,7 @@ impl Plan {
             local_dirs: Vec::new(),
             delete_remote: Vec::new(),
             delete_local: Vec::new(),
+            dest_dir: None,
             skipped: Vec::new(),
             failures: Vec::new(),
             unchanged: Vec::new(),
@@ -258,19 +270,51 @@ type Held = Option<(u64, i64)>;
 /// it cannot be read.
 async fn local_hash(path: &Path) -> Option<String> {
     let path = path.to_owned();
+    hash_of(move || std::fs::File::open(path)).await
+}
+
+/// The BLAKE3 (hex) of what `open` opens, read on a blocking thread;
+/// `None` if it cannot be read.
+async fn hash_of(open: impl FnOnce() -> std::io::Result<std::fs::File> + Send + 'static) -> Option<String> {
     let hash = tokio::task::spawn_blocking(move || {
         let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(path)?)?;
+        hasher.update_reader(open()?)?;
         Ok::<_, std::io::Error>(hasher.finalize())
     });
     Some(hash.await.ok()?.ok()?.to_hex().to_string())
 }
 
-/// What the receiver has under a name: `None` if nothing, `Some(None)` if
-/// something that is not a regular file, else its size and mtime.
-fn held_locally(path: &Path) -> Option<Option<(u64, i64)>> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    Some(meta.is_file().then(|| (meta.len(), crate::services::files::mtime(&meta))))
+/// What a download's destination holds under `rel` (beneath `root`, no
+/// symlink followed): `None` if nothing, or if a symlink or file stands
+/// where a directory on the way belongs (a directory replaces it);
+/// `Some(None)` if something that is not a regular file; else its size and
+/// mtime.
+fn held_at(root: Option<&Root>, rel: &str) -> Option<Held> {
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = root?.open_dir(parent).ok()?;
+    let st = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    let file = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
+    Some(file.then(|| (st.st_size as u64, stat_mtime(&st))))
+}
+
+/// Whether `rel` beneath `root` is a directory (not a link to one).
+fn dir_at(root: Option<&Root>, rel: &str) -> bool {
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let Some(Ok(dir)) = root.map(|root| root.open_dir(parent)) else { return false };
+    rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+}
+
+/// A `stat`'s mtime in whole seconds, as [`crate::services::files::mtime`]
+/// gives it for the same file (rounded towards zero before the epoch).
+#[allow(clippy::unnecessary_cast)] // the field types differ between targets
+fn stat_mtime(st: &rustix::fs::Stat) -> i64 {
+    let (secs, nsec) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
+    if secs < 0 && nsec > 0 {
+        secs + 1
+    } else {
+        secs
+    }
 }
 
 /// Why a copy could not be planned.
@@ -325,9 +369,14 @@ pub async fn plan_get(
 ) -> Result<Plan, PlanError> {
     let PlanOptions { recursive, force, filter, delete, checksum } = options;
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
-    let mut local_dirs = Vec::new();
-    let mut delete_local = Vec::new();
+    let mut plan = Plan::new(Direction::Get);
     let into_dir = dest.is_dir() || sources.len() > 1 || slash;
+    // Everything lands beneath the directory the user named: `dest`, or
+    // for one file copied to a name, the directory that name is in.
+    // Opened here if it is there (following it, as cp and rsync do);
+    // what is below it is looked at by descriptor, no symlink followed.
+    plan.dest_dir = Some(dest.to_owned());
+    let mut below: Option<Option<Root>> = None;
     let mut found = Vec::new();
     for remote in sources {
         let source = |error| PlanError::Source { path: remote.clone(), error };
@@ -343,6 +392,9 @@ pub async fn plan_get(
                 let why = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
                 return Err(source(ClientError::Local { path: parent.to_owned(), source: why }));
             }
+            if !into_dir {
+                plan.dest_dir = Some(parent.to_owned());
+            }
             found.push(Job {
                 remote: remote.clone(),
                 local: target,
@@ -351,6 +403,7 @@ pub async fn plan_get(
                 mode: entry.mode,
                 replace: false,
                 blake3: entry.blake3.clone(),
+                base: None,
             });
             continue;
         }
@@ -362,21 +415,28 @@ pub async fn plan_get(
         let target =
             if remote.ends_with('/') || remote.is_empty() { dest.to_owned() } else { dest.join(base_name(remote)) };
         // Directories first, so that empty ones are recreated too.
-        let tree = if checksum { client.tree_with_hashes(remote).await } else { client.tree(remote).await };
-        let tree = tree.map_err(source)?;
-        if delete {
-            let there: std::collections::HashSet<&str> = tree.iter().map(|e| e.name.as_str()).collect();
-            let mut extra = Vec::new();
-            local_extras(&target, "", &there, &filter, &mut extra);
-            delete_local.extend(extra.into_iter().map(|rel| (target.clone(), rel)));
+        let listed = client.tree_with_skips(remote, checksum).await.map_err(source)?;
+        for skip in listed.skipped {
+            let path = join_remote(remote, &skip.path);
+            let error = ClientError::Remote { code: skip.code, message: skip.message };
+            plan.failures.push(Failure { path, error });
         }
-        local_dirs.push(target.clone());
+        let tree = listed.entries;
+        if delete {
+            let root = below.get_or_insert_with(|| open_below(dest)).as_ref();
+            let target_rel = rel_below(dest, &target).unwrap_or_default();
+            let there: std::collections::HashSet<&str> = tree.iter().map(|e| e.name.as_str()).collect();
+            let held = root.map(|root| local_tree(root, &target_rel, &filter)).unwrap_or_default();
+            let gone = extras(held.iter().map(|(n, d)| (n.as_str(), *d)), |n| there.contains(n), &filter);
+            plan.delete_local.extend(gone.into_iter().map(|rel| (target.clone(), rel.to_owned())));
+        }
+        plan.local_dirs.push(target.clone());
         for e in tree {
             if !filter.allows(&e.name, e.kind == Kind::Dir) {
                 continue;
             }
             match e.kind {
-                Kind::Dir => local_dirs.push(target.join(&e.name)),
+                Kind::Dir => plan.local_dirs.push(target.join(&e.name)),
                 _ => found.push(Job {
                     remote: join_remote(remote, &e.name),
                     local: target.join(&e.name),
@@ -385,25 +445,34 @@ pub async fn plan_get(
                     mode: e.mode,
                     replace: false,
                     blake3: e.blake3.clone(),
+                    base: None,
                 }),
             }
         }
     }
-    let mut plan = Plan::new(Direction::Get);
-    plan.local_dirs = local_dirs;
-    plan.delete_local = delete_local;
+    let dest_dir = plan.dest_dir.clone().unwrap_or_default();
+    let root = match below {
+        Some(root) if dest_dir == dest => root,
+        _ => open_below(&dest_dir),
+    };
     for job in found {
-        if std::fs::symlink_metadata(&job.local).is_ok_and(|m| m.is_dir()) {
+        let rel = rel_below(&dest_dir, &job.local);
+        if rel.as_deref().is_some_and(|rel| dir_at(root.as_ref(), rel)) {
             // Never replaced by a file, `force` or not (as cp refuses): the
             // download could never be put in place.
             let error = ClientError::Local { path: job.local.clone(), source: local_directory() };
             plan.failures.push(Failure { path: job.remote, error });
             continue;
         }
-        let held = held_locally(&job.local);
-        let same = match (&held, &job.blake3) {
-            (Some(Some((size, _))), Some(theirs)) if *size == job.size => {
-                Some(local_hash(&job.local).await.as_deref() == Some(theirs.as_str()))
+        let held = rel.as_deref().and_then(|rel| held_at(root.as_ref(), rel));
+        let same = match (&held, &job.blake3, &root, rel) {
+            (Some(Some((size, _))), Some(theirs), Some(root), Some(rel)) if *size == job.size => {
+                let root = root.clone();
+                let open = move || {
+                    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK;
+                    Ok(std::fs::File::from(root.open_beneath(&rel, flags)?))
+                };
+                Some(hash_of(open).await.as_deref() == Some(theirs.as_str()))
             }
             _ => None,
         };
@@ -412,77 +481,142 @@ pub async fn plan_get(
     Ok(plan)
 }
 
-/// The paths below `root/rel` that the source (`there`, paths relative to
-/// `root`) lacks and the filter takes, into `out`, outermost first: a
-/// directory to remove is not looked into, nor is a symlink ever followed.
-/// Partial files are left alone (they are resumes).
-fn local_extras(
-    root: &Path,
-    rel: &str,
-    there: &std::collections::HashSet<&str>,
-    filter: &Filter,
-    out: &mut Vec<String>,
-) {
-    let Ok(items) = std::fs::read_dir(root.join(rel)) else { return };
-    let mut items: Vec<_> = items.filter_map(Result::ok).collect();
-    items.sort_by_key(|i| i.file_name());
-    for item in items {
-        let Ok(name) = item.file_name().into_string() else { continue };
-        if crate::services::root::is_partial_name(name.as_bytes()) {
-            continue;
+/// The directory a download lands beneath, as the user named it, opened
+/// to look below it without following any symlink; `None` if it is not
+/// there (yet).
+fn open_below(dir: &Path) -> Option<Root> {
+    Root::open(dir).ok().map(Root::without_links)
+}
+
+/// What a download's destination holds below `rel` (beneath `root`, no
+/// symlink followed, nothing below an excluded directory): each path
+/// relative to `rel` and whether it is a directory. A link where `rel`
+/// belongs holds nothing (a directory replaces it); what cannot be read is
+/// left out (and so never removed).
+fn local_tree(root: &Root, rel: &str, filter: &Filter) -> Vec<(String, bool)> {
+    fn below(dir: &OwnedFd, prefix: &str, depth: usize, filter: &Filter, out: &mut Vec<(String, bool)>) {
+        let Ok(items) = rustix::fs::Dir::read_from(dir) else { return };
+        if depth > crate::services::root::MAX_PATH_DEPTH {
+            return;
         }
-        let child = join_remote(rel, &name);
-        let is_dir = item.file_type().is_ok_and(|t| t.is_dir());
-        if !filter.allows(&child, is_dir) {
-            continue;
-        }
-        if !there.contains(child.as_str()) {
-            out.push(child);
-        } else if is_dir {
-            local_extras(root, &child, there, filter, out);
+        for item in items {
+            let Ok(item) = item else { return };
+            let raw = item.file_name().to_bytes();
+            // A name the protocol cannot carry is never in the source.
+            let Ok(name) = std::str::from_utf8(raw) else { continue };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+            let Ok(st) = rustix::fs::statat(dir, item.file_name(), flags) else { continue };
+            let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
+            let rel = join_remote(prefix, name);
+            if is_dir && filter.allows(&rel, true) {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                if let Ok(sub) = rustix::fs::openat(dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
+                    below(&sub, &rel, depth + 1, filter, out);
+                }
+            }
+            out.push((rel, is_dir));
         }
     }
+    let mut out = Vec::new();
+    if let Ok(dir) = root.open_dir(rel) {
+        below(&dir, "", 0, filter, &mut out);
+    }
+    out
+}
+
+/// `path` relative to the directory `dir` it is below, `/`-separated
+/// (empty for `dir` itself); `None` if it is not below it or not UTF-8.
+fn rel_below(dir: &Path, path: &Path) -> Option<String> {
+    super::job::rel_below(dir, path).ok()
+}
+
+/// What a mirror removes from the receiver: of what it holds below a
+/// copied directory (`held`, each path relative to it and whether it is a
+/// directory), what the source lacks (`in_source`) and the filter takes,
+/// outermost first; what is below a removed directory goes with it. What
+/// the filter leaves out is kept, always, and so is every directory above
+/// it, as rsync keeps it ("cannot delete non-empty directory"): what else
+/// is below such a directory is judged one path at a time. Partial files
+/// are left alone (they are resumes).
+fn extras<'a>(
+    held: impl IntoIterator<Item = (&'a str, bool)>,
+    in_source: impl Fn(&str) -> bool,
+    filter: &Filter,
+) -> Vec<&'a str> {
+    use std::collections::HashSet;
+    let mut held: Vec<(&str, bool)> = held.into_iter().collect();
+    // A directory sorts before what is below it.
+    held.sort_unstable();
+    let mut keeps: HashSet<&str> = HashSet::new();
+    for &(name, is_dir) in &held {
+        if filter.allows(name, is_dir) {
+            continue;
+        }
+        let mut at = name;
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if !keeps.insert(parent) {
+                break;
+            }
+            at = parent;
+        }
+    }
+    let mut gone: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    for (name, is_dir) in held {
+        let mut above = name.rmatch_indices('/').map(|(i, _)| &name[..i]);
+        if in_source(name) || above.any(|d| gone.contains(d)) {
+            continue;
+        }
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let partial = !is_dir && is_partial_name(base.as_bytes());
+        if partial || !filter.allows(name, is_dir) || (is_dir && keeps.contains(name)) {
+            continue;
+        }
+        gone.insert(name);
+        out.push(name);
+    }
+    out
 }
 
 /// What the server holds below `target` (a directory being uploaded to):
 /// each file's size and mtime by its remote path; other kinds as `None`.
-async fn held_remotely(client: &mut Client, target: &str, hashed: bool) -> Result<Vec<Entry>, ClientError> {
-    let listed = if hashed { client.tree_with_hashes(target).await } else { client.tree(target).await };
-    match listed {
-        Ok(entries) => Ok(entries),
+/// With `delete`, a directory the server could not read is a failure
+/// (what it holds is unknown, so the mirror removes nothing); without, it
+/// only holds nothing known (a file sent into it fails on its own).
+async fn held_remotely(
+    client: &mut Client,
+    target: &str,
+    hashed: bool,
+    (delete, failures): (bool, &mut Vec<Failure>),
+) -> Result<Vec<Entry>, ClientError> {
+    match client.tree_with_skips(target, hashed).await {
+        Ok(listed) => {
+            if delete {
+                for skip in listed.skipped {
+                    let error = ClientError::Remote { code: skip.code, message: skip.message };
+                    failures.push(Failure { path: join_remote(target, &skip.path), error });
+                }
+            }
+            Ok(listed.entries)
+        }
         Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok(Vec::new()),
         Err(e) => Err(e),
     }
 }
 
-/// The entries of a server listing (paths relative to the copied
-/// directory) that the source lacks (`seen`) and the filter takes,
-/// outermost first; what is below a removed directory goes with it.
-/// Partial files are left alone (they are resumes).
-fn remote_extras<'a>(entries: &'a [Entry], seen: &std::collections::HashSet<String>, filter: &Filter) -> Vec<&'a str> {
-    let mut names: Vec<&Entry> = entries.iter().collect();
-    names.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut gone: Vec<&str> = Vec::new();
-    for e in names {
-        let below = |d: &&str| e.name.starts_with(*d) && e.name.as_bytes().get(d.len()) == Some(&b'/');
-        if seen.contains(e.name.as_str()) || gone.iter().any(below) {
-            continue;
-        }
-        let base = e.name.rsplit('/').next().unwrap_or("");
-        if !filter.allows(&e.name, e.kind == Kind::Dir) || is_partial_name(base.as_bytes()) {
-            continue;
-        }
-        gone.push(&e.name);
-    }
-    gone
-}
-
 /// Plans an upload of the local `sources` to `dest` on the server (the
-/// root when `None`), walking directories (with `recursive`). Symlinks to
-/// files are followed; symlinks to directories and special files are
-/// skipped, with a note in [`Plan::skipped`]. What the server already has
-/// is compared as [`plan_get`] compares local files (one listing per
-/// source directory, one `stat` per source file).
+/// root when `None`), walking directories (with `recursive`) by
+/// descriptor. In a tree, a symlink to a file that stays inside the tree
+/// is followed (the file is sent under the link's name); a symlink leading
+/// out of the tree (an absolute one included) is never followed, nor is
+/// one to a directory, a dangling one or a special file: each is skipped
+/// with a note in [`Plan::skipped`]. A directory that cannot be read is a
+/// failure of its own ([`Plan::failures`]); the rest is planned. What the
+/// server already has is compared as [`plan_get`] compares local files
+/// (one listing per source directory, one `stat` per source file).
 ///
 /// # Errors
 ///
@@ -538,6 +672,7 @@ pub async fn plan_put(
                 mode,
                 replace: false,
                 blake3: None,
+                base: None,
             };
             plan.decide(job, held, force, same);
             continue;
@@ -549,15 +684,19 @@ pub async fn plan_put(
         // `DIR` the directory itself.
         let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
-        let entries = held_remotely(client, &target, checksum).await.map_err(source)?;
+        let entries = held_remotely(client, &target, checksum, (delete, &mut plan.failures)).await.map_err(source)?;
+        // The tree as the user named it (followed, as cp and rsync do);
+        // everything below is opened beneath it.
+        let root = Root::open(path).map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
+        let base = Base::new(path.clone(), root);
         let mut found = Vec::new();
         // Only a mirror needs to know every path the source holds.
         let mut seen = delete.then(std::collections::HashSet::new);
-        let creates = walk(&mut plan, (&mut found, &mut seen), (path, ""), &target, &filter)
-            .map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
+        let creates = walk(&mut plan, (&mut found, &mut seen), (&base, path, ""), &target, &filter);
         if let Some(seen) = seen {
-            plan.delete_remote
-                .extend(remote_extras(&entries, &seen, &filter).into_iter().map(|rel| join_remote(&target, rel)));
+            let held = entries.iter().map(|e| (e.name.as_str(), e.kind == Kind::Dir));
+            let gone = extras(held, |n| seen.contains(n), &filter);
+            plan.delete_remote.extend(gone.into_iter().map(|rel| join_remote(&target, rel)));
         }
         // By the name relative to the target (the listing's own strings):
         // one string less per file of a large tree.
@@ -576,7 +715,8 @@ pub async fn plan_put(
             };
             let same = match (receiver, theirs) {
                 (Some(Some((size, _))), Some(theirs)) if size == job.size => {
-                    Some(local_hash(&job.local).await.as_deref() == Some(theirs))
+                    let j = job.clone();
+                    Some(hash_of(move || j.open_local()).await.as_deref() == Some(theirs))
                 }
                 _ => None,
             };
@@ -604,64 +744,111 @@ fn not_utf8(path: &Path) -> ClientError {
     }
 }
 
-/// Adds what is below `dir` under `remote`; returns whether anything
-/// below will create `remote` on the server.
+/// Adds what is below the directory `rel` of the source tree `base`
+/// (`dir`, as shown) under `remote`; returns whether anything below will
+/// create `remote` on the server. Each entry is looked at without
+/// following it; a symlink is resolved beneath the tree, and one leading
+/// out of it is skipped, never followed. A directory that cannot be read
+/// is a failure, and the walk goes on.
 fn walk(
     plan: &mut Plan,
     (found, seen): (&mut Vec<Job>, &mut Option<std::collections::HashSet<String>>),
-    (dir, rel): (&Path, &str),
+    (base, dir, rel): (&Base, &Path, &str),
     remote: &str,
     filter: &Filter,
-) -> std::io::Result<bool> {
-    let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    items.sort_by_key(|i| i.file_name());
+) -> bool {
+    use rustix::fs::FileType;
+    let listed = base.root().open_dir(rel).and_then(|fd| {
+        let mut names = Vec::new();
+        for item in rustix::fs::Dir::read_from(&fd)? {
+            let item = item?;
+            let raw = item.file_name().to_bytes();
+            if raw != b"." && raw != b".." {
+                names.push(std::ffi::OsStr::from_bytes(raw).to_owned());
+            }
+        }
+        Ok((fd, names))
+    });
+    let (fd, mut names) = match listed {
+        Ok(listed) => listed,
+        Err(source) => {
+            let error = ClientError::Local { path: dir.to_owned(), source };
+            plan.failures.push(Failure { path: dir.display().to_string(), error });
+            return false;
+        }
+    };
+    names.sort();
     let mut creates = false;
-    for item in items {
-        let path = item.path();
-        let Ok(name) = item.file_name().into_string() else {
+    for name in names {
+        let path = dir.join(&name);
+        let Some(name) = name.to_str() else {
             plan.failures.push(Failure { path: path.display().to_string(), error: not_utf8(&path) });
             continue;
         };
-        let child = join_remote(remote, &name);
-        let child_rel = join_remote(rel, &name);
-        let is_dir = item.file_type()?.is_dir();
-        if !filter.allows(&child_rel, is_dir) {
+        let child = join_remote(remote, name);
+        let child_rel = join_remote(rel, name);
+        let st = match rustix::fs::statat(&fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Removed since the directory was read.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => {
+                let error = ClientError::Local { path: path.clone(), source: e.into() };
+                plan.failures.push(Failure { path: path.display().to_string(), error });
+                continue;
+            }
+        };
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if !filter.allows(&child_rel, kind == FileType::Directory) {
             continue;
         }
         // Whatever is here, copied or skipped, is not removed by a mirror.
         if let Some(seen) = seen.as_mut() {
             seen.insert(child_rel.clone());
         }
-        if is_dir {
-            if !walk(plan, (&mut *found, &mut *seen), (&path, &child_rel), &child, filter)? {
+        if kind == FileType::Directory {
+            if !walk(plan, (&mut *found, &mut *seen), (base, &path, &child_rel), &child, filter) {
                 plan.mkdirs.push(child);
             }
             creates = true;
             continue;
         }
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => {
-                let mtime = crate::services::files::mtime(&meta);
-                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        // A symlink: what it leads to beneath the tree, never out of it.
+        let st = if kind == FileType::Symlink {
+            match base.root().open_beneath(&child_rel, OFlags::PATH).and_then(|fd| Ok(rustix::fs::fstat(&fd)?)) {
+                Ok(st) => st,
+                Err(e) if crate::services::root::is_escape(&e) => {
+                    plan.skipped.push(format!("{}: a symlink leading out of the tree (not followed)", path.display()));
+                    continue;
+                }
+                Err(e) => {
+                    plan.skipped.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            }
+        } else {
+            st
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {
                 found.push(Job {
                     remote: child,
                     local: path,
-                    size: meta.len(),
-                    mtime,
-                    mode,
+                    size: st.st_size as u64,
+                    mtime: stat_mtime(&st),
+                    mode: st.st_mode as u32 & 0o777,
                     replace: false,
                     blake3: None,
+                    base: Some(base.clone()),
                 });
                 creates = true;
             }
-            Ok(meta) if meta.is_dir() => {
+            FileType::Directory => {
                 plan.skipped.push(format!("{}: a symlink to a directory (not followed)", path.display()))
             }
-            Ok(_) => plan.skipped.push(format!("{}: not a regular file", path.display())),
-            Err(e) => plan.skipped.push(format!("{}: {e}", path.display())),
+            _ => plan.skipped.push(format!("{}: not a regular file", path.display())),
         }
     }
-    Ok(creates)
+    creates
 }
 
 /// How a copy runs.
@@ -720,6 +907,12 @@ pub struct Summary {
     /// Files left out because the receiver's differ and are not older (by
     /// their source paths); `force` replaces them.
     pub refused: Vec<String>,
+    /// Paths left out on purpose ([`Plan::skipped`]).
+    pub skipped: usize,
+    /// Symlinks (or, with `force`, files) that stood in a download's
+    /// destination where a directory belongs, replaced by a directory
+    /// (never followed), by their local paths.
+    pub replaced: Vec<PathBuf>,
 }
 
 /// Runs `plan` over up to `options.jobs` connections to `endpoint`, each
@@ -731,23 +924,39 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     let started = Instant::now();
     let Plan {
         direction,
-        jobs,
+        mut jobs,
         mkdirs,
         local_dirs,
-        skipped: _,
+        skipped,
         failures,
         unchanged,
         refused,
         delete_remote,
         delete_local,
+        dest_dir,
     } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
-    let mut summary = Summary { failures, unchanged: unchanged.len(), refused, ..Summary::default() };
+    let mut summary =
+        Summary { failures, unchanged: unchanged.len(), refused, skipped: skipped.len(), ..Summary::default() };
     summary.failures.extend(make_dirs(endpoint, &mkdirs).await);
-    for dir in &local_dirs {
-        if let Err(source) = std::fs::create_dir_all(dir) {
-            let error = ClientError::Local { path: dir.clone(), source };
-            summary.failures.push(Failure { path: dir.display().to_string(), error });
+    let mut dest = None;
+    if let (Direction::Get, Some(dir)) = (direction, &dest_dir) {
+        match open_dest(dir, &local_dirs, options.force) {
+            Ok((root, failures, replaced)) => {
+                summary.failures.extend(failures);
+                summary.replaced = replaced;
+                let base = Base::new(dir.clone(), root);
+                for job in &mut jobs {
+                    job.base = Some(base.clone());
+                }
+                dest = Some(base);
+            }
+            Err(failure) => {
+                // Nowhere to write: every file would fail the same way.
+                summary.failures.push(failure);
+                summary.elapsed = started.elapsed();
+                return summary;
+            }
         }
     }
     let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));
@@ -785,7 +994,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     if summary.failures.is_empty() {
         summary.deleted += delete_remotely(endpoint, &delete_remote, &mut summary.failures).await;
         for (root, rel) in &delete_local {
-            match delete_locally(root, rel) {
+            match delete_locally(dest.as_ref(), root, rel) {
                 Ok(()) => summary.deleted += 1,
                 Err(source) => {
                     let path = root.join(rel);
@@ -823,14 +1032,45 @@ async fn delete_remotely(endpoint: &Endpoint, paths: &[String], failures: &mut V
     removed
 }
 
-/// Removes `rel` below the local directory `root`, by descriptor: no
-/// symlink on the way is followed, one at `rel` is removed as a link.
-fn delete_locally(root: &Path, rel: &str) -> std::io::Result<()> {
-    let dir: std::os::fd::OwnedFd = std::fs::File::open(root)?.into();
-    let parts: Vec<&str> = rel.split('/').collect();
-    let (name, parents) = parts.split_last().expect("split gives one part at least");
-    let parent = crate::services::root::open_no_links(&dir, parents)?;
-    crate::services::root::remove_at(&parent, std::ffi::OsStr::new(name))
+/// Opens a download's destination `dir` as the user named it (created
+/// with its parents first if a tree lands in it and it is missing, as
+/// `mkdir -p`; followed, as `cp` and `rsync` follow it), then makes each of
+/// `local_dirs` beneath it by descriptor, a symlink where a directory
+/// belongs replaced by a directory, never followed (so is a file with
+/// `force`). Returns the destination, the directories that could not be
+/// made, and what was replaced.
+fn open_dest(dir: &Path, local_dirs: &[PathBuf], force: bool) -> Result<(Root, Vec<Failure>, Vec<PathBuf>), Failure> {
+    let local = |path: &Path, source| Failure {
+        path: path.display().to_string(),
+        error: ClientError::Local { path: path.to_owned(), source },
+    };
+    if !local_dirs.is_empty() {
+        std::fs::create_dir_all(dir).map_err(|e| local(dir, e))?;
+    }
+    let root = Root::open(dir).map_err(|e| local(dir, e))?.without_links();
+    let (mut failures, mut replaced) = (Vec::new(), Vec::new());
+    for made in local_dirs {
+        let Some(rel) = rel_below(dir, made) else {
+            failures.push(local(made, std::io::Error::other("not below the destination")));
+            continue;
+        };
+        let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+        let mut now = Vec::new();
+        if let Err(e) = root.make_dirs_replacing(&parts, force, &mut now) {
+            failures.push(local(made, e));
+        }
+        replaced.extend(now.iter().map(|r| dir.join(r)));
+    }
+    Ok((root, failures, replaced))
+}
+
+/// Removes `rel` below the local directory `copied` of a download's
+/// destination `dest`, by descriptor: no symlink on the way is followed,
+/// one at `rel` is removed as a link.
+fn delete_locally(dest: Option<&Base>, copied: &Path, rel: &str) -> std::io::Result<()> {
+    let dest = dest.ok_or_else(|| std::io::Error::other("no destination"))?;
+    let copied = rel_below(dest.path(), copied).ok_or_else(|| std::io::Error::other("not below the destination"))?;
+    dest.root().remove(&join_remote(&copied, rel))
 }
 
 /// Creates remote directories no file creates, over one connection.
@@ -999,7 +1239,47 @@ async fn copy_one(
     let c = client.as_mut().expect("connected");
     let options = TransferOptions::force(force || job.replace);
     match direction {
-        Direction::Get => c.get(&job.remote, &job.local, &options, progress).await,
-        Direction::Put => c.put(&job.local, &job.remote, &options, progress).await,
+        Direction::Get => {
+            let j = job.clone();
+            c.get_into(&job.remote, &job.local, move || j.local_parent(), &options, progress).await
+        }
+        Direction::Put => {
+            let file = job.open_local().map_err(|source| ClientError::Local { path: job.local.clone(), source })?;
+            c.put_file(file, &job.local, &job.remote, &options, progress).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gone(held: &[(&'static str, bool)], source: &[&str], exclude: &[&str]) -> Vec<&'static str> {
+        let filter = Filter::new(exclude, &[]).unwrap();
+        extras(held.iter().copied(), |n| source.contains(&n), &filter)
+    }
+
+    #[test]
+    fn a_mirror_keeps_what_is_excluded_and_the_directories_above_it() {
+        let held = [
+            ("keep.txt", false),
+            ("old", true),
+            ("old/keep.log", false),
+            ("old/stale.txt", false),
+            ("old/deep", true),
+            ("old/deep/x", false),
+            ("gone", true),
+            ("gone/y", false),
+            ("stale.txt", false),
+            (".a.fwpart", false),
+        ];
+        assert_eq!(gone(&held, &["keep.txt"], &[]), ["gone", "old", "stale.txt"], "whole directories, outermost");
+        assert_eq!(
+            gone(&held, &["keep.txt"], &["keep.log"]),
+            ["gone", "old/deep", "old/stale.txt", "stale.txt"],
+            "old stays for its excluded file; the rest of it goes one by one"
+        );
+        assert_eq!(gone(&held, &["keep.txt"], &["old/deep/"]), ["gone", "old/keep.log", "old/stale.txt", "stale.txt"]);
+        assert_eq!(gone(&held, &["keep.txt", "old", "old/keep.log"], &["*.txt"]), ["gone", "old/deep"]);
     }
 }

@@ -412,7 +412,8 @@ messages! {
 
     /// Request: stream the tree at `path` as `listing` frames, then
     /// `listing_end` (PROTOCOL.md §4.6.3.1).
-    TreeList = "tree_list", ToServer, none, cold, example: TreeList { path: "d".into(), blake3: true };
+    TreeList = "tree_list", ToServer, none, cold,
+        example: TreeList { path: "d".into(), blake3: true, skips: true };
     {
         /// The directory, relative to the root.
         #[serde(default)]
@@ -420,6 +421,11 @@ messages! {
         /// Give each file's BLAKE3.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         blake3: bool,
+        /// The client takes [`ListingSkip`] frames: a path below that
+        /// cannot be read is reported and the listing goes on past it
+        /// (without, the first one ends the listing with an error).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skips: bool,
     }
 
     /// Answer to `tree_list`: a JSON array of up to 1000 entries (paths
@@ -432,6 +438,20 @@ messages! {
         /// Entries in the body.
         #[serde(default)]
         count: u64,
+    }
+
+    /// Part of a `tree_list` answer asked with `skips`: a path below the
+    /// listed one that could not be read (a directory: nothing below it is
+    /// listed), and why. The listing goes on.
+    ListingSkip = "listing_skip", ToClient, none, cold,
+        example: ListingSkip { path: "a/locked".into(), code: ErrorCode::PermissionDenied, message: "a/locked: permission denied".into() };
+    {
+        /// The path, relative to the listed one (empty: that one itself).
+        path: String,
+        /// Why, as an error code.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
     }
 
     /// The end of a `tree_list` answer.

@@ -44,7 +44,8 @@ set! {
 
 set! {
     /// What a client reads answering `tree_list`.
-    ListingOutput: "listing, listing_end or error", known KINDS, tags Tag, { Listing, ListingEnd, ErrorFrame }
+    ListingOutput: "listing, listing_skip, listing_end or error", known KINDS, tags Tag,
+    { Listing, ListingSkip, ListingEnd, ErrorFrame }
 }
 
 set! {

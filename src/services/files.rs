@@ -390,10 +390,11 @@ impl Sandbox {
     pub fn prune_partials(&self, max_age: std::time::Duration) -> io::Result<Vec<(String, u64)>> {
         let mut found = Vec::new();
         let root = self.root.open_dir("")?;
-        walk(root, "", 0, Listing::Partials, &mut |e: Entry| {
+        let mut sink = |e: Entry| {
             found.push(e);
             Ok(())
-        })?;
+        };
+        walk(root, "", 0, Listing::Partials, (&mut sink, &mut |_, e| Err(e)))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let cutoff = i64::try_from(now.saturating_sub(max_age.as_secs())).unwrap_or(i64::MAX);
         let mut removed = Vec::new();
@@ -566,7 +567,14 @@ impl Sandbox {
             out.push(e);
             Ok(())
         };
-        let walked = walk(OwnedFd::from(file), "", 0, listing, &mut sink);
+        // One listing, one answer: a path below that cannot be read
+        // refuses it, named.
+        let mut unreadable = None;
+        let mut skip = |rel: &str, e: io::Error| {
+            unreadable = Some(refusal(&join_below(path, rel), &e));
+            Err(e)
+        };
+        let walked = walk(OwnedFd::from(file), "", 0, listing, (&mut sink, &mut skip));
         match walked {
             Ok(()) => {}
             Err(_) if left == 0 => {
@@ -574,6 +582,7 @@ impl Sandbox {
                     format!("{}: the listing exceeds {budget} bytes; list a smaller part of the tree", shown(path));
                 return Err(Refusal::new(ErrorCode::TooLarge, msg));
             }
+            Err(_) if unreadable.is_some() => return Err(unreadable.expect("checked")),
             Err(e) => return Err(refusal(path, &e)),
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -587,6 +596,11 @@ impl Sandbox {
     /// before what is below it) instead of building the listing: for trees
     /// of any size. A `sink` error stops the walk and is returned.
     ///
+    /// A path below that cannot be read (a directory that cannot be opened
+    /// or read, an entry that cannot be looked at) goes to `skip` with why,
+    /// its path relative to `path`, and the walk goes on past it; without
+    /// `skip` (or when it fails), the walk stops there with that refusal.
+    ///
     /// # Errors
     ///
     /// As [`open`](Self::open); a file at `path` is refused with
@@ -596,49 +610,96 @@ impl Sandbox {
         path: &str,
         listing: Listing,
         sink: &mut dyn FnMut(Entry) -> io::Result<()>,
+        mut skip: Option<&mut Skip<'_>>,
     ) -> Result<(), Refusal> {
         let (_, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         if !meta.is_dir() {
             return Err(Refusal::new(ErrorCode::NotADirectory, format!("{}: not a directory", shown(path))));
         }
-        walk(OwnedFd::from(file), "", 0, listing, sink).map_err(|e| refusal(path, &e))
+        let mut stopped = None;
+        let mut unreadable = |rel: &str, e: io::Error| {
+            let r = refusal(&join_below(path, rel), &e);
+            match skip.as_mut() {
+                Some(skip) => skip(rel, r),
+                None => {
+                    stopped = Some(r);
+                    Err(e)
+                }
+            }
+        };
+        let walked = walk(OwnedFd::from(file), "", 0, listing, (sink, &mut unreadable));
+        match (walked, stopped) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(r)) => Err(r),
+            (Err(e), None) => Err(refusal(path, &e)),
+        }
     }
 }
 
-/// Hands `sink` the entries below `dir` (a descriptor: each subdirectory
+/// What [`Sandbox::walk`] hands a path below that cannot be read: its path
+/// relative to the walked one, and the refusal naming it. An error stops
+/// the walk.
+pub type Skip<'a> = dyn FnMut(&str, Refusal) -> io::Result<()> + 'a;
+
+/// `base/rel`, or `base` alone for an empty `rel` (the path a message
+/// names for something `rel` below `base`).
+fn join_below(base: &str, rel: &str) -> String {
+    let base = base.trim_end_matches('/');
+    match (base.is_empty(), rel.is_empty()) {
+        (_, true) => base.to_owned(),
+        (true, false) => rel.to_owned(),
+        (false, false) => format!("{base}/{rel}"),
+    }
+}
+
+/// What a walk reports to: each entry, and each path below that cannot be
+/// read (relative, with why). An error from either stops the walk.
+type Sinks<'a> = (&'a mut dyn FnMut(Entry) -> io::Result<()>, &'a mut dyn FnMut(&str, io::Error) -> io::Result<()>);
+
+/// Hands the sink the entries below `dir` (a descriptor: each subdirectory
 /// is opened from its parent with `O_NOFOLLOW`, so a directory swapped for
-/// a symlink mid-walk is skipped, never followed).
-fn walk(
-    dir: OwnedFd,
-    prefix: &str,
-    depth: usize,
-    listing: Listing,
-    sink: &mut dyn FnMut(Entry) -> io::Result<()>,
-) -> io::Result<()> {
+/// a symlink mid-walk is skipped, never followed). A directory that cannot
+/// be opened or read, and an entry that cannot be looked at, go to the
+/// second sink (a directory that cannot be searched, once), and the walk
+/// goes on with the next.
+fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks<'_>) -> io::Result<()> {
+    let (sink, unreadable) = sinks;
     // Two descriptors and a stack frame a level: bounded.
     if depth > MAX_PATH_DEPTH {
         return Err(io::Error::other(format!("the tree is deeper than {MAX_PATH_DEPTH} levels (MAX_PATH_DEPTH)")));
     }
-    let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| at_path(prefix, e.into()))?;
+    let entries = match rustix::fs::Dir::read_from(&dir) {
+        Ok(entries) => entries,
+        Err(e) => return unreadable(prefix, e.into()),
+    };
     for item in entries {
-        let item = item?;
+        let item = match item {
+            Ok(item) => item,
+            Err(e) => return unreadable(prefix, e.into()),
+        };
         let raw = item.file_name().to_bytes();
         if raw == b"." || raw == b".." {
             continue;
         }
+        let name = String::from_utf8_lossy(raw);
+        let rel = if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
         let st = match rustix::fs::statat(&dir, item.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             // Removed since the directory was read.
             Err(Errno::NOENT) => continue,
-            Err(e) => return Err(e.into()),
+            // A directory that can be read and not searched: none of its
+            // entries can be looked at; it is reported once.
+            Err(e @ (Errno::ACCESS | Errno::PERM)) => return unreadable(prefix, e.into()),
+            Err(e) => {
+                unreadable(&rel, e.into())?;
+                continue;
+            }
         };
         let kind = kind_of(st.st_mode);
         let partial = kind == Kind::File && is_partial_name(raw);
         if partial != (listing == Listing::Partials) && kind != Kind::Dir {
             continue;
         }
-        let name = String::from_utf8_lossy(raw);
-        let rel = if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
         let keep = match listing {
             Listing::Entries => true,
             Listing::Files => kind == Kind::File,
@@ -651,22 +712,14 @@ fn walk(
         if listing != Listing::Entries && kind == Kind::Dir {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rustix::fs::openat(&dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
-                Ok(sub) => walk(sub, &rel, depth + 1, listing, sink)?,
+                Ok(sub) => walk(sub, &rel, depth + 1, listing, (&mut *sink, &mut *unreadable))?,
                 // Gone, or swapped for a symlink, since it was read.
                 Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
-                Err(e) => return Err(at_path(&rel, e.into())),
+                Err(e) => unreadable(&rel, e.into())?,
             }
         }
     }
     Ok(())
-}
-
-/// `e`, naming the directory (relative to the walk's start) it came from:
-/// an unreadable directory deep in a tree is named, not just "Permission
-/// denied".
-fn at_path(rel: &str, e: io::Error) -> io::Error {
-    let rel = if rel.is_empty() { "." } else { rel };
-    io::Error::new(e.kind(), format!("{}: {e}", crate::text::printable(rel)))
 }
 
 fn kind_of(mode: u32) -> Kind {

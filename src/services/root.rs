@@ -56,11 +56,25 @@ pub enum Resolver {
     Walk,
 }
 
+/// Which symlinks a resolution beneath a [`Root`] follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Those that stay beneath the root (a served root, the source tree of
+    /// an upload); one leading out is refused (`EXDEV`).
+    Inside,
+    /// None at all, not even one that stays beneath (`ELOOP`): the
+    /// destination of a download, where whoever else can write it could
+    /// plant a link where a directory belongs. Only the root itself, the
+    /// directory the user named, was followed when it was opened.
+    Never,
+}
+
 /// A directory that paths are resolved beneath, held open by descriptor.
 #[derive(Debug, Clone)]
 pub struct Root {
     fd: Arc<OwnedFd>,
     resolver: Resolver,
+    links: Links,
 }
 
 /// Whether `name` has the exact form of a partial file's name:
@@ -108,7 +122,15 @@ impl Root {
             Err(Errno::NOSYS | Errno::PERM) => Resolver::Walk,
             Err(e) => return Err(e.into()),
         };
-        Ok(Root { fd: Arc::new(fd), resolver })
+        Ok(Root { fd: Arc::new(fd), resolver, links: Links::Inside })
+    }
+
+    /// The same root, following no symlink beneath it at all (see
+    /// [`Links::Never`]): `openat2(2)` with `RESOLVE_NO_SYMLINKS` too, or
+    /// the walk refusing the first link it meets.
+    pub fn without_links(mut self) -> Root {
+        self.links = Links::Never;
+        self
     }
 
     /// The same root, resolving with `resolver` (tests use it to run the
@@ -125,13 +147,14 @@ impl Root {
 
     /// Opens `rel` (relative, already checked: no `..`, not absolute)
     /// beneath the root with `flags`, following symlinks that stay inside,
-    /// the last component's too. An empty `rel` is the root itself.
+    /// the last component's too (none at all under [`Links::Never`]). An
+    /// empty `rel` is the root itself.
     ///
     /// # Errors
     ///
     /// `EXDEV` for a path leading outside (an absolute symlink, or `..`
-    /// past the root), `ELOOP` past [`MAX_SYMLINKS`], and those of
-    /// `openat(2)`.
+    /// past the root), `ELOOP` past [`MAX_SYMLINKS`] (at the first link
+    /// under [`Links::Never`]), and those of `openat(2)`.
     pub fn open_beneath(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
         let rel = if rel.is_empty() { "." } else { rel };
         // openat2 refuses O_PATH with flags that do not go with it.
@@ -145,8 +168,12 @@ impl Root {
                 // The kernel may refuse a resolution it could not keep safe
                 // against a concurrent rename: try again a few times.
                 let mut tries = 0;
+                let how = match self.links {
+                    Links::Inside => beneath(),
+                    Links::Never => beneath() | ResolveFlags::NO_SYMLINKS,
+                };
                 loop {
-                    match rustix::fs::openat2(&*self.fd, rel, flags, Mode::empty(), beneath()) {
+                    match rustix::fs::openat2(&*self.fd, rel, flags, Mode::empty(), how) {
                         Err(Errno::AGAIN) if tries < MAX_RETRIES => tries += 1,
                         done => return Ok(done?),
                     }
@@ -196,6 +223,91 @@ impl Root {
             dir = self.open_dir(&prefix)?;
         }
         Ok(dir)
+    }
+
+    /// The directory `parts` names, created as [`make_dirs`](Self::make_dirs)
+    /// creates it, for a root that follows no link ([`Links::Never`]): each
+    /// component is opened from the one before with `O_NOFOLLOW`, and a
+    /// symlink standing where a directory belongs is removed (the link
+    /// itself, never followed) and replaced by a directory, as rsync does
+    /// by default; so is any other file there when `replace_files`, and
+    /// without it that is refused. Each path replaced (relative, `/`
+    /// joined) is added to `replaced`.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::AlreadyExists`] for a file in the way without
+    /// `replace_files`; those of `openat(2)`, `mkdirat(2)` and
+    /// `unlinkat(2)`; a component that keeps changing past
+    /// [`MAX_RETRIES`].
+    pub fn make_dirs_replacing(
+        &self,
+        parts: &[&str],
+        replace_files: bool,
+        replaced: &mut Vec<String>,
+    ) -> io::Result<OwnedFd> {
+        use rustix::fs::FileType;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dir = rustix::fs::openat(&*self.fd, ".", flags, Mode::empty())?;
+        for (k, part) in parts.iter().enumerate() {
+            let mut tries = 0;
+            dir = loop {
+                let in_the_way = match rustix::fs::openat(&dir, *part, flags, Mode::empty()) {
+                    Ok(sub) => break sub,
+                    Err(e) if tries >= MAX_RETRIES => return Err(e.into()),
+                    Err(Errno::NOENT) => false,
+                    // A symlink (ELOOP, or ENOTDIR with O_DIRECTORY) or a
+                    // file: looked at, never followed.
+                    Err(Errno::LOOP | Errno::NOTDIR) => true,
+                    Err(e) => return Err(e.into()),
+                };
+                tries += 1;
+                if in_the_way {
+                    let kind = match rustix::fs::statat(&dir, *part, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => FileType::from_raw_mode(st.st_mode),
+                        // Gone or changed since the open: look again.
+                        Err(Errno::NOENT) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if kind == FileType::Directory {
+                        continue;
+                    }
+                    if kind != FileType::Symlink && !replace_files {
+                        let msg = format!(
+                            "{}: a file stands where the copy needs a directory (--force replaces it)",
+                            parts[..=k].join("/")
+                        );
+                        return Err(io::Error::new(io::ErrorKind::AlreadyExists, msg));
+                    }
+                    match rustix::fs::unlinkat(&dir, *part, AtFlags::empty()) {
+                        Ok(()) => replaced.push(parts[..=k].join("/")),
+                        Err(Errno::NOENT) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o777)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            };
+        }
+        Ok(dir)
+    }
+
+    /// Removes `rel` beneath the root, and if it is a directory everything
+    /// below it ([`remove_at`]): its parent is opened one component at a
+    /// time with `O_NOFOLLOW` ([`open_no_links`]), so no symlink on the
+    /// way is followed, and one at `rel` is removed as a link.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`open_no_links`] and [`remove_at`]; `EINVAL` for the root
+    /// itself.
+    pub fn remove(&self, rel: &str) -> io::Result<()> {
+        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let Some((name, parents)) = parts.split_last() else { return Err(Errno::INVAL.into()) };
+        let parent = open_no_links(&self.fd, parents)?;
+        remove_at(&parent, OsStr::new(name))
     }
 
     /// The component-by-component resolution (see [`Resolver::Walk`]).
@@ -268,7 +380,7 @@ impl Root {
                 Err(e) => return Err(e.into()),
             };
             links += 1;
-            if links > MAX_SYMLINKS {
+            if links > MAX_SYMLINKS || self.links == Links::Never {
                 return Err(Errno::LOOP.into());
             }
             if target.starts_with(b"/") {
@@ -837,6 +949,48 @@ mod tests {
             assert!(is_escape(&root.make_dirs(&["dangling", "deep"]).unwrap_err()));
         }
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing created outside");
+    }
+
+    #[test]
+    fn a_root_without_links_follows_none_and_replaces_them_by_directories() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), "p").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        for root in roots(r) {
+            let root = root.without_links();
+            std::fs::create_dir_all(r.join("a/b")).unwrap();
+            std::fs::write(r.join("a/b/f"), "f").unwrap();
+            std::fs::write(r.join("file"), "x").unwrap();
+            symlink("a/b", r.join("inner")).unwrap();
+            symlink(outside.path(), r.join("out")).unwrap();
+            assert!(root.open_dir("a/b").is_ok());
+            for linked in ["inner", "inner/f", "out", "out/precious"] {
+                let err = root.open_beneath(linked, OFlags::RDONLY).unwrap_err();
+                assert_eq!(errno(&err), Some(Errno::LOOP), "{linked}: {:?}", root.resolver);
+            }
+            let mut replaced = Vec::new();
+            root.make_dirs_replacing(&["out", "deep"], false, &mut replaced).unwrap();
+            root.make_dirs_replacing(&["inner", "x"], false, &mut replaced).unwrap();
+            assert_eq!(replaced, ["out", "inner"]);
+            assert!(r.join("out/deep").is_dir() && !r.join("out").is_symlink());
+            assert!(r.join("a/b/f").is_file(), "an inner link's target is left alone");
+            let err = root.make_dirs_replacing(&["file", "y"], false, &mut replaced).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+            assert!(err.to_string().contains("--force"), "{err}");
+            assert_eq!(std::fs::read_to_string(r.join("file")).unwrap(), "x", "a file is replaced only when asked");
+            root.make_dirs_replacing(&["file", "y"], true, &mut replaced).unwrap();
+            assert!(r.join("file/y").is_dir());
+            symlink(outside.path(), r.join("a/b/out")).unwrap();
+            root.remove("a/b/out").unwrap();
+            root.remove("out").unwrap();
+            assert!(matches!(root.remove("inner/x"), Ok(())));
+            for name in ["a", "inner", "file"] {
+                std::fs::remove_dir_all(r.join(name)).unwrap();
+            }
+        }
+        let left: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["precious"], "nothing outside created or removed");
     }
 
     #[test]

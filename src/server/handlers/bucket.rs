@@ -297,7 +297,7 @@ fn mismatch(shown: &str, got: &blake3::Hash, claimed: &str) -> Refusal {
 
 /// Streams the tree at `path` as `listing` frames, then `listing_end`.
 pub(in crate::server) async fn tree_list(s: &mut S, b: &Bucket, request: TreeList) -> Result<(), Error> {
-    let TreeList { path, blake3 } = request;
+    let TreeList { path, blake3, .. } = request;
     let listed = async {
         let mut entries = b.list(&path, Listing::Tree, TREE_LIST_BUDGET).await?;
         if blake3 {

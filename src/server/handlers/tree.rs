@@ -12,9 +12,9 @@ use super::super::context::Context;
 use super::blocking;
 use super::files::{hash_of, plan_download, Download};
 use crate::proto::{
-    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ManifestEntry, TreeDone,
-    TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants,
-    WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ListingSkip,
+    ManifestEntry, TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip,
+    Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
 use crate::services::files::{self, Sandbox};
 use crate::services::root::FileId;
@@ -148,51 +148,71 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 
 /// Streams the tree at `path` as `listing` frames (directories first,
 /// then what is below them), then `listing_end`: a listing of any length,
-/// in frames of at most [`TREE_PART_ENTRIES`] entries.
+/// in frames of at most [`TREE_PART_ENTRIES`] entries. Asked with `skips`,
+/// a path below that cannot be read is a `listing_skip` frame, in step,
+/// and the listing goes on; without, it ends the listing with an error
+/// frame naming it.
 pub(in crate::server) async fn tree_list(s: &mut S, ctx: &Context, request: TreeList) -> Result<(), Error> {
-    let TreeList { path, blake3 } = request;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Entry>, Refusal>>(4);
+    let TreeList { path, blake3, skips } = request;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(4);
     let (sb, hashes) = (ctx.sandbox().clone(), ctx.hashes.clone());
     let walker = tokio::task::spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(TREE_PART_ENTRIES);
         let mut bytes = 0;
         let gone = || std::io::Error::other("the client left");
-        let walked = sb.walk(&path, files::Listing::Tree, &mut |mut e| {
+        let mut sink = |mut e: Entry| {
             if blake3 && e.kind == Kind::File {
-                let hash =
-                    hash_of(&sb, &hashes, &join(&path, &e.name)).map_err(|r| std::io::Error::other(r.message))?;
+                // A file that cannot be read has no hash to give: it is
+                // listed without, and its `get` says why.
+                let hash = hash_of(&sb, &hashes, &join(&path, &e.name)).ok().flatten();
                 e.blake3 = hash.map(|h| h.to_hex().to_string());
             }
             bytes += e.name.len() as u64 + 160;
             chunk.push(e);
             if chunk.len() >= TREE_PART_ENTRIES || bytes >= TREE_PART_MAX / 2 {
                 bytes = 0;
-                tx.blocking_send(Ok(std::mem::take(&mut chunk))).map_err(|_| gone())?;
+                tx.blocking_send(Part::Entries(std::mem::take(&mut chunk))).map_err(|_| gone())?;
             }
             Ok(())
-        });
-        let last = match walked {
-            Ok(()) => Ok(chunk),
-            Err(r) => Err(r),
+        };
+        let mut skip = |rel: &str, r: Refusal| {
+            let skip = ListingSkip { path: rel.to_owned(), code: r.code, message: r.message };
+            tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
+        };
+        let skip: Option<&mut files::Skip<'_>> = if skips { Some(&mut skip) } else { None };
+        let last = match sb.walk(&path, files::Listing::Tree, &mut sink, skip) {
+            Ok(()) => Part::Entries(chunk),
+            Err(r) => Part::Refused(r),
         };
         let _ = tx.blocking_send(last);
     });
     let mut count = 0u64;
     while let Some(part) = rx.recv().await {
         match part {
-            Ok(entries) if entries.is_empty() => {}
-            Ok(entries) => {
+            Part::Entries(entries) if entries.is_empty() => {}
+            Part::Entries(entries) => {
                 let body = serde_json::to_vec(&entries).map_err(|e| Error::Io(std::io::Error::other(e)))?;
                 count += entries.len() as u64;
                 s.feed(&Listing { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
             }
+            Part::Skip(skip) => s.feed(&skip, &[]).await?,
             // Before the first frame or after some: an error frame ends
             // the listing either way.
-            Err(r) => return s.refuse(r).await,
+            Part::Refused(r) => return s.refuse(r).await,
         }
     }
     let _ = walker.await;
     s.send(&ListingEnd { count }, &[]).await
+}
+
+/// What a `tree_list`'s walk hands its sender, in order.
+enum Part {
+    /// Entries found (sent as one `listing` frame).
+    Entries(Vec<Entry>),
+    /// A path that could not be read.
+    Skip(ListingSkip),
+    /// The walk stopped.
+    Refused(Refusal),
 }
 
 /// One file a `tree_put` wants and has not received yet.
