@@ -1177,3 +1177,12 @@ async fn trees_copy_alike_streamed_and_file_by_file() {
         assert_eq!(std::fs::read(back.join("d4/f39")).unwrap(), pattern(100 + 39 * 997, 199));
     }
 }
+
+/// `mv` of directories onto, into and below each other: the local root's
+/// answers, which a bucket root's must match (tests/bucket.rs runs the
+/// same cases).
+#[tokio::test]
+async fn directory_moves_refuse_what_would_lose_data() {
+    let server = TestServer::start().await;
+    common::rename_cases(&server.addr()).await;
+}
