@@ -1001,8 +1001,8 @@ async fn a_tree_upload_reads_only_its_destination(server: &Seaweed) {
 
 /// An upload still running when a sweep of abandoned uploads comes is
 /// left alone (issue 28, point 9: a server started with
-/// `--partial-max-age 2s` aborted it): its record's lease holds while it
-/// runs, however slowly the client sends.
+/// `--partial-max-age 2s` aborted it; here 0, the shortest): its
+/// record's lease holds while it runs, however slowly the client sends.
 /// (Part of the resume test, to start one SeaweedFS fewer.)
 async fn a_running_upload_outlives_a_short_partial_max_age(server: &Seaweed) {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -1039,15 +1039,22 @@ async fn a_running_upload_outlives_a_short_partial_max_age(server: &Seaweed) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The record is older than 2 s when another server sweeps.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Beside it, an abandoned record: when it is gone, the sweep has
+    // come past the running upload's (records are swept in key order).
+    let stale = key("lease/.stale.bin.fwpart");
+    let abandoned = r#"{"v":1,"upload_id":"gone","size":20971525,"mtime":1,"parts":[]}"#;
+    s3.put(&stale, PutPayload::from_static(abandoned.as_bytes())).await.unwrap();
+    // Both records are older than the sweep's limit (S3 times are whole
+    // seconds) when a second server sweeps at start.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_other, _stop_other, _task_other) =
-        serve(open(server, "lease").await, |c| c.partial_max_age = Some(Duration::from_secs(2))).await;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        assert!(s3.head(&record).await.is_ok(), "the sweep took the running upload's record");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        serve(open(server, "lease").await, |c| c.partial_max_age = Some(Duration::ZERO)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s3.head(&stale).await.is_ok() {
+        assert!(Instant::now() < deadline, "the sweep did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(s3.head(&record).await.is_ok(), "the sweep took the running upload's record");
     hold.store(false, Ordering::Relaxed);
     let done = client.join().unwrap().unwrap();
     assert_eq!(done.size, data.len() as u64);

@@ -235,7 +235,7 @@ pub struct Bucket {
     store: Arc<AmazonS3>,
     /// Listings and the deletes of `DIR/` markers (what object_store's
     /// paths cannot do: see [`raw`]).
-    raw: raw::Raw,
+    raw: Arc<raw::Raw>,
     prefix: Path,
     spec: BucketSpec,
     endpoint: String,
@@ -355,7 +355,7 @@ impl Bucket {
         let prefix = Path::from(spec.prefix.as_str());
         let bucket = Bucket {
             store: Arc::new(store),
-            raw,
+            raw: Arc::new(raw),
             prefix,
             spec,
             endpoint,

@@ -763,8 +763,9 @@ impl Bucket {
     /// it yet: the entries are grouped by their first component, and for
     /// each group the subtree of the deepest directory holding all of it
     /// is listed once, every parent of that directory checked (`HEAD`) to
-    /// be no file. So the index holds what is below the destination the
-    /// upload names, never the rest of the root.
+    /// be no file; [`HEADS_AT_ONCE`] groups at once. So the index holds
+    /// what is below the destination the upload names, never the rest of
+    /// the root.
     ///
     /// # Errors
     ///
@@ -793,28 +794,49 @@ impl Bucket {
                 }
             }
         }
-        for common in groups.into_values() {
-            self.index_subtree(index, base, &common.join("/")).await?;
+        // Files held, across the reads at once: what the limit bounds.
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(index.files.len()));
+        // Owned before any await (a borrow held across one would make the
+        // future `Send` only for some lifetimes).
+        let rels: Vec<String> = groups.into_values().map(|common| common.join("/")).collect();
+        let reads = rels.into_iter().map(|rel| {
+            let (b, base, held) = (self.clone(), base.to_owned(), held.clone());
+            async move { b.read_subtree(&base, rel, &held).await }
+        });
+        let read: Vec<Subtree> =
+            futures_util::stream::iter(reads).buffer_unordered(HEADS_AT_ONCE).try_collect().await?;
+        for subtree in read {
+            index.files.extend(subtree.files);
+            index.dirs.extend(subtree.dirs);
+            index.blocked |= subtree.blocked;
+            index.read.insert(subtree.rel);
         }
         Ok(())
     }
 
-    /// Reads the subtree at `rel` (below `base`) into `index`, and whether
-    /// it or a parent of it (up to the root) is a file.
-    async fn index_subtree(&self, index: &mut TreeIndex, base: &str, rel: &str) -> Result<(), Refusal> {
+    /// What is at and below `rel` (below `base`), and whether it or a
+    /// parent of it (up to the root) is a file; `held` counts the files
+    /// read by every read of one [`index_for`](Self::index_for).
+    async fn read_subtree(
+        &self,
+        base: &str,
+        rel: String,
+        held: &std::sync::atomic::AtomicUsize,
+    ) -> Result<Subtree, Refusal> {
         let full = match base.trim_matches('/') {
-            "" | "." => rel.to_owned(),
+            "" | "." => rel.clone(),
             b => format!("{b}/{rel}"),
         };
         let (key, _) = self.key(&full)?;
         let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_owned()).collect();
-        // Components of the key down to the base, and to `rel`.
+        // Components of the key down to the base.
         let base_depth = parts.len() - rel.split('/').count();
+        let mut subtree = Subtree { rel, ..Subtree::default() };
         for i in self.prefix_depth() + 1..=parts.len() {
             let at = raw_path(&parts[..i]);
             if let Some(object) = self.head(&at).await.map_err(|e| store_refusal(&full, e))? {
                 if i <= base_depth {
-                    index.blocked = true;
+                    subtree.blocked = true;
                 } else {
                     let meta = ObjectMeta {
                         location: at,
@@ -823,17 +845,18 @@ impl Bucket {
                         e_tag: object.etag,
                         version: None,
                     };
-                    index.files.insert(parts[base_depth..i].join("/"), meta);
+                    subtree.files.push((parts[base_depth..i].join("/"), meta));
                 }
                 // Nothing is below a file.
-                index.read.insert(rel.to_owned());
-                return Ok(());
+                return Ok(subtree);
             }
         }
         let mut pages = self.pages(&key, false);
         while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(&full, e))? {
+            if !page.is_empty() {
+                subtree.dirs.push(subtree.rel.clone());
+            }
             for listed in page {
-                index.dirs.insert(rel.to_owned());
                 let (location, object) = match listed {
                     Key::Object(m) => (m.location.clone(), Some(m)),
                     Key::Marker { dir, .. } => (dir, None),
@@ -842,16 +865,16 @@ impl Bucket {
                 let below: Vec<String> = location.parts().skip(base_depth).map(|p| p.as_ref().to_owned()).collect();
                 let Some((last, parents)) = below.split_last() else { continue };
                 for i in 1..=parents.len() {
-                    index.dirs.insert(parents[..i].join("/"));
+                    subtree.dirs.push(parents[..i].join("/"));
                 }
                 let Some(object) = object else {
-                    index.dirs.insert(below.join("/"));
+                    subtree.dirs.push(below.join("/"));
                     continue;
                 };
                 if last == DIR_MARKER || is_partial_name(last.as_bytes()) {
                     continue;
                 }
-                if index.files.len() >= self.spec.index_max {
+                if held.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= self.spec.index_max {
                     let msg = format!(
                         "{}: more than {} objects below it; copy a smaller part of the tree",
                         shown(&full),
@@ -859,11 +882,13 @@ impl Bucket {
                     );
                     return Err(Refusal::new(ErrorCode::TooLarge, msg));
                 }
-                index.files.insert(below.join("/"), object);
+                subtree.files.push((below.join("/"), object));
             }
+            // A page names its directories again and again.
+            subtree.dirs.sort_unstable();
+            subtree.dirs.dedup();
         }
-        index.read.insert(rel.to_owned());
-        Ok(())
+        Ok(subtree)
     }
 
     /// The entry for an object listed in a [`TreeIndex`], with its facts.
@@ -884,6 +909,15 @@ impl Bucket {
     pub(crate) fn dir_entry(name: String) -> Entry {
         dir_entry(name, 0)
     }
+}
+
+/// One subtree read for a [`TreeIndex`].
+#[derive(Debug, Default)]
+struct Subtree {
+    rel: String,
+    files: Vec<(String, ObjectMeta)>,
+    dirs: Vec<String>,
+    blocked: bool,
 }
 
 /// What a tree upload decides against: the files and directories below

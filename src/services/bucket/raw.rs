@@ -352,6 +352,8 @@ mod tests {
         assert_eq!(percent_decode("a%09b+c%2B", true), b"a\tb c+");
         assert_eq!(percent_decode("a+b", false), b"a+b");
         assert_eq!(percent_decode("cut%2", true), b"cut%2");
+        // Upload ids in a completion's query (`+`, `=`, `/` escaped).
+        assert_eq!(percent_decode("abc%2Bd%3D%3D", false), b"abc+d==");
         assert_eq!(percent_decode("%e2%82%ac", true), "€".as_bytes());
         assert_eq!(path_encode("d/a\tb [1].txt"), "d/a%09b%20%5B1%5D.txt");
         assert_eq!(path_encode("dir/"), "dir/");

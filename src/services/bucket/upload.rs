@@ -654,16 +654,3 @@ impl Bucket {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upload_ids_from_queries() {
-        let decoded = |s: &str| String::from_utf8(super::super::raw::percent_decode(s, false)).unwrap();
-        assert_eq!(decoded("abc%2Bd%3D%3D"), "abc+d==");
-        assert_eq!(decoded("plain"), "plain");
-        assert_eq!(decoded("cut%2"), "cut%2");
-    }
-}
