@@ -475,7 +475,7 @@ impl Bucket {
         match e {
             object_store::Error::NotFound { .. } => BucketError::NoSuchBucket { bucket, endpoint },
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                BucketError::Credentials { bucket, why }
+                BucketError::Credentials { bucket, why: s3_message(&why) }
             }
             _ if code("NoSuchBucket") => BucketError::NoSuchBucket { bucket, endpoint },
             _ if ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken", "InvalidToken"]
@@ -751,7 +751,8 @@ fn store_refusal(path: &str, e: object_store::Error) -> Refusal {
     match e {
         object_store::Error::NotFound { .. } => not_found(path),
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            Refusal::new(ErrorCode::PermissionDenied, format!("{shown}: the object store refused: {}", one_line(&e)))
+            let why = s3_message(&one_line(&e));
+            Refusal::new(ErrorCode::PermissionDenied, format!("{shown}: the object store refused: {why}"))
         }
         e => Refusal::new(
             ErrorCode::Internal,
