@@ -1319,3 +1319,12 @@ async fn tree_frames_get_the_answers_the_spec_gives() {
     assert!(e.code == ErrorCode::BadRequest && e.message.contains("wants_end counts 2 files, 1 were asked"), "{e:?}");
     assert!(r.read_head::<Message>().await.unwrap().is_none(), "closed");
 }
+
+/// `mv` of directories onto, into and below each other: the local root's
+/// answers, which a bucket root's must match (tests/bucket.rs runs the
+/// same cases).
+#[tokio::test]
+async fn directory_moves_refuse_what_would_lose_data() {
+    let server = TestServer::start().await;
+    common::rename_cases(&server.addr()).await;
+}

@@ -395,3 +395,54 @@ pub fn widest_bar(transcript: &str) -> (usize, String) {
         .max()
         .unwrap_or_default()
 }
+
+/// `mv` of directories onto, into and below each other, through the
+/// protocol, on whatever root the server at `addr` serves (issue 28,
+/// point 3: a bucket root must answer as a local one, and never lose a
+/// byte): each case's answer, then every file still where it should be.
+pub async fn rename_cases(addr: &str) {
+    use framewire::client::TransferOptions;
+    use framewire::proto::{ErrorCode, Kind};
+    let mut client = framewire::Client::connect(addr).await.unwrap();
+    let local = tempfile::tempdir().unwrap();
+    for name in ["a/b/x.txt", "a/y.txt", "src/s.txt", "src/sub/t.txt", "dst/d.txt", "f.txt", "g.txt"] {
+        let file = local.path().join("up");
+        std::fs::write(&file, name.as_bytes()).unwrap();
+        client.put(&file, name, &TransferOptions::default(), &mut |_| {}).await.unwrap();
+    }
+    assert!(client.mkdir("empty").await.unwrap());
+    let refused = [
+        // Onto an ancestor: a non-empty directory, with --force too.
+        ("a/b", "a", false, ErrorCode::Exists),
+        ("a/b", "a", true, ErrorCode::Exists),
+        // Onto a directory with something in it.
+        ("src", "dst", false, ErrorCode::Exists),
+        ("src", "dst", true, ErrorCode::Exists),
+        // Below itself.
+        ("a", "a/new", false, ErrorCode::BadPath),
+        ("a", "a/b/new", true, ErrorCode::BadPath),
+        ("a", "a/b", true, ErrorCode::BadPath),
+        ("a", "a/b", false, ErrorCode::Exists),
+        // A file onto a directory, a directory onto a file.
+        ("f.txt", "dst", true, ErrorCode::IsADirectory),
+        ("dst", "g.txt", true, ErrorCode::NotADirectory),
+        // Nothing there; no parent.
+        ("nope", "new", false, ErrorCode::NotFound),
+        ("f.txt", "no/parent", false, ErrorCode::NotFound),
+    ];
+    for (from, to, force, code) in refused {
+        let e = client.rename(from, to, force).await.unwrap_err();
+        assert_eq!(e.code(), Some(code), "mv{} {from} {to}: {e}", if force { " -f" } else { "" });
+    }
+    // Onto an empty directory, with --force: it takes its place.
+    client.rename("src", "empty", true).await.unwrap();
+    let mut files: Vec<String> =
+        client.tree("").await.unwrap().into_iter().filter(|e| e.kind == Kind::File).map(|e| e.name).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["a/b/x.txt", "a/y.txt", "dst/d.txt", "empty/s.txt", "empty/sub/t.txt", "f.txt", "g.txt"],
+        "every file where it was, or where it moved"
+    );
+    assert_eq!(client.stat("src").await.unwrap_err().code(), Some(ErrorCode::NotFound));
+}

@@ -346,9 +346,10 @@ struct TreeUpload {
     manifest_done: bool,
     needed: HashMap<u64, Needed>,
     pending: Held,
-    /// The tree as it was when the first manifest frame came: what is
-    /// decided against (a conditional write guards what changes since).
-    index: Option<std::sync::Arc<TreeIndex>>,
+    /// What is below the parts of the destination the manifest named, as
+    /// it was when they were first named: what is decided against (a
+    /// conditional write guards what changes since).
+    index: TreeIndex,
     storing: JoinSet<(u64, String, Result<u64, Refusal>)>,
     report: CommitList,
     files: u64,
@@ -371,7 +372,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
         manifest_done: false,
         needed: HashMap::new(),
         pending: Held::default(),
-        index: None,
+        index: TreeIndex::default(),
         storing: JoinSet::new(),
         report: CommitList::default(),
         files: 0,
@@ -450,14 +451,6 @@ pub(in crate::server) async fn tree_put(s: &mut S, b: &Bucket, request: TreePut)
 impl TreeUpload {
     /// Answers one manifest frame.
     async fn decide_all(&mut self, b: &Bucket, entries: Vec<ManifestEntry>) -> Result<WantList, Refusal> {
-        if self.index.is_none() {
-            self.index = Some(std::sync::Arc::new(match b.tree_index(&self.base).await {
-                Ok(index) => index,
-                Err(r) if r.code == ErrorCode::NotFound => TreeIndex::default(),
-                Err(r) => return Err(r),
-            }));
-        }
-        let index = self.index.clone().expect("just read");
         let first = self.next;
         self.next += entries.len() as u64;
         let mut answer = WantList::default();
@@ -474,11 +467,12 @@ impl TreeUpload {
                 to_decide.push((i, full, e));
             }
         }
-        let force = self.force;
+        b.index_for(&mut self.index, &self.base, to_decide.iter().map(|(_, _, e)| e.path.as_str())).await?;
+        let (force, index) = (self.force, &self.index);
         let decided: Vec<_> = futures_util::stream::iter(to_decide.into_iter().map(|(i, full, e)| {
-            let (b, index) = (b.clone(), index.clone());
+            let b = b.clone();
             async move {
-                let d = decide(&b, &index, &full, &e, force).await;
+                let d = decide(&b, index, &full, &e, force).await;
                 (i, full, e, d)
             }
         }))
@@ -682,18 +676,14 @@ async fn decide(
 ) -> Result<Option<(bool, u64, Option<String>)>, Refusal> {
     let rel = e.path.as_str();
     // A parent that is a file makes this no path at all.
-    let mut parent = rel;
-    while let Some((p, _)) = parent.rsplit_once('/') {
-        if index.files.contains_key(p) {
-            let msg = format!("{}: a parent is a file", shown(full));
-            return Err(Refusal::new(ErrorCode::NotADirectory, msg));
-        }
-        parent = p;
+    if index.parent_is_file(rel) {
+        let msg = format!("{}: a parent is a file", shown(full));
+        return Err(Refusal::new(ErrorCode::NotADirectory, msg));
     }
     let mut content = None;
-    let there = if index.dirs.contains(rel) {
+    let there = if index.is_dir(rel) {
         Some(Bucket::dir_entry(rel.to_owned()))
-    } else if let Some(meta) = index.files.get(rel) {
+    } else if let Some(meta) = index.file(rel) {
         let (entry, key, object) = b
             .entries_of(vec![(rel.to_owned(), meta.clone())], full)
             .await?

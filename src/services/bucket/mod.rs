@@ -7,6 +7,7 @@
 
 mod hash;
 mod ops;
+mod raw;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
@@ -14,8 +15,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
@@ -32,7 +34,8 @@ use crate::proto::{Entry, ErrorCode, Kind};
 
 /// The zero-byte object that keeps a directory with nothing in it:
 /// `DIR/.fwdir` (object_store's paths cannot end in `/`, so the `DIR/`
-/// markers other tools write are read, as directories, but not written).
+/// markers other tools write are read, as directories, and deleted, but
+/// not written).
 pub const DIR_MARKER: &str = ".fwdir";
 
 /// What a bucket's entries report for permission bits, which objects do
@@ -58,6 +61,10 @@ const KNOWN_MAX: usize = 1 << 20;
 
 /// HEAD requests a listing makes at once for objects it knows nothing of.
 const HEADS_AT_ONCE: usize = 32;
+
+/// Keys no path can name that are remembered as warned of (one warning
+/// each), then forgotten.
+const WARNED_MAX: usize = 4096;
 
 /// What the server knows of one object: from its metadata (`HEAD`), or
 /// from having stored it.
@@ -96,7 +103,13 @@ pub struct BucketSpec {
     /// parts (`UploadPart` of ranged reads: object_store has no ranged
     /// `UploadPartCopy`).
     pub copy_max: u64,
+    /// The most objects a tree upload decides against (held in memory,
+    /// about 300 bytes each): those below the destination it names, not
+    /// the whole root ([`TREE_INDEX_MAX`] by default).
+    pub index_max: usize,
 }
+
+pub use ops::TREE_INDEX_MAX;
 
 /// Why a bucket root cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +188,7 @@ impl BucketSpec {
             endpoint: None,
             allow_http: false,
             copy_max: ops::COPY_MAX,
+            index_max: TREE_INDEX_MAX,
         })
     }
 
@@ -199,6 +213,14 @@ impl BucketSpec {
         self
     }
 
+    /// The same, a tree upload deciding against at most `objects` below
+    /// its destination (a lower limit than [`TREE_INDEX_MAX`] bounds its
+    /// memory further).
+    pub fn with_index_max(mut self, objects: usize) -> Self {
+        self.index_max = objects;
+        self
+    }
+
     /// The same, `http://` allowed or not.
     pub fn with_allow_http(mut self, allow: bool) -> Self {
         self.allow_http = allow;
@@ -211,6 +233,9 @@ impl BucketSpec {
 #[derive(Debug, Clone)]
 pub struct Bucket {
     store: Arc<AmazonS3>,
+    /// Listings and the deletes of `DIR/` markers (what object_store's
+    /// paths cannot do: see [`raw`]).
+    raw: Arc<raw::Raw>,
     prefix: Path,
     spec: BucketSpec,
     endpoint: String,
@@ -219,8 +244,27 @@ pub struct Bucket {
     known: Arc<Mutex<HashMap<String, Object>>>,
     /// Upload ids whose completion may replace (see [`upload::NoClobber`]).
     replacing: Arc<Mutex<HashSet<String>>>,
-    /// Keys being uploaded by this server: a second upload of one waits.
+    /// Keys being uploaded by this server: a second upload of one waits,
+    /// and the sweep of abandoned uploads leaves theirs alone.
     busy: Arc<Mutex<HashSet<String>>>,
+    /// Keys no path names that a warning was logged for.
+    warned: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A key below a listed directory, as the served tree reads it.
+#[derive(Debug)]
+pub(super) enum Key {
+    /// An object a path names.
+    Object(ObjectMeta),
+    /// A zero-byte `DIR/` key another tool wrote (the S3 console's
+    /// "Create folder"): the directory `dir`; `raw` is the key itself.
+    Marker { dir: Path, raw: String },
+    /// A common prefix of a one-level listing: a directory.
+    Dir(Path),
+    /// A key no path names (a control character, an empty, `.` or `..`
+    /// component, a leading `/`, a `DIR/` key with bytes in it): skipped,
+    /// and named once in a warning.
+    Unnameable,
 }
 
 impl Bucket {
@@ -278,34 +322,146 @@ impl Bucket {
         }
         let no_clobber = upload::NoClobber::default();
         builder = builder.with_http_connector(no_clobber.clone());
+        let config = |k: AmazonS3ConfigKey| builder.get_config_value(&k);
+        let flag = |k: AmazonS3ConfigKey| config(k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        if flag(AmazonS3ConfigKey::S3Express) {
+            return Err(BucketError::Config("S3 Express One Zone buckets are not supported".to_owned()));
+        }
+        let region = config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
+        // The bucket's URL, as object_store builds it.
+        let url = match (&endpoint, flag(AmazonS3ConfigKey::VirtualHostedStyleRequest)) {
+            (Some(endpoint), _) => format!("{}/{}", endpoint.trim_end_matches('/'), spec.bucket),
+            (None, true) => format!("https://{}.s3.{region}.amazonaws.com", spec.bucket),
+            (None, false) => format!("https://s3.{region}.amazonaws.com/{}", spec.bucket),
+        };
+        let signing = raw::Signing {
+            skip: flag(AmazonS3ConfigKey::SkipSignature),
+            unsigned_payload: flag(AmazonS3ConfigKey::UnsignedPayload),
+            request_payer: flag(AmazonS3ConfigKey::RequestPayer),
+        };
         // A start check that fails should say so in seconds, not after
         // the default three minutes of retries.
         // The store that serves keeps object_store's retries (S3 answers
         // SlowDown under load); only the check is cut short.
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
-        let checking = builder.clone().with_retry(retry).build().map_err(|e| BucketError::Config(e.to_string()))?;
+        let checking =
+            builder.clone().with_retry(retry.clone()).build().map_err(|e| BucketError::Config(e.to_string()))?;
         let store = builder.build().map_err(|e| BucketError::Config(e.to_string()))?;
+        // The serving store's client, made last.
+        let http = no_clobber.made().ok_or_else(|| BucketError::Config("no HTTP client was made".to_owned()))?;
+        let raw = raw::Raw::new(http, url, region, store.credentials().clone(), signing);
+        let checking = raw.clone().with_retry(retry).with_credentials(checking.credentials().clone());
         let endpoint = endpoint.unwrap_or_else(|| "AWS S3".to_owned());
         let prefix = Path::from(spec.prefix.as_str());
         let bucket = Bucket {
             store: Arc::new(store),
+            raw: Arc::new(raw),
             prefix,
             spec,
             endpoint,
             known: Arc::default(),
             replacing: no_clobber.replacing,
             busy: Arc::default(),
+            warned: Arc::default(),
         };
         bucket.check(&checking).await?;
         Ok(bucket)
     }
 
-    /// Lists the prefix: the bucket is there and the credentials open it.
-    async fn check(&self, store: &AmazonS3) -> Result<(), BucketError> {
-        let prefix = (!self.spec.prefix.is_empty()).then_some(&self.prefix);
-        match store.list_with_delimiter(prefix).await {
+    /// Lists the prefix (one key of it; what any key holds is not read):
+    /// the bucket is there and the credentials open it.
+    async fn check(&self, checking: &raw::Raw) -> Result<(), BucketError> {
+        match checking.list(&self.dir_prefix(&self.prefix), true, &raw::From::Start, Some(1)).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.explain(e)),
+        }
+    }
+
+    /// The listing prefix of the directory key `dir`: `DIR/`, or nothing
+    /// for the bucket's own root.
+    fn dir_prefix(&self, dir: &Path) -> String {
+        match dir.as_ref() {
+            "" => String::new(),
+            d => format!("{d}/"),
+        }
+    }
+
+    /// The keys below the directory key `dir`, a page ([`raw::PAGE_KEYS`])
+    /// at a time, each read as what it is ([`Key`]): every key below, or
+    /// with `delimited` one level of them and its common prefixes. A walk
+    /// of every key goes on from the last key it was given (not a token),
+    /// so it may delete what it was given as it goes.
+    pub(super) fn pages(&self, dir: &Path, delimited: bool) -> BoxStream<'static, object_store::Result<Vec<Key>>> {
+        let start = (self.clone(), self.dir_prefix(dir), Some(raw::From::Start));
+        futures_util::stream::try_unfold(start, move |(b, prefix, from)| async move {
+            let Some(from) = from else { return Ok(None) };
+            let page = b.raw.list(&prefix, delimited, &from, None).await?;
+            let next = match (&page.next, delimited) {
+                (None, _) => None,
+                (Some(token), true) => Some(raw::From::Token(token.clone())),
+                (Some(_), false) => page.keys.last().map(|k| raw::From::After(k.key.clone())),
+            };
+            let keys = b.classify(page);
+            Ok(Some((keys, (b, prefix, next))))
+        })
+        .boxed()
+    }
+
+    /// Whether any key is below the directory key `dir` (one that no path
+    /// names, or a marker, too): whether that directory exists, and the
+    /// time of the first key.
+    pub(super) async fn first_below(&self, dir: &Path) -> object_store::Result<Option<i64>> {
+        let page = self.raw.list(&self.dir_prefix(dir), false, &raw::From::Start, Some(1)).await?;
+        Ok(page.keys.first().map(|k| k.last_modified.timestamp()))
+    }
+
+    /// What each key of a page is.
+    fn classify(&self, page: raw::Page) -> Vec<Key> {
+        let mut keys = Vec::with_capacity(page.keys.len() + page.prefixes.len());
+        for p in page.prefixes {
+            match p.strip_suffix('/').and_then(|d| self.named(d)) {
+                Some(dir) => keys.push(Key::Dir(dir)),
+                None => self.skipped(&p, &mut keys),
+            }
+        }
+        for k in page.keys {
+            match k.key.strip_suffix('/') {
+                Some(dir) => match self.named(dir).filter(|_| k.size == 0) {
+                    Some(dir) => keys.push(Key::Marker { dir, raw: k.key }),
+                    None => self.skipped(&k.key, &mut keys),
+                },
+                None => match self.named(&k.key) {
+                    Some(location) => keys.push(Key::Object(ObjectMeta {
+                        location,
+                        last_modified: k.last_modified,
+                        size: k.size,
+                        e_tag: k.e_tag,
+                        version: None,
+                    })),
+                    None => self.skipped(&k.key, &mut keys),
+                },
+            }
+        }
+        keys
+    }
+
+    /// The key `key` as a path, if it is one (see [`named`]).
+    fn named(&self, key: &str) -> Option<Path> {
+        named(&self.spec.prefix, key)
+    }
+
+    /// A key no path names: left where it is, named in one warning.
+    fn skipped(&self, key: &str, keys: &mut Vec<Key>) {
+        keys.push(Key::Unnameable);
+        let mut warned = self.warned.lock().expect("warned poisoned");
+        if warned.len() >= WARNED_MAX {
+            warned.clear();
+        }
+        if warned.insert(key.to_owned()) {
+            tracing::warn!(
+                key = %crate::text::printable(key),
+                "skipped a key that no path can name (a control character, an empty, '.' or '..' component): it is listed, copied, moved and removed by nothing here"
+            );
         }
     }
 
@@ -319,7 +475,7 @@ impl Bucket {
         match e {
             object_store::Error::NotFound { .. } => BucketError::NoSuchBucket { bucket, endpoint },
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                BucketError::Credentials { bucket, why }
+                BucketError::Credentials { bucket, why: s3_message(&why) }
             }
             _ if code("NoSuchBucket") => BucketError::NoSuchBucket { bucket, endpoint },
             _ if ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken", "InvalidToken"]
@@ -361,11 +517,6 @@ impl Bucket {
         Ok((key, name))
     }
 
-    /// The root's own path (the prefix), as a listing's base.
-    fn base(&self, key: &Path) -> Option<Path> {
-        (!key.as_ref().is_empty()).then(|| key.clone())
-    }
-
     /// What `stat` says of `path`: a file (an object), a directory (a
     /// prefix something is below, or the root), or `not_found`.
     ///
@@ -382,9 +533,8 @@ impl Bucket {
         }
         // A directory is there when any key is below it: the first one
         // says so (a level of a million is not paged through for it).
-        let first = self.store.list(Some(&key)).try_next().await.map_err(|e| store_refusal(path, e))?;
-        match first {
-            Some(o) => Ok(dir_entry(name, o.last_modified.timestamp())),
+        match self.first_below(&key).await.map_err(|e| store_refusal(path, e))? {
+            Some(mtime) => Ok(dir_entry(name, mtime)),
             None => Err(not_found(path)),
         }
     }
@@ -404,8 +554,7 @@ impl Bucket {
                 return Ok(vec![object_entry(name.clone(), &object)]);
             }
         }
-        let base = self.base(&key);
-        let depth = base.as_ref().map_or(0, |b| b.parts().count());
+        let depth = key.parts().count();
         let mut out = Vec::new();
         let mut left = budget;
         // A plain fn, not a closure: a closure taking a reference, live
@@ -425,57 +574,52 @@ impl Bucket {
             out.push(e);
             Ok(())
         }
+        /// A listed path's components below the listed directory.
+        fn below(p: &Path, depth: usize) -> Vec<String> {
+            p.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect()
+        }
         let mut anything = false;
         // Each file's entry as listed, and its listing, for its mtime.
         let mut files: Vec<(usize, ObjectMeta)> = Vec::new();
-        match listing {
-            Listing::Entries => {
-                let level = self.store.list_with_delimiter(base.as_ref()).await.map_err(|e| store_refusal(path, e))?;
-                for dir in &level.common_prefixes {
-                    anything = true;
-                    if let Some(n) = dir.filename().filter(|n| !is_partial_name(n.as_bytes())) {
-                        push(dir_entry(n.to_owned(), 0), &mut out, &mut left, budget, path)?;
+        let delimited = listing == Listing::Entries;
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut pages = self.pages(&key, delimited);
+        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(path, e))? {
+            for listed in page {
+                anything = true;
+                let (parts, object) = match listed {
+                    Key::Unnameable => continue,
+                    Key::Dir(dir) | Key::Marker { dir, .. } => (below(&dir, depth), None),
+                    Key::Object(object) => (below(&object.location, depth), Some(object)),
+                };
+                let Some((last, parents)) = parts.split_last() else { continue };
+                if listing == Listing::Tree || (delimited && object.is_none()) {
+                    for i in 1..=parents.len() {
+                        dirs.insert(parents[..i].join("/"));
                     }
                 }
-                for object in &level.objects {
-                    anything = true;
-                    match object.location.filename() {
-                        Some(n) if n == DIR_MARKER || is_partial_name(n.as_bytes()) => {}
-                        // Another tool's `DIR/` marker, listed as DIR itself.
-                        _ if Some(&object.location) == base.as_ref() => {}
-                        Some(n) => {
-                            files.push((out.len(), object.clone()));
-                            push(file_entry(n.to_owned(), object), &mut out, &mut left, budget, path)?;
-                        }
-                        None => {}
+                let Some(object) = object else {
+                    // A directory: a common prefix, or another tool's
+                    // marker of one (not the listed directory's own).
+                    if delimited || listing == Listing::Tree {
+                        dirs.insert(parts.join("/"));
                     }
+                    continue;
+                };
+                let partial = is_partial_name(last.as_bytes());
+                if last == DIR_MARKER || partial != (listing == Listing::Partials) || (delimited && !parents.is_empty())
+                {
+                    continue;
                 }
+                if !partial {
+                    files.push((out.len(), object.clone()));
+                }
+                push(file_entry(parts.join("/"), &object), &mut out, &mut left, budget, path)?;
             }
-            Listing::Files | Listing::Tree | Listing::Partials => {
-                let mut dirs = std::collections::BTreeSet::new();
-                let mut objects = self.store.list(base.as_ref());
-                while let Some(object) = objects.try_next().await.map_err(|e| store_refusal(path, e))? {
-                    anything = true;
-                    let parts: Vec<String> =
-                        object.location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
-                    let Some((last, parents)) = parts.split_last() else { continue };
-                    if listing == Listing::Tree {
-                        for i in 1..=parents.len() {
-                            dirs.insert(parents[..i].join("/"));
-                        }
-                    }
-                    let partial = is_partial_name(last.as_bytes());
-                    if last == DIR_MARKER || partial != (listing == Listing::Partials) {
-                        continue;
-                    }
-                    if !partial {
-                        files.push((out.len(), object.clone()));
-                    }
-                    push(file_entry(parts.join("/"), &object), &mut out, &mut left, budget, path)?;
-                }
-                for dir in dirs {
-                    push(dir_entry(dir, 0), &mut out, &mut left, budget, path)?;
-                }
+        }
+        for dir in dirs {
+            if !(delimited && is_partial_name(dir.as_bytes())) {
+                push(dir_entry(dir, 0), &mut out, &mut left, budget, path)?;
             }
         }
         if !anything && name.is_some() {
@@ -553,6 +697,19 @@ impl Bucket {
     }
 }
 
+/// The key `key` (below the root's `prefix`) as a path, if it is one: an
+/// object_store path that is the key exactly (no control character, no
+/// empty, `.` or `..` component, no leading or trailing `/`), and below
+/// the root a path the protocol takes.
+fn named(prefix: &str, key: &str) -> Option<Path> {
+    let path = Path::parse(key).ok().filter(|p| p.as_ref() == key && !key.is_empty())?;
+    let rel = match prefix {
+        "" => key,
+        p => key.strip_prefix(p).and_then(|r| r.strip_prefix('/')).unwrap_or(""),
+    };
+    (rel.is_empty() || Sandbox::relative(rel).is_ok()).then_some(path)
+}
+
 fn file_entry(name: String, meta: &ObjectMeta) -> Entry {
     Entry {
         name,
@@ -594,7 +751,8 @@ fn store_refusal(path: &str, e: object_store::Error) -> Refusal {
     match e {
         object_store::Error::NotFound { .. } => not_found(path),
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            Refusal::new(ErrorCode::PermissionDenied, format!("{shown}: the object store refused: {}", one_line(&e)))
+            let why = s3_message(&one_line(&e));
+            Refusal::new(ErrorCode::PermissionDenied, format!("{shown}: the object store refused: {why}"))
         }
         e => Refusal::new(
             ErrorCode::Internal,
@@ -711,6 +869,17 @@ mod tests {
         {
             assert!(matches!(BucketSpec::parse(bad), Err(BucketError::Url { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn keys_a_path_names() {
+        for key in ["a.txt", "d/report[1] ~x.txt", "d/é", "root/x"] {
+            assert_eq!(named("", key).map(|p| p.as_ref().to_owned()).as_deref(), Some(key), "{key:?}");
+        }
+        for key in ["a\tb", "d/line\nbreak", "d//x", "/lead", "trail/", "d/./x", "d/../x", "", "a\u{7f}"] {
+            assert!(named("", key).is_none(), "{key:?}");
+        }
+        assert!(named("root", "root/x").is_some());
     }
 
     #[test]

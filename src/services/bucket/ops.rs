@@ -10,13 +10,13 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{
-    dir_entry, exists, not_found, object_entry, store_refusal, Bucket, Object, DIR_MARKER, HEADS_AT_ONCE, KNOWN_MAX,
-    META_BLAKE3, META_MTIME,
+    dir_entry, exists, not_found, object_entry, store_refusal, Bucket, Key, Object, DIR_MARKER, HEADS_AT_ONCE,
+    KNOWN_MAX, META_BLAKE3, META_MTIME,
 };
-use crate::proto::{Entry, ErrorCode};
+use crate::proto::{Entry, ErrorCode, Kind};
 use crate::services::files::{shown, Listing, CLAIM_WAIT};
 use crate::services::root::is_partial_name;
 use crate::services::Refusal;
@@ -32,7 +32,7 @@ const READS_AT_ONCE: usize = 4;
 
 /// The most objects a tree upload decides against (its index is held in
 /// memory, about 300 bytes an object).
-pub(crate) const TREE_INDEX_MAX: usize = 2_000_000;
+pub const TREE_INDEX_MAX: usize = 2_000_000;
 
 /// An object being read from an offset.
 pub(crate) struct Reading {
@@ -332,8 +332,7 @@ impl Bucket {
     /// the store's error.
     pub(crate) async fn admit(&self, path: &str, force: bool) -> Result<Target, Refusal> {
         let target = self.claim(path).await?;
-        let is_dir = self.store.list(Some(&target.key)).try_next().await.map_err(|e| store_refusal(path, e))?.is_some();
-        if is_dir {
+        if self.first_below(&target.key).await.map_err(|e| store_refusal(path, e))?.is_some() {
             return Err(Refusal::new(
                 ErrorCode::IsADirectory,
                 format!("{}: is a directory on the server", target.shown),
@@ -397,15 +396,11 @@ impl Bucket {
         self.spec.prefix.split('/').filter(|p| !p.is_empty()).count()
     }
 
-    /// Every object below the directory key `key` (markers and records
-    /// too).
-    async fn below(&self, key: &Path, path: &str) -> Result<Vec<ObjectMeta>, Refusal> {
-        let base = (!key.as_ref().is_empty()).then_some(key);
-        self.store.list(base).try_collect().await.map_err(|e| store_refusal(path, e))
-    }
-
     /// Removes `path`: an object, or (if `recursive`) a directory with
-    /// all below it; whether anything was there.
+    /// all below it, a page of keys at a time (markers, another tool's
+    /// `DIR/` ones too, and records, aborting those uploads); whether
+    /// anything was there. Keys no path names are left (each was named in
+    /// a warning when listed).
     ///
     /// # Errors
     ///
@@ -421,23 +416,44 @@ impl Bucket {
             self.known.lock().expect("known poisoned").remove(key.as_ref());
             return Ok(true);
         }
-        let below = self.below(&key, path).await?;
-        if below.is_empty() {
-            return Ok(false);
-        }
         if !recursive {
-            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{}: is a directory (use -r)", shown(path))));
+            // One key says it is a directory: nothing more is listed.
+            return match self.first_below(&key).await.map_err(|e| store_refusal(path, e))? {
+                Some(_) => {
+                    Err(Refusal::new(ErrorCode::IsADirectory, format!("{}: is a directory (use -r)", shown(path))))
+                }
+                None => Ok(false),
+            };
         }
-        // Uploads under way below are aborted with their records.
-        let records: Vec<Path> = below
-            .iter()
-            .filter(|m| m.location.filename().is_some_and(|n| is_partial_name(n.as_bytes())))
-            .map(|m| m.location.clone())
-            .collect();
-        for record in records {
-            self.abort_recorded(&record).await;
+        let mut removed = false;
+        let mut pages = self.pages(&key, false);
+        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(path, e))? {
+            removed |= !page.is_empty();
+            let (mut objects, mut markers) = (Vec::new(), Vec::new());
+            for listed in page {
+                match listed {
+                    Key::Object(m) => objects.push(m.location),
+                    Key::Marker { raw, .. } => markers.push(raw),
+                    Key::Dir(_) | Key::Unnameable => {}
+                }
+            }
+            self.delete_objects(objects, path).await?;
+            // A marker after what it marks (a store keeping directories
+            // may refuse to delete one with something in it).
+            for raw in markers.iter().rev() {
+                self.raw.delete(raw).await.map_err(|e| store_refusal(path, e))?;
+            }
         }
-        let keys = futures_util::stream::iter(below.into_iter().map(|m| Ok(m.location))).boxed();
+        Ok(removed)
+    }
+
+    /// Deletes objects (one page's), aborting first the uploads that
+    /// records among them name; forgets them.
+    async fn delete_objects(&self, keys: Vec<Path>, path: &str) -> Result<(), Refusal> {
+        for record in keys.iter().filter(|k| k.filename().is_some_and(|n| is_partial_name(n.as_bytes()))) {
+            self.abort_recorded(record).await;
+        }
+        let keys = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
         let mut deleted = self.store.delete_stream(keys);
         while let Some(done) = deleted.next().await {
             match done {
@@ -448,37 +464,42 @@ impl Bucket {
                 Err(e) => return Err(store_refusal(path, e)),
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Aborts the upload a record at `record` names (if it parses), for
     /// the object beside it.
     async fn abort_recorded(&self, record: &Path) {
-        let Ok(got) = self.store.get(record).await else { return };
-        let Ok(body) = got.bytes().await else { return };
-        let Ok(r) = serde_json::from_slice::<super::upload::Record>(&body) else { return };
-        let Some(name) = record.filename().and_then(|n| n.strip_prefix('.')).and_then(|n| n.strip_suffix(".fwpart"))
-        else {
-            return;
-        };
-        let object = match record.as_ref().rsplit_once('/') {
-            Some((parent, _)) => raw_path(parent.split('/').chain([name])),
-            None => raw_path([name]),
-        };
-        self.abort(&object, &r.upload_id).await;
+        if let Some(r) = self.record_at(record).await {
+            self.abort(&recorded_object(record), &r.upload_id).await;
+        }
     }
 
-    /// Moves `from` to `to`: a server-side copy of each object, then the
-    /// delete of the originals. Not atomic (DESIGN.md): a failure part
-    /// way leaves both names, never neither. Without `force`, nothing
-    /// may be at `to`.
+    /// The record at `record`, if there is one that parses.
+    async fn record_at(&self, record: &Path) -> Option<super::upload::Record> {
+        let body = self.store.get(record).await.ok()?.bytes().await.ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// Moves `from` to `to` with the answers a local root's `renameat2`
+    /// gives (PROTOCOL.md §4.6.2.1): without `force` nothing at `to` is
+    /// replaced (`exists`); with it a file replaces a file, and a
+    /// directory takes the place only of an empty directory (`exists`
+    /// otherwise: an ancestor of `from` is never empty); a file onto a
+    /// directory is `is_a_directory`, a directory onto a file
+    /// `not_a_directory`, a directory below itself `bad_path`.
+    ///
+    /// Each object is copied server-side, the copy checked (`HEAD`: there,
+    /// at its size), and only then the original deleted; a directory so, a
+    /// page of keys at a time. Not atomic (DESIGN.md): a failure part way
+    /// leaves some objects under the old name and the rest under the new,
+    /// never one under neither.
     ///
     /// # Errors
     ///
-    /// [`ErrorCode::NotFound`] (no `from`, or no parent of `to`),
-    /// [`ErrorCode::Exists`], [`ErrorCode::BadPath`] (the root, a
-    /// directory into itself), the store's error. Objects over the spec's
-    /// `copy_max` are copied in parts through the server
+    /// As above; [`ErrorCode::NotFound`] (no `from`, or no parent of
+    /// `to`), the store's error. Objects over the spec's `copy_max` are
+    /// copied in parts through the server
     /// ([`copy_in_parts`](Self::copy_in_parts)).
     pub(crate) async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
         let (from_key, from_name) = self.key(from)?;
@@ -486,13 +507,10 @@ impl Bucket {
         if from_name.is_none() || to_name.is_none() {
             return Err(Refusal::new(ErrorCode::BadPath, "the served root is never moved"));
         }
-        if from_key == to_key {
-            return Ok(());
-        }
         // The parent of `to` must be a directory (or the root).
         if let Some((parent, _)) = to.trim_end_matches('/').rsplit_once('/') {
             match self.stat(parent).await {
-                Ok(e) if e.kind == crate::proto::Kind::Dir => {}
+                Ok(e) if e.kind == Kind::Dir => {}
                 Ok(_) => {
                     return Err(Refusal::new(ErrorCode::NotADirectory, format!("{}: a parent is a file", shown(to))))
                 }
@@ -502,29 +520,32 @@ impl Bucket {
                 Err(r) => return Err(r),
             }
         }
+        let file = self.head(&from_key).await.map_err(|e| store_refusal(from, e))?;
+        if file.is_none() && self.first_below(&from_key).await.map_err(|e| store_refusal(from, e))?.is_none() {
+            return Err(not_found(from));
+        }
         let there = match self.stat(to).await {
-            Ok(e) => Some(e),
+            Ok(e) => Some(e.kind),
             Err(r) if r.code == ErrorCode::NotFound => None,
             Err(r) => return Err(r),
         };
+        let exists =
+            || Refusal::new(ErrorCode::Exists, format!("{}: exists on the server (--force replaces it)", shown(to)));
         if there.is_some() && !force {
-            return Err(Refusal::new(
-                ErrorCode::Exists,
-                format!("{}: exists on the server (--force replaces it)", shown(to)),
-            ));
+            return Err(exists());
         }
-        if let Some(object) = self.head(&from_key).await.map_err(|e| store_refusal(from, e))? {
-            if there.is_some_and(|e| e.kind == crate::proto::Kind::Dir) {
+        if from_key == to_key {
+            return Ok(());
+        }
+        if let Some(object) = file {
+            if there == Some(Kind::Dir) {
                 return Err(Refusal::new(
                     ErrorCode::IsADirectory,
                     format!("{}: is a directory on the server", shown(to)),
                 ));
             }
-            return self.move_objects(vec![(from_key, to_key, object.size)], from, force).await;
-        }
-        let below = self.below(&from_key, from).await?;
-        if below.is_empty() {
-            return Err(not_found(from));
+            let moved = self.move_objects(vec![(from_key.clone(), to_key, object.size)], from, force).await?;
+            return self.delete_objects(moved, from).await;
         }
         if to_key.as_ref().starts_with(&format!("{}/", from_key.as_ref())) {
             return Err(Refusal::new(
@@ -532,19 +553,70 @@ impl Bucket {
                 format!("{}: a directory cannot move below itself", shown(to)),
             ));
         }
-        if there.is_some() {
-            self.remove(to, true).await?;
+        match there {
+            Some(Kind::Dir) if !self.is_empty_dir(&to_key).await.map_err(|e| store_refusal(to, e))? => {
+                return Err(exists());
+            }
+            Some(Kind::Dir) | None => {}
+            Some(_) => {
+                return Err(Refusal::new(
+                    ErrorCode::NotADirectory,
+                    format!("{}: not a directory (a file is there)", shown(to)),
+                ))
+            }
         }
-        let depth = from_key.parts().count();
-        let moves = below
-            .into_iter()
-            .map(|m| {
-                let rest: Vec<String> = m.location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
-                let dest = raw_path(to_key.parts().map(|p| p.as_ref().to_owned()).chain(rest));
-                (m.location, dest, m.size)
-            })
-            .collect();
-        self.move_objects(moves, from, force).await
+        self.move_dir(&from_key, &to_key, from, force).await
+    }
+
+    /// Whether the directory key `dir` holds nothing but its own markers
+    /// (`DIR/.fwdir`, another tool's `DIR/`): what a directory may replace.
+    async fn is_empty_dir(&self, dir: &Path) -> object_store::Result<bool> {
+        // Its own markers are at most two: a third key, if any, is listed.
+        let page = self.raw.list(&self.dir_prefix(dir), false, &super::raw::From::Start, Some(3)).await?;
+        let own = dir.clone().join(DIR_MARKER);
+        Ok(self.classify(page).into_iter().all(|k| match k {
+            Key::Object(m) => m.location == own,
+            Key::Marker { dir: d, .. } => &d == dir,
+            Key::Dir(_) | Key::Unnameable => false,
+        }))
+    }
+
+    /// Moves every key below the directory key `from` to below `to`, a
+    /// page at a time: the page's objects copied and checked, then
+    /// deleted; another tool's `DIR/` markers become `.fwdir` ones; the
+    /// uploads recorded there are aborted (an upload cannot move), their
+    /// records deleted. Keys no path names stay where they are.
+    async fn move_dir(&self, from: &Path, to: &Path, path: &str, force: bool) -> Result<(), Refusal> {
+        let depth = from.parts().count();
+        let dest = |p: &Path| {
+            raw_path(
+                to.parts().map(|p| p.as_ref().to_owned()).chain(p.parts().skip(depth).map(|p| p.as_ref().to_owned())),
+            )
+        };
+        let mut pages = self.pages(from, false);
+        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(path, e))? {
+            let (mut moves, mut records, mut markers) = (Vec::new(), Vec::new(), Vec::new());
+            for listed in page {
+                match listed {
+                    Key::Object(m) if m.location.filename().is_some_and(|n| is_partial_name(n.as_bytes())) => {
+                        records.push(m.location)
+                    }
+                    Key::Object(m) => moves.push((m.location.clone(), dest(&m.location), m.size)),
+                    Key::Marker { dir, raw, .. } => markers.push((raw, dest(&dir).join(DIR_MARKER))),
+                    Key::Dir(_) | Key::Unnameable => {}
+                }
+            }
+            let mut done = self.move_objects(moves, path, force).await?;
+            for (_, marker) in &markers {
+                self.store.put(marker, PutPayload::new()).await.map_err(|e| store_refusal(path, e))?;
+            }
+            done.extend(records);
+            self.delete_objects(done, path).await?;
+            for (raw, _) in markers.iter().rev() {
+                self.raw.delete(raw).await.map_err(|e| store_refusal(path, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Copies an object too large for one `CopyObject` through the server:
@@ -602,45 +674,44 @@ impl Bucket {
         }
     }
 
-    /// Copies each `(from, to)`, then deletes each `from`.
-    async fn move_objects(&self, moves: Vec<(Path, Path, u64)>, path: &str, force: bool) -> Result<(), Refusal> {
+    /// Copies each `(from, to, size)` and checks each copy (there, at its
+    /// size); returns the `from`s, for the caller to delete once all are.
+    async fn move_objects(&self, moves: Vec<(Path, Path, u64)>, path: &str, force: bool) -> Result<Vec<Path>, Refusal> {
         let copy_max = self.spec.copy_max;
-        let copies = moves.clone().into_iter().map(|(from, to, size)| {
-            let (b, path) = (self.clone(), path.to_owned());
-            async move {
-                if size > copy_max {
-                    return b.copy_in_parts(&from, &to, force, &path).await;
-                }
-                // `CopyObject` keeps the metadata: the hash and mtime move too.
-                b.store.copy(&from, &to).await.map_err(|e| store_refusal(&path, e))?;
-                let known = b.known.lock().expect("known poisoned").remove(from.as_ref());
-                if let Some(mut object) = known {
-                    // The copy's ETag may differ: only the hash is carried.
-                    if let Ok(Some(copied)) = b.head(&to).await {
-                        object.etag = copied.etag;
-                        b.remember(&to, object);
-                    }
-                }
-                Ok::<_, Refusal>(())
-            }
-        });
         // Copies in parts hold four parts each: fewer of them at once.
         let at_once = if moves.iter().any(|(_, _, size)| *size > copy_max) { 2 } else { HEADS_AT_ONCE };
-        futures_util::stream::iter(copies).buffer_unordered(at_once).try_collect::<Vec<()>>().await?;
-        let keys = futures_util::stream::iter(moves.into_iter().map(|(from, _, _)| Ok(from))).boxed();
-        let mut deleted = self.store.delete_stream(keys);
-        while let Some(done) = deleted.next().await {
-            match done {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_refusal(path, e)),
+        let copies = moves.into_iter().map(|(from, to, size)| {
+            let (b, path) = (self.clone(), path.to_owned());
+            async move {
+                let known = b.known.lock().expect("known poisoned").get(from.as_ref()).cloned();
+                if size > copy_max {
+                    b.copy_in_parts(&from, &to, force, &path).await?;
+                } else {
+                    // `CopyObject` keeps the metadata: the hash and mtime move too.
+                    b.store.copy(&from, &to).await.map_err(|e| store_refusal(&path, e))?;
+                }
+                // The original goes only once its copy is there, whole.
+                let copied = b.head(&to).await.map_err(|e| store_refusal(&path, e))?;
+                let Some(copied) = copied.filter(|c| c.size == size) else {
+                    let msg =
+                        format!("{}: the copy of it is not there whole; the original is kept", shown(from.as_ref()));
+                    return Err(Refusal::new(ErrorCode::Io, msg));
+                };
+                // The copy's ETag may differ: only the hash is carried.
+                if let (None, Some(hash)) = (copied.blake3, known.and_then(|k| k.blake3)) {
+                    b.remember(&to, Object { blake3: Some(hash), ..copied });
+                }
+                Ok::<_, Refusal>(from)
             }
-        }
-        Ok(())
+        });
+        futures_util::stream::iter(copies).buffer_unordered(at_once).try_collect().await
     }
 
     /// Aborts the uploads whose records were last written more than
-    /// `max_age` ago, and removes the records; returns the paths (below
-    /// the root) of the files they were for, with the bytes stored.
+    /// `max_age` ago and that no running upload holds (this server's own,
+    /// by its claim; any server's, by the lease in the record), and
+    /// removes the records; returns the paths (below the root) of the
+    /// files they were for, with the bytes stored.
     ///
     /// # Errors
     ///
@@ -649,27 +720,29 @@ impl Bucket {
         let records = self.list("", Listing::Partials, usize::MAX).await?;
         let cutoff = chrono_cutoff(max_age);
         let mut removed = Vec::new();
-        let stale: Vec<Entry> = records.into_iter().filter(|e| e.mtime < cutoff).collect();
-        for e in stale {
-            let (key, _) = match self.record_key(&e.name) {
-                Some(k) => k,
-                None => continue,
-            };
-            let held = match self.store.get(&key).await {
-                Ok(got) => got
-                    .bytes()
-                    .await
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<super::upload::Record>(&b).ok())
-                    .map_or(0, |r| r.parts.len() as u64 * super::PART),
-                Err(_) => 0,
-            };
-            self.abort_recorded(&key).await;
+        for e in records.into_iter().filter(|e| e.mtime < cutoff) {
+            let Some(key) = self.record_key(&e.name) else { continue };
+            let object = recorded_object(&key);
+            if self.busy.lock().expect("busy poisoned").contains(object.as_ref()) {
+                continue;
+            }
+            // A record that cannot be read now is left for the next sweep;
+            // one that does not parse is no upload's.
+            let Ok(got) = self.store.get(&key).await else { continue };
+            let Ok(body) = got.bytes().await else { continue };
+            let record: Option<super::upload::Record> = serde_json::from_slice(&body).ok();
+            if record.as_ref().is_some_and(|r| r.leased()) {
+                continue;
+            }
+            if let Some(r) = &record {
+                self.abort(&object, &r.upload_id).await;
+            }
             if self.store.delete(&key).await.is_ok() {
                 let file = match e.name.rsplit_once('/') {
                     Some((dir, n)) => format!("{dir}/{}", original_name(n)),
                     None => original_name(&e.name),
                 };
+                let held = record.map_or(0, |r| r.parts.len() as u64 * super::PART);
                 removed.push((file, held));
             }
         }
@@ -677,46 +750,145 @@ impl Bucket {
     }
 
     /// The key of a record listed by its path below the root.
-    fn record_key(&self, listed: &str) -> Option<(Path, ())> {
+    fn record_key(&self, listed: &str) -> Option<Path> {
         let joined = match self.spec.prefix.as_str() {
             "" => listed.to_owned(),
             p => format!("{p}/{listed}"),
         };
-        Path::parse(joined).ok().map(|k| (k, ()))
+        Path::parse(joined).ok()
     }
 
-    /// Every file and directory below `path` (names relative to it), as
-    /// [`Listing::Tree`] lists them, with each file's object facts: what
-    /// a tree upload decides against, read once.
+    /// Reads into `index` what a tree upload into `base` decides its
+    /// entries `paths` (relative to `base`) against, where it has not read
+    /// it yet: the entries are grouped by their first component, and for
+    /// each group the subtree of the deepest directory holding all of it
+    /// is listed once, every parent of that directory checked (`HEAD`) to
+    /// be no file; [`HEADS_AT_ONCE`] groups at once. So the index holds
+    /// what is below the destination the upload names, never the rest of
+    /// the root.
     ///
     /// # Errors
     ///
-    /// A bad path, the store's error.
-    pub(crate) async fn tree_index(&self, path: &str) -> Result<TreeIndex, Refusal> {
-        let (key, name) = self.key(path)?;
-        let base = name.map(|_| key.clone());
-        let depth = base.as_ref().map_or(self.prefix_depth(), |b| b.parts().count());
-        let mut index = TreeIndex::default();
-        let mut objects = self.store.list(base.as_ref().or((!key.as_ref().is_empty()).then_some(&key)));
-        while let Some(object) = objects.try_next().await.map_err(|e| store_refusal(path, e))? {
-            if index.files.len() >= TREE_INDEX_MAX {
-                let msg = format!(
-                    "{}: more than {TREE_INDEX_MAX} objects below it; copy a smaller part of the tree",
-                    shown(path)
-                );
-                return Err(Refusal::new(ErrorCode::TooLarge, msg));
-            }
-            let parts: Vec<String> = object.location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
-            let Some((last, parents)) = parts.split_last() else { continue };
-            for i in 1..=parents.len() {
-                index.dirs.insert(parents[..i].join("/"));
-            }
-            if last == DIR_MARKER || is_partial_name(last.as_bytes()) {
+    /// [`ErrorCode::TooLarge`] past the spec's `index_max` objects, a bad
+    /// path, the store's error.
+    pub(crate) async fn index_for<'a>(
+        &self,
+        index: &mut TreeIndex,
+        base: &str,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Refusal> {
+        // First component -> the components all its paths share.
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for path in paths {
+            if index.covers(path) {
                 continue;
             }
-            index.files.insert(parts.join("/"), object);
+            let parts: Vec<&str> = path.split('/').collect();
+            match groups.get_mut(parts[0]) {
+                Some(common) => {
+                    let same = common.iter().zip(&parts).take_while(|(a, b)| a == b).count();
+                    common.truncate(same);
+                }
+                None => {
+                    groups.insert(parts[0], parts);
+                }
+            }
         }
-        Ok(index)
+        // Files held, across the reads at once: what the limit bounds.
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(index.files.len()));
+        // Owned before any await (a borrow held across one would make the
+        // future `Send` only for some lifetimes).
+        let rels: Vec<String> = groups.into_values().map(|common| common.join("/")).collect();
+        let reads = rels.into_iter().map(|rel| {
+            let (b, base, held) = (self.clone(), base.to_owned(), held.clone());
+            async move { b.read_subtree(&base, rel, &held).await }
+        });
+        let read: Vec<Subtree> =
+            futures_util::stream::iter(reads).buffer_unordered(HEADS_AT_ONCE).try_collect().await?;
+        for subtree in read {
+            index.files.extend(subtree.files);
+            index.dirs.extend(subtree.dirs);
+            index.blocked |= subtree.blocked;
+            index.read.insert(subtree.rel);
+        }
+        Ok(())
+    }
+
+    /// What is at and below `rel` (below `base`), and whether it or a
+    /// parent of it (up to the root) is a file; `held` counts the files
+    /// read by every read of one [`index_for`](Self::index_for).
+    async fn read_subtree(
+        &self,
+        base: &str,
+        rel: String,
+        held: &std::sync::atomic::AtomicUsize,
+    ) -> Result<Subtree, Refusal> {
+        let full = match base.trim_matches('/') {
+            "" | "." => rel.clone(),
+            b => format!("{b}/{rel}"),
+        };
+        let (key, _) = self.key(&full)?;
+        let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_owned()).collect();
+        // Components of the key down to the base.
+        let base_depth = parts.len() - rel.split('/').count();
+        let mut subtree = Subtree { rel, ..Subtree::default() };
+        for i in self.prefix_depth() + 1..=parts.len() {
+            let at = raw_path(&parts[..i]);
+            if let Some(object) = self.head(&at).await.map_err(|e| store_refusal(&full, e))? {
+                if i <= base_depth {
+                    subtree.blocked = true;
+                } else {
+                    let meta = ObjectMeta {
+                        location: at,
+                        last_modified: chrono::DateTime::from_timestamp(object.mtime, 0).unwrap_or_default(),
+                        size: object.size,
+                        e_tag: object.etag,
+                        version: None,
+                    };
+                    subtree.files.push((parts[base_depth..i].join("/"), meta));
+                }
+                // Nothing is below a file.
+                return Ok(subtree);
+            }
+        }
+        let mut pages = self.pages(&key, false);
+        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(&full, e))? {
+            if !page.is_empty() {
+                subtree.dirs.push(subtree.rel.clone());
+            }
+            for listed in page {
+                let (location, object) = match listed {
+                    Key::Object(m) => (m.location.clone(), Some(m)),
+                    Key::Marker { dir, .. } => (dir, None),
+                    Key::Dir(_) | Key::Unnameable => continue,
+                };
+                let below: Vec<String> = location.parts().skip(base_depth).map(|p| p.as_ref().to_owned()).collect();
+                let Some((last, parents)) = below.split_last() else { continue };
+                for i in 1..=parents.len() {
+                    subtree.dirs.push(parents[..i].join("/"));
+                }
+                let Some(object) = object else {
+                    subtree.dirs.push(below.join("/"));
+                    continue;
+                };
+                if last == DIR_MARKER || is_partial_name(last.as_bytes()) {
+                    continue;
+                }
+                if held.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= self.spec.index_max {
+                    let msg = format!(
+                        "{}: more than {} objects below it; copy a smaller part of the tree",
+                        shown(&full),
+                        self.spec.index_max
+                    );
+                    return Err(Refusal::new(ErrorCode::TooLarge, msg));
+                }
+                subtree.files.push((below.join("/"), object));
+            }
+            // A page names its directories again and again.
+            subtree.dirs.sort_unstable();
+            subtree.dirs.dedup();
+        }
+        Ok(subtree)
     }
 
     /// The entry for an object listed in a [`TreeIndex`], with its facts.
@@ -739,13 +911,74 @@ impl Bucket {
     }
 }
 
-/// What is below a directory of a bucket, read with one listing.
+/// One subtree read for a [`TreeIndex`].
+#[derive(Debug, Default)]
+struct Subtree {
+    rel: String,
+    files: Vec<(String, ObjectMeta)>,
+    dirs: Vec<String>,
+    blocked: bool,
+}
+
+/// What a tree upload decides against: the files and directories below
+/// the parts of its destination that its manifest named, read as they
+/// are first named ([`Bucket::index_for`]); paths relative to the
+/// upload's base.
 #[derive(Debug, Default)]
 pub(crate) struct TreeIndex {
-    /// Files by path relative to the directory.
-    pub files: BTreeMap<String, ObjectMeta>,
-    /// Directories by path relative to it.
-    pub dirs: std::collections::BTreeSet<String>,
+    files: BTreeMap<String, ObjectMeta>,
+    dirs: std::collections::BTreeSet<String>,
+    /// Paths whose subtree, and every parent, was read.
+    read: std::collections::BTreeSet<String>,
+    /// The base, or a parent of it, is a file.
+    blocked: bool,
+}
+
+impl TreeIndex {
+    /// Whether what `rel` is was read.
+    fn covers(&self, rel: &str) -> bool {
+        let mut at = rel;
+        loop {
+            if self.read.contains(at) {
+                return true;
+            }
+            match at.rsplit_once('/') {
+                Some((up, _)) => at = up,
+                None => return false,
+            }
+        }
+    }
+
+    /// Whether a parent of `rel` (the base and above it too) is a file.
+    pub(crate) fn parent_is_file(&self, rel: &str) -> bool {
+        let mut parent = rel;
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            if self.files.contains_key(p) {
+                return true;
+            }
+            parent = p;
+        }
+        self.blocked
+    }
+
+    /// Whether `rel` is a directory.
+    pub(crate) fn is_dir(&self, rel: &str) -> bool {
+        self.dirs.contains(rel)
+    }
+
+    /// The object at `rel`, as listed.
+    pub(crate) fn file(&self, rel: &str) -> Option<&ObjectMeta> {
+        self.files.get(rel)
+    }
+}
+
+/// The key of the object a record at `record` is for.
+fn recorded_object(record: &Path) -> Path {
+    let name = record.filename().map(original_name).unwrap_or_default();
+    match record.as_ref().rsplit_once('/') {
+        Some((parent, _)) => raw_path(parent.split('/').chain([name.as_str()])),
+        None => raw_path([name]),
+    }
 }
 
 /// `.NAME.fwpart` → `NAME`.

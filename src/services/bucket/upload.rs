@@ -11,6 +11,15 @@
 //! as each part is stored, so a cut upload, even one whose server was
 //! restarted, resumes after the parts the record names.
 //!
+//! While the upload runs, its record carries a lease (`lease`: until
+//! when, seconds since the epoch), renewed every [`LEASE_RENEW`] by a
+//! task of its own, whatever the client's pace: the sweep of abandoned
+//! uploads (`--partial-max-age`, by any server on the bucket) leaves a
+//! record whose lease holds, as a local root's sweep leaves a partial
+//! file under its upload's `flock`. A cut upload gives its lease back
+//! (the record is written without one); one whose server died holds it
+//! at most [`LEASE`].
+//!
 //! No object exists under the final name until the upload is completed,
 //! and it is completed only once the whole-file BLAKE3 the parts merge to
 //! equals the client's. Without `force` the completion carries
@@ -21,6 +30,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use object_store::client::{HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService};
 use object_store::multipart::{MultipartStore, PartId};
@@ -37,6 +47,14 @@ use crate::services::Refusal;
 /// Parts of one upload stored at once.
 pub(super) const PARTS_IN_FLIGHT: usize = 4;
 
+/// How long a running upload's lease on its record lasts from its last
+/// renewal: how long the record of an upload whose server died is kept
+/// from the sweep beyond `--partial-max-age`.
+pub const LEASE: Duration = Duration::from_secs(300);
+/// How often a running upload renews its lease (well within [`LEASE`],
+/// whatever the clocks of two servers on one bucket make of it).
+pub const LEASE_RENEW: Duration = Duration::from_secs(60);
+
 /// The store's HTTP client, adding `If-None-Match: *` to each
 /// `CompleteMultipartUpload` unless its upload was registered as one that
 /// may replace (`--force`). object_store's `MultipartStore` never sends
@@ -47,12 +65,24 @@ pub(super) const PARTS_IN_FLIGHT: usize = 4;
 pub(super) struct NoClobber {
     /// Upload ids whose completion may replace an object.
     pub(super) replacing: Arc<Mutex<HashSet<String>>>,
+    /// The last client made (the store's own, made last by its builder):
+    /// what our own listings are sent through.
+    made: Arc<Mutex<Option<HttpClient>>>,
+}
+
+impl NoClobber {
+    /// The last client made.
+    pub(super) fn made(&self) -> Option<HttpClient> {
+        self.made.lock().expect("made poisoned").clone()
+    }
 }
 
 impl HttpConnector for NoClobber {
     fn connect(&self, options: &object_store::ClientOptions) -> object_store::Result<HttpClient> {
         let inner = object_store::client::ReqwestConnector::default().connect(options)?;
-        Ok(HttpClient::new(Completing { inner, replacing: self.replacing.clone() }))
+        let client = HttpClient::new(Completing { inner, replacing: self.replacing.clone() });
+        *self.made.lock().expect("made poisoned") = Some(client.clone());
+        Ok(client)
     }
 }
 
@@ -77,7 +107,7 @@ impl HttpService for Completing {
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("uploadId=")).map(|v| v.to_owned()));
             if let Some(id) = id {
-                let decoded = percent_decoded(&id);
+                let decoded = String::from_utf8_lossy(&super::raw::percent_decode(&id, false)).into_owned();
                 if !self.replacing.lock().expect("replacing poisoned").contains(&decoded) {
                     req.headers_mut().insert("if-none-match", "*".parse().expect("a header value"));
                 }
@@ -85,26 +115,6 @@ impl HttpService for Completing {
         }
         Box::pin(self.inner.execute(req))
     }
-}
-
-/// `%XX` escapes of a query value undone (upload ids may hold `+`, `=`, `/`).
-fn percent_decoded(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An upload registered as one whose completion may replace (`--force`)
@@ -145,6 +155,20 @@ pub(super) struct Record {
     /// is stored: a chaining value is not a file's hash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first: Option<String>,
+    /// Until when (seconds since the epoch) a running upload holds the
+    /// record: the sweep leaves it until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
+}
+
+impl Record {
+    /// Whether a running upload holds it now (a lease longer than two
+    /// [`LEASE`]s from now is no running upload's: another tool wrote it,
+    /// and it does not keep the record from the sweep).
+    pub(super) fn leased(&self) -> bool {
+        let now = now();
+        self.lease.is_some_and(|until| until > now && until <= now + 2 * LEASE.as_secs() as i64)
+    }
 }
 
 impl Record {
@@ -195,6 +219,26 @@ pub(crate) struct Multipart {
     /// The index of the part being filled.
     next: usize,
     shown: String,
+    /// The record as the store is to have it, and its lease's renewal.
+    held: Arc<Held>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+/// What a running upload's record writes share: the record as it is now,
+/// and the lock every write is made under (`true` once the upload let
+/// go of it: nothing is written after).
+#[derive(Debug)]
+struct Held {
+    record: Mutex<Record>,
+    writing: tokio::sync::Mutex<bool>,
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        // Dropped without ending (the request was cut off): the lease
+        // lapses within LEASE.
+        self.renewing.abort();
+    }
 }
 
 impl Multipart {
@@ -219,13 +263,15 @@ impl Multipart {
             Some(r) if r.v == 1 && r.size == size && r.mtime == mtime && sound(&r) => r,
             Some(old) => {
                 bucket.abort(&key, &old.upload_id).await;
-                bucket.create_upload(&key, &record_key, (size, mtime), &shown).await?
+                bucket.create_upload(&key, (size, mtime), &shown).await?
             }
-            None => bucket.create_upload(&key, &record_key, (size, mtime), &shown).await?,
+            None => bucket.create_upload(&key, (size, mtime), &shown).await?,
         };
         let next = record.parts.len();
         let first = record.first.clone();
-        Ok(Multipart {
+        let held = Arc::new(Held { record: Mutex::new(record.clone()), writing: tokio::sync::Mutex::new(false) });
+        let renewing = tokio::spawn(renew(bucket.clone(), record_key.clone(), held.clone(), shown.clone()));
+        let upload = Multipart {
             bucket: bucket.clone(),
             key,
             record_key,
@@ -236,7 +282,45 @@ impl Multipart {
             buf: Vec::new(),
             next,
             shown,
-        })
+            held,
+            renewing,
+        };
+        if let Err(r) = upload.save().await {
+            upload.bucket.abort(&upload.key, &upload.record.upload_id).await;
+            return Err(r);
+        }
+        Ok(upload)
+    }
+
+    /// Writes the record as it is now, with a lease.
+    async fn save(&self) -> Result<(), Refusal> {
+        *self.held.record.lock().expect("record poisoned") = self.record.clone();
+        let ended = self.held.writing.lock().await;
+        if *ended {
+            return Ok(());
+        }
+        let mut record = self.record.clone();
+        record.lease = Some(now() + LEASE.as_secs() as i64);
+        self.bucket.write_record(&self.record_key, &record, &self.shown).await
+    }
+
+    /// Ends the lease: no write after this one; with `keep`, the record is
+    /// written without a lease (for a resume, and for the sweep once it is
+    /// old), else left to the caller to delete.
+    async fn release(&self, keep: bool) {
+        let mut ended = self.held.writing.lock().await;
+        if *ended {
+            return;
+        }
+        *ended = true;
+        self.renewing.abort();
+        if keep {
+            let mut record = self.record.clone();
+            record.lease = None;
+            if let Err(r) = self.bucket.write_record(&self.record_key, &record, &self.shown).await {
+                tracing::debug!("{}: giving the upload's lease back: {}", self.shown, r.message);
+            }
+        }
     }
 
     /// What is held: bytes of whole parts stored, and their hash as a
@@ -261,9 +345,13 @@ impl Multipart {
         }
         self.bucket.abort(&self.key, &self.record.upload_id).await;
         let file = (self.record.size, self.record.mtime);
-        self.record = self.bucket.create_upload(&self.key, &self.record_key, file, &self.shown).await?;
+        self.record = self.bucket.create_upload(&self.key, file, &self.shown).await?;
         self.first = None;
         self.next = 0;
+        if let Err(r) = self.save().await {
+            self.bucket.abort(&self.key, &self.record.upload_id).await;
+            return Err(r);
+        }
         Ok(true)
     }
 
@@ -317,6 +405,7 @@ impl Multipart {
                 if r.code == ErrorCode::Busy {
                     // The store lost the upload: its record would keep
                     // offering parts that are not there.
+                    self.release(false).await;
                     let _ = self.bucket.store.delete(&self.record_key).await;
                 }
                 return Err(r);
@@ -332,25 +421,27 @@ impl Multipart {
         }
         if self.record.parts.len() > before {
             self.record.first = self.first.clone();
-            self.bucket.write_record(&self.record_key, &self.record, &self.shown).await?;
+            self.save().await?;
         }
         Ok(())
     }
 
     /// The body ended early (the connection was cut): the parts under way
-    /// are let finish and recorded, for a resume.
+    /// are let finish and recorded, for a resume, and the lease given back.
     pub(crate) async fn keep_for_resume(mut self) {
         while !self.in_flight.is_empty() {
             if self.settle_one().await.is_err() {
                 break;
             }
         }
+        self.release(true).await;
     }
 
     /// The upload is dropped: aborted in the store, its record removed.
     pub(crate) async fn discard(mut self) {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
+        self.release(false).await;
         self.bucket.abort(&self.key, &self.record.upload_id).await;
         let _ = self.bucket.store.delete(&self.record_key).await;
     }
@@ -359,27 +450,34 @@ impl Multipart {
     /// `claimed`, completes the upload (replacing an object there only if
     /// `force`), carrying the hash in the cache; else discards it.
     pub(crate) async fn finish(mut self, claimed: &str, force: bool) -> Result<blake3::Hash, Finish> {
-        if !self.buf.is_empty() {
-            if let Err(r) = self.store_part().await {
-                return Err(Finish::Refused(r));
+        let stored = async {
+            if !self.buf.is_empty() {
+                self.store_part().await?;
             }
+            while !self.in_flight.is_empty() {
+                self.settle_one().await?;
+            }
+            Ok::<(), Refusal>(())
         }
-        while !self.in_flight.is_empty() {
-            if let Err(r) = self.settle_one().await {
-                return Err(Finish::Refused(r));
-            }
+        .await;
+        if let Err(r) = stored {
+            self.release(true).await;
+            return Err(Finish::Refused(r));
         }
         let size = self.record.size;
         let parts = self.record.parts.len();
         let expected = size.div_ceil(PART) as usize;
-        if parts != expected {
-            let msg = format!("{}: {parts} parts stored of {expected}", self.shown);
-            return Err(Finish::Refused(Refusal::new(ErrorCode::Internal, msg)));
-        }
         let cvs: Option<Vec<_>> = self.record.parts.iter().map(|p| hash::cv_from_hex(&p.cv)).collect();
-        let Some(cvs) = cvs else {
-            let msg = format!("{}: a resume record that does not parse", self.shown);
-            return Err(Finish::Refused(Refusal::new(ErrorCode::Internal, msg)));
+        let cvs = match cvs {
+            Some(cvs) if parts == expected => cvs,
+            cvs => {
+                self.release(true).await;
+                let msg = match cvs {
+                    Some(_) => format!("{}: {parts} parts stored of {expected}", self.shown),
+                    None => format!("{}: a resume record that does not parse", self.shown),
+                };
+                return Err(Finish::Refused(Refusal::new(ErrorCode::Internal, msg)));
+            }
         };
         let got = hash::root(&cvs, size - (parts as u64 - 1) * PART);
         if got.to_hex().as_str() != claimed {
@@ -391,6 +489,10 @@ impl Multipart {
         let replacing = Replacing::new(&self.bucket, &self.record.upload_id, force);
         let completed = self.bucket.store.complete_multipart(&self.key, &id, ids).await;
         drop(replacing);
+        // Completed or refused, the record is the caller's now (deleted,
+        // or kept for a resume without a lease).
+        let keep = matches!(&completed, Err(e) if !is_exists(e));
+        self.release(keep).await;
         match completed {
             Ok(done) => {
                 let _ = self.bucket.store.delete(&self.record_key).await;
@@ -413,6 +515,24 @@ impl Multipart {
                 Err(Finish::Refused(r))
             }
         }
+    }
+}
+
+/// Renews the lease on a running upload's record every [`LEASE_RENEW`],
+/// until the upload lets go of it (or is dropped).
+async fn renew(bucket: Bucket, record_key: Path, held: Arc<Held>, shown: String) {
+    loop {
+        tokio::time::sleep(LEASE_RENEW).await;
+        let ended = held.writing.lock().await;
+        if *ended {
+            return;
+        }
+        let mut record = held.record.lock().expect("record poisoned").clone();
+        record.lease = Some(now() + LEASE.as_secs() as i64);
+        if let Err(r) = bucket.write_record(&record_key, &record, &shown).await {
+            tracing::warn!("{shown}: renewing the upload's lease on its record: {}", r.message);
+        }
+        drop(ended);
     }
 }
 
@@ -479,32 +599,22 @@ impl Bucket {
         }
     }
 
+    /// Writes a record (of a running upload: under its [`Held`] lock).
     async fn write_record(&self, record_key: &Path, record: &Record, shown: &str) -> Result<(), Refusal> {
         let body = serde_json::to_vec(record).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         self.store.put(record_key, PutPayload::from(body)).await.map_err(|e| store_refusal(shown, e))?;
         Ok(())
     }
 
-    /// A new multipart upload at `key`, its record written.
-    /// The file's mtime is the upload's metadata (its hash is not known
-    /// yet: see DESIGN.md).
-    async fn create_upload(
-        &self,
-        key: &Path,
-        record_key: &Path,
-        (size, mtime): (u64, i64),
-        shown: &str,
-    ) -> Result<Record, Refusal> {
+    /// A new multipart upload at `key`, and its record (for the caller to
+    /// write). The file's mtime is the upload's metadata (its hash is not
+    /// known yet: see DESIGN.md).
+    async fn create_upload(&self, key: &Path, (size, mtime): (u64, i64), shown: &str) -> Result<Record, Refusal> {
         let mut attributes = object_store::Attributes::new();
         attributes.insert(object_store::Attribute::Metadata(super::META_MTIME.into()), mtime.to_string().into());
         let options = object_store::PutMultipartOptions { attributes, ..Default::default() };
         let id = self.store.create_multipart_opts(key, options).await.map_err(|e| store_refusal(shown, e))?;
-        let record = Record { v: 1, upload_id: id.to_string(), size, mtime, parts: Vec::new(), first: None };
-        if let Err(r) = self.write_record(record_key, &record, shown).await {
-            self.abort(key, &record.upload_id).await;
-            return Err(r);
-        }
-        Ok(record)
+        Ok(Record { v: 1, upload_id: id.to_string(), size, mtime, parts: Vec::new(), first: None, lease: None })
     }
 
     /// Aborts an upload (one the store forgot already is fine).
@@ -542,17 +652,5 @@ impl Bucket {
             Err(e) if is_exists(&e) => Err(super::exists(shown)),
             Err(e) => Err(store_refusal(shown, e)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upload_ids_from_queries() {
-        assert_eq!(percent_decoded("abc%2Bd%3D%3D"), "abc+d==");
-        assert_eq!(percent_decoded("plain"), "plain");
-        assert_eq!(percent_decoded("cut%2"), "cut%2");
     }
 }
