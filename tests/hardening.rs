@@ -739,6 +739,7 @@ async fn announced_files_never_sent_pin_bounded_memory_given_back_after() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
 /// The names and contents of everything below `dir`, links as links.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
