@@ -240,10 +240,6 @@ async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: Cancell
 /// `fs.nr_open`, the ceiling when the hard limit says "unlimited".
 const MAX_OPEN_FILES: u64 = 1 << 20;
 
-/// The open-file limit the process had before [`raise_open_files`]:
-/// commands started by exec get it back.
-static OPEN_FILES_AT_START: std::sync::OnceLock<rustix::process::Rlimit> = std::sync::OnceLock::new();
-
 /// Raises this process's soft open-file limit to its hard limit, as a
 /// server needs (Go's runtime and nginx do the same): each silent
 /// connection, handshake and session holds descriptors, and each of the
@@ -258,13 +254,8 @@ static OPEN_FILES_AT_START: std::sync::OnceLock<rustix::process::Rlimit> = std::
 pub fn raise_open_files() -> std::io::Result<u64> {
     let at_start = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let hard = at_start.maximum.unwrap_or(MAX_OPEN_FILES).min(MAX_OPEN_FILES);
-    let _ = OPEN_FILES_AT_START.set(at_start);
+    crate::services::exec::keep_open_files_for_commands(at_start);
     crate::client::fleet::raise_open_files(hard)
-}
-
-/// The open-file limit before [`raise_open_files`], if it was called.
-pub(crate) fn open_files_at_start() -> Option<&'static rustix::process::Rlimit> {
-    OPEN_FILES_AT_START.get()
 }
 
 /// What every listener of a server shares.

@@ -74,7 +74,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Running> {
         cmd.arg("-c").arg(spec.command);
     }
     cmd.current_dir(spec.dir).kill_on_drop(true);
-    if let Some(limit) = crate::server::open_files_at_start() {
+    if let Some(limit) = OPEN_FILES_FOR_COMMANDS.get() {
         // The server raised its own open-file limit for its clients; a
         // command gets the one the server was started with.
         // SAFETY: between fork and exec only setrlimit(2) runs, a raw
@@ -351,6 +351,16 @@ pub fn account() -> Account {
         home: text(pw.pw_dir).map(PathBuf::from).unwrap_or_else(|| missing().home),
         shell,
     }
+}
+
+/// The open-file limit commands get, when the server raised its own
+/// (`server::raise_open_files`): the one it was started with.
+static OPEN_FILES_FOR_COMMANDS: std::sync::OnceLock<rustix::process::Rlimit> = std::sync::OnceLock::new();
+
+/// Gives commands started from now on the open-file limit `limit` (the
+/// server's own, before it raised it); the first call wins.
+pub fn keep_open_files_for_commands(limit: rustix::process::Rlimit) {
+    let _ = OPEN_FILES_FOR_COMMANDS.set(limit);
 }
 
 impl Account {

@@ -386,7 +386,9 @@ impl Sandbox {
     ///
     /// # Errors
     ///
-    /// A walk that cannot start; files that cannot be checked are left.
+    /// A walk that cannot start; files that cannot be checked are left,
+    /// and a directory that cannot be read is logged (a warning naming
+    /// it) and passed over.
     pub fn prune_partials(&self, max_age: std::time::Duration) -> io::Result<Vec<(String, u64)>> {
         let mut found = Vec::new();
         let root = self.root.open_dir("")?;
@@ -394,7 +396,14 @@ impl Sandbox {
             found.push(e);
             Ok(())
         };
-        walk(root, "", 0, Listing::Partials, (&mut sink, &mut |_, e| Err(e)))?;
+        // A directory the server cannot read is named and passed over:
+        // the rest is still pruned.
+        let mut unreadable = |rel: &str, e: io::Error| {
+            let rel = if rel.is_empty() { "." } else { rel };
+            tracing::warn!("looking for abandoned partial files: {}: {e}; skipped", crate::text::printable(rel));
+            Ok(())
+        };
+        walk(root, "", 0, Listing::Partials, (&mut sink, &mut unreadable))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let cutoff = i64::try_from(now.saturating_sub(max_age.as_secs())).unwrap_or(i64::MAX);
         let mut removed = Vec::new();
