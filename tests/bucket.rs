@@ -107,6 +107,30 @@ impl Seaweed {
     }
 }
 
+/// A `framewire serve` this test started: killed, by PID, and waited for
+/// however the test ends (a failed assertion too).
+struct Ours(Child);
+
+impl std::ops::Deref for Ours {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ours {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Ours {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Seaweed {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
@@ -707,7 +731,7 @@ async fn trees_sync_both_ways_through_serve() {
         assert!(out.stdout.is_empty(), "nothing listened: {out:?}");
     }
 
-    let mut child = serve_cmd("s3://fwtest/trees", SECRET).spawn().unwrap();
+    let mut child = Ours(serve_cmd("s3://fwtest/trees", SECRET).spawn().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
@@ -844,17 +868,27 @@ async fn keys_other_tools_write_break_nothing() {
     ] {
         raw_put(&server, key, body).await;
     }
-    let mut child = Command::new(common::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--root", "s3://fwtest/odd", "--s3-endpoint", &server.endpoint()])
-        .args(["--s3-allow-http", "--log-format", "json"])
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_REGION", "us-east-1")
-        .env("NO_PROXY", "127.0.0.1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Ours(
+        Command::new(common::BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--root",
+                "s3://fwtest/odd",
+                "--s3-endpoint",
+                &server.endpoint(),
+            ])
+            .args(["--s3-allow-http", "--log-format", "json"])
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("NO_PROXY", "127.0.0.1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
     let Some(addr) = line.trim().strip_prefix("listening on ").map(str::to_owned) else {
