@@ -384,6 +384,12 @@ enum Quiet {
     HalfPreface,
     /// A whole preface with the key flag (and then no TLS hello).
     Preface,
+    /// A whole preface, then the first byte of a TLS record (the review's
+    /// H1: one byte was taken for a client that speaks).
+    TlsByte,
+    /// A whole preface, then a TLS handshake record's header promising
+    /// 512 bytes, and 100 of them.
+    TlsPart,
 }
 
 /// A flood of `n` sockets to `addr` that never speak a whole handshake,
@@ -423,12 +429,21 @@ impl Flood {
                         () = stop.cancelled() => return,
                     };
                     let Ok(Ok(mut stream)) = connected else { continue };
-                    let said: &[u8] = match quiet {
-                        Quiet::Silent => b"",
-                        Quiet::HalfPreface => &Preface::new(true).encode()[..2],
-                        Quiet::Preface => &Preface::new(true).encode(),
+                    let preface = Preface::new(true).encode();
+                    let mut said: Vec<u8> = match quiet {
+                        Quiet::Silent => Vec::new(),
+                        Quiet::HalfPreface => preface[..2].to_vec(),
+                        Quiet::Preface | Quiet::TlsByte | Quiet::TlsPart => preface.to_vec(),
                     };
-                    let _ = stream.write_all(said).await;
+                    match quiet {
+                        Quiet::TlsByte => said.push(22),
+                        Quiet::TlsPart => {
+                            said.extend([22, 3, 1, 2, 0]);
+                            said.extend([1u8; 100]);
+                        }
+                        _ => {}
+                    }
+                    let _ = stream.write_all(&said).await;
                     if round == 0 {
                         let _ = opened_tx.send(()).await;
                     } else {
@@ -457,15 +472,15 @@ impl Flood {
     }
 }
 
-const ALL_QUIET: [Quiet; 3] = [Quiet::Silent, Quiet::HalfPreface, Quiet::Preface];
+const ALL_QUIET: [Quiet; 5] = [Quiet::Silent, Quiet::HalfPreface, Quiet::Preface, Quiet::TlsByte, Quiet::TlsPart];
 
 /// A keyed client connects and is served 5 times in a row, each within a
 /// generous 2 s.
-async fn served_5_in_a_row(server: &TestServer, key: &Key, what: &str) {
+async fn served_5_in_a_row(addr: &str, key: &Key, what: &str) {
     for round in 0..5 {
         let start = Instant::now();
         let served = async {
-            let mut client = Client::connect_with(&server.addr(), Some(key)).await?;
+            let mut client = Client::connect_with(addr, Some(key)).await?;
             client.echo(b"still here").await
         };
         let served = tokio::time::timeout(Duration::from_secs(5), served).await;
@@ -502,7 +517,7 @@ async fn connections_that_never_speak_cannot_keep_a_keyed_client_out() {
     let hundred: fn(usize) -> std::net::IpAddr = |i| [127, 0, 1, 1 + i as u8].into();
     for (what, sources, source) in [("its own address", 1, own), ("4 others", 4, four), ("100 others", 100, hundred)] {
         let flood = Flood::start(server.addr, 1200, &ALL_QUIET, sources, source).await;
-        served_5_in_a_row(&server, &key, what).await;
+        served_5_in_a_row(&server.addr(), &key, what).await;
         eprintln!("{what}: the flood's sockets were reopened {} times", flood.reopened());
     }
 }
@@ -531,9 +546,37 @@ async fn a_full_silent_set_evicts_its_oldest_never_a_client_that_speaks() {
     let many: fn(usize) -> std::net::IpAddr = |i| [127, 0, 2, 1 + i as u8].into();
     for (what, sources, source) in [("its own address", 1, own), ("20 others", 20, many)] {
         let flood = Flood::start(server.addr, 200, &[Quiet::Silent, Quiet::HalfPreface], sources, source).await;
-        served_5_in_a_row(&server, &key, what).await;
+        served_5_in_a_row(&server.addr(), &key, what).await;
         assert!(flood.reopened() > 100, "{what}: the set churned ({} reopened)", flood.reopened());
     }
+}
+
+/// The review of issue 28's fix (H2): a legacy listener with the HMAC
+/// challenge speaks first, so its connections cannot be told apart by
+/// silence, and they shared the native listener's handshake table and
+/// queue: 1,200 silent sockets on the legacy port, from 4 addresses,
+/// closed every native keyed client at once. The legacy listeners have a
+/// table of their own now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_a_legacy_port_keeps_no_native_client_out() {
+    framewire::client::fleet::raise_open_files(8192).expect("the flood needs 2 descriptors a socket");
+    let key = Key::generate();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = framewire::server::Config::new(root.path());
+    config.key = Some(key.clone());
+    config.legacy_hmac = true;
+    let native = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let legacy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, legacy_addr) = (native.local_addr().unwrap(), legacy.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let legacy = vec![(framewire::legacy::Mode::Download, legacy)];
+    let task = tokio::spawn(framewire::server::run_with_legacy(native, legacy, config, stop.clone().cancelled_owned()));
+    let four: fn(usize) -> std::net::IpAddr = |i| [127, 0, 0, 2 + i as u8].into();
+    let flood = Flood::start(legacy_addr, 1200, &[Quiet::Silent], 4, four).await;
+    served_5_in_a_row(&addr.to_string(), &key, "a legacy port flooded from 4 addresses").await;
+    drop(flood);
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }
 
 /// A burst of honest keyed clients at once: all served (they wait for

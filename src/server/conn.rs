@@ -185,16 +185,18 @@ async fn handshake(
         return Ok(transport::plain(tcp));
     };
     let answered = door.answered.enter(ip);
-    // A real client sends its TLS hello as soon as it has our preface.
-    // (Asked with a peek: the runtime's readiness may still be set from
-    // the preface, which filled the read exactly.)
-    let mut first = [0u8; 1];
+    // A real client sends its TLS hello as soon as it has our preface, in
+    // one record: it leaves the answered set once that whole record is in
+    // (one byte would not do: a flood sending one and stalling would take
+    // the places real clients wait for).
     tokio::select! {
-        peeked = tcp.peek(&mut first) => if peeked? == 0 {
-            return Err(Refused::Left);
+        arrived = hello(&tcp) => match arrived? {
+            // (`hello` never answers `Nothing`.)
+            Arrived::Bytes | Arrived::Nothing => {}
+            Arrived::Closed => return Err(Refused::Left),
         },
         // Its hello may have come before its task ran: then it goes on.
-        () = answered.evicted() => match arrived(&tcp) {
+        () = answered.evicted() => match hello_now(&tcp) {
             Arrived::Bytes => {}
             Arrived::Nothing => return Err(Refused::Silenced),
             Arrived::Closed => return Err(Refused::Left),
@@ -279,23 +281,79 @@ fn read_now(tcp: &TcpStream, partial: &mut PartialPreface) -> Option<Result<Pref
     }
 }
 
-/// What the peer has sent that is not read yet, asked of the socket
-/// itself rather than of the runtime's readiness, which lags behind a
-/// task that has not run.
+/// Whether the peer's first TLS record (its hello) is in, asked of the
+/// socket itself rather than of the runtime's readiness, which lags
+/// behind a task that has not run.
 enum Arrived {
+    /// The whole record (or bytes that are not a TLS record at all, which
+    /// TLS then refuses at once).
     Bytes,
+    /// Not yet: nothing, or only part of the record.
     Nothing,
     /// Closed (or reset).
     Closed,
 }
 
-fn arrived(tcp: &TcpStream) -> Arrived {
+/// The largest TLS record there is: a 5-byte header and up to 2^14 bytes
+/// of plaintext plus what encryption may add (RFC 8446 §5.2).
+const MAX_TLS_RECORD: u64 = 5 + (1 << 14) + 256;
+
+/// Waits until the peer's first TLS record is in whole (or it closed, or
+/// sent something that is not one). Nothing is read: the record stays
+/// for TLS.
+async fn hello(tcp: &TcpStream) -> std::io::Result<Arrived> {
+    loop {
+        let ready = tcp.ready(tokio::io::Interest::READABLE).await?;
+        // Asked inside `try_io`, so that "not yet" clears the readiness
+        // only if nothing arrived meanwhile: the next bytes wake us again.
+        let asked = tcp.try_io(tokio::io::Interest::READABLE, || match hello_now(tcp) {
+            Arrived::Nothing => Err(std::io::ErrorKind::WouldBlock.into()),
+            arrived => Ok(arrived),
+        });
+        match asked {
+            Ok(arrived) => return Ok(arrived),
+            // Part of a record, then the end: nothing more will come (and
+            // a closed socket stays ready, so waiting again would spin).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && ready.is_read_closed() => {
+                return Ok(Arrived::Closed)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`hello`] without waiting: the record's header peeked, and the bytes
+/// the socket holds counted (`FIONREAD`), none copied.
+fn hello_now(tcp: &TcpStream) -> Arrived {
     use rustix::net::{recv, RecvFlags};
-    let mut byte = [0u8; 1];
-    match recv(tcp, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-        Ok((0, _)) => Arrived::Closed,
-        Ok(_) => Arrived::Bytes,
-        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Arrived::Nothing,
+    let mut head = [0u8; 5];
+    let peeked = loop {
+        match recv(tcp, &mut head[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) => break n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return Arrived::Nothing,
+            Err(_) => return Arrived::Closed,
+        }
+    };
+    if peeked == 0 {
+        return Arrived::Closed;
+    }
+    // 22 is a handshake record: anything else is not a TLS hello, and
+    // TLS says so at once.
+    if head[0] != 22 {
+        return Arrived::Bytes;
+    }
+    if peeked < head.len() {
+        return Arrived::Nothing;
+    }
+    let need = 5 + u64::from(u16::from_be_bytes([head[3], head[4]]));
+    if need > MAX_TLS_RECORD {
+        return Arrived::Bytes;
+    }
+    match rustix::io::ioctl_fionread(tcp) {
+        Ok(held) if held >= need => Arrived::Bytes,
+        Ok(_) => Arrived::Nothing,
         Err(_) => Arrived::Closed,
     }
 }

@@ -111,6 +111,11 @@ pub async fn run_until(
     };
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
+    // The legacy listeners' challenged connections have a table of their
+    // own: the server speaks first there, so silence cannot tell a flood
+    // from a client, and a flood on a legacy port must not take the places
+    // native clients need.
+    let legacy_startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
     let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
     // Each of the two sets of connections that have not spoken fits in a
     // quarter of the descriptors; the other half is for the handshake
@@ -144,6 +149,7 @@ pub async fn run_until(
         ctx,
         limit,
         startups,
+        legacy_startups,
         door,
         graceful: CancellationToken::new(),
         hard: CancellationToken::new(),
@@ -263,9 +269,10 @@ struct Shared {
     ctx: Arc<context::Context>,
     /// Session slots, native and legacy together.
     limit: Arc<Semaphore>,
-    /// Handshake slots of the native listener (and of legacy ones with
-    /// the HMAC challenge).
+    /// Handshake slots of the native listener.
     startups: Arc<admission::Startups>,
+    /// The legacy listeners' own handshake table (`--legacy-hmac`).
+    legacy_startups: Arc<admission::Startups>,
     /// Native connections that have not spoken yet.
     door: Arc<admission::Door>,
 
@@ -367,7 +374,8 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
             // holds however far behind the tasks are.
             None => Admitted::Native(shared.door.silent.enter(peer.ip())),
             // With the HMAC challenge, a legacy connection is unproven
-            // until it answers: it waits in the handshake table too.
+            // until it answers: it waits in a handshake table too (the
+            // legacy listeners' own).
             Some(mode) if shared.ctx.config.legacy_hmac => Admitted::LegacyChallenged(mode),
             Some(mode) => match shared.limit.clone().try_acquire_owned() {
                 Ok(permit) => Admitted::Legacy(mode, permit),
@@ -399,11 +407,12 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
                         // Boxed too.
                         Admitted::LegacyChallenged(mode) => Box::pin(async {
                             // The server speaks first here (the challenge):
-                            // a place in the handshake table, waiting for
-                            // one in a burst (within the handshake deadline).
+                            // a place in the legacy listeners' handshake
+                            // table, waiting for one in a burst (within the
+                            // handshake deadline).
                             let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
                             let startup = tokio::select! {
-                                admitted = s.startups.admit(peer.ip(), deadline) => admitted,
+                                admitted = s.legacy_startups.admit(peer.ip(), deadline) => admitted,
                                 () = s.graceful.cancelled() => return,
                             };
                             let Some(startup) = startup else {
