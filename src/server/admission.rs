@@ -9,8 +9,8 @@
 //!
 //! 1. **The silent set** ([`Silent`]): every accepted native connection,
 //!    from the moment it is accepted until it has sent its whole preface,
-//!    been answered with the server's, and (with a key) sent the first
-//!    bytes of its TLS hello. The server holds nothing for it but a socket
+//!    been answered with the server's, and (with a key) sent its first
+//!    TLS record (the hello) whole. The server holds nothing for it but a socket
 //!    and a small task, so the set is large ([`DEFAULT_MAX_SILENT`](super::DEFAULT_MAX_SILENT),
 //!    sized down to half the open-file limit), with a share per source
 //!    address. When it is full (or a source's share is), a newcomer is
@@ -33,8 +33,10 @@
 //!    for [`EVICT_AFTER`]: a real client finishes in milliseconds, so
 //!    those are the ones that stall mid-handshake (slowloris). If no
 //!    handshake is that old, the burst is real, and the newcomer waits for
-//!    a place (up to its handshake deadline; at most [`MAX_WAITING`] wait
-//!    at once, more are closed). A key-less server has no table: its
+//!    a place (up to its handshake deadline) in a queue whose places are
+//!    handed to waiting sources in turn ([`Queue`]); a full queue
+//!    ([`MAX_WAITING`]) makes room from the source with most waiters,
+//!    never by closing the newcomer. A key-less server has no table: its
 //!    handshake ends with the prefaces.
 //!
 //! OpenSSH's `MaxStartups` drops *new* connections at random instead,
