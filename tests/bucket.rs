@@ -1046,6 +1046,48 @@ async fn a_tree_upload_reads_only_its_destination(server: &Seaweed) {
     let out = common::framewire(&["put", "-r", &addr, &src, "full"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("more than 100 objects below it"), "{err}");
+    a_flat_tree_upload_costs_few_requests(server).await;
+}
+
+/// A `put -r` of a flat directory of 2,000 files into the top of the root
+/// lists that level once (a page of names), not each file's subtree: the
+/// store requests of the upload's index grow with the directories it
+/// touches, not its files (review of issue 28's point 8: one `HEAD` and
+/// one listing a file, over 4,000 here). Counted by the server's own store
+/// client ([`Bucket::store_requests`]); 60 unrelated objects below
+/// `other/`, with the index limit at 50, are never read.
+async fn a_flat_tree_upload_costs_few_requests(server: &Seaweed) {
+    use futures_util::StreamExt;
+    let s3 = std::sync::Arc::new(direct(server));
+    let puts = (0..60).map(|i| {
+        let s3 = s3.clone();
+        async move {
+            s3.put(&key(&format!("flat/other/d{}/u{i:02}.txt", i % 3)), PutPayload::from_static(b"x")).await.unwrap()
+        }
+    });
+    futures_util::stream::iter(puts).buffer_unordered(32).collect::<Vec<_>>().await;
+    let bucket = open_with(server, "flat", |spec| spec.with_index_max(50)).await;
+    let counted = bucket.clone();
+    let (addr, _stop, _task) = serve(bucket, |_| {}).await;
+    let local = tempfile::tempdir().unwrap();
+    for i in 0..2_000 {
+        std::fs::write(local.path().join(format!("f{i:04}.txt")), format!("{i}")).unwrap();
+    }
+    let src = format!("{}/", local.path().display());
+    // The client plans against a listing of the destination (here the
+    // root, `other/` too): its objects' facts read (`HEAD`) and kept once
+    // beforehand, so that what is counted is the upload's own.
+    let out = common::framewire(&["ls", "-r", &addr, ""]);
+    assert!(out.status.success(), "{out:?}");
+    let before = counted.store_requests();
+    let out = common::framewire(&["put", "-r", &addr, &src, ""]);
+    let after = counted.store_requests();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("2000 file(s)"), "{err}");
+    assert_eq!(keys(&s3, "flat").await.len(), 2_060);
+    let (lists, heads) = (after.lists - before.lists, after.heads - before.heads);
+    eprintln!("a flat put -r of 2,000 files: {lists} listings, {heads} HEADs");
+    assert!(lists + heads <= 40, "{lists} listings and {heads} HEADs for a flat upload of 2,000 files");
 }
 
 /// An upload still running when a sweep of abandoned uploads comes is

@@ -12,7 +12,8 @@
 //!    been answered with the server's, and (with a key) sent its first
 //!    TLS record (the hello) whole. The server holds nothing for it but a socket
 //!    and a small task, so the set is large ([`DEFAULT_MAX_SILENT`](super::DEFAULT_MAX_SILENT),
-//!    sized down to half the open-file limit), with a share per source
+//!    sized down to a quarter of the open-file limit, as is the set of
+//!    connections silent after their preface), with a share per source
 //!    address. When it is full (or a source's share is), a newcomer is
 //!    always let in and the *oldest* silent connection (of that source,
 //!    or of all) is evicted: asked to leave the set now. If its bytes have

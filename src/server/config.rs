@@ -20,7 +20,8 @@ pub const DEFAULT_MAX_STARTUPS_PER_SOURCE: usize = 16;
 /// with a key, their first TLS bytes) at once by default: a socket and a
 /// small task each, so many can be, and a flood of a few thousand idle
 /// sockets churns nothing. When full, a newcomer evicts the oldest (see
-/// `docs/SECURITY.md`). Cut to half the open-file limit at start.
+/// `docs/SECURITY.md`). Cut at start to a quarter of the open-file limit
+/// (as is the set of those silent after their preface).
 pub const DEFAULT_MAX_SILENT: usize = 4096;
 /// Connections held before they have spoken from one address at once by
 /// default: a quarter of [`DEFAULT_MAX_SILENT`], as a source's handshake

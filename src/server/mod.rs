@@ -9,7 +9,7 @@ mod dispatch;
 mod handlers;
 
 #[cfg(feature = "s3")]
-pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, PART, WHOLE_MAX};
+pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, StoreRequests, PART, WHOLE_MAX};
 #[cfg(feature = "s3")]
 pub use crate::services::files::Listing;
 pub use crate::services::root::Resolver;

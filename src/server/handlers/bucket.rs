@@ -57,7 +57,7 @@ pub(in crate::server) async fn list(s: &mut S, b: &Bucket, request: List) -> Res
         let mut entries = b.list(&path, listing, MAX_BUFFERED_BODY as usize).await?;
         if blake3 {
             let listed_a_file = b.object(&path).await?.is_some();
-            add_hashes(b, &path, listed_a_file, &mut entries).await?;
+            add_hashes(b, &path, listed_a_file, &mut entries, true).await?;
         }
         let body = serde_json::to_vec(&entries).map_err(internal)?;
         if body.len() as u64 > MAX_BUFFERED_BODY {
@@ -76,7 +76,16 @@ pub(in crate::server) async fn list(s: &mut S, b: &Bucket, request: List) -> Res
 }
 
 /// Gives each file entry its BLAKE3: from metadata or memory, else read.
-async fn add_hashes(b: &Bucket, path: &str, listed_a_file: bool, entries: &mut [Entry]) -> Result<(), Refusal> {
+/// A file whose hash cannot be read fails the whole listing if `strict`
+/// (`list`, as on a local root); else it is listed without one, and its
+/// `get` says why (`tree_list`, PROTOCOL.md §4.6.3.1, as on a local root).
+async fn add_hashes(
+    b: &Bucket,
+    path: &str,
+    listed_a_file: bool,
+    entries: &mut [Entry],
+    strict: bool,
+) -> Result<(), Refusal> {
     let wanted: Vec<(usize, String)> = entries
         .iter()
         .enumerate()
@@ -86,9 +95,15 @@ async fn add_hashes(b: &Bucket, path: &str, listed_a_file: bool, entries: &mut [
     let asks = wanted.into_iter().map(|(i, full)| {
         let b = b.clone();
         async move {
-            match b.object(&full).await? {
-                Some((key, object)) => Ok((i, Some(b.hash_of(&key, &object, &full).await?))),
-                None => Ok((i, None)),
+            let hash = match b.object(&full).await {
+                Ok(Some((key, object))) => b.hash_of(&key, &object, &full).await.map(Some),
+                Ok(None) => Ok(None),
+                Err(r) => Err(r),
+            };
+            match hash {
+                Ok(hash) => Ok((i, hash)),
+                Err(r) if strict => Err(r),
+                Err(_) => Ok((i, None)),
             }
         }
     });
@@ -302,7 +317,7 @@ pub(in crate::server) async fn tree_list(s: &mut S, b: &Bucket, request: TreeLis
         let mut entries = b.list(&path, Listing::Tree, TREE_LIST_BUDGET).await?;
         if blake3 {
             let listed_a_file = b.object(&path).await?.is_some();
-            add_hashes(b, &path, listed_a_file, &mut entries).await?;
+            add_hashes(b, &path, listed_a_file, &mut entries, false).await?;
         }
         Ok::<_, Refusal>(entries)
     }

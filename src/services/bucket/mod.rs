@@ -82,6 +82,42 @@ pub struct Object {
     pub blake3: Option<blake3::Hash>,
 }
 
+/// The requests a bucket root has sent its store since it was opened
+/// ([`Bucket::store_requests`]), by kind: what an operation costs, to
+/// watch it (tests/bucket.rs bounds a tree upload's by them); nothing
+/// decides on them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreRequests {
+    /// Listings (`GET ?list-type=2`), one a page.
+    pub lists: u64,
+    /// `HEAD`s of objects.
+    pub heads: u64,
+    /// The rest: reads, writes, copies, deletes, multipart requests.
+    pub others: u64,
+}
+
+/// The counts behind [`StoreRequests`], kept by the store's HTTP client.
+#[derive(Debug, Default)]
+struct Sent {
+    lists: std::sync::atomic::AtomicU64,
+    heads: std::sync::atomic::AtomicU64,
+    others: std::sync::atomic::AtomicU64,
+}
+
+impl Sent {
+    /// Counts one request about to be sent.
+    fn count(&self, req: &object_store::client::HttpRequest) {
+        let listing = req.method() == "GET" && req.uri().query().is_some_and(|q| q.contains("list-type="));
+        let counter = match req.method().as_str() {
+            _ if listing => &self.lists,
+            "HEAD" => &self.heads,
+            _ => &self.others,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Where a bucket root is: `s3://BUCKET[/PREFIX]` and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -249,6 +285,8 @@ pub struct Bucket {
     busy: Arc<Mutex<HashSet<String>>>,
     /// Keys no path names that a warning was logged for.
     warned: Arc<Mutex<HashSet<String>>>,
+    /// The requests sent to the store.
+    sent: Arc<Sent>,
 }
 
 /// A key below a listed directory, as the served tree reads it.
@@ -363,6 +401,7 @@ impl Bucket {
             replacing: no_clobber.replacing,
             busy: Arc::default(),
             warned: Arc::default(),
+            sent: no_clobber.sent,
         };
         bucket.check(&checking).await?;
         Ok(bucket)
@@ -491,6 +530,13 @@ impl Bucket {
     /// Where it is.
     pub fn spec(&self) -> &BucketSpec {
         &self.spec
+    }
+
+    /// The requests sent to the store since this root was opened (the
+    /// check at start included), by every clone of it.
+    pub fn store_requests(&self) -> StoreRequests {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        StoreRequests { lists: load(&self.sent.lists), heads: load(&self.sent.heads), others: load(&self.sent.others) }
     }
 
     /// The object path of a peer's `path`, checked as for a local root,

@@ -2,7 +2,7 @@
 //! of an object, reads from an offset, the claim and checks before an
 //! upload, removal, moves, and the sweep of abandoned uploads.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use super::{
     KNOWN_MAX, META_BLAKE3, META_MTIME,
 };
 use crate::proto::{Entry, ErrorCode, Kind};
-use crate::services::files::{shown, Listing, CLAIM_WAIT};
+use crate::services::files::{shown, CLAIM_WAIT};
 use crate::services::root::is_partial_name;
 use crate::services::Refusal;
 
@@ -717,110 +717,185 @@ impl Bucket {
     ///
     /// A listing that fails.
     pub(crate) async fn prune_uploads(&self, max_age: std::time::Duration) -> Result<Vec<(String, u64)>, Refusal> {
-        let records = self.list("", Listing::Partials, usize::MAX).await?;
         let cutoff = chrono_cutoff(max_age);
+        let depth = self.prefix_depth();
         let mut removed = Vec::new();
-        for e in records.into_iter().filter(|e| e.mtime < cutoff) {
-            let Some(key) = self.record_key(&e.name) else { continue };
-            let object = recorded_object(&key);
-            if self.busy.lock().expect("busy poisoned").contains(object.as_ref()) {
-                continue;
-            }
-            // A record that cannot be read now is left for the next sweep;
-            // one that does not parse is no upload's.
-            let Ok(got) = self.store.get(&key).await else { continue };
-            let Ok(body) = got.bytes().await else { continue };
-            let record: Option<super::upload::Record> = serde_json::from_slice(&body).ok();
-            if record.as_ref().is_some_and(|r| r.leased()) {
-                continue;
-            }
-            if let Some(r) = &record {
-                self.abort(&object, &r.upload_id).await;
-            }
-            if self.store.delete(&key).await.is_ok() {
-                let file = match e.name.rsplit_once('/') {
-                    Some((dir, n)) => format!("{dir}/{}", original_name(n)),
-                    None => original_name(&e.name),
-                };
-                let held = record.map_or(0, |r| r.parts.len() as u64 * super::PART);
-                removed.push((file, held));
+        // A page of keys at a time, whatever is below the root (the walk
+        // goes on from the last key, past the records deleted).
+        let mut pages = self.pages(&self.prefix, false);
+        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal("", e))? {
+            for listed in page {
+                let Key::Object(m) = listed else { continue };
+                let Some(name) = m.location.filename().filter(|n| is_partial_name(n.as_bytes())) else { continue };
+                if m.last_modified.timestamp() >= cutoff {
+                    continue;
+                }
+                let name = name.to_owned();
+                if let Some(held) = self.prune_record(&m.location).await {
+                    let dir: Vec<String> = m.location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
+                    let file = match dir.split_last() {
+                        Some((_, parents)) if !parents.is_empty() => {
+                            format!("{}/{}", parents.join("/"), original_name(&name))
+                        }
+                        _ => original_name(&name),
+                    };
+                    removed.push((file, held));
+                }
             }
         }
         Ok(removed)
     }
 
-    /// The key of a record listed by its path below the root.
-    fn record_key(&self, listed: &str) -> Option<Path> {
-        let joined = match self.spec.prefix.as_str() {
-            "" => listed.to_owned(),
-            p => format!("{p}/{listed}"),
-        };
-        Path::parse(joined).ok()
+    /// Aborts the upload of the record at `key` and removes the record,
+    /// unless a running upload holds it; the bytes it held, if removed.
+    async fn prune_record(&self, key: &Path) -> Option<u64> {
+        let object = recorded_object(key);
+        if self.busy.lock().expect("busy poisoned").contains(object.as_ref()) {
+            return None;
+        }
+        // A record that cannot be read now is left for the next sweep;
+        // one that does not parse is no upload's.
+        let got = self.store.get(key).await.ok()?;
+        let body = got.bytes().await.ok()?;
+        let record: Option<super::upload::Record> = serde_json::from_slice(&body).ok();
+        if record.as_ref().is_some_and(|r| r.leased()) {
+            return None;
+        }
+        if let Some(r) = &record {
+            self.abort(&object, &r.upload_id).await;
+        }
+        self.store.delete(key).await.ok()?;
+        Some(record.map_or(0, |r| r.parts.len() as u64 * super::PART))
     }
 
     /// Reads into `index` what a tree upload into `base` decides its
     /// entries `paths` (relative to `base`) against, where it has not read
-    /// it yet: the entries are grouped by their first component, and for
-    /// each group the subtree of the deepest directory holding all of it
-    /// is listed once, every parent of that directory checked (`HEAD`) to
-    /// be no file; [`HEADS_AT_ONCE`] groups at once. So the index holds
-    /// what is below the destination the upload names, never the rest of
-    /// the root.
+    /// it yet. The base and each parent of it are checked (`HEAD`) to be no
+    /// file once. The entries are grouped by their first component; for
+    /// each group the subtree of the deepest directory holding all of it is
+    /// listed once, every component of it below the base checked to be no
+    /// file, [`HEADS_AT_ONCE`] groups at once. Past [`SUBTREES_APART`]
+    /// groups in all, the base's own level is listed once instead (its
+    /// names, not what is below them), and only the groups whose first
+    /// component is a directory there are read further. So the requests
+    /// grow with the directories an upload touches, not its files, and the
+    /// index holds what is below the destination the upload names, never
+    /// the rest of the root.
     ///
     /// # Errors
     ///
-    /// [`ErrorCode::TooLarge`] past the spec's `index_max` objects, a bad
-    /// path, the store's error.
+    /// [`ErrorCode::TooLarge`] past the spec's `index_max` keys listed
+    /// (files, directories, markers, records alike), a bad path, the
+    /// store's error.
     pub(crate) async fn index_for<'a>(
         &self,
         index: &mut TreeIndex,
         base: &str,
         paths: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), Refusal> {
-        // First component -> the components all its paths share.
-        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for path in paths {
-            if index.covers(path) {
-                continue;
-            }
-            let parts: Vec<&str> = path.split('/').collect();
-            match groups.get_mut(parts[0]) {
-                Some(common) => {
-                    let same = common.iter().zip(&parts).take_while(|(a, b)| a == b).count();
-                    common.truncate(same);
-                }
-                None => {
-                    groups.insert(parts[0], parts);
+        let (base_key, _) = self.key(base)?;
+        let base_parts: Vec<String> = base_key.parts().map(|p| p.as_ref().to_owned()).collect();
+        if !index.based {
+            for i in self.prefix_depth() + 1..=base_parts.len() {
+                let at = raw_path(&base_parts[..i]);
+                if self.head(&at).await.map_err(|e| store_refusal(base, e))?.is_some() {
+                    index.blocked = true;
+                    break;
                 }
             }
+            index.based = true;
         }
-        // Files held, across the reads at once: what the limit bounds.
-        let held = Arc::new(std::sync::atomic::AtomicUsize::new(index.files.len()));
+        // A file at or above the base: every entry is refused for it.
+        if index.blocked {
+            return Ok(());
+        }
+        let paths: Vec<&str> = paths.into_iter().collect();
+        // Keys listed, across the reads at once: what the limit bounds.
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(index.held));
+        let mut groups = index.groups(&paths);
+        if !index.level && index.apart + groups.len() > SUBTREES_APART {
+            let read = self.read_level(&base_key, base, &held).await;
+            index.held = held.load(std::sync::atomic::Ordering::Relaxed);
+            let (files, dirs) = read?;
+            index.files.extend(files);
+            index.dirs.extend(dirs);
+            index.level = true;
+            groups = index.groups(&paths);
+        }
+        index.apart += groups.len();
         // Owned before any await (a borrow held across one would make the
         // future `Send` only for some lifetimes).
         let rels: Vec<String> = groups.into_values().map(|common| common.join("/")).collect();
+        let (level, depth) = (index.level, base_parts.len());
         let reads = rels.into_iter().map(|rel| {
             let (b, base, held) = (self.clone(), base.to_owned(), held.clone());
-            async move { b.read_subtree(&base, rel, &held).await }
+            async move { b.read_subtree(&base, depth, rel, level, &held).await }
         });
-        let read: Vec<Subtree> =
-            futures_util::stream::iter(reads).buffer_unordered(HEADS_AT_ONCE).try_collect().await?;
-        for subtree in read {
+        let read: Result<Vec<Subtree>, Refusal> =
+            futures_util::stream::iter(reads).buffer_unordered(HEADS_AT_ONCE).try_collect().await;
+        index.held = held.load(std::sync::atomic::Ordering::Relaxed);
+        for subtree in read? {
             index.files.extend(subtree.files);
             index.dirs.extend(subtree.dirs);
-            index.blocked |= subtree.blocked;
             index.read.insert(subtree.rel);
         }
         Ok(())
     }
 
-    /// What is at and below `rel` (below `base`), and whether it or a
-    /// parent of it (up to the root) is a file; `held` counts the files
-    /// read by every read of one [`index_for`](Self::index_for).
+    /// Counts one key listed for an index against the spec's `index_max`.
+    fn hold(&self, held: &std::sync::atomic::AtomicUsize, full: &str) -> Result<(), Refusal> {
+        if held.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= self.spec.index_max {
+            let msg = format!(
+                "{}: more than {} objects below it; copy a smaller part of the tree",
+                shown(full),
+                self.spec.index_max
+            );
+            return Err(Refusal::new(ErrorCode::TooLarge, msg));
+        }
+        Ok(())
+    }
+
+    /// The names at the level of the base `key` (`base` as the peer named
+    /// it): its files, and its directories (common prefixes and markers).
+    async fn read_level(
+        &self,
+        key: &Path,
+        base: &str,
+        held: &std::sync::atomic::AtomicUsize,
+    ) -> Result<(Vec<(String, ObjectMeta)>, Vec<String>), Refusal> {
+        let depth = key.parts().count();
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        let mut pages = self.pages(key, true);
+        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(base, e))? {
+            for listed in page {
+                self.hold(held, base)?;
+                let (location, object) = match listed {
+                    Key::Object(m) => (m.location.clone(), Some(m)),
+                    Key::Dir(dir) | Key::Marker { dir, .. } => (dir, None),
+                    Key::Unnameable => continue,
+                };
+                let name = location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/");
+                match object {
+                    None => dirs.push(name),
+                    Some(_) if name == DIR_MARKER || is_partial_name(name.as_bytes()) => {}
+                    Some(object) => files.push((name, object)),
+                }
+            }
+        }
+        Ok((files, dirs))
+    }
+
+    /// What is at and below `rel` (below the base `base`, whose key has
+    /// `depth` components), and whether a component of it below the base
+    /// is a file; with `level`, its first component is known to be a
+    /// directory (the base's level was read). `held` counts the keys read
+    /// by every read of one [`index_for`](Self::index_for).
     async fn read_subtree(
         &self,
         base: &str,
+        depth: usize,
         rel: String,
+        level: bool,
         held: &std::sync::atomic::AtomicUsize,
     ) -> Result<Subtree, Refusal> {
         let full = match base.trim_matches('/') {
@@ -829,24 +904,19 @@ impl Bucket {
         };
         let (key, _) = self.key(&full)?;
         let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_owned()).collect();
-        // Components of the key down to the base.
-        let base_depth = parts.len() - rel.split('/').count();
         let mut subtree = Subtree { rel, ..Subtree::default() };
-        for i in self.prefix_depth() + 1..=parts.len() {
+        for i in depth + 1 + usize::from(level)..=parts.len() {
             let at = raw_path(&parts[..i]);
             if let Some(object) = self.head(&at).await.map_err(|e| store_refusal(&full, e))? {
-                if i <= base_depth {
-                    subtree.blocked = true;
-                } else {
-                    let meta = ObjectMeta {
-                        location: at,
-                        last_modified: chrono::DateTime::from_timestamp(object.mtime, 0).unwrap_or_default(),
-                        size: object.size,
-                        e_tag: object.etag,
-                        version: None,
-                    };
-                    subtree.files.push((parts[base_depth..i].join("/"), meta));
-                }
+                self.hold(held, &full)?;
+                let meta = ObjectMeta {
+                    location: at,
+                    last_modified: chrono::DateTime::from_timestamp(object.mtime, 0).unwrap_or_default(),
+                    size: object.size,
+                    e_tag: object.etag,
+                    version: None,
+                };
+                subtree.files.push((parts[depth..i].join("/"), meta));
                 // Nothing is below a file.
                 return Ok(subtree);
             }
@@ -854,39 +924,27 @@ impl Bucket {
         let mut pages = self.pages(&key, false);
         while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(&full, e))? {
             if !page.is_empty() {
-                subtree.dirs.push(subtree.rel.clone());
+                add_dir(&mut subtree.dirs, &parts[depth..]);
             }
             for listed in page {
+                self.hold(held, &full)?;
                 let (location, object) = match listed {
                     Key::Object(m) => (m.location.clone(), Some(m)),
                     Key::Marker { dir, .. } => (dir, None),
                     Key::Dir(_) | Key::Unnameable => continue,
                 };
-                let below: Vec<String> = location.parts().skip(base_depth).map(|p| p.as_ref().to_owned()).collect();
+                let below: Vec<String> = location.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect();
                 let Some((last, parents)) = below.split_last() else { continue };
-                for i in 1..=parents.len() {
-                    subtree.dirs.push(parents[..i].join("/"));
-                }
+                add_dir(&mut subtree.dirs, parents);
                 let Some(object) = object else {
-                    subtree.dirs.push(below.join("/"));
+                    add_dir(&mut subtree.dirs, &below);
                     continue;
                 };
                 if last == DIR_MARKER || is_partial_name(last.as_bytes()) {
                     continue;
                 }
-                if held.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= self.spec.index_max {
-                    let msg = format!(
-                        "{}: more than {} objects below it; copy a smaller part of the tree",
-                        shown(&full),
-                        self.spec.index_max
-                    );
-                    return Err(Refusal::new(ErrorCode::TooLarge, msg));
-                }
                 subtree.files.push((below.join("/"), object));
             }
-            // A page names its directories again and again.
-            subtree.dirs.sort_unstable();
-            subtree.dirs.dedup();
         }
         Ok(subtree)
     }
@@ -916,9 +974,27 @@ impl Bucket {
 struct Subtree {
     rel: String,
     files: Vec<(String, ObjectMeta)>,
-    dirs: Vec<String>,
-    blocked: bool,
+    dirs: BTreeSet<String>,
 }
+
+/// Adds the directory `parts` and each parent of it to `dirs` (the
+/// parents of one added before are there already: a page names its
+/// directories again and again).
+fn add_dir(dirs: &mut BTreeSet<String>, parts: &[String]) {
+    for i in (1..=parts.len()).rev() {
+        if !dirs.insert(parts[..i].join("/")) {
+            break;
+        }
+    }
+}
+
+/// Subtrees of a tree upload's destination read one at a time (a `HEAD`
+/// of each component below the base, then one listing: two requests or
+/// more each) before the base's own level is listed instead, once (a
+/// request for each 1,000 names at it), which answers at once every group
+/// whose first component is no directory there: a flat directory of 10,000
+/// files uploaded into the base costs 10 listings, not 20,000 requests.
+const SUBTREES_APART: usize = 64;
 
 /// What a tree upload decides against: the files and directories below
 /// the parts of its destination that its manifest named, read as they
@@ -927,16 +1003,30 @@ struct Subtree {
 #[derive(Debug, Default)]
 pub(crate) struct TreeIndex {
     files: BTreeMap<String, ObjectMeta>,
-    dirs: std::collections::BTreeSet<String>,
+    dirs: BTreeSet<String>,
     /// Paths whose subtree, and every parent, was read.
-    read: std::collections::BTreeSet<String>,
+    read: BTreeSet<String>,
+    /// The base and its parents were checked.
+    based: bool,
     /// The base, or a parent of it, is a file.
     blocked: bool,
+    /// The base's own level was listed.
+    level: bool,
+    /// Subtrees read one at a time.
+    apart: usize,
+    /// Keys listed into it: what the spec's `index_max` bounds.
+    held: usize,
 }
 
 impl TreeIndex {
     /// Whether what `rel` is was read.
     fn covers(&self, rel: &str) -> bool {
+        let first = rel.split('/').next().unwrap_or(rel);
+        // The base's level says what its names are; below one that is no
+        // directory there, nothing is.
+        if self.level && (first == rel || !self.dirs.contains(first)) {
+            return true;
+        }
         let mut at = rel;
         loop {
             if self.read.contains(at) {
@@ -947,6 +1037,28 @@ impl TreeIndex {
                 None => return false,
             }
         }
+    }
+
+    /// The paths of `paths` not read yet, by first component: the
+    /// components all of a group's paths share.
+    fn groups<'a>(&self, paths: &[&'a str]) -> BTreeMap<&'a str, Vec<&'a str>> {
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for &path in paths {
+            if self.covers(path) {
+                continue;
+            }
+            let parts: Vec<&str> = path.split('/').collect();
+            match groups.get_mut(parts[0]) {
+                Some(common) => {
+                    let same = common.iter().zip(&parts).take_while(|(a, b)| a == b).count();
+                    common.truncate(same);
+                }
+                None => {
+                    groups.insert(parts[0], parts);
+                }
+            }
+        }
+        groups
     }
 
     /// Whether a parent of `rel` (the base and above it too) is a file.

@@ -68,6 +68,8 @@ pub(super) struct NoClobber {
     /// The last client made (the store's own, made last by its builder):
     /// what our own listings are sent through.
     made: Arc<Mutex<Option<HttpClient>>>,
+    /// The requests sent through every client made, by kind.
+    pub(super) sent: Arc<super::Sent>,
 }
 
 impl NoClobber {
@@ -80,7 +82,7 @@ impl NoClobber {
 impl HttpConnector for NoClobber {
     fn connect(&self, options: &object_store::ClientOptions) -> object_store::Result<HttpClient> {
         let inner = object_store::client::ReqwestConnector::default().connect(options)?;
-        let client = HttpClient::new(Completing { inner, replacing: self.replacing.clone() });
+        let client = HttpClient::new(Completing { inner, replacing: self.replacing.clone(), sent: self.sent.clone() });
         *self.made.lock().expect("made poisoned") = Some(client.clone());
         Ok(client)
     }
@@ -90,6 +92,7 @@ impl HttpConnector for NoClobber {
 struct Completing {
     inner: HttpClient,
     replacing: Arc<Mutex<HashSet<String>>>,
+    sent: Arc<super::Sent>,
 }
 
 impl HttpService for Completing {
@@ -101,6 +104,7 @@ impl HttpService for Completing {
         'a: 'b,
         Self: 'b,
     {
+        self.sent.count(&req);
         if req.method() == "POST" {
             let id = req
                 .uri()
