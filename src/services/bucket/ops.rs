@@ -750,9 +750,13 @@ impl Bucket {
     /// unless a running upload holds it; the bytes it held, if removed.
     async fn prune_record(&self, key: &Path) -> Option<u64> {
         let object = recorded_object(key);
-        if self.busy.lock().expect("busy poisoned").contains(object.as_ref()) {
+        // Claimed for the prune, as an upload claims it: an upload through
+        // this server that starts meanwhile waits for the prune to end (and
+        // then starts over), rather than having its record aborted under it.
+        if !self.busy.lock().expect("busy poisoned").insert(object.as_ref().to_owned()) {
             return None;
         }
+        let _claim = Claim { busy: self.busy.clone(), key: object.as_ref().to_owned() };
         // A record that cannot be read now is left for the next sweep;
         // one that does not parse is no upload's.
         let got = self.store.get(key).await.ok()?;
