@@ -141,7 +141,7 @@ pub struct BucketSpec {
     pub copy_max: u64,
     /// The most objects a tree upload decides against (held in memory,
     /// about 300 bytes each): those below the destination it names, not
-    /// the whole root ([`TREE_INDEX_MAX`] by default).
+    /// the whole root (`TREE_INDEX_MAX`, 2,000,000, by default).
     pub index_max: usize,
 }
 
@@ -250,7 +250,7 @@ impl BucketSpec {
     }
 
     /// The same, a tree upload deciding against at most `objects` below
-    /// its destination (a lower limit than [`TREE_INDEX_MAX`] bounds its
+    /// its destination (a lower limit than `TREE_INDEX_MAX` bounds its
     /// memory further).
     pub fn with_index_max(mut self, objects: usize) -> Self {
         self.index_max = objects;
