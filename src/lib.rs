@@ -18,9 +18,9 @@
 //! | [`transport`] | yes | TCP as it is, or TLS 1.3 (rustls) with a generated certificate and the channel binding authentication is tied to |
 //! | [`auth`] | yes | key files and the mutual HMAC-SHA256 challenge-response |
 //! | [`proto`] | yes | one struct per message ([`proto::Put`], [`proto::FileReply`]…), each marked with its direction ([`proto::ToServer`], [`proto::ToClient`]), and the sets a reader expects at each point ([`proto::Request`], [`proto::Answer`]…); every message is one entry of one table |
-//! | `services` | no | what requests do apart from the wire: files under a root held open and resolved by descriptor, partial files, processes in their own group |
+//! | `services` | no | what requests do apart from the wire: files under a root held open and resolved by descriptor, partial files, processes in their own group; and (feature `s3`, on by default) `services::bucket`, an object-store bucket as the root (listings, multipart uploads with resume records, ranged reads, moves as checked copies) |
 //! | `session` | no | one established connection (reader, writer, time limits, cut-off, what each end may send) and the transfer steps both ends share: one `Receiver` that owns the partial file (server `put`, client `get`, legacy upload) and one `Sender` (server `get`, client `put`) |
-//! | [`server`] | yes | listener, admission, handshake, then one dispatcher calling one handler per request, all of one shape |
+//! | [`server`] | yes | listener, admission (the door: silent sets, the handshake table and its queue), handshake, then one dispatcher calling one handler per request, all of one shape (a bucket root's file requests still have their own handlers, `server/handlers/bucket.rs`, until issue 29 puts both roots behind one storage seam) |
 //! | [`client`] | yes | [`Client`], the typed async API over one connection, and [`client::tree`], copies of trees over several |
 //! | [`legacy`] | yes | the tutorial's `struct.pack('i', …)` formats on their own listeners, so its Python clients work unmodified |
 //!

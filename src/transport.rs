@@ -60,10 +60,10 @@ impl<T: AsyncRead + AsyncWrite + Send> WriteHalf for tokio::io::WriteHalf<T> {}
 /// paid, so the rate holds over time without splitting writes; a burst is
 /// at most one read or write (a chunk, 1 MiB at most).
 #[derive(Clone, Debug)]
-pub struct Throttle(Arc<std::sync::Mutex<Bucket>>);
+pub struct Throttle(Arc<std::sync::Mutex<TokenBucket>>);
 
 #[derive(Debug)]
-struct Bucket {
+struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -75,7 +75,7 @@ impl Throttle {
     pub fn new(bytes_per_second: u64) -> Self {
         let rate = bytes_per_second.max(1) as f64;
         let burst = (rate / 4.0).max(64.0 * 1024.0);
-        let bucket = Bucket { rate, burst, tokens: burst, last: tokio::time::Instant::now() };
+        let bucket = TokenBucket { rate, burst, tokens: burst, last: tokio::time::Instant::now() };
         Throttle(Arc::new(std::sync::Mutex::new(bucket)))
     }
 
@@ -84,7 +84,7 @@ impl Throttle {
         self.lock().rate as u64
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
         // The bucket holds plain numbers: one a panic left half-updated is
         // still a bucket.
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -441,7 +441,7 @@ async fn serve_inner(
             // The penalty is served in the handshake table: a client that
             // fails over and over holds a slot there, not a free task.
             let tell = async {
-                tokio::time::sleep(ctx.throttle.penalty(peer.ip())).await;
+                tokio::time::sleep(ctx.failed_logins.penalty(peer.ip())).await;
                 let _ = writer.send(&ErrorFrame::new(ErrorCode::AuthFailed, "authentication failed"), &[]).await;
             };
             tokio::select! {

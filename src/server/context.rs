@@ -1,5 +1,5 @@
 //! What every connection of a server shares: the configuration, the
-//! sandboxed root, the TLS setup, the authentication throttle and the hash
+//! sandboxed root, the TLS setup, the failed-login penalties and the hash
 //! cache. Handlers take it beside their session.
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ pub(crate) struct Context {
     pub storage: Storage,
     /// TLS configuration, when the server has a key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub throttle: Throttle,
+    pub failed_logins: FailedLogins,
     /// Whole-file hashes already computed, by file version.
     pub hashes: Arc<HashCache>,
     /// [`Config::accept_env`] as a matcher, built once.
@@ -39,12 +39,12 @@ pub(crate) struct Context {
 /// failing connection, so other clients, even from the same address, are
 /// served meanwhile; a client with the right key never waits.
 #[derive(Debug, Default)]
-pub(crate) struct Throttle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
+pub(crate) struct FailedLogins(Mutex<HashMap<IpAddr, (u32, Instant)>>);
 
 /// The longest an authentication failure is held before it is answered.
 pub const MAX_PENALTY: Duration = Duration::from_secs(3);
 /// The most sources whose failures are remembered at once.
-const MAX_THROTTLED: usize = 16_384;
+const MAX_FAILING_SOURCES: usize = 16_384;
 /// Failures older than this are forgotten.
 const PENALTY_MEMORY: Duration = Duration::from_secs(600);
 
@@ -61,15 +61,15 @@ impl Context {
     }
 }
 
-impl Throttle {
+impl FailedLogins {
     pub(crate) fn penalty(&self, ip: IpAddr) -> Duration {
-        let mut map = self.0.lock().expect("throttle poisoned");
+        let mut map = self.0.lock().expect("failed logins poisoned");
         let now = Instant::now();
         map.retain(|_, (_, last)| now.duration_since(*last) < PENALTY_MEMORY);
         // Bounded: failing from more sources than this at once only
         // forgets the older penalties (guessing a 256-bit key stays
         // hopeless without them).
-        if map.len() >= MAX_THROTTLED {
+        if map.len() >= MAX_FAILING_SOURCES {
             map.clear();
         }
         let entry = map.entry(super::admission::source(ip)).or_insert((0, now));

@@ -142,7 +142,7 @@ pub async fn run_until(
         config,
         storage,
         tls,
-        throttle: context::Throttle::default(),
+        failed_logins: context::FailedLogins::default(),
         hashes: Arc::default(),
     });
     let shared = Arc::new(Shared {

@@ -303,12 +303,12 @@ enum Decision {
 /// Where a `tree_put`'s small files go: the sandbox, with the directory
 /// of the previous file kept open (a tree's files come directory by
 /// directory), and a claim on each path until it is in place.
-struct Into {
+struct Landing {
     sb: Sandbox,
     dirs: HashMap<String, (Arc<OwnedFd>, FileId)>,
 }
 
-impl Place for Into {
+impl Place for Landing {
     type Error = Refusal;
 
     fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Refusal> {
@@ -346,7 +346,7 @@ struct Upload {
     /// Paths of the files in the batch, by index, with their size and
     /// mtime.
     in_batch: HashMap<u64, (String, u64, i64)>,
-    into: Option<Into>,
+    into: Option<Landing>,
     /// Failures since the last `committed` frame.
     failed: Vec<Failed>,
     files: u64,
@@ -408,7 +408,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
         pending: Held::default(),
         batch: Batch::new(),
         in_batch: HashMap::new(),
-        into: Some(Into { sb: ctx.sandbox().clone(), dirs: HashMap::new() }),
+        into: Some(Landing { sb: ctx.sandbox().clone(), dirs: HashMap::new() }),
         failed: Vec::new(),
         files: 0,
         bytes: 0,
@@ -686,7 +686,7 @@ impl Upload {
                 for (i, _) in self.in_batch.drain() {
                     list.failed.push(failed(i, internal(&e)));
                 }
-                self.into = Some(Into { sb: ctx.sandbox().clone(), dirs: HashMap::new() });
+                self.into = Some(Landing { sb: ctx.sandbox().clone(), dirs: HashMap::new() });
                 return list;
             }
         };

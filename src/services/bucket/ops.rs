@@ -56,12 +56,12 @@ pub(crate) struct Reading {
 /// The claim on a key being uploaded through this server; dropped, the
 /// key is free.
 #[derive(Debug)]
-pub(crate) struct Claim {
+pub(crate) struct KeyClaim {
     busy: Arc<Mutex<HashSet<String>>>,
     key: String,
 }
 
-impl Drop for Claim {
+impl Drop for KeyClaim {
     fn drop(&mut self) {
         self.busy.lock().expect("busy poisoned").remove(&self.key);
     }
@@ -76,7 +76,7 @@ pub(crate) struct Target {
     pub record: Path,
     /// The path as messages show it.
     pub shown: String,
-    _claim: Claim,
+    _claim: KeyClaim,
 }
 
 impl Target {
@@ -371,7 +371,7 @@ impl Bucket {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let claim = Claim { busy: self.busy.clone(), key: key.as_ref().to_owned() };
+        let claim = KeyClaim { busy: self.busy.clone(), key: key.as_ref().to_owned() };
         Ok(Target { key, record, shown, _claim: claim })
     }
 
@@ -756,7 +756,7 @@ impl Bucket {
         if !self.busy.lock().expect("busy poisoned").insert(object.as_ref().to_owned()) {
             return None;
         }
-        let _claim = Claim { busy: self.busy.clone(), key: object.as_ref().to_owned() };
+        let _claim = KeyClaim { busy: self.busy.clone(), key: object.as_ref().to_owned() };
         // A record that cannot be read now is left for the next sweep;
         // one that does not parse is no upload's.
         let got = self.store.get(key).await.ok()?;
