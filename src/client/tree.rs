@@ -193,23 +193,20 @@ impl Plan {
     /// BLAKE3, for `checksum`); otherwise the same size and mtime mean
     /// the same file.
     fn decide(&mut self, mut job: Job, receiver: Option<Option<(u64, i64)>>, force: bool, same: Option<bool>) {
-        let unchanged = match (&receiver, same) {
-            (Some(Some(_)), Some(same)) => same,
-            (Some(Some(held)), None) => *held == (job.size, job.mtime),
-            _ => false,
+        use crate::services::sync::{self, Held, Same, Verdict};
+        let held = match receiver {
+            None => Held::Nothing,
+            Some(Some((size, mtime))) => Held::File { size, mtime },
+            Some(None) => Held::Other,
         };
-        match receiver {
-            None => self.jobs.push(job),
-            Some(Some(_)) if unchanged => self.unchanged.push(job),
-            Some(Some((_, mtime))) if force || mtime < job.mtime => {
-                job.replace = true;
+        let same = || same.map_or(Same::Unknown, Same::Known);
+        match sync::decide(held, job.size, job.mtime, same, force) {
+            Verdict::Send { replace } => {
+                job.replace |= replace;
                 self.jobs.push(job);
             }
-            Some(None) if force => {
-                job.replace = true;
-                self.jobs.push(job);
-            }
-            Some(_) => self.refused.push(job),
+            Verdict::Unchanged => self.unchanged.push(job),
+            Verdict::NotOlder | Verdict::IsDir | Verdict::NotAFile => self.refused.push(job),
         }
     }
 

@@ -6,6 +6,7 @@ pub mod bucket;
 pub mod exec;
 pub mod files;
 pub mod root;
+pub mod sync;
 
 use std::io;
 

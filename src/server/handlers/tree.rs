@@ -261,36 +261,44 @@ pub(super) fn judge(
     e: &ManifestEntry,
     force: bool,
 ) -> Result<Option<bool>, Refusal> {
-    match there {
-        None => Ok(Some(false)),
-        Some(there) if there.kind == Kind::Dir => {
-            let msg = format!("{}: is a directory on the server", files::shown(full));
-            Err(Refusal::new(ErrorCode::IsADirectory, msg))
-        }
-        Some(there) if there.kind == Kind::File => {
-            let same = match &e.blake3 {
-                Some(_) if there.size == e.size => same_content()?,
-                Some(_) => false,
-                // The sender compared already (by checksum, perhaps) and
-                // found them different: no quick check overrides it.
-                None if e.replace => false,
-                None => there.size == e.size && there.mtime == e.mtime,
-            };
-            if same {
-                return Ok(None);
+    use crate::services::sync::{self, Held, Same, Verdict};
+    let held = match there {
+        None => Held::Nothing,
+        Some(t) if t.kind == Kind::Dir => Held::Dir,
+        Some(t) if t.kind == Kind::File => Held::File { size: t.size, mtime: t.mtime },
+        Some(_) => Held::Other,
+    };
+    // Reading the receiver's hash may fail: that failure is the answer.
+    let mut failed = None;
+    let same = || match &e.blake3 {
+        Some(_) if matches!(held, Held::File { size, .. } if size == e.size) => match same_content() {
+            Ok(same) => Same::Known(same),
+            Err(r) => {
+                failed = Some(r);
+                Same::Known(false)
             }
-            if !(force || e.replace || there.mtime < e.mtime) {
-                let msg = format!("{}: exists on the server, differs and is not older", files::shown(full));
-                return Err(Refusal::new(ErrorCode::Exists, msg));
-            }
-            Ok(Some(true))
+        },
+        Some(_) => Same::Known(false),
+        // The sender compared already (by checksum, perhaps) and found
+        // them different: no quick check overrides it.
+        None if e.replace => Same::Known(false),
+        None => Same::Unknown,
+    };
+    // `replace` in an entry asks for this one file what `force` asks for all.
+    let verdict = sync::decide(held, e.size, e.mtime, same, force || e.replace);
+    if let Some(r) = failed {
+        return Err(r);
+    }
+    let shown = files::shown(full);
+    match verdict {
+        Verdict::Send { replace } => Ok(Some(replace)),
+        Verdict::Unchanged => Ok(None),
+        Verdict::IsDir => Err(Refusal::new(ErrorCode::IsADirectory, format!("{shown}: is a directory on the server"))),
+        Verdict::NotOlder => {
+            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server, differs and is not older")))
         }
-        // A symlink or special file: replaced (as a name, never written
-        // through) only when asked.
-        Some(_) if force || e.replace => Ok(Some(true)),
-        Some(_) => {
-            let msg = format!("{}: exists on the server and is not a regular file", files::shown(full));
-            Err(Refusal::new(ErrorCode::Exists, msg))
+        Verdict::NotAFile => {
+            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server and is not a regular file")))
         }
     }
 }
