@@ -9,11 +9,15 @@ mod dispatch;
 mod handlers;
 
 #[cfg(feature = "s3")]
-pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, StoreRequests, PART, WHOLE_MAX};
+pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, StoreRequests};
 #[cfg(feature = "s3")]
 pub use crate::services::files::Listing;
 pub use crate::services::root::Resolver;
-pub use config::*;
+pub use config::{
+    Config, PolicyError, DEFAULT_ACCEPT_ENV, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SILENT,
+    DEFAULT_MAX_SILENT_PER_SOURCE, DEFAULT_MAX_STARTUPS, DEFAULT_MAX_STARTUPS_PER_SOURCE, SESSION_WAIT,
+};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
