@@ -352,6 +352,7 @@ async fn silent_sockets(addr: std::net::SocketAddr, n: usize, first: u8, sources
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_cannot_lock_out_a_keyed_client() {
+    let _alone = DOOR_TESTS.lock().await;
     let key = Key::generate();
     let k = key.clone();
     let server = TestServer::start_with(move |c| {
@@ -374,6 +375,12 @@ async fn silent_sockets_cannot_lock_out_a_keyed_client() {
         drop(held);
     }
 }
+
+/// The door's flood tests run one at a time: each measures how soon a
+/// client is served while thousands of sockets churn, and several floods
+/// at once on two cores (the server and its clients share this process)
+/// would make each other's clients late, which is not what they test.
+static DOOR_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What a socket of a flood sends before it goes quiet for good.
 #[derive(Debug, Clone, Copy)]
@@ -508,6 +515,7 @@ impl Drop for Flood {
 /// 2 s (the time target is in bench/door.py).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_speak_cannot_keep_a_keyed_client_out() {
+    let _alone = DOOR_TESTS.lock().await;
     framewire::client::fleet::raise_open_files(8192).expect("the flood needs 2 descriptors a socket");
     let key = Key::generate();
     let k = key.clone();
@@ -533,6 +541,7 @@ async fn connections_that_never_speak_cannot_keep_a_keyed_client_out() {
 /// docs/SECURITY.md.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_silent_set_evicts_its_oldest_never_a_client_that_speaks() {
+    let _alone = DOOR_TESTS.lock().await;
     framewire::client::fleet::raise_open_files(4096).expect("the flood needs 2 descriptors a socket");
     let key = Key::generate();
     let k = key.clone();
@@ -559,6 +568,7 @@ async fn a_full_silent_set_evicts_its_oldest_never_a_client_that_speaks() {
 /// table of their own now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_a_legacy_port_keeps_no_native_client_out() {
+    let _alone = DOOR_TESTS.lock().await;
     framewire::client::fleet::raise_open_files(8192).expect("the flood needs 2 descriptors a socket");
     let key = Key::generate();
     let root = tempfile::tempdir().unwrap();
@@ -583,6 +593,7 @@ async fn a_flood_on_a_legacy_port_keeps_no_native_client_out() {
 /// handshake places and session slots, none is turned away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_300_keyed_clients_is_all_served() {
+    let _alone = DOOR_TESTS.lock().await;
     framewire::client::fleet::raise_open_files(4096).expect("2 descriptors a client");
     let key = Key::generate();
     let k = key.clone();

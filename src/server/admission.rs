@@ -12,8 +12,7 @@
 //!    been answered with the server's, and (with a key) sent its first
 //!    TLS record (the hello) whole. The server holds nothing for it but a socket
 //!    and a small task, so the set is large ([`DEFAULT_MAX_SILENT`](super::DEFAULT_MAX_SILENT),
-//!    sized down to a quarter of the open-file limit, as is the set of
-//!    connections silent after their preface), with a share per source
+//!    sized down to a quarter of the open-file limit), with a share per source
 //!    address. When it is full (or a source's share is), a newcomer is
 //!    always let in and the *oldest* silent connection (of that source,
 //!    or of all) is evicted: asked to leave the set now. If its bytes have
@@ -34,10 +33,8 @@
 //!    for [`EVICT_AFTER`]: a real client finishes in milliseconds, so
 //!    those are the ones that stall mid-handshake (slowloris). If no
 //!    handshake is that old, the burst is real, and the newcomer waits for
-//!    a place (up to its handshake deadline) in a queue whose places are
-//!    handed to waiting sources in turn ([`Queue`]); a full queue
-//!    ([`MAX_WAITING`]) makes room from the source with most waiters,
-//!    never by closing the newcomer. A key-less server has no table: its
+//!    a place (up to its handshake deadline; at most [`MAX_WAITING`] wait
+//!    at once, more are closed). A key-less server has no table: its
 //!    handshake ends with the prefaces.
 //!
 //! OpenSSH's `MaxStartups` drops *new* connections at random instead,
@@ -57,9 +54,9 @@
 //! those, faster than the table's turnover (its size per [`EVICT_AFTER`]),
 //! can still make good clients wait, up to their deadline (docs/SECURITY.md).
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -71,11 +68,6 @@ use tokio_util::sync::CancellationToken;
 pub const EVICT_AFTER: Duration = Duration::from_millis(500);
 
 /// The most connections that wait for a place in the table at once.
-/// A newcomer past it is never turned away: the oldest waiter of the
-/// source with the most waiters gives up its turn instead. So one source
-/// may fill the queue alone (a burst from behind one NAT), and a flood
-/// from any number of sources pushes out its own waiters before a client
-/// that waits alone from its address.
 pub const MAX_WAITING: usize = 1024;
 
 /// Why and when a connection is asked to leave its set: cancelled to
@@ -109,6 +101,9 @@ pub(super) struct Startups {
     table: Mutex<Table>,
     max: usize,
     per_source: usize,
+    /// Signalled whenever a place is given up.
+    freed: Notify,
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -117,94 +112,6 @@ struct Table {
     /// Oldest first.
     live: VecDeque<Entry>,
     by_source: HashMap<IpAddr, usize>,
-    queue: Queue,
-}
-
-/// Connections waiting for a place in the table. A freed place is handed
-/// to one waiter, never raced for: the first waiter of the first source
-/// in turn that may take it (its source below its table share, or with
-/// an entry old enough to evict). Sources take turns, so a client from
-/// one address waits behind at most one waiter of each other address,
-/// however many each holds; within a source, first come, first served.
-#[derive(Debug, Default)]
-struct Queue {
-    next: u64,
-    /// Waiters by source, oldest first.
-    by_source: HashMap<IpAddr, VecDeque<Waiter>>,
-    /// Sources with waiters, in the order they take their turns.
-    turns: VecDeque<IpAddr>,
-    len: usize,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    id: u64,
-    /// Woken when it may be its turn.
-    wake: Arc<Notify>,
-    /// Cancelled when a newcomer takes its place in the queue.
-    eviction: Eviction,
-}
-
-impl Queue {
-    /// Queues a waiter from `ip`, making room as [`MAX_WAITING`] says.
-    fn push(&mut self, ip: IpAddr) -> (u64, Arc<Notify>, Eviction) {
-        if self.len >= MAX_WAITING {
-            // The source with the most waiters (the oldest first waiter
-            // among equals).
-            let heaviest =
-                self.by_source.iter().filter_map(|(ip, q)| Some((q.len(), Reverse(q.front()?.id), *ip))).max();
-            if let Some((_, _, ip)) = heaviest {
-                let why = format!("server busy: {} connections wait for a handshake", self.len);
-                self.evict_first(ip, why);
-            }
-        }
-        let id = self.next;
-        self.next += 1;
-        let (wake, eviction) = (Arc::new(Notify::new()), Eviction::default());
-        let waiters = self.by_source.entry(ip).or_default();
-        if waiters.is_empty() {
-            self.turns.push_back(ip);
-        }
-        waiters.push_back(Waiter { id, wake: wake.clone(), eviction: eviction.clone() });
-        self.len += 1;
-        (id, wake, eviction)
-    }
-
-    /// Evicts the oldest waiter from `ip`, telling it why.
-    fn evict_first(&mut self, ip: IpAddr, why: String) {
-        if let Some(id) = self.by_source.get(&ip).and_then(|q| q.front()).map(|w| w.id) {
-            if let Some(w) = self.remove(ip, id) {
-                w.eviction.evict(why);
-            }
-        }
-    }
-
-    /// Takes waiter `id` of `ip` out of the queue (its source goes to the
-    /// back of the turns if it still has waiters, when `id` was its
-    /// first: it has had its turn).
-    fn remove(&mut self, ip: IpAddr, id: u64) -> Option<Waiter> {
-        let waiters = self.by_source.get_mut(&ip)?;
-        let at = waiters.iter().position(|w| w.id == id)?;
-        let waiter = waiters.remove(at)?;
-        self.len -= 1;
-        let empty = waiters.is_empty();
-        if at == 0 || empty {
-            if let Some(turn) = self.turns.iter().position(|t| *t == ip) {
-                self.turns.remove(turn);
-            }
-            if empty {
-                self.by_source.remove(&ip);
-            } else {
-                self.turns.push_back(ip);
-            }
-        }
-        Some(waiter)
-    }
-
-    /// The waiter whose turn it is, among sources that `may_take`.
-    fn next_up(&self, may_take: impl Fn(IpAddr) -> bool) -> Option<(IpAddr, &Waiter)> {
-        self.turns.iter().filter(|ip| may_take(**ip)).find_map(|ip| Some((*ip, self.by_source.get(ip)?.front()?)))
-    }
 }
 
 #[derive(Debug)]
@@ -221,26 +128,6 @@ impl Table {
         if let Some(old) = self.live.remove(at) {
             old.eviction.evict(why);
             self.forget(old.ip);
-        }
-    }
-
-    /// Whether a connection from `ip` may take a place at `now`: a free
-    /// one, or one an old enough handshake is evicted from (of this
-    /// source if it has its share already, else of all).
-    fn may_take(&self, ip: IpAddr, now: Instant, max: usize, per_source: usize) -> bool {
-        let old = |e: &Entry| now.saturating_duration_since(e.since) >= EVICT_AFTER;
-        if self.by_source.get(&ip).copied().unwrap_or(0) >= per_source {
-            self.live.iter().any(|e| e.ip == ip && old(e))
-        } else {
-            self.live.len() < max || self.live.iter().any(old)
-        }
-    }
-
-    /// Wakes the waiter whose turn it is, if any may take a place now.
-    fn wake_next(&self, max: usize, per_source: usize) {
-        let now = Instant::now();
-        if let Some((_, w)) = self.queue.next_up(|ip| self.may_take(ip, now, max, per_source)) {
-            w.wake.notify_one();
         }
     }
 
@@ -278,7 +165,8 @@ impl Drop for Startup {
             table.live.remove(at);
             table.forget(self.ip);
         }
-        table.wake_next(self.startups.max, self.startups.per_source);
+        drop(table);
+        self.startups.freed.notify_waiters();
     }
 }
 
@@ -296,85 +184,59 @@ pub(super) fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A place in the queue, given up when dropped (admitted, evicted, or
-/// the waiting future dropped: a handshake deadline, a shutdown).
-struct Queued<'a> {
-    startups: &'a Startups,
-    ip: IpAddr,
-    id: u64,
-}
+/// One of the [`MAX_WAITING`], given back when dropped (also when the
+/// waiting future is dropped: a handshake deadline, a shutdown).
+struct Waiting<'a>(&'a AtomicUsize);
 
-impl Drop for Queued<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut table = self.startups.table.lock().expect("startups poisoned");
-        if table.queue.remove(self.ip, self.id).is_some() {
-            table.wake_next(self.startups.max, self.startups.per_source);
-        }
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
 impl Startups {
     /// A table for `max` handshakes at once, `per_source` from one address.
     pub fn new(max: usize, per_source: usize) -> Startups {
-        Startups { table: Mutex::default(), max: max.max(1), per_source: per_source.max(1) }
+        Startups {
+            table: Mutex::default(),
+            max: max.max(1),
+            per_source: per_source.max(1),
+            freed: Notify::new(),
+            waiting: AtomicUsize::new(0),
+        }
     }
 
     /// Admits a connection from `ip` to its handshake, waiting for a place
-    /// until `deadline` if it must (in the queue, in turn: see [`Queue`]);
-    /// `None` if none came, or a newcomer took its place in the queue.
+    /// until `deadline` if it must; `None` if none came, or too many wait.
     pub async fn admit(self: &Arc<Self>, ip: IpAddr, deadline: tokio::time::Instant) -> Option<Startup> {
-        let ip = source(ip);
-        let (id, wake, eviction) = {
-            let mut table = self.table.lock().expect("startups poisoned");
-            if table.queue.len == 0 {
-                if let Some(startup) = self.place(&mut table, ip, Instant::now()) {
-                    return Some(startup);
-                }
-            }
-            table.queue.push(ip)
-        };
-        let _queued = Queued { startups: self, ip, id };
-        let admitted = async {
-            loop {
-                {
-                    let mut table = self.table.lock().expect("startups poisoned");
-                    let now = Instant::now();
-                    let table = &mut *table;
-                    let up = table.queue.next_up(|ip| table.may_take(ip, now, self.max, self.per_source));
-                    if up.is_some_and(|(_, w)| w.id == id) {
-                        let startup = self.place(table, ip, now).expect("it may take a place");
-                        table.queue.remove(ip, id);
-                        // A second place may be free for the next in turn.
-                        table.wake_next(self.max, self.per_source);
-                        return Some(startup);
-                    }
-                }
-                // Its turn, or an entry comes of age to be evicted.
-                tokio::select! {
-                    () = wake.notified() => {}
-                    () = tokio::time::sleep(EVICT_AFTER / 4) => {}
-                    () = eviction.wait() => return None,
-                }
-            }
-        };
-        tokio::time::timeout_at(deadline, admitted).await.ok().flatten()
-    }
-
-    /// Admits a connection from `ip` now, if nobody waits and there is a
-    /// place for it (as [`place`](Self::place)).
-    #[cfg(test)]
-    fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<Startup> {
-        let mut table = self.table.lock().expect("startups poisoned");
-        if table.queue.len > 0 {
+        if let Some(startup) = self.try_admit(ip, Instant::now()) {
+            return Some(startup);
+        }
+        let _waiting = Waiting(&self.waiting);
+        if self.waiting.fetch_add(1, Relaxed) >= MAX_WAITING {
             return None;
         }
-        self.place(&mut table, source(ip), now)
+        let admitted = async {
+            loop {
+                let freed = self.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(startup) = self.try_admit(ip, Instant::now()) {
+                    return startup;
+                }
+                // A place frees, or an entry comes of age to be evicted.
+                let _ = tokio::time::timeout(EVICT_AFTER / 4, freed).await;
+            }
+        };
+        tokio::time::timeout_at(deadline, admitted).await.ok()
     }
 
-    /// Gives a connection from `ip` (a source) a place in `table`, if there
-    /// is one: a free one, or one an old enough handshake is evicted from
-    /// (of this source if it has its share already, else of all).
-    fn place(self: &Arc<Self>, table: &mut Table, ip: IpAddr, now: Instant) -> Option<Startup> {
+    /// Admits a connection from `ip` now, if there is a place for it: a
+    /// free one, or one an old enough handshake is evicted from (of this
+    /// address if it has its share already, else of all).
+    fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<Startup> {
+        let ip = source(ip);
+        let mut table = self.table.lock().expect("startups poisoned");
         let from_ip = table.by_source.get(&ip).copied().unwrap_or(0);
         let old = |e: &Entry| now.saturating_duration_since(e.since) >= EVICT_AFTER;
         if from_ip >= self.per_source {
@@ -639,73 +501,7 @@ mod tests {
         // Dropped mid-wait, as a handshake deadline or a shutdown drops it.
         let far = tokio::time::Instant::now() + Duration::from_secs(60);
         let _ = tokio::time::timeout(Duration::from_millis(20), s.admit(ip(2), far)).await;
-        let table = s.table.lock().unwrap();
-        assert_eq!(table.queue.len, 0, "a leaked place would fill MAX_WAITING for good");
-        assert!(table.queue.by_source.is_empty() && table.queue.turns.is_empty());
-    }
-
-    /// Queues `n` waiters from `from` for a place in `s` (whose table is
-    /// full), each a task answering whether it got one, in order.
-    async fn queue_up(s: &Arc<Startups>, from: IpAddr, n: usize) -> Vec<tokio::task::JoinHandle<Option<Startup>>> {
-        let mut waiters = Vec::new();
-        for _ in 0..n {
-            let s = s.clone();
-            let far = tokio::time::Instant::now() + Duration::from_secs(30);
-            waiters.push(tokio::spawn(async move { s.admit(from, far).await }));
-            // Each queued before the next (arrival order is the order),
-            // and well within EVICT_AFTER, so that nobody is old enough
-            // to be evicted from the table.
-            tokio::task::yield_now().await;
-        }
-        waiters
-    }
-
-    /// Issue 28, point 1, the review's H1: connections that speak and
-    /// stall fill the queue; a newcomer is never closed at once, the
-    /// oldest waiter gives up its turn, and freed places go to sources in
-    /// turn, so a client from another address is next after at most one
-    /// waiter of each source.
-    #[tokio::test]
-    async fn a_full_queue_evicts_its_oldest_and_sources_take_turns() {
-        let s = Arc::new(Startups::new(1, 1));
-        let far = tokio::time::Instant::now() + Duration::from_secs(30);
-        let held = s.admit(ip(9), far).await.unwrap();
-        let flood = queue_up(&s, ip(1), 3).await;
-        let good = queue_up(&s, ip(2), 1).await;
-        assert_eq!(s.table.lock().unwrap().queue.len, 4);
-        // One place: the first source's first waiter; its source goes to
-        // the back, so the next place is the other source's.
-        drop(held);
-        let mut flood = flood.into_iter();
-        let first = flood.next().unwrap().await.unwrap().expect("first in turn");
-        drop(first);
-        let good = good.into_iter().next().unwrap().await.unwrap().expect("the other source's turn");
-        drop(good);
-        let second = flood.next().unwrap().await.unwrap().expect("then the first source again");
-        assert!(!second.eviction.is_evicted());
-        drop(second);
-        assert!(flood.next().unwrap().await.unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_makes_room_from_the_source_with_most_waiters() {
-        let s = Arc::new(Startups::new(1, 1));
-        let far = tokio::time::Instant::now() + Duration::from_secs(30);
-        let _held = s.admit(ip(9), far).await.unwrap();
-        let alone = queue_up(&s, ip(2), 1).await;
-        let mut flood = queue_up(&s, ip(1), MAX_WAITING - 1).await;
-        let other = queue_up(&s, ip(3), 2).await;
-        assert!(flood.remove(0).await.unwrap().is_none(), "the heaviest source's oldest gave up its turn");
-        assert!(flood.remove(0).await.unwrap().is_none(), "and its next");
-        let table = s.table.lock().unwrap();
-        assert_eq!(table.queue.len, MAX_WAITING);
-        assert_eq!(table.queue.by_source[&ip(2)].len(), 1, "a client waiting alone keeps its turn");
-        assert_eq!(table.queue.by_source[&ip(3)].len(), 2);
-        drop(table);
-        for w in flood.into_iter().chain(alone).chain(other) {
-            assert!(!w.is_finished());
-            w.abort();
-        }
+        assert_eq!(s.waiting.load(Relaxed), 0, "a leaked count would fill MAX_WAITING for good");
     }
 
     #[test]
