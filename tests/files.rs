@@ -1017,6 +1017,19 @@ async fn raw_tree_put(server: &TestServer, base: &str) -> (RawReader, RawWriter)
     (r, w)
 }
 
+/// A raw `tree_get` of `base`, answered `tree_ready`.
+async fn raw_tree_get(server: &TestServer, base: &str) -> (RawReader, RawWriter) {
+    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.send(&Message::TreeGet(proto::TreeGet { path: base.into() }), &[]).await.unwrap();
+    r.read_preface().await.unwrap();
+    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+    assert!(matches!(m, Message::TreeReady(_)), "{m:?}");
+    (r, w)
+}
+
 async fn send_manifest(w: &mut RawWriter, entries: &serde_json::Value) {
     let body = serde_json::to_vec(entries).unwrap();
     let count = entries.as_array().unwrap().len() as u64;
@@ -1203,14 +1216,7 @@ async fn a_slowly_read_tree_get_holds_few_descriptors() {
         std::fs::File::create(dir.join(format!("e{k:03}"))).unwrap();
     }
     let before = open_fds(&dir);
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (read, write) = sock.into_split();
-    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-    w.feed_preface(Preface::default());
-    w.send(&Message::TreeGet(proto::TreeGet { path: "t".into() }), &[]).await.unwrap();
-    r.read_preface().await.unwrap();
-    let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
-    assert!(matches!(m, Message::TreeReady(_)), "{m:?}");
+    let (mut r, mut w) = raw_tree_get(&server, "t").await;
     let mut send = vec![proto::Want { path: "big".into(), ..Default::default() }];
     send.extend((0..999).map(|k| proto::Want { path: format!("e{k:03}"), ..Default::default() }));
     let body = serde_json::to_vec(&proto::WantList { send, ..Default::default() }).unwrap();
@@ -1292,23 +1298,13 @@ async fn tree_frames_get_the_answers_the_spec_gives() {
     // in wants (ignored) and in wants_end (refused, after the file came).
     std::fs::create_dir(server.root.path().join("t")).unwrap();
     std::fs::write(server.root.path().join("t/a"), b"a").unwrap();
-    let tree_get = || async {
-        let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let (read, write) = sock.into_split();
-        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-        w.feed_preface(Preface::default());
-        w.send(&Message::TreeGet(proto::TreeGet { path: "t".into() }), &[]).await.unwrap();
-        r.read_preface().await.unwrap();
-        assert!(matches!(r.read_head::<Message>().await.unwrap().unwrap().0, Message::TreeReady(_)));
-        (r, w)
-    };
-    let (mut r, mut w) = tree_get().await;
+    let (mut r, mut w) = raw_tree_get(&server, "t").await;
     w.feed_head(&Message::Wants(proto::Wants { len: over, count: 1 })).unwrap();
     w.flush().await.unwrap();
     let e = err(r.read_head::<Message>().await.unwrap().unwrap().0);
     assert_eq!(e.code, ErrorCode::TooLarge, "{e:?}");
 
-    let (mut r, mut w) = tree_get().await;
+    let (mut r, mut w) = raw_tree_get(&server, "t").await;
     let body = serde_json::to_vec(&serde_json::json!({"send": [{"path": "a"}]})).unwrap();
     w.send(&Message::Wants(proto::Wants { len: body.len() as u64, count: 7 }), &body).await.unwrap();
     w.send(&Message::WantsEnd(proto::WantsEnd { count: 2 }), &[]).await.unwrap();
