@@ -729,16 +729,12 @@ fn rss_of(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// A key-holder announcing files it never sends, with the longest paths
-/// there are, pins a bounded amount of the server's memory, which the
-/// server gives back when the connection ends (issue 28, point 10:
-/// 10,320 such entries held 82 MB that stayed after the close). Measured
-/// on a `framewire serve` process of its own.
-#[tokio::test]
-async fn announced_files_never_sent_pin_bounded_memory_given_back_after() {
-    let server = tokio::task::spawn_blocking(|| common::Serve::start(&[])).await.unwrap();
-    let pid = server.child.id();
-    let sock = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+/// One connection announcing files it never sends, with the longest paths
+/// there are, until the server refuses: returns how much the server's
+/// resident memory grew at most (KiB) while it held them, and checks the
+/// refusal is the typed one and comes well before 5,000 entries.
+async fn announce_until_refused(addr: &str, pid: u32) -> u64 {
+    let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
@@ -777,22 +773,46 @@ async fn announced_files_never_sent_pin_bounded_memory_given_back_after() {
     assert_eq!(refused.code, framewire::ErrorCode::TooLarge, "{refused:?}");
     assert!(refused.message.contains("MiB of their paths"), "{refused:?}");
     assert!(sent < 5_000, "{sent} entries of ~4 KB held before the refusal");
-    let grew = most.saturating_sub(before);
-    assert!(grew < 64 << 10, "the server grew by {grew} KiB for one connection's manifest");
     assert!(next(&mut r).await.is_none(), "closed after the refusal");
-    drop((r, w));
+    most.saturating_sub(before)
+}
 
-    // Given back once the connection is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rss_of(pid) > before + (16 << 10) {
-        assert!(
-            Instant::now() < deadline,
-            "the server still holds {} KiB more than before ({} KiB at most), 10 s after the close",
-            rss_of(pid).saturating_sub(before),
-            grew
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// A key-holder announcing files it never sends, with the longest paths
+/// there are, pins a bounded amount of the server's memory, which the
+/// server gives back when the connection ends (issue 28, point 10:
+/// 10,320 such entries held 82 MB that stayed after the close). Measured
+/// on a `framewire serve` process of its own.
+///
+/// "Given back" is judged by what the process can reuse, not by what the
+/// allocator returns to the kernel: glibc keeps some freed pages of its
+/// thread arenas, so the resident size after one close says little (it
+/// once stayed 17 MiB above the start on CI with nothing held). Three
+/// connections in a row do tell: memory a closed connection kept would add
+/// up, three rounds' worth; memory given back is reused by the next one.
+#[tokio::test]
+async fn announced_files_never_sent_pin_bounded_memory_given_back_after() {
+    let server = tokio::task::spawn_blocking(|| common::Serve::start(&[])).await.unwrap();
+    let pid = server.child.id();
+    let start = rss_of(pid);
+    let mut grew = 0;
+    for round in 0..3 {
+        let this = announce_until_refused(&server.addr, pid).await;
+        assert!(this < 64 << 10, "round {round}: the server grew by {this} KiB for one connection's manifest");
+        grew = grew.max(this);
     }
+    // Let the last connection's task end before measuring.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        let kept = rss_of(pid).saturating_sub(start);
+        if kept < grew || Instant::now() >= deadline {
+            break kept;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        kept < grew,
+        "after three connections each holding up to {grew} KiB, the server still holds {kept} KiB more than at the start"
+    );
 }
 
 /// The names and contents of everything below `dir`, links as links.
