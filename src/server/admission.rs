@@ -29,12 +29,21 @@
 //!    spoken, for TLS and the key proof, which cost the server memory and
 //!    CPU: small ([`DEFAULT_MAX_STARTUPS`](super::DEFAULT_MAX_STARTUPS) in
 //!    all, a share per address). When it is full, a newcomer evicts the
-//!    *oldest* handshake (of its address, or of all) that has been at it
-//!    for [`EVICT_AFTER`]: a real client finishes in milliseconds, so
-//!    those are the ones that stall mid-handshake (slowloris). If no
-//!    handshake is that old, the burst is real, and the newcomer waits for
-//!    a place (up to its handshake deadline; at most [`MAX_WAITING`] wait
-//!    at once, more are closed). A key-less server has no table: its
+//!    *oldest* handshake (of its address if it has its share, else of the
+//!    address holding the most places) that has been at it for
+//!    [`EVICT_AFTER`]: a real client finishes in milliseconds, so those
+//!    are the ones that stall mid-handshake (slowloris). If no handshake
+//!    is that old, the burst is real, and the newcomer waits for a place
+//!    (up to its handshake deadline). Places go to addresses in turn: the
+//!    next one to the waiting address holding the fewest, then the one
+//!    served longest ago, so a client from an address of its own goes
+//!    before a flood from others, however many wait. Within one address,
+//!    its waiters race for its turn (any of them may take it, a newcomer
+//!    too): an order within one address (first come, or random) made a
+//!    good client wait behind a flood of wrong keys from its own address
+//!    (tests/auth.rs). At most [`MAX_WAITING`] wait at once; one more
+//!    makes the *oldest waiter of the address with the most waiters* give
+//!    up, never the newcomer. A key-less server has no table: its
 //!    handshake ends with the prefaces.
 //!
 //! OpenSSH's `MaxStartups` drops *new* connections at random instead,
@@ -50,13 +59,15 @@
 //! client behind the same address (a NAT) still gets in.
 //!
 //! What is left: a connection that speaks and then stalls *inside* TLS or
-//! the key proof holds a table place until it is evicted; a flood of
-//! those, faster than the table's turnover (its size per [`EVICT_AFTER`]),
-//! can still make good clients wait, up to their deadline (docs/SECURITY.md).
+//! the key proof holds a table place until it is evicted. A flood of
+//! those from other addresses delays a client by about [`EVICT_AFTER`]
+//! (its address's turn comes first, then an entry must come of age); a
+//! flood from the client's own address (a NAT, or the attacker's own
+//! machine) is told apart from it by nothing, and the client races the
+//! flood's waiters for that address's turns (docs/SECURITY.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -95,23 +106,42 @@ impl Eviction {
     }
 }
 
-/// The handshake table.
+/// The handshake table, and the connections waiting for a place in it.
 #[derive(Debug)]
 pub(super) struct Startups {
     table: Mutex<Table>,
     max: usize,
     per_source: usize,
-    /// Signalled whenever a place is given up.
-    freed: Notify,
-    waiting: AtomicUsize,
+    max_waiting: usize,
 }
 
 #[derive(Debug, Default)]
 struct Table {
+    /// Ids for entries and waiters, in arrival order.
     next: u64,
+    /// Counts places given, to stamp a source with its last turn.
+    clock: u64,
     /// Oldest first.
     live: VecDeque<Entry>,
-    by_source: HashMap<IpAddr, usize>,
+    /// Every source with a place or a waiter.
+    sources: HashMap<IpAddr, Source>,
+    /// Waiting connections by id, oldest first.
+    waiters: BTreeMap<u64, (IpAddr, Eviction)>,
+    /// The sources with waiters, whose turn it is first: fewest places
+    /// held, then the one served longest ago ([`Table::key`]).
+    turns: BTreeSet<(usize, u64, IpAddr)>,
+}
+
+/// What the table knows of one source address.
+#[derive(Debug, Default)]
+struct Source {
+    places: usize,
+    waiting: usize,
+    /// `clock` when it was last given a place (0: never, while it has
+    /// been known).
+    served: u64,
+    /// Wakes this source's waiters: it is their turn.
+    wake: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -123,22 +153,67 @@ struct Entry {
 }
 
 impl Table {
+    /// Where `ip` stands in [`Table::turns`], if it has waiters.
+    fn key(&self, ip: IpAddr) -> Option<(usize, u64, IpAddr)> {
+        let s = self.sources.get(&ip)?;
+        (s.waiting > 0).then_some((s.places, s.served, ip))
+    }
+
+    /// Changes what is known of `ip`, keeping `turns` in step and
+    /// forgetting a source with neither places nor waiters.
+    fn update(&mut self, ip: IpAddr, change: impl FnOnce(&mut Source)) {
+        if let Some(old) = self.key(ip) {
+            self.turns.remove(&old);
+        }
+        let source = self.sources.entry(ip).or_default();
+        change(source);
+        if source.places == 0 && source.waiting == 0 {
+            self.sources.remove(&ip);
+        }
+        if let Some(new) = self.key(ip) {
+            self.turns.insert(new);
+        }
+    }
+
+    /// Whether `ip` may take a place now: no source with waiters has
+    /// fewer places, or as many and was served longer ago.
+    fn turn_of(&self, ip: IpAddr) -> bool {
+        let mine = self.sources.get(&ip).map_or((0, 0, ip), |s| (s.places, s.served, ip));
+        self.turns.first().is_none_or(|first| mine <= *first)
+    }
+
+    /// Wakes the waiters of the source whose turn it is.
+    fn wake_first(&self) {
+        if let Some(s) = self.turns.first().and_then(|(_, _, ip)| self.sources.get(ip)) {
+            s.wake.notify_waiters();
+        }
+    }
+
     /// Evicts the entry at `at`, telling it why.
     fn evict(&mut self, at: usize, why: String) {
         if let Some(old) = self.live.remove(at) {
             old.eviction.evict(why);
-            self.forget(old.ip);
+            self.update(old.ip, |s| s.places -= 1);
         }
     }
 
-    fn forget(&mut self, ip: IpAddr) {
-        if let Some(n) = self.by_source.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_source.remove(&ip);
-            }
+    /// Removes waiter `id`, if it still waits.
+    fn leave(&mut self, id: u64) -> Option<Eviction> {
+        let (ip, eviction) = self.waiters.remove(&id)?;
+        let first = self.turns.first().copied();
+        self.update(ip, |s| s.waiting -= 1);
+        if self.turns.first().copied() != first {
+            self.wake_first();
         }
+        Some(eviction)
     }
+}
+
+/// Where a newcomer's place in the table comes from.
+enum Room {
+    Free,
+    /// The entry at this index is evicted, told why.
+    Evict(usize, String),
 }
 
 /// A connection's place in the handshake table, given up when dropped.
@@ -146,7 +221,6 @@ impl Table {
 pub(super) struct Startup {
     startups: Arc<Startups>,
     id: u64,
-    ip: IpAddr,
     eviction: Eviction,
 }
 
@@ -160,13 +234,13 @@ impl Startup {
 impl Drop for Startup {
     fn drop(&mut self) {
         let mut table = self.startups.table.lock().expect("startups poisoned");
-        // An evicted entry was removed, and its source forgotten, already.
+        // An evicted entry was removed, and its source told, already: its
+        // place went to whoever evicted it.
         if let Some(at) = table.live.iter().position(|e| e.id == self.id) {
-            table.live.remove(at);
-            table.forget(self.ip);
+            let gone = table.live.remove(at).expect("found");
+            table.update(gone.ip, |s| s.places -= 1);
+            table.wake_first();
         }
-        drop(table);
-        self.startups.freed.notify_waiters();
     }
 }
 
@@ -184,75 +258,135 @@ pub(super) fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One of the [`MAX_WAITING`], given back when dropped (also when the
-/// waiting future is dropped: a handshake deadline, a shutdown).
-struct Waiting<'a>(&'a AtomicUsize);
+/// A connection's place among those waiting, given up when dropped (also
+/// when the waiting future is dropped: a handshake deadline, a shutdown).
+struct Waiting<'a> {
+    startups: &'a Startups,
+    id: u64,
+    eviction: Eviction,
+    wake: Arc<Notify>,
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.startups.table.lock().expect("startups poisoned").leave(self.id);
     }
 }
 
 impl Startups {
     /// A table for `max` handshakes at once, `per_source` from one address.
     pub fn new(max: usize, per_source: usize) -> Startups {
-        Startups {
-            table: Mutex::default(),
-            max: max.max(1),
-            per_source: per_source.max(1),
-            freed: Notify::new(),
-            waiting: AtomicUsize::new(0),
-        }
+        Startups { table: Mutex::default(), max: max.max(1), per_source: per_source.max(1), max_waiting: MAX_WAITING }
     }
 
     /// Admits a connection from `ip` to its handshake, waiting for a place
-    /// until `deadline` if it must; `None` if none came, or too many wait.
+    /// until `deadline` if it must; `None` if none came in time, or if it
+    /// was made to give up its wait for a newer one.
     pub async fn admit(self: &Arc<Self>, ip: IpAddr, deadline: tokio::time::Instant) -> Option<Startup> {
         if let Some(startup) = self.try_admit(ip, Instant::now()) {
             return Some(startup);
         }
-        let _waiting = Waiting(&self.waiting);
-        if self.waiting.fetch_add(1, Relaxed) >= MAX_WAITING {
-            return None;
-        }
+        let waiting = self.wait(source(ip));
         let admitted = async {
             loop {
-                let freed = self.freed.notified();
-                tokio::pin!(freed);
-                freed.as_mut().enable();
+                let woken = waiting.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
                 if let Some(startup) = self.try_admit(ip, Instant::now()) {
-                    return startup;
+                    return Some(startup);
                 }
-                // A place frees, or an entry comes of age to be evicted.
-                let _ = tokio::time::timeout(EVICT_AFTER / 4, freed).await;
+                // Its turn with a place free, an entry come of age to be
+                // evicted, or made to give up its wait.
+                tokio::select! {
+                    _ = tokio::time::timeout(EVICT_AFTER / 4, woken) => {}
+                    () = waiting.eviction.wait() => return None,
+                }
             }
         };
-        tokio::time::timeout_at(deadline, admitted).await.ok()
+        tokio::time::timeout_at(deadline, admitted).await.ok().flatten()
     }
 
-    /// Admits a connection from `ip` now, if there is a place for it: a
-    /// free one, or one an old enough handshake is evicted from (of this
-    /// address if it has its share already, else of all).
-    fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<Startup> {
-        let ip = source(ip);
+    /// Enters a connection from source `ip` among the waiting: when
+    /// [`MAX_WAITING`] wait already, the oldest waiter of the source with
+    /// the most waiters gives up its wait (never the newcomer, so nothing
+    /// held open can keep a connection out; a source that floods the queue
+    /// churns its own waiters).
+    fn wait(&self, ip: IpAddr) -> Waiting<'_> {
         let mut table = self.table.lock().expect("startups poisoned");
-        let from_ip = table.by_source.get(&ip).copied().unwrap_or(0);
-        let old = |e: &Entry| now.saturating_duration_since(e.since) >= EVICT_AFTER;
-        if from_ip >= self.per_source {
-            let at = table.live.iter().position(|e| e.ip == ip && old(e))?;
-            table.evict(at, format!("server busy: {from_ip} connections from {ip} are in their handshake"));
-        } else if table.live.len() >= self.max {
-            let at = table.live.iter().position(old)?;
-            let why = format!("server busy: {} connections are in their handshake", table.live.len());
-            table.evict(at, why);
+        if table.waiters.len() >= self.max_waiting {
+            let (&heaviest, most) = table
+                .sources
+                .iter()
+                .map(|(ip, s)| (ip, s.waiting))
+                .max_by_key(|&(_, n)| n)
+                .expect("waiters have sources");
+            let oldest = table.waiters.iter().find(|(_, (from, _))| *from == heaviest).map(|(&id, _)| id);
+            if let Some(eviction) = oldest.and_then(|id| table.leave(id)) {
+                eviction.evict(format!("server busy: {most} connections from {heaviest} wait for a handshake"));
+            }
         }
         let id = table.next;
         table.next += 1;
         let eviction = Eviction::default();
+        table.waiters.insert(id, (ip, eviction.clone()));
+        table.update(ip, |s| s.waiting += 1);
+        let wake = table.sources[&ip].wake.clone();
+        Waiting { startups: self, id, eviction, wake }
+    }
+
+    /// Admits a connection from `ip` now, if it is its source's turn and
+    /// there is a place for it ([`Startups::room`]).
+    fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<Startup> {
+        let ip = source(ip);
+        let mut table = self.table.lock().expect("startups poisoned");
+        if !table.turn_of(ip) {
+            // The turn is another source's: wake its waiters if there is
+            // a place they could take (an entry came of age).
+            if let Some(&(_, _, first)) = table.turns.first() {
+                if self.room(&table, first, now).is_some() {
+                    table.wake_first();
+                }
+            }
+            return None;
+        }
+        match self.room(&table, ip, now)? {
+            Room::Free => {}
+            Room::Evict(at, why) => table.evict(at, why),
+        }
+        let id = table.next;
+        table.next += 1;
+        table.clock += 1;
+        let served = table.clock;
+        let eviction = Eviction::default();
         table.live.push_back(Entry { id, ip, since: now, eviction: eviction.clone() });
-        *table.by_source.entry(ip).or_default() += 1;
-        Some(Startup { startups: self.clone(), id, ip, eviction })
+        table.update(ip, |s| {
+            s.places += 1;
+            s.served = served;
+        });
+        Some(Startup { startups: self.clone(), id, eviction })
+    }
+
+    /// The place source `ip` could take now: a free one, or one an old
+    /// enough handshake is evicted from (of this source if it has its
+    /// share already, else the oldest of the source that holds the most).
+    fn room(&self, table: &Table, ip: IpAddr, now: Instant) -> Option<Room> {
+        let held = table.sources.get(&ip).map_or(0, |s| s.places);
+        let old = |e: &Entry| now.saturating_duration_since(e.since) >= EVICT_AFTER;
+        if held >= self.per_source {
+            let at = table.live.iter().position(|e| e.ip == ip && old(e))?;
+            Some(Room::Evict(at, format!("server busy: {held} connections from {ip} are in their handshake")))
+        } else if table.live.len() >= self.max {
+            let places = |e: &Entry| table.sources.get(&e.ip).map_or(0, |s| s.places);
+            let (at, _) = table
+                .live
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| old(e))
+                .min_by_key(|&(at, e)| (std::cmp::Reverse(places(e)), at))?;
+            Some(Room::Evict(at, format!("server busy: {} connections are in their handshake", table.live.len())))
+        } else {
+            Some(Room::Free)
+        }
     }
 
     /// Handshakes in progress.
@@ -449,7 +583,7 @@ mod tests {
         assert_eq!(s.len(), 3, "an evicted entry is not removed twice");
         drop((b, c, d));
         assert_eq!(s.len(), 0);
-        assert!(s.table.lock().unwrap().by_source.is_empty());
+        assert!(s.table.lock().unwrap().sources.is_empty());
     }
 
     #[test]
@@ -501,7 +635,90 @@ mod tests {
         // Dropped mid-wait, as a handshake deadline or a shutdown drops it.
         let far = tokio::time::Instant::now() + Duration::from_secs(60);
         let _ = tokio::time::timeout(Duration::from_millis(20), s.admit(ip(2), far)).await;
-        assert_eq!(s.waiting.load(Relaxed), 0, "a leaked count would fill MAX_WAITING for good");
+        let table = s.table.lock().unwrap();
+        assert!(table.waiters.is_empty() && table.turns.is_empty(), "a leaked waiter would hold a place in the queue");
+        assert_eq!(table.sources.len(), 1, "the waiter's source forgotten");
+    }
+
+    /// A place freed goes to the source whose turn it is, the one holding
+    /// fewest places, not to whoever of all the waiters runs first.
+    #[tokio::test]
+    async fn a_freed_place_goes_to_the_source_holding_fewest() {
+        let s = Arc::new(Startups::new(2, 2));
+        let far = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (a, _b) = (s.admit(ip(1), far).await.unwrap(), s.admit(ip(1), far).await.unwrap());
+        let waiter = |from: u8| {
+            let s = s.clone();
+            tokio::spawn(async move { s.admit(ip(from), far).await })
+        };
+        // Two from the address holding both places wait first, then one
+        // from an address holding none.
+        let (heavy1, heavy2) = (waiter(1), waiter(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let light = waiter(2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a);
+        let light = tokio::time::timeout(Duration::from_millis(100), light).await.expect("served at once");
+        assert!(light.unwrap().is_some());
+        assert!(!heavy1.is_finished() && !heavy2.is_finished(), "the heavy source waits its turn");
+        heavy1.abort();
+        heavy2.abort();
+    }
+
+    /// With the queue full, a newcomer is never the one turned away: the
+    /// oldest waiter of the source with the most waiters gives up its
+    /// wait, told why.
+    #[tokio::test]
+    async fn a_full_queue_makes_the_heaviest_sources_oldest_give_up_never_the_newcomer() {
+        let mut s = Startups::new(1, 1);
+        s.max_waiting = 4;
+        let s = Arc::new(s);
+        let far = tokio::time::Instant::now() + Duration::from_secs(5);
+        let _held = s.admit(ip(9), far).await.unwrap();
+        let waiter = |from: u8| {
+            let s = s.clone();
+            tokio::spawn(async move { s.admit(ip(from), far).await.is_some() })
+        };
+        let mut flood = Vec::new();
+        for from in [1, 1, 2, 1] {
+            flood.push(waiter(from));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A fifth, from a third address: the queue holds 4.
+        let newcomer = waiter(3);
+        let first = flood.remove(0);
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), first).await.expect("made to give up");
+        assert!(!gave_up.unwrap(), "the oldest of 127.0.0.1, the heaviest, gave up its wait");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!newcomer.is_finished() && flood.iter().all(|w| !w.is_finished()), "the rest still wait");
+        {
+            let table = s.table.lock().unwrap();
+            assert_eq!(table.waiters.len(), 4);
+            assert_eq!(table.sources[&ip(1)].waiting, 2);
+        }
+        // More from 127.0.0.1: each makes its own source's oldest give up.
+        for _ in 0..3 {
+            flood.push(waiter(1));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!newcomer.is_finished(), "a flood from another address never turns the newcomer away");
+        assert!(!flood[1].is_finished(), "nor the other source's waiter");
+        newcomer.abort();
+        flood.iter().for_each(|w| w.abort());
+    }
+
+    /// When the table is full, the place a newcomer evicts is the oldest
+    /// of the source holding the most, not the oldest of all.
+    #[test]
+    fn a_full_table_evicts_from_the_source_holding_most() {
+        let t0 = Instant::now();
+        let s = Arc::new(Startups::new(3, 2));
+        let lone = at(&s, ip(1), t0, 0).unwrap();
+        let a = at(&s, ip(2), t0, 100).unwrap();
+        let b = at(&s, ip(2), t0, 200).unwrap();
+        let _c = at(&s, ip(3), t0, 800).unwrap();
+        assert!(a.eviction.is_evicted(), "the oldest of 127.0.0.2, which held two");
+        assert!(!lone.eviction.is_evicted() && !b.eviction.is_evicted());
     }
 
     #[test]
