@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use super::config::Config;
 use crate::services::files::{HashCache, Sandbox};
 
-/// What the files service works on: the one seam between requests and
-/// where files are (DESIGN.md, "A bucket as the served root").
-pub(crate) enum Storage {
+/// The served root: a local directory or a bucket, each a
+/// [`Storage`](super::storage::Storage) (DESIGN.md, "The storage seam").
+pub(crate) enum Root {
     /// A local directory, resolved by descriptor.
     Local(Sandbox),
     /// A bucket of an object store.
@@ -23,7 +23,7 @@ pub(crate) enum Storage {
 /// What every connection of a server shares.
 pub(crate) struct Context {
     pub config: Config,
-    pub storage: Storage,
+    pub root: Root,
     /// TLS configuration, when the server has a key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub failed_logins: FailedLogins,
@@ -53,10 +53,10 @@ impl Context {
     /// dispatcher routes file requests by [`Storage`], and a bucket root
     /// has no legacy listeners.
     pub(crate) fn sandbox(&self) -> &Sandbox {
-        match &self.storage {
-            Storage::Local(sb) => sb,
+        match &self.root {
+            Root::Local(sb) => sb,
             #[cfg(feature = "s3")]
-            Storage::Bucket(_) => unreachable!("a local handler was routed a bucket root"),
+            Root::Bucket(_) => unreachable!("a local handler was routed a bucket root"),
         }
     }
 }

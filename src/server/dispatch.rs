@@ -1,11 +1,16 @@
 //! Request dispatch: the one place that knows every handler.
 
-use super::context::Context;
+use super::context::{Context, Root};
+use super::storage::Dir;
+use std::future::Future;
+
 #[cfg(feature = "s3")]
 use super::handlers::bucket;
 use super::handlers::{echo, exec, files, tree};
-use crate::proto::Request;
+use crate::proto::{Request, TreeGet, TreeList, TreePut};
 use crate::session::{cut_off_by, ServerSide, Session};
+
+type S = Session<ServerSide>;
 use crate::wire::Error;
 
 /// What a connection keeps between requests for its next exec.
@@ -107,42 +112,76 @@ async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup
         let msg = format!("unknown message type {:?}", request.kind());
         return s.refuse(crate::services::Refusal::new(crate::proto::ErrorCode::UnknownType, msg)).await;
     }
-    #[cfg(feature = "s3")]
-    let request = match (&ctx.storage, request) {
-        (super::context::Storage::Bucket(b), request) => match request {
-            Request::List(r) => return cut_off_by(&cut, bucket::list(s, b, r)).await,
-            Request::Stat(r) => return cut_off_by(&cut, bucket::stat(s, b, r)).await,
-            Request::Mkdir(r) => return cut_off_by(&cut, bucket::mkdir(s, b, r)).await,
-            Request::Remove(r) => return cut_off_by(&cut, bucket::remove(s, b, r)).await,
-            Request::Rename(r) => return cut_off_by(&cut, bucket::rename(s, b, r)).await,
-            Request::Get(r) => return cut_off_by(&cut, bucket::get(s, b, r)).await,
-            // A cut upload keeps its stored parts for a resume.
-            Request::Put(r) => return cut_off_by(&cut, bucket::put(s, b, r)).await,
-            Request::TreeList(r) => return cut_off_by(&cut, bucket::tree_list(s, b, r)).await,
-            Request::TreePut(r) => return cut_off_by(&cut, bucket::tree_put(s, b, r)).await,
-            Request::TreeGet(r) => return cut_off_by(&cut, bucket::tree_get(s, b, r)).await,
-            other => other,
-        },
-        (_, request) => request,
-    };
     match request {
         Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
         Request::Exec(r) => exec::exec(s, ctx, r, setup).await,
         Request::Pty(r) => cut_off_by(&cut, exec::pty(s, ctx, r, setup)).await,
         Request::Env(r) => cut_off_by(&cut, exec::env(s, ctx, r, setup)).await,
-        Request::List(r) => cut_off_by(&cut, files::list(s, ctx, r)).await,
-        Request::Stat(r) => cut_off_by(&cut, files::stat(s, ctx, r)).await,
-        Request::Mkdir(r) => cut_off_by(&cut, files::mkdir(s, ctx, r)).await,
-        Request::Remove(r) => cut_off_by(&cut, files::remove(s, ctx, r)).await,
-        Request::Rename(r) => cut_off_by(&cut, files::rename(s, ctx, r)).await,
-        Request::Get(r) => cut_off_by(&cut, files::get(s, ctx, r)).await,
-        // A cut upload leaves its partial file for a resume, with every
-        // byte that arrived: put watches the cut-off itself.
-        Request::Put(r) => files::put(s, ctx, r).await,
-        Request::TreeList(r) => cut_off_by(&cut, tree::tree_list(s, ctx, r)).await,
+        Request::List(r) => on_root!(ctx, st => cut_off_by(&cut, files::list(s, st, r)).await),
+        Request::Stat(r) => on_root!(ctx, st => cut_off_by(&cut, files::stat(s, st, r)).await),
+        Request::Mkdir(r) => on_root!(ctx, st => cut_off_by(&cut, files::mkdir(s, st, r)).await),
+        Request::Remove(r) => on_root!(ctx, st => cut_off_by(&cut, files::remove(s, st, r)).await),
+        Request::Rename(r) => on_root!(ctx, st => cut_off_by(&cut, files::rename(s, st, r)).await),
+        Request::Get(r) => on_root!(ctx, st => cut_off_by(&cut, files::get(s, st, r)).await),
+        // A cut upload leaves what arrived for a resume: put watches the
+        // cut-off itself.
+        Request::Put(r) => on_root!(ctx, st => files::put(s, st, r).await),
+        Request::TreeList(r) => on_root!(ctx, st => cut_off_by(&cut, st.tree_list(s, ctx, r)).await),
         // A cut tree upload commits what it verified, and leaves the
         // partial file of the one under way.
-        Request::TreePut(r) => cut_off_by(&cut, tree::tree_put(s, ctx, r)).await,
-        Request::TreeGet(r) => cut_off_by(&cut, tree::tree_get(s, ctx, r)).await,
+        Request::TreePut(r) => on_root!(ctx, st => cut_off_by(&cut, st.tree_put(s, ctx, r)).await),
+        Request::TreeGet(r) => on_root!(ctx, st => cut_off_by(&cut, st.tree_get(s, ctx, r)).await),
+    }
+}
+
+/// Runs `$body` with `$st` bound to the root's [`Storage`]: each file
+/// request is one generic handler, made for each kind of root here.
+macro_rules! on_root {
+    ($ctx:expr, $st:ident => $body:expr) => {
+        match &$ctx.root {
+            Root::Local(sb) => {
+                let $st = &Dir { sb, hashes: &$ctx.hashes };
+                $body
+            }
+            #[cfg(feature = "s3")]
+            Root::Bucket(b) => {
+                let $st = b;
+                $body
+            }
+        }
+    };
+}
+use on_root;
+
+/// The tree requests, each root's own until they too are written once
+/// over [`Storage`] (issue 29, point 3).
+trait Trees {
+    fn tree_list(&self, s: &mut S, ctx: &Context, r: TreeList) -> impl Future<Output = Result<(), Error>> + Send;
+    fn tree_put(&self, s: &mut S, ctx: &Context, r: TreePut) -> impl Future<Output = Result<(), Error>> + Send;
+    fn tree_get(&self, s: &mut S, ctx: &Context, r: TreeGet) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+impl Trees for Dir<'_> {
+    async fn tree_list(&self, s: &mut S, ctx: &Context, r: TreeList) -> Result<(), Error> {
+        tree::tree_list(s, ctx, r).await
+    }
+    async fn tree_put(&self, s: &mut S, ctx: &Context, r: TreePut) -> Result<(), Error> {
+        tree::tree_put(s, ctx, r).await
+    }
+    async fn tree_get(&self, s: &mut S, ctx: &Context, r: TreeGet) -> Result<(), Error> {
+        tree::tree_get(s, ctx, r).await
+    }
+}
+
+#[cfg(feature = "s3")]
+impl Trees for crate::services::bucket::Bucket {
+    async fn tree_list(&self, s: &mut S, _: &Context, r: TreeList) -> Result<(), Error> {
+        bucket::tree_list(s, self, r).await
+    }
+    async fn tree_put(&self, s: &mut S, _: &Context, r: TreePut) -> Result<(), Error> {
+        bucket::tree_put(s, self, r).await
+    }
+    async fn tree_get(&self, s: &mut S, _: &Context, r: TreeGet) -> Result<(), Error> {
+        bucket::tree_get(s, self, r).await
     }
 }

@@ -7,6 +7,7 @@ mod conn;
 mod context;
 mod dispatch;
 mod handlers;
+mod storage;
 
 #[cfg(feature = "s3")]
 pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, StoreRequests};
@@ -103,7 +104,7 @@ pub async fn run_until(
     check_policy(&listener, &config)?;
     check_legacy_policy(&legacy, &config)?;
     let storage = storage(&mut config)?;
-    if !matches!(storage, context::Storage::Local(_)) {
+    if !matches!(storage, context::Root::Local(_)) {
         if let Some((mode, _)) = legacy.first() {
             return refuse(PolicyError::LegacyOnBucket { mode: mode.to_string() });
         }
@@ -144,7 +145,7 @@ pub async fn run_until(
     let ctx = Arc::new(context::Context {
         accept_env: config.accept_env_set(),
         config,
-        storage,
+        root: storage,
         tls,
         failed_logins: context::FailedLogins::default(),
         hashes: Arc::default(),
@@ -219,8 +220,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// that old), logging each, until `stop`.
 async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: CancellationToken) {
     loop {
-        let removed = match &ctx.storage {
-            context::Storage::Local(sb) => {
+        let removed = match &ctx.root {
+            context::Root::Local(sb) => {
                 let sb = sb.clone();
                 match tokio::task::spawn_blocking(move || sb.prune_partials(age)).await {
                     Ok(Ok(removed)) => Ok(removed),
@@ -229,7 +230,7 @@ async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: Cancell
                 }
             }
             #[cfg(feature = "s3")]
-            context::Storage::Bucket(b) => b.prune_uploads(age).await.map_err(|r| r.message),
+            context::Root::Bucket(b) => b.prune_uploads(age).await.map_err(|r| r.message),
         };
         match removed {
             Ok(removed) => {
@@ -501,11 +502,11 @@ fn legacy_context(ctx: &context::Context) -> legacy::Legacy<'_> {
 
 /// What the files service works on: the bucket, if the config names one,
 /// else the directory (made canonical in `config.root`).
-fn storage(config: &mut Config) -> std::io::Result<context::Storage> {
+fn storage(config: &mut Config) -> std::io::Result<context::Root> {
     #[cfg(feature = "s3")]
     if let Some(bucket) = &config.bucket {
         info!(root = %bucket.spec().url(), exec_dir = ?config.exec_dir, "serving a bucket");
-        return Ok(context::Storage::Bucket(bucket.clone()));
+        return Ok(context::Root::Bucket(bucket.clone()));
     }
     let mut sandbox = Sandbox::new(&config.root)?;
     if let Some(resolver) = config.resolver {
@@ -513,7 +514,7 @@ fn storage(config: &mut Config) -> std::io::Result<context::Storage> {
     }
     info!(root = %sandbox.root().display(), resolver = ?sandbox.resolver(), "serving");
     config.root = sandbox.root().to_owned();
-    Ok(context::Storage::Local(sandbox))
+    Ok(context::Root::Local(sandbox))
 }
 
 fn refuse<T>(why: PolicyError) -> std::io::Result<T> {

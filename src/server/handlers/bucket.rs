@@ -8,19 +8,20 @@ use std::collections::HashMap;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
-use super::files::{read_step, write_failed};
-use super::tree::{failed, join, judge, manifest_entries, plain, wanted, Held};
+use super::super::storage::bucket::{add_hashes, receive_parts, send_reading};
+use super::super::storage::join;
+use super::files::mismatch;
+use super::tree::{failed, judge, manifest_entries, plain, wanted, Held};
 use crate::proto::{
-    Checksum, CommitList, Committed, Entry, ErrorCode, FileReply, Get, Kind, List, ListReply, Listing as ListingFrame,
-    ListingEnd, ManifestEntry, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
-    RenameReply, Stat, StatReply, TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput,
-    TreeReady, TreeSkip, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Checksum, CommitList, Committed, ErrorCode, Listing as ListingFrame, ListingEnd, ManifestEntry, TreeDone, TreeFile,
+    TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants, WantsEnd,
+    TREE_PART_ENTRIES, TREE_PART_MAX,
 };
-use crate::services::bucket::{Bucket, Finish, Multipart, Reading, TreeIndex, FILE_MODE, WHOLE_MAX};
+use crate::services::bucket::{Bucket, Finish, Reading, TreeIndex, FILE_MODE, WHOLE_MAX};
 use crate::services::files::{shown, Listing, Sandbox};
 use crate::services::Refusal;
 use crate::session::{ServerSide, Session};
-use crate::wire::{Error, MAX_BUFFERED_BODY};
+use crate::wire::Error;
 
 type S = Session<ServerSide>;
 
@@ -44,270 +45,6 @@ const TREE_LIST_BUDGET: usize = 256 << 20;
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::Internal, e.to_string())
-}
-
-fn io_error(what: String) -> Error {
-    Error::Io(std::io::Error::other(what))
-}
-
-pub(in crate::server) async fn list(s: &mut S, b: &Bucket, request: List) -> Result<(), Error> {
-    let List { path, recursive, dirs, blake3, partial } = request;
-    let listed = async {
-        let listing = if partial { Listing::Partials } else { Listing::of(recursive, dirs) };
-        let mut entries = b.list(&path, listing, MAX_BUFFERED_BODY as usize).await?;
-        if blake3 {
-            let listed_a_file = b.object(&path).await?.is_some();
-            add_hashes(b, &path, listed_a_file, &mut entries, true).await?;
-        }
-        let body = serde_json::to_vec(&entries).map_err(internal)?;
-        if body.len() as u64 > MAX_BUFFERED_BODY {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("{path}: listing of {} entries exceeds {MAX_BUFFERED_BODY} bytes", entries.len()),
-            ));
-        }
-        Ok(body)
-    }
-    .await;
-    match listed {
-        Ok(body) => s.send(&ListReply { len: body.len() as u64 }, &body).await,
-        Err(r) => s.refuse(r).await,
-    }
-}
-
-/// Gives each file entry its BLAKE3: from metadata or memory, else read.
-/// A file whose hash cannot be read fails the whole listing if `strict`
-/// (`list`, as on a local root); else it is listed without one, and its
-/// `get` says why (`tree_list`, PROTOCOL.md §4.6.3.1, as on a local root).
-async fn add_hashes(
-    b: &Bucket,
-    path: &str,
-    listed_a_file: bool,
-    entries: &mut [Entry],
-    strict: bool,
-) -> Result<(), Refusal> {
-    let wanted: Vec<(usize, String)> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.kind == Kind::File)
-        .map(|(i, e)| (i, if listed_a_file { path.to_owned() } else { join(path, &e.name) }))
-        .collect();
-    let asks = wanted.into_iter().map(|(i, full)| {
-        let b = b.clone();
-        async move {
-            let hash = match b.object(&full).await {
-                Ok(Some((key, object))) => b.hash_of(&key, &object, &full).await.map(Some),
-                Ok(None) => Ok(None),
-                Err(r) => Err(r),
-            };
-            match hash {
-                Ok(hash) => Ok((i, hash)),
-                Err(r) if strict => Err(r),
-                Err(_) => Ok((i, None)),
-            }
-        }
-    });
-    let hashes: Vec<(usize, Option<blake3::Hash>)> =
-        futures_util::stream::iter(asks).buffered(FETCHES_AT_ONCE).try_collect().await?;
-    for (i, hash) in hashes {
-        entries[i].blake3 = hash.map(|h| h.to_hex().to_string());
-    }
-    Ok(())
-}
-
-pub(in crate::server) async fn stat(s: &mut S, b: &Bucket, request: Stat) -> Result<(), Error> {
-    match b.stat(&request.path).await {
-        Ok(entry) => s.send(&StatReply { entry }, &[]).await,
-        Err(r) => s.refuse(r).await,
-    }
-}
-
-pub(in crate::server) async fn mkdir(s: &mut S, b: &Bucket, request: Mkdir) -> Result<(), Error> {
-    match b.mkdir(&request.path, request.parents.unwrap_or(true)).await {
-        Ok(created) => s.send(&MkdirReply { created }, &[]).await,
-        Err(r) => s.refuse(r).await,
-    }
-}
-
-pub(in crate::server) async fn remove(s: &mut S, b: &Bucket, request: Remove) -> Result<(), Error> {
-    match b.remove(&request.path, request.recursive.unwrap_or(true)).await {
-        Ok(removed) => {
-            if !removed {
-                s.set_outcome("ok: nothing was there".to_owned());
-            }
-            s.send(&RemoveReply { removed }, &[]).await
-        }
-        Err(r) => s.refuse(r).await,
-    }
-}
-
-pub(in crate::server) async fn rename(s: &mut S, b: &Bucket, request: Rename) -> Result<(), Error> {
-    let Rename { from, to, force } = request;
-    match b.rename(&from, &to, force).await {
-        Ok(()) => s.send(&RenameReply {}, &[]).await,
-        Err(r) => s.refuse(r).await,
-    }
-}
-
-/// Streams an object from the agreed offset (ranged reads of the one
-/// version first looked at), then the whole-file checksum.
-pub(in crate::server) async fn get(s: &mut S, b: &Bucket, request: Get) -> Result<(), Error> {
-    let Get { path, offset, prefix_blake3 } = request;
-    let reading = match b.read(&path, offset, prefix_blake3.as_deref()).await {
-        Ok(reading) => reading,
-        Err(r) => return s.refuse(r).await,
-    };
-    let head = FileReply {
-        len: reading.size - reading.start,
-        size: reading.size,
-        offset: reading.start,
-        mtime: reading.mtime,
-        mode: FILE_MODE,
-    };
-    s.feed_head(&head)?;
-    let hash = send_reading(s, b, reading, &shown(&path)).await?;
-    s.send(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
-}
-
-/// Sends a reading's body (its frame head sent) and returns the
-/// whole-file hash: known, or computed on the way and remembered. A read
-/// that fails or ends early ends the connection (the frame promised its
-/// length).
-async fn send_reading(s: &mut S, b: &Bucket, mut reading: Reading, shown: &str) -> Result<blake3::Hash, Error> {
-    let want = reading.size - reading.start;
-    let mut sent = 0u64;
-    while let Some(chunk) =
-        reading.body.try_next().await.map_err(|e| io_error(format!("{shown}: read failed mid-transfer: {e}")))?
-    {
-        sent += chunk.len() as u64;
-        if sent > want {
-            return Err(io_error(format!("{shown}: the object grew while it was read")));
-        }
-        if let Some(h) = reading.hasher.as_mut() {
-            h.update(&chunk);
-        }
-        s.writer().write_body(&chunk).await?;
-    }
-    if sent != want {
-        return Err(io_error(format!(
-            "{shown}: the object ended at {} of {} bytes",
-            reading.start + sent,
-            reading.size
-        )));
-    }
-    match (reading.known, reading.hasher.take()) {
-        (Some(hash), _) => Ok(hash),
-        (None, Some(h)) => {
-            let hash = h.finalize();
-            b.read_hashed(&reading, hash);
-            Ok(hash)
-        }
-        (None, None) => Err(io_error(format!("{shown}: no hash"))),
-    }
-}
-
-/// Receives an upload: a small file held, verified and stored with one
-/// conditional PUT; a large one stored part by part in a multipart upload
-/// (resuming the parts its record names), completed once verified.
-pub(in crate::server) async fn put(s: &mut S, b: &Bucket, request: Put) -> Result<(), Error> {
-    let Put { path, size, force, mode, mtime } = request;
-    let target = match b.admit(&path, force).await {
-        Ok(target) => target,
-        Err(r) => return s.refuse(r).await,
-    };
-    if size <= WHOLE_MAX {
-        s.send(&PutReady { offset: 0, prefix_blake3: None }, &[]).await?;
-        let Some(data) = read_step::<PutData>(s, "put_data after put_ready").await? else { return Ok(()) };
-        if data.offset != 0 || data.len != size {
-            let msg = format!(
-                "put_data covers bytes {}..{} of a {size}-byte file, none held",
-                data.offset,
-                data.offset.saturating_add(data.len)
-            );
-            return s.refuse_and_close(msg).await;
-        }
-        let body = s.reader().read_body(size).await?;
-        let Some(Checksum { blake3: claimed }) = read_step::<Checksum>(s, "checksum after put_data").await? else {
-            return Ok(());
-        };
-        let hash = blake3::hash(&body);
-        if hash.to_hex().as_str() != claimed {
-            return s.refuse(mismatch(&target.shown, &hash, &claimed)).await;
-        }
-        return match target.put_whole(b, body, hash, mtime, force).await {
-            Ok(()) => put_done(s, size, mode).await,
-            Err(r) => s.refuse(r).await,
-        };
-    }
-    let mut upload = match target.multipart(b, size, mtime).await {
-        Ok(upload) => upload,
-        Err(r) => return s.refuse(r).await,
-    };
-    let (offset, prefix_blake3) = upload.offer();
-    s.send(&PutReady { offset, prefix_blake3 }, &[]).await?;
-    let Some(data) = read_step::<PutData>(s, "put_data after put_ready").await? else {
-        return Ok(());
-    };
-    let agreed = data.offset.checked_add(data.len) == Some(size) && matches!(upload.agree(data.offset).await, Ok(true));
-    if !agreed {
-        let msg = format!(
-            "put_data covers bytes {}..{} but {} are held of a {size}-byte file",
-            data.offset,
-            data.offset.saturating_add(data.len),
-            upload.held()
-        );
-        return s.refuse_and_close(msg).await;
-    }
-    match receive_parts(s, &mut upload).await {
-        Ok(Ok(())) => {}
-        Ok(Err(r)) => {
-            upload.keep_for_resume().await;
-            return write_failed(s, r).await;
-        }
-        Err(e) => {
-            // A cut connection: the parts stored stay, for a resume.
-            upload.keep_for_resume().await;
-            return Err(e);
-        }
-    }
-    let Some(Checksum { blake3: claimed }) = read_step::<Checksum>(s, "checksum after put_data").await? else {
-        upload.keep_for_resume().await;
-        return Ok(());
-    };
-    match upload.finish(&claimed, force).await {
-        Ok(_) => put_done(s, size, mode).await,
-        Err(Finish::Mismatch(got)) => s.refuse(mismatch(&target.shown, &got, &claimed)).await,
-        Err(Finish::Refused(r)) => s.refuse(r).await,
-    }
-}
-
-/// Answers a stored upload; a mode it carried is not kept, and the
-/// request's log line says so (a bucket's entries report 0644, the mode
-/// a get gives the file).
-async fn put_done(s: &mut S, size: u64, mode: Option<u32>) -> Result<(), Error> {
-    if mode.is_some() {
-        s.set_outcome("ok: stored; the mode is not kept (an object store has no permission bits)".to_owned());
-    }
-    s.send(&PutDone { size }, &[]).await
-}
-
-/// Feeds the frame's body into the upload. Outer error: the connection's;
-/// inner: the store's (the rest of the body unread).
-async fn receive_parts(s: &mut S, upload: &mut Multipart) -> Result<Result<(), Refusal>, Error> {
-    while let Some(chunk) = s.reader().read_body_chunk().await? {
-        if let Err(r) = upload.feed(&chunk).await {
-            return Ok(Err(r));
-        }
-    }
-    Ok(Ok(()))
-}
-
-fn mismatch(shown: &str, got: &blake3::Hash, claimed: &str) -> Refusal {
-    let msg = format!(
-        "{shown}: checksum mismatch: the server received data hashing to {}, the client's file hashes to {claimed}; nothing was kept",
-        got.to_hex()
-    );
-    Refusal::new(ErrorCode::ChecksumMismatch, msg)
 }
 
 /// Streams the tree at `path` as `listing` frames, then `listing_end`.
@@ -540,7 +277,7 @@ impl TreeUpload {
             let Some(claimed) = self.checksum(s).await? else { return Ok(()) };
             let hash = blake3::hash(&body);
             if hash.to_hex().as_str() != claimed {
-                self.fail(i, &need.path, mismatch(&shown(&need.path), &hash, &claimed));
+                self.fail(i, &need.path, mismatch(&shown(&need.path), &hash.to_hex(), &claimed));
                 return Ok(());
             }
             let target = match b.claim(&need.path).await {
@@ -596,7 +333,9 @@ impl TreeUpload {
         };
         match upload.finish(&claimed, replace).await {
             Ok(_) => self.stored(i, &need.path, Ok(need.size)),
-            Err(Finish::Mismatch(got)) => self.fail(i, &need.path, mismatch(&shown(&need.path), &got, &claimed)),
+            Err(Finish::Mismatch(got)) => {
+                self.fail(i, &need.path, mismatch(&shown(&need.path), &got.to_hex(), &claimed))
+            }
             Err(Finish::Refused(r)) => self.fail(i, &need.path, r),
         }
         self.report(s, true).await

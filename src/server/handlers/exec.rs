@@ -77,17 +77,17 @@ fn exec_dir(ctx: &Context) -> Option<&std::path::Path> {
     if let Some(dir) = &ctx.config.exec_dir {
         return Some(dir);
     }
-    match &ctx.storage {
-        crate::server::context::Storage::Local(sb) => Some(sb.root()),
+    match &ctx.root {
+        crate::server::context::Root::Local(sb) => Some(sb.root()),
         #[cfg(feature = "s3")]
-        crate::server::context::Storage::Bucket(_) => None,
+        crate::server::context::Root::Bucket(_) => None,
     }
 }
 
 fn no_exec_dir(ctx: &Context) -> Refusal {
-    let root = match &ctx.storage {
+    let root = match &ctx.root {
         #[cfg(feature = "s3")]
-        crate::server::context::Storage::Bucket(b) => b.spec().url(),
+        crate::server::context::Root::Bucket(b) => b.spec().url(),
         _ => ctx.config.root.display().to_string(),
     };
     Refusal::new(

@@ -4,11 +4,13 @@
 //! async fn NAME(s: &mut Session<ServerSide>, ctx: &Context, request: REQUEST) -> Result<(), wire::Error>
 //! ```
 //!
-//! (the file handlers of a bucket root, in `bucket`, take the bucket in
-//! place of the context). A handler answers its request in full (a
-//! refusal is an answer) and returns `Ok`; an `Err` means the connection
-//! must close. Only the dispatcher (`super::dispatch`) calls them, and it
-//! routes file requests by the root's storage.
+//! File requests (`files`) take the root's [`Storage`](super::storage::Storage)
+//! in place of the context, and are written once for a directory and a
+//! bucket. The tree requests are still each root's own (`tree` and
+//! `bucket`) until they move onto the seam too (issue 29). A handler
+//! answers its request in full (a refusal is an answer) and returns `Ok`;
+//! an `Err` means the connection must close. Only the dispatcher
+//! (`super::dispatch`) calls them.
 
 #[cfg(feature = "s3")]
 pub(super) mod bucket;
@@ -16,13 +18,3 @@ pub(super) mod echo;
 pub(super) mod exec;
 pub(super) mod files;
 pub(super) mod tree;
-
-use tokio::task::spawn_blocking;
-
-use crate::proto::ErrorCode;
-use crate::services::Refusal;
-
-/// Runs blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Refusal> + Send + 'static) -> Result<T, Refusal> {
-    spawn_blocking(f).await.unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, format!("file task failed: {e}"))))
-}

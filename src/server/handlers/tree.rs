@@ -9,8 +9,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::super::context::Context;
-use super::blocking;
-use super::files::{hash_of, plan_download, Download};
+use super::super::storage::dir::{hash_of, plan_download, Planned as Download};
+use super::super::storage::{blocking, join};
 use crate::proto::{
     Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ListingSkip,
     ManifestEntry, TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip,
@@ -115,16 +115,6 @@ const READ_AHEAD: u64 = 1024 * 1024;
 /// however many files it asked for. Small files, read whole ahead, hold
 /// none.
 pub const OPEN_AHEAD: usize = 32;
-
-/// `base/rel`, or `rel` when `base` is the root.
-pub(super) fn join(base: &str, rel: &str) -> String {
-    let base = base.trim_matches('/');
-    if base.is_empty() || base == "." {
-        rel.to_owned()
-    } else {
-        format!("{base}/{rel}")
-    }
-}
 
 /// A manifest path must be plain: relative, `/`-separated, no empty, `.`
 /// or `..` component, not a partial file's name. The sandbox refuses
@@ -866,6 +856,6 @@ async fn send_one(s: &mut S, ctx: &Context, i: u64, d: Download) -> Result<(), E
         }
         Err(SendError::Wire(e)) => return Err(e),
     };
-    let hash = super::files::settle_hash(ctx, &check, version, cached, computed)?;
+    let hash = super::super::storage::dir::settle_hash(&ctx.hashes, &check, version, cached, computed)?;
     s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }

@@ -24,7 +24,7 @@ use object_store::{
 };
 
 pub use hash::PART;
-pub(crate) use ops::{Reading, TreeIndex};
+pub(crate) use ops::{Reading, Target, TreeIndex};
 pub(crate) use upload::{Finish, Multipart};
 
 use super::files::{Listing, Sandbox};

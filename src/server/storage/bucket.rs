@@ -1,0 +1,279 @@
+//! A bucket as a [`Storage`]: ranged reads of one object version, small
+//! files stored whole with one conditional write, large ones through a
+//! multipart upload whose record lets a later attempt resume.
+
+use tokio_util::sync::CancellationToken;
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::{join, Body, Download, NotFinished, NotReceived, Storage, Upload};
+use crate::proto::{Entry, FileReply, Get, Kind};
+use crate::services::bucket::{Bucket, Finish, Multipart, Reading, Target, FILE_MODE, WHOLE_MAX};
+use crate::services::files::Listing;
+use crate::services::Refusal;
+use crate::session::{cut_off_by, ServerSide, Session};
+use crate::wire::{Error, MAX_BUFFERED_BODY};
+
+type S = Session<ServerSide>;
+
+/// Objects whose hashes a listing asks for at once.
+const HASHES_AT_ONCE: usize = 16;
+
+fn io_error(what: String) -> Error {
+    Error::Io(std::io::Error::other(what))
+}
+
+impl Storage for Bucket {
+    type Download = BucketFile;
+    type Upload = BucketUpload;
+    const KEEPS_MODES: bool = false;
+
+    async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
+        Bucket::stat(self, path).await
+    }
+
+    async fn list(&self, path: &str, listing: Listing, blake3: bool) -> Result<Vec<Entry>, Refusal> {
+        let mut entries = Bucket::list(self, path, listing, MAX_BUFFERED_BODY as usize).await?;
+        if blake3 {
+            let listed_a_file = self.object(path).await?.is_some();
+            add_hashes(self, path, listed_a_file, &mut entries, true).await?;
+        }
+        Ok(entries)
+    }
+
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
+        Bucket::mkdir(self, path, parents).await
+    }
+
+    async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
+        Bucket::remove(self, path, recursive).await
+    }
+
+    async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
+        Bucket::rename(self, from, to, force).await
+    }
+
+    async fn open(&self, request: Get) -> Result<BucketFile, Refusal> {
+        let Get { path, offset, prefix_blake3 } = request;
+        let reading = self.read(&path, offset, prefix_blake3.as_deref()).await?;
+        Ok(BucketFile { reading, bucket: self.clone() })
+    }
+
+    async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<BucketUpload, Refusal> {
+        let target = Bucket::admit(self, path, force).await?;
+        let parts = if size <= WHOLE_MAX { None } else { Some(Box::new(target.multipart(self, size, mtime).await?)) };
+        Ok(BucketUpload { target, bucket: self.clone(), size, mtime, parts })
+    }
+}
+
+/// An object being sent: ranged reads of the version first looked at.
+pub(in crate::server) struct BucketFile {
+    reading: Reading,
+    bucket: Bucket,
+}
+
+impl Download for BucketFile {
+    fn head(&self) -> FileReply {
+        let r = &self.reading;
+        FileReply { len: r.size - r.start, size: r.size, offset: r.start, mtime: r.mtime, mode: FILE_MODE }
+    }
+
+    async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
+        send_reading(s, &self.bucket, self.reading, shown).await
+    }
+}
+
+/// An upload into a bucket, holding the claim on its key: up to
+/// `WHOLE_MAX`, held in memory and stored with one conditional PUT;
+/// larger, stored part by part in a multipart upload whose record names
+/// the parts a later attempt resumes from.
+pub(in crate::server) struct BucketUpload {
+    target: Target,
+    bucket: Bucket,
+    size: u64,
+    mtime: Option<i64>,
+    parts: Option<Box<Multipart>>,
+}
+
+impl BucketUpload {
+    fn body(self, got: Got) -> BucketBody {
+        let BucketUpload { target, bucket, mtime, .. } = self;
+        BucketBody { target, bucket, mtime, got }
+    }
+}
+
+impl Upload for BucketUpload {
+    type Body = BucketBody;
+
+    fn offer(&self) -> (u64, Option<String>) {
+        self.parts.as_ref().map_or((0, None), |upload| upload.offer())
+    }
+
+    fn held(&self) -> u64 {
+        self.parts.as_ref().map_or(0, |upload| upload.held())
+    }
+
+    async fn agree(&mut self, offset: u64) -> Result<bool, Error> {
+        Ok(match self.parts.as_mut() {
+            None => offset == 0,
+            Some(upload) => matches!(upload.agree(offset).await, Ok(true)),
+        })
+    }
+
+    async fn abandon(self) {
+        if let Some(upload) = self.parts {
+            upload.keep_for_resume().await;
+        }
+    }
+
+    async fn receive(mut self, s: &mut S, cut: &CancellationToken) -> Result<BucketBody, NotReceived> {
+        let Some(mut upload) = self.parts.take() else {
+            let body = cut_off_by(cut, s.reader().read_body(self.size)).await.map_err(NotReceived::Cut)?;
+            return Ok(self.body(Got::Whole(body)));
+        };
+        match cut_off_by(cut, receive_parts(s, &mut upload)).await {
+            Ok(Ok(())) => Ok(self.body(Got::Parts(upload))),
+            // The parts stored stay, for a resume.
+            Ok(Err(r)) => {
+                upload.keep_for_resume().await;
+                Err(NotReceived::Write(r))
+            }
+            Err(e) => {
+                upload.keep_for_resume().await;
+                Err(NotReceived::Cut(e))
+            }
+        }
+    }
+}
+
+/// A bucket upload's body, received.
+pub(in crate::server) struct BucketBody {
+    target: Target,
+    bucket: Bucket,
+    mtime: Option<i64>,
+    got: Got,
+}
+
+enum Got {
+    Whole(bytes::Bytes),
+    Parts(Box<Multipart>),
+}
+
+impl Body for BucketBody {
+    async fn finish(self, claimed: &str, _: (Option<u32>, Option<i64>), force: bool) -> Result<(), NotFinished> {
+        let BucketBody { target, bucket, mtime, got } = self;
+        match got {
+            Got::Whole(body) => {
+                let hash = blake3::hash(&body);
+                if hash.to_hex().as_str() != claimed {
+                    return Err(NotFinished::Mismatch(hash.to_hex().to_string()));
+                }
+                target.put_whole(&bucket, body, hash, mtime, force).await.map_err(NotFinished::Refused)
+            }
+            Got::Parts(upload) => match upload.finish(claimed, force).await {
+                Ok(_) => Ok(()),
+                Err(Finish::Mismatch(got)) => Err(NotFinished::Mismatch(got.to_hex().to_string())),
+                Err(Finish::Refused(r)) => Err(NotFinished::Refused(r)),
+            },
+        }
+    }
+
+    async fn keep(self) {
+        if let Got::Parts(upload) = self.got {
+            upload.keep_for_resume().await;
+        }
+    }
+}
+
+/// Gives each file entry its BLAKE3: from metadata or memory, else read.
+/// A file whose hash cannot be read fails the whole listing if `strict`
+/// (`list`, as on a local root); else it is listed without one, and its
+/// `get` says why (`tree_list`, PROTOCOL.md §4.6.3.1, as on a local root).
+pub(in crate::server) async fn add_hashes(
+    b: &Bucket,
+    path: &str,
+    listed_a_file: bool,
+    entries: &mut [Entry],
+    strict: bool,
+) -> Result<(), Refusal> {
+    let wanted: Vec<(usize, String)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == Kind::File)
+        .map(|(i, e)| (i, if listed_a_file { path.to_owned() } else { join(path, &e.name) }))
+        .collect();
+    let asks = wanted.into_iter().map(|(i, full)| {
+        let b = b.clone();
+        async move {
+            let hash = match b.object(&full).await {
+                Ok(Some((key, object))) => b.hash_of(&key, &object, &full).await.map(Some),
+                Ok(None) => Ok(None),
+                Err(r) => Err(r),
+            };
+            match hash {
+                Ok(hash) => Ok((i, hash)),
+                Err(r) if strict => Err(r),
+                Err(_) => Ok((i, None)),
+            }
+        }
+    });
+    let hashes: Vec<(usize, Option<blake3::Hash>)> =
+        futures_util::stream::iter(asks).buffered(HASHES_AT_ONCE).try_collect().await?;
+    for (i, hash) in hashes {
+        entries[i].blake3 = hash.map(|h| h.to_hex().to_string());
+    }
+    Ok(())
+}
+
+/// Sends a reading's body (its frame head sent) and returns the
+/// whole-file hash: known, or computed on the way and remembered. A read
+/// that fails or ends early ends the connection (the frame promised its
+/// length).
+pub(in crate::server) async fn send_reading(
+    s: &mut S,
+    b: &Bucket,
+    mut reading: Reading,
+    shown: &str,
+) -> Result<blake3::Hash, Error> {
+    let want = reading.size - reading.start;
+    let mut sent = 0u64;
+    while let Some(chunk) =
+        reading.body.try_next().await.map_err(|e| io_error(format!("{shown}: read failed mid-transfer: {e}")))?
+    {
+        sent += chunk.len() as u64;
+        if sent > want {
+            return Err(io_error(format!("{shown}: the object grew while it was read")));
+        }
+        if let Some(h) = reading.hasher.as_mut() {
+            h.update(&chunk);
+        }
+        s.writer().write_body(&chunk).await?;
+    }
+    if sent != want {
+        return Err(io_error(format!(
+            "{shown}: the object ended at {} of {} bytes",
+            reading.start + sent,
+            reading.size
+        )));
+    }
+    match (reading.known, reading.hasher.take()) {
+        (Some(hash), _) => Ok(hash),
+        (None, Some(h)) => {
+            let hash = h.finalize();
+            b.read_hashed(&reading, hash);
+            Ok(hash)
+        }
+        (None, None) => Err(io_error(format!("{shown}: no hash"))),
+    }
+}
+
+/// Feeds the frame's body into the upload. Outer error: the connection's;
+/// inner: the store's (the rest of the body unread).
+pub(in crate::server) async fn receive_parts(s: &mut S, upload: &mut Multipart) -> Result<Result<(), Refusal>, Error> {
+    while let Some(chunk) = s.reader().read_body_chunk().await? {
+        if let Err(r) = upload.feed(&chunk).await {
+            return Ok(Err(r));
+        }
+    }
+    Ok(Ok(()))
+}

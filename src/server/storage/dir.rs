@@ -1,0 +1,367 @@
+//! A local directory as a [`Storage`]: paths resolved by descriptor
+//! beneath the root, `sendfile` from the page cache, partial files under
+//! `flock` beside their targets, and the hash cache.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{blocking, Body, Download, NotFinished, NotReceived, Storage, Upload};
+use crate::proto::{Entry, ErrorCode, FileReply, Get};
+use crate::services::files::{self, HashCache, Listing, Sandbox};
+use crate::services::Refusal;
+use crate::session::{ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session, Unproven, UntilCut};
+use crate::wire::Error;
+
+type S = Session<ServerSide>;
+
+/// A local directory, resolved by descriptor, and its hash cache.
+#[derive(Clone, Copy)]
+pub(in crate::server) struct Dir<'a> {
+    pub sb: &'a Sandbox,
+    pub hashes: &'a Arc<HashCache>,
+}
+
+impl Storage for Dir<'_> {
+    type Download = DirFile;
+    type Upload = DirUpload;
+    const KEEPS_MODES: bool = true;
+
+    async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
+        let (sb, path) = (self.sb.clone(), path.to_owned());
+        blocking(move || sb.stat(&path)).await
+    }
+
+    async fn list(&self, path: &str, listing: Listing, blake3: bool) -> Result<Vec<Entry>, Refusal> {
+        let (sb, hashes, path) = (self.sb.clone(), self.hashes.clone(), path.to_owned());
+        blocking(move || {
+            let mut entries = sb.list(&path, listing)?;
+            if blake3 {
+                add_hashes(&sb, &hashes, &path, &mut entries)?;
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
+        let (sb, path) = (self.sb.clone(), path.to_owned());
+        blocking(move || sb.mkdir(&path, parents)).await
+    }
+
+    async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
+        let (sb, path) = (self.sb.clone(), path.to_owned());
+        blocking(move || sb.remove(&path, recursive)).await
+    }
+
+    async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
+        let (sb, from, to) = (self.sb.clone(), from.to_owned(), to.to_owned());
+        blocking(move || sb.rename(&from, &to, force)).await
+    }
+
+    async fn open(&self, request: Get) -> Result<DirFile, Refusal> {
+        let (sb, hashes) = (self.sb.clone(), self.hashes.clone());
+        let download = blocking(move || plan_download(&sb, &hashes, request)).await?;
+        Ok(DirFile { download, hashes: self.hashes.clone() })
+    }
+
+    async fn admit(&self, path: &str, size: u64, force: bool, _: Option<i64>) -> Result<DirUpload, Refusal> {
+        let (sb, path) = (self.sb.clone(), path.to_owned());
+        let hashes = self.hashes.clone();
+        blocking(move || {
+            let (receiver, claim) = admit_upload(&sb, &path, size, force)?;
+            Ok(DirUpload { receiver, claim, shown: files::shown(&path), hashes })
+        })
+        .await
+    }
+}
+
+/// A local file being sent.
+pub(in crate::server) struct DirFile {
+    download: Planned,
+    hashes: Arc<HashCache>,
+}
+
+impl Download for DirFile {
+    fn head(&self) -> FileReply {
+        self.download.head.clone()
+    }
+
+    async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
+        let Planned { sender, check, version, cached, .. } = self.download;
+        let computed = match sender.send(s.writer(), &mut |_| {}).await {
+            Ok(computed) => computed,
+            Err(SendError::File(e)) => {
+                return Err(Error::Io(std::io::Error::new(e.kind(), format!("{shown}: read failed mid-transfer: {e}"))))
+            }
+            Err(SendError::Wire(e)) => return Err(e),
+        };
+        settle_hash(&self.hashes, &check, version, cached, computed).map_err(|e| match e {
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), format!("{shown}: {e}"))),
+            e => e,
+        })
+    }
+}
+
+/// Claims the path, then checks what is there, then opens the partial
+/// file: in that order, so that two uploads of one new path cannot both
+/// see it free (the commit refuses to replace as well).
+fn admit_upload(sb: &Sandbox, path: &str, size: u64, force: bool) -> Result<(Receiver, files::Claim), Refusal> {
+    let (dir, name) = sb.for_write(path)?;
+    let claim = sb.claim(&dir, &name, path)?;
+    let path = files::shown(path);
+    match rustix::fs::statat(&dir, name.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
+            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: is a directory on the server")))
+        }
+        Ok(_) if !force => return Err(exists(&path)),
+        _ => {}
+    }
+    let mut receiver = Receiver::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
+    receiver.fit(size).map_err(|e| Refusal::io(&path, &e))?;
+    // A full disk is refused now, before a byte of the body is sent.
+    if let Err(e) = receiver.check_room(receiver.held(), size) {
+        receiver.discard();
+        return Err(Refusal::io(&path, &e));
+    }
+    Ok((receiver, claim))
+}
+
+/// The refusal of an upload over a file that is there.
+pub(in crate::server) fn exists(path: &str) -> Refusal {
+    Refusal::new(ErrorCode::Exists, format!("{path}: already exists on the server"))
+}
+
+/// An upload into a partial file beside its target, holding the claim on
+/// the path until it ends.
+pub(in crate::server) struct DirUpload {
+    receiver: Receiver,
+    claim: files::Claim,
+    shown: String,
+    hashes: Arc<HashCache>,
+}
+
+impl Upload for DirUpload {
+    type Body = DirBody;
+
+    fn offer(&self) -> (u64, Option<String>) {
+        self.receiver.offer()
+    }
+
+    fn held(&self) -> u64 {
+        self.receiver.held()
+    }
+
+    async fn agree(&mut self, offset: u64) -> Result<bool, Error> {
+        Ok(self.receiver.agree(offset)?)
+    }
+
+    async fn abandon(self) {
+        if self.receiver.held() == 0 {
+            self.receiver.discard();
+        }
+    }
+
+    async fn receive(self, s: &mut S, cut: &CancellationToken) -> Result<DirBody, NotReceived> {
+        let DirUpload { receiver, claim, shown, hashes } = self;
+        match receiver.receive(&mut UntilCut { src: s.reader(), cut }, &mut |_| {}).await {
+            Ok(received) => Ok(DirBody { received, _claim: claim, shown, hashes }),
+            Err(ReceiveError::Wire(e, _)) => Err(NotReceived::Cut(e)),
+            Err(ReceiveError::Write(e, _)) => Err(NotReceived::Write(Refusal::io(&shown, &e))),
+        }
+    }
+}
+
+/// A local upload's body, in its partial file (or, small, in memory).
+pub(in crate::server) struct DirBody {
+    received: Received,
+    _claim: files::Claim,
+    shown: String,
+    hashes: Arc<HashCache>,
+}
+
+impl Body for DirBody {
+    async fn finish(self, claimed: &str, meta: (Option<u32>, Option<i64>), force: bool) -> Result<(), NotFinished> {
+        // The claim is held until the file is in place.
+        let DirBody { received, _claim, shown, hashes } = self;
+        let received = received.verify(claimed).map_err(NotFinished::Mismatch)?;
+        blocking(move || commit_upload(received, &shown, meta, force, &hashes)).await.map_err(NotFinished::Refused)
+    }
+
+    /// Dropped, a received body's partial file stays where it is.
+    async fn keep(self) {}
+}
+
+/// Moves a verified upload into place with the client's mode and mtime,
+/// and caches its hash: a later get of it need not hash it again.
+fn commit_upload(
+    received: Received,
+    shown: &str,
+    (mode, mtime): (Option<u32>, Option<i64>),
+    force: bool,
+    hashes: &HashCache,
+) -> Result<(), Refusal> {
+    let hash = received.hash();
+    let mode = files::received_mode(mode.unwrap_or(0o666));
+    // Set before the rename, as `rsync -t` keeps it: never a whole file
+    // under its name with another time.
+    let received = match mtime {
+        Some(mtime) => received.with_mtime(mtime),
+        None => received,
+    };
+    let file = received.commit(mode, force).map_err(|e| match e.kind() {
+        // Another upload of this path finished first.
+        std::io::ErrorKind::AlreadyExists => exists(shown),
+        _ => Refusal::io(shown, &e),
+    })?;
+    if let Ok(meta) = file.metadata() {
+        hashes.put(files::Version::of(&meta), hash);
+    }
+    Ok(())
+}
+
+/// Gives each file entry its BLAKE3, from the cache or by reading it (and
+/// caching what was read, if the file did not change meanwhile).
+pub(in crate::server) fn add_hashes(
+    sb: &Sandbox,
+    hashes: &files::HashCache,
+    path: &str,
+    entries: &mut [crate::proto::Entry],
+) -> Result<(), Refusal> {
+    // A file's own listing names it by its last component: its path is
+    // the one listed.
+    let listed_a_file = sb.stat(path).is_ok_and(|e| e.kind == crate::proto::Kind::File);
+    for e in entries.iter_mut().filter(|e| e.kind == crate::proto::Kind::File) {
+        let full = if listed_a_file {
+            path.to_owned()
+        } else if path.trim_end_matches('/').is_empty() {
+            e.name.clone()
+        } else {
+            format!("{}/{}", path.trim_end_matches('/'), e.name)
+        };
+        if let Some(hash) = hash_of(sb, hashes, &full)? {
+            e.blake3 = Some(hash.to_hex().to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The BLAKE3 of the file at `full`, from the cache or by reading it (and
+/// caching what was read, if the file did not change meanwhile); `None`
+/// if it cannot be opened (gone since it was listed).
+pub(in crate::server) fn hash_of(
+    sb: &Sandbox,
+    hashes: &files::HashCache,
+    full: &str,
+) -> Result<Option<blake3::Hash>, Refusal> {
+    let Ok((mut file, meta)) = sb.open(full) else { return Ok(None) };
+    let version = files::Version::of(&meta);
+    if let Some(hash) = hashes.get(version) {
+        return Ok(Some(hash));
+    }
+    let hash = files::hash_prefix(&mut file, meta.len()).map_err(|e| Refusal::io(full, &e))?.finalize();
+    if file.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
+        hashes.put(version, hash);
+    }
+    Ok(Some(hash))
+}
+
+/// A download, decided: where it starts and what is known of its hash.
+pub(in crate::server) struct Planned {
+    pub(in crate::server) sender: Sender,
+    /// Whether the file changed while it was read.
+    pub(in crate::server) check: Check,
+    pub(in crate::server) version: files::Version,
+    pub(in crate::server) head: FileReply,
+    /// The whole-file hash, if the cache has it for this version.
+    pub(in crate::server) cached: Option<blake3::Hash>,
+}
+
+/// Opens the file and decides where the body starts (the client's offset,
+/// if its prefix is the start of this file).
+pub(in crate::server) fn plan_download(
+    sb: &Sandbox,
+    ctx_hashes: &files::HashCache,
+    request: Get,
+) -> Result<Planned, Refusal> {
+    let Get { path, offset, prefix_blake3 } = request;
+    let (file, meta) = sb.open(&path)?;
+    let path = files::shown(&path);
+    match files::not_regular(&meta) {
+        Some((std::io::ErrorKind::IsADirectory, why)) => {
+            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: {why}")))
+        }
+        Some((_, why)) => return Err(Refusal::new(ErrorCode::BadPath, format!("{path}: {why}"))),
+        None => {}
+    }
+    let check = Check::Open(file.try_clone().map_err(|e| Refusal::io(&path, &e))?);
+    let size = meta.len();
+    let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::Trust)
+        .map_err(|e| Refusal::io(&path, &e))?;
+    let version = files::Version::of(&meta);
+    let cached = ctx_hashes.get(version);
+    if cached.is_some() {
+        sender.hash_known();
+    }
+    let head = FileReply {
+        len: sender.body_len(),
+        size,
+        offset: sender.start(),
+        mtime: files::mtime(&meta),
+        mode: meta.permissions().mode() & 0o7777,
+    };
+    Ok(Planned { sender, check, version, head, cached })
+}
+
+/// How to tell whether a file sent changed while it was read: its hash is
+/// cached only if not.
+pub(in crate::server) enum Check {
+    /// A second descriptor of the file, to look at after sending.
+    Open(File),
+    /// A small body read whole when it was planned, and its file closed:
+    /// whether the file was the version planned right after the read.
+    Read(bool),
+}
+
+impl Planned {
+    /// Lets the file go if its body was read whole already (a small one):
+    /// what a `tree_get` holds ahead is bodies, never descriptors. Returns
+    /// whether it did.
+    pub(in crate::server) fn close_if_read(&mut self) -> bool {
+        if !self.sender.release_file() {
+            return false;
+        }
+        if let Check::Open(file) = &self.check {
+            self.check = Check::Read(file.metadata().is_ok_and(|m| files::Version::of(&m) == self.version));
+        }
+        true
+    }
+}
+
+/// The whole-file hash of a file just sent: the cached one, or the one
+/// computed while sending (cached now, if the file did not change while
+/// it was read).
+pub(in crate::server) fn settle_hash(
+    hashes: &files::HashCache,
+    check: &Check,
+    version: files::Version,
+    cached: Option<blake3::Hash>,
+    computed: Option<blake3::Hash>,
+) -> Result<blake3::Hash, Error> {
+    match (cached, computed) {
+        (Some(hash), _) => Ok(hash),
+        (None, Some(hash)) => {
+            let unchanged = match check {
+                Check::Open(file) => file.metadata().is_ok_and(|m| files::Version::of(&m) == version),
+                Check::Read(unchanged) => *unchanged,
+            };
+            if unchanged {
+                hashes.put(version, hash);
+            }
+            Ok(hash)
+        }
+        (None, None) => Err(Error::Io(std::io::Error::other("read ended early"))),
+    }
+}

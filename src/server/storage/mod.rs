@@ -1,0 +1,167 @@
+//! The storage seam: what a file request needs of the root it is served
+//! from, at the level of transfer steps, so that each request is written
+//! once for a local directory and for a bucket (DESIGN.md, "The storage
+//! seam").
+//!
+//! Steps, not bytes: a download is *opened* (its head decided: where the
+//! body starts, what is known of its hash) and then *sent*; an upload is
+//! *admitted* (the path claimed, what is held offered), *agreed* (the
+//! client's offset), *received*, and *finished* (verified against the
+//! client's checksum, then committed), or *kept* for a resume. How each
+//! step is done stays the storage's own: a directory keeps `sendfile`,
+//! `flock`'d partial files and its hash cache; a bucket keeps ranged reads
+//! of one object version, multipart uploads and conditional writes. A
+//! byte-level trait (a reader and a writer per file) would box both and
+//! lose the first.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use tokio::task::spawn_blocking;
+
+use crate::proto::{Entry, ErrorCode, FileReply, Get};
+use crate::services::files::Listing;
+use crate::services::Refusal;
+use crate::session::{ServerSide, Session};
+use crate::wire::Error;
+
+type S = Session<ServerSide>;
+
+#[cfg(feature = "s3")]
+pub(in crate::server) mod bucket;
+pub(in crate::server) mod dir;
+
+pub(in crate::server) use dir::Dir;
+
+/// `base/rel`, or `rel` when `base` is the root.
+pub(in crate::server) fn join(base: &str, rel: &str) -> String {
+    let base = base.trim_matches('/');
+    if base.is_empty() || base == "." {
+        rel.to_owned()
+    } else {
+        format!("{base}/{rel}")
+    }
+}
+
+/// Runs blocking file work off the async threads.
+pub(in crate::server) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    spawn_blocking(f).await.unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, format!("file task failed: {e}"))))
+}
+
+/// A served root, as the file requests see it.
+pub(in crate::server) trait Storage: Sync {
+    /// A download, opened.
+    type Download: Download;
+    /// An upload, admitted.
+    type Upload: Upload;
+    /// Whether a file's permission bits are kept.
+    const KEEPS_MODES: bool;
+
+    fn stat(&self, path: &str) -> impl Future<Output = Result<Entry, Refusal>> + Send;
+
+    /// The entries `listing` asks for at `path`, each file with its BLAKE3
+    /// if `blake3`; a file whose hash cannot be read fails the listing.
+    fn list(
+        &self,
+        path: &str,
+        listing: Listing,
+        blake3: bool,
+    ) -> impl Future<Output = Result<Vec<Entry>, Refusal>> + Send;
+
+    /// Whether it created the directory (`false`: it was there).
+    fn mkdir(&self, path: &str, parents: bool) -> impl Future<Output = Result<bool, Refusal>> + Send;
+
+    /// Whether there was anything to remove.
+    fn remove(&self, path: &str, recursive: bool) -> impl Future<Output = Result<bool, Refusal>> + Send;
+
+    fn rename(&self, from: &str, to: &str, force: bool) -> impl Future<Output = Result<(), Refusal>> + Send;
+
+    /// Opens the file a `get` asks for, deciding where its body starts
+    /// (the client's offset, if its prefix is the start of this file).
+    fn open(&self, request: Get) -> impl Future<Output = Result<Self::Download, Refusal>> + Send;
+
+    /// Admits an upload of `size` bytes to `path`: claims the path (a
+    /// second upload of it waits or is refused until this one ends),
+    /// refuses an existing file without `force`, and takes up what an
+    /// interrupted upload of it left.
+    fn admit(
+        &self,
+        path: &str,
+        size: u64,
+        force: bool,
+        mtime: Option<i64>,
+    ) -> impl Future<Output = Result<Self::Upload, Refusal>> + Send;
+}
+
+/// A download, opened: its head, then its body and whole-file hash.
+pub(in crate::server) trait Download: Send {
+    /// What the `file` frame says (its `len` is the body's).
+    fn head(&self) -> FileReply;
+
+    /// Sends the body (the head fed already) and returns the whole file's
+    /// BLAKE3. An error ends the connection: the frame promised its length.
+    fn send(self, s: &mut S, shown: &str) -> impl Future<Output = Result<blake3::Hash, Error>> + Send;
+}
+
+/// Why a body was not received whole.
+pub(in crate::server) enum NotReceived {
+    /// The connection failed or was cut: what arrived is kept for a resume.
+    Cut(Error),
+    /// The storage failed; the rest of the body is left unread.
+    Write(Refusal),
+}
+
+/// Why a received upload was not committed.
+pub(in crate::server) enum NotFinished {
+    /// The data hashes to this (hex), not to the client's checksum:
+    /// nothing was kept.
+    Mismatch(String),
+    Refused(Refusal),
+}
+
+/// An upload, admitted.
+pub(in crate::server) trait Upload: Send + Sized {
+    /// Its body, received whole and not yet verified.
+    type Body: Body;
+
+    /// Where the body may start, and the BLAKE3 of what is held before it.
+    fn offer(&self) -> (u64, Option<String>);
+
+    /// Bytes held from an earlier attempt.
+    fn held(&self) -> u64;
+
+    /// Whether the client's body may start at `offset`. An error ends
+    /// the connection.
+    fn agree(&mut self, offset: u64) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Given up before a body came: a new partial file is not left empty;
+    /// held data stays for a resume.
+    fn abandon(self) -> impl Future<Output = ()> + Send;
+
+    /// Receives the body frame's bytes, until the body ends or `cut`.
+    fn receive(
+        self,
+        s: &mut S,
+        cut: &CancellationToken,
+    ) -> impl Future<Output = Result<Self::Body, NotReceived>> + Send;
+}
+
+/// An upload's body, received whole.
+pub(in crate::server) trait Body: Send + Sized {
+    /// Verifies it against the client's `claimed` BLAKE3 (hex), then puts
+    /// it in place with `mtime` and (where kept) `mode`, never over a file
+    /// that appeared meanwhile without `force`.
+    fn finish(
+        self,
+        claimed: &str,
+        meta: (Option<u32>, Option<i64>),
+        force: bool,
+    ) -> impl Future<Output = Result<(), NotFinished>> + Send;
+
+    /// The client left before its checksum: what arrived is kept for a
+    /// resume.
+    fn keep(self) -> impl Future<Output = ()> + Send;
+}
