@@ -7,7 +7,7 @@ use std::future::Future;
 #[cfg(feature = "s3")]
 use super::handlers::bucket;
 use super::handlers::{echo, exec, files, tree};
-use crate::proto::{Request, TreeGet, TreeList, TreePut};
+use crate::proto::{Request, TreePut};
 use crate::session::{cut_off_by, ServerSide, Session};
 
 type S = Session<ServerSide>;
@@ -126,11 +126,11 @@ async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup
         // A cut upload leaves what arrived for a resume: put watches the
         // cut-off itself.
         Request::Put(r) => on_root!(ctx, st => files::put(s, st, r).await),
-        Request::TreeList(r) => on_root!(ctx, st => cut_off_by(&cut, st.tree_list(s, ctx, r)).await),
+        Request::TreeList(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_list(s, st, r)).await),
         // A cut tree upload commits what it verified, and leaves the
         // partial file of the one under way.
         Request::TreePut(r) => on_root!(ctx, st => cut_off_by(&cut, st.tree_put(s, ctx, r)).await),
-        Request::TreeGet(r) => on_root!(ctx, st => cut_off_by(&cut, st.tree_get(s, ctx, r)).await),
+        Request::TreeGet(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_get(s, st, r)).await),
     }
 }
 
@@ -153,35 +153,21 @@ macro_rules! on_root {
 }
 use on_root;
 
-/// The tree requests, each root's own until they too are written once
-/// over [`Storage`] (issue 29, point 3).
+/// `tree_put`, each root's own until it too is written once over
+/// [`Storage`](super::storage::Storage) (issue 29, point 3).
 trait Trees {
-    fn tree_list(&self, s: &mut S, ctx: &Context, r: TreeList) -> impl Future<Output = Result<(), Error>> + Send;
     fn tree_put(&self, s: &mut S, ctx: &Context, r: TreePut) -> impl Future<Output = Result<(), Error>> + Send;
-    fn tree_get(&self, s: &mut S, ctx: &Context, r: TreeGet) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 impl Trees for Dir<'_> {
-    async fn tree_list(&self, s: &mut S, ctx: &Context, r: TreeList) -> Result<(), Error> {
-        tree::tree_list(s, ctx, r).await
-    }
     async fn tree_put(&self, s: &mut S, ctx: &Context, r: TreePut) -> Result<(), Error> {
         tree::tree_put(s, ctx, r).await
-    }
-    async fn tree_get(&self, s: &mut S, ctx: &Context, r: TreeGet) -> Result<(), Error> {
-        tree::tree_get(s, ctx, r).await
     }
 }
 
 #[cfg(feature = "s3")]
 impl Trees for crate::services::bucket::Bucket {
-    async fn tree_list(&self, s: &mut S, _: &Context, r: TreeList) -> Result<(), Error> {
-        bucket::tree_list(s, self, r).await
-    }
     async fn tree_put(&self, s: &mut S, _: &Context, r: TreePut) -> Result<(), Error> {
         bucket::tree_put(s, self, r).await
-    }
-    async fn tree_get(&self, s: &mut S, _: &Context, r: TreeGet) -> Result<(), Error> {
-        bucket::tree_get(s, self, r).await
     }
 }

@@ -5,20 +5,19 @@
 
 use std::collections::HashMap;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
-use super::super::storage::bucket::{add_hashes, receive_parts, send_reading};
-use super::super::storage::join;
+use super::super::storage::bucket::receive_parts;
+use super::super::storage::{join, plain};
 use super::files::mismatch;
-use super::tree::{failed, judge, manifest_entries, plain, wanted, Held};
+use super::tree::{failed, judge, manifest_entries, Held};
 use crate::proto::{
-    Checksum, CommitList, Committed, ErrorCode, Listing as ListingFrame, ListingEnd, ManifestEntry, TreeDone, TreeFile,
-    TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants, WantsEnd,
-    TREE_PART_ENTRIES, TREE_PART_MAX,
+    Checksum, CommitList, Committed, ErrorCode, ManifestEntry, TreeDone, TreeFile, TreePut, TreePutInput, TreeReady,
+    Want, WantList, Wants, WantsEnd,
 };
-use crate::services::bucket::{Bucket, Finish, Reading, TreeIndex, FILE_MODE, WHOLE_MAX};
-use crate::services::files::{shown, Listing, Sandbox};
+use crate::services::bucket::{Bucket, Finish, TreeIndex, WHOLE_MAX};
+use crate::services::files::{shown, Sandbox};
 use crate::services::Refusal;
 use crate::session::{ServerSide, Session};
 use crate::wire::Error;
@@ -31,53 +30,10 @@ const STORES_AT_ONCE: usize = 32;
 /// `tree_put` holds is at most [`STORES_AT_ONCE`] of them, plus one file
 /// of up to `WHOLE_MAX` stored before the next frame is read.
 const STORED_AHEAD: u64 = 1024 * 1024;
-/// Objects of one `tree_get` being fetched ahead of sending.
-const FETCHES_AT_ONCE: usize = 16;
-/// A `tree_get`'s objects up to this size are fetched whole ahead of
-/// their turn; larger ones are streamed when it comes.
-const FETCH_WHOLE: u64 = 1024 * 1024;
 /// Files stored in a `tree_put` before a `committed` frame says so.
 const REPORT_EVERY: usize = 256;
-/// What a `tree_list` of a bucket may hold while it sorts the tree: a
-/// budget in bytes of names (each entry counts 64 more), about two
-/// million objects (the store lists them flat; a local root streams).
-const TREE_LIST_BUDGET: usize = 256 << 20;
-
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::Internal, e.to_string())
-}
-
-/// Streams the tree at `path` as `listing` frames, then `listing_end`.
-pub(in crate::server) async fn tree_list(s: &mut S, b: &Bucket, request: TreeList) -> Result<(), Error> {
-    let TreeList { path, blake3, .. } = request;
-    let listed = async {
-        let mut entries = b.list(&path, Listing::Tree, TREE_LIST_BUDGET).await?;
-        if blake3 {
-            let listed_a_file = b.object(&path).await?.is_some();
-            add_hashes(b, &path, listed_a_file, &mut entries, false).await?;
-        }
-        Ok::<_, Refusal>(entries)
-    }
-    .await;
-    let entries = match listed {
-        Ok(entries) => entries,
-        Err(r) => return s.refuse(r).await,
-    };
-    let count = entries.len() as u64;
-    let mut chunk = Vec::with_capacity(TREE_PART_ENTRIES);
-    let mut bytes = 0;
-    let total = entries.len();
-    for (n, e) in entries.into_iter().enumerate() {
-        bytes += e.name.len() as u64 + 160;
-        chunk.push(e);
-        if chunk.len() >= TREE_PART_ENTRIES || bytes >= TREE_PART_MAX / 2 || n + 1 == total {
-            let body = serde_json::to_vec(&chunk).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            s.feed(&ListingFrame { len: body.len() as u64, count: chunk.len() as u64 }, &body).await?;
-            chunk.clear();
-            bytes = 0;
-        }
-    }
-    s.send(&ListingEnd { count }, &[]).await
 }
 
 /// One file a bucket `tree_put` wants and has not received yet.
@@ -456,108 +412,4 @@ async fn decide(
     };
     let (offset, prefix) = if e.size > WHOLE_MAX { b.offered(full, e.size, e.mtime).await? } else { (0, None) };
     Ok(Some((replace, offset, prefix)))
-}
-
-/// An object of a `tree_get`, fetched (small ones whole) or refused.
-enum Fetched {
-    Whole(u64, Reading, Vec<bytes::Bytes>),
-    Stream(u64, Reading),
-    Skip(u64, Refusal),
-}
-
-async fn fetch(b: Bucket, base: String, i: u64, w: Want) -> Fetched {
-    if let Err(r) = plain(&w.path) {
-        return Fetched::Skip(i, r);
-    }
-    let path = join(&base, &w.path);
-    let mut reading = match b.read(&path, w.offset, w.prefix_blake3.as_deref()).await {
-        Ok(reading) => reading,
-        Err(r) => return Fetched::Skip(i, r),
-    };
-    if reading.size - reading.start > FETCH_WHOLE {
-        return Fetched::Stream(i, reading);
-    }
-    let mut chunks = Vec::new();
-    loop {
-        match reading.body.try_next().await {
-            Ok(Some(chunk)) => chunks.push(chunk),
-            Ok(None) => break,
-            Err(e) => return Fetched::Skip(i, Refusal::new(ErrorCode::Io, format!("{}: {e}", shown(&path)))),
-        }
-    }
-    Fetched::Whole(i, reading, chunks)
-}
-
-/// Sends the objects a client wants, back to back (PROTOCOL.md
-/// §4.6.3.3), fetching [`FETCHES_AT_ONCE`] ahead.
-pub(in crate::server) async fn tree_get(s: &mut S, b: &Bucket, request: TreeGet) -> Result<(), Error> {
-    let TreeGet { path: base } = request;
-    if let Err(r) = Sandbox::relative(&base) {
-        return s.refuse(r).await;
-    }
-    s.send(&TreeReady {}, &[]).await?;
-    let (mut next, mut sent_files, mut sent_bytes) = (0u64, 0u64, 0u64);
-    loop {
-        let frame = match s.read::<TreeGetInput>().await {
-            Ok(Some((frame, _))) => frame,
-            Ok(None) => return Ok(()),
-            Err(e) if e.is_recoverable() => return s.refuse_and_close(format!("bad frame in a tree_get: {e}")).await,
-            Err(e) => return Err(e),
-        };
-        let wants = match frame {
-            TreeGetInput::Wants(w) => match wanted(s, w.len).await? {
-                Some(wants) => wants,
-                None => return Ok(()),
-            },
-            TreeGetInput::WantsEnd(end) => {
-                if end.count != next {
-                    return s
-                        .refuse_and_close(format!("wants_end counts {} files, {next} were asked", end.count))
-                        .await;
-                }
-                s.set_outcome(format!("ok: {sent_files} files, {sent_bytes} bytes of them"));
-                return s.send(&TreeDone { files: sent_files, bytes: sent_bytes }, &[]).await;
-            }
-        };
-        let first = next;
-        next += wants.len() as u64;
-        let mut fetched = futures_util::stream::iter(
-            wants.into_iter().enumerate().map(|(n, w)| fetch(b.clone(), base.clone(), first + n as u64, w)),
-        )
-        .buffered(FETCHES_AT_ONCE);
-        while let Some(item) = fetched.next().await {
-            match item {
-                Fetched::Skip(i, r) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
-                Fetched::Whole(i, mut reading, chunks) => {
-                    let size = reading.size;
-                    reading.body = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
-                    send_tree_file(s, b, i, reading).await?;
-                    sent_files += 1;
-                    sent_bytes += size;
-                }
-                Fetched::Stream(i, reading) => {
-                    let size = reading.size;
-                    send_tree_file(s, b, i, reading).await?;
-                    sent_files += 1;
-                    sent_bytes += size;
-                }
-            }
-        }
-        s.flush().await?;
-    }
-}
-
-/// One object of a `tree_get`: its head, body and checksum, buffered.
-async fn send_tree_file(s: &mut S, b: &Bucket, i: u64, reading: Reading) -> Result<(), Error> {
-    let head = TreeFile {
-        len: reading.size - reading.start,
-        i,
-        offset: reading.start,
-        size: reading.size,
-        mtime: reading.mtime,
-        mode: FILE_MODE,
-    };
-    s.feed_head(&head)?;
-    let hash = send_reading(s, b, reading, &format!("entry {i}")).await?;
-    s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }

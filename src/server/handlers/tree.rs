@@ -9,18 +9,19 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::super::context::Context;
-use super::super::storage::dir::{hash_of, plan_download, Planned as Download};
-use super::super::storage::{blocking, join};
+use super::super::storage::dir::hash_of;
+use super::super::storage::{blocking, join, plain, Download, Part, Storage};
 use crate::proto::{
-    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Get, Kind, Listing, ListingEnd, ListingSkip,
-    ManifestEntry, TreeDone, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip,
-    Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Kind, Listing, ListingEnd, ManifestEntry, TreeDone,
+    TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants,
+    WantsEnd, TREE_PART_MAX,
 };
 use crate::services::files::{self, Sandbox};
 use crate::services::root::FileId;
 use crate::services::Refusal;
-use crate::session::{Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, ServerSide, Session};
+use crate::session::{Batch, CommitError, Guard, Place, ReceiveError, Receiver, ServerSide, Session};
 use crate::wire::Error;
+use futures_util::{FutureExt, StreamExt};
 
 type S = Session<ServerSide>;
 
@@ -107,31 +108,6 @@ impl Drop for Held {
     }
 }
 
-/// Bytes of small files a `tree_get` reads ahead of sending them.
-const READ_AHEAD: u64 = 1024 * 1024;
-/// Files a `tree_get` holds open ahead of sending them (two descriptors
-/// each: the one sent from, and one to see whether it changed): what
-/// bounds a connection's descriptors while its client reads slowly,
-/// however many files it asked for. Small files, read whole ahead, hold
-/// none.
-pub const OPEN_AHEAD: usize = 32;
-
-/// A manifest path must be plain: relative, `/`-separated, no empty, `.`
-/// or `..` component, not a partial file's name. The sandbox refuses
-/// escapes again when the path is opened; this refuses what is not a
-/// tree's path at all.
-pub(super) fn plain(path: &str) -> Result<(), Refusal> {
-    let ok = !path.is_empty()
-        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-        && !path.contains('\0')
-        && !crate::services::root::is_partial_name(path.rsplit('/').next().unwrap_or("").as_bytes());
-    if ok {
-        Sandbox::relative(path).map(|_| ())
-    } else {
-        Err(Refusal::new(ErrorCode::BadPath, format!("{:?}: not a plain relative path", files::shown(path))))
-    }
-}
-
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::Internal, e.to_string())
 }
@@ -142,67 +118,30 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 /// a path below that cannot be read is a `listing_skip` frame, in step,
 /// and the listing goes on; without, it ends the listing with an error
 /// frame naming it.
-pub(in crate::server) async fn tree_list(s: &mut S, ctx: &Context, request: TreeList) -> Result<(), Error> {
+pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, request: TreeList) -> Result<(), Error> {
     let TreeList { path, blake3, skips } = request;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(4);
-    let (sb, hashes) = (ctx.sandbox().clone(), ctx.hashes.clone());
-    let walker = tokio::task::spawn_blocking(move || {
-        let mut chunk = Vec::with_capacity(TREE_PART_ENTRIES);
-        let mut bytes = 0;
-        let gone = || std::io::Error::other("the client left");
-        let mut sink = |mut e: Entry| {
-            if blake3 && e.kind == Kind::File {
-                // A file that cannot be read has no hash to give: it is
-                // listed without, and its `get` says why.
-                let hash = hash_of(&sb, &hashes, &join(&path, &e.name)).ok().flatten();
-                e.blake3 = hash.map(|h| h.to_hex().to_string());
+    let send = async {
+        let mut count = 0u64;
+        while let Some(part) = rx.recv().await {
+            match part {
+                Part::Entries(entries) if entries.is_empty() => {}
+                Part::Entries(entries) => {
+                    let body = serde_json::to_vec(&entries).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                    count += entries.len() as u64;
+                    s.feed(&Listing { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
+                }
+                Part::Skip(skip) => s.feed(&skip, &[]).await?,
+                // Before the first frame or after some: an error frame
+                // ends the listing either way.
+                Part::Refused(r) => return s.refuse(r).await,
             }
-            bytes += e.name.len() as u64 + 160;
-            chunk.push(e);
-            if chunk.len() >= TREE_PART_ENTRIES || bytes >= TREE_PART_MAX / 2 {
-                bytes = 0;
-                tx.blocking_send(Part::Entries(std::mem::take(&mut chunk))).map_err(|_| gone())?;
-            }
-            Ok(())
-        };
-        let mut skip = |rel: &str, r: Refusal| {
-            let skip = ListingSkip { path: rel.to_owned(), code: r.code, message: r.message };
-            tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
-        };
-        let skip: Option<&mut files::Skip<'_>> = if skips { Some(&mut skip) } else { None };
-        let last = match sb.walk(&path, files::Listing::Tree, &mut sink, skip) {
-            Ok(()) => Part::Entries(chunk),
-            Err(r) => Part::Refused(r),
-        };
-        let _ = tx.blocking_send(last);
-    });
-    let mut count = 0u64;
-    while let Some(part) = rx.recv().await {
-        match part {
-            Part::Entries(entries) if entries.is_empty() => {}
-            Part::Entries(entries) => {
-                let body = serde_json::to_vec(&entries).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-                count += entries.len() as u64;
-                s.feed(&Listing { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
-            }
-            Part::Skip(skip) => s.feed(&skip, &[]).await?,
-            // Before the first frame or after some: an error frame ends
-            // the listing either way.
-            Part::Refused(r) => return s.refuse(r).await,
         }
-    }
-    let _ = walker.await;
-    s.send(&ListingEnd { count }, &[]).await
-}
-
-/// What a `tree_list`'s walk hands its sender, in order.
-enum Part {
-    /// Entries found (sent as one `listing` frame).
-    Entries(Vec<Entry>),
-    /// A path that could not be read.
-    Skip(ListingSkip),
-    /// The walk stopped.
-    Refused(Refusal),
+        s.send(&ListingEnd { count }, &[]).await
+    };
+    // The walk stops when the sender does (its channel closed).
+    let ((), sent) = tokio::join!(st.walk(&path, blake3, skips, tx), send);
+    sent
 }
 
 /// One file a `tree_put` wants and has not received yet.
@@ -743,48 +682,10 @@ fn same_there(ctx: &Context, path: &str, size: u64, mtime: i64) -> bool {
         .is_ok_and(|s| s.there.is_some_and(|e| e.kind == Kind::File && e.size == size && e.mtime == mtime))
 }
 
-/// A file of a `tree_get`, opened and decided (small ones read).
-enum Ready {
-    File(u64, Box<Download>),
-    Skip(u64, Refusal),
-}
-
-/// Opens the wanted files in order until [`READ_AHEAD`] bytes of small
-/// bodies are read or [`OPEN_AHEAD`] files are open; returns those and
-/// the wants left. Blocking.
-fn open_some(
-    sb: &Sandbox,
-    hashes: &files::HashCache,
-    base: &str,
-    mut wants: std::collections::VecDeque<(u64, Want)>,
-) -> (Vec<Ready>, std::collections::VecDeque<(u64, Want)>) {
-    let mut ready = Vec::new();
-    let (mut bytes, mut open) = (0, 0);
-    while let Some((i, w)) = wants.pop_front() {
-        if let Err(r) = plain(&w.path) {
-            ready.push(Ready::Skip(i, r));
-            continue;
-        }
-        let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3 };
-        match plan_download(sb, hashes, get) {
-            Ok(mut d) => {
-                bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
-                if !d.close_if_read() {
-                    open += 1;
-                }
-                ready.push(Ready::File(i, Box::new(d)));
-            }
-            Err(r) => ready.push(Ready::Skip(i, r)),
-        }
-        if bytes >= READ_AHEAD || open >= OPEN_AHEAD || ready.len() >= TREE_PART_ENTRIES {
-            break;
-        }
-    }
-    (ready, wants)
-}
-
-/// Sends the files a client wants, back to back (PROTOCOL.md §4.6.3.3).
-pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeGet) -> Result<(), Error> {
+/// Sends the files a client wants, back to back (PROTOCOL.md §4.6.3.3),
+/// the storage opening them a bounded number ahead; what is sent is
+/// flushed whenever the next file is not ready yet.
+pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request: TreeGet) -> Result<(), Error> {
     let TreeGet { path: base } = request;
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
@@ -813,49 +714,38 @@ pub(in crate::server) async fn tree_get(s: &mut S, ctx: &Context, request: TreeG
                 return s.send(&TreeDone { files: sent_files, bytes: sent_bytes }, &[]).await;
             }
         };
-        let mut left: std::collections::VecDeque<(u64, Want)> = wants
-            .into_iter()
-            .map(|w| {
-                next += 1;
-                (next - 1, w)
-            })
-            .collect();
-        while !left.is_empty() {
-            let (sb, hashes, b) = (ctx.sandbox().clone(), ctx.hashes.clone(), base.clone());
-            let (ready, rest) = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, &b, left))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            left = rest;
-            for item in ready {
-                match item {
-                    Ready::File(i, d) => {
-                        let size = d.head.size;
-                        send_one(s, ctx, i, *d).await?;
-                        sent_files += 1;
-                        sent_bytes += size;
-                    }
-                    Ready::Skip(i, r) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
+        let first = next;
+        next += wants.len() as u64;
+        let fetched = st.fetch(&base, (first..).zip(wants).collect());
+        tokio::pin!(fetched);
+        loop {
+            let item = match fetched.next().now_or_never() {
+                Some(item) => item,
+                None => {
+                    s.flush().await?;
+                    fetched.next().await
                 }
+            };
+            match item {
+                None => break,
+                Some((i, Ok(d))) => {
+                    let size = d.head().size;
+                    send_one(s, i, d).await?;
+                    sent_files += 1;
+                    sent_bytes += size;
+                }
+                Some((i, Err(r))) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
             }
-            s.flush().await?;
         }
+        s.flush().await?;
     }
 }
 
 /// One file of a `tree_get`: its head, body and checksum, buffered (the
 /// caller flushes).
-async fn send_one(s: &mut S, ctx: &Context, i: u64, d: Download) -> Result<(), Error> {
-    let Download { sender, check, version, head, cached } = d;
-    let tree_head =
-        TreeFile { len: head.len, i, offset: head.offset, size: head.size, mtime: head.mtime, mode: head.mode };
-    s.feed_head(&tree_head)?;
-    let computed = match sender.send(s.writer(), &mut |_| {}).await {
-        Ok(computed) => computed,
-        Err(SendError::File(e)) => {
-            return Err(Error::Io(std::io::Error::new(e.kind(), format!("entry {i}: read failed mid-transfer: {e}"))))
-        }
-        Err(SendError::Wire(e)) => return Err(e),
-    };
-    let hash = super::super::storage::dir::settle_hash(&ctx.hashes, &check, version, cached, computed)?;
+async fn send_one(s: &mut S, i: u64, d: impl Download) -> Result<(), Error> {
+    let crate::proto::FileReply { len, size, offset, mtime, mode } = d.head();
+    s.feed_head(&TreeFile { len, i, offset, size, mtime, mode })?;
+    let hash = d.send(s, &format!("entry {i}")).await?;
     s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }

@@ -6,10 +6,16 @@ use tokio_util::sync::CancellationToken;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::{join, Body, Download, NotFinished, NotReceived, Storage, Upload};
-use crate::proto::{Entry, FileReply, Get, Kind};
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc::Sender;
+
+use super::{join, plain, Body, Chunker, Download, NotFinished, NotReceived, Part, Storage, Upload};
+use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, Want};
 use crate::services::bucket::{Bucket, Finish, Multipart, Reading, Target, FILE_MODE, WHOLE_MAX};
-use crate::services::files::Listing;
+use crate::services::files::{self, Listing};
 use crate::services::Refusal;
 use crate::session::{cut_off_by, ServerSide, Session};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
@@ -18,6 +24,15 @@ type S = Session<ServerSide>;
 
 /// Objects whose hashes a listing asks for at once.
 const HASHES_AT_ONCE: usize = 16;
+/// Objects of one `tree_get` being fetched ahead of sending.
+const FETCHES_AT_ONCE: usize = 16;
+/// A `tree_get`'s objects up to this size are fetched whole ahead of
+/// their turn; larger ones are streamed when it comes.
+const FETCH_WHOLE: u64 = 1024 * 1024;
+/// What a `tree_list` of a bucket may hold while it sorts the tree: a
+/// budget in bytes of names (each entry counts 64 more), about two
+/// million objects (the store lists them flat; a local root streams).
+const TREE_LIST_BUDGET: usize = 256 << 20;
 
 fn io_error(what: String) -> Error {
     Error::Io(std::io::Error::other(what))
@@ -59,11 +74,72 @@ impl Storage for Bucket {
         Ok(BucketFile { reading, bucket: self.clone() })
     }
 
+    async fn walk(&self, path: &str, blake3: bool, _skips: bool, tx: Sender<Part>) {
+        // The store lists a prefix flat, with nothing unreadable below it:
+        // the whole tree is listed and sorted first (bounded by
+        // TREE_LIST_BUDGET), then framed.
+        let listed = async {
+            let mut entries = self.list(path, Listing::Tree, TREE_LIST_BUDGET).await?;
+            if blake3 {
+                let listed_a_file = self.object(path).await?.is_some();
+                add_hashes(self, path, listed_a_file, &mut entries, false).await?;
+            }
+            Ok::<_, Refusal>(entries)
+        };
+        let entries = match listed.await {
+            Ok(entries) => entries,
+            Err(r) => {
+                let _ = tx.send(Part::Refused(r)).await;
+                return;
+            }
+        };
+        let mut chunker = Chunker::default();
+        for e in entries {
+            if let Some(full) = chunker.push(e) {
+                if tx.send(Part::Entries(full)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Part::Entries(chunker.rest())).await;
+    }
+
+    fn fetch(
+        &self,
+        base: &str,
+        wants: VecDeque<(u64, Want)>,
+    ) -> impl Stream<Item = (u64, Result<BucketFile, Refusal>)> + Send {
+        let (bucket, base) = (self.clone(), base.to_owned());
+        futures_util::stream::iter(wants)
+            .map(move |(i, w)| {
+                let (bucket, base) = (bucket.clone(), base.clone());
+                async move { (i, fetch_one(bucket, &base, w).await) }
+            })
+            .buffered(FETCHES_AT_ONCE)
+    }
+
     async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<BucketUpload, Refusal> {
         let target = Bucket::admit(self, path, force).await?;
         let parts = if size <= WHOLE_MAX { None } else { Some(Box::new(target.multipart(self, size, mtime).await?)) };
         Ok(BucketUpload { target, bucket: self.clone(), size, mtime, parts })
     }
+}
+
+/// Opens an object a `tree_get` wants; one up to [`FETCH_WHOLE`] is read
+/// whole ahead of its turn, a larger one streamed when it comes.
+async fn fetch_one(bucket: Bucket, base: &str, w: Want) -> Result<BucketFile, Refusal> {
+    plain(&w.path)?;
+    let path = join(base, &w.path);
+    let mut reading = bucket.read(&path, w.offset, w.prefix_blake3.as_deref()).await?;
+    if reading.size - reading.start <= FETCH_WHOLE {
+        let chunks: Vec<Bytes> = reading
+            .body
+            .try_collect()
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Io, format!("{}: {e}", files::shown(&path))))?;
+        reading.body = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
+    }
+    Ok(BucketFile { reading, bucket })
 }
 
 /// An object being sent: ranged reads of the version first looked at.

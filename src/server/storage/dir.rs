@@ -8,8 +8,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{blocking, Body, Download, NotFinished, NotReceived, Storage, Upload};
-use crate::proto::{Entry, ErrorCode, FileReply, Get};
+use std::collections::VecDeque;
+
+use futures_util::{Stream, StreamExt};
+
+use super::{blocking, join, plain, Body, Chunker, Download, NotFinished, NotReceived, Part, Storage, Upload};
+use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, ListingSkip, Want, TREE_PART_ENTRIES};
 use crate::services::files::{self, HashCache, Listing, Sandbox};
 use crate::services::Refusal;
 use crate::session::{ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session, Unproven, UntilCut};
@@ -65,6 +69,62 @@ impl Storage for Dir<'_> {
         let (sb, hashes) = (self.sb.clone(), self.hashes.clone());
         let download = blocking(move || plan_download(&sb, &hashes, request)).await?;
         Ok(DirFile { download, hashes: self.hashes.clone() })
+    }
+
+    async fn walk(&self, path: &str, blake3: bool, skips: bool, tx: tokio::sync::mpsc::Sender<Part>) {
+        let (sb, hashes, path) = (self.sb.clone(), self.hashes.clone(), path.to_owned());
+        let walker = tokio::task::spawn_blocking(move || {
+            let mut chunker = Chunker::default();
+            let gone = || std::io::Error::other("the client left");
+            let mut sink = |mut e: Entry| {
+                if blake3 && e.kind == Kind::File {
+                    // A file that cannot be read has no hash to give: it
+                    // is listed without, and its `get` says why.
+                    let hash = hash_of(&sb, &hashes, &join(&path, &e.name)).ok().flatten();
+                    e.blake3 = hash.map(|h| h.to_hex().to_string());
+                }
+                match chunker.push(e) {
+                    Some(full) => tx.blocking_send(Part::Entries(full)).map_err(|_| gone()),
+                    None => Ok(()),
+                }
+            };
+            let mut skip = |rel: &str, r: Refusal| {
+                let skip = ListingSkip { path: rel.to_owned(), code: r.code, message: r.message };
+                tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
+            };
+            let skip: Option<&mut files::Skip<'_>> = if skips { Some(&mut skip) } else { None };
+            let last = match sb.walk(&path, Listing::Tree, &mut sink, skip) {
+                Ok(()) => Part::Entries(chunker.rest()),
+                Err(r) => Part::Refused(r),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        let _ = walker.await;
+    }
+
+    fn fetch(
+        &self,
+        base: &str,
+        wants: VecDeque<(u64, Want)>,
+    ) -> impl Stream<Item = (u64, Result<DirFile, Refusal>)> + Send {
+        let (sb, hashes, base) = (self.sb.clone(), self.hashes.clone(), base.to_owned());
+        // One group opened at a time (blocking), sent before the next.
+        let groups = futures_util::stream::unfold(wants, move |left| {
+            let (sb, hashes, base) = (sb.clone(), hashes.clone(), base.clone());
+            async move {
+                if left.is_empty() {
+                    return None;
+                }
+                let opened = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, &base, left)).await;
+                // A panic in the opening is the connection task's.
+                let (ready, rest) = opened.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                Some((futures_util::stream::iter(ready), rest))
+            }
+        });
+        let hashes = self.hashes.clone();
+        groups
+            .flatten()
+            .map(move |(i, planned)| (i, planned.map(|download| DirFile { download, hashes: hashes.clone() })))
     }
 
     async fn admit(&self, path: &str, size: u64, force: bool, _: Option<i64>) -> Result<DirUpload, Refusal> {
@@ -364,4 +424,48 @@ pub(in crate::server) fn settle_hash(
         }
         (None, None) => Err(Error::Io(std::io::Error::other("read ended early"))),
     }
+}
+
+/// Bytes of small files a `tree_get` reads ahead of sending them.
+const READ_AHEAD: u64 = 1024 * 1024;
+/// Files a `tree_get` holds open ahead of sending them (two descriptors
+/// each: the one sent from, and one to see whether it changed): what
+/// bounds a connection's descriptors while its client reads slowly,
+/// however many files it asked for. Small files, read whole ahead, hold
+/// none.
+pub const OPEN_AHEAD: usize = 32;
+
+/// Opens the wanted files in order until [`READ_AHEAD`] bytes of small
+/// bodies are read or [`OPEN_AHEAD`] files are open; returns those and
+/// the wants left. Blocking.
+#[allow(clippy::type_complexity)]
+fn open_some(
+    sb: &Sandbox,
+    hashes: &HashCache,
+    base: &str,
+    mut wants: VecDeque<(u64, Want)>,
+) -> (Vec<(u64, Result<Planned, Refusal>)>, VecDeque<(u64, Want)>) {
+    let mut ready = Vec::new();
+    let (mut bytes, mut open) = (0, 0);
+    while let Some((i, w)) = wants.pop_front() {
+        if let Err(r) = plain(&w.path) {
+            ready.push((i, Err(r)));
+            continue;
+        }
+        let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3 };
+        match plan_download(sb, hashes, get) {
+            Ok(mut d) => {
+                bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
+                if !d.close_if_read() {
+                    open += 1;
+                }
+                ready.push((i, Ok(d)));
+            }
+            Err(r) => ready.push((i, Err(r))),
+        }
+        if bytes >= READ_AHEAD || open >= OPEN_AHEAD || ready.len() >= TREE_PART_ENTRIES {
+            break;
+        }
+    }
+    (ready, wants)
 }

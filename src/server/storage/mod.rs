@@ -20,8 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::task::spawn_blocking;
 
-use crate::proto::{Entry, ErrorCode, FileReply, Get};
-use crate::services::files::Listing;
+use std::collections::VecDeque;
+
+use futures_util::Stream;
+use tokio::sync::mpsc::Sender;
+
+use crate::proto::{Entry, ErrorCode, FileReply, Get, ListingSkip, Want, TREE_PART_ENTRIES, TREE_PART_MAX};
+use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Refusal;
 use crate::session::{ServerSide, Session};
 use crate::wire::Error;
@@ -41,6 +46,22 @@ pub(in crate::server) fn join(base: &str, rel: &str) -> String {
         rel.to_owned()
     } else {
         format!("{base}/{rel}")
+    }
+}
+
+/// A manifest path must be plain: relative, `/`-separated, no empty, `.`
+/// or `..` component, not a partial file's name. The sandbox refuses
+/// escapes again when the path is opened; this refuses what is not a
+/// tree's path at all.
+pub(in crate::server) fn plain(path: &str) -> Result<(), Refusal> {
+    let ok = !path.is_empty()
+        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && !path.contains('\0')
+        && !crate::services::root::is_partial_name(path.rsplit('/').next().unwrap_or("").as_bytes());
+    if ok {
+        Sandbox::relative(path).map(|_| ())
+    } else {
+        Err(Refusal::new(ErrorCode::BadPath, format!("{:?}: not a plain relative path", files::shown(path))))
     }
 }
 
@@ -83,6 +104,24 @@ pub(in crate::server) trait Storage: Sync {
     /// (the client's offset, if its prefix is the start of this file).
     fn open(&self, request: Get) -> impl Future<Output = Result<Self::Download, Refusal>> + Send;
 
+    /// Walks the tree at `path` for a `tree_list`, handing `tx` its
+    /// entries a frame's worth at a time ([`Chunker`]; directories before
+    /// what is below them), each file with its BLAKE3 if `blake3` (one that
+    /// cannot be read is listed without). A path below that cannot be read
+    /// is a [`Part::Skip`] if `skips`, else the walk stops; a walk that
+    /// stops ends with [`Part::Refused`]. Ends early, quietly, if `tx` is
+    /// closed (the client left).
+    fn walk(&self, path: &str, blake3: bool, skips: bool, tx: Sender<Part>) -> impl Future<Output = ()> + Send;
+
+    /// Opens the files a `tree_get` wants (`wants`, numbered, below
+    /// `base`) in order, each ready to send or refused, a bounded number
+    /// ahead of the one being sent (small ones read whole ahead).
+    fn fetch(
+        &self,
+        base: &str,
+        wants: VecDeque<(u64, Want)>,
+    ) -> impl Stream<Item = (u64, Result<Self::Download, Refusal>)> + Send;
+
     /// Admits an upload of `size` bytes to `path`: claims the path (a
     /// second upload of it waits or is refused until this one ends),
     /// refuses an existing file without `force`, and takes up what an
@@ -94,6 +133,42 @@ pub(in crate::server) trait Storage: Sync {
         force: bool,
         mtime: Option<i64>,
     ) -> impl Future<Output = Result<Self::Upload, Refusal>> + Send;
+}
+
+/// What a tree's walk hands the `tree_list` sender, in order.
+pub(in crate::server) enum Part {
+    /// Entries found (one `listing` frame).
+    Entries(Vec<Entry>),
+    /// A path that could not be read.
+    Skip(ListingSkip),
+    /// The walk stopped.
+    Refused(Refusal),
+}
+
+/// Cuts a listing into `listing` frames: at most [`TREE_PART_ENTRIES`]
+/// entries, and about half of [`TREE_PART_MAX`] of JSON, a frame.
+#[derive(Default)]
+pub(in crate::server) struct Chunker {
+    chunk: Vec<Entry>,
+    bytes: u64,
+}
+
+impl Chunker {
+    /// Adds `e`; a frame's worth when one is full.
+    pub(in crate::server) fn push(&mut self, e: Entry) -> Option<Vec<Entry>> {
+        self.bytes += e.name.len() as u64 + 160;
+        self.chunk.push(e);
+        if self.chunk.len() >= TREE_PART_ENTRIES || self.bytes >= TREE_PART_MAX / 2 {
+            self.bytes = 0;
+            return Some(std::mem::take(&mut self.chunk));
+        }
+        None
+    }
+
+    /// What is left (perhaps nothing).
+    pub(in crate::server) fn rest(self) -> Vec<Entry> {
+        self.chunk
+    }
 }
 
 /// A download, opened: its head, then its body and whole-file hash.
