@@ -2,15 +2,10 @@
 
 use super::context::{Context, Root};
 use super::storage::Dir;
-use std::future::Future;
 
-#[cfg(feature = "s3")]
-use super::handlers::bucket;
 use super::handlers::{echo, exec, files, tree};
-use crate::proto::{Request, TreePut};
+use crate::proto::Request;
 use crate::session::{cut_off_by, ServerSide, Session};
-
-type S = Session<ServerSide>;
 use crate::wire::Error;
 
 /// What a connection keeps between requests for its next exec.
@@ -129,7 +124,7 @@ async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup
         Request::TreeList(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_list(s, st, r)).await),
         // A cut tree upload commits what it verified, and leaves the
         // partial file of the one under way.
-        Request::TreePut(r) => on_root!(ctx, st => cut_off_by(&cut, st.tree_put(s, ctx, r)).await),
+        Request::TreePut(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_put(s, st, r)).await),
         Request::TreeGet(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_get(s, st, r)).await),
     }
 }
@@ -152,22 +147,3 @@ macro_rules! on_root {
     };
 }
 use on_root;
-
-/// `tree_put`, each root's own until it too is written once over
-/// [`Storage`](super::storage::Storage) (issue 29, point 3).
-trait Trees {
-    fn tree_put(&self, s: &mut S, ctx: &Context, r: TreePut) -> impl Future<Output = Result<(), Error>> + Send;
-}
-
-impl Trees for Dir<'_> {
-    async fn tree_put(&self, s: &mut S, ctx: &Context, r: TreePut) -> Result<(), Error> {
-        tree::tree_put(s, ctx, r).await
-    }
-}
-
-#[cfg(feature = "s3")]
-impl Trees for crate::services::bucket::Bucket {
-    async fn tree_put(&self, s: &mut S, _: &Context, r: TreePut) -> Result<(), Error> {
-        bucket::tree_put(s, self, r).await
-    }
-}

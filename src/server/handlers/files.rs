@@ -3,7 +3,7 @@
 //! every answer's wording are here; how a file is read, held, claimed and
 //! put in place is the storage's (`server::storage`).
 
-use super::super::storage::{Body, Download as _, NotFinished, NotReceived, Storage, Upload};
+use super::super::storage::{mismatch, Body, Download as _, NotFinished, NotReceived, Storage, Upload};
 use crate::proto::{
     Checksum, ErrorCode, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply,
     Rename, RenameReply, Stat, StatReply,
@@ -150,14 +150,6 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         Err(NotFinished::Mismatch(got)) => s.refuse(mismatch(&shown, &got, &claimed)).await,
         Err(NotFinished::Refused(r)) => s.refuse(r).await,
     }
-}
-
-/// The refusal of a file whose data does not hash to the client's checksum.
-pub(in crate::server) fn mismatch(shown: &str, got: &str, claimed: &str) -> Refusal {
-    let msg = format!(
-        "{shown}: checksum mismatch: the server received data hashing to {got}, the client's file hashes to {claimed}; nothing was kept"
-    );
-    Refusal::new(ErrorCode::ChecksumMismatch, msg)
 }
 
 /// Reads the next step of a put, which must be an `M`. `None`: the client

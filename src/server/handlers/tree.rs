@@ -4,22 +4,16 @@
 //! `tree_get` sends the files a client wants back to back.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
 
-use super::super::context::Context;
-use super::super::storage::dir::hash_of;
-use super::super::storage::{blocking, join, plain, Download, Part, Storage};
+use super::super::storage::{join, plain, Download, Got, Needed, Part, Storage, TreeSink, REPORT_EVERY};
 use crate::proto::{
-    Checksum, CommitList, Committed, Entry, ErrorCode, Failed, Kind, Listing, ListingEnd, ManifestEntry, TreeDone,
-    TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants,
-    WantsEnd, TREE_PART_MAX,
+    Checksum, CommitList, Committed, ErrorCode, Failed, Listing, ListingEnd, ManifestEntry, TreeDone, TreeFile,
+    TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants, WantsEnd,
+    TREE_PART_MAX,
 };
 use crate::services::files::{self, Sandbox};
-use crate::services::root::FileId;
 use crate::services::Refusal;
-use crate::session::{Batch, CommitError, Guard, Place, ReceiveError, Receiver, ServerSide, Session};
+use crate::session::{ServerSide, Session};
 use crate::wire::Error;
 use futures_util::{FutureExt, StreamExt};
 
@@ -108,10 +102,6 @@ impl Drop for Held {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Refusal {
-    Refusal::new(ErrorCode::Internal, e.to_string())
-}
-
 /// Streams the tree at `path` as `listing` frames (directories first,
 /// then what is below them), then `listing_end`: a listing of any length,
 /// in frames of at most [`TREE_PART_ENTRIES`] entries. Asked with `skips`,
@@ -142,152 +132,6 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
     // The walk stops when the sender does (its channel closed).
     let ((), sent) = tokio::join!(st.walk(&path, blake3, skips, tx), send);
     sent
-}
-
-/// One file a `tree_put` wants and has not received yet.
-#[derive(Debug)]
-struct Needed {
-    path: String,
-    size: u64,
-    mtime: i64,
-    mode: u32,
-    replace: bool,
-    /// The offset offered (bytes of a partial file held).
-    offset: u64,
-}
-
-/// Decides one manifest entry: wanted (from an offset), unchanged, or
-/// refused. Blocking.
-fn decide(
-    sb: &Sandbox,
-    dirs: &mut files::Dirs,
-    hashes: &files::HashCache,
-    full: &str,
-    e: &ManifestEntry,
-    force: bool,
-) -> Result<Decision, Refusal> {
-    let standing = sb.standing_among(full, dirs)?;
-    let same_content =
-        || Ok(hash_of(sb, hashes, full)?.is_some_and(|h| e.blake3.as_deref() == Some(h.to_hex().as_str())));
-    let Some(replace) = judge(full, standing.there.as_ref(), same_content, e, force)? else {
-        return Ok(Decision::Unchanged);
-    };
-    let (offset, prefix) = match standing.partial {
-        Some((held, hash)) if held <= e.size => (held, Some(hash.to_hex().to_string())),
-        _ => (0, None),
-    };
-    Ok(Decision::Send { offset, prefix, replace })
-}
-
-/// What is `there` (a local root's or a bucket's entry) means for a
-/// manifest entry: `None`, unchanged; `Some(replace)`, wanted, replacing
-/// what is there or not. `same_content` is asked only when the entry has
-/// a BLAKE3 and the sizes agree.
-pub(super) fn judge(
-    full: &str,
-    there: Option<&Entry>,
-    same_content: impl FnOnce() -> Result<bool, Refusal>,
-    e: &ManifestEntry,
-    force: bool,
-) -> Result<Option<bool>, Refusal> {
-    use crate::services::sync::{self, Held, Same, Verdict};
-    let held = match there {
-        None => Held::Nothing,
-        Some(t) if t.kind == Kind::Dir => Held::Dir,
-        Some(t) if t.kind == Kind::File => Held::File { size: t.size, mtime: t.mtime },
-        Some(_) => Held::Other,
-    };
-    // Reading the receiver's hash may fail: that failure is the answer.
-    let mut failed = None;
-    let same = || match &e.blake3 {
-        Some(_) if matches!(held, Held::File { size, .. } if size == e.size) => match same_content() {
-            Ok(same) => Same::Known(same),
-            Err(r) => {
-                failed = Some(r);
-                Same::Known(false)
-            }
-        },
-        Some(_) => Same::Known(false),
-        // The sender compared already (by checksum, perhaps) and found
-        // them different: no quick check overrides it.
-        None if e.replace => Same::Known(false),
-        None => Same::Unknown,
-    };
-    // `replace` in an entry asks for this one file what `force` asks for all.
-    let verdict = sync::decide(held, e.size, e.mtime, same, force || e.replace);
-    if let Some(r) = failed {
-        return Err(r);
-    }
-    let shown = files::shown(full);
-    match verdict {
-        Verdict::Send { replace } => Ok(Some(replace)),
-        Verdict::Unchanged => Ok(None),
-        Verdict::IsDir => Err(Refusal::new(ErrorCode::IsADirectory, format!("{shown}: is a directory on the server"))),
-        Verdict::NotOlder => {
-            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server, differs and is not older")))
-        }
-        Verdict::NotAFile => {
-            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server and is not a regular file")))
-        }
-    }
-}
-
-enum Decision {
-    Send { offset: u64, prefix: Option<String>, replace: bool },
-    Unchanged,
-}
-
-/// Where a `tree_put`'s small files go: the sandbox, with the directory
-/// of the previous file kept open (a tree's files come directory by
-/// directory), and a claim on each path until it is in place.
-struct Landing {
-    sb: Sandbox,
-    dirs: HashMap<String, (Arc<OwnedFd>, FileId)>,
-}
-
-impl Place for Landing {
-    type Error = Refusal;
-
-    fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Refusal> {
-        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let (dir, id) = match self.dirs.get(parent) {
-            Some((dir, id)) => (dir.clone(), *id),
-            None => {
-                let (dir, _) = self.sb.for_write(path)?;
-                let id = FileId::of_fd(&dir).map_err(|e| Refusal::io(path, &e))?;
-                let dir = Arc::new(dir);
-                if self.dirs.len() >= 64 {
-                    self.dirs.clear();
-                }
-                self.dirs.insert(parent.to_owned(), (dir.clone(), id));
-                (dir, id)
-            }
-        };
-        let name = OsString::from(name);
-        let claim = self.sb.claim_in(id, &name, path)?;
-        Ok((dir, name, Some(Box::new(claim))))
-    }
-}
-
-/// The state of one `tree_put`.
-struct Upload {
-    base: String,
-    force: bool,
-    /// The next manifest index.
-    next: u64,
-    manifest_done: bool,
-    needed: HashMap<u64, Needed>,
-    /// Paths wanted or in the batch.
-    pending: Held,
-    batch: Batch,
-    /// Paths of the files in the batch, by index, with their size and
-    /// mtime.
-    in_batch: HashMap<u64, (String, u64, i64)>,
-    into: Option<Landing>,
-    /// Failures since the last `committed` frame.
-    failed: Vec<Failed>,
-    files: u64,
-    bytes: u64,
 }
 
 /// A file refused or failed, logged as a refused request is.
@@ -329,42 +173,43 @@ async fn tree_part<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Receives a whole tree (PROTOCOL.md §4.6.3.2).
-pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreePut) -> Result<(), Error> {
+/// Receives a whole tree (PROTOCOL.md §4.6.3.2): each manifest frame
+/// answered with what is wanted, the wanted files received back to back
+/// and put in place by the storage's [`TreeSink`], and what was stored or
+/// failed reported in `committed` frames as it is.
+pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request: TreePut) -> Result<(), Error> {
     let TreePut { path: base, force } = request;
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
     s.send(&TreeReady {}, &[]).await?;
-    let mut up = Upload {
+    let mut up = TreeUpload {
         base,
         force,
         next: 0,
         manifest_done: false,
         needed: HashMap::new(),
         pending: Held::default(),
-        batch: Batch::new(),
-        in_batch: HashMap::new(),
-        into: Some(Landing { sb: ctx.sandbox().clone(), dirs: HashMap::new() }),
-        failed: Vec::new(),
+        sink: st.tree_sink(),
+        report: CommitList::default(),
         files: 0,
         bytes: 0,
     };
     loop {
         let frame = match s.read::<TreePutInput>().await {
             Ok(Some((frame, _))) => frame,
-            // The client left: what is in the batch is verified, and is
-            // committed (a later rerun would otherwise send it again).
+            // The client left: what was received and verified is put in
+            // place (a later rerun would otherwise send it again).
             Ok(None) => {
-                up.commit(ctx).await;
+                up.sink.settle(true).await;
                 return Ok(());
             }
             Err(e) if e.is_recoverable() => {
-                up.commit(ctx).await;
+                up.sink.settle(true).await;
                 return s.refuse_and_close(format!("bad frame in a tree_put: {e}")).await;
             }
             Err(e) => {
-                up.commit(ctx).await;
+                up.sink.settle(true).await;
                 return Err(e);
             }
         };
@@ -375,10 +220,18 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                 }
                 let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
                 if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
-                    up.commit(ctx).await;
+                    up.sink.settle(true).await;
                     return s.close_with(r).await;
                 }
-                let answer = up.decide_all(ctx, entries).await;
+                let answer = match up.decide_all(entries).await {
+                    Ok(answer) => answer,
+                    // Frames the client pipelined after this one follow:
+                    // the connection cannot stay in step.
+                    Err(r) => {
+                        up.sink.settle(true).await;
+                        return s.refuse_and_close(r.message).await;
+                    }
+                };
                 let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
                 s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
             }
@@ -390,12 +243,7 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                 up.manifest_done = true;
                 s.send(&WantsEnd { count: up.next }, &[]).await?;
             }
-            TreePutInput::TreeFile(head) => {
-                up.receive(s, ctx, head).await?;
-                if up.batch.is_full() {
-                    up.commit_and_report(s, ctx).await?;
-                }
-            }
+            TreePutInput::TreeFile(head) => up.receive(s, head).await?,
             TreePutInput::Checksum(_) => return s.refuse_and_close("checksum without a tree_file".into()).await,
             TreePutInput::TreeEnd(_) => {
                 if !up.manifest_done {
@@ -403,9 +251,9 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
                 }
                 for (i, need) in std::mem::take(&mut up.needed) {
                     let msg = format!("{}: wanted, but not sent", files::shown(&need.path));
-                    up.failed.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
+                    up.fail(i, &need.path, Refusal::new(ErrorCode::BadRequest, msg));
                 }
-                up.commit_and_report(s, ctx).await?;
+                up.settle(s, true).await?;
                 s.set_outcome(format!("ok: {} files, {} bytes of them", up.files, up.bytes));
                 return s.send(&TreeDone { files: up.files, bytes: up.bytes }, &[]).await;
             }
@@ -413,15 +261,32 @@ pub(in crate::server) async fn tree_put(s: &mut S, ctx: &Context, request: TreeP
     }
 }
 
-impl Upload {
+/// The state of one `tree_put`, whatever the storage.
+struct TreeUpload<K> {
+    base: String,
+    force: bool,
+    /// The next manifest index.
+    next: u64,
+    manifest_done: bool,
+    /// Wanted and not received yet, by manifest index.
+    needed: HashMap<u64, Needed>,
+    /// Paths wanted, or received and not yet in place.
+    pending: Held,
+    sink: K,
+    /// What was stored or failed since the last `committed` frame.
+    report: CommitList,
+    files: u64,
+    bytes: u64,
+}
+
+impl<K: TreeSink> TreeUpload<K> {
     /// Answers one manifest frame.
-    async fn decide_all(&mut self, ctx: &Context, entries: Vec<ManifestEntry>) -> WantList {
+    async fn decide_all(&mut self, entries: Vec<ManifestEntry>) -> Result<WantList, Refusal> {
         let first = self.next;
         self.next += entries.len() as u64;
         let mut answer = WantList::default();
         let mut to_decide = Vec::with_capacity(entries.len());
-        for (n, e) in entries.into_iter().enumerate() {
-            let i = first + n as u64;
+        for (i, e) in (first..).zip(entries) {
             let full = join(&self.base, &e.path);
             if let Err(r) = plain(&e.path) {
                 answer.refused.push(failed(i, r));
@@ -432,28 +297,15 @@ impl Upload {
                 to_decide.push((i, full, e));
             }
         }
-        let (sb, hashes, force) = (ctx.sandbox().clone(), ctx.hashes.clone(), self.force);
-        let decided = tokio::task::spawn_blocking(move || {
-            // A manifest frame's files are mostly of a few directories.
-            let mut dirs = files::Dirs::new();
-            to_decide
-                .into_iter()
-                .map(|(i, full, e)| {
-                    let d = decide(&sb, &mut dirs, &hashes, &full, &e, force);
-                    (i, full, e, d)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (i, full, e, d) in decided {
+        for (i, full, e, d) in self.sink.decide(&self.base, self.force, to_decide).await? {
             match d {
-                Ok(Decision::Send { offset, prefix, replace }) => {
+                Ok(Some((replace, offset, prefix))) => {
                     answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
+                    let replace = replace || self.force;
                     let need = Needed { path: full, size: e.size, mtime: e.mtime, mode: e.mode, replace, offset };
                     self.needed.insert(i, need);
                 }
-                Ok(Decision::Unchanged) => {
+                Ok(None) => {
                     self.pending.remove(&full);
                     answer.unchanged.push(i);
                 }
@@ -463,11 +315,12 @@ impl Upload {
                 }
             }
         }
-        answer
+        Ok(answer)
     }
 
-    /// Receives one file into the batch (or records why not).
-    async fn receive(&mut self, s: &mut S, ctx: &Context, head: TreeFile) -> Result<(), Error> {
+    /// Receives one file, if it is wanted and covers what it must, then
+    /// settles and reports what is due.
+    async fn receive(&mut self, s: &mut S, head: TreeFile) -> Result<(), Error> {
         let TreeFile { len, i, offset, .. } = head;
         let Some(need) = self.needed.remove(&i) else {
             return s
@@ -483,203 +336,52 @@ impl Upload {
             );
             return s.refuse_and_close(msg).await;
         }
-        let mode = files::received_mode(need.mode);
-        if offset == 0 && need.size <= crate::session::SMALL_BODY {
-            // Small and new: held in memory and hashed, written by the
-            // batch's commit.
-            let body = s.reader().read_body(len).await?;
-            let Some(claimed) = self.checksum(s).await? else { return Ok(()) };
-            let hash = blake3::hash(&body);
-            if hash.to_hex().as_str() != claimed {
-                self.mismatch(i, &need, &hash, &claimed);
-                return Ok(());
+        let now = match self.sink.receive(s, i, &need, offset, len).await? {
+            Got::Later { now } => now,
+            Got::Done(outcome) => {
+                let stored = outcome.is_ok();
+                self.settled(i, &need.path, outcome);
+                stored
             }
-            self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
-            self.batch.push_body(i, need.path, body.to_vec(), hash, (mode, Some(need.mtime)), need.replace);
+        };
+        self.settle(s, now).await
+    }
+
+    /// Takes in what the sink put in place (all of it, waited for, if
+    /// `now`) and reports it: at once if `now` or the sink commits in
+    /// batches, else every [`REPORT_EVERY`] files.
+    async fn settle(&mut self, s: &mut S, now: bool) -> Result<(), Error> {
+        let settled = self.sink.settle(now).await;
+        let some = !settled.is_empty();
+        for (i, path, outcome) in settled {
+            self.settled(i, &path, outcome);
+        }
+        let n = self.report.ok.len() + self.report.failed.len();
+        let due = now || (K::REPORT_EACH_SETTLE && some) || n >= REPORT_EVERY;
+        if n == 0 || !due {
             return Ok(());
         }
-        // Large or resumed: through a receiver and its partial file.
-        let (sb, path, size) = (ctx.sandbox().clone(), need.path.clone(), need.size);
-        let admitted = blocking(move || {
-            let (dir, name) = sb.for_write(&path)?;
-            let claim = sb.claim(&dir, &name, &path)?;
-            let mut receiver = Receiver::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
-            receiver.fit(size).map_err(|e| Refusal::io(&path, &e))?;
-            // A full disk is refused now, and the partial file is not
-            // left taking the space.
-            if let Err(e) = receiver.check_room(receiver.held(), size) {
-                receiver.discard();
-                return Err(Refusal::io(&path, &e));
-            }
-            Ok((receiver, claim))
-        })
-        .await;
-        let (mut receiver, claim) = match admitted {
-            Ok(admitted) => admitted,
-            Err(r) => return self.skip(s, i, &need, r).await,
-        };
-        let agreed = receiver.agree(offset).map_err(Error::Io)?;
-        if !agreed {
-            // Most often, the partial file offered was committed since by
-            // the batch of a connection that just ended, and this one is
-            // new and empty: not worth keeping.
-            if receiver.held() == 0 {
-                receiver.discard();
-            }
-            let msg = format!("{}: the partial file changed since it was offered", files::shown(&need.path));
-            return self.skip(s, i, &need, Refusal::new(ErrorCode::Busy, msg)).await;
-        }
-        let received = match receiver.receive(s.reader(), &mut |_| {}).await {
-            Ok(received) => received,
-            // A cut connection leaves the partial file for a resume.
-            Err(ReceiveError::Wire(e, _)) => return Err(e),
-            Err(ReceiveError::Write(e, _)) => {
-                let r = Refusal::io(&files::shown(&need.path), &e);
-                return self.skip(s, i, &need, r).await;
-            }
-        };
-        let Some(claimed) = self.checksum(s).await? else { return Ok(()) };
-        let hash = received.hash();
-        match received.verify(&claimed) {
-            Ok(received) => {
-                self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
-                let received = received.with_mtime(need.mtime);
-                self.batch.push_received(i, received, mode, need.replace, Some(Box::new(claim)));
-                // A large file is not kept waiting for a batch to fill.
-                if need.size > crate::session::SMALL_BODY {
-                    self.commit_and_report(s, ctx).await?;
-                }
-            }
-            Err(_) => self.mismatch(i, &need, &hash, &claimed),
-        }
-        Ok(())
-    }
-
-    /// Reads the checksum that follows a body; `None` after the
-    /// connection ended (or was refused and is closing).
-    async fn checksum(&mut self, s: &mut S) -> Result<Option<String>, Error> {
-        match s.read::<TreePutInput>().await {
-            Ok(Some((TreePutInput::Checksum(Checksum { blake3 }), _))) => Ok(Some(blake3)),
-            Ok(Some((other, _))) => s
-                .refuse_and_close(format!("expected checksum after tree_file, got {}", other.kind()))
-                .await
-                .map(|()| None),
-            Ok(None) => Ok(None),
-            Err(e) if e.is_recoverable() => s.refuse_and_close(format!("bad checksum: {e}")).await.map(|()| None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn mismatch(&mut self, i: u64, need: &Needed, got: &blake3::Hash, claimed: &str) {
-        self.pending.remove(&need.path);
-        let msg = format!(
-            "{}: checksum mismatch: the server received data hashing to {}, the client's file hashes to {claimed}; nothing was kept",
-            files::shown(&need.path),
-            got.to_hex()
-        );
-        self.failed.push(failed(i, Refusal::new(ErrorCode::ChecksumMismatch, msg)));
-    }
-
-    /// Records a file that cannot be received, and reads past its body
-    /// and checksum to stay in step.
-    async fn skip(&mut self, s: &mut S, i: u64, need: &Needed, r: Refusal) -> Result<(), Error> {
-        self.pending.remove(&need.path);
-        self.failed.push(failed(i, r));
-        s.reader().skip_body().await?;
-        self.checksum(s).await.map(|_| ())
-    }
-
-    /// Commits the batch; returns what it did as a `committed` body.
-    async fn commit(&mut self, ctx: &Context) -> CommitList {
-        let mut list = CommitList { ok: Vec::new(), failed: std::mem::take(&mut self.failed) };
-        if self.batch.is_empty() {
-            return list;
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let mut into = self.into.take().expect("put back after each commit");
-        let hashes = ctx.hashes.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let outcomes: Vec<_> = batch
-                .commit(&mut into)
-                .into_iter()
-                .map(|(i, o)| {
-                    let len = o.map(|(file, hash)| match file.metadata() {
-                        Ok(meta) => {
-                            // A later get of this file need not hash it again.
-                            hashes.put(files::Version::of(&meta), hash);
-                            meta.len()
-                        }
-                        Err(_) => 0,
-                    });
-                    (i, len)
-                })
-                .collect();
-            (outcomes, into)
-        })
-        .await;
-        let (outcomes, into) = match joined {
-            Ok(done) => done,
-            Err(e) => {
-                for (i, _) in self.in_batch.drain() {
-                    list.failed.push(failed(i, internal(&e)));
-                }
-                self.into = Some(Landing { sb: ctx.sandbox().clone(), dirs: HashMap::new() });
-                return list;
-            }
-        };
-        self.into = Some(into);
-        for (i, outcome) in outcomes {
-            let (path, size, mtime) = self.in_batch.remove(&i).unwrap_or_default();
-            self.pending.remove(&path);
-            match outcome {
-                Ok(size) => {
-                    self.files += 1;
-                    self.bytes += size;
-                    list.ok.push(i);
-                }
-                // The same file landed meanwhile (another upload of it,
-                // such as the batch of a connection that just ended).
-                Err(CommitError::Io(e))
-                    if e.kind() == std::io::ErrorKind::AlreadyExists && same_there(ctx, &path, size, mtime) =>
-                {
-                    list.ok.push(i);
-                }
-                Err(CommitError::Place(r)) => list.failed.push(failed(i, r)),
-                Err(CommitError::Io(e)) => {
-                    let r = match e.kind() {
-                        // Another upload of it finished first (when this
-                        // one was decided, nothing was there): `busy`, so
-                        // that the client asks again and gets a decision
-                        // against what is there now.
-                        std::io::ErrorKind::AlreadyExists => Refusal::new(
-                            ErrorCode::Busy,
-                            format!("{}: another upload of this path finished first", files::shown(&path)),
-                        ),
-                        _ => Refusal::io(&files::shown(&path), &e),
-                    };
-                    list.failed.push(failed(i, r));
-                }
-            }
-        }
-        list
-    }
-
-    /// Commits the batch and tells the client.
-    async fn commit_and_report(&mut self, s: &mut S, ctx: &Context) -> Result<(), Error> {
-        let list = self.commit(ctx).await;
-        if list.ok.is_empty() && list.failed.is_empty() {
-            return Ok(());
-        }
+        let list = std::mem::take(&mut self.report);
         let body = serde_json::to_vec(&list).map_err(|e| Error::Io(std::io::Error::other(e)))?;
         s.send(&Committed { len: body.len() as u64 }, &body).await
     }
-}
 
-/// Whether a regular file of `size` bytes and `mtime` is at `path` now.
-fn same_there(ctx: &Context, path: &str, size: u64, mtime: i64) -> bool {
-    ctx.sandbox()
-        .standing(path)
-        .is_ok_and(|s| s.there.is_some_and(|e| e.kind == Kind::File && e.size == size && e.mtime == mtime))
+    fn settled(&mut self, i: u64, path: &str, outcome: Result<u64, Refusal>) {
+        match outcome {
+            Ok(size) => {
+                self.pending.remove(path);
+                self.files += 1;
+                self.bytes += size;
+                self.report.ok.push(i);
+            }
+            Err(r) => self.fail(i, path, r),
+        }
+    }
+
+    fn fail(&mut self, i: u64, path: &str, r: Refusal) {
+        self.pending.remove(path);
+        self.report.failed.push(failed(i, r));
+    }
 }
 
 /// Sends the files a client wants, back to back (PROTOCOL.md §4.6.3.3),

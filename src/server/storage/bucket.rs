@@ -12,9 +12,14 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::mpsc::Sender;
 
-use super::{join, plain, Body, Chunker, Download, NotFinished, NotReceived, Part, Storage, Upload};
-use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, Want};
-use crate::services::bucket::{Bucket, Finish, Multipart, Reading, Target, FILE_MODE, WHOLE_MAX};
+use tokio::task::JoinSet;
+
+use super::{
+    join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got, Needed,
+    NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload,
+};
+use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, ManifestEntry, Want};
+use crate::services::bucket::{Bucket, Finish, Multipart, Reading, Target, TreeIndex, FILE_MODE, WHOLE_MAX};
 use crate::services::files::{self, Listing};
 use crate::services::Refusal;
 use crate::session::{cut_off_by, ServerSide, Session};
@@ -22,6 +27,12 @@ use crate::wire::{Error, MAX_BUFFERED_BODY};
 
 type S = Session<ServerSide>;
 
+/// Small files of one `tree_put` being stored at once, in the background.
+const STORES_AT_ONCE: usize = 32;
+/// Files up to this size are stored in the background: what one
+/// `tree_put` holds is at most [`STORES_AT_ONCE`] of them, plus one file
+/// of up to `WHOLE_MAX` stored before the next frame is read.
+const STORED_AHEAD: u64 = 1024 * 1024;
 /// Objects whose hashes a listing asks for at once.
 const HASHES_AT_ONCE: usize = 16;
 /// Objects of one `tree_get` being fetched ahead of sending.
@@ -41,6 +52,7 @@ fn io_error(what: String) -> Error {
 impl Storage for Bucket {
     type Download = BucketFile;
     type Upload = BucketUpload;
+    type Sink = BucketSink;
     const KEEPS_MODES: bool = false;
 
     async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
@@ -118,6 +130,10 @@ impl Storage for Bucket {
             .buffered(FETCHES_AT_ONCE)
     }
 
+    fn tree_sink(&self) -> BucketSink {
+        BucketSink { bucket: self.clone(), index: TreeIndex::default(), storing: JoinSet::new(), done: Vec::new() }
+    }
+
     async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<BucketUpload, Refusal> {
         let target = Bucket::admit(self, path, force).await?;
         let parts = if size <= WHOLE_MAX { None } else { Some(Box::new(target.multipart(self, size, mtime).await?)) };
@@ -172,9 +188,9 @@ pub(in crate::server) struct BucketUpload {
 }
 
 impl BucketUpload {
-    fn body(self, got: Got) -> BucketBody {
+    fn body(self, data: Data) -> BucketBody {
         let BucketUpload { target, bucket, mtime, .. } = self;
-        BucketBody { target, bucket, mtime, got }
+        BucketBody { target, bucket, mtime, data }
     }
 }
 
@@ -205,10 +221,10 @@ impl Upload for BucketUpload {
     async fn receive(mut self, s: &mut S, cut: &CancellationToken) -> Result<BucketBody, NotReceived> {
         let Some(mut upload) = self.parts.take() else {
             let body = cut_off_by(cut, s.reader().read_body(self.size)).await.map_err(NotReceived::Cut)?;
-            return Ok(self.body(Got::Whole(body)));
+            return Ok(self.body(Data::Whole(body)));
         };
         match cut_off_by(cut, receive_parts(s, &mut upload)).await {
-            Ok(Ok(())) => Ok(self.body(Got::Parts(upload))),
+            Ok(Ok(())) => Ok(self.body(Data::Parts(upload))),
             // The parts stored stay, for a resume.
             Ok(Err(r)) => {
                 upload.keep_for_resume().await;
@@ -227,26 +243,26 @@ pub(in crate::server) struct BucketBody {
     target: Target,
     bucket: Bucket,
     mtime: Option<i64>,
-    got: Got,
+    data: Data,
 }
 
-enum Got {
+enum Data {
     Whole(bytes::Bytes),
     Parts(Box<Multipart>),
 }
 
 impl Body for BucketBody {
     async fn finish(self, claimed: &str, _: (Option<u32>, Option<i64>), force: bool) -> Result<(), NotFinished> {
-        let BucketBody { target, bucket, mtime, got } = self;
-        match got {
-            Got::Whole(body) => {
+        let BucketBody { target, bucket, mtime, data } = self;
+        match data {
+            Data::Whole(body) => {
                 let hash = blake3::hash(&body);
                 if hash.to_hex().as_str() != claimed {
                     return Err(NotFinished::Mismatch(hash.to_hex().to_string()));
                 }
                 target.put_whole(&bucket, body, hash, mtime, force).await.map_err(NotFinished::Refused)
             }
-            Got::Parts(upload) => match upload.finish(claimed, force).await {
+            Data::Parts(upload) => match upload.finish(claimed, force).await {
                 Ok(_) => Ok(()),
                 Err(Finish::Mismatch(got)) => Err(NotFinished::Mismatch(got.to_hex().to_string())),
                 Err(Finish::Refused(r)) => Err(NotFinished::Refused(r)),
@@ -255,7 +271,7 @@ impl Body for BucketBody {
     }
 
     async fn keep(self) {
-        if let Got::Parts(upload) = self.got {
+        if let Data::Parts(upload) = self.data {
             upload.keep_for_resume().await;
         }
     }
@@ -352,4 +368,180 @@ pub(in crate::server) async fn receive_parts(s: &mut S, upload: &mut Multipart) 
         }
     }
     Ok(Ok(()))
+}
+
+/// A `tree_put` into a bucket: a manifest frame decided against an index
+/// of what is below the parts of the destination it names, small files
+/// stored [`STORES_AT_ONCE`] at a time in the background (a conditional
+/// write each), larger ones before the next frame, through a multipart
+/// upload past `WHOLE_MAX`.
+pub(in crate::server) struct BucketSink {
+    bucket: Bucket,
+    /// What is below the parts of the destination the manifest named, as
+    /// it was when they were first named: what is decided against (a
+    /// conditional write guards what changes since).
+    index: TreeIndex,
+    storing: JoinSet<Settled>,
+    /// Stores finished while waiting for room among [`STORES_AT_ONCE`].
+    done: Vec<Settled>,
+}
+
+impl TreeSink for BucketSink {
+    const REPORT_EACH_SETTLE: bool = false;
+
+    async fn decide(
+        &mut self,
+        base: &str,
+        force: bool,
+        entries: Vec<(u64, String, ManifestEntry)>,
+    ) -> Result<Vec<Decided>, Refusal> {
+        let b = &self.bucket;
+        b.index_for(&mut self.index, base, entries.iter().map(|(_, _, e)| e.path.as_str())).await?;
+        let index = &self.index;
+        let decided = futures_util::stream::iter(entries.into_iter().map(|(i, full, e)| async move {
+            let d = decide(b, index, &full, &e, force).await;
+            (i, full, e, d)
+        }))
+        .buffered(STORES_AT_ONCE)
+        .collect()
+        .await;
+        Ok(decided)
+    }
+
+    async fn receive(&mut self, s: &mut S, i: u64, need: &Needed, offset: u64, len: u64) -> Result<Got, Error> {
+        let b = self.bucket.clone();
+        let shown = files::shown(&need.path);
+        if need.size <= WHOLE_MAX {
+            // Up to STORED_AHEAD, stored in the background; a larger one
+            // before the next frame (bounding what one upload holds).
+            let body = s.reader().read_body(len).await?;
+            let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
+            let hash = blake3::hash(&body);
+            if hash.to_hex().as_str() != claimed {
+                return Ok(Got::Done(Err(mismatch(&shown, &hash.to_hex(), &claimed))));
+            }
+            let target = match b.claim(&need.path).await {
+                Ok(target) => target,
+                Err(r) => return Ok(Got::Done(Err(r))),
+            };
+            let (size, mtime, replace) = (need.size, need.mtime, need.replace);
+            if size > STORED_AHEAD {
+                let stored = target.put_whole(&b, body, hash, Some(mtime), replace).await;
+                return Ok(Got::Done(stored.map(|()| size)));
+            }
+            while self.storing.len() >= STORES_AT_ONCE {
+                if let Some(settled) = self.settle_one().await {
+                    self.done.push(settled);
+                }
+            }
+            let path = need.path.clone();
+            self.storing.spawn(async move {
+                let stored = target.put_whole(&b, body, hash, Some(mtime), replace).await.map(|()| size);
+                (i, path, stored)
+            });
+            return Ok(Got::Later { now: false });
+        }
+        let started = async {
+            let target = b.claim(&need.path).await?;
+            let upload = target.multipart(&b, need.size, Some(need.mtime)).await?;
+            Ok::<_, Refusal>((target, upload))
+        }
+        .await;
+        let (_target, mut upload) = match started {
+            Ok(started) => started,
+            Err(r) => return skip_file(s, r).await,
+        };
+        if !matches!(upload.agree(offset).await, Ok(true)) {
+            let msg = format!("{shown}: the upload's parts changed since they were offered");
+            return skip_file(s, Refusal::new(ErrorCode::Busy, msg)).await;
+        }
+        match receive_parts(s, &mut upload).await {
+            Ok(Ok(())) => {}
+            // The parts stored stay, for a resume.
+            Ok(Err(r)) => {
+                upload.keep_for_resume().await;
+                return skip_file(s, r).await;
+            }
+            Err(e) => {
+                upload.keep_for_resume().await;
+                return Err(e);
+            }
+        }
+        let Some(claimed) = read_checksum(s).await? else {
+            upload.keep_for_resume().await;
+            return Ok(Got::Later { now: false });
+        };
+        Ok(Got::Done(match upload.finish(&claimed, need.replace).await {
+            Ok(_) => Ok(need.size),
+            Err(Finish::Mismatch(got)) => Err(mismatch(&shown, &got.to_hex(), &claimed)),
+            Err(Finish::Refused(r)) => Err(r),
+        }))
+    }
+
+    async fn settle(&mut self, all: bool) -> Vec<Settled> {
+        let mut settled = std::mem::take(&mut self.done);
+        if all {
+            while !self.storing.is_empty() {
+                settled.extend(self.settle_one().await);
+            }
+        }
+        while let Some(joined) = self.storing.try_join_next() {
+            match joined {
+                Ok(one) => settled.push(one),
+                Err(e) => tracing::warn!("a store task failed: {e}"),
+            }
+        }
+        settled
+    }
+}
+
+impl BucketSink {
+    async fn settle_one(&mut self) -> Option<Settled> {
+        match self.storing.join_next().await? {
+            Ok(one) => Some(one),
+            Err(e) => {
+                tracing::warn!("a store task failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Decides one manifest entry against the tree's index: `None`,
+/// unchanged; else wanted (replacing or not) from an offset.
+async fn decide(
+    b: &Bucket,
+    index: &TreeIndex,
+    full: &str,
+    e: &ManifestEntry,
+    force: bool,
+) -> Result<Decision, Refusal> {
+    let rel = e.path.as_str();
+    // A parent that is a file makes this no path at all.
+    if index.parent_is_file(rel) {
+        let msg = format!("{}: a parent is a file", files::shown(full));
+        return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+    }
+    let mut content = None;
+    let there = if index.is_dir(rel) {
+        Some(Bucket::dir_entry(rel.to_owned()))
+    } else if let Some(meta) = index.file(rel) {
+        let (entry, key, object) = b
+            .entries_of(vec![(rel.to_owned(), meta.clone())], full)
+            .await?
+            .pop()
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no entry".to_owned()))?;
+        if e.blake3.is_some() && entry.size == e.size {
+            content = Some(b.hash_of(&key, &object, full).await?);
+        }
+        Some(entry)
+    } else {
+        None
+    };
+    let same = || Ok(content.is_some_and(|h| e.blake3.as_deref() == Some(h.to_hex().as_str())));
+    let Some(replace) = judge(full, there.as_ref(), same, e, force)? else {
+        return Ok(None);
+    };
+    let (offset, prefix) = if e.size > WHOLE_MAX { b.offered(full, e.size, e.mtime).await? } else { (0, None) };
+    Ok(Some((replace, offset, prefix)))
 }

@@ -12,11 +12,22 @@ use std::collections::VecDeque;
 
 use futures_util::{Stream, StreamExt};
 
-use super::{blocking, join, plain, Body, Chunker, Download, NotFinished, NotReceived, Part, Storage, Upload};
-use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, ListingSkip, Want, TREE_PART_ENTRIES};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+
+use super::{
+    blocking, join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got,
+    Needed, NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload,
+};
+use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
 use crate::services::files::{self, HashCache, Listing, Sandbox};
+use crate::services::root::FileId;
 use crate::services::Refusal;
-use crate::session::{ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session, Unproven, UntilCut};
+use crate::session::{
+    Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session,
+    Unproven, UntilCut, SMALL_BODY,
+};
 use crate::wire::Error;
 
 type S = Session<ServerSide>;
@@ -31,6 +42,7 @@ pub(in crate::server) struct Dir<'a> {
 impl Storage for Dir<'_> {
     type Download = DirFile;
     type Upload = DirUpload;
+    type Sink = DirSink;
     const KEEPS_MODES: bool = true;
 
     async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
@@ -125,6 +137,16 @@ impl Storage for Dir<'_> {
         groups
             .flatten()
             .map(move |(i, planned)| (i, planned.map(|download| DirFile { download, hashes: hashes.clone() })))
+    }
+
+    fn tree_sink(&self) -> DirSink {
+        DirSink {
+            sb: self.sb.clone(),
+            hashes: self.hashes.clone(),
+            batch: Batch::new(),
+            in_batch: HashMap::new(),
+            into: Some(Landing { sb: self.sb.clone(), dirs: HashMap::new() }),
+        }
     }
 
     async fn admit(&self, path: &str, size: u64, force: bool, _: Option<i64>) -> Result<DirUpload, Refusal> {
@@ -468,4 +490,241 @@ fn open_some(
         }
     }
     (ready, wants)
+}
+
+/// A `tree_put` into a directory: small new files held in memory and
+/// written by the batch's commit, larger or resumed ones through a
+/// partial file each; the batch committed with one `syncfs` when full,
+/// after a large file, and at the end.
+pub(in crate::server) struct DirSink {
+    sb: Sandbox,
+    hashes: Arc<HashCache>,
+    batch: Batch,
+    /// Paths of the files in the batch, by index, with their size and
+    /// mtime.
+    in_batch: HashMap<u64, (String, u64, i64)>,
+    /// Put back after each commit.
+    into: Option<Landing>,
+}
+
+impl TreeSink for DirSink {
+    const REPORT_EACH_SETTLE: bool = true;
+
+    async fn decide(
+        &mut self,
+        _base: &str,
+        force: bool,
+        entries: Vec<(u64, String, ManifestEntry)>,
+    ) -> Result<Vec<Decided>, Refusal> {
+        let (sb, hashes) = (self.sb.clone(), self.hashes.clone());
+        blocking(move || {
+            // A manifest frame's files are mostly of a few directories.
+            let mut dirs = files::Dirs::new();
+            Ok(entries
+                .into_iter()
+                .map(|(i, full, e)| {
+                    let d = decide(&sb, &mut dirs, &hashes, &full, &e, force);
+                    (i, full, e, d)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn receive(&mut self, s: &mut S, i: u64, need: &Needed, offset: u64, len: u64) -> Result<Got, Error> {
+        let mode = files::received_mode(need.mode);
+        let shown = files::shown(&need.path);
+        if offset == 0 && need.size <= SMALL_BODY {
+            // Small and new: held in memory and hashed, written by the
+            // batch's commit.
+            let body = s.reader().read_body(len).await?;
+            let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
+            let hash = blake3::hash(&body);
+            if hash.to_hex().as_str() != claimed {
+                return Ok(Got::Done(Err(mismatch(&shown, &hash.to_hex(), &claimed))));
+            }
+            self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
+            let meta = (mode, Some(need.mtime));
+            self.batch.push_body(i, need.path.clone(), body.to_vec(), hash, meta, need.replace);
+            return Ok(Got::Later { now: false });
+        }
+        // Large or resumed: through a receiver and its partial file.
+        let (sb, path, size) = (self.sb.clone(), need.path.clone(), need.size);
+        let admitted = blocking(move || {
+            let (dir, name) = sb.for_write(&path)?;
+            let claim = sb.claim(&dir, &name, &path)?;
+            let mut receiver = Receiver::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
+            receiver.fit(size).map_err(|e| Refusal::io(&path, &e))?;
+            // A full disk is refused now, and the partial file is not
+            // left taking the space.
+            if let Err(e) = receiver.check_room(receiver.held(), size) {
+                receiver.discard();
+                return Err(Refusal::io(&path, &e));
+            }
+            Ok((receiver, claim))
+        })
+        .await;
+        let (mut receiver, claim) = match admitted {
+            Ok(admitted) => admitted,
+            Err(r) => return skip_file(s, r).await,
+        };
+        if !receiver.agree(offset).map_err(Error::Io)? {
+            // Most often, the partial file offered was committed since by
+            // the batch of a connection that just ended, and this one is
+            // new and empty: not worth keeping.
+            if receiver.held() == 0 {
+                receiver.discard();
+            }
+            let msg = format!("{shown}: the partial file changed since it was offered");
+            return skip_file(s, Refusal::new(ErrorCode::Busy, msg)).await;
+        }
+        let received = match receiver.receive(s.reader(), &mut |_| {}).await {
+            Ok(received) => received,
+            // A cut connection leaves the partial file for a resume.
+            Err(ReceiveError::Wire(e, _)) => return Err(e),
+            Err(ReceiveError::Write(e, _)) => return skip_file(s, Refusal::io(&shown, &e)).await,
+        };
+        let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
+        let hash = received.hash();
+        match received.verify(&claimed) {
+            Ok(received) => {
+                self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
+                let received = received.with_mtime(need.mtime);
+                self.batch.push_received(i, received, mode, need.replace, Some(Box::new(claim)));
+                // A large file is not kept waiting for a batch to fill.
+                Ok(Got::Later { now: need.size > SMALL_BODY })
+            }
+            Err(_) => Ok(Got::Done(Err(mismatch(&shown, &hash.to_hex(), &claimed)))),
+        }
+    }
+
+    async fn settle(&mut self, all: bool) -> Vec<Settled> {
+        if self.batch.is_empty() || !(all || self.batch.is_full()) {
+            return Vec::new();
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let mut into = self.into.take().expect("put back after each commit");
+        let hashes = self.hashes.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcomes: Vec<_> = batch
+                .commit(&mut into)
+                .into_iter()
+                .map(|(i, o)| {
+                    let len = o.map(|(file, hash)| match file.metadata() {
+                        Ok(meta) => {
+                            // A later get of this file need not hash it again.
+                            hashes.put(files::Version::of(&meta), hash);
+                            meta.len()
+                        }
+                        Err(_) => 0,
+                    });
+                    (i, len)
+                })
+                .collect();
+            (outcomes, into)
+        })
+        .await;
+        let (outcomes, into) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                self.into = Some(Landing { sb: self.sb.clone(), dirs: HashMap::new() });
+                let why = |_| Err(Refusal::new(ErrorCode::Internal, format!("commit task failed: {e}")));
+                return self.in_batch.drain().map(|(i, (path, ..))| (i, path, why(()))).collect();
+            }
+        };
+        self.into = Some(into);
+        outcomes
+            .into_iter()
+            .map(|(i, outcome)| {
+                let (path, size, mtime) = self.in_batch.remove(&i).unwrap_or_default();
+                let outcome = match outcome {
+                    Ok(size) => Ok(size),
+                    // The same file landed meanwhile (another upload of
+                    // it, such as the batch of a connection that just
+                    // ended).
+                    Err(CommitError::Io(e))
+                        if e.kind() == std::io::ErrorKind::AlreadyExists && self.same_there(&path, size, mtime) =>
+                    {
+                        Ok(size)
+                    }
+                    Err(CommitError::Place(r)) => Err(r),
+                    // Another upload of it finished first (when this one
+                    // was decided, nothing was there): `busy`, so that the
+                    // client asks again and gets a decision against what
+                    // is there now.
+                    Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Refusal::new(
+                        ErrorCode::Busy,
+                        format!("{}: another upload of this path finished first", files::shown(&path)),
+                    )),
+                    Err(CommitError::Io(e)) => Err(Refusal::io(&files::shown(&path), &e)),
+                };
+                (i, path, outcome)
+            })
+            .collect()
+    }
+}
+
+impl DirSink {
+    /// Whether a regular file of `size` bytes and `mtime` is at `path` now.
+    fn same_there(&self, path: &str, size: u64, mtime: i64) -> bool {
+        self.sb
+            .standing(path)
+            .is_ok_and(|s| s.there.is_some_and(|e| e.kind == Kind::File && e.size == size && e.mtime == mtime))
+    }
+}
+
+/// Decides one manifest entry against what the directory holds: wanted
+/// (from the offset of a partial file held), unchanged, or refused.
+/// Blocking.
+fn decide(
+    sb: &Sandbox,
+    dirs: &mut files::Dirs,
+    hashes: &HashCache,
+    full: &str,
+    e: &ManifestEntry,
+    force: bool,
+) -> Result<Decision, Refusal> {
+    let standing = sb.standing_among(full, dirs)?;
+    let same_content =
+        || Ok(hash_of(sb, hashes, full)?.is_some_and(|h| e.blake3.as_deref() == Some(h.to_hex().as_str())));
+    let Some(replace) = judge(full, standing.there.as_ref(), same_content, e, force)? else {
+        return Ok(None);
+    };
+    let (offset, prefix) = match standing.partial {
+        Some((held, hash)) if held <= e.size => (held, Some(hash.to_hex().to_string())),
+        _ => (0, None),
+    };
+    Ok(Some((replace, offset, prefix)))
+}
+
+/// Where a `tree_put`'s small files go: the sandbox, with the directory
+/// of the previous file kept open (a tree's files come directory by
+/// directory), and a claim on each path until it is in place.
+struct Landing {
+    sb: Sandbox,
+    dirs: HashMap<String, (Arc<OwnedFd>, FileId)>,
+}
+
+impl Place for Landing {
+    type Error = Refusal;
+
+    fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Refusal> {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let (dir, id) = match self.dirs.get(parent) {
+            Some((dir, id)) => (dir.clone(), *id),
+            None => {
+                let (dir, _) = self.sb.for_write(path)?;
+                let id = FileId::of_fd(&dir).map_err(|e| Refusal::io(path, &e))?;
+                let dir = Arc::new(dir);
+                if self.dirs.len() >= 64 {
+                    self.dirs.clear();
+                }
+                self.dirs.insert(parent.to_owned(), (dir.clone(), id));
+                (dir, id)
+            }
+        };
+        let name = OsString::from(name);
+        let claim = self.sb.claim_in(id, &name, path)?;
+        Ok((dir, name, Some(Box::new(claim))))
+    }
 }

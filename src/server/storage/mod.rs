@@ -25,7 +25,10 @@ use std::collections::VecDeque;
 use futures_util::Stream;
 use tokio::sync::mpsc::Sender;
 
-use crate::proto::{Entry, ErrorCode, FileReply, Get, ListingSkip, Want, TREE_PART_ENTRIES, TREE_PART_MAX};
+use crate::proto::{
+    Checksum, Entry, ErrorCode, FileReply, Get, ListingSkip, ManifestEntry, TreePutInput, Want, TREE_PART_ENTRIES,
+    TREE_PART_MAX,
+};
 use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Refusal;
 use crate::session::{ServerSide, Session};
@@ -78,6 +81,8 @@ pub(in crate::server) trait Storage: Sync {
     type Download: Download;
     /// An upload, admitted.
     type Upload: Upload;
+    /// A `tree_put`'s files, decided, received and put in place.
+    type Sink: TreeSink;
     /// Whether a file's permission bits are kept.
     const KEEPS_MODES: bool;
 
@@ -121,6 +126,9 @@ pub(in crate::server) trait Storage: Sync {
         base: &str,
         wants: VecDeque<(u64, Want)>,
     ) -> impl Stream<Item = (u64, Result<Self::Download, Refusal>)> + Send;
+
+    /// Where a `tree_put`'s files are decided and go.
+    fn tree_sink(&self) -> Self::Sink;
 
     /// Admits an upload of `size` bytes to `path`: claims the path (a
     /// second upload of it waits or is refused until this one ends),
@@ -179,6 +187,165 @@ pub(in crate::server) trait Download: Send {
     /// Sends the body (the head fed already) and returns the whole file's
     /// BLAKE3. An error ends the connection: the frame promised its length.
     fn send(self, s: &mut S, shown: &str) -> impl Future<Output = Result<blake3::Hash, Error>> + Send;
+}
+
+/// One file a `tree_put` wants and has not received yet.
+#[derive(Debug)]
+pub(in crate::server) struct Needed {
+    /// Its path below the root.
+    pub path: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub mode: u32,
+    /// Whether it may replace what is there (decided, or `force`).
+    pub replace: bool,
+    /// The offset offered (bytes held from an earlier attempt).
+    pub offset: u64,
+}
+
+/// A manifest entry decided: `None`, unchanged; else wanted, replacing
+/// what is there or not, from an offset, with the BLAKE3 of what is held
+/// before it.
+pub(in crate::server) type Decision = Option<(bool, u64, Option<String>)>;
+
+/// A manifest entry and its decision: `(index, full path, entry, decision
+/// or refusal)`.
+pub(in crate::server) type Decided = (u64, String, ManifestEntry, Result<Decision, Refusal>);
+
+/// What became of a file a `tree_put` received.
+pub(in crate::server) enum Got {
+    /// Taken in, to be put in place with others (a batch, a background
+    /// store), or the connection ended before its checksum (its partial
+    /// data kept for a resume): a later [`TreeSink::settle`] says. `now`:
+    /// settle at once (a large file is not kept waiting for a batch).
+    Later { now: bool },
+    /// In place (its size) or failed, now.
+    Done(Result<u64, Refusal>),
+}
+
+/// What became of a file put in place: its manifest index, its path, its
+/// size or why it failed.
+pub(in crate::server) type Settled = (u64, String, Result<u64, Refusal>);
+
+/// A `tree_put` as the storage sees it: a manifest frame's entries
+/// decided against what is there, each wanted file received, and the
+/// files put in place, reported as they are. The conversation (frames,
+/// counts, bounds, reports) is the handler's.
+pub(in crate::server) trait TreeSink: Send {
+    /// Whether every settle that put files in place is reported at once
+    /// (a batch committed), rather than every [`REPORT_EVERY`] files.
+    const REPORT_EACH_SETTLE: bool;
+
+    /// Decides the entries of one manifest frame (`(index, full path,
+    /// entry)`, each plain and held once). An error refuses the frame.
+    fn decide(
+        &mut self,
+        base: &str,
+        force: bool,
+        entries: Vec<(u64, String, ManifestEntry)>,
+    ) -> impl Future<Output = Result<Vec<Decided>, Refusal>> + Send;
+
+    /// Receives file `i` (its `tree_file` head checked: `len` bytes from
+    /// `offset`), its body and its checksum. An error ends the connection.
+    fn receive(
+        &mut self,
+        s: &mut S,
+        i: u64,
+        need: &Needed,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Got, Error>> + Send;
+
+    /// What has been put in place (or failed) since the last call: with
+    /// `all`, everything taken in, waited for.
+    fn settle(&mut self, all: bool) -> impl Future<Output = Vec<Settled>> + Send;
+}
+
+/// A `tree_put` reports what it stored at least every this many files.
+pub(in crate::server) const REPORT_EVERY: usize = 256;
+
+/// Reads the checksum that follows a `tree_file` body; `None` after the
+/// connection ended (or was refused and is closing).
+pub(in crate::server) async fn read_checksum(s: &mut S) -> Result<Option<String>, Error> {
+    match s.read::<TreePutInput>().await {
+        Ok(Some((TreePutInput::Checksum(Checksum { blake3 }), _))) => Ok(Some(blake3)),
+        Ok(Some((other, _))) => {
+            s.refuse_and_close(format!("expected checksum after tree_file, got {}", other.kind())).await.map(|()| None)
+        }
+        Ok(None) => Ok(None),
+        Err(e) if e.is_recoverable() => s.refuse_and_close(format!("bad checksum: {e}")).await.map(|()| None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A file of a `tree_put` that cannot be received: its body and checksum
+/// read past to stay in step, and `r` its outcome.
+pub(in crate::server) async fn skip_file(s: &mut S, r: Refusal) -> Result<Got, Error> {
+    s.reader().skip_body().await?;
+    read_checksum(s).await?;
+    Ok(Got::Done(Err(r)))
+}
+
+/// The refusal of a file whose data does not hash to the client's checksum.
+pub(in crate::server) fn mismatch(shown: &str, got: &str, claimed: &str) -> Refusal {
+    let msg = format!(
+        "{shown}: checksum mismatch: the server received data hashing to {got}, the client's file hashes to {claimed}; nothing was kept"
+    );
+    Refusal::new(ErrorCode::ChecksumMismatch, msg)
+}
+
+/// What is `there` (a directory's or a bucket's entry) means for a
+/// manifest entry: `None`, unchanged; `Some(replace)`, wanted, replacing
+/// what is there or not. `same_content` is asked only when the entry has
+/// a BLAKE3 and the sizes agree.
+pub(in crate::server) fn judge(
+    full: &str,
+    there: Option<&Entry>,
+    same_content: impl FnOnce() -> Result<bool, Refusal>,
+    e: &ManifestEntry,
+    force: bool,
+) -> Result<Option<bool>, Refusal> {
+    use crate::proto::Kind;
+    use crate::services::sync::{self, Held, Same, Verdict};
+    let held = match there {
+        None => Held::Nothing,
+        Some(t) if t.kind == Kind::Dir => Held::Dir,
+        Some(t) if t.kind == Kind::File => Held::File { size: t.size, mtime: t.mtime },
+        Some(_) => Held::Other,
+    };
+    // Reading the receiver's hash may fail: that failure is the answer.
+    let mut failed = None;
+    let same = || match &e.blake3 {
+        Some(_) if matches!(held, Held::File { size, .. } if size == e.size) => match same_content() {
+            Ok(same) => Same::Known(same),
+            Err(r) => {
+                failed = Some(r);
+                Same::Known(false)
+            }
+        },
+        Some(_) => Same::Known(false),
+        // The sender compared already (by checksum, perhaps) and found
+        // them different: no quick check overrides it.
+        None if e.replace => Same::Known(false),
+        None => Same::Unknown,
+    };
+    // `replace` in an entry asks for this one file what `force` asks for all.
+    let verdict = sync::decide(held, e.size, e.mtime, same, force || e.replace);
+    if let Some(r) = failed {
+        return Err(r);
+    }
+    let shown = files::shown(full);
+    match verdict {
+        Verdict::Send { replace } => Ok(Some(replace)),
+        Verdict::Unchanged => Ok(None),
+        Verdict::IsDir => Err(Refusal::new(ErrorCode::IsADirectory, format!("{shown}: is a directory on the server"))),
+        Verdict::NotOlder => {
+            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server, differs and is not older")))
+        }
+        Verdict::NotAFile => {
+            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server and is not a regular file")))
+        }
+    }
 }
 
 /// Why a body was not received whole.
