@@ -48,19 +48,6 @@ const MAX_FAILING_SOURCES: usize = 16_384;
 /// Failures older than this are forgotten.
 const PENALTY_MEMORY: Duration = Duration::from_secs(600);
 
-impl Context {
-    /// The local root. Only the handlers of a local root call this: the
-    /// dispatcher routes file requests by [`Storage`], and a bucket root
-    /// has no legacy listeners.
-    pub(crate) fn sandbox(&self) -> &Sandbox {
-        match &self.root {
-            Root::Local(sb) => sb,
-            #[cfg(feature = "s3")]
-            Root::Bucket(_) => unreachable!("a local handler was routed a bucket root"),
-        }
-    }
-}
-
 impl FailedLogins {
     pub(crate) fn penalty(&self, ip: IpAddr) -> Duration {
         let mut map = self.0.lock().expect("failed logins poisoned");

@@ -407,7 +407,9 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
                         // it ends. Boxed, as the native connection's later
                         // stages are: a task is as small as a silent one.
                         Admitted::Legacy(mode, _permit) => {
-                            Box::pin(legacy::serve(mode, socket, peer, legacy_context(ctx))).await
+                            if let Some(lctx) = legacy_context(ctx) {
+                                Box::pin(legacy::serve(mode, socket, peer, lctx)).await
+                            }
                         }
                         // Boxed too.
                         Admitted::LegacyChallenged(mode) => Box::pin(async {
@@ -425,7 +427,7 @@ async fn accept_loop(listener: TcpListener, mode: Option<Mode>, shared: Arc<Shar
                                 return;
                             };
                             let mut socket = socket;
-                            let lctx = legacy_context(ctx);
+                            let Some(lctx) = legacy_context(ctx) else { return };
                             let key = lctx.hmac.expect("legacy_hmac has a key (checked at start)");
                             let passed = tokio::select! {
                                 passed = legacy::authenticate(mode, &mut socket, peer, key, lctx.io_timeout) => passed,
@@ -488,16 +490,23 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
         .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
 }
 
-fn legacy_context(ctx: &context::Context) -> legacy::Legacy<'_> {
+/// What a legacy listener serves: a directory (a bucket root is refused
+/// legacy listeners at start, so `None` never comes to pass).
+fn legacy_context(ctx: &context::Context) -> Option<legacy::Legacy<'_>> {
     let c = &ctx.config;
-    legacy::Legacy {
-        sandbox: ctx.sandbox(),
+    #[allow(irrefutable_let_patterns)]
+    let context::Root::Local(sandbox) = &ctx.root
+    else {
+        return None;
+    };
+    Some(legacy::Legacy {
+        sandbox,
         shell: &c.shell,
         allow_exec: c.allow_exec,
         hmac: if c.legacy_hmac { c.key.as_ref() } else { None },
         io_timeout: c.timeouts.io.unwrap_or(DEFAULT_IO_TIMEOUT),
         idle_timeout: c.timeouts.idle.unwrap_or(DEFAULT_IDLE_TIMEOUT),
-    }
+    })
 }
 
 /// What the files service works on: the bucket, if the config names one,
