@@ -201,14 +201,20 @@ fn admit_upload(sb: &Sandbox, path: &str, size: u64, force: bool) -> Result<(Rec
         Ok(_) if !force => return Err(exists(&path)),
         _ => {}
     }
-    let mut receiver = Receiver::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
-    receiver.fit(size).map_err(|e| Refusal::io(&path, &e))?;
-    // A full disk is refused now, before a byte of the body is sent.
+    Ok((open_partial(dir, &name, &path, size)?, claim))
+}
+
+/// Opens (or takes up) the partial file of `name` in `dir` for a file of
+/// `size` bytes. A full disk is refused now, before a byte of the body is
+/// sent, and the partial file is not left taking the space.
+fn open_partial(dir: OwnedFd, name: &std::ffi::OsStr, shown: &str, size: u64) -> Result<Receiver, Refusal> {
+    let mut receiver = Receiver::open(dir, name).map_err(|e| Refusal::io(shown, &e))?;
+    receiver.fit(size).map_err(|e| Refusal::io(shown, &e))?;
     if let Err(e) = receiver.check_room(receiver.held(), size) {
         receiver.discard();
-        return Err(Refusal::io(&path, &e));
+        return Err(Refusal::io(shown, &e));
     }
-    Ok((receiver, claim))
+    Ok(receiver)
 }
 
 /// The refusal of an upload over a file that is there.
@@ -553,15 +559,7 @@ impl TreeSink for DirSink {
         let admitted = blocking(move || {
             let (dir, name) = sb.for_write(&path)?;
             let claim = sb.claim(&dir, &name, &path)?;
-            let mut receiver = Receiver::open(dir, &name).map_err(|e| Refusal::io(&path, &e))?;
-            receiver.fit(size).map_err(|e| Refusal::io(&path, &e))?;
-            // A full disk is refused now, and the partial file is not
-            // left taking the space.
-            if let Err(e) = receiver.check_room(receiver.held(), size) {
-                receiver.discard();
-                return Err(Refusal::io(&path, &e));
-            }
-            Ok((receiver, claim))
+            Ok((open_partial(dir, &name, &path, size)?, claim))
         })
         .await;
         let (mut receiver, claim) = match admitted {
