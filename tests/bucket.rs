@@ -1153,3 +1153,174 @@ async fn a_running_upload_outlives_a_short_partial_max_age(server: &Seaweed) {
     assert_eq!(s3.get(&key("lease/slow.bin")).await.unwrap().bytes().await.unwrap().as_ref(), &data[..]);
     assert_eq!(keys(&s3, "lease").await, ["lease/slow.bin"], "the record went with the completion");
 }
+
+/// Hostile frames, sent raw to a server whose root is a directory and to
+/// one whose root is a bucket, get the same answers from both: since
+/// issue 29 one handler serves each request for both roots, and this is
+/// what keeps them one (the hostile-input tests of tests/hardening.rs ran
+/// against a directory only). Returns what each check saw, to compare.
+mod both_roots {
+    use std::time::Duration;
+
+    use framewire::proto::{self, AnyMessage as Message, ErrorCode};
+    use framewire::wire::{FrameReader, FrameWriter, Preface};
+
+    type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+    type Writer = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+    async fn raw(addr: &str) -> (Reader, Writer) {
+        let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (read, write) = sock.into_split();
+        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+        w.feed_preface(Preface::default());
+        w.flush().await.unwrap();
+        r.read_preface().await.unwrap();
+        (r, w)
+    }
+
+    async fn next(r: &mut Reader) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs(10), r.read_head::<Message>())
+            .await
+            .expect("answered in time")
+            .ok()
+            .flatten()
+            .map(|(m, _)| m)
+    }
+
+    fn code(m: Option<Message>) -> ErrorCode {
+        match m {
+            Some(Message::ErrorFrame(e)) => e.code,
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+
+    /// Whether `path` is there, as a client sees it.
+    async fn there(addr: &str, path: &str) -> bool {
+        let mut client = framewire::Client::connect(addr).await.unwrap();
+        client.stat(path).await.is_ok()
+    }
+
+    fn entry(path: &str, size: u64) -> serde_json::Value {
+        serde_json::json!({"path": path, "size": size, "mtime": 1_600_000_000, "mode": 0o644})
+    }
+
+    async fn manifest(w: &mut Writer, entries: &[serde_json::Value]) {
+        let body = serde_json::to_vec(entries).unwrap();
+        let m = proto::Manifest { len: body.len() as u64, count: entries.len() as u64 };
+        w.send(&Message::Manifest(m), &body).await.unwrap();
+    }
+
+    async fn body_of<T: serde::de::DeserializeOwned>(r: &mut Reader) -> T {
+        serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap()
+    }
+
+    /// Runs every check against the server at `addr`; what each saw.
+    pub async fn checks(addr: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+
+        // A put_data that contradicts its put: answered at once, closed,
+        // nothing stored.
+        let (mut r, mut w) = raw(addr).await;
+        let put = proto::Put { path: "x".into(), size: 5, force: false, mode: None, mtime: None };
+        w.send(&Message::Put(put), &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::PutReady(_))));
+        w.feed_head(&Message::PutData(proto::PutData { len: 1 << 63, offset: 0 })).unwrap();
+        w.flush().await.unwrap();
+        seen.push(format!("put_data 2^63: {:?}, then {:?}", code(next(&mut r).await), next(&mut r).await));
+        seen.push(format!("x there: {}", there(addr, "x").await));
+
+        // A body that does not hash to its checksum: refused, nothing kept.
+        let (mut r, mut w) = raw(addr).await;
+        let put = proto::Put { path: "y".into(), size: 5, force: false, mode: None, mtime: None };
+        w.send(&Message::Put(put), &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::PutReady(_))));
+        w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
+        let wrong = blake3::hash(b"world").to_hex().to_string();
+        w.send(&Message::Checksum(proto::Checksum { blake3: wrong.clone() }), &[]).await.unwrap();
+        seen.push(format!("put, wrong checksum: {:?}", code(next(&mut r).await)));
+        seen.push(format!("y there: {}", there(addr, "y").await));
+
+        // A tree_put: a path leading out and a path named twice refused in
+        // the answer, one file wanted; a file whose checksum is wrong
+        // reported failed, nothing stored; the end counted.
+        let (mut r, mut w) = raw(addr).await;
+        w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false }), &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
+        manifest(&mut w, &[entry("../out", 3), entry("a", 3), entry("a", 3)]).await;
+        assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
+        let wants: proto::WantList = body_of(&mut r).await;
+        let refused: Vec<_> = wants.refused.iter().map(|f| (f.i, f.code)).collect();
+        let send: Vec<_> = wants.send.iter().map(|w| (w.i, w.offset)).collect();
+        seen.push(format!("wants: send {send:?}, refused {refused:?}"));
+        w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 3 }), &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(proto::WantsEnd { count: 3 }))));
+        let file = proto::TreeFile { len: 3, i: 1, offset: 0, size: 3, mtime: 1_600_000_000, mode: 0o644 };
+        w.send(&Message::TreeFile(file), b"abc").await.unwrap();
+        w.send(&Message::Checksum(proto::Checksum { blake3: wrong }), &[]).await.unwrap();
+        w.send(&Message::TreeEnd(proto::TreeEnd { files: 1 }), &[]).await.unwrap();
+        let mut failed = Vec::new();
+        loop {
+            match next(&mut r).await {
+                Some(Message::Committed(_)) => {
+                    let list: proto::CommitList = body_of(&mut r).await;
+                    assert!(list.ok.is_empty(), "{:?}", list.ok);
+                    failed.extend(list.failed.iter().map(|f| (f.i, f.code)));
+                }
+                Some(Message::TreeDone(done)) => {
+                    seen.push(format!("tree_put: failed {failed:?}, done {} files", done.files));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        seen.push(format!("t/a there: {}", there(addr, "t/a").await));
+
+        // A tree_file for an entry never wanted, and a manifest after its
+        // end: refused, and the connection closed (it cannot stay in step).
+        for late_manifest in [false, true] {
+            let (mut r, mut w) = raw(addr).await;
+            w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false }), &[]).await.unwrap();
+            assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
+            manifest(&mut w, &[entry("b", 1)]).await;
+            assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
+            let _: proto::WantList = body_of(&mut r).await;
+            if late_manifest {
+                w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 1 }), &[]).await.unwrap();
+                assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(_))));
+                manifest(&mut w, &[entry("c", 1)]).await;
+            } else {
+                let file = proto::TreeFile { len: 1, i: 7, offset: 0, size: 1, mtime: 1, mode: 0o644 };
+                w.send(&Message::TreeFile(file), b"z").await.unwrap();
+            }
+            let what = if late_manifest { "manifest after manifest_end" } else { "tree_file not wanted" };
+            seen.push(format!("{what}: {:?}, then {:?}", code(next(&mut r).await), next(&mut r).await));
+        }
+        seen
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_get_the_same_answers_from_a_directory_and_a_bucket() {
+    let _env = ENV.lock().await;
+    let Some(weed) = weed() else { return };
+    let server = Seaweed::start(&weed);
+    let bucket = open(&server, "hostile").await;
+    let (addr, _stop, _task) = serve(bucket, |_| {}).await;
+    let dir = common::TestServer::start().await;
+    let on_dir = both_roots::checks(&dir.addr()).await;
+    let on_bucket = both_roots::checks(&addr).await;
+    // What they must be, not only alike.
+    let expected = [
+        "put_data 2^63: BadRequest, then None",
+        "x there: false",
+        "put, wrong checksum: ChecksumMismatch",
+        "y there: false",
+        "wants: send [(1, 0)], refused [(0, BadPath), (2, BadRequest)]",
+        "tree_put: failed [(1, ChecksumMismatch)], done 0 files",
+        "t/a there: false",
+        "tree_file not wanted: BadRequest, then None",
+        "manifest after manifest_end: BadRequest, then None",
+    ];
+    assert_eq!(on_dir, expected, "a directory root");
+    assert_eq!(on_bucket, on_dir, "a bucket root answers as a directory root does");
+}
