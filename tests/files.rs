@@ -1324,3 +1324,40 @@ async fn directory_moves_refuse_what_would_lose_data() {
     let server = TestServer::start().await;
     common::rename_cases(&server.addr()).await;
 }
+
+/// A client that leaves in the middle of a tree listing ends it: the walk
+/// stops with the sending (the review of issue 29's storage seam found the
+/// walk left waiting on a channel nobody read, holding a blocking thread
+/// and the connection's task until the drain deadline). Six clients
+/// leave mid-listing, each with a reset; the server then stops at once (before the fix it
+/// took over 2 s, the blocked listings cut only by the shutdown).
+#[tokio::test]
+async fn a_client_leaving_mid_listing_stops_the_walk() {
+    let server = TestServer::start_with(|c| c.drain_timeout = Duration::from_secs(20)).await;
+    // 20 directories of 500 files: 10 listing frames and more.
+    for d in 0..20 {
+        let dir = server.root.path().join(format!("d{d:02}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..500 {
+            std::fs::File::create(dir.join(format!("a-file-with-a-longer-name-{f:04}"))).unwrap();
+        }
+    }
+    for _ in 0..6 {
+        let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        // Closed with a reset: the server's next write fails, whatever
+        // its socket buffer would have taken.
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        let (read, write) = sock.into_split();
+        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+        w.feed_preface(Preface::default());
+        let list = proto::TreeList { path: String::new(), blake3: false, skips: false };
+        w.send(&Message::TreeList(list), &[]).await.unwrap();
+        r.read_preface().await.unwrap();
+        let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
+        assert!(matches!(m, Message::Listing(_)), "{m:?}");
+        // Gone, with 9 frames and more unread.
+        drop((r, w));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop_within(Duration::from_millis(1500)).await;
+}

@@ -109,7 +109,11 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     };
     if !agreed {
         let held = upload.held();
-        upload.abandon().await;
+        cut_off_by(&cut, async {
+            upload.abandon().await;
+            Ok(())
+        })
+        .await?;
         return match data {
             Ok(Some(data)) => {
                 // Answered at once, the body unread: it may be 2^63
@@ -128,15 +132,19 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         Ok(body) => body,
         Err(NotReceived::Cut(e)) => {
             let why = crate::text::printable(&e.to_string()).into_owned();
-            s.set_outcome(format!("cut: {why}; the partial file is kept for a resume"));
+            s.set_outcome(format!("cut: {why}; {}", St::CUT_KEEPS));
             return Err(e);
         }
-        Err(NotReceived::Write(r)) => return write_failed(s, r).await,
+        Err(NotReceived::Write(r)) => return cut_off_by(&cut, write_failed(s, r)).await,
     };
     let claimed = match cut_off_by(&cut, read_step::<Checksum>(s, "checksum after put_data")).await {
         Ok(Some(Checksum { blake3 })) => blake3,
         other => {
-            body.keep().await;
+            cut_off_by(&cut, async {
+                body.keep().await;
+                Ok(())
+            })
+            .await?;
             return other.map(|_| ());
         }
     };

@@ -110,8 +110,11 @@ impl Drop for Held {
 /// frame naming it.
 pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, request: TreeList) -> Result<(), Error> {
     let TreeList { path, blake3, skips } = request;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Part>(4);
     let send = async {
+        // Owned here: when the sending stops, early or not, the channel
+        // closes and the walk stops.
+        let mut rx = rx;
         let mut count = 0u64;
         while let Some(part) = rx.recv().await {
             match part {
@@ -243,7 +246,14 @@ pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request
                 up.manifest_done = true;
                 s.send(&WantsEnd { count: up.next }, &[]).await?;
             }
-            TreePutInput::TreeFile(head) => up.receive(s, head).await?,
+            TreePutInput::TreeFile(head) => {
+                if let Err(e) = up.receive(s, head).await {
+                    // Cut mid-file: what was verified is still put in
+                    // place (a rerun would otherwise send it again).
+                    up.sink.settle(true).await;
+                    return Err(e);
+                }
+            }
             TreePutInput::Checksum(_) => return s.refuse_and_close("checksum without a tree_file".into()).await,
             TreePutInput::TreeEnd(_) => {
                 if !up.manifest_done {
@@ -253,7 +263,7 @@ pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request
                     let msg = format!("{}: wanted, but not sent", files::shown(&need.path));
                     up.fail(i, &need.path, Refusal::new(ErrorCode::BadRequest, msg));
                 }
-                up.settle(s, true).await?;
+                up.settle(s, true, true).await?;
                 s.set_outcome(format!("ok: {} files, {} bytes of them", up.files, up.bytes));
                 return s.send(&TreeDone { files: up.files, bytes: up.bytes }, &[]).await;
             }
@@ -336,22 +346,24 @@ impl<K: TreeSink> TreeUpload<K> {
             );
             return s.refuse_and_close(msg).await;
         }
-        let now = match self.sink.receive(s, i, &need, offset, len).await? {
-            Got::Later { now } => now,
+        let (wait, now) = match self.sink.receive(s, i, &need, offset, len).await? {
+            Got::Later { now } => (now, now),
+            // In place already: told at once, nothing else waited for.
             Got::Done(outcome) => {
                 let stored = outcome.is_ok();
                 self.settled(i, &need.path, outcome);
-                stored
+                (false, stored)
             }
         };
-        self.settle(s, now).await
+        self.settle(s, wait, now).await
     }
 
     /// Takes in what the sink put in place (all of it, waited for, if
-    /// `now`) and reports it: at once if `now` or the sink commits in
-    /// batches, else every [`REPORT_EVERY`] files.
-    async fn settle(&mut self, s: &mut S, now: bool) -> Result<(), Error> {
-        let settled = self.sink.settle(now).await;
+    /// `wait`) and reports it: at once if `now` (or `wait`), or if the sink
+    /// commits in batches, else every [`REPORT_EVERY`] files.
+    async fn settle(&mut self, s: &mut S, wait: bool, now: bool) -> Result<(), Error> {
+        let now = now || wait;
+        let settled = self.sink.settle(wait).await;
         let some = !settled.is_empty();
         for (i, path, outcome) in settled {
             self.settled(i, &path, outcome);

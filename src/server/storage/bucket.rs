@@ -54,6 +54,7 @@ impl Storage for Bucket {
     type Upload = BucketUpload;
     type Sink = BucketSink;
     const KEEPS_MODES: bool = false;
+    const CUT_KEEPS: &'static str = "the parts stored, if any, are kept for a resume";
 
     async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
         Bucket::stat(self, path).await

@@ -44,6 +44,7 @@ impl Storage for Dir<'_> {
     type Upload = DirUpload;
     type Sink = DirSink;
     const KEEPS_MODES: bool = true;
+    const CUT_KEEPS: &'static str = "the partial file is kept for a resume";
 
     async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
         let (sb, path) = (self.sb.clone(), path.to_owned());
@@ -127,9 +128,13 @@ impl Storage for Dir<'_> {
                 if left.is_empty() {
                     return None;
                 }
+                let ids: Vec<u64> = left.iter().map(|(i, _)| *i).collect();
                 let opened = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, &base, left)).await;
-                // A panic in the opening is the connection task's.
-                let (ready, rest) = opened.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                // A task that failed (a panic): the files it had are refused.
+                let (ready, rest) = opened.unwrap_or_else(|e| {
+                    let why = |_| Err(Refusal::new(ErrorCode::Internal, format!("opening files failed: {e}")));
+                    (ids.into_iter().map(|i| (i, why(()))).collect(), VecDeque::new())
+                });
                 Some((futures_util::stream::iter(ready), rest))
             }
         });

@@ -85,6 +85,8 @@ pub(in crate::server) trait Storage: Sync {
     type Sink: TreeSink;
     /// Whether a file's permission bits are kept.
     const KEEPS_MODES: bool;
+    /// What a cut upload leaves, as its log line says.
+    const CUT_KEEPS: &'static str;
 
     fn stat(&self, path: &str) -> impl Future<Output = Result<Entry, Refusal>> + Send;
 
