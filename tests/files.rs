@@ -1346,7 +1346,7 @@ async fn a_client_leaving_mid_listing_stops_the_walk() {
         let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         // Closed with a reset: the server's next write fails, whatever
         // its socket buffer would have taken.
-        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        rustix::net::sockopt::set_socket_linger(&sock, Some(Duration::ZERO)).unwrap();
         let (read, write) = sock.into_split();
         let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
         w.feed_preface(Preface::default());
