@@ -36,8 +36,11 @@
 //!    is that old, the burst is real, and the newcomer waits for a place
 //!    (up to its handshake deadline). Places go to addresses in turn: the
 //!    next one to the waiting address holding the fewest, then the one
-//!    served longest ago, so a client from an address of its own goes
-//!    before a flood from others, however many wait. Within one address,
+//!    served (or come) longest ago, never by the address's value, so a
+//!    client from an address of its own waits at most one round of the
+//!    addresses holding none, however many sockets they hold. On a full
+//!    queue, of the addresses with the most waiters, the one last in turn
+//!    gives up a waiter. Within one address,
 //!    its waiters race for its turn (any of them may take it, a newcomer
 //!    too): an order within one address (first come, or random) made a
 //!    good client wait behind a flood of wrong keys from its own address
@@ -137,8 +140,7 @@ struct Table {
 struct Source {
     places: usize,
     waiting: usize,
-    /// `clock` when it was last given a place (0: never, while it has
-    /// been known).
+    /// `clock` when it was last given a place, or when it came.
     served: u64,
     /// Wakes this source's waiters: it is their turn.
     wake: Arc<Notify>,
@@ -165,7 +167,14 @@ impl Table {
         if let Some(old) = self.key(ip) {
             self.turns.remove(&old);
         }
-        let source = self.sources.entry(ip).or_default();
+        // A source new to the table (or come back after it was
+        // forgotten) is stamped with its arrival: among sources holding as
+        // many places, turns go by who came first, never by address.
+        if !self.sources.contains_key(&ip) {
+            self.clock += 1;
+        }
+        let clock = self.clock;
+        let source = self.sources.entry(ip).or_insert_with(|| Source { served: clock, ..Source::default() });
         change(source);
         if source.places == 0 && source.waiting == 0 {
             self.sources.remove(&ip);
@@ -178,7 +187,8 @@ impl Table {
     /// Whether `ip` may take a place now: no source with waiters has
     /// fewer places, or as many and was served longer ago.
     fn turn_of(&self, ip: IpAddr) -> bool {
-        let mine = self.sources.get(&ip).map_or((0, 0, ip), |s| (s.places, s.served, ip));
+        // A source the table does not know comes after every one there.
+        let mine = self.sources.get(&ip).map_or((0, self.clock + 1, ip), |s| (s.places, s.served, ip));
         self.turns.first().is_none_or(|first| mine <= *first)
     }
 
@@ -314,12 +324,18 @@ impl Startups {
     fn wait(&self, ip: IpAddr) -> Waiting<'_> {
         let mut table = self.table.lock().expect("startups poisoned");
         if table.waiters.len() >= self.max_waiting {
-            let (&heaviest, most) = table
-                .sources
+            // Of the sources with the most waiters, the one last in turn
+            // (most places held, else come or served most recently):
+            // never chosen by the order of a hash map, where a source with
+            // one waiter, a client's, could be picked.
+            let most = table.sources.values().map(|s| s.waiting).max().unwrap_or(0);
+            let heaviest = table
+                .turns
                 .iter()
-                .map(|(ip, s)| (ip, s.waiting))
-                .max_by_key(|&(_, n)| n)
-                .expect("waiters have sources");
+                .rev()
+                .map(|&(_, _, ip)| ip)
+                .find(|ip| table.sources.get(ip).is_some_and(|s| s.waiting == most))
+                .expect("waiters have sources in turn");
             let oldest = table.waiters.iter().find(|(_, (from, _))| *from == heaviest).map(|(&id, _)| id);
             if let Some(eviction) = oldest.and_then(|id| table.leave(id)) {
                 eviction.evict(format!("server busy: {most} connections from {heaviest} wait for a handshake"));
@@ -705,6 +721,60 @@ mod tests {
         assert!(!flood[1].is_finished(), "nor the other source's waiter");
         newcomer.abort();
         flood.iter().for_each(|w| w.abort());
+    }
+
+    /// Among sources holding as many places, a freed place goes to the one
+    /// that came first, whatever the addresses (the review of issue 28's
+    /// queue: ties went by address, so a flood from addresses below the
+    /// client's always went first, and a newcomer from a low address
+    /// jumped every waiter).
+    #[tokio::test]
+    async fn ties_go_by_arrival_never_by_address() {
+        let s = Arc::new(Startups::new(1, 1));
+        let far = tokio::time::Instant::now() + Duration::from_secs(5);
+        let held = s.admit(ip(9), far).await.unwrap();
+        let waiter = |from: u8| {
+            let s = s.clone();
+            tokio::spawn(async move { s.admit(ip(from), far).await })
+        };
+        let first = waiter(200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = waiter(2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!s.table.lock().unwrap().turn_of(ip(1)), "an unknown low address does not jump the waiters");
+        drop(held);
+        let first = tokio::time::timeout(Duration::from_millis(200), first).await.expect("served at once");
+        assert!(first.unwrap().is_some(), "127.0.0.200 came first");
+        assert!(!second.is_finished(), "127.0.0.2 waits, though its address is lower");
+        second.abort();
+    }
+
+    /// With the queue full of sources of one waiter each, the one that gives
+    /// up is the newest source's, not one picked by a hash map's order (a
+    /// client's, perhaps).
+    #[tokio::test]
+    async fn a_full_queue_of_single_waiters_drops_the_newest_source() {
+        let mut s = Startups::new(1, 1);
+        s.max_waiting = 3;
+        let s = Arc::new(s);
+        let far = tokio::time::Instant::now() + Duration::from_secs(5);
+        let _held = s.admit(ip(9), far).await.unwrap();
+        let waiter = |from: u8| {
+            let s = s.clone();
+            tokio::spawn(async move { s.admit(ip(from), far).await.is_some() })
+        };
+        let mut queued = Vec::new();
+        for from in [5, 1, 3] {
+            queued.push(waiter(from));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let newcomer = waiter(4);
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), queued.remove(2)).await.expect("made to give up");
+        assert!(!gave_up.unwrap(), "127.0.0.3, the newest, gave up its wait");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(queued.iter().all(|w| !w.is_finished()) && !newcomer.is_finished(), "the older ones wait on");
+        queued.iter().for_each(|w| w.abort());
+        newcomer.abort();
     }
 
     /// When the table is full, the place a newcomer evicts is the oldest
