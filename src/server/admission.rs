@@ -769,7 +769,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let newcomer = waiter(4);
-        let gave_up = tokio::time::timeout(Duration::from_millis(200), queued.remove(2)).await.expect("made to give up");
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(200), queued.remove(2)).await.expect("made to give up");
         assert!(!gave_up.unwrap(), "127.0.0.3, the newest, gave up its wait");
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(queued.iter().all(|w| !w.is_finished()) && !newcomer.is_finished(), "the older ones wait on");
