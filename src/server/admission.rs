@@ -36,9 +36,10 @@
 //!    is that old, the burst is real, and the newcomer waits for a place
 //!    (up to its handshake deadline). Places go to addresses in turn: the
 //!    next one to the waiting address holding the fewest, then the one
-//!    served (or come) longest ago, never by the address's value, so a
-//!    client from an address of its own waits at most one round of the
-//!    addresses holding none, however many sockets they hold. On a full
+//!    served longest ago (never served: first; an address that comes
+//!    back keeps its last turn), then the one that came first, never by
+//!    the address's value: a client from an address of its own goes
+//!    before a flood's addresses, which are served over and over. On a full
 //!    queue, of the addresses with the most waiters, the one last in turn
 //!    gives up a waiter. Within one address,
 //!    its waiters race for its turn (any of them may take it, a newcomer
@@ -131,17 +132,32 @@ struct Table {
     /// Waiting connections by id, oldest first.
     waiters: BTreeMap<u64, (IpAddr, Eviction)>,
     /// The sources with waiters, whose turn it is first: fewest places
-    /// held, then the one served longest ago ([`Table::key`]).
-    turns: BTreeSet<(usize, u64, IpAddr)>,
+    /// held, then the one served longest ago (never: first), then the one
+    /// that came first ([`Table::key`]).
+    turns: BTreeSet<Turn>,
+    /// When sources the table forgot were last served: one that comes
+    /// back takes its turn after those served longer ago, as if it had
+    /// stayed (a flood's sources come and go as their sockets do).
+    recent: HashMap<IpAddr, u64>,
 }
+
+/// A source's place in the turns: places held, when last served (0:
+/// never), when it came, and the source.
+type Turn = (usize, u64, u64, IpAddr);
+
+/// The most forgotten sources whose last turn is remembered; past it the
+/// memory starts over.
+const RECENT_MAX: usize = 16_384;
 
 /// What the table knows of one source address.
 #[derive(Debug, Default)]
 struct Source {
     places: usize,
     waiting: usize,
-    /// `clock` when it was last given a place, or when it came.
+    /// `clock` when it was last given a place (0: never).
     served: u64,
+    /// `clock` when it came to the table.
+    came: u64,
     /// Wakes this source's waiters: it is their turn.
     wake: Arc<Notify>,
 }
@@ -156,9 +172,9 @@ struct Entry {
 
 impl Table {
     /// Where `ip` stands in [`Table::turns`], if it has waiters.
-    fn key(&self, ip: IpAddr) -> Option<(usize, u64, IpAddr)> {
+    fn key(&self, ip: IpAddr) -> Option<Turn> {
         let s = self.sources.get(&ip)?;
-        (s.waiting > 0).then_some((s.places, s.served, ip))
+        (s.waiting > 0).then_some((s.places, s.served, s.came, ip))
     }
 
     /// Changes what is known of `ip`, keeping `turns` in step and
@@ -168,16 +184,24 @@ impl Table {
             self.turns.remove(&old);
         }
         // A source new to the table (or come back after it was
-        // forgotten) is stamped with its arrival: among sources holding as
-        // many places, turns go by who came first, never by address.
+        // forgotten) is stamped with its arrival, and keeps its last turn:
+        // ties never go by the address's value.
         if !self.sources.contains_key(&ip) {
             self.clock += 1;
+            let served = self.recent.remove(&ip).unwrap_or(0);
+            self.sources.insert(ip, Source { served, came: self.clock, ..Source::default() });
         }
-        let clock = self.clock;
-        let source = self.sources.entry(ip).or_insert_with(|| Source { served: clock, ..Source::default() });
+        let source = self.sources.get_mut(&ip).expect("inserted above");
         change(source);
         if source.places == 0 && source.waiting == 0 {
+            let served = source.served;
             self.sources.remove(&ip);
+            if served > 0 {
+                if self.recent.len() >= RECENT_MAX {
+                    self.recent.clear();
+                }
+                self.recent.insert(ip, served);
+            }
         }
         if let Some(new) = self.key(ip) {
             self.turns.insert(new);
@@ -187,14 +211,18 @@ impl Table {
     /// Whether `ip` may take a place now: no source with waiters has
     /// fewer places, or as many and was served longer ago.
     fn turn_of(&self, ip: IpAddr) -> bool {
-        // A source the table does not know comes after every one there.
-        let mine = self.sources.get(&ip).map_or((0, self.clock + 1, ip), |s| (s.places, s.served, ip));
+        // A source the table does not know comes after every one there
+        // that was served as long ago as it was.
+        let mine = match self.sources.get(&ip) {
+            Some(s) => (s.places, s.served, s.came, ip),
+            None => (0, self.recent.get(&ip).copied().unwrap_or(0), self.clock + 1, ip),
+        };
         self.turns.first().is_none_or(|first| mine <= *first)
     }
 
     /// Wakes the waiters of the source whose turn it is.
     fn wake_first(&self) {
-        if let Some(s) = self.turns.first().and_then(|(_, _, ip)| self.sources.get(ip)) {
+        if let Some(s) = self.turns.first().and_then(|(_, _, _, ip)| self.sources.get(ip)) {
             s.wake.notify_waiters();
         }
     }
@@ -333,7 +361,7 @@ impl Startups {
                 .turns
                 .iter()
                 .rev()
-                .map(|&(_, _, ip)| ip)
+                .map(|&(_, _, _, ip)| ip)
                 .find(|ip| table.sources.get(ip).is_some_and(|s| s.waiting == most))
                 .expect("waiters have sources in turn");
             let oldest = table.waiters.iter().find(|(_, (from, _))| *from == heaviest).map(|(&id, _)| id);
@@ -358,7 +386,7 @@ impl Startups {
         if !table.turn_of(ip) {
             // The turn is another source's: wake its waiters if there is
             // a place they could take (an entry came of age).
-            if let Some(&(_, _, first)) = table.turns.first() {
+            if let Some(&(_, _, _, first)) = table.turns.first() {
                 if self.room(&table, first, now).is_some() {
                     table.wake_first();
                 }
