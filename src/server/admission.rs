@@ -604,6 +604,13 @@ mod tests {
         IpAddr::from([127, 0, 0, last])
     }
 
+    /// A connection from 127.0.0.`from` waiting in the background for a
+    /// place until `far`; its place, if it got one.
+    fn waiter(s: &Arc<Startups>, from: u8, far: tokio::time::Instant) -> tokio::task::JoinHandle<Option<Startup>> {
+        let s = s.clone();
+        tokio::spawn(async move { s.admit(ip(from), far).await })
+    }
+
     /// `try_admit` at a moment `ms` milliseconds after `t0`.
     fn at(s: &Arc<Startups>, ip: IpAddr, t0: Instant, ms: u64) -> Option<Startup> {
         s.try_admit(ip, t0 + Duration::from_millis(ms))
@@ -691,10 +698,7 @@ mod tests {
         let s = Arc::new(Startups::new(2, 2));
         let far = tokio::time::Instant::now() + Duration::from_secs(5);
         let (a, _b) = (s.admit(ip(1), far).await.unwrap(), s.admit(ip(1), far).await.unwrap());
-        let waiter = |from: u8| {
-            let s = s.clone();
-            tokio::spawn(async move { s.admit(ip(from), far).await })
-        };
+        let waiter = |from: u8| waiter(&s, from, far);
         // Two from the address holding both places wait first, then one
         // from an address holding none.
         let (heavy1, heavy2) = (waiter(1), waiter(1));
@@ -719,10 +723,7 @@ mod tests {
         let s = Arc::new(s);
         let far = tokio::time::Instant::now() + Duration::from_secs(5);
         let _held = s.admit(ip(9), far).await.unwrap();
-        let waiter = |from: u8| {
-            let s = s.clone();
-            tokio::spawn(async move { s.admit(ip(from), far).await.is_some() })
-        };
+        let waiter = |from: u8| waiter(&s, from, far);
         let mut flood = Vec::new();
         for from in [1, 1, 2, 1] {
             flood.push(waiter(from));
@@ -732,7 +733,7 @@ mod tests {
         let newcomer = waiter(3);
         let first = flood.remove(0);
         let gave_up = tokio::time::timeout(Duration::from_millis(200), first).await.expect("made to give up");
-        assert!(!gave_up.unwrap(), "the oldest of 127.0.0.1, the heaviest, gave up its wait");
+        assert!(gave_up.unwrap().is_none(), "the oldest of 127.0.0.1, the heaviest, gave up its wait");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!newcomer.is_finished() && flood.iter().all(|w| !w.is_finished()), "the rest still wait");
         {
@@ -761,10 +762,7 @@ mod tests {
         let s = Arc::new(Startups::new(1, 1));
         let far = tokio::time::Instant::now() + Duration::from_secs(5);
         let held = s.admit(ip(9), far).await.unwrap();
-        let waiter = |from: u8| {
-            let s = s.clone();
-            tokio::spawn(async move { s.admit(ip(from), far).await })
-        };
+        let waiter = |from: u8| waiter(&s, from, far);
         let first = waiter(200);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let second = waiter(2);
@@ -787,10 +785,7 @@ mod tests {
         let s = Arc::new(s);
         let far = tokio::time::Instant::now() + Duration::from_secs(5);
         let _held = s.admit(ip(9), far).await.unwrap();
-        let waiter = |from: u8| {
-            let s = s.clone();
-            tokio::spawn(async move { s.admit(ip(from), far).await.is_some() })
-        };
+        let waiter = |from: u8| waiter(&s, from, far);
         let mut queued = Vec::new();
         for from in [5, 1, 3] {
             queued.push(waiter(from));
@@ -799,7 +794,7 @@ mod tests {
         let newcomer = waiter(4);
         let gave_up =
             tokio::time::timeout(Duration::from_millis(200), queued.remove(2)).await.expect("made to give up");
-        assert!(!gave_up.unwrap(), "127.0.0.3, the newest, gave up its wait");
+        assert!(gave_up.unwrap().is_none(), "127.0.0.3, the newest, gave up its wait");
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(queued.iter().all(|w| !w.is_finished()) && !newcomer.is_finished(), "the older ones wait on");
         queued.iter().for_each(|w| w.abort());
