@@ -30,7 +30,7 @@ fn main() {
         let mut config = Config::new(root.path());
         config.allow_exec = true;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::run(listener, config, stopped));
+        let server = tokio::spawn(server::Server::open(config).await.unwrap().serve(listener, stopped));
         let mut client = Client::connect(&addr).await.unwrap();
         let (mut remote, mut local) = (Vec::new(), Vec::new());
         for i in 0..n * 2 {

@@ -45,7 +45,7 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?.to_string();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let server = tokio::spawn(server::run(listener, server::Config::new("."), stopped));
+//! let server = tokio::spawn(server::Server::open(server::Config::new(".")).await?.serve(listener, stopped));
 //!
 //! let mut client = Client::connect(&addr).await?;
 //! assert_eq!(client.echo(b"sticky? not here").await?, "sticky? not here");

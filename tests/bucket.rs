@@ -394,14 +394,14 @@ fn no_progress() -> impl FnMut(Progress) + Send {
 async fn serve(
     bucket: Bucket,
     tweak: impl FnOnce(&mut framewire::server::Config),
-) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let mut config = framewire::server::Config::new(std::path::PathBuf::new());
-    config.bucket = Some(bucket);
+) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), framewire::server::ServeError>>) {
+    let mut config = framewire::server::Config::for_root(framewire::server::Root::Bucket(bucket));
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(framewire::server::run(listener, config, async {
+    let server = framewire::server::Server::open(config).await.unwrap();
+    let task = tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
     }));
     (addr, stop, task)
@@ -528,7 +528,7 @@ async fn files_round_trip_through_a_bucket_root() {
     // Commands have nowhere to run.
     let e = client.exec_output("true", &framewire::client::ExecOptions::default()).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ExecDisabled));
-    assert!(e.to_string().contains("--exec-dir"), "{e}");
+    assert!(e.to_string().contains("object store") && e.to_string().contains("exec directory"), "{e}");
 
     racing_uploads_do_not_replace_each_other(&server).await;
     directory_moves_refuse_what_would_lose_data(&server).await;

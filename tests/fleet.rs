@@ -73,7 +73,7 @@ impl Fleet {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server::run(listener, config, async {
+        tokio::spawn(server::Server::open(config).await.unwrap().serve(listener, async {
             let _ = stopped.await;
         }));
         self.stops.push(stop);

@@ -638,8 +638,9 @@ async fn a_flood_on_a_legacy_port_keeps_no_native_client_out() {
     let legacy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, legacy_addr) = (native.local_addr().unwrap(), legacy.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
-    let legacy = vec![(framewire::legacy::Mode::Download, legacy)];
-    let task = tokio::spawn(framewire::server::run_with_legacy(native, legacy, config, stop.clone().cancelled_owned()));
+    let server =
+        framewire::server::Server::open(config).await.unwrap().legacy(framewire::legacy::Mode::Download, legacy);
+    let task = tokio::spawn(server.serve(native, stop.clone().cancelled_owned()));
     let four: fn(usize) -> std::net::IpAddr = |i| [127, 0, 0, 2 + i as u8].into();
     let flood = Flood::start(legacy_addr, 1200, &[Quiet::Silent], 4, four).await;
     served_5_in_a_row(&addr.to_string(), &key, "a legacy port flooded from 4 addresses").await;

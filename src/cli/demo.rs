@@ -13,7 +13,7 @@ use anyhow::Context;
 use framewire::auth::Key;
 use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
 use framewire::client::{ExecIo, ExecOptions, Progress, TransferOptions, WindowSize};
-use framewire::server::{self, Config};
+use framewire::server::{Config, Server};
 use framewire::Client;
 
 use super::files;
@@ -113,7 +113,7 @@ pub async fn agent() -> anyhow::Result<ExitCode> {
     config.allow_exec = true;
     config.key = Some(key.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, config, stopped));
+    let server = tokio::spawn(Server::open(config).await?.serve(listener, stopped));
     say!("server: listening on {addr}, serving {}, exec allowed, key required\n", remote_root.path().display());
     let mut demo = Demo { addr, key, remote_root, local, failures: Vec::new() };
 
@@ -352,7 +352,7 @@ pub async fn echo() -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?.to_string();
     say!("    server listening on {addr}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, Config::new(root.path()), stopped));
+    let server = tokio::spawn(Server::open(Config::new(root.path())).await?.serve(listener, stopped));
 
     let mut client = Client::connect(&addr).await.context("connecting to the demo server")?;
     let mut all_ok = true;

@@ -424,10 +424,8 @@ fn explain_cause(cause: &(dyn std::error::Error + 'static)) -> String {
     if let Some(e) = cause.downcast_ref::<framewire::ClientError>() {
         return explained(e);
     }
-    if let Some(e) = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-        if let Some(policy) = e.downcast_ref::<framewire::server::PolicyError>() {
-            return serve::explained(policy);
-        }
+    if let Some(framewire::server::ServeError::Policy(policy)) = cause.downcast_ref() {
+        return serve::explained(policy);
     }
     cause.to_string()
 }
@@ -468,6 +466,9 @@ pub fn explained_for(e: &framewire::ClientError, has_force: bool) -> String {
         ClientError::AuthUnavailable => format!("{e} (run the client without --key-file)"),
         ClientError::LocalExists(_) | ClientError::Remote { code: ErrorCode::Exists, .. } if has_force => {
             format!("{e} (use --force to replace it)")
+        }
+        ClientError::Remote { code: ErrorCode::ExecDisabled, message } if message.contains("exec directory") => {
+            format!("{e}: the server must be started with --exec-dir DIR")
         }
         ClientError::Remote { code: ErrorCode::ExecDisabled, .. } => {
             format!("{e}: the server must be started with --allow-exec")

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use framewire::auth::Key;
 use framewire::legacy::Mode;
-use framewire::server::{self, Config};
+use framewire::server::{self, Config, Root, S3Options, Server};
 
 /// `serve --log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,29 +182,19 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
         }
         None => None,
     };
-    let bucket = open_bucket(&args).await?;
-    let root = match (&bucket, &exec_dir) {
-        (Some(_), Some(dir)) => dir.clone(),
-        (Some(_), None) => PathBuf::new(),
-        (None, _) => {
-            let root = args.root.canonicalize().with_context(|| format!("cannot serve {}", args.root.display()))?;
-            anyhow::ensure!(root.is_dir(), "cannot serve {}: not a directory", root.display());
-            root
-        }
-    };
+    let root = args.root.to_str().unwrap_or_default();
+    anyhow::ensure!(
+        root.starts_with("s3://") || (args.s3_endpoint.is_none() && !args.s3_allow_http),
+        "--s3-endpoint and --s3-allow-http are for an s3:// root"
+    );
+    let s3 = S3Options::new(args.s3_endpoint.clone(), args.s3_allow_http);
+    let mut config = Config::for_root(Root::open(&args.root, s3).await?);
+    config.exec_dir = exec_dir;
     // Every connection holds a descriptor, silent ones included: take all
     // the hard limit allows (the silent set is sized from it).
     match server::raise_open_files() {
         Ok(limit) => tracing::debug!(limit, "open files"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
-    }
-    let listener =
-        server::bind(&args.listen, args.backlog).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let mut config = Config::new(root);
-    config.exec_dir = exec_dir;
-    #[cfg(feature = "s3")]
-    {
-        config.bucket = bucket;
     }
     config.max_connections = args.max_connections;
     config.max_startups = args.max_startups;
@@ -227,22 +217,26 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
         anyhow::ensure!(config.key.is_some(), "--tls-cert needs --key-file: TLS is used only with a key");
         config.tls = Some(load_tls(cert, tls_key)?);
     }
+    let drain = config.drain_timeout;
+    // The root opened (and logged: `serving`) before anything listens.
+    let mut server = Server::open(config).await?;
+    let listener =
+        server::bind(&args.listen, args.backlog).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut legacy = Vec::new();
     for (mode, addr) in &args.legacy {
         let l = server::bind(addr, args.backlog)
             .await
             .with_context(|| format!("cannot listen on {addr} for legacy {mode}"))?;
-        legacy.push((*mode, l));
+        legacy.push((*mode, l.local_addr()?));
+        server = server.legacy(*mode, l);
     }
     // Scripts read the bound address (useful with port 0) from this line.
     say!("listening on {}", listener.local_addr()?);
-    for (mode, l) in &legacy {
-        say!("legacy {mode} listening on {}", l.local_addr()?);
+    for (mode, addr) in &legacy {
+        say!("legacy {mode} listening on {addr}");
     }
-    // The server logs what it serves once it has opened it (`serving`).
     // The first SIGINT or SIGTERM starts the drain, and says how long it
     // may take; a second one ends it at once.
-    let drain = config.drain_timeout;
     let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
     let (second_tx, second) = tokio::sync::oneshot::channel::<()>();
     use tokio::signal::unix::{signal, SignalKind};
@@ -262,37 +256,8 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
         tracing::info!("{name} received again: stopping now");
         let _ = second_tx.send(());
     });
-    server::run_until(listener, legacy, config, first, second).await?;
+    server.stop_now_on(second).serve(listener, first).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The bucket an `s3://` root names, opened and checked (it is there and
-/// the credentials open it), or `None` for a directory root; one clear
-/// error otherwise, before anything listens.
-#[cfg(feature = "s3")]
-async fn open_bucket(args: &ServeArgs) -> anyhow::Result<Option<framewire::server::Bucket>> {
-    use framewire::server::{Bucket, BucketSpec};
-    let Some(url) = args.root.to_str().filter(|r| r.starts_with("s3://")) else {
-        anyhow::ensure!(
-            args.s3_endpoint.is_none() && !args.s3_allow_http,
-            "--s3-endpoint and --s3-allow-http are for an s3:// root"
-        );
-        return Ok(None);
-    };
-    let spec = BucketSpec::parse(url)?.with_endpoint(args.s3_endpoint.clone()).with_allow_http(args.s3_allow_http);
-    let bucket = Bucket::open(spec).await.map_err(|e| anyhow::anyhow!("cannot serve {url}: {e}"))?;
-    Ok(Some(bucket))
-}
-
-/// Without the `s3` feature an `s3://` root is refused.
-#[cfg(not(feature = "s3"))]
-async fn open_bucket(args: &ServeArgs) -> anyhow::Result<Option<()>> {
-    anyhow::ensure!(
-        !args.root.to_str().is_some_and(|r| r.starts_with("s3://")),
-        "cannot serve {}: this framewire was built without the `s3` feature",
-        args.root.display()
-    );
-    Ok(None)
 }
 
 /// Waits for SIGINT or SIGTERM; returns which came.

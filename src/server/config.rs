@@ -48,15 +48,11 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// The served directory (unless [`bucket`](Self::bucket) is set).
-    pub root: PathBuf,
-    /// A bucket of an object store served as the root instead of
-    /// [`root`](Self::root) (`serve --root s3://BUCKET[/PREFIX]`).
-    #[cfg(feature = "s3")]
-    pub bucket: Option<crate::services::bucket::Bucket>,
-    /// Where commands run: by default the served directory; with a bucket
-    /// root there is none, and exec is refused unless this names a local
-    /// directory (`--exec-dir`).
+    /// What is served: a directory or a bucket.
+    pub root: Root,
+    /// Where commands run: by default the served directory; a bucket root
+    /// has none, and exec is refused there unless this names a local
+    /// directory.
     pub exec_dir: Option<PathBuf>,
     /// Authenticated connections (sessions) served at once, native and
     /// legacy together.
@@ -138,12 +134,15 @@ impl Config {
         set.build().unwrap_or_else(|_| globset::GlobSet::empty())
     }
 
+    /// Defaults for serving the directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::for_root(Root::Dir(dir.into()))
+    }
+
     /// Defaults for serving `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub fn for_root(root: Root) -> Self {
         Config {
-            root: root.into(),
-            #[cfg(feature = "s3")]
-            bucket: None,
+            root,
             exec_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_startups: DEFAULT_MAX_STARTUPS,
@@ -170,9 +169,124 @@ impl Config {
     }
 }
 
+/// What a server serves: one directory, or one bucket of an object store,
+/// never both.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Root {
+    /// A local directory; every path is resolved beneath it by descriptor.
+    Dir(PathBuf),
+    /// A bucket (below a prefix), opened: its store answered and took the
+    /// credentials.
+    #[cfg(feature = "s3")]
+    Bucket(crate::services::bucket::Bucket),
+}
+
+impl Root {
+    /// Opens the root `name` names, as `serve --root` takes it:
+    /// `s3://BUCKET[/PREFIX]` is a bucket (at `s3`'s endpoint, with the
+    /// credentials of the usual AWS variables or profile), anything else
+    /// a directory (opened when the server starts).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Bucket`] for an `s3://` name that is not a bucket's,
+    /// or a bucket that cannot be opened; [`ServeError::NoBuckets`] for an
+    /// `s3://` name when this framewire was built without the `s3`
+    /// feature.
+    pub async fn open(name: &std::path::Path, s3: S3Options) -> Result<Root, ServeError> {
+        let Some(url) = name.to_str().filter(|n| n.starts_with("s3://")) else {
+            return Ok(Root::Dir(name.to_owned()));
+        };
+        #[cfg(feature = "s3")]
+        {
+            use crate::services::bucket::{Bucket, BucketSpec};
+            let bucket = |source| ServeError::Bucket { url: url.to_owned(), source };
+            let spec =
+                BucketSpec::parse(url).map_err(bucket)?.with_endpoint(s3.endpoint).with_allow_http(s3.allow_http);
+            Ok(Root::Bucket(Bucket::open(spec).await.map_err(bucket)?))
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = s3;
+            Err(ServeError::NoBuckets(url.to_owned()))
+        }
+    }
+
+    /// Whether this is a bucket.
+    pub fn is_bucket(&self) -> bool {
+        !matches!(self, Root::Dir(_))
+    }
+}
+
+impl std::fmt::Display for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Root::Dir(path) => write!(f, "{}", path.display()),
+            #[cfg(feature = "s3")]
+            Root::Bucket(b) => f.write_str(&b.spec().url()),
+        }
+    }
+}
+
+/// How an `s3://` root is reached (see [`Root::open`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct S3Options {
+    /// The S3 endpoint, for stores other than AWS (path-style requests);
+    /// `None`: `AWS_ENDPOINT_URL`, else AWS's own for the region.
+    pub endpoint: Option<String>,
+    /// Allow a plain `http://` endpoint (a test store on loopback).
+    pub allow_http: bool,
+}
+
+impl S3Options {
+    /// At `endpoint`, `http://` allowed or not.
+    pub fn new(endpoint: Option<String>, allow_http: bool) -> Self {
+        S3Options { endpoint, allow_http }
+    }
+}
+
+/// Why a server did not start: nothing was served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration would let anyone who can connect use the server.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The directory root cannot be served.
+    #[error("cannot serve {}: {source}", path.display())]
+    Dir {
+        /// The root as given.
+        path: PathBuf,
+        /// Why (not there, not a directory, no permission…).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bucket root cannot be opened.
+    #[cfg(feature = "s3")]
+    #[error("cannot serve {url}: {source}")]
+    Bucket {
+        /// The root as given.
+        url: String,
+        /// Why.
+        #[source]
+        source: crate::services::bucket::BucketError,
+    },
+    /// An `s3://` root, and this framewire was built without the `s3`
+    /// feature.
+    #[error("cannot serve {0}: this framewire was built without the `s3` feature")]
+    NoBuckets(String),
+    /// The TLS configuration (the generated certificate) cannot be made.
+    #[error("cannot make the TLS configuration: {0}")]
+    Tls(#[source] std::io::Error),
+    /// A listener's address cannot be read.
+    #[error("the listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
 /// A configuration the server refuses to run with: it would let anyone who
-/// can connect use it. Returned inside the `PermissionDenied` I/O error of
-/// [`run`](super::run) (`io::Error::get_ref` gives it back).
+/// can connect use it ([`ServeError::Policy`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use super::config::Config;
 use crate::services::files::{HashCache, Sandbox};
 
-/// The served root: a local directory or a bucket, each a
+/// The served root, opened: a local directory or a bucket, each a
 /// [`Storage`](super::storage::Storage) (DESIGN.md, "The storage seam").
-pub(crate) enum Root {
+pub(crate) enum Served {
     /// A local directory, resolved by descriptor.
-    Local(Sandbox),
+    Dir(Sandbox),
     /// A bucket of an object store.
     #[cfg(feature = "s3")]
     Bucket(crate::services::bucket::Bucket),
@@ -23,7 +23,7 @@ pub(crate) enum Root {
 /// What every connection of a server shares.
 pub(crate) struct Context {
     pub config: Config,
-    pub root: Root,
+    pub root: Served,
     /// TLS configuration, when the server has a key.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub failed_logins: FailedLogins,

@@ -1,6 +1,6 @@
 //! Request dispatch: the one place that knows every handler.
 
-use super::context::{Context, Root};
+use super::context::{Context, Served};
 use super::storage::Dir;
 
 use super::handlers::{echo, exec, files, tree};
@@ -134,12 +134,12 @@ async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup
 macro_rules! on_root {
     ($ctx:expr, $st:ident => $body:expr) => {
         match &$ctx.root {
-            Root::Local(sb) => {
+            Served::Dir(sb) => {
                 let $st = &Dir { sb, hashes: &$ctx.hashes };
                 $body
             }
             #[cfg(feature = "s3")]
-            Root::Bucket(b) => {
+            Served::Bucket(b) => {
                 let $st = b;
                 $body
             }

@@ -11,12 +11,13 @@ mod storage;
 
 #[cfg(feature = "s3")]
 pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, StoreRequests};
+
 #[cfg(feature = "s3")]
 pub use crate::services::files::Listing;
 pub use crate::services::root::Resolver;
 pub use config::{
-    Config, PolicyError, DEFAULT_ACCEPT_ENV, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SILENT,
+    Config, PolicyError, Root, S3Options, ServeError, DEFAULT_ACCEPT_ENV, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SILENT,
     DEFAULT_MAX_SILENT_PER_SOURCE, DEFAULT_MAX_STARTUPS, DEFAULT_MAX_STARTUPS_PER_SOURCE, SESSION_WAIT,
 };
 
@@ -40,80 +41,118 @@ const HARD_GRACE: Duration = Duration::from_secs(2);
 /// The longest pause between accept retries after an accept error.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Serves `listener` until `shutdown` completes, then stops accepting,
-/// lets live requests finish for up to [`Config::drain_timeout`], ends the
-/// rest, and returns.
-///
-/// A connection's errors end that connection only; they are logged with
-/// the peer's address. Accept errors (out of file descriptors, …) are
-/// logged and retried with backoff, never fatal.
+/// A server, opened: its root held open (a directory by descriptor, a
+/// bucket checked), its TLS configuration made. [`serve`](Self::serve)
+/// runs it on a listener.
 ///
 /// # Examples
 ///
 /// ```no_run
-/// # async fn demo() -> std::io::Result<()> {
-/// use framewire::server::{self, Config};
+/// # async fn demo() -> Result<(), framewire::server::ServeError> {
+/// use framewire::server::{Config, Server};
 ///
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// server::run(listener, Config::new("."), tokio::signal::ctrl_c()).await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(framewire::server::ServeError::Listener)?;
+/// Server::open(Config::new(".")).await?.serve(listener, tokio::signal::ctrl_c()).await?;
 /// # Ok(()) }
 /// ```
-///
-/// # Errors
-///
-/// If the root cannot be opened as a directory, or the configuration breaks
-/// the policy (a non-loopback address or exec without a key, unless
-/// `insecure`); nothing is served then.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> std::io::Result<()> {
-    run_with_legacy(listener, Vec::new(), config, shutdown).await
+pub struct Server {
+    config: Config,
+    served: context::Served,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    legacy: Vec<(Mode, TcpListener)>,
+    now: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
-/// As [`run`], with listeners for the tutorial's formats beside the native
-/// one (see [`crate::legacy`]), sharing the root, the connection limit,
-/// logging and shutdown.
-///
-/// # Errors
-///
-/// As [`run`]; also legacy exec without `allow_exec`, a legacy listener off
-/// loopback without `legacy_hmac` unless `insecure`, or `legacy_hmac`
-/// without a key.
-pub async fn run_with_legacy(
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("root", &self.config.root).field("legacy", &self.legacy).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens what `config` serves: the directory (made canonical in the
+    /// configuration) or the bucket, and the TLS configuration with a key
+    /// (a self-signed certificate unless [`Config::tls`] gives one).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Dir`] if the root cannot be opened as a directory,
+    /// [`ServeError::Tls`], or [`PolicyError::LegacyHmacWithoutKey`].
+    pub async fn open(mut config: Config) -> Result<Server, ServeError> {
+        if config.legacy_hmac && config.key.is_none() {
+            return Err(PolicyError::LegacyHmacWithoutKey.into());
+        }
+        let served = served(&mut config)?;
+        let tls = match (&config.key, &config.tls) {
+            (None, _) => None,
+            (Some(_), Some(tls)) => Some(tls.clone()),
+            (Some(_), None) => Some(crate::transport::server_config().map_err(ServeError::Tls)?),
+        };
+        Ok(Server { config, served, tls, legacy: Vec::new(), now: Box::pin(std::future::pending()) })
+    }
+
+    /// The configuration, as opened (a directory root made canonical).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Also serves the tutorial's `mode` on `listener` (see
+    /// [`crate::legacy`]), sharing the root, the connection limit, logging
+    /// and shutdown. Checked when [`serve`](Self::serve) starts: legacy
+    /// exec needs [`Config::allow_exec`], a listener off loopback needs
+    /// [`Config::legacy_hmac`] unless [`Config::insecure`], and the root
+    /// must be a directory.
+    pub fn legacy(mut self, mode: Mode, listener: TcpListener) -> Self {
+        self.legacy.push((mode, listener));
+        self
+    }
+
+    /// When `now` completes during the drain (a second Ctrl-C, say), the
+    /// drain ends at once: running commands are killed and the remaining
+    /// connections ended, as when [`Config::drain_timeout`] passes.
+    pub fn stop_now_on(mut self, now: impl Future + Send + 'static) -> Self {
+        self.now = Box::pin(async move {
+            now.await;
+        });
+        self
+    }
+
+    /// Serves `listener` (and the legacy ones) until `shutdown` completes,
+    /// then stops accepting, lets live requests finish for up to
+    /// [`Config::drain_timeout`], ends the rest, and returns.
+    ///
+    /// A connection's errors end that connection only; they are logged
+    /// with the peer's address. Accept errors (out of file descriptors, …)
+    /// are logged and retried with backoff, never fatal.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Policy`] if the configuration would let anyone who
+    /// can connect use the server (a non-loopback address or exec without
+    /// a key, unless [`Config::insecure`]; the legacy listeners' rules
+    /// above); nothing is served then.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future) -> Result<(), ServeError> {
+        let Server { config, served, tls, legacy, now } = self;
+        check_policy(&listener, &config)?;
+        check_legacy_policy(&legacy, &config)?;
+        if config.root.is_bucket() {
+            if let Some((mode, _)) = legacy.first() {
+                return Err(PolicyError::LegacyOnBucket { mode: mode.to_string() }.into());
+            }
+        }
+        run(listener, legacy, config, served, tls, shutdown, now).await.map_err(ServeError::Listener)
+    }
+}
+
+async fn run(
     listener: TcpListener,
     legacy: Vec<(Mode, TcpListener)>,
     config: Config,
-    shutdown: impl Future,
-) -> std::io::Result<()> {
-    run_until(listener, legacy, config, shutdown, std::future::pending::<()>()).await
-}
-
-/// As [`run_with_legacy`], and when `now` completes during the drain
-/// (a second Ctrl-C, say), the drain ends at once: running commands are
-/// killed and the remaining connections ended, as when
-/// [`Config::drain_timeout`] passes.
-///
-/// # Errors
-///
-/// As [`run_with_legacy`].
-pub async fn run_until(
-    listener: TcpListener,
-    legacy: Vec<(Mode, TcpListener)>,
-    mut config: Config,
+    served: context::Served,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future,
     now: impl Future,
 ) -> std::io::Result<()> {
-    check_policy(&listener, &config)?;
-    check_legacy_policy(&legacy, &config)?;
-    let storage = storage(&mut config)?;
-    if !matches!(storage, context::Root::Local(_)) {
-        if let Some((mode, _)) = legacy.first() {
-            return refuse(PolicyError::LegacyOnBucket { mode: mode.to_string() });
-        }
-    }
-    let tls = match (&config.key, &config.tls) {
-        (None, _) => None,
-        (Some(_), Some(tls)) => Some(tls.clone()),
-        (Some(_), None) => Some(crate::transport::server_config()?),
-    };
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let startups = Arc::new(admission::Startups::new(config.max_startups, config.max_startups_per_source));
     // The legacy listeners' challenged connections have a table of their
@@ -145,7 +184,7 @@ pub async fn run_until(
     let ctx = Arc::new(context::Context {
         accept_env: config.accept_env_set(),
         config,
-        root: storage,
+        root: served,
         tls,
         failed_logins: context::FailedLogins::default(),
         hashes: Arc::default(),
@@ -221,7 +260,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: CancellationToken) {
     loop {
         let removed = match &ctx.root {
-            context::Root::Local(sb) => {
+            context::Served::Dir(sb) => {
                 let sb = sb.clone();
                 match tokio::task::spawn_blocking(move || sb.prune_partials(age)).await {
                     Ok(Ok(removed)) => Ok(removed),
@@ -230,7 +269,7 @@ async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: Cancell
                 }
             }
             #[cfg(feature = "s3")]
-            context::Root::Bucket(b) => b.prune_uploads(age).await.map_err(|r| r.message),
+            context::Served::Bucket(b) => b.prune_uploads(age).await.map_err(|r| r.message),
         };
         match removed {
             Ok(removed) => {
@@ -254,7 +293,7 @@ const MAX_OPEN_FILES: u64 = 1 << 20;
 /// Raises this process's soft open-file limit to its hard limit, as a
 /// server needs (Go's runtime and nginx do the same): each silent
 /// connection, handshake and session holds descriptors, and each of the
-/// two silent sets is cut to a quarter of the limit in force when [`run`]
+/// two silent sets is cut to a quarter of the limit in force when a server
 /// starts (the 1,024 many systems give by default would hold 256).
 /// Commands run by exec get the limit the process started with back.
 /// Returns the limit now in force.
@@ -495,7 +534,7 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
 fn legacy_context(ctx: &context::Context) -> Option<legacy::Legacy<'_>> {
     let c = &ctx.config;
     #[allow(irrefutable_let_patterns)]
-    let context::Root::Local(sandbox) = &ctx.root
+    let context::Served::Dir(sandbox) = &ctx.root
     else {
         return None;
     };
@@ -509,41 +548,37 @@ fn legacy_context(ctx: &context::Context) -> Option<legacy::Legacy<'_>> {
     })
 }
 
-/// What the files service works on: the bucket, if the config names one,
-/// else the directory (made canonical in `config.root`).
-fn storage(config: &mut Config) -> std::io::Result<context::Root> {
-    #[cfg(feature = "s3")]
-    if let Some(bucket) = &config.bucket {
-        info!(root = %bucket.spec().url(), exec_dir = ?config.exec_dir, "serving a bucket");
-        return Ok(context::Root::Bucket(bucket.clone()));
-    }
-    let mut sandbox = Sandbox::new(&config.root)?;
+/// What the files service works on: the bucket, if the root is one, else
+/// the directory (made canonical in `config.root`).
+fn served(config: &mut Config) -> Result<context::Served, ServeError> {
+    let dir = match &config.root {
+        #[cfg(feature = "s3")]
+        Root::Bucket(bucket) => {
+            info!(root = %bucket.spec().url(), exec_dir = ?config.exec_dir, "serving a bucket");
+            return Ok(context::Served::Bucket(bucket.clone()));
+        }
+        Root::Dir(dir) => dir,
+    };
+    let mut sandbox = Sandbox::new(dir).map_err(|source| ServeError::Dir { path: dir.clone(), source })?;
     if let Some(resolver) = config.resolver {
         sandbox = sandbox.with_resolver(resolver);
     }
     info!(root = %sandbox.root().display(), resolver = ?sandbox.resolver(), "serving");
-    config.root = sandbox.root().to_owned();
-    Ok(context::Root::Local(sandbox))
-}
-
-fn refuse<T>(why: PolicyError) -> std::io::Result<T> {
-    Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))
+    config.root = Root::Dir(sandbox.root().to_owned());
+    Ok(context::Served::Dir(sandbox))
 }
 
 /// Legacy listeners follow the native exec policy, and without the HMAC
 /// challenge they authenticate no one.
-fn check_legacy_policy(legacy: &[(Mode, TcpListener)], config: &Config) -> std::io::Result<()> {
-    if config.legacy_hmac && config.key.is_none() {
-        return refuse(PolicyError::LegacyHmacWithoutKey);
-    }
+fn check_legacy_policy(legacy: &[(Mode, TcpListener)], config: &Config) -> Result<(), ServeError> {
     for (mode, l) in legacy {
-        let addr = l.local_addr()?;
+        let addr = l.local_addr().map_err(ServeError::Listener)?;
         let (exec, mode) = (mode.is_exec(), mode.to_string());
         if exec && !config.allow_exec {
-            return refuse(PolicyError::LegacyExecNotAllowed { mode, addr });
+            return Err(PolicyError::LegacyExecNotAllowed { mode, addr }.into());
         }
         if !config.legacy_hmac && !addr.ip().is_loopback() && !config.insecure {
-            return refuse(PolicyError::OpenLegacy { mode, addr });
+            return Err(PolicyError::OpenLegacy { mode, addr }.into());
         }
         if !config.legacy_hmac && exec {
             warn!(%mode, %addr, "legacy exec without the HMAC challenge: any local user can run commands through it");
@@ -554,16 +589,16 @@ fn check_legacy_policy(legacy: &[(Mode, TcpListener)], config: &Config) -> std::
 
 /// Without a key, anyone who can reach the server can use it: allowed on
 /// loopback, and for exec or other addresses only with `insecure`.
-fn check_policy(listener: &TcpListener, config: &Config) -> std::io::Result<()> {
+fn check_policy(listener: &TcpListener, config: &Config) -> Result<(), ServeError> {
     if config.key.is_some() {
         return Ok(());
     }
-    let addr = listener.local_addr()?;
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
     if !addr.ip().is_loopback() && !config.insecure {
-        return refuse(PolicyError::OpenAddress(addr));
+        return Err(PolicyError::OpenAddress(addr).into());
     }
     if config.allow_exec && !config.insecure {
-        return refuse(PolicyError::OpenExec);
+        return Err(PolicyError::OpenExec.into());
     }
     if config.insecure && (config.allow_exec || !addr.ip().is_loopback()) {
         warn!(%addr, exec = config.allow_exec, "INSECURE: serving without a key; anyone who can connect can use this server{}", if config.allow_exec { " and run commands on it" } else { "" });

@@ -14,7 +14,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub root: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<Result<(), server::ServeError>>,
 }
 
 impl TestServer {
@@ -30,7 +30,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, config, async {
+        let server = server::Server::open(config).await.unwrap();
+        let task = tokio::spawn(server.serve(listener, async {
             let _ = stopped.await;
         }));
         TestServer { addr, root, stop: Some(stop), task }
@@ -41,7 +42,7 @@ impl TestServer {
     }
 
     /// Asks for shutdown and returns the task, to await when the test wants.
-    pub fn shutdown(&mut self) -> &mut JoinHandle<std::io::Result<()>> {
+    pub fn shutdown(&mut self) -> &mut JoinHandle<Result<(), server::ServeError>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

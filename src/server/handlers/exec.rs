@@ -71,30 +71,32 @@ const MAX_ENV_NAME: usize = 256;
 const MAX_ENV_VALUE: usize = 32 * 1024;
 
 /// The answer to exec, `pty` and `env` on a server without `--allow-exec`.
-/// Where commands run: `--exec-dir`, else a local root; `None` on a
+/// Where commands run: [`Config::exec_dir`](crate::server::Config::exec_dir), else a local root; `None` on a
 /// bucket root without one.
 fn exec_dir(ctx: &Context) -> Option<&std::path::Path> {
     if let Some(dir) = &ctx.config.exec_dir {
         return Some(dir);
     }
     match &ctx.root {
-        crate::server::context::Root::Local(sb) => Some(sb.root()),
+        crate::server::context::Served::Dir(sb) => Some(sb.root()),
         #[cfg(feature = "s3")]
-        crate::server::context::Root::Bucket(_) => None,
+        crate::server::context::Served::Bucket(_) => None,
     }
 }
 
 fn no_exec_dir(ctx: &Context) -> Refusal {
-    let root = match &ctx.root {
-        #[cfg(feature = "s3")]
-        crate::server::context::Root::Bucket(b) => b.spec().url(),
-        _ => ctx.config.root.display().to_string(),
-    };
     Refusal::new(
         ErrorCode::ExecDisabled,
-        format!("exec is refused: the served root is an object store ({root}), where commands cannot run; the server needs --exec-dir DIR, a local directory for them"),
+        format!(
+            "exec is refused: the served root is an object store ({}), where commands cannot run, and the server has no {NO_EXEC_DIR} for them",
+            ctx.config.root
+        ),
     )
 }
+
+/// What [`no_exec_dir`] says is missing: a client's explanation looks for
+/// it (`serve --exec-dir` sets one).
+const NO_EXEC_DIR: &str = "exec directory";
 
 fn exec_disabled() -> Refusal {
     Refusal::new(ErrorCode::ExecDisabled, "exec is not allowed on this server")
