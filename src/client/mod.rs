@@ -2,6 +2,7 @@
 //! server ([`Client`]), and tree copies over several ([`tree`]).
 
 mod conn;
+mod conversation;
 mod error;
 mod exec;
 mod files;

@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
 
 use super::conn::Client;
+use super::conversation::{unexpected, GetState, GetStep, Outcomes, PutAnswers, PutPlan, PutStep};
 use super::error::ClientError;
 use super::files::{join_err, local_err, Progress, Transfer};
 use super::job::{Job, Observer};
 use crate::proto::{
-    Checksum, CommitList, ErrorCode, Manifest, ManifestEnd, ManifestEntry, TreeEnd, TreeFile, TreeGet, TreeGetOutput,
-    TreePut, TreePutOutput, TreeReady, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Checksum, CommitList, Manifest, ManifestEntry, TreeFile, TreeGet, TreeGetOutput, TreePut, TreePutOutput, TreeReady,
+    Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
 use crate::services::files::received_mode;
 use crate::services::root::partial_name;
@@ -27,68 +28,13 @@ use crate::session::{
 use crate::wire;
 use rustix::fs::OFlags;
 
-/// Manifest frames sent and not yet answered, at most.
-const IN_FLIGHT_FRAMES: usize = 8;
-/// Wanted files queued to send before more manifest goes out: what keeps
-/// the server's list of wanted files short.
-const QUEUED_WANTS: usize = 4096;
 /// Bytes of small files read ahead of sending them.
 const READ_AHEAD: u64 = 1024 * 1024;
-
-/// What one streamed request did with its files: totals for the ones
-/// copied (a tree of 100,000 files keeps no record per file), and each
-/// one that failed or was left out.
-#[derive(Debug, Default)]
-pub(super) struct Outcomes {
-    /// Which files have an outcome, by index into the share.
-    known: Vec<bool>,
-    /// Files copied.
-    pub files: usize,
-    /// Their bytes sent.
-    pub sent: u64,
-    /// Their bytes resumed (not sent again).
-    pub resumed: u64,
-    /// Files that failed, by index, and why.
-    pub failed: Vec<(usize, ClientError)>,
-    /// Files the receiver had already.
-    pub unchanged: usize,
-    /// Indices refused as differing and not older.
-    pub refused: Vec<usize>,
-}
-
-impl Outcomes {
-    fn new(len: usize) -> Self {
-        Outcomes { known: vec![false; len], ..Outcomes::default() }
-    }
-
-    fn ok(&mut self, i: usize, t: &Transfer) {
-        self.known[i] = true;
-        self.files += 1;
-        self.sent += t.size - t.resumed;
-        self.resumed += t.resumed;
-    }
-
-    fn fail(&mut self, i: usize, e: ClientError) {
-        self.known[i] = true;
-        self.failed.push((i, e));
-    }
-
-    fn done(&mut self, i: usize, r: Result<Transfer, ClientError>) {
-        match r {
-            Ok(t) => self.ok(i, &t),
-            Err(e) => self.fail(i, e),
-        }
-    }
-}
 
 /// `path` with empty and `.` components dropped (`..` is left for the
 /// receiver to refuse).
 fn normal(path: &str) -> String {
     path.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
-}
-
-fn remote_error(code: ErrorCode, message: String) -> ClientError {
-    ClientError::Remote { code, message }
 }
 
 /// Sends `share` with `tree_put`. `Err` with [`ErrorCode::UnknownType`]
@@ -103,101 +49,53 @@ pub(super) async fn put(
     client.session.send(&TreePut { path: String::new(), force }, &[]).await?;
     let TreeReady {} = client.answer().await?;
     let outcomes = Mutex::new(Outcomes::new(share.len()));
-    let hashes: Mutex<HashMap<u64, (u64, String)>> = Mutex::new(HashMap::new());
+    let answers = Mutex::new(PutAnswers::new(share.len()));
     let (tx, rx) = mpsc::unbounded_channel::<Option<WantList>>();
     let sending =
-        Sending { share, ids, observer, hashes: &hashes, outcomes: &outcomes, shared: client.shared_reads.clone() };
+        Sending { share, ids, observer, answers: &answers, outcomes: &outcomes, shared: client.shared_reads.clone() };
     let (reader, mut out) = client.session.halves();
 
     let writer = async {
         let mut rx = rx;
-        let frames: Vec<&[Job]> = share.chunks(TREE_PART_ENTRIES).collect();
-        let (mut next, mut answered, mut ended) = (0usize, 0usize, false);
-        let mut queue: VecDeque<Want> = VecDeque::new();
-        let mut sent = 0u64;
+        let mut plan = PutPlan::new(share.len());
         loop {
-            while let Ok(w) = rx.try_recv() {
-                match w {
-                    Some(w) => {
-                        answered += 1;
-                        queue.extend(w.send);
+            while let Ok(answer) = rx.try_recv() {
+                plan.on_answer(answer);
+            }
+            match plan.next_step() {
+                PutStep::Manifest { frame, end } => {
+                    let jobs = share.chunks(TREE_PART_ENTRIES).nth(frame).unwrap_or_default();
+                    let entries: Vec<ManifestEntry> = jobs.iter().map(manifest_entry).collect();
+                    let body = json(&entries)?;
+                    out.send(&Manifest { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
+                    if let Some(end) = end {
+                        out.send(&end, &[]).await?;
                     }
-                    None => ended = true,
                 }
-            }
-            if next < frames.len() && next - answered < IN_FLIGHT_FRAMES && queue.len() < QUEUED_WANTS {
-                let entries: Vec<ManifestEntry> = frames[next]
-                    .iter()
-                    .map(|j| ManifestEntry {
-                        path: normal(&j.remote),
-                        size: j.size,
-                        mtime: j.mtime,
-                        mode: j.mode,
-                        replace: j.replace,
-                        blake3: j.blake3.clone(),
-                    })
-                    .collect();
-                let body = serde_json::to_vec(&entries).map_err(|e| wire::Error::Io(std::io::Error::other(e)))?;
-                out.send(&Manifest { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
-                next += 1;
-                if next == frames.len() {
-                    out.send(&ManifestEnd { count: share.len() as u64 }, &[]).await?;
+                PutStep::EmptyManifest(end) => out.send(&end, &[]).await?,
+                PutStep::SendFiles => {
+                    let sent = send_some(&mut out, plan.wanted(), &sending).await?;
+                    plan.on_sent(sent);
                 }
-                continue;
-            }
-            if !queue.is_empty() {
-                sent += send_some(&mut out, &mut queue, &sending).await?;
-                continue;
-            }
-            if frames.is_empty() && next == 0 {
-                out.send(&ManifestEnd { count: 0 }, &[]).await?;
-                next = usize::MAX;
-            }
-            if ended {
-                break;
-            }
-            match rx.recv().await {
-                Some(Some(w)) => {
-                    answered += 1;
-                    queue.extend(w.send);
-                }
-                Some(None) => ended = true,
-                // The reader stopped: it says why.
-                None => return Ok::<(), ClientError>(()),
+                PutStep::Wait => match rx.recv().await {
+                    Some(answer) => plan.on_answer(answer),
+                    // The reader stopped: it says why.
+                    None => return Ok::<(), ClientError>(()),
+                },
+                PutStep::End(end) => return Ok(out.send(&end, &[]).await?),
+                PutStep::Over => return Ok(()),
             }
         }
-        out.send(&TreeEnd { files: sent }, &[]).await?;
-        Ok(())
     };
 
     let reading = async {
-        let mut offsets: HashMap<u64, u64> = HashMap::new();
         loop {
             let Some((frame, _)) = reader.read_head::<TreePutOutput>().await? else { return Err(ClientError::Closed) };
             match frame {
                 TreePutOutput::Wants(_) => {
-                    let body = reader.read_body(TREE_PART_MAX).await?;
-                    let list: WantList = serde_json::from_slice(&body)
-                        .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
+                    let list: WantList = read_json(reader).await?;
                     let mut o = outcomes.lock().expect("outcomes");
-                    for w in &list.send {
-                        if w.i as usize >= share.len() {
-                            return Err(unexpected("a wanted index within the manifest", w.i));
-                        }
-                        offsets.insert(w.i, w.offset);
-                    }
-                    for &i in list.unchanged.iter().filter(|&&i| (i as usize) < share.len()) {
-                        o.known[i as usize] = true;
-                        o.unchanged += 1;
-                    }
-                    for f in list.refused.iter().filter(|f| (f.i as usize) < share.len()) {
-                        if f.code == ErrorCode::Exists {
-                            o.known[f.i as usize] = true;
-                            o.refused.push(f.i as usize);
-                        } else {
-                            o.fail(f.i as usize, remote_error(f.code, f.message.clone()));
-                        }
-                    }
+                    answers.lock().expect("answers").on_wants(&list, &mut o)?;
                     drop(o);
                     let _ = tx.send(Some(list));
                 }
@@ -205,25 +103,12 @@ pub(super) async fn put(
                     let _ = tx.send(None);
                 }
                 TreePutOutput::Committed(_) => {
-                    let body = reader.read_body(TREE_PART_MAX).await?;
-                    let list: CommitList = serde_json::from_slice(&body)
-                        .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?;
+                    let list: CommitList = read_json(reader).await?;
                     let mut o = outcomes.lock().expect("outcomes");
-                    let mut h = hashes.lock().expect("hashes");
-                    for i in list.ok.into_iter().filter(|&i| (i as usize) < share.len()) {
-                        let job = &share[i as usize];
-                        let offered = offsets.remove(&i).unwrap_or(0);
-                        let (resumed, blake3) = h.remove(&i).unwrap_or((offered, String::new()));
-                        let done = Ok(Transfer { size: job.size, resumed, blake3 });
-                        observer.finished(ids[i as usize], job, &done);
-                        o.done(i as usize, done);
-                    }
-                    for f in list.failed.into_iter().filter(|f| (f.i as usize) < share.len()) {
-                        offsets.remove(&f.i);
-                        h.remove(&f.i);
-                        let failed = Err(remote_error(f.code, f.message));
-                        observer.finished(ids[f.i as usize], &share[f.i as usize], &failed);
-                        o.done(f.i as usize, failed);
+                    let done = answers.lock().expect("answers").on_committed(list, |i| share[i].size, &o);
+                    for (i, result) in done {
+                        observer.finished(ids[i], &share[i], &result);
+                        o.done(i, result);
                     }
                 }
                 TreePutOutput::TreeDone(_) => return Ok(()),
@@ -239,22 +124,35 @@ pub(super) async fn put(
     }
     let mut outcomes = outcomes.into_inner().expect("outcomes");
     if let Err(e) = result {
-        fail_the_rest(&mut outcomes, &e);
+        outcomes.fail_the_rest(&e);
     }
     Ok(outcomes)
 }
 
-/// Every file of the share with no outcome yet fails with (a copy of) `e`.
-fn fail_the_rest(outcomes: &mut Outcomes, e: &ClientError) {
-    let left: Vec<usize> = outcomes.known.iter().enumerate().filter(|(_, k)| !**k).map(|(i, _)| i).collect();
-    for i in left {
-        let why = ClientError::Wire(wire::Error::Io(std::io::Error::other(format!("the tree transfer stopped: {e}"))));
-        outcomes.fail(i, why);
+/// A job as a manifest entry.
+fn manifest_entry(j: &Job) -> ManifestEntry {
+    ManifestEntry {
+        path: normal(&j.remote),
+        size: j.size,
+        mtime: j.mtime,
+        mode: j.mode,
+        replace: j.replace,
+        blake3: j.blake3.clone(),
     }
 }
 
-fn unexpected(expected: &'static str, got: impl std::fmt::Display) -> ClientError {
-    ClientError::Unexpected { expected, got: got.to_string() }
+/// `value` as a JSON body.
+fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(value).map_err(|e| ClientError::Wire(wire::Error::Io(std::io::Error::other(e))))
+}
+
+/// A tree frame's JSON body.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    reader: &mut crate::wire::FrameReader<crate::transport::BoxRead>,
+) -> Result<T, ClientError> {
+    let body = reader.read_body(TREE_PART_MAX).await?;
+    Ok(serde_json::from_slice(&body)
+        .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?)
 }
 
 /// A file of the share opened to send, small ones read, or why not.
@@ -265,7 +163,7 @@ struct Sending<'a> {
     share: &'a [Job],
     ids: &'a [usize],
     observer: &'a dyn Observer,
-    hashes: &'a Mutex<HashMap<u64, (u64, String)>>,
+    answers: &'a Mutex<PutAnswers>,
     outcomes: &'a Mutex<Outcomes>,
     shared: Option<Arc<crate::session::SharedReads>>,
 }
@@ -277,7 +175,7 @@ async fn send_some(
     queue: &mut VecDeque<Want>,
     cx: &Sending<'_>,
 ) -> Result<u64, ClientError> {
-    let Sending { share, ids, observer, hashes, outcomes, shared } = cx;
+    let Sending { share, ids, observer, answers, outcomes, shared } = cx;
     let (share, ids, observer): (&[Job], &[usize], &dyn Observer) = (share, ids, *observer);
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -310,7 +208,7 @@ async fn send_some(
             Err(e) => {
                 // Not sent: the server reports it wanted and not sent.
                 observer.finished(id, job, &Err(clone_error(&e)));
-                outcomes.lock().expect("outcomes").fail(i as usize, e);
+                outcomes.lock().expect("outcomes").done(i as usize, Err(e));
                 continue;
             }
         };
@@ -334,7 +232,7 @@ async fn send_some(
         };
         let hex = hash.to_hex().to_string();
         out.feed(&Checksum { blake3: hex.clone() }, &[]).await?;
-        hashes.lock().expect("hashes").insert(i, (from, hex));
+        answers.lock().expect("answers").on_sent(i, from, hex);
         sent += 1;
     }
     out.body().flush().await?;
@@ -463,108 +361,44 @@ pub(super) async fn get(
                 })
                 .collect();
             let list = WantList { send, ..WantList::default() };
-            let body = serde_json::to_vec(&list).map_err(|e| wire::Error::Io(std::io::Error::other(e)))?;
+            let body = json(&list)?;
             out.send(&Wants { len: body.len() as u64, count: list.send.len() as u64 }, &body).await?;
         }
         out.send(&WantsEnd { count: share.len() as u64 }, &[]).await?;
         Ok::<(), ClientError>(())
     };
     let reading = async {
-        let mut batch = Batch::new();
-        let mut place = Some(Local { jobs: HashMap::new(), dirs: HashMap::new() });
-        let mut held: HashMap<usize, u64> = HashMap::new();
+        let mut state = GetState::new(share.len());
+        let mut landing = Landing {
+            batch: Batch::new(),
+            place: Some(Local { jobs: HashMap::new(), dirs: HashMap::new() }),
+            held: HashMap::new(),
+        };
         loop {
             let Some((frame, _)) = reader.read_head::<TreeGetOutput>().await? else { return Err(ClientError::Closed) };
-            let head = match frame {
-                TreeGetOutput::TreeFile(head) => head,
-                TreeGetOutput::TreeSkip(skip) => {
-                    let i = skip.i as usize;
-                    if i >= share.len() {
-                        return Err(unexpected("a skipped index within the wants", skip.i));
-                    }
-                    let failed = Err(remote_error(skip.code, skip.message));
+            let head = match state.on_frame(frame)? {
+                GetStep::File(head) => head,
+                GetStep::Skip(i, why) => {
+                    let failed = Err(why);
                     observer.finished(ids[i], &share[i], &failed);
                     outcomes.done(i, failed);
                     continue;
                 }
-                TreeGetOutput::TreeDone(_) => {
-                    commit(&mut batch, &mut place, share, ids, observer, &mut held, &mut outcomes).await?;
-                    return Ok(());
-                }
-                TreeGetOutput::Checksum(_) => return Err(unexpected("tree_file", "checksum")),
-                TreeGetOutput::ErrorFrame(e) => return Err(e.into()),
+                GetStep::Done => return landing.commit(share, ids, observer, &mut outcomes).await,
+                GetStep::Checksum(_) => unreachable!("a checksum is asked for after a file's body only"),
             };
-            let TreeFile { len, i, offset, size, mtime, mode } = head;
-            let Some(job) = share.get(i as usize) else { return Err(unexpected("a file index within the wants", i)) };
-            let id = ids[i as usize];
-            if offset.checked_add(len) != Some(size) {
-                return Err(unexpected(
-                    "a tree_file whose body is the rest of the file",
-                    format!("{offset}+{len} of {size}"),
-                ));
-            }
+            let (i, size) = (head.i as usize, head.size);
+            let (job, id) = (&share[i], ids[i]);
             observer.started(id, job);
-            let mode = received_mode(if mode == 0 { 0o666 } else { mode });
-            let mtime = (mtime != 0).then_some(mtime);
             let replace = force || job.replace;
-            if offset == 0 && size <= SMALL_BODY {
-                let body = reader.read_body(len).await?;
-                let expected = checksum(reader).await?;
-                let hash = blake3::hash(&body);
-                if hash.to_hex().as_str() != expected {
-                    let got = hash.to_hex().to_string();
-                    let failed = Err(ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got });
-                    observer.finished(id, job, &failed);
-                    outcomes.done(i as usize, failed);
-                    continue;
-                }
-                held.insert(i as usize, 0);
-                batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace);
-            } else {
-                let j = job.clone();
-                let mut receiver = spawn_blocking(move || {
-                    let (dir, name) = j.local_parent()?;
-                    Receiver::open(dir, &name)
-                })
-                .await
-                .map_err(join_err)?
-                .map_err(local_err(&job.local))?;
-                if !receiver.agree(offset).map_err(local_err(&job.local))? {
-                    return Err(unexpected("a file from our offset or 0", offset));
-                }
-                let mut at = Progress { size, resumed: offset, done: 0 };
-                let received = match receiver
-                    .receive(&mut *reader, &mut |n| {
-                        at.done = n;
-                        observer.progress(id, job, at);
-                    })
-                    .await
-                {
-                    Ok(received) => received,
-                    Err(ReceiveError::Wire(e, _)) => return Err(e.into()),
-                    // The rest of the body has nowhere to go: the stream
-                    // stops here.
-                    Err(ReceiveError::Write(e, _)) => return Err(local_err(&job.local)(e)),
-                };
-                let expected = checksum(reader).await?;
-                let received = match received.verify(&expected) {
-                    Ok(r) => r,
-                    Err(got) => {
-                        let failed = Err(ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got });
-                        observer.finished(id, job, &failed);
-                        outcomes.done(i as usize, failed);
-                        continue;
-                    }
-                };
-                let received = match mtime {
-                    Some(t) => received.with_mtime(t),
-                    None => received,
-                };
-                held.insert(i as usize, offset);
-                batch.push_received(i, received, mode, replace, None);
+            if let Err(failed) = receive_one(reader, &mut state, head, job, id, observer, replace, &mut landing).await?
+            {
+                observer.finished(id, job, &Err(clone_error(&failed)));
+                outcomes.done(i, Err(failed));
+                continue;
             }
-            if batch.is_full() || size > SMALL_BODY {
-                commit(&mut batch, &mut place, share, ids, observer, &mut held, &mut outcomes).await?;
+            if landing.batch.is_full() || size > SMALL_BODY {
+                landing.commit(share, ids, observer, &mut outcomes).await?;
             }
         }
     };
@@ -573,56 +407,134 @@ pub(super) async fn get(
         client.session.abandon().await;
     }
     if let Err(e) = result {
-        fail_the_rest(&mut outcomes, &e);
+        outcomes.fail_the_rest(&e);
     }
     Ok(outcomes)
 }
 
-async fn checksum(reader: &mut crate::wire::FrameReader<crate::transport::BoxRead>) -> Result<String, ClientError> {
-    match reader.read_head::<TreeGetOutput>().await? {
-        Some((TreeGetOutput::Checksum(Checksum { blake3 }), _)) => Ok(blake3),
-        Some((other, _)) => Err(unexpected("checksum", other.kind())),
-        None => Err(ClientError::Closed),
+type Reader = crate::wire::FrameReader<crate::transport::BoxRead>;
+
+/// Receives the body of the file `head` announced and its checksum (the
+/// frame [`GetState`] checks), and puts the file in `landing`'s batch:
+/// `Ok(Err)` when this file failed and the transfer goes on (a checksum
+/// mismatch), `Err` when the stream cannot.
+#[allow(clippy::too_many_arguments)]
+async fn receive_one(
+    reader: &mut Reader,
+    state: &mut GetState,
+    head: TreeFile,
+    job: &Job,
+    id: usize,
+    observer: &dyn Observer,
+    replace: bool,
+    landing: &mut Landing,
+) -> Result<Result<(), ClientError>, ClientError> {
+    let TreeFile { len, i, offset, size, mtime, mode } = head;
+    let mode = received_mode(if mode == 0 { 0o666 } else { mode });
+    let mtime = (mtime != 0).then_some(mtime);
+    let mismatch = |expected, got| ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got };
+    if offset == 0 && size <= SMALL_BODY {
+        let body = reader.read_body(len).await?;
+        let expected = checksum(reader, state).await?;
+        let hash = blake3::hash(&body);
+        if hash.to_hex().as_str() != expected {
+            return Ok(Err(mismatch(expected, hash.to_hex().to_string())));
+        }
+        landing.held.insert(i as usize, 0);
+        landing.batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace);
+        return Ok(Ok(()));
+    }
+    let j = job.clone();
+    let mut receiver = spawn_blocking(move || {
+        let (dir, name) = j.local_parent()?;
+        Receiver::open(dir, &name)
+    })
+    .await
+    .map_err(join_err)?
+    .map_err(local_err(&job.local))?;
+    if !receiver.agree(offset).map_err(local_err(&job.local))? {
+        return Err(unexpected("a file from our offset or 0", offset));
+    }
+    let mut at = Progress { size, resumed: offset, done: 0 };
+    let mut report = |n| {
+        at.done = n;
+        observer.progress(id, job, at);
+    };
+    let received = match receiver.receive(&mut *reader, &mut report).await {
+        Ok(received) => received,
+        Err(ReceiveError::Wire(e, _)) => return Err(e.into()),
+        // The rest of the body has nowhere to go: the stream stops here.
+        Err(ReceiveError::Write(e, _)) => return Err(local_err(&job.local)(e)),
+    };
+    let expected = checksum(reader, state).await?;
+    let received = match received.verify(&expected) {
+        Ok(r) => r,
+        Err(got) => return Ok(Err(mismatch(expected, got))),
+    };
+    let received = match mtime {
+        Some(t) => received.with_mtime(t),
+        None => received,
+    };
+    landing.held.insert(i as usize, offset);
+    landing.batch.push_received(i, received, mode, replace, None);
+    Ok(Ok(()))
+}
+
+/// The checksum frame due after a file's body.
+async fn checksum(reader: &mut Reader, state: &mut GetState) -> Result<String, ClientError> {
+    let Some((frame, _)) = reader.read_head::<TreeGetOutput>().await? else { return Err(ClientError::Closed) };
+    match state.on_frame(frame)? {
+        GetStep::Checksum(blake3) => Ok(blake3),
+        other => Err(unexpected("checksum", format!("{other:?}"))),
     }
 }
 
-/// Commits a download's batch on this thread (the files are local and the
-/// batch bounded), reporting each file.
-async fn commit(
-    batch: &mut Batch,
-    place: &mut Option<Local>,
-    share: &[Job],
-    ids: &[usize],
-    observer: &dyn Observer,
-    held: &mut HashMap<usize, u64>,
-    outcomes: &mut Outcomes,
-) -> Result<(), ClientError> {
-    if batch.is_empty() {
-        return Ok(());
+/// Where a download's files gather before they are committed.
+struct Landing {
+    batch: Batch,
+    /// Put back after each commit.
+    place: Option<Local>,
+    /// The files in the batch, and the bytes of each resumed.
+    held: HashMap<usize, u64>,
+}
+
+impl Landing {
+    /// Commits the batch on this thread (the files are local and the
+    /// batch bounded), reporting each file.
+    async fn commit(
+        &mut self,
+        share: &[Job],
+        ids: &[usize],
+        observer: &dyn Observer,
+        outcomes: &mut Outcomes,
+    ) -> Result<(), ClientError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::take(&mut self.batch);
+        let mut p = self.place.take().expect("put back after each commit");
+        // Only this batch's paths go to the committing thread.
+        p.jobs = self.held.keys().map(|&i| (i, share[i].clone())).collect();
+        let (results, p) = spawn_blocking(move || (b.commit(&mut p), p)).await.map_err(join_err)?;
+        self.place = Some(p);
+        for (i, result) in results {
+            let i = i as usize;
+            let job = &share[i];
+            let done = match result {
+                Ok((_, hash)) => Ok(Transfer {
+                    size: job.size,
+                    resumed: self.held.get(&i).copied().unwrap_or(0),
+                    blake3: hash.to_hex().to_string(),
+                }),
+                Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(ClientError::LocalExists(job.local.clone()))
+                }
+                Err(CommitError::Io(e) | CommitError::Place(e)) => Err(local_err(&job.local)(e)),
+            };
+            self.held.remove(&i);
+            observer.finished(ids[i], job, &done);
+            outcomes.done(i, done);
+        }
+        Ok(())
     }
-    let b = std::mem::take(batch);
-    let mut p = place.take().expect("put back after each commit");
-    // Only this batch's paths go to the committing thread.
-    p.jobs = held.keys().map(|&i| (i, share[i].clone())).collect();
-    let (results, p) = spawn_blocking(move || (b.commit(&mut p), p)).await.map_err(join_err)?;
-    *place = Some(p);
-    for (i, result) in results {
-        let i = i as usize;
-        let job = &share[i];
-        let done = match result {
-            Ok((_, hash)) => Ok(Transfer {
-                size: job.size,
-                resumed: held.get(&i).copied().unwrap_or(0),
-                blake3: hash.to_hex().to_string(),
-            }),
-            Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(ClientError::LocalExists(job.local.clone()))
-            }
-            Err(CommitError::Io(e) | CommitError::Place(e)) => Err(local_err(&job.local)(e)),
-        };
-        held.remove(&i);
-        observer.finished(ids[i], job, &done);
-        outcomes.done(i, done);
-    }
-    Ok(())
 }

@@ -1199,7 +1199,7 @@ async fn share_worker(
 }
 
 /// Adds a streamed request's outcomes to the totals.
-fn settle(t: &mut Summary, jobs: &[Job], direction: Direction, o: super::stream::Outcomes) {
+fn settle(t: &mut Summary, jobs: &[Job], direction: Direction, o: super::conversation::Outcomes) {
     t.files += o.files;
     t.sent += o.sent;
     t.resumed += o.resumed;

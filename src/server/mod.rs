@@ -376,12 +376,14 @@ static TRIM_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// most once every [`TRIM_EVERY`]: what goes in a rush, a burst's
 /// connections or a large upload's state, is given back in one trim
 /// after it), calling `before` just before. A trim already scheduled
-/// covers this one: `before` is then dropped.
+/// covers this one: `before` is then dropped. Outside a runtime (a
+/// server's state dropped by a unit test), nothing is scheduled.
 pub(crate) fn give_back_memory_soon(before: impl FnOnce() + Send + 'static) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     if TRIM_PENDING.swap(true, Relaxed) {
         return;
     }
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         tokio::time::sleep(TRIM_EVERY).await;
         before();
         let _ = tokio::task::spawn_blocking(give_back_memory).await;

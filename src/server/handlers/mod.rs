@@ -11,6 +11,7 @@
 //! an `Err` means the connection must close. Only the dispatcher
 //! (`super::dispatch`) calls them.
 
+mod conversation;
 pub(super) mod echo;
 pub(super) mod exec;
 pub(super) mod files;

@@ -3,104 +3,18 @@
 //! receives the files back to back and commits them in batches;
 //! `tree_get` sends the files a client wants back to back.
 
-use std::collections::{HashMap, HashSet};
-
-use super::super::storage::{join, plain, Download, Got, Needed, Part, Storage, TreeSink, REPORT_EVERY};
+use super::super::storage::{Download, Got, Part, Storage, TreeSink};
+use super::conversation::{GetAction, PutAction, TreeGetState, TreePutState};
 use crate::proto::{
-    Checksum, CommitList, Committed, ErrorCode, Failed, Listing, ListingEnd, ManifestEntry, TreeDone, TreeFile,
-    TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput, TreeReady, TreeSkip, Want, WantList, Wants, WantsEnd,
-    TREE_PART_MAX,
+    Checksum, Committed, Listing, ListingEnd, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput,
+    TreeReady, TreeSkip, WantList, Wants, TREE_PART_MAX,
 };
-use crate::services::files::{self, Sandbox};
-use crate::services::Refusal;
+use crate::services::files::Sandbox;
 use crate::session::{ServerSide, Session};
 use crate::wire::Error;
 use futures_util::{FutureExt, StreamExt};
 
 type S = Session<ServerSide>;
-
-/// Files a `tree_put` may have announced and not yet sent (wanted, or
-/// not yet answered) at once: with [`MAX_OUTSTANDING_BYTES`], what
-/// bounds the server's memory for one upload, whatever the manifest's
-/// length. Our client keeps far fewer in flight (PROTOCOL.md §4.6.3.2).
-pub const MAX_OUTSTANDING: usize = 65_536;
-
-/// Bytes the files a `tree_put` announced and has not yet received may
-/// hold at once, counted as [`Held`] does: long paths reach it before
-/// [`MAX_OUTSTANDING`] (65,536 paths of 4,095 bytes would be 512 MiB).
-pub const MAX_OUTSTANDING_BYTES: usize = 32 << 20;
-
-/// What one held entry costs beside its path: its slots in the maps, its
-/// record, the allocator's rounding.
-const ENTRY_COST: usize = 256;
-
-/// A `tree_put` that held more than this gives the allocator's free
-/// memory back to the system when it ends (glibc keeps it otherwise).
-const GIVE_BACK_AFTER: usize = 4 << 20;
-
-/// The paths a `tree_put` holds: wanted, or received and not yet
-/// committed. A manifest naming one twice is refused the second time, and
-/// the bytes they take are counted, so that a client announcing files it
-/// never sends pins at most [`MAX_OUTSTANDING_BYTES`]; that memory is
-/// given back to the system when the upload ends.
-#[derive(Debug, Default)]
-pub(super) struct Held {
-    paths: HashSet<String>,
-    bytes: usize,
-    most: usize,
-}
-
-impl Held {
-    /// What holding `path` costs: it is kept twice (here, and in the
-    /// record of the file wanted).
-    fn cost(path: &str) -> usize {
-        2 * path.len() + ENTRY_COST
-    }
-
-    /// Holds `path`; false if it is held already.
-    pub(super) fn insert(&mut self, path: String) -> bool {
-        let cost = Self::cost(&path);
-        if !self.paths.insert(path) {
-            return false;
-        }
-        self.bytes += cost;
-        self.most = self.most.max(self.bytes);
-        true
-    }
-
-    /// Lets `path` go.
-    pub(super) fn remove(&mut self, path: &str) {
-        if self.paths.remove(path) {
-            self.bytes -= Self::cost(path);
-        }
-    }
-
-    /// Whether `entries` (under `base`) may be taken on top of `wanted`
-    /// files announced and not yet sent; the refusal says which limit.
-    pub(super) fn admit(&self, wanted: usize, base: &str, entries: &[ManifestEntry]) -> Result<(), Refusal> {
-        let more: usize = entries.iter().map(|e| Self::cost(&e.path) + 2 * (base.len() + 1)).sum();
-        if wanted + entries.len() <= MAX_OUTSTANDING && self.bytes + more <= MAX_OUTSTANDING_BYTES {
-            return Ok(());
-        }
-        let msg = format!(
-            "more than {MAX_OUTSTANDING} files or {} MiB of their paths announced and not yet sent ({} files, {} KiB held, {} entries more); send the wanted files before more manifest",
-            MAX_OUTSTANDING_BYTES >> 20,
-            wanted,
-            self.bytes >> 10,
-            entries.len()
-        );
-        Err(Refusal::new(ErrorCode::TooLarge, msg))
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.most >= GIVE_BACK_AFTER {
-            // The maps are freed with the upload, just after this.
-            crate::server::give_back_memory_soon(|| {});
-        }
-    }
-}
 
 /// Streams the tree at `path` as `listing` frames (directories first,
 /// then what is below them), then `listing_end`: a listing of any length,
@@ -120,7 +34,7 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
             match part {
                 Part::Entries(entries) if entries.is_empty() => {}
                 Part::Entries(entries) => {
-                    let body = serde_json::to_vec(&entries).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                    let body = json(&entries)?;
                     count += entries.len() as u64;
                     s.feed(&Listing { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
                 }
@@ -137,263 +51,123 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
     sent
 }
 
-/// A file refused or failed, logged as a refused request is.
-pub(super) fn failed(i: u64, r: Refusal) -> Failed {
-    tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
-    Failed { i, code: r.code, message: r.message }
-}
-
-/// The entries of a `manifest` frame of `len` bytes; `None` once a frame
-/// too large or a body that is not a list of entries has been refused
-/// and the connection is closing.
-pub(super) async fn manifest_entries(s: &mut S, len: u64) -> Result<Option<Vec<ManifestEntry>>, Error> {
-    tree_part(s, len, "manifest", "a list of entries").await
-}
-
-/// The files a `tree_get`'s `wants` frame of `len` bytes asks for, as
-/// [`manifest_entries`] reads a manifest.
-pub(super) async fn wanted(s: &mut S, len: u64) -> Result<Option<Vec<Want>>, Error> {
-    Ok(tree_part::<WantList>(s, len, "wants", "a want list").await?.map(|list| list.send))
-}
-
-/// The JSON body of a tree frame (`what`): over [`TREE_PART_MAX`] it is
-/// `too_large`, left unread, and not JSON of `T` `bad_request`; both close
-/// the connection (`None`).
+/// The JSON body of a tree frame (`what`, its size checked already):
+/// not JSON of `T`, it is refused `bad_request` and the connection closes
+/// (`None`).
 async fn tree_part<T: serde::de::DeserializeOwned>(
     s: &mut S,
     len: u64,
     what: &str,
     should_be: &str,
 ) -> Result<Option<T>, Error> {
-    if len > TREE_PART_MAX {
-        let msg = format!("a {what} frame of {len} bytes (most: {TREE_PART_MAX})");
-        return s.close_with(Refusal::new(ErrorCode::TooLarge, msg)).await.map(|()| None);
-    }
-    let body = s.reader().read_body(TREE_PART_MAX).await?;
+    let body = s.reader().read_body(len.min(TREE_PART_MAX)).await?;
     match serde_json::from_slice(&body) {
         Ok(part) => Ok(Some(part)),
         Err(e) => s.refuse_and_close(format!("a {what} body that is not {should_be}: {e}")).await.map(|()| None),
     }
 }
 
+/// `value` as a JSON body.
+fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::Io(std::io::Error::other(e)))
+}
+
 /// Receives a whole tree (PROTOCOL.md §4.6.3.2): each manifest frame
 /// answered with what is wanted, the wanted files received back to back
 /// and put in place by the storage's [`TreeSink`], and what was stored or
-/// failed reported in `committed` frames as it is.
+/// failed reported in `committed` frames as it is. What each frame means
+/// is [`TreePutState`]'s to say; this loop does the I/O it asks for.
 pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request: TreePut) -> Result<(), Error> {
     let TreePut { path: base, force } = request;
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
     s.send(&TreeReady {}, &[]).await?;
-    let mut up = TreeUpload {
-        base,
-        force,
-        next: 0,
-        manifest_done: false,
-        needed: HashMap::new(),
-        pending: Held::default(),
-        sink: st.tree_sink(),
-        report: CommitList::default(),
-        files: 0,
-        bytes: 0,
-    };
+    let mut state = TreePutState::new(base, force);
+    let mut sink = st.tree_sink();
+    let ended = put_frames(s, &mut state, &mut sink).await;
+    if !matches!(ended, Ok(true)) {
+        // Cut, refused or failed: what was received and verified is still
+        // put in place (a rerun would otherwise send it again).
+        sink.settle(true).await;
+    }
+    ended.map(|_| ())
+}
+
+/// The frames of one `tree_put`, until it ends: `Ok(true)` once done and
+/// answered, `Ok(false)` when the client left or the connection closed
+/// answered.
+async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut K) -> Result<bool, Error> {
     loop {
         let frame = match s.read::<TreePutInput>().await {
             Ok(Some((frame, _))) => frame,
-            // The client left: what was received and verified is put in
-            // place (a later rerun would otherwise send it again).
-            Ok(None) => {
-                up.sink.settle(true).await;
-                return Ok(());
-            }
+            Ok(None) => return Ok(false),
             Err(e) if e.is_recoverable() => {
-                up.sink.settle(true).await;
-                return s.refuse_and_close(format!("bad frame in a tree_put: {e}")).await;
+                return s.refuse_and_close(format!("bad frame in a tree_put: {e}")).await.map(|()| false)
             }
-            Err(e) => {
-                up.sink.settle(true).await;
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
-        match frame {
-            TreePutInput::Manifest(m) => {
-                if up.manifest_done {
-                    return s.refuse_and_close("manifest after manifest_end".into()).await;
-                }
-                let Some(entries) = manifest_entries(s, m.len).await? else { return Ok(()) };
-                if let Err(r) = up.pending.admit(up.needed.len(), &up.base, &entries) {
-                    up.sink.settle(true).await;
-                    return s.close_with(r).await;
-                }
-                let answer = match up.decide_all(entries).await {
-                    Ok(answer) => answer,
+        match state.on_frame(frame) {
+            PutAction::ReadManifest(len) => {
+                let Some(entries) = tree_part(s, len, "manifest", "a list of entries").await? else { return Ok(false) };
+                let screened = match state.on_manifest(entries) {
+                    Ok(screened) => screened,
+                    Err(r) => return s.close_with(r).await.map(|()| false),
+                };
+                let decided = match sink.decide(state.base(), state.force(), screened.to_decide).await {
+                    Ok(decided) => decided,
                     // Frames the client pipelined after this one follow:
                     // the connection cannot stay in step.
-                    Err(r) => {
-                        up.sink.settle(true).await;
-                        return s.refuse_and_close(r.message).await;
-                    }
+                    Err(r) => return s.refuse_and_close(r.message).await.map(|()| false),
                 };
-                let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                let answer = state.on_decided(screened.answer, decided);
+                let body = json(&answer)?;
                 s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
             }
-            TreePutInput::ManifestEnd(end) => {
-                if up.manifest_done || end.count != up.next {
-                    let msg = format!("manifest_end counts {} entries, {} were sent", end.count, up.next);
-                    return s.refuse_and_close(msg).await;
-                }
-                up.manifest_done = true;
-                s.send(&WantsEnd { count: up.next }, &[]).await?;
+            PutAction::EndWants(end) => s.send(&end, &[]).await?,
+            PutAction::Receive { i, need, offset, len } => {
+                let (wait, now) = match sink.receive(s, i, &need, offset, len).await? {
+                    Got::Later { now } => (now, now),
+                    // In place already: told at once, nothing else waited
+                    // for.
+                    Got::Done(outcome) => {
+                        let stored = outcome.is_ok();
+                        state.settled(i, &need.path, outcome);
+                        (false, stored)
+                    }
+                };
+                settle(s, state, sink, wait, now).await?;
             }
-            TreePutInput::TreeFile(head) => {
-                if let Err(e) = up.receive(s, head).await {
-                    // Cut mid-file: what was verified is still put in
-                    // place (a rerun would otherwise send it again).
-                    up.sink.settle(true).await;
-                    return Err(e);
-                }
+            PutAction::Finish => {
+                settle(s, state, sink, true, true).await?;
+                let done = state.done();
+                s.set_outcome(format!("ok: {} files, {} bytes of them", done.files, done.bytes));
+                return s.send(&done, &[]).await.map(|()| true);
             }
-            TreePutInput::Checksum(_) => return s.refuse_and_close("checksum without a tree_file".into()).await,
-            TreePutInput::TreeEnd(_) => {
-                if !up.manifest_done {
-                    return s.refuse_and_close("tree_end before manifest_end".into()).await;
-                }
-                for (i, need) in std::mem::take(&mut up.needed) {
-                    let msg = format!("{}: wanted, but not sent", files::shown(&need.path));
-                    up.fail(i, &need.path, Refusal::new(ErrorCode::BadRequest, msg));
-                }
-                up.settle(s, true, true).await?;
-                s.set_outcome(format!("ok: {} files, {} bytes of them", up.files, up.bytes));
-                return s.send(&TreeDone { files: up.files, bytes: up.bytes }, &[]).await;
-            }
+            PutAction::Close(r) => return s.close_with(r).await.map(|()| false),
         }
     }
 }
 
-/// The state of one `tree_put`, whatever the storage.
-struct TreeUpload<K> {
-    base: String,
-    force: bool,
-    /// The next manifest index.
-    next: u64,
-    manifest_done: bool,
-    /// Wanted and not received yet, by manifest index.
-    needed: HashMap<u64, Needed>,
-    /// Paths wanted, or received and not yet in place.
-    pending: Held,
-    sink: K,
-    /// What was stored or failed since the last `committed` frame.
-    report: CommitList,
-    files: u64,
-    bytes: u64,
-}
-
-impl<K: TreeSink> TreeUpload<K> {
-    /// Answers one manifest frame.
-    async fn decide_all(&mut self, entries: Vec<ManifestEntry>) -> Result<WantList, Refusal> {
-        let first = self.next;
-        self.next += entries.len() as u64;
-        let mut answer = WantList::default();
-        let mut to_decide = Vec::with_capacity(entries.len());
-        for (i, e) in (first..).zip(entries) {
-            let full = join(&self.base, &e.path);
-            if let Err(r) = plain(&e.path) {
-                answer.refused.push(failed(i, r));
-            } else if !self.pending.insert(full.clone()) {
-                let msg = format!("{}: listed twice in one manifest", files::shown(&e.path));
-                answer.refused.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
-            } else {
-                to_decide.push((i, full, e));
-            }
-        }
-        for (i, full, e, d) in self.sink.decide(&self.base, self.force, to_decide).await? {
-            match d {
-                Ok(Some((replace, offset, prefix))) => {
-                    answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
-                    let replace = replace || self.force;
-                    let need = Needed { path: full, size: e.size, mtime: e.mtime, mode: e.mode, replace, offset };
-                    self.needed.insert(i, need);
-                }
-                Ok(None) => {
-                    self.pending.remove(&full);
-                    answer.unchanged.push(i);
-                }
-                Err(r) => {
-                    self.pending.remove(&full);
-                    answer.refused.push(failed(i, r));
-                }
-            }
-        }
-        Ok(answer)
+/// Takes in what the sink put in place (all of it, waited for, if `wait`)
+/// and reports it: at once if `now` (or `wait`), or if the sink commits in
+/// batches, else every [`REPORT_EVERY`](super::super::storage::REPORT_EVERY)
+/// files.
+async fn settle<K: TreeSink>(
+    s: &mut S,
+    state: &mut TreePutState,
+    sink: &mut K,
+    wait: bool,
+    now: bool,
+) -> Result<(), Error> {
+    let settled = sink.settle(wait).await;
+    let some = !settled.is_empty();
+    for (i, path, outcome) in settled {
+        state.settled(i, &path, outcome);
     }
-
-    /// Receives one file, if it is wanted and covers what it must, then
-    /// settles and reports what is due.
-    async fn receive(&mut self, s: &mut S, head: TreeFile) -> Result<(), Error> {
-        let TreeFile { len, i, offset, .. } = head;
-        let Some(need) = self.needed.remove(&i) else {
-            return s
-                .refuse_and_close(format!("tree_file for entry {i}, which is not wanted (or was sent already)"))
-                .await;
-        };
-        if offset.checked_add(len) != Some(need.size) || (offset != 0 && offset != need.offset) {
-            let msg = format!(
-                "tree_file {i} covers bytes {offset}..{} of a {}-byte file, {} held",
-                offset.saturating_add(len),
-                need.size,
-                need.offset
-            );
-            return s.refuse_and_close(msg).await;
-        }
-        let (wait, now) = match self.sink.receive(s, i, &need, offset, len).await? {
-            Got::Later { now } => (now, now),
-            // In place already: told at once, nothing else waited for.
-            Got::Done(outcome) => {
-                let stored = outcome.is_ok();
-                self.settled(i, &need.path, outcome);
-                (false, stored)
-            }
-        };
-        self.settle(s, wait, now).await
-    }
-
-    /// Takes in what the sink put in place (all of it, waited for, if
-    /// `wait`) and reports it: at once if `now` (or `wait`), or if the sink
-    /// commits in batches, else every [`REPORT_EVERY`] files.
-    async fn settle(&mut self, s: &mut S, wait: bool, now: bool) -> Result<(), Error> {
-        let now = now || wait;
-        let settled = self.sink.settle(wait).await;
-        let some = !settled.is_empty();
-        for (i, path, outcome) in settled {
-            self.settled(i, &path, outcome);
-        }
-        let n = self.report.ok.len() + self.report.failed.len();
-        let due = now || (K::REPORT_EACH_SETTLE && some) || n >= REPORT_EVERY;
-        if n == 0 || !due {
-            return Ok(());
-        }
-        let list = std::mem::take(&mut self.report);
-        let body = serde_json::to_vec(&list).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        s.send(&Committed { len: body.len() as u64 }, &body).await
-    }
-
-    fn settled(&mut self, i: u64, path: &str, outcome: Result<u64, Refusal>) {
-        match outcome {
-            Ok(size) => {
-                self.pending.remove(path);
-                self.files += 1;
-                self.bytes += size;
-                self.report.ok.push(i);
-            }
-            Err(r) => self.fail(i, path, r),
-        }
-    }
-
-    fn fail(&mut self, i: u64, path: &str, r: Refusal) {
-        self.pending.remove(path);
-        self.report.failed.push(failed(i, r));
-    }
+    let Some(list) = state.report(now || wait || (K::REPORT_EACH_SETTLE && some)) else { return Ok(()) };
+    let body = json(&list)?;
+    s.send(&Committed { len: body.len() as u64 }, &body).await
 }
 
 /// Sends the files a client wants, back to back (PROTOCOL.md §4.6.3.3),
@@ -405,7 +179,7 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
         return s.refuse(r).await;
     }
     s.send(&TreeReady {}, &[]).await?;
-    let (mut next, mut sent_files, mut sent_bytes) = (0u64, 0u64, 0u64);
+    let mut state = TreeGetState::default();
     loop {
         let frame = match s.read::<TreeGetInput>().await {
             Ok(Some((frame, _))) => frame,
@@ -413,24 +187,18 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
             Err(e) if e.is_recoverable() => return s.refuse_and_close(format!("bad frame in a tree_get: {e}")).await,
             Err(e) => return Err(e),
         };
-        let wants = match frame {
-            TreeGetInput::Wants(w) => match wanted(s, w.len).await? {
-                Some(wants) => wants,
+        let wants = match state.on_frame(frame) {
+            GetAction::ReadWants(len) => match tree_part::<WantList>(s, len, "wants", "a want list").await? {
+                Some(list) => state.on_wants(list.send),
                 None => return Ok(()),
             },
-            TreeGetInput::WantsEnd(end) => {
-                if end.count != next {
-                    return s
-                        .refuse_and_close(format!("wants_end counts {} files, {next} were asked", end.count))
-                        .await;
-                }
-                s.set_outcome(format!("ok: {sent_files} files, {sent_bytes} bytes of them"));
-                return s.send(&TreeDone { files: sent_files, bytes: sent_bytes }, &[]).await;
+            GetAction::Finish(done) => {
+                s.set_outcome(format!("ok: {} files, {} bytes of them", done.files, done.bytes));
+                return s.send(&done, &[]).await;
             }
+            GetAction::Close(r) => return s.close_with(r).await,
         };
-        let first = next;
-        next += wants.len() as u64;
-        let fetched = st.fetch(&base, (first..).zip(wants).collect());
+        let fetched = st.fetch(&base, wants);
         tokio::pin!(fetched);
         loop {
             let item = match fetched.next().now_or_never() {
@@ -445,8 +213,7 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
                 Some((i, Ok(d))) => {
                     let size = d.head().size;
                     send_one(s, i, d).await?;
-                    sent_files += 1;
-                    sent_bytes += size;
+                    state.on_sent(size);
                 }
                 Some((i, Err(r))) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
             }
