@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::roots::RootServer;
 use common::{pattern, TestServer};
 use framewire::client::{ExecOptions, Progress, TransferOptions};
 use framewire::proto::Kind;
@@ -29,23 +30,36 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-#[tokio::test]
-async fn put_get_round_trip_with_checksums() {
-    let server = TestServer::start().await;
+common::roots::on_both_roots!(
+    put_get_round_trip_with_checksums,
+    list_and_stat,
+    overwriting_needs_force,
+    paths_stay_inside_the_root,
+    mkdir_and_tree,
+    remove_and_rename,
+    cut_upload_leaves_no_final_file_and_resumes,
+    resume_of_a_different_file_starts_over,
+    upload_with_wrong_checksum_is_not_kept,
+    cut_download_resumes,
+    concurrent_uploads_of_one_path_are_refused,
+    trees_sync_both_ways,
+);
+
+async fn put_get_round_trip_with_checksums(root: &RootServer) {
     let local = tempfile::tempdir().unwrap();
     let data = pattern(3_000_017, 1);
     std::fs::write(local.path().join("a.bin"), &data).unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let mut client = Client::connect(&root.addr()).await.unwrap();
 
     let mut seen = Vec::new();
     let mut progress = |p: Progress| seen.push(p);
     let t =
         client.put(&local.path().join("a.bin"), "dir/a.bin", &TransferOptions::default(), &mut progress).await.unwrap();
     assert_eq!((t.size, t.resumed, t.blake3.as_str()), (data.len() as u64, 0, blake3_hex(&data).as_str()));
-    assert_eq!(std::fs::read(server.root.path().join("dir/a.bin")).unwrap(), data);
+    assert!(root.read("dir/a.bin").await.unwrap() == data);
     assert!(seen.windows(2).all(|w| w[0].done <= w[1].done), "progress only moves forward");
     assert_eq!(seen.last().unwrap().done, data.len() as u64);
-    assert_eq!(names(&server.root.path().join("dir")), ["a.bin"], "no partial file left");
+    assert_eq!(root.names("dir").await, ["a.bin"], "no partial file left");
 
     let t = client
         .get("dir/a.bin", &local.path().join("back.bin"), &TransferOptions::default(), &mut no_progress())
@@ -58,6 +72,7 @@ async fn put_get_round_trip_with_checksums() {
     // Empty files too.
     std::fs::write(local.path().join("empty"), b"").unwrap();
     client.put(&local.path().join("empty"), "empty", &TransferOptions::default(), &mut no_progress()).await.unwrap();
+    assert_eq!(root.read("empty").await.unwrap(), b"");
     client.get("empty", &local.path().join("empty2"), &TransferOptions::default(), &mut no_progress()).await.unwrap();
     assert_eq!(std::fs::read(local.path().join("empty2")).unwrap(), b"");
 
@@ -77,20 +92,18 @@ async fn put_get_round_trip_with_checksums() {
     assert!(*out.lock().unwrap() == data);
 }
 
-#[tokio::test]
-async fn list_and_stat() {
-    let server = TestServer::start().await;
-    std::fs::create_dir_all(server.root.path().join("sub/deeper")).unwrap();
-    std::fs::write(server.root.path().join("sub/one.txt"), b"1").unwrap();
-    std::fs::write(server.root.path().join("sub/deeper/two.txt"), b"22").unwrap();
-    std::fs::write(server.root.path().join("top.txt"), b"333").unwrap();
-    std::fs::write(server.root.path().join(".top.txt.fwpart"), b"partial").unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
+/// What another tool wrote is listed, partial files hidden.
+async fn list_and_stat(root: &RootServer) {
+    root.write("sub/one.txt", b"1").await;
+    root.write("sub/deeper/two.txt", b"22").await;
+    root.write("top.txt", b"333").await;
+    root.write(".top.txt.fwpart", b"partial").await;
+    let mut client = Client::connect(&root.addr()).await.unwrap();
 
-    let root = client.list("", false).await.unwrap();
-    let summary: Vec<_> = root.iter().map(|e| (e.name.as_str(), e.kind, e.size)).collect();
+    let top = client.list("", false).await.unwrap();
+    let summary: Vec<_> = top.iter().map(|e| (e.name.as_str(), e.kind, e.size)).collect();
     assert_eq!(summary, [("sub", Kind::Dir, summary[0].2), ("top.txt", Kind::File, 3)], "partial files hidden");
-    assert!(root[1].mtime > 1_600_000_000);
+    assert!(top[1].mtime > 1_600_000_000);
 
     let deep = client.list("sub", true).await.unwrap();
     let names: Vec<_> = deep.iter().map(|e| (e.name.as_str(), e.size)).collect();
@@ -101,26 +114,28 @@ async fn list_and_stat() {
     let err = client.stat("nope").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound));
     assert!(err.to_string().contains("nope: no such file or directory"), "{err}");
+    let err = client.list("nope", false).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let err = client.list("top.txt/x", false).await.unwrap_err();
+    assert!(matches!(err.code(), Some(ErrorCode::NotADirectory | ErrorCode::NotFound)), "{err}");
 }
 
-#[tokio::test]
-async fn overwriting_needs_force() {
-    let server = TestServer::start().await;
+async fn overwriting_needs_force(root: &RootServer) {
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("f"), b"new").unwrap();
-    std::fs::write(server.root.path().join("f"), b"old").unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
+    root.write("f", b"old").await;
+    let mut client = Client::connect(&root.addr()).await.unwrap();
 
     let err =
         client.put(&local.path().join("f"), "f", &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Exists));
     assert!(err.to_string().contains("f: already exists on the server"), "{err}");
     assert!(!err.to_string().contains("--"), "library errors name no CLI flag: {err}");
-    assert_eq!(std::fs::read(server.root.path().join("f")).unwrap(), b"old");
+    assert_eq!(root.read("f").await.unwrap(), b"old");
     client.put(&local.path().join("f"), "f", &TransferOptions::force(true), &mut no_progress()).await.unwrap();
-    assert_eq!(std::fs::read(server.root.path().join("f")).unwrap(), b"new");
+    assert_eq!(root.read("f").await.unwrap(), b"new");
 
-    std::fs::write(server.root.path().join("g"), b"server").unwrap();
+    root.write("g", b"server").await;
     let err =
         client.get("g", &local.path().join("f"), &TransferOptions::default(), &mut no_progress()).await.unwrap_err();
     assert!(matches!(err, ClientError::LocalExists(_)), "{err:?}");
@@ -130,26 +145,27 @@ async fn overwriting_needs_force() {
     assert_eq!(client.echo(b"usable").await.unwrap(), "usable");
 }
 
-/// `..`, absolute paths, NUL bytes and symlinks leading outside the root
-/// are refused for every operation, with nothing created outside.
-#[tokio::test]
-async fn paths_stay_inside_the_root() {
-    let server = TestServer::start().await;
+/// `..`, absolute paths, NUL bytes and (where the storage has links)
+/// symlinks leading outside the root are refused for every operation,
+/// with nothing created outside.
+async fn paths_stay_inside_the_root(root: &RootServer) {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret"), b"s").unwrap();
-    std::os::unix::fs::symlink(outside.path(), server.root.path().join("escape")).unwrap();
-    let local = tempfile::tempdir().unwrap();
-    std::fs::write(local.path().join("f"), b"x").unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
-    let opts = TransferOptions::default();
-
-    let cases = [
+    let mut cases = vec![
         ("../etc/passwd", "`..`"),
         ("/etc/passwd", "absolute"),
         ("a\0b", "NUL"),
-        ("escape/secret", "outside the served root"),
         ("sub/../../x", "`..`"),
+        ("a/./../../x", "`..`"),
     ];
+    if let Some(dir) = root.dir_path() {
+        std::os::unix::fs::symlink(outside.path(), dir.join("escape")).unwrap();
+        cases.push(("escape/secret", "outside the served root"));
+    }
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("f"), b"x").unwrap();
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    let opts = TransferOptions::default();
     for (path, why) in cases {
         let err = client.get(path, &local.path().join("out"), &opts, &mut no_progress()).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadPath), "get {path:?}: {err}");
@@ -160,41 +176,69 @@ async fn paths_stay_inside_the_root() {
         assert_eq!(err.code(), Some(ErrorCode::BadPath), "list {path:?}: {err}");
         let err = client.mkdir(&format!("{path}/new")).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadPath), "mkdir {path:?}: {err}");
+        // rm and mv resolve the parent without following a link: one
+        // planted there is "not a directory, or a symlink".
+        let refused = [Some(ErrorCode::BadPath), Some(ErrorCode::NotADirectory)];
+        let err = client.remove(path).await.unwrap_err();
+        assert!(refused.contains(&err.code()), "rm {path:?}: {err}");
+        let err = client.rename("f", path, true).await.unwrap_err();
+        assert!(refused.contains(&err.code()), "mv to {path:?}: {err}");
     }
-    let err = client.put(&local.path().join("f"), "escape/planted", &opts, &mut no_progress()).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::BadPath));
+    if root.has_links() {
+        let err = client.put(&local.path().join("f"), "escape/planted", &opts, &mut no_progress()).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadPath));
+    }
     assert_eq!(names(outside.path()), ["secret"], "nothing written outside the root");
     assert!(!local.path().join("out").exists());
     assert_eq!(names(local.path()), ["f"], "no partial download left for a refused get");
+    let left: Vec<String> = root.names("").await.into_iter().filter(|n| n != "escape").collect();
+    assert!(left.is_empty(), "nothing created in the root: {left:?}");
 }
 
 /// `mkdir` makes a directory with its parents, accepts one that is there,
 /// and refuses a file in the way; `tree` lists directories too, empty ones
 /// included, so that a copy can recreate them.
-#[tokio::test]
-async fn mkdir_and_tree() {
-    let server = TestServer::start().await;
-    let root = server.root.path();
-    std::fs::write(root.join("file"), b"f").unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
+async fn mkdir_and_tree(root: &RootServer) {
+    root.write("file", b"f").await;
+    let mut client = Client::connect(&root.addr()).await.unwrap();
 
     assert!(client.mkdir("a/b/c").await.unwrap(), "created");
-    assert!(root.join("a/b/c").is_dir());
+    assert_eq!(client.stat("a/b/c").await.unwrap().kind, Kind::Dir);
     assert!(!client.mkdir("a/b/c").await.unwrap(), "already there: fine, not created");
     assert!(!client.mkdir("").await.unwrap(), "the root is there");
     let err = client.mkdir("file").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Exists), "{err}");
     let err = client.mkdir("file/sub").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotADirectory), "{err}");
-    assert!(root.join("file").is_file());
+    assert_eq!(root.read("file").await.unwrap(), b"f");
 
-    std::fs::write(root.join("a/b/x.txt"), b"xx").unwrap();
+    root.write("a/b/x.txt", b"xx").await;
     let tree = client.tree("a").await.unwrap();
     let got: Vec<_> = tree.iter().map(|e| (e.name.as_str(), e.kind)).collect();
     assert_eq!(got, [("b", Kind::Dir), ("b/c", Kind::Dir), ("b/x.txt", Kind::File)]);
     // Without directories, as before.
     let files = client.list("a", true).await.unwrap();
     assert_eq!(files.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b/x.txt"]);
+}
+
+/// `rm` of a file, of a directory (refused without recursion, all of it
+/// with), of nothing; then every `mv` case of `common::rename_cases`.
+async fn remove_and_rename(root: &RootServer) {
+    root.write("d/one", b"1").await;
+    root.write("d/sub/two", b"2").await;
+    root.write("f", b"f").await;
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    assert!(client.remove_file("f").await.unwrap(), "removed");
+    assert!(root.read("f").await.is_none());
+    assert!(!client.remove_file("f").await.unwrap(), "nothing there: fine, nothing removed");
+    let err = client.remove_file("d").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::IsADirectory), "{err}");
+    assert_eq!(root.read("d/sub/two").await.unwrap(), b"2", "nothing removed");
+    assert!(client.remove("d").await.unwrap(), "all of it, recursively");
+    assert!(root.names("").await.is_empty(), "{:?}", root.names("").await);
+    let err = client.remove("").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadPath), "the root itself: {err}");
+    common::rename_cases(&root.addr()).await;
 }
 
 /// Permission bits travel with a file and are masked by the receiver's
@@ -270,8 +314,8 @@ type RawWriter = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
 
 /// A raw connection that has asked to upload `size` bytes to `path`, and
 /// the server's first answer.
-async fn raw_put(server: &TestServer, path: &str, size: u64) -> (RawReader, RawWriter, Message) {
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+async fn raw_put(addr: std::net::SocketAddr, path: &str, size: u64) -> (RawReader, RawWriter, Message) {
+    let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
@@ -285,8 +329,8 @@ async fn raw_put(server: &TestServer, path: &str, size: u64) -> (RawReader, RawW
 
 /// Raw upload: put, put_ready, put_data with part of the body, then the
 /// connection is cut.
-async fn cut_upload(server: &TestServer, path: &str, data: &[u8], send: usize) {
-    let (r, mut w, m) = raw_put(server, path, data.len() as u64).await;
+async fn cut_upload(addr: std::net::SocketAddr, path: &str, data: &[u8], send: usize) {
+    let (r, mut w, m) = raw_put(addr, path, data.len() as u64).await;
     assert!(matches!(m, Message::PutReady(proto::PutReady { .. })), "{m:?}");
     w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 })).unwrap();
     w.write_body(&data[..send]).await.unwrap();
@@ -305,56 +349,71 @@ async fn wait_for_len(path: &Path, len: u64) {
     panic!("{} never reached {len} bytes", path.display());
 }
 
-#[tokio::test]
-async fn cut_upload_leaves_no_final_file_and_resumes() {
-    let server = TestServer::start().await;
-    let data = pattern(5 << 20, 4);
-    cut_upload(&server, "big.bin", &data, 2 << 20).await;
-    let partial = server.root.path().join(".big.bin.fwpart");
-    wait_for_len(&partial, 2 << 20).await;
-    assert!(!server.root.path().join("big.bin").exists(), "no file under the final name");
+/// A cut upload leaves nothing under the final name, and the next one
+/// resumes from what was kept (all of it in a directory, whole parts in a
+/// bucket).
+async fn cut_upload_leaves_no_final_file_and_resumes(root: &RootServer) {
+    let data = pattern(18 << 20, 4);
+    let sent = 17 << 20;
+    cut_upload(root.addr, "big.bin", &data, sent).await;
+    root.wait_for_partial("big.bin").await;
+    if let Some(dir) = root.dir_path() {
+        wait_for_len(&dir.join(".big.bin.fwpart"), sent as u64).await;
+    }
+    assert!(root.read("big.bin").await.is_none(), "no file under the final name");
 
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("big.bin"), &data).unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
-    let mut first = None;
-    let mut progress = |p: Progress| {
-        first.get_or_insert(p);
-    };
-    let t =
-        client.put(&local.path().join("big.bin"), "big.bin", &TransferOptions::default(), &mut progress).await.unwrap();
-    assert_eq!(t.resumed, 2 << 20, "only the rest was sent");
-    assert_eq!(first.unwrap().resumed, 2 << 20);
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    let t = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut first = None;
+            let mut progress = |p: Progress| {
+                first.get_or_insert(p);
+            };
+            let file = local.path().join("big.bin");
+            match client.put(&file, "big.bin", &TransferOptions::default(), &mut progress).await {
+                // The cut upload may still hold its name a moment.
+                Err(e) if e.code() == Some(ErrorCode::Busy) => tokio::time::sleep(Duration::from_millis(50)).await,
+                t => break (t.unwrap(), first.unwrap()),
+            }
+        }
+    })
+    .await
+    .expect("the name is let go");
+    let (t, first) = t;
+    let resumed = root.resumed_after(sent as u64);
+    assert!(resumed > 0, "something to resume on {}", root.kind());
+    assert_eq!(t.resumed, resumed, "only the rest was sent");
+    assert_eq!(first.resumed, resumed);
     assert_eq!(t.blake3, blake3_hex(&data), "the checksum covers the whole file");
-    assert!(std::fs::read(server.root.path().join("big.bin")).unwrap() == data);
-    assert!(!partial.exists());
+    assert!(root.read("big.bin").await.unwrap() == data);
+    assert_eq!(root.names("").await, ["big.bin"], "no partial file left");
 }
 
 /// A partial left by a different file is detected through its prefix hash
 /// and the upload starts over rather than splicing two files.
-#[tokio::test]
-async fn resume_of_a_different_file_starts_over() {
-    let server = TestServer::start().await;
-    cut_upload(&server, "f.bin", &pattern(1 << 20, 7), 300_000).await;
-    wait_for_len(&server.root.path().join(".f.bin.fwpart"), 300_000).await;
+async fn resume_of_a_different_file_starts_over(root: &RootServer) {
+    cut_upload(root.addr, "f.bin", &pattern(9 << 20, 7), (8 << 20) + 300_000).await;
+    root.wait_for_partial("f.bin").await;
     let local = tempfile::tempdir().unwrap();
-    let data = pattern(1 << 20, 8);
+    let data = pattern(9 << 20, 8);
     std::fs::write(local.path().join("f.bin"), &data).unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
-    let t = client
-        .put(&local.path().join("f.bin"), "f.bin", &TransferOptions::default(), &mut no_progress())
-        .await
-        .unwrap();
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    let t = loop {
+        match client.put(&local.path().join("f.bin"), "f.bin", &TransferOptions::default(), &mut no_progress()).await {
+            Err(e) if e.code() == Some(ErrorCode::Busy) => tokio::time::sleep(Duration::from_millis(50)).await,
+            t => break t.unwrap(),
+        }
+    };
     assert_eq!(t.resumed, 0);
-    assert!(std::fs::read(server.root.path().join("f.bin")).unwrap() == data);
+    assert!(root.read("f.bin").await.unwrap() == data);
 }
 
 /// The server verifies before it keeps anything: a wrong checksum leaves
 /// neither the file nor its partial.
-#[tokio::test]
-async fn upload_with_wrong_checksum_is_not_kept() {
-    let server = TestServer::start().await;
-    let (mut r, mut w, _) = raw_put(&server, "x", 5).await;
+async fn upload_with_wrong_checksum_is_not_kept(root: &RootServer) {
+    let (mut r, mut w, _) = raw_put(root.addr, "x", 5).await;
     w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
     w.send(&Message::Checksum(proto::Checksum { blake3: blake3_hex(b"HELLO") }), &[]).await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
@@ -364,7 +423,7 @@ async fn upload_with_wrong_checksum_is_not_kept() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(names(server.root.path()).is_empty(), "{:?}", names(server.root.path()));
+    assert!(root.names("").await.is_empty(), "{:?}", root.names("").await);
 }
 
 /// A server whose data does not match its checksum: the client keeps
@@ -395,18 +454,17 @@ async fn download_with_wrong_checksum_is_not_kept() {
     assert!(names(local.path()).is_empty(), "{:?}", names(local.path()));
 }
 
-/// An interrupted download resumes from the partial file beside the target.
-#[tokio::test]
-async fn cut_download_resumes() {
-    let server = TestServer::start().await;
+/// An interrupted download resumes from the partial file beside the
+/// target, the server reading from that offset.
+async fn cut_download_resumes(root: &RootServer) {
     let data = pattern(4 << 20, 2);
-    std::fs::write(server.root.path().join("d.bin"), &data).unwrap();
+    root.write("d.bin", &data).await;
     let local = tempfile::tempdir().unwrap();
     // What an interrupted download leaves: the first part, in the partial.
     let partial = local.path().join(".d.bin.fwpart");
     std::fs::write(&partial, &data[..1_234_567]).unwrap();
     std::fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let mut client = Client::connect(&root.addr()).await.unwrap();
     // While the transfer runs, the partial file is its owner's alone (a
     // looser one left behind is tightened).
     let mut modes = Vec::new();
@@ -423,7 +481,7 @@ async fn cut_download_resumes() {
 
     // A stale partial that is not the start of the file is replaced.
     std::fs::write(local.path().join(".e.bin.fwpart"), b"garbage").unwrap();
-    std::fs::write(server.root.path().join("e.bin"), &data).unwrap();
+    root.write("e.bin", &data).await;
     let t = client
         .get("e.bin", &local.path().join("e.bin"), &TransferOptions::default(), &mut no_progress())
         .await
@@ -432,22 +490,71 @@ async fn cut_download_resumes() {
     assert!(std::fs::read(local.path().join("e.bin")).unwrap() == data);
 }
 
-#[tokio::test]
-async fn concurrent_uploads_of_one_path_are_refused() {
-    let server = TestServer::start().await;
+async fn concurrent_uploads_of_one_path_are_refused(root: &RootServer) {
     let data = pattern(1 << 20, 3);
     // An upload in progress: started, not finished.
-    let (r, w, _) = raw_put(&server, "same", data.len() as u64).await;
+    let (r, w, _) = raw_put(root.addr, "same", data.len() as u64).await;
 
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("same"), &data).unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
+    let mut client = Client::connect(&root.addr()).await.unwrap();
     let err = client
         .put(&local.path().join("same"), "same", &TransferOptions::default(), &mut no_progress())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
     drop((r, w));
+}
+
+/// `put -r` and `get -r` through the CLI: a tree goes and comes back
+/// whole; a second run moves only what changed; `--delete` removes what
+/// the source lacks.
+async fn trees_sync_both_ways(root: &RootServer) {
+    let src = tempfile::tempdir().unwrap();
+    for (path, data) in [("a.txt", "a"), ("d/b.txt", "bb"), ("d/e/c.txt", "ccc"), ("big.bin", "")] {
+        std::fs::create_dir_all(src.path().join(path).parent().unwrap()).unwrap();
+        std::fs::write(src.path().join(path), data).unwrap();
+    }
+    std::fs::write(src.path().join("big.bin"), pattern(9 << 20, 5)).unwrap();
+    std::fs::create_dir(src.path().join("empty")).unwrap();
+    let addr = root.addr();
+    let from = format!("{}/", src.path().display());
+    let framewire = |args: &[&str]| {
+        let out = common::framewire(args);
+        assert!(out.status.success(), "{args:?} on {}: {}", root.kind(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = framewire(&["put", "-r", &addr, &from, "t"]);
+    assert!(said.contains("4 file(s)"), "{said}");
+    assert_eq!(root.read("t/d/e/c.txt").await.unwrap(), b"ccc");
+    assert!(root.read("t/big.bin").await.unwrap() == pattern(9 << 20, 5));
+    let mut client = Client::connect(&addr).await.unwrap();
+    assert_eq!(client.stat("t/empty").await.unwrap().kind, Kind::Dir, "empty directories go too");
+
+    // A second run: one file changed (another size), one new.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(src.path().join("d/b.txt"), "changed").unwrap();
+    std::fs::write(src.path().join("new.txt"), "n").unwrap();
+    let said = framewire(&["put", "-r", &addr, &from, "t"]);
+    assert!(said.contains("2 file(s)"), "only the changed and the new file: {said}");
+    assert_eq!(root.read("t/d/b.txt").await.unwrap(), b"changed");
+
+    // Back: the same tree.
+    let back = tempfile::tempdir().unwrap();
+    let to = back.path().join("t");
+    framewire(&["get", "-r", &addr, "t/", to.to_str().unwrap()]);
+    for path in ["a.txt", "d/b.txt", "d/e/c.txt", "big.bin", "new.txt"] {
+        assert!(std::fs::read(to.join(path)).unwrap() == std::fs::read(src.path().join(path)).unwrap(), "{path}");
+    }
+    assert!(to.join("empty").is_dir());
+    let said = framewire(&["get", "-r", &addr, "t/", to.to_str().unwrap()]);
+    assert!(said.contains("5 file(s) unchanged"), "a second get moves nothing: {said}");
+
+    // --delete: what the source no longer has goes.
+    std::fs::remove_file(src.path().join("a.txt")).unwrap();
+    framewire(&["put", "-r", "--delete", &addr, &from, "t"]);
+    assert!(root.read("t/a.txt").await.is_none(), "removed on {}", root.kind());
+    assert_eq!(root.read("t/new.txt").await.unwrap(), b"n");
 }
 
 /// 50 clients at once, mixing exec, put and get, every byte verified.
@@ -784,7 +891,7 @@ async fn a_stalled_upload_keeps_what_arrived_and_resumes() {
     let server = TestServer::start_with(|c| c.timeouts.io = Some(Duration::from_millis(300))).await;
     let data = pattern(70 << 20, 6);
     let sent = (3 << 20) + 12_345;
-    let (r, mut w, m) = raw_put(&server, "s.bin", data.len() as u64).await;
+    let (r, mut w, m) = raw_put(server.addr, "s.bin", data.len() as u64).await;
     assert!(matches!(m, Message::PutReady(proto::PutReady { offset: 0, .. })), "{m:?}");
     w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 })).unwrap();
     w.write_body(&data[..sent]).await.unwrap();

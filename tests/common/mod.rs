@@ -7,6 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use framewire::server::{self, Config};
+
+pub mod roots;
+#[cfg(feature = "s3")]
+pub mod seaweed;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

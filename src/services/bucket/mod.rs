@@ -685,7 +685,8 @@ impl Bucket {
     ///
     /// # Errors
     ///
-    /// A bad path, the root, a file in the way (`not_a_directory`), a
+    /// A bad path, the root, a file in the way (`exists`; a file as a
+    /// parent: `not_a_directory`), a
     /// missing parent without `parents` (`not_found`), the store's error.
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
         let (key, name) = self.key(path)?;
@@ -693,8 +694,9 @@ impl Bucket {
             return Ok(false);
         }
         if self.is_object(&key, path).await? {
-            let msg = format!("{}: a file is there", super::files::shown(path));
-            return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+            // As a directory root answers (the tests on both roots check).
+            let msg = format!("{}: exists on the server and is not a directory", super::files::shown(path));
+            return Err(Refusal::new(ErrorCode::Exists, msg));
         }
         match self.stat(path).await {
             Ok(_) => return Ok(false),
