@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::roots::RootServer;
 use common::TestServer;
 use framewire::auth::Key;
 use framewire::client::{Progress, TransferOptions};
@@ -197,7 +198,7 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
     for round in 0..3 {
         let path = format!("new-{round}");
         // The first upload is under way, and holds the path...
-        let (mut r, mut w) = raw(&server).await;
+        let (mut r, mut w) = raw(server.addr).await;
         w.send(&Message::Put(proto::Put { path: path.clone(), size: 5, force: false, mode: None, mtime: None }), &[])
             .await
             .unwrap();
@@ -224,8 +225,8 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
 type RawReader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
 type RawWriter = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
 
-async fn raw(server: &TestServer) -> (RawReader, RawWriter) {
-    let sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+async fn raw(addr: std::net::SocketAddr) -> (RawReader, RawWriter) {
+    let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
@@ -250,29 +251,32 @@ fn error_code(m: Option<Message>) -> ErrorCode {
     }
 }
 
-#[tokio::test]
-async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced() {
-    let server = TestServer::start().await;
-    let (mut r, mut w) = raw(&server).await;
+common::roots::on_both_roots!(
+    a_file_appearing_under_the_name_mid_upload_is_not_replaced,
+    put_data_that_contradicts_the_put_is_answered_at_once_and_closed,
+    hostile_paths_get_short_clear_refusals_and_touch_nothing,
+    hostile_tree_frames_are_refused_and_store_nothing,
+);
+
+async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootServer) {
+    let (mut r, mut w) = raw(root.addr).await;
     w.send(&Message::Put(proto::Put { path: "late".into(), size: 5, force: false, mode: None, mtime: None }), &[])
         .await
         .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
     // Another process writes the name while the upload is under way.
-    std::fs::write(server.root.path().join("late"), "theirs").unwrap();
+    root.write("late", b"theirs").await;
     w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
     w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"hello").to_hex().to_string() }), &[])
         .await
         .unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::Exists);
-    assert_eq!(std::fs::read_to_string(server.root.path().join("late")).unwrap(), "theirs");
-    assert!(!server.root.path().join(".late.fwpart").exists(), "the loser's partial is gone");
+    assert_eq!(root.read("late").await.unwrap(), b"theirs");
+    assert_eq!(root.names("").await, ["late"], "the loser's partial is gone");
 }
 
-#[tokio::test]
-async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed() {
-    let server = TestServer::start().await;
-    let (mut r, mut w) = raw(&server).await;
+async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed(root: &RootServer) {
+    let (mut r, mut w) = raw(root.addr).await;
     w.send(&Message::Put(proto::Put { path: "x".into(), size: 5, force: false, mode: None, mtime: None }), &[])
         .await
         .unwrap();
@@ -281,11 +285,9 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed() {
     w.flush().await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
     assert!(next(&mut r).await.is_none(), "closed");
-    // Nothing was written: no empty partial file is left (issue 28).
-    assert!(!server.root.path().join(".x.fwpart").exists(), "an empty partial file was left");
 
     // A put_data header with a member of the wrong type.
-    let (mut r, mut w) = raw(&server).await;
+    let (mut r, mut w) = raw(root.addr).await;
     w.send(&Message::Put(proto::Put { path: "y".into(), size: 5, force: false, mode: None, mtime: None }), &[])
         .await
         .unwrap();
@@ -295,7 +297,9 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed() {
     w.get_mut().write_all(bad).await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
     assert!(next(&mut r).await.is_none(), "closed");
-    assert!(!server.root.path().join(".y.fwpart").exists(), "an empty partial file was left");
+    // Nothing was written: no empty partial file is left (issue 28).
+    let left = root.names("").await;
+    assert!(left.is_empty(), "left on {}: {left:?}", root.kind());
 }
 
 #[tokio::test]
@@ -305,34 +309,101 @@ async fn a_stdin_frame_over_the_limit_gets_too_large() {
         c.insecure = true;
     })
     .await;
-    let (mut r, mut w) = raw(&server).await;
+    let (mut r, mut w) = raw(server.addr).await;
     w.send(&Message::Exec(proto::Exec { command: "cat".into(), timeout_ms: None, login: false }), &[]).await.unwrap();
     w.feed_head(&Message::Stdin(proto::Stdin { len: 2 << 20, eof: false })).unwrap();
     w.flush().await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::TooLarge);
 }
 
-#[tokio::test]
-async fn hostile_paths_get_short_clear_refusals_and_touch_nothing() {
-    let server = TestServer::start().await;
-    let root = server.root.path();
-    std::fs::write(root.join("f.txt"), "f").unwrap();
-    let mut client = Client::connect(&server.addr()).await.unwrap();
+async fn hostile_paths_get_short_clear_refusals_and_touch_nothing(root: &RootServer) {
+    root.write("f.txt", b"f").await;
+    let mut client = Client::connect(&root.addr()).await.unwrap();
     let err = client.mkdir(&"a/".repeat(32_000)).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::BadPath), "{err}");
     assert!(err.to_string().len() < 400, "{} bytes", err.to_string().len());
-    assert!(!root.join("a").exists(), "nothing created");
 
     let local = tempfile::tempdir().unwrap();
     std::fs::write(local.path().join("x"), "x").unwrap();
     let err = client.put(&local.path().join("x"), "newdir/", &opts(), &mut no_progress()).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::IsADirectory), "{err}");
-    assert!(!root.join("newdir").exists());
     let err = client.get("f.txt/", &local.path().join("g"), &opts(), &mut no_progress()).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::NotADirectory), "{err}");
     assert!(!local.path().join("g").exists());
     let stat = client.stat("").await.unwrap();
-    assert_eq!(stat.name, ".", "the served directory's own name is not told");
+    assert_eq!(stat.name, ".", "the served root's own name is not told");
+    assert_eq!(root.names("").await, ["f.txt"], "nothing created on {}", root.kind());
+}
+
+/// A `tree_put` with a path leading out and a path named twice (refused in
+/// the answer), a file whose checksum is wrong (reported failed, nothing
+/// stored), then a `tree_file` never wanted and a manifest after its end
+/// (refused, closed: the connection cannot stay in step).
+async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
+    let entry =
+        |path: &str, size: u64| serde_json::json!({"path": path, "size": size, "mtime": 1_600_000_000, "mode": 0o644});
+    async fn manifest(w: &mut RawWriter, entries: &[serde_json::Value]) {
+        let body = serde_json::to_vec(entries).unwrap();
+        let m = proto::Manifest { len: body.len() as u64, count: entries.len() as u64 };
+        w.send(&Message::Manifest(m), &body).await.unwrap();
+    }
+    async fn body_of<T: serde::de::DeserializeOwned>(r: &mut RawReader) -> T {
+        serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap()
+    }
+    let (mut r, mut w) = raw(root.addr).await;
+    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
+    manifest(&mut w, &[entry("../out", 3), entry("a", 3), entry("a", 3)]).await;
+    assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
+    let wants: proto::WantList = body_of(&mut r).await;
+    let refused: Vec<_> = wants.refused.iter().map(|f| (f.i, f.code)).collect();
+    let send: Vec<_> = wants.send.iter().map(|w| (w.i, w.offset)).collect();
+    assert_eq!((send, refused), (vec![(1, 0)], vec![(0, ErrorCode::BadPath), (2, ErrorCode::BadRequest)]));
+    w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 3 }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(proto::WantsEnd { count: 3 }))));
+    let file = proto::TreeFile { len: 3, i: 1, offset: 0, size: 3, mtime: 1_600_000_000, mode: 0o644 };
+    w.send(&Message::TreeFile(file), b"abc").await.unwrap();
+    let wrong = blake3::hash(b"xyz").to_hex().to_string();
+    w.send(&Message::Checksum(proto::Checksum { blake3: wrong }), &[]).await.unwrap();
+    w.send(&Message::TreeEnd(proto::TreeEnd { files: 1 }), &[]).await.unwrap();
+    let mut failed = Vec::new();
+    loop {
+        match next(&mut r).await {
+            Some(Message::Committed(_)) => {
+                let list: proto::CommitList = body_of(&mut r).await;
+                assert!(list.ok.is_empty(), "{:?}", list.ok);
+                failed.extend(list.failed.iter().map(|f| (f.i, f.code)));
+            }
+            Some(Message::TreeDone(done)) => {
+                assert_eq!((failed, done.files), (vec![(1, ErrorCode::ChecksumMismatch)], 0));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(root.read("t/a").await.is_none(), "nothing stored on {}", root.kind());
+
+    for late_manifest in [false, true] {
+        let (mut r, mut w) = raw(root.addr).await;
+        w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false }), &[]).await.unwrap();
+        assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
+        manifest(&mut w, &[entry("b", 1)]).await;
+        assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
+        let _: proto::WantList = body_of(&mut r).await;
+        if late_manifest {
+            w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 1 }), &[]).await.unwrap();
+            assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(_))));
+            manifest(&mut w, &[entry("c", 1)]).await;
+        } else {
+            let file = proto::TreeFile { len: 1, i: 7, offset: 0, size: 1, mtime: 1, mode: 0o644 };
+            w.send(&Message::TreeFile(file), b"z").await.unwrap();
+        }
+        let what = if late_manifest { "manifest after manifest_end" } else { "tree_file not wanted" };
+        assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest, "{what}");
+        assert!(next(&mut r).await.is_none(), "{what}: closed");
+    }
+    let left: Vec<String> = root.names("").await;
+    assert!(left.iter().all(|n| n == "t" || n == "u") && root.names("u").await.is_empty(), "{left:?}");
 }
 
 /// Opens `n` sockets to `addr` that never send a byte, from 127.0.0.`first`

@@ -45,6 +45,12 @@ pub struct RelPath {
 }
 
 impl RelPath {
+    /// Whether the path was written with a trailing `/` (names a
+    /// directory).
+    pub fn names_dir(&self) -> bool {
+        self.dir
+    }
+
     /// The components joined with `/`; empty for the root.
     pub fn joined(&self) -> String {
         self.parts.join("/")
@@ -111,6 +117,12 @@ fn parent_refusal(path: &str, e: &io::Error) -> Refusal {
         ),
         _ => refusal(path, e),
     }
+}
+
+/// A file to write named with a trailing `/`, on any root.
+pub fn names_a_directory(path: &str) -> Refusal {
+    let msg = format!("{}: a trailing / names a directory; name the file to write", shown(path));
+    Refusal::new(ErrorCode::IsADirectory, msg)
 }
 
 fn reserved(path: &str) -> Refusal {
@@ -238,8 +250,7 @@ impl Sandbox {
             return Err(bad_path(path, "names the served root, not a file"));
         };
         if rel.dir {
-            let msg = format!("{}: a trailing / names a directory; name the file to write", shown(path));
-            return Err(Refusal::new(ErrorCode::IsADirectory, msg));
+            return Err(names_a_directory(path));
         }
         if is_partial_name(name.as_bytes()) {
             return Err(reserved(path));

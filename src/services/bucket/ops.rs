@@ -17,7 +17,7 @@ use super::{
     KNOWN_MAX, META_BLAKE3, META_MTIME,
 };
 use crate::proto::{Entry, ErrorCode, Kind};
-use crate::services::files::{shown, CLAIM_WAIT};
+use crate::services::files::{names_a_directory, shown, Sandbox, CLAIM_WAIT};
 use crate::services::root::is_partial_name;
 use crate::services::Refusal;
 
@@ -331,6 +331,9 @@ impl Bucket {
     /// [`ErrorCode::NotADirectory`], [`ErrorCode::Exists`], a bad path,
     /// the store's error.
     pub(crate) async fn admit(&self, path: &str, force: bool) -> Result<Target, Refusal> {
+        if Sandbox::relative(path)?.names_dir() {
+            return Err(names_a_directory(path));
+        }
         let target = self.claim(path).await?;
         if self.first_below(&target.key).await.map_err(|e| store_refusal(path, e))?.is_some() {
             return Err(Refusal::new(
