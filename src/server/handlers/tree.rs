@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::super::context::HandlerError;
 use super::super::storage::{join, plain, Download, Got, Needed, Part, Storage, TreeSink, REPORT_EVERY};
 use crate::proto::{
     Checksum, CommitList, Committed, ErrorCode, Failed, Listing, ListingEnd, ManifestEntry, TreeDone, TreeFile,
@@ -12,7 +13,7 @@ use crate::proto::{
     TREE_PART_MAX,
 };
 use crate::services::files::{self, Sandbox};
-use crate::services::Refusal;
+use crate::services::{Fault, Refusal};
 use crate::session::{ServerSide, Session};
 use crate::wire::Error;
 use futures_util::{FutureExt, StreamExt};
@@ -120,7 +121,7 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
             match part {
                 Part::Entries(entries) if entries.is_empty() => {}
                 Part::Entries(entries) => {
-                    let body = serde_json::to_vec(&entries).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                    let body = serde_json::to_vec(&entries).map_err(HandlerError::from)?;
                     count += entries.len() as u64;
                     s.feed(&Listing { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
                 }
@@ -138,7 +139,8 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
 }
 
 /// A file refused or failed, logged as a refused request is.
-pub(super) fn failed(i: u64, r: Refusal) -> Failed {
+pub(super) fn failed(i: u64, r: impl Into<Refusal>) -> Failed {
+    let r = r.into();
     tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
     Failed { i, code: r.code, message: r.message }
 }
@@ -235,7 +237,7 @@ pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request
                         return s.refuse_and_close(r.message).await;
                     }
                 };
-                let body = serde_json::to_vec(&answer).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                let body = serde_json::to_vec(&answer).map_err(HandlerError::from)?;
                 s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
             }
             TreePutInput::ManifestEnd(end) => {
@@ -374,11 +376,11 @@ impl<K: TreeSink> TreeUpload<K> {
             return Ok(());
         }
         let list = std::mem::take(&mut self.report);
-        let body = serde_json::to_vec(&list).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let body = serde_json::to_vec(&list).map_err(HandlerError::from)?;
         s.send(&Committed { len: body.len() as u64 }, &body).await
     }
 
-    fn settled(&mut self, i: u64, path: &str, outcome: Result<u64, Refusal>) {
+    fn settled(&mut self, i: u64, path: &str, outcome: Result<u64, Fault>) {
         match outcome {
             Ok(size) => {
                 self.pending.remove(path);
@@ -390,7 +392,7 @@ impl<K: TreeSink> TreeUpload<K> {
         }
     }
 
-    fn fail(&mut self, i: u64, path: &str, r: Refusal) {
+    fn fail(&mut self, i: u64, path: &str, r: impl Into<Refusal>) {
         self.pending.remove(path);
         self.report.failed.push(failed(i, r));
     }
@@ -448,7 +450,10 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
                     sent_files += 1;
                     sent_bytes += size;
                 }
-                Some((i, Err(r))) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
+                Some((i, Err(f))) => {
+                    let r = Refusal::from(f);
+                    s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?
+                }
             }
         }
         s.flush().await?;
