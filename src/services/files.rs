@@ -462,6 +462,8 @@ impl Sandbox {
     pub fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Fault> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
+            // The root as the client named it ("" says nothing: ".").
+            let path = if path.is_empty() { "." } else { path };
             return if parents { Ok(false) } else { Err(Fault::Exists { path: path.to_owned() }) };
         };
         // A directory may have any name, `.b.fwpart` included: only
