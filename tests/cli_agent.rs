@@ -1737,7 +1737,9 @@ fn remote_rm_mv_and_mkdir() {
     // rm: files; directories only with -r; a missing path is an error but with -f.
     let out = framewire(&["rm", a, "d"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(text(&out.stderr).contains("is a directory (use -r)") && root.join("d/sub/x").exists(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("d: is a directory on the server") && root.join("d/sub/x").exists(), "{out:?}");
+    assert_eq!(err.matches("(use -r)").count(), 1, "the hint is the CLI's, once: {err}");
     let out = framewire(&["rm", a, "new/g.txt", "missing"]);
     assert_eq!(out.status.code(), Some(1), "one of two failed: {out:?}");
     assert!(!root.join("new/g.txt").exists());

@@ -406,8 +406,17 @@ fn stdout_has_no_reader() -> bool {
 /// stays one line and cannot drive the terminal.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
-    for cause in e.chain().map(explain_cause) {
+    for cause in e.chain() {
+        let plain = cause.to_string();
+        let cause = explain_cause(cause);
         if line.ends_with(&cause) {
+            continue;
+        }
+        // Said already by the error it is the source of: said again only
+        // if the CLI has more to say of it (a flag), in place.
+        if line.ends_with(&plain) {
+            line.truncate(line.len() - plain.len());
+            line.push_str(&cause);
             continue;
         }
         if !line.is_empty() {
@@ -426,6 +435,10 @@ fn explain_cause(cause: &(dyn std::error::Error + 'static)) -> String {
     }
     if let Some(framewire::server::ServeError::Policy(policy)) = cause.downcast_ref() {
         return serve::explained(policy);
+    }
+    #[cfg(feature = "s3")]
+    if let Some(e) = cause.downcast_ref::<framewire::server::BucketError>() {
+        return serve::explained_bucket(e);
     }
     cause.to_string()
 }
@@ -453,20 +466,45 @@ pub fn draw_target(quiet: bool) -> indicatif::ProgressDrawTarget {
 
 /// A client error, with the flag that changes the situation where one does.
 pub fn explained(e: &framewire::ClientError) -> String {
-    explained_for(e, true)
+    explained_for(e, Hints::COPY)
 }
 
-/// [`explained`] for a command that has `--force` to replace (`has_force`:
-/// a copy, `mv`) or not (`mkdir`, `rm`, whose `-f` means something else):
-/// `--force` is suggested only where it applies.
-pub fn explained_for(e: &framewire::ClientError, has_force: bool) -> String {
+/// The flags a command has (and was not given) that change a refusal:
+/// what [`explained_for`] may suggest. The server's words name none
+/// (DESIGN.md, "The public surface"); the CLI's hint is keyed on the code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hints {
+    /// `--force` replaces what exists (a copy, `mv`; not `rm -f` nor
+    /// `mkdir`).
+    pub force: bool,
+    /// `-r` removes a directory (`rm` without it).
+    pub recursive: bool,
+    /// `-p` accepts a directory that exists (`mkdir` without it).
+    pub parents: bool,
+}
+
+impl Hints {
+    /// A copy's or `mv`'s: `--force`.
+    pub const COPY: Hints = Hints { force: true, recursive: false, parents: false };
+}
+
+/// [`explained`] for a command with the flags `hints` names: each is
+/// suggested only where it applies.
+pub fn explained_for(e: &framewire::ClientError, hints: Hints) -> String {
     use framewire::{ClientError, ErrorCode};
     match e {
         ClientError::AuthRequired => format!("{e}: use --key-file FILE (or set FRAMEWIRE_KEY_FILE)"),
         ClientError::AuthUnavailable => format!("{e} (run the client without --key-file)"),
-        ClientError::LocalExists(_) | ClientError::Remote { code: ErrorCode::Exists, .. } if has_force => {
+        ClientError::LocalExists(_) | ClientError::Remote { code: ErrorCode::Exists, .. } if hints.force => {
             format!("{e} (use --force to replace it)")
         }
+        ClientError::Local { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists && hints.force => {
+            format!("{e} (use --force to replace it)")
+        }
+        ClientError::Remote { code: ErrorCode::Exists, .. } if hints.parents => {
+            format!("{e} (-p accepts a directory that exists)")
+        }
+        ClientError::Remote { code: ErrorCode::IsADirectory, .. } if hints.recursive => format!("{e} (use -r)"),
         ClientError::Remote { code: ErrorCode::ExecDisabled, message } if message.contains("exec directory") => {
             format!("{e}: the server must be started with --exec-dir DIR")
         }
@@ -523,5 +561,40 @@ mod tests {
         assert_eq!(one_line(&plain), "outer: root cause");
         let forged = anyhow::anyhow!("no such file: x\n\x1b[2Kframewire: all good").context("get");
         assert_eq!(one_line(&forged), "get: no such file: x\\n\\x1b[2Kframewire: all good");
+    }
+
+    /// The library says a plain http endpoint is refused; the CLI names
+    /// the flag, once, in place of the cause the line already gave.
+    #[cfg(feature = "s3")]
+    #[test]
+    fn a_plain_http_endpoint_names_the_flag_once() {
+        use framewire::server::{BucketError, ServeError};
+        let source = BucketError::PlainHttp { endpoint: "http://127.0.0.1:9".into() };
+        assert!(!source.to_string().contains("--"), "{source}");
+        let e = anyhow::Error::new(ServeError::Bucket { url: "s3://b".into(), source }).context("serve");
+        let line = one_line(&e);
+        assert_eq!(line.matches("plain http is refused").count(), 1, "{line}");
+        assert_eq!(line.matches("--s3-allow-http").count(), 1, "{line}");
+        assert!(line.starts_with("serve: cannot serve s3://b: http://127.0.0.1:9: plain http"), "{line}");
+    }
+
+    /// The hints a command's flags give, keyed on the code, never doubled
+    /// (the server's words name no flag).
+    #[test]
+    fn hints_follow_the_command_and_the_code() {
+        use super::{explained, explained_for, Hints};
+        use framewire::{ClientError, ErrorCode};
+        let remote = |code, message: &str| ClientError::Remote { code, message: message.to_owned() };
+        let exists = remote(ErrorCode::Exists, "f: already exists on the server");
+        let said = exists.to_string();
+        assert_eq!(explained(&exists), format!("{said} (use --force to replace it)"));
+        let mkdir = Hints { parents: true, ..Hints::default() };
+        assert_eq!(explained_for(&exists, mkdir), format!("{said} (-p accepts a directory that exists)"));
+        assert_eq!(explained_for(&exists, Hints::default()), said);
+        let dir = remote(ErrorCode::IsADirectory, "d: is a directory on the server");
+        let said = dir.to_string();
+        let rm = Hints { recursive: true, ..Hints::default() };
+        assert_eq!(explained_for(&dir, rm), format!("{said} (use -r)"));
+        assert_eq!(explained(&dir), said, "a copy onto a directory: -r is no answer");
     }
 }

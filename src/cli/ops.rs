@@ -52,10 +52,16 @@ pub struct MkdirArgs {
     parents: bool,
 }
 
-/// Runs `each` on every path, saying in one line why one failed; exit 1
-/// when some did (as for a copy), 0 otherwise. Neither `rm` nor `mkdir`
-/// has a `--force` that replaces: none is suggested.
-async fn each_path<F>(client: &mut Client, paths: &[String], verb: &str, mut each: F) -> anyhow::Result<ExitCode>
+/// Runs `each` on every path, saying in one line why one failed (with
+/// the flags of `hints`, where one would change it); exit 1 when some did
+/// (as for a copy), 0 otherwise. Neither `rm` nor `mkdir` has a `--force`
+/// that replaces: none is suggested.
+async fn each_path<F>(
+    client: &mut Client,
+    paths: &[String],
+    (verb, hints): (&str, super::Hints),
+    mut each: F,
+) -> anyhow::Result<ExitCode>
 where
     F: for<'c> FnMut(
         &'c mut Client,
@@ -69,7 +75,7 @@ where
                 // The connection is gone: the rest cannot be done either.
                 return Err(e.into());
             }
-            let why = super::explained_for(&e, false);
+            let why = super::explained_for(&e, hints);
             eprintln!("framewire: error: cannot {verb} {}", printable(&format!("{path}: {why}")));
             failed += 1;
         }
@@ -82,7 +88,8 @@ pub async fn rm(args: RmArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut client = target.connect().await?;
     let paths: Vec<String> = args.paths.iter().map(|p| target.path(p)).collect();
     let (recursive, force) = (args.recursive, args.force);
-    each_path(&mut client, &paths, "remove", |c, p| {
+    let hints = super::Hints { recursive: !recursive, ..super::Hints::default() };
+    each_path(&mut client, &paths, ("remove", hints), |c, p| {
         Box::pin(async move {
             let removed = if recursive { c.remove(p).await? } else { c.remove_file(p).await? };
             if !removed && !force {
@@ -100,7 +107,8 @@ pub async fn mkdir(args: MkdirArgs, settings: &Settings) -> anyhow::Result<ExitC
     let mut client = target.connect().await?;
     let paths: Vec<String> = args.paths.iter().map(|p| target.path(p)).collect();
     let parents = args.parents;
-    each_path(&mut client, &paths, "create", |c, p| {
+    let hints = super::Hints { parents: !parents, ..super::Hints::default() };
+    each_path(&mut client, &paths, ("create", hints), |c, p| {
         Box::pin(async move {
             if parents {
                 c.mkdir(p).await?;

@@ -286,6 +286,16 @@ pub fn explained(e: &framewire::server::PolicyError) -> String {
     }
 }
 
+/// A bucket root that cannot be opened, with the flag that changes it.
+#[cfg(feature = "s3")]
+pub fn explained_bucket(e: &framewire::server::BucketError) -> String {
+    use framewire::server::BucketError;
+    match e {
+        BucketError::PlainHttp { .. } => format!("{e}; --s3-allow-http if you mean it"),
+        _ => e.to_string(),
+    }
+}
+
 /// `--partial-max-age`: a duration, or none.
 #[derive(Debug, Clone, Copy)]
 pub struct Age(Option<Duration>);

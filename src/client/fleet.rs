@@ -398,8 +398,12 @@ pub fn exec(
                 if !answer.refused.is_empty() {
                     // Said on the host's stderr, where its user looks.
                     let names: Vec<String> = answer.refused.iter().map(|n| printable(n).into_owned()).collect();
-                    let note =
-                        format!("framewire: the server refused to set {} (see its --accept-env)\n", names.join(", "));
+                    // The server's configuration names what it accepts; the
+                    // library names no flag of it.
+                    let note = format!(
+                        "framewire: the server refused to set {} (not among the names it accepts)\n",
+                        names.join(", ")
+                    );
                     let _ = tokio::io::AsyncWriteExt::write_all(&mut err, note.as_bytes()).await;
                 }
             }

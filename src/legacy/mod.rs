@@ -27,7 +27,7 @@ use crate::auth::Key;
 use crate::services::exec::{account, spawn, Spec};
 use crate::services::files::{self, Sandbox};
 use crate::services::root::is_partial_name;
-use crate::services::Refusal;
+use crate::services::{Fault, Refusal};
 use crate::session::{BodySource, Receiver};
 
 /// A command is read with one read of at most this many bytes, as the
@@ -413,14 +413,15 @@ async fn upload(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyError
     // link followed; a legacy upload always starts over, so what it held
     // is dropped.
     let shown = name.clone();
-    let (receiver, claim) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+    let (receiver, claim) = tokio::task::spawn_blocking(move || -> Result<_, Fault> {
         let (dir, file_name) = sandbox.for_write(&name)?;
         let claim = sandbox.claim(&dir, &file_name, &name)?;
-        let receiver = Receiver::fresh(dir, &file_name).map_err(|e| Refusal::io(&name, &e))?;
+        let receiver = Receiver::fresh(dir, &file_name).map_err(|e| Fault::io(&name, e))?;
         Ok((receiver, claim))
     })
     .await
-    .map_err(std::io::Error::other)??;
+    .map_err(std::io::Error::other)?
+    .map_err(Refusal::from)?;
     info!(name = ?shown, size, "legacy upload");
     let mut body = RawBody { tcp, left: size, size, timeout: ctx.io_timeout };
     let received = match receiver.receive(&mut body, &mut |_| {}).await {
@@ -509,7 +510,8 @@ async fn download(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyErr
     let sandbox = ctx.sandbox.clone();
     let listing = tokio::task::spawn_blocking(move || sandbox.list("", crate::services::files::Listing::Entries))
         .await
-        .map_err(std::io::Error::other)??;
+        .map_err(std::io::Error::other)?
+        .map_err(Refusal::from)?;
     let names: Vec<String> =
         listing.into_iter().filter(|e| e.kind == crate::proto::Kind::File).map(|e| e.name).collect();
     // Only what fits the client's single recv(1024).
@@ -537,7 +539,7 @@ async fn download(tcp: &mut TcpStream, ctx: &Legacy<'_>) -> Result<(), LegacyErr
         let name = &names[index];
         let (sandbox, wanted) = (ctx.sandbox.clone(), name.clone());
         let opened = tokio::task::spawn_blocking(move || sandbox.open(&wanted));
-        let (file, meta) = opened.await.map_err(std::io::Error::other)??;
+        let (file, meta) = opened.await.map_err(std::io::Error::other)?.map_err(Refusal::from)?;
         let mut file = tokio::fs::File::from_std(file);
         if let Some((kind, why)) = crate::services::files::not_regular(&meta) {
             return Err(std::io::Error::new(kind, format!("{name}: {why}")).into());

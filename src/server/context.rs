@@ -65,3 +65,65 @@ impl FailedLogins {
         (Duration::from_millis(100) * 2u32.saturating_pow(entry.0 - 1)).min(MAX_PENALTY)
     }
 }
+
+/// Why a handler (or the storage under it) stopped with the connection
+/// still unanswered: not a refusal, which is an answer, but what the
+/// server failed at while it spoke. It ends the connection as a
+/// [`wire::Error::Io`](crate::wire::Error::Io) whose inner error it is
+/// (logged with the connection's end).
+#[derive(Debug, thiserror::Error)]
+pub(in crate::server) enum HandlerError {
+    /// A reply could not be encoded as JSON.
+    #[error("a reply could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The client is gone: what was being made for it has no one to go to.
+    #[error("the client left")]
+    ClientLeft,
+    /// Reading a file (an object) being sent failed after its frame began.
+    #[error("{path}: read failed mid-transfer: {source}")]
+    ReadFailed {
+        /// The path, as messages show it.
+        path: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An object being sent grew past the length its frame announced.
+    #[cfg(feature = "s3")]
+    #[error("{path}: the object grew while it was read")]
+    Grew {
+        /// The path, as messages show it.
+        path: String,
+    },
+    /// An object being sent ended before the length its frame announced.
+    #[cfg(feature = "s3")]
+    #[error("{path}: the object ended at {at} of {size} bytes")]
+    EndedEarly {
+        /// The path, as messages show it.
+        path: String,
+        /// Where it ended.
+        at: u64,
+        /// The size announced.
+        size: u64,
+    },
+    /// A file was sent without its whole-file hash made on the way (nor
+    /// known before).
+    #[error("{path}: read ended early, with no hash of the whole file")]
+    Unhashed {
+        /// The path, as messages show it.
+        path: String,
+    },
+}
+
+impl From<HandlerError> for crate::wire::Error {
+    fn from(e: HandlerError) -> Self {
+        // The kind of a read's own I/O error is kept: a peer that went
+        // away is told from a server failure by it.
+        let kind = match &e {
+            HandlerError::ReadFailed { source, .. } => {
+                source.downcast_ref::<std::io::Error>().map_or(std::io::ErrorKind::Other, std::io::Error::kind)
+            }
+            _ => std::io::ErrorKind::Other,
+        };
+        crate::wire::Error::Io(std::io::Error::new(kind, e))
+    }
+}

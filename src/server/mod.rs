@@ -269,7 +269,7 @@ async fn prune_partials(ctx: Arc<context::Context>, age: Duration, stop: Cancell
                 }
             }
             #[cfg(feature = "s3")]
-            context::Served::Bucket(b) => b.prune_uploads(age).await.map_err(|r| r.message),
+            context::Served::Bucket(b) => b.prune_uploads(age).await.map_err(|f| f.to_string()),
         };
         match removed {
             Ok(removed) => {

@@ -14,8 +14,8 @@ use rustix::fs::{AtFlags, OFlags};
 use rustix::io::Errno;
 
 use super::root::{is_escape, is_partial_name, FileId, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
-use super::Refusal;
-use crate::proto::{Entry, ErrorCode, Kind};
+use super::{Fault, PathRule};
+use crate::proto::{Entry, Kind};
 
 /// How long an upload waits for an earlier upload of the same path to end.
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -93,40 +93,28 @@ pub fn shown(path: &str) -> String {
     format!("{}… ({} bytes)", &path[..end], path.len())
 }
 
-fn bad_path(path: &str, why: &str) -> Refusal {
-    Refusal::new(ErrorCode::BadPath, format!("{:?}: {why}", shown(path)))
-}
-
-/// A refusal for an error resolving or opening `path`: an escape through a
-/// symlink is `bad_path`, the rest as [`Refusal::io`] classifies them.
-pub fn refusal(path: &str, e: &io::Error) -> Refusal {
-    match e.raw_os_error().map(Errno::from_raw_os_error) {
-        _ if is_escape(e) => bad_path(path, "leads outside the served root (through a symlink)"),
-        Some(Errno::LOOP) => bad_path(path, "too many levels of symlinks"),
-        Some(Errno::NAMETOOLONG) => bad_path(path, "a name in it is too long"),
-        _ => Refusal::io(&shown(path), e),
-    }
+/// The fault of an error resolving or opening `path`: an escape through a
+/// symlink is a [`Fault::BadPath`], the rest a [`Fault::Io`].
+pub fn fault(path: &str, e: io::Error) -> Fault {
+    let rule = match e.raw_os_error().map(Errno::from_raw_os_error) {
+        _ if is_escape(&e) => PathRule::Escapes,
+        Some(Errno::LOOP) => PathRule::SymlinkLoop,
+        Some(Errno::NAMETOOLONG) => PathRule::NameTooLong,
+        _ => return Fault::io(path, e),
+    };
+    Fault::bad_path(path, rule)
 }
 
 /// Why the parent of `path` could not be opened ([`Sandbox::existing_parent`]).
-fn parent_refusal(path: &str, e: &io::Error) -> Refusal {
+fn parent_fault(path: &str, e: io::Error) -> Fault {
     match e.raw_os_error() {
-        Some(libc::ELOOP | libc::ENOTDIR) => Refusal::new(
-            ErrorCode::NotADirectory,
-            format!("{}: a parent is not a directory, or is a symlink", shown(path)),
-        ),
-        _ => refusal(path, e),
+        Some(libc::ELOOP | libc::ENOTDIR) => Fault::ParentNotPlain { path: path.to_owned() },
+        _ => fault(path, e),
     }
 }
 
-/// A file to write named with a trailing `/`, on any root.
-pub fn names_a_directory(path: &str) -> Refusal {
-    let msg = format!("{}: a trailing / names a directory; name the file to write", shown(path));
-    Refusal::new(ErrorCode::IsADirectory, msg)
-}
-
-fn reserved(path: &str) -> Refusal {
-    bad_path(path, "names of the form .NAME.fwpart are reserved for partial transfers")
+fn reserved(path: &str) -> Fault {
+    Fault::bad_path(path, PathRule::Reserved)
 }
 
 impl Sandbox {
@@ -165,25 +153,25 @@ impl Sandbox {
     ///
     /// [`ErrorCode::BadPath`] for NUL bytes, absolute paths, `..`, and
     /// paths over [`MAX_PATH_BYTES`] or [`MAX_PATH_DEPTH`].
-    pub fn relative(path: &str) -> Result<RelPath, Refusal> {
+    pub fn relative(path: &str) -> Result<RelPath, Fault> {
         if path.len() > MAX_PATH_BYTES {
-            return Err(bad_path(path, &format!("longer than {MAX_PATH_BYTES} bytes (MAX_PATH_BYTES)")));
+            return Err(Fault::bad_path(path, PathRule::TooLong));
         }
         if path.contains('\0') {
-            return Err(bad_path(path, "contains a NUL byte"));
+            return Err(Fault::bad_path(path, PathRule::Nul));
         }
         if path.starts_with('/') {
-            return Err(bad_path(path, "absolute paths are refused; paths are relative to the served root"));
+            return Err(Fault::bad_path(path, PathRule::Absolute));
         }
         let mut parts = Vec::new();
         for part in path.split('/') {
             match part {
                 "" | "." => {}
-                ".." => return Err(bad_path(path, "`..` is refused; paths stay inside the served root")),
+                ".." => return Err(Fault::bad_path(path, PathRule::DotDot)),
                 name => parts.push(name.to_owned()),
             }
             if parts.len() > MAX_PATH_DEPTH {
-                return Err(bad_path(path, &format!("deeper than {MAX_PATH_DEPTH} components (MAX_PATH_DEPTH)")));
+                return Err(Fault::bad_path(path, PathRule::TooDeep));
             }
         }
         let dir = !parts.is_empty() && (path.ends_with('/') || path.ends_with("/."));
@@ -201,7 +189,7 @@ impl Sandbox {
     /// I/O refusals; [`ErrorCode::NotADirectory`] for `file/`;
     /// [`ErrorCode::BadPath`] for a symlink leading outside, or a partial
     /// file.
-    pub fn open(&self, path: &str) -> Result<(File, fs::Metadata), Refusal> {
+    pub fn open(&self, path: &str) -> Result<(File, fs::Metadata), Fault> {
         let (_, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         Ok((file, meta))
     }
@@ -209,13 +197,13 @@ impl Sandbox {
     /// Opens an existing `path` with `flags` (and `O_DIRECTORY` for a
     /// trailing `/`), `fstat`s it, and refuses a partial file: what
     /// [`open`](Self::open), [`stat`](Self::stat) and listings share.
-    fn open_with(&self, path: &str, mut flags: OFlags) -> Result<(RelPath, File, fs::Metadata), Refusal> {
+    fn open_with(&self, path: &str, mut flags: OFlags) -> Result<(RelPath, File, fs::Metadata), Fault> {
         let rel = Self::relative(path)?;
         if rel.dir {
             flags |= OFlags::DIRECTORY;
         }
-        let file = File::from(self.root.open_beneath(&rel.joined(), flags).map_err(|e| refusal(path, &e))?);
-        let meta = file.metadata().map_err(|e| refusal(path, &e))?;
+        let file = File::from(self.root.open_beneath(&rel.joined(), flags).map_err(|e| fault(path, e))?);
+        let meta = file.metadata().map_err(|e| fault(path, e))?;
         if meta.is_file() && rel.name().is_some_and(|n| is_partial_name(n.as_bytes())) {
             return Err(reserved(path));
         }
@@ -229,7 +217,7 @@ impl Sandbox {
     /// # Errors
     ///
     /// As [`open`](Self::open).
-    pub fn stat(&self, path: &str) -> Result<Entry, Refusal> {
+    pub fn stat(&self, path: &str) -> Result<Entry, Fault> {
         let (rel, _, meta) = self.open_with(path, OFlags::PATH)?;
         Ok(entry(rel.name().unwrap_or(".").to_owned(), &meta))
     }
@@ -244,13 +232,13 @@ impl Sandbox {
     /// As [`relative`](Self::relative), plus the root itself, a trailing
     /// `/` ([`ErrorCode::IsADirectory`]), a partial file's name, a parent
     /// that is a file, or a parent leading outside the root.
-    pub fn for_write(&self, path: &str) -> Result<(OwnedFd, OsString), Refusal> {
+    pub fn for_write(&self, path: &str) -> Result<(OwnedFd, OsString), Fault> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
-            return Err(bad_path(path, "names the served root, not a file"));
+            return Err(Fault::bad_path(path, PathRule::Root));
         };
         if rel.dir {
-            return Err(names_a_directory(path));
+            return Err(Fault::TrailingSlash { path: path.to_owned() });
         }
         if is_partial_name(name.as_bytes()) {
             return Err(reserved(path));
@@ -268,7 +256,7 @@ impl Sandbox {
     ///
     /// As [`for_write`](Self::for_write), except that a missing parent is
     /// not an error (nothing stands there).
-    pub fn standing(&self, path: &str) -> Result<Standing, Refusal> {
+    pub fn standing(&self, path: &str) -> Result<Standing, Fault> {
         self.standing_among(path, &mut Dirs::new())
     }
 
@@ -283,10 +271,10 @@ impl Sandbox {
     /// # Errors
     ///
     /// As [`standing`](Self::standing).
-    pub fn standing_among(&self, path: &str, dirs: &mut Dirs) -> Result<Standing, Refusal> {
+    pub fn standing_among(&self, path: &str, dirs: &mut Dirs) -> Result<Standing, Fault> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
-            return Err(bad_path(path, "names the served root, not a file"));
+            return Err(Fault::bad_path(path, PathRule::Root));
         };
         if is_partial_name(name.as_bytes()) {
             return Err(reserved(path));
@@ -301,10 +289,9 @@ impl Sandbox {
                 Ok(dir) => dirs.insert(parent.clone(), Some(dir)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => dirs.insert(parent.clone(), None),
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                    let msg = format!("{}: a parent is not a directory", shown(path));
-                    return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+                    return Err(Fault::ParentNotADirectory { path: path.to_owned() });
                 }
-                Err(e) => return Err(refusal(path, &e)),
+                Err(e) => return Err(fault(path, e)),
             };
         }
         let Some(Some(dir)) = dirs.get(&parent) else {
@@ -313,7 +300,7 @@ impl Sandbox {
         let there = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Some(entry_of(String::new(), &st, kind_of(st.st_mode))),
             Err(Errno::NOENT) => None,
-            Err(e) => return Err(refusal(path, &e.into())),
+            Err(e) => return Err(fault(path, e.into())),
         };
         let part = super::root::partial_name(OsStr::new(name));
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -322,7 +309,7 @@ impl Sandbox {
                 let mut file = File::from(fd);
                 match file.metadata() {
                     Ok(meta) if meta.is_file() && meta.len() > 0 => {
-                        let hash = hash_prefix(&mut file, meta.len()).map_err(|e| refusal(path, &e))?.finalize();
+                        let hash = hash_prefix(&mut file, meta.len()).map_err(|e| fault(path, e))?.finalize();
                         Some((meta.len(), hash))
                     }
                     _ => None,
@@ -334,13 +321,11 @@ impl Sandbox {
     }
 
     /// The directory `rel` is in, created with its missing parents.
-    fn parent_dir(&self, path: &str, rel: &RelPath) -> Result<OwnedFd, Refusal> {
+    fn parent_dir(&self, path: &str, rel: &RelPath) -> Result<OwnedFd, Fault> {
         let parent: Vec<&str> = rel.parent().iter().map(String::as_str).collect();
         self.root.make_dirs(&parent).map_err(|e| match e.raw_os_error().map(Errno::from_raw_os_error) {
-            Some(Errno::NOTDIR | Errno::EXIST) => {
-                Refusal::new(ErrorCode::NotADirectory, format!("{}: a parent is not a directory", shown(path)))
-            }
-            _ => refusal(path, &e),
+            Some(Errno::NOTDIR | Errno::EXIST) => Fault::ParentNotADirectory { path: path.to_owned() },
+            _ => fault(path, e),
         })
     }
 
@@ -357,15 +342,15 @@ impl Sandbox {
     /// Unless `recursive`, a directory is refused with
     /// [`ErrorCode::IsADirectory`] (`unlinkat` without `AT_REMOVEDIR`, so
     /// the kernel tells a directory from a file at the moment of removal).
-    pub fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
+    pub fn remove(&self, path: &str, recursive: bool) -> Result<bool, Fault> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
-            return Err(bad_path(path, "names the served root, which is never removed"));
+            return Err(Fault::bad_path(path, PathRule::RootRemoved));
         };
         let dir = match self.existing_parent(&rel) {
             Ok(dir) => dir,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(parent_refusal(path, &e)),
+            Err(e) => return Err(parent_fault(path, e)),
         };
         let removed = if recursive {
             super::root::remove_at(&dir, OsStr::new(name))
@@ -375,8 +360,7 @@ impl Sandbox {
                     if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
                         .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()) =>
                 {
-                    let msg = format!("{}: is a directory (use -r)", shown(path));
-                    return Err(Refusal::new(ErrorCode::IsADirectory, msg));
+                    return Err(Fault::IsADirectory { path: path.to_owned() });
                 }
                 done => done.map_err(io::Error::from),
             }
@@ -384,7 +368,7 @@ impl Sandbox {
         match removed {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(refusal(path, &e)),
+            Err(e) => Err(fault(path, e)),
         }
     }
 
@@ -448,16 +432,16 @@ impl Sandbox {
     /// [`ErrorCode::NotFound`] (no `from`, or no parent for `to`),
     /// [`ErrorCode::Exists`], [`ErrorCode::BadPath`] (escapes, the root,
     /// partial names, a directory into itself), I/O errors.
-    pub fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
-        let open_parent = |path: &str| -> Result<(OwnedFd, String), Refusal> {
+    pub fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Fault> {
+        let open_parent = |path: &str| -> Result<(OwnedFd, String), Fault> {
             let rel = Self::relative(path)?;
             let Some(name) = rel.name() else {
-                return Err(bad_path(path, "names the served root, which is never moved"));
+                return Err(Fault::bad_path(path, PathRule::RootMoved));
             };
             if is_partial_name(name.as_bytes()) {
                 return Err(reserved(path));
             }
-            let dir = self.existing_parent(&rel).map_err(|e| parent_refusal(path, &e))?;
+            let dir = self.existing_parent(&rel).map_err(|e| parent_fault(path, e))?;
             Ok((dir, name.to_owned()))
         };
         let (from_dir, from_name) = open_parent(from)?;
@@ -465,12 +449,9 @@ impl Sandbox {
         let flags = if force { rustix::fs::RenameFlags::empty() } else { rustix::fs::RenameFlags::NOREPLACE };
         match rustix::fs::renameat_with(&from_dir, from_name.as_str(), &to_dir, to_name.as_str(), flags) {
             Ok(()) => Ok(()),
-            Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => {
-                let msg = format!("{}: exists on the server (--force replaces it)", shown(to));
-                Err(Refusal::new(ErrorCode::Exists, msg))
-            }
-            Err(Errno::INVAL) => Err(bad_path(to, "a directory cannot move below itself")),
-            Err(e) => Err(refusal(from, &e.into())),
+            Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => Err(Fault::Exists { path: to.to_owned() }),
+            Err(Errno::INVAL) => Err(Fault::bad_path(to, PathRule::BelowItself)),
+            Err(e) => Err(fault(from, e.into())),
         }
     }
 
@@ -484,38 +465,37 @@ impl Sandbox {
     ///
     /// As [`for_write`](Self::for_write); [`ErrorCode::Exists`] if a file
     /// is there.
-    pub fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
+    pub fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Fault> {
         let rel = Self::relative(path)?;
         let Some(name) = rel.name() else {
-            return if parents { Ok(false) } else { Err(Refusal::new(ErrorCode::Exists, "the served root exists")) };
+            // The root as the client named it ("" says nothing: ".").
+            let path = if path.is_empty() { "." } else { path };
+            return if parents { Ok(false) } else { Err(Fault::Exists { path: path.to_owned() }) };
         };
         // A directory may have any name, `.b.fwpart` included: only
         // regular files of that form are partial files.
         let dir = if parents {
             self.parent_dir(path, &rel)?
         } else {
-            self.existing_parent(&rel).map_err(|e| parent_refusal(path, &e))?
+            self.existing_parent(&rel).map_err(|e| parent_fault(path, e))?
         };
         if !parents {
             return match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
                 Ok(()) => Ok(true),
-                Err(Errno::EXIST) => {
-                    Err(Refusal::new(ErrorCode::Exists, format!("{}: exists (-p accepts that)", shown(path))))
-                }
-                Err(e) => Err(refusal(path, &e.into())),
+                Err(Errno::EXIST) => Err(Fault::Exists { path: path.to_owned() }),
+                Err(e) => Err(fault(path, e.into())),
             };
         }
         match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => match self.root.open_dir(&rel.joined()) {
                 Ok(_) => Ok(false),
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Refusal::new(
-                    ErrorCode::Exists,
-                    format!("{}: exists on the server and is not a directory", shown(path)),
-                )),
-                Err(e) => Err(refusal(path, &e)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                    Err(Fault::ExistsNotADirectory { path: path.to_owned() })
+                }
+                Err(e) => Err(fault(path, e)),
             },
-            Err(e) => Err(refusal(path, &e.into())),
+            Err(e) => Err(fault(path, e.into())),
         }
     }
 
@@ -529,8 +509,8 @@ impl Sandbox {
     /// # Errors
     ///
     /// [`ErrorCode::Busy`] if the path is still being uploaded after that.
-    pub fn claim(&self, dir: &OwnedFd, name: &OsStr, shown_as: &str) -> Result<Claim, Refusal> {
-        let id = FileId::of_fd(dir).map_err(|e| refusal(shown_as, &e))?;
+    pub fn claim(&self, dir: &OwnedFd, name: &OsStr, shown_as: &str) -> Result<Claim, Fault> {
+        let id = FileId::of_fd(dir).map_err(|e| fault(shown_as, e))?;
         self.claim_in(id, name, shown_as)
     }
 
@@ -540,7 +520,7 @@ impl Sandbox {
     /// # Errors
     ///
     /// As [`claim`](Self::claim).
-    pub fn claim_in(&self, dir: FileId, name: &OsStr, shown_as: &str) -> Result<Claim, Refusal> {
+    pub fn claim_in(&self, dir: FileId, name: &OsStr, shown_as: &str) -> Result<Claim, Fault> {
         let key = ClaimKey { dev: dir.dev, ino: dir.ino, name: name.to_owned() };
         let deadline = std::time::Instant::now() + CLAIM_WAIT;
         loop {
@@ -548,8 +528,7 @@ impl Sandbox {
                 return Ok(Claim { busy: self.busy.clone(), key });
             }
             if std::time::Instant::now() >= deadline {
-                let msg = format!("{}: another upload to this path is in progress", shown(shown_as));
-                return Err(Refusal::new(ErrorCode::Busy, msg));
+                return Err(Fault::Busy { path: shown_as.to_owned() });
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -563,14 +542,14 @@ impl Sandbox {
     /// # Errors
     ///
     /// As [`open`](Self::open).
-    pub fn list(&self, path: &str, listing: Listing) -> Result<Vec<Entry>, Refusal> {
+    pub fn list(&self, path: &str, listing: Listing) -> Result<Vec<Entry>, Fault> {
         self.list_within(path, listing, crate::wire::MAX_BUFFERED_BODY as usize)
     }
 
     /// [`list`](Self::list), giving up with [`ErrorCode::TooLarge`] as
     /// soon as the entries would take more than about `budget` bytes of
     /// JSON: a listing too large to send is not built in memory first.
-    fn list_within(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Refusal> {
+    fn list_within(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Fault> {
         let (rel, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         if !meta.is_dir() {
             return Ok(vec![entry(rel.name().unwrap_or(".").to_owned(), &meta)]);
@@ -580,8 +559,7 @@ impl Sandbox {
             // Each entry counts its name and ~64 bytes of JSON around it.
             let cost = e.name.len() + 64;
             if cost >= left {
-                left = 0;
-                return Err(io::Error::other("listing budget spent"));
+                return Err(io::Error::other(Stop::BudgetSpent));
             }
             left -= cost;
             out.push(e);
@@ -591,19 +569,17 @@ impl Sandbox {
         // refuses it, named.
         let mut unreadable = None;
         let mut skip = |rel: &str, e: io::Error| {
-            unreadable = Some(refusal(&join_below(path, rel), &e));
-            Err(e)
+            unreadable = Some(fault(&join_below(path, rel), e));
+            Err(io::Error::other(Stop::Unreadable))
         };
         let walked = walk(OwnedFd::from(file), "", 0, listing, (&mut sink, &mut skip));
         match walked {
             Ok(()) => {}
-            Err(_) if left == 0 => {
-                let msg =
-                    format!("{}: the listing exceeds {budget} bytes; list a smaller part of the tree", shown(path));
-                return Err(Refusal::new(ErrorCode::TooLarge, msg));
+            Err(e) if Stop::is(&e, Stop::BudgetSpent) => {
+                return Err(Fault::ListingTooLarge { path: path.to_owned(), budget: budget as u64 });
             }
             Err(_) if unreadable.is_some() => return Err(unreadable.expect("checked")),
-            Err(e) => return Err(refusal(path, &e)),
+            Err(e) => return Err(fault(path, e)),
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -631,35 +607,60 @@ impl Sandbox {
         listing: Listing,
         sink: &mut dyn FnMut(Entry) -> io::Result<()>,
         mut skip: Option<&mut Skip<'_>>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Fault> {
         let (_, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         if !meta.is_dir() {
-            return Err(Refusal::new(ErrorCode::NotADirectory, format!("{}: not a directory", shown(path))));
+            return Err(Fault::NotADirectory { path: path.to_owned() });
         }
         let mut stopped = None;
         let mut unreadable = |rel: &str, e: io::Error| {
-            let r = refusal(&join_below(path, rel), &e);
+            let f = fault(&join_below(path, rel), e);
             match skip.as_mut() {
-                Some(skip) => skip(rel, r),
+                Some(skip) => skip(rel, f),
                 None => {
-                    stopped = Some(r);
-                    Err(e)
+                    stopped = Some(f);
+                    Err(io::Error::other(Stop::Unreadable))
                 }
             }
         };
         let walked = walk(OwnedFd::from(file), "", 0, listing, (sink, &mut unreadable));
         match (walked, stopped) {
             (Ok(()), _) => Ok(()),
-            (Err(_), Some(r)) => Err(r),
-            (Err(e), None) => Err(refusal(path, &e)),
+            (Err(_), Some(f)) => Err(f),
+            (Err(e), None) => Err(fault(path, e)),
         }
     }
 }
 
+/// Why a walk was stopped by what it reports to: control flow, carried
+/// through the walk's `io::Error` and never shown to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Stop {
+    /// A listing outgrew its budget.
+    #[error("the listing outgrew its budget")]
+    BudgetSpent,
+    /// A path below could not be read, and that ends the walk (its fault
+    /// is kept beside).
+    #[error("a path below cannot be read")]
+    Unreadable,
+}
+
+impl Stop {
+    /// Whether `e` is the stop `which`.
+    fn is(e: &io::Error, which: Stop) -> bool {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Stop>()) == Some(&which)
+    }
+}
+
+/// A walk that went deeper than [`MAX_PATH_DEPTH`] levels.
+#[derive(Debug, thiserror::Error)]
+#[error("the tree is deeper than {MAX_PATH_DEPTH} levels (MAX_PATH_DEPTH)")]
+struct TooDeep;
+
 /// What [`Sandbox::walk`] hands a path below that cannot be read: its path
-/// relative to the walked one, and the refusal naming it. An error stops
+/// relative to the walked one, and the fault naming it. An error stops
 /// the walk.
-pub type Skip<'a> = dyn FnMut(&str, Refusal) -> io::Result<()> + 'a;
+pub type Skip<'a> = dyn FnMut(&str, Fault) -> io::Result<()> + 'a;
 
 /// `base/rel`, or `base` alone for an empty `rel` (the path a message
 /// names for something `rel` below `base`).
@@ -686,7 +687,7 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
     let (sink, unreadable) = sinks;
     // Two descriptors and a stack frame a level: bounded.
     if depth > MAX_PATH_DEPTH {
-        return Err(io::Error::other(format!("the tree is deeper than {MAX_PATH_DEPTH} levels (MAX_PATH_DEPTH)")));
+        return Err(io::Error::other(TooDeep));
     }
     let entries = match rustix::fs::Dir::read_from(&dir) {
         Ok(entries) => entries,
@@ -929,7 +930,7 @@ pub fn open_to_send(path: &Path) -> io::Result<File> {
 /// socket, a device), whose size says nothing about what reading it gives.
 pub fn not_regular(meta: &fs::Metadata) -> Option<(io::ErrorKind, &'static str)> {
     if meta.is_dir() {
-        Some((io::ErrorKind::IsADirectory, "is a directory (use -r)"))
+        Some((io::ErrorKind::IsADirectory, "is a directory"))
     } else if !meta.is_file() {
         Some((io::ErrorKind::InvalidInput, "not a regular file (a FIFO, socket or device)"))
     } else {
@@ -1080,6 +1081,7 @@ pub fn check_room(file: &File, from: u64, to: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ErrorCode;
 
     fn sandboxes(dir: &Path) -> [Sandbox; 2] {
         let sb = Sandbox::new(dir).unwrap();
@@ -1105,9 +1107,9 @@ mod tests {
             (long.as_str(), "MAX_PATH_BYTES"),
         ] {
             let err = Sandbox::relative(bad).unwrap_err();
-            assert_eq!(err.code, ErrorCode::BadPath, "{bad}");
-            assert!(err.message.contains(why), "{bad}: {}", err.message);
-            assert!(err.message.len() < 400, "messages stay short: {} bytes", err.message.len());
+            assert_eq!(err.code(), ErrorCode::BadPath, "{bad}");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+            assert!(err.to_string().len() < 400, "messages stay short: {} bytes", err.to_string().len());
         }
     }
 
@@ -1116,8 +1118,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let sb = Sandbox::new(root.path()).unwrap();
         let err = sb.mkdir(&"a/".repeat(32_000), true).unwrap_err();
-        assert_eq!(err.code, ErrorCode::BadPath);
-        assert!(err.message.len() < 400, "{} bytes", err.message.len());
+        assert_eq!(err.code(), ErrorCode::BadPath);
+        assert!(err.to_string().len() < 400, "{} bytes", err.to_string().len());
         assert!(!root.path().join("a").exists(), "nothing created");
         assert!(sb.mkdir(&"a/".repeat(MAX_PATH_DEPTH), true).unwrap());
     }
@@ -1132,13 +1134,13 @@ mod tests {
         std::os::unix::fs::symlink("inner.txt", root.path().join("alias")).unwrap();
         fs::write(root.path().join("inner.txt"), "i").unwrap();
         for sb in sandboxes(root.path()) {
-            assert_eq!(sb.open("out/secret").unwrap_err().code, ErrorCode::BadPath);
-            assert_eq!(sb.open("up/etc/passwd").unwrap_err().code, ErrorCode::BadPath);
-            assert_eq!(sb.stat("out").unwrap_err().code, ErrorCode::BadPath);
-            assert_eq!(sb.list("out", Listing::Entries).unwrap_err().code, ErrorCode::BadPath);
-            assert_eq!(sb.for_write("out/new").unwrap_err().code, ErrorCode::BadPath);
-            assert_eq!(sb.for_write("out/deep/new").unwrap_err().code, ErrorCode::BadPath);
-            assert_eq!(sb.mkdir("out/d", true).unwrap_err().code, ErrorCode::BadPath);
+            assert_eq!(sb.open("out/secret").unwrap_err().code(), ErrorCode::BadPath);
+            assert_eq!(sb.open("up/etc/passwd").unwrap_err().code(), ErrorCode::BadPath);
+            assert_eq!(sb.stat("out").unwrap_err().code(), ErrorCode::BadPath);
+            assert_eq!(sb.list("out", Listing::Entries).unwrap_err().code(), ErrorCode::BadPath);
+            assert_eq!(sb.for_write("out/new").unwrap_err().code(), ErrorCode::BadPath);
+            assert_eq!(sb.for_write("out/deep/new").unwrap_err().code(), ErrorCode::BadPath);
+            assert_eq!(sb.mkdir("out/d", true).unwrap_err().code(), ErrorCode::BadPath);
             let (mut f, _) = sb.open("alias").unwrap();
             let mut s = String::new();
             f.read_to_string(&mut s).unwrap();
@@ -1164,10 +1166,10 @@ mod tests {
         fs::write(root.path().join("f.txt"), "x").unwrap();
         fs::create_dir(root.path().join("d")).unwrap();
         for sb in sandboxes(root.path()) {
-            assert_eq!(sb.open("f.txt/").unwrap_err().code, ErrorCode::NotADirectory);
-            assert_eq!(sb.stat("f.txt/").unwrap_err().code, ErrorCode::NotADirectory);
+            assert_eq!(sb.open("f.txt/").unwrap_err().code(), ErrorCode::NotADirectory);
+            assert_eq!(sb.stat("f.txt/").unwrap_err().code(), ErrorCode::NotADirectory);
             assert!(sb.open("d/").unwrap().1.is_dir());
-            assert_eq!(sb.for_write("newdir/").unwrap_err().code, ErrorCode::IsADirectory);
+            assert_eq!(sb.for_write("newdir/").unwrap_err().code(), ErrorCode::IsADirectory);
         }
         assert!(!root.path().join("newdir").exists());
     }
@@ -1180,9 +1182,9 @@ mod tests {
         assert!(root.path().join("a/b").is_dir());
         assert_eq!(name, "c.txt");
         fs::write(root.path().join("file"), "").unwrap();
-        assert_eq!(sandbox.for_write("file/x").unwrap_err().code, ErrorCode::NotADirectory);
-        assert_eq!(sandbox.for_write("").unwrap_err().code, ErrorCode::BadPath);
-        assert_eq!(sandbox.for_write("d/.x.fwpart").unwrap_err().code, ErrorCode::BadPath);
+        assert_eq!(sandbox.for_write("file/x").unwrap_err().code(), ErrorCode::NotADirectory);
+        assert_eq!(sandbox.for_write("").unwrap_err().code(), ErrorCode::BadPath);
+        assert_eq!(sandbox.for_write("d/.x.fwpart").unwrap_err().code(), ErrorCode::BadPath);
         assert!(sandbox.for_write("x.fwpart").is_ok(), "only .NAME.fwpart is reserved");
     }
 
@@ -1196,8 +1198,8 @@ mod tests {
         let names: Vec<_> = sb.list("", Listing::Tree).unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, [".b.fwpart", ".b.fwpart/inside"]);
         assert!(sb.open(".b.fwpart/inside").is_ok());
-        assert_eq!(sb.open(".c.fwpart").unwrap_err().code, ErrorCode::BadPath);
-        assert_eq!(sb.stat(".c.fwpart").unwrap_err().code, ErrorCode::BadPath);
+        assert_eq!(sb.open(".c.fwpart").unwrap_err().code(), ErrorCode::BadPath);
+        assert_eq!(sb.stat(".c.fwpart").unwrap_err().code(), ErrorCode::BadPath);
     }
 
     #[test]
@@ -1211,8 +1213,8 @@ mod tests {
         let all = sb.list_within("", Listing::Tree, 1 << 20).unwrap();
         assert_eq!(all.len(), 100);
         let err = sb.list_within("", Listing::Tree, 40 * 70).unwrap_err();
-        assert_eq!(err.code, ErrorCode::TooLarge);
-        assert!(err.message.contains("list a smaller part"), "{}", err.message);
+        assert_eq!(err.code(), ErrorCode::TooLarge);
+        assert!(err.to_string().contains("list a smaller part"), "{}", err.to_string());
         // What fits is listed as before.
         assert_eq!(sb.list_within("d7", Listing::Files, 100).unwrap().len(), 1);
     }
@@ -1226,7 +1228,7 @@ mod tests {
         let (dir, name) = sandbox.for_write("d/x").unwrap();
         let claim = sandbox.claim(&dir, &name, "d/x").unwrap();
         let (other, name2) = sandbox.for_write("alias/x").unwrap();
-        assert_eq!(sandbox.claim(&other, &name2, "alias/x").unwrap_err().code, ErrorCode::Busy);
+        assert_eq!(sandbox.claim(&other, &name2, "alias/x").unwrap_err().code(), ErrorCode::Busy);
         drop(claim);
         assert!(sandbox.claim(&other, &name2, "alias/x").is_ok());
     }

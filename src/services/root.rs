@@ -273,10 +273,7 @@ impl Root {
                         continue;
                     }
                     if kind != FileType::Symlink && !replace_files {
-                        let msg = format!(
-                            "{}: a file stands where the copy needs a directory (--force replaces it)",
-                            parts[..=k].join("/")
-                        );
+                        let msg = format!("{}: a file stands where the copy needs a directory", parts[..=k].join("/"));
                         return Err(io::Error::new(io::ErrorKind::AlreadyExists, msg));
                     }
                     match rustix::fs::unlinkat(&dir, *part, AtFlags::empty()) {
@@ -743,24 +740,42 @@ fn open_ours(dir: &OwnedFd, part: &OsStr) -> io::Result<Result<File, &'static st
 ///
 /// # Errors
 ///
-/// Why it was left: not ours, too recent, in use, replaced meanwhile.
-pub fn remove_stale_partial(dir: &OwnedFd, name: &OsStr, cutoff: i64) -> io::Result<u64> {
+/// Why it was left ([`Left`]): not ours, too recent, in use, replaced
+/// meanwhile.
+pub fn remove_stale_partial(dir: &OwnedFd, name: &OsStr, cutoff: i64) -> Result<u64, Left> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let file = File::from(rustix::fs::openat(dir, name, flags, Mode::empty())?);
-    let st = rustix::fs::fstat(&file)?;
+    let file = File::from(rustix::fs::openat(dir, name, flags, Mode::empty()).map_err(io::Error::from)?);
+    let st = rustix::fs::fstat(&file).map_err(io::Error::from)?;
     if let Some(what) = foreign(&st) {
-        return Err(io::Error::other(what));
+        return Err(Left::Foreign(what));
     }
     if st.st_mtime >= cutoff {
-        return Err(io::Error::other("written recently"));
+        return Err(Left::Recent);
     }
     lock(&file)?;
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(now) if FileId::of(&now) == FileId::of(&st) => {}
-        _ => return Err(io::Error::other("replaced meanwhile")),
+        _ => return Err(Left::Replaced),
     }
-    rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+    rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(io::Error::from)?;
     Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
+/// Why [`remove_stale_partial`] left a file where it was.
+#[derive(Debug, thiserror::Error)]
+pub enum Left {
+    /// Not one of our partial files: what it is.
+    #[error("{0}, not a partial file of ours")]
+    Foreign(&'static str),
+    /// Written since the cutoff.
+    #[error("written recently")]
+    Recent,
+    /// Another file took its name between the check and the removal.
+    #[error("replaced meanwhile")]
+    Replaced,
+    /// It could not be opened, locked (a transfer holds it) or removed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 /// Why what `st` describes, found at a partial file's name, is not one of
@@ -977,7 +992,7 @@ mod tests {
             assert!(r.join("a/b/f").is_file(), "an inner link's target is left alone");
             let err = root.make_dirs_replacing(&["file", "y"], false, &mut replaced).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
-            assert!(err.to_string().contains("--force"), "{err}");
+            assert!(err.to_string().contains("a file stands where") && !err.to_string().contains("--"), "{err}");
             assert_eq!(std::fs::read_to_string(r.join("file")).unwrap(), "x", "a file is replaced only when asked");
             root.make_dirs_replacing(&["file", "y"], true, &mut replaced).unwrap();
             assert!(r.join("file/y").is_dir());

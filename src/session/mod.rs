@@ -276,7 +276,8 @@ impl Session<ServerSide> {
     /// # Errors
     ///
     /// The connection's.
-    pub async fn refuse(&mut self, r: Refusal) -> Result<(), Error> {
+    pub async fn refuse(&mut self, r: impl Into<Refusal>) -> Result<(), Error> {
+        let r = r.into();
         self.outcome = Some(format!("refused ({}): {}", r.code, crate::text::printable(&r.message)));
         self.send(&ErrorFrame::new(r.code, r.message), &[]).await
     }
@@ -311,7 +312,8 @@ impl Session<ServerSide> {
     /// # Errors
     ///
     /// Always: the connection's, or `InvalidData` with the message.
-    pub async fn close_with(&mut self, r: Refusal) -> Result<(), Error> {
+    pub async fn close_with(&mut self, r: impl Into<Refusal>) -> Result<(), Error> {
+        let r = r.into();
         let msg = r.message.clone();
         self.refuse(r).await?;
         Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg)))

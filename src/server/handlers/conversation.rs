@@ -15,7 +15,7 @@ use crate::proto::{
     TREE_PART_MAX,
 };
 use crate::services::files;
-use crate::services::Refusal;
+use crate::services::{Fault, Refusal};
 
 /// Files a `tree_put` may have announced and not yet sent (wanted, or
 /// not yet answered) at once: with [`MAX_OUTSTANDING_BYTES`], what
@@ -101,7 +101,8 @@ impl Drop for HeldPaths {
 }
 
 /// A file refused or failed, logged as a refused request is.
-pub(super) fn failed(i: u64, r: Refusal) -> Failed {
+pub(super) fn failed(i: u64, r: impl Into<Refusal>) -> Failed {
+    let r = r.into();
     tracing::info!(code = %r.code, "refused: {}", crate::text::printable(&r.message));
     Failed { i, code: r.code, message: r.message }
 }
@@ -302,7 +303,7 @@ impl TreePutState {
     }
 
     /// What became of entry `i` (at `path`): stored (its size) or failed.
-    pub(super) fn settled(&mut self, i: u64, path: &str, outcome: Result<u64, Refusal>) {
+    pub(super) fn settled(&mut self, i: u64, path: &str, outcome: Result<u64, Fault>) {
         match outcome {
             Ok(size) => {
                 self.held.remove(path);
@@ -314,7 +315,7 @@ impl TreePutState {
         }
     }
 
-    fn fail(&mut self, i: u64, path: &str, r: Refusal) {
+    fn fail(&mut self, i: u64, path: &str, r: impl Into<Refusal>) {
         self.held.remove(path);
         self.report.failed.push(failed(i, r));
     }
@@ -470,7 +471,7 @@ mod tests {
         let screened = st.on_manifest(vec![entry("same", 1), entry("newer", 1)]).unwrap();
         let mut decided: Vec<Decided> = Vec::new();
         for (i, full, e) in screened.to_decide {
-            let d = if i == 0 { Ok(None) } else { Err(Refusal::new(ErrorCode::Exists, "newer there")) };
+            let d = if i == 0 { Ok(None) } else { Err(Fault::Exists { path: full.clone() }) };
             decided.push((i, full, e, d));
         }
         let answer = st.on_decided(screened.answer, decided);
@@ -545,7 +546,7 @@ mod tests {
             st.settled(i, "p", Ok(1));
             assert!(st.report(false).is_none());
         }
-        st.settled(999, "q", Err(Refusal::new(ErrorCode::Io, "q: failed")));
+        st.settled(999, "q", Err(Fault::NotFound { path: "q".into() }));
         let report = st.report(false).expect("due at REPORT_EVERY");
         assert_eq!((report.ok.len(), report.failed.len()), (REPORT_EVERY - 1, 1));
         assert!(st.report(true).is_none(), "taken");

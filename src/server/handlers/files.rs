@@ -5,11 +5,11 @@
 
 use super::super::storage::{mismatch, Body, Download as _, NotFinished, NotReceived, Storage, Upload};
 use crate::proto::{
-    Checksum, ErrorCode, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply,
-    Rename, RenameReply, Stat, StatReply,
+    Checksum, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
+    RenameReply, Stat, StatReply,
 };
 use crate::services::files::{self, Listing};
-use crate::services::Refusal;
+use crate::services::Fault;
 use crate::session::{cut_off_by, ServerSide, Session};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
 
@@ -20,12 +20,9 @@ pub(in crate::server) async fn list<St: Storage>(s: &mut S, st: &St, request: Li
     let listing = if partial { Listing::Partials } else { Listing::of(recursive, dirs) };
     let listed = async {
         let entries = st.list(&path, listing, blake3).await?;
-        let body = serde_json::to_vec(&entries).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        let body = serde_json::to_vec(&entries).map_err(|e| Fault::Internal { what: e.to_string() })?;
         if body.len() as u64 > MAX_BUFFERED_BODY {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("{path}: listing of {} entries exceeds {MAX_BUFFERED_BODY} bytes", entries.len()),
-            ));
+            return Err(Fault::ListingTooLarge { path: path.clone(), budget: MAX_BUFFERED_BODY });
         }
         Ok(body)
     };
@@ -90,7 +87,6 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, request: Get
 /// body cut by it keeps every byte that arrived, as a cut connection's.
 pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put) -> Result<(), Error> {
     let Put { path, size, force, mode, mtime } = request;
-    let shown = files::shown(&path);
     let cut = s.cut_off().clone();
     let admitted = cut_off_by(&cut, async { Ok(st.admit(&path, size, force, mtime).await) }).await?;
     let mut upload = match admitted {
@@ -155,7 +151,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
             }
             s.send(&PutDone { size }, &[]).await
         }
-        Err(NotFinished::Mismatch(got)) => s.refuse(mismatch(&shown, &got, &claimed)).await,
+        Err(NotFinished::Mismatch(got)) => s.refuse(mismatch(&path, &got, &claimed)).await,
         Err(NotFinished::Refused(r)) => s.refuse(r).await,
     }
 }
@@ -180,7 +176,7 @@ pub(super) async fn read_step<M: crate::wire::FrameHeader>(s: &mut S, due: &str)
 /// instead of sending the rest of a file that has nowhere to go. One that
 /// sends on gets this as its answer, and the rest of its body and its
 /// checksum are read and dropped.
-pub(super) async fn write_failed(s: &mut S, refusal: Refusal) -> Result<(), Error> {
+pub(super) async fn write_failed(s: &mut S, refusal: Fault) -> Result<(), Error> {
     s.refuse(refusal).await?;
     s.reader().skip_body().await?;
     match s.read::<Checksum>().await {

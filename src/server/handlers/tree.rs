@@ -3,6 +3,7 @@
 //! receives the files back to back and commits them in batches;
 //! `tree_get` sends the files a client wants back to back.
 
+use super::super::context::HandlerError;
 use super::super::storage::{Download, Got, Part, Storage, TreeSink};
 use super::conversation::{GetAction, PutAction, TreeGetState, TreePutState};
 use crate::proto::{
@@ -10,6 +11,7 @@ use crate::proto::{
     TreeReady, TreeSkip, WantList, Wants, TREE_PART_MAX,
 };
 use crate::services::files::Sandbox;
+use crate::services::Refusal;
 use crate::session::{ServerSide, Session};
 use crate::wire::Error;
 use futures_util::{FutureExt, StreamExt};
@@ -69,7 +71,7 @@ async fn tree_part<T: serde::de::DeserializeOwned>(
 
 /// `value` as a JSON body.
 fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(value).map_err(|e| Error::Io(std::io::Error::other(e)))
+    Ok(serde_json::to_vec(value).map_err(HandlerError::from)?)
 }
 
 /// Receives a whole tree (PROTOCOL.md §4.6.3.2): each manifest frame
@@ -118,7 +120,7 @@ async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut
                     Ok(decided) => decided,
                     // Frames the client pipelined after this one follow:
                     // the connection cannot stay in step.
-                    Err(r) => return s.refuse_and_close(r.message).await.map(|()| false),
+                    Err(r) => return s.refuse_and_close(Refusal::from(r).message).await.map(|()| false),
                 };
                 let answer = state.on_decided(screened.answer, decided);
                 let body = json(&answer)?;
@@ -215,7 +217,10 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
                     send_one(s, i, d).await?;
                     state.on_sent(size);
                 }
-                Some((i, Err(r))) => s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?,
+                Some((i, Err(f))) => {
+                    let r = Refusal::from(f);
+                    s.feed(&TreeSkip { i, code: r.code, message: r.message }, &[]).await?
+                }
             }
         }
         s.flush().await?;

@@ -18,10 +18,11 @@ use super::{
     join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got, Needed,
     NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload,
 };
-use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, ManifestEntry, Want};
+use crate::proto::{Entry, FileReply, Get, Kind, ManifestEntry, Want};
+use crate::server::context::HandlerError;
 use crate::services::bucket::{Bucket, Finish, Multipart, Reading, Target, TreeIndex, FILE_MODE, WHOLE_MAX};
 use crate::services::files::{self, Listing};
-use crate::services::Refusal;
+use crate::services::Fault;
 use crate::session::{cut_off_by, ServerSide, Session};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
 
@@ -45,10 +46,6 @@ const FETCH_WHOLE: u64 = 1024 * 1024;
 /// million objects (the store lists them flat; a local root streams).
 const TREE_LIST_BUDGET: usize = 256 << 20;
 
-fn io_error(what: String) -> Error {
-    Error::Io(std::io::Error::other(what))
-}
-
 impl Storage for Bucket {
     type Download = BucketFile;
     type Upload = BucketUpload;
@@ -56,11 +53,11 @@ impl Storage for Bucket {
     const KEEPS_MODES: bool = false;
     const CUT_KEEPS: &'static str = "the parts stored, if any, are kept for a resume";
 
-    async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
+    async fn stat(&self, path: &str) -> Result<Entry, Fault> {
         Bucket::stat(self, path).await
     }
 
-    async fn list(&self, path: &str, listing: Listing, blake3: bool) -> Result<Vec<Entry>, Refusal> {
+    async fn list(&self, path: &str, listing: Listing, blake3: bool) -> Result<Vec<Entry>, Fault> {
         let mut entries = Bucket::list(self, path, listing, MAX_BUFFERED_BODY as usize).await?;
         if blake3 {
             let listed_a_file = self.object(path).await?.is_some();
@@ -69,19 +66,19 @@ impl Storage for Bucket {
         Ok(entries)
     }
 
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Fault> {
         Bucket::mkdir(self, path, parents).await
     }
 
-    async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
+    async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Fault> {
         Bucket::remove(self, path, recursive).await
     }
 
-    async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
+    async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Fault> {
         Bucket::rename(self, from, to, force).await
     }
 
-    async fn open(&self, request: Get) -> Result<BucketFile, Refusal> {
+    async fn open(&self, request: Get) -> Result<BucketFile, Fault> {
         let Get { path, offset, prefix_blake3 } = request;
         let reading = self.read(&path, offset, prefix_blake3.as_deref()).await?;
         Ok(BucketFile { reading, bucket: self.clone() })
@@ -97,7 +94,7 @@ impl Storage for Bucket {
                 let listed_a_file = self.object(path).await?.is_some();
                 add_hashes(self, path, listed_a_file, &mut entries, false).await?;
             }
-            Ok::<_, Refusal>(entries)
+            Ok::<_, Fault>(entries)
         };
         let entries = match listed.await {
             Ok(entries) => entries,
@@ -121,7 +118,7 @@ impl Storage for Bucket {
         &self,
         base: &str,
         wants: VecDeque<(u64, Want)>,
-    ) -> impl Stream<Item = (u64, Result<BucketFile, Refusal>)> + Send {
+    ) -> impl Stream<Item = (u64, Result<BucketFile, Fault>)> + Send {
         let (bucket, base) = (self.clone(), base.to_owned());
         futures_util::stream::iter(wants)
             .map(move |(i, w)| {
@@ -135,7 +132,7 @@ impl Storage for Bucket {
         BucketSink { bucket: self.clone(), index: TreeIndex::default(), storing: JoinSet::new(), done: Vec::new() }
     }
 
-    async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<BucketUpload, Refusal> {
+    async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<BucketUpload, Fault> {
         let target = Bucket::admit(self, path, force).await?;
         let parts = if size <= WHOLE_MAX { None } else { Some(Box::new(target.multipart(self, size, mtime).await?)) };
         Ok(BucketUpload { target, bucket: self.clone(), size, mtime, parts })
@@ -144,7 +141,7 @@ impl Storage for Bucket {
 
 /// Opens an object a `tree_get` wants; one up to [`FETCH_WHOLE`] is read
 /// whole ahead of its turn, a larger one streamed when it comes.
-async fn fetch_one(bucket: Bucket, base: &str, w: Want) -> Result<BucketFile, Refusal> {
+async fn fetch_one(bucket: Bucket, base: &str, w: Want) -> Result<BucketFile, Fault> {
     plain(&w.path)?;
     let path = join(base, &w.path);
     let mut reading = bucket.read(&path, w.offset, w.prefix_blake3.as_deref()).await?;
@@ -153,7 +150,7 @@ async fn fetch_one(bucket: Bucket, base: &str, w: Want) -> Result<BucketFile, Re
             .body
             .try_collect()
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Io, format!("{}: {e}", files::shown(&path))))?;
+            .map_err(|e| Fault::StoreFailed { path: path.clone(), why: e.to_string() })?;
         reading.body = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
     }
     Ok(BucketFile { reading, bucket })
@@ -288,7 +285,7 @@ pub(in crate::server) async fn add_hashes(
     listed_a_file: bool,
     entries: &mut [Entry],
     strict: bool,
-) -> Result<(), Refusal> {
+) -> Result<(), Fault> {
     let wanted: Vec<(usize, String)> = entries
         .iter()
         .enumerate()
@@ -330,12 +327,15 @@ pub(in crate::server) async fn send_reading(
 ) -> Result<blake3::Hash, Error> {
     let want = reading.size - reading.start;
     let mut sent = 0u64;
-    while let Some(chunk) =
-        reading.body.try_next().await.map_err(|e| io_error(format!("{shown}: read failed mid-transfer: {e}")))?
+    while let Some(chunk) = reading
+        .body
+        .try_next()
+        .await
+        .map_err(|e| HandlerError::ReadFailed { path: shown.to_owned(), source: e.into() })?
     {
         sent += chunk.len() as u64;
         if sent > want {
-            return Err(io_error(format!("{shown}: the object grew while it was read")));
+            return Err(HandlerError::Grew { path: shown.to_owned() }.into());
         }
         if let Some(h) = reading.hasher.as_mut() {
             h.update(&chunk);
@@ -343,11 +343,8 @@ pub(in crate::server) async fn send_reading(
         s.writer().write_body(&chunk).await?;
     }
     if sent != want {
-        return Err(io_error(format!(
-            "{shown}: the object ended at {} of {} bytes",
-            reading.start + sent,
-            reading.size
-        )));
+        let (at, size) = (reading.start + sent, reading.size);
+        return Err(HandlerError::EndedEarly { path: shown.to_owned(), at, size }.into());
     }
     match (reading.known, reading.hasher.take()) {
         (Some(hash), _) => Ok(hash),
@@ -356,13 +353,13 @@ pub(in crate::server) async fn send_reading(
             b.read_hashed(&reading, hash);
             Ok(hash)
         }
-        (None, None) => Err(io_error(format!("{shown}: no hash"))),
+        (None, None) => Err(HandlerError::Unhashed { path: shown.to_owned() }.into()),
     }
 }
 
 /// Feeds the frame's body into the upload. Outer error: the connection's;
 /// inner: the store's (the rest of the body unread).
-pub(in crate::server) async fn receive_parts(s: &mut S, upload: &mut Multipart) -> Result<Result<(), Refusal>, Error> {
+pub(in crate::server) async fn receive_parts(s: &mut S, upload: &mut Multipart) -> Result<Result<(), Fault>, Error> {
     while let Some(chunk) = s.reader().read_body_chunk().await? {
         if let Err(r) = upload.feed(&chunk).await {
             return Ok(Err(r));
@@ -395,7 +392,7 @@ impl TreeSink for BucketSink {
         base: &str,
         force: bool,
         entries: Vec<(u64, String, ManifestEntry)>,
-    ) -> Result<Vec<Decided>, Refusal> {
+    ) -> Result<Vec<Decided>, Fault> {
         let b = &self.bucket;
         b.index_for(&mut self.index, base, entries.iter().map(|(_, _, e)| e.path.as_str())).await?;
         let index = &self.index;
@@ -411,7 +408,6 @@ impl TreeSink for BucketSink {
 
     async fn receive(&mut self, s: &mut S, i: u64, need: &Needed, offset: u64, len: u64) -> Result<Got, Error> {
         let b = self.bucket.clone();
-        let shown = files::shown(&need.path);
         if need.size <= WHOLE_MAX {
             // Up to STORED_AHEAD, stored in the background; a larger one
             // before the next frame (bounding what one upload holds).
@@ -419,7 +415,7 @@ impl TreeSink for BucketSink {
             let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
             let hash = blake3::hash(&body);
             if hash.to_hex().as_str() != claimed {
-                return Ok(Got::Done(Err(mismatch(&shown, &hash.to_hex(), &claimed))));
+                return Ok(Got::Done(Err(mismatch(&need.path, &hash.to_hex(), &claimed))));
             }
             let target = match b.claim(&need.path).await {
                 Ok(target) => target,
@@ -445,7 +441,7 @@ impl TreeSink for BucketSink {
         let started = async {
             let target = b.claim(&need.path).await?;
             let upload = target.multipart(&b, need.size, Some(need.mtime)).await?;
-            Ok::<_, Refusal>((target, upload))
+            Ok::<_, Fault>((target, upload))
         }
         .await;
         let (_target, mut upload) = match started {
@@ -453,8 +449,7 @@ impl TreeSink for BucketSink {
             Err(r) => return skip_file(s, r).await,
         };
         if !matches!(upload.agree(offset).await, Ok(true)) {
-            let msg = format!("{shown}: the upload's parts changed since they were offered");
-            return skip_file(s, Refusal::new(ErrorCode::Busy, msg)).await;
+            return skip_file(s, Fault::OfferChanged { path: need.path.clone() }).await;
         }
         match receive_parts(s, &mut upload).await {
             Ok(Ok(())) => {}
@@ -474,7 +469,7 @@ impl TreeSink for BucketSink {
         };
         Ok(Got::Done(match upload.finish(&claimed, need.replace).await {
             Ok(_) => Ok(need.size),
-            Err(Finish::Mismatch(got)) => Err(mismatch(&shown, &got.to_hex(), &claimed)),
+            Err(Finish::Mismatch(got)) => Err(mismatch(&need.path, &got.to_hex(), &claimed)),
             Err(Finish::Refused(r)) => Err(r),
         }))
     }
@@ -510,18 +505,11 @@ impl BucketSink {
 
 /// Decides one manifest entry against the tree's index: `None`,
 /// unchanged; else wanted (replacing or not) from an offset.
-async fn decide(
-    b: &Bucket,
-    index: &TreeIndex,
-    full: &str,
-    e: &ManifestEntry,
-    force: bool,
-) -> Result<Decision, Refusal> {
+async fn decide(b: &Bucket, index: &TreeIndex, full: &str, e: &ManifestEntry, force: bool) -> Result<Decision, Fault> {
     let rel = e.path.as_str();
     // A parent that is a file makes this no path at all.
     if index.parent_is_file(rel) {
-        let msg = format!("{}: a parent is a file", files::shown(full));
-        return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+        return Err(Fault::ParentNotADirectory { path: full.to_owned() });
     }
     let mut content = None;
     let there = if index.is_dir(rel) {
@@ -531,7 +519,7 @@ async fn decide(
             .entries_of(vec![(rel.to_owned(), meta.clone())], full)
             .await?
             .pop()
-            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no entry".to_owned()))?;
+            .ok_or_else(|| Fault::Internal { what: format!("{}: no entry listed", files::shown(full)) })?;
         if e.blake3.is_some() && entry.size == e.size {
             content = Some(b.hash_of(&key, &object, full).await?);
         }

@@ -20,10 +20,11 @@ use super::{
     blocking, join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got,
     Needed, NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload,
 };
-use crate::proto::{Entry, ErrorCode, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
+use crate::proto::{Entry, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
+use crate::server::context::HandlerError;
 use crate::services::files::{self, HashCache, Listing, Sandbox};
 use crate::services::root::FileId;
-use crate::services::Refusal;
+use crate::services::{Fault, Refusal};
 use crate::session::{
     Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session,
     Unproven, UntilCut, SMALL_BODY,
@@ -46,12 +47,12 @@ impl Storage for Dir<'_> {
     const KEEPS_MODES: bool = true;
     const CUT_KEEPS: &'static str = "the partial file is kept for a resume";
 
-    async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
+    async fn stat(&self, path: &str) -> Result<Entry, Fault> {
         let (sb, path) = (self.sb.clone(), path.to_owned());
         blocking(move || sb.stat(&path)).await
     }
 
-    async fn list(&self, path: &str, listing: Listing, blake3: bool) -> Result<Vec<Entry>, Refusal> {
+    async fn list(&self, path: &str, listing: Listing, blake3: bool) -> Result<Vec<Entry>, Fault> {
         let (sb, hashes, path) = (self.sb.clone(), self.hashes.clone(), path.to_owned());
         blocking(move || {
             let mut entries = sb.list(&path, listing)?;
@@ -63,22 +64,22 @@ impl Storage for Dir<'_> {
         .await
     }
 
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Fault> {
         let (sb, path) = (self.sb.clone(), path.to_owned());
         blocking(move || sb.mkdir(&path, parents)).await
     }
 
-    async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
+    async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Fault> {
         let (sb, path) = (self.sb.clone(), path.to_owned());
         blocking(move || sb.remove(&path, recursive)).await
     }
 
-    async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
+    async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Fault> {
         let (sb, from, to) = (self.sb.clone(), from.to_owned(), to.to_owned());
         blocking(move || sb.rename(&from, &to, force)).await
     }
 
-    async fn open(&self, request: Get) -> Result<DirFile, Refusal> {
+    async fn open(&self, request: Get) -> Result<DirFile, Fault> {
         let (sb, hashes) = (self.sb.clone(), self.hashes.clone());
         let download = blocking(move || plan_download(&sb, &hashes, request)).await?;
         Ok(DirFile { download, hashes: self.hashes.clone() })
@@ -88,7 +89,7 @@ impl Storage for Dir<'_> {
         let (sb, hashes, path) = (self.sb.clone(), self.hashes.clone(), path.to_owned());
         let walker = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::default();
-            let gone = || std::io::Error::other("the client left");
+            let gone = || std::io::Error::other(HandlerError::ClientLeft);
             let mut sink = |mut e: Entry| {
                 if blake3 && e.kind == Kind::File {
                     // A file that cannot be read has no hash to give: it
@@ -101,7 +102,8 @@ impl Storage for Dir<'_> {
                     None => Ok(()),
                 }
             };
-            let mut skip = |rel: &str, r: Refusal| {
+            let mut skip = |rel: &str, f: Fault| {
+                let r = Refusal::from(f);
                 let skip = ListingSkip { path: rel.to_owned(), code: r.code, message: r.message };
                 tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
             };
@@ -119,7 +121,7 @@ impl Storage for Dir<'_> {
         &self,
         base: &str,
         wants: VecDeque<(u64, Want)>,
-    ) -> impl Stream<Item = (u64, Result<DirFile, Refusal>)> + Send {
+    ) -> impl Stream<Item = (u64, Result<DirFile, Fault>)> + Send {
         let (sb, hashes, base) = (self.sb.clone(), self.hashes.clone(), base.to_owned());
         // One group opened at a time (blocking), sent before the next.
         let groups = futures_util::stream::unfold(wants, move |left| {
@@ -132,7 +134,7 @@ impl Storage for Dir<'_> {
                 let opened = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, &base, left)).await;
                 // A task that failed (a panic): the files it had are refused.
                 let (ready, rest) = opened.unwrap_or_else(|e| {
-                    let why = |_| Err(Refusal::new(ErrorCode::Internal, format!("opening files failed: {e}")));
+                    let why = |_| Err(Fault::Internal { what: format!("opening files failed: {e}") });
                     (ids.into_iter().map(|i| (i, why(()))).collect(), VecDeque::new())
                 });
                 Some((futures_util::stream::iter(ready), rest))
@@ -154,12 +156,12 @@ impl Storage for Dir<'_> {
         }
     }
 
-    async fn admit(&self, path: &str, size: u64, force: bool, _: Option<i64>) -> Result<DirUpload, Refusal> {
+    async fn admit(&self, path: &str, size: u64, force: bool, _: Option<i64>) -> Result<DirUpload, Fault> {
         let (sb, path) = (self.sb.clone(), path.to_owned());
         let hashes = self.hashes.clone();
         blocking(move || {
             let (receiver, claim) = admit_upload(&sb, &path, size, force)?;
-            Ok(DirUpload { receiver, claim, shown: files::shown(&path), hashes })
+            Ok(DirUpload { receiver, claim, path, hashes })
         })
         .await
     }
@@ -181,50 +183,42 @@ impl Download for DirFile {
         let computed = match sender.send(s.writer(), &mut |_| {}).await {
             Ok(computed) => computed,
             Err(SendError::File(e)) => {
-                return Err(Error::Io(std::io::Error::new(e.kind(), format!("{shown}: read failed mid-transfer: {e}"))))
+                return Err(HandlerError::ReadFailed { path: shown.to_owned(), source: e.into() }.into())
             }
             Err(SendError::Wire(e)) => return Err(e),
         };
-        settle_hash(&self.hashes, &check, version, cached, computed).map_err(|e| match e {
-            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), format!("{shown}: {e}"))),
-            e => e,
-        })
+        let hash = settle_hash(&self.hashes, &check, version, cached, computed);
+        Ok(hash.ok_or_else(|| HandlerError::Unhashed { path: shown.to_owned() })?)
     }
 }
 
 /// Claims the path, then checks what is there, then opens the partial
 /// file: in that order, so that two uploads of one new path cannot both
 /// see it free (the commit refuses to replace as well).
-fn admit_upload(sb: &Sandbox, path: &str, size: u64, force: bool) -> Result<(Receiver, files::Claim), Refusal> {
+fn admit_upload(sb: &Sandbox, path: &str, size: u64, force: bool) -> Result<(Receiver, files::Claim), Fault> {
     let (dir, name) = sb.for_write(path)?;
     let claim = sb.claim(&dir, &name, path)?;
-    let path = files::shown(path);
     match rustix::fs::statat(&dir, name.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
-            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: is a directory on the server")))
+            return Err(Fault::IsADirectory { path: path.to_owned() })
         }
-        Ok(_) if !force => return Err(exists(&path)),
+        Ok(_) if !force => return Err(Fault::Exists { path: path.to_owned() }),
         _ => {}
     }
-    Ok((open_partial(dir, &name, &path, size)?, claim))
+    Ok((open_partial(dir, &name, path, size)?, claim))
 }
 
 /// Opens (or takes up) the partial file of `name` in `dir` for a file of
 /// `size` bytes. A full disk is refused now, before a byte of the body is
 /// sent, and the partial file is not left taking the space.
-fn open_partial(dir: OwnedFd, name: &std::ffi::OsStr, shown: &str, size: u64) -> Result<Receiver, Refusal> {
-    let mut receiver = Receiver::open(dir, name).map_err(|e| Refusal::io(shown, &e))?;
-    receiver.fit(size).map_err(|e| Refusal::io(shown, &e))?;
+fn open_partial(dir: OwnedFd, name: &std::ffi::OsStr, path: &str, size: u64) -> Result<Receiver, Fault> {
+    let mut receiver = Receiver::open(dir, name).map_err(|e| Fault::io(path, e))?;
+    receiver.fit(size).map_err(|e| Fault::io(path, e))?;
     if let Err(e) = receiver.check_room(receiver.held(), size) {
         receiver.discard();
-        return Err(Refusal::io(shown, &e));
+        return Err(Fault::io(path, e));
     }
     Ok(receiver)
-}
-
-/// The refusal of an upload over a file that is there.
-pub(in crate::server) fn exists(path: &str) -> Refusal {
-    Refusal::new(ErrorCode::Exists, format!("{path}: already exists on the server"))
 }
 
 /// An upload into a partial file beside its target, holding the claim on
@@ -232,7 +226,7 @@ pub(in crate::server) fn exists(path: &str) -> Refusal {
 pub(in crate::server) struct DirUpload {
     receiver: Receiver,
     claim: files::Claim,
-    shown: String,
+    path: String,
     hashes: Arc<HashCache>,
 }
 
@@ -258,11 +252,11 @@ impl Upload for DirUpload {
     }
 
     async fn receive(self, s: &mut S, cut: &CancellationToken) -> Result<DirBody, NotReceived> {
-        let DirUpload { receiver, claim, shown, hashes } = self;
+        let DirUpload { receiver, claim, path, hashes } = self;
         match receiver.receive(&mut UntilCut { src: s.reader(), cut }, &mut |_| {}).await {
-            Ok(received) => Ok(DirBody { received, _claim: claim, shown, hashes }),
+            Ok(received) => Ok(DirBody { received, _claim: claim, path, hashes }),
             Err(ReceiveError::Wire(e, _)) => Err(NotReceived::Cut(e)),
-            Err(ReceiveError::Write(e, _)) => Err(NotReceived::Write(Refusal::io(&shown, &e))),
+            Err(ReceiveError::Write(e, _)) => Err(NotReceived::Write(Fault::io(&path, e))),
         }
     }
 }
@@ -271,16 +265,16 @@ impl Upload for DirUpload {
 pub(in crate::server) struct DirBody {
     received: Received,
     _claim: files::Claim,
-    shown: String,
+    path: String,
     hashes: Arc<HashCache>,
 }
 
 impl Body for DirBody {
     async fn finish(self, claimed: &str, meta: (Option<u32>, Option<i64>), force: bool) -> Result<(), NotFinished> {
         // The claim is held until the file is in place.
-        let DirBody { received, _claim, shown, hashes } = self;
+        let DirBody { received, _claim, path, hashes } = self;
         let received = received.verify(claimed).map_err(NotFinished::Mismatch)?;
-        blocking(move || commit_upload(received, &shown, meta, force, &hashes)).await.map_err(NotFinished::Refused)
+        blocking(move || commit_upload(received, &path, meta, force, &hashes)).await.map_err(NotFinished::Refused)
     }
 
     /// Dropped, a received body's partial file stays where it is.
@@ -291,11 +285,11 @@ impl Body for DirBody {
 /// and caches its hash: a later get of it need not hash it again.
 fn commit_upload(
     received: Received,
-    shown: &str,
+    path: &str,
     (mode, mtime): (Option<u32>, Option<i64>),
     force: bool,
     hashes: &HashCache,
-) -> Result<(), Refusal> {
+) -> Result<(), Fault> {
     let hash = received.hash();
     let mode = files::received_mode(mode.unwrap_or(0o666));
     // Set before the rename, as `rsync -t` keeps it: never a whole file
@@ -306,8 +300,8 @@ fn commit_upload(
     };
     let file = received.commit(mode, force).map_err(|e| match e.kind() {
         // Another upload of this path finished first.
-        std::io::ErrorKind::AlreadyExists => exists(shown),
-        _ => Refusal::io(shown, &e),
+        std::io::ErrorKind::AlreadyExists => Fault::Exists { path: path.to_owned() },
+        _ => Fault::io(path, e),
     })?;
     if let Ok(meta) = file.metadata() {
         hashes.put(files::Version::of(&meta), hash);
@@ -322,7 +316,7 @@ pub(in crate::server) fn add_hashes(
     hashes: &files::HashCache,
     path: &str,
     entries: &mut [crate::proto::Entry],
-) -> Result<(), Refusal> {
+) -> Result<(), Fault> {
     // A file's own listing names it by its last component: its path is
     // the one listed.
     let listed_a_file = sb.stat(path).is_ok_and(|e| e.kind == crate::proto::Kind::File);
@@ -348,13 +342,13 @@ pub(in crate::server) fn hash_of(
     sb: &Sandbox,
     hashes: &files::HashCache,
     full: &str,
-) -> Result<Option<blake3::Hash>, Refusal> {
+) -> Result<Option<blake3::Hash>, Fault> {
     let Ok((mut file, meta)) = sb.open(full) else { return Ok(None) };
     let version = files::Version::of(&meta);
     if let Some(hash) = hashes.get(version) {
         return Ok(Some(hash));
     }
-    let hash = files::hash_prefix(&mut file, meta.len()).map_err(|e| Refusal::io(full, &e))?.finalize();
+    let hash = files::hash_prefix(&mut file, meta.len()).map_err(|e| Fault::io(full, e))?.finalize();
     if file.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
         hashes.put(version, hash);
     }
@@ -378,21 +372,18 @@ pub(in crate::server) fn plan_download(
     sb: &Sandbox,
     ctx_hashes: &files::HashCache,
     request: Get,
-) -> Result<Planned, Refusal> {
+) -> Result<Planned, Fault> {
     let Get { path, offset, prefix_blake3 } = request;
     let (file, meta) = sb.open(&path)?;
-    let path = files::shown(&path);
     match files::not_regular(&meta) {
-        Some((std::io::ErrorKind::IsADirectory, why)) => {
-            return Err(Refusal::new(ErrorCode::IsADirectory, format!("{path}: {why}")))
-        }
-        Some((_, why)) => return Err(Refusal::new(ErrorCode::BadPath, format!("{path}: {why}"))),
+        Some((std::io::ErrorKind::IsADirectory, _)) => return Err(Fault::IsADirectory { path }),
+        Some(_) => return Err(Fault::NotRegular { path }),
         None => {}
     }
-    let check = Check::Open(file.try_clone().map_err(|e| Refusal::io(&path, &e))?);
+    let check = Check::Open(file.try_clone().map_err(|e| Fault::io(&path, e))?);
     let size = meta.len();
     let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::Trust)
-        .map_err(|e| Refusal::io(&path, &e))?;
+        .map_err(|e| Fault::io(&path, e))?;
     let version = files::Version::of(&meta);
     let cached = ctx_hashes.get(version);
     if cached.is_some() {
@@ -435,16 +426,16 @@ impl Planned {
 
 /// The whole-file hash of a file just sent: the cached one, or the one
 /// computed while sending (cached now, if the file did not change while
-/// it was read).
+/// it was read); `None` if there is neither (the read ended early).
 pub(in crate::server) fn settle_hash(
     hashes: &files::HashCache,
     check: &Check,
     version: files::Version,
     cached: Option<blake3::Hash>,
     computed: Option<blake3::Hash>,
-) -> Result<blake3::Hash, Error> {
+) -> Option<blake3::Hash> {
     match (cached, computed) {
-        (Some(hash), _) => Ok(hash),
+        (Some(hash), _) => Some(hash),
         (None, Some(hash)) => {
             let unchanged = match check {
                 Check::Open(file) => file.metadata().is_ok_and(|m| files::Version::of(&m) == version),
@@ -453,9 +444,9 @@ pub(in crate::server) fn settle_hash(
             if unchanged {
                 hashes.put(version, hash);
             }
-            Ok(hash)
+            Some(hash)
         }
-        (None, None) => Err(Error::Io(std::io::Error::other("read ended early"))),
+        (None, None) => None,
     }
 }
 
@@ -477,7 +468,7 @@ fn open_some(
     hashes: &HashCache,
     base: &str,
     mut wants: VecDeque<(u64, Want)>,
-) -> (Vec<(u64, Result<Planned, Refusal>)>, VecDeque<(u64, Want)>) {
+) -> (Vec<(u64, Result<Planned, Fault>)>, VecDeque<(u64, Want)>) {
     let mut ready = Vec::new();
     let (mut bytes, mut open) = (0, 0);
     while let Some((i, w)) = wants.pop_front() {
@@ -526,7 +517,7 @@ impl TreeSink for DirSink {
         _base: &str,
         force: bool,
         entries: Vec<(u64, String, ManifestEntry)>,
-    ) -> Result<Vec<Decided>, Refusal> {
+    ) -> Result<Vec<Decided>, Fault> {
         let (sb, hashes) = (self.sb.clone(), self.hashes.clone());
         blocking(move || {
             // A manifest frame's files are mostly of a few directories.
@@ -544,7 +535,6 @@ impl TreeSink for DirSink {
 
     async fn receive(&mut self, s: &mut S, i: u64, need: &Needed, offset: u64, len: u64) -> Result<Got, Error> {
         let mode = files::received_mode(need.mode);
-        let shown = files::shown(&need.path);
         if offset == 0 && need.size <= SMALL_BODY {
             // Small and new: held in memory and hashed, written by the
             // batch's commit.
@@ -552,7 +542,7 @@ impl TreeSink for DirSink {
             let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
             let hash = blake3::hash(&body);
             if hash.to_hex().as_str() != claimed {
-                return Ok(Got::Done(Err(mismatch(&shown, &hash.to_hex(), &claimed))));
+                return Ok(Got::Done(Err(mismatch(&need.path, &hash.to_hex(), &claimed))));
             }
             self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
             let meta = (mode, Some(need.mtime));
@@ -578,14 +568,13 @@ impl TreeSink for DirSink {
             if receiver.held() == 0 {
                 receiver.discard();
             }
-            let msg = format!("{shown}: the partial file changed since it was offered");
-            return skip_file(s, Refusal::new(ErrorCode::Busy, msg)).await;
+            return skip_file(s, Fault::OfferChanged { path: need.path.clone() }).await;
         }
         let received = match receiver.receive(s.reader(), &mut |_| {}).await {
             Ok(received) => received,
             // A cut connection leaves the partial file for a resume.
             Err(ReceiveError::Wire(e, _)) => return Err(e),
-            Err(ReceiveError::Write(e, _)) => return skip_file(s, Refusal::io(&shown, &e)).await,
+            Err(ReceiveError::Write(e, _)) => return skip_file(s, Fault::io(&need.path, e)).await,
         };
         let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
         let hash = received.hash();
@@ -597,7 +586,7 @@ impl TreeSink for DirSink {
                 // A large file is not kept waiting for a batch to fill.
                 Ok(Got::Later { now: need.size > SMALL_BODY })
             }
-            Err(_) => Ok(Got::Done(Err(mismatch(&shown, &hash.to_hex(), &claimed)))),
+            Err(_) => Ok(Got::Done(Err(mismatch(&need.path, &hash.to_hex(), &claimed)))),
         }
     }
 
@@ -631,7 +620,7 @@ impl TreeSink for DirSink {
             Ok(done) => done,
             Err(e) => {
                 self.into = Some(Landing { sb: self.sb.clone(), dirs: HashMap::new() });
-                let why = |_| Err(Refusal::new(ErrorCode::Internal, format!("commit task failed: {e}")));
+                let why = |_| Err(Fault::Internal { what: format!("commit task failed: {e}") });
                 return self.in_batch.drain().map(|(i, (path, ..))| (i, path, why(()))).collect();
             }
         };
@@ -655,11 +644,10 @@ impl TreeSink for DirSink {
                     // was decided, nothing was there): `busy`, so that the
                     // client asks again and gets a decision against what
                     // is there now.
-                    Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Refusal::new(
-                        ErrorCode::Busy,
-                        format!("{}: another upload of this path finished first", files::shown(&path)),
-                    )),
-                    Err(CommitError::Io(e)) => Err(Refusal::io(&files::shown(&path), &e)),
+                    Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(Fault::FinishedFirst { path: path.clone() })
+                    }
+                    Err(CommitError::Io(e)) => Err(Fault::io(&path, e)),
                 };
                 (i, path, outcome)
             })
@@ -686,7 +674,7 @@ fn decide(
     full: &str,
     e: &ManifestEntry,
     force: bool,
-) -> Result<Decision, Refusal> {
+) -> Result<Decision, Fault> {
     let standing = sb.standing_among(full, dirs)?;
     let same_content =
         || Ok(hash_of(sb, hashes, full)?.is_some_and(|h| e.blake3.as_deref() == Some(h.to_hex().as_str())));
@@ -709,15 +697,15 @@ struct Landing {
 }
 
 impl Place for Landing {
-    type Error = Refusal;
+    type Error = Fault;
 
-    fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Refusal> {
+    fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Fault> {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         let (dir, id) = match self.dirs.get(parent) {
             Some((dir, id)) => (dir.clone(), *id),
             None => {
                 let (dir, _) = self.sb.for_write(path)?;
-                let id = FileId::of_fd(&dir).map_err(|e| Refusal::io(path, &e))?;
+                let id = FileId::of_fd(&dir).map_err(|e| Fault::io(path, e))?;
                 let dir = Arc::new(dir);
                 if self.dirs.len() >= 64 {
                     self.dirs.clear();

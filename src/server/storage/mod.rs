@@ -26,11 +26,10 @@ use futures_util::Stream;
 use tokio::sync::mpsc::Sender;
 
 use crate::proto::{
-    Checksum, Entry, ErrorCode, FileReply, Get, ListingSkip, ManifestEntry, TreePutInput, Want, TREE_PART_ENTRIES,
-    TREE_PART_MAX,
+    Checksum, Entry, FileReply, Get, ListingSkip, ManifestEntry, TreePutInput, Want, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
-use crate::services::files::{self, Listing, Sandbox};
-use crate::services::Refusal;
+use crate::services::files::{Listing, Sandbox};
+use crate::services::{Fault, PathRule};
 use crate::session::{ServerSide, Session};
 use crate::wire::Error;
 
@@ -56,7 +55,7 @@ pub(in crate::server) fn join(base: &str, rel: &str) -> String {
 /// or `..` component, not a partial file's name. The sandbox refuses
 /// escapes again when the path is opened; this refuses what is not a
 /// tree's path at all.
-pub(in crate::server) fn plain(path: &str) -> Result<(), Refusal> {
+pub(in crate::server) fn plain(path: &str) -> Result<(), Fault> {
     let ok = !path.is_empty()
         && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
         && !path.contains('\0')
@@ -64,15 +63,15 @@ pub(in crate::server) fn plain(path: &str) -> Result<(), Refusal> {
     if ok {
         Sandbox::relative(path).map(|_| ())
     } else {
-        Err(Refusal::new(ErrorCode::BadPath, format!("{:?}: not a plain relative path", files::shown(path))))
+        Err(Fault::bad_path(path, PathRule::NotPlain))
     }
 }
 
 /// Runs blocking file work off the async threads.
 pub(in crate::server) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
-) -> Result<T, Refusal> {
-    spawn_blocking(f).await.unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, format!("file task failed: {e}"))))
+    f: impl FnOnce() -> Result<T, Fault> + Send + 'static,
+) -> Result<T, Fault> {
+    spawn_blocking(f).await.unwrap_or_else(|e| Err(Fault::Internal { what: format!("file task failed: {e}") }))
 }
 
 /// A served root, as the file requests see it.
@@ -88,7 +87,7 @@ pub(in crate::server) trait Storage: Sync {
     /// What a cut upload leaves, as its log line says.
     const CUT_KEEPS: &'static str;
 
-    fn stat(&self, path: &str) -> impl Future<Output = Result<Entry, Refusal>> + Send;
+    fn stat(&self, path: &str) -> impl Future<Output = Result<Entry, Fault>> + Send;
 
     /// The entries `listing` asks for at `path`, each file with its BLAKE3
     /// if `blake3`; a file whose hash cannot be read fails the listing.
@@ -97,19 +96,19 @@ pub(in crate::server) trait Storage: Sync {
         path: &str,
         listing: Listing,
         blake3: bool,
-    ) -> impl Future<Output = Result<Vec<Entry>, Refusal>> + Send;
+    ) -> impl Future<Output = Result<Vec<Entry>, Fault>> + Send;
 
     /// Whether it created the directory (`false`: it was there).
-    fn mkdir(&self, path: &str, parents: bool) -> impl Future<Output = Result<bool, Refusal>> + Send;
+    fn mkdir(&self, path: &str, parents: bool) -> impl Future<Output = Result<bool, Fault>> + Send;
 
     /// Whether there was anything to remove.
-    fn remove(&self, path: &str, recursive: bool) -> impl Future<Output = Result<bool, Refusal>> + Send;
+    fn remove(&self, path: &str, recursive: bool) -> impl Future<Output = Result<bool, Fault>> + Send;
 
-    fn rename(&self, from: &str, to: &str, force: bool) -> impl Future<Output = Result<(), Refusal>> + Send;
+    fn rename(&self, from: &str, to: &str, force: bool) -> impl Future<Output = Result<(), Fault>> + Send;
 
     /// Opens the file a `get` asks for, deciding where its body starts
     /// (the client's offset, if its prefix is the start of this file).
-    fn open(&self, request: Get) -> impl Future<Output = Result<Self::Download, Refusal>> + Send;
+    fn open(&self, request: Get) -> impl Future<Output = Result<Self::Download, Fault>> + Send;
 
     /// Walks the tree at `path` for a `tree_list`, handing `tx` its
     /// entries a frame's worth at a time ([`Chunker`]; directories before
@@ -127,7 +126,7 @@ pub(in crate::server) trait Storage: Sync {
         &self,
         base: &str,
         wants: VecDeque<(u64, Want)>,
-    ) -> impl Stream<Item = (u64, Result<Self::Download, Refusal>)> + Send;
+    ) -> impl Stream<Item = (u64, Result<Self::Download, Fault>)> + Send;
 
     /// Where a `tree_put`'s files are decided and go.
     fn tree_sink(&self) -> Self::Sink;
@@ -142,7 +141,7 @@ pub(in crate::server) trait Storage: Sync {
         size: u64,
         force: bool,
         mtime: Option<i64>,
-    ) -> impl Future<Output = Result<Self::Upload, Refusal>> + Send;
+    ) -> impl Future<Output = Result<Self::Upload, Fault>> + Send;
 }
 
 /// What a tree's walk hands the `tree_list` sender, in order.
@@ -152,7 +151,7 @@ pub(in crate::server) enum Part {
     /// A path that could not be read.
     Skip(ListingSkip),
     /// The walk stopped.
-    Refused(Refusal),
+    Refused(Fault),
 }
 
 /// Cuts a listing into `listing` frames: at most [`TREE_PART_ENTRIES`]
@@ -212,7 +211,7 @@ pub(in crate::server) type Decision = Option<(bool, u64, Option<String>)>;
 
 /// A manifest entry and its decision: `(index, full path, entry, decision
 /// or refusal)`.
-pub(in crate::server) type Decided = (u64, String, ManifestEntry, Result<Decision, Refusal>);
+pub(in crate::server) type Decided = (u64, String, ManifestEntry, Result<Decision, Fault>);
 
 /// What became of a file a `tree_put` received.
 pub(in crate::server) enum Got {
@@ -222,12 +221,12 @@ pub(in crate::server) enum Got {
     /// settle at once (a large file is not kept waiting for a batch).
     Later { now: bool },
     /// In place (its size) or failed, now.
-    Done(Result<u64, Refusal>),
+    Done(Result<u64, Fault>),
 }
 
 /// What became of a file put in place: its manifest index, its path, its
 /// size or why it failed.
-pub(in crate::server) type Settled = (u64, String, Result<u64, Refusal>);
+pub(in crate::server) type Settled = (u64, String, Result<u64, Fault>);
 
 /// A `tree_put` as the storage sees it: a manifest frame's entries
 /// decided against what is there, each wanted file received, and the
@@ -245,7 +244,7 @@ pub(in crate::server) trait TreeSink: Send {
         base: &str,
         force: bool,
         entries: Vec<(u64, String, ManifestEntry)>,
-    ) -> impl Future<Output = Result<Vec<Decided>, Refusal>> + Send;
+    ) -> impl Future<Output = Result<Vec<Decided>, Fault>> + Send;
 
     /// Receives file `i` (its `tree_file` head checked: `len` bytes from
     /// `offset`), its body and its checksum. An error ends the connection.
@@ -282,18 +281,15 @@ pub(in crate::server) async fn read_checksum(s: &mut S) -> Result<Option<String>
 
 /// A file of a `tree_put` that cannot be received: its body and checksum
 /// read past to stay in step, and `r` its outcome.
-pub(in crate::server) async fn skip_file(s: &mut S, r: Refusal) -> Result<Got, Error> {
+pub(in crate::server) async fn skip_file(s: &mut S, r: Fault) -> Result<Got, Error> {
     s.reader().skip_body().await?;
     read_checksum(s).await?;
     Ok(Got::Done(Err(r)))
 }
 
-/// The refusal of a file whose data does not hash to the client's checksum.
-pub(in crate::server) fn mismatch(shown: &str, got: &str, claimed: &str) -> Refusal {
-    let msg = format!(
-        "{shown}: checksum mismatch: the server received data hashing to {got}, the client's file hashes to {claimed}; nothing was kept"
-    );
-    Refusal::new(ErrorCode::ChecksumMismatch, msg)
+/// The fault of a file whose data does not hash to the client's checksum.
+pub(in crate::server) fn mismatch(path: &str, got: &str, claimed: &str) -> Fault {
+    Fault::ChecksumMismatch { path: path.to_owned(), got: got.to_owned(), claimed: claimed.to_owned() }
 }
 
 /// What is `there` (a directory's or a bucket's entry) means for a
@@ -303,10 +299,10 @@ pub(in crate::server) fn mismatch(shown: &str, got: &str, claimed: &str) -> Refu
 pub(in crate::server) fn judge(
     full: &str,
     there: Option<&Entry>,
-    same_content: impl FnOnce() -> Result<bool, Refusal>,
+    same_content: impl FnOnce() -> Result<bool, Fault>,
     e: &ManifestEntry,
     force: bool,
-) -> Result<Option<bool>, Refusal> {
+) -> Result<Option<bool>, Fault> {
     use crate::proto::Kind;
     use crate::services::sync::{self, Held, Same, Verdict};
     let held = match there {
@@ -336,17 +332,13 @@ pub(in crate::server) fn judge(
     if let Some(r) = failed {
         return Err(r);
     }
-    let shown = files::shown(full);
+    let path = full.to_owned();
     match verdict {
         Verdict::Send { replace } => Ok(Some(replace)),
         Verdict::Unchanged => Ok(None),
-        Verdict::IsDir => Err(Refusal::new(ErrorCode::IsADirectory, format!("{shown}: is a directory on the server"))),
-        Verdict::NotOlder => {
-            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server, differs and is not older")))
-        }
-        Verdict::NotAFile => {
-            Err(Refusal::new(ErrorCode::Exists, format!("{shown}: exists on the server and is not a regular file")))
-        }
+        Verdict::IsDir => Err(Fault::IsADirectory { path }),
+        Verdict::NotOlder => Err(Fault::NotOlder { path }),
+        Verdict::NotAFile => Err(Fault::NotAFile { path }),
     }
 }
 
@@ -355,7 +347,7 @@ pub(in crate::server) enum NotReceived {
     /// The connection failed or was cut: what arrived is kept for a resume.
     Cut(Error),
     /// The storage failed; the rest of the body is left unread.
-    Write(Refusal),
+    Write(Fault),
 }
 
 /// Why a received upload was not committed.
@@ -363,7 +355,7 @@ pub(in crate::server) enum NotFinished {
     /// The data hashes to this (hex), not to the client's checksum:
     /// nothing was kept.
     Mismatch(String),
-    Refused(Refusal),
+    Refused(Fault),
 }
 
 /// An upload, admitted.

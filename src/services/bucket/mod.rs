@@ -29,8 +29,8 @@ pub(crate) use upload::{Finish, Multipart};
 
 use super::files::{Listing, Sandbox};
 use super::root::is_partial_name;
-use super::Refusal;
-use crate::proto::{Entry, ErrorCode, Kind};
+use super::{Fault, PathRule};
+use crate::proto::{Entry, Kind};
 
 /// The zero-byte object that keeps a directory with nothing in it:
 /// `DIR/.fwdir` (object_store's paths cannot end in `/`, so the `DIR/`
@@ -194,6 +194,12 @@ pub enum BucketError {
     /// The store's client could not be made from this configuration.
     #[error("object store configuration: {0}")]
     Config(String),
+    /// A plain `http://` endpoint, not allowed ([`BucketSpec::with_allow_http`]).
+    #[error("{endpoint}: plain http is refused unless allowed (it is meant for loopback test servers)")]
+    PlainHttp {
+        /// The endpoint.
+        endpoint: String,
+    },
 }
 
 impl BucketSpec {
@@ -347,10 +353,7 @@ impl Bucket {
         }
         let endpoint = spec.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL")).or_else(|| env("AWS_ENDPOINT"));
         if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) && !spec.allow_http {
-            return Err(BucketError::Config(format!(
-                "{}: plain http needs --s3-allow-http (meant for loopback test servers)",
-                endpoint.unwrap_or_default()
-            )));
+            return Err(BucketError::PlainHttp { endpoint: endpoint.unwrap_or_default() });
         }
         if let Some(endpoint) = &endpoint {
             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
@@ -541,14 +544,11 @@ impl Bucket {
 
     /// The object path of a peer's `path`, checked as for a local root,
     /// and its last component (`None`: the root).
-    fn key(&self, path: &str) -> Result<(Path, Option<String>), Refusal> {
+    fn key(&self, path: &str) -> Result<(Path, Option<String>), Fault> {
         let rel = Sandbox::relative(path)?;
         let name = rel.name().map(str::to_owned);
         if name.as_deref().is_some_and(|n| is_partial_name(n.as_bytes()) || n == DIR_MARKER) {
-            return Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("{}: no such file or directory", super::files::shown(path)),
-            ));
+            return Err(not_found(path));
         }
         let joined = rel.joined();
         let key = match (self.spec.prefix.as_str(), joined.as_str()) {
@@ -558,8 +558,7 @@ impl Bucket {
         };
         // The key as the name is, not percent-encoded (listings give raw
         // keys, and another tool's `report[1].txt` must stat as listed).
-        let key = Path::parse(&key)
-            .map_err(|e| Refusal::new(ErrorCode::BadPath, format!("{}: not a key: {e}", super::files::shown(path))))?;
+        let key = Path::parse(&key).map_err(|e| Fault::bad_path(path, PathRule::NotAKey(e.to_string())))?;
         Ok((key, name))
     }
 
@@ -569,17 +568,17 @@ impl Bucket {
     /// # Errors
     ///
     /// A refusal for a bad path, a missing one, or the store's error.
-    pub async fn stat(&self, path: &str) -> Result<Entry, Refusal> {
+    pub async fn stat(&self, path: &str) -> Result<Entry, Fault> {
         let (key, name) = self.key(path)?;
         let Some(name) = name else {
             return Ok(dir_entry(".".to_owned(), 0));
         };
-        if let Some(object) = self.head(&key).await.map_err(|e| store_refusal(path, e))? {
+        if let Some(object) = self.head(&key).await.map_err(|e| store_fault(path, e))? {
             return Ok(object_entry(name, &object));
         }
         // A directory is there when any key is below it: the first one
         // says so (a level of a million is not paged through for it).
-        match self.first_below(&key).await.map_err(|e| store_refusal(path, e))? {
+        match self.first_below(&key).await.map_err(|e| store_fault(path, e))? {
             Some(mtime) => Ok(dir_entry(name, mtime)),
             None => Err(not_found(path)),
         }
@@ -593,10 +592,10 @@ impl Bucket {
     ///
     /// A refusal for a bad or missing path, a listing over `budget`
     /// bytes of JSON, or the store's error.
-    pub async fn list(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Refusal> {
+    pub async fn list(&self, path: &str, listing: Listing, budget: usize) -> Result<Vec<Entry>, Fault> {
         let (key, name) = self.key(path)?;
         if let Some(name) = &name {
-            if let Some(object) = self.head(&key).await.map_err(|e| store_refusal(path, e))? {
+            if let Some(object) = self.head(&key).await.map_err(|e| store_fault(path, e))? {
                 return Ok(vec![object_entry(name.clone(), &object)]);
             }
         }
@@ -605,16 +604,10 @@ impl Bucket {
         let mut left = budget;
         // A plain fn, not a closure: a closure taking a reference, live
         // across an await, makes the future not `Send` for every lifetime.
-        fn push(e: Entry, out: &mut Vec<Entry>, left: &mut usize, budget: usize, path: &str) -> Result<(), Refusal> {
+        fn push(e: Entry, out: &mut Vec<Entry>, left: &mut usize, budget: usize, path: &str) -> Result<(), Fault> {
             let cost = e.name.len() + 64;
             if cost >= *left {
-                return Err(Refusal::new(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "{}: the listing exceeds {budget} bytes; list a smaller part of the tree",
-                        super::files::shown(path)
-                    ),
-                ));
+                return Err(Fault::ListingTooLarge { path: path.to_owned(), budget: budget as u64 });
             }
             *left -= cost;
             out.push(e);
@@ -630,7 +623,7 @@ impl Bucket {
         let delimited = listing == Listing::Entries;
         let mut dirs = std::collections::BTreeSet::new();
         let mut pages = self.pages(&key, delimited);
-        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(path, e))? {
+        while let Some(page) = pages.try_next().await.map_err(|e| store_fault(path, e))? {
             for listed in page {
                 anything = true;
                 let (parts, object) = match listed {
@@ -688,37 +681,32 @@ impl Bucket {
     /// A bad path, the root, a file in the way (`exists`; a file as a
     /// parent: `not_a_directory`), a
     /// missing parent without `parents` (`not_found`), the store's error.
-    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Refusal> {
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<bool, Fault> {
         let (key, name) = self.key(path)?;
         if name.is_none() {
             return Ok(false);
         }
         if self.is_object(&key, path).await? {
             // As a directory root answers (the tests on both roots check).
-            let msg = format!("{}: exists on the server and is not a directory", super::files::shown(path));
-            return Err(Refusal::new(ErrorCode::Exists, msg));
+            return Err(Fault::ExistsNotADirectory { path: path.to_owned() });
         }
         match self.stat(path).await {
             Ok(_) => return Ok(false),
-            Err(r) if r.code == ErrorCode::NotFound => {}
+            Err(Fault::NotFound { .. }) => {}
             Err(r) => return Err(r),
         }
         // Each parent is a directory or nothing (then made too, or refused).
         let parts: Vec<String> = key.parts().map(|p| p.as_ref().to_owned()).collect();
         let prefix_depth = self.spec.prefix.split('/').filter(|p| !p.is_empty()).count();
         for i in prefix_depth + 1..parts.len() {
-            let parent = Path::parse(parts[..i].join("/")).map_err(|e| store_refusal(path, e.into()))?;
+            let parent = Path::parse(parts[..i].join("/")).map_err(|e| store_fault(path, e.into()))?;
             if self.is_object(&parent, path).await? {
-                let msg = format!("{}: a parent is a file", super::files::shown(path));
-                return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+                return Err(Fault::ParentNotADirectory { path: path.to_owned() });
             }
             if !parents {
                 match self.stat(&parts[prefix_depth..i].join("/")).await {
                     Ok(_) => {}
-                    Err(r) if r.code == ErrorCode::NotFound => {
-                        let msg = format!("{}: its parent does not exist", super::files::shown(path));
-                        return Err(Refusal::new(ErrorCode::NotFound, msg));
-                    }
+                    Err(Fault::NotFound { .. }) => return Err(Fault::NoParent { path: path.to_owned() }),
                     Err(r) => return Err(r),
                 }
             }
@@ -728,7 +716,7 @@ impl Bucket {
         match self.store.put_opts(&marker, PutPayload::new(), options).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(store_refusal(path, e)),
+            Err(e) => Err(store_fault(path, e)),
         }
     }
 }
@@ -736,11 +724,11 @@ impl Bucket {
 impl Bucket {
     /// Whether an object is at `key` (`path` as the peer named it, for
     /// errors); the store's failures are refusals, not "no".
-    async fn is_object(&self, key: &Path, path: &str) -> Result<bool, Refusal> {
+    async fn is_object(&self, key: &Path, path: &str) -> Result<bool, Fault> {
         match self.store.head(key).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(store_refusal(path, e)),
+            Err(e) => Err(store_fault(path, e)),
         }
     }
 }
@@ -785,27 +773,18 @@ fn attributes(hash: &blake3::Hash, mtime: i64) -> Attributes {
     a
 }
 
-fn exists(shown: &str) -> Refusal {
-    Refusal::new(ErrorCode::Exists, format!("{shown}: already exists on the server"))
+fn not_found(path: &str) -> Fault {
+    Fault::NotFound { path: path.to_owned() }
 }
 
-fn not_found(path: &str) -> Refusal {
-    Refusal::new(ErrorCode::NotFound, format!("{}: no such file or directory", super::files::shown(path)))
-}
-
-/// The store's error on `path`, as the client is told it.
-fn store_refusal(path: &str, e: object_store::Error) -> Refusal {
-    let shown = super::files::shown(path);
+/// The store's error on `path`, as a fault.
+fn store_fault(path: &str, e: object_store::Error) -> Fault {
     match e {
         object_store::Error::NotFound { .. } => not_found(path),
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            let why = s3_message(&one_line(&e));
-            Refusal::new(ErrorCode::PermissionDenied, format!("{shown}: the object store refused: {why}"))
+            Fault::StoreRefused { path: path.to_owned(), why: s3_message(&one_line(&e)) }
         }
-        e => Refusal::new(
-            ErrorCode::Internal,
-            format!("{shown}: the object store failed: {}", s3_message(&one_line(&e))),
-        ),
+        e => Fault::StoreFailed { path: path.to_owned(), why: s3_message(&one_line(&e)) },
     }
 }
 

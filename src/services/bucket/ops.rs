@@ -13,13 +13,13 @@ use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{
-    dir_entry, exists, not_found, object_entry, store_refusal, Bucket, Key, Object, DIR_MARKER, HEADS_AT_ONCE,
-    KNOWN_MAX, META_BLAKE3, META_MTIME,
+    dir_entry, not_found, object_entry, store_fault, Bucket, Key, Object, DIR_MARKER, HEADS_AT_ONCE, KNOWN_MAX,
+    META_BLAKE3, META_MTIME,
 };
-use crate::proto::{Entry, ErrorCode, Kind};
-use crate::services::files::{names_a_directory, shown, Sandbox, CLAIM_WAIT};
+use crate::proto::{Entry, Kind};
+use crate::services::files::{shown, Sandbox, CLAIM_WAIT};
 use crate::services::root::is_partial_name;
-use crate::services::Refusal;
+use crate::services::{Fault, PathRule};
 
 /// The largest object the store copies in one request (S3's limit for
 /// `CopyObject`); `mv` copies a larger one through the server, in parts
@@ -74,8 +74,8 @@ pub(crate) struct Target {
     pub key: Path,
     /// Its resume record's key.
     pub record: Path,
-    /// The path as messages show it.
-    pub shown: String,
+    /// The path as the client named it.
+    pub path: String,
     _claim: KeyClaim,
 }
 
@@ -93,8 +93,8 @@ impl Target {
         hash: blake3::Hash,
         mtime: Option<i64>,
         force: bool,
-    ) -> Result<(), Refusal> {
-        bucket.put_whole(&self.key, body, hash, mtime, force, &self.shown).await
+    ) -> Result<(), Fault> {
+        bucket.put_whole(&self.key, body, hash, mtime, force, &self.path).await
     }
 
     /// Starts (or takes up) the multipart upload of a large file.
@@ -107,9 +107,9 @@ impl Target {
         bucket: &Bucket,
         size: u64,
         mtime: Option<i64>,
-    ) -> Result<super::Multipart, Refusal> {
+    ) -> Result<super::Multipart, Fault> {
         let mtime = mtime.unwrap_or_else(super::upload::now);
-        super::Multipart::start(bucket, self.key.clone(), self.record.clone(), (size, mtime), self.shown.clone()).await
+        super::Multipart::start(bucket, self.key.clone(), self.record.clone(), (size, mtime), self.path.clone()).await
     }
 }
 
@@ -167,7 +167,7 @@ impl Bucket {
 
     /// The facts of listed objects: remembered, else read ([`HEADS_AT_ONCE`]
     /// at a time), in the order given.
-    pub(super) async fn objects(&self, metas: Vec<ObjectMeta>, path: &str) -> Result<Vec<Object>, Refusal> {
+    pub(super) async fn objects(&self, metas: Vec<ObjectMeta>, path: &str) -> Result<Vec<Object>, Fault> {
         let asks = metas.into_iter().map(|meta| {
             let (b, path) = (self.clone(), path.to_owned());
             async move {
@@ -183,7 +183,7 @@ impl Bucket {
                         etag: meta.e_tag.clone(),
                         blake3: None,
                     }),
-                    Err(e) => Err(store_refusal(&path, e)),
+                    Err(e) => Err(store_fault(&path, e)),
                 }
             }
         });
@@ -195,12 +195,12 @@ impl Bucket {
     /// # Errors
     ///
     /// A bad path, the store's error.
-    pub(crate) async fn object(&self, path: &str) -> Result<Option<(Path, Object)>, Refusal> {
+    pub(crate) async fn object(&self, path: &str) -> Result<Option<(Path, Object)>, Fault> {
         let (key, name) = self.key(path)?;
         if name.is_none() {
             return Ok(None);
         }
-        Ok(self.head(&key).await.map_err(|e| store_refusal(path, e))?.map(|o| (key, o)))
+        Ok(self.head(&key).await.map_err(|e| store_fault(path, e))?.map(|o| (key, o)))
     }
 
     /// The whole-file BLAKE3 of an object: from its metadata or memory,
@@ -209,16 +209,16 @@ impl Bucket {
     /// # Errors
     ///
     /// The store's; [`ErrorCode::Busy`] if it changed while read.
-    pub(crate) async fn hash_of(&self, key: &Path, object: &Object, path: &str) -> Result<blake3::Hash, Refusal> {
+    pub(crate) async fn hash_of(&self, key: &Path, object: &Object, path: &str) -> Result<blake3::Hash, Fault> {
         if let Some(hash) = object.blake3 {
             return Ok(hash);
         }
         let mut hasher = blake3::Hasher::new();
         if object.size > 0 {
             let options = GetOptions { if_match: object.etag.clone(), ..GetOptions::default() };
-            let got = self.store.get_opts(key, options).await.map_err(|e| read_refusal(path, e))?;
+            let got = self.store.get_opts(key, options).await.map_err(|e| read_fault(path, e))?;
             let mut body = got.into_stream();
-            while let Some(chunk) = body.try_next().await.map_err(|e| read_refusal(path, e))? {
+            while let Some(chunk) = body.try_next().await.map_err(|e| read_fault(path, e))? {
                 hasher.update(&chunk);
             }
         }
@@ -248,17 +248,22 @@ impl Bucket {
     ///
     /// A bad or missing path, a directory ([`ErrorCode::IsADirectory`]),
     /// the store's error.
-    pub(crate) async fn read(&self, path: &str, offset: u64, prefix: Option<&str>) -> Result<Reading, Refusal> {
+    pub(crate) async fn read(&self, path: &str, offset: u64, prefix: Option<&str>) -> Result<Reading, Fault> {
         let (key, name) = self.key(path)?;
         let Some(object) = (match name {
-            Some(_) => self.head(&key).await.map_err(|e| store_refusal(path, e))?,
+            Some(_) => self.head(&key).await.map_err(|e| store_fault(path, e))?,
             None => None,
         }) else {
             return match self.stat(path).await {
-                Ok(_) => Err(Refusal::new(ErrorCode::IsADirectory, format!("{}: is a directory", shown(path)))),
+                Ok(_) => Err(Fault::IsADirectory { path: path.to_owned() }),
                 Err(r) => Err(r),
             };
         };
+        // `NAME/` names a directory, and a file is there: as a directory
+        // root answers (the kernel's ENOTDIR).
+        if Sandbox::relative(path)?.names_dir() {
+            return Err(Fault::NotADirectory { path: path.to_owned() });
+        }
         tracing::debug!(path = %shown(path), size = object.size, hash_known = object.blake3.is_some(), "reading an object");
         let same =
             |range: Option<GetRange>| GetOptions { if_match: object.etag.clone(), range, ..GetOptions::default() };
@@ -271,10 +276,10 @@ impl Bucket {
                 .store
                 .get_opts(&key, same(Some(GetRange::Bounded(0..offset))))
                 .await
-                .map_err(|e| read_refusal(path, e))?;
+                .map_err(|e| read_fault(path, e))?;
             let mut h = blake3::Hasher::new();
             let mut body = got.into_stream();
-            while let Some(chunk) = body.try_next().await.map_err(|e| read_refusal(path, e))? {
+            while let Some(chunk) = body.try_next().await.map_err(|e| read_fault(path, e))? {
                 h.update(&chunk);
             }
             if prefix.is_none_or(|p| h.finalize().to_hex().as_str() == p) {
@@ -304,7 +309,7 @@ impl Bucket {
             futures_util::stream::iter(ranges).buffered(READS_AT_ONCE).boxed()
         } else if start < object.size {
             let range = (start > 0).then_some(GetRange::Offset(start));
-            self.store.get_opts(&key, same(range)).await.map_err(|e| read_refusal(path, e))?.into_stream()
+            self.store.get_opts(&key, same(range)).await.map_err(|e| read_fault(path, e))?.into_stream()
         } else {
             futures_util::stream::empty().boxed()
         };
@@ -330,26 +335,22 @@ impl Bucket {
     /// [`ErrorCode::Busy`], [`ErrorCode::IsADirectory`],
     /// [`ErrorCode::NotADirectory`], [`ErrorCode::Exists`], a bad path,
     /// the store's error.
-    pub(crate) async fn admit(&self, path: &str, force: bool) -> Result<Target, Refusal> {
+    pub(crate) async fn admit(&self, path: &str, force: bool) -> Result<Target, Fault> {
         if Sandbox::relative(path)?.names_dir() {
-            return Err(names_a_directory(path));
+            return Err(Fault::TrailingSlash { path: path.to_owned() });
         }
         let target = self.claim(path).await?;
-        if self.first_below(&target.key).await.map_err(|e| store_refusal(path, e))?.is_some() {
-            return Err(Refusal::new(
-                ErrorCode::IsADirectory,
-                format!("{}: is a directory on the server", target.shown),
-            ));
+        if self.first_below(&target.key).await.map_err(|e| store_fault(path, e))?.is_some() {
+            return Err(Fault::IsADirectory { path: path.to_owned() });
         }
-        if !force && self.head(&target.key).await.map_err(|e| store_refusal(path, e))?.is_some() {
-            return Err(exists(&target.shown));
+        if !force && self.head(&target.key).await.map_err(|e| store_fault(path, e))?.is_some() {
+            return Err(Fault::Exists { path: path.to_owned() });
         }
         let parts: Vec<String> = target.key.parts().map(|p| p.as_ref().to_owned()).collect();
         for i in self.prefix_depth() + 1..parts.len() {
             let parent = raw_path(parts[..i].iter().map(String::as_str));
-            if self.head(&parent).await.map_err(|e| store_refusal(path, e))?.is_some() {
-                let msg = format!("{}: a parent is a file", target.shown);
-                return Err(Refusal::new(ErrorCode::NotADirectory, msg));
+            if self.head(&parent).await.map_err(|e| store_fault(path, e))?.is_some() {
+                return Err(Fault::ParentNotADirectory { path: path.to_owned() });
             }
         }
         Ok(target)
@@ -361,29 +362,28 @@ impl Bucket {
     /// # Errors
     ///
     /// [`ErrorCode::Busy`], a bad path.
-    pub(crate) async fn claim(&self, path: &str) -> Result<Target, Refusal> {
-        let (key, record, shown) = self.record_of(path)?;
+    pub(crate) async fn claim(&self, path: &str) -> Result<Target, Fault> {
+        let (key, record, path) = self.record_of(path)?;
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
             if self.busy.lock().expect("busy poisoned").insert(key.as_ref().to_owned()) {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                let msg = format!("{shown}: another upload of it is under way; try again when it ends");
-                return Err(Refusal::new(ErrorCode::Busy, msg));
+                return Err(Fault::Busy { path });
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let claim = KeyClaim { busy: self.busy.clone(), key: key.as_ref().to_owned() };
-        Ok(Target { key, record, shown, _claim: claim })
+        Ok(Target { key, record, path, _claim: claim })
     }
 
     /// The key of `path`, of its resume record (`DIR/.NAME.fwpart`), and
-    /// the path as messages show it.
-    pub(super) fn record_of(&self, path: &str) -> Result<(Path, Path, String), Refusal> {
+    /// the path itself.
+    pub(super) fn record_of(&self, path: &str) -> Result<(Path, Path, String), Fault> {
         let (key, name) = self.key(path)?;
         let Some(name) = name else {
-            return Err(Refusal::new(ErrorCode::IsADirectory, "the served root is a directory"));
+            return Err(Fault::IsADirectory { path: path.to_owned() });
         };
         let record_name = crate::services::root::partial_name(std::ffi::OsStr::new(&name));
         let record_name = record_name.to_str().unwrap_or_default();
@@ -391,7 +391,7 @@ impl Bucket {
             Some((parent, _)) => raw_path(parent.split('/').chain([record_name])),
             None => raw_path([record_name]),
         };
-        Ok((key, record, shown(path)))
+        Ok((key, record, path.to_owned()))
     }
 
     /// Components of the root's prefix.
@@ -409,28 +409,26 @@ impl Bucket {
     ///
     /// The root ([`ErrorCode::BadPath`]), a directory without
     /// `recursive` ([`ErrorCode::IsADirectory`]), the store's error.
-    pub(crate) async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Refusal> {
+    pub(crate) async fn remove(&self, path: &str, recursive: bool) -> Result<bool, Fault> {
         let (key, name) = self.key(path)?;
         if name.is_none() {
-            return Err(Refusal::new(ErrorCode::BadPath, "the served root is never removed"));
+            return Err(Fault::bad_path(path, PathRule::RootRemoved));
         }
-        if self.head(&key).await.map_err(|e| store_refusal(path, e))?.is_some() {
-            self.store.delete(&key).await.map_err(|e| store_refusal(path, e))?;
+        if self.head(&key).await.map_err(|e| store_fault(path, e))?.is_some() {
+            self.store.delete(&key).await.map_err(|e| store_fault(path, e))?;
             self.known.lock().expect("known poisoned").remove(key.as_ref());
             return Ok(true);
         }
         if !recursive {
             // One key says it is a directory: nothing more is listed.
-            return match self.first_below(&key).await.map_err(|e| store_refusal(path, e))? {
-                Some(_) => {
-                    Err(Refusal::new(ErrorCode::IsADirectory, format!("{}: is a directory (use -r)", shown(path))))
-                }
+            return match self.first_below(&key).await.map_err(|e| store_fault(path, e))? {
+                Some(_) => Err(Fault::IsADirectory { path: path.to_owned() }),
                 None => Ok(false),
             };
         }
         let mut removed = false;
         let mut pages = self.pages(&key, false);
-        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(path, e))? {
+        while let Some(page) = pages.try_next().await.map_err(|e| store_fault(path, e))? {
             removed |= !page.is_empty();
             let (mut objects, mut markers) = (Vec::new(), Vec::new());
             for listed in page {
@@ -444,7 +442,7 @@ impl Bucket {
             // A marker after what it marks (a store keeping directories
             // may refuse to delete one with something in it).
             for raw in markers.iter().rev() {
-                self.raw.delete(raw).await.map_err(|e| store_refusal(path, e))?;
+                self.raw.delete(raw).await.map_err(|e| store_fault(path, e))?;
             }
         }
         Ok(removed)
@@ -452,7 +450,7 @@ impl Bucket {
 
     /// Deletes objects (one page's), aborting first the uploads that
     /// records among them name; forgets them.
-    async fn delete_objects(&self, keys: Vec<Path>, path: &str) -> Result<(), Refusal> {
+    async fn delete_objects(&self, keys: Vec<Path>, path: &str) -> Result<(), Fault> {
         for record in keys.iter().filter(|k| k.filename().is_some_and(|n| is_partial_name(n.as_bytes()))) {
             self.abort_recorded(record).await;
         }
@@ -464,7 +462,7 @@ impl Bucket {
                     self.known.lock().expect("known poisoned").remove(key.as_ref());
                 }
                 Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_refusal(path, e)),
+                Err(e) => return Err(store_fault(path, e)),
             }
         }
         Ok(())
@@ -504,36 +502,34 @@ impl Bucket {
     /// `to`), the store's error. Objects over the spec's `copy_max` are
     /// copied in parts through the server
     /// ([`copy_in_parts`](Self::copy_in_parts)).
-    pub(crate) async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Refusal> {
+    pub(crate) async fn rename(&self, from: &str, to: &str, force: bool) -> Result<(), Fault> {
         let (from_key, from_name) = self.key(from)?;
         let (to_key, to_name) = self.key(to)?;
-        if from_name.is_none() || to_name.is_none() {
-            return Err(Refusal::new(ErrorCode::BadPath, "the served root is never moved"));
+        if from_name.is_none() {
+            return Err(Fault::bad_path(from, PathRule::RootMoved));
+        }
+        if to_name.is_none() {
+            return Err(Fault::bad_path(to, PathRule::RootMoved));
         }
         // The parent of `to` must be a directory (or the root).
         if let Some((parent, _)) = to.trim_end_matches('/').rsplit_once('/') {
             match self.stat(parent).await {
                 Ok(e) if e.kind == Kind::Dir => {}
-                Ok(_) => {
-                    return Err(Refusal::new(ErrorCode::NotADirectory, format!("{}: a parent is a file", shown(to))))
-                }
-                Err(r) if r.code == ErrorCode::NotFound => {
-                    return Err(Refusal::new(ErrorCode::NotFound, format!("{}: its parent does not exist", shown(to))))
-                }
+                Ok(_) => return Err(Fault::ParentNotADirectory { path: to.to_owned() }),
+                Err(Fault::NotFound { .. }) => return Err(Fault::NoParent { path: to.to_owned() }),
                 Err(r) => return Err(r),
             }
         }
-        let file = self.head(&from_key).await.map_err(|e| store_refusal(from, e))?;
-        if file.is_none() && self.first_below(&from_key).await.map_err(|e| store_refusal(from, e))?.is_none() {
+        let file = self.head(&from_key).await.map_err(|e| store_fault(from, e))?;
+        if file.is_none() && self.first_below(&from_key).await.map_err(|e| store_fault(from, e))?.is_none() {
             return Err(not_found(from));
         }
         let there = match self.stat(to).await {
             Ok(e) => Some(e.kind),
-            Err(r) if r.code == ErrorCode::NotFound => None,
+            Err(Fault::NotFound { .. }) => None,
             Err(r) => return Err(r),
         };
-        let exists =
-            || Refusal::new(ErrorCode::Exists, format!("{}: exists on the server (--force replaces it)", shown(to)));
+        let exists = || Fault::Exists { path: to.to_owned() };
         if there.is_some() && !force {
             return Err(exists());
         }
@@ -542,31 +538,20 @@ impl Bucket {
         }
         if let Some(object) = file {
             if there == Some(Kind::Dir) {
-                return Err(Refusal::new(
-                    ErrorCode::IsADirectory,
-                    format!("{}: is a directory on the server", shown(to)),
-                ));
+                return Err(Fault::IsADirectory { path: to.to_owned() });
             }
             let moved = self.move_objects(vec![(from_key.clone(), to_key, object.size)], from, force).await?;
             return self.delete_objects(moved, from).await;
         }
         if to_key.as_ref().starts_with(&format!("{}/", from_key.as_ref())) {
-            return Err(Refusal::new(
-                ErrorCode::BadPath,
-                format!("{}: a directory cannot move below itself", shown(to)),
-            ));
+            return Err(Fault::bad_path(to, PathRule::BelowItself));
         }
         match there {
-            Some(Kind::Dir) if !self.is_empty_dir(&to_key).await.map_err(|e| store_refusal(to, e))? => {
+            Some(Kind::Dir) if !self.is_empty_dir(&to_key).await.map_err(|e| store_fault(to, e))? => {
                 return Err(exists());
             }
             Some(Kind::Dir) | None => {}
-            Some(_) => {
-                return Err(Refusal::new(
-                    ErrorCode::NotADirectory,
-                    format!("{}: not a directory (a file is there)", shown(to)),
-                ))
-            }
+            Some(_) => return Err(Fault::NotADirectory { path: to.to_owned() }),
         }
         self.move_dir(&from_key, &to_key, from, force).await
     }
@@ -589,7 +574,7 @@ impl Bucket {
     /// deleted; another tool's `DIR/` markers become `.fwdir` ones; the
     /// uploads recorded there are aborted (an upload cannot move), their
     /// records deleted. Keys no path names stay where they are.
-    async fn move_dir(&self, from: &Path, to: &Path, path: &str, force: bool) -> Result<(), Refusal> {
+    async fn move_dir(&self, from: &Path, to: &Path, path: &str, force: bool) -> Result<(), Fault> {
         let depth = from.parts().count();
         let dest = |p: &Path| {
             raw_path(
@@ -597,7 +582,7 @@ impl Bucket {
             )
         };
         let mut pages = self.pages(from, false);
-        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(path, e))? {
+        while let Some(page) = pages.try_next().await.map_err(|e| store_fault(path, e))? {
             let (mut moves, mut records, mut markers) = (Vec::new(), Vec::new(), Vec::new());
             for listed in page {
                 match listed {
@@ -611,12 +596,12 @@ impl Bucket {
             }
             let mut done = self.move_objects(moves, path, force).await?;
             for (_, marker) in &markers {
-                self.store.put(marker, PutPayload::new()).await.map_err(|e| store_refusal(path, e))?;
+                self.store.put(marker, PutPayload::new()).await.map_err(|e| store_fault(path, e))?;
             }
             done.extend(records);
             self.delete_objects(done, path).await?;
             for (raw, _) in markers.iter().rev() {
-                self.raw.delete(raw).await.map_err(|e| store_refusal(path, e))?;
+                self.raw.delete(raw).await.map_err(|e| store_fault(path, e))?;
             }
         }
         Ok(())
@@ -627,8 +612,8 @@ impl Bucket {
     /// of a multipart upload at `to` (four at once), created with the
     /// object's mtime and BLAKE3 (when known) as metadata, completed with
     /// `If-None-Match: *` unless `force`; aborted on any failure.
-    async fn copy_in_parts(&self, from: &Path, to: &Path, force: bool, path: &str) -> Result<(), Refusal> {
-        let Some(object) = self.head(from).await.map_err(|e| store_refusal(path, e))? else {
+    async fn copy_in_parts(&self, from: &Path, to: &Path, force: bool, path: &str) -> Result<(), Fault> {
+        let Some(object) = self.head(from).await.map_err(|e| store_fault(path, e))? else {
             return Err(not_found(path));
         };
         let mut attributes = Attributes::new();
@@ -637,7 +622,7 @@ impl Bucket {
             attributes.insert(Attribute::Metadata(META_BLAKE3.into()), hash.to_hex().to_string().into());
         }
         let options = object_store::PutMultipartOptions { attributes, ..Default::default() };
-        let id = self.store.create_multipart_opts(to, options).await.map_err(|e| store_refusal(path, e))?;
+        let id = self.store.create_multipart_opts(to, options).await.map_err(|e| store_fault(path, e))?;
         let parts = (0..object.size).step_by(super::PART as usize).enumerate().map(|(i, at)| {
             let (store, from, to, id) = (self.store.clone(), from.clone(), to.clone(), id.clone());
             let options = GetOptions {
@@ -656,7 +641,7 @@ impl Bucket {
             Ok(parts) => parts,
             Err(e) => {
                 self.abort(to, &id.to_string()).await;
-                return Err(read_refusal(path, e));
+                return Err(read_fault(path, e));
             }
         };
         let replacing = super::upload::Replacing::new(self, id.as_ref(), force);
@@ -670,16 +655,16 @@ impl Bucket {
             Err(e) => {
                 self.abort(to, &id.to_string()).await;
                 if super::upload::is_exists(&e) {
-                    return Err(exists(&shown(to.as_ref())));
+                    return Err(Fault::Exists { path: to.as_ref().to_owned() });
                 }
-                Err(store_refusal(path, e))
+                Err(store_fault(path, e))
             }
         }
     }
 
     /// Copies each `(from, to, size)` and checks each copy (there, at its
     /// size); returns the `from`s, for the caller to delete once all are.
-    async fn move_objects(&self, moves: Vec<(Path, Path, u64)>, path: &str, force: bool) -> Result<Vec<Path>, Refusal> {
+    async fn move_objects(&self, moves: Vec<(Path, Path, u64)>, path: &str, force: bool) -> Result<Vec<Path>, Fault> {
         let copy_max = self.spec.copy_max;
         // Copies in parts hold four parts each: fewer of them at once.
         let at_once = if moves.iter().any(|(_, _, size)| *size > copy_max) { 2 } else { HEADS_AT_ONCE };
@@ -691,20 +676,18 @@ impl Bucket {
                     b.copy_in_parts(&from, &to, force, &path).await?;
                 } else {
                     // `CopyObject` keeps the metadata: the hash and mtime move too.
-                    b.store.copy(&from, &to).await.map_err(|e| store_refusal(&path, e))?;
+                    b.store.copy(&from, &to).await.map_err(|e| store_fault(&path, e))?;
                 }
                 // The original goes only once its copy is there, whole.
-                let copied = b.head(&to).await.map_err(|e| store_refusal(&path, e))?;
+                let copied = b.head(&to).await.map_err(|e| store_fault(&path, e))?;
                 let Some(copied) = copied.filter(|c| c.size == size) else {
-                    let msg =
-                        format!("{}: the copy of it is not there whole; the original is kept", shown(from.as_ref()));
-                    return Err(Refusal::new(ErrorCode::Io, msg));
+                    return Err(Fault::CopyIncomplete { path: from.as_ref().to_owned() });
                 };
                 // The copy's ETag may differ: only the hash is carried.
                 if let (None, Some(hash)) = (copied.blake3, known.and_then(|k| k.blake3)) {
                     b.remember(&to, Object { blake3: Some(hash), ..copied });
                 }
-                Ok::<_, Refusal>(from)
+                Ok::<_, Fault>(from)
             }
         });
         futures_util::stream::iter(copies).buffer_unordered(at_once).try_collect().await
@@ -719,14 +702,14 @@ impl Bucket {
     /// # Errors
     ///
     /// A listing that fails.
-    pub(crate) async fn prune_uploads(&self, max_age: std::time::Duration) -> Result<Vec<(String, u64)>, Refusal> {
+    pub(crate) async fn prune_uploads(&self, max_age: std::time::Duration) -> Result<Vec<(String, u64)>, Fault> {
         let cutoff = chrono_cutoff(max_age);
         let depth = self.prefix_depth();
         let mut removed = Vec::new();
         // A page of keys at a time, whatever is below the root (the walk
         // goes on from the last key, past the records deleted).
         let mut pages = self.pages(&self.prefix, false);
-        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal("", e))? {
+        while let Some(page) = pages.try_next().await.map_err(|e| store_fault("", e))? {
             for listed in page {
                 let Key::Object(m) = listed else { continue };
                 let Some(name) = m.location.filename().filter(|n| is_partial_name(n.as_bytes())) else { continue };
@@ -799,13 +782,13 @@ impl Bucket {
         index: &mut TreeIndex,
         base: &str,
         paths: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Fault> {
         let (base_key, _) = self.key(base)?;
         let base_parts: Vec<String> = base_key.parts().map(|p| p.as_ref().to_owned()).collect();
         if !index.based {
             for i in self.prefix_depth() + 1..=base_parts.len() {
                 let at = raw_path(&base_parts[..i]);
-                if self.head(&at).await.map_err(|e| store_refusal(base, e))?.is_some() {
+                if self.head(&at).await.map_err(|e| store_fault(base, e))?.is_some() {
                     index.blocked = true;
                     break;
                 }
@@ -838,7 +821,7 @@ impl Bucket {
             let (b, base, held) = (self.clone(), base.to_owned(), held.clone());
             async move { b.read_subtree(&base, depth, rel, level, &held).await }
         });
-        let read: Result<Vec<Subtree>, Refusal> =
+        let read: Result<Vec<Subtree>, Fault> =
             futures_util::stream::iter(reads).buffer_unordered(HEADS_AT_ONCE).try_collect().await;
         index.held = held.load(std::sync::atomic::Ordering::Relaxed);
         for subtree in read? {
@@ -850,14 +833,9 @@ impl Bucket {
     }
 
     /// Counts one key listed for an index against the spec's `index_max`.
-    fn hold(&self, held: &std::sync::atomic::AtomicUsize, full: &str) -> Result<(), Refusal> {
+    fn hold(&self, held: &std::sync::atomic::AtomicUsize, full: &str) -> Result<(), Fault> {
         if held.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= self.spec.index_max {
-            let msg = format!(
-                "{}: more than {} objects below it; copy a smaller part of the tree",
-                shown(full),
-                self.spec.index_max
-            );
-            return Err(Refusal::new(ErrorCode::TooLarge, msg));
+            return Err(Fault::TooManyObjects { path: full.to_owned(), max: self.spec.index_max });
         }
         Ok(())
     }
@@ -869,11 +847,11 @@ impl Bucket {
         key: &Path,
         base: &str,
         held: &std::sync::atomic::AtomicUsize,
-    ) -> Result<(Vec<(String, ObjectMeta)>, Vec<String>), Refusal> {
+    ) -> Result<(Vec<(String, ObjectMeta)>, Vec<String>), Fault> {
         let depth = key.parts().count();
         let (mut files, mut dirs) = (Vec::new(), Vec::new());
         let mut pages = self.pages(key, true);
-        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(base, e))? {
+        while let Some(page) = pages.try_next().await.map_err(|e| store_fault(base, e))? {
             for listed in page {
                 self.hold(held, base)?;
                 let (location, object) = match listed {
@@ -904,7 +882,7 @@ impl Bucket {
         rel: String,
         level: bool,
         held: &std::sync::atomic::AtomicUsize,
-    ) -> Result<Subtree, Refusal> {
+    ) -> Result<Subtree, Fault> {
         let full = match base.trim_matches('/') {
             "" | "." => rel.clone(),
             b => format!("{b}/{rel}"),
@@ -914,7 +892,7 @@ impl Bucket {
         let mut subtree = Subtree { rel, ..Subtree::default() };
         for i in depth + 1 + usize::from(level)..=parts.len() {
             let at = raw_path(&parts[..i]);
-            if let Some(object) = self.head(&at).await.map_err(|e| store_refusal(&full, e))? {
+            if let Some(object) = self.head(&at).await.map_err(|e| store_fault(&full, e))? {
                 self.hold(held, &full)?;
                 let meta = ObjectMeta {
                     location: at,
@@ -929,7 +907,7 @@ impl Bucket {
             }
         }
         let mut pages = self.pages(&key, false);
-        while let Some(page) = pages.try_next().await.map_err(|e| store_refusal(&full, e))? {
+        while let Some(page) = pages.try_next().await.map_err(|e| store_fault(&full, e))? {
             if !page.is_empty() {
                 add_dir(&mut subtree.dirs, &parts[depth..]);
             }
@@ -965,7 +943,7 @@ impl Bucket {
         &self,
         listed: Vec<(String, ObjectMeta)>,
         path: &str,
-    ) -> Result<Vec<(Entry, Path, Object)>, Refusal> {
+    ) -> Result<Vec<(Entry, Path, Object)>, Fault> {
         let objects = self.objects(listed.iter().map(|(_, m)| m.clone()).collect(), path).await?;
         Ok(listed.into_iter().zip(objects).map(|((name, m), o)| (object_entry(name, &o), m.location, o)).collect())
     }
@@ -1125,12 +1103,11 @@ fn same_etag(a: &Option<String>, b: &Option<String>) -> bool {
 }
 
 /// A read's error: an object that changed meanwhile is `busy`.
-fn read_refusal(path: &str, e: object_store::Error) -> Refusal {
+fn read_fault(path: &str, e: object_store::Error) -> Fault {
     if super::upload::is_exists(&e) {
-        let msg = format!("{}: the object changed while it was read; try again", shown(path));
-        return Refusal::new(ErrorCode::Busy, msg);
+        return Fault::ChangedWhileRead { path: path.to_owned() };
     }
-    store_refusal(path, e)
+    store_fault(path, e)
 }
 
 #[cfg(test)]

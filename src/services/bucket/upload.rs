@@ -40,9 +40,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::hash::{self, PART};
-use super::{store_refusal, Bucket, Object};
-use crate::proto::ErrorCode;
-use crate::services::Refusal;
+use super::{store_fault, Bucket, Object};
+use crate::services::files::shown;
+use crate::services::Fault;
 
 /// Parts of one upload stored at once.
 pub(super) const PARTS_IN_FLIGHT: usize = 4;
@@ -217,12 +217,12 @@ pub(crate) struct Multipart {
     /// Parts stored past the record's contiguous run.
     ahead: BTreeMap<usize, Stored>,
     first: Option<String>,
-    in_flight: JoinSet<Result<PartDone, Refusal>>,
+    in_flight: JoinSet<Result<PartDone, Fault>>,
     /// Body bytes of the part being filled.
     buf: Vec<u8>,
     /// The index of the part being filled.
     next: usize,
-    shown: String,
+    path: String,
     /// The record as the store is to have it, and its lease's renewal.
     held: Arc<Held>,
     renewing: tokio::task::JoinHandle<()>,
@@ -254,9 +254,9 @@ impl Multipart {
         key: Path,
         record_key: Path,
         (size, mtime): (u64, i64),
-        shown: String,
-    ) -> Result<Self, Refusal> {
-        let existing = bucket.read_record(&record_key, &shown).await?;
+        path: String,
+    ) -> Result<Self, Fault> {
+        let existing = bucket.read_record(&record_key, &path).await?;
         // A record is taken up only if what it offers is its whole parts,
         // short of the file's end (else it could not be resumed right).
         let sound = |r: &Record| {
@@ -267,14 +267,14 @@ impl Multipart {
             Some(r) if r.v == 1 && r.size == size && r.mtime == mtime && sound(&r) => r,
             Some(old) => {
                 bucket.abort(&key, &old.upload_id).await;
-                bucket.create_upload(&key, (size, mtime), &shown).await?
+                bucket.create_upload(&key, (size, mtime), &path).await?
             }
-            None => bucket.create_upload(&key, (size, mtime), &shown).await?,
+            None => bucket.create_upload(&key, (size, mtime), &path).await?,
         };
         let next = record.parts.len();
         let first = record.first.clone();
         let held = Arc::new(Held { record: Mutex::new(record.clone()), writing: tokio::sync::Mutex::new(false) });
-        let renewing = tokio::spawn(renew(bucket.clone(), record_key.clone(), held.clone(), shown.clone()));
+        let renewing = tokio::spawn(renew(bucket.clone(), record_key.clone(), held.clone(), path.clone()));
         let upload = Multipart {
             bucket: bucket.clone(),
             key,
@@ -285,7 +285,7 @@ impl Multipart {
             in_flight: JoinSet::new(),
             buf: Vec::new(),
             next,
-            shown,
+            path,
             held,
             renewing,
         };
@@ -297,7 +297,7 @@ impl Multipart {
     }
 
     /// Writes the record as it is now, with a lease.
-    async fn save(&self) -> Result<(), Refusal> {
+    async fn save(&self) -> Result<(), Fault> {
         *self.held.record.lock().expect("record poisoned") = self.record.clone();
         let ended = self.held.writing.lock().await;
         if *ended {
@@ -305,7 +305,7 @@ impl Multipart {
         }
         let mut record = self.record.clone();
         record.lease = Some(now() + LEASE.as_secs() as i64);
-        self.bucket.write_record(&self.record_key, &record, &self.shown).await
+        self.bucket.write_record(&self.record_key, &record, &self.path).await
     }
 
     /// Ends the lease: no write after this one; with `keep`, the record is
@@ -321,8 +321,8 @@ impl Multipart {
         if keep {
             let mut record = self.record.clone();
             record.lease = None;
-            if let Err(r) = self.bucket.write_record(&self.record_key, &record, &self.shown).await {
-                tracing::debug!("{}: giving the upload's lease back: {}", self.shown, r.message);
+            if let Err(r) = self.bucket.write_record(&self.record_key, &record, &self.path).await {
+                tracing::debug!("{}: giving the upload's lease back: {r}", shown(&self.path));
             }
         }
     }
@@ -340,7 +340,7 @@ impl Multipart {
 
     /// Whether the body may start at `from`: what is held, or 0 (the
     /// client's file differs: a new upload).
-    pub(crate) async fn agree(&mut self, from: u64) -> Result<bool, Refusal> {
+    pub(crate) async fn agree(&mut self, from: u64) -> Result<bool, Fault> {
         if from == self.held() {
             return Ok(true);
         }
@@ -349,7 +349,7 @@ impl Multipart {
         }
         self.bucket.abort(&self.key, &self.record.upload_id).await;
         let file = (self.record.size, self.record.mtime);
-        self.record = self.bucket.create_upload(&self.key, file, &self.shown).await?;
+        self.record = self.bucket.create_upload(&self.key, file, &self.path).await?;
         self.first = None;
         self.next = 0;
         if let Err(r) = self.save().await {
@@ -360,7 +360,7 @@ impl Multipart {
     }
 
     /// Takes body bytes; stores each part as it fills.
-    pub(crate) async fn feed(&mut self, mut chunk: &[u8]) -> Result<(), Refusal> {
+    pub(crate) async fn feed(&mut self, mut chunk: &[u8]) -> Result<(), Fault> {
         while !chunk.is_empty() {
             let room = PART as usize - self.buf.len();
             let take = room.min(chunk.len());
@@ -375,14 +375,14 @@ impl Multipart {
 
     /// Sends the part in the buffer to the store (waiting first while
     /// [`PARTS_IN_FLIGHT`] are).
-    async fn store_part(&mut self) -> Result<(), Refusal> {
+    async fn store_part(&mut self) -> Result<(), Fault> {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.settle_one().await?;
         }
         let data = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PART as usize)));
         let (index, store, key, id) =
             (self.next, self.bucket.store.clone(), self.key.clone(), MultipartId::from(self.record.upload_id.clone()));
-        let shown = self.shown.clone();
+        let path = self.path.clone();
         self.next += 1;
         self.in_flight.spawn(async move {
             let for_hash = data.clone();
@@ -392,8 +392,8 @@ impl Multipart {
                 (cv, first)
             });
             let part = store.put_part(&key, &id, index, PutPayload::from_bytes(data)).await;
-            let (cv, first) = hashing.await.map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-            let part = part.map_err(|e| part_refusal(&shown, e))?;
+            let (cv, first) = hashing.await.map_err(|e| Fault::Internal { what: e.to_string() })?;
+            let part = part.map_err(|e| part_fault(&path, e))?;
             Ok((index, Stored { etag: part.content_id, cv: hash::cv_hex(&cv) }, first))
         });
         Ok(())
@@ -401,12 +401,12 @@ impl Multipart {
 
     /// Waits for one part being stored, and records the run of parts
     /// stored from the first.
-    async fn settle_one(&mut self) -> Result<(), Refusal> {
+    async fn settle_one(&mut self) -> Result<(), Fault> {
         let Some(joined) = self.in_flight.join_next().await else { return Ok(()) };
-        let (index, stored, first) = match joined.map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))? {
+        let (index, stored, first) = match joined.map_err(|e| Fault::Internal { what: e.to_string() })? {
             Ok(done) => done,
             Err(r) => {
-                if r.code == ErrorCode::Busy {
+                if matches!(r, Fault::UploadGone { .. }) {
                     // The store lost the upload: its record would keep
                     // offering parts that are not there.
                     self.release(false).await;
@@ -461,7 +461,7 @@ impl Multipart {
             while !self.in_flight.is_empty() {
                 self.settle_one().await?;
             }
-            Ok::<(), Refusal>(())
+            Ok::<(), Fault>(())
         }
         .await;
         if let Err(r) = stored {
@@ -476,11 +476,11 @@ impl Multipart {
             Some(cvs) if parts == expected => cvs,
             cvs => {
                 self.release(true).await;
-                let msg = match cvs {
-                    Some(_) => format!("{}: {parts} parts stored of {expected}", self.shown),
-                    None => format!("{}: a resume record that does not parse", self.shown),
+                let what = match cvs {
+                    Some(_) => format!("{}: {parts} parts stored of {expected}", shown(&self.path)),
+                    None => format!("{}: a resume record that does not parse", shown(&self.path)),
                 };
-                return Err(Finish::Refused(Refusal::new(ErrorCode::Internal, msg)));
+                return Err(Finish::Refused(Fault::Internal { what }));
             }
         };
         let got = hash::root(&cvs, size - (parts as u64 - 1) * PART);
@@ -509,11 +509,11 @@ impl Multipart {
                 // goes with it.
                 self.bucket.abort(&self.key, &self.record.upload_id).await;
                 let _ = self.bucket.store.delete(&self.record_key).await;
-                Err(Finish::Refused(super::exists(&self.shown)))
+                Err(Finish::Refused(Fault::Exists { path: self.path.clone() }))
             }
             Err(e) => {
-                let r = part_refusal(&self.shown, e);
-                if r.code == ErrorCode::Busy {
+                let r = part_fault(&self.path, e);
+                if matches!(r, Fault::UploadGone { .. }) {
                     let _ = self.bucket.store.delete(&self.record_key).await;
                 }
                 Err(Finish::Refused(r))
@@ -524,7 +524,7 @@ impl Multipart {
 
 /// Renews the lease on a running upload's record every [`LEASE_RENEW`],
 /// until the upload lets go of it (or is dropped).
-async fn renew(bucket: Bucket, record_key: Path, held: Arc<Held>, shown: String) {
+async fn renew(bucket: Bucket, record_key: Path, held: Arc<Held>, path: String) {
     loop {
         tokio::time::sleep(LEASE_RENEW).await;
         let ended = held.writing.lock().await;
@@ -533,8 +533,8 @@ async fn renew(bucket: Bucket, record_key: Path, held: Arc<Held>, shown: String)
         }
         let mut record = held.record.lock().expect("record poisoned").clone();
         record.lease = Some(now() + LEASE.as_secs() as i64);
-        if let Err(r) = bucket.write_record(&record_key, &record, &shown).await {
-            tracing::warn!("{shown}: renewing the upload's lease on its record: {}", r.message);
+        if let Err(r) = bucket.write_record(&record_key, &record, &path).await {
+            tracing::warn!("{}: renewing the upload's lease on its record: {r}", shown(&path));
         }
         drop(ended);
     }
@@ -543,13 +543,12 @@ async fn renew(bucket: Bucket, record_key: Path, held: Arc<Held>, shown: String)
 /// A part's or a completion's error: an upload the store no longer has
 /// (aborted by a lifecycle rule or by hand, its record left behind) is
 /// `busy`, and the record is dropped so that the next try starts over.
-fn part_refusal(shown: &str, e: object_store::Error) -> Refusal {
+fn part_fault(path: &str, e: object_store::Error) -> Fault {
     let text = super::one_line(&e);
     if matches!(e, object_store::Error::NotFound { .. }) || text.contains("NoSuchUpload") {
-        let msg = format!("{shown}: the store no longer has the upload this resumed; try again, it starts over");
-        return Refusal::new(ErrorCode::Busy, msg);
+        return Fault::UploadGone { path: path.to_owned() };
     }
-    store_refusal(shown, e)
+    store_fault(path, e)
 }
 
 /// Why an upload was not completed.
@@ -558,7 +557,7 @@ pub(crate) enum Finish {
     /// The parts merge to this hash, not the client's: nothing kept.
     Mismatch(blake3::Hash),
     /// Refused or failed.
-    Refused(Refusal),
+    Refused(Fault),
 }
 
 /// Whether the store said an object is there already (a conditional
@@ -583,41 +582,41 @@ impl Bucket {
     /// # Errors
     ///
     /// A bad path, the store's error.
-    pub(crate) async fn offered(&self, path: &str, size: u64, mtime: i64) -> Result<(u64, Option<String>), Refusal> {
-        let (_, record_key, shown) = self.record_of(path)?;
-        match self.read_record(&record_key, &shown).await? {
+    pub(crate) async fn offered(&self, path: &str, size: u64, mtime: i64) -> Result<(u64, Option<String>), Fault> {
+        let (_, record_key, _) = self.record_of(path)?;
+        match self.read_record(&record_key, path).await? {
             Some(r) if r.v == 1 && r.size == size && r.mtime == mtime => Ok(r.offer(r.first.as_deref())),
             _ => Ok((0, None)),
         }
     }
 
     /// The resume record at `record_key`, if there is one that parses.
-    async fn read_record(&self, record_key: &Path, shown: &str) -> Result<Option<Record>, Refusal> {
+    async fn read_record(&self, record_key: &Path, path: &str) -> Result<Option<Record>, Fault> {
         match self.store.get(record_key).await {
             Ok(got) => {
-                let body = got.bytes().await.map_err(|e| store_refusal(shown, e))?;
+                let body = got.bytes().await.map_err(|e| store_fault(path, e))?;
                 Ok(serde_json::from_slice(&body).ok())
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(store_refusal(shown, e)),
+            Err(e) => Err(store_fault(path, e)),
         }
     }
 
     /// Writes a record (of a running upload: under its [`Held`] lock).
-    async fn write_record(&self, record_key: &Path, record: &Record, shown: &str) -> Result<(), Refusal> {
-        let body = serde_json::to_vec(record).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-        self.store.put(record_key, PutPayload::from(body)).await.map_err(|e| store_refusal(shown, e))?;
+    async fn write_record(&self, record_key: &Path, record: &Record, path: &str) -> Result<(), Fault> {
+        let body = serde_json::to_vec(record).map_err(|e| Fault::Internal { what: e.to_string() })?;
+        self.store.put(record_key, PutPayload::from(body)).await.map_err(|e| store_fault(path, e))?;
         Ok(())
     }
 
     /// A new multipart upload at `key`, and its record (for the caller to
     /// write). The file's mtime is the upload's metadata (its hash is not
     /// known yet: see DESIGN.md).
-    async fn create_upload(&self, key: &Path, (size, mtime): (u64, i64), shown: &str) -> Result<Record, Refusal> {
+    async fn create_upload(&self, key: &Path, (size, mtime): (u64, i64), path: &str) -> Result<Record, Fault> {
         let mut attributes = object_store::Attributes::new();
         attributes.insert(object_store::Attribute::Metadata(super::META_MTIME.into()), mtime.to_string().into());
         let options = object_store::PutMultipartOptions { attributes, ..Default::default() };
-        let id = self.store.create_multipart_opts(key, options).await.map_err(|e| store_refusal(shown, e))?;
+        let id = self.store.create_multipart_opts(key, options).await.map_err(|e| store_fault(path, e))?;
         Ok(Record { v: 1, upload_id: id.to_string(), size, mtime, parts: Vec::new(), first: None, lease: None })
     }
 
@@ -639,8 +638,8 @@ impl Bucket {
         hash: blake3::Hash,
         mtime: Option<i64>,
         force: bool,
-        shown: &str,
-    ) -> Result<(), Refusal> {
+        path: &str,
+    ) -> Result<(), Fault> {
         let size = body.len() as u64;
         let mtime = mtime.unwrap_or_else(now);
         let options = PutOptions {
@@ -653,8 +652,8 @@ impl Bucket {
                 self.remember(key, Object { size, mtime, etag: done.e_tag, blake3: Some(hash) });
                 Ok(())
             }
-            Err(e) if is_exists(&e) => Err(super::exists(shown)),
-            Err(e) => Err(store_refusal(shown, e)),
+            Err(e) if is_exists(&e) => Err(Fault::Exists { path: path.to_owned() }),
+            Err(e) => Err(store_fault(path, e)),
         }
     }
 }
