@@ -7,7 +7,7 @@
 //!
 //! What a bucket root does differently is said here, and only here:
 //! [`RootServer::keeps_modes`], [`RootServer::has_links`] and
-//! [`RootServer::resumed_after`]. Everything else a check asserts holds
+//! [`RootServer::may_resume`]. Everything else a check asserts holds
 //! for both.
 #![allow(unused_macros)]
 
@@ -97,14 +97,26 @@ impl RootServer {
         matches!(self.store, Store::Dir(_))
     }
 
-    /// The bytes an upload cut after `sent` bytes resumes from: all of
-    /// them in a directory's partial file; in a bucket, the whole 8 MiB
-    /// parts among them (a multipart upload keeps parts, not bytes).
-    pub fn resumed_after(&self, sent: u64) -> u64 {
+    /// What an upload cut after `sent` bytes may resume from: all of them
+    /// in a directory's partial file (kept as they arrive); in a bucket,
+    /// whole 8 MiB parts, as many of those among them as reached the
+    /// store before the cut (a multipart upload keeps parts, not bytes,
+    /// and a part in flight at the cut is lost).
+    pub fn may_resume(&self, sent: u64) -> std::ops::RangeInclusive<u64> {
         match self.store {
-            Store::Dir(_) => sent,
+            Store::Dir(_) => sent..=sent,
             #[cfg(feature = "s3")]
-            Store::Bucket { .. } => sent / (8 << 20) * (8 << 20),
+            Store::Bucket { .. } => 0..=sent / (8 << 20) * (8 << 20),
+        }
+    }
+
+    /// The unit a resumed upload's offset is a multiple of: a byte in a
+    /// directory, a part in a bucket.
+    pub fn resume_unit(&self) -> u64 {
+        match self.store {
+            Store::Dir(_) => 1,
+            #[cfg(feature = "s3")]
+            Store::Bucket { .. } => 8 << 20,
         }
     }
 
