@@ -452,17 +452,25 @@ pub async fn plan_get(
         Some(root) if dest_dir == dest => root,
         _ => open_below(&dest_dir),
     };
+    decide_gets(&mut plan, found, root.as_ref(), &dest_dir, force).await;
+    Ok(plan)
+}
+
+/// Decides each file a download found against what `dest_dir` (opened as
+/// `root`) holds: a directory in the way fails it, an equal file (by hash
+/// where both are known) leaves it out.
+async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest_dir: &Path, force: bool) {
     for job in found {
-        let rel = rel_below(&dest_dir, &job.local);
-        if rel.as_deref().is_some_and(|rel| dir_at(root.as_ref(), rel)) {
+        let rel = rel_below(dest_dir, &job.local);
+        if rel.as_deref().is_some_and(|rel| dir_at(root, rel)) {
             // Never replaced by a file, `force` or not (as cp refuses): the
             // download could never be put in place.
             let error = ClientError::Local { path: job.local.clone(), source: local_directory() };
             plan.failures.push(Failure { path: job.remote, error });
             continue;
         }
-        let held = rel.as_deref().and_then(|rel| held_at(root.as_ref(), rel));
-        let same = match (&held, &job.blake3, &root, rel) {
+        let held = rel.as_deref().and_then(|rel| held_at(root, rel));
+        let same = match (&held, &job.blake3, root, rel) {
             (Some(Some((size, _))), Some(theirs), Some(root), Some(rel)) if *size == job.size => {
                 let root = root.clone();
                 let open = move || {
@@ -475,7 +483,6 @@ pub async fn plan_get(
         };
         plan.decide(job, held, force, same);
     }
-    Ok(plan)
 }
 
 /// The directory a download lands beneath, as the user named it, opened
@@ -646,32 +653,8 @@ pub async fn plan_put(
         };
         if !meta.is_dir() {
             let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
-            let (held, theirs) = match client.stat(&target).await {
-                Ok(e) if checksum && e.kind == Kind::File && e.size == meta.len() => {
-                    let hashed = client.stat_with_hash(&target).await.map_err(source)?;
-                    (Some(Some((e.size, e.mtime))), hashed.blake3)
-                }
-                Ok(e) => (Some((e.kind == Kind::File).then_some((e.size, e.mtime))), None),
-                Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => (None, None),
-                Err(e) => return Err(source(e)),
-            };
-            let same = match theirs {
-                Some(theirs) => Some(local_hash(path).await.as_deref() == Some(theirs.as_str())),
-                None => None,
-            };
-            let mtime = crate::services::files::mtime(&meta);
-            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
-            let job = Job {
-                remote: target,
-                local: path.clone(),
-                size: meta.len(),
-                mtime,
-                mode,
-                replace: false,
-                blake3: None,
-                base: None,
-            };
-            plan.decide(job, held, force, same);
+            let job = plan_one_put(client, path, &meta, target, checksum).await.map_err(source)?;
+            plan.decide(job.0, job.1, force, job.2);
             continue;
         }
         if !recursive {
@@ -721,6 +704,44 @@ pub async fn plan_put(
         }
     }
     Ok(plan)
+}
+
+/// One file to upload to `target`: its job, what the receiver holds there,
+/// and (with `checksum`, where sizes match) whether the contents are the
+/// same.
+async fn plan_one_put(
+    client: &mut Client,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    target: String,
+    checksum: bool,
+) -> Result<(Job, Option<Held>, Option<bool>), ClientError> {
+    let (held, theirs) = match client.stat(&target).await {
+        Ok(e) if checksum && e.kind == Kind::File && e.size == meta.len() => {
+            let hashed = client.stat_with_hash(&target).await?;
+            (Some(Some((e.size, e.mtime))), hashed.blake3)
+        }
+        Ok(e) => (Some((e.kind == Kind::File).then_some((e.size, e.mtime))), None),
+        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => (None, None),
+        Err(e) => return Err(e),
+    };
+    let same = match theirs {
+        Some(theirs) => Some(local_hash(path).await.as_deref() == Some(theirs.as_str())),
+        None => None,
+    };
+    let mtime = crate::services::files::mtime(meta);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+    let job = Job {
+        remote: target,
+        local: path.to_owned(),
+        size: meta.len(),
+        mtime,
+        mode,
+        replace: false,
+        blake3: None,
+        base: None,
+    };
+    Ok((job, held, same))
 }
 
 /// `remote` relative to the directory `target` it is below.

@@ -39,15 +39,28 @@ pub fn weed() -> Option<PathBuf> {
 }
 
 /// A loopback port free now whose +10000 (SeaweedFS's gRPC port for it)
-/// is free too.
+/// is free too, both below the kernel's ephemeral range: a test's
+/// outgoing connections (the door tests open thousands) take their source
+/// ports from that range, and one took a port SeaweedFS was about to bind
+/// (its S3 then never answered).
 fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (from, to) = (10_000u32, low.saturating_sub(10_000).max(10_100));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(nanos);
+    for _ in 0..20_000 {
+        let port = (from + seed.wrapping_add(NEXT.fetch_add(7, Ordering::Relaxed)) % (to - from)) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
             return port;
         }
     }
+    panic!("no two free loopback ports below {low}");
 }
 
 /// `weed mini` with one bucket and one access key, bound to 127.0.0.1
@@ -60,6 +73,18 @@ pub struct Seaweed {
 
 impl Seaweed {
     pub fn start(weed: &std::path::Path) -> Seaweed {
+        for _ in 0..2 {
+            if let Some(started) = Self::try_start(weed, Duration::from_secs(30)) {
+                return started;
+            }
+            eprintln!("SeaweedFS's S3 did not answer within 30 s; starting it again on other ports");
+        }
+        Self::try_start(weed, Duration::from_secs(60)).expect("SeaweedFS's S3 answers within 60 s")
+    }
+
+    /// Starts it and waits up to `wait` for its S3; `None` (it stopped)
+    /// if it did not answer.
+    fn try_start(weed: &std::path::Path, wait: Duration) -> Option<Seaweed> {
         let dir = tempfile::tempdir().unwrap();
         let s3 = free_port();
         let port = |name: &str| format!("-{name}={}", free_port());
@@ -78,26 +103,25 @@ impl Seaweed {
             .spawn()
             .unwrap();
         let weed = Seaweed { child, s3, _dir: dir };
-        weed.wait_ready();
-        weed
+        weed.ready_within(wait).then_some(weed)
     }
 
     /// Until S3 answers an HTTP request (403 to an anonymous one) and
     /// the bucket is there.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    fn ready_within(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.s3)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = s.write_all(format!("HEAD /{BUCKET} HTTP/1.0\r\n\r\n").as_bytes());
                 let mut head = [0u8; 12];
                 if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
-                    return;
+                    return true;
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("SeaweedFS's S3 did not answer within 60 s");
+        false
     }
 
     pub fn endpoint(&self) -> String {
