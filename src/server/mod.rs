@@ -15,6 +15,9 @@ pub use crate::services::bucket::{Bucket, BucketError, BucketSpec, StoreRequests
 #[cfg(feature = "s3")]
 pub use crate::services::files::Listing;
 pub use crate::services::root::Resolver;
+/// Why a file request failed (what [`Bucket`]'s operations return, and
+/// what a refusal's code and words come from).
+pub use crate::services::{Fault, PathRule};
 pub use config::{
     Config, PolicyError, Root, S3Options, ServeError, DEFAULT_ACCEPT_ENV, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SILENT,

@@ -14,7 +14,7 @@ use crate::proto::ErrorCode;
 
 /// Why a request on a served root (a directory or a bucket) failed. Each
 /// variant is one kind of failure, with the path as the client named it
-/// (quoted back cut short, [`shown`]) and what its message needs;
+/// (quoted back cut short) and what its message needs;
 /// `Refusal::from` turns it into what the client is told.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", Refusal::from_fault(self).message)]
@@ -183,7 +183,7 @@ pub enum Fault {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PathRule {
-    /// Over [`MAX_PATH_BYTES`].
+    /// Longer than a path may be (4,095 bytes).
     TooLong,
     /// A NUL byte in it.
     Nul,
@@ -191,7 +191,7 @@ pub enum PathRule {
     Absolute,
     /// A `..` component.
     DotDot,
-    /// Over [`MAX_PATH_DEPTH`] components.
+    /// Deeper than a path may be (255 components).
     TooDeep,
     /// A symlink on the way leads outside the served root.
     Escapes,
