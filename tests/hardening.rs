@@ -330,6 +330,8 @@ async fn hostile_paths_get_short_clear_refusals_and_touch_nothing(root: &RootSer
     let err = client.get("f.txt/", &local.path().join("g"), &opts(), &mut no_progress()).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::NotADirectory), "{err}");
     assert!(!local.path().join("g").exists());
+    let err = client.stat("f.txt/").await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::NotADirectory), "stat f.txt/ on {}: {err}", root.kind());
     let stat = client.stat("").await.unwrap();
     assert_eq!(stat.name, ".", "the served root's own name is not told");
     assert_eq!(root.names("").await, ["f.txt"], "nothing created on {}", root.kind());

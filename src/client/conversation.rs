@@ -87,6 +87,13 @@ impl Outcomes {
         }
     }
 
+    /// After a conversation that ended well: a file the server never
+    /// reported (not answered, not committed, not sent) fails, never
+    /// counted as neither copied nor failed.
+    pub(super) fn fail_unreported(&mut self) {
+        self.fail_the_rest(&unexpected("an outcome for every file before tree_done", "tree_done"));
+    }
+
     /// Every file with no outcome yet fails with (a copy of) `e`.
     pub(super) fn fail_the_rest(&mut self, e: &ClientError) {
         for i in 0..self.known.len() {
@@ -183,7 +190,7 @@ impl PutPlan {
         if self.over {
             return PutStep::Over;
         }
-        let room = self.next - self.answered < IN_FLIGHT_FRAMES && self.queue.len() < QUEUED_WANTS;
+        let room = self.next.saturating_sub(self.answered) < IN_FLIGHT_FRAMES && self.queue.len() < QUEUED_WANTS;
         if self.next < self.frames && room {
             let frame = self.next;
             self.next += 1;
@@ -210,6 +217,10 @@ impl PutPlan {
 #[derive(Debug)]
 pub(super) struct PutAnswers {
     len: usize,
+    /// `wants` frames answered so far: at most one a manifest frame.
+    answered: usize,
+    /// Files asked for already: each may be asked for once.
+    asked: Vec<bool>,
     /// The offset each wanted file was asked from.
     offsets: HashMap<u64, u64>,
     /// What was sent of each file: the offset it went from and its hash.
@@ -218,18 +229,25 @@ pub(super) struct PutAnswers {
 
 impl PutAnswers {
     pub(super) fn new(len: usize) -> Self {
-        PutAnswers { len, offsets: HashMap::new(), hashes: HashMap::new() }
+        PutAnswers { len, answered: 0, asked: vec![false; len], offsets: HashMap::new(), hashes: HashMap::new() }
     }
 
     /// A `wants` frame: the files wanted are remembered, the unchanged and
     /// refused ones recorded. An index outside the manifest is the server
     /// out of step.
     pub(super) fn on_wants(&mut self, list: &WantList, outcomes: &mut Outcomes) -> Result<(), ClientError> {
+        self.answered += 1;
+        if self.answered > self.len.div_ceil(TREE_PART_ENTRIES) {
+            return Err(unexpected("a wants frame for each manifest frame", self.answered));
+        }
         let outside = list.send.iter().map(|w| w.i).chain(list.unchanged.iter().copied());
         if let Some(i) = outside.chain(list.refused.iter().map(|f| f.i)).find(|&i| i as usize >= self.len) {
             return Err(unexpected("an index within the manifest", i));
         }
         for w in &list.send {
+            if std::mem::replace(&mut self.asked[w.i as usize], true) {
+                return Err(unexpected("each file asked for once", w.i));
+            }
             self.offsets.insert(w.i, w.offset);
         }
         for &i in &list.unchanged {
@@ -427,6 +445,36 @@ mod tests {
         let failed = Failed { i: 9, code: ErrorCode::Io, message: String::new() };
         let refused = WantList { refused: vec![failed], ..WantList::default() };
         assert!(answers.on_wants(&refused, &mut outcomes).is_err());
+    }
+
+    #[test]
+    fn more_wants_frames_than_manifest_frames_or_a_file_asked_twice_are_refused() {
+        let mut answers = PutAnswers::new(1);
+        let mut outcomes = Outcomes::new(1);
+        answers.on_wants(&wants(&[]), &mut outcomes).unwrap();
+        assert!(answers.on_wants(&wants(&[]), &mut outcomes).is_err(), "one manifest frame, two answers");
+        let mut answers = PutAnswers::new(0);
+        assert!(answers.on_wants(&wants(&[]), &mut Outcomes::new(0)).is_err(), "an empty share sends no manifest");
+        let mut answers = PutAnswers::new(TREE_PART_ENTRIES + 1);
+        let mut outcomes = Outcomes::new(TREE_PART_ENTRIES + 1);
+        answers.on_wants(&wants(&[3]), &mut outcomes).unwrap();
+        assert!(answers.on_wants(&wants(&[3]), &mut outcomes).is_err(), "asked twice");
+        // The writer's window holds whatever the answers say.
+        let mut plan = PutPlan::new(1);
+        plan.next_step();
+        plan.on_answer(Some(wants(&[])));
+        plan.on_answer(Some(wants(&[])));
+        assert_eq!(plan.next_step(), PutStep::Wait);
+    }
+
+    #[test]
+    fn files_never_reported_fail_when_the_conversation_ends() {
+        let mut outcomes = Outcomes::new(3);
+        outcomes.unchanged(1);
+        outcomes.fail_unreported();
+        let failed: Vec<usize> = outcomes.failed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(failed, [0, 2]);
+        assert!(outcomes.failed[0].1.to_string().contains("an outcome for every file"), "{}", outcomes.failed[0].1);
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub(super) async fn put(
     };
 
     let reading = async {
+        // Owned here: when the reader ends, however it ends, the writer
+        // waiting for an answer is told (a server that says `tree_done`
+        // early cannot leave it waiting for good).
+        let tx = tx;
         loop {
             let Some((frame, _)) = reader.read_head::<TreePutOutput>().await? else { return Err(ClientError::Closed) };
             match frame {
@@ -123,8 +127,9 @@ pub(super) async fn put(
         client.session.abandon().await;
     }
     let mut outcomes = outcomes.into_inner().expect("outcomes");
-    if let Err(e) = result {
-        outcomes.fail_the_rest(&e);
+    match result {
+        Ok(_) => outcomes.fail_unreported(),
+        Err(e) => outcomes.fail_the_rest(&e),
     }
     Ok(outcomes)
 }
@@ -406,8 +411,9 @@ pub(super) async fn get(
     if result.is_err() {
         client.session.abandon().await;
     }
-    if let Err(e) = result {
-        outcomes.fail_the_rest(&e);
+    match result {
+        Ok(_) => outcomes.fail_unreported(),
+        Err(e) => outcomes.fail_the_rest(&e),
     }
     Ok(outcomes)
 }

@@ -53,20 +53,16 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
     sent
 }
 
-/// The JSON body of a tree frame (`what`, its size checked already):
-/// not JSON of `T`, it is refused `bad_request` and the connection closes
-/// (`None`).
+/// The JSON body of a tree frame (`what`, its size checked already), or
+/// the `bad_request` that closes the connection if it is not JSON of `T`.
 async fn tree_part<T: serde::de::DeserializeOwned>(
     s: &mut S,
     len: u64,
     what: &str,
     should_be: &str,
-) -> Result<Option<T>, Error> {
+) -> Result<Result<T, Refusal>, Error> {
     let body = s.reader().read_body(len.min(TREE_PART_MAX)).await?;
-    match serde_json::from_slice(&body) {
-        Ok(part) => Ok(Some(part)),
-        Err(e) => s.refuse_and_close(format!("a {what} body that is not {should_be}: {e}")).await.map(|()| None),
-    }
+    Ok(serde_json::from_slice(&body).map_err(|e| bad_request(format!("a {what} body that is not {should_be}: {e}"))))
 }
 
 /// `value` as a JSON body.
@@ -88,39 +84,56 @@ pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request
     let mut state = TreePutState::new(base, force);
     let mut sink = st.tree_sink();
     let ended = put_frames(s, &mut state, &mut sink).await;
-    if !matches!(ended, Ok(true)) {
-        // Cut, refused or failed: what was received and verified is still
-        // put in place (a rerun would otherwise send it again).
+    if !matches!(ended, Ok(Ended::Done)) {
+        // Cut, refused or failed: what was received and verified is put
+        // in place (a rerun would otherwise send it again), before the
+        // refusal is sent: a client that reruns on reading it finds it
+        // there.
         sink.settle(true).await;
     }
-    ended.map(|_| ())
+    match ended? {
+        Ended::Refused(r) => s.close_with(r).await,
+        Ended::Done | Ended::Left => Ok(()),
+    }
 }
 
-/// The frames of one `tree_put`, until it ends: `Ok(true)` once done and
-/// answered, `Ok(false)` when the client left or the connection closed
-/// answered.
-async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut K) -> Result<bool, Error> {
+/// How the frames of a `tree_put` ended.
+enum Ended {
+    /// Done and answered.
+    Done,
+    /// The client left.
+    Left,
+    /// Refused: the connection closes with this, once what was verified
+    /// is in place.
+    Refused(Refusal),
+}
+
+/// The frames of one `tree_put`, until it ends.
+async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut K) -> Result<Ended, Error> {
     loop {
         let frame = match s.read::<TreePutInput>().await {
             Ok(Some((frame, _))) => frame,
-            Ok(None) => return Ok(false),
+            Ok(None) => return Ok(Ended::Left),
             Err(e) if e.is_recoverable() => {
-                return s.refuse_and_close(format!("bad frame in a tree_put: {e}")).await.map(|()| false)
+                return Ok(Ended::Refused(bad_request(format!("bad frame in a tree_put: {e}"))))
             }
             Err(e) => return Err(e),
         };
         match state.on_frame(frame) {
             PutAction::ReadManifest(len) => {
-                let Some(entries) = tree_part(s, len, "manifest", "a list of entries").await? else { return Ok(false) };
+                let entries = match tree_part(s, len, "manifest", "a list of entries").await? {
+                    Ok(entries) => entries,
+                    Err(r) => return Ok(Ended::Refused(r)),
+                };
                 let screened = match state.on_manifest(entries) {
                     Ok(screened) => screened,
-                    Err(r) => return s.close_with(r).await.map(|()| false),
+                    Err(r) => return Ok(Ended::Refused(r)),
                 };
                 let decided = match sink.decide(state.base(), state.force(), screened.to_decide).await {
                     Ok(decided) => decided,
                     // Frames the client pipelined after this one follow:
                     // the connection cannot stay in step.
-                    Err(r) => return s.refuse_and_close(Refusal::from(r).message).await.map(|()| false),
+                    Err(r) => return Ok(Ended::Refused(bad_request(Refusal::from(r).message))),
                 };
                 let answer = state.on_decided(screened.answer, decided);
                 let body = json(&answer)?;
@@ -144,11 +157,15 @@ async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut
                 settle(s, state, sink, true, true).await?;
                 let done = state.done();
                 s.set_outcome(format!("ok: {} files, {} bytes of them", done.files, done.bytes));
-                return s.send(&done, &[]).await.map(|()| true);
+                return s.send(&done, &[]).await.map(|()| Ended::Done);
             }
-            PutAction::Close(r) => return s.close_with(r).await.map(|()| false),
+            PutAction::Close(r) => return Ok(Ended::Refused(r)),
         }
     }
+}
+
+fn bad_request(message: String) -> Refusal {
+    Refusal::new(crate::proto::ErrorCode::BadRequest, message)
 }
 
 /// Takes in what the sink put in place (all of it, waited for, if `wait`)
@@ -191,8 +208,8 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
         };
         let wants = match state.on_frame(frame) {
             GetAction::ReadWants(len) => match tree_part::<WantList>(s, len, "wants", "a want list").await? {
-                Some(list) => state.on_wants(list.send),
-                None => return Ok(()),
+                Ok(list) => state.on_wants(list.send),
+                Err(r) => return s.close_with(r).await,
             },
             GetAction::Finish(done) => {
                 s.set_outcome(format!("ok: {} files, {} bytes of them", done.files, done.bytes));

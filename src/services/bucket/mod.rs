@@ -574,6 +574,11 @@ impl Bucket {
             return Ok(dir_entry(".".to_owned(), 0));
         };
         if let Some(object) = self.head(&key).await.map_err(|e| store_fault(path, e))? {
+            // `NAME/` names a directory, and a file is there: as a
+            // directory root answers.
+            if Sandbox::relative(path)?.names_dir() {
+                return Err(Fault::NotADirectory { path: path.to_owned() });
+            }
             return Ok(object_entry(name, &object));
         }
         // A directory is there when any key is below it: the first one
