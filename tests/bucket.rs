@@ -234,14 +234,8 @@ async fn serve(
 ) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), framewire::server::ServeError>>) {
     let mut config = framewire::server::Config::for_root(framewire::server::Root::Bucket(bucket));
     tweak(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = framewire::server::Server::open(config).await.unwrap();
-    let task = tokio::spawn(server.serve(listener, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop, task)
+    let (addr, stop, task) = common::spawn_server(config).await;
+    (addr.to_string(), stop, task)
 }
 
 fn key(k: &str) -> object_store::path::Path {

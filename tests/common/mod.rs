@@ -31,13 +31,7 @@ impl TestServer {
         let root = tempfile::tempdir().unwrap();
         let mut config = Config::new(root.path());
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = server::Server::open(config).await.unwrap();
-        let task = tokio::spawn(server.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, task) = spawn_server(config).await;
         TestServer { addr, root, stop: Some(stop), task }
     }
 
@@ -57,6 +51,21 @@ impl TestServer {
     pub async fn stop_within(mut self, limit: Duration) {
         tokio::time::timeout(limit, self.shutdown()).await.expect("server stops in time").unwrap().unwrap();
     }
+}
+
+/// A server of `config` on 127.0.0.1:0, running until the sender is sent
+/// to or dropped.
+pub async fn spawn_server(
+    config: Config,
+) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<Result<(), server::ServeError>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = server::Server::open(config).await.unwrap();
+    let task = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
 }
 
 /// Deterministic test data: not all zeros, not periodic on a power of two.

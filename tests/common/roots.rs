@@ -62,13 +62,7 @@ impl RootServer {
     }
 
     async fn serve(config: Config, store: Store) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = server::Server::open(config).await.unwrap();
-        let task = tokio::spawn(server.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, task) = super::spawn_server(config).await;
         RootServer { addr, store, stop: Some(stop), _task: task }
     }
 
@@ -184,14 +178,11 @@ impl RootServer {
                 let at = if dir.is_empty() { prefix.clone() } else { format!("{prefix}/{dir}") };
                 let below = object_store::path::Path::parse(&at).unwrap();
                 let keys: Vec<object_store::ObjectMeta> = s3.list(Some(&below)).try_collect().await.unwrap();
-                let mut names: Vec<String> = keys
-                    .iter()
+                keys.iter()
                     .filter_map(|o| o.location.as_ref().strip_prefix(&format!("{at}/"))?.split('/').next())
                     .filter(|n| *n != ".fwdir")
                     .map(str::to_owned)
-                    .collect();
-                names.dedup();
-                names
+                    .collect()
             }
         };
         names.sort();

@@ -147,6 +147,16 @@ pub struct BucketSpec {
 
 pub use ops::TREE_INDEX_MAX;
 
+/// An object was found at `path`: fine, unless the path was written
+/// `NAME/`, which names a directory (`not_a_directory`, as the kernel's
+/// ENOTDIR answers on a directory root).
+fn file_found(path: &str) -> Result<(), Fault> {
+    match Sandbox::relative(path)?.names_dir() {
+        true => Err(Fault::NotADirectory { path: path.to_owned() }),
+        false => Ok(()),
+    }
+}
+
 /// Why a bucket root cannot be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -574,11 +584,7 @@ impl Bucket {
             return Ok(dir_entry(".".to_owned(), 0));
         };
         if let Some(object) = self.head(&key).await.map_err(|e| store_fault(path, e))? {
-            // `NAME/` names a directory, and a file is there: as a
-            // directory root answers.
-            if Sandbox::relative(path)?.names_dir() {
-                return Err(Fault::NotADirectory { path: path.to_owned() });
-            }
+            file_found(path)?;
             return Ok(object_entry(name, &object));
         }
         // A directory is there when any key is below it: the first one

@@ -259,11 +259,7 @@ impl Bucket {
                 Err(r) => Err(r),
             };
         };
-        // `NAME/` names a directory, and a file is there: as a directory
-        // root answers (the kernel's ENOTDIR).
-        if Sandbox::relative(path)?.names_dir() {
-            return Err(Fault::NotADirectory { path: path.to_owned() });
-        }
+        super::file_found(path)?;
         tracing::debug!(path = %shown(path), size = object.size, hash_known = object.blake3.is_some(), "reading an object");
         let same =
             |range: Option<GetRange>| GetOptions { if_match: object.etag.clone(), range, ..GetOptions::default() };
