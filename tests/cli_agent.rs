@@ -253,7 +253,8 @@ fn ls_get_put_trees_and_several_sources() {
     assert_eq!(entries[0]["kind"], "file");
 
     // get -r back, then again: unchanged, skipped; a local edit (newer)
-    // is refused without --force, and nothing changed.
+    // is kept under --update (exit 3, named), and replaced by default: the
+    // source wins.
     let back = local.path().join("back");
     let out = framewire(&["get", "-r", a, "up/", back.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
@@ -264,13 +265,16 @@ fn ls_get_put_trees_and_several_sources() {
     assert!(out.status.success(), "{out:?}");
     assert!(text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
     std::fs::write(back.join("one.txt"), b"a local edit").unwrap();
-    let out = framewire(&["get", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
+    let out = framewire(&["get", "-u", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = text(&out.stderr);
-    assert!(err.contains("1 file(s) not replaced") && err.contains("use --force to replace them"), "{err}");
+    assert!(err.contains("1 file(s) not replaced") && err.contains("--force replaces them"), "{err}");
     assert!(err.contains("up/one.txt"), "{err}");
     assert_eq!(std::fs::read(back.join("one.txt")).unwrap(), b"a local edit");
-    let out = framewire(&["get", "--force", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
+    let out = framewire(&["get", "--ignore-existing", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
+    assert!(out.status.success() && text(&out.stderr).contains("already there"), "{out:?}");
+    assert_eq!(std::fs::read(back.join("one.txt")).unwrap(), b"a local edit");
+    let out = framewire(&["get", a, "up/one.txt", back.join("one.txt").to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(back.join("one.txt")).unwrap(), std::fs::read(tree.join("one.txt")).unwrap());
 
@@ -1119,9 +1123,9 @@ fn checksum_compares_contents() {
     std::fs::File::options().write(true).open(&f).unwrap().set_modified(when).unwrap();
     let out = framewire(&["put", a, f.to_str().unwrap(), "f.txt"]);
     assert!(out.status.success() && text(&out.stderr).contains("1 file(s) unchanged"), "{out:?}");
-    let out = framewire(&["put", "-c", a, f.to_str().unwrap(), "f.txt"]);
-    assert_eq!(out.status.code(), Some(3), "differs, and not older: refused: {out:?}");
-    let out = framewire(&["put", "-c", "--force", "-q", a, f.to_str().unwrap(), "f.txt"]);
+    let out = framewire(&["put", "-c", "-u", a, f.to_str().unwrap(), "f.txt"]);
+    assert_eq!(out.status.code(), Some(3), "differs, and not older: kept under --update: {out:?}");
+    let out = framewire(&["put", "-c", "-q", a, f.to_str().unwrap(), "f.txt"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(server.root.path().join("f.txt")).unwrap(), b"bbbb");
 
@@ -1909,14 +1913,87 @@ fn force_is_suggested_only_where_it_applies() {
         assert!(here.path().join("f.txt").is_dir());
     }
 
-    // A file in the way still suggests it, and --force replaces it.
+    // A newer file in the way under --update still suggests it, and
+    // --force replaces it.
     std::fs::write(here.path().join("g.txt"), b"local, newer").unwrap();
     std::fs::write(server.root.path().join("g.txt"), b"server").unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
     std::fs::File::options().write(true).open(server.root.path().join("g.txt")).unwrap().set_modified(old).unwrap();
-    let out = Command::new(BIN).args(["get", a, "g.txt"]).current_dir(here.path()).output().unwrap();
+    let out = Command::new(BIN).args(["get", "-u", a, "g.txt"]).current_dir(here.path()).output().unwrap();
     assert!(text(&out.stderr).contains("--force"), "{out:?}");
-    let out = Command::new(BIN).args(["get", "--force", a, "g.txt"]).current_dir(here.path()).output().unwrap();
+    let out = Command::new(BIN).args(["get", "-u", "--force", a, "g.txt"]).current_dir(here.path()).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(here.path().join("g.txt")).unwrap(), b"server");
+}
+
+/// Issue 30, points 9 and 10: the source wins by default (a rollback
+/// propagates), `--update` keeps newer receiver files (exit 3, also in a
+/// dry run), `--ignore-existing` copies only what is new; a dry run shows
+/// changes only, an existing empty directory is not "created" again, and
+/// `--itemize-changes` prints one rsync-style line per change.
+#[test]
+fn the_source_wins_and_changes_are_itemized() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let root = server.root.path();
+    let local = tempfile::tempdir().unwrap();
+    let t = local.path().join("t");
+    std::fs::create_dir_all(t.join("empty")).unwrap();
+    std::fs::create_dir_all(t.join("sub")).unwrap();
+    for (name, body) in [("a.txt", "a"), ("sub/b.txt", "b"), ("sub/c.txt", "c")] {
+        std::fs::write(t.join(name), body).unwrap();
+    }
+    let contents = format!("{}/", t.display());
+
+    let out = framewire(&["put", "-r", "-n", "--itemize-changes", a, &contents, "m"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    for line in ["cd+++++++++ m/\n", "cd+++++++++ m/empty/\n", "<f+++++++++ m/a.txt\n", "<f+++++++++ m/sub/b.txt\n"] {
+        assert!(said.contains(line), "{line:?} in {said}");
+    }
+    let out = framewire(&["put", "-r", "-q", "--itemize-changes", a, &contents, "m"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).lines().count(), 6, "3 directories, 3 files: {out:?}");
+
+    // Nothing changed: nothing printed, the empty directory included.
+    for args in [&["put", "-r", "-n", "--itemize-changes"][..], &["put", "-r", "-n"][..]] {
+        let out = framewire(&[args, &[a, contents.as_str(), "m"]].concat());
+        assert!(out.status.success() && out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
+    let out = framewire(&["-v", "put", "-r", "-n", a, &contents, "m"]);
+    assert!(text(&out.stdout).contains("unchanged"), "-v shows the unchanged: {out:?}");
+
+    // One file rolled back on the source (older, another size): one line,
+    // and the copy replaces it.
+    std::fs::write(t.join("sub/b.txt"), b"an older b").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options().write(true).open(t.join("sub/b.txt")).unwrap().set_modified(old).unwrap();
+    let out = framewire(&["put", "-r", "-n", "--itemize-changes", a, &contents, "m"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "<f.st...... m/sub/b.txt\n");
+    let out = framewire(&["put", "-r", "-u", "-n", a, &contents, "m"]);
+    assert_eq!(out.status.code(), Some(3), "--update keeps the newer server file, and says so: {out:?}");
+    let out = framewire(&["put", "-r", "-u", "-q", a, &contents, "m"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(std::fs::read(root.join("m/sub/b.txt")).unwrap(), b"b");
+    let out = framewire(&["put", "-r", "--ignore-existing", "-q", a, &contents, "m"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(root.join("m/sub/b.txt")).unwrap(), b"b", "--ignore-existing");
+    let out = framewire(&["put", "-r", "-q", a, &contents, "m"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(root.join("m/sub/b.txt")).unwrap(), b"an older b", "the source wins");
+
+    // Downward, and a mirror's removals.
+    let back = local.path().join("back");
+    let out = framewire(&["get", "-r", "-q", a, "m/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(back.join("extra"), b"x").unwrap();
+    std::fs::write(root.join("m/a.txt"), b"a, changed on the server").unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(root.join("m/a.txt")).unwrap().set_modified(later).unwrap();
+    let out = framewire(&["get", "-r", "-n", "--delete", "--itemize-changes", a, "m/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stdout);
+    let want = format!(">f.st...... {}\n*deleting   {}\n", back.join("a.txt").display(), back.join("extra").display());
+    assert_eq!(said, want);
 }

@@ -1074,16 +1074,25 @@ async fn tree_copy_api_plans_runs_and_reports() {
     assert_eq!((summary.files, summary.unchanged), (0, 2));
     assert_eq!(std::fs::metadata(back.join("a/b/c.bin")).unwrap().ino(), ino);
 
-    // A receiver file that differs and is newer is refused, listed; an
-    // older one is replaced; with force both are.
+    // Under --update a receiver file that differs and is newer is kept,
+    // listed; an older one is replaced; by default (the source wins) both
+    // are.
     let ours = back.join("top.txt");
     std::fs::write(&ours, b"mine").unwrap();
-    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::new(true, false)).await.unwrap();
+    let update = PlanOptions::new(true, false).with_existing(tree::Existing::Update);
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, update.clone()).await.unwrap();
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert_eq!(summary.refused, ["up/top.txt"]);
     assert_eq!(std::fs::read(&ours).unwrap(), b"mine");
-    std::fs::File::options().write(true).open(&ours).unwrap().set_modified(std::time::UNIX_EPOCH).unwrap();
+    let ignore = PlanOptions::new(true, false).with_existing(tree::Existing::Ignore);
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, ignore).await.unwrap();
+    assert_eq!((plan.jobs.len(), plan.unchanged.len(), plan.refused.len()), (0, 2, 0), "--ignore-existing");
     let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, PlanOptions::new(true, false)).await.unwrap();
+    assert_eq!(plan.jobs.len(), 1, "the source wins: {plan:?}");
+    assert!(plan.jobs[0].replace);
+    std::fs::write(&ours, b"mine").unwrap();
+    std::fs::File::options().write(true).open(&ours).unwrap().set_modified(std::time::UNIX_EPOCH).unwrap();
+    let plan = tree::plan_get(&mut client, &["up".to_owned()], &into, update).await.unwrap();
     assert_eq!(plan.jobs.len(), 1);
     assert!(plan.jobs[0].replace);
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
@@ -1096,8 +1105,8 @@ async fn tree_copy_api_plans_runs_and_reports() {
         .unwrap();
     assert_eq!((plan.jobs.len(), plan.unchanged.len()), (0, 2), "{plan:?}");
     std::fs::write(src.join("top.txt"), b"top, changed").unwrap();
-    // Changed later than the copy the server holds (the same second would
-    // be "not older", and refused).
+    // Changed later than the copy the server holds (under --update the
+    // same second would be "not older", and kept).
     let later = mtime(&src.join("top.txt")) + Duration::from_secs(10);
     std::fs::File::options().write(true).open(src.join("top.txt")).unwrap().set_modified(later).unwrap();
     let plan = tree::plan_put(&mut client, std::slice::from_ref(&contents), Some("up"), PlanOptions::new(true, false))

@@ -379,16 +379,17 @@ async fn put_and_get_on_twenty_hosts_verified_on_each() {
     }
     assert!(text(&out.stderr).contains("framewire: unreachable: n21\n"), "{out:?}");
 
-    // A file that differs on one host and is not older: refused there only.
+    // A file that differs on one host and is not older: kept there only
+    // under --update; replaced by default (the source wins).
     let n05 = f.root("n05").join("www/index.html");
     std::fs::write(&n05, "changed there").unwrap();
-    let out = f.run(&["put", "-w", "n[01-20]", "-r", "-c", site.to_str().unwrap(), "www"]);
+    let out = f.run(&["put", "-w", "n[01-20]", "-r", "-c", "-u", site.to_str().unwrap(), "www"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("framewire: n05: 1 file(s) not replaced"), "{err}");
     assert!(err.contains("framewire: files not replaced (--force replaces them): n05\n"), "{err}");
     assert_eq!(std::fs::read(&n05).unwrap(), b"changed there");
-    let out = f.run(&["put", "-w", "n[01-20]", "-r", "-c", "--force", site.to_str().unwrap(), "www"]);
+    let out = f.run(&["put", "-w", "n[01-20]", "-r", "-c", site.to_str().unwrap(), "www"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&n05).unwrap(), b"<h1>hi</h1>");
 

@@ -129,9 +129,18 @@ pub struct TransferArgs {
     /// Copy directory trees.
     #[arg(short = 'r', long)]
     recursive: bool,
-    /// Replace existing files.
+    /// Replace what differs whatever its age, even under --update, and a
+    /// symlink or special file holding a file's name.
     #[arg(short = 'f', long)]
     force: bool,
+    /// Keep receiver files that differ and are newer than the source's (or
+    /// as new), listing them (exit 3); by default the source wins.
+    #[arg(short = 'u', long, conflicts_with = "ignore_existing")]
+    update: bool,
+    /// Leave alone every file the receiver already has, however it
+    /// differs: only new files are copied.
+    #[arg(long)]
+    ignore_existing: bool,
     /// Transfer up to N files at once, each over its own connection
     /// (default 4, or the config file's `jobs`).
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -144,10 +153,17 @@ pub struct TransferArgs {
     /// No progress bars and no summary.
     #[arg(short = 'q', long)]
     quiet: bool,
-    /// Print what would be sent, replaced, left unchanged and refused, and
-    /// change nothing.
+    /// Print what would change (sent, replaced, created, deleted, kept
+    /// under --update; with -v the unchanged too), and change nothing; the
+    /// exit code is the one the copy would have.
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// One line on stdout per change made, in rsync's form (`<f+++++++++
+    /// new.txt`, `>f.st...... changed.txt`, `cd+++++++++ dir/`,
+    /// `*deleting   old.txt`); unchanged files print nothing. (`-i` is the
+    /// identity file, as in ssh.)
+    #[arg(long)]
+    itemize_changes: bool,
     /// Leave out paths of a copied tree matching PATTERN (gitignore-style:
     /// `*.o`, `/build`, `cache/`, `docs/**/*.tmp`). Repeatable.
     #[arg(long, value_name = "PATTERN")]
@@ -180,7 +196,15 @@ impl TransferArgs {
             exclude.extend(Filter::patterns_from(&text));
         }
         let filter = Filter::new(&exclude, &self.include)?;
+        let existing = if self.update {
+            tree::Existing::Update
+        } else if self.ignore_existing {
+            tree::Existing::Ignore
+        } else {
+            tree::Existing::Replace
+        };
         Ok(PlanOptions::new(self.recursive, self.force)
+            .with_existing(existing)
             .with_filter(filter)
             .with_delete(self.delete)
             .with_checksum(self.checksum))
@@ -426,37 +450,43 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     copy(&endpoint, plan, &opts, target.jobs).await
 }
 
-/// What a copy would do, one line a path on stdout, changing nothing.
-fn dry_run(plan: &Plan) -> ExitCode {
+/// What a copy would do, one line a change on stdout (and, with `-v`, a
+/// line for each file left unchanged), changing nothing; the exit code is
+/// the one the copy would end with.
+fn dry_run(plan: &Plan, itemize: bool) -> ExitCode {
     let direction = plan.direction;
-    for dir in &plan.mkdirs {
-        say!("mkdir      {}", printable(dir));
-    }
-    for dir in &plan.local_dirs {
-        if !dir.is_dir() {
-            say!("mkdir      {}", printable(&dir.display().to_string()));
+    if itemize {
+        for change in &plan.changes {
+            say!("{}", printable(&change.to_string()));
+        }
+    } else {
+        for change in plan.changes.iter().filter(|c| c.code.starts_with("cd")) {
+            say!("mkdir      {}", printable(&change.path));
+        }
+        for job in &plan.jobs {
+            let verb = if job.replace { "replace  " } else { "send     " };
+            say!("{verb}  {} ({} bytes)", printable(&job.source(direction)), job.size);
+        }
+        for change in plan.changes.iter().filter(|c| c.code.starts_with('*')) {
+            say!("delete     {}", printable(&change.path));
         }
     }
-    for job in &plan.jobs {
-        let verb = if job.replace { "replace  " } else { "send     " };
-        say!("{verb}  {} ({} bytes)", printable(&job.source(direction)), job.size);
-    }
-    for job in &plan.unchanged {
-        say!("unchanged  {}", printable(&job.source(direction)));
+    if super::verbose() {
+        for job in &plan.unchanged {
+            say!("unchanged  {}", printable(&job.source(direction)));
+        }
     }
     for job in &plan.refused {
-        say!("refuse     {} (differs and is not older; --force replaces it)", printable(&job.source(direction)));
-    }
-    for path in &plan.delete_remote {
-        say!("delete     {}", printable(path));
-    }
-    for (root, rel) in &plan.delete_local {
-        say!("delete     {}", printable(&root.join(rel).display().to_string()));
+        say!("keep       {} (differs and is not older: --update)", printable(&job.source(direction)));
     }
     for f in &plan.failures {
         say!("fail       {}: {}", printable(&f.path), printable(&super::explained(&f.error)));
     }
-    ExitCode::SUCCESS
+    match (plan.failures.is_empty(), plan.refused.is_empty()) {
+        (true, true) => ExitCode::SUCCESS,
+        (true, false) => ExitCode::from(REFUSED),
+        _ => ExitCode::FAILURE,
+    }
 }
 
 /// A BLAKE3 as `-v` shows it: its first 16 hex digits.
@@ -490,7 +520,7 @@ fn log_decisions(plan: &Plan, checksum: bool) {
         tracing::debug!("skipping {}: unchanged ({why_same})", printable(&job.source(direction)));
     }
     for job in &plan.refused {
-        tracing::debug!("not replacing {}: differs and is not older", printable(&job.source(direction)));
+        tracing::debug!("not replacing {}: differs and is not older (--update)", printable(&job.source(direction)));
     }
     for job in &plan.jobs {
         let verb = if job.replace { "replacing" } else { "sending" };
@@ -508,9 +538,10 @@ fn log_decisions(plan: &Plan, checksum: bool) {
 /// per failure.
 async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option<usize>) -> anyhow::Result<ExitCode> {
     if opts.dry_run {
-        return Ok(dry_run(&plan));
+        return Ok(dry_run(&plan, opts.itemize_changes));
     }
     log_decisions(&plan, opts.checksum);
+    let changes = if opts.itemize_changes { plan.changes.clone() } else { Vec::new() };
     let bars = Arc::new(Bars::new(&plan, opts.quiet));
     let jobs = opts.jobs.map(usize::from).or(jobs).unwrap_or(super::config::DEFAULT_JOBS);
     let options = CopyOptions::new(opts.force, jobs);
@@ -519,6 +550,15 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
         total.finish_and_clear();
     }
     let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted, skipped, replaced } = summary;
+    // What was done, not what failed; a mirror deletes nothing after a
+    // failure.
+    let failed: std::collections::HashSet<&str> = failures.iter().map(|f| f.path.as_str()).collect();
+    for change in &changes {
+        let deletion = change.code.starts_with('*');
+        if !failed.contains(change.source.as_str()) && !(deletion && !failures.is_empty()) {
+            say!("{}", printable(&change.to_string()));
+        }
+    }
     for path in &replaced {
         eprintln!(
             "framewire: replaced {} with a directory (a copy never follows a link below its destination)",
@@ -536,7 +576,14 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
         );
     }
     if !opts.quiet && unchanged > 0 {
-        eprintln!("{unchanged} file(s) unchanged (same size and modification time), not sent");
+        let why = if opts.ignore_existing {
+            "already there (--ignore-existing)"
+        } else if opts.checksum {
+            "unchanged (same BLAKE3)"
+        } else {
+            "unchanged (same size and modification time)"
+        };
+        eprintln!("{unchanged} file(s) {why}, not sent");
     }
     if !opts.quiet && deleted > 0 {
         eprintln!("{deleted} path(s) deleted (not in the source)");
@@ -559,7 +606,7 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
     }
     if !refused.is_empty() {
         eprintln!(
-            "framewire: {} file(s) not replaced: the receiver's differ and are not older (use --force to replace them):",
+            "framewire: {} file(s) not replaced: the receiver's differ and are not older (--update keeps them; --force replaces them):",
             refused.len()
         );
         for path in &refused {

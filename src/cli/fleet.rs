@@ -870,7 +870,7 @@ fn copy_lines(name: &str, s: &Summary, quiet: bool) -> Vec<String> {
     }
     if !s.refused.is_empty() {
         lines.push(format!(
-            "framewire: {name}: {} file(s) not replaced: the receiver's differ and are not older (use --force to replace them)",
+            "framewire: {name}: {} file(s) not replaced: the receiver's differ and are not older (--update keeps them; --force replaces them)",
             s.refused.len()
         ));
     }

@@ -50,6 +50,7 @@ pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
 use crate::proto::{Entry, ErrorCode, Kind};
 use crate::services::root::{is_partial_name, Root};
+pub use crate::services::sync::Existing;
 pub use crate::session::SharedReads;
 
 /// Where a copy's connections go: the server's address and the key, if
@@ -141,8 +142,11 @@ pub struct Plan {
     /// The files to copy, in order.
     pub jobs: Vec<Job>,
     /// Remote directories to create because no file below creates them
-    /// (uploads).
+    /// and the server does not hold them (uploads).
     pub mkdirs: Vec<String>,
+    /// Every directory of the uploaded trees, by its server path, the
+    /// tree's own first (uploads).
+    pub dirs: Vec<String>,
     /// Local directories to create, empty ones too (downloads); planning
     /// itself changes nothing, [`run`] creates them first.
     pub local_dirs: Vec<PathBuf>,
@@ -165,9 +169,78 @@ pub struct Plan {
     /// Left out because the receiver has them already: the same size and
     /// modification time (rsync's quick check).
     pub unchanged: Vec<Job>,
-    /// Left out because the receiver's file differs and is not older than
-    /// the source's; replaced only with `force`.
+    /// Left out under [`Existing::Update`] because the receiver's file
+    /// differs and is not older than the source's; replaced with `force`.
     pub refused: Vec<Job>,
+    /// What each job changes on the receiver, in rsync's
+    /// `--itemize-changes` form, in the order of [`Plan::jobs`] (see
+    /// [`Change`]).
+    pub changes: Vec<Change>,
+}
+
+/// One change a copy makes to the receiver, as rsync's
+/// `--itemize-changes` writes it: an 11-character code `YXcstpoguax` and
+/// the path. `Y` is `<` (sent to the server) or `>` (received), `c` for
+/// a directory or link created, `*` for a message (`*deleting`); `X` the
+/// kind (`f` file, `d` directory, `L` symlink, `D` special); then one
+/// letter per attribute that differs (`c` contents compared and
+/// different, `s` size, `t` modification time, `p` permissions) or `.`,
+/// and all `+` for something new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The code, 11 characters (or `*deleting`).
+    pub code: String,
+    /// The receiver's path: the server's for an upload, the local one for
+    /// a download.
+    pub path: String,
+    /// The source path, as failures name it.
+    pub source: String,
+}
+
+impl Change {
+    /// A file copied over `held` (nothing, or a file of that size and
+    /// mtime); `differs` when contents were compared and differ.
+    fn file(direction: Direction, job: &Job, held: Option<Option<(u64, i64)>>, differs: bool) -> Change {
+        let y = match direction {
+            Direction::Put => '<',
+            Direction::Get => '>',
+        };
+        let code = match held {
+            None => format!("{y}f+++++++++"),
+            Some(Some((size, mtime))) => {
+                let flag = |on: bool, c: char| if on { c } else { '.' };
+                format!(
+                    "{y}f{}{}{}......",
+                    flag(differs, 'c'),
+                    flag(size != job.size, 's'),
+                    flag(mtime != job.mtime, 't')
+                )
+            }
+            // A link or special file replaced by a file.
+            Some(None) => format!("{y}f+++++++++"),
+        };
+        let path = match direction {
+            Direction::Put => job.remote.clone(),
+            Direction::Get => job.local.display().to_string(),
+        };
+        Change { code, path, source: job.source(direction) }
+    }
+
+    /// A directory created (`path` as shown, a `/` added).
+    pub fn mkdir(path: &str) -> Change {
+        Change { code: "cd+++++++++".into(), path: format!("{}/", path.trim_end_matches('/')), source: path.into() }
+    }
+
+    /// A path a mirror removes.
+    pub fn deleting(path: &str) -> Change {
+        Change { code: "*deleting  ".into(), path: path.into(), source: path.into() }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.path)
+    }
 }
 
 impl Plan {
@@ -176,6 +249,7 @@ impl Plan {
             direction,
             jobs: Vec::new(),
             mkdirs: Vec::new(),
+            dirs: Vec::new(),
             local_dirs: Vec::new(),
             delete_remote: Vec::new(),
             delete_local: Vec::new(),
@@ -184,6 +258,7 @@ impl Plan {
             failures: Vec::new(),
             unchanged: Vec::new(),
             refused: Vec::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -192,22 +267,33 @@ impl Plan {
     /// `same`, when known, says whether the contents are the same (by
     /// BLAKE3, for `checksum`); otherwise the same size and mtime mean
     /// the same file.
-    fn decide(&mut self, mut job: Job, receiver: Option<Option<(u64, i64)>>, force: bool, same: Option<bool>) {
+    fn decide(&mut self, mut job: Job, receiver: Option<Option<(u64, i64)>>, rule: Rule, same: Option<bool>) {
         use crate::services::sync::{self, Held, Same, Verdict};
+        let Rule { existing, force } = rule;
         let held = match receiver {
             None => Held::Nothing,
             Some(Some((size, mtime))) => Held::File { size, mtime },
             Some(None) => Held::Other,
         };
+        let differs = same == Some(false);
         let same = || same.map_or(Same::Unknown, Same::Known);
-        match sync::decide(held, job.size, job.mtime, same, force) {
+        match sync::decide(held, (job.size, job.mtime), same, existing, force) {
             Verdict::Send { replace } => {
                 job.replace |= replace;
+                self.changes.push(Change::file(self.direction, &job, receiver, differs));
                 self.jobs.push(job);
             }
-            Verdict::Unchanged => self.unchanged.push(job),
+            Verdict::Unchanged | Verdict::Kept => self.unchanged.push(job),
             Verdict::NotOlder | Verdict::IsDir | Verdict::NotAFile => self.refused.push(job),
         }
+    }
+
+    /// Adds the mirror's removals to [`Plan::changes`].
+    fn itemize_deletions(&mut self) {
+        let remote = self.delete_remote.iter().map(|p| Change::deleting(p));
+        let local = self.delete_local.iter().map(|(root, rel)| Change::deleting(&root.join(rel).display().to_string()));
+        let gone: Vec<Change> = remote.chain(local).collect();
+        self.changes.extend(gone);
     }
 
     /// Bytes of all the jobs.
@@ -222,8 +308,14 @@ impl Plan {
 pub struct PlanOptions {
     /// Copy directories, and everything below them.
     pub recursive: bool,
-    /// Replace receiver files that differ even when they are not older.
+    /// Replace receiver files that differ even when they are not older
+    /// (under [`Existing::Update`]), and symlinks and special files that
+    /// hold a file's name.
     pub force: bool,
+    /// Who wins when the receiver's file differs: the source (the
+    /// default), the newer file (`--update`), or the receiver whatever it
+    /// holds (`--ignore-existing`).
+    pub existing: Existing,
     /// What to leave out of the directories copied.
     pub filter: Filter,
     /// Mirror: remove what the receiver has below a copied directory and
@@ -238,7 +330,25 @@ pub struct PlanOptions {
 impl PlanOptions {
     /// Options as given, nothing left out.
     pub fn new(recursive: bool, force: bool) -> Self {
-        PlanOptions { recursive, force, filter: Filter::default(), delete: false, checksum: false }
+        PlanOptions {
+            recursive,
+            force,
+            existing: Existing::Replace,
+            filter: Filter::default(),
+            delete: false,
+            checksum: false,
+        }
+    }
+
+    /// The same, with `existing` deciding who wins (see
+    /// [`PlanOptions::existing`]).
+    pub fn with_existing(mut self, existing: Existing) -> Self {
+        self.existing = existing;
+        self
+    }
+
+    fn rule(&self) -> Rule {
+        Rule { existing: self.existing, force: self.force }
     }
 
     /// The same, comparing contents (see [`PlanOptions::checksum`]).
@@ -262,6 +372,14 @@ impl PlanOptions {
 
 /// A regular file's size and mtime; `None` for anything else.
 type Held = Option<(u64, i64)>;
+
+/// How a plan decides a file the receiver holds: [`PlanOptions::existing`]
+/// and [`PlanOptions::force`].
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    existing: Existing,
+    force: bool,
+}
 
 /// The BLAKE3 (hex) of a local file, read on a blocking thread; `None` if
 /// it cannot be read.
@@ -364,7 +482,8 @@ pub async fn plan_get(
     dest: &Path,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force, filter, delete, checksum } = options;
+    let rule = options.rule();
+    let PlanOptions { recursive, filter, delete, checksum, .. } = options;
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let mut plan = Plan::new(Direction::Get);
     let into_dir = dest.is_dir() || sources.len() > 1 || slash;
@@ -452,14 +571,18 @@ pub async fn plan_get(
         Some(root) if dest_dir == dest => root,
         _ => open_below(&dest_dir),
     };
-    decide_gets(&mut plan, found, root.as_ref(), &dest_dir, force).await;
+    let made: Vec<Change> =
+        plan.local_dirs.iter().filter(|d| !d.is_dir()).map(|d| Change::mkdir(&d.display().to_string())).collect();
+    plan.changes.extend(made);
+    decide_gets(&mut plan, found, root.as_ref(), &dest_dir, rule).await;
+    plan.itemize_deletions();
     Ok(plan)
 }
 
 /// Decides each file a download found against what `dest_dir` (opened as
 /// `root`) holds: a directory in the way fails it, an equal file (by hash
 /// where both are known) leaves it out.
-async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest_dir: &Path, force: bool) {
+async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest_dir: &Path, rule: Rule) {
     for job in found {
         let rel = rel_below(dest_dir, &job.local);
         if rel.as_deref().is_some_and(|rel| dir_at(root, rel)) {
@@ -481,7 +604,7 @@ async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest
             }
             _ => None,
         };
-        plan.decide(job, held, force, same);
+        plan.decide(job, held, rule, same);
     }
 }
 
@@ -585,8 +708,8 @@ fn extras<'a>(
     out
 }
 
-/// What the server holds below `target` (a directory being uploaded to):
-/// each file's size and mtime by its remote path; other kinds as `None`.
+/// Whether the server holds `target` (a directory being uploaded to), and
+/// what it holds below it.
 /// With `delete`, a directory the server could not read is a failure
 /// (what it holds is unknown, so the mirror removes nothing); without, it
 /// only holds nothing known (a file sent into it fails on its own).
@@ -595,7 +718,7 @@ async fn held_remotely(
     target: &str,
     hashed: bool,
     (delete, failures): (bool, &mut Vec<Failure>),
-) -> Result<Vec<Entry>, ClientError> {
+) -> Result<(bool, Vec<Entry>), ClientError> {
     match client.tree_with_skips(target, hashed).await {
         Ok(listed) => {
             if delete {
@@ -604,9 +727,9 @@ async fn held_remotely(
                     failures.push(Failure { path: join_remote(target, &skip.path), error });
                 }
             }
-            Ok(listed.entries)
+            Ok((true, listed.entries))
         }
-        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok(Vec::new()),
+        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok((false, Vec::new())),
         Err(e) => Err(e),
     }
 }
@@ -631,7 +754,8 @@ pub async fn plan_put(
     dest: Option<&str>,
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let PlanOptions { recursive, force, filter, delete, checksum } = options;
+    let rule = options.rule();
+    let PlanOptions { recursive, filter, delete, checksum, .. } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -654,7 +778,7 @@ pub async fn plan_put(
         if !meta.is_dir() {
             let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
             let job = plan_one_put(client, path, &meta, target, checksum).await.map_err(source)?;
-            plan.decide(job.0, job.1, force, job.2);
+            plan.decide(job.0, job.1, rule, job.2);
             continue;
         }
         if !recursive {
@@ -664,7 +788,8 @@ pub async fn plan_put(
         // `DIR` the directory itself.
         let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
-        let entries = held_remotely(client, &target, checksum, (delete, &mut plan.failures)).await.map_err(source)?;
+        let (target_is_dir, entries) =
+            held_remotely(client, &target, checksum, (delete, &mut plan.failures)).await.map_err(source)?;
         // The tree as the user named it (followed, as cp and rsync do);
         // everything below is opened beneath it.
         let root = Root::open(path).map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
@@ -672,12 +797,19 @@ pub async fn plan_put(
         let mut found = Vec::new();
         // Only a mirror needs to know every path the source holds.
         let mut seen = delete.then(std::collections::HashSet::new);
+        let first_dir = plan.dirs.len();
+        let first_mkdir = plan.mkdirs.len();
+        if !target.is_empty() {
+            plan.dirs.push(target.clone());
+        }
         let creates = walk(&mut plan, (&mut found, &mut seen), (&base, path, ""), &target, &filter);
         if let Some(seen) = seen {
             let held = entries.iter().map(|e| (e.name.as_str(), e.kind == Kind::Dir));
             let gone = extras(held, |n| seen.contains(n), &filter);
             plan.delete_remote.extend(gone.into_iter().map(|rel| join_remote(&target, rel)));
         }
+        let held_dirs: std::collections::HashSet<String> =
+            entries.iter().filter(|e| e.kind == Kind::Dir).map(|e| e.name.clone()).collect();
         // By the name relative to the target (the listing's own strings):
         // one string less per file of a large tree.
         let held: HashMap<String, (Held, Option<String>)> = entries
@@ -688,6 +820,22 @@ pub async fn plan_put(
         if !creates && !target.is_empty() {
             plan.mkdirs.push(target.clone());
         }
+        // What the server holds already is neither made nor shown made.
+        let is_dir = |d: &String| {
+            let rel = below(&target, d);
+            (d == &target && target_is_dir) || (d != &target && held_dirs.contains(rel))
+        };
+        let mut k = first_mkdir;
+        while k < plan.mkdirs.len() {
+            if is_dir(&plan.mkdirs[k]) {
+                plan.mkdirs.remove(k);
+            } else {
+                k += 1;
+            }
+        }
+        let made: Vec<Change> =
+            plan.dirs[first_dir..].iter().filter(|d| !is_dir(d)).map(|d| Change::mkdir(d)).collect();
+        plan.changes.extend(made);
         for job in found {
             let (receiver, theirs) = match held.get(below(&target, &job.remote)) {
                 Some((state, hash)) => (Some(*state), hash.as_deref()),
@@ -700,9 +848,10 @@ pub async fn plan_put(
                 }
                 _ => None,
             };
-            plan.decide(job, receiver, force, same);
+            plan.decide(job, receiver, rule, same);
         }
     }
+    plan.itemize_deletions();
     Ok(plan)
 }
 
@@ -824,6 +973,7 @@ fn walk(
             seen.insert(child_rel.clone());
         }
         if kind == FileType::Directory {
+            plan.dirs.push(child.clone());
             if !walk(plan, (&mut *found, &mut *seen), (base, &path, &child_rel), &child, filter) {
                 plan.mkdirs.push(child);
             }
@@ -944,6 +1094,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         direction,
         mut jobs,
         mkdirs,
+        dirs: _,
         local_dirs,
         skipped,
         failures,
@@ -952,6 +1103,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         delete_remote,
         delete_local,
         dest_dir,
+        changes: _,
     } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary =

@@ -327,15 +327,18 @@ pub(in crate::server) fn judge(
         None if e.replace => Same::Known(false),
         None => Same::Unknown,
     };
-    // `replace` in an entry asks for this one file what `force` asks for all.
-    let verdict = sync::decide(held, e.size, e.mtime, same, force || e.replace);
+    // `replace` in an entry asks for this one file what `force` asks for
+    // all. An entry without it named a path the sender saw empty (or
+    // older): what appeared there meanwhile is replaced only if older, as
+    // `--update` would (the sender's own rule was applied to what it saw).
+    let verdict = sync::decide(held, (e.size, e.mtime), same, sync::Existing::Update, force || e.replace);
     if let Some(r) = failed {
         return Err(r);
     }
     let path = full.to_owned();
     match verdict {
         Verdict::Send { replace } => Ok(Some(replace)),
-        Verdict::Unchanged => Ok(None),
+        Verdict::Unchanged | Verdict::Kept => Ok(None),
         Verdict::IsDir => Err(Fault::IsADirectory { path }),
         Verdict::NotOlder => Err(Fault::NotOlder { path }),
         Verdict::NotAFile => Err(Fault::NotAFile { path }),
