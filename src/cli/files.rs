@@ -555,7 +555,7 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
     let failed: std::collections::HashSet<&str> = failures.iter().map(|f| f.path.as_str()).collect();
     for change in &changes {
         let deletion = change.code.starts_with('*');
-        if !failed.contains(change.source.as_str()) && !(deletion && !failures.is_empty()) {
+        if !failed.contains(change.source.as_str()) && (!deletion || failures.is_empty()) {
             say!("{}", printable(&change.to_string()));
         }
     }
