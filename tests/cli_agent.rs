@@ -614,8 +614,10 @@ fn put_never_follows_a_link_out_of_the_tree() {
     std::os::unix::fs::symlink("sub/real.txt", t.join("odd\x1b]0;name")).unwrap();
     std::os::unix::fs::symlink("../hostname", t.join("out\x1b[31m")).unwrap();
 
+    // -L follows links to files inside the tree (by default they are
+    // copied as links, issue 30; tests/fidelity.rs).
     let contents = format!("{}/", t.display());
-    let out = framewire(&["put", "-r", a, &contents, "up"]);
+    let out = framewire(&["put", "-r", "-L", a, &contents, "up"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let err = text(&out.stderr);
     let skips: Vec<&str> =

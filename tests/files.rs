@@ -1130,7 +1130,7 @@ async fn raw_tree_put(server: &TestServer, base: &str) -> (RawReader, RawWriter)
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreePut(proto::TreePut { path: base.into(), force: false }), &[]).await.unwrap();
+    w.send(&Message::TreePut(proto::TreePut { path: base.into(), force: false, meta: false }), &[]).await.unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     assert!(matches!(m, Message::TreeReady(_)), "{m:?}");
@@ -1199,7 +1199,15 @@ async fn a_hostile_manifest_is_refused_entry_by_entry() {
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     assert!(matches!(m, Message::WantsEnd(proto::WantsEnd { count: 10 })), "{m:?}");
     for (i, body) in [(5u64, &b"ok"[..]), (7, b"d"), (8, b"i")] {
-        let head = proto::TreeFile { len: body.len() as u64, i, offset: 0, size: body.len() as u64, mtime: 0, mode: 0 };
+        let head = proto::TreeFile {
+            len: body.len() as u64,
+            i,
+            offset: 0,
+            size: body.len() as u64,
+            mtime: 0,
+            mode: 0,
+            mtime_ns: None,
+        };
         w.feed(&Message::TreeFile(head), body).await.unwrap();
         let hash = blake3_hex(body);
         w.feed(&Message::Checksum(proto::Checksum { blake3: hash }), &[]).await.unwrap();
@@ -1470,7 +1478,7 @@ async fn a_client_leaving_mid_listing_stops_the_walk() {
         let (read, write) = sock.into_split();
         let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
         w.feed_preface(Preface::default());
-        let list = proto::TreeList { path: String::new(), blake3: false, skips: false };
+        let list = proto::TreeList { path: String::new(), blake3: false, skips: false, meta: false };
         w.send(&Message::TreeList(list), &[]).await.unwrap();
         r.read_preface().await.unwrap();
         let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();

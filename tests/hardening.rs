@@ -353,7 +353,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
         serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap()
     }
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false }), &[]).await.unwrap();
+    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: false }), &[]).await.unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
     manifest(&mut w, &[entry("../out", 3), entry("a", 3), entry("a", 3)]).await;
     assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
@@ -363,7 +363,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
     assert_eq!((send, refused), (vec![(1, 0)], vec![(0, ErrorCode::BadPath), (2, ErrorCode::BadRequest)]));
     w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 3 }), &[]).await.unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(proto::WantsEnd { count: 3 }))));
-    let file = proto::TreeFile { len: 3, i: 1, offset: 0, size: 3, mtime: 1_600_000_000, mode: 0o644 };
+    let file = proto::TreeFile { len: 3, i: 1, offset: 0, size: 3, mtime: 1_600_000_000, mode: 0o644, mtime_ns: None };
     w.send(&Message::TreeFile(file), b"abc").await.unwrap();
     let wrong = blake3::hash(b"xyz").to_hex().to_string();
     w.send(&Message::Checksum(proto::Checksum { blake3: wrong }), &[]).await.unwrap();
@@ -387,7 +387,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
 
     for late_manifest in [false, true] {
         let (mut r, mut w) = raw(root.addr).await;
-        w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false }), &[]).await.unwrap();
+        w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false }), &[]).await.unwrap();
         assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
         manifest(&mut w, &[entry("b", 1)]).await;
         assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
@@ -397,7 +397,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
             assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(_))));
             manifest(&mut w, &[entry("c", 1)]).await;
         } else {
-            let file = proto::TreeFile { len: 1, i: 7, offset: 0, size: 1, mtime: 1, mode: 0o644 };
+            let file = proto::TreeFile { len: 1, i: 7, offset: 0, size: 1, mtime: 1, mode: 0o644, mtime_ns: None };
             w.send(&Message::TreeFile(file), b"z").await.unwrap();
         }
         let what = if late_manifest { "manifest after manifest_end" } else { "tree_file not wanted" };
@@ -871,7 +871,7 @@ async fn announce_until_refused(addr: &str, pid: u32) -> u64 {
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreePut(proto::TreePut { path: "up".into(), force: false }), &[]).await.unwrap();
+    w.send(&Message::TreePut(proto::TreePut { path: "up".into(), force: false, meta: false }), &[]).await.unwrap();
     r.read_preface().await.unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
     let before = rss_of(pid);

@@ -141,6 +141,15 @@ pub struct TransferArgs {
     /// differs: only new files are copied.
     #[arg(long)]
     ignore_existing: bool,
+    /// put: follow a symlink to a file inside the tree and send the file
+    /// under the link's name, instead of copying the link as a link (the
+    /// default). A link leading out of the tree is never followed.
+    #[arg(short = 'L', long)]
+    copy_links: bool,
+    /// As rsync users type it: -r with links, hard links, modes and times
+    /// kept, which -r does already.
+    #[arg(short = 'a', long)]
+    archive: bool,
     /// Transfer up to N files at once, each over its own connection
     /// (default 4, or the config file's `jobs`).
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -203,7 +212,8 @@ impl TransferArgs {
         } else {
             tree::Existing::Replace
         };
-        Ok(PlanOptions::new(self.recursive, self.force)
+        Ok(PlanOptions::new(self.recursive || self.archive, self.force)
+            .with_copy_links(self.copy_links)
             .with_existing(existing)
             .with_filter(filter)
             .with_delete(self.delete)

@@ -483,7 +483,8 @@ mod tests {
         let mut outcomes = Outcomes::new(4);
         let exists = Failed { i: 2, code: ErrorCode::Exists, message: "newer".into() };
         let bad = Failed { i: 3, code: ErrorCode::BadPath, message: "bad".into() };
-        let list = WantList { send: vec![want(0), want(1)], unchanged: vec![], refused: vec![exists, bad] };
+        let list =
+            WantList { send: vec![want(0), want(1)], unchanged: vec![], refused: vec![exists, bad], done: vec![] };
         answers.on_wants(&list, &mut outcomes).unwrap();
         assert_eq!((outcomes.refused.clone(), outcomes.failed.len()), (vec![2], 1));
         // File 1 fails here before it is sent; the server then reports it
@@ -514,7 +515,7 @@ mod tests {
     }
 
     fn file(i: u64, offset: u64, len: u64, size: u64) -> TreeGetOutput {
-        TreeGetOutput::TreeFile(TreeFile { len, i, offset, size, mtime: 0, mode: 0 })
+        TreeGetOutput::TreeFile(TreeFile { len, i, offset, size, mtime: 0, mode: 0, mtime_ns: None })
     }
 
     fn checksum() -> TreeGetOutput {

@@ -81,8 +81,11 @@ pub fn parse_listing(body: &[u8]) -> Result<Vec<Entry>, ClientError> {
     // Callers join these names onto local paths: a server must not be able
     // to name `../x` or `/etc/x` and so write outside the destination
     // (scp's CVE-2019-6111).
-    match entries.iter().find(|e| !is_plain_relative(&e.name)) {
-        Some(bad) => Err(ClientError::UnsafeName(bad.name.clone())),
+    // A hard link's other name is joined the same way.
+    let bad = |e: &Entry| !is_plain_relative(&e.name) || e.link.as_deref().is_some_and(|l| !is_plain_relative(l));
+    match entries.iter().find(|e| bad(e)) {
+        Some(bad) if !is_plain_relative(&bad.name) => Err(ClientError::UnsafeName(bad.name.clone())),
+        Some(bad) => Err(ClientError::UnsafeName(bad.link.clone().unwrap_or_default())),
         None => Ok(entries),
     }
 }
@@ -145,7 +148,7 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_with_hashes(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        Ok(self.tree_listing(path, true, false).await?.entries)
+        Ok(self.tree_listing(path, true, false, false).await?.entries)
     }
 
     /// As [`stat`](Self::stat) of a file, with its BLAKE3 (see
@@ -173,7 +176,7 @@ impl Client {
     /// read fails the whole listing, named ([`tree_with_skips`](Self::tree_with_skips)
     /// goes on past it).
     pub async fn tree(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        Ok(self.tree_listing(path, false, false).await?.entries)
+        Ok(self.tree_listing(path, false, false, false).await?.entries)
     }
 
     /// As [`tree`](Self::tree) (with each file's BLAKE3 if `blake3`), going
@@ -187,13 +190,31 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_with_skips(&mut self, path: &str, blake3: bool) -> Result<TreeListing, ClientError> {
-        self.tree_listing(path, blake3, true).await
+        self.tree_listing(path, blake3, true, false).await
+    }
+
+    /// As [`tree_with_skips`](Self::tree_with_skips), and with `meta` the
+    /// symlinks too (each with its target), files that are hard links to
+    /// one listed before marked with its path (`link`), and exact times
+    /// (`mtime_ns`), where the server keeps them (PROTOCOL.md §4.6.3.1).
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn tree_meta(&mut self, path: &str, blake3: bool, meta: bool) -> Result<TreeListing, ClientError> {
+        self.tree_listing(path, blake3, true, meta).await
     }
 
     /// The tree through `tree_list`, streamed in frames (no size limit),
     /// sorted by name; from a server without it, through `list`.
-    async fn tree_listing(&mut self, path: &str, blake3: bool, skips: bool) -> Result<TreeListing, ClientError> {
-        self.session.send(&TreeList { path: path.to_owned(), blake3, skips }, &[]).await?;
+    async fn tree_listing(
+        &mut self,
+        path: &str,
+        blake3: bool,
+        skips: bool,
+        meta: bool,
+    ) -> Result<TreeListing, ClientError> {
+        self.session.send(&TreeList { path: path.to_owned(), blake3, skips, meta }, &[]).await?;
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
         loop {

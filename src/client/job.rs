@@ -36,6 +36,8 @@ pub struct Job {
     pub size: u64,
     /// Its modification time at the source (seconds since the epoch).
     pub mtime: i64,
+    /// The same, exact: nanoseconds since the epoch, where known.
+    pub mtime_ns: Option<i64>,
     /// Its permission bits at the source.
     pub mode: u32,
     /// The receiver has a different, older file under the name (or the

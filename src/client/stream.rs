@@ -46,8 +46,8 @@ pub(super) async fn put(
     observer: &dyn Observer,
     ids: &[usize],
 ) -> Result<Outcomes, ClientError> {
-    client.session.send(&TreePut { path: String::new(), force }, &[]).await?;
-    let TreeReady {} = client.answer().await?;
+    client.session.send(&TreePut { path: String::new(), force, meta: false }, &[]).await?;
+    let TreeReady { .. } = client.answer().await?;
     let outcomes = Mutex::new(Outcomes::new(share.len()));
     let answers = Mutex::new(PutAnswers::new(share.len()));
     let (tx, rx) = mpsc::unbounded_channel::<Option<WantList>>();
@@ -143,6 +143,8 @@ fn manifest_entry(j: &Job) -> ManifestEntry {
         mode: j.mode,
         replace: j.replace,
         blake3: j.blake3.clone(),
+        mtime_ns: j.mtime_ns,
+        ..ManifestEntry::default()
     }
 }
 
@@ -226,6 +228,7 @@ async fn send_some(
             size: job.size,
             mtime: job.mtime,
             mode: job.mode,
+            mtime_ns: None,
         })?;
         let size = job.size;
         let mut report = |done| observer.progress(id, job, Progress { size, resumed: from, done });
@@ -347,7 +350,7 @@ pub(super) async fn get(
     ids: &[usize],
 ) -> Result<Outcomes, ClientError> {
     client.session.send(&TreeGet { path: String::new() }, &[]).await?;
-    let TreeReady {} = client.answer().await?;
+    let TreeReady { .. } = client.answer().await?;
     let mut outcomes = Outcomes::new(share.len());
     let (reader, mut out) = client.session.halves();
     let writer = async {
@@ -435,9 +438,9 @@ async fn receive_one(
     replace: bool,
     landing: &mut Landing,
 ) -> Result<Result<(), ClientError>, ClientError> {
-    let TreeFile { len, i, offset, size, mtime, mode } = head;
+    let TreeFile { len, i, offset, size, mtime, mode, mtime_ns } = head;
     let mode = received_mode(if mode == 0 { 0o666 } else { mode });
-    let mtime = (mtime != 0).then_some(mtime);
+    let mtime = (mtime != 0 || mtime_ns.is_some()).then(|| crate::services::files::Stamp::from_wire(mtime, mtime_ns));
     let mismatch = |expected, got| ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got };
     if offset == 0 && size <= SMALL_BODY {
         let body = reader.read_body(len).await?;
@@ -542,5 +545,70 @@ impl Landing {
             outcomes.done(i, done);
         }
         Ok(())
+    }
+}
+
+/// Applies entries without data on the server (a `tree_put` with `meta`,
+/// PROTOCOL.md §4.6.3.2): each manifest frame answered before the next is
+/// sent. Returns, for each entry, `None` if applied (or already so) or
+/// why not; every entry fails alike if the server does not take them (an
+/// older server: nothing is sent).
+pub(super) async fn put_meta(
+    client: &mut Client,
+    entries: &[ManifestEntry],
+) -> Result<Vec<Option<ClientError>>, ClientError> {
+    client.session.send(&TreePut { path: String::new(), force: false, meta: true }, &[]).await?;
+    let older = || ClientError::Remote {
+        code: crate::proto::ErrorCode::UnknownType,
+        message: "the server is older than links in trees (upgrade it to keep them)".into(),
+    };
+    // An older server: its directories keep the attributes they have (as
+    // before), and each link fails, named.
+    let as_before = |entries: &[ManifestEntry]| -> Vec<Option<ClientError>> {
+        entries.iter().map(|e| (e.kind != crate::proto::Kind::Dir).then(older)).collect()
+    };
+    let meta = match client.answer::<TreeReady>().await {
+        Ok(TreeReady { meta }) => meta,
+        Err(ClientError::Remote { code: crate::proto::ErrorCode::UnknownType, .. }) => return Ok(as_before(entries)),
+        Err(e) => return Err(e),
+    };
+    let mut outcome: Vec<Option<ClientError>> =
+        if meta { (0..entries.len()).map(|_| None).collect() } else { as_before(entries) };
+    let sendable: &[ManifestEntry] = if meta { entries } else { &[] };
+    let mut first = 0usize;
+    for chunk in sendable.chunks(TREE_PART_ENTRIES) {
+        let body = json(&chunk)?;
+        client.session.send(&Manifest { len: body.len() as u64, count: chunk.len() as u64 }, &body).await?;
+        let (reader, _) = client.session.halves();
+        let Some((frame, _)) = reader.read_head::<TreePutOutput>().await? else { return Err(ClientError::Closed) };
+        let list: WantList = match frame {
+            TreePutOutput::Wants(_) => read_json(reader).await?,
+            TreePutOutput::ErrorFrame(e) => return Err(e.into()),
+            other => return Err(unexpected("wants", other.kind())),
+        };
+        if !list.send.is_empty() || list.count() != chunk.len() {
+            return Err(unexpected("every entry applied, kept or refused", format!("{list:?}")));
+        }
+        for failed in list.refused {
+            let at = usize::try_from(failed.i).ok().and_then(|i| i.checked_sub(first)).filter(|&i| i < chunk.len());
+            let Some(at) = at else { return Err(unexpected("an index of this frame", failed.i)) };
+            outcome[first + at] = Some(ClientError::Remote { code: failed.code, message: failed.message });
+        }
+        first += chunk.len();
+    }
+    client.session.send(&crate::proto::ManifestEnd { count: first as u64 }, &[]).await?;
+    let WantsEnd { .. } = client.answer().await?;
+    client.session.send(&crate::proto::TreeEnd { files: 0 }, &[]).await?;
+    loop {
+        let (reader, _) = client.session.halves();
+        let Some((frame, _)) = reader.read_head::<TreePutOutput>().await? else { return Err(ClientError::Closed) };
+        match frame {
+            TreePutOutput::TreeDone(_) => return Ok(outcome),
+            TreePutOutput::Committed(_) => {
+                let _: CommitList = read_json(reader).await?;
+            }
+            TreePutOutput::ErrorFrame(e) => return Err(e.into()),
+            other => return Err(unexpected("tree_done", other.kind())),
+        }
     }
 }

@@ -49,6 +49,7 @@ use super::job::Base;
 pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
 use crate::proto::{Entry, ErrorCode, Kind};
+use crate::services::files::Stamp;
 use crate::services::root::{is_partial_name, Root};
 pub use crate::services::sync::Existing;
 pub use crate::session::SharedReads;
@@ -172,10 +173,127 @@ pub struct Plan {
     /// Left out under [`Existing::Update`] because the receiver's file
     /// differs and is not older than the source's; replaced with `force`.
     pub refused: Vec<Job>,
+    /// What the copy makes or sets on the receiver once its files are in
+    /// place: symlinks and hard links first, then directories' modes and
+    /// times, deepest first (see [`Meta`]).
+    pub meta: Vec<Meta>,
+    /// Files with several names met so far (uploads): the path of the
+    /// first, by device and inode.
+    inodes: HashMap<(u64, u64), String>,
+    /// Symlinks are followed (`-L`), not copied as links.
+    copy_links: bool,
     /// What each job changes on the receiver, in rsync's
     /// `--itemize-changes` form, in the order of [`Plan::jobs`] (see
     /// [`Change`]).
     pub changes: Vec<Change>,
+}
+
+/// Something a copy makes or sets on the receiver without sending data,
+/// once its files are in place. Paths are the server's for an upload, and
+/// relative to the destination directory for a download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Meta {
+    /// A symlink, stored as it is (never followed on either side).
+    Symlink {
+        /// Where it goes.
+        path: String,
+        /// What it points to, as stored.
+        target: String,
+        /// Its own modification time.
+        mtime: Stamp,
+        /// Something the plan saw there is replaced.
+        replace: bool,
+        /// Its source, as failures name it.
+        shown: String,
+    },
+    /// Another name of a file of the same copy (a hard link).
+    HardLink {
+        /// The new name.
+        path: String,
+        /// The file it names (copied, or there, by then).
+        to: String,
+        /// Something the plan saw there is replaced.
+        replace: bool,
+        /// Its source, as failures name it.
+        shown: String,
+    },
+    /// A directory's permission bits and time, set after what is below
+    /// it.
+    Dir {
+        /// The directory.
+        path: String,
+        /// Its permission bits (masked by the receiver's umask).
+        mode: u32,
+        /// Its modification time.
+        mtime: Stamp,
+    },
+}
+
+impl Meta {
+    /// The path it is applied to.
+    pub fn path(&self) -> &str {
+        match self {
+            Meta::Symlink { path, .. } | Meta::HardLink { path, .. } | Meta::Dir { path, .. } => path,
+        }
+    }
+
+    /// As a `meta` manifest entry (PROTOCOL.md §4.6.3.2), its path as
+    /// given (relative to the root, the request's directory).
+    fn entry(&self) -> crate::proto::ManifestEntry {
+        use crate::proto::ManifestEntry;
+        match self {
+            Meta::Symlink { path, target, mtime, replace, .. } => ManifestEntry {
+                path: path.clone(),
+                kind: Kind::Symlink,
+                target: Some(target.clone()),
+                mtime: mtime.wire_secs(),
+                mtime_ns: mtime.wire_ns(),
+                replace: *replace,
+                ..ManifestEntry::default()
+            },
+            Meta::HardLink { path, to, replace, .. } => ManifestEntry {
+                path: path.clone(),
+                link: Some(to.clone()),
+                replace: *replace,
+                ..ManifestEntry::default()
+            },
+            Meta::Dir { path, mode, mtime } => ManifestEntry {
+                path: path.clone(),
+                kind: Kind::Dir,
+                mode: *mode,
+                mtime: mtime.wire_secs(),
+                mtime_ns: mtime.wire_ns(),
+                ..ManifestEntry::default()
+            },
+        }
+    }
+
+    /// What a failure of it names.
+    fn shown(&self) -> String {
+        match self {
+            Meta::Symlink { shown, .. } | Meta::HardLink { shown, .. } => shown.clone(),
+            Meta::Dir { path, .. } => path.clone(),
+        }
+    }
+
+    /// Links first, then directories, deepest first: a directory's time
+    /// is set once nothing below it changes any more.
+    fn order(meta: &mut [Meta]) {
+        meta.sort_by_key(|m| match m {
+            Meta::Dir { path, .. } => (1, std::cmp::Reverse(path.matches('/').count())),
+            _ => (0, std::cmp::Reverse(0usize)),
+        });
+    }
+}
+
+/// What a link change shows after its arrow.
+fn m_target(m: &Meta) -> &str {
+    match m {
+        Meta::Symlink { target, .. } => target,
+        Meta::HardLink { to, .. } => to,
+        Meta::Dir { .. } => "",
+    }
 }
 
 /// One change a copy makes to the receiver, as rsync's
@@ -200,21 +318,17 @@ pub struct Change {
 impl Change {
     /// A file copied over `held` (nothing, or a file of that size and
     /// mtime); `differs` when contents were compared and differ.
-    fn file(direction: Direction, job: &Job, held: Option<Option<(u64, i64)>>, differs: bool) -> Change {
+    fn file(direction: Direction, job: &Job, held: Option<Held>, differs: bool) -> Change {
         let y = match direction {
             Direction::Put => '<',
             Direction::Get => '>',
         };
         let code = match held {
             None => format!("{y}f+++++++++"),
-            Some(Some((size, mtime))) => {
+            Some(Some((size, mtime, ns))) => {
                 let flag = |on: bool, c: char| if on { c } else { '.' };
-                format!(
-                    "{y}f{}{}{}......",
-                    flag(differs, 'c'),
-                    flag(size != job.size, 's'),
-                    flag(mtime != job.mtime, 't')
-                )
+                let time = mtime != job.mtime || matches!((ns, job.mtime_ns), (Some(a), Some(b)) if a != b);
+                format!("{y}f{}{}{}......", flag(differs, 'c'), flag(size != job.size, 's'), flag(time, 't'))
             }
             // A link or special file replaced by a file.
             Some(None) => format!("{y}f+++++++++"),
@@ -259,6 +373,9 @@ impl Plan {
             unchanged: Vec::new(),
             refused: Vec::new(),
             changes: Vec::new(),
+            meta: Vec::new(),
+            inodes: HashMap::new(),
+            copy_links: false,
         }
     }
 
@@ -267,12 +384,20 @@ impl Plan {
     /// `same`, when known, says whether the contents are the same (by
     /// BLAKE3, for `checksum`); otherwise the same size and mtime mean
     /// the same file.
-    fn decide(&mut self, mut job: Job, receiver: Option<Option<(u64, i64)>>, rule: Rule, same: Option<bool>) {
+    fn decide(&mut self, mut job: Job, receiver: Option<Held>, rule: Rule, same: Option<bool>) {
         use crate::services::sync::{self, Held, Same, Verdict};
+        // Where both times are known to the nanosecond, they tell files
+        // apart as the seconds do.
+        let same = match (same, receiver) {
+            (None, Some(Some((size, mtime, Some(ns))))) if size == job.size && mtime == job.mtime => {
+                job.mtime_ns.map(|theirs| theirs == ns).filter(|same| !same)
+            }
+            (same, _) => same,
+        };
         let Rule { existing, force } = rule;
         let held = match receiver {
             None => Held::Nothing,
-            Some(Some((size, mtime))) => Held::File { size, mtime },
+            Some(Some((size, mtime, _))) => Held::File { size, mtime },
             Some(None) => Held::Other,
         };
         let differs = same == Some(false);
@@ -325,6 +450,10 @@ pub struct PlanOptions {
     /// server reads what its hash cache lacks; this side reads its own
     /// files of the same size).
     pub checksum: bool,
+    /// Uploads: follow a symlink to a file inside the tree and send the
+    /// file under the link's name (`-L`), instead of copying the link as a
+    /// link (the default, rsync's `-l`).
+    pub copy_links: bool,
 }
 
 impl PlanOptions {
@@ -337,7 +466,14 @@ impl PlanOptions {
             filter: Filter::default(),
             delete: false,
             checksum: false,
+            copy_links: false,
         }
+    }
+
+    /// The same, following symlinks (see [`PlanOptions::copy_links`]).
+    pub fn with_copy_links(mut self, copy_links: bool) -> Self {
+        self.copy_links = copy_links;
+        self
     }
 
     /// The same, with `existing` deciding who wins (see
@@ -370,8 +506,9 @@ impl PlanOptions {
     }
 }
 
-/// A regular file's size and mtime; `None` for anything else.
-type Held = Option<(u64, i64)>;
+/// A regular file's size, mtime (whole seconds) and exact mtime
+/// (nanoseconds, where known); `None` for anything else.
+type Held = Option<(u64, i64, Option<i64>)>;
 
 /// How a plan decides a file the receiver holds: [`PlanOptions::existing`]
 /// and [`PlanOptions::force`].
@@ -409,7 +546,7 @@ fn held_at(root: Option<&Root>, rel: &str) -> Option<Held> {
     let dir = root?.open_dir(parent).ok()?;
     let st = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
     let file = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
-    Some(file.then(|| (st.st_size as u64, stat_mtime(&st))))
+    Some(file.then(|| (st.st_size as u64, stat_mtime(&st), Stamp::of_stat(&st).wire_ns())))
 }
 
 /// Whether `rel` beneath `root` is a directory (not a link to one).
@@ -516,6 +653,7 @@ pub async fn plan_get(
                 local: target,
                 size: entry.size,
                 mtime: entry.mtime,
+                mtime_ns: entry.mtime_ns,
                 mode: entry.mode,
                 replace: false,
                 blake3: entry.blake3.clone(),
@@ -531,7 +669,7 @@ pub async fn plan_get(
         let target =
             if remote.ends_with('/') || remote.is_empty() { dest.to_owned() } else { dest.join(base_name(remote)) };
         // Directories first, so that empty ones are recreated too.
-        let listed = client.tree_with_skips(remote, checksum).await.map_err(source)?;
+        let listed = client.tree_meta(remote, checksum, true).await.map_err(source)?;
         for skip in listed.skipped {
             let path = join_remote(remote, &skip.path);
             let error = ClientError::Remote { code: skip.code, message: skip.message };
@@ -547,17 +685,42 @@ pub async fn plan_get(
             plan.delete_local.extend(gone.into_iter().map(|rel| (target.clone(), rel.to_owned())));
         }
         plan.local_dirs.push(target.clone());
+        // Links and directories' attributes are set beneath the
+        // destination, by their paths below it.
+        let rel_of = |name: &str| rel_below(dest, &target.join(name));
         for e in tree {
             if !filter.allows(&e.name, e.kind == Kind::Dir) {
                 continue;
             }
-            match e.kind {
-                Kind::Dir => plan.local_dirs.push(target.join(&e.name)),
-                _ => found.push(Job {
+            let at = Stamp::from_wire(e.mtime, e.mtime_ns);
+            match (e.kind, &e.target, &e.link) {
+                (Kind::Dir, ..) => {
+                    plan.local_dirs.push(target.join(&e.name));
+                    if let Some(path) = rel_of(&e.name) {
+                        plan.meta.push(Meta::Dir { path, mode: e.mode, mtime: at });
+                    }
+                }
+                (Kind::Symlink, Some(to), _) => {
+                    if let Some(path) = rel_of(&e.name) {
+                        let shown = target.join(&e.name).display().to_string();
+                        plan.meta.push(Meta::Symlink { path, target: to.clone(), mtime: at, replace: false, shown });
+                    }
+                }
+                (Kind::File, _, Some(to)) => {
+                    if let (Some(path), Some(to)) = (rel_of(&e.name), rel_of(to)) {
+                        let shown = target.join(&e.name).display().to_string();
+                        plan.meta.push(Meta::HardLink { path, to, replace: false, shown });
+                    }
+                }
+                (Kind::Symlink, None, _) | (Kind::Other, ..) => {
+                    plan.skipped.push(format!("{}: not a regular file", join_remote(remote, &e.name)))
+                }
+                (Kind::File, ..) => found.push(Job {
                     remote: join_remote(remote, &e.name),
                     local: target.join(&e.name),
                     size: e.size,
                     mtime: e.mtime,
+                    mtime_ns: e.mtime_ns,
                     mode: e.mode,
                     replace: false,
                     blake3: e.blake3.clone(),
@@ -594,7 +757,7 @@ async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest
         }
         let held = rel.as_deref().and_then(|rel| held_at(root, rel));
         let same = match (&held, &job.blake3, root, rel) {
-            (Some(Some((size, _))), Some(theirs), Some(root), Some(rel)) if *size == job.size => {
+            (Some(Some((size, ..))), Some(theirs), Some(root), Some(rel)) if *size == job.size => {
                 let root = root.clone();
                 let open = move || {
                     let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK;
@@ -719,7 +882,7 @@ async fn held_remotely(
     hashed: bool,
     (delete, failures): (bool, &mut Vec<Failure>),
 ) -> Result<(bool, Vec<Entry>), ClientError> {
-    match client.tree_with_skips(target, hashed).await {
+    match client.tree_meta(target, hashed, true).await {
         Ok(listed) => {
             if delete {
                 for skip in listed.skipped {
@@ -755,7 +918,7 @@ pub async fn plan_put(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, .. } = options;
+    let PlanOptions { recursive, filter, delete, checksum, copy_links, .. } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -764,6 +927,7 @@ pub async fn plan_put(
     let dest = dest.unwrap_or_default();
     let dest = dest.trim_end_matches('/');
     let mut plan = Plan::new(Direction::Put);
+    plan.copy_links = copy_links;
     for path in sources {
         let shown = path.display().to_string();
         let source = |error| PlanError::Source { path: shown.clone(), error };
@@ -799,8 +963,12 @@ pub async fn plan_put(
         let mut seen = delete.then(std::collections::HashSet::new);
         let first_dir = plan.dirs.len();
         let first_mkdir = plan.mkdirs.len();
+        let first_meta = plan.meta.len();
         if !target.is_empty() {
             plan.dirs.push(target.clone());
+            let at = Stamp::of_meta(&meta);
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+            plan.meta.push(Meta::Dir { path: target.clone(), mode, mtime: at });
         }
         let creates = walk(&mut plan, (&mut found, &mut seen), (&base, path, ""), &target, &filter);
         if let Some(seen) = seen {
@@ -810,11 +978,18 @@ pub async fn plan_put(
         }
         let held_dirs: std::collections::HashSet<String> =
             entries.iter().filter(|e| e.kind == Kind::Dir).map(|e| e.name.clone()).collect();
+        let held_kinds: HashMap<String, (Kind, Option<String>)> =
+            entries.iter().map(|e| (e.name.clone(), (e.kind, e.target.clone()))).collect();
+        // Each file the server holds with several names, by the first of
+        // them its listing gave.
+        let held_group: HashMap<String, String> =
+            entries.iter().filter_map(|e| e.link.as_ref().map(|first| (e.name.clone(), first.clone()))).collect();
+        let group = |rel: &str| held_group.get(rel).map_or(rel.to_owned(), Clone::clone);
         // By the name relative to the target (the listing's own strings):
         // one string less per file of a large tree.
         let held: HashMap<String, (Held, Option<String>)> = entries
             .into_iter()
-            .map(|e| (e.name, ((e.kind == Kind::File).then_some((e.size, e.mtime)), e.blake3)))
+            .map(|e| (e.name, ((e.kind == Kind::File).then_some((e.size, e.mtime, e.mtime_ns)), e.blake3)))
             .collect();
 
         if !creates && !target.is_empty() {
@@ -836,13 +1011,38 @@ pub async fn plan_put(
         let made: Vec<Change> =
             plan.dirs[first_dir..].iter().filter(|d| !is_dir(d)).map(|d| Change::mkdir(d)).collect();
         plan.changes.extend(made);
+        // A link replaces what the server holds under its name (the
+        // source wins), never a directory; the same symlink there already
+        // is no change.
+        let mut links = Vec::new();
+        for m in &mut plan.meta[first_meta..] {
+            let (Meta::Symlink { path, replace, .. } | Meta::HardLink { path, replace, .. }) = m else { continue };
+            let there = held_kinds.get(below(&target, path));
+            *replace = there.is_some();
+            let same = match (&*m, there) {
+                (Meta::Symlink { target: to, .. }, Some((Kind::Symlink, Some(t)))) => t == to,
+                (Meta::HardLink { path, to, .. }, Some((Kind::File, _))) => {
+                    group(below(&target, path)) == group(below(&target, to))
+                }
+                _ => false,
+            };
+            if !same {
+                let (code, arrow) = match m {
+                    Meta::Symlink { .. } => ("cL+++++++++", "->"),
+                    _ => ("hf+++++++++", "=>"),
+                };
+                let path = format!("{} {arrow} {}", m.path(), m_target(m));
+                links.push(Change { code: code.into(), path, source: m.shown() });
+            }
+        }
+        plan.changes.extend(links);
         for job in found {
             let (receiver, theirs) = match held.get(below(&target, &job.remote)) {
                 Some((state, hash)) => (Some(*state), hash.as_deref()),
                 None => (None, None),
             };
             let same = match (receiver, theirs) {
-                (Some(Some((size, _))), Some(theirs)) if size == job.size => {
+                (Some(Some((size, ..))), Some(theirs)) if size == job.size => {
                     let j = job.clone();
                     Some(hash_of(move || j.open_local()).await.as_deref() == Some(theirs))
                 }
@@ -868,9 +1068,9 @@ async fn plan_one_put(
     let (held, theirs) = match client.stat(&target).await {
         Ok(e) if checksum && e.kind == Kind::File && e.size == meta.len() => {
             let hashed = client.stat_with_hash(&target).await?;
-            (Some(Some((e.size, e.mtime))), hashed.blake3)
+            (Some(Some((e.size, e.mtime, None))), hashed.blake3)
         }
-        Ok(e) => (Some((e.kind == Kind::File).then_some((e.size, e.mtime))), None),
+        Ok(e) => (Some((e.kind == Kind::File).then_some((e.size, e.mtime, None))), None),
         Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => (None, None),
         Err(e) => return Err(e),
     };
@@ -885,6 +1085,7 @@ async fn plan_one_put(
         local: path.to_owned(),
         size: meta.len(),
         mtime,
+        mtime_ns: Stamp::of_meta(meta).wire_ns(),
         mode,
         replace: false,
         blake3: None,
@@ -974,13 +1175,54 @@ fn walk(
         }
         if kind == FileType::Directory {
             plan.dirs.push(child.clone());
+            #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+            let mode = st.st_mode as u32 & 0o7777;
+            plan.meta.push(Meta::Dir { path: child.clone(), mode, mtime: Stamp::of_stat(&st) });
             if !walk(plan, (&mut *found, &mut *seen), (base, &path, &child_rel), &child, filter) {
                 plan.mkdirs.push(child);
             }
             creates = true;
             continue;
         }
-        // A symlink: what it leads to beneath the tree, never out of it.
+        // A symlink, copied as a link: its target is data, never followed.
+        if kind == FileType::Symlink && !plan.copy_links {
+            match rustix::fs::readlinkat(&fd, name, Vec::new()) {
+                Ok(to) => {
+                    let Ok(to) = to.into_string() else {
+                        plan.failures.push(Failure { path: path.display().to_string(), error: not_utf8(&path) });
+                        continue;
+                    };
+                    let shown = path.display().to_string();
+                    plan.meta.push(Meta::Symlink {
+                        path: child,
+                        target: to,
+                        mtime: Stamp::of_stat(&st),
+                        replace: false,
+                        shown,
+                    });
+                    creates = true;
+                }
+                Err(e) => {
+                    let error = ClientError::Local { path: path.clone(), source: e.into() };
+                    plan.failures.push(Failure { path: path.display().to_string(), error });
+                }
+            }
+            continue;
+        }
+        // Another name of a file met already: a hard link to it.
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        if kind == FileType::RegularFile && st.st_nlink as u64 > 1 {
+            let key = (st.st_dev as u64, st.st_ino as u64);
+            if let Some(first) = plan.inodes.get(&key) {
+                let to = first.clone();
+                let shown = path.display().to_string();
+                plan.meta.push(Meta::HardLink { path: child, to, replace: false, shown });
+                creates = true;
+                continue;
+            }
+            plan.inodes.insert(key, child.clone());
+        }
+        // -L: what a symlink leads to beneath the tree, never out of it.
         let st = if kind == FileType::Symlink {
             match base.root().open_beneath(&child_rel, OFlags::PATH).and_then(|fd| Ok(rustix::fs::fstat(&fd)?)) {
                 Ok(st) => st,
@@ -1003,6 +1245,7 @@ fn walk(
                     local: path,
                     size: st.st_size as u64,
                     mtime: stat_mtime(&st),
+                    mtime_ns: Stamp::of_stat(&st).wire_ns(),
                     mode: st.st_mode as u32 & 0o777,
                     replace: false,
                     blake3: None,
@@ -1104,6 +1347,9 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         delete_local,
         dest_dir,
         changes: _,
+        mut meta,
+        inodes: _,
+        copy_links: _,
     } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary =
@@ -1175,8 +1421,116 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
             }
         }
     }
+    // Links, then directories' modes and times, deepest first: once every
+    // file is in place, so that nothing changes a directory after.
+    if !meta.is_empty() {
+        Meta::order(&mut meta);
+        let failed = match direction {
+            Direction::Put => apply_remotely(endpoint, &meta).await,
+            Direction::Get => match &dest {
+                Some(dest) => apply_locally(dest, &meta),
+                None => Vec::new(),
+            },
+        };
+        summary.failures.extend(failed);
+    }
     summary.elapsed = started.elapsed();
     summary
+}
+
+/// Makes the links and sets the directories' attributes of an upload on
+/// the server, over one connection.
+async fn apply_remotely(endpoint: &Endpoint, meta: &[Meta]) -> Vec<Failure> {
+    let entries: Vec<crate::proto::ManifestEntry> = meta.iter().map(Meta::entry).collect();
+    let applied = match endpoint.connect().await {
+        Ok(mut client) => super::stream::put_meta(&mut client, &entries).await,
+        Err(e) => Err(e),
+    };
+    match applied {
+        Ok(outcomes) => {
+            meta.iter().zip(outcomes).filter_map(|(m, o)| o.map(|error| Failure { path: m.shown(), error })).collect()
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let mut failures = vec![Failure { path: meta[0].shown(), error: e }];
+            for m in &meta[1..] {
+                let error = ClientError::Wire(crate::wire::Error::Io(std::io::Error::other(message.clone())));
+                failures.push(Failure { path: m.shown(), error });
+            }
+            failures
+        }
+    }
+}
+
+/// Makes the links and sets the directories' attributes of a download
+/// beneath its destination, by descriptor: no symlink on the way is
+/// followed, and a link is made under a temporary name and renamed into
+/// place.
+fn apply_locally(dest: &Base, meta: &[Meta]) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    for m in meta {
+        if let Err(source) = apply_one_locally(dest.root(), m) {
+            let path = dest.path().join(m.path());
+            failures.push(Failure { path: m.shown(), error: ClientError::Local { path, source } });
+        }
+    }
+    failures
+}
+
+fn apply_one_locally(root: &Root, m: &Meta) -> std::io::Result<()> {
+    use rustix::fs::AtFlags;
+    let (parent, name) = m.path().rsplit_once('/').unwrap_or(("", m.path()));
+    let dir = root.open_dir(parent)?;
+    let temp = || format!(".fwlink-{}-{}", std::process::id(), m.path().len());
+    match m {
+        Meta::Symlink { target, mtime, .. } => {
+            if let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                let is_link = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
+                let same = is_link
+                    && rustix::fs::readlinkat(&dir, name, Vec::new()).is_ok_and(|t| t.as_bytes() == target.as_bytes());
+                if same {
+                    return crate::services::files::set_link_time(&dir, name, *mtime);
+                }
+                if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+                    return Err(super::files::local_directory());
+                }
+            }
+            let temp = temp();
+            rustix::fs::symlinkat(target.as_str(), &dir, temp.as_str())?;
+            let _ = crate::services::files::set_link_time(&dir, temp.as_str(), *mtime);
+            rustix::fs::renameat(&dir, temp.as_str(), &dir, name).inspect_err(|_| {
+                let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+            })?;
+            Ok(())
+        }
+        Meta::HardLink { to, .. } => {
+            let (to_parent, to_name) = to.rsplit_once('/').unwrap_or(("", to));
+            let from = root.open_dir(to_parent)?;
+            let source = rustix::fs::statat(&from, to_name, AtFlags::SYMLINK_NOFOLLOW)?;
+            if !rustix::fs::FileType::from_raw_mode(source.st_mode).is_file() {
+                return Err(std::io::Error::other(format!("{to}: not a regular file to link to")));
+            }
+            if let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                if st.st_dev == source.st_dev && st.st_ino == source.st_ino {
+                    return Ok(());
+                }
+            }
+            let temp = temp();
+            rustix::fs::linkat(&from, to_name, &dir, temp.as_str(), AtFlags::empty())?;
+            rustix::fs::renameat(&dir, temp.as_str(), &dir, name).inspect_err(|_| {
+                let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+            })?;
+            Ok(())
+        }
+        Meta::Dir { mode, mtime, .. } => {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(&dir, name, flags, rustix::fs::Mode::empty())?;
+            let mode = crate::services::files::received_mode(*mode);
+            rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode as _))?;
+            rustix::fs::futimens(&fd, &mtime.timestamps())?;
+            Ok(())
+        }
+    }
 }
 
 /// Removes server paths over one connection; returns how many were there.

@@ -252,7 +252,7 @@ messages! {
     /// Reply to [`Stat`].
     StatReply = "stat_reply", ToClient, none, cold,
         example: StatReply {
-            entry: Entry { name: "a".into(), size: 1, kind: Kind::File, mtime: 2, mode: 0o644, blake3: None },
+            entry: Entry::new("a".into(), 1, Kind::File, 2, 0o644),
         };
     {
         /// What is there.
@@ -413,7 +413,7 @@ messages! {
     /// Request: stream the tree at `path` as `listing` frames, then
     /// `listing_end` (PROTOCOL.md §4.6.3.1).
     TreeList = "tree_list", ToServer, none, cold,
-        example: TreeList { path: "d".into(), blake3: true, skips: true };
+        example: TreeList { path: "d".into(), blake3: true, skips: true, meta: true };
     {
         /// The directory, relative to the root.
         #[serde(default)]
@@ -426,6 +426,10 @@ messages! {
         /// (without, the first one ends the listing with an error).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         skips: bool,
+        /// List symlinks (with their targets), mark hard links, and give
+        /// exact times (`mtime_ns`); without, files and directories only.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        meta: bool,
     }
 
     /// Answer to `tree_list`: a JSON array of up to 1000 entries (paths
@@ -463,7 +467,7 @@ messages! {
 
     /// Request: receive a whole tree into the directory `path`
     /// (PROTOCOL.md §4.6.3.2).
-    TreePut = "tree_put", ToServer, none, cold, example: TreePut { path: "d".into(), force: true };
+    TreePut = "tree_put", ToServer, none, cold, example: TreePut { path: "d".into(), force: true, meta: true };
     {
         /// The directory, relative to the root (created as needed).
         #[serde(default)]
@@ -471,6 +475,10 @@ messages! {
         /// Replace files that differ even when they are not older.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         force: bool,
+        /// The manifest may hold symlinks, hard links and directories'
+        /// attributes; a server that takes them says so in `tree_ready`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        meta: bool,
     }
 
     /// Request: send the files the `wants` frames that follow name, below
@@ -483,8 +491,14 @@ messages! {
     }
 
     /// Answer to `tree_put` and `tree_get`: the server streams trees.
-    TreeReady = "tree_ready", ToClient, none, cold, example: TreeReady {};
-    {}
+    TreeReady = "tree_ready", ToClient, none, cold, example: TreeReady { meta: true };
+    {
+        /// The server takes the `meta` entries a `tree_put` with `meta`
+        /// asked for (an older server leaves it out: it would take them
+        /// for files).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        meta: bool,
+    }
 
     /// Part of a `tree_put` manifest: a JSON array of up to 1000
     /// [`crate::proto::ManifestEntry`].
@@ -526,7 +540,7 @@ messages! {
 
     /// One file of a streamed tree, its body the bytes `offset..size`; a
     /// `checksum` of the whole file follows.
-    TreeFile = "tree_file", ToBoth, body, cold, example: TreeFile { len: 1, i: 3, offset: 4, size: 5, mtime: 2, mode: 0o644 };
+    TreeFile = "tree_file", ToBoth, body, cold, example: TreeFile { len: 1, i: 3, offset: 4, size: 5, mtime: 2, mode: 0o644, mtime_ns: Some(2_000_000_001) };
     {
         /// Body length: `size - offset`.
         #[serde(default)]
@@ -546,6 +560,10 @@ messages! {
         /// Its permission bits (`tree_get`).
         #[serde(default)]
         mode: u32,
+        /// Its exact modification time in nanoseconds since the epoch
+        /// (`tree_get`), where it fits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
     }
 
     /// A wanted file the server cannot send, and why (`tree_get`).

@@ -46,11 +46,12 @@ pub enum ExitReason {
 }
 
 /// What kind of thing a path is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Kind {
     /// A regular file.
+    #[default]
     File,
     /// A directory.
     Dir,
@@ -61,7 +62,7 @@ pub enum Kind {
 }
 
 /// One entry of a listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Entry {
     /// Name (or path relative to the listed directory, when recursive).
     pub name: String,
@@ -78,6 +79,25 @@ pub struct Entry {
     /// (`list` with `blake3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// The modification time in nanoseconds since the Unix epoch, exact
+    /// (`tree_list` with `meta`; absent where it does not fit an `i64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// A symlink's target, as stored: data, never followed
+    /// (`tree_list` with `meta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// A file that is a hard link to a file listed before it in the same
+    /// listing: that file's path (`tree_list` with `meta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl Entry {
+    /// An entry with these members and nothing else known.
+    pub fn new(name: String, size: u64, kind: Kind, mtime: i64, mode: u32) -> Entry {
+        Entry { name, size, kind, mtime, mode, ..Entry::default() }
+    }
 }
 
 /// Why a request failed, as carried by an error frame's `"code"`.

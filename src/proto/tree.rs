@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ErrorCode;
+use super::{ErrorCode, Kind};
 
 /// The most bytes one `manifest`, `listing`, `wants` or `committed` body
 /// may hold.
@@ -14,9 +14,11 @@ pub const TREE_PART_MAX: u64 = 1024 * 1024;
 /// to what fits in [`TREE_PART_MAX`]).
 pub const TREE_PART_ENTRIES: usize = 1000;
 
-/// One file of a `tree_put` manifest, its path relative to the request's
-/// directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry of a `tree_put` manifest, its path relative to the request's
+/// directory: a file (whose data is sent if wanted), or, in a request with
+/// `meta`, a symlink, a hard link, or a directory's attributes, which the
+/// receiver applies at once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ManifestEntry {
     /// `/`-separated, relative, no `.` or `..` component.
     pub path: String,
@@ -35,6 +37,26 @@ pub struct ManifestEntry {
     /// contents instead of size and mtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// What it is (`meta` requests only; default `file`): `symlink`
+    /// (made with `target`), `dir` (an existing directory given `mode` and
+    /// the time, made if missing), or a `file` with `link` (a hard link).
+    #[serde(default, skip_serializing_if = "is_file")]
+    pub kind: Kind,
+    /// The modification time in nanoseconds since the Unix epoch, exact;
+    /// it wins over `mtime` where given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// A symlink's target: stored as given, never followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// A hard link: the path (relative to the request's directory, plain)
+    /// of the file this entry is another name of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+fn is_file(kind: &Kind) -> bool {
+    *kind == Kind::File
 }
 
 /// One file a receiver wants: by manifest index (`tree_put`, the server
@@ -88,12 +110,16 @@ pub struct WantList {
     /// a bad path; …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<Failed>,
+    /// Indices of entries without data (`meta`: links, directories)
+    /// applied now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<u64>,
 }
 
 impl WantList {
     /// Entries this answer covers.
     pub fn count(&self) -> usize {
-        self.send.len() + self.unchanged.len() + self.refused.len()
+        self.send.len() + self.unchanged.len() + self.refused.len() + self.done.len()
     }
 }
 

@@ -94,6 +94,15 @@ pub enum Fault {
         /// The path.
         path: String,
     },
+    /// What the root cannot keep: a symlink or hard link on a bucket, a
+    /// symlink target it cannot store.
+    NotKept {
+        /// The path.
+        path: String,
+        /// What was refused, in a few words ("a bucket root keeps no
+        /// symlinks").
+        why: &'static str,
+    },
     /// Another upload of `path` holds it.
     Busy {
         /// The path.
@@ -262,6 +271,7 @@ impl Fault {
                 ErrorCode::NotADirectory
             }
             Fault::BadPath { .. } | Fault::NotRegular { .. } => ErrorCode::BadPath,
+            Fault::NotKept { .. } => ErrorCode::BadRequest,
             Fault::Busy { .. }
             | Fault::FinishedFirst { .. }
             | Fault::OfferChanged { .. }
@@ -317,6 +327,7 @@ impl Refusal {
             Fault::NotRegular { path } => {
                 format!("{}: not a regular file (a FIFO, socket or device)", shown(path))
             }
+            Fault::NotKept { path, why } => format!("{}: {why}", shown(path)),
             Fault::Busy { path } => format!("{}: another upload to this path is in progress", shown(path)),
             Fault::FinishedFirst { path } => {
                 format!("{}: another upload of this path finished first", shown(path))

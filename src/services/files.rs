@@ -421,6 +421,119 @@ impl Sandbox {
         super::root::open_no_links(&root, &parent)
     }
 
+    /// Makes `path` a symlink to `target` (stored as given, never
+    /// followed) with the time `at`, replacing what is there (not a
+    /// directory) if `replace`: atomically, a new link under a temporary
+    /// name renamed over it. Returns whether anything changed (`false`:
+    /// the same link with the same time was there).
+    ///
+    /// # Errors
+    ///
+    /// As [`for_write`](Self::for_write); [`Fault::Exists`] without
+    /// `replace`, [`Fault::IsADirectory`], a target that is empty or holds
+    /// a NUL ([`Fault::NotKept`]), I/O errors.
+    pub fn make_symlink(&self, path: &str, target: &str, at: Stamp, replace: bool) -> Result<bool, Fault> {
+        if target.is_empty() || target.contains('\0') || target.len() > 4095 {
+            return Err(Fault::NotKept {
+                path: path.to_owned(),
+                why: "a symlink target must be 1 to 4095 bytes, no NUL",
+            });
+        }
+        let (dir, name) = self.for_write(path)?;
+        match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if kind_of(st.st_mode) == Kind::Dir => return Err(Fault::IsADirectory { path: path.to_owned() }),
+            Ok(st) if kind_of(st.st_mode) == Kind::Symlink => {
+                let same =
+                    rustix::fs::readlinkat(&dir, &name, Vec::new()).is_ok_and(|t| t.as_bytes() == target.as_bytes());
+                if same {
+                    if Stamp::of_stat(&st) == at {
+                        return Ok(false);
+                    }
+                    set_link_time(&dir, &name, at).map_err(|e| fault(path, e))?;
+                    return Ok(true);
+                }
+                if !replace {
+                    return Err(Fault::Exists { path: path.to_owned() });
+                }
+            }
+            Ok(_) if !replace => return Err(Fault::Exists { path: path.to_owned() }),
+            Ok(_) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(fault(path, e.into())),
+        }
+        let temp = temp_name();
+        rustix::fs::symlinkat(target, &dir, &temp).map_err(|e| fault(path, e.into()))?;
+        // The time before the rename: the link is never under its name
+        // with another.
+        let _ = set_link_time(&dir, &temp, at);
+        place(&dir, &temp, &name, replace).map_err(|e| fault(path, e))?;
+        Ok(true)
+    }
+
+    /// Makes `path` another name of the regular file `to` (a hard link;
+    /// neither followed if a symlink), replacing what is there (not a
+    /// directory) if `replace`. Returns whether anything changed
+    /// (`false`: `path` was that file already).
+    ///
+    /// # Errors
+    ///
+    /// As [`for_write`](Self::for_write) for both; [`Fault::NotFound`] if
+    /// `to` is missing, [`Fault::NotRegular`] if it is not a regular file,
+    /// [`Fault::Exists`] without `replace`, I/O errors (`EXDEV`, `EMLINK`).
+    pub fn make_hard_link(&self, path: &str, to: &str, replace: bool) -> Result<bool, Fault> {
+        let to_rel = Self::relative(to)?;
+        let Some(to_name) = to_rel.name() else { return Err(Fault::bad_path(to, PathRule::Root)) };
+        let from_dir = self.existing_parent(&to_rel).map_err(|e| parent_fault(to, e))?;
+        let source = match rustix::fs::statat(&from_dir, to_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if kind_of(st.st_mode) == Kind::File => st,
+            Ok(_) => return Err(Fault::NotRegular { path: to.to_owned() }),
+            Err(Errno::NOENT) => return Err(Fault::NotFound { path: to.to_owned() }),
+            Err(e) => return Err(fault(to, e.into())),
+        };
+        let (dir, name) = self.for_write(path)?;
+        match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_dev == source.st_dev && st.st_ino == source.st_ino => return Ok(false),
+            Ok(st) if kind_of(st.st_mode) == Kind::Dir => return Err(Fault::IsADirectory { path: path.to_owned() }),
+            Ok(_) if !replace => return Err(Fault::Exists { path: path.to_owned() }),
+            Ok(_) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(fault(path, e.into())),
+        }
+        let temp = temp_name();
+        rustix::fs::linkat(&from_dir, to_name, &dir, &temp, AtFlags::empty()).map_err(|e| fault(path, e.into()))?;
+        place(&dir, &temp, &name, replace).map_err(|e| fault(path, e))?;
+        Ok(true)
+    }
+
+    /// Gives the directory `path` (made, with its parents, if missing)
+    /// the permission bits `mode` (masked by the umask, as for files) and
+    /// the time `at`; a symlink there is not followed. Returns whether
+    /// anything changed.
+    ///
+    /// # Errors
+    ///
+    /// As [`mkdir`](Self::mkdir); [`Fault::ExistsNotADirectory`] for a
+    /// file or a symlink there; I/O errors.
+    pub fn set_dir_attrs(&self, path: &str, mode: u32, at: Stamp) -> Result<bool, Fault> {
+        let made = self.mkdir(path, true)?;
+        let rel = Self::relative(path)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = self.root.open_beneath(&rel.joined(), flags).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP | libc::ENOTDIR) => Fault::ExistsNotADirectory { path: path.to_owned() },
+            _ => fault(path, e),
+        })?;
+        let st = rustix::fs::fstat(&dir).map_err(|e| fault(path, e.into()))?;
+        let mode = received_mode(mode);
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        let changed_mode = st.st_mode as u32 & 0o7777 != mode;
+        if changed_mode {
+            rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(mode as _)).map_err(|e| fault(path, e.into()))?;
+        }
+        let changed_time = Stamp::of_stat(&st) != at;
+        if changed_time {
+            rustix::fs::futimens(&dir, &at.timestamps()).map_err(|e| fault(path, e.into()))?;
+        }
+        Ok(made || changed_mode || changed_time)
+    }
+
     /// Renames `from` to `to` (both relative to the root, never the root
     /// itself nor a partial file's name), atomically; without `force`
     /// never over an existing name (`RENAME_NOREPLACE`). Both parents are
@@ -623,7 +736,22 @@ impl Sandbox {
                 }
             }
         };
-        let walked = walk(OwnedFd::from(file), "", 0, listing, (sink, &mut unreadable));
+        // Hard links: the first path of each file with several names, by
+        // device and inode (the walk marks such files with that key).
+        let mut firsts: HashMap<String, String> = HashMap::new();
+        let mut marking = |mut e: Entry| {
+            if let Some(key) = e.link.take() {
+                match firsts.get(&key) {
+                    Some(first) => e.link = Some(first.clone()),
+                    None if firsts.len() < MAX_LINK_GROUPS => {
+                        firsts.insert(key, e.name.clone());
+                    }
+                    None => {}
+                }
+            }
+            sink(e)
+        };
+        let walked = walk(OwnedFd::from(file), "", 0, listing, (&mut marking, &mut unreadable));
         match (walked, stopped) {
             (Ok(()), _) => Ok(()),
             (Err(_), Some(f)) => Err(f),
@@ -725,9 +853,29 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
             Listing::Entries => true,
             Listing::Files => kind == Kind::File,
             Listing::Tree => kind == Kind::File || kind == Kind::Dir,
+            Listing::Meta => matches!(kind, Kind::File | Kind::Dir | Kind::Symlink),
             Listing::Partials => partial,
         };
-        if keep {
+        if keep && listing == Listing::Meta {
+            let mut e = entry_of(rel.clone(), &st, kind);
+            e.mtime_ns = Stamp::of_stat(&st).wire_ns();
+            if kind == Kind::Symlink {
+                match rustix::fs::readlinkat(&dir, item.file_name(), Vec::new()) {
+                    Ok(target) => e.target = Some(String::from_utf8_lossy(target.as_bytes()).into_owned()),
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => {
+                        unreadable(&rel, e.into())?;
+                        continue;
+                    }
+                }
+            }
+            #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+            if kind == Kind::File && st.st_nlink as u64 > 1 {
+                // Turned into the first path of the group by `Sandbox::walk`.
+                e.link = Some(format!("{}:{}", st.st_dev, st.st_ino));
+            }
+            sink(e)?;
+        } else if keep {
             sink(entry_of(rel.clone(), &st, kind))?;
         }
         if listing != Listing::Entries && kind == Kind::Dir {
@@ -753,17 +901,39 @@ fn kind_of(mode: u32) -> Kind {
     }
 }
 
+/// A name for a link made before it is renamed into place: unique in this
+/// process, and not a partial file's name.
+fn temp_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".fwlink-{}-{n}", std::process::id())
+}
+
+/// Renames `temp` to `name` in `dir`: over what is there if `replace`,
+/// else never (`RENAME_NOREPLACE`); `temp` is removed if that fails.
+fn place(dir: &OwnedFd, temp: &str, name: &OsStr, replace: bool) -> io::Result<()> {
+    let flags = if replace { rustix::fs::RenameFlags::empty() } else { rustix::fs::RenameFlags::NOREPLACE };
+    rustix::fs::renameat_with(dir, temp, dir, name, flags).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dir, temp, AtFlags::empty());
+        io::Error::from(e)
+    })
+}
+
+/// Gives the link `name` in `dir` the time `at` (`lutimes`: the link's
+/// own, not its target's).
+pub fn set_link_time(dir: &OwnedFd, name: impl rustix::path::Arg, at: Stamp) -> io::Result<()> {
+    Ok(rustix::fs::utimensat(dir, name, &at.timestamps(), AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// The most groups of hard links one listing tells apart; past it, further
+/// files with several names are listed as plain files (copied, not
+/// linked).
+pub const MAX_LINK_GROUPS: usize = 1 << 20;
+
 /// An [`Entry`] from what `statat` said.
 #[allow(clippy::unnecessary_cast)] // the field types differ between targets
 fn entry_of(name: String, st: &rustix::fs::Stat, kind: Kind) -> Entry {
-    Entry {
-        name,
-        size: st.st_size as u64,
-        kind,
-        mtime: st.st_mtime as i64,
-        mode: st.st_mode as u32 & 0o7777,
-        blake3: None,
-    }
+    Entry::new(name, st.st_size as u64, kind, Stamp::of_stat(st).wire_secs(), st.st_mode as u32 & 0o7777)
 }
 
 /// Directories kept open by [`Sandbox::standing_among`], by path (`None`:
@@ -824,6 +994,11 @@ pub enum Listing {
     Files,
     /// Every regular file and directory below it.
     Tree,
+    /// As [`Listing::Tree`], and symlinks (with their targets), each
+    /// entry with its exact time, and each file that is another name of
+    /// a file listed before it marked with that file's path (a hard
+    /// link).
+    Meta,
     /// Only the partial files below it, which the others hide.
     Partials,
 }
@@ -866,22 +1041,86 @@ pub fn entry(name: String, meta: &fs::Metadata) -> Entry {
     } else {
         Kind::Other
     };
-    Entry { name, size: meta.len(), kind, mtime: mtime(meta), mode: meta.permissions().mode() & 0o7777, blake3: None }
+    Entry::new(name, meta.len(), kind, mtime(meta), meta.permissions().mode() & 0o7777)
 }
 
-/// Gives `file` the modification time `secs` (whole seconds since the
-/// Unix epoch, negative before it), through its descriptor.
+/// A modification time to the nanosecond: whole seconds since the Unix
+/// epoch, rounded down (negative before it), and the nanoseconds after
+/// them, as `stat(2)` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Stamp {
+    /// Seconds since the epoch, rounded down.
+    pub secs: i64,
+    /// Nanoseconds after `secs` (below 10^9).
+    pub nsec: u32,
+}
+
+impl From<i64> for Stamp {
+    /// Whole seconds.
+    fn from(secs: i64) -> Stamp {
+        Stamp { secs, nsec: 0 }
+    }
+}
+
+impl Stamp {
+    /// As `stat` reports it.
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    pub fn of_stat(st: &rustix::fs::Stat) -> Stamp {
+        Stamp { secs: st.st_mtime as i64, nsec: (st.st_mtime_nsec as i64).clamp(0, 999_999_999) as u32 }
+    }
+
+    /// As a file's metadata reports it.
+    pub fn of_meta(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp { secs: meta.mtime(), nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32 }
+    }
+
+    /// From the protocol's two members: `mtime_ns` when given (exact),
+    /// else the whole seconds of `mtime`.
+    pub fn from_wire(mtime: i64, mtime_ns: Option<i64>) -> Stamp {
+        match mtime_ns {
+            Some(ns) => Stamp { secs: ns.div_euclid(1_000_000_000), nsec: ns.rem_euclid(1_000_000_000) as u32 },
+            None => Stamp::from(mtime),
+        }
+    }
+
+    /// The protocol's `mtime`: whole seconds, rounded towards zero (as
+    /// framewire has always sent them).
+    pub fn wire_secs(self) -> i64 {
+        if self.secs < 0 && self.nsec > 0 {
+            self.secs + 1
+        } else {
+            self.secs
+        }
+    }
+
+    /// The protocol's `mtime_ns`: nanoseconds since the epoch, if they fit
+    /// an `i64` (years 1678 to 2262).
+    pub fn wire_ns(self) -> Option<i64> {
+        self.secs.checked_mul(1_000_000_000)?.checked_add(i64::from(self.nsec))
+    }
+
+    fn timespec(self) -> rustix::fs::Timespec {
+        rustix::fs::Timespec { tv_sec: self.secs as _, tv_nsec: self.nsec as _ }
+    }
+
+    /// Timestamps that set the modification time and leave the access
+    /// time as it is.
+    pub fn timestamps(self) -> rustix::fs::Timestamps {
+        let omit = rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT as _ };
+        rustix::fs::Timestamps { last_access: omit, last_modification: self.timespec() }
+    }
+}
+
+/// Gives `file` the modification time `at` (whole seconds, or a
+/// [`Stamp`] to the nanosecond), through its descriptor; the access time
+/// is left alone.
 ///
 /// # Errors
 ///
 /// Those of `futimens(2)`.
-pub fn set_mtime(file: &File, secs: i64) -> io::Result<()> {
-    let at = if secs >= 0 {
-        UNIX_EPOCH + std::time::Duration::from_secs(secs.unsigned_abs())
-    } else {
-        UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
-    };
-    file.set_modified(at)
+pub fn set_mtime(file: &File, at: impl Into<Stamp>) -> io::Result<()> {
+    Ok(rustix::fs::futimens(file, &at.into().timestamps())?)
 }
 
 /// Modification time in whole seconds since the Unix epoch (negative

@@ -17,6 +17,7 @@
 //! durability"): before step 3, partial files only (resumed by the next
 //! transfer); after it, whole verified files under their names.
 
+use crate::services::files::Stamp;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
@@ -72,7 +73,7 @@ enum What {
     /// is open (a large body, or a resumed one).
     Received(Received, Option<Guard>),
     /// A whole small body in memory, not yet in any file.
-    Body { path: String, body: Vec<u8>, hash: blake3::Hash, mtime: Option<i64> },
+    Body { path: String, body: Vec<u8>, hash: blake3::Hash, mtime: Option<Stamp> },
 }
 
 struct Item {
@@ -116,7 +117,7 @@ impl Batch {
         path: String,
         body: Vec<u8>,
         hash: blake3::Hash,
-        meta: (u32, Option<i64>),
+        meta: (u32, Option<Stamp>),
         replace: bool,
     ) {
         self.bytes += body.len() as u64;
@@ -200,8 +201,8 @@ fn stage<P: Place>(
                 partial.discard();
                 return Err(CommitError::Io(e));
             }
-            if let Some(secs) = mtime {
-                let _ = crate::services::files::set_mtime(partial.file(), secs);
+            if let Some(at) = mtime {
+                let _ = crate::services::files::set_mtime(partial.file(), at);
             }
             (partial, hash, guard)
         }
@@ -249,7 +250,7 @@ mod tests {
         for (id, name) in [(0, "a/x"), (1, "a/y"), (2, "taken"), (3, "old")] {
             let body = format!("body of {name}").into_bytes();
             let hash = blake3::hash(&body);
-            batch.push_body(id, name.into(), body, hash, (0o640, Some(1_000_000_000)), name == "old");
+            batch.push_body(id, name.into(), body, hash, (0o640, Some(Stamp::from(1_000_000_000))), name == "old");
         }
         assert_eq!(batch.len(), 4);
         let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));

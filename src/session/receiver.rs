@@ -235,7 +235,7 @@ pub struct Received {
     /// A small body not yet written, and where it goes.
     pending: Option<(u64, Vec<u8>)>,
     /// The modification time to give the file before it goes into place.
-    mtime: Option<i64>,
+    mtime: Option<crate::services::files::Stamp>,
 }
 
 impl Received {
@@ -266,8 +266,8 @@ impl Received {
     /// and before the rename, so that no file is ever under its final
     /// name with another time (a copy killed in between would otherwise
     /// leave a whole file that looks changed).
-    pub fn with_mtime(mut self, secs: i64) -> Self {
-        self.mtime = Some(secs);
+    pub fn with_mtime(mut self, at: impl Into<crate::services::files::Stamp>) -> Self {
+        self.mtime = Some(at.into());
         self
     }
 
@@ -284,9 +284,9 @@ impl Received {
                 return Err(e);
             }
         }
-        if let Some(secs) = self.mtime {
+        if let Some(at) = self.mtime {
             // A time the file system refuses leaves the time of the write.
-            let _ = crate::services::files::set_mtime(self.partial.file(), secs);
+            let _ = crate::services::files::set_mtime(self.partial.file(), at);
         }
         Ok((self.partial, self.hash))
     }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::super::storage::{join, plain, Decided, Needed, REPORT_EVERY};
 use crate::proto::{
-    CommitList, ErrorCode, Failed, ManifestEntry, TreeDone, TreeGetInput, TreePutInput, Want, WantList, WantsEnd,
+    CommitList, ErrorCode, Failed, Kind, ManifestEntry, TreeDone, TreeGetInput, TreePutInput, Want, WantList, WantsEnd,
     TREE_PART_MAX,
 };
 use crate::services::files;
@@ -100,6 +100,16 @@ impl Drop for HeldPaths {
     }
 }
 
+/// What an entry without data is, in a message.
+fn kind_name(e: &ManifestEntry) -> &'static str {
+    match e.kind {
+        Kind::Dir => "directory",
+        Kind::Symlink => "symlink",
+        Kind::File if e.link.is_some() => "hard link",
+        _ => "special file",
+    }
+}
+
 /// A file refused or failed, logged as a refused request is.
 pub(super) fn failed(i: u64, r: impl Into<Refusal>) -> Failed {
     let r = r.into();
@@ -154,6 +164,9 @@ pub(super) struct Screened {
     pub answer: WantList,
     /// Index, full path and entry of each entry to decide.
     pub to_decide: Vec<(u64, String, ManifestEntry)>,
+    /// Index, full path and entry of each entry without data to apply
+    /// (a request with `meta`: symlinks, hard links, directories).
+    pub to_apply: Vec<(u64, String, ManifestEntry)>,
 }
 
 /// The state of one `tree_put`, whatever the storage and the socket.
@@ -161,6 +174,8 @@ pub(super) struct Screened {
 pub(super) struct TreePutState {
     base: String,
     force: bool,
+    /// The request takes entries without data.
+    meta: bool,
     /// The next manifest index.
     next: u64,
     manifest_done: bool,
@@ -177,10 +192,11 @@ pub(super) struct TreePutState {
 impl TreePutState {
     /// A `tree_put` into `base` (checked already), replacing what differs
     /// if `force`.
-    pub(super) fn new(base: String, force: bool) -> Self {
+    pub(super) fn new(base: String, force: bool, meta: bool) -> Self {
         TreePutState {
             base,
             force,
+            meta,
             next: 0,
             manifest_done: false,
             needed: HashMap::new(),
@@ -263,19 +279,46 @@ impl TreePutState {
         self.held.admit(self.needed.len(), &self.base, &entries)?;
         let first = self.next;
         self.next += entries.len() as u64;
-        let mut screened = Screened { answer: WantList::default(), to_decide: Vec::with_capacity(entries.len()) };
+        let mut screened = Screened {
+            answer: WantList::default(),
+            to_decide: Vec::with_capacity(entries.len()),
+            to_apply: Vec::new(),
+        };
         for (i, e) in (first..).zip(entries) {
             let full = join(&self.base, &e.path);
+            let data = e.kind == Kind::File && e.link.is_none();
             if let Err(r) = plain(&e.path) {
+                screened.answer.refused.push(failed(i, r));
+            } else if !data && !self.meta {
+                // An older client never sends these; one that does without
+                // asking is not understood, entry by entry.
+                let msg = format!("{}: a {} entry in a tree_put without meta", files::shown(&e.path), kind_name(&e));
+                screened.answer.refused.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
+            } else if let Some(r) = e.link.as_deref().and_then(|l| plain(l).err()) {
                 screened.answer.refused.push(failed(i, r));
             } else if !self.held.insert(full.clone()) {
                 let msg = format!("{}: listed twice in one manifest", files::shown(&e.path));
                 screened.answer.refused.push(failed(i, Refusal::new(ErrorCode::BadRequest, msg)));
-            } else {
+            } else if data {
                 screened.to_decide.push((i, full, e));
+            } else {
+                screened.to_apply.push((i, full, e));
             }
         }
         Ok(screened)
+    }
+
+    /// Adds to `answer` what became of the entries without data: applied
+    /// (`done`), already so (`unchanged`), or refused.
+    pub(super) fn on_applied(&mut self, answer: &mut WantList, applied: Vec<(u64, String, Result<bool, Fault>)>) {
+        for (i, full, outcome) in applied {
+            self.held.remove(&full);
+            match outcome {
+                Ok(true) => answer.done.push(i),
+                Ok(false) => answer.unchanged.push(i),
+                Err(r) => answer.refused.push(failed(i, r)),
+            }
+        }
     }
 
     /// The answer to a manifest frame, once the storage has decided what
@@ -286,7 +329,8 @@ impl TreePutState {
                 Ok(Some((replace, offset, prefix))) => {
                     answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
                     let replace = replace || self.force;
-                    let need = Needed { path: full, size: e.size, mtime: e.mtime, mode: e.mode, replace, offset };
+                    let mtime = files::Stamp::from_wire(e.mtime, e.mtime_ns);
+                    let need = Needed { path: full, size: e.size, mtime, mode: e.mode, replace, offset };
                     self.needed.insert(i, need);
                 }
                 Ok(None) => {
@@ -389,7 +433,7 @@ mod tests {
     use crate::proto::{Checksum, Manifest, ManifestEnd, TreeEnd, TreeFile, Wants};
 
     fn entry(path: &str, size: u64) -> ManifestEntry {
-        ManifestEntry { path: path.into(), size, mtime: 1, mode: 0o644, replace: false, blake3: None }
+        ManifestEntry { path: path.into(), size, mtime: 1, mode: 0o644, ..ManifestEntry::default() }
     }
 
     fn manifest(n: usize) -> TreePutInput {
@@ -401,7 +445,7 @@ mod tests {
     }
 
     fn file(i: u64, offset: u64, len: u64) -> TreePutInput {
-        TreePutInput::TreeFile(TreeFile { len, i, offset, size: offset + len, mtime: 1, mode: 0o644 })
+        TreePutInput::TreeFile(TreeFile { len, i, offset, size: offset + len, mtime: 1, mode: 0o644, mtime_ns: None })
     }
 
     fn tree_end() -> TreePutInput {
@@ -426,7 +470,7 @@ mod tests {
 
     #[test]
     fn a_whole_upload_goes_manifest_files_end() {
-        let mut st = TreePutState::new("dst".into(), false);
+        let mut st = TreePutState::new("dst".into(), false, false);
         let answer = want_all(&mut st, vec![entry("a", 3), entry("b/c", 0)]);
         assert_eq!(answer.send.iter().map(|w| w.i).collect::<Vec<_>>(), [0, 1]);
         assert!(matches!(st.on_frame(end(2)), PutAction::EndWants(WantsEnd { count: 2 })));
@@ -443,7 +487,7 @@ mod tests {
 
     #[test]
     fn a_path_listed_twice_is_refused_the_second_time_even_across_frames() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         let first = want_all(&mut st, vec![entry("x", 1), entry("x", 1)]);
         assert_eq!(first.send.len(), 1);
         assert_eq!(first.refused.len(), 1);
@@ -457,7 +501,7 @@ mod tests {
 
     #[test]
     fn paths_that_are_not_plain_are_refused_and_hold_nothing() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         let answer = want_all(&mut st, vec![entry("../up", 1), entry("/abs", 1), entry("ok", 1)]);
         assert_eq!(answer.refused.iter().map(|f| f.i).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(answer.send.iter().map(|w| w.i).collect::<Vec<_>>(), [2]);
@@ -466,7 +510,7 @@ mod tests {
 
     #[test]
     fn unchanged_and_refused_decisions_let_their_paths_go() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         st.on_frame(manifest(2));
         let screened = st.on_manifest(vec![entry("same", 1), entry("newer", 1)]).unwrap();
         let mut decided: Vec<Decided> = Vec::new();
@@ -483,7 +527,7 @@ mod tests {
 
     #[test]
     fn a_manifest_after_manifest_end_closes() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         want_all(&mut st, vec![entry("a", 1)]);
         st.on_frame(end(1));
         assert!(closed(st.on_frame(manifest(1))).message.contains("manifest after manifest_end"));
@@ -492,18 +536,18 @@ mod tests {
 
     #[test]
     fn count_mismatches_close() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         want_all(&mut st, vec![entry("a", 1), entry("b", 1)]);
         let r = closed(st.on_frame(end(3)));
         assert_eq!(r.code, ErrorCode::BadRequest);
         assert!(r.message.contains("counts 3 entries, 2 were sent"), "{}", r.message);
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         assert!(closed(st.on_frame(tree_end())).message.contains("tree_end before manifest_end"));
     }
 
     #[test]
     fn files_not_wanted_sent_twice_or_of_the_wrong_extent_close() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         want_all(&mut st, vec![entry("a", 4), entry("b", 4)]);
         assert!(closed(st.on_frame(file(7, 0, 4))).message.contains("not wanted"));
         assert!(matches!(st.on_frame(file(0, 0, 4)), PutAction::Receive { i: 0, .. }));
@@ -511,10 +555,10 @@ mod tests {
         // A body from an offset never offered.
         let r = closed(st.on_frame(file(1, 2, 2)));
         assert!(r.message.contains("covers bytes 2..4 of a 4-byte file, 0 held"), "{}", r.message);
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         want_all(&mut st, vec![entry("a", 4)]);
         assert!(closed(st.on_frame(file(0, 0, 5))).message.contains("covers bytes 0..5"));
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         assert!(closed(st.on_frame(TreePutInput::Checksum(Checksum { blake3: String::new() })))
             .message
             .contains("checksum without a tree_file"));
@@ -522,7 +566,7 @@ mod tests {
 
     #[test]
     fn wanted_files_never_sent_fail_at_the_end_each_once() {
-        let mut st = TreePutState::new("d".into(), false);
+        let mut st = TreePutState::new("d".into(), false, false);
         want_all(&mut st, vec![entry("a", 1), entry("b", 1), entry("c", 1)]);
         st.on_frame(end(3));
         let PutAction::Receive { need, .. } = st.on_frame(file(1, 0, 1)) else { panic!() };
@@ -540,7 +584,7 @@ mod tests {
 
     #[test]
     fn reports_gather_until_due() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         assert!(st.report(true).is_none(), "nothing to report");
         for i in 0..REPORT_EVERY as u64 - 1 {
             st.settled(i, "p", Ok(1));
@@ -554,7 +598,7 @@ mod tests {
 
     #[test]
     fn a_frame_too_large_closes_before_its_body_is_read() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         let big = TreePutInput::Manifest(Manifest { len: TREE_PART_MAX + 1, count: 1 });
         assert_eq!(closed(st.on_frame(big)).code, ErrorCode::TooLarge);
         let mut get = TreeGetState::default();
@@ -566,7 +610,7 @@ mod tests {
 
     #[test]
     fn announcing_more_than_may_be_held_is_refused_whole() {
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         let many: Vec<_> = (0..MAX_OUTSTANDING).map(|i| entry(&format!("f{i}"), 1)).collect();
         assert_eq!(want_all(&mut st, many).send.len(), MAX_OUTSTANDING);
         st.on_frame(manifest(1));
@@ -574,7 +618,7 @@ mod tests {
         assert_eq!(r.code, ErrorCode::TooLarge);
         assert_eq!(st.next, MAX_OUTSTANDING as u64, "the refused frame is not counted");
         // Long paths reach the byte bound first.
-        let mut st = TreePutState::new(String::new(), false);
+        let mut st = TreePutState::new(String::new(), false, false);
         let long = "x".repeat(4000);
         let n = MAX_OUTSTANDING_BYTES / (2 * long.len() + ENTRY_COST + 2) + 1;
         let entries: Vec<_> = (0..n).map(|i| entry(&format!("{long}{i}"), 1)).collect();
@@ -589,7 +633,7 @@ mod tests {
     fn a_cut_at_every_step_leaves_a_consistent_state() {
         let steps: Vec<TreePutInput> = vec![manifest(2), end(2), file(0, 0, 1), file(1, 0, 2), tree_end()];
         for cut in 0..=steps.len() {
-            let mut st = TreePutState::new(String::new(), false);
+            let mut st = TreePutState::new(String::new(), false, false);
             let mut received = Vec::new();
             for frame in steps.iter().take(cut).cloned() {
                 match st.on_frame(frame) {

@@ -4,7 +4,7 @@
 //! `tree_get` sends the files a client wants back to back.
 
 use super::super::context::HandlerError;
-use super::super::storage::{Download, Got, Part, Storage, TreeSink};
+use super::super::storage::{Download, Got, Part, Storage, TreeSink, WalkFlags};
 use super::conversation::{GetAction, PutAction, TreeGetState, TreePutState};
 use crate::proto::{
     Checksum, Committed, Listing, ListingEnd, TreeFile, TreeGet, TreeGetInput, TreeList, TreePut, TreePutInput,
@@ -25,7 +25,7 @@ type S = Session<ServerSide>;
 /// and the listing goes on; without, it ends the listing with an error
 /// frame naming it.
 pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, request: TreeList) -> Result<(), Error> {
-    let TreeList { path, blake3, skips } = request;
+    let TreeList { path, blake3, skips, meta } = request;
     let (tx, rx) = tokio::sync::mpsc::channel::<Part>(4);
     let send = async {
         // Owned here: when the sending stops, early or not, the channel
@@ -49,7 +49,7 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
         s.send(&ListingEnd { count }, &[]).await
     };
     // The walk stops when the sender does (its channel closed).
-    let ((), sent) = tokio::join!(st.walk(&path, blake3, skips, tx), send);
+    let ((), sent) = tokio::join!(st.walk(&path, WalkFlags { blake3, skips, meta }, tx), send);
     sent
 }
 
@@ -76,12 +76,12 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
 /// failed reported in `committed` frames as it is. What each frame means
 /// is [`TreePutState`]'s to say; this loop does the I/O it asks for.
 pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request: TreePut) -> Result<(), Error> {
-    let TreePut { path: base, force } = request;
+    let TreePut { path: base, force, meta } = request;
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
-    s.send(&TreeReady {}, &[]).await?;
-    let mut state = TreePutState::new(base, force);
+    s.send(&TreeReady { meta }, &[]).await?;
+    let mut state = TreePutState::new(base, force, meta);
     let mut sink = st.tree_sink();
     let ended = put_frames(s, &mut state, &mut sink).await;
     if !matches!(ended, Ok(Ended::Done)) {
@@ -135,7 +135,13 @@ async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut
                     // the connection cannot stay in step.
                     Err(r) => return Ok(Ended::Refused(bad_request(Refusal::from(r).message))),
                 };
-                let answer = state.on_decided(screened.answer, decided);
+                let mut answer = state.on_decided(screened.answer, decided);
+                if !screened.to_apply.is_empty() {
+                    // Links to files of this upload find them in place.
+                    settle(s, state, sink, true, true).await?;
+                    let applied = sink.apply(state.base(), state.force(), screened.to_apply).await;
+                    state.on_applied(&mut answer, applied);
+                }
                 let body = json(&answer)?;
                 s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
             }
@@ -197,7 +203,7 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
-    s.send(&TreeReady {}, &[]).await?;
+    s.send(&TreeReady { meta: false }, &[]).await?;
     let mut state = TreeGetState::default();
     loop {
         let frame = match s.read::<TreeGetInput>().await {
@@ -248,7 +254,7 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
 /// caller flushes).
 async fn send_one(s: &mut S, i: u64, d: impl Download) -> Result<(), Error> {
     let crate::proto::FileReply { len, size, offset, mtime, mode } = d.head();
-    s.feed_head(&TreeFile { len, i, offset, size, mtime, mode })?;
+    s.feed_head(&TreeFile { len, i, offset, size, mtime, mode, mtime_ns: d.mtime_ns() })?;
     let hash = d.send(s, &format!("entry {i}")).await?;
     s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use super::{
     join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got, Needed,
-    NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload,
+    NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload, WalkFlags,
 };
 use crate::proto::{Entry, FileReply, Get, Kind, ManifestEntry, Want};
 use crate::server::context::HandlerError;
@@ -84,7 +84,10 @@ impl Storage for Bucket {
         Ok(BucketFile { reading, bucket: self.clone() })
     }
 
-    async fn walk(&self, path: &str, blake3: bool, _skips: bool, tx: Sender<Part>) {
+    async fn walk(&self, path: &str, flags: WalkFlags, tx: Sender<Part>) {
+        // A bucket has no links and keeps whole seconds: `meta` adds
+        // nothing.
+        let blake3 = flags.blake3;
         // The store lists a prefix flat, with nothing unreadable below it:
         // the whole tree is listed and sorted first (bounded by
         // TREE_LIST_BUDGET), then framed.
@@ -421,7 +424,8 @@ impl TreeSink for BucketSink {
                 Ok(target) => target,
                 Err(r) => return Ok(Got::Done(Err(r))),
             };
-            let (size, mtime, replace) = (need.size, need.mtime, need.replace);
+            // Whole seconds: what a bucket object's metadata keeps today.
+            let (size, mtime, replace) = (need.size, need.mtime.wire_secs(), need.replace);
             if size > STORED_AHEAD {
                 let stored = target.put_whole(&b, body, hash, Some(mtime), replace).await;
                 return Ok(Got::Done(stored.map(|()| size)));
@@ -440,7 +444,7 @@ impl TreeSink for BucketSink {
         }
         let started = async {
             let target = b.claim(&need.path).await?;
-            let upload = target.multipart(&b, need.size, Some(need.mtime)).await?;
+            let upload = target.multipart(&b, need.size, Some(need.mtime.wire_secs())).await?;
             Ok::<_, Fault>((target, upload))
         }
         .await;
@@ -472,6 +476,29 @@ impl TreeSink for BucketSink {
             Err(Finish::Mismatch(got)) => Err(mismatch(&need.path, &got.to_hex(), &claimed)),
             Err(Finish::Refused(r)) => Err(r),
         }))
+    }
+
+    async fn apply(
+        &mut self,
+        _base: &str,
+        _force: bool,
+        entries: Vec<(u64, String, ManifestEntry)>,
+    ) -> Vec<(u64, String, Result<bool, Fault>)> {
+        // A bucket has objects only: a directory's mode and time have
+        // nowhere to go (it exists through what is below it), and links are
+        // refused, each one named, rather than stored as something else.
+        entries
+            .into_iter()
+            .map(|(i, full, e)| {
+                let why = match e.kind {
+                    Kind::Dir => return (i, full, Ok(false)),
+                    Kind::Symlink => "a bucket root keeps no symlinks",
+                    _ if e.link.is_some() => "a bucket root keeps no hard links",
+                    _ => "a bucket root keeps no special files",
+                };
+                (i, full.clone(), Err(Fault::NotKept { path: full, why }))
+            })
+            .collect()
     }
 
     async fn settle(&mut self, all: bool) -> Vec<Settled> {

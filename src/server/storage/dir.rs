@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 
 use super::{
     blocking, join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got,
-    Needed, NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload,
+    Needed, NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload, WalkFlags,
 };
 use crate::proto::{Entry, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
 use crate::server::context::HandlerError;
@@ -85,7 +85,8 @@ impl Storage for Dir<'_> {
         Ok(DirFile { download, hashes: self.hashes.clone() })
     }
 
-    async fn walk(&self, path: &str, blake3: bool, skips: bool, tx: tokio::sync::mpsc::Sender<Part>) {
+    async fn walk(&self, path: &str, flags: WalkFlags, tx: tokio::sync::mpsc::Sender<Part>) {
+        let WalkFlags { blake3, skips, meta } = flags;
         let (sb, hashes, path) = (self.sb.clone(), self.hashes.clone(), path.to_owned());
         let walker = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::default();
@@ -108,7 +109,8 @@ impl Storage for Dir<'_> {
                 tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
             };
             let skip: Option<&mut files::Skip<'_>> = if skips { Some(&mut skip) } else { None };
-            let last = match sb.walk(&path, Listing::Tree, &mut sink, skip) {
+            let listing = if meta { Listing::Meta } else { Listing::Tree };
+            let last = match sb.walk(&path, listing, &mut sink, skip) {
                 Ok(()) => Part::Entries(chunker.rest()),
                 Err(r) => Part::Refused(r),
             };
@@ -176,6 +178,10 @@ pub(in crate::server) struct DirFile {
 impl Download for DirFile {
     fn head(&self) -> FileReply {
         self.download.head.clone()
+    }
+
+    fn mtime_ns(&self) -> Option<i64> {
+        self.download.mtime_ns
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
@@ -362,6 +368,8 @@ pub(in crate::server) struct Planned {
     pub(in crate::server) check: Check,
     pub(in crate::server) version: files::Version,
     pub(in crate::server) head: FileReply,
+    /// The exact modification time, in nanoseconds since the epoch.
+    pub(in crate::server) mtime_ns: Option<i64>,
     /// The whole-file hash, if the cache has it for this version.
     pub(in crate::server) cached: Option<blake3::Hash>,
 }
@@ -396,7 +404,8 @@ pub(in crate::server) fn plan_download(
         mtime: files::mtime(&meta),
         mode: meta.permissions().mode() & 0o7777,
     };
-    Ok(Planned { sender, check, version, head, cached })
+    let mtime_ns = files::Stamp::of_meta(&meta).wire_ns();
+    Ok(Planned { sender, check, version, head, mtime_ns, cached })
 }
 
 /// How to tell whether a file sent changed while it was read: its hash is
@@ -544,7 +553,7 @@ impl TreeSink for DirSink {
             if hash.to_hex().as_str() != claimed {
                 return Ok(Got::Done(Err(mismatch(&need.path, &hash.to_hex(), &claimed))));
             }
-            self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
+            self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime.wire_secs()));
             let meta = (mode, Some(need.mtime));
             self.batch.push_body(i, need.path.clone(), body.to_vec(), hash, meta, need.replace);
             return Ok(Got::Later { now: false });
@@ -580,7 +589,7 @@ impl TreeSink for DirSink {
         let hash = received.hash();
         match received.verify(&claimed) {
             Ok(received) => {
-                self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime));
+                self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime.wire_secs()));
                 let received = received.with_mtime(need.mtime);
                 self.batch.push_received(i, received, mode, need.replace, Some(Box::new(claim)));
                 // A large file is not kept waiting for a batch to fill.
@@ -652,6 +661,44 @@ impl TreeSink for DirSink {
                 (i, path, outcome)
             })
             .collect()
+    }
+
+    async fn apply(
+        &mut self,
+        base: &str,
+        force: bool,
+        entries: Vec<(u64, String, ManifestEntry)>,
+    ) -> Vec<(u64, String, Result<bool, Fault>)> {
+        let (sb, base) = (self.sb.clone(), base.to_owned());
+        let ids: Vec<(u64, String)> = entries.iter().map(|(i, full, _)| (*i, full.clone())).collect();
+        let applied = tokio::task::spawn_blocking(move || {
+            let apply = |(i, full, e): (u64, String, ManifestEntry)| {
+                let outcome = apply_one(&sb, &base, &full, &e, force);
+                (i, full, outcome)
+            };
+            entries.into_iter().map(apply).collect()
+        });
+        applied.await.unwrap_or_else(|e| {
+            let why = |_| Err(Fault::Internal { what: format!("applying links failed: {e}") });
+            ids.into_iter().map(|(i, full)| (i, full, why(()))).collect()
+        })
+    }
+}
+
+/// Applies one entry without data of a `meta` upload: a symlink, a hard
+/// link to another path of the upload, or a directory's attributes.
+/// Blocking.
+fn apply_one(sb: &Sandbox, base: &str, full: &str, e: &ManifestEntry, force: bool) -> Result<bool, Fault> {
+    let at = files::Stamp::from_wire(e.mtime, e.mtime_ns);
+    let replace = force || e.replace;
+    match (e.kind, &e.target, &e.link) {
+        (Kind::Symlink, Some(target), _) => sb.make_symlink(full, target, at, replace),
+        (Kind::Symlink, None, _) => {
+            Err(Fault::NotKept { path: full.to_owned(), why: "a symlink entry without a target" })
+        }
+        (Kind::File, _, Some(to)) => sb.make_hard_link(full, &join(base, to), replace),
+        (Kind::Dir, ..) => sb.set_dir_attrs(full, e.mode, at),
+        _ => Err(Fault::NotKept { path: full.to_owned(), why: "special files are not kept" }),
     }
 }
 

@@ -116,8 +116,9 @@ pub(in crate::server) trait Storage: Sync {
     /// cannot be read is listed without). A path below that cannot be read
     /// is a [`Part::Skip`] if `skips`, else the walk stops; a walk that
     /// stops ends with [`Part::Refused`]. Ends early, quietly, if `tx` is
-    /// closed (the client left).
-    fn walk(&self, path: &str, blake3: bool, skips: bool, tx: Sender<Part>) -> impl Future<Output = ()> + Send;
+    /// closed (the client left). With `meta`, symlinks too, exact times
+    /// and hard links marked ([`Listing::Meta`]), where the root has them.
+    fn walk(&self, path: &str, flags: WalkFlags, tx: Sender<Part>) -> impl Future<Output = ()> + Send;
 
     /// Opens the files a `tree_get` wants (`wants`, numbered, below
     /// `base`) in order, each ready to send or refused, a bounded number
@@ -142,6 +143,17 @@ pub(in crate::server) trait Storage: Sync {
         force: bool,
         mtime: Option<i64>,
     ) -> impl Future<Output = Result<Self::Upload, Fault>> + Send;
+}
+
+/// What a `tree_list` asks of its walk.
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::server) struct WalkFlags {
+    /// Each file's BLAKE3.
+    pub blake3: bool,
+    /// Unreadable paths skipped and reported, not ending the walk.
+    pub skips: bool,
+    /// Symlinks, exact times, hard links.
+    pub meta: bool,
 }
 
 /// What a tree's walk hands the `tree_list` sender, in order.
@@ -185,6 +197,12 @@ pub(in crate::server) trait Download: Send {
     /// What the `file` frame says (its `len` is the body's).
     fn head(&self) -> FileReply;
 
+    /// The exact modification time, in nanoseconds since the epoch, where
+    /// the storage keeps it.
+    fn mtime_ns(&self) -> Option<i64> {
+        None
+    }
+
     /// Sends the body (the head fed already) and returns the whole file's
     /// BLAKE3. An error ends the connection: the frame promised its length.
     fn send(self, s: &mut S, shown: &str) -> impl Future<Output = Result<blake3::Hash, Error>> + Send;
@@ -196,7 +214,7 @@ pub(in crate::server) struct Needed {
     /// Its path below the root.
     pub path: String,
     pub size: u64,
-    pub mtime: i64,
+    pub mtime: crate::services::files::Stamp,
     pub mode: u32,
     /// Whether it may replace what is there (decided, or `force`).
     pub replace: bool,
@@ -260,6 +278,17 @@ pub(in crate::server) trait TreeSink: Send {
     /// What has been put in place (or failed) since the last call: with
     /// `all`, everything taken in, waited for.
     fn settle(&mut self, all: bool) -> impl Future<Output = Vec<Settled>> + Send;
+
+    /// Applies entries without data (a `meta` request: symlinks, hard
+    /// links, directories' attributes), in order, once every file taken
+    /// in so far is in place: for each, whether it changed anything
+    /// (`false`: it was so already), or why not.
+    fn apply(
+        &mut self,
+        base: &str,
+        force: bool,
+        entries: Vec<(u64, String, ManifestEntry)>,
+    ) -> impl Future<Output = Vec<(u64, String, Result<bool, Fault>)>> + Send;
 }
 
 /// A `tree_put` reports what it stored at least every this many files.

@@ -758,22 +758,15 @@ fn named(prefix: &str, key: &str) -> Option<Path> {
 }
 
 fn file_entry(name: String, meta: &ObjectMeta) -> Entry {
-    Entry {
-        name,
-        size: meta.size,
-        kind: Kind::File,
-        mtime: meta.last_modified.timestamp(),
-        mode: FILE_MODE,
-        blake3: None,
-    }
+    Entry::new(name, meta.size, Kind::File, meta.last_modified.timestamp(), FILE_MODE)
 }
 
 fn object_entry(name: String, object: &Object) -> Entry {
-    Entry { name, size: object.size, kind: Kind::File, mtime: object.mtime, mode: FILE_MODE, blake3: None }
+    Entry::new(name, object.size, Kind::File, object.mtime, FILE_MODE)
 }
 
 fn dir_entry(name: String, mtime: i64) -> Entry {
-    Entry { name, size: 0, kind: Kind::Dir, mtime, mode: DIR_MODE, blake3: None }
+    Entry::new(name, 0, Kind::Dir, mtime, DIR_MODE)
 }
 
 /// `x-amz-meta-blake3` and `x-amz-meta-mtime` for a PUT.

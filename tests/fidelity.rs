@@ -1,0 +1,134 @@
+//! Issue 30: a tree put with `put -r` and got back with `get -r` is the
+//! tree that left, as `rsync -aH -n -i -c` sees it: symlinks copied as
+//! links (in, out, dangling, to a directory), hard links kept, modes of
+//! files and directories, times to the nanosecond (files, directories,
+//! links), odd names, empty nested directories.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{framewire, Serve};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `touch -d` with nanoseconds, on the path itself (`-h`: a link's own
+/// time).
+fn touch(path: &Path, when: &str) {
+    let out = Command::new("touch").args(["-h", "-d", when]).arg(path).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The torture tree: everything `-r` must keep.
+fn torture(src: &Path) {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let set_mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    for d in ["d700", "d750/deep", "empty/nested/deeper"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("a.txt"), b"a").unwrap();
+    std::fs::write(src.join("d750/deep/b"), b"b").unwrap();
+    std::fs::write(src.join("h1"), vec![7u8; 5000]).unwrap();
+    std::fs::hard_link(src.join("h1"), src.join("h2")).unwrap();
+    std::fs::hard_link(src.join("h1"), src.join("d700/h3")).unwrap();
+    for name in ["sp ace", "tab\tx", "new\nline", "-dash", "ünïcødé"] {
+        std::fs::write(src.join(name), name.as_bytes()).unwrap();
+    }
+    std::fs::write(src.join(format!("{}.txt", "x".repeat(200))), b"long").unwrap();
+    symlink("a.txt", src.join("rel-link")).unwrap();
+    symlink("/etc/hostname", src.join("out-link")).unwrap();
+    symlink("nowhere", src.join("dangling")).unwrap();
+    symlink("d750", src.join("dir-link")).unwrap();
+    symlink("../../a.txt", src.join("d750/deep/up")).unwrap();
+    set_mode(&src.join("a.txt"), 0o600);
+    set_mode(&src.join("d750/deep/b"), 0o750);
+    touch(&src.join("a.txt"), "2020-01-02 03:04:05.123456789");
+    touch(&src.join("rel-link"), "2019-05-05 05:05:05.5");
+    for d in ["d750/deep", "d750", "empty/nested/deeper", "empty/nested", "empty", "d700", ""] {
+        touch(&src.join(d), "2018-01-01 00:00:00.25");
+    }
+    set_mode(&src.join("d700"), 0o700);
+    set_mode(&src.join("d750"), 0o750);
+}
+
+/// What `rsync -aH -n -i -c` says differs from `from` to `to` (nothing,
+/// when the copy is faithful).
+fn rsync_differences(from: &Path, to: &Path) -> String {
+    let out = Command::new("rsync")
+        .args(["-aH", "-n", "-i", "-c"])
+        .arg(format!("{}/", from.display()))
+        .arg(format!("{}/", to.display()))
+        .output()
+        .expect("rsync is installed (.ci/run installs it)");
+    assert!(out.status.success(), "{out:?}");
+    text(&out.stdout)
+}
+
+#[test]
+fn a_tree_round_trips_as_rsync_sees_it() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    torture(&src);
+    let contents = format!("{}/", src.display());
+
+    let out = framewire(&["put", "-r", "-q", a, &contents, "t"]);
+    assert!(out.status.success(), "{out:?}");
+    let on_server = server.root.path().join("t");
+    assert_eq!(rsync_differences(&src, &on_server), "", "the server's copy");
+    // Links are data on the server: stored, never followed.
+    assert_eq!(std::fs::read_link(on_server.join("out-link")).unwrap(), Path::new("/etc/hostname"));
+    assert!(std::fs::symlink_metadata(on_server.join("dir-link")).unwrap().file_type().is_symlink());
+
+    let back = local.path().join("back");
+    let out = framewire(&["get", "-r", "-q", a, "t/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // The destination directory itself takes no time from the server yet
+    // (its listing names what is below it): the one line left, named.
+    let differences = rsync_differences(&src, &back);
+    assert!(differences.lines().all(|l| l == ".d..t...... ./"), "the copy back: {differences}");
+
+    // Nothing changed: a dry run prints nothing; one file changed: one line.
+    let out = framewire(&["put", "-r", "-n", "--itemize-changes", a, &contents, "t"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    touch(&src.join("d750/deep/b"), "2021-01-01 00:00:00.5");
+    let out = framewire(&["put", "-r", "-n", "--itemize-changes", a, &contents, "t"]);
+    assert_eq!(text(&out.stdout), "<f..t...... t/d750/deep/b\n", "{out:?}");
+    let out = framewire(&["put", "-r", "-q", a, &contents, "t"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(rsync_differences(&src, &on_server), "", "after the change");
+
+    // -L: a link to a file inside the tree is sent as that file; one
+    // leading out is not followed.
+    let out = framewire(&["put", "-r", "-L", a, &contents, "l"]);
+    assert!(out.status.success(), "{out:?}");
+    let l = server.root.path().join("l");
+    assert!(std::fs::symlink_metadata(l.join("rel-link")).unwrap().is_file());
+    assert!(std::fs::symlink_metadata(l.join("out-link")).is_err(), "never followed out of the tree");
+}
+
+/// A hostile `meta` manifest: a symlink whose target climbs out is stored
+/// as data and never followed by the server; a hard link naming a path
+/// outside the request's directory is refused.
+#[test]
+fn hostile_links_stay_data() {
+    let server = Serve::start(&[]);
+    let root = server.root.path();
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"s").unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), src.join("esc")).unwrap();
+    let out = framewire(&["put", "-r", "-q", &server.addr, &format!("{}/", src.display()), "in"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::symlink_metadata(root.join("in/esc")).unwrap().file_type().is_symlink());
+    // Following it through the server is refused: it leads out.
+    let out = framewire(&["get", &server.addr, "in/esc", local.path().join("got").to_str().unwrap()]);
+    assert!(!out.status.success() && !local.path().join("got").exists(), "{out:?}");
+}
