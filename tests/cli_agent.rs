@@ -535,7 +535,7 @@ fn peer_chosen_names_cannot_drive_the_terminal() {
 }
 
 /// `put -r` and `get -r` recreate empty directories, say what they leave
-/// out (special files, symlinks to directories, dangling links), and fail
+/// out (special files; with -L symlinks to directories, dangling links), and fail
 /// for a name the protocol cannot carry while sending the rest.
 #[test]
 fn trees_keep_empty_directories_and_say_what_they_skip() {
@@ -556,8 +556,10 @@ fn trees_keep_empty_directories_and_say_what_they_skip() {
     let bad = t.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
     std::fs::write(&bad, b"b").unwrap();
 
+    // -L: links are followed, not copied as links (the default since
+    // issue 30, tests/fidelity.rs), and those that cannot be are named.
     let contents = format!("{}/", t.display());
-    let out = framewire(&["put", "-r", a, &contents, "up"]);
+    let out = framewire(&["put", "-r", "-L", a, &contents, "up"]);
     assert_eq!(out.status.code(), Some(1), "the non-UTF-8 name fails the run: {out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("dirlink: a symlink to a directory (not followed)"), "{err}");
@@ -1081,9 +1083,9 @@ fn delete_mirrors_and_never_leaves_the_destination() {
     for gone in ["stale.txt", "*.txt", "sub/old", "olddir"] {
         assert!(std::fs::symlink_metadata(root.join("mirror").join(gone)).is_err(), "{gone} is gone");
     }
-    // A server's tree listing shows files and directories only, so its
-    // symlinks are neither copied nor removed; the link stays a link.
-    assert!(std::fs::symlink_metadata(root.join("mirror/link")).unwrap().file_type().is_symlink());
+    // A symlink the source lacks goes too (a mirror's listing shows links
+    // since issue 30), removed as a link: what it led to is untouched.
+    assert!(std::fs::symlink_metadata(root.join("mirror/link")).is_err());
     for kept in ["mirror/keep.txt", "mirror/sub/a", "mirror/keep.log", "outside/victim"] {
         assert!(root.join(kept).exists(), "{kept} is kept");
     }

@@ -319,9 +319,12 @@ async fn raw_put(addr: std::net::SocketAddr, path: &str, size: u64) -> (RawReade
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::Put(proto::Put { path: path.into(), size, force: false, mode: None, mtime: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::Put(proto::Put { path: path.into(), size, force: false, mode: None, mtime: None, mtime_ns: None }),
+        &[],
+    )
+    .await
+    .unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     (r, w, m)
@@ -444,9 +447,12 @@ async fn download_with_wrong_checksum_is_not_kept() {
         w.feed_preface(Preface::default());
         w.flush().await.unwrap();
         r.read_head::<Message>().await.unwrap();
-        w.feed(&Message::FileReply(proto::FileReply { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644 }), b"hello")
-            .await
-            .unwrap();
+        w.feed(
+            &Message::FileReply(proto::FileReply { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644, mtime_ns: None }),
+            b"hello",
+        )
+        .await
+        .unwrap();
         w.send(&Message::Checksum(proto::Checksum { blake3: blake3_hex(b"other") }), &[]).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
     });

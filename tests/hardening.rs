@@ -199,9 +199,19 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
         let path = format!("new-{round}");
         // The first upload is under way, and holds the path...
         let (mut r, mut w) = raw(server.addr).await;
-        w.send(&Message::Put(proto::Put { path: path.clone(), size: 5, force: false, mode: None, mtime: None }), &[])
-            .await
-            .unwrap();
+        w.send(
+            &Message::Put(proto::Put {
+                path: path.clone(),
+                size: 5,
+                force: false,
+                mode: None,
+                mtime: None,
+                mtime_ns: None,
+            }),
+            &[],
+        )
+        .await
+        .unwrap();
         assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
         // ...while a second waits for it (up to 2 s)...
         let (addr, l, p) = (server.addr(), local.path().join("second"), path.clone());
@@ -260,9 +270,19 @@ common::roots::on_both_roots!(
 
 async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootServer) {
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::Put(proto::Put { path: "late".into(), size: 5, force: false, mode: None, mtime: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::Put(proto::Put {
+            path: "late".into(),
+            size: 5,
+            force: false,
+            mode: None,
+            mtime: None,
+            mtime_ns: None,
+        }),
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
     // Another process writes the name while the upload is under way.
     root.write("late", b"theirs").await;
@@ -277,9 +297,12 @@ async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootS
 
 async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed(root: &RootServer) {
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::Put(proto::Put { path: "x".into(), size: 5, force: false, mode: None, mtime: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::Put(proto::Put { path: "x".into(), size: 5, force: false, mode: None, mtime: None, mtime_ns: None }),
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
     w.feed_head(&Message::PutData(proto::PutData { len: 1 << 63, offset: 0 })).unwrap();
     w.flush().await.unwrap();
@@ -288,9 +311,12 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed(root: 
 
     // A put_data header with a member of the wrong type.
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::Put(proto::Put { path: "y".into(), size: 5, force: false, mode: None, mtime: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::Put(proto::Put { path: "y".into(), size: 5, force: false, mode: None, mtime: None, mtime_ns: None }),
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
     let bad = br#"{"type":"put_data","len":5,"offset":"zero"}"#;
     w.get_mut().write_all(&(bad.len() as u32).to_be_bytes()).await.unwrap();

@@ -350,7 +350,17 @@ async fn a_stall_inside_a_request_is_answered_with_timeout() {
     assert!(read_frame(&mut sock).await.is_none(), "closed");
 
     let put = |path: &str, size: u64| {
-        frame(&Message::Put(proto::Put { path: path.into(), size, force: false, mode: None, mtime: None }), b"")
+        frame(
+            &Message::Put(proto::Put {
+                path: path.into(),
+                size,
+                force: false,
+                mode: None,
+                mtime: None,
+                mtime_ns: None,
+            }),
+            b"",
+        )
     };
     // A put_data head: half its length prefix, then nothing.
     let mut sock = raw(&server).await;
@@ -386,6 +396,7 @@ async fn an_upload_cut_by_the_drain_keeps_every_byte_that_arrived() {
         force: false,
         mode: None,
         mtime: None,
+        mtime_ns: None,
     });
     sock.write_all(&frame(&put, b"")).await.unwrap();
     assert!(matches!(read_frame(&mut sock).await, Some((Message::PutReady(_), _))));

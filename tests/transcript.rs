@@ -97,6 +97,7 @@ async fn put_with_resume(server: &TestServer) -> String {
         force: false,
         mode: Some(0o644),
         mtime: Some(MTIME as i64),
+        mtime_ns: None,
     };
     let mut first = Transcript::open(&server.addr()).await;
     first.send("put", &put, &[]).await;

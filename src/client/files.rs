@@ -423,7 +423,7 @@ impl Client {
                 return Err(e);
             }
         };
-        let FileReply { size, offset, mode, mtime, .. } = head;
+        let FileReply { size, offset, mode, mtime, mtime_ns, .. } = head;
         if !receiver.agree(offset).map_err(local_err(&shown))? {
             self.session.abandon().await;
             return Err(ClientError::Unexpected { expected: "a file from our offset or 0", got: "file".into() });
@@ -466,7 +466,11 @@ impl Client {
         // The server's mtime, set before the rename (as `scp -p` keeps it);
         // a server that sends none sends 0, and the file keeps the time it
         // was written.
-        let received = if mtime != 0 { received.with_mtime(mtime) } else { received };
+        let received = if mtime != 0 || mtime_ns.is_some() {
+            received.with_mtime(crate::services::files::Stamp::from_wire(mtime, mtime_ns))
+        } else {
+            received
+        };
         let commit = move || received.commit(mode, force).map(|_| ());
         match spawn_blocking(commit).await.map_err(join_err)? {
             Ok(()) => Ok(Transfer { size, resumed: offset, blake3: got }),
@@ -555,8 +559,9 @@ impl Client {
         }
         let size = meta.len();
         let mode = meta.permissions().mode() & 0o777;
-        let mtime = Some(crate::services::files::mtime(&meta));
-        let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode), mtime };
+        let stamp = crate::services::files::Stamp::of_meta(&meta);
+        let (mtime, mtime_ns) = (Some(stamp.wire_secs()), stamp.fraction_ns());
+        let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode), mtime, mtime_ns };
         self.session.send(&put, &[]).await?;
         let PutReady { offset, prefix_blake3 } = self.answer().await?;
         let shared = self.shared_reads.clone();

@@ -275,7 +275,7 @@ messages! {
 
     /// Reply to [`Get`]: bytes `offset..size` follow as the body, then a
     /// [`Checksum`] of the whole file.
-    FileReply = "file", ToClient, body, cold, example: FileReply { len: 1, size: 5, offset: 4, mtime: 2, mode: 0o644 };
+    FileReply = "file", ToClient, body, cold, example: FileReply { len: 1, size: 5, offset: 4, mtime: 2, mode: 0o644, mtime_ns: Some(2_000_000_001) };
     {
         /// Body length (`size - offset`).
         #[serde(default)]
@@ -291,6 +291,10 @@ messages! {
         /// Unix permission bits.
         #[serde(default)]
         mode: u32,
+        /// The exact modification time, nanoseconds since the epoch:
+        /// given when it is not whole seconds (absent, `mtime` is exact).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
     }
 
     /// Trailer of a transfer, from whichever side sent the file: BLAKE3
@@ -303,7 +307,14 @@ messages! {
 
     /// Request: upload `size` bytes to `path`.
     Put = "put", ToServer, none, cold,
-        example: Put { path: "a".into(), size: 5, force: true, mode: Some(0o600), mtime: Some(1_767_225_600) };
+        example: Put {
+            path: "a".into(),
+            size: 5,
+            force: true,
+            mode: Some(0o600),
+            mtime: Some(1_767_225_600),
+            mtime_ns: Some(1_767_225_600_000_000_001),
+        };
     {
         /// Path relative to the served root.
         path: String,
@@ -319,6 +330,10 @@ messages! {
         /// seconds since the Unix epoch (kept as `rsync -t` keeps it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime: Option<i64>,
+        /// The same, exact, in nanoseconds since the epoch: given when it
+        /// is not whole seconds, and then it wins over `mtime`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
     }
 
     /// Reply to [`Put`]: the server holds `offset` bytes of an earlier,

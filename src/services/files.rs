@@ -1100,6 +1100,12 @@ impl Stamp {
         self.secs.checked_mul(1_000_000_000)?.checked_add(i64::from(self.nsec))
     }
 
+    /// The protocol's `mtime_ns` where whole seconds would lose something
+    /// (`put` and `file` leave it out otherwise: `mtime` is then exact).
+    pub fn fraction_ns(self) -> Option<i64> {
+        self.wire_ns().filter(|_| self.nsec != 0)
+    }
+
     fn timespec(self) -> rustix::fs::Timespec {
         rustix::fs::Timespec { tv_sec: self.secs as _, tv_nsec: self.nsec as _ }
     }

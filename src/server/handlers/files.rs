@@ -86,7 +86,8 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, request: Get
 /// The drain deadline is watched here (not by dropping the request): a
 /// body cut by it keeps every byte that arrived, as a cut connection's.
 pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put) -> Result<(), Error> {
-    let Put { path, size, force, mode, mtime } = request;
+    let Put { path, size, force, mode, mtime, mtime_ns } = request;
+    let stamp = mtime.map(|secs| crate::services::files::Stamp::from_wire(secs, mtime_ns));
     let cut = s.cut_off().clone();
     let admitted = cut_off_by(&cut, async { Ok(st.admit(&path, size, force, mtime).await) }).await?;
     let mut upload = match admitted {
@@ -144,7 +145,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
             return other.map(|_| ());
         }
     };
-    match body.finish(&claimed, (mode, mtime), force).await {
+    match body.finish(&claimed, (mode, stamp), force).await {
         Ok(()) => {
             if mode.is_some() && !St::KEEPS_MODES {
                 s.set_outcome("ok: stored; the mode is not kept (an object store has no permission bits)".to_owned());

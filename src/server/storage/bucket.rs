@@ -168,7 +168,8 @@ pub(in crate::server) struct BucketFile {
 impl Download for BucketFile {
     fn head(&self) -> FileReply {
         let r = &self.reading;
-        FileReply { len: r.size - r.start, size: r.size, offset: r.start, mtime: r.mtime, mode: FILE_MODE }
+        let (len, size, offset, mtime) = (r.size - r.start, r.size, r.start, r.mtime);
+        FileReply { len, size, offset, mtime, mode: FILE_MODE, mtime_ns: None }
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
@@ -253,7 +254,12 @@ enum Data {
 }
 
 impl Body for BucketBody {
-    async fn finish(self, claimed: &str, _: (Option<u32>, Option<i64>), force: bool) -> Result<(), NotFinished> {
+    async fn finish(
+        self,
+        claimed: &str,
+        _: (Option<u32>, Option<crate::services::files::Stamp>),
+        force: bool,
+    ) -> Result<(), NotFinished> {
         let BucketBody { target, bucket, mtime, data } = self;
         match data {
             Data::Whole(body) => {

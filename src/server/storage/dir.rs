@@ -180,10 +180,6 @@ impl Download for DirFile {
         self.download.head.clone()
     }
 
-    fn mtime_ns(&self) -> Option<i64> {
-        self.download.mtime_ns
-    }
-
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
         let Planned { sender, check, version, cached, .. } = self.download;
         let computed = match sender.send(s.writer(), &mut |_| {}).await {
@@ -276,7 +272,12 @@ pub(in crate::server) struct DirBody {
 }
 
 impl Body for DirBody {
-    async fn finish(self, claimed: &str, meta: (Option<u32>, Option<i64>), force: bool) -> Result<(), NotFinished> {
+    async fn finish(
+        self,
+        claimed: &str,
+        meta: (Option<u32>, Option<files::Stamp>),
+        force: bool,
+    ) -> Result<(), NotFinished> {
         // The claim is held until the file is in place.
         let DirBody { received, _claim, path, hashes } = self;
         let received = received.verify(claimed).map_err(NotFinished::Mismatch)?;
@@ -292,7 +293,7 @@ impl Body for DirBody {
 fn commit_upload(
     received: Received,
     path: &str,
-    (mode, mtime): (Option<u32>, Option<i64>),
+    (mode, mtime): (Option<u32>, Option<files::Stamp>),
     force: bool,
     hashes: &HashCache,
 ) -> Result<(), Fault> {
@@ -368,8 +369,6 @@ pub(in crate::server) struct Planned {
     pub(in crate::server) check: Check,
     pub(in crate::server) version: files::Version,
     pub(in crate::server) head: FileReply,
-    /// The exact modification time, in nanoseconds since the epoch.
-    pub(in crate::server) mtime_ns: Option<i64>,
     /// The whole-file hash, if the cache has it for this version.
     pub(in crate::server) cached: Option<blake3::Hash>,
 }
@@ -403,9 +402,9 @@ pub(in crate::server) fn plan_download(
         offset: sender.start(),
         mtime: files::mtime(&meta),
         mode: meta.permissions().mode() & 0o7777,
+        mtime_ns: files::Stamp::of_meta(&meta).fraction_ns(),
     };
-    let mtime_ns = files::Stamp::of_meta(&meta).wire_ns();
-    Ok(Planned { sender, check, version, head, mtime_ns, cached })
+    Ok(Planned { sender, check, version, head, cached })
 }
 
 /// How to tell whether a file sent changed while it was read: its hash is

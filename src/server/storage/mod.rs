@@ -197,12 +197,6 @@ pub(in crate::server) trait Download: Send {
     /// What the `file` frame says (its `len` is the body's).
     fn head(&self) -> FileReply;
 
-    /// The exact modification time, in nanoseconds since the epoch, where
-    /// the storage keeps it.
-    fn mtime_ns(&self) -> Option<i64> {
-        None
-    }
-
     /// Sends the body (the head fed already) and returns the whole file's
     /// BLAKE3. An error ends the connection: the frame promised its length.
     fn send(self, s: &mut S, shown: &str) -> impl Future<Output = Result<blake3::Hash, Error>> + Send;
@@ -425,7 +419,7 @@ pub(in crate::server) trait Body: Send + Sized {
     fn finish(
         self,
         claimed: &str,
-        meta: (Option<u32>, Option<i64>),
+        meta: (Option<u32>, Option<crate::services::files::Stamp>),
         force: bool,
     ) -> impl Future<Output = Result<(), NotFinished>> + Send;
 
