@@ -31,7 +31,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -145,9 +145,6 @@ pub struct Plan {
     /// Remote directories to create because no file below creates them
     /// and the server does not hold them (uploads).
     pub mkdirs: Vec<String>,
-    /// Every directory of the uploaded trees, by its server path, the
-    /// tree's own first (uploads).
-    pub dirs: Vec<String>,
     /// Local directories to create, empty ones too (downloads); planning
     /// itself changes nothing, [`run`] creates them first.
     pub local_dirs: Vec<PathBuf>,
@@ -182,8 +179,9 @@ pub struct Plan {
     inodes: HashMap<(u64, u64), String>,
     /// Symlinks are followed (`-L`), not copied as links.
     copy_links: bool,
-    /// What each job changes on the receiver, in rsync's
-    /// `--itemize-changes` form, in the order of [`Plan::jobs`] (see
+    /// What the copy changes on the receiver, in rsync's
+    /// `--itemize-changes` form: directories created, links made, files
+    /// sent (in the order of [`Plan::jobs`]), paths deleted (see
     /// [`Change`]).
     pub changes: Vec<Change>,
 }
@@ -287,15 +285,6 @@ impl Meta {
     }
 }
 
-/// What a link change shows after its arrow.
-fn m_target(m: &Meta) -> &str {
-    match m {
-        Meta::Symlink { target, .. } => target,
-        Meta::HardLink { to, .. } => to,
-        Meta::Dir { .. } => "",
-    }
-}
-
 /// One change a copy makes to the receiver, as rsync's
 /// `--itemize-changes` writes it: an 11-character code `YXcstpoguax` and
 /// the path. `Y` is `<` (sent to the server) or `>` (received), `c` for
@@ -363,7 +352,6 @@ impl Plan {
             direction,
             jobs: Vec::new(),
             mkdirs: Vec::new(),
-            dirs: Vec::new(),
             local_dirs: Vec::new(),
             delete_remote: Vec::new(),
             delete_local: Vec::new(),
@@ -386,11 +374,15 @@ impl Plan {
     /// the same file.
     fn decide(&mut self, mut job: Job, receiver: Option<Held>, rule: Rule, same: Option<bool>) {
         use crate::services::sync::{self, Held, Same, Verdict};
+        // Contents compared, and different (itemized `c`).
+        let differs = same == Some(false);
         // Where both times are known to the nanosecond, they tell files
         // apart as the seconds do.
         let same = match (same, receiver) {
-            (None, Some(Some((size, mtime, Some(ns))))) if size == job.size && mtime == job.mtime => {
-                job.mtime_ns.map(|theirs| theirs == ns).filter(|same| !same)
+            (None, Some(Some((size, mtime, Some(ns)))))
+                if size == job.size && mtime == job.mtime && job.mtime_ns.is_some_and(|ours| ours != ns) =>
+            {
+                Some(false)
             }
             (same, _) => same,
         };
@@ -400,7 +392,6 @@ impl Plan {
             Some(Some((size, mtime, _))) => Held::File { size, mtime },
             Some(None) => Held::Other,
         };
-        let differs = same == Some(false);
         let same = || same.map_or(Same::Unknown, Same::Known);
         match sync::decide(held, (job.size, job.mtime), same, existing, force) {
             Verdict::Send { replace } => {
@@ -536,25 +527,158 @@ async fn hash_of(open: impl FnOnce() -> std::io::Result<std::fs::File> + Send + 
     Some(hash.await.ok()?.ok()?.to_hex().to_string())
 }
 
-/// What a download's destination holds under `rel` (beneath `root`, no
-/// symlink followed): `None` if nothing, or if a symlink or file stands
-/// where a directory on the way belongs (a directory replaces it);
-/// `Some(None)` if something that is not a regular file; else its size and
-/// mtime.
-fn held_at(root: Option<&Root>, rel: &str) -> Option<Held> {
-    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let dir = root?.open_dir(parent).ok()?;
-    let st = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    let file = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
-    Some(file.then(|| (st.st_size as u64, stat_mtime(&st), Stamp::of_stat(&st).wire_ns())))
+/// What the receiver holds under a path, as a plan compares the source
+/// with it.
+#[derive(Debug, Clone, Default)]
+struct There {
+    kind: Kind,
+    size: u64,
+    /// Whole seconds, as the protocol's `mtime`.
+    secs: i64,
+    /// Exact, in nanoseconds, where known.
+    ns: Option<i64>,
+    mode: u32,
+    /// A symlink's target.
+    target: Option<String>,
+    /// A file's BLAKE3, where listed.
+    blake3: Option<String>,
+    /// Which file it is, the same for all its names (hard links).
+    id: Option<String>,
 }
 
-/// Whether `rel` beneath `root` is a directory (not a link to one).
-fn dir_at(root: Option<&Root>, rel: &str) -> bool {
-    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let Some(Ok(dir)) = root.map(|root| root.open_dir(parent)) else { return false };
-    rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+impl There {
+    /// As the server's listing (or `stat`) gives it.
+    fn listed(e: &Entry) -> There {
+        There {
+            kind: e.kind,
+            size: e.size,
+            secs: e.mtime,
+            ns: e.mtime_ns,
+            mode: e.mode,
+            target: e.target.clone(),
+            blake3: e.blake3.clone(),
+            id: (e.kind == Kind::File).then(|| e.link.clone().unwrap_or_else(|| e.name.clone())),
+        }
+    }
+
+    /// What a download's destination holds under `rel` (beneath `root`,
+    /// the destination itself if empty; no symlink followed): `None` if
+    /// nothing, or if a symlink or file stands where a directory on the
+    /// way belongs (a directory replaces it).
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    fn local(root: Option<&Root>, rel: &str) -> Option<There> {
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let dir = root?.open_dir(parent).ok()?;
+        let st = if rel.is_empty() {
+            rustix::fs::fstat(&dir).ok()?
+        } else {
+            rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?
+        };
+        let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::RegularFile => Kind::File,
+            rustix::fs::FileType::Directory => Kind::Dir,
+            rustix::fs::FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        };
+        let target = (kind == Kind::Symlink)
+            .then(|| rustix::fs::readlinkat(&dir, name, Vec::new()).ok()?.into_string().ok())
+            .flatten();
+        Some(There {
+            kind,
+            size: st.st_size as u64,
+            secs: stat_mtime(&st),
+            ns: Stamp::of_stat(&st).wire_ns(),
+            mode: st.st_mode as u32 & 0o7777,
+            target,
+            blake3: None,
+            id: Some(format!("{}:{}", st.st_dev, st.st_ino)),
+        })
+    }
+
+    /// As a plan decides a file against it: a regular file's size and
+    /// times, or `None` for anything else.
+    fn held(&self) -> Held {
+        (self.kind == Kind::File).then_some((self.size, self.secs, self.ns))
+    }
+}
+
+/// The directory `path` is in (`""` for one at the top).
+fn parent_of(path: &str) -> String {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent).to_owned()
+}
+
+/// Settles the links and directories a plan found (`plan.meta[first..]`)
+/// against what the receiver holds (`there`, by their paths), once its
+/// files are decided (`written`: the paths the copy writes): a link that is
+/// there already is left out, others replace what is there; a directory
+/// is set only if it is new, its mode or time differ, or something in it
+/// changes (a file written or a path deleted in it, `touched`, or a link
+/// or directory made). Each link made and directory created is itemized
+/// at `at` in the plan's changes, its path as `show` shows it.
+fn settle_meta(
+    plan: &mut Plan,
+    (first, at): (usize, usize),
+    there: &dyn Fn(&str) -> Option<There>,
+    (written, mut touched): (HashSet<String>, HashSet<String>),
+    show: &dyn Fn(&str) -> String,
+) {
+    touched.extend(written.iter().map(|p| parent_of(p)));
+    let (mut dirs, links): (Vec<Meta>, Vec<Meta>) =
+        plan.meta.split_off(first).into_iter().partition(|m| matches!(m, Meta::Dir { .. }));
+    let (mut made, mut linked, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    for mut m in links {
+        let here = there(m.path());
+        let id = |path: &str| there(path).and_then(|t| t.id);
+        let (same, code, shown) = match &m {
+            Meta::Symlink { path, target, .. } => (
+                here.as_ref().is_some_and(|h| h.target.as_ref() == Some(target)),
+                "cL+++++++++",
+                format!("{} -> {target}", show(path)),
+            ),
+            // The same file, unless the copy writes a new one under the
+            // name it links to.
+            Meta::HardLink { path, to, .. } => (
+                !written.contains(to) && id(path).is_some() && id(path) == id(to),
+                "hf+++++++++",
+                format!("{} => {}", show(path), show(to)),
+            ),
+            Meta::Dir { .. } => continue,
+        };
+        if same {
+            // A symlink whose own time differs only has it set.
+            if let (Meta::Symlink { mtime, .. }, Some(h)) = (&m, &here) {
+                if h.ns != mtime.wire_ns() {
+                    kept.push(m);
+                }
+            }
+            continue;
+        }
+        if let Meta::Symlink { replace, .. } | Meta::HardLink { replace, .. } = &mut m {
+            *replace = here.is_some();
+        }
+        touched.insert(parent_of(m.path()));
+        linked.push(Change { code: code.into(), path: shown, source: m.shown() });
+        kept.push(m);
+    }
+    // Deepest first: a directory made touches the one it is in.
+    Meta::order(&mut dirs);
+    for m in dirs {
+        let Meta::Dir { path, mode, mtime } = &m else { continue };
+        match there(path) {
+            None => {
+                touched.insert(parent_of(path));
+                made.push(Change::mkdir(&show(path)));
+            }
+            Some(h) if h.kind == Kind::Dir && h.mode == *mode && h.ns == mtime.wire_ns() && !touched.contains(path) => {
+                continue
+            }
+            Some(_) => {}
+        }
+        kept.push(m);
+    }
+    made.sort_by(|a, b| a.path.cmp(&b.path));
+    plan.meta.extend(kept);
+    plan.changes.splice(at..at, made.into_iter().chain(linked));
 }
 
 /// A `stat`'s mtime in whole seconds, as [`crate::services::files::mtime`]
@@ -686,8 +810,13 @@ pub async fn plan_get(
         }
         plan.local_dirs.push(target.clone());
         // Links and directories' attributes are set beneath the
-        // destination, by their paths below it.
+        // destination, by their paths below it; the copied directory's
+        // own too (its `stat`).
         let rel_of = |name: &str| rel_below(dest, &target.join(name));
+        if let Some(path) = rel_below(dest, &target) {
+            let mtime = Stamp::from_wire(entry.mtime, entry.mtime_ns);
+            plan.meta.push(Meta::Dir { path, mode: entry.mode, mtime });
+        }
         for e in tree {
             if !filter.allows(&e.name, e.kind == Kind::Dir) {
                 continue;
@@ -734,10 +863,17 @@ pub async fn plan_get(
         Some(root) if dest_dir == dest => root,
         _ => open_below(&dest_dir),
     };
-    let made: Vec<Change> =
-        plan.local_dirs.iter().filter(|d| !d.is_dir()).map(|d| Change::mkdir(&d.display().to_string())).collect();
-    plan.changes.extend(made);
     decide_gets(&mut plan, found, root.as_ref(), &dest_dir, rule).await;
+    let written = plan.jobs.iter().filter_map(|j| rel_below(&dest_dir, &j.local)).collect();
+    let touched: HashSet<String> = plan
+        .delete_local
+        .iter()
+        .filter_map(|(copied, rel)| rel_below(&dest_dir, &copied.join(rel)))
+        .map(|p| parent_of(&p))
+        .collect();
+    let there = |rel: &str| There::local(root.as_ref(), rel);
+    let show = |rel: &str| dest_dir.join(rel).display().to_string();
+    settle_meta(&mut plan, (0, 0), &there, (written, touched), &show);
     plan.itemize_deletions();
     Ok(plan)
 }
@@ -748,14 +884,15 @@ pub async fn plan_get(
 async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest_dir: &Path, rule: Rule) {
     for job in found {
         let rel = rel_below(dest_dir, &job.local);
-        if rel.as_deref().is_some_and(|rel| dir_at(root, rel)) {
+        let here = rel.as_deref().and_then(|rel| There::local(root, rel));
+        if here.as_ref().is_some_and(|h| h.kind == Kind::Dir) {
             // Never replaced by a file, `force` or not (as cp refuses): the
             // download could never be put in place.
             let error = ClientError::Local { path: job.local.clone(), source: local_directory() };
             plan.failures.push(Failure { path: job.remote, error });
             continue;
         }
-        let held = rel.as_deref().and_then(|rel| held_at(root, rel));
+        let held = here.as_ref().map(There::held);
         let same = match (&held, &job.blake3, root, rel) {
             (Some(Some((size, ..))), Some(theirs), Some(root), Some(rel)) if *size == job.size => {
                 let root = root.clone();
@@ -871,8 +1008,8 @@ fn extras<'a>(
     out
 }
 
-/// Whether the server holds `target` (a directory being uploaded to), and
-/// what it holds below it.
+/// What the server holds at `target` (a directory being uploaded to), if
+/// anything, and below it.
 /// With `delete`, a directory the server could not read is a failure
 /// (what it holds is unknown, so the mirror removes nothing); without, it
 /// only holds nothing known (a file sent into it fails on its own).
@@ -881,7 +1018,7 @@ async fn held_remotely(
     target: &str,
     hashed: bool,
     (delete, failures): (bool, &mut Vec<Failure>),
-) -> Result<(bool, Vec<Entry>), ClientError> {
+) -> Result<(Option<Entry>, Vec<Entry>), ClientError> {
     match client.tree_meta(target, hashed, true).await {
         Ok(listed) => {
             if delete {
@@ -890,9 +1027,19 @@ async fn held_remotely(
                     failures.push(Failure { path: join_remote(target, &skip.path), error });
                 }
             }
-            Ok((true, listed.entries))
+            // Its own mode and time (the listing gives what is below);
+            // `stat` leaves out the nanoseconds of a time in whole seconds.
+            let own = match target {
+                "" => None,
+                _ => {
+                    let mut own = client.stat(target).await?;
+                    own.mtime_ns = Stamp::from_wire(own.mtime, own.mtime_ns).wire_ns();
+                    Some(own)
+                }
+            };
+            Ok((own, listed.entries))
         }
-        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok((false, Vec::new())),
+        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok((None, Vec::new())),
         Err(e) => Err(e),
     }
 }
@@ -952,7 +1099,7 @@ pub async fn plan_put(
         // `DIR` the directory itself.
         let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
-        let (target_is_dir, entries) =
+        let (held_target, entries) =
             held_remotely(client, &target, checksum, (delete, &mut plan.failures)).await.map_err(source)?;
         // The tree as the user named it (followed, as cp and rsync do);
         // everything below is opened beneath it.
@@ -961,11 +1108,11 @@ pub async fn plan_put(
         let mut found = Vec::new();
         // Only a mirror needs to know every path the source holds.
         let mut seen = delete.then(std::collections::HashSet::new);
-        let first_dir = plan.dirs.len();
         let first_mkdir = plan.mkdirs.len();
         let first_meta = plan.meta.len();
+        let first_change = plan.changes.len();
+        let first_job = plan.jobs.len();
         if !target.is_empty() {
-            plan.dirs.push(target.clone());
             let at = Stamp::of_meta(&meta);
             let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
             plan.meta.push(Meta::Dir { path: target.clone(), mode, mtime: at });
@@ -976,80 +1123,36 @@ pub async fn plan_put(
             let gone = extras(held, |n| seen.contains(n), &filter);
             plan.delete_remote.extend(gone.into_iter().map(|rel| join_remote(&target, rel)));
         }
-        let held_dirs: std::collections::HashSet<String> =
-            entries.iter().filter(|e| e.kind == Kind::Dir).map(|e| e.name.clone()).collect();
-        let held_kinds: HashMap<String, (Kind, Option<String>)> =
-            entries.iter().map(|e| (e.name.clone(), (e.kind, e.target.clone()))).collect();
-        // Each file the server holds with several names, by the first of
-        // them its listing gave.
-        let held_group: HashMap<String, String> =
-            entries.iter().filter_map(|e| e.link.as_ref().map(|first| (e.name.clone(), first.clone()))).collect();
-        let group = |rel: &str| held_group.get(rel).map_or(rel.to_owned(), Clone::clone);
-        // By the name relative to the target (the listing's own strings):
-        // one string less per file of a large tree.
-        let held: HashMap<String, (Held, Option<String>)> = entries
-            .into_iter()
-            .map(|e| (e.name, ((e.kind == Kind::File).then_some((e.size, e.mtime, e.mtime_ns)), e.blake3)))
-            .collect();
-
         if !creates && !target.is_empty() {
             plan.mkdirs.push(target.clone());
         }
-        // What the server holds already is neither made nor shown made.
-        let is_dir = |d: &String| {
-            let rel = below(&target, d);
-            (d == &target && target_is_dir) || (d != &target && held_dirs.contains(rel))
+        // What the server holds, by path: `entries` is its listing of the
+        // target, sorted by name.
+        let there = |path: &str| -> Option<There> {
+            if path == target {
+                return held_target.as_ref().map(There::listed);
+            }
+            let rel = below(&target, path);
+            let e = &entries[entries.binary_search_by(|e| e.name.as_str().cmp(rel)).ok()?];
+            Some(There::listed(e))
         };
-        let mut k = first_mkdir;
-        while k < plan.mkdirs.len() {
-            if is_dir(&plan.mkdirs[k]) {
-                plan.mkdirs.remove(k);
-            } else {
-                k += 1;
-            }
-        }
-        let made: Vec<Change> =
-            plan.dirs[first_dir..].iter().filter(|d| !is_dir(d)).map(|d| Change::mkdir(d)).collect();
-        plan.changes.extend(made);
-        // A link replaces what the server holds under its name (the
-        // source wins), never a directory; the same symlink there already
-        // is no change.
-        let mut links = Vec::new();
-        for m in &mut plan.meta[first_meta..] {
-            let (Meta::Symlink { path, replace, .. } | Meta::HardLink { path, replace, .. }) = m else { continue };
-            let there = held_kinds.get(below(&target, path));
-            *replace = there.is_some();
-            let same = match (&*m, there) {
-                (Meta::Symlink { target: to, .. }, Some((Kind::Symlink, Some(t)))) => t == to,
-                (Meta::HardLink { path, to, .. }, Some((Kind::File, _))) => {
-                    group(below(&target, path)) == group(below(&target, to))
-                }
-                _ => false,
-            };
-            if !same {
-                let (code, arrow) = match m {
-                    Meta::Symlink { .. } => ("cL+++++++++", "->"),
-                    _ => ("hf+++++++++", "=>"),
-                };
-                let path = format!("{} {arrow} {}", m.path(), m_target(m));
-                links.push(Change { code: code.into(), path, source: m.shown() });
-            }
-        }
-        plan.changes.extend(links);
+        // A directory the server holds is not made again.
+        let mkdirs = plan.mkdirs.split_off(first_mkdir);
+        plan.mkdirs.extend(mkdirs.into_iter().filter(|d| !there(d).is_some_and(|t| t.kind == Kind::Dir)));
         for job in found {
-            let (receiver, theirs) = match held.get(below(&target, &job.remote)) {
-                Some((state, hash)) => (Some(*state), hash.as_deref()),
-                None => (None, None),
-            };
-            let same = match (receiver, theirs) {
-                (Some(Some((size, ..))), Some(theirs)) if size == job.size => {
+            let here = there(&job.remote);
+            let same = match &here {
+                Some(t) if t.kind == Kind::File && t.size == job.size && t.blake3.is_some() => {
                     let j = job.clone();
-                    Some(hash_of(move || j.open_local()).await.as_deref() == Some(theirs))
+                    Some(hash_of(move || j.open_local()).await == t.blake3)
                 }
                 _ => None,
             };
-            plan.decide(job, receiver, rule, same);
+            plan.decide(job, here.as_ref().map(There::held), rule, same);
         }
+        let written = plan.jobs[first_job..].iter().map(|j| j.remote.clone()).collect();
+        let touched = plan.delete_remote.iter().map(|p| parent_of(p)).collect();
+        settle_meta(&mut plan, (first_meta, first_change), &there, (written, touched), &|p: &str| p.to_owned());
     }
     plan.itemize_deletions();
     Ok(plan)
@@ -1174,7 +1277,6 @@ fn walk(
             seen.insert(child_rel.clone());
         }
         if kind == FileType::Directory {
-            plan.dirs.push(child.clone());
             #[allow(clippy::unnecessary_cast)] // the field types differ between targets
             let mode = st.st_mode as u32 & 0o7777;
             plan.meta.push(Meta::Dir { path: child.clone(), mode, mtime: Stamp::of_stat(&st) });
@@ -1337,7 +1439,6 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         direction,
         mut jobs,
         mkdirs,
-        dirs: _,
         local_dirs,
         skipped,
         failures,
@@ -1478,57 +1579,26 @@ fn apply_locally(dest: &Base, meta: &[Meta]) -> Vec<Failure> {
 }
 
 fn apply_one_locally(root: &Root, m: &Meta) -> std::io::Result<()> {
-    use rustix::fs::AtFlags;
+    use crate::services::files::{dir_attrs, hard_link_at, symlink_at};
+    use std::ffi::OsStr;
     let (parent, name) = m.path().rsplit_once('/').unwrap_or(("", m.path()));
     let dir = root.open_dir(parent)?;
-    let temp = || format!(".fwlink-{}-{}", std::process::id(), m.path().len());
+    let name = OsStr::new(name);
+    // The plan saw what is there: the source wins over it.
     match m {
-        Meta::Symlink { target, mtime, .. } => {
-            if let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-                let is_link = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
-                let same = is_link
-                    && rustix::fs::readlinkat(&dir, name, Vec::new()).is_ok_and(|t| t.as_bytes() == target.as_bytes());
-                if same {
-                    return crate::services::files::set_link_time(&dir, name, *mtime);
-                }
-                if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
-                    return Err(super::files::local_directory());
-                }
-            }
-            let temp = temp();
-            rustix::fs::symlinkat(target.as_str(), &dir, temp.as_str())?;
-            let _ = crate::services::files::set_link_time(&dir, temp.as_str(), *mtime);
-            rustix::fs::renameat(&dir, temp.as_str(), &dir, name).inspect_err(|_| {
-                let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-            })?;
-            Ok(())
-        }
+        Meta::Symlink { target, mtime, .. } => symlink_at(&dir, name, target, *mtime, true).map(drop),
         Meta::HardLink { to, .. } => {
             let (to_parent, to_name) = to.rsplit_once('/').unwrap_or(("", to));
             let from = root.open_dir(to_parent)?;
-            let source = rustix::fs::statat(&from, to_name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if !rustix::fs::FileType::from_raw_mode(source.st_mode).is_file() {
-                return Err(std::io::Error::other(format!("{to}: not a regular file to link to")));
-            }
-            if let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-                if st.st_dev == source.st_dev && st.st_ino == source.st_ino {
-                    return Ok(());
-                }
-            }
-            let temp = temp();
-            rustix::fs::linkat(&from, to_name, &dir, temp.as_str(), AtFlags::empty())?;
-            rustix::fs::renameat(&dir, temp.as_str(), &dir, name).inspect_err(|_| {
-                let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-            })?;
-            Ok(())
+            hard_link_at((&from, OsStr::new(to_name)), &dir, name, true).map(drop)
         }
+        // The destination itself, or a directory below it, never through
+        // a link.
+        Meta::Dir { path, mode, mtime } if path.is_empty() => dir_attrs(&dir, *mode, *mtime).map(drop),
         Meta::Dir { mode, mtime, .. } => {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let fd = rustix::fs::openat(&dir, name, flags, rustix::fs::Mode::empty())?;
-            let mode = crate::services::files::received_mode(*mode);
-            rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode as _))?;
-            rustix::fs::futimens(&fd, &mtime.timestamps())?;
-            Ok(())
+            dir_attrs(&fd, *mode, *mtime).map(drop)
         }
     }
 }

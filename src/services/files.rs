@@ -219,7 +219,11 @@ impl Sandbox {
     /// As [`open`](Self::open).
     pub fn stat(&self, path: &str) -> Result<Entry, Fault> {
         let (rel, _, meta) = self.open_with(path, OFlags::PATH)?;
-        Ok(entry(rel.name().unwrap_or(".").to_owned(), &meta))
+        let mut e = entry(rel.name().unwrap_or(".").to_owned(), &meta);
+        // The exact time where whole seconds would lose something (a copy
+        // of a directory gives it its source's).
+        e.mtime_ns = Stamp::of_meta(&meta).fraction_ns();
+        Ok(e)
     }
 
     /// Resolves a path to be written: its directory, created with its
@@ -423,9 +427,8 @@ impl Sandbox {
 
     /// Makes `path` a symlink to `target` (stored as given, never
     /// followed) with the time `at`, replacing what is there (not a
-    /// directory) if `replace`: atomically, a new link under a temporary
-    /// name renamed over it. Returns whether anything changed (`false`:
-    /// the same link with the same time was there).
+    /// directory) if `replace` ([`symlink_at`]). Returns whether anything
+    /// changed (`false`: the same link with the same time was there).
     ///
     /// # Errors
     ///
@@ -440,39 +443,13 @@ impl Sandbox {
             });
         }
         let (dir, name) = self.for_write(path)?;
-        match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if kind_of(st.st_mode) == Kind::Dir => return Err(Fault::IsADirectory { path: path.to_owned() }),
-            Ok(st) if kind_of(st.st_mode) == Kind::Symlink => {
-                let same =
-                    rustix::fs::readlinkat(&dir, &name, Vec::new()).is_ok_and(|t| t.as_bytes() == target.as_bytes());
-                if same {
-                    if Stamp::of_stat(&st) == at {
-                        return Ok(false);
-                    }
-                    set_link_time(&dir, &name, at).map_err(|e| fault(path, e))?;
-                    return Ok(true);
-                }
-                if !replace {
-                    return Err(Fault::Exists { path: path.to_owned() });
-                }
-            }
-            Ok(_) if !replace => return Err(Fault::Exists { path: path.to_owned() }),
-            Ok(_) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(fault(path, e.into())),
-        }
-        let temp = temp_name();
-        rustix::fs::symlinkat(target, &dir, &temp).map_err(|e| fault(path, e.into()))?;
-        // The time before the rename: the link is never under its name
-        // with another.
-        let _ = set_link_time(&dir, &temp, at);
-        place(&dir, &temp, &name, replace).map_err(|e| fault(path, e))?;
-        Ok(true)
+        symlink_at(&dir, &name, target, at, replace).map_err(|e| placing_fault(path, e))
     }
 
     /// Makes `path` another name of the regular file `to` (a hard link;
     /// neither followed if a symlink), replacing what is there (not a
-    /// directory) if `replace`. Returns whether anything changed
-    /// (`false`: `path` was that file already).
+    /// directory) if `replace` ([`hard_link_at`]). Returns whether
+    /// anything changed (`false`: `path` was that file already).
     ///
     /// # Errors
     ///
@@ -482,31 +459,18 @@ impl Sandbox {
     pub fn make_hard_link(&self, path: &str, to: &str, replace: bool) -> Result<bool, Fault> {
         let to_rel = Self::relative(to)?;
         let Some(to_name) = to_rel.name() else { return Err(Fault::bad_path(to, PathRule::Root)) };
-        let from_dir = self.existing_parent(&to_rel).map_err(|e| parent_fault(to, e))?;
-        let source = match rustix::fs::statat(&from_dir, to_name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if kind_of(st.st_mode) == Kind::File => st,
-            Ok(_) => return Err(Fault::NotRegular { path: to.to_owned() }),
-            Err(Errno::NOENT) => return Err(Fault::NotFound { path: to.to_owned() }),
-            Err(e) => return Err(fault(to, e.into())),
-        };
+        let from = self.existing_parent(&to_rel).map_err(|e| parent_fault(to, e))?;
         let (dir, name) = self.for_write(path)?;
-        match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if st.st_dev == source.st_dev && st.st_ino == source.st_ino => return Ok(false),
-            Ok(st) if kind_of(st.st_mode) == Kind::Dir => return Err(Fault::IsADirectory { path: path.to_owned() }),
-            Ok(_) if !replace => return Err(Fault::Exists { path: path.to_owned() }),
-            Ok(_) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(fault(path, e.into())),
-        }
-        let temp = temp_name();
-        rustix::fs::linkat(&from_dir, to_name, &dir, &temp, AtFlags::empty()).map_err(|e| fault(path, e.into()))?;
-        place(&dir, &temp, &name, replace).map_err(|e| fault(path, e))?;
-        Ok(true)
+        hard_link_at((&from, OsStr::new(to_name)), &dir, &name, replace).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Fault::NotFound { path: to.to_owned() },
+            io::ErrorKind::InvalidInput => Fault::NotRegular { path: to.to_owned() },
+            _ => placing_fault(path, e),
+        })
     }
 
     /// Gives the directory `path` (made, with its parents, if missing)
-    /// the permission bits `mode` (masked by the umask, as for files) and
-    /// the time `at`; a symlink there is not followed. Returns whether
-    /// anything changed.
+    /// the permission bits `mode` and the time `at` ([`dir_attrs`]); a
+    /// symlink there is not followed. Returns whether anything changed.
     ///
     /// # Errors
     ///
@@ -520,18 +484,7 @@ impl Sandbox {
             Some(libc::ELOOP | libc::ENOTDIR) => Fault::ExistsNotADirectory { path: path.to_owned() },
             _ => fault(path, e),
         })?;
-        let st = rustix::fs::fstat(&dir).map_err(|e| fault(path, e.into()))?;
-        let mode = received_mode(mode);
-        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-        let changed_mode = st.st_mode as u32 & 0o7777 != mode;
-        if changed_mode {
-            rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(mode as _)).map_err(|e| fault(path, e.into()))?;
-        }
-        let changed_time = Stamp::of_stat(&st) != at;
-        if changed_time {
-            rustix::fs::futimens(&dir, &at.timestamps()).map_err(|e| fault(path, e.into()))?;
-        }
-        Ok(made || changed_mode || changed_time)
+        Ok(dir_attrs(&dir, mode, at).map_err(|e| fault(path, e))? || made)
     }
 
     /// Renames `from` to `to` (both relative to the root, never the root
@@ -917,6 +870,120 @@ fn place(dir: &OwnedFd, temp: &str, name: &OsStr, replace: bool) -> io::Result<(
         let _ = rustix::fs::unlinkat(dir, temp, AtFlags::empty());
         io::Error::from(e)
     })
+}
+
+/// What placing a link at `path` failed with, as a fault: something in
+/// the way that may not be replaced, a directory, or the error.
+fn placing_fault(path: &str, e: io::Error) -> Fault {
+    match e.kind() {
+        io::ErrorKind::AlreadyExists => Fault::Exists { path: path.to_owned() },
+        io::ErrorKind::IsADirectory => Fault::IsADirectory { path: path.to_owned() },
+        _ => fault(path, e),
+    }
+}
+
+/// What stands at `name` in `dir`, not followed, if anything; an error
+/// other than its absence.
+fn standing_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether what stands there may give way to a link: never a directory
+/// (`IsADirectory`), anything else only if `replace` (`AlreadyExists`).
+fn may_replace(st: &rustix::fs::Stat, replace: bool) -> io::Result<()> {
+    if kind_of(st.st_mode) == Kind::Dir {
+        return Err(io::ErrorKind::IsADirectory.into());
+    }
+    if !replace {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    Ok(())
+}
+
+/// Makes `name` in `dir` a symlink to `target` (stored as given, never
+/// followed) with the time `at`: atomically, a new link under a
+/// temporary name, given its time, then renamed into place (over what is
+/// there if `replace`). Returns whether anything changed (`false`: the
+/// same link with the same time was there; the same link with another
+/// time only has its time set). What both sides of a copy use.
+///
+/// # Errors
+///
+/// `IsADirectory` for a directory there, `AlreadyExists` for anything
+/// else there without `replace`; I/O errors.
+pub fn symlink_at(dir: &OwnedFd, name: &OsStr, target: &str, at: Stamp, replace: bool) -> io::Result<bool> {
+    if let Some(st) = standing_at(dir, name)? {
+        let same = kind_of(st.st_mode) == Kind::Symlink
+            && rustix::fs::readlinkat(dir, name, Vec::new()).is_ok_and(|t| t.as_bytes() == target.as_bytes());
+        if same {
+            if Stamp::of_stat(&st) == at {
+                return Ok(false);
+            }
+            set_link_time(dir, name, at)?;
+            return Ok(true);
+        }
+        may_replace(&st, replace)?;
+    }
+    let temp = temp_name();
+    rustix::fs::symlinkat(target, dir, &temp)?;
+    // The time before the rename: the link is never under its name with
+    // another.
+    let _ = set_link_time(dir, temp.as_str(), at);
+    place(dir, &temp, name, replace)?;
+    Ok(true)
+}
+
+/// Makes `name` in `dir` another name of the regular file `from` (a
+/// directory and a name in it; a hard link, neither followed if a
+/// symlink): linked under a temporary name, then renamed into place (over
+/// what is there if `replace`). Returns whether anything changed
+/// (`false`: `name` was that file already).
+///
+/// # Errors
+///
+/// `NotFound` if `from` is missing, `InvalidInput` if it is not a regular
+/// file, otherwise as [`symlink_at`]; `EXDEV`, `EMLINK`.
+pub fn hard_link_at(from: (&OwnedFd, &OsStr), dir: &OwnedFd, name: &OsStr, replace: bool) -> io::Result<bool> {
+    let Some(source) = standing_at(from.0, from.1)? else { return Err(io::ErrorKind::NotFound.into()) };
+    if kind_of(source.st_mode) != Kind::File {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if let Some(st) = standing_at(dir, name)? {
+        if st.st_dev == source.st_dev && st.st_ino == source.st_ino {
+            return Ok(false);
+        }
+        may_replace(&st, replace)?;
+    }
+    let temp = temp_name();
+    rustix::fs::linkat(from.0, from.1, dir, &temp, AtFlags::empty())?;
+    place(dir, &temp, name, replace)?;
+    Ok(true)
+}
+
+/// Gives the directory open as `dir` the permission bits `mode` (masked
+/// by the umask, as for files) and the time `at`. Returns whether
+/// anything changed.
+///
+/// # Errors
+///
+/// Those of `fchmod(2)` and `futimens(2)`.
+pub fn dir_attrs(dir: &OwnedFd, mode: u32, at: Stamp) -> io::Result<bool> {
+    let st = rustix::fs::fstat(dir)?;
+    let mode = received_mode(mode);
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let changed_mode = st.st_mode as u32 & 0o7777 != mode;
+    if changed_mode {
+        rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(mode as _))?;
+    }
+    let changed_time = Stamp::of_stat(&st) != at;
+    if changed_time {
+        rustix::fs::futimens(dir, &at.timestamps())?;
+    }
+    Ok(changed_mode || changed_time)
 }
 
 /// Gives the link `name` in `dir` the time `at` (`lutimes`: the link's
