@@ -266,6 +266,7 @@ common::roots::on_both_roots!(
     put_data_that_contradicts_the_put_is_answered_at_once_and_closed,
     hostile_paths_get_short_clear_refusals_and_touch_nothing,
     hostile_tree_frames_are_refused_and_store_nothing,
+    hostile_meta_entries_stay_data_or_are_refused,
 );
 
 async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootServer) {
@@ -1088,4 +1089,64 @@ async fn links_planted_in_a_download_destination_are_replaced_never_followed() {
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(Quiet)).await;
     assert!(summary.failures.is_empty() && summary.replaced.is_empty(), "{summary:?}");
     assert!(elsewhere.path().join("sub/deeper/d.txt").is_file());
+}
+
+/// Issue 30: a `tree_put` with `meta` whose entries try to lead out. A
+/// symlink climbing out of the root is stored as data (a directory root)
+/// or refused (a bucket keeps no links), and never followed; a hard link
+/// naming a path outside the request's directory, a symlink with no
+/// target and a link entry in a request without `meta` are refused, entry
+/// by entry; a directory entry is applied (or, on a bucket, kept as it is).
+async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
+    root.write("secret", b"s").await;
+    let (mut r, mut w) = raw(root.addr).await;
+    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: true }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: true }))));
+    let entries = serde_json::json!([
+        {"path": "s", "size": 0, "mtime": 1, "mode": 0, "kind": "symlink", "target": "../../etc"},
+        {"path": "h", "size": 0, "mtime": 1, "mode": 0, "link": "../secret"},
+        {"path": "e", "size": 0, "mtime": 1, "mode": 0, "kind": "symlink", "target": ""},
+        {"path": "d", "size": 0, "mtime": 1, "mode": 0o700, "kind": "dir"},
+    ]);
+    let body = serde_json::to_vec(&entries).unwrap();
+    w.send(&Message::Manifest(proto::Manifest { len: body.len() as u64, count: 4 }), &body).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
+    let wants: proto::WantList = serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap();
+    assert!(wants.send.is_empty(), "{wants:?}");
+    // In no particular order: screened ones come first.
+    let mut refused: Vec<_> = wants.refused.iter().map(|f| (f.i, f.code)).collect();
+    refused.sort_by_key(|(i, _)| *i);
+    if root.has_links() {
+        assert_eq!(refused, [(1, ErrorCode::BadPath), (2, ErrorCode::BadRequest)], "{wants:?}");
+        assert_eq!(wants.done, [0, 3], "{wants:?}");
+        let dir = root.dir_path().unwrap();
+        assert_eq!(std::fs::read_link(dir.join("t/s")).unwrap(), std::path::Path::new("../../etc"));
+    } else {
+        let want = [(0, ErrorCode::BadRequest), (1, ErrorCode::BadPath), (2, ErrorCode::BadRequest)];
+        assert_eq!(refused, want, "{wants:?}");
+        assert_eq!(wants.unchanged, [3], "{wants:?}");
+    }
+    w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 4 }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(_))));
+    w.send(&Message::TreeEnd(proto::TreeEnd { files: 0 }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::TreeDone(_))));
+    assert_eq!(root.read("secret").await.as_deref(), Some(&b"s"[..]), "untouched on {}", root.kind());
+
+    // Followed through the server, the stored link leads out: refused.
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    let err = client.stat("t/s/passwd").await.unwrap_err();
+    assert!(matches!(code(&err), Some(ErrorCode::BadPath | ErrorCode::NotFound)), "{err}");
+
+    // Without `meta`, a link entry is not understood: refused, by entry.
+    let (mut r, mut w) = raw(root.addr).await;
+    w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false }), &[]).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: false }))));
+    let body = serde_json::to_vec(
+        &serde_json::json!([{"path": "l", "size": 0, "mtime": 1, "mode": 0, "kind": "symlink", "target": "x"}]),
+    )
+    .unwrap();
+    w.send(&Message::Manifest(proto::Manifest { len: body.len() as u64, count: 1 }), &body).await.unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
+    let wants: proto::WantList = serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap();
+    assert_eq!(wants.refused.iter().map(|f| (f.i, f.code)).collect::<Vec<_>>(), [(0, ErrorCode::BadRequest)]);
 }
