@@ -214,6 +214,7 @@ impl TransferArgs {
         };
         Ok(PlanOptions::new(self.recursive || self.archive, self.force)
             .with_copy_links(self.copy_links)
+            .with_itemize(self.itemize_changes)
             .with_existing(existing)
             .with_filter(filter)
             .with_delete(self.delete)

@@ -179,10 +179,12 @@ pub struct Plan {
     inodes: HashMap<(u64, u64), String>,
     /// Symlinks are followed (`-L`), not copied as links.
     copy_links: bool,
+    /// Files sent are itemized too ([`PlanOptions::itemize`]).
+    itemize: bool,
     /// What the copy changes on the receiver, in rsync's
     /// `--itemize-changes` form: directories created, links made, files
-    /// sent (in the order of [`Plan::jobs`]), paths deleted (see
-    /// [`Change`]).
+    /// sent (in the order of [`Plan::jobs`]; only with
+    /// [`PlanOptions::itemize`]), paths deleted (see [`Change`]).
     pub changes: Vec<Change>,
 }
 
@@ -364,6 +366,7 @@ impl Plan {
             meta: Vec::new(),
             inodes: HashMap::new(),
             copy_links: false,
+            itemize: false,
         }
     }
 
@@ -396,7 +399,9 @@ impl Plan {
         match sync::decide(held, (job.size, job.mtime), same, existing, force) {
             Verdict::Send { replace } => {
                 job.replace |= replace;
-                self.changes.push(Change::file(self.direction, &job, receiver, differs));
+                if self.itemize {
+                    self.changes.push(Change::file(self.direction, &job, receiver, differs));
+                }
                 self.jobs.push(job);
             }
             Verdict::Unchanged | Verdict::Kept => self.unchanged.push(job),
@@ -445,6 +450,9 @@ pub struct PlanOptions {
     /// file under the link's name (`-L`), instead of copying the link as a
     /// link (the default, rsync's `-l`).
     pub copy_links: bool,
+    /// Itemize each file sent in [`Plan::changes`] too (directories,
+    /// links and removals always are): `--itemize-changes`.
+    pub itemize: bool,
 }
 
 impl PlanOptions {
@@ -458,7 +466,14 @@ impl PlanOptions {
             delete: false,
             checksum: false,
             copy_links: false,
+            itemize: false,
         }
+    }
+
+    /// The same, itemizing files (see [`PlanOptions::itemize`]).
+    pub fn with_itemize(mut self, itemize: bool) -> Self {
+        self.itemize = itemize;
+        self
     }
 
     /// The same, following symlinks (see [`PlanOptions::copy_links`]).
@@ -540,10 +555,16 @@ struct There {
     mode: u32,
     /// A symlink's target.
     target: Option<String>,
-    /// A file's BLAKE3, where listed.
-    blake3: Option<String>,
     /// Which file it is, the same for all its names (hard links).
-    id: Option<String>,
+    id: Option<FileId>,
+}
+
+/// Which file a name is, to tell hard links apart: by the first name the
+/// server's listing gave it, or by device and inode locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileId {
+    Named(String),
+    Inode(u64, u64),
 }
 
 impl There {
@@ -556,8 +577,7 @@ impl There {
             ns: e.mtime_ns,
             mode: e.mode,
             target: e.target.clone(),
-            blake3: e.blake3.clone(),
-            id: (e.kind == Kind::File).then(|| e.link.clone().unwrap_or_else(|| e.name.clone())),
+            id: (e.kind == Kind::File).then(|| FileId::Named(e.link.clone().unwrap_or_else(|| e.name.clone()))),
         }
     }
 
@@ -590,8 +610,7 @@ impl There {
             ns: Stamp::of_stat(&st).wire_ns(),
             mode: st.st_mode as u32 & 0o7777,
             target,
-            blake3: None,
-            id: Some(format!("{}:{}", st.st_dev, st.st_ino)),
+            id: Some(FileId::Inode(st.st_dev as u64, st.st_ino as u64)),
         })
     }
 
@@ -602,9 +621,26 @@ impl There {
     }
 }
 
+/// The entry a server's listing (sorted by name) has for `rel`.
+fn listed<'a>(entries: &'a [Entry], rel: &str) -> Option<&'a Entry> {
+    entries.binary_search_by(|e| e.name.as_str().cmp(rel)).ok().map(|i| &entries[i])
+}
+
 /// The directory `path` is in (`""` for one at the top).
-fn parent_of(path: &str) -> String {
-    path.rsplit_once('/').map_or("", |(parent, _)| parent).to_owned()
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+/// The directories `paths` are in, each once.
+fn parents<'a>(paths: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for path in paths {
+        let parent = parent_of(path);
+        if !out.contains(parent) {
+            out.insert(parent.to_owned());
+        }
+    }
+    out
 }
 
 /// Settles the links and directories a plan found (`plan.meta[first..]`)
@@ -616,15 +652,15 @@ fn parent_of(path: &str) -> String {
 /// or directory made). Each link made and directory created is itemized
 /// at `at` in the plan's changes, its path as `show` shows it.
 fn settle_meta(
-    plan: &mut Plan,
+    (meta, changes): (&mut Vec<Meta>, &mut Vec<Change>),
     (first, at): (usize, usize),
     there: &dyn Fn(&str) -> Option<There>,
-    (written, mut touched): (HashSet<String>, HashSet<String>),
+    (written, mut touched): (&HashSet<&str>, HashSet<String>),
     show: &dyn Fn(&str) -> String,
 ) {
-    touched.extend(written.iter().map(|p| parent_of(p)));
+    touched.extend(parents(written.iter().copied()));
     let (mut dirs, links): (Vec<Meta>, Vec<Meta>) =
-        plan.meta.split_off(first).into_iter().partition(|m| matches!(m, Meta::Dir { .. }));
+        meta.split_off(first).into_iter().partition(|m| matches!(m, Meta::Dir { .. }));
     let (mut made, mut linked, mut kept) = (Vec::new(), Vec::new(), Vec::new());
     for mut m in links {
         let here = there(m.path());
@@ -638,7 +674,7 @@ fn settle_meta(
             // The same file, unless the copy writes a new one under the
             // name it links to.
             Meta::HardLink { path, to, .. } => (
-                !written.contains(to) && id(path).is_some() && id(path) == id(to),
+                !written.contains(to.as_str()) && id(path).is_some() && id(path) == id(to),
                 "hf+++++++++",
                 format!("{} => {}", show(path), show(to)),
             ),
@@ -656,7 +692,7 @@ fn settle_meta(
         if let Meta::Symlink { replace, .. } | Meta::HardLink { replace, .. } = &mut m {
             *replace = here.is_some();
         }
-        touched.insert(parent_of(m.path()));
+        touched.insert(parent_of(m.path()).to_owned());
         linked.push(Change { code: code.into(), path: shown, source: m.shown() });
         kept.push(m);
     }
@@ -666,10 +702,15 @@ fn settle_meta(
         let Meta::Dir { path, mode, mtime } = &m else { continue };
         match there(path) {
             None => {
-                touched.insert(parent_of(path));
+                touched.insert(parent_of(path).to_owned());
                 made.push(Change::mkdir(&show(path)));
             }
-            Some(h) if h.kind == Kind::Dir && h.mode == *mode && h.ns == mtime.wire_ns() && !touched.contains(path) => {
+            Some(h)
+                if h.kind == Kind::Dir
+                    && h.mode == *mode
+                    && h.ns == mtime.wire_ns()
+                    && !touched.contains(path.as_str()) =>
+            {
                 continue
             }
             Some(_) => {}
@@ -677,8 +718,8 @@ fn settle_meta(
         kept.push(m);
     }
     made.sort_by(|a, b| a.path.cmp(&b.path));
-    plan.meta.extend(kept);
-    plan.changes.splice(at..at, made.into_iter().chain(linked));
+    meta.extend(kept);
+    changes.splice(at..at, made.into_iter().chain(linked));
 }
 
 /// A `stat`'s mtime in whole seconds, as [`crate::services::files::mtime`]
@@ -744,9 +785,10 @@ pub async fn plan_get(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, .. } = options;
+    let PlanOptions { recursive, filter, delete, checksum, itemize, .. } = options;
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let mut plan = Plan::new(Direction::Get);
+    plan.itemize = itemize;
     let into_dir = dest.is_dir() || sources.len() > 1 || slash;
     // Everything lands beneath the directory the user named: `dest`, or
     // for one file copied to a name, the directory that name is in.
@@ -864,16 +906,14 @@ pub async fn plan_get(
         _ => open_below(&dest_dir),
     };
     decide_gets(&mut plan, found, root.as_ref(), &dest_dir, rule).await;
-    let written = plan.jobs.iter().filter_map(|j| rel_below(&dest_dir, &j.local)).collect();
-    let touched: HashSet<String> = plan
-        .delete_local
-        .iter()
-        .filter_map(|(copied, rel)| rel_below(&dest_dir, &copied.join(rel)))
-        .map(|p| parent_of(&p))
-        .collect();
+    let written: Vec<String> = plan.jobs.iter().filter_map(|j| rel_below(&dest_dir, &j.local)).collect();
+    let written: HashSet<&str> = written.iter().map(String::as_str).collect();
+    let deleted: Vec<String> =
+        plan.delete_local.iter().filter_map(|(copied, rel)| rel_below(&dest_dir, &copied.join(rel))).collect();
+    let touched = parents(deleted.iter().map(String::as_str));
     let there = |rel: &str| There::local(root.as_ref(), rel);
     let show = |rel: &str| dest_dir.join(rel).display().to_string();
-    settle_meta(&mut plan, (0, 0), &there, (written, touched), &show);
+    settle_meta((&mut plan.meta, &mut plan.changes), (0, 0), &there, (&written, touched), &show);
     plan.itemize_deletions();
     Ok(plan)
 }
@@ -1065,7 +1105,7 @@ pub async fn plan_put(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, copy_links, .. } = options;
+    let PlanOptions { recursive, filter, delete, checksum, copy_links, itemize, .. } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -1075,6 +1115,7 @@ pub async fn plan_put(
     let dest = dest.trim_end_matches('/');
     let mut plan = Plan::new(Direction::Put);
     plan.copy_links = copy_links;
+    plan.itemize = itemize;
     for path in sources {
         let shown = path.display().to_string();
         let source = |error| PlanError::Source { path: shown.clone(), error };
@@ -1128,31 +1169,29 @@ pub async fn plan_put(
         }
         // What the server holds, by path: `entries` is its listing of the
         // target, sorted by name.
-        let there = |path: &str| -> Option<There> {
-            if path == target {
-                return held_target.as_ref().map(There::listed);
-            }
-            let rel = below(&target, path);
-            let e = &entries[entries.binary_search_by(|e| e.name.as_str().cmp(rel)).ok()?];
-            Some(There::listed(e))
-        };
+        let entry =
+            |path: &str| if path == target { held_target.as_ref() } else { listed(&entries, below(&target, path)) };
+        let there = |path: &str| entry(path).map(There::listed);
         // A directory the server holds is not made again.
         let mkdirs = plan.mkdirs.split_off(first_mkdir);
-        plan.mkdirs.extend(mkdirs.into_iter().filter(|d| !there(d).is_some_and(|t| t.kind == Kind::Dir)));
+        plan.mkdirs.extend(mkdirs.into_iter().filter(|d| !entry(d).is_some_and(|e| e.kind == Kind::Dir)));
         for job in found {
-            let here = there(&job.remote);
-            let same = match &here {
-                Some(t) if t.kind == Kind::File && t.size == job.size && t.blake3.is_some() => {
+            let here = entry(&job.remote);
+            let same = match here {
+                Some(e) if e.kind == Kind::File && e.size == job.size && e.blake3.is_some() => {
                     let j = job.clone();
-                    Some(hash_of(move || j.open_local()).await == t.blake3)
+                    Some(hash_of(move || j.open_local()).await == e.blake3)
                 }
                 _ => None,
             };
-            plan.decide(job, here.as_ref().map(There::held), rule, same);
+            let held = here.map(|e| (e.kind == Kind::File).then_some((e.size, e.mtime, e.mtime_ns)));
+            plan.decide(job, held, rule, same);
         }
-        let written = plan.jobs[first_job..].iter().map(|j| j.remote.clone()).collect();
-        let touched = plan.delete_remote.iter().map(|p| parent_of(p)).collect();
-        settle_meta(&mut plan, (first_meta, first_change), &there, (written, touched), &|p: &str| p.to_owned());
+        let written: HashSet<&str> = plan.jobs[first_job..].iter().map(|j| j.remote.as_str()).collect();
+        let touched = parents(plan.delete_remote.iter().map(String::as_str));
+        let show = |p: &str| p.to_owned();
+        let into = (&mut plan.meta, &mut plan.changes);
+        settle_meta(into, (first_meta, first_change), &there, (&written, touched), &show);
     }
     plan.itemize_deletions();
     Ok(plan)
@@ -1451,6 +1490,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         mut meta,
         inodes: _,
         copy_links: _,
+        itemize: _,
     } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary =
