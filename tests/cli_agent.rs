@@ -2001,3 +2001,42 @@ fn the_source_wins_and_changes_are_itemized() {
     let want = format!(">f.st...... {}\n*deleting   {}\n", back.join("a.txt").display(), back.join("extra").display());
     assert_eq!(said, want);
 }
+
+/// Issue 30, point 11: `--max-delete N` stops a mirror that would remove
+/// more than N paths: it removes none, copies the files, says why and
+/// exits 1 (a dry run too); with a limit it stays within, it removes.
+#[test]
+fn max_delete_stops_a_mirror_that_would_remove_too_much() {
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let root = server.root.path();
+    let local = tempfile::tempdir().unwrap();
+    let t = local.path().join("t");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join("keep.txt"), b"k").unwrap();
+    std::fs::create_dir_all(root.join("m")).unwrap();
+    for name in ["x1", "x2", "x3"] {
+        std::fs::write(root.join("m").join(name), b"x").unwrap();
+    }
+    let contents = format!("{}/", t.display());
+    for dry in [true, false] {
+        let mut args = vec!["put", "-r", "-q", "--delete", "--max-delete", "2", a, &contents, "m"];
+        if dry {
+            args.insert(2, "-n");
+        }
+        let out = framewire(&args);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            said.contains("would delete 3 paths, more than its limit of 2") && said.contains("--max-delete"),
+            "{said}"
+        );
+        for name in ["x1", "x2", "x3"] {
+            assert!(root.join("m").join(name).exists(), "{name} kept (dry run: {dry})");
+        }
+    }
+    assert!(root.join("m/keep.txt").exists(), "the files are still copied");
+    let out = framewire(&["put", "-r", "-q", "--delete", "--max-delete", "3", a, &contents, "m"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!root.join("m/x1").exists() && root.join("m/keep.txt").exists());
+}

@@ -194,6 +194,10 @@ pub struct TransferArgs {
     /// is removed if a file failed).
     #[arg(long)]
     delete: bool,
+    /// With --delete: if the mirror would remove more than N paths,
+    /// remove none and fail (exit 1); the files are still copied.
+    #[arg(long, value_name = "N", requires = "delete")]
+    max_delete: Option<usize>,
 }
 
 impl TransferArgs {
@@ -215,6 +219,7 @@ impl TransferArgs {
         Ok(PlanOptions::new(self.recursive || self.archive, self.force)
             .with_copy_links(self.copy_links)
             .with_itemize(self.itemize_changes)
+            .with_max_delete(self.max_delete)
             .with_existing(existing)
             .with_filter(filter)
             .with_delete(self.delete)

@@ -495,6 +495,7 @@ pub fn explained_for(e: &framewire::ClientError, hints: Hints) -> String {
     match e {
         ClientError::AuthRequired => format!("{e}: use --key-file FILE (or set FRAMEWIRE_KEY_FILE)"),
         ClientError::AuthUnavailable => format!("{e} (run the client without --key-file)"),
+        ClientError::TooManyDeletions { .. } => format!("{e} (--max-delete)"),
         ClientError::LocalExists(_) | ClientError::Remote { code: ErrorCode::Exists, .. } if hints.force => {
             format!("{e} (use --force to replace it)")
         }

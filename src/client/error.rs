@@ -94,6 +94,16 @@ pub enum ClientError {
         /// What was received.
         got: String,
     },
+    /// A mirror would remove more paths than its limit allows
+    /// ([`PlanOptions::max_delete`](super::tree::PlanOptions::max_delete)):
+    /// it removes none.
+    #[error("the mirror would delete {would} paths, more than its limit of {limit}: none were deleted")]
+    TooManyDeletions {
+        /// Paths it would have removed.
+        would: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl ClientError {

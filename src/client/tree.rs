@@ -409,6 +409,16 @@ impl Plan {
         }
     }
 
+    /// Holds a mirror to `limit`: one that would remove more removes
+    /// nothing, and that is a failure of the copy.
+    fn limit_deletions(&mut self, limit: Option<usize>) {
+        let would = self.delete_remote.len() + self.delete_local.len();
+        let Some(limit) = limit.filter(|&limit| would > limit) else { return };
+        self.delete_remote.clear();
+        self.delete_local.clear();
+        self.failures.push(Failure { path: "--delete".into(), error: ClientError::TooManyDeletions { would, limit } });
+    }
+
     /// Adds the mirror's removals to [`Plan::changes`].
     fn itemize_deletions(&mut self) {
         let remote = self.delete_remote.iter().map(|p| Change::deleting(p));
@@ -453,6 +463,10 @@ pub struct PlanOptions {
     /// Itemize each file sent in [`Plan::changes`] too (directories,
     /// links and removals always are): `--itemize-changes`.
     pub itemize: bool,
+    /// A mirror that would remove more paths than this removes none, and
+    /// the copy fails with [`ClientError::TooManyDeletions`] (rsync's
+    /// `--max-delete`; the files are still copied).
+    pub max_delete: Option<usize>,
 }
 
 impl PlanOptions {
@@ -467,7 +481,15 @@ impl PlanOptions {
             checksum: false,
             copy_links: false,
             itemize: false,
+            max_delete: None,
         }
+    }
+
+    /// The same, with a limit on what a mirror removes (see
+    /// [`PlanOptions::max_delete`]).
+    pub fn with_max_delete(mut self, max_delete: Option<usize>) -> Self {
+        self.max_delete = max_delete;
+        self
     }
 
     /// The same, itemizing files (see [`PlanOptions::itemize`]).
@@ -785,7 +807,7 @@ pub async fn plan_get(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, itemize, .. } = options;
+    let PlanOptions { recursive, filter, delete, checksum, itemize, max_delete, .. } = options;
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let mut plan = Plan::new(Direction::Get);
     plan.itemize = itemize;
@@ -914,6 +936,7 @@ pub async fn plan_get(
     let there = |rel: &str| There::local(root.as_ref(), rel);
     let show = |rel: &str| dest_dir.join(rel).display().to_string();
     settle_meta((&mut plan.meta, &mut plan.changes), (0, 0), &there, (&written, touched), &show);
+    plan.limit_deletions(max_delete);
     plan.itemize_deletions();
     Ok(plan)
 }
@@ -1105,7 +1128,7 @@ pub async fn plan_put(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, copy_links, itemize, .. } = options;
+    let PlanOptions { recursive, filter, delete, checksum, copy_links, itemize, max_delete, .. } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -1193,6 +1216,7 @@ pub async fn plan_put(
         let into = (&mut plan.meta, &mut plan.changes);
         settle_meta(into, (first_meta, first_change), &there, (&written, touched), &show);
     }
+    plan.limit_deletions(max_delete);
     plan.itemize_deletions();
     Ok(plan)
 }
