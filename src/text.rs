@@ -25,13 +25,26 @@ use std::fmt::Write;
 /// assert_eq!(printable("report-é.txt"), "report-é.txt");
 /// assert_eq!(printable("a\nb\x1b]0;owned\x07"), "a\\nb\\x1b]0;owned\\x07");
 /// assert_eq!(printable("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+/// // A name's byte that is not UTF-8, as the protocol carries it.
+/// assert_eq!(printable("bad\u{0}ff.txt"), "bad\\xff.txt");
 /// ```
 pub fn printable(s: &str) -> Cow<'_, str> {
     if !s.chars().any(needs_escape) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        // A NUL and two hex digits: a name's byte that is not UTF-8
+        // (PROTOCOL.md §4.7.1), shown as the byte.
+        if c == '\0' {
+            let rest = chars.clone().take(2).collect::<String>();
+            if rest.len() == 2 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let _ = write!(out, "\\x{rest}");
+                chars.nth(1);
+                continue;
+            }
+        }
         match c {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
@@ -57,6 +70,13 @@ fn needs_escape(c: char) -> bool {
 /// (Unicode's Bidi_Control property).
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A local path as messages carry it: losslessly, a name's byte that is
+/// not UTF-8 escaped as the protocol escapes it (PROTOCOL.md §4.7.1),
+/// which [`printable`] then shows as `\xHH`.
+pub fn shown_path(path: &std::path::Path) -> String {
+    crate::services::names::encode(path.as_os_str().as_encoded_bytes()).into_owned()
 }
 
 #[cfg(test)]

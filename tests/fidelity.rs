@@ -1,8 +1,12 @@
-//! Issue 30: a tree put with `put -r` and got back with `get -r` is the
-//! tree that left, as `rsync -aH -n -i -c` sees it: symlinks copied as
-//! links (in, out, dangling, to a directory), hard links kept, modes of
+//! Issue 30: a tree put with `put -r -X` and got back with `get -r -X` is
+//! the tree that left, as `rsync -aHX -n -i -c` sees it: symlinks copied
+//! as links (in, out, dangling, to a directory), hard links kept, modes of
 //! files and directories, times to the nanosecond (files, directories,
-//! links), odd names, empty nested directories.
+//! links), owners (a file and a link owned by nobody), user extended
+//! attributes, a FIFO and a socket, odd names (a 255-byte one, ones that
+//! are not UTF-8), empty nested directories.
+//! Owners and special files need the receiver to run as root, as these
+//! tests do in CI; run otherwise, those parts are left out (and said).
 
 mod common;
 
@@ -37,7 +41,19 @@ fn torture(src: &Path) {
     for name in ["sp ace", "tab\tx", "new\nline", "-dash", "ünïcødé"] {
         std::fs::write(src.join(name), name.as_bytes()).unwrap();
     }
-    std::fs::write(src.join(format!("{}.txt", "x".repeat(200))), b"long").unwrap();
+    // Names are bytes: one that is not UTF-8, and a link to it.
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::create_dir_all(src.join(std::ffi::OsStr::from_bytes(b"d\xe9j\xe0"))).unwrap();
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"d\xe9j\xe0/bad\xff")), b"latin-1").unwrap();
+    symlink(std::ffi::OsStr::from_bytes(b"d\xe9j\xe0/bad\xff"), src.join(std::ffi::OsStr::from_bytes(b"to-\xfe")))
+        .unwrap();
+    // Sparse: 16 MiB, 8 KiB of data.
+    let sparse = std::fs::File::create(src.join("sparse.img")).unwrap();
+    sparse.set_len(16 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &[9u8; 8192], 4 << 20).unwrap();
+    drop(sparse);
+    // 255 bytes: its partial file's name must fit too.
+    std::fs::write(src.join(format!("{}.txt", "x".repeat(251))), b"long").unwrap();
     symlink("a.txt", src.join("rel-link")).unwrap();
     symlink("/etc/hostname", src.join("out-link")).unwrap();
     symlink("nowhere", src.join("dangling")).unwrap();
@@ -52,13 +68,35 @@ fn torture(src: &Path) {
     }
     set_mode(&src.join("d700"), 0o700);
     set_mode(&src.join("d750"), 0o750);
+    let file = std::fs::File::open(src.join("a.txt")).unwrap();
+    rustix::fs::fsetxattr(&file, "user.note", b"kept\0too", rustix::fs::XattrFlags::empty())
+        .expect("user extended attributes on the test's file system");
+    let dir = std::fs::File::open(src.join("d750")).unwrap();
+    rustix::fs::fsetxattr(&dir, "user.dir", b"d", rustix::fs::XattrFlags::empty()).unwrap();
+    if rustix::process::geteuid().is_root() {
+        let nobody = Some(rustix::fs::Uid::from_raw(65534));
+        let nogroup = Some(rustix::fs::Gid::from_raw(65534));
+        rustix::fs::chown(src.join("sp ace"), nobody, nogroup).unwrap();
+        rustix::fs::chownat(rustix::fs::CWD, src.join("dangling"), nobody, None, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .unwrap();
+        rustix::fs::chown(src.join("empty/nested"), nobody, None).unwrap();
+        let fifo = rustix::fs::FileType::Fifo;
+        rustix::fs::mknodat(rustix::fs::CWD, src.join("d700/fifo"), fifo, rustix::fs::Mode::from_raw_mode(0o640), 0)
+            .unwrap();
+        drop(std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap());
+        touch(&src.join("d700/fifo"), "2017-07-07 07:07:07.7");
+        touch(&src.join("d700"), "2018-01-01 00:00:00.25");
+        touch(src, "2018-01-01 00:00:00.25");
+    } else {
+        eprintln!("not root: owners and special files are not in the tree");
+    }
 }
 
-/// What `rsync -aH -n -i -c` says differs from `from` to `to` (nothing,
+/// What `rsync -aHX -n -i -c` says differs from `from` to `to` (nothing,
 /// when the copy is faithful).
 fn rsync_differences(from: &Path, to: &Path) -> String {
     let out = Command::new("rsync")
-        .args(["-aH", "-n", "-i", "-c"])
+        .args(["-aHX", "-n", "-i", "-c"])
         .arg(format!("{}/", from.display()))
         .arg(format!("{}/", to.display()))
         .output()
@@ -76,28 +114,32 @@ fn a_tree_round_trips_as_rsync_sees_it() {
     torture(&src);
     let contents = format!("{}/", src.display());
 
-    let out = framewire(&["put", "-r", "-q", a, &contents, "t"]);
+    let out = framewire(&["put", "-r", "-X", "-q", a, &contents, "t"]);
     assert!(out.status.success(), "{out:?}");
     let on_server = server.root.path().join("t");
     assert_eq!(rsync_differences(&src, &on_server), "", "the server's copy");
+    // Holes are neither sent nor written.
+    let allocated = |p: &Path| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) * 512;
+    assert!(allocated(&on_server.join("sparse.img")) < 1 << 20, "sparse on the server");
     // Links are data on the server: stored, never followed.
     assert_eq!(std::fs::read_link(on_server.join("out-link")).unwrap(), Path::new("/etc/hostname"));
     assert!(std::fs::symlink_metadata(on_server.join("dir-link")).unwrap().file_type().is_symlink());
 
     let back = local.path().join("back");
-    let out = framewire(&["get", "-r", "-q", a, "t/", back.to_str().unwrap()]);
+    let out = framewire(&["get", "-r", "-X", "-q", a, "t/", back.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     // The destination directory itself included: it takes the copied
     // directory's mode and time.
     assert_eq!(rsync_differences(&src, &back), "", "the copy back");
+    assert!(allocated(&back.join("sparse.img")) < 1 << 20, "sparse back");
 
     // Nothing changed: a dry run prints nothing; one file changed: one line.
-    let out = framewire(&["put", "-r", "-n", "--itemize-changes", a, &contents, "t"]);
+    let out = framewire(&["put", "-r", "-X", "-n", "--itemize-changes", a, &contents, "t"]);
     assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
     touch(&src.join("d750/deep/b"), "2021-01-01 00:00:00.5");
-    let out = framewire(&["put", "-r", "-n", "--itemize-changes", a, &contents, "t"]);
+    let out = framewire(&["put", "-r", "-X", "-n", "--itemize-changes", a, &contents, "t"]);
     assert_eq!(text(&out.stdout), "<f..t...... t/d750/deep/b\n", "{out:?}");
-    let out = framewire(&["put", "-r", "-q", a, &contents, "t"]);
+    let out = framewire(&["put", "-r", "-X", "-q", a, &contents, "t"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(rsync_differences(&src, &on_server), "", "after the change");
 

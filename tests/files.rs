@@ -320,7 +320,15 @@ async fn raw_put(addr: std::net::SocketAddr, path: &str, size: u64) -> (RawReade
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
     w.send(
-        &Message::Put(proto::Put { path: path.into(), size, force: false, mode: None, mtime: None, mtime_ns: None }),
+        &Message::Put(proto::Put {
+            path: path.into(),
+            size,
+            force: false,
+            mode: None,
+            mtime: None,
+            mtime_ns: None,
+            backup: None,
+        }),
         &[],
     )
     .await
@@ -335,7 +343,7 @@ async fn raw_put(addr: std::net::SocketAddr, path: &str, size: u64) -> (RawReade
 async fn cut_upload(addr: std::net::SocketAddr, path: &str, data: &[u8], send: usize) {
     let (r, mut w, m) = raw_put(addr, path, data.len() as u64).await;
     assert!(matches!(m, Message::PutReady(proto::PutReady { .. })), "{m:?}");
-    w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 })).unwrap();
+    w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0, holes: None })).unwrap();
     w.write_body(&data[..send]).await.unwrap();
     w.flush().await.unwrap();
     drop((r, w));
@@ -421,7 +429,7 @@ async fn resume_of_a_different_file_starts_over(root: &RootServer) {
 /// neither the file nor its partial.
 async fn upload_with_wrong_checksum_is_not_kept(root: &RootServer) {
     let (mut r, mut w, _) = raw_put(root.addr, "x", 5).await;
-    w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
+    w.send(&Message::PutData(proto::PutData { len: 5, offset: 0, holes: None }), b"hello").await.unwrap();
     w.send(&Message::Checksum(proto::Checksum { blake3: blake3_hex(b"HELLO") }), &[]).await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     match m {
@@ -448,7 +456,15 @@ async fn download_with_wrong_checksum_is_not_kept() {
         w.flush().await.unwrap();
         r.read_head::<Message>().await.unwrap();
         w.feed(
-            &Message::FileReply(proto::FileReply { len: 5, size: 5, offset: 0, mtime: 0, mode: 0o644, mtime_ns: None }),
+            &Message::FileReply(proto::FileReply {
+                len: 5,
+                size: 5,
+                offset: 0,
+                mtime: 0,
+                mode: 0o644,
+                mtime_ns: None,
+                holes: None,
+            }),
             b"hello",
         )
         .await
@@ -632,7 +648,9 @@ async fn raw_get(
     let (read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
     w.feed_preface(Preface::default());
-    w.send(&Message::Get(proto::Get { path: path.into(), offset: 0, prefix_blake3: None }), &[]).await.unwrap();
+    w.send(&Message::Get(proto::Get { path: path.into(), offset: 0, prefix_blake3: None, sparse: false }), &[])
+        .await
+        .unwrap();
     (read, w)
 }
 
@@ -770,9 +788,9 @@ async fn a_file_that_shrinks_mid_upload_is_a_local_error() {
     let server = TestServer::start().await;
     let local = tempfile::tempdir().unwrap();
     let path = local.path().join("shrinks");
-    // Sparse and large, so the cut lands long before the end however the
-    // test threads are scheduled.
-    std::fs::File::create(&path).unwrap().set_len(128 << 20).unwrap();
+    // Large, so the cut lands long before the end however the test
+    // threads are scheduled; data, not holes (which are not sent).
+    std::fs::write(&path, vec![1u8; 128 << 20]).unwrap();
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let mut truncate = truncate_once(&path, 1 << 20);
     let err = client.put(&path, "shrinks", &TransferOptions::default(), &mut truncate).await.unwrap_err();
@@ -903,7 +921,7 @@ async fn a_stalled_upload_keeps_what_arrived_and_resumes() {
     let sent = (3 << 20) + 12_345;
     let (r, mut w, m) = raw_put(server.addr, "s.bin", data.len() as u64).await;
     assert!(matches!(m, Message::PutReady(proto::PutReady { offset: 0, .. })), "{m:?}");
-    w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 })).unwrap();
+    w.feed_head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0, holes: None })).unwrap();
     w.write_body(&data[..sent]).await.unwrap();
     w.flush().await.unwrap();
     // Then nothing more: the server gives up on us and closes.
@@ -1136,7 +1154,9 @@ async fn raw_tree_put(server: &TestServer, base: &str) -> (RawReader, RawWriter)
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreePut(proto::TreePut { path: base.into(), force: false, meta: false }), &[]).await.unwrap();
+    w.send(&Message::TreePut(proto::TreePut { path: base.into(), force: false, meta: false, backup: None }), &[])
+        .await
+        .unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     assert!(matches!(m, Message::TreeReady(_)), "{m:?}");
@@ -1149,7 +1169,7 @@ async fn raw_tree_get(server: &TestServer, base: &str) -> (RawReader, RawWriter)
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreeGet(proto::TreeGet { path: base.into() }), &[]).await.unwrap();
+    w.send(&Message::TreeGet(proto::TreeGet { path: base.into(), sparse: false }), &[]).await.unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     assert!(matches!(m, Message::TreeReady(_)), "{m:?}");
@@ -1213,6 +1233,7 @@ async fn a_hostile_manifest_is_refused_entry_by_entry() {
             mtime: 0,
             mode: 0,
             mtime_ns: None,
+            holes: None,
         };
         w.feed(&Message::TreeFile(head), body).await.unwrap();
         let hash = blake3_hex(body);
@@ -1484,7 +1505,15 @@ async fn a_client_leaving_mid_listing_stops_the_walk() {
         let (read, write) = sock.into_split();
         let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
         w.feed_preface(Preface::default());
-        let list = proto::TreeList { path: String::new(), blake3: false, skips: false, meta: false };
+        let list = proto::TreeList {
+            path: String::new(),
+            blake3: false,
+            skips: false,
+            meta: false,
+            owners: false,
+            xattrs: false,
+            acls: false,
+        };
         w.send(&Message::TreeList(list), &[]).await.unwrap();
         r.read_preface().await.unwrap();
         let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();

@@ -207,6 +207,7 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
                 mode: None,
                 mtime: None,
                 mtime_ns: None,
+                backup: None,
             }),
             &[],
         )
@@ -221,7 +222,7 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         // ...and the first completes within that time.
-        w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"first").await.unwrap();
+        w.send(&Message::PutData(proto::PutData { len: 5, offset: 0, holes: None }), b"first").await.unwrap();
         w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"first").to_hex().to_string() }), &[])
             .await
             .unwrap();
@@ -267,6 +268,7 @@ common::roots::on_both_roots!(
     hostile_paths_get_short_clear_refusals_and_touch_nothing,
     hostile_tree_frames_are_refused_and_store_nothing,
     hostile_meta_entries_stay_data_or_are_refused,
+    hostile_backups_are_refused_and_lead_nowhere,
 );
 
 async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootServer) {
@@ -279,6 +281,7 @@ async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootS
             mode: None,
             mtime: None,
             mtime_ns: None,
+            backup: None,
         }),
         &[],
     )
@@ -287,7 +290,7 @@ async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootS
     assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
     // Another process writes the name while the upload is under way.
     root.write("late", b"theirs").await;
-    w.send(&Message::PutData(proto::PutData { len: 5, offset: 0 }), b"hello").await.unwrap();
+    w.send(&Message::PutData(proto::PutData { len: 5, offset: 0, holes: None }), b"hello").await.unwrap();
     w.send(&Message::Checksum(proto::Checksum { blake3: blake3::hash(b"hello").to_hex().to_string() }), &[])
         .await
         .unwrap();
@@ -299,13 +302,21 @@ async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootS
 async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed(root: &RootServer) {
     let (mut r, mut w) = raw(root.addr).await;
     w.send(
-        &Message::Put(proto::Put { path: "x".into(), size: 5, force: false, mode: None, mtime: None, mtime_ns: None }),
+        &Message::Put(proto::Put {
+            path: "x".into(),
+            size: 5,
+            force: false,
+            mode: None,
+            mtime: None,
+            mtime_ns: None,
+            backup: None,
+        }),
         &[],
     )
     .await
     .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::PutReady(proto::PutReady { .. }))));
-    w.feed_head(&Message::PutData(proto::PutData { len: 1 << 63, offset: 0 })).unwrap();
+    w.feed_head(&Message::PutData(proto::PutData { len: 1 << 63, offset: 0, holes: None })).unwrap();
     w.flush().await.unwrap();
     assert_eq!(error_code(next(&mut r).await), ErrorCode::BadRequest);
     assert!(next(&mut r).await.is_none(), "closed");
@@ -313,7 +324,15 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed(root: 
     // A put_data header with a member of the wrong type.
     let (mut r, mut w) = raw(root.addr).await;
     w.send(
-        &Message::Put(proto::Put { path: "y".into(), size: 5, force: false, mode: None, mtime: None, mtime_ns: None }),
+        &Message::Put(proto::Put {
+            path: "y".into(),
+            size: 5,
+            force: false,
+            mode: None,
+            mtime: None,
+            mtime_ns: None,
+            backup: None,
+        }),
         &[],
     )
     .await
@@ -359,6 +378,13 @@ async fn hostile_paths_get_short_clear_refusals_and_touch_nothing(root: &RootSer
     assert!(!local.path().join("g").exists());
     let err = client.stat("f.txt/").await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::NotADirectory), "stat f.txt/ on {}: {err}", root.kind());
+    // A name's byte that is not UTF-8 travels escaped (PROTOCOL.md
+    // §4.7.1), in one form only: a partial file's name spelled another
+    // way, a valid byte escaped, a bare NUL, all refused.
+    for spelled in [".f.txt.fwpar\u{0}74", "f\u{0}2etxt", "f.txt\u{0}", "caf\u{0}c3\u{0}a9"] {
+        let err = client.stat(spelled).await.unwrap_err();
+        assert_eq!(code(&err), Some(ErrorCode::BadPath), "{spelled:?} on {}: {err}", root.kind());
+    }
     let stat = client.stat("").await.unwrap();
     assert_eq!(stat.name, ".", "the served root's own name is not told");
     assert_eq!(root.names("").await, ["f.txt"], "nothing created on {}", root.kind());
@@ -380,7 +406,9 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
         serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap()
     }
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: false }), &[]).await.unwrap();
+    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: false, backup: None }), &[])
+        .await
+        .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
     manifest(&mut w, &[entry("../out", 3), entry("a", 3), entry("a", 3)]).await;
     assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
@@ -390,7 +418,16 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
     assert_eq!((send, refused), (vec![(1, 0)], vec![(0, ErrorCode::BadPath), (2, ErrorCode::BadRequest)]));
     w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 3 }), &[]).await.unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(proto::WantsEnd { count: 3 }))));
-    let file = proto::TreeFile { len: 3, i: 1, offset: 0, size: 3, mtime: 1_600_000_000, mode: 0o644, mtime_ns: None };
+    let file = proto::TreeFile {
+        len: 3,
+        i: 1,
+        offset: 0,
+        size: 3,
+        mtime: 1_600_000_000,
+        mode: 0o644,
+        mtime_ns: None,
+        holes: None,
+    };
     w.send(&Message::TreeFile(file), b"abc").await.unwrap();
     let wrong = blake3::hash(b"xyz").to_hex().to_string();
     w.send(&Message::Checksum(proto::Checksum { blake3: wrong }), &[]).await.unwrap();
@@ -414,7 +451,9 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
 
     for late_manifest in [false, true] {
         let (mut r, mut w) = raw(root.addr).await;
-        w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false }), &[]).await.unwrap();
+        w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false, backup: None }), &[])
+            .await
+            .unwrap();
         assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
         manifest(&mut w, &[entry("b", 1)]).await;
         assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
@@ -424,7 +463,16 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
             assert!(matches!(next(&mut r).await, Some(Message::WantsEnd(_))));
             manifest(&mut w, &[entry("c", 1)]).await;
         } else {
-            let file = proto::TreeFile { len: 1, i: 7, offset: 0, size: 1, mtime: 1, mode: 0o644, mtime_ns: None };
+            let file = proto::TreeFile {
+                len: 1,
+                i: 7,
+                offset: 0,
+                size: 1,
+                mtime: 1,
+                mode: 0o644,
+                mtime_ns: None,
+                holes: None,
+            };
             w.send(&Message::TreeFile(file), b"z").await.unwrap();
         }
         let what = if late_manifest { "manifest after manifest_end" } else { "tree_file not wanted" };
@@ -898,7 +946,9 @@ async fn announce_until_refused(addr: &str, pid: u32) -> u64 {
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreePut(proto::TreePut { path: "up".into(), force: false, meta: false }), &[]).await.unwrap();
+    w.send(&Message::TreePut(proto::TreePut { path: "up".into(), force: false, meta: false, backup: None }), &[])
+        .await
+        .unwrap();
     r.read_preface().await.unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
     let before = rss_of(pid);
@@ -1100,8 +1150,10 @@ async fn links_planted_in_a_download_destination_are_replaced_never_followed() {
 async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
     root.write("secret", b"s").await;
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: true }), &[]).await.unwrap();
-    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: true }))));
+    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: true, backup: None }), &[])
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: true, .. }))));
     let entries = serde_json::json!([
         {"path": "s", "size": 0, "mtime": 1, "mode": 0, "kind": "symlink", "target": "../../etc"},
         {"path": "h", "size": 0, "mtime": 1, "mode": 0, "link": "../secret"},
@@ -1139,8 +1191,10 @@ async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
 
     // Without `meta`, a link entry is not understood: refused, by entry.
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false }), &[]).await.unwrap();
-    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: false }))));
+    w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false, backup: None }), &[])
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: false, .. }))));
     let body = serde_json::to_vec(
         &serde_json::json!([{"path": "l", "size": 0, "mtime": 1, "mode": 0, "kind": "symlink", "target": "x"}]),
     )
@@ -1149,4 +1203,41 @@ async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
     assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
     let wants: proto::WantList = serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap();
     assert_eq!(wants.refused.iter().map(|f| (f.i, f.code)).collect::<Vec<_>>(), [(0, ErrorCode::BadRequest)]);
+}
+
+/// `backup` in a `put` (PROTOCOL.md §4.6.4): a directory climbing out, a
+/// suffix with `/`, and a backup directory that is a symlink leading out
+/// are refused, the file left as it was and nothing written outside; a
+/// bucket root refuses backups, clearly, before any byte.
+async fn hostile_backups_are_refused_and_lead_nowhere(root: &RootServer) {
+    let (outside, victim) = victim();
+    root.write("f", b"orig").await;
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("x"), b"replacement").unwrap();
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    let backup = |dir: Option<&str>, suffix: &str| proto::Backup {
+        dir: dir.map(str::to_owned),
+        of: String::new(),
+        suffix: suffix.to_owned(),
+    };
+    let mut tries = vec![backup(Some("../out"), ""), backup(None, "/x"), backup(None, "")];
+    if let Some(dir) = root.dir_path() {
+        std::os::unix::fs::symlink(outside.path(), dir.join("evil")).unwrap();
+        tries.push(backup(Some("evil"), ""));
+    }
+    for b in tries {
+        let options = TransferOptions::force(true).with_backups(Some(b.clone()), None);
+        let err = client.put(&local.path().join("x"), "f", &options, &mut no_progress()).await.unwrap_err();
+        let expected = [ErrorCode::BadPath, ErrorCode::BadRequest, ErrorCode::NotADirectory];
+        assert!(code(&err).is_some_and(|c| expected.contains(&c)), "{b:?} on {}: {err}", root.kind());
+        assert_eq!(root.read("f").await.as_deref(), Some(&b"orig"[..]), "{b:?}: left as it was");
+        assert_untouched(&victim);
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1, "nothing made outside the root");
+        client = Client::connect(&root.addr()).await.unwrap();
+    }
+    if root.dir_path().is_none() {
+        let options = TransferOptions::force(true).with_backups(Some(backup(None, "~")), None);
+        let err = client.put(&local.path().join("x"), "f", &options, &mut no_progress()).await.unwrap_err();
+        assert!(err.to_string().contains("keeps no backups"), "{err}");
+    }
 }

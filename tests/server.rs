@@ -358,6 +358,7 @@ async fn a_stall_inside_a_request_is_answered_with_timeout() {
                 mode: None,
                 mtime: None,
                 mtime_ns: None,
+                backup: None,
             }),
             b"",
         )
@@ -374,7 +375,7 @@ async fn a_stall_inside_a_request_is_answered_with_timeout() {
     let mut sock = raw(&server).await;
     sock.write_all(&put("body", 10)).await.unwrap();
     assert!(matches!(read_frame(&mut sock).await, Some((Message::PutReady(_), _))));
-    sock.write_all(&head(&Message::PutData(proto::PutData { len: 10, offset: 0 }))).await.unwrap();
+    sock.write_all(&head(&Message::PutData(proto::PutData { len: 10, offset: 0, holes: None }))).await.unwrap();
     sock.write_all(b"012").await.unwrap();
     timeout(tokio::time::timeout(LIMIT, read_frame(&mut sock)).await.unwrap());
     assert!(read_frame(&mut sock).await.is_none(), "closed");
@@ -397,10 +398,13 @@ async fn an_upload_cut_by_the_drain_keeps_every_byte_that_arrived() {
         mode: None,
         mtime: None,
         mtime_ns: None,
+        backup: None,
     });
     sock.write_all(&frame(&put, b"")).await.unwrap();
     assert!(matches!(read_frame(&mut sock).await, Some((Message::PutReady(_), _))));
-    sock.write_all(&head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0 }))).await.unwrap();
+    sock.write_all(&head(&Message::PutData(proto::PutData { len: data.len() as u64, offset: 0, holes: None })))
+        .await
+        .unwrap();
     sock.write_all(&data[..sent]).await.unwrap();
     // Let it arrive, then shut the server down: the drain cuts the upload.
     let partial = server.root.path().join(".d.bin.fwpart");
@@ -496,7 +500,7 @@ async fn drain_deadline_ends_stuck_requests() {
     // A download whose reader has stalled, on the zero-copy path.
     std::fs::File::create(server.root.path().join("big")).unwrap().set_len(1 << 30).unwrap();
     let mut stalled = raw(&server).await;
-    let get = Message::Get(proto::Get { path: "big".into(), offset: 0, prefix_blake3: None });
+    let get = Message::Get(proto::Get { path: "big".into(), offset: 0, prefix_blake3: None, sparse: false });
     stalled.write_all(&frame(&get, &[])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();

@@ -98,13 +98,14 @@ async fn put_with_resume(server: &TestServer) -> String {
         mode: Some(0o644),
         mtime: Some(MTIME as i64),
         mtime_ns: None,
+        backup: None,
     };
     let mut first = Transcript::open(&server.addr()).await;
     first.send("put", &put, &[]).await;
     assert!(matches!(first.receive().await, AnyMessage::PutReady(r) if r.offset == 0));
     // The head promises 11 bytes; 6 come, then the connection is cut.
     let mut cut = BytesMut::new();
-    encode_frame(&PutData { len: CONTENT.len() as u64, offset: 0 }, CONTENT, &mut cut).unwrap();
+    encode_frame(&PutData { len: CONTENT.len() as u64, offset: 0, holes: None }, CONTENT, &mut cut).unwrap();
     cut.truncate(cut.len() - (CONTENT.len() - HELD));
     first.sock.write_all(&cut).await.unwrap();
     drop(first);
@@ -119,7 +120,7 @@ async fn put_with_resume(server: &TestServer) -> String {
                 assert_eq!(ready.offset, HELD as u64, "the cut upload's bytes are held");
                 assert_eq!(ready.prefix_blake3, Some(hex(&CONTENT[..HELD])));
                 let rest = &CONTENT[HELD..];
-                let data = PutData { len: rest.len() as u64, offset: HELD as u64 };
+                let data = PutData { len: rest.len() as u64, offset: HELD as u64, holes: None };
                 t.send("put_data (the rest of the file)", &data, rest).await;
                 t.send("checksum (of the whole file)", &Checksum { blake3: hex(CONTENT) }, &[]).await;
                 assert!(matches!(t.receive().await, AnyMessage::PutDone(d) if d.size == 11));
@@ -142,7 +143,12 @@ async fn get_with_resume(server: &TestServer) -> String {
     // Whatever the umask made of the put's 0644.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let mut t = Transcript::open(&server.addr()).await;
-    let get = Get { path: "notes.txt".into(), offset: HELD as u64, prefix_blake3: Some(hex(&CONTENT[..HELD])) };
+    let get = Get {
+        path: "notes.txt".into(),
+        offset: HELD as u64,
+        prefix_blake3: Some(hex(&CONTENT[..HELD])),
+        sparse: false,
+    };
     t.send("get (6 bytes held)", &get, &[]).await;
     match t.receive().await {
         AnyMessage::FileReply(f) => assert_eq!((f.offset, f.size, f.len, f.mtime), (6, 11, 5, MTIME as i64)),

@@ -13,7 +13,8 @@ use framewire::client::filter::Filter;
 use framewire::client::tree::{
     self, CopyOptions, Direction, Endpoint, Job, Observer, Plan, PlanError, PlanOptions, Summary,
 };
-use framewire::client::{Progress, Transfer};
+use framewire::client::Wanted;
+use framewire::client::{BackupOptions, Progress, Transfer};
 use framewire::proto::Kind;
 use framewire::text::printable;
 use framewire::ClientError;
@@ -198,6 +199,38 @@ pub struct TransferArgs {
     /// remove none and fail (exit 1); the files are still copied.
     #[arg(long, value_name = "N", requires = "delete")]
     max_delete: Option<usize>,
+    /// Keep what the copy replaces or --delete removes, as NAME~ beside it
+    /// (or under --backup-dir); an older backup of the same name is
+    /// replaced.
+    #[arg(short = 'b', long)]
+    backup: bool,
+    /// With or without -b: keep backups in DIR, each at its path below the
+    /// destination (DIR relative to the destination directory; put: `/DIR`
+    /// from the served root). A mirror never removes DIR.
+    #[arg(long, value_name = "DIR")]
+    backup_dir: Option<String>,
+    /// Backups' suffix (default `~`, or none with --backup-dir).
+    #[arg(long, value_name = "SUFFIX")]
+    suffix: Option<String>,
+    /// With -r: keep extended attributes of the `user` namespace (never
+    /// `security.*` nor `trusted.*`).
+    #[arg(short = 'X', long)]
+    xattrs: bool,
+    /// With -r: keep POSIX ACLs (as their extended attributes).
+    #[arg(short = 'A', long)]
+    acls: bool,
+    /// Keep owners by user and group id, not by name (owners are kept
+    /// where the receiver runs as root).
+    #[arg(long)]
+    numeric_ids: bool,
+    /// get -r as root: copy device files too (a server never makes them).
+    /// FIFOs and sockets are copied always where the receiver runs as
+    /// root.
+    #[arg(long)]
+    devices: bool,
+    /// The same as --devices (rsync's -D: devices and special files).
+    #[arg(short = 'D')]
+    devices_and_specials: bool,
 }
 
 impl TransferArgs {
@@ -216,7 +249,20 @@ impl TransferArgs {
         } else {
             tree::Existing::Replace
         };
+        anyhow::ensure!(
+            self.suffix.is_none() || self.backup || self.backup_dir.is_some(),
+            "--suffix is for backups: give -b or --backup-dir too"
+        );
+        let backup = (self.backup || self.backup_dir.is_some())
+            .then(|| BackupOptions { dir: self.backup_dir.clone(), suffix: self.suffix.clone() });
+        if let Some(b) = &backup {
+            b.remote("").check().map_err(|why| anyhow::anyhow!("--backup: {why}"))?;
+        }
+        let attrs = Wanted { owners: true, numeric: self.numeric_ids, xattrs: self.xattrs, acls: self.acls };
         Ok(PlanOptions::new(self.recursive || self.archive, self.force)
+            .with_attrs(attrs)
+            .with_devices(self.devices || self.devices_and_specials)
+            .with_backup(backup)
             .with_copy_links(self.copy_links)
             .with_itemize(self.itemize_changes)
             .with_max_delete(self.max_delete)
@@ -565,7 +611,13 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
     if let Some(total) = &bars.total {
         total.finish_and_clear();
     }
-    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted, skipped, replaced } = summary;
+    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted, skipped, replaced, not_kept } =
+        summary;
+    if !opts.quiet {
+        for note in &not_kept {
+            eprintln!("framewire: skipping {}", printable(note));
+        }
+    }
     // What was done, not what failed; a mirror deletes nothing after a
     // failure.
     let failed: std::collections::HashSet<&str> = failures.iter().map(|f| f.path.as_str()).collect();

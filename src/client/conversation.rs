@@ -11,9 +11,9 @@ use std::collections::{HashMap, VecDeque};
 
 use super::error::ClientError;
 use super::files::Transfer;
-use crate::proto::{
-    CommitList, ErrorCode, ManifestEnd, TreeEnd, TreeFile, TreeGetOutput, Want, WantList, TREE_PART_ENTRIES,
-};
+#[cfg(test)]
+use crate::proto::TREE_PART_ENTRIES;
+use crate::proto::{CommitList, ErrorCode, ManifestEnd, TreeEnd, TreeFile, TreeGetOutput, Want, WantList};
 
 /// Manifest frames sent and not yet answered, at most.
 pub(super) const IN_FLIGHT_FRAMES: usize = 8;
@@ -150,18 +150,17 @@ pub(super) struct PutPlan {
 }
 
 impl PutPlan {
-    /// The plan for a share of `files` files.
+    /// The plan for a share of `files` files, in manifest frames of
+    /// [`TREE_PART_ENTRIES`] each.
+    #[cfg(test)]
     pub(super) fn new(files: usize) -> Self {
-        PutPlan {
-            files,
-            frames: files.div_ceil(TREE_PART_ENTRIES),
-            next: 0,
-            answered: 0,
-            ended: false,
-            queue: VecDeque::new(),
-            sent: 0,
-            over: false,
-        }
+        PutPlan::in_frames(files, files.div_ceil(TREE_PART_ENTRIES))
+    }
+
+    /// The plan for a share of `files` files sent in `frames` manifest
+    /// frames (see [`crate::proto::frames`]).
+    pub(super) fn in_frames(files: usize, frames: usize) -> Self {
+        PutPlan { files, frames, next: 0, answered: 0, ended: false, queue: VecDeque::new(), sent: 0, over: false }
     }
 
     /// A `wants` frame (`Some`, checked by [`PutAnswers`]) or `wants_end`.
@@ -217,6 +216,8 @@ impl PutPlan {
 #[derive(Debug)]
 pub(super) struct PutAnswers {
     len: usize,
+    /// Manifest frames sent for it.
+    frames: usize,
     /// `wants` frames answered so far: at most one a manifest frame.
     answered: usize,
     /// Files asked for already: each may be asked for once.
@@ -228,8 +229,22 @@ pub(super) struct PutAnswers {
 }
 
 impl PutAnswers {
+    #[cfg(test)]
     pub(super) fn new(len: usize) -> Self {
-        PutAnswers { len, answered: 0, asked: vec![false; len], offsets: HashMap::new(), hashes: HashMap::new() }
+        PutAnswers::in_frames(len, len.div_ceil(TREE_PART_ENTRIES))
+    }
+
+    /// The answers to a share of `len` files sent in `frames` manifest
+    /// frames.
+    pub(super) fn in_frames(len: usize, frames: usize) -> Self {
+        PutAnswers {
+            len,
+            frames,
+            answered: 0,
+            asked: vec![false; len],
+            offsets: HashMap::new(),
+            hashes: HashMap::new(),
+        }
     }
 
     /// A `wants` frame: the files wanted are remembered, the unchanged and
@@ -237,7 +252,7 @@ impl PutAnswers {
     /// out of step.
     pub(super) fn on_wants(&mut self, list: &WantList, outcomes: &mut Outcomes) -> Result<(), ClientError> {
         self.answered += 1;
-        if self.answered > self.len.div_ceil(TREE_PART_ENTRIES) {
+        if self.answered > self.frames {
             return Err(unexpected("a wants frame for each manifest frame", self.answered));
         }
         let outside = list.send.iter().map(|w| w.i).chain(list.unchanged.iter().copied());
@@ -348,7 +363,13 @@ impl GetState {
         match frame {
             TreeGetOutput::TreeFile(head) => {
                 self.arrive(head.i, "a file index within the wants, each once")?;
-                if head.offset.checked_add(head.len) != Some(head.size) {
+                // Holes the body leaves out (PROTOCOL.md §4.6.5), checked.
+                let left_out = match head.holes.as_deref().filter(|h| !h.is_empty()) {
+                    None => Some(0),
+                    Some(h) => crate::session::sparse::check(h, head.offset, head.size).ok(),
+                };
+                let covered = left_out.and_then(|t| head.offset.checked_add(head.len)?.checked_add(t));
+                if covered != Some(head.size) {
                     let got = format!("{}+{} of {}", head.offset, head.len, head.size);
                     return Err(unexpected("a tree_file whose body is the rest of the file", got));
                 }
@@ -515,7 +536,7 @@ mod tests {
     }
 
     fn file(i: u64, offset: u64, len: u64, size: u64) -> TreeGetOutput {
-        TreeGetOutput::TreeFile(TreeFile { len, i, offset, size, mtime: 0, mode: 0, mtime_ns: None })
+        TreeGetOutput::TreeFile(TreeFile { len, i, offset, size, mtime: 0, mode: 0, mtime_ns: None, holes: None })
     }
 
     fn checksum() -> TreeGetOutput {

@@ -104,6 +104,14 @@ pub enum ClientError {
         /// The limit.
         limit: usize,
     },
+    /// Backups were asked for (`--backup`) and the server does not keep
+    /// them (older than them, or a bucket root): nothing was sent.
+    #[error("the server keeps no backups of what a copy replaces (it is older than --backup): nothing was sent")]
+    NoBackups,
+    /// What the receiver does not keep, left out on purpose (a special
+    /// file for a server not running as root): not a failure of the copy.
+    #[error("{0}")]
+    NotKept(&'static str),
 }
 
 impl ClientError {

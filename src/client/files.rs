@@ -13,6 +13,7 @@ use crate::proto::{
     Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename, RenameReply, Stat, StatReply, TreeList,
     TREE_PART_MAX,
 };
+use crate::services::attrs::Wanted;
 use crate::services::files::{not_regular, open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};
 use crate::session::{receive_body, ReceiveError, Receiver, SendError, Sender, Unproven};
@@ -24,12 +25,33 @@ use crate::wire::{self, MAX_BUFFERED_BODY};
 pub struct TransferOptions {
     /// Replace an existing target.
     pub force: bool,
+    /// Uploads: what the server keeps of what they replace (rsync's
+    /// `--backup`); a server that cannot is [`ClientError::NoBackups`],
+    /// before anything is sent.
+    pub backup: Option<crate::proto::Backup>,
+    /// Downloads: where this side keeps what they replace.
+    pub local_backup: Option<std::sync::Arc<super::LocalBackup>>,
+    /// Downloads in a tree: what this side does with the owners and
+    /// extended attributes listed for each file.
+    pub applying: crate::services::attrs::Applying,
 }
 
 impl TransferOptions {
     /// Options with `force` set as given.
     pub fn force(force: bool) -> Self {
-        TransferOptions { force }
+        TransferOptions { force, ..TransferOptions::default() }
+    }
+
+    /// The same, keeping backups (see [`TransferOptions::backup`] and
+    /// [`TransferOptions::local_backup`]).
+    pub fn with_backups(
+        mut self,
+        backup: Option<crate::proto::Backup>,
+        local_backup: Option<std::sync::Arc<super::LocalBackup>>,
+    ) -> Self {
+        self.backup = backup;
+        self.local_backup = local_backup;
+        self
     }
 }
 
@@ -64,7 +86,7 @@ pub(super) fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientErr
 /// no `..`, `.`, root, empty component or NUL byte.
 pub(crate) fn is_plain_relative(name: &str) -> bool {
     !name.is_empty()
-        && !name.contains('\0')
+        && crate::services::names::is_canonical(name)
         && name.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
@@ -148,7 +170,7 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_with_hashes(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        Ok(self.tree_listing(path, true, false, false).await?.entries)
+        Ok(self.tree_listing(path, true, false, None).await?.entries)
     }
 
     /// As [`stat`](Self::stat) of a file, with its BLAKE3 (see
@@ -176,7 +198,7 @@ impl Client {
     /// read fails the whole listing, named ([`tree_with_skips`](Self::tree_with_skips)
     /// goes on past it).
     pub async fn tree(&mut self, path: &str) -> Result<Vec<Entry>, ClientError> {
-        Ok(self.tree_listing(path, false, false, false).await?.entries)
+        Ok(self.tree_listing(path, false, false, None).await?.entries)
     }
 
     /// As [`tree`](Self::tree) (with each file's BLAKE3 if `blake3`), going
@@ -190,7 +212,7 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_with_skips(&mut self, path: &str, blake3: bool) -> Result<TreeListing, ClientError> {
-        self.tree_listing(path, blake3, true, false).await
+        self.tree_listing(path, blake3, true, None).await
     }
 
     /// As [`tree_with_skips`](Self::tree_with_skips), and with `meta` the
@@ -202,7 +224,23 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_meta(&mut self, path: &str, blake3: bool, meta: bool) -> Result<TreeListing, ClientError> {
-        self.tree_listing(path, blake3, true, meta).await
+        self.tree_listing(path, blake3, true, meta.then_some(Wanted::default())).await
+    }
+
+    /// [`tree_meta`](Self::tree_meta) with `meta`, each entry with what
+    /// `wanted` asks of it besides (owners, extended attributes, in
+    /// `attrs`; PROTOCOL.md §4.6.3.5).
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn tree_meta_with(
+        &mut self,
+        path: &str,
+        blake3: bool,
+        wanted: Wanted,
+    ) -> Result<TreeListing, ClientError> {
+        self.tree_listing(path, blake3, true, Some(wanted)).await
     }
 
     /// The tree through `tree_list`, streamed in frames (no size limit),
@@ -212,9 +250,12 @@ impl Client {
         path: &str,
         blake3: bool,
         skips: bool,
-        meta: bool,
+        meta: Option<Wanted>,
     ) -> Result<TreeListing, ClientError> {
-        self.session.send(&TreeList { path: path.to_owned(), blake3, skips, meta }, &[]).await?;
+        let w = meta.unwrap_or_default();
+        let (owners, xattrs, acls) = (w.owners, w.xattrs, w.acls);
+        let list = TreeList { path: path.to_owned(), blake3, skips, meta: meta.is_some(), owners, xattrs, acls };
+        self.session.send(&list, &[]).await?;
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
         loop {
@@ -411,7 +452,7 @@ impl Client {
         .map_err(local_err(&shown))?;
         let mut receiver = opened?;
         let (offset, prefix_blake3) = receiver.offer();
-        self.session.send(&Get { path: remote.to_owned(), offset, prefix_blake3 }, &[]).await?;
+        self.session.send(&Get { path: remote.to_owned(), offset, prefix_blake3, sparse: true }, &[]).await?;
         let head: FileReply = match self.answer().await {
             Ok(head) => head,
             Err(e) => {
@@ -423,13 +464,19 @@ impl Client {
                 return Err(e);
             }
         };
-        let FileReply { size, offset, mode, mtime, mtime_ns, .. } = head;
+        let FileReply { size, offset, mode, mtime, mtime_ns, holes, .. } = head;
         if !receiver.agree(offset).map_err(local_err(&shown))? {
             self.session.abandon().await;
             return Err(ClientError::Unexpected { expected: "a file from our offset or 0", got: "file".into() });
         }
+        if let Err(why) = receiver.with_holes(holes, size) {
+            self.session.abandon().await;
+            return Err(ClientError::Unexpected { expected: "holes within the file", got: why.into() });
+        }
         // A full disk shows now rather than in the middle: the body is
-        // coming, so the connection is given up.
+        // coming, so the connection is given up. Holes are counted as
+        // if written, as a server counts them: it bounds what a peer can
+        // make this side hash by the room there is.
         if let Err(e) = receiver.check_room(offset, size) {
             receiver.discard();
             self.session.abandon().await;
@@ -471,7 +518,13 @@ impl Client {
         } else {
             received
         };
-        let commit = move || received.commit(mode, force).map(|_| ());
+        let (backup, target) = (options.local_backup.clone(), local.to_owned());
+        let commit = move || {
+            if let (true, Some(backup)) = (force, backup) {
+                backup.keep(&target, received.at(), false)?;
+            }
+            received.commit(mode, force).map(|_| ())
+        };
         match spawn_blocking(commit).await.map_err(join_err)? {
             Ok(()) => Ok(Transfer { size, resumed: offset, blake3: got }),
             // Something appeared under the name meanwhile: never replaced
@@ -495,7 +548,9 @@ impl Client {
         dst: W,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        self.session.send(&Get { path: remote.to_owned(), offset: 0, prefix_blake3: None }, &[]).await?;
+        // A stream has no holes: the body comes whole (`sparse` unasked).
+        let get = Get { path: remote.to_owned(), offset: 0, prefix_blake3: None, sparse: false };
+        self.session.send(&get, &[]).await?;
         let FileReply { size, .. } = self.answer().await?;
         let mut at = Progress { size, resumed: 0, done: 0 };
         let written = receive_body(self.session.reader(), dst, blake3::Hasher::new(), &mut |n| {
@@ -561,12 +616,23 @@ impl Client {
         let mode = meta.permissions().mode() & 0o777;
         let stamp = crate::services::files::Stamp::of_meta(&meta);
         let (mtime, mtime_ns) = (Some(stamp.wire_secs()), stamp.fraction_ns());
-        let put = Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode), mtime, mtime_ns };
+        let backup = options.backup.clone();
+        let asked = backup.is_some();
+        let put =
+            Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode), mtime, mtime_ns, backup };
         self.session.send(&put, &[]).await?;
-        let PutReady { offset, prefix_blake3 } = self.answer().await?;
+        let PutReady { offset, prefix_blake3, backup: kept, sparse } = self.answer().await?;
+        if asked && !kept {
+            // The body cannot be left unsent on this connection.
+            self.session.abandon().await;
+            return Err(ClientError::NoBackups);
+        }
         let shared = self.shared_reads.clone();
         let sender = spawn_blocking(move || {
             let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::StartOver)?;
+            if sparse {
+                sender.find_holes()?;
+            }
             if let Some(reads) = shared {
                 sender.share(&reads)?;
             }
@@ -576,7 +642,7 @@ impl Client {
         .map_err(join_err)?
         .map_err(local_err(local))?;
         let from = sender.start();
-        self.session.feed_head(&PutData { len: sender.body_len(), offset: from })?;
+        self.session.feed_head(&PutData { len: sender.body_len(), offset: from, holes: sender.holes() })?;
         // The server may refuse before the body is through (a write
         // failed on its side): listen while sending, and stop at once if
         // it does.

@@ -521,7 +521,7 @@ pub fn get(
             // is reached from DIR's descriptor.
             plan.dest_dir = Some(dir.clone());
             let mut summary = cancellable(run.cancel(), tree::run(run.endpoint(), plan, copy, Arc::new(Quiet))).await?;
-            summary.replaced.splice(0..0, replaced.iter().map(|r| dir.join(r)));
+            summary.replaced.splice(0..0, replaced.iter().map(|r| dir.join(crate::services::names::path(r))));
             Ok(summary)
         }
     })

@@ -45,6 +45,9 @@ pub struct Job {
     pub replace: bool,
     /// The source's BLAKE3 (hex), when `checksum` asked the server for it.
     pub blake3: Option<String>,
+    /// Its owner and extended attributes at the source, as the copy
+    /// keeps them (PROTOCOL.md §4.6.3.5).
+    pub attrs: Option<Box<crate::proto::Attrs>>,
     /// The directory `local` is reached beneath by descriptor: the source
     /// tree of an upload, the destination of a download. `None`: `local`
     /// is opened as the user named it (a single file).
@@ -102,13 +105,17 @@ impl Base {
 /// A path not below `dir`, or not UTF-8 (neither is ever planned).
 pub(crate) fn rel_below(dir: &Path, path: &Path) -> io::Result<String> {
     use std::path::Component;
-    let below = path.strip_prefix(dir).map_err(|_| io::Error::other("not below the copy's directory"))?;
+    // `name` is below `.` as `./name` is (a file got into the current
+    // directory under a name of its own).
+    let below = match path.strip_prefix(dir) {
+        Ok(below) => below,
+        Err(_) if dir == Path::new(".") && path.is_relative() => path,
+        Err(_) => return Err(io::Error::other("not below the copy's directory")),
+    };
     let mut parts = Vec::new();
     for c in below.components() {
         match c {
-            Component::Normal(name) => {
-                parts.push(name.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))?)
-            }
+            Component::Normal(name) => parts.push(crate::services::names::encode(name.as_encoded_bytes())),
             Component::CurDir => {}
             _ => return Err(io::Error::other("not a plain path below the copy's directory")),
         }
@@ -121,7 +128,7 @@ impl Job {
     pub fn source(&self, direction: Direction) -> String {
         match direction {
             Direction::Get => self.remote.clone(),
-            Direction::Put => self.local.display().to_string(),
+            Direction::Put => crate::text::shown_path(&self.local),
         }
     }
 
@@ -139,7 +146,7 @@ impl Job {
         if name.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "names a directory, not a file"));
         }
-        Ok((base.root().open_dir(parent)?, OsString::from(name)))
+        Ok((base.root().open_dir(parent)?, crate::services::names::os(name).into_owned()))
     }
 
     /// The local file opened to send it, without waiting on a FIFO: beneath

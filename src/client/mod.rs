@@ -1,6 +1,7 @@
 //! The client: a typed async API over one connection to a framewire
 //! server ([`Client`]), and tree copies over several ([`tree`]).
 
+mod backup;
 mod conn;
 mod conversation;
 mod error;
@@ -14,6 +15,8 @@ pub mod fleet;
 pub mod hosts;
 pub mod tree;
 
+pub use crate::services::attrs::{Applying, Wanted};
+pub use backup::{BackupOptions, LocalBackup};
 pub use conn::{Client, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 pub use error::ClientError;
 pub use exec::{ExecIo, ExecOptions, ExitStatus, Output, WindowSize};

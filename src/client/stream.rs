@@ -14,16 +14,17 @@ use tokio::task::spawn_blocking;
 use super::conn::Client;
 use super::conversation::{unexpected, GetState, GetStep, Outcomes, PutAnswers, PutPlan, PutStep};
 use super::error::ClientError;
-use super::files::{join_err, local_err, Progress, Transfer};
+use super::files::{join_err, local_err, Progress, Transfer, TransferOptions};
 use super::job::{Job, Observer};
+use super::LocalBackup;
 use crate::proto::{
-    Checksum, CommitList, Manifest, ManifestEntry, TreeFile, TreeGet, TreeGetOutput, TreePut, TreePutOutput, TreeReady,
-    Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Attrs, Checksum, CommitList, Manifest, ManifestEntry, TreeFile, TreeGet, TreeGetOutput, TreePut, TreePutOutput,
+    TreeReady, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
 use crate::services::files::received_mode;
 use crate::services::root::partial_name;
 use crate::session::{
-    Batch, CommitError, Guard, Place, ReceiveError, Receiver, SendError, Sender, Unproven, SMALL_BODY,
+    Batch, CommitError, Guard, Place, ReceiveError, Receiver, Replace, SendError, Sender, Unproven, SMALL_BODY,
 };
 use crate::wire;
 use rustix::fs::OFlags;
@@ -42,30 +43,47 @@ fn normal(path: &str) -> String {
 pub(super) async fn put(
     client: &mut Client,
     share: &[Job],
-    force: bool,
+    how: &TransferOptions,
     observer: &dyn Observer,
     ids: &[usize],
 ) -> Result<Outcomes, ClientError> {
-    client.session.send(&TreePut { path: String::new(), force, meta: false }, &[]).await?;
-    let TreeReady { .. } = client.answer().await?;
+    let (force, backup) = (how.force, how.backup.clone());
+    let asked = backup.is_some();
+    // `meta`: the server then says which attributes it keeps.
+    let meta = share.iter().any(|j| j.attrs.is_some());
+    client.session.send(&TreePut { path: String::new(), force, meta, backup }, &[]).await?;
+    let ready: TreeReady = client.answer().await?;
+    if asked && !ready.backup {
+        return Err(ClientError::NoBackups);
+    }
+    let ready = &ready;
     let outcomes = Mutex::new(Outcomes::new(share.len()));
-    let answers = Mutex::new(PutAnswers::new(share.len()));
+    // Frames cut by entries and bytes (long paths and attributes).
+    let frames = crate::proto::frames(share.iter().map(|j| crate::proto::entry_weight(&j.remote, j.attrs.as_deref())));
+    let answers = Mutex::new(PutAnswers::in_frames(share.len(), frames.len()));
     let (tx, rx) = mpsc::unbounded_channel::<Option<WantList>>();
-    let sending =
-        Sending { share, ids, observer, answers: &answers, outcomes: &outcomes, shared: client.shared_reads.clone() };
+    let sending = Sending {
+        share,
+        ids,
+        observer,
+        answers: &answers,
+        outcomes: &outcomes,
+        shared: client.shared_reads.clone(),
+        sparse: ready.sparse,
+    };
     let (reader, mut out) = client.session.halves();
 
     let writer = async {
         let mut rx = rx;
-        let mut plan = PutPlan::new(share.len());
+        let mut plan = PutPlan::in_frames(share.len(), frames.len());
         loop {
             while let Ok(answer) = rx.try_recv() {
                 plan.on_answer(answer);
             }
             match plan.next_step() {
                 PutStep::Manifest { frame, end } => {
-                    let jobs = share.chunks(TREE_PART_ENTRIES).nth(frame).unwrap_or_default();
-                    let entries: Vec<ManifestEntry> = jobs.iter().map(manifest_entry).collect();
+                    let jobs = frames.get(frame).map_or(&[][..], |r| &share[r.clone()]);
+                    let entries: Vec<ManifestEntry> = jobs.iter().map(|j| manifest_entry(j, ready)).collect();
                     let body = json(&entries)?;
                     out.send(&Manifest { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
                     if let Some(end) = end {
@@ -134,8 +152,9 @@ pub(super) async fn put(
     Ok(outcomes)
 }
 
-/// A job as a manifest entry.
-fn manifest_entry(j: &Job) -> ManifestEntry {
+/// A job as a manifest entry, with what of its attributes the server
+/// keeps (`ready`).
+fn manifest_entry(j: &Job, ready: &TreeReady) -> ManifestEntry {
     ManifestEntry {
         path: normal(&j.remote),
         size: j.size,
@@ -144,8 +163,27 @@ fn manifest_entry(j: &Job) -> ManifestEntry {
         replace: j.replace,
         blake3: j.blake3.clone(),
         mtime_ns: j.mtime_ns,
+        attrs: fit_attrs(&j.attrs, ready),
         ..ManifestEntry::default()
     }
+}
+
+/// Of `attrs`, what the server says it keeps (`tree_ready`): the owner
+/// where it runs as root, extended attributes where it keeps them, what a
+/// special file is always (the entry means nothing without).
+fn fit_attrs(attrs: &Option<Box<Attrs>>, ready: &TreeReady) -> Option<Box<Attrs>> {
+    let a = attrs.as_deref()?;
+    let (owners, xattrs) = (ready.owners, ready.xattrs);
+    let fit = Attrs {
+        special: a.special,
+        rdev: a.rdev,
+        uid: a.uid.filter(|_| owners),
+        gid: a.gid.filter(|_| owners),
+        user: a.user.clone().filter(|_| owners),
+        group: a.group.clone().filter(|_| owners),
+        xattrs: a.xattrs.clone().filter(|_| xattrs),
+    };
+    (fit != Attrs::default()).then(|| Box::new(fit))
 }
 
 /// `value` as a JSON body.
@@ -173,6 +211,8 @@ struct Sending<'a> {
     answers: &'a Mutex<PutAnswers>,
     outcomes: &'a Mutex<Outcomes>,
     shared: Option<Arc<crate::session::SharedReads>>,
+    /// The server takes bodies with holes (`tree_ready`).
+    sparse: bool,
 }
 
 /// Opens the next wanted files (reading small ones) on a blocking thread,
@@ -182,7 +222,8 @@ async fn send_some(
     queue: &mut VecDeque<Want>,
     cx: &Sending<'_>,
 ) -> Result<u64, ClientError> {
-    let Sending { share, ids, observer, answers, outcomes, shared } = cx;
+    let Sending { share, ids, observer, answers, outcomes, shared, sparse } = cx;
+    let sparse = *sparse;
     let (share, ids, observer): (&[Job], &[usize], &dyn Observer) = (share, ids, *observer);
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -199,7 +240,7 @@ async fn send_some(
         batch
             .into_iter()
             .map(|(w, job)| {
-                let opened = open_one(&job, &w, shared.as_deref());
+                let opened = open_one(&job, &w, shared.as_deref(), sparse);
                 (w.i, opened)
             })
             .collect()
@@ -229,6 +270,7 @@ async fn send_some(
             mtime: job.mtime,
             mode: job.mode,
             mtime_ns: None,
+            holes: sender.holes(),
         })?;
         let size = job.size;
         let mut report = |done| observer.progress(id, job, Progress { size, resumed: from, done });
@@ -249,7 +291,12 @@ async fn send_some(
 
 /// Opens a job's file to send from the offset the receiver offered, if it
 /// is the start of this file. Blocking.
-fn open_one(job: &Job, w: &Want, shared: Option<&crate::session::SharedReads>) -> Result<Sender, ClientError> {
+fn open_one(
+    job: &Job,
+    w: &Want,
+    shared: Option<&crate::session::SharedReads>,
+    sparse: bool,
+) -> Result<Sender, ClientError> {
     let (local, size) = (&job.local, job.size);
     let file = job.open_local().map_err(local_err(local))?;
     let meta = file.metadata().map_err(local_err(local))?;
@@ -262,6 +309,9 @@ fn open_one(job: &Job, w: &Want, shared: Option<&crate::session::SharedReads>) -
     }
     let mut sender = Sender::resume(file, size, w.offset, w.prefix_blake3.as_deref(), Unproven::StartOver)
         .map_err(local_err(local))?;
+    if sparse {
+        sender.find_holes().map_err(local_err(local))?;
+    }
     if let Some(reads) = shared {
         sender.share(reads).map_err(local_err(local))?;
     }
@@ -286,6 +336,11 @@ struct Local {
     /// The jobs of the files in the batch being committed.
     jobs: HashMap<usize, Job>,
     dirs: HashMap<PathBuf, Arc<OwnedFd>>,
+    /// Where what the files replace is kept.
+    backup: Option<Arc<LocalBackup>>,
+    /// What is done with the files' owners and extended attributes.
+    applying: crate::services::attrs::Applying,
+    names: crate::services::attrs::Names,
 }
 
 impl Place for Local {
@@ -306,6 +361,19 @@ impl Place for Local {
         }
         self.dirs.insert(parent, dir.clone());
         Ok((dir, name, None))
+    }
+
+    fn keep(&mut self, key: &str, at: (&OwnedFd, &std::ffi::OsStr)) -> Result<(), std::io::Error> {
+        let i: usize = key.parse().map_err(std::io::Error::other)?;
+        let job = self.jobs.get(&i).ok_or_else(|| std::io::Error::other("not in this batch"))?;
+        match &self.backup {
+            Some(backup) => backup.keep(&job.local, at, false).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    fn attrs(&mut self, file: &std::fs::File, attrs: &Attrs) -> std::io::Result<()> {
+        crate::services::attrs::apply(file, attrs, self.applying, &mut self.names)
     }
 }
 
@@ -345,16 +413,19 @@ fn offers(jobs: &[Job]) -> Vec<(u64, Option<String>)> {
 pub(super) async fn get(
     client: &mut Client,
     share: &[Job],
-    force: bool,
+    how: &TransferOptions,
     observer: &dyn Observer,
     ids: &[usize],
 ) -> Result<Outcomes, ClientError> {
-    client.session.send(&TreeGet { path: String::new() }, &[]).await?;
+    let force = how.force;
+    client.session.send(&TreeGet { path: String::new(), sparse: true }, &[]).await?;
     let TreeReady { .. } = client.answer().await?;
     let mut outcomes = Outcomes::new(share.len());
     let (reader, mut out) = client.session.halves();
     let writer = async {
-        for (n, chunk) in share.chunks(TREE_PART_ENTRIES).enumerate() {
+        let frames = crate::proto::frames(share.iter().map(|j| crate::proto::entry_weight(&j.remote, None)));
+        for range in frames {
+            let (first, chunk) = (range.start, &share[range]);
             let jobs = chunk.to_vec();
             let offered = spawn_blocking(move || offers(&jobs)).await.map_err(join_err)?;
             let send = chunk
@@ -362,7 +433,7 @@ pub(super) async fn get(
                 .zip(offered)
                 .enumerate()
                 .map(|(k, (j, (offset, prefix_blake3)))| Want {
-                    i: (n * TREE_PART_ENTRIES + k) as u64,
+                    i: (first + k) as u64,
                     path: normal(&j.remote),
                     offset,
                     prefix_blake3,
@@ -379,7 +450,13 @@ pub(super) async fn get(
         let mut state = GetState::new(share.len());
         let mut landing = Landing {
             batch: Batch::new(),
-            place: Some(Local { jobs: HashMap::new(), dirs: HashMap::new() }),
+            place: Some(Local {
+                jobs: HashMap::new(),
+                dirs: HashMap::new(),
+                backup: how.local_backup.clone(),
+                applying: how.applying,
+                names: crate::services::attrs::Names::new(),
+            }),
             held: HashMap::new(),
         };
         loop {
@@ -398,7 +475,10 @@ pub(super) async fn get(
             let (i, size) = (head.i as usize, head.size);
             let (job, id) = (&share[i], ids[i]);
             observer.started(id, job);
-            let replace = force || job.replace;
+            let replace = match (force || job.replace, &how.local_backup) {
+                (true, Some(_)) => Replace::Keeping(head.i.to_string()),
+                (replace, _) => Replace::from(replace),
+            };
             if let Err(failed) = receive_one(reader, &mut state, head, job, id, observer, replace, &mut landing).await?
             {
                 observer.finished(id, job, &Err(clone_error(&failed)));
@@ -435,14 +515,14 @@ async fn receive_one(
     job: &Job,
     id: usize,
     observer: &dyn Observer,
-    replace: bool,
+    replace: Replace,
     landing: &mut Landing,
 ) -> Result<Result<(), ClientError>, ClientError> {
-    let TreeFile { len, i, offset, size, mtime, mode, mtime_ns } = head;
+    let TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes } = head;
     let mode = received_mode(if mode == 0 { 0o666 } else { mode });
     let mtime = (mtime != 0 || mtime_ns.is_some()).then(|| crate::services::files::Stamp::from_wire(mtime, mtime_ns));
     let mismatch = |expected, got| ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got };
-    if offset == 0 && size <= SMALL_BODY {
+    if offset == 0 && size <= SMALL_BODY && holes.is_none() {
         let body = reader.read_body(len).await?;
         let expected = checksum(reader, state).await?;
         let hash = blake3::hash(&body);
@@ -451,6 +531,7 @@ async fn receive_one(
         }
         landing.held.insert(i as usize, 0);
         landing.batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace);
+        landing.batch.with_attrs(job.attrs.clone());
         return Ok(Ok(()));
     }
     let j = job.clone();
@@ -463,6 +544,9 @@ async fn receive_one(
     .map_err(local_err(&job.local))?;
     if !receiver.agree(offset).map_err(local_err(&job.local))? {
         return Err(unexpected("a file from our offset or 0", offset));
+    }
+    if let Err(why) = receiver.with_holes(holes, size) {
+        return Err(unexpected("holes within the file", why));
     }
     let mut at = Progress { size, resumed: offset, done: 0 };
     let mut report = |n| {
@@ -486,6 +570,7 @@ async fn receive_one(
     };
     landing.held.insert(i as usize, offset);
     landing.batch.push_received(i, received, mode, replace, None);
+    landing.batch.with_attrs(job.attrs.clone());
     Ok(Ok(()))
 }
 
@@ -556,8 +641,10 @@ impl Landing {
 pub(super) async fn put_meta(
     client: &mut Client,
     entries: &[ManifestEntry],
+    backup: Option<&crate::proto::Backup>,
 ) -> Result<Vec<Option<ClientError>>, ClientError> {
-    client.session.send(&TreePut { path: String::new(), force: false, meta: true }, &[]).await?;
+    let (asked, backup) = (backup.is_some(), backup.cloned());
+    client.session.send(&TreePut { path: String::new(), force: false, meta: true, backup }, &[]).await?;
     let older = || ClientError::Remote {
         code: crate::proto::ErrorCode::UnknownType,
         message: "the server is older than links in trees (upgrade it to keep them)".into(),
@@ -567,16 +654,36 @@ pub(super) async fn put_meta(
     let as_before = |entries: &[ManifestEntry]| -> Vec<Option<ClientError>> {
         entries.iter().map(|e| (e.kind != crate::proto::Kind::Dir).then(older)).collect()
     };
-    let meta = match client.answer::<TreeReady>().await {
-        Ok(TreeReady { meta }) => meta,
+    let ready = match client.answer::<TreeReady>().await {
+        Ok(TreeReady { backup: false, .. }) if asked => {
+            return Ok(entries.iter().map(|_| Some(ClientError::NoBackups)).collect())
+        }
+        Ok(ready) => ready,
         Err(ClientError::Remote { code: crate::proto::ErrorCode::UnknownType, .. }) => return Ok(as_before(entries)),
         Err(e) => return Err(e),
     };
+    let meta = ready.meta;
     let mut outcome: Vec<Option<ClientError>> =
         if meta { (0..entries.len()).map(|_| None).collect() } else { as_before(entries) };
-    let sendable: &[ManifestEntry] = if meta { entries } else { &[] };
+    // What the server keeps, sent; special files it cannot make, left out
+    // (named, not failed).
+    let mut sent_as = Vec::new();
+    let mut sendable = Vec::new();
+    for (n, e) in entries.iter().enumerate().filter(|_| meta) {
+        if e.kind == crate::proto::Kind::Other && !ready.specials {
+            outcome[n] = Some(ClientError::NotKept("a special file (kept only by a server running as root)"));
+            continue;
+        }
+        sent_as.push(n);
+        sendable.push(ManifestEntry { attrs: fit_attrs(&e.attrs, &ready), ..e.clone() });
+    }
     let mut first = 0usize;
-    for chunk in sendable.chunks(TREE_PART_ENTRIES) {
+    let weight = |e: &ManifestEntry| {
+        let link = e.target.as_ref().or(e.link.as_ref()).map_or(0, String::len);
+        crate::proto::entry_weight(&e.path, e.attrs.as_deref()) + link
+    };
+    for range in crate::proto::frames(sendable.iter().map(weight)) {
+        let chunk = &sendable[range];
         let body = json(&chunk)?;
         client.session.send(&Manifest { len: body.len() as u64, count: chunk.len() as u64 }, &body).await?;
         let (reader, _) = client.session.halves();
@@ -592,7 +699,7 @@ pub(super) async fn put_meta(
         for failed in list.refused {
             let at = usize::try_from(failed.i).ok().and_then(|i| i.checked_sub(first)).filter(|&i| i < chunk.len());
             let Some(at) = at else { return Err(unexpected("an index of this frame", failed.i)) };
-            outcome[first + at] = Some(ClientError::Remote { code: failed.code, message: failed.message });
+            outcome[sent_as[first + at]] = Some(ClientError::Remote { code: failed.code, message: failed.message });
         }
         first += chunk.len();
     }

@@ -36,11 +36,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::OFlags;
 
+use super::backup::{BackupOptions, LocalBackup};
 use super::conn::Client;
 use super::error::ClientError;
 use super::files::{local_directory, Progress, Transfer, TransferOptions};
@@ -48,7 +50,8 @@ use super::filter::Filter;
 use super::job::Base;
 pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
-use crate::proto::{Entry, ErrorCode, Kind};
+use crate::proto::{Attrs, Backup, Entry, ErrorCode, Kind};
+use crate::services::attrs::Wanted;
 use crate::services::files::Stamp;
 use crate::services::root::{is_partial_name, Root};
 pub use crate::services::sync::Existing;
@@ -186,6 +189,19 @@ pub struct Plan {
     /// sent (in the order of [`Plan::jobs`]; only with
     /// [`PlanOptions::itemize`]), paths deleted (see [`Change`]).
     pub changes: Vec<Change>,
+    /// Uploads: where the server keeps what the copy replaces or removes.
+    pub backup_remote: Option<crate::proto::Backup>,
+    /// Downloads: where this side keeps what the copy replaces or removes.
+    pub backup_local: Option<Arc<LocalBackup>>,
+    /// Downloads: what this side does with the owners and extended
+    /// attributes it receives.
+    pub applying: crate::services::attrs::Applying,
+    /// Uploads: what is read of each path besides (owners, extended
+    /// attributes), and whether devices are copied.
+    wanted: Wanted,
+    devices: bool,
+    /// Uploads: names of owners, looked up once each.
+    names: crate::services::attrs::Names,
 }
 
 /// Something a copy makes or sets on the receiver without sending data,
@@ -204,6 +220,21 @@ pub enum Meta {
         mtime: Stamp,
         /// Something the plan saw there is replaced.
         replace: bool,
+        /// Its source, as failures name it.
+        shown: String,
+        /// Its owner, as the copy keeps it.
+        attrs: Option<Box<Attrs>>,
+    },
+    /// A special file: a FIFO, a socket's name, a device (`--devices`).
+    Special {
+        /// Where it goes.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+        /// Its modification time.
+        mtime: Stamp,
+        /// What it is (`special`, `rdev`), its owner.
+        attrs: Box<Attrs>,
         /// Its source, as failures name it.
         shown: String,
     },
@@ -227,6 +258,8 @@ pub enum Meta {
         mode: u32,
         /// Its modification time.
         mtime: Stamp,
+        /// Its owner and extended attributes, as the copy keeps them.
+        attrs: Option<Box<Attrs>>,
     },
 }
 
@@ -234,7 +267,10 @@ impl Meta {
     /// The path it is applied to.
     pub fn path(&self) -> &str {
         match self {
-            Meta::Symlink { path, .. } | Meta::HardLink { path, .. } | Meta::Dir { path, .. } => path,
+            Meta::Symlink { path, .. }
+            | Meta::HardLink { path, .. }
+            | Meta::Dir { path, .. }
+            | Meta::Special { path, .. } => path,
         }
     }
 
@@ -243,13 +279,24 @@ impl Meta {
     fn entry(&self) -> crate::proto::ManifestEntry {
         use crate::proto::ManifestEntry;
         match self {
-            Meta::Symlink { path, target, mtime, replace, .. } => ManifestEntry {
+            Meta::Symlink { path, target, mtime, replace, attrs, .. } => ManifestEntry {
                 path: path.clone(),
                 kind: Kind::Symlink,
                 target: Some(target.clone()),
                 mtime: mtime.wire_secs(),
                 mtime_ns: mtime.wire_ns(),
                 replace: *replace,
+                attrs: attrs.clone(),
+                ..ManifestEntry::default()
+            },
+            Meta::Special { path, mode, mtime, attrs, .. } => ManifestEntry {
+                path: path.clone(),
+                kind: Kind::Other,
+                mode: *mode,
+                mtime: mtime.wire_secs(),
+                mtime_ns: mtime.wire_ns(),
+                replace: true,
+                attrs: Some(attrs.clone()),
                 ..ManifestEntry::default()
             },
             Meta::HardLink { path, to, replace, .. } => ManifestEntry {
@@ -258,12 +305,13 @@ impl Meta {
                 replace: *replace,
                 ..ManifestEntry::default()
             },
-            Meta::Dir { path, mode, mtime } => ManifestEntry {
+            Meta::Dir { path, mode, mtime, attrs } => ManifestEntry {
                 path: path.clone(),
                 kind: Kind::Dir,
                 mode: *mode,
                 mtime: mtime.wire_secs(),
                 mtime_ns: mtime.wire_ns(),
+                attrs: attrs.clone(),
                 ..ManifestEntry::default()
             },
         }
@@ -272,7 +320,7 @@ impl Meta {
     /// What a failure of it names.
     fn shown(&self) -> String {
         match self {
-            Meta::Symlink { shown, .. } | Meta::HardLink { shown, .. } => shown.clone(),
+            Meta::Symlink { shown, .. } | Meta::HardLink { shown, .. } | Meta::Special { shown, .. } => shown.clone(),
             Meta::Dir { path, .. } => path.clone(),
         }
     }
@@ -326,7 +374,7 @@ impl Change {
         };
         let path = match direction {
             Direction::Put => job.remote.clone(),
-            Direction::Get => job.local.display().to_string(),
+            Direction::Get => crate::text::shown_path(&job.local),
         };
         Change { code, path, source: job.source(direction) }
     }
@@ -357,6 +405,12 @@ impl Plan {
             local_dirs: Vec::new(),
             delete_remote: Vec::new(),
             delete_local: Vec::new(),
+            backup_remote: None,
+            backup_local: None,
+            applying: crate::services::attrs::Applying::default(),
+            wanted: Wanted::default(),
+            devices: false,
+            names: crate::services::attrs::Names::new(),
             dest_dir: None,
             skipped: Vec::new(),
             failures: Vec::new(),
@@ -422,7 +476,10 @@ impl Plan {
     /// Adds the mirror's removals to [`Plan::changes`].
     fn itemize_deletions(&mut self) {
         let remote = self.delete_remote.iter().map(|p| Change::deleting(p));
-        let local = self.delete_local.iter().map(|(root, rel)| Change::deleting(&root.join(rel).display().to_string()));
+        let local = self
+            .delete_local
+            .iter()
+            .map(|(root, rel)| Change::deleting(&crate::text::shown_path(&root.join(local(rel)))));
         let gone: Vec<Change> = remote.chain(local).collect();
         self.changes.extend(gone);
     }
@@ -467,6 +524,30 @@ pub struct PlanOptions {
     /// the copy fails with [`ClientError::TooManyDeletions`] (rsync's
     /// `--max-delete`; the files are still copied).
     pub max_delete: Option<usize>,
+    /// Keep what the copy replaces or a mirror removes (rsync's
+    /// `--backup`, `--backup-dir`, `--suffix`); a mirror never removes the
+    /// backup directory.
+    pub backup: Option<BackupOptions>,
+    /// What is kept besides contents, times and modes, where the receiver
+    /// can: owners (by default; set only by a receiver running as root,
+    /// by name unless `numeric`), extended attributes (`-X`), ACLs
+    /// (`-A`).
+    pub attrs: Wanted,
+    /// Devices are copied too (`--devices`; made only by a download run
+    /// as root: a server never makes them). FIFOs and sockets are copied
+    /// always, made where the receiver runs as root.
+    pub devices: bool,
+}
+
+/// Whether a download keeps the special file `attrs` describes, or why
+/// not.
+fn special_kept(attrs: &Attrs, devices: bool, root: bool) -> Result<(), &'static str> {
+    match attrs.special {
+        Some(s) if s.is_device() && !devices => Err("a device (copied with --devices)"),
+        Some(_) if !root => Err("a special file (kept only by a receiver running as root)"),
+        Some(_) => Ok(()),
+        None => Err("not a regular file"),
+    }
 }
 
 impl PlanOptions {
@@ -482,7 +563,28 @@ impl PlanOptions {
             copy_links: false,
             itemize: false,
             max_delete: None,
+            backup: None,
+            attrs: Wanted { owners: true, ..Wanted::default() },
+            devices: false,
         }
+    }
+
+    /// The same, keeping these attributes (see [`PlanOptions::attrs`]).
+    pub fn with_attrs(mut self, attrs: Wanted) -> Self {
+        self.attrs = attrs;
+        self
+    }
+
+    /// The same, copying devices (see [`PlanOptions::devices`]).
+    pub fn with_devices(mut self, devices: bool) -> Self {
+        self.devices = devices;
+        self
+    }
+
+    /// The same, keeping backups (see [`PlanOptions::backup`]).
+    pub fn with_backup(mut self, backup: Option<BackupOptions>) -> Self {
+        self.backup = backup;
+        self
     }
 
     /// The same, with a limit on what a mirror removes (see
@@ -611,6 +713,8 @@ impl There {
     fn local(root: Option<&Root>, rel: &str) -> Option<There> {
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let dir = root?.open_dir(parent).ok()?;
+        let name_os = crate::services::names::os(name);
+        let name: &OsStr = &name_os;
         let st = if rel.is_empty() {
             rustix::fs::fstat(&dir).ok()?
         } else {
@@ -623,7 +727,10 @@ impl There {
             _ => Kind::Other,
         };
         let target = (kind == Kind::Symlink)
-            .then(|| rustix::fs::readlinkat(&dir, name, Vec::new()).ok()?.into_string().ok())
+            .then(|| {
+                let to = rustix::fs::readlinkat(&dir, name, Vec::new()).ok()?;
+                Some(crate::services::names::encode(to.as_bytes()).into_owned())
+            })
             .flatten();
         Some(There {
             kind,
@@ -700,6 +807,11 @@ fn settle_meta(
                 "hf+++++++++",
                 format!("{} => {}", show(path), show(to)),
             ),
+            Meta::Special { path, mtime, .. } => (
+                here.as_ref().is_some_and(|h| h.kind == Kind::Other && h.ns == mtime.wire_ns()),
+                "cD+++++++++",
+                show(path),
+            ),
             Meta::Dir { .. } => continue,
         };
         if same {
@@ -721,7 +833,7 @@ fn settle_meta(
     // Deepest first: a directory made touches the one it is in.
     Meta::order(&mut dirs);
     for m in dirs {
-        let Meta::Dir { path, mode, mtime } = &m else { continue };
+        let Meta::Dir { path, mode, mtime, .. } = &m else { continue };
         match there(path) {
             None => {
                 touched.insert(parent_of(path).to_owned());
@@ -807,9 +919,12 @@ pub async fn plan_get(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, itemize, max_delete, .. } = options;
+    let PlanOptions { recursive, filter, delete, checksum, itemize, max_delete, backup, attrs, devices, .. } = options;
+    // What this side keeps of what it receives: owners only as root.
+    let wanted = Wanted { owners: attrs.owners && crate::services::attrs::is_root(), ..attrs };
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let mut plan = Plan::new(Direction::Get);
+    plan.applying = crate::services::attrs::Applying::here(wanted);
     plan.itemize = itemize;
     let into_dir = dest.is_dir() || sources.len() > 1 || slash;
     // Everything lands beneath the directory the user named: `dest`, or
@@ -826,7 +941,7 @@ pub async fn plan_get(
             entry = client.stat_with_hash(remote).await.map_err(source)?;
         }
         if entry.kind != Kind::Dir {
-            let target = if into_dir { dest.join(base_name(remote)) } else { dest.to_owned() };
+            let target = if into_dir { dest.join(local(base_name(remote))) } else { dest.to_owned() };
             // As `cp`: the directory a file goes into must be there.
             let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             if !parent.is_dir() {
@@ -845,6 +960,7 @@ pub async fn plan_get(
                 mode: entry.mode,
                 replace: false,
                 blake3: entry.blake3.clone(),
+                attrs: None,
                 base: None,
             });
             continue;
@@ -854,10 +970,13 @@ pub async fn plan_get(
         }
         // rsync's rule: `DIR/` copies what is in DIR, `DIR` the directory
         // itself, into the destination (created if missing).
-        let target =
-            if remote.ends_with('/') || remote.is_empty() { dest.to_owned() } else { dest.join(base_name(remote)) };
+        let target = if remote.ends_with('/') || remote.is_empty() {
+            dest.to_owned()
+        } else {
+            dest.join(local(base_name(remote)))
+        };
         // Directories first, so that empty ones are recreated too.
-        let listed = client.tree_meta(remote, checksum, true).await.map_err(source)?;
+        let listed = client.tree_meta_with(remote, checksum, wanted).await.map_err(source)?;
         for skip in listed.skipped {
             let path = join_remote(remote, &skip.path);
             let error = ClientError::Remote { code: skip.code, message: skip.message };
@@ -876,10 +995,12 @@ pub async fn plan_get(
         // Links and directories' attributes are set beneath the
         // destination, by their paths below it; the copied directory's
         // own too (its `stat`).
-        let rel_of = |name: &str| rel_below(dest, &target.join(name));
+        let rel_of = |name: &str| rel_below(dest, &target.join(local(name)));
         if let Some(path) = rel_below(dest, &target) {
             let mtime = Stamp::from_wire(entry.mtime, entry.mtime_ns);
-            plan.meta.push(Meta::Dir { path, mode: entry.mode, mtime });
+            // Its owner and attributes came with no listing: as the
+            // directory's own entry lists it, from its parent, if asked.
+            plan.meta.push(Meta::Dir { path, mode: entry.mode, mtime, attrs: None });
         }
         for e in tree {
             if !filter.allows(&e.name, e.kind == Kind::Dir) {
@@ -888,35 +1009,59 @@ pub async fn plan_get(
             let at = Stamp::from_wire(e.mtime, e.mtime_ns);
             match (e.kind, &e.target, &e.link) {
                 (Kind::Dir, ..) => {
-                    plan.local_dirs.push(target.join(&e.name));
+                    plan.local_dirs.push(target.join(local(&e.name)));
                     if let Some(path) = rel_of(&e.name) {
-                        plan.meta.push(Meta::Dir { path, mode: e.mode, mtime: at });
+                        plan.meta.push(Meta::Dir { path, mode: e.mode, mtime: at, attrs: e.attrs.clone() });
                     }
                 }
                 (Kind::Symlink, Some(to), _) => {
                     if let Some(path) = rel_of(&e.name) {
-                        let shown = target.join(&e.name).display().to_string();
-                        plan.meta.push(Meta::Symlink { path, target: to.clone(), mtime: at, replace: false, shown });
+                        let shown = crate::text::shown_path(&target.join(local(&e.name)));
+                        let attrs = e.attrs.clone();
+                        plan.meta.push(Meta::Symlink {
+                            path,
+                            target: to.clone(),
+                            mtime: at,
+                            replace: false,
+                            shown,
+                            attrs,
+                        });
                     }
                 }
                 (Kind::File, _, Some(to)) => {
                     if let (Some(path), Some(to)) = (rel_of(&e.name), rel_of(to)) {
-                        let shown = target.join(&e.name).display().to_string();
+                        let shown = crate::text::shown_path(&target.join(local(&e.name)));
                         plan.meta.push(Meta::HardLink { path, to, replace: false, shown });
                     }
                 }
-                (Kind::Symlink, None, _) | (Kind::Other, ..) => {
+                (Kind::Other, ..) => {
+                    let shown = join_remote(remote, &e.name);
+                    match e.attrs.clone().filter(|a| a.special.is_some()) {
+                        Some(attrs) => match special_kept(&attrs, devices, crate::services::attrs::is_root()) {
+                            Ok(()) => {
+                                if let Some(path) = rel_of(&e.name) {
+                                    let mode = e.mode;
+                                    plan.meta.push(Meta::Special { path, mode, mtime: at, attrs, shown });
+                                }
+                            }
+                            Err(why) => plan.skipped.push(format!("{shown}: {why}")),
+                        },
+                        None => plan.skipped.push(format!("{shown}: not a regular file")),
+                    }
+                }
+                (Kind::Symlink, None, _) => {
                     plan.skipped.push(format!("{}: not a regular file", join_remote(remote, &e.name)))
                 }
                 (Kind::File, ..) => found.push(Job {
                     remote: join_remote(remote, &e.name),
-                    local: target.join(&e.name),
+                    local: target.join(local(&e.name)),
                     size: e.size,
                     mtime: e.mtime,
                     mtime_ns: e.mtime_ns,
                     mode: e.mode,
                     replace: false,
                     blake3: e.blake3.clone(),
+                    attrs: e.attrs.clone(),
                     base: None,
                 }),
             }
@@ -928,13 +1073,25 @@ pub async fn plan_get(
         _ => open_below(&dest_dir),
     };
     decide_gets(&mut plan, found, root.as_ref(), &dest_dir, rule).await;
+    if let Some(backup) = backup {
+        let kept = backup.local(&dest_dir);
+        match kept.dir() {
+            // A mirror never removes the backups.
+            Some(dir) => {
+                let guarded = |p: &Path| p == dir || p.starts_with(dir) || dir.starts_with(p);
+                plan.delete_local.retain(|(copied, rel)| !guarded(&copied.join(local(rel))));
+            }
+            None => plan.delete_local.retain(|(_, rel)| !rel.ends_with(backup.suffix())),
+        }
+        plan.backup_local = Some(Arc::new(kept));
+    }
     let written: Vec<String> = plan.jobs.iter().filter_map(|j| rel_below(&dest_dir, &j.local)).collect();
     let written: HashSet<&str> = written.iter().map(String::as_str).collect();
     let deleted: Vec<String> =
-        plan.delete_local.iter().filter_map(|(copied, rel)| rel_below(&dest_dir, &copied.join(rel))).collect();
+        plan.delete_local.iter().filter_map(|(copied, rel)| rel_below(&dest_dir, &copied.join(local(rel)))).collect();
     let touched = parents(deleted.iter().map(String::as_str));
     let there = |rel: &str| There::local(root.as_ref(), rel);
-    let show = |rel: &str| dest_dir.join(rel).display().to_string();
+    let show = |rel: &str| crate::text::shown_path(&dest_dir.join(local(rel)));
     settle_meta((&mut plan.meta, &mut plan.changes), (0, 0), &there, (&written, touched), &show);
     plan.limit_deletions(max_delete);
     plan.itemize_deletions();
@@ -993,14 +1150,14 @@ fn local_tree(root: &Root, rel: &str, filter: &Filter) -> Vec<(String, bool)> {
             let Ok(item) = item else { return };
             let raw = item.file_name().to_bytes();
             // A name the protocol cannot carry is never in the source.
-            let Ok(name) = std::str::from_utf8(raw) else { continue };
+            let name = crate::services::names::encode(raw);
             if name == "." || name == ".." {
                 continue;
             }
             let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
             let Ok(st) = rustix::fs::statat(dir, item.file_name(), flags) else { continue };
             let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
-            let rel = join_remote(prefix, name);
+            let rel = join_remote(prefix, &name);
             if is_dir && filter.allows(&rel, true) {
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 if let Ok(sub) = rustix::fs::openat(dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
@@ -1128,7 +1285,19 @@ pub async fn plan_put(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, copy_links, itemize, max_delete, .. } = options;
+    let PlanOptions {
+        recursive,
+        filter,
+        delete,
+        checksum,
+        copy_links,
+        itemize,
+        max_delete,
+        backup,
+        attrs,
+        devices,
+        ..
+    } = options;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
@@ -1137,18 +1306,19 @@ pub async fn plan_put(
     let dest = dest.unwrap_or_default();
     let dest = dest.trim_end_matches('/');
     let mut plan = Plan::new(Direction::Put);
+    (plan.wanted, plan.devices) = (attrs, devices);
+    // Backups keep their paths below the directory the copy lands in.
+    let of = if into_dir { dest } else { dest.rsplit_once('/').map_or("", |(parent, _)| parent) };
+    plan.backup_remote = backup.map(|b| b.remote(of));
     plan.copy_links = copy_links;
     plan.itemize = itemize;
     for path in sources {
-        let shown = path.display().to_string();
+        let shown = crate::text::shown_path(path);
         let source = |error| PlanError::Source { path: shown.clone(), error };
         let meta = std::fs::metadata(path).map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
         let name = match path.file_name() {
             None => shown.clone(),
-            Some(name) => match name.to_str() {
-                Some(name) => name.to_owned(),
-                None => return Err(source(not_utf8(path))),
-            },
+            Some(name) => crate::services::names::encode(name.as_bytes()).into_owned(),
         };
         if !meta.is_dir() {
             let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
@@ -1179,7 +1349,12 @@ pub async fn plan_put(
         if !target.is_empty() {
             let at = Stamp::of_meta(&meta);
             let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
-            plan.meta.push(Meta::Dir { path: target.clone(), mode, mtime: at });
+            let (wanted, names) = (plan.wanted, &mut plan.names);
+            let attrs = base.root().open_dir("").ok().and_then(|fd| {
+                let st = rustix::fs::fstat(&fd).ok()?;
+                crate::services::attrs::read(&fd, std::ffi::OsStr::new("."), &st, wanted, names)
+            });
+            plan.meta.push(Meta::Dir { path: target.clone(), mode, mtime: at, attrs });
         }
         let creates = walk(&mut plan, (&mut found, &mut seen), (&base, path, ""), &target, &filter);
         if let Some(seen) = seen {
@@ -1215,6 +1390,12 @@ pub async fn plan_put(
         let show = |p: &str| p.to_owned();
         let into = (&mut plan.meta, &mut plan.changes);
         settle_meta(into, (first_meta, first_change), &there, (&written, touched), &show);
+    }
+    // A mirror never removes the backups (beside: rsync's `P *~`).
+    match &plan.backup_remote {
+        Some(Backup { dir: Some(dir), .. }) => plan.delete_remote.retain(|p| !super::backup::guards(dir, p)),
+        Some(Backup { dir: None, suffix, .. }) => plan.delete_remote.retain(|p| !p.ends_with(suffix.as_str())),
+        None => {}
     }
     plan.limit_deletions(max_delete);
     plan.itemize_deletions();
@@ -1255,6 +1436,7 @@ async fn plan_one_put(
         mode,
         replace: false,
         blake3: None,
+        attrs: None,
         base: None,
     };
     Ok((job, held, same))
@@ -1268,14 +1450,10 @@ fn below<'a>(target: &str, remote: &'a str) -> &'a str {
     remote.strip_prefix(target).and_then(|r| r.strip_prefix('/')).unwrap_or(remote)
 }
 
-fn not_utf8(path: &Path) -> ClientError {
-    ClientError::Local {
-        path: path.to_owned(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the name is not valid UTF-8, which framewire's protocol cannot carry",
-        ),
-    }
+/// A local path from a string that carries it (a name that is not UTF-8
+/// escaped, PROTOCOL.md §4.7.1).
+fn local(s: &str) -> std::borrow::Cow<'_, Path> {
+    crate::services::names::path(s)
 }
 
 /// Adds what is below the directory `rel` of the source tree `base`
@@ -1307,27 +1485,26 @@ fn walk(
         Ok(listed) => listed,
         Err(source) => {
             let error = ClientError::Local { path: dir.to_owned(), source };
-            plan.failures.push(Failure { path: dir.display().to_string(), error });
+            plan.failures.push(Failure { path: crate::text::shown_path(dir), error });
             return false;
         }
     };
     names.sort();
     let mut creates = false;
-    for name in names {
-        let path = dir.join(&name);
-        let Some(name) = name.to_str() else {
-            plan.failures.push(Failure { path: path.display().to_string(), error: not_utf8(&path) });
-            continue;
-        };
+    for os_name in names {
+        let path = dir.join(&os_name);
+        // Carried as the protocol carries a name that is not UTF-8.
+        let encoded = crate::services::names::encode(os_name.as_bytes()).into_owned();
+        let name = encoded.as_str();
         let child = join_remote(remote, name);
         let child_rel = join_remote(rel, name);
-        let st = match rustix::fs::statat(&fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        let st = match rustix::fs::statat(&fd, &os_name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             // Removed since the directory was read.
             Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => {
                 let error = ClientError::Local { path: path.clone(), source: e.into() };
-                plan.failures.push(Failure { path: path.display().to_string(), error });
+                plan.failures.push(Failure { path: crate::text::shown_path(&path), error });
                 continue;
             }
         };
@@ -1339,10 +1516,11 @@ fn walk(
         if let Some(seen) = seen.as_mut() {
             seen.insert(child_rel.clone());
         }
+        let attrs = crate::services::attrs::read(&fd, &os_name, &st, plan.wanted, &mut plan.names);
         if kind == FileType::Directory {
             #[allow(clippy::unnecessary_cast)] // the field types differ between targets
             let mode = st.st_mode as u32 & 0o7777;
-            plan.meta.push(Meta::Dir { path: child.clone(), mode, mtime: Stamp::of_stat(&st) });
+            plan.meta.push(Meta::Dir { path: child.clone(), mode, mtime: Stamp::of_stat(&st), attrs });
             if !walk(plan, (&mut *found, &mut *seen), (base, &path, &child_rel), &child, filter) {
                 plan.mkdirs.push(child);
             }
@@ -1351,25 +1529,23 @@ fn walk(
         }
         // A symlink, copied as a link: its target is data, never followed.
         if kind == FileType::Symlink && !plan.copy_links {
-            match rustix::fs::readlinkat(&fd, name, Vec::new()) {
+            match rustix::fs::readlinkat(&fd, &os_name, Vec::new()) {
                 Ok(to) => {
-                    let Ok(to) = to.into_string() else {
-                        plan.failures.push(Failure { path: path.display().to_string(), error: not_utf8(&path) });
-                        continue;
-                    };
-                    let shown = path.display().to_string();
+                    let to = crate::services::names::encode(to.as_bytes()).into_owned();
+                    let shown = crate::text::shown_path(&path);
                     plan.meta.push(Meta::Symlink {
                         path: child,
                         target: to,
                         mtime: Stamp::of_stat(&st),
                         replace: false,
                         shown,
+                        attrs,
                     });
                     creates = true;
                 }
                 Err(e) => {
                     let error = ClientError::Local { path: path.clone(), source: e.into() };
-                    plan.failures.push(Failure { path: path.display().to_string(), error });
+                    plan.failures.push(Failure { path: crate::text::shown_path(&path), error });
                 }
             }
             continue;
@@ -1380,7 +1556,7 @@ fn walk(
             let key = (st.st_dev as u64, st.st_ino as u64);
             if let Some(first) = plan.inodes.get(&key) {
                 let to = first.clone();
-                let shown = path.display().to_string();
+                let shown = crate::text::shown_path(&path);
                 plan.meta.push(Meta::HardLink { path: child, to, replace: false, shown });
                 creates = true;
                 continue;
@@ -1392,11 +1568,14 @@ fn walk(
             match base.root().open_beneath(&child_rel, OFlags::PATH).and_then(|fd| Ok(rustix::fs::fstat(&fd)?)) {
                 Ok(st) => st,
                 Err(e) if crate::services::root::is_escape(&e) => {
-                    plan.skipped.push(format!("{}: a symlink leading out of the tree (not followed)", path.display()));
+                    plan.skipped.push(format!(
+                        "{}: a symlink leading out of the tree (not followed)",
+                        crate::text::shown_path(&path)
+                    ));
                     continue;
                 }
                 Err(e) => {
-                    plan.skipped.push(format!("{}: {e}", path.display()));
+                    plan.skipped.push(format!("{}: {e}", crate::text::shown_path(&path)));
                     continue;
                 }
             }
@@ -1414,14 +1593,32 @@ fn walk(
                     mode: st.st_mode as u32 & 0o777,
                     replace: false,
                     blake3: None,
+                    // Those of what a link (-L) leads to are not read.
+                    attrs: if kind == FileType::Symlink { None } else { attrs },
                     base: Some(base.clone()),
                 });
                 creates = true;
             }
-            FileType::Directory => {
-                plan.skipped.push(format!("{}: a symlink to a directory (not followed)", path.display()))
-            }
-            _ => plan.skipped.push(format!("{}: not a regular file", path.display())),
+            FileType::Directory => plan
+                .skipped
+                .push(format!("{}: a symlink to a directory (not followed)", crate::text::shown_path(&path))),
+            // A special file, itself (never what -L finds).
+            _ if kind != FileType::Symlink => match attrs {
+                // The server says whether it makes them, when it is asked.
+                Some(attrs) if special_kept(&attrs, plan.devices, true).is_ok() => {
+                    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+                    let mode = st.st_mode as u32 & 0o7777;
+                    let shown = crate::text::shown_path(&path);
+                    plan.meta.push(Meta::Special { path: child, mode, mtime: Stamp::of_stat(&st), attrs, shown });
+                    creates = true;
+                }
+                Some(attrs) => {
+                    let why = special_kept(&attrs, plan.devices, true).err().unwrap_or_default();
+                    plan.skipped.push(format!("{}: {why}", crate::text::shown_path(&path)));
+                }
+                None => plan.skipped.push(format!("{}: not a regular file", crate::text::shown_path(&path))),
+            },
+            _ => plan.skipped.push(format!("{}: not a regular file", crate::text::shown_path(&path))),
         }
     }
     creates
@@ -1483,8 +1680,12 @@ pub struct Summary {
     /// Files left out because the receiver's differ and are not older (by
     /// their source paths); `force` replaces them.
     pub refused: Vec<String>,
-    /// Paths left out on purpose ([`Plan::skipped`]).
+    /// Paths left out on purpose ([`Plan::skipped`], and
+    /// [`Summary::not_kept`]).
     pub skipped: usize,
+    /// Paths the receiver left out on purpose, with why (special files
+    /// sent to a server that does not run as root).
+    pub not_kept: Vec<String>,
     /// Symlinks (or, with `force`, files) that stood in a download's
     /// destination where a directory belongs, replaced by a directory
     /// (never followed), by their local paths.
@@ -1515,6 +1716,12 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         inodes: _,
         copy_links: _,
         itemize: _,
+        backup_remote,
+        backup_local,
+        applying,
+        wanted: _,
+        devices: _,
+        names: _,
     } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary =
@@ -1546,13 +1753,16 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     // A copy of one file gains nothing from a manifest: it goes as a
     // single `get` or `put` (the same checks, resume and commit, one round
     // trip less).
-    let streamed = options.streamed && jobs.len() > 1;
+    // Owners and extended attributes travel in manifests only.
+    let streamed = options.streamed && (jobs.len() > 1 || jobs.iter().any(|j| j.attrs.is_some()));
     if !jobs.is_empty() {
         for share in split(jobs, workers) {
             let (endpoint, totals, observer) = (endpoint.clone(), totals.clone(), observer.clone());
-            let force = options.force;
+            let mut how =
+                TransferOptions::force(options.force).with_backups(backup_remote.clone(), backup_local.clone());
+            how.applying = applying;
             tasks.spawn(async move {
-                share_worker(&endpoint, direction, share, (force, streamed), &*observer, &totals).await
+                share_worker(&endpoint, direction, share, (&how, streamed), &*observer, &totals).await
             });
         }
     }
@@ -1573,15 +1783,17 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     // the receiver keeps what it has (as rsync skips deletions after an
     // I/O error).
     if summary.failures.is_empty() {
-        summary.deleted += delete_remotely(endpoint, &delete_remote, &mut summary.failures).await;
+        let backup = backup_remote.as_ref();
+        summary.deleted += delete_remotely(endpoint, &delete_remote, backup, &mut summary.failures).await;
         for (root, rel) in &delete_local {
-            match delete_locally(dest.as_ref(), root, rel) {
+            match delete_locally(dest.as_ref(), root, rel, backup_local.as_deref()) {
                 Ok(()) => summary.deleted += 1,
                 Err(source) => {
-                    let path = root.join(rel);
-                    summary
-                        .failures
-                        .push(Failure { path: path.display().to_string(), error: ClientError::Local { path, source } });
+                    let path = root.join(local(rel));
+                    summary.failures.push(Failure {
+                        path: crate::text::shown_path(&path),
+                        error: ClientError::Local { path, source },
+                    });
                 }
             }
         }
@@ -1591,9 +1803,18 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     if !meta.is_empty() {
         Meta::order(&mut meta);
         let failed = match direction {
-            Direction::Put => apply_remotely(endpoint, &meta).await,
+            Direction::Put => {
+                let (failed, not_kept): (Vec<Failure>, Vec<Failure>) =
+                    apply_remotely(endpoint, &meta, backup_remote.as_ref())
+                        .await
+                        .into_iter()
+                        .partition(|f| !matches!(f.error, ClientError::NotKept(_)));
+                summary.skipped += not_kept.len();
+                summary.not_kept.extend(not_kept.into_iter().map(|f| format!("{}: {}", f.path, f.error)));
+                failed
+            }
             Direction::Get => match &dest {
-                Some(dest) => apply_locally(dest, &meta),
+                Some(dest) => apply_locally(dest, &meta, backup_local.as_deref(), applying),
                 None => Vec::new(),
             },
         };
@@ -1605,10 +1826,10 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
 
 /// Makes the links and sets the directories' attributes of an upload on
 /// the server, over one connection.
-async fn apply_remotely(endpoint: &Endpoint, meta: &[Meta]) -> Vec<Failure> {
+async fn apply_remotely(endpoint: &Endpoint, meta: &[Meta], backup: Option<&crate::proto::Backup>) -> Vec<Failure> {
     let entries: Vec<crate::proto::ManifestEntry> = meta.iter().map(Meta::entry).collect();
     let applied = match endpoint.connect().await {
-        Ok(mut client) => super::stream::put_meta(&mut client, &entries).await,
+        Ok(mut client) => super::stream::put_meta(&mut client, &entries, backup).await,
         Err(e) => Err(e),
     };
     match applied {
@@ -1631,44 +1852,83 @@ async fn apply_remotely(endpoint: &Endpoint, meta: &[Meta]) -> Vec<Failure> {
 /// beneath its destination, by descriptor: no symlink on the way is
 /// followed, and a link is made under a temporary name and renamed into
 /// place.
-fn apply_locally(dest: &Base, meta: &[Meta]) -> Vec<Failure> {
+fn apply_locally(
+    dest: &Base,
+    meta: &[Meta],
+    backup: Option<&LocalBackup>,
+    how: crate::services::attrs::Applying,
+) -> Vec<Failure> {
     let mut failures = Vec::new();
+    let mut names = crate::services::attrs::Names::new();
     for m in meta {
-        if let Err(source) = apply_one_locally(dest.root(), m) {
-            let path = dest.path().join(m.path());
+        if let Err(source) = apply_one_locally(dest, m, backup, (how, &mut names)) {
+            let path = dest.path().join(local(m.path()));
             failures.push(Failure { path: m.shown(), error: ClientError::Local { path, source } });
         }
     }
     failures
 }
 
-fn apply_one_locally(root: &Root, m: &Meta) -> std::io::Result<()> {
-    use crate::services::files::{dir_attrs, hard_link_at, symlink_at};
-    use std::ffi::OsStr;
+fn apply_one_locally(
+    dest: &Base,
+    m: &Meta,
+    backup: Option<&LocalBackup>,
+    (how, names): (crate::services::attrs::Applying, &mut crate::services::attrs::Names),
+) -> std::io::Result<()> {
+    use crate::services::attrs;
+    use crate::services::files::{dir_attrs, hard_link_at, special_at, symlink_at};
+    let root = dest.root();
     let (parent, name) = m.path().rsplit_once('/').unwrap_or(("", m.path()));
     let dir = root.open_dir(parent)?;
-    let name = OsStr::new(name);
+    let name_os = crate::services::names::os(name);
+    let name: &OsStr = &name_os;
+    let local = dest.path().join(local(m.path()));
+    let mut keep = || match backup {
+        Some(backup) => backup.keep(&local, (&dir, name), false).map(drop),
+        None => Ok(()),
+    };
     // The plan saw what is there: the source wins over it.
     match m {
-        Meta::Symlink { target, mtime, .. } => symlink_at(&dir, name, target, *mtime, true).map(drop),
+        Meta::Symlink { target, mtime, attrs, .. } => {
+            symlink_at(&dir, name, target, *mtime, (true, &mut keep))?;
+            match attrs {
+                Some(attrs) => attrs::apply_owner_at(&dir, name, attrs, how, names),
+                None => Ok(()),
+            }
+        }
+        Meta::Special { mode, mtime, attrs, .. } => {
+            let Some(special) = attrs.special else { return Ok(()) };
+            special_at(&dir, name, (special, attrs, how), (*mode, *mtime), (true, &mut keep)).map(drop)
+        }
         Meta::HardLink { to, .. } => {
             let (to_parent, to_name) = to.rsplit_once('/').unwrap_or(("", to));
             let from = root.open_dir(to_parent)?;
-            hard_link_at((&from, OsStr::new(to_name)), &dir, name, true).map(drop)
+            hard_link_at((&from, &crate::services::names::os(to_name)), &dir, name, (true, &mut keep)).map(drop)
         }
         // The destination itself, or a directory below it, never through
         // a link.
-        Meta::Dir { path, mode, mtime } if path.is_empty() => dir_attrs(&dir, *mode, *mtime).map(drop),
-        Meta::Dir { mode, mtime, .. } => {
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let fd = rustix::fs::openat(&dir, name, flags, rustix::fs::Mode::empty())?;
+        Meta::Dir { path, mode, mtime, attrs } => {
+            let fd = if path.is_empty() {
+                dir
+            } else {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                rustix::fs::openat(&dir, name, flags, rustix::fs::Mode::empty())?
+            };
+            if let Some(attrs) = attrs {
+                attrs::apply(&fd, attrs, how, names)?;
+            }
             dir_attrs(&fd, *mode, *mtime).map(drop)
         }
     }
 }
 
 /// Removes server paths over one connection; returns how many were there.
-async fn delete_remotely(endpoint: &Endpoint, paths: &[String], failures: &mut Vec<Failure>) -> usize {
+async fn delete_remotely(
+    endpoint: &Endpoint,
+    paths: &[String],
+    backup: Option<&crate::proto::Backup>,
+    failures: &mut Vec<Failure>,
+) -> usize {
     if paths.is_empty() {
         return 0;
     }
@@ -1681,13 +1941,42 @@ async fn delete_remotely(endpoint: &Endpoint, paths: &[String], failures: &mut V
     };
     let mut removed = 0;
     for path in paths {
-        match client.remove(path).await {
+        let done = match backup {
+            Some(backup) => move_aside(&mut client, path, backup).await,
+            None => client.remove(path).await,
+        };
+        match done {
             Ok(true) => removed += 1,
             Ok(false) => {}
             Err(error) => failures.push(Failure { path: path.clone(), error }),
         }
     }
     removed
+}
+
+/// What a mirror that keeps backups does instead of removing `path` on
+/// the server: renames it (a directory with all below it) to its backup,
+/// made as `backup` says, with `rename` and `mkdir`, so that any server
+/// that has them keeps it (an older one included). An older backup there
+/// is replaced (a directory removed first). Whether anything was there.
+async fn move_aside(client: &mut Client, path: &str, backup: &crate::proto::Backup) -> Result<bool, ClientError> {
+    let to = backup.path_for(path).map_err(|why| ClientError::Local {
+        path: PathBuf::from(path),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+    })?;
+    if let Some((parent, _)) = to.rsplit_once('/') {
+        client.mkdir(parent).await?;
+    }
+    match client.rename(path, &to, true).await {
+        Ok(()) => Ok(true),
+        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok(false),
+        // A directory, or a non-empty older backup directory, there.
+        Err(ClientError::Remote { code: ErrorCode::Exists | ErrorCode::IsADirectory, .. }) => {
+            client.remove(&to).await?;
+            client.rename(path, &to, true).await.map(|()| true)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens a download's destination `dir` as the user named it (created
@@ -1699,7 +1988,7 @@ async fn delete_remotely(endpoint: &Endpoint, paths: &[String], failures: &mut V
 /// made, and what was replaced.
 fn open_dest(dir: &Path, local_dirs: &[PathBuf], force: bool) -> Result<(Root, Vec<Failure>, Vec<PathBuf>), Failure> {
     let local = |path: &Path, source| Failure {
-        path: path.display().to_string(),
+        path: crate::text::shown_path(path),
         error: ClientError::Local { path: path.to_owned(), source },
     };
     if !local_dirs.is_empty() {
@@ -1717,7 +2006,7 @@ fn open_dest(dir: &Path, local_dirs: &[PathBuf], force: bool) -> Result<(Root, V
         if let Err(e) = root.make_dirs_replacing(&parts, force, &mut now) {
             failures.push(local(made, e));
         }
-        replaced.extend(now.iter().map(|r| dir.join(r)));
+        replaced.extend(now.iter().map(|r| dir.join(crate::services::names::path(r))));
     }
     Ok((root, failures, replaced))
 }
@@ -1725,10 +2014,14 @@ fn open_dest(dir: &Path, local_dirs: &[PathBuf], force: bool) -> Result<(Root, V
 /// Removes `rel` below the local directory `copied` of a download's
 /// destination `dest`, by descriptor: no symlink on the way is followed,
 /// one at `rel` is removed as a link.
-fn delete_locally(dest: Option<&Base>, copied: &Path, rel: &str) -> std::io::Result<()> {
+fn delete_locally(dest: Option<&Base>, copied: &Path, rel: &str, backup: Option<&LocalBackup>) -> std::io::Result<()> {
     let dest = dest.ok_or_else(|| std::io::Error::other("no destination"))?;
     let copied = rel_below(dest.path(), copied).ok_or_else(|| std::io::Error::other("not below the destination"))?;
-    dest.root().remove(&join_remote(&copied, rel))
+    let path = join_remote(&copied, rel);
+    let Some(backup) = backup else { return dest.root().remove(&path) };
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+    let dir = dest.root().open_dir(parent)?;
+    backup.keep(&dest.path().join(local(&path)), (&dir, &crate::services::names::os(name)), true).map(drop)
 }
 
 /// Creates remote directories no file creates, over one connection.
@@ -1781,7 +2074,7 @@ async fn share_worker(
     endpoint: &Endpoint,
     direction: Direction,
     share: Vec<(usize, Job)>,
-    (force, streamed): (bool, bool),
+    (how, streamed): (&TransferOptions, bool),
     observer: &dyn Observer,
     totals: &Mutex<Summary>,
 ) {
@@ -1807,8 +2100,8 @@ async fn share_worker(
         // tried again, in a second request of its own.
         for attempt in 0..3 {
             outcome = match direction {
-                Direction::Get => super::stream::get(c, &jobs, force, observer, &ids).await,
-                Direction::Put => super::stream::put(c, &jobs, force, observer, &ids).await,
+                Direction::Get => super::stream::get(c, &jobs, how, observer, &ids).await,
+                Direction::Put => super::stream::put(c, &jobs, how, observer, &ids).await,
             };
             let Ok(outcomes) = &mut outcome else { break };
             let busy = |e: &ClientError| matches!(e, ClientError::Remote { code: ErrorCode::Busy, .. });
@@ -1845,7 +2138,7 @@ async fn share_worker(
     for (id, job) in ids.into_iter().zip(&jobs) {
         observer.started(id, job);
         let outcome =
-            copy_one(endpoint, &mut client, direction, job, force, &mut |p| observer.progress(id, job, p)).await;
+            copy_one(endpoint, &mut client, direction, job, how, &mut |p| observer.progress(id, job, p)).await;
         observer.finished(id, job, &outcome);
         if let Err(error) = &outcome {
             // A connection that failed, or was closed because a
@@ -1888,14 +2181,14 @@ async fn copy_one(
     client: &mut Option<Client>,
     direction: Direction,
     job: &Job,
-    force: bool,
+    how: &TransferOptions,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Transfer, ClientError> {
     if client.is_none() {
         *client = Some(endpoint.connect().await?);
     }
     let c = client.as_mut().expect("connected");
-    let options = TransferOptions::force(force || job.replace);
+    let options = TransferOptions { force: how.force || job.replace, ..how.clone() };
     match direction {
         Direction::Get => {
             let j = job.clone();

@@ -260,7 +260,8 @@ messages! {
     }
 
     /// Request: download a file, from `offset` on.
-    Get = "get", ToServer, none, cold, example: Get { path: "a".into(), offset: 4, prefix_blake3: Some("ab".into()) };
+    Get = "get", ToServer, none, cold,
+        example: Get { path: "a".into(), offset: 4, prefix_blake3: Some("ab".into()), sparse: true };
     {
         /// Path relative to the served root.
         path: String,
@@ -271,11 +272,23 @@ messages! {
         /// server starts from 0 if its file does not begin with them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prefix_blake3: Option<String>,
+        /// The client takes a body with `holes` (PROTOCOL.md §4.6.5).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sparse: bool,
     }
 
     /// Reply to [`Get`]: bytes `offset..size` follow as the body, then a
     /// [`Checksum`] of the whole file.
-    FileReply = "file", ToClient, body, cold, example: FileReply { len: 1, size: 5, offset: 4, mtime: 2, mode: 0o644, mtime_ns: Some(2_000_000_001) };
+    FileReply = "file", ToClient, body, cold,
+        example: FileReply {
+            len: 1,
+            size: 5,
+            offset: 4,
+            mtime: 2,
+            mode: 0o644,
+            mtime_ns: Some(2_000_000_001),
+            holes: Some(vec![[1, 3]]),
+        };
     {
         /// Body length (`size - offset`).
         #[serde(default)]
@@ -295,6 +308,10 @@ messages! {
         /// given when it is not whole seconds (absent, `mtime` is exact).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime_ns: Option<i64>,
+        /// Holes of the file the body leaves out, `[start, length]` each
+        /// (only where the `get` said `sparse`; PROTOCOL.md §4.6.5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holes: Option<Vec<[u64; 2]>>,
     }
 
     /// Trailer of a transfer, from whichever side sent the file: BLAKE3
@@ -314,6 +331,7 @@ messages! {
             mode: Some(0o600),
             mtime: Some(1_767_225_600),
             mtime_ns: Some(1_767_225_600_000_000_001),
+            backup: Some(super::Backup { dir: None, of: String::new(), suffix: "~".into() }),
         };
     {
         /// Path relative to the served root.
@@ -334,11 +352,16 @@ messages! {
         /// is not whole seconds, and then it wins over `mtime`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime_ns: Option<i64>,
+        /// Keep the file this one replaces there (a server that does
+        /// says so in `put_ready`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<super::Backup>,
     }
 
     /// Reply to [`Put`]: the server holds `offset` bytes of an earlier,
     /// interrupted upload of this path.
-    PutReady = "put_ready", ToClient, none, cold, example: PutReady { offset: 4, prefix_blake3: Some("ab".into()) };
+    PutReady = "put_ready", ToClient, none, cold,
+        example: PutReady { offset: 4, prefix_blake3: Some("ab".into()), backup: true, sparse: true };
     {
         /// Bytes already held.
         #[serde(default)]
@@ -347,11 +370,18 @@ messages! {
         /// the start of its file.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prefix_blake3: Option<String>,
+        /// The server keeps what the upload replaces, as `put.backup`
+        /// asked (an older server leaves it out: it would not).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        backup: bool,
+        /// The server takes a body with `holes` (PROTOCOL.md §4.6.5).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sparse: bool,
     }
 
     /// Upload data: bytes `offset..size` of the file, then a [`Checksum`]
     /// of the whole file.
-    PutData = "put_data", ToServer, body, hot, example: PutData { len: 1, offset: 4 };
+    PutData = "put_data", ToServer, body, cold, example: PutData { len: 1, offset: 4, holes: Some(vec![[5, 2]]) };
     {
         /// Body length.
         #[serde(default)]
@@ -359,6 +389,10 @@ messages! {
         /// Where the body starts: the `PutReady` offset, or 0 to start over.
         #[serde(default)]
         offset: u64,
+        /// Holes of the file the body leaves out (only where `put_ready`
+        /// said `sparse`; PROTOCOL.md §4.6.5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holes: Option<Vec<[u64; 2]>>,
     }
 
     /// Reply: the upload is verified, synced and in place.
@@ -428,7 +462,7 @@ messages! {
     /// Request: stream the tree at `path` as `listing` frames, then
     /// `listing_end` (PROTOCOL.md §4.6.3.1).
     TreeList = "tree_list", ToServer, none, cold,
-        example: TreeList { path: "d".into(), blake3: true, skips: true, meta: true };
+        example: TreeList { path: "d".into(), blake3: true, skips: true, meta: true, owners: true, xattrs: true, acls: true };
     {
         /// The directory, relative to the root.
         #[serde(default)]
@@ -445,6 +479,16 @@ messages! {
         /// exact times (`mtime_ns`); without, files and directories only.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         meta: bool,
+        /// With `meta`: each entry's owner (`attrs.uid`, `gid`, `user`,
+        /// `group`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        owners: bool,
+        /// With `meta`: extended attributes of the `user` namespace.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        xattrs: bool,
+        /// With `meta`: POSIX ACLs, as their extended attributes.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        acls: bool,
     }
 
     /// Answer to `tree_list`: a JSON array of up to 1000 entries (paths
@@ -482,7 +526,13 @@ messages! {
 
     /// Request: receive a whole tree into the directory `path`
     /// (PROTOCOL.md §4.6.3.2).
-    TreePut = "tree_put", ToServer, none, cold, example: TreePut { path: "d".into(), force: true, meta: true };
+    TreePut = "tree_put", ToServer, none, cold,
+        example: TreePut {
+            path: "d".into(),
+            force: true,
+            meta: true,
+            backup: Some(super::Backup { dir: Some("old".into()), of: "d".into(), suffix: String::new() }),
+        };
     {
         /// The directory, relative to the root (created as needed).
         #[serde(default)]
@@ -494,25 +544,51 @@ messages! {
         /// attributes; a server that takes them says so in `tree_ready`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         meta: bool,
+        /// Keep what the upload replaces there; a server that does says so
+        /// in `tree_ready`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<super::Backup>,
     }
 
     /// Request: send the files the `wants` frames that follow name, below
     /// the directory `path` (PROTOCOL.md §4.6.3.3).
-    TreeGet = "tree_get", ToServer, none, cold, example: TreeGet { path: "d".into() };
+    TreeGet = "tree_get", ToServer, none, cold, example: TreeGet { path: "d".into(), sparse: true };
     {
         /// The directory, relative to the root.
         #[serde(default)]
         path: String,
+        /// The client takes bodies with `holes` (PROTOCOL.md §4.6.5).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sparse: bool,
     }
 
     /// Answer to `tree_put` and `tree_get`: the server streams trees.
-    TreeReady = "tree_ready", ToClient, none, cold, example: TreeReady { meta: true };
+    TreeReady = "tree_ready", ToClient, none, cold,
+        example: TreeReady { meta: true, backup: true, owners: true, specials: true, xattrs: true, sparse: true };
     {
         /// The server takes the `meta` entries a `tree_put` with `meta`
         /// asked for (an older server leaves it out: it would take them
         /// for files).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         meta: bool,
+        /// The server keeps what the `tree_put` replaces, as its `backup`
+        /// asked (an older server leaves it out: it would not).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        backup: bool,
+        /// With `meta`: the server sets the owners entries name (it runs
+        /// as root).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        owners: bool,
+        /// With `meta`: the server makes special files (it runs as root).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        specials: bool,
+        /// With `meta`: the server sets extended attributes.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        xattrs: bool,
+        /// `tree_put`: the server takes bodies with `holes` (PROTOCOL.md
+        /// §4.6.5).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sparse: bool,
     }
 
     /// Part of a `tree_put` manifest: a JSON array of up to 1000
@@ -555,7 +631,17 @@ messages! {
 
     /// One file of a streamed tree, its body the bytes `offset..size`; a
     /// `checksum` of the whole file follows.
-    TreeFile = "tree_file", ToBoth, body, cold, example: TreeFile { len: 1, i: 3, offset: 4, size: 5, mtime: 2, mode: 0o644, mtime_ns: Some(2_000_000_001) };
+    TreeFile = "tree_file", ToBoth, body, cold,
+        example: TreeFile {
+            len: 1,
+            i: 3,
+            offset: 4,
+            size: 5,
+            mtime: 2,
+            mode: 0o644,
+            mtime_ns: Some(2_000_000_001),
+            holes: None,
+        };
     {
         /// Body length: `size - offset`.
         #[serde(default)]
@@ -579,6 +665,10 @@ messages! {
         /// (`tree_get`), where it fits.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtime_ns: Option<i64>,
+        /// Holes of the file the body leaves out, where the receiver said
+        /// it takes them (PROTOCOL.md §4.6.5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holes: Option<Vec<[u64; 2]>>,
     }
 
     /// A wanted file the server cannot send, and why (`tree_get`).

@@ -22,7 +22,9 @@ pub use messages::*;
 pub use sets::{
     Answer, ExecInput, ExecOutput, ListingOutput, Request, TreeGetInput, TreeGetOutput, TreePutInput, TreePutOutput,
 };
-pub use tree::{CommitList, Failed, ManifestEntry, Want, WantList, TREE_PART_ENTRIES, TREE_PART_MAX};
+pub use tree::{
+    entry_weight, frames, CommitList, Failed, ManifestEntry, Want, WantList, TREE_PART_ENTRIES, TREE_PART_MAX,
+};
 
 /// The port a bare host name means.
 pub const DEFAULT_PORT: u16 = 9909;
@@ -61,6 +63,91 @@ pub enum Kind {
     Other,
 }
 
+/// Where what an upload replaces is kept (rsync's `--backup`,
+/// PROTOCOL.md §4.6.4): beside it with `suffix` added to its name, or,
+/// with `dir`, at the same path below `dir` as it has below `of`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Backup {
+    /// The directory backups go to, relative to the root (made as
+    /// needed); absent: each backup beside what it keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// With `dir`: the directory, relative to the root, whose paths are
+    /// kept below `dir` (the copy's destination); empty: the root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub of: String,
+    /// Added to each backup's name (rsync's `--suffix`; `~` by default
+    /// without `dir`, nothing with it).
+    #[serde(default)]
+    pub suffix: String,
+}
+
+/// `parts` joined by `/`, without empty or `.` components.
+fn plain_join(parts: &[&str]) -> String {
+    let kept: Vec<&str> = parts.iter().flat_map(|p| p.split('/')).filter(|c| !c.is_empty() && *c != ".").collect();
+    kept.join("/")
+}
+
+impl Backup {
+    /// The most bytes of a suffix.
+    pub const MAX_SUFFIX: usize = 64;
+
+    /// Whether backups can be made as this says.
+    ///
+    /// # Errors
+    ///
+    /// A suffix with `/` or NUL or longer than [`Backup::MAX_SUFFIX`]; an
+    /// empty suffix without `dir` (the backup would be the file itself).
+    pub fn check(&self) -> Result<(), &'static str> {
+        let suffix = &self.suffix;
+        if suffix.contains(['/', '\0']) || suffix.len() > Self::MAX_SUFFIX {
+            return Err("a backup suffix must be at most 64 bytes, without '/' or NUL");
+        }
+        if self.dir.is_none() && suffix.is_empty() {
+            return Err("a backup beside the file needs a suffix");
+        }
+        Ok(())
+    }
+
+    /// Where the backup of the root path `full` goes (relative to the
+    /// root, its last component not yet checked by the caller), or why
+    /// there is none.
+    ///
+    /// # Errors
+    ///
+    /// A suffix with `/` or NUL or longer than [`Backup::MAX_SUFFIX`]; an
+    /// empty suffix without `dir` (the backup would be the file itself);
+    /// `full` not below `of`.
+    pub fn path_for(&self, full: &str) -> Result<String, &'static str> {
+        self.check()?;
+        let suffix = &self.suffix;
+        let full = full.trim_matches('/');
+        let Some(dir) = &self.dir else {
+            return Ok(format!("{}{suffix}", plain_join(&[full])));
+        };
+        let of = self.of.trim_matches('/');
+        let rest = if of.is_empty() {
+            full
+        } else if full == of {
+            return Err("the destination itself is not backed up");
+        } else {
+            match full.strip_prefix(of).and_then(|r| r.strip_prefix('/')) {
+                Some(rest) => rest,
+                None => return Err("a path outside the backup's destination"),
+            }
+        };
+        let to = plain_join(&[dir, &format!("{rest}{suffix}")]);
+        let full = plain_join(&[full]);
+        // Never the path itself, nor a directory above or below it (an
+        // older backup there would be removed, and the path with it).
+        let above = |a: &str, b: &str| b.strip_prefix(a).is_some_and(|r| r.starts_with('/'));
+        if to == full || above(&to, &full) || above(&full, &to) {
+            return Err("the backup would be the path itself, or a directory above or below it");
+        }
+        Ok(to)
+    }
+}
+
 /// One entry of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Entry {
@@ -91,6 +178,60 @@ pub struct Entry {
     /// listing: that file's path (`tree_list` with `meta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// What a special file is, its owner, its extended attributes
+    /// (`tree_list` with `meta`, as asked: PROTOCOL.md §4.6.3.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attrs: Option<Box<Attrs>>,
+}
+
+/// What `-r` keeps beside contents, times and permission bits where both
+/// sides can (PROTOCOL.md §4.6.3.5): what a special file is, the owner,
+/// extended attributes. Absent members are not known or not asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Attrs {
+    /// A special file (its `kind` is `other`): what it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub special: Option<Special>,
+    /// A device's major and minor numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<[u32; 2]>,
+    /// The owner's user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// The owner's name, where the sender knows one (the receiver maps
+    /// owners by name, unless told to keep ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The group's name, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Extended attributes: name, and value in lower-case hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// What a special file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Special {
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket's name (made without a listener, as rsync makes it).
+    Socket,
+    /// A character device.
+    Char,
+    /// A block device.
+    Block,
+}
+
+impl Special {
+    /// Whether it is a device (kept only with `--devices`).
+    pub fn is_device(self) -> bool {
+        matches!(self, Special::Char | Special::Block)
+    }
 }
 
 impl Entry {

@@ -14,6 +14,43 @@ pub const TREE_PART_MAX: u64 = 1024 * 1024;
 /// to what fits in [`TREE_PART_MAX`]).
 pub const TREE_PART_ENTRIES: usize = 1000;
 
+/// About how many bytes of JSON an entry of a listing or manifest takes
+/// with `path` and `attrs` (a sender's estimate, to cut frames well
+/// within [`TREE_PART_MAX`]): a name's escaped byte is 8 bytes of JSON.
+pub fn entry_weight(path: &str, attrs: Option<&super::Attrs>) -> usize {
+    let escaped = path.bytes().filter(|&b| b == 0 || b < 0x20 || b == b'"' || b == b'\\').count();
+    let attrs = attrs.map_or(0, |a| {
+        let names = a.user.as_ref().map_or(0, String::len) + a.group.as_ref().map_or(0, String::len);
+        let x = a.xattrs.as_ref().map_or(0, |x| x.iter().map(|(k, v)| k.len() + v.len() + 8).sum());
+        96 + names + x
+    });
+    // Entry members besides the path (a target or link path is counted by
+    // the caller).
+    192 + path.len() + 6 * escaped + attrs
+}
+
+/// Cuts entries of these weights ([`entry_weight`]) into frames: at most
+/// [`TREE_PART_ENTRIES`] entries and about half of [`TREE_PART_MAX`] of
+/// JSON each (one heavier entry alone in its frame). Returns each frame's
+/// range of entries.
+pub fn frames(weights: impl IntoIterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut n, mut bytes) = (0, 0, 0);
+    for w in weights {
+        if n > 0 && (n - start >= TREE_PART_ENTRIES || bytes + w > (TREE_PART_MAX / 2) as usize) {
+            out.push(start..n);
+            start = n;
+            bytes = 0;
+        }
+        bytes += w;
+        n += 1;
+    }
+    if n > start {
+        out.push(start..n);
+    }
+    out
+}
+
 /// One entry of a `tree_put` manifest, its path relative to the request's
 /// directory: a file (whose data is sent if wanted), or, in a request with
 /// `meta`, a symlink, a hard link, or a directory's attributes, which the
@@ -53,6 +90,11 @@ pub struct ManifestEntry {
     /// of the file this entry is another name of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// What a special file is (`kind` `other`, in a `meta` request), the
+    /// owner, extended attributes: as the server's `tree_ready` said it
+    /// keeps them (PROTOCOL.md §4.6.3.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attrs: Option<Box<super::Attrs>>,
 }
 
 fn is_file(kind: &Kind) -> bool {
@@ -133,4 +175,22 @@ pub struct CommitList {
     /// Indices that failed, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<Failed>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_cut_by_entries_and_by_bytes() {
+        assert_eq!(frames([200; 2500]), [0..1000, 1000..2000, 2000..2500]);
+        // Long paths: a frame holds what fits in half of TREE_PART_MAX.
+        let long = 4095 + 192;
+        let per = (TREE_PART_MAX / 2) as usize / long;
+        assert_eq!(frames(vec![long; 300])[0], 0..per);
+        // One entry heavier than a frame's budget goes alone.
+        assert_eq!(frames([100, 600_000, 100]), [0..1, 1..2, 2..3]);
+        assert!(frames(std::iter::empty()).is_empty());
+        assert_eq!(entry_weight("a\u{0}ff", None), 192 + 4 + 6);
+    }
 }

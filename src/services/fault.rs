@@ -152,6 +152,16 @@ pub enum Fault {
         /// The BLAKE3 the client claimed.
         claimed: String,
     },
+    /// What stands at `path` could not be kept as its backup asked, so it
+    /// was neither replaced nor removed.
+    NotBackedUp {
+        /// The path.
+        path: String,
+        /// Where its backup was to go.
+        to: String,
+        /// The error.
+        source: io::Error,
+    },
     /// An I/O error on `path`, told by its kind.
     Io {
         /// The path.
@@ -279,7 +289,7 @@ impl Fault {
             | Fault::ChangedWhileRead { .. } => ErrorCode::Busy,
             Fault::ListingTooLarge { .. } | Fault::TooManyObjects { .. } => ErrorCode::TooLarge,
             Fault::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
-            Fault::Io { source, .. } => io_code(source),
+            Fault::Io { source, .. } | Fault::NotBackedUp { source, .. } => io_code(source),
             Fault::StoreRefused { .. } => ErrorCode::PermissionDenied,
             Fault::CopyIncomplete { .. } => ErrorCode::Io,
             Fault::StoreFailed { .. } | Fault::Internal { .. } => ErrorCode::Internal,
@@ -361,6 +371,11 @@ impl Refusal {
                 };
                 format!("{}: {why}", shown(path))
             }
+            Fault::NotBackedUp { path, to, source } => format!(
+                "{}: left as it was: its backup {} could not be made: {source}",
+                shown(path),
+                shown(to)
+            ),
             Fault::StoreRefused { path, why } => format!("{}: the object store refused: {why}", shown(path)),
             Fault::StoreFailed { path, why } => format!("{}: the object store failed: {why}", shown(path)),
             Fault::CopyIncomplete { path } => {

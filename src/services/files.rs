@@ -6,6 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
@@ -13,9 +14,10 @@ use std::time::UNIX_EPOCH;
 use rustix::fs::{AtFlags, OFlags};
 use rustix::io::Errno;
 
-use super::root::{is_escape, is_partial_name, FileId, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
+use super::attrs::Applying;
+use super::root::{is_escape, is_partial_name, keep_at, FileId, Resolver, Root, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use super::{Fault, PathRule};
-use crate::proto::{Entry, Kind};
+use crate::proto::{Attrs, Backup, Entry, Kind, Special};
 
 /// How long an upload waits for an earlier upload of the same path to end.
 pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -158,7 +160,8 @@ impl Sandbox {
         if path.len() > MAX_PATH_BYTES {
             return Err(Fault::bad_path(path, PathRule::TooLong));
         }
-        if path.contains('\0') {
+        // A NUL only as a name's escaped byte, in its one form.
+        if !super::names::is_canonical(path) {
             return Err(Fault::bad_path(path, PathRule::Nul));
         }
         if path.starts_with('/') {
@@ -249,7 +252,7 @@ impl Sandbox {
             return Err(reserved(path));
         }
         let dir = self.parent_dir(path, &rel)?;
-        Ok((dir, OsString::from(name)))
+        Ok((dir, super::names::os(name).into_owned()))
     }
 
     /// What stands at `path`, a file to be written, and what a partial
@@ -302,12 +305,12 @@ impl Sandbox {
         let Some(Some(dir)) = dirs.get(&parent) else {
             return Ok(nothing);
         };
-        let there = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let there = match rustix::fs::statat(dir, &*super::names::os(name), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Some(entry_of(String::new(), &st, kind_of(st.st_mode))),
             Err(Errno::NOENT) => None,
             Err(e) => return Err(fault(path, e.into())),
         };
-        let part = super::root::partial_name(OsStr::new(name));
+        let part = super::root::partial_name(&super::names::os(name));
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let partial = match rustix::fs::openat(dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) {
             Ok(fd) => {
@@ -358,11 +361,11 @@ impl Sandbox {
             Err(e) => return Err(parent_fault(path, e)),
         };
         let removed = if recursive {
-            super::root::remove_at(&dir, OsStr::new(name))
+            super::root::remove_at(&dir, &super::names::os(name))
         } else {
-            match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+            match rustix::fs::unlinkat(&dir, &*super::names::os(name), AtFlags::empty()) {
                 Err(Errno::ISDIR | Errno::PERM)
-                    if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    if rustix::fs::statat(&dir, &*super::names::os(name), AtFlags::SYMLINK_NOFOLLOW)
                         .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()) =>
                 {
                     return Err(Fault::IsADirectory { path: path.to_owned() });
@@ -403,7 +406,7 @@ impl Sandbox {
             tracing::warn!("looking for abandoned partial files: {}: {e}; skipped", crate::text::printable(rel));
             Ok(())
         };
-        walk(root, "", 0, Listing::Partials, (&mut sink, &mut unreadable))?;
+        walk(root, "", 0, Listing::Partials, (&mut sink, &mut unreadable, &mut super::attrs::Names::new()))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let cutoff = i64::try_from(now.saturating_sub(max_age.as_secs())).unwrap_or(i64::MAX);
         let mut removed = Vec::new();
@@ -411,7 +414,7 @@ impl Sandbox {
             let Ok(rel) = Self::relative(&e.name) else { continue };
             let Some(name) = rel.name() else { continue };
             let Ok(dir) = self.root.open_dir(&rel.parent().join("/")) else { continue };
-            if let Ok(size) = super::root::remove_stale_partial(&dir, OsStr::new(name), cutoff) {
+            if let Ok(size) = super::root::remove_stale_partial(&dir, &super::names::os(name), cutoff) {
                 removed.push((e.name, size));
             }
         }
@@ -436,15 +439,76 @@ impl Sandbox {
     /// As [`for_write`](Self::for_write); [`Fault::Exists`] without
     /// `replace`, [`Fault::IsADirectory`], a target that is empty or holds
     /// a NUL ([`Fault::NotKept`]), I/O errors.
-    pub fn make_symlink(&self, path: &str, target: &str, at: Stamp, replace: bool) -> Result<bool, Fault> {
-        if target.is_empty() || target.contains('\0') || target.len() > 4095 {
+    pub fn make_symlink(
+        &self,
+        path: &str,
+        target: &str,
+        at: Stamp,
+        (replace, backup): (bool, Option<&Backup>),
+    ) -> Result<bool, Fault> {
+        if target.is_empty() || !super::names::is_canonical(target) || target.len() > 4095 {
             return Err(Fault::NotKept {
                 path: path.to_owned(),
                 why: "a symlink target must be 1 to 4095 bytes, no NUL",
             });
         }
         let (dir, name) = self.for_write(path)?;
-        symlink_at(&dir, &name, target, at, replace).map_err(|e| placing_fault(path, e))
+        let mut kept = None;
+        let made = {
+            let mut keep = self.keeper(backup, path, (&dir, &name), &mut kept);
+            symlink_at(&dir, &name, target, at, (replace, &mut keep))
+        };
+        made.map_err(|e| kept.take().unwrap_or_else(|| placing_fault(path, e)))
+    }
+
+    /// What [`symlink_at`] and [`hard_link_at`] call before they replace
+    /// what stands at `at`: keeps it as `backup` says (nothing without
+    /// one); a failure is put in `kept` and the link is not made.
+    fn keeper<'a>(
+        &'a self,
+        backup: Option<&'a Backup>,
+        full: &'a str,
+        at: (&'a OwnedFd, &'a OsStr),
+        kept: &'a mut Option<Fault>,
+    ) -> impl FnMut() -> io::Result<()> + 'a {
+        move || match backup.map(|b| self.keep(b, full, at, false)) {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(fault)) => {
+                let e = io::Error::other(fault.to_string());
+                *kept = Some(fault);
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps what stands at the root path `full` (open as the name
+    /// `at.1` in the directory `at.0`) where `backup` says, before it is
+    /// replaced or (`moving`) removed ([`keep_at`]): beside it, or below
+    /// `backup.dir`, whose missing directories are made, never through a
+    /// link. Returns whether anything was kept.
+    ///
+    /// # Errors
+    ///
+    /// [`Fault::NotKept`] for a backup that cannot be (see
+    /// [`Backup::path_for`]), a backup name that is a partial file's or
+    /// too long; [`Fault::NotBackedUp`] when keeping it fails.
+    pub fn keep(&self, backup: &Backup, full: &str, at: (&OwnedFd, &OsStr), moving: bool) -> Result<bool, Fault> {
+        if standing_at(at.0, at.1).map_err(|e| fault(full, e))?.is_none() {
+            return Ok(false);
+        }
+        let to = backup.path_for(full).map_err(|why| Fault::NotKept { path: full.to_owned(), why })?;
+        let failed = |source| Fault::NotBackedUp { path: full.to_owned(), to: to.clone(), source };
+        let kept = if backup.dir.is_none() {
+            let name = to.rsplit('/').next().unwrap_or_default();
+            if is_partial_name(name.as_bytes()) {
+                return Err(reserved(&to));
+            }
+            keep_at(at.0, at.1, (at.0, &super::names::os(name)), moving)
+        } else {
+            let (dir, name) = self.for_write(&to)?;
+            keep_at(at.0, at.1, (&dir, &name), moving)
+        };
+        kept.map_err(failed)
     }
 
     /// Makes `path` another name of the regular file `to` (a hard link;
@@ -457,15 +521,26 @@ impl Sandbox {
     /// As [`for_write`](Self::for_write) for both; [`Fault::NotFound`] if
     /// `to` is missing, [`Fault::NotRegular`] if it is not a regular file,
     /// [`Fault::Exists`] without `replace`, I/O errors (`EXDEV`, `EMLINK`).
-    pub fn make_hard_link(&self, path: &str, to: &str, replace: bool) -> Result<bool, Fault> {
+    pub fn make_hard_link(
+        &self,
+        path: &str,
+        to: &str,
+        (replace, backup): (bool, Option<&Backup>),
+    ) -> Result<bool, Fault> {
         let to_rel = Self::relative(to)?;
         let Some(to_name) = to_rel.name() else { return Err(Fault::bad_path(to, PathRule::Root)) };
         let from = self.existing_parent(&to_rel).map_err(|e| parent_fault(to, e))?;
         let (dir, name) = self.for_write(path)?;
-        hard_link_at((&from, OsStr::new(to_name)), &dir, &name, replace).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Fault::NotFound { path: to.to_owned() },
-            io::ErrorKind::InvalidInput => Fault::NotRegular { path: to.to_owned() },
-            _ => placing_fault(path, e),
+        let mut kept = None;
+        let made = {
+            let mut keep = self.keeper(backup, path, (&dir, &name), &mut kept);
+            hard_link_at((&from, &super::names::os(to_name)), &dir, &name, (replace, &mut keep))
+        };
+        made.map_err(|e| match (kept.take(), e.kind()) {
+            (Some(fault), _) => fault,
+            (None, io::ErrorKind::NotFound) => Fault::NotFound { path: to.to_owned() },
+            (None, io::ErrorKind::InvalidInput) => Fault::NotRegular { path: to.to_owned() },
+            (None, _) => placing_fault(path, e),
         })
     }
 
@@ -477,7 +552,13 @@ impl Sandbox {
     ///
     /// As [`mkdir`](Self::mkdir); [`Fault::ExistsNotADirectory`] for a
     /// file or a symlink there; I/O errors.
-    pub fn set_dir_attrs(&self, path: &str, mode: u32, at: Stamp) -> Result<bool, Fault> {
+    pub fn set_dir_attrs(
+        &self,
+        path: &str,
+        mode: u32,
+        at: Stamp,
+        attrs: Option<(&Attrs, Applying)>,
+    ) -> Result<bool, Fault> {
         let made = self.mkdir(path, true)?;
         let rel = Self::relative(path)?;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -485,7 +566,47 @@ impl Sandbox {
             Some(libc::ELOOP | libc::ENOTDIR) => Fault::ExistsNotADirectory { path: path.to_owned() },
             _ => fault(path, e),
         })?;
+        if let Some((attrs, how)) = attrs {
+            super::attrs::apply(&dir, attrs, how, &mut super::attrs::Names::new()).map_err(|e| fault(path, e))?;
+        }
         Ok(dir_attrs(&dir, mode, at).map_err(|e| fault(path, e))? || made)
+    }
+
+    /// Makes `path` the special file `attrs.special` names (a FIFO, a
+    /// socket's name, a device), with the permission bits `mode` (masked
+    /// by the umask), the owner `attrs` names (as `how` allows) and the
+    /// time `at`: made under a temporary name, then renamed into place,
+    /// over what is there (not a directory) only if `replace`. Returns
+    /// whether anything changed (`false`: the same special file with the
+    /// same time was there).
+    ///
+    /// # Errors
+    ///
+    /// [`Fault::NotKept`] where this process may not make it (not root) or
+    /// `attrs` says no kind; as [`make_symlink`](Self::make_symlink).
+    pub fn make_special(
+        &self,
+        path: &str,
+        (mode, at): (u32, Stamp),
+        (attrs, how): (&Attrs, Applying),
+        (replace, backup): (bool, Option<&Backup>),
+    ) -> Result<bool, Fault> {
+        let Some(special) = attrs.special else {
+            return Err(Fault::NotKept { path: path.to_owned(), why: "a special file entry without what it is" });
+        };
+        let (dir, name) = self.for_write(path)?;
+        let mut kept = None;
+        let made = {
+            let mut keep = self.keeper(backup, path, (&dir, &name), &mut kept);
+            special_at(&dir, &name, (special, attrs, how), (mode, at), (replace, &mut keep))
+        };
+        made.map_err(|e| match (kept.take(), e.kind()) {
+            (Some(fault), _) => fault,
+            (None, io::ErrorKind::PermissionDenied) => {
+                Fault::NotKept { path: path.to_owned(), why: "special files are kept only by a server running as root" }
+            }
+            (None, _) => placing_fault(path, e),
+        })
     }
 
     /// Renames `from` to `to` (both relative to the root, never the root
@@ -514,7 +635,8 @@ impl Sandbox {
         let (from_dir, from_name) = open_parent(from)?;
         let (to_dir, to_name) = open_parent(to)?;
         let flags = if force { rustix::fs::RenameFlags::empty() } else { rustix::fs::RenameFlags::NOREPLACE };
-        match rustix::fs::renameat_with(&from_dir, from_name.as_str(), &to_dir, to_name.as_str(), flags) {
+        let (from_os, to_os) = (super::names::os(&from_name), super::names::os(&to_name));
+        match rustix::fs::renameat_with(&from_dir, &*from_os, &to_dir, &*to_os, flags) {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => Err(Fault::Exists { path: to.to_owned() }),
             Err(Errno::INVAL) => Err(Fault::bad_path(to, PathRule::BelowItself)),
@@ -547,13 +669,13 @@ impl Sandbox {
             self.existing_parent(&rel).map_err(|e| parent_fault(path, e))?
         };
         if !parents {
-            return match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
+            return match rustix::fs::mkdirat(&dir, &*super::names::os(name), rustix::fs::Mode::from_raw_mode(0o777)) {
                 Ok(()) => Ok(true),
                 Err(Errno::EXIST) => Err(Fault::Exists { path: path.to_owned() }),
                 Err(e) => Err(fault(path, e.into())),
             };
         }
-        match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o777)) {
+        match rustix::fs::mkdirat(&dir, &*super::names::os(name), rustix::fs::Mode::from_raw_mode(0o777)) {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => match self.root.open_dir(&rel.joined()) {
                 Ok(_) => Ok(false),
@@ -639,7 +761,7 @@ impl Sandbox {
             unreadable = Some(fault(&join_below(path, rel), e));
             Err(io::Error::other(Stop::Unreadable))
         };
-        let walked = walk(OwnedFd::from(file), "", 0, listing, (&mut sink, &mut skip));
+        let walked = walk(OwnedFd::from(file), "", 0, listing, (&mut sink, &mut skip, &mut super::attrs::Names::new()));
         match walked {
             Ok(()) => {}
             Err(e) if Stop::is(&e, Stop::BudgetSpent) => {
@@ -705,7 +827,9 @@ impl Sandbox {
             }
             sink(e)
         };
-        let walked = walk(OwnedFd::from(file), "", 0, listing, (&mut marking, &mut unreadable));
+        let mut names = super::attrs::Names::new();
+        let sinks = (&mut marking as &mut dyn FnMut(Entry) -> io::Result<()>, &mut unreadable as _, &mut names);
+        let walked = walk(OwnedFd::from(file), "", 0, listing, sinks);
         match (walked, stopped) {
             (Ok(()), _) => Ok(()),
             (Err(_), Some(f)) => Err(f),
@@ -757,7 +881,11 @@ fn join_below(base: &str, rel: &str) -> String {
 
 /// What a walk reports to: each entry, and each path below that cannot be
 /// read (relative, with why). An error from either stops the walk.
-type Sinks<'a> = (&'a mut dyn FnMut(Entry) -> io::Result<()>, &'a mut dyn FnMut(&str, io::Error) -> io::Result<()>);
+type Sinks<'a> = (
+    &'a mut dyn FnMut(Entry) -> io::Result<()>,
+    &'a mut dyn FnMut(&str, io::Error) -> io::Result<()>,
+    &'a mut super::attrs::Names,
+);
 
 /// Hands the sink the entries below `dir` (a descriptor: each subdirectory
 /// is opened from its parent with `O_NOFOLLOW`, so a directory swapped for
@@ -766,7 +894,7 @@ type Sinks<'a> = (&'a mut dyn FnMut(Entry) -> io::Result<()>, &'a mut dyn FnMut(
 /// second sink (a directory that cannot be searched, once), and the walk
 /// goes on with the next.
 fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks<'_>) -> io::Result<()> {
-    let (sink, unreadable) = sinks;
+    let (sink, unreadable, names) = sinks;
     // Two descriptors and a stack frame a level: bounded.
     if depth > MAX_PATH_DEPTH {
         return Err(io::Error::other(TooDeep));
@@ -784,7 +912,7 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
         if raw == b"." || raw == b".." {
             continue;
         }
-        let name = String::from_utf8_lossy(raw);
+        let name = super::names::encode(raw);
         let rel = if prefix.is_empty() { name.into_owned() } else { format!("{prefix}/{name}") };
         let st = match rustix::fs::statat(&dir, item.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -807,15 +935,16 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
             Listing::Entries => true,
             Listing::Files => kind == Kind::File,
             Listing::Tree => kind == Kind::File || kind == Kind::Dir,
-            Listing::Meta => matches!(kind, Kind::File | Kind::Dir | Kind::Symlink),
+            Listing::Meta(_) => true,
             Listing::Partials => partial,
         };
-        if keep && listing == Listing::Meta {
+        if let (true, Listing::Meta(wanted)) = (keep, listing) {
             let mut e = entry_of(rel.clone(), &st, kind);
             e.mtime_ns = Stamp::of_stat(&st).wire_ns();
+            e.attrs = super::attrs::read(&dir, OsStr::from_bytes(raw), &st, wanted, names);
             if kind == Kind::Symlink {
                 match rustix::fs::readlinkat(&dir, item.file_name(), Vec::new()) {
-                    Ok(target) => e.target = Some(String::from_utf8_lossy(target.as_bytes()).into_owned()),
+                    Ok(target) => e.target = Some(super::names::encode(target.as_bytes()).into_owned()),
                     Err(Errno::NOENT) => continue,
                     Err(e) => {
                         unreadable(&rel, e.into())?;
@@ -835,7 +964,7 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
         if listing != Listing::Entries && kind == Kind::Dir {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rustix::fs::openat(&dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
-                Ok(sub) => walk(sub, &rel, depth + 1, listing, (&mut *sink, &mut *unreadable))?,
+                Ok(sub) => walk(sub, &rel, depth + 1, listing, (&mut *sink, &mut *unreadable, &mut *names))?,
                 // Gone, or swapped for a symlink, since it was read.
                 Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
                 Err(e) => unreadable(&rel, e.into())?,
@@ -860,7 +989,10 @@ fn kind_of(mode: u32) -> Kind {
 fn temp_name() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!(".fwlink-{}-{n}", std::process::id())
+    // Unguessable: nobody else can put something at it first.
+    let mut rand = [0u8; 8];
+    let _ = getrandom::fill(&mut rand);
+    format!(".fwlink-{}-{n}-{}", std::process::id(), hex::encode(rand))
 }
 
 /// Renames `temp` to `name` in `dir`: over what is there if `replace`,
@@ -905,6 +1037,11 @@ fn may_replace(st: &rustix::fs::Stat, replace: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a link may replace what stands at its name, and what to call
+/// first when it does (to keep a backup of it; `&mut || Ok(())` for
+/// nothing): an error there leaves everything as it was.
+pub type Replacing<'a> = (bool, &'a mut dyn FnMut() -> io::Result<()>);
+
 /// Makes `name` in `dir` a symlink to `target` (stored as given, never
 /// followed) with the time `at`: atomically, a new link under a
 /// temporary name, given its time, then renamed into place (over what is
@@ -916,10 +1053,12 @@ fn may_replace(st: &rustix::fs::Stat, replace: bool) -> io::Result<()> {
 ///
 /// `IsADirectory` for a directory there, `AlreadyExists` for anything
 /// else there without `replace`; I/O errors.
-pub fn symlink_at(dir: &OwnedFd, name: &OsStr, target: &str, at: Stamp, replace: bool) -> io::Result<bool> {
+pub fn symlink_at(dir: &OwnedFd, name: &OsStr, target: &str, at: Stamp, replacing: Replacing<'_>) -> io::Result<bool> {
+    let (replace, keep) = replacing;
     if let Some(st) = standing_at(dir, name)? {
         let same = kind_of(st.st_mode) == Kind::Symlink
-            && rustix::fs::readlinkat(dir, name, Vec::new()).is_ok_and(|t| t.as_bytes() == target.as_bytes());
+            && rustix::fs::readlinkat(dir, name, Vec::new())
+                .is_ok_and(|t| t.as_bytes() == &*super::names::decode(target));
         if same {
             if Stamp::of_stat(&st) == at {
                 return Ok(false);
@@ -928,12 +1067,59 @@ pub fn symlink_at(dir: &OwnedFd, name: &OsStr, target: &str, at: Stamp, replace:
             return Ok(true);
         }
         may_replace(&st, replace)?;
+        keep()?;
     }
     let temp = temp_name();
-    rustix::fs::symlinkat(target, dir, &temp)?;
+    rustix::fs::symlinkat(&*super::names::decode(target), dir, &temp)?;
     // The time before the rename: the link is never under its name with
     // another.
     let _ = set_link_time(dir, temp.as_str(), at);
+    place(dir, &temp, name, replace)?;
+    Ok(true)
+}
+
+/// Makes `name` in `dir` the special file `special` (see
+/// [`Sandbox::make_special`]), with its owner as `how` allows, its bits
+/// and its time, under a temporary name renamed into place. What both
+/// sides of a copy use.
+///
+/// # Errors
+///
+/// `PermissionDenied` unless root; otherwise as [`symlink_at`].
+pub fn special_at(
+    dir: &OwnedFd,
+    name: &OsStr,
+    (special, attrs, how): (Special, &Attrs, Applying),
+    (mode, at): (u32, Stamp),
+    replacing: Replacing<'_>,
+) -> io::Result<bool> {
+    let (replace, keep) = replacing;
+    if let Some(st) = standing_at(dir, name)? {
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let rdev = [rustix::fs::major(st.st_rdev.into()), rustix::fs::minor(st.st_rdev.into())];
+        #[allow(clippy::unnecessary_cast)]
+        let same = super::attrs::special_of(st.st_mode as u32) == Some(special)
+            && (!special.is_device() || attrs.rdev == Some(rdev))
+            && Stamp::of_stat(&st) == at;
+        if same {
+            return Ok(false);
+        }
+        may_replace(&st, replace)?;
+        keep()?;
+    }
+    let temp = temp_name();
+    // Its bits as mknod gives them (masked by the umask, as a received
+    // file's are): no chmod by name, which would follow a symlink another
+    // process put at the temporary name meanwhile.
+    super::attrs::make_special(dir, &temp, special, attrs.rdev, received_mode(mode))?;
+    let finish = || -> io::Result<()> {
+        super::attrs::apply_owner_at(dir, OsStr::new(&temp), attrs, how, &mut super::attrs::Names::new())?;
+        set_link_time(dir, temp.as_str(), at)
+    };
+    if let Err(e) = finish() {
+        let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
+        return Err(e);
+    }
     place(dir, &temp, name, replace)?;
     Ok(true)
 }
@@ -948,7 +1134,13 @@ pub fn symlink_at(dir: &OwnedFd, name: &OsStr, target: &str, at: Stamp, replace:
 ///
 /// `NotFound` if `from` is missing, `InvalidInput` if it is not a regular
 /// file, otherwise as [`symlink_at`]; `EXDEV`, `EMLINK`.
-pub fn hard_link_at(from: (&OwnedFd, &OsStr), dir: &OwnedFd, name: &OsStr, replace: bool) -> io::Result<bool> {
+pub fn hard_link_at(
+    from: (&OwnedFd, &OsStr),
+    dir: &OwnedFd,
+    name: &OsStr,
+    replacing: Replacing<'_>,
+) -> io::Result<bool> {
+    let (replace, keep) = replacing;
     let Some(source) = standing_at(from.0, from.1)? else { return Err(io::ErrorKind::NotFound.into()) };
     if kind_of(source.st_mode) != Kind::File {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
@@ -958,6 +1150,7 @@ pub fn hard_link_at(from: (&OwnedFd, &OsStr), dir: &OwnedFd, name: &OsStr, repla
             return Ok(false);
         }
         may_replace(&st, replace)?;
+        keep()?;
     }
     let temp = temp_name();
     rustix::fs::linkat(from.0, from.1, dir, &temp, AtFlags::empty())?;
@@ -1062,11 +1255,12 @@ pub enum Listing {
     Files,
     /// Every regular file and directory below it.
     Tree,
-    /// As [`Listing::Tree`], and symlinks (with their targets), each
-    /// entry with its exact time, and each file that is another name of
-    /// a file listed before it marked with that file's path (a hard
-    /// link).
-    Meta,
+    /// As [`Listing::Tree`], and symlinks (with their targets) and
+    /// special files (what each is in its `attrs`), each entry with its
+    /// exact time and what else the receiver wants of it (owners,
+    /// extended attributes), and each file that is another name of a file
+    /// listed before it marked with that file's path (a hard link).
+    Meta(super::attrs::Wanted),
     /// Only the partial files below it, which the others hide.
     Partials,
 }

@@ -1,11 +1,13 @@
 //! What the server does for a request, apart from the wire: files in a
 //! sandboxed root and processes. Nothing here knows about sockets or frames.
 
+pub mod attrs;
 #[cfg(feature = "s3")]
 pub mod bucket;
 pub mod exec;
 pub mod fault;
 pub mod files;
+pub mod names;
 pub mod root;
 pub mod sync;
 

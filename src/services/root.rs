@@ -9,6 +9,7 @@
 //! directory for a symlink mid-request gets the kernel's refusal, not a
 //! file outside.
 
+use super::names;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -84,13 +85,37 @@ pub fn is_partial_name(name: &[u8]) -> bool {
     name.len() > 1 + PARTIAL_SUFFIX.len() && name.starts_with(b".") && name.ends_with(PARTIAL_SUFFIX.as_bytes())
 }
 
-/// The partial file's name for the final name `name`.
+/// The partial file's name for the final name `name`: `.NAME.fwpart`,
+/// or, where that would be longer than a name may be (255 bytes, for a
+/// `NAME` over 247), `.START~HASH.fwpart`: the first 230 bytes of the
+/// name and 16 hex digits of its BLAKE3, the same for the same name (a
+/// resume finds it) and 255 bytes in all.
 pub fn partial_name(name: &OsStr) -> OsString {
+    partial_with(name, "")
+}
+
+/// `.NAME` + `tail` + `.fwpart`, shortened as [`partial_name`] says to fit
+/// in 255 bytes.
+fn partial_with(name: &OsStr, tail: &str) -> OsString {
+    let raw = name.as_encoded_bytes();
     let mut part = OsString::from(".");
-    part.push(name);
+    if 1 + raw.len() + tail.len() + PARTIAL_SUFFIX.len() <= NAME_MAX {
+        part.push(name);
+    } else {
+        let hash = blake3::hash(raw).to_hex();
+        let keep = NAME_MAX - 1 - 1 - 16 - tail.len() - PARTIAL_SUFFIX.len();
+        // A prefix of a name's bytes is a name too: no NUL, no `/`.
+        part.push(std::ffi::OsStr::from_bytes(&raw[..keep.min(raw.len())]));
+        part.push("~");
+        part.push(&hash.as_str()[..16]);
+    }
+    part.push(tail);
     part.push(PARTIAL_SUFFIX);
     part
 }
+
+/// The most bytes of one name (Linux's `NAME_MAX`).
+const NAME_MAX: usize = 255;
 
 fn errno(e: &io::Error) -> Option<Errno> {
     e.raw_os_error().map(Errno::from_raw_os_error)
@@ -157,6 +182,8 @@ impl Root {
     /// under [`Links::Never`]), and those of `openat(2)`.
     pub fn open_beneath(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
         let rel = if rel.is_empty() { "." } else { rel };
+        // The bytes the string carries (a name that is not UTF-8).
+        let raw = names::decode(rel);
         // openat2 refuses O_PATH with flags that do not go with it.
         let flags = if flags.contains(OFlags::PATH) {
             flags | OFlags::CLOEXEC
@@ -173,13 +200,13 @@ impl Root {
                     Links::Never => beneath() | ResolveFlags::NO_SYMLINKS,
                 };
                 loop {
-                    match rustix::fs::openat2(&*self.fd, rel, flags, Mode::empty(), how) {
+                    match rustix::fs::openat2(&*self.fd, &*raw, flags, Mode::empty(), how) {
                         Err(Errno::AGAIN) if tries < MAX_RETRIES => tries += 1,
                         done => return Ok(done?),
                     }
                 }
             }
-            Resolver::Walk => self.walk(rel, flags),
+            Resolver::Walk => self.walk(&raw, flags),
         }
     }
 
@@ -216,7 +243,7 @@ impl Root {
             prefix.push_str(part);
             // EEXIST: there already, or made by another upload just now;
             // either way it is opened and checked like any other.
-            match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o777)) {
+            match rustix::fs::mkdirat(&dir, &*names::decode(part), Mode::from_raw_mode(0o777)) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -249,10 +276,12 @@ impl Root {
         use rustix::fs::FileType;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut dir = rustix::fs::openat(&*self.fd, ".", flags, Mode::empty())?;
-        for (k, part) in parts.iter().enumerate() {
+        for (k, shown) in parts.iter().enumerate() {
+            let raw = names::decode(shown);
+            let part: &[u8] = &raw;
             let mut tries = 0;
             dir = loop {
-                let in_the_way = match rustix::fs::openat(&dir, *part, flags, Mode::empty()) {
+                let in_the_way = match rustix::fs::openat(&dir, part, flags, Mode::empty()) {
                     Ok(sub) => break sub,
                     Err(e) if tries >= MAX_RETRIES => return Err(e.into()),
                     Err(Errno::NOENT) => false,
@@ -263,7 +292,7 @@ impl Root {
                 };
                 tries += 1;
                 if in_the_way {
-                    let kind = match rustix::fs::statat(&dir, *part, AtFlags::SYMLINK_NOFOLLOW) {
+                    let kind = match rustix::fs::statat(&dir, part, AtFlags::SYMLINK_NOFOLLOW) {
                         Ok(st) => FileType::from_raw_mode(st.st_mode),
                         // Gone or changed since the open: look again.
                         Err(Errno::NOENT) => continue,
@@ -276,13 +305,13 @@ impl Root {
                         let msg = format!("{}: a file stands where the copy needs a directory", parts[..=k].join("/"));
                         return Err(io::Error::new(io::ErrorKind::AlreadyExists, msg));
                     }
-                    match rustix::fs::unlinkat(&dir, *part, AtFlags::empty()) {
+                    match rustix::fs::unlinkat(&dir, part, AtFlags::empty()) {
                         Ok(()) => replaced.push(parts[..=k].join("/")),
                         Err(Errno::NOENT) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
-                match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o777)) {
+                match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o777)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -304,16 +333,16 @@ impl Root {
         let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
         let Some((name, parents)) = parts.split_last() else { return Err(Errno::INVAL.into()) };
         let parent = open_no_links(&self.fd, parents)?;
-        remove_at(&parent, OsStr::new(name))
+        remove_at(&parent, &names::os(name))
     }
 
     /// The component-by-component resolution (see [`Resolver::Walk`]).
-    fn walk(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    fn walk(&self, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
         let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         // stack[0] is the root; each `..` pops one, and popping the root
         // is an escape.
         let mut stack: Vec<OwnedFd> = vec![rustix::fs::openat(&*self.fd, ".", dir_flags, Mode::empty())?];
-        let mut todo: std::collections::VecDeque<Vec<u8>> = components(rel.as_bytes()).collect();
+        let mut todo: std::collections::VecDeque<Vec<u8>> = components(rel).collect();
         let (mut links, mut retries, mut steps) = (0, 0, 0);
         while let Some(part) = todo.pop_front() {
             // Bounded work and descriptors, whatever the links expand to.
@@ -510,6 +539,11 @@ impl Partial {
         &mut self.file
     }
 
+    /// Where it goes: its directory and final name.
+    pub fn at(&self) -> (&OwnedFd, &OsStr) {
+        (&self.dir, &self.name)
+    }
+
     /// Whether a later transfer can resume from this file (it has a name).
     #[cfg(test)]
     pub fn resumable(&self) -> bool {
@@ -678,15 +712,62 @@ fn rename_noreplace(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> io::Result<()> {
     }
 }
 
+/// Keeps what stands at `name` in `dir` under the name `to` (rsync's
+/// backup; neither name followed if a symlink), before a copy replaces it
+/// or a mirror removes it. Before a replacement (`moving` false) a
+/// directory is left alone (no copy replaces one), and anything else gets
+/// its backup as a hard link, so that its own name never stands empty
+/// (renamed where the file system has no hard links, or they cross
+/// devices). Before a removal (`moving`) it is renamed, a directory with
+/// all below it. An older backup at `to` is removed first. Returns
+/// whether anything was kept.
+///
+/// # Errors
+///
+/// Those of `linkat(2)`, `renameat(2)` and removing the older backup.
+pub fn keep_at(dir: &OwnedFd, name: &OsStr, to: (&OwnedFd, &OsStr), moving: bool) -> io::Result<bool> {
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
+    if is_dir && !moving {
+        return Ok(false);
+    }
+    // The backup's name may not be the thing's own (a backup directory
+    // that leads back to the destination, say).
+    if FileId::of_fd(dir)? == FileId::of_fd(to.0)? && name == to.1 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the backup would be the file itself"));
+    }
+    match rustix::fs::statat(to.0, to.1, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(old) if FileId::of(&old) == FileId::of(&st) && !moving => return Ok(true),
+        // An older backup that is a directory is replaced only by what a
+        // mirror moves aside, never to keep a file.
+        Ok(old) if rustix::fs::FileType::from_raw_mode(old.st_mode).is_dir() && !moving => {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a directory stands at the backup's name"));
+        }
+        Ok(_) => remove_at(to.0, to.1)?,
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if !is_dir && !moving {
+        match rustix::fs::linkat(dir, name, to.0, to.1, AtFlags::empty()) {
+            Ok(()) => return Ok(true),
+            Err(Errno::XDEV | Errno::PERM | Errno::MLINK | Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::renameat(dir, name, to.0, to.1)?;
+    Ok(true)
+}
+
 /// `.NAME.RANDOM.fwpart`: a name for an unnamed partial file on its way
 /// into place.
 fn temp_name(name: &OsStr) -> io::Result<OsString> {
     let mut rand = [0u8; 6];
     getrandom::fill(&mut rand).map_err(|e| io::Error::other(e.to_string()))?;
-    let mut temp = OsString::from(".");
-    temp.push(name);
-    temp.push(format!(".{}{PARTIAL_SUFFIX}", hex::encode(rand)));
-    Ok(temp)
+    Ok(partial_with(name, &format!(".{}", hex::encode(rand))))
 }
 
 /// Opens the partial file `part` in `dir`, or creates it, if it is ours;
@@ -883,7 +964,7 @@ pub fn open_no_links(dir: &OwnedFd, parts: &[&str]) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut at = rustix::fs::openat(dir, ".", flags, Mode::empty())?;
     for part in parts {
-        at = rustix::fs::openat(&at, *part, flags, Mode::empty())?;
+        at = rustix::fs::openat(&at, &*names::decode(part), flags, Mode::empty())?;
     }
     Ok(at)
 }
@@ -1050,5 +1131,17 @@ mod tests {
         assert!(!is_partial_name(b"..fwpart"));
         assert!(!is_partial_name(b".fwpart"));
         assert_eq!(partial_name(OsStr::new("x")), OsString::from(".x.fwpart"));
+        // A name of up to 255 bytes has a partial name that fits too, the
+        // same each time (a resume finds it), and distinct from another's.
+        let (long, other) = ("é".repeat(125) + "x", "é".repeat(125) + "y");
+        let part = partial_name(OsStr::new(&long));
+        assert_eq!(part.len(), 255);
+        assert!(is_partial_name(part.as_encoded_bytes()));
+        assert_eq!(part, partial_name(OsStr::new(&long)));
+        assert_ne!(part, partial_name(OsStr::new(&other)));
+        assert_eq!(partial_name(OsStr::new(&"a".repeat(247))).len(), 255, "the longest kept whole");
+        let temp = temp_name(OsStr::new(&long)).unwrap();
+        assert_eq!(temp.len(), 255);
+        assert!(is_partial_name(temp.as_encoded_bytes()));
     }
 }

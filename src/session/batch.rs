@@ -52,6 +52,48 @@ pub trait Place {
     ///
     /// A path that cannot be written.
     fn resolve(&mut self, path: &str) -> Result<(Arc<OwnedFd>, OsString, Option<Guard>), Self::Error>;
+
+    /// Keeps what stands at `path` (the name `at.1` in the directory
+    /// `at.0`) before a file replaces it ([`Replace::Keeping`]): its
+    /// backup. An error leaves both as they are (the new file stays a
+    /// partial file, for a later try).
+    ///
+    /// # Errors
+    ///
+    /// A backup that could not be made.
+    fn keep(&mut self, path: &str, at: (&OwnedFd, &std::ffi::OsStr)) -> Result<(), Self::Error>;
+
+    /// Gives the file (written, before its permission bits are set and it
+    /// is renamed into place) the owner and extended attributes `attrs`
+    /// names, as far as this receiver keeps them.
+    ///
+    /// # Errors
+    ///
+    /// Those of setting them: the file is then not committed.
+    fn attrs(&mut self, file: &File, attrs: &crate::proto::Attrs) -> io::Result<()>;
+}
+
+/// Whether a file of a batch may replace what stands at its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replace {
+    /// Never: a file there (one that appeared meanwhile) stays, and this
+    /// one fails with `AlreadyExists`.
+    No,
+    /// Yes.
+    Yes,
+    /// Yes, once what stands there is kept ([`Place::keep`], given this
+    /// path).
+    Keeping(String),
+}
+
+impl From<bool> for Replace {
+    fn from(replace: bool) -> Replace {
+        if replace {
+            Replace::Yes
+        } else {
+            Replace::No
+        }
+    }
 }
 
 /// Why one file of a batch was not committed.
@@ -80,7 +122,8 @@ struct Item {
     id: u64,
     what: What,
     mode: u32,
-    replace: bool,
+    replace: Replace,
+    attrs: Option<Box<crate::proto::Attrs>>,
 }
 
 /// Verified files waiting to be committed together.
@@ -105,8 +148,16 @@ impl Batch {
     /// Adds a verified file received into its partial file, to be given
     /// `mode` and put in place (over an existing file only if `replace`);
     /// `guard` is dropped once it is.
-    pub fn push_received(&mut self, id: u64, received: Received, mode: u32, replace: bool, guard: Option<Guard>) {
-        self.items.push(Item { id, what: What::Received(received, guard), mode, replace });
+    pub fn push_received(&mut self, id: u64, received: Received, mode: u32, replace: Replace, guard: Option<Guard>) {
+        self.items.push(Item { id, what: What::Received(received, guard), mode, replace, attrs: None });
+    }
+
+    /// Gives the file added last the owner and extended attributes
+    /// `attrs` names, at commit ([`Place::attrs`]).
+    pub fn with_attrs(&mut self, attrs: Option<Box<crate::proto::Attrs>>) {
+        if let Some(item) = self.items.last_mut() {
+            item.attrs = attrs;
+        }
     }
 
     /// Adds a whole, verified small file held in memory (`hash` is its
@@ -118,11 +169,11 @@ impl Batch {
         body: Vec<u8>,
         hash: blake3::Hash,
         meta: (u32, Option<Stamp>),
-        replace: bool,
+        replace: Replace,
     ) {
         self.bytes += body.len() as u64;
         let (mode, mtime) = meta;
-        self.items.push(Item { id, what: What::Body { path, body, hash, mtime }, mode, replace });
+        self.items.push(Item { id, what: What::Body { path, body, hash, mtime }, mode, replace, attrs: None });
     }
 
     /// Files in the batch.
@@ -146,8 +197,8 @@ impl Batch {
     pub fn commit<P: Place>(self, place: &mut P) -> Vec<Outcome<P::Error>> {
         let mut outcomes = Vec::with_capacity(self.items.len());
         let mut staged = Vec::with_capacity(self.items.len());
-        for Item { id, what, mode, replace } in self.items {
-            match stage(what, mode, place) {
+        for Item { id, what, mode, replace, attrs } in self.items {
+            match stage(what, (mode, attrs.as_deref()), place) {
                 Ok((partial, hash, guard)) => staged.push((id, partial, hash, replace, guard)),
                 Err(e) => outcomes.push((id, Err(e))),
             }
@@ -162,7 +213,15 @@ impl Batch {
                 outcomes.push((id, Err(CommitError::Io(io::Error::new(e.kind(), e.to_string())))));
                 continue;
             }
-            match partial.place(replace) {
+            if let Replace::Keeping(path) = &replace {
+                if let Err(e) = place.keep(path, partial.at()) {
+                    // Left as a partial file: nothing is lost, and a
+                    // rerun resumes it.
+                    outcomes.push((id, Err(CommitError::Place(e))));
+                    continue;
+                }
+            }
+            match partial.place(replace != Replace::No) {
                 Ok((file, fid)) => placed.push((id, file, fid, hash, guard)),
                 Err(e) => outcomes.push((id, Err(CommitError::Io(e)))),
             }
@@ -183,7 +242,7 @@ impl Batch {
 /// Step 1 for one file: its partial file written, timed and given its bits.
 fn stage<P: Place>(
     what: What,
-    mode: u32,
+    (mode, attrs): (u32, Option<&crate::proto::Attrs>),
     place: &mut P,
 ) -> Result<(Partial, blake3::Hash, Option<Guard>), CommitError<P::Error>> {
     let (partial, hash, guard) = match what {
@@ -207,6 +266,9 @@ fn stage<P: Place>(
             (partial, hash, guard)
         }
     };
+    if let Some(attrs) = attrs {
+        place.attrs(partial.file(), attrs).map_err(CommitError::Io)?;
+    }
     partial.set_mode(mode).map_err(CommitError::Io)?;
     Ok((partial, hash, guard))
 }
@@ -239,6 +301,13 @@ mod tests {
             let (dir, name) = crate::services::root::local_parent(&full)?;
             Ok((Arc::new(dir), name, None))
         }
+        fn keep(&mut self, path: &str, at: (&OwnedFd, &std::ffi::OsStr)) -> Result<(), io::Error> {
+            let name = format!("{}~", path.rsplit('/').next().unwrap());
+            crate::services::root::keep_at(at.0, at.1, (at.0, std::ffi::OsStr::new(&name)), false).map(drop)
+        }
+        fn attrs(&mut self, _: &File, _: &crate::proto::Attrs) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]
@@ -250,7 +319,10 @@ mod tests {
         for (id, name) in [(0, "a/x"), (1, "a/y"), (2, "taken"), (3, "old")] {
             let body = format!("body of {name}").into_bytes();
             let hash = blake3::hash(&body);
-            batch.push_body(id, name.into(), body, hash, (0o640, Some(Stamp::from(1_000_000_000))), name == "old");
+            // The one replaced keeps what it replaces (as `old~`).
+            let replace = if name == "old" { Replace::Keeping(name.into()) } else { Replace::No };
+            let meta = (0o640, Some(Stamp::from(1_000_000_000)));
+            batch.push_body(id, name.into(), body, hash, meta, replace);
         }
         assert_eq!(batch.len(), 4);
         let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));
@@ -262,6 +334,8 @@ mod tests {
         assert_eq!(std::fs::read(tmp.path().join("a/x")).unwrap(), b"body of a/x");
         assert_eq!(std::fs::read(tmp.path().join("taken")).unwrap(), b"first", "not replaced");
         assert_eq!(std::fs::read(tmp.path().join("old")).unwrap(), b"body of old", "replaced, as asked");
+        assert_eq!(std::fs::read(tmp.path().join("old~")).unwrap(), b"older", "and kept as its backup");
+        assert!(!tmp.path().join("taken~").exists(), "nothing kept of what was not replaced");
         let meta = std::fs::metadata(tmp.path().join("a/y")).unwrap();
         assert_eq!(crate::services::files::mtime(&meta), 1_000_000_000);
         use std::os::unix::fs::PermissionsExt;
@@ -280,8 +354,8 @@ mod tests {
         let mut batch = Batch::new();
         let body = b"x".to_vec();
         let hash = blake3::hash(&body);
-        batch.push_body(0, "file/under".into(), body.clone(), hash, (0o600, None), false);
-        batch.push_body(1, "fine".into(), body, hash, (0o600, None), false);
+        batch.push_body(0, "file/under".into(), body.clone(), hash, (0o600, None), Replace::No);
+        batch.push_body(1, "fine".into(), body, hash, (0o600, None), Replace::No);
         let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));
         assert!(matches!(outcomes[0], (0, Err(CommitError::Place(_)))), "{:?}", outcomes[0].1.as_ref().err());
         assert!(matches!(outcomes[1], (1, Ok(_))));

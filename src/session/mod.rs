@@ -21,8 +21,9 @@ mod body;
 mod receiver;
 mod sender;
 mod shared;
+pub mod sparse;
 
-pub use batch::{Batch, CommitError, Guard, Place};
+pub use batch::{Batch, CommitError, Guard, Place, Replace};
 pub use body::{receive_body, BodySource, SendError, UntilCut};
 pub use receiver::{ReceiveError, Received, Receiver, SMALL_BODY};
 pub use sender::{Sender, Unproven};

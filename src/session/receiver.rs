@@ -22,6 +22,9 @@ pub struct Receiver {
     partial: Partial,
     held: u64,
     hasher: blake3::Hasher,
+    /// Holes the body leaves out, and the file's size
+    /// ([`with_holes`](Self::with_holes)).
+    holes: Option<(super::sparse::Holes, u64)>,
 }
 
 /// Why a body could not be received.
@@ -72,7 +75,7 @@ impl Receiver {
         let mut partial = Partial::open(dir, name)?;
         let held = partial.opened_len();
         let hasher = hash_prefix(partial.file_mut(), held)?;
-        Ok(Receiver { partial, held, hasher })
+        Ok(Receiver { partial, held, hasher, holes: None })
     }
 
     /// As [`open`](Self::open), but dropping what is held: for formats with
@@ -86,7 +89,7 @@ impl Receiver {
         if partial.opened_len() != 0 {
             partial.file().set_len(0)?;
         }
-        Ok(Receiver { partial, held: 0, hasher: blake3::Hasher::new() })
+        Ok(Receiver { partial, held: 0, hasher: blake3::Hasher::new(), holes: None })
     }
 
     /// Bytes held from an earlier transfer.
@@ -155,6 +158,25 @@ impl Receiver {
         self.partial.discard();
     }
 
+    /// The body (of the file of `size` bytes, starting where agreed)
+    /// leaves out these holes, checked ([`super::sparse::check`]): its
+    /// data runs are written where they belong, the holes left unwritten.
+    /// With `None` or none, the body is the file's bytes as they are.
+    ///
+    /// # Errors
+    ///
+    /// Holes out of order, touching, empty or outside the body, or more
+    /// than [`super::sparse::MAX_HOLES`].
+    pub fn with_holes(&mut self, holes: Option<Vec<[u64; 2]>>, size: u64) -> Result<u64, &'static str> {
+        let Some(holes) = holes.filter(|h| !h.is_empty()) else {
+            self.holes = None;
+            return Ok(0);
+        };
+        let total = super::sparse::check(&holes, self.held, size)?;
+        self.holes = Some((holes, size));
+        Ok(total)
+    }
+
     /// Receives the body from `src` after what is held, written and hashed
     /// on a blocking thread while the next bytes arrive. `progress` gets
     /// the body bytes received so far.
@@ -164,14 +186,17 @@ impl Receiver {
     /// [`ReceiveError`]: the partial file is kept for a resume after a
     /// connection failure, removed after a full disk.
     pub async fn receive<B: BodySource>(
-        self,
+        mut self,
         src: &mut B,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Received, ReceiveError> {
+        if let Some((holes, size)) = self.holes.take() {
+            return self.receive_sparse(src, (&holes, size), progress).await;
+        }
         if src.body_left() <= SMALL_BODY {
             return self.receive_small(src, progress).await;
         }
-        let Receiver { partial, held, hasher } = self;
+        let Receiver { partial, held, hasher, .. } = self;
         let (file, name) = partial.take_file();
         let file = match at(file, held) {
             Ok(file) => file,
@@ -197,12 +222,42 @@ impl Receiver {
 pub const SMALL_BODY: u64 = 64 * 1024;
 
 impl Receiver {
+    /// [`receive`](Self::receive) of a body with holes: each data run
+    /// written where it belongs, the holes left unwritten and hashed as
+    /// zeros, the file given its length at the end.
+    async fn receive_sparse<B: BodySource>(
+        self,
+        src: &mut B,
+        (holes, size): (&[[u64; 2]], u64),
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Received, ReceiveError> {
+        let Receiver { partial, held, hasher, .. } = self;
+        let (file, name) = partial.take_file();
+        let writer = super::sparse::SparseWriter::new(file, (held, size), holes, hasher);
+        // The hash is the writer's, holes and all; receive_body's own is
+        // of the data alone.
+        match receive_body(src, writer, blake3::Hasher::new(), progress).await {
+            Err(e) => Err(ReceiveError::Wire(e, Kept(name))),
+            // A trailing hole is hashed off the async threads.
+            Ok(Ok((writer, _))) => match tokio::task::spawn_blocking(move || writer.finish()).await {
+                Ok(Ok((file, hash))) => Ok(Received { partial: name.rejoin(file), hash, pending: None, mtime: None }),
+                Ok(Err(e)) => Err(ReceiveError::Write(e, Some(Kept(name)))),
+                Err(e) => Err(ReceiveError::Write(io::Error::other(e), Some(Kept(name)))),
+            },
+            Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
+                name.discard();
+                Err(ReceiveError::Write(e, None))
+            }
+            Ok(Err(e)) => Err(ReceiveError::Write(e, Some(Kept(name)))),
+        }
+    }
+
     async fn receive_small<B: BodySource>(
         self,
         src: &mut B,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Received, ReceiveError> {
-        let Receiver { partial, held, mut hasher } = self;
+        let Receiver { partial, held, mut hasher, .. } = self;
         let mut body = Vec::with_capacity(src.body_left() as usize);
         while src.body_left() > 0 {
             if let Err(e) = src.read_body_into(&mut body).await {
@@ -269,6 +324,11 @@ impl Received {
     pub fn with_mtime(mut self, at: impl Into<crate::services::files::Stamp>) -> Self {
         self.mtime = Some(at.into());
         self
+    }
+
+    /// Where the file goes: its directory and final name.
+    pub fn at(&self) -> (&std::os::fd::OwnedFd, &std::ffi::OsStr) {
+        self.partial.at()
     }
 
     /// Writes what is held in memory and sets the time: all a commit does

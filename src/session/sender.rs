@@ -34,6 +34,8 @@ pub struct Sender {
     body: Option<Vec<u8>>,
     /// Its chunks shared with other copies sending the same file.
     shared: Option<SharedReader>,
+    /// Holes of the file the body leaves out ([`find_holes`](Self::find_holes)).
+    holes: super::sparse::Holes,
 }
 
 /// Bodies up to this size are read whole by [`Sender::resume`] on its
@@ -63,6 +65,7 @@ impl Sender {
             hasher: Some(blake3::Hasher::new()),
             body: None,
             shared: None,
+            holes: Vec::new(),
         };
         let sender = if offset == 0 || offset > size || (prefix.is_none() && unproven == Unproven::StartOver) {
             fresh(file)
@@ -70,7 +73,15 @@ impl Sender {
             let hasher = hash_prefix(&mut file, offset)?;
             match prefix {
                 Some(p) if p != hasher.clone().finalize().to_hex().as_str() => fresh(file),
-                _ => Sender { file: Some(file), size, start: offset, hasher: Some(hasher), body: None, shared: None },
+                _ => Sender {
+                    file: Some(file),
+                    size,
+                    start: offset,
+                    hasher: Some(hasher),
+                    body: None,
+                    shared: None,
+                    holes: Vec::new(),
+                },
             }
         };
         sender.read_small()
@@ -109,9 +120,32 @@ impl Sender {
         self.start
     }
 
-    /// The body's length.
+    /// The body's length: what the file holds from [`start`](Self::start),
+    /// its holes left out.
     pub fn body_len(&self) -> u64 {
-        self.size - self.start
+        self.size - self.start - self.holes.iter().map(|h| h[1]).sum::<u64>()
+    }
+
+    /// Finds the holes of the file past where the body starts, for a
+    /// receiver that takes a body without them (a body read whole, a
+    /// small one, has none). Blocking.
+    ///
+    /// # Errors
+    ///
+    /// Those of `lseek(2)`.
+    pub fn find_holes(&mut self) -> io::Result<()> {
+        if let (None, Some(file)) = (&self.body, &self.file) {
+            self.holes = super::sparse::find_holes(file, self.start, self.size)?;
+            if !self.holes.is_empty() {
+                self.shared = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The holes the body leaves out, if any: what its head lists.
+    pub fn holes(&self) -> Option<Vec<[u64; 2]>> {
+        (!self.holes.is_empty()).then(|| self.holes.clone())
     }
 
     /// Shares the reads of this file with the other copies sending it
@@ -122,7 +156,7 @@ impl Sender {
     ///
     /// The file's metadata cannot be read.
     pub(crate) fn share(&mut self, reads: &SharedReads) -> io::Result<()> {
-        if let (None, Some(file)) = (&self.body, &self.file) {
+        if let (None, Some(file), true) = (&self.body, &self.file, self.holes.is_empty()) {
             if self.body_len() < SHARE_MIN {
                 return Ok(());
             }
@@ -158,6 +192,11 @@ impl Sender {
             writer.write_body(&body).await.map_err(SendError::Wire)?;
             progress(body.len() as u64);
             return Ok(self.hasher.map(|h| h.finalize()));
+        }
+        if !self.holes.is_empty() {
+            let file = self.file.expect("a body not in memory keeps its file");
+            let range = (self.start, self.size);
+            return super::sparse::send_sparse(writer, file, range, &self.holes, self.hasher, progress).await;
         }
         if let Some(shared) = self.shared {
             let file = self.file.expect("a body not in memory keeps its file");

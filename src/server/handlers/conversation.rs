@@ -176,6 +176,8 @@ pub(super) struct TreePutState {
     force: bool,
     /// The request takes entries without data.
     meta: bool,
+    /// Bodies may leave holes out (the storage writes them so).
+    sparse: bool,
     /// The next manifest index.
     next: u64,
     manifest_done: bool,
@@ -197,6 +199,7 @@ impl TreePutState {
             base,
             force,
             meta,
+            sparse: false,
             next: 0,
             manifest_done: false,
             needed: HashMap::new(),
@@ -205,6 +208,13 @@ impl TreePutState {
             files: 0,
             bytes: 0,
         }
+    }
+
+    /// The same, taking bodies with holes (PROTOCOL.md §4.6.5) if
+    /// `sparse`; without, a body with holes closes the connection.
+    pub(super) fn with_sparse(mut self, sparse: bool) -> Self {
+        self.sparse = sparse;
+        self
     }
 
     /// The destination, as the request named it.
@@ -239,12 +249,25 @@ impl TreePutState {
             }
             TreePutInput::TreeFile(head) => {
                 let (i, offset, len) = (head.i, head.offset, head.len);
-                let Some(need) = self.needed.remove(&i) else {
+                let Some(mut need) = self.needed.remove(&i) else {
                     return PutAction::Close(broken(format!(
                         "tree_file for entry {i}, which is not wanted (or was sent already)"
                     )));
                 };
-                if offset.checked_add(len) != Some(need.size) || (offset != 0 && offset != need.offset) {
+                let holes = head.holes.filter(|h| !h.is_empty());
+                let left_out = match (&holes, self.sparse) {
+                    (None, _) => 0,
+                    (Some(_), false) => {
+                        return PutAction::Close(broken(format!("tree_file {i} with holes, not taken")))
+                    }
+                    (Some(h), true) => match crate::session::sparse::check(h, offset, need.size) {
+                        Ok(total) => total,
+                        Err(why) => return PutAction::Close(broken(format!("tree_file {i}: {why}"))),
+                    },
+                };
+                need.holes = holes;
+                let covered = offset.checked_add(len).and_then(|n| n.checked_add(left_out));
+                if covered != Some(need.size) || (offset != 0 && offset != need.offset) {
                     let msg = format!(
                         "tree_file {i} covers bytes {offset}..{} of a {}-byte file, {} held",
                         offset.saturating_add(len),
@@ -330,7 +353,9 @@ impl TreePutState {
                     answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
                     let replace = replace || self.force;
                     let mtime = files::Stamp::from_wire(e.mtime, e.mtime_ns);
-                    let need = Needed { path: full, size: e.size, mtime, mode: e.mode, replace, offset };
+                    let attrs = e.attrs;
+                    let need =
+                        Needed { path: full, size: e.size, mtime, mode: e.mode, replace, offset, attrs, holes: None };
                     self.needed.insert(i, need);
                 }
                 Ok(None) => {
@@ -445,7 +470,16 @@ mod tests {
     }
 
     fn file(i: u64, offset: u64, len: u64) -> TreePutInput {
-        TreePutInput::TreeFile(TreeFile { len, i, offset, size: offset + len, mtime: 1, mode: 0o644, mtime_ns: None })
+        TreePutInput::TreeFile(TreeFile {
+            len,
+            i,
+            offset,
+            size: offset + len,
+            mtime: 1,
+            mode: 0o644,
+            mtime_ns: None,
+            holes: None,
+        })
     }
 
     fn tree_end() -> TreePutInput {

@@ -5,10 +5,10 @@
 
 use super::super::storage::{mismatch, Body, Download as _, NotFinished, NotReceived, Storage, Upload};
 use crate::proto::{
-    Checksum, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply, Rename,
-    RenameReply, Stat, StatReply,
+    Backup, Checksum, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply,
+    Rename, RenameReply, Stat, StatReply,
 };
-use crate::services::files::{self, Listing};
+use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Fault;
 use crate::session::{cut_off_by, ServerSide, Session};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
@@ -79,6 +79,20 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, request: Get
     s.send(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }
 
+/// Why backups cannot be kept as `backup` says on this root, if they
+/// cannot: a root that keeps none, a suffix or a directory that cannot be.
+pub(in crate::server) fn backup_refusal<St: Storage>(backup: &Backup) -> Result<(), Fault> {
+    let refused = |why| Fault::NotKept { path: backup.dir.clone().unwrap_or_default(), why };
+    if !St::KEEPS_BACKUPS {
+        return Err(refused("a bucket root keeps no backups"));
+    }
+    backup.check().map_err(refused)?;
+    if let Some(dir) = &backup.dir {
+        Sandbox::relative(dir)?;
+    }
+    Sandbox::relative(&backup.of).map(drop)
+}
+
 /// Receives an upload, resuming what an interrupted upload of the path
 /// left; verifies the whole-file checksum and puts the file in place
 /// (never over an existing file without `force`).
@@ -86,7 +100,12 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, request: Get
 /// The drain deadline is watched here (not by dropping the request): a
 /// body cut by it keeps every byte that arrived, as a cut connection's.
 pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put) -> Result<(), Error> {
-    let Put { path, size, force, mode, mtime, mtime_ns } = request;
+    let Put { path, size, force, mode, mtime, mtime_ns, backup } = request;
+    if let Some(backup) = &backup {
+        if let Err(r) = backup_refusal::<St>(backup) {
+            return s.refuse(r).await;
+        }
+    }
     let stamp = mtime.map(|secs| crate::services::files::Stamp::from_wire(secs, mtime_ns));
     let cut = s.cut_off().clone();
     let admitted = cut_off_by(&cut, async { Ok(st.admit(&path, size, force, mtime).await) }).await?;
@@ -96,12 +115,22 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     };
     let (offset, prefix_blake3) = upload.offer();
     let data = cut_off_by(&cut, async {
-        s.send(&PutReady { offset, prefix_blake3 }, &[]).await?;
+        let ready = PutReady { offset, prefix_blake3, backup: backup.is_some(), sparse: St::KEEPS_HOLES };
+        s.send(&ready, &[]).await?;
         read_step::<PutData>(s, "put_data after put_ready").await
     })
     .await;
     let agreed = match &data {
-        Ok(Some(d)) if d.offset.checked_add(d.len) == Some(size) => upload.agree(d.offset).await?,
+        Ok(Some(d)) => {
+            // Holes left out (PROTOCOL.md §4.6.5), only where offered.
+            let left_out = match &d.holes {
+                None => Some(0),
+                Some(h) if St::KEEPS_HOLES => crate::session::sparse::check(h, d.offset, size).ok(),
+                Some(_) => None,
+            };
+            let covered = left_out.and_then(|t| d.offset.checked_add(d.len)?.checked_add(t));
+            covered == Some(size) && upload.agree(d.offset).await? && upload.holes(d.holes.clone(), size)
+        }
         _ => false,
     };
     if !agreed {
@@ -145,7 +174,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
             return other.map(|_| ());
         }
     };
-    match body.finish(&claimed, (mode, stamp), force).await {
+    match body.finish(&claimed, (mode, stamp), (force, backup)).await {
         Ok(()) => {
             if mode.is_some() && !St::KEEPS_MODES {
                 s.set_outcome("ok: stored; the mode is not kept (an object store has no permission bits)".to_owned());

@@ -25,7 +25,8 @@ type S = Session<ServerSide>;
 /// and the listing goes on; without, it ends the listing with an error
 /// frame naming it.
 pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, request: TreeList) -> Result<(), Error> {
-    let TreeList { path, blake3, skips, meta } = request;
+    let TreeList { path, blake3, skips, meta, owners, xattrs, acls } = request;
+    let wanted = crate::services::attrs::Wanted { owners, numeric: false, xattrs, acls };
     let (tx, rx) = tokio::sync::mpsc::channel::<Part>(4);
     let send = async {
         // Owned here: when the sending stops, early or not, the channel
@@ -49,7 +50,7 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
         s.send(&ListingEnd { count }, &[]).await
     };
     // The walk stops when the sender does (its channel closed).
-    let ((), sent) = tokio::join!(st.walk(&path, WalkFlags { blake3, skips, meta }, tx), send);
+    let ((), sent) = tokio::join!(st.walk(&path, WalkFlags { blake3, skips, meta, wanted }, tx), send);
     sent
 }
 
@@ -76,13 +77,27 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
 /// failed reported in `committed` frames as it is. What each frame means
 /// is [`TreePutState`]'s to say; this loop does the I/O it asks for.
 pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request: TreePut) -> Result<(), Error> {
-    let TreePut { path: base, force, meta } = request;
+    let TreePut { path: base, force, meta, backup } = request;
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
-    s.send(&TreeReady { meta }, &[]).await?;
-    let mut state = TreePutState::new(base, force, meta);
-    let mut sink = st.tree_sink();
+    if let Some(backup) = &backup {
+        if let Err(r) = super::files::backup_refusal::<St>(backup) {
+            return s.refuse(r).await;
+        }
+    }
+    let root = St::KEEPS_ATTRS && crate::services::attrs::is_root();
+    let ready = TreeReady {
+        meta,
+        backup: backup.is_some(),
+        owners: meta && root,
+        specials: meta && root,
+        xattrs: meta && St::KEEPS_ATTRS,
+        sparse: St::KEEPS_HOLES,
+    };
+    s.send(&ready, &[]).await?;
+    let mut state = TreePutState::new(base, force, meta).with_sparse(St::KEEPS_HOLES);
+    let mut sink = st.tree_sink(backup);
     let ended = put_frames(s, &mut state, &mut sink).await;
     if !matches!(ended, Ok(Ended::Done)) {
         // Cut, refused or failed: what was received and verified is put
@@ -199,11 +214,12 @@ async fn settle<K: TreeSink>(
 /// the storage opening them a bounded number ahead; what is sent is
 /// flushed whenever the next file is not ready yet.
 pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request: TreeGet) -> Result<(), Error> {
-    let TreeGet { path: base } = request;
+    let TreeGet { path: base, sparse } = request;
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
-    s.send(&TreeReady { meta: false }, &[]).await?;
+    let ready = TreeReady { meta: false, backup: false, owners: false, specials: false, xattrs: false, sparse: false };
+    s.send(&ready, &[]).await?;
     let mut state = TreeGetState::default();
     loop {
         let frame = match s.read::<TreeGetInput>().await {
@@ -223,7 +239,7 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
             }
             GetAction::Close(r) => return s.close_with(r).await,
         };
-        let fetched = st.fetch(&base, wants);
+        let fetched = st.fetch(&base, wants, sparse);
         tokio::pin!(fetched);
         loop {
             let item = match fetched.next().now_or_never() {
@@ -253,8 +269,8 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
 /// One file of a `tree_get`: its head, body and checksum, buffered (the
 /// caller flushes).
 async fn send_one(s: &mut S, i: u64, d: impl Download) -> Result<(), Error> {
-    let crate::proto::FileReply { len, size, offset, mtime, mode, mtime_ns } = d.head();
-    s.feed_head(&TreeFile { len, i, offset, size, mtime, mode, mtime_ns })?;
+    let crate::proto::FileReply { len, size, offset, mtime, mode, mtime_ns, holes } = d.head();
+    s.feed_head(&TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes })?;
     let hash = d.send(s, &format!("entry {i}")).await?;
     s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }

@@ -51,6 +51,9 @@ impl Storage for Bucket {
     type Upload = BucketUpload;
     type Sink = BucketSink;
     const KEEPS_MODES: bool = false;
+    const KEEPS_BACKUPS: bool = false;
+    const KEEPS_ATTRS: bool = false;
+    const KEEPS_HOLES: bool = false;
     const CUT_KEEPS: &'static str = "the parts stored, if any, are kept for a resume";
 
     async fn stat(&self, path: &str) -> Result<Entry, Fault> {
@@ -79,7 +82,8 @@ impl Storage for Bucket {
     }
 
     async fn open(&self, request: Get) -> Result<BucketFile, Fault> {
-        let Get { path, offset, prefix_blake3 } = request;
+        // An object has no holes: `sparse` changes nothing.
+        let Get { path, offset, prefix_blake3, .. } = request;
         let reading = self.read(&path, offset, prefix_blake3.as_deref()).await?;
         Ok(BucketFile { reading, bucket: self.clone() })
     }
@@ -121,6 +125,7 @@ impl Storage for Bucket {
         &self,
         base: &str,
         wants: VecDeque<(u64, Want)>,
+        _: bool,
     ) -> impl Stream<Item = (u64, Result<BucketFile, Fault>)> + Send {
         let (bucket, base) = (self.clone(), base.to_owned());
         futures_util::stream::iter(wants)
@@ -131,7 +136,7 @@ impl Storage for Bucket {
             .buffered(FETCHES_AT_ONCE)
     }
 
-    fn tree_sink(&self) -> BucketSink {
+    fn tree_sink(&self, _: Option<crate::proto::Backup>) -> BucketSink {
         BucketSink { bucket: self.clone(), index: TreeIndex::default(), storing: JoinSet::new(), done: Vec::new() }
     }
 
@@ -169,7 +174,7 @@ impl Download for BucketFile {
     fn head(&self) -> FileReply {
         let r = &self.reading;
         let (len, size, offset, mtime) = (r.size - r.start, r.size, r.start, r.mtime);
-        FileReply { len, size, offset, mtime, mode: FILE_MODE, mtime_ns: None }
+        FileReply { len, size, offset, mtime, mode: FILE_MODE, mtime_ns: None, holes: None }
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
@@ -212,6 +217,10 @@ impl Upload for BucketUpload {
             None => offset == 0,
             Some(upload) => matches!(upload.agree(offset).await, Ok(true)),
         })
+    }
+
+    fn holes(&mut self, holes: Option<Vec<[u64; 2]>>, _: u64) -> bool {
+        holes.is_none_or(|h| h.is_empty())
     }
 
     async fn abandon(self) {
@@ -258,7 +267,7 @@ impl Body for BucketBody {
         self,
         claimed: &str,
         _: (Option<u32>, Option<crate::services::files::Stamp>),
-        force: bool,
+        (force, _): (bool, Option<crate::proto::Backup>),
     ) -> Result<(), NotFinished> {
         let BucketBody { target, bucket, mtime, data } = self;
         match data {

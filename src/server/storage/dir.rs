@@ -20,14 +20,15 @@ use super::{
     blocking, join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got,
     Needed, NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload, WalkFlags,
 };
-use crate::proto::{Entry, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
+use crate::proto::{Backup, Entry, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
 use crate::server::context::HandlerError;
+use crate::services::attrs;
 use crate::services::files::{self, HashCache, Listing, Sandbox};
 use crate::services::root::FileId;
 use crate::services::{Fault, Refusal};
 use crate::session::{
-    Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, SendError, Sender, ServerSide, Session,
-    Unproven, UntilCut, SMALL_BODY,
+    Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, Replace, SendError, Sender, ServerSide,
+    Session, Unproven, UntilCut, SMALL_BODY,
 };
 use crate::wire::Error;
 
@@ -45,6 +46,9 @@ impl Storage for Dir<'_> {
     type Upload = DirUpload;
     type Sink = DirSink;
     const KEEPS_MODES: bool = true;
+    const KEEPS_BACKUPS: bool = true;
+    const KEEPS_ATTRS: bool = true;
+    const KEEPS_HOLES: bool = true;
     const CUT_KEEPS: &'static str = "the partial file is kept for a resume";
 
     async fn stat(&self, path: &str) -> Result<Entry, Fault> {
@@ -86,7 +90,7 @@ impl Storage for Dir<'_> {
     }
 
     async fn walk(&self, path: &str, flags: WalkFlags, tx: tokio::sync::mpsc::Sender<Part>) {
-        let WalkFlags { blake3, skips, meta } = flags;
+        let WalkFlags { blake3, skips, meta, wanted } = flags;
         let (sb, hashes, path) = (self.sb.clone(), self.hashes.clone(), path.to_owned());
         let walker = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::default();
@@ -109,7 +113,7 @@ impl Storage for Dir<'_> {
                 tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
             };
             let skip: Option<&mut files::Skip<'_>> = if skips { Some(&mut skip) } else { None };
-            let listing = if meta { Listing::Meta } else { Listing::Tree };
+            let listing = if meta { Listing::Meta(wanted) } else { Listing::Tree };
             let last = match sb.walk(&path, listing, &mut sink, skip) {
                 Ok(()) => Part::Entries(chunker.rest()),
                 Err(r) => Part::Refused(r),
@@ -123,6 +127,7 @@ impl Storage for Dir<'_> {
         &self,
         base: &str,
         wants: VecDeque<(u64, Want)>,
+        sparse: bool,
     ) -> impl Stream<Item = (u64, Result<DirFile, Fault>)> + Send {
         let (sb, hashes, base) = (self.sb.clone(), self.hashes.clone(), base.to_owned());
         // One group opened at a time (blocking), sent before the next.
@@ -133,7 +138,7 @@ impl Storage for Dir<'_> {
                     return None;
                 }
                 let ids: Vec<u64> = left.iter().map(|(i, _)| *i).collect();
-                let opened = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, &base, left)).await;
+                let opened = tokio::task::spawn_blocking(move || open_some(&sb, &hashes, (&base, sparse), left)).await;
                 // A task that failed (a panic): the files it had are refused.
                 let (ready, rest) = opened.unwrap_or_else(|e| {
                     let why = |_| Err(Fault::Internal { what: format!("opening files failed: {e}") });
@@ -148,13 +153,19 @@ impl Storage for Dir<'_> {
             .map(move |(i, planned)| (i, planned.map(|download| DirFile { download, hashes: hashes.clone() })))
     }
 
-    fn tree_sink(&self) -> DirSink {
+    fn tree_sink(&self, backup: Option<Backup>) -> DirSink {
         DirSink {
             sb: self.sb.clone(),
             hashes: self.hashes.clone(),
             batch: Batch::new(),
             in_batch: HashMap::new(),
-            into: Some(Landing { sb: self.sb.clone(), dirs: HashMap::new() }),
+            into: Some(Landing {
+                sb: self.sb.clone(),
+                dirs: HashMap::new(),
+                backup: backup.clone(),
+                names: attrs::Names::new(),
+            }),
+            backup,
         }
     }
 
@@ -163,7 +174,7 @@ impl Storage for Dir<'_> {
         let hashes = self.hashes.clone();
         blocking(move || {
             let (receiver, claim) = admit_upload(&sb, &path, size, force)?;
-            Ok(DirUpload { receiver, claim, path, hashes })
+            Ok(DirUpload { receiver, claim, path, hashes, sb })
         })
         .await
     }
@@ -230,6 +241,7 @@ pub(in crate::server) struct DirUpload {
     claim: files::Claim,
     path: String,
     hashes: Arc<HashCache>,
+    sb: Sandbox,
 }
 
 impl Upload for DirUpload {
@@ -247,6 +259,10 @@ impl Upload for DirUpload {
         Ok(self.receiver.agree(offset)?)
     }
 
+    fn holes(&mut self, holes: Option<Vec<[u64; 2]>>, size: u64) -> bool {
+        self.receiver.with_holes(holes, size).is_ok()
+    }
+
     async fn abandon(self) {
         if self.receiver.held() == 0 {
             self.receiver.discard();
@@ -254,9 +270,9 @@ impl Upload for DirUpload {
     }
 
     async fn receive(self, s: &mut S, cut: &CancellationToken) -> Result<DirBody, NotReceived> {
-        let DirUpload { receiver, claim, path, hashes } = self;
+        let DirUpload { receiver, claim, path, hashes, sb } = self;
         match receiver.receive(&mut UntilCut { src: s.reader(), cut }, &mut |_| {}).await {
-            Ok(received) => Ok(DirBody { received, _claim: claim, path, hashes }),
+            Ok(received) => Ok(DirBody { received, _claim: claim, path, hashes, sb }),
             Err(ReceiveError::Wire(e, _)) => Err(NotReceived::Cut(e)),
             Err(ReceiveError::Write(e, _)) => Err(NotReceived::Write(Fault::io(&path, e))),
         }
@@ -269,6 +285,7 @@ pub(in crate::server) struct DirBody {
     _claim: files::Claim,
     path: String,
     hashes: Arc<HashCache>,
+    sb: Sandbox,
 }
 
 impl Body for DirBody {
@@ -276,12 +293,14 @@ impl Body for DirBody {
         self,
         claimed: &str,
         meta: (Option<u32>, Option<files::Stamp>),
-        force: bool,
+        replacing: (bool, Option<Backup>),
     ) -> Result<(), NotFinished> {
         // The claim is held until the file is in place.
-        let DirBody { received, _claim, path, hashes } = self;
+        let DirBody { received, _claim, path, hashes, sb } = self;
         let received = received.verify(claimed).map_err(NotFinished::Mismatch)?;
-        blocking(move || commit_upload(received, &path, meta, force, &hashes)).await.map_err(NotFinished::Refused)
+        blocking(move || commit_upload(&sb, received, &path, meta, replacing, &hashes))
+            .await
+            .map_err(NotFinished::Refused)
     }
 
     /// Dropped, a received body's partial file stays where it is.
@@ -291,12 +310,16 @@ impl Body for DirBody {
 /// Moves a verified upload into place with the client's mode and mtime,
 /// and caches its hash: a later get of it need not hash it again.
 fn commit_upload(
+    sb: &Sandbox,
     received: Received,
     path: &str,
     (mode, mtime): (Option<u32>, Option<files::Stamp>),
-    force: bool,
+    (force, backup): (bool, Option<Backup>),
     hashes: &HashCache,
 ) -> Result<(), Fault> {
+    if let (true, Some(backup)) = (force, &backup) {
+        sb.keep(backup, path, received.at(), false)?;
+    }
     let hash = received.hash();
     let mode = files::received_mode(mode.unwrap_or(0o666));
     // Set before the rename, as `rsync -t` keeps it: never a whole file
@@ -380,7 +403,7 @@ pub(in crate::server) fn plan_download(
     ctx_hashes: &files::HashCache,
     request: Get,
 ) -> Result<Planned, Fault> {
-    let Get { path, offset, prefix_blake3 } = request;
+    let Get { path, offset, prefix_blake3, sparse } = request;
     let (file, meta) = sb.open(&path)?;
     match files::not_regular(&meta) {
         Some((std::io::ErrorKind::IsADirectory, _)) => return Err(Fault::IsADirectory { path }),
@@ -391,6 +414,9 @@ pub(in crate::server) fn plan_download(
     let size = meta.len();
     let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::Trust)
         .map_err(|e| Fault::io(&path, e))?;
+    if sparse {
+        sender.find_holes().map_err(|e| Fault::io(&path, e))?;
+    }
     let version = files::Version::of(&meta);
     let cached = ctx_hashes.get(version);
     if cached.is_some() {
@@ -403,6 +429,7 @@ pub(in crate::server) fn plan_download(
         mtime: files::mtime(&meta),
         mode: meta.permissions().mode() & 0o7777,
         mtime_ns: files::Stamp::of_meta(&meta).fraction_ns(),
+        holes: sender.holes(),
     };
     Ok(Planned { sender, check, version, head, cached })
 }
@@ -474,7 +501,7 @@ pub const OPEN_AHEAD: usize = 32;
 fn open_some(
     sb: &Sandbox,
     hashes: &HashCache,
-    base: &str,
+    (base, sparse): (&str, bool),
     mut wants: VecDeque<(u64, Want)>,
 ) -> (Vec<(u64, Result<Planned, Fault>)>, VecDeque<(u64, Want)>) {
     let mut ready = Vec::new();
@@ -484,7 +511,7 @@ fn open_some(
             ready.push((i, Err(r)));
             continue;
         }
-        let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3 };
+        let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3, sparse };
         match plan_download(sb, hashes, get) {
             Ok(mut d) => {
                 bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
@@ -515,6 +542,8 @@ pub(in crate::server) struct DirSink {
     in_batch: HashMap<u64, (String, u64, i64)>,
     /// Put back after each commit.
     into: Option<Landing>,
+    /// Where what the files replace is kept.
+    backup: Option<Backup>,
 }
 
 impl TreeSink for DirSink {
@@ -543,7 +572,7 @@ impl TreeSink for DirSink {
 
     async fn receive(&mut self, s: &mut S, i: u64, need: &Needed, offset: u64, len: u64) -> Result<Got, Error> {
         let mode = files::received_mode(need.mode);
-        if offset == 0 && need.size <= SMALL_BODY {
+        if offset == 0 && need.size <= SMALL_BODY && need.holes.is_none() {
             // Small and new: held in memory and hashed, written by the
             // batch's commit.
             let body = s.reader().read_body(len).await?;
@@ -554,7 +583,9 @@ impl TreeSink for DirSink {
             }
             self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime.wire_secs()));
             let meta = (mode, Some(need.mtime));
-            self.batch.push_body(i, need.path.clone(), body.to_vec(), hash, meta, need.replace);
+            let replace = self.replacing(need);
+            self.batch.push_body(i, need.path.clone(), body.to_vec(), hash, meta, replace);
+            self.batch.with_attrs(need.attrs.clone());
             return Ok(Got::Later { now: false });
         }
         // Large or resumed: through a receiver and its partial file.
@@ -578,6 +609,10 @@ impl TreeSink for DirSink {
             }
             return skip_file(s, Fault::OfferChanged { path: need.path.clone() }).await;
         }
+        // Checked by the state already (PROTOCOL.md §4.6.5).
+        if receiver.with_holes(need.holes.clone(), need.size).is_err() {
+            return skip_file(s, Fault::NotKept { path: need.path.clone(), why: "holes outside the file" }).await;
+        }
         let received = match receiver.receive(s.reader(), &mut |_| {}).await {
             Ok(received) => received,
             // A cut connection leaves the partial file for a resume.
@@ -590,7 +625,9 @@ impl TreeSink for DirSink {
             Ok(received) => {
                 self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime.wire_secs()));
                 let received = received.with_mtime(need.mtime);
-                self.batch.push_received(i, received, mode, need.replace, Some(Box::new(claim)));
+                let replace = self.replacing(need);
+                self.batch.push_received(i, received, mode, replace, Some(Box::new(claim)));
+                self.batch.with_attrs(need.attrs.clone());
                 // A large file is not kept waiting for a batch to fill.
                 Ok(Got::Later { now: need.size > SMALL_BODY })
             }
@@ -627,7 +664,9 @@ impl TreeSink for DirSink {
         let (outcomes, into) = match joined {
             Ok(done) => done,
             Err(e) => {
-                self.into = Some(Landing { sb: self.sb.clone(), dirs: HashMap::new() });
+                let backup = self.backup.clone();
+                let names = attrs::Names::new();
+                self.into = Some(Landing { sb: self.sb.clone(), dirs: HashMap::new(), backup, names });
                 let why = |_| Err(Fault::Internal { what: format!("commit task failed: {e}") });
                 return self.in_batch.drain().map(|(i, (path, ..))| (i, path, why(()))).collect();
             }
@@ -668,11 +707,11 @@ impl TreeSink for DirSink {
         force: bool,
         entries: Vec<(u64, String, ManifestEntry)>,
     ) -> Vec<(u64, String, Result<bool, Fault>)> {
-        let (sb, base) = (self.sb.clone(), base.to_owned());
+        let (sb, base, backup) = (self.sb.clone(), base.to_owned(), self.backup.clone());
         let ids: Vec<(u64, String)> = entries.iter().map(|(i, full, _)| (*i, full.clone())).collect();
         let applied = tokio::task::spawn_blocking(move || {
             let apply = |(i, full, e): (u64, String, ManifestEntry)| {
-                let outcome = apply_one(&sb, &base, &full, &e, force);
+                let outcome = apply_one(&sb, &base, &full, &e, (force, backup.as_ref()));
                 (i, full, outcome)
             };
             entries.into_iter().map(apply).collect()
@@ -687,21 +726,62 @@ impl TreeSink for DirSink {
 /// Applies one entry without data of a `meta` upload: a symlink, a hard
 /// link to another path of the upload, or a directory's attributes.
 /// Blocking.
-fn apply_one(sb: &Sandbox, base: &str, full: &str, e: &ManifestEntry, force: bool) -> Result<bool, Fault> {
+fn apply_one(
+    sb: &Sandbox,
+    base: &str,
+    full: &str,
+    e: &ManifestEntry,
+    (force, backup): (bool, Option<&Backup>),
+) -> Result<bool, Fault> {
     let at = files::Stamp::from_wire(e.mtime, e.mtime_ns);
-    let replace = force || e.replace;
+    let replace = (force || e.replace, backup);
+    let attrs = e.attrs.as_deref();
+    let how = received();
+    let mut names = attrs::Names::new();
     match (e.kind, &e.target, &e.link) {
-        (Kind::Symlink, Some(target), _) => sb.make_symlink(full, target, at, replace),
+        (Kind::Symlink, Some(target), _) => {
+            let made = sb.make_symlink(full, target, at, replace)?;
+            if let Some(attrs) = attrs.filter(|_| how.owners) {
+                let (dir, name) = sb.for_write(full)?;
+                attrs::apply_owner_at(&dir, &name, attrs, how, &mut names).map_err(|e| Fault::io(full, e))?;
+            }
+            Ok(made)
+        }
+        (Kind::Other, ..) => match attrs {
+            // A device node would open the server's disks to whoever can
+            // read the tree: only a download makes them (`--devices`).
+            Some(attrs) if attrs.special.is_some_and(crate::proto::Special::is_device) => {
+                Err(Fault::NotKept { path: full.to_owned(), why: "a server never makes device nodes" })
+            }
+            Some(attrs) => sb.make_special(full, (e.mode, at), (attrs, how), replace),
+            None => Err(Fault::NotKept { path: full.to_owned(), why: "a special file entry without what it is" }),
+        },
         (Kind::Symlink, None, _) => {
             Err(Fault::NotKept { path: full.to_owned(), why: "a symlink entry without a target" })
         }
         (Kind::File, _, Some(to)) => sb.make_hard_link(full, &join(base, to), replace),
-        (Kind::Dir, ..) => sb.set_dir_attrs(full, e.mode, at),
+        (Kind::Dir, ..) => sb.set_dir_attrs(full, e.mode, at, attrs.map(|a| (a, how))),
         _ => Err(Fault::NotKept { path: full.to_owned(), why: "special files are not kept" }),
     }
 }
 
+/// What this server does with the owners and extended attributes a
+/// client sends: owners only as root; extended attributes of the `user`
+/// namespace and POSIX ACLs, never others (`attrs::carried`).
+fn received() -> attrs::Applying {
+    attrs::Applying::here(attrs::Wanted { owners: true, numeric: false, xattrs: true, acls: true })
+}
+
 impl DirSink {
+    /// Whether `need` may replace what is there, keeping it first if
+    /// backups are kept.
+    fn replacing(&self, need: &Needed) -> Replace {
+        match (need.replace, &self.backup) {
+            (true, Some(_)) => Replace::Keeping(need.path.clone()),
+            (replace, _) => Replace::from(replace),
+        }
+    }
+
     /// Whether a regular file of `size` bytes and `mtime` is at `path` now.
     fn same_there(&self, path: &str, size: u64, mtime: i64) -> bool {
         self.sb
@@ -740,6 +820,8 @@ fn decide(
 struct Landing {
     sb: Sandbox,
     dirs: HashMap<String, (Arc<OwnedFd>, FileId)>,
+    backup: Option<Backup>,
+    names: attrs::Names,
 }
 
 impl Place for Landing {
@@ -760,8 +842,19 @@ impl Place for Landing {
                 (dir, id)
             }
         };
-        let name = OsString::from(name);
+        let name = crate::services::names::os(name).into_owned();
         let claim = self.sb.claim_in(id, &name, path)?;
         Ok((dir, name, Some(Box::new(claim))))
+    }
+
+    fn keep(&mut self, path: &str, at: (&OwnedFd, &std::ffi::OsStr)) -> Result<(), Fault> {
+        match &self.backup {
+            Some(backup) => self.sb.keep(backup, path, at, false).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    fn attrs(&mut self, file: &File, attrs: &crate::proto::Attrs) -> std::io::Result<()> {
+        attrs::apply(file, attrs, received(), &mut self.names)
     }
 }

@@ -26,7 +26,8 @@ use futures_util::Stream;
 use tokio::sync::mpsc::Sender;
 
 use crate::proto::{
-    Checksum, Entry, FileReply, Get, ListingSkip, ManifestEntry, TreePutInput, Want, TREE_PART_ENTRIES, TREE_PART_MAX,
+    Backup, Checksum, Entry, FileReply, Get, ListingSkip, ManifestEntry, TreePutInput, Want, TREE_PART_ENTRIES,
+    TREE_PART_MAX,
 };
 use crate::services::files::{Listing, Sandbox};
 use crate::services::{Fault, PathRule};
@@ -58,7 +59,7 @@ pub(in crate::server) fn join(base: &str, rel: &str) -> String {
 pub(in crate::server) fn plain(path: &str) -> Result<(), Fault> {
     let ok = !path.is_empty()
         && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-        && !path.contains('\0')
+        && crate::services::names::is_canonical(path)
         && !crate::services::root::is_partial_name(path.rsplit('/').next().unwrap_or("").as_bytes());
     if ok {
         Sandbox::relative(path).map(|_| ())
@@ -86,6 +87,14 @@ pub(in crate::server) trait Storage: Sync {
     const KEEPS_MODES: bool;
     /// What a cut upload leaves, as its log line says.
     const CUT_KEEPS: &'static str;
+    /// Whether it keeps backups of what uploads replace (`backup` in
+    /// `put` and `tree_put`); one that does not refuses them.
+    const KEEPS_BACKUPS: bool;
+    /// Whether it keeps owners, extended attributes and special files
+    /// (where it runs as root, for the first and last).
+    const KEEPS_ATTRS: bool;
+    /// Whether it takes bodies with holes and writes files sparse.
+    const KEEPS_HOLES: bool;
 
     fn stat(&self, path: &str) -> impl Future<Output = Result<Entry, Fault>> + Send;
 
@@ -127,10 +136,12 @@ pub(in crate::server) trait Storage: Sync {
         &self,
         base: &str,
         wants: VecDeque<(u64, Want)>,
+        sparse: bool,
     ) -> impl Stream<Item = (u64, Result<Self::Download, Fault>)> + Send;
 
-    /// Where a `tree_put`'s files are decided and go.
-    fn tree_sink(&self) -> Self::Sink;
+    /// Where a `tree_put`'s files are decided and go, keeping what they
+    /// replace as `backup` says.
+    fn tree_sink(&self, backup: Option<Backup>) -> Self::Sink;
 
     /// Admits an upload of `size` bytes to `path`: claims the path (a
     /// second upload of it waits or is refused until this one ends),
@@ -152,8 +163,10 @@ pub(in crate::server) struct WalkFlags {
     pub blake3: bool,
     /// Unreadable paths skipped and reported, not ending the walk.
     pub skips: bool,
-    /// Symlinks, exact times, hard links.
+    /// Symlinks, exact times, hard links, special files.
     pub meta: bool,
+    /// With `meta`: owners, extended attributes.
+    pub wanted: crate::services::attrs::Wanted,
 }
 
 /// What a tree's walk hands the `tree_list` sender, in order.
@@ -177,7 +190,8 @@ pub(in crate::server) struct Chunker {
 impl Chunker {
     /// Adds `e`; a frame's worth when one is full.
     pub(in crate::server) fn push(&mut self, e: Entry) -> Option<Vec<Entry>> {
-        self.bytes += e.name.len() as u64 + 160;
+        let link = e.target.as_ref().or(e.link.as_ref()).map_or(0, String::len);
+        self.bytes += (crate::proto::entry_weight(&e.name, e.attrs.as_deref()) + link) as u64;
         self.chunk.push(e);
         if self.chunk.len() >= TREE_PART_ENTRIES || self.bytes >= TREE_PART_MAX / 2 {
             self.bytes = 0;
@@ -214,6 +228,10 @@ pub(in crate::server) struct Needed {
     pub replace: bool,
     /// The offset offered (bytes held from an earlier attempt).
     pub offset: u64,
+    /// The owner and extended attributes to give it, as sent.
+    pub attrs: Option<Box<crate::proto::Attrs>>,
+    /// Holes its body leaves out (checked).
+    pub holes: Option<Vec<[u64; 2]>>,
 }
 
 /// A manifest entry decided: `None`, unchanged; else wanted, replacing
@@ -399,6 +417,11 @@ pub(in crate::server) trait Upload: Send + Sized {
     /// the connection.
     fn agree(&mut self, offset: u64) -> impl Future<Output = Result<bool, Error>> + Send;
 
+    /// The body (agreed already) leaves out `holes` (checked) of the file
+    /// of `size` bytes: whether this upload takes them (only a storage
+    /// that [`Storage::KEEPS_HOLES`]).
+    fn holes(&mut self, holes: Option<Vec<[u64; 2]>>, size: u64) -> bool;
+
     /// Given up before a body came: a new partial file is not left empty;
     /// held data stays for a resume.
     fn abandon(self) -> impl Future<Output = ()> + Send;
@@ -415,12 +438,13 @@ pub(in crate::server) trait Upload: Send + Sized {
 pub(in crate::server) trait Body: Send + Sized {
     /// Verifies it against the client's `claimed` BLAKE3 (hex), then puts
     /// it in place with `mtime` and (where kept) `mode`, never over a file
-    /// that appeared meanwhile without `force`.
+    /// that appeared meanwhile without `force`, and keeping what it
+    /// replaces as `backup` says.
     fn finish(
         self,
         claimed: &str,
         meta: (Option<u32>, Option<crate::services::files::Stamp>),
-        force: bool,
+        replacing: (bool, Option<Backup>),
     ) -> impl Future<Output = Result<(), NotFinished>> + Send;
 
     /// The client left before its checksum: what arrived is kept for a

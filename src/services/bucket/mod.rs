@@ -556,6 +556,10 @@ impl Bucket {
     /// and its last component (`None`: the root).
     fn key(&self, path: &str) -> Result<(Path, Option<String>), Fault> {
         let rel = Sandbox::relative(path)?;
+        // A key is UTF-8: a name that is not has no key.
+        if path.contains('\0') {
+            return Err(Fault::bad_path(path, PathRule::NotAKey("a name that is not UTF-8".to_owned())));
+        }
         let name = rel.name().map(str::to_owned);
         if name.as_deref().is_some_and(|n| is_partial_name(n.as_bytes()) || n == DIR_MARKER) {
             return Err(not_found(path));

@@ -1,0 +1,346 @@
+//! What `-r` keeps beside contents, times and permission bits, where both
+//! sides can (PROTOCOL.md §4.6.3.5): special files, owners and extended
+//! attributes. Read by the sender of a tree (the server's walk, the
+//! client's), applied by its receiver; one implementation for both sides.
+//!
+//! What is applied is bounded by policy, not by what a peer asks: owners
+//! only by a receiver running as root; extended attributes only in the
+//! `user` namespace and POSIX ACLs (`system.posix_acl_*`), never
+//! `security.*` (a file capability would grant privileges, as a setuid bit
+//! would, which is stripped too) nor `trusted.*`; special files only by a
+//! receiver running as root, devices only when asked (`--devices`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid};
+use rustix::io::Errno;
+
+use crate::proto::{Attrs, Special};
+
+/// What a sender reads into [`Attrs`], as the receiver asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// Owners (ids, and names unless `numeric`).
+    pub owners: bool,
+    /// Owners by id only (`--numeric-ids`).
+    pub numeric: bool,
+    /// Extended attributes of the `user` namespace (`-X`).
+    pub xattrs: bool,
+    /// POSIX ACLs, as their extended attributes (`-A`).
+    pub acls: bool,
+}
+
+/// The most bytes of one extended attribute's value carried (the size
+/// Linux allows on most file systems).
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+
+/// The most extended attributes of one file carried.
+pub const MAX_XATTRS: usize = 256;
+
+/// The most bytes of one file's extended attributes carried, names and
+/// values (past it, the rest are left out): what keeps an entry, hex and
+/// all, well within a frame.
+pub const MAX_XATTR_TOTAL: usize = 64 * 1024;
+
+/// Whether this process runs as root (owners and special files are then
+/// kept by what it receives).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Whether an extended attribute of this name is carried and applied, as
+/// `wanted` says: `user.*` with `xattrs`, `system.posix_acl_access` and
+/// `system.posix_acl_default` with `acls`; never another namespace.
+pub fn carried(name: &str, wanted: Wanted) -> bool {
+    (wanted.xattrs && name.starts_with("user.") && name.len() > 5)
+        || (wanted.acls && matches!(name, "system.posix_acl_access" | "system.posix_acl_default"))
+}
+
+/// What a special file is, from its `st_mode`.
+pub fn special_of(mode: u32) -> Option<Special> {
+    match FileType::from_raw_mode(mode as _) {
+        FileType::Fifo => Some(Special::Fifo),
+        FileType::Socket => Some(Special::Socket),
+        FileType::CharacterDevice => Some(Special::Char),
+        FileType::BlockDevice => Some(Special::Block),
+        _ => None,
+    }
+}
+
+/// Names of users and groups, looked up once each.
+#[derive(Debug, Default)]
+pub struct Names {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+    uids: HashMap<String, Option<u32>>,
+    gids: HashMap<String, Option<u32>>,
+}
+
+impl Names {
+    /// No name looked up yet.
+    pub fn new() -> Names {
+        Names::default()
+    }
+
+    fn user(&mut self, uid: u32) -> Option<String> {
+        let look = || nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name);
+        self.users.entry(uid).or_insert_with(look).clone()
+    }
+
+    fn group(&mut self, gid: u32) -> Option<String> {
+        let look = || nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name);
+        self.groups.entry(gid).or_insert_with(look).clone()
+    }
+
+    /// The local id of the owner `attrs` names: by name where it has one
+    /// known here (unless `numeric`), else its id (as rsync maps them).
+    fn owner(&mut self, attrs: &Attrs, numeric: bool) -> (Option<u32>, Option<u32>) {
+        let mut uid = attrs.uid;
+        let mut gid = attrs.gid;
+        if !numeric {
+            if let Some(name) = &attrs.user {
+                let look = || nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw());
+                uid = self.uids.entry(name.clone()).or_insert_with(look).or(uid);
+            }
+            if let Some(name) = &attrs.group {
+                let look = || nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw());
+                gid = self.gids.entry(name.clone()).or_insert_with(look).or(gid);
+            }
+        }
+        (uid, gid)
+    }
+}
+
+/// What a sender says of the thing `st` describes (the name `name` in
+/// `dir`, not followed), as `wanted`: what special file it is, its owner,
+/// its extended attributes. `None` when there is nothing to say. The
+/// extended attributes of a file or directory are read through a
+/// descriptor opened without following a link and without blocking
+/// (never those of a symlink or a special file: opening a device may act
+/// on it); an attribute that cannot be read is left out.
+pub fn read(
+    dir: &OwnedFd,
+    name: &OsStr,
+    st: &rustix::fs::Stat,
+    wanted: Wanted,
+    names: &mut Names,
+) -> Option<Box<Attrs>> {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let mode = st.st_mode as u32;
+    let mut attrs = Attrs { special: special_of(mode), ..Attrs::default() };
+    if attrs.special.is_some_and(Special::is_device) {
+        #[allow(clippy::useless_conversion)]
+        let rdev = st.st_rdev.into();
+        attrs.rdev = Some([rustix::fs::major(rdev), rustix::fs::minor(rdev)]);
+    }
+    if wanted.owners {
+        attrs.uid = Some(st.st_uid);
+        attrs.gid = Some(st.st_gid);
+        if !wanted.numeric {
+            attrs.user = names.user(st.st_uid);
+            attrs.group = names.group(st.st_gid);
+        }
+    }
+    let kind = FileType::from_raw_mode(mode as _);
+    if (wanted.xattrs || wanted.acls) && matches!(kind, FileType::RegularFile | FileType::Directory) {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        if let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            let xattrs = read_xattrs(&fd, wanted);
+            if !xattrs.is_empty() {
+                attrs.xattrs = Some(xattrs);
+            }
+        }
+    }
+    (attrs != Attrs::default()).then(|| Box::new(attrs))
+}
+
+/// The extended attributes of `fd` that `wanted` carries, values in hex.
+fn read_xattrs(fd: impl AsFd, wanted: Wanted) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut total = 0;
+    let mut names = Vec::with_capacity(64 * 1024);
+    if rustix::fs::flistxattr(&fd, rustix::buffer::spare_capacity(&mut names)).is_err() {
+        return out;
+    }
+    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(raw) else { continue };
+        if !carried(name, wanted) || out.len() >= MAX_XATTRS {
+            continue;
+        }
+        let mut value = Vec::with_capacity(MAX_XATTR_VALUE);
+        if rustix::fs::fgetxattr(&fd, name, rustix::buffer::spare_capacity(&mut value)).is_ok() {
+            total += name.len() + value.len();
+            if total > MAX_XATTR_TOTAL {
+                tracing::warn!("{name}: extended attributes past {MAX_XATTR_TOTAL} bytes are left out");
+                break;
+            }
+            out.insert(name.to_owned(), hex::encode(value));
+        }
+    }
+    out
+}
+
+/// What a receiver does with [`Attrs`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applying {
+    /// Owners are set (only a receiver running as root sets them).
+    pub owners: bool,
+    /// Owners by id only, names ignored (`--numeric-ids`).
+    pub numeric: bool,
+    /// Which extended attributes are set (see [`carried`]).
+    pub wanted: Wanted,
+}
+
+impl Applying {
+    /// What a receiver running as this process does with what `wanted`
+    /// asks for: owners only as root.
+    pub fn here(wanted: Wanted) -> Applying {
+        Applying { owners: wanted.owners && is_root(), numeric: wanted.numeric, wanted }
+    }
+}
+
+/// Gives the file or directory open as `fd` the owner and extended
+/// attributes `attrs` names, as `how` allows (the owner first: changing
+/// it clears setuid bits, which are not kept anyway). Extended attributes
+/// it should not set, or whose values are not hex, are left out.
+///
+/// # Errors
+///
+/// Those of `fchown(2)` and `fsetxattr(2)`.
+pub fn apply(fd: impl AsFd, attrs: &Attrs, how: Applying, names: &mut Names) -> io::Result<()> {
+    if how.owners {
+        let (uid, gid) = names.owner(attrs, how.numeric);
+        if uid.is_some() || gid.is_some() {
+            // SAFETY-free: ids from the wire, any value is a valid id.
+            let uid = uid.map(Uid::from_raw);
+            let gid = gid.map(Gid::from_raw);
+            rustix::fs::fchown(&fd, uid, gid)?;
+        }
+    }
+    if let Some(xattrs) = &attrs.xattrs {
+        let mut total = 0;
+        for (name, value) in xattrs.iter().take(MAX_XATTRS) {
+            total += name.len() + value.len() / 2;
+            if total > MAX_XATTR_TOTAL {
+                break;
+            }
+            if !carried(name, how.wanted) {
+                continue;
+            }
+            let Ok(value) = hex::decode(value) else { continue };
+            if value.len() > MAX_XATTR_VALUE {
+                continue;
+            }
+            match rustix::fs::fsetxattr(&fd, name.as_str(), &value, rustix::fs::XattrFlags::empty()) {
+                Ok(()) => {}
+                // A file system without them: the file is kept without
+                // (as rsync goes on), said in the log.
+                Err(Errno::OPNOTSUPP) => {
+                    tracing::warn!("{name}: this file system keeps no such extended attribute; left out");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives the symlink or special file `name` in `dir` (not followed) the
+/// owner `attrs` names, as `how` allows.
+///
+/// # Errors
+///
+/// Those of `fchownat(2)`.
+pub fn apply_owner_at(dir: &OwnedFd, name: &OsStr, attrs: &Attrs, how: Applying, names: &mut Names) -> io::Result<()> {
+    if !how.owners {
+        return Ok(());
+    }
+    let (uid, gid) = names.owner(attrs, how.numeric);
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    let flags = AtFlags::SYMLINK_NOFOLLOW;
+    Ok(rustix::fs::chownat(dir, name, uid.map(Uid::from_raw), gid.map(Gid::from_raw), flags)?)
+}
+
+/// Makes the special file `special` (a FIFO, a socket's name, a device
+/// with `rdev`) as `name` in `dir`, with the permission bits `mode`
+/// (masked by the umask). Only root makes them here: anyone else gets
+/// `PermissionDenied`.
+///
+/// # Errors
+///
+/// `PermissionDenied` unless root; those of `mknodat(2)`.
+pub fn make_special(dir: &OwnedFd, name: &str, special: Special, rdev: Option<[u32; 2]>, mode: u32) -> io::Result<()> {
+    if !is_root() {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "special files are kept only by root"));
+    }
+    let kind = match special {
+        Special::Fifo => FileType::Fifo,
+        Special::Socket => FileType::Socket,
+        Special::Char => FileType::CharacterDevice,
+        Special::Block => FileType::BlockDevice,
+    };
+    let dev = match (special.is_device(), rdev) {
+        (true, Some([major, minor])) => rustix::fs::makedev(major, minor),
+        (true, None) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "a device without its numbers")),
+        (false, _) => 0,
+    };
+    match rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode((mode & 0o777) as _), dev) {
+        Ok(()) => Ok(()),
+        Err(Errno::PERM) => Err(io::Error::new(io::ErrorKind::PermissionDenied, "mknod refused")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_user_attributes_and_acls_are_carried() {
+        let all = Wanted { xattrs: true, acls: true, ..Wanted::default() };
+        assert!(carried("user.note", all));
+        assert!(carried("system.posix_acl_access", all));
+        assert!(!carried("user.", all));
+        assert!(!carried("security.capability", all), "a file capability is never set");
+        assert!(!carried("trusted.x", all));
+        assert!(!carried("system.posix_acl_access", Wanted { xattrs: true, ..Wanted::default() }));
+        assert!(!carried("user.note", Wanted { acls: true, ..Wanted::default() }));
+    }
+
+    #[test]
+    fn a_file_s_user_attributes_are_read_and_set_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let dir: OwnedFd = std::fs::File::open(tmp.path()).unwrap().into();
+        let fa = std::fs::File::open(&a).unwrap();
+        if rustix::fs::fsetxattr(&fa, "user.note", b"\x00hi", rustix::fs::XattrFlags::empty()).is_err() {
+            eprintln!("no user xattrs on this file system: skipped");
+            return;
+        }
+        let st = rustix::fs::statat(&dir, "a", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        let wanted = Wanted { xattrs: true, owners: true, ..Wanted::default() };
+        let mut names = Names::new();
+        let attrs = read(&dir, OsStr::new("a"), &st, wanted, &mut names).unwrap();
+        assert_eq!(attrs.xattrs.as_ref().unwrap()["user.note"], "006869");
+        assert_eq!(attrs.uid, Some(st.st_uid));
+        let fb = std::fs::File::open(&b).unwrap();
+        apply(&fb, &attrs, Applying::here(wanted), &mut names).unwrap();
+        let mut value = Vec::with_capacity(64);
+        rustix::fs::fgetxattr(&fb, "user.note", rustix::buffer::spare_capacity(&mut value)).unwrap();
+        assert_eq!(value, b"\x00hi");
+        let mut hostile = (*attrs).clone();
+        hostile.xattrs = Some([("security.capability".to_owned(), "00".to_owned())].into_iter().collect());
+        apply(&fb, &hostile, Applying::here(wanted), &mut names).unwrap();
+        let mut value = Vec::with_capacity(64);
+        let got = rustix::fs::fgetxattr(&fb, "security.capability", rustix::buffer::spare_capacity(&mut value));
+        assert!(got.is_err(), "never set");
+    }
+}
