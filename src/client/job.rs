@@ -46,8 +46,13 @@ pub struct Job {
     /// The source's BLAKE3 (hex), when `checksum` asked the server for it.
     pub blake3: Option<String>,
     /// Its owner and extended attributes at the source, as the copy
-    /// keeps them (PROTOCOL.md §4.6.3.5).
+    /// keeps them (PROTOCOL.md §4.6.3.5); for an upload, the owner is in
+    /// [`Job::owner`] instead.
     pub attrs: Option<Box<crate::proto::Attrs>>,
+    /// Uploads: its owner's user and group ids at the source, named (or
+    /// not, `--numeric-ids`) only when a manifest that keeps owners is
+    /// sent: planning costs nothing for them.
+    pub owner: Option<(u32, u32)>,
     /// The directory `local` is reached beneath by descriptor: the source
     /// tree of an upload, the destination of a download. `None`: `local`
     /// is opened as the user named it (a single file).

@@ -21,6 +21,7 @@ use crate::proto::{
     Attrs, Checksum, CommitList, Manifest, ManifestEntry, TreeFile, TreeGet, TreeGetOutput, TreePut, TreePutOutput,
     TreeReady, Want, WantList, Wants, WantsEnd, TREE_PART_ENTRIES, TREE_PART_MAX,
 };
+use crate::services::attrs::Names;
 use crate::services::files::received_mode;
 use crate::services::root::partial_name;
 use crate::session::{
@@ -75,6 +76,7 @@ pub(super) async fn put(
 
     let writer = async {
         let mut rx = rx;
+        let mut names = Names::new();
         let mut plan = PutPlan::in_frames(share.len(), frames.len());
         loop {
             while let Ok(answer) = rx.try_recv() {
@@ -83,7 +85,9 @@ pub(super) async fn put(
             match plan.next_step() {
                 PutStep::Manifest { frame, end } => {
                     let jobs = frames.get(frame).map_or(&[][..], |r| &share[r.clone()]);
-                    let entries: Vec<ManifestEntry> = jobs.iter().map(|j| manifest_entry(j, ready)).collect();
+                    let numeric = how.applying.numeric;
+                    let entries: Vec<ManifestEntry> =
+                        jobs.iter().map(|j| manifest_entry(j, ready, (&mut names, numeric))).collect();
                     let body = json(&entries)?;
                     out.send(&Manifest { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
                     if let Some(end) = end {
@@ -153,8 +157,19 @@ pub(super) async fn put(
 }
 
 /// A job as a manifest entry, with what of its attributes the server
-/// keeps (`ready`).
-fn manifest_entry(j: &Job, ready: &TreeReady) -> ManifestEntry {
+/// keeps (`ready`): its owner named (through `names`) unless `numeric`.
+fn manifest_entry(j: &Job, ready: &TreeReady, (names, numeric): (&mut Names, bool)) -> ManifestEntry {
+    let attrs = match j.owner {
+        Some((uid, gid)) if ready.owners => {
+            let mut a = j.attrs.as_deref().cloned().unwrap_or_default();
+            (a.uid, a.gid) = (Some(uid), Some(gid));
+            if !numeric {
+                (a.user, a.group) = names.names(uid, gid);
+            }
+            Some(Box::new(a))
+        }
+        _ => j.attrs.clone(),
+    };
     ManifestEntry {
         path: normal(&j.remote),
         size: j.size,
@@ -163,7 +178,7 @@ fn manifest_entry(j: &Job, ready: &TreeReady) -> ManifestEntry {
         replace: j.replace,
         blake3: j.blake3.clone(),
         mtime_ns: j.mtime_ns,
-        attrs: fit_attrs(&j.attrs, ready),
+        attrs: fit_attrs(&attrs, ready),
         ..ManifestEntry::default()
     }
 }

@@ -961,6 +961,7 @@ pub async fn plan_get(
                 replace: false,
                 blake3: entry.blake3.clone(),
                 attrs: None,
+                owner: None,
                 base: None,
             });
             continue;
@@ -1062,6 +1063,7 @@ pub async fn plan_get(
                     replace: false,
                     blake3: e.blake3.clone(),
                     attrs: e.attrs.clone(),
+                    owner: None,
                     base: None,
                 }),
             }
@@ -1307,6 +1309,7 @@ pub async fn plan_put(
     let dest = dest.trim_end_matches('/');
     let mut plan = Plan::new(Direction::Put);
     (plan.wanted, plan.devices) = (attrs, devices);
+    plan.applying.numeric = attrs.numeric;
     // Backups keep their paths below the directory the copy lands in.
     let of = if into_dir { dest } else { dest.rsplit_once('/').map_or("", |(parent, _)| parent) };
     plan.backup_remote = backup.map(|b| b.remote(of));
@@ -1437,6 +1440,7 @@ async fn plan_one_put(
         replace: false,
         blake3: None,
         attrs: None,
+        owner: None,
         base: None,
     };
     Ok((job, held, same))
@@ -1516,7 +1520,12 @@ fn walk(
         if let Some(seen) = seen.as_mut() {
             seen.insert(child_rel.clone());
         }
-        let attrs = crate::services::attrs::read(&fd, &os_name, &st, plan.wanted, &mut plan.names);
+        // A file's owner is kept as ids until a manifest names it.
+        let wanted = match kind {
+            FileType::RegularFile => Wanted { owners: false, ..plan.wanted },
+            _ => plan.wanted,
+        };
+        let attrs = crate::services::attrs::read(&fd, &os_name, &st, wanted, &mut plan.names);
         if kind == FileType::Directory {
             #[allow(clippy::unnecessary_cast)] // the field types differ between targets
             let mode = st.st_mode as u32 & 0o7777;
@@ -1595,6 +1604,7 @@ fn walk(
                     blake3: None,
                     // Those of what a link (-L) leads to are not read.
                     attrs: if kind == FileType::Symlink { None } else { attrs },
+                    owner: (kind != FileType::Symlink && plan.wanted.owners).then_some((st.st_uid, st.st_gid)),
                     base: Some(base.clone()),
                 });
                 creates = true;
@@ -1754,7 +1764,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     // single `get` or `put` (the same checks, resume and commit, one round
     // trip less).
     // Owners and extended attributes travel in manifests only.
-    let streamed = options.streamed && (jobs.len() > 1 || jobs.iter().any(|j| j.attrs.is_some()));
+    let streamed = options.streamed && (jobs.len() > 1 || jobs.iter().any(|j| j.attrs.is_some() || j.owner.is_some()));
     if !jobs.is_empty() {
         for share in split(jobs, workers) {
             let (endpoint, totals, observer) = (endpoint.clone(), totals.clone(), observer.clone());

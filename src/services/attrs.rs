@@ -95,6 +95,12 @@ impl Names {
         self.groups.entry(gid).or_insert_with(look).clone()
     }
 
+    /// The names of the user `uid` and the group `gid`, where this side
+    /// has them.
+    pub fn names(&mut self, uid: u32, gid: u32) -> (Option<String>, Option<String>) {
+        (self.user(uid), self.group(gid))
+    }
+
     /// The local id of the owner `attrs` names: by name where it has one
     /// known here (unless `numeric`), else its id (as rsync maps them).
     fn owner(&mut self, attrs: &Attrs, numeric: bool) -> (Option<u32>, Option<u32>) {
@@ -102,12 +108,24 @@ impl Names {
         let mut gid = attrs.gid;
         if !numeric {
             if let Some(name) = &attrs.user {
-                let look = || nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw());
-                uid = self.uids.entry(name.clone()).or_insert_with(look).or(uid);
+                let found = match self.uids.get(name) {
+                    Some(id) => *id,
+                    None => {
+                        let id = nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw());
+                        *self.uids.entry(name.clone()).or_insert(id)
+                    }
+                };
+                uid = found.or(uid);
             }
             if let Some(name) = &attrs.group {
-                let look = || nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw());
-                gid = self.gids.entry(name.clone()).or_insert_with(look).or(gid);
+                let found = match self.gids.get(name) {
+                    Some(id) => *id,
+                    None => {
+                        let id = nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw());
+                        *self.gids.entry(name.clone()).or_insert(id)
+                    }
+                };
+                gid = found.or(gid);
             }
         }
         (uid, gid)
