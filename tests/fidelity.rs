@@ -93,11 +93,12 @@ fn torture(src: &Path) {
         eprintln!("not root: owners and special files are not in the tree");
     }
     // POSIX ACLs (-A): an access ACL on a file, a default one on a
-    // directory (set last: a special file made in it would inherit an ACL,
-    // and those of special files are not kept); `.ci/run` installs setfacl.
+    // directory and one on a FIFO; `.ci/run` installs setfacl.
     let acl = |args: &[&str], p: &Path| Command::new("setfacl").args(args).arg(p).status().is_ok_and(|s| s.success());
     if !(acl(&["-m", "u:nobody:r"], &src.join("-dash")) && acl(&["-d", "-m", "u:nobody:rx"], &src.join("d700"))) {
         eprintln!("no setfacl: the tree has no ACLs");
+    } else if src.join("d700/fifo").exists() {
+        assert!(acl(&["-m", "u:nobody:rw"], &src.join("d700/fifo")));
     }
     touch(&src.join("d700"), "2018-01-01 00:00:00.25");
 }

@@ -71,7 +71,7 @@ impl LocalBackup {
 
     /// Keeps what stands at the local `path` (the name `at.1` in the
     /// directory `at.0`) before a copy replaces it or (`moving`) a mirror
-    /// removes it ([`keep_at`]). The backup directory and its missing
+    /// removes it (`services::root::keep_at`). The backup directory and its missing
     /// directories are made as needed, none through a symlink. Returns
     /// whether anything was kept.
     ///

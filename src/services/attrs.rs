@@ -171,16 +171,57 @@ pub fn read(
                 attrs.xattrs = Some(xattrs);
             }
         }
+    } else if (wanted.xattrs || wanted.acls) && attrs.special.is_some() {
+        // Never opened: reached through /proc by an O_PATH descriptor.
+        if let Ok(fd) = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        {
+            let xattrs = read_xattrs_at(&proc_path(&fd), wanted);
+            if !xattrs.is_empty() {
+                attrs.xattrs = Some(xattrs);
+            }
+        }
     }
     (attrs != Attrs::default()).then(|| Box::new(attrs))
 }
 
+/// The path through `/proc` of what the `O_PATH` descriptor `fd` is open
+/// on: the inode itself (a special file, never opened), whatever is at
+/// its name now.
+fn proc_path(fd: &OwnedFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// [`read_xattrs`] of what `path` (a `/proc/self/fd` path) leads to.
+fn read_xattrs_at(path: &str, wanted: Wanted) -> BTreeMap<String, String> {
+    read_xattrs_with(
+        wanted,
+        &mut |buf| rustix::fs::listxattr(path, rustix::buffer::spare_capacity(buf)).map(drop),
+        &mut |name, buf| rustix::fs::getxattr(path, name, rustix::buffer::spare_capacity(buf)).map(drop),
+    )
+}
+
 /// The extended attributes of `fd` that `wanted` carries, values in hex.
 fn read_xattrs(fd: impl AsFd, wanted: Wanted) -> BTreeMap<String, String> {
+    read_xattrs_with(
+        wanted,
+        &mut |buf| rustix::fs::flistxattr(&fd, rustix::buffer::spare_capacity(buf)).map(drop),
+        &mut |name, buf| rustix::fs::fgetxattr(&fd, name, rustix::buffer::spare_capacity(buf)).map(drop),
+    )
+}
+
+/// The extended attributes `list` names and `get` reads that `wanted`
+/// carries, values in hex.
+#[allow(clippy::type_complexity)]
+fn read_xattrs_with(
+    wanted: Wanted,
+    list: &mut dyn FnMut(&mut Vec<u8>) -> rustix::io::Result<()>,
+    get: &mut dyn FnMut(&str, &mut Vec<u8>) -> rustix::io::Result<()>,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut total = 0;
     let mut names = Vec::with_capacity(64 * 1024);
-    if rustix::fs::flistxattr(&fd, rustix::buffer::spare_capacity(&mut names)).is_err() {
+    if list(&mut names).is_err() {
         return out;
     }
     for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
@@ -189,7 +230,7 @@ fn read_xattrs(fd: impl AsFd, wanted: Wanted) -> BTreeMap<String, String> {
             continue;
         }
         let mut value = Vec::with_capacity(MAX_XATTR_VALUE);
-        if rustix::fs::fgetxattr(&fd, name, rustix::buffer::spare_capacity(&mut value)).is_ok() {
+        if get(name, &mut value).is_ok() {
             total += name.len() + value.len();
             if total > MAX_XATTR_TOTAL {
                 tracing::warn!("{name}: extended attributes past {MAX_XATTR_TOTAL} bytes are left out");
@@ -208,7 +249,8 @@ pub struct Applying {
     pub owners: bool,
     /// Owners by id only, names ignored (`--numeric-ids`).
     pub numeric: bool,
-    /// Which extended attributes are set (see [`carried`]).
+    /// Which extended attributes are set (see `carried`: the `user`
+    /// namespace and POSIX ACLs only).
     pub wanted: Wanted,
 }
 
@@ -232,12 +274,22 @@ pub fn apply(fd: impl AsFd, attrs: &Attrs, how: Applying, names: &mut Names) -> 
     if how.owners {
         let (uid, gid) = names.owner(attrs, how.numeric);
         if uid.is_some() || gid.is_some() {
-            // SAFETY-free: ids from the wire, any value is a valid id.
+            // Any id from the wire is an id.
             let uid = uid.map(Uid::from_raw);
             let gid = gid.map(Gid::from_raw);
             rustix::fs::fchown(&fd, uid, gid)?;
         }
     }
+    set_xattrs(attrs, how, &mut |name, value| rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty()))
+}
+
+/// Sets the extended attributes `attrs` names, as `how` allows, through
+/// `set`.
+fn set_xattrs(
+    attrs: &Attrs,
+    how: Applying,
+    set: &mut dyn FnMut(&str, &[u8]) -> rustix::io::Result<()>,
+) -> io::Result<()> {
     if let Some(xattrs) = &attrs.xattrs {
         let mut total = 0;
         for (name, value) in xattrs.iter().take(MAX_XATTRS) {
@@ -252,7 +304,7 @@ pub fn apply(fd: impl AsFd, attrs: &Attrs, how: Applying, names: &mut Names) -> 
             if value.len() > MAX_XATTR_VALUE {
                 continue;
             }
-            match rustix::fs::fsetxattr(&fd, name.as_str(), &value, rustix::fs::XattrFlags::empty()) {
+            match set(name.as_str(), &value) {
                 Ok(()) => {}
                 // A file system without them: the file is kept without
                 // (as rsync goes on), said in the log.
@@ -265,6 +317,25 @@ pub fn apply(fd: impl AsFd, attrs: &Attrs, how: Applying, names: &mut Names) -> 
         }
     }
     Ok(())
+}
+
+/// Gives the special file `name` in `dir` (not followed, never opened:
+/// through `/proc` by an `O_PATH` descriptor) the extended attributes
+/// `attrs` names, as `how` allows.
+///
+/// # Errors
+///
+/// Those of `openat(2)` and `setxattr(2)`.
+pub fn apply_xattrs_at(dir: &OwnedFd, name: &OsStr, attrs: &Attrs, how: Applying) -> io::Result<()> {
+    if attrs.xattrs.is_none() {
+        return Ok(());
+    }
+    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode).is_symlink() {
+        return Ok(());
+    }
+    let path = proc_path(&fd);
+    set_xattrs(attrs, how, &mut |n, v| rustix::fs::setxattr(path.as_str(), n, v, rustix::fs::XattrFlags::empty()))
 }
 
 /// Gives the symlink or special file `name` in `dir` (not followed) the

@@ -1114,6 +1114,7 @@ pub fn special_at(
     super::attrs::make_special(dir, &temp, special, attrs.rdev, received_mode(mode))?;
     let finish = || -> io::Result<()> {
         super::attrs::apply_owner_at(dir, OsStr::new(&temp), attrs, how, &mut super::attrs::Names::new())?;
+        super::attrs::apply_xattrs_at(dir, OsStr::new(&temp), attrs, how)?;
         set_link_time(dir, temp.as_str(), at)
     };
     if let Err(e) = finish() {
