@@ -613,10 +613,61 @@ async fn trees_sync_both_ways_through_serve() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("old/keep.log") && !listed.contains("old/stale.txt"), "{listed}");
     assert!(listed.contains("sub/deep/c.bin"), "{listed}");
+    what_a_bucket_does_not_keep_is_named(&addr, local.path());
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
 
     a_tree_upload_reads_only_its_destination(&server).await;
+}
+
+/// Issue 30, point 12: a tree holding what a bucket root does not keep
+/// (README, "A bucket as the served root"). The files are stored and come
+/// back as they went, with their times to the second; each link and each
+/// name that is not UTF-8 fails, named (exit 1); a FIFO is skipped, named;
+/// a sparse file is stored whole and comes back equal; backups are
+/// refused before anything is sent.
+fn what_a_bucket_does_not_keep_is_named(addr: &str, local: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let tree = local.join("odd");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"kept").unwrap();
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    std::fs::write(tree.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"latin").unwrap();
+    let sparse = std::fs::File::create(tree.join("sub/sparse.img")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"data", 1 << 20).unwrap();
+    drop(sparse);
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        let fifo = rustix::fs::FileType::Fifo;
+        let mode = rustix::fs::Mode::from_raw_mode(0o644);
+        rustix::fs::mknodat(rustix::fs::CWD, tree.join("pipe"), fifo, mode, 0).unwrap();
+    }
+    let contents = format!("{}/", tree.display());
+    let out = common::framewire(&["put", "-r", addr, &contents, "odd"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("link") && err.contains("keeps no symlinks"), "{err}");
+    assert!(err.contains("bad\\xff") && err.contains("not UTF-8"), "{err}");
+    if root {
+        assert!(err.contains("pipe: a special file (kept only by a server running as root)"), "{err}");
+    }
+    let back = local.join("odd-back");
+    let out = common::framewire(&["get", "-r", addr, "odd/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(back.join("a.txt")).unwrap(), b"kept");
+    assert_eq!(
+        std::fs::read(back.join("sub/sparse.img")).unwrap(),
+        std::fs::read(tree.join("sub/sparse.img")).unwrap()
+    );
+    let secs = |p: &std::path::Path| {
+        std::fs::metadata(p).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    };
+    assert_eq!(secs(&back.join("a.txt")), secs(&tree.join("a.txt")), "the time, to the second");
+    assert!(!back.join("link").exists() && !back.join("pipe").exists());
+    let out = common::framewire(&["put", "-r", "-b", addr, &contents, "odd"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("keeps no backups"), "{err}");
 }
 
 /// A key as a URL path, as S3 signs it: every byte but the unreserved
