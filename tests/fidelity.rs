@@ -184,3 +184,29 @@ fn hostile_links_stay_data() {
     let out = framewire(&["get", &server.addr, "in/esc", local.path().join("got").to_str().unwrap()]);
     assert!(!out.status.success() && !local.path().join("got").exists(), "{out:?}");
 }
+
+/// With `-A` the receiver's ACLs become the source's: an ACL a new file
+/// inherits from the destination's default ACL, and the destination's own
+/// default ACL, are removed when the source has none (and a user xattr
+/// the source lacks, with `-X`), so `rsync -aHXA` lists nothing.
+#[test]
+fn what_the_source_lacks_is_removed_with_x_and_a() {
+    let server = Serve::start(&[]);
+    let dest = server.root.path().join("acl");
+    std::fs::create_dir_all(&dest).unwrap();
+    let set = |args: &[&str], p: &Path| Command::new("setfacl").args(args).arg(p).status().is_ok_and(|s| s.success());
+    if !set(&["-d", "-m", "u:nobody:rwx"], &dest) {
+        eprintln!("no setfacl: skipped");
+        return;
+    }
+    let stale = std::fs::File::open(&dest).unwrap();
+    rustix::fs::fsetxattr(&stale, "user.stale", b"x", rustix::fs::XattrFlags::empty()).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("f"), b"f").unwrap();
+    std::fs::write(src.join("d/g"), b"g").unwrap();
+    let out = framewire(&["put", "-r", "-X", "-A", "-q", &server.addr, &format!("{}/", src.display()), "acl"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(rsync_differences(&src, &dest), "", "inherited ACLs and the stale xattr removed");
+}

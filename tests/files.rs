@@ -1154,9 +1154,19 @@ async fn raw_tree_put(server: &TestServer, base: &str) -> (RawReader, RawWriter)
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreePut(proto::TreePut { path: base.into(), force: false, meta: false, backup: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::TreePut(proto::TreePut {
+            path: base.into(),
+            force: false,
+            meta: false,
+            backup: None,
+            xattrs: false,
+            acls: false,
+        }),
+        &[],
+    )
+    .await
+    .unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     assert!(matches!(m, Message::TreeReady(_)), "{m:?}");

@@ -406,9 +406,19 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
         serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap()
     }
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: false, backup: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::TreePut(proto::TreePut {
+            path: "t".into(),
+            force: false,
+            meta: false,
+            backup: None,
+            xattrs: false,
+            acls: false,
+        }),
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
     manifest(&mut w, &[entry("../out", 3), entry("a", 3), entry("a", 3)]).await;
     assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
@@ -451,9 +461,19 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
 
     for late_manifest in [false, true] {
         let (mut r, mut w) = raw(root.addr).await;
-        w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false, backup: None }), &[])
-            .await
-            .unwrap();
+        w.send(
+            &Message::TreePut(proto::TreePut {
+                path: "u".into(),
+                force: false,
+                meta: false,
+                backup: None,
+                xattrs: false,
+                acls: false,
+            }),
+            &[],
+        )
+        .await
+        .unwrap();
         assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
         manifest(&mut w, &[entry("b", 1)]).await;
         assert!(matches!(next(&mut r).await, Some(Message::Wants(_))));
@@ -946,9 +966,19 @@ async fn announce_until_refused(addr: &str, pid: u32) -> u64 {
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreePut(proto::TreePut { path: "up".into(), force: false, meta: false, backup: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::TreePut(proto::TreePut {
+            path: "up".into(),
+            force: false,
+            meta: false,
+            backup: None,
+            xattrs: false,
+            acls: false,
+        }),
+        &[],
+    )
+    .await
+    .unwrap();
     r.read_preface().await.unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(_))));
     let before = rss_of(pid);
@@ -1150,9 +1180,19 @@ async fn links_planted_in_a_download_destination_are_replaced_never_followed() {
 async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
     root.write("secret", b"s").await;
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::TreePut(proto::TreePut { path: "t".into(), force: false, meta: true, backup: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::TreePut(proto::TreePut {
+            path: "t".into(),
+            force: false,
+            meta: true,
+            backup: None,
+            xattrs: false,
+            acls: false,
+        }),
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: true, .. }))));
     let entries = serde_json::json!([
         {"path": "s", "size": 0, "mtime": 1, "mode": 0, "kind": "symlink", "target": "../../etc"},
@@ -1191,9 +1231,19 @@ async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
 
     // Without `meta`, a link entry is not understood: refused, by entry.
     let (mut r, mut w) = raw(root.addr).await;
-    w.send(&Message::TreePut(proto::TreePut { path: "u".into(), force: false, meta: false, backup: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::TreePut(proto::TreePut {
+            path: "u".into(),
+            force: false,
+            meta: false,
+            backup: None,
+            xattrs: false,
+            acls: false,
+        }),
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut r).await, Some(Message::TreeReady(proto::TreeReady { meta: false, .. }))));
     let body = serde_json::to_vec(
         &serde_json::json!([{"path": "l", "size": 0, "mtime": 1, "mode": 0, "kind": "symlink", "target": "x"}]),

@@ -52,7 +52,9 @@ pub(super) async fn put(
     let asked = backup.is_some();
     // `meta`: the server then says which attributes it keeps.
     let meta = share.iter().any(|j| j.attrs.is_some());
-    client.session.send(&TreePut { path: String::new(), force, meta, backup }, &[]).await?;
+    let w = how.applying.wanted;
+    let put = TreePut { path: String::new(), force, meta, backup, xattrs: w.xattrs, acls: w.acls };
+    client.session.send(&put, &[]).await?;
     let ready: TreeReady = client.answer().await?;
     if asked && !ready.backup {
         return Err(ClientError::NoBackups);
@@ -657,9 +659,11 @@ pub(super) async fn put_meta(
     client: &mut Client,
     entries: &[ManifestEntry],
     backup: Option<&crate::proto::Backup>,
+    covers: crate::services::attrs::Wanted,
 ) -> Result<Vec<Option<ClientError>>, ClientError> {
     let (asked, backup) = (backup.is_some(), backup.cloned());
-    client.session.send(&TreePut { path: String::new(), force: false, meta: true, backup }, &[]).await?;
+    let (xattrs, acls) = (covers.xattrs, covers.acls);
+    client.session.send(&TreePut { path: String::new(), force: false, meta: true, backup, xattrs, acls }, &[]).await?;
     let older = || ClientError::Remote {
         code: crate::proto::ErrorCode::UnknownType,
         message: "the server is older than links in trees (upgrade it to keep them)".into(),

@@ -1309,7 +1309,9 @@ pub async fn plan_put(
     let dest = dest.trim_end_matches('/');
     let mut plan = Plan::new(Direction::Put);
     (plan.wanted, plan.devices) = (attrs, devices);
+    // What the server is told the entries list in full.
     plan.applying.numeric = attrs.numeric;
+    plan.applying.wanted = attrs;
     // Backups keep their paths below the directory the copy lands in.
     let of = if into_dir { dest } else { dest.rsplit_once('/').map_or("", |(parent, _)| parent) };
     plan.backup_remote = backup.map(|b| b.remote(of));
@@ -1815,7 +1817,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         let failed = match direction {
             Direction::Put => {
                 let (failed, not_kept): (Vec<Failure>, Vec<Failure>) =
-                    apply_remotely(endpoint, &meta, backup_remote.as_ref())
+                    apply_remotely(endpoint, &meta, backup_remote.as_ref(), applying.wanted)
                         .await
                         .into_iter()
                         .partition(|f| !matches!(f.error, ClientError::NotKept(_)));
@@ -1836,10 +1838,15 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
 
 /// Makes the links and sets the directories' attributes of an upload on
 /// the server, over one connection.
-async fn apply_remotely(endpoint: &Endpoint, meta: &[Meta], backup: Option<&crate::proto::Backup>) -> Vec<Failure> {
+async fn apply_remotely(
+    endpoint: &Endpoint,
+    meta: &[Meta],
+    backup: Option<&crate::proto::Backup>,
+    covers: Wanted,
+) -> Vec<Failure> {
     let entries: Vec<crate::proto::ManifestEntry> = meta.iter().map(Meta::entry).collect();
     let applied = match endpoint.connect().await {
-        Ok(mut client) => super::stream::put_meta(&mut client, &entries, backup).await,
+        Ok(mut client) => super::stream::put_meta(&mut client, &entries, backup, covers).await,
         Err(e) => Err(e),
     };
     match applied {

@@ -532,6 +532,8 @@ messages! {
             force: true,
             meta: true,
             backup: Some(super::Backup { dir: Some("old".into()), of: "d".into(), suffix: String::new() }),
+            xattrs: true,
+            acls: false,
         };
     {
         /// The directory, relative to the root (created as needed).
@@ -548,6 +550,14 @@ messages! {
         /// in `tree_ready`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backup: Option<super::Backup>,
+        /// Entries' `attrs.xattrs` list every extended attribute of the
+        /// `user` namespace (`-X`): the receiver sets those and removes the
+        /// others of that namespace (PROTOCOL.md §4.6.3.5).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        xattrs: bool,
+        /// The same for POSIX ACLs (`-A`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        acls: bool,
     }
 
     /// Request: send the files the `wants` frames that follow name, below

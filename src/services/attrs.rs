@@ -166,19 +166,14 @@ pub fn read(
     if (wanted.xattrs || wanted.acls) && matches!(kind, FileType::RegularFile | FileType::Directory) {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         if let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) {
-            let xattrs = read_xattrs(&fd, wanted);
-            if !xattrs.is_empty() {
-                attrs.xattrs = Some(xattrs);
-            }
+            // All of them, none included: the receiver removes the others.
+            attrs.xattrs = Some(read_xattrs(&fd, wanted));
         }
     } else if (wanted.xattrs || wanted.acls) && attrs.special.is_some() {
         // Never opened: reached through /proc by an O_PATH descriptor.
         if let Ok(fd) = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
         {
-            let xattrs = read_xattrs_at(&proc_path(&fd), wanted);
-            if !xattrs.is_empty() {
-                attrs.xattrs = Some(xattrs);
-            }
+            attrs.xattrs = Some(read_xattrs_at(&proc_path(&fd), wanted));
         }
     }
     (attrs != Attrs::default()).then(|| Box::new(attrs))
@@ -280,17 +275,43 @@ pub fn apply(fd: impl AsFd, attrs: &Attrs, how: Applying, names: &mut Names) -> 
             rustix::fs::fchown(&fd, uid, gid)?;
         }
     }
-    set_xattrs(attrs, how, &mut |name, value| rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty()))
+    set_xattrs(
+        attrs,
+        how,
+        &mut XattrOps {
+            list: &mut |buf| rustix::fs::flistxattr(&fd, rustix::buffer::spare_capacity(buf)).map(drop),
+            remove: &mut |name| rustix::fs::fremovexattr(&fd, name),
+            set: &mut |name, value| rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty()),
+        },
+    )
+}
+
+/// How extended attributes are listed, removed and set on one file.
+struct XattrOps<'a> {
+    list: &'a mut dyn FnMut(&mut Vec<u8>) -> rustix::io::Result<()>,
+    remove: &'a mut dyn FnMut(&str) -> rustix::io::Result<()>,
+    set: &'a mut dyn FnMut(&str, &[u8]) -> rustix::io::Result<()>,
 }
 
 /// Sets the extended attributes `attrs` names, as `how` allows, through
 /// `set`.
-fn set_xattrs(
-    attrs: &Attrs,
-    how: Applying,
-    set: &mut dyn FnMut(&str, &[u8]) -> rustix::io::Result<()>,
-) -> io::Result<()> {
+fn set_xattrs(attrs: &Attrs, how: Applying, ops: &mut XattrOps<'_>) -> io::Result<()> {
     if let Some(xattrs) = &attrs.xattrs {
+        // The list is all the sender has in the namespaces it covers:
+        // what else the file has there goes (an ACL inherited from the
+        // directory, one removed at the source).
+        let mut names = Vec::with_capacity(64 * 1024);
+        if (ops.list)(&mut names).is_ok() {
+            for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                let Ok(name) = std::str::from_utf8(raw) else { continue };
+                if carried(name, how.wanted) && !xattrs.contains_key(name) {
+                    match (ops.remove)(name) {
+                        Ok(()) | Err(Errno::NODATA) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
         let mut total = 0;
         for (name, value) in xattrs.iter().take(MAX_XATTRS) {
             total += name.len() + value.len() / 2;
@@ -304,7 +325,7 @@ fn set_xattrs(
             if value.len() > MAX_XATTR_VALUE {
                 continue;
             }
-            match set(name.as_str(), &value) {
+            match (ops.set)(name.as_str(), &value) {
                 Ok(()) => {}
                 // A file system without them: the file is kept without
                 // (as rsync goes on), said in the log.
@@ -335,7 +356,16 @@ pub fn apply_xattrs_at(dir: &OwnedFd, name: &OsStr, attrs: &Attrs, how: Applying
         return Ok(());
     }
     let path = proc_path(&fd);
-    set_xattrs(attrs, how, &mut |n, v| rustix::fs::setxattr(path.as_str(), n, v, rustix::fs::XattrFlags::empty()))
+    let path = path.as_str();
+    set_xattrs(
+        attrs,
+        how,
+        &mut XattrOps {
+            list: &mut |buf| rustix::fs::listxattr(path, rustix::buffer::spare_capacity(buf)).map(drop),
+            remove: &mut |name| rustix::fs::removexattr(path, name),
+            set: &mut |n, v| rustix::fs::setxattr(path, n, v, rustix::fs::XattrFlags::empty()),
+        },
+    )
 }
 
 /// Gives the symlink or special file `name` in `dir` (not followed) the

@@ -77,7 +77,9 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
 /// failed reported in `committed` frames as it is. What each frame means
 /// is [`TreePutState`]'s to say; this loop does the I/O it asks for.
 pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request: TreePut) -> Result<(), Error> {
-    let TreePut { path: base, force, meta, backup } = request;
+    let TreePut { path: base, force, meta, backup, xattrs, acls } = request;
+    // The namespaces whose extended attributes entries list in full.
+    let covers = crate::services::attrs::Wanted { owners: true, numeric: false, xattrs, acls };
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
@@ -97,7 +99,7 @@ pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request
     };
     s.send(&ready, &[]).await?;
     let mut state = TreePutState::new(base, force, meta).with_sparse(St::KEEPS_HOLES);
-    let mut sink = st.tree_sink(backup);
+    let mut sink = st.tree_sink(backup, covers);
     let ended = put_frames(s, &mut state, &mut sink).await;
     if !matches!(ended, Ok(Ended::Done)) {
         // Cut, refused or failed: what was received and verified is put

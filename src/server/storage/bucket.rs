@@ -136,7 +136,7 @@ impl Storage for Bucket {
             .buffered(FETCHES_AT_ONCE)
     }
 
-    fn tree_sink(&self, _: Option<crate::proto::Backup>) -> BucketSink {
+    fn tree_sink(&self, _: Option<crate::proto::Backup>, _: crate::services::attrs::Wanted) -> BucketSink {
         BucketSink { bucket: self.clone(), index: TreeIndex::default(), storing: JoinSet::new(), done: Vec::new() }
     }
 

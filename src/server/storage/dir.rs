@@ -153,7 +153,8 @@ impl Storage for Dir<'_> {
             .map(move |(i, planned)| (i, planned.map(|download| DirFile { download, hashes: hashes.clone() })))
     }
 
-    fn tree_sink(&self, backup: Option<Backup>) -> DirSink {
+    fn tree_sink(&self, backup: Option<Backup>, covers: attrs::Wanted) -> DirSink {
+        let how = attrs::Applying::here(covers);
         DirSink {
             sb: self.sb.clone(),
             hashes: self.hashes.clone(),
@@ -164,8 +165,10 @@ impl Storage for Dir<'_> {
                 dirs: HashMap::new(),
                 backup: backup.clone(),
                 names: attrs::Names::new(),
+                how,
             }),
             backup,
+            how,
         }
     }
 
@@ -544,6 +547,8 @@ pub(in crate::server) struct DirSink {
     into: Option<Landing>,
     /// Where what the files replace is kept.
     backup: Option<Backup>,
+    /// What is done with the owners and extended attributes entries name.
+    how: attrs::Applying,
 }
 
 impl TreeSink for DirSink {
@@ -665,8 +670,8 @@ impl TreeSink for DirSink {
             Ok(done) => done,
             Err(e) => {
                 let backup = self.backup.clone();
-                let names = attrs::Names::new();
-                self.into = Some(Landing { sb: self.sb.clone(), dirs: HashMap::new(), backup, names });
+                let (names, how) = (attrs::Names::new(), self.how);
+                self.into = Some(Landing { sb: self.sb.clone(), dirs: HashMap::new(), backup, names, how });
                 let why = |_| Err(Fault::Internal { what: format!("commit task failed: {e}") });
                 return self.in_batch.drain().map(|(i, (path, ..))| (i, path, why(()))).collect();
             }
@@ -707,11 +712,11 @@ impl TreeSink for DirSink {
         force: bool,
         entries: Vec<(u64, String, ManifestEntry)>,
     ) -> Vec<(u64, String, Result<bool, Fault>)> {
-        let (sb, base, backup) = (self.sb.clone(), base.to_owned(), self.backup.clone());
+        let (sb, base, backup, how) = (self.sb.clone(), base.to_owned(), self.backup.clone(), self.how);
         let ids: Vec<(u64, String)> = entries.iter().map(|(i, full, _)| (*i, full.clone())).collect();
         let applied = tokio::task::spawn_blocking(move || {
             let apply = |(i, full, e): (u64, String, ManifestEntry)| {
-                let outcome = apply_one(&sb, &base, &full, &e, (force, backup.as_ref()));
+                let outcome = apply_one(&sb, &base, &full, &e, (force, backup.as_ref()), how);
                 (i, full, outcome)
             };
             entries.into_iter().map(apply).collect()
@@ -732,11 +737,11 @@ fn apply_one(
     full: &str,
     e: &ManifestEntry,
     (force, backup): (bool, Option<&Backup>),
+    how: attrs::Applying,
 ) -> Result<bool, Fault> {
     let at = files::Stamp::from_wire(e.mtime, e.mtime_ns);
     let replace = (force || e.replace, backup);
     let attrs = e.attrs.as_deref();
-    let how = received();
     let mut names = attrs::Names::new();
     match (e.kind, &e.target, &e.link) {
         (Kind::Symlink, Some(target), _) => {
@@ -763,13 +768,6 @@ fn apply_one(
         (Kind::Dir, ..) => sb.set_dir_attrs(full, e.mode, at, attrs.map(|a| (a, how))),
         _ => Err(Fault::NotKept { path: full.to_owned(), why: "special files are not kept" }),
     }
-}
-
-/// What this server does with the owners and extended attributes a
-/// client sends: owners only as root; extended attributes of the `user`
-/// namespace and POSIX ACLs, never others (`attrs::carried`).
-fn received() -> attrs::Applying {
-    attrs::Applying::here(attrs::Wanted { owners: true, numeric: false, xattrs: true, acls: true })
 }
 
 impl DirSink {
@@ -822,6 +820,7 @@ struct Landing {
     dirs: HashMap<String, (Arc<OwnedFd>, FileId)>,
     backup: Option<Backup>,
     names: attrs::Names,
+    how: attrs::Applying,
 }
 
 impl Place for Landing {
@@ -855,6 +854,6 @@ impl Place for Landing {
     }
 
     fn attrs(&mut self, file: &File, attrs: &crate::proto::Attrs) -> std::io::Result<()> {
-        attrs::apply(file, attrs, received(), &mut self.names)
+        attrs::apply(file, attrs, self.how, &mut self.names)
     }
 }

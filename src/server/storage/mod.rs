@@ -141,7 +141,7 @@ pub(in crate::server) trait Storage: Sync {
 
     /// Where a `tree_put`'s files are decided and go, keeping what they
     /// replace as `backup` says.
-    fn tree_sink(&self, backup: Option<Backup>) -> Self::Sink;
+    fn tree_sink(&self, backup: Option<Backup>, covers: crate::services::attrs::Wanted) -> Self::Sink;
 
     /// Admits an upload of `size` bytes to `path`: claims the path (a
     /// second upload of it waits or is refused until this one ends),
