@@ -166,14 +166,15 @@ pub fn read(
     if (wanted.xattrs || wanted.acls) && matches!(kind, FileType::RegularFile | FileType::Directory) {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         if let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) {
-            // All of them, none included: the receiver removes the others.
-            attrs.xattrs = Some(read_xattrs(&fd, wanted));
+            // All of them, none included: the receiver removes the others
+            // (unless they could not be read: then it leaves its own).
+            attrs.xattrs = read_xattrs(&fd, wanted);
         }
     } else if (wanted.xattrs || wanted.acls) && attrs.special.is_some() {
         // Never opened: reached through /proc by an O_PATH descriptor.
         if let Ok(fd) = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
         {
-            attrs.xattrs = Some(read_xattrs_at(&proc_path(&fd), wanted));
+            attrs.xattrs = read_xattrs_at(&proc_path(&fd), wanted);
         }
     }
     (attrs != Attrs::default()).then(|| Box::new(attrs))
@@ -188,7 +189,7 @@ fn proc_path(fd: &OwnedFd) -> String {
 }
 
 /// [`read_xattrs`] of what `path` (a `/proc/self/fd` path) leads to.
-fn read_xattrs_at(path: &str, wanted: Wanted) -> BTreeMap<String, String> {
+fn read_xattrs_at(path: &str, wanted: Wanted) -> Option<BTreeMap<String, String>> {
     read_xattrs_with(
         wanted,
         &mut |buf| rustix::fs::listxattr(path, rustix::buffer::spare_capacity(buf)).map(drop),
@@ -196,8 +197,10 @@ fn read_xattrs_at(path: &str, wanted: Wanted) -> BTreeMap<String, String> {
     )
 }
 
-/// The extended attributes of `fd` that `wanted` carries, values in hex.
-fn read_xattrs(fd: impl AsFd, wanted: Wanted) -> BTreeMap<String, String> {
+/// The extended attributes of `fd` that `wanted` carries, values in hex;
+/// `None` if they cannot be listed (none at all on a file system without
+/// them).
+fn read_xattrs(fd: impl AsFd, wanted: Wanted) -> Option<BTreeMap<String, String>> {
     read_xattrs_with(
         wanted,
         &mut |buf| rustix::fs::flistxattr(&fd, rustix::buffer::spare_capacity(buf)).map(drop),
@@ -212,12 +215,14 @@ fn read_xattrs_with(
     wanted: Wanted,
     list: &mut dyn FnMut(&mut Vec<u8>) -> rustix::io::Result<()>,
     get: &mut dyn FnMut(&str, &mut Vec<u8>) -> rustix::io::Result<()>,
-) -> BTreeMap<String, String> {
+) -> Option<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let mut total = 0;
     let mut names = Vec::with_capacity(64 * 1024);
-    if list(&mut names).is_err() {
-        return out;
+    match list(&mut names) {
+        Ok(()) => {}
+        Err(Errno::OPNOTSUPP) => return Some(out),
+        Err(_) => return None,
     }
     for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let Ok(name) = std::str::from_utf8(raw) else { continue };
@@ -234,7 +239,7 @@ fn read_xattrs_with(
             out.insert(name.to_owned(), hex::encode(value));
         }
     }
-    out
+    Some(out)
 }
 
 /// What a receiver does with [`Attrs`].
