@@ -364,12 +364,8 @@ impl GetState {
             TreeGetOutput::TreeFile(head) => {
                 self.arrive(head.i, "a file index within the wants, each once")?;
                 // Holes the body leaves out (PROTOCOL.md §4.6.5), checked.
-                let left_out = match head.holes.as_deref().filter(|h| !h.is_empty()) {
-                    None => Some(0),
-                    Some(h) => crate::session::sparse::check(h, head.offset, head.size).ok(),
-                };
-                let covered = left_out.and_then(|t| head.offset.checked_add(head.len)?.checked_add(t));
-                if covered != Some(head.size) {
+                let covered = crate::session::sparse::covers(head.holes.as_deref(), (head.offset, head.len), head.size);
+                if covered != Ok(true) {
                     let got = format!("{}+{} of {}", head.offset, head.len, head.size);
                     return Err(unexpected("a tree_file whose body is the rest of the file", got));
                 }

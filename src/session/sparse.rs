@@ -92,6 +92,22 @@ pub fn check(holes: &[[u64; 2]], from: u64, size: u64) -> Result<u64, &'static s
     Ok(total)
 }
 
+/// Whether a body of `len` bytes from `offset` that leaves out `holes`
+/// (checked as [`check`] does; none, or an empty list, is no hole) is
+/// exactly the rest of a file of `size` bytes: what every receiver of a
+/// head checks before any byte.
+///
+/// # Errors
+///
+/// Holes that are not well formed ([`check`]).
+pub fn covers(holes: Option<&[[u64; 2]]>, (offset, len): (u64, u64), size: u64) -> Result<bool, &'static str> {
+    let left_out = match holes {
+        Some(h) if !h.is_empty() => check(h, offset, size)?,
+        _ => 0,
+    };
+    Ok(offset.checked_add(len).and_then(|n| n.checked_add(left_out)) == Some(size))
+}
+
 /// Feeds `hasher` `len` zeros.
 fn hash_zeros(hasher: &mut blake3::Hasher, mut len: u64) {
     while len > 0 {

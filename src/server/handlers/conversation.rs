@@ -255,19 +255,15 @@ impl TreePutState {
                     )));
                 };
                 let holes = head.holes.filter(|h| !h.is_empty());
-                let left_out = match (&holes, self.sparse) {
-                    (None, _) => 0,
-                    (Some(_), false) => {
-                        return PutAction::Close(broken(format!("tree_file {i} with holes, not taken")))
-                    }
-                    (Some(h), true) => match crate::session::sparse::check(h, offset, need.size) {
-                        Ok(total) => total,
-                        Err(why) => return PutAction::Close(broken(format!("tree_file {i}: {why}"))),
-                    },
+                if holes.is_some() && !self.sparse {
+                    return PutAction::Close(broken(format!("tree_file {i} with holes, not taken")));
+                }
+                let covered = match crate::session::sparse::covers(holes.as_deref(), (offset, len), need.size) {
+                    Ok(covered) => covered,
+                    Err(why) => return PutAction::Close(broken(format!("tree_file {i}: {why}"))),
                 };
                 need.holes = holes;
-                let covered = offset.checked_add(len).and_then(|n| n.checked_add(left_out));
-                if covered != Some(need.size) || (offset != 0 && offset != need.offset) {
+                if !covered || (offset != 0 && offset != need.offset) {
                     let msg = format!(
                         "tree_file {i} covers bytes {offset}..{} of a {}-byte file, {} held",
                         offset.saturating_add(len),

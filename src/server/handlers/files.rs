@@ -123,13 +123,9 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     let agreed = match &data {
         Ok(Some(d)) => {
             // Holes left out (PROTOCOL.md §4.6.5), only where offered.
-            let left_out = match &d.holes {
-                None => Some(0),
-                Some(h) if St::KEEPS_HOLES => crate::session::sparse::check(h, d.offset, size).ok(),
-                Some(_) => None,
-            };
-            let covered = left_out.and_then(|t| d.offset.checked_add(d.len)?.checked_add(t));
-            covered == Some(size) && upload.agree(d.offset).await? && upload.holes(d.holes.clone(), size)
+            let taken = St::KEEPS_HOLES || d.holes.is_none();
+            let covered = crate::session::sparse::covers(d.holes.as_deref(), (d.offset, d.len), size) == Ok(true);
+            taken && covered && upload.agree(d.offset).await? && upload.holes(d.holes.clone(), size)
         }
         _ => false,
     };
