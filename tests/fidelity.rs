@@ -210,3 +210,75 @@ fn what_the_source_lacks_is_removed_with_x_and_a() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(rsync_differences(&src, &dest), "", "inherited ACLs and the stale xattr removed");
 }
+
+/// A file whose contents are unchanged but whose permission bits, owner
+/// or extended attributes changed at the source gets the source's, both
+/// ways, without being sent again: itemized as rsync does (`.f...p.....`),
+/// and `rsync -aHX` sees nothing left; a directory's likewise.
+#[test]
+fn attributes_of_unchanged_files_follow_the_source() {
+    use std::os::unix::fs::PermissionsExt;
+    let set_mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let set_xattr = |p: &Path, v: &[u8]| {
+        let f = std::fs::File::open(p).unwrap();
+        rustix::fs::fsetxattr(&f, "user.x", v, rustix::fs::XattrFlags::empty()).unwrap();
+    };
+    let server = Serve::start(&[]);
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("f"), b"f").unwrap();
+    std::fs::write(src.join("d/g"), b"g").unwrap();
+    set_mode(&src.join("f"), 0o644);
+    set_xattr(&src.join("f"), b"1");
+    let contents = format!("{}/", src.display());
+    let put = |extra: &[&str]| framewire(&[&["put", "-r", "-X", a, &contents, "t"], extra].concat());
+    assert!(put(&["-q"]).status.success());
+    let on_server = server.root.path().join("t");
+    assert_eq!(rsync_differences(&src, &on_server), "");
+
+    // Upload: bits, an attribute's value, a directory's bits, an owner.
+    set_mode(&src.join("f"), 0o600);
+    set_xattr(&src.join("f"), b"2");
+    set_mode(&src.join("d"), 0o700);
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        rustix::fs::chown(src.join("d/g"), Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+    }
+    let mut expected = String::from(".d...p..... t/d/\n.f...p....x t/f\n");
+    if root {
+        expected.push_str(".f....o.... t/d/g\n");
+    }
+    let sorted = |s: &[u8]| {
+        let mut lines: Vec<&str> = std::str::from_utf8(s).unwrap().lines().collect();
+        lines.sort_unstable();
+        lines.join("\n") + "\n"
+    };
+    let out = put(&["-n", "--itemize-changes"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sorted(&out.stdout), sorted(expected.as_bytes()), "the dry run");
+    let before = std::fs::metadata(on_server.join("f")).unwrap();
+    let out = put(&["--itemize-changes"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sorted(&out.stdout), sorted(expected.as_bytes()), "the run");
+    assert!(text(&out.stderr).contains("unchanged"), "nothing sent: {out:?}");
+    let after = std::fs::metadata(on_server.join("f")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&before), std::os::unix::fs::MetadataExt::ino(&after), "set in place");
+    assert_eq!(rsync_differences(&src, &on_server), "", "the server's copy");
+    let out = put(&["-n", "--itemize-changes"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "nothing left: {out:?}");
+
+    // Download: the server's file changes its bits and attribute.
+    let back = local.path().join("back");
+    let get = |extra: &[&str]| framewire(&[&["get", "-r", "-X", a, "t/", back.to_str().unwrap()], extra].concat());
+    assert!(get(&["-q"]).status.success());
+    set_mode(&on_server.join("f"), 0o640);
+    set_xattr(&on_server.join("f"), b"3");
+    let out = get(&["--itemize-changes"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), format!(".f...p....x {}/f\n", back.display()), "{out:?}");
+    assert_eq!(rsync_differences(&on_server, &back), "", "the copy back");
+    let out = get(&["-n", "--itemize-changes"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "nothing left: {out:?}");
+}

@@ -299,7 +299,7 @@ async fn a_listing_cannot_lead_outside() {
             .unwrap();
             let head = proto::Listing { len: body.len() as u64, count: 2 };
             w.send(&Message::Listing(head), &body).await.unwrap();
-            let _ = w.send(&Message::ListingEnd(proto::ListingEnd { count: 2 }), &[]).await;
+            let _ = w.send(&Message::ListingEnd(proto::ListingEnd { count: 2, owners: false, umask: None }), &[]).await;
         });
         let mut client = Client::connect(&addr).await.unwrap();
         let err = client.tree("").await.unwrap_err();

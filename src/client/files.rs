@@ -126,6 +126,12 @@ pub struct TreeListing {
     /// Each path below the listed one that the server could not read
     /// (relative to it), and why; what is below it is not listed.
     pub skipped: Vec<ListingSkip>,
+    /// An upload to this server sets the owners it names (its
+    /// `listing_end` says it runs as root).
+    pub owners: bool,
+    /// The permission bits an upload's files and directories lose there
+    /// (its umask), where it keeps modes and says so; `None` otherwise.
+    pub umask: Option<u32>,
 }
 
 pub(super) fn join_err(e: tokio::task::JoinError) -> ClientError {
@@ -258,6 +264,7 @@ impl Client {
         self.session.send(&list, &[]).await?;
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
+        let (owners, umask);
         loop {
             match self.session.read::<ListingOutput>().await? {
                 Some((ListingOutput::Listing(_), _)) => {
@@ -285,19 +292,20 @@ impl Client {
                             got: format!("{} of {}", entries.len(), end.count),
                         });
                     }
+                    (owners, umask) = (end.owners, end.umask.map(|m| m & 0o777));
                     break;
                 }
                 Some((ListingOutput::ErrorFrame(e), _)) if e.code == ErrorCode::UnknownType => {
                     let list = List { path: path.to_owned(), recursive: true, dirs: true, blake3, partial: false };
                     let entries = self.list_request(list).await?;
-                    return Ok(TreeListing { entries, skipped });
+                    return Ok(TreeListing { entries, skipped, owners: false, umask: None });
                 }
                 Some((ListingOutput::ErrorFrame(e), _)) => return Err(e.into()),
                 None => return Err(ClientError::Closed),
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(TreeListing { entries, skipped })
+        Ok(TreeListing { entries, skipped, owners, umask })
     }
 
     async fn list_request(&mut self, request: List) -> Result<Vec<Entry>, ClientError> {

@@ -51,7 +51,7 @@ use super::job::Base;
 pub use super::job::{Direction, Job, Observer, Quiet};
 use crate::auth::Key;
 use crate::proto::{Attrs, Backup, Entry, ErrorCode, Kind};
-use crate::services::attrs::Wanted;
+use crate::services::attrs::{Differs, Wanted};
 use crate::services::files::Stamp;
 use crate::services::root::{is_partial_name, Root};
 pub use crate::services::sync::Existing;
@@ -202,6 +202,9 @@ pub struct Plan {
     devices: bool,
     /// Uploads: names of owners, looked up once each.
     names: crate::services::attrs::Names,
+    /// How the receiver sets permission bits and attributes, as the plan
+    /// compares them with what it holds.
+    receiver: Receiver,
 }
 
 /// Something a copy makes or sets on the receiver without sending data,
@@ -249,6 +252,23 @@ pub enum Meta {
         /// Its source, as failures name it.
         shown: String,
     },
+    /// The permission bits, owner and extended attributes of a file the
+    /// receiver has already (the same size and time) but whose attributes
+    /// differ: set, nothing sent.
+    File {
+        /// The file.
+        path: String,
+        /// Its size, as the plan saw it (it is left alone if it changed).
+        size: u64,
+        /// Its permission bits (masked by the receiver's umask).
+        mode: u32,
+        /// Its modification time, as the plan saw it.
+        mtime: Stamp,
+        /// Its owner and extended attributes, as the copy keeps them.
+        attrs: Option<Box<Attrs>>,
+        /// Its source, as failures name it.
+        shown: String,
+    },
     /// A directory's permission bits and time, set after what is below
     /// it.
     Dir {
@@ -270,6 +290,7 @@ impl Meta {
             Meta::Symlink { path, .. }
             | Meta::HardLink { path, .. }
             | Meta::Dir { path, .. }
+            | Meta::File { path, .. }
             | Meta::Special { path, .. } => path,
         }
     }
@@ -305,6 +326,16 @@ impl Meta {
                 replace: *replace,
                 ..ManifestEntry::default()
             },
+            Meta::File { path, size, mode, mtime, attrs, .. } => ManifestEntry {
+                path: path.clone(),
+                size: *size,
+                mode: *mode,
+                mtime: mtime.wire_secs(),
+                mtime_ns: mtime.wire_ns(),
+                attrs: attrs.clone(),
+                attrs_only: true,
+                ..ManifestEntry::default()
+            },
             Meta::Dir { path, mode, mtime, attrs } => ManifestEntry {
                 path: path.clone(),
                 kind: Kind::Dir,
@@ -320,7 +351,10 @@ impl Meta {
     /// What a failure of it names.
     fn shown(&self) -> String {
         match self {
-            Meta::Symlink { shown, .. } | Meta::HardLink { shown, .. } | Meta::Special { shown, .. } => shown.clone(),
+            Meta::Symlink { shown, .. }
+            | Meta::HardLink { shown, .. }
+            | Meta::Special { shown, .. }
+            | Meta::File { shown, .. } => shown.clone(),
             Meta::Dir { path, .. } => path.clone(),
         }
     }
@@ -379,6 +413,24 @@ impl Change {
         Change { code, path, source: job.source(direction) }
     }
 
+    /// What is there already, its attributes set (`.f...p.....`): `kind`
+    /// `f` or `d` (a directory's `path` as shown, a `/` added), `time` if
+    /// its time is set too, then which attributes differ.
+    fn attrs(kind: char, path: &str, source: &str, time: bool, (mode, d): (bool, Differs)) -> Change {
+        let flag = |on: bool, c: char| if on { c } else { '.' };
+        let code = format!(
+            ".{kind}..{}{}{}{}.{}{}",
+            flag(time, 't'),
+            flag(mode, 'p'),
+            flag(d.owner, 'o'),
+            flag(d.group, 'g'),
+            flag(d.acls, 'a'),
+            flag(d.xattrs, 'x'),
+        );
+        let path = if kind == 'd' { format!("{}/", path.trim_end_matches('/')) } else { path.to_owned() };
+        Change { code, path, source: source.to_owned() }
+    }
+
     /// A directory created (`path` as shown, a `/` added).
     pub fn mkdir(path: &str) -> Change {
         Change { code: "cd+++++++++".into(), path: format!("{}/", path.trim_end_matches('/')), source: path.into() }
@@ -411,6 +463,7 @@ impl Plan {
             wanted: Wanted::default(),
             devices: false,
             names: crate::services::attrs::Names::new(),
+            receiver: Receiver::default(),
             dest_dir: None,
             skipped: Vec::new(),
             failures: Vec::new(),
@@ -429,7 +482,9 @@ impl Plan {
     /// `same`, when known, says whether the contents are the same (by
     /// BLAKE3, for `checksum`); otherwise the same size and mtime mean
     /// the same file.
-    fn decide(&mut self, mut job: Job, receiver: Option<Held>, rule: Rule, same: Option<bool>) {
+    /// Returns whether the job was left out as unchanged (the last of
+    /// [`Plan::unchanged`]).
+    fn decide(&mut self, mut job: Job, receiver: Option<Held>, rule: Rule, same: Option<bool>) -> bool {
         use crate::services::sync::{self, Held, Same, Verdict};
         // Contents compared, and different (itemized `c`).
         let differs = same == Some(false);
@@ -458,9 +513,49 @@ impl Plan {
                 }
                 self.jobs.push(job);
             }
-            Verdict::Unchanged | Verdict::Kept => self.unchanged.push(job),
+            Verdict::Unchanged => {
+                self.unchanged.push(job);
+                return true;
+            }
+            Verdict::Kept => self.unchanged.push(job),
             Verdict::NotOlder | Verdict::IsDir | Verdict::NotAFile => self.refused.push(job),
         }
+        false
+    }
+
+    /// The file [`Plan::decide`] just left out as unchanged, if its
+    /// permission bits or attributes differ from what the receiver holds
+    /// (`held`: its bits, attributes and time, as the receiver's listing
+    /// or this side's `stat` gave them): they are set once the files are
+    /// in place (nothing is sent), and itemized. `path` is where: the
+    /// server's path for an upload, the path below the destination for a
+    /// download.
+    fn set_unchanged_attrs(&mut self, path: String, held: (u32, Option<&Attrs>, Stamp)) {
+        let Some(job) = self.unchanged.last() else { return };
+        let sent = match (self.direction, job.owner) {
+            // An upload names owners only in manifests: named here for the
+            // few whose bits or attributes are compared.
+            (Direction::Put, Some((uid, gid))) if self.receiver.how.owners => {
+                let mut a = job.attrs.as_deref().cloned().unwrap_or_default();
+                (a.uid, a.gid) = (Some(uid), Some(gid));
+                if !self.receiver.how.numeric {
+                    (a.user, a.group) = self.names.names(uid, gid);
+                }
+                Some(Box::new(a))
+            }
+            _ => job.attrs.clone(),
+        };
+        let Some(differs) = self.receiver.differs((job.mode, sent.as_deref()), (held.0, held.1)) else { return };
+        let shown = match self.direction {
+            Direction::Put => job.remote.clone(),
+            Direction::Get => crate::text::shown_path(&job.local),
+        };
+        let source = job.source(self.direction);
+        if self.itemize {
+            self.changes.push(Change::attrs('f', &shown, &source, false, differs));
+        }
+        let (size, mode) = (job.size, job.mode);
+        self.meta.push(Meta::File { path, size, mode, mtime: held.2, attrs: sent, shown: source });
     }
 
     /// Holds a mirror to `limit`: one that would remove more removes
@@ -666,6 +761,35 @@ async fn hash_of(open: impl FnOnce() -> std::io::Result<std::fs::File> + Send + 
     Some(hash.await.ok()?.ok()?.to_hex().to_string())
 }
 
+/// What a receiver does with the permission bits and attributes a copy
+/// sends it, as a plan compares them with what it holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Receiver {
+    /// The bits its files and directories lose (its umask); `None`: not
+    /// known (a bucket root, an older server), and nothing is compared.
+    umask: Option<u32>,
+    /// What of owners and extended attributes it sets.
+    how: crate::services::attrs::Applying,
+}
+
+impl Receiver {
+    /// What of `sent` (permission bits, attributes) differs from `held`'s:
+    /// the bits (as the receiver masks them), and the rest; `None` if
+    /// nothing does or nothing is known.
+    fn differs(&self, sent: (u32, Option<&Attrs>), held: (u32, Option<&Attrs>)) -> Option<(bool, Differs)> {
+        let umask = self.umask?;
+        let mode = held.0 & 0o7777 != sent.0 & 0o777 & !umask;
+        let d = Differs::of(sent.1, held.1, self.how);
+        (mode || d.any()).then_some((mode, d))
+    }
+
+    /// What of a receiver's owners and extended attributes is read to
+    /// compare them: what it sets.
+    fn reads(&self) -> Wanted {
+        Wanted { owners: self.how.owners, ..self.how.wanted }
+    }
+}
+
 /// What the receiver holds under a path, as a plan compares the source
 /// with it.
 #[derive(Debug, Clone, Default)]
@@ -681,6 +805,8 @@ struct There {
     target: Option<String>,
     /// Which file it is, the same for all its names (hard links).
     id: Option<FileId>,
+    /// Its owner and extended attributes, where read.
+    attrs: Option<Box<Attrs>>,
 }
 
 /// Which file a name is, to tell hard links apart: by the first name the
@@ -702,15 +828,17 @@ impl There {
             mode: e.mode,
             target: e.target.clone(),
             id: (e.kind == Kind::File).then(|| FileId::Named(e.link.clone().unwrap_or_else(|| e.name.clone()))),
+            attrs: e.attrs.clone(),
         }
     }
 
     /// What a download's destination holds under `rel` (beneath `root`,
     /// the destination itself if empty; no symlink followed): `None` if
     /// nothing, or if a symlink or file stands where a directory on the
-    /// way belongs (a directory replaces it).
+    /// way belongs (a directory replaces it); with what `wanted` asks of
+    /// its owner and extended attributes (a file's or a directory's).
     #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    fn local(root: Option<&Root>, rel: &str) -> Option<There> {
+    fn local_with(root: Option<&Root>, rel: &str, wanted: Wanted) -> Option<There> {
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let dir = root?.open_dir(parent).ok()?;
         let name_os = crate::services::names::os(name);
@@ -740,6 +868,13 @@ impl There {
             mode: st.st_mode as u32 & 0o7777,
             target,
             id: Some(FileId::Inode(st.st_dev as u64, st.st_ino as u64)),
+            attrs: (wanted != Wanted::default() && matches!(kind, Kind::File | Kind::Dir))
+                .then(|| {
+                    let mut names = crate::services::attrs::Names::new();
+                    let at: &OsStr = if rel.is_empty() { OsStr::new(".") } else { name };
+                    crate::services::attrs::read(&dir, at, &st, wanted, &mut names)
+                })
+                .flatten(),
         })
     }
 
@@ -778,12 +913,13 @@ fn parents<'a>(paths: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
 /// there already is left out, others replace what is there; a directory
 /// is set only if it is new, its mode or time differ, or something in it
 /// changes (a file written or a path deleted in it, `touched`, or a link
-/// or directory made). Each link made and directory created is itemized
-/// at `at` in the plan's changes, its path as `show` shows it.
+/// or directory made). Each link made, directory created and directory
+/// whose time or attributes differ (as the `receiver` compares them) is
+/// itemized at `at` in the plan's changes, its path as `show` shows it.
 fn settle_meta(
     (meta, changes): (&mut Vec<Meta>, &mut Vec<Change>),
     (first, at): (usize, usize),
-    there: &dyn Fn(&str) -> Option<There>,
+    (there, receiver): (&dyn Fn(&str) -> Option<There>, &Receiver),
     (written, mut touched): (&HashSet<&str>, HashSet<String>),
     show: &dyn Fn(&str) -> String,
 ) {
@@ -813,6 +949,11 @@ fn settle_meta(
                 show(path),
             ),
             Meta::Dir { .. } => continue,
+            // Decided already, with the files.
+            Meta::File { .. } => {
+                kept.push(m);
+                continue;
+            }
         };
         if same {
             // A symlink whose own time differs only has it set.
@@ -833,19 +974,28 @@ fn settle_meta(
     // Deepest first: a directory made touches the one it is in.
     Meta::order(&mut dirs);
     for m in dirs {
-        let Meta::Dir { path, mode, mtime, .. } = &m else { continue };
+        let Meta::Dir { path, mode, mtime, attrs } = &m else { continue };
         match there(path) {
             None => {
                 touched.insert(parent_of(path).to_owned());
                 made.push(Change::mkdir(&show(path)));
             }
-            Some(h)
-                if h.kind == Kind::Dir
-                    && h.mode == *mode
-                    && h.ns == mtime.wire_ns()
-                    && !touched.contains(path.as_str()) =>
-            {
-                continue
+            Some(h) if h.kind == Kind::Dir => {
+                let time = h.ns != mtime.wire_ns();
+                match receiver.umask {
+                    // Compared as the receiver will set them, and itemized.
+                    Some(_) => {
+                        let differs = receiver.differs((*mode, attrs.as_deref()), (h.mode, h.attrs.as_deref()));
+                        if time || differs.is_some() {
+                            made.push(Change::attrs('d', &show(path), path, time, differs.unwrap_or_default()));
+                        } else if !touched.contains(path.as_str()) {
+                            continue;
+                        }
+                    }
+                    // A receiver that does not say how it masks them.
+                    None if !time && h.mode == *mode && !touched.contains(path.as_str()) => continue,
+                    None => {}
+                }
             }
             Some(_) => {}
         }
@@ -925,6 +1075,7 @@ pub async fn plan_get(
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let mut plan = Plan::new(Direction::Get);
     plan.applying = crate::services::attrs::Applying::here(wanted);
+    plan.receiver = Receiver { umask: Some(crate::services::files::umask()), how: plan.applying };
     plan.itemize = itemize;
     let into_dir = dest.is_dir() || sources.len() > 1 || slash;
     // Everything lands beneath the directory the user named: `dest`, or
@@ -1092,9 +1243,11 @@ pub async fn plan_get(
     let deleted: Vec<String> =
         plan.delete_local.iter().filter_map(|(copied, rel)| rel_below(&dest_dir, &copied.join(local(rel)))).collect();
     let touched = parents(deleted.iter().map(String::as_str));
-    let there = |rel: &str| There::local(root.as_ref(), rel);
+    let read = plan.receiver.reads();
+    let there = |rel: &str| There::local_with(root.as_ref(), rel, read);
     let show = |rel: &str| crate::text::shown_path(&dest_dir.join(local(rel)));
-    settle_meta((&mut plan.meta, &mut plan.changes), (0, 0), &there, (&written, touched), &show);
+    let receiver = plan.receiver;
+    settle_meta((&mut plan.meta, &mut plan.changes), (0, 0), (&there, &receiver), (&written, touched), &show);
     plan.limit_deletions(max_delete);
     plan.itemize_deletions();
     Ok(plan)
@@ -1106,7 +1259,7 @@ pub async fn plan_get(
 async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest_dir: &Path, rule: Rule) {
     for job in found {
         let rel = rel_below(dest_dir, &job.local);
-        let here = rel.as_deref().and_then(|rel| There::local(root, rel));
+        let here = rel.as_deref().and_then(|rel| There::local_with(root, rel, plan.receiver.reads()));
         if here.as_ref().is_some_and(|h| h.kind == Kind::Dir) {
             // Never replaced by a file, `force` or not (as cp refuses): the
             // download could never be put in place.
@@ -1115,7 +1268,7 @@ async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest
             continue;
         }
         let held = here.as_ref().map(There::held);
-        let same = match (&held, &job.blake3, root, rel) {
+        let same = match (&held, &job.blake3, root, rel.clone()) {
             (Some(Some((size, ..))), Some(theirs), Some(root), Some(rel)) if *size == job.size => {
                 let root = root.clone();
                 let open = move || {
@@ -1126,7 +1279,11 @@ async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest
             }
             _ => None,
         };
-        plan.decide(job, held, rule, same);
+        if plan.decide(job, held, rule, same) {
+            if let (Some(h), Some(rel)) = (here, rel) {
+                plan.set_unchanged_attrs(rel, (h.mode, h.attrs.as_deref(), Stamp::from_wire(h.secs, h.ns)));
+            }
+        }
     }
 }
 
@@ -1238,10 +1395,10 @@ fn extras<'a>(
 async fn held_remotely(
     client: &mut Client,
     target: &str,
-    hashed: bool,
+    (hashed, wanted): (bool, Wanted),
     (delete, failures): (bool, &mut Vec<Failure>),
-) -> Result<(Option<Entry>, Vec<Entry>), ClientError> {
-    match client.tree_meta(target, hashed, true).await {
+) -> Result<(Option<Entry>, Vec<Entry>, Receiver), ClientError> {
+    match client.tree_meta_with(target, hashed, wanted).await {
         Ok(listed) => {
             if delete {
                 for skip in listed.skipped {
@@ -1259,9 +1416,12 @@ async fn held_remotely(
                     Some(own)
                 }
             };
-            Ok((own, listed.entries))
+            // What the server does with what an upload sends, as its
+            // listing says.
+            let how = crate::services::attrs::Applying { owners: listed.owners && wanted.owners, numeric: wanted.numeric, wanted };
+            Ok((own, listed.entries, Receiver { umask: listed.umask, how }))
         }
-        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok((None, Vec::new())),
+        Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok((None, Vec::new(), Receiver::default())),
         Err(e) => Err(e),
     }
 }
@@ -1338,8 +1498,15 @@ pub async fn plan_put(
         // `DIR` the directory itself.
         let contents = path.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = if contents { dest.to_owned() } else { join_remote(dest, &name) };
-        let (held_target, entries) =
-            held_remotely(client, &target, checksum, (delete, &mut plan.failures)).await.map_err(source)?;
+        let (held_target, entries, receiver) =
+            held_remotely(client, &target, (checksum, plan.wanted), (delete, &mut plan.failures))
+                .await
+                .map_err(source)?;
+        // Nothing there yet: nothing to compare (a server that has nothing
+        // under the target says nothing of itself).
+        if receiver.umask.is_some() {
+            plan.receiver = receiver;
+        }
         // The tree as the user named it (followed, as cp and rsync do);
         // everything below is opened beneath it.
         let root = Root::open(path).map_err(|e| source(ClientError::Local { path: path.clone(), source: e }))?;
@@ -1388,13 +1555,20 @@ pub async fn plan_put(
                 _ => None,
             };
             let held = here.map(|e| (e.kind == Kind::File).then_some((e.size, e.mtime, e.mtime_ns)));
-            plan.decide(job, held, rule, same);
+            let remote = job.remote.clone();
+            if plan.decide(job, held, rule, same) {
+                if let Some(e) = here {
+                    let at = Stamp::from_wire(e.mtime, e.mtime_ns);
+                    plan.set_unchanged_attrs(remote, (e.mode, e.attrs.as_deref(), at));
+                }
+            }
         }
         let written: HashSet<&str> = plan.jobs[first_job..].iter().map(|j| j.remote.as_str()).collect();
         let touched = parents(plan.delete_remote.iter().map(String::as_str));
         let show = |p: &str| p.to_owned();
         let into = (&mut plan.meta, &mut plan.changes);
-        settle_meta(into, (first_meta, first_change), &there, (&written, touched), &show);
+        let receiver = plan.receiver;
+        settle_meta(into, (first_meta, first_change), (&there, &receiver), (&written, touched), &show);
     }
     // A mirror never removes the backups (beside: rsync's `P *~`).
     match &plan.backup_remote {
@@ -1734,6 +1908,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         wanted: _,
         devices: _,
         names: _,
+        receiver: _,
     } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary =
@@ -1893,7 +2068,7 @@ fn apply_one_locally(
     (how, names): (crate::services::attrs::Applying, &mut crate::services::attrs::Names),
 ) -> std::io::Result<()> {
     use crate::services::attrs;
-    use crate::services::files::{dir_attrs, hard_link_at, special_at, symlink_at};
+    use crate::services::files::{dir_attrs, file_attrs_at, hard_link_at, special_at, symlink_at};
     let root = dest.root();
     let (parent, name) = m.path().rsplit_once('/').unwrap_or(("", m.path()));
     let dir = root.open_dir(parent)?;
@@ -1916,6 +2091,9 @@ fn apply_one_locally(
         Meta::Special { mode, mtime, attrs, .. } => {
             let Some(special) = attrs.special else { return Ok(()) };
             special_at(&dir, name, (special, attrs, how), (*mode, *mtime), (true, &mut keep)).map(drop)
+        }
+        Meta::File { size, mode, mtime, attrs, .. } => {
+            file_attrs_at(&dir, name, (*size, *mtime), *mode, (attrs.as_deref(), how), names).map(drop)
         }
         Meta::HardLink { to, .. } => {
             let (to_parent, to_name) = to.rsplit_once('/').unwrap_or(("", to));

@@ -518,10 +518,20 @@ messages! {
     }
 
     /// The end of a `tree_list` answer.
-    ListingEnd = "listing_end", ToClient, none, cold, example: ListingEnd { count: 7 };
+    ListingEnd = "listing_end", ToClient, none, cold, example: ListingEnd { count: 7, owners: true, umask: Some(0o022) };
     {
         /// Entries sent in all.
         count: u64,
+        /// A `tree_put` to this server sets the owners its entries name
+        /// (it runs as root); an older server leaves it out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        owners: bool,
+        /// The permission bits a `tree_put`'s files and directories lose
+        /// (the server's umask), where it keeps modes: a client compares
+        /// the modes it would give with it. Left out by a bucket root and
+        /// an older server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        umask: Option<u32>,
     }
 
     /// Request: receive a whole tree into the directory `path`

@@ -95,6 +95,12 @@ pub struct ManifestEntry {
     /// keeps them (PROTOCOL.md §4.6.3.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attrs: Option<Box<super::Attrs>>,
+    /// A `file` entry of a `meta` request whose contents the receiver has
+    /// already (the same size and modification time): only its `mode`,
+    /// owner and extended attributes are set, and only if a regular file
+    /// of that `size` and time is still there (PROTOCOL.md §4.6.3.2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attrs_only: bool,
 }
 
 fn is_file(kind: &Kind) -> bool {

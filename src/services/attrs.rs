@@ -345,6 +345,106 @@ fn set_xattrs(attrs: &Attrs, how: Applying, ops: &mut XattrOps<'_>) -> io::Resul
     Ok(())
 }
 
+/// Which of what a receiver keeps besides contents, times and permission
+/// bits differ between what a sender sends of a file and what the
+/// receiver holds under its name, read the same way: what a re-sync sets
+/// on a file whose contents are unchanged. A side that says nothing of
+/// one (not asked for, not readable) is taken to agree on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Differs {
+    /// The owner (itemized `o`).
+    pub owner: bool,
+    /// The group (`g`).
+    pub group: bool,
+    /// POSIX ACLs (`a`).
+    pub acls: bool,
+    /// Other extended attributes (`x`).
+    pub xattrs: bool,
+}
+
+impl Differs {
+    /// `src` (what the sender sends) against `held` (what the receiver
+    /// has), as `how` applies them: owners only where the receiver sets
+    /// them, by name where both sides have one (unless `numeric`), else
+    /// by id; extended attributes of the namespaces asked for.
+    pub fn of(src: Option<&Attrs>, held: Option<&Attrs>, how: Applying) -> Differs {
+        let (Some(src), Some(held)) = (src, held) else { return Differs::default() };
+        let mut d = Differs::default();
+        if how.owners {
+            let by_name = |a: &Option<String>, b: &Option<String>| !how.numeric && a.is_some() && b.is_some();
+            let ids = |a: Option<u32>, b: Option<u32>| matches!((a, b), (Some(a), Some(b)) if a != b);
+            d.owner = if by_name(&src.user, &held.user) { src.user != held.user } else { ids(src.uid, held.uid) };
+            d.group = if by_name(&src.group, &held.group) { src.group != held.group } else { ids(src.gid, held.gid) };
+        }
+        if let (Some(a), Some(b)) = (&src.xattrs, &held.xattrs) {
+            let wanted = how.wanted;
+            let same = |acls: bool| {
+                let part = |m: &BTreeMap<String, String>| {
+                    let acl = |n: &str| n.starts_with("system.posix_acl_");
+                    m.iter().filter(|(n, _)| acl(n) == acls && carried(n, wanted)).map(|(n, v)| (n.clone(), v.clone())).collect::<Vec<_>>()
+                };
+                part(a) == part(b)
+            };
+            d.acls = !same(true);
+            d.xattrs = !same(false);
+        }
+        d
+    }
+
+    /// Whether anything differs.
+    pub fn any(self) -> bool {
+        self.owner || self.group || self.acls || self.xattrs
+    }
+}
+
+/// Gives what the `O_PATH` descriptor `fd` is open on (a regular file or
+/// a directory, never opened for reading: its bits need not let this
+/// process read it) the owner and extended attributes `attrs` names, as
+/// `how` allows.
+///
+/// # Errors
+///
+/// Those of `fchownat(2)` and `setxattr(2)`.
+pub fn apply_through(fd: &OwnedFd, attrs: &Attrs, how: Applying, names: &mut Names) -> io::Result<()> {
+    if how.owners {
+        let (uid, gid) = names.owner(attrs, how.numeric);
+        if uid.is_some() || gid.is_some() {
+            let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+            rustix::fs::chownat(fd, "", uid, gid, AtFlags::EMPTY_PATH)?;
+        }
+    }
+    xattrs_through(fd, attrs, how)
+}
+
+/// [`set_xattrs`] on what the `O_PATH` descriptor `fd` is open on,
+/// through `/proc`.
+fn xattrs_through(fd: &OwnedFd, attrs: &Attrs, how: Applying) -> io::Result<()> {
+    if attrs.xattrs.is_none() {
+        return Ok(());
+    }
+    let path = proc_path(fd);
+    let path = path.as_str();
+    set_xattrs(
+        attrs,
+        how,
+        &mut XattrOps {
+            list: &mut |buf| rustix::fs::listxattr(path, rustix::buffer::spare_capacity(buf)).map(drop),
+            remove: &mut |name| rustix::fs::removexattr(path, name),
+            set: &mut |n, v| rustix::fs::setxattr(path, n, v, rustix::fs::XattrFlags::empty()),
+        },
+    )
+}
+
+/// Gives the permission bits `mode` to what the `O_PATH` descriptor `fd`
+/// is open on (through `/proc`: `fchmod` refuses such a descriptor).
+///
+/// # Errors
+///
+/// Those of `chmod(2)`.
+pub fn chmod_through(fd: &OwnedFd, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::chmod(proc_path(fd).as_str(), Mode::from_raw_mode(mode as _))?)
+}
+
 /// Gives the special file `name` in `dir` (not followed, never opened:
 /// through `/proc` by an `O_PATH` descriptor) the extended attributes
 /// `attrs` names, as `how` allows.
@@ -360,17 +460,7 @@ pub fn apply_xattrs_at(dir: &OwnedFd, name: &OsStr, attrs: &Attrs, how: Applying
     if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode).is_symlink() {
         return Ok(());
     }
-    let path = proc_path(&fd);
-    let path = path.as_str();
-    set_xattrs(
-        attrs,
-        how,
-        &mut XattrOps {
-            list: &mut |buf| rustix::fs::listxattr(path, rustix::buffer::spare_capacity(buf)).map(drop),
-            remove: &mut |name| rustix::fs::removexattr(path, name),
-            set: &mut |n, v| rustix::fs::setxattr(path, n, v, rustix::fs::XattrFlags::empty()),
-        },
-    )
+    xattrs_through(&fd, attrs, how)
 }
 
 /// Gives the symlink or special file `name` in `dir` (not followed) the
@@ -435,6 +525,45 @@ mod tests {
         assert!(!carried("trusted.x", all));
         assert!(!carried("system.posix_acl_access", Wanted { xattrs: true, ..Wanted::default() }));
         assert!(!carried("user.note", Wanted { acls: true, ..Wanted::default() }));
+    }
+
+    #[test]
+    fn differences_are_told_as_the_receiver_applies_them() {
+        let xattrs = |pairs: &[(&str, &str)]| Some(pairs.iter().map(|(n, v)| ((*n).into(), (*v).into())).collect());
+        let src = Attrs {
+            uid: Some(1000),
+            gid: Some(1000),
+            user: Some("alice".into()),
+            group: Some("staff".into()),
+            xattrs: xattrs(&[("user.a", "01"), ("system.posix_acl_access", "02")]),
+            ..Attrs::default()
+        };
+        let all = Wanted { owners: true, numeric: false, xattrs: true, acls: true };
+        let how = Applying { owners: true, numeric: false, wanted: all };
+        assert!(!Differs::of(Some(&src), Some(&src), how).any());
+        // Owners by name where both have one: the same name under another
+        // id is the same owner.
+        let other_ids = Attrs { uid: Some(7), gid: Some(7), ..src.clone() };
+        assert!(!Differs::of(Some(&src), Some(&other_ids), how).any());
+        let numeric = Applying { numeric: true, ..how };
+        let d = Differs::of(Some(&src), Some(&other_ids), numeric);
+        assert!(d.owner && d.group && !d.xattrs && !d.acls);
+        // Not set by this receiver: not compared.
+        let d = Differs::of(Some(&src), Some(&other_ids), Applying { owners: false, ..numeric });
+        assert!(!d.any());
+        let bob = Attrs { user: Some("bob".into()), ..src.clone() };
+        assert_eq!(Differs::of(Some(&src), Some(&bob), how), Differs { owner: true, ..Differs::default() });
+        // An attribute more, or one fewer, in either namespace.
+        let more = Attrs { xattrs: xattrs(&[("user.a", "01"), ("user.b", ""), ("system.posix_acl_access", "02")]), ..src.clone() };
+        assert_eq!(Differs::of(Some(&src), Some(&more), how), Differs { xattrs: true, ..Differs::default() });
+        let no_acl = Attrs { xattrs: xattrs(&[("user.a", "01")]), ..src.clone() };
+        assert_eq!(Differs::of(Some(&src), Some(&no_acl), how), Differs { acls: true, ..Differs::default() });
+        let only_user = Applying { wanted: Wanted { acls: false, ..all }, ..how };
+        assert!(!Differs::of(Some(&src), Some(&no_acl), only_user).any(), "ACLs not asked for");
+        // Unread on one side: taken to agree.
+        let unread = Attrs { xattrs: None, ..src.clone() };
+        assert!(!Differs::of(Some(&src), Some(&unread), how).any());
+        assert!(!Differs::of(Some(&src), None, how).any());
     }
 
     #[test]

@@ -572,6 +572,31 @@ impl Sandbox {
         Ok(dir_attrs(&dir, mode, at).map_err(|e| fault(path, e))? || made)
     }
 
+    /// Gives the regular file `path` the permission bits and attributes
+    /// of an entry whose contents it has already ([`file_attrs_at`]); a
+    /// symlink there is not followed. Returns whether anything was set.
+    ///
+    /// # Errors
+    ///
+    /// [`Fault::NotAFile`] for something else than a regular file there,
+    /// [`Fault::NotOlder`] for a file that changed since the plan; I/O
+    /// errors.
+    pub fn set_file_attrs(
+        &self,
+        path: &str,
+        (size, at): (u64, Stamp),
+        mode: u32,
+        attrs: (Option<&Attrs>, Applying),
+    ) -> Result<bool, Fault> {
+        let (dir, name) = self.for_write(path)?;
+        let mut names = super::attrs::Names::new();
+        file_attrs_at(&dir, &name, (size, at), mode, attrs, &mut names).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidInput => Fault::NotAFile { path: path.to_owned() },
+            io::ErrorKind::AlreadyExists => Fault::NotOlder { path: path.to_owned() },
+            _ => fault(path, e),
+        })
+    }
+
     /// Makes `path` the special file `attrs.special` names (a FIFO, a
     /// socket's name, a device), with the permission bits `mode` (masked
     /// by the umask), the owner `attrs` names (as `how` allows) and the
@@ -1181,6 +1206,50 @@ pub fn dir_attrs(dir: &OwnedFd, mode: u32, at: Stamp) -> io::Result<bool> {
     Ok(changed_mode || changed_time)
 }
 
+/// Gives the regular file `name` in `dir` the permission bits a received
+/// file gets from `mode` ([`received_mode`]) and the owner and extended
+/// attributes `attrs` names, as `how` allows, if it is still the file a
+/// plan found unchanged: a regular file of `size` bytes and time `at`
+/// (what a re-sync does to a file whose contents are the same and whose
+/// attributes are not). Reached through an `O_PATH` descriptor, never
+/// opened: its bits need not let this process read it. Returns whether
+/// anything was set.
+///
+/// # Errors
+///
+/// `InvalidInput` for something else than a regular file there (a
+/// symlink is not followed), `AlreadyExists` for a file whose size or
+/// time differ now; those of `chmod(2)`, `fchownat(2)`, `setxattr(2)`.
+pub fn file_attrs_at(
+    dir: &OwnedFd,
+    name: &OsStr,
+    (size, at): (u64, Stamp),
+    mode: u32,
+    (attrs, how): (Option<&Attrs>, Applying),
+    names: &mut super::attrs::Names,
+) -> io::Result<bool> {
+    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    if st.st_size as u64 != size || Stamp::of_stat(&st) != at {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "changed since the copy was planned"));
+    }
+    if let Some(attrs) = attrs {
+        // The owner first: changing it clears setuid bits.
+        super::attrs::apply_through(&fd, attrs, how, names)?;
+    }
+    let mode = received_mode(mode);
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let changed_mode = st.st_mode as u32 & 0o7777 != mode;
+    if changed_mode {
+        super::attrs::chmod_through(&fd, mode)?;
+    }
+    Ok(changed_mode || attrs.is_some())
+}
+
 /// Gives the link `name` in `dir` the time `at` (`lutimes`: the link's
 /// own, not its target's).
 pub fn set_link_time(dir: &OwnedFd, name: impl rustix::path::Arg, at: Stamp) -> io::Result<()> {
@@ -1231,7 +1300,7 @@ pub fn received_mode(mode: u32) -> u32 {
 /// This process's umask, read from `/proc/self/status` (setting it to
 /// read it back would race with other threads creating files); 0o022 if
 /// the kernel does not show it.
-fn umask() -> u32 {
+pub fn umask() -> u32 {
     // Read once: a tree of small files would otherwise read it per file.
     static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *UMASK.get_or_init(read_umask)
@@ -1594,6 +1663,27 @@ mod tests {
     fn sandboxes(dir: &Path) -> [Sandbox; 2] {
         let sb = Sandbox::new(dir).unwrap();
         [sb.clone().with_resolver(Resolver::Openat2), sb.with_resolver(Resolver::Walk)]
+    }
+
+    #[test]
+    fn an_unchanged_file_s_bits_are_set_only_if_it_is_still_that_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        fs::write(&f, b"abc").unwrap();
+        // Unreadable: set through O_PATH, never opened.
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o000)).unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("link")).unwrap();
+        let dir: OwnedFd = File::open(tmp.path()).unwrap().into();
+        let at = Stamp::of_meta(&fs::metadata(&f).unwrap());
+        let how = Applying::default();
+        let mut names = super::super::attrs::Names::new();
+        let mut set = |name: &str, size| file_attrs_at(&dir, OsStr::new(name), (size, at), 0o640, (None, how), &mut names);
+        assert_eq!(set("link", 3).unwrap_err().kind(), io::ErrorKind::InvalidInput, "a symlink is never followed");
+        assert_eq!(set("f", 4).unwrap_err().kind(), io::ErrorKind::AlreadyExists, "another size: changed");
+        assert!(set("f", 3).unwrap());
+        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o7777, received_mode(0o640));
+        assert!(!set("f", 3).unwrap(), "nothing left to set");
     }
 
     #[test]

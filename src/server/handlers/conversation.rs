@@ -106,6 +106,7 @@ fn kind_name(e: &ManifestEntry) -> &'static str {
         Kind::Dir => "directory",
         Kind::Symlink => "symlink",
         Kind::File if e.link.is_some() => "hard link",
+        Kind::File if e.attrs_only => "file's attributes",
         _ => "special file",
     }
 }
@@ -305,7 +306,9 @@ impl TreePutState {
         };
         for (i, e) in (first..).zip(entries) {
             let full = join(&self.base, &e.path);
-            let data = e.kind == Kind::File && e.link.is_none();
+            // A file whose contents the receiver has (`attrs_only`) comes
+            // with the links and directories, never with data.
+            let data = e.kind == Kind::File && e.link.is_none() && !e.attrs_only;
             if let Err(r) = plain(&e.path) {
                 screened.answer.refused.push(failed(i, r));
             } else if !data && !self.meta {

@@ -47,7 +47,11 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
                 Part::Refused(r) => return s.refuse(r).await,
             }
         }
-        s.send(&ListingEnd { count }, &[]).await
+        // What a `tree_put` here would do with modes and owners, for a
+        // client deciding whether an unchanged file's differ.
+        let owners = St::KEEPS_ATTRS && crate::services::attrs::is_root();
+        let umask = St::KEEPS_ATTRS.then(crate::services::files::umask);
+        s.send(&ListingEnd { count, owners, umask }, &[]).await
     };
     // The walk stops when the sender does (its channel closed).
     let ((), sent) = tokio::join!(st.walk(&path, WalkFlags { blake3, skips, meta, wanted }, tx), send);

@@ -506,7 +506,10 @@ impl TreeSink for BucketSink {
             .into_iter()
             .map(|(i, full, e)| {
                 let why = match e.kind {
+                    // Nor a file's mode or owner (a client never asks: a
+                    // bucket's listing gives no umask).
                     Kind::Dir => return (i, full, Ok(false)),
+                    Kind::File if e.attrs_only => return (i, full, Ok(false)),
                     Kind::Symlink => "a bucket root keeps no symlinks",
                     _ if e.link.is_some() => "a bucket root keeps no hard links",
                     _ => "a bucket root keeps no special files",

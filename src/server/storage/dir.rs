@@ -765,6 +765,9 @@ fn apply_one(
             Err(Fault::NotKept { path: full.to_owned(), why: "a symlink entry without a target" })
         }
         (Kind::File, _, Some(to)) => sb.make_hard_link(full, &join(base, to), replace),
+        (Kind::File, _, None) if e.attrs_only => {
+            sb.set_file_attrs(full, (e.size, at), e.mode, (attrs, how))
+        }
         (Kind::Dir, ..) => sb.set_dir_attrs(full, e.mode, at, attrs.map(|a| (a, how))),
         _ => Err(Fault::NotKept { path: full.to_owned(), why: "special files are not kept" }),
     }
