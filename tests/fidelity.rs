@@ -161,6 +161,22 @@ fn a_tree_round_trips_as_rsync_sees_it() {
     let l = server.root.path().join("l");
     assert!(std::fs::symlink_metadata(l.join("rel-link")).unwrap().is_file());
     assert!(std::fs::symlink_metadata(l.join("out-link")).is_err(), "never followed out of the tree");
+
+    // get -L: the server's links to files inside the copied tree arrive
+    // as those files; one leading out of the tree (if inside the served
+    // root), to a directory or nowhere is left out, named.
+    std::fs::write(server.root.path().join("beside.txt"), b"beside").unwrap();
+    std::os::unix::fs::symlink("../beside.txt", on_server.join("up-and-out")).unwrap();
+    let followed = local.path().join("followed");
+    let out = framewire(&["get", "-r", "-L", a, "t/", followed.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let is_file = |p: &str| std::fs::symlink_metadata(followed.join(p)).is_ok_and(|m| m.is_file());
+    assert!(is_file("rel-link") && is_file("d750/deep/up"), "{out:?}");
+    assert_eq!(std::fs::read(followed.join("rel-link")).unwrap(), b"a");
+    for gone in ["out-link", "dir-link", "dangling", "up-and-out"] {
+        assert!(std::fs::symlink_metadata(followed.join(gone)).is_err(), "{gone} not followed");
+        assert!(text(&out.stderr).contains(&format!("t/{gone}: a symlink")), "{gone} named: {out:?}");
+    }
 }
 
 /// A hostile `meta` manifest: a symlink whose target climbs out is stored
@@ -264,7 +280,11 @@ fn attributes_of_unchanged_files_follow_the_source() {
     assert_eq!(sorted(&out.stdout), sorted(expected.as_bytes()), "the run");
     assert!(text(&out.stderr).contains("unchanged"), "nothing sent: {out:?}");
     let after = std::fs::metadata(on_server.join("f")).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::ino(&before), std::os::unix::fs::MetadataExt::ino(&after), "set in place");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&before),
+        std::os::unix::fs::MetadataExt::ino(&after),
+        "set in place"
+    );
     assert_eq!(rsync_differences(&src, &on_server), "", "the server's copy");
     let out = put(&["-n", "--itemize-changes"]);
     assert!(out.status.success() && out.stdout.is_empty(), "nothing left: {out:?}");

@@ -1523,6 +1523,7 @@ async fn a_client_leaving_mid_listing_stops_the_walk() {
             owners: false,
             xattrs: false,
             acls: false,
+            copy_links: false,
         };
         w.send(&Message::TreeList(list), &[]).await.unwrap();
         r.read_preface().await.unwrap();

@@ -142,9 +142,10 @@ pub struct TransferArgs {
     /// differs: only new files are copied.
     #[arg(long)]
     ignore_existing: bool,
-    /// put: follow a symlink to a file inside the tree and send the file
+    /// Follow a symlink to a file inside the copied tree and copy the file
     /// under the link's name, instead of copying the link as a link (the
-    /// default). A link leading out of the tree is never followed.
+    /// default); both ways. A link leading out of the tree, to a
+    /// directory or nowhere is left out, named.
     #[arg(short = 'L', long)]
     copy_links: bool,
     /// As rsync users type it: -r with links, hard links, modes and times
@@ -504,11 +505,6 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
         .await
         .map_err(|e| plan_error(e, "put"))?;
     drop(client);
-    if !opts.quiet {
-        for note in &plan.skipped {
-            eprintln!("framewire: skipping {}", printable(note));
-        }
-    }
     copy(&endpoint, plan, &opts, target.jobs).await
 }
 
@@ -599,6 +595,12 @@ fn log_decisions(plan: &Plan, checksum: bool) {
 /// Runs a planned copy with progress bars, then the summary and one line
 /// per failure.
 async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option<usize>) -> anyhow::Result<ExitCode> {
+    // Both ways: what the plan leaves out on purpose, one line each.
+    if !opts.quiet {
+        for note in &plan.skipped {
+            eprintln!("framewire: skipping {}", printable(note));
+        }
+    }
     if opts.dry_run {
         return Ok(dry_run(&plan, opts.itemize_changes));
     }

@@ -230,7 +230,7 @@ impl Client {
     ///
     /// As [`list`](Self::list).
     pub async fn tree_meta(&mut self, path: &str, blake3: bool, meta: bool) -> Result<TreeListing, ClientError> {
-        self.tree_listing(path, blake3, true, meta.then_some(Wanted::default())).await
+        self.tree_listing(path, blake3, true, meta.then_some((Wanted::default(), false))).await
     }
 
     /// [`tree_meta`](Self::tree_meta) with `meta`, each entry with what
@@ -246,7 +246,24 @@ impl Client {
         blake3: bool,
         wanted: Wanted,
     ) -> Result<TreeListing, ClientError> {
-        self.tree_listing(path, blake3, true, Some(wanted)).await
+        self.tree_listing(path, blake3, true, Some((wanted, false))).await
+    }
+
+    /// [`tree_meta_with`](Self::tree_meta_with), with each symlink that
+    /// leads to a regular file inside the tree listed as that file under
+    /// the link's name (`-L`; a server older than this lists links as
+    /// links).
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn tree_meta_following(
+        &mut self,
+        path: &str,
+        blake3: bool,
+        wanted: Wanted,
+    ) -> Result<TreeListing, ClientError> {
+        self.tree_listing(path, blake3, true, Some((wanted, true))).await
     }
 
     /// The tree through `tree_list`, streamed in frames (no size limit),
@@ -256,11 +273,12 @@ impl Client {
         path: &str,
         blake3: bool,
         skips: bool,
-        meta: Option<Wanted>,
+        meta: Option<(Wanted, bool)>,
     ) -> Result<TreeListing, ClientError> {
-        let w = meta.unwrap_or_default();
+        let (w, copy_links) = meta.unwrap_or_default();
         let (owners, xattrs, acls) = (w.owners, w.xattrs, w.acls);
-        let list = TreeList { path: path.to_owned(), blake3, skips, meta: meta.is_some(), owners, xattrs, acls };
+        let list =
+            TreeList { path: path.to_owned(), blake3, skips, meta: meta.is_some(), owners, xattrs, acls, copy_links };
         self.session.send(&list, &[]).await?;
         let mut entries = Vec::new();
         let mut skipped = Vec::new();

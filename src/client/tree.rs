@@ -1069,7 +1069,19 @@ pub async fn plan_get(
     options: PlanOptions,
 ) -> Result<Plan, PlanError> {
     let rule = options.rule();
-    let PlanOptions { recursive, filter, delete, checksum, itemize, max_delete, backup, attrs, devices, .. } = options;
+    let PlanOptions {
+        recursive,
+        filter,
+        delete,
+        checksum,
+        itemize,
+        max_delete,
+        backup,
+        attrs,
+        devices,
+        copy_links,
+        ..
+    } = options;
     // What this side keeps of what it receives: owners only as root.
     let wanted = Wanted { owners: attrs.owners && crate::services::attrs::is_root(), ..attrs };
     let slash = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
@@ -1128,7 +1140,12 @@ pub async fn plan_get(
             dest.join(local(base_name(remote)))
         };
         // Directories first, so that empty ones are recreated too.
-        let listed = client.tree_meta_with(remote, checksum, wanted).await.map_err(source)?;
+        let listed = if copy_links {
+            client.tree_meta_following(remote, checksum, wanted).await
+        } else {
+            client.tree_meta_with(remote, checksum, wanted).await
+        };
+        let listed = listed.map_err(source)?;
         for skip in listed.skipped {
             let path = join_remote(remote, &skip.path);
             let error = ClientError::Remote { code: skip.code, message: skip.message };
@@ -1166,6 +1183,13 @@ pub async fn plan_get(
                         plan.meta.push(Meta::Dir { path, mode: e.mode, mtime: at, attrs: e.attrs.clone() });
                     }
                 }
+                // -L: what the server did not list as a file is not
+                // followed (a link to a directory, out of the tree,
+                // dangling), as an upload's -L leaves them out.
+                (Kind::Symlink, Some(_), _) if copy_links => plan.skipped.push(format!(
+                    "{}: a symlink to a directory, out of the tree or dangling (not followed)",
+                    join_remote(remote, &e.name)
+                )),
                 (Kind::Symlink, Some(to), _) => {
                     if let Some(path) = rel_of(&e.name) {
                         let shown = crate::text::shown_path(&target.join(local(&e.name)));
@@ -1418,7 +1442,11 @@ async fn held_remotely(
             };
             // What the server does with what an upload sends, as its
             // listing says.
-            let how = crate::services::attrs::Applying { owners: listed.owners && wanted.owners, numeric: wanted.numeric, wanted };
+            let how = crate::services::attrs::Applying {
+                owners: listed.owners && wanted.owners,
+                numeric: wanted.numeric,
+                wanted,
+            };
             Ok((own, listed.entries, Receiver { umask: listed.umask, how }))
         }
         Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok((None, Vec::new(), Receiver::default())),

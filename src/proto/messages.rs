@@ -462,7 +462,16 @@ messages! {
     /// Request: stream the tree at `path` as `listing` frames, then
     /// `listing_end` (PROTOCOL.md §4.6.3.1).
     TreeList = "tree_list", ToServer, none, cold,
-        example: TreeList { path: "d".into(), blake3: true, skips: true, meta: true, owners: true, xattrs: true, acls: true };
+        example: TreeList {
+            path: "d".into(),
+            blake3: true,
+            skips: true,
+            meta: true,
+            owners: true,
+            xattrs: true,
+            acls: true,
+            copy_links: true,
+        };
     {
         /// The directory, relative to the root.
         #[serde(default)]
@@ -489,6 +498,11 @@ messages! {
         /// With `meta`: POSIX ACLs, as their extended attributes.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         acls: bool,
+        /// With `meta`: a symlink leading to a regular file beneath `path`
+        /// is listed as that file, under the link's name (`get -r -L`);
+        /// other links as links.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        copy_links: bool,
     }
 
     /// Answer to `tree_list`: a JSON array of up to 1000 entries (paths

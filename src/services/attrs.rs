@@ -381,7 +381,10 @@ impl Differs {
             let same = |acls: bool| {
                 let part = |m: &BTreeMap<String, String>| {
                     let acl = |n: &str| n.starts_with("system.posix_acl_");
-                    m.iter().filter(|(n, _)| acl(n) == acls && carried(n, wanted)).map(|(n, v)| (n.clone(), v.clone())).collect::<Vec<_>>()
+                    m.iter()
+                        .filter(|(n, _)| acl(n) == acls && carried(n, wanted))
+                        .map(|(n, v)| (n.clone(), v.clone()))
+                        .collect::<Vec<_>>()
                 };
                 part(a) == part(b)
             };
@@ -554,7 +557,10 @@ mod tests {
         let bob = Attrs { user: Some("bob".into()), ..src.clone() };
         assert_eq!(Differs::of(Some(&src), Some(&bob), how), Differs { owner: true, ..Differs::default() });
         // An attribute more, or one fewer, in either namespace.
-        let more = Attrs { xattrs: xattrs(&[("user.a", "01"), ("user.b", ""), ("system.posix_acl_access", "02")]), ..src.clone() };
+        let more = Attrs {
+            xattrs: xattrs(&[("user.a", "01"), ("user.b", ""), ("system.posix_acl_access", "02")]),
+            ..src.clone()
+        };
         assert_eq!(Differs::of(Some(&src), Some(&more), how), Differs { xattrs: true, ..Differs::default() });
         let no_acl = Attrs { xattrs: xattrs(&[("user.a", "01")]), ..src.clone() };
         assert_eq!(Differs::of(Some(&src), Some(&no_acl), how), Differs { acls: true, ..Differs::default() });

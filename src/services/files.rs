@@ -406,7 +406,7 @@ impl Sandbox {
             tracing::warn!("looking for abandoned partial files: {}: {e}; skipped", crate::text::printable(rel));
             Ok(())
         };
-        walk(root, "", 0, Listing::Partials, (&mut sink, &mut unreadable, &mut super::attrs::Names::new()))?;
+        walk(root, ("", None), 0, Listing::Partials, (&mut sink, &mut unreadable, &mut super::attrs::Names::new()))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let cutoff = i64::try_from(now.saturating_sub(max_age.as_secs())).unwrap_or(i64::MAX);
         let mut removed = Vec::new();
@@ -786,7 +786,8 @@ impl Sandbox {
             unreadable = Some(fault(&join_below(path, rel), e));
             Err(io::Error::other(Stop::Unreadable))
         };
-        let walked = walk(OwnedFd::from(file), "", 0, listing, (&mut sink, &mut skip, &mut super::attrs::Names::new()));
+        let walked =
+            walk(OwnedFd::from(file), ("", None), 0, listing, (&mut sink, &mut skip, &mut super::attrs::Names::new()));
         match walked {
             Ok(()) => {}
             Err(e) if Stop::is(&e, Stop::BudgetSpent) => {
@@ -854,7 +855,15 @@ impl Sandbox {
         };
         let mut names = super::attrs::Names::new();
         let sinks = (&mut marking as &mut dyn FnMut(Entry) -> io::Result<()>, &mut unreadable as _, &mut names);
-        let walked = walk(OwnedFd::from(file), "", 0, listing, sinks);
+        let file = OwnedFd::from(file);
+        // -L: links are resolved beneath the walked directory itself.
+        let tree = match listing {
+            Listing::Meta(_, CopyLinks(true)) => {
+                Some(Root::beneath_fd(file.try_clone().map_err(|e| fault(path, e))?, self.root.resolver()))
+            }
+            _ => None,
+        };
+        let walked = walk(file, ("", tree.as_ref()), 0, listing, sinks);
         match (walked, stopped) {
             (Ok(()), _) => Ok(()),
             (Err(_), Some(f)) => Err(f),
@@ -918,7 +927,13 @@ type Sinks<'a> = (
 /// be opened or read, and an entry that cannot be looked at, go to the
 /// second sink (a directory that cannot be searched, once), and the walk
 /// goes on with the next.
-fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks<'_>) -> io::Result<()> {
+fn walk(
+    dir: OwnedFd,
+    (prefix, tree): (&str, Option<&Root>),
+    depth: usize,
+    listing: Listing,
+    sinks: Sinks<'_>,
+) -> io::Result<()> {
     let (sink, unreadable, names) = sinks;
     // Two descriptors and a stack frame a level: bounded.
     if depth > MAX_PATH_DEPTH {
@@ -960,10 +975,22 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
             Listing::Entries => true,
             Listing::Files => kind == Kind::File,
             Listing::Tree => kind == Kind::File || kind == Kind::Dir,
-            Listing::Meta(_) => true,
+            Listing::Meta(..) => true,
             Listing::Partials => partial,
         };
-        if let (true, Listing::Meta(wanted)) = (keep, listing) {
+        if let (true, Listing::Meta(wanted, copy_links)) = (keep, listing) {
+            // -L: a link to a file inside the tree is listed as that file
+            // (its attributes, as a followed link's, not read).
+            if let (Kind::Symlink, CopyLinks(true), Some(tree)) = (kind, copy_links, tree) {
+                if let Some(target) = followed(tree, &rel) {
+                    let mut e = entry_of(rel.clone(), &target, Kind::File);
+                    e.mtime_ns = Stamp::of_stat(&target).wire_ns();
+                    let owner = super::attrs::Wanted { xattrs: false, acls: false, ..wanted };
+                    e.attrs = super::attrs::read(&dir, OsStr::from_bytes(raw), &target, owner, names);
+                    sink(e)?;
+                    continue;
+                }
+            }
             let mut e = entry_of(rel.clone(), &st, kind);
             e.mtime_ns = Stamp::of_stat(&st).wire_ns();
             e.attrs = super::attrs::read(&dir, OsStr::from_bytes(raw), &st, wanted, names);
@@ -989,7 +1016,7 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
         if listing != Listing::Entries && kind == Kind::Dir {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rustix::fs::openat(&dir, item.file_name(), flags, rustix::fs::Mode::empty()) {
-                Ok(sub) => walk(sub, &rel, depth + 1, listing, (&mut *sink, &mut *unreadable, &mut *names))?,
+                Ok(sub) => walk(sub, (&rel, tree), depth + 1, listing, (&mut *sink, &mut *unreadable, &mut *names))?,
                 // Gone, or swapped for a symlink, since it was read.
                 Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {}
                 Err(e) => unreadable(&rel, e.into())?,
@@ -997,6 +1024,19 @@ fn walk(dir: OwnedFd, prefix: &str, depth: usize, listing: Listing, sinks: Sinks
         }
     }
     Ok(())
+}
+
+/// Whether a walk follows symlinks to files inside the walked tree (`-L`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyLinks(pub bool);
+
+/// What the symlink `rel` (below the walked directory `tree`) leads to,
+/// if it is a regular file beneath `tree`: never one outside it (an
+/// absolute link, `..` past it), a directory, or a dangling link.
+fn followed(tree: &Root, rel: &str) -> Option<rustix::fs::Stat> {
+    let fd = tree.open_beneath(rel, OFlags::PATH).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    (kind_of(st.st_mode) == Kind::File).then_some(st)
 }
 
 fn kind_of(mode: u32) -> Kind {
@@ -1228,7 +1268,8 @@ pub fn file_attrs_at(
     (attrs, how): (Option<&Attrs>, Applying),
     names: &mut super::attrs::Names,
 ) -> io::Result<bool> {
-    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+    let fd =
+        rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
     let st = rustix::fs::fstat(&fd)?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
@@ -1329,8 +1370,10 @@ pub enum Listing {
     /// special files (what each is in its `attrs`), each entry with its
     /// exact time and what else the receiver wants of it (owners,
     /// extended attributes), and each file that is another name of a file
-    /// listed before it marked with that file's path (a hard link).
-    Meta(super::attrs::Wanted),
+    /// listed before it marked with that file's path (a hard link). With
+    /// `copy_links` (`-L`), a symlink leading to a regular file beneath
+    /// the walked directory is listed as that file under the link's name.
+    Meta(super::attrs::Wanted, CopyLinks),
     /// Only the partial files below it, which the others hide.
     Partials,
 }
@@ -1678,7 +1721,8 @@ mod tests {
         let at = Stamp::of_meta(&fs::metadata(&f).unwrap());
         let how = Applying::default();
         let mut names = super::super::attrs::Names::new();
-        let mut set = |name: &str, size| file_attrs_at(&dir, OsStr::new(name), (size, at), 0o640, (None, how), &mut names);
+        let mut set =
+            |name: &str, size| file_attrs_at(&dir, OsStr::new(name), (size, at), 0o640, (None, how), &mut names);
         assert_eq!(set("link", 3).unwrap_err().kind(), io::ErrorKind::InvalidInput, "a symlink is never followed");
         assert_eq!(set("f", 4).unwrap_err().kind(), io::ErrorKind::AlreadyExists, "another size: changed");
         assert!(set("f", 3).unwrap());

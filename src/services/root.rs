@@ -150,6 +150,12 @@ impl Root {
         Ok(Root { fd: Arc::new(fd), resolver, links: Links::Inside })
     }
 
+    /// A root over the directory open as `fd` (links inside it
+    /// followed), resolving with `resolver`.
+    pub fn beneath_fd(fd: OwnedFd, resolver: Resolver) -> Root {
+        Root { fd: Arc::new(fd), resolver, links: Links::Inside }
+    }
+
     /// The same root, following no symlink beneath it at all (see
     /// [`Links::Never`]): `openat2(2)` with `RESOLVE_NO_SYMLINKS` too, or
     /// the walk refusing the first link it meets.

@@ -25,7 +25,7 @@ type S = Session<ServerSide>;
 /// and the listing goes on; without, it ends the listing with an error
 /// frame naming it.
 pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, request: TreeList) -> Result<(), Error> {
-    let TreeList { path, blake3, skips, meta, owners, xattrs, acls } = request;
+    let TreeList { path, blake3, skips, meta, owners, xattrs, acls, copy_links } = request;
     let wanted = crate::services::attrs::Wanted { owners, numeric: false, xattrs, acls };
     let (tx, rx) = tokio::sync::mpsc::channel::<Part>(4);
     let send = async {
@@ -54,7 +54,7 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
         s.send(&ListingEnd { count, owners, umask }, &[]).await
     };
     // The walk stops when the sender does (its channel closed).
-    let ((), sent) = tokio::join!(st.walk(&path, WalkFlags { blake3, skips, meta, wanted }, tx), send);
+    let ((), sent) = tokio::join!(st.walk(&path, WalkFlags { blake3, skips, meta, wanted, copy_links }, tx), send);
     sent
 }
 

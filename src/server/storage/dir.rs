@@ -90,7 +90,7 @@ impl Storage for Dir<'_> {
     }
 
     async fn walk(&self, path: &str, flags: WalkFlags, tx: tokio::sync::mpsc::Sender<Part>) {
-        let WalkFlags { blake3, skips, meta, wanted } = flags;
+        let WalkFlags { blake3, skips, meta, wanted, copy_links } = flags;
         let (sb, hashes, path) = (self.sb.clone(), self.hashes.clone(), path.to_owned());
         let walker = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::default();
@@ -113,7 +113,7 @@ impl Storage for Dir<'_> {
                 tx.blocking_send(Part::Skip(skip)).map_err(|_| gone())
             };
             let skip: Option<&mut files::Skip<'_>> = if skips { Some(&mut skip) } else { None };
-            let listing = if meta { Listing::Meta(wanted) } else { Listing::Tree };
+            let listing = if meta { Listing::Meta(wanted, files::CopyLinks(copy_links)) } else { Listing::Tree };
             let last = match sb.walk(&path, listing, &mut sink, skip) {
                 Ok(()) => Part::Entries(chunker.rest()),
                 Err(r) => Part::Refused(r),
@@ -765,9 +765,7 @@ fn apply_one(
             Err(Fault::NotKept { path: full.to_owned(), why: "a symlink entry without a target" })
         }
         (Kind::File, _, Some(to)) => sb.make_hard_link(full, &join(base, to), replace),
-        (Kind::File, _, None) if e.attrs_only => {
-            sb.set_file_attrs(full, (e.size, at), e.mode, (attrs, how))
-        }
+        (Kind::File, _, None) if e.attrs_only => sb.set_file_attrs(full, (e.size, at), e.mode, (attrs, how)),
         (Kind::Dir, ..) => sb.set_dir_attrs(full, e.mode, at, attrs.map(|a| (a, how))),
         _ => Err(Fault::NotKept { path: full.to_owned(), why: "special files are not kept" }),
     }

@@ -167,6 +167,9 @@ pub(in crate::server) struct WalkFlags {
     pub meta: bool,
     /// With `meta`: owners, extended attributes.
     pub wanted: crate::services::attrs::Wanted,
+    /// With `meta`: symlinks to files inside the tree listed as those
+    /// files (`-L`).
+    pub copy_links: bool,
 }
 
 /// What a tree's walk hands the `tree_list` sender, in order.
