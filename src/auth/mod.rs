@@ -1,6 +1,8 @@
 //! Keys and the mutual challenge-response: both sides prove they hold the
 //! shared key with HMAC-SHA256 over a transcript that includes both nonces,
-//! the role, the protocol version and the TLS channel binding.
+//! the role, the protocol version and the TLS channel binding; or each
+//! signs such a transcript with its own key, in OpenSSH's formats
+//! ([`identity`], [`authorized`], [`known_hosts`]).
 
 use std::fmt;
 use std::io::Write;
@@ -11,6 +13,13 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::wire::VERSION;
+
+pub mod authorized;
+pub mod identity;
+pub mod known_hosts;
+
+pub use authorized::{Authorized, AuthorizedKeys, KeyFile, Rights, Verb};
+pub use identity::{Identity, IdentityError};
 
 /// Key length in bytes.
 pub const KEY_LEN: usize = 32;
