@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use framewire::auth::Key;
 use framewire::client::tree::Endpoint;
+use framewire::client::{Credentials, HostKeys};
 use framewire::proto::DEFAULT_PORT;
 use framewire::transport::Throttle;
 use framewire::Client;
@@ -48,6 +49,7 @@ struct File {
 struct Flags {
     port: Option<Port>,
     key_file: Option<PathBuf>,
+    identity: Option<PathBuf>,
     jobs: Option<Jobs>,
     bwlimit: Option<Rate>,
     timeout: Option<Seconds>,
@@ -61,6 +63,7 @@ struct HostEntry {
     dir: Option<RemoteDir>,
     port: Option<Port>,
     key_file: Option<PathBuf>,
+    identity: Option<PathBuf>,
     jobs: Option<Jobs>,
     bwlimit: Option<Rate>,
     timeout: Option<Seconds>,
@@ -71,6 +74,7 @@ impl HostEntry {
         Flags {
             port: self.port,
             key_file: self.key_file.clone(),
+            identity: self.identity.clone(),
             jobs: self.jobs,
             bwlimit: self.bwlimit,
             timeout: self.timeout,
@@ -270,6 +274,19 @@ pub struct Settings {
     env_key: Option<PathBuf>,
     /// `--connect-timeout`.
     connect_timeout: Option<std::time::Duration>,
+    /// `-i`/`--identity`, `--known-hosts`, `--accept-new`.
+    keys: KeyFlags,
+}
+
+/// The command line's flags about keys of one's own.
+#[derive(Debug, Default, Clone)]
+pub struct KeyFlags {
+    /// `-i FILE`.
+    pub identity: Option<PathBuf>,
+    /// `--known-hosts FILE`.
+    pub known_hosts: Option<PathBuf>,
+    /// `--accept-new`.
+    pub accept_new: bool,
 }
 
 /// What a `HOST` argument resolves to: where to connect, with which key,
@@ -293,6 +310,11 @@ pub struct Target {
     pub timeout: Option<f64>,
     /// `--connect-timeout`.
     pub connect_timeout: Option<std::time::Duration>,
+    /// The identity file (`-i`, a host's or the defaults' `identity`),
+    /// and where that came from.
+    pub identity: Option<(PathBuf, Origin)>,
+    /// `--known-hosts`, `--accept-new`.
+    host_keys: (Option<PathBuf>, bool),
     port_origin: Origin,
     /// The argument, when it names a host set (`@group`, a list, a
     /// range) rather than one host: refused before any lookup.
@@ -333,6 +355,12 @@ impl Settings {
         Ok(settings)
     }
 
+    /// These settings, with the command line's flags about keys.
+    pub fn with_keys(mut self, keys: KeyFlags) -> Self {
+        self.keys = keys;
+        self
+    }
+
     /// These settings, with every connection's connect and handshake
     /// limited to `limit`.
     pub fn with_connect_timeout(mut self, limit: std::time::Duration) -> Self {
@@ -349,8 +377,10 @@ impl Settings {
             }
         };
         fix(&mut self.file.defaults.key_file);
+        fix(&mut self.file.defaults.identity);
         for host in self.file.hosts.values_mut() {
             fix(&mut host.key_file);
+            fix(&mut host.identity);
         }
     }
 
@@ -407,6 +437,13 @@ impl Settings {
             bwlimit: own.bwlimit.or(defaults.bwlimit).map(|r| r.0),
             timeout: own.timeout.or(defaults.timeout).map(|s| s.0),
             connect_timeout: self.connect_timeout,
+            identity: match (&self.keys.identity, &own.identity, &defaults.identity) {
+                (Some(i), ..) => Some((i.clone(), Origin::CommandLine)),
+                (None, Some(i), _) => Some((i.clone(), Origin::Host)),
+                (None, None, Some(i)) => Some((i.clone(), Origin::Defaults)),
+                (None, None, None) => None,
+            },
+            host_keys: (self.keys.known_hosts.clone(), self.keys.accept_new),
             port_origin,
             host_set: (entry.is_none() && is_host_set(host)).then(|| arg.to_owned()),
         }
@@ -481,7 +518,33 @@ impl Target {
     /// bandwidth limit (`bwlimit` overrides the config file's).
     pub fn endpoint(&self, bwlimit: Option<u64>) -> anyhow::Result<Endpoint> {
         self.one_host()?;
-        Ok(self.endpoint_with_key(self.key()?, bwlimit))
+        let key = self.key()?;
+        self.credentials(key.clone())?;
+        Ok(self.endpoint_with_key(key, bwlimit))
+    }
+
+    /// How this host is authenticated with: the shared key `key`, and keys
+    /// of one's own: `-i` (or the config file's `identity`); without it
+    /// and without a shared key, ssh-agent's keys and `~/.ssh/id_ed25519`,
+    /// as ssh looks for them. Each identity is read once per process (a
+    /// passphrase asked once).
+    ///
+    /// # Errors
+    ///
+    /// The identity file cannot be read or decrypted.
+    pub fn credentials(&self, key: Option<Key>) -> anyhow::Result<Credentials> {
+        let identities = match &self.identity {
+            Some((path, origin)) => vec![identity_file(path).with_context(|| match origin {
+                Origin::CommandLine => "the identity (-i)".to_owned(),
+                o => format!("the identity of {o} in the config file"),
+            })?],
+            None if key.is_none() => default_identities(),
+            None => Vec::new(),
+        };
+        let (file, accept_new) = self.host_keys.clone();
+        use std::io::IsTerminal;
+        let ask = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        Ok(Credentials::shared(key).with_identities(identities, HostKeys::new(file, accept_new, ask)))
     }
 
     /// Refuses a host set given where one host goes, before it is looked
@@ -497,7 +560,11 @@ impl Target {
 
     /// As [`endpoint`](Self::endpoint), with this host's key already read.
     pub fn endpoint_with_key(&self, key: Option<Key>, bwlimit: Option<u64>) -> Endpoint {
-        let mut endpoint = Endpoint::new(self.addr.clone(), key);
+        let mut endpoint = Endpoint::new(self.addr.clone(), key.clone());
+        match self.credentials(key) {
+            Ok(creds) => endpoint = endpoint.with_credentials(creds),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
         if let Some(limit) = self.connect_timeout {
             endpoint = endpoint.with_connect_timeout(limit);
         }
@@ -516,7 +583,8 @@ impl Target {
     /// fails.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         self.one_host()?;
-        let mut endpoint = Endpoint::new(self.addr.clone(), self.key()?);
+        let key = self.key()?;
+        let mut endpoint = Endpoint::new(self.addr.clone(), key.clone()).with_credentials(self.credentials(key)?);
         if let Some(limit) = self.connect_timeout {
             endpoint = endpoint.with_connect_timeout(limit);
         }
@@ -657,4 +725,80 @@ mod tests {
         }
         assert_eq!(s.groups_of("web"), ["all"]);
     }
+}
+
+/// Identities read so far, by file: a fleet's hosts share one (and its
+/// passphrase is asked once).
+static IDENTITIES: std::sync::Mutex<BTreeMap<PathBuf, framewire::auth::Identity>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The identity in `path`, asking for its passphrase if it has one.
+fn identity_file(path: &Path) -> anyhow::Result<framewire::auth::Identity> {
+    let mut known = IDENTITIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(id) = known.get(path) {
+        return Ok(id.clone());
+    }
+    let id = framewire::auth::Identity::from_file(path, || passphrase(path))?;
+    known.insert(path.to_owned(), id.clone());
+    Ok(id)
+}
+
+/// What ssh would find without `-i`: the agent's Ed25519 keys
+/// (`SSH_AUTH_SOCK`), then `~/.ssh/id_ed25519` if it is there and not in
+/// the agent (its passphrase asked only if the agent has no key).
+fn default_identities() -> Vec<framewire::auth::Identity> {
+    static FOUND: std::sync::OnceLock<Vec<framewire::auth::Identity>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let mut found = Vec::new();
+            if let Some(socket) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) {
+                match framewire::auth::Identity::from_agent(Path::new(&socket)) {
+                    Ok(keys) => found.extend(keys),
+                    Err(e) => tracing::debug!("{e}"),
+                }
+            }
+            let own = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519"));
+            if let Some(path) = own.filter(|p| p.exists()) {
+                let agent_has = |id: &framewire::auth::Identity| {
+                    found.iter().any(|f: &framewire::auth::Identity| f.public().key_data() == id.public().key_data())
+                };
+                let ask = found.is_empty();
+                match framewire::auth::Identity::from_file(&path, || if ask { passphrase(&path) } else { None }) {
+                    Ok(id) if !agent_has(&id) => found.push(id),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("{e}"),
+                }
+            }
+            found
+        })
+        .clone()
+}
+
+/// A key file's passphrase: from `SSH_ASKPASS` where ssh would run it
+/// (`SSH_ASKPASS_REQUIRE=force`, or no terminal), else asked on the
+/// terminal without echo.
+fn passphrase(path: &Path) -> Option<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let prompt = format!("Enter passphrase for key '{}': ", path.display());
+    let askpass = std::env::var_os("SSH_ASKPASS").filter(|a| !a.is_empty());
+    let force = std::env::var("SSH_ASKPASS_REQUIRE").is_ok_and(|v| v == "force");
+    if let Some(program) = askpass.filter(|_| force || !std::io::stdin().is_terminal()) {
+        let out =
+            std::process::Command::new(program).arg(&prompt).stderr(std::process::Stdio::inherit()).output().ok()?;
+        return out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim_end_matches(['\n', '\r']).to_owned());
+    }
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").ok()?;
+    let old = rustix::termios::tcgetattr(&tty).ok()?;
+    let mut quiet = old.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &quiet).ok()?;
+    let _ = (&tty).write_all(prompt.as_bytes());
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &old);
+    let _ = (&tty).write_all(b"\n");
+    read.ok().map(|_| line.trim_end_matches(['\n', '\r']).to_owned())
 }

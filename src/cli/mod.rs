@@ -26,6 +26,7 @@ pub use files::REFUSED;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 /// Length-prefixed framing over TCP done properly, and a small agent for
@@ -40,6 +41,25 @@ pub struct Cli {
     /// clients prove they hold it; the connection is then encrypted.
     #[arg(long, global = true, env = "FRAMEWIRE_KEY_FILE", value_name = "FILE")]
     key_file: Option<std::path::PathBuf>,
+
+    /// A key of your own (an OpenSSH Ed25519 private key, as ssh's -i):
+    /// for servers that take keys per person (`serve --authorized-keys`).
+    /// Without it (and without --key-file), the keys in ssh-agent and
+    /// ~/.ssh/id_ed25519 are tried, as ssh does. A host's `identity` in
+    /// the config file sets it too.
+    #[arg(short = 'i', long = "identity", global = true, value_name = "FILE")]
+    identity: Option<std::path::PathBuf>,
+
+    /// The file of servers' host keys (default
+    /// ~/.config/framewire/known_hosts), checked when a key of your own is
+    /// used.
+    #[arg(long, global = true, value_name = "FILE")]
+    known_hosts: Option<std::path::PathBuf>,
+
+    /// Record the host key of a server not known yet, without asking (a
+    /// changed key is still refused): for scripts and fleets.
+    #[arg(long, global = true)]
+    accept_new: bool,
 
     /// Whether the key file came from FRAMEWIRE_KEY_FILE rather than the
     /// command line (a host's entry in the config file sits between).
@@ -110,9 +130,17 @@ enum Command {
     Mkdir(ops::MkdirArgs),
     /// Show what framewire does, end to end on loopback, with no setup.
     Demo(DemoArgs),
-    /// Write a new random key to FILE (mode 0600) for --key-file.
-    #[command(after_help = "Examples:\n  framewire keygen ~/.config/framewire/key")]
+    /// Write a new random key to FILE (mode 0600) for --key-file; with
+    /// --ssh, an OpenSSH Ed25519 key pair (FILE and FILE.pub) instead.
+    #[command(
+        after_help = "Examples:\n  framewire keygen ~/.config/framewire/key\n  framewire keygen --ssh /etc/framewire/host_key\n  framewire keygen --ssh ~/.ssh/id_ed25519 -C alice@laptop"
+    )]
     Keygen(KeygenArgs),
+    /// The known hosts file: list its entries, or remove a host's.
+    #[command(
+        after_help = "Examples:\n  framewire known-hosts\n  framewire known-hosts --remove '[web.example]:9909'"
+    )]
+    KnownHosts(KnownHostsArgs),
     /// Print a completion script for SHELL (e.g. `framewire completions
     /// bash > /etc/bash_completion.d/framewire`).
     Completions {
@@ -163,6 +191,20 @@ enum ConfigWhich {
 struct KeygenArgs {
     /// Where to write the key; an existing file is never replaced.
     file: std::path::PathBuf,
+    /// An OpenSSH Ed25519 key pair, as `ssh-keygen -t ed25519 -N ''`
+    /// makes (a host key for --host-key, or a key of your own for -i).
+    #[arg(long)]
+    ssh: bool,
+    /// The public key's comment (with --ssh).
+    #[arg(short = 'C', long, requires = "ssh", default_value = "")]
+    comment: String,
+}
+
+#[derive(Debug, Args)]
+struct KnownHostsArgs {
+    /// Remove every entry of this host (`[host]:port`, as listed).
+    #[arg(long, value_name = "HOST")]
+    remove: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +278,7 @@ pub fn parse() -> Cli {
         Command::Demo(_) => Some("the demo makes its own key"),
         Command::Completions { .. } | Command::Man => Some("it only prints text"),
         Command::Hosts(_) => Some("it only expands host sets"),
+        Command::KnownHosts(_) => Some("it only reads and edits the known hosts file"),
         _ => None,
     };
     let no_config = match &cli.command {
@@ -256,7 +299,36 @@ pub fn parse() -> Cli {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Keygen(KeygenArgs { file }) => {
+        Command::Keygen(KeygenArgs { file, ssh: true, comment }) => {
+            let public = framewire::auth::identity::generate(&file, &comment)
+                .with_context(|| format!("cannot write a key pair to {}", file.display()))?;
+            eprintln!(
+                "wrote an Ed25519 key pair: {} (mode 0600) and {}.pub\nits fingerprint: {}",
+                file.display(),
+                file.display(),
+                framewire::auth::identity::fingerprint(&public)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KnownHosts(KnownHostsArgs { remove }) => {
+            let file = cli
+                .known_hosts
+                .or_else(framewire::auth::known_hosts::default_file)
+                .context("no known hosts file: give --known-hosts")?;
+            match remove {
+                Some(host) => {
+                    let n = framewire::auth::known_hosts::remove(&file, &host)?;
+                    eprintln!("removed {n} entr{} of {host} from {}", if n == 1 { "y" } else { "ies" }, file.display());
+                }
+                None => match std::fs::read_to_string(&file) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen(KeygenArgs { file, .. }) => {
             framewire::auth::Key::generate().write_new(&file)?;
             eprintln!(
                 "wrote a new key to {} (mode 0600); give it to the server and clients with --key-file",
@@ -286,8 +358,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(k) if cli.key_file_from_env => (None, Some(k)),
                 k => (k, None),
             };
+            let keys =
+                config::KeyFlags { identity: cli.identity, known_hosts: cli.known_hosts, accept_new: cli.accept_new };
             let settings = config::Settings::load(cli.config.as_deref(), cli_key, env_key)?
-                .with_connect_timeout(std::time::Duration::from_secs_f64(cli.connect_timeout));
+                .with_connect_timeout(std::time::Duration::from_secs_f64(cli.connect_timeout))
+                .with_keys(keys);
             client_command(command, &settings)
         }
     }

@@ -125,6 +125,21 @@ pub struct ServeArgs {
     #[arg(help_heading = "Keys and TLS", long)]
     insecure: bool,
 
+    /// Keys per person: an OpenSSH `authorized_keys` file (a line as
+    /// `id_ed25519.pub` has it, options before it narrow the key:
+    /// read-only, dir="SUB", permit="list,get,put,…", no-exec, no-pty,
+    /// from="…", expiry-time="…", restrict). Read again when it changes;
+    /// a key removed ends its sessions. Needs --host-key. May be given
+    /// beside --key-file.
+    #[arg(help_heading = "Keys and TLS", long, value_name = "FILE", requires = "host_key")]
+    authorized_keys: Option<PathBuf>,
+
+    /// The server's own key (an OpenSSH Ed25519 private key: `framewire
+    /// keygen --ssh FILE` or `ssh-keygen -t ed25519 -N '' -f FILE`), which
+    /// clients keep in their known_hosts.
+    #[arg(help_heading = "Keys and TLS", long, value_name = "FILE")]
+    host_key: Option<PathBuf>,
+
     /// A PEM certificate chain to present instead of the generated one
     /// (needs --tls-key and --key-file; the key still authenticates).
     #[arg(help_heading = "Keys and TLS", long, value_name = "PEM", requires = "tls_key")]
@@ -212,9 +227,23 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     config.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
     config.insecure = args.insecure;
     config.key = key;
+    if let Some(path) = &args.authorized_keys {
+        let file = framewire::auth::KeyFile::open(path)
+            .with_context(|| format!("cannot read the authorized keys {}", path.display()))?;
+        config.authorized_keys = Some(std::sync::Arc::new(file));
+    }
+    if let Some(path) = &args.host_key {
+        let host = framewire::auth::Identity::from_file(path, || None)
+            .context("the host key (--host-key; it must not have a passphrase)")?;
+        tracing::info!(fingerprint = %framewire::auth::identity::fingerprint(host.public()), "host key");
+        config.host_key = Some(std::sync::Arc::new(host));
+    }
     config.legacy_hmac = args.legacy_hmac;
     if let (Some(cert), Some(tls_key)) = (&args.tls_cert, &args.tls_key) {
-        anyhow::ensure!(config.key.is_some(), "--tls-cert needs --key-file: TLS is used only with a key");
+        anyhow::ensure!(
+            config.key.is_some() || config.authorized_keys.is_some(),
+            "--tls-cert needs --key-file or --authorized-keys: TLS is used only with keys"
+        );
         config.tls = Some(load_tls(cert, tls_key)?);
     }
     let drain = config.drain_timeout;

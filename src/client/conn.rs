@@ -106,14 +106,36 @@ impl Client {
         key: Option<&Key>,
         throttle: Option<&transport::Throttle>,
     ) -> Result<Client, ClientError> {
+        let creds = Credentials { key: key.cloned(), ..Credentials::default() };
+        Self::connect_as(addr, &creds, throttle).await
+    }
+
+    /// Connects to `addr` with `creds`: the shared key, keys of one's own
+    /// (a file's, the agent's) and how the server's host key is checked
+    /// (PROTOCOL.md §2.3). With either kind of key the connection runs
+    /// over TLS 1.3, never in plaintext.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with), plus
+    /// [`ClientError::HostKey`] (a changed or unknown host key refused).
+    pub async fn connect_as(
+        addr: &str,
+        creds: &Credentials,
+        throttle: Option<&transport::Throttle>,
+    ) -> Result<Client, ClientError> {
         let addr = with_default_port(addr);
+        let host = host_and_port(&addr);
         tracing::debug!("connecting to {addr}");
         let started = std::time::Instant::now();
         let socket = TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr, source })?;
         if let Ok(peer) = socket.peer_addr() {
             tracing::debug!("connected to {peer} in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
         }
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::handshake_limited(socket, key, throttle)).await {
+        let shake = Self::handshake_as(socket, (creds, &host), throttle);
+        // Asking on the terminal about a host key waits for the person.
+        let limit = if creds.host_keys.ask { HANDSHAKE_TIMEOUT * 30 } else { HANDSHAKE_TIMEOUT };
+        match tokio::time::timeout(limit, shake).await {
             Ok(result) => result,
             Err(_) => Err(wire::Error::Stalled(HANDSHAKE_TIMEOUT).into()),
         }
@@ -136,13 +158,24 @@ impl Client {
     ///
     /// As [`handshake`](Self::handshake).
     pub async fn handshake_limited(
-        mut socket: TcpStream,
+        socket: TcpStream,
         key: Option<&Key>,
         throttle: Option<&transport::Throttle>,
     ) -> Result<Client, ClientError> {
+        let host = socket.peer_addr().map(|a| (a.ip().to_string(), a.port())).unwrap_or_default();
+        let creds = Credentials { key: key.cloned(), ..Credentials::default() };
+        Self::handshake_as(socket, (&creds, &host), throttle).await
+    }
+
+    async fn handshake_as(
+        mut socket: TcpStream,
+        (creds, host): (&Credentials, &(String, u16)),
+        throttle: Option<&transport::Throttle>,
+    ) -> Result<Client, ClientError> {
+        let keyed = creds.key.is_some() || !creds.identities.is_empty();
         socket.set_nodelay(true).map_err(wire::Error::Io)?;
         let peer = socket.peer_addr().map_err(wire::Error::Io)?;
-        socket.write_all(&Preface::new(key.is_some()).encode()).await.map_err(wire::Error::Io)?;
+        socket.write_all(&Preface::new(keyed).encode()).await.map_err(wire::Error::Io)?;
         let theirs = match tokio::time::timeout(PREFACE_TIMEOUT, read_preface(&mut socket)).await {
             Ok(theirs) => theirs?,
             Err(_) => return Err(wire::Error::SilentPeer(PREFACE_TIMEOUT).into()),
@@ -157,23 +190,22 @@ impl Client {
         }
         // Either side's mismatch is decided here, from the prefaces: a
         // client holding a key never sends a byte in the clear.
-        match (key, theirs.tls()) {
-            (Some(_), false) => return Err(ClientError::AuthUnavailable),
-            (None, true) => return Err(ClientError::AuthRequired),
+        match (keyed, theirs.tls()) {
+            (true, false) => return Err(ClientError::AuthUnavailable),
+            (false, true) => return Err(ClientError::AuthRequired),
             _ => {}
         }
         let timeouts = Timeouts { idle: None, io: Some(IO_TIMEOUT) };
-        let (read, write) = match key {
-            None => transport::plain(socket),
-            Some(key) => {
+        let (read, write) = match keyed {
+            false => transport::plain(socket),
+            true => {
                 let (read, write, binding) =
                     transport::connect_tls(socket, transport::client_config()).await.map_err(wire::Error::Io)?;
-                tracing::debug!("TLS 1.3 established; proving the key (challenge-response over the channel binding)");
+                tracing::debug!("TLS 1.3 established; authenticating over the channel binding");
                 let mut reader = FrameReader::new(read);
                 reader.set_max_header(PREAUTH_MAX_HEADER);
                 let mut writer = FrameWriter::new(write);
-                authenticate(&mut reader, &mut writer, key, &binding).await?;
-                tracing::debug!("authenticated: both sides proved they hold the key");
+                authenticate(&mut reader, &mut writer, (creds, host), &binding).await?;
                 let (read, buffered) = reader.into_parts();
                 debug_assert!(buffered.is_empty(), "the server sends nothing after auth_ok unasked");
                 (read, writer.into_inner())
@@ -291,21 +323,140 @@ impl Client {
     }
 }
 
-/// The client's side of the challenge-response: answer the server's
-/// challenge with our proof, then check the server's.
+/// The host and port of `addr` (`host:port`, `[v6]:port`), as
+/// `known_hosts` names them.
+fn host_and_port(addr: &str) -> (String, u16) {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            (host.trim_start_matches('[').trim_end_matches(']').to_owned(), port.parse().unwrap_or(0))
+        }
+        None => (addr.to_owned(), crate::proto::DEFAULT_PORT),
+    }
+}
+
+/// How a client proves who it is and checks who the server is: the
+/// shared key, keys of its own (tried in order, after asking the server
+/// which it takes when there are several), and the host key check.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Credentials {
+    /// The shared key (`--key-file`).
+    pub key: Option<Key>,
+    /// Keys of one's own (`-i`, `~/.ssh/id_ed25519`, the agent's).
+    pub identities: Vec<auth::Identity>,
+    /// How the server's host key is checked when one of `identities` is
+    /// used.
+    pub host_keys: HostKeys,
+}
+
+impl Credentials {
+    /// The shared key only.
+    pub fn shared(key: Option<Key>) -> Credentials {
+        Credentials { key, ..Credentials::default() }
+    }
+
+    /// The same, with keys of one's own and how host keys are checked.
+    pub fn with_identities(mut self, identities: Vec<auth::Identity>, host_keys: HostKeys) -> Credentials {
+        self.identities = identities;
+        self.host_keys = host_keys;
+        self
+    }
+}
+
+/// How a client checks a server's host key against `known_hosts`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct HostKeys {
+    /// The file (`--known-hosts`; default
+    /// [`known_hosts::default_file`](auth::known_hosts::default_file)).
+    pub file: Option<std::path::PathBuf>,
+    /// Record a key not known yet (`--accept-new`); a changed one is still
+    /// refused.
+    pub accept_new: bool,
+    /// Ask on the terminal about a key not known yet, showing its
+    /// fingerprint, as ssh does.
+    pub ask: bool,
+}
+
+impl HostKeys {
+    /// Checked against `file` (`None`: the default one).
+    pub fn new(file: Option<std::path::PathBuf>, accept_new: bool, ask: bool) -> HostKeys {
+        HostKeys { file, accept_new, ask }
+    }
+
+    /// Whether the host key `key` of `host` is accepted: recorded for it,
+    /// or not known and accepted now (asked, or `accept_new`).
+    fn check(&self, (host, port): &(String, u16), key: &ssh_key::PublicKey) -> Result<(), ClientError> {
+        use auth::known_hosts::{self, HostKeyError, Known};
+        let name = known_hosts::host_name(host, *port);
+        let file = self.file.clone().or_else(known_hosts::default_file).unwrap_or_else(|| "known_hosts".into());
+        let got = auth::identity::fingerprint(key);
+        match known_hosts::check(&file, &name, key)? {
+            Known::Match => Ok(()),
+            Known::Changed { expected, line } => {
+                Err(HostKeyError::Changed { host: name, expected, got, file, line }.into())
+            }
+            Known::Unknown if self.accept_new => {
+                known_hosts::record(&file, &name, key)?;
+                tracing::info!("recorded the host key of {name} ({got}) in {}", file.display());
+                Ok(())
+            }
+            Known::Unknown if self.ask => {
+                let question = format!(
+                    "The authenticity of host {name} can't be established.\nED25519 key fingerprint is {got}.\nAre you sure you want to continue connecting (yes/no)? "
+                );
+                if ask_yes(&question) {
+                    known_hosts::record(&file, &name, key)?;
+                    eprintln!("Warning: permanently added {name} (ED25519) to {}.", file.display());
+                    Ok(())
+                } else {
+                    Err(HostKeyError::Declined { host: name }.into())
+                }
+            }
+            Known::Unknown => Err(HostKeyError::Unknown { host: name, got }.into()),
+        }
+    }
+}
+
+/// Asks `question` on the terminal (`/dev/tty`), as ssh does; `yes` is
+/// yes.
+fn ask_yes(question: &str) -> bool {
+    use std::io::{BufRead, Write};
+    let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return false };
+    let mut out = &tty;
+    if out.write_all(question.as_bytes()).and_then(|()| out.flush()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    std::io::BufReader::new(&tty).read_line(&mut answer).is_ok() && answer.trim().eq_ignore_ascii_case("yes")
+}
+
+/// The client's side of authentication (PROTOCOL.md §2.3): with keys of
+/// its own and a server that takes them, the server's host key is checked
+/// (its signature, then `known_hosts`) before the client signs; else the
+/// shared key's challenge-response, which proves both sides.
 async fn authenticate(
     reader: &mut FrameReader<BoxRead>,
     writer: &mut FrameWriter<BoxWrite>,
-    key: &Key,
+    (creds, host): (&Credentials, &(String, u16)),
     binding: &Binding,
 ) -> Result<(), ClientError> {
-    let server_nonce = match reader.read_head::<Answer<AuthChallenge>>().await? {
-        Some((Answer::Ok(AuthChallenge { nonce }), 0)) => {
-            auth::from_hex::<{ auth::NONCE_LEN }>(&nonce).ok_or(ClientError::ServerAuthFailed)?
-        }
+    let challenge = match reader.read_head::<Answer<AuthChallenge>>().await? {
+        Some((Answer::Ok(challenge), 0)) => challenge,
         Some((Answer::Ok(_), _)) => return Err(ClientError::ServerAuthFailed),
         Some((Answer::Refused(e), _)) => return Err(e.into()),
         None => return Err(ClientError::Closed),
+    };
+    let server_nonce = auth::from_hex::<{ auth::NONCE_LEN }>(&challenge.nonce).ok_or(ClientError::ServerAuthFailed)?;
+    // An older server names no methods: the shared key only.
+    let takes =
+        |m: &str| if challenge.methods.is_empty() { m == "key" } else { challenge.methods.iter().any(|x| x == m) };
+    if !creds.identities.is_empty() && takes("publickey") {
+        return by_identity(reader, writer, (creds, host), (&challenge, &server_nonce, binding)).await;
+    }
+    let Some(key) = creds.key.as_ref().filter(|_| takes("key")) else {
+        tracing::debug!("the server takes {:?}; this client has no key of that kind", challenge.methods);
+        return Err(ClientError::AuthFailed);
     };
     tracing::debug!("got the server's challenge; sending our proof");
     let client_nonce = auth::nonce();
@@ -314,23 +465,95 @@ async fn authenticate(
     let response = AuthResponse { nonce: hex::encode(client_nonce), proof: hex::encode(proof) };
     writer.send(&response, &[]).await?;
     match reader.read_head::<Answer<AuthOk>>().await {
-        Ok(Some((Answer::Ok(AuthOk { proof }), 0))) => {
+        Ok(Some((Answer::Ok(AuthOk { proof, .. }), 0))) => {
             let proof = auth::from_hex::<32>(&proof).ok_or(ClientError::ServerAuthFailed)?;
             if auth::verify(key, Role::Server, &transcript, &proof) {
+                tracing::debug!("authenticated: both sides proved they hold the key");
                 Ok(())
             } else {
                 tracing::debug!("the server accepted our proof, but its own proof is wrong: it does not hold our key");
                 Err(ClientError::ServerAuthFailed)
             }
         }
+        refused => Err(refusal(refused)),
+    }
+}
+
+/// What an answer other than `auth_ok` means.
+fn refusal(answer: Result<Option<(Answer<AuthOk>, u64)>, wire::Error>) -> ClientError {
+    match answer {
         Ok(Some((Answer::Refused(ErrorFrame { code: ErrorCode::AuthFailed, .. }), _))) => {
-            tracing::debug!("the server refused our proof: its key is not ours");
-            Err(ClientError::AuthFailed)
+            tracing::debug!("the server refused our proof");
+            ClientError::AuthFailed
         }
-        Ok(Some((Answer::Refused(e), _))) => Err(e.into()),
-        Ok(Some((Answer::Ok(_), _))) => Err(ClientError::ServerAuthFailed),
+        Ok(Some((Answer::Refused(e), _))) => e.into(),
+        Ok(Some((Answer::Ok(_), _))) => ClientError::ServerAuthFailed,
         // A server that drops us here did not accept the proof.
-        Ok(None) | Err(_) => Err(ClientError::AuthFailed),
+        Ok(None) | Err(_) => ClientError::AuthFailed,
+    }
+}
+
+/// Authentication with a key of one's own: the host key checked, the key
+/// to use chosen (the server asked, if there are several), the transcript
+/// signed.
+async fn by_identity(
+    reader: &mut FrameReader<BoxRead>,
+    writer: &mut FrameWriter<BoxWrite>,
+    (creds, host): (&Credentials, &(String, u16)),
+    (challenge, server_nonce, binding): (&AuthChallenge, &[u8; auth::NONCE_LEN], &Binding),
+) -> Result<(), ClientError> {
+    use crate::auth::identity;
+    use crate::proto::{AuthOffer, AuthOfferReply, AuthPublickey};
+    let host_key = challenge.host_key.as_deref().and_then(identity::from_wire).ok_or(ClientError::ServerAuthFailed)?;
+    let sig = challenge.host_signature.as_deref().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
+    if !identity::verify(&host_key, &identity::server_transcript(server_nonce, binding, &host_key), &sig) {
+        tracing::debug!("the server's host key signature is wrong: someone may be in the middle");
+        return Err(ClientError::ServerAuthFailed);
+    }
+    creds.host_keys.check(host, &host_key)?;
+    tracing::debug!("the server's host key is {}", identity::fingerprint(&host_key));
+    let chosen = match creds.identities.as_slice() {
+        [one] => one.clone(),
+        many => {
+            let offered: Vec<&auth::Identity> = many.iter().take(16).collect();
+            let keys = offered.iter().map(|i| identity::to_wire(i.public())).collect();
+            writer.send(&AuthOffer { keys }, &[]).await?;
+            match reader.read_head::<Answer<AuthOfferReply>>().await {
+                Ok(Some((Answer::Ok(AuthOfferReply { key: Some(i) }), 0))) => {
+                    (*offered.get(i as usize).ok_or(ClientError::ServerAuthFailed)?).clone()
+                }
+                Ok(Some((Answer::Ok(_), _))) => {
+                    tracing::debug!("the server takes none of the {} keys offered", offered.len());
+                    return Err(ClientError::AuthFailed);
+                }
+                Ok(Some((Answer::Refused(e), _))) if e.code != ErrorCode::AuthFailed => return Err(e.into()),
+                _ => return Err(ClientError::AuthFailed),
+            }
+        }
+    };
+    tracing::debug!("offering key {}", chosen.describe());
+    let client_nonce = auth::nonce();
+    let signed = identity::client_transcript((server_nonce, &client_nonce), binding, &host_key, chosen.public());
+    let signer = chosen.clone();
+    let signature = tokio::task::spawn_blocking(move || signer.sign(&signed))
+        .await
+        .map_err(|e| ClientError::Wire(wire::Error::Io(io::Error::other(e))))??;
+    let request = AuthPublickey {
+        nonce: hex::encode(client_nonce),
+        key: identity::to_wire(chosen.public()),
+        signature: hex::encode(signature),
+    };
+    writer.send(&request, &[]).await?;
+    match reader.read_head::<Answer<AuthOk>>().await {
+        Ok(Some((Answer::Ok(AuthOk { rights, .. }), 0))) => {
+            tracing::debug!(
+                "authenticated with key {}; it may: {}",
+                chosen.describe(),
+                rights.as_deref().unwrap_or("(not said)")
+            );
+            Ok(())
+        }
+        refused => Err(refusal(refused)),
     }
 }
 

@@ -75,6 +75,14 @@ pub enum ClientError {
     /// The server could not prove it holds the key.
     #[error("the server could not prove it holds the key: it has a different key, or someone is in the middle")]
     ServerAuthFailed,
+    /// The server's host key was refused: it changed, or it is not known
+    /// and was not accepted.
+    #[error(transparent)]
+    HostKey(#[from] crate::auth::known_hosts::HostKeyError),
+    /// A key of one's own could not be used (its file, its passphrase,
+    /// the agent).
+    #[error(transparent)]
+    Identity(#[from] crate::auth::IdentityError),
     /// The server requires a key and we have none.
     #[error("the server requires a key")]
     AuthRequired,

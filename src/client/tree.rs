@@ -62,7 +62,7 @@ pub use crate::session::SharedReads;
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     addr: String,
-    key: Option<Key>,
+    creds: super::conn::Credentials,
     throttle: Option<crate::transport::Throttle>,
     connect_timeout: Option<Duration>,
     shared_reads: Option<Arc<SharedReads>>,
@@ -71,7 +71,15 @@ pub struct Endpoint {
 impl Endpoint {
     /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
     pub fn new(addr: impl Into<String>, key: Option<Key>) -> Self {
-        Endpoint { addr: addr.into(), key, throttle: None, connect_timeout: None, shared_reads: None }
+        let creds = super::conn::Credentials::shared(key);
+        Endpoint { addr: addr.into(), creds, throttle: None, connect_timeout: None, shared_reads: None }
+    }
+
+    /// The same server, authenticated with `creds` (keys of one's own, how
+    /// host keys are checked) instead of the shared key alone.
+    pub fn with_credentials(mut self, creds: super::conn::Credentials) -> Self {
+        self.creds = creds;
+        self
     }
 
     /// Every connection opened from here must be connected, and its
@@ -113,7 +121,7 @@ impl Endpoint {
     /// As [`Client::connect_with`], and [`ClientError::ConnectTimeout`]
     /// past the connect timeout.
     pub async fn connect(&self) -> Result<Client, ClientError> {
-        let connecting = Client::connect_limited(&self.addr, self.key.as_ref(), self.throttle.as_ref());
+        let connecting = Client::connect_as(&self.addr, &self.creds, self.throttle.as_ref());
         let mut client = match self.connect_timeout {
             None => connecting.await?,
             Some(limit) => match tokio::time::timeout(limit, connecting).await {

@@ -744,11 +744,29 @@ messages! {
     }
 
     /// Authentication, server to client, first frame over TLS: the
-    /// server's nonce (64 hex digits).
-    AuthChallenge = "auth_challenge", ToClient, none, cold, example: AuthChallenge { nonce: "00".into() };
+    /// server's nonce (64 hex digits), how it takes clients, and its host
+    /// key with its signature (PROTOCOL.md §2.3).
+    AuthChallenge = "auth_challenge", ToClient, none, cold,
+        example: AuthChallenge {
+            nonce: "00".into(),
+            methods: vec!["key".into(), "publickey".into()],
+            host_key: Some("ssh-ed25519 AAAA".into()),
+            host_signature: Some("01".into()),
+        };
     {
         /// 32 random bytes, hex.
         nonce: String,
+        /// `key` (the shared key's proof), `publickey` (a key of its
+        /// `authorized_keys`); an older server leaves it out: `key` only.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        methods: Vec<String>,
+        /// With `publickey`: the server's host key, `ssh-ed25519 AAAA…`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_key: Option<String>,
+        /// Its signature over the server's transcript (SSH's encoding,
+        /// hex).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_signature: Option<String>,
     }
 
     /// Authentication, client to server: the client's nonce and its proof.
@@ -761,12 +779,50 @@ messages! {
         proof: String,
     }
 
-    /// Authentication, server to client: the client is accepted, and the
-    /// server's own proof.
-    AuthOk = "auth_ok", ToClient, none, cold, example: AuthOk { proof: "03".into() };
+    /// Authentication with a key of the server's `authorized_keys`: the
+    /// client's nonce, its public key and its signature over the client's
+    /// transcript (PROTOCOL.md §2.3.1).
+    AuthPublickey = "auth_publickey", ToServer, none, cold,
+        example: AuthPublickey { nonce: "01".into(), key: "ssh-ed25519 AAAA".into(), signature: "02".into() };
     {
-        /// HMAC-SHA256 proof, hex.
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// `ssh-ed25519 AAAA…`.
+        key: String,
+        /// SSH's encoding of the signature, hex.
+        signature: String,
+    }
+
+    /// Before `auth_publickey`, a client holding several keys (an agent's)
+    /// asks which the server takes, at most 16.
+    AuthOffer = "auth_offer", ToServer, none, cold, example: AuthOffer { keys: vec!["ssh-ed25519 AAAA".into()] };
+    {
+        /// `ssh-ed25519 AAAA…` each.
+        keys: Vec<String>,
+    }
+
+    /// The answer to `auth_offer`: the index of the first key the server
+    /// takes from that address now, or none.
+    AuthOfferReply = "auth_offer_reply", ToClient, none, cold, example: AuthOfferReply { key: Some(0) };
+    {
+        /// Index into the offer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<u32>,
+    }
+
+    /// Authentication, server to client: the client is accepted, and the
+    /// server's own proof (shared key), or what the key may do
+    /// (`publickey`).
+    AuthOk = "auth_ok", ToClient, none, cold, example: AuthOk { proof: "03".into(), rights: None };
+    {
+        /// HMAC-SHA256 proof, hex; empty after `auth_publickey` (the host
+        /// key's signature proved the server already).
+        #[serde(default)]
         proof: String,
+        /// After `auth_publickey`: the verbs the key may use
+        /// (`list,get,…`), for the client to show.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rights: Option<String>,
     }
 
     /// Reply: the request failed. Never carries a body.

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub use message::{Message, ToBoth, ToClient, ToServer};
 pub use messages::*;
 pub use sets::{
-    Answer, ExecInput, ExecOutput, ListingOutput, Request, TreeGetInput, TreeGetOutput, TreePutInput, TreePutOutput,
+    Answer, AuthInput, ExecInput, ExecOutput, ListingOutput, Request, TreeGetInput, TreeGetOutput, TreePutInput,
+    TreePutOutput,
 };
 pub use tree::{
     entry_weight, frames, CommitList, Failed, ManifestEntry, Want, WantList, TREE_PART_ENTRIES, TREE_PART_MAX,

@@ -20,6 +20,11 @@ set! {
 }
 
 set! {
+    /// What a server reads after its `auth_challenge`.
+    AuthInput: "auth_response, auth_publickey or auth_offer", known KINDS, tags Tag, { AuthResponse, AuthPublickey, AuthOffer }
+}
+
+set! {
     /// What a server reads during a streamed upload (`tree_put`).
     TreePutInput: "manifest, manifest_end, tree_file, checksum or tree_end (a tree_put is running)", known KINDS, tags Tag,
     { TreeFile, Checksum, Manifest, ManifestEnd, TreeEnd }

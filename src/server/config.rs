@@ -108,6 +108,13 @@ pub struct Config {
     /// The shared key: with one, every connection runs over TLS 1.3 and
     /// must pass the mutual challenge-response first.
     pub key: Option<Key>,
+    /// `--authorized-keys`: keys per person, each with its rights, read
+    /// again when the file changes (issue 31). With it, every connection
+    /// runs over TLS 1.3, and [`host_key`](Self::host_key) is required.
+    pub authorized_keys: Option<Arc<crate::auth::KeyFile>>,
+    /// `--host-key`: the server's own key (OpenSSH's format), which it
+    /// signs each handshake with and clients keep in `known_hosts`.
+    pub host_key: Option<Arc<crate::auth::Identity>>,
     /// The TLS certificate and key to present, for users who have a real
     /// one; by default a self-signed one is generated at start.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -162,6 +169,8 @@ impl Config {
             accept_env: DEFAULT_ACCEPT_ENV.iter().map(|p| (*p).to_owned()).collect(),
             exit_when_idle: None,
             key: None,
+            authorized_keys: None,
+            host_key: None,
             tls: None,
             insecure: false,
             legacy_hmac: false,
@@ -296,6 +305,9 @@ pub enum PolicyError {
     /// Exec without a key ([`Config::insecure`] allows it).
     #[error("refusing to allow exec without a key: anyone who can connect could run commands")]
     OpenExec,
+    /// [`Config::authorized_keys`] without [`Config::host_key`].
+    #[error("--authorized-keys needs --host-key: the server proves itself to clients with its own key (make one with: framewire keygen --ssh FILE, or ssh-keygen -t ed25519 -N '' -f FILE)")]
+    KeysWithoutHostKey,
     /// [`Config::legacy_hmac`] without [`Config::key`].
     #[error("the legacy HMAC challenge needs a key")]
     LegacyHmacWithoutKey,

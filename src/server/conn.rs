@@ -125,7 +125,7 @@ async fn handshake(
     ctx: &Context,
     gate: (SilentPlace, &Door, &Arc<Startups>),
     deadline: tokio::time::Instant,
-) -> Result<(BoxRead, BoxWrite), Refused> {
+) -> Result<(BoxRead, BoxWrite, Who), Refused> {
     let (silent, door, startups) = gate;
     let keyed = ctx.tls.is_some();
     let Some(theirs) = client_preface(&mut tcp, &silent).await else {
@@ -181,8 +181,9 @@ async fn handshake(
     // buffer: this write does not wait.
     drop(silent);
     tcp.write_all(&ours).await?;
-    let (Some(tls), Some(key)) = (&ctx.tls, &ctx.config.key) else {
-        return Ok(transport::plain(tcp));
+    let Some(tls) = &ctx.tls else {
+        let (read, write) = transport::plain(tcp);
+        return Ok((read, write, Who::Anyone));
     };
     let answered = door.answered.enter(ip);
     // A real client sends its TLS hello as soon as it has our preface, in
@@ -205,17 +206,17 @@ async fn handshake(
     drop(answered);
     // Boxed: what TLS and the proof need is allocated only for
     // connections that get this far, not for every silent one.
-    Box::pin(tls_and_proof(tcp, ip, (tls, key), startups, deadline)).await
+    Box::pin(tls_and_proof(tcp, ip, (tls, ctx), startups, deadline)).await
 }
 
 /// TLS and the key proof, in a place in the handshake table.
 async fn tls_and_proof(
     tcp: TcpStream,
     ip: std::net::IpAddr,
-    (tls, key): (&Arc<rustls::ServerConfig>, &Key),
+    (tls, ctx): (&Arc<rustls::ServerConfig>, &Context),
     startups: &Arc<Startups>,
     deadline: tokio::time::Instant,
-) -> Result<(BoxRead, BoxWrite), Refused> {
+) -> Result<(BoxRead, BoxWrite, Who), Refused> {
     let Some(startup) = startups.admit(ip, deadline).await else {
         return Err(Refused::NoPlace);
     };
@@ -224,13 +225,20 @@ async fn tls_and_proof(
         let mut reader = FrameReader::new(read);
         let mut writer = FrameWriter::new(write);
         reader.set_max_header(PREAUTH_MAX_HEADER);
-        if let Err(why) = authenticate(&mut reader, &mut writer, key, &binding).await? {
-            return Ok(Err((why, writer)));
-        }
+        let config = &ctx.config;
+        let material = Material {
+            key: config.key.as_ref(),
+            keys: config.authorized_keys.as_deref(),
+            host: config.host_key.as_deref(),
+        };
+        let who = match authenticate(&mut reader, &mut writer, material, (&binding, ip)).await? {
+            Ok(who) => who,
+            Err(why) => return Ok(Err((why, writer))),
+        };
         reader.set_max_header(MAX_HEADER_LEN);
         let (read, buffered) = reader.into_parts();
         debug_assert!(buffered.is_empty(), "the client waits for auth_ok before sending requests");
-        Ok::<_, Error>(Ok((read, writer.into_inner())))
+        Ok::<_, Error>(Ok((read, writer.into_inner(), who)))
     };
     tokio::select! {
         done = rest => match done? {
@@ -358,37 +366,157 @@ fn hello_now(tcp: &TcpStream) -> Arrived {
     }
 }
 
-/// The server's side of the challenge-response (docs/SECURITY.md): it
-/// challenges first and proves itself only after the client has. The
-/// inner error says why the client failed.
+/// Who a connection proved to be.
+#[derive(Debug, Clone)]
+pub(crate) enum Who {
+    /// Nobody in particular: a server without a key.
+    Anyone,
+    /// A holder of the shared key (every right).
+    SharedKey,
+    /// A key of the `authorized_keys` file, as it stood then (its
+    /// generation: a later one may have removed or narrowed it).
+    Key(Arc<auth::Authorized>, u64),
+}
+
+impl Who {
+    /// How the log names it.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Who::Anyone => "-".into(),
+            Who::SharedKey => "shared-key".into(),
+            Who::Key(k, _) => k.name(),
+        }
+    }
+
+    /// What it may do.
+    pub(crate) fn rights(&self) -> auth::Rights {
+        match self {
+            Who::Key(k, _) => k.rights.clone(),
+            _ => auth::Rights::default(),
+        }
+    }
+}
+
+/// What a server authenticates clients with.
+#[derive(Clone, Copy)]
+struct Material<'a> {
+    key: Option<&'a Key>,
+    keys: Option<&'a auth::KeyFile>,
+    host: Option<&'a auth::Identity>,
+}
+
+/// The most keys one `auth_offer` may name.
+const MAX_OFFER: usize = 16;
+
+/// The server's side of the handshake's authentication (PROTOCOL.md
+/// §2.3): it challenges first, with its host key's signature when it takes
+/// keys per person; then either the shared key's proof (the server proves
+/// itself after the client has) or a key of `authorized_keys` that signs
+/// the transcript (after, perhaps, an offer of several). The inner error
+/// says why the client failed.
 async fn authenticate(
     reader: &mut Reader,
     writer: &mut Writer,
-    key: &Key,
-    binding: &Binding,
-) -> Result<Result<(), String>, Error> {
+    material: Material<'_>,
+    (binding, ip): (&Binding, std::net::IpAddr),
+) -> Result<Result<Who, String>, Error> {
+    use crate::auth::identity;
+    use crate::proto::{AuthInput, AuthOfferReply};
     let server_nonce = auth::nonce();
-    writer.send(&AuthChallenge { nonce: hex::encode(server_nonce) }, &[]).await?;
-    let (nonce, proof) = match reader.read_head::<AuthResponse>().await {
-        Ok(Some((AuthResponse { nonce, proof }, 0))) => (nonce, proof),
-        Ok(Some((_, len))) => return Ok(Err(format!("sent an auth_response with a body of {len} bytes"))),
-        Err(Error::Unexpected { kind, .. }) => return Ok(Err(format!("sent `{kind}` instead of auth_response"))),
-        Err(e) => return Err(e),
-        Ok(None) => return Err(Error::UnexpectedEof { part: wire::FramePart::Header, got: 0, expected: 1 }),
-    };
-    let Some(client_nonce) = auth::from_hex::<{ auth::NONCE_LEN }>(&nonce) else {
-        return Ok(Err("malformed nonce".into()));
-    };
-    let Some(proof) = auth::from_hex::<32>(&proof) else {
-        return Ok(Err("malformed proof".into()));
-    };
-    let transcript = Transcript { server_nonce: &server_nonce, client_nonce: &client_nonce, binding };
-    if !auth::verify(key, Role::Client, &transcript, &proof) {
-        return Ok(Err("wrong proof (wrong key, or a man in the middle)".into()));
+    let mut methods = Vec::new();
+    if material.key.is_some() {
+        methods.push("key".to_owned());
     }
-    let ours = auth::prove(key, Role::Server, &transcript);
-    writer.send(&AuthOk { proof: hex::encode(ours) }, &[]).await?;
-    Ok(Ok(()))
+    let (mut host_key, mut host_signature) = (None, None);
+    if let (Some(_), Some(host)) = (material.keys, material.host) {
+        methods.push("publickey".to_owned());
+        let signed = identity::server_transcript(&server_nonce, binding, host.public());
+        let sig = host.sign(&signed).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        (host_key, host_signature) = (Some(identity::to_wire(host.public())), Some(hex::encode(sig)));
+    }
+    // An older client reads only `nonce`: with the shared key it goes on
+    // as before.
+    let methods = if methods == ["key"] { Vec::new() } else { methods };
+    writer.send(&AuthChallenge { nonce: hex::encode(server_nonce), methods, host_key, host_signature }, &[]).await?;
+    let mut offered = false;
+    loop {
+        let input = match reader.read_head::<AuthInput>().await {
+            Ok(Some((input, 0))) => input,
+            Ok(Some((input, len))) => return Ok(Err(format!("sent an {} with a body of {len} bytes", input.kind()))),
+            Err(Error::Unexpected { kind, .. }) => return Ok(Err(format!("sent `{kind}` instead of authenticating"))),
+            Err(e) => return Err(e),
+            Ok(None) => return Err(Error::UnexpectedEof { part: wire::FramePart::Header, got: 0, expected: 1 }),
+        };
+        match input {
+            AuthInput::AuthResponse(AuthResponse { nonce, proof }) => {
+                let Some(key) = material.key else {
+                    return Ok(Err("offered the shared key's proof; this server takes keys per person only".into()));
+                };
+                let Some(client_nonce) = auth::from_hex::<{ auth::NONCE_LEN }>(&nonce) else {
+                    return Ok(Err("malformed nonce".into()));
+                };
+                let Some(proof) = auth::from_hex::<32>(&proof) else {
+                    return Ok(Err("malformed proof".into()));
+                };
+                let transcript = Transcript { server_nonce: &server_nonce, client_nonce: &client_nonce, binding };
+                if !auth::verify(key, Role::Client, &transcript, &proof) {
+                    return Ok(Err("wrong proof (wrong key, or a man in the middle)".into()));
+                }
+                let ours = auth::prove(key, Role::Server, &transcript);
+                writer.send(&AuthOk { proof: hex::encode(ours), rights: None }, &[]).await?;
+                return Ok(Ok(Who::SharedKey));
+            }
+            AuthInput::AuthOffer(offer) => {
+                let Some(file) = material.keys.filter(|_| !offered) else {
+                    return Ok(Err("sent an auth_offer this server does not take (no keys, or a second)".into()));
+                };
+                offered = true;
+                if offer.keys.len() > MAX_OFFER {
+                    return Ok(Err(format!("offered {} keys (at most {MAX_OFFER})", offer.keys.len())));
+                }
+                let (keys, _) = file.current();
+                let now = std::time::SystemTime::now();
+                let taken = offer.keys.iter().position(|k| {
+                    identity::from_wire(k)
+                        .and_then(|k| keys.get(&k).cloned())
+                        .is_some_and(|a| a.admits(ip, now).is_ok())
+                });
+                writer.send(&AuthOfferReply { key: taken.map(|i| i as u32) }, &[]).await?;
+                if taken.is_none() {
+                    return Ok(Err(format!("none of the {} keys offered is authorized", offer.keys.len())));
+                }
+            }
+            AuthInput::AuthPublickey(p) => {
+                let (Some(file), Some(host)) = (material.keys, material.host) else {
+                    return Ok(Err("offered a key; this server takes the shared key only".into()));
+                };
+                let Some(client_nonce) = auth::from_hex::<{ auth::NONCE_LEN }>(&p.nonce) else {
+                    return Ok(Err("malformed nonce".into()));
+                };
+                let Some(key) = identity::from_wire(&p.key) else {
+                    return Ok(Err("a key that is not ssh-ed25519".into()));
+                };
+                let print = identity::fingerprint(&key);
+                let (keys, generation) = file.current();
+                let Some(entry) = keys.get(&key).cloned() else {
+                    return Ok(Err(format!("key {print} is not in the authorized keys")));
+                };
+                if let Err(why) = entry.admits(ip, std::time::SystemTime::now()) {
+                    return Ok(Err(format!("key {}: {why}", entry.name())));
+                }
+                let Ok(sig) = hex::decode(&p.signature) else {
+                    return Ok(Err("malformed signature".into()));
+                };
+                let signed = identity::client_transcript((&server_nonce, &client_nonce), binding, host.public(), &key);
+                if !identity::verify(&key, &signed, &sig) {
+                    return Ok(Err(format!("key {}: wrong signature (or a man in the middle)", entry.name())));
+                }
+                let rights = Some(entry.rights.names());
+                writer.send(&AuthOk { proof: String::new(), rights }, &[]).await?;
+                return Ok(Ok(Who::Key(entry, generation)));
+            }
+        }
+    }
 }
 
 async fn serve_inner(
@@ -415,7 +543,7 @@ async fn serve_inner(
             return Ok(());
         }
     };
-    let (read, write) = match handshake {
+    let (read, write, who) = match handshake {
         Err(_) => return Err(Error::Stalled(config.handshake_timeout)),
         Ok(Ok(halves)) => halves,
         Ok(Err(Refused::Quietly(e))) => return Err(e),
@@ -453,22 +581,40 @@ async fn serve_inner(
     };
     // Boxed, as the handshake's TLS part is: a silent connection's task
     // holds only the little it needs.
-    Box::pin(session(read, write, peer, ctx, sessions, shutdown, hard)).await
+    Box::pin(session((read, write), (peer, who), ctx, sessions, shutdown, hard)).await
 }
 
 /// An authenticated connection: a session slot, then its requests.
 async fn session(
-    read: BoxRead,
-    write: BoxWrite,
-    peer: SocketAddr,
+    (read, write): (BoxRead, BoxWrite),
+    (peer, who): (SocketAddr, Who),
     ctx: &Context,
     sessions: &Arc<Semaphore>,
     shutdown: &CancellationToken,
     hard: &CancellationToken,
 ) -> Result<(), Error> {
     let config = &ctx.config;
+    if !matches!(who, Who::Anyone) {
+        info!(%peer, key = %printable(&who.name()), rights = %who.rights().names(), "authenticated");
+    }
+    // What this key reaches: the served root, or (dir=) a directory below
+    // it, opened as a root of its own.
+    let scope = match super::context::Scope::of(ctx, &who) {
+        Ok(scope) => scope,
+        Err(why) => {
+            warn!(%peer, key = %printable(&who.name()), "refused: {why}");
+            let (read, write, _) = transport::Traffic::count(read, write);
+            let mut s = Session::<ServerSide>::new(read, write, config.timeouts, hard.clone());
+            let _ = s.send(&ErrorFrame::new(ErrorCode::PermissionDenied, why), &[]).await;
+            return Ok(());
+        }
+    };
+    // A key removed, narrowed or expired while its session runs ends it:
+    // its requests are cut as at the drain deadline.
+    let cut = hard.child_token();
+    let _watch = revocation_watch(ctx, &who, peer, cut.clone());
     let (read, write, traffic) = transport::Traffic::count(read, write);
-    let mut s = Session::<ServerSide>::new(read, write, config.timeouts, hard.clone());
+    let mut s = Session::<ServerSide>::new(read, write, config.timeouts, cut.clone());
     // Held until the connection ends, however it ends.
     let Some(_session) = session_slot(sessions, shutdown).await else {
         let msg = format!("server busy: {} connections", config.max_connections);
@@ -477,7 +623,56 @@ async fn session(
         s.linger().await;
         return Ok(());
     };
-    requests(&mut s, &dispatch::Peer { addr: peer, traffic: &traffic }, ctx, shutdown, hard).await
+    let peer = dispatch::Peer { addr: peer, traffic: &traffic, key: who.name() };
+    requests(&mut s, &peer, (ctx, &scope), shutdown, &cut).await
+}
+
+/// How often a live session's key is looked at again.
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+
+/// Watches the key a session authenticated with: once it is no longer in
+/// the file as it was (removed, its options changed) or no longer admits
+/// its client (expired), `cut` is cancelled. Stops when dropped.
+fn revocation_watch(ctx: &Context, who: &Who, peer: SocketAddr, cut: CancellationToken) -> Option<AbortOnDrop> {
+    let (Who::Key(entry, generation), Some(file)) = (who, ctx.config.authorized_keys.clone()) else { return None };
+    let (entry, mut generation) = (entry.clone(), *generation);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(REVOCATION_CHECK).await;
+            let now = std::time::SystemTime::now();
+            let (keys, current) = tokio::task::spawn_blocking({
+                let file = file.clone();
+                move || file.current()
+            })
+            .await
+            .unwrap_or_default();
+            let gone = if current == generation {
+                entry.admits(peer.ip(), now).err()
+            } else {
+                generation = current;
+                match keys.get(&entry.key) {
+                    None => Some("the key was removed from the authorized keys".to_owned()),
+                    Some(now_entry) if now_entry.rights != entry.rights => Some("the key's rights changed".to_owned()),
+                    Some(now_entry) => now_entry.admits(peer.ip(), now).err(),
+                }
+            };
+            if let Some(why) = gone {
+                warn!(%peer, key = %printable(&entry.name()), "session ended: {why}");
+                cut.cancel();
+                return;
+            }
+        }
+    });
+    Some(AbortOnDrop(task))
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Requests one at a time, until the peer leaves, breaks the framing, or
@@ -485,7 +680,7 @@ async fn session(
 async fn requests(
     s: &mut Session<ServerSide>,
     peer: &dispatch::Peer<'_>,
-    ctx: &Context,
+    (ctx, scope): (&Context, &super::context::Scope),
     shutdown: &CancellationToken,
     hard: &CancellationToken,
 ) -> Result<(), Error> {
@@ -500,10 +695,15 @@ async fn requests(
                 let _ = s.send(&ErrorFrame::new(ErrorCode::ShuttingDown, "server is shutting down"), &[]).await;
                 return Ok(());
             }
+            // The key was revoked between requests.
+            () = hard.cancelled() => {
+                let _ = s.send(&ErrorFrame::new(ErrorCode::AuthFailed, "the key was revoked"), &[]).await;
+                return Ok(());
+            }
             head = s.read::<Request>() => head,
         };
         let e = match head {
-            Ok(Some((request, _))) => match dispatch::handle(s, ctx, request, &mut setup, peer).await {
+            Ok(Some((request, _))) => match dispatch::handle(s, (ctx, scope), request, &mut setup, peer).await {
                 Ok(()) => continue,
                 Err(e) => {
                     // Cut off at the drain deadline: no time to linger.

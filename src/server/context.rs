@@ -33,6 +33,39 @@ pub(crate) struct Context {
     pub accept_env: globset::GlobSet,
 }
 
+/// What one connection may do and where: its key's rights, and the root
+/// it reaches (`dir=`: a directory below the served root, opened as a
+/// root of its own, so that nothing outside it, links included, can be
+/// reached; the kernel refuses the escape).
+pub(crate) struct Scope {
+    /// What the key may do.
+    pub rights: crate::auth::Rights,
+    /// The narrowed root, if the key has `dir=`.
+    pub root: Option<Served>,
+}
+
+impl Scope {
+    /// The scope of `who` on `ctx`'s root: `Err` if its `dir=` cannot be
+    /// opened (missing, not a directory, a symlink).
+    pub(crate) fn of(ctx: &Context, who: &super::conn::Who) -> Result<Scope, String> {
+        let rights = who.rights();
+        let root = match (&rights.dir, &ctx.root) {
+            (None, _) => None,
+            (Some(dir), Served::Dir(sb)) => Some(Served::Dir(
+                sb.beneath(dir).map_err(|e| format!("the key's directory (dir=\"{dir}\") cannot be opened: {e}"))?,
+            )),
+            #[cfg(feature = "s3")]
+            (Some(dir), Served::Bucket(b)) => Some(Served::Bucket(b.beneath(dir))),
+        };
+        Ok(Scope { rights, root })
+    }
+
+    /// The root this connection's requests reach.
+    pub(crate) fn served<'a>(&'a self, ctx: &'a Context) -> &'a Served {
+        self.root.as_ref().unwrap_or(&ctx.root)
+    }
+}
+
 /// Authentication failures per address: each failure from an address
 /// makes that address's next failure wait longer before it is answered
 /// (100 ms, doubling, up to [`MAX_PENALTY`]). The wait holds only the

@@ -1,7 +1,9 @@
 //! Request dispatch: the one place that knows every handler.
 
-use super::context::{Context, Served};
+use super::context::{Context, Scope, Served};
+use super::storage::guard::Guarded;
 use super::storage::Dir;
+use crate::auth::Verb;
 
 use super::handlers::{echo, exec, files, tree};
 use crate::proto::Request;
@@ -16,6 +18,9 @@ pub(super) use super::handlers::exec::ExecSetup;
 pub(super) struct Peer<'a> {
     pub addr: std::net::SocketAddr,
     pub traffic: &'a crate::transport::Traffic,
+    /// The key it authenticated with, as the log names it (its comment
+    /// and fingerprint; `shared-key`; `-` without a key).
+    pub key: String,
 }
 
 /// Runs one request to its end, reply included, then logs one INFO line
@@ -24,7 +29,7 @@ pub(super) struct Peer<'a> {
 /// each way, and how long it took.
 pub(super) async fn handle(
     s: &mut Session<ServerSide>,
-    ctx: &Context,
+    (ctx, scope): (&Context, &Scope),
     request: Request,
     setup: &mut ExecSetup,
     peer: &Peer<'_>,
@@ -35,7 +40,7 @@ pub(super) async fn handle(
     // asks, to plan): not a refusal.
     let lookup = matches!(request, Request::Stat(_));
     let (started, (read, written)) = (std::time::Instant::now(), peer.traffic.totals());
-    let result = run(s, ctx, request, setup).await;
+    let result = run(s, (ctx, scope), request, setup).await;
     let (now_read, now_written) = peer.traffic.totals();
     let outcome = match (&result, s.take_outcome()) {
         (Ok(()), Some(outcome)) if lookup && outcome.starts_with("refused (not_found)") => "not found".to_owned(),
@@ -48,6 +53,7 @@ pub(super) async fn handle(
     let ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0;
     tracing::info!(
         peer = %peer.addr,
+        key = %crate::text::printable(&peer.key),
         request = kind,
         command = what.command.as_deref(),
         path = what.path.as_deref(),
@@ -98,7 +104,12 @@ impl What {
 /// Runs one request to its end, reply included. Every request but exec is
 /// dropped at the drain deadline (the session's cut-off); exec watches it
 /// itself, to kill the process group and tell the client why.
-async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup: &mut ExecSetup) -> Result<(), Error> {
+async fn run(
+    s: &mut Session<ServerSide>,
+    (ctx, scope): (&Context, &Scope),
+    request: Request,
+    setup: &mut ExecSetup,
+) -> Result<(), Error> {
     let cut = s.cut_off().clone();
     let streamed = matches!(request, Request::TreeList(_) | Request::TreePut(_) | Request::TreeGet(_));
     let terminal = matches!(request, Request::Pty(_) | Request::Env(_));
@@ -107,40 +118,53 @@ async fn run(s: &mut Session<ServerSide>, ctx: &Context, request: Request, setup
         let msg = format!("unknown message type {:?}", request.kind());
         return s.refuse(crate::services::Refusal::new(crate::proto::ErrorCode::UnknownType, msg)).await;
     }
+    // Commands and terminals are not on the storage seam: their rights
+    // are checked here (paths are, in `Guarded`).
+    let verb = match &request {
+        Request::Exec(_) => Some(Verb::Exec),
+        Request::Pty(_) | Request::Env(_) => Some(Verb::Pty),
+        _ => None,
+    };
+    if let Some(verb) = verb.filter(|v| !scope.rights.allows(*v)) {
+        let msg = format!("this key may not {} (its options in the server's authorized keys)", verb.name());
+        return s.refuse(crate::services::Refusal::new(crate::proto::ErrorCode::PermissionDenied, msg)).await;
+    }
+    let rights = &scope.rights;
+    let served = scope.served(ctx);
     match request {
         Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
-        Request::Exec(r) => exec::exec(s, ctx, r, setup).await,
+        Request::Exec(r) => exec::exec(s, (ctx, served), r, setup).await,
         Request::Pty(r) => cut_off_by(&cut, exec::pty(s, ctx, r, setup)).await,
         Request::Env(r) => cut_off_by(&cut, exec::env(s, ctx, r, setup)).await,
-        Request::List(r) => on_root!(ctx, st => cut_off_by(&cut, files::list(s, st, r)).await),
-        Request::Stat(r) => on_root!(ctx, st => cut_off_by(&cut, files::stat(s, st, r)).await),
-        Request::Mkdir(r) => on_root!(ctx, st => cut_off_by(&cut, files::mkdir(s, st, r)).await),
-        Request::Remove(r) => on_root!(ctx, st => cut_off_by(&cut, files::remove(s, st, r)).await),
-        Request::Rename(r) => on_root!(ctx, st => cut_off_by(&cut, files::rename(s, st, r)).await),
-        Request::Get(r) => on_root!(ctx, st => cut_off_by(&cut, files::get(s, st, r)).await),
+        Request::List(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, files::list(s, st, r)).await),
+        Request::Stat(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, files::stat(s, st, r)).await),
+        Request::Mkdir(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, files::mkdir(s, st, r)).await),
+        Request::Remove(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, files::remove(s, st, r)).await),
+        Request::Rename(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, files::rename(s, st, r)).await),
+        Request::Get(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, files::get(s, st, r)).await),
         // A cut upload leaves what arrived for a resume: put watches the
         // cut-off itself.
-        Request::Put(r) => on_root!(ctx, st => files::put(s, st, r).await),
-        Request::TreeList(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_list(s, st, r)).await),
+        Request::Put(r) => on_root!(ctx, served, rights, st => files::put(s, st, r).await),
+        Request::TreeList(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, tree::tree_list(s, st, r)).await),
         // A cut tree upload commits what it verified, and leaves the
         // partial file of the one under way.
-        Request::TreePut(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_put(s, st, r)).await),
-        Request::TreeGet(r) => on_root!(ctx, st => cut_off_by(&cut, tree::tree_get(s, st, r)).await),
+        Request::TreePut(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, tree::tree_put(s, st, r)).await),
+        Request::TreeGet(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, tree::tree_get(s, st, r)).await),
     }
 }
 
 /// Runs `$body` with `$st` bound to the root's [`Storage`]: each file
 /// request is one generic handler, made for each kind of root here.
 macro_rules! on_root {
-    ($ctx:expr, $st:ident => $body:expr) => {
-        match &$ctx.root {
+    ($ctx:expr, $served:expr, $rights:expr, $st:ident => $body:expr) => {
+        match $served {
             Served::Dir(sb) => {
-                let $st = &Dir { sb, hashes: &$ctx.hashes };
+                let $st = &Guarded { inner: &Dir { sb, hashes: &$ctx.hashes }, rights: $rights };
                 $body
             }
             #[cfg(feature = "s3")]
             Served::Bucket(b) => {
-                let $st = b;
+                let $st = &Guarded { inner: b, rights: $rights };
                 $body
             }
         }

@@ -86,10 +86,14 @@ impl Server {
             return Err(PolicyError::LegacyHmacWithoutKey.into());
         }
         let served = served(&mut config)?;
-        let tls = match (&config.key, &config.tls) {
-            (None, _) => None,
-            (Some(_), Some(tls)) => Some(tls.clone()),
-            (Some(_), None) => Some(crate::transport::server_config().map_err(ServeError::Tls)?),
+        if config.authorized_keys.is_some() && config.host_key.is_none() {
+            return Err(PolicyError::KeysWithoutHostKey.into());
+        }
+        let keyed = config.key.is_some() || config.authorized_keys.is_some();
+        let tls = match (keyed, &config.tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls.clone()),
+            (true, None) => Some(crate::transport::server_config().map_err(ServeError::Tls)?),
         };
         Ok(Server { config, served, tls, legacy: Vec::new(), now: Box::pin(std::future::pending()) })
     }
@@ -595,7 +599,7 @@ fn check_legacy_policy(legacy: &[(Mode, TcpListener)], config: &Config) -> Resul
 /// Without a key, anyone who can reach the server can use it: allowed on
 /// loopback, and for exec or other addresses only with `insecure`.
 fn check_policy(listener: &TcpListener, config: &Config) -> Result<(), ServeError> {
-    if config.key.is_some() {
+    if config.key.is_some() || config.authorized_keys.is_some() {
         return Ok(());
     }
     let addr = listener.local_addr().map_err(ServeError::Listener)?;

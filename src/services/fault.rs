@@ -103,6 +103,14 @@ pub enum Fault {
         /// symlinks").
         why: &'static str,
     },
+    /// The connection's key may not do this (`authorized_keys` options).
+    NotPermitted {
+        /// The path.
+        path: String,
+        /// What it may not do, as `permit=` spells it (`put`,
+        /// `overwrite`…).
+        verb: &'static str,
+    },
     /// Another upload of `path` holds it.
     Busy {
         /// The path.
@@ -290,7 +298,7 @@ impl Fault {
             Fault::ListingTooLarge { .. } | Fault::TooManyObjects { .. } => ErrorCode::TooLarge,
             Fault::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             Fault::Io { source, .. } | Fault::NotBackedUp { source, .. } => io_code(source),
-            Fault::StoreRefused { .. } => ErrorCode::PermissionDenied,
+            Fault::StoreRefused { .. } | Fault::NotPermitted { .. } => ErrorCode::PermissionDenied,
             Fault::CopyIncomplete { .. } => ErrorCode::Io,
             Fault::StoreFailed { .. } | Fault::Internal { .. } => ErrorCode::Internal,
         }
@@ -338,6 +346,9 @@ impl Refusal {
                 format!("{}: not a regular file (a FIFO, socket or device)", shown(path))
             }
             Fault::NotKept { path, why } => format!("{}: {why}", shown(path)),
+            Fault::NotPermitted { path, verb } => {
+                format!("{}: this key may not {verb} (its options in the server's authorized keys)", shown(path))
+            }
             Fault::Busy { path } => format!("{}: another upload to this path is in progress", shown(path)),
             Fault::FinishedFirst { path } => {
                 format!("{}: another upload of this path finished first", shown(path))

@@ -132,6 +132,22 @@ impl Sandbox {
         Ok(Sandbox { path, root, busy: Arc::default() })
     }
 
+    /// A sandbox over the directory `dir` below this one's root (a key's
+    /// `dir=`): reached without following any symlink on the way, then a
+    /// root of its own, so that nothing outside it is reachable from it;
+    /// uploads claim paths in the same table as this sandbox's.
+    ///
+    /// # Errors
+    ///
+    /// If `dir` is not a plain relative path, or not a directory there
+    /// (a symlink is not followed).
+    pub fn beneath(&self, dir: &str) -> io::Result<Sandbox> {
+        let rel = Self::relative(dir).map_err(|f| io::Error::new(io::ErrorKind::InvalidInput, f.to_string()))?;
+        let fd = self.root.clone().without_links().open_dir(&rel.joined())?;
+        let root = Root::beneath_fd(fd, self.root.resolver());
+        Ok(Sandbox { path: self.path.join(super::names::path(dir)), root, busy: self.busy.clone() })
+    }
+
     /// The same sandbox resolving with `resolver` (tests run the fallback
     /// walk on kernels that have `openat2`).
     pub fn with_resolver(mut self, resolver: Resolver) -> Sandbox {

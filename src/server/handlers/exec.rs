@@ -73,11 +73,12 @@ const MAX_ENV_VALUE: usize = 32 * 1024;
 /// The answer to exec, `pty` and `env` on a server without `--allow-exec`.
 /// Where commands run: [`Config::exec_dir`](crate::server::Config::exec_dir), else a local root; `None` on a
 /// bucket root without one.
-fn exec_dir(ctx: &Context) -> Option<&std::path::Path> {
+fn exec_dir<'a>(ctx: &'a Context, served: &'a crate::server::context::Served) -> Option<&'a std::path::Path> {
     if let Some(dir) = &ctx.config.exec_dir {
         return Some(dir);
     }
-    match &ctx.root {
+    // The key's root (`dir=`) where it has one.
+    match served {
         crate::server::context::Served::Dir(sb) => Some(sb.root()),
         #[cfg(feature = "s3")]
         crate::server::context::Served::Bucket(_) => None,
@@ -164,7 +165,7 @@ fn valid_env_name(name: &str) -> bool {
 /// killed and the client told why.
 pub(in crate::server) async fn exec(
     s: &mut Session<ServerSide>,
-    ctx: &Context,
+    (ctx, served): (&Context, &crate::server::context::Served),
     request: Exec,
     setup: &mut ExecSetup,
 ) -> Result<(), Error> {
@@ -179,7 +180,7 @@ pub(in crate::server) async fn exec(
     let account = account();
     let user_shell = config.login_shell.clone().unwrap_or_else(|| account.login_shell(&config.shell));
     let shell = if login { user_shell.clone() } else { config.shell.clone() };
-    let Some(dir) = exec_dir(ctx) else {
+    let Some(dir) = exec_dir(ctx, served) else {
         return s.refuse(no_exec_dir(ctx)).await;
     };
     let spec = Spec {

@@ -34,11 +34,12 @@ use crate::services::{Fault, PathRule};
 use crate::session::{ServerSide, Session};
 use crate::wire::Error;
 
-type S = Session<ServerSide>;
+pub(in crate::server) type S = Session<ServerSide>;
 
 #[cfg(feature = "s3")]
 pub(in crate::server) mod bucket;
 pub(in crate::server) mod dir;
+pub(in crate::server) mod guard;
 
 pub(in crate::server) use dir::Dir;
 

@@ -8,6 +8,7 @@
 mod hash;
 mod ops;
 mod raw;
+mod scope;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
