@@ -1458,6 +1458,11 @@ async fn held_remotely(
             Ok((own, listed.entries, Receiver { umask: listed.umask, how }))
         }
         Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => Ok((None, Vec::new(), Receiver::default())),
+        // A key that may write and not look (a drop box): planned as if
+        // nothing were there; the server refuses to replace what is.
+        Err(ClientError::Remote { code: ErrorCode::PermissionDenied, .. }) if !delete => {
+            Ok((None, Vec::new(), Receiver::default()))
+        }
         Err(e) => Err(e),
     }
 }
@@ -1634,6 +1639,9 @@ async fn plan_one_put(
         }
         Ok(e) => (Some((e.kind == Kind::File).then_some((e.size, e.mtime, None))), None),
         Err(ClientError::Remote { code: ErrorCode::NotFound, .. }) => (None, None),
+        // A key that may write and not look (a drop box): nothing is known
+        // of what is there, and the server refuses to replace anything.
+        Err(ClientError::Remote { code: ErrorCode::PermissionDenied, .. }) => (None, None),
         Err(e) => return Err(e),
     };
     let same = match theirs {
