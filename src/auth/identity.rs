@@ -390,6 +390,33 @@ mod tests {
         assert!(fingerprint(&public).starts_with("SHA256:"));
     }
 
+    /// The test vectors of PROTOCOL.md §2.3.1, computed independently
+    /// (Python's `cryptography`): keys from fixed seeds, both transcripts,
+    /// both signatures (Ed25519 is deterministic).
+    #[test]
+    fn protocol_test_vectors() {
+        use ssh_key::private::{Ed25519Keypair, KeypairData};
+        let key = |first: u8| {
+            let seed: [u8; 32] = std::array::from_fn(|i| first + i as u8);
+            let pair = Ed25519Keypair::from_seed(&seed);
+            PrivateKey::new(KeypairData::Ed25519(pair), "").unwrap()
+        };
+        let (host, user) = (key(0x80), key(0xa0));
+        assert_eq!(to_wire(host.public_key()), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM0Us3+VbpUxlP9/tzs9gdzFYdYadTgJS3w+GmQ+5fOq");
+        assert_eq!(to_wire(user.public_key()), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE/QmczUfXiT3+nsJEFOyw2bVCAjKq0w2RxGW+M8vmXE");
+        let ns: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x20 + i as u8);
+        let nc: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x40 + i as u8);
+        let b: [u8; BINDING_LEN] = std::array::from_fn(|i| 0x60 + i as u8);
+        let ts = server_transcript(&ns, &b, host.public_key());
+        let tc = client_transcript((&ns, &nc), &b, host.public_key(), user.public_key());
+        assert_eq!((ts.len(), tc.len()), (142, 229));
+        let sign = |k: &PrivateKey, t: &[u8]| {
+            Identity::File { key: Box::new(k.clone()), path: PathBuf::new() }.sign(t).map(hex::encode).unwrap()
+        };
+        assert_eq!(sign(&host, &ts), "0000000b7373682d65643235353139000000402651fb9dee8b8358b39de9678bc9aaed58456ee43308ae2d49d104abe64f0ff749297f0d5c425fc33e9563889a988b6b56cb5596f8854662d3c0aad8d9e83f05");
+        assert_eq!(sign(&user, &tc), "0000000b7373682d656432353531390000004095a8a9afc7fac395c0761e4532a48f8645ded66258d411d0301fbf70c4891bcfc66f818956f0175200fdc23166751964fc410db1a8571afc5e534b9807c3b606");
+    }
+
     #[test]
     fn key_files_are_checked() {
         use std::os::unix::fs::PermissionsExt;
