@@ -4,8 +4,11 @@
 //! (`PREAUTH_MAX_HEADER`), each `auth_challenge`, `auth_response` and
 //! `auth_ok` handled as `server::conn::authenticate` and
 //! `Client::handshake` do: nonces and proofs decoded from hex, a proof
-//! checked against the transcript. A forged proof must never verify, the
-//! real one always must, and nothing may panic.
+//! checked against the transcript; and the keys-per-person messages
+//! (`auth_publickey`, `auth_offer`, a challenge's host key): keys parsed
+//! from their `ssh-ed25519 AAAA…` text, signatures decoded and checked. A
+//! forged proof or signature must never verify, the real one always
+//! must, and nothing may panic.
 //!
 //! Input: the text, or read sizes (a length byte, then at most 16) and
 //! frames.
@@ -62,6 +65,35 @@ fn server_checks(nonce: &str, proof: &str) {
     assert!(!auth::verify(&key(), Role::Server, &t, &real), "a client proof passed for the server");
 }
 
+/// A fixed key, as a test's: seed `seed` repeated.
+fn fixed(seed: u8) -> ssh_key::PrivateKey {
+    use ssh_key::private::{Ed25519Keypair, KeypairData};
+    ssh_key::PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&[seed; 32])), "").unwrap()
+}
+
+/// What the server does with an `auth_publickey`: the key parsed, the
+/// signature checked over the client transcript; only the real
+/// signature of the real key verifies.
+fn server_checks_key(nonce: &str, key: &str, signature: &str) {
+    use framewire::auth::identity;
+    let Some(client_nonce) = hex_field::<NONCE_LEN>(nonce) else { return };
+    let host = fixed(7);
+    let Some(public) = identity::from_wire(key) else { return };
+    let signed = identity::client_transcript((&SERVER_NONCE, &client_nonce), &BINDING, host.public_key(), &public);
+    let sig = hex::decode(signature).unwrap_or_default();
+    let user = fixed(9);
+    let real = framewire::auth::Identity::File { key: Box::new(user.clone()), path: Default::default() }
+        .sign(&signed)
+        .unwrap();
+    let verified = identity::verify(&public, &signed, &sig);
+    if public.key_data() == user.public_key().key_data() {
+        assert_eq!(verified, sig == real, "only the real signature verifies");
+        assert!(identity::verify(&public, &signed, &real));
+    } else {
+        assert!(!verified, "a signature no one here could make verified");
+    }
+}
+
 /// What the client does with an `auth_challenge`, then an `auth_ok`.
 fn client_checks(server_nonce: &[u8; NONCE_LEN], proof: Option<&str>) {
     let client_nonce = [0x3c; NONCE_LEN];
@@ -92,18 +124,33 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..8 {
         match block_on(reader.read_head::<Message>()) {
             Ok(Some((message, len))) => match message {
-                Message::AuthChallenge(proto::AuthChallenge { nonce }) => {
+                Message::AuthChallenge(proto::AuthChallenge { nonce, host_key, host_signature, .. }) => {
                     assert_eq!(len, 0);
                     challenge = hex_field::<NONCE_LEN>(&nonce);
                     if let Some(n) = &challenge {
                         client_checks(n, None);
+                        // The host key's signature, as the client checks it.
+                        use framewire::auth::identity;
+                        if let Some(host) = host_key.as_deref().and_then(identity::from_wire) {
+                            let sig = host_signature.as_deref().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
+                            let _ = identity::verify(&host, &identity::server_transcript(n, &BINDING, &host), &sig);
+                        }
+                    }
+                }
+                Message::AuthPublickey(proto::AuthPublickey { nonce, key, signature }) => {
+                    assert_eq!(len, 0);
+                    server_checks_key(&nonce, &key, &signature);
+                }
+                Message::AuthOffer(proto::AuthOffer { keys }) => {
+                    for k in keys.iter().take(16) {
+                        let _ = framewire::auth::identity::from_wire(k);
                     }
                 }
                 Message::AuthResponse(proto::AuthResponse { nonce, proof }) => {
                     assert_eq!(len, 0);
                     server_checks(&nonce, &proof);
                 }
-                Message::AuthOk(proto::AuthOk { proof }) => {
+                Message::AuthOk(proto::AuthOk { proof, .. }) => {
                     assert_eq!(len, 0);
                     client_checks(challenge.as_ref().unwrap_or(&SERVER_NONCE), Some(&proof));
                 }
