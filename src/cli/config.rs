@@ -654,79 +654,6 @@ fn parse(text: &str) -> Result<File, String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_name_the_line_and_column() {
-        let e = parse("[defaults]\nport = 9910\n\n[hosts.web]\nprot = 1\n").unwrap_err();
-        assert!(e.starts_with("5:1: unknown field `prot`"), "{e}");
-        let e = parse("[hosts.web]\naddress = \"h\"\nport = 70000\n").unwrap_err();
-        assert!(e.starts_with("3:8: 70000: a port is 1 to 65535"), "{e}");
-        let e = parse("[defaults]\nbwlimit = \"10Q\"\n").unwrap_err();
-        assert!(e.starts_with("2:11: \"10Q\": a rate"), "{e}");
-        let e = parse("[hosts.\"bad name\"]\n").unwrap_err();
-        assert!(e.starts_with("1:8:"), "{e}");
-        let e = parse("[hosts.web]\naddress = \"h:99\"\n").unwrap_err();
-        assert!(e.contains("without a port"), "{e}");
-        let e = parse("[groups]\nweb = [\"a b\"]\n").unwrap_err();
-        assert!(e.starts_with("2:7: \"a b\": one host per string"), "{e}");
-        let e = parse("[hosts.web]\ndir = \"../up\"\n").unwrap_err();
-        assert!(e.starts_with("2:7:"), "{e}");
-        assert!(parse("port = 1\n").unwrap_err().contains("unknown field `port`"));
-    }
-
-    #[test]
-    fn the_readme_example_parses() {
-        let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
-        let example = &readme[start..start + readme[start..].find("```").expect("its end")];
-        let s = Settings { file: parse(example).unwrap(), ..Settings::default() };
-        assert_eq!(s.resolve("web").addr, "web1.example.internal:9910");
-        assert_eq!(s.group("web").unwrap(), ["web", "web2", "web3"]);
-    }
-
-    #[test]
-    fn rates_are_binary_unless_written_in_thousands() {
-        assert_eq!(parse_rate("10M"), Ok(10 << 20));
-        assert_eq!(parse_rate("1.5K"), Ok(1536));
-        assert_eq!(parse_rate("2MB/s"), Ok(2_000_000));
-        assert_eq!(parse_rate("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_rate("4096"), Ok(4096));
-        assert!(parse_rate("10").is_err(), "below 1 KiB/s");
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("10X").is_err());
-    }
-
-    #[test]
-    fn a_host_argument_resolves_through_its_alias() {
-        let text = "[defaults]\nport = 7000\n[hosts.web]\naddress = \"::1\"\nport = 7001\ndir = \"/srv/www/\"\n\
-                    [hosts.db]\n[groups]\nall = [\"web\", \"db\"]\n";
-        let s = Settings { file: parse(text).unwrap(), ..Settings::default() };
-        let web = s.resolve("web");
-        assert_eq!((web.addr.as_str(), web.alias.as_deref()), ("[::1]:7001", Some("web")));
-        assert_eq!(web.path("logs/a"), "srv/www/logs/a");
-        assert_eq!(web.path(""), "srv/www");
-        assert_eq!(web.path("/etc"), "etc");
-        assert_eq!(s.resolve("web:7005").addr, "[::1]:7005");
-        assert_eq!(s.resolve("db").addr, "db:7001".replace("7001", "7000"));
-        assert_eq!(s.resolve("other").addr, "other:7000");
-        assert_eq!(s.resolve("[::1]:9").addr, "[::1]:9");
-        assert_eq!(s.resolve("::1").addr, "[::1]:7000");
-        assert_eq!(s.resolve("127.0.0.9:5").alias, None);
-        // Host sets are not one host; an IPv6 address in brackets is.
-        for set in ["@web", "@nodes:7", "a,b", "web[1-3]"] {
-            let e = s.resolve(set).one_host().unwrap_err().to_string();
-            assert!(e.contains("is a host set, not one host: give it with -w"), "{set}: {e}");
-        }
-        for one in ["[::1]:9", "web", "127.0.0.1"] {
-            assert!(s.resolve(one).one_host().is_ok(), "{one}");
-        }
-        assert_eq!(s.groups_of("web"), ["all"]);
-    }
-}
-
 /// Identities read so far, by file: a fleet's hosts share one (and its
 /// passphrase is asked once).
 static IDENTITIES: std::sync::Mutex<BTreeMap<PathBuf, framewire::auth::Identity>> =
@@ -801,4 +728,77 @@ fn passphrase(path: &Path) -> Option<String> {
     let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &old);
     let _ = (&tty).write_all(b"\n");
     read.ok().map(|_| line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_line_and_column() {
+        let e = parse("[defaults]\nport = 9910\n\n[hosts.web]\nprot = 1\n").unwrap_err();
+        assert!(e.starts_with("5:1: unknown field `prot`"), "{e}");
+        let e = parse("[hosts.web]\naddress = \"h\"\nport = 70000\n").unwrap_err();
+        assert!(e.starts_with("3:8: 70000: a port is 1 to 65535"), "{e}");
+        let e = parse("[defaults]\nbwlimit = \"10Q\"\n").unwrap_err();
+        assert!(e.starts_with("2:11: \"10Q\": a rate"), "{e}");
+        let e = parse("[hosts.\"bad name\"]\n").unwrap_err();
+        assert!(e.starts_with("1:8:"), "{e}");
+        let e = parse("[hosts.web]\naddress = \"h:99\"\n").unwrap_err();
+        assert!(e.contains("without a port"), "{e}");
+        let e = parse("[groups]\nweb = [\"a b\"]\n").unwrap_err();
+        assert!(e.starts_with("2:7: \"a b\": one host per string"), "{e}");
+        let e = parse("[hosts.web]\ndir = \"../up\"\n").unwrap_err();
+        assert!(e.starts_with("2:7:"), "{e}");
+        assert!(parse("port = 1\n").unwrap_err().contains("unknown field `port`"));
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
+        let example = &readme[start..start + readme[start..].find("```").expect("its end")];
+        let s = Settings { file: parse(example).unwrap(), ..Settings::default() };
+        assert_eq!(s.resolve("web").addr, "web1.example.internal:9910");
+        assert_eq!(s.group("web").unwrap(), ["web", "web2", "web3"]);
+    }
+
+    #[test]
+    fn rates_are_binary_unless_written_in_thousands() {
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("1.5K"), Ok(1536));
+        assert_eq!(parse_rate("2MB/s"), Ok(2_000_000));
+        assert_eq!(parse_rate("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_rate("4096"), Ok(4096));
+        assert!(parse_rate("10").is_err(), "below 1 KiB/s");
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10X").is_err());
+    }
+
+    #[test]
+    fn a_host_argument_resolves_through_its_alias() {
+        let text = "[defaults]\nport = 7000\n[hosts.web]\naddress = \"::1\"\nport = 7001\ndir = \"/srv/www/\"\n\
+                    [hosts.db]\n[groups]\nall = [\"web\", \"db\"]\n";
+        let s = Settings { file: parse(text).unwrap(), ..Settings::default() };
+        let web = s.resolve("web");
+        assert_eq!((web.addr.as_str(), web.alias.as_deref()), ("[::1]:7001", Some("web")));
+        assert_eq!(web.path("logs/a"), "srv/www/logs/a");
+        assert_eq!(web.path(""), "srv/www");
+        assert_eq!(web.path("/etc"), "etc");
+        assert_eq!(s.resolve("web:7005").addr, "[::1]:7005");
+        assert_eq!(s.resolve("db").addr, "db:7001".replace("7001", "7000"));
+        assert_eq!(s.resolve("other").addr, "other:7000");
+        assert_eq!(s.resolve("[::1]:9").addr, "[::1]:9");
+        assert_eq!(s.resolve("::1").addr, "[::1]:7000");
+        assert_eq!(s.resolve("127.0.0.9:5").alias, None);
+        // Host sets are not one host; an IPv6 address in brackets is.
+        for set in ["@web", "@nodes:7", "a,b", "web[1-3]"] {
+            let e = s.resolve(set).one_host().unwrap_err().to_string();
+            assert!(e.contains("is a host set, not one host: give it with -w"), "{set}: {e}");
+        }
+        for one in ["[::1]:9", "web", "127.0.0.1"] {
+            assert!(s.resolve(one).one_host().is_ok(), "{one}");
+        }
+        assert_eq!(s.groups_of("web"), ["all"]);
+    }
 }

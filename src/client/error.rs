@@ -78,11 +78,11 @@ pub enum ClientError {
     /// The server's host key was refused: it changed, or it is not known
     /// and was not accepted.
     #[error(transparent)]
-    HostKey(#[from] crate::auth::known_hosts::HostKeyError),
+    HostKey(Box<crate::auth::known_hosts::HostKeyError>),
     /// A key of one's own could not be used (its file, its passphrase,
     /// the agent).
     #[error(transparent)]
-    Identity(#[from] crate::auth::IdentityError),
+    Identity(Box<crate::auth::IdentityError>),
     /// The server requires a key and we have none.
     #[error("the server requires a key")]
     AuthRequired,
@@ -145,5 +145,17 @@ impl From<wire::Error> for ClientError {
 impl From<ErrorFrame> for ClientError {
     fn from(e: ErrorFrame) -> Self {
         ClientError::Remote { code: e.code, message: e.message }
+    }
+}
+
+impl From<crate::auth::known_hosts::HostKeyError> for ClientError {
+    fn from(e: crate::auth::known_hosts::HostKeyError) -> Self {
+        ClientError::HostKey(Box::new(e))
+    }
+}
+
+impl From<crate::auth::IdentityError> for ClientError {
+    fn from(e: crate::auth::IdentityError) -> Self {
+        ClientError::Identity(Box::new(e))
     }
 }

@@ -915,6 +915,9 @@ fn parents<'a>(paths: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
     out
 }
 
+/// What the receiver holds under a path (see [`There`]).
+type Looking<'a> = &'a dyn Fn(&str) -> Option<There>;
+
 /// Settles the links and directories a plan found (`plan.meta[first..]`)
 /// against what the receiver holds (`there`, by their paths), once its
 /// files are decided (`written`: the paths the copy writes): a link that is
@@ -927,7 +930,7 @@ fn parents<'a>(paths: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
 fn settle_meta(
     (meta, changes): (&mut Vec<Meta>, &mut Vec<Change>),
     (first, at): (usize, usize),
-    (there, receiver): (&dyn Fn(&str) -> Option<There>, &Receiver),
+    (there, receiver): (Looking<'_>, &Receiver),
     (written, mut touched): (&HashSet<&str>, HashSet<String>),
     show: &dyn Fn(&str) -> String,
 ) {
