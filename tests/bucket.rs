@@ -276,17 +276,29 @@ async fn files_round_trip_through_a_bucket_root() {
         let data = common::pattern(len, n as u8);
         let up = local.path().join(format!("up{n}"));
         std::fs::write(&up, &data).unwrap();
+        // Permission bits no umask gives.
+        std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o604)).unwrap();
         let remote = format!("d/f{n}.bin");
         let sent = client.put(&up, &remote, &TransferOptions::default(), &mut no_progress()).await.unwrap();
         assert_eq!((sent.size, sent.blake3.as_str()), (len as u64, blake3::hash(&data).to_hex().as_str()));
         // The object as another client sees it, with the hash as metadata
         // when it was stored whole.
         let got = s3.get(&key(&format!("rt/{remote}"))).await.unwrap();
-        let meta = got.attributes.get(&object_store::Attribute::Metadata("blake3".into())).map(|v| v.to_string());
+        let meta =
+            |k: &'static str| got.attributes.get(&object_store::Attribute::Metadata(k.into())).map(|v| v.to_string());
+        let (hash, mode, ns) = (meta("blake3"), meta("mode"), meta("mtime-ns"));
         assert_eq!(got.bytes().await.unwrap().as_ref(), &data[..], "{len} bytes stored");
-        // Up to 8 MiB a file is stored whole, with one PUT (README).
+        // Up to 8 MiB a file is stored whole, with one PUT (README), and
+        // with its time to the nanosecond and its mode.
         if len as u64 <= 8 << 20 {
-            assert_eq!(meta.as_deref(), Some(sent.blake3.as_str()), "{len}");
+            assert_eq!(hash.as_deref(), Some(sent.blake3.as_str()), "{len}");
+            let modified = std::fs::metadata(&up).unwrap().modified().unwrap();
+            let at = modified.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            assert_eq!((mode.as_deref(), ns), (Some("604"), Some(at.to_string())), "{len}");
+            let stat = client.stat(&remote).await.unwrap();
+            assert_eq!(stat.mode, 0o604, "{len}");
+            let fraction = (at % 1_000_000_000 != 0).then_some(at as i64);
+            assert_eq!((stat.mtime, stat.mtime_ns), ((at / 1_000_000_000) as i64, fraction), "{len}");
         }
         let back = local.path().join(format!("back{n}"));
         let got = client.get(&remote, &back, &TransferOptions::default(), &mut no_progress()).await.unwrap();
@@ -351,7 +363,9 @@ async fn files_round_trip_through_a_bucket_root() {
     );
     assert!(keys(&s3, "rt/d").await.is_empty());
     let moved = s3.get(&key("rt/moved.bin")).await.unwrap();
-    assert!(moved.attributes.get(&object_store::Attribute::Metadata("blake3".into())).is_some());
+    for kept in ["blake3", "mtime", "mtime-ns", "mode"] {
+        assert!(moved.attributes.get(&object_store::Attribute::Metadata(kept.into())).is_some(), "{kept} moved");
+    }
     assert!(client.remove("e").await.unwrap());
     assert!(keys(&s3, "rt/e").await.is_empty());
     assert!(!client.remove("e").await.unwrap());
@@ -613,7 +627,7 @@ async fn trees_sync_both_ways_through_serve() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("old/keep.log") && !listed.contains("old/stale.txt"), "{listed}");
     assert!(listed.contains("sub/deep/c.bin"), "{listed}");
-    what_a_bucket_does_not_keep_is_named(&addr, local.path());
+    what_a_bucket_does_not_keep_is_named(&server, &addr, local.path()).await;
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
 
@@ -621,16 +635,39 @@ async fn trees_sync_both_ways_through_serve() {
 }
 
 /// Issue 30, point 12: a tree holding what a bucket root does not keep
-/// (README, "A bucket as the served root"). The files are stored and come
-/// back as they went, with their times to the second; each link and each
-/// name that is not UTF-8 fails, named (exit 1); a FIFO is skipped, named;
-/// a sparse file is stored whole and comes back equal; backups are
-/// refused before anything is sent.
-fn what_a_bucket_does_not_keep_is_named(addr: &str, local: &std::path::Path) {
+/// (README, "A bucket as the served root"), and what it keeps beside the
+/// bytes. The files are stored and come back as they went, with their
+/// times to the nanosecond and their permission bits (stored whole and in
+/// parts, as metadata another S3 client reads: `mtime`, `mtime-ns`,
+/// `mode`), and a second copy either way finds them unchanged (a time one
+/// nanosecond off does not); each link and each name that is not UTF-8
+/// fails, named (exit 1); a FIFO is skipped, named; a sparse file is
+/// stored whole and comes back equal; backups are refused before anything
+/// is sent.
+async fn what_a_bucket_does_not_keep_is_named(server: &Seaweed, addr: &str, local: &std::path::Path) {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
     let tree = local.join("odd");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
     std::fs::write(tree.join("a.txt"), b"kept").unwrap();
+    // Over 8 MiB: a multipart upload, its metadata set when it is created.
+    std::fs::write(tree.join("sub/big.bin"), common::pattern((9 << 20) + 5, 7)).unwrap();
+    let touch = |name: &str, at: &str| {
+        let out = Command::new("touch").args(["-d", at]).arg(tree.join(name)).output().unwrap();
+        assert!(out.status.success(), "touch -d {at:?}: {out:?}");
+    };
+    // Times with nanoseconds, and modes other than a bucket's default 0644.
+    let kept =
+        [("a.txt", 0o600, "2020-01-02 03:04:05.123456789"), ("sub/big.bin", 0o640, "2019-05-06 07:08:09.987654321")];
+    for (name, mode, at) in kept {
+        touch(name, at);
+        std::fs::set_permissions(tree.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let ns = |p: &std::path::Path| {
+        let since = std::fs::metadata(p).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+        i64::try_from(since.as_nanos()).unwrap()
+    };
+    assert_eq!(ns(&tree.join("a.txt")) % 1_000_000_000, 123_456_789, "the local file system keeps nanoseconds");
     std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
     std::fs::write(tree.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"latin").unwrap();
     let sparse = std::fs::File::create(tree.join("sub/sparse.img")).unwrap();
@@ -652,19 +689,73 @@ fn what_a_bucket_does_not_keep_is_named(addr: &str, local: &std::path::Path) {
     if root {
         assert!(err.contains("pipe: a special file (kept only by a server running as root)"), "{err}");
     }
+    // The metadata, as another S3 client reads it (the served root is
+    // s3://fwtest/trees): the seconds too, for servers older than
+    // `mtime-ns`; the bits in octal, unmasked.
+    let s3 = direct(server);
+    for (name, mode, _) in kept {
+        let head = object_store::GetOptions { head: true, ..Default::default() };
+        let got = s3.get_opts(&key(&format!("trees/odd/{name}")), head).await.unwrap();
+        let meta =
+            |k: &'static str| got.attributes.get(&object_store::Attribute::Metadata(k.into())).map(|v| v.to_string());
+        let at = ns(&tree.join(name));
+        assert_eq!(meta("mtime-ns"), Some(at.to_string()), "{name}");
+        assert_eq!(meta("mtime"), Some(at.div_euclid(1_000_000_000).to_string()), "{name}");
+        assert_eq!(meta("mode"), Some(format!("{mode:o}")), "{name}");
+    }
+
     let back = local.join("odd-back");
     let out = common::framewire(&["get", "-r", addr, "odd/", back.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(back.join("a.txt")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(back.join("sub/big.bin")).unwrap(), std::fs::read(tree.join("sub/big.bin")).unwrap());
     assert_eq!(
         std::fs::read(back.join("sub/sparse.img")).unwrap(),
         std::fs::read(tree.join("sub/sparse.img")).unwrap()
     );
-    let secs = |p: &std::path::Path| {
-        std::fs::metadata(p).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    };
-    assert_eq!(secs(&back.join("a.txt")), secs(&tree.join("a.txt")), "the time, to the second");
+    let umask = u32::from_str_radix(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .unwrap()
+            .trim(),
+        8,
+    )
+    .unwrap();
+    for (name, mode, _) in kept {
+        let (went, came) = (tree.join(name), back.join(name));
+        let modified = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert_eq!(modified(&came), modified(&went), "{name}: the time, to the nanosecond");
+        let bits = std::fs::metadata(&came).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(bits, mode & !umask, "{name}: the mode, masked by the umask {umask:o}");
+    }
     assert!(!back.join("link").exists() && !back.join("pipe").exists());
+
+    // A second copy either way: the files are unchanged (the same size and
+    // time to the nanosecond; the same mode), so nothing is itemized for
+    // them; the link is still not kept.
+    let itemized = |out: &std::process::Output, name: &str| {
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| l.ends_with(&format!("/{name}")))
+    };
+    let files = ["a.txt", "sub/big.bin", "sub/sparse.img"];
+    let out = common::framewire(&["put", "-r", "-n", "--itemize-changes", addr, &contents, "odd"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cL+++++++++ odd/link -> a.txt\n"), "{out:?}");
+    for name in files {
+        assert!(!itemized(&out, name), "{name} is unchanged: {out:?}");
+    }
+    let out = common::framewire(&["get", "-r", "-n", "--itemize-changes", addr, "odd/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for name in files {
+        assert!(!itemized(&out, name), "{name} is unchanged here: {out:?}");
+    }
+    // One nanosecond later is another time.
+    touch("a.txt", "2020-01-02 03:04:05.123456790");
+    let out = common::framewire(&["put", "-r", "-n", "--itemize-changes", addr, &contents, "odd"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("<f..t...... odd/a.txt\n"), "{out:?}");
+    assert!(!itemized(&out, "sub/big.bin"), "{out:?}");
+
     let out = common::framewire(&["put", "-r", "-b", addr, &contents, "odd"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("keeps no backups"), "{err}");

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::proto::{Entry, FileReply, Get, Kind, ManifestEntry, Want};
 use crate::server::context::HandlerError;
-use crate::services::bucket::{Bucket, Finish, Multipart, Reading, Target, TreeIndex, FILE_MODE, WHOLE_MAX};
+use crate::services::bucket::{Bucket, Finish, Kept, Multipart, Reading, Target, TreeIndex, FILE_MODE, WHOLE_MAX};
 use crate::services::files::{self, Listing};
 use crate::services::Fault;
 use crate::session::{cut_off_by, ServerSide, Session};
@@ -50,7 +50,9 @@ impl Storage for Bucket {
     type Download = BucketFile;
     type Upload = BucketUpload;
     type Sink = BucketSink;
-    const KEEPS_MODES: bool = false;
+    // Kept as metadata, unmasked (a `put` over `WHOLE_MAX` excepted: its
+    // upload is created before its mode is told).
+    const KEEPS_MODES: bool = true;
     const KEEPS_BACKUPS: bool = false;
     const KEEPS_ATTRS: bool = false;
     const KEEPS_HOLES: bool = false;
@@ -89,8 +91,8 @@ impl Storage for Bucket {
     }
 
     async fn walk(&self, path: &str, flags: WalkFlags, tx: Sender<Part>) {
-        // A bucket has no links and keeps whole seconds: `meta` adds
-        // nothing.
+        // A bucket has no links, and its entries carry their time to the
+        // nanosecond wherever it is stored: `meta` adds nothing.
         let blake3 = flags.blake3;
         // The store lists a prefix flat, with nothing unreadable below it:
         // the whole tree is listed and sorted first (bounded by
@@ -142,8 +144,16 @@ impl Storage for Bucket {
 
     async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<BucketUpload, Fault> {
         let target = Bucket::admit(self, path, force).await?;
-        let parts = if size <= WHOLE_MAX { None } else { Some(Box::new(target.multipart(self, size, mtime).await?)) };
-        Ok(BucketUpload { target, bucket: self.clone(), size, mtime, parts })
+        // A large file's upload is created now, with what its metadata will
+        // be: the time in whole seconds (its nanoseconds and mode are told
+        // only after the body); a small one is stored whole at the end,
+        // with them.
+        let parts = if size <= WHOLE_MAX {
+            None
+        } else {
+            Some(Box::new(target.multipart(self, size, Kept::secs(mtime)).await?))
+        };
+        Ok(BucketUpload { target, bucket: self.clone(), size, parts })
     }
 }
 
@@ -174,7 +184,11 @@ impl Download for BucketFile {
     fn head(&self) -> FileReply {
         let r = &self.reading;
         let (len, size, offset, mtime) = (r.size - r.start, r.size, r.start, r.mtime);
-        FileReply { len, size, offset, mtime, mode: FILE_MODE, mtime_ns: None, holes: None }
+        let mode = r.mode.unwrap_or(FILE_MODE);
+        // As a directory root's: the nanoseconds where whole seconds would
+        // lose something.
+        let mtime_ns = r.mtime_ns.and_then(|ns| files::Stamp::from_wire(mtime, Some(ns)).fraction_ns());
+        FileReply { len, size, offset, mtime, mode, mtime_ns, holes: None }
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
@@ -190,14 +204,13 @@ pub(in crate::server) struct BucketUpload {
     target: Target,
     bucket: Bucket,
     size: u64,
-    mtime: Option<i64>,
     parts: Option<Box<Multipart>>,
 }
 
 impl BucketUpload {
     fn body(self, data: Data) -> BucketBody {
-        let BucketUpload { target, bucket, mtime, .. } = self;
-        BucketBody { target, bucket, mtime, data }
+        let BucketUpload { target, bucket, .. } = self;
+        BucketBody { target, bucket, data }
     }
 }
 
@@ -253,7 +266,6 @@ impl Upload for BucketUpload {
 pub(in crate::server) struct BucketBody {
     target: Target,
     bucket: Bucket,
-    mtime: Option<i64>,
     data: Data,
 }
 
@@ -266,18 +278,20 @@ impl Body for BucketBody {
     async fn finish(
         self,
         claimed: &str,
-        _: (Option<u32>, Option<crate::services::files::Stamp>),
+        (mode, stamp): (Option<u32>, Option<crate::services::files::Stamp>),
         (force, _): (bool, Option<crate::proto::Backup>),
     ) -> Result<(), NotFinished> {
-        let BucketBody { target, bucket, mtime, data } = self;
+        let BucketBody { target, bucket, data } = self;
         match data {
             Data::Whole(body) => {
                 let hash = blake3::hash(&body);
                 if hash.to_hex().as_str() != claimed {
                     return Err(NotFinished::Mismatch(hash.to_hex().to_string()));
                 }
-                target.put_whole(&bucket, body, hash, mtime, force).await.map_err(NotFinished::Refused)
+                let kept = Kept::of(stamp, mode);
+                target.put_whole(&bucket, body, hash, kept, force).await.map_err(NotFinished::Refused)
             }
+            // Its metadata was set when its upload was created (admit).
             Data::Parts(upload) => match upload.finish(claimed, force).await {
                 Ok(_) => Ok(()),
                 Err(Finish::Mismatch(got)) => Err(NotFinished::Mismatch(got.to_hex().to_string())),
@@ -439,10 +453,10 @@ impl TreeSink for BucketSink {
                 Ok(target) => target,
                 Err(r) => return Ok(Got::Done(Err(r))),
             };
-            // Whole seconds: what a bucket object's metadata keeps today.
-            let (size, mtime, replace) = (need.size, need.mtime.wire_secs(), need.replace);
+            // The time to the nanosecond and the mode, as metadata.
+            let (size, kept, replace) = (need.size, need_kept(need), need.replace);
             if size > STORED_AHEAD {
-                let stored = target.put_whole(&b, body, hash, Some(mtime), replace).await;
+                let stored = target.put_whole(&b, body, hash, kept, replace).await;
                 return Ok(Got::Done(stored.map(|()| size)));
             }
             while self.storing.len() >= STORES_AT_ONCE {
@@ -452,14 +466,14 @@ impl TreeSink for BucketSink {
             }
             let path = need.path.clone();
             self.storing.spawn(async move {
-                let stored = target.put_whole(&b, body, hash, Some(mtime), replace).await.map(|()| size);
+                let stored = target.put_whole(&b, body, hash, kept, replace).await.map(|()| size);
                 (i, path, stored)
             });
             return Ok(Got::Later { now: false });
         }
         let started = async {
             let target = b.claim(&need.path).await?;
-            let upload = target.multipart(&b, need.size, Some(need.mtime.wire_secs())).await?;
+            let upload = target.multipart(&b, need.size, need_kept(need)).await?;
             Ok::<_, Fault>((target, upload))
         }
         .await;
@@ -576,6 +590,19 @@ async fn decide(b: &Bucket, index: &TreeIndex, full: &str, e: &ManifestEntry, fo
     let Some(replace) = judge(full, there.as_ref(), same, e, force)? else {
         return Ok(None);
     };
-    let (offset, prefix) = if e.size > WHOLE_MAX { b.offered(full, e.size, e.mtime).await? } else { (0, None) };
+    let (offset, prefix) = if e.size > WHOLE_MAX {
+        // What `receive` takes the upload up with (`need_kept` of the
+        // `Needed` made of this entry): a record created otherwise is not.
+        let kept = Kept::of(Some(files::Stamp::from_wire(e.mtime, e.mtime_ns)), Some(e.mode));
+        b.offered(full, e.size, &kept).await?
+    } else {
+        (0, None)
+    };
     Ok(Some((replace, offset, prefix)))
+}
+
+/// What a `tree_put`'s file keeps in its object's metadata: its time to
+/// the nanosecond, and its permission bits (`mode & 0o777`, unmasked).
+fn need_kept(need: &Needed) -> Kept {
+    Kept::of(Some(need.mtime), Some(need.mode))
 }

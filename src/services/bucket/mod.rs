@@ -28,7 +28,7 @@ pub use hash::PART;
 pub(crate) use ops::{Reading, Target, TreeIndex};
 pub(crate) use upload::{Finish, Multipart};
 
-use super::files::{Listing, Sandbox};
+use super::files::{Listing, Sandbox, Stamp};
 use super::root::is_partial_name;
 use super::{Fault, PathRule};
 use crate::proto::{Entry, Kind};
@@ -39,18 +39,31 @@ use crate::proto::{Entry, Kind};
 /// not written).
 pub const DIR_MARKER: &str = ".fwdir";
 
-/// What a bucket's entries report for permission bits, which objects do
-/// not have.
+/// What a bucket's entries report for a file's permission bits where its
+/// object has none stored ([`META_MODE`]: another tool wrote it, or an
+/// older framewire).
 pub const FILE_MODE: u32 = 0o644;
-/// See [`FILE_MODE`].
+/// What they report for a directory's, which a bucket does not keep.
 pub const DIR_MODE: u32 = 0o755;
 
 /// The metadata (`x-amz-meta-blake3`) holding an object's whole-file
 /// BLAKE3, in hex.
 pub const META_BLAKE3: &str = "blake3";
 /// The metadata (`x-amz-meta-mtime`) holding the uploaded file's mtime,
-/// seconds since the epoch (an object's own time is when it was stored).
+/// whole seconds since the epoch (an object's own time is when it was
+/// stored). Written always, beside [`META_MTIME_NS`], so that servers
+/// older than that one read the time still.
 pub const META_MTIME: &str = "mtime";
+/// The metadata (`x-amz-meta-mtime-ns`) holding the uploaded file's mtime
+/// to the nanosecond: nanoseconds since the epoch, decimal (an `i64`:
+/// years 1678 to 2262). Read only where its whole seconds are
+/// [`META_MTIME`]'s (a tool that rewrote the one and not the other is
+/// believed for the seconds).
+pub const META_MTIME_NS: &str = "mtime-ns";
+/// The metadata (`x-amz-meta-mode`) holding the uploaded file's
+/// permission bits, `mode & 0o777` in octal (`640`): not masked by any
+/// umask, and never setuid, setgid or sticky.
+pub const META_MODE: &str = "mode";
 
 /// Files up to this size are stored with one PUT (their hash known
 /// before, so carried as metadata); larger ones in parts of [`PART`].
@@ -75,12 +88,90 @@ pub struct Object {
     pub size: u64,
     /// The uploaded file's mtime (metadata), else when it was stored.
     pub mtime: i64,
+    /// The same to the nanosecond ([`META_MTIME_NS`]), where stored.
+    pub mtime_ns: Option<i64>,
+    /// The uploaded file's permission bits ([`META_MODE`]), where stored.
+    pub mode: Option<u32>,
     /// The store's ETag: what says the object is the same one (never
     /// taken for a checksum).
     pub etag: Option<String>,
     /// The whole-file BLAKE3, from metadata, from storing it, or from
     /// having read it.
     pub blake3: Option<blake3::Hash>,
+}
+
+impl Object {
+    /// What its metadata keeps of the file.
+    pub(crate) fn kept(&self) -> Kept {
+        Kept { mtime: self.mtime, mtime_ns: self.mtime_ns, mode: self.mode }
+    }
+
+    /// A file's entry for it: its stored mode (else [`FILE_MODE`]) and
+    /// its time to the nanosecond where stored.
+    fn entry(&self, name: String) -> Entry {
+        let mut e = Entry::new(name, self.size, Kind::File, self.mtime, self.mode.unwrap_or(FILE_MODE));
+        e.mtime_ns = self.mtime_ns;
+        e
+    }
+}
+
+/// What an object keeps of its file beside the bytes, as its metadata:
+/// the mtime in whole seconds ([`META_MTIME`]), to the nanosecond where
+/// known ([`META_MTIME_NS`]), and the permission bits where given
+/// ([`META_MODE`]). Set when the object is stored (`PUT`,
+/// `CreateMultipartUpload`), never after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Whole seconds since the epoch, rounded towards zero (the
+    /// protocol's `mtime`).
+    pub mtime: i64,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: Option<i64>,
+    /// `mode & 0o777`.
+    pub mode: Option<u32>,
+}
+
+impl Kept {
+    /// A file's time (none given: now) and mode (its `rwx` bits only).
+    pub(crate) fn of(stamp: Option<Stamp>, mode: Option<u32>) -> Kept {
+        let stamp = stamp.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Stamp { secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX), nsec: now.subsec_nanos() }
+        });
+        Kept { mtime: stamp.wire_secs(), mtime_ns: stamp.wire_ns(), mode: mode.map(|m| m & 0o777) }
+    }
+
+    /// A time in whole seconds only (none given: now), and no mode.
+    pub(crate) fn secs(mtime: Option<i64>) -> Kept {
+        Kept { mtime: mtime.unwrap_or_else(upload::now), mtime_ns: None, mode: None }
+    }
+
+    /// Read from an object's metadata (`get` gives a member's value);
+    /// `stored` is when the object was stored, the time of one without
+    /// [`META_MTIME`].
+    fn read(get: impl Fn(&'static str) -> Option<String>, stored: i64) -> Kept {
+        let secs: Option<i64> = get(META_MTIME).and_then(|v| v.parse().ok());
+        let ns = get(META_MTIME_NS)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|ns| (ns, Stamp::from_wire(0, Some(ns)).wire_secs()))
+            .filter(|(_, of_ns)| secs.is_none_or(|s| s == *of_ns));
+        let mode = get(META_MODE).and_then(|v| u32::from_str_radix(&v, 8).ok()).filter(|m| *m <= 0o777);
+        match ns {
+            Some((ns, of_ns)) => Kept { mtime: of_ns, mtime_ns: Some(ns), mode },
+            None => Kept { mtime: secs.unwrap_or(stored), mtime_ns: None, mode },
+        }
+    }
+
+    /// Adds its metadata to `a`.
+    fn add_to(&self, a: &mut Attributes) {
+        a.insert(Attribute::Metadata(META_MTIME.into()), self.mtime.to_string().into());
+        if let Some(ns) = self.mtime_ns {
+            a.insert(Attribute::Metadata(META_MTIME_NS.into()), ns.to_string().into());
+        }
+        if let Some(mode) = self.mode {
+            a.insert(Attribute::Metadata(META_MODE.into()), format!("{:o}", mode & 0o777).into());
+        }
+    }
 }
 
 /// The requests a bucket root has sent its store since it was opened
@@ -590,7 +681,11 @@ impl Bucket {
         };
         if let Some(object) = self.head(&key).await.map_err(|e| store_fault(path, e))? {
             file_found(path)?;
-            return Ok(object_entry(name, &object));
+            // As a directory root's `stat`: the nanoseconds only where
+            // whole seconds would lose something.
+            let mut e = object_entry(name, &object);
+            e.mtime_ns = e.mtime_ns.and_then(|ns| Stamp::from_wire(e.mtime, Some(ns)).fraction_ns());
+            return Ok(e);
         }
         // A directory is there when any key is below it: the first one
         // says so (a level of a million is not paged through for it).
@@ -634,7 +729,8 @@ impl Bucket {
             p.parts().skip(depth).map(|p| p.as_ref().to_owned()).collect()
         }
         let mut anything = false;
-        // Each file's entry as listed, and its listing, for its mtime.
+        // Each file's entry as listed, and its listing, for what its
+        // metadata keeps (the time, the mode), which a listing lacks.
         let mut files: Vec<(usize, ObjectMeta)> = Vec::new();
         let delimited = listing == Listing::Entries;
         let mut dirs = std::collections::BTreeSet::new();
@@ -682,7 +778,8 @@ impl Bucket {
         }
         let objects = self.objects(files.iter().map(|(_, m)| m.clone()).collect(), path).await?;
         for ((i, _), object) in files.iter().zip(objects) {
-            out[*i].mtime = object.mtime;
+            let e = &mut out[*i];
+            (e.mtime, e.mtime_ns, e.mode) = (object.mtime, object.mtime_ns, object.mode.unwrap_or(FILE_MODE));
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -767,18 +864,21 @@ fn file_entry(name: String, meta: &ObjectMeta) -> Entry {
 }
 
 fn object_entry(name: String, object: &Object) -> Entry {
-    Entry::new(name, object.size, Kind::File, object.mtime, FILE_MODE)
+    object.entry(name)
 }
 
 fn dir_entry(name: String, mtime: i64) -> Entry {
     Entry::new(name, 0, Kind::Dir, mtime, DIR_MODE)
 }
 
-/// `x-amz-meta-blake3` and `x-amz-meta-mtime` for a PUT.
-fn attributes(hash: &blake3::Hash, mtime: i64) -> Attributes {
+/// The metadata of an object: `x-amz-meta-blake3` when the hash is
+/// known, and what it keeps of its file ([`Kept`]).
+fn attributes(hash: Option<&blake3::Hash>, kept: &Kept) -> Attributes {
     let mut a = Attributes::new();
-    a.insert(Attribute::Metadata(META_BLAKE3.into()), hash.to_hex().to_string().into());
-    a.insert(Attribute::Metadata(META_MTIME.into()), mtime.to_string().into());
+    if let Some(hash) = hash {
+        a.insert(Attribute::Metadata(META_BLAKE3.into()), hash.to_hex().to_string().into());
+    }
+    kept.add_to(&mut a);
     a
 }
 
@@ -916,6 +1016,36 @@ mod tests {
             assert!(named("", key).is_none(), "{key:?}");
         }
         assert!(named("root", "root/x").is_some());
+    }
+
+    #[test]
+    fn what_metadata_keeps_of_a_file() {
+        let read = |pairs: &[(&'static str, &str)]| {
+            let get = |k: &'static str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+            Kept::read(get, 99)
+        };
+        let kept = Kept::of(Some(Stamp { secs: 1_577_934_245, nsec: 123_456_789 }), Some(0o4755));
+        assert_eq!(kept, Kept { mtime: 1_577_934_245, mtime_ns: Some(1_577_934_245_123_456_789), mode: Some(0o755) });
+        let mut a = Attributes::new();
+        kept.add_to(&mut a);
+        let get = |k: &'static str| a.get(&Attribute::Metadata(k.into())).map(|v| v.to_string());
+        assert_eq!(get(META_MODE).as_deref(), Some("755"), "octal, no setuid");
+        assert_eq!(Kept::read(get, 0), kept, "read back as written");
+        // Another tool's object, or an older framewire's: as before.
+        assert_eq!(read(&[]), Kept { mtime: 99, mtime_ns: None, mode: None });
+        assert_eq!(read(&[(META_MTIME, "5")]), Kept::secs(Some(5)));
+        // Before the epoch, the seconds round towards zero.
+        let before = read(&[(META_MTIME, "-1"), (META_MTIME_NS, "-1500000000")]);
+        assert_eq!((before.mtime, before.mtime_ns), (-1, Some(-1_500_000_000)));
+        // Nanoseconds another tool's seconds disagree with are not believed.
+        assert_eq!(read(&[(META_MTIME, "7"), (META_MTIME_NS, "5000000001")]), Kept::secs(Some(7)));
+        assert_eq!(read(&[(META_MTIME_NS, "5000000001")]).mtime, 5);
+        for bad in ["7777", "rw-r--r--", "", "-1"] {
+            assert_eq!(read(&[(META_MODE, bad)]).mode, None, "{bad:?}");
+        }
+        assert_eq!(read(&[(META_MODE, "0600")]).mode, Some(0o600));
+        // Whole seconds only: no nanoseconds claimed.
+        assert_eq!(Kept::secs(Some(3)).mtime_ns, None);
     }
 
     #[test]

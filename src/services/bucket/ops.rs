@@ -13,8 +13,8 @@ use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{
-    dir_entry, not_found, object_entry, store_fault, Bucket, Key, Object, DIR_MARKER, HEADS_AT_ONCE, KNOWN_MAX,
-    META_BLAKE3, META_MTIME,
+    dir_entry, not_found, object_entry, store_fault, Bucket, Kept, Key, Object, DIR_MARKER, HEADS_AT_ONCE, KNOWN_MAX,
+    META_BLAKE3,
 };
 use crate::proto::{Entry, Kind};
 use crate::services::files::{shown, Sandbox, CLAIM_WAIT};
@@ -40,6 +40,10 @@ pub(crate) struct Reading {
     pub size: u64,
     /// The uploaded file's mtime.
     pub mtime: i64,
+    /// The same to the nanosecond, where stored.
+    pub mtime_ns: Option<i64>,
+    /// The uploaded file's permission bits, where stored.
+    pub mode: Option<u32>,
     /// Where the body starts.
     pub start: u64,
     /// The bytes from `start` on (of this version of the object only: the
@@ -80,7 +84,8 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Stores a small file whole (its hash verified already).
+    /// Stores a small file whole (its hash verified already), keeping
+    /// `kept` as its metadata.
     ///
     /// # Errors
     ///
@@ -91,25 +96,21 @@ impl Target {
         bucket: &Bucket,
         body: Bytes,
         hash: blake3::Hash,
-        mtime: Option<i64>,
+        kept: Kept,
         force: bool,
     ) -> Result<(), Fault> {
-        bucket.put_whole(&self.key, body, hash, mtime, force, &self.path).await
+        bucket.put_whole(&self.key, body, hash, kept, force, &self.path).await
     }
 
-    /// Starts (or takes up) the multipart upload of a large file.
+    /// Starts (or takes up) the multipart upload of a large file, created
+    /// with `kept` as its metadata (taken up only if its record was
+    /// created with the same).
     ///
     /// # Errors
     ///
     /// The store's.
-    pub(crate) async fn multipart(
-        &self,
-        bucket: &Bucket,
-        size: u64,
-        mtime: Option<i64>,
-    ) -> Result<super::Multipart, Fault> {
-        let mtime = mtime.unwrap_or_else(super::upload::now);
-        super::Multipart::start(bucket, self.key.clone(), self.record.clone(), (size, mtime), self.path.clone()).await
+    pub(crate) async fn multipart(&self, bucket: &Bucket, size: u64, kept: Kept) -> Result<super::Multipart, Fault> {
+        super::Multipart::start(bucket, self.key.clone(), self.record.clone(), (size, kept), self.path.clone()).await
     }
 }
 
@@ -128,9 +129,9 @@ impl Bucket {
     /// An object's facts from its listing and metadata, remembered.
     fn learn(&self, key: &Path, meta: &ObjectMeta, attributes: &Attributes) -> Object {
         let get = |name: &'static str| attributes.get(&Attribute::Metadata(name.into())).map(|v| v.to_string());
-        let mtime = get(META_MTIME).and_then(|v| v.parse().ok()).unwrap_or_else(|| meta.last_modified.timestamp());
+        let Kept { mtime, mtime_ns, mode } = Kept::read(get, meta.last_modified.timestamp());
         let mut blake3 = get(META_BLAKE3).and_then(|v| blake3::Hash::from_hex(v).ok());
-        let mut object = Object { size: meta.size, mtime, etag: meta.e_tag.clone(), blake3: None };
+        let mut object = Object { size: meta.size, mtime, mtime_ns, mode, etag: meta.e_tag.clone(), blake3: None };
         if blake3.is_none() {
             // Computed on an earlier read of this same version.
             let known = self.known.lock().expect("known poisoned");
@@ -180,6 +181,8 @@ impl Bucket {
                     Ok(None) => Ok(Object {
                         size: meta.size,
                         mtime: meta.last_modified.timestamp(),
+                        mtime_ns: None,
+                        mode: None,
                         etag: meta.e_tag.clone(),
                         blake3: None,
                     }),
@@ -236,7 +239,14 @@ impl Bucket {
 
     /// Remembers the hash a read computed, for the version it read.
     pub(crate) fn read_hashed(&self, reading: &Reading, hash: blake3::Hash) {
-        let object = Object { size: reading.size, mtime: reading.mtime, etag: reading.etag.clone(), blake3: None };
+        let object = Object {
+            size: reading.size,
+            mtime: reading.mtime,
+            mtime_ns: reading.mtime_ns,
+            mode: reading.mode,
+            etag: reading.etag.clone(),
+            blake3: None,
+        };
         self.learned(&reading.key, &object, hash);
     }
 
@@ -312,6 +322,8 @@ impl Bucket {
         Ok(Reading {
             size: object.size,
             mtime: object.mtime,
+            mtime_ns: object.mtime_ns,
+            mode: object.mode,
             start,
             body,
             known: object.blake3,
@@ -606,17 +618,14 @@ impl Bucket {
     /// Copies an object too large for one `CopyObject` through the server:
     /// ranged reads of its one version (`If-Match`), each stored as a part
     /// of a multipart upload at `to` (four at once), created with the
-    /// object's mtime and BLAKE3 (when known) as metadata, completed with
+    /// object's metadata (its mtime, to the nanosecond where stored, its
+    /// mode where stored, its BLAKE3 when known), completed with
     /// `If-None-Match: *` unless `force`; aborted on any failure.
     async fn copy_in_parts(&self, from: &Path, to: &Path, force: bool, path: &str) -> Result<(), Fault> {
         let Some(object) = self.head(from).await.map_err(|e| store_fault(path, e))? else {
             return Err(not_found(path));
         };
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::Metadata(META_MTIME.into()), object.mtime.to_string().into());
-        if let Some(hash) = object.blake3 {
-            attributes.insert(Attribute::Metadata(META_BLAKE3.into()), hash.to_hex().to_string().into());
-        }
+        let attributes = super::attributes(object.blake3.as_ref(), &object.kept());
         let options = object_store::PutMultipartOptions { attributes, ..Default::default() };
         let id = self.store.create_multipart_opts(to, options).await.map_err(|e| store_fault(path, e))?;
         let parts = (0..object.size).step_by(super::PART as usize).enumerate().map(|(i, at)| {
@@ -671,7 +680,8 @@ impl Bucket {
                 if size > copy_max {
                     b.copy_in_parts(&from, &to, force, &path).await?;
                 } else {
-                    // `CopyObject` keeps the metadata: the hash and mtime move too.
+                    // `CopyObject` keeps the metadata: the hash, the time
+                    // and the mode move too.
                     b.store.copy(&from, &to).await.map_err(|e| store_fault(&path, e))?;
                 }
                 // The original goes only once its copy is there, whole.

@@ -4,7 +4,8 @@
 //!
 //! The record is the object `DIR/.NAME.fwpart` (the partial-file name a
 //! local root uses, hidden from listings the same way): JSON with the
-//! upload id, the size and time of the file, and for each part stored, in
+//! upload id, the size, time and mode of the file (what the upload was
+//! created with as metadata), and for each part stored, in
 //! order, its ETag (what completing the upload names it by) and its BLAKE3
 //! chaining value (what the whole-file hash is merged from, see
 //! [`super::hash`]). It is written when the upload is created and again
@@ -40,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::hash::{self, PART};
-use super::{store_fault, Bucket, Object};
+use super::{store_fault, Bucket, Kept, Object};
 use crate::services::files::shown;
 use crate::services::Fault;
 
@@ -153,6 +154,14 @@ pub(super) struct Record {
     pub size: u64,
     /// The mtime the upload was created with (its metadata).
     pub mtime: i64,
+    /// The same to the nanosecond, if it was created with it (a record
+    /// without it: by an older server, or for a `put` whose nanoseconds
+    /// were not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// The permission bits it was created with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
     /// Each part stored, in order from the first.
     pub parts: Vec<Stored>,
     /// The BLAKE3 of the first part alone (the hash offered when only it
@@ -166,6 +175,18 @@ pub(super) struct Record {
 }
 
 impl Record {
+    /// What the upload was created with as metadata.
+    pub(super) fn kept(&self) -> Kept {
+        Kept { mtime: self.mtime, mtime_ns: self.mtime_ns, mode: self.mode }
+    }
+
+    /// Whether it is the record of an upload of a file of `size` bytes
+    /// created with `kept` as its metadata (what it may be taken up for:
+    /// the metadata cannot change after).
+    pub(super) fn is_for(&self, size: u64, kept: &Kept) -> bool {
+        self.v == 1 && self.size == size && self.kept() == *kept
+    }
+
     /// Whether a running upload holds it now (a lease longer than two
     /// [`LEASE`]s from now is no running upload's: another tool wrote it,
     /// and it does not keep the record from the sweep).
@@ -246,14 +267,14 @@ impl Drop for Multipart {
 }
 
 impl Multipart {
-    /// Starts the upload of `size` bytes at `key`, or takes up the one its
-    /// record names if it is of the same size and the store still has
-    /// it.
+    /// Starts the upload of `size` bytes at `key` with `kept` as its
+    /// metadata, or takes up the one its record names if it is of the same
+    /// size and metadata and the store still has it.
     pub(super) async fn start(
         bucket: &Bucket,
         key: Path,
         record_key: Path,
-        (size, mtime): (u64, i64),
+        (size, kept): (u64, Kept),
         path: String,
     ) -> Result<Self, Fault> {
         let existing = bucket.read_record(&record_key, &path).await?;
@@ -264,12 +285,12 @@ impl Multipart {
             n * PART < size && (n == 0 || r.offer(r.first.as_deref()).0 == n * PART)
         };
         let record = match existing {
-            Some(r) if r.v == 1 && r.size == size && r.mtime == mtime && sound(&r) => r,
+            Some(r) if r.is_for(size, &kept) && sound(&r) => r,
             Some(old) => {
                 bucket.abort(&key, &old.upload_id).await;
-                bucket.create_upload(&key, (size, mtime), &path).await?
+                bucket.create_upload(&key, (size, kept), &path).await?
             }
-            None => bucket.create_upload(&key, (size, mtime), &path).await?,
+            None => bucket.create_upload(&key, (size, kept), &path).await?,
         };
         let next = record.parts.len();
         let first = record.first.clone();
@@ -348,7 +369,7 @@ impl Multipart {
             return Ok(false);
         }
         self.bucket.abort(&self.key, &self.record.upload_id).await;
-        let file = (self.record.size, self.record.mtime);
+        let file = (self.record.size, self.record.kept());
         self.record = self.bucket.create_upload(&self.key, file, &self.path).await?;
         self.first = None;
         self.next = 0;
@@ -500,7 +521,8 @@ impl Multipart {
         match completed {
             Ok(done) => {
                 let _ = self.bucket.store.delete(&self.record_key).await;
-                let object = Object { size, mtime: self.record.mtime, etag: done.e_tag, blake3: Some(got) };
+                let Kept { mtime, mtime_ns, mode } = self.record.kept();
+                let object = Object { size, mtime, mtime_ns, mode, etag: done.e_tag, blake3: Some(got) };
                 self.bucket.remember(&self.key, object);
                 Ok(got)
             }
@@ -576,16 +598,16 @@ pub(super) fn now() -> i64 {
 }
 
 impl Bucket {
-    /// What a resume of `path` (a file of `size` bytes and `mtime`) would
-    /// start from: its record's offer, or nothing.
+    /// What a resume of `path` (a file of `size` bytes, stored with
+    /// `kept`) would start from: its record's offer, or nothing.
     ///
     /// # Errors
     ///
     /// A bad path, the store's error.
-    pub(crate) async fn offered(&self, path: &str, size: u64, mtime: i64) -> Result<(u64, Option<String>), Fault> {
+    pub(crate) async fn offered(&self, path: &str, size: u64, kept: &Kept) -> Result<(u64, Option<String>), Fault> {
         let (_, record_key, _) = self.record_of(path)?;
         match self.read_record(&record_key, path).await? {
-            Some(r) if r.v == 1 && r.size == size && r.mtime == mtime => Ok(r.offer(r.first.as_deref())),
+            Some(r) if r.is_for(size, kept) => Ok(r.offer(r.first.as_deref())),
             _ => Ok((0, None)),
         }
     }
@@ -610,14 +632,24 @@ impl Bucket {
     }
 
     /// A new multipart upload at `key`, and its record (for the caller to
-    /// write). The file's mtime is the upload's metadata (its hash is not
-    /// known yet: see DESIGN.md).
-    async fn create_upload(&self, key: &Path, (size, mtime): (u64, i64), path: &str) -> Result<Record, Fault> {
-        let mut attributes = object_store::Attributes::new();
-        attributes.insert(object_store::Attribute::Metadata(super::META_MTIME.into()), mtime.to_string().into());
+    /// write). What it keeps of the file (`kept`: its time, its mode) is
+    /// the upload's metadata (its hash is not known yet: see DESIGN.md).
+    async fn create_upload(&self, key: &Path, (size, kept): (u64, Kept), path: &str) -> Result<Record, Fault> {
+        let attributes = super::attributes(None, &kept);
         let options = object_store::PutMultipartOptions { attributes, ..Default::default() };
         let id = self.store.create_multipart_opts(key, options).await.map_err(|e| store_fault(path, e))?;
-        Ok(Record { v: 1, upload_id: id.to_string(), size, mtime, parts: Vec::new(), first: None, lease: None })
+        let Kept { mtime, mtime_ns, mode } = kept;
+        Ok(Record {
+            v: 1,
+            upload_id: id.to_string(),
+            size,
+            mtime,
+            mtime_ns,
+            mode,
+            parts: Vec::new(),
+            first: None,
+            lease: None,
+        })
     }
 
     /// Aborts an upload (one the store forgot already is fine).
@@ -629,27 +661,28 @@ impl Bucket {
     }
 
     /// Stores a small file whole, with one PUT carrying its BLAKE3 and
-    /// mtime as metadata; without `force`, conditional (`If-None-Match:
-    /// *`): an object there is never replaced.
+    /// what is kept of it (`kept`: its time, its mode) as metadata;
+    /// without `force`, conditional (`If-None-Match: *`): an object there
+    /// is never replaced.
     pub(super) async fn put_whole(
         &self,
         key: &Path,
         body: bytes::Bytes,
         hash: blake3::Hash,
-        mtime: Option<i64>,
+        kept: Kept,
         force: bool,
         path: &str,
     ) -> Result<(), Fault> {
         let size = body.len() as u64;
-        let mtime = mtime.unwrap_or_else(now);
         let options = PutOptions {
             mode: if force { PutMode::Overwrite } else { PutMode::Create },
-            attributes: super::attributes(&hash, mtime),
+            attributes: super::attributes(Some(&hash), &kept),
             ..PutOptions::default()
         };
         match self.store.put_opts(key, PutPayload::from_bytes(body), options).await {
             Ok(done) => {
-                self.remember(key, Object { size, mtime, etag: done.e_tag, blake3: Some(hash) });
+                let Kept { mtime, mtime_ns, mode } = kept;
+                self.remember(key, Object { size, mtime, mtime_ns, mode, etag: done.e_tag, blake3: Some(hash) });
                 Ok(())
             }
             Err(e) if is_exists(&e) => Err(Fault::Exists { path: path.to_owned() }),
