@@ -402,8 +402,14 @@ mod tests {
             PrivateKey::new(KeypairData::Ed25519(pair), "").unwrap()
         };
         let (host, user) = (key(0x80), key(0xa0));
-        assert_eq!(to_wire(host.public_key()), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM0Us3+VbpUxlP9/tzs9gdzFYdYadTgJS3w+GmQ+5fOq");
-        assert_eq!(to_wire(user.public_key()), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE/QmczUfXiT3+nsJEFOyw2bVCAjKq0w2RxGW+M8vmXE");
+        assert_eq!(
+            to_wire(host.public_key()),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM0Us3+VbpUxlP9/tzs9gdzFYdYadTgJS3w+GmQ+5fOq"
+        );
+        assert_eq!(
+            to_wire(user.public_key()),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE/QmczUfXiT3+nsJEFOyw2bVCAjKq0w2RxGW+M8vmXE"
+        );
         let ns: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x20 + i as u8);
         let nc: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x40 + i as u8);
         let b: [u8; BINDING_LEN] = std::array::from_fn(|i| 0x60 + i as u8);
