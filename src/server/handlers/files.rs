@@ -108,7 +108,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     }
     let stamp = mtime.map(|secs| crate::services::files::Stamp::from_wire(secs, mtime_ns));
     let cut = s.cut_off().clone();
-    let admitted = cut_off_by(&cut, async { Ok(st.admit(&path, size, force, mtime).await) }).await?;
+    let admitted = cut_off_by(&cut, async { Ok(st.admit(&path, size, force, (stamp, mode)).await) }).await?;
     let mut upload = match admitted {
         Ok(upload) => upload,
         Err(r) => return s.refuse(r).await,

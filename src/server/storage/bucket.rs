@@ -142,16 +142,21 @@ impl Storage for Bucket {
         BucketSink { bucket: self.clone(), index: TreeIndex::default(), storing: JoinSet::new(), done: Vec::new() }
     }
 
-    async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<BucketUpload, Fault> {
+    async fn admit(
+        &self,
+        path: &str,
+        size: u64,
+        force: bool,
+        (stamp, mode): (Option<crate::services::files::Stamp>, Option<u32>),
+    ) -> Result<BucketUpload, Fault> {
         let target = Bucket::admit(self, path, force).await?;
         // A large file's upload is created now, with what its metadata will
-        // be: the time in whole seconds (its nanoseconds and mode are told
-        // only after the body); a small one is stored whole at the end,
-        // with them.
+        // be (its time to the nanosecond and its mode, as the request
+        // gives them); a small one is stored whole at the end, with them.
         let parts = if size <= WHOLE_MAX {
             None
         } else {
-            Some(Box::new(target.multipart(self, size, Kept::secs(mtime)).await?))
+            Some(Box::new(target.multipart(self, size, Kept::of(stamp, mode)).await?))
         };
         Ok(BucketUpload { target, bucket: self.clone(), size, parts })
     }

@@ -172,7 +172,13 @@ impl Storage for Dir<'_> {
         }
     }
 
-    async fn admit(&self, path: &str, size: u64, force: bool, _: Option<i64>) -> Result<DirUpload, Fault> {
+    async fn admit(
+        &self,
+        path: &str,
+        size: u64,
+        force: bool,
+        _: (Option<files::Stamp>, Option<u32>),
+    ) -> Result<DirUpload, Fault> {
         let (sb, path) = (self.sb.clone(), path.to_owned());
         let hashes = self.hashes.clone();
         blocking(move || {

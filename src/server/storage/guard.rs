@@ -121,9 +121,15 @@ impl<St: Storage> Storage for Guarded<'_, St> {
         GuardedSink { inner: self.inner.tree_sink(backup, covers), rights: self.rights.clone() }
     }
 
-    async fn admit(&self, path: &str, size: u64, force: bool, mtime: Option<i64>) -> Result<Self::Upload, Fault> {
+    async fn admit(
+        &self,
+        path: &str,
+        size: u64,
+        force: bool,
+        kept: (Option<crate::services::files::Stamp>, Option<u32>),
+    ) -> Result<Self::Upload, Fault> {
         may_write(self.rights, path, force)?;
-        self.inner.admit(path, size, force, mtime).await
+        self.inner.admit(path, size, force, kept).await
     }
 }
 

@@ -147,13 +147,15 @@ pub(in crate::server) trait Storage: Sync {
     /// Admits an upload of `size` bytes to `path`: claims the path (a
     /// second upload of it waits or is refused until this one ends),
     /// refuses an existing file without `force`, and takes up what an
-    /// interrupted upload of it left.
+    /// interrupted upload of it left. `kept` is the file's time and mode,
+    /// as the request gives them (a store that fixes metadata when an
+    /// upload starts takes them now).
     fn admit(
         &self,
         path: &str,
         size: u64,
         force: bool,
-        mtime: Option<i64>,
+        kept: (Option<crate::services::files::Stamp>, Option<u32>),
     ) -> impl Future<Output = Result<Self::Upload, Fault>> + Send;
 }
 

@@ -141,11 +141,6 @@ impl Kept {
         Kept { mtime: stamp.wire_secs(), mtime_ns: stamp.wire_ns(), mode: mode.map(|m| m & 0o777) }
     }
 
-    /// A time in whole seconds only (none given: now), and no mode.
-    pub(crate) fn secs(mtime: Option<i64>) -> Kept {
-        Kept { mtime: mtime.unwrap_or_else(upload::now), mtime_ns: None, mode: None }
-    }
-
     /// Read from an object's metadata (`get` gives a member's value);
     /// `stored` is when the object was stored, the time of one without
     /// [`META_MTIME`].
