@@ -185,6 +185,23 @@ fn each_key_may_do_what_its_options_say() {
     let out = dropped(&["put", "-r", a, tree.to_str().unwrap(), "t"]);
     assert!(root.join("incoming/t/tree/sub/a").exists(), "a tree into the drop box: {out:?}");
 
+    // Nor by a tree upload, whatever the existing file's age (the source
+    // wins elsewhere), nor by changing an existing directory's bits.
+    std::fs::create_dir_all(root.join("incoming/t2/sub")).unwrap();
+    std::fs::write(root.join("incoming/t2/sub/a"), b"theirs").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    std::fs::File::options().write(true).open(root.join("incoming/t2/sub/a")).unwrap().set_modified(old).unwrap();
+    std::fs::set_permissions(root.join("incoming/t2/sub"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    std::fs::set_permissions(tree.join("sub"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = dropped(&["put", "-r", a, &format!("{}/", tree.display()), "t2"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("may not overwrite"), "{out:?}");
+    assert_eq!(std::fs::read(root.join("incoming/t2/sub/a")).unwrap(), b"theirs", "never replaced");
+    let bits = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(root.join("incoming/t2/sub")).unwrap().permissions(),
+    );
+    assert_eq!(bits & 0o777, 0o755, "an existing directory's bits are not changed");
+
     // dir=: nothing outside is visible or reachable, links included.
     let jailed = |args: &[&str]| home.run(&[&args[..1], &["-i", id(&boxed)], &args[1..]].concat());
     let out = jailed(&["ls", "-r", a]);
@@ -311,7 +328,8 @@ fn a_key_removed_ends_its_session_and_its_next_connection() {
     let home = Home::new();
     let a = server.addr.as_str();
     assert!(home.run(&["ls", "-i", id(&alice), "--accept-new", a]).status.success());
-    let mut long = home.command(&["exec", "-i", id(&alice), a, "--", "sleep", "60"]).spawn().unwrap();
+    let mut long =
+        home.command(&["exec", "-i", id(&alice), a, "--", "sleep", "60"]).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // Revoked: bob's line alone is left, written as editors do (a new
     // file renamed over the old).
@@ -332,6 +350,9 @@ fn a_key_removed_ends_its_session_and_its_next_connection() {
     let _ = long.wait();
     let status = status.expect("the session ends within seconds of the revocation");
     assert!(!status.success());
+    let mut said = String::new();
+    std::io::Read::read_to_string(long.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(said.contains("the key was revoked"), "{said}");
     assert!(!home.run(&["ls", "-i", id(&alice), a]).status.success(), "the next connection is refused");
     assert!(home.run(&["ls", "-i", id(&bob), a]).status.success(), "bob is still in");
     // An unreadable file refuses every key.
@@ -369,7 +390,7 @@ fn host_keys_are_checked_against_known_hosts() {
         .arg("serve")
         .args(args)
         .arg("--root")
-        .arg(keys.dir.path())
+        .arg(home.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -384,6 +405,26 @@ fn host_keys_are_checked_against_known_hosts() {
     let out = home.run(&["known-hosts", "--remove", &format!("[127.0.0.1]:{port}")]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read_to_string(home.known_hosts()).unwrap(), "");
+}
+
+/// A key file the server would serve, and legacy listeners that know no
+/// keys per person, are refused at start.
+#[test]
+fn the_server_refuses_key_files_it_would_serve() {
+    let Some(keys) = Keys::new() else { return };
+    let alice = keys.person("alice");
+    let inside = keys.dir.path().join("authorized_keys");
+    std::fs::write(&inside, format!("{}\n", alice.public)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(keys.dir.path())
+        .arg("--authorized-keys")
+        .arg(&inside)
+        .arg("--host-key")
+        .arg(&keys.host.private)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && text(&out.stderr).contains("inside the served root"), "{out:?}");
 }
 
 #[test]

@@ -165,10 +165,17 @@ impl AuthorizedKeys {
     pub fn parse(text: &str) -> (AuthorizedKeys, Vec<Refused>) {
         let mut keys = HashMap::new();
         let mut refused = Vec::new();
+        // Every line of each key, to find keys listed twice.
+        let mut lines: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
+            }
+            // A key's line refused still counts as one of its lines.
+            let bytes = key_part(line);
+            if let Some(bytes) = bytes {
+                lines.entry(bytes).or_default().push(i + 1);
             }
             match parse_line(line) {
                 Ok(entry) => {
@@ -179,6 +186,18 @@ impl AuthorizedKeys {
                 Err(why) => refused.push(Refused { line: i + 1, why }),
             }
         }
+        // A key listed twice is refused on every line: which of its
+        // lines was meant (sshd takes the first, an editor's habit may
+        // add the narrow one above or below) is not for the server to
+        // guess, and guessing wrong would widen it.
+        for (bytes, at) in lines.into_iter().filter(|(_, at)| at.len() > 1) {
+            keys.remove(&bytes);
+            let list = at.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            for &line in &at {
+                refused.push(Refused { line, why: format!("the same key is on lines {list}: each is refused") });
+            }
+        }
+        refused.sort_by_key(|r| r.line);
         (AuthorizedKeys { keys }, refused)
     }
 
@@ -209,6 +228,14 @@ impl AuthorizedKeys {
 
 fn ed25519_bytes(key: &PublicKey) -> Option<[u8; 32]> {
     key.key_data().ed25519().map(|k| k.0)
+}
+
+/// The Ed25519 key a line names, whatever its options say (to find a key
+/// listed twice, even on a line refused for its options).
+fn key_part(line: &str) -> Option<[u8; 32]> {
+    let mut fields = line[line.find("ssh-ed25519 ")?..].split_ascii_whitespace();
+    let (kind, data) = (fields.next()?, fields.next()?);
+    ed25519_bytes(&PublicKey::from_openssh(&format!("{kind} {data}")).ok()?)
 }
 
 /// Key types a line may name (OpenSSH's), whether this server takes them
@@ -426,15 +453,39 @@ impl Patterns {
                     let addr: IpAddr = addr.parse().map_err(|_| format!("from=: {word:?} is not an address/bits"))?;
                     let max = if addr.is_ipv4() { 32 } else { 128 };
                     let bits: u8 = bits.parse().ok().filter(|b| *b <= max).ok_or_else(|| format!("from=: {word:?}"))?;
-                    Pattern::Cidr(addr, bits)
+                    // `::ffff:10.0.0.0/104` is the IPv4 block it spells.
+                    match addr {
+                        IpAddr::V6(v6) if bits >= 96 && v6.to_ipv4_mapped().is_some() => {
+                            Pattern::Cidr(IpAddr::V4(v6.to_ipv4_mapped().expect("mapped")), bits - 96)
+                        }
+                        _ => Pattern::Cidr(addr, bits),
+                    }
                 }
-                None => Pattern::Glob(
-                    globset::GlobBuilder::new(word)
-                        .literal_separator(false)
-                        .build()
-                        .map_err(|e| format!("from=: {word:?}: {e}"))?
-                        .compile_matcher(),
-                ),
+                // An address, however spelled, is that one address.
+                None => match word.parse::<IpAddr>() {
+                    Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
+                        Pattern::Cidr(IpAddr::V4(v6.to_ipv4_mapped().expect("mapped")), 32)
+                    }
+                    Ok(ip) => Pattern::Cidr(ip, if ip.is_ipv4() { 32 } else { 128 }),
+                    // Wildcards over an address's text, as written
+                    // lower-case (how addresses are shown); a host name
+                    // would need a lookup, which a server never makes
+                    // here: refused rather than never matching.
+                    Err(_) if word.chars().all(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '*' | '?')) => {
+                        Pattern::Glob(
+                            globset::GlobBuilder::new(&word.to_ascii_lowercase())
+                                .literal_separator(false)
+                                .build()
+                                .map_err(|e| format!("from=: {word:?}: {e}"))?
+                                .compile_matcher(),
+                        )
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                            "from=: {word:?} is a host name; names are not looked up: write addresses (CIDR, * and ?)"
+                        ))
+                    }
+                },
             };
             out.push((negated, pattern));
         }
@@ -605,6 +656,31 @@ mod tests {
     }
 
     #[test]
+    fn exclusions_match_however_the_address_is_spelled() {
+        let k = one(&format!("from=\"*,!2001:DB8::5,!::ffff:10.0.0.9,!10.1.0.0/16\" {KEY}")).unwrap();
+        let now = SystemTime::now();
+        for refused in ["2001:db8::5", "2001:db8:0::5", "10.0.0.9", "::ffff:10.0.0.9", "10.1.2.3"] {
+            assert!(k.admits(refused.parse().unwrap(), now).is_err(), "{refused}");
+        }
+        assert!(k.admits("10.0.0.8".parse().unwrap(), now).is_ok());
+        assert!(one(&format!("from=\"!gateway.lan\" {KEY}")).is_err(), "a host name never matches: refused");
+        let mapped = one(&format!("from=\"::ffff:10.0.0.0/104\" {KEY}")).unwrap();
+        assert!(mapped.admits("10.9.9.9".parse().unwrap(), now).is_ok());
+        assert!(mapped.admits("11.0.0.1".parse().unwrap(), now).is_err());
+    }
+
+    #[test]
+    fn a_key_listed_twice_is_refused_on_each_line() {
+        let text = format!("read-only {KEY} narrow\n{KEY} wide\n");
+        let (keys, refused) = AuthorizedKeys::parse(&text);
+        assert!(keys.is_empty());
+        assert_eq!(refused.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2]);
+        // Even when one of its lines is refused for an option.
+        let (keys, refused) = AuthorizedKeys::parse(&format!("typo {KEY}\n{KEY}\n"));
+        assert!(keys.is_empty() && refused.len() >= 2, "{refused:?}");
+    }
+
+    #[test]
     fn from_and_expiry() {
         let k = one(&format!("from=\"127.0.0.*,!127.0.0.9,10.1.0.0/16\" {KEY}")).unwrap();
         let now = SystemTime::now();
@@ -624,7 +700,7 @@ mod tests {
     fn a_file_is_read_again_when_it_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("authorized_keys");
-        std::fs::write(&path, format!("# people\n{KEY} alice\nfly {KEY} bob\n")).unwrap();
+        std::fs::write(&path, format!("# people\n{KEY} alice\nfly ssh-rsa AAAA bob\n")).unwrap();
         let file = KeyFile::open(&path).unwrap();
         let (keys, generation) = file.current();
         assert_eq!(keys.len(), 1);

@@ -99,6 +99,9 @@ fn report(status: ExitStatus, timeout: Option<Duration>) -> ExitCode {
             return ExitCode::from(130);
         }
         ExitReason::Shutdown => eprintln!("framewire: the server shut down; the remote command was killed"),
+        ExitReason::Revoked => {
+            eprintln!("framewire: the key was revoked on the server; the remote command was killed")
+        }
         _ => eprintln!("framewire: the remote command ended ({:?})", status.reason),
     }
     ExitCode::from(status.code().clamp(0, 255) as u8)

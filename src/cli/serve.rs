@@ -227,6 +227,23 @@ pub async fn run(args: ServeArgs, key: Option<Key>) -> anyhow::Result<ExitCode> 
     config.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
     config.insecure = args.insecure;
     config.key = key;
+    // A key file the server would serve could be read or rewritten by
+    // the keys it lists.
+    for (flag, file) in [("--authorized-keys", &args.authorized_keys), ("--host-key", &args.host_key)] {
+        if let (Some(file), Ok(root)) = (file, args.root.canonicalize()) {
+            let file = file.canonicalize().unwrap_or_else(|_| file.clone());
+            anyhow::ensure!(
+                !file.starts_with(&root),
+                "{flag} {} is inside the served root {}: the keys it lets in could read or rewrite it; keep it outside (e.g. /etc/framewire/)",
+                file.display(),
+                root.display()
+            );
+        }
+    }
+    anyhow::ensure!(
+        args.legacy.is_empty() || args.legacy_hmac || args.authorized_keys.is_none(),
+        "--legacy listeners know no keys per person: anyone who reaches them would have every right; add --legacy-hmac (the shared key) or leave them out"
+    );
     if let Some(path) = &args.authorized_keys {
         let file = framewire::auth::KeyFile::open(path)
             .with_context(|| format!("cannot read the authorized keys {}", path.display()))?;

@@ -475,15 +475,16 @@ async fn authenticate(
                 Err(ClientError::ServerAuthFailed)
             }
         }
-        refused => Err(refusal(refused)),
+        refused => Err(refusal(refused, "our proof: its key is not ours")),
     }
 }
 
-/// What an answer other than `auth_ok` means.
-fn refusal(answer: Result<Option<(Answer<AuthOk>, u64)>, wire::Error>) -> ClientError {
+/// What an answer other than `auth_ok` means (`what` we offered: "our
+/// proof: its key is not ours", "our key").
+fn refusal(answer: Result<Option<(Answer<AuthOk>, u64)>, wire::Error>, what: &str) -> ClientError {
     match answer {
         Ok(Some((Answer::Refused(ErrorFrame { code: ErrorCode::AuthFailed, .. }), _))) => {
-            tracing::debug!("the server refused our proof");
+            tracing::debug!("the server refused {what}");
             ClientError::AuthFailed
         }
         Ok(Some((Answer::Refused(e), _))) => e.into(),
@@ -515,7 +516,17 @@ async fn by_identity(
     let chosen = match creds.identities.as_slice() {
         [one] => one.clone(),
         many => {
-            let offered: Vec<&auth::Identity> = many.iter().take(16).collect();
+            // As many as fit the handshake's 1 KiB headers (16 at most).
+            let mut room = PREAUTH_MAX_HEADER - 64;
+            let offered: Vec<&auth::Identity> = many
+                .iter()
+                .take(16)
+                .take_while(|i| {
+                    let len = identity::to_wire(i.public()).len() + 3;
+                    room = room.saturating_sub(len);
+                    room > 0
+                })
+                .collect();
             let keys = offered.iter().map(|i| identity::to_wire(i.public())).collect();
             writer.send(&AuthOffer { keys }, &[]).await?;
             match reader.read_head::<Answer<AuthOfferReply>>().await {
@@ -553,7 +564,7 @@ async fn by_identity(
             );
             Ok(())
         }
-        refused => Err(refusal(refused)),
+        refused => Err(refusal(refused, "our key (not in its authorized keys, or not from here, or expired)")),
     }
 }
 

@@ -43,6 +43,9 @@ pub enum ExitReason {
     Cancelled,
     /// The server shut down; the process group was killed.
     Shutdown,
+    /// The key the session authenticated with was revoked (removed,
+    /// narrowed or expired); the process group was killed.
+    Revoked,
     /// A reason this build does not know.
     #[serde(other)]
     Unknown,

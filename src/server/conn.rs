@@ -612,7 +612,7 @@ async fn session(
     // A key removed, narrowed or expired while its session runs ends it:
     // its requests are cut as at the drain deadline.
     let cut = hard.child_token();
-    let _watch = revocation_watch(ctx, &who, peer, cut.clone());
+    let _watch = revocation_watch(ctx, &who, peer, (cut.clone(), scope.revoked.clone()));
     let (read, write, traffic) = transport::Traffic::count(read, write);
     let mut s = Session::<ServerSide>::new(read, write, config.timeouts, cut.clone());
     // Held until the connection ends, however it ends.
@@ -633,9 +633,14 @@ const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 /// Watches the key a session authenticated with: once it is no longer in
 /// the file as it was (removed, its options changed) or no longer admits
 /// its client (expired), `cut` is cancelled. Stops when dropped.
-fn revocation_watch(ctx: &Context, who: &Who, peer: SocketAddr, cut: CancellationToken) -> Option<AbortOnDrop> {
+fn revocation_watch(
+    ctx: &Context,
+    who: &Who,
+    peer: SocketAddr,
+    (cut, revoked): (CancellationToken, CancellationToken),
+) -> Option<AbortOnDrop> {
     let (Who::Key(entry, generation), Some(file)) = (who, ctx.config.authorized_keys.clone()) else { return None };
-    let (entry, mut generation) = (entry.clone(), *generation);
+    let (mut entry, mut generation) = (entry.clone(), *generation);
     let task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(REVOCATION_CHECK).await;
@@ -653,11 +658,17 @@ fn revocation_watch(ctx: &Context, who: &Who, peer: SocketAddr, cut: Cancellatio
                 match keys.get(&entry.key) {
                     None => Some("the key was removed from the authorized keys".to_owned()),
                     Some(now_entry) if now_entry.rights != entry.rights => Some("the key's rights changed".to_owned()),
-                    Some(now_entry) => now_entry.admits(peer.ip(), now).err(),
+                    Some(now_entry) => {
+                        // Its line as it stands now (a new expiry-time,
+                        // from=) is what later checks hold it to.
+                        entry = now_entry.clone();
+                        entry.admits(peer.ip(), now).err()
+                    }
                 }
             };
             if let Some(why) = gone {
                 warn!(%peer, key = %printable(&entry.name()), "session ended: {why}");
+                revoked.cancel();
                 cut.cancel();
                 return;
             }
@@ -696,7 +707,7 @@ async fn requests(
                 return Ok(());
             }
             // The key was revoked between requests.
-            () = hard.cancelled() => {
+            () = scope.revoked.cancelled() => {
                 let _ = s.send(&ErrorFrame::new(ErrorCode::AuthFailed, "the key was revoked"), &[]).await;
                 return Ok(());
             }

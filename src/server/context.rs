@@ -42,6 +42,10 @@ pub(crate) struct Scope {
     pub rights: crate::auth::Rights,
     /// The narrowed root, if the key has `dir=`.
     pub root: Option<Served>,
+    /// Cancelled when the key is revoked while the session runs (the
+    /// session's cut-off is cancelled with it): what tells a revocation
+    /// from a shutdown.
+    pub revoked: tokio_util::sync::CancellationToken,
 }
 
 impl Scope {
@@ -57,7 +61,7 @@ impl Scope {
             #[cfg(feature = "s3")]
             (Some(dir), Served::Bucket(b)) => Some(Served::Bucket(b.beneath(dir))),
         };
-        Ok(Scope { rights, root })
+        Ok(Scope { rights, root, revoked: tokio_util::sync::CancellationToken::new() })
     }
 
     /// The root this connection's requests reach.

@@ -133,7 +133,7 @@ async fn run(
     let served = scope.served(ctx);
     match request {
         Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
-        Request::Exec(r) => exec::exec(s, (ctx, served), r, setup).await,
+        Request::Exec(r) => exec::exec(s, (ctx, served, &scope.revoked), r, setup).await,
         Request::Pty(r) => cut_off_by(&cut, exec::pty(s, ctx, r, setup)).await,
         Request::Env(r) => cut_off_by(&cut, exec::env(s, ctx, r, setup)).await,
         Request::List(r) => on_root!(ctx, served, rights, st => cut_off_by(&cut, files::list(s, st, r)).await),

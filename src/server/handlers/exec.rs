@@ -74,10 +74,14 @@ const MAX_ENV_VALUE: usize = 32 * 1024;
 /// Where commands run: [`Config::exec_dir`](crate::server::Config::exec_dir), else a local root; `None` on a
 /// bucket root without one.
 fn exec_dir<'a>(ctx: &'a Context, served: &'a crate::server::context::Served) -> Option<&'a std::path::Path> {
+    // The key's root (`dir=`) where it has one, before --exec-dir.
+    let narrowed = !std::ptr::eq(served, &ctx.root);
+    if let (true, crate::server::context::Served::Dir(sb)) = (narrowed, served) {
+        return Some(sb.root());
+    }
     if let Some(dir) = &ctx.config.exec_dir {
         return Some(dir);
     }
-    // The key's root (`dir=`) where it has one.
     match served {
         crate::server::context::Served::Dir(sb) => Some(sb.root()),
         #[cfg(feature = "s3")]
@@ -165,7 +169,7 @@ fn valid_env_name(name: &str) -> bool {
 /// killed and the client told why.
 pub(in crate::server) async fn exec(
     s: &mut Session<ServerSide>,
-    (ctx, served): (&Context, &crate::server::context::Served),
+    (ctx, served, revoked): (&Context, &crate::server::context::Served, &CancellationToken),
     request: Exec,
     setup: &mut ExecSetup,
 ) -> Result<(), Error> {
@@ -209,7 +213,7 @@ pub(in crate::server) async fn exec(
     s.without_idle_limit();
     let cut = s.cut_off().clone();
     let (reader, mut writer) = s.halves();
-    let result = pump(&mut run, timeout_ms, reader, &mut writer, &cut).await;
+    let result = pump(&mut run, timeout_ms, reader, &mut writer, (&cut, revoked)).await;
     s.restore_timeouts();
     let reason = match result {
         Ok(reason) => reason,
@@ -232,6 +236,7 @@ pub(in crate::server) async fn exec(
         (ExitReason::Timeout, ..) => "timed out: process group killed".to_owned(),
         (ExitReason::Cancelled, ..) => "cancelled by the client: process group killed".to_owned(),
         (ExitReason::Shutdown, ..) => "server shut down: process group killed".to_owned(),
+        (ExitReason::Revoked, ..) => "the key was revoked: process group killed".to_owned(),
         (reason, ..) => format!("{reason:?}"),
     });
     s.send(&Exit { status, signal, reason }, &[]).await
@@ -338,7 +343,7 @@ async fn pump(
     timeout_ms: Option<u64>,
     reader: &mut Reader,
     writer: &mut Writer<'_>,
-    hard: &CancellationToken,
+    (hard, revoked): (&CancellationToken, &CancellationToken),
 ) -> Result<ExitReason, Error> {
     let mut stdin = StdinQueue::start(run);
     let deadline = timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
@@ -383,7 +388,7 @@ async fn pump(
             }
             _ = hard.cancelled(), if reason == ExitReason::Exited => {
                 run.group.kill();
-                reason = ExitReason::Shutdown;
+                reason = if revoked.is_cancelled() { ExitReason::Revoked } else { ExitReason::Shutdown };
             }
         }
     }

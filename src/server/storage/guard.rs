@@ -148,6 +148,8 @@ impl<K: TreeSink> GuardedSink<K> {
     fn check_meta(&self, full: &str, e: &ManifestEntry, force: bool) -> Result<(), Fault> {
         match e.kind {
             Kind::Dir => may(&self.rights, Verb::Mkdir, full),
+            // A hard link is made whatever else the entry says.
+            Kind::File if e.link.is_some() => may_write(&self.rights, full, force || e.replace),
             Kind::File if e.attrs_only => may(&self.rights, Verb::Overwrite, full),
             _ => may_write(&self.rights, full, force || e.replace),
         }
@@ -172,8 +174,19 @@ impl<K: TreeSink> TreeSink for GuardedSink<K> {
         }
         // Without `overwrite`, nothing is replaced: an entry that does
         // not ask to replace is decided as the no-clobber rule says.
-        let force = force && self.rights.allows(Verb::Overwrite);
+        let overwrite = self.rights.allows(Verb::Overwrite);
+        let force = force && overwrite;
         let mut decided = if allowed.is_empty() { Vec::new() } else { self.inner.decide(base, force, allowed).await? };
+        // An entry that did not ask to replace may still be decided so (a
+        // file there that is older than the entry says): without
+        // `overwrite`, never.
+        if !overwrite {
+            for (_, full, _, d) in &mut decided {
+                if matches!(d, Ok(Some((true, ..)))) {
+                    *d = Err(Fault::NotPermitted { path: full.clone(), verb: Verb::Overwrite.name() });
+                }
+            }
+        }
         decided.extend(refused);
         decided.sort_by_key(|d| d.0);
         Ok(decided)
@@ -201,8 +214,14 @@ impl<K: TreeSink> TreeSink for GuardedSink<K> {
         entries: Vec<(u64, String, ManifestEntry)>,
     ) -> Vec<(u64, String, Result<bool, Fault>)> {
         let (mut allowed, mut out) = (Vec::with_capacity(entries.len()), Vec::new());
+        let overwrite = self.rights.allows(Verb::Overwrite);
         for (i, full, e) in entries {
             match self.check_meta(&full, &e, force) {
+                // Without `overwrite`, an existing directory's bits, owner,
+                // attributes and time are never changed: a directory entry
+                // is left as it is (the directory itself is made by the
+                // upload's `mkdir`s).
+                Ok(()) if e.kind == Kind::Dir && !overwrite => out.push((i, full, Ok(false))),
                 Ok(()) => allowed.push((i, full, e)),
                 Err(r) => out.push((i, full, Err(r))),
             }

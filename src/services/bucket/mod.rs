@@ -1028,19 +1028,26 @@ mod tests {
         assert_eq!(Kept::read(get, 0), kept, "read back as written");
         // Another tool's object, or an older framewire's: as before.
         assert_eq!(read(&[]), Kept { mtime: 99, mtime_ns: None, mode: None });
-        assert_eq!(read(&[(META_MTIME, "5")]), Kept::secs(Some(5)));
+        assert_eq!(read(&[(META_MTIME, "5")]), Kept { mtime: 5, mtime_ns: None, mode: None });
         // Before the epoch, the seconds round towards zero.
         let before = read(&[(META_MTIME, "-1"), (META_MTIME_NS, "-1500000000")]);
         assert_eq!((before.mtime, before.mtime_ns), (-1, Some(-1_500_000_000)));
         // Nanoseconds another tool's seconds disagree with are not believed.
-        assert_eq!(read(&[(META_MTIME, "7"), (META_MTIME_NS, "5000000001")]), Kept::secs(Some(7)));
+        assert_eq!(
+            read(&[(META_MTIME, "7"), (META_MTIME_NS, "5000000001")]),
+            Kept { mtime: 7, mtime_ns: None, mode: None }
+        );
         assert_eq!(read(&[(META_MTIME_NS, "5000000001")]).mtime, 5);
         for bad in ["7777", "rw-r--r--", "", "-1"] {
             assert_eq!(read(&[(META_MODE, bad)]).mode, None, "{bad:?}");
         }
         assert_eq!(read(&[(META_MODE, "0600")]).mode, Some(0o600));
-        // Whole seconds only: no nanoseconds claimed.
-        assert_eq!(Kept::secs(Some(3)).mtime_ns, None);
+        // A time in whole seconds is kept exactly, its bits masked.
+        let whole = crate::services::files::Stamp::from_wire(3, None);
+        assert_eq!(
+            Kept::of(Some(whole), Some(0o4755)),
+            Kept { mtime: 3, mtime_ns: Some(3_000_000_000), mode: Some(0o755) }
+        );
     }
 
     #[test]
