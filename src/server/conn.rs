@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::admission::{Door, SilentPlace, Startup, Startups};
 use super::config::SESSION_WAIT;
-use super::context::Context;
+use super::context::{Context, Who};
 use super::dispatch;
 use crate::auth::{self, Key, Role, Transcript};
 use crate::proto::{AuthChallenge, AuthOk, AuthResponse, ErrorCode, ErrorFrame, Request};
@@ -363,37 +363,6 @@ fn hello_now(tcp: &TcpStream) -> Arrived {
         Ok(held) if held >= need => Arrived::Bytes,
         Ok(_) => Arrived::Nothing,
         Err(_) => Arrived::Closed,
-    }
-}
-
-/// Who a connection proved to be.
-#[derive(Debug, Clone)]
-pub(crate) enum Who {
-    /// Nobody in particular: a server without a key.
-    Anyone,
-    /// A holder of the shared key (every right).
-    SharedKey,
-    /// A key of the `authorized_keys` file, as it stood then (its
-    /// generation: a later one may have removed or narrowed it).
-    Key(Arc<auth::Authorized>, u64),
-}
-
-impl Who {
-    /// How the log names it.
-    pub(crate) fn name(&self) -> String {
-        match self {
-            Who::Anyone => "-".into(),
-            Who::SharedKey => "shared-key".into(),
-            Who::Key(k, _) => k.name(),
-        }
-    }
-
-    /// What it may do.
-    pub(crate) fn rights(&self) -> auth::Rights {
-        match self {
-            Who::Key(k, _) => k.rights.clone(),
-            _ => auth::Rights::default(),
-        }
     }
 }
 

@@ -33,6 +33,37 @@ pub(crate) struct Context {
     pub accept_env: globset::GlobSet,
 }
 
+/// Who a connection proved to be.
+#[derive(Debug, Clone)]
+pub(crate) enum Who {
+    /// Nobody in particular: a server without a key.
+    Anyone,
+    /// A holder of the shared key (every right).
+    SharedKey,
+    /// A key of the `authorized_keys` file, as it stood then (its
+    /// generation: a later one may have removed or narrowed it).
+    Key(Arc<crate::auth::Authorized>, u64),
+}
+
+impl Who {
+    /// How the log names it.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Who::Anyone => "-".into(),
+            Who::SharedKey => "shared-key".into(),
+            Who::Key(k, _) => k.name(),
+        }
+    }
+
+    /// What it may do.
+    pub(crate) fn rights(&self) -> crate::auth::Rights {
+        match self {
+            Who::Key(k, _) => k.rights.clone(),
+            _ => crate::auth::Rights::default(),
+        }
+    }
+}
+
 /// What one connection may do and where: its key's rights, and the root
 /// it reaches (`dir=`: a directory below the served root, opened as a
 /// root of its own, so that nothing outside it, links included, can be
@@ -51,7 +82,7 @@ pub(crate) struct Scope {
 impl Scope {
     /// The scope of `who` on `ctx`'s root: `Err` if its `dir=` cannot be
     /// opened (missing, not a directory, a symlink).
-    pub(crate) fn of(ctx: &Context, who: &super::conn::Who) -> Result<Scope, String> {
+    pub(crate) fn of(ctx: &Context, who: &Who) -> Result<Scope, String> {
         let rights = who.rights();
         let root = match (&rights.dir, &ctx.root) {
             (None, _) => None,
