@@ -313,10 +313,15 @@ fn passphrases_and_the_agent() {
         assert!(out.status.success(), "{out:?}");
     }
     let out = home.command(&["-v", "ls", a]).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    // Keys in the agent change nothing for a server without keys: it is
+    // spoken to in plaintext, as before.
+    let plain = Serve::start(&[]);
+    let plain_out = home.command(&["ls", &plain.addr]).env("SSH_AUTH_SOCK", &socket).output().unwrap();
     let _ = agent.kill();
     let _ = agent.wait();
     assert!(out.status.success(), "{out:?}");
     assert!(text(&out.stderr).contains("authenticated with key"), "-v says which key: {out:?}");
+    assert!(plain_out.status.success(), "a plaintext server with an agent about: {plain_out:?}");
 }
 
 #[test]

@@ -533,18 +533,22 @@ impl Target {
     ///
     /// The identity file cannot be read or decrypted.
     pub fn credentials(&self, key: Option<Key>) -> anyhow::Result<Credentials> {
-        let identities = match &self.identity {
-            Some((path, origin)) => vec![identity_file(path).with_context(|| match origin {
-                Origin::CommandLine => "the identity (-i)".to_owned(),
-                o => format!("the identity of {o} in the config file"),
-            })?],
-            None if key.is_none() => default_identities(),
-            None => Vec::new(),
+        let (identities, find) = match &self.identity {
+            Some((path, origin)) => (
+                vec![identity_file(path).with_context(|| match origin {
+                    Origin::CommandLine => "the identity (-i)".to_owned(),
+                    o => format!("the identity of {o} in the config file"),
+                })?],
+                false,
+            ),
+            None => (Vec::new(), key.is_none()),
         };
         let (file, accept_new) = self.host_keys.clone();
         use std::io::IsTerminal;
         let ask = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-        Ok(Credentials::shared(key).with_identities(identities, HostKeys::new(file, accept_new, ask)))
+        let creds = Credentials::shared(key).with_identities(identities, HostKeys::new(file, accept_new, ask));
+        let finder = framewire::client::Finder(std::sync::Arc::new(default_identities));
+        Ok(if find { creds.finding(finder) } else { creds })
     }
 
     /// Refuses a host set given where one host goes, before it is looked

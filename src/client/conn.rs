@@ -124,6 +124,37 @@ impl Client {
         creds: &Credentials,
         throttle: Option<&transport::Throttle>,
     ) -> Result<Client, ClientError> {
+        // Keys found rather than asked for (the agent's, ~/.ssh's) do not
+        // make a client refuse a server without keys: it is spoken to in
+        // plaintext, as before; only a server that requires a key is
+        // connected to again, with them.
+        if let (Some(find), None) = (&creds.find, &creds.key) {
+            let plain = Credentials { find: None, ..creds.clone() };
+            match Self::connect_once(addr, &plain, throttle).await {
+                Err(ClientError::AuthRequired) => {}
+                done => return done,
+            }
+            let found = tokio::task::spawn_blocking({
+                let find = find.clone();
+                move || (find.0)()
+            })
+            .await
+            .unwrap_or_default();
+            tracing::debug!("the server requires a key: connecting again with the {} key(s) found", found.len());
+            if found.is_empty() {
+                return Err(ClientError::AuthRequired);
+            }
+            let keyed = Credentials { identities: found, find: None, ..creds.clone() };
+            return Self::connect_once(addr, &keyed, throttle).await;
+        }
+        Self::connect_once(addr, creds, throttle).await
+    }
+
+    async fn connect_once(
+        addr: &str,
+        creds: &Credentials,
+        throttle: Option<&transport::Throttle>,
+    ) -> Result<Client, ClientError> {
         let addr = with_default_port(addr);
         let host = host_and_port(&addr);
         tracing::debug!("connecting to {addr}");
@@ -347,6 +378,22 @@ pub struct Credentials {
     /// How the server's host key is checked when one of `identities` is
     /// used.
     pub host_keys: HostKeys,
+    /// Without a shared key or identities given: where to find keys (the
+    /// agent's, `~/.ssh/id_ed25519`) if the server requires one. They are
+    /// looked for only then (a passphrase asked only then): a server
+    /// without keys is spoken to in plaintext, as before.
+    pub find: Option<Finder>,
+}
+
+/// How a client finds keys of its own when a server requires one (see
+/// [`Credentials::find`]).
+#[derive(Clone)]
+pub struct Finder(pub std::sync::Arc<dyn Fn() -> Vec<auth::Identity> + Send + Sync>);
+
+impl std::fmt::Debug for Finder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Finder(..)")
+    }
 }
 
 impl Credentials {
@@ -359,6 +406,13 @@ impl Credentials {
     pub fn with_identities(mut self, identities: Vec<auth::Identity>, host_keys: HostKeys) -> Credentials {
         self.identities = identities;
         self.host_keys = host_keys;
+        self
+    }
+
+    /// The same, finding keys with `find` if the server requires one and
+    /// none was given (see [`Credentials::find`]).
+    pub fn finding(mut self, find: Finder) -> Credentials {
+        self.find = Some(find);
         self
     }
 }

@@ -17,7 +17,7 @@ pub mod tree;
 
 pub use crate::services::attrs::{Applying, Wanted};
 pub use backup::{BackupOptions, LocalBackup};
-pub use conn::{Client, Credentials, HostKeys, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
+pub use conn::{Client, Credentials, Finder, HostKeys, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 pub use error::ClientError;
 pub use exec::{ExecIo, ExecOptions, ExitStatus, Output, WindowSize};
 pub use files::{parse_listing, Progress, Transfer, TransferOptions, TreeListing, MAX_SKIPS};
