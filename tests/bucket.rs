@@ -636,6 +636,58 @@ async fn trees_sync_both_ways_through_serve() {
     let _ = child.wait();
 
     a_tree_upload_reads_only_its_destination(&server).await;
+    a_dir_key_stays_in_its_prefix(&server).await;
+}
+
+/// Issue 31 on a bucket root: a key with `dir="box"` reaches the keys
+/// below `PREFIX/box/` and nothing else, as on a directory root.
+async fn a_dir_key_stays_in_its_prefix(server: &Seaweed) {
+    use framewire::auth::{identity, Identity, KeyFile};
+    let s3 = direct(server);
+    s3.put(&key("jail/secret.txt"), PutPayload::from_static(b"secret")).await.unwrap();
+    s3.put(&key("jail/box/mine.txt"), PutPayload::from_static(b"mine")).await.unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (host_path, user_path) = (keys_dir.path().join("host"), keys_dir.path().join("user"));
+    identity::generate(&host_path, "host").unwrap();
+    let user = identity::generate(&user_path, "boxed").unwrap();
+    let authorized = keys_dir.path().join("authorized_keys");
+    std::fs::write(&authorized, format!("dir=\"box\",no-exec {}\n", identity::to_wire(&user))).unwrap();
+    let host = Identity::from_file(&host_path, || None).unwrap();
+    let file = KeyFile::open(&authorized).unwrap();
+    let bucket = open(server, "jail").await;
+    let (addr, _stop, _task) = serve(bucket, |config| {
+        config.authorized_keys = Some(std::sync::Arc::new(file));
+        config.host_key = Some(std::sync::Arc::new(host));
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(common::BIN)
+            .args(args)
+            .args(["-i", user_path.to_str().unwrap(), "--accept-new"])
+            .env("HOME", home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("XDG_CONFIG_HOME")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["ls", "-r", &addr]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && listed.contains("mine.txt") && !listed.contains("secret"), "{out:?}");
+    for path in ["../secret.txt", "/secret.txt"] {
+        let out = run(&["get", &addr, path, "-"]);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{path}: {out:?}");
+    }
+    let local = tempfile::tempdir().unwrap();
+    let note = local.path().join("note.txt");
+    std::fs::write(&note, b"note").unwrap();
+    let out = run(&["put", &addr, note.to_str().unwrap(), "in.txt"]);
+    assert!(out.status.success(), "{out:?}");
+    let got = s3.get(&key("jail/box/in.txt")).await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.as_ref(), b"note", "stored below the key's prefix");
+    let out = run(&["mv", &addr, "in.txt", "../out.txt"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(keys(&s3, "jail/out.txt").await.is_empty());
 }
 
 /// Issue 30, point 12: a tree holding what a bucket root does not keep
