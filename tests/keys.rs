@@ -412,6 +412,26 @@ fn host_keys_are_checked_against_known_hosts() {
     assert_eq!(std::fs::read_to_string(home.known_hosts()).unwrap(), "");
 }
 
+/// A fleet with `--accept-new` records each host once, however many
+/// connections it makes to it.
+#[test]
+fn a_fleet_records_each_host_once() {
+    let Some(keys) = Keys::new() else { return };
+    let alice = keys.person("alice");
+    let file = keys.file(std::slice::from_ref(&alice.public));
+    let (one, two) = (keys.serve(&file, &[]), keys.serve(&file, &[]));
+    let home = Home::new();
+    let hosts = format!("{},{}", one.addr, two.addr);
+    for _ in 0..2 {
+        let out = home.run(&["exec", "-w", &hosts, "-i", id(&alice), "--accept-new", "--", "true"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = home.run(&["put", "-w", &hosts, "-i", id(&alice), "--accept-new", id(&alice), "copy"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let known = std::fs::read_to_string(home.known_hosts()).unwrap();
+    assert_eq!(known.lines().count(), 2, "{known}");
+}
+
 /// A key file the server would serve, and legacy listeners that know no
 /// keys per person, are refused at start.
 #[test]
