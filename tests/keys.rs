@@ -412,6 +412,52 @@ fn host_keys_are_checked_against_known_hosts() {
     assert_eq!(std::fs::read_to_string(home.known_hosts()).unwrap(), "");
 }
 
+/// On a terminal, as ssh: the key file's passphrase asked without echo,
+/// and a host key not known yet asked about, its fingerprint shown.
+#[test]
+fn on_a_terminal_the_passphrase_and_the_host_key_are_asked() {
+    let Some(keys) = Keys::new() else { return };
+    let locked = ssh_keygen(keys.dir.path(), "locked", "tty secret").unwrap();
+    let file = keys.file(std::slice::from_ref(&locked.public));
+    let server = keys.serve(&file, &[]);
+    std::fs::write(server.root.path().join("seen.txt"), b"x").unwrap();
+    let home = Home::new();
+    let mut cmd = home.command(&["ls", "-i", id(&locked), &server.addr]);
+    let (mut pty, mut child) = common::Pty::spawn(&mut cmd);
+    pty.expect("Enter passphrase for key");
+    pty.send(b"tty secret\n");
+    pty.expect("ED25519 key fingerprint is SHA256:");
+    pty.expect("(yes/no)?");
+    pty.send(b"yes\n");
+    pty.expect("seen.txt");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", pty.all);
+    assert!(!pty.all.contains("tty secret"), "the passphrase is not echoed: {}", pty.all);
+    assert_eq!(std::fs::read_to_string(home.known_hosts()).unwrap().lines().count(), 1);
+}
+
+/// A host's `identity` in the config file is its key, as `-i` would be.
+#[test]
+fn a_host_s_identity_comes_from_the_config_file() {
+    let Some(keys) = Keys::new() else { return };
+    let alice = keys.person("alice");
+    let file = keys.file(std::slice::from_ref(&alice.public));
+    let server = keys.serve(&file, &[]);
+    let home = Home::new();
+    let (host, port) = server.addr.rsplit_once(':').unwrap();
+    let config = home.dir.path().join(".config/framewire/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!("[hosts.lab]\naddress = \"{host}\"\nport = {port}\nidentity = \"{}\"\n", id(&alice)),
+    )
+    .unwrap();
+    let out = home.run(&["config", "show", "lab"]);
+    assert!(text(&out.stdout).contains(&format!("identity     {}", id(&alice))), "{out:?}");
+    let out = home.run(&["exec", "--accept-new", "lab", "--", "echo", "configured"]);
+    assert_eq!(text(&out.stdout), "configured\n", "{out:?}");
+}
+
 /// A fleet with `--accept-new` records each host once, however many
 /// connections it makes to it.
 #[test]

@@ -480,6 +480,10 @@ impl Settings {
             Some((path, from)) => _ = writeln!(out, "key-file     {} ({from})", path.display()),
             None => _ = writeln!(out, "key-file     none (plaintext, for a server without a key)"),
         }
+        match &t.identity {
+            Some((path, from)) => _ = writeln!(out, "identity     {} ({from})", path.display()),
+            None => _ = writeln!(out, "identity     none (ssh-agent and ~/.ssh/id_ed25519 if a server requires a key)"),
+        }
         let _ = writeln!(out, "dir          {}", t.dir.as_deref().unwrap_or("the served root"));
         let from = origin(own.jobs.is_some(), defaults.jobs.is_some());
         let _ = writeln!(out, "jobs         {} ({from})", t.jobs.unwrap_or(DEFAULT_JOBS));
