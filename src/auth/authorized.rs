@@ -21,7 +21,8 @@ pub enum Verb {
     List = 1,
     /// `get`, `tree_get`: read contents.
     Get = 2,
-    /// `put`, `tree_put`: write new files (and links) that are not there.
+    /// `put`, `tree_put`: write new files (and links) that are not there,
+    /// making the missing directories they go into.
     Put = 4,
     /// Replace or change what is there (an upload over a file, a rename
     /// over one, an existing file's attributes).
@@ -30,7 +31,8 @@ pub enum Verb {
     Delete = 16,
     /// `rename`.
     Rename = 32,
-    /// `mkdir`, and the directories an upload makes.
+    /// `mkdir` requests, and a tree upload's directory entries (an
+    /// upload's files make the directories they need under `put`).
     Mkdir = 64,
     /// `exec`: run commands.
     Exec = 128,
