@@ -878,9 +878,13 @@ impl There {
             id: Some(FileId::Inode(st.st_dev as u64, st.st_ino as u64)),
             attrs: (wanted != Wanted::default() && matches!(kind, Kind::File | Kind::Dir))
                 .then(|| {
-                    let mut names = crate::services::attrs::Names::new();
+                    // Names looked up once per owner, not once per file.
+                    thread_local! {
+                        static NAMES: std::cell::RefCell<crate::services::attrs::Names> =
+                            std::cell::RefCell::new(crate::services::attrs::Names::new());
+                    }
                     let at: &OsStr = if rel.is_empty() { OsStr::new(".") } else { name };
-                    crate::services::attrs::read(&dir, at, &st, wanted, &mut names)
+                    NAMES.with(|names| crate::services::attrs::read(&dir, at, &st, wanted, &mut names.borrow_mut()))
                 })
                 .flatten(),
         })
