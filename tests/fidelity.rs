@@ -179,6 +179,63 @@ fn a_tree_round_trips_as_rsync_sees_it() {
     }
 }
 
+/// Partial files a cut copy left, that cannot be resumed (an empty one,
+/// one longer than the file, one whose bytes are not the file's), are
+/// taken over by a tree copy each way, not left beside the files: in a
+/// directory of many files (read once for its partial files) and of few
+/// (each looked up).
+#[test]
+fn stale_partial_files_are_taken_over_by_a_tree_copy() {
+    let server = Serve::start(&[]);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    for d in ["many", "few"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for i in 0..24 {
+        std::fs::write(src.join(format!("many/f{i:02}")), format!("file {i} ").repeat(i + 1)).unwrap();
+    }
+    std::fs::write(src.join("few/a"), b"the file a").unwrap();
+    std::fs::write(src.join("few/b"), b"the file b").unwrap();
+    let stale = |dir: &Path| {
+        for d in ["many", "few"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("many/.f00.fwpart"), b"").unwrap();
+        std::fs::write(dir.join("many/.f01.fwpart"), vec![b'x'; 4096]).unwrap();
+        std::fs::write(dir.join("many/.f02.fwpart"), b"not it").unwrap();
+        std::fs::write(dir.join("few/.a.fwpart"), b"").unwrap();
+        std::fs::write(dir.join("few/.b.fwpart"), vec![b'y'; 4096]).unwrap();
+    };
+    let partials = |dir: &Path| {
+        let mut left = Vec::new();
+        for d in ["many", "few"] {
+            for e in std::fs::read_dir(dir.join(d)).unwrap() {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                if name.ends_with(".fwpart") {
+                    left.push(format!("{d}/{name}"));
+                }
+            }
+        }
+        left
+    };
+    let on_server = server.root.path().join("t");
+    stale(&on_server);
+    let out = framewire(&["put", "-r", "-q", &server.addr, &format!("{}/", src.display()), "t"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(partials(&on_server), Vec::<String>::new(), "left on the server");
+    let back = local.path().join("back");
+    stale(&back);
+    let out = framewire(&["get", "-r", "-q", &server.addr, "t/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(partials(&back), Vec::<String>::new(), "left here");
+    for rel in ["many/f00", "many/f01", "many/f02", "many/f23", "few/a", "few/b"] {
+        let want = std::fs::read(src.join(rel)).unwrap();
+        assert_eq!(std::fs::read(on_server.join(rel)).unwrap(), want, "{rel} on the server");
+        assert_eq!(std::fs::read(back.join(rel)).unwrap(), want, "{rel} back");
+    }
+}
+
 /// A hostile `meta` manifest: a symlink whose target climbs out is stored
 /// as data and never followed by the server; a hard link naming a path
 /// outside the request's directory is refused.

@@ -159,8 +159,29 @@ impl Job {
     /// refused, `EXDEV`), else as the user named it. The caller checks the
     /// type. Blocking.
     pub(crate) fn open_local(&self) -> io::Result<File> {
+        self.open_local_in(&mut None)
+    }
+
+    /// [`open_local`](Self::open_local), the file's directory kept open in
+    /// `last` for the next file (most share it with the one before): the
+    /// file opened by its name in it, a symlink there not followed; where
+    /// that fails (a symlink `-L` follows, a directory that is one on the
+    /// way), as `open_local` opens it.
+    pub(crate) fn open_local_in(&self, last: &mut Option<(String, Option<OwnedFd>)>) -> io::Result<File> {
         let Some(base) = &self.base else { return crate::services::files::open_to_send(&self.local) };
         let rel = base.rel(&self.local)?;
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+        if last.as_ref().is_none_or(|(p, _)| p != parent) {
+            *last = Some((parent.to_owned(), base.root().open_dir(parent).ok()));
+        }
+        if let Some((_, Some(dir))) = last.as_ref().filter(|_| !name.is_empty()) {
+            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+            if let Ok(fd) =
+                rustix::fs::openat(dir, &*crate::services::names::os(name), flags, rustix::fs::Mode::empty())
+            {
+                return Ok(File::from(fd));
+            }
+        }
         Ok(File::from(base.root().open_beneath(&rel, OFlags::RDONLY | OFlags::NONBLOCK)?))
     }
 }

@@ -23,12 +23,14 @@ use crate::proto::{
 };
 use crate::services::attrs::Names;
 use crate::services::files::received_mode;
-use crate::services::root::partial_name;
+use crate::services::root::{is_partial_name, partial_name, Had};
 use crate::session::{
     Batch, CommitError, Guard, Place, ReceiveError, Receiver, Replace, SendError, Sender, Unproven, SMALL_BODY,
 };
 use crate::wire;
 use rustix::fs::OFlags;
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 
 /// Bytes of small files read ahead of sending them.
 const READ_AHEAD: u64 = 1024 * 1024;
@@ -254,10 +256,11 @@ async fn send_some(
     }
     let shared = (*shared).clone();
     let opened: Vec<Opened> = spawn_blocking(move || {
+        let mut dir = None;
         batch
             .into_iter()
             .map(|(w, job)| {
-                let opened = open_one(&job, &w, shared.as_deref(), sparse);
+                let opened = open_one(&job, &w, (shared.as_deref(), &mut dir), sparse);
                 (w.i, opened)
             })
             .collect()
@@ -311,11 +314,11 @@ async fn send_some(
 fn open_one(
     job: &Job,
     w: &Want,
-    shared: Option<&crate::session::SharedReads>,
+    (shared, dir): (Option<&crate::session::SharedReads>, &mut Option<(String, Option<OwnedFd>)>),
     sparse: bool,
 ) -> Result<Sender, ClientError> {
     let (local, size) = (&job.local, job.size);
-    let file = job.open_local().map_err(local_err(local))?;
+    let file = job.open_local_in(dir).map_err(local_err(local))?;
     let meta = file.metadata().map_err(local_err(local))?;
     if let Some((kind, why)) = crate::services::files::not_regular(&meta) {
         return Err(ClientError::Local { path: local.clone(), source: std::io::Error::new(kind, why) });
@@ -389,40 +392,76 @@ impl Place for Local {
         }
     }
 
-    fn attrs(&mut self, file: &std::fs::File, attrs: &Attrs) -> std::io::Result<()> {
-        crate::services::attrs::apply(file, attrs, self.applying, &mut self.names)
+    fn attrs(&mut self, file: &std::fs::File, had: Had, attrs: &Attrs) -> std::io::Result<()> {
+        crate::services::attrs::apply_having(file, Some(had.owner), attrs, self.applying, &mut self.names)
     }
 }
 
 /// What a download offers for each file: the bytes of a partial file it
-/// holds, and their hash. The partial file is opened from its directory's
+/// holds and their hash, and whether a partial file stands for it at all
+/// (an empty one, or one longer than the file, is not offered, but the
+/// file takes its place). The partial file is opened from its directory's
 /// descriptor without following a link. Blocking.
-fn offers(jobs: &[Job]) -> Vec<(u64, Option<String>)> {
-    let mut last: Option<(PathBuf, Option<OwnedFd>)> = None;
+fn offers(jobs: &[Job]) -> Vec<(u64, Option<String>, bool)> {
+    let mut last: Option<(PathBuf, Option<OwnedFd>, Option<HashSet<OsString>>)> = None;
     jobs.iter()
-        .map(|j| {
+        .enumerate()
+        .map(|(k, j)| {
             let parent = j.local.parent().unwrap_or(Path::new("."));
-            if last.as_ref().is_none_or(|(p, _)| p != parent) {
-                last = Some((parent.to_owned(), j.local_parent().ok().map(|(dir, _)| dir)));
+            if last.as_ref().is_none_or(|(p, ..)| p != parent) {
+                let dir = j.local_parent().ok().map(|(dir, _)| dir);
+                // The files of this directory that follow in a row.
+                let here = jobs[k..].iter().take_while(|j| j.local.parent().unwrap_or(Path::new(".")) == parent);
+                let partials = dir.as_ref().and_then(|dir| partials_in(dir, here.count()));
+                last = Some((parent.to_owned(), dir, partials));
             }
-            let Some((_, Some(dir))) = &last else { return (0, None) };
+            let Some((_, Some(dir), partials)) = &last else { return (0, None, false) };
             let part = partial_name(j.local.file_name().unwrap_or_default());
+            if partials.as_ref().is_some_and(|p| !p.contains(&part)) {
+                return (0, None, false);
+            }
             let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
             let Ok(fd) = rustix::fs::openat(dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) else {
-                return (0, None);
+                return (0, None, false);
             };
             let mut file = std::fs::File::from(fd);
             match file.metadata() {
                 Ok(m) if m.is_file() && m.len() > 0 && m.len() <= j.size => {
                     match crate::services::files::hash_prefix(&mut file, m.len()) {
-                        Ok(h) => (m.len(), Some(h.finalize().to_hex().to_string())),
-                        Err(_) => (0, None),
+                        Ok(h) => (m.len(), Some(h.finalize().to_hex().to_string()), true),
+                        Err(_) => (0, None, true),
                     }
                 }
-                _ => (0, None),
+                Ok(m) => (0, None, m.is_file()),
+                Err(_) => (0, None, true),
             }
         })
         .collect()
+}
+
+/// The names of the partial files in `dir`, read once for the `files`
+/// files wanted in it rather than looked up one by one: `None` (look
+/// each up) for a few files, or where the directory holds many more
+/// entries than that (reading it all would cost more than the lookups).
+fn partials_in(dir: &OwnedFd, files: usize) -> Option<HashSet<OsString>> {
+    /// Files in a directory from which it is read whole.
+    const READ_FROM: usize = 16;
+    /// Entries read per file wanted, at most.
+    const ENTRIES_PER_FILE: usize = 32;
+    if files < READ_FROM {
+        return None;
+    }
+    let mut budget = files.saturating_mul(ENTRIES_PER_FILE);
+    let mut found = HashSet::new();
+    for item in rustix::fs::Dir::read_from(dir).ok()? {
+        let item = item.ok()?;
+        budget = budget.checked_sub(1)?;
+        let name = item.file_name().to_bytes();
+        if is_partial_name(name) {
+            found.insert(std::ffi::OsStr::from_bytes(name).to_owned());
+        }
+    }
+    Some(found)
 }
 
 /// Fetches `share` with `tree_get`. `Err` with [`ErrorCode::UnknownType`]
@@ -439,23 +478,30 @@ pub(super) async fn get(
     let TreeReady { .. } = client.answer().await?;
     let mut outcomes = Outcomes::new(share.len());
     let (reader, mut out) = client.session.halves();
+    // The files a partial file stands for (the writer finds them before
+    // the server sends them).
+    let partials = Mutex::new(HashSet::new());
     let writer = async {
         let frames = crate::proto::frames(share.iter().map(|j| crate::proto::entry_weight(&j.remote, None)));
         for range in frames {
             let (first, chunk) = (range.start, &share[range]);
             let jobs = chunk.to_vec();
             let offered = spawn_blocking(move || offers(&jobs)).await.map_err(join_err)?;
-            let send = chunk
-                .iter()
-                .zip(offered)
-                .enumerate()
-                .map(|(k, (j, (offset, prefix_blake3)))| Want {
-                    i: (first + k) as u64,
-                    path: normal(&j.remote),
-                    offset,
-                    prefix_blake3,
-                })
-                .collect();
+            let send = {
+                let mut standing = partials.lock().expect("partials poisoned");
+                chunk
+                    .iter()
+                    .zip(offered)
+                    .enumerate()
+                    .map(|(k, (j, (offset, prefix_blake3, partial)))| {
+                        let i = (first + k) as u64;
+                        if partial {
+                            standing.insert(i);
+                        }
+                        Want { i, path: normal(&j.remote), offset, prefix_blake3 }
+                    })
+                    .collect()
+            };
             let list = WantList { send, ..WantList::default() };
             let body = json(&list)?;
             out.send(&Wants { len: body.len() as u64, count: list.send.len() as u64 }, &body).await?;
@@ -496,8 +542,9 @@ pub(super) async fn get(
                 (true, Some(_)) => Replace::Keeping(head.i.to_string()),
                 (replace, _) => Replace::from(replace),
             };
-            if let Err(failed) = receive_one(reader, &mut state, head, job, id, observer, replace, &mut landing).await?
-            {
+            let fresh = !partials.lock().expect("partials poisoned").remove(&head.i);
+            let how = (replace, fresh);
+            if let Err(failed) = receive_one(reader, &mut state, head, job, id, observer, how, &mut landing).await? {
                 observer.finished(id, job, &Err(clone_error(&failed)));
                 outcomes.done(i, Err(failed));
                 continue;
@@ -532,7 +579,7 @@ async fn receive_one(
     job: &Job,
     id: usize,
     observer: &dyn Observer,
-    replace: Replace,
+    (replace, fresh): (Replace, bool),
     landing: &mut Landing,
 ) -> Result<Result<(), ClientError>, ClientError> {
     let TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes } = head;
@@ -547,7 +594,7 @@ async fn receive_one(
             return Ok(Err(mismatch(expected, hash.to_hex().to_string())));
         }
         landing.held.insert(i as usize, 0);
-        landing.batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace);
+        landing.batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace, fresh);
         landing.batch.with_attrs(job.attrs.clone());
         return Ok(Ok(()));
     }

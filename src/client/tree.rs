@@ -846,15 +846,16 @@ impl There {
     /// way belongs (a directory replaces it); with what `wanted` asks of
     /// its owner and extended attributes (a file's or a directory's).
     #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    fn local_with(root: Option<&Root>, rel: &str, wanted: Wanted) -> Option<There> {
+    fn local_with(dirs: &LocalDirs<'_>, rel: &str, wanted: Wanted) -> Option<There> {
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let dir = root?.open_dir(parent).ok()?;
+        let dir = dirs.open(parent)?;
+        let dir: &OwnedFd = &dir;
         let name_os = crate::services::names::os(name);
         let name: &OsStr = &name_os;
         let st = if rel.is_empty() {
-            rustix::fs::fstat(&dir).ok()?
+            rustix::fs::fstat(dir).ok()?
         } else {
-            rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?
+            rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?
         };
         let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
             rustix::fs::FileType::RegularFile => Kind::File,
@@ -864,7 +865,7 @@ impl There {
         };
         let target = (kind == Kind::Symlink)
             .then(|| {
-                let to = rustix::fs::readlinkat(&dir, name, Vec::new()).ok()?;
+                let to = rustix::fs::readlinkat(dir, name, Vec::new()).ok()?;
                 Some(crate::services::names::encode(to.as_bytes()).into_owned())
             })
             .flatten();
@@ -884,7 +885,7 @@ impl There {
                             std::cell::RefCell::new(crate::services::attrs::Names::new());
                     }
                     let at: &OsStr = if rel.is_empty() { OsStr::new(".") } else { name };
-                    NAMES.with(|names| crate::services::attrs::read(&dir, at, &st, wanted, &mut names.borrow_mut()))
+                    NAMES.with(|names| crate::services::attrs::read(dir, at, &st, wanted, &mut names.borrow_mut()))
                 })
                 .flatten(),
         })
@@ -894,6 +895,40 @@ impl There {
     /// times, or `None` for anything else.
     fn held(&self) -> Held {
         (self.kind == Kind::File).then_some((self.size, self.secs, self.ns))
+    }
+}
+
+/// The directories of a download's destination that a plan looks in,
+/// each opened once (beneath the destination, no symlink followed) and
+/// kept while the plan looks, a missing one remembered as missing: a plan
+/// looks at every file, and most files share their directory with the
+/// one before. Nothing is made while a plan is made.
+struct LocalDirs<'a> {
+    root: Option<&'a Root>,
+    open: Mutex<HashMap<String, Option<Arc<OwnedFd>>>>,
+}
+
+impl<'a> LocalDirs<'a> {
+    /// Directories kept open at most.
+    const KEPT: usize = 64;
+
+    fn new(root: Option<&'a Root>) -> Self {
+        LocalDirs { root, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// The directory `parent` (`""`: the destination), if it is one.
+    fn open(&self, parent: &str) -> Option<Arc<OwnedFd>> {
+        let root = self.root?;
+        let mut open = self.open.lock().expect("directories poisoned");
+        if let Some(dir) = open.get(parent) {
+            return dir.clone();
+        }
+        let dir = root.open_dir(parent).ok().map(Arc::new);
+        if open.len() >= Self::KEPT {
+            open.clear();
+        }
+        open.insert(parent.to_owned(), dir.clone());
+        dir
     }
 }
 
@@ -1283,7 +1318,8 @@ pub async fn plan_get(
         plan.delete_local.iter().filter_map(|(copied, rel)| rel_below(&dest_dir, &copied.join(local(rel)))).collect();
     let touched = parents(deleted.iter().map(String::as_str));
     let read = plan.receiver.reads();
-    let there = |rel: &str| There::local_with(root.as_ref(), rel, read);
+    let dirs = LocalDirs::new(root.as_ref());
+    let there = |rel: &str| There::local_with(&dirs, rel, read);
     let show = |rel: &str| crate::text::shown_path(&dest_dir.join(local(rel)));
     let receiver = plan.receiver;
     settle_meta((&mut plan.meta, &mut plan.changes), (0, 0), (&there, &receiver), (&written, touched), &show);
@@ -1296,9 +1332,10 @@ pub async fn plan_get(
 /// `root`) holds: a directory in the way fails it, an equal file (by hash
 /// where both are known) leaves it out.
 async fn decide_gets(plan: &mut Plan, found: Vec<Job>, root: Option<&Root>, dest_dir: &Path, rule: Rule) {
+    let dirs = LocalDirs::new(root);
     for job in found {
         let rel = rel_below(dest_dir, &job.local);
-        let here = rel.as_deref().and_then(|rel| There::local_with(root, rel, plan.receiver.reads()));
+        let here = rel.as_deref().and_then(|rel| There::local_with(&dirs, rel, plan.receiver.reads()));
         if here.as_ref().is_some_and(|h| h.kind == Kind::Dir) {
             // Never replaced by a file, `force` or not (as cp refuses): the
             // download could never be put in place.

@@ -271,8 +271,28 @@ impl Applying {
 ///
 /// Those of `fchown(2)` and `fsetxattr(2)`.
 pub fn apply(fd: impl AsFd, attrs: &Attrs, how: Applying, names: &mut Names) -> io::Result<()> {
+    apply_having(fd, None, attrs, how, names)
+}
+
+/// [`apply`] to a file whose owner is known to be `had` (`(uid, gid)`):
+/// an owner already right is not set again.
+///
+/// # Errors
+///
+/// As [`apply`].
+pub fn apply_having(
+    fd: impl AsFd,
+    had: Option<(u32, u32)>,
+    attrs: &Attrs,
+    how: Applying,
+    names: &mut Names,
+) -> io::Result<()> {
     if how.owners {
-        let (uid, gid) = names.owner(attrs, how.numeric);
+        let (mut uid, mut gid) = names.owner(attrs, how.numeric);
+        if let Some((had_uid, had_gid)) = had {
+            uid = uid.filter(|&u| u != had_uid);
+            gid = gid.filter(|&g| g != had_gid);
+        }
         if uid.is_some() || gid.is_some() {
             // Any id from the wire is an id.
             let uid = uid.map(Uid::from_raw);

@@ -332,7 +332,8 @@ impl Sandbox {
             Ok(fd) => {
                 let mut file = File::from(fd);
                 match file.metadata() {
-                    Ok(meta) if meta.is_file() && meta.len() > 0 => {
+                    Ok(meta) if meta.is_file() && meta.len() == 0 => Some((0, blake3::hash(b""))),
+                    Ok(meta) if meta.is_file() => {
                         let hash = hash_prefix(&mut file, meta.len()).map_err(|e| fault(path, e))?.finalize();
                         Some((meta.len(), hash))
                     }
@@ -1333,7 +1334,8 @@ pub type Dirs = HashMap<String, Option<OwnedFd>>;
 pub struct Standing {
     /// What is at the path (its `name` empty), not followed.
     pub there: Option<Entry>,
-    /// The bytes a partial file beside it holds, and their BLAKE3.
+    /// The bytes a partial file beside it holds, and their BLAKE3 (an
+    /// empty one too: it holds 0 bytes).
     pub partial: Option<(u64, blake3::Hash)>,
 }
 

@@ -468,6 +468,25 @@ pub struct Partial {
     /// `fstat(2)` at open.
     id: FileId,
     opened_len: u64,
+    /// Its owner and permission bits at open (that `fstat`): what need
+    /// not be set again.
+    had: Had,
+}
+
+/// A file's owner and permission bits, as `fstat(2)` gave them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Had {
+    /// `st_uid`, `st_gid`.
+    pub owner: (u32, u32),
+    /// `st_mode & 0o7777`.
+    pub bits: u32,
+}
+
+impl Had {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    fn of(st: &rustix::fs::Stat) -> Had {
+        Had { owner: (st.st_uid as u32, st.st_gid as u32), bits: st.st_mode as u32 & 0o7777 }
+    }
 }
 
 /// A file's device and inode: what a name must still lead to before a
@@ -516,12 +535,47 @@ impl Partial {
         };
         lock(&file)?;
         let st = rustix::fs::fstat(&file)?;
+        let mut had = Had::of(&st);
         // A partial file left by an older version may be open to others.
         if st.st_mode & 0o077 != 0 {
             rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))?;
+            had.bits = 0o600;
         }
         let opened_len = u64::try_from(st.st_size).unwrap_or(0);
-        Ok(Partial { dir, name: name.to_owned(), part, file, id: FileId::of(&st), opened_len })
+        Ok(Partial { dir, name: name.to_owned(), part, file, id: FileId::of(&st), opened_len, had })
+    }
+
+    /// A new file for `name` in `dir` that has no name at all until it is
+    /// placed (`O_TMPFILE`), made with its final permission bits `mode`
+    /// (already masked): for a whole body in memory, written at once,
+    /// which nothing could resume. Nobody else can open it, so it needs no
+    /// lock and cannot be swapped, and placing it is one `linkat(2)` that
+    /// never replaces anything (or, to replace, a link under a random name
+    /// and a rename). `Ok(None)` where the file system has no `O_TMPFILE`:
+    /// use [`open`](Self::open).
+    ///
+    /// A partial file left under the name by a cut transfer is not
+    /// touched: callers use this only where none was seen.
+    ///
+    /// # Errors
+    ///
+    /// Those of `open(2)` and `fstat(2)`.
+    pub fn unnamed(dir: impl Into<Arc<OwnedFd>>, name: &OsStr, mode: u32) -> io::Result<Option<Partial>> {
+        let dir = dir.into();
+        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+        let file = match rustix::fs::openat(&*dir, ".", flags, Mode::from_raw_mode(mode & 0o777)) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let st = rustix::fs::fstat(&file)?;
+        let (id, had) = (FileId::of(&st), Had::of(&st));
+        Ok(Some(Partial { dir, name: name.to_owned(), part: None, file, id, opened_len: 0, had }))
+    }
+
+    /// Its owner and bits when opened.
+    pub fn had(&self) -> Had {
+        self.had
     }
 
     /// How many bytes the partial file held when it was opened (0 for a
@@ -561,8 +615,8 @@ impl Partial {
     ///
     /// [`rejoin`]: PartialName::rejoin
     pub fn take_file(self) -> (File, PartialName) {
-        let Partial { dir, name, part, file, id, opened_len } = self;
-        (file, PartialName { dir, name, part, id, opened_len })
+        let Partial { dir, name, part, file, id, opened_len, had } = self;
+        (file, PartialName { dir, name, part, id, opened_len, had })
     }
 
     /// Removes the partial file (a failed or refused transfer).
@@ -594,6 +648,9 @@ impl Partial {
     ///
     /// Those of `fchmod(2)`.
     pub fn set_mode(&self, mode: u32) -> io::Result<()> {
+        if self.had.bits == mode & 0o7777 {
+            return Ok(());
+        }
         Ok(rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode & 0o7777))?)
     }
 
@@ -618,13 +675,14 @@ pub struct PartialName {
     part: Option<OsString>,
     id: FileId,
     opened_len: u64,
+    had: Had,
 }
 
 impl PartialName {
     /// The partial again, with its file.
     pub fn rejoin(self, file: File) -> Partial {
-        let PartialName { dir, name, part, id, opened_len } = self;
-        Partial { dir, name, part, file, id, opened_len }
+        let PartialName { dir, name, part, id, opened_len, had } = self;
+        Partial { dir, name, part, file, id, opened_len, had }
     }
 
     /// Removes the partial file, if it has a name.
@@ -658,18 +716,14 @@ impl PartialName {
     pub fn place(&self, file: &File, replace: bool) -> io::Result<()> {
         let part = match &self.part {
             Some(part) => part.clone(),
+            // Nothing may be replaced: the link is the placing, and fails
+            // if anything stands at the name.
+            None if !replace => return link_unnamed(file, &self.dir, &self.name),
             None => {
                 // An unnamed file gets a name of its own first: a hidden,
                 // random one that no later transfer will take for its own.
                 let temp = temp_name(&self.name)?;
-                let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
-                rustix::fs::linkat(
-                    rustix::fs::CWD,
-                    proc.as_str(),
-                    &self.dir,
-                    temp.as_os_str(),
-                    AtFlags::SYMLINK_FOLLOW,
-                )?;
+                link_unnamed(file, &self.dir, &temp)?;
                 temp
             }
         };
@@ -774,6 +828,32 @@ fn temp_name(name: &OsStr) -> io::Result<OsString> {
     let mut rand = [0u8; 6];
     getrandom::fill(&mut rand).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(partial_with(name, &format!(".{}", hex::encode(rand))))
+}
+
+/// Gives the unnamed (`O_TMPFILE`) `file` the name `name` in `dir`, never
+/// over anything there (`AlreadyExists`): `linkat(AT_EMPTY_PATH)` where
+/// this process may (it needs `CAP_DAC_READ_SEARCH`), else through its
+/// `/proc/self/fd` link, as linkat(2) documents for everyone else.
+fn link_unnamed(file: &File, dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Whether AT_EMPTY_PATH was refused once: not tried again.
+    static REFUSED: AtomicBool = AtomicBool::new(false);
+    let trying = !REFUSED.load(Ordering::Relaxed);
+    if trying {
+        match rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            // Without the capability: ENOENT (as if the path were empty).
+            Err(Errno::NOENT | Errno::PERM | Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(rustix::fs::CWD, proc.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW)?;
+    if trying {
+        // The way that works, and the other refused: not tried again.
+        REFUSED.store(true, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Opens the partial file `part` in `dir`, or creates it, if it is ours;
@@ -1128,6 +1208,38 @@ mod tests {
         second.file_mut().write_all(b"second").unwrap();
         second.commit(0o600, true).unwrap();
         assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "second");
+    }
+
+    #[test]
+    fn an_unnamed_file_is_linked_into_place_never_over_anything() {
+        use std::os::unix::fs::FileExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let names = |p: &std::path::Path| {
+            let mut n: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            n.sort();
+            n
+        };
+        let dir = || Arc::new(root.open_dir("").unwrap());
+        // Made with its bits, invisible until placed.
+        let new = Partial::unnamed(dir(), OsStr::new("f"), 0o640).unwrap().expect("tmpfs and ext4 have O_TMPFILE");
+        new.file().write_all_at(b"new", 0).unwrap();
+        assert!(names(tmp.path()).is_empty(), "no name before it is placed");
+        assert_eq!(new.had().bits, 0o640 & !crate::services::files::umask());
+        new.place(false).unwrap();
+        assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "new");
+        // Something there: not replaced, and nothing left beside it.
+        let loser = Partial::unnamed(dir(), OsStr::new("f"), 0o600).unwrap().unwrap();
+        loser.file().write_all_at(b"loser", 0).unwrap();
+        assert_eq!(loser.place(false).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "new");
+        assert_eq!(names(tmp.path()), ["f"]);
+        // Replacing: through a hidden name of its own, renamed over.
+        let winner = Partial::unnamed(dir(), OsStr::new("f"), 0o600).unwrap().unwrap();
+        winner.file().write_all_at(b"winner", 0).unwrap();
+        winner.place(true).unwrap();
+        assert_eq!(std::fs::read_to_string(tmp.path().join("f")).unwrap(), "winner");
+        assert_eq!(names(tmp.path()), ["f"]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::receiver::Received;
-use crate::services::root::{FileId, Partial};
+use crate::services::root::{FileId, Had, Partial};
 
 /// Something held until a file is in place (a server's claim on its path).
 pub type Guard = Box<dyn Send>;
@@ -70,7 +70,9 @@ pub trait Place {
     /// # Errors
     ///
     /// Those of setting them: the file is then not committed.
-    fn attrs(&mut self, file: &File, attrs: &crate::proto::Attrs) -> io::Result<()>;
+    /// `had` is what `file` has now (an owner already right is not set
+    /// again).
+    fn attrs(&mut self, file: &File, had: Had, attrs: &crate::proto::Attrs) -> io::Result<()>;
 }
 
 /// Whether a file of a batch may replace what stands at its name.
@@ -114,8 +116,9 @@ enum What {
     /// Received through a [`crate::session::Receiver`]: its partial file
     /// is open (a large body, or a resumed one).
     Received(Received, Option<Guard>),
-    /// A whole small body in memory, not yet in any file.
-    Body { path: String, body: Vec<u8>, hash: blake3::Hash, mtime: Option<Stamp> },
+    /// A whole small body in memory, not yet in any file; `fresh`: no
+    /// partial file was seen for it (see [`Batch::push_body`]).
+    Body { path: String, body: Vec<u8>, hash: blake3::Hash, mtime: Option<Stamp>, fresh: bool },
 }
 
 struct Item {
@@ -161,7 +164,11 @@ impl Batch {
     }
 
     /// Adds a whole, verified small file held in memory (`hash` is its
-    /// BLAKE3), to be written to a partial file for `path` at commit.
+    /// BLAKE3), to be written to a file for `path` at commit. `fresh`
+    /// says that no partial file for `path` was seen when it was decided:
+    /// the file is then written unnamed ([`Partial::unnamed`]: no lock, no
+    /// rename, one link), else to the partial file, which it replaces.
+    #[allow(clippy::too_many_arguments)]
     pub fn push_body(
         &mut self,
         id: u64,
@@ -170,10 +177,12 @@ impl Batch {
         hash: blake3::Hash,
         meta: (u32, Option<Stamp>),
         replace: Replace,
+        fresh: bool,
     ) {
         self.bytes += body.len() as u64;
         let (mode, mtime) = meta;
-        self.items.push(Item { id, what: What::Body { path, body, hash, mtime }, mode, replace, attrs: None });
+        let what = What::Body { path, body, hash, mtime, fresh };
+        self.items.push(Item { id, what, mode, replace, attrs: None });
     }
 
     /// Files in the batch.
@@ -250,9 +259,15 @@ fn stage<P: Place>(
             let (partial, hash) = received.write_out().map_err(CommitError::Io)?;
             (partial, hash, guard)
         }
-        What::Body { path, body, hash, mtime } => {
+        What::Body { path, body, hash, mtime, fresh } => {
             let (dir, name, guard) = place.resolve(&path).map_err(CommitError::Place)?;
-            let partial = Partial::open(dir, &name).map_err(CommitError::Io)?;
+            // Unnamed where no partial file stands to be replaced (and
+            // so kept from littering).
+            let unnamed = if fresh { Partial::unnamed(dir.clone(), &name, mode) } else { Ok(None) };
+            let partial = match unnamed.map_err(CommitError::Io)? {
+                Some(partial) => partial,
+                None => Partial::open(dir, &name).map_err(CommitError::Io)?,
+            };
             let emptied = if partial.opened_len() == 0 { Ok(()) } else { partial.file().set_len(0) };
             let written = emptied.and_then(|()| partial.file().write_all_at(&body, 0));
             if let Err(e) = written {
@@ -267,7 +282,7 @@ fn stage<P: Place>(
         }
     };
     if let Some(attrs) = attrs {
-        place.attrs(partial.file(), attrs).map_err(CommitError::Io)?;
+        place.attrs(partial.file(), partial.had(), attrs).map_err(CommitError::Io)?;
     }
     partial.set_mode(mode).map_err(CommitError::Io)?;
     Ok((partial, hash, guard))
@@ -305,7 +320,7 @@ mod tests {
             let name = format!("{}~", path.rsplit('/').next().unwrap());
             crate::services::root::keep_at(at.0, at.1, (at.0, std::ffi::OsStr::new(&name)), false).map(drop)
         }
-        fn attrs(&mut self, _: &File, _: &crate::proto::Attrs) -> io::Result<()> {
+        fn attrs(&mut self, _: &File, _: Had, _: &crate::proto::Attrs) -> io::Result<()> {
             Ok(())
         }
     }
@@ -322,7 +337,7 @@ mod tests {
             // The one replaced keeps what it replaces (as `old~`).
             let replace = if name == "old" { Replace::Keeping(name.into()) } else { Replace::No };
             let meta = (0o640, Some(Stamp::from(1_000_000_000)));
-            batch.push_body(id, name.into(), body, hash, meta, replace);
+            batch.push_body(id, name.into(), body, hash, meta, replace, id % 2 == 0);
         }
         assert_eq!(batch.len(), 4);
         let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));
@@ -354,8 +369,8 @@ mod tests {
         let mut batch = Batch::new();
         let body = b"x".to_vec();
         let hash = blake3::hash(&body);
-        batch.push_body(0, "file/under".into(), body.clone(), hash, (0o600, None), Replace::No);
-        batch.push_body(1, "fine".into(), body, hash, (0o600, None), Replace::No);
+        batch.push_body(0, "file/under".into(), body.clone(), hash, (0o600, None), Replace::No, true);
+        batch.push_body(1, "fine".into(), body, hash, (0o600, None), Replace::No, true);
         let outcomes = batch.commit(&mut Dir(tmp.path().to_owned()));
         assert!(matches!(outcomes[0], (0, Err(CommitError::Place(_)))), "{:?}", outcomes[0].1.as_ref().err());
         assert!(matches!(outcomes[1], (1, Ok(_))));

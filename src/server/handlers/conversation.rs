@@ -348,13 +348,22 @@ impl TreePutState {
     pub(super) fn on_decided(&mut self, mut answer: WantList, decided: Vec<Decided>) -> WantList {
         for (i, full, e, d) in decided {
             match d {
-                Ok(Some((replace, offset, prefix))) => {
+                Ok(Some((replace, offset, prefix, partial))) => {
                     answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
                     let replace = replace || self.force;
                     let mtime = files::Stamp::from_wire(e.mtime, e.mtime_ns);
                     let attrs = e.attrs;
-                    let need =
-                        Needed { path: full, size: e.size, mtime, mode: e.mode, replace, offset, attrs, holes: None };
+                    let need = Needed {
+                        path: full,
+                        size: e.size,
+                        mtime,
+                        mode: e.mode,
+                        replace,
+                        offset,
+                        attrs,
+                        holes: None,
+                        partial,
+                    };
                     self.needed.insert(i, need);
                 }
                 Ok(None) => {
@@ -490,7 +499,8 @@ mod tests {
     fn want_all(st: &mut TreePutState, entries: Vec<ManifestEntry>) -> WantList {
         assert!(matches!(st.on_frame(manifest(entries.len())), PutAction::ReadManifest(10)));
         let screened = st.on_manifest(entries).unwrap();
-        let decided = screened.to_decide.into_iter().map(|(i, full, e)| (i, full, e, Ok(Some((false, 0, None)))));
+        let decided =
+            screened.to_decide.into_iter().map(|(i, full, e)| (i, full, e, Ok(Some((false, 0, None, false)))));
         st.on_decided(screened.answer, decided.collect())
     }
 
@@ -672,7 +682,10 @@ mod tests {
                 match st.on_frame(frame) {
                     PutAction::ReadManifest(_) => {
                         let screened = st.on_manifest(vec![entry("a", 1), entry("b", 2)]).unwrap();
-                        let d = screened.to_decide.into_iter().map(|(i, f, e)| (i, f, e, Ok(Some((false, 0, None)))));
+                        let d = screened
+                            .to_decide
+                            .into_iter()
+                            .map(|(i, f, e)| (i, f, e, Ok(Some((false, 0, None, false)))));
                         st.on_decided(screened.answer, d.collect());
                     }
                     PutAction::Receive { i, need, .. } => received.push((i, need.path)),

@@ -603,7 +603,7 @@ async fn decide(b: &Bucket, index: &TreeIndex, full: &str, e: &ManifestEntry, fo
     } else {
         (0, None)
     };
-    Ok(Some((replace, offset, prefix)))
+    Ok(Some((replace, offset, prefix, offset > 0)))
 }
 
 /// What a `tree_put`'s file keeps in its object's metadata: its time to

@@ -24,7 +24,7 @@ use crate::proto::{Backup, Entry, FileReply, Get, Kind, ListingSkip, ManifestEnt
 use crate::server::context::HandlerError;
 use crate::services::attrs;
 use crate::services::files::{self, HashCache, Listing, Sandbox};
-use crate::services::root::FileId;
+use crate::services::root::{FileId, Had};
 use crate::services::{Fault, Refusal};
 use crate::session::{
     Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, Replace, SendError, Sender, ServerSide,
@@ -595,7 +595,9 @@ impl TreeSink for DirSink {
             self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime.wire_secs()));
             let meta = (mode, Some(need.mtime));
             let replace = self.replacing(need);
-            self.batch.push_body(i, need.path.clone(), body.to_vec(), hash, meta, replace);
+            // Where no partial file stood, none is taken the place of.
+            let fresh = !need.partial;
+            self.batch.push_body(i, need.path.clone(), body.to_vec(), hash, meta, replace, fresh);
             self.batch.with_attrs(need.attrs.clone());
             return Ok(Got::Later { now: false });
         }
@@ -813,10 +815,10 @@ fn decide(
         return Ok(None);
     };
     let (offset, prefix) = match standing.partial {
-        Some((held, hash)) if held <= e.size => (held, Some(hash.to_hex().to_string())),
+        Some((held, hash)) if held > 0 && held <= e.size => (held, Some(hash.to_hex().to_string())),
         _ => (0, None),
     };
-    Ok(Some((replace, offset, prefix)))
+    Ok(Some((replace, offset, prefix, standing.partial.is_some())))
 }
 
 /// Where a `tree_put`'s small files go: the sandbox, with the directory
@@ -860,7 +862,7 @@ impl Place for Landing {
         }
     }
 
-    fn attrs(&mut self, file: &File, attrs: &crate::proto::Attrs) -> std::io::Result<()> {
-        attrs::apply(file, attrs, self.how, &mut self.names)
+    fn attrs(&mut self, file: &File, had: Had, attrs: &crate::proto::Attrs) -> std::io::Result<()> {
+        attrs::apply_having(file, Some(had.owner), attrs, self.how, &mut self.names)
     }
 }

@@ -238,12 +238,14 @@ pub(in crate::server) struct Needed {
     pub attrs: Option<Box<crate::proto::Attrs>>,
     /// Holes its body leaves out (checked).
     pub holes: Option<Vec<[u64; 2]>>,
+    /// Whether a partial file stood for it when it was decided.
+    pub partial: bool,
 }
 
 /// A manifest entry decided: `None`, unchanged; else wanted, replacing
 /// what is there or not, from an offset, with the BLAKE3 of what is held
-/// before it.
-pub(in crate::server) type Decision = Option<(bool, u64, Option<String>)>;
+/// before it, and whether a partial file stands for it (resumable or not).
+pub(in crate::server) type Decision = Option<(bool, u64, Option<String>, bool)>;
 
 /// A manifest entry and its decision: `(index, full path, entry, decision
 /// or refusal)`.
