@@ -68,6 +68,18 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub(crate) struct Base(Arc<(PathBuf, Root)>);
 
+/// A directory of a source tree kept open while its files are opened
+/// ([`Job::open_local_in`]).
+#[derive(Debug)]
+pub(crate) struct KeptDir {
+    base: Base,
+    /// Its path below the tree.
+    parent: String,
+    /// `None`: it could not be opened so (the files are opened as
+    /// [`Job::open_local`] does).
+    dir: Option<OwnedFd>,
+}
+
 impl PartialEq for Base {
     fn eq(&self, other: &Self) -> bool {
         self.0 .0 == other.0 .0
@@ -163,18 +175,20 @@ impl Job {
     }
 
     /// [`open_local`](Self::open_local), the file's directory kept open in
-    /// `last` for the next file (most share it with the one before): the
-    /// file opened by its name in it, a symlink there not followed; where
-    /// that fails (a symlink `-L` follows, a directory that is one on the
-    /// way), as `open_local` opens it.
-    pub(crate) fn open_local_in(&self, last: &mut Option<(String, Option<OwnedFd>)>) -> io::Result<File> {
+    /// `last` for the next file (most share it with the one before; the
+    /// directory is the same only in the same source tree): the file
+    /// opened by its name in it, a symlink there not followed; where that
+    /// fails (a symlink `-L` follows, a directory that is one on the way),
+    /// as `open_local` opens it.
+    pub(crate) fn open_local_in(&self, last: &mut Option<KeptDir>) -> io::Result<File> {
         let Some(base) = &self.base else { return crate::services::files::open_to_send(&self.local) };
         let rel = base.rel(&self.local)?;
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
-        if last.as_ref().is_none_or(|(p, _)| p != parent) {
-            *last = Some((parent.to_owned(), base.root().open_dir(parent).ok()));
+        if last.as_ref().is_none_or(|kept| !Arc::ptr_eq(&kept.base.0, &base.0) || kept.parent != parent) {
+            let dir = base.root().open_dir(parent).ok();
+            *last = Some(KeptDir { base: base.clone(), parent: parent.to_owned(), dir });
         }
-        if let Some((_, Some(dir))) = last.as_ref().filter(|_| !name.is_empty()) {
+        if let Some(dir) = last.as_ref().and_then(|kept| kept.dir.as_ref()).filter(|_| !name.is_empty()) {
             let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
             if let Ok(fd) =
                 rustix::fs::openat(dir, &*crate::services::names::os(name), flags, rustix::fs::Mode::empty())

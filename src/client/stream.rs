@@ -314,7 +314,7 @@ async fn send_some(
 fn open_one(
     job: &Job,
     w: &Want,
-    (shared, dir): (Option<&crate::session::SharedReads>, &mut Option<(String, Option<OwnedFd>)>),
+    (shared, dir): (Option<&crate::session::SharedReads>, &mut Option<super::job::KeptDir>),
     sparse: bool,
 ) -> Result<Sender, ClientError> {
     let (local, size) = (&job.local, job.size);

@@ -456,7 +456,10 @@ fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
 ///
 /// The file is owner-only (0600) until [`commit`](Self::commit) gives it
 /// its final bits, and held with an exclusive `flock(2)` so that two
-/// transfers never write one partial file at once.
+/// transfers never write one partial file at once. A whole body in memory
+/// may instead be written to a file that has no name at all until it is
+/// placed ([`unnamed`](Self::unnamed)): nobody else can open that one, so
+/// it is made with its final bits and needs no lock.
 #[derive(Debug)]
 pub struct Partial {
     dir: Arc<OwnedFd>,
@@ -561,6 +564,9 @@ impl Partial {
     ///
     /// Those of `open(2)` and `fstat(2)`.
     pub fn unnamed(dir: impl Into<Arc<OwnedFd>>, name: &OsStr, mode: u32) -> io::Result<Option<Partial>> {
+        if !can_link_unnamed() {
+            return Ok(None);
+        }
         let dir = dir.into();
         let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
         let file = match rustix::fs::openat(&*dir, ".", flags, Mode::from_raw_mode(mode & 0o777)) {
@@ -828,6 +834,15 @@ fn temp_name(name: &OsStr) -> io::Result<OsString> {
     let mut rand = [0u8; 6];
     getrandom::fill(&mut rand).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(partial_with(name, &format!(".{}", hex::encode(rand))))
+}
+
+/// Whether an unnamed file can be given a name here: by `linkat(2)` with
+/// `AT_EMPTY_PATH` (root, who has `CAP_DAC_READ_SEARCH` as a rule) or
+/// through `/proc/self/fd` (everyone else). Neither, as in a chroot
+/// without `/proc`: files are written under their partial names.
+fn can_link_unnamed() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| rustix::process::geteuid().is_root() || std::path::Path::new("/proc/self/fd").is_dir())
 }
 
 /// Gives the unnamed (`O_TMPFILE`) `file` the name `name` in `dir`, never

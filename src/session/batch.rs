@@ -218,14 +218,15 @@ impl Batch {
         for (id, partial, hash, replace, guard) in staged {
             if let Err(e) = &synced {
                 // Not known to be on disk: left as a partial file, which
-                // the next transfer resumes (and verifies).
+                // the next transfer resumes (and verifies); an unnamed one
+                // (a small body) is let go, leaving nothing.
                 outcomes.push((id, Err(CommitError::Io(io::Error::new(e.kind(), e.to_string())))));
                 continue;
             }
             if let Replace::Keeping(path) = &replace {
                 if let Err(e) = place.keep(path, partial.at()) {
-                    // Left as a partial file: nothing is lost, and a
-                    // rerun resumes it.
+                    // Left as a partial file (an unnamed one is let go):
+                    // nothing is lost, and a rerun resumes or sends it.
                     outcomes.push((id, Err(CommitError::Place(e))));
                     continue;
                 }

@@ -105,6 +105,16 @@ impl Sender {
         Ok(self)
     }
 
+    /// Whether the body was read whole already (a small one).
+    pub fn read_whole(&self) -> bool {
+        self.body.is_some()
+    }
+
+    /// The file sent from, until it is released.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// Closes the file if its body was read whole already (a small one):
     /// what sends it is in memory. Returns whether it did. A sender of
     /// many files holds their bodies ahead, never their descriptors.

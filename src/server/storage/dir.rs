@@ -419,7 +419,6 @@ pub(in crate::server) fn plan_download(
         Some(_) => return Err(Fault::NotRegular { path }),
         None => {}
     }
-    let check = Check::Open(file.try_clone().map_err(|e| Fault::io(&path, e))?);
     let size = meta.len();
     let mut sender = Sender::resume(file, size, offset, prefix_blake3.as_deref(), Unproven::Trust)
         .map_err(|e| Fault::io(&path, e))?;
@@ -427,6 +426,14 @@ pub(in crate::server) fn plan_download(
         sender.find_holes().map_err(|e| Fault::io(&path, e))?;
     }
     let version = files::Version::of(&meta);
+    let same = |file: &File| file.metadata().is_ok_and(|m| files::Version::of(&m) == version);
+    let check = match sender.file() {
+        // A small body is read already: whether the file changed while it
+        // was, seen now, and its descriptor let go without a second one.
+        Some(file) if sender.read_whole() => Check::Read(same(file)),
+        Some(file) => Check::Open(file.try_clone().map_err(|e| Fault::io(&path, e))?),
+        None => Check::Read(false),
+    };
     let cached = ctx_hashes.get(version);
     if cached.is_some() {
         sender.hash_known();

@@ -244,7 +244,9 @@ pub(in crate::server) struct Needed {
 
 /// A manifest entry decided: `None`, unchanged; else wanted, replacing
 /// what is there or not, from an offset, with the BLAKE3 of what is held
-/// before it, and whether a partial file stands for it (resumable or not).
+/// before it, and whether a partial file stands for it (in a directory:
+/// any, resumable or not, which the file then takes over; a bucket tells
+/// only of one it resumes, and keeps no others).
 pub(in crate::server) type Decision = Option<(bool, u64, Option<String>, bool)>;
 
 /// A manifest entry and its decision: `(index, full path, entry, decision
