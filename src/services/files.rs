@@ -214,6 +214,41 @@ impl Sandbox {
         Ok((file, meta))
     }
 
+    /// [`open`](Self::open), the file's directory kept open in `kept` for
+    /// the next file (a tree's files come directory by directory): the
+    /// file opened by its name there, a symlink not followed; where that
+    /// fails (a symlink inside the root, which `open` follows; a name
+    /// that is not there), as `open` opens it, with its error.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_in(
+        &self,
+        path: &str,
+        kept: &mut Option<(String, Option<OwnedFd>)>,
+    ) -> Result<(File, fs::Metadata), Fault> {
+        let rel = Self::relative(path)?;
+        if let (Some(name), false) = (rel.name(), rel.dir) {
+            let parent = rel.parent().join("/");
+            if kept.as_ref().is_none_or(|(p, _)| *p != parent) {
+                *kept = Some((parent.clone(), self.root.open_dir(&parent).ok()));
+            }
+            if let Some((_, Some(dir))) = kept.as_ref() {
+                let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+                if let Ok(fd) = rustix::fs::openat(dir, &*super::names::os(name), flags, rustix::fs::Mode::empty()) {
+                    let file = File::from(fd);
+                    let meta = file.metadata().map_err(|e| fault(path, e))?;
+                    if meta.is_file() && is_partial_name(name.as_bytes()) {
+                        return Err(reserved(path));
+                    }
+                    return Ok((file, meta));
+                }
+            }
+        }
+        self.open(path)
+    }
+
     /// Opens an existing `path` with `flags` (and `O_DIRECTORY` for a
     /// trailing `/`), `fstat`s it, and refuses a partial file: what
     /// [`open`](Self::open), [`stat`](Self::stat) and listings share.

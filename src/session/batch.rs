@@ -164,7 +164,9 @@ impl Batch {
     }
 
     /// Adds a whole, verified small file held in memory (`hash` is its
-    /// BLAKE3), to be written to a file for `path` at commit. `fresh`
+    /// BLAKE3), to be written to a file for `path` at commit: its own
+    /// allocation, of its own size (a slice of a connection's buffer
+    /// would keep the whole buffer alive until the commit). `fresh`
     /// says that no partial file for `path` was seen when it was decided:
     /// the file is then written unnamed ([`Partial::unnamed`]: no lock, no
     /// rename, one link), else to the partial file, which it replaces.

@@ -412,8 +412,19 @@ pub(in crate::server) fn plan_download(
     ctx_hashes: &files::HashCache,
     request: Get,
 ) -> Result<Planned, Fault> {
+    plan_download_in(sb, ctx_hashes, request, &mut None)
+}
+
+/// [`plan_download`] of one of many files, the directory of the one
+/// before kept in `kept` ([`Sandbox::open_in`]).
+fn plan_download_in(
+    sb: &Sandbox,
+    ctx_hashes: &files::HashCache,
+    request: Get,
+    kept: &mut Option<(String, Option<OwnedFd>)>,
+) -> Result<Planned, Fault> {
     let Get { path, offset, prefix_blake3, sparse } = request;
-    let (file, meta) = sb.open(&path)?;
+    let (file, meta) = sb.open_in(&path, kept)?;
     match files::not_regular(&meta) {
         Some((std::io::ErrorKind::IsADirectory, _)) => return Err(Fault::IsADirectory { path }),
         Some(_) => return Err(Fault::NotRegular { path }),
@@ -522,17 +533,23 @@ fn open_some(
 ) -> (Vec<(u64, Result<Planned, Fault>)>, VecDeque<(u64, Want)>) {
     let mut ready = Vec::new();
     let (mut bytes, mut open) = (0, 0);
+    let mut kept = None;
     while let Some((i, w)) = wants.pop_front() {
         if let Err(r) = plain(&w.path) {
             ready.push((i, Err(r)));
             continue;
         }
         let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3, sparse };
-        match plan_download(sb, hashes, get) {
+        match plan_download_in(sb, hashes, get, &mut kept) {
             Ok(mut d) => {
                 bytes += d.head.len.min(crate::session::SMALL_BODY + 1);
                 if !d.close_if_read() {
                     open += 1;
+                    // Planning a large file may take long (a resumed
+                    // prefix is hashed): the directory is not kept past
+                    // it, so that one renamed out of the root meanwhile
+                    // is not read from.
+                    kept = None;
                 }
                 ready.push((i, Ok(d)));
             }
