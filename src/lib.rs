@@ -60,6 +60,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod delta;
 pub mod legacy;
 pub mod proto;
 pub mod server;

@@ -1,0 +1,204 @@
+//! The delta engine on generated files: every delta rebuilds the new file
+//! exactly, moves only about what changed, and a hostile signature or op
+//! stream is refused.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Random bytes from a fixed seed (xorshift: no crate needed for noise).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn index(data: &[u8], layout: Layout, piece: usize) -> Signature {
+    let mut indexer = Indexer::new(layout).unwrap();
+    for part in data.chunks(piece.max(1)) {
+        indexer.feed(part).unwrap();
+    }
+    indexer.finish().unwrap()
+}
+
+/// The ops for `new` against `old`'s signature (sent through frames and
+/// the wire form, as they would be), and the bytes they carry as data.
+fn delta(old: &[u8], new: &[u8], piece: usize) -> (Vec<Op>, u64) {
+    let sig = index(old, Layout::for_sizes(old.len() as u64, new.len() as u64), piece);
+    let mut reader = SignatureReader::new(sig.layout, sig.len, sig.entries.len() as u64).unwrap();
+    for frame in sig.entry_frames(100) {
+        reader.push(&frame).unwrap();
+    }
+    let sig = reader.finish().unwrap();
+    let mut encoder = Encoder::new(&sig);
+    let mut ops = Vec::new();
+    for part in new.chunks(piece.max(1)) {
+        encoder.feed(part);
+        ops.extend(encoder.take(true));
+    }
+    encoder.finish();
+    ops.extend(encoder.take(false));
+    let mut wire = Vec::new();
+    for op in &ops {
+        op.encode(&mut wire);
+    }
+    let ops = Op::decode_all(&wire).unwrap();
+    let data = ops.iter().filter(|o| matches!(o, Op::Data(_))).map(Op::len).sum();
+    (ops, data)
+}
+
+fn rebuilt(old: &[u8], new: &[u8], piece: usize) -> u64 {
+    let (ops, data) = delta(old, new, piece);
+    let out = apply_in_memory(old, new.len() as u64, &ops).unwrap();
+    assert!(out == new, "rebuilt file differs");
+    data
+}
+
+#[test]
+fn an_insertion_moves_little_and_shifts_nothing_after_it() {
+    let old = noise(4 << 20, 1);
+    let mut new = old.clone();
+    let at = 1 << 20;
+    new.splice(at..at, noise(1000, 2));
+    let data = rebuilt(&old, &new, 64 << 10);
+    // The chunk it lands in and its neighbour at most, not the rest.
+    assert!(data < 1000 + 2 * 32 * 1024, "{data} bytes of data for a 1,000-byte insertion");
+}
+
+#[test]
+fn scattered_edits_in_place_move_about_their_blocks() {
+    let old = noise(8 << 20, 3);
+    let mut new = old.clone();
+    // 1% of the file in 10 KiB runs, spread evenly.
+    let runs = (new.len() / 100) / (10 << 10);
+    for k in 0..runs {
+        let at = k * (new.len() / runs) + 4321;
+        new[at..at + (10 << 10)].copy_from_slice(&noise(10 << 10, 100 + k as u64));
+    }
+    let data = rebuilt(&old, &new, 256 << 10);
+    // Each 10 KiB run touches at most three 8 KiB blocks.
+    assert!(data <= (runs * 3 * (8 << 10)) as u64, "{data} bytes for {runs} runs");
+}
+
+#[test]
+fn an_append_needs_no_signature() {
+    let old = noise(1 << 20, 4);
+    let mut new = old.clone();
+    new.extend_from_slice(&noise(300_000, 5));
+    let held = Held { len: old.len() as u64, blake3: *blake3::hash(&old).as_bytes() };
+    let prefix = blake3::hash(&new[..old.len()]);
+    let mut ops = held.appended(new.len() as u64, &prefix).unwrap();
+    ops.push(Op::Data(new[old.len()..].to_vec()));
+    assert_eq!(apply_in_memory(&old, new.len() as u64, &ops).unwrap(), new);
+    // A changed prefix is no append.
+    let other = blake3::hash(&new[1..=old.len()]);
+    assert_eq!(held.appended(new.len() as u64, &other), None);
+    assert_eq!(held.appended(old.len() as u64 - 1, &prefix), None);
+}
+
+#[test]
+fn runs_of_equal_chunks_index_once() {
+    // A VM image's zeroes: thousands of equal chunks, one entry each in
+    // the signature but one in the index, and a new file of zeroes is all
+    // copies.
+    let old = vec![0u8; 16 << 20];
+    let sig = index(&old, Layout::Chunks(Params::DEFAULT), 1 << 20);
+    assert!(sig.entries.len() > 400);
+    let encoder = Encoder::new(&sig);
+    assert_eq!(encoder.index.len(), 1);
+    let mut new = vec![0u8; 15 << 20];
+    new.extend_from_slice(&noise(4096, 9));
+    let data = rebuilt(&old, &new, 1 << 20);
+    assert!(data <= 4096 + (32 << 10), "{data}");
+}
+
+#[test]
+fn hostile_signatures_are_refused() {
+    let layout = Layout::Chunks(Params::DEFAULT);
+    assert!(matches!(SignatureReader::new(layout, 0, MAX_CHUNKS as u64 + 1), Err(DeltaError::TooManyChunks { .. })));
+    let bad = Layout::Chunks(Params { min: 1, avg: 2, max: 3 });
+    assert!(matches!(SignatureReader::new(bad, 10, 1), Err(DeltaError::BadParams { .. })));
+    assert!(matches!(SignatureReader::new(Layout::Blocks(0), 10, 1), Err(DeltaError::BadBlockSize(0))));
+    let entry = |len: u32| {
+        let mut e = len.to_be_bytes().to_vec();
+        e.extend_from_slice(&[7; ID_LEN]);
+        e
+    };
+    // A chunk longer than max, one shorter than min before the end.
+    let mut r = SignatureReader::new(layout, 100_000, 2).unwrap();
+    assert!(matches!(r.push(&entry(40_000)), Err(DeltaError::BadChunkLength { .. })));
+    let mut r = SignatureReader::new(layout, 100_000, 2).unwrap();
+    assert!(matches!(r.push(&entry(100)), Err(DeltaError::BadChunkLength { .. })));
+    // More entries than announced; entries past the file; ragged.
+    let mut r = SignatureReader::new(layout, 4096, 1).unwrap();
+    assert!(matches!(r.push(&[entry(2048), entry(2048)].concat()), Err(DeltaError::TooManyChunks { .. })));
+    let mut r = SignatureReader::new(layout, 1000, 1).unwrap();
+    assert!(matches!(r.push(&entry(2048)), Err(DeltaError::SignatureLength { .. })));
+    let mut r = SignatureReader::new(layout, 1000, 1).unwrap();
+    assert!(matches!(r.push(&[0; 19]), Err(DeltaError::RaggedFrame { len: 19 })));
+    // Short of the file.
+    let mut r = SignatureReader::new(layout, 5000, 1).unwrap();
+    r.push(&entry(4000)).unwrap();
+    assert!(matches!(r.finish(), Err(DeltaError::SignatureLength { .. })));
+}
+
+#[test]
+fn hostile_ops_are_refused() {
+    let old = noise(1000, 6);
+    let refused = |ops: &[Op], new_len: u64| apply_in_memory(&old, new_len, ops).unwrap_err();
+    assert!(matches!(refused(&[Op::Copy { offset: 900, len: 200 }], 200), DeltaError::CopyOutOfRange { .. }));
+    assert!(matches!(refused(&[Op::Copy { offset: u64::MAX, len: 2 }], 2), DeltaError::CopyOutOfRange { .. }));
+    assert!(matches!(refused(&[Op::Copy { offset: 0, len: 0 }], 0), DeltaError::EmptyOp));
+    assert!(matches!(refused(&[Op::Data(vec![1; 10])], 5), DeltaError::TooLong { new_len: 5 }));
+    assert!(matches!(refused(&[Op::Data(vec![1; 10])], 11), DeltaError::TooShort { written: 10, new_len: 11 }));
+    // The wire: an unknown tag, cut short, too long, empty.
+    assert!(matches!(Op::decode_all(&[9]), Err(DeltaError::BadOp { at: 0 })));
+    assert!(matches!(Op::decode_all(&[TAG_COPY, 0, 0]), Err(DeltaError::BadOp { at: 0 })));
+    assert!(matches!(Op::decode_all(&[TAG_DATA, 0, 0, 0, 5, 1]), Err(DeltaError::BadOp { at: 0 })));
+    let huge = [&[TAG_DATA][..], &(MAX_DATA as u32 + 1).to_be_bytes()].concat();
+    assert!(matches!(Op::decode_all(&huge), Err(DeltaError::DataTooLong { .. })));
+    assert!(matches!(Op::decode_all(&[TAG_DATA, 0, 0, 0, 0]), Err(DeltaError::EmptyOp)));
+}
+
+#[test]
+fn layouts_scale_with_the_file() {
+    assert_eq!(Params::for_len(1 << 30), Params::DEFAULT);
+    let p = Params::for_len(1 << 40);
+    assert!(p.avg > Params::DEFAULT.avg && (1u64 << 40) / u64::from(p.avg) <= (MAX_CHUNKS / 2) as u64);
+    p.check().unwrap();
+    assert!(matches!(Layout::for_sizes(10, 10), Layout::Blocks(_)));
+    assert!(matches!(Layout::for_sizes(10, 11), Layout::Chunks(_)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any old and new file, fed in any pieces: the delta rebuilds the new
+    /// file exactly, and the chunks do not depend on where pieces end.
+    #[test]
+    fn any_delta_rebuilds_the_file(
+        old_len in 0usize..200_000,
+        seed in any::<u64>(),
+        edits in proptest::collection::vec((0usize..200_000, 0usize..5000, 0u8..3), 0..8),
+        piece in 1usize..70_000,
+    ) {
+        let old = noise(old_len, seed);
+        let mut new = old.clone();
+        for (k, (at, len, kind)) in edits.into_iter().enumerate() {
+            let at = at.min(new.len());
+            match kind {
+                0 => { new.splice(at..at, noise(len, seed ^ k as u64)); }
+                1 => { let end = (at + len).min(new.len()); new.drain(at..end); }
+                _ => { let end = (at + len).min(new.len()); let n = end - at; new[at..end].copy_from_slice(&noise(n, !seed ^ k as u64)); }
+            }
+        }
+        rebuilt(&old, &new, piece);
+        let whole = index(&old, Layout::Chunks(Params::DEFAULT), usize::MAX);
+        prop_assert_eq!(index(&old, Layout::Chunks(Params::DEFAULT), piece), whole);
+    }
+}
