@@ -3,7 +3,7 @@
 //!
 //! The receiver holds an older version of the file. It indexes it
 //! ([`Indexer`]) into a [`Signature`]: the file cut into chunks, each
-//! named by the first 16 bytes of its BLAKE3. The chunks are
+//! named by the first 8 bytes of its BLAKE3. The chunks are
 //! content-defined (FastCDC, [`Params`]), so an insertion moves no cut
 //! point after it; where the old and new files have the same size, fixed
 //! aligned blocks instead ([`Layout::Blocks`]), the fast path of a file
@@ -31,14 +31,17 @@
 
 use std::collections::HashMap;
 
-/// Bytes of a chunk id: BLAKE3 truncated (the whole file's BLAKE3 is
-/// checked after).
-pub const ID_LEN: usize = 16;
+/// Bytes of a chunk id: BLAKE3 truncated to 64 bits. Two chunks of one
+/// index share an id by chance with a probability of about n²/2⁶⁵ (one in
+/// eight million for [`MAX_CHUNKS`] entries); the whole file's BLAKE3 is
+/// checked after, and a file built wrong is sent again whole. So the
+/// signature costs 12 bytes a chunk, about what rsync's sums cost.
+pub const ID_LEN: usize = 8;
 
 /// A chunk's name: the first [`ID_LEN`] bytes of its BLAKE3.
 pub type ChunkId = [u8; ID_LEN];
 
-/// Entries a signature may hold at most (at 20 bytes each, 40 MiB): a
+/// Entries a signature may hold at most (at 12 bytes each, 24 MiB): a
 /// file large enough to need more is cut into larger chunks
 /// ([`Params::for_len`]).
 pub const MAX_CHUNKS: usize = 1 << 21;
@@ -155,16 +158,22 @@ pub struct Params {
 }
 
 impl Params {
-    /// 2 / 8 / 32 KiB: what the issue proposed, and what
-    /// docs/BENCHMARKS.md measures against rsync's blocks.
+    /// 2 / 8 / 32 KiB: the smallest chunks used, for files up to 64 MiB.
     pub const DEFAULT: Params = Params { min: 2 << 10, avg: 8 << 10, max: 32 << 10 };
 
-    /// [`DEFAULT`](Self::DEFAULT), scaled up by powers of two for a file
-    /// so large that its index would pass [`MAX_CHUNKS`] / 2 chunks on
-    /// average (a file of over 8 GiB).
+    /// [`DEFAULT`](Self::DEFAULT), scaled up by powers of two for larger
+    /// files, as rsync scales its blocks: an average about the square root
+    /// of the file's length (16 KiB for 256 MiB, 32 KiB for 1 GiB), so the
+    /// signature grows with the root of the file while a change still
+    /// costs a chunk or two; and never so small that the index would pass
+    /// [`MAX_CHUNKS`] / 2 chunks on average.
     pub fn for_len(len: u64) -> Params {
         let mut p = Params::DEFAULT;
-        while len / u64::from(p.avg) > (MAX_CHUNKS / 2) as u64 && (p.max as usize) < fastcdc::v2020::MAXIMUM_MAX {
+        let too_small = |p: &Params| {
+            let avg = u64::from(p.avg);
+            avg.saturating_mul(avg) < len || len / avg > (MAX_CHUNKS / 2) as u64
+        };
+        while too_small(&p) && (p.max as usize) < fastcdc::v2020::MAXIMUM_MAX {
             p = Params { min: p.min * 2, avg: p.avg * 2, max: p.max * 2 };
         }
         p
@@ -207,14 +216,21 @@ impl Layout {
     pub const BLOCK: u32 = 8 << 10;
 
     /// The layout a receiver holding `old_len` bytes indexes them with,
-    /// for a new file of `new_len`: blocks if the sizes are equal, else
-    /// content-defined chunks scaled to the file.
+    /// for a new file of `new_len`: blocks if the sizes are equal, of
+    /// [`BLOCK`](Self::BLOCK) bytes (larger only where the index would
+    /// pass [`MAX_CHUNKS`] / 2 entries: an edit in place costs its blocks,
+    /// and small ones keep that close to the bytes edited); else
+    /// content-defined chunks scaled to the file ([`Params::for_len`]).
     pub fn for_sizes(old_len: u64, new_len: u64) -> Layout {
-        let params = Params::for_len(old_len.max(new_len));
         if old_len == new_len {
-            Layout::Blocks(Self::BLOCK.max(params.avg))
+            let mut block = Self::BLOCK;
+            while old_len / u64::from(block) > (MAX_CHUNKS / 2) as u64 && (block as usize) < fastcdc::v2020::MAXIMUM_MAX
+            {
+                block *= 2;
+            }
+            Layout::Blocks(block)
         } else {
-            Layout::Chunks(params)
+            Layout::Chunks(Params::for_len(old_len.max(new_len)))
         }
     }
 
@@ -266,37 +282,65 @@ impl Cutter {
     }
 
     /// Feeds `data`; `cut` gets each whole chunk (its offset and bytes).
+    /// Bytes are copied only to carry a chunk begun in one piece into the
+    /// next.
     fn feed(&mut self, data: &[u8], cut: &mut impl FnMut(u64, &[u8])) {
-        self.pending.extend_from_slice(data);
-        self.drain(false, cut);
+        let max = self.layout.max();
+        let mut i = 0;
+        // A chunk carried from the last piece: its window completed from
+        // this one, cut, and what it did not use of this piece given back.
+        while !self.pending.is_empty() {
+            let want = (max - self.pending.len().min(max)).min(data.len() - i);
+            self.pending.extend_from_slice(&data[i..i + want]);
+            i += want;
+            if self.pending.len() < max {
+                return;
+            }
+            let len = cut_len(self.layout, &self.pending);
+            cut(self.at, &self.pending[..len]);
+            self.at += len as u64;
+            self.pending.drain(..len);
+            let back = want.min(self.pending.len());
+            self.pending.truncate(self.pending.len() - back);
+            i -= back;
+        }
+        let rest = &data[i..];
+        let mut start = 0;
+        // A cut point depends only on the bytes from the chunk's start to
+        // at most `max` after: with that many, it is final.
+        while rest.len() - start >= max {
+            let len = cut_len(self.layout, &rest[start..]);
+            cut(self.at, &rest[start..start + len]);
+            self.at += len as u64;
+            start += len;
+        }
+        self.pending.extend_from_slice(&rest[start..]);
     }
 
     /// The last chunks, at the end of the file.
     fn finish(&mut self, cut: &mut impl FnMut(u64, &[u8])) {
-        self.drain(true, cut);
-    }
-
-    fn drain(&mut self, end: bool, cut: &mut impl FnMut(u64, &[u8])) {
-        let max = self.layout.max();
         let mut start = 0;
-        // A cut point depends only on the bytes from the chunk's start to
-        // at most `max` after: with that many (or the end), it is final.
-        while self.pending.len() - start >= max || (end && start < self.pending.len()) {
-            let rest = &self.pending[start..];
-            let len = match self.layout {
-                Layout::Chunks(p) => {
-                    let chunker = fastcdc::v2020::FastCDC::new(rest, p.min as usize, p.avg as usize, p.max as usize);
-                    chunker.cut(0, rest.len()).1
-                }
-                Layout::Blocks(size) => (size as usize).min(rest.len()),
-            };
-            let len = len.clamp(1, rest.len());
-            cut(self.at + start as u64, &rest[..len]);
+        while start < self.pending.len() {
+            let len = cut_len(self.layout, &self.pending[start..]);
+            cut(self.at, &self.pending[start..start + len]);
+            self.at += len as u64;
             start += len;
         }
-        self.pending.drain(..start);
-        self.at += start as u64;
+        self.pending.clear();
     }
+}
+
+/// The length of the chunk `bytes` starts with (all of them if they are
+/// the file's end and shorter than a chunk can be).
+fn cut_len(layout: Layout, bytes: &[u8]) -> usize {
+    let len = match layout {
+        Layout::Chunks(p) => {
+            let chunker = fastcdc::v2020::FastCDC::new(bytes, p.min as usize, p.avg as usize, p.max as usize);
+            chunker.cut(0, bytes.len()).1
+        }
+        Layout::Blocks(size) => (size as usize).min(bytes.len()),
+    };
+    len.clamp(1, bytes.len())
 }
 
 /// An index of a file: its layout, length, and each piece's length and
@@ -428,7 +472,7 @@ impl SignatureReader {
             if self.sum > self.len {
                 return Err(DeltaError::SignatureLength { declared: self.len, entries: self.sum });
             }
-            self.entries.push((len, entry[4..].try_into().expect("16 bytes")));
+            self.entries.push((len, entry[4..].try_into().expect("ID_LEN bytes")));
         }
         Ok(())
     }

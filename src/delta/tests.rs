@@ -167,10 +167,21 @@ fn hostile_ops_are_refused() {
 
 #[test]
 fn layouts_scale_with_the_file() {
-    assert_eq!(Params::for_len(1 << 30), Params::DEFAULT);
+    // About the square root of the file, as rsync's blocks.
+    assert_eq!(Params::for_len(64 << 20), Params::DEFAULT);
+    assert_eq!(Params::for_len(256 << 20).avg, 16 << 10);
+    assert_eq!(Params::for_len(1 << 30).avg, 32 << 10);
+    for len in [1u64 << 40, 1 << 50, u64::MAX] {
+        let p = Params::for_len(len);
+        p.check().unwrap();
+        assert!(p.avg > Params::DEFAULT.avg);
+    }
     let p = Params::for_len(1 << 40);
-    assert!(p.avg > Params::DEFAULT.avg && (1u64 << 40) / u64::from(p.avg) <= (MAX_CHUNKS / 2) as u64);
-    p.check().unwrap();
+    assert!((1u64 << 40) / u64::from(p.avg) <= (MAX_CHUNKS / 2) as u64);
+    // Blocks stay small unless the index would be too large.
+    assert_eq!(Layout::for_sizes(1 << 30, 1 << 30), Layout::Blocks(Layout::BLOCK));
+    let Layout::Blocks(big) = Layout::for_sizes(1 << 40, 1 << 40) else { panic!() };
+    assert!((1u64 << 40) / u64::from(big) <= (MAX_CHUNKS / 2) as u64);
     assert!(matches!(Layout::for_sizes(10, 10), Layout::Blocks(_)));
     assert!(matches!(Layout::for_sizes(10, 11), Layout::Chunks(_)));
 }

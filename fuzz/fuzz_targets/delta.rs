@@ -1,0 +1,95 @@
+//! Fuzz the delta engine's decoders (src/delta): what a sender makes of a
+//! receiver's signature frames (`SignatureReader`), and what a receiver
+//! makes of a sender's ops (`Op::decode_all`, then `Patcher` against an
+//! old file of the input's choosing). Oracles: nothing panics; an
+//! accepted signature adds up to its file, each entry allowed by its
+//! layout; accepted ops survive a round trip through their wire form; a
+//! patch that is accepted makes exactly the new file's length, every copy
+//! inside the old file; no allocation is larger than what the input
+//! itself could justify.
+//!
+//! Input: a mode byte, a layout (a byte, then sizes), lengths, then
+//! frames (each a length byte and at most 255 bytes) or an op stream.
+#![no_main]
+
+mod common;
+
+use common::Input;
+use framewire::delta::{
+    apply_in_memory, Layout, Op, Params, SignatureReader, DeltaError, Encoder, ENTRY_LEN, MAX_CHUNKS,
+};
+use libfuzzer_sys::fuzz_target;
+
+fn u32_of(input: &mut Input<'_>) -> u32 {
+    u32::from_be_bytes([input.byte(), input.byte(), input.byte(), input.byte()])
+}
+
+fn signature(mut input: Input<'_>) {
+    let layout = match input.byte() % 3 {
+        0 => Layout::Chunks(Params::DEFAULT),
+        1 => Layout::Chunks(Params { min: u32_of(&mut input), avg: u32_of(&mut input), max: u32_of(&mut input) }),
+        _ => Layout::Blocks(u32_of(&mut input) % (1 << 20)),
+    };
+    let len = u64::from(u32_of(&mut input));
+    let count = u64::from(u32_of(&mut input) % (MAX_CHUNKS as u32 * 2));
+    let Ok(mut reader) = SignatureReader::new(layout, len, count.min(64)) else { return };
+    for _ in 0..16 {
+        let frame = input.field(255);
+        if frame.is_empty() {
+            break;
+        }
+        match reader.push(frame) {
+            Ok(()) => assert_eq!(frame.len() % ENTRY_LEN, 0),
+            Err(_) => return,
+        }
+    }
+    if let Ok(sig) = reader.finish() {
+        let sum: u64 = sig.entries.iter().map(|(l, _)| u64::from(*l)).sum();
+        assert_eq!(sum, sig.len);
+        // An encoder takes any accepted signature.
+        let new = input.rest();
+        let mut encoder = Encoder::new(&sig);
+        encoder.feed(new);
+        encoder.finish();
+        let ops = encoder.take(false);
+        let made: u64 = ops.iter().map(Op::len).sum();
+        assert_eq!(made, new.len() as u64);
+    }
+}
+
+fn ops(mut input: Input<'_>) {
+    let old = input.field(255).to_vec();
+    let new_len = u64::from(input.byte()) * 4;
+    let frame = input.rest();
+    match Op::decode_all(frame) {
+        Ok(ops) => {
+            let mut wire = Vec::new();
+            for op in &ops {
+                assert!(!op.is_empty());
+                op.encode(&mut wire);
+            }
+            assert_eq!(wire, frame, "a round trip");
+            match apply_in_memory(&old, new_len, &ops) {
+                Ok(out) => assert_eq!(out.len() as u64, new_len),
+                Err(
+                    DeltaError::CopyOutOfRange { .. }
+                    | DeltaError::TooLong { .. }
+                    | DeltaError::TooShort { .. }
+                    | DeltaError::EmptyOp,
+                ) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input(data);
+    match input.byte() % 2 {
+        0 => signature(input),
+        _ => ops(input),
+    }
+});
