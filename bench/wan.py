@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""A link in a box (issue 32, point 4): framewire against the rsync daemon
+and rsync over ssh (-z) on a shaped link, in the same run.
+
+Usage: python3 bench/wan.py [--mib 64] [--rounds 3] [--links 20,100]
+                            [--rtt-ms 40] [--no-build] [--skip-validate]
+
+The link: two network namespaces made by this script, joined by a veth
+pair with a `tbf` rate limit on each end (this kernel has tbf and htb,
+no netem), and a delay line (bench/delayline.py) in the client's
+namespace that holds every byte RTT/2 each way, its queue bounded by the
+link's bandwidth-delay product. Every peer's client runs in the client
+namespace and talks to 127.0.0.1 there (the delay line), which forwards
+across the veth to the servers in the server namespace. The addresses
+on the veth (10.250.0.1/30, 10.250.0.2/30) exist only inside these two
+namespaces; nothing here leaves the machine.
+
+Validation first (skipped with --skip-validate): iperf3 through the link
+(throughput against the rate) and a TCP ping-pong of 1-byte messages
+(round trip against the RTT).
+
+Then, per link and round, in rotating order, for each change to a file
+of MIB MiB (random bytes): 1 % rewritten in scattered 10 KiB runs, 1,000
+bytes inserted 1 MiB in, 4 MiB appended; the server already holds the
+old version and the client puts the new one:
+
+  framewire   `framewire put --force` (whole files: the delta engine is
+              not yet wired into put; this row is the baseline the
+              engine is to beat)
+  rsync       the rsync daemon: `rsync -I --no-whole-file NEW rsync://..`
+  rsync ssh   rsync over ssh with -z: `rsync -I -z -e 'ssh -p ..' NEW ..`
+
+Reported per case: wall time (median, min-max), bytes on the wire (both
+ways, counted by the delay line), CPU-seconds of the client and of the
+server (framewire's server process; rsyncd's and sshd's with the
+per-connection children they reaped), and the ratios. Every copy is checked (the server's file must hash as the new
+one). Needs root (namespaces, tc); installs iperf3, rsync and openssh
+(Debian) if missing. Every process and namespace it makes, it removes.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from transfer import BIN, ROOT  # noqa: E402
+
+SRV_IP, CLI_IP = "10.250.0.2", "10.250.0.1"
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(list(cmd), check=check, **kw)
+
+
+class Link:
+    """Two namespaces, a veth pair shaped with tbf, a delay line."""
+
+    def __init__(self, mbit, rtt_ms, work):
+        tag = f"{os.getpid() % 100000}"
+        self.c, self.s = f"fwwan-c{tag}", f"fwwan-s{tag}"
+        self.mbit, self.rtt_ms, self.work = mbit, rtt_ms, work
+        self.procs = []
+        self.stats = os.path.join(work, f"wire-{mbit}.jsonl")
+
+    def __enter__(self):
+        va, vb = f"fwc{os.getpid() % 100000}", f"fws{os.getpid() % 100000}"
+        sh("ip", "netns", "add", self.c)
+        sh("ip", "netns", "add", self.s)
+        sh("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
+        sh("ip", "link", "set", va, "netns", self.c)
+        sh("ip", "link", "set", vb, "netns", self.s)
+        for ns, dev, ip in ((self.c, va, CLI_IP), (self.s, vb, SRV_IP)):
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            rate = self.mbit * 1_000_000 // 8  # bytes/s
+            burst = max(16_000, rate // 250 * 2)
+            # The shaper's own queue: a few milliseconds; the delay line
+            # holds the bandwidth-delay product.
+            limit = max(64_000, rate * 5 // 1000 + burst)
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
+               "rate", f"{self.mbit}mbit", "burst", str(burst), "limit", str(limit))
+        self.bdp = max(64 << 10, self.mbit * 1_000_000 // 8 * self.rtt_ms // 1000)
+        return self
+
+    def delay(self, maps):
+        """Starts the delay line in the client namespace: each (local port,
+        server port) pair forwards 127.0.0.1:local to the server's port."""
+        args = ["ip", "netns", "exec", self.c, sys.executable, os.path.join(ROOT, "bench", "delayline.py"),
+                "--delay-ms", str(self.rtt_ms / 2), "--queue", str(self.bdp), "--stats", self.stats]
+        for local, remote in maps:
+            args += ["--map", f"{local}:{SRV_IP}:{remote}"]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        self.procs.append(p)
+
+    def in_server(self, cmd, **kw):
+        p = subprocess.Popen(["ip", "netns", "exec", self.s] + cmd, **kw)
+        self.procs.append(p)
+        return p
+
+    def in_client(self, cmd, **kw):
+        return ["ip", "netns", "exec", self.c] + cmd
+
+    def wire_bytes(self):
+        """Bytes the delay line has carried on connections that ended."""
+        total = 0
+        if os.path.exists(self.stats):
+            with open(self.stats) as f:
+                for line in f:
+                    d = json.loads(line)
+                    total += d["up"] + d["down"]
+        return total
+
+    def __exit__(self, *exc):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        sh("ip", "netns", "del", self.c, check=False)
+        sh("ip", "netns", "del", self.s, check=False)
+
+
+def ensure_tools():
+    need = [t for t in ("iperf3", "rsync", "ssh") if not shutil.which(t)]
+    if need or not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sh("apt-get", "update", "-qq", env=env)
+        sh("apt-get", "install", "-y", "-qq", "iperf3", "rsync", "openssh-server", "openssh-client",
+           env=env, stdout=subprocess.DEVNULL)
+
+
+def wait_in(ns, port, limit=10):
+    deadline = time.time() + limit
+    probe = f"import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('{SRV_IP}', {port})))"
+    while time.time() < deadline:
+        if subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe]).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {SRV_IP}:{port} in {ns}")
+
+
+def validate(link):
+    """iperf3's throughput and a 1-byte ping-pong's round trip, through the
+    whole path."""
+    link.in_server(["iperf3", "-s", "-B", SRV_IP, "-p", "5301"], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    echo = ("import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            f"s.bind(('{SRV_IP}',5302));s.listen()\n"
+            "while True:\n c,_=s.accept();c.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1)\n"
+            " while (b:=c.recv(1)): c.sendall(b)\n c.close()\n")
+    link.in_server([sys.executable, "-c", echo])
+    wait_in(link.s, 5301)
+    wait_in(link.s, 5302)
+    link.delay([(15301, 5301), (15302, 5302)])
+    out = subprocess.run(link.in_client(["iperf3", "-c", "127.0.0.1", "-p", "15301", "-t", "6", "-O", "2", "-J"]),
+                         capture_output=True, text=True, check=True)
+    mbit = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+    ping = ("import socket,time\ns=socket.create_connection(('127.0.0.1',15302))\n"
+            "s.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1)\nts=[]\n"
+            "for _ in range(20):\n t=time.perf_counter();s.sendall(b'x');s.recv(1);ts.append(time.perf_counter()-t)\n"
+            "ts.sort();print(ts[len(ts)//2]*1000)\n")
+    out = subprocess.run(link.in_client([sys.executable, "-c", ping]), capture_output=True, text=True, check=True)
+    return mbit, float(out.stdout)
+
+
+def proc_cpu(pid):
+    """CPU-seconds of a process and of the children it has waited for
+    (rsyncd and sshd fork one a connection and reap it)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def noise(n, seed):
+    return random.Random(seed).randbytes(n)
+
+
+def changes(old, seed):
+    size = len(old)
+    scattered = bytearray(old)
+    run = 10 << 10
+    runs = max(1, size // 100 // run)
+    for k in range(runs):
+        at = k * (size // runs) + 4321
+        scattered[at:at + run] = noise(run, seed + k)
+    inserted = old[:1 << 20] + noise(1000, seed + 7) + old[1 << 20:]
+    appended = old + noise(4 << 20, seed + 8)
+    return [("scattered 1 %", bytes(scattered)), ("insert 1,000 B", inserted), ("append 4 MiB", appended)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=64, help="size of the file changed")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--links", default="20,100", help="Mbit/s, comma-separated")
+    ap.add_argument("--rtt-ms", type=int, default=40)
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--skip-validate", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/wan.py needs root (network namespaces, tc)")
+    ensure_tools()
+    if not args.no_build:
+        sh("cargo", "build", "--release", "-q", cwd=ROOT)
+    work = tempfile.mkdtemp(prefix="fw-wan-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work):
+    old = noise(args.mib << 20, 1)
+    cases = changes(old, 100)
+    src, remote = os.path.join(work, "src"), os.path.join(work, "remote")
+    os.makedirs(src)
+    os.makedirs(remote)
+    keys = os.path.join(work, "ssh")
+    os.makedirs(keys, mode=0o700)
+    for name in ("host", "client"):
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(keys, name))
+    shutil.copy(os.path.join(keys, "client.pub"), os.path.join(keys, "authorized_keys"))
+    os.makedirs("/run/sshd", exist_ok=True)
+    with open(os.path.join(keys, "sshd_config"), "w") as f:
+        f.write(f"Port 5322\nListenAddress {SRV_IP}\nHostKey {keys}/host\nAuthorizedKeysFile {keys}/authorized_keys\n"
+                "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\n"
+                "PidFile none\n")
+    with open(os.path.join(work, "rsyncd.conf"), "w") as f:
+        f.write(f"use chroot = no\nuid = root\ngid = root\n[bench]\n  path = {remote}\n  read only = no\n")
+    ssh = (f"ssh -p 15322 -i {keys}/client -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+           "-o LogLevel=ERROR -o BatchMode=yes")
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    results = {}
+    validation = {}
+    for mbit in [int(x) for x in args.links.split(",")]:
+        with Link(mbit, args.rtt_ms, work) as link:
+            if not args.skip_validate:
+                validation[mbit] = validate(link)
+            # `ip netns exec` execs its command: these are the servers' PIDs.
+            fw = link.in_server([BIN, "serve", "--listen", f"{SRV_IP}:5300", "--root", remote, "--insecure"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rsd = link.in_server(["rsync", "--daemon", "--no-detach", f"--config={work}/rsyncd.conf",
+                                  "--port=5373", f"--address={SRV_IP}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ssd = link.in_server([sshd, "-D", "-f", os.path.join(keys, "sshd_config")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for port in (5300, 5373, 5322):
+                wait_in(link.s, port)
+            link.delay([(15300, 5300), (15373, 5373), (15322, 5322)])
+            peers = [
+                ("framewire", fw.pid, lambda new: [BIN, "put", "--force", "-q", "127.0.0.1:15300", new, "f"]),
+                ("rsync daemon", rsd.pid, lambda new: ["rsync", "-I", "--no-whole-file", new,
+                                                       "rsync://127.0.0.1:15373/bench/f"]),
+                ("rsync ssh -z", ssd.pid, lambda new: ["rsync", "-I", "-z", "-e", ssh, new,
+                                                       f"root@127.0.0.1:{remote}/f"]),
+            ]
+            for r in range(args.rounds):
+                for ci, (case, new) in enumerate(cases):
+                    new_path = os.path.join(src, "f")
+                    with open(new_path, "wb") as f:
+                        f.write(new)
+                    want = hashlib.blake2b(new).hexdigest()
+                    order = peers[(r + ci) % len(peers):] + peers[:(r + ci) % len(peers)]
+                    for name, server_pid, cmd in order:
+                        with open(os.path.join(remote, "f"), "wb") as f:
+                            f.write(old)
+                        # The server's version is a day older, as an older
+                        # version is: each tool's quick check sends it.
+                        day_ago = time.time() - 86400
+                        os.utime(os.path.join(remote, "f"), (day_ago, day_ago))
+                        before = link.wire_bytes()
+                        t0 = time.perf_counter()
+                        ru0 = os.times()
+                        s0 = proc_cpu(server_pid)
+                        out = subprocess.run(link.in_client(cmd(new_path)), capture_output=True, timeout=1800)
+                        wall = time.perf_counter() - t0
+                        ru1 = os.times()
+                        if out.returncode != 0:
+                            raise RuntimeError(f"{name}: {out.stderr.decode(errors='replace')}")
+                        time.sleep(0.2)  # the delay line writes its count when the connection ends
+                        wire = link.wire_bytes() - before
+                        server_cpu = proc_cpu(server_pid) - s0
+                        cpu = (ru1.children_user - ru0.children_user) + (ru1.children_system - ru0.children_system)
+                        with open(os.path.join(remote, "f"), "rb") as f:
+                            if hashlib.blake2b(f.read()).hexdigest() != want:
+                                raise RuntimeError(f"{name}: the server's copy differs")
+                        results.setdefault((mbit, case, name), []).append((wall, wire, cpu, server_cpu))
+                print(f"{mbit} Mbit/s: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    report(args, results, validation)
+
+
+def report(args, results, validation):
+    print(f"\nA file of {args.mib} MiB changed three ways, put to a server holding the old one, "
+          f"RTT {args.rtt_ms} ms, {args.rounds} rounds\n")
+    if validation:
+        print("| link | iperf3 Mbit/s | ping-pong RTT ms |\n|---|---|---|")
+        for mbit, (got, rtt) in validation.items():
+            print(f"| {mbit} Mbit/s | {got:.1f} | {rtt:.1f} |")
+        print()
+    print("| link | change | peer | wall s, median (min–max) | bytes on the wire | client CPU s | server CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    for (mbit, case, name), rows in sorted(results.items()):
+        walls = [r[0] for r in rows]
+        wire = statistics.median([r[1] for r in rows])
+        cpu = statistics.median([r[2] for r in rows])
+        scpu = statistics.median([r[3] for r in rows])
+        print(f"| {mbit} Mbit/s | {case} | {name} | {statistics.median(walls):.2f} ({min(walls):.2f}–{max(walls):.2f}) "
+              f"| {int(wire):,} | {cpu:.2f} | {scpu:.2f} |")
+    print("\n| link | change | framewire / rsync daemon, time | framewire / rsync ssh -z, time | "
+          "framewire / rsync daemon, bytes |\n|---|---|---|---|---|")
+    for (mbit, case, name) in sorted(results):
+        if name != "framewire":
+            continue
+        med = {n: statistics.median([r[0] for r in results[(mbit, case, n)]]) for n in
+               ("framewire", "rsync daemon", "rsync ssh -z")}
+        wb = {n: statistics.median([r[1] for r in results[(mbit, case, n)]]) for n in ("framewire", "rsync daemon")}
+        print(f"| {mbit} Mbit/s | {case} | {med['framewire'] / med['rsync daemon']:.2f}x "
+              f"| {med['framewire'] / med['rsync ssh -z']:.2f}x | {wb['framewire'] / max(1, wb['rsync daemon']):.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
