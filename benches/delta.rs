@@ -100,7 +100,7 @@ fn framewire(old: &[u8], new: &[u8]) -> (u64, [f64; 3]) {
         times[0] = start.elapsed().as_secs_f64();
         start = Instant::now();
         wire += sig.entry_frames(4096).map(|f| f.len() as u64).sum::<u64>();
-        let mut encoder = Encoder::new(&sig);
+        let mut encoder = Encoder::new(&sig, new.len() as u64).unwrap();
         for piece in new.chunks(PIECE) {
             encoder.feed(piece);
         }

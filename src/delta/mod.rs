@@ -4,8 +4,9 @@
 //! The receiver holds an older version of the file. It indexes it
 //! ([`Indexer`]) into a [`Signature`]: the file cut into chunks, each
 //! named by the first 8 bytes of its BLAKE3. The chunks are
-//! content-defined (FastCDC, [`Params`]), so an insertion moves no cut
-//! point after it; where the old and new files have the same size, fixed
+//! content-defined (FastCDC, [`Params`]), so the cut points after an
+//! insertion fall where they fell before, within a chunk or two of it;
+//! where the old and new files have the same size, fixed
 //! aligned blocks instead ([`Layout::Blocks`]), the fast path of a file
 //! edited in place. The signature travels to the sender in bounded frames
 //! ([`Signature::entry_frames`], [`SignatureReader`]). The sender cuts the
@@ -31,19 +32,23 @@
 
 use std::collections::HashMap;
 
-/// Bytes of a chunk id: BLAKE3 truncated to 64 bits. Two chunks of one
-/// index share an id by chance with a probability of about n²/2⁶⁵ (one in
-/// eight million for [`MAX_CHUNKS`] entries); the whole file's BLAKE3 is
-/// checked after, and a file built wrong is sent again whole. So the
-/// signature costs 12 bytes a chunk, about what rsync's sums cost.
+/// Bytes of a chunk id: BLAKE3 truncated to 64 bits. A chunk of the new
+/// file takes a different old chunk's id by chance with a probability of
+/// about n²/2⁶⁴ over the file, with chunks of one index sharing one about
+/// half as likely: about one in three million for [`MAX_CHUNKS`] entries
+/// each side. The whole file's BLAKE3 is checked after, and a file built
+/// wrong is sent again whole. So the signature costs 12 bytes a chunk,
+/// about what rsync's sums cost.
 pub const ID_LEN: usize = 8;
 
 /// A chunk's name: the first [`ID_LEN`] bytes of its BLAKE3.
 pub type ChunkId = [u8; ID_LEN];
 
-/// Entries a signature may hold at most (at 12 bytes each, 24 MiB): a
-/// file large enough to need more is cut into larger chunks
-/// ([`Params::for_len`]).
+/// Entries a signature may hold at most (at 12 bytes each, 24 MiB). A
+/// large file is cut into larger chunks, half this many on average
+/// ([`Params::for_len`]); one that still needs more (hundreds of GiB of
+/// data that cuts at the smallest size, or over 8 TiB) is refused with
+/// [`DeltaError::TooManyChunks`], and its callers send it whole.
 pub const MAX_CHUNKS: usize = 1 << 21;
 
 /// Bytes one [`Op::Data`] carries at most; the encoder splits longer runs.
@@ -74,7 +79,8 @@ pub enum DeltaError {
         /// The largest chunk.
         max: u32,
     },
-    /// A block size of 0 or over the chunker's largest chunk.
+    /// A block size that is not a power of two from [`Layout::BLOCK`] to
+    /// the chunker's largest chunk.
     #[error("a block size of {0} bytes")]
     BadBlockSize(u32),
     /// A signature of more than [`MAX_CHUNKS`] entries.
@@ -138,6 +144,14 @@ pub enum DeltaError {
         /// Where it starts in its frame.
         at: usize,
     },
+    /// A signature cut otherwise than [`Layout::for_sizes`] says.
+    #[error("a signature cut as {got:?}, where the files' sizes call for {want:?}")]
+    WrongLayout {
+        /// The signature's layout.
+        got: Layout,
+        /// The one for the two files' sizes.
+        want: Layout,
+    },
     /// A data run longer than [`MAX_DATA`].
     #[error("a data run of {len} bytes (at most {MAX_DATA})")]
     DataTooLong {
@@ -179,7 +193,8 @@ impl Params {
         p
     }
 
-    /// Whether the chunker takes these sizes.
+    /// Whether the chunker takes these sizes: each a power of two within
+    /// its limits, `min < avg < max`.
     ///
     /// # Errors
     ///
@@ -187,9 +202,14 @@ impl Params {
     pub fn check(&self) -> Result<(), DeltaError> {
         use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
         let (min, avg, max) = (self.min as usize, self.avg as usize, self.max as usize);
+        // Powers of two, as every layout this side makes: the chunker
+        // needs even sizes, and cuts odd ones otherwise than it says.
         let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
             && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
             && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max)
+            && min.is_power_of_two()
+            && avg.is_power_of_two()
+            && max.is_power_of_two()
             && min < avg
             && avg < max;
         if ok {
@@ -242,8 +262,11 @@ impl Layout {
     pub fn check(&self) -> Result<(), DeltaError> {
         match *self {
             Layout::Chunks(p) => p.check(),
-            Layout::Blocks(0) => Err(DeltaError::BadBlockSize(0)),
-            Layout::Blocks(size) if size as usize > fastcdc::v2020::MAXIMUM_MAX => Err(DeltaError::BadBlockSize(size)),
+            Layout::Blocks(size)
+                if !size.is_power_of_two() || size < Self::BLOCK || size as usize > fastcdc::v2020::MAXIMUM_MAX =>
+            {
+                Err(DeltaError::BadBlockSize(size))
+            }
             Layout::Blocks(_) => Ok(()),
         }
     }
@@ -444,8 +467,22 @@ impl SignatureReader {
         if count > MAX_CHUNKS as u64 {
             return Err(DeltaError::TooManyChunks { count });
         }
-        // Room for what was announced, never more than the bound.
-        Ok(SignatureReader { layout, len, count, entries: Vec::with_capacity(count as usize), sum: 0 })
+        // As many entries as the layout cuts a file of `len` into: exactly
+        // for blocks, between the counts of all-largest and all-smallest
+        // chunks (the last one shorter) for chunks.
+        let (fewest, most) = match layout {
+            Layout::Blocks(size) => {
+                let n = len.div_ceil(u64::from(size));
+                (n, n)
+            }
+            Layout::Chunks(p) => (len.div_ceil(u64::from(p.max)), len.div_ceil(u64::from(p.min))),
+        };
+        if count < fewest || count > most {
+            return Err(DeltaError::SignatureLength { declared: len, entries: count });
+        }
+        // Room grows as entries come, not as announced.
+        let room = (count as usize).min(1 << 14);
+        Ok(SignatureReader { layout, len, count, entries: Vec::with_capacity(room), sum: 0 })
     }
 
     /// Takes the next frame of entries.
@@ -598,8 +635,19 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder against `old`.
-    pub fn new(old: &Signature) -> Encoder {
+    /// An encoder of a new file of `new_len` bytes against `old`.
+    ///
+    /// # Errors
+    ///
+    /// [`DeltaError::WrongLayout`]: the signature is not cut as
+    /// [`Layout::for_sizes`] says for the two lengths. The layout is not
+    /// the receiver's to choose: a tiny one would make the sender hash
+    /// its file in one-byte pieces.
+    pub fn new(old: &Signature, new_len: u64) -> Result<Encoder, DeltaError> {
+        let want = Layout::for_sizes(old.len, new_len);
+        if old.layout != want {
+            return Err(DeltaError::WrongLayout { got: old.layout, want });
+        }
         let mut index = HashMap::new();
         let mut blocks = Vec::new();
         match old.layout {
@@ -613,7 +661,7 @@ impl Encoder {
             }
             Layout::Blocks(_) => blocks = old.entries.iter().map(|(_, id)| *id).collect(),
         }
-        Encoder {
+        Ok(Encoder {
             cutter: Cutter::new(old.layout),
             layout: old.layout,
             index,
@@ -621,7 +669,7 @@ impl Encoder {
             old_len: old.len,
             ops: Vec::new(),
             matched: 0,
-        }
+        })
     }
 
     /// Feeds the next bytes of the new file.
@@ -674,8 +722,15 @@ fn place(ops: &mut Vec<Op>, matched: &mut u64, (layout, index, blocks, old_len):
             *l += len;
         }
         (Some(offset), _) => ops.push(Op::Copy { offset, len }),
-        (None, Some(Op::Data(bytes))) if bytes.len() + piece.len() <= MAX_DATA => bytes.extend_from_slice(piece),
-        (None, _) => ops.push(Op::Data(piece.to_vec())),
+        (None, _) => {
+            // In runs of at most MAX_DATA, joined to the one before.
+            for part in piece.chunks(MAX_DATA) {
+                match ops.last_mut() {
+                    Some(Op::Data(bytes)) if bytes.len() + part.len() <= MAX_DATA => bytes.extend_from_slice(part),
+                    _ => ops.push(Op::Data(part.to_vec())),
+                }
+            }
+        }
     }
     if found.is_some() {
         *matched += u64::from(len);
@@ -753,7 +808,7 @@ impl Patcher {
         if len == 0 {
             return Err(DeltaError::EmptyOp);
         }
-        if self.written + len > self.new_len {
+        if self.written.checked_add(len).is_none_or(|end| end > self.new_len) {
             return Err(DeltaError::TooLong { new_len: self.new_len });
         }
         let action = match op {

@@ -35,7 +35,7 @@ fn delta(old: &[u8], new: &[u8], piece: usize) -> (Vec<Op>, u64) {
         reader.push(&frame).unwrap();
     }
     let sig = reader.finish().unwrap();
-    let mut encoder = Encoder::new(&sig);
+    let mut encoder = Encoder::new(&sig, new.len() as u64).unwrap();
     let mut ops = Vec::new();
     for part in new.chunks(piece.max(1)) {
         encoder.feed(part);
@@ -109,9 +109,9 @@ fn runs_of_equal_chunks_index_once() {
     let old = vec![0u8; 16 << 20];
     let sig = index(&old, Layout::Chunks(Params::DEFAULT), 1 << 20);
     assert!(sig.entries.len() > 400);
-    let encoder = Encoder::new(&sig);
-    assert_eq!(encoder.index.len(), 1);
     let mut new = vec![0u8; 15 << 20];
+    let encoder = Encoder::new(&sig, new.len() as u64 + 4096).unwrap();
+    assert_eq!(encoder.index.len(), 1);
     new.extend_from_slice(&noise(4096, 9));
     let data = rebuilt(&old, &new, 1 << 20);
     assert!(data <= 4096 + (32 << 10), "{data}");
@@ -129,10 +129,21 @@ fn hostile_signatures_are_refused() {
         e.extend_from_slice(&[7; ID_LEN]);
         e
     };
+    // Odd sizes (the chunker needs even ones), a block under 8 KiB.
+    let odd = Layout::Chunks(Params { min: 2049, avg: 8192, max: 32768 });
+    assert!(matches!(SignatureReader::new(odd, 10, 1), Err(DeltaError::BadParams { .. })));
+    assert!(matches!(SignatureReader::new(Layout::Blocks(1), 10, 10), Err(DeltaError::BadBlockSize(1))));
+    // A count the layout cannot cut the file into, refused before anything
+    // is held for it.
+    assert!(matches!(SignatureReader::new(layout, 100_000, 3), Err(DeltaError::SignatureLength { .. })));
+    assert!(matches!(SignatureReader::new(layout, 100_000, 50), Err(DeltaError::SignatureLength { .. })));
+    let blocks = Layout::Blocks(Layout::BLOCK);
+    assert!(matches!(SignatureReader::new(blocks, 20_000, 2), Err(DeltaError::SignatureLength { .. })));
+    SignatureReader::new(blocks, 20_000, 3).unwrap();
     // A chunk longer than max, one shorter than min before the end.
-    let mut r = SignatureReader::new(layout, 100_000, 2).unwrap();
+    let mut r = SignatureReader::new(layout, 100_000, 4).unwrap();
     assert!(matches!(r.push(&entry(40_000)), Err(DeltaError::BadChunkLength { .. })));
-    let mut r = SignatureReader::new(layout, 100_000, 2).unwrap();
+    let mut r = SignatureReader::new(layout, 100_000, 4).unwrap();
     assert!(matches!(r.push(&entry(100)), Err(DeltaError::BadChunkLength { .. })));
     // More entries than announced; entries past the file; ragged.
     let mut r = SignatureReader::new(layout, 4096, 1).unwrap();
@@ -148,6 +159,29 @@ fn hostile_signatures_are_refused() {
 }
 
 #[test]
+fn the_layout_is_the_sizes_not_the_receivers() {
+    let old = noise(100_000, 11);
+    // Cut as blocks, though the sizes differ: a sender refuses it.
+    let sig = index(&old, Layout::Blocks(Layout::BLOCK), 4096);
+    assert!(matches!(Encoder::new(&sig, 100_001), Err(DeltaError::WrongLayout { .. })));
+    Encoder::new(&sig, 100_000).unwrap();
+}
+
+#[test]
+fn data_runs_never_pass_max_data() {
+    // A layout for a file of terabytes: pieces of 2 MiB that match nothing.
+    let layout = Layout::Blocks(2 << 20);
+    let mut ops = Vec::new();
+    let mut matched = 0;
+    let piece = noise(2 << 20, 12);
+    for k in 0..2u64 {
+        place(&mut ops, &mut matched, (&layout, &HashMap::new(), &[], 0), k * (2 << 20), &piece);
+    }
+    assert_eq!(ops.len(), 4);
+    assert!(ops.iter().all(|op| matches!(op, Op::Data(d) if d.len() == MAX_DATA)));
+}
+
+#[test]
 fn hostile_ops_are_refused() {
     let old = noise(1000, 6);
     let refused = |ops: &[Op], new_len: u64| apply_in_memory(&old, new_len, ops).unwrap_err();
@@ -156,6 +190,9 @@ fn hostile_ops_are_refused() {
     assert!(matches!(refused(&[Op::Copy { offset: 0, len: 0 }], 0), DeltaError::EmptyOp));
     assert!(matches!(refused(&[Op::Data(vec![1; 10])], 5), DeltaError::TooLong { new_len: 5 }));
     assert!(matches!(refused(&[Op::Data(vec![1; 10])], 11), DeltaError::TooShort { written: 10, new_len: 11 }));
+    let mut near_the_end = Patcher::new(1000, u64::MAX);
+    near_the_end.written = u64::MAX - 1;
+    assert!(matches!(near_the_end.apply(&Op::Data(vec![1; 10])), Err(DeltaError::TooLong { .. })));
     // The wire: an unknown tag, cut short, too long, empty.
     assert!(matches!(Op::decode_all(&[9]), Err(DeltaError::BadOp { at: 0 })));
     assert!(matches!(Op::decode_all(&[TAG_COPY, 0, 0]), Err(DeltaError::BadOp { at: 0 })));
