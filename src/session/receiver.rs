@@ -299,6 +299,12 @@ impl Received {
         self.hash
     }
 
+    /// Removes the partial file: nothing to resume (the same file landed
+    /// meanwhile).
+    pub fn discard(self) {
+        self.partial.discard();
+    }
+
     /// Compares the received data's hash with the sender's (hex); on a
     /// mismatch the partial file is removed and the received hash
     /// returned.

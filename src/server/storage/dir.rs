@@ -652,11 +652,27 @@ impl TreeSink for DirSink {
         }
         let received = match receiver.receive(s.reader(), &mut |_| {}).await {
             Ok(received) => received,
-            // A cut connection leaves the partial file for a resume.
-            Err(ReceiveError::Wire(e, _)) => return Err(e),
+            // A cut connection leaves the partial file for a resume, unless
+            // the same file (its size and time) landed meanwhile: a rerun's
+            // upload of it, while this connection, its client gone, still
+            // read what the client had sent before it went. Nothing is
+            // left to resume then, and the partial file would stay beside
+            // the file.
+            Err(ReceiveError::Wire(e, kept)) => {
+                if self.same_there(&need.path, need.size, need.mtime.wire_secs()) {
+                    kept.discard();
+                }
+                return Err(e);
+            }
             Err(ReceiveError::Write(e, _)) => return skip_file(s, Fault::io(&need.path, e)).await,
         };
-        let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
+        let Some(claimed) = read_checksum(s).await? else {
+            // Cut before the checksum: as above.
+            if self.same_there(&need.path, need.size, need.mtime.wire_secs()) {
+                received.discard();
+            }
+            return Ok(Got::Later { now: false });
+        };
         let hash = received.hash();
         match received.verify(&claimed) {
             Ok(received) => {
