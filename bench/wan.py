@@ -44,7 +44,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from transfer import BIN, ROOT  # noqa: E402
+from transfer import BIN, ROOT, Procs, ensure_tools  # noqa: E402
 
 SRV_IP, CLI_IP = "10.250.0.2", "10.250.0.1"
 
@@ -68,7 +67,7 @@ class Link:
         tag = f"{os.getpid() % 100000}"
         self.c, self.s = f"fwwan-c{tag}", f"fwwan-s{tag}"
         self.mbit, self.rtt_ms, self.work = mbit, rtt_ms, work
-        self.procs = []
+        self.procs = Procs()
         self.stats = os.path.join(work, f"wire-{mbit}.jsonl")
 
     def __enter__(self):
@@ -99,16 +98,13 @@ class Link:
                 "--delay-ms", str(self.rtt_ms / 2), "--queue", str(self.bdp), "--stats", self.stats]
         for local, remote in maps:
             args += ["--map", f"{local}:{SRV_IP}:{remote}"]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p = self.procs.start(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert p.stdout.readline().strip() == "ready"
-        self.procs.append(p)
 
     def in_server(self, cmd, **kw):
-        p = subprocess.Popen(["ip", "netns", "exec", self.s] + cmd, **kw)
-        self.procs.append(p)
-        return p
+        return self.procs.start(["ip", "netns", "exec", self.s] + cmd, **kw)
 
-    def in_client(self, cmd, **kw):
+    def in_client(self, cmd):
         return ["ip", "netns", "exec", self.c] + cmd
 
     def wire_bytes(self):
@@ -122,24 +118,9 @@ class Link:
         return total
 
     def __exit__(self, *exc):
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        self.procs.stop()
         sh("ip", "netns", "del", self.c, check=False)
         sh("ip", "netns", "del", self.s, check=False)
-
-
-def ensure_tools():
-    need = [t for t in ("iperf3", "rsync", "ssh") if not shutil.which(t)]
-    if need or not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        sh("apt-get", "update", "-qq", env=env)
-        sh("apt-get", "install", "-y", "-qq", "iperf3", "rsync", "openssh-server", "openssh-client",
-           env=env, stdout=subprocess.DEVNULL)
 
 
 def wait_in(ns, port, limit=10):

@@ -73,11 +73,7 @@ pub(crate) struct Base(Arc<(PathBuf, Root)>);
 #[derive(Debug)]
 pub(crate) struct KeptDir {
     base: Base,
-    /// Its path below the tree.
-    parent: String,
-    /// `None`: it could not be opened so (the files are opened as
-    /// [`Job::open_local`] does).
-    dir: Option<OwnedFd>,
+    kept: Option<crate::services::root::KeptDir>,
 }
 
 impl PartialEq for Base {
@@ -183,18 +179,12 @@ impl Job {
     pub(crate) fn open_local_in(&self, last: &mut Option<KeptDir>) -> io::Result<File> {
         let Some(base) = &self.base else { return crate::services::files::open_to_send(&self.local) };
         let rel = base.rel(&self.local)?;
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
-        if last.as_ref().is_none_or(|kept| !Arc::ptr_eq(&kept.base.0, &base.0) || kept.parent != parent) {
-            let dir = base.root().open_dir(parent).ok();
-            *last = Some(KeptDir { base: base.clone(), parent: parent.to_owned(), dir });
+        if last.as_ref().is_none_or(|k| !Arc::ptr_eq(&k.base.0, &base.0)) {
+            *last = Some(KeptDir { base: base.clone(), kept: None });
         }
-        if let Some(dir) = last.as_ref().and_then(|kept| kept.dir.as_ref()).filter(|_| !name.is_empty()) {
-            let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
-            if let Ok(fd) =
-                rustix::fs::openat(dir, &*crate::services::names::os(name), flags, rustix::fs::Mode::empty())
-            {
-                return Ok(File::from(fd));
-            }
+        let kept = &mut last.as_mut().expect("set just above").kept;
+        if let Some(fd) = base.root().open_by_name(&rel, kept) {
+            return Ok(File::from(fd));
         }
         Ok(File::from(base.root().open_beneath(&rel, OFlags::RDONLY | OFlags::NONBLOCK)?))
     }

@@ -223,27 +223,16 @@ impl Sandbox {
     /// # Errors
     ///
     /// As [`open`](Self::open).
-    pub fn open_in(
-        &self,
-        path: &str,
-        kept: &mut Option<(String, Option<OwnedFd>)>,
-    ) -> Result<(File, fs::Metadata), Fault> {
+    pub fn open_in(&self, path: &str, kept: &mut Option<super::root::KeptDir>) -> Result<(File, fs::Metadata), Fault> {
         let rel = Self::relative(path)?;
         if let (Some(name), false) = (rel.name(), rel.dir) {
-            let parent = rel.parent().join("/");
-            if kept.as_ref().is_none_or(|(p, _)| *p != parent) {
-                *kept = Some((parent.clone(), self.root.open_dir(&parent).ok()));
-            }
-            if let Some((_, Some(dir))) = kept.as_ref() {
-                let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
-                if let Ok(fd) = rustix::fs::openat(dir, &*super::names::os(name), flags, rustix::fs::Mode::empty()) {
-                    let file = File::from(fd);
-                    let meta = file.metadata().map_err(|e| fault(path, e))?;
-                    if meta.is_file() && is_partial_name(name.as_bytes()) {
-                        return Err(reserved(path));
-                    }
-                    return Ok((file, meta));
+            if let Some(fd) = self.root.open_by_name(&rel.joined(), kept) {
+                let file = File::from(fd);
+                let meta = file.metadata().map_err(|e| fault(path, e))?;
+                if meta.is_file() && is_partial_name(name.as_bytes()) {
+                    return Err(reserved(path));
                 }
+                return Ok((file, meta));
             }
         }
         self.open(path)

@@ -216,6 +216,27 @@ impl Root {
         }
     }
 
+    /// The file `rel` opened read-only and without waiting on a FIFO, by
+    /// its name in its directory, that directory kept in `kept` for the
+    /// next file (a tree's files come directory by directory, so most
+    /// opens skip the walk from the root); a symlink at the name is not
+    /// followed. `None` where that fails (a symlink there, a directory on
+    /// the way that cannot be opened so, a name that is not there): the
+    /// caller opens `rel` with [`open_beneath`](Self::open_beneath), as it
+    /// would have.
+    pub fn open_by_name(&self, rel: &str, kept: &mut Option<KeptDir>) -> Option<OwnedFd> {
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if name.is_empty() {
+            return None;
+        }
+        if kept.as_ref().is_none_or(|k| k.parent != parent) {
+            *kept = Some(KeptDir { parent: parent.to_owned(), dir: self.open_dir(parent).ok() });
+        }
+        let dir = kept.as_ref()?.dir.as_ref()?;
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+        rustix::fs::openat(dir, &*names::os(name), flags, Mode::empty()).ok()
+    }
+
     /// Opens the directory `rel` beneath the root, readable (usable as the
     /// base of `*at` calls and for `fsync`).
     ///
@@ -440,6 +461,16 @@ fn beneath() -> ResolveFlags {
 /// The non-empty components of a `/`-separated path.
 fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
     path.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec)
+}
+
+/// A directory of a [`Root`] kept open while files in it are opened one
+/// after another ([`Root::open_by_name`]).
+#[derive(Debug)]
+pub struct KeptDir {
+    /// Its path below the root.
+    parent: String,
+    /// `None`: it could not be opened so.
+    dir: Option<OwnedFd>,
 }
 
 /// The file a transfer writes before it is verified and committed.

@@ -421,7 +421,7 @@ fn plan_download_in(
     sb: &Sandbox,
     ctx_hashes: &files::HashCache,
     request: Get,
-    kept: &mut Option<(String, Option<OwnedFd>)>,
+    kept: &mut Option<crate::services::root::KeptDir>,
 ) -> Result<Planned, Fault> {
     let Get { path, offset, prefix_blake3, sparse } = request;
     let (file, meta) = sb.open_in(&path, kept)?;
