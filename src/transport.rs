@@ -499,3 +499,14 @@ pub(crate) fn send_file(
     }
     Ok(())
 }
+
+/// Whether `ip` is this machine's loopback (127.0.0.0/8, `::1`, or
+/// either mapped into the other family): a peer where bytes cost nothing
+/// to move, so that a delta transfer's reading and hashing would only add
+/// to the time.
+pub fn is_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}

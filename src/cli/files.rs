@@ -186,6 +186,14 @@ pub struct TransferArgs {
     /// Exclude the patterns in FILE, one a line (`#` comments).
     #[arg(long, value_name = "FILE")]
     exclude_from: Vec<PathBuf>,
+    /// Send a changed file as a delta (only the bytes the receiver's older
+    /// version lacks) even to this machine; by default deltas are used to
+    /// any other host, where the link costs more than the reading.
+    #[arg(long, conflicts_with = "whole_file")]
+    delta: bool,
+    /// Send changed files whole, never as deltas (rsync's -W).
+    #[arg(short = 'W', long)]
+    whole_file: bool,
     /// Tell files apart by BLAKE3 instead of size and modification time
     /// (the server reads files its hash cache lacks).
     #[arg(short = 'c', long)]
@@ -235,6 +243,16 @@ pub struct TransferArgs {
 }
 
 impl TransferArgs {
+    /// When changed files go as deltas (`--delta`, `-W`).
+    fn delta_mode(&self) -> framewire::client::DeltaMode {
+        use framewire::client::DeltaMode;
+        match (self.delta, self.whole_file) {
+            (true, _) => DeltaMode::Always,
+            (_, true) => DeltaMode::Never,
+            _ => DeltaMode::Auto,
+        }
+    }
+
     /// How to plan the copy these options ask for.
     fn plan_options(&self) -> anyhow::Result<PlanOptions> {
         let mut exclude = self.exclude.clone();
@@ -360,7 +378,7 @@ async fn on_hosts(
         super::fleet::Copying::Get { paths, dir: PathBuf::from(last.unwrap_or_else(|| ".".into())) }
     };
     let jobs = opts.jobs.map_or(super::config::DEFAULT_JOBS, usize::from);
-    let copy = CopyOptions::new(opts.force, jobs);
+    let copy = CopyOptions::new(opts.force, jobs).with_delta(opts.delta_mode());
     let fanout = fleet.fanout.map_or(framewire::client::fleet::DEFAULT_FANOUT, usize::from);
     let shown = super::fleet::CopyShown { json: fleet.json, quiet: opts.quiet };
     super::fleet::copy(hosts, what, opts.plan_options()?, copy, fanout, shown).await
@@ -608,13 +626,25 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
     let changes = if opts.itemize_changes { plan.changes.clone() } else { Vec::new() };
     let bars = Arc::new(Bars::new(&plan, opts.quiet));
     let jobs = opts.jobs.map(usize::from).or(jobs).unwrap_or(super::config::DEFAULT_JOBS);
-    let options = CopyOptions::new(opts.force, jobs);
+    let options = CopyOptions::new(opts.force, jobs).with_delta(opts.delta_mode());
     let summary = tree::run(endpoint, plan, &options, bars.clone()).await;
     if let Some(total) = &bars.total {
         total.finish_and_clear();
     }
-    let Summary { files, sent, resumed, elapsed, failures, unchanged, refused, deleted, skipped, replaced, not_kept } =
-        summary;
+    let Summary {
+        files,
+        sent,
+        resumed,
+        matched,
+        elapsed,
+        failures,
+        unchanged,
+        refused,
+        deleted,
+        skipped,
+        replaced,
+        not_kept,
+    } = summary;
     if !opts.quiet {
         for note in &not_kept {
             eprintln!("framewire: skipping {}", printable(note));
@@ -639,9 +669,14 @@ async fn copy(endpoint: &Endpoint, plan: Plan, opts: &TransferArgs, jobs: Option
         let secs = elapsed.as_secs_f64();
         let resumed =
             if resumed > 0 { format!(", {} resumed (not sent again)", HumanBytes(resumed)) } else { String::new() };
+        let matched = if matched > 0 {
+            format!(", {} not sent (the receiver had them: delta)", HumanBytes(matched))
+        } else {
+            String::new()
+        };
         let rate = HumanBytes((sent as f64 / secs.max(1e-3)) as u64);
         eprintln!(
-            "{files} file(s), {} transferred in {secs:.2} s ({rate}/s){resumed}, checksums verified",
+            "{files} file(s), {} transferred in {secs:.2} s ({rate}/s){resumed}{matched}, checksums verified",
             HumanBytes(sent)
         );
     }

@@ -298,7 +298,7 @@ impl PutAnswers {
             let offered = self.offsets.remove(&i).unwrap_or(0);
             let (resumed, blake3) = self.hashes.remove(&i).unwrap_or((offered, String::new()));
             if (i as usize) < self.len && !outcomes.known(i as usize) {
-                done.push((i as usize, Ok(Transfer { size: sizes(i as usize), resumed, blake3 })));
+                done.push((i as usize, Ok(Transfer { size: sizes(i as usize), resumed, blake3, matched: 0 })));
             }
         }
         for f in list.failed {

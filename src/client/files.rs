@@ -16,7 +16,7 @@ use crate::proto::{
 use crate::services::attrs::Wanted;
 use crate::services::files::{not_regular, open_to_send, received_mode};
 use crate::services::root::{local_parent, partial_name};
-use crate::session::{receive_body, ReceiveError, Receiver, SendError, Sender, Unproven};
+use crate::session::{delta, receive_body, ReceiveError, Receiver, SendError, Sender, Unproven};
 use crate::wire::{self, MAX_BUFFERED_BODY};
 
 /// Options of a transfer.
@@ -34,6 +34,27 @@ pub struct TransferOptions {
     /// Downloads in a tree: what this side does with the owners and
     /// extended attributes listed for each file.
     pub applying: crate::services::attrs::Applying,
+    /// Whether a file the receiver holds an older version of goes as a
+    /// delta (PROTOCOL.md §4.6.6).
+    pub delta: DeltaMode,
+    /// The length of the file on the other side, as a plan found it: an
+    /// upload's receiver's (the file it replaces), a download's source's.
+    /// A delta is tried only where it is known.
+    pub other_len: Option<u64>,
+}
+
+/// When a changed file goes as a delta: only the bytes the receiver's
+/// older version lacks cross the link (PROTOCOL.md §4.6.6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeltaMode {
+    /// Where the link is slower than building a delta: to any peer but
+    /// this machine (a loopback address), where bytes cost nothing.
+    #[default]
+    Auto,
+    /// Always (`--delta`).
+    Always,
+    /// Never: files go whole (`-W`, `--whole-file`).
+    Never,
 }
 
 impl TransferOptions {
@@ -76,6 +97,9 @@ pub struct Transfer {
     pub resumed: u64,
     /// BLAKE3 of the whole file, verified by the receiver (hex).
     pub blake3: String,
+    /// Bytes the receiver built from its older version of the file (a
+    /// delta), not sent.
+    pub matched: u64,
 }
 
 pub(super) fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
@@ -136,6 +160,56 @@ pub struct TreeListing {
 
 pub(super) fn join_err(e: tokio::task::JoinError) -> ClientError {
     ClientError::Wire(wire::Error::Io(std::io::Error::other(e)))
+}
+
+/// Why a transfer ended: with an error, or to be tried again whole (a
+/// delta that could not be built, or was built wrong).
+pub(super) enum Retry {
+    Whole,
+    Failed(ClientError),
+}
+
+impl From<ClientError> for Retry {
+    fn from(e: ClientError) -> Self {
+        Retry::Failed(e)
+    }
+}
+
+impl From<wire::Error> for Retry {
+    fn from(e: wire::Error) -> Self {
+        Retry::Failed(e.into())
+    }
+}
+
+impl From<Retry> for ClientError {
+    fn from(r: Retry) -> Self {
+        match r {
+            Retry::Failed(e) => e,
+            // Asked for only once; a second attempt goes whole.
+            Retry::Whole => ClientError::Unexpected { expected: "a file sent whole", got: "a retry".into() },
+        }
+    }
+}
+
+/// The file `name` in `dir` as the older version of one the sender has
+/// `theirs` bytes of, indexed for a delta (and hashed whole, so that the
+/// sender can tell an append): `None` if it is no regular file, or too
+/// small to be worth it, or cannot be read.
+fn older_version(
+    dir: &std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    theirs: u64,
+) -> Option<(std::fs::File, crate::delta::Signature, blake3::Hash)> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::openat(dir, name, flags, Mode::empty()).ok()?);
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || !delta::worth(meta.len(), theirs) {
+        return None;
+    }
+    let layout = crate::delta::Layout::for_sizes(meta.len(), theirs);
+    let (sig, hash) = delta::index(&file, meta.len(), layout).ok()?;
+    Some((file, sig, hash))
 }
 
 /// Why a download is refused where a directory has the file's name.
@@ -451,10 +525,44 @@ impl Client {
         &mut self,
         remote: &str,
         local: &Path,
-        place: impl FnOnce() -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> + Send + 'static,
+        place: impl FnOnce() -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> + Send + Clone + 'static,
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
+        let delta = match options.other_len {
+            Some(theirs) if self.wants_delta(options.delta) && theirs >= delta::DELTA_MIN => Some(theirs),
+            _ => None,
+        };
+        match self.get_once(remote, local, place.clone(), options, delta, progress).await {
+            // A delta that could not be built, or built wrong: the file
+            // again, whole, on the same connection.
+            Err(Retry::Whole) => {
+                self.get_once(remote, local, place, options, None, progress).await.map_err(Retry::into)
+            }
+            other => other.map_err(Retry::into),
+        }
+    }
+
+    /// Whether a transfer in `mode` goes as a delta to this server.
+    fn wants_delta(&self, mode: DeltaMode) -> bool {
+        match mode {
+            DeltaMode::Always => true,
+            DeltaMode::Never => false,
+            DeltaMode::Auto => !crate::transport::is_local(self.peer_addr().ip()),
+        }
+    }
+
+    /// [`get_into`](Self::get_into), once: as a delta from what is held
+    /// locally if `delta` (the source's length) says so.
+    async fn get_once(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        place: impl FnOnce() -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::OsString)> + Send + 'static,
+        options: &TransferOptions,
+        delta: Option<u64>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, Retry> {
         // Named in messages; the file itself is reached through its
         // directory's descriptor, its name never followed as a link.
         let shown = local.with_file_name(partial_name(local.file_name().unwrap_or_default()));
@@ -471,14 +579,22 @@ impl Client {
                 Ok(_) if !force => return Ok(Err(ClientError::LocalExists(target))),
                 _ => {}
             }
-            Receiver::open(dir, &name).map(Ok)
+            // The older version, indexed, for a delta: read through its
+            // directory, never following a link.
+            let basis = delta.and_then(|theirs| older_version(&dir, &name, theirs));
+            Receiver::open(dir, &name).map(|r| Ok((r, basis)))
         })
         .await
         .map_err(join_err)?
         .map_err(local_err(&shown))?;
-        let mut receiver = opened?;
+        let (mut receiver, basis) = opened?;
         let (offset, prefix_blake3) = receiver.offer();
-        self.session.send(&Get { path: remote.to_owned(), offset, prefix_blake3, sparse: true }, &[]).await?;
+        let asked = basis.as_ref().map(|(_, sig, hash)| delta::basis_of(sig, Some(hash.to_hex().to_string())));
+        let get = Get { path: remote.to_owned(), offset, prefix_blake3, sparse: true, basis: asked };
+        self.session.send(&get, &[]).await?;
+        if let Some((_, sig, _)) = &basis {
+            delta::send_signature(&mut self.session, sig).await?;
+        }
         let head: FileReply = match self.answer().await {
             Ok(head) => head,
             Err(e) => {
@@ -487,17 +603,25 @@ impl Client {
                 if receiver.held() == 0 {
                     receiver.discard();
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
-        let FileReply { size, offset, mode, mtime, mtime_ns, holes, .. } = head;
+        let FileReply { size, offset, mode, mtime, mtime_ns, holes, delta: is_delta, .. } = head;
+        if is_delta && basis.is_none() {
+            self.session.abandon().await;
+            return Err(ClientError::Unexpected {
+                expected: "a file whole (no basis was sent)",
+                got: "a delta".into(),
+            }
+            .into());
+        }
         if !receiver.agree(offset).map_err(local_err(&shown))? {
             self.session.abandon().await;
-            return Err(ClientError::Unexpected { expected: "a file from our offset or 0", got: "file".into() });
+            return Err(ClientError::Unexpected { expected: "a file from our offset or 0", got: "file".into() }.into());
         }
         if let Err(why) = receiver.with_holes(holes, size) {
             self.session.abandon().await;
-            return Err(ClientError::Unexpected { expected: "holes within the file", got: why.into() });
+            return Err(ClientError::Unexpected { expected: "holes within the file", got: why.into() }.into());
         }
         // A full disk shows now rather than in the middle: the body is
         // coming, so the connection is given up. Holes are counted as
@@ -506,32 +630,81 @@ impl Client {
         if let Err(e) = receiver.check_room(offset, size) {
             receiver.discard();
             self.session.abandon().await;
-            return Err(local_err(&shown)(e));
+            return Err(local_err(&shown)(e).into());
         }
         let mut at = Progress { size, resumed: offset, done: 0 };
-        let received = receiver
-            .receive(self.session.reader(), &mut |n| {
-                at.done = n;
-                progress(at);
-            })
-            .await;
-        let received = match received {
-            Ok(received) => received,
-            Err(ReceiveError::Wire(e, _)) => return Err(e.into()),
-            Err(ReceiveError::Write(e, _)) => {
-                // The rest of the body is not worth fetching: this
-                // connection is out of step now, and closing it says so to
-                // both sides.
-                self.session.abandon().await;
-                return Err(local_err(&shown)(e));
+        let mut matched = 0;
+        let received = match basis {
+            Some((old, sig, _)) if is_delta => {
+                let patch = receiver.patch(old, sig.len, size);
+                let built = delta::receive_ops(&mut self.session, patch, &mut |n| {
+                    at.done = n.saturating_sub(offset);
+                    progress(at);
+                })
+                .await;
+                let finished = built.and_then(|p| {
+                    matched = p.copied();
+                    p.finish().map_err(|e| (e, None))
+                });
+                match finished {
+                    Ok(received) => received,
+                    Err((delta::DeltaFailed::BasisChanged(_), _)) => {
+                        // Our older version changed under the delta: the
+                        // checksum is read (in step still), and the file
+                        // fetched again whole.
+                        let Checksum { .. } = self.answer().await?;
+                        return Err(Retry::Whole);
+                    }
+                    Err((delta::DeltaFailed::Wire(e), _)) => return Err(ClientError::from(e).into()),
+                    Err((delta::DeltaFailed::Closed, _)) => return Err(ClientError::Closed.into()),
+                    Err((delta::DeltaFailed::Bad(e), _)) => {
+                        self.session.abandon().await;
+                        return Err(
+                            ClientError::Unexpected { expected: "a delta that fits", got: e.to_string() }.into()
+                        );
+                    }
+                    Err((delta::DeltaFailed::Io(e), patch)) => {
+                        if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+                            if let Some(patch) = patch {
+                                patch.discard();
+                            }
+                        }
+                        self.session.abandon().await;
+                        return Err(local_err(&shown)(e).into());
+                    }
+                }
+            }
+            _ => {
+                let received = receiver
+                    .receive(self.session.reader(), &mut |n| {
+                        at.done = n;
+                        progress(at);
+                    })
+                    .await;
+                match received {
+                    Ok(received) => received,
+                    Err(ReceiveError::Wire(e, _)) => return Err(ClientError::from(e).into()),
+                    Err(ReceiveError::Write(e, _)) => {
+                        // The rest of the body is not worth fetching: this
+                        // connection is out of step now, and closing it says so to
+                        // both sides.
+                        self.session.abandon().await;
+                        return Err(local_err(&shown)(e).into());
+                    }
+                }
             }
         };
         let Checksum { blake3: expected } = self.answer().await?;
-        let received = received.verify(&expected).map_err(|got| ClientError::ChecksumMismatch {
-            path: remote.to_owned(),
-            expected: expected.clone(),
-            got,
-        })?;
+        let received = match received.verify(&expected) {
+            Ok(received) => received,
+            // Built wrong (a chunk id that collided): fetched again whole.
+            Err(_) if is_delta => return Err(Retry::Whole),
+            Err(got) => {
+                return Err(
+                    ClientError::ChecksumMismatch { path: remote.to_owned(), expected: expected.clone(), got }.into()
+                )
+            }
+        };
         let got = received.hash().to_hex().to_string();
         // A server that sends no mode sends 0.
         let mode = received_mode(if mode == 0 { 0o666 } else { mode });
@@ -552,11 +725,13 @@ impl Client {
             received.commit(mode, force).map(|_| ())
         };
         match spawn_blocking(commit).await.map_err(join_err)? {
-            Ok(()) => Ok(Transfer { size, resumed: offset, blake3: got }),
+            Ok(()) => Ok(Transfer { size, resumed: offset, blake3: got, matched }),
             // Something appeared under the name meanwhile: never replaced
             // without `force`.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::LocalExists(local.to_owned())),
-            Err(e) => Err(local_err(local)(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(ClientError::LocalExists(local.to_owned()).into())
+            }
+            Err(e) => Err(local_err(local)(e).into()),
         }
     }
 
@@ -575,7 +750,7 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
         // A stream has no holes: the body comes whole (`sparse` unasked).
-        let get = Get { path: remote.to_owned(), offset: 0, prefix_blake3: None, sparse: false };
+        let get = Get { path: remote.to_owned(), offset: 0, prefix_blake3: None, sparse: false, basis: None };
         self.session.send(&get, &[]).await?;
         let FileReply { size, .. } = self.answer().await?;
         let mut at = Progress { size, resumed: 0, done: 0 };
@@ -596,7 +771,7 @@ impl Client {
         if got != expected {
             return Err(ClientError::ChecksumMismatch { path: remote.to_owned(), expected, got });
         }
-        Ok(Transfer { size, resumed: 0, blake3: got })
+        Ok(Transfer { size, resumed: 0, blake3: got, matched: 0 })
     }
 
     /// Uploads the local file `local` to `remote`.
@@ -644,14 +819,60 @@ impl Client {
         let (mtime, mtime_ns) = (Some(stamp.wire_secs()), stamp.fraction_ns());
         let backup = options.backup.clone();
         let asked = backup.is_some();
-        let put =
-            Put { path: remote.to_owned(), size, force: options.force, mode: Some(mode), mtime, mtime_ns, backup };
+        // A delta, where the receiver holds an older version worth one:
+        // with our first bytes' hash if it is shorter, for it to tell an
+        // append.
+        let (file, ask) = match options.other_len {
+            Some(held) if self.wants_delta(options.delta) && delta::worth(held, size) => {
+                let (file, append) = spawn_blocking(move || {
+                    let mut file = file;
+                    let append = (held < size)
+                        .then(|| crate::services::files::hash_prefix(&mut file, held).map(|h| h.finalize()))
+                        .transpose();
+                    (file, append)
+                })
+                .await
+                .map_err(join_err)?;
+                let append = append.map_err(local_err(local))?;
+                let append = append.map(|h| crate::proto::Prefix { len: held, blake3: h.to_hex().to_string() });
+                (file, Some(crate::proto::DeltaAsk { append }))
+            }
+            _ => (file, None),
+        };
+        let put = Put {
+            path: remote.to_owned(),
+            size,
+            force: options.force,
+            mode: Some(mode),
+            mtime,
+            mtime_ns,
+            backup,
+            delta: ask.clone(),
+        };
         self.session.send(&put, &[]).await?;
-        let PutReady { offset, prefix_blake3, backup: kept, sparse } = self.answer().await?;
+        let PutReady { offset, prefix_blake3, backup: kept, sparse, basis } = self.answer().await?;
         if asked && !kept {
             // The body cannot be left unsent on this connection.
             self.session.abandon().await;
             return Err(ClientError::NoBackups);
+        }
+        if let Some(basis) = basis {
+            let Some(ask) = ask else {
+                self.session.abandon().await;
+                return Err(ClientError::Unexpected { expected: "put_ready without a basis", got: "a basis".into() });
+            };
+            let again = file.try_clone().map_err(local_err(local))?;
+            let held = (offset, prefix_blake3);
+            match self.put_delta(file, (local, size), held, (basis, ask), progress).await {
+                Ok(done) => return Ok(done),
+                // Built wrong, or from a file that changed meanwhile: sent
+                // again whole, on the same connection.
+                Err(Retry::Whole) => {
+                    let whole = TransferOptions { delta: DeltaMode::Never, ..options.clone() };
+                    return Box::pin(self.put_file(again, local, remote, &whole, progress)).await;
+                }
+                Err(Retry::Failed(e)) => return Err(e),
+            }
         }
         let shared = self.shared_reads.clone();
         let sender = spawn_blocking(move || {
@@ -711,6 +932,94 @@ impl Client {
         let hash = hash.to_hex().to_string();
         self.session.send(&Checksum { blake3: hash.clone() }, &[]).await?;
         let PutDone { .. } = self.answer().await?;
-        Ok(Transfer { size, resumed: from, blake3: hash })
+        Ok(Transfer { size, resumed: from, blake3: hash, matched: 0 })
+    }
+
+    /// The body of an upload as a delta from the server's older version
+    /// (`basis`, answering `ask`), from where what it holds of an earlier
+    /// attempt (`held`: its length and hash) leaves off, if that is the
+    /// start of this file.
+    async fn put_delta(
+        &mut self,
+        file: std::fs::File,
+        (local, size): (&Path, u64),
+        (offset, prefix_blake3): (u64, Option<String>),
+        (basis, ask): (crate::proto::Basis, crate::proto::DeltaAsk),
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, Retry> {
+        let plan = if basis.append {
+            if ask.append.as_ref().is_none_or(|p| p.len != basis.len) {
+                self.session.abandon().await;
+                let got = format!("an append to {} bytes", basis.len);
+                return Err(ClientError::Unexpected { expected: "an append to the prefix we sent", got }.into());
+            }
+            delta::Plan::Append(basis.len)
+        } else {
+            match delta::read_signature(&mut self.session, &basis).await {
+                Ok(sig) => delta::Plan::Against(sig),
+                Err(delta::DeltaFailed::Wire(e)) => return Err(e.into()),
+                Err(delta::DeltaFailed::Closed) => return Err(ClientError::Closed.into()),
+                Err(e) => {
+                    self.session.abandon().await;
+                    return Err(
+                        ClientError::Unexpected { expected: "a signature that fits", got: e.to_string() }.into()
+                    );
+                }
+            }
+        };
+        if let Err(e) = plan.check(size) {
+            self.session.abandon().await;
+            return Err(ClientError::Unexpected { expected: "a signature that fits", got: e.to_string() }.into());
+        }
+        // Resumed only if what the server holds is the start of this file.
+        let (file, from) = spawn_blocking(move || {
+            let mut file = file;
+            let same = match &prefix_blake3 {
+                Some(theirs) if offset > 0 && offset <= size => crate::services::files::hash_prefix(&mut file, offset)
+                    .is_ok_and(|h| h.finalize().to_hex().as_str() == theirs),
+                _ => false,
+            };
+            (file, if same { offset } else { 0 })
+        })
+        .await
+        .map_err(join_err)?;
+        self.session.send(&crate::proto::PutDelta { offset: from }, &[]).await?;
+        let mut report = |done| progress(Progress { size, resumed: from, done });
+        let outcome = {
+            let (reader, mut writer) = self.session.halves();
+            let sending = delta::send_ops(&mut writer, file, size, plan, from, &mut report);
+            let answer = reader.read_head::<Answer<PutDone>>();
+            tokio::select! {
+                sent = sending => Ok(sent),
+                early = answer => Err(early),
+            }
+        };
+        let sent = match outcome {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(delta::DeltaFailed::Wire(e))) => return Err(e.into()),
+            Ok(Err(e)) => {
+                // The frames cannot be finished: the connection cannot go on.
+                self.session.abandon().await;
+                return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::other(e) }.into());
+            }
+            Err(early) => {
+                self.session.abandon().await;
+                return Err(match early? {
+                    Some((Answer::Refused(e), _)) => e.into(),
+                    Some((Answer::Ok(_), _)) => {
+                        ClientError::Unexpected { expected: "no answer before the checksum", got: "put_done".into() }
+                    }
+                    None => ClientError::Closed,
+                }
+                .into());
+            }
+        };
+        let hash = sent.hash.to_hex().to_string();
+        self.session.send(&Checksum { blake3: hash.clone() }, &[]).await?;
+        match self.answer::<PutDone>().await {
+            Ok(_) => Ok(Transfer { size, resumed: from, blake3: hash, matched: sent.matched }),
+            Err(ClientError::Remote { code: crate::proto::ErrorCode::ChecksumMismatch, .. }) => Err(Retry::Whole),
+            Err(e) => Err(e.into()),
+        }
     }
 }

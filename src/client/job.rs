@@ -43,6 +43,9 @@ pub struct Job {
     /// The receiver has a different, older file under the name (or the
     /// copy is forced): replace it.
     pub replace: bool,
+    /// The length of the regular file the receiver holds under the name,
+    /// as planned: an older version a delta may be built from.
+    pub held: Option<u64>,
     /// The source's BLAKE3 (hex), when `checksum` asked the server for it.
     pub blake3: Option<String>,
     /// Its owner and extended attributes at the source, as the copy

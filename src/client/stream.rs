@@ -683,6 +683,7 @@ impl Landing {
                     size: job.size,
                     resumed: self.held.get(&i).copied().unwrap_or(0),
                     blake3: hash.to_hex().to_string(),
+                    matched: 0,
                 }),
                 Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     Err(ClientError::LocalExists(job.local.clone()))

@@ -516,6 +516,7 @@ impl Plan {
         match sync::decide(held, (job.size, job.mtime), same, existing, force) {
             Verdict::Send { replace } => {
                 job.replace |= replace;
+                job.held = receiver.flatten().map(|(size, ..)| size);
                 if self.itemize {
                     self.changes.push(Change::file(self.direction, &job, receiver, differs));
                 }
@@ -1172,6 +1173,7 @@ pub async fn plan_get(
                 mtime_ns: entry.mtime_ns,
                 mode: entry.mode,
                 replace: false,
+                held: None,
                 blake3: entry.blake3.clone(),
                 attrs: None,
                 owner: None,
@@ -1286,6 +1288,7 @@ pub async fn plan_get(
                     mtime_ns: e.mtime_ns,
                     mode: e.mode,
                     replace: false,
+                    held: None,
                     blake3: e.blake3.clone(),
                     attrs: e.attrs.clone(),
                     owner: None,
@@ -1702,6 +1705,7 @@ async fn plan_one_put(
         mtime_ns: Stamp::of_meta(meta).wire_ns(),
         mode,
         replace: false,
+        held: None,
         blake3: None,
         attrs: None,
         owner: None,
@@ -1865,6 +1869,7 @@ fn walk(
                     mtime_ns: Stamp::of_stat(&st).wire_ns(),
                     mode: st.st_mode as u32 & 0o777,
                     replace: false,
+                    held: None,
                     blake3: None,
                     // Those of what a link (-L) leads to are not read.
                     attrs: if kind == FileType::Symlink { None } else { attrs },
@@ -1911,18 +1916,26 @@ pub struct CopyOptions {
     /// §4.6.3; the default), or copy them one request each, as a server
     /// without streamed transfers is copied to anyway.
     pub streamed: bool,
+    /// When a changed file goes as a delta.
+    pub delta: super::DeltaMode,
 }
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { force: false, jobs: 4, streamed: true }
+        CopyOptions { force: false, jobs: 4, streamed: true, delta: super::DeltaMode::Auto }
     }
 }
 
 impl CopyOptions {
     /// Options with `force` and `jobs` as given, streamed.
     pub fn new(force: bool, jobs: usize) -> Self {
-        CopyOptions { force, jobs, streamed: true }
+        CopyOptions { force, jobs, streamed: true, delta: super::DeltaMode::Auto }
+    }
+
+    /// The same, sending changed files as deltas as `delta` says.
+    pub fn with_delta(mut self, delta: super::DeltaMode) -> Self {
+        self.delta = delta;
+        self
     }
 
     /// The same, streamed or one request per file (see
@@ -1940,6 +1953,9 @@ pub struct Summary {
     pub files: usize,
     /// Bytes sent over the network.
     pub sent: u64,
+    /// Bytes the receiver built from its older versions (deltas), not
+    /// sent.
+    pub matched: u64,
     /// Bytes that were already there (resumed) and not sent again.
     pub resumed: u64,
     /// How long the copy took.
@@ -2036,6 +2052,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
             let mut how =
                 TransferOptions::force(options.force).with_backups(backup_remote.clone(), backup_local.clone());
             how.applying = applying;
+            how.delta = options.delta;
             tasks.spawn(async move {
                 share_worker(&endpoint, direction, share, (&how, streamed), &*observer, &totals).await
             });
@@ -2051,6 +2068,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     summary.files = done.files;
     summary.sent = done.sent;
     summary.resumed = done.resumed;
+    summary.matched = done.matched;
     summary.failures.extend(done.failures);
     summary.unchanged += done.unchanged;
     summary.refused.extend(done.refused);
@@ -2452,8 +2470,9 @@ fn tally(t: &mut Summary, job: &Job, direction: Direction, outcome: Result<Trans
     match outcome {
         Ok(done) => {
             t.files += 1;
-            t.sent += done.size - done.resumed;
+            t.sent += (done.size - done.resumed).saturating_sub(done.matched);
             t.resumed += done.resumed;
+            t.matched += done.matched;
         }
         Err(error) => t.failures.push(Failure { path: job.source(direction), error }),
     }
@@ -2471,7 +2490,13 @@ async fn copy_one(
         *client = Some(endpoint.connect().await?);
     }
     let c = client.as_mut().expect("connected");
-    let options = TransferOptions { force: how.force || job.replace, ..how.clone() };
+    // A delta's other length: the receiver's file for an upload, the
+    // source's for a download.
+    let other_len = match direction {
+        Direction::Put => job.held,
+        Direction::Get => Some(job.size),
+    };
+    let options = TransferOptions { force: how.force || job.replace, other_len, ..how.clone() };
     match direction {
         Direction::Get => {
             let j = job.clone();

@@ -161,7 +161,7 @@ pub enum DeltaError {
 }
 
 /// FastCDC's chunk sizes, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     /// The smallest chunk (but a file's last).
     pub min: u32,
@@ -221,7 +221,7 @@ impl Params {
 }
 
 /// How a file is cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
     /// Content-defined chunks.
@@ -795,6 +795,12 @@ impl Patcher {
     /// `old_len`.
     pub fn new(old_len: u64, new_len: u64) -> Patcher {
         Patcher { old_len, new_len, written: 0 }
+    }
+
+    /// A patcher whose new file already holds its first `written` bytes
+    /// (a resumed transfer: the ops make the rest).
+    pub fn resuming(old_len: u64, new_len: u64, written: u64) -> Patcher {
+        Patcher { old_len, new_len, written: written.min(new_len) }
     }
 
     /// What to do for `op`.

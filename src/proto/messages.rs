@@ -261,7 +261,19 @@ messages! {
 
     /// Request: download a file, from `offset` on.
     Get = "get", ToServer, none, cold,
-        example: Get { path: "a".into(), offset: 4, prefix_blake3: Some("ab".into()), sparse: true };
+        example: Get {
+            path: "a".into(),
+            offset: 4,
+            prefix_blake3: Some("ab".into()),
+            sparse: true,
+            basis: Some(super::Basis {
+                len: 9,
+                append: false,
+                blake3: Some("ef".into()),
+                layout: Some(crate::delta::Layout::Blocks(8192)),
+                count: 2,
+            }),
+        };
     {
         /// Path relative to the served root.
         path: String,
@@ -275,6 +287,11 @@ messages! {
         /// The client takes a body with `holes` (PROTOCOL.md §4.6.5).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         sparse: bool,
+        /// The client holds an older version of the file: its signature
+        /// follows in `count` entries of [`SignatureFrame`]s, and the
+        /// server may answer with a delta (PROTOCOL.md §4.6.6).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        basis: Option<super::Basis>,
     }
 
     /// Reply to [`Get`]: bytes `offset..size` follow as the body, then a
@@ -288,6 +305,7 @@ messages! {
             mode: 0o644,
             mtime_ns: Some(2_000_000_001),
             holes: Some(vec![[1, 3]]),
+            delta: false,
         };
     {
         /// Body length (`size - offset`).
@@ -312,6 +330,11 @@ messages! {
         /// (only where the `get` said `sparse`; PROTOCOL.md §4.6.5).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         holes: Option<Vec<[u64; 2]>>,
+        /// The body is empty: `delta` frames follow instead, building
+        /// bytes `offset..size` from the client's `basis` (PROTOCOL.md
+        /// §4.6.6).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
     }
 
     /// Trailer of a transfer, from whichever side sent the file: BLAKE3
@@ -332,6 +355,7 @@ messages! {
             mtime: Some(1_767_225_600),
             mtime_ns: Some(1_767_225_600_000_000_001),
             backup: Some(super::Backup { dir: None, of: String::new(), suffix: "~".into() }),
+            delta: Some(super::DeltaAsk { append: Some(super::Prefix { len: 3, blake3: "ab".into() }) }),
         };
     {
         /// Path relative to the served root.
@@ -356,12 +380,22 @@ messages! {
         /// says so in `put_ready`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backup: Option<super::Backup>,
+        /// The client takes a delta: the server may answer that it holds
+        /// an older version (`put_ready.basis`; PROTOCOL.md §4.6.6).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<super::DeltaAsk>,
     }
 
     /// Reply to [`Put`]: the server holds `offset` bytes of an earlier,
     /// interrupted upload of this path.
     PutReady = "put_ready", ToClient, none, cold,
-        example: PutReady { offset: 4, prefix_blake3: Some("ab".into()), backup: true, sparse: true };
+        example: PutReady {
+            offset: 4,
+            prefix_blake3: Some("ab".into()),
+            backup: true,
+            sparse: true,
+            basis: Some(super::Basis { len: 3, append: true, blake3: None, layout: None, count: 0 }),
+        };
     {
         /// Bytes already held.
         #[serde(default)]
@@ -377,6 +411,11 @@ messages! {
         /// The server takes a body with `holes` (PROTOCOL.md §4.6.5).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         sparse: bool,
+        /// The server holds an older version of the file (`put.delta`
+        /// asked): the upload may come as a delta ([`PutDelta`]). Its
+        /// signature follows in `count` entries of [`SignatureFrame`]s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        basis: Option<super::Basis>,
     }
 
     /// Upload data: bytes `offset..size` of the file, then a [`Checksum`]
@@ -400,6 +439,36 @@ messages! {
     {
         /// Final size.
         size: u64,
+    }
+
+    /// Entries of a signature (PROTOCOL.md §4.6.6): 12 bytes each, a
+    /// chunk's length (`u32`, big endian) and the first 8 bytes of its
+    /// BLAKE3; at most [`crate::session::delta::SIGNATURE_FRAME_ENTRIES`] a frame.
+    SignatureFrame = "signature", ToBoth, body, cold, example: SignatureFrame { len: 24 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
+    }
+
+    /// Upload, after a `put_ready` with a `basis`: bytes `offset..size`
+    /// of the file come as [`DeltaFrame`]s built from it, then a
+    /// [`Checksum`] of the whole file.
+    PutDelta = "put_delta", ToServer, none, cold, example: PutDelta { offset: 4 };
+    {
+        /// Where the new bytes start: the `put_ready` offset, or 0.
+        #[serde(default)]
+        offset: u64,
+    }
+
+    /// Ops of a delta (PROTOCOL.md §4.6.6): copies of the receiver's
+    /// older version and new bytes, in order; frames follow until the
+    /// file is whole.
+    DeltaFrame = "delta", ToBoth, body, cold, example: DeltaFrame { len: 13 };
+    {
+        /// Body length.
+        #[serde(default)]
+        len: u64,
     }
 
     /// Request: create a directory and any missing parents (`mkdir -p`).
@@ -838,6 +907,10 @@ messages! {
 
 impl ToServer for Checksum {}
 impl ToClient for Checksum {}
+impl ToServer for SignatureFrame {}
+impl ToClient for SignatureFrame {}
+impl ToServer for DeltaFrame {}
+impl ToClient for DeltaFrame {}
 impl ToServer for Wants {}
 impl ToClient for Wants {}
 impl ToServer for WantsEnd {}

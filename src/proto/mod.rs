@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 pub use message::{Message, ToBoth, ToClient, ToServer};
 pub use messages::*;
 pub use sets::{
-    Answer, AuthInput, ExecInput, ExecOutput, ListingOutput, Request, TreeGetInput, TreeGetOutput, TreePutInput,
-    TreePutOutput,
+    Answer, AuthInput, ExecInput, ExecOutput, ListingOutput, PutInput, Request, TreeGetInput, TreeGetOutput,
+    TreePutInput, TreePutOutput,
 };
 pub use tree::{
     entry_weight, frames, CommitList, Failed, ManifestEntry, Want, WantList, TREE_PART_ENTRIES, TREE_PART_MAX,
@@ -84,6 +84,49 @@ pub struct Backup {
     /// without `dir`, nothing with it).
     #[serde(default)]
     pub suffix: String,
+}
+
+/// A delta transfer asked for in a `put` (PROTOCOL.md §4.6.6): the
+/// server may answer that it holds an older version of the file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeltaAsk {
+    /// The client's first `len` bytes and their BLAKE3 (hex), where the
+    /// server's file is `len` bytes long and shorter than the new one: if
+    /// that is the server's whole file, the new one is an append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<Prefix>,
+}
+
+/// The first `len` bytes of a file and their BLAKE3 (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prefix {
+    /// Bytes.
+    pub len: u64,
+    /// Their BLAKE3, lower-case hex.
+    pub blake3: String,
+}
+
+/// The receiver's older version of a file, which a delta transfer builds
+/// the new one from (PROTOCOL.md §4.6.6): `put_ready.basis` (the server
+/// receives) and `get.basis` (the client receives).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Basis {
+    /// Its length.
+    pub len: u64,
+    /// `put_ready`: the whole of it is the start of the new file (the
+    /// `put.delta.append` prefix matched): no signature follows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append: bool,
+    /// `get`: its whole-file BLAKE3 (hex), so that the server can tell an
+    /// append without a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// How it is cut (absent with `append`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<crate::delta::Layout>,
+    /// Entries of its signature, which follow in `signature` frames.
+    #[serde(default)]
+    pub count: u64,
 }
 
 /// `parts` joined by `/`, without empty or `.` components.

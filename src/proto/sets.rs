@@ -20,6 +20,11 @@ set! {
 }
 
 set! {
+    /// What a server reads after its `put_ready`.
+    PutInput: "put_data or put_delta (after put_ready)", known KINDS, tags Tag, { PutData, PutDelta }
+}
+
+set! {
     /// What a server reads after its `auth_challenge`.
     AuthInput: "auth_response, auth_publickey or auth_offer", known KINDS, tags Tag, { AuthResponse, AuthPublickey, AuthOffer }
 }

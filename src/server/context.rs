@@ -29,6 +29,8 @@ pub(crate) struct Context {
     pub failed_logins: FailedLogins,
     /// Whole-file hashes already computed, by file version.
     pub hashes: Arc<HashCache>,
+    /// Signatures of files uploads replaced, by file version.
+    pub signatures: Arc<crate::session::delta::SignatureCache>,
     /// [`Config::accept_env`] as a matcher, built once.
     pub accept_env: globset::GlobSet,
 }

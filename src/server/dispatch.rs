@@ -159,7 +159,10 @@ macro_rules! on_root {
     ($ctx:expr, $served:expr, $rights:expr, $st:ident => $body:expr) => {
         match $served {
             Served::Dir(sb) => {
-                let $st = &Guarded { inner: &Dir { sb, hashes: &$ctx.hashes }, rights: $rights };
+                let $st = &Guarded {
+                    inner: &Dir { sb, hashes: &$ctx.hashes, signatures: &$ctx.signatures },
+                    rights: $rights,
+                };
                 $body
             }
             #[cfg(feature = "s3")]

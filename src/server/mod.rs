@@ -195,6 +195,7 @@ async fn run(
         tls,
         failed_logins: context::FailedLogins::default(),
         hashes: Arc::default(),
+        signatures: Arc::default(),
     });
     let shared = Arc::new(Shared {
         ctx,

@@ -1644,7 +1644,7 @@ const HASH_BUF: usize = 256 * 1024;
 
 /// What identifies one version of a file's contents: any write changes
 /// its size, mtime or (unforgeably) ctime; a replacement changes its inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Version {
     dev: u64,
     ino: u64,

@@ -18,6 +18,7 @@
 
 mod batch;
 mod body;
+pub mod delta;
 mod receiver;
 mod sender;
 mod shared;

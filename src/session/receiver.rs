@@ -158,6 +158,14 @@ impl Receiver {
         self.partial.discard();
     }
 
+    /// The body comes as a delta from `old` (`old_len` bytes, the older
+    /// version): a [`Patch`](super::delta::Patch) that builds the file of
+    /// `new_len` bytes after what is held (agreed already).
+    pub fn patch(self, old: File, old_len: u64, new_len: u64) -> super::delta::Patch {
+        let Receiver { partial, held, hasher, .. } = self;
+        super::delta::Patch::new(partial.take_file(), (held, hasher), (old, old_len), new_len)
+    }
+
     /// The body (of the file of `size` bytes, starting where agreed)
     /// leaves out these holes, checked ([`super::sparse::check`]): its
     /// data runs are written where they belong, the holes left unwritten.
@@ -294,6 +302,12 @@ pub struct Received {
 }
 
 impl Received {
+    /// A file built in its partial file (a delta), whose bytes hash to
+    /// `hash`.
+    pub(super) fn built(partial: Partial, hash: blake3::Hash) -> Received {
+        Received { partial, hash, pending: None, mtime: None }
+    }
+
     /// The BLAKE3 of the whole file as received.
     pub fn hash(&self) -> blake3::Hash {
         self.hash

@@ -5,11 +5,12 @@
 
 use super::super::storage::{mismatch, Body, Download as _, NotFinished, NotReceived, Storage, Upload};
 use crate::proto::{
-    Backup, Checksum, Get, List, ListReply, Mkdir, MkdirReply, Put, PutData, PutDone, PutReady, Remove, RemoveReply,
+    Backup, Checksum, Get, List, ListReply, Mkdir, MkdirReply, Put, PutDone, PutInput, PutReady, Remove, RemoveReply,
     Rename, RenameReply, Stat, StatReply,
 };
 use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Fault;
+use crate::session::delta;
 use crate::session::{cut_off_by, ServerSide, Session};
 use crate::wire::{Error, MAX_BUFFERED_BODY};
 
@@ -68,12 +69,44 @@ pub(in crate::server) async fn stat<St: Storage>(s: &mut S, st: &St, request: St
 
 /// Streams a file from the agreed offset, then the checksum of the whole
 /// file.
-pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, request: Get) -> Result<(), Error> {
+pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request: Get) -> Result<(), Error> {
     let shown = files::shown(&request.path);
+    // The client's older version: its signature follows the request,
+    // and is read whatever the answer.
+    let basis = request.basis.take();
+    let sig = match &basis {
+        Some(b) if b.count > 0 => match delta::read_signature(s, b).await {
+            Ok(sig) => Some(sig),
+            Err(delta::DeltaFailed::Wire(e)) => return Err(e),
+            Err(delta::DeltaFailed::Closed) => return Ok(()),
+            Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
+        },
+        _ => None,
+    };
     let download = match st.open(request).await {
         Ok(download) => download,
         Err(r) => return s.refuse(r).await,
     };
+    if let (Some(basis), Some(file)) = (basis, download.delta_source()) {
+        let head = download.head();
+        let size = head.size;
+        let chosen = tokio::task::spawn_blocking(move || delta::plan_for(&file, size, &basis, sig).map(|p| (file, p)))
+            .await
+            .ok()
+            .flatten();
+        if let Some((file, plan)) = chosen {
+            let head = crate::proto::FileReply { len: 0, holes: None, delta: true, ..head };
+            s.send(&head, &[]).await?;
+            let sent = delta::send_ops(&mut s.halves().1, file, size, plan, head.offset, &mut |_| {}).await;
+            drop(download);
+            return match sent {
+                Ok(sent) => s.send(&Checksum { blake3: sent.hash.to_hex().to_string() }, &[]).await,
+                Err(delta::DeltaFailed::Wire(e)) => Err(e),
+                // The frames promised the file: the connection ends.
+                Err(e) => Err(Error::Io(std::io::Error::other(format!("cannot send {shown}: {e}")))),
+            };
+        }
+    }
     s.feed_head(&download.head())?;
     let hash = download.send(s, &shown).await?;
     s.send(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
@@ -100,7 +133,7 @@ pub(in crate::server) fn backup_refusal<St: Storage>(backup: &Backup) -> Result<
 /// The drain deadline is watched here (not by dropping the request): a
 /// body cut by it keeps every byte that arrived, as a cut connection's.
 pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put) -> Result<(), Error> {
-    let Put { path, size, force, mode, mtime, mtime_ns, backup } = request;
+    let Put { path, size, force, mode, mtime, mtime_ns, backup, delta } = request;
     if let Some(backup) = &backup {
         if let Err(r) = backup_refusal::<St>(backup) {
             return s.refuse(r).await;
@@ -114,19 +147,32 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         Err(r) => return s.refuse(r).await,
     };
     let (offset, prefix_blake3) = upload.offer();
+    // The older version, for a delta (PROTOCOL.md §4.6.6): only to a key
+    // that may read it, as its signature tells of its contents.
+    let basis = match &delta {
+        Some(ask) if st.reads_allowed() => cut_off_by(&cut, async { Ok(upload.basis(ask, size).await) }).await?,
+        _ => None,
+    };
+    let offered = basis.is_some();
     let data = cut_off_by(&cut, async {
-        let ready = PutReady { offset, prefix_blake3, backup: backup.is_some(), sparse: St::KEEPS_HOLES };
+        let basis_head = basis.as_ref().map(|(b, _)| b.clone());
+        let ready =
+            PutReady { offset, prefix_blake3, backup: backup.is_some(), sparse: St::KEEPS_HOLES, basis: basis_head };
         s.send(&ready, &[]).await?;
-        read_step::<PutData>(s, "put_data after put_ready").await
+        if let Some((_, Some(sig))) = &basis {
+            delta::send_signature(s, sig).await?;
+        }
+        read_step::<PutInput>(s, "put_data or put_delta after put_ready").await
     })
     .await;
     let agreed = match &data {
-        Ok(Some(d)) => {
+        Ok(Some(PutInput::PutData(d))) => {
             // Holes left out (PROTOCOL.md §4.6.5), only where offered.
             let taken = St::KEEPS_HOLES || d.holes.is_none();
             let covered = crate::session::sparse::covers(d.holes.as_deref(), (d.offset, d.len), size) == Ok(true);
             taken && covered && upload.agree(d.offset).await? && upload.holes(d.holes.clone(), size)
         }
+        Ok(Some(PutInput::PutDelta(d))) => offered && upload.agree(d.offset).await?,
         _ => false,
     };
     if !agreed {
@@ -137,7 +183,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         })
         .await?;
         return match data {
-            Ok(Some(data)) => {
+            Ok(Some(PutInput::PutData(data))) => {
                 // Answered at once, the body unread: it may be 2^63
                 // bytes long.
                 let msg = format!(
@@ -147,17 +193,36 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
                 );
                 s.refuse_and_close(msg).await
             }
+            Ok(Some(PutInput::PutDelta(d))) if !offered => {
+                s.refuse_and_close(format!("put_delta from byte {} but no basis was offered", d.offset)).await
+            }
+            Ok(Some(PutInput::PutDelta(d))) => {
+                s.refuse_and_close(format!("put_delta from byte {} but {held} are held", d.offset)).await
+            }
             other => other.map(|_| ()),
         };
     }
-    let body = match upload.receive(s, &cut).await {
+    let is_delta = matches!(data, Ok(Some(PutInput::PutDelta(_))));
+    let received = if is_delta { upload.receive_delta(s, size).await } else { upload.receive(s, &cut).await };
+    let body = match received {
         Ok(body) => body,
         Err(NotReceived::Cut(e)) => {
             let why = crate::text::printable(&e.to_string()).into_owned();
             s.set_outcome(format!("cut: {why}; {}", St::CUT_KEEPS));
             return Err(e);
         }
+        // The delta's frames cannot be read past: the connection ends.
+        Err(NotReceived::Write(r)) if is_delta => return s.close_with(r).await,
         Err(NotReceived::Write(r)) => return cut_off_by(&cut, write_failed(s, r)).await,
+        Err(NotReceived::Bad(msg)) => return s.refuse_and_close(msg).await,
+        Err(NotReceived::Stale(why)) => {
+            // In step still: the checksum comes, and is answered as a
+            // mismatch (the client then sends the file whole).
+            return match cut_off_by(&cut, read_step::<Checksum>(s, "checksum after the delta")).await? {
+                Some(Checksum { blake3 }) => s.refuse(mismatch(&path, &format!("none ({why})"), &blake3)).await,
+                None => Ok(()),
+            };
+        }
     };
     let claimed = match cut_off_by(&cut, read_step::<Checksum>(s, "checksum after put_data")).await {
         Ok(Some(Checksum { blake3 })) => blake3,

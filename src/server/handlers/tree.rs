@@ -275,7 +275,7 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
 /// One file of a `tree_get`: its head, body and checksum, buffered (the
 /// caller flushes).
 async fn send_one(s: &mut S, i: u64, d: impl Download) -> Result<(), Error> {
-    let crate::proto::FileReply { len, size, offset, mtime, mode, mtime_ns, holes } = d.head();
+    let crate::proto::FileReply { len, size, offset, mtime, mode, mtime_ns, holes, .. } = d.head();
     s.feed_head(&TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes })?;
     let hash = d.send(s, &format!("entry {i}")).await?;
     s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await

@@ -193,7 +193,7 @@ impl Download for BucketFile {
         // As a directory root's: the nanoseconds where whole seconds would
         // lose something.
         let mtime_ns = r.mtime_ns.and_then(|ns| files::Stamp::from_wire(mtime, Some(ns)).fraction_ns());
-        FileReply { len, size, offset, mtime, mode, mtime_ns, holes: None }
+        FileReply { len, size, offset, mtime, mode, mtime_ns, holes: None, delta: false }
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {

@@ -26,6 +26,7 @@ use crate::services::attrs;
 use crate::services::files::{self, HashCache, Listing, Sandbox};
 use crate::services::root::{FileId, Had};
 use crate::services::{Fault, Refusal};
+use crate::session::delta::{self as dt, SignatureCache};
 use crate::session::{
     Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, Replace, SendError, Sender, ServerSide,
     Session, Unproven, UntilCut, SMALL_BODY,
@@ -39,6 +40,7 @@ type S = Session<ServerSide>;
 pub(in crate::server) struct Dir<'a> {
     pub sb: &'a Sandbox,
     pub hashes: &'a Arc<HashCache>,
+    pub signatures: &'a Arc<SignatureCache>,
 }
 
 impl Storage for Dir<'_> {
@@ -180,10 +182,10 @@ impl Storage for Dir<'_> {
         _: (Option<files::Stamp>, Option<u32>),
     ) -> Result<DirUpload, Fault> {
         let (sb, path) = (self.sb.clone(), path.to_owned());
-        let hashes = self.hashes.clone();
+        let (hashes, signatures) = (self.hashes.clone(), self.signatures.clone());
         blocking(move || {
             let (receiver, claim) = admit_upload(&sb, &path, size, force)?;
-            Ok(DirUpload { receiver, claim, path, hashes, sb })
+            Ok(DirUpload { receiver, claim, path, hashes, sb, signatures, basis: None })
         })
         .await
     }
@@ -198,6 +200,10 @@ pub(in crate::server) struct DirFile {
 impl Download for DirFile {
     fn head(&self) -> FileReply {
         self.download.head.clone()
+    }
+
+    fn delta_source(&self) -> Option<File> {
+        self.download.sender.file().and_then(|f| f.try_clone().ok())
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
@@ -251,6 +257,9 @@ pub(in crate::server) struct DirUpload {
     path: String,
     hashes: Arc<HashCache>,
     sb: Sandbox,
+    signatures: Arc<SignatureCache>,
+    /// The older version a delta is built from, and its length.
+    basis: Option<(File, u64)>,
 }
 
 impl Upload for DirUpload {
@@ -278,14 +287,104 @@ impl Upload for DirUpload {
         }
     }
 
+    async fn basis(
+        &mut self,
+        ask: &crate::proto::DeltaAsk,
+        size: u64,
+    ) -> Option<(crate::proto::Basis, Option<Arc<crate::delta::Signature>>)> {
+        let (sb, path, hashes, signatures) =
+            (self.sb.clone(), self.path.clone(), self.hashes.clone(), self.signatures.clone());
+        let ask = ask.clone();
+        let found = blocking(move || Ok(find_basis(&sb, &path, (&hashes, &signatures), &ask, size))).await;
+        let (file, basis, sig) = found.ok().flatten()?;
+        self.basis = Some((file, basis.len));
+        Some((basis, sig))
+    }
+
+    async fn receive_delta(self, s: &mut S, size: u64) -> Result<DirBody, NotReceived> {
+        let DirUpload { receiver, claim, path, hashes, sb, basis, .. } = self;
+        let Some((old, old_len)) = basis else {
+            return Err(NotReceived::Bad("put_delta where no basis was offered".to_owned()));
+        };
+        let patch = receiver.patch(old, old_len, size);
+        let failed = match dt::receive_ops(s, patch, &mut |_| {}).await {
+            Ok(patch) => match patch.finish() {
+                Ok(received) => return Ok(DirBody { received, _claim: claim, path, hashes, sb }),
+                Err(e) => (e, None),
+            },
+            Err(failed) => failed,
+        };
+        Err(match failed {
+            (dt::DeltaFailed::Wire(e), _) => NotReceived::Cut(e),
+            (dt::DeltaFailed::Closed, _) => NotReceived::Cut(Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            (dt::DeltaFailed::Bad(e), _) => NotReceived::Bad(format!("bad delta: {e}")),
+            (dt::DeltaFailed::BasisChanged(e), _) => NotReceived::Stale(e.to_string()),
+            (dt::DeltaFailed::Io(e), patch) => {
+                // On a full disk the partial file would only keep it full.
+                if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+                    if let Some(patch) = patch {
+                        patch.discard();
+                    }
+                }
+                NotReceived::Write(Fault::io(&path, e))
+            }
+        })
+    }
+
     async fn receive(self, s: &mut S, cut: &CancellationToken) -> Result<DirBody, NotReceived> {
-        let DirUpload { receiver, claim, path, hashes, sb } = self;
+        let DirUpload { receiver, claim, path, hashes, sb, .. } = self;
         match receiver.receive(&mut UntilCut { src: s.reader(), cut }, &mut |_| {}).await {
             Ok(received) => Ok(DirBody { received, _claim: claim, path, hashes, sb }),
             Err(ReceiveError::Wire(e, _)) => Err(NotReceived::Cut(e)),
             Err(ReceiveError::Write(e, _)) => Err(NotReceived::Write(Fault::io(&path, e))),
         }
     }
+}
+
+/// The file at `path` as the older version of an upload of `size` bytes,
+/// if a delta from it may pay: an append if the client's prefix is the
+/// whole of it (its hash from the cache, or read), else its signature
+/// (from the cache, or read, and cached if the file did not change while
+/// it was read). Anything that cannot be read is no basis: the upload
+/// goes whole.
+fn find_basis(
+    sb: &Sandbox,
+    path: &str,
+    (hashes, signatures): (&HashCache, &SignatureCache),
+    ask: &crate::proto::DeltaAsk,
+    size: u64,
+) -> Option<(File, crate::proto::Basis, Option<Arc<crate::delta::Signature>>)> {
+    let (mut file, meta) = sb.open(path).ok()?;
+    let len = meta.len();
+    if !meta.is_file() || !dt::worth(len, size) {
+        return None;
+    }
+    let version = files::Version::of(&meta);
+    let unchanged = |file: &File| file.metadata().is_ok_and(|m| files::Version::of(&m) == version);
+    if let Some(prefix) = ask.append.as_ref().filter(|p| p.len == len && len < size) {
+        let hash = match hashes.get(version) {
+            Some(hash) => hash,
+            None => files::hash_prefix(&mut file, len).ok()?.finalize(),
+        };
+        if hash.to_hex().as_str() == prefix.blake3 {
+            let basis = crate::proto::Basis { len, append: true, blake3: None, layout: None, count: 0 };
+            return Some((file, basis, None));
+        }
+    }
+    let layout = crate::delta::Layout::for_sizes(len, size);
+    let sig = match signatures.get(version, layout) {
+        Some(sig) => sig,
+        None => {
+            let (sig, hash) = dt::index(&file, len, layout).ok()?;
+            let sig = Arc::new(sig);
+            if unchanged(&file) {
+                hashes.put(version, hash);
+                signatures.put(version, sig.clone());
+            }
+            sig
+        }
+    };
+    Some((file, dt::basis_of(&sig, None), Some(sig)))
 }
 
 /// A local upload's body, in its partial file (or, small, in memory).
@@ -423,7 +522,7 @@ fn plan_download_in(
     request: Get,
     kept: &mut Option<crate::services::root::KeptDir>,
 ) -> Result<Planned, Fault> {
-    let Get { path, offset, prefix_blake3, sparse } = request;
+    let Get { path, offset, prefix_blake3, sparse, .. } = request;
     let (file, meta) = sb.open_in(&path, kept)?;
     match files::not_regular(&meta) {
         Some((std::io::ErrorKind::IsADirectory, _)) => return Err(Fault::IsADirectory { path }),
@@ -457,6 +556,7 @@ fn plan_download_in(
         mode: meta.permissions().mode() & 0o7777,
         mtime_ns: files::Stamp::of_meta(&meta).fraction_ns(),
         holes: sender.holes(),
+        delta: false,
     };
     Ok(Planned { sender, check, version, head, cached })
 }
@@ -539,7 +639,8 @@ fn open_some(
             ready.push((i, Err(r)));
             continue;
         }
-        let get = Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3, sparse };
+        let get =
+            Get { path: join(base, &w.path), offset: w.offset, prefix_blake3: w.prefix_blake3, sparse, basis: None };
         match plan_download_in(sb, hashes, get, &mut kept) {
             Ok(mut d) => {
                 bytes += d.head.len.min(crate::session::SMALL_BODY + 1);

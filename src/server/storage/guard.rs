@@ -121,6 +121,10 @@ impl<St: Storage> Storage for Guarded<'_, St> {
         GuardedSink { inner: self.inner.tree_sink(backup, covers), rights: self.rights.clone() }
     }
 
+    fn reads_allowed(&self) -> bool {
+        self.rights.allows(Verb::Get) && self.inner.reads_allowed()
+    }
+
     async fn admit(
         &self,
         path: &str,

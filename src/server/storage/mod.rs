@@ -144,6 +144,13 @@ pub(in crate::server) trait Storage: Sync {
     /// replace as `backup` says.
     fn tree_sink(&self, backup: Option<Backup>, covers: crate::services::attrs::Wanted) -> Self::Sink;
 
+    /// Whether the connection may read what it uploads over: a delta
+    /// upload shows it the signature of the file it replaces, so a key
+    /// that may not `get` is never offered one.
+    fn reads_allowed(&self) -> bool {
+        true
+    }
+
     /// Admits an upload of `size` bytes to `path`: claims the path (a
     /// second upload of it waits or is refused until this one ends),
     /// refuses an existing file without `force`, and takes up what an
@@ -220,6 +227,13 @@ pub(in crate::server) trait Download: Send {
     /// Sends the body (the head fed already) and returns the whole file's
     /// BLAKE3. An error ends the connection: the frame promised its length.
     fn send(self, s: &mut S, shown: &str) -> impl Future<Output = Result<blake3::Hash, Error>> + Send;
+
+    /// The file, to be read for a delta (PROTOCOL.md §4.6.6); `None`
+    /// where a storage sends none (a bucket), or the body was read
+    /// already (a small file).
+    fn delta_source(&self) -> Option<std::fs::File> {
+        None
+    }
 }
 
 /// One file a `tree_put` wants and has not received yet.
@@ -402,6 +416,12 @@ pub(in crate::server) enum NotReceived {
     Cut(Error),
     /// The storage failed; the rest of the body is left unread.
     Write(Fault),
+    /// The client broke the protocol (a delta that does not fit the
+    /// files): answered, and the connection closed.
+    Bad(String),
+    /// The older version a delta was built from changed meanwhile: the
+    /// file could not be built (nothing kept; the client sends it whole).
+    Stale(String),
 }
 
 /// Why a received upload was not committed.
@@ -442,6 +462,31 @@ pub(in crate::server) trait Upload: Send + Sized {
         s: &mut S,
         cut: &CancellationToken,
     ) -> impl Future<Output = Result<Self::Body, NotReceived>> + Send;
+
+    /// The older version of the file, for a delta upload of `size` bytes
+    /// the client `ask`ed for (PROTOCOL.md §4.6.6): what `put_ready`
+    /// says of it and, unless the new file is an append, its signature.
+    /// The upload keeps it open for [`receive_delta`](Self::receive_delta).
+    /// `None`: nothing worth a delta there, or a storage that builds no
+    /// deltas (a bucket: the upload goes whole).
+    fn basis(
+        &mut self,
+        ask: &crate::proto::DeltaAsk,
+        size: u64,
+    ) -> impl Future<Output = Option<(crate::proto::Basis, Option<std::sync::Arc<crate::delta::Signature>>)>> + Send
+    {
+        let _ = (ask, size);
+        std::future::ready(None)
+    }
+
+    /// Receives the body as `delta` frames built from the
+    /// [`basis`](Self::basis), from the agreed offset until the file of
+    /// `size` bytes is whole, or the session's cut-off.
+    fn receive_delta(self, s: &mut S, size: u64) -> impl Future<Output = Result<Self::Body, NotReceived>> + Send {
+        let _ = (s, size);
+        drop(self);
+        std::future::ready(Err(NotReceived::Bad("put_delta where no basis was offered".to_owned())))
+    }
 }
 
 /// An upload's body, received whole.

@@ -1,0 +1,518 @@
+//! Delta transfers over a session (PROTOCOL.md §4.6.6): the receiver's
+//! older version indexed ([`index`]), its signature sent and read in
+//! bounded frames ([`send_signature`], [`read_signature`]), the new file
+//! encoded into `delta` frames on a blocking thread while the frames go
+//! out ([`send_ops`]), and the frames applied into the partial file on the
+//! other side ([`Patch`], [`receive_ops`]). The engine itself is
+//! [`crate::delta`], which does no I/O; this is where its bytes meet
+//! files and the connection.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use tokio::sync::mpsc;
+
+use super::receiver::Received;
+use super::{cut_off_by, Outbound, Sends, Session};
+use crate::delta::{Action, DeltaError, Encoder, Indexer, Layout, Op, Patcher, Signature, SignatureReader, ENTRY_LEN};
+use crate::proto::{Basis, DeltaFrame, SignatureFrame};
+use crate::services::root::PartialName;
+use crate::wire::Error;
+
+/// Signature entries a `signature` frame carries at most (384 KiB).
+pub const SIGNATURE_FRAME_ENTRIES: usize = 1 << 15;
+
+/// The largest `delta` frame body a receiver takes. A sender fills frames
+/// to about 1 MiB; one op of new bytes is at most
+/// [`crate::delta::MAX_DATA`].
+pub const DELTA_FRAME_MAX: u64 = 4 << 20;
+
+/// A sender sends its frame once it holds this many bytes of ops.
+const DELTA_FRAME_TARGET: usize = 1 << 20;
+
+/// New files smaller than this are sent whole: a delta saves at most
+/// what such a file costs, and costs a round trip and both sides'
+/// reading.
+pub const DELTA_MIN: u64 = 64 << 10;
+
+/// Bytes read at a time.
+const PIECE: usize = 1 << 20;
+
+/// Whether a new file of `new_len` bytes is worth sending as a delta
+/// from an older one of `old_len`.
+pub fn worth(old_len: u64, new_len: u64) -> bool {
+    old_len > 0 && new_len >= DELTA_MIN
+}
+
+/// Why a delta transfer did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaFailed {
+    /// The connection failed or was cut (the partial file keeps what was
+    /// built, for a resume).
+    #[error("{0}")]
+    Wire(#[from] Error),
+    /// The peer left.
+    #[error("the connection closed")]
+    Closed,
+    /// The peer sent what the engine refuses: a signature or ops that do
+    /// not fit the files.
+    #[error("{0}")]
+    Bad(#[from] DeltaError),
+    /// This side's file could not be read or written.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The older version changed while the delta was built from it (it
+    /// is shorter than it was): the file must be sent whole.
+    #[error("the file the delta was built from changed meanwhile: {0}")]
+    BasisChanged(io::Error),
+}
+
+/// Indexes the first `len` bytes of `file` cut as `layout`, and hashes
+/// them whole. Blocking.
+///
+/// # Errors
+///
+/// Reading; a file shorter than `len` (it shrank); a layout the engine
+/// refuses or a file it would index past its limits.
+pub fn index(file: &File, len: u64, layout: Layout) -> io::Result<(Signature, blake3::Hash)> {
+    let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut indexer = Indexer::new(layout).map_err(invalid)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0; PIECE];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from(len - at).unwrap_or(PIECE).min(PIECE);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was indexed"));
+        }
+        indexer.feed(&buf[..n]).map_err(invalid)?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok((indexer.finish().map_err(invalid)?, hasher.finalize()))
+}
+
+/// The head of a signature's `basis` for the older version `sig` indexes.
+pub fn basis_of(sig: &Signature, blake3: Option<String>) -> Basis {
+    Basis { len: sig.len, append: false, blake3, layout: Some(sig.layout), count: sig.entries.len() as u64 }
+}
+
+/// Sends a signature's entries in `signature` frames, buffered, and
+/// flushes them.
+///
+/// # Errors
+///
+/// The connection's.
+pub async fn send_signature<S: Sends<SignatureFrame>>(s: &mut Session<S>, sig: &Signature) -> Result<(), Error> {
+    for frame in sig.entry_frames(SIGNATURE_FRAME_ENTRIES) {
+        s.feed(&SignatureFrame { len: frame.len() as u64 }, &frame).await?;
+    }
+    s.flush().await
+}
+
+/// Reads the signature `basis` announces, entry by entry as its frames
+/// come, each checked ([`SignatureReader`]): the peer never makes this
+/// side hold more than the layout allows for the file's length.
+///
+/// # Errors
+///
+/// [`DeltaFailed::Bad`] for a basis without a layout, a frame with no
+/// entries or a ragged one, entries that do not fit; wire errors.
+pub async fn read_signature<S>(s: &mut Session<S>, basis: &Basis) -> Result<Signature, DeltaFailed> {
+    let layout = basis.layout.ok_or(DeltaError::SignatureLength { declared: basis.len, entries: basis.count })?;
+    let mut reader = SignatureReader::new(layout, basis.len, basis.count)?;
+    let mut got = 0u64;
+    while got < basis.count {
+        let Some((SignatureFrame { len }, _)) = s.read::<SignatureFrame>().await? else {
+            return Err(DeltaFailed::Closed);
+        };
+        if len == 0 {
+            return Err(DeltaError::RaggedFrame { len: 0 }.into());
+        }
+        let body = s.reader().read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
+        reader.push(&body)?;
+        got += (body.len() / ENTRY_LEN) as u64;
+    }
+    Ok(reader.finish()?)
+}
+
+/// How the sender makes its ops.
+#[derive(Debug)]
+pub enum Plan {
+    /// The receiver's whole file (this many bytes) is the start of the
+    /// new one: copied, and the tail sent.
+    Append(u64),
+    /// Against the receiver's signature.
+    Against(Signature),
+}
+
+impl Plan {
+    /// Whether this plan can make a file of `new_len` bytes.
+    ///
+    /// # Errors
+    ///
+    /// A signature not cut as the two lengths say ([`Encoder::new`]); an
+    /// append longer than the new file.
+    pub fn check(&self, new_len: u64) -> Result<(), DeltaError> {
+        match self {
+            Plan::Append(old_len) if *old_len > new_len => Err(DeltaError::TooLong { new_len }),
+            Plan::Append(_) => Ok(()),
+            Plan::Against(sig) => Encoder::new(sig, new_len).map(drop),
+        }
+    }
+}
+
+/// What a delta's sender did.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// The whole new file's BLAKE3.
+    pub hash: blake3::Hash,
+    /// Bytes of it the receiver built from what it held (not sent).
+    pub matched: u64,
+}
+
+/// Sends `file` (`new_len` bytes) as `delta` frames made by `plan`, the
+/// part from `from` on (what a resumed receiver lacks), while a blocking
+/// thread reads, hashes and encodes the next. `progress` gets the bytes
+/// of the new file covered so far past `from`.
+///
+/// # Errors
+///
+/// The connection's; reading the file (one that changed size while it
+/// was sent is an error: the frames no longer add up).
+pub async fn send_ops<S: Sends<DeltaFrame>>(
+    out: &mut Outbound<'_, S>,
+    file: File,
+    new_len: u64,
+    plan: Plan,
+    from: u64,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Sent, DeltaFailed> {
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, u64)>(4);
+    let worker = tokio::task::spawn_blocking(move || encode(&file, new_len, &plan, from, &tx));
+    while let Some((frame, upto)) = rx.recv().await {
+        out.send(&DeltaFrame { len: frame.len() as u64 }, &frame).await?;
+        progress(upto.saturating_sub(from));
+    }
+    worker.await.map_err(|e| DeltaFailed::Io(io::Error::other(e)))?
+}
+
+/// Cuts ops into frames, leaving out what lies before `from`.
+struct Framer<'a> {
+    buf: Vec<u8>,
+    /// Where in the new file the next op starts.
+    pos: u64,
+    from: u64,
+    matched: u64,
+    tx: &'a mpsc::Sender<(Vec<u8>, u64)>,
+}
+
+impl Framer<'_> {
+    fn push(&mut self, op: Op) -> Result<(), DeltaFailed> {
+        let start = self.pos;
+        self.pos += op.len();
+        if self.pos <= self.from {
+            return Ok(());
+        }
+        let op = match op {
+            _ if start >= self.from => op,
+            Op::Copy { offset, len } => {
+                let k = self.from - start;
+                Op::Copy { offset: offset + k, len: len - k as u32 }
+            }
+            Op::Data(bytes) => Op::Data(bytes[(self.from - start) as usize..].to_vec()),
+        };
+        if let Op::Copy { len, .. } = op {
+            self.matched += u64::from(len);
+        }
+        op.encode(&mut self.buf);
+        if self.buf.len() >= DELTA_FRAME_TARGET {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), DeltaFailed> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let frame = std::mem::take(&mut self.buf);
+        // The receiving end is gone only when the sending failed: its
+        // error is the one reported.
+        self.tx.blocking_send((frame, self.pos)).map_err(|_| DeltaFailed::Closed)
+    }
+}
+
+/// Reads, hashes and encodes the new file. Blocking.
+fn encode(
+    file: &File,
+    new_len: u64,
+    plan: &Plan,
+    from: u64,
+    tx: &mpsc::Sender<(Vec<u8>, u64)>,
+) -> Result<Sent, DeltaFailed> {
+    let mut out = Framer { buf: Vec::with_capacity(DELTA_FRAME_TARGET * 2), pos: 0, from, matched: 0, tx };
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; PIECE];
+    let mut at = 0u64;
+    let read = |at: u64, buf: &mut [u8]| -> Result<usize, DeltaFailed> {
+        let want = usize::try_from(new_len - at).unwrap_or(PIECE).min(PIECE);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was sent").into());
+        }
+        Ok(n)
+    };
+    match plan {
+        Plan::Append(old_len) => {
+            let step = u64::from(u32::MAX);
+            let mut copied = 0;
+            while copied < *old_len {
+                let len = (old_len - copied).min(step);
+                out.push(Op::Copy { offset: copied, len: len as u32 })?;
+                copied += len;
+            }
+            while at < new_len {
+                let n = read(at, &mut buf)?;
+                hasher.update(&buf[..n]);
+                // The tail, in ops of at most MAX_DATA bytes.
+                let tail = (*old_len).saturating_sub(at).min(n as u64) as usize;
+                for part in buf[tail..n].chunks(crate::delta::MAX_DATA) {
+                    out.push(Op::Data(part.to_vec()))?;
+                }
+                at += n as u64;
+            }
+        }
+        Plan::Against(sig) => {
+            let mut encoder = Encoder::new(sig, new_len)?;
+            while at < new_len {
+                let n = read(at, &mut buf)?;
+                hasher.update(&buf[..n]);
+                encoder.feed(&buf[..n]);
+                for op in encoder.take(true) {
+                    out.push(op)?;
+                }
+                at += n as u64;
+            }
+            encoder.finish();
+            for op in encoder.take(false) {
+                out.push(op)?;
+            }
+        }
+    }
+    out.send()?;
+    Ok(Sent { hash: hasher.finalize(), matched: out.matched })
+}
+
+/// A file being built from `delta` frames in its partial file, from the
+/// older version `old`: every op checked ([`Patcher`]) before it is
+/// carried out, the new bytes hashed as they are written.
+#[derive(Debug)]
+pub struct Patch {
+    file: File,
+    name: PartialName,
+    old: File,
+    patcher: Patcher,
+    hasher: blake3::Hasher,
+    new_len: u64,
+    /// Bytes copied from the older version.
+    copied: u64,
+    /// Why the older version could not be read, if it could not: the
+    /// ops are still checked and taken, to stay in step, but nothing
+    /// more is written.
+    broken: Option<io::Error>,
+}
+
+impl Patch {
+    /// A patch into `file` (the partial file of `name`, holding `held`
+    /// bytes whose hash `hasher` holds) from `old` (`old_len` bytes).
+    pub(super) fn new(
+        (file, name): (File, PartialName),
+        (held, hasher): (u64, blake3::Hasher),
+        (old, old_len): (File, u64),
+        new_len: u64,
+    ) -> Patch {
+        let patcher = Patcher::resuming(old_len, new_len, held);
+        Patch { file, name, old, patcher, hasher, new_len, copied: 0, broken: None }
+    }
+
+    /// Bytes of the new file made so far.
+    pub fn written(&self) -> u64 {
+        self.patcher.written()
+    }
+
+    /// Bytes of the new file copied from the older version so far.
+    pub fn copied(&self) -> u64 {
+        self.copied
+    }
+
+    /// Whether the new file is whole.
+    pub fn is_whole(&self) -> bool {
+        self.patcher.written() == self.new_len
+    }
+
+    /// Carries out the ops of one `delta` frame. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`DeltaFailed::Bad`]: an op the engine refuses; [`DeltaFailed::Io`]:
+    /// writing the partial file failed.
+    pub fn apply(&mut self, frame: &[u8]) -> Result<(), DeltaFailed> {
+        let ops = Op::decode_all(frame)?;
+        let mut buf = Vec::new();
+        for op in &ops {
+            let at = self.patcher.written();
+            let action = self.patcher.apply(op)?;
+            if self.broken.is_some() {
+                continue;
+            }
+            match action {
+                Action::Write(bytes) => {
+                    self.file.write_all_at(bytes, at)?;
+                    self.hasher.update(bytes);
+                }
+                Action::Copy { from, len } => {
+                    let mut done = 0u64;
+                    while done < u64::from(len) {
+                        let n = (u64::from(len) - done).min(PIECE as u64) as usize;
+                        buf.resize(n, 0);
+                        if let Err(e) = self.old.read_exact_at(&mut buf, from + done) {
+                            self.broken = Some(e);
+                            break;
+                        }
+                        self.file.write_all_at(&buf, at + done)?;
+                        self.hasher.update(&buf);
+                        done += n as u64;
+                    }
+                    self.copied += done;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file built, to be verified and committed as any received one.
+    ///
+    /// # Errors
+    ///
+    /// [`DeltaFailed::Bad`]: the ops did not make the whole file;
+    /// [`DeltaFailed::BasisChanged`]: the older version changed under it
+    /// (the partial file is removed: what it holds is no use).
+    pub fn finish(self) -> Result<Received, DeltaFailed> {
+        self.patcher.finish()?;
+        if let Some(e) = self.broken {
+            self.name.discard();
+            return Err(DeltaFailed::BasisChanged(e));
+        }
+        Ok(Received::built(self.name.rejoin(self.file), self.hasher.finalize()))
+    }
+
+    /// Removes the partial file.
+    pub fn discard(self) {
+        self.name.discard();
+    }
+}
+
+/// Receives `delta` frames and applies them until the file is whole (or
+/// the session's cut-off), each frame on a blocking thread. `progress`
+/// gets the bytes of the new file made so far.
+///
+/// # Errors
+///
+/// The patch back with why it stopped: the caller keeps its partial file
+/// for a resume (a cut connection) or removes it.
+pub async fn receive_ops<S>(
+    s: &mut Session<S>,
+    mut patch: Patch,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Patch, (DeltaFailed, Option<Patch>)> {
+    let cut = s.cut_off().clone();
+    while !patch.is_whole() {
+        let head = cut_off_by(&cut, s.read::<DeltaFrame>()).await;
+        match head {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err((DeltaFailed::Closed, Some(patch))),
+            Err(e) => return Err((e.into(), Some(patch))),
+        }
+        let body = match cut_off_by(&cut, s.reader().read_body(DELTA_FRAME_MAX)).await {
+            Ok(body) => body,
+            Err(e) => return Err((e.into(), Some(patch))),
+        };
+        let applied = tokio::task::spawn_blocking(move || {
+            let r = patch.apply(&body);
+            (patch, r)
+        })
+        .await;
+        match applied {
+            Ok((p, Ok(()))) => patch = p,
+            Ok((p, Err(e))) => return Err((e, Some(p))),
+            Err(e) => return Err((DeltaFailed::Io(io::Error::other(e)), None)),
+        }
+        progress(patch.written());
+    }
+    Ok(patch)
+}
+
+/// Signatures the server has made of files uploads replaced, by file
+/// [`Version`](crate::services::files::Version) (device, inode, size,
+/// times) and layout: a file re-sent as a delta is not read again to
+/// index it while it stays as it was. Bounded: past
+/// [`SIGNATURE_CACHE_ENTRIES`] entries in all, or
+/// [`SIGNATURE_CACHE_FILES`] files, it starts over.
+#[derive(Debug, Default)]
+pub struct SignatureCache(
+    std::sync::Mutex<(
+        std::collections::HashMap<(crate::services::files::Version, Layout), std::sync::Arc<Signature>>,
+        usize,
+    )>,
+);
+
+/// Signature entries the cache holds at most (12 bytes each).
+pub const SIGNATURE_CACHE_ENTRIES: usize = 1 << 21;
+
+/// Files' signatures the cache holds at most.
+pub const SIGNATURE_CACHE_FILES: usize = 1024;
+
+impl SignatureCache {
+    /// The signature of the file at `version` cut as `layout`, if made.
+    pub fn get(&self, version: crate::services::files::Version, layout: Layout) -> Option<std::sync::Arc<Signature>> {
+        self.0.lock().expect("signature cache poisoned").0.get(&(version, layout)).cloned()
+    }
+
+    /// Records the signature of the file at `version`.
+    pub fn put(&self, version: crate::services::files::Version, sig: std::sync::Arc<Signature>) {
+        let mut held = self.0.lock().expect("signature cache poisoned");
+        let (map, entries) = &mut *held;
+        if *entries + sig.entries.len() > SIGNATURE_CACHE_ENTRIES || map.len() >= SIGNATURE_CACHE_FILES {
+            map.clear();
+            *entries = 0;
+        }
+        *entries += sig.entries.len();
+        if let Some(old) = map.insert((version, sig.layout), sig) {
+            *entries -= old.entries.len();
+        }
+    }
+}
+
+/// How a sender holding `file` (`size` bytes) answers a receiver's
+/// `basis` (with its signature `sig`, if it sent one): an append if the
+/// receiver's whole file hashes as this one's start, else against the
+/// signature if it fits the two lengths; `None`: the file goes whole.
+/// Blocking.
+pub fn plan_for(file: &File, size: u64, basis: &Basis, sig: Option<Signature>) -> Option<Plan> {
+    if !worth(basis.len, size) {
+        return None;
+    }
+    if let Some(theirs) = basis.blake3.as_deref().filter(|_| basis.len < size) {
+        let mut dup = file.try_clone().ok()?;
+        let ours = crate::services::files::hash_prefix(&mut dup, basis.len).ok()?.finalize();
+        if ours.to_hex().as_str() == theirs {
+            return Some(Plan::Append(basis.len));
+        }
+    }
+    let plan = Plan::Against(sig?);
+    plan.check(size).ok()?;
+    Some(plan)
+}
