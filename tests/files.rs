@@ -328,6 +328,7 @@ async fn raw_put(addr: std::net::SocketAddr, path: &str, size: u64) -> (RawReade
             mtime: None,
             mtime_ns: None,
             backup: None,
+            delta: None,
         }),
         &[],
     )
@@ -464,6 +465,7 @@ async fn download_with_wrong_checksum_is_not_kept() {
                 mode: 0o644,
                 mtime_ns: None,
                 holes: None,
+                delta: false,
             }),
             b"hello",
         )
@@ -648,7 +650,7 @@ async fn raw_get(
     let (read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
     w.feed_preface(Preface::default());
-    w.send(&Message::Get(proto::Get { path: path.into(), offset: 0, prefix_blake3: None, sparse: false }), &[])
+    w.send(&Message::Get(proto::Get { path: path.into(), offset: 0, prefix_blake3: None, sparse: false, basis: None }), &[])
         .await
         .unwrap();
     (read, w)

@@ -208,6 +208,7 @@ async fn a_put_waiting_for_the_path_never_replaces_the_upload_it_waited_for() {
                 mtime: None,
                 mtime_ns: None,
                 backup: None,
+                delta: None,
             }),
             &[],
         )
@@ -282,6 +283,7 @@ async fn a_file_appearing_under_the_name_mid_upload_is_not_replaced(root: &RootS
             mtime: None,
             mtime_ns: None,
             backup: None,
+            delta: None,
         }),
         &[],
     )
@@ -310,6 +312,7 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed(root: 
             mtime: None,
             mtime_ns: None,
             backup: None,
+            delta: None,
         }),
         &[],
     )
@@ -332,6 +335,7 @@ async fn put_data_that_contradicts_the_put_is_answered_at_once_and_closed(root: 
             mtime: None,
             mtime_ns: None,
             backup: None,
+            delta: None,
         }),
         &[],
     )

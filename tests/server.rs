@@ -359,6 +359,7 @@ async fn a_stall_inside_a_request_is_answered_with_timeout() {
                 mtime: None,
                 mtime_ns: None,
                 backup: None,
+                delta: None,
             }),
             b"",
         )
@@ -399,6 +400,7 @@ async fn an_upload_cut_by_the_drain_keeps_every_byte_that_arrived() {
         mtime: None,
         mtime_ns: None,
         backup: None,
+        delta: None,
     });
     sock.write_all(&frame(&put, b"")).await.unwrap();
     assert!(matches!(read_frame(&mut sock).await, Some((Message::PutReady(_), _))));
@@ -500,7 +502,7 @@ async fn drain_deadline_ends_stuck_requests() {
     // A download whose reader has stalled, on the zero-copy path.
     std::fs::File::create(server.root.path().join("big")).unwrap().set_len(1 << 30).unwrap();
     let mut stalled = raw(&server).await;
-    let get = Message::Get(proto::Get { path: "big".into(), offset: 0, prefix_blake3: None, sparse: false });
+    let get = Message::Get(proto::Get { path: "big".into(), offset: 0, prefix_blake3: None, sparse: false, basis: None });
     stalled.write_all(&frame(&get, &[])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();

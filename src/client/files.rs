@@ -529,8 +529,8 @@ impl Client {
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
-        let delta = match options.other_len {
-            Some(theirs) if self.wants_delta(options.delta) && theirs >= delta::DELTA_MIN => Some(theirs),
+        let delta = match self.other_len(remote, options).await? {
+            Some(theirs) if theirs >= delta::DELTA_MIN => Some(theirs),
             _ => None,
         };
         match self.get_once(remote, local, place.clone(), options, delta, progress).await {
@@ -540,6 +540,24 @@ impl Client {
                 self.get_once(remote, local, place, options, None, progress).await.map_err(Retry::into)
             }
             other => other.map_err(Retry::into),
+        }
+    }
+
+    /// The length of `remote` on the server, for a delta, if one is
+    /// wanted: as the plan found it, or asked now (a `stat`, one round
+    /// trip) if it did not. `None`: no delta (not wanted, or no regular
+    /// file there).
+    async fn other_len(&mut self, remote: &str, options: &TransferOptions) -> Result<Option<u64>, ClientError> {
+        if !self.wants_delta(options.delta) {
+            return Ok(None);
+        }
+        if let Some(len) = options.other_len {
+            return Ok(Some(len));
+        }
+        match self.stat(remote).await {
+            Ok(e) if e.kind == crate::proto::Kind::File => Ok(Some(e.size)),
+            Ok(_) | Err(ClientError::Remote { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -822,8 +840,8 @@ impl Client {
         // A delta, where the receiver holds an older version worth one:
         // with our first bytes' hash if it is shorter, for it to tell an
         // append.
-        let (file, ask) = match options.other_len {
-            Some(held) if self.wants_delta(options.delta) && delta::worth(held, size) => {
+        let (file, ask) = match self.other_len(remote, options).await? {
+            Some(held) if delta::worth(held, size) => {
                 let (file, append) = spawn_blocking(move || {
                     let mut file = file;
                     let append = (held < size)

@@ -1,0 +1,527 @@
+//! Delta transfers against a real server (issue 32, PROTOCOL.md §4.6.6):
+//! each change pattern both ways, verified byte for byte and by BLAKE3,
+//! the bytes on the wire counted by a proxy in the path; a cut delta
+//! resumed; a receiver's file changed while its signature is in flight;
+//! hostile signatures and ops refused; a bucket root (files go whole).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::roots::RootServer;
+use framewire::client::{DeltaMode, Progress, TransferOptions};
+use framewire::proto::{self, AnyMessage as Message};
+use framewire::wire::{FrameReader, FrameWriter, Preface};
+use framewire::{Client, ClientError, ErrorCode};
+
+/// Bytes that crossed a proxy, each way.
+#[derive(Default)]
+struct Wire {
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Wire {
+    fn take(&self) -> (u64, u64) {
+        (self.up.swap(0, Ordering::SeqCst), self.down.swap(0, Ordering::SeqCst))
+    }
+}
+
+/// A proxy on 127.0.0.1:0 to `to`, counting what it carries.
+async fn counting_proxy(to: std::net::SocketAddr) -> (String, Arc<Wire>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let wire = Arc::new(Wire::default());
+    let counted = wire.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
+            let wire = counted.clone();
+            tokio::spawn(async move {
+                let (mut client, mut server) = (client, server);
+                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                    wire.up.fetch_add(up, Ordering::SeqCst);
+                    wire.down.fetch_add(down, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, wire)
+}
+
+fn delta_options() -> TransferOptions {
+    let mut o = TransferOptions::force(true);
+    o.delta = DeltaMode::Always;
+    o
+}
+
+fn no_progress() -> impl FnMut(Progress) + Send {
+    |_| {}
+}
+
+/// Random-looking bytes from a seed (incompressible, no repeats).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block = 0u64;
+    while out.len() < len {
+        let mut h = blake3::Hasher::new();
+        h.update(&seed.to_le_bytes());
+        h.update(&block.to_le_bytes());
+        out.extend_from_slice(h.finalize().as_bytes());
+        block += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// The changes of the issue's table, at a scale a test runs in a moment.
+fn changes(old: &[u8]) -> Vec<(&'static str, Vec<u8>, u64)> {
+    let len = old.len();
+    let mut scattered = old.to_vec();
+    // 1 % rewritten in runs of 2 KiB, spread over the file.
+    let runs = len / 100 / 2048;
+    for k in 0..runs {
+        let at = k * (len / runs) + 777;
+        scattered[at..at + 2048].copy_from_slice(&noise(2048, 1000 + k as u64));
+    }
+    let mut inserted = old[..1 << 20].to_vec();
+    inserted.extend_from_slice(&noise(1000, 7));
+    inserted.extend_from_slice(&old[1 << 20..]);
+    let mut appended = old.to_vec();
+    appended.extend_from_slice(&noise(512 << 10, 8));
+    // Most bytes each may cost on the wire, both ways together, headers
+    // and signature included: a fraction of the whole file's.
+    vec![
+        ("scattered 1 %", scattered, len as u64 / 10),
+        ("1,000 bytes inserted", inserted, len as u64 / 40),
+        ("512 KiB appended", appended, (512 << 10) + (16 << 10)),
+    ]
+}
+
+const SIZE: usize = 6 << 20;
+
+async fn put_each_change_as_a_delta(root: &RootServer) {
+    let (proxy, wire) = counting_proxy(root.addr).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(SIZE, 1);
+    for (what, new, most) in changes(&old) {
+        root.write("f.bin", &old).await;
+        std::fs::write(&local, &new).unwrap();
+        let mut client = Client::connect(&proxy).await.unwrap();
+        let _ = wire.take();
+        let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (up, down) = wire.take();
+        assert_eq!(root.read("f.bin").await.unwrap(), new, "{what}");
+        assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
+        if root.dir_path().is_some() {
+            assert!(up + down <= most, "{what}: {up} up + {down} down, more than {most}");
+            assert!(done.matched > 0, "{what}: nothing matched");
+        } else {
+            // A bucket root builds no deltas: the file goes whole.
+            assert!(up >= new.len() as u64, "{what}: {up} bytes up to a bucket");
+            assert_eq!(done.matched, 0);
+        }
+    }
+}
+
+async fn get_each_change_as_a_delta(root: &RootServer) {
+    let (proxy, wire) = counting_proxy(root.addr).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(SIZE, 2);
+    for (what, new, most) in changes(&old) {
+        std::fs::write(&local, &old).unwrap();
+        root.write("f.bin", &new).await;
+        let mut client = Client::connect(&proxy).await.unwrap();
+        let _ = wire.take();
+        let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (up, down) = wire.take();
+        assert_eq!(std::fs::read(&local).unwrap(), new, "{what}");
+        assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
+        if root.dir_path().is_some() {
+            assert!(up + down <= most, "{what}: {up} up + {down} down, more than {most}");
+            assert!(done.matched > 0, "{what}: nothing matched");
+        } else {
+            assert!(down >= new.len() as u64, "{what}: {down} bytes down from a bucket");
+        }
+        assert!(!tmp.path().join(".f.bin.fwpart").exists(), "{what}: a partial file left");
+    }
+}
+
+common::roots::on_both_roots!(put_each_change_as_a_delta, get_each_change_as_a_delta);
+
+/// Same size, edited in place: aligned blocks, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_in_place_moves_its_blocks_only() {
+    let root = RootServer::dir().await;
+    let (proxy, wire) = counting_proxy(root.addr).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(SIZE, 3);
+    let mut new = old.clone();
+    new[3_000_000..3_000_010].copy_from_slice(b"0123456789");
+    root.write("f.bin", &old).await;
+    std::fs::write(&local, &new).unwrap();
+    let mut client = Client::connect(&proxy).await.unwrap();
+    client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+    assert_eq!(root.read("f.bin").await.unwrap(), new);
+    // Back the other way: the server's file edited, ours the old one.
+    root.write("f.bin", &old).await;
+    client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
+    assert_eq!(std::fs::read(&local).unwrap(), old);
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (up, down) = wire.take();
+    // Two signatures of 768 entries (9 KiB each), two 8 KiB blocks.
+    assert!(up + down < 64 << 10, "{up} up + {down} down");
+}
+
+/// Without --delta, to a loopback server, files go whole (auto mode),
+/// and -W keeps them whole anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_sends_whole_files_on_loopback() {
+    let root = RootServer::dir().await;
+    let (proxy, wire) = counting_proxy(root.addr).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(1 << 20, 4);
+    let mut new = old.clone();
+    new.extend_from_slice(b"tail");
+    root.write("f.bin", &old).await;
+    std::fs::write(&local, &new).unwrap();
+    let mut client = Client::connect(&proxy).await.unwrap();
+    for mode in [DeltaMode::Auto, DeltaMode::Never] {
+        let mut o = TransferOptions::force(true);
+        o.delta = mode;
+        o.other_len = Some(old.len() as u64);
+        let done = client.put(&local, "f.bin", &o, &mut no_progress()).await.unwrap();
+        assert_eq!(done.matched, 0, "{mode:?}");
+        root.write("f.bin", &old).await;
+    }
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (up, _) = wire.take();
+    assert!(up > 2 * new.len() as u64, "{up}");
+}
+
+/// The server's file changes after its signature was sent: the file built
+/// from it does not hash as the client's, and the client sends it whole.
+/// Whether it shrank (the copies cannot be read) or changed in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_file_changed_while_its_signature_is_in_flight() {
+    let root = RootServer::dir().await;
+    let served = root.dir_path().unwrap().join("f.bin");
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(SIZE, 5);
+    let mut new = old.clone();
+    new[100..200].fill(9);
+    std::fs::write(&local, &new).unwrap();
+    for shrink in [true, false] {
+        root.write("f.bin", &old).await;
+        let mut changed = false;
+        let mut change = |_: Progress| {
+            if !changed {
+                changed = true;
+                let f = std::fs::OpenOptions::new().write(true).open(&served).unwrap();
+                if shrink {
+                    f.set_len(1000).unwrap();
+                } else {
+                    std::os::unix::fs::FileExt::write_all_at(&f, &[0xAA; 64 << 10], 1 << 20).unwrap();
+                }
+            }
+        };
+        let mut client = Client::connect(&root.addr()).await.unwrap();
+        let done = client.put(&local, "f.bin", &delta_options(), &mut change).await.unwrap();
+        assert!(changed, "shrink {shrink}: no progress was reported");
+        assert_eq!(std::fs::read(&served).unwrap(), new, "shrink {shrink}");
+        assert_eq!(done.matched, 0, "shrink {shrink}: sent whole in the end");
+        assert!(!root.names("").await.iter().any(|n| n.ends_with(".fwpart")), "shrink {shrink}");
+    }
+    // The same on the client's side of a get.
+    for shrink in [true, false] {
+        std::fs::write(&local, &old).unwrap();
+        root.write("f.bin", &new).await;
+        let at = local.clone();
+        let mut changed = false;
+        let mut change = move |_: Progress| {
+            if !changed {
+                changed = true;
+                let f = std::fs::OpenOptions::new().write(true).open(&at).unwrap();
+                if shrink {
+                    f.set_len(1000).unwrap();
+                } else {
+                    std::os::unix::fs::FileExt::write_all_at(&f, &[0xAA; 64 << 10], 3 << 20).unwrap();
+                }
+            }
+        };
+        let mut client = Client::connect(&root.addr()).await.unwrap();
+        client.get("f.bin", &local, &delta_options(), &mut change).await.unwrap();
+        assert_eq!(std::fs::read(&local).unwrap(), new, "get, shrink {shrink}");
+        assert!(!tmp.path().join(".f.bin.fwpart").exists());
+    }
+}
+
+/// A proxy on 127.0.0.1:0 to `to` that carries `budget` bytes of each
+/// connection's `up` (client to server) or down stream, then cuts the
+/// connection: a transfer killed at a chosen point.
+async fn cutting_proxy(to: std::net::SocketAddr, up: bool, budget: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            let (mut from, mut into, mut back_from, mut back_into) = if up {
+                (cr, sw, sr, cw)
+            } else {
+                (sr, cw, cr, sw)
+            };
+            let back = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut back_from, &mut back_into).await;
+            });
+            let mut left = budget;
+            let mut buf = vec![0u8; 64 << 10];
+            while left > 0 {
+                let Ok(n) = from.read(&mut buf).await else { break };
+                if n == 0 {
+                    break;
+                }
+                let n = n.min(left as usize);
+                if into.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                left -= n as u64;
+            }
+            back.abort();
+            drop((from, into));
+        }
+    });
+    addr
+}
+
+/// A delta transfer cut at several points leaves its partial file; the
+/// next one resumes from it (and still builds from the older version),
+/// both ways, and the result is the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_delta_transfer_resumes() {
+    let root = RootServer::dir().await;
+    let dir = root.dir_path().unwrap().to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(SIZE, 6);
+    // Half the file new: the delta has bytes to cut in.
+    let mut new = old.clone();
+    new[SIZE / 4..SIZE / 4 * 3].copy_from_slice(&noise(SIZE / 2, 60));
+    let mut resumed_some = false;
+    for budget in [100u64 << 10, 1_300_000, 2_500_000, 3_100_000] {
+        root.write("f.bin", &old).await;
+        std::fs::write(&local, &new).unwrap();
+        let proxy = cutting_proxy(root.addr, true, budget).await;
+        let mut client = Client::connect(&proxy).await.unwrap();
+        let cut = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await;
+        assert!(cut.is_err(), "cut after {budget} bytes up: {cut:?}");
+        drop(client);
+        // The server notices the cut and keeps what it wrote.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), old, "cut after {budget}");
+        let held = std::fs::metadata(dir.join(".f.bin.fwpart")).map(|m| m.len()).unwrap_or(0);
+        let mut client = Client::connect(&root.addr()).await.unwrap();
+        let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+        assert_eq!(done.resumed, held, "cut after {budget}");
+        resumed_some |= held > 0;
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), new, "cut after {budget}");
+        assert!(done.matched > 0, "cut after {budget}: the rest went whole");
+        assert!(!dir.join(".f.bin.fwpart").exists());
+    }
+    assert!(resumed_some, "no cut left anything to resume");
+    // Downloads, cut the same way.
+    let mut resumed_some = false;
+    for budget in [100u64 << 10, 1_300_000, 2_500_000] {
+        std::fs::write(&local, &old).unwrap();
+        let _ = std::fs::remove_file(tmp.path().join(".f.bin.fwpart"));
+        root.write("f.bin", &new).await;
+        let proxy = cutting_proxy(root.addr, false, budget).await;
+        let mut client = Client::connect(&proxy).await.unwrap();
+        let cut = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await;
+        assert!(cut.is_err(), "cut after {budget} bytes down: {cut:?}");
+        assert_eq!(std::fs::read(&local).unwrap(), old);
+        let held = std::fs::metadata(tmp.path().join(".f.bin.fwpart")).map(|m| m.len()).unwrap_or(0);
+        let mut client = Client::connect(&root.addr()).await.unwrap();
+        let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
+        assert_eq!(done.resumed, held, "cut after {budget}");
+        resumed_some |= held > 0;
+        assert_eq!(std::fs::read(&local).unwrap(), new, "cut after {budget}");
+        assert!(done.matched > 0, "cut after {budget}: the rest went whole");
+    }
+    assert!(resumed_some, "no cut download left anything to resume");
+}
+
+type RawReader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type RawWriter = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+async fn raw(addr: std::net::SocketAddr) -> (RawReader, RawWriter) {
+    let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    w.feed_preface(Preface::default());
+    w.flush().await.unwrap();
+    r.read_preface().await.unwrap();
+    (r, w)
+}
+
+/// Reads frames until an error frame (skipping signatures): its code.
+async fn error_code(r: &mut RawReader) -> Option<ErrorCode> {
+    loop {
+        match r.read_head::<Message>().await {
+            Ok(Some((Message::ErrorFrame(e), _))) => return Some(e.code),
+            Ok(Some(_)) => r.skip_body().await.unwrap(),
+            _ => return None,
+        }
+    }
+}
+
+/// A client's ops that do not fit the files are refused with a clear
+/// error, the connection closed and the server's file untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ops_are_refused() {
+    let root = RootServer::dir().await;
+    let old = noise(1 << 20, 7);
+    let size = old.len() as u64;
+    let copy = |offset: u64, len: u32| {
+        let mut b = vec![1u8];
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a copy past the old file's end", copy(size - 10, 100)),
+        ("a copy whose end overflows", copy(u64::MAX - 5, 100)),
+        ("ops past the new file's end", [copy(0, 1 << 20), copy(0, 10)].concat()),
+        ("an empty copy", copy(0, 0)),
+        ("an unknown tag", vec![9, 0, 0]),
+        ("data cut short", vec![2, 0, 0, 0, 100, 1, 2, 3]),
+        ("data over MAX_DATA", [vec![2], (2u32 << 20).to_be_bytes().to_vec()].concat()),
+    ];
+    for (what, body) in cases {
+        root.write("f.bin", &old).await;
+        let (mut r, mut w) = raw(root.addr).await;
+        let put = proto::Put {
+            path: "f.bin".into(),
+            size,
+            force: true,
+            mode: None,
+            mtime: None,
+            mtime_ns: None,
+            backup: None,
+            delta: Some(proto::DeltaAsk { append: None }),
+        };
+        w.send(&Message::Put(put), &[]).await.unwrap();
+        let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!("{what}") };
+        assert!(ready.basis.is_some(), "{what}: no basis offered");
+        w.send(&Message::PutDelta(proto::PutDelta { offset: 0 }), &[]).await.unwrap();
+        w.send(&Message::DeltaFrame(proto::DeltaFrame { len: body.len() as u64 }), &body).await.unwrap();
+        assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest), "{what}");
+        assert!(r.read_head::<Message>().await.map_or(true, |m| m.is_none()), "{what}: the connection stays open");
+        assert_eq!(root.read("f.bin").await.unwrap(), old, "{what}");
+    }
+    // put_delta where no basis was offered (no file there).
+    let (mut r, mut w) = raw(root.addr).await;
+    let put = proto::Put {
+        path: "new.bin".into(),
+        size,
+        force: true,
+        mode: None,
+        mtime: None,
+        mtime_ns: None,
+        backup: None,
+        delta: Some(proto::DeltaAsk { append: None }),
+    };
+    w.send(&Message::Put(put), &[]).await.unwrap();
+    let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+    assert!(ready.basis.is_none());
+    w.send(&Message::PutDelta(proto::PutDelta { offset: 0 }), &[]).await.unwrap();
+    assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest));
+    assert!(root.read("new.bin").await.is_none());
+}
+
+/// A get whose signature does not fit its basis is refused before the
+/// file is opened; one announcing more entries than the layout allows is
+/// refused before any is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_signatures_are_refused() {
+    let root = RootServer::dir().await;
+    root.write("f.bin", &noise(1 << 20, 8)).await;
+    let layout = framewire::delta::Layout::Blocks(8192);
+    let entry = |len: u32| [len.to_be_bytes().to_vec(), vec![7; 8]].concat();
+    let cases: Vec<(&str, u64, u64, Vec<Vec<u8>>)> = vec![
+        ("more entries than the layout allows", 1 << 20, 1 << 30, vec![]),
+        ("an entry of the wrong length", 16384, 2, vec![[entry(8192), entry(100)].concat()]),
+        ("a ragged frame", 16384, 2, vec![vec![1, 2, 3]]),
+        ("an empty frame", 16384, 2, vec![vec![]]),
+        ("entries longer than the file", 10000, 2, vec![[entry(8192), entry(8192)].concat()]),
+    ];
+    for (what, len, count, frames) in cases {
+        let (mut r, mut w) = raw(root.addr).await;
+        let basis = proto::Basis { len, append: false, blake3: None, layout: Some(layout), count };
+        let get = proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
+        w.send(&Message::Get(get), &[]).await.unwrap();
+        for f in frames {
+            w.send(&Message::SignatureFrame(proto::SignatureFrame { len: f.len() as u64 }), &f).await.unwrap();
+        }
+        assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest), "{what}");
+    }
+}
+
+/// A server that answers with a basis nobody asked for, or a signature
+/// that does not fit, is a protocol violation the client reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_server_signature_is_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let (read, write) = sock.into_split();
+        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+        r.read_preface().await.unwrap();
+        w.feed_preface(Preface::default());
+        w.flush().await.unwrap();
+        // stat, then put.
+        let _ = r.read_head::<Message>().await.unwrap();
+        let entry: proto::Entry =
+            serde_json::from_str(r#"{"name":"f.bin","kind":"file","size":1048576,"mtime":0,"mode":0}"#).unwrap();
+        w.send(&Message::StatReply(proto::StatReply { entry }), &[]).await.unwrap();
+        let _ = r.read_head::<Message>().await.unwrap();
+        // Blocks of 8 KiB claimed for a 1 MiB file: 128 entries, but one
+        // says it is a whole MiB.
+        let basis = proto::Basis {
+            len: 1 << 20,
+            append: false,
+            blake3: None,
+            layout: Some(framewire::delta::Layout::Blocks(8192)),
+            count: 128,
+        };
+        let ready = proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
+        w.send(&Message::PutReady(ready), &[]).await.unwrap();
+        let mut body = (1u32 << 20).to_be_bytes().to_vec();
+        body.extend_from_slice(&[0; 8]);
+        let _ = w.send(&Message::SignatureFrame(proto::SignatureFrame { len: 12 }), &body).await;
+        let _ = r.read_head::<Message>().await;
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    std::fs::write(&local, noise(1 << 20, 9)).unwrap();
+    let mut client = Client::connect(&addr.to_string()).await.unwrap();
+    let err = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unexpected { .. }), "{err:?}");
+    assert!(err.to_string().contains("signature"), "{err}");
+    fake.await.unwrap();
+}
