@@ -280,11 +280,8 @@ async fn cutting_proxy(to: std::net::SocketAddr, up: bool, budget: u64) -> Strin
             let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
-            let (mut from, mut into, mut back_from, mut back_into) = if up {
-                (cr, sw, sr, cw)
-            } else {
-                (sr, cw, cr, sw)
-            };
+            let (mut from, mut into, mut back_from, mut back_into) =
+                if up { (cr, sw, sr, cw) } else { (sr, cw, cr, sw) };
             let back = tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut back_from, &mut back_into).await;
             });
@@ -453,31 +450,52 @@ async fn hostile_ops_are_refused() {
     assert!(root.read("new.bin").await.is_none());
 }
 
-/// A get whose signature does not fit its basis is refused before the
-/// file is opened; one announcing more entries than the layout allows is
-/// refused before any is read.
+/// A get whose signature does not fit its basis is refused, the
+/// connection closed; one whose basis is not cut as the sizes say, or
+/// describes a file too long to be worth it, gets the file whole, no
+/// signature asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_signatures_are_refused() {
+    use framewire::delta::{Layout, Params};
     let root = RootServer::dir().await;
-    root.write("f.bin", &noise(1 << 20, 8)).await;
-    let layout = framewire::delta::Layout::Blocks(8192);
+    let data = noise(1 << 20, 8);
+    root.write("f.bin", &data).await;
+    let blocks = Layout::Blocks(8192);
+    let chunks = Layout::Chunks(Params::DEFAULT);
     let entry = |len: u32| [len.to_be_bytes().to_vec(), vec![7; 8]].concat();
-    let cases: Vec<(&str, u64, u64, Vec<Vec<u8>>)> = vec![
-        ("more entries than the layout allows", 1 << 20, 1 << 30, vec![]),
-        ("an entry of the wrong length", 16384, 2, vec![[entry(8192), entry(100)].concat()]),
-        ("a ragged frame", 16384, 2, vec![vec![1, 2, 3]]),
-        ("an empty frame", 16384, 2, vec![vec![]]),
-        ("entries longer than the file", 10000, 2, vec![[entry(8192), entry(8192)].concat()]),
+    let mib = 1u64 << 20;
+    let cases: Vec<(&str, u64, Layout, u64, Vec<Vec<u8>>)> = vec![
+        ("more entries than the layout allows", mib, blocks, 1 << 30, vec![]),
+        ("an entry of the wrong length", mib, blocks, 128, vec![[entry(8192), entry(100)].concat()]),
+        ("a ragged frame", mib, blocks, 128, vec![vec![1, 2, 3]]),
+        ("an empty frame", mib, blocks, 128, vec![vec![]]),
+        ("entries longer than the file", mib / 2, chunks, 17, vec![(0..17).flat_map(|_| entry(32768)).collect()]),
     ];
-    for (what, len, count, frames) in cases {
+    for (what, len, layout, count, frames) in cases {
         let (mut r, mut w) = raw(root.addr).await;
         let basis = proto::Basis { len, append: false, blake3: None, layout: Some(layout), count };
-        let get = proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
+        let get =
+            proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
         w.send(&Message::Get(get), &[]).await.unwrap();
+        let wanted = r.read_head::<Message>().await.unwrap();
+        assert!(matches!(wanted, Some((Message::SignatureWanted(_), _))), "{what}: {wanted:?}");
         for f in frames {
             w.send(&Message::SignatureFrame(proto::SignatureFrame { len: f.len() as u64 }), &f).await.unwrap();
         }
         assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest), "{what}");
+    }
+    // Not cut as the sizes say, or too long: the file whole.
+    for (what, len, layout) in
+        [("blocks for other sizes", mib / 2, blocks), ("a basis 5 times as long", 5 * mib, chunks)]
+    {
+        let (mut r, mut w) = raw(root.addr).await;
+        let basis = proto::Basis { len, append: false, blake3: None, layout: Some(layout), count: 64 };
+        let get =
+            proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
+        w.send(&Message::Get(get), &[]).await.unwrap();
+        let Some((Message::FileReply(head), _)) = r.read_head::<Message>().await.unwrap() else { panic!("{what}") };
+        assert!(!head.delta && head.len == mib, "{what}: {head:?}");
+        assert_eq!(&r.read_body(mib).await.unwrap()[..], &data[..], "{what}");
     }
 }
 
@@ -509,7 +527,8 @@ async fn a_hostile_server_signature_is_refused() {
             layout: Some(framewire::delta::Layout::Blocks(8192)),
             count: 128,
         };
-        let ready = proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
+        let ready =
+            proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
         w.send(&Message::PutReady(ready), &[]).await.unwrap();
         let mut body = (1u32 << 20).to_be_bytes().to_vec();
         body.extend_from_slice(&[0; 8]);

@@ -650,9 +650,12 @@ async fn raw_get(
     let (read, write) = sock.into_split();
     let mut w = FrameWriter::new(write);
     w.feed_preface(Preface::default());
-    w.send(&Message::Get(proto::Get { path: path.into(), offset: 0, prefix_blake3: None, sparse: false, basis: None }), &[])
-        .await
-        .unwrap();
+    w.send(
+        &Message::Get(proto::Get { path: path.into(), offset: 0, prefix_blake3: None, sparse: false, basis: None }),
+        &[],
+    )
+    .await
+    .unwrap();
     (read, w)
 }
 

@@ -236,6 +236,40 @@ fn each_key_may_do_what_its_options_say() {
     }
 }
 
+/// A delta upload shows the uploader the signature of the file it
+/// replaces: a key that may write but not read gets none, and its file
+/// goes whole; a key that may read gets a delta.
+#[test]
+fn a_key_that_may_not_read_gets_no_delta() {
+    let Some(keys) = Keys::new() else { return };
+    let (alice, writer) = (keys.person("alice"), keys.person("writer"));
+    let file = keys.file(&[
+        format!("{} alice", alice.public),
+        format!("restrict,permit=\"put,overwrite,list\" {}", writer.public),
+    ]);
+    let server = keys.serve(&file, &[]);
+    let root = server.root.path();
+    let home = Home::new();
+    let a = server.addr.as_str();
+    let local = tempfile::tempdir().unwrap();
+    let big = local.path().join("big.bin");
+    let old: Vec<u8> = (0..(1u32 << 20)).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+    for (who, delta) in [(&writer, false), (&alice, true)] {
+        std::fs::write(root.join("big.bin"), &old).unwrap();
+        let mut new = old.clone();
+        new[1000..1010].fill(0);
+        std::fs::write(&big, &new).unwrap();
+        // Another time than the server's copy: not "unchanged".
+        let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        std::fs::File::options().write(true).open(&big).unwrap().set_modified(when).unwrap();
+        let args = ["put", "--delta", "--accept-new", "-i", id(who), a, big.to_str().unwrap(), "big.bin"];
+        let out = home.run(&args);
+        assert!(out.status.success(), "{out:?}");
+        assert!(std::fs::read(root.join("big.bin")).unwrap() == new, "{out:?}");
+        assert_eq!(text(&out.stderr).contains("the receiver had them: delta"), delta, "{out:?}");
+    }
+}
+
 #[test]
 fn keys_are_refused_by_origin_time_and_absence() {
     let Some(keys) = Keys::new() else { return };

@@ -502,7 +502,8 @@ async fn drain_deadline_ends_stuck_requests() {
     // A download whose reader has stalled, on the zero-copy path.
     std::fs::File::create(server.root.path().join("big")).unwrap().set_len(1 << 30).unwrap();
     let mut stalled = raw(&server).await;
-    let get = Message::Get(proto::Get { path: "big".into(), offset: 0, prefix_blake3: None, sparse: false, basis: None });
+    let get =
+        Message::Get(proto::Get { path: "big".into(), offset: 0, prefix_blake3: None, sparse: false, basis: None });
     stalled.write_all(&frame(&get, &[])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();

@@ -561,6 +561,31 @@ impl Client {
         }
     }
 
+    /// The `file` answering a `get`, sending the signature of our older
+    /// version first if the server asks for it (`signature_wanted`: it
+    /// will answer with a delta). A server that does not build deltas
+    /// answers with the file whole.
+    async fn file_reply(&mut self, sig: Option<&crate::delta::Signature>) -> Result<FileReply, ClientError> {
+        use crate::proto::GetOutput;
+        let mut sig = sig;
+        loop {
+            match self.session.read::<GetOutput>().await? {
+                Some((GetOutput::FileReply(head), _)) => return Ok(head),
+                Some((GetOutput::SignatureWanted(_), _)) => {
+                    // Sent once at most.
+                    let Some(sig) = sig.take() else {
+                        self.session.abandon().await;
+                        let got = "signature_wanted".into();
+                        return Err(ClientError::Unexpected { expected: "file (no basis was sent)", got });
+                    };
+                    delta::send_signature(&mut self.session, sig).await?;
+                }
+                Some((GetOutput::ErrorFrame(e), _)) => return Err(e.into()),
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
     /// Whether a transfer in `mode` goes as a delta to this server.
     fn wants_delta(&self, mode: DeltaMode) -> bool {
         match mode {
@@ -610,10 +635,7 @@ impl Client {
         let asked = basis.as_ref().map(|(_, sig, hash)| delta::basis_of(sig, Some(hash.to_hex().to_string())));
         let get = Get { path: remote.to_owned(), offset, prefix_blake3, sparse: true, basis: asked };
         self.session.send(&get, &[]).await?;
-        if let Some((_, sig, _)) = &basis {
-            delta::send_signature(&mut self.session, sig).await?;
-        }
-        let head: FileReply = match self.answer().await {
+        let head: FileReply = match self.file_reply(basis.as_ref().map(|(_, sig, _)| sig)).await {
             Ok(head) => head,
             Err(e) => {
                 // Nothing of this file was fetched: an empty partial file
@@ -965,6 +987,14 @@ impl Client {
         (basis, ask): (crate::proto::Basis, crate::proto::DeltaAsk),
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
+        if !basis.append {
+            let fits = basis.layout.is_some_and(|l| delta::layout_fits(l, basis.len, size).is_ok());
+            if !fits || basis.count == 0 {
+                self.session.abandon().await;
+                let got = format!("{:?} for {} and {size} bytes", basis.layout, basis.len);
+                return Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into());
+            }
+        }
         let plan = if basis.append {
             if ask.append.as_ref().is_none_or(|p| p.len != basis.len) {
                 self.session.abandon().await;

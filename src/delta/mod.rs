@@ -694,6 +694,11 @@ impl Encoder {
         ops
     }
 
+    /// Bytes the last op made so far makes (it may still grow).
+    pub fn pending(&self) -> u64 {
+        self.ops.last().map_or(0, Op::len)
+    }
+
     /// Bytes of the new file found in the old one so far.
     pub fn matched(&self) -> u64 {
         self.matched

@@ -451,6 +451,12 @@ messages! {
         len: u64,
     }
 
+    /// Reply to a [`Get`] with a `basis`: the server will answer with a
+    /// delta, and wants the basis's signature first (the client sends its
+    /// [`SignatureFrame`]s, then reads the `file`).
+    SignatureWanted = "signature_wanted", ToClient, none, cold, example: SignatureWanted {};
+    {}
+
     /// Upload, after a `put_ready` with a `basis`: bytes `offset..size`
     /// of the file come as [`DeltaFrame`]s built from it, then a
     /// [`Checksum`] of the whole file.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use message::{Message, ToBoth, ToClient, ToServer};
 pub use messages::*;
 pub use sets::{
-    Answer, AuthInput, ExecInput, ExecOutput, ListingOutput, PutInput, Request, TreeGetInput, TreeGetOutput,
+    Answer, AuthInput, ExecInput, ExecOutput, GetOutput, ListingOutput, PutInput, Request, TreeGetInput, TreeGetOutput,
     TreePutInput, TreePutOutput,
 };
 pub use tree::{

@@ -20,6 +20,11 @@ set! {
 }
 
 set! {
+    /// What a client reads answering a `get` with a `basis`.
+    GetOutput: "file, signature_wanted or error", known KINDS, tags Tag, { FileReply, SignatureWanted, ErrorFrame }
+}
+
+set! {
     /// What a server reads after its `put_ready`.
     PutInput: "put_data or put_delta (after put_ready)", known KINDS, tags Tag, { PutData, PutDelta }
 }

@@ -16,6 +16,14 @@ use tokio::sync::mpsc;
 use super::receiver::Received;
 use super::{cut_off_by, Outbound, Sends, Session};
 use crate::delta::{Action, DeltaError, Encoder, Indexer, Layout, Op, Patcher, Signature, SignatureReader, ENTRY_LEN};
+
+/// The longest older version a receiver's signature may describe, for a
+/// new file of `new_len` bytes: four times as long (a file cut to less
+/// than a quarter goes whole), so that what a sender holds of a signature
+/// is bounded by its own file, not by what the receiver claims.
+pub fn longest_basis(new_len: u64) -> u64 {
+    new_len.saturating_mul(4)
+}
 use crate::proto::{Basis, DeltaFrame, SignatureFrame};
 use crate::services::root::PartialName;
 use crate::wire::Error;
@@ -30,6 +38,12 @@ pub const DELTA_FRAME_MAX: u64 = 4 << 20;
 
 /// A sender sends its frame once it holds this many bytes of ops.
 const DELTA_FRAME_TARGET: usize = 1 << 20;
+
+/// A frame covers at most this much of the file, and a copy is at most
+/// this long: a large unchanged file goes as a steady run of frames
+/// (neither side waits for the other to read it all), each a bounded
+/// amount of work for the receiver.
+const MAX_RUN: u64 = 64 << 20;
 
 /// New files smaller than this are sent whole: a delta saves at most
 /// what such a file costs, and costs a round trip and both sides'
@@ -159,8 +173,24 @@ impl Plan {
         match self {
             Plan::Append(old_len) if *old_len > new_len => Err(DeltaError::TooLong { new_len }),
             Plan::Append(_) => Ok(()),
-            Plan::Against(sig) => Encoder::new(sig, new_len).map(drop),
+            Plan::Against(sig) => layout_fits(sig.layout, sig.len, new_len),
         }
+    }
+}
+
+/// Whether a signature of an older version of `old_len` bytes cut as
+/// `layout` may be used for a new one of `new_len`: the layout is the
+/// two lengths' ([`Layout::for_sizes`]), never the receiver's choice.
+///
+/// # Errors
+///
+/// [`DeltaError::WrongLayout`].
+pub fn layout_fits(layout: Layout, old_len: u64, new_len: u64) -> Result<(), DeltaError> {
+    let want = Layout::for_sizes(old_len, new_len);
+    if layout == want {
+        Ok(())
+    } else {
+        Err(DeltaError::WrongLayout { got: layout, want })
     }
 }
 
@@ -206,11 +236,29 @@ struct Framer<'a> {
     pos: u64,
     from: u64,
     matched: u64,
+    /// Where in the new file the last frame sent ended.
+    sent: u64,
     tx: &'a mpsc::Sender<(Vec<u8>, u64)>,
 }
 
 impl Framer<'_> {
     fn push(&mut self, op: Op) -> Result<(), DeltaFailed> {
+        match op {
+            // Long copies in runs of MAX_RUN, each perhaps its frame's last.
+            Op::Copy { offset, len } if u64::from(len) > MAX_RUN => {
+                let mut done = 0u64;
+                while done < u64::from(len) {
+                    let run = (u64::from(len) - done).min(MAX_RUN);
+                    self.push_one(Op::Copy { offset: offset + done, len: run as u32 })?;
+                    done += run;
+                }
+                Ok(())
+            }
+            op => self.push_one(op),
+        }
+    }
+
+    fn push_one(&mut self, op: Op) -> Result<(), DeltaFailed> {
         let start = self.pos;
         self.pos += op.len();
         if self.pos <= self.from {
@@ -228,7 +276,7 @@ impl Framer<'_> {
             self.matched += u64::from(len);
         }
         op.encode(&mut self.buf);
-        if self.buf.len() >= DELTA_FRAME_TARGET {
+        if self.buf.len() >= DELTA_FRAME_TARGET || self.pos - self.sent >= MAX_RUN {
             self.send()?;
         }
         Ok(())
@@ -239,6 +287,7 @@ impl Framer<'_> {
             return Ok(());
         }
         let frame = std::mem::take(&mut self.buf);
+        self.sent = self.pos;
         // The receiving end is gone only when the sending failed: its
         // error is the one reported.
         self.tx.blocking_send((frame, self.pos)).map_err(|_| DeltaFailed::Closed)
@@ -253,7 +302,7 @@ fn encode(
     from: u64,
     tx: &mpsc::Sender<(Vec<u8>, u64)>,
 ) -> Result<Sent, DeltaFailed> {
-    let mut out = Framer { buf: Vec::with_capacity(DELTA_FRAME_TARGET * 2), pos: 0, from, matched: 0, tx };
+    let mut out = Framer { buf: Vec::with_capacity(DELTA_FRAME_TARGET * 2), pos: 0, from, matched: 0, sent: from, tx };
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; PIECE];
     let mut at = 0u64;
@@ -291,7 +340,9 @@ fn encode(
                 let n = read(at, &mut buf)?;
                 hasher.update(&buf[..n]);
                 encoder.feed(&buf[..n]);
-                for op in encoder.take(true) {
+                // The last op may still grow, unless it is long enough to
+                // go now (a long unchanged stretch is not held back).
+                for op in encoder.take(encoder.pending() < MAX_RUN) {
                     out.push(op)?;
                 }
                 at += n as u64;
@@ -361,6 +412,9 @@ impl Patch {
     /// writing the partial file failed.
     pub fn apply(&mut self, frame: &[u8]) -> Result<(), DeltaFailed> {
         let ops = Op::decode_all(frame)?;
+        if ops.is_empty() {
+            return Err(DeltaError::EmptyOp.into());
+        }
         let mut buf = Vec::new();
         for op in &ops {
             let at = self.patcher.written();
@@ -497,22 +551,30 @@ impl SignatureCache {
 }
 
 /// How a sender holding `file` (`size` bytes) answers a receiver's
-/// `basis` (with its signature `sig`, if it sent one): an append if the
-/// receiver's whole file hashes as this one's start, else against the
-/// signature if it fits the two lengths; `None`: the file goes whole.
-/// Blocking.
-pub fn plan_for(file: &File, size: u64, basis: &Basis, sig: Option<Signature>) -> Option<Plan> {
-    if !worth(basis.len, size) {
+/// `basis`: an append if the receiver's whole file hashes as this one's
+/// start, else its signature if the basis is cut as the two lengths say
+/// and not too long; `None`: the file goes whole. Blocking.
+pub fn plan_for(file: &File, size: u64, basis: &Basis) -> Option<Want> {
+    if !worth(basis.len, size) || basis.len > longest_basis(size) {
         return None;
     }
     if let Some(theirs) = basis.blake3.as_deref().filter(|_| basis.len < size) {
         let mut dup = file.try_clone().ok()?;
         let ours = crate::services::files::hash_prefix(&mut dup, basis.len).ok()?.finalize();
         if ours.to_hex().as_str() == theirs {
-            return Some(Plan::Append(basis.len));
+            return Some(Want::Append(basis.len));
         }
     }
-    let plan = Plan::Against(sig?);
-    plan.check(size).ok()?;
-    Some(plan)
+    let layout = basis.layout?;
+    (basis.count > 0 && layout_fits(layout, basis.len, size).is_ok()).then_some(Want::Signature)
+}
+
+/// What a sender answers a receiver's `basis` with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The receiver's whole file (this many bytes) is the start of the
+    /// new one: no signature needed.
+    Append(u64),
+    /// Its signature, to make ops against.
+    Signature,
 }

@@ -6,7 +6,7 @@
 use super::super::storage::{mismatch, Body, Download as _, NotFinished, NotReceived, Storage, Upload};
 use crate::proto::{
     Backup, Checksum, Get, List, ListReply, Mkdir, MkdirReply, Put, PutDone, PutInput, PutReady, Remove, RemoveReply,
-    Rename, RenameReply, Stat, StatReply,
+    Rename, RenameReply, SignatureWanted, Stat, StatReply,
 };
 use crate::services::files::{self, Listing, Sandbox};
 use crate::services::Fault;
@@ -71,18 +71,9 @@ pub(in crate::server) async fn stat<St: Storage>(s: &mut S, st: &St, request: St
 /// file.
 pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request: Get) -> Result<(), Error> {
     let shown = files::shown(&request.path);
-    // The client's older version: its signature follows the request,
-    // and is read whatever the answer.
+    // The client's older version (PROTOCOL.md §4.6.6): its signature is
+    // asked for only once the file is open and the basis fits it.
     let basis = request.basis.take();
-    let sig = match &basis {
-        Some(b) if b.count > 0 => match delta::read_signature(s, b).await {
-            Ok(sig) => Some(sig),
-            Err(delta::DeltaFailed::Wire(e)) => return Err(e),
-            Err(delta::DeltaFailed::Closed) => return Ok(()),
-            Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
-        },
-        _ => None,
-    };
     let download = match st.open(request).await {
         Ok(download) => download,
         Err(r) => return s.refuse(r).await,
@@ -90,10 +81,22 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
     if let (Some(basis), Some(file)) = (basis, download.delta_source()) {
         let head = download.head();
         let size = head.size;
-        let chosen = tokio::task::spawn_blocking(move || delta::plan_for(&file, size, &basis, sig).map(|p| (file, p)))
-            .await
-            .ok()
-            .flatten();
+        let cut = s.cut_off().clone();
+        let b = basis.clone();
+        let want = tokio::task::spawn_blocking(move || delta::plan_for(&file, size, &b).map(|w| (file, w)));
+        let chosen = match cut_off_by(&cut, async { Ok(want.await.ok().flatten()) }).await? {
+            Some((file, delta::Want::Append(len))) => Some((file, delta::Plan::Append(len))),
+            Some((file, delta::Want::Signature)) => {
+                s.send(&SignatureWanted {}, &[]).await?;
+                match cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await? {
+                    Ok(sig) => Some((file, delta::Plan::Against(sig))),
+                    Err(delta::DeltaFailed::Wire(e)) => return Err(e),
+                    Err(delta::DeltaFailed::Closed) => return Ok(()),
+                    Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
+                }
+            }
+            None => None,
+        };
         if let Some((file, plan)) = chosen {
             let head = crate::proto::FileReply { len: 0, holes: None, delta: true, ..head };
             s.send(&head, &[]).await?;
@@ -150,7 +153,13 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     // The older version, for a delta (PROTOCOL.md §4.6.6): only to a key
     // that may read it, as its signature tells of its contents.
     let basis = match &delta {
-        Some(ask) if st.reads_allowed() => cut_off_by(&cut, async { Ok(upload.basis(ask, size).await) }).await?,
+        Some(ask) if st.reads_allowed() => match cut_off_by(&cut, async { Ok(upload.basis(ask, size).await) }).await {
+            Ok(basis) => basis,
+            Err(e) => {
+                upload.abandon().await;
+                return Err(e);
+            }
+        },
         _ => None,
     };
     let offered = basis.is_some();
