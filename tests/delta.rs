@@ -544,3 +544,55 @@ async fn a_hostile_server_signature_is_refused() {
     assert!(err.to_string().contains("signature"), "{err}");
     fake.await.unwrap();
 }
+
+/// A server older than deltas ignores a get's basis and sends the file
+/// whole: the client takes it, and the connection stays in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_server_sends_the_file_whole() {
+    let data = noise(256 << 10, 10);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = data.clone();
+    let fake = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let (read, write) = sock.into_split();
+        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+        r.read_preface().await.unwrap();
+        w.feed_preface(Preface::default());
+        w.flush().await.unwrap();
+        // The get, with a basis this server does not know of.
+        let Some((Message::Get(get), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+        assert!(get.basis.is_some());
+        let head = proto::FileReply {
+            len: sent.len() as u64,
+            size: sent.len() as u64,
+            offset: 0,
+            mtime: 0,
+            mode: 0o644,
+            mtime_ns: None,
+            holes: None,
+            delta: false,
+        };
+        w.send(&Message::FileReply(head), &sent).await.unwrap();
+        let sum = proto::Checksum { blake3: blake3::hash(&sent).to_hex().to_string() };
+        w.send(&Message::Checksum(sum), &[]).await.unwrap();
+        // The next request is a stat, not a signature.
+        let Some((Message::Stat(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("out of step") };
+        let entry: proto::Entry =
+            serde_json::from_str(r#"{"name":"f.bin","kind":"file","size":262144,"mtime":0,"mode":420}"#).unwrap();
+        w.send(&Message::StatReply(proto::StatReply { entry }), &[]).await.unwrap();
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let mut old = data.clone();
+    old[5000..6000].fill(1);
+    std::fs::write(&local, &old).unwrap();
+    let mut client = Client::connect(&addr.to_string()).await.unwrap();
+    let mut options = delta_options();
+    options.other_len = Some(data.len() as u64);
+    let done = client.get("f.bin", &local, &options, &mut no_progress()).await.unwrap();
+    assert_eq!(done.matched, 0);
+    assert!(std::fs::read(&local).unwrap() == data);
+    assert_eq!(client.stat("f.bin").await.unwrap().size, data.len() as u64);
+    fake.await.unwrap();
+}
