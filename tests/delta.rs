@@ -9,6 +9,8 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::path::Path;
+
 use common::roots::RootServer;
 use framewire::client::{DeltaMode, Progress, TransferOptions};
 use framewire::proto::{self, AnyMessage as Message};
@@ -595,4 +597,68 @@ async fn an_older_server_sends_the_file_whole() {
     assert!(std::fs::read(&local).unwrap() == data);
     assert_eq!(client.stat("f.bin").await.unwrap().size, data.len() as u64);
     fake.await.unwrap();
+}
+
+/// `put -r` and `get -r`: a tree's large changed files go as deltas (the
+/// rest in the stream), and the tree comes out as the source, modes and
+/// times included.
+#[test]
+fn trees_send_their_large_changed_files_as_deltas() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = common::Serve::start(&["--insecure"]);
+    let served = server.root.path().join("t");
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("t");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::create_dir_all(&served).unwrap();
+    let when = |secs: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let write = |path: &Path, data: &[u8], secs: u64, mode: u32| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(when(secs)).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let big = noise(3 << 20, 11);
+    let mut changed = big.clone();
+    changed[2_000_000..2_000_100].fill(3);
+    // The receiver's older versions.
+    write(&served.join("big.bin"), &big, 1_000, 0o644);
+    write(&served.join("sub/log.txt"), &big[..2 << 20], 1_000, 0o644);
+    write(&served.join("small.txt"), b"old", 1_000, 0o644);
+    // The source: one edited in place, one appended to, a small one
+    // changed, a new one.
+    write(&src.join("big.bin"), &changed, 2_000, 0o600);
+    write(&src.join("sub/log.txt"), &big, 2_000, 0o640);
+    write(&src.join("small.txt"), b"new", 2_000, 0o644);
+    write(&src.join("new.bin"), &noise(100_000, 12), 2_000, 0o644);
+    let a = server.addr.as_str();
+    let out = common::framewire(&["put", "-r", "--delta", a, src.to_str().unwrap(), ""]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("4 file(s)") && said.contains("the receiver had them: delta"), "{said}");
+    for (name, mode) in [("big.bin", 0o600), ("sub/log.txt", 0o640), ("small.txt", 0o644), ("new.bin", 0o644)] {
+        let (s, r) = (src.join(name), served.join(name));
+        assert!(std::fs::read(&s).unwrap() == std::fs::read(&r).unwrap(), "{name}");
+        let meta = std::fs::metadata(&r).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+        assert_eq!(meta.modified().unwrap(), when(2_000), "{name}");
+    }
+    // Back: a copy of the old tree brought up to date by get -r.
+    let back = local.path().join("back");
+    write(&back.join("t/big.bin"), &big, 1_000, 0o644);
+    write(&back.join("t/sub/log.txt"), &big[..2 << 20], 1_000, 0o644);
+    let out = common::framewire(&["get", "-r", "--delta", a, "t", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the receiver had them: delta"), "{said}");
+    for name in ["big.bin", "sub/log.txt", "small.txt", "new.bin"] {
+        let (s, r) = (src.join(name), back.join("t").join(name));
+        assert!(std::fs::read(&s).unwrap() == std::fs::read(&r).unwrap(), "{name}");
+        assert_eq!(std::fs::metadata(&r).unwrap().modified().unwrap(), when(2_000), "{name}");
+    }
+    // Without --delta, on loopback, the same copy sends whole files.
+    write(&served.join("big.bin"), &big, 1_000, 0o644);
+    let out = common::framewire(&["put", "-r", a, src.to_str().unwrap(), ""]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("delta"), "{out:?}");
 }

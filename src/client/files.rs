@@ -587,7 +587,7 @@ impl Client {
     }
 
     /// Whether a transfer in `mode` goes as a delta to this server.
-    fn wants_delta(&self, mode: DeltaMode) -> bool {
+    pub(crate) fn wants_delta(&self, mode: DeltaMode) -> bool {
         match mode {
             DeltaMode::Always => true,
             DeltaMode::Never => false,

@@ -2011,8 +2011,8 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
         applying,
         wanted: _,
         devices: _,
-        names: _,
-        receiver: _,
+        mut names,
+        receiver,
     } = plan;
     let refused = refused.iter().map(|j| j.source(direction)).collect();
     let mut summary =
@@ -2046,6 +2046,15 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     // trip less).
     // Owners and extended attributes travel in manifests only.
     let streamed = options.streamed && (jobs.len() > 1 || jobs.iter().any(|j| j.attrs.is_some() || j.owner.is_some()));
+    // A tree's large changed files go one by one as deltas, out of the
+    // stream, where a worker's connection wants deltas: their owners and
+    // attributes are set once they are in place, as a file's left
+    // unchanged are (the stream would have carried them).
+    if streamed && options.delta != super::DeltaMode::Never {
+        for job in jobs.iter().filter(|j| goes_as_delta(j)) {
+            meta.extend(attrs_after_delta(direction, job, &receiver, &mut names));
+        }
+    }
     if !jobs.is_empty() {
         for share in split(jobs, workers) {
             let (endpoint, totals, observer) = (endpoint.clone(), totals.clone(), observer.clone());
@@ -2371,6 +2380,47 @@ fn split(jobs: Vec<Job>, n: usize) -> Vec<Vec<(usize, Job)>> {
 /// One connection's share of a copy: streamed with one request, or, from
 /// a server that has no streamed transfer (or when asked), one request
 /// per file.
+/// Files of a tree at least this large that the receiver holds an older
+/// version of are sent as deltas, each by itself (PROTOCOL.md §4.6.6),
+/// where the connection wants deltas; smaller ones go whole in the
+/// stream, where a file costs no round trip of its own.
+pub const TREE_DELTA_MIN: u64 = 1 << 20;
+
+/// Whether a tree's file goes by itself as a delta (if its connection
+/// wants deltas).
+fn goes_as_delta(job: &Job) -> bool {
+    job.size >= TREE_DELTA_MIN && job.held.is_some_and(|held| crate::session::delta::worth(held, job.size))
+}
+
+/// The owner and attributes a file sent as a delta out of a tree's
+/// stream is given once it is in place (the stream would have carried
+/// them): a [`Meta::File`] for the file as the copy leaves it, `None` if
+/// the copy keeps none.
+fn attrs_after_delta(
+    direction: Direction,
+    job: &Job,
+    receiver: &Receiver,
+    names: &mut crate::services::attrs::Names,
+) -> Option<Meta> {
+    let attrs = match (direction, job.owner) {
+        (Direction::Put, Some((uid, gid))) if receiver.how.owners => {
+            let mut a = job.attrs.as_deref().cloned().unwrap_or_default();
+            (a.uid, a.gid) = (Some(uid), Some(gid));
+            if !receiver.how.numeric {
+                (a.user, a.group) = names.names(uid, gid);
+            }
+            Some(Box::new(a))
+        }
+        _ => job.attrs.clone(),
+    }?;
+    let path = match direction {
+        Direction::Put => job.remote.clone(),
+        Direction::Get => job.base.as_ref()?.rel(&job.local).ok()?,
+    };
+    let mtime = Stamp::from_wire(job.mtime, job.mtime_ns);
+    Some(Meta::File { path, size: job.size, mode: job.mode, mtime, attrs: Some(attrs), shown: job.source(direction) })
+}
+
 async fn share_worker(
     endpoint: &Endpoint,
     direction: Direction,
@@ -2379,21 +2429,25 @@ async fn share_worker(
     observer: &dyn Observer,
     totals: &Mutex<Summary>,
 ) {
-    let (mut ids, mut jobs): (Vec<usize>, Vec<Job>) = share.into_iter().unzip();
     let mut client = match endpoint.connect().await {
         Ok(client) => Some(client),
         Err(e) => {
             let mut t = totals.lock().expect("totals");
             let message = e.to_string();
-            t.failures.push(Failure { path: jobs[0].source(direction), error: e });
-            for job in &jobs[1..] {
+            t.failures.push(Failure { path: share[0].1.source(direction), error: e });
+            for (_, job) in &share[1..] {
                 let error = ClientError::Wire(crate::wire::Error::Io(std::io::Error::other(message.clone())));
                 t.failures.push(Failure { path: job.source(direction), error });
             }
             return;
         }
     };
-    if streamed {
+    // Large changed files by themselves as deltas, after the stream.
+    let deltas = streamed && client.as_ref().is_some_and(|c| c.wants_delta(how.delta));
+    let (by_itself, share): (Vec<(usize, Job)>, Vec<(usize, Job)>) =
+        share.into_iter().partition(|(_, job)| deltas && goes_as_delta(job));
+    let (mut ids, mut jobs): (Vec<usize>, Vec<Job>) = share.into_iter().unzip();
+    if streamed && !jobs.is_empty() {
         let c = client.as_mut().expect("connected");
         let mut outcome = Err(ClientError::Closed);
         // A file found busy (another upload of it was under way, e.g. the
@@ -2421,14 +2475,14 @@ async fn share_worker(
         match outcome {
             Ok(outcomes) => {
                 settle(&mut totals.lock().expect("totals"), &jobs, direction, outcomes);
-                return;
+                (ids, jobs) = (Vec::new(), Vec::new());
             }
             // An older server: file by file, below.
             Err(ClientError::Remote { code: ErrorCode::UnknownType, .. }) => {}
             Err(e) => {
                 let mut t = totals.lock().expect("totals");
                 let message = e.to_string();
-                for job in &jobs {
+                for job in jobs.iter().chain(by_itself.iter().map(|(_, j)| j)) {
                     let error = ClientError::Wire(crate::wire::Error::Io(std::io::Error::other(message.clone())));
                     t.failures.push(Failure { path: job.source(direction), error });
                 }
@@ -2436,6 +2490,9 @@ async fn share_worker(
             }
         }
     }
+    let (more_ids, more_jobs): (Vec<usize>, Vec<Job>) = by_itself.into_iter().unzip();
+    ids.extend(more_ids);
+    jobs.extend(more_jobs);
     for (id, job) in ids.into_iter().zip(&jobs) {
         observer.started(id, job);
         let outcome =
