@@ -466,7 +466,9 @@ async fn hostile_signatures_are_refused() {
     let chunks = Layout::Chunks(Params::DEFAULT);
     let entry = |len: u32| [len.to_be_bytes().to_vec(), vec![7; 8]].concat();
     let mib = 1u64 << 20;
-    let cases: Vec<(&str, u64, Layout, u64, Vec<Vec<u8>>)> = vec![
+    // What, the basis's length, layout and count, the frames sent.
+    type Case = (&'static str, u64, Layout, u64, Vec<Vec<u8>>);
+    let cases: Vec<Case> = vec![
         ("more entries than the layout allows", mib, blocks, 1 << 30, vec![]),
         ("an entry of the wrong length", mib, blocks, 128, vec![[entry(8192), entry(100)].concat()]),
         ("a ragged frame", mib, blocks, 128, vec![vec![1, 2, 3]]),

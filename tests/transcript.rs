@@ -99,6 +99,7 @@ async fn put_with_resume(server: &TestServer) -> String {
         mtime: Some(MTIME as i64),
         mtime_ns: None,
         backup: None,
+        delta: None,
     };
     let mut first = Transcript::open(&server.addr()).await;
     first.send("put", &put, &[]).await;
@@ -148,6 +149,7 @@ async fn get_with_resume(server: &TestServer) -> String {
         offset: HELD as u64,
         prefix_blake3: Some(hex(&CONTENT[..HELD])),
         sparse: false,
+        basis: None,
     };
     t.send("get (6 bytes held)", &get, &[]).await;
     match t.receive().await {

@@ -676,7 +676,7 @@ impl Client {
         let mut matched = 0;
         let received = match basis {
             Some((old, sig, _)) if is_delta => {
-                let patch = receiver.patch(old, sig.len, size);
+                let patch = delta::Patch::new(receiver, (old, sig.len), size);
                 let built = delta::receive_ops(&mut self.session, patch, &mut |n| {
                     at.done = n.saturating_sub(offset);
                     progress(at);
@@ -686,6 +686,7 @@ impl Client {
                     matched = p.copied();
                     p.finish().map_err(|e| (e, None))
                 });
+                let finished = finished.map_err(|(e, p)| (e, p.map(|p| *p)));
                 match finished {
                     Ok(received) => received,
                     Err((delta::DeltaFailed::BasisChanged(_), _)) => {

@@ -2421,10 +2421,13 @@ fn attrs_after_delta(
     Some(Meta::File { path, size: job.size, mode: job.mode, mtime, attrs: Some(attrs), shown: job.source(direction) })
 }
 
+/// A worker's files, each with its place in the plan.
+type Share = Vec<(usize, Job)>;
+
 async fn share_worker(
     endpoint: &Endpoint,
     direction: Direction,
-    share: Vec<(usize, Job)>,
+    share: Share,
     (how, streamed): (&TransferOptions, bool),
     observer: &dyn Observer,
     totals: &Mutex<Summary>,
@@ -2444,8 +2447,7 @@ async fn share_worker(
     };
     // Large changed files by themselves as deltas, after the stream.
     let deltas = streamed && client.as_ref().is_some_and(|c| c.wants_delta(how.delta));
-    let (by_itself, share): (Vec<(usize, Job)>, Vec<(usize, Job)>) =
-        share.into_iter().partition(|(_, job)| deltas && goes_as_delta(job));
+    let (by_itself, share): (Share, Share) = share.into_iter().partition(|(_, job)| deltas && goes_as_delta(job));
     let (mut ids, mut jobs): (Vec<usize>, Vec<Job>) = share.into_iter().unzip();
     if streamed && !jobs.is_empty() {
         let c = client.as_mut().expect("connected");

@@ -377,14 +377,12 @@ pub struct Patch {
 }
 
 impl Patch {
-    /// A patch into `file` (the partial file of `name`, holding `held`
-    /// bytes whose hash `hasher` holds) from `old` (`old_len` bytes).
-    pub(super) fn new(
-        (file, name): (File, PartialName),
-        (held, hasher): (u64, blake3::Hasher),
-        (old, old_len): (File, u64),
-        new_len: u64,
-    ) -> Patch {
+    /// The body of `receiver`'s file comes as a delta from `old`
+    /// (`old_len` bytes, the older version): a patch that builds the file
+    /// of `new_len` bytes after what is held (agreed already).
+    pub fn new(receiver: super::Receiver, (old, old_len): (File, u64), new_len: u64) -> Patch {
+        let (partial, held, hasher) = receiver.into_parts();
+        let (file, name) = partial.take_file();
         let patcher = Patcher::resuming(old_len, new_len, held);
         Patch { file, name, old, patcher, hasher, new_len, copied: 0, broken: None }
     }
@@ -481,18 +479,18 @@ pub async fn receive_ops<S>(
     s: &mut Session<S>,
     mut patch: Patch,
     progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<Patch, (DeltaFailed, Option<Patch>)> {
+) -> Result<Patch, (DeltaFailed, Option<Box<Patch>>)> {
     let cut = s.cut_off().clone();
     while !patch.is_whole() {
         let head = cut_off_by(&cut, s.read::<DeltaFrame>()).await;
         match head {
             Ok(Some(_)) => {}
-            Ok(None) => return Err((DeltaFailed::Closed, Some(patch))),
-            Err(e) => return Err((e.into(), Some(patch))),
+            Ok(None) => return Err((DeltaFailed::Closed, Some(Box::new(patch)))),
+            Err(e) => return Err((e.into(), Some(Box::new(patch)))),
         }
         let body = match cut_off_by(&cut, s.reader().read_body(DELTA_FRAME_MAX)).await {
             Ok(body) => body,
-            Err(e) => return Err((e.into(), Some(patch))),
+            Err(e) => return Err((e.into(), Some(Box::new(patch)))),
         };
         let applied = tokio::task::spawn_blocking(move || {
             let r = patch.apply(&body);
@@ -501,7 +499,7 @@ pub async fn receive_ops<S>(
         .await;
         match applied {
             Ok((p, Ok(()))) => patch = p,
-            Ok((p, Err(e))) => return Err((e, Some(p))),
+            Ok((p, Err(e))) => return Err((e, Some(Box::new(p)))),
             Err(e) => return Err((DeltaFailed::Io(io::Error::other(e)), None)),
         }
         progress(patch.written());
@@ -516,12 +514,14 @@ pub async fn receive_ops<S>(
 /// [`SIGNATURE_CACHE_ENTRIES`] entries in all, or
 /// [`SIGNATURE_CACHE_FILES`] files, it starts over.
 #[derive(Debug, Default)]
-pub struct SignatureCache(
-    std::sync::Mutex<(
-        std::collections::HashMap<(crate::services::files::Version, Layout), std::sync::Arc<Signature>>,
-        usize,
-    )>,
-);
+pub struct SignatureCache(std::sync::Mutex<Signatures>);
+
+/// The cache's signatures, and their entries in all.
+#[derive(Debug, Default)]
+struct Signatures {
+    by_version: std::collections::HashMap<(crate::services::files::Version, Layout), std::sync::Arc<Signature>>,
+    entries: usize,
+}
 
 /// Signature entries the cache holds at most (12 bytes each).
 pub const SIGNATURE_CACHE_ENTRIES: usize = 1 << 21;
@@ -532,19 +532,19 @@ pub const SIGNATURE_CACHE_FILES: usize = 1024;
 impl SignatureCache {
     /// The signature of the file at `version` cut as `layout`, if made.
     pub fn get(&self, version: crate::services::files::Version, layout: Layout) -> Option<std::sync::Arc<Signature>> {
-        self.0.lock().expect("signature cache poisoned").0.get(&(version, layout)).cloned()
+        self.0.lock().expect("signature cache poisoned").by_version.get(&(version, layout)).cloned()
     }
 
     /// Records the signature of the file at `version`.
     pub fn put(&self, version: crate::services::files::Version, sig: std::sync::Arc<Signature>) {
         let mut held = self.0.lock().expect("signature cache poisoned");
-        let (map, entries) = &mut *held;
-        if *entries + sig.entries.len() > SIGNATURE_CACHE_ENTRIES || map.len() >= SIGNATURE_CACHE_FILES {
-            map.clear();
+        let Signatures { by_version, entries } = &mut *held;
+        if *entries + sig.entries.len() > SIGNATURE_CACHE_ENTRIES || by_version.len() >= SIGNATURE_CACHE_FILES {
+            by_version.clear();
             *entries = 0;
         }
         *entries += sig.entries.len();
-        if let Some(old) = map.insert((version, sig.layout), sig) {
+        if let Some(old) = by_version.insert((version, sig.layout), sig) {
             *entries -= old.entries.len();
         }
     }

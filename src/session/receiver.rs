@@ -158,12 +158,10 @@ impl Receiver {
         self.partial.discard();
     }
 
-    /// The body comes as a delta from `old` (`old_len` bytes, the older
-    /// version): a [`Patch`](super::delta::Patch) that builds the file of
-    /// `new_len` bytes after what is held (agreed already).
-    pub fn patch(self, old: File, old_len: u64, new_len: u64) -> super::delta::Patch {
-        let Receiver { partial, held, hasher, .. } = self;
-        super::delta::Patch::new(partial.take_file(), (held, hasher), (old, old_len), new_len)
+    /// Its partial file, the bytes held and their hash: for a body built
+    /// otherwise than received (a delta's patch).
+    pub(super) fn into_parts(self) -> (Partial, u64, blake3::Hasher) {
+        (self.partial, self.held, self.hasher)
     }
 
     /// The body (of the file of `size` bytes, starting where agreed)

@@ -306,7 +306,7 @@ impl Upload for DirUpload {
         let Some((old, old_len)) = basis else {
             return Err(NotReceived::Bad("put_delta where no basis was offered".to_owned()));
         };
-        let patch = receiver.patch(old, old_len, size);
+        let patch = dt::Patch::new(receiver, (old, old_len), size);
         let failed = match dt::receive_ops(s, patch, &mut |_| {}).await {
             Ok(patch) => match patch.finish() {
                 Ok(received) => return Ok(DirBody { received, _claim: claim, path, hashes, sb }),
