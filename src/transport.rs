@@ -510,3 +510,63 @@ pub fn is_local(ip: std::net::IpAddr) -> bool {
         std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
+
+/// zstd levels `-z` takes (`--compress-level`).
+pub const COMPRESS_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+
+/// The largest window a compressed stream may use, as a power of two (8
+/// MiB, what level 19 uses): a peer cannot make this side hold more to
+/// decompress its stream.
+pub const COMPRESS_WINDOW_LOG: u32 = 23;
+
+/// The halves of a connection, compressed from here on: what is written
+/// goes through zstd at `level`, one stream for the connection's life,
+/// flushed whenever the writer is (at frame boundaries), so its history
+/// carries across frames and files; what is read is decompressed, within
+/// [`COMPRESS_WINDOW_LOG`]. Data that does not compress goes in zstd's
+/// raw blocks, which cost a few bytes a block and no work to read.
+pub fn compressed(read: BoxRead, write: BoxWrite, level: i32) -> (BoxRead, BoxWrite) {
+    use async_compression::tokio::{bufread::ZstdDecoder, write::ZstdEncoder};
+    use async_compression::zstd::DParameter;
+    let decoder = ZstdDecoder::with_params(
+        tokio::io::BufReader::with_capacity(64 << 10, read),
+        &[DParameter::window_log_max(COMPRESS_WINDOW_LOG)],
+    );
+    let level = level.clamp(*COMPRESS_LEVELS.start(), *COMPRESS_LEVELS.end());
+    let encoder = ZstdEncoder::with_quality(write, async_compression::Level::Precise(level));
+    (Box::new(decoder), Box::new(Compressed(encoder)))
+}
+
+/// A write half whose bytes go through zstd: no socket is shown (a file
+/// body cannot go out with `sendfile(2)` past the compressor).
+struct Compressed(async_compression::tokio::write::ZstdEncoder<BoxWrite>);
+
+impl AsyncWrite for Compressed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl WriteHalf for Compressed {}
+
+/// A write half that takes everything and goes nowhere: what stands in a
+/// writer's place while the writer is being wrapped.
+impl WriteHalf for tokio::io::Sink {}

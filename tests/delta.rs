@@ -664,3 +664,138 @@ fn trees_send_their_large_changed_files_as_deltas() {
     assert!(out.status.success(), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("delta"), "{out:?}");
 }
+
+/// Text that compresses as source code does (words, not repeats of one
+/// block).
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "fn", "let", "mut", "self", "match", "Some", "None", "Ok", "Err", "return", "impl", "pub", "struct", "use",
+        "async", "await", "String", "Vec", "u64", "if", "else", "for", "in", "while", "{", "}", "(", ")", ";", "=",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    while out.len() < len {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        out.extend_from_slice(WORDS[(x >> 33) as usize % WORDS.len()].as_bytes());
+        out.push(if (x >> 20) % 9 == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+/// `-z` (the library's `Endpoint::with_compress`): a text tree both ways
+/// in a fraction of its bytes, random data in about its own, the files
+/// the same byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_copies_move_fewer_bytes() {
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions, Quiet};
+    let root = RootServer::dir().await;
+    let (proxy, wire) = counting_proxy(root.addr).await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("t{i}.rs")), text(50_000, i)).unwrap();
+    }
+    std::fs::write(src.join("random.bin"), noise(2 << 20, 13)).unwrap();
+    let mut moved = Vec::new();
+    for (name, level) in [("plain", None), ("z", Some(1)), ("z9", Some(9))] {
+        let endpoint = Endpoint::new(proxy.clone(), None).with_compress(level);
+        let _ = wire.take();
+        let mut client = endpoint.connect().await.unwrap();
+        let plan =
+            tree::plan_put(&mut client, &[src.clone()], Some(name), PlanOptions::new(true, false)).await.unwrap();
+        drop(client);
+        let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 2), Arc::new(Quiet)).await;
+        assert!(summary.failures.is_empty(), "{name}: {:?}", summary.failures);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (up, down) = wire.take();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            let there = root.dir_path().unwrap().join(name).join("src").join(f.file_name().unwrap());
+            assert!(std::fs::read(&f).unwrap() == std::fs::read(&there).unwrap(), "{name}: {f:?}");
+        }
+        // And back, into an empty directory.
+        let back = local.path().join(format!("back-{name}"));
+        std::fs::create_dir_all(&back).unwrap();
+        let mut client = endpoint.connect().await.unwrap();
+        let plan =
+            tree::plan_get(&mut client, &[format!("{name}/src")], &back, PlanOptions::new(true, false)).await.unwrap();
+        drop(client);
+        let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 2), Arc::new(Quiet)).await;
+        assert!(summary.failures.is_empty(), "{name} back: {:?}", summary.failures);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (up_back, down_back) = wire.take();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            let there = back.join("src").join(f.file_name().unwrap());
+            assert!(std::fs::read(&f).unwrap() == std::fs::read(&there).unwrap(), "{name} back: {f:?}");
+        }
+        moved.push((name, up + down, up_back + down_back));
+    }
+    let (_, plain_up, plain_down) = moved[0];
+    let text_bytes = 40 * 50_000u64;
+    let random = 2u64 << 20;
+    for &(name, up, down) in &moved[1..] {
+        // The random file costs about itself; the text a fraction.
+        assert!(up < random + text_bytes / 3, "{name}: {up} bytes up, plain {plain_up}");
+        assert!(down < random + text_bytes / 3, "{name}: {down} bytes down, plain {plain_down}");
+        assert!(up > random && down > random, "{name}: random data does not shrink");
+    }
+}
+
+/// A server older than compression answers `compress` with
+/// `unknown_type`: the client goes on uncompressed, in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_is_negotiated_off_with_an_older_server() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let (read, write) = sock.into_split();
+        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+        r.read_preface().await.unwrap();
+        w.feed_preface(Preface::default());
+        w.flush().await.unwrap();
+        // What an older server answers a type it does not know.
+        let Some((Message::Compress(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+        let refusal =
+            proto::ErrorFrame { code: ErrorCode::UnknownType, message: "unknown message type \"compress\"".into() };
+        w.send(&Message::ErrorFrame(refusal), &[]).await.unwrap();
+        let Some((Message::Stat(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("out of step") };
+        let entry: proto::Entry =
+            serde_json::from_str(r#"{"name":"f","kind":"file","size":5,"mtime":0,"mode":420}"#).unwrap();
+        w.send(&Message::StatReply(proto::StatReply { entry }), &[]).await.unwrap();
+    });
+    let endpoint = framewire::client::tree::Endpoint::new(addr.to_string(), None).with_compress(Some(3));
+    let mut client = endpoint.connect().await.unwrap();
+    assert_eq!(client.stat("f").await.unwrap().size, 5);
+    fake.await.unwrap();
+}
+
+/// A peer's compressed stream that asks for a window larger than this
+/// side allows is refused: the connection ends, the server serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_stream_with_a_huge_window_is_refused() {
+    let root = RootServer::dir().await;
+    let (mut r, mut w) = raw(root.addr).await;
+    w.send(&Message::Compress(proto::Compress { level: 1 }), &[]).await.unwrap();
+    let Some((Message::CompressReady(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+    // A zstd frame header: magic, a descriptor with a window byte, and
+    // the window byte for 2^31 (exponent 21 + 10), nothing of it sent.
+    let header = [0x28, 0xB5, 0x2F, 0xFD, 0x00, 21 << 3];
+    use tokio::io::AsyncWriteExt;
+    let mut sock = w.into_inner();
+    sock.write_all(&header).await.unwrap();
+    sock.write_all(&[0u8; 64]).await.unwrap();
+    let _ = sock.flush().await;
+    // The server drops the connection: its read half sees the end.
+    let mut rest = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let mut raw_read = r.into_parts().0;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), raw_read.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the connection stays open");
+    // And serves the next client.
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    client.echo(b"still here").await.unwrap();
+}

@@ -53,6 +53,8 @@ struct Flags {
     jobs: Option<Jobs>,
     bwlimit: Option<Rate>,
     timeout: Option<Seconds>,
+    compress: Option<bool>,
+    compress_level: Option<Level>,
 }
 
 /// `[hosts.NAME]`: where the alias NAME leads, and its own defaults.
@@ -67,6 +69,8 @@ struct HostEntry {
     jobs: Option<Jobs>,
     bwlimit: Option<Rate>,
     timeout: Option<Seconds>,
+    compress: Option<bool>,
+    compress_level: Option<Level>,
 }
 
 impl HostEntry {
@@ -78,6 +82,8 @@ impl HostEntry {
             jobs: self.jobs,
             bwlimit: self.bwlimit,
             timeout: self.timeout,
+            compress: self.compress,
+            compress_level: self.compress_level,
         }
     }
 }
@@ -159,6 +165,20 @@ impl<'de> Deserialize<'de> for Jobs {
         match usize::try_from(n) {
             Ok(j) if (1..=1024).contains(&j) => Ok(Jobs(j)),
             _ => Err(invalid(format!("{n}: jobs is 1 to 1024"))),
+        }
+    }
+}
+
+/// A zstd level, as `--compress-level` takes it.
+#[derive(Debug, Clone, Copy)]
+struct Level(i32);
+
+impl<'de> Deserialize<'de> for Level {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match i32::try_from(n) {
+            Ok(l) if framewire::transport::COMPRESS_LEVELS.contains(&l) => Ok(Level(l)),
+            _ => Err(invalid(format!("{n}: compress-level is 1 to 19"))),
         }
     }
 }
@@ -305,6 +325,9 @@ pub struct Target {
     pub jobs: Option<usize>,
     /// `--bwlimit` in bytes per second, if set in the config file.
     pub bwlimit: Option<u64>,
+    /// `-z` at this level, if the config file says `compress = true`
+    /// (at `compress-level`, or 1).
+    pub compress: Option<i32>,
     /// `--timeout` for exec (never for `shell`), if set in the config
     /// file.
     pub timeout: Option<f64>,
@@ -435,6 +458,8 @@ impl Settings {
             dir: entry.and_then(|e| e.dir.as_ref()).map(|d| d.0.clone()).filter(|d| !d.is_empty()),
             jobs: own.jobs.or(defaults.jobs).map(|j| j.0),
             bwlimit: own.bwlimit.or(defaults.bwlimit).map(|r| r.0),
+            compress: (own.compress.or(defaults.compress) == Some(true))
+                .then(|| own.compress_level.or(defaults.compress_level).map_or(1, |l| l.0)),
             timeout: own.timeout.or(defaults.timeout).map(|s| s.0),
             connect_timeout: self.connect_timeout,
             identity: match (&self.keys.identity, &own.identity, &defaults.identity) {
@@ -491,6 +516,11 @@ impl Settings {
         match t.bwlimit {
             Some(rate) => _ = writeln!(out, "bwlimit      {}/s ({from})", indicatif::HumanBytes(rate)),
             None => _ = writeln!(out, "bwlimit      none"),
+        }
+        let from = origin(own.compress.is_some(), defaults.compress.is_some());
+        match t.compress {
+            Some(level) => _ = writeln!(out, "compress     zstd level {level} ({from})"),
+            None => _ = writeln!(out, "compress     no (-z compresses a copy)"),
         }
         let from = origin(own.timeout.is_some(), defaults.timeout.is_some());
         match t.timeout {
@@ -576,6 +606,7 @@ impl Target {
         if let Some(limit) = self.connect_timeout {
             endpoint = endpoint.with_connect_timeout(limit);
         }
+        let endpoint = endpoint.with_compress(self.compress);
         match bwlimit.or(self.bwlimit) {
             Some(rate) => endpoint.with_bwlimit(Throttle::new(rate)),
             None => endpoint,

@@ -194,6 +194,16 @@ pub struct TransferArgs {
     /// Send changed files whole, never as deltas (rsync's -W).
     #[arg(short = 'W', long)]
     whole_file: bool,
+    /// Compress the copy's connections both ways with zstd (rsync's -z):
+    /// for slow links; level 1 unless --compress-level. A server older
+    /// than this is copied to uncompressed. `compress = true` in the
+    /// config file does the same for a host.
+    #[arg(short = 'z', long)]
+    compress: bool,
+    /// zstd level for -z (and gives -z): 1, fast, the default, to 19,
+    /// smallest (a server compresses its side at 9 at most).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    compress_level: Option<i32>,
     /// Tell files apart by BLAKE3 instead of size and modification time
     /// (the server reads files its hash cache lacks).
     #[arg(short = 'c', long)]
@@ -243,6 +253,11 @@ pub struct TransferArgs {
 }
 
 impl TransferArgs {
+    /// The zstd level -z or --compress-level ask for, if either does.
+    fn compress(&self) -> Option<i32> {
+        self.compress_level.or(self.compress.then_some(1))
+    }
+
     /// When changed files go as deltas (`--delta`, `-W`).
     fn delta_mode(&self) -> framewire::client::DeltaMode {
         use framewire::client::DeltaMode;
@@ -371,7 +386,12 @@ async fn on_hosts(
         "`-` (stdin or stdout) is for one host"
     );
     let names = fleet.hosts.names(settings)?;
-    let hosts = super::fleet::resolve(names, settings, opts.bwlimit, None)?;
+    let mut hosts = super::fleet::resolve(names, settings, opts.bwlimit, None)?;
+    if let Some(level) = opts.compress() {
+        for host in &mut hosts {
+            host.compress(level);
+        }
+    }
     let what = if put {
         super::fleet::Copying::Put { sources: paths.iter().map(PathBuf::from).collect(), dest: last }
     } else {
@@ -488,6 +508,10 @@ pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     let target = settings.resolve(&addr);
     let paths: Vec<String> = paths.iter().map(|p| target.path(p)).collect();
     let endpoint = target.endpoint(opts.bwlimit)?;
+    let endpoint = match opts.compress() {
+        Some(level) => endpoint.with_compress(Some(level)),
+        None => endpoint,
+    };
     if dest.as_deref() == Some("-") {
         anyhow::ensure!(paths.len() == 1 && !opts.recursive, "`-` (stdout) takes exactly one remote file");
         let mut client = endpoint.connect().await?;
@@ -517,6 +541,10 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     // No destination: into the alias's directory (or the root).
     let dest = framewire::client::fleet::put_destination(target.dir.as_deref(), dest.as_deref());
     let endpoint = target.endpoint(opts.bwlimit)?;
+    let endpoint = match opts.compress() {
+        Some(level) => endpoint.with_compress(Some(level)),
+        None => endpoint,
+    };
     let mut client = endpoint.connect().await?;
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
     let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), opts.plan_options()?)

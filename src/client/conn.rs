@@ -275,6 +275,31 @@ impl Client {
         }
     }
 
+    /// Asks the server to compress this connection both ways with zstd
+    /// (its own direction at `level`, the server's at `level` up to the
+    /// server's limit), one stream each way for the connection's life:
+    /// what `-z` does. Returns whether it is compressed now: a server
+    /// older than compression answers `unknown_type`, and the connection
+    /// goes on as it was.
+    ///
+    /// # Errors
+    ///
+    /// Wire errors, or another refusal.
+    pub async fn compress(&mut self, level: i32) -> Result<bool, ClientError> {
+        if self.session.is_compressed() {
+            return Ok(true);
+        }
+        self.session.send(&crate::proto::Compress { level }, &[]).await?;
+        match self.answer::<crate::proto::CompressReady>().await {
+            Ok(_) => {
+                self.session.compress(level)?;
+                Ok(true)
+            }
+            Err(ClientError::Remote { code: crate::proto::ErrorCode::UnknownType, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends `body` to be echoed and returns the reply (at most
     /// [`MAX_BUFFERED_BODY`] bytes; use [`echo_stream`](Self::echo_stream)
     /// for more).

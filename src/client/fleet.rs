@@ -73,6 +73,11 @@ impl Host {
         Host { name: name.into(), endpoint, dir: None, timeout: None }
     }
 
+    /// Its copies' connections compressed with zstd at `level` (`-z`).
+    pub fn compress(&mut self, level: i32) {
+        self.endpoint = self.endpoint.clone().with_compress(Some(level));
+    }
+
     /// The same, with relative remote paths of [`put`] and [`get`] taken
     /// from `dir` on this host (see [`remote_path`]), as a config file
     /// alias's `dir` does.

@@ -66,13 +66,22 @@ pub struct Endpoint {
     throttle: Option<crate::transport::Throttle>,
     connect_timeout: Option<Duration>,
     shared_reads: Option<Arc<SharedReads>>,
+    compress: Option<i32>,
 }
 
 impl Endpoint {
     /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
     pub fn new(addr: impl Into<String>, key: Option<Key>) -> Self {
         let creds = super::conn::Credentials::shared(key);
-        Endpoint { addr: addr.into(), creds, throttle: None, connect_timeout: None, shared_reads: None }
+        Endpoint { addr: addr.into(), creds, throttle: None, connect_timeout: None, shared_reads: None, compress: None }
+    }
+
+    /// Every connection opened from here asks the server to compress it
+    /// both ways with zstd at `level` (`-z`, [`Client::compress`]); one to
+    /// a server that cannot goes uncompressed.
+    pub fn with_compress(mut self, level: Option<i32>) -> Self {
+        self.compress = level;
+        self
     }
 
     /// The same server, authenticated with `creds` (keys of one's own, how
@@ -133,6 +142,9 @@ impl Endpoint {
             },
         };
         client.shared_reads = self.shared_reads.clone();
+        if let Some(level) = self.compress {
+            client.compress(level).await?;
+        }
         Ok(client)
     }
 }

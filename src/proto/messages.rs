@@ -477,6 +477,24 @@ messages! {
         len: u64,
     }
 
+    /// Request: from the next frame on, both directions of the connection
+    /// go through zstd (PROTOCOL.md §3.4). The client sends nothing more
+    /// until the answer.
+    Compress = "compress", ToServer, none, cold, example: Compress { level: 3 };
+    {
+        /// The level the client compresses with (1 to 19); the server
+        /// uses it too, up to its own limit.
+        level: i32,
+    }
+
+    /// Reply to [`Compress`]: the frames after this one are compressed,
+    /// both ways.
+    CompressReady = "compress_ready", ToClient, none, cold, example: CompressReady { level: 3 };
+    {
+        /// The level the server compresses with.
+        level: i32,
+    }
+
     /// Request: create a directory and any missing parents (`mkdir -p`).
     Mkdir = "mkdir", ToServer, none, cold, example: Mkdir { path: "d/e".into(), parents: Some(false) };
     {

@@ -16,7 +16,7 @@ use crate::wire::{Error, FrameHeader};
 
 set! {
     /// What a server reads between requests: the requests.
-    Request: "a request", known KINDS, tags Tag, { Echo, Exec, Pty, Env, List, Stat, Mkdir, Get, Put, Remove, Rename, TreeList, TreePut, TreeGet }
+    Request: "a request", known KINDS, tags Tag, { Echo, Exec, Pty, Env, List, Stat, Mkdir, Get, Put, Remove, Rename, TreeList, TreePut, TreeGet, Compress }
 }
 
 set! {

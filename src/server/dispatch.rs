@@ -96,7 +96,7 @@ impl What {
             Request::TreeList(r) => What { path: path(&r.path), ..What::default() },
             Request::TreePut(r) => What { path: path(&r.path), direction: up, ..What::default() },
             Request::TreeGet(r) => What { path: path(&r.path), direction: down, ..What::default() },
-            Request::Echo(_) | Request::Pty(_) | Request::Env(_) => What::default(),
+            Request::Echo(_) | Request::Pty(_) | Request::Env(_) | Request::Compress(_) => What::default(),
         }
     }
 }
@@ -133,6 +133,7 @@ async fn run(
     let served = scope.served(ctx);
     match request {
         Request::Echo(r) => cut_off_by(&cut, echo::echo(s, ctx, r)).await,
+        Request::Compress(r) => compress(s, r).await,
         Request::Exec(r) => exec::exec(s, (ctx, served, &scope.revoked), r, setup).await,
         Request::Pty(r) => cut_off_by(&cut, exec::pty(s, ctx, r, setup)).await,
         Request::Env(r) => cut_off_by(&cut, exec::env(s, ctx, r, setup)).await,
@@ -174,3 +175,17 @@ macro_rules! on_root {
     };
 }
 use on_root;
+
+/// The highest zstd level a server compresses with, whatever its client
+/// asks: higher levels cost the server's CPU for every byte it sends.
+pub(crate) const SERVER_MAX_LEVEL: i32 = 9;
+
+/// `compress`: answered, then both directions go through zstd.
+async fn compress(s: &mut Session<ServerSide>, r: crate::proto::Compress) -> Result<(), Error> {
+    if s.is_compressed() {
+        return s.refuse_and_close("compress on a connection compressed already".to_owned()).await;
+    }
+    let level = r.level.clamp(*crate::transport::COMPRESS_LEVELS.start(), SERVER_MAX_LEVEL);
+    s.send(&crate::proto::CompressReady { level }, &[]).await?;
+    s.compress(level)
+}

@@ -62,6 +62,8 @@ pub struct Session<S> {
     cut_off: CancellationToken,
     /// A frame was left half-way and the connection shut down.
     closed: bool,
+    /// Whether the connection goes through zstd ([`Session::compress`]).
+    compressed: bool,
     /// How the request under way ended, when not simply well: set by a
     /// refusal or by the handler, for the server's log line.
     outcome: Option<String>,
@@ -85,6 +87,7 @@ impl<S> Session<S> {
             timeouts,
             cut_off,
             closed: false,
+            compressed: false,
             outcome: None,
             side: PhantomData,
         }
@@ -178,6 +181,34 @@ impl<S> Session<S> {
     /// The session's own time limits again.
     pub fn restore_timeouts(&mut self) {
         self.reader.set_timeouts(self.timeouts);
+    }
+
+    /// From here on, both directions go through zstd at `level`
+    /// ([`crate::transport::compressed`]): called right after the
+    /// `compress` / `compress_ready` exchange, when nothing is buffered
+    /// either way.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` if bytes are buffered (the peer sent frames after
+    /// its `compress` without waiting for the answer).
+    pub fn compress(&mut self, level: i32) -> Result<(), Error> {
+        if self.reader.buffered() > 0 || self.writer.buffered() > 0 {
+            let why = "frames sent past a compress without waiting for its answer";
+            return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, why)));
+        }
+        let read = std::mem::replace(self.reader.get_mut(), Box::new(tokio::io::empty()));
+        let write = std::mem::replace(self.writer.get_mut(), Box::new(tokio::io::sink()));
+        let (read, write) = crate::transport::compressed(read, write, level);
+        *self.reader.get_mut() = read;
+        *self.writer.get_mut() = write;
+        self.compressed = true;
+        Ok(())
+    }
+
+    /// Whether the connection goes through zstd.
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
     }
 
     /// The token that cuts this session off.

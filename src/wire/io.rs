@@ -108,6 +108,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.inner
     }
 
+    /// The underlying reader, mutably (to wrap it: see
+    /// [`buffered`](Self::buffered)).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Bytes read from the underlying reader and not consumed yet: none
+    /// where the stream may change form (compression begins).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The underlying reader and the bytes read from it but not consumed.
     pub fn into_parts(self) -> (R, BytesMut) {
         (self.inner, self.buf)
@@ -393,6 +405,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Bytes of the current body not yet written.
     pub fn body_left(&self) -> u64 {
         self.body_left
+    }
+
+    /// Bytes buffered, not yet written out.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// How long a write may stall, if limited.
