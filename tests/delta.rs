@@ -703,8 +703,9 @@ async fn compressed_copies_move_fewer_bytes() {
         let endpoint = Endpoint::new(proxy.clone(), None).with_compress(level);
         let _ = wire.take();
         let mut client = endpoint.connect().await.unwrap();
-        let plan =
-            tree::plan_put(&mut client, &[src.clone()], Some(name), PlanOptions::new(true, false)).await.unwrap();
+        let plan = tree::plan_put(&mut client, std::slice::from_ref(&src), Some(name), PlanOptions::new(true, false))
+            .await
+            .unwrap();
         drop(client);
         let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 2), Arc::new(Quiet)).await;
         assert!(summary.failures.is_empty(), "{name}: {:?}", summary.failures);
