@@ -3,9 +3,10 @@
 each way, for bench/wan.py (this kernel has tbf but no netem).
 
 Usage: python3 bench/delayline.py --delay-ms 20 --queue BYTES
-           --map LISTEN_PORT:HOST:PORT [--map ...] --stats FILE
+           --map LISTEN_PORT:HOST:PORT [--map ...] --stats FILE [--listen ADDR]
 
-Listens on 127.0.0.1:LISTEN_PORT for each --map and forwards to HOST:PORT.
+Listens on ADDR:LISTEN_PORT (127.0.0.1 by default) for each --map and
+forwards to HOST:PORT.
 Each direction of each connection is a queue of (release time, bytes):
 a chunk read now is written DELAY ms later. The queue holds at most
 QUEUE bytes (the link's bandwidth-delay product): when it is full the
@@ -78,7 +79,7 @@ async def pump(reader, writer, delay, queue_max, count, key):
     await asyncio.gather(take(), give(), return_exceptions=True)
 
 
-async def serve(listen_port, host, port, delay, queue_max, stats):
+async def serve(listen_host, listen_port, host, port, delay, queue_max, stats):
     async def handle(cr, cw):
         try:
             sr, sw = await asyncio.open_connection(host, port)
@@ -101,7 +102,7 @@ async def serve(listen_port, host, port, delay, queue_max, stats):
         with open(stats, "a") as f:
             f.write(json.dumps({"port": listen_port, **count}) + "\n")
 
-    return await asyncio.start_server(handle, "127.0.0.1", listen_port)
+    return await asyncio.start_server(handle, listen_host, listen_port)
 
 
 async def main():
@@ -110,11 +111,13 @@ async def main():
     ap.add_argument("--queue", type=int, required=True, help="bytes held per direction at most")
     ap.add_argument("--map", action="append", required=True, help="LISTEN_PORT:HOST:PORT")
     ap.add_argument("--stats", required=True)
+    ap.add_argument("--listen", default="127.0.0.1", help="address to listen on")
     args = ap.parse_args()
     servers = []
     for m in args.map:
         lport, host, port = m.split(":")
-        servers.append(await serve(int(lport), host, int(port), args.delay_ms / 1000, args.queue, args.stats))
+        servers.append(await serve(args.listen, int(lport), host, int(port), args.delay_ms / 1000, args.queue,
+                                   args.stats))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)

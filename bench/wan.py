@@ -93,9 +93,13 @@ class Link:
 
     def delay(self, maps):
         """Starts the delay line in the client namespace: each (local port,
-        server port) pair forwards 127.0.0.1:local to the server's port."""
+        server port) pair forwards CLI_IP:local to the server's port. The
+        clients reach it at the client's own link address, not loopback:
+        framewire's auto mode sees a peer across a link (deltas on), as it
+        would the server's own address."""
         args = ["ip", "netns", "exec", self.c, sys.executable, os.path.join(ROOT, "bench", "delayline.py"),
-                "--delay-ms", str(self.rtt_ms / 2), "--queue", str(self.bdp), "--stats", self.stats]
+                "--delay-ms", str(self.rtt_ms / 2), "--queue", str(self.bdp), "--stats", self.stats,
+                "--listen", CLI_IP]
         for local, remote in maps:
             args += ["--map", f"{local}:{SRV_IP}:{remote}"]
         p = self.procs.start(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -190,6 +194,9 @@ def main():
     ap.add_argument("--rtt-ms", type=int, default=40)
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--skip-validate", action="store_true")
+    ap.add_argument("--trees", action="store_true", help="also the tree cases (text tree, source tree, "
+                    "compressed data), with -z")
+    ap.add_argument("--only-trees", action="store_true", help="the tree cases alone")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/wan.py needs root (network namespaces, tc)")
@@ -242,13 +249,15 @@ def run(args, work):
                 wait_in(link.s, port)
             link.delay([(15300, 5300), (15373, 5373), (15322, 5322)])
             peers = [
-                ("framewire", fw.pid, lambda new: [BIN, "put", "--force", "-q", "127.0.0.1:15300", new, "f"]),
+                ("framewire", fw.pid, lambda new: [BIN, "put", "--force", "-q", f"{CLI_IP}:15300", new, "f"]),
                 ("rsync daemon", rsd.pid, lambda new: ["rsync", "-I", "--no-whole-file", new,
-                                                       "rsync://127.0.0.1:15373/bench/f"]),
+                                                       f"rsync://{CLI_IP}:15373/bench/f"]),
                 ("rsync ssh -z", ssd.pid, lambda new: ["rsync", "-I", "-z", "-e", ssh, new,
-                                                       f"root@127.0.0.1:{remote}/f"]),
+                                                       f"root@{CLI_IP}:{remote}/f"]),
             ]
-            for r in range(args.rounds):
+            if args.trees or args.only_trees:
+                tree_rounds(args, link, work, (fw.pid, rsd.pid, ssd.pid), ssh, results)
+            for r in range(0 if args.only_trees else args.rounds):
                 for ci, (case, new) in enumerate(cases):
                     new_path = os.path.join(src, "f")
                     with open(new_path, "wb") as f:
@@ -281,6 +290,117 @@ def run(args, work):
                         results.setdefault((mbit, case, name), []).append((wall, wire, cpu, server_cpu))
                 print(f"{mbit} Mbit/s: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     report(args, results, validation)
+    report_trees(results)
+
+
+def words(n, seed):
+    """Text that compresses as source code does."""
+    vocab = ("fn let mut self match Some None Ok Err return impl pub struct use async await String Vec u64 if "
+             "else for in while { } ( ) ; = -> => :: & * + 0 1 2 a b c i j k n x y").split()
+    rng = random.Random(seed)
+    out, size = [], 0
+    while size < n:
+        w = rng.choice(vocab)
+        out.append(w)
+        size += len(w) + 1
+    text = " ".join(out)
+    return "\n".join(text[i:i + 72] for i in range(0, len(text), 72)).encode()[:n]
+
+
+def same_tree(a, b):
+    for dirpath, _, names in os.walk(a):
+        for name in names:
+            p = os.path.join(dirpath, name)
+            q = os.path.join(b, os.path.relpath(p, a))
+            with open(p, "rb") as f, open(q, "rb") as g:
+                if f.read() != g.read():
+                    return False
+    return True
+
+
+def tree_rounds(args, link, work, pids, ssh, results):
+    """The tree cases, with -z where the issue asks for it: a fresh text
+    tree, a source tree of 10,000 files with 5 edited, and already
+    compressed data (a random file, fresh), each peer in turn."""
+    fw_pid, rsd_pid, ssd_pid = pids
+    remote = os.path.join(work, "remote")
+    base = os.path.join(work, "trees")
+    if not os.path.isdir(base):
+        text = os.path.join(base, "text", "t")
+        for i in range(2000):
+            d = os.path.join(text, f"d{i % 50}")
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, f"f{i}.rs"), "wb") as f:
+                f.write(words(16_000, i))
+        src = os.path.join(base, "source", "t")
+        for i in range(10_000):
+            d = os.path.join(src, f"d{i % 100}")
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, f"f{i}.rs"), "wb") as f:
+                f.write(words(2_000, 50_000 + i))
+        old = os.path.join(base, "source-old", "t")
+        shutil.copytree(src, old)  # copy2: times kept
+        for i in range(0, 10_000, 2_000):
+            p = os.path.join(src, f"d{i % 100}", f"f{i}.rs")
+            with open(p, "ab") as f:
+                f.write(b"\n// edited\n")
+            os.utime(p, (time.time() + 60, time.time() + 60))
+        packed = os.path.join(base, "packed", "t")
+        os.makedirs(packed)
+        with open(os.path.join(packed, "data.zst"), "wb") as f:
+            f.write(noise(64 << 20, 77))
+    fw = f"{CLI_IP}:15300"
+    rsd = f"rsync://{CLI_IP}:15373/bench/"
+    rss = f"root@{CLI_IP}:{remote}/"
+
+    def fresh():
+        shutil.rmtree(os.path.join(remote, "t"), ignore_errors=True)
+
+    def stale():
+        fresh()
+        shutil.copytree(os.path.join(base, "source-old", "t"), os.path.join(remote, "t"))
+
+    cases = [
+        ("text tree 32 MB, fresh, -z", "text", fresh, [
+            ("framewire -z", fw_pid, [BIN, "put", "-r", "-z", "-q", fw, "SRC", ""]),
+            ("rsync daemon -z", rsd_pid, ["rsync", "-rtz", "SRC", rsd]),
+            ("rsync ssh -z", ssd_pid, ["rsync", "-rtz", "-e", ssh, "SRC", rss]),
+        ]),
+        ("source tree, 5 of 10,000 edited", "source", stale, [
+            ("framewire", fw_pid, [BIN, "put", "-r", "-q", fw, "SRC", ""]),
+            ("rsync daemon", rsd_pid, ["rsync", "-rt", "SRC", rsd]),
+            ("rsync ssh -z", ssd_pid, ["rsync", "-rtz", "-e", ssh, "SRC", rss]),
+        ]),
+        ("compressed data 64 MiB, fresh", "packed", fresh, [
+            ("framewire", fw_pid, [BIN, "put", "-r", "-q", fw, "SRC", ""]),
+            ("framewire -z", fw_pid, [BIN, "put", "-r", "-z", "-q", fw, "SRC", ""]),
+            ("rsync ssh -z", ssd_pid, ["rsync", "-rtz", "-e", ssh, "SRC", rss]),
+        ]),
+    ]
+    for r in range(args.rounds):
+        for ci, (case, tree, reset, peers) in enumerate(cases):
+            src = os.path.join(base, tree, "t")
+            order = peers[(r + ci) % len(peers):] + peers[:(r + ci) % len(peers)]
+            for name, server_pid, cmd in order:
+                reset()
+                cmd = [src if c == "SRC" else c for c in cmd]
+                before = link.wire_bytes()
+                t0 = time.perf_counter()
+                ru0 = os.times()
+                s0 = proc_cpu(server_pid)
+                out = subprocess.run(link.in_client(cmd), capture_output=True, timeout=1800)
+                wall = time.perf_counter() - t0
+                ru1 = os.times()
+                if out.returncode != 0:
+                    raise RuntimeError(f"{name}: {out.stderr.decode(errors='replace')}")
+                time.sleep(0.3)
+                wire = link.wire_bytes() - before
+                server_cpu = proc_cpu(server_pid) - s0
+                cpu = (ru1.children_user - ru0.children_user) + (ru1.children_system - ru0.children_system)
+                if not same_tree(src, os.path.join(remote, "t")):
+                    raise RuntimeError(f"{name}: the server's tree differs")
+                results.setdefault((link.mbit, case, name), []).append((wall, wire, cpu, server_cpu))
+        print(f"{link.mbit} Mbit/s: tree round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
 
 def report(args, results, validation):
@@ -303,13 +423,32 @@ def report(args, results, validation):
     print("\n| link | change | framewire / rsync daemon, time | framewire / rsync ssh -z, time | "
           "framewire / rsync daemon, bytes |\n|---|---|---|---|---|")
     for (mbit, case, name) in sorted(results):
-        if name != "framewire":
+        if name != "framewire" or (mbit, case, "rsync daemon") not in results:
             continue
         med = {n: statistics.median([r[0] for r in results[(mbit, case, n)]]) for n in
                ("framewire", "rsync daemon", "rsync ssh -z")}
         wb = {n: statistics.median([r[1] for r in results[(mbit, case, n)]]) for n in ("framewire", "rsync daemon")}
         print(f"| {mbit} Mbit/s | {case} | {med['framewire'] / med['rsync daemon']:.2f}x "
               f"| {med['framewire'] / med['rsync ssh -z']:.2f}x | {wb['framewire'] / max(1, wb['rsync daemon']):.1f}x |")
+
+
+def report_trees(results):
+    """Ratios of the tree cases: each framewire peer to each rsync one."""
+    rows = []
+    for (mbit, case, name) in sorted(results):
+        if not name.startswith("framewire"):
+            continue
+        for other in ("rsync daemon", "rsync daemon -z", "rsync ssh -z", "framewire"):
+            if other == name or (mbit, case, other) not in results:
+                continue
+            t = statistics.median([r[0] for r in results[(mbit, case, name)]])
+            to = statistics.median([r[0] for r in results[(mbit, case, other)]])
+            b = statistics.median([r[1] for r in results[(mbit, case, name)]])
+            bo = statistics.median([r[1] for r in results[(mbit, case, other)]])
+            rows.append(f"| {mbit} Mbit/s | {case} | {name} / {other} | {t / to:.2f}x | {b / max(1, bo):.2f}x |")
+    if rows:
+        print("\n| link | case | peers | time | bytes |\n|---|---|---|---|---|")
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":
