@@ -368,6 +368,7 @@ def tree_rounds(args, link, work, pids, ssh, results):
         ]),
         ("source tree, 5 of 10,000 edited", "source", stale, [
             ("framewire", fw_pid, [BIN, "put", "-r", "-q", fw, "SRC", ""]),
+            ("framewire -z", fw_pid, [BIN, "put", "-r", "-z", "-q", fw, "SRC", ""]),
             ("rsync daemon", rsd_pid, ["rsync", "-rt", "SRC", rsd]),
             ("rsync ssh -z", ssd_pid, ["rsync", "-rtz", "-e", ssh, "SRC", rss]),
         ]),
