@@ -170,7 +170,9 @@ def proc_cpu(pid):
 
 
 def noise(n, seed):
-    return random.Random(seed).randbytes(n)
+    rng = random.Random(seed)
+    step = 64 << 20  # randbytes takes at most 2^31 bits at once
+    return b"".join(rng.randbytes(min(step, n - i)) for i in range(0, n, step))
 
 
 def changes(old, seed):
