@@ -150,10 +150,10 @@ def validate(link):
     wait_in(link.s, 5301)
     wait_in(link.s, 5302)
     link.delay([(15301, 5301), (15302, 5302)])
-    out = subprocess.run(link.in_client(["iperf3", "-c", "127.0.0.1", "-p", "15301", "-t", "6", "-O", "2", "-J"]),
+    out = subprocess.run(link.in_client(["iperf3", "-c", CLI_IP, "-p", "15301", "-t", "6", "-O", "2", "-J"]),
                          capture_output=True, text=True, check=True)
     mbit = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-    ping = ("import socket,time\ns=socket.create_connection(('127.0.0.1',15302))\n"
+    ping = (f"import socket,time\ns=socket.create_connection(('{CLI_IP}',15302))\n"
             "s.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1)\nts=[]\n"
             "for _ in range(20):\n t=time.perf_counter();s.sendall(b'x');s.recv(1);ts.append(time.perf_counter()-t)\n"
             "ts.sort();print(ts[len(ts)//2]*1000)\n")
