@@ -477,7 +477,7 @@ async fn hostile_signatures_are_refused() {
     ];
     for (what, len, layout, count, frames) in cases {
         let (mut r, mut w) = raw(root.addr).await;
-        let basis = proto::Basis { len, append: false, blake3: None, layout: Some(layout), count };
+        let basis = proto::Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count };
         let get =
             proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
         w.send(&Message::Get(get), &[]).await.unwrap();
@@ -493,7 +493,7 @@ async fn hostile_signatures_are_refused() {
         [("blocks for other sizes", mib / 2, blocks), ("a basis 5 times as long", 5 * mib, chunks)]
     {
         let (mut r, mut w) = raw(root.addr).await;
-        let basis = proto::Basis { len, append: false, blake3: None, layout: Some(layout), count: 64 };
+        let basis = proto::Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count: 64 };
         let get =
             proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
         w.send(&Message::Get(get), &[]).await.unwrap();
@@ -528,6 +528,7 @@ async fn a_hostile_server_signature_is_refused() {
             len: 1 << 20,
             append: false,
             blake3: None,
+            tail: None,
             layout: Some(framewire::delta::Layout::Blocks(8192)),
             count: 128,
         };
@@ -799,4 +800,67 @@ async fn a_compressed_stream_with_a_huge_window_is_refused() {
     // And serves the next client.
     let mut client = Client::connect(&root.addr()).await.unwrap();
     client.echo(b"still here").await.unwrap();
+}
+
+/// A file edited in the middle and appended to ends as an append would:
+/// the sample says "likely an append", the whole prefix says no. A put's
+/// client then asks for the signature after all (`signature_wanted`), a
+/// get's server goes by the signature; both build the source from the
+/// older version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_is_not_one() {
+    let root = RootServer::dir().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(1 << 20, 14);
+    let mut new = old.clone();
+    new[1000..1010].fill(0);
+    new.extend_from_slice(&noise(100_000, 15));
+    root.write("f.bin", &old).await;
+    std::fs::write(&local, &new).unwrap();
+    let mut client = Client::connect(&root.addr()).await.unwrap();
+    let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+    assert!(root.read("f.bin").await.unwrap() == new);
+    assert!(done.matched > 900_000, "{}", done.matched);
+    std::fs::write(&local, &old).unwrap();
+    let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
+    assert!(std::fs::read(&local).unwrap() == new);
+    assert!(done.matched > 900_000, "{}", done.matched);
+}
+
+/// A fan-out sends one file to hosts that each hold another older
+/// version: each gets its own delta, and the file is cut and hashed once
+/// for all (the copies share their reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_cuts_its_file_once() {
+    use framewire::client::tree::{Endpoint, SharedReads};
+    let new = noise(4 << 20, 16);
+    let mut servers = Vec::new();
+    for k in 0..3u8 {
+        let root = RootServer::dir().await;
+        let mut old = new.clone();
+        old[(k as usize + 1) * 100_000..(k as usize + 1) * 100_000 + 5000].fill(k);
+        old.truncate(new.len() - 1000 * (k as usize + 1));
+        root.write("f.bin", &old).await;
+        servers.push(root);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    std::fs::write(&local, &new).unwrap();
+    let reads = SharedReads::new(64 << 20);
+    let mut copies = Vec::new();
+    for root in &servers {
+        let endpoint = Endpoint::new(root.addr(), None).with_shared_reads(reads.clone());
+        let local = local.clone();
+        copies.push(tokio::spawn(async move {
+            let mut client = endpoint.connect().await.unwrap();
+            client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap()
+        }));
+    }
+    for (copy, root) in copies.into_iter().zip(&servers) {
+        let done = copy.await.unwrap();
+        assert!(done.matched > 3 << 20, "{}", done.matched);
+        assert!(root.read("f.bin").await.unwrap() == new);
+    }
+    assert_eq!(reads.files_cut(), 1);
 }

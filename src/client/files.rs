@@ -212,6 +212,26 @@ fn older_version(
     Some((file, sig, hash))
 }
 
+/// `file` (`size` bytes) cut as `layout` and hashed, on a blocking
+/// thread: once for all the copies of a fan-out that share their reads
+/// (they send the same file), else for this one.
+async fn chunks_of(
+    shared: Option<std::sync::Arc<crate::session::SharedReads>>,
+    file: std::fs::File,
+    size: u64,
+    layout: crate::delta::Layout,
+) -> Result<std::io::Result<(std::fs::File, delta::Chunked)>, ClientError> {
+    match shared {
+        Some(shared) => Ok(shared.chunks(file, size, layout).await),
+        None => spawn_blocking(move || {
+            let (sig, hash) = delta::index(&file, size, layout)?;
+            Ok((file, (std::sync::Arc::new(sig), hash)))
+        })
+        .await
+        .map_err(join_err),
+    }
+}
+
 /// Why a download is refused where a directory has the file's name.
 pub(super) fn local_directory() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; a file cannot replace it")
@@ -632,7 +652,10 @@ impl Client {
         .map_err(local_err(&shown))?;
         let (mut receiver, basis) = opened?;
         let (offset, prefix_blake3) = receiver.offer();
-        let asked = basis.as_ref().map(|(_, sig, hash)| delta::basis_of(sig, Some(hash.to_hex().to_string())));
+        let asked = basis.as_ref().map(|(file, sig, hash)| {
+            let tail = crate::proto::Sample::of(file, sig.len).ok().map(|s| s.blake3);
+            delta::basis_of(sig, Some(hash.to_hex().to_string()), tail)
+        });
         let get = Get { path: remote.to_owned(), offset, prefix_blake3, sparse: true, basis: asked };
         self.session.send(&get, &[]).await?;
         let head: FileReply = match self.file_reply(basis.as_ref().map(|(_, sig, _)| sig)).await {
@@ -861,21 +884,17 @@ impl Client {
         let backup = options.backup.clone();
         let asked = backup.is_some();
         // A delta, where the receiver holds an older version worth one:
-        // with our first bytes' hash if it is shorter, for it to tell an
-        // append.
+        // with a sample of our bytes where its file ends, if it is
+        // shorter, for it to tell a likely append.
         let (file, ask) = match self.other_len(remote, options).await? {
             Some(held) if delta::worth(held, size) => {
                 let (file, append) = spawn_blocking(move || {
-                    let mut file = file;
-                    let append = (held < size)
-                        .then(|| crate::services::files::hash_prefix(&mut file, held).map(|h| h.finalize()))
-                        .transpose();
+                    let append = (held < size).then(|| crate::proto::Sample::of(&file, held)).transpose();
                     (file, append)
                 })
                 .await
                 .map_err(join_err)?;
                 let append = append.map_err(local_err(local))?;
-                let append = append.map(|h| crate::proto::Prefix { len: held, blake3: h.to_hex().to_string() });
                 (file, Some(crate::proto::DeltaAsk { append }))
             }
             _ => (file, None),
@@ -988,38 +1007,108 @@ impl Client {
         (basis, ask): (crate::proto::Basis, crate::proto::DeltaAsk),
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
-        if !basis.append {
-            let fits = basis.layout.is_some_and(|l| delta::layout_fits(l, basis.len, size).is_ok());
-            if !fits || basis.count == 0 {
-                self.session.abandon().await;
-                let got = format!("{:?} for {} and {size} bytes", basis.layout, basis.len);
-                return Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into());
-            }
-        }
-        let plan = if basis.append {
+        let (file, plan) = if basis.append {
             if ask.append.as_ref().is_none_or(|p| p.len != basis.len) {
                 self.session.abandon().await;
                 let got = format!("an append to {} bytes", basis.len);
-                return Err(ClientError::Unexpected { expected: "an append to the prefix we sent", got }.into());
+                return Err(ClientError::Unexpected { expected: "an append to the sample we sent", got }.into());
             }
-            delta::Plan::Append(basis.len)
-        } else {
-            match delta::read_signature(&mut self.session, &basis).await {
-                Ok(sig) => delta::Plan::Against(sig),
-                Err(delta::DeltaFailed::Wire(e)) => return Err(e.into()),
-                Err(delta::DeltaFailed::Closed) => return Err(ClientError::Closed.into()),
-                Err(e) => {
-                    self.session.abandon().await;
-                    return Err(
-                        ClientError::Unexpected { expected: "a signature that fits", got: e.to_string() }.into()
-                    );
+            // Likely an append: sure if our first bytes hash as its file
+            // does; if not (the same last bytes, others before), its
+            // signature after all.
+            let (len, theirs) = (basis.len, basis.blake3.clone().unwrap_or_default());
+            let (file, same) = spawn_blocking(move || {
+                let mut file = file;
+                let ours = crate::services::files::hash_prefix(&mut file, len).map(|h| h.finalize());
+                let same = ours.is_ok_and(|h| h.to_hex().as_str() == theirs);
+                (file, same)
+            })
+            .await
+            .map_err(join_err)?;
+            if same {
+                (file, delta::Plan::Append(len))
+            } else {
+                self.session.send(&crate::proto::SignatureWanted {}, &[]).await?;
+                let PutReady { basis: again, .. } = self.answer().await?;
+                match again {
+                    // It could not index its file: every byte is sent.
+                    Some(b) if b.append => (file, delta::Plan::Fresh),
+                    Some(b) => self.against_signature(file, local, size, &b).await?,
+                    None => {
+                        self.session.abandon().await;
+                        let got = "put_ready without a basis".into();
+                        return Err(ClientError::Unexpected { expected: "a signature", got }.into());
+                    }
                 }
             }
+        } else {
+            self.against_signature(file, local, size, &basis).await?
         };
         if let Err(e) = plan.check(size) {
             self.session.abandon().await;
             return Err(ClientError::Unexpected { expected: "a signature that fits", got: e.to_string() }.into());
         }
+        self.send_delta(file, (local, size), (offset, prefix_blake3), plan, progress).await
+    }
+
+    /// The plan of an upload against the server's signature (`basis`, its
+    /// frames next on the connection), our file cut and hashed while they
+    /// come (or taken from the copies of a fan-out, which cut it once for
+    /// all).
+    async fn against_signature(
+        &mut self,
+        file: std::fs::File,
+        local: &Path,
+        size: u64,
+        basis: &crate::proto::Basis,
+    ) -> Result<(std::fs::File, delta::Plan), Retry> {
+        let Some(layout) = basis.layout.filter(|l| delta::layout_fits(*l, basis.len, size).is_ok() && basis.count > 0)
+        else {
+            self.session.abandon().await;
+            let got = format!("{:?} for {} and {size} bytes", basis.layout, basis.len);
+            return Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into());
+        };
+        let shared = self.shared_reads.clone();
+        let chunking = chunks_of(shared, file, size, layout);
+        let (theirs, ours) = tokio::join!(delta::read_signature(&mut self.session, basis), chunking);
+        let theirs = match theirs {
+            Ok(sig) => sig,
+            Err(delta::DeltaFailed::Wire(e)) => return Err(e.into()),
+            Err(delta::DeltaFailed::Closed) => return Err(ClientError::Closed.into()),
+            Err(e) => {
+                self.session.abandon().await;
+                let got = e.to_string();
+                return Err(ClientError::Unexpected { expected: "a signature that fits", got }.into());
+            }
+        };
+        let (file, (ours, hash)) = match ours? {
+            Ok(done) => done,
+            Err(source) => {
+                self.session.abandon().await;
+                return Err(ClientError::Local { path: local.to_owned(), source }.into());
+            }
+        };
+        match crate::delta::diff(&theirs, &ours) {
+            Ok(pieces) => Ok((file, delta::Plan::Pieces(pieces, hash))),
+            Err(e) => {
+                self.session.abandon().await;
+                let got = e.to_string();
+                Err(ClientError::Unexpected { expected: "a signature that fits", got }.into())
+            }
+        }
+    }
+
+    /// The body of an upload as a delta made by `plan`, from where what
+    /// the server holds of an earlier attempt (`held`: its length and
+    /// hash) leaves off, if that is the start of this file.
+    async fn send_delta(
+        &mut self,
+        file: std::fs::File,
+        (local, size): (&Path, u64),
+        (offset, prefix_blake3): (u64, Option<String>),
+        plan: delta::Plan,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, Retry> {
         // Resumed only if what the server holds is the start of this file.
         let (file, from) = spawn_blocking(move || {
             let mut file = file;

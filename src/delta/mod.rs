@@ -742,6 +742,89 @@ fn place(ops: &mut Vec<Op>, matched: &mut u64, (layout, index, blocks, old_len):
     }
 }
 
+/// A run of the new file in a [`diff`]: copied from the old file, or new
+/// bytes the sender reads and sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `len` bytes of the old file from `offset`.
+    Copy {
+        /// Where the run starts in the old file.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// `len` bytes of the new file from `at`, to be sent.
+    Literal {
+        /// Where the run starts in the new file.
+        at: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl Piece {
+    /// Bytes of the new file it makes.
+    pub fn len(&self) -> u64 {
+        match *self {
+            Piece::Copy { len, .. } | Piece::Literal { len, .. } => len,
+        }
+    }
+
+    /// Whether it makes no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The runs of a new file against the signature `old` of the old one,
+/// from `new`, the new file indexed the same way (by an [`Indexer`] of
+/// the layout the two lengths call for): what an [`Encoder`] would make,
+/// matched chunk for chunk, without the new file's bytes. So a sender can
+/// cut and hash its file while the old signature is on its way, and a
+/// file sent to many receivers is cut and hashed once for all.
+///
+/// # Errors
+///
+/// [`DeltaError::WrongLayout`]: either signature is not cut as
+/// [`Layout::for_sizes`] says for the two lengths.
+pub fn diff(old: &Signature, new: &Signature) -> Result<Vec<Piece>, DeltaError> {
+    let want = Layout::for_sizes(old.len, new.len);
+    for got in [old.layout, new.layout] {
+        if got != want {
+            return Err(DeltaError::WrongLayout { got, want });
+        }
+    }
+    let mut index: HashMap<ChunkId, (u64, u32)> = HashMap::new();
+    if let Layout::Chunks(_) = want {
+        index.reserve(old.entries.len());
+        let mut offset = 0u64;
+        for (len, id) in &old.entries {
+            index.entry(*id).or_insert((offset, *len));
+            offset += u64::from(*len);
+        }
+    }
+    let mut out: Vec<Piece> = Vec::new();
+    let mut at = 0u64;
+    for (i, &(len, id)) in new.entries.iter().enumerate() {
+        let found = match want {
+            Layout::Chunks(_) => index.get(&id).filter(|&&(_, l)| l == len).map(|&(offset, _)| offset),
+            Layout::Blocks(_) => {
+                let fits = at + u64::from(len) <= old.len;
+                (fits && old.entries.get(i).is_some_and(|&(l, o)| o == id && l == len)).then_some(at)
+            }
+        };
+        let len = u64::from(len);
+        match (found, out.last_mut()) {
+            (Some(offset), Some(Piece::Copy { offset: o, len: l })) if *o + *l == offset => *l += len,
+            (Some(offset), _) => out.push(Piece::Copy { offset, len }),
+            (None, Some(Piece::Literal { at: a, len: l })) if *a + *l == at => *l += len,
+            (None, _) => out.push(Piece::Literal { at, len }),
+        }
+        at += len;
+    }
+    Ok(out)
+}
+
 /// What the receiver holds of a file, without reading it: its length and
 /// whole-file BLAKE3 (from a hash cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -250,3 +250,46 @@ proptest! {
         prop_assert_eq!(index(&old, Layout::Chunks(Params::DEFAULT), piece), whole);
     }
 }
+
+/// `diff` of two signatures makes the file an `Encoder` makes, with the
+/// same copies: chunked once, matched without the bytes.
+#[test]
+fn a_diff_of_signatures_rebuilds_the_new_file() {
+    let old: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut inserted = old[..1_000_000].to_vec();
+    inserted.extend_from_slice(b"a thousand bytes, or so, inserted here");
+    inserted.extend_from_slice(&old[1_000_000..]);
+    let mut edited = old.clone();
+    edited[2_000_000..2_000_100].fill(7);
+    let mut appended = old.clone();
+    appended.extend_from_slice(&old[..300_000]);
+    for (what, new) in [("inserted", inserted), ("edited", edited), ("appended", appended), ("same", old.clone())] {
+        let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+        let sig = |data: &[u8]| {
+            let mut ix = Indexer::new(layout).unwrap();
+            ix.feed(data).unwrap();
+            ix.finish().unwrap()
+        };
+        let (old_sig, new_sig) = (sig(&old), sig(&new));
+        let pieces = diff(&old_sig, &new_sig).unwrap();
+        let mut built = Vec::new();
+        for p in &pieces {
+            match *p {
+                Piece::Copy { offset, len } => built.extend_from_slice(&old[offset as usize..(offset + len) as usize]),
+                Piece::Literal { at, len } => built.extend_from_slice(&new[at as usize..(at + len) as usize]),
+            }
+        }
+        assert!(built == new, "{what}");
+        let copied: u64 = pieces.iter().filter(|p| matches!(p, Piece::Copy { .. })).map(Piece::len).sum();
+        let mut enc = Encoder::new(&old_sig, new.len() as u64).unwrap();
+        enc.feed(&new);
+        enc.finish();
+        enc.take(false);
+        assert_eq!(copied, enc.matched(), "{what}: as many bytes copied as the encoder finds");
+        assert!(copied * 10 > new.len() as u64 * 9 || what == "appended", "{what}: {copied} copied");
+    }
+    // Signatures of other layouts are refused.
+    let other = Signature { layout: Layout::Blocks(1 << 14), len: 3, entries: vec![(3, [0; 8])] };
+    let mine = Signature { layout: Layout::for_sizes(3, 3), len: 3, entries: vec![(3, [0; 8])] };
+    assert!(matches!(diff(&other, &mine), Err(DeltaError::WrongLayout { .. })));
+}

@@ -270,6 +270,7 @@ messages! {
                 len: 9,
                 append: false,
                 blake3: Some("ef".into()),
+                tail: Some("01".into()),
                 layout: Some(crate::delta::Layout::Blocks(8192)),
                 count: 2,
             }),
@@ -355,7 +356,7 @@ messages! {
             mtime: Some(1_767_225_600),
             mtime_ns: Some(1_767_225_600_000_000_001),
             backup: Some(super::Backup { dir: None, of: String::new(), suffix: "~".into() }),
-            delta: Some(super::DeltaAsk { append: Some(super::Prefix { len: 3, blake3: "ab".into() }) }),
+            delta: Some(super::DeltaAsk { append: Some(super::Sample { len: 3, blake3: "ab".into() }) }),
         };
     {
         /// Path relative to the served root.
@@ -394,7 +395,7 @@ messages! {
             prefix_blake3: Some("ab".into()),
             backup: true,
             sparse: true,
-            basis: Some(super::Basis { len: 3, append: true, blake3: None, layout: None, count: 0 }),
+            basis: Some(super::Basis { len: 3, append: true, blake3: Some("cd".into()), tail: None, layout: None, count: 0 }),
         };
     {
         /// Bytes already held.
@@ -453,8 +454,11 @@ messages! {
 
     /// Reply to a [`Get`] with a `basis`: the server will answer with a
     /// delta, and wants the basis's signature first (the client sends its
-    /// [`SignatureFrame`]s, then reads the `file`).
-    SignatureWanted = "signature_wanted", ToClient, none, cold, example: SignatureWanted {};
+    /// [`SignatureFrame`]s, then reads the `file`). From a client, after a
+    /// `put_ready` whose basis was a likely append that is not one: the
+    /// server answers with another `put_ready`, its basis's signature
+    /// following.
+    SignatureWanted = "signature_wanted", ToBoth, none, cold, example: SignatureWanted {};
     {}
 
     /// Upload, after a `put_ready` with a `basis`: bytes `offset..size`
@@ -931,6 +935,8 @@ messages! {
 
 impl ToServer for Checksum {}
 impl ToClient for Checksum {}
+impl ToServer for SignatureWanted {}
+impl ToClient for SignatureWanted {}
 impl ToServer for SignatureFrame {}
 impl ToClient for SignatureFrame {}
 impl ToServer for DeltaFrame {}

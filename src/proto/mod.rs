@@ -90,20 +90,43 @@ pub struct Backup {
 /// server may answer that it holds an older version of the file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeltaAsk {
-    /// The client's first `len` bytes and their BLAKE3 (hex), where the
-    /// server's file is `len` bytes long and shorter than the new one: if
-    /// that is the server's whole file, the new one is an append.
+    /// Where the server's file is `len` bytes long and shorter than the
+    /// new one: the BLAKE3 of the client's bytes just before `len` (a
+    /// [`Sample`]). If the server's file ends with the same bytes, the
+    /// new file is likely an append, and the server says so with its
+    /// whole file's BLAKE3 for the client to check against its prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub append: Option<Prefix>,
+    pub append: Option<Sample>,
 }
 
-/// The first `len` bytes of a file and their BLAKE3 (hex).
+/// The last [`Sample::LEN`] bytes (or all, if fewer) before `len` of a
+/// file, by their BLAKE3 (hex): what tells a likely append for the cost
+/// of one small read on each side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Prefix {
-    /// Bytes.
+pub struct Sample {
+    /// Where the sampled bytes end.
     pub len: u64,
-    /// Their BLAKE3, lower-case hex.
+    /// BLAKE3 of bytes `len - min(len, Sample::LEN) .. len`, lower-case
+    /// hex.
     pub blake3: String,
+}
+
+impl Sample {
+    /// Bytes sampled at most.
+    pub const LEN: u64 = 4096;
+
+    /// The sample of `file` ending at `len`. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// Reading; a file shorter than `len`.
+    pub fn of(file: &std::fs::File, len: u64) -> std::io::Result<Sample> {
+        use std::os::unix::fs::FileExt;
+        let take = len.min(Self::LEN);
+        let mut buf = vec![0; take as usize];
+        file.read_exact_at(&mut buf, len - take)?;
+        Ok(Sample { len, blake3: blake3::hash(&buf).to_hex().to_string() })
+    }
 }
 
 /// The receiver's older version of a file, which a delta transfer builds
@@ -113,14 +136,21 @@ pub struct Prefix {
 pub struct Basis {
     /// Its length.
     pub len: u64,
-    /// `put_ready`: the whole of it is the start of the new file (the
-    /// `put.delta.append` prefix matched): no signature follows.
+    /// `put_ready`: it ends as the client's sample does
+    /// (`put.delta.append`), so it is likely the start of the new file:
+    /// no signature follows, and `blake3` is its whole-file hash, for the
+    /// client to check against its own first `len` bytes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub append: bool,
-    /// `get`: its whole-file BLAKE3 (hex), so that the server can tell an
-    /// append without a signature.
+    /// Its whole-file BLAKE3 (hex): in `get`, so that the server can tell
+    /// an append without a signature; in `put_ready` with `append`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// `get`: the BLAKE3 of its last bytes (a [`Sample`] ending at
+    /// `len`): the server reads its own prefix to check `blake3` only
+    /// where its bytes there are the same, a likely append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<String>,
     /// How it is cut (absent with `append`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<crate::delta::Layout>,

@@ -26,7 +26,8 @@ set! {
 
 set! {
     /// What a server reads after its `put_ready`.
-    PutInput: "put_data or put_delta (after put_ready)", known KINDS, tags Tag, { PutData, PutDelta }
+    PutInput: "put_data, put_delta or signature_wanted (after put_ready)", known KINDS, tags Tag,
+    { PutData, PutDelta, SignatureWanted }
 }
 
 set! {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::receiver::Received;
 use super::{cut_off_by, Outbound, Sends, Session};
-use crate::delta::{Action, DeltaError, Encoder, Indexer, Layout, Op, Patcher, Signature, SignatureReader, ENTRY_LEN};
+use crate::delta::{Action, DeltaError, Indexer, Layout, Op, Patcher, Signature, SignatureReader, ENTRY_LEN};
 
 /// The longest older version a receiver's signature may describe, for a
 /// new file of `new_len` bytes: four times as long (a file cut to less
@@ -109,8 +109,8 @@ pub fn index(file: &File, len: u64, layout: Layout) -> io::Result<(Signature, bl
 }
 
 /// The head of a signature's `basis` for the older version `sig` indexes.
-pub fn basis_of(sig: &Signature, blake3: Option<String>) -> Basis {
-    Basis { len: sig.len, append: false, blake3, layout: Some(sig.layout), count: sig.entries.len() as u64 }
+pub fn basis_of(sig: &Signature, blake3: Option<String>, tail: Option<String>) -> Basis {
+    Basis { len: sig.len, append: false, blake3, tail, layout: Some(sig.layout), count: sig.entries.len() as u64 }
 }
 
 /// Sends a signature's entries in `signature` frames, buffered, and
@@ -152,14 +152,22 @@ pub async fn read_signature<S>(s: &mut Session<S>, basis: &Basis) -> Result<Sign
     Ok(reader.finish()?)
 }
 
+/// A file cut and hashed: its signature and whole-file hash.
+pub type Chunked = (std::sync::Arc<Signature>, blake3::Hash);
+
 /// How the sender makes its ops.
 #[derive(Debug)]
 pub enum Plan {
     /// The receiver's whole file (this many bytes) is the start of the
     /// new one: copied, and the tail sent.
     Append(u64),
-    /// Against the receiver's signature.
-    Against(Signature),
+    /// Nothing of the receiver's file is used: every byte is sent (an
+    /// append that was not one).
+    Fresh,
+    /// Runs found already ([`crate::delta::diff`] of the receiver's
+    /// signature and the new file's, made while the first came), and the
+    /// new file's hash, read then.
+    Pieces(Vec<crate::delta::Piece>, blake3::Hash),
 }
 
 impl Plan {
@@ -167,13 +175,12 @@ impl Plan {
     ///
     /// # Errors
     ///
-    /// A signature not cut as the two lengths say ([`Encoder::new`]); an
-    /// append longer than the new file.
+    /// An append longer than the new file (the runs of
+    /// [`Plan::Pieces`] were checked by [`crate::delta::diff`]).
     pub fn check(&self, new_len: u64) -> Result<(), DeltaError> {
         match self {
             Plan::Append(old_len) if *old_len > new_len => Err(DeltaError::TooLong { new_len }),
-            Plan::Append(_) => Ok(()),
-            Plan::Against(sig) => layout_fits(sig.layout, sig.len, new_len),
+            Plan::Append(_) | Plan::Fresh | Plan::Pieces(..) => Ok(()),
         }
     }
 }
@@ -315,7 +322,42 @@ fn encode(
         Ok(n)
     };
     match plan {
-        Plan::Append(old_len) => {
+        Plan::Pieces(pieces, hash) => {
+            for piece in pieces {
+                match *piece {
+                    _ if out.pos + piece.len() <= from => out.pos += piece.len(),
+                    crate::delta::Piece::Copy { offset, len } => {
+                        let mut done = 0;
+                        while done < len {
+                            let run = (len - done).min(MAX_RUN);
+                            out.push(Op::Copy { offset: offset + done, len: run as u32 })?;
+                            done += run;
+                        }
+                    }
+                    crate::delta::Piece::Literal { at: start, len } => {
+                        let mut done = 0;
+                        while done < len {
+                            let n = (len - done).min(crate::delta::MAX_DATA as u64) as usize;
+                            let mut bytes = vec![0; n];
+                            file.read_exact_at(&mut bytes, start + done)?;
+                            out.push(Op::Data(bytes))?;
+                            done += n as u64;
+                        }
+                    }
+                }
+            }
+            if out.pos != new_len {
+                return Err(DeltaError::TooShort { written: out.pos, new_len }.into());
+            }
+            out.send()?;
+            return Ok(Sent { hash: *hash, matched: out.matched });
+        }
+        Plan::Append(_) | Plan::Fresh => {
+            let old_len = match plan {
+                Plan::Append(len) => *len,
+                _ => 0,
+            };
+            let old_len = &old_len;
             let step = u64::from(u32::MAX);
             let mut copied = 0;
             while copied < *old_len {
@@ -332,24 +374,6 @@ fn encode(
                     out.push(Op::Data(part.to_vec()))?;
                 }
                 at += n as u64;
-            }
-        }
-        Plan::Against(sig) => {
-            let mut encoder = Encoder::new(sig, new_len)?;
-            while at < new_len {
-                let n = read(at, &mut buf)?;
-                hasher.update(&buf[..n]);
-                encoder.feed(&buf[..n]);
-                // The last op may still grow, unless it is long enough to
-                // go now (a long unchanged stretch is not held back).
-                for op in encoder.take(encoder.pending() < MAX_RUN) {
-                    out.push(op)?;
-                }
-                at += n as u64;
-            }
-            encoder.finish();
-            for op in encoder.take(false) {
-                out.push(op)?;
             }
         }
     }
@@ -558,7 +582,12 @@ pub fn plan_for(file: &File, size: u64, basis: &Basis) -> Option<Want> {
     if !worth(basis.len, size) || basis.len > longest_basis(size) {
         return None;
     }
-    if let Some(theirs) = basis.blake3.as_deref().filter(|_| basis.len < size) {
+    // A likely append (the last bytes of theirs are ours at the same
+    // place) is checked in full; anything else goes by the signature
+    // without reading the prefix twice.
+    let tail_same = |theirs: &str| crate::proto::Sample::of(file, basis.len).is_ok_and(|ours| ours.blake3 == theirs);
+    let likely = basis.tail.as_deref().is_none_or(tail_same);
+    if let Some(theirs) = basis.blake3.as_deref().filter(|_| basis.len < size && likely) {
         let mut dup = file.try_clone().ok()?;
         let ours = crate::services::files::hash_prefix(&mut dup, basis.len).ok()?.finalize();
         if ours.to_hex().as_str() == theirs {

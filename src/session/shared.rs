@@ -47,7 +47,15 @@ pub struct SharedReads {
     budget: usize,
     /// Chunks read from files, by all readers.
     reads: Arc<AtomicU64>,
+    /// Files cut and hashed for deltas, by version and layout: each
+    /// once, whichever copy asks first, the others waiting for it.
+    chunked: Mutex<HashMap<(FileId, crate::delta::Layout), Arc<OnceChunked>>>,
+    /// Files cut and hashed for deltas so far.
+    cut: AtomicU64,
 }
+
+/// A file's cuts and hash, made once.
+type OnceChunked = tokio::sync::OnceCell<super::delta::Chunked>;
 
 /// A file as the kernel knows it, and the version of it (a file changed
 /// in between is another file).
@@ -60,22 +68,75 @@ struct FileId {
     mtime_nsec: i64,
 }
 
-impl SharedReads {
-    /// A registry holding at most `budget` bytes of chunks in all.
-    pub fn new(budget: usize) -> Arc<SharedReads> {
-        Arc::new(SharedReads { files: Mutex::default(), held: Arc::default(), budget, reads: Arc::default() })
-    }
-
-    /// Joins the readers of the file `meta` describes, from `start`.
-    pub(crate) fn join(&self, meta: &std::fs::Metadata, start: u64) -> SharedReader {
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
         use std::os::unix::fs::MetadataExt;
-        let id = FileId {
+        FileId {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.len(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+impl SharedReads {
+    /// A registry holding at most `budget` bytes of chunks in all.
+    pub fn new(budget: usize) -> Arc<SharedReads> {
+        Arc::new(SharedReads {
+            files: Mutex::default(),
+            held: Arc::default(),
+            budget,
+            reads: Arc::default(),
+            chunked: Mutex::default(),
+            cut: AtomicU64::new(0),
+        })
+    }
+
+    /// `file` (`size` bytes) cut as `layout` and hashed for a delta
+    /// ([`super::delta::index`]): once for every copy of this version of
+    /// it, whichever asks first, on a blocking thread (a fan-out sends one
+    /// file to many hosts, each with its own older version, and so its
+    /// own signature, but the new file's cuts are the same for all).
+    /// Kept while the registry lives (one copy job).
+    pub(crate) async fn chunks(
+        &self,
+        file: std::fs::File,
+        size: u64,
+        layout: crate::delta::Layout,
+    ) -> std::io::Result<(std::fs::File, super::delta::Chunked)> {
+        let id = FileId::of(&file.metadata()?);
+        let cell = self.chunked.lock().expect("chunked poisoned").entry((id, layout)).or_default().clone();
+        let file = Arc::new(file);
+        let reading = file.clone();
+        let cut = &self.cut;
+        let done = cell
+            .get_or_try_init(|| async move {
+                cut.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let cut = tokio::task::spawn_blocking(move || super::delta::index(&reading, size, layout)).await;
+                let (sig, hash) = cut.map_err(std::io::Error::other)??;
+                Ok::<_, std::io::Error>((Arc::new(sig), hash))
+            })
+            .await
+            .cloned()?;
+        // The one cutting it has let go of it by now, or never took it.
+        let file = match Arc::try_unwrap(file) {
+            Ok(file) => file,
+            Err(shared) => shared.try_clone()?,
         };
+        Ok((file, done))
+    }
+
+    /// Files cut and hashed for deltas so far ([`chunks`](Self::chunks)):
+    /// once each, however many copies sent it.
+    pub fn files_cut(&self) -> u64 {
+        self.cut.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Joins the readers of the file `meta` describes, from `start`.
+    pub(crate) fn join(&self, meta: &std::fs::Metadata, start: u64) -> SharedReader {
+        let id = FileId::of(meta);
         let mut files = self.files.lock().expect("shared reads");
         files.retain(|_, f| f.strong_count() > 0);
         let file = match files.get(&id).and_then(Weak::upgrade) {

@@ -88,11 +88,24 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
             Some((file, delta::Want::Append(len))) => Some((file, delta::Plan::Append(len))),
             Some((file, delta::Want::Signature)) => {
                 s.send(&SignatureWanted {}, &[]).await?;
-                match cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await? {
-                    Ok(sig) => Some((file, delta::Plan::Against(sig))),
+                // Ours cut and hashed while theirs comes.
+                let layout = basis.layout.unwrap_or(crate::delta::Layout::for_sizes(basis.len, size));
+                let chunking = tokio::task::spawn_blocking(move || {
+                    delta::index(&file, size, layout).map(|(sig, hash)| (file, sig, hash))
+                });
+                let theirs = match cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await? {
+                    Ok(sig) => sig,
                     Err(delta::DeltaFailed::Wire(e)) => return Err(e),
                     Err(delta::DeltaFailed::Closed) => return Ok(()),
                     Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
+                };
+                match cut_off_by(&cut, async { Ok(chunking.await) }).await? {
+                    Ok(Ok((file, ours, hash))) => match crate::delta::diff(&theirs, &ours) {
+                        Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, hash))),
+                        Err(_) => None,
+                    },
+                    // Not read: the file goes as a whole one would.
+                    _ => None,
                 }
             }
             None => None,
@@ -162,18 +175,46 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         },
         _ => None,
     };
-    let offered = basis.is_some();
-    let data = cut_off_by(&cut, async {
-        let basis_head = basis.as_ref().map(|(b, _)| b.clone());
-        let ready =
-            PutReady { offset, prefix_blake3, backup: backup.is_some(), sparse: St::KEEPS_HOLES, basis: basis_head };
-        s.send(&ready, &[]).await?;
-        if let Some((_, Some(sig))) = &basis {
-            delta::send_signature(s, sig).await?;
+    let mut basis = basis;
+    let mut asked_again = false;
+    let data = loop {
+        let step = cut_off_by(&cut, async {
+            let basis_head = basis.as_ref().map(|(b, _)| b.clone());
+            let (prefix_blake3, backup) = (prefix_blake3.clone(), backup.is_some());
+            let ready = PutReady { offset, prefix_blake3, backup, sparse: St::KEEPS_HOLES, basis: basis_head };
+            s.send(&ready, &[]).await?;
+            if let Some((_, Some(sig))) = &basis {
+                delta::send_signature(s, sig).await?;
+            }
+            read_step::<PutInput>(s, "put_data or put_delta after put_ready").await
+        })
+        .await;
+        let appended = basis.as_ref().is_some_and(|(b, _)| b.append);
+        match step {
+            // A likely append that the client found was not one: the
+            // signature after all, once.
+            Ok(Some(PutInput::SignatureWanted(_))) if appended && !asked_again => {
+                asked_again = true;
+                let ask = crate::proto::DeltaAsk::default();
+                // Unless the file cannot be indexed: then the append basis
+                // again, for the client to send every byte against.
+                let old = basis.take();
+                basis = match cut_off_by(&cut, async { Ok(upload.basis(&ask, size).await) }).await {
+                    Ok(basis) => basis.filter(|(b, _)| !b.append).or(old),
+                    Err(e) => {
+                        upload.abandon().await;
+                        return Err(e);
+                    }
+                };
+            }
+            Ok(Some(PutInput::SignatureWanted(_))) => {
+                upload.abandon().await;
+                return s.refuse_and_close("signature_wanted where no likely append was offered".to_owned()).await;
+            }
+            other => break other,
         }
-        read_step::<PutInput>(s, "put_data or put_delta after put_ready").await
-    })
-    .await;
+    };
+    let offered = basis.is_some();
     let agreed = match &data {
         Ok(Some(PutInput::PutData(d))) => {
             // Holes left out (PROTOCOL.md §4.6.5), only where offered.

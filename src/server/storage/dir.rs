@@ -361,15 +361,22 @@ fn find_basis(
     }
     let version = files::Version::of(&meta);
     let unchanged = |file: &File| file.metadata().is_ok_and(|m| files::Version::of(&m) == version);
-    if let Some(prefix) = ask.append.as_ref().filter(|p| p.len == len && len < size) {
+    // A likely append: this file ends as the client's sample does. Its
+    // whole hash (cached, or read) goes to the client, which checks it
+    // against its own prefix; an insertion or an edit is told by the
+    // sample alone, without reading the file twice.
+    let sample = ask.append.as_ref().filter(|s| s.len == len && len < size);
+    if sample.is_some_and(|s| crate::proto::Sample::of(&file, len).is_ok_and(|ours| ours == *s)) {
         let hash = match hashes.get(version) {
             Some(hash) => hash,
             None => files::hash_prefix(&mut file, len).ok()?.finalize(),
         };
-        if hash.to_hex().as_str() == prefix.blake3 {
-            let basis = crate::proto::Basis { len, append: true, blake3: None, layout: None, count: 0 };
-            return Some((file, basis, None));
+        if unchanged(&file) {
+            hashes.put(version, hash);
         }
+        let blake3 = Some(hash.to_hex().to_string());
+        let basis = crate::proto::Basis { len, append: true, blake3, tail: None, layout: None, count: 0 };
+        return Some((file, basis, None));
     }
     let layout = crate::delta::Layout::for_sizes(len, size);
     let sig = match signatures.get(version, layout) {
@@ -384,7 +391,7 @@ fn find_basis(
             sig
         }
     };
-    Some((file, dt::basis_of(&sig, None), Some(sig)))
+    Some((file, dt::basis_of(&sig, None, None), Some(sig)))
 }
 
 /// A local upload's body, in its partial file (or, small, in memory).
@@ -1005,5 +1012,60 @@ impl Place for Landing {
 
     fn attrs(&mut self, file: &File, had: Had, attrs: &crate::proto::Attrs) -> std::io::Result<()> {
         attrs::apply_having(file, Some(had.owner), attrs, self.how, &mut self.names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The basis of a delta upload, on real files: its signature taken
+    //! from the cache while the file is as it was, made again once it
+    //! changed.
+    use super::*;
+
+    fn noise(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[(i + seed as usize) % 4]).collect()
+    }
+
+    #[test]
+    fn a_signature_is_cached_by_version_and_made_again_after_a_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f.bin");
+        std::fs::write(&path, noise(1 << 20, 1)).unwrap();
+        let sb = Sandbox::new(tmp.path()).unwrap();
+        let (hashes, signatures) = (HashCache::default(), SignatureCache::default());
+        let ask = crate::proto::DeltaAsk { append: None };
+        let new_len = (1 << 20) + 100;
+        let first = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        let first_sig = first.2.unwrap();
+        // What the cache holds for this version is what is used: a planted
+        // entry stands in for the file's own, proving no reading.
+        let version = files::Version::of(&std::fs::metadata(&path).unwrap());
+        let planted = crate::delta::Signature {
+            layout: first_sig.layout,
+            len: first_sig.len,
+            entries: first_sig.entries.iter().map(|&(len, _)| (len, [9; 8])).collect(),
+        };
+        signatures.put(version, Arc::new(planted.clone()));
+        let second = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        assert_eq!(*second.2.unwrap(), planted);
+        // A new mtime is a new version: read and indexed again.
+        let f = File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
+        let third = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        assert_eq!(*third.2.unwrap(), *first_sig);
+        // An append told by its prefix: no signature at all.
+        let data = std::fs::read(&path).unwrap();
+        let sample = crate::proto::Sample::of(&File::open(&path).unwrap(), data.len() as u64).unwrap();
+        let ask = crate::proto::DeltaAsk { append: Some(sample) };
+        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        assert!(basis.append && sig.is_none() && basis.count == 0);
+        assert_eq!(basis.blake3.unwrap(), blake3::hash(&data).to_hex().to_string());
+        // A sample of other bytes: a signature, as for any change.
+        let other = crate::proto::Sample { len: data.len() as u64, blake3: blake3::hash(b"x").to_hex().to_string() };
+        let ask = crate::proto::DeltaAsk { append: Some(other) };
+        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        assert!(!basis.append && sig.is_some());
+        // A new file too small to be worth a delta: no basis.
+        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, 1000).is_none());
     }
 }
