@@ -199,6 +199,7 @@ def main():
     ap.add_argument("--trees", action="store_true", help="also the tree cases (text tree, source tree, "
                     "compressed data), with -z")
     ap.add_argument("--only-trees", action="store_true", help="the tree cases alone")
+    ap.add_argument("--only", default="", help="file cases whose name contains one of these words, comma-separated")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/wan.py needs root (network namespaces, tc)")
@@ -215,6 +216,8 @@ def main():
 def run(args, work):
     old = noise(args.mib << 20, 1)
     cases = changes(old, 100)
+    if args.only:
+        cases = [c for c in cases if any(w in c[0] for w in args.only.split(","))]
     src, remote = os.path.join(work, "src"), os.path.join(work, "remote")
     os.makedirs(src)
     os.makedirs(remote)
