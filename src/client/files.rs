@@ -212,40 +212,6 @@ fn older_version(
     Some((file, sig, hash))
 }
 
-/// A file being cut and hashed ahead of the server's answer, given up
-/// (between two 1 MiB pieces) if dropped unused.
-pub(super) struct Early {
-    layout: crate::delta::Layout,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<delta::Chunked>>>,
-}
-
-impl Early {
-    fn start(file: std::fs::File, size: u64, layout: crate::delta::Layout) -> Early {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = spawn_blocking(move || {
-            let (sig, hash) = delta::index_until(&file, size, layout, &flag)?;
-            Ok((std::sync::Arc::new(sig), hash))
-        });
-        Early { layout, stop, task: Some(task) }
-    }
-
-    /// Its result, waited for.
-    async fn finish(mut self) -> Result<std::io::Result<delta::Chunked>, ClientError> {
-        match self.task.take() {
-            Some(task) => task.await.map_err(join_err),
-            None => Ok(Err(std::io::ErrorKind::Interrupted.into())),
-        }
-    }
-}
-
-impl Drop for Early {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// `file` (`size` bytes) cut as `layout` and hashed, on a blocking
 /// thread: once for all the copies of a fan-out that share their reads
 /// (they send the same file), else for this one.
@@ -920,8 +886,7 @@ impl Client {
         // A delta, where the receiver holds an older version worth one:
         // with a sample of our bytes where its file ends, if it is
         // shorter, for it to tell a likely append.
-        let held = self.other_len(remote, options).await?;
-        let (file, ask) = match held {
+        let (file, ask) = match self.other_len(remote, options).await? {
             Some(held) if delta::worth(held, size) => {
                 let (file, append) = spawn_blocking(move || {
                     let append = (held < size).then(|| crate::proto::Sample::of(&file, held)).transpose();
@@ -944,17 +909,6 @@ impl Client {
             backup,
             delta: ask.clone(),
         };
-        // Where the server may answer with its signature, our file cut
-        // and hashed already while it makes its own: the layout is the
-        // sizes' (a fan-out's copies share one cutting instead).
-        let mut early = match (&put.delta, held) {
-            (Some(_), Some(held)) if self.shared_reads.is_none() => {
-                let layout = crate::delta::Layout::for_sizes(held, size);
-                let dup = file.try_clone().map_err(local_err(local))?;
-                Some(Early::start(dup, size, layout))
-            }
-            _ => None,
-        };
         self.session.send(&put, &[]).await?;
         let PutReady { offset, prefix_blake3, backup: kept, sparse, basis } = self.answer().await?;
         if asked && !kept {
@@ -969,8 +923,7 @@ impl Client {
             };
             let again = file.try_clone().map_err(local_err(local))?;
             let held = (offset, prefix_blake3);
-            let early = early.take();
-            match self.put_delta(file, (local, size), held, (basis, ask, early), progress).await {
+            match self.put_delta(file, (local, size), held, (basis, ask), progress).await {
                 Ok(done) => return Ok(done),
                 // Built wrong, or from a file that changed meanwhile: sent
                 // again whole, on the same connection.
@@ -1051,7 +1004,7 @@ impl Client {
         file: std::fs::File,
         (local, size): (&Path, u64),
         (offset, prefix_blake3): (u64, Option<String>),
-        (basis, ask, early): (crate::proto::Basis, crate::proto::DeltaAsk, Option<Early>),
+        (basis, ask): (crate::proto::Basis, crate::proto::DeltaAsk),
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
         let (file, plan) = if basis.append {
@@ -1080,7 +1033,7 @@ impl Client {
                 match again {
                     // It could not index its file: every byte is sent.
                     Some(b) if b.append => (file, delta::Plan::Fresh),
-                    Some(b) => self.against_signature(file, local, size, &b, early).await?,
+                    Some(b) => self.against_signature(file, local, size, &b).await?,
                     None => {
                         self.session.abandon().await;
                         let got = "put_ready without a basis".into();
@@ -1089,7 +1042,7 @@ impl Client {
                 }
             }
         } else {
-            self.against_signature(file, local, size, &basis, early).await?
+            self.against_signature(file, local, size, &basis).await?
         };
         if let Err(e) = plan.check(size) {
             self.session.abandon().await;
@@ -1108,7 +1061,6 @@ impl Client {
         local: &Path,
         size: u64,
         basis: &crate::proto::Basis,
-        early: Option<Early>,
     ) -> Result<(std::fs::File, delta::Plan), Retry> {
         let Some(layout) = basis.layout.filter(|l| delta::layout_fits(*l, basis.len, size).is_ok() && basis.count > 0)
         else {
@@ -1117,13 +1069,7 @@ impl Client {
             return Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into());
         };
         let shared = self.shared_reads.clone();
-        let chunking = async move {
-            match early.filter(|e| e.layout == layout) {
-                // Cut already, or being cut: its result.
-                Some(early) => early.finish().await.map(|done| done.map(|c| (file, c))),
-                None => chunks_of(shared, file, size, layout).await,
-            }
-        };
+        let chunking = chunks_of(shared, file, size, layout);
         let (theirs, ours) = tokio::join!(delta::read_signature(&mut self.session, basis), chunking);
         let theirs = match theirs {
             Ok(sig) => sig,

@@ -90,30 +90,12 @@ pub enum DeltaFailed {
 /// Reading; a file shorter than `len` (it shrank); a layout the engine
 /// refuses or a file it would index past its limits.
 pub fn index(file: &File, len: u64, layout: Layout) -> io::Result<(Signature, blake3::Hash)> {
-    index_until(file, len, layout, &std::sync::atomic::AtomicBool::new(false))
-}
-
-/// [`index`], given up (`Interrupted`) once `stop` is set: work started
-/// ahead of an answer that may make it useless.
-///
-/// # Errors
-///
-/// As [`index`]; `Interrupted`.
-pub fn index_until(
-    file: &File,
-    len: u64,
-    layout: Layout,
-    stop: &std::sync::atomic::AtomicBool,
-) -> io::Result<(Signature, blake3::Hash)> {
     let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut indexer = Indexer::new(layout).map_err(invalid)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0; PIECE];
     let mut at = 0u64;
     while at < len {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(io::ErrorKind::Interrupted.into());
-        }
         let want = usize::try_from(len - at).unwrap_or(PIECE).min(PIECE);
         let n = file.read_at(&mut buf[..want], at)?;
         if n == 0 {
