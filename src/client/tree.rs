@@ -123,6 +123,18 @@ impl Endpoint {
         &self.addr
     }
 
+    /// Whether the server is this machine: every address its name
+    /// resolves to is a loopback one (where auto mode sends files whole).
+    pub async fn is_local(&self) -> bool {
+        match tokio::net::lookup_host(crate::proto::with_default_port(&self.addr)).await {
+            Ok(addrs) => {
+                let addrs: Vec<std::net::SocketAddr> = addrs.collect();
+                !addrs.is_empty() && addrs.iter().all(|a| crate::transport::is_local(a.ip()))
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Opens one connection.
     ///
     /// # Errors
@@ -2062,7 +2074,13 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     // stream, where a worker's connection wants deltas: their owners and
     // attributes are set once they are in place, as a file's left
     // unchanged are (the stream would have carried them).
-    if streamed && options.delta != super::DeltaMode::Never {
+    let deltas = streamed
+        && match options.delta {
+            super::DeltaMode::Never => false,
+            super::DeltaMode::Always => true,
+            super::DeltaMode::Auto => !endpoint.is_local().await,
+        };
+    if deltas {
         for job in jobs.iter().filter(|j| goes_as_delta(j)) {
             meta.extend(attrs_after_delta(direction, job, &receiver, &mut names));
         }
@@ -2075,7 +2093,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
             how.applying = applying;
             how.delta = options.delta;
             tasks.spawn(async move {
-                share_worker(&endpoint, direction, share, (&how, streamed), &*observer, &totals).await
+                share_worker(&endpoint, direction, share, (&how, streamed, deltas), &*observer, &totals).await
             });
         }
     }
@@ -2440,7 +2458,7 @@ async fn share_worker(
     endpoint: &Endpoint,
     direction: Direction,
     share: Share,
-    (how, streamed): (&TransferOptions, bool),
+    (how, streamed, deltas): (&TransferOptions, bool, bool),
     observer: &dyn Observer,
     totals: &Mutex<Summary>,
 ) {
@@ -2458,7 +2476,7 @@ async fn share_worker(
         }
     };
     // Large changed files by themselves as deltas, after the stream.
-    let deltas = streamed && client.as_ref().is_some_and(|c| c.wants_delta(how.delta));
+    let deltas = deltas && client.as_ref().is_some_and(|c| c.wants_delta(how.delta));
     let (by_itself, share): (Share, Share) = share.into_iter().partition(|(_, job)| deltas && goes_as_delta(job));
     let (mut ids, mut jobs): (Vec<usize>, Vec<Job>) = share.into_iter().unzip();
     if streamed && !jobs.is_empty() {

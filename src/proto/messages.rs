@@ -444,7 +444,7 @@ messages! {
 
     /// Entries of a signature (PROTOCOL.md §4.6.6): 12 bytes each, a
     /// chunk's length (`u32`, big endian) and the first 8 bytes of its
-    /// BLAKE3; at most [`crate::session::delta::SIGNATURE_FRAME_ENTRIES`] a frame.
+    /// BLAKE3; at most 32,768 entries a frame.
     SignatureFrame = "signature", ToBoth, body, cold, example: SignatureFrame { len: 24 };
     {
         /// Body length.

@@ -128,8 +128,8 @@ impl SharedReads {
         Ok((file, done))
     }
 
-    /// Files cut and hashed for deltas so far ([`chunks`](Self::chunks)):
-    /// once each, however many copies sent it.
+    /// Files cut and hashed for deltas so far: once each, however many
+    /// copies sent it.
     pub fn files_cut(&self) -> u64 {
         self.cut.load(std::sync::atomic::Ordering::Relaxed)
     }
