@@ -514,10 +514,11 @@ pub fn is_local(ip: std::net::IpAddr) -> bool {
 /// zstd levels `-z` takes (`--compress-level`).
 pub const COMPRESS_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 
-/// The largest window a compressed stream may use, as a power of two (8
-/// MiB, what level 19 uses): a peer cannot make this side hold more to
-/// decompress its stream.
-pub const COMPRESS_WINDOW_LOG: u32 = 23;
+/// The largest window a compressed stream may use, as a power of two (2
+/// MiB): every sender is held to it, whatever its level, and a receiver
+/// refuses more, so a peer cannot make this side hold more to decompress
+/// its stream.
+pub const COMPRESS_WINDOW_LOG: u32 = 21;
 
 /// The halves of a connection, compressed from here on: what is written
 /// goes through zstd at `level`, one stream for the connection's life,
@@ -533,7 +534,11 @@ pub fn compressed(read: BoxRead, write: BoxWrite, level: i32) -> (BoxRead, BoxWr
         &[DParameter::window_log_max(COMPRESS_WINDOW_LOG)],
     );
     let level = level.clamp(*COMPRESS_LEVELS.start(), *COMPRESS_LEVELS.end());
-    let encoder = ZstdEncoder::with_quality(write, async_compression::Level::Precise(level));
+    let encoder = ZstdEncoder::with_quality_and_params(
+        write,
+        async_compression::Level::Precise(level),
+        &[async_compression::zstd::CParameter::window_log(COMPRESS_WINDOW_LOG)],
+    );
     (Box::new(decoder), Box::new(Compressed(encoder)))
 }
 

@@ -253,9 +253,11 @@ pub struct TransferArgs {
 }
 
 impl TransferArgs {
-    /// The zstd level -z or --compress-level ask for, if either does.
-    fn compress(&self) -> Option<i32> {
-        self.compress_level.or(self.compress.then_some(1))
+    /// The zstd level -z or --compress-level ask for, if either does:
+    /// `--compress-level`'s, else with `-z` the host's from the config
+    /// file (`configured`), else 1.
+    fn compress(&self, configured: Option<i32>) -> Option<i32> {
+        self.compress_level.or(self.compress.then(|| configured.unwrap_or(1)))
     }
 
     /// When changed files go as deltas (`--delta`, `-W`).
@@ -387,9 +389,10 @@ async fn on_hosts(
     );
     let names = fleet.hosts.names(settings)?;
     let mut hosts = super::fleet::resolve(names, settings, opts.bwlimit, None)?;
-    if let Some(level) = opts.compress() {
+    if opts.compress || opts.compress_level.is_some() {
         for host in &mut hosts {
-            host.compress(level);
+            let level = opts.compress(host.compress_level());
+            host.compress(level.unwrap_or(1));
         }
     }
     let what = if put {
@@ -508,7 +511,7 @@ pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     let target = settings.resolve(&addr);
     let paths: Vec<String> = paths.iter().map(|p| target.path(p)).collect();
     let endpoint = target.endpoint(opts.bwlimit)?;
-    let endpoint = match opts.compress() {
+    let endpoint = match opts.compress(target.compress) {
         Some(level) => endpoint.with_compress(Some(level)),
         None => endpoint,
     };
@@ -541,7 +544,7 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     // No destination: into the alias's directory (or the root).
     let dest = framewire::client::fleet::put_destination(target.dir.as_deref(), dest.as_deref());
     let endpoint = target.endpoint(opts.bwlimit)?;
-    let endpoint = match opts.compress() {
+    let endpoint = match opts.compress(target.compress) {
         Some(level) => endpoint.with_compress(Some(level)),
         None => endpoint,
     };

@@ -38,8 +38,9 @@ pub struct TransferOptions {
     /// delta (PROTOCOL.md §4.6.6).
     pub delta: DeltaMode,
     /// The length of the file on the other side, as a plan found it: an
-    /// upload's receiver's (the file it replaces), a download's source's.
-    /// A delta is tried only where it is known.
+    /// upload's receiver's (the file it replaces), a download's source's;
+    /// `Some(0)`: nothing there. `None`: not planned, and asked of the
+    /// server (a `stat`) where a delta is wanted.
     pub other_len: Option<u64>,
 }
 
@@ -568,7 +569,7 @@ impl Client {
     /// trip) if it did not. `None`: no delta (not wanted, or no regular
     /// file there).
     async fn other_len(&mut self, remote: &str, options: &TransferOptions) -> Result<Option<u64>, ClientError> {
-        if !self.wants_delta(options.delta) {
+        if !self.wants_delta(options.delta) || options.other_len == Some(0) {
             return Ok(None);
         }
         if let Some(len) = options.other_len {
@@ -886,7 +887,9 @@ impl Client {
         // A delta, where the receiver holds an older version worth one:
         // with a sample of our bytes where its file ends, if it is
         // shorter, for it to tell a likely append.
-        let (file, ask) = match self.other_len(remote, options).await? {
+        // A file too small for a delta costs no stat to find out.
+        let held = if size >= delta::DELTA_MIN { self.other_len(remote, options).await? } else { None };
+        let (file, ask) = match held {
             Some(held) if delta::worth(held, size) => {
                 let (file, append) = spawn_blocking(move || {
                     let append = (held < size).then(|| crate::proto::Sample::of(&file, held)).transpose();
@@ -1062,8 +1065,10 @@ impl Client {
         size: u64,
         basis: &crate::proto::Basis,
     ) -> Result<(std::fs::File, delta::Plan), Retry> {
-        let Some(layout) = basis.layout.filter(|l| delta::layout_fits(*l, basis.len, size).is_ok() && basis.count > 0)
-        else {
+        let fits = |l: &crate::delta::Layout| {
+            delta::layout_fits(*l, basis.len, size).is_ok() && basis.count > 0 && delta::worth(basis.len, size)
+        };
+        let Some(layout) = basis.layout.filter(fits) else {
             self.session.abandon().await;
             let got = format!("{:?} for {} and {size} bytes", basis.layout, basis.len);
             return Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into());

@@ -78,6 +78,12 @@ impl Host {
         self.endpoint = self.endpoint.clone().with_compress(Some(level));
     }
 
+    /// The zstd level its copies ask for (the config file's
+    /// `compress-level` where `compress = true`), if any.
+    pub fn compress_level(&self) -> Option<i32> {
+        self.endpoint.compress_level()
+    }
+
     /// The same, with relative remote paths of [`put`] and [`get`] taken
     /// from `dir` on this host (see [`remote_path`]), as a config file
     /// alias's `dir` does.

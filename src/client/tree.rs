@@ -118,6 +118,11 @@ impl Endpoint {
         self
     }
 
+    /// The zstd level its connections ask for, if they are compressed.
+    pub fn compress_level(&self) -> Option<i32> {
+        self.compress
+    }
+
     /// The server's address, as given.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -2582,7 +2587,8 @@ async fn copy_one(
     // A delta's other length: the receiver's file for an upload, the
     // source's for a download.
     let other_len = match direction {
-        Direction::Put => job.held,
+        // Planned: nothing there (or no regular file) is no basis.
+        Direction::Put => Some(job.held.unwrap_or(0)),
         Direction::Get => Some(job.size),
     };
     let options = TransferOptions { force: how.force || job.replace, other_len, ..how.clone() };

@@ -177,8 +177,10 @@ macro_rules! on_root {
 use on_root;
 
 /// The highest zstd level a server compresses with, whatever its client
-/// asks: higher levels cost the server's CPU for every byte it sends.
-pub(crate) const SERVER_MAX_LEVEL: i32 = 9;
+/// asks: higher levels cost the server's CPU for every byte it sends, and
+/// memory (level 3, with the 2 MiB window: about 3 MiB a connection, its
+/// decoder's window besides).
+pub(crate) const SERVER_MAX_LEVEL: i32 = 3;
 
 /// `compress`: answered, then both directions go through zstd.
 async fn compress(s: &mut Session<ServerSide>, r: crate::proto::Compress) -> Result<(), Error> {

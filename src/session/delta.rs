@@ -56,7 +56,7 @@ const PIECE: usize = 1 << 20;
 /// Whether a new file of `new_len` bytes is worth sending as a delta
 /// from an older one of `old_len`.
 pub fn worth(old_len: u64, new_len: u64) -> bool {
-    old_len > 0 && new_len >= DELTA_MIN
+    old_len > 0 && new_len >= DELTA_MIN && old_len <= longest_basis(new_len)
 }
 
 /// Why a delta transfer did not complete.
@@ -90,12 +90,30 @@ pub enum DeltaFailed {
 /// Reading; a file shorter than `len` (it shrank); a layout the engine
 /// refuses or a file it would index past its limits.
 pub fn index(file: &File, len: u64, layout: Layout) -> io::Result<(Signature, blake3::Hash)> {
+    index_until(file, len, layout, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// [`index`], given up (`Interrupted`) between two 1 MiB pieces once
+/// `stop` is set: work whose requester may leave ([`StopOnDrop`]).
+///
+/// # Errors
+///
+/// As [`index`]; `Interrupted`.
+pub fn index_until(
+    file: &File,
+    len: u64,
+    layout: Layout,
+    stop: &std::sync::atomic::AtomicBool,
+) -> io::Result<(Signature, blake3::Hash)> {
     let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut indexer = Indexer::new(layout).map_err(invalid)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0; PIECE];
     let mut at = 0u64;
     while at < len {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
         let want = usize::try_from(len - at).unwrap_or(PIECE).min(PIECE);
         let n = file.read_at(&mut buf[..want], at)?;
         if n == 0 {
@@ -106,6 +124,18 @@ pub fn index(file: &File, len: u64, layout: Layout) -> io::Result<(Signature, bl
         at += n as u64;
     }
     Ok((indexer.finish().map_err(invalid)?, hasher.finalize()))
+}
+
+/// A flag set when dropped: what stops an [`index_until`] whose requester
+/// left (its handler returned, the connection ended) instead of letting
+/// it read the rest of a large file for nobody.
+#[derive(Debug, Default)]
+pub struct StopOnDrop(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The head of a signature's `basis` for the older version `sig` indexes.

@@ -107,6 +107,16 @@ impl SharedReads {
         layout: crate::delta::Layout,
     ) -> std::io::Result<(std::fs::File, super::delta::Chunked)> {
         let id = FileId::of(&file.metadata()?);
+        if id.size != size {
+            // Not the length this copy was planned with (the file is
+            // changing): cut for this copy alone, never shared.
+            return tokio::task::spawn_blocking(move || {
+                let (sig, hash) = super::delta::index(&file, size, layout)?;
+                Ok((file, (Arc::new(sig), hash)))
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        }
         let cell = self.chunked.lock().expect("chunked poisoned").entry((id, layout)).or_default().clone();
         let file = Arc::new(file);
         let reading = file.clone();

@@ -90,8 +90,12 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
                 s.send(&SignatureWanted {}, &[]).await?;
                 // Ours cut and hashed while theirs comes.
                 let layout = basis.layout.unwrap_or(crate::delta::Layout::for_sizes(basis.len, size));
+                // Given up if this handler returns first (the client left,
+                // or sent a bad signature).
+                let stop = delta::StopOnDrop::default();
+                let flag = stop.0.clone();
                 let chunking = tokio::task::spawn_blocking(move || {
-                    delta::index(&file, size, layout).map(|(sig, hash)| (file, sig, hash))
+                    delta::index_until(&file, size, layout, &flag).map(|(sig, hash)| (file, sig, hash))
                 });
                 let theirs = match cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await? {
                     Ok(sig) => sig,
@@ -99,7 +103,9 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
                     Err(delta::DeltaFailed::Closed) => return Ok(()),
                     Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
                 };
-                match cut_off_by(&cut, async { Ok(chunking.await) }).await? {
+                let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
+                drop(stop);
+                match chunked {
                     Ok(Ok((file, ours, hash))) => match crate::delta::diff(&theirs, &ours) {
                         Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, hash))),
                         Err(_) => None,

@@ -1065,7 +1065,11 @@ mod tests {
         let ask = crate::proto::DeltaAsk { append: Some(other) };
         let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
         assert!(!basis.append && sig.is_some());
-        // A new file too small to be worth a delta: no basis.
+        // A new file too small to be worth a delta, or one that the
+        // older version is more than 4 times as long as: no basis (it
+        // would cost more to read and describe than to send).
         assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, 1000).is_none());
+        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, 200 << 10).is_none());
+        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, 300 << 10).is_some());
     }
 }
