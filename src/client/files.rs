@@ -223,7 +223,7 @@ async fn chunks_of(
     layout: crate::delta::Layout,
 ) -> Result<std::io::Result<(std::fs::File, delta::Chunked)>, ClientError> {
     match shared {
-        Some(shared) => Ok(shared.chunks(file, size, layout).await),
+        Some(shared) => Ok(shared.chunks(file, size, layout, delta::index).await),
         None => spawn_blocking(move || {
             let (sig, hash) = delta::index(&file, size, layout)?;
             Ok((file, (std::sync::Arc::new(sig), hash)))

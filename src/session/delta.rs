@@ -182,8 +182,7 @@ pub async fn read_signature<S>(s: &mut Session<S>, basis: &Basis) -> Result<Sign
     Ok(reader.finish()?)
 }
 
-/// A file cut and hashed: its signature and whole-file hash.
-pub type Chunked = (std::sync::Arc<Signature>, blake3::Hash);
+pub use super::shared::Chunked;
 
 /// How the sender makes its ops.
 #[derive(Debug)]

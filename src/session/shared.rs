@@ -55,7 +55,15 @@ pub struct SharedReads {
 }
 
 /// A file's cuts and hash, made once.
-type OnceChunked = tokio::sync::OnceCell<super::delta::Chunked>;
+type OnceChunked = tokio::sync::OnceCell<Chunked>;
+
+/// A file cut and hashed: its signature and whole-file hash.
+pub type Chunked = (Arc<crate::delta::Signature>, blake3::Hash);
+
+/// What cuts and hashes a file (`session::delta::index`), given by the
+/// caller: this module stays below the delta exchange.
+pub type Cut =
+    fn(&std::fs::File, u64, crate::delta::Layout) -> std::io::Result<(crate::delta::Signature, blake3::Hash)>;
 
 /// A file as the kernel knows it, and the version of it (a file changed
 /// in between is another file).
@@ -95,7 +103,7 @@ impl SharedReads {
     }
 
     /// `file` (`size` bytes) cut as `layout` and hashed for a delta
-    /// ([`super::delta::index`]): once for every copy of this version of
+    /// (by `cutter`): once for every copy of this version of
     /// it, whichever asks first, on a blocking thread (a fan-out sends one
     /// file to many hosts, each with its own older version, and so its
     /// own signature, but the new file's cuts are the same for all).
@@ -105,13 +113,14 @@ impl SharedReads {
         file: std::fs::File,
         size: u64,
         layout: crate::delta::Layout,
-    ) -> std::io::Result<(std::fs::File, super::delta::Chunked)> {
+        cutter: Cut,
+    ) -> std::io::Result<(std::fs::File, Chunked)> {
         let id = FileId::of(&file.metadata()?);
         if id.size != size {
             // Not the length this copy was planned with (the file is
             // changing): cut for this copy alone, never shared.
             return tokio::task::spawn_blocking(move || {
-                let (sig, hash) = super::delta::index(&file, size, layout)?;
+                let (sig, hash) = cutter(&file, size, layout)?;
                 Ok((file, (Arc::new(sig), hash)))
             })
             .await
@@ -124,7 +133,7 @@ impl SharedReads {
         let done = cell
             .get_or_try_init(|| async move {
                 cut.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let cut = tokio::task::spawn_blocking(move || super::delta::index(&reading, size, layout)).await;
+                let cut = tokio::task::spawn_blocking(move || cutter(&reading, size, layout)).await;
                 let (sig, hash) = cut.map_err(std::io::Error::other)??;
                 Ok::<_, std::io::Error>((Arc::new(sig), hash))
             })
