@@ -233,6 +233,19 @@ async fn chunks_of(
     }
 }
 
+/// What an upload's answer before its checksum means: the server
+/// refused while the body was still going out (a write failed on its
+/// side), or broke the protocol, or left.
+fn early_answer(answer: Option<(Answer<PutDone>, u64)>) -> ClientError {
+    match answer {
+        Some((Answer::Refused(e), _)) => e.into(),
+        Some((Answer::Ok(_), _)) => {
+            ClientError::Unexpected { expected: "no answer before the checksum", got: "put_done".into() }
+        }
+        None => ClientError::Closed,
+    }
+}
+
 /// Why a download is refused where a directory has the file's name.
 pub(super) fn local_directory() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory; a file cannot replace it")
@@ -970,13 +983,7 @@ impl Client {
             Ok(sent) => sent,
             Err(early) => {
                 self.session.abandon().await;
-                return Err(match early? {
-                    Some((Answer::Refused(e), _)) => e.into(),
-                    Some((Answer::Ok(_), _)) => {
-                        ClientError::Unexpected { expected: "no answer before the checksum", got: "put_done".into() }
-                    }
-                    None => ClientError::Closed,
-                });
+                return Err(early_answer(early?));
             }
         };
         let hash = match sent {
@@ -1147,14 +1154,7 @@ impl Client {
             }
             Err(early) => {
                 self.session.abandon().await;
-                return Err(match early? {
-                    Some((Answer::Refused(e), _)) => e.into(),
-                    Some((Answer::Ok(_), _)) => {
-                        ClientError::Unexpected { expected: "no answer before the checksum", got: "put_done".into() }
-                    }
-                    None => ClientError::Closed,
-                }
-                .into());
+                return Err(early_answer(early?).into());
             }
         };
         let hash = sent.hash.to_hex().to_string();
