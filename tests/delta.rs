@@ -2,7 +2,8 @@
 //! each change pattern both ways, verified byte for byte and by BLAKE3,
 //! the bytes on the wire counted by a proxy in the path; a cut delta
 //! resumed; a receiver's file changed while its signature is in flight;
-//! hostile signatures and ops refused; a bucket root (files go whole).
+//! hostile signatures and ops refused; a bucket root (the older object
+//! copied to the server's disk, the new one built beside it).
 
 mod common;
 
@@ -102,30 +103,30 @@ fn changes(old: &[u8]) -> Vec<(&'static str, Vec<u8>, u64)> {
 }
 
 const SIZE: usize = 6 << 20;
+/// Past a bucket's largest single write (8 MiB): a multipart upload.
+const BIG: usize = 20 << 20;
 
 async fn put_each_change_as_a_delta(root: &RootServer) {
     let (proxy, wire) = counting_proxy(root.addr).await;
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("f.bin");
-    let old = noise(SIZE, 1);
-    for (what, new, most) in changes(&old) {
-        root.write("f.bin", &old).await;
-        std::fs::write(&local, &new).unwrap();
-        let mut client = Client::connect(&proxy).await.unwrap();
-        let _ = wire.take();
-        let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
-        drop(client);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let (up, down) = wire.take();
-        assert_eq!(root.read("f.bin").await.unwrap(), new, "{what}");
-        assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
-        if root.dir_path().is_some() {
-            assert!(up + down <= most, "{what}: {up} up + {down} down, more than {most}");
+    // A bucket stores the smaller with one write, the larger through a
+    // multipart upload: both built from the older object.
+    for size in [SIZE, BIG] {
+        let old = noise(size, 1);
+        for (what, new, most) in changes(&old) {
+            root.write("f.bin", &old).await;
+            std::fs::write(&local, &new).unwrap();
+            let mut client = Client::connect(&proxy).await.unwrap();
+            let _ = wire.take();
+            let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+            drop(client);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let (up, down) = wire.take();
+            assert_eq!(root.read("f.bin").await.unwrap(), new, "{what}, {size}");
+            assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
+            assert!(up + down <= most, "{what}, {size}: {up} up + {down} down, more than {most}");
             assert!(done.matched > 0, "{what}: nothing matched");
-        } else {
-            // A bucket root builds no deltas: the file goes whole.
-            assert!(up >= new.len() as u64, "{what}: {up} bytes up to a bucket");
-            assert_eq!(done.matched, 0);
         }
     }
 }
@@ -134,25 +135,23 @@ async fn get_each_change_as_a_delta(root: &RootServer) {
     let (proxy, wire) = counting_proxy(root.addr).await;
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("f.bin");
-    let old = noise(SIZE, 2);
-    for (what, new, most) in changes(&old) {
-        std::fs::write(&local, &old).unwrap();
-        root.write("f.bin", &new).await;
-        let mut client = Client::connect(&proxy).await.unwrap();
-        let _ = wire.take();
-        let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
-        drop(client);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let (up, down) = wire.take();
-        assert_eq!(std::fs::read(&local).unwrap(), new, "{what}");
-        assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
-        if root.dir_path().is_some() {
-            assert!(up + down <= most, "{what}: {up} up + {down} down, more than {most}");
+    for size in [SIZE, BIG] {
+        let old = noise(size, 2);
+        for (what, new, most) in changes(&old) {
+            std::fs::write(&local, &old).unwrap();
+            root.write("f.bin", &new).await;
+            let mut client = Client::connect(&proxy).await.unwrap();
+            let _ = wire.take();
+            let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
+            drop(client);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let (up, down) = wire.take();
+            assert_eq!(std::fs::read(&local).unwrap(), new, "{what}, {size}");
+            assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
+            assert!(up + down <= most, "{what}, {size}: {up} up + {down} down, more than {most}");
             assert!(done.matched > 0, "{what}: nothing matched");
-        } else {
-            assert!(down >= new.len() as u64, "{what}: {down} bytes down from a bucket");
+            assert!(!tmp.path().join(".f.bin.fwpart").exists(), "{what}: a partial file left");
         }
-        assert!(!tmp.path().join(".f.bin.fwpart").exists(), "{what}: a partial file left");
     }
 }
 
@@ -362,6 +361,39 @@ async fn a_cut_delta_transfer_resumes() {
         assert!(done.matched > 0, "cut after {budget}: the rest went whole");
     }
     assert!(resumed_some, "no cut download left anything to resume");
+}
+
+/// Into a bucket, a cut delta upload stores nothing (the new object is
+/// built on the server's disk, and stored once verified): the object is
+/// still the older one, and the next upload is a delta again, whole.
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_delta_into_a_bucket_is_made_again() {
+    let _env = common::seaweed::ENV.lock().await;
+    let Some(weed) = common::seaweed::weed() else { return };
+    let store = common::seaweed::Seaweed::start(&weed);
+    let root = RootServer::bucket(&store, "cut-delta").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(BIG, 6);
+    let mut new = old.clone();
+    new[BIG / 4..BIG / 2].copy_from_slice(&noise(BIG / 4, 60));
+    for budget in [100u64 << 10, 3_000_000] {
+        root.write("f.bin", &old).await;
+        std::fs::write(&local, &new).unwrap();
+        let proxy = cutting_proxy(root.addr, true, budget).await;
+        let mut client = Client::connect(&proxy).await.unwrap();
+        let cut = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await;
+        assert!(cut.is_err(), "cut after {budget} bytes up: {cut:?}");
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(root.read("f.bin").await.unwrap(), old, "cut after {budget}");
+        let mut client = Client::connect(&root.addr()).await.unwrap();
+        let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+        assert_eq!(done.resumed, 0, "cut after {budget}");
+        assert!(done.matched > 0, "cut after {budget}: the rest went whole");
+        assert_eq!(root.read("f.bin").await.unwrap(), new, "cut after {budget}");
+    }
 }
 
 type RawReader = FrameReader<tokio::net::tcp::OwnedReadHalf>;

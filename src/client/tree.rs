@@ -2135,6 +2135,12 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
             }
         }
     }
+    // A file that failed is reported once: not again by the owner and
+    // attributes queued for it (a tree's delta sent by itself).
+    if !summary.failures.is_empty() {
+        let failed: HashSet<&str> = summary.failures.iter().map(|f| f.path.as_str()).collect();
+        meta.retain(|m| !matches!(m, Meta::File { shown, .. } if failed.contains(shown.as_str())));
+    }
     // Links, then directories' modes and times, deepest first: once every
     // file is in place, so that nothing changes a directory after.
     if !meta.is_empty() {
@@ -2532,8 +2538,18 @@ async fn share_worker(
     jobs.extend(more_jobs);
     for (id, job) in ids.into_iter().zip(&jobs) {
         observer.started(id, job);
-        let outcome =
-            copy_one(endpoint, &mut client, direction, job, how, &mut |p| observer.progress(id, job, p)).await;
+        let mut outcome = Err(ClientError::Closed);
+        // A file found busy is tried again, as the stream's are.
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome =
+                copy_one(endpoint, &mut client, direction, job, how, &mut |p| observer.progress(id, job, p)).await;
+            if !matches!(outcome, Err(ClientError::Remote { code: ErrorCode::Busy, .. })) {
+                break;
+            }
+        }
         observer.finished(id, job, &outcome);
         if let Err(error) = &outcome {
             // A connection that failed, or was closed because a

@@ -138,6 +138,59 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// What a receiver offers from its older version, `file` of `len` bytes,
+/// for an upload of `size` bytes asked as `ask` (PROTOCOL.md §4.6.6): an
+/// append basis if the client's sample is
+/// this file's end (with the file's whole hash), else its signature cut
+/// as the two lengths say. `known`: its whole hash and signature where a
+/// cache holds them. Returns the basis, the signature to send, and the
+/// hash and signature to cache where they were made here. Blocking.
+/// `None`: nothing worth a delta (too short, too long, unreadable).
+pub fn offer_basis(
+    file: &mut File,
+    len: u64,
+    (ask, size): (&crate::proto::DeltaAsk, u64),
+    known: (Option<blake3::Hash>, Option<std::sync::Arc<Signature>>),
+) -> Option<Offered> {
+    if !worth(len, size) {
+        return None;
+    }
+    // A likely append: this file ends as the client's sample does. Its
+    // whole hash (known, or read) goes to the client, which checks it
+    // against its own prefix; an insertion or an edit is told by the
+    // sample alone, without reading the file twice.
+    let sample = ask.append.as_ref().filter(|s| s.len == len && len < size);
+    if sample.is_some_and(|s| crate::proto::Sample::of(file, len).is_ok_and(|ours| ours == *s)) {
+        let hash = match known.0 {
+            Some(hash) => hash,
+            None => crate::services::files::hash_prefix(file, len).ok()?.finalize(),
+        };
+        let blake3 = Some(hash.to_hex().to_string());
+        let basis = Basis { len, append: true, blake3, tail: None, layout: None, count: 0 };
+        return Some(Offered { basis, signature: None, hash: Some(hash) });
+    }
+    let layout = Layout::for_sizes(len, size);
+    let (sig, hash) = match known.1.filter(|sig| sig.layout == layout) {
+        Some(sig) => (sig, None),
+        None => {
+            let (sig, hash) = index(file, len, layout).ok()?;
+            (std::sync::Arc::new(sig), Some(hash))
+        }
+    };
+    Some(Offered { basis: basis_of(&sig, None, None), signature: Some(sig), hash })
+}
+
+/// A receiver's offer of its older version ([`offer_basis`]).
+#[derive(Debug)]
+pub struct Offered {
+    /// What `put_ready.basis` says.
+    pub basis: Basis,
+    /// The signature that follows it, if any.
+    pub signature: Option<std::sync::Arc<Signature>>,
+    /// The older version's whole hash, where known or made.
+    pub hash: Option<blake3::Hash>,
+}
+
 /// The head of a signature's `basis` for the older version `sig` indexes.
 pub fn basis_of(sig: &Signature, blake3: Option<String>, tail: Option<String>) -> Basis {
     Basis { len: sig.len, append: false, blake3, tail, layout: Some(sig.layout), count: sig.entries.len() as u64 }

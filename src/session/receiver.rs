@@ -306,6 +306,12 @@ impl Received {
         Received { partial, hash, pending: None, mtime: None }
     }
 
+    /// The file as built, to be read: `None` for a body still held in
+    /// memory (a small one received whole).
+    pub fn built_file(&self) -> Option<&File> {
+        self.pending.is_none().then(|| self.partial.file())
+    }
+
     /// The BLAKE3 of the whole file as received.
     pub fn hash(&self) -> blake3::Hash {
         self.hash

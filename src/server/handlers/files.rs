@@ -74,11 +74,18 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
     // The client's older version (PROTOCOL.md §4.6.6): its signature is
     // asked for only once the file is open and the basis fits it.
     let basis = request.basis.take();
-    let download = match st.open(request).await {
+    let mut download = match st.open(request).await {
         Ok(download) => download,
         Err(r) => return s.refuse(r).await,
     };
-    if let (Some(basis), Some(file)) = (basis, download.delta_source()) {
+    // Read for a delta only where one may pay (a bucket's object is
+    // copied to the server's disk for it).
+    let basis = basis.filter(|b| delta::worth(b.len, download.head().size));
+    let source = match &basis {
+        Some(_) => download.delta_source().await,
+        None => None,
+    };
+    if let (Some(basis), Some(file)) = (basis, source) {
         let head = download.head();
         let size = head.size;
         let cut = s.cut_off().clone();

@@ -87,7 +87,7 @@ impl Storage for Bucket {
         // An object has no holes: `sparse` changes nothing.
         let Get { path, offset, prefix_blake3, .. } = request;
         let reading = self.read(&path, offset, prefix_blake3.as_deref()).await?;
-        Ok(BucketFile { reading, bucket: self.clone() })
+        Ok(BucketFile { reading, bucket: self.clone(), spooled: None })
     }
 
     async fn walk(&self, path: &str, flags: WalkFlags, tx: Sender<Part>) {
@@ -158,7 +158,7 @@ impl Storage for Bucket {
         } else {
             Some(Box::new(target.multipart(self, size, Kept::of(stamp, mode)).await?))
         };
-        Ok(BucketUpload { target, bucket: self.clone(), size, parts })
+        Ok(BucketUpload { target, bucket: self.clone(), size, parts, spool: None })
     }
 }
 
@@ -176,13 +176,16 @@ async fn fetch_one(bucket: Bucket, base: &str, w: Want) -> Result<BucketFile, Fa
             .map_err(|e| Fault::StoreFailed { path: path.clone(), why: e.to_string() })?;
         reading.body = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
     }
-    Ok(BucketFile { reading, bucket })
+    Ok(BucketFile { reading, bucket, spooled: None })
 }
 
 /// An object being sent: ranged reads of the version first looked at.
 pub(in crate::server) struct BucketFile {
     reading: Reading,
     bucket: Bucket,
+    /// The object copied to the server's disk for a delta, and its hash
+    /// (or why it could not be: the body was read part-way).
+    spooled: Option<std::io::Result<(std::fs::File, blake3::Hash)>>,
 }
 
 impl Download for BucketFile {
@@ -196,8 +199,38 @@ impl Download for BucketFile {
         FileReply { len, size, offset, mtime, mode, mtime_ns, holes: None, delta: false }
     }
 
+    async fn delta_source(&mut self) -> Option<std::fs::File> {
+        if self.reading.start != 0 || self.spooled.is_some() {
+            return None;
+        }
+        let size = self.reading.size;
+        let spooled = match tempfile::tempfile() {
+            Ok(file) => spool_reading(&self.bucket, &mut self.reading, file, size).await,
+            Err(_) => return None,
+        };
+        let source = spooled.as_ref().ok().and_then(|(file, _)| file.try_clone().ok());
+        self.spooled = Some(spooled);
+        source
+    }
+
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
-        send_reading(s, &self.bucket, self.reading, shown).await
+        let read_failed = |e: std::io::Error| HandlerError::ReadFailed { path: shown.to_owned(), source: e.into() };
+        match self.spooled {
+            None => send_reading(s, &self.bucket, self.reading, shown).await,
+            Some(Err(e)) => Err(read_failed(e).into()),
+            // Sent from the copy made for a delta that did not pay.
+            Some(Ok((file, hash))) => {
+                let size = self.reading.size;
+                let mut at = 0;
+                while at < size {
+                    let n = (size - at).min(SPOOL_PIECE);
+                    let piece = read_spooled(&file, at, n as usize).await.map_err(read_failed)?;
+                    s.writer().write_body(&piece).await?;
+                    at += n;
+                }
+                Ok(hash)
+            }
+        }
     }
 }
 
@@ -210,6 +243,8 @@ pub(in crate::server) struct BucketUpload {
     bucket: Bucket,
     size: u64,
     parts: Option<Box<Multipart>>,
+    /// The older version a delta is built from, on the server's disk.
+    spool: Option<Spool>,
 }
 
 impl BucketUpload {
@@ -218,6 +253,77 @@ impl BucketUpload {
         BucketBody { target, bucket, data }
     }
 }
+
+/// An object's older version copied to the server's disk, for a delta
+/// upload to be built against (PROTOCOL.md §4.6.6): a store reads no
+/// 2 KiB run at an offset cheaply enough to copy a file's unchanged
+/// chunks from it. The new file is built beside it, verified, then
+/// stored as a whole upload's would be. A private temporary directory,
+/// removed when dropped, whatever happens.
+struct Spool {
+    dir: tempfile::TempDir,
+    old: std::fs::File,
+    len: u64,
+}
+
+/// The name of the file being built in a [`Spool`].
+const SPOOL_NEW: &str = "new";
+
+/// Copies what is left of `reading` into `file` (positioned at its
+/// start), checked and hashed as [`send_reading`] does; the disk is
+/// checked first for `room` bytes.
+async fn spool_reading(
+    b: &Bucket,
+    reading: &mut Reading,
+    file: std::fs::File,
+    room: u64,
+) -> std::io::Result<(std::fs::File, blake3::Hash)> {
+    use tokio::io::AsyncWriteExt;
+    files::check_room(&file, 0, room)?;
+    let want = reading.size - reading.start;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let mut got = 0u64;
+    while let Some(chunk) = reading.body.try_next().await.map_err(std::io::Error::other)? {
+        got += chunk.len() as u64;
+        if got > want {
+            return Err(std::io::Error::other("the object grew while it was read"));
+        }
+        if let Some(h) = reading.hasher.as_mut() {
+            h.update(&chunk);
+        }
+        out.write_all(&chunk).await?;
+    }
+    if got != want {
+        return Err(std::io::Error::other("the object ended early while it was read"));
+    }
+    out.flush().await?;
+    let file = out.into_inner().into_std().await;
+    let hash = match (reading.known, reading.hasher.take()) {
+        (Some(hash), _) => hash,
+        (None, Some(h)) => {
+            let hash = h.finalize();
+            b.read_hashed(reading, hash);
+            hash
+        }
+        (None, None) => return Err(std::io::Error::other("the object's hash is unknown")),
+    };
+    Ok((file, hash))
+}
+
+/// Reads `len` bytes of `file` from `at`, on a blocking thread.
+async fn read_spooled(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let file = file.try_clone()?;
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, at).map(|()| buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Bytes of a spooled file read and sent or stored at a time.
+const SPOOL_PIECE: u64 = 1 << 20;
 
 impl Upload for BucketUpload {
     type Body = BucketBody;
@@ -245,6 +351,67 @@ impl Upload for BucketUpload {
         if let Some(upload) = self.parts {
             upload.keep_for_resume().await;
         }
+    }
+
+    async fn basis(
+        &mut self,
+        ask: &crate::proto::DeltaAsk,
+        size: u64,
+    ) -> Option<(crate::proto::Basis, Option<std::sync::Arc<crate::delta::Signature>>)> {
+        // Parts stored by an interrupted upload are resumed instead.
+        if self.held() > 0 {
+            return None;
+        }
+        let path = self.target.path.clone();
+        let (_, object) = self.bucket.object(&path).await.ok()??;
+        if !crate::session::delta::worth(object.size, size) {
+            return None;
+        }
+        let mut reading = self.bucket.read(&path, 0, None).await.ok()?;
+        let dir = tempfile::Builder::new().prefix("framewire-delta-").tempdir().ok()?;
+        let old = std::fs::File::options().read(true).write(true).create_new(true).open(dir.path().join("old")).ok()?;
+        // Room for the older version and the new file built beside it.
+        let room = reading.size.saturating_add(size);
+        let (mut old, hash) = spool_reading(&self.bucket, &mut reading, old, room).await.ok()?;
+        let (len, ask) = (reading.size, ask.clone());
+        let offered = tokio::task::spawn_blocking(move || {
+            crate::session::delta::offer_basis(&mut old, len, (&ask, size), (Some(hash), None)).map(|o| (old, o))
+        })
+        .await
+        .ok()??;
+        let (old, offered) = offered;
+        self.spool = Some(Spool { dir, old, len });
+        Some((offered.basis, offered.signature))
+    }
+
+    async fn receive_delta(mut self, s: &mut S, size: u64) -> Result<BucketBody, NotReceived> {
+        let Some(spool) = self.spool.take() else {
+            return Err(NotReceived::Bad("put_delta where no basis was offered".to_owned()));
+        };
+        let path = self.target.path.clone();
+        let receiver = std::fs::File::open(spool.dir.path())
+            .and_then(|dir| crate::session::Receiver::fresh(dir.into(), std::ffi::OsStr::new(SPOOL_NEW)));
+        let old = spool.old.try_clone();
+        let (receiver, old) = match (receiver, old) {
+            (Ok(receiver), Ok(old)) => (receiver, old),
+            (Err(e), _) | (_, Err(e)) => return Err(NotReceived::Write(Fault::io(&path, e))),
+        };
+        let patch = crate::session::delta::Patch::new(receiver, (old, spool.len), size);
+        let failed = match crate::session::delta::receive_ops(s, patch, &mut |_| {}).await {
+            Ok(patch) => match patch.finish() {
+                Ok(received) => {
+                    let parts = self.parts.take();
+                    return Ok(self.body(Data::Built { received, parts, _spool: spool }));
+                }
+                Err(e) => (e, None),
+            },
+            Err(failed) => failed,
+        };
+        // Nothing was stored: a later attempt builds the delta again.
+        if let Some(upload) = self.parts.take() {
+            upload.keep_for_resume().await;
+        }
+        Err(super::delta_not_received(failed, &path))
     }
 
     async fn receive(mut self, s: &mut S, cut: &CancellationToken) -> Result<BucketBody, NotReceived> {
@@ -277,6 +444,13 @@ pub(in crate::server) struct BucketBody {
 enum Data {
     Whole(bytes::Bytes),
     Parts(Box<Multipart>),
+    /// Built from a delta in its spool, to be stored whole (at most
+    /// `WHOLE_MAX`) or through the upload made for it.
+    Built {
+        received: crate::session::Received,
+        parts: Option<Box<Multipart>>,
+        _spool: Spool,
+    },
 }
 
 impl Body for BucketBody {
@@ -297,18 +471,52 @@ impl Body for BucketBody {
                 target.put_whole(&bucket, body, hash, kept, force).await.map_err(NotFinished::Refused)
             }
             // Its metadata was set when its upload was created (admit).
-            Data::Parts(upload) => match upload.finish(claimed, force).await {
-                Ok(_) => Ok(()),
-                Err(Finish::Mismatch(got)) => Err(NotFinished::Mismatch(got.to_hex().to_string())),
-                Err(Finish::Refused(r)) => Err(NotFinished::Refused(r)),
-            },
+            Data::Parts(upload) => finish_parts(*upload, claimed, force).await,
+            Data::Built { received, parts, _spool } => {
+                let received = received.verify(claimed).map_err(NotFinished::Mismatch)?;
+                let hash = received.hash();
+                let path = target.path.clone();
+                let io = |e| NotFinished::Refused(Fault::io(&path, e));
+                let file = received.built_file().expect("a delta's file is built").try_clone().map_err(io)?;
+                let size = file.metadata().map_err(io)?.len();
+                match parts {
+                    None => {
+                        let body = read_spooled(&file, 0, size as usize).await.map_err(io)?;
+                        let kept = Kept::of(stamp, mode);
+                        target.put_whole(&bucket, body.into(), hash, kept, force).await.map_err(NotFinished::Refused)
+                    }
+                    Some(mut upload) => {
+                        let mut at = 0;
+                        while at < size {
+                            let n = (size - at).min(SPOOL_PIECE);
+                            let piece = read_spooled(&file, at, n as usize).await.map_err(io)?;
+                            if let Err(r) = upload.feed(&piece).await {
+                                upload.discard().await;
+                                return Err(NotFinished::Refused(r));
+                            }
+                            at += n;
+                        }
+                        finish_parts(*upload, claimed, force).await
+                    }
+                }
+            }
         }
     }
 
     async fn keep(self) {
-        if let Data::Parts(upload) = self.data {
-            upload.keep_for_resume().await;
+        match self.data {
+            Data::Parts(upload) | Data::Built { parts: Some(upload), .. } => upload.keep_for_resume().await,
+            _ => {}
         }
+    }
+}
+
+/// Completes a multipart upload, checked against the client's BLAKE3.
+async fn finish_parts(upload: Multipart, claimed: &str, force: bool) -> Result<(), NotFinished> {
+    match upload.finish(claimed, force).await {
+        Ok(_) => Ok(()),
+        Err(Finish::Mismatch(got)) => Err(NotFinished::Mismatch(got.to_hex().to_string())),
+        Err(Finish::Refused(r)) => Err(NotFinished::Refused(r)),
     }
 }
 

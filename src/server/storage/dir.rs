@@ -202,7 +202,7 @@ impl Download for DirFile {
         self.download.head.clone()
     }
 
-    fn delta_source(&self) -> Option<File> {
+    async fn delta_source(&mut self) -> Option<File> {
         self.download.sender.file().and_then(|f| f.try_clone().ok())
     }
 
@@ -314,21 +314,7 @@ impl Upload for DirUpload {
             },
             Err(failed) => failed,
         };
-        Err(match failed {
-            (dt::DeltaFailed::Wire(e), _) => NotReceived::Cut(e),
-            (dt::DeltaFailed::Closed, _) => NotReceived::Cut(Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            (dt::DeltaFailed::Bad(e), _) => NotReceived::Bad(format!("bad delta: {e}")),
-            (dt::DeltaFailed::BasisChanged(e), _) => NotReceived::Stale(e.to_string()),
-            (dt::DeltaFailed::Io(e), patch) => {
-                // On a full disk the partial file would only keep it full.
-                if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
-                    if let Some(patch) = patch {
-                        patch.discard();
-                    }
-                }
-                NotReceived::Write(Fault::io(&path, e))
-            }
-        })
+        Err(super::delta_not_received(failed, &path))
     }
 
     async fn receive(self, s: &mut S, cut: &CancellationToken) -> Result<DirBody, NotReceived> {
@@ -360,38 +346,20 @@ fn find_basis(
         return None;
     }
     let version = files::Version::of(&meta);
-    let unchanged = |file: &File| file.metadata().is_ok_and(|m| files::Version::of(&m) == version);
-    // A likely append: this file ends as the client's sample does. Its
-    // whole hash (cached, or read) goes to the client, which checks it
-    // against its own prefix; an insertion or an edit is told by the
-    // sample alone, without reading the file twice.
-    let sample = ask.append.as_ref().filter(|s| s.len == len && len < size);
-    if sample.is_some_and(|s| crate::proto::Sample::of(&file, len).is_ok_and(|ours| ours == *s)) {
-        let hash = match hashes.get(version) {
-            Some(hash) => hash,
-            None => files::hash_prefix(&mut file, len).ok()?.finalize(),
-        };
-        if unchanged(&file) {
+    let layout = crate::delta::Layout::for_sizes(len, size);
+    let known = (hashes.get(version), signatures.get(version, layout));
+    let made_sig = known.1.is_none();
+    let offered = dt::offer_basis(&mut file, len, (ask, size), known)?;
+    // Cached only if the file did not change while it was read.
+    if file.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
+        if let Some(hash) = offered.hash {
             hashes.put(version, hash);
         }
-        let blake3 = Some(hash.to_hex().to_string());
-        let basis = crate::proto::Basis { len, append: true, blake3, tail: None, layout: None, count: 0 };
-        return Some((file, basis, None));
-    }
-    let layout = crate::delta::Layout::for_sizes(len, size);
-    let sig = match signatures.get(version, layout) {
-        Some(sig) => sig,
-        None => {
-            let (sig, hash) = dt::index(&file, len, layout).ok()?;
-            let sig = Arc::new(sig);
-            if unchanged(&file) {
-                hashes.put(version, hash);
-                signatures.put(version, sig.clone());
-            }
-            sig
+        if let Some(sig) = offered.signature.as_ref().filter(|_| made_sig) {
+            signatures.put(version, sig.clone());
         }
-    };
-    Some((file, dt::basis_of(&sig, None, None), Some(sig)))
+    }
+    Some((file, offered.basis, offered.signature))
 }
 
 /// A local upload's body, in its partial file (or, small, in memory).

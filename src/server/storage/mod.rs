@@ -228,11 +228,12 @@ pub(in crate::server) trait Download: Send {
     /// BLAKE3. An error ends the connection: the frame promised its length.
     fn send(self, s: &mut S, shown: &str) -> impl Future<Output = Result<blake3::Hash, Error>> + Send;
 
-    /// The file, to be read for a delta (PROTOCOL.md §4.6.6); `None`
-    /// where a storage sends none (a bucket), or the body was read
-    /// already (a small file).
-    fn delta_source(&self) -> Option<std::fs::File> {
-        None
+    /// The file, to be read for a delta (PROTOCOL.md §4.6.6): a bucket's
+    /// object is copied to the server's disk first, and then sent from
+    /// that copy if it goes whole after all. `None`: no delta (the body
+    /// was read already, or the copy could not be made).
+    fn delta_source(&mut self) -> impl Future<Output = Option<std::fs::File>> + Send {
+        std::future::ready(None)
     }
 }
 
@@ -467,8 +468,7 @@ pub(in crate::server) trait Upload: Send + Sized {
     /// the client `ask`ed for (PROTOCOL.md §4.6.6): what `put_ready`
     /// says of it and, unless the new file is an append, its signature.
     /// The upload keeps it open for [`receive_delta`](Self::receive_delta).
-    /// `None`: nothing worth a delta there, or a storage that builds no
-    /// deltas (a bucket: the upload goes whole).
+    /// `None`: nothing worth a delta there (the upload goes whole).
     fn basis(
         &mut self,
         ask: &crate::proto::DeltaAsk,
@@ -486,6 +486,33 @@ pub(in crate::server) trait Upload: Send + Sized {
         let _ = (s, size);
         drop(self);
         std::future::ready(Err(NotReceived::Bad("put_delta where no basis was offered".to_owned())))
+    }
+}
+
+/// What a delta upload that stopped means (PROTOCOL.md §4.6.6), for
+/// every root: a cut connection keeps what was built for a resume, a bad
+/// op ends the connection, an older version that changed in flight is
+/// answered as a mismatch (the client sends the file whole), and a write
+/// that failed on a full disk removes the partial file (it would only
+/// keep the disk full).
+pub(in crate::server) fn delta_not_received(
+    (failed, patch): (crate::session::delta::DeltaFailed, Option<Box<crate::session::delta::Patch>>),
+    path: &str,
+) -> NotReceived {
+    use crate::session::delta::DeltaFailed;
+    match failed {
+        DeltaFailed::Wire(e) => NotReceived::Cut(e),
+        DeltaFailed::Closed => NotReceived::Cut(Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        DeltaFailed::Bad(e) => NotReceived::Bad(format!("bad delta: {e}")),
+        DeltaFailed::BasisChanged(e) => NotReceived::Stale(e.to_string()),
+        DeltaFailed::Io(e) => {
+            if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+                if let Some(patch) = patch {
+                    patch.discard();
+                }
+            }
+            NotReceived::Write(Fault::io(path, e))
+        }
     }
 }
 
