@@ -396,6 +396,73 @@ async fn a_cut_delta_into_a_bucket_is_made_again() {
     }
 }
 
+/// A tree's listing asked `compact` comes compressed (the client's
+/// choice on a slow link, or with `--delta`), and lists the same as a
+/// plain one, in a fraction of the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_listing_lists_the_same_in_fewer_bytes() {
+    let root = RootServer::dir().await;
+    let dir = root.dir_path().unwrap().to_owned();
+    for d in 0..20 {
+        std::fs::create_dir_all(dir.join(format!("src/module_{d}"))).unwrap();
+        for f in 0..150 {
+            std::fs::write(dir.join(format!("src/module_{d}/file_{f}.rs")), format!("// {d} {f}\n")).unwrap();
+        }
+    }
+    let (proxy, wire) = counting_proxy(root.addr).await;
+    let mut listed = Vec::new();
+    for compact in [false, true] {
+        let mut client = Client::connect(&proxy).await.unwrap();
+        client.compact_listings(Some(compact));
+        let _ = wire.take();
+        let listing = client.tree_meta("src", false, true).await.unwrap();
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (_, down) = wire.take();
+        assert_eq!(listing.entries.len(), 20 * 151, "compact: {compact}");
+        listed.push((listing.entries, down));
+    }
+    let ((plain, plain_bytes), (small, small_bytes)) = (&listed[0], &listed[1]);
+    assert_eq!(plain, small);
+    eprintln!("a listing of {} entries: {plain_bytes} bytes plain, {small_bytes} compact", plain.len());
+    assert!(small_bytes * 4 < *plain_bytes, "{small_bytes} bytes compact, {plain_bytes} plain");
+
+    // Asked for by hand, the frames say so, and their bodies expand to
+    // the JSON of the plain listing.
+    let (mut r, mut w) = raw(root.addr).await;
+    let ask = proto::TreeList {
+        path: "src".into(),
+        blake3: false,
+        skips: false,
+        meta: false,
+        owners: false,
+        xattrs: false,
+        acls: false,
+        copy_links: false,
+        compact: true,
+    };
+    w.send(&Message::TreeList(ask), &[]).await.unwrap();
+    let mut entries = 0;
+    loop {
+        match r.read_head::<Message>().await.unwrap().unwrap() {
+            (Message::Listing(head), _) => {
+                assert!(head.zstd, "{head:?}");
+                let body = r.read_body(1 << 20).await.unwrap();
+                let json = framewire::wire::expand(&body, 1 << 20).unwrap();
+                let part: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap();
+                assert_eq!(part.len() as u64, head.count);
+                entries += part.len();
+            }
+            (Message::ListingEnd(end), _) => {
+                assert_eq!(end.count as usize, entries);
+                break;
+            }
+            (other, _) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(entries, 20 * 151);
+}
+
 type RawReader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
 type RawWriter = FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
 

@@ -297,7 +297,7 @@ async fn a_listing_cannot_lead_outside() {
                 {"name": name, "size": 1, "kind": "file", "mtime": 0},
             ]))
             .unwrap();
-            let head = proto::Listing { len: body.len() as u64, count: 2 };
+            let head = proto::Listing { len: body.len() as u64, count: 2, zstd: false };
             w.send(&Message::Listing(head), &body).await.unwrap();
             let _ = w.send(&Message::ListingEnd(proto::ListingEnd { count: 2, owners: false, umask: None }), &[]).await;
         });
@@ -1529,6 +1529,7 @@ async fn a_client_leaving_mid_listing_stops_the_walk() {
             xattrs: false,
             acls: false,
             copy_links: false,
+            compact: false,
         };
         w.send(&Message::TreeList(list), &[]).await.unwrap();
         r.read_preface().await.unwrap();

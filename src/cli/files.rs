@@ -187,8 +187,9 @@ pub struct TransferArgs {
     #[arg(long, value_name = "FILE")]
     exclude_from: Vec<PathBuf>,
     /// Send a changed file as a delta (only the bytes the receiver's older
-    /// version lacks) even to this machine; by default deltas are used to
-    /// any other host, where the link costs more than the reading.
+    /// version lacks) even to this machine, and ask a tree's listing
+    /// compressed; by default both are done to any other host, where the
+    /// link costs more than the reading.
     #[arg(long, conflicts_with = "whole_file")]
     delta: bool,
     /// Send changed files whole, never as deltas (rsync's -W).
@@ -527,6 +528,10 @@ pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     }
     let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
     let mut client = endpoint.connect().await?;
+    // --delta: as over a slow link, the listing compressed too.
+    if opts.delta {
+        client.compact_listings(Some(true));
+    }
     let plan =
         tree::plan_get(&mut client, &paths, &dest, opts.plan_options()?).await.map_err(|e| plan_error(e, "get"))?;
     drop(client);
@@ -549,6 +554,9 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
         None => endpoint,
     };
     let mut client = endpoint.connect().await?;
+    if opts.delta {
+        client.compact_listings(Some(true));
+    }
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
     let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), opts.plan_options()?)
         .await

@@ -58,6 +58,9 @@ pub struct Client {
     peer: SocketAddr,
     /// Reads of local files shared with other copies (a fan-out's).
     pub(super) shared_reads: Option<std::sync::Arc<crate::session::SharedReads>>,
+    /// Tree listings asked compressed: `None`, where bytes cost something
+    /// (see [`Client::compact_listings`]).
+    pub(super) compact: Option<bool>,
 }
 
 impl std::fmt::Debug for Client {
@@ -248,7 +251,12 @@ impl Client {
         };
         // A reply may be long in coming (a command that prints nothing for
         // an hour): no idle limit; but a frame, once started, must move.
-        Ok(Client { session: Session::new(read, write, timeouts, CancellationToken::new()), peer, shared_reads: None })
+        Ok(Client {
+            session: Session::new(read, write, timeouts, CancellationToken::new()),
+            peer,
+            shared_reads: None,
+            compact: None,
+        })
     }
 
     /// The server's address.
@@ -273,6 +281,16 @@ impl Client {
             Some((Answer::Refused(e), _)) => Err(e.into()),
             None => Err(ClientError::Closed),
         }
+    }
+
+    /// Whether tree listings (`tree_list`) are asked with their bodies
+    /// compressed (PROTOCOL.md §4.6.3.1, `compact`): `Some(true)` always,
+    /// `Some(false)` never, `None` (the default) to any peer but a
+    /// loopback address, where bytes cost something. Never over a
+    /// connection compressed already ([`compress`](Self::compress)). A
+    /// server older than this sends them plain.
+    pub fn compact_listings(&mut self, compact: Option<bool>) {
+        self.compact = compact;
     }
 
     /// Asks the server to compress this connection both ways with zstd

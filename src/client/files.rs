@@ -385,16 +385,38 @@ impl Client {
     ) -> Result<TreeListing, ClientError> {
         let (w, copy_links) = meta.unwrap_or_default();
         let (owners, xattrs, acls) = (w.owners, w.xattrs, w.acls);
-        let list =
-            TreeList { path: path.to_owned(), blake3, skips, meta: meta.is_some(), owners, xattrs, acls, copy_links };
+        // Compressed where bytes cost something: not on this machine, and
+        // not over a connection compressed already (`-z`).
+        let far = || !crate::transport::is_local(self.peer_addr().ip());
+        let compact = self.compact.unwrap_or_else(far) && !self.session.is_compressed();
+        let meta_wanted = meta.is_some();
+        let list = TreeList {
+            path: path.to_owned(),
+            blake3,
+            skips,
+            meta: meta_wanted,
+            owners,
+            xattrs,
+            acls,
+            copy_links,
+            compact,
+        };
         self.session.send(&list, &[]).await?;
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
         let (owners, umask);
         loop {
             match self.session.read::<ListingOutput>().await? {
-                Some((ListingOutput::Listing(_), _)) => {
+                Some((ListingOutput::Listing(head), _)) => {
                     let body = self.session.reader().read_body(TREE_PART_MAX).await?;
+                    let body = if head.zstd {
+                        crate::wire::expand(&body, TREE_PART_MAX as usize).map_err(|e| ClientError::Unexpected {
+                            expected: "a listing body of zstd at most 1 MiB decompressed",
+                            got: e.to_string(),
+                        })?
+                    } else {
+                        body.to_vec()
+                    };
                     entries.extend(parse_listing(&body)?);
                 }
                 Some((ListingOutput::ListingSkip(skip), _)) => {

@@ -568,6 +568,7 @@ messages! {
             xattrs: true,
             acls: true,
             copy_links: true,
+            compact: true,
         };
     {
         /// The directory, relative to the root.
@@ -600,11 +601,16 @@ messages! {
         /// other links as links.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         copy_links: bool,
+        /// The client takes `listing` bodies compressed with zstd
+        /// ([`Listing::zstd`]): a listing's JSON is most of what a re-sync
+        /// of a large tree moves over a slow link.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        compact: bool,
     }
 
     /// Answer to `tree_list`: a JSON array of up to 1000 entries (paths
     /// relative to the directory listed).
-    Listing = "listing", ToClient, body, cold, example: Listing { len: 2, count: 0 };
+    Listing = "listing", ToClient, body, cold, example: Listing { len: 2, count: 0, zstd: true };
     {
         /// Body length.
         #[serde(default)]
@@ -612,6 +618,10 @@ messages! {
         /// Entries in the body.
         #[serde(default)]
         count: u64,
+        /// The body is one zstd frame of that JSON array, which is at most
+        /// 1 MiB once decompressed (only to a `tree_list` with `compact`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        zstd: bool,
     }
 
     /// Part of a `tree_list` answer asked with `skips`: a path below the

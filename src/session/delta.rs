@@ -661,7 +661,7 @@ impl SignatureCache {
 /// start, else its signature if the basis is cut as the two lengths say
 /// and not too long; `None`: the file goes whole. Blocking.
 pub fn plan_for(file: &File, size: u64, basis: &Basis) -> Option<Want> {
-    if !worth(basis.len, size) || basis.len > longest_basis(size) {
+    if !may_pay(basis, size) {
         return None;
     }
     // A likely append (the last bytes of theirs are ours at the same
@@ -678,6 +678,15 @@ pub fn plan_for(file: &File, size: u64, basis: &Basis) -> Option<Want> {
     }
     let layout = basis.layout?;
     (basis.count > 0 && layout_fits(layout, basis.len, size).is_ok()).then_some(Want::Signature)
+}
+
+/// Whether a receiver's `basis` may be answered with a delta of a file of
+/// `size` bytes at all, before the file is read: worth one, not too
+/// long, and either a likely append or a signature cut as the sizes say.
+pub fn may_pay(basis: &Basis, size: u64) -> bool {
+    let append = basis.blake3.is_some() && basis.len < size;
+    let cut = basis.layout.is_some_and(|l| basis.count > 0 && layout_fits(l, basis.len, size).is_ok());
+    worth(basis.len, size) && basis.len <= longest_basis(size) && (append || cut)
 }
 
 /// What a sender answers a receiver's `basis` with.

@@ -92,6 +92,19 @@ impl Receiver {
         Ok(Receiver { partial, held: 0, hasher: blake3::Hasher::new(), holes: None })
     }
 
+    /// A receiver writing a file with no name in `dir` (`O_TMPFILE`), for
+    /// a file built only to be read back (a bucket's delta): nothing is
+    /// ever left behind, whatever stops it. `None` where the file system
+    /// has no unnamed files.
+    ///
+    /// # Errors
+    ///
+    /// Those of `open(2)`.
+    pub fn unnamed(dir: OwnedFd) -> io::Result<Option<Receiver>> {
+        let partial = Partial::unnamed(dir, OsStr::new("built"), 0o600)?;
+        Ok(partial.map(|partial| Receiver { partial, held: 0, hasher: blake3::Hasher::new(), holes: None }))
+    }
+
     /// Bytes held from an earlier transfer.
     pub fn held(&self) -> u64 {
         self.held

@@ -8,6 +8,7 @@
 //! `docs/PROTOCOL.md` is the normative description of these bytes.
 
 mod bare;
+mod compact;
 mod error;
 mod frame;
 mod io;
@@ -16,6 +17,7 @@ mod preface;
 use std::time::Duration;
 
 pub use bare::BareCodec;
+pub use compact::{compact, expand};
 pub use error::{Error, FramePart};
 pub(crate) use frame::declared_body_len;
 pub use frame::{

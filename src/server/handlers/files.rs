@@ -80,9 +80,12 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
     };
     // Read for a delta only where one may pay (a bucket's object is
     // copied to the server's disk for it).
-    let basis = basis.filter(|b| delta::worth(b.len, download.head().size));
+    let basis = basis.filter(|b| delta::may_pay(b, download.head().size));
     let source = match &basis {
-        Some(_) => download.delta_source().await,
+        Some(_) => match cut_off_by(&s.cut_off().clone(), async { Ok(download.delta_source().await) }).await? {
+            Ok(source) => source,
+            Err(r) => return s.refuse(r).await,
+        },
         None => None,
     };
     if let (Some(basis), Some(file)) = (basis, source) {

@@ -25,7 +25,7 @@ type S = Session<ServerSide>;
 /// and the listing goes on; without, it ends the listing with an error
 /// frame naming it.
 pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, request: TreeList) -> Result<(), Error> {
-    let TreeList { path, blake3, skips, meta, owners, xattrs, acls, copy_links } = request;
+    let TreeList { path, blake3, skips, meta, owners, xattrs, acls, copy_links, compact } = request;
     let wanted = crate::services::attrs::Wanted { owners, numeric: false, xattrs, acls };
     let (tx, rx) = tokio::sync::mpsc::channel::<Part>(4);
     let send = async {
@@ -39,7 +39,12 @@ pub(in crate::server) async fn tree_list<St: Storage>(s: &mut S, st: &St, reques
                 Part::Entries(entries) => {
                     let body = json(&entries)?;
                     count += entries.len() as u64;
-                    s.feed(&Listing { len: body.len() as u64, count: entries.len() as u64 }, &body).await?;
+                    let (body, zstd) = match compact.then(|| crate::wire::compact(&body)).flatten() {
+                        Some(smaller) => (smaller, true),
+                        None => (body, false),
+                    };
+                    let head = Listing { len: body.len() as u64, count: entries.len() as u64, zstd };
+                    s.feed(&head, &body).await?;
                 }
                 Part::Skip(skip) => s.feed(&skip, &[]).await?,
                 // Before the first frame or after some: an error frame

@@ -87,7 +87,7 @@ impl Storage for Bucket {
         // An object has no holes: `sparse` changes nothing.
         let Get { path, offset, prefix_blake3, .. } = request;
         let reading = self.read(&path, offset, prefix_blake3.as_deref()).await?;
-        Ok(BucketFile { reading, bucket: self.clone(), spooled: None })
+        Ok(BucketFile { reading, bucket: self.clone(), path, spooled: None })
     }
 
     async fn walk(&self, path: &str, flags: WalkFlags, tx: Sender<Part>) {
@@ -176,16 +176,17 @@ async fn fetch_one(bucket: Bucket, base: &str, w: Want) -> Result<BucketFile, Fa
             .map_err(|e| Fault::StoreFailed { path: path.clone(), why: e.to_string() })?;
         reading.body = futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed();
     }
-    Ok(BucketFile { reading, bucket, spooled: None })
+    Ok(BucketFile { reading, bucket, path, spooled: None })
 }
 
 /// An object being sent: ranged reads of the version first looked at.
 pub(in crate::server) struct BucketFile {
     reading: Reading,
     bucket: Bucket,
-    /// The object copied to the server's disk for a delta, and its hash
-    /// (or why it could not be: the body was read part-way).
-    spooled: Option<std::io::Result<(std::fs::File, blake3::Hash)>>,
+    /// The path, as the client named it.
+    path: String,
+    /// The object copied to the server's disk for a delta, and its hash.
+    spooled: Option<(std::fs::File, blake3::Hash, SpoolRoom)>,
 }
 
 impl Download for BucketFile {
@@ -199,38 +200,39 @@ impl Download for BucketFile {
         FileReply { len, size, offset, mtime, mode, mtime_ns, holes: None, delta: false }
     }
 
-    async fn delta_source(&mut self) -> Option<std::fs::File> {
+    async fn delta_source(&mut self) -> Result<Option<std::fs::File>, Fault> {
         if self.reading.start != 0 || self.spooled.is_some() {
-            return None;
+            return Ok(None);
         }
         let size = self.reading.size;
-        let spooled = match tempfile::tempfile() {
-            Ok(file) => spool_reading(&self.bucket, &mut self.reading, file, size).await,
-            Err(_) => return None,
-        };
-        let source = spooled.as_ref().ok().and_then(|(file, _)| file.try_clone().ok());
-        self.spooled = Some(spooled);
-        source
+        // No room: the object goes whole, its stream untouched.
+        let Some(room) = SpoolRoom::take(size) else { return Ok(None) };
+        let Some(file) = spool_file(size) else { return Ok(None) };
+        // Read part-way, it can no longer be sent whole: refused.
+        let (file, hash) = spool_reading(&self.bucket, &mut self.reading, file)
+            .await
+            .map_err(|why| Fault::StoreFailed { path: self.path.clone(), why })?;
+        let source = file.try_clone().map_err(|e| Fault::io(&self.path, e))?;
+        self.spooled = Some((file, hash, room));
+        Ok(Some(source))
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {
-        let read_failed = |e: std::io::Error| HandlerError::ReadFailed { path: shown.to_owned(), source: e.into() };
-        match self.spooled {
-            None => send_reading(s, &self.bucket, self.reading, shown).await,
-            Some(Err(e)) => Err(read_failed(e).into()),
-            // Sent from the copy made for a delta that did not pay.
-            Some(Ok((file, hash))) => {
-                let size = self.reading.size;
-                let mut at = 0;
-                while at < size {
-                    let n = (size - at).min(SPOOL_PIECE);
-                    let piece = read_spooled(&file, at, n as usize).await.map_err(read_failed)?;
-                    s.writer().write_body(&piece).await?;
-                    at += n;
-                }
-                Ok(hash)
-            }
+        let Some((file, hash, _room)) = self.spooled else {
+            return send_reading(s, &self.bucket, self.reading, shown).await;
+        };
+        // Sent from the copy made for a delta that did not pay.
+        let size = self.reading.size;
+        let mut at = 0;
+        while at < size {
+            let n = (size - at).min(SPOOL_PIECE);
+            let piece = read_spooled(&file, at, n as usize)
+                .await
+                .map_err(|e| HandlerError::ReadFailed { path: shown.to_owned(), source: e.into() })?;
+            s.writer().write_body(&piece).await?;
+            at += n;
         }
+        Ok(hash)
     }
 }
 
@@ -258,45 +260,79 @@ impl BucketUpload {
 /// upload to be built against (PROTOCOL.md §4.6.6): a store reads no
 /// 2 KiB run at an offset cheaply enough to copy a file's unchanged
 /// chunks from it. The new file is built beside it, verified, then
-/// stored as a whole upload's would be. A private temporary directory,
-/// removed when dropped, whatever happens.
+/// stored as a whole upload's would be. Both are unnamed temporary files
+/// (`O_TMPFILE` under `TMPDIR`): nothing is left behind, whatever stops
+/// the transfer, the server itself included.
 struct Spool {
-    dir: tempfile::TempDir,
     old: std::fs::File,
     len: u64,
+    hash: blake3::Hash,
+    _room: SpoolRoom,
 }
 
-/// The name of the file being built in a [`Spool`].
-const SPOOL_NEW: &str = "new";
+/// Bytes all of a server's spools may hold at once: past it, files go
+/// whole (a client cannot make the server copy more, however many
+/// transfers it starts).
+const SPOOL_BUDGET: u64 = 8 << 30;
 
-/// Copies what is left of `reading` into `file` (positioned at its
-/// start), checked and hashed as [`send_reading`] does; the disk is
-/// checked first for `room` bytes.
+/// Bytes the server's spools hold now.
+static SPOOLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A share of [`SPOOL_BUDGET`], given back when dropped.
+struct SpoolRoom(u64);
+
+impl SpoolRoom {
+    /// `bytes` of the budget, if that many are free.
+    fn take(bytes: u64) -> Option<SpoolRoom> {
+        use std::sync::atomic::Ordering;
+        SPOOLED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= SPOOL_BUDGET)
+            })
+            .ok()
+            .map(|_| SpoolRoom(bytes))
+    }
+}
+
+impl Drop for SpoolRoom {
+    fn drop(&mut self) {
+        SPOOLED.fetch_sub(self.0, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// An unnamed temporary file for a spool, if the disk under `TMPDIR` has
+/// room for `room` bytes.
+fn spool_file(room: u64) -> Option<std::fs::File> {
+    let file = tempfile::tempfile().ok()?;
+    files::check_room(&file, 0, room).ok()?;
+    Some(file)
+}
+
+/// Copies what is left of `reading` into `file`, checked and hashed as
+/// [`send_reading`] does.
 async fn spool_reading(
     b: &Bucket,
     reading: &mut Reading,
     file: std::fs::File,
-    room: u64,
-) -> std::io::Result<(std::fs::File, blake3::Hash)> {
+) -> Result<(std::fs::File, blake3::Hash), String> {
     use tokio::io::AsyncWriteExt;
-    files::check_room(&file, 0, room)?;
     let want = reading.size - reading.start;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
     let mut got = 0u64;
-    while let Some(chunk) = reading.body.try_next().await.map_err(std::io::Error::other)? {
+    while let Some(chunk) = reading.body.try_next().await.map_err(|e| e.to_string())? {
         got += chunk.len() as u64;
         if got > want {
-            return Err(std::io::Error::other("the object grew while it was read"));
+            return Err("the object grew while it was read".to_owned());
         }
         if let Some(h) = reading.hasher.as_mut() {
             h.update(&chunk);
         }
-        out.write_all(&chunk).await?;
+        out.write_all(&chunk).await.map_err(|e| format!("cannot copy it to the server's disk: {e}"))?;
     }
     if got != want {
-        return Err(std::io::Error::other("the object ended early while it was read"));
+        return Err("the object ended early while it was read".to_owned());
     }
-    out.flush().await?;
+    out.flush().await.map_err(|e| format!("cannot copy it to the server's disk: {e}"))?;
     let file = out.into_inner().into_std().await;
     let hash = match (reading.known, reading.hasher.take()) {
         (Some(hash), _) => hash,
@@ -305,7 +341,7 @@ async fn spool_reading(
             b.read_hashed(reading, hash);
             hash
         }
-        (None, None) => return Err(std::io::Error::other("the object's hash is unknown")),
+        (None, None) => return Err("its hash is unknown".to_owned()),
     };
     Ok((file, hash))
 }
@@ -358,7 +394,16 @@ impl Upload for BucketUpload {
         ask: &crate::proto::DeltaAsk,
         size: u64,
     ) -> Option<(crate::proto::Basis, Option<std::sync::Arc<crate::delta::Signature>>)> {
-        // Parts stored by an interrupted upload are resumed instead.
+        let ask = ask.clone();
+        // Asked again (an append that was not one): the same copy.
+        if let Some(spool) = &self.spool {
+            let (mut old, len, hash) = (spool.old.try_clone().ok()?, spool.len, spool.hash);
+            let offer = move || crate::session::delta::offer_basis(&mut old, len, (&ask, size), (Some(hash), None));
+            let offered = tokio::task::spawn_blocking(offer).await.ok()??;
+            return Some((offered.basis, offered.signature));
+        }
+        // Parts stored by an interrupted upload are resumed instead (if
+        // their record turns out stale, this attempt goes whole).
         if self.held() > 0 {
             return None;
         }
@@ -367,20 +412,20 @@ impl Upload for BucketUpload {
         if !crate::session::delta::worth(object.size, size) {
             return None;
         }
-        let mut reading = self.bucket.read(&path, 0, None).await.ok()?;
-        let dir = tempfile::Builder::new().prefix("framewire-delta-").tempdir().ok()?;
-        let old = std::fs::File::options().read(true).write(true).create_new(true).open(dir.path().join("old")).ok()?;
         // Room for the older version and the new file built beside it.
-        let room = reading.size.saturating_add(size);
-        let (mut old, hash) = spool_reading(&self.bucket, &mut reading, old, room).await.ok()?;
-        let (len, ask) = (reading.size, ask.clone());
+        let room = object.size.saturating_add(size);
+        let taken = SpoolRoom::take(room)?;
+        let file = spool_file(room)?;
+        let mut reading = self.bucket.read(&path, 0, None).await.ok()?;
+        let (mut old, hash) = spool_reading(&self.bucket, &mut reading, file).await.ok()?;
+        let len = reading.size;
         let offered = tokio::task::spawn_blocking(move || {
             crate::session::delta::offer_basis(&mut old, len, (&ask, size), (Some(hash), None)).map(|o| (old, o))
         })
         .await
         .ok()??;
         let (old, offered) = offered;
-        self.spool = Some(Spool { dir, old, len });
+        self.spool = Some(Spool { old, len, hash, _room: taken });
         Some((offered.basis, offered.signature))
     }
 
@@ -389,19 +434,27 @@ impl Upload for BucketUpload {
             return Err(NotReceived::Bad("put_delta where no basis was offered".to_owned()));
         };
         let path = self.target.path.clone();
-        let receiver = std::fs::File::open(spool.dir.path())
-            .and_then(|dir| crate::session::Receiver::fresh(dir.into(), std::ffi::OsStr::new(SPOOL_NEW)));
-        let old = spool.old.try_clone();
-        let (receiver, old) = match (receiver, old) {
-            (Ok(receiver), Ok(old)) => (receiver, old),
-            (Err(e), _) | (_, Err(e)) => return Err(NotReceived::Write(Fault::io(&path, e))),
+        let opened = (|| {
+            let dir = std::fs::File::open(std::env::temp_dir())?;
+            let receiver = crate::session::Receiver::unnamed(dir.into())?
+                .ok_or_else(|| std::io::Error::other("the server's temporary directory takes no unnamed files"))?;
+            Ok::<_, std::io::Error>((receiver, spool.old.try_clone()?))
+        })();
+        let (receiver, old) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if let Some(upload) = self.parts.take() {
+                    upload.keep_for_resume().await;
+                }
+                return Err(NotReceived::Write(Fault::io(&path, e)));
+            }
         };
         let patch = crate::session::delta::Patch::new(receiver, (old, spool.len), size);
         let failed = match crate::session::delta::receive_ops(s, patch, &mut |_| {}).await {
             Ok(patch) => match patch.finish() {
                 Ok(received) => {
                     let parts = self.parts.take();
-                    return Ok(self.body(Data::Built { received, parts, _spool: spool }));
+                    return Ok(self.body(Data::Built(Box::new(Built { received, parts, _spool: spool }))));
                 }
                 Err(e) => (e, None),
             },
@@ -415,6 +468,8 @@ impl Upload for BucketUpload {
     }
 
     async fn receive(mut self, s: &mut S, cut: &CancellationToken) -> Result<BucketBody, NotReceived> {
+        // A basis offered and not taken: its copy is not kept meanwhile.
+        self.spool = None;
         let Some(mut upload) = self.parts.take() else {
             let body = cut_off_by(cut, s.reader().read_body(self.size)).await.map_err(NotReceived::Cut)?;
             return Ok(self.body(Data::Whole(body)));
@@ -441,16 +496,19 @@ pub(in crate::server) struct BucketBody {
     data: Data,
 }
 
+/// A file built from a delta in its spool.
+struct Built {
+    received: crate::session::Received,
+    parts: Option<Box<Multipart>>,
+    _spool: Spool,
+}
+
 enum Data {
     Whole(bytes::Bytes),
     Parts(Box<Multipart>),
     /// Built from a delta in its spool, to be stored whole (at most
     /// `WHOLE_MAX`) or through the upload made for it.
-    Built {
-        received: crate::session::Received,
-        parts: Option<Box<Multipart>>,
-        _spool: Spool,
-    },
+    Built(Box<Built>),
 }
 
 impl Body for BucketBody {
@@ -472,24 +530,58 @@ impl Body for BucketBody {
             }
             // Its metadata was set when its upload was created (admit).
             Data::Parts(upload) => finish_parts(*upload, claimed, force).await,
-            Data::Built { received, parts, _spool } => {
-                let received = received.verify(claimed).map_err(NotFinished::Mismatch)?;
-                let hash = received.hash();
+            Data::Built(built) => {
+                let Built { received, parts, _spool } = *built;
                 let path = target.path.clone();
-                let io = |e| NotFinished::Refused(Fault::io(&path, e));
-                let file = received.built_file().expect("a delta's file is built").try_clone().map_err(io)?;
-                let size = file.metadata().map_err(io)?.len();
+                let received = match received.verify(claimed) {
+                    Ok(received) => received,
+                    Err(got) => {
+                        if let Some(upload) = parts {
+                            upload.discard().await;
+                        }
+                        return Err(NotFinished::Mismatch(got));
+                    }
+                };
+                let hash = received.hash();
+                let file = received.built_file().map(std::fs::File::try_clone);
+                let file = match file {
+                    Some(Ok(file)) => file,
+                    Some(Err(e)) => return Err(kept_for_resume(parts, Fault::io(&path, e)).await),
+                    None => {
+                        return Err(
+                            kept_for_resume(parts, Fault::Internal { what: "a delta built no file".into() }).await
+                        )
+                    }
+                };
+                let size = match file.metadata() {
+                    Ok(meta) => meta.len(),
+                    Err(e) => return Err(kept_for_resume(parts, Fault::io(&path, e)).await),
+                };
                 match parts {
                     None => {
-                        let body = read_spooled(&file, 0, size as usize).await.map_err(io)?;
+                        let body = read_spooled(&file, 0, size as usize)
+                            .await
+                            .map_err(|e| NotFinished::Refused(Fault::io(&path, e)))?;
+                        // What is stored is what was checked, read back.
+                        let stored = blake3::hash(&body);
+                        if stored != hash {
+                            return Err(NotFinished::Mismatch(stored.to_hex().to_string()));
+                        }
                         let kept = Kept::of(stamp, mode);
                         target.put_whole(&bucket, body.into(), hash, kept, force).await.map_err(NotFinished::Refused)
                     }
+                    // The upload hashes what it is fed and checks it.
                     Some(mut upload) => {
                         let mut at = 0;
                         while at < size {
                             let n = (size - at).min(SPOOL_PIECE);
-                            let piece = read_spooled(&file, at, n as usize).await.map_err(io)?;
+                            let piece = match read_spooled(&file, at, n as usize).await {
+                                Ok(piece) => piece,
+                                Err(e) => {
+                                    upload.discard().await;
+                                    return Err(NotFinished::Refused(Fault::io(&path, e)));
+                                }
+                            };
                             if let Err(r) = upload.feed(&piece).await {
                                 upload.discard().await;
                                 return Err(NotFinished::Refused(r));
@@ -505,10 +597,24 @@ impl Body for BucketBody {
 
     async fn keep(self) {
         match self.data {
-            Data::Parts(upload) | Data::Built { parts: Some(upload), .. } => upload.keep_for_resume().await,
+            Data::Parts(upload) => upload.keep_for_resume().await,
+            Data::Built(built) => {
+                if let Some(upload) = built.parts {
+                    upload.keep_for_resume().await;
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// `why` a built file was not stored, its upload (if any) kept as it was
+/// for a later attempt.
+async fn kept_for_resume(parts: Option<Box<Multipart>>, why: Fault) -> NotFinished {
+    if let Some(upload) = parts {
+        upload.keep_for_resume().await;
+    }
+    NotFinished::Refused(why)
 }
 
 /// Completes a multipart upload, checked against the client's BLAKE3.

@@ -202,8 +202,8 @@ impl Download for DirFile {
         self.download.head.clone()
     }
 
-    async fn delta_source(&mut self) -> Option<File> {
-        self.download.sender.file().and_then(|f| f.try_clone().ok())
+    async fn delta_source(&mut self) -> Result<Option<File>, Fault> {
+        Ok(self.download.sender.file().and_then(|f| f.try_clone().ok()))
     }
 
     async fn send(self, s: &mut S, shown: &str) -> Result<blake3::Hash, Error> {

@@ -230,10 +230,12 @@ pub(in crate::server) trait Download: Send {
 
     /// The file, to be read for a delta (PROTOCOL.md §4.6.6): a bucket's
     /// object is copied to the server's disk first, and then sent from
-    /// that copy if it goes whole after all. `None`: no delta (the body
-    /// was read already, or the copy could not be made).
-    fn delta_source(&mut self) -> impl Future<Output = Option<std::fs::File>> + Send {
-        std::future::ready(None)
+    /// that copy if it goes whole after all. `None`: no delta, the file
+    /// goes whole (the body was read already, or there is no room for a
+    /// copy). An error: the object could not be read, refused before
+    /// anything is sent.
+    fn delta_source(&mut self) -> impl Future<Output = Result<Option<std::fs::File>, Fault>> + Send {
+        std::future::ready(Ok(None))
     }
 }
 
