@@ -24,9 +24,9 @@ of MIB MiB (random bytes): 1 % rewritten in scattered 10 KiB runs, 1,000
 bytes inserted 1 MiB in, 4 MiB appended; the server already holds the
 old version and the client puts the new one:
 
-  framewire   `framewire put --force` (whole files: the delta engine is
-              not yet wired into put; this row is the baseline the
-              engine is to beat)
+  framewire   `framewire put --force`: a delta, as to any host that is
+              not a loopback address (the client reaches the server at
+              its link address, 10.250.0.1 -> 10.250.0.2)
   rsync       the rsync daemon: `rsync -I --no-whole-file NEW rsync://..`
   rsync ssh   rsync over ssh with -z: `rsync -I -z -e 'ssh -p ..' NEW ..`
 

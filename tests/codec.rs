@@ -369,3 +369,104 @@ async fn read_body_into_keeps_what_arrived_before_eof() {
     assert!(matches!(err, Error::UnexpectedEof { part: FramePart::Body, got: 700, expected: 1000 }), "{err:?}");
     assert_eq!(buf, body[..700]);
 }
+
+/// The framing vectors shared with the Python package
+/// (`tests/vectors/framing.json`, read by `python/tests/test_framing.py`
+/// too): each stream fed whole, byte by byte and in every split in two,
+/// decodes to the listed messages or frames, then to the listed error.
+#[test]
+fn shared_vectors_decode_alike_in_every_split() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/framing.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let unhex = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let error_name = |e: &Error| match e {
+        Error::UnexpectedEof { part, .. } => format!("eof/{part}"),
+        Error::BodyTooLarge { .. } => "too_large".to_owned(),
+        Error::HeaderTooLarge { .. } => "header_too_large".to_owned(),
+        Error::HeaderNotUtf8 { .. } => "header_not_utf8".to_owned(),
+        Error::HeaderNotJson { .. } => "header_not_json".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let expected_error = |case: &serde_json::Value| {
+        case.get("error").map(|e| match (e.as_str().unwrap(), case.get("part")) {
+            ("eof", Some(part)) => format!("eof/{}", part.as_str().unwrap()),
+            ("body_too_large", _) => "too_large".to_owned(),
+            (other, _) => other.to_owned(),
+        })
+    };
+    // Every way of cutting `stream` into reads.
+    let cuts = |stream: &[u8]| {
+        let mut ways = vec![vec![stream.to_vec()], stream.iter().map(|&b| vec![b]).collect()];
+        for at in 1..stream.len() {
+            ways.push(vec![stream[..at].to_vec(), stream[at..].to_vec()]);
+        }
+        ways
+    };
+    for (section, cases) in [("bare", "valid"), ("bare", "errors"), ("frames", "valid"), ("frames", "errors")] {
+        for case in doc[section][cases].as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let stream = unhex(&case["stream_hex"]);
+            for reads in cuts(&stream) {
+                let mut buf = BytesMut::new();
+                let mut got: Vec<(Option<serde_json::Value>, Vec<u8>)> = Vec::new();
+                let mut failed = None;
+                if section == "bare" {
+                    let max = case.get("max_size").map_or(16 << 20, |m| m.as_u64().unwrap() as usize);
+                    let mut codec = BareCodec::with_max_payload(max);
+                    'reads: for (k, read) in reads.iter().enumerate() {
+                        buf.extend_from_slice(read);
+                        loop {
+                            let step =
+                                if k + 1 == reads.len() { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
+                            match step {
+                                Ok(Some(m)) => got.push((None, m.to_vec())),
+                                Ok(None) => break,
+                                Err(e) => {
+                                    failed = Some(error_name(&e));
+                                    break 'reads;
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    let max = case.get("max_body").map_or(16 << 20, |m| m.as_u64().unwrap());
+                    let mut codec = FrameCodec::<Envelope>::with_max_body(max);
+                    'frames: for (k, read) in reads.iter().enumerate() {
+                        buf.extend_from_slice(read);
+                        loop {
+                            let step =
+                                if k + 1 == reads.len() { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
+                            match step {
+                                Ok(Some(f)) => {
+                                    let head = serde_json::json!({"type": f.header.kind, "len": f.header.len});
+                                    got.push((Some(head), f.body.to_vec()));
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    failed = Some(error_name(&e));
+                                    break 'frames;
+                                }
+                            }
+                        }
+                    }
+                }
+                assert_eq!(failed, expected_error(case), "{section}: {name}: {} reads", reads.len());
+                if section == "bare" {
+                    let want: Vec<Vec<u8>> =
+                        case.get("messages_hex").map_or(vec![], |m| m.as_array().unwrap().iter().map(unhex).collect());
+                    let got: Vec<Vec<u8>> = got.into_iter().map(|(_, m)| m).collect();
+                    assert_eq!(got, want, "{section}: {name}");
+                } else {
+                    let want = case.get("frames").map_or(vec![], |f| f.as_array().unwrap().clone());
+                    assert_eq!(got.len(), want.len(), "{section}: {name}");
+                    for ((head, body), w) in got.iter().zip(&want) {
+                        let head = head.as_ref().unwrap();
+                        assert_eq!(head["type"], w["header"]["type"], "{name}");
+                        assert_eq!(head["len"], w["header"].get("len").cloned().unwrap_or(0.into()), "{name}");
+                        assert_eq!(*body, unhex(&w["body_hex"]), "{name}");
+                    }
+                }
+            }
+        }
+    }
+}
