@@ -649,6 +649,48 @@ async fn a_hostile_server_signature_is_refused() {
     fake.await.unwrap();
 }
 
+/// A hostile server's compact listings are refused: two zstd frames in
+/// one body, a frame that does not state its size, one that says it
+/// expands past 1 MiB (a bomb of zeros); each ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_compact_listings_are_refused() {
+    let json = br#"[{"name":"a","kind":"file","size":1,"mtime":0,"mode":420}]"#;
+    let one = framewire::wire::compact(&json.repeat(20)).unwrap();
+    let bomb = zstd::bulk::compress(&vec![b' '; 8 << 20], 1).unwrap();
+    let mut streamed = Vec::new();
+    {
+        use std::io::Write;
+        let mut e = zstd::stream::write::Encoder::new(&mut streamed, 1).unwrap();
+        e.write_all(json).unwrap();
+        e.finish().unwrap();
+    }
+    for (what, body) in [("two frames", [one.clone(), one.clone()].concat()), ("no size", streamed), ("a bomb", bomb)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (read, write) = sock.into_split();
+            let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+            r.read_preface().await.unwrap();
+            w.feed_preface(Preface::default());
+            w.flush().await.unwrap();
+            let _ = r.read_head::<Message>().await.unwrap();
+            let head = proto::Listing { len: body.len() as u64, count: 1, zstd: true };
+            w.send(&Message::Listing(head), &body).await.unwrap();
+            // The client closes: nothing more is read.
+            matches!(r.read_head::<Message>().await, Ok(None) | Err(_))
+        });
+        let mut client = Client::connect(&addr.to_string()).await.unwrap();
+        client.compact_listings(Some(true));
+        let err = client.tree("d").await.unwrap_err();
+        assert!(matches!(err, ClientError::Unexpected { .. }), "{what}: {err:?}");
+        assert!(err.to_string().contains("zstd"), "{what}: {err}");
+        assert!(client.is_closed(), "{what}: the connection is not used again");
+        drop(client);
+        assert!(fake.await.unwrap(), "{what}: the client went on");
+    }
+}
+
 /// A server older than deltas ignores a get's basis and sends the file
 /// whole: the client takes it, and the connection stays in step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

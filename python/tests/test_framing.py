@@ -252,3 +252,67 @@ def test_the_tutorials_helper_bug_is_an_error_here():
             framing.recv_msg(b)
     assert (e.value.part, e.value.got, e.value.expected) == ("body", 5, 10)
     assert "5 of 10 bytes" in str(e.value)
+
+
+def test_a_view_of_wider_items_is_sent_as_its_bytes():
+    import array
+
+    data = array.array("I", [1, 2, 3])
+    a, b = socket.socketpair()
+    with a, b:
+        framing.send_msg(a, memoryview(data))
+        framing.send_frame(a, {"type": "x"}, memoryview(data))
+        assert framing.recv_msg(b) == data.tobytes()
+        assert framing.recv_frame(b) == ({"type": "x", "len": 12}, data.tobytes())
+
+
+def test_what_cannot_be_sent_is_refused_before_anything_is():
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(ValueError, match="len 5"):
+            framing.send_frame(a, {"type": "x", "len": 5}, b"hi")
+        for header in ({"type": "x", "v": float("nan")}, {"type": "x", "v": b"bytes"}, {"type": "\udcff"}):
+            with pytest.raises(framewire.BadHeader):
+                framing.send_frame(a, header)
+        a.shutdown(socket.SHUT_WR)
+        assert b.recv(10) == b"", "nothing sent"
+
+
+def test_a_deeply_nested_header_is_a_bad_header_not_a_crash():
+    raw = b'{"type":"x","v":' + b"[" * 30000 + b"]" * 30000 + b"}"
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(len(raw).to_bytes(4, "big") + raw)
+        with pytest.raises(framewire.BadHeader):
+            framing.recv_frame(b)
+
+
+def test_limits_must_be_counts():
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(ValueError):
+            framing.recv_msg(b, max_size=-1)
+        with pytest.raises(ValueError):
+            framing.FrameDecoder(max_size=-1)
+        a.sendall(b"\x00\x00\x00\x00\x00\x00\x00\x01x")
+        assert framing.recv_msg(b, max_size=0) == b""
+        with pytest.raises(framewire.FrameTooLarge):
+            framing.recv_msg(b, max_size=0)
+
+
+def test_a_frame_arriving_in_small_pieces_is_parsed_once():
+    header = {"type": "x", "pad": "p" * 60000}
+    raw = json.dumps(header, separators=(",", ":")).replace('"}', '","len":200000}').encode()
+    stream = len(raw).to_bytes(4, "big") + raw + b"b" * 200_000
+    decoder = framing.FrameDecoder(frames=True)
+    calls = []
+    real = framing._parse_header
+    framing._parse_header = lambda raw, most: calls.append(1) or real(raw, most)
+    try:
+        got = []
+        for i in range(0, len(stream), 100):
+            got += decoder.feed(stream[i : i + 100])
+    finally:
+        framing._parse_header = real
+    assert got == [({**header, "len": 200_000}, b"b" * 200_000)]
+    assert len(calls) == 1, f"the header was parsed {len(calls)} times"

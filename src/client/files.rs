@@ -410,10 +410,18 @@ impl Client {
                 Some((ListingOutput::Listing(head), _)) => {
                     let body = self.session.reader().read_body(TREE_PART_MAX).await?;
                     let body = if head.zstd {
-                        crate::wire::expand(&body, TREE_PART_MAX as usize).map_err(|e| ClientError::Unexpected {
-                            expected: "a listing body of zstd at most 1 MiB decompressed",
-                            got: e.to_string(),
-                        })?
+                        match crate::wire::expand(&body, TREE_PART_MAX as usize) {
+                            Ok(body) => body,
+                            Err(e) => {
+                                // Out of step with the listing: the
+                                // connection is not used again.
+                                self.session.abandon().await;
+                                return Err(ClientError::Unexpected {
+                                    expected: "a listing body of one zstd frame of at most 1 MiB",
+                                    got: e.to_string(),
+                                });
+                            }
+                        }
                     } else {
                         body.to_vec()
                     };

@@ -466,6 +466,7 @@ pub fn put(
             let dest = put_destination(run.dir.as_deref(), dest.as_deref());
             let plan = unless_cancelled(run.cancel(), async {
                 let mut client = run.connect().await?;
+                compact_with_delta(&mut client, copy);
                 tree::plan_put(&mut client, sources, dest.as_deref(), plan.clone()).await.map_err(HostError::Plan)
             })
             .await?;
@@ -491,6 +492,14 @@ async fn cancellable(cancel: &CancellationToken, copy: impl Future<Output = Summ
     tokio::select! {
         summary = copy => Ok(summary),
         () = cancel.cancelled() => Err(HostError::Cancelled),
+    }
+}
+
+/// `--delta` treats a host as over a slow link: its listings come
+/// compact too, as the CLI's single-host copies ask them.
+fn compact_with_delta(client: &mut crate::Client, copy: &CopyOptions) {
+    if copy.delta == super::DeltaMode::Always {
+        client.compact_listings(Some(true));
     }
 }
 
@@ -525,6 +534,7 @@ pub fn get(
             let paths: Vec<String> = paths.iter().map(|p| run.remote_path(p)).collect();
             let mut plan = unless_cancelled(run.cancel(), async {
                 let mut client = run.connect().await?;
+                compact_with_delta(&mut client, copy);
                 tree::plan_get(&mut client, &paths, &dest, plan.clone()).await.map_err(HostError::Plan)
             })
             .await?;

@@ -105,9 +105,31 @@ pub fn index_until(
     layout: Layout,
     stop: &std::sync::atomic::AtomicBool,
 ) -> io::Result<(Signature, blake3::Hash)> {
+    let (sig, hash) = cut(file, len, layout, stop, true)?;
+    Ok((sig, hash.expect("hashed")))
+}
+
+/// [`index`] without the whole-file hash, for an older version about to
+/// be replaced (a put's basis): one pass over the file instead of two.
+/// Blocking.
+///
+/// # Errors
+///
+/// As [`index`].
+pub fn index_only(file: &File, len: u64, layout: Layout) -> io::Result<Signature> {
+    Ok(cut(file, len, layout, &std::sync::atomic::AtomicBool::new(false), false)?.0)
+}
+
+fn cut(
+    file: &File,
+    len: u64,
+    layout: Layout,
+    stop: &std::sync::atomic::AtomicBool,
+    whole: bool,
+) -> io::Result<(Signature, Option<blake3::Hash>)> {
     let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut indexer = Indexer::new(layout).map_err(invalid)?;
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = whole.then(blake3::Hasher::new);
     let mut buf = vec![0; PIECE];
     let mut at = 0u64;
     while at < len {
@@ -120,10 +142,12 @@ pub fn index_until(
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was indexed"));
         }
         indexer.feed(&buf[..n]).map_err(invalid)?;
-        hasher.update(&buf[..n]);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         at += n as u64;
     }
-    Ok((indexer.finish().map_err(invalid)?, hasher.finalize()))
+    Ok((indexer.finish().map_err(invalid)?, hasher.map(|h| h.finalize())))
 }
 
 /// A flag set when dropped: what stops an [`index_until`] whose requester
@@ -170,14 +194,13 @@ pub fn offer_basis(
         return Some(Offered { basis, signature: None, hash: Some(hash) });
     }
     let layout = Layout::for_sizes(len, size);
-    let (sig, hash) = match known.1.filter(|sig| sig.layout == layout) {
-        Some(sig) => (sig, None),
-        None => {
-            let (sig, hash) = index(file, len, layout).ok()?;
-            (std::sync::Arc::new(sig), Some(hash))
-        }
+    // Cut without a whole-file hash: this version is about to be
+    // replaced, and the hash would cost a second pass over it.
+    let sig = match known.1.filter(|sig| sig.layout == layout) {
+        Some(sig) => sig,
+        None => std::sync::Arc::new(index_only(file, len, layout).ok()?),
     };
-    Some(Offered { basis: basis_of(&sig, None, None), signature: Some(sig), hash })
+    Some(Offered { basis: basis_of(&sig, None, None), signature: Some(sig), hash: None })
 }
 
 /// A receiver's offer of its older version ([`offer_basis`]).
@@ -187,7 +210,7 @@ pub struct Offered {
     pub basis: Basis,
     /// The signature that follows it, if any.
     pub signature: Option<std::sync::Arc<Signature>>,
-    /// The older version's whole hash, where known or made.
+    /// The older version's whole hash, where made (an append's).
     pub hash: Option<blake3::Hash>,
 }
 
