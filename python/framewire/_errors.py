@@ -6,6 +6,9 @@ others from the client, with the message the CLI prints.
 
 from __future__ import annotations
 
+import builtins
+from typing import Any
+
 
 __all__ = [
     "Error",
@@ -13,6 +16,13 @@ __all__ = [
     "IncompleteFrame",
     "FrameTooLarge",
     "BadHeader",
+    "AuthenticationError",
+    "ConnectionError",
+    "TimeoutError",
+    "NotFound",
+    "PermissionDenied",
+    "RemoteError",
+    "ProcessError",
 ]
 
 
@@ -55,3 +65,44 @@ class BadHeader(FramingError):
     integer ``len``: the body's length is unknown, so the stream cannot be
     read past it."""
 
+
+
+class AuthenticationError(Error):
+    """The server refused this side's key, wants one, or could not prove
+    its own (a changed host key, someone in the middle)."""
+
+
+class ConnectionError(Error, builtins.ConnectionError):
+    """No connection could be made, or it was lost. Also a builtin
+    :class:`ConnectionError`."""
+
+
+class TimeoutError(Error, builtins.TimeoutError):
+    """Something took longer than it was given: connecting, or a command
+    run with ``timeout=`` (then ``result`` is what it printed). Also a
+    builtin :class:`TimeoutError`."""
+
+    result: Any = None
+
+
+class NotFound(Error):
+    """The server has no such path."""
+
+
+class PermissionDenied(Error):
+    """The server refused: the file system's permissions, or what this
+    key may do."""
+
+
+class RemoteError(Error):
+    """Another refusal by the server; ``code`` names it (``exists``,
+    ``is_a_directory``, ``bad_path``...)."""
+
+
+class ProcessError(Error):
+    """A command run with ``check=True`` exited with a status other than
+    0: ``result`` is its :class:`subprocess.CompletedProcess`."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        super().__init__(f"command {result.args!r} exited with status {result.returncode}")

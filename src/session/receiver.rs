@@ -100,6 +100,7 @@ impl Receiver {
     /// # Errors
     ///
     /// Those of `open(2)`.
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     pub fn unnamed(dir: OwnedFd) -> io::Result<Option<Receiver>> {
         let partial = Partial::unnamed(dir, OsStr::new("built"), 0o600)?;
         Ok(partial.map(|partial| Receiver { partial, held: 0, hasher: blake3::Hasher::new(), holes: None }))
@@ -321,6 +322,7 @@ impl Received {
 
     /// The file as built, to be read: `None` for a body still held in
     /// memory (a small one received whole).
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     pub fn built_file(&self) -> Option<&File> {
         self.pending.is_none().then(|| self.partial.file())
     }
