@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     AuthenticationError,
@@ -19,14 +19,21 @@ from ._errors import (
     FrameTooLarge,
     FramingError,
     IncompleteFrame,
+    LocalError,
     NotFound,
     PermissionDenied,
     ProcessError,
+    ProtocolError,
     RemoteError,
     TimeoutError,
 )
 from . import framing
 
+if TYPE_CHECKING:
+    from .client import Client
+
+# framewire.ConnectionError and framewire.TimeoutError are left out of
+# `__all__`: `from framewire import *` must not hide the builtins.
 __all__ = [
     "Client",
     "Error",
@@ -35,12 +42,12 @@ __all__ = [
     "FrameTooLarge",
     "BadHeader",
     "AuthenticationError",
-    "ConnectionError",
-    "TimeoutError",
     "NotFound",
     "PermissionDenied",
     "RemoteError",
     "ProcessError",
+    "ProtocolError",
+    "LocalError",
     "framing",
 ]
 

@@ -7,7 +7,8 @@ others from the client, with the message the CLI prints.
 from __future__ import annotations
 
 import builtins
-from typing import Any
+import os
+from typing import Any, Optional
 
 
 __all__ = [
@@ -23,11 +24,16 @@ __all__ = [
     "PermissionDenied",
     "RemoteError",
     "ProcessError",
+    "ProtocolError",
+    "LocalError",
 ]
 
 
 class Error(Exception):
-    """Every error framewire raises."""
+    """Every error framewire raises. ``code``: the protocol's error code
+    (``not_found``, ``exists``...) where the server gave one."""
+
+    code: Optional[str] = None
 
 
 class FramingError(Error):
@@ -106,3 +112,25 @@ class ProcessError(Error):
     def __init__(self, result: Any) -> None:
         self.result = result
         super().__init__(f"command {result.args!r} exited with status {result.returncode}")
+
+    def __reduce__(self) -> Any:
+        # Pickled with its result (for multiprocessing), not its message.
+        return (type(self), (self.result,))
+
+
+class ProtocolError(Error):
+    """The server sent what the protocol does not allow there: it is not
+    a framewire server of this version, or something is wrong with it.
+    The connection is not used again."""
+
+
+class LocalError(Error, builtins.OSError):
+    """A local file could not be read or written: an :class:`OSError`
+    with its ``errno``, ``strerror`` and ``filename``."""
+
+    def __init__(self, errno: int, strerror: str, filename: str) -> None:
+        # The system's own words for an errno, as OSError has them.
+        super().__init__(errno, os.strerror(errno) if errno else strerror, filename)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"

@@ -4,7 +4,10 @@ files in temporary directories."""
 
 from __future__ import annotations
 
+import _thread
 import builtins
+import errno
+import pickle
 import os
 import pathlib
 import socket
@@ -75,7 +78,13 @@ def test_run_gives_what_subprocess_run_gives(server):
         assert e.value.result.returncode == 1 and e.value.result.stdout == b"partial\n"
         assert c.run("printf %s \"$GREETING\"", env={"GREETING": "hello there"}).stdout == b"hello there"
         assert c.run("tr a-z A-Z", stdin=b"shout\n").stdout == b"SHOUT\n"
-        assert c.run("cat").stdout == b"", "no stdin: closed at once"
+        assert c.run("cat", timeout=20).stdout == b"", "no stdin: closed at once"
+        # Ended by a signal: minus the signal, as subprocess has it.
+        assert c.run("kill -TERM $$", timeout=20).returncode == -15
+        with pytest.raises(ValueError):
+            c.run("true", timeout=-1)
+        with pytest.raises(ValueError):
+            c.run("true", timeout=float("nan"))
         # A variable the server does not accept (as sshd's AcceptEnv):
         # the command is not run without it, and the connection closes.
         with pytest.raises(framewire.PermissionDenied, match="SECRET"):
@@ -104,25 +113,47 @@ def test_files_go_up_and_down_whole_and_checked(server, tmp_path):
     with framewire.Client(server.addr) as c:
         assert c.mkdir("d") is True
         up = c.put(local, "d/up.bin")
-        assert up == {"size": len(data), "resumed": 0, "blake3": up["blake3"]}
+        assert up == {"size": len(data), "resumed": 0, "matched": 0, "blake3": up["blake3"]}
         assert len(up["blake3"]) == 64
         assert (server.root / "d" / "up.bin").read_bytes() == data
         down = c.get("d/up.bin", tmp_path / "down.bin")
         assert (tmp_path / "down.bin").read_bytes() == data and down["blake3"] == up["blake3"]
-        with pytest.raises(framewire.RemoteError) as e:
-            c.put(local, "d/up.bin")
-        assert e.value.code == "exists" and "d/up.bin" in str(e.value)
-        assert c.put(local, "d/up.bin", force=True)["size"] == len(data)
-        with pytest.raises(framewire.NotFound):
+        # The source wins, as with the CLI: a file there is replaced.
+        local.write_bytes(b"second")
+        c.put(local, "d/up.bin")
+        assert (server.root / "d" / "up.bin").read_bytes() == b"second"
+        c.get("d/up.bin", tmp_path / "down.bin")
+        assert (tmp_path / "down.bin").read_bytes() == b"second"
+        # Into directories, under the source's name.
+        c.put(local, "d")
+        assert c.mkdir("e") is True
+        c.put(local, "e/")
+        assert (server.root / "d" / "up.bin").read_bytes() == b"second"
+        assert (server.root / "e" / "up.bin").read_bytes() == b"second"
+        into = tmp_path / "into"
+        into.mkdir()
+        c.get("e/up.bin", into)
+        assert (into / "up.bin").read_bytes() == b"second"
+        # What is missing, here or there.
+        with pytest.raises(framewire.NotFound) as e:
             c.get("no/such.bin", tmp_path / "x.bin")
+        assert e.value.code == "not_found"
         assert not (tmp_path / "x.bin").exists()
+        with pytest.raises(framewire.LocalError) as e:
+            c.put(tmp_path / "missing.bin", "m.bin")
+        assert isinstance(e.value, OSError) and e.value.errno == errno.ENOENT
+        assert e.value.filename == str(tmp_path / "missing.bin")
+        # The connection goes on after each.
+        assert c.stat("d/up.bin")["size"] == 6
 
 
 def test_listing_and_changing_the_tree(server):
     (server.root / "a.txt").write_bytes(b"hello")
     with framewire.Client(server.addr) as c:
-        assert c.mkdir("x/y") is True
-        assert c.mkdir("x/y") is False
+        with pytest.raises(framewire.NotFound):
+            c.mkdir("x/y")
+        assert c.mkdir("x/y", parents=True) is True
+        assert c.mkdir("x/y", parents=True) is False
         entry = c.stat("a.txt")
         assert (entry["name"], entry["kind"], entry["size"]) == ("a.txt", "file", 5)
         assert sorted(e["name"] for e in c.ls("")) == ["a.txt", "x"]
@@ -168,7 +199,8 @@ def test_calls_release_the_gil(server):
     # Two clients in two threads, each running `sleep 2`: together in
     # about 2 s if the GIL is released while they wait, 4 s if not.
     clients = [framewire.Client(server.addr) for _ in range(2)]
-    threads = [threading.Thread(target=c.run, args=("sleep 2",)) for c in clients]
+    codes = []
+    threads = [threading.Thread(target=lambda c=c: codes.append(c.run("sleep 2", timeout=20).returncode)) for c in clients]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -177,4 +209,25 @@ def test_calls_release_the_gil(server):
     took = time.monotonic() - started
     for c in clients:
         c.close()
-    assert took < 3.5, f"{took:.1f} s: the calls ran one after the other"
+    assert codes == [0, 0]
+    assert 1.9 <= took < 3.5, f"{took:.1f} s: the calls ran one after the other"
+
+
+def test_ctrl_c_interrupts_a_call_and_closes_its_connection(server):
+    c = framewire.Client(server.addr)
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        c.run("sleep 30")
+    assert time.monotonic() - started < 10
+    with pytest.raises(framewire.ConnectionError):
+        c.run("true")
+
+
+def test_a_process_error_survives_pickling():
+    result = subprocess.CompletedProcess("false", 1, b"out", b"err")
+    again = pickle.loads(pickle.dumps(framewire.ProcessError(result)))
+    assert isinstance(again, framewire.ProcessError)
+    assert (again.result.returncode, again.result.stdout) == (1, b"out")
+    assert str(again) == "command 'false' exited with status 1"
