@@ -67,11 +67,17 @@ impl Failed {
 /// signal Python must handle (Ctrl-C): then it is dropped, and the
 /// handler's exception returned. Called with the GIL released.
 fn block_on<T>(future: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, Failed> {
+    interruptible(future)?.map_err(Failed::Client)
+}
+
+/// `future`'s output, or the exception of a signal's handler that ran
+/// while waiting for it (it is then dropped).
+fn interruptible<R>(future: impl std::future::Future<Output = R>) -> Result<R, Failed> {
     runtime().block_on(async {
         tokio::pin!(future);
         loop {
             tokio::select! {
-                done = &mut future => return done.map_err(Failed::Client),
+                done = &mut future => return Ok(done),
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
                     Python::attach(|py| py.check_signals()).map_err(Failed::Python)?;
                 }
@@ -180,32 +186,53 @@ impl Client {
     /// the call was interrupted (the stream is out of step), when the
     /// client found it unusable, or when `drop_after` says so of the
     /// result.
-    fn with<T: Send>(
+    fn with<T: Send + 'static>(
         &self,
         py: Python<'_>,
-        f: impl for<'c> FnOnce(&'c mut Inner) -> Call<'c, T> + Send,
+        f: impl for<'c> FnOnce(&'c mut Inner) -> Call<'c, T> + Send + 'static,
         drop_after: impl FnOnce(&T) -> bool + Send,
     ) -> PyResult<T> {
         py.detach(|| {
             let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let client = guard.as_mut().ok_or(Failed::Client(ClientError::Closed))?;
-            let done = block_on(f(client));
-            let interrupted = matches!(done, Err(Failed::Python(_)));
-            let spent = guard.as_ref().is_none_or(Inner::is_closed);
-            if interrupted || spent || done.as_ref().is_ok_and(drop_after) {
-                *guard = None;
+            let mut client = guard.take().ok_or(Failed::Client(ClientError::Closed))?;
+            // On the runtime's threads, as the CLI's calls run (driven
+            // from this thread, a transfer's every wake-up would cross
+            // threads); the connection goes with the task, and comes
+            // back with its result.
+            let task = runtime().spawn(async move {
+                let done = f(&mut client).await;
+                (client, done)
+            });
+            let abort = task.abort_handle();
+            match interruptible(task) {
+                Ok(Ok((client, done))) => {
+                    let keep = !client.is_closed() && !done.as_ref().is_ok_and(drop_after);
+                    if keep {
+                        *guard = Some(client);
+                    }
+                    done.map_err(Failed::Client)
+                }
+                // A panic in the call: the connection is gone with it.
+                Ok(Err(joined)) => Err(Failed::Client(ClientError::Local {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(format!("the call failed inside: {joined}")),
+                })),
+                // Interrupted: the task and its connection are dropped.
+                Err(e) => {
+                    abort.abort();
+                    Err(e)
+                }
             }
-            done
         })
         .map_err(Failed::raise)
     }
 
     /// [`with`](Self::with), keeping the connection unless the call was
     /// interrupted or the client found it unusable.
-    fn call<T: Send>(
+    fn call<T: Send + 'static>(
         &self,
         py: Python<'_>,
-        f: impl for<'c> FnOnce(&'c mut Inner) -> Call<'c, T> + Send,
+        f: impl for<'c> FnOnce(&'c mut Inner) -> Call<'c, T> + Send + 'static,
     ) -> PyResult<T> {
         self.with(py, f, |_| false)
     }
