@@ -417,6 +417,10 @@ impl Upload for BucketUpload {
         let taken = SpoolRoom::take(room)?;
         let file = spool_file(room)?;
         let mut reading = self.bucket.read(&path, 0, None).await.ok()?;
+        // Replaced since it was looked at: what was reserved may not fit it.
+        if reading.size != object.size {
+            return None;
+        }
         let (mut old, hash) = spool_reading(&self.bucket, &mut reading, file).await.ok()?;
         let len = reading.size;
         let offered = tokio::task::spawn_blocking(move || {
