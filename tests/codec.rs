@@ -407,49 +407,16 @@ fn shared_vectors_decode_alike_in_every_split() {
             let name = case["name"].as_str().unwrap();
             let stream = unhex(&case["stream_hex"]);
             for reads in cuts(&stream) {
-                let mut buf = BytesMut::new();
-                let mut got: Vec<(Option<serde_json::Value>, Vec<u8>)> = Vec::new();
-                let mut failed = None;
-                if section == "bare" {
+                let (got, failed) = if section == "bare" {
                     let max = case.get("max_size").map_or(16 << 20, |m| m.as_u64().unwrap() as usize);
-                    let mut codec = BareCodec::with_max_payload(max);
-                    'reads: for (k, read) in reads.iter().enumerate() {
-                        buf.extend_from_slice(read);
-                        loop {
-                            let step =
-                                if k + 1 == reads.len() { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
-                            match step {
-                                Ok(Some(m)) => got.push((None, m.to_vec())),
-                                Ok(None) => break,
-                                Err(e) => {
-                                    failed = Some(error_name(&e));
-                                    break 'reads;
-                                }
-                            }
-                        }
-                    }
+                    feed_all(BareCodec::with_max_payload(max), &reads, |m| (None, m.to_vec()))
                 } else {
                     let max = case.get("max_body").map_or(16 << 20, |m| m.as_u64().unwrap());
-                    let mut codec = FrameCodec::<Envelope>::with_max_body(max);
-                    'frames: for (k, read) in reads.iter().enumerate() {
-                        buf.extend_from_slice(read);
-                        loop {
-                            let step =
-                                if k + 1 == reads.len() { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
-                            match step {
-                                Ok(Some(f)) => {
-                                    let head = serde_json::json!({"type": f.header.kind, "len": f.header.len});
-                                    got.push((Some(head), f.body.to_vec()));
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    failed = Some(error_name(&e));
-                                    break 'frames;
-                                }
-                            }
-                        }
-                    }
-                }
+                    feed_all(FrameCodec::<Envelope>::with_max_body(max), &reads, |f: Frame<Envelope>| {
+                        (Some(serde_json::json!({"type": f.header.kind, "len": f.header.len})), f.body.to_vec())
+                    })
+                };
+                let failed = failed.as_ref().map(error_name);
                 assert_eq!(failed, expected_error(case), "{section}: {name}: {} reads", reads.len());
                 if section == "bare" {
                     let want: Vec<Vec<u8>> =
@@ -469,4 +436,31 @@ fn shared_vectors_decode_alike_in_every_split() {
             }
         }
     }
+}
+
+/// A decoded message or frame: the frame's header (`type` and `len`), and
+/// the bytes.
+type Decoded = (Option<serde_json::Value>, Vec<u8>);
+
+/// `reads` fed one by one to `codec` (the last with end of stream): the
+/// items it decoded, each as `item` makes it, and the error it stopped at.
+fn feed_all<D: Decoder<Error = Error>>(
+    mut codec: D,
+    reads: &[Vec<u8>],
+    item: impl Fn(D::Item) -> Decoded,
+) -> (Vec<Decoded>, Option<Error>) {
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    for (k, read) in reads.iter().enumerate() {
+        buf.extend_from_slice(read);
+        loop {
+            let step = if k + 1 == reads.len() { codec.decode_eof(&mut buf) } else { codec.decode(&mut buf) };
+            match step {
+                Ok(Some(decoded)) => got.push(item(decoded)),
+                Ok(None) => break,
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+    (got, None)
 }
