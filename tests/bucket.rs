@@ -631,6 +631,36 @@ async fn trees_sync_both_ways_through_serve() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("old/keep.log") && !listed.contains("old/stale.txt"), "{listed}");
     assert!(listed.contains("sub/deep/c.bin"), "{listed}");
+
+    // --delta: a bucket's tree stream carries no deltas (PROTOCOL.md
+    // §4.6.6.1): two changed files of 200 KB go whole in it, both ways,
+    // and arrive as they left. (One changed file alone would go as a
+    // single get or put, which a bucket takes as a delta.)
+    let mids = [tree.join("mid1.bin"), tree.join("mid2.bin")];
+    for (k, mid) in mids.iter().enumerate() {
+        std::fs::write(mid, common::pattern(200_000, 5 + k as u8)).unwrap();
+    }
+    let out = common::framewire(&["put", "-r", "--delta", &addr, &contents, "t"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = common::framewire(&["get", "-r", "--delta", &addr, "t/", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut changed = Vec::new();
+    for (k, mid) in mids.iter().enumerate() {
+        let mut new = common::pattern(200_000, 5 + k as u8);
+        new[100_000..100_100].fill(9);
+        std::fs::write(mid, &new).unwrap();
+        changed.push(new);
+    }
+    let (to, back_to) = (contents.as_str(), back.to_str().unwrap());
+    for args in [["put", "-r", "--delta", &addr, to, "t"], ["get", "-r", "--delta", &addr, "t/", back_to]] {
+        let out = common::framewire(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.contains("2 file(s)") && !err.contains("delta"), "{args:?}: {err}");
+    }
+    for (k, new) in changed.iter().enumerate() {
+        assert_eq!(&std::fs::read(back.join(format!("mid{}.bin", k + 1))).unwrap(), new);
+    }
     what_a_bucket_does_not_keep_is_named(&server, &addr, local.path()).await;
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();

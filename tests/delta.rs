@@ -1005,3 +1005,284 @@ async fn a_fan_out_cuts_its_file_once() {
     }
     assert_eq!(reads.files_cut(), 1);
 }
+
+/// A tree's small changed files (64 KiB to 1 MiB) go as deltas inside
+/// the streamed request, both ways (PROTOCOL.md §4.6.6.1): only their
+/// changed bytes cross the wire, counted by a proxy, and the tree comes
+/// out as the source, byte for byte, modes and times included; a new
+/// file and a file under 64 KiB still go whole in the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trees_small_changed_files_go_as_deltas_in_the_stream() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = common::Serve::start(&["--insecure"]);
+    let (proxy, wire) = counting_proxy(server.addr.parse().unwrap()).await;
+    let served = server.root.path().join("t");
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("t");
+    let when = |secs: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let write = |path: &Path, data: &[u8], secs: u64, mode: u32| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(when(secs)).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // 24 files of 100–900 KiB the receiver holds older versions of, each
+    // changed one of three ways; a new one; a small one.
+    let mut names = Vec::new();
+    let mut total = 0u64;
+    for k in 0..24u64 {
+        let len = (100 << 10) + (k as usize) * (35 << 10);
+        let old = noise(len, 100 + k);
+        let mut new = old.clone();
+        match k % 3 {
+            0 => new[len / 2..len / 2 + 100].fill(7),
+            1 => new.splice(len / 3..len / 3, noise(300, 200 + k)).for_each(drop),
+            _ => new.extend_from_slice(&noise(2000, 300 + k)),
+        }
+        let name = format!("d{}/f{k}.bin", k % 4);
+        write(&served.join(&name), &old, 1_000, 0o644);
+        write(&src.join(&name), &new, 2_000, 0o640);
+        total += new.len() as u64;
+        names.push(name);
+    }
+    write(&src.join("new.bin"), &noise(200_000, 9), 2_000, 0o644);
+    write(&served.join("small.txt"), b"old", 1_000, 0o644);
+    write(&src.join("small.txt"), b"new", 2_000, 0o644);
+    names.extend(["new.bin".to_string(), "small.txt".to_string()]);
+
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || common::framewire(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let src_arg = src.to_str().unwrap().to_string();
+    let out =
+        run(vec!["put".into(), "-r".into(), "--delta".into(), proxy.clone(), src_arg, String::new()]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("26 file(s)") && said.contains("the receiver had them: delta"), "{said}");
+    let (up, _) = wire.take();
+    // The new file whole, the changes, the listing; not the 12 MB.
+    assert!(up < 200_000 + total / 20, "{up} bytes up for {total} bytes of changed files");
+    for name in &names {
+        let (s, r) = (src.join(name), served.join(name));
+        assert!(std::fs::read(&s).unwrap() == std::fs::read(&r).unwrap(), "{name}");
+        let meta = std::fs::metadata(&r).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, std::fs::metadata(&s).unwrap().permissions().mode() & 0o777);
+        assert_eq!(meta.modified().unwrap(), when(2_000), "{name}");
+    }
+    let partials = walk_names(&served);
+    assert!(partials.iter().all(|n| !n.ends_with(".fwpart")), "{partials:?}");
+
+    // Back: a copy of the old tree brought up to date by get -r.
+    let back = local.path().join("back");
+    for (k, name) in names.iter().take(24).enumerate() {
+        let len = (100 << 10) + k * (35 << 10);
+        write(&back.join("t").join(name), &noise(len, 100 + k as u64), 1_000, 0o644);
+    }
+    let back_arg = back.to_str().unwrap().to_string();
+    let out =
+        run(vec!["get".into(), "-r".into(), "--delta".into(), proxy.clone(), "t".into(), back_arg]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the receiver had them: delta"), "{said}");
+    let (_, down) = wire.take();
+    assert!(down < 200_000 + total / 20, "{down} bytes down for {total} bytes of changed files");
+    for name in &names {
+        let (s, r) = (src.join(name), back.join("t").join(name));
+        assert!(std::fs::read(&s).unwrap() == std::fs::read(&r).unwrap(), "{name}");
+        assert_eq!(std::fs::metadata(&r).unwrap().modified().unwrap(), when(2_000), "{name}");
+    }
+    let partials = walk_names(&back);
+    assert!(partials.iter().all(|n| !n.ends_with(".fwpart")), "{partials:?}");
+
+    // Without --delta, through the same proxy (a loopback address), the
+    // files go whole.
+    for (k, name) in names.iter().take(24).enumerate() {
+        let len = (100 << 10) + k * (35 << 10);
+        write(&served.join(name), &noise(len, 100 + k as u64), 1_000, 0o644);
+    }
+    let src_arg = src.to_str().unwrap().to_string();
+    let out = run(vec!["put".into(), "-r".into(), proxy.clone(), src_arg, String::new()]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("delta"), "{out:?}");
+    let (up, _) = wire.take();
+    assert!(up > total, "{up} bytes up, whole files expected");
+}
+
+/// Every file name below `dir`, recursively.
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_names(&e.path()));
+        } else {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(r: &mut RawReader) -> T {
+    serde_json::from_slice(&r.read_body(1 << 20).await.unwrap()).unwrap()
+}
+
+/// Reads the signature frames of a basis of `count` entries.
+async fn skip_signature(r: &mut RawReader, count: u64) {
+    let mut got = 0;
+    while got < count {
+        let Some((Message::SignatureFrame(_), _)) = r.read_head::<Message>().await.unwrap() else {
+            panic!("signature")
+        };
+        got += r.read_body(1 << 20).await.unwrap().len() as u64 / 12;
+    }
+}
+
+fn copy_op(offset: u64, len: u32) -> Vec<u8> {
+    let mut b = vec![1u8];
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// A `tree_put` with `delta` up to the point its one file is sent: the
+/// server's `wants` for `path` (`size` bytes), its basis read past.
+async fn tree_put_offered(root: &RootServer, path: &str, size: u64) -> (RawReader, RawWriter, Option<proto::Basis>) {
+    let (mut r, mut w) = raw(root.addr).await;
+    let put = proto::TreePut {
+        path: String::new(),
+        force: true,
+        meta: false,
+        backup: None,
+        xattrs: false,
+        acls: false,
+        delta: true,
+    };
+    w.send(&Message::TreePut(put), &[]).await.unwrap();
+    let Some((Message::TreeReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!("tree_ready") };
+    assert!(ready.delta, "a directory root takes deltas in a tree");
+    let entries = serde_json::json!([{"path": path, "size": size, "mtime": 1_700_000_000, "mode": 0o644}]);
+    let body = serde_json::to_vec(&entries).unwrap();
+    w.send(&Message::Manifest(proto::Manifest { len: body.len() as u64, count: 1 }), &body).await.unwrap();
+    let Some((Message::Wants(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("wants") };
+    let wants: proto::WantList = json_body(&mut r).await;
+    assert_eq!(wants.send.len(), 1, "{wants:?}");
+    let basis = wants.send[0].basis.clone();
+    if let Some(b) = &basis {
+        skip_signature(&mut r, b.count).await;
+    }
+    w.send(&Message::ManifestEnd(proto::ManifestEnd { count: 1 }), &[]).await.unwrap();
+    let Some((Message::WantsEnd(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("wants_end") };
+    (r, w, basis)
+}
+
+/// Deltas in a tree's stream that do not fit (PROTOCOL.md §4.6.6.1): an
+/// older version changed between its signature and the ops builds
+/// nothing (the entry fails `checksum_mismatch`, the file there is left
+/// as it is, no partial file stays), ops past the basis or a delta for
+/// a file no basis was offered for close the connection; a `tree_get`
+/// basis the server did not take, too long, or whose signature does not
+/// add up is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_deltas_that_do_not_fit_are_refused() {
+    let root = RootServer::dir().await;
+    let old = noise(300 << 10, 21);
+    let size = old.len() as u64;
+    let file_head = |delta: bool| proto::TreeFile {
+        len: 0,
+        i: 0,
+        offset: 0,
+        size,
+        mtime: 1_700_000_000,
+        mode: 0o644,
+        mtime_ns: None,
+        holes: None,
+        delta,
+    };
+    // The older version changes under the ops: the same length (opened
+    // again, built wrong), then another length (not opened).
+    for changed in [noise(300 << 10, 22), noise(200 << 10, 23)] {
+        root.write("a.bin", &old).await;
+        let (mut r, mut w, basis) = tree_put_offered(&root, "a.bin", size).await;
+        assert_eq!(basis.map(|b| b.len), Some(size));
+        root.write("a.bin", &changed).await;
+        w.send(&Message::TreeFile(file_head(true)), &[]).await.unwrap();
+        let op = copy_op(0, size as u32);
+        w.send(&Message::DeltaFrame(proto::DeltaFrame { len: op.len() as u64 }), &op).await.unwrap();
+        let claimed = blake3::hash(&old).to_hex().to_string();
+        w.send(&Message::Checksum(proto::Checksum { blake3: claimed }), &[]).await.unwrap();
+        w.send(&Message::TreeEnd(proto::TreeEnd { files: 1 }), &[]).await.unwrap();
+        let mut failed = Vec::new();
+        loop {
+            match r.read_head::<Message>().await.unwrap() {
+                Some((Message::Committed(_), _)) => {
+                    let list: proto::CommitList = json_body(&mut r).await;
+                    assert!(list.ok.is_empty(), "{list:?}");
+                    failed.extend(list.failed.iter().map(|f| f.code));
+                }
+                Some((Message::TreeDone(done), _)) => {
+                    assert_eq!((failed, done.files), (vec![ErrorCode::ChecksumMismatch], 0));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(root.read("a.bin").await.unwrap() == changed, "left as it was");
+        let names = root.names("").await;
+        assert!(names.iter().all(|n| !n.contains("fwpart")), "{names:?}");
+    }
+
+    // Ops past the older version's end.
+    root.write("a.bin", &old).await;
+    let (mut r, mut w, basis) = tree_put_offered(&root, "a.bin", size).await;
+    assert!(basis.is_some());
+    w.send(&Message::TreeFile(file_head(true)), &[]).await.unwrap();
+    let op = copy_op(size - 10, 100);
+    w.send(&Message::DeltaFrame(proto::DeltaFrame { len: op.len() as u64 }), &op).await.unwrap();
+    assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest));
+    assert!(r.read_head::<Message>().await.map_or(true, |m| m.is_none()), "the connection stays open");
+    assert!(root.read("a.bin").await.unwrap() == old);
+
+    // A delta for a file no basis was offered for (nothing there).
+    let (mut r, mut w, basis) = tree_put_offered(&root, "new.bin", size).await;
+    assert!(basis.is_none());
+    w.send(&Message::TreeFile(file_head(true)), &[]).await.unwrap();
+    assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest));
+    assert!(root.read("new.bin").await.is_none());
+
+    // tree_get: bases the server must refuse.
+    use framewire::delta::{Layout, Params};
+    let chunks = Layout::Chunks(Params::DEFAULT);
+    let basis = |len: u64, count: u64| proto::Basis {
+        len,
+        append: false,
+        blake3: None,
+        tail: None,
+        layout: Some(chunks),
+        count,
+    };
+    let entry = |len: u64| {
+        let mut e = vec![0u8; 12];
+        e[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        e
+    };
+    let cases: Vec<(&str, bool, proto::Basis, Vec<u8>)> = vec![
+        ("a basis without asking for deltas", false, basis(8192, 1), entry(8192)),
+        ("a basis longer than a tree's", true, basis(64 << 20, 8192), entry(8192)),
+        ("entries that do not add up", true, basis(8192, 1), entry(4096)),
+        ("a ragged signature frame", true, basis(8192, 1), vec![0u8; 7]),
+    ];
+    for (what, ask, b, sig) in cases {
+        let (mut r, mut w) = raw(root.addr).await;
+        let get = proto::TreeGet { path: String::new(), sparse: false, delta: ask };
+        w.send(&Message::TreeGet(get), &[]).await.unwrap();
+        let Some((Message::TreeReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!("{what}") };
+        assert_eq!(ready.delta, ask, "{what}");
+        let want = proto::Want { i: 0, path: "a.bin".into(), offset: 0, prefix_blake3: None, basis: Some(b) };
+        let list = proto::WantList { send: vec![want], ..proto::WantList::default() };
+        let body = serde_json::to_vec(&list).unwrap();
+        w.send(&Message::Wants(proto::Wants { len: body.len() as u64, count: 1 }), &body).await.unwrap();
+        w.send(&Message::SignatureFrame(proto::SignatureFrame { len: sig.len() as u64 }), &sig).await.unwrap();
+        assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest), "{what}");
+        assert!(r.read_head::<Message>().await.map_or(true, |m| m.is_none()), "{what}: the connection stays open");
+    }
+}

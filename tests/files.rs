@@ -1167,6 +1167,7 @@ async fn raw_tree_put(server: &TestServer, base: &str) -> (RawReader, RawWriter)
             backup: None,
             xattrs: false,
             acls: false,
+            delta: false,
         }),
         &[],
     )
@@ -1184,7 +1185,7 @@ async fn raw_tree_get(server: &TestServer, base: &str) -> (RawReader, RawWriter)
     let (read, write) = sock.into_split();
     let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
     w.feed_preface(Preface::default());
-    w.send(&Message::TreeGet(proto::TreeGet { path: base.into(), sparse: false }), &[]).await.unwrap();
+    w.send(&Message::TreeGet(proto::TreeGet { path: base.into(), sparse: false, delta: false }), &[]).await.unwrap();
     r.read_preface().await.unwrap();
     let (m, _) = r.read_head::<Message>().await.unwrap().unwrap();
     assert!(matches!(m, Message::TreeReady(_)), "{m:?}");
@@ -1249,6 +1250,7 @@ async fn a_hostile_manifest_is_refused_entry_by_entry() {
             mode: 0,
             mtime_ns: None,
             holes: None,
+            delta: false,
         };
         w.feed(&Message::TreeFile(head), body).await.unwrap();
         let hash = blake3_hex(body);

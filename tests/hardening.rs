@@ -418,6 +418,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
             backup: None,
             xattrs: false,
             acls: false,
+            delta: false,
         }),
         &[],
     )
@@ -441,6 +442,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
         mode: 0o644,
         mtime_ns: None,
         holes: None,
+        delta: false,
     };
     w.send(&Message::TreeFile(file), b"abc").await.unwrap();
     let wrong = blake3::hash(b"xyz").to_hex().to_string();
@@ -473,6 +475,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
                 backup: None,
                 xattrs: false,
                 acls: false,
+                delta: false,
             }),
             &[],
         )
@@ -496,6 +499,7 @@ async fn hostile_tree_frames_are_refused_and_store_nothing(root: &RootServer) {
                 mode: 0o644,
                 mtime_ns: None,
                 holes: None,
+                delta: false,
             };
             w.send(&Message::TreeFile(file), b"z").await.unwrap();
         }
@@ -978,6 +982,7 @@ async fn announce_until_refused(addr: &str, pid: u32) -> u64 {
             backup: None,
             xattrs: false,
             acls: false,
+            delta: false,
         }),
         &[],
     )
@@ -1192,6 +1197,7 @@ async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
             backup: None,
             xattrs: false,
             acls: false,
+            delta: false,
         }),
         &[],
     )
@@ -1243,6 +1249,7 @@ async fn hostile_meta_entries_stay_data_or_are_refused(root: &RootServer) {
             backup: None,
             xattrs: false,
             acls: false,
+            delta: false,
         }),
         &[],
     )

@@ -35,6 +35,8 @@ pub(super) struct Outcomes {
     pub sent: u64,
     /// Their bytes resumed (not sent again).
     pub resumed: u64,
+    /// Their bytes the receiver built from its older versions (deltas).
+    pub matched: u64,
     /// Files that failed, by index, and why.
     pub failed: Vec<(usize, ClientError)>,
     /// Files the receiver had already.
@@ -66,8 +68,9 @@ impl Outcomes {
         match r {
             Ok(t) => {
                 self.files += 1;
-                self.sent += t.size - t.resumed;
+                self.sent += (t.size - t.resumed).saturating_sub(t.matched);
                 self.resumed += t.resumed;
+                self.matched += t.matched;
             }
             Err(e) => self.failed.push((i, e)),
         }
@@ -224,8 +227,9 @@ pub(super) struct PutAnswers {
     asked: Vec<bool>,
     /// The offset each wanted file was asked from.
     offsets: HashMap<u64, u64>,
-    /// What was sent of each file: the offset it went from and its hash.
-    hashes: HashMap<u64, (u64, String)>,
+    /// What was sent of each file: the offset it went from, its hash,
+    /// and the bytes the server built from its older version.
+    hashes: HashMap<u64, (u64, String, u64)>,
 }
 
 impl PutAnswers {
@@ -279,8 +283,8 @@ impl PutAnswers {
     }
 
     /// File `i` went out from `offset`, hashing to `blake3`.
-    pub(super) fn on_sent(&mut self, i: u64, offset: u64, blake3: String) {
-        self.hashes.insert(i, (offset, blake3));
+    pub(super) fn on_sent(&mut self, i: u64, offset: u64, blake3: String, matched: u64) {
+        self.hashes.insert(i, (offset, blake3, matched));
     }
 
     /// A `committed` frame: each file it names, and what became of it,
@@ -296,9 +300,9 @@ impl PutAnswers {
         let mut done = Vec::with_capacity(list.ok.len() + list.failed.len());
         for i in list.ok {
             let offered = self.offsets.remove(&i).unwrap_or(0);
-            let (resumed, blake3) = self.hashes.remove(&i).unwrap_or((offered, String::new()));
+            let (resumed, blake3, matched) = self.hashes.remove(&i).unwrap_or((offered, String::new(), 0));
             if (i as usize) < self.len && !outcomes.known(i as usize) {
-                done.push((i as usize, Ok(Transfer { size: sizes(i as usize), resumed, blake3, matched: 0 })));
+                done.push((i as usize, Ok(Transfer { size: sizes(i as usize), resumed, blake3, matched })));
             }
         }
         for f in list.failed {
@@ -361,6 +365,17 @@ impl GetState {
             };
         }
         match frame {
+            TreeGetOutput::TreeFile(head) if head.delta => {
+                self.arrive(head.i, "a file index within the wants, each once")?;
+                // Ops from the offset, no body (PROTOCOL.md §4.6.6.1); the
+                // basis is checked by the reader, which offered it.
+                if head.len != 0 || head.holes.is_some() || head.offset >= head.size {
+                    let got = format!("{}+{} of {}", head.offset, head.len, head.size);
+                    return Err(unexpected("a delta tree_file from an offset within the file, no body", got));
+                }
+                self.checksum_due = true;
+                Ok(GetStep::File(head))
+            }
             TreeGetOutput::TreeFile(head) => {
                 self.arrive(head.i, "a file index within the wants, each once")?;
                 // Holes the body leaves out (PROTOCOL.md §4.6.5), checked.
@@ -389,7 +404,7 @@ mod tests {
     use crate::proto::{Checksum, Failed, TreeDone, TreeSkip};
 
     fn want(i: u64) -> Want {
-        Want { i, path: String::new(), offset: 0, prefix_blake3: None }
+        Want { i, path: String::new(), offset: 0, prefix_blake3: None, basis: None }
     }
 
     fn wants(is: &[u64]) -> WantList {
@@ -507,7 +522,7 @@ mod tests {
         // File 1 fails here before it is sent; the server then reports it
         // wanted and not sent: it stays one failure.
         outcomes.done(1, Err(ClientError::Closed));
-        answers.on_sent(0, 0, "h0".into());
+        answers.on_sent(0, 0, "h0".into(), 0);
         let never = Failed { i: 1, code: ErrorCode::BadRequest, message: "wanted, but not sent".into() };
         let done = answers.on_committed(CommitList { ok: vec![0, 7], failed: vec![never] }, |_| 10, &outcomes);
         assert_eq!(done.len(), 1, "index 7 is outside the share, 1 is known");
@@ -532,7 +547,17 @@ mod tests {
     }
 
     fn file(i: u64, offset: u64, len: u64, size: u64) -> TreeGetOutput {
-        TreeGetOutput::TreeFile(TreeFile { len, i, offset, size, mtime: 0, mode: 0, mtime_ns: None, holes: None })
+        TreeGetOutput::TreeFile(TreeFile {
+            len,
+            i,
+            offset,
+            size,
+            mtime: 0,
+            mode: 0,
+            mtime_ns: None,
+            holes: None,
+            delta: false,
+        })
     }
 
     fn checksum() -> TreeGetOutput {

@@ -25,7 +25,8 @@ use crate::services::attrs::Names;
 use crate::services::files::received_mode;
 use crate::services::root::{is_partial_name, partial_name, Had};
 use crate::session::{
-    Batch, CommitError, Guard, Place, ReceiveError, Receiver, Replace, SendError, Sender, Unproven, SMALL_BODY,
+    Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, Replace, SendError, Sender, Unproven,
+    SMALL_BODY,
 };
 use crate::wire;
 use rustix::fs::OFlags;
@@ -46,7 +47,7 @@ fn normal(path: &str) -> String {
 pub(super) async fn put(
     client: &mut Client,
     share: &[Job],
-    how: &TransferOptions,
+    (how, deltas): (&TransferOptions, bool),
     observer: &dyn Observer,
     ids: &[usize],
 ) -> Result<Outcomes, ClientError> {
@@ -55,7 +56,10 @@ pub(super) async fn put(
     // `meta`: the server then says which attributes it keeps.
     let meta = share.iter().any(|j| j.attrs.is_some());
     let w = how.applying.wanted;
-    let put = TreePut { path: String::new(), force, meta, backup, xattrs: w.xattrs, acls: w.acls };
+    // `delta`: the server may offer older versions of small files it
+    // wants (PROTOCOL.md §4.6.6.1), if one of them is worth it.
+    let delta = deltas && share.iter().any(in_stream_delta);
+    let put = TreePut { path: String::new(), force, meta, backup, xattrs: w.xattrs, acls: w.acls, delta };
     client.session.send(&put, &[]).await?;
     let ready: TreeReady = client.answer().await?;
     if asked && !ready.backup {
@@ -67,6 +71,9 @@ pub(super) async fn put(
     let frames = crate::proto::frames(share.iter().map(|j| crate::proto::entry_weight(&j.remote, j.attrs.as_deref())));
     let answers = Mutex::new(PutAnswers::in_frames(share.len(), frames.len()));
     let (tx, rx) = mpsc::unbounded_channel::<Option<WantList>>();
+    // The server's signatures of the older versions it offered, until the
+    // files are sent.
+    let bases = Mutex::new(HashMap::new());
     let sending = Sending {
         share,
         ids,
@@ -75,6 +82,7 @@ pub(super) async fn put(
         outcomes: &outcomes,
         shared: client.shared_reads.clone(),
         sparse: ready.sparse,
+        bases: &bases,
     };
     let (reader, mut out) = client.session.halves();
 
@@ -124,9 +132,11 @@ pub(super) async fn put(
             match frame {
                 TreePutOutput::Wants(_) => {
                     let list: WantList = read_json(reader).await?;
-                    let mut o = outcomes.lock().expect("outcomes");
-                    answers.lock().expect("answers").on_wants(&list, &mut o)?;
-                    drop(o);
+                    {
+                        let mut o = outcomes.lock().expect("outcomes");
+                        answers.lock().expect("answers").on_wants(&list, &mut o)?;
+                    }
+                    read_offered(reader, &list, (share, delta), &bases).await?;
                     let _ = tx.send(Some(list));
                 }
                 TreePutOutput::WantsEnd(_) => {
@@ -219,8 +229,64 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| wire::Error::InvalidField { source: e, body_len: body.len() as u64 })?)
 }
 
+/// Whether a job may go as a delta inside the stream (PROTOCOL.md
+/// §4.6.6.1): a changed file under
+/// [`TREE_DELTA_MAX`](crate::session::delta::TREE_DELTA_MAX) whose
+/// receiver holds an older version worth building from. Larger ones go
+/// each by itself ([`super::tree`]).
+pub(super) fn in_stream_delta(job: &Job) -> bool {
+    use crate::session::delta::{worth, TREE_DELTA_MAX};
+    job.size < TREE_DELTA_MAX && job.held.is_some_and(|held| worth(held, job.size))
+}
+
+/// Reads the signatures the server sent behind a `wants` frame, for the
+/// files it offered older versions of, in the list's order: each basis
+/// checked against the file (a small file we may send as a delta, cut as
+/// the two sizes say), within the frame's bound.
+async fn read_offered(
+    reader: &mut crate::wire::FrameReader<crate::transport::BoxRead>,
+    list: &WantList,
+    (share, asked): (&[Job], bool),
+    bases: &Mutex<HashMap<u64, Arc<crate::delta::Signature>>>,
+) -> Result<(), ClientError> {
+    use crate::session::delta::{self as dt, DeltaFailed};
+    let mut entries = 0u64;
+    for w in &list.send {
+        let Some(basis) = &w.basis else { continue };
+        let size = share[w.i as usize].size;
+        entries = entries.saturating_add(basis.count);
+        let fits = basis.layout.is_some_and(|l| dt::layout_fits(l, basis.len, size).is_ok());
+        if !asked || size >= dt::TREE_DELTA_MAX || !dt::worth(basis.len, size) || !fits || basis.count == 0 {
+            return Err(unexpected(
+                "bases only for small files, cut as the sizes say",
+                format!("{basis:?} for {size}"),
+            ));
+        }
+        if entries > dt::TREE_SIGNATURE_ENTRIES {
+            return Err(unexpected("signatures within the bound of a wants frame", entries));
+        }
+        let sig = match dt::read_signature_from(reader, basis).await {
+            Ok(sig) => sig,
+            Err(DeltaFailed::Wire(e)) => return Err(e.into()),
+            Err(DeltaFailed::Closed) => return Err(ClientError::Closed),
+            Err(e) => return Err(unexpected("a signature that fits", e)),
+        };
+        bases.lock().expect("bases").insert(w.i, Arc::new(sig));
+    }
+    Ok(())
+}
+
 /// A file of the share opened to send, small ones read, or why not.
-type Opened = (u64, Result<Sender, ClientError>);
+type Opened = (u64, Result<Prepared, ClientError>);
+
+/// How a wanted file goes.
+enum Prepared {
+    /// Its bytes.
+    Whole(Box<Sender>),
+    /// Ops against the server's older version, made by `plan`, from
+    /// `from` (the offset offered, if its prefix is ours, or 0).
+    Delta { file: std::fs::File, plan: crate::session::delta::Plan, from: u64 },
+}
 
 /// What [`send_some`] sends from and reports to.
 struct Sending<'a> {
@@ -232,6 +298,8 @@ struct Sending<'a> {
     shared: Option<Arc<crate::session::SharedReads>>,
     /// The server takes bodies with holes (`tree_ready`).
     sparse: bool,
+    /// The signatures of the older versions the server offered.
+    bases: &'a Mutex<HashMap<u64, Arc<crate::delta::Signature>>>,
 }
 
 /// Opens the next wanted files (reading small ones) on a blocking thread,
@@ -241,15 +309,17 @@ async fn send_some(
     queue: &mut VecDeque<Want>,
     cx: &Sending<'_>,
 ) -> Result<u64, ClientError> {
-    let Sending { share, ids, observer, answers, outcomes, shared, sparse } = cx;
+    let Sending { share, ids, observer, answers, outcomes, shared, sparse, bases } = cx;
     let sparse = *sparse;
     let (share, ids, observer): (&[Job], &[usize], &dyn Observer) = (share, ids, *observer);
     let mut batch = Vec::new();
     let mut bytes = 0;
     while let Some(w) = queue.pop_front() {
         let job = &share[w.i as usize];
-        bytes += job.size.min(SMALL_BODY + 1);
-        batch.push((w, job.clone()));
+        let sig = w.basis.as_ref().and_then(|_| bases.lock().expect("bases").remove(&w.i));
+        // A delta's file is read whole to cut it (under 1 MiB).
+        bytes += if sig.is_some() { job.size } else { job.size.min(SMALL_BODY + 1) };
+        batch.push((w, job.clone(), sig));
         if bytes >= READ_AHEAD || batch.len() >= TREE_PART_ENTRIES {
             break;
         }
@@ -259,8 +329,8 @@ async fn send_some(
         let mut dir = None;
         batch
             .into_iter()
-            .map(|(w, job)| {
-                let opened = open_one(&job, &w, (shared.as_deref(), &mut dir), sparse);
+            .map(|(w, job, sig)| {
+                let opened = open_one(&job, &w, (shared.as_deref(), &mut dir), (sparse, sig.as_deref()));
                 (w.i, opened)
             })
             .collect()
@@ -272,7 +342,13 @@ async fn send_some(
         let job = &share[i as usize];
         let id = ids[i as usize];
         let sender = match opened {
-            Ok(sender) => sender,
+            Ok(Prepared::Whole(sender)) => *sender,
+            Ok(Prepared::Delta { file, plan, from }) => {
+                observer.started(id, job);
+                send_delta(out, (i, job, file), (plan, from), |p| observer.progress(id, job, p), answers).await?;
+                sent += 1;
+                continue;
+            }
             Err(e) => {
                 // Not sent: the server reports it wanted and not sent.
                 observer.finished(id, job, &Err(clone_error(&e)));
@@ -291,6 +367,7 @@ async fn send_some(
             mode: job.mode,
             mtime_ns: None,
             holes: sender.holes(),
+            delta: false,
         })?;
         let size = job.size;
         let mut report = |done| observer.progress(id, job, Progress { size, resumed: from, done });
@@ -302,23 +379,60 @@ async fn send_some(
         };
         let hex = hash.to_hex().to_string();
         out.feed(&Checksum { blake3: hex.clone() }, &[]).await?;
-        answers.lock().expect("answers").on_sent(i, from, hex);
+        answers.lock().expect("answers").on_sent(i, from, hex, 0);
         sent += 1;
     }
     out.body().flush().await?;
     Ok(sent)
 }
 
+/// Sends file `i` of the share as a delta: its head, the ops `plan` makes
+/// from `from`, its checksum.
+async fn send_delta(
+    out: &mut crate::session::Outbound<'_, crate::session::ClientSide>,
+    (i, job, file): (u64, &Job, std::fs::File),
+    (plan, from): (crate::session::delta::Plan, u64),
+    mut progress: impl FnMut(Progress) + Send,
+    answers: &Mutex<PutAnswers>,
+) -> Result<(), ClientError> {
+    use crate::session::delta::{self as dt, DeltaFailed};
+    let size = job.size;
+    let head = TreeFile {
+        len: 0,
+        i,
+        offset: from,
+        size,
+        mtime: job.mtime,
+        mode: job.mode,
+        mtime_ns: None,
+        holes: None,
+        delta: true,
+    };
+    out.feed(&head, &[]).await?;
+    let mut report = |done| progress(Progress { size, resumed: from, done });
+    let sent = match dt::send_ops(out, file, size, plan, from, &mut report).await {
+        Ok(sent) => sent,
+        Err(DeltaFailed::Wire(e)) => return Err(e.into()),
+        // The head promised the file: the stream cannot go on.
+        Err(e) => return Err(ClientError::Local { path: job.local.clone(), source: std::io::Error::other(e) }),
+    };
+    let hex = sent.hash.to_hex().to_string();
+    out.feed(&Checksum { blake3: hex.clone() }, &[]).await?;
+    answers.lock().expect("answers").on_sent(i, from, hex, sent.matched);
+    Ok(())
+}
+
 /// Opens a job's file to send from the offset the receiver offered, if it
-/// is the start of this file. Blocking.
+/// is the start of this file: as ops against `theirs`, the server's older
+/// version, where that pays, else whole. Blocking.
 fn open_one(
     job: &Job,
     w: &Want,
     (shared, dir): (Option<&crate::session::SharedReads>, &mut Option<super::job::KeptDir>),
-    sparse: bool,
-) -> Result<Sender, ClientError> {
+    (sparse, theirs): (bool, Option<&crate::delta::Signature>),
+) -> Result<Prepared, ClientError> {
     let (local, size) = (&job.local, job.size);
-    let file = job.open_local_in(dir).map_err(local_err(local))?;
+    let mut file = job.open_local_in(dir).map_err(local_err(local))?;
     let meta = file.metadata().map_err(local_err(local))?;
     if let Some((kind, why)) = crate::services::files::not_regular(&meta) {
         return Err(ClientError::Local { path: local.clone(), source: std::io::Error::new(kind, why) });
@@ -326,6 +440,22 @@ fn open_one(
     if meta.len() != size || crate::services::files::mtime(&meta) != job.mtime {
         let why = std::io::Error::other("changed since the copy was planned; run it again");
         return Err(ClientError::Local { path: local.clone(), source: why });
+    }
+    if let Some(theirs) = theirs {
+        if let Some((plan, _)) = crate::session::delta::plan_against(&file, size, theirs) {
+            let from = match w.prefix_blake3.as_deref() {
+                Some(prefix) if w.offset > 0 && w.offset < size => {
+                    let ours = crate::services::files::hash_prefix(&mut file, w.offset).map_err(local_err(local))?;
+                    if ours.finalize().to_hex().as_str() == prefix {
+                        w.offset
+                    } else {
+                        0
+                    }
+                }
+                _ => 0,
+            };
+            return Ok(Prepared::Delta { file, plan, from });
+        }
     }
     let mut sender = Sender::resume(file, size, w.offset, w.prefix_blake3.as_deref(), Unproven::StartOver)
         .map_err(local_err(local))?;
@@ -335,7 +465,7 @@ fn open_one(
     if let Some(reads) = shared {
         sender.share(reads).map_err(local_err(local))?;
     }
-    Ok(sender)
+    Ok(Prepared::Whole(Box::new(sender)))
 }
 
 /// A copy of an error for an observer (errors are not `Clone`).
@@ -402,41 +532,85 @@ impl Place for Local {
 /// (an empty one, or one longer than the file, is not offered, but the
 /// file takes its place). The partial file is opened from its directory's
 /// descriptor without following a link. Blocking.
-fn offers(jobs: &[Job]) -> Vec<(u64, Option<String>, bool)> {
+///
+/// With `deltas`, also the signature of each older version held under a
+/// job's name that a delta in the stream may be built from
+/// ([`in_stream_delta`]), within the bound of one `wants` frame.
+#[allow(clippy::type_complexity)]
+fn offers(jobs: &[Job], deltas: bool) -> Vec<((u64, Option<String>, bool), Option<crate::delta::Signature>)> {
     let mut last: Option<(PathBuf, Option<OwnedFd>, Option<HashSet<OsString>>)> = None;
+    let mut entries = 0u64;
     jobs.iter()
         .enumerate()
         .map(|(k, j)| {
-            let parent = j.local.parent().unwrap_or(Path::new("."));
-            if last.as_ref().is_none_or(|(p, ..)| p != parent) {
-                let dir = j.local_parent().ok().map(|(dir, _)| dir);
-                // The files of this directory that follow in a row.
-                let here = jobs[k..].iter().take_while(|j| j.local.parent().unwrap_or(Path::new(".")) == parent);
-                let partials = dir.as_ref().and_then(|dir| partials_in(dir, here.count()));
-                last = Some((parent.to_owned(), dir, partials));
-            }
-            let Some((_, Some(dir), partials)) = &last else { return (0, None, false) };
-            let part = partial_name(j.local.file_name().unwrap_or_default());
-            if partials.as_ref().is_some_and(|p| !p.contains(&part)) {
-                return (0, None, false);
-            }
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-            let Ok(fd) = rustix::fs::openat(dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) else {
-                return (0, None, false);
+            let partial = partial_offer(j, k, jobs, &mut last);
+            let sig = match &last {
+                Some((_, Some(dir), _)) if deltas && in_stream_delta(j) => older_version(dir, j).filter(|sig| {
+                    let fits = entries + sig.entries.len() as u64 <= crate::session::delta::TREE_SIGNATURE_ENTRIES;
+                    entries += if fits { sig.entries.len() as u64 } else { 0 };
+                    fits
+                }),
+                _ => None,
             };
-            let mut file = std::fs::File::from(fd);
-            match file.metadata() {
-                Ok(m) if m.is_file() && m.len() > 0 && m.len() <= j.size => {
-                    match crate::services::files::hash_prefix(&mut file, m.len()) {
-                        Ok(h) => (m.len(), Some(h.finalize().to_hex().to_string()), true),
-                        Err(_) => (0, None, true),
-                    }
-                }
-                Ok(m) => (0, None, m.is_file()),
-                Err(_) => (0, None, true),
-            }
+            (partial, sig)
         })
         .collect()
+}
+
+/// The signature of the older version of `j` held in `dir` (by
+/// descriptor, no link followed), cut as its length and the new file's
+/// say, if one is worth building from. Blocking.
+fn older_version(dir: &OwnedFd, j: &Job) -> Option<crate::delta::Signature> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let name = j.local.file_name()?;
+    let file = std::fs::File::from(rustix::fs::openat(dir, name, flags, rustix::fs::Mode::empty()).ok()?);
+    let meta = file.metadata().ok()?;
+    let len = meta.len();
+    if !meta.is_file() || !crate::session::delta::worth(len, j.size) {
+        return None;
+    }
+    let layout = crate::delta::Layout::for_sizes(len, j.size);
+    crate::session::delta::index_only(&file, len, layout).ok()
+}
+
+/// The bytes of the partial file of `jobs[k]` and their hash, and whether
+/// one stands for it; `last` keeps the directory of the previous job.
+/// Blocking.
+#[allow(clippy::type_complexity)]
+fn partial_offer(
+    j: &Job,
+    k: usize,
+    jobs: &[Job],
+    last: &mut Option<(PathBuf, Option<OwnedFd>, Option<HashSet<OsString>>)>,
+) -> (u64, Option<String>, bool) {
+    let parent = j.local.parent().unwrap_or(Path::new("."));
+    if last.as_ref().is_none_or(|(p, ..)| p != parent) {
+        let dir = j.local_parent().ok().map(|(dir, _)| dir);
+        // The files of this directory that follow in a row.
+        let here = jobs[k..].iter().take_while(|j| j.local.parent().unwrap_or(Path::new(".")) == parent);
+        let partials = dir.as_ref().and_then(|dir| partials_in(dir, here.count()));
+        *last = Some((parent.to_owned(), dir, partials));
+    }
+    let Some((_, Some(dir), partials)) = &*last else { return (0, None, false) };
+    let part = partial_name(j.local.file_name().unwrap_or_default());
+    if partials.as_ref().is_some_and(|p| !p.contains(&part)) {
+        return (0, None, false);
+    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::openat(dir, part.as_os_str(), flags, rustix::fs::Mode::empty()) else {
+        return (0, None, false);
+    };
+    let mut file = std::fs::File::from(fd);
+    match file.metadata() {
+        Ok(m) if m.is_file() && m.len() > 0 && m.len() <= j.size => {
+            match crate::services::files::hash_prefix(&mut file, m.len()) {
+                Ok(h) => (m.len(), Some(h.finalize().to_hex().to_string()), true),
+                Err(_) => (0, None, true),
+            }
+        }
+        Ok(m) => (0, None, m.is_file()),
+        Err(_) => (0, None, true),
+    }
 }
 
 /// The names of the partial files in `dir`, read once for the `files`
@@ -469,42 +643,61 @@ fn partials_in(dir: &OwnedFd, files: usize) -> Option<HashSet<OsString>> {
 pub(super) async fn get(
     client: &mut Client,
     share: &[Job],
-    how: &TransferOptions,
+    (how, deltas): (&TransferOptions, bool),
     observer: &dyn Observer,
     ids: &[usize],
 ) -> Result<Outcomes, ClientError> {
     let force = how.force;
-    client.session.send(&TreeGet { path: String::new(), sparse: true }, &[]).await?;
-    let TreeReady { .. } = client.answer().await?;
+    let delta = deltas && share.iter().any(in_stream_delta);
+    client.session.send(&TreeGet { path: String::new(), sparse: true, delta }, &[]).await?;
+    let ready: TreeReady = client.answer().await?;
+    // Signatures only to a server that said it takes them.
+    let deltas = delta && ready.delta;
     let mut outcomes = Outcomes::new(share.len());
     let (reader, mut out) = client.session.halves();
     // The files a partial file stands for (the writer finds them before
     // the server sends them).
     let partials = Mutex::new(HashSet::new());
+    // The files whose older version was offered as a basis, and its
+    // length then.
+    let bases = Mutex::new(HashMap::new());
     let writer = async {
         let frames = crate::proto::frames(share.iter().map(|j| crate::proto::entry_weight(&j.remote, None)));
         for range in frames {
             let (first, chunk) = (range.start, &share[range]);
             let jobs = chunk.to_vec();
-            let offered = spawn_blocking(move || offers(&jobs)).await.map_err(join_err)?;
+            let offered = spawn_blocking(move || offers(&jobs, deltas)).await.map_err(join_err)?;
+            let mut signatures = Vec::new();
             let send = {
                 let mut standing = partials.lock().expect("partials poisoned");
+                let mut based = bases.lock().expect("bases poisoned");
                 chunk
                     .iter()
                     .zip(offered)
                     .enumerate()
-                    .map(|(k, (j, (offset, prefix_blake3, partial)))| {
+                    .map(|(k, (j, ((offset, prefix_blake3, partial), sig)))| {
                         let i = (first + k) as u64;
                         if partial {
                             standing.insert(i);
                         }
-                        Want { i, path: normal(&j.remote), offset, prefix_blake3 }
+                        let basis = sig.map(|sig| {
+                            based.insert(i, sig.len);
+                            let basis = crate::session::delta::basis_of(&sig, None, None);
+                            signatures.push(sig);
+                            basis
+                        });
+                        Want { i, path: normal(&j.remote), offset, prefix_blake3, basis }
                     })
                     .collect()
             };
             let list = WantList { send, ..WantList::default() };
             let body = json(&list)?;
-            out.send(&Wants { len: body.len() as u64, count: list.send.len() as u64 }, &body).await?;
+            out.feed(&Wants { len: body.len() as u64, count: list.send.len() as u64 }, &body).await?;
+            // The signatures right behind, in the list's order.
+            for sig in &signatures {
+                crate::session::delta::feed_signature(&mut out, sig).await?;
+            }
+            out.body().flush().await?;
         }
         out.send(&WantsEnd { count: share.len() as u64 }, &[]).await?;
         Ok::<(), ClientError>(())
@@ -543,7 +736,11 @@ pub(super) async fn get(
                 (replace, _) => Replace::from(replace),
             };
             let fresh = !partials.lock().expect("partials poisoned").remove(&head.i);
-            let how = (replace, fresh);
+            let basis = if head.delta { bases.lock().expect("bases poisoned").remove(&head.i) } else { None };
+            if head.delta && basis.is_none() {
+                return Err(unexpected("a delta only of a file we offered an older version of", head.i));
+            }
+            let how = (replace, fresh, basis);
             if let Err(failed) = receive_one(reader, &mut state, head, job, id, observer, how, &mut landing).await? {
                 observer.finished(id, job, &Err(clone_error(&failed)));
                 outcomes.done(i, Err(failed));
@@ -579,13 +776,40 @@ async fn receive_one(
     job: &Job,
     id: usize,
     observer: &dyn Observer,
-    (replace, fresh): (Replace, bool),
+    (replace, fresh, basis): (Replace, bool, Option<u64>),
     landing: &mut Landing,
 ) -> Result<Result<(), ClientError>, ClientError> {
-    let TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes } = head;
+    let TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes, .. } = head;
     let mode = received_mode(if mode == 0 { 0o666 } else { mode });
     let mtime = (mtime != 0 || mtime_ns.is_some()).then(|| crate::services::files::Stamp::from_wire(mtime, mtime_ns));
     let mismatch = |expected, got| ClientError::ChecksumMismatch { path: job.remote.clone(), expected, got };
+    if let Some(old_len) = basis {
+        let mut at = Progress { size, resumed: offset, done: 0 };
+        let mut report = |n: u64| {
+            at.done = n.saturating_sub(offset);
+            observer.progress(id, job, at);
+        };
+        let (built, matched) = match receive_delta(reader, job, (offset, size), old_len, &mut report).await? {
+            Ok(built) => built,
+            Err(why) => {
+                let expected = checksum(reader, state).await?;
+                return Ok(Err(mismatch(expected, format!("(not built: {why})"))));
+            }
+        };
+        let expected = checksum(reader, state).await?;
+        let received = match built.verify(&expected) {
+            Ok(r) => r,
+            Err(got) => return Ok(Err(mismatch(expected, got))),
+        };
+        let received = match mtime {
+            Some(t) => received.with_mtime(t),
+            None => received,
+        };
+        landing.held.insert(i as usize, (offset, matched));
+        landing.batch.push_received(i, received, mode, replace, None);
+        landing.batch.with_attrs(job.attrs.clone());
+        return Ok(Ok(()));
+    }
     if offset == 0 && size <= SMALL_BODY && holes.is_none() {
         let body = reader.read_body(len).await?;
         let expected = checksum(reader, state).await?;
@@ -593,7 +817,7 @@ async fn receive_one(
         if hash.to_hex().as_str() != expected {
             return Ok(Err(mismatch(expected, hash.to_hex().to_string())));
         }
-        landing.held.insert(i as usize, 0);
+        landing.held.insert(i as usize, (0, 0));
         landing.batch.push_body(i, i.to_string(), body.to_vec(), hash, (mode, mtime), replace, fresh);
         landing.batch.with_attrs(job.attrs.clone());
         return Ok(Ok(()));
@@ -632,10 +856,68 @@ async fn receive_one(
         Some(t) => received.with_mtime(t),
         None => received,
     };
-    landing.held.insert(i as usize, offset);
+    landing.held.insert(i as usize, (offset, 0));
     landing.batch.push_received(i, received, mode, replace, None);
     landing.batch.with_attrs(job.attrs.clone());
     Ok(Ok(()))
+}
+
+/// Builds a file of `size` bytes sent as `delta` frames from `offset`,
+/// in its partial file, from the older version under its name (`old_len`
+/// bytes when its signature was sent), opened again by descriptor:
+/// `Ok(Err)` if that version changed meanwhile (the ops were read past;
+/// the file is to be fetched whole), else the file built and the bytes
+/// copied from the older version. `Err` when the stream cannot go on.
+async fn receive_delta(
+    reader: &mut Reader,
+    job: &Job,
+    (offset, size): (u64, u64),
+    old_len: u64,
+    report: &mut (dyn FnMut(u64) + Send),
+) -> Result<Result<(Received, u64), String>, ClientError> {
+    use crate::session::delta::{self as dt, DeltaFailed};
+    let j = job.clone();
+    let (mut receiver, old) = spawn_blocking(move || {
+        let (dir, name) = j.local_parent()?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let old = match rustix::fs::openat(&dir, name.as_os_str(), flags, rustix::fs::Mode::empty()) {
+            Ok(fd) => {
+                let file = std::fs::File::from(fd);
+                match file.metadata() {
+                    Ok(m) if m.is_file() && m.len() == old_len => Ok(file),
+                    _ => Err(std::io::Error::other("it changed since its signature was sent")),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        Ok::<_, std::io::Error>((Receiver::open(dir, &name)?, old))
+    })
+    .await
+    .map_err(join_err)?
+    .map_err(local_err(&job.local))?;
+    if !receiver.agree(offset).map_err(local_err(&job.local))? {
+        return Err(unexpected("a file from our offset or 0", offset));
+    }
+    let patch = match old {
+        Ok(old) => dt::Patch::new(receiver, (old, old_len), size),
+        Err(why) => dt::Patch::broken(receiver, old_len, size, why),
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let patch = match dt::receive_ops_from(reader, &never, patch, report).await {
+        Ok(patch) => patch,
+        // Cut: the partial file keeps what was built, for a resume.
+        Err((DeltaFailed::Wire(e), _)) => return Err(e.into()),
+        Err((DeltaFailed::Closed, _)) => return Err(ClientError::Closed),
+        Err((DeltaFailed::Bad(e), patch)) => {
+            if let Some(patch) = patch {
+                patch.discard();
+            }
+            return Err(unexpected("ops that fit the files", e));
+        }
+        Err((e, _)) => return Err(local_err(&job.local)(std::io::Error::other(e))),
+    };
+    let matched = patch.copied();
+    Ok(patch.finish().map(|built| (built, matched)).map_err(|e| e.to_string()))
 }
 
 /// The checksum frame due after a file's body.
@@ -652,8 +934,9 @@ struct Landing {
     batch: Batch,
     /// Put back after each commit.
     place: Option<Local>,
-    /// The files in the batch, and the bytes of each resumed.
-    held: HashMap<usize, u64>,
+    /// The files in the batch, and the bytes of each resumed and built
+    /// from an older version.
+    held: HashMap<usize, (u64, u64)>,
 }
 
 impl Landing {
@@ -679,12 +962,10 @@ impl Landing {
             let i = i as usize;
             let job = &share[i];
             let done = match result {
-                Ok((_, hash)) => Ok(Transfer {
-                    size: job.size,
-                    resumed: self.held.get(&i).copied().unwrap_or(0),
-                    blake3: hash.to_hex().to_string(),
-                    matched: 0,
-                }),
+                Ok((_, hash)) => {
+                    let (resumed, matched) = self.held.get(&i).copied().unwrap_or_default();
+                    Ok(Transfer { size: job.size, resumed, blake3: hash.to_hex().to_string(), matched })
+                }
                 Err(CommitError::Io(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     Err(ClientError::LocalExists(job.local.clone()))
                 }
@@ -711,7 +992,8 @@ pub(super) async fn put_meta(
 ) -> Result<Vec<Option<ClientError>>, ClientError> {
     let (asked, backup) = (backup.is_some(), backup.cloned());
     let (xattrs, acls) = (covers.xattrs, covers.acls);
-    client.session.send(&TreePut { path: String::new(), force: false, meta: true, backup, xattrs, acls }, &[]).await?;
+    let put = TreePut { path: String::new(), force: false, meta: true, backup, xattrs, acls, delta: false };
+    client.session.send(&put, &[]).await?;
     let older = || ClientError::Remote {
         code: crate::proto::ErrorCode::UnknownType,
         message: "the server is older than links in trees (upgrade it to keep them)".into(),

@@ -2423,9 +2423,9 @@ fn split(jobs: Vec<Job>, n: usize) -> Vec<Vec<(usize, Job)>> {
 /// per file.
 /// Files of a tree at least this large that the receiver holds an older
 /// version of are sent as deltas, each by itself (PROTOCOL.md §4.6.6),
-/// where the connection wants deltas; smaller ones go whole in the
-/// stream, where a file costs no round trip of its own.
-pub const TREE_DELTA_MIN: u64 = 1 << 20;
+/// where the connection wants deltas; smaller ones go as deltas inside
+/// the stream (§4.6.6.1), where a file costs no round trip of its own.
+pub const TREE_DELTA_MIN: u64 = crate::session::delta::TREE_DELTA_MAX;
 
 /// Whether a tree's file goes by itself as a delta (if its connection
 /// wants deltas).
@@ -2495,19 +2495,29 @@ async fn share_worker(
         let mut outcome = Err(ClientError::Closed);
         // A file found busy (another upload of it was under way, e.g. the
         // server still committing the batch of a client just killed) is
-        // tried again, in a second request of its own.
+        // tried again, in a second request of its own; so is one whose
+        // delta did not verify (its older version changed meanwhile),
+        // then whole.
+        let mut in_stream = deltas;
         for attempt in 0..3 {
+            let with = (how, in_stream);
             outcome = match direction {
-                Direction::Get => super::stream::get(c, &jobs, how, observer, &ids).await,
-                Direction::Put => super::stream::put(c, &jobs, how, observer, &ids).await,
+                Direction::Get => super::stream::get(c, &jobs, with, observer, &ids).await,
+                Direction::Put => super::stream::put(c, &jobs, with, observer, &ids).await,
             };
             let Ok(outcomes) = &mut outcome else { break };
-            let busy = |e: &ClientError| matches!(e, ClientError::Remote { code: ErrorCode::Busy, .. });
-            if attempt == 2 || !outcomes.failed.iter().any(|(_, e)| busy(e)) {
+            let again = |e: &ClientError| match e {
+                ClientError::Remote { code: ErrorCode::Busy, .. } => true,
+                ClientError::Remote { code: ErrorCode::ChecksumMismatch, .. }
+                | ClientError::ChecksumMismatch { .. } => in_stream,
+                _ => false,
+            };
+            if attempt == 2 || !outcomes.failed.iter().any(|(_, e)| again(e)) {
                 break;
             }
             let (again, failed): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut outcomes.failed).into_iter().partition(|(_, e)| busy(e));
+                std::mem::take(&mut outcomes.failed).into_iter().partition(|(_, e)| again(e));
+            in_stream = false;
             outcomes.failed = failed;
             settle(&mut totals.lock().expect("totals"), &jobs, direction, std::mem::take(outcomes));
             let keep: Vec<usize> = again.into_iter().map(|(i, _)| i).collect();
@@ -2568,6 +2578,7 @@ fn settle(t: &mut Summary, jobs: &[Job], direction: Direction, o: super::convers
     t.files += o.files;
     t.sent += o.sent;
     t.resumed += o.resumed;
+    t.matched += o.matched;
     t.unchanged += o.unchanged;
     t.refused.extend(o.refused.iter().map(|&i| jobs[i].source(direction)));
     for (i, error) in o.failed {

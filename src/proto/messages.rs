@@ -665,6 +665,7 @@ messages! {
             backup: Some(super::Backup { dir: Some("old".into()), of: "d".into(), suffix: String::new() }),
             xattrs: true,
             acls: false,
+            delta: true,
         };
     {
         /// The directory, relative to the root (created as needed).
@@ -689,11 +690,16 @@ messages! {
         /// The same for POSIX ACLs (`-A`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         acls: bool,
+        /// The client takes deltas in the stream (PROTOCOL.md §4.6.6.1): a
+        /// server that makes them may answer a wanted file with a `basis`
+        /// and its signature.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
     }
 
     /// Request: send the files the `wants` frames that follow name, below
     /// the directory `path` (PROTOCOL.md §4.6.3.3).
-    TreeGet = "tree_get", ToServer, none, cold, example: TreeGet { path: "d".into(), sparse: true };
+    TreeGet = "tree_get", ToServer, none, cold, example: TreeGet { path: "d".into(), sparse: true, delta: true };
     {
         /// The directory, relative to the root.
         #[serde(default)]
@@ -701,11 +707,24 @@ messages! {
         /// The client takes bodies with `holes` (PROTOCOL.md §4.6.5).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         sparse: bool,
+        /// The client would send the signatures of files it holds older
+        /// versions of (PROTOCOL.md §4.6.6.1), if the server says it takes
+        /// them (`tree_ready.delta`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
     }
 
     /// Answer to `tree_put` and `tree_get`: the server streams trees.
     TreeReady = "tree_ready", ToClient, none, cold,
-        example: TreeReady { meta: true, backup: true, owners: true, specials: true, xattrs: true, sparse: true };
+        example: TreeReady {
+            meta: true,
+            backup: true,
+            owners: true,
+            specials: true,
+            xattrs: true,
+            sparse: true,
+            delta: true,
+        };
     {
         /// The server takes the `meta` entries a `tree_put` with `meta`
         /// asked for (an older server leaves it out: it would take them
@@ -730,6 +749,10 @@ messages! {
         /// §4.6.5).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         sparse: bool,
+        /// `tree_get` asked with `delta`: the server takes wants with a
+        /// `basis` and their signatures (PROTOCOL.md §4.6.6.1).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
     }
 
     /// Part of a `tree_put` manifest: a JSON array of up to 1000
@@ -782,6 +805,7 @@ messages! {
             mode: 0o644,
             mtime_ns: Some(2_000_000_001),
             holes: None,
+            delta: false,
         };
     {
         /// Body length: `size - offset`.
@@ -810,6 +834,11 @@ messages! {
         /// it takes them (PROTOCOL.md §4.6.5).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         holes: Option<Vec<[u64; 2]>>,
+        /// The body is `delta` frames built against the receiver's older
+        /// version (its `basis`), not bytes: `len` is 0 (PROTOCOL.md
+        /// §4.6.6.1).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
     }
 
     /// A wanted file the server cannot send, and why (`tree_get`).

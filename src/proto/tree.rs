@@ -126,6 +126,11 @@ pub struct Want {
     /// BLAKE3 (hex) of those bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_blake3: Option<String>,
+    /// The receiver's older version of the file, whose signature follows
+    /// the `wants` frame (PROTOCOL.md §4.6.6.1): `len`, `layout` and
+    /// `count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<super::Basis>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -26,7 +26,8 @@ pub fn longest_basis(new_len: u64) -> u64 {
 }
 use crate::proto::{Basis, DeltaFrame, SignatureFrame};
 use crate::services::root::PartialName;
-use crate::wire::Error;
+use crate::transport::BoxRead;
+use crate::wire::{Error, FrameReader};
 
 /// Signature entries a `signature` frame carries at most (384 KiB).
 pub const SIGNATURE_FRAME_ENTRIES: usize = 1 << 15;
@@ -52,6 +53,20 @@ pub const DELTA_MIN: u64 = 64 << 10;
 
 /// Bytes read at a time.
 const PIECE: usize = 1 << 20;
+
+/// A tree's changed files smaller than this go as deltas inside the
+/// streamed request (PROTOCOL.md §4.6.6.1); larger ones each by itself.
+/// A peer offers or takes a basis in the stream only for such files.
+pub const TREE_DELTA_MAX: u64 = 1 << 20;
+
+/// The longest older version a basis in a tree's stream may describe:
+/// that of the largest file sent in the stream ([`longest_basis`]).
+pub const TREE_BASIS_MAX: u64 = 4 * TREE_DELTA_MAX;
+
+/// Signature entries the bases of one `wants` frame may carry in all
+/// (3 MiB): what a peer holds of them until the files are sent. A sender
+/// of bases stops offering them for the rest of the frame past it.
+pub const TREE_SIGNATURE_ENTRIES: u64 = 1 << 18;
 
 /// Whether a new file of `new_len` bytes is worth sending as a delta
 /// from an older one of `old_len`.
@@ -241,21 +256,62 @@ pub async fn send_signature<S: Sends<SignatureFrame>>(s: &mut Session<S>, sig: &
 /// [`DeltaFailed::Bad`] for a basis without a layout, a frame with no
 /// entries or a ragged one, entries that do not fit; wire errors.
 pub async fn read_signature<S>(s: &mut Session<S>, basis: &Basis) -> Result<Signature, DeltaFailed> {
+    read_signature_from(s.reader(), basis).await
+}
+
+/// [`read_signature`] from a connection's reading half (a streamed
+/// tree's, which reads while it writes).
+///
+/// # Errors
+///
+/// As [`read_signature`].
+pub async fn read_signature_from(reader: &mut FrameReader<BoxRead>, basis: &Basis) -> Result<Signature, DeltaFailed> {
     let layout = basis.layout.ok_or(DeltaError::SignatureLength { declared: basis.len, entries: basis.count })?;
-    let mut reader = SignatureReader::new(layout, basis.len, basis.count)?;
+    let mut sig = SignatureReader::new(layout, basis.len, basis.count)?;
     let mut got = 0u64;
     while got < basis.count {
-        let Some((SignatureFrame { len }, _)) = s.read::<SignatureFrame>().await? else {
+        let Some((SignatureFrame { len }, _)) = reader.read_head::<SignatureFrame>().await? else {
             return Err(DeltaFailed::Closed);
         };
         if len == 0 {
             return Err(DeltaError::RaggedFrame { len: 0 }.into());
         }
-        let body = s.reader().read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
-        reader.push(&body)?;
+        let body = reader.read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
+        sig.push(&body)?;
         got += (body.len() / ENTRY_LEN) as u64;
     }
-    Ok(reader.finish()?)
+    Ok(sig.finish()?)
+}
+
+/// Feeds a signature's entries in `signature` frames (the caller
+/// flushes): a streamed tree's, behind its `wants` frame.
+///
+/// # Errors
+///
+/// The connection's.
+pub async fn feed_signature<S: Sends<SignatureFrame>>(out: &mut Outbound<'_, S>, sig: &Signature) -> Result<(), Error> {
+    for frame in sig.entry_frames(SIGNATURE_FRAME_ENTRIES) {
+        out.feed(&SignatureFrame { len: frame.len() as u64 }, &frame).await?;
+    }
+    Ok(())
+}
+
+/// The plan of a delta of `file` (`size` bytes) against the receiver's
+/// signature `theirs`: the file cut as `theirs` is, and hashed, in one
+/// pass, then the two compared. `None` where nothing of the receiver's
+/// version is used (the file is better sent whole) or the file cannot be
+/// read as planned. Blocking.
+pub fn plan_against(file: &File, size: u64, theirs: &Signature) -> Option<(Plan, u64)> {
+    let (ours, hash) = index(file, size, theirs.layout).ok()?;
+    let pieces = crate::delta::diff(theirs, &ours).ok()?;
+    let matched: u64 = pieces
+        .iter()
+        .map(|p| match p {
+            crate::delta::Piece::Copy { len, .. } => *len,
+            crate::delta::Piece::Literal { .. } => 0,
+        })
+        .sum();
+    (matched > 0).then_some((Plan::Pieces(pieces, hash), matched))
 }
 
 pub use super::shared::Chunked;
@@ -493,7 +549,8 @@ fn encode(
 pub struct Patch {
     file: File,
     name: PartialName,
-    old: File,
+    /// `None`: the older version could not be opened again ([`Patch::broken`]).
+    old: Option<File>,
     patcher: Patcher,
     hasher: blake3::Hasher,
     new_len: u64,
@@ -513,7 +570,18 @@ impl Patch {
         let (partial, held, hasher) = receiver.into_parts();
         let (file, name) = partial.take_file();
         let patcher = Patcher::resuming(old_len, new_len, held);
-        Patch { file, name, old, patcher, hasher, new_len, copied: 0, broken: None }
+        Patch { file, name, old: Some(old), patcher, hasher, new_len, copied: 0, broken: None }
+    }
+
+    /// A patch whose older version (`old_len` bytes when its signature
+    /// was made) is gone or changed before the ops came (`why`): the ops
+    /// are still checked and read, to stay in step, and
+    /// [`finish`](Self::finish) says [`DeltaFailed::BasisChanged`].
+    pub fn broken(receiver: super::Receiver, old_len: u64, new_len: u64, why: io::Error) -> Patch {
+        let (partial, held, hasher) = receiver.into_parts();
+        let (file, name) = partial.take_file();
+        let patcher = Patcher::resuming(old_len, new_len, held);
+        Patch { file, name, old: None, patcher, hasher, new_len, copied: 0, broken: Some(why) }
     }
 
     /// Bytes of the new file made so far.
@@ -546,9 +614,7 @@ impl Patch {
         for op in &ops {
             let at = self.patcher.written();
             let action = self.patcher.apply(op)?;
-            if self.broken.is_some() {
-                continue;
-            }
+            let Some(old) = self.old.as_ref().filter(|_| self.broken.is_none()) else { continue };
             match action {
                 Action::Write(bytes) => {
                     self.file.write_all_at(bytes, at)?;
@@ -559,7 +625,7 @@ impl Patch {
                     while done < u64::from(len) {
                         let n = (u64::from(len) - done).min(PIECE as u64) as usize;
                         buf.resize(n, 0);
-                        if let Err(e) = self.old.read_exact_at(&mut buf, from + done) {
+                        if let Err(e) = old.read_exact_at(&mut buf, from + done) {
                             self.broken = Some(e);
                             break;
                         }
@@ -606,18 +672,32 @@ impl Patch {
 /// for a resume (a cut connection) or removes it.
 pub async fn receive_ops<S>(
     s: &mut Session<S>,
-    mut patch: Patch,
+    patch: Patch,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Patch, (DeltaFailed, Option<Box<Patch>>)> {
     let cut = s.cut_off().clone();
+    receive_ops_from(s.reader(), &cut, patch, progress).await
+}
+
+/// [`receive_ops`] from a connection's reading half, until `cut`.
+///
+/// # Errors
+///
+/// As [`receive_ops`].
+pub async fn receive_ops_from(
+    reader: &mut FrameReader<BoxRead>,
+    cut: &tokio_util::sync::CancellationToken,
+    mut patch: Patch,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Patch, (DeltaFailed, Option<Box<Patch>>)> {
     while !patch.is_whole() {
-        let head = cut_off_by(&cut, s.read::<DeltaFrame>()).await;
+        let head = cut_off_by(cut, reader.read_head::<DeltaFrame>()).await;
         match head {
             Ok(Some(_)) => {}
             Ok(None) => return Err((DeltaFailed::Closed, Some(Box::new(patch)))),
             Err(e) => return Err((e.into(), Some(Box::new(patch)))),
         }
-        let body = match cut_off_by(&cut, s.reader().read_body(DELTA_FRAME_MAX)).await {
+        let body = match cut_off_by(cut, reader.read_body(DELTA_FRAME_MAX)).await {
             Ok(body) => body,
             Err(e) => return Err((e.into(), Some(Box::new(patch)))),
         };

@@ -255,6 +255,24 @@ impl TreePutState {
                         "tree_file for entry {i}, which is not wanted (or was sent already)"
                     )));
                 };
+                if head.delta {
+                    // Ops against the basis offered, from the offset
+                    // offered or 0; no body of its own.
+                    let fits = need.basis.is_some()
+                        && len == 0
+                        && head.holes.is_none()
+                        && (offset == 0 || offset == need.offset)
+                        && offset < need.size;
+                    if !fits {
+                        let msg = format!(
+                            "tree_file {i} as a delta (len {len}, from {offset}) where no basis was offered for it or it does not fit"
+                        );
+                        return PutAction::Close(broken(msg));
+                    }
+                    return PutAction::Receive { i, need, offset, len };
+                }
+                // A whole body: the basis offered is not used.
+                need.basis = None;
                 let holes = head.holes.filter(|h| !h.is_empty());
                 if holes.is_some() && !self.sparse {
                     return PutAction::Close(broken(format!("tree_file {i} with holes, not taken")));
@@ -349,7 +367,7 @@ impl TreePutState {
         for (i, full, e, d) in decided {
             match d {
                 Ok(Some((replace, offset, prefix, partial))) => {
-                    answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix });
+                    answer.send.push(Want { i, path: String::new(), offset, prefix_blake3: prefix, basis: None });
                     let replace = replace || self.force;
                     let mtime = files::Stamp::from_wire(e.mtime, e.mtime_ns);
                     let attrs = e.attrs;
@@ -363,6 +381,7 @@ impl TreePutState {
                         attrs,
                         holes: None,
                         partial,
+                        basis: None,
                     };
                     self.needed.insert(i, need);
                 }
@@ -377,6 +396,26 @@ impl TreePutState {
             }
         }
         answer
+    }
+
+    /// The files `answer` wants that a basis may be offered for:
+    /// `(index, full path, size)`, under
+    /// [`TREE_DELTA_MAX`](crate::session::delta::TREE_DELTA_MAX).
+    pub(super) fn basis_candidates(&self, answer: &WantList) -> Vec<(u64, String, u64)> {
+        let small = |n: &&Needed| n.size < crate::session::delta::TREE_DELTA_MAX;
+        answer
+            .send
+            .iter()
+            .filter_map(|w| self.needed.get(&w.i).filter(small).map(|n| (w.i, n.path.clone(), n.size)))
+            .collect()
+    }
+
+    /// A basis of `len` bytes was offered for wanted file `i`: its body
+    /// may come as a delta.
+    pub(super) fn offered(&mut self, i: u64, len: u64) {
+        if let Some(need) = self.needed.get_mut(&i) {
+            need.basis = Some(len);
+        }
     }
 
     /// What became of entry `i` (at `path`): stored (its size) or failed.
@@ -487,6 +526,7 @@ mod tests {
             mode: 0o644,
             mtime_ns: None,
             holes: None,
+            delta: false,
         })
     }
 
@@ -708,7 +748,7 @@ mod tests {
 
     #[test]
     fn a_tree_get_numbers_its_wants_and_checks_the_end_count() {
-        let want = |p: &str| Want { i: 0, path: p.into(), offset: 0, prefix_blake3: None };
+        let want = |p: &str| Want { i: 0, path: p.into(), offset: 0, prefix_blake3: None, basis: None };
         let mut st = TreeGetState::default();
         assert_eq!(st.on_frame(TreeGetInput::Wants(Wants { len: 5, count: 2 })), GetAction::ReadWants(5));
         let numbered = st.on_wants(vec![want("a"), want("b")]);

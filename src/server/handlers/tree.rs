@@ -86,7 +86,10 @@ fn json(value: &impl serde::Serialize) -> Result<Vec<u8>, Error> {
 /// failed reported in `committed` frames as it is. What each frame means
 /// is [`TreePutState`]'s to say; this loop does the I/O it asks for.
 pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request: TreePut) -> Result<(), Error> {
-    let TreePut { path: base, force, meta, backup, xattrs, acls } = request;
+    let TreePut { path: base, force, meta, backup, xattrs, acls, delta } = request;
+    // Bases are offered only to a key that may read them (a signature
+    // tells of the contents), and only where the root makes deltas.
+    let deltas = delta && St::TREE_DELTAS && st.reads_allowed();
     // The namespaces whose extended attributes entries list in full.
     let covers = crate::services::attrs::Wanted { owners: true, numeric: false, xattrs, acls };
     if let Err(r) = Sandbox::relative(&base) {
@@ -105,11 +108,12 @@ pub(in crate::server) async fn tree_put<St: Storage>(s: &mut S, st: &St, request
         specials: meta && root,
         xattrs: meta && St::KEEPS_ATTRS,
         sparse: St::KEEPS_HOLES,
+        delta: deltas,
     };
     s.send(&ready, &[]).await?;
     let mut state = TreePutState::new(base, force, meta).with_sparse(St::KEEPS_HOLES);
     let mut sink = st.tree_sink(backup, covers);
-    let ended = put_frames(s, &mut state, &mut sink).await;
+    let ended = put_frames(s, &mut state, &mut sink, deltas).await;
     if !matches!(ended, Ok(Ended::Done)) {
         // Cut, refused or failed: what was received and verified is put
         // in place (a rerun would otherwise send it again), before the
@@ -135,7 +139,12 @@ enum Ended {
 }
 
 /// The frames of one `tree_put`, until it ends.
-async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut K) -> Result<Ended, Error> {
+async fn put_frames<K: TreeSink>(
+    s: &mut S,
+    state: &mut TreePutState,
+    sink: &mut K,
+    deltas: bool,
+) -> Result<Ended, Error> {
     loop {
         let frame = match s.read::<TreePutInput>().await {
             Ok(Some((frame, _))) => frame,
@@ -168,8 +177,29 @@ async fn put_frames<K: TreeSink>(s: &mut S, state: &mut TreePutState, sink: &mut
                     let applied = sink.apply(state.base(), state.force(), screened.to_apply).await;
                     state.on_applied(&mut answer, applied);
                 }
+                // Older versions of small wanted files offered as bases,
+                // their signatures right behind the answer, in its order
+                // (PROTOCOL.md §4.6.6.1).
+                let candidates = if deltas { state.basis_candidates(&answer) } else { Vec::new() };
+                let bases = if candidates.is_empty() { Vec::new() } else { sink.offer_bases(candidates).await };
+                let mut signatures = Vec::with_capacity(bases.len());
+                if !bases.is_empty() {
+                    let mut at: std::collections::HashMap<u64, usize> =
+                        answer.send.iter().enumerate().map(|(k, w)| (w.i, k)).collect();
+                    for (i, basis, sig) in bases {
+                        let Some(k) = at.remove(&i) else { continue };
+                        state.offered(i, basis.len);
+                        answer.send[k].basis = Some(basis);
+                        signatures.push((k, sig));
+                    }
+                    signatures.sort_by_key(|(k, _)| *k);
+                }
                 let body = json(&answer)?;
-                s.send(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
+                s.feed(&Wants { len: body.len() as u64, count: answer.count() as u64 }, &body).await?;
+                for (_, sig) in &signatures {
+                    crate::session::delta::feed_signature(&mut s.halves().1, sig).await?;
+                }
+                s.flush().await?;
             }
             PutAction::EndWants(end) => s.send(&end, &[]).await?,
             PutAction::Receive { i, need, offset, len } => {
@@ -225,11 +255,20 @@ async fn settle<K: TreeSink>(
 /// the storage opening them a bounded number ahead; what is sent is
 /// flushed whenever the next file is not ready yet.
 pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request: TreeGet) -> Result<(), Error> {
-    let TreeGet { path: base, sparse } = request;
+    let TreeGet { path: base, sparse, delta } = request;
     if let Err(r) = Sandbox::relative(&base) {
         return s.refuse(r).await;
     }
-    let ready = TreeReady { meta: false, backup: false, owners: false, specials: false, xattrs: false, sparse: false };
+    let deltas = delta && St::TREE_DELTAS;
+    let ready = TreeReady {
+        meta: false,
+        backup: false,
+        owners: false,
+        specials: false,
+        xattrs: false,
+        sparse: false,
+        delta: deltas,
+    };
     s.send(&ready, &[]).await?;
     let mut state = TreeGetState::default();
     loop {
@@ -239,9 +278,17 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
             Err(e) if e.is_recoverable() => return s.refuse_and_close(format!("bad frame in a tree_get: {e}")).await,
             Err(e) => return Err(e),
         };
-        let wants = match state.on_frame(frame) {
+        let (wants, mut bases) = match state.on_frame(frame) {
             GetAction::ReadWants(len) => match tree_part::<WantList>(s, len, "wants", "a want list").await? {
-                Ok(list) => state.on_wants(list.send),
+                Ok(list) => {
+                    let wants = state.on_wants(list.send);
+                    // The signatures of the client's older versions
+                    // follow, in the wants' order (PROTOCOL.md §4.6.6.1).
+                    match read_bases(s, &wants, deltas).await? {
+                        Ok(bases) => (wants, bases),
+                        Err(r) => return s.close_with(r).await,
+                    }
+                }
                 Err(r) => return s.close_with(r).await,
             },
             GetAction::Finish(done) => {
@@ -262,9 +309,15 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
             };
             match item {
                 None => break,
-                Some((i, Ok(d))) => {
+                Some((i, Ok(mut d))) => {
                     let size = d.head().size;
-                    send_one(s, i, d).await?;
+                    let sent_as_delta = match bases.remove(&i) {
+                        Some((basis, sig)) => send_delta(s, i, &mut d, &basis, &sig).await?,
+                        None => false,
+                    };
+                    if !sent_as_delta {
+                        send_one(s, i, d).await?;
+                    }
                     state.on_sent(size);
                 }
                 Some((i, Err(f))) => {
@@ -277,11 +330,86 @@ pub(in crate::server) async fn tree_get<St: Storage>(s: &mut S, st: &St, request
     }
 }
 
+/// The older versions a `tree_get`'s `wants` frame names as bases, and
+/// their signatures, read from behind it: each checked as it comes, the
+/// frame's in all within
+/// [`TREE_SIGNATURE_ENTRIES`](crate::session::delta::TREE_SIGNATURE_ENTRIES).
+/// `Ok(Err)`: refused (the connection closes).
+#[allow(clippy::type_complexity)]
+async fn read_bases(
+    s: &mut S,
+    wants: &std::collections::VecDeque<(u64, crate::proto::Want)>,
+    deltas: bool,
+) -> Result<Result<std::collections::HashMap<u64, (crate::proto::Basis, crate::delta::Signature)>, Refusal>, Error> {
+    use crate::session::delta::{self as dt, DeltaFailed};
+    let mut bases = std::collections::HashMap::new();
+    let mut entries = 0u64;
+    for (i, w) in wants {
+        let Some(basis) = &w.basis else { continue };
+        if !deltas {
+            return Ok(Err(bad_request("a basis in a tree_get whose tree_ready did not take them".into())));
+        }
+        entries = entries.saturating_add(basis.count);
+        if basis.layout.is_none() || basis.count == 0 || basis.len == 0 || basis.len > dt::TREE_BASIS_MAX {
+            let msg = format!(
+                "a basis of {} bytes in {} entries (most in a tree: {})",
+                basis.len,
+                basis.count,
+                dt::TREE_BASIS_MAX
+            );
+            return Ok(Err(bad_request(msg)));
+        }
+        if entries > dt::TREE_SIGNATURE_ENTRIES {
+            let most = dt::TREE_SIGNATURE_ENTRIES;
+            return Ok(Err(bad_request(format!("signatures of over {most} entries behind one wants frame"))));
+        }
+        match dt::read_signature(s, basis).await {
+            Ok(sig) => {
+                bases.insert(*i, (basis.clone(), sig));
+            }
+            Err(DeltaFailed::Wire(e)) => return Err(e),
+            Err(DeltaFailed::Closed) => return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Err(e) => return Ok(Err(bad_request(format!("bad signature for want {i}: {e}")))),
+        }
+    }
+    Ok(Ok(bases))
+}
+
+/// One file of a `tree_get` as `delta` frames against the client's older
+/// version (its checksum after them), where one pays: `false` if it did
+/// not (nothing sent; the file goes whole).
+async fn send_delta(
+    s: &mut S,
+    i: u64,
+    d: &mut impl Download,
+    basis: &crate::proto::Basis,
+    theirs: &crate::delta::Signature,
+) -> Result<bool, Error> {
+    use crate::session::delta::{self as dt, DeltaFailed};
+    let head = d.head();
+    let size = head.size;
+    if !dt::may_pay(basis, size) {
+        return Ok(false);
+    }
+    let Ok(Some(file)) = d.delta_source().await else { return Ok(false) };
+    let theirs = theirs.clone();
+    let planned = tokio::task::spawn_blocking(move || dt::plan_against(&file, size, &theirs).map(|p| (file, p)));
+    let Ok(Some((file, (plan, _)))) = planned.await else { return Ok(false) };
+    let crate::proto::FileReply { offset, mtime, mode, mtime_ns, .. } = head;
+    s.feed_head(&TreeFile { len: 0, i, offset, size, mtime, mode, mtime_ns, holes: None, delta: true })?;
+    match dt::send_ops(&mut s.halves().1, file, size, plan, offset, &mut |_| {}).await {
+        Ok(sent) => s.feed(&Checksum { blake3: sent.hash.to_hex().to_string() }, &[]).await.map(|()| true),
+        Err(DeltaFailed::Wire(e)) => Err(e),
+        // The head promised the file: the connection ends.
+        Err(e) => Err(Error::Io(std::io::Error::other(format!("cannot send entry {i}: {e}")))),
+    }
+}
+
 /// One file of a `tree_get`: its head, body and checksum, buffered (the
 /// caller flushes).
 async fn send_one(s: &mut S, i: u64, d: impl Download) -> Result<(), Error> {
     let crate::proto::FileReply { len, size, offset, mtime, mode, mtime_ns, holes, .. } = d.head();
-    s.feed_head(&TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes })?;
+    s.feed_head(&TreeFile { len, i, offset, size, mtime, mode, mtime_ns, holes, delta: false })?;
     let hash = d.send(s, &format!("entry {i}")).await?;
     s.feed(&Checksum { blake3: hash.to_hex().to_string() }, &[]).await
 }

@@ -56,6 +56,7 @@ impl Storage for Bucket {
     const KEEPS_BACKUPS: bool = false;
     const KEEPS_ATTRS: bool = false;
     const KEEPS_HOLES: bool = false;
+    const TREE_DELTAS: bool = false;
     const CUT_KEEPS: &'static str = "the parts stored, if any, are kept for a resume";
 
     async fn stat(&self, path: &str) -> Result<Entry, Fault> {

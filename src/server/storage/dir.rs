@@ -17,10 +17,10 @@ use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 
 use super::{
-    blocking, join, judge, mismatch, plain, read_checksum, skip_file, Body, Chunker, Decided, Decision, Download, Got,
-    Needed, NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload, WalkFlags,
+    blocking, join, judge, mismatch, plain, read_checksum, skip_delta, skip_file, Body, Chunker, Decided, Decision,
+    Download, Got, Needed, NotFinished, NotReceived, Part, Settled, Storage, TreeSink, Upload, WalkFlags,
 };
-use crate::proto::{Backup, Entry, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
+use crate::proto::{Backup, Basis, Entry, FileReply, Get, Kind, ListingSkip, ManifestEntry, Want, TREE_PART_ENTRIES};
 use crate::server::context::HandlerError;
 use crate::services::attrs;
 use crate::services::files::{self, HashCache, Listing, Sandbox};
@@ -51,6 +51,7 @@ impl Storage for Dir<'_> {
     const KEEPS_BACKUPS: bool = true;
     const KEEPS_ATTRS: bool = true;
     const KEEPS_HOLES: bool = true;
+    const TREE_DELTAS: bool = true;
     const CUT_KEEPS: &'static str = "the partial file is kept for a resume";
 
     async fn stat(&self, path: &str) -> Result<Entry, Fault> {
@@ -160,6 +161,7 @@ impl Storage for Dir<'_> {
         DirSink {
             sb: self.sb.clone(),
             hashes: self.hashes.clone(),
+            signatures: self.signatures.clone(),
             batch: Batch::new(),
             in_batch: HashMap::new(),
             into: Some(Landing {
@@ -645,6 +647,7 @@ fn open_some(
 pub(in crate::server) struct DirSink {
     sb: Sandbox,
     hashes: Arc<HashCache>,
+    signatures: Arc<SignatureCache>,
     batch: Batch,
     /// Paths of the files in the batch, by index, with their size and
     /// mtime.
@@ -683,6 +686,9 @@ impl TreeSink for DirSink {
 
     async fn receive(&mut self, s: &mut S, i: u64, need: &Needed, offset: u64, len: u64) -> Result<Got, Error> {
         let mode = files::received_mode(need.mode);
+        if let Some(old_len) = need.basis {
+            return self.receive_delta(s, i, need, offset, old_len).await;
+        }
         if offset == 0 && need.size <= SMALL_BODY && need.holes.is_none() {
             // Small and new: held in memory and hashed, written by the
             // batch's commit.
@@ -749,19 +755,7 @@ impl TreeSink for DirSink {
             }
             return Ok(Got::Later { now: false });
         };
-        let hash = received.hash();
-        match received.verify(&claimed) {
-            Ok(received) => {
-                self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime.wire_secs()));
-                let received = received.with_mtime(need.mtime);
-                let replace = self.replacing(need);
-                self.batch.push_received(i, received, mode, replace, Some(Box::new(claim)));
-                self.batch.with_attrs(need.attrs.clone());
-                // A large file is not kept waiting for a batch to fill.
-                Ok(Got::Later { now: need.size > SMALL_BODY })
-            }
-            Err(_) => Ok(Got::Done(Err(mismatch(&need.path, &hash.to_hex(), &claimed)))),
-        }
+        Ok(self.take_received(i, need, (received, claim), &claimed))
     }
 
     async fn settle(&mut self, all: bool) -> Vec<Settled> {
@@ -830,6 +824,31 @@ impl TreeSink for DirSink {
             .collect()
     }
 
+    async fn offer_bases(&mut self, files: Vec<(u64, String, u64)>) -> Vec<(u64, Basis, Arc<crate::delta::Signature>)> {
+        let (sb, hashes, signatures) = (self.sb.clone(), self.hashes.clone(), self.signatures.clone());
+        let found = blocking(move || {
+            let mut entries = 0u64;
+            let ask = crate::proto::DeltaAsk::default();
+            let mut offered = Vec::new();
+            for (i, full, size) in files {
+                if size >= dt::TREE_DELTA_MAX || entries >= dt::TREE_SIGNATURE_ENTRIES {
+                    continue;
+                }
+                // Without an append sample, a signature or nothing.
+                let Some((_, basis, Some(sig))) = find_basis(&sb, &full, (&hashes, &signatures), &ask, size) else {
+                    continue;
+                };
+                if entries + basis.count > dt::TREE_SIGNATURE_ENTRIES {
+                    continue;
+                }
+                entries += basis.count;
+                offered.push((i, basis, sig));
+            }
+            Ok(offered)
+        });
+        found.await.unwrap_or_default()
+    }
+
     async fn apply(
         &mut self,
         base: &str,
@@ -896,6 +915,105 @@ fn apply_one(
 }
 
 impl DirSink {
+    /// Receives file `i` as `delta` frames built against its older
+    /// version (`old_len` bytes when offered), opened again now: one
+    /// replaced or changed meanwhile makes a file that does not verify
+    /// (the client sends it again whole). Then its checksum.
+    async fn receive_delta(
+        &mut self,
+        s: &mut S,
+        i: u64,
+        need: &Needed,
+        offset: u64,
+        old_len: u64,
+    ) -> Result<Got, Error> {
+        let (sb, path, size) = (self.sb.clone(), need.path.clone(), need.size);
+        let admitted = blocking(move || {
+            let (dir, name) = sb.for_write(&path)?;
+            let claim = sb.claim(&dir, &name, &path)?;
+            let receiver = open_partial(dir, &name, &path, size)?;
+            // The older version as it is now, by descriptor.
+            let old = match sb.open(&path) {
+                Ok((file, meta)) if meta.is_file() && meta.len() == old_len => Ok(file),
+                Ok(_) => Err(std::io::Error::other("it is no longer the file offered")),
+                Err(r) => Err(std::io::Error::other(r.to_string())),
+            };
+            Ok((receiver, claim, old))
+        })
+        .await;
+        let (mut receiver, claim, old) = match admitted {
+            Ok(admitted) => admitted,
+            // Nothing to build into: the ops are read past by a patch of
+            // a partial file that cannot be, so the stream stays in step.
+            Err(r) => return skip_delta(s, need, old_len, offset, r).await,
+        };
+        if !receiver.agree(offset).map_err(Error::Io)? {
+            if receiver.held() == 0 {
+                receiver.discard();
+            }
+            return skip_delta(s, need, old_len, offset, Fault::OfferChanged { path: need.path.clone() }).await;
+        }
+        let patch = match old {
+            Ok(old) => dt::Patch::new(receiver, (old, old_len), size),
+            Err(why) => dt::Patch::broken(receiver, old_len, size, why),
+        };
+        let cut = s.cut_off().clone();
+        let built = match dt::receive_ops_from(s.reader(), &cut, patch, &mut |_| {}).await {
+            Ok(patch) => patch.finish(),
+            Err((e, patch)) => {
+                return match super::delta_not_received((e, patch), &need.path) {
+                    NotReceived::Cut(e) => Err(e),
+                    NotReceived::Bad(why) => {
+                        s.refuse_and_close(why).await?;
+                        Err(Error::Io(std::io::Error::other("a bad delta in a tree_put")))
+                    }
+                    // The rest of the ops cannot be told from what follows.
+                    NotReceived::Write(r) => {
+                        s.refuse_and_close(Refusal::from(r).message).await?;
+                        Err(Error::Io(std::io::Error::other("a delta that could not be written")))
+                    }
+                    NotReceived::Stale(why) => Err(Error::Io(std::io::Error::other(why))),
+                };
+            }
+        };
+        let Some(claimed) = read_checksum(s).await? else { return Ok(Got::Later { now: false }) };
+        match built {
+            Ok(received) => Ok(self.take_received(i, need, (received, claim), &claimed)),
+            Err(dt::DeltaFailed::BasisChanged(e)) => {
+                Ok(Got::Done(Err(mismatch(&need.path, &format!("(its older version changed: {e})"), &claimed))))
+            }
+            Err(e) => {
+                s.refuse_and_close(format!("bad delta: {e}")).await?;
+                Err(Error::Io(std::io::Error::other("a bad delta in a tree_put")))
+            }
+        }
+    }
+
+    /// A received file verified against the client's checksum and put in
+    /// the batch, or refused as a mismatch (nothing kept).
+    fn take_received(
+        &mut self,
+        i: u64,
+        need: &Needed,
+        (received, claim): (Received, files::Claim),
+        claimed: &str,
+    ) -> Got {
+        let mode = files::received_mode(need.mode);
+        let hash = received.hash();
+        match received.verify(claimed) {
+            Ok(received) => {
+                self.in_batch.insert(i, (need.path.clone(), need.size, need.mtime.wire_secs()));
+                let received = received.with_mtime(need.mtime);
+                let replace = self.replacing(need);
+                self.batch.push_received(i, received, mode, replace, Some(Box::new(claim)));
+                self.batch.with_attrs(need.attrs.clone());
+                // A large file is not kept waiting for a batch to fill.
+                Got::Later { now: need.size > SMALL_BODY }
+            }
+            Err(_) => Got::Done(Err(mismatch(&need.path, &hash.to_hex(), claimed))),
+        }
+    }
+
     /// Whether `need` may replace what is there, keeping it first if
     /// backups are kept.
     fn replacing(&self, need: &Needed) -> Replace {

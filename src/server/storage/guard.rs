@@ -53,6 +53,7 @@ impl<St: Storage> Storage for Guarded<'_, St> {
     const KEEPS_BACKUPS: bool = St::KEEPS_BACKUPS;
     const KEEPS_ATTRS: bool = St::KEEPS_ATTRS;
     const KEEPS_HOLES: bool = St::KEEPS_HOLES;
+    const TREE_DELTAS: bool = St::TREE_DELTAS;
 
     async fn stat(&self, path: &str) -> Result<Entry, Fault> {
         may(self.rights, Verb::List, path)?;
@@ -209,6 +210,15 @@ impl<K: TreeSink> TreeSink for GuardedSink<K> {
 
     fn settle(&mut self, all: bool) -> impl Future<Output = Vec<Settled>> + Send {
         self.inner.settle(all)
+    }
+
+    fn offer_bases(
+        &mut self,
+        mut files: Vec<(u64, String, u64)>,
+    ) -> impl Future<Output = Vec<(u64, crate::proto::Basis, std::sync::Arc<crate::delta::Signature>)>> + Send {
+        // A signature tells of the contents: only of what the key may get.
+        files.retain(|(_, full, _)| may(&self.rights, Verb::Get, full).is_ok());
+        self.inner.offer_bases(files)
     }
 
     async fn apply(

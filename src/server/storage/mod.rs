@@ -96,6 +96,10 @@ pub(in crate::server) trait Storage: Sync {
     const KEEPS_ATTRS: bool;
     /// Whether it takes bodies with holes and writes files sparse.
     const KEEPS_HOLES: bool;
+    /// Whether its streamed trees carry deltas (PROTOCOL.md §4.6.6.1): a
+    /// bucket's do not (each older object would be copied to the
+    /// server's disk for a file of at most 1 MiB).
+    const TREE_DELTAS: bool;
 
     fn stat(&self, path: &str) -> impl Future<Output = Result<Entry, Fault>> + Send;
 
@@ -257,6 +261,10 @@ pub(in crate::server) struct Needed {
     pub holes: Option<Vec<[u64; 2]>>,
     /// Whether a partial file stood for it when it was decided.
     pub partial: bool,
+    /// The length of the older version offered as its basis, while its
+    /// body may come as a delta (PROTOCOL.md §4.6.6.1); `None` once a
+    /// whole body comes.
+    pub basis: Option<u64>,
 }
 
 /// A manifest entry decided: `None`, unchanged; else wanted, replacing
@@ -318,6 +326,19 @@ pub(in crate::server) trait TreeSink: Send {
     /// `all`, everything taken in, waited for.
     fn settle(&mut self, all: bool) -> impl Future<Output = Vec<Settled>> + Send;
 
+    /// The older versions of wanted files (`(index, full path, new
+    /// size)`, each under [`TREE_DELTA_MAX`](crate::session::delta::TREE_DELTA_MAX))
+    /// worth offering as bases, with their signatures, within
+    /// [`TREE_SIGNATURE_ENTRIES`](crate::session::delta::TREE_SIGNATURE_ENTRIES)
+    /// in all. None by default.
+    fn offer_bases(
+        &mut self,
+        files: Vec<(u64, String, u64)>,
+    ) -> impl Future<Output = Vec<(u64, crate::proto::Basis, std::sync::Arc<crate::delta::Signature>)>> + Send {
+        drop(files);
+        std::future::ready(Vec::new())
+    }
+
     /// Applies entries without data (a `meta` request: symlinks, hard
     /// links, directories' attributes), in order, once every file taken
     /// in so far is in place: for each, whether it changed anything
@@ -351,6 +372,36 @@ pub(in crate::server) async fn read_checksum(s: &mut S) -> Result<Option<String>
 /// read past to stay in step, and `r` its outcome.
 pub(in crate::server) async fn skip_file(s: &mut S, r: Fault) -> Result<Got, Error> {
     s.reader().skip_body().await?;
+    read_checksum(s).await?;
+    Ok(Got::Done(Err(r)))
+}
+
+/// A file of a `tree_put` sent as a delta that cannot be received (its
+/// partial file cannot be had): its ops read past, each checked as a
+/// patch would (so that what follows is known to be the next frame), and
+/// its checksum, and `r` its outcome.
+pub(in crate::server) async fn skip_delta(
+    s: &mut S,
+    need: &Needed,
+    old_len: u64,
+    offset: u64,
+    r: Fault,
+) -> Result<Got, Error> {
+    let mut patcher = crate::delta::Patcher::resuming(old_len, need.size, offset);
+    while patcher.written() < need.size {
+        let Some(_) = s.read::<crate::proto::DeltaFrame>().await? else { return Ok(Got::Done(Err(r))) };
+        let body = s.reader().read_body(crate::session::delta::DELTA_FRAME_MAX).await?;
+        let checked = crate::delta::Op::decode_all(&body).and_then(|ops| {
+            if ops.is_empty() {
+                return Err(crate::delta::DeltaError::EmptyOp);
+            }
+            ops.iter().try_for_each(|op| patcher.apply(op).map(drop))
+        });
+        if let Err(e) = checked {
+            s.refuse_and_close(format!("bad delta: {e}")).await?;
+            return Err(Error::Io(std::io::Error::other("a bad delta in a tree_put")));
+        }
+    }
     read_checksum(s).await?;
     Ok(Got::Done(Err(r)))
 }
