@@ -245,7 +245,7 @@ fn a_key_that_may_not_read_gets_no_delta() {
     let (alice, writer) = (keys.person("alice"), keys.person("writer"));
     let file = keys.file(&[
         format!("{} alice", alice.public),
-        format!("restrict,permit=\"put,overwrite,list\" {}", writer.public),
+        format!("restrict,permit=\"put,overwrite,list,mkdir\" {}", writer.public),
     ]);
     let server = keys.serve(&file, &[]);
     let root = server.root.path();
@@ -266,6 +266,28 @@ fn a_key_that_may_not_read_gets_no_delta() {
         let out = home.run(&args);
         assert!(out.status.success(), "{out:?}");
         assert!(std::fs::read(root.join("big.bin")).unwrap() == new, "{out:?}");
+        assert_eq!(text(&out.stderr).contains("the receiver had them: delta"), delta, "{out:?}");
+    }
+    // Nor in a tree's stream (PROTOCOL.md §4.6.6.1): two small changed
+    // files, each under 1 MiB.
+    let tree = local.path().join("t");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::create_dir_all(root.join("t")).unwrap();
+    for (who, delta) in [(&writer, false), (&alice, true)] {
+        for name in ["a.bin", "b.bin"] {
+            std::fs::write(root.join("t").join(name), &old[..300_000]).unwrap();
+            let mut new = old[..300_000].to_vec();
+            new[1000..1010].fill(0);
+            std::fs::write(tree.join(name), &new).unwrap();
+            let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+            std::fs::File::options().write(true).open(tree.join(name)).unwrap().set_modified(when).unwrap();
+        }
+        let args = ["put", "-r", "--delta", "--accept-new", "-i", id(who), a, tree.to_str().unwrap(), ""];
+        let out = home.run(&args);
+        assert!(out.status.success(), "{out:?}");
+        for name in ["a.bin", "b.bin"] {
+            assert!(std::fs::read(root.join("t").join(name)).unwrap() == std::fs::read(tree.join(name)).unwrap());
+        }
         assert_eq!(text(&out.stderr).contains("the receiver had them: delta"), delta, "{out:?}");
     }
 }

@@ -369,7 +369,8 @@ impl GetState {
                 self.arrive(head.i, "a file index within the wants, each once")?;
                 // Ops from the offset, no body (PROTOCOL.md §4.6.6.1); the
                 // basis is checked by the reader, which offered it.
-                if head.len != 0 || head.holes.is_some() || head.offset >= head.size {
+                let small = head.size < crate::session::delta::TREE_BASIS_MAX;
+                if head.len != 0 || head.holes.is_some() || head.offset >= head.size || !small {
                     let got = format!("{}+{} of {}", head.offset, head.len, head.size);
                     return Err(unexpected("a delta tree_file from an offset within the file, no body", got));
                 }

@@ -544,14 +544,14 @@ fn offers(jobs: &[Job], deltas: bool) -> Vec<((u64, Option<String>, bool), Optio
         .enumerate()
         .map(|(k, j)| {
             let partial = partial_offer(j, k, jobs, &mut last);
+            let room = crate::session::delta::TREE_SIGNATURE_ENTRIES - entries;
             let sig = match &last {
-                Some((_, Some(dir), _)) if deltas && in_stream_delta(j) => older_version(dir, j).filter(|sig| {
-                    let fits = entries + sig.entries.len() as u64 <= crate::session::delta::TREE_SIGNATURE_ENTRIES;
-                    entries += if fits { sig.entries.len() as u64 } else { 0 };
-                    fits
-                }),
+                Some((_, Some(dir), _)) if deltas && in_stream_delta(j) && room > 0 => {
+                    older_version(dir, j, room).filter(|sig| sig.entries.len() as u64 <= room)
+                }
                 _ => None,
             };
+            entries += sig.as_ref().map_or(0, |sig| sig.entries.len() as u64);
             (partial, sig)
         })
         .collect()
@@ -560,7 +560,7 @@ fn offers(jobs: &[Job], deltas: bool) -> Vec<((u64, Option<String>, bool), Optio
 /// The signature of the older version of `j` held in `dir` (by
 /// descriptor, no link followed), cut as its length and the new file's
 /// say, if one is worth building from. Blocking.
-fn older_version(dir: &OwnedFd, j: &Job) -> Option<crate::delta::Signature> {
+fn older_version(dir: &OwnedFd, j: &Job, room: u64) -> Option<crate::delta::Signature> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let name = j.local.file_name()?;
     let file = std::fs::File::from(rustix::fs::openat(dir, name, flags, rustix::fs::Mode::empty()).ok()?);
@@ -570,6 +570,10 @@ fn older_version(dir: &OwnedFd, j: &Job) -> Option<crate::delta::Signature> {
         return None;
     }
     let layout = crate::delta::Layout::for_sizes(len, j.size);
+    // Not read at all if its signature cannot fit what the frame has left.
+    if crate::session::delta::least_entries(layout, len) > room {
+        return None;
+    }
     crate::session::delta::index_only(&file, len, layout).ok()
 }
 
@@ -791,9 +795,12 @@ async fn receive_one(
         };
         let (built, matched) = match receive_delta(reader, job, (offset, size), old_len, &mut report).await? {
             Ok(built) => built,
-            Err(why) => {
+            Err(failed) => {
                 let expected = checksum(reader, state).await?;
-                return Ok(Err(mismatch(expected, format!("(not built: {why})"))));
+                return Ok(Err(match failed {
+                    ClientError::ChecksumMismatch { got, .. } => mismatch(expected, got),
+                    other => other,
+                }));
             }
         };
         let expected = checksum(reader, state).await?;
@@ -865,16 +872,17 @@ async fn receive_one(
 /// Builds a file of `size` bytes sent as `delta` frames from `offset`,
 /// in its partial file, from the older version under its name (`old_len`
 /// bytes when its signature was sent), opened again by descriptor:
-/// `Ok(Err)` if that version changed meanwhile (the ops were read past;
-/// the file is to be fetched whole), else the file built and the bytes
-/// copied from the older version. `Err` when the stream cannot go on.
+/// `Ok(Err)` if that version changed meanwhile (a checksum mismatch: the
+/// ops were read past; the file is to be fetched whole) or the partial
+/// file could not be written, else the file built and the bytes copied
+/// from the older version. `Err` when the stream cannot go on.
 async fn receive_delta(
     reader: &mut Reader,
     job: &Job,
     (offset, size): (u64, u64),
     old_len: u64,
     report: &mut (dyn FnMut(u64) + Send),
-) -> Result<Result<(Received, u64), String>, ClientError> {
+) -> Result<Result<(Received, u64), ClientError>, ClientError> {
     use crate::session::delta::{self as dt, DeltaFailed};
     let j = job.clone();
     let (mut receiver, old) = spawn_blocking(move || {
@@ -902,6 +910,8 @@ async fn receive_delta(
         Ok(old) => dt::Patch::new(receiver, (old, old_len), size),
         Err(why) => dt::Patch::broken(receiver, old_len, size, why),
     };
+    // A write that fails fails this file alone.
+    let patch = patch.deferring_write_errors();
     let never = tokio_util::sync::CancellationToken::new();
     let patch = match dt::receive_ops_from(reader, &never, patch, report).await {
         Ok(patch) => patch,
@@ -917,7 +927,14 @@ async fn receive_delta(
         Err((e, _)) => return Err(local_err(&job.local)(std::io::Error::other(e))),
     };
     let matched = patch.copied();
-    Ok(patch.finish().map(|built| (built, matched)).map_err(|e| e.to_string()))
+    Ok(match patch.finish() {
+        Ok(built) => Ok((built, matched)),
+        Err(DeltaFailed::Io(e)) => Err(local_err(&job.local)(e)),
+        Err(e) => {
+            let got = format!("(not built: {e})");
+            Err(ClientError::ChecksumMismatch { path: job.remote.clone(), expected: String::new(), got })
+        }
+    })
 }
 
 /// The checksum frame due after a file's body.

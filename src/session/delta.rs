@@ -64,9 +64,20 @@ pub const TREE_DELTA_MAX: u64 = 1 << 20;
 pub const TREE_BASIS_MAX: u64 = 4 * TREE_DELTA_MAX;
 
 /// Signature entries the bases of one `wants` frame may carry in all
-/// (3 MiB): what a peer holds of them until the files are sent. A sender
-/// of bases stops offering them for the rest of the frame past it.
-pub const TREE_SIGNATURE_ENTRIES: u64 = 1 << 18;
+/// (1.5 MiB, about 1 GiB of older versions read to make them): what a
+/// peer holds of them until the files are sent. A sender of bases offers
+/// none past it for the rest of the frame.
+pub const TREE_SIGNATURE_ENTRIES: u64 = 1 << 17;
+
+/// The fewest entries a signature of `len` bytes cut as `layout` has:
+/// what a sender of bases checks against what is left of
+/// [`TREE_SIGNATURE_ENTRIES`] before it reads the file.
+pub fn least_entries(layout: Layout, len: u64) -> u64 {
+    match layout {
+        Layout::Blocks(block) => len.div_ceil(u64::from(block.max(1))),
+        Layout::Chunks(p) => len.div_ceil(u64::from(p.max.max(1))),
+    }
+}
 
 /// Whether a new file of `new_len` bytes is worth sending as a delta
 /// from an older one of `old_len`.
@@ -560,6 +571,11 @@ pub struct Patch {
     /// ops are still checked and taken, to stay in step, but nothing
     /// more is written.
     broken: Option<io::Error>,
+    /// Whether a failed write is kept for [`finish`](Self::finish) rather
+    /// than returned at once ([`Patch::deferring_write_errors`]).
+    defer_writes: bool,
+    /// The write that failed, so deferred.
+    write_failed: Option<io::Error>,
 }
 
 impl Patch {
@@ -570,7 +586,29 @@ impl Patch {
         let (partial, held, hasher) = receiver.into_parts();
         let (file, name) = partial.take_file();
         let patcher = Patcher::resuming(old_len, new_len, held);
-        Patch { file, name, old: Some(old), patcher, hasher, new_len, copied: 0, broken: None }
+        let (defer_writes, write_failed) = (false, None);
+        Patch {
+            file,
+            name,
+            old: Some(old),
+            patcher,
+            hasher,
+            new_len,
+            copied: 0,
+            broken: None,
+            defer_writes,
+            write_failed,
+        }
+    }
+
+    /// The same patch, which on a write that fails (a full disk) goes on
+    /// checking and taking the ops without writing, and says so at
+    /// [`finish`](Self::finish) (removing the partial file): for a tree's
+    /// stream, where one file that cannot be written fails alone and the
+    /// stream stays in step.
+    pub fn deferring_write_errors(mut self) -> Patch {
+        self.defer_writes = true;
+        self
     }
 
     /// A patch whose older version (`old_len` bytes when its signature
@@ -581,7 +619,19 @@ impl Patch {
         let (partial, held, hasher) = receiver.into_parts();
         let (file, name) = partial.take_file();
         let patcher = Patcher::resuming(old_len, new_len, held);
-        Patch { file, name, old: None, patcher, hasher, new_len, copied: 0, broken: Some(why) }
+        let (defer_writes, write_failed) = (false, None);
+        Patch {
+            file,
+            name,
+            old: None,
+            patcher,
+            hasher,
+            new_len,
+            copied: 0,
+            broken: Some(why),
+            defer_writes,
+            write_failed,
+        }
     }
 
     /// Bytes of the new file made so far.
@@ -614,10 +664,17 @@ impl Patch {
         for op in &ops {
             let at = self.patcher.written();
             let action = self.patcher.apply(op)?;
-            let Some(old) = self.old.as_ref().filter(|_| self.broken.is_none()) else { continue };
+            let writing = self.broken.is_none() && self.write_failed.is_none();
+            let Some(old) = self.old.as_ref().filter(|_| writing) else { continue };
             match action {
                 Action::Write(bytes) => {
-                    self.file.write_all_at(bytes, at)?;
+                    if let Err(e) = self.file.write_all_at(bytes, at) {
+                        if !self.defer_writes {
+                            return Err(e.into());
+                        }
+                        self.write_failed = Some(e);
+                        continue;
+                    }
                     self.hasher.update(bytes);
                 }
                 Action::Copy { from, len } => {
@@ -629,7 +686,13 @@ impl Patch {
                             self.broken = Some(e);
                             break;
                         }
-                        self.file.write_all_at(&buf, at + done)?;
+                        if let Err(e) = self.file.write_all_at(&buf, at + done) {
+                            if !self.defer_writes {
+                                return Err(e.into());
+                            }
+                            self.write_failed = Some(e);
+                            break;
+                        }
                         self.hasher.update(&buf);
                         done += n as u64;
                     }
@@ -646,9 +709,15 @@ impl Patch {
     ///
     /// [`DeltaFailed::Bad`]: the ops did not make the whole file;
     /// [`DeltaFailed::BasisChanged`]: the older version changed under it
-    /// (the partial file is removed: what it holds is no use).
+    /// (the partial file is removed: what it holds is no use);
+    /// [`DeltaFailed::Io`]: a write failed, deferred (the partial file is
+    /// removed).
     pub fn finish(self) -> Result<Received, DeltaFailed> {
         self.patcher.finish()?;
+        if let Some(e) = self.write_failed {
+            self.name.discard();
+            return Err(DeltaFailed::Io(e));
+        }
         if let Some(e) = self.broken {
             self.name.discard();
             return Err(DeltaFailed::BasisChanged(e));

@@ -350,7 +350,9 @@ async fn read_bases(
             return Ok(Err(bad_request("a basis in a tree_get whose tree_ready did not take them".into())));
         }
         entries = entries.saturating_add(basis.count);
-        if basis.layout.is_none() || basis.count == 0 || basis.len == 0 || basis.len > dt::TREE_BASIS_MAX {
+        // A signature, nothing else (no append in a stream).
+        let only_signature = basis.layout.is_some() && !basis.append && basis.blake3.is_none() && basis.tail.is_none();
+        if !only_signature || basis.count == 0 || basis.len == 0 || basis.len > dt::TREE_BASIS_MAX {
             let msg = format!(
                 "a basis of {} bytes in {} entries (most in a tree: {})",
                 basis.len,
@@ -388,7 +390,10 @@ async fn send_delta(
     use crate::session::delta::{self as dt, DeltaFailed};
     let head = d.head();
     let size = head.size;
-    if !dt::may_pay(basis, size) {
+    // Cut as the sizes say now (a file that changed size since it was
+    // listed may not be), worth a delta, and small enough for a stream.
+    let fits = basis.layout.is_some_and(|l| dt::layout_fits(l, basis.len, size).is_ok());
+    if !fits || !dt::worth(basis.len, size) || size >= dt::TREE_BASIS_MAX {
         return Ok(false);
     }
     let Ok(Some(file)) = d.delta_source().await else { return Ok(false) };

@@ -297,7 +297,7 @@ impl Upload for DirUpload {
         let (sb, path, hashes, signatures) =
             (self.sb.clone(), self.path.clone(), self.hashes.clone(), self.signatures.clone());
         let ask = ask.clone();
-        let found = blocking(move || Ok(find_basis(&sb, &path, (&hashes, &signatures), &ask, size))).await;
+        let found = blocking(move || Ok(find_basis(&sb, &path, (&hashes, &signatures), &ask, (size, u64::MAX)))).await;
         let (file, basis, sig) = found.ok().flatten()?;
         self.basis = Some((file, basis.len));
         Some((basis, sig))
@@ -340,7 +340,7 @@ fn find_basis(
     path: &str,
     (hashes, signatures): (&HashCache, &SignatureCache),
     ask: &crate::proto::DeltaAsk,
-    size: u64,
+    (size, room): (u64, u64),
 ) -> Option<(File, crate::proto::Basis, Option<Arc<crate::delta::Signature>>)> {
     let (mut file, meta) = sb.open(path).ok()?;
     let len = meta.len();
@@ -349,6 +349,10 @@ fn find_basis(
     }
     let version = files::Version::of(&meta);
     let layout = crate::delta::Layout::for_sizes(len, size);
+    // Not read at all if its signature cannot fit what is left.
+    if dt::least_entries(layout, len) > room {
+        return None;
+    }
     let known = (hashes.get(version), signatures.get(version, layout));
     let made_sig = known.1.is_none();
     let offered = dt::offer_basis(&mut file, len, (ask, size), known)?;
@@ -831,14 +835,14 @@ impl TreeSink for DirSink {
             let ask = crate::proto::DeltaAsk::default();
             let mut offered = Vec::new();
             for (i, full, size) in files {
-                if size >= dt::TREE_DELTA_MAX || entries >= dt::TREE_SIGNATURE_ENTRIES {
+                let room = dt::TREE_SIGNATURE_ENTRIES - entries;
+                if size >= dt::TREE_DELTA_MAX || room == 0 {
                     continue;
                 }
                 // Without an append sample, a signature or nothing.
-                let Some((_, basis, Some(sig))) = find_basis(&sb, &full, (&hashes, &signatures), &ask, size) else {
-                    continue;
-                };
-                if entries + basis.count > dt::TREE_SIGNATURE_ENTRIES {
+                let found = find_basis(&sb, &full, (&hashes, &signatures), &ask, (size, room));
+                let Some((_, basis, Some(sig))) = found else { continue };
+                if basis.count > room {
                     continue;
                 }
                 entries += basis.count;
@@ -957,6 +961,8 @@ impl DirSink {
             Ok(old) => dt::Patch::new(receiver, (old, old_len), size),
             Err(why) => dt::Patch::broken(receiver, old_len, size, why),
         };
+        // A write that fails fails this file alone.
+        let patch = patch.deferring_write_errors();
         let cut = s.cut_off().clone();
         let built = match dt::receive_ops_from(s.reader(), &cut, patch, &mut |_| {}).await {
             Ok(patch) => patch.finish(),
@@ -982,6 +988,7 @@ impl DirSink {
             Err(dt::DeltaFailed::BasisChanged(e)) => {
                 Ok(Got::Done(Err(mismatch(&need.path, &format!("(its older version changed: {e})"), &claimed))))
             }
+            Err(dt::DeltaFailed::Io(e)) => Ok(Got::Done(Err(Fault::io(&need.path, e)))),
             Err(e) => {
                 s.refuse_and_close(format!("bad delta: {e}")).await?;
                 Err(Error::Io(std::io::Error::other("a bad delta in a tree_put")))
@@ -1121,7 +1128,7 @@ mod tests {
         let (hashes, signatures) = (HashCache::default(), SignatureCache::default());
         let ask = crate::proto::DeltaAsk { append: None };
         let new_len = (1 << 20) + 100;
-        let first = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        let first = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         let first_sig = first.2.unwrap();
         // What the cache holds for this version is what is used: a planted
         // entry stands in for the file's own, proving no reading.
@@ -1132,30 +1139,39 @@ mod tests {
             entries: first_sig.entries.iter().map(|&(len, _)| (len, [9; 8])).collect(),
         };
         signatures.put(version, Arc::new(planted.clone()));
-        let second = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        let second = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert_eq!(*second.2.unwrap(), planted);
         // A new mtime is a new version: read and indexed again.
         let f = File::options().write(true).open(&path).unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
-        let third = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        let third = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert_eq!(*third.2.unwrap(), *first_sig);
         // An append told by its prefix: no signature at all.
         let data = std::fs::read(&path).unwrap();
         let sample = crate::proto::Sample::of(&File::open(&path).unwrap(), data.len() as u64).unwrap();
         let ask = crate::proto::DeltaAsk { append: Some(sample) };
-        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert!(basis.append && sig.is_none() && basis.count == 0);
         assert_eq!(basis.blake3.unwrap(), blake3::hash(&data).to_hex().to_string());
         // A sample of other bytes: a signature, as for any change.
         let other = crate::proto::Sample { len: data.len() as u64, blake3: blake3::hash(b"x").to_hex().to_string() };
         let ask = crate::proto::DeltaAsk { append: Some(other) };
-        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, new_len).unwrap();
+        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert!(!basis.append && sig.is_some());
         // A new file too small to be worth a delta, or one that the
         // older version is more than 4 times as long as: no basis (it
         // would cost more to read and describe than to send).
-        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, 1000).is_none());
-        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, 200 << 10).is_none());
-        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, 300 << 10).is_some());
+        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (1000, u64::MAX)).is_none());
+        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (200 << 10, u64::MAX)).is_none());
+        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (300 << 10, u64::MAX)).is_some());
+        // A tree's frame with room for fewer entries than the signature
+        // must have: no basis (and the file is not read for it).
+        let len = std::fs::metadata(tmp.path().join("f.bin")).unwrap().len();
+        let layout = crate::delta::Layout::for_sizes(len, 300 << 10);
+        let least = dt::least_entries(layout, len);
+        assert!(least > 1);
+        let room = |n| find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (300 << 10, n));
+        assert!(room(least - 1).is_none());
+        assert!(room(u64::MAX).is_some_and(|(_, b, _)| b.count >= least));
     }
 }
