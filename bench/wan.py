@@ -200,6 +200,8 @@ def main():
                     "compressed data), with -z")
     ap.add_argument("--only-trees", action="store_true", help="the tree cases alone")
     ap.add_argument("--only", default="", help="file cases whose name contains one of these words, comma-separated")
+    ap.add_argument("--tree-cases", default="", help="tree cases whose name contains one of these words, "
+                    "comma-separated")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/wan.py needs root (network namespaces, tc)")
@@ -354,6 +356,24 @@ def tree_rounds(args, link, work, pids, ssh, results):
         os.makedirs(packed)
         with open(os.path.join(packed, "data.zst"), "wb") as f:
             f.write(noise(64 << 20, 77))
+        # Medium files (64 KiB to 1 MiB, 150 MB in all), 20 of 300 edited
+        # a little: what deltas inside the tree's stream are for.
+        medium = os.path.join(base, "medium", "t")
+        medium_old = os.path.join(base, "medium-old", "t")
+        for i in range(300):
+            data = bytearray(noise((64 << 10) + (i * 3203 % 900) * 1024, 90_000 + i))
+            for tree in (medium_old, medium):
+                d = os.path.join(tree, f"d{i % 10}")
+                os.makedirs(d, exist_ok=True)
+                p = os.path.join(d, f"m{i}.bin")
+                if tree == medium and i % 15 == 0:
+                    mid = len(data) // 2
+                    data[mid:mid + 200] = noise(200, 95_000 + i)
+                    data = data[:mid // 2] + noise(100, 96_000 + i) + data[mid // 2:]
+                with open(p, "wb") as f:
+                    f.write(data)
+                os.utime(p, (1_700_000_000, 1_700_000_000) if tree == medium_old
+                         else (1_700_000_000 + (60 if i % 15 == 0 else 0),) * 2)
     fw = f"{CLI_IP}:15300"
     rsd = f"rsync://{CLI_IP}:15373/bench/"
     rss = f"root@{CLI_IP}:{remote}/"
@@ -364,6 +384,10 @@ def tree_rounds(args, link, work, pids, ssh, results):
     def stale():
         fresh()
         shutil.copytree(os.path.join(base, "source-old", "t"), os.path.join(remote, "t"))
+
+    def stale_medium():
+        fresh()
+        shutil.copytree(os.path.join(base, "medium-old", "t"), os.path.join(remote, "t"))
 
     cases = [
         ("text tree 32 MB, fresh, -z", "text", fresh, [
@@ -382,7 +406,15 @@ def tree_rounds(args, link, work, pids, ssh, results):
             ("framewire -z", fw_pid, [BIN, "put", "-r", "-z", "-q", fw, "SRC", ""]),
             ("rsync ssh -z", ssd_pid, ["rsync", "-rtz", "-e", ssh, "SRC", rss]),
         ]),
+        ("medium tree, 20 of 300 files (64 KiB-1 MiB) edited", "medium", stale_medium, [
+            ("framewire", fw_pid, [BIN, "put", "-r", "-q", fw, "SRC", ""]),
+            ("framewire -W", fw_pid, [BIN, "put", "-r", "-W", "-q", fw, "SRC", ""]),
+            ("rsync daemon", rsd_pid, ["rsync", "-rt", "SRC", rsd]),
+            ("rsync ssh -z", ssd_pid, ["rsync", "-rtz", "-e", ssh, "SRC", rss]),
+        ]),
     ]
+    if args.tree_cases:
+        cases = [c for c in cases if any(w in c[0] for w in args.tree_cases.split(","))]
     for r in range(args.rounds):
         for ci, (case, tree, reset, peers) in enumerate(cases):
             src = os.path.join(base, tree, "t")

@@ -561,18 +561,20 @@ async fn hostile_signatures_are_refused() {
     let root = RootServer::dir().await;
     let data = noise(1 << 20, 8);
     root.write("f.bin", &data).await;
-    let blocks = Layout::Blocks(8192);
-    let chunks = Layout::Chunks(Params::DEFAULT);
-    let entry = |len: u32| [len.to_be_bytes().to_vec(), vec![7; 8]].concat();
     let mib = 1u64 << 20;
+    // As the sizes say: blocks of 1 KiB, chunks of at most 4 KiB.
+    let blocks = Layout::for_sizes(mib, mib);
+    let chunks = Layout::for_sizes(mib / 2, mib);
+    assert_eq!((blocks, chunks), (Layout::Blocks(1024), Layout::Chunks(Params::SMALLEST)));
+    let entry = |len: u32| [len.to_be_bytes().to_vec(), vec![7; 8]].concat();
     // What, the basis's length, layout and count, the frames sent.
     type Case = (&'static str, u64, Layout, u64, Vec<Vec<u8>>);
     let cases: Vec<Case> = vec![
         ("more entries than the layout allows", mib, blocks, 1 << 30, vec![]),
-        ("an entry of the wrong length", mib, blocks, 128, vec![[entry(8192), entry(100)].concat()]),
-        ("a ragged frame", mib, blocks, 128, vec![vec![1, 2, 3]]),
-        ("an empty frame", mib, blocks, 128, vec![vec![]]),
-        ("entries longer than the file", mib / 2, chunks, 17, vec![(0..17).flat_map(|_| entry(32768)).collect()]),
+        ("an entry of the wrong length", mib, blocks, 1024, vec![[entry(1024), entry(100)].concat()]),
+        ("a ragged frame", mib, blocks, 1024, vec![vec![1, 2, 3]]),
+        ("an empty frame", mib, blocks, 1024, vec![vec![]]),
+        ("entries longer than the file", mib / 2, chunks, 129, vec![(0..129).flat_map(|_| entry(4096)).collect()]),
     ];
     for (what, len, layout, count, frames) in cases {
         let (mut r, mut w) = raw(root.addr).await;

@@ -79,8 +79,8 @@ pub enum DeltaError {
         /// The largest chunk.
         max: u32,
     },
-    /// A block size that is not a power of two from [`Layout::BLOCK`] to
-    /// the chunker's largest chunk.
+    /// A block size that is not a power of two from
+    /// [`Layout::SMALLEST_BLOCK`] to the chunker's largest chunk.
     #[error("a block size of {0} bytes")]
     BadBlockSize(u32),
     /// A signature of more than [`MAX_CHUNKS`] entries.
@@ -172,17 +172,22 @@ pub struct Params {
 }
 
 impl Params {
-    /// 2 / 8 / 32 KiB: the smallest chunks used, for files up to 64 MiB.
+    /// 2 / 8 / 32 KiB: the chunks of files of 16 to 64 MiB.
     pub const DEFAULT: Params = Params { min: 2 << 10, avg: 8 << 10, max: 32 << 10 };
 
-    /// [`DEFAULT`](Self::DEFAULT), scaled up by powers of two for larger
+    /// 256 B / 1 KiB / 4 KiB: the smallest chunks used, for files up to
+    /// 1 MiB.
+    pub const SMALLEST: Params = Params { min: 256, avg: 1 << 10, max: 4 << 10 };
+
+    /// [`SMALLEST`](Self::SMALLEST), scaled up by powers of two for larger
     /// files, as rsync scales its blocks: an average about the square root
-    /// of the file's length (16 KiB for 256 MiB, 32 KiB for 1 GiB), so the
-    /// signature grows with the root of the file while a change still
-    /// costs a chunk or two; and never so small that the index would pass
-    /// [`MAX_CHUNKS`] / 2 chunks on average.
+    /// of the file's length (1 KiB up to 1 MiB, 8 KiB from 16 to 64 MiB,
+    /// 16 KiB for 256 MiB, 32 KiB for 1 GiB), so the signature grows with
+    /// the root of the file while a change still costs a chunk or two; and
+    /// never so small that the index would pass [`MAX_CHUNKS`] / 2 chunks
+    /// on average.
     pub fn for_len(len: u64) -> Params {
-        let mut p = Params::DEFAULT;
+        let mut p = Params::SMALLEST;
         let too_small = |p: &Params| {
             let avg = u64::from(p.avg);
             avg.saturating_mul(avg) < len || len / avg > (MAX_CHUNKS / 2) as u64
@@ -232,18 +237,26 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Block size of [`Layout::Blocks`] by default.
+    /// Block size of [`Layout::Blocks`] for files of 64 MiB and more.
     pub const BLOCK: u32 = 8 << 10;
 
+    /// The smallest block size, for files up to 1 MiB.
+    pub const SMALLEST_BLOCK: u32 = 1 << 10;
+
     /// The layout a receiver holding `old_len` bytes indexes them with,
-    /// for a new file of `new_len`: blocks if the sizes are equal, of
-    /// [`BLOCK`](Self::BLOCK) bytes (larger only where the index would
+    /// for a new file of `new_len`: blocks if the sizes are equal, about
+    /// the square root of the file from [`SMALLEST_BLOCK`](Self::SMALLEST_BLOCK)
+    /// to [`BLOCK`](Self::BLOCK) bytes (larger only where the index would
     /// pass [`MAX_CHUNKS`] / 2 entries: an edit in place costs its blocks,
     /// and small ones keep that close to the bytes edited); else
     /// content-defined chunks scaled to the file ([`Params::for_len`]).
     pub fn for_sizes(old_len: u64, new_len: u64) -> Layout {
         if old_len == new_len {
-            let mut block = Self::BLOCK;
+            // About the square root of the file, from 1 to 8 KiB.
+            let mut block = Self::SMALLEST_BLOCK;
+            while u64::from(block) * u64::from(block) < old_len && block < Self::BLOCK {
+                block *= 2;
+            }
             while old_len / u64::from(block) > (MAX_CHUNKS / 2) as u64 && (block as usize) < fastcdc::v2020::MAXIMUM_MAX
             {
                 block *= 2;
@@ -263,7 +276,9 @@ impl Layout {
         match *self {
             Layout::Chunks(p) => p.check(),
             Layout::Blocks(size)
-                if !size.is_power_of_two() || size < Self::BLOCK || size as usize > fastcdc::v2020::MAXIMUM_MAX =>
+                if !size.is_power_of_two()
+                    || size < Self::SMALLEST_BLOCK
+                    || size as usize > fastcdc::v2020::MAXIMUM_MAX =>
             {
                 Err(DeltaError::BadBlockSize(size))
             }

@@ -106,10 +106,10 @@ fn runs_of_equal_chunks_index_once() {
     // A VM image's zeroes: thousands of equal chunks, one entry each in
     // the signature but one in the index, and a new file of zeroes is all
     // copies.
-    let old = vec![0u8; 16 << 20];
+    let old = vec![0u8; 32 << 20];
     let sig = index(&old, Layout::Chunks(Params::DEFAULT), 1 << 20);
     assert!(sig.entries.len() > 400);
-    let mut new = vec![0u8; 15 << 20];
+    let mut new = vec![0u8; 31 << 20];
     let encoder = Encoder::new(&sig, new.len() as u64 + 4096).unwrap();
     assert_eq!(encoder.index.len(), 1);
     new.extend_from_slice(&noise(4096, 9));
@@ -161,10 +161,13 @@ fn hostile_signatures_are_refused() {
 #[test]
 fn the_layout_is_the_sizes_not_the_receivers() {
     let old = noise(100_000, 11);
-    // Cut as blocks, though the sizes differ: a sender refuses it.
-    let sig = index(&old, Layout::Blocks(Layout::BLOCK), 4096);
+    // Cut as blocks, though the sizes differ: a sender refuses it; and
+    // in blocks of another size than the file's.
+    let sig = index(&old, Layout::for_sizes(100_000, 100_000), 4096);
     assert!(matches!(Encoder::new(&sig, 100_001), Err(DeltaError::WrongLayout { .. })));
     Encoder::new(&sig, 100_000).unwrap();
+    let sig = index(&old, Layout::Blocks(Layout::BLOCK), 4096);
+    assert!(matches!(Encoder::new(&sig, 100_000), Err(DeltaError::WrongLayout { .. })));
 }
 
 #[test]
@@ -220,6 +223,18 @@ fn layouts_scale_with_the_file() {
     let Layout::Blocks(big) = Layout::for_sizes(1 << 40, 1 << 40) else { panic!() };
     assert!((1u64 << 40) / u64::from(big) <= (MAX_CHUNKS / 2) as u64);
     assert!(matches!(Layout::for_sizes(10, 10), Layout::Blocks(_)));
+    // Small files in small pieces: a change in a 500 KB file costs about
+    // a KiB, not 8 (rsync's blocks are about 700 bytes there).
+    assert_eq!(Params::for_len(500_000), Params::SMALLEST);
+    assert_eq!(Params::for_len(4 << 20).avg, 2 << 10);
+    assert_eq!(Params::for_len(16 << 20).avg, 4 << 10);
+    assert_eq!(Layout::for_sizes(500_000, 500_000), Layout::Blocks(Layout::SMALLEST_BLOCK));
+    assert_eq!(Layout::for_sizes(4 << 20, 4 << 20), Layout::Blocks(2 << 10));
+    assert_eq!(Layout::for_sizes(64 << 20, 64 << 20), Layout::Blocks(Layout::BLOCK));
+    for layout in [Layout::Chunks(Params::SMALLEST), Layout::Blocks(Layout::SMALLEST_BLOCK)] {
+        layout.check().unwrap();
+    }
+    assert!(Layout::Blocks(512).check().is_err());
     assert!(matches!(Layout::for_sizes(10, 11), Layout::Chunks(_)));
 }
 

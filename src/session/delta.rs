@@ -64,10 +64,11 @@ pub const TREE_DELTA_MAX: u64 = 1 << 20;
 pub const TREE_BASIS_MAX: u64 = 4 * TREE_DELTA_MAX;
 
 /// Signature entries the bases of one `wants` frame may carry in all
-/// (1.5 MiB, about 1 GiB of older versions read to make them): what a
-/// peer holds of them until the files are sent. A sender of bases offers
-/// none past it for the rest of the frame.
-pub const TREE_SIGNATURE_ENTRIES: u64 = 1 << 17;
+/// (6 MiB; small files are cut in 1 KiB chunks, so about 512 MiB of older
+/// versions read to make them): what a peer holds of them until the files
+/// are sent. A sender of bases offers none past it for the rest of the
+/// frame.
+pub const TREE_SIGNATURE_ENTRIES: u64 = 1 << 19;
 
 /// The fewest entries a signature of `len` bytes cut as `layout` has:
 /// what a sender of bases checks against what is left of
