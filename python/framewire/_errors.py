@@ -24,6 +24,7 @@ __all__ = [
     "PermissionDenied",
     "RemoteError",
     "ProcessError",
+    "CopyError",
     "ProtocolError",
     "LocalError",
 ]
@@ -116,6 +117,21 @@ class ProcessError(Error):
     def __reduce__(self) -> Any:
         # Pickled with its result (for multiprocessing), not its message.
         return (type(self), (self.result,))
+
+
+class CopyError(Error):
+    """A recursive copy copied what it could, and some files failed:
+    ``result`` is its stats (as a copy that succeeded returns them),
+    ``failures`` a list of ``(path, error)``, each error the exception
+    that file alone would have raised."""
+
+    def __init__(self, message: str, result: Any, failures: Any) -> None:
+        super().__init__(message)
+        self.result = result
+        self.failures = failures
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.result, self.failures))
 
 
 class ProtocolError(Error):

@@ -13,7 +13,8 @@ framewire server, as the ``framewire`` command does.
 
 Every call blocks until it is done, with the GIL released, so threads
 can use several clients at once. A client is one connection: one call at
-a time (a second thread's call waits for the first).
+a time (a second thread's call waits for the first). For asyncio, the
+same calls as coroutines: :class:`framewire.AsyncClient`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
-from . import _errors
+from . import _shared
 from ._native import Client as _NativeClient
+from ._shared import PathLike, Progress
 
 __all__ = ["Client"]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 class Client:
@@ -62,6 +62,7 @@ class Client:
         timeout: Optional[float] = None,
         env: Optional[Mapping[str, str]] = None,
         stdin: Optional[bytes] = None,
+        pty: bool = False,
     ) -> "subprocess.CompletedProcess[bytes]":
         """Runs ``cmd`` with the server's shell; returns its exit code and
         everything it printed, as :func:`subprocess.run` with
@@ -77,49 +78,76 @@ class Client:
         connection closed). ``stdin``: bytes given as its input (none: its
         stdin is closed at once). ``check``: raise
         :class:`framewire.ProcessError` if it exits with another status
-        than 0.
+        than 0. ``pty``: run it on a pseudo-terminal, as ``ssh -t`` does
+        (``TERM`` and the size of this side's terminal, or ``xterm`` and
+        80x24): its stdout and stderr then both come as ``stdout``, and
+        ``stdin`` is what is typed.
         """
-        variables = sorted(env.items()) if env else None
-        code, out, err, how = self._native.run(cmd, timeout, variables, stdin)
-        result = subprocess.CompletedProcess(cmd, code, out, err)
-        if how != "exited":
-            raise _ended(cmd, how, timeout, result)
-        if check and code != 0:
-            raise _errors.ProcessError(result)
-        return result
+        native = self._native.run(cmd, timeout, _shared.env_args(env), stdin, _shared.pty_args(pty))
+        return _shared.run_result(cmd, native, check, timeout)
 
-    def put(self, local: PathLike, remote: str) -> Dict[str, Any]:
-        """Uploads the file ``local`` to ``remote`` as ``framewire put``
-        does: into ``remote`` if it is a directory (or ends with ``/``),
-        replacing a file there (the source wins), resumed if an earlier
-        upload was cut, checked end to end by BLAKE3, in place only once
-        whole. Returns ``{"size", "resumed", "matched", "blake3"}``
-        (``matched``: bytes a delta took from the server's older version,
-        not sent)."""
-        local = os.fspath(local)
-        name = os.path.basename(local)
-        if remote == "" or remote.endswith("/"):
-            remote = remote + name
-        else:
-            try:
-                if self.stat(remote).get("kind") == "dir":
-                    remote = remote + "/" + name
-            except _errors.NotFound:
-                pass
-        size, resumed, blake3, matched = self._native.put(local, remote)
-        return {"size": size, "resumed": resumed, "matched": matched, "blake3": blake3}
+    def put(
+        self,
+        local: PathLike,
+        remote: str = "",
+        recursive: bool = False,
+        progress: Optional[Progress] = None,
+        delete: bool = False,
+    ) -> Dict[str, Any]:
+        """Uploads ``local`` to ``remote`` as ``framewire put`` does.
 
-    def get(self, remote: str, local: PathLike = ".") -> Dict[str, Any]:
-        """Downloads the file ``remote`` to ``local`` as ``framewire get``
-        does: into ``local`` if it is a directory (the current one by
+        A file: into ``remote`` if it is a directory (or ends with ``/``,
+        or is empty: the root), replacing a file there (the source wins),
+        resumed if an earlier upload was cut, checked end to end by
+        BLAKE3, in place only once whole. Returns ``{"size", "resumed",
+        "matched", "blake3"}`` (``matched``: bytes a delta took from the
+        server's older version, not sent).
+
+        ``recursive=True``: the directory ``local`` as ``put -r`` copies
+        it (into ``remote`` as ``remote/NAME``; ``local/`` with a slash:
+        its contents), files that are there with the same size and time
+        left alone, links, modes and times kept, over 4 connections;
+        ``delete=True`` removes what the source lacks, as ``--delete``.
+        Returns ``{"files", "sent", "resumed", "matched", "unchanged",
+        "deleted", "failures"}``; if a file failed, the others are still
+        copied and :class:`framewire.CopyError` is raised, with these
+        stats as its ``result``.
+
+        ``progress``: called with ``(done, total)`` bytes, at most every
+        100 ms and once at the end (if it raises, the copy stops and the
+        exception is raised).
+        """
+        local, remote = _shared.put_args(local, remote, recursive, delete)
+        if recursive:
+            stats = self._native.copy_tree(True, local, remote, delete, _shared.JOBS, progress)
+            return _shared.tree_stats(stats, f"put {local}")
+        return _shared.file_stats(self._native.put(local, remote, progress))
+
+    def get(
+        self,
+        remote: str,
+        local: PathLike = ".",
+        recursive: bool = False,
+        progress: Optional[Progress] = None,
+        delete: bool = False,
+    ) -> Dict[str, Any]:
+        """Downloads ``remote`` to ``local`` as ``framewire get`` does.
+
+        A file: into ``local`` if it is a directory (the current one by
         default), replacing a file there, resumed, checked by BLAKE3,
-        under its name only once whole. Returns
-        ``{"size", "resumed", "matched", "blake3"}``."""
-        local = os.fspath(local)
-        if os.path.isdir(local):
-            local = os.path.join(local, remote.rstrip("/").rsplit("/", 1)[-1])
-        size, resumed, blake3, matched = self._native.get(remote, local)
-        return {"size": size, "resumed": resumed, "matched": matched, "blake3": blake3}
+        under its name only once whole. Returns ``{"size", "resumed",
+        "matched", "blake3"}``.
+
+        ``recursive=True``: the directory ``remote`` as ``get -r`` copies
+        it (into ``local`` as ``local/NAME``; ``remote/`` with a slash: its
+        contents), with the stats, ``delete`` and errors of
+        :meth:`put`. ``progress`` as for :meth:`put`.
+        """
+        remote, local = _shared.get_args(remote, local, recursive, delete)
+        if recursive:
+            stats = self._native.copy_tree(False, remote, local, delete, _shared.JOBS, progress)
+            return _shared.tree_stats(stats, f"get {remote}")
+        return _shared.file_stats(self._native.get(remote, local, progress))
 
     def ls(self, path: str = "", recursive: bool = False) -> List[Dict[str, Any]]:
         """The entries of the directory ``path`` (or of the file), each a
@@ -156,18 +184,3 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _ended(cmd: str, how: str, timeout: Optional[float], result: Any) -> _errors.Error:
-    """The error of a command the server ended (``result``: what it
-    printed until then)."""
-    e: _errors.Error
-    if how == "timeout":
-        e = _errors.TimeoutError(f"command {cmd!r} ran past its timeout of {timeout} s and was killed")
-    elif how == "revoked":
-        e = _errors.AuthenticationError(f"command {cmd!r} was killed: the key it ran with was revoked")
-    else:
-        why = {"shutdown": "the server shut down", "cancelled": "it was cancelled"}.get(how, how)
-        e = _errors.ConnectionError(f"command {cmd!r} was killed: {why}")
-    e.result = result  # type: ignore[attr-defined]
-    return e

@@ -221,12 +221,14 @@ fn raise_as(class: &str, message: String, code: Option<String>) -> PyErr {
     })
 }
 
-
 // ---------------------------------------------------------------------
 // The calls, each an async function on a connection: the same for
 // `Client` (run on the runtime while the calling thread waits) and
 // `AsyncClient` (awaited on the caller's event loop).
 // ---------------------------------------------------------------------
+
+/// Variables for a command, as given.
+type Env = Option<Vec<(String, String)>>;
 
 /// What `run` is asked.
 struct RunArgs {
@@ -242,7 +244,7 @@ impl RunArgs {
     fn new(
         command: String,
         timeout: Option<f64>,
-        (env, stdin): (Option<Vec<(String, String)>>, Option<Vec<u8>>),
+        (env, stdin): (Env, Option<Vec<u8>>),
         pty: Option<(String, u16, u16)>,
     ) -> PyResult<Self> {
         Ok(RunArgs { command, timeout: seconds("timeout", timeout)?, env, stdin, pty })
@@ -474,7 +476,12 @@ fn download_target(remote: &str, local: PathBuf) -> PathBuf {
     }
 }
 
-async fn put_file(c: &mut Inner, local: PathBuf, remote: String, progress: Option<Progressor>) -> Result<FileStats, Failed> {
+async fn put_file(
+    c: &mut Inner,
+    local: PathBuf,
+    remote: String,
+    progress: Option<Progressor>,
+) -> Result<FileStats, Failed> {
     let remote = upload_target(c, &local, remote).await?;
     if let Some(p) = &progress {
         p.set_total(std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0));
@@ -494,7 +501,12 @@ async fn put_file(c: &mut Inner, local: PathBuf, remote: String, progress: Optio
     Ok((t.size, t.resumed, t.blake3, t.matched))
 }
 
-async fn get_file(c: &mut Inner, remote: String, local: PathBuf, progress: Option<Progressor>) -> Result<FileStats, Failed> {
+async fn get_file(
+    c: &mut Inner,
+    remote: String,
+    local: PathBuf,
+    progress: Option<Progressor>,
+) -> Result<FileStats, Failed> {
     let local = download_target(&remote, local);
     if let Some(p) = &progress {
         p.set_total(c.stat(&remote).await?.size);
@@ -601,7 +613,6 @@ fn read_key(key_file: Option<PathBuf>) -> Result<Option<framewire::auth::Key>, C
         })
         .transpose()
 }
-
 
 /// An async call on a client's connection.
 type Call<'c, T> = Pin<Box<dyn std::future::Future<Output = Result<T, Failed>> + Send + 'c>>;
@@ -711,7 +722,7 @@ impl Client {
         py: Python<'_>,
         command: String,
         timeout: Option<f64>,
-        env: Option<Vec<(String, String)>>,
+        env: Env,
         stdin: Option<Vec<u8>>,
         pty: Pty,
     ) -> PyResult<RunResult> {
@@ -805,11 +816,20 @@ impl Client {
 /// once. A call cancelled part-way closes the connection.
 #[pyclass(module = "framewire._native", frozen)]
 struct AsyncClient {
-    inner: Arc<tokio::sync::Mutex<Option<Inner>>>,
+    /// Held for the whole of a call: calls take turns.
+    inner: Arc<tokio::sync::Mutex<Slot>>,
     endpoint: Endpoint,
-    /// Set once the connection was closed (by `close`, or by a call that
-    /// left it unusable): later calls raise `ConnectionError`.
-    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An `AsyncClient`'s connection.
+enum Slot {
+    /// Not made yet: the next call makes it.
+    Unconnected,
+    Ready(Box<Inner>),
+    /// Closed (by `close`), left unusable by a call, or taken by a call
+    /// under way (a call dropped part-way, cancelled, leaves it so):
+    /// calls raise `ConnectionError`.
+    Gone,
 }
 
 /// Converts what an async call made into Python's result or exception.
@@ -832,27 +852,27 @@ impl AsyncClient {
     where
         T: Send + 'static,
     {
-        let (inner, endpoint, closed) = (self.inner.clone(), self.endpoint.clone(), self.closed.clone());
+        let (inner, endpoint) = (self.inner.clone(), self.endpoint.clone());
         generic::future_into_py::<OnRuntime, _, _>(py, async move {
             let mut slot = inner.lock().await;
-            if closed.load(Ordering::Relaxed) {
-                return settle(Err(Failed::Client(ClientError::Closed)));
-            }
-            let mut client = match slot.take() {
-                Some(client) => client,
-                None => match endpoint.connect().await {
+            let mut client = match std::mem::replace(&mut *slot, Slot::Gone) {
+                Slot::Ready(client) => *client,
+                Slot::Unconnected => match endpoint.connect().await {
                     Ok(client) => client,
-                    Err(e) => return settle(Err(Failed::Client(e))),
+                    // Not connected: the next call tries again.
+                    Err(e) => {
+                        *slot = Slot::Unconnected;
+                        return settle(Err(Failed::Client(e)));
+                    }
                 },
+                Slot::Gone => return settle(Err(Failed::Client(ClientError::Closed))),
             };
             let done = f(&mut client).await;
             let unusable = client.is_closed() || matches!(&done, Err(Failed::Python(_)));
-            let keep = !unusable && done.as_ref().map_or(true, |t| !drop_after(t));
-            if keep {
-                *slot = Some(client);
-            } else {
-                closed.store(true, Ordering::Relaxed);
+            if !unusable && done.as_ref().map_or(true, |t| !drop_after(t)) {
+                *slot = Slot::Ready(Box::new(client));
             }
+            drop(slot);
             convert(settle(done)?)
         })
     }
@@ -869,7 +889,7 @@ impl AsyncClient {
 
 /// `value` as a Python object.
 fn to_py<T: for<'py> IntoPyObject<'py>>(value: T) -> PyResult<Py<PyAny>> {
-    Python::attach(|py| Ok(value.into_pyobject(py).map_err(Into::into)?.into_any().unbind()))
+    Python::attach(|py| pyo3::IntoPyObjectExt::into_py_any(value, py))
 }
 
 #[pymethods]
@@ -878,9 +898,8 @@ impl AsyncClient {
     #[pyo3(signature = (addr, key_file=None, connect_timeout=Some(30.0)))]
     fn new(addr: String, key_file: Option<PathBuf>, connect_timeout: Option<f64>) -> PyResult<Self> {
         Ok(AsyncClient {
-            inner: Arc::new(tokio::sync::Mutex::new(None)),
+            inner: Arc::new(tokio::sync::Mutex::new(Slot::Unconnected)),
             endpoint: endpoint_of(addr, key_file, connect_timeout)?,
-            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -895,13 +914,17 @@ impl AsyncClient {
         py: Python<'py>,
         command: String,
         timeout: Option<f64>,
-        env: Option<Vec<(String, String)>>,
+        env: Env,
         stdin: Option<Vec<u8>>,
         pty: Pty,
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = RunArgs::new(command, timeout, (env, stdin), pty)?;
-        let f = move |c: &mut Inner| -> Call<'_, Ran> { Box::pin(async move { Ok(run_on(c, args).await?) }) };
-        self.with(py, f, Result::is_err, |done| to_py(ran(done)?))
+        self.with(
+            py,
+            move |c| Box::pin(async move { Ok(run_on(c, args).await?) }),
+            Result::is_err,
+            |done| to_py(ran(done)?),
+        )
     }
 
     #[pyo3(signature = (local, remote, progress=None))]
@@ -941,10 +964,13 @@ impl AsyncClient {
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (endpoint, progress) = (self.endpoint.clone(), Progressor::new(progress));
-        let f = move |c: &mut Inner| -> Call<'_, TreeStats> {
-            Box::pin(async move { copy_tree(c, &endpoint, (put, source, dest), (delete, jobs), progress).await })
-        };
-        self.call(py, f, to_py)
+        self.call(
+            py,
+            move |c| {
+                Box::pin(async move { copy_tree(c, &endpoint, (put, source, dest), (delete, jobs), progress).await })
+            },
+            to_py,
+        )
     }
 
     #[pyo3(signature = (path, recursive=false))]
@@ -974,10 +1000,9 @@ impl AsyncClient {
     /// Closes the connection once the call under way (if any) ends:
     /// awaitable. Later calls raise `ConnectionError`.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (inner, closed) = (self.inner.clone(), self.closed.clone());
-        closed.store(true, Ordering::Relaxed);
+        let inner = self.inner.clone();
         generic::future_into_py::<OnRuntime, _, _>(py, async move {
-            inner.lock().await.take();
+            *inner.lock().await = Slot::Gone;
             Ok(())
         })
     }
@@ -1009,7 +1034,7 @@ impl Fleet {
         key_file: Option<PathBuf>,
         connect_timeout: Option<f64>,
         timeout: Option<f64>,
-        env: Option<Vec<(String, String)>>,
+        env: Env,
     ) -> PyResult<Self> {
         use framewire::client::fleet;
         let mut names = Vec::new();
@@ -1054,8 +1079,12 @@ impl Fleet {
                     loop {
                         match events.next().await {
                             None => return None,
-                            Some(Event::Stdout { host, line }) => output.entry(host).or_default().0.extend_from_slice(&line),
-                            Some(Event::Stderr { host, line }) => output.entry(host).or_default().1.extend_from_slice(&line),
+                            Some(Event::Stdout { host, line }) => {
+                                output.entry(host).or_default().0.extend_from_slice(&line)
+                            }
+                            Some(Event::Stderr { host, line }) => {
+                                output.entry(host).or_default().1.extend_from_slice(&line)
+                            }
                             Some(Event::Finished { host, outcome, elapsed }) => return Some((host, outcome, elapsed)),
                             Some(_) => {}
                         }

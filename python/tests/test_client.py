@@ -19,52 +19,7 @@ import pytest
 
 import framewire
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def binary() -> str:
-    if os.environ.get("FRAMEWIRE_BIN"):
-        return os.environ["FRAMEWIRE_BIN"]
-    built = [p for p in (ROOT / "target" / "debug" / "framewire", ROOT / "target" / "release" / "framewire") if p.exists()]
-    if not built:
-        pytest.fail("no framewire binary: run `cargo build` first, or set FRAMEWIRE_BIN")
-    return str(max(built, key=lambda p: p.stat().st_mtime))
-
-
-class Server:
-    """A `framewire serve` of a temporary directory, ended by its PID."""
-
-    def __init__(self, root: pathlib.Path, *args: str) -> None:
-        self.root = root
-        self.proc = subprocess.Popen(
-            [binary(), "serve", "--listen", "127.0.0.1:0", "--root", str(root), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if "listening on" in line:
-                self.addr = line.split("listening on", 1)[1].split()[0]
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        self.stop()
-        pytest.fail("framewire serve did not start")
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    s = Server(root, "--allow-exec", "--insecure", "--accept-env", "GREETING")
-    yield s
-    s.stop()
+from conftest import Server, binary
 
 
 def test_run_gives_what_subprocess_run_gives(server):
@@ -231,3 +186,103 @@ def test_a_process_error_survives_pickling():
     assert isinstance(again, framewire.ProcessError)
     assert (again.result.returncode, again.result.stdout) == (1, b"out")
     assert str(again) == "command 'false' exited with status 1"
+
+
+def test_run_on_a_terminal(server):
+    with framewire.Client(server.addr) as c:
+        assert c.run("tty").returncode != 0, "no terminal unless asked"
+        on = c.run("tty; echo to-stderr >&2", pty=True, timeout=20)
+        assert on.returncode == 0 and on.stdout.startswith(b"/dev/pts/"), on
+        assert b"to-stderr" in on.stdout and on.stderr == b"", "a terminal has one output"
+        typed = c.run("read line; echo got:$line", pty=True, stdin=b"hello\n", timeout=20)
+        assert b"got:hello" in typed.stdout
+        # The connection goes on, without a terminal again.
+        assert c.run("tty").returncode != 0
+
+
+def make_tree(top: pathlib.Path) -> None:
+    (top / "sub" / "deep").mkdir(parents=True)
+    (top / "a.txt").write_bytes(b"alpha")
+    (top / "sub" / "b.bin").write_bytes(os.urandom(300_000))
+    (top / "sub" / "deep" / "c.txt").write_bytes(b"")
+    (top / "link").symlink_to("a.txt")
+    os.chmod(top / "a.txt", 0o640)
+    os.utime(top / "a.txt", (1_600_000_000, 1_600_000_000))
+
+
+def same_tree(a: pathlib.Path, b: pathlib.Path) -> None:
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*"))
+    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*"))
+    for name in names:
+        pa, pb = a / name, b / name
+        if pa.is_symlink():
+            assert pb.is_symlink() and os.readlink(pa) == os.readlink(pb), name
+        elif pa.is_file():
+            assert pa.read_bytes() == pb.read_bytes(), name
+            assert pa.stat().st_mode & 0o777 == pb.stat().st_mode & 0o777, name
+            assert int(pa.stat().st_mtime) == int(pb.stat().st_mtime), name
+
+
+def test_trees_go_up_and_down_as_put_r_and_get_r(server, tmp_path):
+    src = tmp_path / "t"
+    make_tree(src)
+    calls = []
+    with framewire.Client(server.addr) as c:
+        up = c.put(src, "backup", recursive=True, progress=lambda done, total: calls.append((done, total)))
+        assert (up["files"], up["failures"], up["unchanged"]) == (3, [], 0)
+        same_tree(src, server.root / "backup" / "t")
+        total = 5 + 300_000
+        assert calls and calls[-1] == (total, total), calls
+        assert all(d <= t == total for d, t in calls) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+        # Again: nothing to send.
+        again = c.put(src, "backup", recursive=True)
+        assert (again["files"], again["unchanged"]) == (0, 3)
+        # Down, into a new directory; then a mirror of a changed tree.
+        back = tmp_path / "back"
+        back.mkdir()
+        down = c.get("backup/t", back, recursive=True)
+        assert down["files"] == 3
+        same_tree(src, back / "t")
+        (server.root / "backup" / "t" / "sub" / "b.bin").unlink()
+        (back / "t" / "extra.txt").write_bytes(b"not on the server")
+        mirrored = c.get("backup/t/", back / "t", recursive=True, delete=True)
+        assert mirrored["deleted"] == 2 and not (back / "t" / "extra.txt").exists()
+        assert not (back / "t" / "sub" / "b.bin").exists()
+        with pytest.raises(ValueError):
+            c.get("backup/t", back, delete=True)
+        # A file that cannot go: the rest goes, and CopyError says which.
+        (server.root / "backup" / "t" / "a.txt").unlink()
+        (server.root / "backup" / "t" / "a.txt").mkdir()
+        (src / "new.txt").write_bytes(b"new")
+        with pytest.raises(framewire.CopyError) as e:
+            c.put(src, "backup", recursive=True)
+        assert [p for p, _ in e.value.failures] == [str(src / "a.txt")], e.value.failures
+        assert isinstance(e.value.failures[0][1], framewire.Error)
+        assert e.value.result["files"] >= 1
+        assert (server.root / "backup" / "t" / "new.txt").read_bytes() == b"new"
+        # The connection goes on.
+        assert c.stat("backup/t/new.txt")["size"] == 3
+
+
+def test_progress_is_reported_and_a_raising_callback_stops_the_copy(server, tmp_path):
+    data = os.urandom(8 << 20)
+    (tmp_path / "big.bin").write_bytes(data)
+    seen = []
+    with framewire.Client(server.addr) as c:
+        c.put(tmp_path / "big.bin", "big.bin", progress=lambda d, t: seen.append((d, t)))
+        assert seen[-1] == (len(data), len(data))
+        seen.clear()
+        c.get("big.bin", tmp_path / "back.bin", progress=lambda d, t: seen.append((d, t)))
+        assert seen[-1] == (len(data), len(data)) and (tmp_path / "back.bin").read_bytes() == data
+
+        class Enough(Exception):
+            pass
+
+        def stop(done, total):
+            raise Enough(done)
+
+        with pytest.raises(Enough):
+            c.put(tmp_path / "big.bin", "again.bin", progress=stop)
+        assert not (server.root / "again.bin").exists()
+        with pytest.raises(framewire.ConnectionError):
+            c.stat("big.bin")

@@ -57,3 +57,64 @@ def test_a_movie_is_picked_by_number_and_arrives_whole(start, tmp_path):
     assert sorted(p.name for p in downloads.iterdir()) == ["b.mp4"], "no partial file left"
     with pytest.raises(SystemExit, match="no movie number 3"):
         module.fetch("127.0.0.1", port, str(downloads), number=3)
+
+
+def test_the_fleet_example_gathers_every_host(tmp_path):
+    from conftest import Server
+
+    servers = []
+    for k in range(2):
+        root = tmp_path / f"r{k}"
+        root.mkdir()
+        servers.append(Server(root, "--allow-exec", "--insecure"))
+    try:
+        hosts = ",".join(s.addr for s in servers)
+        out = subprocess.run(
+            [sys.executable, EXAMPLES / "fleet_run.py", hosts, "echo hi"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out
+        assert sorted(out.stdout.splitlines()[:2]) == sorted(f"{s.addr}: hi" for s in servers)
+        assert out.stdout.splitlines()[-1] == "2 ok, 0 failed"
+        out = subprocess.run(
+            [sys.executable, EXAMPLES / "fleet_run.py", hosts, "exit 4"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 1 and "FAILED exit status 4" in out.stdout, out
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_the_backup_example_keeps_snapshots_and_moves_only_changes(tmp_path):
+    from conftest import Server
+
+    root = tmp_path / "root"
+    (root / "projects" / "sub").mkdir(parents=True)
+    (root / "projects" / "a.txt").write_bytes(b"alpha")
+    (root / "projects" / "sub" / "b.bin").write_bytes(bytes(range(256)) * 4000)
+    s = Server(root, "--insecure")
+    backups = tmp_path / "backups"
+    try:
+        run = lambda: subprocess.run(  # noqa: E731
+            [sys.executable, EXAMPLES / "backup.py", s.addr, "projects", backups],
+            capture_output=True, text=True, timeout=60,
+        )
+        first = run()
+        assert first.returncode == 0 and "2 file(s) copied" in first.stdout, first
+        latest = backups / "latest" / "projects"
+        assert (latest / "sub" / "b.bin").read_bytes() == (root / "projects" / "sub" / "b.bin").read_bytes()
+        old = (backups / "latest").resolve()
+        import time as _time
+
+        _time.sleep(1.1)  # a new snapshot name
+        (root / "projects" / "a.txt").write_bytes(b"changed")
+        second = run()
+        assert second.returncode == 0 and "1 file(s) copied" in second.stdout and "1 unchanged" in second.stdout, second
+        new = (backups / "latest").resolve()
+        assert new != old
+        assert (new / "projects" / "a.txt").read_bytes() == b"changed"
+        assert (old / "projects" / "a.txt").read_bytes() == b"alpha", "the older snapshot is kept as it was"
+        assert (new / "projects" / "sub" / "b.bin").stat().st_ino == (old / "projects" / "sub" / "b.bin").stat().st_ino
+    finally:
+        s.stop()
