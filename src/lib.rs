@@ -60,6 +60,8 @@
 
 pub mod auth;
 pub mod client;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod delta;
 pub mod legacy;
 pub mod proto;

@@ -10,7 +10,17 @@ _FileStats = Tuple[int, int, str, int]
 _TreeStats = Tuple[int, int, int, int, int, int, List[Tuple[str, str, str, Optional[str]]]]
 
 class Client:
-    def __init__(self, addr: str, key_file: Optional[str] = None, connect_timeout: Optional[float] = 30.0) -> None: ...
+    def __init__(
+        self,
+        addr: str,
+        key_file: Optional[str] = None,
+        connect_timeout: Optional[float] = 30.0,
+        identity: Optional[str] = None,
+        passphrase: Optional[str] = None,
+        known_hosts: Optional[str] = None,
+        accept_new: bool = False,
+        config: Optional[str] = None,
+    ) -> None: ...
     def run(
         self,
         command: str,
@@ -22,7 +32,7 @@ class Client:
     def put(self, local: str, remote: str, progress: _Progress = None) -> _FileStats: ...
     def get(self, remote: str, local: str, progress: _Progress = None) -> _FileStats: ...
     def copy_tree(
-        self, put: bool, source: str, dest: str, delete: bool = False, jobs: int = 4, progress: _Progress = None
+        self, put: bool, source: str, dest: str, delete: bool = False, jobs: Optional[int] = None, progress: _Progress = None
     ) -> _TreeStats: ...
     def ls(self, path: str, recursive: bool = False) -> str: ...
     def stat(self, path: str) -> str: ...
@@ -32,7 +42,17 @@ class Client:
     def close(self) -> None: ...
 
 class AsyncClient:
-    def __init__(self, addr: str, key_file: Optional[str] = None, connect_timeout: Optional[float] = 30.0) -> None: ...
+    def __init__(
+        self,
+        addr: str,
+        key_file: Optional[str] = None,
+        connect_timeout: Optional[float] = 30.0,
+        identity: Optional[str] = None,
+        passphrase: Optional[str] = None,
+        known_hosts: Optional[str] = None,
+        accept_new: bool = False,
+        config: Optional[str] = None,
+    ) -> None: ...
     def connect(self) -> Awaitable[None]: ...
     def run(
         self,
@@ -45,7 +65,7 @@ class AsyncClient:
     def put(self, local: str, remote: str, progress: _Progress = None) -> Awaitable[_FileStats]: ...
     def get(self, remote: str, local: str, progress: _Progress = None) -> Awaitable[_FileStats]: ...
     def copy_tree(
-        self, put: bool, source: str, dest: str, delete: bool = False, jobs: int = 4, progress: _Progress = None
+        self, put: bool, source: str, dest: str, delete: bool = False, jobs: Optional[int] = None, progress: _Progress = None
     ) -> Awaitable[_TreeStats]: ...
     def ls(self, path: str, recursive: bool = False) -> Awaitable[str]: ...
     def stat(self, path: str) -> Awaitable[str]: ...
@@ -64,6 +84,11 @@ class Fleet:
         connect_timeout: Optional[float] = 30.0,
         timeout: Optional[float] = None,
         env: _Env = None,
+        identity: Optional[str] = None,
+        passphrase: Optional[str] = None,
+        known_hosts: Optional[str] = None,
+        accept_new: bool = False,
+        config: Optional[str] = None,
     ) -> None: ...
     def __iter__(self) -> Iterator[Tuple[str, Optional[int], bytes, bytes, str, Optional[str], str, float]]: ...
     def __next__(self) -> Tuple[str, Optional[int], bytes, bytes, str, Optional[str], str, float]: ...

@@ -18,8 +18,31 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: (the connection is closed) and its exception is raised.
 Progress = Callable[[int, int], Any]
 
-#: Connections a recursive copy runs over, as the CLI's ``--jobs``.
-JOBS = 4
+#: Connections a recursive copy runs over, as the CLI's ``--jobs``:
+#: ``None`` is the config file's ``jobs`` for the host, or 4.
+JOBS = None
+
+
+def auth_args(
+    key_file: Optional[PathLike],
+    connect_timeout: Optional[float],
+    identity: Optional[PathLike],
+    passphrase: Optional[str],
+    known_hosts: Optional[PathLike],
+    accept_new: bool,
+    config: Optional[PathLike] = None,
+) -> Dict[str, Any]:
+    """How the native clients take their connection options."""
+    path = lambda p: None if p is None else os.fspath(p)  # noqa: E731
+    return {
+        "key_file": path(key_file),
+        "connect_timeout": connect_timeout,
+        "identity": path(identity),
+        "passphrase": passphrase,
+        "known_hosts": path(known_hosts),
+        "accept_new": accept_new,
+        "config": path(config),
+    }
 
 
 def pty_args(pty: bool) -> Optional[Tuple[str, int, int]]:

@@ -30,7 +30,6 @@ stopped in the middle; later calls on it raise
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -55,10 +54,14 @@ class AsyncClient:
         *,
         key_file: Optional[PathLike] = None,
         connect_timeout: Optional[float] = 30.0,
+        identity: Optional[PathLike] = None,
+        passphrase: Optional[str] = None,
+        known_hosts: Optional[PathLike] = None,
+        accept_new: bool = False,
+        config: Optional[PathLike] = None,
     ) -> None:
         self.addr = addr
-        key = None if key_file is None else os.fspath(key_file)
-        self._native = _NativeAsyncClient(addr, key, connect_timeout)
+        self._native = _NativeAsyncClient(addr, **_shared.auth_args(key_file, connect_timeout, identity, passphrase, known_hosts, accept_new, config))
 
     async def connect(self) -> "AsyncClient":
         """Connects now, rather than at the first call: errors

@@ -20,7 +20,6 @@ same calls as coroutines: :class:`framewire.AsyncClient`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -35,9 +34,28 @@ class Client:
     """A connection to a framewire server at ``addr`` (``host:port``).
 
     ``key_file``: the shared key file the server was started with
-    (``serve --key-file``); without it the connection is plaintext, for a
-    server without a key. ``connect_timeout``: seconds to connect and
+    (``serve --key-file``). Keys of one's own, for a server with
+    ``--authorized-keys`` (PROTOCOL.md §2.3.1), as ssh takes them:
+    ``identity``, an OpenSSH private key file (Ed25519), ``passphrase``
+    if it is encrypted; with neither ``key_file`` nor ``identity``, the
+    agent's keys (``SSH_AUTH_SOCK``) and ``~/.ssh/id_ed25519`` are tried
+    if the server requires a key (else the connection is plaintext, for a
+    server without keys). The server's host key is checked against
+    ``known_hosts`` (default ``~/.ssh/known_hosts``'s framewire
+    counterpart, as the CLI's ``--known-hosts``); one not known yet is
+    refused unless ``accept_new=True`` records it (nobody is asked: a
+    script has no terminal). ``connect_timeout``: seconds to connect and
     finish the handshake (``None``: no limit of our own).
+
+    ``addr`` may be an alias of the CLI's config file (README "The config
+    file"): ``config``, else ``$FRAMEWIRE_CONFIG``, else
+    ``~/.config/framewire/config.toml``, read as ``framewire`` reads it.
+    The alias gives the address and port, the key file (``key_file``
+    wins, then the alias's, then ``$FRAMEWIRE_KEY_FILE``, then
+    ``[defaults]``), the identity, a directory that relative remote paths
+    start from (``/path`` is from the served root), a default ``run``
+    timeout, the connections of a recursive copy, compression and a
+    bandwidth limit.
 
     Calls can be interrupted with Ctrl-C (``KeyboardInterrupt``); the
     connection is then closed, since it stopped part-way. Clients do not
@@ -50,10 +68,14 @@ class Client:
         *,
         key_file: Optional[PathLike] = None,
         connect_timeout: Optional[float] = 30.0,
+        identity: Optional[PathLike] = None,
+        passphrase: Optional[str] = None,
+        known_hosts: Optional[PathLike] = None,
+        accept_new: bool = False,
+        config: Optional[PathLike] = None,
     ) -> None:
         self.addr = addr
-        key = None if key_file is None else os.fspath(key_file)
-        self._native = _NativeClient(addr, key, connect_timeout)
+        self._native = _NativeClient(addr, **_shared.auth_args(key_file, connect_timeout, identity, passphrase, known_hosts, accept_new, config))
 
     def run(
         self,

@@ -21,13 +21,12 @@ cancels the hosts still running, their commands killed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
 from . import _errors
 from ._native import Fleet as _NativeFleet
-from ._shared import PathLike
+from ._shared import PathLike, auth_args
 
 __all__ = ["run", "HostResult"]
 
@@ -66,24 +65,32 @@ def run(
     connect_timeout: Optional[float] = 30.0,
     timeout: Optional[float] = None,
     env: Optional[Mapping[str, str]] = None,
+    identity: Optional[PathLike] = None,
+    passphrase: Optional[str] = None,
+    known_hosts: Optional[PathLike] = None,
+    accept_new: bool = False,
+    config: Optional[PathLike] = None,
 ) -> Iterator[HostResult]:
     """Runs ``cmd`` on every host of ``hosts`` and yields each host's
     :class:`HostResult` as it finishes.
 
     ``hosts``: a host set as ``framewire -w`` takes it (``node[1-3]``,
     ``10.0.0.[1-9]:9909``, ``a,b``), or several of them; each host once,
-    in order of first mention. (Groups, ``@name``, come from the CLI's
-    config file, which the library does not read yet.) ``key_file``,
-    ``connect_timeout``: as for :class:`framewire.Client`, for every host.
+    in order of first mention; ``@name`` is a group of the CLI's config
+    file, and each host may be an alias of it (``config`` as for
+    :class:`framewire.Client`). ``key_file``,
+    ``connect_timeout``, ``identity``, ``passphrase``, ``known_hosts``,
+    ``accept_new``: as for :class:`framewire.Client`, for every host (an
+    identity read once).
     ``timeout``: each host's command is killed after it (its result then
     a :class:`framewire.TimeoutError`). ``env``: variables for every
     command (each server must accept them; a refusal is said on that
     host's stderr).
     """
     sets = [hosts] if isinstance(hosts, str) else list(hosts)
-    key = None if key_file is None else os.fspath(key_file)
     variables = sorted(env.items()) if env else None
-    fleet = _NativeFleet(sets, cmd, fanout, key, connect_timeout, timeout, variables)
+    auth = auth_args(key_file, connect_timeout, identity, passphrase, known_hosts, accept_new, config)
+    fleet = _NativeFleet(sets, cmd, fanout, timeout=timeout, env=variables, **auth)
     try:
         for host, code, out, err, how, cls, message, elapsed in fleet:
             error: Optional[_errors.Error] = None

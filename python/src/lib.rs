@@ -30,7 +30,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         _ => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                .thread_name("framewire")
+                .thread_name(THREADS)
                 .enable_all()
                 .build()
                 .expect("a tokio runtime");
@@ -63,6 +63,14 @@ impl generic::Runtime for OnRuntime {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        // From a task of ours (pyo3-async-runtimes spawns from inside
+        // one): on its runtime, without the lock `runtime()` takes (a
+        // fork at that moment would leave it locked in the child).
+        if std::thread::current().name() == Some(THREADS) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                return handle.spawn(fut);
+            }
+        }
         runtime().spawn(fut)
     }
 
@@ -89,13 +97,24 @@ impl generic::ContextExt for OnRuntime {
     }
 }
 
+/// The name of the runtime's threads.
+const THREADS: &str = "framewire";
+
 /// Why a blocking call ended without its result.
 enum Failed {
     /// The client's error.
     Client(ClientError),
-    /// A Python exception: KeyboardInterrupt (or another signal's
-    /// handler's) while waiting.
+    /// The client's error, after which the connection is not used again:
+    /// it holds what the failed call set for the next command (variables,
+    /// a terminal).
+    Spent(ClientError),
+    /// A Python exception that stopped the call part-way: KeyboardInterrupt
+    /// (or another signal's handler's) while waiting, or a progress
+    /// callback's. The connection is not used again.
     Python(PyErr),
+    /// A Python exception raised with the connection in step (a progress
+    /// callback's on its last call, a copy that could not be planned).
+    Raised(PyErr),
 }
 
 impl From<ClientError> for Failed {
@@ -107,8 +126,8 @@ impl From<ClientError> for Failed {
 impl Failed {
     fn raise(self) -> PyErr {
         match self {
-            Failed::Client(e) => raise(e),
-            Failed::Python(e) => e,
+            Failed::Client(e) | Failed::Spent(e) => raise(e),
+            Failed::Python(e) | Failed::Raised(e) => e,
         }
     }
 }
@@ -255,21 +274,28 @@ impl RunArgs {
 /// then not run).
 type Ran = Result<framewire::client::Output, Vec<String>>;
 
-async fn run_on(c: &mut Inner, a: RunArgs) -> Result<Ran, ClientError> {
+async fn run_on(c: &mut Inner, a: RunArgs) -> Result<Ran, Failed> {
+    // Once variables or a terminal are set for the next command, a
+    // failure leaves them set: the connection is not used again.
+    let mut primed = false;
+    let spent = |primed: bool| move |e: ClientError| if primed { Failed::Spent(e) } else { Failed::Client(e) };
     if let Some(vars) = a.env.filter(|v| !v.is_empty()) {
         let set = c.set_env(&vars).await?;
         if !set.refused.is_empty() {
             return Ok(Err(set.refused));
         }
+        primed = true;
     }
     if let Some((term, rows, cols)) = &a.pty {
-        c.request_pty(term, framewire::client::WindowSize { rows: *rows, cols: *cols }).await?;
+        let size = framewire::client::WindowSize { rows: *rows, cols: *cols };
+        c.request_pty(term, size).await.map_err(spent(primed))?;
+        primed = true;
     }
     let options = framewire::client::ExecOptions::with_timeout(a.timeout);
     let output = match a.stdin {
         // With a terminal, stdin is what is typed: none is an empty input
         // (the terminal's end of file), not a closed pipe.
-        None if a.pty.is_none() => c.exec_output(&a.command, &options).await?,
+        None if a.pty.is_none() => c.exec_output(&a.command, &options).await.map_err(spent(primed))?,
         input => {
             let input = input.unwrap_or_default();
             let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -281,7 +307,7 @@ async fn run_on(c: &mut Inner, a: RunArgs) -> Result<Ran, ClientError> {
                 cancel: None,
                 resize: None,
             };
-            let status = c.exec(&a.command, &options, io).await?;
+            let status = c.exec(&a.command, &options, io).await.map_err(spent(primed))?;
             framewire::client::Output { status, stdout: out, stderr: err }
         }
     };
@@ -336,6 +362,11 @@ struct ProgressState {
     last: Mutex<Option<Instant>>,
     /// The callable's exception, once it raised.
     raised: Mutex<Option<PyErr>>,
+    /// Set once it raised: it is not called again, whatever is still
+    /// winding down.
+    stopped: std::sync::atomic::AtomicBool,
+    /// The most `done` reported: reports never go back.
+    reported: AtomicU64,
     stop: tokio::sync::Notify,
 }
 
@@ -348,6 +379,8 @@ impl Progressor {
                 done: Mutex::new((0, Default::default())),
                 last: Mutex::new(None),
                 raised: Mutex::new(None),
+                stopped: std::sync::atomic::AtomicBool::new(false),
+                reported: AtomicU64::new(0),
                 stop: tokio::sync::Notify::new(),
             }))
         })
@@ -387,25 +420,40 @@ impl Progressor {
             }
             *last = Some(Instant::now());
         }
-        if self.0.raised.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if self.0.stopped.load(Ordering::Relaxed) {
             return;
         }
         let total = self.0.total.load(Ordering::Relaxed);
-        let called = Python::attach(|py| self.0.callback.call1(py, (done.min(total.max(done)), total)).map(drop));
+        // Within the total (a file may grow after it was planned), and
+        // never less than reported before (workers report out of order).
+        let done = if total > 0 { done.min(total) } else { done };
+        let done = self.0.reported.fetch_max(done, Ordering::Relaxed).max(done);
+        let called = Python::attach(|py| {
+            // Checked again with the GIL: another thread's call may have
+            // raised meanwhile.
+            if self.0.stopped.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            self.0.callback.call1(py, (done, total)).map(drop)
+        });
         if let Err(e) = called {
+            self.0.stopped.store(true, Ordering::Relaxed);
             *self.0.raised.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             self.0.stop.notify_one();
         }
     }
 
-    /// The last call, at the end of a copy that did not stop.
-    fn finish(&self) {
+    /// The last call, at the end of a copy that did not stop: `Err` with
+    /// the callable's exception if it raised there (the copy is done,
+    /// the connection in step).
+    fn finish(&self) -> Result<(), Failed> {
         let total = self.0.total.load(Ordering::Relaxed);
         let done = {
             let held = self.0.done.lock().unwrap_or_else(|p| p.into_inner());
             held.0 + held.1.values().sum::<u64>()
         };
         self.report(done.max(total), true);
+        self.raised().map_or(Ok(()), |e| Err(Failed::Raised(e)))
     }
 
     /// Resolves once the callable raised.
@@ -469,7 +517,7 @@ async fn upload_target(c: &mut Inner, local: &std::path::Path, remote: String) -
 
 /// `local` for a download of `remote`: into it if it is a directory.
 fn download_target(remote: &str, local: PathBuf) -> PathBuf {
-    if local.is_dir() {
+    if local.is_dir() || local.as_os_str().as_encoded_bytes().ends_with(b"/") {
         local.join(remote.trim_end_matches('/').rsplit('/').next().unwrap_or(remote))
     } else {
         local
@@ -496,7 +544,7 @@ async fn put_file(
     };
     let t = watched(&progress, copy).await?;
     if let Some(p) = &progress {
-        p.finish();
+        p.finish()?;
     }
     Ok((t.size, t.resumed, t.blake3, t.matched))
 }
@@ -521,7 +569,7 @@ async fn get_file(
     };
     let t = watched(&progress, copy).await?;
     if let Some(p) = &progress {
-        p.finish();
+        p.finish()?;
     }
     Ok((t.size, t.resumed, t.blake3, t.matched))
 }
@@ -547,13 +595,10 @@ async fn copy_tree(
     } else {
         tree::plan_get(c, &[source], std::path::Path::new(&dest), options).await
     };
+    // Nothing copied yet, the connection in step.
     let plan = planned.map_err(|e| match e {
-        tree::PlanError::Source { path, error } => {
-            let class = class_of(&error);
-            let code = error.code().map(|c| c.to_string());
-            Failed::Python(raise_as(class, format!("cannot copy {path}: {error}"), code))
-        }
-        other => Failed::Python(raise_as("Error", other.to_string(), None)),
+        tree::PlanError::Source { error, .. } => Failed::Client(error),
+        other => Failed::Raised(raise_as("Error", other.to_string(), None)),
     })?;
     if let Some(p) = &progress {
         p.set_total(plan.total_size());
@@ -565,7 +610,7 @@ async fn copy_tree(
     let options = tree::CopyOptions::new(false, jobs.max(1));
     let summary = watched(&progress, async { Ok(tree::run(endpoint, plan, &options, observer).await) }).await?;
     if let Some(p) = &progress {
-        p.finish();
+        p.finish()?;
     }
     let failures = summary
         .failures
@@ -617,16 +662,147 @@ fn read_key(key_file: Option<PathBuf>) -> Result<Option<framewire::auth::Key>, C
 /// An async call on a client's connection.
 type Call<'c, T> = Pin<Box<dyn std::future::Future<Output = Result<T, Failed>> + Send + 'c>>;
 
-/// The endpoint of `addr` with the key in `key_file`, connecting within
-/// `connect_timeout` seconds.
-fn endpoint_of(addr: String, key_file: Option<PathBuf>, connect_timeout: Option<f64>) -> PyResult<Endpoint> {
-    let limit = seconds("connect_timeout", connect_timeout)?;
-    let key = read_key(key_file).map_err(raise)?;
-    let endpoint = Endpoint::new(addr, key);
-    Ok(match limit {
+/// How a client authenticates: the shared key's file, or keys of one's
+/// own (an identity file and its passphrase; or, with neither, the
+/// agent's keys and `~/.ssh/id_ed25519`, as ssh finds them), and where
+/// the server's host key is checked.
+#[derive(Clone, Default)]
+struct Auth {
+    key_file: Option<PathBuf>,
+    identity: Option<PathBuf>,
+    passphrase: Option<String>,
+    known_hosts: Option<PathBuf>,
+    accept_new: bool,
+    /// The config file (`None`: `$FRAMEWIRE_CONFIG`, else the default
+    /// one, as the CLI finds it).
+    config: Option<PathBuf>,
+}
+
+/// A host as the CLI resolves it through its config file: the endpoint
+/// (address, keys, compression), and the alias's directory, command
+/// timeout and number of connections for copies.
+struct Resolved {
+    endpoint: Endpoint,
+    dir: Option<String>,
+    timeout: Option<f64>,
+    jobs: Option<usize>,
+}
+
+/// The config file's settings, with what the call gave over them (as the
+/// CLI's command line is over the file).
+fn settings_of(auth: &Auth) -> PyResult<framewire::config::Settings> {
+    let config = auth
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("FRAMEWIRE_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let env_key = std::env::var_os("FRAMEWIRE_KEY_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let settings =
+        framewire::config::Settings::load(config.as_deref(), auth.key_file.clone(), env_key).map_err(|e| {
+            let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
+            raise_as("Error", format!("{e}{why}"), None)
+        })?;
+    let keys = framewire::config::KeyFlags {
+        identity: auth.identity.clone(),
+        known_hosts: auth.known_hosts.clone(),
+        accept_new: auth.accept_new,
+    };
+    Ok(settings.with_keys(keys))
+}
+
+/// `host` (an address, or an alias of the config file) resolved, with
+/// its credentials read.
+fn resolve(
+    settings: &framewire::config::Settings,
+    host: &str,
+    auth: &Auth,
+    limit: Option<Duration>,
+) -> PyResult<Resolved> {
+    let target = settings.resolve(host);
+    target.one_host().map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    let resolved = Auth {
+        key_file: target.key_file.as_ref().map(|(path, _)| path.clone()),
+        identity: target.identity.as_ref().map(|(path, _)| path.clone()),
+        passphrase: auth.passphrase.clone(),
+        known_hosts: target.host_keys().0.map(std::path::Path::to_owned),
+        accept_new: target.host_keys().1,
+        config: None,
+    };
+    let mut endpoint = endpoint_with(target.addr.clone(), credentials_of(&resolved)?, limit);
+    endpoint = endpoint.with_compress(target.compress);
+    if let Some(rate) = target.bwlimit {
+        endpoint = endpoint.with_bwlimit(framewire::transport::Throttle::new(rate));
+    }
+    Ok(Resolved { endpoint, dir: target.dir.clone(), timeout: target.timeout, jobs: target.jobs })
+}
+
+/// The identity in `path`, decrypted with `passphrase` if it needs one
+/// (none is asked for: a script has no one to ask).
+fn identity_file(path: &std::path::Path, passphrase: Option<String>) -> Result<framewire::auth::Identity, ClientError> {
+    framewire::auth::Identity::from_file(path, || passphrase).map_err(|e| ClientError::Local {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })
+}
+
+/// What ssh would find without an identity given: the agent's Ed25519
+/// keys (`SSH_AUTH_SOCK`), then `~/.ssh/id_ed25519` if the agent does not
+/// hold it (decrypted with `passphrase`, if it needs one). Looked for only
+/// when a server requires a key.
+fn found_identities(passphrase: Option<String>) -> Vec<framewire::auth::Identity> {
+    let mut found = Vec::new();
+    if let Some(socket) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) {
+        if let Ok(keys) = framewire::auth::Identity::from_agent(std::path::Path::new(&socket)) {
+            found.extend(keys);
+        }
+    }
+    let own = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519"));
+    if let Some(path) = own.filter(|p| p.exists()) {
+        if let Ok(id) = framewire::auth::Identity::from_file(&path, || passphrase) {
+            if !found.iter().any(|f| f.public().key_data() == id.public().key_data()) {
+                found.push(id);
+            }
+        }
+    }
+    found
+}
+
+/// The shared key and credentials `auth` says.
+fn credentials_of(auth: &Auth) -> PyResult<(Option<framewire::auth::Key>, framewire::client::Credentials)> {
+    let key = read_key(auth.key_file.clone()).map_err(raise)?;
+    let identities = match &auth.identity {
+        Some(path) => vec![identity_file(path, auth.passphrase.clone()).map_err(raise)?],
+        None => Vec::new(),
+    };
+    // No terminal to ask on: a host key not known yet is taken only with
+    // `accept_new` (as ssh's StrictHostKeyChecking=accept-new).
+    let host_keys = framewire::client::HostKeys::new(auth.known_hosts.clone(), auth.accept_new, false);
+    let mut creds = framewire::client::Credentials::shared(key.clone()).with_identities(identities, host_keys);
+    if key.is_none() && auth.identity.is_none() {
+        let passphrase = auth.passphrase.clone();
+        creds = creds.finding(framewire::client::Finder(Arc::new(move || found_identities(passphrase.clone()))));
+    }
+    Ok((key, creds))
+}
+
+/// The endpoint of `addr` with `key` and `creds`, connecting within
+/// `limit`.
+fn endpoint_with(
+    addr: String,
+    (key, creds): (Option<framewire::auth::Key>, framewire::client::Credentials),
+    limit: Option<Duration>,
+) -> Endpoint {
+    let endpoint = Endpoint::new(addr, key).with_credentials(creds);
+    match limit {
         Some(limit) => endpoint.with_connect_timeout(limit),
         None => endpoint,
-    })
+    }
+}
+
+/// `addr` (an address or an alias) resolved and authenticated as `auth`
+/// and the config file say, connecting within `connect_timeout` seconds.
+fn resolved_of(addr: &str, auth: &Auth, connect_timeout: Option<f64>) -> PyResult<Resolved> {
+    let limit = seconds("connect_timeout", connect_timeout)?;
+    resolve(&settings_of(auth)?, addr, auth, limit)
 }
 
 /// `(TERM, rows, columns)` of a terminal asked for, checked.
@@ -636,8 +812,97 @@ type Pty = Option<(String, u16, u16)>;
 #[pyclass(module = "framewire._native", frozen)]
 struct Client {
     inner: Mutex<Option<Inner>>,
-    /// Where a tree copy's other connections go.
+    /// Where a tree copy's other connections go, and what the config
+    /// file's alias says.
+    host: Host,
+    /// The process it was made in.
+    pid: u32,
+}
+
+/// A client's host: its endpoint and what its alias says of paths,
+/// commands and copies.
+#[derive(Clone)]
+struct Host {
     endpoint: Endpoint,
+    /// The alias's directory: relative remote paths start there.
+    dir: Option<String>,
+    /// The alias's command timeout, for `run` without one.
+    timeout: Option<f64>,
+    /// The alias's connections for a copy.
+    jobs: Option<usize>,
+}
+
+impl Host {
+    fn of(r: Resolved) -> Host {
+        Host { endpoint: r.endpoint, dir: r.dir, timeout: r.timeout, jobs: r.jobs }
+    }
+
+    /// A remote path as the server takes it (see
+    /// [`framewire::client::fleet::remote_path`]).
+    fn path(&self, path: &str) -> String {
+        framewire::client::fleet::remote_path(self.dir.as_deref(), path)
+    }
+
+    /// Where an upload to `dest` goes (`""`: the alias's directory, or
+    /// the root), as `framewire put` says.
+    fn put_dest(&self, dest: &str) -> String {
+        let dest = (!dest.is_empty()).then_some(dest);
+        framewire::client::fleet::put_destination(self.dir.as_deref(), dest).unwrap_or_default()
+    }
+
+    /// A tree copy's source and destination, the remote one as the alias
+    /// says.
+    fn tree_paths(&self, put: bool, source: String, dest: String) -> (String, String) {
+        if put {
+            (source, self.put_dest(&dest))
+        } else {
+            (self.path(&source), dest)
+        }
+    }
+
+    fn timeout(&self, given: Option<f64>) -> Option<f64> {
+        given.or(self.timeout)
+    }
+
+    fn jobs(&self, given: Option<usize>) -> usize {
+        given.or(self.jobs).unwrap_or(framewire::config::DEFAULT_JOBS).max(1)
+    }
+}
+
+/// Whether a connection is kept after a call that ended with `done`: not
+/// if the client found it closed, the call stopped part-way (a Python
+/// exception while it ran), it left settings for the next command, or
+/// `drop_after` says so of the result.
+fn keeps<T>(client: &Inner, done: &Result<T, Failed>, drop_after: impl FnOnce(&T) -> bool) -> bool {
+    !client.is_closed()
+        && match done {
+            Ok(t) => !drop_after(t),
+            Err(Failed::Client(_) | Failed::Raised(_)) => true,
+            Err(Failed::Spent(_) | Failed::Python(_)) => false,
+        }
+}
+
+/// Refuses a call that cannot work here: on a client made in another
+/// process (before a `fork()`: its connection belongs to the parent's
+/// runtime, whose threads are not in this process), or made from one of
+/// framewire's own threads (a progress callback), which are what would
+/// run it.
+fn usable_here(pid: u32) -> Result<(), Failed> {
+    if pid != std::process::id() {
+        let message = "this client was made in another process (before a fork): make a new one here";
+        return Err(Failed::Raised(raise_as("ConnectionError", message.to_owned(), None)));
+    }
+    on_our_thread()
+}
+
+/// Refuses a blocking call from one of framewire's own threads.
+fn on_our_thread() -> Result<(), Failed> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let message =
+            "framewire's blocking calls cannot be made from a progress callback (it runs on framewire's own threads)";
+        return Err(Failed::Raised(pyo3::exceptions::PyRuntimeError::new_err(message)));
+    }
+    Ok(())
 }
 
 impl Client {
@@ -653,6 +918,7 @@ impl Client {
         drop_after: impl FnOnce(&T) -> bool + Send,
     ) -> PyResult<T> {
         py.detach(|| {
+            usable_here(self.pid)?;
             let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut client = guard.take().ok_or(Failed::Client(ClientError::Closed))?;
             // On the runtime's threads, as the CLI's calls run (driven
@@ -666,11 +932,7 @@ impl Client {
             let abort = task.abort_handle();
             match interruptible(task) {
                 Ok(Ok((client, done))) => {
-                    let keep = !client.is_closed() && done.as_ref().is_ok_and(|t| !drop_after(t));
-                    // A call stopped by a Python exception (a progress
-                    // callback's) stopped part-way: not kept either.
-                    let keep = keep || (!client.is_closed() && matches!(done, Err(Failed::Client(_))));
-                    if keep {
+                    if keeps(&client, &done, drop_after) {
                         *guard = Some(client);
                     }
                     done
@@ -704,12 +966,25 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (addr, key_file=None, connect_timeout=Some(30.0)))]
-    fn new(py: Python<'_>, addr: String, key_file: Option<PathBuf>, connect_timeout: Option<f64>) -> PyResult<Self> {
-        let endpoint = endpoint_of(addr, key_file, connect_timeout)?;
-        let connected = py.detach(|| block_on(endpoint.connect()));
+    #[pyo3(signature = (addr, key_file=None, connect_timeout=Some(30.0), identity=None, passphrase=None, known_hosts=None, accept_new=false, config=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        addr: String,
+        key_file: Option<PathBuf>,
+        connect_timeout: Option<f64>,
+        identity: Option<PathBuf>,
+        passphrase: Option<String>,
+        known_hosts: Option<PathBuf>,
+        accept_new: bool,
+        config: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let auth = Auth { key_file, identity, passphrase, known_hosts, accept_new, config };
+        on_our_thread().map_err(Failed::raise)?;
+        let host = Host::of(py.detach(|| resolved_of(&addr, &auth, connect_timeout))?);
+        let connected = py.detach(|| block_on(host.endpoint.connect()));
         let inner = connected.map_err(Failed::raise)?;
-        Ok(Client { inner: Mutex::new(Some(inner)), endpoint })
+        Ok(Client { inner: Mutex::new(Some(inner)), host, pid: std::process::id() })
     }
 
     /// Runs `command`; returns (exit code, stdout, stderr, how it ended:
@@ -726,10 +1001,10 @@ impl Client {
         stdin: Option<Vec<u8>>,
         pty: Pty,
     ) -> PyResult<RunResult> {
-        let args = RunArgs::new(command, timeout, (env, stdin), pty)?;
+        let args = RunArgs::new(command, self.host.timeout(timeout), (env, stdin), pty)?;
         // Refused names: the ones it took would reach the next command,
         // so the connection is not used again.
-        let done = self.with(py, move |c| Box::pin(async move { Ok(run_on(c, args).await?) }), Result::is_err)?;
+        let done = self.with(py, move |c| Box::pin(run_on(c, args)), Result::is_err)?;
         ran(done)
     }
 
@@ -738,7 +1013,7 @@ impl Client {
     /// (size, resumed, blake3, matched).
     #[pyo3(signature = (local, remote, progress=None))]
     fn put(&self, py: Python<'_>, local: PathBuf, remote: String, progress: Option<Py<PyAny>>) -> PyResult<FileStats> {
-        let progress = Progressor::new(progress);
+        let (remote, progress) = (self.host.put_dest(&remote), Progressor::new(progress));
         self.call(py, move |c| Box::pin(put_file(c, local, remote, progress)))
     }
 
@@ -747,13 +1022,13 @@ impl Client {
     /// (size, resumed, blake3, matched).
     #[pyo3(signature = (remote, local, progress=None))]
     fn get(&self, py: Python<'_>, remote: String, local: PathBuf, progress: Option<Py<PyAny>>) -> PyResult<FileStats> {
-        let progress = Progressor::new(progress);
+        let (remote, progress) = (self.host.path(&remote), Progressor::new(progress));
         self.call(py, move |c| Box::pin(get_file(c, remote, local, progress)))
     }
 
     /// Copies a tree as `put -r` (`put`) or `get -r` does, planned on
     /// this connection and run over `jobs` connections.
-    #[pyo3(signature = (put, source, dest, delete=false, jobs=4, progress=None))]
+    #[pyo3(signature = (put, source, dest, delete=false, jobs=None, progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn copy_tree(
         &self,
@@ -762,10 +1037,12 @@ impl Client {
         source: String,
         dest: String,
         delete: bool,
-        jobs: usize,
+        jobs: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<TreeStats> {
-        let (endpoint, progress) = (self.endpoint.clone(), Progressor::new(progress));
+        let (source, dest) = self.host.tree_paths(put, source, dest);
+        let jobs = self.host.jobs(jobs);
+        let (endpoint, progress) = (self.host.endpoint.clone(), Progressor::new(progress));
         self.call(py, move |c| {
             Box::pin(async move { copy_tree(c, &endpoint, (put, source, dest), (delete, jobs), progress).await })
         })
@@ -774,29 +1051,34 @@ impl Client {
     /// The entries of `path` as JSON (PROTOCOL.md §4.3).
     #[pyo3(signature = (path, recursive=false))]
     fn ls(&self, py: Python<'_>, path: String, recursive: bool) -> PyResult<String> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(ls_on(c, path, recursive).await?) }))
     }
 
     /// `path`'s entry as JSON.
     fn stat(&self, py: Python<'_>, path: String) -> PyResult<String> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(stat_on(c, path).await?) }))
     }
 
     /// Makes `path` (and its parents if `parents`); whether it was made.
     #[pyo3(signature = (path, parents=false))]
     fn mkdir(&self, py: Python<'_>, path: String, parents: bool) -> PyResult<bool> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(mkdir_on(c, path, parents).await?) }))
     }
 
     /// Removes `path` (a directory with what is in it if `recursive`).
     #[pyo3(signature = (path, recursive=false))]
     fn remove(&self, py: Python<'_>, path: String, recursive: bool) -> PyResult<bool> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(remove_on(c, path, recursive).await?) }))
     }
 
     /// Renames `src` to `dst` (over an existing file only if `force`).
     #[pyo3(signature = (src, dst, force=false))]
     fn rename(&self, py: Python<'_>, src: String, dst: String, force: bool) -> PyResult<()> {
+        let (src, dst) = (self.host.path(&src), self.host.path(&dst));
         self.call(py, move |c| Box::pin(async move { Ok(c.rename(&src, &dst, force).await?) }))
     }
 
@@ -818,7 +1100,9 @@ impl Client {
 struct AsyncClient {
     /// Held for the whole of a call: calls take turns.
     inner: Arc<tokio::sync::Mutex<Slot>>,
-    endpoint: Endpoint,
+    host: Host,
+    /// The process it was made in.
+    pid: u32,
 }
 
 /// An `AsyncClient`'s connection.
@@ -852,24 +1136,29 @@ impl AsyncClient {
     where
         T: Send + 'static,
     {
-        let (inner, endpoint) = (self.inner.clone(), self.endpoint.clone());
+        if self.pid != std::process::id() {
+            let message = "this client was made in another process (before a fork): make a new one here";
+            return Err(raise_as("ConnectionError", message.to_owned(), None));
+        }
+        let (inner, endpoint) = (self.inner.clone(), self.host.endpoint.clone());
         generic::future_into_py::<OnRuntime, _, _>(py, async move {
             let mut slot = inner.lock().await;
-            let mut client = match std::mem::replace(&mut *slot, Slot::Gone) {
-                Slot::Ready(client) => *client,
-                Slot::Unconnected => match endpoint.connect().await {
-                    Ok(client) => client,
-                    // Not connected: the next call tries again.
-                    Err(e) => {
-                        *slot = Slot::Unconnected;
-                        return settle(Err(Failed::Client(e)));
-                    }
-                },
-                Slot::Gone => return settle(Err(Failed::Client(ClientError::Closed))),
+            // Connected first, the slot left as it is meanwhile: a call
+            // cancelled while it connects has spoken to nobody.
+            if matches!(*slot, Slot::Unconnected) {
+                match endpoint.connect().await {
+                    Ok(client) => *slot = Slot::Ready(Box::new(client)),
+                    Err(e) => return settle(Err(Failed::Client(e))),
+                }
+            }
+            // Taken out while the call runs: one cancelled part-way
+            // leaves it gone.
+            let Slot::Ready(client) = std::mem::replace(&mut *slot, Slot::Gone) else {
+                return settle(Err(Failed::Client(ClientError::Closed)));
             };
+            let mut client = *client;
             let done = f(&mut client).await;
-            let unusable = client.is_closed() || matches!(&done, Err(Failed::Python(_)));
-            if !unusable && done.as_ref().map_or(true, |t| !drop_after(t)) {
+            if keeps(&client, &done, drop_after) {
                 *slot = Slot::Ready(Box::new(client));
             }
             drop(slot);
@@ -895,11 +1184,24 @@ fn to_py<T: for<'py> IntoPyObject<'py>>(value: T) -> PyResult<Py<PyAny>> {
 #[pymethods]
 impl AsyncClient {
     #[new]
-    #[pyo3(signature = (addr, key_file=None, connect_timeout=Some(30.0)))]
-    fn new(addr: String, key_file: Option<PathBuf>, connect_timeout: Option<f64>) -> PyResult<Self> {
+    #[pyo3(signature = (addr, key_file=None, connect_timeout=Some(30.0), identity=None, passphrase=None, known_hosts=None, accept_new=false, config=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        addr: String,
+        key_file: Option<PathBuf>,
+        connect_timeout: Option<f64>,
+        identity: Option<PathBuf>,
+        passphrase: Option<String>,
+        known_hosts: Option<PathBuf>,
+        accept_new: bool,
+        config: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let auth = Auth { key_file, identity, passphrase, known_hosts, accept_new, config };
         Ok(AsyncClient {
             inner: Arc::new(tokio::sync::Mutex::new(Slot::Unconnected)),
-            endpoint: endpoint_of(addr, key_file, connect_timeout)?,
+            host: Host::of(py.detach(|| resolved_of(&addr, &auth, connect_timeout))?),
+            pid: std::process::id(),
         })
     }
 
@@ -918,13 +1220,8 @@ impl AsyncClient {
         stdin: Option<Vec<u8>>,
         pty: Pty,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let args = RunArgs::new(command, timeout, (env, stdin), pty)?;
-        self.with(
-            py,
-            move |c| Box::pin(async move { Ok(run_on(c, args).await?) }),
-            Result::is_err,
-            |done| to_py(ran(done)?),
-        )
+        let args = RunArgs::new(command, self.host.timeout(timeout), (env, stdin), pty)?;
+        self.with(py, move |c| Box::pin(run_on(c, args)), Result::is_err, |done| to_py(ran(done)?))
     }
 
     #[pyo3(signature = (local, remote, progress=None))]
@@ -935,7 +1232,7 @@ impl AsyncClient {
         remote: String,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let progress = Progressor::new(progress);
+        let (remote, progress) = (self.host.put_dest(&remote), Progressor::new(progress));
         self.call(py, move |c| Box::pin(put_file(c, local, remote, progress)), to_py)
     }
 
@@ -947,11 +1244,11 @@ impl AsyncClient {
         local: PathBuf,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let progress = Progressor::new(progress);
+        let (remote, progress) = (self.host.path(&remote), Progressor::new(progress));
         self.call(py, move |c| Box::pin(get_file(c, remote, local, progress)), to_py)
     }
 
-    #[pyo3(signature = (put, source, dest, delete=false, jobs=4, progress=None))]
+    #[pyo3(signature = (put, source, dest, delete=false, jobs=None, progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn copy_tree<'py>(
         &self,
@@ -960,10 +1257,12 @@ impl AsyncClient {
         source: String,
         dest: String,
         delete: bool,
-        jobs: usize,
+        jobs: Option<usize>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (endpoint, progress) = (self.endpoint.clone(), Progressor::new(progress));
+        let (source, dest) = self.host.tree_paths(put, source, dest);
+        let jobs = self.host.jobs(jobs);
+        let (endpoint, progress) = (self.host.endpoint.clone(), Progressor::new(progress));
         self.call(
             py,
             move |c| {
@@ -975,25 +1274,30 @@ impl AsyncClient {
 
     #[pyo3(signature = (path, recursive=false))]
     fn ls<'py>(&self, py: Python<'py>, path: String, recursive: bool) -> PyResult<Bound<'py, PyAny>> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(ls_on(c, path, recursive).await?) }), to_py)
     }
 
     fn stat<'py>(&self, py: Python<'py>, path: String) -> PyResult<Bound<'py, PyAny>> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(stat_on(c, path).await?) }), to_py)
     }
 
     #[pyo3(signature = (path, parents=false))]
     fn mkdir<'py>(&self, py: Python<'py>, path: String, parents: bool) -> PyResult<Bound<'py, PyAny>> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(mkdir_on(c, path, parents).await?) }), to_py)
     }
 
     #[pyo3(signature = (path, recursive=false))]
     fn remove<'py>(&self, py: Python<'py>, path: String, recursive: bool) -> PyResult<Bound<'py, PyAny>> {
+        let path = self.host.path(&path);
         self.call(py, move |c| Box::pin(async move { Ok(remove_on(c, path, recursive).await?) }), to_py)
     }
 
     #[pyo3(signature = (src, dst, force=false))]
     fn rename<'py>(&self, py: Python<'py>, src: String, dst: String, force: bool) -> PyResult<Bound<'py, PyAny>> {
+        let (src, dst) = (self.host.path(&src), self.host.path(&dst));
         self.call(py, move |c| Box::pin(async move { Ok(c.rename(&src, &dst, force).await?) }), to_py)
     }
 
@@ -1018,6 +1322,25 @@ struct Fleet {
     output: std::collections::HashMap<Arc<str>, (Vec<u8>, Vec<u8>)>,
 }
 
+/// The most of one host's stdout (and of its stderr) a fleet keeps: past
+/// it, the rest is dropped and a line says so at the end.
+const MAX_OUTPUT: usize = 64 << 20;
+
+/// Adds `line` to a host's output, within [`MAX_OUTPUT`].
+fn keep_output(out: &mut Vec<u8>, line: &[u8]) {
+    const CUT: &[u8] = b"\n[framewire: output cut at 64 MiB]\n";
+    if out.len() >= MAX_OUTPUT {
+        return;
+    }
+    let room = MAX_OUTPUT - out.len();
+    if line.len() < room {
+        out.extend_from_slice(line);
+    } else {
+        out.extend_from_slice(&line[..room]);
+        out.extend_from_slice(CUT);
+    }
+}
+
 /// A host's result: (host, exit code or None, stdout, stderr, how it
 /// ended, error class or None, error message, seconds).
 type HostResult = (String, Option<i32>, Py<PyBytes>, Py<PyBytes>, &'static str, Option<&'static str>, String, f64);
@@ -1025,9 +1348,10 @@ type HostResult = (String, Option<i32>, Py<PyBytes>, Py<PyBytes>, &'static str, 
 #[pymethods]
 impl Fleet {
     #[new]
-    #[pyo3(signature = (hosts, command, fanout=64, key_file=None, connect_timeout=Some(30.0), timeout=None, env=None))]
+    #[pyo3(signature = (hosts, command, fanout=64, key_file=None, connect_timeout=Some(30.0), timeout=None, env=None, identity=None, passphrase=None, known_hosts=None, accept_new=false, config=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         hosts: Vec<String>,
         command: String,
         fanout: usize,
@@ -1035,29 +1359,60 @@ impl Fleet {
         connect_timeout: Option<f64>,
         timeout: Option<f64>,
         env: Env,
+        identity: Option<PathBuf>,
+        passphrase: Option<String>,
+        known_hosts: Option<PathBuf>,
+        accept_new: bool,
+        config: Option<PathBuf>,
     ) -> PyResult<Self> {
         use framewire::client::fleet;
-        let mut names = Vec::new();
-        for set in &hosts {
-            let expanded = framewire::client::hosts::expand(set, &|_| None)
-                .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-            names.extend(expanded);
-        }
-        let mut seen = std::collections::HashSet::new();
-        names.retain(|n| seen.insert(n.clone()));
-        let key = read_key(key_file).map_err(raise)?;
+        let auth = Auth { key_file, identity, passphrase, known_hosts, accept_new, config };
         let limit = seconds("connect_timeout", connect_timeout)?;
-        let hosts: Vec<fleet::Host> = names
-            .into_iter()
-            .map(|name| {
-                let endpoint = Endpoint::new(name.clone(), key.clone());
-                let endpoint = match limit {
-                    Some(limit) => endpoint.with_connect_timeout(limit),
-                    None => endpoint,
-                };
-                fleet::Host::new(name, endpoint)
-            })
-            .collect();
+        let hosts = py.detach(|| -> PyResult<Vec<fleet::Host>> {
+            let settings = settings_of(&auth)?;
+            // Host sets as the CLI expands them, `@group` from the config
+            // file; each host once.
+            let groups = |name: &str| settings.group(name).map(|m| m.into_iter().map(str::to_owned).collect());
+            let mut names = Vec::new();
+            for set in &hosts {
+                let expanded = framewire::client::hosts::expand(set, &groups)
+                    .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+                names.extend(expanded);
+            }
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(n.clone()));
+            // Each resolved as one host is (its alias's address, keys and
+            // timeout); the same identity file is read once.
+            let mut read: std::collections::HashMap<(Option<PathBuf>, Option<PathBuf>), _> = Default::default();
+            names
+                .into_iter()
+                .map(|name| {
+                    let target = settings.resolve(&name);
+                    let key_file = target.key_file.as_ref().map(|(p, _)| p.clone());
+                    let identity = target.identity.as_ref().map(|(p, _)| p.clone());
+                    let creds = match read.get(&(key_file.clone(), identity.clone())) {
+                        Some(creds) => Clone::clone(creds),
+                        None => {
+                            let one = Auth {
+                                key_file: key_file.clone(),
+                                identity: identity.clone(),
+                                passphrase: auth.passphrase.clone(),
+                                known_hosts: target.host_keys().0.map(std::path::Path::to_owned),
+                                accept_new: target.host_keys().1,
+                                config: None,
+                            };
+                            let creds = credentials_of(&one)?;
+                            read.insert((key_file, identity), creds.clone());
+                            creds
+                        }
+                    };
+                    let endpoint = endpoint_with(target.addr.clone(), creds, limit).with_compress(target.compress);
+                    let host = fleet::Host::new(name, endpoint).with_dir(target.dir.clone());
+                    let host_timeout = timeout.or(target.timeout).map(|t| seconds("timeout", Some(t))).transpose()?;
+                    Ok(host.with_timeout(host_timeout.flatten()))
+                })
+                .collect()
+        })?;
         let exec = framewire::client::ExecOptions::with_timeout(seconds("timeout", timeout)?);
         let options = fleet::FleetOptions::new(fanout.max(1));
         let _entered = runtime().enter();
@@ -1071,6 +1426,7 @@ impl Fleet {
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<HostResult>> {
         use framewire::client::fleet::{Event, HostError};
+        on_our_thread().map_err(Failed::raise)?;
         let Some(events) = self.events.as_mut() else { return Ok(None) };
         let output = &mut self.output;
         let finished = py
@@ -1080,10 +1436,10 @@ impl Fleet {
                         match events.next().await {
                             None => return None,
                             Some(Event::Stdout { host, line }) => {
-                                output.entry(host).or_default().0.extend_from_slice(&line)
+                                keep_output(&mut output.entry(host).or_default().0, &line)
                             }
                             Some(Event::Stderr { host, line }) => {
-                                output.entry(host).or_default().1.extend_from_slice(&line)
+                                keep_output(&mut output.entry(host).or_default().1, &line)
                             }
                             Some(Event::Finished { host, outcome, elapsed }) => return Some((host, outcome, elapsed)),
                             Some(_) => {}

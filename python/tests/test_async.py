@@ -65,8 +65,9 @@ def test_many_calls_run_at_once_and_the_loop_is_never_blocked(server):
         slept = await asyncio.gather(*(c.run("sleep 1", timeout=20) for c in clients))
         took = time.monotonic() - started
         assert [r.returncode for r in slept] == [0] * 8
-        assert took < 3.5, f"{took:.1f} s: the calls ran one after the other"
-        assert ticks >= 10, f"the loop ticked {ticks} times in {took:.1f} s: it was blocked"
+        # One after the other they would take 8 s.
+        assert took < 6, f"{took:.1f} s: the calls ran one after the other"
+        assert ticks >= 5, f"the loop ticked {ticks} times in {took:.1f} s: it was blocked"
         # 200 calls over the 8 (each client's take turns).
         done = await asyncio.gather(*(clients[i % 8].run(f"echo {i}") for i in range(200)))
         assert [r.stdout for r in done] == [f"{i}\n".encode() for i in range(200)]

@@ -18,6 +18,7 @@ import time
 import pytest
 
 import framewire
+import framewire.fleet
 
 from conftest import Server, binary
 
@@ -262,6 +263,27 @@ def test_trees_go_up_and_down_as_put_r_and_get_r(server, tmp_path):
         assert (server.root / "backup" / "t" / "new.txt").read_bytes() == b"new"
         # The connection goes on.
         assert c.stat("backup/t/new.txt")["size"] == 3
+        # A copy that cannot be planned raises as the single file would,
+        # and the connection goes on too.
+        with pytest.raises(framewire.NotFound):
+            c.get("no/such/dir", back, recursive=True)
+        with pytest.raises(framewire.LocalError):
+            c.put(tmp_path / "no-such-dir", "backup", recursive=True)
+        assert c.stat("backup/t/new.txt")["size"] == 3
+
+        # A callback that raises on the last call (nothing to send: the
+        # only call) raises, the copy done and the connection in step.
+        class Last(Exception):
+            pass
+
+        def last(done, total):
+            raise Last()
+
+        (src / "a.txt").unlink()
+        c.put(src, "backup2", recursive=True)
+        with pytest.raises(Last):
+            c.put(src, "backup2", recursive=True, progress=last)
+        assert c.stat("backup2/t/new.txt")["size"] == 3
 
 
 def test_progress_is_reported_and_a_raising_callback_stops_the_copy(server, tmp_path):
@@ -286,3 +308,129 @@ def test_progress_is_reported_and_a_raising_callback_stops_the_copy(server, tmp_
         assert not (server.root / "again.bin").exists()
         with pytest.raises(framewire.ConnectionError):
             c.stat("big.bin")
+    # framewire's own calls from a callback (which runs on its threads)
+    # are refused clearly, not a hang.
+    with framewire.Client(server.addr) as c:
+        with pytest.raises(RuntimeError, match="progress callback"):
+            c.put(tmp_path / "big.bin", "third.bin", progress=lambda d, t: c.stat("big.bin"))
+
+
+def ssh_keygen(path: pathlib.Path, passphrase: str = "") -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", path.name, "-f", str(path)], check=True)
+    return (path.parent / (path.name + ".pub")).read_text().strip()
+
+
+@pytest.mark.skipif(subprocess.run(["which", "ssh-keygen"], capture_output=True).returncode != 0, reason="no ssh-keygen")
+def test_keys_of_ones_own_and_the_servers_host_key(tmp_path, monkeypatch):
+    host = tmp_path / "host"
+    ssh_keygen(host)
+    alice = tmp_path / "alice"
+    alice_pub = ssh_keygen(alice)
+    locked = tmp_path / "locked"
+    locked_pub = ssh_keygen(locked, "secret words")
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(f"{alice_pub}\n{locked_pub}\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    s = Server(root, "--allow-exec", "--authorized-keys", str(authorized), "--host-key", str(host))
+    known = tmp_path / "known_hosts"
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    try:
+        # A host key not known yet: refused unless accepted, then known.
+        with pytest.raises(framewire.AuthenticationError, match="(?i)host key"):
+            framewire.Client(s.addr, identity=alice, known_hosts=known)
+        with framewire.Client(s.addr, identity=alice, known_hosts=known, accept_new=True) as c:
+            assert c.run("echo alice").stdout == b"alice\n"
+        assert known.read_text().strip()
+        with framewire.Client(s.addr, identity=alice, known_hosts=known) as c:
+            assert c.run("true").returncode == 0
+        # An encrypted identity: its passphrase, or a clear error.
+        with pytest.raises(framewire.LocalError):
+            framewire.Client(s.addr, identity=locked, known_hosts=known)
+        with framewire.Client(s.addr, identity=locked, passphrase="secret words", known_hosts=known) as c:
+            assert c.run("echo locked").stdout == b"locked\n"
+        # Neither key file nor identity: ~/.ssh/id_ed25519, as ssh finds it.
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True)
+        for suffix in ("", ".pub"):
+            (home / ".ssh" / ("id_ed25519" + suffix)).write_bytes((tmp_path / ("alice" + suffix)).read_bytes())
+        os.chmod(home / ".ssh" / "id_ed25519", 0o600)
+        monkeypatch.setenv("HOME", str(home))
+        with framewire.Client(s.addr, known_hosts=known) as c:
+            assert c.run("echo found").stdout == b"found\n"
+
+        async def via_async():
+            async with framewire.AsyncClient(s.addr, identity=alice, known_hosts=known) as c:
+                return (await c.run("echo async")).stdout
+
+        import asyncio
+
+        assert asyncio.run(via_async()) == b"async\n"
+        [r] = list(framewire.fleet.run(s.addr, "echo fleet", identity=alice, known_hosts=known))
+        assert r.ok and r.stdout == b"fleet\n", r
+        # A key the server does not list.
+        stranger = tmp_path / "stranger"
+        ssh_keygen(stranger)
+        with pytest.raises(framewire.AuthenticationError):
+            framewire.Client(s.addr, identity=stranger, known_hosts=known)
+    finally:
+        s.stop()
+
+
+def test_a_host_alias_from_the_config_file(server, tmp_path, monkeypatch):
+    host, port = server.addr.rsplit(":", 1)
+    (server.root / "sub").mkdir()
+    (server.root / "top.txt").write_bytes(b"top")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[hosts.web]\naddress = "{host}"\nport = {port}\ndir = "sub"\ntimeout = 0.5\n'
+        f'[hosts.web2]\naddress = "{host}"\nport = {port}\n'
+        '[groups]\nall = ["web", "web2"]\n'
+    )
+    (tmp_path / "f.txt").write_bytes(b"into the alias's dir")
+    with framewire.Client("web", config=config) as c:
+        c.put(tmp_path / "f.txt")
+        assert (server.root / "sub" / "f.txt").read_bytes() == b"into the alias's dir"
+        assert [e["name"] for e in c.ls("")] == ["f.txt"]
+        assert c.stat("/top.txt")["size"] == 3, "a leading / is from the served root"
+        c.get("f.txt", tmp_path / "back.txt")
+        assert (tmp_path / "back.txt").read_bytes() == b"into the alias's dir"
+        # The alias's timeout, unless the call gives one.
+        with pytest.raises(framewire.TimeoutError):
+            c.run("sleep 5")
+        assert c.run("sleep 1", timeout=20).returncode == 0
+    # $FRAMEWIRE_CONFIG, as the CLI reads it.
+    monkeypatch.setenv("FRAMEWIRE_CONFIG", str(config))
+    with framewire.Client("web2") as c:
+        assert c.stat("top.txt")["size"] == 3
+    results = list(framewire.fleet.run("@all", "pwd"))
+    assert sorted(r.host for r in results) == ["web", "web2"] and all(r.ok for r in results), results
+    # A config file that does not parse: one clear error, nothing connects.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[hosts.web]\nprot = 1\n")
+    with pytest.raises(framewire.Error, match="bad.toml:2:1: unknown field `prot`"):
+        framewire.Client("web", config=bad)
+
+
+def test_a_client_made_before_a_fork_is_refused_in_the_child(server):
+    c = framewire.Client(server.addr)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            c.stat("")
+        except framewire.ConnectionError as e:
+            code = 0 if "another process" in str(e) else 2
+        except BaseException:
+            code = 3
+        try:
+            # A new client in the child works (the runtime made again).
+            with framewire.Client(server.addr) as fresh:
+                fresh.run("true")
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, status
+    assert c.run("echo parent").stdout == b"parent\n"
+    c.close()

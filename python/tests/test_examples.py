@@ -4,6 +4,7 @@ servers on 127.0.0.1:0 in their own processes, stopped after."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -116,5 +117,15 @@ def test_the_backup_example_keeps_snapshots_and_moves_only_changes(tmp_path):
         assert (new / "projects" / "a.txt").read_bytes() == b"changed"
         assert (old / "projects" / "a.txt").read_bytes() == b"alpha", "the older snapshot is kept as it was"
         assert (new / "projects" / "sub" / "b.bin").stat().st_ino == (old / "projects" / "sub" / "b.bin").stat().st_ino
+        # Only the permission bits change on the server: the file is not
+        # linked (setting them would change the older snapshots too).
+        _time.sleep(1.1)
+        os.chmod(root / "projects" / "sub" / "b.bin", 0o600)
+        third = run()
+        assert third.returncode == 0, third
+        newest = (backups / "latest").resolve()
+        assert (newest / "projects" / "sub" / "b.bin").stat().st_mode & 0o777 == 0o600
+        assert (new / "projects" / "sub" / "b.bin").stat().st_mode & 0o777 == 0o644, "an older snapshot changed"
+        assert (newest / "projects" / "sub" / "b.bin").stat().st_ino != (new / "projects" / "sub" / "b.bin").stat().st_ino
     finally:
         s.stop()

@@ -3,6 +3,7 @@ port): each host's result as it finishes, failures among them."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -61,10 +62,32 @@ def test_a_host_past_its_timeout_and_one_leaving_early(servers):
     results = list(framewire.fleet.run(addrs[:1], "sleep 30", timeout=0.5))
     assert time.monotonic() - started < 10
     assert isinstance(results[0].error, framewire.TimeoutError) and not results[0].ok
-    # Leaving the loop after the first host cancels the others' commands.
-    started = time.monotonic()
-    cmd = 'if [ "$(cat id)" = 0 ]; then exit 0; fi; sleep 30'
+    # Leaving the loop after the first host cancels the others' commands:
+    # their processes are gone soon after, not 30 s later.
+    cmd = 'if [ "$(cat id)" = 0 ]; then exit 0; fi; echo $$ > pid; exec sleep 30'
     for r in framewire.fleet.run(addrs, cmd):
         assert r.host == addrs[0]
         break
-    assert time.monotonic() - started < 10
+    pids = []
+    for s in servers[1:]:
+        deadline = time.monotonic() + 10
+        while not (s.root / "pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids.append(int((s.root / "pid").read_text()))
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids), "the other hosts' commands still run"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie not yet reaped by its server is gone too.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
