@@ -27,21 +27,33 @@ import framewire
 def snapshot_base(c: framewire.Client, remote: str, backups: pathlib.Path) -> pathlib.Path:
     """A new snapshot directory, with hard links to the files of the
     latest one that the server still lists alike (size, modification time,
-    permission bits, and owner where listed), as rsync's --link-dest: those
-    cost nothing, and the copy leaves them as they are. Every other file is
-    copied anew, so nothing is ever changed through a link: a file the
-    copy replaces goes to a new inode (framewire renames a finished
-    partial file into place), and one whose bits or owner differ is not
-    linked at all (setting them would change the older snapshots too)."""
+    and permission bits as this side's umask leaves them), as rsync's
+    --link-dest: those cost nothing, and the copy leaves them as they are.
+    Every other file is copied anew, so nothing is ever changed through a
+    link: a file the copy replaces goes to a new inode (framewire renames
+    a finished partial file into place), and one whose bits differ is not
+    linked at all (setting them would change the older snapshots too).
+    Run as root, where the copy also sets owners (which the listing does
+    not show), nothing is linked."""
     name = datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     new = backups / name
     new.mkdir(parents=True)
     latest = backups / "latest"
-    top = remote.rstrip("/").rsplit("/", 1)[-1]
+    # `dir/` (or the root) copies the directory's contents into the
+    # snapshot; `dir` copies it under its name.
+    contents = remote.endswith("/") or remote in ("", ".")
+    top = "" if contents else remote.rstrip("/").rsplit("/", 1)[-1]
     old = latest.resolve() / top if latest.exists() else None
-    if old is None or not old.is_dir():
+    if old is None or not old.is_dir() or os.geteuid() == 0:
         return new
-    listed = {e["name"]: e for e in c.ls(remote, recursive=True) if e["kind"] == "file"}
+    try:
+        listed = {e["name"]: e for e in c.ls(remote, recursive=True) if e["kind"] == "file"}
+    except framewire.Error as e:
+        # A listing too large for one answer: no links, every file copied.
+        print(f"backup.py: not linking from the last snapshot: {e}", file=sys.stderr)
+        return new
+    umask = os.umask(0)
+    os.umask(umask)
     for dirpath, _, files in os.walk(old):
         for f in files:
             path = pathlib.Path(dirpath) / f
@@ -50,13 +62,10 @@ def snapshot_base(c: framewire.Client, remote: str, backups: pathlib.Path) -> pa
             st = path.lstat()
             if e is None or not stat.S_ISREG(st.st_mode):
                 continue
-            owner = e.get("attrs") or {}
             alike = (
                 e["size"] == st.st_size
-                and e["mtime"] == int(st.st_mtime)
-                and e["mode"] & 0o7777 == st.st_mode & 0o7777
-                and owner.get("uid", st.st_uid) == st.st_uid
-                and owner.get("gid", st.st_gid) == st.st_gid
+                and e["mtime"] == st.st_mtime_ns // 10**9
+                and st.st_mode & 0o7777 == e["mode"] & 0o777 & ~umask
             )
             if alike:
                 target = new / top / rel

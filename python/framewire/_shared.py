@@ -77,7 +77,8 @@ def ended(cmd: str, how: str, timeout: Optional[float], result: Any) -> _errors.
     printed until then)."""
     e: _errors.Error
     if how == "timeout":
-        e = _errors.TimeoutError(f"command {cmd!r} ran past its timeout of {timeout} s and was killed")
+        limit = f"its timeout of {timeout} s" if timeout is not None else "its host's timeout (the config file's)"
+        e = _errors.TimeoutError(f"command {cmd!r} ran past {limit} and was killed")
     elif how == "revoked":
         e = _errors.AuthenticationError(f"command {cmd!r} was killed: the key it ran with was revoked")
     else:

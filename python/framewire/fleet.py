@@ -97,7 +97,8 @@ def run(
             if cls is not None:
                 error = getattr(_errors, cls)(f"{host}: {message}")
             elif how == "timeout":
-                error = _errors.TimeoutError(f"{host}: command {cmd!r} ran past its timeout of {timeout} s")
+                limit = f"its timeout of {timeout} s" if timeout is not None else "its host's timeout"
+                error = _errors.TimeoutError(f"{host}: command {cmd!r} ran past {limit}")
             elif how != "exited":
                 error = _errors.ConnectionError(f"{host}: command {cmd!r} was killed ({how})")
             yield HostResult(host, code if error is None else None, out, err, error, elapsed)

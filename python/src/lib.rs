@@ -430,10 +430,11 @@ impl Progressor {
         let done = self.0.reported.fetch_max(done, Ordering::Relaxed).max(done);
         let called = Python::attach(|py| {
             // Checked again with the GIL: another thread's call may have
-            // raised meanwhile.
+            // raised meanwhile, or reported more.
             if self.0.stopped.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            let done = self.0.reported.load(Ordering::Relaxed).max(done);
             self.0.callback.call1(py, (done, total)).map(drop)
         });
         if let Err(e) = called {
@@ -1333,7 +1334,7 @@ fn keep_output(out: &mut Vec<u8>, line: &[u8]) {
         return;
     }
     let room = MAX_OUTPUT - out.len();
-    if line.len() < room {
+    if line.len() <= room {
         out.extend_from_slice(line);
     } else {
         out.extend_from_slice(&line[..room]);
@@ -1401,12 +1402,17 @@ impl Fleet {
                                 accept_new: target.host_keys().1,
                                 config: None,
                             };
+                            // A key file or identity that cannot be read is
+                            // raised as it is (it names the file).
                             let creds = credentials_of(&one)?;
                             read.insert((key_file, identity), creds.clone());
                             creds
                         }
                     };
-                    let endpoint = endpoint_with(target.addr.clone(), creds, limit).with_compress(target.compress);
+                    let mut endpoint = endpoint_with(target.addr.clone(), creds, limit).with_compress(target.compress);
+                    if let Some(rate) = target.bwlimit {
+                        endpoint = endpoint.with_bwlimit(framewire::transport::Throttle::new(rate));
+                    }
                     let host = fleet::Host::new(name, endpoint).with_dir(target.dir.clone());
                     let host_timeout = timeout.or(target.timeout).map(|t| seconds("timeout", Some(t))).transpose()?;
                     Ok(host.with_timeout(host_timeout.flatten()))
