@@ -233,6 +233,36 @@ async fn chunks_of(
     }
 }
 
+/// An upload's file being cut for a delta before the server's signature
+/// comes, as `layout` (the sizes' layout for an older version of `held`
+/// bytes); stopped if dropped unused.
+pub(super) struct EarlyCut {
+    layout: crate::delta::Layout,
+    held: u64,
+    task: tokio::task::JoinHandle<std::io::Result<(crate::delta::Signature, blake3::Hash)>>,
+    _stop: delta::StopOnDrop,
+}
+
+impl EarlyCut {
+    /// Starts cutting `file` (`size` bytes) on a blocking thread.
+    fn start(file: std::fs::File, size: u64, layout: crate::delta::Layout, held: u64) -> EarlyCut {
+        let stop = delta::StopOnDrop::default();
+        let flag = stop.0.clone();
+        let task = spawn_blocking(move || delta::index_until(&file, size, layout, &flag));
+        EarlyCut { layout, held, task, _stop: stop }
+    }
+
+    /// Its result, with `file` handed back as [`chunks_of`] gives it.
+    async fn finish(
+        self,
+        file: std::fs::File,
+    ) -> Result<std::io::Result<(std::fs::File, delta::Chunked)>, ClientError> {
+        let EarlyCut { task, _stop, .. } = self;
+        let cut = task.await.map_err(join_err)?;
+        Ok(cut.map(|(sig, hash)| (file, (std::sync::Arc::new(sig), hash))))
+    }
+}
+
 /// What an upload's answer before its checksum means: the server
 /// refused while the body was still going out (a write failed on its
 /// side), or broke the protocol, or left.
@@ -945,6 +975,17 @@ impl Client {
             }
             _ => (file, None),
         };
+        // Our file cut as the server's signature will be, started now:
+        // while the server indexes its older version, not after (the two
+        // sides' reading at once, on two cores). Dropped unused if the
+        // answer is an append or no basis.
+        let early = match (held, &ask) {
+            (Some(held), Some(_)) if self.shared_reads.is_none() => {
+                let file = file.try_clone().map_err(local_err(local))?;
+                Some(EarlyCut::start(file, size, crate::delta::Layout::for_sizes(held, size), held))
+            }
+            _ => None,
+        };
         let put = Put {
             path: remote.to_owned(),
             size,
@@ -969,7 +1010,7 @@ impl Client {
             };
             let again = file.try_clone().map_err(local_err(local))?;
             let held = (offset, prefix_blake3);
-            match self.put_delta(file, (local, size), held, (basis, ask), progress).await {
+            match self.put_delta(file, (local, size), held, (basis, ask, early), progress).await {
                 Ok(done) => return Ok(done),
                 // Built wrong, or from a file that changed meanwhile: sent
                 // again whole, on the same connection.
@@ -1044,10 +1085,12 @@ impl Client {
         file: std::fs::File,
         (local, size): (&Path, u64),
         (offset, prefix_blake3): (u64, Option<String>),
-        (basis, ask): (crate::proto::Basis, crate::proto::DeltaAsk),
+        (basis, ask, early): (crate::proto::Basis, crate::proto::DeltaAsk, Option<EarlyCut>),
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
         let (file, plan) = if basis.append {
+            // No signature to compare with (yet): the early cut stops.
+            drop(early);
             if ask.append.as_ref().is_none_or(|p| p.len != basis.len) {
                 self.session.abandon().await;
                 let got = format!("an append to {} bytes", basis.len);
@@ -1073,7 +1116,7 @@ impl Client {
                 match again {
                     // It could not index its file: every byte is sent.
                     Some(b) if b.append => (file, delta::Plan::Fresh),
-                    Some(b) => self.against_signature(file, local, size, &b).await?,
+                    Some(b) => self.against_signature(file, local, size, &b, None).await?,
                     None => {
                         self.session.abandon().await;
                         let got = "put_ready without a basis".into();
@@ -1082,7 +1125,7 @@ impl Client {
                 }
             }
         } else {
-            self.against_signature(file, local, size, &basis).await?
+            self.against_signature(file, local, size, &basis, early).await?
         };
         if let Err(e) = plan.check(size) {
             self.session.abandon().await;
@@ -1101,6 +1144,7 @@ impl Client {
         local: &Path,
         size: u64,
         basis: &crate::proto::Basis,
+        early: Option<EarlyCut>,
     ) -> Result<(std::fs::File, delta::Plan), Retry> {
         let fits = |l: &crate::delta::Layout| {
             delta::layout_fits(*l, basis.len, size).is_ok() && basis.count > 0 && delta::worth(basis.len, size)
@@ -1111,7 +1155,14 @@ impl Client {
             return Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into());
         };
         let shared = self.shared_reads.clone();
-        let chunking = chunks_of(shared, file, size, layout);
+        // The early cut, if it is the one the signature takes.
+        let early = early.filter(|e| e.layout == layout && e.held == basis.len);
+        let chunking = async move {
+            match early {
+                Some(early) => early.finish(file).await,
+                None => chunks_of(shared, file, size, layout).await,
+            }
+        };
         let (theirs, ours) = tokio::join!(delta::read_signature(&mut self.session, basis), chunking);
         let theirs = match theirs {
             Ok(sig) => sig,
