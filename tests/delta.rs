@@ -183,6 +183,35 @@ async fn an_edit_in_place_moves_its_blocks_only() {
     assert!(up + down < 64 << 10, "{up} up + {down} down");
 }
 
+/// A file past 64 MiB is built with its hash made on a thread beside the
+/// copy, and a sender's cut made before the other side's signature came
+/// hashes the whole file only after its ops have gone: both ways, the
+/// file arrives byte for byte as a delta (a wrong hash on either side
+/// would fail the check and send it whole: `matched` would be 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_is_built_and_hashed_at_once() {
+    let root = RootServer::dir().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let old = noise(72 << 20, 17);
+    let mut new = old[..1 << 20].to_vec();
+    new.extend_from_slice(&noise(1000, 18));
+    new.extend_from_slice(&old[1 << 20..]);
+    root.write("f.bin", &old).await;
+    std::fs::write(&local, &new).unwrap();
+    let mut client = Client::connect(&root.addr.to_string()).await.unwrap();
+    let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+    assert_eq!(root.read("f.bin").await.unwrap(), new);
+    assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string());
+    assert!(done.matched > 70 << 20, "{}", done.matched);
+    // Back the other way: the server's file is the new one, ours the old.
+    std::fs::write(&local, &old).unwrap();
+    let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
+    assert_eq!(std::fs::read(&local).unwrap(), new);
+    assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string());
+    assert!(done.matched > 70 << 20, "{}", done.matched);
+}
+
 /// Without --delta, to a loopback server, files go whole (auto mode),
 /// and -W keeps them whole anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

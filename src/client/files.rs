@@ -233,13 +233,16 @@ async fn chunks_of(
     }
 }
 
+/// A file's signature, and its whole hash if it was made with it.
+type Cut = (std::sync::Arc<crate::delta::Signature>, Option<blake3::Hash>);
+
 /// An upload's file being cut for a delta before the server's signature
 /// comes, as `layout` (the sizes' layout for an older version of `held`
 /// bytes); stopped if dropped unused.
 pub(super) struct EarlyCut {
     layout: crate::delta::Layout,
     held: u64,
-    task: tokio::task::JoinHandle<std::io::Result<(crate::delta::Signature, blake3::Hash)>>,
+    task: tokio::task::JoinHandle<std::io::Result<crate::delta::Signature>>,
     _stop: delta::StopOnDrop,
 }
 
@@ -252,14 +255,13 @@ impl EarlyCut {
         EarlyCut { layout, held, task, _stop: stop }
     }
 
-    /// Its result, with `file` handed back as [`chunks_of`] gives it.
-    async fn finish(
-        self,
-        file: std::fs::File,
-    ) -> Result<std::io::Result<(std::fs::File, delta::Chunked)>, ClientError> {
+    /// Its result, with `file` handed back as [`chunks_of`] gives it, but
+    /// without the whole file's hash: that is made after the ops have
+    /// gone, while the server builds ([`delta::index_until`]).
+    async fn finish(self, file: std::fs::File) -> Result<std::io::Result<(std::fs::File, Cut)>, ClientError> {
         let EarlyCut { task, _stop, .. } = self;
         let cut = task.await.map_err(join_err)?;
-        Ok(cut.map(|(sig, hash)| (file, (std::sync::Arc::new(sig), hash))))
+        Ok(cut.map(|sig| (file, (std::sync::Arc::new(sig), None))))
     }
 }
 
@@ -773,7 +775,7 @@ impl Client {
         let mut matched = 0;
         let received = match basis {
             Some((old, sig, _)) if is_delta => {
-                let patch = delta::Patch::new(receiver, (old, sig.len), size);
+                let patch = delta::Patch::new(receiver, Ok(old), sig.len, size);
                 let built = delta::receive_ops(&mut self.session, patch, &mut |n| {
                     at.done = n.saturating_sub(offset);
                     progress(at);
@@ -1163,7 +1165,9 @@ impl Client {
         let chunking = async move {
             match early {
                 Some(early) => early.finish(file).await,
-                None => chunks_of(shared, file, size, layout).await,
+                None => Ok(chunks_of(shared, file, size, layout)
+                    .await?
+                    .map(|(file, (sig, hash))| (file, (sig, Some(hash))))),
             }
         };
         let (theirs, ours) = tokio::join!(delta::read_signature(&mut self.session, basis), chunking);

@@ -906,10 +906,7 @@ async fn receive_delta(
     if !receiver.agree(offset).map_err(local_err(&job.local))? {
         return Err(unexpected("a file from our offset or 0", offset));
     }
-    let patch = match old {
-        Ok(old) => dt::Patch::new(receiver, (old, old_len), size),
-        Err(why) => dt::Patch::broken(receiver, old_len, size, why),
-    };
+    let patch = dt::Patch::new(receiver, old, old_len, size);
     // A write that fails fails this file alone.
     let patch = patch.deferring_write_errors();
     let never = tokio_util::sync::CancellationToken::new();

@@ -117,11 +117,16 @@ pub enum DeltaFailed {
 /// Reading; a file shorter than `len` (it shrank); a layout the engine
 /// refuses or a file it would index past its limits.
 pub fn index(file: &File, len: u64, layout: Layout) -> io::Result<(Signature, blake3::Hash)> {
-    index_until(file, len, layout, &std::sync::atomic::AtomicBool::new(false))
+    let (sig, hash) = cut(file, len, layout, &std::sync::atomic::AtomicBool::new(false), true)?;
+    Ok((sig, hash.expect("hashed")))
 }
 
-/// [`index`], given up (`Interrupted`) between two 1 MiB pieces once
-/// `stop` is set: work whose requester may leave ([`StopOnDrop`]).
+/// [`index_only`], given up (`Interrupted`) between two 1 MiB pieces
+/// once `stop` is set: a sender's cut made while the receiver's
+/// signature comes, whose requester may leave ([`StopOnDrop`]). The
+/// whole-file hash is left for later ([`Plan::Pieces`] without one): made
+/// after the ops have gone, while the receiver builds, it is off the
+/// path the two sides wait on.
 ///
 /// # Errors
 ///
@@ -131,9 +136,8 @@ pub fn index_until(
     len: u64,
     layout: Layout,
     stop: &std::sync::atomic::AtomicBool,
-) -> io::Result<(Signature, blake3::Hash)> {
-    let (sig, hash) = cut(file, len, layout, stop, true)?;
-    Ok((sig, hash.expect("hashed")))
+) -> io::Result<Signature> {
+    Ok(cut(file, len, layout, stop, false)?.0)
 }
 
 /// [`index`] without the whole-file hash, for an older version about to
@@ -323,7 +327,7 @@ pub fn plan_against(file: &File, size: u64, theirs: &Signature) -> Option<(Plan,
             crate::delta::Piece::Literal { .. } => 0,
         })
         .sum();
-    (matched > 0).then_some((Plan::Pieces(pieces, hash), matched))
+    (matched > 0).then_some((Plan::Pieces(pieces, Some(hash)), matched))
 }
 
 pub use super::shared::Chunked;
@@ -339,8 +343,9 @@ pub enum Plan {
     Fresh,
     /// Runs found already ([`crate::delta::diff`] of the receiver's
     /// signature and the new file's, made while the first came), and the
-    /// new file's hash, read then.
-    Pieces(Vec<crate::delta::Piece>, blake3::Hash),
+    /// new file's hash if it was read then (if not, it is read after the
+    /// ops are sent, while the receiver builds).
+    Pieces(Vec<crate::delta::Piece>, Option<blake3::Hash>),
 }
 
 impl Plan {
@@ -523,7 +528,23 @@ fn encode(
                 return Err(DeltaError::TooShort { written: out.pos, new_len }.into());
             }
             out.send()?;
-            return Ok(Sent { hash: *hash, matched: out.matched });
+            let hash = match hash {
+                Some(hash) => *hash,
+                // The ops are on their way: the receiver builds while the
+                // file is hashed here.
+                None => {
+                    while at < new_len {
+                        if tx.is_closed() {
+                            return Err(DeltaFailed::Closed);
+                        }
+                        let n = read(at, &mut buf)?;
+                        hasher.update(&buf[..n]);
+                        at += n as u64;
+                    }
+                    hasher.finalize()
+                }
+            };
+            return Ok(Sent { hash, matched: out.matched });
         }
         Plan::Append(_) | Plan::Fresh => {
             let old_len = match plan {
@@ -561,10 +582,10 @@ fn encode(
 pub struct Patch {
     file: File,
     name: PartialName,
-    /// `None`: the older version could not be opened again ([`Patch::broken`]).
+    /// `None`: the older version could not be opened again.
     old: Option<File>,
     patcher: Patcher,
-    hasher: blake3::Hasher,
+    hasher: Hashing,
     new_len: u64,
     /// Bytes copied from the older version.
     copied: u64,
@@ -579,27 +600,105 @@ pub struct Patch {
     write_failed: Option<io::Error>,
 }
 
+/// Past this many bytes to build, a patch hashes on a thread of its own
+/// while it copies: a large file's build is a read, a write and a hash
+/// of every byte, and the hash need not wait for the write.
+const HASH_BESIDE: u64 = 64 << 20;
+
+/// Pieces in flight to a patch's hashing thread (each at most [`PIECE`]).
+const HASH_QUEUE: usize = 4;
+
+/// Where a patch's new bytes are hashed.
+#[derive(Debug)]
+enum Hashing {
+    /// Here, with the buffer last filled, to be filled again.
+    Here(Box<blake3::Hasher>, Vec<u8>),
+    /// On a thread of its own, pieces sent in order, and given back to be
+    /// filled again.
+    Beside {
+        pieces: std::sync::mpsc::SyncSender<Vec<u8>>,
+        back: std::sync::mpsc::Receiver<Vec<u8>>,
+        done: std::thread::JoinHandle<blake3::Hash>,
+    },
+}
+
+impl Hashing {
+    fn new(hasher: blake3::Hasher, to_build: u64) -> Hashing {
+        if to_build < HASH_BESIDE {
+            return Hashing::Here(Box::new(hasher), Vec::new());
+        }
+        let (pieces, inbox) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let (give_back, back) = std::sync::mpsc::sync_channel(HASH_QUEUE + 2);
+        let fallback = hasher.clone();
+        let hashing = move || {
+            let mut hasher = hasher;
+            for piece in inbox {
+                hasher.update(&piece);
+                // Not given back once the patch is full of them or gone.
+                let _ = give_back.try_send(piece);
+            }
+            hasher.finalize()
+        };
+        match std::thread::Builder::new().name("framewire-hash".into()).spawn(hashing) {
+            Ok(done) => Hashing::Beside { pieces, back, done },
+            // No thread to be had: hashed here, as small builds are.
+            Err(_) => Hashing::Here(Box::new(fallback), Vec::new()),
+        }
+    }
+
+    /// A buffer of `len` bytes to fill (one given back, if there is one).
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = match self {
+            Hashing::Beside { back, .. } => back.try_recv().unwrap_or_default(),
+            Hashing::Here(_, spare) => std::mem::take(spare),
+        };
+        buf.clear();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Hashes `piece`, the next bytes of the file.
+    fn update(&mut self, piece: Vec<u8>) {
+        match self {
+            Hashing::Here(h, spare) => {
+                h.update(&piece);
+                *spare = piece;
+            }
+            Hashing::Beside { pieces, .. } => {
+                // The thread ends only when this side hangs up.
+                let _ = pieces.send(piece);
+            }
+        }
+    }
+
+    fn finalize(self) -> blake3::Hash {
+        match self {
+            Hashing::Here(h, _) => h.finalize(),
+            Hashing::Beside { pieces, done, .. } => {
+                drop(pieces);
+                done.join().expect("the hashing thread does not panic")
+            }
+        }
+    }
+}
 impl Patch {
     /// The body of `receiver`'s file comes as a delta from `old`
     /// (`old_len` bytes, the older version): a patch that builds the file
-    /// of `new_len` bytes after what is held (agreed already).
-    pub fn new(receiver: super::Receiver, (old, old_len): (File, u64), new_len: u64) -> Patch {
+    /// of `new_len` bytes after what is held (agreed already). If the
+    /// older version could not be opened again (gone, or changed since its
+    /// signature was made: `old` is why), the ops are still checked and
+    /// read, to stay in step, and [`finish`](Self::finish) says
+    /// [`DeltaFailed::BasisChanged`].
+    pub fn new(receiver: super::Receiver, old: Result<File, io::Error>, old_len: u64, new_len: u64) -> Patch {
         let (partial, held, hasher) = receiver.into_parts();
         let (file, name) = partial.take_file();
         let patcher = Patcher::resuming(old_len, new_len, held);
-        let (defer_writes, write_failed) = (false, None);
-        Patch {
-            file,
-            name,
-            old: Some(old),
-            patcher,
-            hasher,
-            new_len,
-            copied: 0,
-            broken: None,
-            defer_writes,
-            write_failed,
-        }
+        let (old, broken) = match old {
+            Ok(old) => (Some(old), None),
+            Err(why) => (None, Some(why)),
+        };
+        let hasher = Hashing::new(hasher, if old.is_some() { new_len.saturating_sub(held) } else { 0 });
+        Patch { file, name, old, patcher, hasher, new_len, copied: 0, broken, defer_writes: false, write_failed: None }
     }
 
     /// The same patch, which on a write that fails (a full disk) goes on
@@ -610,29 +709,6 @@ impl Patch {
     pub fn deferring_write_errors(mut self) -> Patch {
         self.defer_writes = true;
         self
-    }
-
-    /// A patch whose older version (`old_len` bytes when its signature
-    /// was made) is gone or changed before the ops came (`why`): the ops
-    /// are still checked and read, to stay in step, and
-    /// [`finish`](Self::finish) says [`DeltaFailed::BasisChanged`].
-    pub fn broken(receiver: super::Receiver, old_len: u64, new_len: u64, why: io::Error) -> Patch {
-        let (partial, held, hasher) = receiver.into_parts();
-        let (file, name) = partial.take_file();
-        let patcher = Patcher::resuming(old_len, new_len, held);
-        let (defer_writes, write_failed) = (false, None);
-        Patch {
-            file,
-            name,
-            old: None,
-            patcher,
-            hasher,
-            new_len,
-            copied: 0,
-            broken: Some(why),
-            defer_writes,
-            write_failed,
-        }
     }
 
     /// Bytes of the new file made so far.
@@ -661,7 +737,6 @@ impl Patch {
         if ops.is_empty() {
             return Err(DeltaError::EmptyOp.into());
         }
-        let mut buf = Vec::new();
         for op in &ops {
             let at = self.patcher.written();
             let action = self.patcher.apply(op)?;
@@ -676,13 +751,15 @@ impl Patch {
                         self.write_failed = Some(e);
                         continue;
                     }
-                    self.hasher.update(bytes);
+                    let mut piece = self.hasher.buffer(0);
+                    piece.extend_from_slice(bytes);
+                    self.hasher.update(piece);
                 }
                 Action::Copy { from, len } => {
                     let mut done = 0u64;
                     while done < u64::from(len) {
                         let n = (u64::from(len) - done).min(PIECE as u64) as usize;
-                        buf.resize(n, 0);
+                        let mut buf = self.hasher.buffer(n);
                         if let Err(e) = old.read_exact_at(&mut buf, from + done) {
                             self.broken = Some(e);
                             break;
@@ -694,7 +771,7 @@ impl Patch {
                             self.write_failed = Some(e);
                             break;
                         }
-                        self.hasher.update(&buf);
+                        self.hasher.update(buf);
                         done += n as u64;
                     }
                     self.copied += done;
@@ -723,7 +800,8 @@ impl Patch {
             self.name.discard();
             return Err(DeltaFailed::BasisChanged(e));
         }
-        Ok(Received::built(self.name.rejoin(self.file), self.hasher.finalize()))
+        let hash = self.hasher.finalize();
+        Ok(Received::built(self.name.rejoin(self.file), hash))
     }
 
     /// Removes the partial file.

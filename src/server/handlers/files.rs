@@ -98,14 +98,14 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
             Some((file, delta::Want::Append(len))) => Some((file, delta::Plan::Append(len))),
             Some((file, delta::Want::Signature)) => {
                 s.send(&SignatureWanted {}, &[]).await?;
-                // Ours cut and hashed while theirs comes.
+                // Ours cut while theirs comes.
                 let layout = basis.layout.unwrap_or(crate::delta::Layout::for_sizes(basis.len, size));
                 // Given up if this handler returns first (the client left,
                 // or sent a bad signature).
                 let stop = delta::StopOnDrop::default();
                 let flag = stop.0.clone();
                 let chunking = tokio::task::spawn_blocking(move || {
-                    delta::index_until(&file, size, layout, &flag).map(|(sig, hash)| (file, sig, hash))
+                    delta::index_until(&file, size, layout, &flag).map(|sig| (file, sig))
                 });
                 let theirs = match cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await? {
                     Ok(sig) => sig,
@@ -116,8 +116,10 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
                 let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
                 drop(stop);
                 match chunked {
-                    Ok(Ok((file, ours, hash))) => match crate::delta::diff(&theirs, &ours) {
-                        Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, hash))),
+                    // The file's hash is made after the ops, while the
+                    // client builds.
+                    Ok(Ok((file, ours))) => match crate::delta::diff(&theirs, &ours) {
+                        Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, None))),
                         Err(_) => None,
                     },
                     // Not read: the file goes as a whole one would.

@@ -454,7 +454,7 @@ impl Upload for BucketUpload {
                 return Err(NotReceived::Write(Fault::io(&path, e)));
             }
         };
-        let patch = crate::session::delta::Patch::new(receiver, (old, spool.len), size);
+        let patch = crate::session::delta::Patch::new(receiver, Ok(old), spool.len, size);
         let failed = match crate::session::delta::receive_ops(s, patch, &mut |_| {}).await {
             Ok(patch) => match patch.finish() {
                 Ok(received) => {
