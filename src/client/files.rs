@@ -1107,14 +1107,16 @@ impl Client {
             let (len, theirs) = (basis.len, basis.blake3.clone().unwrap_or_default());
             let (file, same) = spawn_blocking(move || {
                 let mut file = file;
-                let ours = crate::services::files::hash_prefix(&mut file, len).map(|h| h.finalize());
-                let same = ours.is_ok_and(|h| h.to_hex().as_str() == theirs);
+                let ours = crate::services::files::hash_prefix(&mut file, len).ok();
+                let same = ours.filter(|h| h.finalize().to_hex().as_str() == theirs);
                 (file, same)
             })
             .await
             .map_err(join_err)?;
-            if same {
-                (file, delta::Plan::Append(len))
+            // The file's hash goes on from there: its prefix is not read
+            // again.
+            if let Some(prefix) = same {
+                (file, delta::Plan::Append(len, Box::new(prefix)))
             } else {
                 self.session.send(&crate::proto::SignatureWanted {}, &[]).await?;
                 let PutReady { basis: again, .. } = self.answer().await?;

@@ -336,8 +336,10 @@ pub use super::shared::Chunked;
 #[derive(Debug)]
 pub enum Plan {
     /// The receiver's whole file (this many bytes) is the start of the
-    /// new one: copied, and the tail sent.
-    Append(u64),
+    /// new one: copied, and the tail sent. With the hasher of those
+    /// bytes, made to check the append: the new file is read from their
+    /// end only.
+    Append(u64, Box<blake3::Hasher>),
     /// Nothing of the receiver's file is used: every byte is sent (an
     /// append that was not one).
     Fresh,
@@ -357,8 +359,8 @@ impl Plan {
     /// [`Plan::Pieces`] were checked by [`crate::delta::diff`]).
     pub fn check(&self, new_len: u64) -> Result<(), DeltaError> {
         match self {
-            Plan::Append(old_len) if *old_len > new_len => Err(DeltaError::TooLong { new_len }),
-            Plan::Append(_) | Plan::Fresh | Plan::Pieces(..) => Ok(()),
+            Plan::Append(old_len, _) if *old_len > new_len => Err(DeltaError::TooLong { new_len }),
+            Plan::Append(..) | Plan::Fresh | Plan::Pieces(..) => Ok(()),
         }
     }
 }
@@ -546,9 +548,14 @@ fn encode(
             };
             return Ok(Sent { hash, matched: out.matched });
         }
-        Plan::Append(_) | Plan::Fresh => {
+        Plan::Append(..) | Plan::Fresh => {
             let old_len = match plan {
-                Plan::Append(len) => *len,
+                Plan::Append(len, prefix) => {
+                    // The receiver's part hashed already: read from its end.
+                    hasher = (**prefix).clone();
+                    at = *len;
+                    *len
+                }
                 _ => 0,
             };
             let old_len = &old_len;
@@ -922,9 +929,9 @@ pub fn plan_for(file: &File, size: u64, basis: &Basis) -> Option<Want> {
     let likely = basis.tail.as_deref().is_none_or(tail_same);
     if let Some(theirs) = basis.blake3.as_deref().filter(|_| basis.len < size && likely) {
         let mut dup = file.try_clone().ok()?;
-        let ours = crate::services::files::hash_prefix(&mut dup, basis.len).ok()?.finalize();
-        if ours.to_hex().as_str() == theirs {
-            return Some(Want::Append(basis.len));
+        let prefix = crate::services::files::hash_prefix(&mut dup, basis.len).ok()?;
+        if prefix.finalize().to_hex().as_str() == theirs {
+            return Some(Want::Append(basis.len, Box::new(prefix)));
         }
     }
     let layout = basis.layout?;
@@ -941,11 +948,11 @@ pub fn may_pay(basis: &Basis, size: u64) -> bool {
 }
 
 /// What a sender answers a receiver's `basis` with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Want {
     /// The receiver's whole file (this many bytes) is the start of the
-    /// new one: no signature needed.
-    Append(u64),
+    /// new one: no signature needed. With the hasher of those bytes.
+    Append(u64, Box<blake3::Hasher>),
     /// Its signature, to make ops against.
     Signature,
 }
