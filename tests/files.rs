@@ -1035,6 +1035,55 @@ impl framewire::client::tree::Observer for Recorder {
     }
 }
 
+/// A copy's planning connection carries on into the copy
+/// (`Endpoint::keep_spare`): a single file planned and put through a
+/// proxy that counts connections opens one; without a spare handed back,
+/// the copy opens its own.
+#[tokio::test]
+async fn a_planned_copy_runs_on_its_planning_connection() {
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let server = TestServer::start().await;
+    let to = server.addr();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let Ok(mut upstream) = tokio::net::TcpStream::connect(&to).await else { continue };
+            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await });
+        }
+    });
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("one.bin");
+    std::fs::write(&file, pattern(100_000, 5)).unwrap();
+    let endpoint = Endpoint::new(proxy, None);
+    let mut client = endpoint.connect().await.unwrap();
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&file), Some("one.bin"), PlanOptions::default())
+        .await
+        .unwrap();
+    endpoint.keep_spare(client);
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_000, 5));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the plan's connection did the copy");
+    // A second copy, its plan's connection dropped: a new one is opened.
+    std::fs::write(&file, pattern(100_001, 6)).unwrap();
+    let mut client = endpoint.connect().await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&file), Some("one.bin"), PlanOptions::default())
+        .await
+        .unwrap();
+    drop(client);
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_001, 6));
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
 /// The library's tree copy, as a program would use it: plan, run over
 /// several connections with an observer, both ways; empty directories
 /// recreated; a rerun without force refused per file; a directory without

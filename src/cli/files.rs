@@ -534,7 +534,9 @@ pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     }
     let plan =
         tree::plan_get(&mut client, &paths, &dest, opts.plan_options()?).await.map_err(|e| plan_error(e, "get"))?;
-    drop(client);
+    // The planning connection carries on into the copy.
+    client.compact_listings(None);
+    endpoint.keep_spare(client);
     copy(&endpoint, plan, &opts, target.jobs).await
 }
 
@@ -561,7 +563,9 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), opts.plan_options()?)
         .await
         .map_err(|e| plan_error(e, "put"))?;
-    drop(client);
+    // The planning connection carries on into the copy.
+    client.compact_listings(None);
+    endpoint.keep_spare(client);
     copy(&endpoint, plan, &opts, target.jobs).await
 }
 

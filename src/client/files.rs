@@ -1142,9 +1142,9 @@ impl Client {
     }
 
     /// The plan of an upload against the server's signature (`basis`, its
-    /// frames next on the connection), our file cut and hashed while they
-    /// come (or taken from the copies of a fan-out, which cut it once for
-    /// all).
+    /// frames next on the connection), our file cut while they come (the
+    /// early cut, whose whole-file hash is made after the ops), or taken
+    /// from the copies of a fan-out, which cut and hash it once for all.
     async fn against_signature(
         &mut self,
         file: std::fs::File,

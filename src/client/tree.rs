@@ -67,13 +67,41 @@ pub struct Endpoint {
     connect_timeout: Option<Duration>,
     shared_reads: Option<Arc<SharedReads>>,
     compress: Option<i32>,
+    /// A connection made from here and handed back idle
+    /// ([`keep_spare`](Self::keep_spare)), and when.
+    spare: Arc<Mutex<Option<(Client, Instant)>>>,
 }
+
+/// How long a spare connection is taken by [`Endpoint::connect`] after
+/// it was handed back: well inside a server's idle timeout (5 minutes by
+/// default), so that it is not one the server is about to end.
+const SPARE_FRESH: Duration = Duration::from_secs(30);
 
 impl Endpoint {
     /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
     pub fn new(addr: impl Into<String>, key: Option<Key>) -> Self {
         let creds = super::conn::Credentials::shared(key);
-        Endpoint { addr: addr.into(), creds, throttle: None, connect_timeout: None, shared_reads: None, compress: None }
+        Endpoint {
+            addr: addr.into(),
+            creds,
+            throttle: None,
+            connect_timeout: None,
+            shared_reads: None,
+            compress: None,
+            spare: Arc::default(),
+        }
+    }
+
+    /// Hands back `client`, a connection opened by [`connect`](Self::connect)
+    /// (so with this endpoint's key, compression and bandwidth budget)
+    /// and idle between requests: the next `connect` within 30 seconds
+    /// takes it instead of opening one. What a copy's planning connection
+    /// is carried into the copy by: one connection and handshake less (a
+    /// round trip or more on a far link). A second spare replaces the
+    /// first.
+    pub fn keep_spare(&self, client: Client) {
+        let mut spare = self.spare.lock().expect("spare");
+        *spare = Some((client, Instant::now()));
     }
 
     /// Every connection opened from here asks the server to compress it
@@ -147,6 +175,11 @@ impl Endpoint {
     /// As [`Client::connect_with`], and [`ClientError::ConnectTimeout`]
     /// past the connect timeout.
     pub async fn connect(&self) -> Result<Client, ClientError> {
+        let spare = self.spare.lock().expect("spare").take();
+        if let Some((client, at)) = spare.filter(|(c, at)| at.elapsed() < SPARE_FRESH && !c.is_closed()) {
+            tracing::trace!(after = ?at.elapsed(), "the spare connection taken");
+            return Ok(client);
+        }
         let connecting = Client::connect_as(&self.addr, &self.creds, self.throttle.as_ref());
         let mut client = match self.connect_timeout {
             None => connecting.await?,
@@ -1577,10 +1610,18 @@ pub async fn plan_put(
         devices,
         ..
     } = options;
+    // A single source's destination, stat'ed to know if it is a
+    // directory: that answer is also the target's, if it is not.
+    let mut dest_stat = None;
     let into_dir = match dest {
         None => true,
         Some(d) if sources.len() > 1 || d.ends_with('/') || d.is_empty() => true,
-        Some(d) => matches!(client.stat(d).await, Ok(Entry { kind: Kind::Dir, .. })),
+        Some(d) => {
+            let stat = client.stat(d).await;
+            let dir = matches!(stat, Ok(Entry { kind: Kind::Dir, .. }));
+            dest_stat = Some(stat);
+            dir
+        }
     };
     let dest = dest.unwrap_or_default();
     let dest = dest.trim_end_matches('/');
@@ -1603,8 +1644,9 @@ pub async fn plan_put(
             Some(name) => crate::services::names::encode(name.as_bytes()).into_owned(),
         };
         if !meta.is_dir() {
-            let target = if into_dir { join_remote(dest, &name) } else { dest.to_owned() };
-            let job = plan_one_put(client, path, &meta, target, checksum).await.map_err(source)?;
+            let (target, known) =
+                if into_dir { (join_remote(dest, &name), None) } else { (dest.to_owned(), dest_stat.take()) };
+            let job = plan_one_put(client, path, &meta, (target, known), checksum).await.map_err(source)?;
             plan.decide(job.0, job.1, rule, job.2);
             continue;
         }
@@ -1705,10 +1747,15 @@ async fn plan_one_put(
     client: &mut Client,
     path: &Path,
     meta: &std::fs::Metadata,
-    target: String,
+    (target, known): (String, Option<Result<Entry, ClientError>>),
     checksum: bool,
 ) -> Result<(Job, Option<Held>, Option<bool>), ClientError> {
-    let (held, theirs) = match client.stat(&target).await {
+    // The target's stat, unless it was made already.
+    let stat = match known {
+        Some(stat) => stat,
+        None => client.stat(&target).await,
+    };
+    let (held, theirs) = match stat {
         Ok(e) if checksum && e.kind == Kind::File && e.size == meta.len() => {
             let hashed = client.stat_with_hash(&target).await?;
             (Some(Some((e.size, e.mtime, None))), hashed.blake3)

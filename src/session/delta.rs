@@ -627,6 +627,8 @@ enum Hashing {
         back: std::sync::mpsc::Receiver<Vec<u8>>,
         done: std::thread::JoinHandle<blake3::Hash>,
     },
+    /// The thread's hash, the file whole ([`Hashing::settle`]).
+    Done(blake3::Hash),
 }
 
 impl Hashing {
@@ -658,10 +660,26 @@ impl Hashing {
         let mut buf = match self {
             Hashing::Beside { back, .. } => back.try_recv().unwrap_or_default(),
             Hashing::Here(_, spare) => std::mem::take(spare),
+            Hashing::Done(_) => Vec::new(),
         };
-        buf.clear();
+        // Filled whole by the read that takes it: not cleared first.
         buf.resize(len, 0);
         buf
+    }
+
+    /// Hashes `bytes`, the next of the file (a literal run: copied only
+    /// to go to the thread).
+    fn update_from(&mut self, bytes: &[u8]) {
+        match self {
+            Hashing::Here(h, _) => {
+                h.update(bytes);
+            }
+            _ => {
+                let mut piece = self.buffer(0);
+                piece.extend_from_slice(bytes);
+                self.update(piece);
+            }
+        }
     }
 
     /// Hashes `piece`, the next bytes of the file.
@@ -675,6 +693,20 @@ impl Hashing {
                 // The thread ends only when this side hangs up.
                 let _ = pieces.send(piece);
             }
+            // Nothing comes after the last byte (the ops are checked
+            // first); if it did, the hash would not match: a failed
+            // check, not a wrong file.
+            Hashing::Done(_) => {}
+        }
+    }
+
+    /// Waits for the thread, if there is one, to hash what it was sent:
+    /// done once the file is whole, on the building (blocking) thread,
+    /// so that [`finalize`](Self::finalize) never waits.
+    fn settle(&mut self) {
+        if matches!(self, Hashing::Beside { .. }) {
+            let beside = std::mem::replace(self, Hashing::Done(blake3::Hash::from_bytes([0; 32])));
+            *self = Hashing::Done(beside.finalize());
         }
     }
 
@@ -685,9 +717,11 @@ impl Hashing {
                 drop(pieces);
                 done.join().expect("the hashing thread does not panic")
             }
+            Hashing::Done(hash) => hash,
         }
     }
 }
+
 impl Patch {
     /// The body of `receiver`'s file comes as a delta from `old`
     /// (`old_len` bytes, the older version): a patch that builds the file
@@ -758,9 +792,7 @@ impl Patch {
                         self.write_failed = Some(e);
                         continue;
                     }
-                    let mut piece = self.hasher.buffer(0);
-                    piece.extend_from_slice(bytes);
-                    self.hasher.update(piece);
+                    self.hasher.update_from(bytes);
                 }
                 Action::Copy { from, len } => {
                     let mut done = 0u64;
@@ -784,6 +816,9 @@ impl Patch {
                     self.copied += done;
                 }
             }
+        }
+        if self.is_whole() {
+            self.hasher.settle();
         }
         Ok(())
     }
@@ -955,4 +990,35 @@ pub enum Want {
     Append(u64, Box<blake3::Hasher>),
     /// Its signature, to make ops against.
     Signature,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build's hash made on a thread of its own (a large one) is the
+    /// file's, as one made inline (a small one) is: from a held prefix,
+    /// through copied pieces and a literal run, settled before it is read.
+    #[test]
+    fn a_hash_beside_the_build_is_the_files() {
+        let data: Vec<u8> = (0..3 * PIECE + 12_345).map(|i| (i * 31 % 251) as u8).collect();
+        for to_build in [0, HASH_BESIDE] {
+            let mut held = blake3::Hasher::new();
+            held.update(&data[..1000]);
+            let mut hashing = Hashing::new(held, to_build);
+            assert_eq!(matches!(hashing, Hashing::Beside { .. }), to_build >= HASH_BESIDE);
+            hashing.update_from(&data[1000..1777]);
+            let mut at = 1777;
+            while at < data.len() {
+                let n = (data.len() - at).min(PIECE);
+                let mut piece = hashing.buffer(n);
+                piece.copy_from_slice(&data[at..at + n]);
+                hashing.update(piece);
+                at += n;
+            }
+            hashing.settle();
+            assert!(!matches!(hashing, Hashing::Beside { .. }));
+            assert_eq!(hashing.finalize(), blake3::hash(&data), "{to_build}");
+        }
+    }
 }

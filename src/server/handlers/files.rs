@@ -131,7 +131,13 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
         if let Some((file, plan)) = chosen {
             let head = crate::proto::FileReply { len: 0, holes: None, delta: true, ..head };
             s.send(&head, &[]).await?;
-            let sent = delta::send_ops(&mut s.halves().1, file, size, plan, head.offset, &mut |_| {}).await;
+            // The whole file's hash is made after the ops (while the
+            // client builds): a session cut off stops it too.
+            let ops = async {
+                let (_, mut out) = s.halves();
+                Ok(delta::send_ops(&mut out, file, size, plan, head.offset, &mut |_| {}).await)
+            };
+            let sent = cut_off_by(&cut, ops).await?;
             drop(download);
             return match sent {
                 Ok(sent) => s.send(&Checksum { blake3: sent.hash.to_hex().to_string() }, &[]).await,

@@ -379,7 +379,9 @@ pub(in crate::server) struct DirBody {
     /// The older version a delta was built from, held open past the
     /// commit: the rename that replaces it then frees none of its blocks
     /// (a large file's take a tenth of a second a GiB), and they are freed
-    /// on a blocking thread while the answer goes.
+    /// on a blocking thread while the answer goes. So for that moment the
+    /// old and the new file both take their space (as during the build),
+    /// and on NFS the old one shows as a `.nfs…` file until it is closed.
     retired: Option<File>,
 }
 
