@@ -1062,10 +1062,11 @@ async fn a_planned_copy_runs_on_its_planning_connection() {
     std::fs::write(&file, pattern(100_000, 5)).unwrap();
     let endpoint = Endpoint::new(proxy, None);
     let mut client = endpoint.connect().await.unwrap();
+    let since = std::time::Instant::now();
     let plan = tree::plan_put(&mut client, std::slice::from_ref(&file), Some("one.bin"), PlanOptions::default())
         .await
         .unwrap();
-    endpoint.keep_spare(client);
+    endpoint.keep_spare(client, since);
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_000, 5));
@@ -1082,6 +1083,30 @@ async fn a_planned_copy_runs_on_its_planning_connection() {
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_001, 6));
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+/// A spare connection the server ended meanwhile (its idle timeout) is
+/// not taken: the copy opens a new one and succeeds.
+#[tokio::test]
+async fn a_spare_the_server_ended_is_not_taken() {
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions};
+    use std::sync::Arc;
+    let server = TestServer::start_with(|c| c.timeouts.idle = Some(Duration::from_millis(300))).await;
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("one.bin");
+    std::fs::write(&file, pattern(50_000, 7)).unwrap();
+    let endpoint = Endpoint::new(server.addr(), None);
+    let mut client = endpoint.connect().await.unwrap();
+    let since = std::time::Instant::now();
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&file), Some("one.bin"), PlanOptions::default())
+        .await
+        .unwrap();
+    endpoint.keep_spare(client, since);
+    // Past the server's idle timeout: it has said so and closed.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(50_000, 7));
 }
 
 /// The library's tree copy, as a program would use it: plan, run over

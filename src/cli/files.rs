@@ -532,11 +532,12 @@ pub async fn get(args: GetArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     if opts.delta {
         client.compact_listings(Some(true));
     }
+    let since = std::time::Instant::now();
     let plan =
         tree::plan_get(&mut client, &paths, &dest, opts.plan_options()?).await.map_err(|e| plan_error(e, "get"))?;
     // The planning connection carries on into the copy.
     client.compact_listings(None);
-    endpoint.keep_spare(client);
+    endpoint.keep_spare(client, since);
     copy(&endpoint, plan, &opts, target.jobs).await
 }
 
@@ -560,12 +561,13 @@ pub async fn put(args: PutArgs, settings: &Settings) -> anyhow::Result<ExitCode>
         client.compact_listings(Some(true));
     }
     let sources: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+    let since = std::time::Instant::now();
     let plan = tree::plan_put(&mut client, &sources, dest.as_deref(), opts.plan_options()?)
         .await
         .map_err(|e| plan_error(e, "put"))?;
     // The planning connection carries on into the copy.
     client.compact_listings(None);
-    endpoint.keep_spare(client);
+    endpoint.keep_spare(client, since);
     copy(&endpoint, plan, &opts, target.jobs).await
 }
 

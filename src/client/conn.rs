@@ -273,6 +273,15 @@ impl Client {
         self.session.is_closed()
     }
 
+    /// Whether the server has said nothing unasked on this connection,
+    /// idle between requests: no message, no end (an idle timeout's
+    /// farewell is both). Whatever it did say is read and dropped: after
+    /// `false`, the connection is not to be used.
+    pub(crate) fn is_quiet(&mut self) -> bool {
+        use futures_util::FutureExt;
+        !self.is_closed() && self.session.reader().drain(1).now_or_never().is_none()
+    }
+
     /// The answer to the request just sent: the message `T` due, or the
     /// server's refusal as [`ClientError::Remote`].
     pub(super) async fn answer<T: Message>(&mut self) -> Result<T, ClientError> {

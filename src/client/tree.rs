@@ -68,14 +68,17 @@ pub struct Endpoint {
     shared_reads: Option<Arc<SharedReads>>,
     compress: Option<i32>,
     /// A connection made from here and handed back idle
-    /// ([`keep_spare`](Self::keep_spare)), and when.
+    /// ([`keep_spare`](Self::keep_spare)), and since when it may have been
+    /// idle at most. Shared by clones, not by an endpoint a `with_`
+    /// method made (another key, compression or budget).
     spare: Arc<Mutex<Option<(Client, Instant)>>>,
 }
 
-/// How long a spare connection is taken by [`Endpoint::connect`] after
-/// it was handed back: well inside a server's idle timeout (5 minutes by
-/// default), so that it is not one the server is about to end.
-const SPARE_FRESH: Duration = Duration::from_secs(30);
+/// How long a spare connection may have been idle and still be taken by
+/// [`Endpoint::connect`]: well inside a server's idle timeout (5 minutes
+/// by default). One the server ended meanwhile (a shorter timeout) is
+/// told by what it sent before it closed, and not taken.
+const SPARE_FRESH: Duration = Duration::from_secs(60);
 
 impl Endpoint {
     /// The server at `addr` (as [`Client::connect`] takes it), with `key`.
@@ -93,15 +96,16 @@ impl Endpoint {
     }
 
     /// Hands back `client`, a connection opened by [`connect`](Self::connect)
-    /// (so with this endpoint's key, compression and bandwidth budget)
-    /// and idle between requests: the next `connect` within 30 seconds
-    /// takes it instead of opening one. What a copy's planning connection
-    /// is carried into the copy by: one connection and handshake less (a
-    /// round trip or more on a far link). A second spare replaces the
-    /// first.
-    pub fn keep_spare(&self, client: Client) {
+    /// (so with this endpoint's key, compression and bandwidth budget),
+    /// between requests, its last one sent no earlier than `since`: the
+    /// next `connect` takes it instead of opening one, if `since` was less
+    /// than a minute ago and the server has said nothing since (an idle
+    /// timeout's farewell). What a copy's planning connection is carried
+    /// into the copy by: one connection and handshake less (a round trip
+    /// or more on a far link). A second spare replaces the first.
+    pub fn keep_spare(&self, client: Client, since: Instant) {
         let mut spare = self.spare.lock().expect("spare");
-        *spare = Some((client, Instant::now()));
+        *spare = Some((client, since));
     }
 
     /// Every connection opened from here asks the server to compress it
@@ -109,6 +113,7 @@ impl Endpoint {
     /// a server that cannot goes uncompressed.
     pub fn with_compress(mut self, level: Option<i32>) -> Self {
         self.compress = level;
+        self.spare = Arc::default();
         self
     }
 
@@ -116,6 +121,7 @@ impl Endpoint {
     /// host keys are checked) instead of the shared key alone.
     pub fn with_credentials(mut self, creds: super::conn::Credentials) -> Self {
         self.creds = creds;
+        self.spare = Arc::default();
         self
     }
 
@@ -126,6 +132,7 @@ impl Endpoint {
     /// handshake [`HANDSHAKE_TIMEOUT`](super::HANDSHAKE_TIMEOUT).
     pub fn with_connect_timeout(mut self, limit: Duration) -> Self {
         self.connect_timeout = Some(limit);
+        self.spare = Arc::default();
         self
     }
 
@@ -133,6 +140,7 @@ impl Endpoint {
     /// budget (`--bwlimit`).
     pub fn with_bwlimit(mut self, throttle: crate::transport::Throttle) -> Self {
         self.throttle = Some(throttle);
+        self.spare = Arc::default();
         self
     }
 
@@ -143,6 +151,7 @@ impl Endpoint {
     /// then goes from memory rather than with `sendfile(2)`.
     pub fn with_shared_reads(mut self, reads: Arc<SharedReads>) -> Self {
         self.shared_reads = Some(reads);
+        self.spare = Arc::default();
         self
     }
 
@@ -176,9 +185,11 @@ impl Endpoint {
     /// past the connect timeout.
     pub async fn connect(&self) -> Result<Client, ClientError> {
         let spare = self.spare.lock().expect("spare").take();
-        if let Some((client, at)) = spare.filter(|(c, at)| at.elapsed() < SPARE_FRESH && !c.is_closed()) {
-            tracing::trace!(after = ?at.elapsed(), "the spare connection taken");
-            return Ok(client);
+        if let Some((mut client, since)) = spare.filter(|(_, since)| since.elapsed() < SPARE_FRESH) {
+            if client.is_quiet() {
+                tracing::trace!(idle = ?since.elapsed(), "the spare connection taken");
+                return Ok(client);
+            }
         }
         let connecting = Client::connect_as(&self.addr, &self.creds, self.throttle.as_ref());
         let mut client = match self.connect_timeout {
@@ -2435,10 +2446,15 @@ async fn make_dirs(endpoint: &Endpoint, dirs: &[String]) -> Vec<Failure> {
             return failures;
         }
     };
+    let since = Instant::now();
     for dir in dirs {
         if let Err(error) = client.mkdir(dir).await {
             failures.push(Failure { path: dir.clone(), error });
         }
+    }
+    // On to the copy, if it is still in step.
+    if !client.is_closed() {
+        endpoint.keep_spare(client, since);
     }
     failures
 }
