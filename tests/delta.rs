@@ -549,7 +549,7 @@ async fn hostile_ops_are_refused() {
             mtime: None,
             mtime_ns: None,
             backup: None,
-            delta: Some(proto::DeltaAsk { append: None }),
+            delta: Some(proto::DeltaAsk { append: None, trust: false }),
         };
         w.send(&Message::Put(put), &[]).await.unwrap();
         let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!("{what}") };
@@ -570,7 +570,7 @@ async fn hostile_ops_are_refused() {
         mtime: None,
         mtime_ns: None,
         backup: None,
-        delta: Some(proto::DeltaAsk { append: None }),
+        delta: Some(proto::DeltaAsk { append: None, trust: false }),
     };
     w.send(&Message::Put(put), &[]).await.unwrap();
     let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
@@ -975,10 +975,12 @@ async fn a_compressed_stream_with_a_huge_window_is_refused() {
 }
 
 /// A file edited in the middle and appended to ends as an append would:
-/// the sample says "likely an append", the whole prefix says no. A put's
-/// client then asks for the signature after all (`signature_wanted`), a
-/// get's server goes by the signature; both build the source from the
-/// older version.
+/// the sample says "likely an append", the whole file says no. A put's
+/// client trusts the sample (a short tail): the server answers at once,
+/// the file built from its older version and the tail fails the
+/// checksum, and the client puts it again without a sample, as a delta
+/// by the signature (not whole). A get's server checks the prefix and
+/// goes by the signature. Both build the source from the older version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_that_is_not_one() {
     let root = RootServer::dir().await;

@@ -167,6 +167,8 @@ pub(super) fn join_err(e: tokio::task::JoinError) -> ClientError {
 /// delta that could not be built, or was built wrong).
 pub(super) enum Retry {
     Whole,
+    /// A trusted append was not one: again, without a sample.
+    NoAppend,
     Failed(ClientError),
 }
 
@@ -187,7 +189,9 @@ impl From<Retry> for ClientError {
         match r {
             Retry::Failed(e) => e,
             // Asked for only once; a second attempt goes whole.
-            Retry::Whole => ClientError::Unexpected { expected: "a file sent whole", got: "a retry".into() },
+            Retry::Whole | Retry::NoAppend => {
+                ClientError::Unexpected { expected: "a file sent whole", got: "a retry".into() }
+            }
         }
     }
 }
@@ -949,6 +953,19 @@ impl Client {
         options: &TransferOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, ClientError> {
+        self.put_file_sampled(file, (local, remote), options, true, progress).await
+    }
+
+    /// [`put_file`](Self::put_file), with a sample for a likely append
+    /// (`appends`) where the server's file is shorter.
+    async fn put_file_sampled(
+        &mut self,
+        file: std::fs::File,
+        (local, remote): (&Path, &str),
+        options: &TransferOptions,
+        appends: bool,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, ClientError> {
         let meta = file.metadata().map_err(local_err(local))?;
         if let Some((kind, why)) = not_regular(&meta) {
             return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::new(kind, why) });
@@ -967,13 +984,16 @@ impl Client {
         let (file, ask) = match held {
             Some(held) if delta::worth(held, size) => {
                 let (file, append) = spawn_blocking(move || {
-                    let append = (held < size).then(|| crate::proto::Sample::of(&file, held)).transpose();
+                    let append = (appends && held < size).then(|| crate::proto::Sample::of(&file, held)).transpose();
                     (file, append)
                 })
                 .await
                 .map_err(join_err)?;
                 let append = append.map_err(local_err(local))?;
-                (file, Some(crate::proto::DeltaAsk { append }))
+                // A short tail: the append trusted to the sample, checked by
+                // the checksum (the server answers without reading its file).
+                let trust = append.is_some() && size - held <= delta::TRUSTED_TAIL;
+                (file, Some(crate::proto::DeltaAsk { append, trust }))
             }
             _ => (file, None),
         };
@@ -1019,6 +1039,11 @@ impl Client {
                 Err(Retry::Whole) => {
                     let whole = TransferOptions { delta: DeltaMode::Never, ..options.clone() };
                     return Box::pin(self.put_file(again, local, remote, &whole, progress)).await;
+                }
+                // A trusted append that was not one: a delta as any
+                // other file's (whole, if that fails too).
+                Err(Retry::NoAppend) => {
+                    return Box::pin(self.put_file_sampled(again, (local, remote), options, false, progress)).await;
                 }
                 Err(Retry::Failed(e)) => return Err(e),
             }
@@ -1101,6 +1126,12 @@ impl Client {
                 let got = format!("an append to {} bytes", basis.len);
                 return Err(ClientError::Unexpected { expected: "an append to the sample we sent", got }.into());
             }
+            // Trusted (we asked so, and a short tail is at stake): the
+            // checksum alone tells.
+            if basis.blake3.is_none() && ask.trust {
+                let plan = delta::Plan::Append(basis.len, None);
+                return self.send_delta(file, (local, size), (offset, prefix_blake3), plan, progress).await;
+            }
             // Likely an append: sure if our first bytes hash as its file
             // does; if not (the same last bytes, others before), its
             // signature after all.
@@ -1116,7 +1147,7 @@ impl Client {
             // The file's hash goes on from there: its prefix is not read
             // again.
             if let Some(prefix) = same {
-                (file, delta::Plan::Append(len, Box::new(prefix)))
+                (file, delta::Plan::Append(len, Some(Box::new(prefix))))
             } else {
                 self.session.send(&crate::proto::SignatureWanted {}, &[]).await?;
                 let PutReady { basis: again, .. } = self.answer().await?;
@@ -1211,6 +1242,7 @@ impl Client {
         plan: delta::Plan,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
+        let trusted = matches!(plan, delta::Plan::Append(_, None));
         // Resumed only if what the server holds is the start of this file.
         let (file, from) = spawn_blocking(move || {
             let mut file = file;
@@ -1251,6 +1283,9 @@ impl Client {
         self.session.send(&Checksum { blake3: hash.clone() }, &[]).await?;
         match self.answer::<PutDone>().await {
             Ok(_) => Ok(Transfer { size, resumed: from, blake3: hash, matched: sent.matched }),
+            Err(ClientError::Remote { code: crate::proto::ErrorCode::ChecksumMismatch, .. }) if trusted => {
+                Err(Retry::NoAppend)
+            }
             Err(ClientError::Remote { code: crate::proto::ErrorCode::ChecksumMismatch, .. }) => Err(Retry::Whole),
             Err(e) => Err(e.into()),
         }

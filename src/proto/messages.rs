@@ -356,7 +356,7 @@ messages! {
             mtime: Some(1_767_225_600),
             mtime_ns: Some(1_767_225_600_000_000_001),
             backup: Some(super::Backup { dir: None, of: String::new(), suffix: "~".into() }),
-            delta: Some(super::DeltaAsk { append: Some(super::Sample { len: 3, blake3: "ab".into() }) }),
+            delta: Some(super::DeltaAsk { append: Some(super::Sample { len: 3, blake3: "ab".into() }), trust: true }),
         };
     {
         /// Path relative to the served root.

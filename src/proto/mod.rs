@@ -97,6 +97,13 @@ pub struct DeltaAsk {
     /// whole file's BLAKE3 for the client to check against its prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub append: Option<Sample>,
+    /// The client checks a likely append by the whole file's `checksum`
+    /// alone: the server may answer an append as soon as the sample
+    /// matches, without `blake3` (and without reading its file). Sent
+    /// only where what a wrong guess costs, the tail sent for nothing, is
+    /// small. Older servers ignore it and send `blake3`, as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust: bool,
 }
 
 /// The last [`Sample::LEN`] bytes (or all, if fewer) before `len` of a

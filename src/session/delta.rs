@@ -51,6 +51,13 @@ const MAX_RUN: u64 = 64 << 20;
 /// reading.
 pub const DELTA_MIN: u64 = 64 << 10;
 
+/// The longest tail a put's client trusts a likely append for
+/// (`DeltaAsk::trust`): the server answers at once, without reading its
+/// file, and the append is checked by the whole file's checksum alone.
+/// A wrong guess (the same bytes at the sample, others before) costs
+/// this tail sent for nothing, then a delta as any other file's.
+pub const TRUSTED_TAIL: u64 = 64 << 20;
+
 /// Bytes read at a time.
 const PIECE: usize = 1 << 20;
 
@@ -214,15 +221,18 @@ pub fn offer_basis(
     // whole hash (known, or read) goes to the client, which checks it
     // against its own prefix; an insertion or an edit is told by the
     // sample alone, without reading the file twice.
+    // A client that trusts the sample (`ask.trust`) checks by the whole
+    // file's checksum alone: the file is not read for it.
     let sample = ask.append.as_ref().filter(|s| s.len == len && len < size);
     if sample.is_some_and(|s| crate::proto::Sample::of(file, len).is_ok_and(|ours| ours == *s)) {
         let hash = match known.0 {
-            Some(hash) => hash,
-            None => crate::services::files::hash_prefix(file, len).ok()?.finalize(),
+            Some(hash) => Some(hash),
+            None if ask.trust => None,
+            None => Some(crate::services::files::hash_prefix(file, len).ok()?.finalize()),
         };
-        let blake3 = Some(hash.to_hex().to_string());
+        let blake3 = hash.map(|h| h.to_hex().to_string());
         let basis = Basis { len, append: true, blake3, tail: None, layout: None, count: 0 };
-        return Some(Offered { basis, signature: None, hash: Some(hash) });
+        return Some(Offered { basis, signature: None, hash });
     }
     let layout = Layout::for_sizes(len, size);
     // Cut without a whole-file hash: this version is about to be
@@ -337,9 +347,11 @@ pub use super::shared::Chunked;
 pub enum Plan {
     /// The receiver's whole file (this many bytes) is the start of the
     /// new one: copied, and the tail sent. With the hasher of those
-    /// bytes, made to check the append: the new file is read from their
-    /// end only.
-    Append(u64, Box<blake3::Hasher>),
+    /// bytes where it was made to check the append: the new file is read
+    /// from their end only. Without (an append trusted to the sample,
+    /// checked by the whole file's checksum alone), the tail goes first
+    /// and the whole file is hashed after it, while the receiver builds.
+    Append(u64, Option<Box<blake3::Hasher>>),
     /// Nothing of the receiver's file is used: every byte is sent (an
     /// append that was not one).
     Fresh,
@@ -534,29 +546,24 @@ fn encode(
                 Some(hash) => *hash,
                 // The ops are on their way: the receiver builds while the
                 // file is hashed here.
-                None => {
-                    while at < new_len {
-                        if tx.is_closed() {
-                            return Err(DeltaFailed::Closed);
-                        }
-                        let n = read(at, &mut buf)?;
-                        hasher.update(&buf[..n]);
-                        at += n as u64;
-                    }
-                    hasher.finalize()
-                }
+                None => hash_after(file, new_len, tx)?,
             };
             return Ok(Sent { hash, matched: out.matched });
         }
         Plan::Append(..) | Plan::Fresh => {
-            let old_len = match plan {
-                Plan::Append(len, prefix) => {
-                    // The receiver's part hashed already: read from its end.
+            // Read from the receiver's end: its part hashed already, or
+            // to be hashed with the rest once the tail has gone.
+            let (old_len, later) = match plan {
+                Plan::Append(len, Some(prefix)) => {
                     hasher = (**prefix).clone();
                     at = *len;
-                    *len
+                    (*len, false)
                 }
-                _ => 0,
+                Plan::Append(len, None) => {
+                    at = *len;
+                    (*len, true)
+                }
+                _ => (0, false),
             };
             let old_len = &old_len;
             let step = u64::from(u32::MAX);
@@ -568,7 +575,9 @@ fn encode(
             }
             while at < new_len {
                 let n = read(at, &mut buf)?;
-                hasher.update(&buf[..n]);
+                if !later {
+                    hasher.update(&buf[..n]);
+                }
                 // The tail, in ops of at most MAX_DATA bytes.
                 let tail = (*old_len).saturating_sub(at).min(n as u64) as usize;
                 for part in buf[tail..n].chunks(crate::delta::MAX_DATA) {
@@ -576,10 +585,36 @@ fn encode(
                 }
                 at += n as u64;
             }
+            if later {
+                out.send()?;
+                return Ok(Sent { hash: hash_after(file, new_len, tx)?, matched: out.matched });
+            }
         }
     }
     out.send()?;
     Ok(Sent { hash: hasher.finalize(), matched: out.matched })
+}
+
+/// The whole new file's hash, made once its ops have all gone (the
+/// receiver building meanwhile); given up if the frames' receiving end is
+/// gone (the request ended). Blocking.
+fn hash_after(file: &File, new_len: u64, tx: &mpsc::Sender<(Vec<u8>, u64)>) -> Result<blake3::Hash, DeltaFailed> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; PIECE];
+    let mut at = 0u64;
+    while at < new_len {
+        if tx.is_closed() {
+            return Err(DeltaFailed::Closed);
+        }
+        let want = usize::try_from(new_len - at).unwrap_or(PIECE).min(PIECE);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was sent").into());
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hasher.finalize())
 }
 
 /// A file being built from `delta` frames in its partial file, from the

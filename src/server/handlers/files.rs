@@ -95,7 +95,7 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
         let b = basis.clone();
         let want = tokio::task::spawn_blocking(move || delta::plan_for(&file, size, &b).map(|w| (file, w)));
         let chosen = match cut_off_by(&cut, async { Ok(want.await.ok().flatten()) }).await? {
-            Some((file, delta::Want::Append(len, prefix))) => Some((file, delta::Plan::Append(len, prefix))),
+            Some((file, delta::Want::Append(len, prefix))) => Some((file, delta::Plan::Append(len, Some(prefix)))),
             Some((file, delta::Want::Signature)) => {
                 s.send(&SignatureWanted {}, &[]).await?;
                 // Ours cut while theirs comes.

@@ -1133,7 +1133,7 @@ mod tests {
         std::fs::write(&path, noise(1 << 20, 1)).unwrap();
         let sb = Sandbox::new(tmp.path()).unwrap();
         let (hashes, signatures) = (HashCache::default(), SignatureCache::default());
-        let ask = crate::proto::DeltaAsk { append: None };
+        let ask = crate::proto::DeltaAsk { append: None, trust: false };
         let new_len = (1 << 20) + 100;
         let first = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         let first_sig = first.2.unwrap();
@@ -1156,13 +1156,13 @@ mod tests {
         // An append told by its prefix: no signature at all.
         let data = std::fs::read(&path).unwrap();
         let sample = crate::proto::Sample::of(&File::open(&path).unwrap(), data.len() as u64).unwrap();
-        let ask = crate::proto::DeltaAsk { append: Some(sample) };
+        let ask = crate::proto::DeltaAsk { append: Some(sample), trust: false };
         let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert!(basis.append && sig.is_none() && basis.count == 0);
         assert_eq!(basis.blake3.unwrap(), blake3::hash(&data).to_hex().to_string());
         // A sample of other bytes: a signature, as for any change.
         let other = crate::proto::Sample { len: data.len() as u64, blake3: blake3::hash(b"x").to_hex().to_string() };
-        let ask = crate::proto::DeltaAsk { append: Some(other) };
+        let ask = crate::proto::DeltaAsk { append: Some(other), trust: false };
         let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert!(!basis.append && sig.is_some());
         // A new file too small to be worth a delta, or one that the
