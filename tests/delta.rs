@@ -1000,6 +1000,23 @@ async fn an_append_that_is_not_one() {
     let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
     assert!(std::fs::read(&local).unwrap() == new);
     assert!(done.matched > 900_000, "{}", done.matched);
+    // A tail past TRUSTED_TAIL is not trusted to the sample: the put's
+    // client checks the server's hash first, finds it is no append, and
+    // asks for the signature (`signature_wanted`) on the same request.
+    let mut long = new[..old.len()].to_vec();
+    long.extend_from_slice(&noise((65 << 20) + 17, 16));
+    root.write("f.bin", &old).await;
+    std::fs::write(&local, &long).unwrap();
+    let (proxy, wire) = counting_proxy(root.addr).await;
+    let mut client = Client::connect(&proxy).await.unwrap();
+    let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(root.read("f.bin").await.unwrap() == long);
+    assert!(done.matched > 900_000, "{}", done.matched);
+    // The tail went once: a trusted guess would have sent it twice.
+    let (up, _) = wire.take();
+    assert!(up < (66 << 20) + (1 << 20), "{up}");
 }
 
 /// A fan-out sends one file to hosts that each hold another older

@@ -1127,8 +1127,10 @@ impl Client {
                 return Err(ClientError::Unexpected { expected: "an append to the sample we sent", got }.into());
             }
             // Trusted (we asked so, and a short tail is at stake): the
-            // checksum alone tells.
-            if basis.blake3.is_none() && ask.trust {
+            // checksum alone tells, whether or not the server sent its
+            // hash (from its cache): checking it would hash our prefix
+            // before the tail goes.
+            if ask.trust {
                 let plan = delta::Plan::Append(basis.len, None);
                 return self.send_delta(file, (local, size), (offset, prefix_blake3), plan, progress).await;
             }
