@@ -1869,13 +1869,22 @@ fn a_killed_keyed_upload_is_logged_as_the_client_leaving() {
     let server = Serve::start(&["--key-file", k]);
     let big = dir.path().join("big.bin");
     std::fs::write(&big, pattern(64 << 20, 4)).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["put", "-q", "--bwlimit", "8M", &server.addr, big.to_str().unwrap()])
+    let mut put = Command::new(BIN);
+    put.args(["put", "-q", "--bwlimit", "8M", &server.addr, big.to_str().unwrap()])
         .env("FRAMEWIRE_KEY_FILE", k)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // SIGINT as a terminal's Ctrl-C finds it: a test run started in the
+    // background of a script ignores SIGINT, and its children inherit
+    // that (the upload then finished instead of being cut).
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut put, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = put.spawn().unwrap();
     let partial = server.root.path().join(".big.bin.fwpart");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
