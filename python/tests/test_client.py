@@ -10,6 +10,7 @@ import errno
 import pickle
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import threading
@@ -170,15 +171,22 @@ def test_calls_release_the_gil(server):
 
 
 def test_ctrl_c_interrupts_a_call_and_closes_its_connection(server):
-    c = framewire.Client(server.addr)
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    started = time.monotonic()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        c.run("sleep 30")
-    assert time.monotonic() - started < 10
-    with pytest.raises(framewire.ConnectionError):
-        c.run("true")
+    # Ctrl-C as a terminal's: a run started in the background of a
+    # script inherits SIGINT ignored, and Python then leaves it ignored
+    # (interrupt_main would do nothing).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        c = framewire.Client(server.addr)
+        timer = threading.Timer(0.5, _thread.interrupt_main)
+        started = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            c.run("sleep 30")
+        assert time.monotonic() - started < 10
+        with pytest.raises(framewire.ConnectionError):
+            c.run("true")
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_process_error_survives_pickling():
