@@ -164,9 +164,16 @@ def validate(link):
 def proc_cpu(pid):
     """CPU-seconds of a process and of the children it has waited for
     (rsyncd and sshd fork one a connection and reap it)."""
+    user, system = proc_cpu_split(pid)
+    return user + system
+
+
+def proc_cpu_split(pid):
+    """User and system CPU-seconds, as `proc_cpu` counts them."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        fields = [int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (fields[0] + fields[2]) / tick, (fields[1] + fields[3]) / tick
 
 
 def noise(n, seed):
@@ -199,6 +206,8 @@ def main():
     ap.add_argument("--trees", action="store_true", help="also the tree cases (text tree, source tree, "
                     "compressed data), with -z")
     ap.add_argument("--only-trees", action="store_true", help="the tree cases alone")
+    ap.add_argument("--each", action="store_true", help="print every run's wall time and CPU, user and "
+                    "system apart, as it ends")
     ap.add_argument("--only", default="", help="file cases whose name contains one of these words, comma-separated")
     ap.add_argument("--tree-cases", default="", help="tree cases whose name contains one of these words, "
                     "comma-separated")
@@ -281,7 +290,7 @@ def run(args, work):
                         before = link.wire_bytes()
                         t0 = time.perf_counter()
                         ru0 = os.times()
-                        s0 = proc_cpu(server_pid)
+                        s0 = proc_cpu_split(server_pid)
                         out = subprocess.run(link.in_client(cmd(new_path)), capture_output=True, timeout=1800)
                         wall = time.perf_counter() - t0
                         ru1 = os.times()
@@ -289,8 +298,15 @@ def run(args, work):
                             raise RuntimeError(f"{name}: {out.stderr.decode(errors='replace')}")
                         time.sleep(0.2)  # the delay line writes its count when the connection ends
                         wire = link.wire_bytes() - before
-                        server_cpu = proc_cpu(server_pid) - s0
+                        s1 = proc_cpu_split(server_pid)
+                        server_cpu = (s1[0] - s0[0]) + (s1[1] - s0[1])
                         cpu = (ru1.children_user - ru0.children_user) + (ru1.children_system - ru0.children_system)
+                        if args.each:
+                            print(f"{mbit} Mbit/s round {r + 1} {case} {name}: wall {wall:.2f} s, "
+                                  f"server user {s1[0] - s0[0]:.2f} s sys {s1[1] - s0[1]:.2f} s, "
+                                  f"client user {ru1.children_user - ru0.children_user:.2f} s "
+                                  f"sys {ru1.children_system - ru0.children_system:.2f} s",
+                                  file=sys.stderr, flush=True)
                         with open(os.path.join(remote, "f"), "rb") as f:
                             if hashlib.blake2b(f.read()).hexdigest() != want:
                                 raise RuntimeError(f"{name}: the server's copy differs")
