@@ -196,7 +196,8 @@ async fn paths_stay_inside_the_root(root: &RootServer) {
 }
 
 /// `mkdir` makes a directory with its parents, accepts one that is there,
-/// and refuses a file in the way; `tree` lists directories too, empty ones
+/// and refuses a file in the way, one request at a time or pipelined
+/// (`Client::mkdirs`); `tree` lists directories too, empty ones
 /// included, so that a copy can recreate them.
 async fn mkdir_and_tree(root: &RootServer) {
     root.write("file", b"f").await;
@@ -211,6 +212,15 @@ async fn mkdir_and_tree(root: &RootServer) {
     let err = client.mkdir("file/sub").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotADirectory), "{err}");
     assert_eq!(root.read("file").await.unwrap(), b"f");
+    // Pipelined, each answered in turn: a refusal answers its own only.
+    let many: Vec<String> = ["p/1", "file", "p/2", "a/b/c", "file/sub", "p/3/4"].map(String::from).to_vec();
+    let got = client.mkdirs(&many).await.unwrap();
+    let codes: Vec<Result<bool, Option<ErrorCode>>> = got.into_iter().map(|r| r.map_err(|e| e.code())).collect();
+    assert_eq!(
+        codes,
+        [Ok(true), Err(Some(ErrorCode::Exists)), Ok(true), Ok(false), Err(Some(ErrorCode::NotADirectory)), Ok(true)]
+    );
+    assert_eq!(client.stat("p/3/4").await.unwrap().kind, Kind::Dir, "the connection is still in step");
 
     root.write("a/b/x.txt", b"xx").await;
     let tree = client.tree("a").await.unwrap();
@@ -1042,21 +1052,10 @@ impl framewire::client::tree::Observer for Recorder {
 #[tokio::test]
 async fn a_planned_copy_runs_on_its_planning_connection() {
     use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let server = TestServer::start().await;
-    let to = server.addr();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap().to_string();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let Ok(mut upstream) = tokio::net::TcpStream::connect(&to).await else { continue };
-            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await });
-        }
-    });
+    let (proxy, accepted) = counting_proxy(server.addr()).await;
     let local = tempfile::tempdir().unwrap();
     let file = local.path().join("one.bin");
     std::fs::write(&file, pattern(100_000, 5)).unwrap();
@@ -1071,10 +1070,11 @@ async fn a_planned_copy_runs_on_its_planning_connection() {
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_000, 5));
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "the plan's connection did the copy");
-    // A second copy, its plan's connection dropped: a new one is opened.
+    // The copy handed it back: the next plan takes it again.
     std::fs::write(&file, pattern(100_001, 6)).unwrap();
     let mut client = endpoint.connect().await.unwrap();
-    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the copy's connection handed back");
+    // A copy whose plan's connection was dropped opens a new one.
     let plan = tree::plan_put(&mut client, std::slice::from_ref(&file), Some("one.bin"), PlanOptions::default())
         .await
         .unwrap();
@@ -1082,7 +1082,73 @@ async fn a_planned_copy_runs_on_its_planning_connection() {
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_001, 6));
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A proxy on loopback to `to` that counts the connections it is given.
+async fn counting_proxy(to: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let Ok(mut upstream) = tokio::net::TcpStream::connect(&to).await else { continue };
+            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await });
+        }
+    });
+    (proxy, accepted)
+}
+
+/// A mirrored tree's whole copy goes over the connection its plan was
+/// made on, each step handing it to the next: the directories no file
+/// makes, the files, the deletion, then the directories' modes and times,
+/// whose 2,500 entries go as three manifest frames at once (their answers
+/// read beside). Every directory comes out with its own time.
+#[tokio::test]
+async fn a_mirrored_tree_goes_over_one_connection() {
+    use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let server = TestServer::start().await;
+    let (proxy, accepted) = counting_proxy(server.addr()).await;
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("t");
+    let when = |i: u64| std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i * 60);
+    for i in 0..2_500u64 {
+        std::fs::create_dir_all(src.join(format!("d{}/e{i}", i % 50))).unwrap();
+    }
+    std::fs::write(src.join("d0/f.bin"), pattern(70_000, 8)).unwrap();
+    // Deepest first: a directory's time is set after what is made in it.
+    for i in 0..2_500u64 {
+        std::fs::File::open(src.join(format!("d{}/e{i}", i % 50))).unwrap().set_modified(when(i)).unwrap();
+    }
+    for d in 0..50u64 {
+        std::fs::File::open(src.join(format!("d{d}"))).unwrap().set_modified(when(10_000 + d)).unwrap();
+    }
+    std::fs::create_dir_all(server.root.path().join("t")).unwrap();
+    std::fs::write(server.root.path().join("t/gone.txt"), b"not in the source").unwrap();
+    let endpoint = Endpoint::new(proxy, None);
+    let mut client = endpoint.connect().await.unwrap();
+    let since = std::time::Instant::now();
+    let options = PlanOptions::new(true, false).with_delete(true);
+    let plan = tree::plan_put(&mut client, std::slice::from_ref(&src), Some(""), options).await.unwrap();
+    endpoint.keep_spare(client, since);
+    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(summary.deleted, 1);
+    let there = server.root.path().join("t");
+    assert!(!there.join("gone.txt").exists());
+    assert_eq!(std::fs::read(there.join("d0/f.bin")).unwrap(), pattern(70_000, 8));
+    for i in 0..2_500u64 {
+        let got = std::fs::metadata(there.join(format!("d{}/e{i}", i % 50))).unwrap().modified().unwrap();
+        assert_eq!(got, when(i), "d{}/e{i}", i % 50);
+    }
+    for d in 0..50u64 {
+        assert_eq!(std::fs::metadata(there.join(format!("d{d}"))).unwrap().modified().unwrap(), when(10_000 + d));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for the plan and every step of the copy");
 }
 
 /// A spare connection the server ended meanwhile (its idle timeout) is

@@ -520,6 +520,39 @@ impl Client {
         Ok(created)
     }
 
+    /// Makes sure each of `paths` is a directory, as [`mkdir`](Self::mkdir)
+    /// does, with every request sent at once and the answers read beside
+    /// them (the server answers requests in order, PROTOCOL.md §3): one
+    /// round trip for all of them, where one each would cost a tree of
+    /// many empty directories seconds on a far link. Returns each one's
+    /// outcome, in order.
+    ///
+    /// # Errors
+    ///
+    /// Wire errors (each refusal is its directory's outcome).
+    pub async fn mkdirs(&mut self, paths: &[String]) -> Result<Vec<Result<bool, ClientError>>, ClientError> {
+        let (reader, mut out) = self.session.halves();
+        let write = async {
+            for path in paths {
+                out.feed(&Mkdir { path: path.clone(), parents: None }, &[]).await?;
+            }
+            out.body().flush().await.map_err(ClientError::from)
+        };
+        let read = async {
+            let mut outcomes = Vec::with_capacity(paths.len());
+            for _ in paths {
+                outcomes.push(match reader.read_head::<Answer<MkdirReply>>().await? {
+                    Some((Answer::Ok(MkdirReply { created }), _)) => Ok(created),
+                    Some((Answer::Refused(e), _)) => Err(e.into()),
+                    None => return Err(ClientError::Closed),
+                });
+            }
+            Ok(outcomes)
+        };
+        let ((), outcomes) = tokio::try_join!(write, read)?;
+        Ok(outcomes)
+    }
+
     /// Creates the directory `path` on the server, as `mkdir` does: its
     /// parent must exist and it must not (a server that predates this
     /// creates parents and accepts an existing directory, as

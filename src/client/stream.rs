@@ -993,9 +993,20 @@ impl Landing {
     }
 }
 
+/// The next frame of a `tree_put`'s answers; an error frame as the error.
+async fn next_put_frame(
+    reader: &mut crate::wire::FrameReader<crate::transport::BoxRead>,
+) -> Result<TreePutOutput, ClientError> {
+    match reader.read_head::<TreePutOutput>().await? {
+        Some((TreePutOutput::ErrorFrame(e), _)) => Err(ClientError::from(e)),
+        Some((frame, _)) => Ok(frame),
+        None => Err(ClientError::Closed),
+    }
+}
+
 /// Applies entries without data on the server (a `tree_put` with `meta`,
-/// PROTOCOL.md §4.6.3.2): each manifest frame answered before the next is
-/// sent. Returns, for each entry, `None` if applied (or already so) or
+/// PROTOCOL.md §4.6.3.2): every frame sent at once, the answers read
+/// beside. Returns, for each entry, `None` if applied (or already so) or
 /// why not; every entry fails alike if the server does not take them (an
 /// older server: nothing is sent).
 pub(super) async fn put_meta(
@@ -1040,45 +1051,60 @@ pub(super) async fn put_meta(
         sent_as.push(n);
         sendable.push(ManifestEntry { attrs: fit_attrs(&e.attrs, &ready), ..e.clone() });
     }
-    let mut first = 0usize;
     let weight = |e: &ManifestEntry| {
         let link = e.target.as_ref().or(e.link.as_ref()).map_or(0, String::len);
         crate::proto::entry_weight(&e.path, e.attrs.as_deref()) + link
     };
+    let mut frames = Vec::new();
     for range in crate::proto::frames(sendable.iter().map(weight)) {
-        let chunk = &sendable[range];
+        let chunk = &sendable[range.clone()];
         let body = json(&chunk)?;
-        client.session.send(&Manifest { len: body.len() as u64, count: chunk.len() as u64 }, &body).await?;
-        let (reader, _) = client.session.halves();
-        let Some((frame, _)) = reader.read_head::<TreePutOutput>().await? else { return Err(ClientError::Closed) };
-        let list: WantList = match frame {
-            TreePutOutput::Wants(_) => read_json(reader).await?,
-            TreePutOutput::ErrorFrame(e) => return Err(e.into()),
-            other => return Err(unexpected("wants", other.kind())),
-        };
-        if !list.send.is_empty() || list.count() != chunk.len() {
-            return Err(unexpected("every entry applied, kept or refused", format!("{list:?}")));
-        }
-        for failed in list.refused {
-            let at = usize::try_from(failed.i).ok().and_then(|i| i.checked_sub(first)).filter(|&i| i < chunk.len());
-            let Some(at) = at else { return Err(unexpected("an index of this frame", failed.i)) };
-            outcome[sent_as[first + at]] = Some(ClientError::Remote { code: failed.code, message: failed.message });
-        }
-        first += chunk.len();
+        frames.push((range, body));
     }
-    client.session.send(&crate::proto::ManifestEnd { count: first as u64 }, &[]).await?;
-    let WantsEnd { .. } = client.answer().await?;
-    client.session.send(&crate::proto::TreeEnd { files: 0 }, &[]).await?;
-    loop {
-        let (reader, _) = client.session.halves();
-        let Some((frame, _)) = reader.read_head::<TreePutOutput>().await? else { return Err(ClientError::Closed) };
-        match frame {
-            TreePutOutput::TreeDone(_) => return Ok(outcome),
-            TreePutOutput::Committed(_) => {
-                let _: CommitList = read_json(reader).await?;
+    // Every frame goes at once (the server answers each in turn), read
+    // beside the writing: one round trip for the whole pass, however many
+    // frames, and no deadlock however many refusals come back.
+    let (reader, mut out) = client.session.halves();
+    let write = async {
+        for (range, body) in &frames {
+            out.feed(&Manifest { len: body.len() as u64, count: range.len() as u64 }, body).await?;
+        }
+        out.feed(&crate::proto::ManifestEnd { count: sendable.len() as u64 }, &[]).await?;
+        out.feed(&crate::proto::TreeEnd { files: 0 }, &[]).await?;
+        out.body().flush().await.map_err(ClientError::from)
+    };
+    let read = async {
+        for (range, _) in &frames {
+            let list: WantList = match next_put_frame(reader).await? {
+                TreePutOutput::Wants(_) => read_json(reader).await?,
+                other => return Err(unexpected("wants", other.kind())),
+            };
+            if !list.send.is_empty() || list.count() != range.len() {
+                return Err(unexpected("every entry applied, kept or refused", format!("{list:?}")));
             }
-            TreePutOutput::ErrorFrame(e) => return Err(e.into()),
-            other => return Err(unexpected("tree_done", other.kind())),
+            for failed in list.refused {
+                let at = usize::try_from(failed.i).ok().and_then(|i| i.checked_sub(range.start));
+                let Some(at) = at.filter(|&i| i < range.len()) else {
+                    return Err(unexpected("an index of this frame", failed.i));
+                };
+                outcome[sent_as[range.start + at]] =
+                    Some(ClientError::Remote { code: failed.code, message: failed.message });
+            }
         }
-    }
+        match next_put_frame(reader).await? {
+            TreePutOutput::WantsEnd(_) => {}
+            other => return Err(unexpected("wants_end", other.kind())),
+        }
+        loop {
+            match next_put_frame(reader).await? {
+                TreePutOutput::TreeDone(_) => return Ok(()),
+                TreePutOutput::Committed(_) => {
+                    let _: CommitList = read_json(reader).await?;
+                }
+                other => return Err(unexpected("tree_done", other.kind())),
+            }
+        }
+    };
+    tokio::try_join!(write, read)?;
+    Ok(outcome)
 }

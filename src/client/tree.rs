@@ -2125,7 +2125,14 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
             }
         }
     }
+    let on_this_machine = endpoint.is_local().await;
+    let deltas_on = match options.delta {
+        super::DeltaMode::Never => false,
+        super::DeltaMode::Always => true,
+        super::DeltaMode::Auto => !on_this_machine,
+    };
     let workers = options.jobs.clamp(1, 64).min(jobs.len().max(1));
+    let workers = if on_this_machine { workers } else { workers.min(far_lanes(&jobs, deltas_on)) };
     let totals = Arc::new(Mutex::new(Summary::default()));
     let mut tasks = tokio::task::JoinSet::new();
     // A copy of one file gains nothing from a manifest: it goes as a
@@ -2137,12 +2144,7 @@ pub async fn run(endpoint: &Endpoint, plan: Plan, options: &CopyOptions, observe
     // stream, where a worker's connection wants deltas: their owners and
     // attributes are set once they are in place, as a file's left
     // unchanged are (the stream would have carried them).
-    let deltas = streamed
-        && match options.delta {
-            super::DeltaMode::Never => false,
-            super::DeltaMode::Always => true,
-            super::DeltaMode::Auto => !endpoint.is_local().await,
-        };
+    let deltas = streamed && deltas_on;
     if deltas {
         for job in jobs.iter().filter(|j| goes_as_delta(j)) {
             meta.extend(attrs_after_delta(direction, job, &receiver, &mut names));
@@ -2360,6 +2362,9 @@ async fn delete_remotely(
             Err(error) => failures.push(Failure { path: path.clone(), error }),
         }
     }
+    if !client.is_closed() {
+        endpoint.keep_spare(client, Instant::now());
+    }
     removed
 }
 
@@ -2446,17 +2451,44 @@ async fn make_dirs(endpoint: &Endpoint, dirs: &[String]) -> Vec<Failure> {
             return failures;
         }
     };
-    let since = Instant::now();
-    for dir in dirs {
-        if let Err(error) = client.mkdir(dir).await {
-            failures.push(Failure { path: dir.clone(), error });
+    match client.mkdirs(dirs).await {
+        Ok(outcomes) => {
+            for (dir, outcome) in dirs.iter().zip(outcomes) {
+                if let Err(error) = outcome {
+                    failures.push(Failure { path: dir.clone(), error });
+                }
+            }
         }
+        Err(error) => failures.push(Failure { path: dirs.join(", "), error }),
     }
+    let since = Instant::now();
     // On to the copy, if it is still in step.
     if !client.is_closed() {
         endpoint.keep_spare(client, since);
     }
     failures
+}
+
+/// Bytes a copy over a far link sends whole for each connection it opens
+/// ([`far_lanes`]).
+pub const FAR_LANE_BYTES: u64 = 4 << 20;
+
+/// How many connections a copy over a far link (not this machine) opens
+/// at most: one, and one more for each [`FAR_LANE_BYTES`] of files sent
+/// whole. A connection costs round trips before its first byte (its
+/// handshake, its request), which a few small files or deltas never win
+/// back on a far link, where one connection carries them at the link's
+/// rate; a large copy still spreads over several. A file with an older
+/// version to send a delta against (`deltas`) counts for nothing: it
+/// moves what changed. On this machine, files are sent whole and the
+/// connections share the hashing among the cores: every one is used.
+fn far_lanes(jobs: &[Job], deltas: bool) -> usize {
+    let whole: u64 = jobs
+        .iter()
+        .filter(|j| !(deltas && j.held.is_some_and(|held| crate::session::delta::worth(held, j.size))))
+        .map(|j| j.size)
+        .sum();
+    usize::try_from(whole / FAR_LANE_BYTES).unwrap_or(usize::MAX).saturating_add(1)
 }
 
 /// Splits the jobs over `n` connections by size, each file going to the
@@ -2634,6 +2666,12 @@ async fn share_worker(
         }
         tally(&mut totals.lock().expect("totals"), job, direction, outcome);
     }
+    // Handed back, in step: what comes after the copy (deletions, links
+    // and directories' times) or a worker that lost its connection takes
+    // it instead of opening one.
+    if let Some(c) = client.filter(|c| !c.is_closed()) {
+        endpoint.keep_spare(c, Instant::now());
+    }
 }
 
 /// Adds a streamed request's outcomes to the totals.
@@ -2697,6 +2735,35 @@ async fn copy_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_far_copy_opens_a_connection_for_each_few_mib_it_sends_whole() {
+        let job = |size: u64, held: Option<u64>| Job {
+            remote: String::new(),
+            local: PathBuf::new(),
+            size,
+            mtime: 0,
+            mtime_ns: None,
+            mode: 0o644,
+            replace: held.is_some(),
+            held,
+            blake3: None,
+            attrs: None,
+            owner: None,
+            base: None,
+        };
+        // A few small files: one connection.
+        assert_eq!(far_lanes(&[job(2_000, None), job(2_000, None)], true), 1);
+        // Twenty changed files of a MiB each, with older versions: deltas,
+        // one connection; sent whole, five.
+        let changed: Vec<Job> = (0..20).map(|_| job(1 << 20, Some(1 << 20))).collect();
+        assert_eq!(far_lanes(&changed, true), 1);
+        assert_eq!(far_lanes(&changed, false), 6);
+        // An older version more than four times as long is no basis: the
+        // file counts as whole.
+        assert_eq!(far_lanes(&[job(8 << 20, Some(40 << 20))], true), 3);
+        assert_eq!(far_lanes(&[], true), 1);
+    }
 
     fn gone(held: &[(&'static str, bool)], source: &[&str], exclude: &[&str]) -> Vec<&'static str> {
         let filter = Filter::new(exclude, &[]).unwrap();
