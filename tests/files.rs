@@ -221,6 +221,19 @@ async fn mkdir_and_tree(root: &RootServer) {
         [Ok(true), Err(Some(ErrorCode::Exists)), Ok(true), Ok(false), Err(Some(ErrorCode::NotADirectory)), Ok(true)]
     );
     assert_eq!(client.stat("p/3/4").await.unwrap().kind, Kind::Dir, "the connection is still in step");
+    // A listing and its directory's own stat, asked at once, each
+    // answered in turn, refusals included.
+    let wanted = framewire::client::Wanted::default();
+    let (listed, own) = client.tree_meta_and_stat("p", false, (wanted, false)).await.unwrap();
+    let names: Vec<String> = listed.unwrap().entries.into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["1", "2", "3", "3/4"]);
+    assert_eq!(own.unwrap().kind, Kind::Dir);
+    let (listed, own) = client.tree_meta_and_stat("nothing/here", false, (wanted, false)).await.unwrap();
+    assert_eq!(listed.unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(own.unwrap_err().code(), Some(ErrorCode::NotFound));
+    let (_, own) = client.tree_meta_and_stat("file", false, (wanted, false)).await.unwrap();
+    assert_eq!(own.unwrap().kind, Kind::File);
+    assert_eq!(client.stat("p/1").await.unwrap().kind, Kind::Dir, "still in step");
 
     root.write("a/b/x.txt", b"xx").await;
     let tree = client.tree("a").await.unwrap();
@@ -1087,32 +1100,80 @@ async fn a_planned_copy_runs_on_its_planning_connection() {
 
 /// A proxy on loopback to `to` that counts the connections it is given.
 async fn counting_proxy(to: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (proxy, watch) = watching_proxy(to).await;
+    (proxy, watch.connections.clone())
+}
+
+/// What [`watching_proxy`] saw.
+#[derive(Default)]
+struct Watch {
+    /// Connections accepted.
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Turns: bytes from the client after bytes from the server, on any
+    /// connection (a round trip each, on a far link).
+    turns: std::sync::atomic::AtomicUsize,
+}
+
+/// A proxy on loopback to `to` that counts connections and turns.
+async fn watching_proxy(to: String) -> (String, std::sync::Arc<Watch>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = listener.local_addr().unwrap().to_string();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = accepted.clone();
+    let watch = Arc::new(Watch::default());
+    let seen = watch.clone();
     tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let Ok(mut upstream) = tokio::net::TcpStream::connect(&to).await else { continue };
-            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await });
+        while let Ok((client, _)) = listener.accept().await {
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let Ok(upstream) = tokio::net::TcpStream::connect(&to).await else { continue };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = upstream.into_split();
+            // Whether the server spoke last.
+            let answered = Arc::new(AtomicBool::new(false));
+            let (up_answered, up_watch) = (answered.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 << 10];
+                while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                    if up_answered.swap(false, Ordering::SeqCst) {
+                        up_watch.turns.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = server_write.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 << 10];
+                while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                    answered.store(true, Ordering::SeqCst);
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = client_write.shutdown().await;
+            });
         }
     });
-    (proxy, accepted)
+    (proxy, watch)
 }
 
 /// A mirrored tree's whole copy goes over the connection its plan was
 /// made on, each step handing it to the next: the directories no file
-/// makes, the files, the deletion, then the directories' modes and times,
-/// whose 2,500 entries go as three manifest frames at once (their answers
-/// read beside). Every directory comes out with its own time.
+/// makes (2,500, by pipelined `mkdir`s), the files (in one stream), the
+/// deletion, then the directories' modes and times (2,500 entries in
+/// three manifest frames, the end of the pass behind the last). So it
+/// takes a few dozen turns of the conversation where one request per
+/// directory took thousands, and every directory comes out with its own
+/// time.
 #[tokio::test]
-async fn a_mirrored_tree_goes_over_one_connection() {
+async fn a_mirrored_tree_goes_over_one_connection_in_few_turns() {
     use framewire::client::tree::{self, CopyOptions, Endpoint, PlanOptions};
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let server = TestServer::start().await;
-    let (proxy, accepted) = counting_proxy(server.addr()).await;
+    let (proxy, watch) = watching_proxy(server.addr()).await;
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("t");
     let when = |i: u64| std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i * 60);
@@ -1120,6 +1181,7 @@ async fn a_mirrored_tree_goes_over_one_connection() {
         std::fs::create_dir_all(src.join(format!("d{}/e{i}", i % 50))).unwrap();
     }
     std::fs::write(src.join("d0/f.bin"), pattern(70_000, 8)).unwrap();
+    std::fs::write(src.join("d1/g.bin"), pattern(30_000, 9)).unwrap();
     // Deepest first: a directory's time is set after what is made in it.
     for i in 0..2_500u64 {
         std::fs::File::open(src.join(format!("d{}/e{i}", i % 50))).unwrap().set_modified(when(i)).unwrap();
@@ -1135,12 +1197,13 @@ async fn a_mirrored_tree_goes_over_one_connection() {
     let options = PlanOptions::new(true, false).with_delete(true);
     let plan = tree::plan_put(&mut client, std::slice::from_ref(&src), Some(""), options).await.unwrap();
     endpoint.keep_spare(client, since);
-    let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
+    let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 1), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
-    assert_eq!(summary.deleted, 1);
+    assert_eq!((summary.files, summary.deleted), (2, 1));
     let there = server.root.path().join("t");
     assert!(!there.join("gone.txt").exists());
     assert_eq!(std::fs::read(there.join("d0/f.bin")).unwrap(), pattern(70_000, 8));
+    assert_eq!(std::fs::read(there.join("d1/g.bin")).unwrap(), pattern(30_000, 9));
     for i in 0..2_500u64 {
         let got = std::fs::metadata(there.join(format!("d{}/e{i}", i % 50))).unwrap().modified().unwrap();
         assert_eq!(got, when(i), "d{}/e{i}", i % 50);
@@ -1148,7 +1211,9 @@ async fn a_mirrored_tree_goes_over_one_connection() {
     for d in 0..50u64 {
         assert_eq!(std::fs::metadata(there.join(format!("d{d}"))).unwrap().modified().unwrap(), when(10_000 + d));
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for the plan and every step of the copy");
+    assert_eq!(watch.connections.load(Ordering::SeqCst), 1, "one connection for the plan and every step");
+    let turns = watch.turns.load(Ordering::SeqCst);
+    assert!(turns < 60, "{turns} turns for 2,500 directories, 2 files, a deletion and the times");
 }
 
 /// A spare connection the server ended meanwhile (its idle timeout) is

@@ -154,7 +154,8 @@ pub struct TransferArgs {
     archive: bool,
     /// Transfer up to N files at once, each over its own connection
     /// (default 4, or the config file's `jobs`). To a server that is not
-    /// on this machine, one connection for each 4 MiB sent whole, up to N.
+    /// on this machine, one connection and one more for each whole 4 MiB
+    /// of files, up to N.
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     jobs: Option<u16>,
     /// Keep the copy's traffic (all its connections together) under RATE

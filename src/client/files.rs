@@ -142,6 +142,10 @@ pub fn parse_listing(body: &[u8]) -> Result<Vec<Entry>, ClientError> {
 /// lying, as one whose count is wrong.
 pub const MAX_SKIPS: usize = 65_536;
 
+/// `mkdir`s [`Client::mkdirs`] sends ahead of their answers at most
+/// (about 15 KiB of requests).
+pub const MKDIR_WINDOW: usize = 256;
+
 /// A tree as [`Client::tree_with_skips`] lists it.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -419,25 +423,86 @@ impl Client {
         skips: bool,
         meta: Option<(Wanted, bool)>,
     ) -> Result<TreeListing, ClientError> {
+        let list = self.tree_list_request(path, blake3, skips, meta);
+        self.session.send(&list, &[]).await?;
+        match self.read_listing().await? {
+            Some(listed) => Ok(listed),
+            None => self.older_listing(path, blake3).await,
+        }
+    }
+
+    /// [`tree_meta_with`](Self::tree_meta_with) (or, with `copy_links`,
+    /// [`tree_meta_following`](Self::tree_meta_following)) of `path`
+    /// and its [`stat`](Self::stat), the two requests sent at once and
+    /// answered in turn (PROTOCOL.md §1): a directory's own mode and time
+    /// beside what is below it, in one round trip. Each answer is its own
+    /// result; a refusal of one leaves the other as it is.
+    ///
+    /// # Errors
+    ///
+    /// Wire errors, after which neither answer can be read.
+    pub async fn tree_meta_and_stat(
+        &mut self,
+        path: &str,
+        blake3: bool,
+        (wanted, copy_links): (Wanted, bool),
+    ) -> Result<(Result<TreeListing, ClientError>, Result<Entry, ClientError>), ClientError> {
+        let list = self.tree_list_request(path, blake3, true, Some((wanted, copy_links)));
+        self.session.feed(&list, &[]).await?;
+        self.session.send(&Stat { path: path.to_owned() }, &[]).await?;
+        // A refusal is the listing's whole answer; anything else that
+        // fails leaves the connection out of step.
+        let listed = match self.read_listing().await {
+            Err(e) if !matches!(e, ClientError::Remote { .. }) => return Err(e),
+            listed => listed,
+        };
+        let stat = match self.answer::<StatReply>().await {
+            Ok(StatReply { entry }) => Ok(entry),
+            Err(e @ ClientError::Remote { .. }) => Err(e),
+            // A server that refused the listing and closed (shutting
+            // down, a revoked key) said why in the refusal.
+            Err(e) => return Err(listed.err().unwrap_or(e)),
+        };
+        let listed = match listed {
+            Ok(Some(listed)) => Ok(listed),
+            Ok(None) => self.older_listing(path, blake3).await,
+            Err(e) => Err(e),
+        };
+        Ok((listed, stat))
+    }
+
+    /// A `tree_list` request, its body compressed where bytes cost
+    /// something.
+    fn tree_list_request(&self, path: &str, blake3: bool, skips: bool, meta: Option<(Wanted, bool)>) -> TreeList {
         let (w, copy_links) = meta.unwrap_or_default();
         let (owners, xattrs, acls) = (w.owners, w.xattrs, w.acls);
         // Compressed where bytes cost something: not on this machine, and
         // not over a connection compressed already (`-z`).
         let far = || !crate::transport::is_local(self.peer_addr().ip());
         let compact = self.compact.unwrap_or_else(far) && !self.session.is_compressed();
-        let meta_wanted = meta.is_some();
-        let list = TreeList {
+        TreeList {
             path: path.to_owned(),
             blake3,
             skips,
-            meta: meta_wanted,
+            meta: meta.is_some(),
             owners,
             xattrs,
             acls,
             copy_links,
             compact,
-        };
-        self.session.send(&list, &[]).await?;
+        }
+    }
+
+    /// The same tree from a server without `tree_list`, through `list`.
+    async fn older_listing(&mut self, path: &str, blake3: bool) -> Result<TreeListing, ClientError> {
+        let list = List { path: path.to_owned(), recursive: true, dirs: true, blake3, partial: false };
+        let entries = self.list_request(list).await?;
+        Ok(TreeListing { entries, skipped: Vec::new(), owners: false, umask: None })
+    }
+
+    /// The answer to a `tree_list` just sent, sorted by name; `None` if
+    /// the server does not know the request (`unknown_type`).
+    async fn read_listing(&mut self) -> Result<Option<TreeListing>, ClientError> {
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
         let (owners, umask);
@@ -487,17 +552,13 @@ impl Client {
                     (owners, umask) = (end.owners, end.umask.map(|m| m & 0o777));
                     break;
                 }
-                Some((ListingOutput::ErrorFrame(e), _)) if e.code == ErrorCode::UnknownType => {
-                    let list = List { path: path.to_owned(), recursive: true, dirs: true, blake3, partial: false };
-                    let entries = self.list_request(list).await?;
-                    return Ok(TreeListing { entries, skipped, owners: false, umask: None });
-                }
+                Some((ListingOutput::ErrorFrame(e), _)) if e.code == ErrorCode::UnknownType => return Ok(None),
                 Some((ListingOutput::ErrorFrame(e), _)) => return Err(e.into()),
                 None => return Err(ClientError::Closed),
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(TreeListing { entries, skipped, owners, umask })
+        Ok(Some(TreeListing { entries, skipped, owners, umask }))
     }
 
     async fn list_request(&mut self, request: List) -> Result<Vec<Entry>, ClientError> {
@@ -521,22 +582,31 @@ impl Client {
     }
 
     /// Makes sure each of `paths` is a directory, as [`mkdir`](Self::mkdir)
-    /// does, with every request sent at once and the answers read beside
-    /// them (the server answers requests in order, PROTOCOL.md §3): one
-    /// round trip for all of them, where one each would cost a tree of
-    /// many empty directories seconds on a far link. Returns each one's
-    /// outcome, in order.
+    /// does, the requests pipelined (PROTOCOL.md §1): up to
+    /// [`MKDIR_WINDOW`] sent ahead of their answers, half a window at a
+    /// time, read beside the writing. A tree of many empty directories costs a round trip for
+    /// each window of them, not one each (seconds on a far link); the
+    /// window keeps what waits in the connection small, so the writing
+    /// never stalls on a slow server. Returns each one's outcome, in
+    /// order.
     ///
     /// # Errors
     ///
     /// Wire errors (each refusal is its directory's outcome).
     pub async fn mkdirs(&mut self, paths: &[String]) -> Result<Vec<Result<bool, ClientError>>, ClientError> {
+        let window = tokio::sync::Semaphore::new(MKDIR_WINDOW);
         let (reader, mut out) = self.session.halves();
         let write = async {
-            for path in paths {
-                out.feed(&Mkdir { path: path.clone(), parents: None }, &[]).await?;
+            // Half a window at a time, in one write each.
+            for part in paths.chunks(MKDIR_WINDOW / 2) {
+                let n = u32::try_from(part.len()).expect("half a window");
+                window.acquire_many(n).await.map_err(|_| ClientError::Closed)?.forget();
+                for path in part {
+                    out.feed(&Mkdir { path: path.clone(), parents: None }, &[]).await?;
+                }
+                out.body().flush().await?;
             }
-            out.body().flush().await.map_err(ClientError::from)
+            Ok::<(), ClientError>(())
         };
         let read = async {
             let mut outcomes = Vec::with_capacity(paths.len());
@@ -544,8 +614,14 @@ impl Client {
                 outcomes.push(match reader.read_head::<Answer<MkdirReply>>().await? {
                     Some((Answer::Ok(MkdirReply { created }), _)) => Ok(created),
                     Some((Answer::Refused(e), _)) => Err(e.into()),
-                    None => return Err(ClientError::Closed),
+                    // A refusal that ended the connection (the server
+                    // shutting down, the key revoked) says why.
+                    None => match outcomes.pop() {
+                        Some(Err(e @ ClientError::Remote { .. })) => return Err(e),
+                        _ => return Err(ClientError::Closed),
+                    },
                 });
+                window.add_permits(1);
             }
             Ok(outcomes)
         };

@@ -1061,12 +1061,24 @@ pub(super) async fn put_meta(
         let body = json(&chunk)?;
         frames.push((range, body));
     }
-    // Every frame goes at once (the server answers each in turn), read
-    // beside the writing: one round trip for the whole pass, however many
-    // frames, and no deadlock however many refusals come back.
+    // Each frame goes once the one before is answered (a frame of a
+    // thousand entries may keep a slow server busy a while: the next one
+    // does not wait in the connection meanwhile), the end of the pass
+    // right behind the last, the answers read beside the writing: one
+    // round trip for a pass of one frame, and no deadlock however many
+    // refusals come back.
+    let answered = tokio::sync::Semaphore::new(1);
     let (reader, mut out) = client.session.halves();
     let write = async {
         for (range, body) in &frames {
+            let room = match answered.try_acquire() {
+                Ok(room) => room,
+                Err(_) => {
+                    out.body().flush().await?;
+                    answered.acquire().await.map_err(|_| ClientError::Closed)?
+                }
+            };
+            room.forget();
             out.feed(&Manifest { len: body.len() as u64, count: range.len() as u64 }, body).await?;
         }
         out.feed(&crate::proto::ManifestEnd { count: sendable.len() as u64 }, &[]).await?;
@@ -1090,6 +1102,7 @@ pub(super) async fn put_meta(
                 outcome[sent_as[range.start + at]] =
                     Some(ClientError::Remote { code: failed.code, message: failed.message });
             }
+            answered.add_permits(1);
         }
         match next_put_frame(reader).await? {
             TreePutOutput::WantsEnd(_) => {}

@@ -1223,7 +1223,15 @@ pub async fn plan_get(
     let mut found = Vec::new();
     for remote in sources {
         let source = |error| PlanError::Source { path: remote.clone(), error };
-        let mut entry = client.stat(remote).await.map_err(source)?;
+        // In a recursive copy, a directory's listing is asked with its
+        // `stat`, at once (a file's is not used).
+        let (mut entry, listed) = if recursive {
+            let (listed, stat) =
+                client.tree_meta_and_stat(remote, checksum, (wanted, copy_links)).await.map_err(source)?;
+            (stat.map_err(source)?, Some(listed))
+        } else {
+            (client.stat(remote).await.map_err(source)?, None)
+        };
         if checksum && entry.kind == Kind::File {
             entry = client.stat_with_hash(remote).await.map_err(source)?;
         }
@@ -1254,9 +1262,9 @@ pub async fn plan_get(
             });
             continue;
         }
-        if !recursive {
+        let Some(listed) = listed else {
             return Err(PlanError::IsADirectory(remote.clone()));
-        }
+        };
         // rsync's rule: `DIR/` copies what is in DIR, `DIR` the directory
         // itself, into the destination (created if missing).
         let target = if remote.ends_with('/') || remote.is_empty() {
@@ -1265,11 +1273,6 @@ pub async fn plan_get(
             dest.join(local(base_name(remote)))
         };
         // Directories first, so that empty ones are recreated too.
-        let listed = if copy_links {
-            client.tree_meta_following(remote, checksum, wanted).await
-        } else {
-            client.tree_meta_with(remote, checksum, wanted).await
-        };
         let listed = listed.map_err(source)?;
         for skip in listed.skipped {
             let path = join_remote(remote, &skip.path);
@@ -1550,7 +1553,16 @@ async fn held_remotely(
     (hashed, wanted): (bool, Wanted),
     (delete, failures): (bool, &mut Vec<Failure>),
 ) -> Result<(Option<Entry>, Vec<Entry>, Receiver), ClientError> {
-    match client.tree_meta_with(target, hashed, wanted).await {
+    // A named directory's own mode and time come with what is below it,
+    // asked at once.
+    let (listed, own) = match target {
+        "" => (client.tree_meta_with(target, hashed, wanted).await, None),
+        _ => {
+            let (listed, own) = client.tree_meta_and_stat(target, hashed, (wanted, false)).await?;
+            (listed, Some(own))
+        }
+    };
+    match listed {
         Ok(listed) => {
             if delete {
                 for skip in listed.skipped {
@@ -1560,10 +1572,10 @@ async fn held_remotely(
             }
             // Its own mode and time (the listing gives what is below);
             // `stat` leaves out the nanoseconds of a time in whole seconds.
-            let own = match target {
-                "" => None,
-                _ => {
-                    let mut own = client.stat(target).await?;
+            let own = match own {
+                None => None,
+                Some(own) => {
+                    let mut own = own?;
                     own.mtime_ns = Stamp::from_wire(own.mtime, own.mtime_ns).wire_ns();
                     Some(own)
                 }
@@ -2351,6 +2363,7 @@ async fn delete_remotely(
         }
     };
     let mut removed = 0;
+    let mut in_step = true;
     for path in paths {
         let done = match backup {
             Some(backup) => move_aside(&mut client, path, backup).await,
@@ -2359,10 +2372,15 @@ async fn delete_remotely(
         match done {
             Ok(true) => removed += 1,
             Ok(false) => {}
-            Err(error) => failures.push(Failure { path: path.clone(), error }),
+            Err(error) => {
+                // A refusal is the whole answer; any other failure may
+                // leave one half read.
+                in_step &= matches!(error, ClientError::Remote { .. });
+                failures.push(Failure { path: path.clone(), error });
+            }
         }
     }
-    if !client.is_closed() {
+    if in_step && !client.is_closed() {
         endpoint.keep_spare(client, Instant::now());
     }
     removed
@@ -2453,18 +2471,18 @@ async fn make_dirs(endpoint: &Endpoint, dirs: &[String]) -> Vec<Failure> {
     };
     match client.mkdirs(dirs).await {
         Ok(outcomes) => {
+            // Each refusal is its own answer: the connection is in step,
+            // and goes on to the copy.
             for (dir, outcome) in dirs.iter().zip(outcomes) {
                 if let Err(error) = outcome {
                     failures.push(Failure { path: dir.clone(), error });
                 }
             }
+            if !client.is_closed() {
+                endpoint.keep_spare(client, Instant::now());
+            }
         }
         Err(error) => failures.push(Failure { path: dirs.join(", "), error }),
-    }
-    let since = Instant::now();
-    // On to the copy, if it is still in step.
-    if !client.is_closed() {
-        endpoint.keep_spare(client, since);
     }
     failures
 }
@@ -2474,20 +2492,22 @@ async fn make_dirs(endpoint: &Endpoint, dirs: &[String]) -> Vec<Failure> {
 pub const FAR_LANE_BYTES: u64 = 4 << 20;
 
 /// How many connections a copy over a far link (not this machine) opens
-/// at most: one, and one more for each [`FAR_LANE_BYTES`] of files sent
-/// whole. A connection costs round trips before its first byte (its
-/// handshake, its request), which a few small files or deltas never win
-/// back on a far link, where one connection carries them at the link's
-/// rate; a large copy still spreads over several. A file with an older
-/// version to send a delta against (`deltas`) counts for nothing: it
-/// moves what changed. On this machine, files are sent whole and the
-/// connections share the hashing among the cores: every one is used.
+/// at most: one, and one more for each whole [`FAR_LANE_BYTES`] of its
+/// files. A connection costs round trips before its first byte (its
+/// handshake, its request), which a few small files never win back on a
+/// far link, where one connection carries them at the link's rate; a
+/// large copy still spreads over several. A small file with an older
+/// version to send a delta against inside the tree's stream (`deltas`,
+/// under [`TREE_DELTA_MIN`]) counts for nothing: it moves what changed.
+/// A large one counts whole: it goes by itself, and its reading and
+/// hashing are a connection's work whatever crosses the link. On this
+/// machine, files are sent whole and the connections share the hashing
+/// among the cores: every one is used.
 fn far_lanes(jobs: &[Job], deltas: bool) -> usize {
-    let whole: u64 = jobs
-        .iter()
-        .filter(|j| !(deltas && j.held.is_some_and(|held| crate::session::delta::worth(held, j.size))))
-        .map(|j| j.size)
-        .sum();
+    let small_delta = |j: &Job| {
+        deltas && j.size < TREE_DELTA_MIN && j.held.is_some_and(|held| crate::session::delta::worth(held, j.size))
+    };
+    let whole = jobs.iter().filter(|j| !small_delta(j)).fold(0u64, |sum, j| sum.saturating_add(j.size));
     usize::try_from(whole / FAR_LANE_BYTES).unwrap_or(usize::MAX).saturating_add(1)
 }
 
@@ -2754,14 +2774,22 @@ mod tests {
         };
         // A few small files: one connection.
         assert_eq!(far_lanes(&[job(2_000, None), job(2_000, None)], true), 1);
-        // Twenty changed files of a MiB each, with older versions: deltas,
-        // one connection; sent whole, five.
-        let changed: Vec<Job> = (0..20).map(|_| job(1 << 20, Some(1 << 20))).collect();
+        // Twenty changed files of half a MiB each, with older versions:
+        // deltas in the stream, one connection; sent whole, 10 MiB, three.
+        let changed: Vec<Job> = (0..20).map(|_| job(512 << 10, Some(512 << 10))).collect();
         assert_eq!(far_lanes(&changed, true), 1);
-        assert_eq!(far_lanes(&changed, false), 6);
-        // An older version more than four times as long is no basis: the
-        // file counts as whole.
+        assert_eq!(far_lanes(&changed, false), 3);
+        // Large changed files go as deltas by themselves, each a
+        // connection's work: they count whole.
+        let large: Vec<Job> = (0..8).map(|_| job(1 << 30, Some(1 << 30))).collect();
+        assert_eq!(far_lanes(&large, true), 2049);
+        // An older version more than four times as long is no basis.
+        let no_basis: Vec<Job> = (0..20).map(|_| job(512 << 10, Some(4 << 20))).collect();
+        assert_eq!(far_lanes(&no_basis, true), 3);
         assert_eq!(far_lanes(&[job(8 << 20, Some(40 << 20))], true), 3);
+        // Exactly 4 MiB: one whole, so two.
+        assert_eq!(far_lanes(&[job(4 << 20, None)], true), 2);
+        assert_eq!(far_lanes(&[job(u64::MAX, None), job(u64::MAX, None)], true), (u64::MAX / (4 << 20)) as usize + 1);
         assert_eq!(far_lanes(&[], true), 1);
     }
 
