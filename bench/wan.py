@@ -208,6 +208,8 @@ def main():
     ap.add_argument("--only-trees", action="store_true", help="the tree cases alone")
     ap.add_argument("--each", action="store_true", help="print every run's wall time and CPU, user and "
                     "system apart, as it ends")
+    ap.add_argument("--peers", default="", help="file-case peers whose name contains one of these words, "
+                    "comma-separated (all three by default)")
     ap.add_argument("--only", default="", help="file cases whose name contains one of these words, comma-separated")
     ap.add_argument("--tree-cases", default="", help="tree cases whose name contains one of these words, "
                     "comma-separated")
@@ -271,6 +273,8 @@ def run(args, work):
                 ("rsync ssh -z", ssd.pid, lambda new: ["rsync", "-I", "-z", "-e", ssh, new,
                                                        f"root@{CLI_IP}:{remote}/f"]),
             ]
+            if args.peers:
+                peers = [p for p in peers if any(w in p[0] for w in args.peers.split(","))]
             if args.trees or args.only_trees:
                 tree_rounds(args, link, work, (fw.pid, rsd.pid, ssd.pid), ssh, results)
             for r in range(0 if args.only_trees else args.rounds):

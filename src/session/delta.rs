@@ -168,24 +168,45 @@ fn cut(
     let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut indexer = Indexer::new(layout).map_err(invalid)?;
     let mut hasher = whole.then(blake3::Hasher::new);
-    let mut buf = vec![0; PIECE];
-    let mut at = 0u64;
-    while at < len {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(io::ErrorKind::Interrupted.into());
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    each_piece(file, (0, len), "indexed", stopped, |_, piece| {
+        indexer.feed(piece).map_err(invalid)?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(piece);
         }
-        let want = usize::try_from(len - at).unwrap_or(PIECE).min(PIECE);
+        Ok::<(), io::Error>(())
+    })?;
+    Ok((indexer.finish().map_err(invalid)?, hasher.map(|h| h.finalize())))
+}
+
+/// Reads `file` from `from` to `to` in pieces of at most [`PIECE`] bytes,
+/// giving each to `each` with its offset; `Interrupted` between two
+/// pieces once `stop` says so; a file that ends before `to` is
+/// `UnexpectedEof` ("the file shrank while it was {what}"). Blocking: the
+/// one read loop of an index, an encoding and a hash made after.
+fn each_piece<E: From<io::Error>>(
+    file: &File,
+    (from, to): (u64, u64),
+    what: &str,
+    mut stop: impl FnMut() -> bool,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut buf = vec![0u8; PIECE];
+    let mut at = from;
+    while at < to {
+        if stop() {
+            return Err(io::Error::from(io::ErrorKind::Interrupted).into());
+        }
+        let want = usize::try_from(to - at).unwrap_or(PIECE).min(PIECE);
         let n = file.read_at(&mut buf[..want], at)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was indexed"));
+            let why = format!("the file shrank while it was {what}");
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why).into());
         }
-        indexer.feed(&buf[..n]).map_err(invalid)?;
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf[..n]);
-        }
+        each(at, &buf[..n])?;
         at += n as u64;
     }
-    Ok((indexer.finish().map_err(invalid)?, hasher.map(|h| h.finalize())))
+    Ok(())
 }
 
 /// A flag set when dropped: what stops an [`index_until`] whose requester
@@ -503,16 +524,6 @@ fn encode(
 ) -> Result<Sent, DeltaFailed> {
     let mut out = Framer { buf: Vec::with_capacity(DELTA_FRAME_TARGET * 2), pos: 0, from, matched: 0, sent: from, tx };
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; PIECE];
-    let mut at = 0u64;
-    let read = |at: u64, buf: &mut [u8]| -> Result<usize, DeltaFailed> {
-        let want = usize::try_from(new_len - at).unwrap_or(PIECE).min(PIECE);
-        let n = file.read_at(&mut buf[..want], at)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was sent").into());
-        }
-        Ok(n)
-    };
     match plan {
         Plan::Pieces(pieces, hash) => {
             for piece in pieces {
@@ -556,35 +567,34 @@ fn encode(
             let (old_len, later) = match plan {
                 Plan::Append(len, Some(prefix)) => {
                     hasher = (**prefix).clone();
-                    at = *len;
                     (*len, false)
                 }
-                Plan::Append(len, None) => {
-                    at = *len;
-                    (*len, true)
-                }
+                Plan::Append(len, None) => (*len, true),
                 _ => (0, false),
             };
-            let old_len = &old_len;
             let step = u64::from(u32::MAX);
             let mut copied = 0;
-            while copied < *old_len {
+            while copied < old_len {
                 let len = (old_len - copied).min(step);
                 out.push(Op::Copy { offset: copied, len: len as u32 })?;
                 copied += len;
             }
-            while at < new_len {
-                let n = read(at, &mut buf)?;
-                if !later {
-                    hasher.update(&buf[..n]);
-                }
-                // The tail, in ops of at most MAX_DATA bytes.
-                let tail = (*old_len).saturating_sub(at).min(n as u64) as usize;
-                for part in buf[tail..n].chunks(crate::delta::MAX_DATA) {
-                    out.push(Op::Data(part.to_vec()))?;
-                }
-                at += n as u64;
-            }
+            // The tail, in ops of at most MAX_DATA bytes.
+            each_piece(
+                file,
+                (old_len, new_len),
+                "sent",
+                || false,
+                |_, piece| {
+                    if !later {
+                        hasher.update(piece);
+                    }
+                    for part in piece.chunks(crate::delta::MAX_DATA) {
+                        out.push(Op::Data(part.to_vec()))?;
+                    }
+                    Ok::<(), DeltaFailed>(())
+                },
+            )?;
             if later {
                 out.send()?;
                 return Ok(Sent { hash: hash_after(file, new_len, tx)?, matched: out.matched });
@@ -600,21 +610,21 @@ fn encode(
 /// gone (the request ended). Blocking.
 fn hash_after(file: &File, new_len: u64, tx: &mpsc::Sender<(Vec<u8>, u64)>) -> Result<blake3::Hash, DeltaFailed> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; PIECE];
-    let mut at = 0u64;
-    while at < new_len {
-        if tx.is_closed() {
-            return Err(DeltaFailed::Closed);
-        }
-        let want = usize::try_from(new_len - at).unwrap_or(PIECE).min(PIECE);
-        let n = file.read_at(&mut buf[..want], at)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was sent").into());
-        }
-        hasher.update(&buf[..n]);
-        at += n as u64;
+    let hashed = each_piece(
+        file,
+        (0, new_len),
+        "sent",
+        || tx.is_closed(),
+        |_, piece| {
+            hasher.update(piece);
+            Ok::<(), io::Error>(())
+        },
+    );
+    match hashed {
+        Ok(()) => Ok(hasher.finalize()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted && tx.is_closed() => Err(DeltaFailed::Closed),
+        Err(e) => Err(e.into()),
     }
-    Ok(hasher.finalize())
 }
 
 /// A file being built from `delta` frames in its partial file, from the
