@@ -168,6 +168,19 @@ def proc_cpu(pid):
     return user + system
 
 
+REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+
+
+def reported_kib():
+    """KiB of free memory this VM has handed back to its host so far (free
+    page reporting, where the kernel counts it), or None."""
+    try:
+        with open(REPORTED) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def proc_cpu_split(pid):
     """User and system CPU-seconds, as `proc_cpu` counts them."""
     with open(f"/proc/{pid}/stat") as f:
@@ -295,6 +308,7 @@ def run(args, work):
                         t0 = time.perf_counter()
                         ru0 = os.times()
                         s0 = proc_cpu_split(server_pid)
+                        k0 = reported_kib()
                         out = subprocess.run(link.in_client(cmd(new_path)), capture_output=True, timeout=1800)
                         wall = time.perf_counter() - t0
                         ru1 = os.times()
@@ -306,10 +320,12 @@ def run(args, work):
                         server_cpu = (s1[0] - s0[0]) + (s1[1] - s0[1])
                         cpu = (ru1.children_user - ru0.children_user) + (ru1.children_system - ru0.children_system)
                         if args.each:
+                            k1 = reported_kib()
+                            handed = f", {(k1 - k0) >> 10} MiB handed back to the host" if k0 is not None else ""
                             print(f"{mbit} Mbit/s round {r + 1} {case} {name}: wall {wall:.2f} s, "
                                   f"server user {s1[0] - s0[0]:.2f} s sys {s1[1] - s0[1]:.2f} s, "
                                   f"client user {ru1.children_user - ru0.children_user:.2f} s "
-                                  f"sys {ru1.children_system - ru0.children_system:.2f} s",
+                                  f"sys {ru1.children_system - ru0.children_system:.2f} s{handed}",
                                   file=sys.stderr, flush=True)
                         with open(os.path.join(remote, "f"), "rb") as f:
                             if hashlib.blake2b(f.read()).hexdigest() != want:
