@@ -4,6 +4,16 @@ and rsync over ssh (-z) on a shaped link, in the same run.
 
 Usage: python3 bench/wan.py [--mib 64] [--rounds 3] [--links 20,100]
                             [--rtt-ms 40] [--no-build] [--skip-validate]
+                            [--only WORDS] [--peers WORDS] [--each]
+                            [--trees | --only-trees] [--tree-cases WORDS]
+
+This machine is a VM that hands free memory back to its host at once
+(free page reporting): a run that writes a GiB into pages just handed
+back pays a fault on the host for each, charged to it as system time,
+up to ten times the copy's cost. Which peer draws such a run is chance;
+`--each` prints every run's CPU, user and system apart, and the MiB
+handed back during it, so that such runs can be told
+(docs/BENCHMARKS.md "The slow rounds found").
 
 The link: two network namespaces made by this script, joined by a veth
 pair with a `tbf` rate limit on each end (this kernel has tbf and htb,
@@ -288,6 +298,8 @@ def run(args, work):
             ]
             if args.peers:
                 peers = [p for p in peers if any(w in p[0] for w in args.peers.split(","))]
+                if not peers:
+                    sys.exit(f"--peers {args.peers}: no peer named so (framewire, rsync daemon, rsync ssh -z)")
             if args.trees or args.only_trees:
                 tree_rounds(args, link, work, (fw.pid, rsd.pid, ssd.pid), ssh, results)
             for r in range(0 if args.only_trees else args.rounds):
@@ -321,7 +333,8 @@ def run(args, work):
                         cpu = (ru1.children_user - ru0.children_user) + (ru1.children_system - ru0.children_system)
                         if args.each:
                             k1 = reported_kib()
-                            handed = f", {(k1 - k0) >> 10} MiB handed back to the host" if k0 is not None else ""
+                            handed = (f", {(k1 - k0) >> 10} MiB handed back to the host"
+                                      if k0 is not None and k1 is not None else "")
                             print(f"{mbit} Mbit/s round {r + 1} {case} {name}: wall {wall:.2f} s, "
                                   f"server user {s1[0] - s0[0]:.2f} s sys {s1[1] - s0[1]:.2f} s, "
                                   f"client user {ru1.children_user - ru0.children_user:.2f} s "
@@ -499,11 +512,12 @@ def report(args, results, validation):
     for (mbit, case, name) in sorted(results):
         if name != "framewire" or (mbit, case, "rsync daemon") not in results:
             continue
-        med = {n: statistics.median([r[0] for r in results[(mbit, case, n)]]) for n in
-               ("framewire", "rsync daemon", "rsync ssh -z")}
+        names = [n for n in ("framewire", "rsync daemon", "rsync ssh -z") if (mbit, case, n) in results]
+        med = {n: statistics.median([r[0] for r in results[(mbit, case, n)]]) for n in names}
         wb = {n: statistics.median([r[1] for r in results[(mbit, case, n)]]) for n in ("framewire", "rsync daemon")}
+        ssh_ratio = f"{med['framewire'] / med['rsync ssh -z']:.2f}x" if "rsync ssh -z" in med else "-"
         print(f"| {mbit} Mbit/s | {case} | {med['framewire'] / med['rsync daemon']:.2f}x "
-              f"| {med['framewire'] / med['rsync ssh -z']:.2f}x | {wb['framewire'] / max(1, wb['rsync daemon']):.1f}x |")
+              f"| {ssh_ratio} | {wb['framewire'] / max(1, wb['rsync daemon']):.1f}x |")
 
 
 def report_trees(results):

@@ -879,6 +879,25 @@ async fn fifos_are_refused_not_waited_on() {
     assert!(matches!(err, ClientError::Local { .. }) && err.to_string().contains("not a regular file"), "{err}");
     // The connection is still in step.
     assert_eq!(client.list("", false).await.unwrap().len(), 1);
+    // A tree listing of it (what `get -r pipe` asks beside its `stat`) is
+    // refused without the FIFO ever being opened: a writer waiting for a
+    // reader stays waiting.
+    let fifo = server.root.path().join("pipe");
+    let (opened, writer_open) = std::sync::mpsc::channel();
+    let writer_fifo = fifo.clone();
+    std::thread::spawn(move || {
+        let w = std::fs::OpenOptions::new().write(true).open(&writer_fifo);
+        let _ = opened.send(w.is_ok());
+    });
+    let wanted = framewire::client::Wanted::default();
+    let (listed, own) = client.tree_meta_and_stat("pipe", false, (wanted, false)).await.unwrap();
+    assert_eq!(listed.unwrap_err().code(), Some(ErrorCode::NotADirectory));
+    assert_eq!(own.unwrap().kind, Kind::Other);
+    let waited = writer_open.recv_timeout(Duration::from_millis(300));
+    assert!(waited.is_err(), "the server opened the FIFO for reading: its writer got through");
+    // Let the writer go.
+    drop(std::fs::OpenOptions::new().read(true).open(&fifo).unwrap());
+    assert_eq!(writer_open.recv_timeout(Duration::from_secs(5)), Ok(true));
 }
 
 /// A file that cannot fit on the server's disk is refused before a byte

@@ -142,6 +142,12 @@ pub fn parse_listing(body: &[u8]) -> Result<Vec<Entry>, ClientError> {
 /// lying, as one whose count is wrong.
 pub const MAX_SKIPS: usize = 65_536;
 
+/// Whether a refusal with `code` ends the connection it comes on
+/// (PROTOCOL.md §4.9): what is asked behind it goes unanswered.
+fn ends_connection(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::ShuttingDown | ErrorCode::AuthFailed | ErrorCode::BadFrame | ErrorCode::Timeout)
+}
+
 /// `mkdir`s [`Client::mkdirs`] sends ahead of their answers at most
 /// (about 15 KiB of requests).
 pub const MKDIR_WINDOW: usize = 256;
@@ -609,7 +615,7 @@ impl Client {
             Ok::<(), ClientError>(())
         };
         let read = async {
-            let mut outcomes = Vec::with_capacity(paths.len());
+            let mut outcomes: Vec<Result<bool, ClientError>> = Vec::with_capacity(paths.len());
             for _ in paths {
                 outcomes.push(match reader.read_head::<Answer<MkdirReply>>().await? {
                     Some((Answer::Ok(MkdirReply { created }), _)) => Ok(created),
@@ -617,7 +623,7 @@ impl Client {
                     // A refusal that ended the connection (the server
                     // shutting down, the key revoked) says why.
                     None => match outcomes.pop() {
-                        Some(Err(e @ ClientError::Remote { .. })) => return Err(e),
+                        Some(Err(e)) if e.code().is_some_and(ends_connection) => return Err(e),
                         _ => return Err(ClientError::Closed),
                     },
                 });

@@ -20,7 +20,7 @@ pub use backup::{BackupOptions, LocalBackup};
 pub use conn::{Client, Credentials, Finder, HostKeys, HANDSHAKE_TIMEOUT, IO_TIMEOUT};
 pub use error::ClientError;
 pub use exec::{ExecIo, ExecOptions, ExitStatus, Output, WindowSize};
-pub use files::{parse_listing, DeltaMode, Progress, Transfer, TransferOptions, TreeListing, MAX_SKIPS};
+pub use files::{parse_listing, DeltaMode, Progress, Transfer, TransferOptions, TreeListing, MAX_SKIPS, MKDIR_WINDOW};
 
 pub use crate::services::exec::shell_join;
 pub use crate::services::root::is_partial_name;

@@ -2487,8 +2487,8 @@ async fn make_dirs(endpoint: &Endpoint, dirs: &[String]) -> Vec<Failure> {
     failures
 }
 
-/// Bytes a copy over a far link sends whole for each connection it opens
-/// ([`far_lanes`]).
+/// Bytes of files for each connection a copy over a far link (not this
+/// machine) opens beyond its first, up to `-j` ([`run`]).
 pub const FAR_LANE_BYTES: u64 = 4 << 20;
 
 /// How many connections a copy over a far link (not this machine) opens

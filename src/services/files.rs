@@ -864,10 +864,18 @@ impl Sandbox {
         sink: &mut dyn FnMut(Entry) -> io::Result<()>,
         mut skip: Option<&mut Skip<'_>>,
     ) -> Result<(), Fault> {
-        let (_, file, meta) = self.open_with(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        // Looked at first without opening it for reading: a FIFO or a
+        // device named here is never opened (that alone may wake its
+        // writer, or rewind a tape); a directory is then opened for
+        // reading through the same descriptor, so it is the one looked at.
+        let (_, probe, meta) = self.open_with(path, OFlags::PATH)?;
         if !meta.is_dir() {
             return Err(Fault::NotADirectory { path: path.to_owned() });
         }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = File::from(
+            rustix::fs::openat(&probe, ".", flags, rustix::fs::Mode::empty()).map_err(|e| fault(path, e.into()))?,
+        );
         let mut stopped = None;
         let mut unreadable = |rel: &str, e: io::Error| {
             let f = fault(&join_below(path, rel), e);
