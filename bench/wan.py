@@ -5,6 +5,7 @@ and rsync over ssh (-z) on a shaped link, in the same run.
 Usage: python3 bench/wan.py [--mib 64] [--rounds 3] [--links 20,100]
                             [--rtt-ms 40] [--no-build] [--skip-validate]
                             [--only WORDS] [--peers WORDS] [--each]
+                            [--hold-reporting]
                             [--trees | --only-trees] [--tree-cases WORDS]
 
 This machine is a VM that hands free memory back to its host at once
@@ -13,7 +14,10 @@ back pays a fault on the host for each, charged to it as system time,
 up to ten times the copy's cost. Which peer draws such a run is chance;
 `--each` prints every run's CPU, user and system apart, and the MiB
 handed back during it, so that such runs can be told
-(docs/BENCHMARKS.md "The slow rounds found").
+(docs/BENCHMARKS.md "The slow rounds found"); `--hold-reporting` delays
+the reporting to two minutes for the run (`min_free_ms` in
+/sys/module/page_reporting/parameters, set back to what it was after),
+so that no peer draws such runs.
 
 The link: two network namespaces made by this script, joined by a veth
 pair with a `tbf` rate limit on each end (this kernel has tbf and htb,
@@ -179,6 +183,24 @@ def proc_cpu(pid):
 
 
 REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+MIN_FREE_MS = "/sys/module/page_reporting/parameters/min_free_ms"
+
+
+def hold_reporting():
+    """Delays this VM's free page reporting to two minutes for the run
+    (`--hold-reporting`): memory freed during it stays the guest's, so no
+    run pays the host's faults for pages handed back and written again.
+    Returns the setting to put back, or None where there is none."""
+    try:
+        with open(MIN_FREE_MS) as f:
+            was = f.read()
+        with open(MIN_FREE_MS, "w") as f:
+            f.write("120000")
+    except OSError as e:
+        print(f"free page reporting: not held ({e})", file=sys.stderr)
+        return None
+    print(f"free page reporting: min_free_ms {was.strip()} -> 120000 for the run", file=sys.stderr)
+    return was
 
 
 def reported_kib():
@@ -231,6 +253,8 @@ def main():
     ap.add_argument("--only-trees", action="store_true", help="the tree cases alone")
     ap.add_argument("--each", action="store_true", help="print every run's wall time and CPU, user and "
                     "system apart, as it ends")
+    ap.add_argument("--hold-reporting", action="store_true", help="delay this VM's free page reporting for "
+                    "the run (set back after): see the docstring")
     ap.add_argument("--peers", default="", help="file-case peers whose name contains one of these words, "
                     "comma-separated (all three by default)")
     ap.add_argument("--only", default="", help="file cases whose name contains one of these words, comma-separated")
@@ -243,10 +267,15 @@ def main():
     if not args.no_build:
         sh("cargo", "build", "--release", "-q", cwd=ROOT)
     work = tempfile.mkdtemp(prefix="fw-wan-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    held = hold_reporting() if args.hold_reporting else None
     try:
         run(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if held is not None:
+            with open(MIN_FREE_MS, "w") as f:
+                f.write(held)
+            print(f"free page reporting: min_free_ms set back to {held.strip()}", file=sys.stderr)
 
 
 def run(args, work):
