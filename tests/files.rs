@@ -1092,12 +1092,7 @@ async fn a_planned_copy_runs_on_its_planning_connection() {
     let file = local.path().join("one.bin");
     std::fs::write(&file, pattern(100_000, 5)).unwrap();
     let endpoint = Endpoint::new(proxy, None);
-    let mut client = endpoint.connect().await.unwrap();
-    let since = std::time::Instant::now();
-    let plan = tree::plan_put(&mut client, std::slice::from_ref(&file), Some("one.bin"), PlanOptions::default())
-        .await
-        .unwrap();
-    endpoint.keep_spare(client, since);
+    let plan = plan_on_spare(&endpoint, &file, "one.bin", PlanOptions::default()).await;
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_000, 5));
@@ -1115,6 +1110,21 @@ async fn a_planned_copy_runs_on_its_planning_connection() {
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!(std::fs::read(server.root.path().join("one.bin")).unwrap(), pattern(100_001, 6));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// The plan of an upload of `source` to `dest`, made as the CLI makes it:
+/// over a connection from `endpoint`, handed back to it for the copy.
+async fn plan_on_spare(
+    endpoint: &framewire::client::tree::Endpoint,
+    source: &Path,
+    dest: &str,
+    options: framewire::client::tree::PlanOptions,
+) -> framewire::client::tree::Plan {
+    let mut client = endpoint.connect().await.unwrap();
+    let since = std::time::Instant::now();
+    let plan = framewire::client::tree::plan_put(&mut client, &[source.to_owned()], Some(dest), options).await.unwrap();
+    endpoint.keep_spare(client, since);
+    plan
 }
 
 /// A proxy on loopback to `to` that counts the connections it is given.
@@ -1211,11 +1221,7 @@ async fn a_mirrored_tree_goes_over_one_connection_in_few_turns() {
     std::fs::create_dir_all(server.root.path().join("t")).unwrap();
     std::fs::write(server.root.path().join("t/gone.txt"), b"not in the source").unwrap();
     let endpoint = Endpoint::new(proxy, None);
-    let mut client = endpoint.connect().await.unwrap();
-    let since = std::time::Instant::now();
-    let options = PlanOptions::new(true, false).with_delete(true);
-    let plan = tree::plan_put(&mut client, std::slice::from_ref(&src), Some(""), options).await.unwrap();
-    endpoint.keep_spare(client, since);
+    let plan = plan_on_spare(&endpoint, &src, "", PlanOptions::new(true, false).with_delete(true)).await;
     let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 1), Arc::new(tree::Quiet)).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);
     assert_eq!((summary.files, summary.deleted), (2, 1));
@@ -1246,12 +1252,7 @@ async fn a_spare_the_server_ended_is_not_taken() {
     let file = local.path().join("one.bin");
     std::fs::write(&file, pattern(50_000, 7)).unwrap();
     let endpoint = Endpoint::new(server.addr(), None);
-    let mut client = endpoint.connect().await.unwrap();
-    let since = std::time::Instant::now();
-    let plan = tree::plan_put(&mut client, std::slice::from_ref(&file), Some("one.bin"), PlanOptions::default())
-        .await
-        .unwrap();
-    endpoint.keep_spare(client, since);
+    let plan = plan_on_spare(&endpoint, &file, "one.bin", PlanOptions::default()).await;
     // Past the server's idle timeout: it has said so and closed.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let summary = tree::run(&endpoint, plan, &CopyOptions::default(), Arc::new(tree::Quiet)).await;
