@@ -549,7 +549,7 @@ async fn hostile_ops_are_refused() {
             mtime: None,
             mtime_ns: None,
             backup: None,
-            delta: Some(proto::DeltaAsk { append: None, trust: false }),
+            delta: Some(proto::DeltaAsk { append: None, trust: false, stream: false }),
         };
         w.send(&Message::Put(put), &[]).await.unwrap();
         let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!("{what}") };
@@ -570,7 +570,7 @@ async fn hostile_ops_are_refused() {
         mtime: None,
         mtime_ns: None,
         backup: None,
-        delta: Some(proto::DeltaAsk { append: None, trust: false }),
+        delta: Some(proto::DeltaAsk { append: None, trust: false, stream: false }),
     };
     w.send(&Message::Put(put), &[]).await.unwrap();
     let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
@@ -607,14 +607,17 @@ async fn hostile_signatures_are_refused() {
     ];
     for (what, len, layout, count, frames) in cases {
         let (mut r, mut w) = raw(root.addr).await;
-        let basis = proto::Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count };
+        let basis =
+            proto::Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count, streamed: false };
         let get =
             proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
         w.send(&Message::Get(get), &[]).await.unwrap();
         let wanted = r.read_head::<Message>().await.unwrap();
         assert!(matches!(wanted, Some((Message::SignatureWanted(_), _))), "{what}: {wanted:?}");
         for f in frames {
-            w.send(&Message::SignatureFrame(proto::SignatureFrame { len: f.len() as u64 }), &f).await.unwrap();
+            w.send(&Message::SignatureFrame(proto::SignatureFrame { len: f.len() as u64, failed: false }), &f)
+                .await
+                .unwrap();
         }
         assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest), "{what}");
     }
@@ -623,7 +626,15 @@ async fn hostile_signatures_are_refused() {
         [("blocks for other sizes", mib / 2, blocks), ("a basis 5 times as long", 5 * mib, chunks)]
     {
         let (mut r, mut w) = raw(root.addr).await;
-        let basis = proto::Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count: 64 };
+        let basis = proto::Basis {
+            len,
+            append: false,
+            blake3: None,
+            tail: None,
+            layout: Some(layout),
+            count: 64,
+            streamed: false,
+        };
         let get =
             proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
         w.send(&Message::Get(get), &[]).await.unwrap();
@@ -661,13 +672,14 @@ async fn a_hostile_server_signature_is_refused() {
             tail: None,
             layout: Some(framewire::delta::Layout::Blocks(8192)),
             count: 128,
+            streamed: false,
         };
         let ready =
             proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
         w.send(&Message::PutReady(ready), &[]).await.unwrap();
         let mut body = (1u32 << 20).to_be_bytes().to_vec();
         body.extend_from_slice(&[0; 8]);
-        let _ = w.send(&Message::SignatureFrame(proto::SignatureFrame { len: 12 }), &body).await;
+        let _ = w.send(&Message::SignatureFrame(proto::SignatureFrame { len: 12, failed: false }), &body).await;
         let _ = r.read_head::<Message>().await;
     });
     let tmp = tempfile::tempdir().unwrap();
@@ -1314,6 +1326,7 @@ async fn tree_deltas_that_do_not_fit_are_refused() {
         tail: None,
         layout: Some(chunks),
         count,
+        streamed: false,
     };
     let entry = |len: u64| {
         let mut e = vec![0u8; 12];
@@ -1336,8 +1349,221 @@ async fn tree_deltas_that_do_not_fit_are_refused() {
         let list = proto::WantList { send: vec![want], ..proto::WantList::default() };
         let body = serde_json::to_vec(&list).unwrap();
         w.send(&Message::Wants(proto::Wants { len: body.len() as u64, count: 1 }), &body).await.unwrap();
-        w.send(&Message::SignatureFrame(proto::SignatureFrame { len: sig.len() as u64 }), &sig).await.unwrap();
+        w.send(&Message::SignatureFrame(proto::SignatureFrame { len: sig.len() as u64, failed: false }), &sig)
+            .await
+            .unwrap();
         assert_eq!(error_code(&mut r).await, Some(ErrorCode::BadRequest), "{what}");
         assert!(r.read_head::<Message>().await.map_or(true, |m| m.is_none()), "{what}: the connection stays open");
     }
+}
+
+/// The signature of `data` cut as `layout` (what a server's must be).
+fn signature_of(data: &[u8], layout: framewire::delta::Layout) -> framewire::delta::Signature {
+    let mut indexer = framewire::delta::Indexer::new(layout).unwrap();
+    indexer.feed(data).unwrap();
+    indexer.finish().unwrap()
+}
+
+/// A put's signature, asked streamed, comes in several frames as the
+/// server cuts its file, ended by an empty one; asked as an older client
+/// asks, it comes counted. Both are the older version's signature, and
+/// the server stays in step for the upload that follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_signature_is_streamed_as_it_is_cut() {
+    streamed_and_counted(&RootServer::dir().await).await;
+}
+
+/// The same into a bucket root (its older object spooled to disk, and
+/// cut from there).
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_signature_is_streamed_as_it_is_cut_from_a_bucket() {
+    let _env = common::seaweed::ENV.lock().await;
+    let Some(weed) = common::seaweed::weed() else { return };
+    let store = common::seaweed::Seaweed::start(&weed);
+    streamed_and_counted(&RootServer::bucket(&store, "streamed").await).await;
+}
+
+async fn streamed_and_counted(root: &RootServer) {
+    {
+        let old = noise(8 << 20, 21);
+        let mut new = old.clone();
+        new.splice(1 << 20..1 << 20, noise(1000, 22));
+        let layout = framewire::delta::Layout::for_sizes(old.len() as u64, new.len() as u64);
+        let want = signature_of(&old, layout);
+        for stream in [true, false] {
+            root.write("f.bin", &old).await;
+            let (mut r, mut w) = raw(root.addr).await;
+            let put = proto::Put {
+                path: "f.bin".into(),
+                size: new.len() as u64,
+                force: true,
+                mode: None,
+                mtime: None,
+                mtime_ns: None,
+                backup: None,
+                delta: Some(proto::DeltaAsk { append: None, trust: false, stream }),
+            };
+            w.send(&Message::Put(put), &[]).await.unwrap();
+            let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+            let basis = ready.basis.unwrap();
+            assert_eq!((basis.streamed, basis.layout, basis.len), (stream, Some(layout), old.len() as u64));
+            let (mut entries, mut frames) = (Vec::new(), 0);
+            loop {
+                let Some((Message::SignatureFrame(f), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+                let body = r.read_body(1 << 20).await.unwrap();
+                assert_eq!(body.len() as u64, f.len);
+                assert!(!f.failed);
+                if body.is_empty() {
+                    assert!(stream, "an empty frame in a counted signature");
+                    break;
+                }
+                entries.extend_from_slice(&body);
+                frames += 1;
+                if !stream && entries.len() as u64 == basis.count * 12 {
+                    break;
+                }
+            }
+            let want_bytes: Vec<u8> = want.entry_frames(usize::MAX).flatten().collect();
+            assert!(entries == want_bytes, "stream {stream}: not the older version's signature");
+            if stream {
+                assert_eq!(basis.count, 0);
+                assert!(frames >= 3, "{frames} frames: sent only once made?");
+            } else {
+                assert_eq!(basis.count, want.entries.len() as u64);
+            }
+            // In step: the file whole, then put_done.
+            let head = proto::PutData { len: new.len() as u64, offset: 0, holes: None };
+            w.send(&Message::PutData(head), &new).await.unwrap();
+            let sum = proto::Checksum { blake3: blake3::hash(&new).to_hex().to_string() };
+            w.send(&Message::Checksum(sum), &[]).await.unwrap();
+            let Some((Message::PutDone(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+            assert!(root.read("f.bin").await.unwrap() == new);
+        }
+    }
+}
+
+/// A fake server that answers a put of a 1 MiB file with a streamed
+/// basis of `len` bytes and the frames `script` sends; returns what it
+/// read after them (put_delta's ops, as data bytes, if it got any).
+async fn streamed_fake(
+    len: u64,
+    script: impl FnOnce(RawWriter) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<RawWriter>> + Send>>
+        + Send
+        + 'static,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Option<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let (read, write) = sock.into_split();
+        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+        r.read_preface().await.unwrap();
+        w.feed_preface(Preface::default());
+        w.flush().await.unwrap();
+        let Some((Message::Put(put), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
+        assert!(put.delta.as_ref().is_some_and(|d| d.stream), "the client asks for a streamed signature");
+        let basis = proto::Basis {
+            len,
+            append: false,
+            blake3: None,
+            tail: None,
+            layout: Some(framewire::delta::Layout::for_sizes(len, put.size)),
+            count: 0,
+            streamed: true,
+        };
+        let ready =
+            proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
+        w.send(&Message::PutReady(ready), &[]).await.unwrap();
+        let mut w = script(w).await?;
+        // The client's answer: put_delta, ops, checksum.
+        let Some((Message::PutDelta(_), _)) = r.read_head::<Message>().await.unwrap() else { return None };
+        let mut data = Vec::new();
+        loop {
+            match r.read_head::<Message>().await.unwrap() {
+                Some((Message::DeltaFrame(_), _)) => {
+                    let body = r.read_body(4 << 20).await.unwrap();
+                    for op in framewire::delta::Op::decode_all(&body).unwrap() {
+                        let framewire::delta::Op::Data(bytes) = op else {
+                            panic!("a copy of a file with no signature")
+                        };
+                        data.extend_from_slice(&bytes);
+                    }
+                }
+                Some((Message::Checksum(sum), _)) => {
+                    assert_eq!(sum.blake3, blake3::hash(&data).to_hex().to_string());
+                    let done = proto::PutDone { size: data.len() as u64 };
+                    w.send(&Message::PutDone(done), &[]).await.unwrap();
+                    return Some(data);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    (addr, fake)
+}
+
+/// A hostile or broken server's streamed signature: entries past what
+/// the layout allows, a short one before the end, entries that do not add
+/// up at the end, a connection closed before it ends: each refused with
+/// a clear error. One the server ends `failed` (it could not cut its file
+/// to the end): every byte goes as data, and the put completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_streamed_signature_is_refused() {
+    let entry = |len: u32| [len.to_be_bytes().to_vec(), vec![7; 8]].concat();
+    let frame = |body: Vec<u8>| (proto::SignatureFrame { len: body.len() as u64, failed: false }, body);
+    let end = |failed| (proto::SignatureFrame { len: 0, failed }, Vec::new());
+    let mib: u64 = 1 << 20;
+    // Equal sizes: blocks of 1 KiB, 1,024 of them.
+    type Case = (&'static str, Vec<(proto::SignatureFrame, Vec<u8>)>, bool);
+    let cases: Vec<Case> = vec![
+        ("more entries than the file has blocks", vec![frame(entry(1024).repeat(1025)), end(false)], false),
+        (
+            "a short block before the end",
+            vec![frame([entry(1024), entry(100), entry(1024)].concat()), end(false)],
+            false,
+        ),
+        ("entries short of the file", vec![frame(entry(1024).repeat(10)), end(false)], false),
+        ("a connection closed before the end", vec![frame(entry(1024).repeat(10))], true),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    let data = noise(mib as usize, 23);
+    std::fs::write(&local, &data).unwrap();
+    let mut options = delta_options();
+    options.other_len = Some(mib);
+    for (what, frames, closes) in cases {
+        let script = move |mut w: RawWriter| -> std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> {
+            Box::pin(async move {
+                for (head, body) in frames {
+                    w.send(&Message::SignatureFrame(head), &body).await.unwrap();
+                }
+                (!closes).then_some(w)
+            })
+        };
+        let (addr, fake) = streamed_fake(mib, script).await;
+        let mut client = Client::connect(&addr.to_string()).await.unwrap();
+        let err = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap_err();
+        if closes {
+            assert!(matches!(err, ClientError::Closed | ClientError::Wire(_)), "{what}: {err:?}");
+        } else {
+            assert!(matches!(err, ClientError::Unexpected { .. }), "{what}: {err:?}");
+            assert!(err.to_string().contains("signature"), "{what}: {err}");
+        }
+        assert_eq!(fake.await.unwrap(), None, "{what}: the client went on");
+    }
+    // Ended `failed`: some entries came, then none is to be used.
+    let script = move |mut w: RawWriter| -> std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> {
+        Box::pin(async move {
+            for (head, body) in [frame(entry(1024).repeat(10)), end(true)] {
+                w.send(&Message::SignatureFrame(head), &body).await.unwrap();
+            }
+            Some(w)
+        })
+    };
+    let (addr, fake) = streamed_fake(mib, script).await;
+    let mut client = Client::connect(&addr.to_string()).await.unwrap();
+    let done = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap();
+    assert_eq!(done.matched, 0);
+    assert!(fake.await.unwrap().unwrap() == data, "every byte, as data");
 }

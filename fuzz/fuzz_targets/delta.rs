@@ -1,6 +1,6 @@
 //! Fuzz the delta engine's decoders (src/delta): what a sender makes of a
-//! receiver's signature frames (`SignatureReader`), and what a receiver
-//! makes of a sender's ops (`Op::decode_all`, then `Patcher` against an
+//! receiver's signature frames (`SignatureReader`, counted or streamed),
+//! and what a receiver makes of a sender's ops (`Op::decode_all`, then `Patcher` against an
 //! old file of the input's choosing). Oracles: nothing panics (debug
 //! assertions included); an accepted signature adds up to its file, and
 //! an encoder takes it exactly when its layout is the one the sizes call
@@ -8,7 +8,8 @@
 //! accepted ops survive a round trip through their wire form; a patch
 //! that is accepted makes exactly the new file's length.
 //!
-//! Input: a mode byte, a layout (a byte, then sizes), lengths, then
+//! Input: a mode byte, a layout (a byte, its top bit for a streamed
+//! signature, then sizes), lengths, then
 //! frames (each a length byte and at most 255 bytes) or an op stream.
 #![no_main]
 
@@ -25,14 +26,19 @@ fn u32_of(input: &mut Input<'_>) -> u32 {
 }
 
 fn signature(mut input: Input<'_>) {
-    let layout = match input.byte() % 3 {
+    let mode = input.byte();
+    let layout = match mode % 3 {
         0 => Layout::Chunks(Params::DEFAULT),
         1 => Layout::Chunks(Params { min: u32_of(&mut input), avg: u32_of(&mut input), max: u32_of(&mut input) }),
         _ => Layout::Blocks(u32_of(&mut input) % (1 << 20)),
     };
     let len = u64::from(u32_of(&mut input));
     let count = u64::from(u32_of(&mut input));
-    let Ok(mut reader) = SignatureReader::new(layout, len, count) else { return };
+    // A streamed signature (its end told by the frames' end, not a
+    // count) for half the mode bytes.
+    let streamed = mode & 0x80 != 0;
+    let made = if streamed { SignatureReader::streamed(layout, len) } else { SignatureReader::new(layout, len, count) };
+    let Ok(mut reader) = made else { return };
     for _ in 0..16 {
         let frame = input.field(255);
         if frame.is_empty() {

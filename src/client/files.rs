@@ -916,7 +916,7 @@ impl Client {
                     }
                     Err((delta::DeltaFailed::Wire(e), _)) => return Err(ClientError::from(e).into()),
                     Err((delta::DeltaFailed::Closed, _)) => return Err(ClientError::Closed.into()),
-                    Err((delta::DeltaFailed::Bad(e), _)) => {
+                    Err((e @ (delta::DeltaFailed::Bad(_) | delta::DeltaFailed::NoSignature), _)) => {
                         self.session.abandon().await;
                         return Err(
                             ClientError::Unexpected { expected: "a delta that fits", got: e.to_string() }.into()
@@ -1108,7 +1108,8 @@ impl Client {
                 // A short tail: the append trusted to the sample, checked by
                 // the checksum (the server answers without reading its file).
                 let trust = append.is_some() && size - held <= delta::TRUSTED_TAIL;
-                (file, Some(crate::proto::DeltaAsk { append, trust }))
+                // The server's signature streamed while it is cut.
+                (file, Some(crate::proto::DeltaAsk { append, trust, stream: true }))
             }
             _ => (file, None),
         };
@@ -1302,7 +1303,8 @@ impl Client {
         early: Option<EarlyCut>,
     ) -> Result<(std::fs::File, delta::Plan), Retry> {
         let fits = |l: &crate::delta::Layout| {
-            delta::layout_fits(*l, basis.len, size).is_ok() && basis.count > 0 && delta::worth(basis.len, size)
+            let entries = basis.count > 0 || basis.streamed;
+            delta::layout_fits(*l, basis.len, size).is_ok() && entries && delta::worth(basis.len, size)
         };
         let Some(layout) = basis.layout.filter(fits) else {
             self.session.abandon().await;
@@ -1320,9 +1322,21 @@ impl Client {
                     .map(|(file, (sig, hash))| (file, (sig, Some(hash))))),
             }
         };
-        let (theirs, ours) = tokio::join!(delta::read_signature(&mut self.session, basis), chunking);
+        let (theirs, ours) = tokio::join!(delta::read_offered(&mut self.session, basis), chunking);
         let theirs = match theirs {
             Ok(sig) => sig,
+            // A streamed signature the server could not finish: every
+            // byte goes, as new data.
+            Err(delta::DeltaFailed::NoSignature) => {
+                let file = match ours? {
+                    Ok((file, _)) => file,
+                    Err(source) => {
+                        self.session.abandon().await;
+                        return Err(ClientError::Local { path: local.to_owned(), source }.into());
+                    }
+                };
+                return Ok((file, delta::Plan::Fresh));
+            }
             Err(delta::DeltaFailed::Wire(e)) => return Err(e.into()),
             Err(delta::DeltaFailed::Closed) => return Err(ClientError::Closed.into()),
             Err(e) => {

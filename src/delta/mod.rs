@@ -397,15 +397,19 @@ impl Signature {
     /// The entries as frames of at most `per_frame` entries each
     /// ([`ENTRY_LEN`] bytes an entry), for [`SignatureReader::push`].
     pub fn entry_frames(&self, per_frame: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
-        self.entries.chunks(per_frame.max(1)).map(|part| {
-            let mut frame = Vec::with_capacity(part.len() * ENTRY_LEN);
-            for (len, id) in part {
-                frame.extend_from_slice(&len.to_be_bytes());
-                frame.extend_from_slice(id);
-            }
-            frame
-        })
+        self.entries.chunks(per_frame.max(1)).map(entry_bytes)
     }
+}
+
+/// Entries in their wire form ([`ENTRY_LEN`] bytes each), for a
+/// `signature` frame's body.
+pub fn entry_bytes(entries: &[(u32, ChunkId)]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    for (len, id) in entries {
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(id);
+    }
+    frame
 }
 
 /// Indexes a file fed in pieces (the receiver's old file).
@@ -439,6 +443,13 @@ impl Indexer {
         self.bounded()
     }
 
+    /// The entries cut so far, in order: what a streamed signature sends
+    /// as they come (a chunk is cut only once the bytes past it are fed,
+    /// so the last entries come with [`finish`](Self::finish)).
+    pub fn entries(&self) -> &[(u32, ChunkId)] {
+        &self.entries
+    }
+
     /// The signature of everything fed.
     ///
     /// # Errors
@@ -465,9 +476,17 @@ impl Indexer {
 pub struct SignatureReader {
     layout: Layout,
     len: u64,
-    count: u64,
+    /// Entries announced; `None` for a streamed signature, whose end is
+    /// told by its last frame.
+    count: Option<u64>,
+    /// The most entries taken: `count`, or as many as the layout cuts
+    /// the file into at most.
+    most: u64,
     entries: Vec<(u32, ChunkId)>,
     sum: u64,
+    /// A streamed signature's entry shorter than the layout allows
+    /// anywhere but last: no entry may follow it.
+    short: Option<u64>,
 }
 
 impl SignatureReader {
@@ -482,22 +501,45 @@ impl SignatureReader {
         if count > MAX_CHUNKS as u64 {
             return Err(DeltaError::TooManyChunks { count });
         }
-        // As many entries as the layout cuts a file of `len` into: exactly
-        // for blocks, between the counts of all-largest and all-smallest
-        // chunks (the last one shorter) for chunks.
-        let (fewest, most) = match layout {
+        let (fewest, most) = Self::bounds(layout, len);
+        if count < fewest || count > most {
+            return Err(DeltaError::SignatureLength { declared: len, entries: count });
+        }
+        Ok(SignatureReader::with(layout, len, Some(count), count))
+    }
+
+    /// A reader of a streamed signature of a file of `len` bytes cut as
+    /// `layout` says: its entries come as the sender cuts the file, their
+    /// number unknown until [`finish`](Self::finish). It takes at most as
+    /// many as the layout cuts such a file into (and [`MAX_CHUNKS`]),
+    /// each of a length the layout allows, only the last one shorter.
+    ///
+    /// # Errors
+    ///
+    /// A layout that cannot be used.
+    pub fn streamed(layout: Layout, len: u64) -> Result<SignatureReader, DeltaError> {
+        layout.check()?;
+        let most = Self::bounds(layout, len).1.min(MAX_CHUNKS as u64);
+        Ok(SignatureReader::with(layout, len, None, most))
+    }
+
+    /// As many entries as the layout cuts a file of `len` into: exactly
+    /// for blocks, between the counts of all-largest and all-smallest
+    /// chunks (the last one shorter) for chunks.
+    fn bounds(layout: Layout, len: u64) -> (u64, u64) {
+        match layout {
             Layout::Blocks(size) => {
                 let n = len.div_ceil(u64::from(size));
                 (n, n)
             }
             Layout::Chunks(p) => (len.div_ceil(u64::from(p.max)), len.div_ceil(u64::from(p.min))),
-        };
-        if count < fewest || count > most {
-            return Err(DeltaError::SignatureLength { declared: len, entries: count });
         }
+    }
+
+    fn with(layout: Layout, len: u64, count: Option<u64>, most: u64) -> SignatureReader {
         // Room grows as entries come, not as announced.
-        let room = (count as usize).min(1 << 14);
-        Ok(SignatureReader { layout, len, count, entries: Vec::with_capacity(room), sum: 0 })
+        let room = (most as usize).min(1 << 14);
+        SignatureReader { layout, len, count, most, entries: Vec::with_capacity(room), sum: 0, short: None }
     }
 
     /// Takes the next frame of entries.
@@ -512,13 +554,22 @@ impl SignatureReader {
         }
         for entry in frame.chunks_exact(ENTRY_LEN) {
             let index = self.entries.len() as u64;
-            if index >= self.count {
+            if index >= self.most {
                 return Err(DeltaError::TooManyChunks { count: index + 1 });
             }
+            // A short entry was not the last after all.
+            if let Some(short) = self.short {
+                return Err(DeltaError::BadChunkLength { index: short, len: self.entries[short as usize].0 });
+            }
             let len = u32::from_be_bytes(entry[..4].try_into().expect("4 bytes"));
-            let last = index + 1 == self.count;
+            // Streamed, any entry may be the last: one only the last may
+            // be is taken, and the next refused.
+            let last = self.count.is_none_or(|count| index + 1 == count);
             if !self.layout.allows(len, last) {
                 return Err(DeltaError::BadChunkLength { index, len });
+            }
+            if self.count.is_none() && !self.layout.allows(len, false) {
+                self.short = Some(index);
             }
             self.sum += u64::from(len);
             if self.sum > self.len {
@@ -535,7 +586,8 @@ impl SignatureReader {
     ///
     /// Entries missing, or not adding up to the file.
     pub fn finish(self) -> Result<Signature, DeltaError> {
-        if self.entries.len() as u64 != self.count || self.sum != self.len {
+        let counted = self.count.is_none_or(|count| self.entries.len() as u64 == count);
+        if !counted || self.sum != self.len {
             return Err(DeltaError::SignatureLength { declared: self.len, entries: self.sum });
         }
         Ok(Signature { layout: self.layout, len: self.len, entries: self.entries })

@@ -308,3 +308,65 @@ fn a_diff_of_signatures_rebuilds_the_new_file() {
     let mine = Signature { layout: Layout::for_sizes(3, 3), len: 3, entries: vec![(3, [0; 8])] };
     assert!(matches!(diff(&other, &mine), Err(DeltaError::WrongLayout { .. })));
 }
+
+#[test]
+fn streamed_signatures_are_taken_as_they_are_cut_and_checked() {
+    // Entries taken as an indexer makes them, in frames cut wherever,
+    // end as the whole signature.
+    let data = noise(300_000, 11);
+    let layout = Layout::Chunks(Params::SMALLEST);
+    let mut indexer = Indexer::new(layout).unwrap();
+    let mut reader = SignatureReader::streamed(layout, data.len() as u64).unwrap();
+    let mut sent = 0;
+    for part in data.chunks(7_777) {
+        indexer.feed(part).unwrap();
+        let made = &indexer.entries()[sent..];
+        reader.push(&entry_bytes(made)).unwrap();
+        sent += made.len();
+    }
+    let whole = indexer.finish().unwrap();
+    reader.push(&entry_bytes(&whole.entries[sent..])).unwrap();
+    assert!(sent > 0 && sent < whole.entries.len());
+    assert_eq!(reader.finish().unwrap(), whole);
+
+    let entry = |len: u32| {
+        let mut e = len.to_be_bytes().to_vec();
+        e.extend_from_slice(&[7; ID_LEN]);
+        e
+    };
+    let chunks = Layout::Chunks(Params::DEFAULT);
+    // A short entry may only be the last: one after it is refused.
+    let mut r = SignatureReader::streamed(chunks, 100_000).unwrap();
+    r.push(&[entry(32_768), entry(100)].concat()).unwrap();
+    assert!(matches!(r.push(&entry(8192)), Err(DeltaError::BadChunkLength { index: 1, len: 100 })));
+    let mut r = SignatureReader::streamed(chunks, 100_000).unwrap();
+    assert!(matches!(r.push(&[entry(100), entry(8192)].concat()), Err(DeltaError::BadChunkLength { index: 0, .. })));
+    // Longer than max; past the file's end; short of it at the end.
+    let mut r = SignatureReader::streamed(chunks, 100_000).unwrap();
+    assert!(matches!(r.push(&entry(40_000)), Err(DeltaError::BadChunkLength { .. })));
+    let mut r = SignatureReader::streamed(chunks, 10_000).unwrap();
+    assert!(matches!(r.push(&[entry(8192), entry(8192)].concat()), Err(DeltaError::SignatureLength { .. })));
+    let mut r = SignatureReader::streamed(chunks, 10_000).unwrap();
+    r.push(&entry(8192)).unwrap();
+    assert!(matches!(r.finish(), Err(DeltaError::SignatureLength { .. })));
+    // No more entries than the layout cuts the file into, even where each
+    // is as short as allowed: a zero-length entry is refused first, and a
+    // file of 8 KiB takes at most four 2 KiB chunks.
+    let mut r = SignatureReader::streamed(chunks, 8192).unwrap();
+    assert!(matches!(r.push(&entry(0)), Err(DeltaError::BadChunkLength { .. })));
+    let mut r = SignatureReader::streamed(chunks, 8192).unwrap();
+    r.push(&[entry(2048), entry(2048), entry(2048), entry(2048)].concat()).unwrap();
+    assert!(matches!(r.push(&entry(2048)), Err(DeltaError::TooManyChunks { count: 5 })));
+    // Blocks: every one whole but the last.
+    let blocks = Layout::Blocks(Layout::SMALLEST_BLOCK);
+    let mut r = SignatureReader::streamed(blocks, 2500).unwrap();
+    r.push(&[entry(1024), entry(1024), entry(452)].concat()).unwrap();
+    assert_eq!(r.finish().unwrap().entries.len(), 3);
+    let mut r = SignatureReader::streamed(blocks, 2500).unwrap();
+    r.push(&entry(452)).unwrap();
+    assert!(matches!(r.push(&entry(1024)), Err(DeltaError::BadChunkLength { index: 0, len: 452 })));
+    let mut r = SignatureReader::streamed(blocks, 2500).unwrap();
+    assert!(matches!(r.push(&entry(2048)), Err(DeltaError::BadChunkLength { index: 0, len: 2048 })));
+    // A layout that cannot be used.
+    assert!(matches!(SignatureReader::streamed(Layout::Blocks(0), 10), Err(DeltaError::BadBlockSize(0))));
+}

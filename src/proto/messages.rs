@@ -273,6 +273,7 @@ messages! {
                 tail: Some("01".into()),
                 layout: Some(crate::delta::Layout::Blocks(8192)),
                 count: 2,
+                streamed: false,
             }),
         };
     {
@@ -356,7 +357,7 @@ messages! {
             mtime: Some(1_767_225_600),
             mtime_ns: Some(1_767_225_600_000_000_001),
             backup: Some(super::Backup { dir: None, of: String::new(), suffix: "~".into() }),
-            delta: Some(super::DeltaAsk { append: Some(super::Sample { len: 3, blake3: "ab".into() }), trust: true }),
+            delta: Some(super::DeltaAsk { append: Some(super::Sample { len: 3, blake3: "ab".into() }), trust: true, stream: true }),
         };
     {
         /// Path relative to the served root.
@@ -395,7 +396,7 @@ messages! {
             prefix_blake3: Some("ab".into()),
             backup: true,
             sparse: true,
-            basis: Some(super::Basis { len: 3, append: true, blake3: Some("cd".into()), tail: None, layout: None, count: 0 }),
+            basis: Some(super::Basis { len: 3, append: true, blake3: Some("cd".into()), tail: None, layout: None, count: 0, streamed: false }),
         };
     {
         /// Bytes already held.
@@ -445,11 +446,16 @@ messages! {
     /// Entries of a signature (PROTOCOL.md §4.6.6): 12 bytes each, a
     /// chunk's length (`u32`, big endian) and the first 8 bytes of its
     /// BLAKE3; at most 32,768 entries a frame.
-    SignatureFrame = "signature", ToBoth, body, cold, example: SignatureFrame { len: 24 };
+    SignatureFrame = "signature", ToBoth, body, cold, example: SignatureFrame { len: 24, failed: false };
     {
         /// Body length.
         #[serde(default)]
         len: u64,
+        /// A streamed signature's empty last frame: the sender could not
+        /// finish it (its file changed or could not be read), and there
+        /// is none.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        failed: bool,
     }
 
     /// Reply to a [`Get`] with a `basis`: the server will answer with a

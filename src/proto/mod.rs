@@ -104,6 +104,11 @@ pub struct DeltaAsk {
     /// small. Older servers ignore it and send `blake3`, as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trust: bool,
+    /// The client takes the server's signature streamed (`basis.streamed`):
+    /// sent as the server cuts its file, its end told by an empty
+    /// `signature` frame. Older servers ignore it and send a counted one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// The last [`Sample::LEN`] bytes (or all, if fewer) before `len` of a
@@ -164,6 +169,11 @@ pub struct Basis {
     /// Entries of its signature, which follow in `signature` frames.
     #[serde(default)]
     pub count: u64,
+    /// `put_ready`, where `put.delta.stream` asked: the signature follows
+    /// as the server cuts its file, `count` left 0, until an empty
+    /// `signature` frame (PROTOCOL.md §4.6.6).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streamed: bool,
 }
 
 /// `parts` joined by `/`, without empty or `.` components.

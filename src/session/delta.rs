@@ -114,6 +114,10 @@ pub enum DeltaFailed {
     /// is shorter than it was): the file must be sent whole.
     #[error("the file the delta was built from changed meanwhile: {0}")]
     BasisChanged(io::Error),
+    /// The peer could not finish the signature it streamed (its file
+    /// changed or could not be read): there is none to build against.
+    #[error("the peer could not finish its signature")]
+    NoSignature,
 }
 
 /// Indexes the first `len` bytes of `file` cut as `layout`, and hashes
@@ -223,12 +227,14 @@ impl Drop for StopOnDrop {
 
 /// What a receiver offers from its older version, `file` of `len` bytes,
 /// for an upload of `size` bytes asked as `ask` (PROTOCOL.md §4.6.6): an
-/// append basis if the client's sample is
-/// this file's end (with the file's whole hash), else its signature cut
-/// as the two lengths say. `known`: its whole hash and signature where a
-/// cache holds them. Returns the basis, the signature to send, and the
-/// hash and signature to cache where they were made here. Blocking.
-/// `None`: nothing worth a delta (too short, too long, unreadable).
+/// append basis if the client's sample is this file's end (with the
+/// file's whole hash), else its signature cut as the two lengths say:
+/// the one `known` (a cache's), or the file to cut ([`Signed::ToCut`]:
+/// cut by the caller, whole or while it is sent). `known`: its whole hash
+/// and signature where a cache holds them. Returns the basis (its
+/// `count` set once the signature is made), the signature, and the hash
+/// to cache where it was made here. Blocking. `None`: nothing worth a
+/// delta (too short, too long, unreadable).
 pub fn offer_basis(
     file: &mut File,
     len: u64,
@@ -252,17 +258,16 @@ pub fn offer_basis(
             None => Some(crate::services::files::hash_prefix(file, len).ok()?.finalize()),
         };
         let blake3 = hash.map(|h| h.to_hex().to_string());
-        let basis = Basis { len, append: true, blake3, tail: None, layout: None, count: 0 };
+        let basis = Basis { len, append: true, blake3, tail: None, layout: None, count: 0, streamed: false };
         return Some(Offered { basis, signature: None, hash });
     }
     let layout = Layout::for_sizes(len, size);
-    // Cut without a whole-file hash: this version is about to be
-    // replaced, and the hash would cost a second pass over it.
-    let sig = match known.1.filter(|sig| sig.layout == layout) {
-        Some(sig) => sig,
-        None => std::sync::Arc::new(index_only(file, len, layout).ok()?),
+    let signed = match known.1.filter(|sig| sig.layout == layout) {
+        Some(sig) => Signed::Made(sig),
+        None => Signed::ToCut(ToCut { file: file.try_clone().ok()?, len, layout, keep: None }),
     };
-    Some(Offered { basis: basis_of(&sig, None, None), signature: Some(sig), hash: None })
+    let basis = Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count: 0, streamed: false };
+    Some(Offered { basis, signature: Some(signed), hash: None })
 }
 
 /// A receiver's offer of its older version ([`offer_basis`]).
@@ -271,14 +276,145 @@ pub struct Offered {
     /// What `put_ready.basis` says.
     pub basis: Basis,
     /// The signature that follows it, if any.
-    pub signature: Option<std::sync::Arc<Signature>>,
+    pub signature: Option<Signed>,
     /// The older version's whole hash, where made (an append's).
     pub hash: Option<blake3::Hash>,
 }
 
+/// An offered basis's signature: made already, or still to cut.
+#[derive(Debug)]
+pub enum Signed {
+    /// Made (a cache's).
+    Made(std::sync::Arc<Signature>),
+    /// To cut from the older version.
+    ToCut(ToCut),
+}
+
+impl Signed {
+    /// The signature, cut now if it is not made. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`index`].
+    pub fn made(self) -> io::Result<std::sync::Arc<Signature>> {
+        match self {
+            Signed::Made(sig) => Ok(sig),
+            Signed::ToCut(cut) => cut.cut(),
+        }
+    }
+}
+
+/// What a root keeps of a signature once it is made: its cache's entry,
+/// given the file it was cut from (to tell whether it changed meanwhile).
+pub type Keep = Box<dyn FnOnce(&File, &std::sync::Arc<Signature>) + Send>;
+
+/// An older version's signature still to cut: cut whole before it is
+/// sent ([`ToCut::cut`]), or sent as it is cut ([`stream_signature`]).
+/// Cut without a whole-file hash: this version is about to be replaced,
+/// and the hash would cost a second pass over it.
+pub struct ToCut {
+    file: File,
+    len: u64,
+    layout: Layout,
+    keep: Option<Keep>,
+}
+
+impl std::fmt::Debug for ToCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToCut").field("len", &self.len).field("layout", &self.layout).finish_non_exhaustive()
+    }
+}
+
+impl ToCut {
+    /// The same cut, giving the signature to `keep` once made.
+    pub fn keeping(self, keep: Keep) -> ToCut {
+        ToCut { keep: Some(keep), ..self }
+    }
+
+    /// Cuts the file whole. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`index`].
+    pub fn cut(self) -> io::Result<std::sync::Arc<Signature>> {
+        let sig = std::sync::Arc::new(index_only(&self.file, self.len, self.layout)?);
+        if let Some(keep) = self.keep {
+            keep(&self.file, &sig);
+        }
+        Ok(sig)
+    }
+
+    /// Cuts the file, handing each run of at least
+    /// [`STREAMED_FRAME_ENTRIES`] new entries to `tx` as a frame's body
+    /// as it is made, and the last ones at the end. Blocking. Stops
+    /// (`BrokenPipe`) once `tx`'s receiver is gone.
+    pub(crate) fn stream(self, tx: &mpsc::Sender<Vec<u8>>) -> io::Result<std::sync::Arc<Signature>> {
+        let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
+        let send = |entries: &[(u32, crate::delta::ChunkId)]| {
+            for part in entries.chunks(SIGNATURE_FRAME_ENTRIES) {
+                tx.blocking_send(crate::delta::entry_bytes(part)).map_err(|_| io::ErrorKind::BrokenPipe)?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        let mut indexer = Indexer::new(self.layout).map_err(invalid)?;
+        let mut sent = 0;
+        each_piece(
+            &self.file,
+            (0, self.len),
+            "indexed",
+            || false,
+            |_, piece| {
+                indexer.feed(piece).map_err(invalid)?;
+                let made = &indexer.entries()[sent..];
+                if made.len() >= STREAMED_FRAME_ENTRIES {
+                    send(made)?;
+                    sent += made.len();
+                }
+                Ok::<(), io::Error>(())
+            },
+        )?;
+        let sig = indexer.finish().map_err(invalid)?;
+        send(&sig.entries[sent..])?;
+        let sig = std::sync::Arc::new(sig);
+        if let Some(keep) = self.keep {
+            keep(&self.file, &sig);
+        }
+        Ok(sig)
+    }
+}
+
+/// A streamed signature goes in frames of at least this many entries
+/// (6 KiB; the last one fewer): each a few milliseconds on a slow link,
+/// and few enough frames that their heads cost under 1 %.
+pub const STREAMED_FRAME_ENTRIES: usize = 512;
+
+/// Sends the signature of `cut` streamed (PROTOCOL.md §4.6.6): entries
+/// in `signature` frames as a blocking thread cuts the file, so the
+/// signature's time on the wire is spent while it is made, not after;
+/// then an empty frame, `failed` if the file could not be cut to its end
+/// (it shrank, or could not be read). Returns the signature, if made.
+///
+/// # Errors
+///
+/// The connection's (the cut stops with it).
+pub async fn stream_signature<S: Sends<SignatureFrame>>(
+    s: &mut Session<S>,
+    cut: ToCut,
+) -> Result<Option<std::sync::Arc<Signature>>, Error> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+    let worker = tokio::task::spawn_blocking(move || cut.stream(&tx));
+    while let Some(frame) = rx.recv().await {
+        s.send(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await?;
+    }
+    let made = worker.await.ok().and_then(Result::ok);
+    s.send(&SignatureFrame { len: 0, failed: made.is_none() }, &[]).await?;
+    Ok(made)
+}
+
 /// The head of a signature's `basis` for the older version `sig` indexes.
 pub fn basis_of(sig: &Signature, blake3: Option<String>, tail: Option<String>) -> Basis {
-    Basis { len: sig.len, append: false, blake3, tail, layout: Some(sig.layout), count: sig.entries.len() as u64 }
+    let count = sig.entries.len() as u64;
+    Basis { len: sig.len, append: false, blake3, tail, layout: Some(sig.layout), count, streamed: false }
 }
 
 /// Sends a signature's entries in `signature` frames, buffered, and
@@ -289,7 +425,7 @@ pub fn basis_of(sig: &Signature, blake3: Option<String>, tail: Option<String>) -
 /// The connection's.
 pub async fn send_signature<S: Sends<SignatureFrame>>(s: &mut Session<S>, sig: &Signature) -> Result<(), Error> {
     for frame in sig.entry_frames(SIGNATURE_FRAME_ENTRIES) {
-        s.feed(&SignatureFrame { len: frame.len() as u64 }, &frame).await?;
+        s.feed(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await?;
     }
     s.flush().await
 }
@@ -317,7 +453,7 @@ pub async fn read_signature_from(reader: &mut FrameReader<BoxRead>, basis: &Basi
     let mut sig = SignatureReader::new(layout, basis.len, basis.count)?;
     let mut got = 0u64;
     while got < basis.count {
-        let Some((SignatureFrame { len }, _)) = reader.read_head::<SignatureFrame>().await? else {
+        let Some((SignatureFrame { len, .. }, _)) = reader.read_head::<SignatureFrame>().await? else {
             return Err(DeltaFailed::Closed);
         };
         if len == 0 {
@@ -330,6 +466,35 @@ pub async fn read_signature_from(reader: &mut FrameReader<BoxRead>, basis: &Basi
     Ok(sig.finish()?)
 }
 
+/// Reads the signature a `put_ready`'s `basis` offers: counted as
+/// [`read_signature`] reads it, or streamed where the basis says so,
+/// until its empty last frame. A streamed one is checked entry by entry
+/// as a counted one is, and takes at most as many entries as the layout
+/// cuts the file into ([`SignatureReader::streamed`]).
+///
+/// # Errors
+///
+/// As [`read_signature`]; [`DeltaFailed::NoSignature`] where the server
+/// ended it `failed`.
+pub async fn read_offered<S>(s: &mut Session<S>, basis: &Basis) -> Result<Signature, DeltaFailed> {
+    if !basis.streamed {
+        return read_signature(s, basis).await;
+    }
+    let layout = basis.layout.ok_or(DeltaError::SignatureLength { declared: basis.len, entries: 0 })?;
+    let mut sig = SignatureReader::streamed(layout, basis.len)?;
+    let reader = s.reader();
+    loop {
+        let Some((SignatureFrame { len, failed }, _)) = reader.read_head::<SignatureFrame>().await? else {
+            return Err(DeltaFailed::Closed);
+        };
+        if len == 0 {
+            return if failed { Err(DeltaFailed::NoSignature) } else { Ok(sig.finish()?) };
+        }
+        let body = reader.read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
+        sig.push(&body)?;
+    }
+}
+
 /// Feeds a signature's entries in `signature` frames (the caller
 /// flushes): a streamed tree's, behind its `wants` frame.
 ///
@@ -338,7 +503,7 @@ pub async fn read_signature_from(reader: &mut FrameReader<BoxRead>, basis: &Basi
 /// The connection's.
 pub async fn feed_signature<S: Sends<SignatureFrame>>(out: &mut Outbound<'_, S>, sig: &Signature) -> Result<(), Error> {
     for frame in sig.entry_frames(SIGNATURE_FRAME_ENTRIES) {
-        out.feed(&SignatureFrame { len: frame.len() as u64 }, &frame).await?;
+        out.feed(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await?;
     }
     Ok(())
 }

@@ -200,15 +200,47 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         _ => None,
     };
     let mut basis = basis;
+    // Whether the last put_ready offered a basis.
+    let mut offered = false;
     let mut asked_again = false;
+    let streams = delta.as_ref().is_some_and(|ask| ask.stream);
     let data = loop {
         let step = cut_off_by(&cut, async {
-            let basis_head = basis.as_ref().map(|(b, _)| b.clone());
+            let (mut head, signed) = match basis.as_mut() {
+                Some((b, signed)) => (Some(b.clone()), signed.take()),
+                None => (None, None),
+            };
+            // Cut while it is sent where the client takes it streamed;
+            // else cut whole first, its count in the head.
+            let signed = match signed {
+                Some(delta::Signed::ToCut(to_cut)) if !streams => {
+                    match tokio::task::spawn_blocking(move || to_cut.cut()).await {
+                        Ok(Ok(sig)) => Some(delta::Signed::Made(sig)),
+                        // Not read: no basis, the upload goes whole.
+                        _ => {
+                            head = None;
+                            None
+                        }
+                    }
+                }
+                signed => signed,
+            };
+            if let (Some(head), Some(signed)) = (head.as_mut(), &signed) {
+                match signed {
+                    delta::Signed::Made(sig) => head.count = sig.entries.len() as u64,
+                    delta::Signed::ToCut(_) => (head.count, head.streamed) = (0, true),
+                }
+            }
+            offered = head.is_some();
             let (prefix_blake3, backup) = (prefix_blake3.clone(), backup.is_some());
-            let ready = PutReady { offset, prefix_blake3, backup, sparse: St::KEEPS_HOLES, basis: basis_head };
+            let ready = PutReady { offset, prefix_blake3, backup, sparse: St::KEEPS_HOLES, basis: head };
             s.send(&ready, &[]).await?;
-            if let Some((_, Some(sig))) = &basis {
-                delta::send_signature(s, sig).await?;
+            match signed {
+                Some(delta::Signed::Made(sig)) => delta::send_signature(s, &sig).await?,
+                // A streamed signature the server could not finish leaves
+                // the basis offered: the client sends every byte as new.
+                Some(delta::Signed::ToCut(to_cut)) => drop(delta::stream_signature(s, to_cut).await?),
+                None => {}
             }
             read_step::<PutInput>(s, "put_data or put_delta after put_ready").await
         })
@@ -219,7 +251,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
             // signature after all, once.
             Ok(Some(PutInput::SignatureWanted(_))) if appended && !asked_again => {
                 asked_again = true;
-                let ask = crate::proto::DeltaAsk::default();
+                let ask = crate::proto::DeltaAsk { stream: streams, ..Default::default() };
                 // Unless the file cannot be indexed: then the append basis
                 // again, for the client to send every byte against.
                 let old = basis.take();
@@ -238,7 +270,6 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
             other => break other,
         }
     };
-    let offered = basis.is_some();
     let agreed = match &data {
         Ok(Some(PutInput::PutData(d))) => {
             // Holes left out (PROTOCOL.md §4.6.5), only where offered.

@@ -394,7 +394,7 @@ impl Upload for BucketUpload {
         &mut self,
         ask: &crate::proto::DeltaAsk,
         size: u64,
-    ) -> Option<(crate::proto::Basis, Option<std::sync::Arc<crate::delta::Signature>>)> {
+    ) -> Option<(crate::proto::Basis, Option<crate::session::delta::Signed>)> {
         let ask = ask.clone();
         // Asked again (an append that was not one): the same copy.
         if let Some(spool) = &self.spool {

@@ -293,7 +293,7 @@ impl Upload for DirUpload {
         &mut self,
         ask: &crate::proto::DeltaAsk,
         size: u64,
-    ) -> Option<(crate::proto::Basis, Option<Arc<crate::delta::Signature>>)> {
+    ) -> Option<(crate::proto::Basis, Option<dt::Signed>)> {
         let (sb, path, hashes, signatures) =
             (self.sb.clone(), self.path.clone(), self.hashes.clone(), self.signatures.clone());
         let ask = ask.clone();
@@ -333,16 +333,16 @@ impl Upload for DirUpload {
 /// The file at `path` as the older version of an upload of `size` bytes,
 /// if a delta from it may pay: an append if the client's prefix is the
 /// whole of it (its hash from the cache, or read), else its signature
-/// (from the cache, or read, and cached if the file did not change while
-/// it was read). Anything that cannot be read is no basis: the upload
-/// goes whole.
+/// (from the cache, or to cut, and cached once cut if the file did not
+/// change while it was read). Anything that cannot be opened is no
+/// basis: the upload goes whole.
 fn find_basis(
     sb: &Sandbox,
     path: &str,
-    (hashes, signatures): (&HashCache, &SignatureCache),
+    (hashes, signatures): (&Arc<HashCache>, &Arc<SignatureCache>),
     ask: &crate::proto::DeltaAsk,
     (size, room): (u64, u64),
-) -> Option<(File, crate::proto::Basis, Option<Arc<crate::delta::Signature>>)> {
+) -> Option<(File, crate::proto::Basis, Option<dt::Signed>)> {
     let (mut file, meta) = sb.open(path).ok()?;
     let len = meta.len();
     if !meta.is_file() || !dt::worth(len, size) {
@@ -355,18 +355,44 @@ fn find_basis(
         return None;
     }
     let known = (hashes.get(version), signatures.get(version, layout));
-    let made_sig = known.1.is_none();
     let offered = dt::offer_basis(&mut file, len, (ask, size), known)?;
     // Cached only if the file did not change while it was read.
-    if file.metadata().is_ok_and(|m| files::Version::of(&m) == version) {
-        if let Some(hash) = offered.hash {
-            hashes.put(version, hash);
-        }
-        if let Some(sig) = offered.signature.as_ref().filter(|_| made_sig) {
-            signatures.put(version, sig.clone());
-        }
+    let unchanged = move |file: &File| file.metadata().is_ok_and(|m| files::Version::of(&m) == version);
+    if let Some(hash) = offered.hash.filter(|_| unchanged(&file)) {
+        hashes.put(version, hash);
     }
-    Some((file, offered.basis, offered.signature))
+    let signature = offered.signature.map(|signed| match signed {
+        dt::Signed::ToCut(cut) => {
+            let signatures = signatures.clone();
+            dt::Signed::ToCut(cut.keeping(Box::new(move |file, sig| {
+                if unchanged(file) {
+                    signatures.put(version, sig.clone());
+                }
+            })))
+        }
+        made => made,
+    });
+    Some((file, offered.basis, signature))
+}
+
+/// [`find_basis`] with its signature made (cut now if it is not
+/// cached), its `count` set: a tree's bases, which are sent together.
+fn find_made_basis(
+    sb: &Sandbox,
+    path: &str,
+    caches: (&Arc<HashCache>, &Arc<SignatureCache>),
+    ask: &crate::proto::DeltaAsk,
+    sizes: (u64, u64),
+) -> Option<(File, crate::proto::Basis, Option<Arc<crate::delta::Signature>>)> {
+    let (file, mut basis, signed) = find_basis(sb, path, caches, ask, sizes)?;
+    let sig = match signed {
+        Some(signed) => Some(signed.made().ok()?),
+        None => None,
+    };
+    if let Some(sig) = &sig {
+        basis.count = sig.entries.len() as u64;
+    }
+    Some((file, basis, sig))
 }
 
 /// A local upload's body, in its partial file (or, small, in memory).
@@ -850,7 +876,7 @@ impl TreeSink for DirSink {
                     continue;
                 }
                 // Without an append sample, a signature or nothing.
-                let found = find_basis(&sb, &full, (&hashes, &signatures), &ask, (size, room));
+                let found = find_made_basis(&sb, &full, (&hashes, &signatures), &ask, (size, room));
                 let Some((_, basis, Some(sig))) = found else { continue };
                 if basis.count > room {
                     continue;
@@ -1132,10 +1158,10 @@ mod tests {
         let path = tmp.path().join("f.bin");
         std::fs::write(&path, noise(1 << 20, 1)).unwrap();
         let sb = Sandbox::new(tmp.path()).unwrap();
-        let (hashes, signatures) = (HashCache::default(), SignatureCache::default());
-        let ask = crate::proto::DeltaAsk { append: None, trust: false };
+        let (hashes, signatures) = (Arc::new(HashCache::default()), Arc::new(SignatureCache::default()));
+        let ask = crate::proto::DeltaAsk { append: None, trust: false, stream: false };
         let new_len = (1 << 20) + 100;
-        let first = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let first = find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         let first_sig = first.2.unwrap();
         // What the cache holds for this version is what is used: a planted
         // entry stands in for the file's own, proving no reading.
@@ -1146,39 +1172,67 @@ mod tests {
             entries: first_sig.entries.iter().map(|&(len, _)| (len, [9; 8])).collect(),
         };
         signatures.put(version, Arc::new(planted.clone()));
-        let second = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let second = find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert_eq!(*second.2.unwrap(), planted);
         // A new mtime is a new version: read and indexed again.
         let f = File::options().write(true).open(&path).unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
-        let third = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let third = find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert_eq!(*third.2.unwrap(), *first_sig);
         // An append told by its prefix: no signature at all.
         let data = std::fs::read(&path).unwrap();
         let sample = crate::proto::Sample::of(&File::open(&path).unwrap(), data.len() as u64).unwrap();
-        let ask = crate::proto::DeltaAsk { append: Some(sample), trust: false };
-        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let ask = crate::proto::DeltaAsk { append: Some(sample), trust: false, stream: false };
+        let (_, basis, sig) = find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert!(basis.append && sig.is_none() && basis.count == 0);
         assert_eq!(basis.blake3.unwrap(), blake3::hash(&data).to_hex().to_string());
         // A sample of other bytes: a signature, as for any change.
         let other = crate::proto::Sample { len: data.len() as u64, blake3: blake3::hash(b"x").to_hex().to_string() };
-        let ask = crate::proto::DeltaAsk { append: Some(other), trust: false };
-        let (_, basis, sig) = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let ask = crate::proto::DeltaAsk { append: Some(other), trust: false, stream: false };
+        let (_, basis, sig) = find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         assert!(!basis.append && sig.is_some());
         // A new file too small to be worth a delta, or one that the
         // older version is more than 4 times as long as: no basis (it
         // would cost more to read and describe than to send).
-        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (1000, u64::MAX)).is_none());
-        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (200 << 10, u64::MAX)).is_none());
-        assert!(find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (300 << 10, u64::MAX)).is_some());
+        assert!(find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (1000, u64::MAX)).is_none());
+        assert!(find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (200 << 10, u64::MAX)).is_none());
+        assert!(find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (300 << 10, u64::MAX)).is_some());
         // A tree's frame with room for fewer entries than the signature
         // must have: no basis (and the file is not read for it).
         let len = std::fs::metadata(tmp.path().join("f.bin")).unwrap().len();
         let layout = crate::delta::Layout::for_sizes(len, 300 << 10);
         let least = dt::least_entries(layout, len);
         assert!(least > 1);
-        let room = |n| find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (300 << 10, n));
+        let room = |n| find_made_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (300 << 10, n));
         assert!(room(least - 1).is_none());
         assert!(room(u64::MAX).is_some_and(|(_, b, _)| b.count >= least));
+    }
+
+    #[test]
+    fn a_signature_streamed_as_it_is_cut_is_cached_once_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f.bin"), noise(4 << 20, 2)).unwrap();
+        let sb = Sandbox::new(tmp.path()).unwrap();
+        let (hashes, signatures) = (Arc::new(HashCache::default()), Arc::new(SignatureCache::default()));
+        let ask = crate::proto::DeltaAsk { append: None, trust: false, stream: true };
+        let new_len = (4 << 20) + 100;
+        let found = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let Some(dt::Signed::ToCut(cut)) = found.2 else { panic!("not cached yet: to cut") };
+        // Sent in several frames as it is cut, ending as the whole.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let (sig, frames) = std::thread::scope(|scope| {
+            let cutting = scope.spawn(move || cut.stream(&tx));
+            let mut frames = Vec::new();
+            while let Some(frame) = rx.blocking_recv() {
+                frames.push(frame);
+            }
+            (cutting.join().unwrap().unwrap(), frames)
+        });
+        assert!(frames.len() >= 2, "{} frames", frames.len());
+        assert_eq!(frames.concat(), crate::delta::entry_bytes(&sig.entries));
+        // The next upload against the same version takes it from the cache.
+        let again = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let Some(dt::Signed::Made(cached)) = again.2 else { panic!("not cached") };
+        assert_eq!(*cached, *sig);
     }
 }

@@ -519,15 +519,16 @@ pub(in crate::server) trait Upload: Send + Sized {
 
     /// The older version of the file, for a delta upload of `size` bytes
     /// the client `ask`ed for (PROTOCOL.md §4.6.6): what `put_ready`
-    /// says of it and, unless the new file is an append, its signature.
-    /// The upload keeps it open for [`receive_delta`](Self::receive_delta).
-    /// `None`: nothing worth a delta there (the upload goes whole).
+    /// says of it and, unless the new file is an append, its signature,
+    /// made already or to be cut by the caller (whole, or while it is
+    /// sent). The upload keeps it open for
+    /// [`receive_delta`](Self::receive_delta). `None`: nothing worth a
+    /// delta there (the upload goes whole).
     fn basis(
         &mut self,
         ask: &crate::proto::DeltaAsk,
         size: u64,
-    ) -> impl Future<Output = Option<(crate::proto::Basis, Option<std::sync::Arc<crate::delta::Signature>>)>> + Send
-    {
+    ) -> impl Future<Output = Option<(crate::proto::Basis, Option<crate::session::delta::Signed>)>> + Send {
         let _ = (ask, size);
         std::future::ready(None)
     }
@@ -558,6 +559,8 @@ pub(in crate::server) fn delta_not_received(
         DeltaFailed::Closed => NotReceived::Cut(Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
         DeltaFailed::Bad(e) => NotReceived::Bad(format!("bad delta: {e}")),
         DeltaFailed::BasisChanged(e) => NotReceived::Stale(e.to_string()),
+        // Only a signature's reader meets it.
+        DeltaFailed::NoSignature => NotReceived::Bad("no signature".to_owned()),
         DeltaFailed::Io(e) => {
             if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
                 if let Some(patch) = patch {
