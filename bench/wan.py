@@ -257,6 +257,8 @@ def main():
                     "the run (set back after): see the docstring")
     ap.add_argument("--peers", default="", help="file-case peers whose name contains one of these words, "
                     "comma-separated (all three by default)")
+    ap.add_argument("--baseline", default="", help="another framewire binary (an older build) run as one more "
+                    "file-case peer, `framewire baseline`, with its own server: a same-run A/B")
     ap.add_argument("--only", default="", help="file cases whose name contains one of these words, comma-separated")
     ap.add_argument("--tree-cases", default="", help="tree cases whose name contains one of these words, "
                     "comma-separated")
@@ -315,9 +317,15 @@ def run(args, work):
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             ssd = link.in_server([sshd, "-D", "-f", os.path.join(keys, "sshd_config")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for port in (5300, 5373, 5322):
+            ports = [(15300, 5300), (15373, 5373), (15322, 5322)]
+            base = None
+            if args.baseline:
+                base = link.in_server([args.baseline, "serve", "--listen", f"{SRV_IP}:5310", "--root", remote,
+                                       "--insecure"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                ports.append((15310, 5310))
+            for _, port in ports:
                 wait_in(link.s, port)
-            link.delay([(15300, 5300), (15373, 5373), (15322, 5322)])
+            link.delay(ports)
             peers = [
                 ("framewire", fw.pid, lambda new: [BIN, "put", "--force", "-q", f"{CLI_IP}:15300", new, "f"]),
                 ("rsync daemon", rsd.pid, lambda new: ["rsync", "-I", "--no-whole-file", new,
@@ -325,6 +333,9 @@ def run(args, work):
                 ("rsync ssh -z", ssd.pid, lambda new: ["rsync", "-I", "-z", "-e", ssh, new,
                                                        f"root@{CLI_IP}:{remote}/f"]),
             ]
+            if base is not None:
+                peers.append(("framewire baseline", base.pid,
+                              lambda new: [args.baseline, "put", "--force", "-q", f"{CLI_IP}:15310", new, "f"]))
             if args.peers:
                 peers = [p for p in peers if any(w in p[0] for w in args.peers.split(","))]
                 if not peers:
@@ -547,6 +558,17 @@ def report(args, results, validation):
         ssh_ratio = f"{med['framewire'] / med['rsync ssh -z']:.2f}x" if "rsync ssh -z" in med else "-"
         print(f"| {mbit} Mbit/s | {case} | {med['framewire'] / med['rsync daemon']:.2f}x "
               f"| {ssh_ratio} | {wb['framewire'] / max(1, wb['rsync daemon']):.1f}x |")
+    ab = [(mbit, case) for (mbit, case, name) in sorted(results)
+          if name == "framewire" and (mbit, case, "framewire baseline") in results]
+    if ab:
+        print("\n| link | change | framewire / framewire baseline, time (median) | baseline / rsync daemon |\n"
+              "|---|---|---|---|")
+        for mbit, case in ab:
+            t = statistics.median([r[0] for r in results[(mbit, case, "framewire")]])
+            tb = statistics.median([r[0] for r in results[(mbit, case, "framewire baseline")]])
+            daemon = results.get((mbit, case, "rsync daemon"))
+            to_daemon = f"{tb / statistics.median([r[0] for r in daemon]):.2f}x" if daemon else "-"
+            print(f"| {mbit} Mbit/s | {case} | {t / tb:.2f}x | {to_daemon} |")
 
 
 def report_trees(results):

@@ -1314,15 +1314,37 @@ impl Client {
         let shared = self.shared_reads.clone();
         // The early cut, if it is the one the signature takes.
         let early = early.filter(|e| e.layout == layout && e.held == basis.len);
-        let chunking = async move {
-            match early {
-                Some(early) => early.finish(file).await,
-                None => Ok(chunks_of(shared, file, size, layout)
-                    .await?
-                    .map(|(file, (sig, hash))| (file, (sig, Some(hash))))),
-            }
+        // Chunks of a signature streamed as it is made (or of one made
+        // already, with no early cut): our file cut guided by its entries
+        // as they come, and hashed whole in the same pass. A counted one
+        // comes only once the server has cut its whole file: the early
+        // cut, begun with the request, is further on by then.
+        let guide = shared.is_none()
+            && matches!(layout, crate::delta::Layout::Chunks(_))
+            && (basis.streamed || early.is_none());
+        let (theirs, ours) = if guide {
+            drop(early);
+            let (theirs, ours) = delta::read_offered_guiding(&mut self.session, basis, file, size).await;
+            let ours = match ours {
+                // The file back, for every byte to go as new data.
+                Ok((file, _)) if matches!(theirs, Err(delta::DeltaFailed::NoSignature)) => {
+                    return Ok((file, delta::Plan::Fresh));
+                }
+                Ok((file, cut)) => Ok(cut.map(|(sig, hash)| (file, (std::sync::Arc::new(sig), Some(hash))))),
+                Err(e) => Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::other(e) }),
+            };
+            (theirs, ours)
+        } else {
+            let chunking = async move {
+                match early {
+                    Some(early) => early.finish(file).await,
+                    None => Ok(chunks_of(shared, file, size, layout)
+                        .await?
+                        .map(|(file, (sig, hash))| (file, (sig, Some(hash))))),
+                }
+            };
+            tokio::join!(delta::read_offered(&mut self.session, basis), chunking)
         };
-        let (theirs, ours) = tokio::join!(delta::read_offered(&mut self.session, basis), chunking);
         let theirs = match theirs {
             Ok(sig) => sig,
             // A streamed signature the server could not finish: every

@@ -470,6 +470,166 @@ impl Indexer {
     }
 }
 
+/// A sender's cut of its new file, guided by the receiver's signature as
+/// its entries come: where the new file goes on as the old one did, the
+/// piece the signature says comes next is hashed and compared, and no
+/// content-defined cut is made; elsewhere the file is cut as an
+/// [`Indexer`] cuts it, and a chunk found among the entries come so far
+/// sets the next guess. An unchanged stretch so costs one hash of each
+/// chunk, not the chunker's pass as well. What it makes are the new
+/// file's entries, for [`diff`] against the whole signature, which finds
+/// every match wherever the guess did not look: the guess only saves
+/// work. Sans-IO: the caller feeds bytes and entries as
+/// [`advance`](Self::advance) asks for them.
+#[derive(Debug)]
+pub struct Guided {
+    layout: Layout,
+    /// The receiver's entries come so far, and where the first of each id
+    /// stands among them.
+    theirs: Vec<(u32, ChunkId)>,
+    index: HashMap<ChunkId, usize>,
+    /// No more of theirs will come.
+    ended: bool,
+    /// New bytes fed and not yet cut, from `pending[start]`.
+    pending: Vec<u8>,
+    start: usize,
+    /// Every byte of the new file was fed.
+    fed_all: bool,
+    len: u64,
+    /// The receiver's entry guessed to come next.
+    next: Option<usize>,
+    entries: Vec<(u32, ChunkId)>,
+}
+
+/// What a [`Guided`] cut needs to go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// More of the new file ([`Guided::feed`], or [`Guided::fed_all`]).
+    Data,
+    /// More of the receiver's entries ([`Guided::theirs`], or
+    /// [`Guided::theirs_ended`]).
+    Theirs,
+    /// Nothing: every byte is cut ([`Guided::finish`]).
+    Nothing,
+}
+
+impl Guided {
+    /// A guided cut for `layout`, its first guess the receiver's first
+    /// entry.
+    ///
+    /// # Errors
+    ///
+    /// A layout that cannot be used.
+    pub fn new(layout: Layout) -> Result<Guided, DeltaError> {
+        layout.check()?;
+        Ok(Guided {
+            layout,
+            theirs: Vec::new(),
+            index: HashMap::new(),
+            ended: false,
+            pending: Vec::new(),
+            start: 0,
+            fed_all: false,
+            len: 0,
+            next: Some(0),
+            entries: Vec::new(),
+        })
+    }
+
+    /// The receiver's next entries, in its file's order (checked already,
+    /// by a [`SignatureReader`]).
+    pub fn theirs(&mut self, entries: &[(u32, ChunkId)]) {
+        for &(len, id) in entries {
+            self.index.entry(id).or_insert(self.theirs.len());
+            self.theirs.push((len, id));
+        }
+    }
+
+    /// No more of the receiver's entries will come.
+    pub fn theirs_ended(&mut self) {
+        self.ended = true;
+    }
+
+    /// The next bytes of the new file.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.pending.drain(..self.start);
+        self.start = 0;
+        self.pending.extend_from_slice(data);
+        self.len += data.len() as u64;
+    }
+
+    /// Every byte of the new file was fed.
+    pub fn fed_all(&mut self) {
+        self.fed_all = true;
+    }
+
+    /// Cuts what it can; says what it needs to go on.
+    ///
+    /// # Errors
+    ///
+    /// [`DeltaError::TooManyChunks`]: the file needs a larger layout.
+    pub fn advance(&mut self) -> Result<Needs, DeltaError> {
+        loop {
+            let avail = &self.pending[self.start..];
+            if avail.is_empty() {
+                return Ok(if self.fed_all { Needs::Nothing } else { Needs::Data });
+            }
+            if let Some(j) = self.next {
+                let Some(&(len, id)) = self.theirs.get(j) else {
+                    if !self.ended {
+                        return Ok(Needs::Theirs);
+                    }
+                    self.next = None;
+                    continue;
+                };
+                let l = len as usize;
+                if avail.len() < l && !self.fed_all {
+                    return Ok(Needs::Data);
+                }
+                if avail.len() >= l && chunk_id(&avail[..l]) == id {
+                    self.take(l, id, Some(j + 1))?;
+                    continue;
+                }
+                // Out of step: cut by content from here.
+                self.next = None;
+            }
+            if avail.len() < self.layout.max() && !self.fed_all {
+                return Ok(Needs::Data);
+            }
+            let l = cut_len(self.layout, avail);
+            let id = chunk_id(&avail[..l]);
+            let theirs = &self.theirs;
+            let next = self.index.get(&id).filter(|&&k| theirs[k].0 as usize == l).map(|&k| k + 1);
+            self.take(l, id, next)?;
+        }
+    }
+
+    fn take(&mut self, len: usize, id: ChunkId, next: Option<usize>) -> Result<(), DeltaError> {
+        self.entries.push((len as u32, id));
+        self.start += len;
+        self.next = next;
+        if self.entries.len() > MAX_CHUNKS {
+            return Err(DeltaError::TooManyChunks { count: self.entries.len() as u64 });
+        }
+        Ok(())
+    }
+
+    /// The new file's entries, once [`advance`](Self::advance) said
+    /// [`Needs::Nothing`].
+    ///
+    /// # Errors
+    ///
+    /// [`DeltaError::TooShort`]: bytes fed and not cut (it was not
+    /// advanced to the end).
+    pub fn finish(self) -> Result<Signature, DeltaError> {
+        if self.start < self.pending.len() || !self.fed_all {
+            let written = self.len - (self.pending.len() - self.start) as u64;
+            return Err(DeltaError::TooShort { written, new_len: self.len });
+        }
+        Ok(Signature { layout: self.layout, len: self.len, entries: self.entries })
+    }
+}
+
 /// Takes a signature in from its frames, checking each entry as it comes
 /// (the sender's side).
 #[derive(Debug)]
@@ -578,6 +738,11 @@ impl SignatureReader {
             self.entries.push((len, entry[4..].try_into().expect("ID_LEN bytes")));
         }
         Ok(())
+    }
+
+    /// The entries taken so far, each checked.
+    pub fn entries(&self) -> &[(u32, ChunkId)] {
+        &self.entries
     }
 
     /// The signature, once every entry came.

@@ -261,9 +261,104 @@ proptest! {
             }
         }
         rebuilt(&old, &new, piece);
+        // Guided by the old file's signature, given a few entries at a time.
+        let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+        let theirs = index(&old, layout, usize::MAX);
+        let (out, _) = built(&old, &new, &diff(&theirs, &guided(&theirs, &new, piece, 1 + piece % 5)).unwrap());
+        prop_assert!(out == new, "guided: rebuilt file differs");
         let whole = index(&old, Layout::Chunks(Params::DEFAULT), usize::MAX);
         prop_assert_eq!(index(&old, Layout::Chunks(Params::DEFAULT), piece), whole);
     }
+}
+
+/// The new file's entries cut guided by `theirs`, its entries given `batch`
+/// at a time as the cut asks for them, the file fed in `piece`s.
+fn guided(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> Signature {
+    let mut g = Guided::new(theirs.layout).unwrap();
+    let (mut fed, mut given) = (0, 0);
+    loop {
+        match g.advance().unwrap() {
+            Needs::Nothing => break,
+            Needs::Theirs if given < theirs.entries.len() => {
+                let to = (given + batch.max(1)).min(theirs.entries.len());
+                g.theirs(&theirs.entries[given..to]);
+                given = to;
+            }
+            Needs::Theirs => g.theirs_ended(),
+            Needs::Data if fed < new.len() => {
+                let to = (fed + piece.max(1)).min(new.len());
+                g.feed(&new[fed..to]);
+                fed = to;
+            }
+            Needs::Data => g.fed_all(),
+        }
+    }
+    g.finish().unwrap()
+}
+
+/// What `pieces` build from `old` and `new`, and the bytes they copy.
+fn built(old: &[u8], new: &[u8], pieces: &[Piece]) -> (Vec<u8>, u64) {
+    let mut out = Vec::new();
+    for p in pieces {
+        match *p {
+            Piece::Copy { offset, len } => out.extend_from_slice(&old[offset as usize..(offset + len) as usize]),
+            Piece::Literal { at, len } => out.extend_from_slice(&new[at as usize..(at + len) as usize]),
+        }
+    }
+    let copied = pieces.iter().filter(|p| matches!(p, Piece::Copy { .. })).map(Piece::len).sum();
+    (out, copied)
+}
+
+/// A cut guided by the receiver's signature finds what a full cut finds
+/// (an insertion, an edit, an append, the file unchanged, a file
+/// reordered) whatever the pieces and however slowly the entries come,
+/// and its diff rebuilds the new file.
+#[test]
+fn a_guided_cut_finds_what_a_full_cut_finds() {
+    let old = noise(3_000_000, 31);
+    let mut inserted = old[..1_000_000].to_vec();
+    inserted.extend_from_slice(&noise(1000, 32));
+    inserted.extend_from_slice(&old[1_000_000..]);
+    let mut edited = old.clone();
+    edited.truncate(2_900_000);
+    edited[2_000_000..2_000_100].fill(7);
+    let mut appended = old.clone();
+    appended.extend_from_slice(&noise(300_000, 33));
+    let reordered = [&old[2_000_000..], &old[..2_000_000]].concat();
+    let cases = [("inserted", inserted), ("edited", edited), ("appended", appended), ("reordered", reordered)];
+    for (what, new) in cases.into_iter().chain([("same", old.clone())]) {
+        let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+        let theirs = index(&old, layout, usize::MAX);
+        let full = diff(&theirs, &index(&new, layout, usize::MAX)).unwrap();
+        let (_, full_copied) = built(&old, &new, &full);
+        for (piece, batch) in [(1 << 20, usize::MAX), (7_777, 3), (100_000, 1)] {
+            let ours = guided(&theirs, &new, piece, batch);
+            assert_eq!((ours.len, ours.layout), (new.len() as u64, layout), "{what}");
+            let pieces = diff(&theirs, &ours).unwrap();
+            let (out, copied) = built(&old, &new, &pieces);
+            assert!(out == new, "{what}: rebuilt file differs");
+            // At most a chunk or two either side of each change differs.
+            let slack = 8 * layout.max() as u64;
+            assert!(copied + slack >= full_copied, "{what}: {copied} copied, a full cut {full_copied}");
+        }
+    }
+}
+
+/// Where nothing of the old file is left, or no entry ever comes, the
+/// guided cut is a full cut.
+#[test]
+fn a_guided_cut_without_matches_is_a_full_cut() {
+    let old = noise(500_000, 34);
+    let new = noise(600_000, 35);
+    let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+    let theirs = index(&old, layout, usize::MAX);
+    assert_eq!(guided(&theirs, &new, 65_536, 10), index(&new, layout, usize::MAX));
+    let none = Signature { layout, len: 0, entries: Vec::new() };
+    assert_eq!(guided(&none, &new, 65_536, 10), index(&new, layout, usize::MAX));
+    // Not advanced to the end: refused.
+    let mut g = Guided::new(layout).unwrap();
+    g.feed(&new);
+    assert!(matches!(g.finish(), Err(DeltaError::TooShort { .. })));
 }
 
 /// `diff` of two signatures makes the file an `Encoder` makes, with the

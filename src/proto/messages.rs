@@ -415,7 +415,8 @@ messages! {
         sparse: bool,
         /// The server holds an older version of the file (`put.delta`
         /// asked): the upload may come as a delta ([`PutDelta`]). Its
-        /// signature follows in `count` entries of [`SignatureFrame`]s.
+        /// signature follows in `count` entries of [`SignatureFrame`]s,
+        /// or, `streamed`, as it is cut, until an empty one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         basis: Option<super::Basis>,
     }
@@ -445,7 +446,8 @@ messages! {
 
     /// Entries of a signature (PROTOCOL.md §4.6.6): 12 bytes each, a
     /// chunk's length (`u32`, big endian) and the first 8 bytes of its
-    /// BLAKE3; at most 32,768 entries a frame.
+    /// BLAKE3; at most 32,768 entries a frame. An empty one ends a
+    /// streamed signature.
     SignatureFrame = "signature", ToBoth, body, cold, example: SignatureFrame { len: 24, failed: false };
     {
         /// Body length.

@@ -449,19 +449,39 @@ pub async fn read_signature<S>(s: &mut Session<S>, basis: &Basis) -> Result<Sign
 ///
 /// As [`read_signature`].
 pub async fn read_signature_from(reader: &mut FrameReader<BoxRead>, basis: &Basis) -> Result<Signature, DeltaFailed> {
-    let layout = basis.layout.ok_or(DeltaError::SignatureLength { declared: basis.len, entries: basis.count })?;
-    let mut sig = SignatureReader::new(layout, basis.len, basis.count)?;
-    let mut got = 0u64;
-    while got < basis.count {
-        let Some((SignatureFrame { len, .. }, _)) = reader.read_head::<SignatureFrame>().await? else {
+    read_entries(reader, basis, false, |_| {}).await
+}
+
+/// Reads a signature's frames, counted or `streamed` (until an empty
+/// frame), each checked as it comes ([`SignatureReader`]); `taken` gets
+/// each frame's entries once checked.
+async fn read_entries(
+    reader: &mut FrameReader<BoxRead>,
+    basis: &Basis,
+    streamed: bool,
+    mut taken: impl FnMut(&[(u32, crate::delta::ChunkId)]),
+) -> Result<Signature, DeltaFailed> {
+    let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
+    let layout = basis.layout.ok_or(declared)?;
+    let mut sig = match streamed {
+        true => SignatureReader::streamed(layout, basis.len)?,
+        false => SignatureReader::new(layout, basis.len, basis.count)?,
+    };
+    let mut got = 0;
+    while streamed || (got as u64) < basis.count {
+        let Some((SignatureFrame { len, failed }, _)) = reader.read_head::<SignatureFrame>().await? else {
             return Err(DeltaFailed::Closed);
         };
-        if len == 0 {
-            return Err(DeltaError::RaggedFrame { len: 0 }.into());
+        match (len, streamed) {
+            (0, true) if failed => return Err(DeltaFailed::NoSignature),
+            (0, true) => break,
+            (0, false) => return Err(DeltaError::RaggedFrame { len: 0 }.into()),
+            _ => {}
         }
         let body = reader.read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
         sig.push(&body)?;
-        got += (body.len() / ENTRY_LEN) as u64;
+        taken(&sig.entries()[got..]);
+        got = sig.entries().len();
     }
     Ok(sig.finish()?)
 }
@@ -477,22 +497,85 @@ pub async fn read_signature_from(reader: &mut FrameReader<BoxRead>, basis: &Basi
 /// As [`read_signature`]; [`DeltaFailed::NoSignature`] where the server
 /// ended it `failed`.
 pub async fn read_offered<S>(s: &mut Session<S>, basis: &Basis) -> Result<Signature, DeltaFailed> {
-    if !basis.streamed {
-        return read_signature(s, basis).await;
+    read_entries(s.reader(), basis, basis.streamed, |_| {}).await
+}
+
+/// [`read_offered`], while a blocking thread cuts `file` (`size` bytes)
+/// guided by the entries as they come ([`crate::delta::Guided`]) and
+/// hashes it whole in the same pass: when the signature ends, the new
+/// file's entries are made but for what follows its last entries, and
+/// nothing of the file is left to read. Returns the signature read, and
+/// `file` with its entries and hash (the cut is given up, `Interrupted`,
+/// if the signature fails).
+pub async fn read_offered_guiding<S>(
+    s: &mut Session<S>,
+    basis: &Basis,
+    file: File,
+    size: u64,
+) -> (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>) {
+    let Some(layout) = basis.layout else {
+        let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
+        return (Err(declared.into()), Ok((file, Err(io::ErrorKind::InvalidInput.into()))));
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stop = StopOnDrop::default();
+    let flag = stop.0.clone();
+    let cutting = tokio::task::spawn_blocking(move || {
+        let cut = guided_cut(&file, size, layout, &mut rx, &flag);
+        (file, cut)
+    });
+    let theirs = read_entries(s.reader(), basis, basis.streamed, |entries| drop(tx.send(entries.to_vec()))).await;
+    drop(tx);
+    if theirs.is_err() {
+        drop(stop);
     }
-    let layout = basis.layout.ok_or(DeltaError::SignatureLength { declared: basis.len, entries: 0 })?;
-    let mut sig = SignatureReader::streamed(layout, basis.len)?;
-    let reader = s.reader();
+    let ours = cutting.await.map_err(|e| DeltaFailed::Io(io::Error::other(e)));
+    (theirs, ours)
+}
+
+/// A [`crate::delta::Guided`] cut of `file` (`size` bytes) as `layout`
+/// says, the receiver's entries taken from `rx` as it asks for them (its
+/// end when `rx` closes), the file read once in pieces of [`PIECE`] bytes
+/// and hashed whole on the way. Blocking; `Interrupted` once `stop` is
+/// set.
+fn guided_cut(
+    file: &File,
+    size: u64,
+    layout: Layout,
+    rx: &mut mpsc::UnboundedReceiver<Vec<(u32, crate::delta::ChunkId)>>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> io::Result<(Signature, blake3::Hash)> {
+    use crate::delta::Needs;
+    let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut guided = crate::delta::Guided::new(layout).map_err(invalid)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; PIECE];
+    let mut at = 0u64;
     loop {
-        let Some((SignatureFrame { len, failed }, _)) = reader.read_head::<SignatureFrame>().await? else {
-            return Err(DeltaFailed::Closed);
-        };
-        if len == 0 {
-            return if failed { Err(DeltaFailed::NoSignature) } else { Ok(sig.finish()?) };
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::ErrorKind::Interrupted.into());
         }
-        let body = reader.read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
-        sig.push(&body)?;
+        match guided.advance().map_err(invalid)? {
+            Needs::Nothing => break,
+            Needs::Theirs => match rx.blocking_recv() {
+                Some(entries) => guided.theirs(&entries),
+                None => guided.theirs_ended(),
+            },
+            Needs::Data if at == size => guided.fed_all(),
+            Needs::Data => {
+                let want = usize::try_from(size - at).unwrap_or(PIECE).min(PIECE);
+                let n = file.read_at(&mut buf[..want], at)?;
+                if n == 0 {
+                    let why = "the file shrank while it was indexed";
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
+                }
+                hasher.update(&buf[..n]);
+                guided.feed(&buf[..n]);
+                at += n as u64;
+            }
+        }
     }
+    Ok((guided.finish().map_err(invalid)?, hasher.finalize()))
 }
 
 /// Feeds a signature's entries in `signature` frames (the caller
