@@ -513,6 +513,26 @@ pub async fn read_offered_guiding<S>(
     file: File,
     size: u64,
 ) -> (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>) {
+    read_guiding(s, (basis, basis.streamed), file, size).await
+}
+
+/// [`read_offered_guiding`] of a counted signature: a get's server's,
+/// which reads the client's.
+pub async fn read_signature_guiding<S>(
+    s: &mut Session<S>,
+    basis: &Basis,
+    file: File,
+    size: u64,
+) -> (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>) {
+    read_guiding(s, (basis, false), file, size).await
+}
+
+async fn read_guiding<S>(
+    s: &mut Session<S>,
+    (basis, streamed): (&Basis, bool),
+    file: File,
+    size: u64,
+) -> (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>) {
     let Some(layout) = basis.layout else {
         let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
         return (Err(declared.into()), Ok((file, Err(io::ErrorKind::InvalidInput.into()))));
@@ -524,7 +544,7 @@ pub async fn read_offered_guiding<S>(
         let cut = guided_cut(&file, size, layout, &mut rx, &flag);
         (file, cut)
     });
-    let theirs = read_entries(s.reader(), basis, basis.streamed, |entries| drop(tx.send(entries.to_vec()))).await;
+    let theirs = read_entries(s.reader(), basis, streamed, |entries| drop(tx.send(entries.to_vec()))).await;
     drop(tx);
     if theirs.is_err() {
         drop(stop);

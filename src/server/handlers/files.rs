@@ -98,32 +98,54 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
             Some((file, delta::Want::Append(len, prefix))) => Some((file, delta::Plan::Append(len, Some(prefix)))),
             Some((file, delta::Want::Signature)) => {
                 s.send(&SignatureWanted {}, &[]).await?;
-                // Ours cut while theirs comes.
                 let layout = basis.layout.unwrap_or(crate::delta::Layout::for_sizes(basis.len, size));
-                // Given up if this handler returns first (the client left,
-                // or sent a bad signature).
-                let stop = delta::StopOnDrop::default();
-                let flag = stop.0.clone();
-                let chunking = tokio::task::spawn_blocking(move || {
-                    delta::index_until(&file, size, layout, &flag).map(|sig| (file, sig))
-                });
-                let theirs = match cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await? {
-                    Ok(sig) => sig,
-                    Err(delta::DeltaFailed::Wire(e)) => return Err(e),
-                    Err(delta::DeltaFailed::Closed) => return Ok(()),
-                    Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
-                };
-                let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
-                drop(stop);
-                match chunked {
-                    // The file's hash is made after the ops, while the
-                    // client builds.
-                    Ok(Ok((file, ours))) => match crate::delta::diff(&theirs, &ours) {
-                        Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, None))),
-                        Err(_) => None,
-                    },
-                    // Not read: the file goes as a whole one would.
-                    _ => None,
+                if matches!(layout, crate::delta::Layout::Chunks(_)) {
+                    // Ours cut guided by theirs as it comes, and hashed
+                    // in the same pass (given up if the signature fails).
+                    let read = delta::read_signature_guiding(s, &basis, file, size);
+                    let (theirs, ours) = cut_off_by(&cut, async { Ok(read.await) }).await?;
+                    let theirs = match theirs {
+                        Ok(sig) => sig,
+                        Err(delta::DeltaFailed::Wire(e)) => return Err(e),
+                        Err(delta::DeltaFailed::Closed) => return Ok(()),
+                        Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
+                    };
+                    match ours {
+                        Ok((file, Ok((ours, hash)))) => match crate::delta::diff(&theirs, &ours) {
+                            Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, Some(hash)))),
+                            Err(_) => None,
+                        },
+                        // Not read: the file goes as a whole one would.
+                        _ => None,
+                    }
+                } else {
+                    // Blocks: ours cut while theirs comes. Given up if this
+                    // handler returns first (the client left, or sent a bad
+                    // signature).
+                    let stop = delta::StopOnDrop::default();
+                    let flag = stop.0.clone();
+                    let chunking = tokio::task::spawn_blocking(move || {
+                        delta::index_until(&file, size, layout, &flag).map(|sig| (file, sig))
+                    });
+                    let read = delta::read_signature(s, &basis);
+                    let theirs = match cut_off_by(&cut, async { Ok(read.await) }).await? {
+                        Ok(sig) => sig,
+                        Err(delta::DeltaFailed::Wire(e)) => return Err(e),
+                        Err(delta::DeltaFailed::Closed) => return Ok(()),
+                        Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
+                    };
+                    let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
+                    drop(stop);
+                    match chunked {
+                        // The file's hash is made after the ops, while the
+                        // client builds.
+                        Ok(Ok((file, ours))) => match crate::delta::diff(&theirs, &ours) {
+                            Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, None))),
+                            Err(_) => None,
+                        },
+                        // Not read: the file goes as a whole one would.
+                        _ => None,
+                    }
                 }
             }
             None => None,
