@@ -1443,6 +1443,65 @@ async fn streamed_and_counted(root: &RootServer) {
     }
 }
 
+/// A likely append that is not one (the same last 4 KiB, another first
+/// byte): the client's `signature_wanted` gets the signature, streamed
+/// where the put asked so and counted where not, and the upload that
+/// follows completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signature_after_an_append_that_is_not_one_is_streamed_as_asked() {
+    let root = RootServer::dir().await;
+    let old = noise(4 << 20, 24);
+    let mut new = old.clone();
+    new[0] ^= 1;
+    new.extend_from_slice(&noise(100_000, 25));
+    let local = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(local.path(), &new).unwrap();
+    let sample = proto::Sample::of(local.as_file(), old.len() as u64).unwrap();
+    let layout = framewire::delta::Layout::for_sizes(old.len() as u64, new.len() as u64);
+    let want: Vec<u8> = signature_of(&old, layout).entry_frames(usize::MAX).flatten().collect();
+    for stream in [true, false] {
+        root.write("f.bin", &old).await;
+        let (mut r, mut w) = raw(root.addr).await;
+        let put = proto::Put {
+            path: "f.bin".into(),
+            size: new.len() as u64,
+            force: true,
+            mode: None,
+            mtime: None,
+            mtime_ns: None,
+            backup: None,
+            delta: Some(proto::DeltaAsk { append: Some(sample.clone()), trust: false, stream }),
+        };
+        w.send(&Message::Put(put), &[]).await.unwrap();
+        let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+        let basis = ready.basis.unwrap();
+        assert!(basis.append && basis.blake3.as_deref() == Some(&*blake3::hash(&old).to_hex()), "{basis:?}");
+        w.send(&Message::SignatureWanted(proto::SignatureWanted {}), &[]).await.unwrap();
+        let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+        let basis = ready.basis.unwrap();
+        assert!(!basis.append && basis.streamed == stream, "{basis:?}");
+        let mut entries = Vec::new();
+        loop {
+            let Some((Message::SignatureFrame(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+            let body = r.read_body(1 << 20).await.unwrap();
+            if body.is_empty() {
+                break;
+            }
+            entries.extend_from_slice(&body);
+            if !stream && entries.len() as u64 == basis.count * 12 {
+                break;
+            }
+        }
+        assert!(entries == want, "stream {stream}: not the older version's signature");
+        let head = proto::PutData { len: new.len() as u64, offset: 0, holes: None };
+        w.send(&Message::PutData(head), &new).await.unwrap();
+        let sum = proto::Checksum { blake3: blake3::hash(&new).to_hex().to_string() };
+        w.send(&Message::Checksum(sum), &[]).await.unwrap();
+        let Some((Message::PutDone(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+        assert!(root.read("f.bin").await.unwrap() == new);
+    }
+}
+
 /// A fake server that answers a put of a 1 MiB file with a streamed
 /// basis of `len` bytes and the frames `script` sends; returns what it
 /// read after them (put_delta's ops, as data bytes, if it got any).
@@ -1505,16 +1564,17 @@ async fn streamed_fake(
 
 /// A hostile or broken server's streamed signature: entries past what
 /// the layout allows, a short one before the end, entries that do not add
-/// up at the end, a connection closed before it ends: each refused with
-/// a clear error. One the server ends `failed` (it could not cut its file
-/// to the end): every byte goes as data, and the put completes.
+/// up at the end, a connection closed before it ends, `failed` on a frame
+/// with entries: each refused with a clear error, for blocks and for
+/// chunks (cut guided by it). One the server ends `failed` (it could not
+/// cut its file to the end): every byte goes as data, and the put
+/// completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_streamed_signature_is_refused() {
     let entry = |len: u32| [len.to_be_bytes().to_vec(), vec![7; 8]].concat();
     let frame = |body: Vec<u8>| (proto::SignatureFrame { len: body.len() as u64, failed: false }, body);
     let end = |failed| (proto::SignatureFrame { len: 0, failed }, Vec::new());
     let mib: u64 = 1 << 20;
-    // Equal sizes: blocks of 1 KiB, 1,024 of them.
     type Case = (&'static str, Vec<(proto::SignatureFrame, Vec<u8>)>, bool);
     let cases: Vec<Case> = vec![
         ("more entries than the file has blocks", vec![frame(entry(1024).repeat(1025)), end(false)], false),
@@ -1525,45 +1585,55 @@ async fn a_hostile_streamed_signature_is_refused() {
         ),
         ("entries short of the file", vec![frame(entry(1024).repeat(10)), end(false)], false),
         ("a connection closed before the end", vec![frame(entry(1024).repeat(10))], true),
+        (
+            "`failed` on a frame with entries",
+            vec![(proto::SignatureFrame { len: 12, failed: true }, entry(1024))],
+            false,
+        ),
     ];
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("f.bin");
     let data = noise(mib as usize, 23);
     std::fs::write(&local, &data).unwrap();
-    let mut options = delta_options();
-    options.other_len = Some(mib);
-    for (what, frames, closes) in cases {
+    // The server's file as long as ours (blocks, cut beside the
+    // signature), and shorter (chunks of 256 B to 4 KiB, ours cut guided
+    // by it): 1 KiB entries fit both.
+    for len in [mib, mib - 4096] {
+        let mut options = delta_options();
+        options.other_len = Some(len);
+        for (what, frames, closes) in cases.clone() {
+            let script = move |mut w: RawWriter| -> std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> {
+                Box::pin(async move {
+                    for (head, body) in frames {
+                        w.send(&Message::SignatureFrame(head), &body).await.unwrap();
+                    }
+                    (!closes).then_some(w)
+                })
+            };
+            let (addr, fake) = streamed_fake(len, script).await;
+            let mut client = Client::connect(&addr.to_string()).await.unwrap();
+            let err = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap_err();
+            if closes {
+                assert!(matches!(err, ClientError::Closed | ClientError::Wire(_)), "{what}, {len}: {err:?}");
+            } else {
+                assert!(matches!(err, ClientError::Unexpected { .. }), "{what}, {len}: {err:?}");
+                assert!(err.to_string().contains("signature"), "{what}, {len}: {err}");
+            }
+            assert_eq!(fake.await.unwrap(), None, "{what}, {len}: the client went on");
+        }
+        // Ended `failed`: some entries came, then none is to be used.
         let script = move |mut w: RawWriter| -> std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> {
             Box::pin(async move {
-                for (head, body) in frames {
+                for (head, body) in [frame(entry(1024).repeat(10)), end(true)] {
                     w.send(&Message::SignatureFrame(head), &body).await.unwrap();
                 }
-                (!closes).then_some(w)
+                Some(w)
             })
         };
-        let (addr, fake) = streamed_fake(mib, script).await;
+        let (addr, fake) = streamed_fake(len, script).await;
         let mut client = Client::connect(&addr.to_string()).await.unwrap();
-        let err = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap_err();
-        if closes {
-            assert!(matches!(err, ClientError::Closed | ClientError::Wire(_)), "{what}: {err:?}");
-        } else {
-            assert!(matches!(err, ClientError::Unexpected { .. }), "{what}: {err:?}");
-            assert!(err.to_string().contains("signature"), "{what}: {err}");
-        }
-        assert_eq!(fake.await.unwrap(), None, "{what}: the client went on");
+        let done = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap();
+        assert_eq!(done.matched, 0);
+        assert!(fake.await.unwrap().unwrap() == data, "{len}: every byte, as data");
     }
-    // Ended `failed`: some entries came, then none is to be used.
-    let script = move |mut w: RawWriter| -> std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> {
-        Box::pin(async move {
-            for (head, body) in [frame(entry(1024).repeat(10)), end(true)] {
-                w.send(&Message::SignatureFrame(head), &body).await.unwrap();
-            }
-            Some(w)
-        })
-    };
-    let (addr, fake) = streamed_fake(mib, script).await;
-    let mut client = Client::connect(&addr.to_string()).await.unwrap();
-    let done = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap();
-    assert_eq!(done.matched, 0);
-    assert!(fake.await.unwrap().unwrap() == data, "every byte, as data");
 }

@@ -6,18 +6,23 @@
 //! an encoder takes it exactly when its layout is the one the sizes call
 //! for, making ops for every byte of the new file, none over `MAX_DATA`;
 //! accepted ops survive a round trip through their wire form; a patch
-//! that is accepted makes exactly the new file's length.
+//! that is accepted makes exactly the new file's length; a cut guided by
+//! an old file's signature (`Guided`) diffs into pieces that rebuild the
+//! new file, whatever the layout, pieces and pace of the entries.
 //!
-//! Input: a mode byte, a layout (a byte, its top bit for a streamed
-//! signature, then sizes), lengths, then
-//! frames (each a length byte and at most 255 bytes) or an op stream.
+//! Input: a mode byte; for a signature, a layout (a byte, its top bit for
+//! a streamed signature, then sizes), lengths, then frames (each a length
+//! byte and at most 255 bytes); for ops, an old file and an op stream; for
+//! a guided cut, the layout, the pace, an old file (a field repeated) and
+//! the new one (each byte 16 times).
 #![no_main]
 
 mod common;
 
 use common::Input;
 use framewire::delta::{
-    apply_in_memory, Layout, Op, Params, SignatureReader, DeltaError, Encoder, ENTRY_LEN,
+    apply_in_memory, diff, Guided, Indexer, Layout, Needs, Op, Params, Piece, SignatureReader, DeltaError, Encoder,
+    ENTRY_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -97,10 +102,70 @@ fn ops(mut input: Input<'_>) {
     }
 }
 
+/// A sender's cut guided by an old file's signature (`Guided`), its
+/// entries given in batches of the input's choosing and the new file fed
+/// in pieces of its choosing: the diff against the whole signature always
+/// rebuilds the new file.
+fn guided(mut input: Input<'_>) {
+    let blocks = input.byte() & 1 == 1;
+    let batch = usize::from(input.byte()) + 1;
+    let piece = usize::from(input.byte()) * 64 + 1;
+    let old = input.field(255).repeat(usize::from(input.byte() % 64) + 1);
+    let mut new: Vec<u8> = input.rest().iter().flat_map(|&b| [b; 16]).collect();
+    // Blocks are for files of one size: the new one made as long.
+    let layout = match blocks {
+        true => {
+            new.resize(old.len(), 0);
+            Layout::Blocks(Layout::SMALLEST_BLOCK)
+        }
+        false => Layout::Chunks(Params::SMALLEST),
+    };
+    let mut ix = Indexer::new(layout).unwrap();
+    ix.feed(&old).unwrap();
+    let theirs = ix.finish().unwrap();
+    let mut g = Guided::new(layout).unwrap();
+    let (mut fed, mut given) = (0, 0);
+    loop {
+        match g.advance().unwrap() {
+            Needs::Nothing => break,
+            Needs::Theirs if given < theirs.entries.len() => {
+                let to = (given + batch).min(theirs.entries.len());
+                g.theirs(&theirs.entries[given..to]);
+                given = to;
+            }
+            Needs::Theirs => g.theirs_ended(),
+            Needs::Data if fed < new.len() => {
+                let to = (fed + piece).min(new.len());
+                g.feed(&new[fed..to]);
+                fed = to;
+            }
+            Needs::Data => g.fed_all(),
+        }
+    }
+    let ours = g.finish().unwrap();
+    let sum: u64 = ours.entries.iter().map(|&(l, _)| u64::from(l)).sum();
+    assert_eq!(sum, new.len() as u64);
+    // The diff takes only a layout the sizes call for: rebuilt from it
+    // where it is that one.
+    let Ok(pieces) = diff(&theirs, &ours) else {
+        assert_ne!(layout, Layout::for_sizes(old.len() as u64, new.len() as u64));
+        return;
+    };
+    let mut out = Vec::new();
+    for p in pieces {
+        match p {
+            Piece::Copy { offset, len } => out.extend_from_slice(&old[offset as usize..(offset + len) as usize]),
+            Piece::Literal { at, len } => out.extend_from_slice(&new[at as usize..(at + len) as usize]),
+        }
+    }
+    assert!(out == new, "rebuilt file differs");
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
-    match input.byte() % 2 {
+    match input.byte() % 3 {
         0 => signature(input),
-        _ => ops(input),
+        1 => ops(input),
+        _ => guided(input),
     }
 });

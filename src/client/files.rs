@@ -1324,14 +1324,21 @@ impl Client {
             && (basis.streamed || early.is_none());
         let (theirs, ours) = if guide {
             drop(early);
-            let (theirs, ours) = delta::read_offered_guiding(&mut self.session, basis, file, size).await;
+            let read = delta::read_guiding(&mut self.session, (basis, basis.streamed), (file, size), true);
+            let (theirs, ours) = read.await;
             let ours = match ours {
-                // The file back, for every byte to go as new data.
+                // A streamed signature the server could not finish: the
+                // file back, for every byte to go as new data.
                 Ok((file, _)) if matches!(theirs, Err(delta::DeltaFailed::NoSignature)) => {
                     return Ok((file, delta::Plan::Fresh));
                 }
                 Ok((file, cut)) => Ok(cut.map(|(sig, hash)| (file, (std::sync::Arc::new(sig), Some(hash))))),
-                Err(e) => Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::other(e) }),
+                // The cut's thread failed: the file is lost to this put.
+                Err(e) => {
+                    self.session.abandon().await;
+                    let source = std::io::Error::other(e);
+                    return Err(ClientError::Local { path: local.to_owned(), source }.into());
+                }
             };
             (theirs, ours)
         } else {
@@ -1347,8 +1354,9 @@ impl Client {
         };
         let theirs = match theirs {
             Ok(sig) => sig,
-            // A streamed signature the server could not finish: every
-            // byte goes, as new data.
+            // A streamed signature the server could not finish, for a cut
+            // not guided (blocks, a fan-out's): every byte goes, as new
+            // data, once the cut that had begun hands the file back.
             Err(delta::DeltaFailed::NoSignature) => {
                 let file = match ours? {
                     Ok((file, _)) => file,

@@ -397,8 +397,14 @@ impl Signature {
     /// The entries as frames of at most `per_frame` entries each
     /// ([`ENTRY_LEN`] bytes an entry), for [`SignatureReader::push`].
     pub fn entry_frames(&self, per_frame: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
-        self.entries.chunks(per_frame.max(1)).map(entry_bytes)
+        entry_frames(&self.entries, per_frame)
     }
+}
+
+/// `entries` as frames of at most `per_frame` entries each, in their wire
+/// form ([`entry_bytes`]).
+pub fn entry_frames(entries: &[(u32, ChunkId)], per_frame: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+    entries.chunks(per_frame.max(1)).map(entry_bytes)
 }
 
 /// Entries in their wire form ([`ENTRY_LEN`] bytes each), for a
@@ -488,8 +494,17 @@ pub struct Guided {
     /// stands among them.
     theirs: Vec<(u32, ChunkId)>,
     index: HashMap<ChunkId, usize>,
+    /// Where each of theirs starts in the old file, and the bytes they
+    /// cover.
+    offsets: Vec<u64>,
+    covered: u64,
     /// No more of theirs will come.
     ended: bool,
+    /// Where the next chunk starts in the new file.
+    pos: u64,
+    /// The new file's offset less the old one's at the last chunk found:
+    /// where the old file holds what follows, if nothing else changed.
+    drift: i128,
     /// New bytes fed and not yet cut, from `pending[start]`.
     pending: Vec<u8>,
     start: usize,
@@ -498,7 +513,14 @@ pub struct Guided {
     len: u64,
     /// The receiver's entry guessed to come next.
     next: Option<usize>,
+    /// Bytes hashed for guesses that missed: past a bound, no more
+    /// guesses (a signature made to mislead costs no more than a cut).
+    missed: u64,
+    /// The next decision is not to wait for more of theirs
+    /// ([`go_on`](Self::go_on)).
+    impatient: bool,
     entries: Vec<(u32, ChunkId)>,
+    by_content: u64,
 }
 
 /// What a [`Guided`] cut needs to go on.
@@ -526,13 +548,20 @@ impl Guided {
             layout,
             theirs: Vec::new(),
             index: HashMap::new(),
+            offsets: Vec::new(),
+            covered: 0,
             ended: false,
+            pos: 0,
+            drift: 0,
             pending: Vec::new(),
             start: 0,
             fed_all: false,
             len: 0,
             next: Some(0),
+            missed: 0,
+            impatient: false,
             entries: Vec::new(),
+            by_content: 0,
         })
     }
 
@@ -542,6 +571,8 @@ impl Guided {
         for &(len, id) in entries {
             self.index.entry(id).or_insert(self.theirs.len());
             self.theirs.push((len, id));
+            self.offsets.push(self.covered);
+            self.covered += u64::from(len);
         }
     }
 
@@ -561,6 +592,16 @@ impl Guided {
     /// Every byte of the new file was fed.
     pub fn fed_all(&mut self) {
         self.fed_all = true;
+    }
+
+    /// Where it would wait for more of the receiver's entries, goes on
+    /// without them: the guess is dropped, and the next chunk cut by
+    /// content and looked up among the entries come so far. For a side
+    /// that must not let its peer's pace hold it (a server cutting for a
+    /// client's signature).
+    pub fn go_on(&mut self) {
+        self.next = None;
+        self.impatient = true;
     }
 
     /// Cuts what it can; says what it needs to go on.
@@ -583,35 +624,71 @@ impl Guided {
                     continue;
                 };
                 let l = len as usize;
-                if avail.len() < l && !self.fed_all {
+                // A piece shorter than the layout cuts stands only at the
+                // file's end (as the old file's last): guessed anywhere
+                // else, it would put every cut after it out of the
+                // layout's.
+                let short = !self.layout.allows(len, false);
+                if (avail.len() < l || (short && avail.len() == l)) && !self.fed_all {
                     return Ok(Needs::Data);
                 }
-                if avail.len() >= l && chunk_id(&avail[..l]) == id {
+                let fits = !short || avail.len() == l;
+                if fits && avail.len() >= l && chunk_id(&avail[..l]) == id {
                     self.take(l, id, Some(j + 1))?;
                     continue;
                 }
                 // Out of step: cut by content from here.
+                self.missed += len.min(avail.len() as u32) as u64;
                 self.next = None;
             }
-            if avail.len() < self.layout.max() && !self.fed_all {
+            let max = self.layout.max();
+            if avail.len() < max && !self.fed_all {
                 return Ok(Needs::Data);
             }
             let l = cut_len(self.layout, avail);
+            // Looked up only once theirs cover where this chunk would
+            // stand in the old file, and a few chunks past: a chunk
+            // after a change is most often found there, and one not
+            // found would leave the guess for the rest of the file.
+            let end = i128::from(self.pos + l as u64) - self.drift + 4 * max as i128;
+            if !self.ended && !self.impatient && i128::from(self.covered) < end {
+                return Ok(Needs::Theirs);
+            }
+            self.impatient = false;
             let id = chunk_id(&avail[..l]);
             let theirs = &self.theirs;
-            let next = self.index.get(&id).filter(|&&k| theirs[k].0 as usize == l).map(|&k| k + 1);
-            self.take(l, id, next)?;
+            let found = self.index.get(&id).filter(|&&k| theirs[k].0 as usize == l).map(|&k| k + 1);
+            // Guesses that missed cost a hash each: past an eighth of
+            // the file (and a few chunks), none are made.
+            let guessing = self.missed <= self.pos / 8 + 16 * max as u64;
+            self.by_content += 1;
+            self.take(l, id, found.filter(|_| guessing))?;
         }
     }
 
     fn take(&mut self, len: usize, id: ChunkId, next: Option<usize>) -> Result<(), DeltaError> {
         self.entries.push((len as u32, id));
+        if let Some(found) = next {
+            self.drift = i128::from(self.pos) - i128::from(self.offsets[found - 1]);
+        }
         self.start += len;
+        self.pos += len as u64;
         self.next = next;
         if self.entries.len() > MAX_CHUNKS {
             return Err(DeltaError::TooManyChunks { count: self.entries.len() as u64 });
         }
         Ok(())
+    }
+
+    /// Chunks cut by content so far, not guessed: the chunker ran over
+    /// these, and only these.
+    pub fn by_content(&self) -> u64 {
+        self.by_content
+    }
+
+    /// Bytes hashed so far for guesses that missed.
+    pub fn missed(&self) -> u64 {
+        self.missed
     }
 
     /// The new file's entries, once [`advance`](Self::advance) said
@@ -1040,8 +1117,10 @@ pub fn diff(old: &Signature, new: &Signature) -> Result<Vec<Piece>, DeltaError> 
     for (i, &(len, id)) in new.entries.iter().enumerate() {
         let found = match want {
             Layout::Chunks(_) => index.get(&id).filter(|&&(_, l)| l == len).map(|&(offset, _)| offset),
-            Layout::Blocks(_) => {
-                let fits = at + u64::from(len) <= old.len;
+            Layout::Blocks(size) => {
+                // Only a block at its place: `new` may come from a cut
+                // that is not the layout's own.
+                let fits = at + u64::from(len) <= old.len && at == i as u64 * u64::from(size);
                 (fits && old.entries.get(i).is_some_and(|&(l, o)| o == id && l == len)).then_some(at)
             }
         };

@@ -274,6 +274,11 @@ proptest! {
 /// The new file's entries cut guided by `theirs`, its entries given `batch`
 /// at a time as the cut asks for them, the file fed in `piece`s.
 fn guided(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> Signature {
+    guided_counting(theirs, new, piece, batch).0
+}
+
+/// [`guided`], and how many chunks it cut by content.
+fn guided_counting(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> (Signature, u64) {
     let mut g = Guided::new(theirs.layout).unwrap();
     let (mut fed, mut given) = (0, 0);
     loop {
@@ -293,7 +298,8 @@ fn guided(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> Signatu
             Needs::Data => g.fed_all(),
         }
     }
-    g.finish().unwrap()
+    let by_content = g.by_content();
+    (g.finish().unwrap(), by_content)
 }
 
 /// What `pieces` build from `old` and `new`, and the bytes they copy.
@@ -325,23 +331,94 @@ fn a_guided_cut_finds_what_a_full_cut_finds() {
     let mut appended = old.clone();
     appended.extend_from_slice(&noise(300_000, 33));
     let reordered = [&old[2_000_000..], &old[..2_000_000]].concat();
-    let cases = [("inserted", inserted), ("edited", edited), ("appended", appended), ("reordered", reordered)];
-    for (what, new) in cases.into_iter().chain([("same", old.clone())]) {
+    let cases = [("inserted", &inserted), ("edited", &edited), ("appended", &appended), ("reordered", &reordered)];
+    for (what, new) in cases.into_iter().chain([("same", &old)]) {
         let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
         let theirs = index(&old, layout, usize::MAX);
-        let full = diff(&theirs, &index(&new, layout, usize::MAX)).unwrap();
-        let (_, full_copied) = built(&old, &new, &full);
+        let full = diff(&theirs, &index(new, layout, usize::MAX)).unwrap();
+        let (_, full_copied) = built(&old, new, &full);
         for (piece, batch) in [(1 << 20, usize::MAX), (7_777, 3), (100_000, 1)] {
-            let ours = guided(&theirs, &new, piece, batch);
+            let ours = guided(&theirs, new, piece, batch);
             assert_eq!((ours.len, ours.layout), (new.len() as u64, layout), "{what}");
             let pieces = diff(&theirs, &ours).unwrap();
-            let (out, copied) = built(&old, &new, &pieces);
-            assert!(out == new, "{what}: rebuilt file differs");
+            let (out, copied) = built(&old, new, &pieces);
+            assert!(out == *new, "{what}: rebuilt file differs");
             // At most a chunk or two either side of each change differs.
             let slack = 8 * layout.max() as u64;
             assert!(copied + slack >= full_copied, "{what}: {copied} copied, a full cut {full_copied}");
         }
     }
+    // After an insertion or an edit, the guess takes up again within a
+    // few chunks, however the entries come: the chunker runs over those
+    // few alone.
+    for (what, new) in [("inserted", &inserted), ("edited", &edited)] {
+        let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+        let theirs = index(&old, layout, usize::MAX);
+        for batch in [1, 7, usize::MAX] {
+            let (ours, by_content) = guided_counting(&theirs, new, 65_536, batch);
+            assert!(by_content <= 6, "{what}, {batch} at a time: {by_content} of {} by content", ours.entries.len());
+        }
+    }
+}
+
+/// A short piece (the old file's last) is guessed only at the new file's
+/// end: guessed in the middle, it would put the blocks after it out of
+/// place, and a diff would copy the wrong bytes.
+#[test]
+fn a_short_piece_is_guessed_only_at_the_end() {
+    let block = |seed| noise(1024, seed);
+    let (a, b, c, d, t, f) = (block(41), block(42), block(43), block(44), noise(100, 45), noise(924, 46));
+    let old = [&a[..], &b, &c, &d, &t].concat();
+    let new = [&c[..], &d, &t, &d, &t, &f].concat();
+    assert_eq!(old.len(), new.len());
+    let theirs = index(&old, Layout::Blocks(Layout::SMALLEST_BLOCK), usize::MAX);
+    for batch in [1, usize::MAX] {
+        let ours = guided(&theirs, &new, 300, batch);
+        let (out, _) = built(&old, &new, &diff(&theirs, &ours).unwrap());
+        assert!(out == new, "{batch} at a time: rebuilt file differs");
+    }
+    // In chunks too: the old file's short last chunk, found mid-file, is
+    // no guess.
+    let layout = Layout::Chunks(Params::SMALLEST);
+    // An old file that ends in a chunk shorter than `min`.
+    let data = noise(60_000, 47);
+    let (old, theirs) = (50_000..60_000)
+        .map(|n| (data[..n].to_vec(), index(&data[..n], layout, usize::MAX)))
+        .find(|(_, sig)| sig.entries.last().unwrap().0 < 256)
+        .unwrap();
+    let last = theirs.entries.last().unwrap().0 as usize;
+    let tail = &old[old.len() - last..];
+    let new = [&old[..], tail, &old[..20_000]].concat();
+    let ours = guided(&theirs, &new, 1000, 3);
+    let (out, _) = built(&old, &new, &diff(&theirs, &ours).unwrap());
+    assert!(out == new);
+    assert!(ours.entries.iter().rev().skip(1).all(|&(l, _)| l >= 256), "a short chunk before the end");
+}
+
+/// A signature made to mislead (each real id followed by an entry that
+/// names a piece the new file never has) costs the guessing side a
+/// bounded amount of hashing: past an eighth of the file, it stops
+/// guessing.
+#[test]
+fn misleading_guesses_are_bounded() {
+    let layout = Layout::Chunks(Params::SMALLEST);
+    let data = noise(2_000_000, 48);
+    let real = index(&data, layout, usize::MAX);
+    let mut entries = Vec::new();
+    for &(len, id) in &real.entries {
+        entries.push((len, id));
+        entries.push((4096, [0xee; ID_LEN]));
+    }
+    let theirs = Signature { layout, len: entries.iter().map(|&(l, _)| u64::from(l)).sum(), entries };
+    let mut g = Guided::new(layout).unwrap();
+    g.theirs(&theirs.entries);
+    g.theirs_ended();
+    g.feed(&data);
+    g.fed_all();
+    assert_eq!(g.advance().unwrap(), Needs::Nothing);
+    let bound = data.len() as u64 / 8 + 17 * 4096;
+    assert!(g.missed() <= bound, "{} hashed for nothing, bound {bound}", g.missed());
+    assert_eq!(g.finish().unwrap(), index(&data, layout, usize::MAX));
 }
 
 /// Where nothing of the old file is left, or no entry ever comes, the

@@ -337,44 +337,51 @@ impl ToCut {
     ///
     /// As [`index`].
     pub fn cut(self) -> io::Result<std::sync::Arc<Signature>> {
-        let sig = std::sync::Arc::new(index_only(&self.file, self.len, self.layout)?);
-        if let Some(keep) = self.keep {
-            keep(&self.file, &sig);
-        }
-        Ok(sig)
+        self.cut_giving(|_| Ok(()), || false)
     }
 
     /// Cuts the file, handing each run of at least
     /// [`STREAMED_FRAME_ENTRIES`] new entries to `tx` as a frame's body
-    /// as it is made, and the last ones at the end. Blocking. Stops
-    /// (`BrokenPipe`) once `tx`'s receiver is gone.
-    pub(crate) fn stream(self, tx: &mpsc::Sender<Vec<u8>>) -> io::Result<std::sync::Arc<Signature>> {
-        let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
+    /// as it is made, and the last ones at the end: never waiting for the
+    /// connection (the frames wait in `tx`, at most the signature). Stops
+    /// (`Interrupted`) once `tx`'s receiver is gone. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`index`]; `Interrupted`.
+    pub(crate) fn stream(self, tx: &mpsc::UnboundedSender<Vec<u8>>) -> io::Result<std::sync::Arc<Signature>> {
         let send = |entries: &[(u32, crate::delta::ChunkId)]| {
-            for part in entries.chunks(SIGNATURE_FRAME_ENTRIES) {
-                tx.blocking_send(crate::delta::entry_bytes(part)).map_err(|_| io::ErrorKind::BrokenPipe)?;
+            for frame in crate::delta::entry_frames(entries, SIGNATURE_FRAME_ENTRIES) {
+                tx.send(frame).map_err(|_| io::ErrorKind::Interrupted)?;
+            }
+            Ok(())
+        };
+        self.cut_giving(send, || tx.is_closed())
+    }
+
+    /// The one cut of [`cut`](Self::cut) and [`stream`](Self::stream):
+    /// `made` gets the entries made since it was last called, each time
+    /// there are [`STREAMED_FRAME_ENTRIES`] of them and at the end;
+    /// `stop` is asked between pieces. Fills the cache once made.
+    fn cut_giving(
+        self,
+        mut made: impl FnMut(&[(u32, crate::delta::ChunkId)]) -> io::Result<()>,
+        stop: impl FnMut() -> bool,
+    ) -> io::Result<std::sync::Arc<Signature>> {
+        let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
+        let mut indexer = Indexer::new(self.layout).map_err(invalid)?;
+        let mut given = 0;
+        each_piece(&self.file, (0, self.len), "indexed", stop, |_, piece| {
+            indexer.feed(piece).map_err(invalid)?;
+            let new = &indexer.entries()[given..];
+            if new.len() >= STREAMED_FRAME_ENTRIES {
+                made(new)?;
+                given += new.len();
             }
             Ok::<(), io::Error>(())
-        };
-        let mut indexer = Indexer::new(self.layout).map_err(invalid)?;
-        let mut sent = 0;
-        each_piece(
-            &self.file,
-            (0, self.len),
-            "indexed",
-            || false,
-            |_, piece| {
-                indexer.feed(piece).map_err(invalid)?;
-                let made = &indexer.entries()[sent..];
-                if made.len() >= STREAMED_FRAME_ENTRIES {
-                    send(made)?;
-                    sent += made.len();
-                }
-                Ok::<(), io::Error>(())
-            },
-        )?;
+        })?;
         let sig = indexer.finish().map_err(invalid)?;
-        send(&sig.entries[sent..])?;
+        made(&sig.entries[given..])?;
         let sig = std::sync::Arc::new(sig);
         if let Some(keep) = self.keep {
             keep(&self.file, &sig);
@@ -401,7 +408,7 @@ pub async fn stream_signature<S: Sends<SignatureFrame>>(
     s: &mut Session<S>,
     cut: ToCut,
 ) -> Result<Option<std::sync::Arc<Signature>>, Error> {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let worker = tokio::task::spawn_blocking(move || cut.stream(&tx));
     while let Some(frame) = rx.recv().await {
         s.send(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await?;
@@ -472,10 +479,11 @@ async fn read_entries(
         let Some((SignatureFrame { len, failed }, _)) = reader.read_head::<SignatureFrame>().await? else {
             return Err(DeltaFailed::Closed);
         };
-        match (len, streamed) {
-            (0, true) if failed => return Err(DeltaFailed::NoSignature),
-            (0, true) => break,
-            (0, false) => return Err(DeltaError::RaggedFrame { len: 0 }.into()),
+        match (len, streamed, failed) {
+            (0, true, true) => return Err(DeltaFailed::NoSignature),
+            (0, true, false) => break,
+            // `failed` ends a streamed signature, and says nothing else.
+            (0, false, _) | (_, _, true) => return Err(DeltaError::RaggedFrame { len: 0 }.into()),
             _ => {}
         }
         let body = reader.read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
@@ -500,39 +508,28 @@ pub async fn read_offered<S>(s: &mut Session<S>, basis: &Basis) -> Result<Signat
     read_entries(s.reader(), basis, basis.streamed, |_| {}).await
 }
 
-/// [`read_offered`], while a blocking thread cuts `file` (`size` bytes)
-/// guided by the entries as they come ([`crate::delta::Guided`]) and
-/// hashes it whole in the same pass: when the signature ends, the new
-/// file's entries are made but for what follows its last entries, and
-/// nothing of the file is left to read. Returns the signature read, and
-/// `file` with its entries and hash (the cut is given up, `Interrupted`,
-/// if the signature fails).
-pub async fn read_offered_guiding<S>(
-    s: &mut Session<S>,
-    basis: &Basis,
-    file: File,
-    size: u64,
-) -> (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>) {
-    read_guiding(s, (basis, basis.streamed), file, size).await
-}
+/// What [`read_guiding`] gives back: the signature read, and the
+/// sender's file with its entries and whole hash, or why it was not cut.
+pub type Guiding = (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>);
 
-/// [`read_offered_guiding`] of a counted signature: a get's server's,
-/// which reads the client's.
-pub async fn read_signature_guiding<S>(
-    s: &mut Session<S>,
-    basis: &Basis,
-    file: File,
-    size: u64,
-) -> (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>) {
-    read_guiding(s, (basis, false), file, size).await
-}
-
-async fn read_guiding<S>(
+/// Reads a signature as [`read_offered`] does (`streamed` as the caller
+/// takes it: a put's client as the basis says, a get's server never),
+/// while a blocking thread cuts `file` (`size` bytes) guided by the
+/// entries as they come ([`crate::delta::Guided`]) and hashes it whole in
+/// the same pass: when the signature ends, the new file's entries are
+/// made but for what follows its last entries, and nothing of the file
+/// is left to read. `wait`: the cut waits for entries it guesses are
+/// coming (a put's client, paced by the server's cut); else it goes on
+/// by content where none has come (a server, which a client's pace must
+/// not hold). Returns the signature read, and `file` with its entries
+/// and hash (the cut is given up, `Interrupted`, if the signature
+/// fails).
+pub async fn read_guiding<S>(
     s: &mut Session<S>,
     (basis, streamed): (&Basis, bool),
-    file: File,
-    size: u64,
-) -> (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>) {
+    (file, size): (File, u64),
+    wait: bool,
+) -> Guiding {
     let Some(layout) = basis.layout else {
         let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
         return (Err(declared.into()), Ok((file, Err(io::ErrorKind::InvalidInput.into()))));
@@ -541,7 +538,7 @@ async fn read_guiding<S>(
     let stop = StopOnDrop::default();
     let flag = stop.0.clone();
     let cutting = tokio::task::spawn_blocking(move || {
-        let cut = guided_cut(&file, size, layout, &mut rx, &flag);
+        let cut = guided_cut((&file, size), layout, (&mut rx, wait), &flag);
         (file, cut)
     });
     let theirs = read_entries(s.reader(), basis, streamed, |entries| drop(tx.send(entries.to_vec()))).await;
@@ -555,46 +552,49 @@ async fn read_guiding<S>(
 
 /// A [`crate::delta::Guided`] cut of `file` (`size` bytes) as `layout`
 /// says, the receiver's entries taken from `rx` as it asks for them (its
-/// end when `rx` closes), the file read once in pieces of [`PIECE`] bytes
-/// and hashed whole on the way. Blocking; `Interrupted` once `stop` is
-/// set.
+/// end when `rx` closes; waited for only where `wait`), the file read
+/// once and hashed whole on the way. Blocking; `Interrupted` once `stop`
+/// is set.
 fn guided_cut(
-    file: &File,
-    size: u64,
+    (file, size): (&File, u64),
     layout: Layout,
-    rx: &mut mpsc::UnboundedReceiver<Vec<(u32, crate::delta::ChunkId)>>,
+    (rx, wait): (&mut mpsc::UnboundedReceiver<Vec<(u32, crate::delta::ChunkId)>>, bool),
     stop: &std::sync::atomic::AtomicBool,
 ) -> io::Result<(Signature, blake3::Hash)> {
     use crate::delta::Needs;
     let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
     let mut guided = crate::delta::Guided::new(layout).map_err(invalid)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; PIECE];
-    let mut at = 0u64;
-    loop {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(io::ErrorKind::Interrupted.into());
+    // Cuts what it can, taking entries as it asks for them, until it
+    // needs more of the file (or has cut it all).
+    let mut go_on = |guided: &mut crate::delta::Guided| loop {
+        if stopped() {
+            return Err(io::Error::from(io::ErrorKind::Interrupted));
         }
         match guided.advance().map_err(invalid)? {
-            Needs::Nothing => break,
-            Needs::Theirs => match rx.blocking_recv() {
-                Some(entries) => guided.theirs(&entries),
-                None => guided.theirs_ended(),
-            },
-            Needs::Data if at == size => guided.fed_all(),
-            Needs::Data => {
-                let want = usize::try_from(size - at).unwrap_or(PIECE).min(PIECE);
-                let n = file.read_at(&mut buf[..want], at)?;
-                if n == 0 {
-                    let why = "the file shrank while it was indexed";
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
+            Needs::Data | Needs::Nothing => return Ok(()),
+            Needs::Theirs => {
+                // Err(true): no more will come; Err(false): none yet.
+                let next = match wait {
+                    true => rx.blocking_recv().ok_or(true),
+                    false => rx.try_recv().map_err(|e| e == mpsc::error::TryRecvError::Disconnected),
+                };
+                match next {
+                    Ok(entries) => guided.theirs(&entries),
+                    Err(true) => guided.theirs_ended(),
+                    Err(false) => guided.go_on(),
                 }
-                hasher.update(&buf[..n]);
-                guided.feed(&buf[..n]);
-                at += n as u64;
             }
         }
-    }
+    };
+    each_piece(file, (0, size), "indexed", stopped, |_, piece| {
+        hasher.update(piece);
+        guided.feed(piece);
+        go_on(&mut guided)
+    })?;
+    guided.fed_all();
+    go_on(&mut guided)?;
     Ok((guided.finish().map_err(invalid)?, hasher.finalize()))
 }
 

@@ -99,54 +99,45 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
             Some((file, delta::Want::Signature)) => {
                 s.send(&SignatureWanted {}, &[]).await?;
                 let layout = basis.layout.unwrap_or(crate::delta::Layout::for_sizes(basis.len, size));
-                if matches!(layout, crate::delta::Layout::Chunks(_)) {
-                    // Ours cut guided by theirs as it comes, and hashed
-                    // in the same pass (given up if the signature fails).
-                    let read = delta::read_signature_guiding(s, &basis, file, size);
+                // Chunks: ours cut guided by theirs as it comes, and hashed
+                // in the same pass, never waiting for the client's entries.
+                // Blocks: ours cut while theirs comes, the hash made after
+                // the ops (while the client builds). Either is given up if
+                // this handler returns first (the client left, or sent a
+                // bad signature).
+                let (theirs, guided, chunking) = if matches!(layout, crate::delta::Layout::Chunks(_)) {
+                    let read = delta::read_guiding(s, (&basis, false), (file, size), false);
                     let (theirs, ours) = cut_off_by(&cut, async { Ok(read.await) }).await?;
-                    let theirs = match theirs {
-                        Ok(sig) => sig,
-                        Err(delta::DeltaFailed::Wire(e)) => return Err(e),
-                        Err(delta::DeltaFailed::Closed) => return Ok(()),
-                        Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
-                    };
-                    match ours {
-                        Ok((file, Ok((ours, hash)))) => match crate::delta::diff(&theirs, &ours) {
-                            Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, Some(hash)))),
-                            Err(_) => None,
-                        },
-                        // Not read: the file goes as a whole one would.
-                        _ => None,
-                    }
+                    (theirs, Some(ours), None)
                 } else {
-                    // Blocks: ours cut while theirs comes. Given up if this
-                    // handler returns first (the client left, or sent a bad
-                    // signature).
                     let stop = delta::StopOnDrop::default();
                     let flag = stop.0.clone();
                     let chunking = tokio::task::spawn_blocking(move || {
                         delta::index_until(&file, size, layout, &flag).map(|sig| (file, sig))
                     });
-                    let read = delta::read_signature(s, &basis);
-                    let theirs = match cut_off_by(&cut, async { Ok(read.await) }).await? {
-                        Ok(sig) => sig,
-                        Err(delta::DeltaFailed::Wire(e)) => return Err(e),
-                        Err(delta::DeltaFailed::Closed) => return Ok(()),
-                        Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
-                    };
-                    let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
-                    drop(stop);
-                    match chunked {
-                        // The file's hash is made after the ops, while the
-                        // client builds.
-                        Ok(Ok((file, ours))) => match crate::delta::diff(&theirs, &ours) {
-                            Ok(pieces) => Some((file, delta::Plan::Pieces(pieces, None))),
-                            Err(_) => None,
-                        },
-                        // Not read: the file goes as a whole one would.
-                        _ => None,
+                    let theirs = cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await?;
+                    (theirs, None, Some((chunking, stop)))
+                };
+                let theirs = match theirs {
+                    Ok(sig) => sig,
+                    Err(delta::DeltaFailed::Wire(e)) => return Err(e),
+                    Err(delta::DeltaFailed::Closed) => return Ok(()),
+                    Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
+                };
+                let ours = match (guided, chunking) {
+                    (Some(ours), _) => ours.ok().and_then(|(file, cut)| cut.ok().map(|(sig, h)| (file, sig, Some(h)))),
+                    (None, Some((chunking, _stop))) => {
+                        let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
+                        chunked.ok().and_then(Result::ok).map(|(file, sig)| (file, sig, None))
                     }
-                }
+                    (None, None) => None,
+                };
+                // Not read (or not cut as the sizes say): the file goes as a
+                // whole one would.
+                ours.and_then(|(file, ours, hash)| {
+                    let pieces = crate::delta::diff(&theirs, &ours).ok()?;
+                    Some((file, delta::Plan::Pieces(pieces, hash)))
+                })
             }
             None => None,
         };
@@ -188,6 +179,32 @@ pub(in crate::server) fn backup_refusal<St: Storage>(backup: &Backup) -> Result<
     Sandbox::relative(&backup.of).map(drop)
 }
 
+/// A put's basis as `put_ready` offers it: a signature to cut is streamed
+/// to a client that takes it so (`streamed`, no count), and cut whole
+/// now for any other (its count in the head; no basis if it cannot be
+/// read, as before the cut was deferred).
+async fn settled(
+    basis: Option<(crate::proto::Basis, Option<delta::Signed>)>,
+    streams: bool,
+) -> Option<(crate::proto::Basis, Option<delta::Signed>)> {
+    match basis {
+        Some((mut head, Some(delta::Signed::ToCut(to_cut)))) if !streams => {
+            let sig = tokio::task::spawn_blocking(move || to_cut.cut()).await.ok()?.ok()?;
+            head.count = sig.entries.len() as u64;
+            Some((head, Some(delta::Signed::Made(sig))))
+        }
+        Some((mut head, Some(delta::Signed::ToCut(to_cut)))) => {
+            (head.count, head.streamed) = (0, true);
+            Some((head, Some(delta::Signed::ToCut(to_cut))))
+        }
+        Some((mut head, Some(delta::Signed::Made(sig)))) => {
+            head.count = sig.entries.len() as u64;
+            Some((head, Some(delta::Signed::Made(sig))))
+        }
+        other => other,
+    }
+}
+
 /// Receives an upload, resuming what an interrupted upload of the path
 /// left; verifies the whole-file checksum and puts the file in place
 /// (never over an existing file without `force`).
@@ -211,48 +228,31 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     let (offset, prefix_blake3) = upload.offer();
     // The older version, for a delta (PROTOCOL.md §4.6.6): only to a key
     // that may read it, as its signature tells of its contents.
+    // A client that takes the signature streamed gets it while it is
+    // cut; any other, cut whole first (none, if it cannot be read).
+    let streams = delta.as_ref().is_some_and(|ask| ask.stream);
     let basis = match &delta {
-        Some(ask) if st.reads_allowed() => match cut_off_by(&cut, async { Ok(upload.basis(ask, size).await) }).await {
-            Ok(basis) => basis,
-            Err(e) => {
-                upload.abandon().await;
-                return Err(e);
+        Some(ask) if st.reads_allowed() => {
+            match cut_off_by(&cut, async { Ok(settled(upload.basis(ask, size).await, streams).await) }).await {
+                Ok(basis) => basis,
+                Err(e) => {
+                    upload.abandon().await;
+                    return Err(e);
+                }
             }
-        },
+        }
         _ => None,
     };
     let mut basis = basis;
     // Whether the last put_ready offered a basis.
     let mut offered = false;
     let mut asked_again = false;
-    let streams = delta.as_ref().is_some_and(|ask| ask.stream);
     let data = loop {
         let step = cut_off_by(&cut, async {
-            let (mut head, signed) = match basis.as_mut() {
+            let (head, signed) = match basis.as_mut() {
                 Some((b, signed)) => (Some(b.clone()), signed.take()),
                 None => (None, None),
             };
-            // Cut while it is sent where the client takes it streamed;
-            // else cut whole first, its count in the head.
-            let signed = match signed {
-                Some(delta::Signed::ToCut(to_cut)) if !streams => {
-                    match tokio::task::spawn_blocking(move || to_cut.cut()).await {
-                        Ok(Ok(sig)) => Some(delta::Signed::Made(sig)),
-                        // Not read: no basis, the upload goes whole.
-                        _ => {
-                            head = None;
-                            None
-                        }
-                    }
-                }
-                signed => signed,
-            };
-            if let (Some(head), Some(signed)) = (head.as_mut(), &signed) {
-                match signed {
-                    delta::Signed::Made(sig) => head.count = sig.entries.len() as u64,
-                    delta::Signed::ToCut(_) => (head.count, head.streamed) = (0, true),
-                }
-            }
             offered = head.is_some();
             let (prefix_blake3, backup) = (prefix_blake3.clone(), backup.is_some());
             let ready = PutReady { offset, prefix_blake3, backup, sparse: St::KEEPS_HOLES, basis: head };
@@ -277,7 +277,8 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
                 // Unless the file cannot be indexed: then the append basis
                 // again, for the client to send every byte against.
                 let old = basis.take();
-                basis = match cut_off_by(&cut, async { Ok(upload.basis(&ask, size).await) }).await {
+                let again = async { Ok(settled(upload.basis(&ask, size).await, streams).await) };
+                basis = match cut_off_by(&cut, again).await {
                     Ok(basis) => basis.filter(|(b, _)| !b.append).or(old),
                     Err(e) => {
                         upload.abandon().await;

@@ -1219,7 +1219,7 @@ mod tests {
         let found = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         let Some(dt::Signed::ToCut(cut)) = found.2 else { panic!("not cached yet: to cut") };
         // Sent in several frames as it is cut, ending as the whole.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let (sig, frames) = std::thread::scope(|scope| {
             let cutting = scope.spawn(move || cut.stream(&tx));
             let mut frames = Vec::new();
@@ -1234,5 +1234,34 @@ mod tests {
         let again = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
         let Some(dt::Signed::Made(cached)) = again.2 else { panic!("not cached") };
         assert_eq!(*cached, *sig);
+
+        // A file whose time changes while it is cut: its signature is sent
+        // (the time says nothing of the bytes cut), and not cached.
+        let path = tmp.path().join("f.bin");
+        let f = File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000)).unwrap();
+        let version = files::Version::of(&std::fs::metadata(&path).unwrap());
+        let found = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let Some(dt::Signed::ToCut(cut)) = found.2 else { panic!("a new version: to cut") };
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3_000_000)).unwrap();
+        let layout = crate::delta::Layout::for_sizes(4 << 20, new_len);
+        cut.cut().unwrap();
+        assert!(signatures.get(version, layout).is_none(), "cached though it changed");
+        // One that shrinks: no signature, nothing cached.
+        let version = files::Version::of(&std::fs::metadata(&path).unwrap());
+        let found = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let Some(dt::Signed::ToCut(cut)) = found.2 else { panic!("to cut") };
+        f.set_len(1 << 20).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let err = cut.stream(&tx).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+        assert!(signatures.get(version, layout).is_none());
+        // A cut whose reader left stops.
+        std::fs::write(&path, noise(4 << 20, 3)).unwrap();
+        let found = find_basis(&sb, "f.bin", (&hashes, &signatures), &ask, (new_len, u64::MAX)).unwrap();
+        let Some(dt::Signed::ToCut(cut)) = found.2 else { panic!("to cut") };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        drop(rx);
+        assert_eq!(cut.stream(&tx).unwrap_err().kind(), std::io::ErrorKind::Interrupted);
     }
 }
