@@ -1322,17 +1322,12 @@ impl Client {
         let guide = shared.is_none()
             && matches!(layout, crate::delta::Layout::Chunks(_))
             && (basis.streamed || early.is_none());
-        let (theirs, ours) = if guide {
+        if guide {
             drop(early);
             let read = delta::read_guiding(&mut self.session, (basis, basis.streamed), (file, size), true);
             let (theirs, ours) = read.await;
-            let ours = match ours {
-                // A streamed signature the server could not finish: the
-                // file back, for every byte to go as new data.
-                Ok((file, _)) if matches!(theirs, Err(delta::DeltaFailed::NoSignature)) => {
-                    return Ok((file, delta::Plan::Fresh));
-                }
-                Ok((file, cut)) => Ok(cut.map(|(sig, hash)| (file, (std::sync::Arc::new(sig), Some(hash))))),
+            let (file, made) = match ours {
+                Ok(got) => got,
                 // The cut's thread failed: the file is lost to this put.
                 Err(e) => {
                     self.session.abandon().await;
@@ -1340,18 +1335,32 @@ impl Client {
                     return Err(ClientError::Local { path: local.to_owned(), source }.into());
                 }
             };
-            (theirs, ours)
-        } else {
-            let chunking = async move {
-                match early {
-                    Some(early) => early.finish(file).await,
-                    None => Ok(chunks_of(shared, file, size, layout)
-                        .await?
-                        .map(|(file, (sig, hash))| (file, (sig, Some(hash))))),
+            match theirs {
+                Ok(()) => {}
+                // A streamed signature the server could not finish: every
+                // byte goes, as new data.
+                Err(delta::DeltaFailed::NoSignature) => return Ok((file, delta::Plan::Fresh)),
+                Err(e) => return Err(self.signature_failed(e).await),
+            }
+            return match made {
+                Ok((pieces, hash)) => Ok((file, delta::Plan::Pieces(pieces, Some(hash)))),
+                // Entries that do not fit the sizes.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(self.misfit(e.to_string()).await),
+                Err(source) => {
+                    self.session.abandon().await;
+                    Err(ClientError::Local { path: local.to_owned(), source }.into())
                 }
             };
-            tokio::join!(delta::read_offered(&mut self.session, basis), chunking)
+        }
+        let chunking = async move {
+            match early {
+                Some(early) => early.finish(file).await,
+                None => Ok(chunks_of(shared, file, size, layout)
+                    .await?
+                    .map(|(file, (sig, hash))| (file, (sig, Some(hash))))),
+            }
         };
+        let (theirs, ours) = tokio::join!(delta::read_offered(&mut self.session, basis), chunking);
         let theirs = match theirs {
             Ok(sig) => sig,
             // A streamed signature the server could not finish, for a cut
@@ -1367,13 +1376,7 @@ impl Client {
                 };
                 return Ok((file, delta::Plan::Fresh));
             }
-            Err(delta::DeltaFailed::Wire(e)) => return Err(e.into()),
-            Err(delta::DeltaFailed::Closed) => return Err(ClientError::Closed.into()),
-            Err(e) => {
-                self.session.abandon().await;
-                let got = e.to_string();
-                return Err(ClientError::Unexpected { expected: "a signature that fits", got }.into());
-            }
+            Err(e) => return Err(self.signature_failed(e).await),
         };
         let (file, (ours, hash)) = match ours? {
             Ok(done) => done,
@@ -1384,12 +1387,27 @@ impl Client {
         };
         match crate::delta::diff(&theirs, &ours) {
             Ok(pieces) => Ok((file, delta::Plan::Pieces(pieces, hash))),
-            Err(e) => {
-                self.session.abandon().await;
-                let got = e.to_string();
-                Err(ClientError::Unexpected { expected: "a signature that fits", got }.into())
-            }
+            Err(e) => Err(self.misfit(e.to_string()).await),
         }
+    }
+
+    /// A server's signature that could not be read: the connection's
+    /// error, or a signature that breaks the protocol ([`misfit`]).
+    ///
+    /// [`misfit`]: Self::misfit
+    async fn signature_failed(&mut self, why: delta::DeltaFailed) -> Retry {
+        match why {
+            delta::DeltaFailed::Wire(e) => e.into(),
+            delta::DeltaFailed::Closed => ClientError::Closed.into(),
+            why => self.misfit(why.to_string()).await,
+        }
+    }
+
+    /// A server's signature that does not fit the files (`got` says how):
+    /// the connection, out of step, is abandoned.
+    async fn misfit(&mut self, got: String) -> Retry {
+        self.session.abandon().await;
+        ClientError::Unexpected { expected: "a signature that fits", got }.into()
     }
 
     /// The body of an upload as a delta made by `plan`, from where what

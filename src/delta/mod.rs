@@ -691,6 +691,25 @@ impl Guided {
         self.missed
     }
 
+    /// The [`diff`] of the new file's entries against the receiver's
+    /// whole signature, once [`advance`](Self::advance) said
+    /// [`Needs::Nothing`] and every entry of theirs was given: the same
+    /// runs, found through the index the guesses were made with rather
+    /// than one more (a sender holds the signature once, not twice).
+    ///
+    /// # Errors
+    ///
+    /// As [`finish`](Self::finish); [`DeltaError::WrongLayout`] as
+    /// [`diff`]'s (for the length theirs cover).
+    pub fn finish_diff(mut self) -> Result<Vec<Piece>, DeltaError> {
+        let theirs = Signature { layout: self.layout, len: self.covered, entries: std::mem::take(&mut self.theirs) };
+        let (index, offsets) = (std::mem::take(&mut self.index), std::mem::take(&mut self.offsets));
+        let ours = self.finish()?;
+        fits(theirs.layout, theirs.len, &ours)?;
+        let found = |len, id| index.get(&id).filter(|&&k| theirs.entries[k].0 == len).map(|&k| offsets[k]);
+        Ok(pieces(&theirs, &ours, found))
+    }
+
     /// The new file's entries, once [`advance`](Self::advance) said
     /// [`Needs::Nothing`].
     ///
@@ -1097,14 +1116,9 @@ impl Piece {
 /// [`DeltaError::WrongLayout`]: either signature is not cut as
 /// [`Layout::for_sizes`] says for the two lengths.
 pub fn diff(old: &Signature, new: &Signature) -> Result<Vec<Piece>, DeltaError> {
-    let want = Layout::for_sizes(old.len, new.len);
-    for got in [old.layout, new.layout] {
-        if got != want {
-            return Err(DeltaError::WrongLayout { got, want });
-        }
-    }
+    fits(old.layout, old.len, new)?;
     let mut index: HashMap<ChunkId, (u64, u32)> = HashMap::new();
-    if let Layout::Chunks(_) = want {
+    if let Layout::Chunks(_) = old.layout {
         index.reserve(old.entries.len());
         let mut offset = 0u64;
         for (len, id) in &old.entries {
@@ -1112,11 +1126,34 @@ pub fn diff(old: &Signature, new: &Signature) -> Result<Vec<Piece>, DeltaError> 
             offset += u64::from(*len);
         }
     }
+    let found = |len: u32, id: ChunkId| match index.get(&id) {
+        Some(&(offset, l)) if l == len => Some(offset),
+        _ => None,
+    };
+    Ok(pieces(old, new, found))
+}
+
+/// Whether a signature of the old file (`layout`, `old_len` bytes) and
+/// `new` are both cut as the two lengths call for.
+fn fits(layout: Layout, old_len: u64, new: &Signature) -> Result<(), DeltaError> {
+    let want = Layout::for_sizes(old_len, new.len);
+    for got in [layout, new.layout] {
+        if got != want {
+            return Err(DeltaError::WrongLayout { got, want });
+        }
+    }
+    Ok(())
+}
+
+/// The runs of [`diff`]: each of `new`'s entries a copy from where
+/// `found` (its length and id; chunks) says the old file holds it,
+/// or, blocks, the old block at its place if the same; else a literal.
+fn pieces(old: &Signature, new: &Signature, found: impl Fn(u32, ChunkId) -> Option<u64>) -> Vec<Piece> {
     let mut out: Vec<Piece> = Vec::new();
     let mut at = 0u64;
     for (i, &(len, id)) in new.entries.iter().enumerate() {
-        let found = match want {
-            Layout::Chunks(_) => index.get(&id).filter(|&&(_, l)| l == len).map(|&(offset, _)| offset),
+        let found = match old.layout {
+            Layout::Chunks(_) => found(len, id),
             Layout::Blocks(size) => {
                 // Only a block at its place: `new` may come from a cut
                 // that is not the layout's own.
@@ -1133,7 +1170,7 @@ pub fn diff(old: &Signature, new: &Signature) -> Result<Vec<Piece>, DeltaError> 
         }
         at += len;
     }
-    Ok(out)
+    out
 }
 
 /// What the receiver holds of a file, without reading it: its length and

@@ -279,6 +279,13 @@ fn guided(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> Signatu
 
 /// [`guided`], and how many chunks it cut by content.
 fn guided_counting(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> (Signature, u64) {
+    let g = guided_cut(theirs, new, piece, batch);
+    let by_content = g.by_content();
+    (g.finish().unwrap(), by_content)
+}
+
+/// A guided cut driven to its end, every entry of `theirs` given.
+fn guided_cut(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> Guided {
     let mut g = Guided::new(theirs.layout).unwrap();
     let (mut fed, mut given) = (0, 0);
     loop {
@@ -298,8 +305,11 @@ fn guided_counting(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -
             Needs::Data => g.fed_all(),
         }
     }
-    let by_content = g.by_content();
-    (g.finish().unwrap(), by_content)
+    if given < theirs.entries.len() {
+        g.theirs(&theirs.entries[given..]);
+    }
+    g.theirs_ended();
+    g
 }
 
 /// What `pieces` build from `old` and `new`, and the bytes they copy.
@@ -341,6 +351,8 @@ fn a_guided_cut_finds_what_a_full_cut_finds() {
             let ours = guided(&theirs, new, piece, batch);
             assert_eq!((ours.len, ours.layout), (new.len() as u64, layout), "{what}");
             let pieces = diff(&theirs, &ours).unwrap();
+            // The same runs from the cut's own index.
+            assert_eq!(guided_cut(&theirs, new, piece, batch).finish_diff().unwrap(), pieces, "{what}");
             let (out, copied) = built(&old, new, &pieces);
             assert!(out == *new, "{what}: rebuilt file differs");
             // At most a chunk or two either side of each change differs.

@@ -508,9 +508,11 @@ pub async fn read_offered<S>(s: &mut Session<S>, basis: &Basis) -> Result<Signat
     read_entries(s.reader(), basis, basis.streamed, |_| {}).await
 }
 
-/// What [`read_guiding`] gives back: the signature read, and the
-/// sender's file with its entries and whole hash, or why it was not cut.
-pub type Guiding = (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Signature, blake3::Hash)>), DeltaFailed>);
+/// What [`read_guiding`] gives back: whether the signature was read
+/// whole and sound, and the sender's file with the runs of its delta
+/// against it and its whole hash, or why they were not made.
+pub type Guiding =
+    (Result<(), DeltaFailed>, Result<(File, io::Result<(Vec<crate::delta::Piece>, blake3::Hash)>), DeltaFailed>);
 
 /// Reads a signature as [`read_offered`] does (`streamed` as the caller
 /// takes it: a put's client as the basis says, a get's server never),
@@ -521,9 +523,9 @@ pub type Guiding = (Result<Signature, DeltaFailed>, Result<(File, io::Result<(Si
 /// is left to read. `wait`: the cut waits for entries it guesses are
 /// coming (a put's client, paced by the server's cut); else it goes on
 /// by content where none has come (a server, which a client's pace must
-/// not hold). Returns the signature read, and `file` with its entries
-/// and hash (the cut is given up, `Interrupted`, if the signature
-/// fails).
+/// not hold). Returns whether the signature was sound, and `file` with
+/// the runs of the delta ([`crate::delta::Guided::finish_diff`]) and the
+/// hash (the cut is given up, `Interrupted`, if the signature fails).
 pub async fn read_guiding<S>(
     s: &mut Session<S>,
     (basis, streamed): (&Basis, bool),
@@ -539,28 +541,46 @@ pub async fn read_guiding<S>(
     let flag = stop.0.clone();
     let cutting = tokio::task::spawn_blocking(move || {
         let cut = guided_cut((&file, size), layout, (&mut rx, wait), &flag);
-        (file, cut)
+        (file, cut, rx)
     });
-    let theirs = read_entries(s.reader(), basis, streamed, |entries| drop(tx.send(entries.to_vec()))).await;
+    // Only whether it was sound is kept: the cut holds its entries.
+    let theirs = read_entries(s.reader(), basis, streamed, |entries| drop(tx.send(entries.to_vec()))).await.map(drop);
     drop(tx);
     if theirs.is_err() {
         drop(stop);
     }
-    let ours = cutting.await.map_err(|e| DeltaFailed::Io(io::Error::other(e)));
+    let ours = match cutting.await {
+        Ok((file, Ok((mut guided, hash)), mut rx)) if theirs.is_ok() => {
+            // The entries the cut did not wait for.
+            while let Ok(entries) = rx.try_recv() {
+                guided.theirs(&entries);
+            }
+            guided.theirs_ended();
+            let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
+            let diffed = tokio::task::spawn_blocking(move || guided.finish_diff().map_err(invalid)).await;
+            match diffed {
+                Ok(pieces) => Ok((file, pieces.map(|pieces| (pieces, hash)))),
+                Err(e) => Err(DeltaFailed::Io(io::Error::other(e))),
+            }
+        }
+        Ok((file, Ok(_), _)) => Ok((file, Err(io::ErrorKind::Interrupted.into()))),
+        Ok((file, Err(e), _)) => Ok((file, Err(e))),
+        Err(e) => Err(DeltaFailed::Io(io::Error::other(e))),
+    };
     (theirs, ours)
 }
 
 /// A [`crate::delta::Guided`] cut of `file` (`size` bytes) as `layout`
 /// says, the receiver's entries taken from `rx` as it asks for them (its
 /// end when `rx` closes; waited for only where `wait`), the file read
-/// once and hashed whole on the way. Blocking; `Interrupted` once `stop`
-/// is set.
+/// once and hashed whole on the way: the cut, every byte taken, and the
+/// hash. Blocking; `Interrupted` once `stop` is set.
 fn guided_cut(
     (file, size): (&File, u64),
     layout: Layout,
     (rx, wait): (&mut mpsc::UnboundedReceiver<Vec<(u32, crate::delta::ChunkId)>>, bool),
     stop: &std::sync::atomic::AtomicBool,
-) -> io::Result<(Signature, blake3::Hash)> {
+) -> io::Result<(crate::delta::Guided, blake3::Hash)> {
     use crate::delta::Needs;
     let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
     let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
@@ -595,7 +615,7 @@ fn guided_cut(
     })?;
     guided.fed_all();
     go_on(&mut guided)?;
-    Ok((guided.finish().map_err(invalid)?, hasher.finalize()))
+    Ok((guided, hasher.finalize()))
 }
 
 /// Feeds a signature's entries in `signature` frames (the caller

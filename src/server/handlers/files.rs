@@ -108,7 +108,7 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
                 let (theirs, guided, chunking) = if matches!(layout, crate::delta::Layout::Chunks(_)) {
                     let read = delta::read_guiding(s, (&basis, false), (file, size), false);
                     let (theirs, ours) = cut_off_by(&cut, async { Ok(read.await) }).await?;
-                    (theirs, Some(ours), None)
+                    (theirs.map(|()| None), Some(ours), None)
                 } else {
                     let stop = delta::StopOnDrop::default();
                     let flag = stop.0.clone();
@@ -116,7 +116,7 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
                         delta::index_until(&file, size, layout, &flag).map(|sig| (file, sig))
                     });
                     let theirs = cut_off_by(&cut, async { Ok(delta::read_signature(s, &basis).await) }).await?;
-                    (theirs, None, Some((chunking, stop)))
+                    (theirs.map(Some), None, Some((chunking, stop)))
                 };
                 let theirs = match theirs {
                     Ok(sig) => sig,
@@ -124,20 +124,21 @@ pub(in crate::server) async fn get<St: Storage>(s: &mut S, st: &St, mut request:
                     Err(delta::DeltaFailed::Closed) => return Ok(()),
                     Err(e) => return s.refuse_and_close(format!("bad signature: {e}")).await,
                 };
-                let ours = match (guided, chunking) {
-                    (Some(ours), _) => ours.ok().and_then(|(file, cut)| cut.ok().map(|(sig, h)| (file, sig, Some(h)))),
-                    (None, Some((chunking, _stop))) => {
-                        let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
-                        chunked.ok().and_then(Result::ok).map(|(file, sig)| (file, sig, None))
-                    }
-                    (None, None) => None,
-                };
                 // Not read (or not cut as the sizes say): the file goes as a
                 // whole one would.
-                ours.and_then(|(file, ours, hash)| {
-                    let pieces = crate::delta::diff(&theirs, &ours).ok()?;
-                    Some((file, delta::Plan::Pieces(pieces, hash)))
-                })
+                match (guided, chunking, theirs) {
+                    (Some(Ok((file, Ok((pieces, hash))))), _, _) => {
+                        Some((file, delta::Plan::Pieces(pieces, Some(hash))))
+                    }
+                    (None, Some((chunking, _stop)), Some(theirs)) => {
+                        let chunked = cut_off_by(&cut, async { Ok(chunking.await) }).await?;
+                        chunked.ok().and_then(Result::ok).and_then(|(file, ours)| {
+                            let pieces = crate::delta::diff(&theirs, &ours).ok()?;
+                            Some((file, delta::Plan::Pieces(pieces, None)))
+                        })
+                    }
+                    _ => None,
+                }
             }
             None => None,
         };
