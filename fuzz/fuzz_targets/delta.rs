@@ -107,7 +107,11 @@ fn ops(mut input: Input<'_>) {
 /// in pieces of its choosing: the diff against the whole signature always
 /// rebuilds the new file.
 fn guided(mut input: Input<'_>) {
-    let blocks = input.byte() & 1 == 1;
+    let mode = input.byte();
+    let blocks = mode & 1 == 1;
+    // A cut that never waits for entries (a server's) goes on by content
+    // where none has come, for the asks the input's bits choose.
+    let impatient = mode >> 1;
     let batch = usize::from(input.byte()) + 1;
     let piece = usize::from(input.byte()) * 64 + 1;
     let old = input.field(255).repeat(usize::from(input.byte() % 64) + 1);
@@ -124,11 +128,16 @@ fn guided(mut input: Input<'_>) {
     ix.feed(&old).unwrap();
     let theirs = ix.finish().unwrap();
     let mut g = Guided::new(layout).unwrap();
-    let (mut fed, mut given) = (0, 0);
+    let (mut fed, mut given, mut asked) = (0, 0, 0u32);
     loop {
         match g.advance().unwrap() {
             Needs::Nothing => break,
+            Needs::Theirs if (impatient >> (asked % 7)) & 1 == 1 => {
+                asked += 1;
+                g.go_on();
+            }
             Needs::Theirs if given < theirs.entries.len() => {
+                asked += 1;
                 let to = (given + batch).min(theirs.entries.len());
                 g.theirs(&theirs.entries[given..to]);
                 given = to;
@@ -142,12 +151,10 @@ fn guided(mut input: Input<'_>) {
             Needs::Data => g.fed_all(),
         }
     }
-    let ours = g.finish().unwrap();
-    let sum: u64 = ours.entries.iter().map(|&(l, _)| u64::from(l)).sum();
-    assert_eq!(sum, new.len() as u64);
-    // The diff takes only a layout the sizes call for: rebuilt from it
-    // where it is that one.
-    let Ok(pieces) = diff(&theirs, &ours) else {
+    g.theirs(&theirs.entries[given..]);
+    g.theirs_ended();
+    // The runs from the cut's own index: those of a diff of its entries.
+    let Ok(pieces) = g.finish_diff() else {
         assert_ne!(layout, Layout::for_sizes(old.len() as u64, new.len() as u64));
         return;
     };

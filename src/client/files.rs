@@ -1344,8 +1344,10 @@ impl Client {
             }
             return match made {
                 Ok((pieces, hash)) => Ok((file, delta::Plan::Pieces(pieces, Some(hash)))),
-                // Entries that do not fit the sizes.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(self.misfit(e.to_string()).await),
+                // A file the layout would cut into more chunks than the
+                // engine takes (the layout was checked): it goes whole,
+                // as data.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok((file, delta::Plan::Fresh)),
                 Err(source) => {
                     self.session.abandon().await;
                     Err(ClientError::Local { path: local.to_owned(), source }.into())

@@ -105,6 +105,11 @@ pub enum DeltaError {
         /// What the entries add up to (so far).
         entries: u64,
     },
+    /// A signature frame that ends a signature where none may end (an
+    /// empty frame in a counted one), or says `failed` where only a
+    /// streamed one's empty last frame may.
+    #[error("a signature frame that ends or fails where it may not")]
+    BadEnd,
     /// A frame of entries that is not a whole number of entries.
     #[error("a frame of {len} bytes is not a whole number of {ENTRY_LEN}-byte entries")]
     RaggedFrame {
@@ -483,10 +488,11 @@ impl Indexer {
 /// [`Indexer`] cuts it, and a chunk found among the entries come so far
 /// sets the next guess. An unchanged stretch so costs one hash of each
 /// chunk, not the chunker's pass as well. What it makes are the new
-/// file's entries, for [`diff`] against the whole signature, which finds
-/// every match wherever the guess did not look: the guess only saves
-/// work. Sans-IO: the caller feeds bytes and entries as
-/// [`advance`](Self::advance) asks for them.
+/// file's entries, for a [`diff`] against the whole signature
+/// ([`finish_diff`](Self::finish_diff)), which finds every match wherever
+/// the guess did not look: the guess only saves work. Sans-IO: the
+/// caller feeds bytes and entries as [`advance`](Self::advance) asks for
+/// them.
 #[derive(Debug)]
 pub struct Guided {
     layout: Layout,
@@ -693,15 +699,17 @@ impl Guided {
 
     /// The [`diff`] of the new file's entries against the receiver's
     /// whole signature, once [`advance`](Self::advance) said
-    /// [`Needs::Nothing`] and every entry of theirs was given: the same
-    /// runs, found through the index the guesses were made with rather
-    /// than one more (a sender holds the signature once, not twice).
+    /// [`Needs::Nothing`] and every entry of theirs was given
+    /// ([`theirs_ended`](Self::theirs_ended)): the same runs, found
+    /// through the index the guesses were made with rather than a second
+    /// one.
     ///
     /// # Errors
     ///
     /// As [`finish`](Self::finish); [`DeltaError::WrongLayout`] as
     /// [`diff`]'s (for the length theirs cover).
     pub fn finish_diff(mut self) -> Result<Vec<Piece>, DeltaError> {
+        debug_assert!(self.ended, "finish_diff before every entry of theirs was given");
         let theirs = Signature { layout: self.layout, len: self.covered, entries: std::mem::take(&mut self.theirs) };
         let (index, offsets) = (std::mem::take(&mut self.index), std::mem::take(&mut self.offsets));
         let ours = self.finish()?;
@@ -738,11 +746,14 @@ pub struct SignatureReader {
     /// The most entries taken: `count`, or as many as the layout cuts
     /// the file into at most.
     most: u64,
+    /// The entries kept (since the last [`forget`](Self::forget)), and
+    /// how many were taken in all.
     entries: Vec<(u32, ChunkId)>,
+    taken: u64,
     sum: u64,
     /// A streamed signature's entry shorter than the layout allows
-    /// anywhere but last: no entry may follow it.
-    short: Option<u64>,
+    /// anywhere but last (its index and length): no entry may follow it.
+    short: Option<(u64, u32)>,
 }
 
 impl SignatureReader {
@@ -795,7 +806,7 @@ impl SignatureReader {
     fn with(layout: Layout, len: u64, count: Option<u64>, most: u64) -> SignatureReader {
         // Room grows as entries come, not as announced.
         let room = (most as usize).min(1 << 14);
-        SignatureReader { layout, len, count, most, entries: Vec::with_capacity(room), sum: 0, short: None }
+        SignatureReader { layout, len, count, most, entries: Vec::with_capacity(room), taken: 0, sum: 0, short: None }
     }
 
     /// Takes the next frame of entries.
@@ -809,13 +820,13 @@ impl SignatureReader {
             return Err(DeltaError::RaggedFrame { len: frame.len() });
         }
         for entry in frame.chunks_exact(ENTRY_LEN) {
-            let index = self.entries.len() as u64;
+            let index = self.taken;
             if index >= self.most {
                 return Err(DeltaError::TooManyChunks { count: index + 1 });
             }
             // A short entry was not the last after all.
-            if let Some(short) = self.short {
-                return Err(DeltaError::BadChunkLength { index: short, len: self.entries[short as usize].0 });
+            if let Some((index, len)) = self.short {
+                return Err(DeltaError::BadChunkLength { index, len });
             }
             let len = u32::from_be_bytes(entry[..4].try_into().expect("4 bytes"));
             // Streamed, any entry may be the last: one only the last may
@@ -825,20 +836,30 @@ impl SignatureReader {
                 return Err(DeltaError::BadChunkLength { index, len });
             }
             if self.count.is_none() && !self.layout.allows(len, false) {
-                self.short = Some(index);
+                self.short = Some((index, len));
             }
             self.sum += u64::from(len);
             if self.sum > self.len {
                 return Err(DeltaError::SignatureLength { declared: self.len, entries: self.sum });
             }
             self.entries.push((len, entry[4..].try_into().expect("ID_LEN bytes")));
+            self.taken += 1;
         }
         Ok(())
     }
 
-    /// The entries taken so far, each checked.
+    /// The entries kept, each checked: all taken, or those taken since the
+    /// last [`forget`](Self::forget).
     pub fn entries(&self) -> &[(u32, ChunkId)] {
         &self.entries
+    }
+
+    /// Lets go of the entries kept, the checks going on: for a reader
+    /// whose entries are handed on as they come (a guided cut holds
+    /// them), so that they are held once. [`finish`](Self::finish) then
+    /// gives a signature of the entries taken since.
+    pub fn forget(&mut self) {
+        self.entries = Vec::new();
     }
 
     /// The signature, once every entry came.
@@ -847,7 +868,7 @@ impl SignatureReader {
     ///
     /// Entries missing, or not adding up to the file.
     pub fn finish(self) -> Result<Signature, DeltaError> {
-        let counted = self.count.is_none_or(|count| self.entries.len() as u64 == count);
+        let counted = self.count.is_none_or(|count| self.taken == count);
         if !counted || self.sum != self.len {
             return Err(DeltaError::SignatureLength { declared: self.len, entries: self.sum });
         }

@@ -433,6 +433,51 @@ fn misleading_guesses_are_bounded() {
     assert_eq!(g.finish().unwrap(), index(&data, layout, usize::MAX));
 }
 
+/// A cut that never waits for entries (a server's, `go_on`), given them
+/// only now and then, still finds the runs a full cut finds once every
+/// entry is in: it cuts by content where none has come.
+#[test]
+fn a_cut_that_never_waits_finds_the_same_runs() {
+    let old = noise(2_000_000, 51);
+    let mut new = old[..700_000].to_vec();
+    new.extend_from_slice(&noise(3000, 52));
+    new.extend_from_slice(&old[700_000..]);
+    let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+    let theirs = index(&old, layout, usize::MAX);
+    for every in [1, 3, 1000] {
+        let mut g = Guided::new(layout).unwrap();
+        let (mut fed, mut given, mut asked) = (0, 0, 0);
+        loop {
+            match g.advance().unwrap() {
+                Needs::Nothing => break,
+                // Entries come only every `every` asks.
+                Needs::Theirs => {
+                    asked += 1;
+                    if asked % every == 0 && given < theirs.entries.len() {
+                        let to = (given + 50).min(theirs.entries.len());
+                        g.theirs(&theirs.entries[given..to]);
+                        given = to;
+                    } else {
+                        g.go_on();
+                    }
+                }
+                Needs::Data if fed < new.len() => {
+                    let to = (fed + 65_536).min(new.len());
+                    g.feed(&new[fed..to]);
+                    fed = to;
+                }
+                Needs::Data => g.fed_all(),
+            }
+        }
+        g.theirs(&theirs.entries[given..]);
+        g.theirs_ended();
+        let pieces = g.finish_diff().unwrap();
+        let (out, copied) = built(&old, &new, &pieces);
+        assert!(out == new, "entries every {every} asks: rebuilt file differs");
+        assert!(copied + 8 * layout.max() as u64 >= old.len() as u64, "every {every}: {copied} copied");
+    }
+}
+
 /// Where nothing of the old file is left, or no entry ever comes, the
 /// guided cut is a full cut.
 #[test]

@@ -169,18 +169,17 @@ fn cut(
     stop: &std::sync::atomic::AtomicBool,
     whole: bool,
 ) -> io::Result<(Signature, Option<blake3::Hash>)> {
-    let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
-    let mut indexer = Indexer::new(layout).map_err(invalid)?;
+    let mut indexer = Indexer::new(layout).map_err(invalid_data)?;
     let mut hasher = whole.then(blake3::Hasher::new);
     let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
     each_piece(file, (0, len), "indexed", stopped, |_, piece| {
-        indexer.feed(piece).map_err(invalid)?;
+        indexer.feed(piece).map_err(invalid_data)?;
         if let Some(h) = hasher.as_mut() {
             h.update(piece);
         }
         Ok::<(), io::Error>(())
     })?;
-    Ok((indexer.finish().map_err(invalid)?, hasher.map(|h| h.finalize())))
+    Ok((indexer.finish().map_err(invalid_data)?, hasher.map(|h| h.finalize())))
 }
 
 /// Reads `file` from `from` to `to` in pieces of at most [`PIECE`] bytes,
@@ -368,11 +367,10 @@ impl ToCut {
         mut made: impl FnMut(&[(u32, crate::delta::ChunkId)]) -> io::Result<()>,
         stop: impl FnMut() -> bool,
     ) -> io::Result<std::sync::Arc<Signature>> {
-        let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
-        let mut indexer = Indexer::new(self.layout).map_err(invalid)?;
+        let mut indexer = Indexer::new(self.layout).map_err(invalid_data)?;
         let mut given = 0;
         each_piece(&self.file, (0, self.len), "indexed", stop, |_, piece| {
-            indexer.feed(piece).map_err(invalid)?;
+            indexer.feed(piece).map_err(invalid_data)?;
             let new = &indexer.entries()[given..];
             if new.len() >= STREAMED_FRAME_ENTRIES {
                 made(new)?;
@@ -380,7 +378,7 @@ impl ToCut {
             }
             Ok::<(), io::Error>(())
         })?;
-        let sig = indexer.finish().map_err(invalid)?;
+        let sig = indexer.finish().map_err(invalid_data)?;
         made(&sig.entries[given..])?;
         let sig = std::sync::Arc::new(sig);
         if let Some(keep) = self.keep {
@@ -456,17 +454,21 @@ pub async fn read_signature<S>(s: &mut Session<S>, basis: &Basis) -> Result<Sign
 ///
 /// As [`read_signature`].
 pub async fn read_signature_from(reader: &mut FrameReader<BoxRead>, basis: &Basis) -> Result<Signature, DeltaFailed> {
-    read_entries(reader, basis, false, |_| {}).await
+    read_entries(reader, basis, false, None).await
 }
+
+/// What takes a signature's entries as they are checked.
+type HandOn<'a> = dyn FnMut(&[(u32, crate::delta::ChunkId)]) + Send + 'a;
 
 /// Reads a signature's frames, counted or `streamed` (until an empty
 /// frame), each checked as it comes ([`SignatureReader`]); `taken` gets
-/// each frame's entries once checked.
+/// each frame's entries once checked. With a `taken`, the entries are
+/// handed on, not kept: the signature returned has none.
 async fn read_entries(
     reader: &mut FrameReader<BoxRead>,
     basis: &Basis,
     streamed: bool,
-    mut taken: impl FnMut(&[(u32, crate::delta::ChunkId)]),
+    mut taken: Option<&mut HandOn<'_>>,
 ) -> Result<Signature, DeltaFailed> {
     let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
     let layout = basis.layout.ok_or(declared)?;
@@ -483,13 +485,16 @@ async fn read_entries(
             (0, true, true) => return Err(DeltaFailed::NoSignature),
             (0, true, false) => break,
             // `failed` ends a streamed signature, and says nothing else.
-            (0, false, _) | (_, _, true) => return Err(DeltaError::RaggedFrame { len: 0 }.into()),
+            (0, false, _) | (_, _, true) => return Err(DeltaError::BadEnd.into()),
             _ => {}
         }
         let body = reader.read_body((SIGNATURE_FRAME_ENTRIES * ENTRY_LEN) as u64).await?;
         sig.push(&body)?;
-        taken(&sig.entries()[got..]);
-        got = sig.entries().len();
+        if let Some(taken) = taken.as_mut() {
+            taken(sig.entries());
+            sig.forget();
+        }
+        got += body.len() / ENTRY_LEN;
     }
     Ok(sig.finish()?)
 }
@@ -505,7 +510,7 @@ async fn read_entries(
 /// As [`read_signature`]; [`DeltaFailed::NoSignature`] where the server
 /// ended it `failed`.
 pub async fn read_offered<S>(s: &mut Session<S>, basis: &Basis) -> Result<Signature, DeltaFailed> {
-    read_entries(s.reader(), basis, basis.streamed, |_| {}).await
+    read_entries(s.reader(), basis, basis.streamed, None).await
 }
 
 /// What [`read_guiding`] gives back: whether the signature was read
@@ -543,23 +548,28 @@ pub async fn read_guiding<S>(
         let cut = guided_cut((&file, size), layout, (&mut rx, wait), &flag);
         (file, cut, rx)
     });
-    // Only whether it was sound is kept: the cut holds its entries.
-    let theirs = read_entries(s.reader(), basis, streamed, |entries| drop(tx.send(entries.to_vec()))).await.map(drop);
+    // The entries go to the cut, which holds them: only whether the
+    // signature was sound is kept here.
+    let mut hand_on = |entries: &[(u32, crate::delta::ChunkId)]| drop(tx.send(entries.to_vec()));
+    let theirs = read_entries(s.reader(), basis, streamed, Some(&mut hand_on)).await.map(drop);
     drop(tx);
     if theirs.is_err() {
         drop(stop);
     }
     let ours = match cutting.await {
         Ok((file, Ok((mut guided, hash)), mut rx)) if theirs.is_ok() => {
-            // The entries the cut did not wait for.
-            while let Ok(entries) = rx.try_recv() {
-                guided.theirs(&entries);
-            }
-            guided.theirs_ended();
-            let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
-            let diffed = tokio::task::spawn_blocking(move || guided.finish_diff().map_err(invalid)).await;
-            match diffed {
-                Ok(pieces) => Ok((file, pieces.map(|pieces| (pieces, hash)))),
+            // The entries the cut did not wait for (a server's, nearly
+            // all of them where the client's came slowly), then the runs:
+            // a blocking thread's work.
+            let diffed = tokio::task::spawn_blocking(move || {
+                while let Ok(entries) = rx.try_recv() {
+                    guided.theirs(&entries);
+                }
+                guided.theirs_ended();
+                guided.finish_diff()
+            });
+            match diffed.await {
+                Ok(pieces) => Ok((file, pieces.map(|pieces| (pieces, hash)).map_err(invalid_data))),
                 Err(e) => Err(DeltaFailed::Io(io::Error::other(e))),
             }
         }
@@ -568,6 +578,10 @@ pub async fn read_guiding<S>(
         Err(e) => Err(DeltaFailed::Io(io::Error::other(e))),
     };
     (theirs, ours)
+}
+
+fn invalid_data(e: DeltaError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// A [`crate::delta::Guided`] cut of `file` (`size` bytes) as `layout`
@@ -582,9 +596,8 @@ fn guided_cut(
     stop: &std::sync::atomic::AtomicBool,
 ) -> io::Result<(crate::delta::Guided, blake3::Hash)> {
     use crate::delta::Needs;
-    let invalid = |e: DeltaError| io::Error::new(io::ErrorKind::InvalidData, e);
     let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
-    let mut guided = crate::delta::Guided::new(layout).map_err(invalid)?;
+    let mut guided = crate::delta::Guided::new(layout).map_err(invalid_data)?;
     let mut hasher = blake3::Hasher::new();
     // Cuts what it can, taking entries as it asks for them, until it
     // needs more of the file (or has cut it all).
@@ -592,7 +605,7 @@ fn guided_cut(
         if stopped() {
             return Err(io::Error::from(io::ErrorKind::Interrupted));
         }
-        match guided.advance().map_err(invalid)? {
+        match guided.advance().map_err(invalid_data)? {
             Needs::Data | Needs::Nothing => return Ok(()),
             Needs::Theirs => {
                 // Err(true): no more will come; Err(false): none yet.
@@ -662,10 +675,12 @@ pub enum Plan {
     /// and the whole file is hashed after it, while the receiver builds.
     Append(u64, Option<Box<blake3::Hasher>>),
     /// Nothing of the receiver's file is used: every byte is sent (an
-    /// append that was not one).
+    /// append that was not one, a signature the server could not finish,
+    /// a file the layout cannot cut within the engine's bounds).
     Fresh,
-    /// Runs found already ([`crate::delta::diff`] of the receiver's
-    /// signature and the new file's, made while the first came), and the
+    /// Runs found already (of the receiver's signature and the new
+    /// file's entries, cut while the first came: [`crate::delta::diff`],
+    /// or a guided cut's [`crate::delta::Guided::finish_diff`]), and the
     /// new file's hash if it was read then (if not, it is read after the
     /// ops are sent, while the receiver builds).
     Pieces(Vec<crate::delta::Piece>, Option<blake3::Hash>),
@@ -677,7 +692,7 @@ impl Plan {
     /// # Errors
     ///
     /// An append longer than the new file (the runs of
-    /// [`Plan::Pieces`] were checked by [`crate::delta::diff`]).
+    /// [`Plan::Pieces`] were checked when they were found).
     pub fn check(&self, new_len: u64) -> Result<(), DeltaError> {
         match self {
             Plan::Append(old_len, _) if *old_len > new_len => Err(DeltaError::TooLong { new_len }),
