@@ -5,8 +5,13 @@ and rsync over ssh (-z) on a shaped link, in the same run.
 Usage: python3 bench/wan.py [--mib 64] [--rounds 3] [--links 20,100]
                             [--rtt-ms 40] [--no-build] [--skip-validate]
                             [--only WORDS] [--peers WORDS] [--each]
-                            [--hold-reporting]
+                            [--hold-reporting] [--baseline BIN]
                             [--trees | --only-trees] [--tree-cases WORDS]
+
+`--baseline BIN` runs another framewire build (an older one, kept aside)
+as one more file-case peer, `framewire baseline`, with its own server on
+the same link and root, in the same rotation: a same-run A/B, reported
+as the ratio of the two medians.
 
 This machine is a VM that hands free memory back to its host at once
 (free page reporting): a run that writes a GiB into pages just handed
@@ -17,7 +22,8 @@ handed back during it, so that such runs can be told
 (docs/BENCHMARKS.md "The slow rounds found"); `--hold-reporting` delays
 the reporting to two minutes for the run (`min_free_ms` in
 /sys/module/page_reporting/parameters, set back to what it was after),
-so that no peer draws such runs.
+so that fewer runs draw them: memory freed in the two minutes before
+the run (a build just before it) is still handed back during it.
 
 The link: two network namespaces made by this script, joined by a veth
 pair with a `tbf` rate limit on each end (this kernel has tbf and htb,

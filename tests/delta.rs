@@ -505,6 +505,18 @@ async fn raw(addr: std::net::SocketAddr) -> (RawReader, RawWriter) {
     (r, w)
 }
 
+/// A fake server's side of the next connection to `listener`, the
+/// prefaces exchanged.
+async fn fake_peer(listener: &tokio::net::TcpListener) -> (RawReader, RawWriter) {
+    let (sock, _) = listener.accept().await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
+    r.read_preface().await.unwrap();
+    w.feed_preface(Preface::default());
+    w.flush().await.unwrap();
+    (r, w)
+}
+
 /// Reads frames until an error frame (skipping signatures): its code.
 async fn error_code(r: &mut RawReader) -> Option<ErrorCode> {
     loop {
@@ -651,12 +663,7 @@ async fn a_hostile_server_signature_is_refused() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
-        let (sock, _) = listener.accept().await.unwrap();
-        let (read, write) = sock.into_split();
-        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-        r.read_preface().await.unwrap();
-        w.feed_preface(Preface::default());
-        w.flush().await.unwrap();
+        let (mut r, mut w) = fake_peer(&listener).await;
         // stat, then put.
         let _ = r.read_head::<Message>().await.unwrap();
         let entry: proto::Entry =
@@ -711,12 +718,7 @@ async fn hostile_compact_listings_are_refused() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fake = tokio::spawn(async move {
-            let (sock, _) = listener.accept().await.unwrap();
-            let (read, write) = sock.into_split();
-            let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-            r.read_preface().await.unwrap();
-            w.feed_preface(Preface::default());
-            w.flush().await.unwrap();
+            let (mut r, mut w) = fake_peer(&listener).await;
             let _ = r.read_head::<Message>().await.unwrap();
             let head = proto::Listing { len: body.len() as u64, count: 1, zstd: true };
             w.send(&Message::Listing(head), &body).await.unwrap();
@@ -743,12 +745,7 @@ async fn an_older_server_sends_the_file_whole() {
     let addr = listener.local_addr().unwrap();
     let sent = data.clone();
     let fake = tokio::spawn(async move {
-        let (sock, _) = listener.accept().await.unwrap();
-        let (read, write) = sock.into_split();
-        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-        r.read_preface().await.unwrap();
-        w.feed_preface(Preface::default());
-        w.flush().await.unwrap();
+        let (mut r, mut w) = fake_peer(&listener).await;
         // The get, with a basis this server does not know of.
         let Some((Message::Get(get), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
         assert!(get.basis.is_some());
@@ -942,12 +939,7 @@ async fn compression_is_negotiated_off_with_an_older_server() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
-        let (sock, _) = listener.accept().await.unwrap();
-        let (read, write) = sock.into_split();
-        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-        r.read_preface().await.unwrap();
-        w.feed_preface(Preface::default());
-        w.flush().await.unwrap();
+        let (mut r, mut w) = fake_peer(&listener).await;
         // What an older server answers a type it does not know.
         let Some((Message::Compress(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
         let refusal =
@@ -1385,62 +1377,76 @@ async fn a_put_signature_is_streamed_as_it_is_cut_from_a_bucket() {
 }
 
 async fn streamed_and_counted(root: &RootServer) {
-    {
-        let old = noise(8 << 20, 21);
-        let mut new = old.clone();
-        new.splice(1 << 20..1 << 20, noise(1000, 22));
-        let layout = framewire::delta::Layout::for_sizes(old.len() as u64, new.len() as u64);
-        let want = signature_of(&old, layout);
-        for stream in [true, false] {
-            root.write("f.bin", &old).await;
-            let (mut r, mut w) = raw(root.addr).await;
-            let put = proto::Put {
-                path: "f.bin".into(),
-                size: new.len() as u64,
-                force: true,
-                mode: None,
-                mtime: None,
-                mtime_ns: None,
-                backup: None,
-                delta: Some(proto::DeltaAsk { append: None, trust: false, stream }),
-            };
-            w.send(&Message::Put(put), &[]).await.unwrap();
-            let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
-            let basis = ready.basis.unwrap();
-            assert_eq!((basis.streamed, basis.layout, basis.len), (stream, Some(layout), old.len() as u64));
-            let (mut entries, mut frames) = (Vec::new(), 0);
-            loop {
-                let Some((Message::SignatureFrame(f), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
-                let body = r.read_body(1 << 20).await.unwrap();
-                assert_eq!(body.len() as u64, f.len);
-                assert!(!f.failed);
-                if body.is_empty() {
-                    assert!(stream, "an empty frame in a counted signature");
-                    break;
-                }
-                entries.extend_from_slice(&body);
-                frames += 1;
-                if !stream && entries.len() as u64 == basis.count * 12 {
-                    break;
-                }
-            }
-            let want_bytes: Vec<u8> = want.entry_frames(usize::MAX).flatten().collect();
-            assert!(entries == want_bytes, "stream {stream}: not the older version's signature");
-            if stream {
-                assert_eq!(basis.count, 0);
-                assert!(frames >= 3, "{frames} frames: sent only once made?");
-            } else {
-                assert_eq!(basis.count, want.entries.len() as u64);
-            }
-            // In step: the file whole, then put_done.
-            let head = proto::PutData { len: new.len() as u64, offset: 0, holes: None };
-            w.send(&Message::PutData(head), &new).await.unwrap();
-            let sum = proto::Checksum { blake3: blake3::hash(&new).to_hex().to_string() };
-            w.send(&Message::Checksum(sum), &[]).await.unwrap();
-            let Some((Message::PutDone(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
-            assert!(root.read("f.bin").await.unwrap() == new);
+    let old = noise(8 << 20, 21);
+    let mut new = old.clone();
+    new.splice(1 << 20..1 << 20, noise(1000, 22));
+    let layout = framewire::delta::Layout::for_sizes(old.len() as u64, new.len() as u64);
+    let want = signature_of(&old, layout);
+    for stream in [true, false] {
+        root.write("f.bin", &old).await;
+        let (mut r, mut w) = raw(root.addr).await;
+        let basis = raw_put(&mut r, &mut w, new.len(), proto::DeltaAsk { append: None, trust: false, stream }).await;
+        assert_eq!((basis.streamed, basis.layout, basis.len), (stream, Some(layout), old.len() as u64));
+        let (entries, frames) = signature_frames(&mut r, &basis).await;
+        assert!(entries == want.entry_frames(usize::MAX).flatten().collect::<Vec<u8>>(), "stream {stream}");
+        if stream {
+            assert_eq!(basis.count, 0);
+            assert!(frames >= 3, "{frames} frames: sent only once made?");
+        } else {
+            assert_eq!(basis.count, want.entries.len() as u64);
         }
+        put_whole(&mut r, &mut w, &new).await;
+        assert!(root.read("f.bin").await.unwrap() == new);
     }
+}
+
+/// Sends a put of `len` bytes of `f.bin` asking for a delta as `ask`:
+/// the basis its `put_ready` offers.
+async fn raw_put(r: &mut RawReader, w: &mut RawWriter, len: usize, ask: proto::DeltaAsk) -> proto::Basis {
+    let put = proto::Put {
+        path: "f.bin".into(),
+        size: len as u64,
+        force: true,
+        mode: None,
+        mtime: None,
+        mtime_ns: None,
+        backup: None,
+        delta: Some(ask),
+    };
+    w.send(&Message::Put(put), &[]).await.unwrap();
+    let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put_ready") };
+    ready.basis.expect("a basis")
+}
+
+/// Reads the signature `basis` announces, to its empty last frame
+/// (streamed) or its count: its entries' bytes, and the frames they came
+/// in. Fails on `failed`, or an empty frame in a counted one.
+async fn signature_frames(r: &mut RawReader, basis: &proto::Basis) -> (Vec<u8>, usize) {
+    let (mut entries, mut frames) = (Vec::new(), 0);
+    while basis.streamed || (entries.len() as u64) < basis.count * 12 {
+        let Some((Message::SignatureFrame(f), _)) = r.read_head::<Message>().await.unwrap() else {
+            panic!("signature")
+        };
+        let body = r.read_body(1 << 20).await.unwrap();
+        assert!(body.len() as u64 == f.len && !f.failed, "{f:?}");
+        if body.is_empty() {
+            assert!(basis.streamed, "an empty frame in a counted signature");
+            break;
+        }
+        entries.extend_from_slice(&body);
+        frames += 1;
+    }
+    (entries, frames)
+}
+
+/// Sends `data` whole after a `put_ready`, its checksum, and reads
+/// `put_done`: the server is in step.
+async fn put_whole(r: &mut RawReader, w: &mut RawWriter, data: &[u8]) {
+    let head = proto::PutData { len: data.len() as u64, offset: 0, holes: None };
+    w.send(&Message::PutData(head), data).await.unwrap();
+    let sum = proto::Checksum { blake3: blake3::hash(data).to_hex().to_string() };
+    w.send(&Message::Checksum(sum), &[]).await.unwrap();
+    let Some((Message::PutDone(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put_done") };
 }
 
 /// A likely append that is not one (the same last 4 KiB, another first
@@ -1462,42 +1468,15 @@ async fn the_signature_after_an_append_that_is_not_one_is_streamed_as_asked() {
     for stream in [true, false] {
         root.write("f.bin", &old).await;
         let (mut r, mut w) = raw(root.addr).await;
-        let put = proto::Put {
-            path: "f.bin".into(),
-            size: new.len() as u64,
-            force: true,
-            mode: None,
-            mtime: None,
-            mtime_ns: None,
-            backup: None,
-            delta: Some(proto::DeltaAsk { append: Some(sample.clone()), trust: false, stream }),
-        };
-        w.send(&Message::Put(put), &[]).await.unwrap();
-        let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
-        let basis = ready.basis.unwrap();
+        let ask = proto::DeltaAsk { append: Some(sample.clone()), trust: false, stream };
+        let basis = raw_put(&mut r, &mut w, new.len(), ask).await;
         assert!(basis.append && basis.blake3.as_deref() == Some(&*blake3::hash(&old).to_hex()), "{basis:?}");
         w.send(&Message::SignatureWanted(proto::SignatureWanted {}), &[]).await.unwrap();
         let Some((Message::PutReady(ready), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
         let basis = ready.basis.unwrap();
         assert!(!basis.append && basis.streamed == stream, "{basis:?}");
-        let mut entries = Vec::new();
-        loop {
-            let Some((Message::SignatureFrame(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
-            let body = r.read_body(1 << 20).await.unwrap();
-            if body.is_empty() {
-                break;
-            }
-            entries.extend_from_slice(&body);
-            if !stream && entries.len() as u64 == basis.count * 12 {
-                break;
-            }
-        }
-        assert!(entries == want, "stream {stream}: not the older version's signature");
-        let head = proto::PutData { len: new.len() as u64, offset: 0, holes: None };
-        w.send(&Message::PutData(head), &new).await.unwrap();
-        let sum = proto::Checksum { blake3: blake3::hash(&new).to_hex().to_string() };
-        w.send(&Message::Checksum(sum), &[]).await.unwrap();
-        let Some((Message::PutDone(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!() };
+        assert!(signature_frames(&mut r, &basis).await.0 == want, "stream {stream}: not the older version's");
+        put_whole(&mut r, &mut w, &new).await;
         assert!(root.read("f.bin").await.unwrap() == new);
     }
 }
@@ -1514,12 +1493,7 @@ async fn streamed_fake(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
-        let (sock, _) = listener.accept().await.unwrap();
-        let (read, write) = sock.into_split();
-        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-        r.read_preface().await.unwrap();
-        w.feed_preface(Preface::default());
-        w.flush().await.unwrap();
+        let (mut r, mut w) = fake_peer(&listener).await;
         let Some((Message::Put(put), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
         assert!(put.delta.as_ref().is_some_and(|d| d.stream), "the client asks for a streamed signature");
         let basis = proto::Basis {

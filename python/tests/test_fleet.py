@@ -63,8 +63,15 @@ def test_a_host_past_its_timeout_and_one_leaving_early(servers):
     assert time.monotonic() - started < 10
     assert isinstance(results[0].error, framewire.TimeoutError) and not results[0].ok
     # Leaving the loop after the first host cancels the others' commands:
-    # their processes are gone soon after, not 30 s later.
-    cmd = 'if [ "$(cat id)" = 0 ]; then exit 0; fi; echo $$ > pid; exec sleep 30'
+    # their processes are gone soon after, not 30 s later. The first host
+    # answers only once the others' commands run (their roots are its
+    # siblings; at most 10 s): else the loop could be left before they
+    # start, and they would never write their pid.
+    cmd = (
+        'if [ "$(cat id)" = 0 ]; then for i in $(seq 200); do '
+        "[ -s ../root1/pid ] && [ -s ../root2/pid ] && exit 0; sleep 0.05; done; exit 0; fi; "
+        "echo $$ > pid; exec sleep 30"
+    )
     for r in framewire.fleet.run(addrs, cmd):
         assert r.host == addrs[0]
         break
