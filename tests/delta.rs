@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use std::path::Path;
 
+use common::fake_peer;
 use common::roots::RootServer;
 use framewire::client::{DeltaMode, Progress, TransferOptions};
 use framewire::proto::{self, AnyMessage as Message};
@@ -502,18 +503,6 @@ async fn raw(addr: std::net::SocketAddr) -> (RawReader, RawWriter) {
     w.feed_preface(Preface::default());
     w.flush().await.unwrap();
     r.read_preface().await.unwrap();
-    (r, w)
-}
-
-/// A fake server's side of the next connection to `listener`, the
-/// prefaces exchanged.
-async fn fake_peer(listener: &tokio::net::TcpListener) -> (RawReader, RawWriter) {
-    let (sock, _) = listener.accept().await.unwrap();
-    let (read, write) = sock.into_split();
-    let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-    r.read_preface().await.unwrap();
-    w.feed_preface(Preface::default());
-    w.flush().await.unwrap();
     (r, w)
 }
 

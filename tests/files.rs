@@ -472,12 +472,7 @@ async fn download_with_wrong_checksum_is_not_kept() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        let (sock, _) = listener.accept().await.unwrap();
-        let (read, write) = sock.into_split();
-        let (mut r, mut w) = (FrameReader::new(read), FrameWriter::new(write));
-        r.read_preface().await.unwrap();
-        w.feed_preface(Preface::default());
-        w.flush().await.unwrap();
+        let (mut r, mut w) = common::fake_peer(&listener).await;
         r.read_head::<Message>().await.unwrap();
         w.feed(
             &Message::FileReply(proto::FileReply {

@@ -460,3 +460,20 @@ pub async fn rename_cases(addr: &str) {
     );
     assert_eq!(client.stat("src").await.unwrap_err().code(), Some(ErrorCode::NotFound));
 }
+
+/// A fake server's side of the next connection to `listener`, the
+/// prefaces exchanged.
+pub async fn fake_peer(
+    listener: &tokio::net::TcpListener,
+) -> (
+    framewire::wire::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    framewire::wire::FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+) {
+    let (sock, _) = listener.accept().await.unwrap();
+    let (read, write) = sock.into_split();
+    let (mut r, mut w) = (framewire::wire::FrameReader::new(read), framewire::wire::FrameWriter::new(write));
+    r.read_preface().await.unwrap();
+    w.feed_preface(framewire::wire::Preface::default());
+    w.flush().await.unwrap();
+    (r, w)
+}
