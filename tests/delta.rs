@@ -1387,6 +1387,25 @@ async fn streamed_and_counted(root: &RootServer) {
         put_whole(&mut r, &mut w, &new).await;
         assert!(root.read("f.bin").await.unwrap() == new);
     }
+    // The ops sent before a byte of the streamed signature is read (a
+    // client that pipelines, PROTOCOL.md §4.6.6): taken as they come, the
+    // signature still sent whole, and the file built.
+    root.write("f.bin", &old).await;
+    let (mut r, mut w) = raw(root.addr).await;
+    let ask = proto::DeltaAsk { append: None, trust: false, stream: true };
+    let basis = raw_put(&mut r, &mut w, new.len(), ask).await;
+    assert!(basis.streamed);
+    w.send(&Message::PutDelta(proto::PutDelta { offset: 0 }), &[]).await.unwrap();
+    let mut ops = copy_op(0, 1 << 20);
+    framewire::delta::Op::Data(new[1 << 20..(1 << 20) + 1000].to_vec()).encode(&mut ops);
+    ops.extend(copy_op(1 << 20, (old.len() - (1 << 20)) as u32));
+    w.send(&Message::DeltaFrame(proto::DeltaFrame { len: ops.len() as u64 }), &ops).await.unwrap();
+    let sum = proto::Checksum { blake3: blake3::hash(&new).to_hex().to_string() };
+    w.send(&Message::Checksum(sum), &[]).await.unwrap();
+    let (entries, _) = signature_frames(&mut r, &basis).await;
+    assert!(entries == want.entry_frames(usize::MAX).flatten().collect::<Vec<u8>>(), "ops first");
+    let Some((Message::PutDone(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put_done") };
+    assert!(root.read("f.bin").await.unwrap() == new, "ops first");
 }
 
 /// Sends a put of `len` bytes of `f.bin` asking for a delta as `ask`:
@@ -1470,6 +1489,89 @@ async fn the_signature_after_an_append_that_is_not_one_is_streamed_as_asked() {
     }
 }
 
+/// The client sends its ops while the server's signature still comes
+/// (PROTOCOL.md §4.6.6): a fake server sends half its entries, and sends
+/// the rest only once a `put_delta` and a `delta` frame have come, which
+/// must settle the inserted bytes as new and copy what came before them.
+/// A client that waited for the signature's end would wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_sends_its_ops_before_the_signature_ends() {
+    let old = noise(24 << 20, 71);
+    let mut new = old[..1 << 20].to_vec();
+    new.extend_from_slice(&noise(1000, 72));
+    new.extend_from_slice(&old[1 << 20..]);
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    std::fs::write(&local, &new).unwrap();
+    let (old_len, new_len) = (old.len() as u64, new.len() as u64);
+    let sig = signature_of(&old, framewire::delta::Layout::for_sizes(old_len, new_len));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (mut r, mut w) = fake_peer(&listener).await;
+        let Some((Message::Put(put), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
+        assert!(put.delta.is_some_and(|d| d.stream));
+        let basis = proto::Basis {
+            len: old_len,
+            append: false,
+            blake3: None,
+            tail: None,
+            layout: Some(sig.layout),
+            count: 0,
+            streamed: true,
+        };
+        let ready =
+            proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
+        w.send(&Message::PutReady(ready), &[]).await.unwrap();
+        let frames: Vec<Vec<u8>> = sig.entry_frames(512).collect();
+        let half = frames.len() / 2;
+        for body in &frames[..half] {
+            w.send(&Message::SignatureFrame(proto::SignatureFrame { len: body.len() as u64, failed: false }), body)
+                .await
+                .unwrap();
+        }
+        // Ops, before the rest of the signature.
+        let mut ops = Vec::new();
+        let early = async {
+            let Some((Message::PutDelta(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put_delta") };
+            let Some((Message::DeltaFrame(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("delta") };
+            framewire::delta::Op::decode_all(&r.read_body(4 << 20).await.unwrap()).unwrap()
+        };
+        let first = tokio::time::timeout(std::time::Duration::from_secs(60), early)
+            .await
+            .expect("no ops came before the signature's end");
+        let covered: u64 = first.iter().map(framewire::delta::Op::len).sum();
+        ops.extend(first);
+        for body in frames[half..].iter().chain([&Vec::new()]) {
+            w.send(&Message::SignatureFrame(proto::SignatureFrame { len: body.len() as u64, failed: false }), body)
+                .await
+                .unwrap();
+        }
+        loop {
+            match r.read_head::<Message>().await.unwrap() {
+                Some((Message::DeltaFrame(_), _)) => {
+                    ops.extend(framewire::delta::Op::decode_all(&r.read_body(4 << 20).await.unwrap()).unwrap());
+                }
+                Some((Message::Checksum(sum), _)) => {
+                    let built = framewire::delta::apply_in_memory(&old, new_len, &ops).unwrap();
+                    assert_eq!(sum.blake3, blake3::hash(&built).to_hex().to_string());
+                    w.send(&Message::PutDone(proto::PutDone { size: new_len }), &[]).await.unwrap();
+                    return (covered, built);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let mut options = delta_options();
+    options.other_len = Some(old_len);
+    let mut client = Client::connect(&addr.to_string()).await.unwrap();
+    let done = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap();
+    let (covered, built) = fake.await.unwrap();
+    assert!(built == new, "the ops did not rebuild the file");
+    assert!(covered > (1 << 20) + 1000, "the first frame covered {covered} bytes: not past the insertion");
+    assert!(done.matched + 200_000 >= old_len, "{} copied", done.matched);
+}
+
 /// A fake server that answers a put of a 1 MiB file with a streamed
 /// basis of `len` bytes and the frames `script` sends; returns what it
 /// read after them (put_delta's ops, as data bytes, if it got any).
@@ -1499,12 +1601,14 @@ async fn streamed_fake(
         w.send(&Message::PutReady(ready), &[]).await.unwrap();
         let mut w = script(w).await?;
         // The client's answer: put_delta, ops, checksum.
-        let Some((Message::PutDelta(_), _)) = r.read_head::<Message>().await.unwrap() else { return None };
+        let Ok(Some((Message::PutDelta(_), _))) = r.read_head::<Message>().await else { return None };
         let mut data = Vec::new();
         loop {
-            match r.read_head::<Message>().await.unwrap() {
+            // A client that left may have reset the connection.
+            let Ok(next) = r.read_head::<Message>().await else { return None };
+            match next {
                 Some((Message::DeltaFrame(_), _)) => {
-                    let body = r.read_body(4 << 20).await.unwrap();
+                    let Ok(body) = r.read_body(4 << 20).await else { return None };
                     for op in framewire::delta::Op::decode_all(&body).unwrap() {
                         let framewire::delta::Op::Data(bytes) = op else {
                             panic!("a copy of a file with no signature")
@@ -1518,6 +1622,9 @@ async fn streamed_fake(
                     w.send(&Message::PutDone(done), &[]).await.unwrap();
                     return Some(data);
                 }
+                // Left before its checksum: its ops may go before the
+                // signature's end, and stop where that proves bad.
+                None => return None,
                 other => panic!("{other:?}"),
             }
         }

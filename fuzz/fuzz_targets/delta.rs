@@ -8,7 +8,8 @@
 //! accepted ops survive a round trip through their wire form; a patch
 //! that is accepted makes exactly the new file's length; a cut guided by
 //! an old file's signature (`Guided`) diffs into pieces that rebuild the
-//! new file, whatever the layout, pieces and pace of the entries.
+//! new file, whatever the layout, pieces and pace of the entries, and
+//! wherever its runs are taken as they settle (`Guided::settle`).
 //!
 //! Input: a mode byte; for a signature, a layout (a byte, its top bit for
 //! a streamed signature, then sizes), lengths, then frames (each a length
@@ -105,7 +106,7 @@ fn ops(mut input: Input<'_>) {
 /// A sender's cut guided by an old file's signature (`Guided`), its
 /// entries given in batches of the input's choosing and the new file fed
 /// in pieces of its choosing: the diff against the whole signature always
-/// rebuilds the new file.
+/// rebuilds the new file, with runs taken as they settle or not.
 fn guided(mut input: Input<'_>) {
     let mode = input.byte();
     let blocks = mode & 1 == 1;
@@ -129,7 +130,14 @@ fn guided(mut input: Input<'_>) {
     let theirs = ix.finish().unwrap();
     let mut g = Guided::new(layout).unwrap();
     let (mut fed, mut given, mut asked) = (0, 0, 0u32);
+    // Runs taken as they settle (a sender that pipelines), at the steps
+    // the input's bits choose.
+    let (mut pieces, mut steps) = (Vec::new(), 0u32);
     loop {
+        steps += 1;
+        if (batch >> (steps % 8)) & 1 == 1 {
+            g.settle(&mut pieces);
+        }
         match g.advance().unwrap() {
             Needs::Nothing => break,
             Needs::Theirs if (impatient >> (asked % 7)) & 1 == 1 => {
@@ -153,11 +161,12 @@ fn guided(mut input: Input<'_>) {
     }
     g.theirs(&theirs.entries[given..]);
     g.theirs_ended();
-    // The runs from the cut's own index: those of a diff of its entries.
-    let Ok(pieces) = g.finish_diff() else {
+    // The runs from the cut's own index, those settled before first.
+    let Ok(rest) = g.finish_diff() else {
         assert_ne!(layout, Layout::for_sizes(old.len() as u64, new.len() as u64));
         return;
     };
+    pieces.extend(rest);
     let mut out = Vec::new();
     for p in pieces {
         match p {

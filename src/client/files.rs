@@ -282,6 +282,26 @@ impl EarlyCut {
 /// What an upload's answer before its checksum means: the server
 /// refused while the body was still going out (a write failed on its
 /// side), or broke the protocol, or left.
+/// Where a delta upload resumes: the server's `offset` if what it holds
+/// (`prefix_blake3`) is the start of this file, else 0.
+async fn resumed_from(
+    file: std::fs::File,
+    size: u64,
+    (offset, prefix_blake3): (u64, Option<String>),
+) -> Result<(std::fs::File, u64), ClientError> {
+    spawn_blocking(move || {
+        let mut file = file;
+        let same = match &prefix_blake3 {
+            Some(theirs) if offset > 0 && offset <= size => crate::services::files::hash_prefix(&mut file, offset)
+                .is_ok_and(|h| h.finalize().to_hex().as_str() == theirs),
+            _ => false,
+        };
+        (file, if same { offset } else { 0 })
+    })
+    .await
+    .map_err(join_err)
+}
+
 fn early_answer(answer: Option<(Answer<PutDone>, u64)>) -> ClientError {
     match answer {
         Some((Answer::Refused(e), _)) => e.into(),
@@ -1272,6 +1292,10 @@ impl Client {
                 match again {
                     // It could not index its file: every byte is sent.
                     Some(b) if b.append => (file, delta::Plan::Fresh),
+                    Some(b) if self.guides(&b, None) => {
+                        let held = (offset, prefix_blake3);
+                        return self.send_guided(file, (local, size), held, &b, progress).await;
+                    }
                     Some(b) => self.against_signature(file, local, size, &b, None).await?,
                     None => {
                         self.session.abandon().await;
@@ -1280,6 +1304,9 @@ impl Client {
                     }
                 }
             }
+        } else if self.guides(&basis, early.as_ref()) {
+            drop(early);
+            return self.send_guided(file, (local, size), (offset, prefix_blake3), &basis, progress).await;
         } else {
             self.against_signature(file, local, size, &basis, early).await?
         };
@@ -1288,6 +1315,83 @@ impl Client {
             return Err(ClientError::Unexpected { expected: "a signature that fits", got: e.to_string() }.into());
         }
         self.send_delta(file, (local, size), (offset, prefix_blake3), plan, progress).await
+    }
+
+    /// Whether an upload against `basis` is cut guided by its entries and
+    /// sent while they come ([`send_guided`](Self::send_guided)): chunks
+    /// of a signature streamed as it is made, or of one made already with
+    /// no early cut (a counted one comes only once the server has cut its
+    /// whole file: the early cut, begun with the request, is further on
+    /// by then); not for a fan-out, whose copies cut and hash the file
+    /// once for all.
+    fn guides(&self, basis: &crate::proto::Basis, early: Option<&EarlyCut>) -> bool {
+        let chunks = matches!(basis.layout, Some(crate::delta::Layout::Chunks(_)));
+        let early = early.filter(|e| Some(e.layout) == basis.layout && e.held == basis.len);
+        self.shared_reads.is_none() && chunks && (basis.streamed || early.is_none())
+    }
+
+    /// The layout of the server's signature (`basis`, for our file of
+    /// `size` bytes), if it is the one the sizes call for; else the
+    /// connection, out of step, is abandoned.
+    async fn layout_of(&mut self, basis: &crate::proto::Basis, size: u64) -> Result<crate::delta::Layout, Retry> {
+        let fits = |l: &crate::delta::Layout| {
+            let entries = basis.count > 0 || basis.streamed;
+            delta::layout_fits(*l, basis.len, size).is_ok() && entries && delta::worth(basis.len, size)
+        };
+        match basis.layout.filter(fits) {
+            Some(layout) => Ok(layout),
+            None => {
+                self.session.abandon().await;
+                let got = format!("{:?} for {} and {size} bytes", basis.layout, basis.len);
+                Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into())
+            }
+        }
+    }
+
+    /// An upload sent while the server's signature (`basis`, its frames
+    /// next on the connection) still comes ([`delta::send_guided`]): our
+    /// file cut guided by its entries and hashed in the same pass, each
+    /// run sent once sure, so the server builds while it still cuts.
+    async fn send_guided(
+        &mut self,
+        file: std::fs::File,
+        (local, size): (&Path, u64),
+        (offset, prefix_blake3): (u64, Option<String>),
+        basis: &crate::proto::Basis,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Transfer, Retry> {
+        self.layout_of(basis, size).await?;
+        let (file, from) = resumed_from(file, size, (offset, prefix_blake3)).await?;
+        self.session.send(&crate::proto::PutDelta { offset: from }, &[]).await?;
+        let mut report = |done| progress(Progress { size, resumed: from, done });
+        let read = delta::send_guided::<_, Answer<PutDone>>(
+            &mut self.session,
+            (basis, basis.streamed),
+            (file, size),
+            from,
+            &mut report,
+        );
+        let delta::GuidedSent { theirs, sent, early } = read.await;
+        if let Some(early) = early {
+            self.session.abandon().await;
+            return Err(early_answer(early?).into());
+        }
+        match theirs {
+            // A streamed signature the server could not finish: what was
+            // not sent went as data.
+            Ok(()) | Err(delta::DeltaFailed::NoSignature) => {}
+            Err(e) => return Err(self.signature_failed(e).await),
+        }
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(delta::DeltaFailed::Wire(e)) => return Err(e.into()),
+            Err(e) => {
+                // The frames cannot be finished: the connection cannot go on.
+                self.session.abandon().await;
+                return Err(ClientError::Local { path: local.to_owned(), source: std::io::Error::other(e) }.into());
+            }
+        };
+        self.checked(sent, size, from, false).await
     }
 
     /// The plan of an upload against the server's signature (`basis`, its
@@ -1302,58 +1406,10 @@ impl Client {
         basis: &crate::proto::Basis,
         early: Option<EarlyCut>,
     ) -> Result<(std::fs::File, delta::Plan), Retry> {
-        let fits = |l: &crate::delta::Layout| {
-            let entries = basis.count > 0 || basis.streamed;
-            delta::layout_fits(*l, basis.len, size).is_ok() && entries && delta::worth(basis.len, size)
-        };
-        let Some(layout) = basis.layout.filter(fits) else {
-            self.session.abandon().await;
-            let got = format!("{:?} for {} and {size} bytes", basis.layout, basis.len);
-            return Err(ClientError::Unexpected { expected: "a signature cut as the sizes say", got }.into());
-        };
+        let layout = self.layout_of(basis, size).await?;
         let shared = self.shared_reads.clone();
         // The early cut, if it is the one the signature takes.
         let early = early.filter(|e| e.layout == layout && e.held == basis.len);
-        // Chunks of a signature streamed as it is made (or of one made
-        // already, with no early cut): our file cut guided by its entries
-        // as they come, and hashed whole in the same pass. A counted one
-        // comes only once the server has cut its whole file: the early
-        // cut, begun with the request, is further on by then.
-        let guide = shared.is_none()
-            && matches!(layout, crate::delta::Layout::Chunks(_))
-            && (basis.streamed || early.is_none());
-        if guide {
-            drop(early);
-            let read = delta::read_guiding(&mut self.session, (basis, basis.streamed), (file, size), true);
-            let (theirs, ours) = read.await;
-            let (file, made) = match ours {
-                Ok(got) => got,
-                // The cut's thread failed: the file is lost to this put.
-                Err(e) => {
-                    self.session.abandon().await;
-                    let source = std::io::Error::other(e);
-                    return Err(ClientError::Local { path: local.to_owned(), source }.into());
-                }
-            };
-            match theirs {
-                Ok(()) => {}
-                // A streamed signature the server could not finish: every
-                // byte goes, as new data.
-                Err(delta::DeltaFailed::NoSignature) => return Ok((file, delta::Plan::Fresh)),
-                Err(e) => return Err(self.signature_failed(e).await),
-            }
-            return match made {
-                Ok((pieces, hash)) => Ok((file, delta::Plan::Pieces(pieces, Some(hash)))),
-                // A file the layout would cut into more chunks than the
-                // engine takes (the layout was checked): it goes whole,
-                // as data.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok((file, delta::Plan::Fresh)),
-                Err(source) => {
-                    self.session.abandon().await;
-                    Err(ClientError::Local { path: local.to_owned(), source }.into())
-                }
-            };
-        }
         let chunking = async move {
             match early {
                 Some(early) => early.finish(file).await,
@@ -1424,18 +1480,7 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
         let trusted = matches!(plan, delta::Plan::Append(_, None));
-        // Resumed only if what the server holds is the start of this file.
-        let (file, from) = spawn_blocking(move || {
-            let mut file = file;
-            let same = match &prefix_blake3 {
-                Some(theirs) if offset > 0 && offset <= size => crate::services::files::hash_prefix(&mut file, offset)
-                    .is_ok_and(|h| h.finalize().to_hex().as_str() == theirs),
-                _ => false,
-            };
-            (file, if same { offset } else { 0 })
-        })
-        .await
-        .map_err(join_err)?;
+        let (file, from) = resumed_from(file, size, (offset, prefix_blake3)).await?;
         self.session.send(&crate::proto::PutDelta { offset: from }, &[]).await?;
         let mut report = |done| progress(Progress { size, resumed: from, done });
         let outcome = {
@@ -1460,6 +1505,14 @@ impl Client {
                 return Err(early_answer(early?).into());
             }
         };
+        self.checked(sent, size, from, trusted).await
+    }
+
+    /// The checksum of a delta upload sent (`sent`, of a file of `size`
+    /// bytes from `from`), and the server's answer: on a mismatch, the
+    /// retry it calls for (`trusted`: after an append trusted to its
+    /// sample).
+    async fn checked(&mut self, sent: delta::Sent, size: u64, from: u64, trusted: bool) -> Result<Transfer, Retry> {
         let hash = sent.hash.to_hex().to_string();
         self.session.send(&Checksum { blake3: hash.clone() }, &[]).await?;
         match self.answer::<PutDone>().await {

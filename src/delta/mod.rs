@@ -527,7 +527,31 @@ pub struct Guided {
     impatient: bool,
     entries: Vec<(u32, ChunkId)>,
     by_content: u64,
+    /// The new file's entries settled into runs ([`settle`](Self::settle)),
+    /// and where the first not settled starts.
+    settled: usize,
+    settled_at: u64,
+    /// Bytes settled as new before theirs ended: bounded
+    /// ([`SETTLE_BUDGET`]).
+    early: u64,
+    /// Theirs failed: nothing of theirs is copied from here on.
+    void: bool,
 }
+
+/// A piece of the new file not found among the receiver's entries come so
+/// far is settled as new ([`Guided::settle`]) only once they reach this
+/// far (or 64 of the layout's largest pieces, if more) past where the old
+/// file would hold it: a piece moved back by more than that may be sent
+/// as data (within [`SETTLE_BUDGET`]) where a diff of the whole signature
+/// would copy it.
+pub const SETTLE_AFTER: u64 = 8 << 20;
+
+/// Bytes a [`Guided`] cut settles as new before the receiver's entries
+/// have ended: this, and one 256th of the file cut so far. Past it, what
+/// is not found waits for the signature's end: a file reordered costs at
+/// most this much sent for nothing; one with much new data settles it as
+/// the whole-signature diff would, at the end.
+pub const SETTLE_BUDGET: u64 = 256 << 10;
 
 /// What a [`Guided`] cut needs to go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -568,6 +592,10 @@ impl Guided {
             impatient: false,
             entries: Vec::new(),
             by_content: 0,
+            settled: 0,
+            settled_at: 0,
+            early: 0,
+            void: false,
         })
     }
 
@@ -585,6 +613,14 @@ impl Guided {
     /// No more of the receiver's entries will come.
     pub fn theirs_ended(&mut self) {
         self.ended = true;
+    }
+
+    /// The receiver's signature failed before its end (it could not cut
+    /// its file): no more will come, and what is not settled yet is new
+    /// data, whatever the entries that came say.
+    pub fn theirs_void(&mut self) {
+        self.ended = true;
+        self.void = true;
     }
 
     /// The next bytes of the new file.
@@ -697,25 +733,82 @@ impl Guided {
         self.missed
     }
 
-    /// The [`diff`] of the new file's entries against the receiver's
-    /// whole signature, once [`advance`](Self::advance) said
-    /// [`Needs::Nothing`] and every entry of theirs was given
-    /// ([`theirs_ended`](Self::theirs_ended)): the same runs, found
+    /// Appends to `out` the runs of the new file it is sure of so far, in
+    /// order from the first not settled, each once: a sender sends them
+    /// while the receiver's signature still comes, and the receiver
+    /// builds while it still cuts. A piece found among the entries come so
+    /// far is a copy (any copy of the same bytes is as good). One not
+    /// found is new once theirs have ended, or once they reach
+    /// [`SETTLE_AFTER`] past where the old file would hold it, within
+    /// [`SETTLE_BUDGET`]; else it waits, and so does every piece after
+    /// it. Blocks settle as soon as theirs at the same place has come (a
+    /// block is copied only at its place).
+    pub fn settle(&mut self, out: &mut Vec<Piece>) {
+        let after = SETTLE_AFTER.max(64 * self.layout.max() as u64);
+        while let Some(&(len, id)) = self.entries.get(self.settled) {
+            let (at, l) = (self.settled_at, u64::from(len));
+            let found = match self.layout {
+                _ if self.void => None,
+                Layout::Chunks(_) => {
+                    self.index.get(&id).filter(|&&k| self.theirs[k].0 == len).map(|&k| self.offsets[k])
+                }
+                Layout::Blocks(size) => match self.theirs.get(self.settled) {
+                    Some(&(tl, tid)) => {
+                        (tid == id && tl == len && at == self.settled as u64 * u64::from(size)).then_some(at)
+                    }
+                    None if self.ended => None,
+                    None => return,
+                },
+            };
+            let piece = match found {
+                Some(offset) => Piece::Copy { offset, len: l },
+                None if self.ended || matches!(self.layout, Layout::Blocks(_)) => Piece::Literal { at, len: l },
+                None => {
+                    // It may still come: new only once theirs reach well
+                    // past where it would stand, and within the budget.
+                    let reach = i128::from(at + l) - self.drift + i128::from(after);
+                    let budget = SETTLE_BUDGET + self.pos / 256;
+                    if i128::from(self.covered) < reach || self.early + l > budget {
+                        return;
+                    }
+                    self.early += l;
+                    Piece::Literal { at, len: l }
+                }
+            };
+            push_piece(out, piece);
+            self.settled += 1;
+            self.settled_at += l;
+        }
+    }
+
+    /// Where the first piece not settled yet starts in the new file.
+    pub fn settled_at(&self) -> u64 {
+        self.settled_at
+    }
+
+    /// The runs not settled yet ([`settle`](Self::settle)), once
+    /// [`advance`](Self::advance) said [`Needs::Nothing`] and every entry
+    /// of theirs was given ([`theirs_ended`](Self::theirs_ended)). With
+    /// nothing settled before, the [`diff`] of the new file's entries
+    /// against the receiver's whole signature: the same runs, found
     /// through the index the guesses were made with rather than a second
     /// one.
     ///
     /// # Errors
     ///
     /// As [`finish`](Self::finish); [`DeltaError::WrongLayout`] as
-    /// [`diff`]'s (for the length theirs cover).
+    /// [`diff`]'s (for the length theirs cover, unless they were void).
     pub fn finish_diff(mut self) -> Result<Vec<Piece>, DeltaError> {
         debug_assert!(self.ended, "finish_diff before every entry of theirs was given");
-        let theirs = Signature { layout: self.layout, len: self.covered, entries: std::mem::take(&mut self.theirs) };
-        let (index, offsets) = (std::mem::take(&mut self.index), std::mem::take(&mut self.offsets));
+        let mut out = Vec::new();
+        self.settle(&mut out);
+        let (layout, covered, void) = (self.layout, self.covered, self.void);
         let ours = self.finish()?;
-        fits(theirs.layout, theirs.len, &ours)?;
-        let found = |len, id| index.get(&id).filter(|&&k| theirs.entries[k].0 == len).map(|&k| offsets[k]);
-        Ok(pieces(&theirs, &ours, found))
+        // A void signature is short of the file it was cut from.
+        if !void {
+            fits(layout, covered, &ours)?;
+        }
+        Ok(out)
     }
 
     /// The new file's entries, once [`advance`](Self::advance) said
@@ -1183,15 +1276,20 @@ fn pieces(old: &Signature, new: &Signature, found: impl Fn(u32, ChunkId) -> Opti
             }
         };
         let len = u64::from(len);
-        match (found, out.last_mut()) {
-            (Some(offset), Some(Piece::Copy { offset: o, len: l })) if *o + *l == offset => *l += len,
-            (Some(offset), _) => out.push(Piece::Copy { offset, len }),
-            (None, Some(Piece::Literal { at: a, len: l })) if *a + *l == at => *l += len,
-            (None, _) => out.push(Piece::Literal { at, len }),
-        }
+        push_piece(&mut out, found.map_or(Piece::Literal { at, len }, |offset| Piece::Copy { offset, len }));
         at += len;
     }
     out
+}
+
+/// Appends `piece` to `out`, as a longer last run where it goes on from
+/// it.
+fn push_piece(out: &mut Vec<Piece>, piece: Piece) {
+    match (piece, out.last_mut()) {
+        (Piece::Copy { offset, len }, Some(Piece::Copy { offset: o, len: l })) if *o + *l == offset => *l += len,
+        (Piece::Literal { at, len }, Some(Piece::Literal { at: a, len: l })) if *a + *l == at => *l += len,
+        (piece, _) => out.push(piece),
+    }
 }
 
 /// What the receiver holds of a file, without reading it: its length and

@@ -599,3 +599,120 @@ fn streamed_signatures_are_taken_as_they_are_cut_and_checked() {
     // A layout that cannot be used.
     assert!(matches!(SignatureReader::streamed(Layout::Blocks(0), 10), Err(DeltaError::BadBlockSize(0))));
 }
+
+/// A guided cut driven as a sender that pipelines drives it: entries
+/// given `batch` at a time when asked, the new file fed in `piece`s, and
+/// the runs taken as they settle after every step. Returns the runs in
+/// order (merged where they meet), and how far they reached before the
+/// receiver's last entries were given.
+fn settled_cut(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> (Vec<Piece>, u64) {
+    let mut g = Guided::new(theirs.layout).unwrap();
+    let (mut fed, mut given, mut before_last) = (0, 0, 0);
+    let (mut runs, mut out) = (Vec::new(), Vec::new());
+    loop {
+        g.settle(&mut runs);
+        for p in runs.drain(..) {
+            push_piece(&mut out, p);
+        }
+        match g.advance().unwrap() {
+            Needs::Nothing => break,
+            Needs::Theirs if given < theirs.entries.len() => {
+                // What is settled goes before the cut waits.
+                g.settle(&mut runs);
+                before_last = g.settled_at();
+                let to = (given + batch.max(1)).min(theirs.entries.len());
+                g.theirs(&theirs.entries[given..to]);
+                given = to;
+            }
+            Needs::Theirs => g.theirs_ended(),
+            Needs::Data if fed < new.len() => {
+                let to = (fed + piece.max(1)).min(new.len());
+                g.feed(&new[fed..to]);
+                fed = to;
+            }
+            Needs::Data => g.fed_all(),
+        }
+    }
+    if given < theirs.entries.len() {
+        g.settle(&mut runs);
+        before_last = g.settled_at();
+        g.theirs(&theirs.entries[given..]);
+    }
+    g.theirs_ended();
+    for p in runs.drain(..).chain(g.finish_diff().unwrap()) {
+        push_piece(&mut out, p);
+    }
+    (out, before_last)
+}
+
+/// Runs settle while the signature still comes: after an insertion, all
+/// but the last entries' worth of the file is settled before they come,
+/// the inserted bytes as new once the entries reach well past them, and
+/// the runs are those of a diff of the whole signature. Blocks settle
+/// block by block.
+#[test]
+fn runs_settle_before_the_signature_ends() {
+    let old = noise(20_000_000, 61);
+    let mut inserted = old[..1_000_000].to_vec();
+    inserted.extend_from_slice(&noise(1000, 62));
+    inserted.extend_from_slice(&old[1_000_000..]);
+    let mut edited = old.clone();
+    edited[5_000_000..5_000_100].fill(9);
+    for (what, new) in [("inserted", &inserted), ("edited", &edited), ("same", &old)] {
+        let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+        let theirs = index(&old, layout, usize::MAX);
+        let whole = diff(&theirs, &index(new, layout, usize::MAX)).unwrap();
+        for (piece, batch) in [(1 << 20, 50), (65_536, 7), (7_777, 200)] {
+            let (runs, before_last) = settled_cut(&theirs, new, piece, batch);
+            assert_eq!(runs, whole, "{what}, {piece}/{batch}: not the whole signature's runs");
+            let (out, _) = built(&old, new, &runs);
+            assert!(out == *new, "{what}: rebuilt file differs");
+            // The last batch covers at most `batch` of the layout's
+            // largest pieces, and a few more are cut past it.
+            let last = (batch as u64 + 8) * layout.max() as u64;
+            assert!(before_last + last >= new.len() as u64, "{what}, {piece}/{batch}: {before_last} settled early");
+        }
+    }
+}
+
+/// A file reordered further than [`SETTLE_AFTER`] (its halves swapped):
+/// what is not found yet is settled as new only within the budget, then
+/// waits for the signature's end, which finds the rest; so at most the
+/// budget goes as data that a whole-signature diff would copy. A
+/// signature that fails (`theirs_void`) settles the rest as new.
+#[test]
+fn early_new_runs_are_bounded_and_a_void_signature_copies_nothing_more() {
+    let old = noise(20_000_000, 63);
+    // One byte more: chunks (blocks copy only at their place).
+    let new = [&old[12_000_000..], &old[..12_000_000], b"!"].concat();
+    let layout = Layout::for_sizes(old.len() as u64, new.len() as u64);
+    let theirs = index(&old, layout, usize::MAX);
+    let whole = diff(&theirs, &index(&new, layout, usize::MAX)).unwrap();
+    let (_, whole_copied) = built(&old, &new, &whole);
+    for batch in [10, 500] {
+        let (runs, _) = settled_cut(&theirs, &new, 65_536, batch);
+        let (out, copied) = built(&old, &new, &runs);
+        assert!(out == new, "{batch}: rebuilt file differs");
+        let bound = SETTLE_BUDGET + new.len() as u64 / 256 + layout.max() as u64;
+        assert!(copied + bound >= whole_copied, "{batch}: {copied} copied, {whole_copied} by the whole signature");
+        assert!(copied < whole_copied, "{batch}: nothing settled early: the test tests nothing");
+    }
+    // Void after a third of the entries: what settled stays, the rest is
+    // new.
+    let mut g = Guided::new(layout).unwrap();
+    g.theirs(&theirs.entries[..theirs.entries.len() / 3]);
+    let (mut runs, mut out) = (Vec::new(), Vec::new());
+    g.feed(&old);
+    g.fed_all();
+    while g.advance().unwrap() == Needs::Theirs {
+        g.settle(&mut runs);
+        out.append(&mut runs);
+        g.theirs_void();
+    }
+    let settled = g.settled_at();
+    assert!(settled > 0, "nothing settled before the signature failed");
+    out.extend(g.finish_diff().unwrap_or_else(|e| panic!("{e}")));
+    let (rebuilt, copied) = built(&old, &old, &out);
+    assert!(rebuilt == old);
+    assert_eq!(copied, settled, "copies after the signature failed");
+}

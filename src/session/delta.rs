@@ -393,27 +393,105 @@ impl ToCut {
 /// and few enough frames that their heads cost under 1 %.
 pub const STREAMED_FRAME_ENTRIES: usize = 512;
 
-/// Sends the signature of `cut` streamed (PROTOCOL.md §4.6.6): entries
-/// in `signature` frames as a blocking thread cuts the file, so the
+/// A signature sent streamed (PROTOCOL.md §4.6.6): entries in
+/// `signature` frames as a blocking thread cuts the file, so the
 /// signature's time on the wire is spent while it is made, not after;
 /// then an empty frame, `failed` if the file could not be cut to its end
-/// (it shrank, or could not be read). Returns the signature, if made.
-///
-/// # Errors
-///
-/// The connection's (the cut stops with it).
-pub async fn stream_signature<S: Sends<SignatureFrame>>(
-    s: &mut Session<S>,
-    cut: ToCut,
-) -> Result<Option<std::sync::Arc<Signature>>, Error> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let worker = tokio::task::spawn_blocking(move || cut.stream(&tx));
-    while let Some(frame) = rx.recv().await {
-        s.send(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await?;
+/// (it shrank, or could not be read). The client may send its ops before
+/// that end: [`alongside`](Self::alongside) reads them while the frames
+/// go. Dropped before its end, it stops the cut.
+#[derive(Debug)]
+pub struct Streaming {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    worker: Option<tokio::task::JoinHandle<io::Result<std::sync::Arc<Signature>>>>,
+    /// The end frame went.
+    ended: bool,
+    /// Why a frame could not be written: nothing more is.
+    broken: Option<Error>,
+}
+
+impl Streaming {
+    /// Starts cutting `cut` on a blocking thread.
+    pub fn start(cut: ToCut) -> Streaming {
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let worker = tokio::task::spawn_blocking(move || cut.stream(&tx));
+        Streaming { rx, worker: Some(worker), ended: false, broken: None }
     }
-    let made = worker.await.ok().and_then(Result::ok);
-    s.send(&SignatureFrame { len: 0, failed: made.is_none() }, &[]).await?;
-    Ok(made)
+
+    /// Runs `work` (reading the connection's other half) while the
+    /// signature's frames go out on `out` as they are cut, each frame
+    /// written whole: the signature is left where it stands when `work`
+    /// is done, to go on with [`finish`](Self::finish). A frame that
+    /// cannot be written ends the sending, not `work`; `finish` says why.
+    pub async fn alongside<S: Sends<SignatureFrame>, T>(
+        &mut self,
+        out: &mut Outbound<'_, S>,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        while !self.ended && self.broken.is_none() {
+            let frame = tokio::select! {
+                done = &mut work => return done,
+                frame = self.rx.recv() => frame,
+            };
+            let mut sending = std::pin::pin!(send_frame(&mut self.worker, out, frame));
+            let mut done = None;
+            let sent = loop {
+                tokio::select! {
+                    sent = &mut sending => break sent,
+                    d = &mut work, if done.is_none() => done = Some(d),
+                }
+            };
+            match sent {
+                Ok(ended) => self.ended = ended,
+                Err(e) => self.broken = Some(e),
+            }
+            if let Some(done) = done {
+                return done;
+            }
+        }
+        work.await
+    }
+
+    /// Sends the rest of the signature and its end.
+    ///
+    /// # Errors
+    ///
+    /// The connection's (the cut stops with it).
+    pub async fn finish<S: Sends<SignatureFrame>>(mut self, out: &mut Outbound<'_, S>) -> Result<(), Error> {
+        while !self.ended {
+            if let Some(e) = self.broken.take() {
+                return Err(e);
+            }
+            let frame = self.rx.recv().await;
+            self.ended = send_frame(&mut self.worker, out, frame).await?;
+        }
+        self.broken.map_or(Ok(()), Err)
+    }
+}
+
+/// Sends a streamed signature's next frame, or (`frame` is `None`: the
+/// cut is done) its end, `failed` unless the cut made the signature.
+/// Returns whether it was the end.
+async fn send_frame<S: Sends<SignatureFrame>>(
+    worker: &mut Option<tokio::task::JoinHandle<io::Result<std::sync::Arc<Signature>>>>,
+    out: &mut Outbound<'_, S>,
+    frame: Option<Vec<u8>>,
+) -> Result<bool, Error> {
+    match frame {
+        Some(frame) => {
+            out.send(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await?;
+            Ok(false)
+        }
+        None => {
+            let made = match worker.take() {
+                Some(worker) => worker.await.ok().and_then(Result::ok).is_some(),
+                None => false,
+            };
+            out.send(&SignatureFrame { len: 0, failed: !made }, &[]).await?;
+            Ok(true)
+        }
+    }
 }
 
 /// The head of a signature's `basis` for the older version `sig` indexes.
@@ -631,6 +709,212 @@ fn guided_cut(
     Ok((guided, hasher.finalize()))
 }
 
+/// What [`send_guided`] gives back.
+#[derive(Debug)]
+pub struct GuidedSent<A> {
+    /// Whether the signature was read whole and sound.
+    pub theirs: Result<(), DeltaFailed>,
+    /// What was sent: every op of the file, its whole hash and the bytes
+    /// copied. The connection's error where sending failed.
+    pub sent: Result<Sent, DeltaFailed>,
+    /// An answer the peer sent before the ops were through (a refusal):
+    /// the sending stopped there.
+    pub early: Option<Result<Option<(A, u64)>, Error>>,
+}
+
+/// Sends `file` (`size` bytes, from `from` on: what a resumed receiver
+/// lacks) as `delta` frames made against a signature while it still
+/// comes (PROTOCOL.md §4.6.6, "ops before the signature's end"): a
+/// blocking thread cuts the file guided by the entries as they are read
+/// ([`crate::delta::Guided`]), hashes it in the same pass, and hands on
+/// the runs it is sure of ([`crate::delta::Guided::settle`]) as ops, so
+/// the receiver builds while it still cuts its older version. The
+/// signature is read to its end whatever is sent meanwhile (`streamed` as
+/// the caller takes it). The caller has sent `put_delta`, and sends the
+/// checksum after.
+///
+/// If the signature fails (`failed`), what is not sent yet goes as data;
+/// if it breaks the protocol, the cut stops, and the caller abandons the
+/// connection. Once the signature is read, an answer of type `A` is
+/// listened for while the last ops go (a receiver that could not write).
+pub async fn send_guided<S: Sends<DeltaFrame>, A: crate::wire::FrameHeader>(
+    s: &mut Session<S>,
+    (basis, streamed): (&Basis, bool),
+    (file, size): (File, u64),
+    from: u64,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> GuidedSent<A> {
+    let Some(layout) = basis.layout else {
+        let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
+        let theirs = Err(declared.into());
+        return GuidedSent { theirs, sent: Err(io::Error::from(io::ErrorKind::InvalidInput).into()), early: None };
+    };
+    let (entries_tx, mut entries_rx) = mpsc::unbounded_channel();
+    let (frames_tx, mut frames_rx) = mpsc::channel::<(Vec<u8>, u64)>(4);
+    let stop = StopOnDrop::default();
+    let void = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (stop, void) = (stop.0.clone(), void.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut out = Framer {
+                buf: Vec::with_capacity(DELTA_FRAME_TARGET * 2),
+                pos: 0,
+                from,
+                matched: 0,
+                sent: from,
+                tx: &frames_tx,
+            };
+            let hash = guided_send((&file, size), layout, (&mut entries_rx, &void), &stop, &mut out)?;
+            Ok::<_, DeltaFailed>(Sent { hash, matched: out.matched })
+        })
+    };
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let (theirs, frames, early) = {
+        let (reader, mut out) = s.halves();
+        let sending = async {
+            while let Some((frame, upto)) = frames_rx.recv().await {
+                out.send(&DeltaFrame { len: frame.len() as u64 }, &frame).await?;
+                progress(upto.saturating_sub(from));
+            }
+            Ok::<(), Error>(())
+        };
+        let mut sending = std::pin::pin!(sending);
+        // The signature to its end, the ops going meanwhile.
+        let (theirs, frames) = {
+            let reading = async {
+                let mut hand_on = |entries: &[(u32, crate::delta::ChunkId)]| drop(entries_tx.send(entries.to_vec()));
+                let theirs = read_entries(reader, basis, streamed, Some(&mut hand_on)).await.map(drop);
+                match &theirs {
+                    Ok(()) => {}
+                    // What is not sent yet goes as data.
+                    Err(DeltaFailed::NoSignature) => void.store(true, relaxed),
+                    Err(_) => stop.0.store(true, relaxed),
+                }
+                // Their end, for the cut.
+                drop(entries_tx);
+                theirs
+            };
+            let mut reading = std::pin::pin!(reading);
+            tokio::select! {
+                theirs = &mut reading => (theirs, None),
+                frames = &mut sending => (reading.await, Some(frames)),
+            }
+        };
+        // The last ops, an early answer listened for meanwhile.
+        match frames {
+            Some(frames) => (theirs, Some(frames), None),
+            None if theirs.is_err() && !void.load(relaxed) => (theirs, Some(sending.await), None),
+            None => tokio::select! {
+                frames = &mut sending => (theirs, Some(frames), None),
+                early = reader.read_head::<A>() => (theirs, None, Some(early)),
+            },
+        }
+    };
+    // Sending stopped (the frames' receiving end is gone): so does the cut.
+    drop(stop);
+    let sent = match worker.await {
+        Ok(sent) => sent,
+        Err(e) => Err(DeltaFailed::Io(io::Error::other(e))),
+    };
+    let sent = match frames {
+        Some(Err(e)) => Err(DeltaFailed::Wire(e)),
+        _ => sent,
+    };
+    GuidedSent { theirs, sent, early }
+}
+
+/// The blocking half of [`send_guided`]: cuts `file` guided by the
+/// entries from `rx` as they come (waiting for them), hashes it whole in
+/// the same pass, and pushes the runs into `out` as they settle; what
+/// is settled goes as a frame each time the cut must wait for entries.
+/// Where its own file cuts into more chunks than the engine takes, or
+/// the signature ends `void`, the rest goes as data. Returns the whole
+/// file's hash. `Interrupted` once `stop` is set.
+fn guided_send(
+    (file, size): (&File, u64),
+    layout: Layout,
+    (rx, void): (&mut mpsc::UnboundedReceiver<Vec<(u32, crate::delta::ChunkId)>>, &std::sync::atomic::AtomicBool),
+    stop: &std::sync::atomic::AtomicBool,
+    out: &mut Framer<'_>,
+) -> Result<blake3::Hash, DeltaFailed> {
+    use crate::delta::{Guided, Needs, Piece};
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let stopped = || stop.load(relaxed);
+    let mut guided = Guided::new(layout)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut runs: Vec<Piece> = Vec::new();
+    // What is settled, as ops.
+    let settle = |guided: &mut Guided, runs: &mut Vec<Piece>, out: &mut Framer<'_>| {
+        guided.settle(runs);
+        runs.drain(..).try_for_each(|p| out.piece(p, file))
+    };
+    // Their next entries, or their end; waited for once what is settled
+    // has gone.
+    let mut theirs = |guided: &mut Guided, runs: &mut Vec<Piece>, out: &mut Framer<'_>| {
+        let next = match rx.try_recv() {
+            Ok(entries) => Some(entries),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                settle(guided, runs, out)?;
+                out.send()?;
+                rx.blocking_recv()
+            }
+        };
+        match &next {
+            Some(entries) => guided.theirs(entries),
+            None if void.load(relaxed) => guided.theirs_void(),
+            None => guided.theirs_ended(),
+        }
+        Ok::<bool, DeltaFailed>(next.is_some())
+    };
+    // Cuts what it can, until it needs more of the file (or has cut it all).
+    let mut go_on = |guided: &mut Guided, runs: &mut Vec<Piece>, out: &mut Framer<'_>| loop {
+        if stopped() {
+            return Err(DeltaFailed::Io(io::ErrorKind::Interrupted.into()));
+        }
+        match guided.advance()? {
+            Needs::Data | Needs::Nothing => return Ok(()),
+            Needs::Theirs => drop(theirs(guided, runs, out)?),
+        }
+    };
+    let mut hashed = 0;
+    let cut = each_piece(file, (0, size), "sent", stopped, |at, piece| {
+        hasher.update(piece);
+        hashed = at + piece.len() as u64;
+        guided.feed(piece);
+        go_on(&mut guided, &mut runs, out)?;
+        settle(&mut guided, &mut runs, out)
+    });
+    match cut {
+        Ok(()) => {
+            guided.fed_all();
+            go_on(&mut guided, &mut runs, out)?;
+            // The rest of theirs, to settle what was not found yet.
+            while theirs(&mut guided, &mut runs, out)? {}
+            settle(&mut guided, &mut runs, out)?;
+            if guided.settled_at() != size {
+                return Err(DeltaError::TooShort { written: guided.settled_at(), new_len: size }.into());
+            }
+        }
+        // Our own file cuts into more chunks than the engine takes: the
+        // rest goes as data.
+        Err(DeltaFailed::Bad(DeltaError::TooManyChunks { .. })) => {
+            let at = guided.settled_at();
+            out.piece(Piece::Literal { at, len: size - at }, file)?;
+            each_piece(file, (hashed, size), "sent", stopped, |_, piece| {
+                hasher.update(piece);
+                Ok::<(), io::Error>(())
+            })?;
+        }
+        Err(e) => return Err(e),
+    }
+    if out.pos != size {
+        return Err(DeltaError::TooShort { written: out.pos, new_len: size }.into());
+    }
+    out.send()?;
+    Ok(hasher.finalize())
+}
+
 /// Feeds a signature's entries in `signature` frames (the caller
 /// flushes): a streamed tree's, behind its `wants` frame.
 ///
@@ -805,6 +1089,33 @@ impl Framer<'_> {
         Ok(())
     }
 
+    /// Pushes the ops of a run: copies of at most [`MAX_RUN`], new bytes
+    /// read from `file` in ops of at most [`crate::delta::MAX_DATA`].
+    fn piece(&mut self, piece: crate::delta::Piece, file: &File) -> Result<(), DeltaFailed> {
+        match piece {
+            _ if self.pos + piece.len() <= self.from => self.pos += piece.len(),
+            crate::delta::Piece::Copy { offset, len } => {
+                let mut done = 0;
+                while done < len {
+                    let run = (len - done).min(MAX_RUN);
+                    self.push(Op::Copy { offset: offset + done, len: run as u32 })?;
+                    done += run;
+                }
+            }
+            crate::delta::Piece::Literal { at: start, len } => {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(crate::delta::MAX_DATA as u64) as usize;
+                    let mut bytes = vec![0; n];
+                    file.read_exact_at(&mut bytes, start + done)?;
+                    self.push(Op::Data(bytes))?;
+                    done += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn send(&mut self) -> Result<(), DeltaFailed> {
         if self.buf.is_empty() {
             return Ok(());
@@ -830,27 +1141,7 @@ fn encode(
     match plan {
         Plan::Pieces(pieces, hash) => {
             for piece in pieces {
-                match *piece {
-                    _ if out.pos + piece.len() <= from => out.pos += piece.len(),
-                    crate::delta::Piece::Copy { offset, len } => {
-                        let mut done = 0;
-                        while done < len {
-                            let run = (len - done).min(MAX_RUN);
-                            out.push(Op::Copy { offset: offset + done, len: run as u32 })?;
-                            done += run;
-                        }
-                    }
-                    crate::delta::Piece::Literal { at: start, len } => {
-                        let mut done = 0;
-                        while done < len {
-                            let n = (len - done).min(crate::delta::MAX_DATA as u64) as usize;
-                            let mut bytes = vec![0; n];
-                            file.read_exact_at(&mut bytes, start + done)?;
-                            out.push(Op::Data(bytes))?;
-                            done += n as u64;
-                        }
-                    }
-                }
+                out.piece(*piece, file)?;
             }
             if out.pos != new_len {
                 return Err(DeltaError::TooShort { written: out.pos, new_len }.into());

@@ -248,6 +248,11 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     // Whether the last put_ready offered a basis.
     let mut offered = false;
     let mut asked_again = false;
+    // A signature streamed while it is cut, still on its way: the client
+    // may send its ops before its end (PROTOCOL.md §4.6.6), and they are
+    // read (and the file built) while it goes.
+    let mut streaming: Option<delta::Streaming> = None;
+    let due = "put_data or put_delta after put_ready";
     let data = loop {
         let step = cut_off_by(&cut, async {
             let (head, signed) = match basis.as_mut() {
@@ -262,12 +267,27 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
                 Some(delta::Signed::Made(sig)) => delta::send_signature(s, &sig).await?,
                 // A streamed signature the server could not finish leaves
                 // the basis offered: the client sends every byte as new.
-                Some(delta::Signed::ToCut(to_cut)) => drop(delta::stream_signature(s, to_cut).await?),
+                Some(delta::Signed::ToCut(to_cut)) => {
+                    let mut going = delta::Streaming::start(to_cut);
+                    let (reader, mut out) = s.halves();
+                    let step = going.alongside(&mut out, reader.read_head::<PutInput>()).await;
+                    streaming = Some(going);
+                    return Ok(step);
+                }
                 None => {}
             }
-            read_step::<PutInput>(s, "put_data or put_delta after put_ready").await
+            Ok(s.read::<PutInput>().await)
         })
         .await;
+        let step = match step {
+            Ok(Ok(step)) => Ok(step.map(|(m, _)| m)),
+            Ok(Err(e)) => {
+                // Refused (or the client gone): the signature stops.
+                streaming = None;
+                step_failed(s, e, due).await
+            }
+            Err(e) => Err(e),
+        };
         let appended = basis.as_ref().is_some_and(|(b, _)| b.append);
         match step {
             // A likely append that the client found was not one: the
@@ -288,6 +308,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
                 };
             }
             Ok(Some(PutInput::SignatureWanted(_))) => {
+                drop(streaming.take());
                 upload.abandon().await;
                 return s.refuse_and_close("signature_wanted where no likely append was offered".to_owned()).await;
             }
@@ -305,6 +326,8 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         _ => false,
     };
     if !agreed {
+        // Refused: the signature stops.
+        drop(streaming.take());
         let held = upload.held();
         cut_off_by(&cut, async {
             upload.abandon().await;
@@ -332,7 +355,41 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
         };
     }
     let is_delta = matches!(data, Ok(Some(PutInput::PutDelta(_))));
-    let received = if is_delta { upload.receive_delta(s, size).await } else { upload.receive(s, &cut).await };
+    let received = match streaming.as_mut() {
+        // The file built while the signature still goes.
+        Some(going) if is_delta => {
+            let (reader, mut out) = s.halves();
+            going.alongside(&mut out, upload.receive_delta(reader, &cut, size)).await
+        }
+        _ if is_delta => upload.receive_delta(s.reader(), &cut, size).await,
+        // The whole body, once the signature has gone.
+        _ => {
+            if let Some(going) = streaming.take() {
+                let (_, mut out) = s.halves();
+                if let Err(e) = cut_off_by(&cut, going.finish(&mut out)).await {
+                    upload.abandon().await;
+                    return Err(e);
+                }
+            }
+            upload.receive(s, &cut).await
+        }
+    };
+    // The signature's end goes before any answer: what is left of it, for
+    // a file built or one whose older version changed meanwhile (answered
+    // in step); any other outcome ends the connection, and the cut stops.
+    if let (Some(going), Ok(_) | Err(NotReceived::Stale(_))) = (streaming.take(), &received) {
+        let (_, mut out) = s.halves();
+        if let Err(e) = cut_off_by(&cut, going.finish(&mut out)).await {
+            if let Ok(body) = received {
+                cut_off_by(&cut, async {
+                    body.keep().await;
+                    Ok(())
+                })
+                .await?;
+            }
+            return Err(e);
+        }
+    }
     let body = match received {
         Ok(body) => body,
         Err(NotReceived::Cut(e)) => {
@@ -381,13 +438,21 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
 /// follows it cannot be framed with certainty).
 pub(super) async fn read_step<M: crate::wire::FrameHeader>(s: &mut S, due: &str) -> Result<Option<M>, Error> {
     match s.read::<M>().await {
-        Ok(Some((m, _))) => Ok(Some(m)),
-        Ok(None) => Ok(None),
-        Err(Error::Unexpected { kind, .. }) => {
+        Ok(step) => Ok(step.map(|(m, _)| m)),
+        Err(e) => step_failed(s, e, due).await,
+    }
+}
+
+/// A step of a put that could not be read (`due` says what was due): a
+/// frame that is not it, or one that cannot be read, is refused and the
+/// connection ends.
+async fn step_failed<M>(s: &mut S, e: Error, due: &str) -> Result<Option<M>, Error> {
+    match e {
+        Error::Unexpected { kind, .. } => {
             s.refuse_and_close(format!("expected {due}, got {kind}")).await.map(|()| None)
         }
-        Err(e) if e.is_recoverable() => s.refuse_and_close(format!("bad {due}: {e}")).await.map(|()| None),
-        Err(e) => Err(e),
+        e if e.is_recoverable() => s.refuse_and_close(format!("bad {due}: {e}")).await.map(|()| None),
+        e => Err(e),
     }
 }
 

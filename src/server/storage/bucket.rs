@@ -24,7 +24,8 @@ use crate::services::bucket::{Bucket, Finish, Kept, Multipart, Reading, Target, 
 use crate::services::files::{self, Listing};
 use crate::services::Fault;
 use crate::session::{cut_off_by, ServerSide, Session};
-use crate::wire::{Error, MAX_BUFFERED_BODY};
+use crate::transport::BoxRead;
+use crate::wire::{Error, FrameReader, MAX_BUFFERED_BODY};
 
 type S = Session<ServerSide>;
 
@@ -434,7 +435,12 @@ impl Upload for BucketUpload {
         Some((offered.basis, offered.signature))
     }
 
-    async fn receive_delta(mut self, s: &mut S, size: u64) -> Result<BucketBody, NotReceived> {
+    async fn receive_delta(
+        mut self,
+        reader: &mut FrameReader<BoxRead>,
+        cut: &CancellationToken,
+        size: u64,
+    ) -> Result<BucketBody, NotReceived> {
         let Some(spool) = self.spool.take() else {
             return Err(NotReceived::Bad("put_delta where no basis was offered".to_owned()));
         };
@@ -455,7 +461,7 @@ impl Upload for BucketUpload {
             }
         };
         let patch = crate::session::delta::Patch::new(receiver, Ok(old), spool.len, size);
-        let failed = match crate::session::delta::receive_ops(s, patch, &mut |_| {}).await {
+        let failed = match crate::session::delta::receive_ops_from(reader, cut, patch, &mut |_| {}).await {
             Ok(patch) => match patch.finish() {
                 Ok(received) => {
                     let parts = self.parts.take();

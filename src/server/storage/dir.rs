@@ -31,7 +31,8 @@ use crate::session::{
     Batch, CommitError, Guard, Place, ReceiveError, Received, Receiver, Replace, SendError, Sender, ServerSide,
     Session, Unproven, UntilCut, SMALL_BODY,
 };
-use crate::wire::Error;
+use crate::transport::BoxRead;
+use crate::wire::{Error, FrameReader};
 
 type S = Session<ServerSide>;
 
@@ -303,14 +304,19 @@ impl Upload for DirUpload {
         Some((basis, sig))
     }
 
-    async fn receive_delta(self, s: &mut S, size: u64) -> Result<DirBody, NotReceived> {
+    async fn receive_delta(
+        self,
+        reader: &mut FrameReader<BoxRead>,
+        cut: &CancellationToken,
+        size: u64,
+    ) -> Result<DirBody, NotReceived> {
         let DirUpload { receiver, claim, path, hashes, sb, basis, .. } = self;
         let Some((old, old_len)) = basis else {
             return Err(NotReceived::Bad("put_delta where no basis was offered".to_owned()));
         };
         let retired = old.try_clone().ok();
         let patch = dt::Patch::new(receiver, Ok(old), old_len, size);
-        let failed = match dt::receive_ops(s, patch, &mut |_| {}).await {
+        let failed = match dt::receive_ops_from(reader, cut, patch, &mut |_| {}).await {
             Ok(patch) => match patch.finish() {
                 Ok(received) => return Ok(DirBody { received, _claim: claim, path, hashes, sb, retired }),
                 Err(e) => (e, None),

@@ -32,7 +32,8 @@ use crate::proto::{
 use crate::services::files::{Listing, Sandbox};
 use crate::services::{Fault, PathRule};
 use crate::session::{ServerSide, Session};
-use crate::wire::Error;
+use crate::transport::BoxRead;
+use crate::wire::{Error, FrameReader};
 
 pub(in crate::server) type S = Session<ServerSide>;
 
@@ -536,8 +537,13 @@ pub(in crate::server) trait Upload: Send + Sized {
     /// Receives the body as `delta` frames built from the
     /// [`basis`](Self::basis), from the agreed offset until the file of
     /// `size` bytes is whole, or the session's cut-off.
-    fn receive_delta(self, s: &mut S, size: u64) -> impl Future<Output = Result<Self::Body, NotReceived>> + Send {
-        let _ = (s, size);
+    fn receive_delta(
+        self,
+        reader: &mut FrameReader<BoxRead>,
+        cut: &CancellationToken,
+        size: u64,
+    ) -> impl Future<Output = Result<Self::Body, NotReceived>> + Send {
+        let _ = (reader, cut, size);
         drop(self);
         std::future::ready(Err(NotReceived::Bad("put_delta where no basis was offered".to_owned())))
     }
