@@ -1572,6 +1572,73 @@ async fn the_client_sends_its_ops_before_the_signature_ends() {
     assert!(done.matched + 200_000 >= old_len, "{} copied", done.matched);
 }
 
+/// A server that refuses while the client's ops go (its disk filled
+/// while it built), in the middle of its streamed signature or after its
+/// end: the client stops at once, reports the server's reason, and does
+/// not hang on the ops it still had to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_while_the_ops_go_is_reported() {
+    for whole in [false, true] {
+        refused_while_the_ops_go(whole).await;
+    }
+}
+
+async fn refused_while_the_ops_go(whole: bool) {
+    let old = noise(24 << 20, 73);
+    // New data all through: many frames of ops for the client to send.
+    let new: Vec<u8> = old.iter().enumerate().map(|(i, b)| if i % 4096 == 0 { b ^ 1 } else { *b }).chain([1]).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    std::fs::write(&local, &new).unwrap();
+    let (old_len, new_len) = (old.len() as u64, new.len() as u64);
+    let sig = signature_of(&old, framewire::delta::Layout::for_sizes(old_len, new_len));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (mut r, mut w) = fake_peer(&listener).await;
+        let Some((Message::Put(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
+        let basis = proto::Basis {
+            len: old_len,
+            append: false,
+            blake3: None,
+            tail: None,
+            layout: Some(sig.layout),
+            count: 0,
+            streamed: true,
+        };
+        let ready =
+            proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
+        w.send(&Message::PutReady(ready), &[]).await.unwrap();
+        let frames: Vec<Vec<u8>> = sig.entry_frames(512).collect();
+        let sent = if whole { frames.len() + 1 } else { 3 };
+        for body in frames.iter().chain([&Vec::new()]).take(sent) {
+            let head = proto::SignatureFrame { len: body.len() as u64, failed: false };
+            w.send(&Message::SignatureFrame(head), body).await.unwrap();
+        }
+        let Some((Message::PutDelta(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put_delta") };
+        let refusal = proto::ErrorFrame::new(ErrorCode::DiskFull, "the disk filled while the file was built");
+        w.send(&Message::ErrorFrame(refusal), &[]).await.unwrap();
+        drop(w);
+        // What the client still sends is read past, until it leaves.
+        while let Ok(Some(_)) = r.read_head::<Message>().await {}
+    });
+    let mut options = delta_options();
+    options.other_len = Some(old_len);
+    let mut client = Client::connect(&addr.to_string()).await.unwrap();
+    let mut progress = no_progress();
+    let put = client.put(&local, "f.bin", &options, &mut progress);
+    let err = tokio::time::timeout(std::time::Duration::from_secs(60), put)
+        .await
+        .expect("the client hung after the refusal")
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Remote { code: ErrorCode::DiskFull, message } if message.contains("disk filled")),
+        "signature whole: {whole}: {err:?}"
+    );
+    drop(client);
+    fake.await.unwrap();
+}
+
 /// A fake server that answers a put of a 1 MiB file with a streamed
 /// basis of `len` bytes and the frames `script` sends; returns what it
 /// read after them (put_delta's ops, as data bytes, if it got any).

@@ -282,26 +282,6 @@ impl EarlyCut {
 /// What an upload's answer before its checksum means: the server
 /// refused while the body was still going out (a write failed on its
 /// side), or broke the protocol, or left.
-/// Where a delta upload resumes: the server's `offset` if what it holds
-/// (`prefix_blake3`) is the start of this file, else 0.
-async fn resumed_from(
-    file: std::fs::File,
-    size: u64,
-    (offset, prefix_blake3): (u64, Option<String>),
-) -> Result<(std::fs::File, u64), ClientError> {
-    spawn_blocking(move || {
-        let mut file = file;
-        let same = match &prefix_blake3 {
-            Some(theirs) if offset > 0 && offset <= size => crate::services::files::hash_prefix(&mut file, offset)
-                .is_ok_and(|h| h.finalize().to_hex().as_str() == theirs),
-            _ => false,
-        };
-        (file, if same { offset } else { 0 })
-    })
-    .await
-    .map_err(join_err)
-}
-
 fn early_answer(answer: Option<(Answer<PutDone>, u64)>) -> ClientError {
     match answer {
         Some((Answer::Refused(e), _)) => e.into(),
@@ -936,7 +916,13 @@ impl Client {
                     }
                     Err((delta::DeltaFailed::Wire(e), _)) => return Err(ClientError::from(e).into()),
                     Err((delta::DeltaFailed::Closed, _)) => return Err(ClientError::Closed.into()),
-                    Err((e @ (delta::DeltaFailed::Bad(_) | delta::DeltaFailed::NoSignature), _)) => {
+                    // Only a signature's reader meets the last two.
+                    Err((
+                        e @ (delta::DeltaFailed::Bad(_)
+                        | delta::DeltaFailed::NoSignature
+                        | delta::DeltaFailed::Refused(_)),
+                        _,
+                    )) => {
                         self.session.abandon().await;
                         return Err(
                             ClientError::Unexpected { expected: "a delta that fits", got: e.to_string() }.into()
@@ -1361,17 +1347,15 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
         self.layout_of(basis, size).await?;
-        let (file, from) = resumed_from(file, size, (offset, prefix_blake3)).await?;
-        self.session.send(&crate::proto::PutDelta { offset: from }, &[]).await?;
-        let mut report = |done| progress(Progress { size, resumed: from, done });
+        let mut report = |resumed, done| progress(Progress { size, resumed, done });
         let read = delta::send_guided::<_, Answer<PutDone>>(
             &mut self.session,
             (basis, basis.streamed),
             (file, size),
-            from,
+            (offset, prefix_blake3),
             &mut report,
         );
-        let delta::GuidedSent { theirs, sent, early } = read.await;
+        let delta::GuidedSent { theirs, sent: (from, sent), early } = read.await;
         if let Some(early) = early {
             self.session.abandon().await;
             return Err(early_answer(early?).into());
@@ -1380,7 +1364,18 @@ impl Client {
             // A streamed signature the server could not finish: what was
             // not sent went as data.
             Ok(()) | Err(delta::DeltaFailed::NoSignature) => {}
-            Err(e) => return Err(self.signature_failed(e).await),
+            // Refused in the signature's place (a write failed there):
+            // the ops sent leave the connection out of step.
+            Err(delta::DeltaFailed::Refused(e)) => {
+                self.session.abandon().await;
+                return Err(ClientError::from(e).into());
+            }
+            Err(e) => {
+                let failed = self.signature_failed(e).await;
+                // Ops went: the connection is out of step whatever failed.
+                self.session.abandon().await;
+                return Err(failed);
+            }
         }
         let sent = match sent {
             Ok(sent) => sent,
@@ -1480,7 +1475,13 @@ impl Client {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Transfer, Retry> {
         let trusted = matches!(plan, delta::Plan::Append(_, None));
-        let (file, from) = resumed_from(file, size, (offset, prefix_blake3)).await?;
+        // Resumed only if what the server holds is the start of this file.
+        let (file, from) = spawn_blocking(move || {
+            let from = delta::resume_offset(&file, size, (offset, prefix_blake3.as_deref()));
+            (file, from)
+        })
+        .await
+        .map_err(join_err)?;
         self.session.send(&crate::proto::PutDelta { offset: from }, &[]).await?;
         let mut report = |done| progress(Progress { size, resumed: from, done });
         let outcome = {

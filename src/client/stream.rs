@@ -910,7 +910,7 @@ async fn receive_delta(
     // A write that fails fails this file alone.
     let patch = patch.deferring_write_errors();
     let never = tokio_util::sync::CancellationToken::new();
-    let patch = match dt::receive_ops_from(reader, &never, patch, report).await {
+    let patch = match dt::receive_ops_from(reader, (&never, dt::Patience::default()), patch, report).await {
         Ok(patch) => patch,
         // Cut: the partial file keeps what was built, for a resume.
         Err((DeltaFailed::Wire(e), _)) => return Err(e.into()),

@@ -24,7 +24,7 @@ use crate::delta::{Action, DeltaError, Indexer, Layout, Op, Patcher, Signature, 
 pub fn longest_basis(new_len: u64) -> u64 {
     new_len.saturating_mul(4)
 }
-use crate::proto::{Basis, DeltaFrame, SignatureFrame};
+use crate::proto::{Answer, Basis, DeltaFrame, SignatureFrame};
 use crate::services::root::PartialName;
 use crate::transport::BoxRead;
 use crate::wire::{Error, FrameReader};
@@ -118,6 +118,10 @@ pub enum DeltaFailed {
     /// changed or could not be read): there is none to build against.
     #[error("the peer could not finish its signature")]
     NoSignature,
+    /// The peer refused in the signature's place (a put's server that
+    /// could not take the ops sent before its end).
+    #[error("{}", .0.message)]
+    Refused(crate::proto::ErrorFrame),
 }
 
 /// Indexes the first `len` bytes of `file` cut as `layout`, and hashes
@@ -308,7 +312,7 @@ impl Signed {
 pub type Keep = Box<dyn FnOnce(&File, &std::sync::Arc<Signature>) + Send>;
 
 /// An older version's signature still to cut: cut whole before it is
-/// sent ([`ToCut::cut`]), or sent as it is cut ([`stream_signature`]).
+/// sent ([`ToCut::cut`]), or sent as it is cut ([`Streaming`]).
 /// Cut without a whole-file hash: this version is about to be replaced,
 /// and the hash would cost a second pass over it.
 pub struct ToCut {
@@ -408,6 +412,8 @@ pub struct Streaming {
     ended: bool,
     /// Why a frame could not be written: nothing more is.
     broken: Option<Error>,
+    /// Told `true` once the signature has gone (or cannot go on).
+    over: tokio::sync::watch::Sender<bool>,
 }
 
 impl Streaming {
@@ -415,7 +421,30 @@ impl Streaming {
     pub fn start(cut: ToCut) -> Streaming {
         let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let worker = tokio::task::spawn_blocking(move || cut.stream(&tx));
-        Streaming { rx, worker: Some(worker), ended: false, broken: None }
+        let over = tokio::sync::watch::Sender::new(false);
+        Streaming { rx, worker: Some(worker), ended: false, broken: None, over }
+    }
+
+    /// What tells a reader of the other half that the signature has gone
+    /// ([`read_patiently`]): until then, the peer may rightly say nothing
+    /// (it waits for the signature), and no idle limit applies.
+    pub fn patience(&self) -> Patience {
+        Patience(Some(self.over.subscribe()))
+    }
+
+    /// Records the outcome of a frame's sending.
+    fn sent(&mut self, sent: Result<bool, Error>) {
+        match sent {
+            Ok(ended) => self.ended = ended,
+            Err(e) => {
+                self.broken = Some(e);
+                // Nothing more goes: the cut stops.
+                self.rx.close();
+            }
+        }
+        if self.ended || self.broken.is_some() {
+            self.over.send_replace(true);
+        }
     }
 
     /// Runs `work` (reading the connection's other half) while the
@@ -434,18 +463,18 @@ impl Streaming {
                 done = &mut work => return done,
                 frame = self.rx.recv() => frame,
             };
-            let mut sending = std::pin::pin!(send_frame(&mut self.worker, out, frame));
-            let mut done = None;
-            let sent = loop {
-                tokio::select! {
-                    sent = &mut sending => break sent,
-                    d = &mut work, if done.is_none() => done = Some(d),
-                }
+            let (sent, done) = {
+                let mut sending = std::pin::pin!(send_frame(&mut self.worker, out, frame));
+                let mut done = None;
+                let sent = loop {
+                    tokio::select! {
+                        sent = &mut sending => break sent,
+                        d = &mut work, if done.is_none() => done = Some(d),
+                    }
+                };
+                (sent, done)
             };
-            match sent {
-                Ok(ended) => self.ended = ended,
-                Err(e) => self.broken = Some(e),
-            }
+            self.sent(sent);
             if let Some(done) = done {
                 return done;
             }
@@ -459,15 +488,61 @@ impl Streaming {
     ///
     /// The connection's (the cut stops with it).
     pub async fn finish<S: Sends<SignatureFrame>>(mut self, out: &mut Outbound<'_, S>) -> Result<(), Error> {
-        while !self.ended {
-            if let Some(e) = self.broken.take() {
-                return Err(e);
-            }
+        while !self.ended && self.broken.is_none() {
             let frame = self.rx.recv().await;
-            self.ended = send_frame(&mut self.worker, out, frame).await?;
+            let sent = send_frame(&mut self.worker, out, frame).await;
+            self.sent(sent);
         }
         self.broken.map_or(Ok(()), Err)
     }
+}
+
+/// What tells whether a signature the reader's peer waits for has gone
+/// ([`Streaming::patience`]); none: it has (or there is none).
+#[derive(Debug, Default)]
+pub struct Patience(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Patience {
+    /// Whether the signature has gone (or will not go on).
+    fn over(&self) -> bool {
+        self.0.as_ref().is_none_or(|rx| *rx.borrow())
+    }
+
+    /// Waits until it has.
+    async fn wait(&mut self) {
+        if let Some(rx) = self.0.as_mut() {
+            // Its sender dropped: the signature will not go on either.
+            let _ = rx.wait_for(|&over| over).await;
+        }
+    }
+}
+
+/// Reads the next frame's head as [`FrameReader::read_head`] does, but
+/// with no idle limit while `patience` says the peer waits for a
+/// signature this side still sends (the peer may rightly be silent that
+/// long: a server cutting a large file); once it has gone, the read is
+/// made again with the reader's limits. Cancel-safe.
+///
+/// # Errors
+///
+/// As [`FrameReader::read_head`].
+pub async fn read_patiently<H: crate::wire::FrameHeader>(
+    reader: &mut FrameReader<BoxRead>,
+    patience: &mut Patience,
+) -> Result<Option<(H, u64)>, Error> {
+    while !patience.over() {
+        let limits = reader.timeouts();
+        reader.set_timeouts(crate::wire::Timeouts { idle: None, ..limits });
+        let head = tokio::select! {
+            head = reader.read_head::<H>() => Some(head),
+            () = patience.wait() => None,
+        };
+        reader.set_timeouts(limits);
+        if let Some(head) = head {
+            return head;
+        }
+    }
+    reader.read_head::<H>().await
 }
 
 /// Sends a streamed signature's next frame, or (`frame` is `None`: the
@@ -556,8 +631,12 @@ async fn read_entries(
     };
     let mut got = 0;
     while streamed || (got as u64) < basis.count {
-        let Some((SignatureFrame { len, failed }, _)) = reader.read_head::<SignatureFrame>().await? else {
-            return Err(DeltaFailed::Closed);
+        let (SignatureFrame { len, failed }, _) = match reader.read_head::<Answer<SignatureFrame>>().await? {
+            Some((Answer::Ok(frame), n)) => (frame, n),
+            // A refusal in its place: the peer stopped (a put's server
+            // that could not write the ops sent before the end).
+            Some((Answer::Refused(e), _)) => return Err(DeltaFailed::Refused(e)),
+            None => return Err(DeltaFailed::Closed),
         };
         match (len, streamed, failed) {
             (0, true, true) => return Err(DeltaFailed::NoSignature),
@@ -714,48 +793,77 @@ fn guided_cut(
 pub struct GuidedSent<A> {
     /// Whether the signature was read whole and sound.
     pub theirs: Result<(), DeltaFailed>,
-    /// What was sent: every op of the file, its whole hash and the bytes
-    /// copied. The connection's error where sending failed.
-    pub sent: Result<Sent, DeltaFailed>,
+    /// Where the ops began (what the receiver held, if it is the start
+    /// of this file), and what was sent: every op of the file from
+    /// there, its whole hash and the bytes copied; the connection's error
+    /// where sending failed.
+    pub sent: (u64, Result<Sent, DeltaFailed>),
     /// An answer the peer sent before the ops were through (a refusal):
     /// the sending stopped there.
     pub early: Option<Result<Option<(A, u64)>, Error>>,
 }
 
-/// Sends `file` (`size` bytes, from `from` on: what a resumed receiver
-/// lacks) as `delta` frames made against a signature while it still
-/// comes (PROTOCOL.md §4.6.6, "ops before the signature's end"): a
-/// blocking thread cuts the file guided by the entries as they are read
-/// ([`crate::delta::Guided`]), hashes it in the same pass, and hands on
-/// the runs it is sure of ([`crate::delta::Guided::settle`]) as ops, so
-/// the receiver builds while it still cuts its older version. The
-/// signature is read to its end whatever is sent meanwhile (`streamed` as
-/// the caller takes it). The caller has sent `put_delta`, and sends the
-/// checksum after.
+/// Where an upload of `file` (`size` bytes) resumes: the receiver's
+/// `offset` if what it holds (`prefix_blake3`) is the start of this
+/// file, else 0. Blocking (hashes that prefix).
+pub fn resume_offset(file: &File, size: u64, (offset, prefix_blake3): (u64, Option<&str>)) -> u64 {
+    let Some(theirs) = prefix_blake3.filter(|_| offset > 0 && offset <= size) else { return 0 };
+    let Ok(mut file) = file.try_clone() else { return 0 };
+    let same =
+        crate::services::files::hash_prefix(&mut file, offset).is_ok_and(|h| h.finalize().to_hex().as_str() == theirs);
+    if same {
+        offset
+    } else {
+        0
+    }
+}
+
+/// Sends `put_delta` and `file` (`size` bytes) as `delta` frames made
+/// against a signature while it still comes (PROTOCOL.md §4.6.6, "ops
+/// before the signature's end"), from where the receiver's `held` prefix
+/// (its offset and hash) leaves off if it is this file's start: a
+/// blocking thread checks that prefix, then cuts the file guided by the
+/// entries as they are read ([`crate::delta::Guided`]), hashes it in the
+/// same pass, and hands on the runs it is sure of
+/// ([`crate::delta::Guided::settle`]) as ops, so the receiver builds
+/// while it still cuts its older version. The signature is read to its
+/// end whatever is sent meanwhile (`streamed` as the caller takes it).
+/// The caller sends the checksum after. `progress` gets where the ops
+/// began and the bytes of the new file covered past it.
 ///
 /// If the signature fails (`failed`), what is not sent yet goes as data;
 /// if it breaks the protocol, the cut stops, and the caller abandons the
 /// connection. Once the signature is read, an answer of type `A` is
 /// listened for while the last ops go (a receiver that could not write).
-pub async fn send_guided<S: Sends<DeltaFrame>, A: crate::wire::FrameHeader>(
+pub async fn send_guided<S, A>(
     s: &mut Session<S>,
     (basis, streamed): (&Basis, bool),
     (file, size): (File, u64),
-    from: u64,
-    progress: &mut (dyn FnMut(u64) + Send),
-) -> GuidedSent<A> {
+    held: (u64, Option<String>),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> GuidedSent<A>
+where
+    S: Sends<DeltaFrame> + Sends<crate::proto::PutDelta>,
+    A: crate::wire::FrameHeader,
+{
     let Some(layout) = basis.layout else {
         let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
-        let theirs = Err(declared.into());
-        return GuidedSent { theirs, sent: Err(io::Error::from(io::ErrorKind::InvalidInput).into()), early: None };
+        let sent = (0, Err(io::Error::from(io::ErrorKind::InvalidInput).into()));
+        return GuidedSent { theirs: Err(declared.into()), sent, early: None };
     };
     let (entries_tx, mut entries_rx) = mpsc::unbounded_channel();
+    // The offset the ops start from, then the frames.
+    let (from_tx, from_rx) = tokio::sync::oneshot::channel();
     let (frames_tx, mut frames_rx) = mpsc::channel::<(Vec<u8>, u64)>(4);
     let stop = StopOnDrop::default();
     let void = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = {
         let (stop, void) = (stop.0.clone(), void.clone());
         tokio::task::spawn_blocking(move || {
+            let from = resume_offset(&file, size, (held.0, held.1.as_deref()));
+            // Gone only when the sending has stopped: its error is the one
+            // reported.
+            let _ = from_tx.send(from);
             let mut out = Framer {
                 buf: Vec::with_capacity(DELTA_FRAME_TARGET * 2),
                 pos: 0,
@@ -769,12 +877,16 @@ pub async fn send_guided<S: Sends<DeltaFrame>, A: crate::wire::FrameHeader>(
         })
     };
     let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let mut from = 0;
     let (theirs, frames, early) = {
         let (reader, mut out) = s.halves();
         let sending = async {
+            let Ok(start) = from_rx.await else { return Ok(()) };
+            from = start;
+            out.send(&crate::proto::PutDelta { offset: start }, &[]).await?;
             while let Some((frame, upto)) = frames_rx.recv().await {
                 out.send(&DeltaFrame { len: frame.len() as u64 }, &frame).await?;
-                progress(upto.saturating_sub(from));
+                progress(start, upto.saturating_sub(start));
             }
             Ok::<(), Error>(())
         };
@@ -810,7 +922,9 @@ pub async fn send_guided<S: Sends<DeltaFrame>, A: crate::wire::FrameHeader>(
             },
         }
     };
-    // Sending stopped (the frames' receiving end is gone): so does the cut.
+    // Sending stopped: so does the cut, if it has not ended (a frame it
+    // would send finds the channel closed).
+    frames_rx.close();
     drop(stop);
     let sent = match worker.await {
         Ok(sent) => sent,
@@ -820,16 +934,18 @@ pub async fn send_guided<S: Sends<DeltaFrame>, A: crate::wire::FrameHeader>(
         Some(Err(e)) => Err(DeltaFailed::Wire(e)),
         _ => sent,
     };
-    GuidedSent { theirs, sent, early }
+    GuidedSent { theirs, sent: (from, sent), early }
 }
 
 /// The blocking half of [`send_guided`]: cuts `file` guided by the
 /// entries from `rx` as they come (waiting for them), hashes it whole in
-/// the same pass, and pushes the runs into `out` as they settle; what
-/// is settled goes as a frame each time the cut must wait for entries.
-/// Where its own file cuts into more chunks than the engine takes, or
-/// the signature ends `void`, the rest goes as data. Returns the whole
-/// file's hash. `Interrupted` once `stop` is set.
+/// the same pass, and pushes the runs into `out` as they settle (the
+/// last one held while it may grow, so an unchanged stretch goes as one
+/// copy); what is settled goes as a frame each time the cut must wait
+/// for entries. Where its own file cuts into more chunks than the engine
+/// takes, the rest goes as data; where the signature ends `void`, what
+/// is not settled. Returns the whole file's hash. `Interrupted` once
+/// `stop` is set.
 fn guided_send(
     (file, size): (&File, u64),
     layout: Layout,
@@ -843,10 +959,17 @@ fn guided_send(
     let mut guided = Guided::new(layout)?;
     let mut hasher = blake3::Hasher::new();
     let mut runs: Vec<Piece> = Vec::new();
-    // What is settled, as ops.
-    let settle = |guided: &mut Guided, runs: &mut Vec<Piece>, out: &mut Framer<'_>| {
+    // What is settled, as ops: all of it (`all`), or all but a last run
+    // shorter than a frame's stretch, which the next may lengthen.
+    let settle = |guided: &mut Guided, runs: &mut Vec<Piece>, out: &mut Framer<'_>, all: bool| {
         guided.settle(runs);
-        runs.drain(..).try_for_each(|p| out.piece(p, file))
+        let keep = match runs.last() {
+            Some(last) if !all && last.len() < MAX_RUN => runs.pop(),
+            _ => None,
+        };
+        runs.drain(..).try_for_each(|p| out.piece(p, file))?;
+        runs.extend(keep);
+        Ok::<(), DeltaFailed>(())
     };
     // Their next entries, or their end; waited for once what is settled
     // has gone.
@@ -855,7 +978,7 @@ fn guided_send(
             Ok(entries) => Some(entries),
             Err(mpsc::error::TryRecvError::Disconnected) => None,
             Err(mpsc::error::TryRecvError::Empty) => {
-                settle(guided, runs, out)?;
+                settle(guided, runs, out, true)?;
                 out.send()?;
                 rx.blocking_recv()
             }
@@ -883,15 +1006,17 @@ fn guided_send(
         hashed = at + piece.len() as u64;
         guided.feed(piece);
         go_on(&mut guided, &mut runs, out)?;
-        settle(&mut guided, &mut runs, out)
+        settle(&mut guided, &mut runs, out, false)
+    })
+    .and_then(|()| {
+        guided.fed_all();
+        go_on(&mut guided, &mut runs, out)
     });
     match cut {
         Ok(()) => {
-            guided.fed_all();
-            go_on(&mut guided, &mut runs, out)?;
             // The rest of theirs, to settle what was not found yet.
             while theirs(&mut guided, &mut runs, out)? {}
-            settle(&mut guided, &mut runs, out)?;
+            settle(&mut guided, &mut runs, out, true)?;
             if guided.settled_at() != size {
                 return Err(DeltaError::TooShort { written: guided.settled_at(), new_len: size }.into());
             }
@@ -899,6 +1024,7 @@ fn guided_send(
         // Our own file cuts into more chunks than the engine takes: the
         // rest goes as data.
         Err(DeltaFailed::Bad(DeltaError::TooManyChunks { .. })) => {
+            runs.drain(..).try_for_each(|p| out.piece(p, file))?;
             let at = guided.settled_at();
             out.piece(Piece::Literal { at, len: size - at }, file)?;
             each_piece(file, (hashed, size), "sent", stopped, |_, piece| {
@@ -1505,22 +1631,24 @@ pub async fn receive_ops<S>(
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Patch, (DeltaFailed, Option<Box<Patch>>)> {
     let cut = s.cut_off().clone();
-    receive_ops_from(s.reader(), &cut, patch, progress).await
+    receive_ops_from(s.reader(), (&cut, Patience::default()), patch, progress).await
 }
 
-/// [`receive_ops`] from a connection's reading half, until `cut`.
+/// [`receive_ops`] from a connection's reading half, until `cut`; with
+/// no idle limit while `patience` says the peer waits for this side's
+/// signature ([`read_patiently`]: ops that come before its end).
 ///
 /// # Errors
 ///
 /// As [`receive_ops`].
 pub async fn receive_ops_from(
     reader: &mut FrameReader<BoxRead>,
-    cut: &tokio_util::sync::CancellationToken,
+    (cut, mut patience): (&tokio_util::sync::CancellationToken, Patience),
     mut patch: Patch,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Patch, (DeltaFailed, Option<Box<Patch>>)> {
     while !patch.is_whole() {
-        let head = cut_off_by(cut, reader.read_head::<DeltaFrame>()).await;
+        let head = cut_off_by(cut, read_patiently::<DeltaFrame>(reader, &mut patience)).await;
         match head {
             Ok(Some(_)) => {}
             Ok(None) => return Err((DeltaFailed::Closed, Some(Box::new(patch)))),
@@ -1634,6 +1762,41 @@ pub enum Want {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While the signature this side sends still goes, a peer's silence
+    /// longer than the idle limit is no error (it may wait for the
+    /// signature); once it has gone, the read is made again with the
+    /// limit, and the frame that then comes is read.
+    #[tokio::test]
+    async fn no_idle_limit_while_the_signature_goes() {
+        let (theirs, ours) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(Box::new(ours) as BoxRead);
+        let idle = std::time::Duration::from_millis(100);
+        reader.set_timeouts(crate::wire::Timeouts { idle: Some(idle), io: Some(idle) });
+        let (over, rx) = tokio::sync::watch::channel(false);
+        let mut patience = Patience(Some(rx));
+        let mut writer = crate::wire::FrameWriter::new(theirs);
+        let peer = async {
+            // Silent for three idle limits while the signature goes, then
+            // its end, then a frame.
+            tokio::time::sleep(3 * idle).await;
+            over.send_replace(true);
+            tokio::time::sleep(idle / 4).await;
+            writer.send(&DeltaFrame { len: 1 }, &[7]).await.unwrap();
+        };
+        let (head, ()) = tokio::join!(read_patiently::<DeltaFrame>(&mut reader, &mut patience), peer);
+        assert_eq!(head.unwrap().map(|(h, _)| h.len), Some(1));
+        assert_eq!(reader.timeouts().idle, Some(idle), "the limit is back");
+        // Gone: silence past the limit is an error again.
+        reader.read_body(1).await.unwrap();
+        let started = std::time::Instant::now();
+        let late = read_patiently::<DeltaFrame>(&mut reader, &mut patience).await;
+        assert!(matches!(late, Err(Error::Idle(_))), "{late:?}");
+        assert!(started.elapsed() < 10 * idle);
+        // No signature at all: the reader's limits from the start.
+        let late = read_patiently::<DeltaFrame>(&mut reader, &mut Patience::default()).await;
+        assert!(matches!(late, Err(Error::Idle(_))), "{late:?}");
+    }
 
     /// A build's hash made on a thread of its own (a large one) is the
     /// file's, as one made inline (a small one) is: from a held prefix,

@@ -97,6 +97,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.timeouts = timeouts;
     }
 
+    /// The time limits.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     /// Lowers the header limit (e.g. to [`PREAUTH_MAX_HEADER`](super::PREAUTH_MAX_HEADER)
     /// before authentication); at most [`MAX_HEADER_LEN`].
     pub fn set_max_header(&mut self, max_header: usize) {

@@ -267,10 +267,14 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
                 Some(delta::Signed::Made(sig)) => delta::send_signature(s, &sig).await?,
                 // A streamed signature the server could not finish leaves
                 // the basis offered: the client sends every byte as new.
+                // Read while it goes, with no idle limit until its end (a
+                // client may read it all before it says a word).
                 Some(delta::Signed::ToCut(to_cut)) => {
                     let mut going = delta::Streaming::start(to_cut);
+                    let mut patience = going.patience();
                     let (reader, mut out) = s.halves();
-                    let step = going.alongside(&mut out, reader.read_head::<PutInput>()).await;
+                    let step = going.alongside(&mut out, delta::read_patiently::<PutInput>(reader, &mut patience));
+                    let step = step.await;
                     streaming = Some(going);
                     return Ok(step);
                 }
@@ -358,10 +362,11 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     let received = match streaming.as_mut() {
         // The file built while the signature still goes.
         Some(going) if is_delta => {
+            let patience = going.patience();
             let (reader, mut out) = s.halves();
-            going.alongside(&mut out, upload.receive_delta(reader, &cut, size)).await
+            going.alongside(&mut out, upload.receive_delta(reader, (&cut, patience), size)).await
         }
-        _ if is_delta => upload.receive_delta(s.reader(), &cut, size).await,
+        _ if is_delta => upload.receive_delta(s.reader(), (&cut, delta::Patience::default()), size).await,
         // The whole body, once the signature has gone.
         _ => {
             if let Some(going) = streaming.take() {

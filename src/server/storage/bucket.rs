@@ -438,7 +438,7 @@ impl Upload for BucketUpload {
     async fn receive_delta(
         mut self,
         reader: &mut FrameReader<BoxRead>,
-        cut: &CancellationToken,
+        until: (&CancellationToken, crate::session::delta::Patience),
         size: u64,
     ) -> Result<BucketBody, NotReceived> {
         let Some(spool) = self.spool.take() else {
@@ -461,7 +461,7 @@ impl Upload for BucketUpload {
             }
         };
         let patch = crate::session::delta::Patch::new(receiver, Ok(old), spool.len, size);
-        let failed = match crate::session::delta::receive_ops_from(reader, cut, patch, &mut |_| {}).await {
+        let failed = match crate::session::delta::receive_ops_from(reader, until, patch, &mut |_| {}).await {
             Ok(patch) => match patch.finish() {
                 Ok(received) => {
                     let parts = self.parts.take();

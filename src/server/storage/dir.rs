@@ -307,7 +307,7 @@ impl Upload for DirUpload {
     async fn receive_delta(
         self,
         reader: &mut FrameReader<BoxRead>,
-        cut: &CancellationToken,
+        until: (&CancellationToken, crate::session::delta::Patience),
         size: u64,
     ) -> Result<DirBody, NotReceived> {
         let DirUpload { receiver, claim, path, hashes, sb, basis, .. } = self;
@@ -316,7 +316,7 @@ impl Upload for DirUpload {
         };
         let retired = old.try_clone().ok();
         let patch = dt::Patch::new(receiver, Ok(old), old_len, size);
-        let failed = match dt::receive_ops_from(reader, cut, patch, &mut |_| {}).await {
+        let failed = match dt::receive_ops_from(reader, until, patch, &mut |_| {}).await {
             Ok(patch) => match patch.finish() {
                 Ok(received) => return Ok(DirBody { received, _claim: claim, path, hashes, sb, retired }),
                 Err(e) => (e, None),
@@ -1003,7 +1003,7 @@ impl DirSink {
         // A write that fails fails this file alone.
         let patch = patch.deferring_write_errors();
         let cut = s.cut_off().clone();
-        let built = match dt::receive_ops_from(s.reader(), &cut, patch, &mut |_| {}).await {
+        let built = match dt::receive_ops_from(s.reader(), (&cut, dt::Patience::default()), patch, &mut |_| {}).await {
             Ok(patch) => patch.finish(),
             Err((e, patch)) => {
                 return match super::delta_not_received((e, patch), &need.path) {

@@ -536,14 +536,16 @@ pub(in crate::server) trait Upload: Send + Sized {
 
     /// Receives the body as `delta` frames built from the
     /// [`basis`](Self::basis), from the agreed offset until the file of
-    /// `size` bytes is whole, or the session's cut-off.
+    /// `size` bytes is whole, or the session's cut-off (`until`, with
+    /// what says whether the signature still goes: the ops may come
+    /// before its end, and no idle limit applies until then).
     fn receive_delta(
         self,
         reader: &mut FrameReader<BoxRead>,
-        cut: &CancellationToken,
+        until: (&CancellationToken, crate::session::delta::Patience),
         size: u64,
     ) -> impl Future<Output = Result<Self::Body, NotReceived>> + Send {
-        let _ = (reader, cut, size);
+        let _ = (reader, until, size);
         drop(self);
         std::future::ready(Err(NotReceived::Bad("put_delta where no basis was offered".to_owned())))
     }
@@ -565,8 +567,9 @@ pub(in crate::server) fn delta_not_received(
         DeltaFailed::Closed => NotReceived::Cut(Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
         DeltaFailed::Bad(e) => NotReceived::Bad(format!("bad delta: {e}")),
         DeltaFailed::BasisChanged(e) => NotReceived::Stale(e.to_string()),
-        // Only a signature's reader meets it.
+        // Only a signature's reader meets these.
         DeltaFailed::NoSignature => NotReceived::Bad("no signature".to_owned()),
+        DeltaFailed::Refused(e) => NotReceived::Bad(format!("an error frame in a delta: {}", e.message)),
         DeltaFailed::Io(e) => {
             if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
                 if let Some(patch) = patch {
