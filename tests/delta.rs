@@ -608,8 +608,16 @@ async fn hostile_signatures_are_refused() {
     ];
     for (what, len, layout, count, frames) in cases {
         let (mut r, mut w) = raw(root.addr).await;
-        let basis =
-            proto::Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count, streamed: false };
+        let basis = proto::Basis {
+            len,
+            append: false,
+            blake3: None,
+            tail: None,
+            layout: Some(layout),
+            count,
+            streamed: false,
+            pipelined: false,
+        };
         let get =
             proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
         w.send(&Message::Get(get), &[]).await.unwrap();
@@ -635,6 +643,7 @@ async fn hostile_signatures_are_refused() {
             layout: Some(layout),
             count: 64,
             streamed: false,
+            pipelined: false,
         };
         let get =
             proto::Get { path: "f.bin".into(), offset: 0, prefix_blake3: None, sparse: false, basis: Some(basis) };
@@ -669,6 +678,7 @@ async fn a_hostile_server_signature_is_refused() {
             layout: Some(framewire::delta::Layout::Blocks(8192)),
             count: 128,
             streamed: false,
+            pipelined: false,
         };
         let ready =
             proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
@@ -1308,6 +1318,7 @@ async fn tree_deltas_that_do_not_fit_are_refused() {
         layout: Some(chunks),
         count,
         streamed: false,
+        pipelined: false,
     };
     let entry = |len: u64| {
         let mut e = vec![0u8; 12];
@@ -1376,6 +1387,7 @@ async fn streamed_and_counted(root: &RootServer) {
         let (mut r, mut w) = raw(root.addr).await;
         let basis = raw_put(&mut r, &mut w, new.len(), proto::DeltaAsk { append: None, trust: false, stream }).await;
         assert_eq!((basis.streamed, basis.layout, basis.len), (stream, Some(layout), old.len() as u64));
+        assert!(basis.pipelined, "the server reads the ops while its signature goes");
         let (entries, frames) = signature_frames(&mut r, &basis).await;
         assert!(entries == want.entry_frames(usize::MAX).flatten().collect::<Vec<u8>>(), "stream {stream}");
         if stream {
@@ -1490,12 +1502,20 @@ async fn the_signature_after_an_append_that_is_not_one_is_streamed_as_asked() {
 }
 
 /// The client sends its ops while the server's signature still comes
-/// (PROTOCOL.md §4.6.6): a fake server sends half its entries, and sends
-/// the rest only once a `put_delta` and a `delta` frame have come, which
-/// must settle the inserted bytes as new and copy what came before them.
-/// A client that waited for the signature's end would wait forever.
+/// (PROTOCOL.md §4.6.6), where the basis says the server reads them so
+/// (`pipelined`): a fake server sends half its entries, and sends the rest
+/// only once a `put_delta` and a `delta` frame have come, which must
+/// settle the inserted bytes as new and copy what came before them (a
+/// client that waited for the signature's end would wait forever). To a
+/// server that does not say so, nothing goes before the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_sends_its_ops_before_the_signature_ends() {
+    for pipelined in [true, false] {
+        ops_while_the_signature_comes(pipelined).await;
+    }
+}
+
+async fn ops_while_the_signature_comes(pipelined: bool) {
     let old = noise(24 << 20, 71);
     let mut new = old[..1 << 20].to_vec();
     new.extend_from_slice(&noise(1000, 72));
@@ -1519,6 +1539,7 @@ async fn the_client_sends_its_ops_before_the_signature_ends() {
             layout: Some(sig.layout),
             count: 0,
             streamed: true,
+            pipelined,
         };
         let ready =
             proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
@@ -1530,22 +1551,36 @@ async fn the_client_sends_its_ops_before_the_signature_ends() {
                 .await
                 .unwrap();
         }
-        // Ops, before the rest of the signature.
+        // Ops, before the rest of the signature, where pipelined; else
+        // nothing.
         let mut ops = Vec::new();
-        let early = async {
-            let Some((Message::PutDelta(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put_delta") };
-            let Some((Message::DeltaFrame(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("delta") };
-            framewire::delta::Op::decode_all(&r.read_body(4 << 20).await.unwrap()).unwrap()
-        };
-        let first = tokio::time::timeout(std::time::Duration::from_secs(60), early)
-            .await
-            .expect("no ops came before the signature's end");
-        let covered: u64 = first.iter().map(framewire::delta::Op::len).sum();
-        ops.extend(first);
+        let mut covered = 0;
+        if pipelined {
+            let early = async {
+                let Some((Message::PutDelta(_), _)) = r.read_head::<Message>().await.unwrap() else {
+                    panic!("put_delta")
+                };
+                let Some((Message::DeltaFrame(_), _)) = r.read_head::<Message>().await.unwrap() else {
+                    panic!("delta")
+                };
+                framewire::delta::Op::decode_all(&r.read_body(4 << 20).await.unwrap()).unwrap()
+            };
+            let first = tokio::time::timeout(std::time::Duration::from_secs(60), early)
+                .await
+                .expect("no ops came before the signature's end");
+            covered = first.iter().map(framewire::delta::Op::len).sum();
+            ops.extend(first);
+        } else {
+            let early = tokio::time::timeout(std::time::Duration::from_secs(1), r.read_head::<Message>()).await;
+            assert!(early.is_err(), "not pipelined, and yet {early:?} came before the signature's end");
+        }
         for body in frames[half..].iter().chain([&Vec::new()]) {
             w.send(&Message::SignatureFrame(proto::SignatureFrame { len: body.len() as u64, failed: false }), body)
                 .await
                 .unwrap();
+        }
+        if !pipelined {
+            let Some((Message::PutDelta(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put_delta") };
         }
         loop {
             match r.read_head::<Message>().await.unwrap() {
@@ -1568,7 +1603,10 @@ async fn the_client_sends_its_ops_before_the_signature_ends() {
     let done = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap();
     let (covered, built) = fake.await.unwrap();
     assert!(built == new, "the ops did not rebuild the file");
-    assert!(covered > (1 << 20) + 1000, "the first frame covered {covered} bytes: not past the insertion");
+    assert!(
+        covered > (1 << 20) + 1000 || !pipelined,
+        "the first frame covered {covered} bytes: not past the insertion"
+    );
     assert!(done.matched + 200_000 >= old_len, "{} copied", done.matched);
 }
 
@@ -1605,6 +1643,7 @@ async fn refused_while_the_ops_go(whole: bool) {
             layout: Some(sig.layout),
             count: 0,
             streamed: true,
+            pipelined: true,
         };
         let ready =
             proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
@@ -1662,6 +1701,7 @@ async fn streamed_fake(
             layout: Some(framewire::delta::Layout::for_sizes(len, put.size)),
             count: 0,
             streamed: true,
+            pipelined: false,
         };
         let ready =
             proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };

@@ -916,7 +916,8 @@ impl Client {
                     }
                     Err((delta::DeltaFailed::Wire(e), _)) => return Err(ClientError::from(e).into()),
                     Err((delta::DeltaFailed::Closed, _)) => return Err(ClientError::Closed.into()),
-                    // Only a signature's reader meets the last two.
+                    // Only a signature's reader meets the last two
+                    // (a get's client reads no signature).
                     Err((
                         e @ (delta::DeltaFailed::Bad(_)
                         | delta::DeltaFailed::NoSignature
@@ -1278,7 +1279,7 @@ impl Client {
                 match again {
                     // It could not index its file: every byte is sent.
                     Some(b) if b.append => (file, delta::Plan::Fresh),
-                    Some(b) if self.guides(&b, None) => {
+                    Some(b) if b.pipelined && self.guides(&b, None) => {
                         let held = (offset, prefix_blake3);
                         return self.send_guided(file, (local, size), held, &b, progress).await;
                     }
@@ -1290,7 +1291,7 @@ impl Client {
                     }
                 }
             }
-        } else if self.guides(&basis, early.as_ref()) {
+        } else if basis.pipelined && self.guides(&basis, early.as_ref()) {
             drop(early);
             return self.send_guided(file, (local, size), (offset, prefix_blake3), &basis, progress).await;
         } else {
@@ -1303,8 +1304,10 @@ impl Client {
         self.send_delta(file, (local, size), (offset, prefix_blake3), plan, progress).await
     }
 
-    /// Whether an upload against `basis` is cut guided by its entries and
-    /// sent while they come ([`send_guided`](Self::send_guided)): chunks
+    /// Whether an upload against `basis` is cut guided by its entries (and
+    /// sent while they come, [`send_guided`](Self::send_guided), where
+    /// the server says it reads the ops before the signature's end: the
+    /// basis is `pipelined`; else once it has ended): chunks
     /// of a signature streamed as it is made, or of one made already with
     /// no early cut (a counted one comes only once the server has cut its
     /// whole file: the early cut, begun with the request, is further on
@@ -1403,6 +1406,41 @@ impl Client {
     ) -> Result<(std::fs::File, delta::Plan), Retry> {
         let layout = self.layout_of(basis, size).await?;
         let shared = self.shared_reads.clone();
+        // Cut guided by the entries as they come, and hashed in the same
+        // pass; the ops sent once the signature has ended (a server that
+        // does not say it reads them before).
+        if self.guides(basis, early.as_ref()) {
+            drop(early);
+            let read = delta::read_guiding(&mut self.session, (basis, basis.streamed), (file, size), true);
+            let (theirs, ours) = read.await;
+            let (file, made) = match ours {
+                Ok(got) => got,
+                // The cut's thread failed: the file is lost to this put.
+                Err(e) => {
+                    self.session.abandon().await;
+                    let source = std::io::Error::other(e);
+                    return Err(ClientError::Local { path: local.to_owned(), source }.into());
+                }
+            };
+            match theirs {
+                Ok(()) => {}
+                // A streamed signature the server could not finish: every
+                // byte goes, as new data.
+                Err(delta::DeltaFailed::NoSignature) => return Ok((file, delta::Plan::Fresh)),
+                Err(e) => return Err(self.signature_failed(e).await),
+            }
+            return match made {
+                Ok((pieces, hash)) => Ok((file, delta::Plan::Pieces(pieces, Some(hash)))),
+                // A file the layout would cut into more chunks than the
+                // engine takes (the layout was checked): it goes whole,
+                // as data.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok((file, delta::Plan::Fresh)),
+                Err(source) => {
+                    self.session.abandon().await;
+                    Err(ClientError::Local { path: local.to_owned(), source }.into())
+                }
+            };
+        }
         // The early cut, if it is the one the signature takes.
         let early = early.filter(|e| e.layout == layout && e.held == basis.len);
         let chunking = async move {

@@ -274,6 +274,7 @@ messages! {
                 layout: Some(crate::delta::Layout::Blocks(8192)),
                 count: 2,
                 streamed: false,
+                pipelined: false,
             }),
         };
     {
@@ -396,7 +397,7 @@ messages! {
             prefix_blake3: Some("ab".into()),
             backup: true,
             sparse: true,
-            basis: Some(super::Basis { len: 3, append: true, blake3: Some("cd".into()), tail: None, layout: None, count: 0, streamed: false }),
+            basis: Some(super::Basis { len: 3, append: true, blake3: Some("cd".into()), tail: None, layout: None, count: 0, streamed: false, pipelined: false }),
         };
     {
         /// Bytes already held.

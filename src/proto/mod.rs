@@ -174,6 +174,12 @@ pub struct Basis {
     /// `signature` frame (PROTOCOL.md §4.6.6).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub streamed: bool,
+    /// `put_ready`, with a signature: the server reads the client's
+    /// `put_delta` and ops while its signature still goes (and builds the
+    /// file meanwhile), so the client may send them before the
+    /// signature's end (PROTOCOL.md §4.6.6).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pipelined: bool,
 }
 
 /// `parts` joined by `/`, without empty or `.` components.

@@ -261,7 +261,8 @@ pub fn offer_basis(
             None => Some(crate::services::files::hash_prefix(file, len).ok()?.finalize()),
         };
         let blake3 = hash.map(|h| h.to_hex().to_string());
-        let basis = Basis { len, append: true, blake3, tail: None, layout: None, count: 0, streamed: false };
+        let basis =
+            Basis { len, append: true, blake3, tail: None, layout: None, count: 0, streamed: false, pipelined: false };
         return Some(Offered { basis, signature: None, hash });
     }
     let layout = Layout::for_sizes(len, size);
@@ -269,7 +270,16 @@ pub fn offer_basis(
         Some(sig) => Signed::Made(sig),
         None => Signed::ToCut(ToCut { file: file.try_clone().ok()?, len, layout, keep: None }),
     };
-    let basis = Basis { len, append: false, blake3: None, tail: None, layout: Some(layout), count: 0, streamed: false };
+    let basis = Basis {
+        len,
+        append: false,
+        blake3: None,
+        tail: None,
+        layout: Some(layout),
+        count: 0,
+        streamed: false,
+        pipelined: false,
+    };
     Some(Offered { basis, signature: Some(signed), hash: None })
 }
 
@@ -414,6 +424,8 @@ pub struct Streaming {
     broken: Option<Error>,
     /// Told `true` once the signature has gone (or cannot go on).
     over: tokio::sync::watch::Sender<bool>,
+    /// A counted signature (made already): no empty frame ends it.
+    counted: bool,
 }
 
 impl Streaming {
@@ -422,7 +434,19 @@ impl Streaming {
         let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let worker = tokio::task::spawn_blocking(move || cut.stream(&tx));
         let over = tokio::sync::watch::Sender::new(false);
-        Streaming { rx, worker: Some(worker), ended: false, broken: None, over }
+        Streaming { rx, worker: Some(worker), ended: false, broken: None, over, counted: false }
+    }
+
+    /// A signature made already, sent counted (its `count` in the basis,
+    /// no empty frame after it), the same way: the client may answer
+    /// before it has all gone.
+    pub fn counted(sig: &Signature) -> Streaming {
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        for frame in sig.entry_frames(SIGNATURE_FRAME_ENTRIES) {
+            let _ = tx.send(frame);
+        }
+        let over = tokio::sync::watch::Sender::new(false);
+        Streaming { rx, worker: None, ended: false, broken: None, over, counted: true }
     }
 
     /// What tells a reader of the other half that the signature has gone
@@ -464,7 +488,7 @@ impl Streaming {
                 frame = self.rx.recv() => frame,
             };
             let (sent, done) = {
-                let mut sending = std::pin::pin!(send_frame(&mut self.worker, out, frame));
+                let mut sending = std::pin::pin!(send_frame((&mut self.worker, self.counted), out, frame));
                 let mut done = None;
                 let sent = loop {
                     tokio::select! {
@@ -490,7 +514,7 @@ impl Streaming {
     pub async fn finish<S: Sends<SignatureFrame>>(mut self, out: &mut Outbound<'_, S>) -> Result<(), Error> {
         while !self.ended && self.broken.is_none() {
             let frame = self.rx.recv().await;
-            let sent = send_frame(&mut self.worker, out, frame).await;
+            let sent = send_frame((&mut self.worker, self.counted), out, frame).await;
             self.sent(sent);
         }
         self.broken.map_or(Ok(()), Err)
@@ -505,7 +529,8 @@ pub struct Patience(Option<tokio::sync::watch::Receiver<bool>>);
 impl Patience {
     /// Whether the signature has gone (or will not go on).
     fn over(&self) -> bool {
-        self.0.as_ref().is_none_or(|rx| *rx.borrow())
+        // Its sender dropped: the signature will not go on either.
+        self.0.as_ref().is_none_or(|rx| *rx.borrow() || rx.has_changed().is_err())
     }
 
     /// Waits until it has.
@@ -545,11 +570,12 @@ pub async fn read_patiently<H: crate::wire::FrameHeader>(
     reader.read_head::<H>().await
 }
 
-/// Sends a streamed signature's next frame, or (`frame` is `None`: the
-/// cut is done) its end, `failed` unless the cut made the signature.
-/// Returns whether it was the end.
+/// Sends a signature's next frame, or (`frame` is `None`: the cut is
+/// done, or a counted signature has all gone) a streamed one's end,
+/// `failed` unless the cut made the signature. Returns whether it was the
+/// end.
 async fn send_frame<S: Sends<SignatureFrame>>(
-    worker: &mut Option<tokio::task::JoinHandle<io::Result<std::sync::Arc<Signature>>>>,
+    (worker, counted): (&mut Option<tokio::task::JoinHandle<io::Result<std::sync::Arc<Signature>>>>, bool),
     out: &mut Outbound<'_, S>,
     frame: Option<Vec<u8>>,
 ) -> Result<bool, Error> {
@@ -558,6 +584,7 @@ async fn send_frame<S: Sends<SignatureFrame>>(
             out.send(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await?;
             Ok(false)
         }
+        None if counted => Ok(true),
         None => {
             let made = match worker.take() {
                 Some(worker) => worker.await.ok().and_then(Result::ok).is_some(),
@@ -572,7 +599,16 @@ async fn send_frame<S: Sends<SignatureFrame>>(
 /// The head of a signature's `basis` for the older version `sig` indexes.
 pub fn basis_of(sig: &Signature, blake3: Option<String>, tail: Option<String>) -> Basis {
     let count = sig.entries.len() as u64;
-    Basis { len: sig.len, append: false, blake3, tail, layout: Some(sig.layout), count, streamed: false }
+    Basis {
+        len: sig.len,
+        append: false,
+        blake3,
+        tail,
+        layout: Some(sig.layout),
+        count,
+        streamed: false,
+        pipelined: false,
+    }
 }
 
 /// Sends a signature's entries in `signature` frames, buffered, and
@@ -807,11 +843,24 @@ pub struct GuidedSent<A> {
 /// `offset` if what it holds (`prefix_blake3`) is the start of this
 /// file, else 0. Blocking (hashes that prefix).
 pub fn resume_offset(file: &File, size: u64, (offset, prefix_blake3): (u64, Option<&str>)) -> u64 {
+    resume_offset_until(file, size, (offset, prefix_blake3), &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// [`resume_offset`], given up (0) once `stop` is set.
+fn resume_offset_until(
+    file: &File,
+    size: u64,
+    (offset, prefix_blake3): (u64, Option<&str>),
+    stop: &std::sync::atomic::AtomicBool,
+) -> u64 {
     let Some(theirs) = prefix_blake3.filter(|_| offset > 0 && offset <= size) else { return 0 };
-    let Ok(mut file) = file.try_clone() else { return 0 };
-    let same =
-        crate::services::files::hash_prefix(&mut file, offset).is_ok_and(|h| h.finalize().to_hex().as_str() == theirs);
-    if same {
+    let mut hasher = blake3::Hasher::new();
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    let hashed = each_piece(file, (0, offset), "hashed", stopped, |_, piece| {
+        hasher.update(piece);
+        Ok::<(), io::Error>(())
+    });
+    if hashed.is_ok() && hasher.finalize().to_hex().as_str() == theirs {
         offset
     } else {
         0
@@ -854,13 +903,13 @@ where
     let (entries_tx, mut entries_rx) = mpsc::unbounded_channel();
     // The offset the ops start from, then the frames.
     let (from_tx, from_rx) = tokio::sync::oneshot::channel();
-    let (frames_tx, mut frames_rx) = mpsc::channel::<(Vec<u8>, u64)>(4);
+    let (frames_tx, frames_rx) = mpsc::channel::<(Vec<u8>, u64)>(4);
     let stop = StopOnDrop::default();
     let void = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let worker = {
+    let mut worker = {
         let (stop, void) = (stop.0.clone(), void.clone());
         tokio::task::spawn_blocking(move || {
-            let from = resume_offset(&file, size, (held.0, held.1.as_deref()));
+            let from = resume_offset_until(&file, size, (held.0, held.1.as_deref()), &stop);
             // Gone only when the sending has stopped: its error is the one
             // reported.
             let _ = from_tx.send(from);
@@ -878,9 +927,14 @@ where
     };
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let mut from = 0;
+    // The cut's outcome, where it was known before the signature's end.
+    let mut made = None;
     let (theirs, frames, early) = {
         let (reader, mut out) = s.halves();
+        // Owns the frames' receiving end: once it is done or dropped, a
+        // frame the cut would send finds the channel closed.
         let sending = async {
+            let mut frames_rx = frames_rx;
             let Ok(start) = from_rx.await else { return Ok(()) };
             from = start;
             out.send(&crate::proto::PutDelta { offset: start }, &[]).await?;
@@ -909,24 +963,45 @@ where
             let mut reading = std::pin::pin!(reading);
             tokio::select! {
                 theirs = &mut reading => (theirs, None),
-                frames = &mut sending => (reading.await, Some(frames)),
+                frames = &mut sending => {
+                    // The cut is done (or sending failed): the rest of the
+                    // signature is read only if the ops all went, to stay
+                    // in step; else the connection is given up.
+                    let sound = match &frames {
+                        Ok(()) => {
+                            let done = (&mut worker).await;
+                            let ok = matches!(done, Ok(Ok(_)));
+                            made = Some(done);
+                            ok
+                        }
+                        Err(_) => false,
+                    };
+                    let theirs = match sound {
+                        true => reading.await,
+                        false => Err(DeltaFailed::Closed),
+                    };
+                    (theirs, Some(frames))
+                }
             }
         };
-        // The last ops, an early answer listened for meanwhile.
+        // The last ops, an early answer listened for meanwhile; none after
+        // a signature that broke (the connection is given up).
         match frames {
             Some(frames) => (theirs, Some(frames), None),
-            None if theirs.is_err() && !void.load(relaxed) => (theirs, Some(sending.await), None),
+            None if theirs.is_err() && !void.load(relaxed) => (theirs, None, None),
             None => tokio::select! {
                 frames = &mut sending => (theirs, Some(frames), None),
                 early = reader.read_head::<A>() => (theirs, None, Some(early)),
             },
         }
     };
-    // Sending stopped: so does the cut, if it has not ended (a frame it
-    // would send finds the channel closed).
-    frames_rx.close();
+    // Sending stopped (its frames' receiving end is gone): so does the cut.
     drop(stop);
-    let sent = match worker.await {
+    let sent = match made {
+        Some(done) => done,
+        None => worker.await,
+    };
+    let sent = match sent {
         Ok(sent) => sent,
         Err(e) => Err(DeltaFailed::Io(io::Error::other(e))),
     };
@@ -962,6 +1037,10 @@ fn guided_send(
     // What is settled, as ops: all of it (`all`), or all but a last run
     // shorter than a frame's stretch, which the next may lengthen.
     let settle = |guided: &mut Guided, runs: &mut Vec<Piece>, out: &mut Framer<'_>, all: bool| {
+        // A signature that broke: nothing more goes.
+        if stopped() {
+            return Err(DeltaFailed::Io(io::ErrorKind::Interrupted.into()));
+        }
         guided.settle(runs);
         let keep = match runs.last() {
             Some(last) if !all && last.len() < MAX_RUN => runs.pop(),

@@ -188,7 +188,11 @@ async fn settled(
     basis: Option<(crate::proto::Basis, Option<delta::Signed>)>,
     streams: bool,
 ) -> Option<(crate::proto::Basis, Option<delta::Signed>)> {
-    match basis {
+    // A signature goes while the client's answer is read.
+    let pipelined = |b: Option<(crate::proto::Basis, Option<delta::Signed>)>| {
+        b.map(|(head, signed)| (crate::proto::Basis { pipelined: signed.is_some(), ..head }, signed))
+    };
+    pipelined(match basis {
         Some((mut head, Some(delta::Signed::ToCut(to_cut)))) if !streams => {
             let sig = tokio::task::spawn_blocking(move || to_cut.cut()).await.ok()?.ok()?;
             head.count = sig.entries.len() as u64;
@@ -203,7 +207,7 @@ async fn settled(
             Some((head, Some(delta::Signed::Made(sig))))
         }
         other => other,
-    }
+    })
 }
 
 /// Receives an upload, resuming what an interrupted upload of the path
@@ -264,23 +268,25 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
             let ready = PutReady { offset, prefix_blake3, backup, sparse: St::KEEPS_HOLES, basis: head };
             s.send(&ready, &[]).await?;
             match signed {
-                Some(delta::Signed::Made(sig)) => delta::send_signature(s, &sig).await?,
-                // A streamed signature the server could not finish leaves
-                // the basis offered: the client sends every byte as new.
-                // Read while it goes, with no idle limit until its end (a
-                // client may read it all before it says a word).
-                Some(delta::Signed::ToCut(to_cut)) => {
-                    let mut going = delta::Streaming::start(to_cut);
+                // The signature (a streamed one the server could not finish
+                // leaves the basis offered: the client sends every byte as
+                // new), with the client's step read while it goes, with no
+                // idle limit until its end (a client may read it all
+                // before it says a word): the basis says `pipelined`.
+                Some(signed) => {
+                    let mut going = match signed {
+                        delta::Signed::Made(sig) => delta::Streaming::counted(&sig),
+                        delta::Signed::ToCut(to_cut) => delta::Streaming::start(to_cut),
+                    };
                     let mut patience = going.patience();
                     let (reader, mut out) = s.halves();
                     let step = going.alongside(&mut out, delta::read_patiently::<PutInput>(reader, &mut patience));
                     let step = step.await;
                     streaming = Some(going);
-                    return Ok(step);
+                    Ok(step)
                 }
-                None => {}
+                None => Ok(s.read::<PutInput>().await),
             }
-            Ok(s.read::<PutInput>().await)
         })
         .await;
         let step = match step {
