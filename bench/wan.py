@@ -487,6 +487,8 @@ def tree_rounds(args, link, work, pids, ssh, results):
     cases = [
         ("text tree 32 MB, fresh, -z", "text", fresh, [
             ("framewire -z", fw_pid, [BIN, "put", "-r", "-z", "-q", fw, "SRC", ""]),
+            # zstd's level 3, rsync's own for zstd (framewire's default is 1).
+            ("framewire -z level 3", fw_pid, [BIN, "put", "-r", "-z", "--compress-level", "3", "-q", fw, "SRC", ""]),
             ("rsync daemon -z", rsd_pid, ["rsync", "-rtz", "SRC", rsd]),
             ("rsync ssh -z", ssd_pid, ["rsync", "-rtz", "-e", ssh, "SRC", rss]),
         ]),

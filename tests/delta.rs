@@ -1682,7 +1682,7 @@ async fn refused_while_the_ops_go(whole: bool) {
 /// basis of `len` bytes and the frames `script` sends; returns what it
 /// read after them (put_delta's ops, as data bytes, if it got any).
 async fn streamed_fake(
-    len: u64,
+    (len, pipelined): (u64, bool),
     script: impl FnOnce(RawWriter) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<RawWriter>> + Send>>
         + Send
         + 'static,
@@ -1701,7 +1701,7 @@ async fn streamed_fake(
             layout: Some(framewire::delta::Layout::for_sizes(len, put.size)),
             count: 0,
             streamed: true,
-            pipelined: false,
+            pipelined,
         };
         let ready =
             proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
@@ -1774,8 +1774,9 @@ async fn a_hostile_streamed_signature_is_refused() {
     std::fs::write(&local, &data).unwrap();
     // The server's file as long as ours (blocks, cut beside the
     // signature), and shorter (chunks of 256 B to 4 KiB, ours cut guided
-    // by it): 1 KiB entries fit both.
-    for len in [mib, mib - 4096] {
+    // by it, and sent as the entries come where the server reads so):
+    // 1 KiB entries fit both.
+    for (len, pipelined) in [(mib, false), (mib - 4096, false), (mib - 4096, true)] {
         let mut options = delta_options();
         options.other_len = Some(len);
         for (what, frames, closes) in cases.clone() {
@@ -1787,7 +1788,7 @@ async fn a_hostile_streamed_signature_is_refused() {
                     (!closes).then_some(w)
                 })
             };
-            let (addr, fake) = streamed_fake(len, script).await;
+            let (addr, fake) = streamed_fake((len, pipelined), script).await;
             let mut client = Client::connect(&addr.to_string()).await.unwrap();
             let err = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap_err();
             if closes {
@@ -1807,7 +1808,7 @@ async fn a_hostile_streamed_signature_is_refused() {
                 Some(w)
             })
         };
-        let (addr, fake) = streamed_fake(len, script).await;
+        let (addr, fake) = streamed_fake((len, pipelined), script).await;
         let mut client = Client::connect(&addr.to_string()).await.unwrap();
         let done = client.put(&local, "f.bin", &options, &mut no_progress()).await.unwrap();
         assert_eq!(done.matched, 0);

@@ -1366,23 +1366,29 @@ impl Client {
         match theirs {
             // A streamed signature the server could not finish: what was
             // not sent went as data.
-            Ok(()) | Err(delta::DeltaFailed::NoSignature) => {}
+            Some(Ok(()) | Err(delta::DeltaFailed::NoSignature)) => {}
             // Refused in the signature's place (a write failed there):
             // the ops sent leave the connection out of step.
-            Err(delta::DeltaFailed::Refused(e)) => {
+            Some(Err(delta::DeltaFailed::Refused(e))) => {
                 self.session.abandon().await;
                 return Err(ClientError::from(e).into());
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let failed = self.signature_failed(e).await;
                 // Ops went: the connection is out of step whatever failed.
                 self.session.abandon().await;
                 return Err(failed);
             }
+            // Not read to its end: the ops stopped first, and `sent` says
+            // why (below).
+            None => {}
         }
         let sent = match sent {
             Ok(sent) => sent,
-            Err(delta::DeltaFailed::Wire(e)) => return Err(e.into()),
+            Err(delta::DeltaFailed::Wire(e)) => {
+                self.session.abandon().await;
+                return Err(e.into());
+            }
             Err(e) => {
                 // The frames cannot be finished: the connection cannot go on.
                 self.session.abandon().await;

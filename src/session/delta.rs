@@ -440,11 +440,17 @@ impl Streaming {
     /// A signature made already, sent counted (its `count` in the basis,
     /// no empty frame after it), the same way: the client may answer
     /// before it has all gone.
-    pub fn counted(sig: &Signature) -> Streaming {
+    pub fn counted(sig: std::sync::Arc<Signature>) -> Streaming {
         let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        for frame in sig.entry_frames(SIGNATURE_FRAME_ENTRIES) {
-            let _ = tx.send(frame);
-        }
+        // Its frames made off the runtime (up to 24 MiB), stopped once
+        // nobody takes them.
+        tokio::task::spawn_blocking(move || {
+            for frame in sig.entry_frames(SIGNATURE_FRAME_ENTRIES) {
+                if tx.send(frame).is_err() {
+                    break;
+                }
+            }
+        });
         let over = tokio::sync::watch::Sender::new(false);
         Streaming { rx, worker: None, ended: false, broken: None, over, counted: true }
     }
@@ -827,8 +833,9 @@ fn guided_cut(
 /// What [`send_guided`] gives back.
 #[derive(Debug)]
 pub struct GuidedSent<A> {
-    /// Whether the signature was read whole and sound.
-    pub theirs: Result<(), DeltaFailed>,
+    /// Whether the signature was read whole and sound; `None`: it was not
+    /// read to its end, as the ops stopped first (`sent` says why).
+    pub theirs: Option<Result<(), DeltaFailed>>,
     /// Where the ops began (what the receiver held, if it is the start
     /// of this file), and what was sent: every op of the file from
     /// there, its whole hash and the bytes copied; the connection's error
@@ -898,7 +905,7 @@ where
     let Some(layout) = basis.layout else {
         let declared = DeltaError::SignatureLength { declared: basis.len, entries: basis.count };
         let sent = (0, Err(io::Error::from(io::ErrorKind::InvalidInput).into()));
-        return GuidedSent { theirs: Err(declared.into()), sent, early: None };
+        return GuidedSent { theirs: Some(Err(declared.into())), sent, early: None };
     };
     let (entries_tx, mut entries_rx) = mpsc::unbounded_channel();
     // The offset the ops start from, then the frames.
@@ -962,7 +969,7 @@ where
             };
             let mut reading = std::pin::pin!(reading);
             tokio::select! {
-                theirs = &mut reading => (theirs, None),
+                theirs = &mut reading => (Some(theirs), None),
                 frames = &mut sending => {
                     // The cut is done (or sending failed): the rest of the
                     // signature is read only if the ops all went, to stay
@@ -977,8 +984,8 @@ where
                         Err(_) => false,
                     };
                     let theirs = match sound {
-                        true => reading.await,
-                        false => Err(DeltaFailed::Closed),
+                        true => Some(reading.await),
+                        false => None,
                     };
                     (theirs, Some(frames))
                 }
@@ -988,7 +995,7 @@ where
         // a signature that broke (the connection is given up).
         match frames {
             Some(frames) => (theirs, Some(frames), None),
-            None if theirs.is_err() && !void.load(relaxed) => (theirs, None, None),
+            None if theirs.as_ref().is_some_and(Result::is_err) && !void.load(relaxed) => (theirs, None, None),
             None => tokio::select! {
                 frames = &mut sending => (theirs, Some(frames), None),
                 early = reader.read_head::<A>() => (theirs, None, Some(early)),
@@ -1841,6 +1848,75 @@ pub enum Want {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A put's cut that fails before the signature's end (its file ends
+    /// before the length it was sent as: it shrank) is reported as this
+    /// side's failure, not as the peer's signature: the signature is left
+    /// unread, and `sent` says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_that_fails_before_the_signatures_end_is_this_sides_failure() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let old: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &old).unwrap();
+        // Sent as a file 1 MiB longer than it is.
+        let (old_len, size) = (old.len() as u64, old.len() as u64 + (1 << 20));
+        let layout = Layout::for_sizes(old_len, size);
+        let mut indexer = Indexer::new(layout).unwrap();
+        indexer.feed(&old).unwrap();
+        let sig = indexer.finish().unwrap();
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (read, write) = tokio::io::split(ours);
+        let timeouts = crate::wire::Timeouts { idle: None, io: Some(std::time::Duration::from_secs(30)) };
+        let cut = tokio_util::sync::CancellationToken::new();
+        let mut session = Session::<super::super::ClientSide>::new(Box::new(read), Box::new(write), timeouts, cut);
+        // The peer: every entry of its signature, but not its end; what
+        // the client sends is read past.
+        let (mut peer_read, peer_write) = tokio::io::split(theirs);
+        let mut writer = crate::wire::FrameWriter::new(peer_write);
+        for frame in sig.entry_frames(512) {
+            writer.send(&SignatureFrame { len: frame.len() as u64, failed: false }, &frame).await.unwrap();
+        }
+        let drain = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut peer_read, &mut sink).await;
+            drop(writer);
+        });
+        let basis = Basis {
+            len: old_len,
+            append: false,
+            blake3: None,
+            tail: None,
+            layout: Some(layout),
+            count: 0,
+            streamed: true,
+            pipelined: true,
+        };
+        let mut progress = |_, _| {};
+        let got = send_guided::<_, crate::proto::Answer<crate::proto::PutDone>>(
+            &mut session,
+            (&basis, true),
+            (file, size),
+            (0, None),
+            &mut progress,
+        );
+        let got = tokio::time::timeout(std::time::Duration::from_secs(60), got).await.expect("it waited");
+        assert!(got.theirs.is_none(), "{:?}", got.theirs);
+        assert!(
+            matches!(&got.sent.1, Err(DeltaFailed::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{:?}",
+            got.sent.1
+        );
+        drop(session);
+        drain.await.unwrap();
+    }
 
     /// While the signature this side sends still goes, a peer's silence
     /// longer than the idle limit is no error (it may wait for the

@@ -275,7 +275,7 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
                 // before it says a word): the basis says `pipelined`.
                 Some(signed) => {
                     let mut going = match signed {
-                        delta::Signed::Made(sig) => delta::Streaming::counted(&sig),
+                        delta::Signed::Made(sig) => delta::Streaming::counted(sig),
                         delta::Signed::ToCut(to_cut) => delta::Streaming::start(to_cut),
                     };
                     let mut patience = going.patience();
