@@ -1501,6 +1501,26 @@ async fn the_signature_after_an_append_that_is_not_one_is_streamed_as_asked() {
     }
 }
 
+/// A fake server's answer to a put: reads it (it must ask for a streamed
+/// signature) and sends `put_ready` with a streamed basis of `len` bytes,
+/// cut as the two sizes say, `pipelined` as given.
+async fn streamed_ready(r: &mut RawReader, w: &mut RawWriter, (len, pipelined): (u64, bool)) {
+    let Some((Message::Put(put), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
+    assert!(put.delta.as_ref().is_some_and(|d| d.stream), "the client asks for a streamed signature");
+    let basis = proto::Basis {
+        len,
+        append: false,
+        blake3: None,
+        tail: None,
+        layout: Some(framewire::delta::Layout::for_sizes(len, put.size)),
+        count: 0,
+        streamed: true,
+        pipelined,
+    };
+    let ready = proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
+    w.send(&Message::PutReady(ready), &[]).await.unwrap();
+}
+
 /// The client sends its ops while the server's signature still comes
 /// (PROTOCOL.md §4.6.6), where the basis says the server reads them so
 /// (`pipelined`): a fake server sends half its entries, and sends the rest
@@ -1529,21 +1549,7 @@ async fn ops_while_the_signature_comes(pipelined: bool) {
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
         let (mut r, mut w) = fake_peer(&listener).await;
-        let Some((Message::Put(put), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
-        assert!(put.delta.is_some_and(|d| d.stream));
-        let basis = proto::Basis {
-            len: old_len,
-            append: false,
-            blake3: None,
-            tail: None,
-            layout: Some(sig.layout),
-            count: 0,
-            streamed: true,
-            pipelined,
-        };
-        let ready =
-            proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
-        w.send(&Message::PutReady(ready), &[]).await.unwrap();
+        streamed_ready(&mut r, &mut w, (old_len, pipelined)).await;
         let frames: Vec<Vec<u8>> = sig.entry_frames(512).collect();
         let half = frames.len() / 2;
         for body in &frames[..half] {
@@ -1634,20 +1640,7 @@ async fn refused_while_the_ops_go(whole: bool) {
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
         let (mut r, mut w) = fake_peer(&listener).await;
-        let Some((Message::Put(_), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
-        let basis = proto::Basis {
-            len: old_len,
-            append: false,
-            blake3: None,
-            tail: None,
-            layout: Some(sig.layout),
-            count: 0,
-            streamed: true,
-            pipelined: true,
-        };
-        let ready =
-            proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
-        w.send(&Message::PutReady(ready), &[]).await.unwrap();
+        streamed_ready(&mut r, &mut w, (old_len, true)).await;
         let frames: Vec<Vec<u8>> = sig.entry_frames(512).collect();
         let sent = if whole { frames.len() + 1 } else { 3 };
         for body in frames.iter().chain([&Vec::new()]).take(sent) {
@@ -1691,21 +1684,7 @@ async fn streamed_fake(
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
         let (mut r, mut w) = fake_peer(&listener).await;
-        let Some((Message::Put(put), _)) = r.read_head::<Message>().await.unwrap() else { panic!("put") };
-        assert!(put.delta.as_ref().is_some_and(|d| d.stream), "the client asks for a streamed signature");
-        let basis = proto::Basis {
-            len,
-            append: false,
-            blake3: None,
-            tail: None,
-            layout: Some(framewire::delta::Layout::for_sizes(len, put.size)),
-            count: 0,
-            streamed: true,
-            pipelined,
-        };
-        let ready =
-            proto::PutReady { offset: 0, prefix_blake3: None, backup: false, sparse: false, basis: Some(basis) };
-        w.send(&Message::PutReady(ready), &[]).await.unwrap();
+        streamed_ready(&mut r, &mut w, (len, pipelined)).await;
         let mut w = script(w).await?;
         // The client's answer: put_delta, ops, checksum.
         let Ok(Some((Message::PutDelta(_), _))) = r.read_head::<Message>().await else { return None };
