@@ -252,9 +252,9 @@ pub(in crate::server) async fn put<St: Storage>(s: &mut S, st: &St, request: Put
     // Whether the last put_ready offered a basis.
     let mut offered = false;
     let mut asked_again = false;
-    // A signature streamed while it is cut, still on its way: the client
-    // may send its ops before its end (PROTOCOL.md §4.6.6), and they are
-    // read (and the file built) while it goes.
+    // A signature still on its way (streamed as it is cut, or counted):
+    // the client may send its ops before its end (PROTOCOL.md §4.6.6),
+    // and they are read (and the file built) while it goes.
     let mut streaming: Option<delta::Streaming> = None;
     let due = "put_data or put_delta after put_ready";
     let data = loop {
