@@ -1501,6 +1501,17 @@ async fn the_signature_after_an_append_that_is_not_one_is_streamed_as_asked() {
     }
 }
 
+/// `new` written as a local file `f.bin` in a temporary directory (kept
+/// while it is held), and the signature of `old` cut as a server holding
+/// it cuts it for `new`.
+fn local_and_signature(old: &[u8], new: &[u8]) -> (tempfile::TempDir, std::path::PathBuf, framewire::delta::Signature) {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("f.bin");
+    std::fs::write(&local, new).unwrap();
+    let sig = signature_of(old, framewire::delta::Layout::for_sizes(old.len() as u64, new.len() as u64));
+    (tmp, local, sig)
+}
+
 /// A fake server's answer to a put: reads it (it must ask for a streamed
 /// signature) and sends `put_ready` with a streamed basis of `len` bytes,
 /// cut as the two sizes say, `pipelined` as given.
@@ -1540,11 +1551,8 @@ async fn ops_while_the_signature_comes(pipelined: bool) {
     let mut new = old[..1 << 20].to_vec();
     new.extend_from_slice(&noise(1000, 72));
     new.extend_from_slice(&old[1 << 20..]);
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("f.bin");
-    std::fs::write(&local, &new).unwrap();
+    let (_tmp, local, sig) = local_and_signature(&old, &new);
     let (old_len, new_len) = (old.len() as u64, new.len() as u64);
-    let sig = signature_of(&old, framewire::delta::Layout::for_sizes(old_len, new_len));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
@@ -1631,11 +1639,8 @@ async fn refused_while_the_ops_go(whole: bool) {
     let old = noise(24 << 20, 73);
     // New data all through: many frames of ops for the client to send.
     let new: Vec<u8> = old.iter().enumerate().map(|(i, b)| if i % 4096 == 0 { b ^ 1 } else { *b }).chain([1]).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("f.bin");
-    std::fs::write(&local, &new).unwrap();
-    let (old_len, new_len) = (old.len() as u64, new.len() as u64);
-    let sig = signature_of(&old, framewire::delta::Layout::for_sizes(old_len, new_len));
+    let (_tmp, local, sig) = local_and_signature(&old, &new);
+    let old_len = old.len() as u64;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {

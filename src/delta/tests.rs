@@ -286,12 +286,27 @@ fn guided_counting(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -
 
 /// A guided cut driven to its end, every entry of `theirs` given.
 fn guided_cut(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> Guided {
+    drive(theirs, new, (piece, batch), |_, _| {})
+}
+
+/// Drives a guided cut to its end: entries of `theirs` given `batch` at
+/// a time when asked, `new` fed in `piece`s. `step` sees the cut before
+/// each step, told whether entries are about to be given (the rest of
+/// them given at the end, after one more such call).
+fn drive(
+    theirs: &Signature,
+    new: &[u8],
+    (piece, batch): (usize, usize),
+    mut step: impl FnMut(&mut Guided, bool),
+) -> Guided {
     let mut g = Guided::new(theirs.layout).unwrap();
     let (mut fed, mut given) = (0, 0);
     loop {
+        step(&mut g, false);
         match g.advance().unwrap() {
             Needs::Nothing => break,
             Needs::Theirs if given < theirs.entries.len() => {
+                step(&mut g, true);
                 let to = (given + batch.max(1)).min(theirs.entries.len());
                 g.theirs(&theirs.entries[given..to]);
                 given = to;
@@ -306,6 +321,7 @@ fn guided_cut(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> Gui
         }
     }
     if given < theirs.entries.len() {
+        step(&mut g, true);
         g.theirs(&theirs.entries[given..]);
     }
     g.theirs_ended();
@@ -606,40 +622,18 @@ fn streamed_signatures_are_taken_as_they_are_cut_and_checked() {
 /// order (merged where they meet), and how far they reached before the
 /// receiver's last entries were given.
 fn settled_cut(theirs: &Signature, new: &[u8], piece: usize, batch: usize) -> (Vec<Piece>, u64) {
-    let mut g = Guided::new(theirs.layout).unwrap();
-    let (mut fed, mut given, mut before_last) = (0, 0, 0);
-    let (mut runs, mut out) = (Vec::new(), Vec::new());
-    loop {
+    let (mut runs, mut out, mut before_last) = (Vec::new(), Vec::new(), 0);
+    let g = drive(theirs, new, (piece, batch), |g, giving| {
         g.settle(&mut runs);
         for p in runs.drain(..) {
             push_piece(&mut out, p);
         }
-        match g.advance().unwrap() {
-            Needs::Nothing => break,
-            Needs::Theirs if given < theirs.entries.len() => {
-                // What is settled goes before the cut waits.
-                g.settle(&mut runs);
-                before_last = g.settled_at();
-                let to = (given + batch.max(1)).min(theirs.entries.len());
-                g.theirs(&theirs.entries[given..to]);
-                given = to;
-            }
-            Needs::Theirs => g.theirs_ended(),
-            Needs::Data if fed < new.len() => {
-                let to = (fed + piece.max(1)).min(new.len());
-                g.feed(&new[fed..to]);
-                fed = to;
-            }
-            Needs::Data => g.fed_all(),
+        // What is settled goes before the cut waits.
+        if giving {
+            before_last = g.settled_at();
         }
-    }
-    if given < theirs.entries.len() {
-        g.settle(&mut runs);
-        before_last = g.settled_at();
-        g.theirs(&theirs.entries[given..]);
-    }
-    g.theirs_ended();
-    for p in runs.drain(..).chain(g.finish_diff().unwrap()) {
+    });
+    for p in g.finish_diff().unwrap() {
         push_piece(&mut out, p);
     }
     (out, before_last)
