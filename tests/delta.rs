@@ -256,6 +256,9 @@ async fn a_receiver_file_changed_while_its_signature_is_in_flight() {
     std::fs::write(&local, &new).unwrap();
     for shrink in [true, false] {
         root.write("f.bin", &old).await;
+        // The client's first ops frame is held until the file has changed:
+        // the server cannot build from the older version first.
+        let (proxy, release) = holding_proxy(root.addr).await;
         let mut changed = false;
         let mut change = |_: Progress| {
             if !changed {
@@ -266,9 +269,10 @@ async fn a_receiver_file_changed_while_its_signature_is_in_flight() {
                 } else {
                     std::os::unix::fs::FileExt::write_all_at(&f, &[0xAA; 64 << 10], 1 << 20).unwrap();
                 }
+                release.notify_one();
             }
         };
-        let mut client = Client::connect(&root.addr()).await.unwrap();
+        let mut client = Client::connect(&proxy).await.unwrap();
         let done = client.put(&local, "f.bin", &delta_options(), &mut change).await.unwrap();
         assert!(changed, "shrink {shrink}: no progress was reported");
         assert_eq!(std::fs::read(&served).unwrap(), new, "shrink {shrink}");
@@ -297,6 +301,47 @@ async fn a_receiver_file_changed_while_its_signature_is_in_flight() {
         assert_eq!(std::fs::read(&local).unwrap(), new, "get, shrink {shrink}");
         assert!(!tmp.path().join(".f.bin.fwpart").exists());
     }
+}
+
+/// A proxy on 127.0.0.1:0 to `to` that reads the client's frames and
+/// holds each connection's first `delta` frame until `release` is
+/// notified; the rest it carries as it comes, both ways.
+async fn holding_proxy(to: std::net::SocketAddr) -> (String, Arc<tokio::sync::Notify>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
+            let release = held.clone();
+            let (cr, mut cw) = client.into_split();
+            let (mut sr, sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+            tokio::spawn(async move {
+                let (mut r, mut w) = (FrameReader::new(cr), FrameWriter::new(sw));
+                let Ok(preface) = r.read_preface().await else { return };
+                w.feed_preface(preface);
+                if w.flush().await.is_err() {
+                    return;
+                }
+                let mut holding = true;
+                while let Ok(Some((head, _))) = r.read_head::<Message>().await {
+                    let Ok(body) = r.read_body(u64::MAX).await else { return };
+                    if holding && matches!(head, Message::DeltaFrame(_)) {
+                        holding = false;
+                        release.notified().await;
+                    }
+                    if w.send(&head, &body).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, release)
 }
 
 /// A proxy on 127.0.0.1:0 to `to` that carries `budget` bytes of each

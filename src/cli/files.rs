@@ -204,7 +204,7 @@ pub struct TransferArgs {
     #[arg(short = 'z', long)]
     compress: bool,
     /// zstd level for -z (and gives -z): 1, fast, the default, to 19,
-    /// smallest (a server compresses its side at 9 at most).
+    /// smallest (a server compresses its own side at 3 at most).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
     compress_level: Option<i32>,
     /// Tell files apart by BLAKE3 instead of size and modification time
