@@ -19,16 +19,31 @@ use framewire::proto::{self, AnyMessage as Message};
 use framewire::wire::{FrameReader, FrameWriter, Preface};
 use framewire::{Client, ClientError, ErrorCode};
 
-/// Bytes that crossed a proxy, each way.
+/// Bytes that crossed a proxy, each way, counted when each connection
+/// ends; and the connections still open.
 #[derive(Default)]
 struct Wire {
     up: AtomicU64,
     down: AtomicU64,
+    open: AtomicU64,
 }
 
 impl Wire {
+    /// What has been counted so far, and the count reset.
     fn take(&self) -> (u64, u64) {
         (self.up.swap(0, Ordering::SeqCst), self.down.swap(0, Ordering::SeqCst))
+    }
+
+    /// What crossed, once every connection through the proxy has ended
+    /// (the client's side closed, then the server's): a connection the
+    /// test let go is counted whole, however long its close takes.
+    async fn settled(&self) -> (u64, u64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "a connection through the proxy did not end in 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.take()
     }
 }
 
@@ -40,14 +55,19 @@ async fn counting_proxy(to: std::net::SocketAddr) -> (String, Arc<Wire>) {
     let counted = wire.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
+            // Open before the client can have finished: it cannot move a
+            // frame before this side has connected on.
+            counted.open.fetch_add(1, Ordering::SeqCst);
             let wire = counted.clone();
             tokio::spawn(async move {
-                let (mut client, mut server) = (client, server);
-                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                    wire.up.fetch_add(up, Ordering::SeqCst);
-                    wire.down.fetch_add(down, Ordering::SeqCst);
+                if let Ok(server) = tokio::net::TcpStream::connect(to).await {
+                    let (mut client, mut server) = (client, server);
+                    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                        wire.up.fetch_add(up, Ordering::SeqCst);
+                        wire.down.fetch_add(down, Ordering::SeqCst);
+                    }
                 }
+                wire.open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -122,8 +142,7 @@ async fn put_each_change_as_a_delta(root: &RootServer) {
             let _ = wire.take();
             let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
             drop(client);
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let (up, down) = wire.take();
+            let (up, down) = wire.settled().await;
             assert_eq!(root.read("f.bin").await.unwrap(), new, "{what}, {size}");
             assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
             assert!(up + down <= most, "{what}, {size}: {up} up + {down} down, more than {most}");
@@ -145,8 +164,7 @@ async fn get_each_change_as_a_delta(root: &RootServer) {
             let _ = wire.take();
             let done = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
             drop(client);
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let (up, down) = wire.take();
+            let (up, down) = wire.settled().await;
             assert_eq!(std::fs::read(&local).unwrap(), new, "{what}, {size}");
             assert_eq!(done.blake3, blake3::hash(&new).to_hex().to_string(), "{what}");
             assert!(up + down <= most, "{what}, {size}: {up} up + {down} down, more than {most}");
@@ -178,8 +196,7 @@ async fn an_edit_in_place_moves_its_blocks_only() {
     client.get("f.bin", &local, &delta_options(), &mut no_progress()).await.unwrap();
     assert_eq!(std::fs::read(&local).unwrap(), old);
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let (up, down) = wire.take();
+    let (up, down) = wire.settled().await;
     // Two signatures of 768 entries (9 KiB each), two 8 KiB blocks.
     assert!(up + down < 64 << 10, "{up} up + {down} down");
 }
@@ -236,8 +253,7 @@ async fn auto_mode_sends_whole_files_on_loopback() {
         root.write("f.bin", &old).await;
     }
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let (up, _) = wire.take();
+    let (up, _) = wire.settled().await;
     assert!(up > 2 * new.len() as u64, "{up}");
 }
 
@@ -492,8 +508,7 @@ async fn a_compact_listing_lists_the_same_in_fewer_bytes() {
         let _ = wire.take();
         let listing = client.tree_meta("src", false, true).await.unwrap();
         drop(client);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let (_, down) = wire.take();
+        let (_, down) = wire.settled().await;
         assert_eq!(listing.entries.len(), 20 * 151, "compact: {compact}");
         listed.push((listing.entries, down));
     }
@@ -938,8 +953,7 @@ async fn compressed_copies_move_fewer_bytes() {
         // The proxy counts a connection's bytes when it ends: the one the
         // copy handed back ends with its endpoint.
         drop(endpoint);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let (up, down) = wire.take();
+        let (up, down) = wire.settled().await;
         for f in std::fs::read_dir(&src).unwrap() {
             let f = f.unwrap().path();
             let there = root.dir_path().unwrap().join(name).join("src").join(f.file_name().unwrap());
@@ -956,8 +970,7 @@ async fn compressed_copies_move_fewer_bytes() {
         let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 2), Arc::new(Quiet)).await;
         assert!(summary.failures.is_empty(), "{name} back: {:?}", summary.failures);
         drop(endpoint);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let (up_back, down_back) = wire.take();
+        let (up_back, down_back) = wire.settled().await;
         for f in std::fs::read_dir(&src).unwrap() {
             let f = f.unwrap().path();
             let there = back.join("src").join(f.file_name().unwrap());
@@ -1064,11 +1077,10 @@ async fn an_append_that_is_not_one() {
     let mut client = Client::connect(&proxy).await.unwrap();
     let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();
     drop(client);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(root.read("f.bin").await.unwrap() == long);
     assert!(done.matched > 900_000, "{}", done.matched);
     // The tail went once: a trusted guess would have sent it twice.
-    let (up, _) = wire.take();
+    let (up, _) = wire.settled().await;
     assert!(up < (66 << 20) + (1 << 20), "{up}");
 }
 
@@ -1162,7 +1174,7 @@ async fn a_trees_small_changed_files_go_as_deltas_in_the_stream() {
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("26 file(s)") && said.contains("the receiver had them: delta"), "{said}");
-    let (up, _) = wire.take();
+    let (up, _) = wire.settled().await;
     // The new file whole, the changes, the listing; not the 12 MB.
     assert!(up < 200_000 + total / 20, "{up} bytes up for {total} bytes of changed files");
     for name in &names {
@@ -1187,7 +1199,7 @@ async fn a_trees_small_changed_files_go_as_deltas_in_the_stream() {
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("the receiver had them: delta"), "{said}");
-    let (_, down) = wire.take();
+    let (_, down) = wire.settled().await;
     assert!(down < 200_000 + total / 20, "{down} bytes down for {total} bytes of changed files");
     for name in &names {
         let (s, r) = (src.join(name), back.join("t").join(name));
@@ -1207,7 +1219,7 @@ async fn a_trees_small_changed_files_go_as_deltas_in_the_stream() {
     let out = run(vec!["put".into(), "-r".into(), proxy.clone(), src_arg, String::new()]).await.unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("delta"), "{out:?}");
-    let (up, _) = wire.take();
+    let (up, _) = wire.settled().await;
     assert!(up > total, "{up} bytes up, whole files expected");
 }
 
