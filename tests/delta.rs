@@ -19,8 +19,8 @@ use framewire::proto::{self, AnyMessage as Message};
 use framewire::wire::{FrameReader, FrameWriter, Preface};
 use framewire::{Client, ClientError, ErrorCode};
 
-/// Bytes that crossed a proxy, each way, counted when each connection
-/// ends; and the connections still open.
+/// Bytes that crossed a proxy, each way, counted as they pass; and the
+/// connections still open.
 #[derive(Default)]
 struct Wire {
     up: AtomicU64,
@@ -35,8 +35,8 @@ impl Wire {
     }
 
     /// What crossed, once every connection through the proxy has ended
-    /// (the client's side closed, then the server's): a connection the
-    /// test let go is counted whole, however long its close takes.
+    /// (each side closed or gone): a connection the test let go is counted
+    /// whole, however long its close takes.
     async fn settled(&self) -> (u64, u64) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.open.load(Ordering::SeqCst) > 0 {
@@ -45,6 +45,24 @@ impl Wire {
         }
         self.take()
     }
+}
+
+/// Copies `from` to `into` until `from` ends, adding each chunk to
+/// `count` as it passes, then shuts `into`'s writing down.
+async fn counted_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut into: tokio::net::tcp::OwnedWriteHalf,
+    count: impl Fn(u64),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || into.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        count(n as u64);
+    }
+    let _ = into.shutdown().await;
 }
 
 /// A proxy on 127.0.0.1:0 to `to`, counting what it carries.
@@ -61,11 +79,14 @@ async fn counting_proxy(to: std::net::SocketAddr) -> (String, Arc<Wire>) {
             let wire = counted.clone();
             tokio::spawn(async move {
                 if let Ok(server) = tokio::net::TcpStream::connect(to).await {
-                    let (mut client, mut server) = (client, server);
-                    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                        wire.up.fetch_add(up, Ordering::SeqCst);
-                        wire.down.fetch_add(down, Ordering::SeqCst);
-                    }
+                    let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
+                    let up = counted_copy(cr, sw, |n| {
+                        wire.up.fetch_add(n, Ordering::SeqCst);
+                    });
+                    let down = counted_copy(sr, cw, |n| {
+                        wire.down.fetch_add(n, Ordering::SeqCst);
+                    });
+                    tokio::join!(up, down);
                 }
                 wire.open.fetch_sub(1, Ordering::SeqCst);
             });
@@ -285,7 +306,7 @@ async fn a_receiver_file_changed_while_its_signature_is_in_flight() {
                 } else {
                     std::os::unix::fs::FileExt::write_all_at(&f, &[0xAA; 64 << 10], 1 << 20).unwrap();
                 }
-                release.notify_one();
+                release.send_replace(true);
             }
         };
         let mut client = Client::connect(&proxy).await.unwrap();
@@ -320,17 +341,16 @@ async fn a_receiver_file_changed_while_its_signature_is_in_flight() {
 }
 
 /// A proxy on 127.0.0.1:0 to `to` that reads the client's frames and
-/// holds each connection's first `delta` frame until `release` is
-/// notified; the rest it carries as it comes, both ways.
-async fn holding_proxy(to: std::net::SocketAddr) -> (String, Arc<tokio::sync::Notify>) {
+/// holds each connection's first `delta` frame until `release` is set
+/// (it stays set); the rest it carries as it comes, both ways.
+async fn holding_proxy(to: std::net::SocketAddr) -> (String, tokio::sync::watch::Sender<bool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let release = Arc::new(tokio::sync::Notify::new());
-    let held = release.clone();
+    let (release, released) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
-            let release = held.clone();
+            let mut released = released.clone();
             let (cr, mut cw) = client.into_split();
             let (mut sr, sw) = server.into_split();
             tokio::spawn(async move {
@@ -348,7 +368,9 @@ async fn holding_proxy(to: std::net::SocketAddr) -> (String, Arc<tokio::sync::No
                     let Ok(body) = r.read_body(u64::MAX).await else { return };
                     if holding && matches!(head, Message::DeltaFrame(_)) {
                         holding = false;
-                        release.notified().await;
+                        if released.wait_for(|set| *set).await.is_err() {
+                            return;
+                        }
                     }
                     if w.send(&head, &body).await.is_err() {
                         return;
@@ -362,11 +384,18 @@ async fn holding_proxy(to: std::net::SocketAddr) -> (String, Arc<tokio::sync::No
 
 /// A proxy on 127.0.0.1:0 to `to` that carries `budget` bytes of each
 /// connection's `up` (client to server) or down stream, then cuts the
-/// connection: a transfer killed at a chosen point.
-async fn cutting_proxy(to: std::net::SocketAddr, up: bool, budget: u64) -> String {
+/// connection: a transfer killed at a chosen point. For an `up` cut, the
+/// receiver yields `()` once the server has closed its side after the
+/// cut (it has kept what it wrote and let the path go).
+async fn cutting_proxy(
+    to: std::net::SocketAddr,
+    up: bool,
+    budget: u64,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
@@ -374,8 +403,17 @@ async fn cutting_proxy(to: std::net::SocketAddr, up: bool, budget: u64) -> Strin
             let (sr, sw) = server.into_split();
             let (mut from, mut into, mut back_from, mut back_into) =
                 if up { (cr, sw, sr, cw) } else { (sr, cw, cr, sw) };
+            // The other way, to its end: after an up cut, the server's
+            // close, whatever the client did meanwhile.
             let back = tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut back_from, &mut back_into).await;
+                let mut buf = vec![0u8; 64 << 10];
+                let mut passing = true;
+                while let Ok(n) = back_from.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    passing = passing && back_into.write_all(&buf[..n]).await.is_ok();
+                }
             });
             let mut left = budget;
             let mut buf = vec![0u8; 64 << 10];
@@ -390,11 +428,28 @@ async fn cutting_proxy(to: std::net::SocketAddr, up: bool, budget: u64) -> Strin
                 }
                 left -= n as u64;
             }
-            back.abort();
+            // The cut: the server reads its end, the client loses its.
+            let _ = into.shutdown().await;
             drop((from, into));
+            if up {
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let _ = back.await;
+                    let _ = closed_tx.send(());
+                });
+            } else {
+                back.abort();
+            }
         }
     });
-    addr
+    (addr, closed)
+}
+
+/// Waits (30 s at most) until the server has closed a connection cut on
+/// its way up.
+async fn server_closed(closed: &mut tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let wait = tokio::time::timeout(std::time::Duration::from_secs(30), closed.recv()).await;
+    assert!(matches!(wait, Ok(Some(()))), "the server did not close a cut connection in 30 s");
 }
 
 /// A delta transfer cut at several points leaves its partial file; the
@@ -414,13 +469,13 @@ async fn a_cut_delta_transfer_resumes() {
     for budget in [100u64 << 10, 1_300_000, 2_500_000, 3_100_000] {
         root.write("f.bin", &old).await;
         std::fs::write(&local, &new).unwrap();
-        let proxy = cutting_proxy(root.addr, true, budget).await;
+        let (proxy, mut closed) = cutting_proxy(root.addr, true, budget).await;
         let mut client = Client::connect(&proxy).await.unwrap();
         let cut = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await;
         assert!(cut.is_err(), "cut after {budget} bytes up: {cut:?}");
         drop(client);
         // The server notices the cut and keeps what it wrote.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        server_closed(&mut closed).await;
         assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), old, "cut after {budget}");
         let held = std::fs::metadata(dir.join(".f.bin.fwpart")).map(|m| m.len()).unwrap_or(0);
         let mut client = Client::connect(&root.addr()).await.unwrap();
@@ -438,7 +493,7 @@ async fn a_cut_delta_transfer_resumes() {
         std::fs::write(&local, &old).unwrap();
         let _ = std::fs::remove_file(tmp.path().join(".f.bin.fwpart"));
         root.write("f.bin", &new).await;
-        let proxy = cutting_proxy(root.addr, false, budget).await;
+        let (proxy, _) = cutting_proxy(root.addr, false, budget).await;
         let mut client = Client::connect(&proxy).await.unwrap();
         let cut = client.get("f.bin", &local, &delta_options(), &mut no_progress()).await;
         assert!(cut.is_err(), "cut after {budget} bytes down: {cut:?}");
@@ -472,12 +527,12 @@ async fn a_cut_delta_into_a_bucket_is_made_again() {
     for budget in [100u64 << 10, 3_000_000] {
         root.write("f.bin", &old).await;
         std::fs::write(&local, &new).unwrap();
-        let proxy = cutting_proxy(root.addr, true, budget).await;
+        let (proxy, mut closed) = cutting_proxy(root.addr, true, budget).await;
         let mut client = Client::connect(&proxy).await.unwrap();
         let cut = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await;
         assert!(cut.is_err(), "cut after {budget} bytes up: {cut:?}");
         drop(client);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        server_closed(&mut closed).await;
         assert_eq!(root.read("f.bin").await.unwrap(), old, "cut after {budget}");
         let mut client = Client::connect(&root.addr()).await.unwrap();
         let done = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await.unwrap();

@@ -45,6 +45,22 @@ impl AsyncWrite for Timeline {
     }
 }
 
+impl Timeline {
+    /// Everything written so far.
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().iter().flat_map(|(_, b)| b.clone()).collect()
+    }
+
+    /// Waits (10 s at most) until what was written satisfies `done`.
+    async fn until(&self, done: impl Fn(&[u8]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.bytes()) {
+            assert!(Instant::now() < deadline, "not written within 10 s: {:?}", String::from_utf8_lossy(&self.bytes()));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// A sink that counts bytes and keeps none.
 #[derive(Default)]
 struct Count(u64);
@@ -85,22 +101,30 @@ async fn stdout_stderr_apart_and_exit_code() {
     assert!(out.status.success());
 }
 
-/// Each line reaches the client when it is printed, not at the end.
+/// Each line reaches the client when it is printed, not at the end: the
+/// command prints its second line only once the client has received its
+/// first (it waits for a line of stdin, sent only then). Output gathered
+/// until the end would never come.
 #[tokio::test]
 async fn output_streams_while_the_command_runs() {
+    use tokio::io::AsyncWriteExt;
     let server = exec_server().await;
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let out = Timeline::default();
     let (mut o, mut e) = (out.clone(), Count::default());
-    let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: None, resize: None };
-    let status = client.exec("echo one; sleep 1; echo two", &ExecOptions::default(), io).await.unwrap();
+    let (mut stdin, mut feed) = tokio::io::duplex(64);
+    let seen = out.clone();
+    let go = tokio::spawn(async move {
+        seen.until(|b| b.starts_with(b"one\n")).await;
+        feed.write_all(b"go\n").await.unwrap();
+    });
+    let io = ExecIo { stdin: Some(&mut stdin), stdout: &mut o, stderr: &mut e, cancel: None, resize: None };
+    let options = ExecOptions::default();
+    let run = client.exec("echo one; read x; echo two", &options, io);
+    let status = tokio::time::timeout(Duration::from_secs(20), run).await.expect("the output was held back").unwrap();
     assert!(status.success());
-    let pieces = out.0.lock().unwrap().clone();
-    let first = pieces.iter().find(|(_, b)| b.starts_with(b"one")).expect("one").0;
-    let second = pieces.iter().find(|(_, b)| b.starts_with(b"two")).expect("two").0;
-    // Had the output been gathered until the end, both lines would have
-    // arrived together; streamed, they are a second apart.
-    assert!(second - first >= Duration::from_millis(700), "lines arrived together: {:?} apart", second - first);
+    go.await.unwrap();
+    assert_eq!(out.bytes(), b"one\ntwo\n");
 }
 
 #[tokio::test]
@@ -157,7 +181,8 @@ async fn timeout_kills_the_whole_group() {
     let out = client
         .exec_output(
             "sleep 100 & echo $!; echo $$; sleep 100",
-            &ExecOptions::with_timeout(Some(Duration::from_millis(500))),
+            // Long enough for the shell to have printed both pids.
+            &ExecOptions::with_timeout(Some(Duration::from_secs(2))),
         )
         .await
         .unwrap();
@@ -177,12 +202,13 @@ async fn cancel_kills_the_whole_group() {
     let mut client = Client::connect(&server.addr()).await.unwrap();
     let out = Timeline::default();
     let (mut o, mut e) = (out.clone(), Count::default());
-    let mut cancel = std::pin::pin!(tokio::time::sleep(Duration::from_millis(500)));
+    // Cancelled once the background process's pid has come.
+    let printed = out.clone();
+    let mut cancel = std::pin::pin!(async move { printed.until(|b| pids(b).len() == 1 && b.ends_with(b"\n")).await });
     let io = ExecIo { stdin: None, stdout: &mut o, stderr: &mut e, cancel: Some(cancel.as_mut()), resize: None };
     let status = client.exec("sleep 100 & echo $!; sleep 100", &ExecOptions::default(), io).await.unwrap();
     assert_eq!(status.reason, ExitReason::Cancelled);
-    let bytes: Vec<u8> = out.0.lock().unwrap().iter().flat_map(|(_, b)| b.clone()).collect();
-    let pid = pids(&bytes)[0];
+    let pid = pids(&out.bytes())[0];
     assert!(wait_gone(pid, Duration::from_secs(5)).await, "background process survived the cancel");
     assert_eq!(client.echo(b"still usable").await.unwrap(), "still usable");
 }
@@ -228,8 +254,16 @@ async fn shutdown_kills_running_commands_after_the_drain() {
     })
     .await;
     let mut client = Client::connect(&server.addr()).await.unwrap();
-    let run = tokio::spawn(async move { client.exec_output("echo $$; sleep 100", &ExecOptions::default()).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Shut down once the command runs (it has written its pid).
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let command = format!("echo $$; echo $$ > {}; sleep 100", pidfile.display());
+    let run = tokio::spawn(async move { client.exec_output(&command, &ExecOptions::default()).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read(&pidfile).is_ok_and(|b| b.ends_with(b"\n")) {
+        assert!(Instant::now() < deadline, "the command did not start within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await.unwrap().unwrap().unwrap();
     let out = run.await.unwrap().unwrap();
     assert_eq!(out.status.reason, ExitReason::Shutdown);

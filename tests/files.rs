@@ -1644,7 +1644,11 @@ async fn a_slowly_read_tree_get_holds_few_descriptors() {
     }
     assert_eq!((files, got), (1000, 32 << 20));
     drop((r, w));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Returned once the server has noticed the close (10 s at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_fds(&dir) != before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(open_fds(&dir), before, "descriptors returned");
 }
 

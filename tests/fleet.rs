@@ -134,7 +134,7 @@ async fn eight() -> Fleet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_on_hosts_reports_each_outcome_apart() {
     let f = eight().await;
-    let all = ["--connect-timeout", "1", "exec", "-w", "h[01-08]", "--"];
+    let all = ["--connect-timeout", "2", "exec", "-w", "h[01-08]", "--"];
     let out = f.run(&[&all[..], &["echo out-$(cat name); echo err-$(cat name) >&2"]].concat());
     assert_eq!(out.status.code(), Some(255), "a host unreachable or refusing the key: {out:?}");
     let want: Vec<String> = (1..=5).map(|i| format!("h0{i}: out-h0{i}")).collect();
@@ -147,7 +147,7 @@ async fn exec_on_hosts_reports_each_outcome_apart() {
     assert!(err.contains("framewire: h07: unreachable: cannot connect"), "{err}");
     assert!(
         err.contains("framewire: h08: unreachable: cannot connect to 127.0.0.9:")
-            && err.contains("no answer within 1s"),
+            && err.contains("no answer within 2s"),
         "{err}"
     );
     assert!(err.contains("framewire: 8 hosts: 5 ok, 2 unreachable, 1 key refused\n"), "{err}");
@@ -200,7 +200,7 @@ async fn gathered_output_is_folded_by_identical_results() {
     std::fs::write(f.root("h05").join("code"), "1").unwrap();
     std::fs::write(f.root("h02").join("warn"), "").unwrap();
     let cmd = "cat say; test -e warn && echo careful >&2; exit $(cat code 2>/dev/null || echo 0)";
-    let out = f.run(&["--connect-timeout", "1", "exec", "-b", "-w", "h[01-08]", "--", cmd]);
+    let out = f.run(&["--connect-timeout", "2", "exec", "-b", "-w", "h[01-08]", "--", cmd]);
     assert_eq!(out.status.code(), Some(255), "{out:?}");
     let want = "\
 ------------------
@@ -237,7 +237,7 @@ async fn json_gives_one_object_per_host() {
     std::fs::write(f.root("h04").join("code"), "4").unwrap();
     let out = f.run(&[
         "--connect-timeout",
-        "1",
+        "2",
         "exec",
         "--json",
         "-w",
@@ -428,14 +428,24 @@ async fn the_window_slides_and_a_cancel_stops_it() {
     let endpoint = Endpoint::new(format!("127.0.0.1:{addr}"), Some(f.key()));
     let hosts: Vec<Host> = (0..40).map(|i| Host::new(format!("x{i}"), endpoint.clone())).collect();
     let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (n, m) = (now.clone(), most.clone());
+    // The first hosts hold on until 8 are connected at once (10 s at
+    // most, however slowly the connections come), then each holds briefly.
+    let filled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (n, m, full) = (now.clone(), most.clone(), filled.clone());
     let mut events = fleet::each(hosts, FleetOptions::new(8), move |run| {
-        let (now, most) = (n.clone(), m.clone());
+        let (now, most, filled) = (n.clone(), m.clone(), full.clone());
         async move {
             let _client = run.connect().await?;
             let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(at_once, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            if at_once >= 8 {
+                filled.store(true, Ordering::SeqCst);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !filled.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
             now.fetch_sub(1, Ordering::SeqCst);
             Ok(run.name().to_owned())
         }
@@ -455,17 +465,18 @@ async fn the_window_slides_and_a_cancel_stops_it() {
     assert_eq!(finished.len(), 40);
     assert_eq!(most.load(Ordering::SeqCst), 8, "the window is full, and never over");
 
-    // Cancelled once two run: those two end cancelled, the rest never start.
+    // Cancelled once two run their command (each has said so): those two
+    // end cancelled, the rest never start.
     let hosts: Vec<Host> = (0..10).map(|i| Host::new(format!("y{i}"), endpoint.clone())).collect();
-    let mut events = fleet::exec(hosts, "sleep 30", Default::default(), Vec::new(), FleetOptions::new(2));
-    let (mut running, mut cancelled, mut never) = (0, 0, 0);
+    let mut events = fleet::exec(hosts, "echo started; sleep 30", Default::default(), Vec::new(), FleetOptions::new(2));
+    let (mut running, mut said, mut cancelled, mut never) = (0, 0, 0, 0);
     while let Some(event) = events.next().await {
         match event {
-            Event::Started { .. } => {
-                running += 1;
-                if running == 2 {
-                    // Both are connecting or running; give them a moment.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+            Event::Started { .. } => running += 1,
+            Event::Stdout { line, .. } => {
+                assert_eq!(&line[..], b"started\n");
+                said += 1;
+                if said == 2 {
                     events.cancel();
                 }
             }

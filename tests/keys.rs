@@ -389,9 +389,16 @@ fn a_key_removed_ends_its_session_and_its_next_connection() {
     let home = Home::new();
     let a = server.addr.as_str();
     assert!(home.run(&["ls", "-i", id(&alice), "--accept-new", a]).status.success());
-    let mut long =
-        home.command(&["exec", "-i", id(&alice), a, "--", "sleep", "60"]).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Revoked only once the session runs its command (it has said so).
+    let mut long = home
+        .command(&["exec", "-i", id(&alice), a, "--", "echo started; exec sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(long.stdout.take().unwrap()), &mut first).unwrap();
+    assert_eq!(first, "started\n");
     // Revoked: bob's line alone is left, written as editors do (a new
     // file renamed over the old).
     let tmp = file.with_extension("new");

@@ -230,9 +230,10 @@ except ConnectionResetError:
     // A short upload leaves nothing, neither file nor partial.
     let vars = "FILEPATH = 'x'\nFILENAME = 'short.txt'\nDATA = b'y' * 1000\nSEND = 10";
     assert!(python(&addrs["upload"], UPLOAD, vars).status.success());
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, ["only.txt"], "nothing kept from bad or short uploads");
+    // Once the server has seen the short upload end (5 s at most).
+    let names = || -> Vec<_> { std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect() };
+    wait_until(|| names() == ["only.txt"]);
+    assert_eq!(names(), ["only.txt"], "nothing kept from bad or short uploads");
 
     // Still serving.
     let out = python(&addrs["exec-simple"], EXEC_SIMPLE, "CMDS = ['echo alive']");

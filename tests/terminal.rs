@@ -87,25 +87,43 @@ fn a_real_shell_cd_persists_resizes_follow_ctrl_c_interrupts_exit_code_returns()
     let before = Pty::open(24, 80).stty_g();
     let (mut tty, mut child) = shell_session(&server, &[]);
     // A terminal of the client's size, and the state of a real shell.
+    // Each answer read up to the prompt after it, so that the next
+    // `expect` cannot match a prompt left over from before; what the
+    // commands print is told from their echo by shell arithmetic and
+    // quotes the echo does not expand.
     tty.send(b"tty; stty size\r");
     tty.expect("/dev/pts/");
     tty.expect("24 80");
+    tty.expect("fw$ ");
     tty.send(b"cd /tmp\r");
     tty.expect("fw$ ");
     tty.send(b"pwd\r");
     tty.expect("\r/tmp\r\n");
-    // The local window changes: the remote one follows.
+    tty.expect("fw$ ");
+    // The local window changes: the remote one follows (a frame away:
+    // asked again until it has come, 10 s at most).
     tty.resize(40, 120);
-    std::thread::sleep(Duration::from_millis(300));
-    tty.send(b"stty size\r");
-    tty.expect("40 120");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tty.send(b"echo \"s\"\"z\" $(stty size) \"e\"\"nd\"\r");
+        let size = tty.line_after("sz ");
+        tty.expect("fw$ ");
+        if size == "40 120 end" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the remote terminal is still {size:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Ctrl-C is a character for the remote terminal: it interrupts the
-    // remote command, and the prompt comes back.
-    tty.send(b"sleep 100; echo not-interrupted\r");
-    std::thread::sleep(Duration::from_millis(500));
+    // remote command once it runs, and the prompt comes back.
+    tty.send(b"echo started-$((2+3)); sleep 100; echo not-$((6*7))-interrupted\r");
+    tty.expect("started-5");
     tty.send(b"\x03");
     tty.expect_within("fw$ ", Duration::from_secs(5));
-    assert!(!tty.seen.contains("not-interrupted"));
+    tty.send(b"echo done-$((1+1))\r");
+    tty.expect("done-2");
+    tty.expect("fw$ ");
+    assert!(!tty.all.contains("not-42-interrupted"), "{:?}", tty.all);
     // A full-screen program starts and quits.
     std::fs::write(server.root.path().join("page.txt"), "a page for less\n".repeat(100)).unwrap();
     tty.send(b"cd - >/dev/null; less page.txt\r");

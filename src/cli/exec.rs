@@ -72,17 +72,19 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
-/// Waits for Ctrl-C; a second one ends this process at once.
-async fn interrupted() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return std::future::pending().await;
-    }
-    eprintln!("framewire: interrupting the remote command (Ctrl-C again to quit at once)");
-    tokio::spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
+/// Waits for Ctrl-C, from the moment it is called; a second one ends this
+/// process at once.
+fn interrupted() -> impl std::future::Future<Output = ()> + Send {
+    let first = super::ctrl_c_from_now();
+    async move {
+        first.await;
+        eprintln!("framewire: interrupting the remote command (Ctrl-C again to quit at once)");
+        let second = super::ctrl_c_from_now();
+        tokio::spawn(async move {
+            second.await;
             std::process::exit(130);
-        }
-    });
+        });
+    }
 }
 
 /// Says how the command ended when it did not end by itself, and turns
@@ -289,11 +291,7 @@ async fn run_line(
 ) -> Result<ExitStatus, ClientError> {
     send_env(client, env).await?;
     let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
-    let mut cancel = std::pin::pin!(async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    });
+    let mut cancel = std::pin::pin!(super::ctrl_c_from_now());
     let io =
         ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, cancel: Some(cancel.as_mut()), resize: None };
     client.exec(command, &ExecOptions::with_timeout(timeout), io).await

@@ -187,16 +187,16 @@ pub fn open_files_for(fanout: usize, per_host: usize) -> anyhow::Result<()> {
 fn on_interrupt(cancel: CancellationToken, what: &'static str) -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
+    // In place before a host is started.
+    let first = super::ctrl_c_from_now();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
-            return;
-        }
+        first.await;
         flag.store(true, Ordering::SeqCst);
         eprintln!("framewire: interrupted: {what} (Ctrl-C again to quit at once)");
+        let second = super::ctrl_c_from_now();
         cancel.cancel();
-        if tokio::signal::ctrl_c().await.is_ok() {
-            std::process::exit(130);
-        }
+        second.await;
+        std::process::exit(130);
     });
     interrupted
 }

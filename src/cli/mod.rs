@@ -423,6 +423,23 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 /// The first failed write to stdout, if one failed.
 static STDOUT_FAILED: std::sync::OnceLock<std::io::ErrorKind> = std::sync::OnceLock::new();
 
+/// Ctrl-C from this moment on. The handler is in place when this
+/// returns, so a Ctrl-C that comes before the future is first polled (while
+/// a request is still being sent) is not lost to the default action, the
+/// process's death by SIGINT. Never ready if no handler can be set.
+pub fn ctrl_c_from_now() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        if let Ok(mut interrupt) = interrupt {
+            if interrupt.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
 /// Writes one line to stdout. Once a write has failed, later lines are
 /// dropped and the command goes on to its end (so the demo still cleans
 /// up); [`stdout_failure`] then decides the exit.
