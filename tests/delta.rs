@@ -310,7 +310,7 @@ async fn a_receiver_file_changed_while_its_signature_is_in_flight() {
             }
         };
         let mut client = Client::connect(&proxy).await.unwrap();
-        let done = client.put(&local, "f.bin", &delta_options(), &mut change).await.unwrap();
+        let done = bounded(client.put(&local, "f.bin", &delta_options(), &mut change)).await.unwrap();
         assert!(changed, "shrink {shrink}: no progress was reported");
         assert_eq!(std::fs::read(&served).unwrap(), new, "shrink {shrink}");
         assert_eq!(done.matched, 0, "shrink {shrink}: sent whole in the end");
@@ -401,18 +401,26 @@ async fn cutting_proxy(
             let Ok(server) = tokio::net::TcpStream::connect(to).await else { continue };
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
-            let (mut from, mut into, mut back_from, mut back_into) =
-                if up { (cr, sw, sr, cw) } else { (sr, cw, cr, sw) };
-            // The other way, to its end: after an up cut, the server's
-            // close, whatever the client did meanwhile.
+            let (mut from, mut into, mut back_from, back_into) = if up { (cr, sw, sr, cw) } else { (sr, cw, cr, sw) };
+            // The other way, to its end. At the cut, its far side is let
+            // go (for an up cut, the client sees it at once) and the rest
+            // drained until the near side closes (the server's close).
+            let (cut_tx, mut cut_rx) = tokio::sync::oneshot::channel::<()>();
             let back = tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 << 10];
-                let mut passing = true;
-                while let Ok(n) = back_from.read(&mut buf).await {
-                    if n == 0 {
-                        break;
+                let mut into = Some(back_into);
+                loop {
+                    tokio::select! {
+                        read = back_from.read(&mut buf) => {
+                            let Ok(n @ 1..) = read else { break };
+                            if let Some(w) = into.as_mut() {
+                                if w.write_all(&buf[..n]).await.is_err() {
+                                    into = None;
+                                }
+                            }
+                        }
+                        _ = &mut cut_rx, if into.is_some() => into = None,
                     }
-                    passing = passing && back_into.write_all(&buf[..n]).await.is_ok();
                 }
             });
             let mut left = budget;
@@ -431,6 +439,7 @@ async fn cutting_proxy(
             // The cut: the server reads its end, the client loses its.
             let _ = into.shutdown().await;
             drop((from, into));
+            let _ = cut_tx.send(());
             if up {
                 let closed_tx = closed_tx.clone();
                 tokio::spawn(async move {
@@ -443,6 +452,12 @@ async fn cutting_proxy(
         }
     });
     (addr, closed)
+}
+
+/// `transfer`'s outcome, or a failure after 60 s: a transfer through a
+/// proxy that holds or cuts is never left waiting forever.
+async fn bounded<T>(transfer: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), transfer).await.expect("the transfer did not end in 60 s")
 }
 
 /// Waits (30 s at most) until the server has closed a connection cut on
@@ -471,7 +486,7 @@ async fn a_cut_delta_transfer_resumes() {
         std::fs::write(&local, &new).unwrap();
         let (proxy, mut closed) = cutting_proxy(root.addr, true, budget).await;
         let mut client = Client::connect(&proxy).await.unwrap();
-        let cut = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await;
+        let cut = bounded(client.put(&local, "f.bin", &delta_options(), &mut no_progress())).await;
         assert!(cut.is_err(), "cut after {budget} bytes up: {cut:?}");
         drop(client);
         // The server notices the cut and keeps what it wrote.
@@ -529,7 +544,7 @@ async fn a_cut_delta_into_a_bucket_is_made_again() {
         std::fs::write(&local, &new).unwrap();
         let (proxy, mut closed) = cutting_proxy(root.addr, true, budget).await;
         let mut client = Client::connect(&proxy).await.unwrap();
-        let cut = client.put(&local, "f.bin", &delta_options(), &mut no_progress()).await;
+        let cut = bounded(client.put(&local, "f.bin", &delta_options(), &mut no_progress())).await;
         assert!(cut.is_err(), "cut after {budget} bytes up: {cut:?}");
         drop(client);
         server_closed(&mut closed).await;
@@ -1005,8 +1020,8 @@ async fn compressed_copies_move_fewer_bytes() {
         drop(client);
         let summary = tree::run(&endpoint, plan, &CopyOptions::new(false, 2), Arc::new(Quiet)).await;
         assert!(summary.failures.is_empty(), "{name}: {:?}", summary.failures);
-        // The proxy counts a connection's bytes when it ends: the one the
-        // copy handed back ends with its endpoint.
+        // The connection the copy handed back ends with its endpoint; the
+        // count is read once it has.
         drop(endpoint);
         let (up, down) = wire.settled().await;
         for f in std::fs::read_dir(&src).unwrap() {

@@ -428,14 +428,15 @@ async fn the_window_slides_and_a_cancel_stops_it() {
     let endpoint = Endpoint::new(format!("127.0.0.1:{addr}"), Some(f.key()));
     let hosts: Vec<Host> = (0..40).map(|i| Host::new(format!("x{i}"), endpoint.clone())).collect();
     let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    // The first hosts hold on until 8 are connected at once (10 s at
-    // most, however slowly the connections come), then each holds briefly.
+    // Counted as each host's job starts (it holds its place in the
+    // window from before); the first hold on until 8 run at once (10 s
+    // at most, however slowly they come), then each connects. A window of
+    // 9 would start a 9th job at once, long before any of the 8 can end.
     let filled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (n, m, full) = (now.clone(), most.clone(), filled.clone());
     let mut events = fleet::each(hosts, FleetOptions::new(8), move |run| {
         let (now, most, filled) = (n.clone(), m.clone(), full.clone());
         async move {
-            let _client = run.connect().await?;
             let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(at_once, Ordering::SeqCst);
             if at_once >= 8 {
@@ -445,8 +446,9 @@ async fn the_window_slides_and_a_cancel_stops_it() {
             while !filled.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let connected = run.connect().await;
             now.fetch_sub(1, Ordering::SeqCst);
+            let _client = connected?;
             Ok(run.name().to_owned())
         }
     });

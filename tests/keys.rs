@@ -396,9 +396,19 @@ fn a_key_removed_ends_its_session_and_its_next_connection() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(long.stdout.take().unwrap()), &mut first).unwrap();
-    assert_eq!(first, "started\n");
+    let stdout = long.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10));
+    if first.as_deref() != Ok("started\n") {
+        let _ = long.kill();
+        let _ = long.wait();
+        panic!("the session did not start within 10 s: {first:?}");
+    }
     // Revoked: bob's line alone is left, written as editors do (a new
     // file renamed over the old).
     let tmp = file.with_extension("new");

@@ -116,7 +116,9 @@ fn a_real_shell_cd_persists_resizes_follow_ctrl_c_interrupts_exit_code_returns()
     }
     // Ctrl-C is a character for the remote terminal: it interrupts the
     // remote command once it runs, and the prompt comes back.
-    tty.send(b"echo started-$((2+3)); sleep 100; echo not-$((6*7))-interrupted\r");
+    // The process that says it runs is the one interrupted (it becomes
+    // `sleep`), so the Ctrl-C cannot come before the command.
+    tty.send(b"sh -c 'echo started-$((2+3)); exec sleep 100'; echo not-$((6*7))-interrupted\r");
     tty.expect("started-5");
     tty.send(b"\x03");
     tty.expect_within("fw$ ", Duration::from_secs(5));

@@ -75,15 +75,14 @@ pub struct ExecArgs {
 /// Waits for Ctrl-C, from the moment it is called; a second one ends this
 /// process at once.
 fn interrupted() -> impl std::future::Future<Output = ()> + Send {
-    let first = super::ctrl_c_from_now();
+    let mut interrupts = super::Interrupts::from_now();
     async move {
-        first.await;
-        eprintln!("framewire: interrupting the remote command (Ctrl-C again to quit at once)");
-        let second = super::ctrl_c_from_now();
+        interrupts.next().await;
         tokio::spawn(async move {
-            second.await;
+            interrupts.next().await;
             std::process::exit(130);
         });
+        eprintln!("framewire: interrupting the remote command (Ctrl-C again to quit at once)");
     }
 }
 
@@ -291,7 +290,8 @@ async fn run_line(
 ) -> Result<ExitStatus, ClientError> {
     send_env(client, env).await?;
     let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
-    let mut cancel = std::pin::pin!(super::ctrl_c_from_now());
+    let mut interrupts = super::Interrupts::from_now();
+    let mut cancel = std::pin::pin!(async move { interrupts.next().await });
     let io =
         ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, cancel: Some(cancel.as_mut()), resize: None };
     client.exec(command, &ExecOptions::with_timeout(timeout), io).await

@@ -188,14 +188,13 @@ fn on_interrupt(cancel: CancellationToken, what: &'static str) -> Arc<AtomicBool
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     // In place before a host is started.
-    let first = super::ctrl_c_from_now();
+    let mut interrupts = super::Interrupts::from_now();
     tokio::spawn(async move {
-        first.await;
+        interrupts.next().await;
         flag.store(true, Ordering::SeqCst);
         eprintln!("framewire: interrupted: {what} (Ctrl-C again to quit at once)");
-        let second = super::ctrl_c_from_now();
         cancel.cancel();
-        second.await;
+        interrupts.next().await;
         std::process::exit(130);
     });
     interrupted

@@ -423,16 +423,23 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 /// The first failed write to stdout, if one failed.
 static STDOUT_FAILED: std::sync::OnceLock<std::io::ErrorKind> = std::sync::OnceLock::new();
 
-/// Ctrl-C from this moment on. The handler is in place when this
-/// returns, so a Ctrl-C that comes before the future is first polled (while
-/// a request is still being sent) is not lost to the default action, the
-/// process's death by SIGINT. Never ready if no handler can be set.
-pub fn ctrl_c_from_now() -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{signal, SignalKind};
-    let interrupt = signal(SignalKind::interrupt());
-    async move {
-        if let Ok(mut interrupt) = interrupt {
-            if interrupt.recv().await.is_some() {
+/// Ctrl-Cs from the moment this is made. The handler is in place when
+/// [`Interrupts::from_now`] returns, so a Ctrl-C that comes before the
+/// first wait (while a request is still being sent) is not lost to the
+/// default action, the process's death by SIGINT; one that comes between
+/// two waits is kept for the second.
+pub struct Interrupts(Option<tokio::signal::unix::Signal>);
+
+impl Interrupts {
+    pub fn from_now() -> Interrupts {
+        use tokio::signal::unix::{signal, SignalKind};
+        Interrupts(signal(SignalKind::interrupt()).ok())
+    }
+
+    /// The next Ctrl-C; never, if no handler could be set.
+    pub async fn next(&mut self) {
+        if let Some(interrupts) = &mut self.0 {
+            if interrupts.recv().await.is_some() {
                 return;
             }
         }

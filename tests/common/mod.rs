@@ -300,9 +300,18 @@ impl Pty {
     /// The rest of the line after `needle`.
     pub fn line_after(&mut self, needle: &str) -> String {
         self.expect(needle);
-        let before = self.seen.clone();
-        self.expect("\r\n");
-        before[..before.find("\r\n").unwrap()].to_owned()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(end) = self.seen.find("\r\n") {
+                let line = self.seen[..end].to_owned();
+                self.seen.drain(..end + 2);
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no end of line after {needle:?}: {:?}", self.seen);
+            if !self.pump() {
+                panic!("the terminal ended before the line after {needle:?}: {:?}", self.seen);
+            }
+        }
     }
 
     /// [`expect`](Self::expect) with a deadline of its own.
