@@ -541,23 +541,29 @@ mod tests {
         let (f, data) = file(RING + 8 * CHUNK);
         let reads = SharedReads::new(1 << 30);
         let file = Arc::new(File::open(f.path()).unwrap());
+        let (first_tx, first) = tokio::sync::oneshot::channel();
         let slow = {
             let (reads, file) = (reads.clone(), file.clone());
             tokio::spawn(async move {
                 let reader = reads.join(&file.metadata().unwrap(), 0);
                 let mut out = Vec::new();
+                let mut first_tx = Some(first_tx);
                 while out.len() < RING + 8 * CHUNK {
                     let (from, bytes) = reader.chunk(&file, out.len() as u64).await.unwrap();
                     out.extend_from_slice(&bytes[(out.len() as u64 - from) as usize..]);
                     if out.len() == CHUNK {
                         // On the oldest chunk while the other fills the ring.
+                        if let Some(tx) = first_tx.take() {
+                            let _ = tx.send(());
+                        }
                         tokio::time::sleep(Duration::from_millis(300)).await;
                     }
                 }
                 out
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The fast one starts once the slow one holds the first chunk.
+        first.await.unwrap();
         let started = tokio::time::Instant::now();
         assert!(read_all(&reads, f.path(), Duration::ZERO).await == data);
         let took = started.elapsed();
