@@ -100,24 +100,27 @@ fn exec_simple_and_json() {
     assert_eq!(text(&out.stdout).trim(), "stdout+stderr 10485760 10485760 True b'aaaaaaaaaaaa'");
 }
 
-const UPLOAD: &str = r#"
+/// A tutorial client's upload, up to its close: the header, then `SEND`
+/// bytes of `DATA`.
+macro_rules! upload_sent {
+    () => {
+        r#"
 s = socket.socket(); s.connect((HOST, PORT))
 header = json.dumps({'filepath': FILEPATH, 'filename': FILENAME, 'filesize': len(DATA)}).encode('utf-8')
 s.send(struct.pack('i', len(header)))
 s.send(header)
 s.sendall(DATA[:SEND])
-s.close()
-"#;
+"#
+    };
+}
+
+const UPLOAD: &str = concat!(upload_sent!(), "s.close()\n");
 
 /// [`UPLOAD`], then its end told and the server's close waited for: the
 /// server has handled the upload when it returns.
-const UPLOAD_AND_WAIT: &str = r#"
-s = socket.socket(); s.connect((HOST, PORT))
-header = json.dumps({'filepath': FILEPATH, 'filename': FILENAME, 'filesize': len(DATA)}).encode('utf-8')
-s.send(struct.pack('i', len(header)))
-s.send(header)
-s.sendall(DATA[:SEND])
-s.shutdown(socket.SHUT_WR)
+const UPLOAD_AND_WAIT: &str = concat!(
+    upload_sent!(),
+    r#"s.shutdown(socket.SHUT_WR)
 s.settimeout(10)
 try:
     while s.recv(1024):
@@ -125,7 +128,8 @@ try:
 except ConnectionResetError:
     pass
 s.close()
-"#;
+"#
+);
 
 const DOWNLOAD: &str = r#"
 s = socket.socket(); s.connect((HOST, PORT))
