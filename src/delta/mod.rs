@@ -1426,4 +1426,4 @@ pub fn apply_in_memory(old: &[u8], new_len: u64, ops: &[Op]) -> Result<Vec<u8>, 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

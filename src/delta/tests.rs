@@ -6,7 +6,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// Random bytes from a fixed seed (xorshift: no crate needed for noise).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {

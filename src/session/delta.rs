@@ -1855,15 +1855,7 @@ mod tests {
     /// unread, and `sent` says why.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cut_that_fails_before_the_signatures_end_is_this_sides_failure() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let old: Vec<u8> = (0..4 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let old = crate::delta::tests::noise(4 << 20, 1);
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, &old).unwrap();
         // Sent as a file 1 MiB longer than it is.
